@@ -14,12 +14,14 @@ class ChallengeRequest(_message.Message):
     def __init__(self, address: _Optional[str] = ...) -> None: ...
 
 class Challenge(_message.Message):
-    __slots__ = ("nonce", "expires_at_ms")
+    __slots__ = ("nonce", "expires_at_ms", "domain")
     NONCE_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    DOMAIN_FIELD_NUMBER: _ClassVar[int]
     nonce: bytes
     expires_at_ms: int
-    def __init__(self, nonce: _Optional[bytes] = ..., expires_at_ms: _Optional[int] = ...) -> None: ...
+    domain: Domain
+    def __init__(self, nonce: _Optional[bytes] = ..., expires_at_ms: _Optional[int] = ..., domain: _Optional[_Union[Domain, _Mapping]] = ...) -> None: ...
 
 class Domain(_message.Message):
     __slots__ = ("name", "version", "chain_id", "verifying_contract")

@@ -1,0 +1,1 @@
+"""The TensorGrid coordinator: api · scheduler · verifier · aggregator · storage."""

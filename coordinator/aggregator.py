@@ -1,0 +1,23 @@
+"""Aggregation: turn a job's accepted task outputs into its one result blob."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from tensorgrid.blobs import BlobStore
+from tensorgrid.types import BlobRef
+from tensorgrid.workloads import tensorfile
+
+
+def assemble(kind: str, outputs: list[BlobRef], blobs: BlobStore) -> BlobRef:
+    """Inference: concatenate output shards in task order, streaming. Noop: a manifest of outputs."""
+    if kind == "inference":
+        tmp = blobs.temp_path("result-")
+        try:
+            tensorfile.concat([blobs.path_for(o.sha256) for o in outputs], tmp)
+            return blobs.put_file(tmp)
+        finally:
+            os.unlink(tmp)
+    manifest = json.dumps([o.sha256 for o in outputs]).encode()
+    return blobs.put_bytes(manifest)

@@ -1,0 +1,1 @@
+"""Thin gRPC servicers: authenticate, call the runtime, map failures to statuses."""

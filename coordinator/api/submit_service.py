@@ -1,0 +1,120 @@
+"""SubmitterService: upload blobs, submit, watch, cancel and download jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+
+from coordinator.api.blobs import receive_into, stream_blob
+from coordinator.api.status import abort, unary
+from coordinator.app import Coordinator, now_ms
+from coordinator.errors import NotFound, PermissionDenied
+from coordinator.intake import authenticate, plan_job
+from tensorgrid import serde
+from tensorgrid.blobs import check_sha256
+from tensorgrid.crypto import cancel_message, recover_message_signer
+from tensorgrid.errors import BlobError, SignatureError
+from tensorgrid.types import BlobRef
+from tensorgrid.v1 import common_pb2, submit_pb2, submit_pb2_grpc
+
+log = logging.getLogger("tensorgrid.coordinator")
+WATCH_POLL_S = 1.0
+
+
+class SubmitterServicer(submit_pb2_grpc.SubmitterServiceServicer):
+    def __init__(self, app: Coordinator) -> None:
+        self.app = app
+
+    @unary
+    async def UploadBlob(
+        self, request_iterator: AsyncIterator[submit_pb2.UploadChunk], context: grpc.aio.ServicerContext
+    ) -> common_pb2.BlobRef:
+        blobs = self.app.blobs
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("part") != "header":
+            raise BlobError("UploadBlob must start with a header giving sha256 and size")
+        expected = BlobRef(check_sha256(first.header.sha256), first.header.size)
+        if blobs.has(expected.sha256) and blobs.ref(expected.sha256).size == expected.size:
+            return serde.blob_to_pb(expected)  # already here: the client may stop sending
+
+        async def data() -> AsyncIterator[bytes]:
+            async for chunk in request_iterator:
+                if chunk.WhichOneof("part") != "data":
+                    raise BlobError("a second header in one upload")
+                yield chunk.data
+
+        ref = await receive_into(blobs.writer(expected), data())
+        log.info("stored blob %s (%d bytes)", ref.sha256, ref.size)
+        return serde.blob_to_pb(ref)
+
+    @unary
+    async def SubmitJob(self, request: submit_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext) -> submit_pb2.Job:
+        app = self.app
+        spec_json = bytes(request.spec_json)
+        submitter, sh, job_id = authenticate(spec_json, request.submitter, bytes(request.signature))
+        try:
+            return serde.job_to_pb(await app.db(app.state.get_job, job_id))  # resubmission: same job
+        except NotFound:
+            pass
+        job, tasks = await app.work(plan_job, spec_json, submitter, sh, job_id, app.blobs, app.config.limits)
+        info, created = await app.db(app.state.create_job, job, tasks, now_ms())
+        if created:
+            log.info("job %s from %s: %s, %d tasks", job_id, submitter, job.kind, len(tasks))
+        return serde.job_to_pb(info)
+
+    @unary
+    async def GetJob(self, request: submit_pb2.GetJobRequest, context: grpc.aio.ServicerContext) -> submit_pb2.Job:
+        return serde.job_to_pb(await self.app.db(self.app.state.get_job, request.job_id))
+
+    @unary
+    async def ListJobs(
+        self, request: submit_pb2.ListJobsRequest, context: grpc.aio.ServicerContext
+    ) -> submit_pb2.ListJobsResponse:
+        jobs = await self.app.db(self.app.state.list_jobs, request.submitter, request.limit, request.before_job_id)
+        return submit_pb2.ListJobsResponse(jobs=[serde.job_to_pb(j) for j in jobs])
+
+    @unary
+    async def CancelJob(self, request: submit_pb2.CancelJobRequest, context: grpc.aio.ServicerContext) -> submit_pb2.Job:
+        app = self.app
+        try:
+            caller = recover_message_signer(cancel_message(request.job_id), bytes(request.signature))
+        except SignatureError as e:
+            raise PermissionDenied(f"bad cancel signature: {e}") from None
+        info = await app.db(app.state.cancel_job, request.job_id, caller, now_ms())
+        app.hub.notify(request.job_id)
+        return serde.job_to_pb(info)
+
+    async def WatchJob(
+        self, request: submit_pb2.WatchJobRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[submit_pb2.JobEvent]:
+        app = self.app
+        seq = request.after_seq
+        try:
+            await app.db(app.state.get_job, request.job_id)
+        except NotFound as e:
+            await abort(context, e)
+        with app.hub.subscribe(request.job_id) as wake:
+            while True:
+                wake.clear()
+                events = await app.db(app.state.events_after, request.job_id, seq)
+                for ev in events:
+                    seq = ev.seq
+                    yield serde.event_to_pb(ev)
+                if events and events[-1].state.finished:
+                    return
+                if not events:
+                    try:
+                        await asyncio.wait_for(wake.wait(), WATCH_POLL_S)
+                    except TimeoutError:
+                        job = await app.db(app.state.get_job, request.job_id)
+                        if job.state.finished and not await app.db(app.state.events_after, job.job_id, seq):
+                            return
+
+    async def DownloadBlob(
+        self, request: common_pb2.FetchBlobRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[common_pb2.BlobChunk]:
+        async for chunk in stream_blob(self.app.blobs, request, context):
+            yield chunk

@@ -1,0 +1,132 @@
+"""The coordinator's runtime: state, blobs, verifier and the background loops, in one object."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from coordinator.aggregator import assemble
+from coordinator.config import CoordinatorConfig
+from coordinator.errors import Conflict
+from coordinator.events import EventHub
+from coordinator.storage import State
+from coordinator.verifier import Verifier
+from tensorgrid.blobs import BlobStore
+from tensorgrid.crypto import Signer
+from tensorgrid.errors import TensorGridError
+from tensorgrid.types import Domain
+
+log = logging.getLogger("tensorgrid.coordinator")
+T = TypeVar("T")
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def load_identity(path: Path) -> Signer:
+    """The coordinator's own key, created on first start (0600)."""
+    if path.exists():
+        return Signer.from_hex(path.read_text().strip())
+    signer = Signer.generate()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(signer.private_key.hex())
+    return signer
+
+
+class Coordinator:
+    def __init__(self, config: CoordinatorConfig) -> None:
+        self.config = config
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.state = State(config.db_url)
+        self.blobs = BlobStore(config.blob_dir, config.limits.max_blob_bytes)
+        self.identity = load_identity(config.data_dir / "coordinator.key")
+        self.domain = Domain(
+            config.domain_name, config.domain_version, config.chain_id,
+            config.verifying_contract or self.identity.address,
+        )
+        self.verifier = Verifier(self.domain)
+        self.hub = EventHub()
+        self.challenge_secret = bytes.fromhex(self.state.meta_value("challenge_secret", secrets.token_hex(32)))
+        # SQLite has one writer: one DB thread avoids lock contention. PostgreSQL takes a pool.
+        self._db_pool = ThreadPoolExecutor(1 if self.state.is_sqlite else 8, thread_name_prefix="db")
+        self._work_pool = ThreadPoolExecutor(2, thread_name_prefix="work")
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._aggregating: set[str] = set()
+
+    async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a state method on the DB thread(s)."""
+        return await asyncio.get_running_loop().run_in_executor(self._db_pool, functools.partial(fn, *args, **kwargs))
+
+    async def work(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run blob-heavy work (splitting, checking, concatenating) off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._work_pool, functools.partial(fn, *args, **kwargs)
+        )
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def start(self) -> None:
+        """Start background loops and finish what a previous run left half done."""
+        self.spawn(self._reap_loop())
+        for job_id in await self.db(self.state.jobs_to_aggregate):
+            log.info("resuming aggregation of job %s", job_id)
+            self.schedule_aggregation(job_id)
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._db_pool.shutdown(wait=True)
+        self._work_pool.shutdown(wait=True)
+        self.state.close()
+
+    async def _reap_loop(self) -> None:
+        interval = self.config.reap_interval_ms / 1000
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                reissued = await self.db(self.state.reap_expired, now_ms())
+            except Exception:  # a DB hiccup must not end the loop
+                log.exception("reaping expired leases failed")
+                continue
+            if reissued:
+                log.info("reissued %d expired leases", reissued)
+                self.hub.notify_all()
+
+    def schedule_aggregation(self, job_id: str) -> None:
+        if job_id not in self._aggregating:
+            self._aggregating.add(job_id)
+            self.spawn(self._aggregate(job_id))
+
+    async def _aggregate(self, job_id: str) -> None:
+        try:
+            job = await self.db(self.state.get_job, job_id)
+            outputs = await self.db(self.state.task_outputs, job_id)
+            try:
+                result = await self.work(assemble, job.kind, outputs, self.blobs)
+                await self.db(self.state.finish_job, job_id, result, "", now_ms())
+                log.info("job %s succeeded: result %s (%d bytes)", job_id, result.sha256, result.size)
+            except TensorGridError as e:
+                log.warning("job %s failed to assemble: %s", job_id, e)
+                await self.db(self.state.finish_job, job_id, None, f"could not assemble the result: {e}", now_ms())
+        except Conflict:
+            pass  # another replica finished it
+        except Exception:
+            log.exception("aggregating job %s failed; will retry on restart", job_id)
+        finally:
+            self._aggregating.discard(job_id)
+            self.hub.notify(job_id)

@@ -1,0 +1,43 @@
+"""Coordinator settings: one frozen value built by the entry point, passed everywhere else."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from coordinator.storage import LeaseTiming
+
+MiB = 1 << 20
+GiB = 1 << 30
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_blob_bytes: int = 64 * GiB
+    max_shard_bytes: int = 512 * MiB
+    max_output_bytes: int = 4 * GiB
+    max_tasks_per_job: int = 100_000
+
+
+@dataclass(frozen=True)
+class CoordinatorConfig:
+    listen: str = "127.0.0.1:7070"
+    data_dir: Path = Path("var/coordinator")
+    database_url: str = ""  # default: SQLite file in data_dir
+    chain_id: int = 31337
+    domain_name: str = "TensorGrid"
+    domain_version: str = "1"
+    verifying_contract: str = ""  # default: the coordinator's own address (until contracts land)
+    heartbeat_interval_ms: int = 5_000
+    session_ttl_ms: int = 24 * 3600 * 1000
+    timing: LeaseTiming = field(default_factory=LeaseTiming)
+    limits: Limits = field(default_factory=Limits)
+    reap_interval_ms: int = 1_000
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'coordinator.db').resolve()}"
+
+    @property
+    def blob_dir(self) -> Path:
+        return self.data_dir / "blobs"

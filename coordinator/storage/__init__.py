@@ -1,0 +1,44 @@
+"""The coordinator's state behind one interface, on SQLite or PostgreSQL."""
+
+from __future__ import annotations
+
+from sqlalchemy import Engine, insert, select
+from sqlalchemy.exc import IntegrityError
+
+from coordinator.storage import schema
+
+from coordinator.storage.engine import make_engine, normalize_url
+from coordinator.storage.jobs import JobStore, NewJob, NewTask
+from coordinator.storage.nodes import NodeInfo, NodeStore, backoff_ms
+from coordinator.storage.tasks import LeaseTiming, TaskRecord, TaskStore
+
+
+class State(NodeStore, JobStore, TaskStore):
+    """All coordinator state. Methods are synchronous: the api runs them on a DB thread pool."""
+
+    def __init__(self, url: str) -> None:
+        self.url = normalize_url(url)
+        self.engine: Engine = make_engine(self.url)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.engine.dialect.name == "sqlite"
+
+    def meta_value(self, key: str, default: str) -> str:
+        """Read a setting shared by all replicas, storing `default` if none is set yet."""
+        with self.engine.begin() as conn:
+            row = conn.execute(select(schema.meta.c.value).where(schema.meta.c.key == key)).first()
+            if row is not None:
+                return str(row.value)
+            try:
+                with conn.begin_nested():
+                    conn.execute(insert(schema.meta).values(key=key, value=default))
+            except IntegrityError:
+                return str(conn.execute(select(schema.meta.c.value).where(schema.meta.c.key == key)).one().value)
+        return default
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+__all__ = ["LeaseTiming", "NewJob", "NewTask", "NodeInfo", "State", "TaskRecord", "backoff_ms"]

@@ -1,0 +1,247 @@
+"""Tasks: leasing with deadlines, heartbeats, results, failures and reissue."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Engine, and_, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from coordinator.errors import NotFound, Rejected
+from coordinator.storage import schema as s
+from tensorgrid.types import BlobRef, ErrorKind, JobState, Lease, Receipt, TaskError
+
+# After a node fails a task, other nodes get the first chance at it for this long.
+AVOID_FAILED_NODE_MS = 30_000
+# Failures that say the workload itself is bad, not the node: no backoff for the node.
+WORKLOAD_ERRORS = (ErrorKind.INVALID_INPUT, ErrorKind.UNSAFE_INPUT)
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    task_id: str
+    job_id: str
+    index: int
+    state: str
+    kind: str
+    attempt: int
+    node: str | None
+    deadline_ms: int | None
+    input: BlobRef
+    rows: int
+
+
+@dataclass(frozen=True)
+class LeaseTiming:
+    """ttl: how long a lease lives without a heartbeat; grace: slack beyond the compute limit."""
+
+    ttl_ms: int = 15_000
+    grace_ms: int = 30_000
+
+
+class TaskStore:
+    engine: Engine
+
+    def _event(self, conn: Connection, job_id: str, kind: str, now_ms: int, **fields: Any) -> None: ...
+    def _end_job(self, conn: Connection, job_id: str, state: JobState, now_ms: int, **kw: Any) -> None: ...
+    def _node_failed(self, conn: Connection, address: str, now_ms: int, *, rejection: bool = False) -> None: ...
+
+    def lease_tasks(
+        self, address: str, max_tasks: int, now_ms: int, timing: LeaseTiming
+    ) -> tuple[list[Lease], int]:
+        """Grant up to max_tasks pending tasks the node can run; returns (leases, retry_after_ms)."""
+        with self.engine.begin() as conn:
+            node = conn.execute(select(s.nodes).where(s.nodes.c.address == address)).first()
+            if node is None:
+                raise Rejected("unknown node: register first")
+            if node.draining:
+                return [], 1000
+            if node.backoff_until_ms > now_ms:
+                return [], int(node.backoff_until_ms - now_ms)
+            devices = ["any", "cpu", "cuda"] if node.device_kind == "cuda" else ["any", "cpu"]
+            rows = conn.execute(
+                select(s.tasks)
+                .where(
+                    s.tasks.c.state == "pending",
+                    s.tasks.c.device.in_(devices),
+                    s.tasks.c.min_memory_bytes <= node.memory_bytes,
+                    or_(
+                        s.tasks.c.last_failed_node.is_(None),
+                        s.tasks.c.last_failed_node != address,
+                        s.tasks.c.last_failed_ms < now_ms - AVOID_FAILED_NODE_MS,
+                    ),
+                )
+                .order_by(s.tasks.c.job_created_ms, s.tasks.c.idx)
+                .limit(max(1, min(max_tasks, 256)))
+                .with_for_update(skip_locked=True)
+            ).all()
+            if not rows:
+                return [], 500
+            deadline = now_ms + timing.ttl_ms
+            conn.execute(
+                update(s.tasks)
+                .where(s.tasks.c.task_id.in_([r.task_id for r in rows]))
+                .values(state="leased", attempt=s.tasks.c.attempt + 1, node=address, leased_ms=now_ms,
+                        deadline_ms=deadline)
+            )
+            for job_id in sorted({r.job_id for r in rows}):
+                started = conn.execute(
+                    update(s.jobs)
+                    .where(s.jobs.c.job_id == job_id, s.jobs.c.state == JobState.QUEUED.value)
+                    .values(state=JobState.RUNNING.value)
+                )
+                if started.rowcount:
+                    self._event(conn, job_id, "running", now_ms, node=address)
+        return [_lease(r, address, deadline) for r in rows], 0
+
+    def heartbeat(
+        self, address: str, active: list[tuple[str, int]], draining: bool, now_ms: int, timing: LeaseTiming
+    ) -> list[tuple[str, int]]:
+        """Keep the node's live leases alive; returns the leases it no longer holds (revoked)."""
+        revoked = []
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(s.nodes).where(s.nodes.c.address == address).values(last_seen_ms=now_ms, draining=draining)
+            )
+            for task_id, attempt in active:
+                # A heartbeat keeps a lease alive, but never past its compute limit plus grace.
+                cap = s.tasks.c.leased_ms + s.tasks.c.time_limit_ms + timing.grace_ms
+                res = conn.execute(
+                    update(s.tasks)
+                    .where(
+                        s.tasks.c.task_id == task_id, s.tasks.c.attempt == attempt,
+                        s.tasks.c.node == address, s.tasks.c.state == "leased",
+                    )
+                    .values(deadline_ms=_least(now_ms + timing.ttl_ms, cap))
+                )
+                if res.rowcount == 0:
+                    revoked.append((task_id, attempt))
+        return revoked
+
+    def get_task(self, task_id: str) -> TaskRecord:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(s.tasks).where(s.tasks.c.task_id == task_id)).first()
+        if row is None:
+            raise NotFound(f"no task {task_id}")
+        return _record(row)
+
+    def accept_result(self, address: str, receipt: Receipt, output: BlobRef, now_ms: int) -> bool:
+        """Record a verified result from the lease holder; True when it completes its job."""
+        with self.engine.begin() as conn:
+            row = conn.execute(
+                select(s.tasks).where(s.tasks.c.task_id == receipt.task_id).with_for_update()
+            ).first()
+            _check_holder(row, address, receipt.attempt, now_ms)
+            try:
+                conn.execute(insert(s.receipts).values(
+                    task_id=receipt.task_id, attempt=receipt.attempt, node=address,
+                    input_hash=receipt.input_hash, output_hash=receipt.output_hash,
+                    commitment=receipt.commitment, signature=receipt.signature, received_ms=now_ms,
+                ))
+            except IntegrityError:
+                raise Rejected("replayed receipt: this attempt already has a result") from None
+            conn.execute(
+                update(s.tasks).where(s.tasks.c.task_id == receipt.task_id).values(
+                    state="done", output_sha=output.sha256, output_size=output.size, deadline_ms=None)
+            )
+            done = conn.execute(
+                update(s.jobs).where(s.jobs.c.job_id == row.job_id)
+                .values(tasks_done=s.jobs.c.tasks_done + 1)
+                .returning(s.jobs.c.tasks_done, s.jobs.c.tasks_total)
+            ).one()
+            conn.execute(
+                update(s.nodes).where(s.nodes.c.address == address).values(
+                    completed=s.nodes.c.completed + 1, consecutive_failures=0, backoff_until_ms=0,
+                    last_seen_ms=now_ms)
+            )
+            self._event(conn, row.job_id, "completed", now_ms, task_index=row.idx, node=address)
+        return bool(done.tasks_done == done.tasks_total)
+
+    def fail_task(self, address: str, task_id: str, attempt: int, error: TaskError, now_ms: int) -> bool:
+        """A node reports it could not finish; the task is reissued (True) or its job fails (False)."""
+        with self.engine.begin() as conn:
+            row = conn.execute(select(s.tasks).where(s.tasks.c.task_id == task_id).with_for_update()).first()
+            _check_holder(row, address, attempt, now_ms, allow_expired=True)
+            return self._fail(conn, row, error, now_ms)
+
+    def reject_task_result(self, address: str, task_id: str, attempt: int, reason: str, now_ms: int) -> None:
+        """The lease holder sent a result that failed verification: reissue elsewhere, count it."""
+        with self.engine.begin() as conn:
+            row = conn.execute(select(s.tasks).where(s.tasks.c.task_id == task_id).with_for_update()).first()
+            if row is None or row.node != address or row.attempt != attempt or row.state != "leased":
+                self._node_failed(conn, address, now_ms, rejection=True)
+                return
+            self._fail(conn, row, TaskError(ErrorKind.EXECUTION, f"result rejected: {reason}"), now_ms,
+                       rejection=True)
+
+    def reap_expired(self, now_ms: int) -> int:
+        """Reissue leases whose holder went silent past the deadline."""
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                select(s.tasks)
+                .where(s.tasks.c.state == "leased", s.tasks.c.deadline_ms < now_ms)
+                .limit(500)
+                .with_for_update(skip_locked=True)
+            ).all()
+            for row in rows:
+                self._fail(conn, row, TaskError(ErrorKind.TIMEOUT, "lease expired without a result"), now_ms)
+        return len(rows)
+
+    def _fail(self, conn: Connection, row: Any, error: TaskError, now_ms: int, *, rejection: bool = False) -> bool:
+        released = error.kind == ErrorKind.RELEASED
+        failures = row.failures + (0 if released else 1)
+        node = row.node
+        if not released and (rejection or error.kind not in WORKLOAD_ERRORS):
+            self._node_failed(conn, node, now_ms, rejection=rejection)
+        if failures >= row.max_attempts:
+            message = f"task {row.idx} failed {failures} times; last error ({error.kind.value}): {error.message}"
+            conn.execute(update(s.jobs).where(s.jobs.c.job_id == row.job_id)
+                         .values(task_failures=s.jobs.c.task_failures + 1))
+            self._end_job(conn, row.job_id, JobState.FAILED, now_ms, error=message)
+            return False
+        conn.execute(
+            update(s.tasks).where(s.tasks.c.task_id == row.task_id).values(
+                state="pending", node=None, deadline_ms=None, failures=failures,
+                last_failed_node=None if released else node, last_failed_ms=now_ms)
+        )
+        if not released:
+            conn.execute(update(s.jobs).where(s.jobs.c.job_id == row.job_id)
+                         .values(task_failures=s.jobs.c.task_failures + 1))
+        self._event(conn, row.job_id, "released" if released else "reissued", now_ms, task_index=row.idx,
+                    node=node or "", message=f"{error.kind.value}: {error.message}"[:2000])
+        return True
+
+
+def _least(a: int, b: Any) -> Any:
+    from sqlalchemy import case
+
+    return case((b < a, b), else_=a)
+
+
+def _check_holder(row: Any, address: str, attempt: int, now_ms: int, *, allow_expired: bool = False) -> None:
+    if row is None:
+        raise NotFound("no such task")
+    if row.node != address or row.attempt != attempt:
+        raise Rejected("this node does not hold that lease")
+    if row.state != "leased":
+        raise Rejected(f"the lease is over (task is {row.state})")
+    if not allow_expired and row.deadline_ms is not None and row.deadline_ms < now_ms:
+        raise Rejected("the lease expired before the result arrived")
+
+
+def _lease(r: Any, address: str, deadline: int) -> Lease:
+    return Lease(
+        job_id=r.job_id, task_id=r.task_id, attempt=r.attempt + 1, deadline_ms=deadline, kind=r.kind,
+        model=BlobRef(r.model_sha, r.model_size) if r.model_sha else None,
+        input=BlobRef(r.input_sha, r.input_size), settings=json.loads(r.settings),
+        memory_limit_bytes=r.memory_limit_bytes, time_limit_ms=r.time_limit_ms,
+    )
+
+
+def _record(r: Any) -> TaskRecord:
+    return TaskRecord(
+        task_id=r.task_id, job_id=r.job_id, index=r.idx, state=r.state, kind=r.kind, attempt=r.attempt,
+        node=r.node, deadline_ms=r.deadline_ms, input=BlobRef(r.input_sha, r.input_size), rows=r.rows,
+    )

@@ -1,0 +1,130 @@
+"""`tensorgrid-node`: create a node key, run the node daemon."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from tensorgrid import exitcodes
+from tensorgrid.crypto import Signer, load_keystore, save_keystore
+from tensorgrid.errors import KeystoreError, TensorGridError
+from tensorgrid.logs import setup_logging
+
+log = logging.getLogger("tensorgrid.node")
+DEFAULT_HOME = Path(os.environ.get("TENSORGRID_HOME", Path.home() / ".tensorgrid"))
+PASSWORD_ENV = "TENSORGRID_KEY_PASSWORD"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="tensorgrid-node",
+        description="The TensorGrid node daemon: lends this machine's GPU (or CPU) to the grid and is paid "
+        "for verified work. Workloads are torch.export programs and safetensors: no foreign code runs here.",
+    )
+    p.add_argument("--keystore", type=Path, default=DEFAULT_HOME / "node-key.json",
+                   help="encrypted key file; its address is the node's identity and payee (default: %(default)s)")
+    p.add_argument("--password-file", type=Path,
+                   help=f"read the keystore password from this file (else ${PASSWORD_ENV}, else a prompt)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+    init = sub.add_parser("init", help="create a new node key in an encrypted keystore")
+    init.add_argument("--force", action="store_true", help="replace an existing keystore (the old key is lost)")
+    init.add_argument("--light-kdf", action="store_true",
+                      help="cheap key derivation, for tests and local devnets only")
+    sub.add_parser("address", help="print the node's address")
+    run = sub.add_parser("run", help="take and run work until SIGTERM (first: drain; second: stop now)")
+    run.add_argument("--coordinator", required=True, help="HOST:PORT of the coordinator's gRPC endpoint")
+    run.add_argument("--data-dir", type=Path, default=DEFAULT_HOME / "node",
+                     help="blob cache and scratch files (default: %(default)s)")
+    run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                     help="auto: CUDA when present, else CPU")
+    run.add_argument("--slots", type=int, default=1, help="tasks to run at once")
+    run.add_argument("--threads", type=int, default=0, help="torch threads per task (0: torch's default)")
+    run.add_argument("--memory-gib", type=float, help="memory to offer (default: what is free)")
+    run.add_argument("--cache-gib", type=float, default=10.0, help="blob cache size (default: %(default)s)")
+    return p.parse_args(argv)
+
+
+def read_password(ns: argparse.Namespace, confirm: bool = False) -> str:
+    if ns.password_file:
+        try:
+            return ns.password_file.read_text().rstrip("\n")
+        except OSError as e:
+            raise KeystoreError(f"cannot read --password-file: {e}") from None
+    if PASSWORD_ENV in os.environ:
+        return os.environ[PASSWORD_ENV]
+    if not sys.stdin.isatty():
+        raise KeystoreError(f"no password: set ${PASSWORD_ENV}, pass --password-file, or run in a terminal")
+    pw = getpass.getpass("keystore password: ")
+    if confirm and getpass.getpass("again: ") != pw:
+        raise KeystoreError("the passwords differ")
+    return pw
+
+
+def cmd_init(ns: argparse.Namespace) -> int:
+    if ns.keystore.exists() and not ns.force:
+        raise KeystoreError(f"{ns.keystore} exists; use --force to replace it (its key is then lost)")
+    signer = Signer.generate()
+    save_keystore(signer, ns.keystore, read_password(ns, confirm=True), light=ns.light_kdf, overwrite=ns.force)
+    print(f"node address {signer.address}\nkeystore     {ns.keystore}")
+    return exitcodes.OK
+
+
+async def run_agent(ns: argparse.Namespace, signer: Signer) -> None:
+    from node.agent import Agent, AgentConfig
+    from node.cache import BlobCache
+    from node.hardware import detect
+
+    memory = int(ns.memory_gib * (1 << 30)) if ns.memory_gib else None
+    caps = detect(ns.device, memory)
+    config = AgentConfig(coordinator=ns.coordinator, work_dir=ns.data_dir / "work", slots=ns.slots,
+                         device=caps.device_kind, threads=ns.threads)
+    cache = BlobCache(ns.data_dir / "cache", int(ns.cache_gib * (1 << 30)))
+    agent = Agent(config, signer, caps, cache)
+    loop = asyncio.get_running_loop()
+    signals = 0
+
+    def on_signal() -> None:
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            agent.drain()
+        else:
+            log.warning("second signal: stopping now")
+            loop.create_task(_abort(agent))
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    await agent.run()
+
+
+async def _abort(agent: object) -> None:
+    await agent.abort()  # type: ignore[attr-defined]
+    os._exit(exitcodes.INTERRUPTED)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = parse_args(argv)
+    setup_logging(ns.verbose, "tensorgrid.node")
+    try:
+        if ns.command == "init":
+            return cmd_init(ns)
+        signer = load_keystore(ns.keystore, read_password(ns))
+        if ns.command == "address":
+            print(signer.address)
+            return exitcodes.OK
+        asyncio.run(run_agent(ns, signer))
+        return exitcodes.OK
+    except TensorGridError as e:
+        log.error("%s", e)
+        return exitcodes.ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

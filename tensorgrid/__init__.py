@@ -1,0 +1,1 @@
+"""TensorGrid: a decentralized GPU compute grid for PyTorch jobs."""

@@ -1,0 +1,156 @@
+"""A content-addressed blob store on local disk.
+
+Blobs live at root/ab/<sha256>. Writers stream into a temp file in the same directory,
+hash as they go and rename into place only when size and hash check out, so a crash
+never leaves a half-written blob under a real name and a blob is never held in memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from tensorgrid.errors import BlobError, HashMismatch
+from tensorgrid.types import BlobRef
+
+CHUNK_BYTES = 1 << 20
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+_SHA_RE = re.compile(r"[0-9a-f]{64}")
+
+
+def check_sha256(sha: str) -> str:
+    """Return sha if it is 64 lowercase hex characters, else raise BlobError."""
+    if not isinstance(sha, str) or not _SHA_RE.fullmatch(sha):
+        raise BlobError(f"not a sha256 hex digest: {sha!r:.80}")
+    return sha
+
+
+def file_sha256(path: Path) -> BlobRef:
+    """Hash a file in chunks."""
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK_BYTES):
+            h.update(chunk)
+            size += len(chunk)
+    return BlobRef(h.hexdigest(), size)
+
+
+class BlobWriter:
+    """Streams bytes into the store; commit() checks them and makes the blob visible."""
+
+    def __init__(self, store: BlobStore, expected: BlobRef | None, max_bytes: int) -> None:
+        self._store = store
+        self._expected = expected
+        self._max = max_bytes
+        if expected is not None and expected.size > max_bytes:
+            raise BlobError(f"blob of {expected.size} bytes is over the limit of {max_bytes} bytes")
+        fd, name = tempfile.mkstemp(dir=store.tmp_dir, prefix="up-")
+        self._file: BinaryIO = os.fdopen(fd, "wb")
+        self._tmp = Path(name)
+        self._hash = hashlib.sha256()
+        self.size = 0
+        self._done = False
+
+    def write(self, data: bytes) -> None:
+        self.size += len(data)
+        limit = self._expected.size if self._expected is not None else self._max
+        if self.size > limit:
+            self.abort()
+            raise BlobError(f"received more than the {limit} bytes announced for this blob")
+        self._hash.update(data)
+        self._file.write(data)
+
+    def commit(self) -> BlobRef:
+        """Check size and hash, then move the blob into place. Raises HashMismatch."""
+        self._file.close()
+        ref = BlobRef(self._hash.hexdigest(), self.size)
+        exp = self._expected
+        if exp is not None and (exp.sha256 != ref.sha256 or exp.size != ref.size):
+            self.abort()
+            raise HashMismatch(
+                f"blob bytes hash to {ref.sha256} ({ref.size} bytes), "
+                f"but {exp.sha256} ({exp.size} bytes) was announced"
+            )
+        dest = self._store.path_for(ref.sha256)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self._tmp, dest)
+        self._done = True
+        return ref
+
+    def abort(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._file.close()
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> BlobWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.abort()
+
+
+class BlobStore:
+    """Blobs on disk under root, named by sha256."""
+
+    def __init__(self, root: Path, max_blob_bytes: int = 1 << 40) -> None:
+        self.root = Path(root)
+        self.max_blob_bytes = max_blob_bytes
+        self.tmp_dir = self.root / "tmp"
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        if not self.has(EMPTY_SHA256):
+            with self.writer() as w:
+                w.commit()
+
+    def path_for(self, sha: str) -> Path:
+        check_sha256(sha)
+        return self.root / sha[:2] / sha
+
+    def has(self, sha: str) -> bool:
+        return self.path_for(sha).is_file()
+
+    def ref(self, sha: str) -> BlobRef:
+        """The BlobRef of a stored blob; BlobError if it is not here."""
+        path = self.path_for(sha)
+        try:
+            return BlobRef(sha, path.stat().st_size)
+        except FileNotFoundError:
+            raise BlobError(f"unknown blob {sha}: upload it first") from None
+
+    def writer(self, expected: BlobRef | None = None) -> BlobWriter:
+        return BlobWriter(self, expected, self.max_blob_bytes)
+
+    def put_file(self, path: Path) -> BlobRef:
+        """Copy a local file into the store."""
+        with self.writer() as w, open(path, "rb") as f:
+            while chunk := f.read(CHUNK_BYTES):
+                w.write(chunk)
+            return w.commit()
+
+    def put_bytes(self, data: bytes) -> BlobRef:
+        with self.writer() as w:
+            w.write(data)
+            return w.commit()
+
+    def read_chunks(self, sha: str, offset: int = 0, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
+        """Yield the blob from offset in chunks; BlobError if unknown or offset past the end."""
+        size = self.ref(sha).size
+        if offset < 0 or offset > size:
+            raise BlobError(f"offset {offset} is outside blob {sha} of {size} bytes")
+        with open(self.path_for(sha), "rb") as f:
+            f.seek(offset)
+            while chunk := f.read(chunk_bytes):
+                yield chunk
+
+    def temp_path(self, prefix: str = "work-") -> Path:
+        """A fresh path inside the store's temp dir (same filesystem, so moves are atomic)."""
+        fd, name = tempfile.mkstemp(dir=self.tmp_dir, prefix=prefix)
+        os.close(fd)
+        return Path(name)

@@ -1,0 +1,65 @@
+"""EIP-191 personal_sign messages: what a node or submitter signs to prove who it is.
+
+Messages are plain text so that a person signing with a wallet can read what they sign.
+Each names its purpose on the first line, so a signature for one purpose cannot be
+replayed as another.
+"""
+
+from __future__ import annotations
+
+import re
+
+from eth_hash.auto import keccak
+
+from tensorgrid.crypto.keys import Signer, normalize_address, recover_address
+from tensorgrid.errors import SignatureError
+from tensorgrid.types import Domain
+
+_PERSONAL_PREFIX = b"\x19Ethereum Signed Message:\n"
+_HEX32_RE = re.compile(r"[0-9a-f]{64}")
+
+
+def personal_digest(message: bytes) -> bytes:
+    """keccak256("\\x19Ethereum Signed Message:\\n" + len(message) + message), as personal_sign."""
+    return keccak(_PERSONAL_PREFIX + str(len(message)).encode("ascii") + message)
+
+
+def _hex32(what: str, value: str) -> str:
+    if not isinstance(value, str) or _HEX32_RE.fullmatch(value) is None:
+        raise SignatureError(f"{what} must be exactly 64 lowercase hex digits without 0x, got {value!r}")
+    return value
+
+
+def registration_message(address: str, nonce: bytes, domain: Domain) -> bytes:
+    """The text a node signs to register: binds its address to a coordinator-issued nonce
+    and to the chain and contract it is registering with."""
+    if not nonce:
+        raise SignatureError("registration nonce must not be empty")
+    lines = (
+        "TensorGrid node registration",
+        f"address: {normalize_address(address)}",
+        f"nonce: {nonce.hex()}",
+        f"chain: {domain.chain_id}",
+        f"coordinator: {normalize_address(domain.verifying_contract)}",
+    )
+    return "\n".join(lines).encode("utf-8")
+
+
+def submit_message(spec_hash: str) -> bytes:
+    """The text a submitter signs to submit the job whose spec hashes to `spec_hash`."""
+    return f"TensorGrid job submission\nspec: {_hex32('spec_hash', spec_hash)}".encode()
+
+
+def cancel_message(job_id: str) -> bytes:
+    """The text a submitter signs to cancel job `job_id`."""
+    return f"TensorGrid job cancellation\njob: {_hex32('job_id', job_id)}".encode()
+
+
+def sign_message(signer: Signer, message: bytes) -> bytes:
+    """A 65-byte personal_sign signature of `message` by `signer`."""
+    return signer.sign_digest(personal_digest(message))
+
+
+def recover_message_signer(message: bytes, signature: bytes) -> str:
+    """The checksum address that personal_signed `message`; SignatureError if invalid."""
+    return recover_address(personal_digest(message), signature)

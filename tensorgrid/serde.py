@@ -1,0 +1,209 @@
+"""The one place where typed values meet protobuf messages."""
+
+from __future__ import annotations
+
+import json
+
+from tensorgrid import types as t
+from tensorgrid.v1 import common_pb2, node_pb2, submit_pb2
+
+_ERROR_KINDS = {
+    t.ErrorKind.INVALID_INPUT: common_pb2.ERROR_KIND_INVALID_INPUT,
+    t.ErrorKind.UNSAFE_INPUT: common_pb2.ERROR_KIND_UNSAFE_INPUT,
+    t.ErrorKind.OUT_OF_MEMORY: common_pb2.ERROR_KIND_OUT_OF_MEMORY,
+    t.ErrorKind.TIMEOUT: common_pb2.ERROR_KIND_TIMEOUT,
+    t.ErrorKind.EXECUTION: common_pb2.ERROR_KIND_EXECUTION,
+    t.ErrorKind.BLOB_UNAVAILABLE: common_pb2.ERROR_KIND_BLOB_UNAVAILABLE,
+    t.ErrorKind.CRASHED: common_pb2.ERROR_KIND_CRASHED,
+    t.ErrorKind.RELEASED: common_pb2.ERROR_KIND_RELEASED,
+}
+_ERROR_KINDS_BACK = {v: k for k, v in _ERROR_KINDS.items()}
+
+_JOB_STATES = {
+    t.JobState.QUEUED: submit_pb2.JOB_STATE_QUEUED,
+    t.JobState.RUNNING: submit_pb2.JOB_STATE_RUNNING,
+    t.JobState.SUCCEEDED: submit_pb2.JOB_STATE_SUCCEEDED,
+    t.JobState.FAILED: submit_pb2.JOB_STATE_FAILED,
+    t.JobState.CANCELLED: submit_pb2.JOB_STATE_CANCELLED,
+}
+_JOB_STATES_BACK = {v: k for k, v in _JOB_STATES.items()}
+
+
+def blob_to_pb(ref: t.BlobRef | None) -> common_pb2.BlobRef | None:
+    return None if ref is None else common_pb2.BlobRef(sha256=ref.sha256, size=ref.size)
+
+
+def blob_from_pb(msg: common_pb2.BlobRef) -> t.BlobRef | None:
+    return t.BlobRef(msg.sha256, msg.size) if msg.sha256 else None
+
+
+def error_to_pb(err: t.TaskError) -> common_pb2.TaskError:
+    return common_pb2.TaskError(kind=_ERROR_KINDS[err.kind], message=err.message)
+
+
+def error_from_pb(msg: common_pb2.TaskError) -> t.TaskError:
+    kind = _ERROR_KINDS_BACK.get(msg.kind, t.ErrorKind.EXECUTION)
+    return t.TaskError(kind, msg.message[:4000])
+
+
+def caps_to_pb(c: t.Capabilities) -> node_pb2.Capabilities:
+    return node_pb2.Capabilities(
+        device_kind=c.device_kind,
+        memory_bytes=c.memory_bytes,
+        cpu_cores=c.cpu_cores,
+        gpus=[node_pb2.Gpu(name=g.name, memory_bytes=g.memory_bytes) for g in c.gpus],
+        max_concurrent=c.max_concurrent,
+        torch_version=c.torch_version,
+    )
+
+
+def caps_from_pb(m: node_pb2.Capabilities) -> t.Capabilities:
+    return t.Capabilities(
+        device_kind=m.device_kind,
+        memory_bytes=m.memory_bytes,
+        cpu_cores=m.cpu_cores,
+        gpus=tuple(t.Gpu(g.name, g.memory_bytes) for g in m.gpus),
+        max_concurrent=max(1, m.max_concurrent),
+        torch_version=m.torch_version,
+    )
+
+
+def domain_to_pb(d: t.Domain) -> node_pb2.Domain:
+    return node_pb2.Domain(
+        name=d.name, version=d.version, chain_id=d.chain_id, verifying_contract=d.verifying_contract
+    )
+
+
+def domain_from_pb(m: node_pb2.Domain) -> t.Domain:
+    return t.Domain(m.name, m.version, m.chain_id, m.verifying_contract)
+
+
+def lease_to_pb(lease: t.Lease) -> node_pb2.Lease:
+    return node_pb2.Lease(
+        job_id=lease.job_id,
+        task_id=lease.task_id,
+        attempt=lease.attempt,
+        deadline_ms=lease.deadline_ms,
+        kind=lease.kind,
+        model=blob_to_pb(lease.model),
+        input=blob_to_pb(lease.input),
+        settings_json=json.dumps(lease.settings, sort_keys=True).encode(),
+        memory_limit_bytes=lease.memory_limit_bytes,
+        time_limit_ms=lease.time_limit_ms,
+    )
+
+
+def lease_from_pb(m: node_pb2.Lease) -> t.Lease:
+    input_ref = blob_from_pb(m.input)
+    if input_ref is None:
+        raise ValueError("lease without an input blob")
+    return t.Lease(
+        job_id=m.job_id,
+        task_id=m.task_id,
+        attempt=m.attempt,
+        deadline_ms=m.deadline_ms,
+        kind=m.kind,
+        model=blob_from_pb(m.model) if m.HasField("model") else None,
+        input=input_ref,
+        settings=json.loads(m.settings_json or b"{}"),
+        memory_limit_bytes=m.memory_limit_bytes,
+        time_limit_ms=m.time_limit_ms,
+    )
+
+
+def receipt_to_pb(r: t.Receipt) -> node_pb2.Receipt:
+    return node_pb2.Receipt(
+        job_id=r.job_id,
+        task_id=r.task_id,
+        attempt=r.attempt,
+        input_hash=r.input_hash,
+        output_hash=r.output_hash,
+        commitment=r.commitment,
+        signature=r.signature,
+    )
+
+
+def receipt_from_pb(m: node_pb2.Receipt) -> t.Receipt:
+    return t.Receipt(
+        job_id=m.job_id,
+        task_id=m.task_id,
+        attempt=m.attempt,
+        input_hash=m.input_hash,
+        output_hash=m.output_hash,
+        commitment=m.commitment,
+        signature=bytes(m.signature),
+    )
+
+
+def job_state_to_pb(s: t.JobState) -> int:
+    return _JOB_STATES[s]
+
+
+def job_state_from_pb(v: int) -> t.JobState:
+    return _JOB_STATES_BACK.get(v, t.JobState.QUEUED)
+
+
+def job_to_pb(j: t.JobInfo) -> submit_pb2.Job:
+    return submit_pb2.Job(
+        job_id=j.job_id,
+        submitter=j.submitter,
+        kind=j.kind,
+        state=job_state_to_pb(j.state),  # type: ignore[arg-type]
+        spec_json=j.spec_json,
+        spec_hash=j.spec_hash,
+        created_ms=j.created_ms,
+        updated_ms=j.updated_ms,
+        tasks_total=j.tasks_total,
+        tasks_done=j.tasks_done,
+        task_failures=j.task_failures,
+        result=blob_to_pb(j.result),
+        error=j.error,
+    )
+
+
+def job_from_pb(m: submit_pb2.Job) -> t.JobInfo:
+    return t.JobInfo(
+        job_id=m.job_id,
+        submitter=m.submitter,
+        kind=m.kind,
+        state=job_state_from_pb(m.state),
+        spec_json=bytes(m.spec_json),
+        spec_hash=m.spec_hash,
+        created_ms=m.created_ms,
+        updated_ms=m.updated_ms,
+        tasks_total=m.tasks_total,
+        tasks_done=m.tasks_done,
+        task_failures=m.task_failures,
+        result=blob_from_pb(m.result) if m.HasField("result") else None,
+        error=m.error,
+    )
+
+
+def event_to_pb(e: t.JobEvent) -> submit_pb2.JobEvent:
+    return submit_pb2.JobEvent(
+        seq=e.seq,
+        job_id=e.job_id,
+        kind=e.kind,
+        time_ms=e.time_ms,
+        task_index=e.task_index,
+        node=e.node,
+        message=e.message,
+        tasks_done=e.tasks_done,
+        tasks_total=e.tasks_total,
+        state=job_state_to_pb(e.state),  # type: ignore[arg-type]
+    )
+
+
+def event_from_pb(m: submit_pb2.JobEvent) -> t.JobEvent:
+    return t.JobEvent(
+        seq=m.seq,
+        job_id=m.job_id,
+        kind=m.kind,
+        time_ms=m.time_ms,
+        task_index=m.task_index,
+        node=m.node,
+        message=m.message,
+        tasks_done=m.tasks_done,
+        tasks_total=m.tasks_total,
+        state=job_state_from_pb(m.state),
+    )

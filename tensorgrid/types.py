@@ -1,0 +1,132 @@
+"""Typed values shared by the SDK, the coordinator and the node. No protobuf here:
+conversion to and from the wire lives in tensorgrid.serde."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class ErrorKind(enum.StrEnum):
+    """Why a task failed on a node; mirrors tensorgrid.v1.ErrorKind."""
+
+    INVALID_INPUT = "invalid_input"
+    UNSAFE_INPUT = "unsafe_input"
+    OUT_OF_MEMORY = "out_of_memory"
+    TIMEOUT = "timeout"
+    EXECUTION = "execution"
+    BLOB_UNAVAILABLE = "blob_unavailable"
+    CRASHED = "crashed"
+    RELEASED = "released"
+
+
+@dataclass(frozen=True)
+class TaskError:
+    kind: ErrorKind
+    message: str
+
+
+class JobState(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+@dataclass(frozen=True)
+class BlobRef:
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Gpu:
+    name: str
+    memory_bytes: int
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a node offers. memory_bytes is what a task may use: GPU memory on cuda, RAM on cpu."""
+
+    device_kind: str  # "cpu" | "cuda"
+    memory_bytes: int
+    cpu_cores: int
+    gpus: tuple[Gpu, ...] = ()
+    max_concurrent: int = 1
+    torch_version: str = ""
+
+
+@dataclass(frozen=True)
+class Domain:
+    """The EIP-712 domain receipts are signed under."""
+
+    name: str
+    version: str
+    chain_id: int
+    verifying_contract: str
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """What a node signs for a result. Hashes are lowercase hex without 0x; ids are 64 hex chars."""
+
+    job_id: str
+    task_id: str
+    attempt: int
+    input_hash: str
+    output_hash: str
+    commitment: str = "0" * 64
+    signature: bytes = b""
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A task granted to one node until deadline_ms."""
+
+    job_id: str
+    task_id: str
+    attempt: int
+    deadline_ms: int
+    kind: str
+    model: BlobRef | None
+    input: BlobRef
+    settings: dict[str, object] = field(default_factory=dict)
+    memory_limit_bytes: int = 0
+    time_limit_ms: int = 0
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    job_id: str
+    submitter: str
+    kind: str
+    state: JobState
+    spec_json: bytes
+    spec_hash: str
+    created_ms: int
+    updated_ms: int
+    tasks_total: int
+    tasks_done: int
+    task_failures: int
+    result: BlobRef | None
+    error: str
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    seq: int
+    job_id: str
+    kind: str
+    time_ms: int
+    task_index: int = 0
+    node: str = ""
+    message: str = ""
+    tasks_done: int = 0
+    tasks_total: int = 0
+    state: JobState = JobState.QUEUED
