@@ -31,6 +31,7 @@ def make_engine(url: str) -> Engine:
     engine = create_engine(url, **kwargs)
     if u.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "begin", _sqlite_begin)
     schema.metadata.create_all(engine)
     _check_version(engine)
     return engine
@@ -45,6 +46,14 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=30000")
     cur.close()
+    # Let SQLAlchemy's "begin" event issue BEGIN itself (pysqlite's own is deferred).
+    dbapi_conn.isolation_level = None
+
+
+def _sqlite_begin(conn: Any) -> None:
+    # IMMEDIATE takes the write lock up front, so a SELECT … then UPDATE (leasing) cannot
+    # interleave with another writer: SQLite's stand-in for SELECT … FOR UPDATE.
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _check_version(engine: Engine) -> None:

@@ -1,0 +1,168 @@
+"""`tensorgrid`: the submitter's command line (jobs) and the demo."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tensorgrid import exitcodes
+from tensorgrid.errors import TensorGridError
+from tensorgrid.types import JobInfo
+
+DEFAULT_COORDINATOR = os.environ.get("TENSORGRID_COORDINATOR", "127.0.0.1:7070")
+DEFAULT_KEY = Path(os.environ.get("TENSORGRID_HOME", Path.home() / ".tensorgrid")) / "submitter.key"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tensorgrid",
+        description="Submit PyTorch jobs to a TensorGrid coordinator and fetch their results.",
+    )
+    sub = p.add_subparsers(dest="group", required=True)
+    demo = sub.add_parser("demo", help="run a coordinator and two nodes locally and do grid inference")
+    demo.add_argument("--nodes", type=int, default=2)
+    demo.add_argument("--rows", type=int, default=20_000, help="rows of digits data to classify")
+    demo.add_argument("--shard-rows", type=int, default=2_000)
+    demo.add_argument("--keep", type=Path, help="keep the demo's files in this directory")
+    job = sub.add_parser("job", help="submit, watch, fetch, list and cancel jobs").add_subparsers(
+        dest="command", required=True
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--coordinator", default=DEFAULT_COORDINATOR,
+                        help="HOST:PORT (default: $TENSORGRID_COORDINATOR or %(default)s)")
+    common.add_argument("--key", type=Path, default=DEFAULT_KEY,
+                        help="submitter key file, created on first use (default: %(default)s)")
+    s = job.add_parser("submit", parents=[common], help="upload a model and inputs, submit an inference job")
+    s.add_argument("--model", type=Path, required=True, help="torch.export program (.pt2)")
+    s.add_argument("--inputs", type=Path, required=True, help="safetensors file; rows along dim 0")
+    s.add_argument("--input-name", action="append", default=[], dest="input_names",
+                   help="tensor passed to the model, in order (repeat; default: all, sorted)")
+    s.add_argument("--shard-rows", type=int, default=256, help="rows per task (default: %(default)s)")
+    s.add_argument("--batch-size", type=int, default=0, help="rows per forward pass on a node (0: whole shard)")
+    s.add_argument("--device", choices=("any", "cpu", "cuda"), default="any")
+    s.add_argument("--time-limit", type=int, default=600, help="seconds a node may spend on one task")
+    s.add_argument("--memory-limit-gib", type=float, default=4.0, help="memory one task may use on a node")
+    s.add_argument("--watch", action="store_true", help="follow progress until the job ends")
+    s.add_argument("-o", "--output", type=Path, help="with --watch: download the result here")
+    w = job.add_parser("watch", parents=[common], help="follow a job's progress live")
+    w.add_argument("job_id")
+    r = job.add_parser("result", parents=[common], help="download a finished job's result")
+    r.add_argument("job_id")
+    r.add_argument("-o", "--output", type=Path, required=True)
+    ls = job.add_parser("list", parents=[common], help="list recent jobs")
+    ls.add_argument("--mine", action="store_true", help="only jobs submitted with --key")
+    ls.add_argument("--limit", type=int, default=20)
+    c = job.add_parser("cancel", parents=[common], help="cancel a job you submitted")
+    c.add_argument("job_id")
+    return p
+
+
+def load_or_create_key(path: Path) -> Any:
+    from tensorgrid.crypto import Signer
+
+    if path.exists():
+        try:
+            return Signer.from_hex(path.read_text().strip())
+        except (ValueError, TensorGridError) as e:
+            raise TensorGridError(f"{path} does not hold a private key: {e}") from None
+    signer = Signer.generate()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(signer.private_key.hex())
+    print(f"created submitter key {path} (address {signer.address})", file=sys.stderr)
+    return signer
+
+
+def _client(ns: argparse.Namespace) -> Any:
+    from tensorgrid.client import Client
+
+    return Client(ns.coordinator, load_or_create_key(ns.key))
+
+
+def _print_job(job: JobInfo) -> None:
+    print(f"job {job.job_id}\n  state    {job.state.value}\n  kind     {job.kind}\n"
+          f"  tasks    {job.tasks_done}/{job.tasks_total} done, {job.task_failures} failed attempts")
+    if job.result:
+        print(f"  result   {job.result.sha256} ({job.result.size} bytes)")
+    if job.error:
+        print(f"  error    {job.error}")
+
+
+def cmd_submit(ns: argparse.Namespace) -> int:
+    from tensorgrid.progress import byte_progress
+
+    with _client(ns) as client, byte_progress("uploading") as progress:
+        job = client.submit_inference(
+            ns.model, ns.inputs, progress=progress, input_names=tuple(ns.input_names), shard_rows=ns.shard_rows,
+            batch_size=ns.batch_size, device=ns.device, task_time_limit_s=ns.time_limit,
+            task_memory_limit_bytes=int(ns.memory_limit_gib * (1 << 30)),
+        )
+    print(f"submitted job {job.job_id} ({job.tasks_total} tasks)")
+    if not ns.watch:
+        return exitcodes.OK
+    ns.job_id = job.job_id
+    code = cmd_watch(ns)
+    if code == exitcodes.OK and ns.output:
+        return cmd_result(ns)
+    return code
+
+
+def cmd_watch(ns: argparse.Namespace) -> int:
+    from tensorgrid.progress import watch_job
+
+    with _client(ns) as client:
+        job = watch_job(client, ns.job_id)
+    _print_job(job)
+    return exitcodes.OK if job.state.value == "succeeded" else exitcodes.JOB_FAILED
+
+
+def cmd_result(ns: argparse.Namespace) -> int:
+    from tensorgrid.progress import byte_progress
+
+    with _client(ns) as client, byte_progress("downloading") as progress:
+        path = client.result(ns.job_id, ns.output, progress)
+    print(f"wrote {path}")
+    return exitcodes.OK
+
+
+def cmd_list(ns: argparse.Namespace) -> int:
+    with _client(ns) as client:
+        jobs = client.jobs(client.signer.address if ns.mine else "", ns.limit)
+    print(f"{'job':<14} {'state':<10} {'kind':<10} {'tasks':>11}  submitted")
+    for j in jobs:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j.created_ms / 1000))
+        print(f"{j.job_id[:12]}.. {j.state.value:<10} {j.kind:<10} {j.tasks_done:>5}/{j.tasks_total:<5}  {when}")
+    return exitcodes.OK
+
+
+def cmd_cancel(ns: argparse.Namespace) -> int:
+    with _client(ns) as client:
+        _print_job(client.cancel(ns.job_id))
+    return exitcodes.OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    try:
+        if ns.group == "demo":
+            from tensorgrid.demo import run_demo
+
+            return run_demo(ns)
+        handler = {"submit": cmd_submit, "watch": cmd_watch, "result": cmd_result, "list": cmd_list,
+                   "cancel": cmd_cancel}[ns.command]
+        return handler(ns)
+    except TensorGridError as e:
+        print(f"error: {e}", file=sys.stderr)
+        code = getattr(e, "code", None)
+        return exitcodes.UNAVAILABLE if code is not None and code.name == "UNAVAILABLE" else exitcodes.ERROR
+    except KeyboardInterrupt:
+        return exitcodes.INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

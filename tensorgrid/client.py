@@ -1,0 +1,199 @@
+"""The submitter SDK: upload blobs, submit signed job specs, watch them, fetch results.
+
+    from tensorgrid.client import Client
+    with Client("127.0.0.1:7070") as c:
+        job = c.submit_inference("model.pt2", "inputs.safetensors", shard_rows=512)
+        for event in c.watch(job.job_id):
+            print(event.kind, event.tasks_done, "/", event.tasks_total)
+        c.result(job.job_id, "outputs.safetensors")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from tensorgrid import serde
+from tensorgrid.blobs import CHUNK_BYTES, check_sha256, file_sha256
+from tensorgrid.crypto import Signer, cancel_message, sign_message, submit_message
+from tensorgrid.errors import BlobError, HashMismatch, TensorGridError
+from tensorgrid.rpc import channel_options
+from tensorgrid.spec import InferenceSpec, JobSpec, NoopSpec, canonical_json, spec_hash, validate
+from tensorgrid.types import BlobRef, JobEvent, JobInfo
+from tensorgrid.v1 import common_pb2, submit_pb2, submit_pb2_grpc
+
+Progress = Callable[[int, int], None]  # (bytes done, bytes total)
+
+
+class CoordinatorError(TensorGridError):
+    """The coordinator refused a request or could not be reached; `code` is the gRPC status."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    try:
+        return fn(*args, **kwargs)
+    except grpc.RpcError as e:
+        raise _wrap(e) from None
+
+
+def _wrap(e: grpc.RpcError) -> CoordinatorError:
+    code = e.code()  # type: ignore[attr-defined]
+    details = e.details()  # type: ignore[attr-defined]
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return CoordinatorError(code, f"coordinator unreachable: {details}")
+    return CoordinatorError(code, details or code.name)
+
+
+class Client:
+    """A connection to one coordinator, acting for one submitter key."""
+
+    def __init__(self, target: str, signer: Signer | None = None, timeout: float = 60.0) -> None:
+        self.target = target
+        self.signer = signer or Signer.generate()
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(target, options=channel_options())
+        self._stub = submit_pb2_grpc.SubmitterServiceStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- blobs ---------------------------------------------------------------------------------
+    def upload(self, path: str | os.PathLike[str], progress: Progress | None = None) -> BlobRef:
+        """Stream a file to the coordinator; returns its BlobRef. Skips bytes the coordinator has."""
+        path = Path(path)
+        if not path.is_file():
+            raise BlobError(f"no such file: {path}")
+        ref = file_sha256(path)
+
+        def chunks() -> Iterator[submit_pb2.UploadChunk]:
+            yield submit_pb2.UploadChunk(header=submit_pb2.UploadHeader(sha256=ref.sha256, size=ref.size))
+            done = 0
+            with open(path, "rb") as f:
+                while data := f.read(CHUNK_BYTES):
+                    yield submit_pb2.UploadChunk(data=data)
+                    done += len(data)
+                    if progress:
+                        progress(done, ref.size)
+
+        got = _call(self._stub.UploadBlob, chunks(), timeout=None)
+        if got.sha256 != ref.sha256 or got.size != ref.size:
+            raise HashMismatch(f"coordinator stored {got.sha256}, expected {ref.sha256}")
+        if progress:
+            progress(ref.size, ref.size)
+        return ref
+
+    def download(self, ref: BlobRef, dest: str | os.PathLike[str], progress: Progress | None = None) -> Path:
+        """Stream a blob to dest, resuming a partial dest.part, and check its hash."""
+        check_sha256(ref.sha256)
+        dest = Path(dest)
+        part = dest.with_name(dest.name + ".part")
+        offset = part.stat().st_size if part.exists() else 0
+        if offset > ref.size:
+            part.unlink()
+            offset = 0
+        h = hashlib.sha256()
+        if offset:
+            with open(part, "rb") as f:
+                while data := f.read(CHUNK_BYTES):
+                    h.update(data)
+        stream = self._stub.DownloadBlob(common_pb2.FetchBlobRequest(sha256=ref.sha256, offset=offset))
+        done = offset
+        try:
+            with open(part, "ab") as f:
+                for chunk in stream:
+                    f.write(chunk.data)
+                    h.update(chunk.data)
+                    done += len(chunk.data)
+                    if progress:
+                        progress(done, ref.size)
+        except grpc.RpcError as e:
+            raise _wrap(e) from None
+        if h.hexdigest() != ref.sha256 or done != ref.size:
+            part.unlink(missing_ok=True)
+            raise HashMismatch(f"downloaded bytes hash to {h.hexdigest()}, expected {ref.sha256}")
+        os.replace(part, dest)
+        return dest
+
+    # ---- jobs ----------------------------------------------------------------------------------
+    def submit(self, spec: JobSpec) -> JobInfo:
+        """Sign and submit a spec whose blobs are uploaded. Submitting the same spec again is a no-op."""
+        validate(spec)
+        spec_json = canonical_json(spec)
+        sig = sign_message(self.signer, submit_message(spec_hash(spec_json)))
+        req = submit_pb2.SubmitJobRequest(spec_json=spec_json, submitter=self.signer.address, signature=sig)
+        return serde.job_from_pb(_call(self._stub.SubmitJob, req, timeout=self.timeout * 10))
+
+    def submit_inference(
+        self, model: str | os.PathLike[str], inputs: str | os.PathLike[str], *,
+        progress: Progress | None = None, **settings: Any,
+    ) -> JobInfo:
+        """Upload a .pt2 program and a safetensors file, then submit an inference job over them."""
+        spec = InferenceSpec(model=BlobRef("0" * 64, 0), inputs=BlobRef("0" * 64, 0), **settings)
+        validate(spec)  # fail on bad settings before uploading gigabytes
+        model_ref = self.upload(model, progress)
+        inputs_ref = self.upload(inputs, progress)
+        return self.submit(InferenceSpec(model=model_ref, inputs=inputs_ref, **settings))
+
+    def submit_noop(self, tasks: int, **settings: Any) -> JobInfo:
+        return self.submit(NoopSpec(tasks=tasks, **settings))
+
+    def job(self, job_id: str) -> JobInfo:
+        return serde.job_from_pb(_call(self._stub.GetJob, submit_pb2.GetJobRequest(job_id=job_id), timeout=self.timeout))
+
+    def jobs(self, submitter: str = "", limit: int = 50) -> list[JobInfo]:
+        resp = _call(self._stub.ListJobs, submit_pb2.ListJobsRequest(submitter=submitter, limit=limit),
+                     timeout=self.timeout)
+        return [serde.job_from_pb(j) for j in resp.jobs]
+
+    def cancel(self, job_id: str) -> JobInfo:
+        sig = sign_message(self.signer, cancel_message(job_id))
+        req = submit_pb2.CancelJobRequest(job_id=job_id, signature=sig)
+        return serde.job_from_pb(_call(self._stub.CancelJob, req, timeout=self.timeout))
+
+    def watch(self, job_id: str, after_seq: int = 0) -> Iterator[JobEvent]:
+        """Events of a job from after_seq on, live, until it ends; reconnects if the stream drops."""
+        seq = after_seq
+        retries = 0
+        while True:
+            try:
+                for msg in self._stub.WatchJob(submit_pb2.WatchJobRequest(job_id=job_id, after_seq=seq)):
+                    retries = 0
+                    event = serde.event_from_pb(msg)
+                    seq = event.seq
+                    yield event
+                return
+            except grpc.RpcError as e:
+                if e.code() != grpc.StatusCode.UNAVAILABLE or retries >= 30:  # type: ignore[attr-defined]
+                    raise _wrap(e) from None
+                retries += 1
+                import time
+
+                time.sleep(min(0.2 * 2**retries, 2.0))
+
+    def wait(self, job_id: str) -> JobInfo:
+        """Block until the job ends; returns its final state."""
+        for _ in self.watch(job_id):
+            pass
+        return self.job(job_id)
+
+    def result(self, job_id: str, dest: str | os.PathLike[str], progress: Progress | None = None) -> Path:
+        """Download a finished job's result blob to dest."""
+        job = self.job(job_id)
+        if job.result is None:
+            raise TensorGridError(f"job {job_id} has no result (it is {job.state.value}{': ' + job.error if job.error else ''})")
+        return self.download(job.result, dest, progress)

@@ -1,0 +1,125 @@
+"""Start a coordinator and nodes as real processes on 127.0.0.1 (demo, tests, benchmarks).
+
+The shared core never imports the daemons: it runs their console entry points as
+subprocesses, so what runs here is exactly what an operator runs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tensorgrid.errors import TensorGridError
+
+PASSWORD = "local-grid-password"
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+@dataclass
+class LocalGrid:
+    """Processes started by this object, stopped by stop() (SIGTERM, then SIGKILL)."""
+
+    root: Path
+    coordinator_args: list[str] = field(default_factory=list)
+    procs: list[Proc] = field(default_factory=list)
+    port: int = 0
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Proc:
+        log_path = self.root / f"{name}.log"
+        log = open(log_path, "ab")
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        popen = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=full_env, start_new_session=True)
+        log.close()
+        proc = Proc(name, popen, log_path)
+        self.procs.append(proc)
+        return proc
+
+    def start_coordinator(self, *extra: str, database_url: str = "", port: int = 0, timeout: float = 60) -> Proc:
+        self.root.mkdir(parents=True, exist_ok=True)
+        ready = self.root / "coordinator.port"
+        ready.unlink(missing_ok=True)
+        args = [sys.executable, "-m", "coordinator.main", "run", "--listen", f"127.0.0.1:{port}",
+                "--data-dir", str(self.root / "coordinator"), "--ready-file", str(ready),
+                *self.coordinator_args, *extra]
+        if database_url:
+            args += ["--database-url", database_url]
+        proc = self._spawn("coordinator", args)
+        deadline = time.monotonic() + timeout
+        while not ready.exists():
+            if not proc.alive():
+                raise TensorGridError(f"coordinator exited at start:\n{proc.log_tail()}")
+            if time.monotonic() > deadline:
+                raise TensorGridError(f"coordinator not ready after {timeout}s:\n{proc.log_tail()}")
+            time.sleep(0.05)
+        self.port = int(ready.read_text())
+        return proc
+
+    def create_node_key(self, name: str) -> Path:
+        keystore = self.root / name / "key.json"
+        if not keystore.exists():
+            subprocess.run(
+                [sys.executable, "-m", "node.main", "--keystore", str(keystore), "init", "--light-kdf"],
+                check=True, capture_output=True, env={**os.environ, "TENSORGRID_KEY_PASSWORD": PASSWORD},
+            )
+        return keystore
+
+    def start_node(self, name: str, *extra: str, env: dict[str, str] | None = None) -> Proc:
+        keystore = self.create_node_key(name)
+        args = [sys.executable, "-m", "node.main", "--keystore", str(keystore), "run",
+                "--coordinator", self.target, "--data-dir", str(self.root / name), *extra]
+        return self._spawn(name, args, {"TENSORGRID_KEY_PASSWORD": PASSWORD, **(env or {})})
+
+    def stop_proc(self, proc: Proc, timeout: float = 15) -> int:
+        if proc.alive():
+            proc.popen.send_signal(signal.SIGTERM)
+            try:
+                proc.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.popen.kill()
+                proc.popen.wait()
+        return proc.popen.returncode
+
+    def kill_proc(self, proc: Proc) -> None:
+        """SIGKILL the process and its children (its task worker), as a crash would."""
+        if proc.alive():
+            os.killpg(proc.popen.pid, signal.SIGKILL)
+            proc.popen.wait()
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            self.stop_proc(proc)
+            try:  # reap a task worker left behind in the node's process group
+                os.killpg(proc.popen.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        self.procs.clear()
+
+    def __enter__(self) -> LocalGrid:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

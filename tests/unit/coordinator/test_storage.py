@@ -1,0 +1,184 @@
+"""The coordinator's state on SQLite and PostgreSQL: jobs, leases, results, failures."""
+
+from __future__ import annotations
+
+import pytest
+
+from coordinator.errors import NotFound, PermissionDenied, Rejected
+from coordinator.storage import LeaseTiming, NewJob, NewTask, State, backoff_ms
+from tensorgrid.spec import task_id_for
+from tensorgrid.types import BlobRef, Capabilities, ErrorKind, JobState, Receipt, TaskError
+
+CPU = Capabilities(device_kind="cpu", memory_bytes=8 << 30, cpu_cores=2)
+GPU = Capabilities(device_kind="cuda", memory_bytes=16 << 30, cpu_cores=8)
+TIMING = LeaseTiming(ttl_ms=1000, grace_ms=500)
+SUBMITTER = "0x" + "11" * 20
+A = "0x" + "aa" * 20
+B = "0x" + "bb" * 20
+JOB = "ab" * 32
+
+
+@pytest.fixture
+def state(db_url: str):  # type: ignore[no-untyped-def]
+    s = State(db_url)
+    yield s
+    s.close()
+
+
+def add_nodes(state: State, *nodes: tuple[str, Capabilities]) -> None:
+    for i, (addr, caps) in enumerate(nodes):
+        state.register_node(addr, caps, f"{i:064x}", 0, 10**9, f"nonce-{addr}")
+
+
+def make_job(state: State, n: int = 3, device: str = "any", job_id: str = JOB, max_attempts: int = 3,
+             min_memory: int = 0) -> None:
+    job = NewJob(job_id=job_id, submitter=SUBMITTER, kind="noop", spec_json=b"{}", spec_hash="cd" * 32,
+                 device=device, min_memory_bytes=min_memory, model=None, settings_json="{}",
+                 memory_limit_bytes=1 << 30, time_limit_ms=5000, max_attempts=max_attempts)
+    tasks = [NewTask(i, task_id_for(job_id, i), BlobRef("ee" * 32, 0), 1) for i in range(n)]
+    state.create_job(job, tasks, now_ms=1)
+
+
+def receipt(task_id: str, attempt: int) -> Receipt:
+    return Receipt(JOB, task_id, attempt, "ee" * 32, "ff" * 32, signature=b"s")
+
+
+def test_create_job_is_idempotent(state: State) -> None:
+    make_job(state)
+    make_job(state)
+    job = state.get_job(JOB)
+    assert job.tasks_total == 3 and job.state == JobState.QUEUED
+    assert [e.kind for e in state.events_after(JOB, 0)] == ["submitted"]
+
+
+def test_lease_complete_and_finish(state: State) -> None:
+    add_nodes(state, (A, CPU))
+    make_job(state, n=2)
+    leases, _ = state.lease_tasks(A, 5, 10, TIMING)
+    assert [lz.attempt for lz in leases] == [1, 1]
+    assert state.get_job(JOB).state == JobState.RUNNING
+    assert state.accept_result(A, receipt(leases[0].task_id, 1), BlobRef("ff" * 32, 3), 20) is False
+    assert state.accept_result(A, receipt(leases[1].task_id, 1), BlobRef("ff" * 32, 3), 20) is True
+    assert state.jobs_to_aggregate() == [JOB]
+    assert len(state.task_outputs(JOB)) == 2
+    done = state.finish_job(JOB, BlobRef("12" * 32, 9), "", 30)
+    assert done.state == JobState.SUCCEEDED and done.result == BlobRef("12" * 32, 9)
+    assert state.jobs_to_aggregate() == []
+    assert state.get_node(A).completed == 2  # type: ignore[union-attr]
+
+
+def test_result_for_someone_elses_lease_and_replay_are_rejected(state: State) -> None:
+    add_nodes(state, (A, CPU), (B, CPU))
+    make_job(state, n=1)
+    (lease,), _ = state.lease_tasks(A, 1, 10, TIMING)
+    with pytest.raises(Rejected, match="does not hold"):
+        state.accept_result(B, receipt(lease.task_id, 1), BlobRef("ff" * 32, 3), 20)
+    state.accept_result(A, receipt(lease.task_id, 1), BlobRef("ff" * 32, 3), 20)
+    with pytest.raises(Rejected):
+        state.accept_result(A, receipt(lease.task_id, 1), BlobRef("ff" * 32, 3), 21)
+    assert state.get_job(JOB).tasks_done == 1
+
+
+def test_expired_lease_is_reissued_to_another_node(state: State) -> None:
+    add_nodes(state, (A, CPU), (B, CPU))
+    make_job(state, n=1)
+    (lease,), _ = state.lease_tasks(A, 1, 10, TIMING)
+    assert state.reap_expired(10 + TIMING.ttl_ms - 1) == 0
+    assert state.reap_expired(10 + TIMING.ttl_ms + 1) == 1
+    with pytest.raises(Rejected):
+        state.accept_result(A, receipt(lease.task_id, 1), BlobRef("ff" * 32, 3), 2000)
+    (again,), _ = state.lease_tasks(B, 1, 2000, TIMING)
+    assert again.task_id == lease.task_id and again.attempt == 2
+    node_a = state.get_node(A)
+    assert node_a is not None and node_a.failures == 1 and node_a.backoff_until_ms > 1000
+
+
+def test_heartbeat_extends_but_caps_and_revokes(state: State) -> None:
+    add_nodes(state, (A, CPU))
+    make_job(state, n=1)
+    (lease,), _ = state.lease_tasks(A, 1, 0, TIMING)
+    assert state.heartbeat(A, [(lease.task_id, 1)], False, 900, TIMING) == []
+    assert state.reap_expired(1500) == 0  # extended to 1900
+    assert state.heartbeat(A, [(lease.task_id, 1), ("00" * 32, 1)], False, 1800, TIMING) == [("00" * 32, 1)]
+    # never past leased + time limit (5000) + grace (500), however often it beats
+    state.heartbeat(A, [(lease.task_id, 1)], False, 5400, TIMING)
+    assert state.reap_expired(5501) == 1
+
+
+def test_failure_backoff_and_max_attempts_fail_the_job(state: State) -> None:
+    add_nodes(state, (A, CPU))
+    make_job(state, n=2, max_attempts=2)
+    t = 0
+    for attempt in (1, 2):
+        t += 100_000  # past any backoff and the failed-node avoidance window
+        leases, retry = state.lease_tasks(A, 1, t, TIMING)
+        assert retry == 0 and leases[0].attempt == attempt
+        state.fail_task(A, leases[0].task_id, attempt, TaskError(ErrorKind.CRASHED, "boom"), t)
+        if attempt == 1:
+            assert state.lease_tasks(A, 1, t + 1, TIMING) == ([], backoff_ms(1) - 1)
+    job = state.get_job(JOB)
+    assert job.state == JobState.FAILED and "(crashed): boom" in job.error
+    assert state.lease_tasks(A, 5, t + 100_000, TIMING)[0] == []  # cancelled tasks are not leased
+
+
+def test_released_lease_is_not_a_failure(state: State) -> None:
+    add_nodes(state, (A, CPU))
+    make_job(state, n=1, max_attempts=1)
+    (lease,), _ = state.lease_tasks(A, 1, 0, TIMING)
+    assert state.fail_task(A, lease.task_id, 1, TaskError(ErrorKind.RELEASED, "draining"), 1) is True
+    (again,), _ = state.lease_tasks(A, 1, 2, TIMING)
+    assert again.attempt == 2 and state.get_node(A).failures == 0  # type: ignore[union-attr]
+
+
+def test_capability_matching(state: State) -> None:
+    add_nodes(state, (A, CPU), (B, GPU))
+    make_job(state, n=1, device="cuda")
+    make_job(state, n=1, job_id="cd" * 32, min_memory=12 << 30)
+    assert state.lease_tasks(A, 5, 10, TIMING)[0] == []
+    got, _ = state.lease_tasks(B, 5, 10, TIMING)
+    assert len(got) == 2
+
+
+def test_cancel_only_by_submitter(state: State) -> None:
+    add_nodes(state, (A, CPU))
+    make_job(state, n=2)
+    with pytest.raises(PermissionDenied):
+        state.cancel_job(JOB, A, 5)
+    job = state.cancel_job(JOB, SUBMITTER, 5)
+    assert job.state == JobState.CANCELLED
+    assert state.lease_tasks(A, 5, 10, TIMING)[0] == []
+    with pytest.raises(NotFound):
+        state.cancel_job("99" * 32, SUBMITTER, 5)
+
+
+def test_registration_nonce_cannot_be_replayed(state: State) -> None:
+    state.register_node(A, CPU, "01" * 32, 0, 10_000, "n1")
+    with pytest.raises(Rejected, match="already used"):
+        state.register_node(A, CPU, "02" * 32, 1, 10_000, "n1")
+    assert state.session_address("01" * 32, 5) == A
+    assert state.session_address("01" * 32, 20_000) is None
+
+
+def test_concurrent_leases_never_hand_out_a_task_twice(state: State) -> None:
+    import threading
+
+    nodes = [f"0x{i:040x}" for i in range(1, 9)]
+    add_nodes(state, *[(n, CPU) for n in nodes])
+    make_job(state, n=200)
+    got: list[str] = []
+    lock = threading.Lock()
+
+    def worker(node: str) -> None:
+        while True:
+            leases, _ = state.lease_tasks(node, 3, 10, TIMING)
+            if not leases:
+                return
+            with lock:
+                got.extend(lz.task_id for lz in leases)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in nodes]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert len(got) == 200 and len(set(got)) == 200

@@ -1,0 +1,45 @@
+"""The content-addressed blob store."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from tensorgrid.blobs import BlobStore, file_sha256
+from tensorgrid.errors import BlobError, HashMismatch
+from tensorgrid.types import BlobRef
+
+
+def test_streamed_write_and_ranged_read(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path)
+    data = bytes(range(256)) * 10_000
+    with store.writer(BlobRef(hashlib.sha256(data).hexdigest(), len(data))) as w:
+        for i in range(0, len(data), 4096):
+            w.write(data[i : i + 4096])
+        ref = w.commit()
+    assert store.has(ref.sha256) and store.ref(ref.sha256) == ref
+    assert b"".join(store.read_chunks(ref.sha256, 1000, 777)) == data[1000:]
+    assert file_sha256(store.path_for(ref.sha256)) == ref
+
+
+def test_hash_mismatch_leaves_nothing_behind(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path)
+    with pytest.raises(HashMismatch), store.writer(BlobRef("00" * 32, 3)) as w:
+        w.write(b"abc")
+        w.commit()
+    assert not store.has("00" * 32)
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_oversize_and_bad_names_are_refused(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path, max_blob_bytes=10)
+    with pytest.raises(BlobError, match="over the limit"):
+        store.writer(BlobRef("00" * 32, 11))
+    with pytest.raises(BlobError, match="more than"), store.writer() as w:
+        w.write(b"x" * 11)
+    with pytest.raises(BlobError, match="not a sha256"):
+        store.path_for("../../etc/passwd")
+    with pytest.raises(BlobError, match="unknown blob"):
+        store.ref("11" * 32)
