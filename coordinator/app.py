@@ -17,15 +17,16 @@ from coordinator.aggregator import assemble
 from coordinator.config import CoordinatorConfig
 from coordinator.errors import Conflict
 from coordinator.events import EventHub
-from coordinator.storage import State
+from coordinator.storage import State, TaskRecord
 from coordinator.verifier import Verifier
 from tensorgrid.blobs import BlobStore
 from tensorgrid.crypto import Signer
 from tensorgrid.errors import TensorGridError
-from tensorgrid.types import Domain
+from tensorgrid.types import Domain, Lease
 
 log = logging.getLogger("tensorgrid.coordinator")
 T = TypeVar("T")
+LEASE_BOOK_SIZE = 200_000
 
 
 def now_ms() -> int:
@@ -61,6 +62,9 @@ class Coordinator:
         # SQLite has one writer: one DB thread avoids lock contention. PostgreSQL takes a pool.
         self._db_pool = ThreadPoolExecutor(1 if self.state.is_sqlite else 8, thread_name_prefix="db")
         self._work_pool = ThreadPoolExecutor(2, thread_name_prefix="work")
+        # Leases this process granted, so a result can be pre-checked without a DB read;
+        # the authoritative checks run again inside accept_result's transaction.
+        self.lease_book: dict[str, TaskRecord] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._aggregating: set[str] = set()
 
@@ -73,6 +77,20 @@ class Coordinator:
         return await asyncio.get_running_loop().run_in_executor(
             self._work_pool, functools.partial(fn, *args, **kwargs)
         )
+
+    def remember(self, leases: list[Lease], node: str) -> None:
+        book = self.lease_book
+        for x in leases:
+            book[x.task_id] = TaskRecord(
+                task_id=x.task_id, job_id=x.job_id, index=x.index, state="leased", kind=x.kind,
+                attempt=x.attempt, node=node, deadline_ms=x.deadline_ms, input=x.input, rows=x.rows,
+            )
+        while len(book) > LEASE_BOOK_SIZE:
+            del book[next(iter(book))]
+
+    async def task_record(self, task_id: str) -> TaskRecord:
+        record = self.lease_book.get(task_id)
+        return record if record is not None else await self.db(self.state.get_task, task_id)
 
     def spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)

@@ -99,6 +99,8 @@ class Lease:
     settings: dict[str, object] = field(default_factory=dict)
     memory_limit_bytes: int = 0
     time_limit_ms: int = 0
+    index: int = 0  # the task's position in its job
+    rows: int = 0  # input rows (inference); known to the coordinator, not sent on the wire
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from coordinator.api.auth import SessionCache, check_challenge, current_node, ma
 from coordinator.api.blobs import receive_into, stream_blob
 from coordinator.api.status import unary
 from coordinator.app import Coordinator, now_ms
-from coordinator.errors import PermissionDenied, Rejected
+from coordinator.errors import NotFound, PermissionDenied, Rejected
 from tensorgrid import serde
 from tensorgrid.crypto import normalize_address, recover_message_signer, registration_message
 from tensorgrid.errors import BlobError, SignatureError
@@ -74,6 +74,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         app = self.app
         leases, retry = await app.db(app.state.lease_tasks, current_node.get(), request.max_tasks or 1, now_ms(),
                                      app.config.timing)
+        app.remember(leases, current_node.get())
         for job_id in {lease.job_id for lease in leases}:
             app.hub.notify(job_id)
         return node_pb2.LeaseResponse(leases=[serde.lease_to_pb(x) for x in leases], retry_after_ms=retry)
@@ -89,8 +90,9 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         app = self.app
         node = current_node.get()
         error = serde.error_from_pb(request.error)
-        task = await app.db(app.state.get_task, request.task_id)
+        task = await app.task_record(request.task_id)
         reissued = await app.db(app.state.fail_task, node, request.task_id, request.attempt, error, now_ms())
+        app.lease_book.pop(request.task_id, None)
         log.info("node %s failed task %s/%d: %s: %s", node, task.index, request.attempt, error.kind.value,
                  error.message[:200])
         app.hub.notify(task.job_id)
@@ -108,23 +110,27 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         receipt = serde.receipt_from_pb(first.header.receipt)
         size = first.header.output_size
         try:
-            task = await app.db(app.state.get_task, receipt.task_id)
+            task = await app.task_record(receipt.task_id)
             app.verifier.check_receipt(task, node, receipt)
             if size > app.config.limits.max_output_bytes:
                 raise Rejected(f"output of {size} bytes is over the limit of {app.config.limits.max_output_bytes}")
-            output = await self._receive_output(receipt, size, request_iterator, context)
-            await app.work(app.verifier.check_output, task, app.blobs.path_for(output.sha256))
-            complete = await app.db(app.state.accept_result, node, receipt, output, now_ms())
-        except (Rejected, BlobError) as e:
+            output = await self._receive_output(receipt, size, request_iterator)
+            rows = None
+            if task.kind != "noop":
+                rows = await app.work(app.verifier.output_rows, task.kind, app.blobs.path_for(output.sha256))
+            job_id, complete = await app.db(app.state.accept_result, node, receipt, output, rows, now_ms())
+        except (Rejected, BlobError, NotFound) as e:
             await self._reject(node, receipt, str(e))
             return node_pb2.SubmitResultResponse(accepted=False, reason=str(e))
-        app.hub.notify(task.job_id)
+        finally:
+            app.lease_book.pop(receipt.task_id, None)
+        app.hub.notify(job_id)
         if complete:
-            app.schedule_aggregation(task.job_id)
+            app.schedule_aggregation(job_id)
         return node_pb2.SubmitResultResponse(accepted=True)
 
     async def _receive_output(
-        self, receipt: Receipt, size: int, chunks: AsyncIterator[node_pb2.ResultChunk], context: grpc.aio.ServicerContext
+        self, receipt: Receipt, size: int, chunks: AsyncIterator[node_pb2.ResultChunk]
     ) -> BlobRef:
         writer = self.app.blobs.writer(BlobRef(receipt.output_hash, size))
 

@@ -156,12 +156,18 @@ class JobStore:
         )
         self._event(conn, job_id, state.value, now_ms, message=error)
 
-    def _event(self, conn: Connection, job_id: str, kind: str, now_ms: int, **fields: Any) -> None:
-        """Append to the job's event log in the caller's transaction (so it commits with the change)."""
+    def _event(
+        self, conn: Connection, job_id: str, kind: str, now_ms: int, job_values: dict[str, Any] | None = None,
+        **fields: Any,
+    ) -> Any:
+        """Append to the job's event log in the caller's transaction (so it commits with the change).
+
+        job_values are applied to the job row in the same statement; returns the updated counters.
+        """
         row = conn.execute(
             update(s.jobs)
             .where(s.jobs.c.job_id == job_id)
-            .values(event_seq=s.jobs.c.event_seq + 1, updated_ms=now_ms)
+            .values(event_seq=s.jobs.c.event_seq + 1, updated_ms=now_ms, **(job_values or {}))
             .returning(s.jobs.c.event_seq, s.jobs.c.tasks_done, s.jobs.c.tasks_total, s.jobs.c.state)
         ).one()
         conn.execute(
@@ -170,6 +176,7 @@ class JobStore:
                 tasks_total=row.tasks_total, state=row.state, **fields,
             )
         )
+        return row
 
 
 def _task_row(job: NewJob, t: NewTask, now_ms: int) -> dict[str, Any]:

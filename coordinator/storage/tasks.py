@@ -127,13 +127,17 @@ class TaskStore:
             raise NotFound(f"no task {task_id}")
         return _record(row)
 
-    def accept_result(self, address: str, receipt: Receipt, output: BlobRef, now_ms: int) -> bool:
-        """Record a verified result from the lease holder; True when it completes its job."""
+    def accept_result(
+        self, address: str, receipt: Receipt, output: BlobRef, output_rows: int | None, now_ms: int
+    ) -> tuple[str, bool]:
+        """Record a result whose signature and bytes are verified: every check against the task
+        happens here, in one transaction. Returns (job id, whether this completed the job)."""
         with self.engine.begin() as conn:
             row = conn.execute(
                 select(s.tasks).where(s.tasks.c.task_id == receipt.task_id).with_for_update()
             ).first()
             _check_holder(row, address, receipt.attempt, now_ms)
+            _check_matches(row, receipt, output_rows)
             try:
                 conn.execute(insert(s.receipts).values(
                     task_id=receipt.task_id, attempt=receipt.attempt, node=address,
@@ -146,18 +150,14 @@ class TaskStore:
                 update(s.tasks).where(s.tasks.c.task_id == receipt.task_id).values(
                     state="done", output_sha=output.sha256, output_size=output.size, deadline_ms=None)
             )
-            done = conn.execute(
-                update(s.jobs).where(s.jobs.c.job_id == row.job_id)
-                .values(tasks_done=s.jobs.c.tasks_done + 1)
-                .returning(s.jobs.c.tasks_done, s.jobs.c.tasks_total)
-            ).one()
             conn.execute(
                 update(s.nodes).where(s.nodes.c.address == address).values(
                     completed=s.nodes.c.completed + 1, consecutive_failures=0, backoff_until_ms=0,
                     last_seen_ms=now_ms)
             )
-            self._event(conn, row.job_id, "completed", now_ms, task_index=row.idx, node=address)
-        return bool(done.tasks_done == done.tasks_total)
+            done = self._event(conn, row.job_id, "completed", now_ms, task_index=row.idx, node=address,
+                               job_values={"tasks_done": s.jobs.c.tasks_done + 1})
+        return row.job_id, bool(done.tasks_done == done.tasks_total)
 
     def fail_task(self, address: str, task_id: str, attempt: int, error: TaskError, now_ms: int) -> bool:
         """A node reports it could not finish; the task is reissued (True) or its job fails (False)."""
@@ -231,12 +231,21 @@ def _check_holder(row: Any, address: str, attempt: int, now_ms: int, *, allow_ex
         raise Rejected("the lease expired before the result arrived")
 
 
+def _check_matches(row: Any, receipt: Receipt, output_rows: int | None) -> None:
+    if receipt.job_id != row.job_id:
+        raise Rejected("receipt names another job than the task's")
+    if receipt.input_hash != row.input_sha:
+        raise Rejected("receipt's input hash is not the task's input")
+    if output_rows is not None and output_rows != row.rows:
+        raise Rejected(f"output has {output_rows} rows, the task's input has {row.rows}")
+
+
 def _lease(r: Any, address: str, deadline: int) -> Lease:
     return Lease(
         job_id=r.job_id, task_id=r.task_id, attempt=r.attempt + 1, deadline_ms=deadline, kind=r.kind,
         model=BlobRef(r.model_sha, r.model_size) if r.model_sha else None,
         input=BlobRef(r.input_sha, r.input_size), settings=json.loads(r.settings),
-        memory_limit_bytes=r.memory_limit_bytes, time_limit_ms=r.time_limit_ms,
+        memory_limit_bytes=r.memory_limit_bytes, time_limit_ms=r.time_limit_ms, index=r.idx, rows=r.rows,
     )
 
 

@@ -57,8 +57,8 @@ def test_lease_complete_and_finish(state: State) -> None:
     leases, _ = state.lease_tasks(A, 5, 10, TIMING)
     assert [lz.attempt for lz in leases] == [1, 1]
     assert state.get_job(JOB).state == JobState.RUNNING
-    assert state.accept_result(A, receipt(leases[0].task_id, 1), BlobRef("ff" * 32, 3), 20) is False
-    assert state.accept_result(A, receipt(leases[1].task_id, 1), BlobRef("ff" * 32, 3), 20) is True
+    assert state.accept_result(A, receipt(leases[0].task_id, 1), BlobRef("ff" * 32, 3), None, 20) == (JOB, False)
+    assert state.accept_result(A, receipt(leases[1].task_id, 1), BlobRef("ff" * 32, 3), None, 20) == (JOB, True)
     assert state.jobs_to_aggregate() == [JOB]
     assert len(state.task_outputs(JOB)) == 2
     done = state.finish_job(JOB, BlobRef("12" * 32, 9), "", 30)
@@ -72,10 +72,10 @@ def test_result_for_someone_elses_lease_and_replay_are_rejected(state: State) ->
     make_job(state, n=1)
     (lease,), _ = state.lease_tasks(A, 1, 10, TIMING)
     with pytest.raises(Rejected, match="does not hold"):
-        state.accept_result(B, receipt(lease.task_id, 1), BlobRef("ff" * 32, 3), 20)
-    state.accept_result(A, receipt(lease.task_id, 1), BlobRef("ff" * 32, 3), 20)
+        state.accept_result(B, receipt(lease.task_id, 1), BlobRef("ff" * 32, 3), None, 20)
+    state.accept_result(A, receipt(lease.task_id, 1), BlobRef("ff" * 32, 3), None, 20)
     with pytest.raises(Rejected):
-        state.accept_result(A, receipt(lease.task_id, 1), BlobRef("ff" * 32, 3), 21)
+        state.accept_result(A, receipt(lease.task_id, 1), BlobRef("ff" * 32, 3), None, 21)
     assert state.get_job(JOB).tasks_done == 1
 
 
@@ -86,7 +86,7 @@ def test_expired_lease_is_reissued_to_another_node(state: State) -> None:
     assert state.reap_expired(10 + TIMING.ttl_ms - 1) == 0
     assert state.reap_expired(10 + TIMING.ttl_ms + 1) == 1
     with pytest.raises(Rejected):
-        state.accept_result(A, receipt(lease.task_id, 1), BlobRef("ff" * 32, 3), 2000)
+        state.accept_result(A, receipt(lease.task_id, 1), BlobRef("ff" * 32, 3), None, 2000)
     (again,), _ = state.lease_tasks(B, 1, 2000, TIMING)
     assert again.task_id == lease.task_id and again.attempt == 2
     node_a = state.get_node(A)

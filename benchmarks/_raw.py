@@ -1,0 +1,82 @@
+"""Baselines measured in the same run as our system: a raw grpc.aio echo and raw TCP.
+
+Run as a process (`python -m benchmarks._raw echo|tcp-sink|tcp-source …`) so the baseline
+server lives in its own process, just as the coordinator does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+import sys
+from pathlib import Path
+
+import grpc
+
+from tensorgrid.rpc import server_options
+
+ECHO_METHOD = "/bench.Echo/Echo"
+
+
+def _identity(b: bytes) -> bytes:
+    return b
+
+
+async def serve_echo(port_file: Path) -> None:
+    async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return request
+
+    handler = grpc.method_handlers_generic_handler(
+        "bench.Echo",
+        {"Echo": grpc.unary_unary_rpc_method_handler(echo, request_deserializer=_identity,
+                                                     response_serializer=_identity)},
+    )
+    server = grpc.aio.server(options=server_options())
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    port_file.write_text(str(port))
+    await server.wait_for_termination()
+
+
+def tcp_sink(port_file: Path, out: Path) -> None:
+    """Accept connections; write each one's bytes to `out`; reply with the byte count."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    port_file.write_text(str(srv.getsockname()[1]))
+    while True:
+        conn, _ = srv.accept()
+        total = 0
+        with conn, open(out, "wb") as f:
+            while data := conn.recv(1 << 20):
+                f.write(data)
+                total += len(data)
+            conn.sendall(str(total).encode())
+
+
+def tcp_source(port_file: Path, src: Path) -> None:
+    """Accept connections; send `src` to each one."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    port_file.write_text(str(srv.getsockname()[1]))
+    while True:
+        conn, _ = srv.accept()
+        with conn, open(src, "rb") as f:
+            conn.sendfile(f)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("mode", choices=("echo", "tcp-sink", "tcp-source"))
+    p.add_argument("--port-file", type=Path, required=True)
+    p.add_argument("--path", type=Path)
+    ns = p.parse_args()
+    if ns.mode == "echo":
+        asyncio.run(serve_echo(ns.port_file))
+    elif ns.mode == "tcp-sink":
+        tcp_sink(ns.port_file, ns.path)
+    else:
+        tcp_source(ns.port_file, ns.path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

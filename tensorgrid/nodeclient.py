@@ -1,0 +1,106 @@
+"""A low-level async client of NodeService: the node protocol without any policy.
+
+The node daemon's agent is built on it; benchmarks and tests use it to drive the real
+API directly (simulated nodes, misbehaving nodes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable
+from pathlib import Path
+
+import grpc
+
+from tensorgrid import serde
+from tensorgrid.blobs import CHUNK_BYTES
+from tensorgrid.crypto import Signer, registration_message, sign_message, sign_receipt
+from tensorgrid.rpc import SESSION_METADATA_KEY, channel_options
+from tensorgrid.types import BlobRef, Capabilities, Domain, Lease, Receipt, TaskError
+from tensorgrid.v1 import common_pb2, node_pb2, node_pb2_grpc
+
+
+class NodeClient:
+    """One node's connection: register once, then lease, fetch, submit, report, heartbeat."""
+
+    def __init__(self, target: str, signer: Signer, timeout: float = 30.0) -> None:
+        self.signer = signer
+        self.timeout = timeout
+        self.channel = grpc.aio.insecure_channel(target, options=channel_options())
+        self.stub = node_pb2_grpc.NodeServiceStub(self.channel)
+        self.token = ""
+        self.domain: Domain | None = None
+        self.heartbeat_s = 5.0
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return ((SESSION_METADATA_KEY, self.token),)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def register(self, caps: Capabilities, version: str = "0.1.0") -> None:
+        ch = await self.stub.GetChallenge(node_pb2.ChallengeRequest(address=self.signer.address),
+                                          timeout=self.timeout)
+        domain = serde.domain_from_pb(ch.domain)
+        sig = sign_message(self.signer, registration_message(self.signer.address, ch.nonce, domain))
+        resp = await self.stub.Register(
+            node_pb2.RegisterRequest(address=self.signer.address, nonce=ch.nonce, signature=sig,
+                                     capabilities=serde.caps_to_pb(caps), version=version),
+            timeout=self.timeout,
+        )
+        self.token = resp.session_token
+        self.domain = serde.domain_from_pb(resp.domain)
+        self.heartbeat_s = max(0.2, resp.heartbeat_interval_ms / 1000)
+
+    async def lease(self, max_tasks: int = 1) -> tuple[list[Lease], int]:
+        resp = await self.stub.LeaseTasks(node_pb2.LeaseRequest(max_tasks=max_tasks), metadata=self.metadata,
+                                          timeout=self.timeout)
+        return [serde.lease_from_pb(x) for x in resp.leases], resp.retry_after_ms
+
+    async def heartbeat(self, active: Iterable[tuple[str, int]], draining: bool = False) -> list[tuple[str, int]]:
+        resp = await self.stub.Heartbeat(
+            node_pb2.HeartbeatRequest(active=[node_pb2.LeaseKey(task_id=t, attempt=a) for t, a in active],
+                                      draining=draining),
+            metadata=self.metadata, timeout=self.timeout,
+        )
+        return [(k.task_id, k.attempt) for k in resp.revoked]
+
+    def fetch(self, ref: BlobRef, offset: int = 0) -> AsyncIterator[bytes]:
+        async def chunks() -> AsyncIterator[bytes]:
+            call = self.stub.FetchBlob(common_pb2.FetchBlobRequest(sha256=ref.sha256, offset=offset),
+                                       metadata=self.metadata)
+            async for chunk in call:
+                yield chunk.data
+
+        return chunks()
+
+    def sign(self, lease: Lease, output: BlobRef) -> Receipt:
+        assert self.domain is not None, "register first"
+        return sign_receipt(self.signer, self.domain, Receipt(
+            job_id=lease.job_id, task_id=lease.task_id, attempt=lease.attempt,
+            input_hash=lease.input.sha256, output_hash=output.sha256,
+        ))
+
+    async def submit(self, receipt: Receipt, output_size: int, data: bytes | Path) -> tuple[bool, str]:
+        """Send a signed result; data is the output's bytes or a file to stream. Returns (accepted, reason)."""
+
+        async def chunks() -> AsyncIterator[node_pb2.ResultChunk]:
+            header = node_pb2.ResultHeader(receipt=serde.receipt_to_pb(receipt), output_size=output_size)
+            yield node_pb2.ResultChunk(header=header)
+            if isinstance(data, bytes):
+                for i in range(0, len(data), CHUNK_BYTES):
+                    yield node_pb2.ResultChunk(data=data[i : i + CHUNK_BYTES])
+            else:
+                with open(data, "rb") as f:
+                    while piece := f.read(CHUNK_BYTES):
+                        yield node_pb2.ResultChunk(data=piece)
+
+        resp = await self.stub.SubmitResult(chunks(), metadata=self.metadata, timeout=max(self.timeout, 600))
+        return resp.accepted, resp.reason
+
+    async def report(self, task_id: str, attempt: int, error: TaskError, timeout: float | None = None) -> bool:
+        ack = await self.stub.ReportFailure(
+            node_pb2.FailureReport(task_id=task_id, attempt=attempt, error=serde.error_to_pb(error)),
+            metadata=self.metadata, timeout=timeout or self.timeout,
+        )
+        return bool(ack.reissued)

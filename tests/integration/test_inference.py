@@ -1,0 +1,157 @@
+"""Inference end to end: SDK → coordinator → node daemons → one result equal to local inference."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from tensorgrid.client import Client
+from tensorgrid.crypto import Signer
+from tensorgrid.localgrid import LocalGrid
+from tensorgrid.types import JobState
+from tensorgrid.workloads.tensorfile import load_tensors
+from tests.integration.conftest import BATCH, Assets, node_args
+
+pytestmark = pytest.mark.integration
+
+
+def assert_matches_local(result: Path, assets: Assets) -> None:
+    got = load_tensors(result)["output"]
+    want = load_tensors(assets.expected)["output"]
+    assert got.shape == want.shape == (assets.rows, 10)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+def run_job(grid: LocalGrid, assets: Assets, tmp: Path, shard_rows: int = 500) -> tuple[str, list[str]]:
+    with Client(grid.target, Signer.generate()) as client:
+        job = client.submit_inference(assets.model, assets.inputs, shard_rows=shard_rows, batch_size=BATCH,
+                                      device="cpu")
+        kinds = [e.kind for e in client.watch(job.job_id)]
+        final = client.job(job.job_id)
+        assert final.state == JobState.SUCCEEDED, final.error
+        client.result(job.job_id, tmp / "out.safetensors")
+    assert_matches_local(tmp / "out.safetensors", assets)
+    return job.job_id, kinds
+
+
+def test_two_nodes_sqlite(make_grid: Callable[..., LocalGrid], digits: Assets, tmp_path: Path) -> None:
+    grid = make_grid()
+    grid.start_coordinator()
+    for i in range(2):
+        grid.start_node(f"node{i}", *node_args())
+    _, kinds = run_job(grid, digits, tmp_path)
+    assert kinds[0] == "submitted" and kinds[-1] == "succeeded"
+    assert kinds.count("completed") == 6
+
+
+def test_two_nodes_postgres(
+    make_grid: Callable[..., LocalGrid], digits: Assets, tmp_path: Path, pg_url: str
+) -> None:
+    grid = make_grid("--database-url", pg_url)
+    grid.start_coordinator()
+    for i in range(2):
+        grid.start_node(f"node{i}", *node_args())
+    run_job(grid, digits, tmp_path)
+
+
+def test_node_killed_mid_task_is_reissued(
+    make_grid: Callable[..., LocalGrid], slow_digits: Assets, tmp_path: Path
+) -> None:
+    grid = make_grid()
+    grid.start_coordinator()
+    victim = grid.start_node("victim", *node_args())
+    with Client(grid.target, Signer.generate()) as client:
+        job = client.submit_inference(slow_digits.model, slow_digits.inputs, shard_rows=1000, batch_size=BATCH,
+                                      device="cpu")
+        for ev in client.watch(job.job_id):
+            if ev.kind == "running":  # the victim holds a lease now
+                break
+        time.sleep(0.5)
+        grid.kill_proc(victim)
+        grid.start_node("rescuer", *node_args())
+        kinds = [e.kind for e in client.watch(job.job_id)]
+        assert client.job(job.job_id).state == JobState.SUCCEEDED
+        assert "reissued" in kinds
+        client.result(job.job_id, tmp_path / "out.safetensors")
+    assert_matches_local(tmp_path / "out.safetensors", slow_digits)
+
+
+def test_coordinator_restart_mid_job(
+    make_grid: Callable[..., LocalGrid], slow_digits: Assets, tmp_path: Path
+) -> None:
+    grid = make_grid()
+    coordinator = grid.start_coordinator()
+    for i in range(2):
+        grid.start_node(f"node{i}", *node_args())
+    with Client(grid.target, Signer.generate()) as client:
+        job = client.submit_inference(slow_digits.model, slow_digits.inputs, shard_rows=1000, batch_size=BATCH,
+                                      device="cpu")
+        for ev in client.watch(job.job_id):
+            if ev.kind == "completed" and ev.tasks_done >= 2:
+                break
+    grid.kill_proc(coordinator)  # a crash, not a clean stop
+    time.sleep(1.0)
+    grid.start_coordinator(port=grid.port)
+    with Client(grid.target, Signer.generate()) as client:
+        final = client.wait(job.job_id)
+        assert final.state == JobState.SUCCEEDED, final.error
+        assert final.tasks_done == final.tasks_total == 12
+        client.result(job.job_id, tmp_path / "out.safetensors")
+    assert_matches_local(tmp_path / "out.safetensors", slow_digits)
+
+
+def test_sigterm_drains_and_second_sigterm_stops(
+    make_grid: Callable[..., LocalGrid], slow_digits: Assets, tmp_path: Path
+) -> None:
+    grid = make_grid()
+    grid.start_coordinator()
+    node = grid.start_node("node", *node_args())
+    with Client(grid.target, Signer.generate()) as client:
+        job = client.submit_inference(slow_digits.model, slow_digits.inputs, shard_rows=1000, batch_size=BATCH,
+                                      device="cpu")
+        for ev in client.watch(job.job_id):
+            if ev.kind == "running":
+                break
+        time.sleep(0.3)
+        node.popen.send_signal(signal.SIGTERM)
+        assert node.popen.wait(60) == 0
+        done = client.job(job.job_id).tasks_done
+        assert 1 <= done < 12  # it finished the task it held, then took no more
+        assert "draining" in node.log_tail(80)
+        second = grid.start_node("node2", *node_args())
+        for ev in client.watch(job.job_id, after_seq=0):
+            if ev.kind == "completed" and ev.node.lower() != "" and ev.tasks_done > done:
+                break
+        second.popen.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+        second.popen.send_signal(signal.SIGTERM)
+        assert second.popen.wait(10) == 130
+
+
+def test_cli_submit_watch_result(make_grid: Callable[..., LocalGrid], digits: Assets, tmp_path: Path) -> None:
+    grid = make_grid()
+    grid.start_coordinator()
+    grid.start_node("node0", *node_args())
+    out = tmp_path / "cli_out.safetensors"
+    env_key = tmp_path / "submitter.key"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tensorgrid.cli", "job", "submit", "--coordinator", grid.target, "--key", str(env_key),
+         "--model", str(digits.model), "--inputs", str(digits.inputs), "--shard-rows", "1000",
+         "--batch-size", str(BATCH), "--device", "cpu", "--watch", "-o", str(out)],
+        capture_output=True, text=True, timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "succeeded" in proc.stdout
+    assert_matches_local(out, digits)
+    listing = subprocess.run(
+        [sys.executable, "-m", "tensorgrid.cli", "job", "list", "--mine", "--coordinator", grid.target,
+         "--key", str(env_key)], capture_output=True, text=True, timeout=60,
+    )
+    assert listing.returncode == 0 and "succeeded" in listing.stdout
