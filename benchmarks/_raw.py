@@ -41,13 +41,16 @@ async def serve_echo(port_file: Path) -> None:
 
 
 def tcp_sink(port_file: Path, out: Path) -> None:
-    """Accept connections; write each one's bytes to `out`; reply with the byte count."""
+    """Accept connections; write each one's bytes to a new file (as a blob store does); reply
+    with the byte count once all is written."""
     srv = socket.create_server(("127.0.0.1", 0))
     port_file.write_text(str(srv.getsockname()[1]))
+    n = 0
     while True:
         conn, _ = srv.accept()
         total = 0
-        with conn, open(out, "wb") as f:
+        n += 1
+        with conn, open(out.with_name(f"{out.name}.{n}"), "wb") as f:
             while data := conn.recv(1 << 20):
                 f.write(data)
                 total += len(data)

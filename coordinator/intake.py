@@ -46,7 +46,7 @@ def plan_job(
     if isinstance(spec, InferenceSpec):
         tasks = _plan_inference(spec, job_id, blobs, limits)
         model: BlobRef | None = spec.model
-        settings = {"input_names": list(spec.input_names), "batch_size": spec.batch_size, "device": spec.device}
+        settings = {"input_names": list(spec.input_names) or None, "batch_size": spec.batch_size, "device": spec.device}
     else:
         tasks = _plan_noop(spec, job_id, limits)
         model, settings = None, {}

@@ -55,6 +55,8 @@ class Agent:
         """Work until drained. Returns after in-flight tasks are finished or released."""
         self.config.work_dir.mkdir(parents=True, exist_ok=True)
         try:
+            # Warm the task workers (torch import) before the first lease, not during it.
+            await asyncio.gather(*(ex.start() for ex in self.executors))
             await self._register_with_retry()
             heartbeat = asyncio.create_task(self._heartbeat_loop())
             await asyncio.gather(*(self._slot_loop(ex) for ex in self.executors))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from collections.abc import AsyncIterator
 
 import grpc
@@ -31,10 +33,22 @@ async def stream_blob(
 
 
 async def receive_into(writer: BlobWriter, chunks: AsyncIterator[bytes]) -> BlobRef:
-    """Feed streamed bytes into a writer and commit; BlobError on oversize data or a hash mismatch."""
+    """Feed streamed bytes into a writer and commit; BlobError on oversize data or a hash mismatch.
+
+    Hashing and disk writes run on a thread, one chunk behind the network, so receiving
+    the next chunk overlaps writing the last one.
+    """
+    pending: asyncio.Future[None] | None = None
     try:
         async for data in chunks:
-            writer.write(data)
-        return writer.commit()
+            if pending is not None:
+                await pending
+            pending = asyncio.ensure_future(asyncio.to_thread(writer.write, data))
+        if pending is not None:
+            await pending
+            pending = None
+        return await asyncio.to_thread(writer.commit)
     finally:
+        if pending is not None:
+            await asyncio.gather(pending, return_exceptions=True)
         writer.abort()

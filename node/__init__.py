@@ -1,0 +1,1 @@
+"""The node daemon: agent (lease loop), executor (child process), hardware, blob cache."""

@@ -1,0 +1,337 @@
+"""Run tasks in a supervised child process (node.worker) with time and memory limits.
+
+The daemon never runs a workload in its own process: a hostile or broken model can only
+take down the child, which is killed (its whole process group) and replaced on the next
+task. Memory is enforced by polling the child's peak RSS; the worker adds a per-task
+RLIMIT_AS soft cap on CPU as a backstop (see node.worker).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from tensorgrid.types import ErrorKind, TaskError
+
+__all__ = ["Executor", "TaskOutcome", "TaskRequest"]
+
+log = logging.getLogger("tensorgrid.node.executor")
+
+STDERR_TAIL_BYTES = 4096
+_PROJECT_ROOT = str(Path(__file__).resolve().parent.parent)
+
+
+@dataclass(frozen=True)
+class TaskRequest:
+    """One task for the worker. Limits of 0 mean "no limit"; paths are local files."""
+
+    kind: str
+    model_path: str | None
+    input_path: str
+    output_path: str
+    settings: Mapping[str, object] = field(default_factory=dict)
+    device: str = "auto"
+    threads: int = 0
+    memory_limit_bytes: int = 0
+    time_limit_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class TaskOutcome:
+    """What happened to a task: rows and forward seconds on success, else a typed error."""
+
+    ok: bool
+    rows: int = 0
+    seconds: float = 0.0
+    error: TaskError | None = None
+
+    @classmethod
+    def failed(cls, kind: ErrorKind, message: str) -> TaskOutcome:
+        return cls(ok=False, error=TaskError(kind, message))
+
+
+class _WorkerStartError(Exception):
+    pass
+
+
+class _Child:
+    """One worker process: its pipes, a bounded tail of its stderr, and how to kill it."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, tail_bytes: int) -> None:
+        self.proc = proc
+        self._tail = bytearray()
+        self._tail_bytes = tail_bytes
+        # stderr must be drained continuously or a chatty child blocks on a full pipe.
+        self._drain = asyncio.create_task(self._drain_stderr())
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.returncode is None
+
+    async def _drain_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        while chunk := await self.proc.stderr.read(4096):
+            self._tail += chunk
+            del self._tail[: max(0, len(self._tail) - self._tail_bytes)]
+
+    async def stderr_tail(self) -> str:
+        """The last bytes the child wrote to stderr, once it has closed it (bounded wait)."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._drain), 1.0)
+        return self._tail.decode("utf-8", "replace").strip()
+
+    def kill(self) -> None:
+        """SIGKILL the child's whole process group (it leads its own session)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.kill()
+
+    async def kill_and_wait(self) -> None:
+        self.kill()
+        await self.proc.wait()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._drain), 1.0)
+
+    def peak_rss(self) -> int:
+        """Peak resident memory since the last reset (VmHWM), or current RSS off Linux."""
+        try:
+            with open(f"/proc/{self.pid}/status", encoding="ascii") as status:
+                for line in status:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            pass
+        try:
+            return int(psutil.Process(self.pid).memory_info().rss)
+        except psutil.Error:
+            return 0
+
+    def reset_peak(self) -> None:
+        """Restart VmHWM from the current RSS so one task's peak is not charged to the next."""
+        with contextlib.suppress(OSError), open(f"/proc/{self.pid}/clear_refs", "w") as f:
+            f.write("5")
+
+
+class Executor:
+    """Runs one task at a time in a warm child process; every failure becomes a TaskOutcome."""
+
+    def __init__(
+        self,
+        *,
+        worker_argv: Sequence[str] | None = None,
+        start_timeout_s: float = 120.0,
+        poll_interval_s: float = 0.1,
+        stderr_tail_bytes: int = STDERR_TAIL_BYTES,
+    ) -> None:
+        """worker_argv replaces `python -m node.worker` (tests use it to run hostile workers)."""
+        self._argv = list(worker_argv or [sys.executable, "-m", "node.worker"])
+        self._start_timeout_s = start_timeout_s
+        self._poll_interval_s = poll_interval_s
+        self._tail_bytes = stderr_tail_bytes
+        self._child: _Child | None = None
+        self._lock = asyncio.Lock()
+        self._cancelled = asyncio.Event()
+        self._running = False
+        self._closed = False
+        self._seq = 0
+
+    @property
+    def pid(self) -> int | None:
+        """Process id of the current worker, if one is running."""
+        return self._child.pid if self._child is not None and self._child.alive else None
+
+    async def start(self) -> None:
+        """Start the worker ahead of the first task so it does not pay torch's import time."""
+        async with self._lock:
+            await self._ensure_child(0)
+
+    async def run(self, request: TaskRequest) -> TaskOutcome:
+        """Run one task under its limits. Never raises for anything the child does."""
+        async with self._lock:
+            if self._closed:
+                return TaskOutcome.failed(ErrorKind.RELEASED, "the executor is closed")
+            self._cancelled.clear()
+            self._running = True
+            try:
+                child = await self._ensure_child(request.memory_limit_bytes)
+                return await self._supervise(child, request)
+            except _WorkerStartError as exc:
+                return TaskOutcome.failed(ErrorKind.CRASHED, str(exc))
+            finally:
+                self._running = False
+
+    async def cancel(self) -> None:
+        """Kill the running task's child now; its run() returns RELEASED. No-op when idle."""
+        if self._running and self._child is not None:
+            self._cancelled.set()
+            self._child.kill()
+
+    async def close(self, timeout_s: float = 5.0) -> None:
+        """Cancel any running task and stop the worker: EOF first, SIGKILL after timeout_s."""
+        self._closed = True
+        await self.cancel()
+        async with self._lock:
+            child, self._child = self._child, None
+            if child is None or not child.alive:
+                return
+            assert child.proc.stdin is not None
+            child.proc.stdin.close()
+            try:
+                await asyncio.wait_for(child.proc.wait(), timeout_s)
+            except asyncio.TimeoutError:
+                log.warning("worker %d did not exit within %.1fs of EOF; killing it", child.pid, timeout_s)
+            await child.kill_and_wait()
+
+    async def _ensure_child(self, memory_limit: int) -> _Child:
+        child = self._child
+        if child is not None and child.alive and memory_limit > 0:
+            child.reset_peak()
+            if child.peak_rss() > memory_limit:
+                # Warm programs alone exceed this task's budget: a fresh child starts smaller.
+                log.info("worker %d holds more than the task's memory limit; restarting it", child.pid)
+                await child.kill_and_wait()
+        if child is None or not child.alive:
+            self._child = child = await self._spawn()
+        return child
+
+    async def _spawn(self) -> _Child:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PROJECT_ROOT, env.get("PYTHONPATH")) if p)
+        proc = await asyncio.create_subprocess_exec(
+            *self._argv,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+            env=env,
+        )
+        child = _Child(proc, self._tail_bytes)
+        assert proc.stdout is not None
+        try:
+            line = await asyncio.wait_for(proc.stdout.readline(), self._start_timeout_s)
+            hello = json.loads(line)
+            if not isinstance(hello, dict) or hello.get("ready") is not True:
+                raise ValueError(f"unexpected greeting {line[:200]!r}")
+        except (asyncio.TimeoutError, ValueError) as exc:
+            await child.kill_and_wait()
+            tail = await child.stderr_tail()
+            raise _WorkerStartError(f"the worker failed to start ({exc or 'timed out'}); stderr: {tail}") from None
+        log.debug("worker %d ready", proc.pid)
+        return child
+
+    async def _supervise(self, child: _Child, request: TaskRequest) -> TaskOutcome:
+        self._seq += 1
+        task_id = str(self._seq)
+        if not await self._send(child, task_id, request):
+            return await self._crashed(child, "the worker was gone before the task was sent")
+        assert child.proc.stdout is not None
+        reply = asyncio.create_task(child.proc.stdout.readline())
+        watch = asyncio.create_task(self._watch_memory(child, request.memory_limit_bytes))
+        cancelled = asyncio.create_task(self._cancelled.wait())
+        timeout = request.time_limit_s if request.time_limit_s > 0 else None
+        try:
+            done, _ = await asyncio.wait({reply, watch, cancelled}, timeout=timeout, return_when="FIRST_COMPLETED")
+        finally:
+            for task in (reply, watch, cancelled):
+                task.cancel()
+        if cancelled in done:
+            await child.kill_and_wait()
+            return TaskOutcome.failed(ErrorKind.RELEASED, "the task was cancelled")
+        if watch in done and not watch.cancelled():
+            await child.kill_and_wait()
+            return _over_memory(watch.result(), request.memory_limit_bytes)
+        if reply not in done:
+            await child.kill_and_wait()
+            return TaskOutcome.failed(ErrorKind.TIMEOUT, f"the task exceeded its time limit of {timeout:g}s")
+        try:
+            line = reply.result()
+        except (ValueError, asyncio.LimitOverrunError):
+            return await self._crashed(child, "the worker wrote an overlong response line", kill=True)
+        return await self._parse_reply(child, task_id, line, request.memory_limit_bytes)
+
+    async def _send(self, child: _Child, task_id: str, request: TaskRequest) -> bool:
+        message: dict[str, Any] = {
+            "id": task_id, "kind": request.kind, "model_path": request.model_path,
+            "input_path": request.input_path, "output_path": request.output_path,
+            "settings": dict(request.settings), "device": request.device, "threads": request.threads,
+            "memory_limit_bytes": request.memory_limit_bytes,
+        }  # fmt: skip
+        assert child.proc.stdin is not None
+        try:
+            child.proc.stdin.write((json.dumps(message) + "\n").encode())
+            await child.proc.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            return False
+        return True
+
+    async def _parse_reply(self, child: _Child, task_id: str, line: bytes, limit: int) -> TaskOutcome:
+        if not line:
+            return await self._crashed(child, "the worker died during the task")
+        try:
+            reply = json.loads(line)
+            if not isinstance(reply, dict) or reply.get("id") != task_id:
+                raise ValueError("response does not answer the request")
+            if reply.get("ok") is True:
+                outcome = TaskOutcome(ok=True, rows=int(reply["rows"]), seconds=float(reply["seconds"]))
+            else:
+                outcome = TaskOutcome.failed(ErrorKind(reply["error_kind"]), str(reply["message"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            return await self._crashed(child, f"the worker sent a malformed response ({exc})", kill=True)
+        peak = child.peak_rss()
+        if limit > 0 and peak > limit:
+            # A spike between two polls still counts; the child's peak stays tainted, so replace it.
+            await child.kill_and_wait()
+            return _over_memory(peak, limit)
+        return outcome
+
+    async def _crashed(self, child: _Child, what: str, *, kill: bool = False) -> TaskOutcome:
+        if kill:
+            await child.kill_and_wait()
+        else:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(child.proc.wait(), 5.0)
+            child.kill()
+        code = child.proc.returncode
+        status = ""
+        if code is not None and code < 0:
+            try:
+                status = f", killed by {signal.Signals(-code).name}"
+            except ValueError:
+                status = f", killed by signal {-code}"
+        elif code is not None:
+            status = f", exit code {code}"
+        tail = await child.stderr_tail()
+        return TaskOutcome.failed(ErrorKind.CRASHED, f"{what}{status}; stderr tail: {tail or '(empty)'}")
+
+    async def _watch_memory(self, child: _Child, limit: int) -> int:
+        """Return the child's peak RSS once it exceeds limit; wait forever without a limit."""
+        if limit <= 0:
+            await asyncio.Event().wait()
+        while True:
+            peak = child.peak_rss()
+            if peak > limit:
+                return peak
+            await asyncio.sleep(self._poll_interval_s)
+
+
+def _over_memory(peak: int, limit: int) -> TaskOutcome:
+    return TaskOutcome.failed(
+        ErrorKind.OUT_OF_MEMORY,
+        f"the task used {peak / 2**20:.0f} MiB, over its memory limit of {limit / 2**20:.0f} MiB",
+    )

@@ -1,0 +1,243 @@
+"""Child process that runs tasks for the executor: `python -m node.worker`.
+
+Protocol: one JSON request per line on stdin, one JSON response per line on stdout.
+On start the worker prints {"ready": true, "pid": n} once torch is imported, so the
+executor can keep start-up time out of a task's time limit. EOF on stdin means exit.
+
+Request:  {"id", "kind": "inference"|"noop", "model_path", "input_path", "output_path",
+           "settings": {...}, "device": "auto"|"cpu"|"cuda", "threads": int,
+           "memory_limit_bytes": int (optional, 0 = none)}
+Response: {"id", "ok": true, "rows": n, "seconds": s}
+       or {"id", "ok": false, "error_kind": <ErrorKind value>, "message": str}
+
+The worker never imports a stranger's code: models are torch.export programs vetted by
+tensorgrid.workloads, tensors are safetensors. It stays alive across requests so torch is
+imported once and recently used programs stay loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import shutil
+import sys
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import IO, Any
+
+from tensorgrid.errors import ExecutionError, InvalidTensorFile, SpecError, TensorGridError, UnsafeFileError
+from tensorgrid.types import ErrorKind
+
+log = logging.getLogger("tensorgrid.node.worker")
+
+PROGRAM_CACHE_SIZE = 2
+MAX_MESSAGE_CHARS = 2000
+# Virtual memory a task may map beyond its RSS budget: allocator arenas, thread stacks and
+# torch's lazily mapped libraries are address space, not memory, and must not trip the cap.
+ADDRESS_SPACE_HEADROOM = 512 * 1024**2
+_OOM_MARKERS = ("can't allocate memory", "out of memory", "cannot allocate memory")
+
+
+class _ProgramCache:
+    """LRU of loaded programs keyed by (path, device, file identity)."""
+
+    def __init__(self, load: Callable[..., Any], size: int = PROGRAM_CACHE_SIZE) -> None:
+        self._load = load
+        self._size = size
+        self._items: OrderedDict[tuple[object, ...], Any] = OrderedDict()
+
+    def __call__(self, path: str | os.PathLike[str], device: Any = "cpu") -> Any:
+        st = os.stat(path)
+        # File identity is in the key so a replaced file at the same path is never served stale.
+        key = (os.fspath(path), str(device), st.st_ino, st.st_size, st.st_mtime_ns)
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        module = self._load(path, device)
+        self._items[key] = module
+        while len(self._items) > self._size:
+            self._items.popitem(last=False)
+        return module
+
+
+def _install_program_cache() -> None:
+    """Route run_inference's program loading through an LRU.
+
+    run_inference takes a path and loads the program itself; patching the name it looks up
+    in its own module (only in this child process) keeps warm programs without changing
+    its signature.
+    """
+    from tensorgrid.workloads import inference
+
+    inference.load_program = _ProgramCache(inference.load_program)  # type: ignore[assignment]
+
+
+def _run_inference(request: dict[str, Any]) -> tuple[int, float]:
+    from tensorgrid.workloads.inference import run_inference
+
+    settings = request.get("settings") or {}
+    if request.get("model_path") is None:
+        raise SpecError("an inference task needs a model")
+    stats = run_inference(
+        request["model_path"],
+        request["input_path"],
+        request["output_path"],
+        input_names=settings.get("input_names"),
+        batch_size=int(settings.get("batch_size", 0)),
+        device=request.get("device") or "auto",
+    )
+    return stats.rows, stats.seconds
+
+
+def _run_noop(request: dict[str, Any]) -> tuple[int, float]:
+    """Copy the input to the output: measures the round trip without any torch work."""
+    started = time.perf_counter()
+    shutil.copyfile(request["input_path"], request["output_path"])
+    return 0, time.perf_counter() - started
+
+
+_HANDLERS: dict[str, Callable[[dict[str, Any]], tuple[int, float]]] = {
+    "inference": _run_inference,
+    "noop": _run_noop,
+}
+
+
+def _is_oom(exc: BaseException) -> bool:
+    """True when exc, or anything in its cause chain, is an allocation failure."""
+    import torch
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, MemoryError | torch.OutOfMemoryError):
+            return True
+        if isinstance(current, RuntimeError) and any(m in str(current).lower() for m in _OOM_MARKERS):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def classify(exc: BaseException) -> ErrorKind:
+    """Map an exception raised while running a task to the ErrorKind reported to the coordinator."""
+    if _is_oom(exc):
+        return ErrorKind.OUT_OF_MEMORY
+    if isinstance(exc, ExecutionError):
+        try:
+            return ErrorKind(exc.kind)
+        except ValueError:
+            return ErrorKind.EXECUTION
+    if isinstance(exc, UnsafeFileError):
+        return ErrorKind.UNSAFE_INPUT
+    if isinstance(exc, InvalidTensorFile | SpecError):
+        return ErrorKind.INVALID_INPUT
+    if isinstance(exc, TensorGridError | KeyError | TypeError | ValueError | FileNotFoundError):
+        # A TensorGridError outside the ones above is a bad request (e.g. unknown device).
+        return ErrorKind.INVALID_INPUT
+    return ErrorKind.EXECUTION
+
+
+def _set_address_space(limit_bytes: int) -> None:
+    """Cap virtual memory for this task (soft limit only, so it can be lifted afterwards).
+
+    This backstops the executor's RSS polling: a fast allocation fails inside the worker
+    with a clean MemoryError instead of racing the poller or waking the kernel OOM killer.
+    Skipped on CUDA, whose driver reserves far more address space than memory.
+    """
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if limit_bytes <= 0:
+        resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
+        return
+    with open("/proc/self/statm") as statm:
+        mapped = int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    soft = mapped + limit_bytes + ADDRESS_SPACE_HEADROOM
+    if hard != resource.RLIM_INFINITY:
+        soft = min(soft, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def handle(request: dict[str, Any]) -> dict[str, Any]:
+    """Run one request and build its response; never raises for a task's own failure."""
+    import torch
+
+    task_id = str(request.get("id", ""))
+    try:
+        handler = _HANDLERS.get(request.get("kind", ""))
+        if handler is None:
+            raise SpecError(f"unknown task kind {request.get('kind')!r}; expected one of {sorted(_HANDLERS)}")
+        threads = int(request.get("threads") or 0)
+        if threads > 0:
+            torch.set_num_threads(threads)
+        limit = int(request.get("memory_limit_bytes") or 0)
+        _set_address_space(limit if request.get("device") != "cuda" else 0)
+        try:
+            rows, seconds = handler(request)
+        finally:
+            _set_address_space(0)
+    except Exception as exc:  # a task's failure is reported, never fatal to the worker
+        kind = classify(exc)
+        message = f"{type(exc).__name__}: {exc}"[:MAX_MESSAGE_CHARS]
+        log.info("task %s failed (%s): %s", task_id, kind.value, message)
+        return {"id": task_id, "ok": False, "error_kind": kind.value, "message": message}
+    return {"id": task_id, "ok": True, "rows": rows, "seconds": seconds}
+
+
+def _protocol_stream() -> IO[str]:
+    """Take fd 1 for the protocol and point fd 1 at stderr.
+
+    Native code (torch, BLAS, CUDA) may print to fd 1; redirecting it keeps stray output
+    from corrupting the response stream.
+    """
+    proto_fd = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return os.fdopen(proto_fd, "w", buffering=1, encoding="utf-8")
+
+
+def serve(stdin: IO[str], out: IO[str]) -> None:
+    """Answer requests from stdin until EOF."""
+    for line in stdin:
+        if not line.strip():
+            continue
+        try:
+            request = json.loads(line)
+            if not isinstance(request, dict):
+                raise ValueError("a request must be a JSON object")
+        except ValueError as exc:
+            response: dict[str, Any] = {
+                "id": "", "ok": False, "error_kind": ErrorKind.INVALID_INPUT.value,
+                "message": f"malformed request: {exc}"[:MAX_MESSAGE_CHARS],
+            }  # fmt: skip
+        else:
+            response = handle(request)
+        out.write(json.dumps(response) + "\n")
+        out.flush()
+
+
+def _volunteer_for_oom_killer() -> None:
+    """Ask the kernel to kill this worker, not the daemon, if the machine runs out of memory."""
+    try:
+        with open("/proc/self/oom_score_adj", "w") as adj:
+            adj.write("1000")
+    except OSError:
+        pass  # not Linux, or not permitted: the executor's own limits still apply
+
+
+def main() -> None:
+    """Entry point of the child process."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="worker %(levelname)s %(message)s")
+    _volunteer_for_oom_killer()
+    out = _protocol_stream()
+    import torch  # imported before "ready" so the first task does not pay for it
+
+    _install_program_cache()
+    out.write(json.dumps({"ready": True, "pid": os.getpid(), "torch": torch.__version__}) + "\n")
+    out.flush()
+    serve(sys.stdin, out)
+
+
+if __name__ == "__main__":
+    main()
