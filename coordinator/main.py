@@ -38,7 +38,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--heartbeat-ms", type=int, default=5000, help="how often nodes should heartbeat")
     run.add_argument("--lease-ttl-ms", type=int, default=15000,
                      help="a lease without a heartbeat for this long is reissued to another node")
-    run.add_argument("--max-shard-mib", type=int, default=512, help="largest input shard a job may ask for")
+    run.add_argument("--max-shard-mib", type=float, default=512, help="largest input shard a job may ask for")
     run.add_argument("--ready-file", type=Path, help="write the bound port here once serving (for scripts)")
     run.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
@@ -53,7 +53,7 @@ def config_from(ns: argparse.Namespace) -> CoordinatorConfig:
         listen=ns.listen, data_dir=ns.data_dir,
         database_url=ns.database_url or os.environ.get("TENSORGRID_DATABASE_URL", ""),
         chain_id=ns.chain_id, heartbeat_interval_ms=ns.heartbeat_ms,
-        timing=LeaseTiming(ttl_ms=ns.lease_ttl_ms), limits=Limits(max_shard_bytes=ns.max_shard_mib << 20),
+        timing=LeaseTiming(ttl_ms=ns.lease_ttl_ms), limits=Limits(max_shard_bytes=int(ns.max_shard_mib * (1 << 20))),
     )
 
 

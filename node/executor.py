@@ -194,7 +194,7 @@ class Executor:
             child.proc.stdin.close()
             try:
                 await asyncio.wait_for(child.proc.wait(), timeout_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.warning("worker %d did not exit within %.1fs of EOF; killing it", child.pid, timeout_s)
             await child.kill_and_wait()
 
@@ -228,10 +228,12 @@ class Executor:
             hello = json.loads(line)
             if not isinstance(hello, dict) or hello.get("ready") is not True:
                 raise ValueError(f"unexpected greeting {line[:200]!r}")
-        except (asyncio.TimeoutError, ValueError) as exc:
+        except (TimeoutError, ValueError) as exc:
             await child.kill_and_wait()
             tail = await child.stderr_tail()
-            raise _WorkerStartError(f"the worker failed to start ({exc or 'timed out'}); stderr: {tail}") from None
+            raise _WorkerStartError(
+                f"the worker failed to start ({exc or 'timed out'}); stderr: {tail}"
+            ) from None
         log.debug("worker %d ready", proc.pid)
         return child
 
@@ -246,7 +248,9 @@ class Executor:
         cancelled = asyncio.create_task(self._cancelled.wait())
         timeout = request.time_limit_s if request.time_limit_s > 0 else None
         try:
-            done, _ = await asyncio.wait({reply, watch, cancelled}, timeout=timeout, return_when="FIRST_COMPLETED")
+            done, _ = await asyncio.wait(
+                {reply, watch, cancelled}, timeout=timeout, return_when="FIRST_COMPLETED"
+            )
         finally:
             for task in (reply, watch, cancelled):
                 task.cancel()
@@ -267,11 +271,16 @@ class Executor:
 
     async def _send(self, child: _Child, task_id: str, request: TaskRequest) -> bool:
         message: dict[str, Any] = {
-            "id": task_id, "kind": request.kind, "model_path": request.model_path,
-            "input_path": request.input_path, "output_path": request.output_path,
-            "settings": dict(request.settings), "device": request.device, "threads": request.threads,
+            "id": task_id,
+            "kind": request.kind,
+            "model_path": request.model_path,
+            "input_path": request.input_path,
+            "output_path": request.output_path,
+            "settings": dict(request.settings),
+            "device": request.device,
+            "threads": request.threads,
             "memory_limit_bytes": request.memory_limit_bytes,
-        }  # fmt: skip
+        }
         assert child.proc.stdin is not None
         try:
             child.proc.stdin.write((json.dumps(message) + "\n").encode())

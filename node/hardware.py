@@ -61,8 +61,10 @@ def detect(device: str = "auto", memory_limit_bytes: int | None = None) -> Capab
         if memory_limit_bytes > memory:
             log.warning(
                 "memory limit %d exceeds the %d bytes available on %s; using what is available",
-                memory_limit_bytes, memory, kind,
-            )  # fmt: skip
+                memory_limit_bytes,
+                memory,
+                kind,
+            )
         memory = min(memory, memory_limit_bytes)
     return Capabilities(
         device_kind=kind,

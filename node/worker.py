@@ -208,9 +208,11 @@ def serve(stdin: IO[str], out: IO[str]) -> None:
                 raise ValueError("a request must be a JSON object")
         except ValueError as exc:
             response: dict[str, Any] = {
-                "id": "", "ok": False, "error_kind": ErrorKind.INVALID_INPUT.value,
+                "id": "",
+                "ok": False,
+                "error_kind": ErrorKind.INVALID_INPUT.value,
                 "message": f"malformed request: {exc}"[:MAX_MESSAGE_CHARS],
-            }  # fmt: skip
+            }
         else:
             response = handle(request)
         out.write(json.dumps(response) + "\n")

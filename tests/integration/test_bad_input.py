@@ -28,7 +28,7 @@ CPU = Capabilities(device_kind="cpu", memory_bytes=8 << 30, cpu_cores=2)
 
 @pytest.fixture
 def grid(make_grid: Callable[..., LocalGrid]) -> LocalGrid:
-    g = make_grid("--max-shard-mib", "1")
+    g = make_grid("--max-shard-mib", "0.25")
     g.start_coordinator()
     return g
 

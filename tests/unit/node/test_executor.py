@@ -31,17 +31,28 @@ def executor(loop: asyncio.AbstractEventLoop) -> Iterator[Executor]:
 
 def _infer(models: dict[str, Path], name: str, out: Path, **limits: float) -> TaskRequest:
     return TaskRequest(
-        kind="inference", model_path=str(models[name]), input_path=str(models[f"{name}_in"]),
-        output_path=str(out), settings={"batch_size": 4 if name == "tiny" else 0}, device="cpu", threads=1,
-        memory_limit_bytes=int(limits.get("memory", 0)), time_limit_s=limits.get("time", 0.0),
-    )  # fmt: skip
+        kind="inference",
+        model_path=str(models[name]),
+        input_path=str(models[f"{name}_in"]),
+        output_path=str(out),
+        settings={"batch_size": 4 if name == "tiny" else 0},
+        device="cpu",
+        threads=1,
+        memory_limit_bytes=int(limits.get("memory", 0)),
+        time_limit_s=limits.get("time", 0.0),
+    )
 
 
 def _noop(tmp_path: Path, **limits: float) -> TaskRequest:
     src = tmp_path / "noop_in"
     src.write_bytes(b"abc")
-    return TaskRequest(kind="noop", model_path=None, input_path=str(src), output_path=str(tmp_path / "noop_out"),
-                       time_limit_s=limits.get("time", 10.0))  # fmt: skip
+    return TaskRequest(
+        kind="noop",
+        model_path=None,
+        input_path=str(src),
+        output_path=str(tmp_path / "noop_out"),
+        time_limit_s=limits.get("time", 10.0),
+    )
 
 
 def _assert_noop_works(loop: asyncio.AbstractEventLoop, ex: Executor, tmp_path: Path) -> None:
@@ -50,7 +61,9 @@ def _assert_noop_works(loop: asyncio.AbstractEventLoop, ex: Executor, tmp_path: 
     assert (tmp_path / "noop_out").read_bytes() == b"abc"
 
 
-def test_inference_matches_in_process(loop, executor, models, tmp_path) -> None:
+def test_inference_matches_in_process(
+    loop: asyncio.AbstractEventLoop, executor: Executor, models: dict[str, Path], tmp_path: Path
+) -> None:
     outcome = loop.run_until_complete(executor.run(_infer(models, "tiny", tmp_path / "out", time=60)))
     assert outcome.ok and outcome.rows == 10, outcome
     threads = torch.get_num_threads()
@@ -64,7 +77,9 @@ def test_inference_matches_in_process(loop, executor, models, tmp_path) -> None:
     assert torch.equal(got["output"], want["output"])
 
 
-def test_warm_worker_is_reused_and_fast(loop, executor, tmp_path) -> None:
+def test_warm_worker_is_reused_and_fast(
+    loop: asyncio.AbstractEventLoop, executor: Executor, tmp_path: Path
+) -> None:
     _assert_noop_works(loop, executor, tmp_path)
     pid = executor.pid
     started = time.perf_counter()
@@ -75,8 +90,11 @@ def test_warm_worker_is_reused_and_fast(loop, executor, tmp_path) -> None:
     assert per_task < 0.1, f"warm noop round trip took {per_task * 1000:.1f} ms"
 
 
-def test_timeout_kills_and_next_task_works(loop, executor, models, tmp_path) -> None:
+def test_timeout_kills_and_next_task_works(
+    loop: asyncio.AbstractEventLoop, executor: Executor, models: dict[str, Path], tmp_path: Path
+) -> None:
     pid = executor.pid
+    assert pid is not None
     started = time.perf_counter()
     outcome = loop.run_until_complete(executor.run(_infer(models, "slow", tmp_path / "out", time=0.5)))
     assert outcome.error is not None and outcome.error.kind is ErrorKind.TIMEOUT, outcome
@@ -87,24 +105,39 @@ def test_timeout_kills_and_next_task_works(loop, executor, models, tmp_path) -> 
     assert executor.pid != pid
 
 
-def test_memory_bomb_is_out_of_memory(loop, executor, models, tmp_path) -> None:
+def test_memory_bomb_is_out_of_memory(
+    loop: asyncio.AbstractEventLoop, executor: Executor, models: dict[str, Path], tmp_path: Path
+) -> None:
+    pid = executor.pid
     request = _infer(models, "hog", tmp_path / "out", memory=1024**3, time=60)
     outcome = loop.run_until_complete(executor.run(request))
     assert outcome.error is not None and outcome.error.kind is ErrorKind.OUT_OF_MEMORY, outcome
+    # On CPU the worker's address-space cap fails the 4 GiB allocation cleanly: no kill needed.
+    assert executor.pid == pid
     _assert_noop_works(loop, executor, tmp_path)
 
 
-def test_garbage_model_is_refused_not_crashed(loop, executor, models, tmp_path) -> None:
+def test_garbage_model_is_refused_not_crashed(
+    loop: asyncio.AbstractEventLoop, executor: Executor, models: dict[str, Path], tmp_path: Path
+) -> None:
     pid = executor.pid
-    request = TaskRequest(kind="inference", model_path=str(models["garbage"]), input_path=str(models["tiny_in"]),
-                          output_path=str(tmp_path / "out"), device="cpu", time_limit_s=60)  # fmt: skip
+    request = TaskRequest(
+        kind="inference",
+        model_path=str(models["garbage"]),
+        input_path=str(models["tiny_in"]),
+        output_path=str(tmp_path / "out"),
+        device="cpu",
+        time_limit_s=60,
+    )
     outcome = loop.run_until_complete(executor.run(request))
     assert outcome.error is not None
     assert outcome.error.kind in (ErrorKind.UNSAFE_INPUT, ErrorKind.INVALID_INPUT), outcome
     assert executor.pid == pid  # a refused file is a task failure, not a worker failure
 
 
-def test_killed_child_is_crashed_then_replaced(loop, executor, models, tmp_path) -> None:
+def test_killed_child_is_crashed_then_replaced(
+    loop: asyncio.AbstractEventLoop, executor: Executor, models: dict[str, Path], tmp_path: Path
+) -> None:
     async def scenario() -> TaskOutcome:
         task = asyncio.create_task(executor.run(_infer(models, "slow", tmp_path / "out", time=60)))
         await asyncio.sleep(0.3)
@@ -118,7 +151,9 @@ def test_killed_child_is_crashed_then_replaced(loop, executor, models, tmp_path)
     _assert_noop_works(loop, executor, tmp_path)
 
 
-def test_cancel_releases_the_task(loop, executor, models, tmp_path) -> None:
+def test_cancel_releases_the_task(
+    loop: asyncio.AbstractEventLoop, executor: Executor, models: dict[str, Path], tmp_path: Path
+) -> None:
     async def scenario() -> TaskOutcome:
         task = asyncio.create_task(executor.run(_infer(models, "slow", tmp_path / "out", time=60)))
         await asyncio.sleep(0.3)
@@ -133,17 +168,30 @@ def test_cancel_releases_the_task(loop, executor, models, tmp_path) -> None:
 
 
 def _hostile(act: str, tmp_path: Path, **limits: float) -> TaskRequest:
-    return TaskRequest(kind="noop", model_path=None, input_path="-", output_path="-", settings={"act": act},
-                       memory_limit_bytes=int(limits.get("memory", 0)), time_limit_s=limits.get("time", 10.0))  # fmt: skip
+    return TaskRequest(
+        kind="noop",
+        model_path=None,
+        input_path="-",
+        output_path="-",
+        settings={"act": act},
+        memory_limit_bytes=int(limits.get("memory", 0)),
+        time_limit_s=limits.get("time", 10.0),
+    )
 
 
-def test_hostile_worker_failures(loop, tmp_path) -> None:
+def test_hostile_worker_failures(loop: asyncio.AbstractEventLoop, tmp_path: Path) -> None:
     async def scenario() -> dict[str, TaskOutcome]:
         ex = Executor(worker_argv=HOSTILE, stderr_tail_bytes=1000)
         try:
             results = {}
-            for act, limits in [("exit", {}), ("garbage", {}), ("hog", {"memory": 300 * 2**20}),
-                                ("sleep", {"time": 0.3}), ("chatter", {})]:  # fmt: skip
+            cases: list[tuple[str, dict[str, float]]] = [
+                ("exit", {}),
+                ("garbage", {}),
+                ("hog", {"memory": 300 * 2**20}),
+                ("sleep", {"time": 0.3}),
+                ("chatter", {}),
+            ]
+            for act, limits in cases:
                 results[act] = await ex.run(_hostile(act, tmp_path, **limits))
             return results
         finally:
@@ -151,15 +199,20 @@ def test_hostile_worker_failures(loop, tmp_path) -> None:
 
     results = loop.run_until_complete(scenario())
     kinds = {act: outcome.error.kind if outcome.error else None for act, outcome in results.items()}
-    assert kinds == {"exit": ErrorKind.CRASHED, "garbage": ErrorKind.CRASHED, "hog": ErrorKind.OUT_OF_MEMORY,
-                     "sleep": ErrorKind.TIMEOUT, "chatter": None}  # fmt: skip
+    assert kinds == {
+        "exit": ErrorKind.CRASHED,
+        "garbage": ErrorKind.CRASHED,
+        "hog": ErrorKind.OUT_OF_MEMORY,
+        "sleep": ErrorKind.TIMEOUT,
+        "chatter": None,
+    }
     crash = results["exit"].error
     assert crash is not None and "exit code 3" in crash.message and "last words" in crash.message
     assert len(crash.message) < 1200  # the stderr tail is bounded
     assert "about to fail" not in crash.message
 
 
-def test_worker_that_never_starts_is_crashed(loop, tmp_path) -> None:
+def test_worker_that_never_starts_is_crashed(loop: asyncio.AbstractEventLoop, tmp_path: Path) -> None:
     ex = Executor(worker_argv=[sys.executable, "-c", "print('hello')"], start_timeout_s=10)
     outcome = loop.run_until_complete(ex.run(_noop(tmp_path)))
     assert outcome.error is not None and outcome.error.kind is ErrorKind.CRASHED

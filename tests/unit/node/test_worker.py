@@ -1,0 +1,93 @@
+"""node.worker's line protocol, spoken to a real child process, and its error mapping."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from node.worker import classify
+from tensorgrid.errors import ExecutionError, InvalidTensorFile, SpecError, UnsafeFileError
+from tensorgrid.types import ErrorKind
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def test_protocol_round_trip(tmp_path: Path) -> None:
+    src = tmp_path / "in.bin"
+    src.write_bytes(b"\x00payload\xff")
+    requests = [
+        {
+            "id": "a",
+            "kind": "noop",
+            "model_path": None,
+            "input_path": str(src),
+            "output_path": str(tmp_path / "out.bin"),
+            "settings": {},
+            "device": "cpu",
+            "threads": 1,
+        },
+        "not json at all",
+        {"id": "b", "kind": "train", "input_path": str(src), "output_path": str(tmp_path / "x")},
+        {
+            "id": "c",
+            "kind": "inference",
+            "model_path": str(src),
+            "input_path": str(src),
+            "output_path": str(tmp_path / "y"),
+            "settings": {},
+            "device": "cpu",
+            "threads": 1,
+        },
+    ]
+    lines = "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in requests)
+    proc = subprocess.run(
+        [sys.executable, "-m", "node.worker"],
+        input=lines,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    replies = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert replies[0]["ready"] is True
+    noop, bad_line, bad_kind, bad_model = replies[1:]
+    assert noop == {"id": "a", "ok": True, "rows": 0, "seconds": noop["seconds"]}
+    assert (tmp_path / "out.bin").read_bytes() == b"\x00payload\xff"
+    assert bad_line["ok"] is False and bad_line["error_kind"] == "invalid_input"
+    assert bad_kind == {"id": "b", "ok": False, "error_kind": "invalid_input", "message": bad_kind["message"]}
+    assert bad_model["ok"] is False and bad_model["error_kind"] in ("unsafe_input", "invalid_input")
+    assert "worker" in proc.stderr  # logs go to stderr, never into the protocol stream
+
+
+def _chained(outer: Exception, inner: BaseException) -> Exception:
+    outer.__cause__ = inner
+    return outer
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind"),
+    [
+        (UnsafeFileError("pickle"), ErrorKind.UNSAFE_INPUT),
+        (InvalidTensorFile("short"), ErrorKind.INVALID_INPUT),
+        (SpecError("bad"), ErrorKind.INVALID_INPUT),
+        (ExecutionError(ErrorKind.EXECUTION, "boom"), ErrorKind.EXECUTION),
+        (MemoryError(), ErrorKind.OUT_OF_MEMORY),
+        (torch.OutOfMemoryError("CUDA out of memory"), ErrorKind.OUT_OF_MEMORY),
+        (
+            _chained(
+                ExecutionError(ErrorKind.EXECUTION, "model failed"),
+                RuntimeError("DefaultCPUAllocator: can't allocate memory"),
+            ),
+            ErrorKind.OUT_OF_MEMORY,
+        ),
+        (ZeroDivisionError(), ErrorKind.EXECUTION),
+    ],
+)
+def test_classify(exc: BaseException, kind: ErrorKind) -> None:
+    assert classify(exc) is kind
