@@ -61,6 +61,7 @@ class Coordinator:
         self.challenge_secret = bytes.fromhex(self.state.meta_value("challenge_secret", secrets.token_hex(32)))
         # SQLite has one writer: one DB thread avoids lock contention. PostgreSQL takes a pool.
         self._db_pool = ThreadPoolExecutor(1 if self.state.is_sqlite else 8, thread_name_prefix="db")
+        self.inline_db = self.state.is_sqlite
         self._work_pool = ThreadPoolExecutor(2, thread_name_prefix="work")
         # Leases this process granted, so a result can be pre-checked without a DB read;
         # the authoritative checks run again inside accept_result's transaction.
@@ -69,7 +70,15 @@ class Coordinator:
         self._aggregating: set[str] = set()
 
     async def db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a state method on the DB thread(s)."""
+        """Run a short state method. On SQLite it runs inline: a local transaction takes well
+        under a millisecond, and handing it to a thread costs more than that (measured: inline
+        doubles task dispatch). On PostgreSQL it runs on the DB thread pool, off the loop."""
+        if self.inline_db:
+            return fn(*args, **kwargs)
+        return await self.db_bulk(fn, *args, **kwargs)
+
+    async def db_bulk(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a state method that may take long (big inserts, scans) on the DB thread(s)."""
         return await asyncio.get_running_loop().run_in_executor(self._db_pool, functools.partial(fn, *args, **kwargs))
 
     async def work(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -100,7 +109,7 @@ class Coordinator:
     async def start(self) -> None:
         """Start background loops and finish what a previous run left half done."""
         self.spawn(self._reap_loop())
-        for job_id in await self.db(self.state.jobs_to_aggregate):
+        for job_id in await self.db_bulk(self.state.jobs_to_aggregate):
             log.info("resuming aggregation of job %s", job_id)
             self.schedule_aggregation(job_id)
 
@@ -117,7 +126,7 @@ class Coordinator:
         while True:
             await asyncio.sleep(interval)
             try:
-                reissued = await self.db(self.state.reap_expired, now_ms())
+                reissued = await self.db_bulk(self.state.reap_expired, now_ms())
             except Exception:  # a DB hiccup must not end the loop
                 log.exception("reaping expired leases failed")
                 continue
@@ -133,7 +142,7 @@ class Coordinator:
     async def _aggregate(self, job_id: str) -> None:
         try:
             job = await self.db(self.state.get_job, job_id)
-            outputs = await self.db(self.state.task_outputs, job_id)
+            outputs = await self.db_bulk(self.state.task_outputs, job_id)
             try:
                 result = await self.work(assemble, job.kind, outputs, self.blobs)
                 await self.db(self.state.finish_job, job_id, result, "", now_ms())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
 from collections.abc import AsyncIterator
@@ -15,11 +16,12 @@ from coordinator.app import Coordinator, now_ms
 from coordinator.errors import NotFound, PermissionDenied, Rejected
 from tensorgrid import serde
 from tensorgrid.crypto import normalize_address, recover_message_signer, registration_message
-from tensorgrid.errors import BlobError, SignatureError
+from tensorgrid.errors import BlobError, HashMismatch, SignatureError
 from tensorgrid.types import BlobRef, Receipt
 from tensorgrid.v1 import common_pb2, node_pb2, node_pb2_grpc
 
 log = logging.getLogger("tensorgrid.coordinator")
+SMALL_OUTPUT_BYTES = 64 * 1024
 
 
 class NodeServicer(node_pb2_grpc.NodeServiceServicer):
@@ -132,7 +134,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     async def _receive_output(
         self, receipt: Receipt, size: int, chunks: AsyncIterator[node_pb2.ResultChunk]
     ) -> BlobRef:
-        writer = self.app.blobs.writer(BlobRef(receipt.output_hash, size))
+        expected = BlobRef(receipt.output_hash, size)
 
         async def data() -> AsyncIterator[bytes]:
             async for chunk in chunks:
@@ -140,7 +142,16 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
                     raise Rejected("a second header in one SubmitResult")
                 yield chunk.data
 
-        return await receive_into(writer, data())
+        if size <= SMALL_OUTPUT_BYTES:
+            # Small outputs are checked in memory and written only if new: most no-op and
+            # tiny results are already in the store, and a file per result costs more than the RPC.
+            body = b"".join([piece async for piece in data()])
+            if len(body) != size or hashlib.sha256(body).hexdigest() != receipt.output_hash:
+                raise HashMismatch(f"output bytes do not hash to the receipt's {receipt.output_hash}")
+            if not self.app.blobs.has(receipt.output_hash):
+                self.app.blobs.put_bytes(body)
+            return expected
+        return await receive_into(self.app.blobs.writer(expected), data())
 
     async def _reject(self, node: str, receipt: Receipt, reason: str) -> None:
         """Count a refused result against its sender; reissue the task if the sender held its lease."""

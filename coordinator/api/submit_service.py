@@ -60,7 +60,7 @@ class SubmitterServicer(submit_pb2_grpc.SubmitterServiceServicer):
         except NotFound:
             pass
         job, tasks = await app.work(plan_job, spec_json, submitter, sh, job_id, app.blobs, app.config.limits)
-        info, created = await app.db(app.state.create_job, job, tasks, now_ms())
+        info, created = await app.db_bulk(app.state.create_job, job, tasks, now_ms())
         if created:
             log.info("job %s from %s: %s, %d tasks", job_id, submitter, job.kind, len(tasks))
         return serde.job_to_pb(info)
@@ -73,7 +73,7 @@ class SubmitterServicer(submit_pb2_grpc.SubmitterServiceServicer):
     async def ListJobs(
         self, request: submit_pb2.ListJobsRequest, context: grpc.aio.ServicerContext
     ) -> submit_pb2.ListJobsResponse:
-        jobs = await self.app.db(self.app.state.list_jobs, request.submitter, request.limit, request.before_job_id)
+        jobs = await self.app.db_bulk(self.app.state.list_jobs, request.submitter, request.limit, request.before_job_id)
         return submit_pb2.ListJobsResponse(jobs=[serde.job_to_pb(j) for j in jobs])
 
     @unary

@@ -19,6 +19,7 @@ class State(NodeStore, JobStore, TaskStore):
     def __init__(self, url: str) -> None:
         self.url = normalize_url(url)
         self.engine: Engine = make_engine(self.url)
+        self._started_jobs = set()
 
     @property
     def is_sqlite(self) -> bool:

@@ -43,6 +43,9 @@ class LeaseTiming:
 
 class TaskStore:
     engine: Engine
+    # Jobs this process has seen leased, so leasing skips the queued → running update for
+    # them; a job started by another replica costs one no-op UPDATE here, then is cached.
+    _started_jobs: set[str]
 
     def _event(self, conn: Connection, job_id: str, kind: str, now_ms: int, **fields: Any) -> None: ...
     def _end_job(self, conn: Connection, job_id: str, state: JobState, now_ms: int, **kw: Any) -> None: ...
@@ -60,12 +63,14 @@ class TaskStore:
                 return [], 1000
             if node.backoff_until_ms > now_ms:
                 return [], int(node.backoff_until_ms - now_ms)
-            devices = ["any", "cpu", "cuda"] if node.device_kind == "cuda" else ["any", "cpu"]
+            # A CUDA node can run any task; a CPU node anything but CUDA-only tasks.
+            # (Plain comparisons, not IN (...): they keep the statement cache warm.)
+            device_ok = s.tasks.c.device != ("" if node.device_kind == "cuda" else "cuda")
             rows = conn.execute(
                 select(s.tasks)
                 .where(
                     s.tasks.c.state == "pending",
-                    s.tasks.c.device.in_(devices),
+                    device_ok,
                     s.tasks.c.min_memory_bytes <= node.memory_bytes,
                     or_(
                         s.tasks.c.last_failed_node.is_(None),
@@ -80,13 +85,15 @@ class TaskStore:
             if not rows:
                 return [], 500
             deadline = now_ms + timing.ttl_ms
+            ids = [r.task_id for r in rows]
             conn.execute(
                 update(s.tasks)
-                .where(s.tasks.c.task_id.in_([r.task_id for r in rows]))
+                .where(s.tasks.c.task_id == ids[0] if len(ids) == 1 else s.tasks.c.task_id.in_(ids))
                 .values(state="leased", attempt=s.tasks.c.attempt + 1, node=address, leased_ms=now_ms,
                         deadline_ms=deadline)
             )
-            for job_id in sorted({r.job_id for r in rows}):
+            for job_id in sorted({r.job_id for r in rows} - self._started_jobs):
+                self._started_jobs.add(job_id)
                 started = conn.execute(
                     update(s.jobs)
                     .where(s.jobs.c.job_id == job_id, s.jobs.c.state == JobState.QUEUED.value)
@@ -132,12 +139,24 @@ class TaskStore:
     ) -> tuple[str, bool]:
         """Record a result whose signature and bytes are verified: every check against the task
         happens here, in one transaction. Returns (job id, whether this completed the job)."""
+        t = s.tasks
         with self.engine.begin() as conn:
+            # Fast path: one conditional UPDATE does every check; only a refusal reads the row.
+            conds = [t.c.task_id == receipt.task_id, t.c.node == address, t.c.attempt == receipt.attempt,
+                     t.c.state == "leased", t.c.deadline_ms >= now_ms, t.c.job_id == receipt.job_id,
+                     t.c.input_sha == receipt.input_hash]
+            if output_rows is not None:
+                conds.append(t.c.rows == output_rows)
             row = conn.execute(
-                select(s.tasks).where(s.tasks.c.task_id == receipt.task_id).with_for_update()
+                update(t).where(*conds)
+                .values(state="done", output_sha=output.sha256, output_size=output.size, deadline_ms=None)
+                .returning(t.c.job_id, t.c.idx)
             ).first()
-            _check_holder(row, address, receipt.attempt, now_ms)
-            _check_matches(row, receipt, output_rows)
+            if row is None:
+                current = conn.execute(select(t).where(t.c.task_id == receipt.task_id)).first()
+                _check_holder(current, address, receipt.attempt, now_ms)
+                _check_matches(current, receipt, output_rows)
+                raise Rejected("the result does not match its task")
             try:
                 conn.execute(insert(s.receipts).values(
                     task_id=receipt.task_id, attempt=receipt.attempt, node=address,
@@ -146,10 +165,6 @@ class TaskStore:
                 ))
             except IntegrityError:
                 raise Rejected("replayed receipt: this attempt already has a result") from None
-            conn.execute(
-                update(s.tasks).where(s.tasks.c.task_id == receipt.task_id).values(
-                    state="done", output_sha=output.sha256, output_size=output.size, deadline_ms=None)
-            )
             conn.execute(
                 update(s.nodes).where(s.nodes.c.address == address).values(
                     completed=s.nodes.c.completed + 1, consecutive_failures=0, backoff_until_ms=0,
