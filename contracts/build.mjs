@@ -60,7 +60,10 @@ const input = {
 };
 const output = JSON.parse(solc.compile(JSON.stringify(input), { import: findImports }));
 const errors = (output.errors || []).filter((e) => e.severity === "error");
-for (const e of output.errors || []) console.error(e.formattedMessage);
+// OpenZeppelin's own warnings (e.g. its transient-storage notice) are known; show ours.
+for (const e of output.errors || []) {
+  if (e.severity === "error" || !e.sourceLocation?.file?.startsWith("@")) console.error(e.formattedMessage);
+}
 if (errors.length > 0) process.exit(1);
 
 const all = { ...Object.fromEntries(Object.entries(sources).map(([k, v]) => [k, v.content])), ...read };

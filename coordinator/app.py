@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from coordinator.aggregator import assemble
+from coordinator.commits import GroupCommitter
 from coordinator.config import CoordinatorConfig
 from coordinator.errors import Conflict
 from coordinator.events import EventHub
-from coordinator.storage import State, TaskRecord
+from coordinator.storage import ResultItem, State, TaskRecord
 from coordinator.verifier import Verifier
 from tensorgrid.blobs import BlobStore
 from tensorgrid.crypto import Signer
@@ -66,6 +67,10 @@ class Coordinator:
         # Leases this process granted, so a result can be pre-checked without a DB read;
         # the authoritative checks run again inside accept_result's transaction.
         self.lease_book: dict[str, TaskRecord] = {}
+        self.results: GroupCommitter[ResultItem, tuple[str, bool]] = GroupCommitter(
+            lambda items: self.db(self.state.accept_results, items, now_ms()))
+        self.leases: GroupCommitter[tuple[str, int], tuple[list[Lease], int]] = GroupCommitter(
+            lambda requests: self.db(self.state.lease_many, requests, now_ms(), config.timing))
         self._tasks: set[asyncio.Task[None]] = set()
         self._aggregating: set[str] = set()
 

@@ -3,7 +3,7 @@ pragma solidity 0.8.37;
 
 import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
 import {Address} from "@openzeppelin/contracts/utils/Address.sol";
-import {ReentrancyGuard} from "@openzeppelin/contracts/utils/ReentrancyGuard.sol";
+import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
 import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 
 /// @title JobEscrow: each job's budget in native ETH, from creation to result or refund.
@@ -11,7 +11,7 @@ import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 /// charge a job (`_charge` is internal). Charging is bounded by the job's remaining budget,
 /// and only an open job can be charged. The submitter alone can cancel at any time or reclaim
 /// after the deadline, so funds are never stuck if the coordinator goes silent.
-abstract contract JobEscrow is AccessControl, ReentrancyGuard {
+abstract contract JobEscrow is AccessControl, ReentrancyGuardTransient {
     bytes32 public constant COORDINATOR_ROLE = keccak256("COORDINATOR_ROLE");
 
     enum JobStatus {

@@ -3,7 +3,7 @@ pragma solidity 0.8.37;
 
 import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
 import {Address} from "@openzeppelin/contracts/utils/Address.sol";
-import {ReentrancyGuard} from "@openzeppelin/contracts/utils/ReentrancyGuard.sol";
+import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
 import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
 import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
@@ -13,7 +13,7 @@ import {SafeCast} from "@openzeppelin/contracts/utils/math/SafeCast.sol";
 /// chainId, address(this)). Receipts are signed off-chain by nodes (tensorgrid.crypto);
 /// a receipt whose output hash differs from the correct one is on-chain evidence of a
 /// wrong result, and the coordinator can slash its signer with it, once per task attempt.
-contract NodeRegistry is AccessControl, ReentrancyGuard, EIP712 {
+contract NodeRegistry is AccessControl, ReentrancyGuardTransient, EIP712 {
     bytes32 public constant COORDINATOR_ROLE = keccak256("COORDINATOR_ROLE");
     /// @dev Must equal RECEIPT_TYPE in tensorgrid/crypto/receipts.py byte for byte.
     bytes32 public constant RECEIPT_TYPEHASH = keccak256(

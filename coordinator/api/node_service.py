@@ -14,6 +14,7 @@ from coordinator.api.blobs import receive_into, stream_blob
 from coordinator.api.status import unary
 from coordinator.app import Coordinator, now_ms
 from coordinator.errors import NotFound, PermissionDenied, Rejected
+from coordinator.storage import ResultItem
 from tensorgrid import serde
 from tensorgrid.crypto import normalize_address, recover_message_signer, registration_message
 from tensorgrid.errors import BlobError, HashMismatch, SignatureError
@@ -74,8 +75,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     @unary
     async def LeaseTasks(self, request: node_pb2.LeaseRequest, context: grpc.aio.ServicerContext) -> node_pb2.LeaseResponse:
         app = self.app
-        leases, retry = await app.db(app.state.lease_tasks, current_node.get(), request.max_tasks or 1, now_ms(),
-                                     app.config.timing)
+        leases, retry = await app.leases.submit((current_node.get(), request.max_tasks or 1))
         app.remember(leases, current_node.get())
         for job_id in {lease.job_id for lease in leases}:
             app.hub.notify(job_id)
@@ -120,7 +120,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             rows = None
             if task.kind != "noop":
                 rows = await app.work(app.verifier.output_rows, task.kind, app.blobs.path_for(output.sha256))
-            job_id, complete = await app.db(app.state.accept_result, node, receipt, output, rows, now_ms())
+            job_id, complete = await app.results.submit(ResultItem(node, receipt, output, rows))
         except (Rejected, BlobError, NotFound) as e:
             await self._reject(node, receipt, str(e))
             return node_pb2.SubmitResultResponse(accepted=False, reason=str(e))

@@ -6,14 +6,14 @@ from sqlalchemy import Engine, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from coordinator.storage import schema
-
 from coordinator.storage.engine import make_engine, normalize_url
 from coordinator.storage.jobs import JobStore, NewJob, NewTask
 from coordinator.storage.nodes import NodeInfo, NodeStore, backoff_ms
+from coordinator.storage.results import Outcome, ResultItem, ResultStore
 from coordinator.storage.tasks import LeaseTiming, TaskRecord, TaskStore
 
 
-class State(NodeStore, JobStore, TaskStore):
+class State(NodeStore, JobStore, TaskStore, ResultStore):
     """All coordinator state. Methods are synchronous: the api runs them on a DB thread pool."""
 
     def __init__(self, url: str) -> None:
@@ -42,4 +42,6 @@ class State(NodeStore, JobStore, TaskStore):
         self.engine.dispose()
 
 
-__all__ = ["LeaseTiming", "NewJob", "NewTask", "NodeInfo", "State", "TaskRecord", "backoff_ms"]
+__all__ = [
+    "LeaseTiming", "NewJob", "NewTask", "NodeInfo", "Outcome", "ResultItem", "State", "TaskRecord", "backoff_ms",
+]

@@ -6,8 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, insert, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection, Engine, bindparam, or_, select, update
 
 from coordinator.errors import NotFound, Rejected
 from coordinator.storage import schema as s
@@ -41,6 +40,28 @@ class LeaseTiming:
     grace_ms: int = 30_000
 
 
+_t = s.tasks
+# Statements of the leasing hot path, built once (see results.py for why).
+_NODE = select(s.nodes).where(s.nodes.c.address == bindparam("b_node"))
+_PENDING = (
+    select(_t)
+    .where(
+        _t.c.state == "pending",
+        _t.c.device != bindparam("b_not_device"),
+        _t.c.min_memory_bytes <= bindparam("b_memory"),
+        or_(_t.c.last_failed_node.is_(None), _t.c.last_failed_node != bindparam("b_node"),
+            _t.c.last_failed_ms < bindparam("b_avoid_before")),
+    )
+    .order_by(_t.c.job_created_ms, _t.c.idx)
+    .limit(bindparam("b_limit"))
+    .with_for_update(skip_locked=True)
+)
+_GRANT = update(_t).where(_t.c.task_id == bindparam("b_task")).values(
+    state="leased", attempt=_t.c.attempt + 1, node=bindparam("b_node"), leased_ms=bindparam("b_now"),
+    deadline_ms=bindparam("b_deadline"),
+)
+
+
 class TaskStore:
     engine: Engine
     # Jobs this process has seen leased, so leasing skips the queued → running update for
@@ -51,56 +72,58 @@ class TaskStore:
     def _end_job(self, conn: Connection, job_id: str, state: JobState, now_ms: int, **kw: Any) -> None: ...
     def _node_failed(self, conn: Connection, address: str, now_ms: int, *, rejection: bool = False) -> None: ...
 
+    def lease_many(
+        self, requests: list[tuple[str, int]], now_ms: int, timing: LeaseTiming
+    ) -> list[tuple[list[Lease], int] | Rejected]:
+        """Serve many (node, max_tasks) lease requests in one transaction."""
+        out: list[tuple[list[Lease], int] | Rejected] = []
+        with self.engine.begin() as conn:
+            for address, max_tasks in requests:
+                try:
+                    out.append(self._lease(conn, address, max_tasks, now_ms, timing))
+                except Rejected as e:
+                    out.append(e)
+        return out
+
     def lease_tasks(
         self, address: str, max_tasks: int, now_ms: int, timing: LeaseTiming
     ) -> tuple[list[Lease], int]:
         """Grant up to max_tasks pending tasks the node can run; returns (leases, retry_after_ms)."""
-        with self.engine.begin() as conn:
-            node = conn.execute(select(s.nodes).where(s.nodes.c.address == address)).first()
-            if node is None:
-                raise Rejected("unknown node: register first")
-            if node.draining:
-                return [], 1000
-            if node.backoff_until_ms > now_ms:
-                return [], int(node.backoff_until_ms - now_ms)
+        (outcome,) = self.lease_many([(address, max_tasks)], now_ms, timing)
+        if isinstance(outcome, Rejected):
+            raise outcome
+        return outcome
+
+    def _lease(
+        self, conn: Connection, address: str, max_tasks: int, now_ms: int, timing: LeaseTiming
+    ) -> tuple[list[Lease], int]:
+        node = conn.execute(_NODE, {"b_node": address}).first()
+        if node is None:
+            raise Rejected("unknown node: register first")
+        if node.draining:
+            return [], 1000
+        if node.backoff_until_ms > now_ms:
+            return [], int(node.backoff_until_ms - now_ms)
+        rows = conn.execute(_PENDING, {
             # A CUDA node can run any task; a CPU node anything but CUDA-only tasks.
-            # (Plain comparisons, not IN (...): they keep the statement cache warm.)
-            device_ok = s.tasks.c.device != ("" if node.device_kind == "cuda" else "cuda")
-            rows = conn.execute(
-                select(s.tasks)
-                .where(
-                    s.tasks.c.state == "pending",
-                    device_ok,
-                    s.tasks.c.min_memory_bytes <= node.memory_bytes,
-                    or_(
-                        s.tasks.c.last_failed_node.is_(None),
-                        s.tasks.c.last_failed_node != address,
-                        s.tasks.c.last_failed_ms < now_ms - AVOID_FAILED_NODE_MS,
-                    ),
-                )
-                .order_by(s.tasks.c.job_created_ms, s.tasks.c.idx)
-                .limit(max(1, min(max_tasks, 256)))
-                .with_for_update(skip_locked=True)
-            ).all()
-            if not rows:
-                return [], 500
-            deadline = now_ms + timing.ttl_ms
-            ids = [r.task_id for r in rows]
-            conn.execute(
-                update(s.tasks)
-                .where(s.tasks.c.task_id == ids[0] if len(ids) == 1 else s.tasks.c.task_id.in_(ids))
-                .values(state="leased", attempt=s.tasks.c.attempt + 1, node=address, leased_ms=now_ms,
-                        deadline_ms=deadline)
+            "b_not_device": "" if node.device_kind == "cuda" else "cuda",
+            "b_memory": node.memory_bytes, "b_node": address, "b_avoid_before": now_ms - AVOID_FAILED_NODE_MS,
+            "b_limit": max(1, min(max_tasks, 256)),
+        }).all()
+        if not rows:
+            return [], 500
+        deadline = now_ms + timing.ttl_ms
+        for r in rows:
+            conn.execute(_GRANT, {"b_task": r.task_id, "b_node": address, "b_now": now_ms, "b_deadline": deadline})
+        for job_id in sorted({r.job_id for r in rows} - self._started_jobs):
+            self._started_jobs.add(job_id)
+            started = conn.execute(
+                update(s.jobs)
+                .where(s.jobs.c.job_id == job_id, s.jobs.c.state == JobState.QUEUED.value)
+                .values(state=JobState.RUNNING.value)
             )
-            for job_id in sorted({r.job_id for r in rows} - self._started_jobs):
-                self._started_jobs.add(job_id)
-                started = conn.execute(
-                    update(s.jobs)
-                    .where(s.jobs.c.job_id == job_id, s.jobs.c.state == JobState.QUEUED.value)
-                    .values(state=JobState.RUNNING.value)
-                )
-                if started.rowcount:
-                    self._event(conn, job_id, "running", now_ms, node=address)
+            if started.rowcount:
+                self._event(conn, job_id, "running", now_ms, node=address)
         return [_lease(r, address, deadline) for r in rows], 0
 
     def heartbeat(
@@ -133,46 +156,6 @@ class TaskStore:
         if row is None:
             raise NotFound(f"no task {task_id}")
         return _record(row)
-
-    def accept_result(
-        self, address: str, receipt: Receipt, output: BlobRef, output_rows: int | None, now_ms: int
-    ) -> tuple[str, bool]:
-        """Record a result whose signature and bytes are verified: every check against the task
-        happens here, in one transaction. Returns (job id, whether this completed the job)."""
-        t = s.tasks
-        with self.engine.begin() as conn:
-            # Fast path: one conditional UPDATE does every check; only a refusal reads the row.
-            conds = [t.c.task_id == receipt.task_id, t.c.node == address, t.c.attempt == receipt.attempt,
-                     t.c.state == "leased", t.c.deadline_ms >= now_ms, t.c.job_id == receipt.job_id,
-                     t.c.input_sha == receipt.input_hash]
-            if output_rows is not None:
-                conds.append(t.c.rows == output_rows)
-            row = conn.execute(
-                update(t).where(*conds)
-                .values(state="done", output_sha=output.sha256, output_size=output.size, deadline_ms=None)
-                .returning(t.c.job_id, t.c.idx)
-            ).first()
-            if row is None:
-                current = conn.execute(select(t).where(t.c.task_id == receipt.task_id)).first()
-                _check_holder(current, address, receipt.attempt, now_ms)
-                _check_matches(current, receipt, output_rows)
-                raise Rejected("the result does not match its task")
-            try:
-                conn.execute(insert(s.receipts).values(
-                    task_id=receipt.task_id, attempt=receipt.attempt, node=address,
-                    input_hash=receipt.input_hash, output_hash=receipt.output_hash,
-                    commitment=receipt.commitment, signature=receipt.signature, received_ms=now_ms,
-                ))
-            except IntegrityError:
-                raise Rejected("replayed receipt: this attempt already has a result") from None
-            conn.execute(
-                update(s.nodes).where(s.nodes.c.address == address).values(
-                    completed=s.nodes.c.completed + 1, consecutive_failures=0, backoff_until_ms=0,
-                    last_seen_ms=now_ms)
-            )
-            done = self._event(conn, row.job_id, "completed", now_ms, task_index=row.idx, node=address,
-                               job_values={"tasks_done": s.jobs.c.tasks_done + 1})
-        return row.job_id, bool(done.tasks_done == done.tasks_total)
 
     def fail_task(self, address: str, task_id: str, attempt: int, error: TaskError, now_ms: int) -> bool:
         """A node reports it could not finish; the task is reissued (True) or its job fails (False)."""

@@ -1,0 +1,237 @@
+"""ChainClient: typed wrappers over NodeRegistry and Settlement for one account.
+
+Every write returns a TxResult (hash, block, gas used) once mined, or raises
+ContractReverted naming the contract's custom error (e.g. "OverBudget", "InvalidProof",
+"AccessControlUnauthorizedAccount"). Ids and hashes are bytes32: pass 64 hex digits
+(with or without 0x) or 32 raw bytes. Amounts are int wei, never floats.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
+
+from web3 import Web3
+
+from tensorgrid.chain._tx import ErrorDecoder, Transactor, TxResult
+from tensorgrid.chain.artifacts import load_artifact
+from tensorgrid.chain.deploy import Deployment
+from tensorgrid.chain.errors import ChainError
+from tensorgrid.crypto import normalize_address
+from tensorgrid.types import Receipt
+
+Bytes32 = str | bytes
+
+
+class JobStatus(IntEnum):
+    NONE = 0
+    OPEN = 1
+    COMPLETED = 2
+    CANCELLED = 3
+    RECLAIMED = 4
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    submitter: str
+    deadline: int
+    status: JobStatus
+    budget: int
+    charged: int
+    spec_hash: str
+    result_hash: str
+
+    @property
+    def remaining(self) -> int:
+        return self.budget - self.charged if self.status == JobStatus.OPEN else 0
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    stake: int
+    unbonding: int
+    unbond_at: int
+    registered: bool
+
+
+@dataclass(frozen=True)
+class RootInfo:
+    root: str
+    posted_at: int
+    revoked: bool
+
+
+def to_bytes32(value: Bytes32) -> bytes:
+    """32 raw bytes from 64 hex digits (0x optional) or bytes; ChainError otherwise."""
+    if isinstance(value, bytes | bytearray):
+        raw = bytes(value)
+    else:
+        try:
+            raw = bytes.fromhex(value.removeprefix("0x"))
+        except (AttributeError, ValueError):
+            raise ChainError(f"expected 64 hex digits for a bytes32, got {value!r}") from None
+    if len(raw) != 32:
+        raise ChainError(f"expected 32 bytes, got {len(raw)}: {value!r}")
+    return raw
+
+
+class ChainClient:
+    """The coordinator's, a node's or a submitter's handle on the contracts."""
+
+    def __init__(self, w3: Web3, deployment: Deployment, private_key: str | bytes, *, timeout: float = 120.0):
+        registry_abi = load_artifact("NodeRegistry").abi
+        settlement_abi = load_artifact("Settlement").abi
+        self.w3 = w3
+        self.deployment = deployment
+        self.registry = w3.eth.contract(address=Web3.to_checksum_address(deployment.node_registry), abi=registry_abi)
+        self.settlement = w3.eth.contract(address=Web3.to_checksum_address(deployment.settlement), abi=settlement_abi)
+        self._tx = Transactor(w3, private_key, ErrorDecoder(registry_abi, settlement_abi), timeout=timeout)
+        self.address: str = self._tx.address
+
+    @classmethod
+    def connect(cls, rpc_url: str, deployment: Deployment, private_key: str | bytes) -> ChainClient:
+        """A client over a fresh HTTP connection to `rpc_url`."""
+        return cls(Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 60})), deployment, private_key)
+
+    # -- chain -------------------------------------------------------------------------------
+
+    def chain_time(self) -> int:
+        """Timestamp of the latest block: deadlines and windows are measured against it."""
+        return int(self.w3.eth.get_block("latest")["timestamp"])
+
+    def balance(self, address: str | None = None) -> int:
+        """Wei balance of `address` (default: this client's account)."""
+        return int(self.w3.eth.get_balance(Web3.to_checksum_address(address or self.address)))
+
+    # -- NodeRegistry ------------------------------------------------------------------------
+
+    def register(self, stake: int) -> TxResult:
+        return self._tx.send(self.registry.functions.register(), "register", value=stake)
+
+    def add_stake(self, amount: int) -> TxResult:
+        return self._tx.send(self.registry.functions.addStake(), "addStake", value=amount)
+
+    def request_unbond(self, amount: int) -> TxResult:
+        return self._tx.send(self.registry.functions.requestUnbond(amount), "requestUnbond")
+
+    def withdraw(self) -> TxResult:
+        return self._tx.send(self.registry.functions.withdraw(), "withdraw")
+
+    def slash(self, receipt: Receipt, amount: int, correct_output_hash: Bytes32, beneficiary: str) -> TxResult:
+        """Coordinator only: slash the signer of `receipt` (which must carry its signature)."""
+        if not receipt.signature:
+            raise ChainError(f"receipt for task {receipt.task_id} carries no signature")
+        fn = self.registry.functions.slash(
+            receipt_tuple(receipt),
+            receipt.signature,
+            amount,
+            to_bytes32(correct_output_hash),
+            Web3.to_checksum_address(beneficiary),
+        )
+        return self._tx.send(fn, "slash")
+
+    def stake_of(self, node: str) -> int:
+        return int(self.registry.functions.stakeOf(_addr(node)).call())
+
+    def node_info(self, node: str) -> NodeInfo:
+        stake, unbonding, unbond_at, registered = self.registry.functions.nodeInfo(_addr(node)).call()
+        return NodeInfo(int(stake), int(unbonding), int(unbond_at), bool(registered))
+
+    def is_active(self, node: str) -> bool:
+        return bool(self.registry.functions.isActive(_addr(node)).call())
+
+    def evidence_used(self, task_id: Bytes32, attempt: int) -> bool:
+        """Whether (task_id, attempt) has already served as slashing evidence."""
+        key = Web3.keccak(to_bytes32(task_id) + attempt.to_bytes(32, "big"))
+        return bool(self.registry.functions.slashedEvidence(key).call())
+
+    def receipt_digest(self, receipt: Receipt) -> bytes:
+        """The digest the contract computes for `receipt` (to cross-check off-chain signing)."""
+        return bytes(self.registry.functions.receiptDigest(receipt_tuple(receipt)).call())
+
+    # -- JobEscrow (part of Settlement) -------------------------------------------------------
+
+    def create_job(self, job_id: Bytes32, spec_hash: Bytes32, deadline: int, budget: int) -> TxResult:
+        fn = self.settlement.functions.createJob(to_bytes32(job_id), to_bytes32(spec_hash), deadline)
+        return self._tx.send(fn, "createJob", value=budget)
+
+    def cancel(self, job_id: Bytes32) -> TxResult:
+        return self._tx.send(self.settlement.functions.cancel(to_bytes32(job_id)), "cancel")
+
+    def reclaim(self, job_id: Bytes32) -> TxResult:
+        return self._tx.send(self.settlement.functions.reclaim(to_bytes32(job_id)), "reclaim")
+
+    def record_result(self, job_id: Bytes32, result_hash: Bytes32) -> TxResult:
+        fn = self.settlement.functions.recordResult(to_bytes32(job_id), to_bytes32(result_hash))
+        return self._tx.send(fn, "recordResult")
+
+    def job(self, job_id: Bytes32) -> JobInfo:
+        submitter, deadline, status, budget, charged, spec, result = self.settlement.functions.getJob(
+            to_bytes32(job_id)
+        ).call()
+        return JobInfo(
+            submitter, int(deadline), JobStatus(status), int(budget), int(charged), bytes(spec).hex(), bytes(result).hex()
+        )
+
+    def remaining_budget(self, job_id: Bytes32) -> int:
+        return int(self.settlement.functions.remainingBudget(to_bytes32(job_id)).call())
+
+    # -- Settlement ---------------------------------------------------------------------------
+
+    def post_root(self, epoch: int, root: Bytes32, charges: Iterable[tuple[Bytes32, int]] = ()) -> TxResult:
+        """Coordinator only: post `root` for `epoch`, charging (job id, wei) pairs into the pool."""
+        pairs = list(charges)
+        fn = self.settlement.functions.postRoot(
+            epoch, to_bytes32(root), [to_bytes32(j) for j, _ in pairs], [int(a) for _, a in pairs]
+        )
+        return self._tx.send(fn, "postRoot")
+
+    def revoke_root(self, epoch: int) -> TxResult:
+        """Coordinator or guardian: revoke a root still inside its challenge window."""
+        return self._tx.send(self.settlement.functions.revokeRoot(epoch), "revokeRoot")
+
+    def claim(self, cumulative: int, proof: Sequence[bytes]) -> TxResult:
+        """Collect cumulative - already claimed, proven against the newest claimable root."""
+        return self._tx.send(self.settlement.functions.claim(cumulative, [bytes(p) for p in proof]), "claim")
+
+    def claimable_root(self) -> tuple[int, str]:
+        """(epoch, root hex) of the newest root past its challenge window; (0, zeros) if none."""
+        epoch, root = self.settlement.functions.claimableRoot().call()
+        return int(epoch), bytes(root).hex()
+
+    def root_of(self, epoch: int) -> RootInfo:
+        root, posted_at, revoked = self.settlement.functions.rootOf(epoch).call()
+        return RootInfo(bytes(root).hex(), int(posted_at), bool(revoked))
+
+    def last_epoch(self) -> int:
+        return int(self.settlement.functions.lastEpoch().call())
+
+    def claimed(self, node: str) -> int:
+        return int(self.settlement.functions.claimed(_addr(node)).call())
+
+    def owed(self) -> int:
+        """What Settlement owes: open escrows plus the unclaimed pool (equals its balance)."""
+        return int(self.settlement.functions.owed().call())
+
+    def grant_role(self, contract: str, role: str, account: str) -> TxResult:
+        """Admin only: grant `role` ("COORDINATOR_ROLE", "GUARDIAN_ROLE", …) on "registry"/"settlement"."""
+        target = self.registry if contract == "registry" else self.settlement
+        role_id = Web3.keccak(text=role) if role != "DEFAULT_ADMIN_ROLE" else bytes(32)
+        return self._tx.send(target.functions.grantRole(role_id, _addr(account)), f"grantRole {role}")
+
+
+def receipt_tuple(receipt: Receipt) -> tuple[bytes, bytes, int, bytes, bytes, bytes]:
+    """The ABI tuple of NodeRegistry.Receipt for a tensorgrid Receipt."""
+    return (
+        to_bytes32(receipt.job_id),
+        to_bytes32(receipt.task_id),
+        receipt.attempt,
+        to_bytes32(receipt.input_hash),
+        to_bytes32(receipt.output_hash),
+        to_bytes32(receipt.commitment),
+    )
+
+
+def _addr(address: str) -> str:
+    return normalize_address(address)

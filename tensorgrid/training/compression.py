@@ -1,0 +1,157 @@
+"""Pseudo-gradient compression and the result file a training task uploads.
+
+Result file = one safetensors file, so the one output hash a receipt signs covers all of it:
+  * tensors: each pseudo-gradient under its state_dict name, stored as
+      - "none": float32;
+      - "fp16": float16 (refused if a value exceeds fp16's range);
+      - "int8": int8 q = round(x / s) clipped to ±127 with s = max|x| / 127, plus the scale
+        s as a 0-d float32 tensor named "<name>.__scale__". Error per element ≤ s / 2.
+  * metadata (strings): format, compression, rows (shard rows, the averaging weight), steps,
+    losses (JSON list, one mean loss per inner step), checkpoint_steps, commitments (JSON list
+    of chain hashes, hex) and final_commitment.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+
+from tensorgrid.errors import ExecutionError, InvalidTensorFile
+from tensorgrid.types import ErrorKind
+from tensorgrid.workloads.tensorfile import load_tensors, read_header, save_tensors
+
+__all__ = [
+    "FORMAT",
+    "SCALE_SUFFIX",
+    "PseudoGradient",
+    "compress",
+    "compressed_bytes",
+    "decompress",
+    "read_result",
+    "write_result",
+]
+
+FORMAT = "tensorgrid.pseudo_gradient.v1"
+SCALE_SUFFIX = ".__scale__"
+_FP16_MAX = float(torch.finfo(torch.float16).max)
+_STORED_DTYPES = {"none": torch.float32, "fp16": torch.float16, "int8": torch.int8}
+
+
+@dataclass(frozen=True)
+class PseudoGradient:
+    """A task's result: global − local per tensor (float32), with its trace and commitments."""
+
+    tensors: dict[str, torch.Tensor]
+    rows: int
+    steps: int
+    losses: list[float]
+    checkpoint_steps: list[int]
+    commitments: list[str]
+    compression: str = "none"
+
+    @property
+    def final_commitment(self) -> str:
+        return self.commitments[-1]
+
+
+def compress(tensors: dict[str, torch.Tensor], compression: str) -> dict[str, torch.Tensor]:
+    """Encode float tensors for the wire (see the module docstring for each scheme)."""
+    out: dict[str, torch.Tensor] = {}
+    for name, value in tensors.items():
+        if name.endswith(SCALE_SUFFIX):
+            raise ExecutionError(ErrorKind.INVALID_INPUT, f"tensor name {name!r} is reserved")
+        x = value.detach().to("cpu", torch.float32)
+        if not bool(torch.isfinite(x).all()):
+            raise ExecutionError(ErrorKind.EXECUTION, f"pseudo-gradient {name!r} is not finite: training diverged")
+        amax = float(x.abs().max()) if x.numel() else 0.0
+        if compression == "none":
+            out[name] = x
+        elif compression == "fp16":
+            if amax > _FP16_MAX:
+                raise ExecutionError(
+                    ErrorKind.EXECUTION,
+                    f"pseudo-gradient {name!r} reaches {amax:.3g}, beyond fp16's range: use int8 or none",
+                )
+            out[name] = x.to(torch.float16)
+        elif compression == "int8":
+            scale = amax / 127.0
+            q = torch.zeros_like(x) if scale == 0.0 else torch.round(x / scale).clamp_(-127, 127)
+            out[name] = q.to(torch.int8)
+            out[name + SCALE_SUFFIX] = torch.tensor(scale, dtype=torch.float32)
+        else:
+            raise ExecutionError(ErrorKind.INVALID_INPUT, f"unknown compression {compression!r}")
+    return out
+
+
+def decompress(stored: dict[str, torch.Tensor], compression: str) -> dict[str, torch.Tensor]:
+    """Decode wire tensors to float32, checking each one has the dtype the scheme promises."""
+    want = _STORED_DTYPES.get(compression)
+    if want is None:
+        raise InvalidTensorFile(f"unknown compression {compression!r}")
+    names = [n for n in stored if not n.endswith(SCALE_SUFFIX)]
+    scales = {n for n in stored if n.endswith(SCALE_SUFFIX)}
+    expected_scales = {n + SCALE_SUFFIX for n in names} if compression == "int8" else set()
+    if scales != expected_scales:
+        raise InvalidTensorFile(f"{compression} pseudo-gradient has wrong scale tensors")
+    out: dict[str, torch.Tensor] = {}
+    for name in names:
+        value = stored[name]
+        if value.dtype != want:
+            raise InvalidTensorFile(f"{name!r} is {value.dtype}; {compression} stores {want}")
+        decoded = value.to(torch.float32)
+        if compression == "int8":
+            scale = stored[name + SCALE_SUFFIX]
+            if scale.dtype != torch.float32 or scale.ndim != 0 or not math.isfinite(float(scale)):
+                raise InvalidTensorFile(f"{name + SCALE_SUFFIX!r} must be a finite float32 scalar")
+            decoded = decoded * scale
+        if not bool(torch.isfinite(decoded).all()):
+            raise InvalidTensorFile(f"pseudo-gradient {name!r} holds non-finite values")
+        out[name] = decoded
+    return out
+
+
+def compressed_bytes(shapes: dict[str, tuple[int, ...]], compression: str) -> int:
+    """Payload bytes of a pseudo-gradient with these tensor shapes (safetensors header excluded)."""
+    per = {"none": 4, "fp16": 2, "int8": 1}[compression]
+    scales = 4 * len(shapes) if compression == "int8" else 0
+    return sum(math.prod(s) for s in shapes.values()) * per + scales
+
+
+def write_result(result: PseudoGradient, path: str | os.PathLike[str], compression: str) -> None:
+    """Save a task result (compressed pseudo-gradient + trace + commitments) as safetensors."""
+    metadata = {
+        "format": FORMAT,
+        "compression": compression,
+        "rows": str(result.rows),
+        "steps": str(result.steps),
+        "losses": json.dumps(result.losses),
+        "checkpoint_steps": json.dumps(result.checkpoint_steps),
+        "commitments": json.dumps(result.commitments),
+        "final_commitment": result.final_commitment,
+    }
+    save_tensors(compress(result.tensors, compression), path, metadata=metadata)
+
+
+def read_result(path: str | os.PathLike[str]) -> PseudoGradient:
+    """Load and check a task result file; InvalidTensorFile says what is wrong with it."""
+    meta = read_header(path).metadata
+    if meta.get("format") != FORMAT:
+        raise InvalidTensorFile(f"not a pseudo-gradient file (format {meta.get('format')!r})")
+    try:
+        rows, steps = int(meta["rows"]), int(meta["steps"])
+        losses = [float(x) for x in json.loads(meta["losses"])]
+        marks = [int(x) for x in json.loads(meta["checkpoint_steps"])]
+        commitments = [str(c) for c in json.loads(meta["commitments"])]
+        compression = meta["compression"]
+    except (KeyError, ValueError, TypeError) as exc:
+        raise InvalidTensorFile(f"pseudo-gradient metadata is malformed: {exc}") from None
+    if rows < 1 or len(losses) != steps or len(marks) != len(commitments) or not commitments:
+        raise InvalidTensorFile("pseudo-gradient metadata is inconsistent (rows, steps, losses, commitments)")
+    if meta.get("final_commitment") != commitments[-1]:
+        raise InvalidTensorFile("final_commitment is not the last chain hash")
+    tensors = decompress(load_tensors(path), compression)
+    return PseudoGradient(tensors, rows, steps, losses, marks, commitments, compression)

@@ -1,0 +1,261 @@
+"""The worker's side of a round: H AdamW steps from the global weights on one shard.
+
+Deterministic by construction: step s trains on shard rows [s·B, (s+1)·B) (wrapping around
+a short shard), and the RNG (dropout) is reseeded per step from (task seed, s). So any
+segment of a run can be replayed from a checkpoint of its start (replay_segment), which is
+what a verifier does. On CPU with the same torch build and thread count, a replay is
+bit-identical; elsewhere compare within a tolerance.
+
+A fresh AdamW starts every task: workers are stateless between rounds (a round's workers
+are whichever nodes hold its leases), unlike DiLoCo's fixed replicas.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tensorgrid.errors import ExecutionError
+from tensorgrid.training.commitments import chain, checkpoint_steps, state_digest
+from tensorgrid.training.compression import PseudoGradient, read_result, write_result
+from tensorgrid.training.data import derive_seed
+from tensorgrid.training.objective import Batches, compute_loss, forward, load_batches, load_weights, open_program
+from tensorgrid.training.spec import LOSSES, TrainingSpec
+from tensorgrid.types import ErrorKind
+from tensorgrid.workloads.inference import pick_device
+from tensorgrid.workloads.tensorfile import load_tensors, read_header, save_tensors
+
+__all__ = [
+    "InnerResult",
+    "InnerSettings",
+    "ReplayResult",
+    "read_result",
+    "replay_segment",
+    "run_inner",
+    "write_result",
+]
+
+InnerResult = PseudoGradient
+_MODEL, _EXP_AVG, _EXP_AVG_SQ, _STEP = "model.", "adamw.exp_avg.", "adamw.exp_avg_sq.", "adamw.step"
+
+
+@dataclass(frozen=True)
+class InnerSettings:
+    """Everything a training task needs besides its three files; travels as Task.settings."""
+
+    loss: str
+    lr: float
+    betas: tuple[float, float]
+    weight_decay: float
+    eps: float
+    steps: int
+    batch_size: int
+    seed: int
+    checkpoint_every: int
+    device: str = "cpu"
+
+    @classmethod
+    def for_task(cls, spec: TrainingSpec, round: int, worker: int, device: str = "cpu") -> InnerSettings:
+        """Settings of worker `worker` in round `round`; its seed is derived, never chosen by a node."""
+        opt = spec.inner_optimizer
+        return cls(
+            loss=spec.loss,
+            lr=opt.lr,
+            betas=opt.betas,
+            weight_decay=opt.weight_decay,
+            eps=opt.eps,
+            steps=spec.inner_steps,
+            batch_size=spec.batch_size,
+            seed=derive_seed(spec.seed, "task", round, worker),
+            checkpoint_every=spec.checkpoint_every,
+            device=device,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> InnerSettings:
+        """Strict inverse of to_dict (settings arrive over the wire)."""
+        fields = set(cls.__dataclass_fields__)
+        if not isinstance(data, dict) or not set(data) <= fields or not (fields - {"device"}) <= set(data):
+            raise ExecutionError(ErrorKind.INVALID_INPUT, f"training settings need exactly {sorted(fields)}")
+        try:
+            s = cls(**{**data, "betas": tuple(float(b) for b in data["betas"])})
+        except (TypeError, ValueError) as exc:
+            raise ExecutionError(ErrorKind.INVALID_INPUT, f"bad training settings: {exc}") from None
+        s.check()
+        return s
+
+    def check(self) -> None:
+        ints = (self.steps, self.batch_size, self.checkpoint_every, self.seed)
+        floats = (self.lr, self.weight_decay, self.eps, *self.betas)
+        ok = (
+            self.loss in LOSSES
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in ints)
+            and min(self.steps, self.batch_size, self.checkpoint_every) >= 1
+            and all(isinstance(v, int | float) and math.isfinite(v) for v in floats)
+            and len(self.betas) == 2
+        )
+        if not ok:
+            raise ExecutionError(ErrorKind.INVALID_INPUT, f"invalid training settings {self}")
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    """State after replaying a segment: checkpoint tensors, their digest and the losses."""
+
+    step: int
+    state: dict[str, torch.Tensor]
+    digest: bytes
+    losses: list[float]
+
+
+class _Run:
+    """A loaded program, its AdamW and a shard, able to step from any checkpoint."""
+
+    def __init__(self, program: str | os.PathLike[str], shard: str | os.PathLike[str], s: InnerSettings) -> None:
+        s.check()
+        self.settings = s
+        self.device = pick_device(s.device)
+        self.module = open_program(program, self.device)
+        self.params = list(self.module.named_parameters())
+        self.optimizer = torch.optim.AdamW(
+            [p for _, p in self.params], lr=s.lr, betas=s.betas, weight_decay=s.weight_decay, eps=s.eps,
+            foreach=False, fused=False,
+        )  # fmt: skip
+        self.data: Batches = load_batches(shard)
+        if self.data.rows == 0:
+            raise ExecutionError(ErrorKind.INVALID_INPUT, "the shard has no rows")
+        self.step = 0
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """The full training state: model state_dict, AdamW moments (zeros before step 1), step."""
+        out = {_MODEL + n: t.detach().clone() for n, t in self.module.state_dict().items()}
+        for name, p in self.params:
+            st = self.optimizer.state.get(p, {})
+            out[_EXP_AVG + name] = st["exp_avg"].clone() if st else torch.zeros_like(p)
+            out[_EXP_AVG_SQ + name] = st["exp_avg_sq"].clone() if st else torch.zeros_like(p)
+        out[_STEP] = torch.tensor(self.step, dtype=torch.int64)
+        return out
+
+    def restore(self, state: dict[str, torch.Tensor]) -> None:
+        names = {n for n, _ in self.params}
+        expected = {_STEP} | {_EXP_AVG + n for n in names} | {_EXP_AVG_SQ + n for n in names}
+        model = {k[len(_MODEL) :]: v for k, v in state.items() if k.startswith(_MODEL)}
+        if set(state) - set(_MODEL + k for k in model) != expected:
+            raise ExecutionError(ErrorKind.INVALID_INPUT, "the checkpoint does not match the program")
+        load_weights(self.module, model)
+        self.step = int(state[_STEP])
+        self.optimizer.state.clear()
+        if self.step > 0:
+            for name, p in self.params:
+                self.optimizer.state[p] = {
+                    "step": torch.tensor(float(self.step)),
+                    "exp_avg": state[_EXP_AVG + name].to(self.device, p.dtype).clone(),
+                    "exp_avg_sq": state[_EXP_AVG_SQ + name].to(self.device, p.dtype).clone(),
+                }
+
+    def train_step(self) -> float:
+        s, b = self.settings, self.settings.batch_size
+        positions = torch.arange(self.step * b, (self.step + 1) * b) % self.data.rows
+        inputs, targets = self.data.take(positions, self.device)
+        torch.manual_seed(derive_seed(s.seed, "step", self.step))  # dropout masks replay per step
+        loss = compute_loss(forward(self.module, inputs), targets, s.loss)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise ExecutionError(ErrorKind.EXECUTION, f"training diverged: loss is {value} at step {self.step}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.step += 1
+        return value
+
+    def run_until(self, end: int, checkpoint_dir: Path | None) -> tuple[list[float], list[bytes]]:
+        """Step up to `end`; return losses and the digests at checkpoint steps reached (incl. start)."""
+        marks = set(checkpoint_steps(self.settings.steps, self.settings.checkpoint_every))
+        losses: list[float] = []
+        digests: list[bytes] = []
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            while True:
+                if self.step in marks:
+                    state = self.state()
+                    digests.append(state_digest(state))
+                    if checkpoint_dir is not None:
+                        save_tensors(state, checkpoint_dir / checkpoint_name(self.step))
+                if self.step >= end:
+                    break
+                losses.append(self.train_step())
+        return losses, digests
+
+
+def checkpoint_name(step: int) -> str:
+    """File name of the checkpoint at `step` inside a run's checkpoint_dir."""
+    return f"step_{step:08d}.safetensors"
+
+
+def run_inner(
+    train_program_path: str | os.PathLike[str],
+    weights_path: str | os.PathLike[str],
+    shard_path: str | os.PathLike[str],
+    settings: InnerSettings,
+    *,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+) -> InnerResult:
+    """Run settings.steps AdamW steps from the global weights; return global − local and commitments.
+
+    With checkpoint_dir, the full training state at every checkpoint step is also saved there
+    (checkpoint_name(step)), for the node to reveal when a verifier asks for a segment.
+    """
+    run = _Run(train_program_path, shard_path, settings)
+    global_weights = load_tensors(weights_path)
+    load_weights(run.module, global_weights)
+    start = {n: t.detach().clone() for n, t in run.module.state_dict().items()}
+    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if ckpt is not None:
+        ckpt.mkdir(parents=True, exist_ok=True)
+    losses, digests = run.run_until(settings.steps, ckpt)
+    local = run.module.state_dict()
+    pseudo = {n: (start[n] - local[n].detach()).float().cpu() for n in start if start[n].is_floating_point()}
+    return PseudoGradient(
+        tensors=pseudo,
+        rows=run.data.rows,
+        steps=settings.steps,
+        losses=losses,
+        checkpoint_steps=checkpoint_steps(settings.steps, settings.checkpoint_every),
+        commitments=chain(digests),
+    )
+
+
+def replay_segment(
+    train_program_path: str | os.PathLike[str],
+    checkpoint_path: str | os.PathLike[str],
+    shard_path: str | os.PathLike[str],
+    settings: InnerSettings,
+    end_step: int,
+) -> ReplayResult:
+    """Re-run steps [checkpoint's step, end_step) from a revealed checkpoint (for verifiers).
+
+    Check the checkpoint first: state_digest(its tensors) must link the worker's chain
+    (chain_link(commitments[j-1] or GENESIS, digest) == commitments[j]); then compare
+    chain_link(commitments[j], result.digest) with commitments[j+1], or result.state with
+    the revealed next checkpoint within a tolerance when the hardware differs.
+    """
+    read_header(checkpoint_path)
+    run = _Run(train_program_path, shard_path, settings)
+    run.restore(load_tensors(checkpoint_path))
+    if not run.step <= end_step <= settings.steps:
+        raise ExecutionError(ErrorKind.INVALID_INPUT, f"cannot replay from step {run.step} to {end_step}")
+    losses: list[float] = []
+    with torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else []):
+        while run.step < end_step:
+            losses.append(run.train_step())
+    state = run.state()
+    return ReplayResult(step=run.step, state=state, digest=state_digest(state), losses=losses)

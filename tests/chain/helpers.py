@@ -1,0 +1,19 @@
+"""Small helpers shared by the chain tests."""
+
+from __future__ import annotations
+
+import pytest
+
+from tensorgrid.chain import ChainClient, ContractReverted
+
+
+def revert(name: str) -> pytest.RaisesExc[ContractReverted]:
+    """Expect a ContractReverted carrying the Solidity custom error `name`."""
+    return pytest.raises(ContractReverted, check=lambda e: e.error == name)
+
+
+def open_job(submitter: ChainClient, job_id: str, budget: int, lifetime: int = 10_000) -> int:
+    """Create a job due `lifetime` seconds from now (chain time); return its deadline."""
+    deadline = submitter.chain_time() + lifetime
+    submitter.create_job(job_id, "ab" * 32, deadline, budget)
+    return deadline
