@@ -29,8 +29,11 @@ async def serve_echo(port_file: Path) -> None:
 
     handler = grpc.method_handlers_generic_handler(
         "bench.Echo",
-        {"Echo": grpc.unary_unary_rpc_method_handler(echo, request_deserializer=_identity,
-                                                     response_serializer=_identity)},
+        {
+            "Echo": grpc.unary_unary_rpc_method_handler(
+                echo, request_deserializer=_identity, response_serializer=_identity
+            )
+        },
     )
     server = grpc.aio.server(options=server_options())
     server.add_generic_rpc_handlers((handler,))

@@ -68,8 +68,11 @@ def main() -> None:
         # Disk and page-cache speed on shared machines swings a lot from second to second,
         # so raw and grid runs alternate and each side keeps its best.
         raw_up, raw_down, ups, downs = [], [], [], []
-        with LocalGrid(root / "grid") as grid, baseline_process(root, "tcp-sink", root / "sink.bin") as sink, \
-                baseline_process(root, "tcp-source", src) as source:
+        with (
+            LocalGrid(root / "grid") as grid,
+            baseline_process(root, "tcp-sink", root / "sink.bin") as sink,
+            baseline_process(root, "tcp-source", src) as source,
+        ):
             grid.start_coordinator()
             with Client(grid.target, Signer.generate()) as client:
                 ref = client.upload(src)
@@ -80,9 +83,12 @@ def main() -> None:
                     downs.append(grid_download(client, ref, root / f"down{i}.bin"))
         mb = size / 1e6
         result = {
-            "benchmark": "blobs", "mib": ns.mib,
-            "upload_mb_s": round(mb / min(ups), 1), "raw_upload_mb_s": round(mb / min(raw_up), 1),
-            "download_mb_s": round(mb / min(downs), 1), "raw_download_mb_s": round(mb / min(raw_down), 1),
+            "benchmark": "blobs",
+            "mib": ns.mib,
+            "upload_mb_s": round(mb / min(ups), 1),
+            "raw_upload_mb_s": round(mb / min(raw_up), 1),
+            "download_mb_s": round(mb / min(downs), 1),
+            "raw_download_mb_s": round(mb / min(raw_down), 1),
         }
         result["upload_ratio"] = round(result["upload_mb_s"] / result["raw_upload_mb_s"], 3)
         result["download_ratio"] = round(result["download_mb_s"] / result["raw_download_mb_s"], 3)

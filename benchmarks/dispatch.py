@@ -100,10 +100,20 @@ def main() -> None:
             grid.start_coordinator(*args)
             rate, rejected = asyncio.run(grid_task_rate(grid.target, ns.tasks, ns.nodes, ns.lease_batch))
     print(f"grid: {rate:,.0f} no-op tasks/s end to end ({ns.tasks} tasks, {ns.nodes} simulated nodes)")
-    emit({"benchmark": "dispatch", "raw_echo_rps": round(raw, 1), "tasks_per_s": round(rate, 1),
-          "ratio": round(rate / raw, 4), "goal_ratio": 0.25, "tasks": ns.tasks, "nodes": ns.nodes,
-          "lease_batch": ns.lease_batch, "rejected": rejected,
-          "database": "postgresql" if ns.database_url else "sqlite"})
+    emit(
+        {
+            "benchmark": "dispatch",
+            "raw_echo_rps": round(raw, 1),
+            "tasks_per_s": round(rate, 1),
+            "ratio": round(rate / raw, 4),
+            "goal_ratio": 0.25,
+            "tasks": ns.tasks,
+            "nodes": ns.nodes,
+            "lease_batch": ns.lease_batch,
+            "rejected": rejected,
+            "database": "postgresql" if ns.database_url else "sqlite",
+        }
+    )
 
 
 if __name__ == "__main__":

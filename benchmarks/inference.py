@@ -69,8 +69,7 @@ def main() -> None:
             time.sleep(3)  # let the node register and warm its worker, as a running daemon would be
             with Client(grid.target, Signer.generate()) as client:
                 start = time.monotonic()
-                job = client.submit_inference(model_path, inputs, shard_rows=shard_rows, batch_size=BATCH,
-                                              device="cpu")
+                job = client.submit_inference(model_path, inputs, shard_rows=shard_rows, batch_size=BATCH, device="cpu")
                 final = client.wait(job.job_id)
                 assert final.state.value == "succeeded", final.error
                 client.result(job.job_id, root / "grid_out.safetensors")
@@ -78,12 +77,26 @@ def main() -> None:
         start = time.monotonic()
         run_inference(model_path, inputs, root / "local_out.safetensors", batch_size=BATCH, device="cpu")
         local_s = time.monotonic() - start
-        same = torch.allclose(load_tensors(root / "grid_out.safetensors")["output"],
-                              load_tensors(root / "local_out.safetensors")["output"], rtol=0, atol=1e-5)
+        same = torch.allclose(
+            load_tensors(root / "grid_out.safetensors")["output"],
+            load_tensors(root / "local_out.safetensors")["output"],
+            rtol=0,
+            atol=1e-5,
+        )
     print(f"in-process {local_s:.1f}s, grid with one node {grid_s:.1f}s for {rows} rows in {final.tasks_total} shards")
-    emit({"benchmark": "inference", "rows": rows, "shards": final.tasks_total, "threads": ns.threads,
-          "local_s": round(local_s, 2), "grid_s": round(grid_s, 2), "ratio": round(grid_s / local_s, 3),
-          "goal_ratio": 1.10, "results_equal": same})
+    emit(
+        {
+            "benchmark": "inference",
+            "rows": rows,
+            "shards": final.tasks_total,
+            "threads": ns.threads,
+            "local_s": round(local_s, 2),
+            "grid_s": round(grid_s, 2),
+            "ratio": round(grid_s / local_s, 3),
+            "goal_ratio": 1.10,
+            "results_equal": same,
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -54,7 +54,9 @@ class Coordinator:
         self.blobs = BlobStore(config.blob_dir, config.limits.max_blob_bytes)
         self.identity = load_identity(config.data_dir / "coordinator.key")
         self.domain = Domain(
-            config.domain_name, config.domain_version, config.chain_id,
+            config.domain_name,
+            config.domain_version,
+            config.chain_id,
             config.verifying_contract or self.identity.address,
         )
         self.verifier = Verifier(self.domain)
@@ -68,9 +70,11 @@ class Coordinator:
         # the authoritative checks run again inside accept_result's transaction.
         self.lease_book: dict[str, TaskRecord] = {}
         self.results: GroupCommitter[ResultItem, tuple[str, bool]] = GroupCommitter(
-            lambda items: self.db(self.state.accept_results, items, now_ms()))
+            lambda items: self.db(self.state.accept_results, items, now_ms())
+        )
         self.leases: GroupCommitter[tuple[str, int], tuple[list[Lease], int]] = GroupCommitter(
-            lambda requests: self.db(self.state.lease_many, requests, now_ms(), config.timing))
+            lambda requests: self.db(self.state.lease_many, requests, now_ms(), config.timing)
+        )
         self._tasks: set[asyncio.Task[None]] = set()
         self._aggregating: set[str] = set()
 
@@ -88,16 +92,22 @@ class Coordinator:
 
     async def work(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run blob-heavy work (splitting, checking, concatenating) off the event loop."""
-        return await asyncio.get_running_loop().run_in_executor(
-            self._work_pool, functools.partial(fn, *args, **kwargs)
-        )
+        return await asyncio.get_running_loop().run_in_executor(self._work_pool, functools.partial(fn, *args, **kwargs))
 
     def remember(self, leases: list[Lease], node: str) -> None:
         book = self.lease_book
         for x in leases:
             book[x.task_id] = TaskRecord(
-                task_id=x.task_id, job_id=x.job_id, index=x.index, state="leased", kind=x.kind,
-                attempt=x.attempt, node=node, deadline_ms=x.deadline_ms, input=x.input, rows=x.rows,
+                task_id=x.task_id,
+                job_id=x.job_id,
+                index=x.index,
+                state="leased",
+                kind=x.kind,
+                attempt=x.attempt,
+                node=node,
+                deadline_ms=x.deadline_ms,
+                input=x.input,
+                rows=x.rows,
             )
         while len(book) > LEASE_BOOK_SIZE:
             del book[next(iter(book))]
@@ -119,6 +129,11 @@ class Coordinator:
             self.schedule_aggregation(job_id)
 
     async def stop(self) -> None:
+        for name, committer in (("lease", self.leases), ("result", self.results)):
+            if committer.batches:
+                log.info(
+                    "%s group commits: %d requests in %d transactions", name, committer.requests, committer.batches
+                )
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -9,7 +9,7 @@ a crash could lose.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
 from tensorgrid.errors import TensorGridError
@@ -17,6 +17,7 @@ from tensorgrid.errors import TensorGridError
 I = TypeVar("I")  # noqa: E741 - request
 O = TypeVar("O")  # noqa: E741 - outcome
 MAX_BATCH = 256
+FLUSH_DELAY_S = 0.0005
 
 
 class GroupCommitter(Generic[I, O]):
@@ -26,7 +27,7 @@ class GroupCommitter(Generic[I, O]):
     TensorGridError to raise to that caller alone.
     """
 
-    def __init__(self, run: Callable[[list[I]], Awaitable[list[O | TensorGridError]]]) -> None:
+    def __init__(self, run: Callable[[list[I]], Awaitable[Sequence[O | TensorGridError]]]) -> None:
         self._run = run
         self._queue: list[tuple[I, asyncio.Future[O]]] = []
         self._scheduled = False
@@ -43,6 +44,8 @@ class GroupCommitter(Generic[I, O]):
         return await fut
 
     async def _flush(self) -> None:
+        # Give requests already on their way (ready callbacks of other RPCs) a moment to join.
+        await asyncio.sleep(FLUSH_DELAY_S)
         self._scheduled = False
         while self._queue:
             batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]

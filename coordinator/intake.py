@@ -51,10 +51,18 @@ def plan_job(
         tasks = _plan_noop(spec, job_id, limits)
         model, settings = None, {}
     job = NewJob(
-        job_id=job_id, submitter=submitter, kind=spec.kind, spec_json=spec_json, spec_hash=sh,
-        device=spec.device, min_memory_bytes=spec.min_memory_bytes, model=model,
-        settings_json=json.dumps(settings, sort_keys=True), memory_limit_bytes=spec.task_memory_limit_bytes,
-        time_limit_ms=spec.task_time_limit_s * 1000, max_attempts=spec.max_attempts,
+        job_id=job_id,
+        submitter=submitter,
+        kind=spec.kind,
+        spec_json=spec_json,
+        spec_hash=sh,
+        device=spec.device,
+        min_memory_bytes=spec.min_memory_bytes,
+        model=model,
+        settings_json=json.dumps(settings, sort_keys=True),
+        memory_limit_bytes=spec.task_memory_limit_bytes,
+        time_limit_ms=spec.task_time_limit_s * 1000,
+        max_attempts=spec.max_attempts,
     )
     return job, tasks
 

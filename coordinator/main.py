@@ -29,15 +29,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="serve until SIGTERM/Ctrl-C")
     run.add_argument("--listen", default="127.0.0.1:7070", help="host:port to serve gRPC on (port 0: any free port)")
-    run.add_argument("--data-dir", type=Path, default=Path("var/coordinator"),
-                     help="blob store, SQLite file and the coordinator key live here (default: %(default)s)")
-    run.add_argument("--database-url", default="",
-                     help="SQLAlchemy URL; default SQLite in --data-dir. PostgreSQL: "
-                     "postgresql://user@host:5432/dbname (also env TENSORGRID_DATABASE_URL)")
+    run.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("var/coordinator"),
+        help="blob store, SQLite file and the coordinator key live here (default: %(default)s)",
+    )
+    run.add_argument(
+        "--database-url",
+        default="",
+        help="SQLAlchemy URL; default SQLite in --data-dir. PostgreSQL: "
+        "postgresql://user@host:5432/dbname (also env TENSORGRID_DATABASE_URL)",
+    )
     run.add_argument("--chain-id", type=int, default=31337, help="EIP-712 chain id receipts are signed for")
     run.add_argument("--heartbeat-ms", type=int, default=5000, help="how often nodes should heartbeat")
-    run.add_argument("--lease-ttl-ms", type=int, default=15000,
-                     help="a lease without a heartbeat for this long is reissued to another node")
+    run.add_argument(
+        "--lease-ttl-ms",
+        type=int,
+        default=15000,
+        help="a lease without a heartbeat for this long is reissued to another node",
+    )
     run.add_argument("--max-shard-mib", type=float, default=512, help="largest input shard a job may ask for")
     run.add_argument("--ready-file", type=Path, help="write the bound port here once serving (for scripts)")
     run.add_argument("-v", "--verbose", action="store_true")
@@ -50,10 +61,13 @@ def config_from(ns: argparse.Namespace) -> CoordinatorConfig:
     if ns.lease_ttl_ms < 2 * ns.heartbeat_ms:
         raise TensorGridError("--lease-ttl-ms must be at least twice --heartbeat-ms, or live nodes lose leases")
     return CoordinatorConfig(
-        listen=ns.listen, data_dir=ns.data_dir,
+        listen=ns.listen,
+        data_dir=ns.data_dir,
         database_url=ns.database_url or os.environ.get("TENSORGRID_DATABASE_URL", ""),
-        chain_id=ns.chain_id, heartbeat_interval_ms=ns.heartbeat_ms,
-        timing=LeaseTiming(ttl_ms=ns.lease_ttl_ms), limits=Limits(max_shard_bytes=int(ns.max_shard_mib * (1 << 20))),
+        chain_id=ns.chain_id,
+        heartbeat_interval_ms=ns.heartbeat_ms,
+        timing=LeaseTiming(ttl_ms=ns.lease_ttl_ms),
+        limits=Limits(max_shard_bytes=int(ns.max_shard_mib * (1 << 20))),
     )
 
 
@@ -63,7 +77,13 @@ async def serve(config: CoordinatorConfig, ready_file: Path | None = None) -> No
     await server.start()
     await app.start()
     host = config.listen.rsplit(":", 1)[0]
-    log.info("coordinator %s serving on %s:%d (db %s)", app.identity.address, host, port, app.state.engine.url.render_as_string())
+    log.info(
+        "coordinator %s serving on %s:%d (db %s)",
+        app.identity.address,
+        host,
+        port,
+        app.state.engine.url.render_as_string(),
+    )
     if ready_file is not None:
         tmp = ready_file.with_suffix(".tmp")
         tmp.write_text(str(port))

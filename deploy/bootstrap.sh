@@ -17,4 +17,13 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e "$ROOT"
   echo "$WANT" > "$STAMP"
 fi
+# Contracts toolchain (solcjs, anvil, OpenZeppelin) from contracts/package-lock.json: again only
+# when the lock file changes (its hash is stamped inside node_modules).
+NPM_STAMP="$ROOT/contracts/node_modules/.tensorgrid-lock"
+NPM_WANT="$(sha256sum "$ROOT/contracts/package-lock.json" | cut -d' ' -f1)"
+if [ ! -d "$ROOT/contracts/node_modules" ] || [ "$(cat "$NPM_STAMP" 2>/dev/null)" != "$NPM_WANT" ]; then
+  echo "[bootstrap] installing contract tools (npm ci in contracts/)" >&2
+  npm ci --prefix "$ROOT/contracts" --no-audit --no-fund >&2
+  echo "$NPM_WANT" > "$NPM_STAMP"
+fi
 export PATH="$VENV/bin:$PATH"

@@ -86,14 +86,19 @@ class Agent:
             try:
                 await self.client.register(self.caps)
                 self._registered.set()
-                log.info("registered with %s as %s (%s)", self.config.coordinator, self.client.signer.address,
-                         self.caps.device_kind)
+                log.info(
+                    "registered with %s as %s (%s)",
+                    self.config.coordinator,
+                    self.client.signer.address,
+                    self.caps.device_kind,
+                )
                 return
             except grpc.aio.AioRpcError as e:
                 if e.code() not in RETRYABLE:
                     raise TensorGridError(f"the coordinator refused registration: {e.details()}") from None
-                log.warning("coordinator %s unreachable (%s); retrying in %.1fs", self.config.coordinator,
-                            e.code().name, delay)
+                log.warning(
+                    "coordinator %s unreachable (%s); retrying in %.1fs", self.config.coordinator, e.code().name, delay
+                )
             await self._sleep_or_drain(delay)
             delay = min(delay * 2, 5.0)
 
@@ -165,8 +170,9 @@ class Agent:
             if outcome.ok:
                 await self._submit(lease, out)
             elif outcome.error is not None:
-                log.warning("task %s failed: %s: %s", lease.task_id[:12], outcome.error.kind.value,
-                            outcome.error.message[:300])
+                log.warning(
+                    "task %s failed: %s: %s", lease.task_id[:12], outcome.error.kind.value, outcome.error.message[:300]
+                )
                 await self._report(lease.task_id, lease.attempt, outcome.error)
         finally:
             self._active.pop(lease.task_id, None)
@@ -178,14 +184,23 @@ class Agent:
             inputs = await self.cache.ensure(lease.input, self._fetcher(lease.input))
         except (TensorGridError, grpc.aio.AioRpcError) as e:
             msg = e.details() if isinstance(e, grpc.aio.AioRpcError) else str(e)
-            return TaskOutcome(ok=False, rows=0, seconds=0.0,
-                               error=TaskError(ErrorKind.BLOB_UNAVAILABLE, f"could not fetch inputs: {msg}"))
+            return TaskOutcome(
+                ok=False,
+                rows=0,
+                seconds=0.0,
+                error=TaskError(ErrorKind.BLOB_UNAVAILABLE, f"could not fetch inputs: {msg}"),
+            )
         wanted = str(lease.settings.get("device", "any"))
         request = TaskRequest(
-            kind=lease.kind, model_path=str(model) if model else None, input_path=str(inputs),
-            output_path=str(out), settings=dict(lease.settings),
-            device=self.config.device if wanted == "any" else wanted, threads=self.config.threads,
-            memory_limit_bytes=lease.memory_limit_bytes, time_limit_s=lease.time_limit_ms / 1000,
+            kind=lease.kind,
+            model_path=str(model) if model else None,
+            input_path=str(inputs),
+            output_path=str(out),
+            settings=dict(lease.settings),
+            device=self.config.device if wanted == "any" else wanted,
+            threads=self.config.threads,
+            memory_limit_bytes=lease.memory_limit_bytes,
+            time_limit_s=lease.time_limit_ms / 1000,
         )
         return await ex.run(request)
 

@@ -231,9 +231,7 @@ class Executor:
         except (TimeoutError, ValueError) as exc:
             await child.kill_and_wait()
             tail = await child.stderr_tail()
-            raise _WorkerStartError(
-                f"the worker failed to start ({exc or 'timed out'}); stderr: {tail}"
-            ) from None
+            raise _WorkerStartError(f"the worker failed to start ({exc or 'timed out'}); stderr: {tail}") from None
         log.debug("worker %d ready", proc.pid)
         return child
 
@@ -248,9 +246,7 @@ class Executor:
         cancelled = asyncio.create_task(self._cancelled.wait())
         timeout = request.time_limit_s if request.time_limit_s > 0 else None
         try:
-            done, _ = await asyncio.wait(
-                {reply, watch, cancelled}, timeout=timeout, return_when="FIRST_COMPLETED"
-            )
+            done, _ = await asyncio.wait({reply, watch, cancelled}, timeout=timeout, return_when="FIRST_COMPLETED")
         finally:
             for task in (reply, watch, cancelled):
                 task.cancel()

@@ -27,23 +27,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         description="The TensorGrid node daemon: lends this machine's GPU (or CPU) to the grid and is paid "
         "for verified work. Workloads are torch.export programs and safetensors: no foreign code runs here.",
     )
-    p.add_argument("--keystore", type=Path, default=DEFAULT_HOME / "node-key.json",
-                   help="encrypted key file; its address is the node's identity and payee (default: %(default)s)")
-    p.add_argument("--password-file", type=Path,
-                   help=f"read the keystore password from this file (else ${PASSWORD_ENV}, else a prompt)")
+    p.add_argument(
+        "--keystore",
+        type=Path,
+        default=DEFAULT_HOME / "node-key.json",
+        help="encrypted key file; its address is the node's identity and payee (default: %(default)s)",
+    )
+    p.add_argument(
+        "--password-file",
+        type=Path,
+        help=f"read the keystore password from this file (else ${PASSWORD_ENV}, else a prompt)",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="command", required=True)
     init = sub.add_parser("init", help="create a new node key in an encrypted keystore")
     init.add_argument("--force", action="store_true", help="replace an existing keystore (the old key is lost)")
-    init.add_argument("--light-kdf", action="store_true",
-                      help="cheap key derivation, for tests and local devnets only")
+    init.add_argument("--light-kdf", action="store_true", help="cheap key derivation, for tests and local devnets only")
     sub.add_parser("address", help="print the node's address")
     run = sub.add_parser("run", help="take and run work until SIGTERM (first: drain; second: stop now)")
     run.add_argument("--coordinator", required=True, help="HOST:PORT of the coordinator's gRPC endpoint")
-    run.add_argument("--data-dir", type=Path, default=DEFAULT_HOME / "node",
-                     help="blob cache and scratch files (default: %(default)s)")
-    run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                     help="auto: CUDA when present, else CPU")
+    run.add_argument(
+        "--data-dir",
+        type=Path,
+        default=DEFAULT_HOME / "node",
+        help="blob cache and scratch files (default: %(default)s)",
+    )
+    run.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when present, else CPU"
+    )
     run.add_argument("--slots", type=int, default=1, help="tasks to run at once")
     run.add_argument("--threads", type=int, default=0, help="torch threads per task (0: torch's default)")
     run.add_argument("--memory-gib", type=float, help="memory to offer (default: what is free)")
@@ -83,8 +94,13 @@ async def run_agent(ns: argparse.Namespace, signer: Signer) -> None:
 
     memory = int(ns.memory_gib * (1 << 30)) if ns.memory_gib else None
     caps = detect(ns.device, memory)
-    config = AgentConfig(coordinator=ns.coordinator, work_dir=ns.data_dir / "work", slots=ns.slots,
-                         device=caps.device_kind, threads=ns.threads)
+    config = AgentConfig(
+        coordinator=ns.coordinator,
+        work_dir=ns.data_dir / "work",
+        slots=ns.slots,
+        device=caps.device_kind,
+        threads=ns.threads,
+    )
     cache = BlobCache(ns.data_dir / "cache", int(ns.cache_gib * (1 << 30)))
     agent = Agent(config, signer, caps, cache)
     loop = asyncio.get_running_loop()

@@ -32,15 +32,22 @@ def build_parser() -> argparse.ArgumentParser:
         dest="command", required=True
     )
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--coordinator", default=DEFAULT_COORDINATOR,
-                        help="HOST:PORT (default: $TENSORGRID_COORDINATOR or %(default)s)")
-    common.add_argument("--key", type=Path, default=DEFAULT_KEY,
-                        help="submitter key file, created on first use (default: %(default)s)")
+    common.add_argument(
+        "--coordinator", default=DEFAULT_COORDINATOR, help="HOST:PORT (default: $TENSORGRID_COORDINATOR or %(default)s)"
+    )
+    common.add_argument(
+        "--key", type=Path, default=DEFAULT_KEY, help="submitter key file, created on first use (default: %(default)s)"
+    )
     s = job.add_parser("submit", parents=[common], help="upload a model and inputs, submit an inference job")
     s.add_argument("--model", type=Path, required=True, help="torch.export program (.pt2)")
     s.add_argument("--inputs", type=Path, required=True, help="safetensors file; rows along dim 0")
-    s.add_argument("--input-name", action="append", default=[], dest="input_names",
-                   help="tensor passed to the model, in order (repeat; default: all, sorted)")
+    s.add_argument(
+        "--input-name",
+        action="append",
+        default=[],
+        dest="input_names",
+        help="tensor passed to the model, in order (repeat; default: all, sorted)",
+    )
     s.add_argument("--shard-rows", type=int, default=256, help="rows per task (default: %(default)s)")
     s.add_argument("--batch-size", type=int, default=0, help="rows per forward pass on a node (0: whole shard)")
     s.add_argument("--device", choices=("any", "cpu", "cuda"), default="any")
@@ -85,8 +92,10 @@ def _client(ns: argparse.Namespace) -> Any:
 
 
 def _print_job(job: JobInfo) -> None:
-    print(f"job {job.job_id}\n  state    {job.state.value}\n  kind     {job.kind}\n"
-          f"  tasks    {job.tasks_done}/{job.tasks_total} done, {job.task_failures} failed attempts")
+    print(
+        f"job {job.job_id}\n  state    {job.state.value}\n  kind     {job.kind}\n"
+        f"  tasks    {job.tasks_done}/{job.tasks_total} done, {job.task_failures} failed attempts"
+    )
     if job.result:
         print(f"  result   {job.result.sha256} ({job.result.size} bytes)")
     if job.error:
@@ -98,8 +107,14 @@ def cmd_submit(ns: argparse.Namespace) -> int:
 
     with _client(ns) as client, byte_progress("uploading") as progress:
         job = client.submit_inference(
-            ns.model, ns.inputs, progress=progress, input_names=tuple(ns.input_names), shard_rows=ns.shard_rows,
-            batch_size=ns.batch_size, device=ns.device, task_time_limit_s=ns.time_limit,
+            ns.model,
+            ns.inputs,
+            progress=progress,
+            input_names=tuple(ns.input_names),
+            shard_rows=ns.shard_rows,
+            batch_size=ns.batch_size,
+            device=ns.device,
+            task_time_limit_s=ns.time_limit,
             task_memory_limit_bytes=int(ns.memory_limit_gib * (1 << 30)),
         )
     print(f"submitted job {job.job_id} ({job.tasks_total} tasks)")
@@ -153,8 +168,13 @@ def main(argv: list[str] | None = None) -> int:
             from tensorgrid.demo import run_demo
 
             return run_demo(ns)
-        handler = {"submit": cmd_submit, "watch": cmd_watch, "result": cmd_result, "list": cmd_list,
-                   "cancel": cmd_cancel}[ns.command]
+        handler = {
+            "submit": cmd_submit,
+            "watch": cmd_watch,
+            "result": cmd_result,
+            "list": cmd_list,
+            "cancel": cmd_cancel,
+        }[ns.command]
         return handler(ns)
     except TensorGridError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -1,11 +1,11 @@
 """The submitter SDK: upload blobs, submit signed job specs, watch them, fetch results.
 
-    from tensorgrid.client import Client
-    with Client("127.0.0.1:7070") as c:
-        job = c.submit_inference("model.pt2", "inputs.safetensors", shard_rows=512)
-        for event in c.watch(job.job_id):
-            print(event.kind, event.tasks_done, "/", event.tasks_total)
-        c.result(job.job_id, "outputs.safetensors")
+from tensorgrid.client import Client
+with Client("127.0.0.1:7070") as c:
+    job = c.submit_inference("model.pt2", "inputs.safetensors", shard_rows=512)
+    for event in c.watch(job.job_id):
+        print(event.kind, event.tasks_done, "/", event.tasks_total)
+    c.result(job.job_id, "outputs.safetensors")
 """
 
 from __future__ import annotations
@@ -139,8 +139,12 @@ class Client:
         return serde.job_from_pb(_call(self._stub.SubmitJob, req, timeout=self.timeout * 10))
 
     def submit_inference(
-        self, model: str | os.PathLike[str], inputs: str | os.PathLike[str], *,
-        progress: Progress | None = None, **settings: Any,
+        self,
+        model: str | os.PathLike[str],
+        inputs: str | os.PathLike[str],
+        *,
+        progress: Progress | None = None,
+        **settings: Any,
     ) -> JobInfo:
         """Upload a .pt2 program and a safetensors file, then submit an inference job over them."""
         spec = InferenceSpec(model=BlobRef("0" * 64, 0), inputs=BlobRef("0" * 64, 0), **settings)
@@ -153,11 +157,14 @@ class Client:
         return self.submit(NoopSpec(tasks=tasks, **settings))
 
     def job(self, job_id: str) -> JobInfo:
-        return serde.job_from_pb(_call(self._stub.GetJob, submit_pb2.GetJobRequest(job_id=job_id), timeout=self.timeout))
+        return serde.job_from_pb(
+            _call(self._stub.GetJob, submit_pb2.GetJobRequest(job_id=job_id), timeout=self.timeout)
+        )
 
     def jobs(self, submitter: str = "", limit: int = 50) -> list[JobInfo]:
-        resp = _call(self._stub.ListJobs, submit_pb2.ListJobsRequest(submitter=submitter, limit=limit),
-                     timeout=self.timeout)
+        resp = _call(
+            self._stub.ListJobs, submit_pb2.ListJobsRequest(submitter=submitter, limit=limit), timeout=self.timeout
+        )
         return [serde.job_from_pb(j) for j in resp.jobs]
 
     def cancel(self, job_id: str) -> JobInfo:
@@ -195,5 +202,7 @@ class Client:
         """Download a finished job's result blob to dest."""
         job = self.job(job_id)
         if job.result is None:
-            raise TensorGridError(f"job {job_id} has no result (it is {job.state.value}{': ' + job.error if job.error else ''})")
+            raise TensorGridError(
+                f"job {job_id} has no result (it is {job.state.value}{': ' + job.error if job.error else ''})"
+            )
         return self.download(job.result, dest, progress)

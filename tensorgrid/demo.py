@@ -33,8 +33,9 @@ def digits_model(seed: int = 0, epochs: int = 60) -> tuple[torch.nn.Module, torc
     x, y = load_digits(return_X_y=True)
     x_train, x_test, y_train, y_test = train_test_split(x / 16.0, y, test_size=0.3, random_state=seed)
     torch.manual_seed(seed)
-    model = torch.nn.Sequential(torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 256),
-                                torch.nn.ReLU(), torch.nn.Linear(256, 10))
+    model = torch.nn.Sequential(
+        torch.nn.Linear(64, 256), torch.nn.ReLU(), torch.nn.Linear(256, 256), torch.nn.ReLU(), torch.nn.Linear(256, 10)
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
     xt = torch.tensor(x_train, dtype=torch.float32)
     yt = torch.tensor(y_train)
@@ -88,8 +89,9 @@ def _demo(root: Path, nodes: int, rows: int, shard_rows: int) -> int:
             print("3. submitting the job")
             start = time.monotonic()
             with byte_progress("uploading") as progress:
-                job = client.submit_inference(model_path, inputs_path, progress=progress, shard_rows=shard_rows,
-                                              batch_size=500, device="cpu")
+                job = client.submit_inference(
+                    model_path, inputs_path, progress=progress, shard_rows=shard_rows, batch_size=500, device="cpu"
+                )
             print(f"   job {job.job_id[:16]}… with {job.tasks_total} tasks")
             final = watch_job(client, job.job_id)
             grid_s = time.monotonic() - start
@@ -112,8 +114,10 @@ def _compare(root: Path, model_path: Path, inputs_path: Path, out: Path, rows: i
     same_shape = grid_out.shape == local_out.shape
     max_diff = (grid_out - local_out).abs().max().item() if same_shape else float("inf")
     same_classes = same_shape and bool((grid_out.argmax(1) == local_out.argmax(1)).all())
-    print(f"   result {tuple(grid_out.shape)}, max |grid − local| = {max_diff:.2e}, "
-          f"predicted classes identical: {same_classes}")
+    print(
+        f"   result {tuple(grid_out.shape)}, max |grid − local| = {max_diff:.2e}, "
+        f"predicted classes identical: {same_classes}"
+    )
     print(f"   grid:  {rows / grid_s:,.0f} rows/s end to end ({grid_s:.1f}s incl. upload, scheduling, download)")
     print(f"   local: {rows / local_s:,.0f} rows/s in-process on one thread ({local_s:.2f}s)")
     ok = same_classes and max_diff <= 1e-5

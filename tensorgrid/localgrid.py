@@ -62,9 +62,20 @@ class LocalGrid:
         self.root.mkdir(parents=True, exist_ok=True)
         ready = self.root / "coordinator.port"
         ready.unlink(missing_ok=True)
-        args = [sys.executable, "-m", "coordinator.main", "run", "--listen", f"127.0.0.1:{port}",
-                "--data-dir", str(self.root / "coordinator"), "--ready-file", str(ready),
-                *self.coordinator_args, *extra]
+        args = [
+            sys.executable,
+            "-m",
+            "coordinator.main",
+            "run",
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--data-dir",
+            str(self.root / "coordinator"),
+            "--ready-file",
+            str(ready),
+            *self.coordinator_args,
+            *extra,
+        ]
         if database_url:
             args += ["--database-url", database_url]
         proc = self._spawn("coordinator", args)
@@ -83,14 +94,27 @@ class LocalGrid:
         if not keystore.exists():
             subprocess.run(
                 [sys.executable, "-m", "node.main", "--keystore", str(keystore), "init", "--light-kdf"],
-                check=True, capture_output=True, env={**os.environ, "TENSORGRID_KEY_PASSWORD": PASSWORD},
+                check=True,
+                capture_output=True,
+                env={**os.environ, "TENSORGRID_KEY_PASSWORD": PASSWORD},
             )
         return keystore
 
     def start_node(self, name: str, *extra: str, env: dict[str, str] | None = None) -> Proc:
         keystore = self.create_node_key(name)
-        args = [sys.executable, "-m", "node.main", "--keystore", str(keystore), "run",
-                "--coordinator", self.target, "--data-dir", str(self.root / name), *extra]
+        args = [
+            sys.executable,
+            "-m",
+            "node.main",
+            "--keystore",
+            str(keystore),
+            "run",
+            "--coordinator",
+            self.target,
+            "--data-dir",
+            str(self.root / name),
+            *extra,
+        ]
         return self._spawn(name, args, {"TENSORGRID_KEY_PASSWORD": PASSWORD, **(env or {})})
 
     def stop_proc(self, proc: Proc, timeout: float = 15) -> int:

@@ -39,13 +39,17 @@ class NodeClient:
         await self.channel.close()
 
     async def register(self, caps: Capabilities, version: str = "0.1.0") -> None:
-        ch = await self.stub.GetChallenge(node_pb2.ChallengeRequest(address=self.signer.address),
-                                          timeout=self.timeout)
+        ch = await self.stub.GetChallenge(node_pb2.ChallengeRequest(address=self.signer.address), timeout=self.timeout)
         domain = serde.domain_from_pb(ch.domain)
         sig = sign_message(self.signer, registration_message(self.signer.address, ch.nonce, domain))
         resp = await self.stub.Register(
-            node_pb2.RegisterRequest(address=self.signer.address, nonce=ch.nonce, signature=sig,
-                                     capabilities=serde.caps_to_pb(caps), version=version),
+            node_pb2.RegisterRequest(
+                address=self.signer.address,
+                nonce=ch.nonce,
+                signature=sig,
+                capabilities=serde.caps_to_pb(caps),
+                version=version,
+            ),
             timeout=self.timeout,
         )
         self.token = resp.session_token
@@ -53,22 +57,26 @@ class NodeClient:
         self.heartbeat_s = max(0.2, resp.heartbeat_interval_ms / 1000)
 
     async def lease(self, max_tasks: int = 1) -> tuple[list[Lease], int]:
-        resp = await self.stub.LeaseTasks(node_pb2.LeaseRequest(max_tasks=max_tasks), metadata=self.metadata,
-                                          timeout=self.timeout)
+        resp = await self.stub.LeaseTasks(
+            node_pb2.LeaseRequest(max_tasks=max_tasks), metadata=self.metadata, timeout=self.timeout
+        )
         return [serde.lease_from_pb(x) for x in resp.leases], resp.retry_after_ms
 
     async def heartbeat(self, active: Iterable[tuple[str, int]], draining: bool = False) -> list[tuple[str, int]]:
         resp = await self.stub.Heartbeat(
-            node_pb2.HeartbeatRequest(active=[node_pb2.LeaseKey(task_id=t, attempt=a) for t, a in active],
-                                      draining=draining),
-            metadata=self.metadata, timeout=self.timeout,
+            node_pb2.HeartbeatRequest(
+                active=[node_pb2.LeaseKey(task_id=t, attempt=a) for t, a in active], draining=draining
+            ),
+            metadata=self.metadata,
+            timeout=self.timeout,
         )
         return [(k.task_id, k.attempt) for k in resp.revoked]
 
     def fetch(self, ref: BlobRef, offset: int = 0) -> AsyncIterator[bytes]:
         async def chunks() -> AsyncIterator[bytes]:
-            call = self.stub.FetchBlob(common_pb2.FetchBlobRequest(sha256=ref.sha256, offset=offset),
-                                       metadata=self.metadata)
+            call = self.stub.FetchBlob(
+                common_pb2.FetchBlobRequest(sha256=ref.sha256, offset=offset), metadata=self.metadata
+            )
             async for chunk in call:
                 yield chunk.data
 
@@ -76,10 +84,17 @@ class NodeClient:
 
     def sign(self, lease: Lease, output: BlobRef) -> Receipt:
         assert self.domain is not None, "register first"
-        return sign_receipt(self.signer, self.domain, Receipt(
-            job_id=lease.job_id, task_id=lease.task_id, attempt=lease.attempt,
-            input_hash=lease.input.sha256, output_hash=output.sha256,
-        ))
+        return sign_receipt(
+            self.signer,
+            self.domain,
+            Receipt(
+                job_id=lease.job_id,
+                task_id=lease.task_id,
+                attempt=lease.attempt,
+                input_hash=lease.input.sha256,
+                output_hash=output.sha256,
+            ),
+        )
 
     async def submit(self, receipt: Receipt, output_size: int, data: bytes | Path) -> tuple[bool, str]:
         """Send a signed result; data is the output's bytes or a file to stream. Returns (accepted, reason)."""
@@ -101,6 +116,7 @@ class NodeClient:
     async def report(self, task_id: str, attempt: int, error: TaskError, timeout: float | None = None) -> bool:
         ack = await self.stub.ReportFailure(
             node_pb2.FailureReport(task_id=task_id, attempt=attempt, error=serde.error_to_pb(error)),
-            metadata=self.metadata, timeout=timeout or self.timeout,
+            metadata=self.metadata,
+            timeout=timeout or self.timeout,
         )
         return bool(ack.reissued)

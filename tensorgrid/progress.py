@@ -40,8 +40,13 @@ def byte_progress(label: str) -> Iterator[Callable[[int, int], None]]:
 
 def watch_job(client: Any, job_id: str) -> JobInfo:
     """Follow a job's events with a progress bar until it ends; returns its final state."""
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("{task.fields[note]}"))
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[note]}"),
+    )
     with Progress(*columns, console=_console) as progress:
         bar = progress.add_task(f"job {job_id[:12]}", total=None, note="")
         for ev in client.watch(job_id):

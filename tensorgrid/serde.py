@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import overload
 
 from tensorgrid import types as t
 from tensorgrid.v1 import common_pb2, node_pb2, submit_pb2
@@ -26,9 +27,13 @@ _JOB_STATES = {
     t.JobState.FAILED: submit_pb2.JOB_STATE_FAILED,
     t.JobState.CANCELLED: submit_pb2.JOB_STATE_CANCELLED,
 }
-_JOB_STATES_BACK = {v: k for k, v in _JOB_STATES.items()}
+_JOB_STATES_BACK: dict[int, t.JobState] = {v: k for k, v in _JOB_STATES.items()}
 
 
+@overload
+def blob_to_pb(ref: t.BlobRef) -> common_pb2.BlobRef: ...
+@overload
+def blob_to_pb(ref: None) -> None: ...
 def blob_to_pb(ref: t.BlobRef | None) -> common_pb2.BlobRef | None:
     return None if ref is None else common_pb2.BlobRef(sha256=ref.sha256, size=ref.size)
 
@@ -69,9 +74,7 @@ def caps_from_pb(m: node_pb2.Capabilities) -> t.Capabilities:
 
 
 def domain_to_pb(d: t.Domain) -> node_pb2.Domain:
-    return node_pb2.Domain(
-        name=d.name, version=d.version, chain_id=d.chain_id, verifying_contract=d.verifying_contract
-    )
+    return node_pb2.Domain(name=d.name, version=d.version, chain_id=d.chain_id, verifying_contract=d.verifying_contract)
 
 
 def domain_from_pb(m: node_pb2.Domain) -> t.Domain:

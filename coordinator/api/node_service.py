@@ -31,14 +31,18 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         self.sessions = sessions
 
     @unary
-    async def GetChallenge(self, request: node_pb2.ChallengeRequest, context: grpc.aio.ServicerContext) -> node_pb2.Challenge:
+    async def GetChallenge(
+        self, request: node_pb2.ChallengeRequest, context: grpc.aio.ServicerContext
+    ) -> node_pb2.Challenge:
         address = normalize_address(request.address)
         now = now_ms()
         nonce = make_challenge(self.app.challenge_secret, address, now)
         return node_pb2.Challenge(nonce=nonce, expires_at_ms=now + 120_000, domain=serde.domain_to_pb(self.app.domain))
 
     @unary
-    async def Register(self, request: node_pb2.RegisterRequest, context: grpc.aio.ServicerContext) -> node_pb2.RegisterResponse:
+    async def Register(
+        self, request: node_pb2.RegisterRequest, context: grpc.aio.ServicerContext
+    ) -> node_pb2.RegisterResponse:
         app = self.app
         address = normalize_address(request.address)
         now = now_ms()
@@ -53,27 +57,40 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         if caps.device_kind not in ("cpu", "cuda"):
             raise Rejected(f"device_kind must be 'cpu' or 'cuda', got {caps.device_kind!r}")
         token = secrets.token_urlsafe(32)
-        await app.db(app.state.register_node, address, caps, token_hash(token), now, app.config.session_ttl_ms,
-                     request.nonce.hex())
+        await app.db(
+            app.state.register_node,
+            address,
+            caps,
+            token_hash(token),
+            now,
+            app.config.session_ttl_ms,
+            request.nonce.hex(),
+        )
         self.sessions.add(token, address)
         log.info("node %s registered (%s, %d MiB)", address, caps.device_kind, caps.memory_bytes >> 20)
         return node_pb2.RegisterResponse(
-            session_token=token, heartbeat_interval_ms=app.config.heartbeat_interval_ms,
+            session_token=token,
+            heartbeat_interval_ms=app.config.heartbeat_interval_ms,
             domain=serde.domain_to_pb(app.domain),
         )
 
     @unary
-    async def Heartbeat(self, request: node_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext) -> node_pb2.HeartbeatResponse:
+    async def Heartbeat(
+        self, request: node_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext
+    ) -> node_pb2.HeartbeatResponse:
         app = self.app
         active = [(k.task_id, k.attempt) for k in request.active]
-        revoked = await app.db(app.state.heartbeat, current_node.get(), active, request.draining, now_ms(),
-                               app.config.timing)
+        revoked = await app.db(
+            app.state.heartbeat, current_node.get(), active, request.draining, now_ms(), app.config.timing
+        )
         return node_pb2.HeartbeatResponse(
             revoked=[node_pb2.LeaseKey(task_id=t, attempt=a) for t, a in revoked], server_time_ms=now_ms()
         )
 
     @unary
-    async def LeaseTasks(self, request: node_pb2.LeaseRequest, context: grpc.aio.ServicerContext) -> node_pb2.LeaseResponse:
+    async def LeaseTasks(
+        self, request: node_pb2.LeaseRequest, context: grpc.aio.ServicerContext
+    ) -> node_pb2.LeaseResponse:
         app = self.app
         leases, retry = await app.leases.submit((current_node.get(), request.max_tasks or 1))
         app.remember(leases, current_node.get())
@@ -88,15 +105,23 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             yield chunk
 
     @unary
-    async def ReportFailure(self, request: node_pb2.FailureReport, context: grpc.aio.ServicerContext) -> node_pb2.FailureAck:
+    async def ReportFailure(
+        self, request: node_pb2.FailureReport, context: grpc.aio.ServicerContext
+    ) -> node_pb2.FailureAck:
         app = self.app
         node = current_node.get()
         error = serde.error_from_pb(request.error)
         task = await app.task_record(request.task_id)
         reissued = await app.db(app.state.fail_task, node, request.task_id, request.attempt, error, now_ms())
         app.lease_book.pop(request.task_id, None)
-        log.info("node %s failed task %s/%d: %s: %s", node, task.index, request.attempt, error.kind.value,
-                 error.message[:200])
+        log.info(
+            "node %s failed task %s/%d: %s: %s",
+            node,
+            task.index,
+            request.attempt,
+            error.kind.value,
+            error.message[:200],
+        )
         app.hub.notify(task.job_id)
         return node_pb2.FailureAck(reissued=reissued)
 

@@ -51,7 +51,9 @@ class SubmitterServicer(submit_pb2_grpc.SubmitterServiceServicer):
         return serde.blob_to_pb(ref)
 
     @unary
-    async def SubmitJob(self, request: submit_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext) -> submit_pb2.Job:
+    async def SubmitJob(
+        self, request: submit_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext
+    ) -> submit_pb2.Job:
         app = self.app
         spec_json = bytes(request.spec_json)
         submitter, sh, job_id = authenticate(spec_json, request.submitter, bytes(request.signature))
@@ -77,7 +79,9 @@ class SubmitterServicer(submit_pb2_grpc.SubmitterServiceServicer):
         return submit_pb2.ListJobsResponse(jobs=[serde.job_to_pb(j) for j in jobs])
 
     @unary
-    async def CancelJob(self, request: submit_pb2.CancelJobRequest, context: grpc.aio.ServicerContext) -> submit_pb2.Job:
+    async def CancelJob(
+        self, request: submit_pb2.CancelJobRequest, context: grpc.aio.ServicerContext
+    ) -> submit_pb2.Job:
         app = self.app
         try:
             caller = recover_message_signer(cancel_message(request.job_id), bytes(request.signature))

@@ -43,5 +43,13 @@ class State(NodeStore, JobStore, TaskStore, ResultStore):
 
 
 __all__ = [
-    "LeaseTiming", "NewJob", "NewTask", "NodeInfo", "Outcome", "ResultItem", "State", "TaskRecord", "backoff_ms",
+    "LeaseTiming",
+    "NewJob",
+    "NewTask",
+    "NodeInfo",
+    "Outcome",
+    "ResultItem",
+    "State",
+    "TaskRecord",
+    "backoff_ms",
 ]

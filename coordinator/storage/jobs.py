@@ -49,9 +49,19 @@ class JobStore:
                 return _job_info(existing), False
             conn.execute(
                 insert(s.jobs).values(
-                    job_id=job.job_id, submitter=job.submitter, kind=job.kind, state=JobState.QUEUED.value,
-                    spec_json=job.spec_json, spec_hash=job.spec_hash, created_ms=now_ms, updated_ms=now_ms,
-                    tasks_total=len(new_tasks), tasks_done=0, task_failures=0, error="", event_seq=0,
+                    job_id=job.job_id,
+                    submitter=job.submitter,
+                    kind=job.kind,
+                    state=JobState.QUEUED.value,
+                    spec_json=job.spec_json,
+                    spec_hash=job.spec_hash,
+                    created_ms=now_ms,
+                    updated_ms=now_ms,
+                    tasks_total=len(new_tasks),
+                    tasks_done=0,
+                    task_failures=0,
+                    error="",
+                    event_seq=0,
                 )
             )
             if new_tasks:
@@ -142,7 +152,13 @@ class JobStore:
         return [_event_info(r) for r in rows]
 
     def _end_job(
-        self, conn: Connection, job_id: str, state: JobState, now_ms: int, *, error: str = "",
+        self,
+        conn: Connection,
+        job_id: str,
+        state: JobState,
+        now_ms: int,
+        *,
+        error: str = "",
         result: BlobRef | None = None,
     ) -> None:
         values: dict[str, Any] = dict(state=state.value, updated_ms=now_ms, error=error)
@@ -157,7 +173,12 @@ class JobStore:
         self._event(conn, job_id, state.value, now_ms, message=error)
 
     def _event(
-        self, conn: Connection, job_id: str, kind: str, now_ms: int, job_values: dict[str, Any] | None = None,
+        self,
+        conn: Connection,
+        job_id: str,
+        kind: str,
+        now_ms: int,
+        job_values: dict[str, Any] | None = None,
         **fields: Any,
     ) -> Any:
         """Append to the job's event log in the caller's transaction (so it commits with the change).
@@ -172,8 +193,14 @@ class JobStore:
         ).one()
         conn.execute(
             insert(s.events).values(
-                job_id=job_id, seq=row.event_seq, kind=kind, time_ms=now_ms, tasks_done=row.tasks_done,
-                tasks_total=row.tasks_total, state=row.state, **fields,
+                job_id=job_id,
+                seq=row.event_seq,
+                kind=kind,
+                time_ms=now_ms,
+                tasks_done=row.tasks_done,
+                tasks_total=row.tasks_total,
+                state=row.state,
+                **fields,
             )
         )
         return row
@@ -181,12 +208,25 @@ class JobStore:
 
 def _task_row(job: NewJob, t: NewTask, now_ms: int) -> dict[str, Any]:
     return dict(
-        task_id=t.task_id, job_id=job.job_id, idx=t.index, state="pending", job_created_ms=now_ms,
-        kind=job.kind, device=job.device, min_memory_bytes=job.min_memory_bytes,
-        model_sha=job.model.sha256 if job.model else None, model_size=job.model.size if job.model else None,
-        input_sha=t.input.sha256, input_size=t.input.size, rows=t.rows, settings=job.settings_json,
-        memory_limit_bytes=job.memory_limit_bytes, time_limit_ms=job.time_limit_ms,
-        max_attempts=job.max_attempts, attempt=0, failures=0,
+        task_id=t.task_id,
+        job_id=job.job_id,
+        idx=t.index,
+        state="pending",
+        job_created_ms=now_ms,
+        kind=job.kind,
+        device=job.device,
+        min_memory_bytes=job.min_memory_bytes,
+        model_sha=job.model.sha256 if job.model else None,
+        model_size=job.model.size if job.model else None,
+        input_sha=t.input.sha256,
+        input_size=t.input.size,
+        rows=t.rows,
+        settings=job.settings_json,
+        memory_limit_bytes=job.memory_limit_bytes,
+        time_limit_ms=job.time_limit_ms,
+        max_attempts=job.max_attempts,
+        attempt=0,
+        failures=0,
     )
 
 
@@ -194,17 +234,33 @@ def _job_info(row: Any) -> JobInfo:
     r = row._mapping
     result = BlobRef(r["result_sha"], r["result_size"]) if r["result_sha"] else None
     return JobInfo(
-        job_id=r["job_id"], submitter=r["submitter"], kind=r["kind"], state=JobState(r["state"]),
-        spec_json=bytes(r["spec_json"]), spec_hash=r["spec_hash"], created_ms=r["created_ms"],
-        updated_ms=r["updated_ms"], tasks_total=r["tasks_total"], tasks_done=r["tasks_done"],
-        task_failures=r["task_failures"], result=result, error=r["error"],
+        job_id=r["job_id"],
+        submitter=r["submitter"],
+        kind=r["kind"],
+        state=JobState(r["state"]),
+        spec_json=bytes(r["spec_json"]),
+        spec_hash=r["spec_hash"],
+        created_ms=r["created_ms"],
+        updated_ms=r["updated_ms"],
+        tasks_total=r["tasks_total"],
+        tasks_done=r["tasks_done"],
+        task_failures=r["task_failures"],
+        result=result,
+        error=r["error"],
     )
 
 
 def _event_info(row: Any) -> JobEvent:
     r = row._mapping
     return JobEvent(
-        seq=r["seq"], job_id=r["job_id"], kind=r["kind"], time_ms=r["time_ms"], task_index=r["task_index"],
-        node=r["node"], message=r["message"], tasks_done=r["tasks_done"], tasks_total=r["tasks_total"],
+        seq=r["seq"],
+        job_id=r["job_id"],
+        kind=r["kind"],
+        time_ms=r["time_ms"],
+        task_index=r["task_index"],
+        node=r["node"],
+        message=r["message"],
+        tasks_done=r["tasks_done"],
+        tasks_total=r["tasks_total"],
         state=JobState(r["state"]),
     )

@@ -88,9 +88,7 @@ class NodeStore:
         return [_node_info(r) for r in rows]
 
     def _node_failed(self, conn: Connection, address: str, now_ms: int, *, rejection: bool = False) -> None:
-        row = conn.execute(
-            select(s.nodes.c.consecutive_failures).where(s.nodes.c.address == address)
-        ).first()
+        row = conn.execute(select(s.nodes.c.consecutive_failures).where(s.nodes.c.address == address)).first()
         if row is None:
             return
         consecutive = row.consecutive_failures + 1

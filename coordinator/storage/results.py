@@ -21,25 +21,40 @@ from tensorgrid.types import BlobRef, JobState, Receipt
 _t = s.tasks
 # Built once: a prebuilt statement keeps SQLAlchemy's cache key memoized (no per-call tree walk).
 _ACCEPT_WHERE = (
-    (_t.c.task_id == bindparam("b_task")) & (_t.c.node == bindparam("b_node"))
-    & (_t.c.attempt == bindparam("b_attempt")) & (_t.c.state == "leased")
-    & (_t.c.deadline_ms >= bindparam("b_now")) & (_t.c.job_id == bindparam("b_job"))
+    (_t.c.task_id == bindparam("b_task"))
+    & (_t.c.node == bindparam("b_node"))
+    & (_t.c.attempt == bindparam("b_attempt"))
+    & (_t.c.state == "leased")
+    & (_t.c.deadline_ms >= bindparam("b_now"))
+    & (_t.c.job_id == bindparam("b_job"))
     & (_t.c.input_sha == bindparam("b_input"))
 )
-_ACCEPT_VALUES = dict(state="done", output_sha=bindparam("b_out"), output_size=bindparam("b_size"), deadline_ms=None)
+_ACCEPT_VALUES: dict[str, Any] = dict(state="done", output_sha=bindparam("b_out"), output_size=bindparam("b_size"), deadline_ms=None)
 _ACCEPT_ANY_ROWS = update(_t).where(_ACCEPT_WHERE).values(**_ACCEPT_VALUES).returning(_t.c.job_id, _t.c.idx)
 _ACCEPT_ROWS = (
-    update(_t).where(_ACCEPT_WHERE & (_t.c.rows == bindparam("b_rows")))
-    .values(**_ACCEPT_VALUES).returning(_t.c.job_id, _t.c.idx)
+    update(_t)
+    .where(_ACCEPT_WHERE & (_t.c.rows == bindparam("b_rows")))
+    .values(**_ACCEPT_VALUES)
+    .returning(_t.c.job_id, _t.c.idx)
 )
-_NODE_DONE = update(s.nodes).where(s.nodes.c.address == bindparam("b_node")).values(
-    completed=s.nodes.c.completed + bindparam("b_n"), consecutive_failures=0, backoff_until_ms=0,
-    last_seen_ms=bindparam("b_now"),
+_NODE_DONE = (
+    update(s.nodes)
+    .where(s.nodes.c.address == bindparam("b_node"))
+    .values(
+        completed=s.nodes.c.completed + bindparam("b_n"),
+        consecutive_failures=0,
+        backoff_until_ms=0,
+        last_seen_ms=bindparam("b_now"),
+    )
 )
 _JOB_DONE = (
-    update(s.jobs).where(s.jobs.c.job_id == bindparam("b_job"))
-    .values(tasks_done=s.jobs.c.tasks_done + bindparam("b_n"), event_seq=s.jobs.c.event_seq + bindparam("b_n"),
-            updated_ms=bindparam("b_now"))
+    update(s.jobs)
+    .where(s.jobs.c.job_id == bindparam("b_job"))
+    .values(
+        tasks_done=s.jobs.c.tasks_done + bindparam("b_n"),
+        event_seq=s.jobs.c.event_seq + bindparam("b_n"),
+        updated_ms=bindparam("b_now"),
+    )
     .returning(s.jobs.c.event_seq, s.jobs.c.tasks_done, s.jobs.c.tasks_total, s.jobs.c.state)
 )
 
@@ -61,7 +76,10 @@ class ResultStore:
     engine: Engine
 
     def accept_results(self, items: list[ResultItem], now_ms: int) -> list[Outcome]:
-        """Record many results in one transaction; each is checked against its task on its own."""
+        """Record many results in one transaction; each is checked against its task on its own.
+
+        An accepted result's outcome is (job id, whether its job is complete once this batch commits).
+        """
         outcomes: list[Outcome] = []
         accepted: list[tuple[ResultItem, str, int]] = []
         with self.engine.begin() as conn:
@@ -90,8 +108,16 @@ class ResultStore:
     def _claim(self, conn: Connection, item: ResultItem, now_ms: int) -> tuple[str, int]:
         """Mark the task done if the item is its lease holder's result for it; else say why not."""
         r = item.receipt
-        params = dict(b_task=r.task_id, b_node=item.node, b_attempt=r.attempt, b_now=now_ms, b_job=r.job_id,
-                      b_input=r.input_hash, b_out=item.output.sha256, b_size=item.output.size)
+        params = dict(
+            b_task=r.task_id,
+            b_node=item.node,
+            b_attempt=r.attempt,
+            b_now=now_ms,
+            b_job=r.job_id,
+            b_input=r.input_hash,
+            b_out=item.output.sha256,
+            b_size=item.output.size,
+        )
         stmt = _ACCEPT_ANY_ROWS
         if item.rows is not None:
             stmt, params["b_rows"] = _ACCEPT_ROWS, item.rows
@@ -105,12 +131,22 @@ class ResultStore:
 
     def _record(self, conn: Connection, accepted: list[tuple[ResultItem, str, int]], now_ms: int) -> set[str]:
         """Receipts, node counters, job progress and events for the accepted results."""
-        conn.execute(insert(s.receipts), [
-            dict(task_id=i.receipt.task_id, attempt=i.receipt.attempt, node=i.node, input_hash=i.receipt.input_hash,
-                 output_hash=i.receipt.output_hash, commitment=i.receipt.commitment,
-                 signature=i.receipt.signature, received_ms=now_ms)
-            for i, _, _ in accepted
-        ])
+        conn.execute(
+            insert(s.receipts),
+            [
+                dict(
+                    task_id=i.receipt.task_id,
+                    attempt=i.receipt.attempt,
+                    node=i.node,
+                    input_hash=i.receipt.input_hash,
+                    output_hash=i.receipt.output_hash,
+                    commitment=i.receipt.commitment,
+                    signature=i.receipt.signature,
+                    received_ms=now_ms,
+                )
+                for i, _, _ in accepted
+            ],
+        )
         for node, n in Counter(i.node for i, _, _ in accepted).items():
             conn.execute(_NODE_DONE, dict(b_node=node, b_n=n, b_now=now_ms))
         per_job: dict[str, list[tuple[ResultItem, int]]] = defaultdict(list)
@@ -122,9 +158,20 @@ class ResultStore:
             job = conn.execute(_JOB_DONE, dict(b_job=job_id, b_n=len(done), b_now=now_ms)).one()
             first_seq, first_done = job.event_seq - len(done), job.tasks_done - len(done)
             for k, (item, idx) in enumerate(done, start=1):
-                events.append(dict(job_id=job_id, seq=first_seq + k, kind="completed", time_ms=now_ms,
-                                   task_index=idx, node=item.node, message="", tasks_done=first_done + k,
-                                   tasks_total=job.tasks_total, state=JobState(job.state).value))
+                events.append(
+                    dict(
+                        job_id=job_id,
+                        seq=first_seq + k,
+                        kind="completed",
+                        time_ms=now_ms,
+                        task_index=idx,
+                        node=item.node,
+                        message="",
+                        tasks_done=first_done + k,
+                        tasks_total=job.tasks_total,
+                        state=JobState(job.state).value,
+                    )
+                )
             if job.tasks_done == job.tasks_total:
                 complete.add(job_id)
         conn.execute(insert(s.events), events)

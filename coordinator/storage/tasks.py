@@ -49,16 +49,26 @@ _PENDING = (
         _t.c.state == "pending",
         _t.c.device != bindparam("b_not_device"),
         _t.c.min_memory_bytes <= bindparam("b_memory"),
-        or_(_t.c.last_failed_node.is_(None), _t.c.last_failed_node != bindparam("b_node"),
-            _t.c.last_failed_ms < bindparam("b_avoid_before")),
+        or_(
+            _t.c.last_failed_node.is_(None),
+            _t.c.last_failed_node != bindparam("b_node"),
+            _t.c.last_failed_ms < bindparam("b_avoid_before"),
+        ),
     )
     .order_by(_t.c.job_created_ms, _t.c.idx)
     .limit(bindparam("b_limit"))
     .with_for_update(skip_locked=True)
 )
-_GRANT = update(_t).where(_t.c.task_id == bindparam("b_task")).values(
-    state="leased", attempt=_t.c.attempt + 1, node=bindparam("b_node"), leased_ms=bindparam("b_now"),
-    deadline_ms=bindparam("b_deadline"),
+_GRANT = (
+    update(_t)
+    .where(_t.c.task_id == bindparam("b_task"))
+    .values(
+        state="leased",
+        attempt=_t.c.attempt + 1,
+        node=bindparam("b_node"),
+        leased_ms=bindparam("b_now"),
+        deadline_ms=bindparam("b_deadline"),
+    )
 )
 
 
@@ -69,7 +79,16 @@ class TaskStore:
     _started_jobs: set[str]
 
     def _event(self, conn: Connection, job_id: str, kind: str, now_ms: int, **fields: Any) -> None: ...
-    def _end_job(self, conn: Connection, job_id: str, state: JobState, now_ms: int, **kw: Any) -> None: ...
+    def _end_job(
+        self,
+        conn: Connection,
+        job_id: str,
+        state: JobState,
+        now_ms: int,
+        *,
+        error: str = "",
+        result: BlobRef | None = None,
+    ) -> None: ...
     def _node_failed(self, conn: Connection, address: str, now_ms: int, *, rejection: bool = False) -> None: ...
 
     def lease_many(
@@ -85,9 +104,7 @@ class TaskStore:
                     out.append(e)
         return out
 
-    def lease_tasks(
-        self, address: str, max_tasks: int, now_ms: int, timing: LeaseTiming
-    ) -> tuple[list[Lease], int]:
+    def lease_tasks(self, address: str, max_tasks: int, now_ms: int, timing: LeaseTiming) -> tuple[list[Lease], int]:
         """Grant up to max_tasks pending tasks the node can run; returns (leases, retry_after_ms)."""
         (outcome,) = self.lease_many([(address, max_tasks)], now_ms, timing)
         if isinstance(outcome, Rejected):
@@ -104,12 +121,17 @@ class TaskStore:
             return [], 1000
         if node.backoff_until_ms > now_ms:
             return [], int(node.backoff_until_ms - now_ms)
-        rows = conn.execute(_PENDING, {
-            # A CUDA node can run any task; a CPU node anything but CUDA-only tasks.
-            "b_not_device": "" if node.device_kind == "cuda" else "cuda",
-            "b_memory": node.memory_bytes, "b_node": address, "b_avoid_before": now_ms - AVOID_FAILED_NODE_MS,
-            "b_limit": max(1, min(max_tasks, 256)),
-        }).all()
+        rows = conn.execute(
+            _PENDING,
+            {
+                # A CUDA node can run any task; a CPU node anything but CUDA-only tasks.
+                "b_not_device": "" if node.device_kind == "cuda" else "cuda",
+                "b_memory": node.memory_bytes,
+                "b_node": address,
+                "b_avoid_before": now_ms - AVOID_FAILED_NODE_MS,
+                "b_limit": max(1, min(max_tasks, 256)),
+            },
+        ).all()
         if not rows:
             return [], 500
         deadline = now_ms + timing.ttl_ms
@@ -141,8 +163,10 @@ class TaskStore:
                 res = conn.execute(
                     update(s.tasks)
                     .where(
-                        s.tasks.c.task_id == task_id, s.tasks.c.attempt == attempt,
-                        s.tasks.c.node == address, s.tasks.c.state == "leased",
+                        s.tasks.c.task_id == task_id,
+                        s.tasks.c.attempt == attempt,
+                        s.tasks.c.node == address,
+                        s.tasks.c.state == "leased",
                     )
                     .values(deadline_ms=_least(now_ms + timing.ttl_ms, cap))
                 )
@@ -171,8 +195,7 @@ class TaskStore:
             if row is None or row.node != address or row.attempt != attempt or row.state != "leased":
                 self._node_failed(conn, address, now_ms, rejection=True)
                 return
-            self._fail(conn, row, TaskError(ErrorKind.EXECUTION, f"result rejected: {reason}"), now_ms,
-                       rejection=True)
+            self._fail(conn, row, TaskError(ErrorKind.EXECUTION, f"result rejected: {reason}"), now_ms, rejection=True)
 
     def reap_expired(self, now_ms: int) -> int:
         """Reissue leases whose holder went silent past the deadline."""
@@ -195,20 +218,36 @@ class TaskStore:
             self._node_failed(conn, node, now_ms, rejection=rejection)
         if failures >= row.max_attempts:
             message = f"task {row.idx} failed {failures} times; last error ({error.kind.value}): {error.message}"
-            conn.execute(update(s.jobs).where(s.jobs.c.job_id == row.job_id)
-                         .values(task_failures=s.jobs.c.task_failures + 1))
+            conn.execute(
+                update(s.jobs).where(s.jobs.c.job_id == row.job_id).values(task_failures=s.jobs.c.task_failures + 1)
+            )
             self._end_job(conn, row.job_id, JobState.FAILED, now_ms, error=message)
             return False
         conn.execute(
-            update(s.tasks).where(s.tasks.c.task_id == row.task_id).values(
-                state="pending", node=None, deadline_ms=None, failures=failures,
-                last_failed_node=None if released else node, last_failed_ms=now_ms)
+            update(s.tasks)
+            .where(s.tasks.c.task_id == row.task_id)
+            .values(
+                state="pending",
+                node=None,
+                deadline_ms=None,
+                failures=failures,
+                last_failed_node=None if released else node,
+                last_failed_ms=now_ms,
+            )
         )
         if not released:
-            conn.execute(update(s.jobs).where(s.jobs.c.job_id == row.job_id)
-                         .values(task_failures=s.jobs.c.task_failures + 1))
-        self._event(conn, row.job_id, "released" if released else "reissued", now_ms, task_index=row.idx,
-                    node=node or "", message=f"{error.kind.value}: {error.message}"[:2000])
+            conn.execute(
+                update(s.jobs).where(s.jobs.c.job_id == row.job_id).values(task_failures=s.jobs.c.task_failures + 1)
+            )
+        self._event(
+            conn,
+            row.job_id,
+            "released" if released else "reissued",
+            now_ms,
+            task_index=row.idx,
+            node=node or "",
+            message=f"{error.kind.value}: {error.message}"[:2000],
+        )
         return True
 
 
@@ -240,15 +279,31 @@ def _check_matches(row: Any, receipt: Receipt, output_rows: int | None) -> None:
 
 def _lease(r: Any, address: str, deadline: int) -> Lease:
     return Lease(
-        job_id=r.job_id, task_id=r.task_id, attempt=r.attempt + 1, deadline_ms=deadline, kind=r.kind,
+        job_id=r.job_id,
+        task_id=r.task_id,
+        attempt=r.attempt + 1,
+        deadline_ms=deadline,
+        kind=r.kind,
         model=BlobRef(r.model_sha, r.model_size) if r.model_sha else None,
-        input=BlobRef(r.input_sha, r.input_size), settings=json.loads(r.settings),
-        memory_limit_bytes=r.memory_limit_bytes, time_limit_ms=r.time_limit_ms, index=r.idx, rows=r.rows,
+        input=BlobRef(r.input_sha, r.input_size),
+        settings=json.loads(r.settings),
+        memory_limit_bytes=r.memory_limit_bytes,
+        time_limit_ms=r.time_limit_ms,
+        index=r.idx,
+        rows=r.rows,
     )
 
 
 def _record(r: Any) -> TaskRecord:
     return TaskRecord(
-        task_id=r.task_id, job_id=r.job_id, index=r.idx, state=r.state, kind=r.kind, attempt=r.attempt,
-        node=r.node, deadline_ms=r.deadline_ms, input=BlobRef(r.input_sha, r.input_size), rows=r.rows,
+        task_id=r.task_id,
+        job_id=r.job_id,
+        index=r.idx,
+        state=r.state,
+        kind=r.kind,
+        attempt=r.attempt,
+        node=r.node,
+        deadline_ms=r.deadline_ms,
+        input=BlobRef(r.input_sha, r.input_size),
+        rows=r.rows,
     )

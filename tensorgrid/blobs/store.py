@@ -74,8 +74,7 @@ class BlobWriter:
         if exp is not None and (exp.sha256 != ref.sha256 or exp.size != ref.size):
             self.abort()
             raise HashMismatch(
-                f"blob bytes hash to {ref.sha256} ({ref.size} bytes), "
-                f"but {exp.sha256} ({exp.size} bytes) was announced"
+                f"blob bytes hash to {ref.sha256} ({ref.size} bytes), but {exp.sha256} ({exp.size} bytes) was announced"
             )
         dest = self._store.path_for(ref.sha256)
         dest.parent.mkdir(parents=True, exist_ok=True)

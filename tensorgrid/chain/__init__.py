@@ -1,7 +1,7 @@
 """The chain layer: contract artifacts, deployment, the Merkle earnings tree, a typed client.
 
-    python -m tensorgrid.chain.build      compile contracts/src into contracts/artifacts
-    python -m tensorgrid.chain.deploy     deploy and write the deployments file
+python -m tensorgrid.chain.build      compile contracts/src into contracts/artifacts
+python -m tensorgrid.chain.deploy     deploy and write the deployments file
 """
 
 from tensorgrid.chain._tx import TxResult

@@ -171,7 +171,13 @@ class ChainClient:
             to_bytes32(job_id)
         ).call()
         return JobInfo(
-            submitter, int(deadline), JobStatus(status), int(budget), int(charged), bytes(spec).hex(), bytes(result).hex()
+            submitter,
+            int(deadline),
+            JobStatus(status),
+            int(budget),
+            int(charged),
+            bytes(spec).hex(),
+            bytes(result).hex(),
         )
 
     def remaining_budget(self, job_id: Bytes32) -> int:

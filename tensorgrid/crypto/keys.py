@@ -137,9 +137,7 @@ def recover_address(digest: bytes, signature: bytes) -> str:
     if s > SECP256K1_HALF_N:
         raise SignatureError("signature is malleable (high s); only low-s signatures are accepted")
     try:
-        public_key = coincurve.PublicKey.from_signature_and_message(
-            signature[:64] + bytes((v,)), digest, hasher=None
-        )
+        public_key = coincurve.PublicKey.from_signature_and_message(signature[:64] + bytes((v,)), digest, hasher=None)
     except Exception as exc:  # coincurve raises plain Exception on failed recovery
         raise SignatureError(f"signature does not recover a public key: {exc}") from None
     return _public_key_to_address(public_key)
@@ -163,9 +161,7 @@ def save_keystore(
     target = Path(path)
     if target.exists() and not overwrite:
         raise KeystoreError(f"keystore {target} already exists; refusing to overwrite it")
-    keyfile = Account.encrypt(
-        signer.private_key, password, kdf="scrypt", iterations=_LIGHT_SCRYPT_N if light else None
-    )
+    keyfile = Account.encrypt(signer.private_key, password, kdf="scrypt", iterations=_LIGHT_SCRYPT_N if light else None)
     target.parent.mkdir(parents=True, exist_ok=True)
     # Write to a private temp file, then rename: the key never sits in a world-readable file.
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")

@@ -22,8 +22,7 @@ from tensorgrid.types import Domain, Receipt
 
 DOMAIN_TYPE = "EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
 RECEIPT_TYPE = (
-    "Receipt(bytes32 jobId,bytes32 taskId,uint32 attempt,"
-    "bytes32 inputHash,bytes32 outputHash,bytes32 commitment)"
+    "Receipt(bytes32 jobId,bytes32 taskId,uint32 attempt,bytes32 inputHash,bytes32 outputHash,bytes32 commitment)"
 )
 DOMAIN_TYPEHASH: bytes = keccak(DOMAIN_TYPE.encode("ascii"))
 RECEIPT_TYPEHASH: bytes = keccak(RECEIPT_TYPE.encode("ascii"))
@@ -53,9 +52,7 @@ _HASH_FIELDS = ("job_id", "task_id", "input_hash", "output_hash", "commitment")
 
 def _bytes32(field: str, value: str) -> bytes:
     if not isinstance(value, str) or _HEX32_RE.fullmatch(value) is None:
-        raise SignatureError(
-            f"receipt {field} must be exactly 64 lowercase hex digits without 0x, got {value!r}"
-        )
+        raise SignatureError(f"receipt {field} must be exactly 64 lowercase hex digits without 0x, got {value!r}")
     return bytes.fromhex(value)
 
 
@@ -117,8 +114,7 @@ def verify_receipt(domain: Domain, receipt: Receipt, expected_address: str) -> N
     actual = recover_receipt_signer(domain, receipt)
     if actual != expected:
         raise SignatureError(
-            f"receipt for task {receipt.task_id} attempt {receipt.attempt} "
-            f"signed by {actual}, expected {expected}"
+            f"receipt for task {receipt.task_id} attempt {receipt.attempt} signed by {actual}, expected {expected}"
         )
 
 

@@ -182,9 +182,7 @@ def _guard_node_ok(node: ast.AST) -> bool:
         return node.id == "L"
     if isinstance(node, ast.Constant):
         value = node.value
-        return isinstance(value, bool | int) or (
-            isinstance(value, str) and _GUARD_KEY_RE.fullmatch(value) is not None
-        )
+        return isinstance(value, bool | int) or (isinstance(value, str) and _GUARD_KEY_RE.fullmatch(value) is not None)
     if isinstance(node, ast.Attribute):
         return node.attr in _GUARD_METHODS
     if isinstance(node, ast.Call):

@@ -112,9 +112,7 @@ def _named_outputs(outputs: object, rows: int) -> dict[str, torch.Tensor]:
     elif isinstance(outputs, Mapping):
         named = {str(key): value for key, value in outputs.items()}
     else:
-        raise ExecutionError(
-            ErrorKind.EXECUTION, f"the model returned {type(outputs).__name__}; expected tensors"
-        )
+        raise ExecutionError(ErrorKind.EXECUTION, f"the model returned {type(outputs).__name__}; expected tensors")
     for key, value in named.items():
         if not isinstance(value, torch.Tensor):
             raise ExecutionError(ErrorKind.EXECUTION, f"model output {key!r} is not a tensor")

@@ -140,9 +140,7 @@ def _check_entries(infos: list[zipfile.ZipInfo], name: str, max_bytes: int) -> s
         raise UnsafeFileError(f"{name} unpacks to {total} bytes (limit {max_bytes})")
     names = [info.filename for info in infos]
     if any(n.endswith(("data.pkl", ".pkl")) for n in names):
-        raise UnsafeFileError(
-            f"{name} is a torch.save checkpoint (pickle), not a torch.export program; {_EXPORT_HINT}"
-        )
+        raise UnsafeFileError(f"{name} is a torch.save checkpoint (pickle), not a torch.export program; {_EXPORT_HINT}")
     root = names[0].split("/", 1)[0] if names else ""
     if not _ROOT_RE.fullmatch(root) or len(set(names)) != len(names):
         raise UnsafeFileError(f"{name} is not a torch.export program; {_EXPORT_HINT}")
@@ -156,9 +154,7 @@ def _check_entries(infos: list[zipfile.ZipInfo], name: str, max_bytes: int) -> s
         if info.flag_bits & 0x1 or info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
             raise UnsafeFileError(f"{name}: entry {info.filename!r} is encrypted or oddly compressed")
     missing = [
-        e
-        for e in _FIXED_ENTRIES
-        if e.startswith(("archive_", "models/", "data/")) and f"{root}/{e}" not in names
+        e for e in _FIXED_ENTRIES if e.startswith(("archive_", "models/", "data/")) and f"{root}/{e}" not in names
     ]
     if missing:
         raise UnsafeFileError(f"{name} is missing {missing}; {_EXPORT_HINT}")
@@ -190,8 +186,7 @@ def _check_payload_config(config: Any, folder: str, prefix: str, name: str) -> s
         path_name = meta.get("path_name")
         if not isinstance(path_name, str) or not re.fullmatch(prefix + r"[0-9]+", path_name):
             raise UnsafeFileError(
-                f"{name}: entry {fqn!r} points at {str(path_name)[:100]!r} (custom or opaque objects "
-                "are not accepted)"
+                f"{name}: entry {fqn!r} points at {str(path_name)[:100]!r} (custom or opaque objects are not accepted)"
             )
         if not isinstance(meta.get("tensor_meta"), dict):
             raise UnsafeFileError(f"{name}: entry {fqn!r} has no tensor metadata")

@@ -136,9 +136,7 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def _parse_metadata(raw: object, path: Path) -> dict[str, str]:
-    if not isinstance(raw, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in raw.items()
-    ):
+    if not isinstance(raw, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in raw.items()):
         raise InvalidTensorFile(f"{path.name}: __metadata__ must map strings to strings")
     return dict(raw)
 
@@ -179,8 +177,7 @@ def _check_layout(tensors: dict[str, TensorInfo], data_start: int, file_size: in
         cursor = info.end
     if cursor != file_size:
         raise InvalidTensorFile(
-            f"{path.name}: tensors end at byte {cursor} but the file has {file_size}"
-            " (truncated or trailing bytes)"
+            f"{path.name}: tensors end at byte {cursor} but the file has {file_size} (truncated or trailing bytes)"
         )
 
 

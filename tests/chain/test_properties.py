@@ -41,7 +41,9 @@ class Model:
     tick: int = 0
     jobs: list[Job] = field(default_factory=list)
     earnings: dict[str, int] = field(default_factory=dict)
-    roots: list[tuple[int, dict[str, int], EarningsTree, bool]] = field(default_factory=list)  # tick, earnings, tree, revoked
+    roots: list[tuple[int, dict[str, int], EarningsTree, bool]] = field(
+        default_factory=list
+    )  # tick, earnings, tree, revoked
     claimed: dict[str, int] = field(default_factory=dict)
     total_charged: int = 0
     total_claimed: int = 0
@@ -124,7 +126,9 @@ class Run:
         earnings[address] = earnings.get(address, 0) + amount
         tree = EarningsTree(earnings)
         epoch = len(self.m.roots) + 1
-        if self.expect(None if job.open else "JobNotOpen", lambda: self.coordinator.post_root(epoch, tree.root, [(job.id, amount)])):
+        if self.expect(
+            None if job.open else "JobNotOpen", lambda: self.coordinator.post_root(epoch, tree.root, [(job.id, amount)])
+        ):
             job.charged += amount
             self.m.total_charged += amount
             self.m.earnings = earnings
@@ -213,7 +217,7 @@ class Run:
             s[1] = 0
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops=st.lists(OPS, min_size=1, max_size=14))
 def test_contracts_always_hold_exactly_what_they_owe(anvil: Anvil, ops: list[tuple[object, ...]]) -> None:
     run = Run(anvil)

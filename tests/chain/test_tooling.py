@@ -39,9 +39,10 @@ def test_deployments_file_round_trips(anvil: Anvil, tmp_path: Path) -> None:
     assert load_deployment(out) == deployment
     w3 = Web3(Web3.HTTPProvider(anvil.rpc_url))
     assert w3.eth.get_code(deployment.settlement) != b""
-    assert w3.eth.get_transaction_receipt(w3.eth.get_block(deployment.deploy_block)["transactions"][0])[
-        "contractAddress"
-    ] == deployment.node_registry
+    assert (
+        w3.eth.get_transaction_receipt(w3.eth.get_block(deployment.deploy_block)["transactions"][0])["contractAddress"]
+        == deployment.node_registry
+    )
     with pytest.raises(ChainError):
         load_deployment(tmp_path / "missing.json")
 
@@ -60,7 +61,10 @@ def test_chain_domain_matches_the_contract(chain: Chain) -> None:
     fields = chain.admin.registry.functions.eip712Domain().call()
     domain = chain.deployment.domain
     assert (fields[1], fields[2], fields[3], fields[4]) == (
-        domain.name, domain.version, domain.chain_id, domain.verifying_contract
+        domain.name,
+        domain.version,
+        domain.chain_id,
+        domain.verifying_contract,
     )
 
 

@@ -60,8 +60,10 @@ def test_unknown_blob_and_hash_mismatch(grid: LocalGrid, digits: Assets) -> None
             client.submit(spec)
         assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
     stub = submit_pb2_grpc.SubmitterServiceStub(grpc.insecure_channel(grid.target))
-    lie = [submit_pb2.UploadChunk(header=submit_pb2.UploadHeader(sha256=hashlib.sha256(b"x").hexdigest(), size=1)),
-           submit_pb2.UploadChunk(data=b"y")]
+    lie = [
+        submit_pb2.UploadChunk(header=submit_pb2.UploadHeader(sha256=hashlib.sha256(b"x").hexdigest(), size=1)),
+        submit_pb2.UploadChunk(data=b"y"),
+    ]
     with pytest.raises(grpc.RpcError) as err:
         stub.UploadBlob(iter(lie))
     assert err.value.code() == grpc.StatusCode.DATA_LOSS

@@ -31,8 +31,9 @@ def assert_matches_local(result: Path, assets: Assets) -> None:
 
 def run_job(grid: LocalGrid, assets: Assets, tmp: Path, shard_rows: int = 500) -> tuple[str, list[str]]:
     with Client(grid.target, Signer.generate()) as client:
-        job = client.submit_inference(assets.model, assets.inputs, shard_rows=shard_rows, batch_size=BATCH,
-                                      device="cpu")
+        job = client.submit_inference(
+            assets.model, assets.inputs, shard_rows=shard_rows, batch_size=BATCH, device="cpu"
+        )
         kinds = [e.kind for e in client.watch(job.job_id)]
         final = client.job(job.job_id)
         assert final.state == JobState.SUCCEEDED, final.error
@@ -51,9 +52,7 @@ def test_two_nodes_sqlite(make_grid: Callable[..., LocalGrid], digits: Assets, t
     assert kinds.count("completed") == 6
 
 
-def test_two_nodes_postgres(
-    make_grid: Callable[..., LocalGrid], digits: Assets, tmp_path: Path, pg_url: str
-) -> None:
+def test_two_nodes_postgres(make_grid: Callable[..., LocalGrid], digits: Assets, tmp_path: Path, pg_url: str) -> None:
     grid = make_grid("--database-url", pg_url)
     grid.start_coordinator()
     for i in range(2):
@@ -68,8 +67,9 @@ def test_node_killed_mid_task_is_reissued(
     grid.start_coordinator()
     victim = grid.start_node("victim", *node_args())
     with Client(grid.target, Signer.generate()) as client:
-        job = client.submit_inference(slow_digits.model, slow_digits.inputs, shard_rows=1000, batch_size=BATCH,
-                                      device="cpu")
+        job = client.submit_inference(
+            slow_digits.model, slow_digits.inputs, shard_rows=1000, batch_size=BATCH, device="cpu"
+        )
         for ev in client.watch(job.job_id):
             if ev.kind == "running":  # the victim holds a lease now
                 break
@@ -83,16 +83,15 @@ def test_node_killed_mid_task_is_reissued(
     assert_matches_local(tmp_path / "out.safetensors", slow_digits)
 
 
-def test_coordinator_restart_mid_job(
-    make_grid: Callable[..., LocalGrid], slow_digits: Assets, tmp_path: Path
-) -> None:
+def test_coordinator_restart_mid_job(make_grid: Callable[..., LocalGrid], slow_digits: Assets, tmp_path: Path) -> None:
     grid = make_grid()
     coordinator = grid.start_coordinator()
     for i in range(2):
         grid.start_node(f"node{i}", *node_args())
     with Client(grid.target, Signer.generate()) as client:
-        job = client.submit_inference(slow_digits.model, slow_digits.inputs, shard_rows=1000, batch_size=BATCH,
-                                      device="cpu")
+        job = client.submit_inference(
+            slow_digits.model, slow_digits.inputs, shard_rows=1000, batch_size=BATCH, device="cpu"
+        )
         for ev in client.watch(job.job_id):
             if ev.kind == "completed" and ev.tasks_done >= 2:
                 break
@@ -114,8 +113,9 @@ def test_sigterm_drains_and_second_sigterm_stops(
     grid.start_coordinator()
     node = grid.start_node("node", *node_args())
     with Client(grid.target, Signer.generate()) as client:
-        job = client.submit_inference(slow_digits.model, slow_digits.inputs, shard_rows=1000, batch_size=BATCH,
-                                      device="cpu")
+        job = client.submit_inference(
+            slow_digits.model, slow_digits.inputs, shard_rows=1000, batch_size=BATCH, device="cpu"
+        )
         for ev in client.watch(job.job_id):
             if ev.kind == "running":
                 break
@@ -142,16 +142,52 @@ def test_cli_submit_watch_result(make_grid: Callable[..., LocalGrid], digits: As
     out = tmp_path / "cli_out.safetensors"
     env_key = tmp_path / "submitter.key"
     proc = subprocess.run(
-        [sys.executable, "-m", "tensorgrid.cli", "job", "submit", "--coordinator", grid.target, "--key", str(env_key),
-         "--model", str(digits.model), "--inputs", str(digits.inputs), "--shard-rows", "1000",
-         "--batch-size", str(BATCH), "--device", "cpu", "--watch", "-o", str(out)],
-        capture_output=True, text=True, timeout=180,
+        [
+            sys.executable,
+            "-m",
+            "tensorgrid.cli",
+            "job",
+            "submit",
+            "--coordinator",
+            grid.target,
+            "--key",
+            str(env_key),
+            "--model",
+            str(digits.model),
+            "--inputs",
+            str(digits.inputs),
+            "--shard-rows",
+            "1000",
+            "--batch-size",
+            str(BATCH),
+            "--device",
+            "cpu",
+            "--watch",
+            "-o",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
     )
     assert proc.returncode == 0, proc.stderr
     assert "succeeded" in proc.stdout
     assert_matches_local(out, digits)
     listing = subprocess.run(
-        [sys.executable, "-m", "tensorgrid.cli", "job", "list", "--mine", "--coordinator", grid.target,
-         "--key", str(env_key)], capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "tensorgrid.cli",
+            "job",
+            "list",
+            "--mine",
+            "--coordinator",
+            grid.target,
+            "--key",
+            str(env_key),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert listing.returncode == 0 and "succeeded" in listing.stdout

@@ -30,11 +30,23 @@ def add_nodes(state: State, *nodes: tuple[str, Capabilities]) -> None:
         state.register_node(addr, caps, f"{i:064x}", 0, 10**9, f"nonce-{addr}")
 
 
-def make_job(state: State, n: int = 3, device: str = "any", job_id: str = JOB, max_attempts: int = 3,
-             min_memory: int = 0) -> None:
-    job = NewJob(job_id=job_id, submitter=SUBMITTER, kind="noop", spec_json=b"{}", spec_hash="cd" * 32,
-                 device=device, min_memory_bytes=min_memory, model=None, settings_json="{}",
-                 memory_limit_bytes=1 << 30, time_limit_ms=5000, max_attempts=max_attempts)
+def make_job(
+    state: State, n: int = 3, device: str = "any", job_id: str = JOB, max_attempts: int = 3, min_memory: int = 0
+) -> None:
+    job = NewJob(
+        job_id=job_id,
+        submitter=SUBMITTER,
+        kind="noop",
+        spec_json=b"{}",
+        spec_hash="cd" * 32,
+        device=device,
+        min_memory_bytes=min_memory,
+        model=None,
+        settings_json="{}",
+        memory_limit_bytes=1 << 30,
+        time_limit_ms=5000,
+        max_attempts=max_attempts,
+    )
     tasks = [NewTask(i, task_id_for(job_id, i), BlobRef("ee" * 32, 0), 1) for i in range(n)]
     state.create_job(job, tasks, now_ms=1)
 
@@ -182,3 +194,29 @@ def test_concurrent_leases_never_hand_out_a_task_twice(state: State) -> None:
     for th in threads:
         th.join()
     assert len(got) == 200 and len(set(got)) == 200
+
+
+def test_batched_results_mix_accepted_and_rejected(state: State) -> None:
+    from coordinator.storage import ResultItem
+
+    add_nodes(state, (A, CPU), (B, CPU))
+    make_job(state, n=3)
+    mine, _ = state.lease_tasks(A, 2, 10, TIMING)
+    theirs, _ = state.lease_tasks(B, 1, 10, TIMING)
+    out = BlobRef("ff" * 32, 3)
+    items = [
+        ResultItem(A, receipt(mine[0].task_id, 1), out, None),
+        ResultItem(A, receipt(theirs[0].task_id, 1), out, None),  # someone else's lease
+        ResultItem(A, receipt(mine[0].task_id, 1), out, None),  # the same result twice in one batch
+        ResultItem(A, receipt(mine[1].task_id, 1), out, None),
+        ResultItem(B, receipt(theirs[0].task_id, 1), out, None),
+    ]
+    outcomes = state.accept_results(items, 20)
+    # the batch completed the job, so each accepted result says so
+    assert outcomes[0] == outcomes[3] == outcomes[4] == (JOB, True)
+    assert isinstance(outcomes[1], Rejected) and isinstance(outcomes[2], Rejected)
+    events = state.events_after(JOB, 0)
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    done = [e for e in events if e.kind == "completed"]
+    assert [e.tasks_done for e in done] == [1, 2, 3]
+    assert state.get_node(A).completed == 2  # type: ignore[union-attr]

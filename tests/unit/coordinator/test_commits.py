@@ -1,0 +1,55 @@
+"""Group commit: many requests, one call; each caller gets its own outcome."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from coordinator.commits import GroupCommitter
+from coordinator.errors import Rejected
+
+
+def test_concurrent_requests_share_a_call_and_get_their_own_outcomes() -> None:
+    calls: list[list[int]] = []
+
+    async def run(batch: list[int]) -> list[int | Rejected]:
+        calls.append(batch)
+        return [Rejected(f"odd {x}") if x % 2 else x * 10 for x in batch]
+
+    async def scenario() -> list[object]:
+        committer: GroupCommitter[int, int] = GroupCommitter(run)
+        return await asyncio.gather(*(committer.submit(i) for i in range(6)), return_exceptions=True)
+
+    results = asyncio.run(scenario())
+    assert calls == [[0, 1, 2, 3, 4, 5]]
+    assert results[0::2] == [0, 20, 40]
+    assert all(isinstance(r, Rejected) and str(r) == f"odd {i}" for i, r in zip(range(1, 6, 2), results[1::2]))
+
+
+def test_a_failed_transaction_fails_every_caller_in_it() -> None:
+    async def run(batch: list[int]) -> list[int]:
+        raise RuntimeError("database went away")
+
+    async def scenario() -> None:
+        committer: GroupCommitter[int, int] = GroupCommitter(run)
+        with pytest.raises(RuntimeError, match="went away"):
+            await asyncio.gather(committer.submit(1), committer.submit(2))
+
+    asyncio.run(scenario())
+
+
+def test_later_requests_get_a_new_batch() -> None:
+    calls: list[list[int]] = []
+
+    async def run(batch: list[int]) -> list[int]:
+        calls.append(batch)
+        return batch
+
+    async def scenario() -> None:
+        committer: GroupCommitter[int, int] = GroupCommitter(run)
+        assert await committer.submit(1) == 1
+        assert await committer.submit(2) == 2
+
+    asyncio.run(scenario())
+    assert calls == [[1], [2]]
