@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 from web3 import Web3
+from web3.types import Wei
 
 from benchmarks._common import emit
 from tensorgrid.chain import Anvil, ChainClient, EarningsTree, deploy, start_anvil
@@ -66,9 +67,11 @@ def settle_epochs(anvil: Anvil, tasks: int, nodes: int) -> dict[str, Any]:
 def transfer_baseline(anvil: Anvil, tasks: int, nodes: int) -> float:
     """Gas per task when each task is paid by its own ETH transfer (unlocked dev account)."""
     w3 = Web3(Web3.HTTPProvider(anvil.rpc_url))
-    payer = anvil.addresses[-1]
-    payees = anvil.addresses[3 : 3 + nodes]
-    hashes = [w3.eth.send_transaction({"from": payer, "to": payees[t % nodes], "value": PRICE}) for t in range(tasks)]
+    payer = Web3.to_checksum_address(anvil.addresses[-1])
+    payees = [Web3.to_checksum_address(a) for a in anvil.addresses[3 : 3 + nodes]]
+    hashes = [
+        w3.eth.send_transaction({"from": payer, "to": payees[t % nodes], "value": Wei(PRICE)}) for t in range(tasks)
+    ]
     gas = sum(int(w3.eth.wait_for_transaction_receipt(h, poll_latency=0.01)["gasUsed"]) for h in hashes)
     return gas / tasks
 

@@ -50,6 +50,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="a lease without a heartbeat for this long is reissued to another node",
     )
     run.add_argument("--max-shard-mib", type=float, default=512, help="largest input shard a job may ask for")
+    run.add_argument("--max-blob-mib", type=float, default=64 * 1024, help="largest blob a submitter may upload")
     run.add_argument("--ready-file", type=Path, help="write the bound port here once serving (for scripts)")
     run.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
@@ -67,7 +68,9 @@ def config_from(ns: argparse.Namespace) -> CoordinatorConfig:
         chain_id=ns.chain_id,
         heartbeat_interval_ms=ns.heartbeat_ms,
         timing=LeaseTiming(ttl_ms=ns.lease_ttl_ms),
-        limits=Limits(max_shard_bytes=int(ns.max_shard_mib * (1 << 20))),
+        limits=Limits(
+            max_shard_bytes=int(ns.max_shard_mib * (1 << 20)), max_blob_bytes=int(ns.max_blob_mib * (1 << 20))
+        ),
     )
 
 

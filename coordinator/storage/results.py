@@ -29,7 +29,9 @@ _ACCEPT_WHERE = (
     & (_t.c.job_id == bindparam("b_job"))
     & (_t.c.input_sha == bindparam("b_input"))
 )
-_ACCEPT_VALUES: dict[str, Any] = dict(state="done", output_sha=bindparam("b_out"), output_size=bindparam("b_size"), deadline_ms=None)
+_ACCEPT_VALUES: dict[str, Any] = dict(
+    state="done", output_sha=bindparam("b_out"), output_size=bindparam("b_size"), deadline_ms=None
+)
 _ACCEPT_ANY_ROWS = update(_t).where(_ACCEPT_WHERE).values(**_ACCEPT_VALUES).returning(_t.c.job_id, _t.c.idx)
 _ACCEPT_ROWS = (
     update(_t)

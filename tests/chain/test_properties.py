@@ -41,9 +41,8 @@ class Model:
     tick: int = 0
     jobs: list[Job] = field(default_factory=list)
     earnings: dict[str, int] = field(default_factory=dict)
-    roots: list[tuple[int, dict[str, int], EarningsTree, bool]] = field(
-        default_factory=list
-    )  # tick, earnings, tree, revoked
+    # (tick posted, earnings, tree, revoked) per epoch
+    roots: list[tuple[int, dict[str, int], EarningsTree, bool]] = field(default_factory=list)
     claimed: dict[str, int] = field(default_factory=dict)
     total_charged: int = 0
     total_claimed: int = 0

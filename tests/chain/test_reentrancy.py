@@ -14,6 +14,7 @@ import pytest
 from eth_hash.auto import keccak
 from web3 import Web3
 from web3.contract import Contract
+from web3.types import TxParams, Wei
 
 from tensorgrid.chain import EarningsTree, load_artifact
 from tests.chain.conftest import CHALLENGE_WINDOW, ETH, UNBONDING_DELAY, Chain, new_id
@@ -25,7 +26,9 @@ class Attacker:
     def __init__(self, chain: Chain) -> None:
         self.chain = chain
         self.w3: Web3 = chain.admin.w3
-        self.owner = chain.outsider.address  # anvil's dev accounts are unlocked: transact() works
+        self.owner = Web3.to_checksum_address(
+            chain.outsider.address
+        )  # anvil's dev accounts are unlocked: transact() works
         art = load_artifact("test/ReentrantReceiver")
         factory = self.w3.eth.contract(abi=art.abi, bytecode=art.bytecode)
         receipt = self._wait(factory.constructor().transact({"from": self.owner}))
@@ -39,7 +42,7 @@ class Attacker:
 
     def execute(self, target: Contract, fn: str, args: list[Any], value: int = 0) -> None:
         data = target.encode_abi(fn, args=args)
-        tx = {"from": self.owner, "value": value}
+        tx: TxParams = {"from": self.owner, "value": Wei(value)}
         self._wait(self.contract.functions.execute(target.address, value, data).transact(tx))
 
     def arm(self, target: Contract, fn: str, args: list[Any]) -> None:
@@ -47,7 +50,7 @@ class Attacker:
         self._wait(self.contract.functions.arm(target.address, data).transact({"from": self.owner}))
 
     def balance(self) -> int:
-        return int(self.w3.eth.get_balance(self.address))
+        return int(self.w3.eth.get_balance(self.contract.address))
 
     def assert_reentry_blocked(self) -> None:
         view = self.contract.functions

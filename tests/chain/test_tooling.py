@@ -38,11 +38,10 @@ def test_deployments_file_round_trips(anvil: Anvil, tmp_path: Path) -> None:
     assert data["eip712"]["verifyingContract"] == deployment.node_registry
     assert load_deployment(out) == deployment
     w3 = Web3(Web3.HTTPProvider(anvil.rpc_url))
-    assert w3.eth.get_code(deployment.settlement) != b""
-    assert (
-        w3.eth.get_transaction_receipt(w3.eth.get_block(deployment.deploy_block)["transactions"][0])["contractAddress"]
-        == deployment.node_registry
-    )
+    assert w3.eth.get_code(Web3.to_checksum_address(deployment.settlement)) != b""
+    first_tx = w3.eth.get_block(deployment.deploy_block)["transactions"][0]
+    assert isinstance(first_tx, bytes)
+    assert w3.eth.get_transaction_receipt(first_tx)["contractAddress"] == deployment.node_registry
     with pytest.raises(ChainError):
         load_deployment(tmp_path / "missing.json")
 
@@ -72,7 +71,7 @@ def test_anvil_starts_on_a_free_port_and_stops() -> None:
     with start_anvil(accounts=2) as node:
         assert node.rpc_url.startswith("http://127.0.0.1:")
         assert len(node.keys) == len(node.addresses) == 2
-        assert Web3(Web3.HTTPProvider(node.rpc_url)).eth.get_balance(node.addresses[1]) > 0
+        assert Web3(Web3.HTTPProvider(node.rpc_url)).eth.get_balance(Web3.to_checksum_address(node.addresses[1])) > 0
         workdir = node.workdir
     assert node.process.poll() is not None
     assert not workdir.exists()

@@ -28,7 +28,7 @@ CPU = Capabilities(device_kind="cpu", memory_bytes=8 << 30, cpu_cores=2)
 
 @pytest.fixture
 def grid(make_grid: Callable[..., LocalGrid]) -> LocalGrid:
-    g = make_grid("--max-shard-mib", "0.25")
+    g = make_grid("--max-shard-mib", "0.25", "--max-blob-mib", "2")
     g.start_coordinator()
     return g
 
@@ -175,3 +175,30 @@ def test_cancel_only_by_submitter(grid: LocalGrid) -> None:
         assert e.value.code == grpc.StatusCode.PERMISSION_DENIED
         assert owner.cancel(job.job_id).state == JobState.CANCELLED
         assert [ev.kind for ev in owner.watch(job.job_id)][-1] == "cancelled"
+
+
+def test_oversize_uploads_are_refused_and_leave_nothing(grid: LocalGrid, tmp_path: Path) -> None:
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"\x01" * (3 << 20))
+    with Client(grid.target) as client, pytest.raises(CoordinatorError, match="over the limit") as e:
+        client.upload(big)
+    assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    stub = submit_pb2_grpc.SubmitterServiceStub(grpc.insecure_channel(grid.target))
+    # a size that lies low, then more bytes than announced
+    small = [
+        submit_pb2.UploadChunk(header=submit_pb2.UploadHeader(sha256="ab" * 32, size=10)),
+        submit_pb2.UploadChunk(data=b"z" * 11),
+    ]
+    with pytest.raises(grpc.RpcError) as err:
+        stub.UploadBlob(iter(small))
+    assert "more than" in err.value.details()
+    # one message over gRPC's per-message limit
+    huge = [
+        submit_pb2.UploadChunk(header=submit_pb2.UploadHeader(sha256="cd" * 32, size=1 << 20)),
+        submit_pb2.UploadChunk(data=b"y" * (9 << 20)),
+    ]
+    with pytest.raises(grpc.RpcError) as err:
+        stub.UploadBlob(iter(huge))
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    leftovers = list((grid.root / "coordinator" / "blobs" / "tmp").iterdir())
+    assert leftovers == []
