@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--limit", type=int, default=20)
     c = job.add_parser("cancel", parents=[common], help="cancel a job you submitted")
     c.add_argument("job_id")
+    nodes = sub.add_parser("nodes", parents=[common], help="list the grid's nodes and their record")
+    nodes.set_defaults(command="nodes")
     return p
 
 
@@ -155,6 +157,22 @@ def cmd_list(ns: argparse.Namespace) -> int:
     return exitcodes.OK
 
 
+def cmd_nodes(ns: argparse.Namespace) -> int:
+    now = time.time() * 1000
+    with _client(ns) as client:
+        nodes = client.nodes()
+    print(f"{'node':<44} {'device':<6} {'memory':>9} {'done':>6} {'failed':>6} {'rejected':>8}  state")
+    for n in nodes:
+        state = "draining" if n.draining else "backoff" if n.backoff_until_ms > now else "ok"
+        seen = (now - n.last_seen_ms) / 1000
+        state += f", seen {seen:.0f}s ago"
+        print(
+            f"{n.address:<44} {n.device_kind:<6} {n.memory_bytes / (1 << 30):>7.1f}Gi {n.completed:>6} "
+            f"{n.failures:>6} {n.rejections:>8}  {state}"
+        )
+    return exitcodes.OK
+
+
 def cmd_cancel(ns: argparse.Namespace) -> int:
     with _client(ns) as client:
         _print_job(client.cancel(ns.job_id))
@@ -174,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
             "result": cmd_result,
             "list": cmd_list,
             "cancel": cmd_cancel,
+            "nodes": cmd_nodes,
         }[ns.command]
         return handler(ns)
     except TensorGridError as e:

@@ -24,7 +24,7 @@ from tensorgrid.crypto import Signer, cancel_message, sign_message, submit_messa
 from tensorgrid.errors import BlobError, HashMismatch, TensorGridError
 from tensorgrid.rpc import channel_options
 from tensorgrid.spec import InferenceSpec, JobSpec, NoopSpec, canonical_json, spec_hash, validate
-from tensorgrid.types import BlobRef, JobEvent, JobInfo
+from tensorgrid.types import BlobRef, JobEvent, JobInfo, NodeStatus
 from tensorgrid.v1 import common_pb2, submit_pb2, submit_pb2_grpc
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
@@ -166,6 +166,11 @@ class Client:
             self._stub.ListJobs, submit_pb2.ListJobsRequest(submitter=submitter, limit=limit), timeout=self.timeout
         )
         return [serde.job_from_pb(j) for j in resp.jobs]
+
+    def nodes(self) -> list[NodeStatus]:
+        """The grid's nodes and their record."""
+        resp = _call(self._stub.ListNodes, submit_pb2.ListNodesRequest(), timeout=self.timeout)
+        return [serde.node_from_pb(n) for n in resp.nodes]
 
     def cancel(self, job_id: str) -> JobInfo:
         sig = sign_message(self.signer, cancel_message(job_id))

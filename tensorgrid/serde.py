@@ -210,3 +210,31 @@ def event_from_pb(m: submit_pb2.JobEvent) -> t.JobEvent:
         tasks_total=m.tasks_total,
         state=job_state_from_pb(m.state),
     )
+
+
+def node_to_pb(n: t.NodeStatus) -> submit_pb2.NodeStatus:
+    return submit_pb2.NodeStatus(
+        address=n.address,
+        device_kind=n.device_kind,
+        memory_bytes=n.memory_bytes,
+        last_seen_ms=n.last_seen_ms,
+        draining=n.draining,
+        completed=n.completed,
+        failures=n.failures,
+        rejections=n.rejections,
+        backoff_until_ms=n.backoff_until_ms,
+    )
+
+
+def node_from_pb(m: submit_pb2.NodeStatus) -> t.NodeStatus:
+    return t.NodeStatus(
+        address=m.address,
+        device_kind=m.device_kind,
+        memory_bytes=m.memory_bytes,
+        last_seen_ms=m.last_seen_ms,
+        draining=m.draining,
+        completed=m.completed,
+        failures=m.failures,
+        rejections=m.rejections,
+        backoff_until_ms=m.backoff_until_ms,
+    )

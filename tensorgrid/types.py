@@ -132,3 +132,18 @@ class JobEvent:
     tasks_done: int = 0
     tasks_total: int = 0
     state: JobState = JobState.QUEUED
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    """A node as the coordinator sees it: its offer and its record."""
+
+    address: str
+    device_kind: str
+    memory_bytes: int
+    last_seen_ms: int
+    draining: bool
+    completed: int
+    failures: int
+    rejections: int
+    backoff_until_ms: int

@@ -117,6 +117,13 @@ class SubmitterServicer(submit_pb2_grpc.SubmitterServiceServicer):
                         if job.state.finished and not await app.db(app.state.events_after, job.job_id, seq):
                             return
 
+    @unary
+    async def ListNodes(
+        self, request: submit_pb2.ListNodesRequest, context: grpc.aio.ServicerContext
+    ) -> submit_pb2.ListNodesResponse:
+        nodes = await self.app.db_bulk(self.app.state.list_nodes)
+        return submit_pb2.ListNodesResponse(nodes=[serde.node_to_pb(n) for n in nodes])
+
     async def DownloadBlob(
         self, request: common_pb2.FetchBlobRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[common_pb2.BlobChunk]:

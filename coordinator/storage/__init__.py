@@ -8,7 +8,7 @@ from sqlalchemy.exc import IntegrityError
 from coordinator.storage import schema
 from coordinator.storage.engine import make_engine, normalize_url
 from coordinator.storage.jobs import JobStore, NewJob, NewTask
-from coordinator.storage.nodes import NodeInfo, NodeStore, backoff_ms
+from coordinator.storage.nodes import NodeStore, backoff_ms
 from coordinator.storage.results import Outcome, ResultItem, ResultStore
 from coordinator.storage.tasks import LeaseTiming, TaskRecord, TaskStore
 

@@ -3,31 +3,17 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 from sqlalchemy import Connection, Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from coordinator.errors import Rejected
 from coordinator.storage import schema as s
-from tensorgrid.types import Capabilities
+from tensorgrid.types import Capabilities, NodeStatus
 
 BACKOFF_BASE_MS = 500
 BACKOFF_MAX_MS = 60_000
-
-
-@dataclass(frozen=True)
-class NodeInfo:
-    address: str
-    device_kind: str
-    memory_bytes: int
-    last_seen_ms: int
-    draining: bool
-    completed: int
-    failures: int
-    rejections: int
-    consecutive_failures: int
-    backoff_until_ms: int
 
 
 def backoff_ms(consecutive_failures: int) -> int:
@@ -77,12 +63,12 @@ class NodeStore:
             return None
         return str(row.address)
 
-    def get_node(self, address: str) -> NodeInfo | None:
+    def get_node(self, address: str) -> NodeStatus | None:
         with self.engine.connect() as conn:
             row = conn.execute(select(s.nodes).where(s.nodes.c.address == address)).first()
         return _node_info(row) if row else None
 
-    def list_nodes(self) -> list[NodeInfo]:
+    def list_nodes(self) -> list[NodeStatus]:
         with self.engine.connect() as conn:
             rows = conn.execute(select(s.nodes).order_by(s.nodes.c.registered_ms)).all()
         return [_node_info(r) for r in rows]
@@ -107,9 +93,9 @@ class NodeStore:
             self._node_failed(conn, address, now_ms, rejection=True)
 
 
-def _node_info(row: object) -> NodeInfo:
+def _node_info(row: object) -> NodeStatus:
     r = row._mapping  # type: ignore[attr-defined]
-    return NodeInfo(
+    return NodeStatus(
         address=r["address"],
         device_kind=r["device_kind"],
         memory_bytes=r["memory_bytes"],
@@ -118,6 +104,5 @@ def _node_info(row: object) -> NodeInfo:
         completed=r["completed"],
         failures=r["failures"],
         rejections=r["rejections"],
-        consecutive_failures=r["consecutive_failures"],
         backoff_until_ms=r["backoff_until_ms"],
     )

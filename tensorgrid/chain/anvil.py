@@ -7,11 +7,15 @@ the port from its log and its funded dev keys from `--config-out`.
 
 from __future__ import annotations
 
+import atexit
+import ctypes
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -24,6 +28,14 @@ from tensorgrid.chain.errors import ChainError
 
 ANVIL_IN_NODE_MODULES = CONTRACTS_DIR / "node_modules" / "@foundry-rs" / "anvil-linux-amd64" / "bin" / "anvil"
 _LISTENING_RE = re.compile(r"Listening on 127\.0\.0\.1:(\d+)")
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: Linux sends it SIGTERM when the starting process dies,
+    so a crashed test run or benchmark never leaves anvil behind."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def anvil_binary() -> Path:
@@ -96,7 +108,11 @@ def start_anvil(
     timeout: float = 30.0,
     extra_args: tuple[str, ...] = (),
 ) -> Anvil:
-    """Start anvil on 127.0.0.1 and return once its RPC answers; ChainError after `timeout` s."""
+    """Start anvil on 127.0.0.1 and return once its RPC answers; ChainError after `timeout` s.
+
+    anvil is stopped by `stop()`, at interpreter exit, and (on Linux) when the thread that
+    started it dies: start it from the main thread or one that outlives its use.
+    """
     tmp = tempfile.TemporaryDirectory(prefix="tg-anvil-")
     workdir = Path(tmp.name)
     config = workdir / "anvil.json"
@@ -113,7 +129,13 @@ def start_anvil(
     ]  # fmt: skip
     # anvil logs every request to stdout: a file, not a pipe nobody drains.
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            args,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+        )
     try:
         port = _wait_for_port(process, log_path, timeout)
         keys = _wait_for_keys(config, timeout)
@@ -127,6 +149,7 @@ def start_anvil(
     from tensorgrid.crypto import Signer
 
     node.addresses = [Signer.from_hex(k).address for k in keys]
+    atexit.register(node.stop)  # also on an uncaught exception; stop() is idempotent
     return node
 
 

@@ -12,7 +12,7 @@ class ChainError(TensorGridError):
 
 
 class ContractReverted(ChainError):
-    """A contract call reverted; `error` is the Solidity custom error's name, `args` its values.
+    """A contract call reverted; `error` is the Solidity custom error's name, `error_args` its decoded values.
 
     `error` is "" when the revert carried no decodable reason.
     """
@@ -20,4 +20,4 @@ class ContractReverted(ChainError):
     def __init__(self, error: str, args: tuple[Any, ...], message: str) -> None:
         super().__init__(message)
         self.error = error
-        self.args_ = args
+        self.error_args = args

@@ -140,3 +140,35 @@ class JobEvent(_message.Message):
     tasks_total: int
     state: JobState
     def __init__(self, seq: _Optional[int] = ..., job_id: _Optional[str] = ..., kind: _Optional[str] = ..., time_ms: _Optional[int] = ..., task_index: _Optional[int] = ..., node: _Optional[str] = ..., message: _Optional[str] = ..., tasks_done: _Optional[int] = ..., tasks_total: _Optional[int] = ..., state: _Optional[_Union[JobState, str]] = ...) -> None: ...
+
+class ListNodesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class NodeStatus(_message.Message):
+    __slots__ = ("address", "device_kind", "memory_bytes", "last_seen_ms", "draining", "completed", "failures", "rejections", "backoff_until_ms")
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_KIND_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_MS_FIELD_NUMBER: _ClassVar[int]
+    DRAINING_FIELD_NUMBER: _ClassVar[int]
+    COMPLETED_FIELD_NUMBER: _ClassVar[int]
+    FAILURES_FIELD_NUMBER: _ClassVar[int]
+    REJECTIONS_FIELD_NUMBER: _ClassVar[int]
+    BACKOFF_UNTIL_MS_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    device_kind: str
+    memory_bytes: int
+    last_seen_ms: int
+    draining: bool
+    completed: int
+    failures: int
+    rejections: int
+    backoff_until_ms: int
+    def __init__(self, address: _Optional[str] = ..., device_kind: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., last_seen_ms: _Optional[int] = ..., draining: _Optional[bool] = ..., completed: _Optional[int] = ..., failures: _Optional[int] = ..., rejections: _Optional[int] = ..., backoff_until_ms: _Optional[int] = ...) -> None: ...
+
+class ListNodesResponse(_message.Message):
+    __slots__ = ("nodes",)
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    nodes: _containers.RepeatedCompositeFieldContainer[NodeStatus]
+    def __init__(self, nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ...) -> None: ...

@@ -71,6 +71,11 @@ class SubmitterServiceStub:
                 request_serializer=tensorgrid_dot_v1_dot_common__pb2.FetchBlobRequest.SerializeToString,
                 response_deserializer=tensorgrid_dot_v1_dot_common__pb2.BlobChunk.FromString,
                 _registered_method=True)
+        self.ListNodes = channel.unary_unary(
+                '/tensorgrid.v1.SubmitterService/ListNodes',
+                request_serializer=tensorgrid_dot_v1_dot_submit__pb2.ListNodesRequest.SerializeToString,
+                response_deserializer=tensorgrid_dot_v1_dot_submit__pb2.ListNodesResponse.FromString,
+                _registered_method=True)
 
 
 class SubmitterServiceServicer:
@@ -121,6 +126,13 @@ class SubmitterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListNodes(self, request, context):
+        """The grid's nodes and their standing (completed, failed and rejected results).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SubmitterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -158,6 +170,11 @@ def add_SubmitterServiceServicer_to_server(servicer, server):
                     servicer.DownloadBlob,
                     request_deserializer=tensorgrid_dot_v1_dot_common__pb2.FetchBlobRequest.FromString,
                     response_serializer=tensorgrid_dot_v1_dot_common__pb2.BlobChunk.SerializeToString,
+            ),
+            'ListNodes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListNodes,
+                    request_deserializer=tensorgrid_dot_v1_dot_submit__pb2.ListNodesRequest.FromString,
+                    response_serializer=tensorgrid_dot_v1_dot_submit__pb2.ListNodesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -350,6 +367,33 @@ class SubmitterService:
             '/tensorgrid.v1.SubmitterService/DownloadBlob',
             tensorgrid_dot_v1_dot_common__pb2.FetchBlobRequest.SerializeToString,
             tensorgrid_dot_v1_dot_common__pb2.BlobChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListNodes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorgrid.v1.SubmitterService/ListNodes',
+            tensorgrid_dot_v1_dot_submit__pb2.ListNodesRequest.SerializeToString,
+            tensorgrid_dot_v1_dot_submit__pb2.ListNodesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -139,6 +139,10 @@ def test_forged_foreign_mismatched_and_replayed_results_are_rejected(grid: Local
     with Client(grid.target) as client:
         job = client.wait(job_id)
         assert job.state == JobState.SUCCEEDED and job.tasks_done == 3
+        record = {n.address: n for n in client.nodes()}
+    # forger, thief and sloppy each sent one bad result, the holder one replay; the honest node none
+    assert sorted(n.rejections for n in record.values()) == [0, 1, 1, 1, 1]
+    assert sorted(n.completed for n in record.values()) == [0, 0, 0, 1, 2]
 
 
 def test_unauthenticated_node_calls_are_refused(grid: LocalGrid) -> None:

@@ -191,3 +191,12 @@ def test_cli_submit_watch_result(make_grid: Callable[..., LocalGrid], digits: As
         timeout=60,
     )
     assert listing.returncode == 0 and "succeeded" in listing.stdout
+    nodes = subprocess.run(
+        [sys.executable, "-m", "tensorgrid.cli", "nodes", "--coordinator", grid.target, "--key", str(env_key)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert nodes.returncode == 0, nodes.stderr
+    (row,) = [line for line in nodes.stdout.splitlines() if line.startswith("0x")]
+    assert row.split()[1] == "cpu" and int(row.split()[3]) == 3  # all three shards done by the one node

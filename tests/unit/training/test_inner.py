@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tensorgrid.errors import ExecutionError
+from tensorgrid.training.commitments import GENESIS, chain, chain_link, checkpoint_steps, state_digest
+from tensorgrid.training.data import write_rows
+from tensorgrid.training.inner import InnerSettings, checkpoint_name, replay_segment, run_inner
+from tensorgrid.training.outer import initial_weights
+from tensorgrid.training.spec import TrainingSpec
+from tensorgrid.workloads.model import export_program
+from tensorgrid.workloads.tensorfile import load_tensors, save_tensors
+from tests.unit.training.conftest import REF, Digits
+
+SETTINGS = InnerSettings(
+    loss="cross_entropy", lr=1e-2, betas=(0.9, 0.999), weight_decay=0.01, eps=1e-8,
+    steps=7, batch_size=16, seed=123, checkpoint_every=3,
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def files(digits: Digits, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("inner")
+    write_rows(digits.dataset, np.arange(100, 212), root / "shard.safetensors")
+    initial_weights(digits.train_program, root / "w0.safetensors")
+    return root / "w0.safetensors", root / "shard.safetensors"
+
+
+def test_same_inputs_same_result(digits: Digits, files: tuple[Path, Path]) -> None:
+    weights, shard = files
+    a = run_inner(digits.train_program, weights, shard, SETTINGS)
+    b = run_inner(digits.train_program, weights, shard, SETTINGS)
+    assert a.commitments == b.commitments and a.losses == b.losses
+    assert all(torch.equal(a.tensors[n], b.tensors[n]) for n in a.tensors)
+    assert a.checkpoint_steps == [0, 3, 6, 7] and len(a.commitments) == 4 and len(a.losses) == 7
+    assert len(a.final_commitment) == 64 and a.rows == 112
+    assert set(a.tensors) == {"0.weight", "0.bias", "3.weight", "3.bias"}
+    assert a.losses[-1] < a.losses[0]
+    other = run_inner(digits.train_program, weights, shard, InnerSettings(**{**SETTINGS.__dict__, "seed": 124}))
+    assert other.commitments[0] == a.commitments[0] and other.final_commitment != a.final_commitment
+
+
+def test_checkpoints_match_the_chain_and_replay_bit_exactly(
+    digits: Digits, files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    weights, shard = files
+    result = run_inner(digits.train_program, weights, shard, SETTINGS, checkpoint_dir=tmp_path)
+    states = [load_tensors(tmp_path / checkpoint_name(s)) for s in result.checkpoint_steps]
+    assert chain(state_digest(s) for s in states) == result.commitments
+    # pseudo-gradient = global − the final checkpoint's model state
+    w0 = load_tensors(weights)
+    assert torch.equal(result.tensors["0.weight"], w0["0.weight"] - states[-1]["model.0.weight"])
+    # a verifier replays segment j = 1 (steps 3 → 6) from the revealed checkpoint
+    j = 1
+    replay = replay_segment(digits.train_program, tmp_path / checkpoint_name(3), shard, SETTINGS, end_step=6)
+    assert chain_link(bytes.fromhex(result.commitments[j]), replay.digest).hex() == result.commitments[j + 1]
+    assert replay.losses == result.losses[3:6]
+    assert chain_link(GENESIS, state_digest(states[0])).hex() == result.commitments[0]
+
+
+def test_tampered_checkpoint_breaks_the_chain(digits: Digits, files: tuple[Path, Path], tmp_path: Path) -> None:
+    weights, shard = files
+    result = run_inner(digits.train_program, weights, shard, SETTINGS, checkpoint_dir=tmp_path)
+    state = load_tensors(tmp_path / checkpoint_name(3))
+    state["adamw.exp_avg_sq.0.bias"][0] += 1e-6
+    assert chain_link(bytes.fromhex(result.commitments[0]), state_digest(state)).hex() != result.commitments[1]
+
+
+def test_checkpoint_steps() -> None:
+    assert checkpoint_steps(6, 3) == [0, 3, 6]
+    assert checkpoint_steps(5, 10) == [0, 5]
+
+
+def test_settings_travel_as_a_dict() -> None:
+    spec = TrainingSpec(train_program=REF, dataset=REF, seed=5)
+    s = InnerSettings.for_task(spec, round=2, worker=1)
+    assert InnerSettings.from_dict(s.to_dict()) == s
+    assert s.seed != InnerSettings.for_task(spec, round=2, worker=0).seed
+    with pytest.raises(ExecutionError, match="settings"):
+        InnerSettings.from_dict({**s.to_dict(), "extra": 1})
+    with pytest.raises(ExecutionError, match="invalid training settings"):
+        InnerSettings.from_dict({**s.to_dict(), "steps": 0})
+
+
+def test_weights_must_fit_the_program(digits: Digits, files: tuple[Path, Path], tmp_path: Path) -> None:
+    _, shard = files
+    save_tensors({"0.weight": torch.zeros(3, 3)}, tmp_path / "bad.safetensors")
+    with pytest.raises(ExecutionError, match="missing"):
+        run_inner(digits.train_program, tmp_path / "bad.safetensors", shard, SETTINGS)
+
+
+def test_batchnorm_buffers_travel_and_tokens_train(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    bn = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 1)).train()
+    export_program(bn, (torch.randn(4, 4),), tmp_path / "bn.pt2")
+    initial_weights(tmp_path / "bn.pt2", tmp_path / "bn.safetensors")
+    save_tensors({"features": torch.randn(32, 4), "labels": torch.randn(32)}, tmp_path / "reg.safetensors")
+    mse = InnerSettings(**{**SETTINGS.__dict__, "loss": "mse", "steps": 3, "batch_size": 8})
+    result = run_inner(tmp_path / "bn.pt2", tmp_path / "bn.safetensors", tmp_path / "reg.safetensors", mse)
+    assert "1.running_mean" in result.tensors and "1.num_batches_tracked" not in result.tensors
+
+    class Bigram(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = torch.nn.Embedding(50, 8)
+            self.head = torch.nn.Linear(8, 50)
+
+        def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+            return self.head(self.emb(tokens))
+
+    export_program(Bigram().train(), (torch.randint(0, 50, (4, 9)),), tmp_path / "lm.pt2")
+    initial_weights(tmp_path / "lm.pt2", tmp_path / "lm.safetensors")
+    tokens = torch.randint(0, 50, (24, 10), generator=torch.Generator().manual_seed(0))
+    save_tensors({"tokens": tokens}, tmp_path / "tok.safetensors")
+    result = run_inner(tmp_path / "lm.pt2", tmp_path / "lm.safetensors", tmp_path / "tok.safetensors",
+                       InnerSettings(**{**SETTINGS.__dict__, "steps": 4, "batch_size": 6}))  # fmt: skip
+    assert result.losses[-1] < result.losses[0]
