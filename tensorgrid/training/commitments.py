@@ -32,7 +32,7 @@ def state_digest(tensors: Mapping[str, torch.Tensor]) -> bytes:
         t = tensors[name].detach().to("cpu").contiguous()
         h.update(name.encode() + b"\0" + str(t.dtype).encode() + b"\0")
         h.update(json.dumps(list(t.shape)).encode() + b"\0")
-        h.update(t.reshape(-1).view(torch.uint8).numpy())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.digest()
 
 

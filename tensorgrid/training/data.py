@@ -127,14 +127,12 @@ def write_rows(
     header = header if header is not None else read_header(src_path)
     total = batch_rows(header)
     index = np.asarray(rows, dtype=np.int64)
-    if index.ndim != 1 or (index.size and (index.min() < 0 or index.max() >= total)):
-        raise InvalidTensorFile(f"row indices must be a 1-D list within 0..{total - 1}")
+    if index.ndim != 1 or index.size == 0 or index.min() < 0 or index.max() >= total:
+        raise InvalidTensorFile(f"row indices must be a non-empty 1-D list within 0..{total - 1}")
     out: dict[str, torch.Tensor] = {}
     with safe_open(os.fspath(src_path), framework="pt", device="cpu") as f:
         for name in sorted(header.tensors):
             view = f.get_slice(name)
-            parts = [view[int(i) : int(i) + 1] for i in index]
-            shape = (0, *header.tensors[name].shape[1:])
-            out[name] = torch.cat(parts) if parts else torch.empty(shape)
+            out[name] = torch.cat([view[int(i) : int(i) + 1] for i in index])
     save_tensors(out, dst_path)
     return int(index.size)

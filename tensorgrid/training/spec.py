@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 import math
 import secrets
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, cast
 
 from tensorgrid.errors import SpecError
-from tensorgrid.spec import DEVICES, GiB, MAX_SPEC_BYTES, _blob_ref, _check_int
+from tensorgrid.spec import DEVICES, MAX_SPEC_BYTES, GiB, _blob_ref, _check_int
 from tensorgrid.types import BlobRef
 from tensorgrid.workloads.tensorfile import Header
 
@@ -157,7 +157,7 @@ def training_from_dict(data: Any) -> TrainingSpec:
 
 
 def _refuse_unknown(data: dict[str, Any], cls: type, what: str) -> None:
-    unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+    unknown = sorted(set(data) - {f.name for f in fields(cls)})
     if unknown:
         raise SpecError(f"unknown field(s) in {what}: {', '.join(map(str, unknown))}")
 
@@ -193,7 +193,9 @@ def _nesterov(value: Any) -> NesterovSGD:
     _refuse_unknown(value, NesterovSGD, "outer_optimizer")
     if value.get("name", "nesterov") != "nesterov":
         raise SpecError(f"outer_optimizer.name must be 'nesterov', got {value.get('name')!r}")
-    kwargs = {k: _as_float(f"outer_optimizer.{k}", value[k]) for k in ("lr", "momentum") if k in value}
+    kwargs: dict[str, Any] = {
+        k: _as_float(f"outer_optimizer.{k}", value[k]) for k in ("lr", "momentum") if k in value
+    }
     return NesterovSGD(**kwargs)
 
 
