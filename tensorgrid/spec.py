@@ -38,6 +38,7 @@ class InferenceSpec:
     task_memory_limit_bytes: int = 4 * GiB
     task_time_limit_s: int = 600
     max_attempts: int = 5
+    reward_per_task_wei: int = 0  # paid from the job's on-chain escrow per accepted task
     nonce: str = field(default_factory=lambda: secrets.token_hex(8))
     kind: str = "inference"
 
@@ -52,6 +53,7 @@ class NoopSpec:
     task_memory_limit_bytes: int = GiB
     task_time_limit_s: int = 60
     max_attempts: int = 5
+    reward_per_task_wei: int = 0
     nonce: str = field(default_factory=lambda: secrets.token_hex(8))
     kind: str = "noop"
 
@@ -157,6 +159,7 @@ def validate(spec: JobSpec) -> None:
     _check_int(spec, "task_memory_limit_bytes", 64 << 20, 1 << 50)
     _check_int(spec, "task_time_limit_s", 1, 7 * 24 * 3600)
     _check_int(spec, "max_attempts", 1, 100)
+    _check_int(spec, "reward_per_task_wei", 0, 2**256 - 1)
     if isinstance(spec, InferenceSpec):
         _check_int(spec, "shard_rows", 1, 10_000_000)
         _check_int(spec, "batch_size", 0, 10_000_000)
