@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from coordinator.aggregator import assemble
+from coordinator.chain import ChainGate
 from coordinator.commits import GroupCommitter
 from coordinator.config import CoordinatorConfig
 from coordinator.errors import Conflict
@@ -53,12 +54,19 @@ class Coordinator:
         self.state = State(config.db_url)
         self.blobs = BlobStore(config.blob_dir, config.limits.max_blob_bytes)
         self.identity = load_identity(config.data_dir / "coordinator.key")
-        self.domain = Domain(
-            config.domain_name,
-            config.domain_version,
-            config.chain_id,
-            config.verifying_contract or self.identity.address,
-        )
+        self.chain: ChainGate | None = None
+        if config.chain_rpc:
+            if config.deployment is None:
+                raise TensorGridError("--chain-rpc needs --deployment (the file the deploy step wrote)")
+            self.chain = ChainGate.open(config.chain_rpc, config.deployment, self.identity)
+            self.domain = self.chain.deployment.domain  # receipts are evidence on this chain
+        else:
+            self.domain = Domain(
+                config.domain_name,
+                config.domain_version,
+                config.chain_id,
+                config.verifying_contract or self.identity.address,
+            )
         self.verifier = Verifier(self.domain)
         self.hub = EventHub()
         self.challenge_secret = bytes.fromhex(self.state.meta_value("challenge_secret", secrets.token_hex(32)))

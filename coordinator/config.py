@@ -33,6 +33,9 @@ class CoordinatorConfig:
     timing: LeaseTiming = field(default_factory=LeaseTiming)
     limits: Limits = field(default_factory=Limits)
     reap_interval_ms: int = 1_000
+    chain_rpc: str = ""  # empty: no chain; jobs are free and nothing is settled
+    deployment: Path | None = None  # the deployments file written by the deploy step
+    epoch_interval_ms: int = 30_000  # how often earnings are posted on chain as a Merkle root
 
     @property
     def db_url(self) -> str:

@@ -63,6 +63,7 @@ def plan_job(
         memory_limit_bytes=spec.task_memory_limit_bytes,
         time_limit_ms=spec.task_time_limit_s * 1000,
         max_attempts=spec.max_attempts,
+        reward_per_task_wei=spec.reward_per_task_wei,
     )
     return job, tasks
 

@@ -51,6 +51,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     run.add_argument("--max-shard-mib", type=float, default=512, help="largest input shard a job may ask for")
     run.add_argument("--max-blob-mib", type=float, default=64 * 1024, help="largest blob a submitter may upload")
+    run.add_argument("--chain-rpc", default="", help="JSON-RPC URL of the chain holding escrows and stakes")
+    run.add_argument("--deployment", type=Path, help="deployments file of the contracts (with --chain-rpc)")
+    run.add_argument("--epoch-seconds", type=float, default=30.0, help="how often earnings are posted on chain")
     run.add_argument("--ready-file", type=Path, help="write the bound port here once serving (for scripts)")
     run.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
@@ -66,6 +69,9 @@ def config_from(ns: argparse.Namespace) -> CoordinatorConfig:
         data_dir=ns.data_dir,
         database_url=ns.database_url or os.environ.get("TENSORGRID_DATABASE_URL", ""),
         chain_id=ns.chain_id,
+        chain_rpc=ns.chain_rpc,
+        deployment=ns.deployment,
+        epoch_interval_ms=int(ns.epoch_seconds * 1000),
         heartbeat_interval_ms=ns.heartbeat_ms,
         timing=LeaseTiming(ttl_ms=ns.lease_ttl_ms),
         limits=Limits(

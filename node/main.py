@@ -59,6 +59,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--threads", type=int, default=0, help="torch threads per task (0: torch's default)")
     run.add_argument("--memory-gib", type=float, help="memory to offer (default: what is free)")
     run.add_argument("--cache-gib", type=float, default=10.0, help="blob cache size (default: %(default)s)")
+    chain = argparse.ArgumentParser(add_help=False)
+    chain.add_argument(
+        "--chain-rpc",
+        default=os.environ.get("TENSORGRID_CHAIN_RPC", ""),
+        help="JSON-RPC URL of the settlement chain (also $TENSORGRID_CHAIN_RPC)",
+    )
+    chain.add_argument(
+        "--deployment",
+        type=Path,
+        default=os.environ.get("TENSORGRID_DEPLOYMENT") or None,
+        help="the contracts' deployments file (also $TENSORGRID_DEPLOYMENT)",
+    )
+    for action in chain._actions[1:]:
+        run._add_action(action)
+    run.add_argument(
+        "--stake-wei",
+        type=int,
+        default=0,
+        help="stake to register with on chain if not yet staked (default: the minimum)",
+    )
+    earn = sub.add_parser("earnings", parents=[chain], help="show what this node has earned and can claim")
+    earn.add_argument("--coordinator", required=True, help="HOST:PORT of the coordinator")
+    claim = sub.add_parser("claim", parents=[chain], help="claim posted earnings on chain")
+    claim.add_argument("--coordinator", required=True, help="HOST:PORT of the coordinator")
     return p.parse_args(argv)
 
 
@@ -85,6 +109,23 @@ def cmd_init(ns: argparse.Namespace) -> int:
     save_keystore(signer, ns.keystore, read_password(ns, confirm=True), light=ns.light_kdf, overwrite=ns.force)
     print(f"node address {signer.address}\nkeystore     {ns.keystore}")
     return exitcodes.OK
+
+
+def ensure_staked(ns: argparse.Namespace, signer: Signer) -> None:
+    """Register on NodeRegistry with a stake if this key has none (chain mode only)."""
+    from node.settle import ensure_staked as stake
+
+    if ns.chain_rpc:
+        stake(_chain(ns, signer), ns.stake_wei)
+
+
+def _chain(ns: argparse.Namespace, signer: Signer) -> object:
+    from tensorgrid.chain.client import ChainClient
+    from tensorgrid.chain.deploy import load_deployment
+
+    if not ns.chain_rpc or ns.deployment is None:
+        raise TensorGridError("this needs --chain-rpc and --deployment")
+    return ChainClient.connect(ns.chain_rpc, load_deployment(ns.deployment), signer.private_key)
 
 
 async def run_agent(ns: argparse.Namespace, signer: Signer) -> None:
@@ -135,6 +176,13 @@ def main(argv: list[str] | None = None) -> int:
         if ns.command == "address":
             print(signer.address)
             return exitcodes.OK
+        if ns.command in ("earnings", "claim"):
+            from node.settle import claim, show_earnings
+
+            if ns.command == "earnings":
+                return show_earnings(ns.coordinator, signer.address, _chain(ns, signer) if ns.chain_rpc else None)
+            return claim(ns.coordinator, _chain(ns, signer))
+        ensure_staked(ns, signer)
         asyncio.run(run_agent(ns, signer))
         return exitcodes.OK
     except TensorGridError as e:

@@ -14,7 +14,7 @@ import hashlib
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -23,9 +23,13 @@ from tensorgrid.blobs import CHUNK_BYTES, check_sha256, file_sha256
 from tensorgrid.crypto import Signer, cancel_message, sign_message, submit_message
 from tensorgrid.errors import BlobError, HashMismatch, TensorGridError
 from tensorgrid.rpc import channel_options
-from tensorgrid.spec import InferenceSpec, JobSpec, NoopSpec, canonical_json, spec_hash, validate
-from tensorgrid.types import BlobRef, JobEvent, JobInfo, NodeStatus
+from tensorgrid.spec import InferenceSpec, JobSpec, NoopSpec, canonical_json, job_id_for, spec_hash, validate
+from tensorgrid.types import BlobRef, Earnings, JobEvent, JobInfo, NodeStatus
 from tensorgrid.v1 import common_pb2, submit_pb2, submit_pb2_grpc
+from tensorgrid.workloads.tensorfile import batch_rows, read_header
+
+if TYPE_CHECKING:
+    from tensorgrid.chain.client import ChainClient
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 
@@ -56,9 +60,16 @@ def _wrap(e: grpc.RpcError) -> CoordinatorError:
 class Client:
     """A connection to one coordinator, acting for one submitter key."""
 
-    def __init__(self, target: str, signer: Signer | None = None, timeout: float = 60.0) -> None:
+    def __init__(
+        self, target: str, signer: Signer | None = None, timeout: float = 60.0, chain: ChainClient | None = None
+    ) -> None:
+        """chain: the submitter's handle on the contracts (same key as signer), when the
+        coordinator settles on chain; submit then funds each job's escrow first."""
         self.target = target
         self.signer = signer or Signer.generate()
+        self.chain = chain
+        if chain is not None and chain.address.lower() != self.signer.address.lower():
+            raise TensorGridError("the chain client must use the submitter's key")
         self.timeout = timeout
         self._channel = grpc.insecure_channel(target, options=channel_options())
         self._stub = submit_pb2_grpc.SubmitterServiceStub(self._channel)
@@ -130,13 +141,35 @@ class Client:
         return dest
 
     # ---- jobs ----------------------------------------------------------------------------------
-    def submit(self, spec: JobSpec) -> JobInfo:
-        """Sign and submit a spec whose blobs are uploaded. Submitting the same spec again is a no-op."""
+    def submit(self, spec: JobSpec, tasks: int | None = None, escrow_deadline_s: int = 7 * 24 * 3600) -> JobInfo:
+        """Sign and submit a spec whose blobs are uploaded. Submitting the same spec again is a no-op.
+
+        With a chain client and a reward, the job's escrow (reward × tasks) is funded first.
+        """
         validate(spec)
         spec_json = canonical_json(spec)
+        if self.chain is not None and spec.reward_per_task_wei > 0:
+            if tasks is None:
+                raise TensorGridError("funding an escrow needs the job's task count")
+            self._fund(spec_json, spec.reward_per_task_wei * tasks, escrow_deadline_s)
         sig = sign_message(self.signer, submit_message(spec_hash(spec_json)))
         req = submit_pb2.SubmitJobRequest(spec_json=spec_json, submitter=self.signer.address, signature=sig)
         return serde.job_from_pb(_call(self._stub.SubmitJob, req, timeout=self.timeout * 10))
+
+    def _fund(self, spec_json: bytes, budget: int, deadline_s: int) -> None:
+        from tensorgrid.chain.client import JobStatus
+
+        assert self.chain is not None
+        sh = spec_hash(spec_json)
+        job_id = job_id_for(self.signer.address, sh)
+        if self.chain.job(job_id).status == JobStatus.NONE:  # a resubmission is already funded
+            self.chain.create_job(job_id, sh, self.chain.chain_time() + deadline_s, budget)
+
+    def escrow(self, job_id: str) -> Any:
+        """The job's escrow on chain (budget, charged, status, result hash)."""
+        if self.chain is None:
+            raise TensorGridError("no chain client: this Client does not settle on chain")
+        return self.chain.job(job_id)
 
     def submit_inference(
         self,
@@ -149,12 +182,15 @@ class Client:
         """Upload a .pt2 program and a safetensors file, then submit an inference job over them."""
         spec = InferenceSpec(model=BlobRef("0" * 64, 0), inputs=BlobRef("0" * 64, 0), **settings)
         validate(spec)  # fail on bad settings before uploading gigabytes
+        rows = batch_rows(read_header(inputs))
         model_ref = self.upload(model, progress)
         inputs_ref = self.upload(inputs, progress)
-        return self.submit(InferenceSpec(model=model_ref, inputs=inputs_ref, **settings))
+        return self.submit(
+            InferenceSpec(model=model_ref, inputs=inputs_ref, **settings), tasks=-(-rows // spec.shard_rows)
+        )
 
     def submit_noop(self, tasks: int, **settings: Any) -> JobInfo:
-        return self.submit(NoopSpec(tasks=tasks, **settings))
+        return self.submit(NoopSpec(tasks=tasks, **settings), tasks=tasks)
 
     def job(self, job_id: str) -> JobInfo:
         return serde.job_from_pb(
@@ -172,10 +208,29 @@ class Client:
         resp = _call(self._stub.ListNodes, submit_pb2.ListNodesRequest(), timeout=self.timeout)
         return [serde.node_from_pb(n) for n in resp.nodes]
 
+    def earnings(self, address: str) -> Earnings:
+        """A node's earnings and the proof to claim what is posted on chain."""
+        m = _call(self._stub.GetEarnings, submit_pb2.GetEarningsRequest(address=address), timeout=self.timeout)
+        return Earnings(
+            address=m.address,
+            cumulative_wei=int(m.cumulative_wei or 0),
+            pending_wei=int(m.pending_wei or 0),
+            claim_epoch=m.claim_epoch,
+            claim_cumulative_wei=int(m.claim_cumulative_wei or 0),
+            claim_proof=[bytes(p) for p in m.claim_proof],
+        )
+
     def cancel(self, job_id: str) -> JobInfo:
+        """Stop the job on the coordinator, then take back what its escrow has left."""
         sig = sign_message(self.signer, cancel_message(job_id))
         req = submit_pb2.CancelJobRequest(job_id=job_id, signature=sig)
-        return serde.job_from_pb(_call(self._stub.CancelJob, req, timeout=self.timeout))
+        job = serde.job_from_pb(_call(self._stub.CancelJob, req, timeout=self.timeout))
+        if self.chain is not None:
+            from tensorgrid.chain.client import JobStatus
+
+            if self.chain.job(job_id).status == JobStatus.OPEN:
+                self.chain.cancel(job_id)
+        return job
 
     def watch(self, job_id: str, after_seq: int = 0) -> Iterator[JobEvent]:
         """Events of a job from after_seq on, live, until it ends; reconnects if the stream drops."""

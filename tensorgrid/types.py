@@ -147,3 +147,15 @@ class NodeStatus:
     failures: int
     rejections: int
     backoff_until_ms: int
+
+
+@dataclass(frozen=True)
+class Earnings:
+    """What a node has earned (wei) and, once posted on chain, how to claim it."""
+
+    address: str
+    cumulative_wei: int
+    pending_wei: int
+    claim_epoch: int = 0
+    claim_cumulative_wei: int = 0
+    claim_proof: list[bytes] = field(default_factory=list)

@@ -53,6 +53,8 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             raise PermissionDenied(f"bad registration signature: {e}") from None
         if signer != address:
             raise PermissionDenied(f"registration signed by {signer}, not {address}")
+        if app.chain is not None:
+            await app.work(app.chain.check_node, address)
         caps = serde.caps_from_pb(request.capabilities)
         if caps.device_kind not in ("cpu", "cuda"):
             raise Rejected(f"device_kind must be 'cpu' or 'cuda', got {caps.device_kind!r}")

@@ -11,7 +11,7 @@ import grpc
 from coordinator.api.blobs import receive_into, stream_blob
 from coordinator.api.status import abort, unary
 from coordinator.app import Coordinator, now_ms
-from coordinator.errors import NotFound, PermissionDenied
+from coordinator.errors import Conflict, NotFound, PermissionDenied
 from coordinator.intake import authenticate, plan_job
 from tensorgrid import serde
 from tensorgrid.blobs import check_sha256
@@ -62,6 +62,10 @@ class SubmitterServicer(submit_pb2_grpc.SubmitterServiceServicer):
         except NotFound:
             pass
         job, tasks = await app.work(plan_job, spec_json, submitter, sh, job_id, app.blobs, app.config.limits)
+        if app.chain is not None:
+            if job.reward_per_task_wei <= 0:
+                raise Conflict("this coordinator settles on chain: set reward_per_task_wei and fund the escrow")
+            await app.work(app.chain.check_escrow, job_id, sh, submitter, job.reward_per_task_wei * len(tasks))
         info, created = await app.db_bulk(app.state.create_job, job, tasks, now_ms())
         if created:
             log.info("job %s from %s: %s, %d tasks", job_id, submitter, job.kind, len(tasks))

@@ -36,6 +36,7 @@ class NewJob:
     memory_limit_bytes: int
     time_limit_ms: int
     max_attempts: int
+    reward_per_task_wei: int = 0
 
 
 class JobStore:

@@ -172,3 +172,25 @@ class ListNodesResponse(_message.Message):
     NODES_FIELD_NUMBER: _ClassVar[int]
     nodes: _containers.RepeatedCompositeFieldContainer[NodeStatus]
     def __init__(self, nodes: _Optional[_Iterable[_Union[NodeStatus, _Mapping]]] = ...) -> None: ...
+
+class GetEarningsRequest(_message.Message):
+    __slots__ = ("address",)
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    def __init__(self, address: _Optional[str] = ...) -> None: ...
+
+class Earnings(_message.Message):
+    __slots__ = ("address", "cumulative_wei", "pending_wei", "claim_epoch", "claim_cumulative_wei", "claim_proof")
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    CUMULATIVE_WEI_FIELD_NUMBER: _ClassVar[int]
+    PENDING_WEI_FIELD_NUMBER: _ClassVar[int]
+    CLAIM_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    CLAIM_CUMULATIVE_WEI_FIELD_NUMBER: _ClassVar[int]
+    CLAIM_PROOF_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    cumulative_wei: str
+    pending_wei: str
+    claim_epoch: int
+    claim_cumulative_wei: str
+    claim_proof: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, address: _Optional[str] = ..., cumulative_wei: _Optional[str] = ..., pending_wei: _Optional[str] = ..., claim_epoch: _Optional[int] = ..., claim_cumulative_wei: _Optional[str] = ..., claim_proof: _Optional[_Iterable[bytes]] = ...) -> None: ...

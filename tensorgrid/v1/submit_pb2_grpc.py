@@ -76,6 +76,11 @@ class SubmitterServiceStub:
                 request_serializer=tensorgrid_dot_v1_dot_submit__pb2.ListNodesRequest.SerializeToString,
                 response_deserializer=tensorgrid_dot_v1_dot_submit__pb2.ListNodesResponse.FromString,
                 _registered_method=True)
+        self.GetEarnings = channel.unary_unary(
+                '/tensorgrid.v1.SubmitterService/GetEarnings',
+                request_serializer=tensorgrid_dot_v1_dot_submit__pb2.GetEarningsRequest.SerializeToString,
+                response_deserializer=tensorgrid_dot_v1_dot_submit__pb2.Earnings.FromString,
+                _registered_method=True)
 
 
 class SubmitterServiceServicer:
@@ -133,6 +138,13 @@ class SubmitterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetEarnings(self, request, context):
+        """A node's earnings and, once posted on chain, the Merkle proof to claim them with.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SubmitterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -175,6 +187,11 @@ def add_SubmitterServiceServicer_to_server(servicer, server):
                     servicer.ListNodes,
                     request_deserializer=tensorgrid_dot_v1_dot_submit__pb2.ListNodesRequest.FromString,
                     response_serializer=tensorgrid_dot_v1_dot_submit__pb2.ListNodesResponse.SerializeToString,
+            ),
+            'GetEarnings': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEarnings,
+                    request_deserializer=tensorgrid_dot_v1_dot_submit__pb2.GetEarningsRequest.FromString,
+                    response_serializer=tensorgrid_dot_v1_dot_submit__pb2.Earnings.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -394,6 +411,33 @@ class SubmitterService:
             '/tensorgrid.v1.SubmitterService/ListNodes',
             tensorgrid_dot_v1_dot_submit__pb2.ListNodesRequest.SerializeToString,
             tensorgrid_dot_v1_dot_submit__pb2.ListNodesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEarnings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorgrid.v1.SubmitterService/GetEarnings',
+            tensorgrid_dot_v1_dot_submit__pb2.GetEarningsRequest.SerializeToString,
+            tensorgrid_dot_v1_dot_submit__pb2.Earnings.FromString,
             options,
             channel_credentials,
             insecure,
