@@ -21,6 +21,21 @@ DEFAULT_HOME = Path(os.environ.get("TENSORGRID_HOME", Path.home() / ".tensorgrid
 PASSWORD_ENV = "TENSORGRID_KEY_PASSWORD"
 
 
+def add_chain_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    parser.add_argument(
+        "--chain-rpc",
+        default=os.environ.get("TENSORGRID_CHAIN_RPC", ""),
+        help="JSON-RPC URL of the settlement chain (also $TENSORGRID_CHAIN_RPC)",
+    )
+    parser.add_argument(
+        "--deployment",
+        type=Path,
+        default=os.environ.get("TENSORGRID_DEPLOYMENT") or None,
+        help="the contracts' deployments file (also $TENSORGRID_DEPLOYMENT)",
+    )
+    return parser
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="tensorgrid-node",
@@ -59,29 +74,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--threads", type=int, default=0, help="torch threads per task (0: torch's default)")
     run.add_argument("--memory-gib", type=float, help="memory to offer (default: what is free)")
     run.add_argument("--cache-gib", type=float, default=10.0, help="blob cache size (default: %(default)s)")
-    chain = argparse.ArgumentParser(add_help=False)
-    chain.add_argument(
-        "--chain-rpc",
-        default=os.environ.get("TENSORGRID_CHAIN_RPC", ""),
-        help="JSON-RPC URL of the settlement chain (also $TENSORGRID_CHAIN_RPC)",
-    )
-    chain.add_argument(
-        "--deployment",
-        type=Path,
-        default=os.environ.get("TENSORGRID_DEPLOYMENT") or None,
-        help="the contracts' deployments file (also $TENSORGRID_DEPLOYMENT)",
-    )
-    for action in chain._actions[1:]:
-        run._add_action(action)
+    add_chain_args(run)
     run.add_argument(
         "--stake-wei",
         type=int,
         default=0,
         help="stake to register with on chain if not yet staked (default: the minimum)",
     )
-    earn = sub.add_parser("earnings", parents=[chain], help="show what this node has earned and can claim")
+    earn = add_chain_args(sub.add_parser("earnings", help="show what this node has earned and can claim"))
     earn.add_argument("--coordinator", required=True, help="HOST:PORT of the coordinator")
-    claim = sub.add_parser("claim", parents=[chain], help="claim posted earnings on chain")
+    claim = add_chain_args(sub.add_parser("claim", help="claim posted earnings on chain"))
     claim.add_argument("--coordinator", required=True, help="HOST:PORT of the coordinator")
     return p.parse_args(argv)
 
