@@ -14,7 +14,10 @@ from tensorgrid.errors import TensorGridError
 from tensorgrid.types import JobInfo
 
 DEFAULT_COORDINATOR = os.environ.get("TENSORGRID_COORDINATOR", "127.0.0.1:7070")
-DEFAULT_KEY = Path(os.environ.get("TENSORGRID_HOME", Path.home() / ".tensorgrid")) / "submitter.key"
+DEFAULT_KEY = Path(
+    os.environ.get("TENSORGRID_KEY")
+    or Path(os.environ.get("TENSORGRID_HOME", Path.home() / ".tensorgrid")) / "submitter.key"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,6 +31,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rows", type=int, default=20_000, help="rows of digits data to classify")
     demo.add_argument("--shard-rows", type=int, default=2_000)
     demo.add_argument("--keep", type=Path, help="keep the demo's files in this directory")
+    demo.add_argument("--no-chain", action="store_true", help="skip the devnet chain: no escrow, no settlement")
+    devnet = sub.add_parser("devnet", help="a local chain, contracts, coordinator and staked nodes").add_subparsers(
+        dest="command", required=True
+    )
+    dup = devnet.add_parser("up", help="start anvil, deploy the contracts, start a coordinator and nodes")
+    dup.add_argument("--nodes", type=int, default=2)
+    dup.add_argument("--epoch-seconds", type=float, default=5.0, help="how often earnings are posted on chain")
+    for name, text in (("status", "show what the devnet runs"), ("down", "stop everything `up` started")):
+        devnet.add_parser(name, help=text)
+    for action_parser in devnet.choices.values():
+        action_parser.add_argument("--dir", type=Path, default=Path("var/devnet"), help="devnet state and logs")
     job = sub.add_parser("job", help="submit, watch, fetch, list and cancel jobs").add_subparsers(
         dest="command", required=True
     )
@@ -37,6 +51,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common.add_argument(
         "--key", type=Path, default=DEFAULT_KEY, help="submitter key file, created on first use (default: %(default)s)"
+    )
+    common.add_argument(
+        "--chain-rpc",
+        default=os.environ.get("TENSORGRID_CHAIN_RPC", ""),
+        help="settlement chain JSON-RPC URL: jobs are paid from an escrow funded by --key",
+    )
+    common.add_argument(
+        "--deployment",
+        type=Path,
+        default=os.environ.get("TENSORGRID_DEPLOYMENT") or None,
+        help="the contracts' deployments file (with --chain-rpc)",
     )
     s = job.add_parser("submit", parents=[common], help="upload a model and inputs, submit an inference job")
     s.add_argument("--model", type=Path, required=True, help="torch.export program (.pt2)")
@@ -53,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", choices=("any", "cpu", "cuda"), default="any")
     s.add_argument("--time-limit", type=int, default=600, help="seconds a node may spend on one task")
     s.add_argument("--memory-limit-gib", type=float, default=4.0, help="memory one task may use on a node")
+    s.add_argument("--reward-wei", type=int, default=0, help="paid per accepted task from the job's escrow")
     s.add_argument("--watch", action="store_true", help="follow progress until the job ends")
     s.add_argument("-o", "--output", type=Path, help="with --watch: download the result here")
     w = job.add_parser("watch", parents=[common], help="follow a job's progress live")
@@ -90,7 +116,16 @@ def load_or_create_key(path: Path) -> Any:
 def _client(ns: argparse.Namespace) -> Any:
     from tensorgrid.client import Client
 
-    return Client(ns.coordinator, load_or_create_key(ns.key))
+    signer = load_or_create_key(ns.key)
+    chain = None
+    if ns.chain_rpc:
+        from tensorgrid.chain.client import ChainClient
+        from tensorgrid.chain.deploy import load_deployment
+
+        if ns.deployment is None:
+            raise TensorGridError("--chain-rpc needs --deployment")
+        chain = ChainClient.connect(ns.chain_rpc, load_deployment(ns.deployment), signer.private_key)
+    return Client(ns.coordinator, signer, chain=chain)
 
 
 def _print_job(job: JobInfo) -> None:
@@ -118,6 +153,7 @@ def cmd_submit(ns: argparse.Namespace) -> int:
             device=ns.device,
             task_time_limit_s=ns.time_limit,
             task_memory_limit_bytes=int(ns.memory_limit_gib * (1 << 30)),
+            reward_per_task_wei=ns.reward_wei,
         )
     print(f"submitted job {job.job_id} ({job.tasks_total} tasks)")
     if not ns.watch:
@@ -186,6 +222,12 @@ def main(argv: list[str] | None = None) -> int:
             from tensorgrid.demo import run_demo
 
             return run_demo(ns)
+        if ns.group == "devnet":
+            from tensorgrid import devnet
+
+            if ns.command == "up":
+                return devnet.up(ns.dir, ns.nodes, ns.epoch_seconds)
+            return devnet.status(ns.dir) if ns.command == "status" else devnet.down(ns.dir)
         handler = {
             "submit": cmd_submit,
             "watch": cmd_watch,

@@ -89,19 +89,22 @@ class LocalGrid:
         self.port = int(ready.read_text())
         return proc
 
-    def create_node_key(self, name: str) -> Path:
+    def create_node_key(self, name: str, private_key: str | None = None) -> Path:
+        """A keystore for node `name`: a fresh key, or `private_key` imported (devnets)."""
         keystore = self.root / name / "key.json"
         if not keystore.exists():
-            subprocess.run(
-                [sys.executable, "-m", "node.main", "--keystore", str(keystore), "init", "--light-kdf"],
-                check=True,
-                capture_output=True,
-                env={**os.environ, "TENSORGRID_KEY_PASSWORD": PASSWORD},
-            )
+            args = [sys.executable, "-m", "node.main", "--keystore", str(keystore), "init", "--light-kdf"]
+            env = {**os.environ, "TENSORGRID_KEY_PASSWORD": PASSWORD}
+            if private_key is not None:
+                args += ["--import-key-env", "TENSORGRID_IMPORT_KEY"]
+                env["TENSORGRID_IMPORT_KEY"] = private_key
+            subprocess.run(args, check=True, capture_output=True, env=env)
         return keystore
 
-    def start_node(self, name: str, *extra: str, env: dict[str, str] | None = None) -> Proc:
-        keystore = self.create_node_key(name)
+    def start_node(
+        self, name: str, *extra: str, env: dict[str, str] | None = None, private_key: str | None = None
+    ) -> Proc:
+        keystore = self.create_node_key(name, private_key)
         args = [
             sys.executable,
             "-m",

@@ -11,13 +11,16 @@ import hashlib
 import json
 import secrets
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
 from eth_utils import keccak
 
 from tensorgrid.blobs import check_sha256
 from tensorgrid.errors import BlobError, SpecError
 from tensorgrid.types import BlobRef
+
+if TYPE_CHECKING:
+    from tensorgrid.training.spec import TrainingSpec
 
 MAX_SPEC_BYTES = 64 * 1024
 GiB = 1 << 30
@@ -58,11 +61,22 @@ class NoopSpec:
     kind: str = "noop"
 
 
-JobSpec = InferenceSpec | NoopSpec
+# Training specs live in tensorgrid.training.spec (which builds on this module), so they are
+# imported lazily here and named by a forward reference.
+JobSpec = Union[InferenceSpec, NoopSpec, "TrainingSpec"]  # noqa: UP007
 _KINDS: dict[str, type[InferenceSpec] | type[NoopSpec]] = {"inference": InferenceSpec, "noop": NoopSpec}
+KINDS = ("inference", "noop", "training")
+
+
+def _is_training(spec: Any) -> bool:
+    return getattr(spec, "kind", None) == "training"
 
 
 def spec_to_dict(spec: JobSpec) -> dict[str, Any]:
+    if _is_training(spec):
+        from tensorgrid.training.spec import training_to_dict
+
+        return training_to_dict(spec)  # type: ignore[arg-type]
     d = asdict(spec)
     if isinstance(spec, InferenceSpec):
         d["input_names"] = list(spec.input_names)
@@ -98,9 +112,13 @@ def parse_spec(raw: bytes) -> JobSpec:
     if not isinstance(data, dict):
         raise SpecError("spec must be a JSON object")
     kind = data.get("kind")
+    if kind == "training":
+        from tensorgrid.training.spec import training_from_dict
+
+        return training_from_dict(data)
     cls = _KINDS.get(kind) if isinstance(kind, str) else None
     if cls is None:
-        raise SpecError(f"spec kind must be one of {sorted(_KINDS)}, got {kind!r}")
+        raise SpecError(f"spec kind must be one of {sorted(KINDS)}, got {kind!r}")
     allowed = set(cls.__dataclass_fields__)
     unknown = sorted(set(data) - allowed)
     if unknown:
@@ -151,6 +169,11 @@ def _check_int(spec: JobSpec, name: str, lo: int, hi: int) -> None:
 
 def validate(spec: JobSpec) -> None:
     """Range and type checks shared by parse_spec and the SDK (which validates before upload)."""
+    if _is_training(spec):
+        from tensorgrid.training.spec import validate_training
+
+        validate_training(spec)  # type: ignore[arg-type]
+        return
     if spec.device not in DEVICES:
         raise SpecError(f"device must be one of {DEVICES}, got {spec.device!r}")
     if not isinstance(spec.nonce, str) or len(spec.nonce) > 64:

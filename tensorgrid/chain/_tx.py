@@ -84,6 +84,25 @@ class Transactor:
             self._chain_id = int(self.w3.eth.chain_id)
         return self._chain_id
 
+    def build_signed(self, call: Any, action: str, *, nonce: int, value: int = 0) -> tuple[bytes, str]:
+        """Build and sign `call` with an explicit `nonce` without sending it: (raw tx, 0x hash).
+
+        Gas is estimated here, so a call that would revert raises ContractReverted and
+        nothing is signed. For a caller that persists the raw tx before broadcasting it
+        (the coordinator's outbox) and owns the nonces.
+        """
+        params: dict[str, Any] = {"from": self.address, "value": value, "chainId": self.chain_id, "nonce": nonce}
+        try:
+            tx = call.build_transaction(params)
+        except ContractLogicError as exc:
+            raise self._decoder.from_exception(exc, action) from None
+        signed = self._account.sign_transaction(tx)
+        return bytes(signed.raw_transaction), signed.hash.to_0x_hex()
+
+    def decode_revert(self, exc: ContractLogicError, action: str) -> ContractReverted:
+        """The custom error carried by a revert, as ContractReverted."""
+        return self._decoder.from_exception(exc, action)
+
     def send(self, call: Any, action: str, value: int = 0) -> TxResult:
         """Build, sign and send `call` (a bound contract function or constructor); wait for it."""
         params: dict[str, Any] = {

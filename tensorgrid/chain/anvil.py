@@ -107,16 +107,22 @@ def start_anvil(
     chain_id: int = 31337,
     timeout: float = 30.0,
     extra_args: tuple[str, ...] = (),
+    detached_in: Path | None = None,
 ) -> Anvil:
     """Start anvil on 127.0.0.1 and return once its RPC answers; ChainError after `timeout` s.
 
     anvil is stopped by `stop()`, at interpreter exit, and (on Linux) when the thread that
     started it dies: start it from the main thread or one that outlives its use.
+    With `detached_in`, anvil keeps its files in that directory and outlives this process
+    (the devnet): whoever started it stops it by its pid.
     """
-    tmp = tempfile.TemporaryDirectory(prefix="tg-anvil-")
-    workdir = Path(tmp.name)
+    tmp = None if detached_in is not None else tempfile.TemporaryDirectory(prefix="tg-anvil-")
+    workdir = detached_in if detached_in is not None else Path(tmp.name)  # type: ignore[union-attr]
+    workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "anvil.json"
     log_path = workdir / "anvil.log"
+    for stale in (config, log_path):  # a detached devnet reuses its directory
+        stale.unlink(missing_ok=True)
     args = [
         str(anvil_binary()),
         "--host", "127.0.0.1",
@@ -134,7 +140,8 @@ def start_anvil(
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            preexec_fn=_die_with_parent if sys.platform == "linux" and detached_in is None else None,
+            start_new_session=detached_in is not None,
         )
     try:
         port = _wait_for_port(process, log_path, timeout)
@@ -144,12 +151,14 @@ def start_anvil(
     except BaseException:
         process.kill()
         process.wait()
-        tmp.cleanup()
+        if tmp is not None:
+            tmp.cleanup()
         raise
     from tensorgrid.crypto import Signer
 
     node.addresses = [Signer.from_hex(k).address for k in keys]
-    atexit.register(node.stop)  # also on an uncaught exception; stop() is idempotent
+    if detached_in is None:
+        atexit.register(node.stop)  # also on an uncaught exception; stop() is idempotent
     return node
 
 

@@ -11,13 +11,15 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
 from web3 import Web3
+from web3.exceptions import ContractLogicError
 
 from tensorgrid.chain._tx import ErrorDecoder, Transactor, TxResult
 from tensorgrid.chain.artifacts import load_artifact
 from tensorgrid.chain.deploy import Deployment
-from tensorgrid.chain.errors import ChainError
+from tensorgrid.chain.errors import ChainError, ContractReverted
 from tensorgrid.crypto import normalize_address
 from tensorgrid.types import Receipt
 
@@ -104,6 +106,21 @@ class ChainClient:
         """Wei balance of `address` (default: this client's account)."""
         return int(self.w3.eth.get_balance(Web3.to_checksum_address(address or self.address)))
 
+    def pending_nonce(self) -> int:
+        """This account's transaction count including the node's pending pool."""
+        return int(self.w3.eth.get_transaction_count(Web3.to_checksum_address(self.address), "pending"))
+
+    def build_signed(self, call: Any, action: str, *, nonce: int, value: int = 0) -> tuple[bytes, str]:
+        """Sign `call` (e.g. from post_root_call) with `nonce` without sending: (raw tx, 0x hash).
+
+        Raises ContractReverted, naming the error, if the call would revert now.
+        """
+        return self._tx.build_signed(call, action, nonce=nonce, value=value)
+
+    def decode_revert(self, exc: ContractLogicError, action: str) -> ContractReverted:
+        """Name the custom error of a revert raised by a call on these contracts."""
+        return self._tx.decode_revert(exc, action)
+
     # -- NodeRegistry ------------------------------------------------------------------------
 
     def register(self, stake: int) -> TxResult:
@@ -163,8 +180,11 @@ class ChainClient:
         return self._tx.send(self.settlement.functions.reclaim(to_bytes32(job_id)), "reclaim")
 
     def record_result(self, job_id: Bytes32, result_hash: Bytes32) -> TxResult:
-        fn = self.settlement.functions.recordResult(to_bytes32(job_id), to_bytes32(result_hash))
-        return self._tx.send(fn, "recordResult")
+        return self._tx.send(self.record_result_call(job_id, result_hash), "recordResult")
+
+    def record_result_call(self, job_id: Bytes32, result_hash: Bytes32) -> Any:
+        """The unsent recordResult call (for build_signed)."""
+        return self.settlement.functions.recordResult(to_bytes32(job_id), to_bytes32(result_hash))
 
     def job(self, job_id: Bytes32) -> JobInfo:
         submitter, deadline, status, budget, charged, spec, result = self.settlement.functions.getJob(
@@ -187,11 +207,14 @@ class ChainClient:
 
     def post_root(self, epoch: int, root: Bytes32, charges: Iterable[tuple[Bytes32, int]] = ()) -> TxResult:
         """Coordinator only: post `root` for `epoch`, charging (job id, wei) pairs into the pool."""
+        return self._tx.send(self.post_root_call(epoch, root, charges), "postRoot")
+
+    def post_root_call(self, epoch: int, root: Bytes32, charges: Iterable[tuple[Bytes32, int]] = ()) -> Any:
+        """The unsent postRoot call (for build_signed)."""
         pairs = list(charges)
-        fn = self.settlement.functions.postRoot(
+        return self.settlement.functions.postRoot(
             epoch, to_bytes32(root), [to_bytes32(j) for j, _ in pairs], [int(a) for _, a in pairs]
         )
-        return self._tx.send(fn, "postRoot")
 
     def revoke_root(self, epoch: int) -> TxResult:
         """Coordinator or guardian: revoke a root still inside its challenge window."""

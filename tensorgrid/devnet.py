@@ -1,0 +1,186 @@
+"""A local devnet: anvil, the contracts, a coordinator and N funded, staked nodes on 127.0.0.1.
+
+    tensorgrid devnet up [--nodes 2]   # seconds; prints the addresses and env to use
+    tensorgrid devnet status
+    tensorgrid devnet down             # stops exactly what `up` started, by pid
+
+The demo and the chain integration tests start the same thing in-process (start_chain_grid).
+Accounts (anvil's funded dev keys): 0 deploys and administers, 1 is the coordinator,
+2… are the nodes, the last one is the submitter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tensorgrid.chain.anvil import Anvil, start_anvil
+from tensorgrid.chain.deploy import Deployment, deploy
+from tensorgrid.crypto import Signer
+from tensorgrid.errors import TensorGridError
+from tensorgrid.localgrid import LocalGrid
+
+ETH = 10**18
+STATE_FILE = "devnet.json"
+
+
+@dataclass
+class ChainGrid:
+    grid: LocalGrid
+    anvil: Anvil
+    deployment: Deployment
+    deployment_path: Path
+    node_keys: list[str]
+    submitter_key: str
+
+    @property
+    def chain_args(self) -> tuple[str, ...]:
+        return ("--chain-rpc", self.anvil.rpc_url, "--deployment", str(self.deployment_path))
+
+    def stop(self) -> None:
+        self.grid.stop()
+        self.anvil.stop()
+
+
+def start_chain_grid(
+    root: Path,
+    nodes: int = 2,
+    *,
+    epoch_s: float = 2.0,
+    challenge_window_s: int = 1,
+    min_stake: int = ETH,
+    detached: bool = False,
+    coordinator_args: tuple[str, ...] = (),
+    node_args: tuple[str, ...] = ("--device", "cpu", "--threads", "1"),
+) -> ChainGrid:
+    """Start anvil, deploy, then a coordinator and `nodes` nodes that stake themselves."""
+    root.mkdir(parents=True, exist_ok=True)
+    anvil = start_anvil(accounts=max(10, nodes + 4), detached_in=root / "anvil" if detached else None)
+    try:
+        keys = anvil.keys
+        coordinator = Signer.from_hex(keys[1])
+        deployment_path = root / "deployments.json"
+        deployment = deploy(
+            anvil.rpc_url,
+            keys[0],
+            coordinator=coordinator.address,
+            min_stake=min_stake,
+            unbonding_delay=60,
+            challenge_window=challenge_window_s,
+            out=deployment_path,
+        )
+        grid = LocalGrid(root / "grid")
+        key_file = grid.root / "coordinator" / "coordinator.key"
+        key_file.parent.mkdir(parents=True, exist_ok=True)
+        key_file.write_text(coordinator.private_key.hex())
+        key_file.chmod(0o600)
+        chain = ("--chain-rpc", anvil.rpc_url, "--deployment", str(deployment_path))
+        grid.start_coordinator(*chain, "--epoch-seconds", str(epoch_s), *coordinator_args)
+        node_keys = keys[2 : 2 + nodes]
+        for i, key in enumerate(node_keys):
+            grid.start_node(f"node{i}", *chain, *node_args, private_key=key)
+    except BaseException:
+        if not detached:
+            anvil.stop()
+        raise
+    return ChainGrid(grid, anvil, deployment, deployment_path, node_keys, keys[-1])
+
+
+def up(root: Path, nodes: int, epoch_s: float) -> int:
+    state = root / STATE_FILE
+    if state.exists() and any(_alive(p) for p in json.loads(state.read_text())["pids"]):
+        raise TensorGridError(f"a devnet is already up in {root}: `tensorgrid devnet down` first")
+    started = time.monotonic()
+    cg = start_chain_grid(root, nodes, epoch_s=epoch_s, challenge_window_s=5, detached=True)
+    submitter_key = root / "submitter.key"
+    submitter_key.write_text(cg.submitter_key.removeprefix("0x"))
+    submitter_key.chmod(0o600)
+    info = {
+        "rpc": cg.anvil.rpc_url,
+        "coordinator": cg.grid.target,
+        "deployment": str(cg.deployment_path.resolve()),
+        "submitter_key": str(submitter_key.resolve()),
+        "node_addresses": [Signer.from_hex(k).address for k in cg.node_keys],
+        "pids": [cg.anvil.process.pid, *(p.popen.pid for p in cg.grid.procs)],
+        "logs": str(cg.grid.root.resolve()),
+    }
+    state.write_text(json.dumps(info, indent=2))
+    print(f"devnet up in {time.monotonic() - started:.1f}s ({root})")
+    print(f"  chain        {cg.anvil.rpc_url} (chain id {cg.deployment.chain_id})")
+    print(f"  contracts    NodeRegistry {cg.deployment.node_registry}, Settlement {cg.deployment.settlement}")
+    print(f"  coordinator  {cg.grid.target} ({cg.deployment.coordinator})")
+    for address in info["node_addresses"]:
+        print(f"  node         {address}")
+    print("use it with:")
+    print(f"  export TENSORGRID_COORDINATOR={cg.grid.target} TENSORGRID_CHAIN_RPC={cg.anvil.rpc_url} \\")
+    print(f"         TENSORGRID_DEPLOYMENT={info['deployment']} TENSORGRID_KEY={info['submitter_key']}")
+    return 0
+
+
+def status(root: Path) -> int:
+    info = _state(root)
+    from tensorgrid.chain.client import ChainClient
+    from tensorgrid.chain.deploy import load_deployment
+    from tensorgrid.client import Client
+
+    alive = [(pid, _alive(pid)) for pid in info["pids"]]
+    print(f"processes    {sum(a for _, a in alive)}/{len(alive)} running ({', '.join(str(p) for p, _ in alive)})")
+    chain = ChainClient.connect(info["rpc"], load_deployment(info["deployment"]), Signer.generate().private_key)
+    print(
+        f"chain        {info['rpc']} at block {chain.w3.eth.block_number}, escrow and claims hold "
+        f"{chain.owed() / ETH:.4f} ETH"
+    )
+    with Client(info["coordinator"]) as client:
+        jobs = client.jobs(limit=1000)
+        print(f"coordinator  {info['coordinator']}: {len(jobs)} jobs")
+        for n in client.nodes():
+            print(
+                f"  node {n.address}  stake {chain.stake_of(n.address) / ETH:.2f} ETH  done {n.completed}  "
+                f"claimed {chain.claimed(n.address) / ETH:.6f} ETH"
+            )
+    return 0
+
+
+def down(root: Path, timeout: float = 15.0) -> int:
+    info = _state(root)
+    pids = list(reversed(info["pids"]))  # nodes, coordinator, then anvil
+    for pid in pids:
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid in pids:
+        _signal(pid, signal.SIGKILL)
+    (root / STATE_FILE).unlink()
+    print(f"devnet down: stopped {len(pids)} processes (logs kept in {info['logs']})")
+    return 0
+
+
+def _state(root: Path) -> dict:  # type: ignore[type-arg]
+    path = root / STATE_FILE
+    if not path.exists():
+        raise TensorGridError(f"no devnet in {root}: `tensorgrid devnet up` first")
+    return json.loads(path.read_text())  # type: ignore[no-any-return]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie child of ours is dead too
+        waited, _ = os.waitpid(pid, os.WNOHANG)
+        return waited == 0
+    except ChildProcessError:
+        return True
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
