@@ -16,13 +16,19 @@ from pathlib import Path
 import torch
 
 from tensorgrid import exitcodes
+from tensorgrid.chain.client import ChainClient
 from tensorgrid.client import Client
 from tensorgrid.crypto import Signer
+from tensorgrid.demo_settlement import REWARD_WEI, show_settlement
+from tensorgrid.devnet import start_chain_grid
 from tensorgrid.localgrid import LocalGrid
 from tensorgrid.progress import byte_progress, watch_job
+from tensorgrid.types import JobInfo
 from tensorgrid.workloads.inference import run_inference
 from tensorgrid.workloads.model import export_program
 from tensorgrid.workloads.tensorfile import load_tensors, save_tensors
+
+FAST = ("--heartbeat-ms", "1000", "--lease-ttl-ms", "5000")
 
 
 def digits_model(seed: int = 0, epochs: int = 60) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor, float]:
@@ -64,13 +70,13 @@ def run_demo(ns: argparse.Namespace) -> int:
     root = Path(ns.keep) if ns.keep else Path(tempfile.mkdtemp(prefix="tensorgrid-demo-"))
     root.mkdir(parents=True, exist_ok=True)
     try:
-        return _demo(root, ns.nodes, ns.rows, ns.shard_rows)
+        return _demo(root, ns.nodes, ns.rows, ns.shard_rows, chain=not ns.no_chain)
     finally:
         if not ns.keep:
             shutil.rmtree(root, ignore_errors=True)
 
 
-def _demo(root: Path, nodes: int, rows: int, shard_rows: int) -> int:
+def _demo(root: Path, nodes: int, rows: int, shard_rows: int, chain: bool) -> int:
     print("1. training a digits classifier locally (scikit-learn's bundled digits)")
     model, x_test, y_test, acc = digits_model()
     print(f"   test accuracy {acc:.3f} on {len(y_test)} held-out digits")
@@ -78,31 +84,64 @@ def _demo(root: Path, nodes: int, rows: int, shard_rows: int) -> int:
     export_program(model, (x_test[:8],), model_path)
     save_tensors({"pixels": make_inputs(x_test, rows)}, inputs_path)
     print(f"   exported {model_path.name} and {rows} input rows")
-
+    if chain:
+        print(f"2. starting a devnet: anvil, the contracts, a coordinator and {nodes} staked nodes on 127.0.0.1")
+        cg = start_chain_grid(root / "devnet", nodes, coordinator_args=FAST)
+        try:
+            print(
+                f"   chain {cg.anvil.rpc_url}, NodeRegistry {cg.deployment.node_registry}, "
+                f"Settlement {cg.deployment.settlement}"
+            )
+            signer = Signer.from_hex(cg.submitter_key)
+            chain_client = ChainClient.connect(cg.anvil.rpc_url, cg.deployment, signer.private_key)
+            with Client(cg.grid.target, signer, chain=chain_client) as client:
+                outcome = _run_job(client, model_path, inputs_path, shard_rows, root, REWARD_WEI)
+                if isinstance(outcome, int):
+                    return outcome
+                out, grid_s, job = outcome
+                code = _compare(root, model_path, inputs_path, out, rows, grid_s, job)
+                show_settlement(cg, client, job)
+            return code
+        finally:
+            cg.stop()
     with LocalGrid(root / "grid") as grid:
-        print(f"2. starting a coordinator and {nodes} nodes on 127.0.0.1")
-        grid.start_coordinator("--heartbeat-ms", "1000", "--lease-ttl-ms", "5000")
+        print(f"2. starting a coordinator and {nodes} nodes on 127.0.0.1 (no chain)")
+        grid.start_coordinator(*FAST)
         for i in range(nodes):
             grid.start_node(f"node{i}", "--device", "cpu", "--threads", "1")
-        print(f"   coordinator at {grid.target}")
         with Client(grid.target, Signer.generate()) as client:
-            print("3. submitting the job")
-            start = time.monotonic()
-            with byte_progress("uploading") as progress:
-                job = client.submit_inference(
-                    model_path, inputs_path, progress=progress, shard_rows=shard_rows, batch_size=500, device="cpu"
-                )
-            print(f"   job {job.job_id[:16]}… with {job.tasks_total} tasks")
-            final = watch_job(client, job.job_id)
-            grid_s = time.monotonic() - start
-            if final.state.value != "succeeded":
-                print(f"   job ended {final.state.value}: {final.error}")
-                return exitcodes.JOB_FAILED
-            out = client.result(job.job_id, root / "grid_out.safetensors")
-    return _compare(root, model_path, inputs_path, out, rows, grid_s, final)
+            outcome = _run_job(client, model_path, inputs_path, shard_rows, root, 0)
+    if isinstance(outcome, int):
+        return outcome
+    out, grid_s, job = outcome
+    return _compare(root, model_path, inputs_path, out, rows, grid_s, job)
 
 
-def _compare(root: Path, model_path: Path, inputs_path: Path, out: Path, rows: int, grid_s: float, job: object) -> int:
+def _run_job(
+    client: Client, model_path: Path, inputs_path: Path, shard_rows: int, root: Path, reward: int
+) -> tuple[Path, float, JobInfo] | int:
+    print("3. submitting the job" + (f", escrow funded with {reward} wei per task" if reward else ""))
+    start = time.monotonic()
+    with byte_progress("uploading") as progress:
+        job = client.submit_inference(
+            model_path,
+            inputs_path,
+            progress=progress,
+            shard_rows=shard_rows,
+            batch_size=500,
+            device="cpu",
+            reward_per_task_wei=reward,
+        )
+    print(f"   job {job.job_id[:16]}… with {job.tasks_total} tasks")
+    final = watch_job(client, job.job_id)
+    grid_s = time.monotonic() - start
+    if final.state.value != "succeeded":
+        print(f"   job ended {final.state.value}: {final.error}")
+        return exitcodes.JOB_FAILED
+    return client.result(job.job_id, root / "grid_out.safetensors"), grid_s, final
+
+
+def _compare(root: Path, model_path: Path, inputs_path: Path, out: Path, rows: int, grid_s: float, job: JobInfo) -> int:
     print("4. running the same inference locally and comparing")
     torch.set_num_threads(1)
     local_path = root / "local_out.safetensors"
