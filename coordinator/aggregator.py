@@ -1,10 +1,15 @@
-"""Aggregation: turn a job's accepted task outputs into its one result blob."""
+"""Aggregation: turn a job's accepted task outputs into its one result blob.
+
+Training jobs aggregate round by round instead (coordinator.training: the round manager
+averages pseudo-gradients and takes the outer step); their result is the final weights.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 
+from coordinator.training import schema as _training_schema  # noqa: F401  (its table, before create_all)
 from tensorgrid.blobs import BlobStore
 from tensorgrid.types import BlobRef
 from tensorgrid.workloads import tensorfile

@@ -8,7 +8,7 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,6 +19,7 @@ from coordinator.commits import GroupCommitter
 from coordinator.config import CoordinatorConfig
 from coordinator.errors import Conflict
 from coordinator.events import EventHub
+from coordinator.ledger import Ledger
 from coordinator.storage import ResultItem, State, TaskRecord
 from coordinator.verifier import Verifier
 from tensorgrid.blobs import BlobStore
@@ -68,6 +69,9 @@ class Coordinator:
                 config.verifying_contract or self.identity.address,
             )
         self.verifier = Verifier(self.domain)
+        self.ledger = Ledger(self.state.engine)
+        self.outbox = self.ledger.outbox(self.chain.client) if self.chain is not None else None
+        self._stopping = asyncio.Event()
         self.hub = EventHub()
         self.challenge_secret = bytes.fromhex(self.state.meta_value("challenge_secret", secrets.token_hex(32)))
         # SQLite has one writer: one DB thread avoids lock contention. PostgreSQL takes a pool.
@@ -132,11 +136,28 @@ class Coordinator:
     async def start(self) -> None:
         """Start background loops and finish what a previous run left half done."""
         self.spawn(self._reap_loop())
+        if self.outbox is not None:
+            self.spawn(self.outbox.run(self._stopping))
+            self.spawn(self._settle_loop())
         for job_id in await self.db_bulk(self.state.jobs_to_aggregate):
             log.info("resuming aggregation of job %s", job_id)
             self.schedule_aggregation(job_id)
 
+    async def _settle_loop(self) -> None:
+        """Each epoch: queue results of finished jobs, then post everyone's earnings as one root."""
+        while True:
+            await asyncio.sleep(self.config.epoch_interval_ms / 1000)
+            try:
+                finished = await self.db_bulk(self.ledger.finish_succeeded_jobs, now_ms())
+                epoch = await self.db_bulk(self.ledger.post_epoch, now_ms())
+            except Exception:  # a DB hiccup must not end the loop
+                log.exception("settlement step failed")
+                continue
+            if finished or epoch:
+                log.info("settlement: epoch %s queued, %d job results queued for the chain", epoch, finished)
+
     async def stop(self) -> None:
+        self._stopping.set()
         for name, committer in (("lease", self.leases), ("result", self.results)):
             if committer.batches:
                 log.info(
@@ -145,6 +166,8 @@ class Coordinator:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.outbox is not None:
+            self.outbox.close()
         self._db_pool.shutdown(wait=True)
         self._work_pool.shutdown(wait=True)
         self.state.close()
@@ -170,6 +193,11 @@ class Coordinator:
     async def _aggregate(self, job_id: str) -> None:
         try:
             job = await self.db(self.state.get_job, job_id)
+            if job.kind == "training":
+                # The open round has all its results: the round manager closes it. A training
+                # job's result (its final weights) is written when its last round closes.
+                self.on_results_accepted([job_id])
+                return
             outputs = await self.db_bulk(self.state.task_outputs, job_id)
             try:
                 result = await self.work(assemble, job.kind, outputs, self.blobs)
@@ -185,3 +213,17 @@ class Coordinator:
         finally:
             self._aggregating.discard(job_id)
             self.hub.notify(job_id)
+
+    def on_results_accepted(self, job_ids: Iterable[str]) -> None:
+        """The api accepted results of these jobs: a training round may close now.
+
+        Call it after every accepted result (cheap, never blocks), and once with no job ids
+        when the coordinator starts, so training jobs resume and round deadlines are watched.
+        The first call starts the round manager's loop.
+        """
+        rounds = self.__dict__.get("rounds")
+        if rounds is None:
+            from coordinator.training import RoundManager
+
+            rounds = self.__dict__["rounds"] = RoundManager(self)
+        rounds.poke(job_ids)

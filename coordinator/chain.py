@@ -34,8 +34,9 @@ class ChainGate:
     def open(cls, rpc_url: str, deployment_path: Path, signer: Signer) -> ChainGate:
         return cls(rpc_url, load_deployment(deployment_path), signer)
 
-    def check_escrow(self, job_id: str, spec_hash: str, submitter: str, required_wei: int) -> None:
-        """Raise unless the job's escrow is open, matches the spec and covers `required_wei`."""
+    def check_escrow(self, job_id: str, spec_hash: str, submitter: str, required_wei: int) -> int:
+        """Raise unless the job's escrow is open, matches the spec and covers `required_wei`;
+        returns the escrow's budget in wei."""
         job = self.client.job(job_id)
         hint = "fund it with the SDK's submit (or tensorgrid.chain createJob) before submitting"
         if job.status == JobStatus.NONE:
@@ -53,6 +54,7 @@ class ChainGate:
             )
         if job.deadline <= self.client.chain_time():
             raise Conflict(f"the escrow for job {job_id} is past its deadline")
+        return job.budget
 
     def check_node(self, address: str) -> None:
         """Raise unless the node is registered with at least the minimum stake (cached briefly)."""

@@ -14,10 +14,12 @@ from pathlib import Path
 from coordinator.config import Limits
 from coordinator.errors import PermissionDenied
 from coordinator.storage import NewJob, NewTask
+from coordinator.training import plan_training
 from tensorgrid.blobs import EMPTY_SHA256, BlobStore
 from tensorgrid.crypto import normalize_address, recover_message_signer, submit_message
 from tensorgrid.errors import BlobError, SignatureError, SpecError, TensorGridError
 from tensorgrid.spec import InferenceSpec, JobSpec, NoopSpec, job_id_for, parse_spec, spec_hash, task_id_for
+from tensorgrid.training.spec import TrainingSpec
 from tensorgrid.types import BlobRef
 from tensorgrid.workloads import tensorfile
 from tensorgrid.workloads.model import check_program
@@ -43,6 +45,8 @@ def plan_job(
 ) -> tuple[NewJob, list[NewTask]]:
     """Validate the spec against the stored blobs and split it into tasks."""
     spec = parse_spec(spec_json)
+    if isinstance(spec, TrainingSpec):
+        return plan_training(spec, spec_json, submitter, sh, job_id, blobs, limits)
     if isinstance(spec, InferenceSpec):
         tasks = _plan_inference(spec, job_id, blobs, limits)
         model: BlobRef | None = spec.model

@@ -168,7 +168,7 @@ class Agent:
         try:
             outcome = await self._execute(ex, lease, out)
             if outcome.ok:
-                await self._submit(lease, out)
+                await self._submit(lease, out, outcome.commitment)
             elif outcome.error is not None:
                 log.warning(
                     "task %s failed: %s: %s", lease.task_id[:12], outcome.error.kind.value, outcome.error.message[:300]
@@ -179,9 +179,22 @@ class Agent:
             out.unlink(missing_ok=True)
 
     async def _execute(self, ex: Executor, lease: Lease, out: Path) -> TaskOutcome:
+        settings = dict(lease.settings)
         try:
             model = await self.cache.ensure(lease.model, self._fetcher(lease.model)) if lease.model else None
             inputs = await self.cache.ensure(lease.input, self._fetcher(lease.input))
+            # Further blobs a task names in its settings (a training round's global weights).
+            extra = settings.get("blobs")
+            if isinstance(extra, dict) and extra:
+                paths = {}
+                for name, value in extra.items():
+                    ref = BlobRef(str(value["sha256"]), int(value["size"]))
+                    paths[str(name)] = str(await self.cache.ensure(ref, self._fetcher(ref)))
+                settings["paths"] = paths
+        except (KeyError, TypeError, ValueError) as e:
+            return TaskOutcome(
+                ok=False, error=TaskError(ErrorKind.INVALID_INPUT, f"bad blob list in the task's settings: {e}")
+            )
         except (TensorGridError, grpc.aio.AioRpcError) as e:
             msg = e.details() if isinstance(e, grpc.aio.AioRpcError) else str(e)
             return TaskOutcome(
@@ -196,7 +209,7 @@ class Agent:
             model_path=str(model) if model else None,
             input_path=str(inputs),
             output_path=str(out),
-            settings=dict(lease.settings),
+            settings=settings,
             device=self.config.device if wanted == "any" else wanted,
             threads=self.config.threads,
             memory_limit_bytes=lease.memory_limit_bytes,
@@ -207,9 +220,9 @@ class Agent:
     def _fetcher(self, ref: BlobRef) -> Callable[[int], AsyncIterator[bytes]]:
         return lambda offset: self.client.fetch(ref, offset)
 
-    async def _submit(self, lease: Lease, out: Path) -> None:
+    async def _submit(self, lease: Lease, out: Path, commitment: str = "") -> None:
         output = await asyncio.to_thread(file_sha256, out)
-        receipt = self.client.sign(lease, output)
+        receipt = self.client.sign(lease, output, commitment)
         for attempt in range(3):
             try:
                 accepted, reason = await self.client.submit(receipt, output.size, out)

@@ -49,12 +49,15 @@ class TaskRequest:
 
 @dataclass(frozen=True)
 class TaskOutcome:
-    """What happened to a task: rows and forward seconds on success, else a typed error."""
+    """What happened to a task: rows and forward seconds on success, else a typed error.
+
+    commitment: a training task's final checkpoint-chain hash, for the receipt ("" otherwise)."""
 
     ok: bool
     rows: int = 0
     seconds: float = 0.0
     error: TaskError | None = None
+    commitment: str = ""
 
     @classmethod
     def failed(cls, kind: ErrorKind, message: str) -> TaskOutcome:
@@ -293,7 +296,12 @@ class Executor:
             if not isinstance(reply, dict) or reply.get("id") != task_id:
                 raise ValueError("response does not answer the request")
             if reply.get("ok") is True:
-                outcome = TaskOutcome(ok=True, rows=int(reply["rows"]), seconds=float(reply["seconds"]))
+                outcome = TaskOutcome(
+                    ok=True,
+                    rows=int(reply["rows"]),
+                    seconds=float(reply["seconds"]),
+                    commitment=str(reply.get("commitment") or ""),
+                )
             else:
                 outcome = TaskOutcome.failed(ErrorKind(reply["error_kind"]), str(reply["message"]))
         except (ValueError, KeyError, TypeError) as exc:

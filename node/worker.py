@@ -4,10 +4,12 @@ Protocol: one JSON request per line on stdin, one JSON response per line on stdo
 On start the worker prints {"ready": true, "pid": n} once torch is imported, so the
 executor can keep start-up time out of a task's time limit. EOF on stdin means exit.
 
-Request:  {"id", "kind": "inference"|"noop", "model_path", "input_path", "output_path",
+Request:  {"id", "kind": "inference"|"noop"|"training", "model_path", "input_path", "output_path",
            "settings": {...}, "device": "auto"|"cpu"|"cuda", "threads": int,
            "memory_limit_bytes": int (optional, 0 = none)}
-Response: {"id", "ok": true, "rows": n, "seconds": s}
+           A training task's settings also name local files under "paths" (the agent fetched
+           the blobs listed under "blobs"), e.g. {"weights": "/cache/…"}.
+Response: {"id", "ok": true, "rows": n, "seconds": s, "commitment": hex (training only)}
        or {"id", "ok": false, "error_kind": <ErrorKind value>, "message": str}
 
 The worker never imports a stranger's code: models are torch.export programs vetted by
@@ -26,6 +28,7 @@ import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from pathlib import Path
 from typing import IO, Any
 
 from tensorgrid.errors import ExecutionError, InvalidTensorFile, SpecError, TensorGridError, UnsafeFileError
@@ -99,9 +102,42 @@ def _run_noop(request: dict[str, Any]) -> tuple[int, float]:
     return 0, time.perf_counter() - started
 
 
-_HANDLERS: dict[str, Callable[[dict[str, Any]], tuple[int, float]]] = {
+def _run_training(request: dict[str, Any]) -> tuple[int, float, str]:
+    """One round of one worker: inner steps from the global weights on this node's shard.
+
+    Writes the compressed pseudo-gradient; returns its final checkpoint-chain hash, which the
+    node signs into its receipt as the commitment.
+    """
+    import tempfile
+
+    from tensorgrid.blobs import file_sha256
+    from tensorgrid.training.inner import InnerSettings, run_inner, write_result
+
+    started = time.perf_counter()
+    settings = request.get("settings") or {}
+    weights = (settings.get("paths") or {}).get("weights")
+    if request.get("model_path") is None or not weights:
+        raise SpecError("a training task needs its train program and the round's global weights")
+    # One settings object serves a whole round; this worker's seed is keyed by its shard's hash.
+    shard = file_sha256(Path(request["input_path"])).sha256
+    seeds = settings.get("seeds") or {}
+    if shard not in seeds:
+        raise SpecError("the task's settings have no seed for its shard")
+    inner = InnerSettings.from_dict(
+        {**settings.get("inner", {}), "seed": seeds[shard], "device": request.get("device") or "auto"}
+    )
+    output = Path(request["output_path"])
+    # Checkpoints live only as long as the task until the protocol can ask a node to reveal one.
+    with tempfile.TemporaryDirectory(prefix="ckpt-", dir=output.parent) as scratch:
+        result = run_inner(request["model_path"], weights, request["input_path"], inner, checkpoint_dir=scratch)
+    write_result(result, output, str(settings.get("compression", "int8")))
+    return result.rows, time.perf_counter() - started, result.final_commitment
+
+
+_HANDLERS: dict[str, Callable[[dict[str, Any]], tuple[int, float] | tuple[int, float, str]]] = {
     "inference": _run_inference,
     "noop": _run_noop,
+    "training": _run_training,
 }
 
 
@@ -174,7 +210,7 @@ def handle(request: dict[str, Any]) -> dict[str, Any]:
         limit = int(request.get("memory_limit_bytes") or 0)
         _set_address_space(limit if request.get("device") != "cuda" else 0)
         try:
-            rows, seconds = handler(request)
+            rows, seconds, *commitment = handler(request)
         finally:
             _set_address_space(0)
     except Exception as exc:  # a task's failure is reported, never fatal to the worker
@@ -182,7 +218,10 @@ def handle(request: dict[str, Any]) -> dict[str, Any]:
         message = f"{type(exc).__name__}: {exc}"[:MAX_MESSAGE_CHARS]
         log.info("task %s failed (%s): %s", task_id, kind.value, message)
         return {"id": task_id, "ok": False, "error_kind": kind.value, "message": message}
-    return {"id": task_id, "ok": True, "rows": rows, "seconds": seconds}
+    response: dict[str, Any] = {"id": task_id, "ok": True, "rows": rows, "seconds": seconds}
+    if commitment:
+        response["commitment"] = commitment[0]
+    return response
 
 
 def _protocol_stream() -> IO[str]:

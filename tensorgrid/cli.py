@@ -91,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--limit", type=int, default=20)
     c = job.add_parser("cancel", parents=[common], help="cancel a job you submitted")
     c.add_argument("job_id")
+    add_training_parser(job, common)
     nodes = sub.add_parser("nodes", parents=[common], help="list the grid's nodes and their record")
     nodes.set_defaults(command="nodes")
     return p
@@ -215,6 +216,107 @@ def cmd_cancel(ns: argparse.Namespace) -> int:
     return exitcodes.OK
 
 
+def add_training_parser(job: Any, common: argparse.ArgumentParser) -> None:
+    """`tensorgrid job submit-training`: options left out take the TrainingSpec defaults."""
+    t = job.add_parser(
+        "submit-training", parents=[common], help="upload a train-mode program and a dataset, submit a training job"
+    )
+    t.add_argument("--program", type=Path, required=True, help="train-mode torch.export program (.pt2)")
+    t.add_argument("--eval-program", type=Path, help="eval-mode program for held-out metrics (default: --program)")
+    t.add_argument("--dataset", type=Path, required=True, help="safetensors with 'features' + 'labels', or 'tokens'")
+    t.add_argument("--weights", type=Path, help="starting weights, safetensors (default: the program's own)")
+    t.add_argument("--loss", choices=("cross_entropy", "mse"))
+    for flag, kind, what in (
+        ("--rounds", int, "outer rounds"),
+        ("--inner-steps", int, "AdamW steps per worker per round"),
+        ("--workers", int, "workers (tasks) per round"),
+        ("--batch-size", int, "rows per inner step"),
+        ("--lr", float, "inner AdamW learning rate"),
+        ("--weight-decay", float, "inner AdamW weight decay"),
+        ("--outer-lr", float, "outer Nesterov learning rate"),
+        ("--outer-momentum", float, "outer Nesterov momentum"),
+        ("--quorum", float, "fraction of a round's workers that closes it"),
+        ("--round-deadline", int, "seconds before a round closes with what it has"),
+        ("--eval-fraction", float, "share of rows held out for evaluation"),
+        ("--seed", int, "data split, shards and dropout seed"),
+        ("--time-limit", int, "seconds a node may spend on one task"),
+    ):
+        t.add_argument(flag, type=kind, help=what)
+    t.add_argument("--compression", choices=("int8", "fp16", "none"), help="pseudo-gradient encoding")
+    t.add_argument("--device", choices=("any", "cpu", "cuda"))
+    t.add_argument("--watch", action="store_true", help="print each round's metrics until the job ends")
+    t.add_argument("-o", "--output", type=Path, help="with --watch: download the final weights here")
+    t.add_argument("--program-output", type=Path, help="with -o: also download the (eval) program here")
+
+
+def _training_settings(ns: argparse.Namespace) -> dict[str, Any]:
+    from tensorgrid.training.spec import AdamW, NesterovSGD
+
+    given = {
+        "loss": ns.loss,
+        "rounds": ns.rounds,
+        "inner_steps": ns.inner_steps,
+        "workers_per_round": ns.workers,
+        "batch_size": ns.batch_size,
+        "quorum": ns.quorum,
+        "round_deadline_s": ns.round_deadline,
+        "eval_fraction": ns.eval_fraction,
+        "seed": ns.seed,
+        "task_time_limit_s": ns.time_limit,
+        "compression": ns.compression,
+        "device": ns.device,
+    }
+    settings = {k: v for k, v in given.items() if v is not None}
+    inner = {k: v for k, v in (("lr", ns.lr), ("weight_decay", ns.weight_decay)) if v is not None}
+    outer = {k: v for k, v in (("lr", ns.outer_lr), ("momentum", ns.outer_momentum)) if v is not None}
+    if inner:
+        settings["inner_optimizer"] = AdamW(**inner)
+    if outer:
+        settings["outer_optimizer"] = NesterovSGD(**outer)
+    return settings
+
+
+def round_line(m: dict[str, Any]) -> str:
+    """One line per closed round, as `submit-training --watch` prints it."""
+    acc = "" if m.get("accuracy") is None else f"  accuracy {100 * m['accuracy']:5.1f}%"
+    loss = "-" if m.get("loss") is None else f"{m['loss']:.4f}"
+    return (
+        f"round {m['round'] + 1:>3}/{m['rounds']}  held-out loss {loss}{acc}  "
+        f"workers {m['workers']}  sent {m['bytes_up'] / 1000:.1f} kB"
+    )
+
+
+def cmd_submit_training(ns: argparse.Namespace) -> int:
+    from tensorgrid.progress import byte_progress
+
+    with _client(ns) as client, byte_progress("uploading") as progress:
+        job = client.submit_training(
+            ns.program,
+            ns.dataset,
+            eval_program=ns.eval_program,
+            initial_weights=ns.weights,
+            progress=progress,
+            **_training_settings(ns),
+        )
+    print(f"submitted training job {job.job_id}")
+    if not ns.watch:
+        return exitcodes.OK
+    with _client(ns) as client:
+        try:
+            for metrics in client.watch_rounds(job.job_id):
+                print(round_line(metrics), flush=True)
+        except TensorGridError as e:
+            print(f"error: {e}", file=sys.stderr)
+        final = client.job(job.job_id)
+        _print_job(final)
+        if final.state.value != "succeeded":
+            return exitcodes.JOB_FAILED
+        if ns.output:
+            weights, program = client.training_result(job.job_id, ns.output, ns.program_output)
+            print(f"wrote {weights}" + (f" and {program}" if program else ""))
+    return exitcodes.OK
+
+
 def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
     try:
@@ -230,6 +332,7 @@ def main(argv: list[str] | None = None) -> int:
             return devnet.status(ns.dir) if ns.command == "status" else devnet.down(ns.dir)
         handler = {
             "submit": cmd_submit,
+            "submit-training": cmd_submit_training,
             "watch": cmd_watch,
             "result": cmd_result,
             "list": cmd_list,

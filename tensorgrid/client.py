@@ -266,3 +266,91 @@ class Client:
                 f"job {job_id} has no result (it is {job.state.value}{': ' + job.error if job.error else ''})"
             )
         return self.download(job.result, dest, progress)
+
+    # ---- training ------------------------------------------------------------------------------
+    def submit_training(
+        self,
+        train_program: str | os.PathLike[str],
+        dataset: str | os.PathLike[str],
+        *,
+        eval_program: str | os.PathLike[str] | None = None,
+        initial_weights: str | os.PathLike[str] | None = None,
+        progress: Progress | None = None,
+        **settings: Any,
+    ) -> JobInfo:
+        """Upload a train-mode program, a dataset (features + labels, or tokens) and optionally an
+        eval-mode program and starting weights, then submit a DiLoCo training job.
+
+        settings are TrainingSpec fields (rounds, inner_steps, workers_per_round, batch_size,
+        compression, quorum, inner_optimizer=AdamW(...), outer_optimizer=NesterovSGD(...), ...).
+        """
+        from tensorgrid.training.spec import TrainingSpec, check_dataset, validate_training
+
+        blank = BlobRef("0" * 64, 0)
+        draft = TrainingSpec(
+            train_program=blank,
+            dataset=blank,
+            eval_program=blank if eval_program is not None else None,
+            initial_weights=blank if initial_weights is not None else None,
+            **settings,
+        )
+        validate_training(draft, read_header(dataset))  # bad settings fail before any upload
+        check_dataset(draft, read_header(dataset))
+        refs = {
+            "train_program": self.upload(train_program, progress),
+            "dataset": self.upload(dataset, progress),
+            "eval_program": self.upload(eval_program, progress) if eval_program is not None else None,
+            "initial_weights": self.upload(initial_weights, progress) if initial_weights is not None else None,
+        }
+        return self.submit(TrainingSpec(**refs, **settings))  # type: ignore[arg-type]
+
+    def watch_rounds(self, job_id: str, after_seq: int = 0) -> Iterator[dict[str, Any]]:
+        """Per-round metrics of a training job as rounds close, until the job ends:
+        {"round", "rounds", "loss", "accuracy", "train_loss", "workers", "rows", "bytes_up", "weights"}
+        (the last also has "final", "train_program" and "eval_program"). Raises if the job fails."""
+        import json
+
+        for event in self.watch(job_id, after_seq):
+            if event.kind == "round":
+                yield json.loads(event.message)
+            elif event.state.finished and event.kind in ("failed", "cancelled"):
+                raise TensorGridError(f"training job {job_id} {event.kind}: {event.message}")
+
+    def round_metrics(self, job_id: str) -> list[dict[str, Any]]:
+        """Metrics of every closed round of a training job so far (waits at most ~2 s)."""
+        import json
+
+        return [json.loads(e.message) for e in self._events_now(job_id, 0) if e.kind == "round"]
+
+    def _events_now(self, job_id: str, after_seq: int) -> Iterator[JobEvent]:
+        """Events already recorded, without waiting for new ones (stops at the first pause)."""
+        job = self.job(job_id)
+        if job.state.finished:
+            yield from self.watch(job_id, after_seq)
+            return
+        # A live job's stream would block: read what is there with a short deadline.
+        call = self._stub.WatchJob(submit_pb2.WatchJobRequest(job_id=job_id, after_seq=after_seq), timeout=2.0)
+        try:
+            for msg in call:
+                yield serde.event_from_pb(msg)
+        except grpc.RpcError as e:
+            if e.code() != grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]
+                raise _wrap(e) from None
+
+    def training_result(
+        self,
+        job_id: str,
+        weights_dest: str | os.PathLike[str],
+        program_dest: str | os.PathLike[str] | None = None,
+        progress: Progress | None = None,
+    ) -> tuple[Path, Path | None]:
+        """Download a finished training job's final weights (safetensors) and, with program_dest,
+        its program (the eval-mode one when the job has it, else the train-mode one)."""
+        from tensorgrid.training.spec import parse_training
+
+        weights = self.result(job_id, weights_dest, progress)
+        if program_dest is None:
+            return weights, None
+        spec = parse_training(self.job(job_id).spec_json)
+        program = self.download(spec.eval_program or spec.train_program, program_dest, progress)
+        return weights, program

@@ -43,6 +43,7 @@ def show_settlement(cg: Any, client: Any, job: JobInfo) -> None:
         f"{job.tasks_total} tasks, rest refunded to the submitter"
     )
     time.sleep(cg.deployment.challenge_window + 1)  # roots become claimable after the challenge window
+    cg.anvil.rpc("evm_mine")  # anvil mines on demand: a fresh block carries the chain's new time
     for i in range(len(cg.node_keys)):
         keystore = cg.grid.root / f"node{i}" / "key.json"
         out = subprocess.run(

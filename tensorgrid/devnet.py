@@ -59,7 +59,13 @@ def start_chain_grid(
 ) -> ChainGrid:
     """Start anvil, deploy, then a coordinator and `nodes` nodes that stake themselves."""
     root.mkdir(parents=True, exist_ok=True)
-    anvil = start_anvil(accounts=max(10, nodes + 4), detached_in=root / "anvil" if detached else None)
+    # A long-lived devnet mines a block every second, so chain time (deadlines, challenge
+    # windows) moves on its own, as on a real chain; tests mine on demand, for speed.
+    anvil = start_anvil(
+        accounts=max(10, nodes + 4),
+        detached_in=root / "anvil" if detached else None,
+        extra_args=("--block-time", "1") if detached else (),
+    )
     try:
         keys = anvil.keys
         coordinator = Signer.from_hex(keys[1])

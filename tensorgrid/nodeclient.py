@@ -6,6 +6,7 @@ API directly (simulated nodes, misbehaving nodes).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 
@@ -82,19 +83,19 @@ class NodeClient:
 
         return chunks()
 
-    def sign(self, lease: Lease, output: BlobRef) -> Receipt:
+    def sign(self, lease: Lease, output: BlobRef, commitment: str = "") -> Receipt:
+        """Sign the receipt of a result; commitment (64 hex) e.g. a training task's checkpoint chain."""
         assert self.domain is not None, "register first"
-        return sign_receipt(
-            self.signer,
-            self.domain,
-            Receipt(
-                job_id=lease.job_id,
-                task_id=lease.task_id,
-                attempt=lease.attempt,
-                input_hash=lease.input.sha256,
-                output_hash=output.sha256,
-            ),
+        receipt = Receipt(
+            job_id=lease.job_id,
+            task_id=lease.task_id,
+            attempt=lease.attempt,
+            input_hash=lease.input.sha256,
+            output_hash=output.sha256,
         )
+        if commitment:
+            receipt = dataclasses.replace(receipt, commitment=commitment.removeprefix("0x"))
+        return sign_receipt(self.signer, self.domain, receipt)
 
     async def submit(self, receipt: Receipt, output_size: int, data: bytes | Path) -> tuple[bool, str]:
         """Send a signed result; data is the output's bytes or a file to stream. Returns (accepted, reason)."""

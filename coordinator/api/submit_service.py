@@ -15,7 +15,7 @@ from coordinator.errors import Conflict, NotFound, PermissionDenied
 from coordinator.intake import authenticate, plan_job
 from tensorgrid import serde
 from tensorgrid.blobs import check_sha256
-from tensorgrid.crypto import cancel_message, recover_message_signer
+from tensorgrid.crypto import cancel_message, normalize_address, recover_message_signer
 from tensorgrid.errors import BlobError, SignatureError
 from tensorgrid.types import BlobRef
 from tensorgrid.v1 import common_pb2, submit_pb2, submit_pb2_grpc
@@ -65,7 +65,10 @@ class SubmitterServicer(submit_pb2_grpc.SubmitterServiceServicer):
         if app.chain is not None:
             if job.reward_per_task_wei <= 0:
                 raise Conflict("this coordinator settles on chain: set reward_per_task_wei and fund the escrow")
-            await app.work(app.chain.check_escrow, job_id, sh, submitter, job.reward_per_task_wei * len(tasks))
+            budget = await app.work(app.chain.check_escrow, job_id, sh, submitter, job.reward_per_task_wei * len(tasks))
+            # Priced before the job exists: a crash in between leaves a harmless orphan price,
+            # never an unpriced job whose nodes would go unpaid.
+            await app.db(app.ledger.set_job_price, job_id, job.reward_per_task_wei, budget)
         info, created = await app.db_bulk(app.state.create_job, job, tasks, now_ms())
         if created:
             log.info("job %s from %s: %s, %d tasks", job_id, submitter, job.kind, len(tasks))
@@ -127,6 +130,22 @@ class SubmitterServicer(submit_pb2_grpc.SubmitterServiceServicer):
     ) -> submit_pb2.ListNodesResponse:
         nodes = await self.app.db_bulk(self.app.state.list_nodes)
         return submit_pb2.ListNodesResponse(nodes=[serde.node_to_pb(n) for n in nodes])
+
+    @unary
+    async def GetEarnings(
+        self, request: submit_pb2.GetEarningsRequest, context: grpc.aio.ServicerContext
+    ) -> submit_pb2.Earnings:
+        address = normalize_address(request.address)
+        e = await self.app.db(self.app.ledger.earnings, address)
+        claim = e["claimable"]
+        return submit_pb2.Earnings(
+            address=address,
+            cumulative_wei=str(e["cumulative_wei"]),
+            pending_wei=str(e["pending_wei"]),
+            claim_epoch=claim["epoch"] if claim else 0,
+            claim_cumulative_wei=str(claim["cumulative_wei"]) if claim else "0",
+            claim_proof=[bytes.fromhex(p.removeprefix("0x")) for p in claim["proof"]] if claim else [],
+        )
 
     async def DownloadBlob(
         self, request: common_pb2.FetchBlobRequest, context: grpc.aio.ServicerContext

@@ -41,9 +41,7 @@ def set_job_price(conn_or_engine: Connection | Engine, job_id: str, reward_per_t
             "void_reason": "",
         }
         insert_ignore(conn, s.job_prices, [row])
-        current = conn.execute(
-            select(s.job_prices).where(s.job_prices.c.job_id == job_id).with_for_update()
-        ).one()
+        current = conn.execute(select(s.job_prices).where(s.job_prices.c.job_id == job_id).with_for_update()).one()
         if budget_wei < current.credited_wei:
             raise ValueError(f"job {job_id}: budget {budget_wei} is below the {current.credited_wei} wei credited")
         if (current.reward_per_task_wei, current.budget_wei) != (reward_per_task_wei, budget_wei):
@@ -67,7 +65,10 @@ def credit_results(conn: Connection, accepted: Sequence[AcceptedResult], now_ms:
     prices = {
         r.job_id: r
         for r in conn.execute(
-            select(s.job_prices).where(s.job_prices.c.job_id.in_(job_ids)).order_by(s.job_prices.c.job_id).with_for_update()
+            select(s.job_prices)
+            .where(s.job_prices.c.job_id.in_(job_ids))
+            .order_by(s.job_prices.c.job_id)
+            .with_for_update()
         )
     }
     wanted = [a for a in accepted if a[1] in prices]
@@ -96,7 +97,15 @@ def credit_results(conn: Connection, accepted: Sequence[AcceptedResult], now_ms:
         address = normalize_address(node)
         per_node[address] += amount
         rows.append(
-            dict(node=address, job_id=job, task_id=task, attempt=attempt, amount_wei=amount, created_ms=now_ms, void=False)
+            dict(
+                node=address,
+                job_id=job,
+                task_id=task,
+                attempt=attempt,
+                amount_wei=amount,
+                created_ms=now_ms,
+                void=False,
+            )
         )
     if not rows:
         return 0
@@ -117,7 +126,9 @@ def add_earned(conn: Connection, deltas: Mapping[str, int]) -> None:
     ne = s.node_earnings
     current = {
         r.node: int(r.earned_wei)
-        for r in conn.execute(select(ne.c.node, ne.c.earned_wei).where(ne.c.node.in_(nodes)).order_by(ne.c.node).with_for_update())
+        for r in conn.execute(
+            select(ne.c.node, ne.c.earned_wei).where(ne.c.node.in_(nodes)).order_by(ne.c.node).with_for_update()
+        )
     }
     for node in nodes:
         conn.execute(update(ne).where(ne.c.node == node).values(earned_wei=current[node] + deltas[node]))

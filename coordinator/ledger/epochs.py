@@ -94,7 +94,7 @@ def post_epoch(conn: Connection, now_ms: int, *, force: bool = False) -> int | N
     return epoch
 
 
-def uncharged_jobs(conn: Connection, job_id: str) -> bool:
+def has_uncharged(conn: Connection, job_id: str) -> bool:
     """Whether `job_id` has live credits no epoch has charged yet."""
     c = s.credits
     q = select(c.c.id).where((c.c.job_id == job_id) & c.c.epoch.is_(None) & ~c.c.void).limit(1)
@@ -109,14 +109,10 @@ def resolve_failed_epoch(conn: Connection, epoch: int, now_ms: int, void_jobs: I
     row = conn.execute(select(s.epochs).where(s.epochs.c.epoch == epoch)).first()
     if row is None or row.state != "failed":
         raise ValueError(f"epoch {epoch} is not a failed epoch")
-    item = _outbox_item(conn, row.outbox_key)
+    item = ob.get_item(conn, row.outbox_key)
+    if item is None:
+        raise ValueError(f"epoch {epoch} has no outbox item {row.outbox_key}")
     return _unwind_and_repost(conn, item, now_ms, void_jobs)
-
-
-def _outbox_item(conn: Connection, key: str) -> ob.OutboxItem:
-    row = conn.execute(select(s.outbox.c.id).where(s.outbox.c.key == key)).one()
-    (item,) = [i for i in ob.items(conn, after_id=int(row.id) - 1) if i.id == row.id][:1]
-    return item
 
 
 def _unwind_and_repost(

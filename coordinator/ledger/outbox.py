@@ -118,6 +118,12 @@ def items(conn: Connection, *, states: tuple[str, ...] = (), after_id: int = 0) 
     return [_item(r) for r in conn.execute(q)]
 
 
+def get_item(conn: Connection, key: str) -> OutboxItem | None:
+    """The item enqueued under `key`, if any."""
+    row = conn.execute(select(_ob).where(_ob.c.key == key)).first()
+    return None if row is None else _item(row)
+
+
 def _item(row: Any) -> OutboxItem:
     return OutboxItem(
         id=int(row.id),
@@ -197,8 +203,13 @@ class Outbox:
     def close(self) -> None:
         """Release the worker lock (PostgreSQL)."""
         if self._lock_conn is not None:
-            self._lock_conn.close()
-            self._lock_conn = None
+            # A session lock outlives a rollback: unlock before the connection goes back to the pool.
+            try:
+                self._lock_conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _WORKER_LOCK})
+                self._lock_conn.commit()
+            finally:
+                self._lock_conn.close()
+                self._lock_conn = None
 
     def process_once(self) -> int:
         """Take ready items to the chain in order until the queue is empty, blocked, or an
@@ -331,7 +342,9 @@ class Outbox:
     def _confirm(self, item: OutboxItem, receipt: Any) -> None:
         now = self.now_ms()
         with self.engine.begin() as conn:
-            conn.execute(update(_ob).where(_ob.c.id == item.id).values(state="confirmed", last_error="", updated_ms=now))
+            conn.execute(
+                update(_ob).where(_ob.c.id == item.id).values(state="confirmed", last_error="", updated_ms=now)
+            )
             if self.listener is not None:
                 self.listener.on_confirmed(conn, _replace(item, state="confirmed"), now)
         log.info("outbox %s: confirmed %s in block %s", item.key, item.tx_hash, receipt["blockNumber"])

@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, bindparam, insert, select, update
 
 from coordinator.errors import Rejected
+from coordinator.ledger import credits as ledger  # module import: the ledger imports storage too
 from coordinator.storage import schema as s
 from coordinator.storage.tasks import _check_holder, _check_matches
 from tensorgrid.types import BlobRef, JobState, Receipt
@@ -149,6 +150,9 @@ class ResultStore:
                 for i, _, _ in accepted
             ],
         )
+        # Pay for the work in the same transaction that accepts it (priced jobs only).
+        paid = [(i.node, job, i.receipt.task_id, i.receipt.attempt) for i, job, _ in accepted]
+        ledger.credit_results(conn, paid, now_ms)
         for node, n in Counter(i.node for i, _, _ in accepted).items():
             conn.execute(_NODE_DONE, dict(b_node=node, b_n=n, b_now=now_ms))
         per_job: dict[str, list[tuple[ResultItem, int]]] = defaultdict(list)

@@ -94,9 +94,7 @@ class ClosedRound:
 def open_training_jobs(state: State) -> list[str]:
     """Training jobs that are neither finished nor cancelled."""
     with state.engine.connect() as conn:
-        rows = conn.execute(
-            select(s.jobs.c.job_id).where(s.jobs.c.kind == "training", s.jobs.c.state.in_(_OPEN))
-        ).all()
+        rows = conn.execute(select(s.jobs.c.job_id).where(s.jobs.c.kind == "training", s.jobs.c.state.in_(_OPEN))).all()
     return [r.job_id for r in rows]
 
 
@@ -113,9 +111,7 @@ def round_view(state: State, job_id: str) -> RoundView | None:
         if job.kind != "training" or job.state not in _OPEN:
             return None
         spec = training_from_dict(json.loads(bytes(job.spec_json)))
-        last = conn.execute(
-            select(tr).where(tr.c.job_id == job_id).order_by(tr.c.round_no.desc()).limit(1)
-        ).first()
+        last = conn.execute(select(tr).where(tr.c.job_id == job_id).order_by(tr.c.round_no.desc()).limit(1)).first()
         if last is None:
             r, opened, momentum = 0, int(job.created_ms), None
             first = conn.execute(select(s.tasks.c.settings).where(s.tasks.c.task_id == task_id_for(job_id, 0))).one()

@@ -93,6 +93,7 @@ class TrainingSpec:
     task_memory_limit_bytes: int = 4 * GiB
     task_time_limit_s: int = 600
     max_attempts: int = 5
+    reward_per_task_wei: int = 0  # per accepted pseudo-gradient; escrow covers rounds × workers_per_round
     nonce: str = field(default_factory=lambda: secrets.token_hex(8))
     kind: str = "training"
 
@@ -235,6 +236,7 @@ def validate_training(spec: TrainingSpec, dataset: Header | None = None) -> None
     _int(spec, "task_memory_limit_bytes", 64 << 20, 1 << 50)
     _int(spec, "task_time_limit_s", 1, 7 * 24 * 3600)
     _int(spec, "max_attempts", 1, 100)
+    _int(spec, "reward_per_task_wei", 0, 2**256 - 1)
     _int(spec, "rounds", 1, 1_000_000)
     _int(spec, "inner_steps", 1, 1_000_000)
     _int(spec, "workers_per_round", 1, 10_000)

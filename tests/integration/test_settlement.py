@@ -1,0 +1,103 @@
+"""Settlement on a real devnet: anvil, deployed contracts, a coordinator and staked nodes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from tensorgrid.chain.client import ChainClient, JobStatus
+from tensorgrid.client import Client, CoordinatorError
+from tensorgrid.crypto import Signer
+from tensorgrid.devnet import ChainGrid, start_chain_grid
+from tensorgrid.nodeclient import NodeClient
+from tensorgrid.types import Capabilities, JobState
+from tests.integration.conftest import BATCH, FAST, Assets
+
+pytestmark = pytest.mark.integration
+REWARD = 10**15
+
+
+@pytest.fixture
+def devnet(tmp_path: Path) -> Iterator[ChainGrid]:
+    cg = start_chain_grid(tmp_path / "devnet", 2, epoch_s=1.0, challenge_window_s=1, coordinator_args=FAST)
+    yield cg
+    cg.stop()
+
+
+def submitter(cg: ChainGrid) -> Client:
+    signer = Signer.from_hex(cg.submitter_key)
+    return Client(cg.grid.target, signer, chain=ChainClient.connect(cg.anvil.rpc_url, cg.deployment, signer.private_key))
+
+
+def wait_for(check, timeout: float = 60.0):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := check():
+            return value
+        time.sleep(0.3)
+    raise AssertionError("timed out")
+
+
+def test_funded_job_is_charged_recorded_refunded_and_claimed(devnet: ChainGrid, digits: Assets) -> None:
+    with submitter(devnet) as client:
+        assert client.chain is not None
+        before = client.chain.balance()
+        job = client.submit_inference(digits.model, digits.inputs, shard_rows=500, batch_size=BATCH, device="cpu",
+                                      reward_per_task_wei=REWARD)
+        final = client.wait(job.job_id)
+        assert final.state == JobState.SUCCEEDED, final.error
+        assert final.result is not None
+        escrow = wait_for(lambda: (e := client.escrow(job.job_id)).status == JobStatus.COMPLETED and e)
+        assert escrow.result_hash == final.result.sha256
+        assert escrow.charged == REWARD * final.tasks_total == REWARD * 6
+        # budget went in, the unspent part came back: the submitter paid the charge plus gas only
+        spent = before - client.chain.balance()
+        assert REWARD * 6 <= spent < REWARD * 6 + 10**16
+        time.sleep(devnet.deployment.challenge_window + 1)
+        devnet.anvil.rpc("evm_mine")  # anvil mines only on demand: a fresh block carries the new time
+        paid = 0
+        for key in devnet.node_keys:
+            node = ChainClient.connect(devnet.anvil.rpc_url, devnet.deployment, key)
+            earned = client.earnings(node.address)
+            assert earned.pending_wei == 0 and earned.claim_epoch >= 1
+            if earned.claim_cumulative_wei:
+                node.claim(earned.claim_cumulative_wei, earned.claim_proof)
+            assert node.claimed(node.address) == earned.cumulative_wei
+            paid += earned.cumulative_wei
+        assert paid == escrow.charged
+
+
+def test_no_escrow_no_scheduling(devnet: ChainGrid, digits: Assets) -> None:
+    with submitter(devnet) as funded, Client(devnet.grid.target, Signer.from_hex(devnet.submitter_key)) as unfunded:
+        with pytest.raises(CoordinatorError, match="no escrow") as e:
+            unfunded.submit_noop(3, reward_per_task_wei=REWARD)
+        assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        with pytest.raises(CoordinatorError, match="reward_per_task_wei"):
+            funded.submit_noop(3)
+        assert funded.jobs() == []
+
+
+def test_cancel_refunds_the_escrow(devnet: ChainGrid) -> None:
+    with submitter(devnet) as client:
+        assert client.chain is not None
+        job = client.submit_noop(4, device="cuda", reward_per_task_wei=REWARD)  # no CUDA node: it waits
+        assert client.escrow(job.job_id).remaining == 4 * REWARD
+        assert client.cancel(job.job_id).state == JobState.CANCELLED
+        escrow = client.escrow(job.job_id)
+        assert escrow.status == JobStatus.CANCELLED and escrow.charged == 0
+
+
+def test_a_node_without_stake_cannot_register(devnet: ChainGrid) -> None:
+    async def scenario() -> None:
+        node = NodeClient(devnet.grid.target, Signer.generate())
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await node.register(Capabilities("cpu", 1 << 30, 2))
+        assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED and "stake" in (e.value.details() or "")
+        await node.close()
+
+    asyncio.run(scenario())
