@@ -20,6 +20,7 @@ from coordinator.config import CoordinatorConfig
 from coordinator.errors import Conflict
 from coordinator.events import EventHub
 from coordinator.ledger import Ledger
+from coordinator.training import RoundManager
 from coordinator.storage import ResultItem, State, TaskRecord
 from coordinator.verifier import Verifier
 from tensorgrid.blobs import BlobStore
@@ -72,6 +73,7 @@ class Coordinator:
         self.ledger = Ledger(self.state.engine)
         self.outbox = self.ledger.outbox(self.chain.client) if self.chain is not None else None
         self._stopping = asyncio.Event()
+        self.rounds = RoundManager(self)
         self.hub = EventHub()
         self.challenge_secret = bytes.fromhex(self.state.meta_value("challenge_secret", secrets.token_hex(32)))
         # SQLite has one writer: one DB thread avoids lock contention. PostgreSQL takes a pool.
@@ -142,6 +144,7 @@ class Coordinator:
         for job_id in await self.db_bulk(self.state.jobs_to_aggregate):
             log.info("resuming aggregation of job %s", job_id)
             self.schedule_aggregation(job_id)
+        self.on_results_accepted(())  # resume training jobs and watch round deadlines
 
     async def _settle_loop(self) -> None:
         """Each epoch: queue results of finished jobs, then post everyone's earnings as one root."""
@@ -221,9 +224,4 @@ class Coordinator:
         when the coordinator starts, so training jobs resume and round deadlines are watched.
         The first call starts the round manager's loop.
         """
-        rounds = self.__dict__.get("rounds")
-        if rounds is None:
-            from coordinator.training import RoundManager
-
-            rounds = self.__dict__["rounds"] = RoundManager(self)
-        rounds.poke(job_ids)
+        self.rounds.poke(job_ids)

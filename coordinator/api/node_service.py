@@ -15,6 +15,7 @@ from coordinator.api.status import unary
 from coordinator.app import Coordinator, now_ms
 from coordinator.errors import NotFound, PermissionDenied, Rejected
 from coordinator.storage import ResultItem
+from coordinator.training import check_train_output
 from tensorgrid import serde
 from tensorgrid.crypto import normalize_address, recover_message_signer, registration_message
 from tensorgrid.errors import BlobError, HashMismatch, SignatureError
@@ -144,6 +145,15 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             if size > app.config.limits.max_output_bytes:
                 raise Rejected(f"output of {size} bytes is over the limit of {app.config.limits.max_output_bytes}")
             output = await self._receive_output(receipt, size, request_iterator)
+            if task.kind == "training":
+                await app.work(
+                    check_train_output,
+                    app.state,
+                    app.blobs,
+                    task.task_id,
+                    app.blobs.path_for(output.sha256),
+                    receipt.commitment,
+                )
             rows = None
             if task.kind != "noop":
                 rows = await app.work(app.verifier.output_rows, task.kind, app.blobs.path_for(output.sha256))
@@ -154,6 +164,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         finally:
             app.lease_book.pop(receipt.task_id, None)
         app.hub.notify(job_id)
+        app.on_results_accepted([job_id])
         if complete:
             app.schedule_aggregation(job_id)
         return node_pb2.SubmitResultResponse(accepted=True)

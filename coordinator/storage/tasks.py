@@ -192,6 +192,8 @@ class TaskStore:
         """The lease holder sent a result that failed verification: reissue elsewhere, count it."""
         with self.engine.begin() as conn:
             row = conn.execute(select(s.tasks).where(s.tasks.c.task_id == task_id).with_for_update()).first()
+            if row is not None and row.state == "cancelled" and row.node == address:
+                return  # late for a closed round or a cancelled job: refused, not held against the node
             if row is None or row.node != address or row.attempt != attempt or row.state != "leased":
                 self._node_failed(conn, address, now_ms, rejection=True)
                 return
