@@ -14,7 +14,7 @@ import torch
 
 from tensorgrid.client import Client, CoordinatorError
 from tensorgrid.crypto import Signer, sign_message, sign_receipt, submit_message
-from tensorgrid.errors import SpecError
+from tensorgrid.errors import SpecError, UnsafeFileError
 from tensorgrid.localgrid import LocalGrid
 from tensorgrid.nodeclient import NodeClient
 from tensorgrid.spec import InferenceSpec, NoopSpec, canonical_json, spec_hash
@@ -83,8 +83,13 @@ def test_pickled_model_and_inputs_are_refused(grid: LocalGrid, digits: Assets, t
         with pytest.raises(CoordinatorError, match="torch.export") as e:
             client.submit_inference(evil, digits.inputs, shard_rows=500)
         assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
-        with pytest.raises(CoordinatorError, match="pickle"):
+        with pytest.raises(UnsafeFileError, match="pickle"):  # the SDK refuses before uploading
             client.submit_inference(digits.model, pickled_inputs, shard_rows=500)
+        # a client that skips that check meets the coordinator's own
+        spec = InferenceSpec(model=client.upload(digits.model), inputs=client.upload(pickled_inputs), shard_rows=500)
+        with pytest.raises(CoordinatorError, match="pickle") as e:
+            client.submit(spec)
+        assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def _noop_job(grid: LocalGrid, tasks: int = 2) -> str:
