@@ -128,9 +128,11 @@ def write_result(result: PseudoGradient, path: str | os.PathLike[str], compressi
         "compression": compression,
         "rows": str(result.rows),
         "steps": str(result.steps),
-        "losses": json.dumps(result.losses),
-        "checkpoint_steps": json.dumps(result.checkpoint_steps),
-        "commitments": json.dumps(result.commitments),
+        # Five significant digits: the trace is for people and plots, and full floats
+        # would make this header a fifth of what a worker uploads per round.
+        "losses": json.dumps([float(f"{x:.5g}") for x in result.losses], separators=(",", ":")),
+        "checkpoint_steps": json.dumps(result.checkpoint_steps, separators=(",", ":")),
+        "commitments": json.dumps(result.commitments, separators=(",", ":")),
         "final_commitment": result.final_commitment,
     }
     save_tensors(compress(result.tensors, compression), path, metadata=metadata)
