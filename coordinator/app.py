@@ -187,6 +187,7 @@ class Coordinator:
             if reissued:
                 log.info("reissued %d expired leases", reissued)
                 self.hub.notify_all()
+                self.hub.work_available()
 
     def schedule_aggregation(self, job_id: str) -> None:
         if job_id not in self._aggregating:

@@ -15,6 +15,19 @@ from contextlib import contextmanager
 class EventHub:
     def __init__(self) -> None:
         self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
+        self._work = asyncio.Event()
+
+    def work_available(self) -> None:
+        """Tasks became pending (a new job, round, reissue or release): wake long-polling nodes."""
+        self._work.set()
+        self._work = asyncio.Event()
+
+    async def wait_for_work(self, timeout_s: float) -> None:
+        """Return when work_available() is called, or after timeout_s."""
+        try:
+            await asyncio.wait_for(self._work.wait(), timeout_s)
+        except TimeoutError:
+            pass
 
     def notify(self, job_id: str) -> None:
         for ev in self._waiters.get(job_id, ()):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from tensorgrid.nodeclient import NodeClient
 from tensorgrid.types import BlobRef, Capabilities, ErrorKind, Lease, TaskError
 
 log = logging.getLogger("tensorgrid.node")
+LEASE_WAIT_MS = 5_000
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 
@@ -138,23 +140,30 @@ class Agent:
 
     # ---- work ----------------------------------------------------------------------------------
     async def _slot_loop(self, ex: Executor) -> None:
-        idle = 0.05
         while not self.draining.is_set():
             lease = await self._lease_one()
-            if lease is None:
-                await self._sleep_or_drain(idle)
-                idle = min(idle * 2, 2.0)
-                continue
-            idle = 0.05
-            await self._run_task(ex, lease)
+            if lease is not None:
+                await self._run_task(ex, lease)
 
     async def _lease_one(self) -> Lease | None:
+        """One lease, long-polling the coordinator; None when there was none (after any wait it asked for)."""
         await self._registered.wait()
+        call = asyncio.ensure_future(self.client.lease(1, wait_ms=LEASE_WAIT_MS))
+        drained = asyncio.ensure_future(self.draining.wait())
+        await asyncio.wait({call, drained}, return_when=asyncio.FIRST_COMPLETED)
+        drained.cancel()
+        if not call.done():  # draining: stop waiting for work
+            call.cancel()
+            return None
         try:
-            leases, retry_ms = await self.client.lease(1)
+            leases, retry_ms = call.result()
         except grpc.aio.AioRpcError as e:
             await self._on_rpc_error(e, "lease")
             await self._sleep_or_drain(0.5 + random.random())
+            return None
+        if self.draining.is_set():  # granted as we began to drain: hand it straight back
+            for lease in leases:
+                await self._report(lease.task_id, lease.attempt, TaskError(ErrorKind.RELEASED, "node is draining"))
             return None
         if not leases:
             if retry_ms:
@@ -165,10 +174,14 @@ class Agent:
     async def _run_task(self, ex: Executor, lease: Lease) -> None:
         self._active[lease.task_id] = (lease.attempt, ex)
         out = self.config.work_dir / f"{lease.task_id}-{lease.attempt}.out"
+        started = time.monotonic()
         try:
             outcome = await self._execute(ex, lease, out)
+            executed = time.monotonic()
             if outcome.ok:
                 await self._submit(lease, out, outcome.commitment)
+                log.debug("task %s: %.3fs fetching, %.3fs computing, %.3fs submitting", lease.task_id[:12],
+                          executed - started - outcome.seconds, outcome.seconds, time.monotonic() - executed)
             elif outcome.error is not None:
                 log.warning(
                     "task %s failed: %s: %s", lease.task_id[:12], outcome.error.kind.value, outcome.error.message[:300]

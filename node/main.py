@@ -58,8 +58,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     init = sub.add_parser("init", help="create a new node key in an encrypted keystore")
     init.add_argument("--force", action="store_true", help="replace an existing keystore (the old key is lost)")
     init.add_argument("--light-kdf", action="store_true", help="cheap key derivation, for tests and local devnets only")
-    init.add_argument("--import-key-env", metavar="VAR",
-                      help="import the hex private key held in env var VAR instead of making one (devnets)")
+    init.add_argument(
+        "--import-key-env",
+        metavar="VAR",
+        help="import the hex private key held in env var VAR instead of making one (devnets)",
+    )
     sub.add_parser("address", help="print the node's address")
     run = sub.add_parser("run", help="take and run work until SIGTERM (first: drain; second: stop now)")
     run.add_argument("--coordinator", required=True, help="HOST:PORT of the coordinator's gRPC endpoint")

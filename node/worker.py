@@ -55,7 +55,9 @@ class _ProgramCache:
     def __call__(self, path: str | os.PathLike[str], device: Any = "cpu") -> Any:
         st = os.stat(path)
         # File identity is in the key so a replaced file at the same path is never served stale.
-        key = (os.fspath(path), str(device), st.st_ino, st.st_size, st.st_mtime_ns)
+        # Not the mtime: the node's blob cache touches files to track use, and blobs are
+        # immutable (a new blob is a new file, so a new inode).
+        key = (os.fspath(path), str(device), st.st_dev, st.st_ino, st.st_size)
         if key in self._items:
             self._items.move_to_end(key)
             return self._items[key]

@@ -57,9 +57,12 @@ class NodeClient:
         self.domain = serde.domain_from_pb(resp.domain)
         self.heartbeat_s = max(0.2, resp.heartbeat_interval_ms / 1000)
 
-    async def lease(self, max_tasks: int = 1) -> tuple[list[Lease], int]:
+    async def lease(self, max_tasks: int = 1, wait_ms: int = 0) -> tuple[list[Lease], int]:
+        """Ask for up to max_tasks; with wait_ms the coordinator holds the call until work appears."""
         resp = await self.stub.LeaseTasks(
-            node_pb2.LeaseRequest(max_tasks=max_tasks), metadata=self.metadata, timeout=self.timeout
+            node_pb2.LeaseRequest(max_tasks=max_tasks, wait_ms=wait_ms),
+            metadata=self.metadata,
+            timeout=self.timeout + wait_ms / 1000,
         )
         return [serde.lease_from_pb(x) for x in resp.leases], resp.retry_after_ms
 

@@ -24,6 +24,8 @@ from tensorgrid.v1 import common_pb2, node_pb2, node_pb2_grpc
 
 log = logging.getLogger("tensorgrid.coordinator")
 SMALL_OUTPUT_BYTES = 64 * 1024
+MAX_LEASE_WAIT_MS = 10_000
+IDLE_RETRY_MS = 500  # what leasing answers when there is simply no work
 
 
 class NodeServicer(node_pb2_grpc.NodeServiceServicer):
@@ -95,8 +97,12 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         self, request: node_pb2.LeaseRequest, context: grpc.aio.ServicerContext
     ) -> node_pb2.LeaseResponse:
         app = self.app
-        leases, retry = await app.leases.submit((current_node.get(), request.max_tasks or 1))
-        app.remember(leases, current_node.get())
+        node = current_node.get()
+        leases, retry = await app.leases.submit((node, request.max_tasks or 1))
+        if not leases and request.wait_ms and retry <= IDLE_RETRY_MS:  # idle, not backing off: long poll
+            await app.hub.wait_for_work(min(request.wait_ms, MAX_LEASE_WAIT_MS) / 1000)
+            leases, retry = await app.leases.submit((node, request.max_tasks or 1))
+        app.remember(leases, node)
         for job_id in {lease.job_id for lease in leases}:
             app.hub.notify(job_id)
         return node_pb2.LeaseResponse(leases=[serde.lease_to_pb(x) for x in leases], retry_after_ms=retry)
@@ -117,6 +123,8 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         task = await app.task_record(request.task_id)
         reissued = await app.db(app.state.fail_task, node, request.task_id, request.attempt, error, now_ms())
         app.lease_book.pop(request.task_id, None)
+        if reissued:
+            app.hub.work_available()
         log.info(
             "node %s failed task %s/%d: %s: %s",
             node,
@@ -197,5 +205,6 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         log.warning("rejected result from %s for task %s/%d: %s", node, receipt.task_id[:12], receipt.attempt, reason)
         try:
             await app.db(app.state.reject_task_result, node, receipt.task_id, receipt.attempt, reason, now_ms())
+            app.hub.work_available()
         except Exception:
             log.exception("could not record the rejection")

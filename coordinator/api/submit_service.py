@@ -71,6 +71,7 @@ class SubmitterServicer(submit_pb2_grpc.SubmitterServiceServicer):
             await app.db(app.ledger.set_job_price, job_id, job.reward_per_task_wei, budget)
         info, created = await app.db_bulk(app.state.create_job, job, tasks, now_ms())
         if created:
+            app.hub.work_available()
             log.info("job %s from %s: %s, %d tasks", job_id, submitter, job.kind, len(tasks))
         return serde.job_to_pb(info)
 

@@ -98,6 +98,7 @@ class RoundManager:
             return await self._fail(job_id, f"round {view.round} could not be aggregated: {e}")
         try:
             final = await app.db(store.close_round, app.state, view, closed, _now_ms())
+            app.hub.work_available()
         except Conflict:
             return "conflict"  # closed by another replica, or the job ended meanwhile
         finally:

@@ -108,10 +108,12 @@ class HeartbeatResponse(_message.Message):
     def __init__(self, revoked: _Optional[_Iterable[_Union[LeaseKey, _Mapping]]] = ..., server_time_ms: _Optional[int] = ...) -> None: ...
 
 class LeaseRequest(_message.Message):
-    __slots__ = ("max_tasks",)
+    __slots__ = ("max_tasks", "wait_ms")
     MAX_TASKS_FIELD_NUMBER: _ClassVar[int]
+    WAIT_MS_FIELD_NUMBER: _ClassVar[int]
     max_tasks: int
-    def __init__(self, max_tasks: _Optional[int] = ...) -> None: ...
+    wait_ms: int
+    def __init__(self, max_tasks: _Optional[int] = ..., wait_ms: _Optional[int] = ...) -> None: ...
 
 class Lease(_message.Message):
     __slots__ = ("job_id", "task_id", "attempt", "deadline_ms", "kind", "model", "input", "settings_json", "memory_limit_bytes", "time_limit_ms")
