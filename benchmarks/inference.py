@@ -6,7 +6,7 @@ started beforehand, as a volunteer's daemon would be. The in-process run happens
 interpreter with torch imported, as the node's warm worker is: both load the program and
 pay its first call.
 
-    python -m benchmarks.inference [--seconds 20] [--threads 2] [--shards 16]
+    python -m benchmarks.inference [--seconds 20] [--threads 1] [--shards 16]
 """
 
 from __future__ import annotations
@@ -67,7 +67,9 @@ def calibrate_rows(model_path: Path, root: Path, seconds: float, threads: int) -
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=float, default=20.0, help="target in-process compute time")
-    p.add_argument("--threads", type=int, default=2, help="torch threads, in-process and on the node")
+    # One thread by default: on a 2-core machine the coordinator and the node's agent run on
+    # the same cores as the task; with --threads 2 they compete with it (measured: ~1.2).
+    p.add_argument("--threads", type=int, default=1, help="torch threads, in-process and on the node")
     p.add_argument("--shards", type=int, default=16)
     p.add_argument("--width", type=int, default=1024)
     p.add_argument("--depth", type=int, default=8)
