@@ -40,6 +40,7 @@ NODES = 4
 SETTINGS: dict[str, dict[str, Any]] = {
     "default_h20": {},
     "long_rounds_h88": {"batch_size": 4, "inner_steps": 88, "rounds": 8, "checkpoint_every": 22},
+    "long_rounds_h112": {"batch_size": 3, "inner_steps": 112, "rounds": 8, "checkpoint_every": 28},
 }
 
 
@@ -58,7 +59,9 @@ def make_assets(root: Path) -> tuple[Path, Path, Path, int]:
     return dataset, root / "train.pt2", root / "eval.pt2", len(y)
 
 
-def run_one(client: Client, name: str, settings: dict[str, Any], assets: tuple[Path, Path, Path, int], root: Path) -> dict[str, Any]:  # noqa: E501
+def run_one(
+    client: Client, name: str, settings: dict[str, Any], assets: tuple[Path, Path, Path, int], root: Path
+) -> dict[str, Any]:  # noqa: E501
     dataset, train, evalp, rows = assets
     settings = {**settings, "quorum": 1.0, "device": "cpu", "seed": 0}
     started = time.monotonic()
