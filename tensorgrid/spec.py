@@ -27,6 +27,31 @@ GiB = 1 << 30
 DEVICES = ("any", "cpu", "cuda")
 
 
+VERIFY_MODES = ("spotcheck", "replicate", "none")
+
+
+@dataclass(frozen=True)
+class VerificationSpec:
+    """How a job's results are verified beyond signature, lease and hash (which always apply).
+
+    mode: "spotcheck" re-executes a sample of rows of a result on another node; "replicate"
+    re-executes every row of every result (BOINC-style 2x, the expensive baseline); "none".
+    Spot-check rows per task are derived so that a node corrupting `corrupt_fraction` of its
+    rows is caught in a job with probability >= `target_detection`, unless `spot_rows` sets
+    them. Nodes with fewer than `trust_after` consecutive valid results are always checked;
+    trusted ones with probability 1/consecutive_valid, never below `check_floor`. A fraction
+    `canary_rate` of verified shards is re-leased whole as known-answer canaries.
+    """
+
+    mode: str = "spotcheck"
+    target_detection: float = 0.99
+    corrupt_fraction: float = 0.01
+    spot_rows: int = 0
+    trust_after: int = 10
+    check_floor: float = 0.1
+    canary_rate: float = 0.01
+
+
 @dataclass(frozen=True)
 class InferenceSpec:
     """Run a torch.export program over a safetensors file, sharded along dim 0."""
@@ -41,9 +66,10 @@ class InferenceSpec:
     task_memory_limit_bytes: int = 4 * GiB
     task_time_limit_s: int = 600
     max_attempts: int = 5
-    reward_per_task_wei: int = 0  # paid from the job's on-chain escrow per accepted task
+    reward_per_task_wei: int = 0  # paid from the job's on-chain escrow per verified task
     nonce: str = field(default_factory=lambda: secrets.token_hex(8))
     kind: str = "inference"
+    verification: VerificationSpec | None = None  # None: the default policy (and the old spec bytes)
 
 
 @dataclass(frozen=True)
@@ -80,6 +106,8 @@ def spec_to_dict(spec: JobSpec) -> dict[str, Any]:
     d = asdict(spec)
     if isinstance(spec, InferenceSpec):
         d["input_names"] = list(spec.input_names)
+        if spec.verification is None:
+            del d["verification"]  # specs written before the field existed keep their hash
     return d
 
 
@@ -101,14 +129,19 @@ def task_id_for(job_id: str, index: int) -> str:
     return keccak(bytes.fromhex(job_id) + index.to_bytes(8, "big")).hex()
 
 
-def parse_spec(raw: bytes) -> JobSpec:
-    """Parse and validate spec JSON; SpecError says exactly what is wrong."""
+def decode_spec_json(raw: bytes) -> Any:
+    """The JSON value of a spec, within the size limit; SpecError otherwise."""
     if len(raw) > MAX_SPEC_BYTES:
         raise SpecError(f"spec is {len(raw)} bytes; the limit is {MAX_SPEC_BYTES}")
     try:
-        data = json.loads(raw)
+        return json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise SpecError(f"spec is not valid JSON: {e}") from None
+
+
+def parse_spec(raw: bytes) -> JobSpec:
+    """Parse and validate spec JSON; SpecError says exactly what is wrong."""
+    data = decode_spec_json(raw)
     if not isinstance(data, dict):
         raise SpecError("spec must be a JSON object")
     kind = data.get("kind")
@@ -133,6 +166,8 @@ def _build(cls: type[InferenceSpec] | type[NoopSpec], data: dict[str, Any]) -> J
     for name, value in data.items():
         if name in ("model", "inputs"):
             kwargs[name] = _blob_ref(name, value)
+        elif name == "verification" and cls is InferenceSpec:
+            kwargs[name] = _verification(value)
         elif name == "input_names":
             if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
                 raise SpecError("input_names must be a list of non-empty strings")
@@ -155,6 +190,32 @@ def _blob_ref(name: str, value: Any) -> BlobRef:
     if not _is_int(value["size"]) or value["size"] < 0:
         raise SpecError(f"{name}.size must be a non-negative integer")
     return BlobRef(value["sha256"], value["size"])
+
+
+def _verification(value: Any) -> VerificationSpec:
+    if not isinstance(value, dict):
+        raise SpecError("verification must be an object")
+    unknown = sorted(set(value) - set(VerificationSpec.__dataclass_fields__))
+    if unknown:
+        raise SpecError(f"unknown field(s) in verification: {', '.join(unknown)}")
+    v = VerificationSpec(**value)
+    validate_verification(v)
+    return v
+
+
+def validate_verification(v: VerificationSpec) -> None:
+    """Range and type checks of a verification policy; SpecError says what to change."""
+    if v.mode not in VERIFY_MODES:
+        raise SpecError(f"verification.mode must be one of {VERIFY_MODES}, got {v.mode!r}")
+    probabilities = (("target_detection", 0.0, 0.999999), ("corrupt_fraction", 1e-6, 1.0))
+    for name, lo, hi in (*probabilities, ("check_floor", 0.0, 1.0), ("canary_rate", 0.0, 1.0)):
+        x = getattr(v, name)
+        if isinstance(x, bool) or not isinstance(x, int | float) or not lo <= x <= hi:
+            raise SpecError(f"verification.{name} must be a number in [{lo}, {hi}], got {x!r}")
+    for name, hi in (("spot_rows", 10_000_000), ("trust_after", 1_000_000)):
+        x = getattr(v, name)
+        if not _is_int(x) or not 0 <= x <= hi:
+            raise SpecError(f"verification.{name} must be an integer in [0, {hi}], got {x!r}")
 
 
 def _is_int(v: Any) -> bool:
@@ -188,5 +249,9 @@ def validate(spec: JobSpec) -> None:
         _check_int(spec, "batch_size", 0, 10_000_000)
         if len(set(spec.input_names)) != len(spec.input_names):
             raise SpecError("input_names has duplicates")
+        if spec.verification is not None:
+            if not isinstance(spec.verification, VerificationSpec):
+                raise SpecError("verification must be a VerificationSpec")
+            validate_verification(spec.verification)
     else:
         _check_int(spec, "tasks", 1, 1_000_000)

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, cast
 
 from tensorgrid.errors import SpecError
-from tensorgrid.spec import DEVICES, MAX_SPEC_BYTES, GiB, _blob_ref, _check_int
+from tensorgrid.spec import DEVICES, GiB, _blob_ref, _check_int, decode_spec_json
 from tensorgrid.types import BlobRef
 from tensorgrid.workloads.tensorfile import Header
 
@@ -120,13 +120,7 @@ def canonical_training_json(spec: TrainingSpec) -> bytes:
 
 def parse_training(raw: bytes) -> TrainingSpec:
     """Parse and validate training spec JSON; SpecError says exactly what is wrong."""
-    if len(raw) > MAX_SPEC_BYTES:
-        raise SpecError(f"spec is {len(raw)} bytes; the limit is {MAX_SPEC_BYTES}")
-    try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise SpecError(f"spec is not valid JSON: {e}") from None
-    return training_from_dict(data)
+    return training_from_dict(decode_spec_json(raw))
 
 
 def training_from_dict(data: Any) -> TrainingSpec:
