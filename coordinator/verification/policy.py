@@ -1,0 +1,95 @@
+"""A job's verification policy: how often results are checked, how many rows, and what it buys.
+
+Spot-checks: a node that corrupts a fraction f of its rows escapes one check of m rows
+sampled without its knowledge with probability (1-f)^m. Adaptive replication (BOINC): a
+node is checked every time until it has `trust_after` consecutive valid results, then with
+probability 1/consecutive_valid, never below `check_floor`. The per-task sample size m is
+chosen so that a node doing all T tasks of a job at check rate r is caught in that job with
+probability >= target: (1 - r(1-(1-f)^m))^T <= 1 - target. Economic security: with
+detection probability p, a node must have stake S with p*S > reward, i.e. S > reward/p.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from tensorgrid.spec import InferenceSpec, VerificationSpec
+
+DEFAULT = VerificationSpec()
+
+
+def escape_probability(f: float, m: int) -> float:
+    """Chance that m sampled rows miss every corrupted row when a fraction f is corrupted."""
+    return (1.0 - f) ** m
+
+
+def required_stake(p: float, reward_wei: int) -> int:
+    """The smallest stake S (wei) with p*S > reward: cheating then loses money in expectation."""
+    if reward_wei <= 0:
+        return 0
+    if p <= 0:
+        raise ValueError("with detection probability 0 no stake makes cheating unprofitable")
+    return math.floor(reward_wei / p) + 1
+
+
+@dataclass(frozen=True)
+class VerificationPolicy:
+    """The policy of one job: a VerificationSpec resolved against the job's shape."""
+
+    spec: VerificationSpec
+    tasks: int
+    shard_rows: int
+    reward_per_task_wei: int = 0
+
+    @classmethod
+    def for_job(cls, spec: InferenceSpec, tasks: int) -> VerificationPolicy:
+        return cls(spec.verification or DEFAULT, tasks, spec.shard_rows, spec.reward_per_task_wei)
+
+    @property
+    def enabled(self) -> bool:
+        return self.spec.mode != "none" and self.tasks > 0
+
+    def check_rate(self, consecutive_valid: int) -> float:
+        """Probability that a node with this record has its next result checked."""
+        if not self.enabled:
+            return 0.0
+        if self.spec.mode == "replicate" or consecutive_valid < self.spec.trust_after:
+            return 1.0
+        return max(self.spec.check_floor, 1.0 / max(1, consecutive_valid))
+
+    def sample_rows(self, rate: float, task_rows: int) -> int:
+        """Rows m to re-execute of a task of task_rows rows, checked at this rate."""
+        if self.spec.mode == "replicate":
+            return task_rows
+        if self.spec.spot_rows:
+            return min(self.spec.spot_rows, task_rows)
+        f, t = self.spec.corrupt_fraction, self.spec.target_detection
+        per_task = 1.0 - (1.0 - t) ** (1.0 / self.tasks)  # detection each task must contribute
+        need = per_task / max(rate, 1e-9)
+        if need >= 1.0 or f >= 1.0:
+            return task_rows
+        m = math.ceil(math.log(1.0 - need) / math.log(1.0 - f))
+        return max(1, min(task_rows, m))
+
+    def detection(self, rate: float) -> float:
+        """Per-job probability of catching a node at this check rate that corrupts a fraction f of rows."""
+        if not self.enabled:
+            return 0.0
+        m = self.sample_rows(rate, self.shard_rows)
+        caught_per_task = rate * (1.0 - escape_probability(self.spec.corrupt_fraction, m))
+        return 1.0 - (1.0 - caught_per_task) ** self.tasks
+
+    @property
+    def worst_detection(self) -> float:
+        """Detection against the most trusted node (checked at the floor rate)."""
+        return self.detection(self.check_rate(1 << 30))
+
+    @property
+    def required_stake_wei(self) -> int:
+        """Stake a node needs to take this job's tasks: the whole job's reward over worst-case p."""
+        reward = self.reward_per_task_wei * self.tasks
+        if not self.enabled or reward == 0:
+            return 0
+        p = self.worst_detection
+        return required_stake(p, reward) if p > 0 else 2**255

@@ -1,0 +1,275 @@
+"""Verification in the accept transaction: open checks, apply verdicts, settle who was right.
+
+A check compares a checker's output rows with the subject's. Agreement verifies the subject
+(its credit is written only now). A disagreement is never settled by one checker's word: a
+tiebreak on a third node decides, and whoever disagrees with two matching outputs is
+caught. So a lying checker cannot get an honest node punished, nor a liar pass by luck.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, and_, exists, func, insert, select, update
+
+from coordinator.ledger import credits as ledger
+from coordinator.ledger._db import insert_ignore
+from coordinator.storage import schema as s
+from coordinator.verification.schema import check_exclusions, checks, job_policies, reputation
+from tensorgrid.types import BlobRef
+
+MAX_CHECKERS = 4  # a chain with this many mutually disagreeing checkers is inconclusive
+CHECK_KIND = "spotcheck"  # the tasks-table kind of every check task (leased as "inference")
+OPEN_STATES = ("open", "disputed")
+EventFn = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class CheckPlan:
+    """Open a check of the result being accepted: re-execute `rows` of it on another node."""
+
+    check_task_id: str
+    input: BlobRef  # the gathered rows
+    rows: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A check task's output compared with the subject's and with earlier checkers' outputs."""
+
+    agrees_subject: bool
+    agrees_checkers: tuple[str, ...]  # earlier checkers (addresses) whose output this one matches
+
+
+def open_check(
+    conn: Connection, subject: Any, plan: CheckPlan, now_ms: int, *, kind: str = "spotcheck", root: str = ""
+) -> None:
+    """Insert the check task (a copy of the subject task's settings) and its check row."""
+    t = s.tasks
+    exclude = {subject.node}
+    if root:
+        exclude |= {r.checker for r in conn.execute(select(checks.c.checker).where(checks.c.root_id == root))}
+    conn.execute(
+        insert(t).values(
+            task_id=plan.check_task_id,
+            job_id=subject.job_id,
+            idx=subject.idx,
+            state="pending",
+            job_created_ms=0,  # checks go first: they hold up the job's completion
+            kind=CHECK_KIND,
+            device=subject.device,
+            min_memory_bytes=subject.min_memory_bytes,
+            model_sha=subject.model_sha,
+            model_size=subject.model_size,
+            input_sha=plan.input.sha256,
+            input_size=plan.input.size,
+            rows=len(plan.rows),
+            settings=subject.settings,
+            memory_limit_bytes=subject.memory_limit_bytes,
+            time_limit_ms=subject.time_limit_ms,
+            max_attempts=subject.max_attempts + MAX_CHECKERS,
+            attempt=0,
+            failures=0,
+        )
+    )
+    conn.execute(
+        insert(checks).values(
+            check_id=plan.check_task_id,
+            root_id=root or plan.check_task_id,
+            job_id=subject.job_id,
+            kind=kind,
+            subject_task=subject.task_id,
+            subject_attempt=subject.attempt,
+            subject_node=subject.node,
+            subject_output=subject.output_sha,
+            rows=json.dumps(list(plan.rows)),
+            state="open",
+            outcome="",
+            created_ms=now_ms,
+        )
+    )
+    conn.execute(insert(check_exclusions), [dict(task_id=plan.check_task_id, node=n) for n in sorted(exclude if root else {subject.node})])
+
+
+def get_check(conn: Connection, check_id: str) -> Any:
+    return conn.execute(select(checks).where(checks.c.check_id == check_id)).first()
+
+
+def chain_outputs(conn: Connection, root_id: str) -> list[tuple[str, str]]:
+    """(checker, output sha) of the chain's checks that have a result."""
+    rows = conn.execute(
+        select(checks.c.checker, checks.c.checker_output).where(
+            checks.c.root_id == root_id, checks.c.checker_output.is_not(None)
+        )
+    )
+    return [(r.checker, r.checker_output) for r in rows]
+
+
+def apply_verdict(
+    conn: Connection, check_id: str, checker: str, output: BlobRef, verdict: Verdict, now_ms: int, event: EventFn
+) -> None:
+    """Record a check task's result and settle its chain if it can be settled."""
+    chk = get_check(conn, check_id)
+    if chk is None or chk.state != "open":
+        return
+    earlier = chain_outputs(conn, chk.root_id)
+    conn.execute(
+        update(checks)
+        .where(checks.c.check_id == check_id)
+        .values(checker=checker, checker_output=output.sha256, state="disputed")
+    )
+    if verdict.agrees_subject:
+        _settle(conn, chk, "verified", now_ms, event)
+        bump(conn, [checker], valid=True)
+        liars = [node for node, _ in earlier]  # every earlier checker in a chain disagreed with the subject
+        bump(conn, liars, valid=False)
+        for node in liars:
+            event(conn, chk.job_id, "caught", now_ms, node=node, message="check result contradicted by a quorum")
+    elif verdict.agrees_checkers:
+        _settle(conn, chk, "caught", now_ms, event)
+        bump(conn, [checker, *verdict.agrees_checkers], valid=True)
+        others = [node for node, _ in earlier if node not in verdict.agrees_checkers]
+        bump(conn, others, valid=False)
+    elif len(earlier) + 1 < MAX_CHECKERS:
+        tiebreak = CheckPlan(secrets.token_hex(32), BlobRef(_input_of(conn, check_id), 0), tuple(json.loads(chk.rows)))
+        subject = _subject_row(conn, chk)
+        open_check(conn, subject, _with_size(conn, check_id, tiebreak), now_ms, kind="tiebreak", root=chk.root_id)
+        event(conn, chk.job_id, "disputed", now_ms, node=chk.subject_node, message=f"checker {checker} disagrees")
+    else:
+        _settle(conn, chk, "inconclusive", now_ms, event)
+
+
+def _input_of(conn: Connection, task_id: str) -> str:
+    return str(conn.execute(select(s.tasks.c.input_sha).where(s.tasks.c.task_id == task_id)).scalar_one())
+
+
+def _with_size(conn: Connection, task_id: str, plan: CheckPlan) -> CheckPlan:
+    size = conn.execute(select(s.tasks.c.input_size).where(s.tasks.c.task_id == task_id)).scalar_one()
+    return CheckPlan(plan.check_task_id, BlobRef(plan.input.sha256, int(size)), plan.rows)
+
+
+def _subject_row(conn: Connection, chk: Any) -> Any:
+    """The subject task as it was when checked (attempt and node from the check row)."""
+    row = conn.execute(select(s.tasks).where(s.tasks.c.task_id == chk.subject_task)).one()
+    values = {**row._mapping, "attempt": chk.subject_attempt, "node": chk.subject_node, "output_sha": chk.subject_output}
+    return _Row(values)
+
+
+class _Row:
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.__dict__.update(values)
+
+
+def _settle(conn: Connection, chk: Any, outcome: str, now_ms: int, event: EventFn) -> None:
+    """Close the chain with its outcome and carry out the consequences for the subject."""
+    conn.execute(update(checks).where(checks.c.root_id == chk.root_id).values(state="done", outcome=outcome))
+    conn.execute(
+        update(s.tasks)
+        .where(s.tasks.c.task_id.in_(select(checks.c.check_id).where(checks.c.root_id == chk.root_id)))
+        .where(s.tasks.c.state.in_(["pending", "leased"]))
+        .values(state="cancelled", node=None, deadline_ms=None)
+    )
+    subject = (chk.subject_node, chk.job_id, chk.subject_task, chk.subject_attempt)
+    canary = _root_kind(conn, chk.root_id) == "canary"  # its subject was verified and paid already
+    if outcome in ("verified", "unverified"):
+        if not canary:
+            ledger.credit_results(conn, [subject], now_ms)
+        if outcome == "verified":
+            bump(conn, [chk.subject_node], valid=True)
+        event(conn, chk.job_id, outcome, now_ms, task_index=_idx(conn, chk), node=chk.subject_node)
+        return
+    if outcome == "caught":
+        bump(conn, [chk.subject_node], valid=False)
+        event(conn, chk.job_id, "caught", now_ms, task_index=_idx(conn, chk), node=chk.subject_node,
+              message="output rows disagree with two other nodes")
+    if not canary:
+        _reissue(conn, chk, now_ms)
+
+
+def _root_kind(conn: Connection, root_id: str) -> str:
+    return str(conn.execute(select(checks.c.kind).where(checks.c.check_id == root_id)).scalar_one())
+
+
+def _idx(conn: Connection, chk: Any) -> int:
+    return int(conn.execute(select(s.tasks.c.idx).where(s.tasks.c.task_id == chk.subject_task)).scalar_one())
+
+
+def _reissue(conn: Connection, chk: Any, now_ms: int) -> None:
+    """Take the subject's result back: the task is pending again, away from the subject node."""
+    t = s.tasks
+    res = conn.execute(
+        update(t)
+        .where(t.c.task_id == chk.subject_task, t.c.state == "done", t.c.attempt == chk.subject_attempt)
+        .values(state="pending", node=None, output_sha=None, output_size=None, deadline_ms=None,
+                last_failed_node=chk.subject_node, last_failed_ms=now_ms + 10 * 60_000)
+    )
+    if res.rowcount:
+        conn.execute(update(s.jobs).where(s.jobs.c.job_id == chk.job_id).values(tasks_done=s.jobs.c.tasks_done - 1))
+
+
+def bump(conn: Connection, nodes: Iterable[str], *, valid: bool) -> None:
+    """A node's verified result extends its streak; a caught one resets it."""
+    nodes = sorted(set(nodes))
+    if not nodes:
+        return
+    insert_ignore(conn, reputation, [dict(address=n, consecutive_valid=0, verified=0, caught=0) for n in nodes])
+    r = reputation.c
+    values: dict[str, Any] = (
+        dict(consecutive_valid=r.consecutive_valid + 1, verified=r.verified + 1)
+        if valid
+        else dict(consecutive_valid=0, caught=r.caught + 1)
+    )
+    conn.execute(update(reputation).where(r.address.in_(nodes)).values(**values))
+    if not valid:
+        conn.execute(update(s.nodes).where(s.nodes.c.address.in_(nodes)).values(rejections=s.nodes.c.rejections + 1))
+
+
+def consecutive_valid(conn: Connection, node: str) -> int:
+    v = conn.execute(select(reputation.c.consecutive_valid).where(reputation.c.address == node)).scalar()
+    return int(v or 0)
+
+
+def open_checks(conn: Connection, job_id: str) -> int:
+    return int(
+        conn.execute(
+            select(func.count()).select_from(checks).where(checks.c.job_id == job_id, checks.c.state.in_(OPEN_STATES))
+        ).scalar_one()
+    )
+
+
+def no_open_checks() -> Any:
+    """SQL condition on s.jobs: none of the job's checks is still open."""
+    return ~exists(select(checks.c.check_id).where(and_(checks.c.job_id == s.jobs.c.job_id, checks.c.state.in_(OPEN_STATES))))
+
+
+def not_excluded() -> Any:
+    """SQL condition on s.tasks for the leasing node (bind b_node): not barred from this check."""
+    t = s.tasks
+    barred = exists(
+        select(check_exclusions.c.node).where(
+            and_(check_exclusions.c.task_id == t.c.task_id, check_exclusions.c.node == t.c.kind.op("||")("") + "")
+        )
+    )
+    return barred
+
+
+def expire_unplaced(conn: Connection, now_ms: int, wait_ms: int, event: EventFn) -> set[str]:
+    """Checks no other node took within wait_ms (a grid too small to check) pass as unverified."""
+    t = s.tasks
+    rows = conn.execute(
+        select(checks)
+        .join(t, t.c.task_id == checks.c.check_id)
+        .where(checks.c.state == "open", checks.c.created_ms < now_ms - wait_ms, t.c.state == "pending", t.c.attempt == 0)
+        .limit(200)
+    ).all()
+    for chk in rows:
+        _settle(conn, chk, "unverified", now_ms, event)
+    return {r.job_id for r in rows}
+
+
+def save_policy(conn: Connection, job_id: str, policy_json: str, required_stake_wei: int) -> None:
+    conn.execute(insert(job_policies).values(job_id=job_id, policy=policy_json, required_stake_wei=required_stake_wei))
