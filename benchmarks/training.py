@@ -44,7 +44,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 
-BBC = {"rounds": 10}  # the spec defaults otherwise (H = 20, batch 16, int8)
+BBC: dict[str, Any] = {"rounds": 10}  # the spec defaults otherwise (H = 20, batch 16, int8)
 
 
 def make_assets(root: Path) -> tuple[Path, Path, Path, int]:

@@ -20,8 +20,9 @@ from coordinator.config import CoordinatorConfig
 from coordinator.errors import Conflict
 from coordinator.events import EventHub
 from coordinator.ledger import Ledger
-from coordinator.training import RoundManager
 from coordinator.storage import ResultItem, State, TaskRecord
+from coordinator.training import RoundManager
+from coordinator.verification.manager import Verification
 from coordinator.verifier import Verifier
 from tensorgrid.blobs import BlobStore
 from tensorgrid.crypto import Signer
@@ -86,8 +87,17 @@ class Coordinator:
         self.results: GroupCommitter[ResultItem, tuple[str, bool]] = GroupCommitter(
             lambda items: self.db(self.state.accept_results, items, now_ms())
         )
+        self.verification = Verification(
+            self.state,
+            self.blobs,
+            bytes.fromhex(self.state.meta_value("verification_secret", secrets.token_hex(32))),
+            self.db,
+            self.work,
+            self.chain.client.stake_of if self.chain is not None else None,
+        )
+        allowed = self.verification.may_lease if self.chain is not None else None
         self.leases: GroupCommitter[tuple[str, int], tuple[list[Lease], int]] = GroupCommitter(
-            lambda requests: self.db(self.state.lease_many, requests, now_ms(), config.timing)
+            lambda requests: self.db(self.state.lease_many, requests, now_ms(), config.timing, allowed)
         )
         self._tasks: set[asyncio.Task[None]] = set()
         self._aggregating: set[str] = set()
@@ -188,6 +198,13 @@ class Coordinator:
                 log.info("reissued %d expired leases", reissued)
                 self.hub.notify_all()
                 self.hub.work_available()
+            try:
+                complete = await self.db_bulk(self.state.expire_checks, now_ms(), self.config.check_wait_ms)
+            except Exception:
+                log.exception("expiring unplaced checks failed")
+                continue
+            for job_id in complete:
+                self.schedule_aggregation(job_id)
 
     def schedule_aggregation(self, job_id: str) -> None:
         if job_id not in self._aggregating:

@@ -36,6 +36,7 @@ class CoordinatorConfig:
     chain_rpc: str = ""  # empty: no chain; jobs are free and nothing is settled
     deployment: Path | None = None  # the deployments file written by the deploy step
     epoch_interval_ms: int = 30_000  # how often earnings are posted on chain as a Merkle root
+    check_wait_ms: int = 30_000  # a check no other node takes within this long passes as unverified
 
     @property
     def db_url(self) -> str:

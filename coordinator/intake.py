@@ -9,12 +9,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 from coordinator.config import Limits
 from coordinator.errors import PermissionDenied
 from coordinator.storage import NewJob, NewTask
 from coordinator.training import plan_training
+from coordinator.verification.policy import VerificationPolicy
 from tensorgrid.blobs import EMPTY_SHA256, BlobStore
 from tensorgrid.crypto import normalize_address, recover_message_signer, submit_message
 from tensorgrid.errors import BlobError, SignatureError, SpecError, TensorGridError
@@ -47,10 +49,14 @@ def plan_job(
     spec = parse_spec(spec_json)
     if isinstance(spec, TrainingSpec):
         return plan_training(spec, spec_json, submitter, sh, job_id, blobs, limits)
+    policy_json, stake = "", 0
     if isinstance(spec, InferenceSpec):
         tasks = _plan_inference(spec, job_id, blobs, limits)
         model: BlobRef | None = spec.model
         settings = {"input_names": list(spec.input_names) or None, "batch_size": spec.batch_size, "device": spec.device}
+        policy = VerificationPolicy.for_job(spec, len(tasks))
+        if policy.enabled:
+            policy_json, stake = json.dumps(asdict(policy.spec), sort_keys=True), policy.required_stake_wei
     else:
         tasks = _plan_noop(spec, job_id, limits)
         model, settings = None, {}
@@ -68,6 +74,8 @@ def plan_job(
         time_limit_ms=spec.task_time_limit_s * 1000,
         max_attempts=spec.max_attempts,
         reward_per_task_wei=spec.reward_per_task_wei,
+        verification_json=policy_json,
+        required_stake_wei=stake,
     )
     return job, tasks
 

@@ -54,6 +54,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--chain-rpc", default="", help="JSON-RPC URL of the chain holding escrows and stakes")
     run.add_argument("--deployment", type=Path, help="deployments file of the contracts (with --chain-rpc)")
     run.add_argument("--epoch-seconds", type=float, default=30.0, help="how often earnings are posted on chain")
+    run.add_argument(
+        "--check-wait-ms",
+        type=int,
+        default=30_000,
+        help="a spot-check no other node takes within this long passes as 'unverified' (grids of one node)",
+    )
     run.add_argument("--ready-file", type=Path, help="write the bound port here once serving (for scripts)")
     run.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
@@ -73,6 +79,7 @@ def config_from(ns: argparse.Namespace) -> CoordinatorConfig:
         deployment=ns.deployment,
         epoch_interval_ms=int(ns.epoch_seconds * 1000),
         heartbeat_interval_ms=ns.heartbeat_ms,
+        check_wait_ms=ns.check_wait_ms,
         timing=LeaseTiming(ttl_ms=ns.lease_ttl_ms),
         limits=Limits(
             max_shard_bytes=int(ns.max_shard_mib * (1 << 20)), max_blob_bytes=int(ns.max_blob_mib * (1 << 20))

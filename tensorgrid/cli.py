@@ -198,14 +198,17 @@ def cmd_nodes(ns: argparse.Namespace) -> int:
     now = time.time() * 1000
     with _client(ns) as client:
         nodes = client.nodes()
-    print(f"{'node':<44} {'device':<6} {'memory':>9} {'done':>6} {'failed':>6} {'rejected':>8}  state")
+    print(
+        f"{'node':<44} {'device':<6} {'memory':>9} {'done':>6} {'failed':>6} {'rejected':>8} "
+        f"{'verified':>8} {'caught':>6} {'streak':>6}  state"
+    )
     for n in nodes:
         state = "draining" if n.draining else "backoff" if n.backoff_until_ms > now else "ok"
         seen = (now - n.last_seen_ms) / 1000
         state += f", seen {seen:.0f}s ago"
         print(
             f"{n.address:<44} {n.device_kind:<6} {n.memory_bytes / (1 << 30):>7.1f}Gi {n.completed:>6} "
-            f"{n.failures:>6} {n.rejections:>8}  {state}"
+            f"{n.failures:>6} {n.rejections:>8} {n.verified:>8} {n.caught:>6} {n.consecutive_valid:>6}  {state}"
         )
     return exitcodes.OK
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import time
 from dataclasses import dataclass
@@ -100,6 +101,10 @@ def up(root: Path, nodes: int, epoch_s: float) -> int:
     state = root / STATE_FILE
     if state.exists() and any(_alive(p) for p in json.loads(state.read_text())["pids"]):
         raise TensorGridError(f"a devnet is already up in {root}: `tensorgrid devnet down` first")
+    # A new chain needs a new coordinator database (epochs and nonces belong to one chain):
+    # what a previous devnet left behind goes, logs included.
+    for leftover in ("grid", "anvil"):
+        shutil.rmtree(root / leftover, ignore_errors=True)
     started = time.monotonic()
     cg = start_chain_grid(root, nodes, epoch_s=epoch_s, challenge_window_s=5, detached=True)
     submitter_key = root / "submitter.key"
@@ -162,7 +167,7 @@ def down(root: Path, timeout: float = 15.0) -> int:
     for pid in pids:
         _signal(pid, signal.SIGKILL)
     (root / STATE_FILE).unlink()
-    print(f"devnet down: stopped {len(pids)} processes (logs kept in {info['logs']})")
+    print(f"devnet down: stopped {len(pids)} processes (logs kept in {info['logs']} until the next `up`)")
     return 0
 
 

@@ -223,6 +223,9 @@ def node_to_pb(n: t.NodeStatus) -> submit_pb2.NodeStatus:
         failures=n.failures,
         rejections=n.rejections,
         backoff_until_ms=n.backoff_until_ms,
+        consecutive_valid=n.consecutive_valid,
+        verified=n.verified,
+        caught=n.caught,
     )
 
 
@@ -237,4 +240,7 @@ def node_from_pb(m: submit_pb2.NodeStatus) -> t.NodeStatus:
         failures=m.failures,
         rejections=m.rejections,
         backoff_until_ms=m.backoff_until_ms,
+        consecutive_valid=m.consecutive_valid,
+        verified=m.verified,
+        caught=m.caught,
     )

@@ -36,10 +36,11 @@ class VerificationSpec:
 
     mode: "spotcheck" re-executes a sample of rows of a result on another node; "replicate"
     re-executes every row of every result (BOINC-style 2x, the expensive baseline); "none".
-    Spot-check rows per task are derived so that a node corrupting `corrupt_fraction` of its
-    rows is caught in a job with probability >= `target_detection`, unless `spot_rows` sets
-    them. Nodes with fewer than `trust_after` consecutive valid results are always checked;
-    trusted ones with probability 1/consecutive_valid, never below `check_floor`. A fraction
+    Spot-check rows per task are derived so that a node checked every time and corrupting
+    `corrupt_fraction` of its rows is caught in a job with probability >= `target_detection`,
+    unless `spot_rows` sets them. Nodes with fewer than `trust_after` consecutive valid results
+    are always checked; trusted ones with probability 1/consecutive_valid, never below
+    `check_floor` (their lower detection is what the job's required stake pays for). A fraction
     `canary_rate` of verified shards is re-leased whole as known-answer canaries.
     """
 
@@ -49,7 +50,7 @@ class VerificationSpec:
     spot_rows: int = 0
     trust_after: int = 10
     check_floor: float = 0.1
-    canary_rate: float = 0.01
+    canary_rate: float = 0.005
 
 
 @dataclass(frozen=True)

@@ -147,6 +147,9 @@ class NodeStatus:
     failures: int
     rejections: int
     backoff_until_ms: int
+    consecutive_valid: int = 0  # verified results since the last one caught
+    verified: int = 0  # results that passed a spot-check, canary or quorum
+    caught: int = 0  # results (or checks) proven wrong by a quorum
 
 
 @dataclass(frozen=True)

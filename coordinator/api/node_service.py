@@ -16,6 +16,7 @@ from coordinator.app import Coordinator, now_ms
 from coordinator.errors import NotFound, PermissionDenied, Rejected
 from coordinator.storage import ResultItem
 from coordinator.training import check_train_output
+from coordinator.verification.records import CHECK_KIND
 from tensorgrid import serde
 from tensorgrid.crypto import normalize_address, recover_message_signer, registration_message
 from tensorgrid.errors import BlobError, HashMismatch, SignatureError
@@ -98,6 +99,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     ) -> node_pb2.LeaseResponse:
         app = self.app
         node = current_node.get()
+        await app.verification.refresh_stake(node)  # jobs may need more stake than registering did
         leases, retry = await app.leases.submit((node, request.max_tasks or 1))
         if not leases and request.wait_ms and retry <= IDLE_RETRY_MS:  # idle, not backing off: long poll
             await app.hub.wait_for_work(min(request.wait_ms, MAX_LEASE_WAIT_MS) / 1000)
@@ -162,10 +164,14 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
                     app.blobs.path_for(output.sha256),
                     receipt.commitment,
                 )
+            kind = "inference" if task.kind == CHECK_KIND else task.kind
             rows = None
-            if task.kind != "noop":
-                rows = await app.work(app.verifier.output_rows, task.kind, app.blobs.path_for(output.sha256))
-            job_id, complete = await app.results.submit(ResultItem(node, receipt, output, rows))
+            if kind != "noop":
+                rows = await app.work(app.verifier.output_rows, kind, app.blobs.path_for(output.sha256))
+            check, verdict = None, None
+            if kind == "inference":  # rungs 2-4: open a spot-check of this result, or settle one
+                check, verdict = await app.verification.examine(task, node, output)
+            job_id, complete = await app.results.submit(ResultItem(node, receipt, output, rows, check, verdict))
         except (Rejected, BlobError, NotFound) as e:
             await self._reject(node, receipt, str(e))
             return node_pb2.SubmitResultResponse(accepted=False, reason=str(e))

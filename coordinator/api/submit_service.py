@@ -129,7 +129,7 @@ class SubmitterServicer(submit_pb2_grpc.SubmitterServiceServicer):
     async def ListNodes(
         self, request: submit_pb2.ListNodesRequest, context: grpc.aio.ServicerContext
     ) -> submit_pb2.ListNodesResponse:
-        nodes = await self.app.db_bulk(self.app.state.list_nodes)
+        nodes = await self.app.db_bulk(self.app.state.list_nodes_with_reputation)
         return submit_pb2.ListNodesResponse(nodes=[serde.node_to_pb(n) for n in nodes])
 
     @unary

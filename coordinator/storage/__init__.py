@@ -11,9 +11,11 @@ from coordinator.storage.jobs import JobStore, NewJob, NewTask
 from coordinator.storage.nodes import NodeStore, backoff_ms
 from coordinator.storage.results import Outcome, ResultItem, ResultStore
 from coordinator.storage.tasks import LeaseTiming, TaskRecord, TaskStore
+from coordinator.verification.store import VerificationStore, with_reputation
+from tensorgrid.types import NodeStatus
 
 
-class State(NodeStore, JobStore, TaskStore, ResultStore):
+class State(NodeStore, JobStore, TaskStore, ResultStore, VerificationStore):
     """All coordinator state. Methods are synchronous: the api runs them on a DB thread pool."""
 
     def __init__(self, url: str) -> None:
@@ -37,6 +39,9 @@ class State(NodeStore, JobStore, TaskStore, ResultStore):
             except IntegrityError:
                 return str(conn.execute(select(schema.meta.c.value).where(schema.meta.c.key == key)).one().value)
         return default
+
+    def list_nodes_with_reputation(self) -> list[NodeStatus]:
+        return [with_reputation(n, self.reputation(n.address)) for n in self.list_nodes()]
 
     def close(self) -> None:
         self.engine.dispose()

@@ -9,6 +9,7 @@ from sqlalchemy import Connection, Engine, and_, insert, select, update
 
 from coordinator.errors import Conflict, NotFound, PermissionDenied
 from coordinator.storage import schema as s
+from coordinator.verification import records as verification
 from tensorgrid.types import BlobRef, JobEvent, JobInfo, JobState
 
 
@@ -37,6 +38,8 @@ class NewJob:
     time_limit_ms: int
     max_attempts: int
     reward_per_task_wei: int = 0
+    verification_json: str = ""  # the job's verification policy; empty: none
+    required_stake_wei: int = 0
 
 
 class JobStore:
@@ -67,6 +70,8 @@ class JobStore:
             )
             if new_tasks:
                 conn.execute(insert(s.tasks), [_task_row(job, t, now_ms) for t in new_tasks])
+            if job.verification_json:  # with the job, so no result can arrive before its policy
+                verification.save_policy(conn, job.job_id, job.verification_json, job.required_stake_wei)
             self._event(conn, job.job_id, "submitted", now_ms, message=f"{len(new_tasks)} tasks")
             row = conn.execute(select(s.jobs).where(s.jobs.c.job_id == job.job_id)).one()
         return _job_info(row), True
@@ -125,6 +130,7 @@ class JobStore:
                     and_(
                         s.jobs.c.state.in_([JobState.QUEUED.value, JobState.RUNNING.value]),
                         s.jobs.c.tasks_done == s.jobs.c.tasks_total,
+                        verification.no_open_checks(),
                     )
                 )
             ).all()
@@ -135,7 +141,7 @@ class JobStore:
         with self.engine.connect() as conn:
             rows = conn.execute(
                 select(s.tasks.c.output_sha, s.tasks.c.output_size, s.tasks.c.state)
-                .where(s.tasks.c.job_id == job_id)
+                .where(s.tasks.c.job_id == job_id, s.tasks.c.kind != verification.CHECK_KIND)
                 .order_by(s.tasks.c.idx)
             ).all()
         if any(r.state != "done" for r in rows):

@@ -17,6 +17,9 @@ from coordinator.errors import Rejected
 from coordinator.ledger import credits as ledger  # module import: the ledger imports storage too
 from coordinator.storage import schema as s
 from coordinator.storage.tasks import _check_holder, _check_matches
+from coordinator.verification import records as verification
+from coordinator.verification.records import CheckPlan, Verdict
+from coordinator.verification.store import job_complete
 from tensorgrid.types import BlobRef, JobState, Receipt
 
 _t = s.tasks
@@ -70,6 +73,12 @@ class ResultItem:
     receipt: Receipt
     output: BlobRef
     rows: int | None
+    check: CheckPlan | None = None  # open this spot-check of the result (it is paid once verified)
+    verdict: Verdict | None = None  # the result is a check task's: settle the check with this
+
+
+def _paid_now(item: ResultItem) -> bool:
+    return item.check is None and item.verdict is None
 
 
 Outcome = tuple[str, bool] | Rejected  # (job id, job complete) or why it was refused
@@ -77,6 +86,8 @@ Outcome = tuple[str, bool] | Rejected  # (job id, job complete) or why it was re
 
 class ResultStore:
     engine: Engine
+
+    def _event(self, conn: Connection, job_id: str, kind: str, now_ms: int, **fields: Any) -> None: ...
 
     def accept_results(self, items: list[ResultItem], now_ms: int) -> list[Outcome]:
         """Record many results in one transaction; each is checked against its task on its own.
@@ -150,16 +161,27 @@ class ResultStore:
                 for i, _, _ in accepted
             ],
         )
-        # Pay for the work in the same transaction that accepts it (priced jobs only).
-        paid = [(i.node, job, i.receipt.task_id, i.receipt.attempt) for i, job, _ in accepted]
+        # Pay for unchecked work in the transaction that accepts it (priced jobs only); a
+        # checked result is paid when its check passes, a check task is the grid's own cost.
+        paid = [(i.node, job, i.receipt.task_id, i.receipt.attempt) for i, job, _ in accepted if _paid_now(i)]
         ledger.credit_results(conn, paid, now_ms)
         for node, n in Counter(i.node for i, _, _ in accepted).items():
             conn.execute(_NODE_DONE, dict(b_node=node, b_n=n, b_now=now_ms))
         per_job: dict[str, list[tuple[ResultItem, int]]] = defaultdict(list)
+        touched: set[str] = set()
+        for item, job_id, _ in accepted:
+            touched.add(job_id)
+            if item.check is not None:
+                subject = conn.execute(select(_t).where(_t.c.task_id == item.receipt.task_id)).one()
+                verification.open_check(conn, subject, item.check, now_ms)
+            elif item.verdict is not None:
+                verification.apply_verdict(
+                    conn, item.receipt.task_id, item.node, item.output, item.verdict, now_ms, self._event
+                )
         for item, job_id, idx in accepted:
-            per_job[job_id].append((item, idx))
+            if item.verdict is None:
+                per_job[job_id].append((item, idx))
         events: list[dict[str, Any]] = []
-        complete = set()
         for job_id, done in per_job.items():
             job = conn.execute(_JOB_DONE, dict(b_job=job_id, b_n=len(done), b_now=now_ms)).one()
             first_seq, first_done = job.event_seq - len(done), job.tasks_done - len(done)
@@ -178,7 +200,7 @@ class ResultStore:
                         state=JobState(job.state).value,
                     )
                 )
-            if job.tasks_done == job.tasks_total:
-                complete.add(job_id)
-        conn.execute(insert(s.events), events)
-        return complete
+        if events:
+            conn.execute(insert(s.events), events)
+        # A job is complete once every task is done and every check of its results is settled.
+        return {job_id for job_id in touched if job_complete(conn, job_id)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,6 +11,7 @@ from sqlalchemy import Connection, Engine, bindparam, or_, select, update
 
 from coordinator.errors import NotFound, Rejected
 from coordinator.storage import schema as s
+from coordinator.verification import records as verification
 from tensorgrid.types import BlobRef, ErrorKind, JobState, Lease, Receipt, TaskError
 
 # After a node fails a task, other nodes get the first chance at it for this long.
@@ -54,6 +56,7 @@ _PENDING = (
             _t.c.last_failed_node != bindparam("b_node"),
             _t.c.last_failed_ms < bindparam("b_avoid_before"),
         ),
+        verification.not_excluded(),  # re-execution never runs on the node being checked
     )
     .order_by(_t.c.job_created_ms, _t.c.idx)
     .limit(bindparam("b_limit"))
@@ -92,14 +95,21 @@ class TaskStore:
     def _node_failed(self, conn: Connection, address: str, now_ms: int, *, rejection: bool = False) -> None: ...
 
     def lease_many(
-        self, requests: list[tuple[str, int]], now_ms: int, timing: LeaseTiming
+        self,
+        requests: list[tuple[str, int]],
+        now_ms: int,
+        timing: LeaseTiming,
+        allowed: Callable[[Connection, str, str], bool] | None = None,
     ) -> list[tuple[list[Lease], int] | Rejected]:
-        """Serve many (node, max_tasks) lease requests in one transaction."""
+        """Serve many (node, max_tasks) lease requests in one transaction.
+
+        allowed(conn, node, job_id), when given, may refuse a node a job's tasks (e.g. too little stake).
+        """
         out: list[tuple[list[Lease], int] | Rejected] = []
         with self.engine.begin() as conn:
             for address, max_tasks in requests:
                 try:
-                    out.append(self._lease(conn, address, max_tasks, now_ms, timing))
+                    out.append(self._lease(conn, address, max_tasks, now_ms, timing, allowed))
                 except Rejected as e:
                     out.append(e)
         return out
@@ -112,7 +122,13 @@ class TaskStore:
         return outcome
 
     def _lease(
-        self, conn: Connection, address: str, max_tasks: int, now_ms: int, timing: LeaseTiming
+        self,
+        conn: Connection,
+        address: str,
+        max_tasks: int,
+        now_ms: int,
+        timing: LeaseTiming,
+        allowed: Callable[[Connection, str, str], bool] | None = None,
     ) -> tuple[list[Lease], int]:
         node = conn.execute(_NODE, {"b_node": address}).first()
         if node is None:
@@ -132,6 +148,8 @@ class TaskStore:
                 "b_limit": max(1, min(max_tasks, 256)),
             },
         ).all()
+        if allowed is not None:
+            rows = [r for r in rows if allowed(conn, address, r.job_id)]
         if not rows:
             return [], 500
         deadline = now_ms + timing.ttl_ms
@@ -285,7 +303,7 @@ def _lease(r: Any, address: str, deadline: int) -> Lease:
         task_id=r.task_id,
         attempt=r.attempt + 1,
         deadline_ms=deadline,
-        kind=r.kind,
+        kind="inference" if r.kind == verification.CHECK_KIND else r.kind,  # a check looks like any task
         model=BlobRef(r.model_sha, r.model_size) if r.model_sha else None,
         input=BlobRef(r.input_sha, r.input_size),
         settings=json.loads(r.settings),

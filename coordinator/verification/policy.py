@@ -4,15 +4,18 @@ Spot-checks: a node that corrupts a fraction f of its rows escapes one check of 
 sampled without its knowledge with probability (1-f)^m. Adaptive replication (BOINC): a
 node is checked every time until it has `trust_after` consecutive valid results, then with
 probability 1/consecutive_valid, never below `check_floor`. The per-task sample size m is
-chosen so that a node doing all T tasks of a job at check rate r is caught in that job with
-probability >= target: (1 - r(1-(1-f)^m))^T <= 1 - target. Economic security: with
-detection probability p, a node must have stake S with p*S > reward, i.e. S > reward/p.
+chosen so that a node checked every time and doing all T tasks of a job is caught in that
+job with probability >= target: (1-f)^(m*T) <= 1 - target. At check rate r the per-job
+detection is 1 - (1 - r(1-(1-f)^m))^T. Economic security: with detection probability p, a
+node must have stake S with p*S > reward, i.e. S > reward/p; the coordinator uses the
+worst case (a node checked at the floor rate).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from fractions import Fraction
 
 from tensorgrid.spec import InferenceSpec, VerificationSpec
 
@@ -30,7 +33,7 @@ def required_stake(p: float, reward_wei: int) -> int:
         return 0
     if p <= 0:
         raise ValueError("with detection probability 0 no stake makes cheating unprofitable")
-    return math.floor(reward_wei / p) + 1
+    return math.floor(reward_wei / Fraction(p)) + 1  # exact: wei amounts exceed a float's precision
 
 
 @dataclass(frozen=True)
@@ -59,17 +62,24 @@ class VerificationPolicy:
         return max(self.spec.check_floor, 1.0 / max(1, consecutive_valid))
 
     def sample_rows(self, rate: float, task_rows: int) -> int:
-        """Rows m to re-execute of a task of task_rows rows, checked at this rate."""
+        """Rows m to re-execute when a task of task_rows rows is checked.
+
+        m is sized for a node checked every time (every node starts so): a node doing all T
+        tasks and corrupting a fraction f of rows is caught in the job with probability
+        >= target. Trust lowers how often a node is checked, not m, so checks get cheaper as
+        trust grows and a trusted node's lower per-job detection is covered by its stake
+        (see required_stake_wei). `rate` is accepted for policies that size m by it.
+        """
+        del rate
         if self.spec.mode == "replicate":
             return task_rows
         if self.spec.spot_rows:
             return min(self.spec.spot_rows, task_rows)
         f, t = self.spec.corrupt_fraction, self.spec.target_detection
         per_task = 1.0 - (1.0 - t) ** (1.0 / self.tasks)  # detection each task must contribute
-        need = per_task / max(rate, 1e-9)
-        if need >= 1.0 or f >= 1.0:
+        if per_task >= 1.0 or f >= 1.0:
             return task_rows
-        m = math.ceil(math.log(1.0 - need) / math.log(1.0 - f))
+        m = math.ceil(math.log(1.0 - per_task) / math.log(1.0 - f))
         return max(1, min(task_rows, m))
 
     def detection(self, rate: float) -> float:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, and_, exists, func, insert, select, update
+from sqlalchemy import Connection, and_, bindparam, exists, func, insert, or_, select, update
 
 from coordinator.ledger import credits as ledger
 from coordinator.ledger._db import insert_ignore
@@ -92,7 +92,8 @@ def open_check(
             created_ms=now_ms,
         )
     )
-    conn.execute(insert(check_exclusions), [dict(task_id=plan.check_task_id, node=n) for n in sorted(exclude if root else {subject.node})])
+    rows = [dict(task_id=plan.check_task_id, node=n) for n in sorted(n for n in exclude if n)]
+    conn.execute(insert(check_exclusions), rows)
 
 
 def get_check(conn: Connection, check_id: str) -> Any:
@@ -155,7 +156,12 @@ def _with_size(conn: Connection, task_id: str, plan: CheckPlan) -> CheckPlan:
 def _subject_row(conn: Connection, chk: Any) -> Any:
     """The subject task as it was when checked (attempt and node from the check row)."""
     row = conn.execute(select(s.tasks).where(s.tasks.c.task_id == chk.subject_task)).one()
-    values = {**row._mapping, "attempt": chk.subject_attempt, "node": chk.subject_node, "output_sha": chk.subject_output}
+    values = {
+        **row._mapping,
+        "attempt": chk.subject_attempt,
+        "node": chk.subject_node,
+        "output_sha": chk.subject_output,
+    }
     return _Row(values)
 
 
@@ -180,14 +186,34 @@ def _settle(conn: Connection, chk: Any, outcome: str, now_ms: int, event: EventF
             ledger.credit_results(conn, [subject], now_ms)
         if outcome == "verified":
             bump(conn, [chk.subject_node], valid=True)
+            if not canary:
+                _maybe_canary(conn, chk, now_ms)
         event(conn, chk.job_id, outcome, now_ms, task_index=_idx(conn, chk), node=chk.subject_node)
         return
     if outcome == "caught":
         bump(conn, [chk.subject_node], valid=False)
-        event(conn, chk.job_id, "caught", now_ms, task_index=_idx(conn, chk), node=chk.subject_node,
-              message="output rows disagree with two other nodes")
+        event(
+            conn,
+            chk.job_id,
+            "caught",
+            now_ms,
+            task_index=_idx(conn, chk),
+            node=chk.subject_node,
+            message="output rows disagree with two other nodes",
+        )
     if not canary:
         _reissue(conn, chk, now_ms)
+
+
+def _maybe_canary(conn: Connection, chk: Any, now_ms: int) -> None:
+    """Now and then re-lease a verified shard whole to another node: a task with a known answer."""
+    raw = conn.execute(select(job_policies.c.policy).where(job_policies.c.job_id == chk.job_id)).scalar()
+    rate = float(json.loads(raw).get("canary_rate", 0.0)) if raw else 0.0
+    if rate <= 0 or secrets.randbelow(1_000_000) >= rate * 1_000_000:
+        return
+    subject = _subject_row(conn, chk)
+    plan = CheckPlan(secrets.token_hex(32), BlobRef(subject.input_sha, subject.input_size), tuple(range(subject.rows)))
+    open_check(conn, subject, plan, now_ms, kind="canary")
 
 
 def _root_kind(conn: Connection, root_id: str) -> str:
@@ -204,8 +230,15 @@ def _reissue(conn: Connection, chk: Any, now_ms: int) -> None:
     res = conn.execute(
         update(t)
         .where(t.c.task_id == chk.subject_task, t.c.state == "done", t.c.attempt == chk.subject_attempt)
-        .values(state="pending", node=None, output_sha=None, output_size=None, deadline_ms=None,
-                last_failed_node=chk.subject_node, last_failed_ms=now_ms + 10 * 60_000)
+        .values(
+            state="pending",
+            node=None,
+            output_sha=None,
+            output_size=None,
+            deadline_ms=None,
+            last_failed_node=chk.subject_node,
+            last_failed_ms=now_ms + 10 * 60_000,
+        )
     )
     if res.rowcount:
         conn.execute(update(s.jobs).where(s.jobs.c.job_id == chk.job_id).values(tasks_done=s.jobs.c.tasks_done - 1))
@@ -243,7 +276,9 @@ def open_checks(conn: Connection, job_id: str) -> int:
 
 def no_open_checks() -> Any:
     """SQL condition on s.jobs: none of the job's checks is still open."""
-    return ~exists(select(checks.c.check_id).where(and_(checks.c.job_id == s.jobs.c.job_id, checks.c.state.in_(OPEN_STATES))))
+    return ~exists(
+        select(checks.c.check_id).where(and_(checks.c.job_id == s.jobs.c.job_id, checks.c.state.in_(OPEN_STATES)))
+    )
 
 
 def not_excluded() -> Any:
@@ -251,10 +286,10 @@ def not_excluded() -> Any:
     t = s.tasks
     barred = exists(
         select(check_exclusions.c.node).where(
-            and_(check_exclusions.c.task_id == t.c.task_id, check_exclusions.c.node == t.c.kind.op("||")("") + "")
+            and_(check_exclusions.c.task_id == t.c.task_id, check_exclusions.c.node == bindparam("b_node"))
         )
     )
-    return barred
+    return or_(t.c.kind != CHECK_KIND, ~barred)
 
 
 def expire_unplaced(conn: Connection, now_ms: int, wait_ms: int, event: EventFn) -> set[str]:
@@ -263,7 +298,9 @@ def expire_unplaced(conn: Connection, now_ms: int, wait_ms: int, event: EventFn)
     rows = conn.execute(
         select(checks)
         .join(t, t.c.task_id == checks.c.check_id)
-        .where(checks.c.state == "open", checks.c.created_ms < now_ms - wait_ms, t.c.state == "pending", t.c.attempt == 0)
+        .where(
+            checks.c.state == "open", checks.c.created_ms < now_ms - wait_ms, t.c.state == "pending", t.c.attempt == 0
+        )
         .limit(200)
     ).all()
     for chk in rows:

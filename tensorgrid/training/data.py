@@ -84,9 +84,7 @@ def plan_split(spec: TrainingSpec, rows: int) -> DataSplit:
     return split_rows(rows, eval_rows(spec, rows), spec.seed)
 
 
-def shard_rows(
-    train: np.ndarray, *, seed: int, round: int, worker: int, workers: int, shard_size: int
-) -> np.ndarray:
+def shard_rows(train: np.ndarray, *, seed: int, round: int, worker: int, workers: int, shard_size: int) -> np.ndarray:
     """Dataset rows of worker `worker`'s shard in round `round`, in mini-batch order."""
     per_round = workers * shard_size
     if not 0 <= worker < workers or round < 0 or shard_size <= 0:
@@ -106,9 +104,7 @@ def round_shards(spec: TrainingSpec, split: DataSplit, round: int) -> list[np.nd
     """Every worker's shard rows for one round of the spec."""
     size = spec.batch_size * spec.inner_steps
     return [
-        shard_rows(
-            split.train, seed=spec.seed, round=round, worker=w, workers=spec.workers_per_round, shard_size=size
-        )
+        shard_rows(split.train, seed=spec.seed, round=round, worker=w, workers=spec.workers_per_round, shard_size=size)
         for w in range(spec.workers_per_round)
     ]
 

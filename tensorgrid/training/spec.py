@@ -188,9 +188,7 @@ def _nesterov(value: Any) -> NesterovSGD:
     _refuse_unknown(value, NesterovSGD, "outer_optimizer")
     if value.get("name", "nesterov") != "nesterov":
         raise SpecError(f"outer_optimizer.name must be 'nesterov', got {value.get('name')!r}")
-    kwargs: dict[str, Any] = {
-        k: _as_float(f"outer_optimizer.{k}", value[k]) for k in ("lr", "momentum") if k in value
-    }
+    kwargs: dict[str, Any] = {k: _as_float(f"outer_optimizer.{k}", value[k]) for k in ("lr", "momentum") if k in value}
     return NesterovSGD(**kwargs)
 
 
@@ -283,8 +281,7 @@ def check_dataset(spec: TrainingSpec, header: Header) -> None:
         tokens = header.tensors["tokens"]
         if tokens.dtype not in _INT_DTYPES or len(tokens.shape) != 2 or tokens.shape[1] < 2:
             raise SpecError(
-                f"tokens must be a 2-D integer tensor [sequences, length >= 2], got {tokens.dtype}"
-                f"{list(tokens.shape)}"
+                f"tokens must be a 2-D integer tensor [sequences, length >= 2], got {tokens.dtype}{list(tokens.shape)}"
             )
         if spec.loss != "cross_entropy":
             raise SpecError("a tokens dataset trains next-token prediction: loss must be cross_entropy")
@@ -299,9 +296,7 @@ def check_dataset(spec: TrainingSpec, header: Header) -> None:
         _check_labels(spec.loss, labels.dtype, labels.shape)
         rows = features.shape[0]
     else:
-        raise SpecError(
-            f"the dataset must hold exactly 'features' and 'labels', or 'tokens'; it holds {sorted(names)}"
-        )
+        raise SpecError(f"the dataset must hold exactly 'features' and 'labels', or 'tokens'; it holds {sorted(names)}")
     held = eval_rows(spec, rows)
     train = rows - held
     if spec.rows_per_round > train:
@@ -315,9 +310,7 @@ def check_dataset(spec: TrainingSpec, header: Header) -> None:
 def _check_labels(loss: str, dtype: str, shape: tuple[int, ...]) -> None:
     if loss == "cross_entropy":
         if dtype not in _INT_DTYPES or len(shape) != 1:
-            raise SpecError(
-                f"cross_entropy needs labels as 1-D integer class indices, got {dtype}{list(shape)}"
-            )
+            raise SpecError(f"cross_entropy needs labels as 1-D integer class indices, got {dtype}{list(shape)}")
         return
     if dtype in _FLOAT_DTYPES:
         return

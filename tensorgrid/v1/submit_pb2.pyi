@@ -146,7 +146,7 @@ class ListNodesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("address", "device_kind", "memory_bytes", "last_seen_ms", "draining", "completed", "failures", "rejections", "backoff_until_ms")
+    __slots__ = ("address", "device_kind", "memory_bytes", "last_seen_ms", "draining", "completed", "failures", "rejections", "backoff_until_ms", "consecutive_valid", "verified", "caught")
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     DEVICE_KIND_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -156,6 +156,9 @@ class NodeStatus(_message.Message):
     FAILURES_FIELD_NUMBER: _ClassVar[int]
     REJECTIONS_FIELD_NUMBER: _ClassVar[int]
     BACKOFF_UNTIL_MS_FIELD_NUMBER: _ClassVar[int]
+    CONSECUTIVE_VALID_FIELD_NUMBER: _ClassVar[int]
+    VERIFIED_FIELD_NUMBER: _ClassVar[int]
+    CAUGHT_FIELD_NUMBER: _ClassVar[int]
     address: str
     device_kind: str
     memory_bytes: int
@@ -165,7 +168,10 @@ class NodeStatus(_message.Message):
     failures: int
     rejections: int
     backoff_until_ms: int
-    def __init__(self, address: _Optional[str] = ..., device_kind: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., last_seen_ms: _Optional[int] = ..., draining: _Optional[bool] = ..., completed: _Optional[int] = ..., failures: _Optional[int] = ..., rejections: _Optional[int] = ..., backoff_until_ms: _Optional[int] = ...) -> None: ...
+    consecutive_valid: int
+    verified: int
+    caught: int
+    def __init__(self, address: _Optional[str] = ..., device_kind: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., last_seen_ms: _Optional[int] = ..., draining: _Optional[bool] = ..., completed: _Optional[int] = ..., failures: _Optional[int] = ..., rejections: _Optional[int] = ..., backoff_until_ms: _Optional[int] = ..., consecutive_valid: _Optional[int] = ..., verified: _Optional[int] = ..., caught: _Optional[int] = ...) -> None: ...
 
 class ListNodesResponse(_message.Message):
     __slots__ = ("nodes",)

@@ -29,6 +29,7 @@ __all__ = [
     "TensorInfo",
     "batch_rows",
     "concat",
+    "gather_rows",
     "load_tensors",
     "read_header",
     "save_tensors",
@@ -257,6 +258,24 @@ def write_shard(
             info = infos[name]
             base = info.begin
             _copy_range(src, base + start_row * info.row_bytes, base + end_row * info.row_bytes, dst)
+
+
+def gather_rows(src_path: str | os.PathLike[str], rows: list[int], dst_path: str | os.PathLike[str]) -> None:
+    """Write the given dim-0 rows (in the given order) of every tensor of src_path as a new file."""
+    header = read_header(src_path)
+    total = batch_rows(header)
+    if any(not 0 <= r < total for r in rows):
+        raise InvalidTensorFile(f"row indices must lie in 0..{total - 1}")
+    infos = header.tensors
+    entries = {n: (i.dtype, (len(rows), *i.shape[1:])) for n, i in infos.items()}
+    order = _layout_order({n: i.dtype for n, i in infos.items()})
+    head, _ = _encode_header(entries, order, header.metadata)
+    with open(src_path, "rb") as src, open(dst_path, "wb") as dst:
+        dst.write(head)
+        for name in order:
+            info = infos[name]
+            for r in rows:
+                _copy_range(src, info.begin + r * info.row_bytes, info.begin + (r + 1) * info.row_bytes, dst)
 
 
 def split(

@@ -15,7 +15,7 @@ from tensorgrid.workloads.model import export_program
 from tensorgrid.workloads.tensorfile import save_tensors
 
 pytestmark = pytest.mark.integration
-FAST = ("--heartbeat-ms", "300", "--lease-ttl-ms", "1500")
+FAST = ("--heartbeat-ms", "300", "--lease-ttl-ms", "1500", "--check-wait-ms", "2000")
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,9 @@ def devnet(tmp_path: Path) -> Iterator[ChainGrid]:
 
 def submitter(cg: ChainGrid) -> Client:
     signer = Signer.from_hex(cg.submitter_key)
-    return Client(cg.grid.target, signer, chain=ChainClient.connect(cg.anvil.rpc_url, cg.deployment, signer.private_key))
+    return Client(
+        cg.grid.target, signer, chain=ChainClient.connect(cg.anvil.rpc_url, cg.deployment, signer.private_key)
+    )
 
 
 def wait_for(check, timeout: float = 60.0):  # type: ignore[no-untyped-def]
@@ -47,8 +49,9 @@ def test_funded_job_is_charged_recorded_refunded_and_claimed(devnet: ChainGrid, 
     with submitter(devnet) as client:
         assert client.chain is not None
         before = client.chain.balance()
-        job = client.submit_inference(digits.model, digits.inputs, shard_rows=500, batch_size=BATCH, device="cpu",
-                                      reward_per_task_wei=REWARD)
+        job = client.submit_inference(
+            digits.model, digits.inputs, shard_rows=500, batch_size=BATCH, device="cpu", reward_per_task_wei=REWARD
+        )
         final = client.wait(job.job_id)
         assert final.state == JobState.SUCCEEDED, final.error
         assert final.result is not None

@@ -24,7 +24,9 @@ def test_concurrent_requests_share_a_call_and_get_their_own_outcomes() -> None:
     results = asyncio.run(scenario())
     assert calls == [[0, 1, 2, 3, 4, 5]]
     assert results[0::2] == [0, 20, 40]
-    assert all(isinstance(r, Rejected) and str(r) == f"odd {i}" for i, r in zip(range(1, 6, 2), results[1::2]))
+    assert all(
+        isinstance(r, Rejected) and str(r) == f"odd {i}" for i, r in zip(range(1, 6, 2), results[1::2], strict=True)
+    )
 
 
 def test_a_failed_transaction_fails_every_caller_in_it() -> None:

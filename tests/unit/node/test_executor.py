@@ -77,9 +77,7 @@ def test_inference_matches_in_process(
     assert torch.equal(got["output"], want["output"])
 
 
-def test_warm_worker_is_reused_and_fast(
-    loop: asyncio.AbstractEventLoop, executor: Executor, tmp_path: Path
-) -> None:
+def test_warm_worker_is_reused_and_fast(loop: asyncio.AbstractEventLoop, executor: Executor, tmp_path: Path) -> None:
     _assert_noop_works(loop, executor, tmp_path)
     pid = executor.pid
     started = time.perf_counter()

@@ -73,9 +73,7 @@ def test_export_load_run_matches_original(program: tuple[torch.nn.Module, Path])
         assert torch.equal(loaded(x), module(x))
 
 
-def test_malicious_sample_inputs_are_never_unpickled(
-    program: tuple[torch.nn.Module, Path], tmp_path: Path
-) -> None:
+def test_malicious_sample_inputs_are_never_unpickled(program: tuple[torch.nn.Module, Path], tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
     payload = pickle.dumps(_Boom(marker), protocol=2)
     evil = _rewrite(
@@ -130,9 +128,7 @@ def test_opaque_constant_is_refused(program: tuple[torch.nn.Module, Path], tmp_p
         "data.pkl",
     ],
 )
-def test_unexpected_entries_are_refused(
-    program: tuple[torch.nn.Module, Path], tmp_path: Path, extra: str
-) -> None:
+def test_unexpected_entries_are_refused(program: tuple[torch.nn.Module, Path], tmp_path: Path, extra: str) -> None:
     bad = _rewrite(program[1], tmp_path / "bad.pt2", lambda rel, data: data, {extra: b"\x80\x02N."})
     with pytest.raises(UnsafeFileError, match="not allowed|torch.save"):
         check_program(bad)
@@ -143,9 +139,7 @@ def test_unexpected_entries_are_refused(
     [
         (lambda m: m["graph_module"]["graph"]["nodes"][0].update(target="torch.os.system"), "not allowed"),
         (
-            lambda m: m["graph_module"]["graph"]["nodes"][0].update(
-                target="torch.ops.aten.from_file.default"
-            ),
+            lambda m: m["graph_module"]["graph"]["nodes"][0].update(target="torch.ops.aten.from_file.default"),
             "not allowed",
         ),
         (lambda m: m.update(guards_code=["__import__('os').system('true')"]), "guard"),

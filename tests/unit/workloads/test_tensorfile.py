@@ -186,9 +186,7 @@ GOOD = {"x": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}}
         (_raw({"__metadata__": {"a": 1}}), InvalidTensorFile, "__metadata__"),
     ],
 )
-def test_hostile_headers_are_refused(
-    tmp_path: Path, content: bytes, error: type[Exception], match: str
-) -> None:
+def test_hostile_headers_are_refused(tmp_path: Path, content: bytes, error: type[Exception], match: str) -> None:
     path = _write(tmp_path, content)
     with pytest.raises(error, match=match):
         read_header(path)
