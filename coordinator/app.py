@@ -5,12 +5,10 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import os
 import secrets
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, TypeVar
 
 from coordinator.aggregator import assemble
@@ -25,7 +23,7 @@ from coordinator.training import RoundManager
 from coordinator.verification.manager import Verification
 from coordinator.verifier import Verifier
 from tensorgrid.blobs import BlobStore
-from tensorgrid.crypto import Signer
+from tensorgrid.crypto import load_or_create_key_file
 from tensorgrid.errors import TensorGridError
 from tensorgrid.types import Domain, Lease
 
@@ -38,25 +36,13 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def load_identity(path: Path) -> Signer:
-    """The coordinator's own key, created on first start (0600)."""
-    if path.exists():
-        return Signer.from_hex(path.read_text().strip())
-    signer = Signer.generate()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(signer.private_key.hex())
-    return signer
-
-
 class Coordinator:
     def __init__(self, config: CoordinatorConfig) -> None:
         self.config = config
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.state = State(config.db_url)
         self.blobs = BlobStore(config.blob_dir, config.limits.max_blob_bytes)
-        self.identity = load_identity(config.data_dir / "coordinator.key")
+        self.identity, _ = load_or_create_key_file(config.data_dir / "coordinator.key")
         self.chain: ChainGate | None = None
         if config.chain_rpc:
             if config.deployment is None:

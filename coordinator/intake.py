@@ -19,8 +19,8 @@ from coordinator.training import plan_training
 from coordinator.verification.policy import VerificationPolicy
 from tensorgrid.blobs import EMPTY_SHA256, BlobStore
 from tensorgrid.crypto import normalize_address, recover_message_signer, submit_message
-from tensorgrid.errors import BlobError, SignatureError, SpecError, TensorGridError
-from tensorgrid.spec import InferenceSpec, JobSpec, NoopSpec, job_id_for, parse_spec, spec_hash, task_id_for
+from tensorgrid.errors import BlobError, SignatureError, SpecError
+from tensorgrid.spec import InferenceSpec, NoopSpec, job_id_for, parse_spec, spec_hash, task_id_for
 from tensorgrid.training.spec import TrainingSpec
 from tensorgrid.types import BlobRef
 from tensorgrid.workloads import tensorfile
@@ -130,8 +130,4 @@ def _plan_noop(spec: NoopSpec, job_id: str, limits: Limits) -> list[NewTask]:
     return [NewTask(index=i, task_id=task_id_for(job_id, i), input=empty, rows=0) for i in range(spec.tasks)]
 
 
-def describe(spec: JobSpec) -> str:
-    return f"{spec.kind} job"
-
-
-__all__ = ["TensorGridError", "authenticate", "plan_job"]
+__all__ = ["authenticate", "plan_job"]

@@ -98,19 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_or_create_key(path: Path) -> Any:
-    from tensorgrid.crypto import Signer
+    from tensorgrid.crypto import load_or_create_key_file
 
-    if path.exists():
-        try:
-            return Signer.from_hex(path.read_text().strip())
-        except (ValueError, TensorGridError) as e:
-            raise TensorGridError(f"{path} does not hold a private key: {e}") from None
-    signer = Signer.generate()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(signer.private_key.hex())
-    print(f"created submitter key {path} (address {signer.address})", file=sys.stderr)
+    signer, created = load_or_create_key_file(path)
+    if created:
+        print(f"created submitter key {path} (address {signer.address})", file=sys.stderr)
     return signer
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -248,8 +249,6 @@ class Client:
                 if e.code() != grpc.StatusCode.UNAVAILABLE or retries >= 30:  # type: ignore[attr-defined]
                     raise _wrap(e) from None
                 retries += 1
-                import time
-
                 time.sleep(min(0.2 * 2**retries, 2.0))
 
     def wait(self, job_id: str) -> JobInfo:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -60,14 +61,8 @@ def show_settlement(cg: Any, client: Any, job: JobInfo) -> None:
             ],
             capture_output=True,
             text=True,
-            env={"TENSORGRID_KEY_PASSWORD": PASSWORD, **_env()},
+            env={"TENSORGRID_KEY_PASSWORD": PASSWORD, **os.environ},
             timeout=120,
         )
         line = (out.stdout.strip() or out.stderr.strip()).splitlines()[-1:]
         print(f"   node{i} claim   {line[0] if line else '(no output)'}")
-
-
-def _env() -> dict[str, str]:
-    import os
-
-    return dict(os.environ)

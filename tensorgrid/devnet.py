@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tensorgrid.chain.anvil import Anvil, start_anvil
 from tensorgrid.chain.deploy import Deployment, deploy
-from tensorgrid.crypto import Signer
+from tensorgrid.crypto import Signer, write_key_file
 from tensorgrid.errors import TensorGridError
 from tensorgrid.localgrid import LocalGrid
 
@@ -81,10 +81,7 @@ def start_chain_grid(
             out=deployment_path,
         )
         grid = LocalGrid(root / "grid")
-        key_file = grid.root / "coordinator" / "coordinator.key"
-        key_file.parent.mkdir(parents=True, exist_ok=True)
-        key_file.write_text(coordinator.private_key.hex())
-        key_file.chmod(0o600)
+        write_key_file(grid.root / "coordinator" / "coordinator.key", coordinator)
         chain = ("--chain-rpc", anvil.rpc_url, "--deployment", str(deployment_path))
         grid.start_coordinator(*chain, "--epoch-seconds", str(epoch_s), *coordinator_args)
         node_keys = keys[2 : 2 + nodes]
@@ -108,8 +105,8 @@ def up(root: Path, nodes: int, epoch_s: float) -> int:
     started = time.monotonic()
     cg = start_chain_grid(root, nodes, epoch_s=epoch_s, challenge_window_s=5, detached=True)
     submitter_key = root / "submitter.key"
-    submitter_key.write_text(cg.submitter_key.removeprefix("0x"))
-    submitter_key.chmod(0o600)
+    submitter_key.unlink(missing_ok=True)  # a previous devnet's
+    write_key_file(submitter_key, Signer.from_hex(cg.submitter_key))
     info = {
         "rpc": cg.anvil.rpc_url,
         "coordinator": cg.grid.target,

@@ -12,9 +12,11 @@ from tensorgrid.crypto.keys import (
     Signer,
     checksum_address,
     load_keystore,
+    load_or_create_key_file,
     normalize_address,
     recover_address,
     save_keystore,
+    write_key_file,
 )
 from tensorgrid.crypto.receipts import (
     RECEIPT_TYPES,
@@ -34,6 +36,7 @@ __all__ = [
     "checksum_address",
     "domain_separator",
     "load_keystore",
+    "load_or_create_key_file",
     "normalize_address",
     "personal_digest",
     "receipt_digest",
@@ -48,4 +51,5 @@ __all__ = [
     "sign_receipt",
     "submit_message",
     "verify_receipt",
+    "write_key_file",
 ]

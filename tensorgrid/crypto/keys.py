@@ -17,7 +17,7 @@ from pathlib import Path
 import coincurve
 from eth_hash.auto import keccak
 
-from tensorgrid.errors import KeystoreError, SignatureError
+from tensorgrid.errors import KeystoreError, SignatureError, TensorGridError
 
 # Order of the secp256k1 group; a signature with s > n/2 has a twin (n - s) that also
 # verifies, so only the low-s form is accepted (EIP-2).
@@ -212,3 +212,30 @@ def load_keystore(path: str | os.PathLike[str], password: str) -> Signer:
     except (KeyError, TypeError) as exc:
         raise KeystoreError(f"keystore {target} is malformed: {exc!r}") from None
     return Signer(raw)
+
+
+def write_key_file(path: str | os.PathLike[str], signer: Signer) -> Path:
+    """Write a raw (unencrypted) hex key file, created 0600 and never over an existing file.
+
+    For keys that a service must read unattended (the coordinator's, a devnet's accounts);
+    node operators get an encrypted keystore instead.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(signer.private_key.hex())
+    return target
+
+
+def load_or_create_key_file(path: str | os.PathLike[str]) -> tuple[Signer, bool]:
+    """The key in a hex key file, made on first use; returns (signer, whether it was created)."""
+    target = Path(path)
+    if not target.exists():
+        signer = Signer.generate()
+        write_key_file(target, signer)
+        return signer, True
+    try:
+        return Signer.from_hex(target.read_text().strip()), False
+    except (ValueError, TensorGridError) as e:
+        raise KeystoreError(f"{target} does not hold a private key: {e}") from None
