@@ -42,6 +42,8 @@ def show_earnings(coordinator: str, address: str, chain: Any | None) -> int:
     print(f"node      {address}\nearned    {eth(e.cumulative_wei)}\nunposted  {eth(e.pending_wei)}")
     if e.claim_epoch:
         print(f"claimable {eth(e.claim_cumulative_wei)} cumulative, in epoch {e.claim_epoch}")
+    if e.slashed_wei:
+        print(f"slashed   {eth(e.slashed_wei)} of stake, for results proven wrong")
     if chain is not None:
         print(f"claimed   {eth(chain.claimed(address))}\nstake     {eth(chain.stake_of(address))}")
     return exitcodes.OK

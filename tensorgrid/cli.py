@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -11,7 +12,7 @@ from typing import Any
 
 from tensorgrid import exitcodes
 from tensorgrid.errors import TensorGridError
-from tensorgrid.types import JobInfo
+from tensorgrid.types import JobInfo, JobVerification
 
 DEFAULT_COORDINATOR = os.environ.get("TENSORGRID_COORDINATOR", "127.0.0.1:7070")
 DEFAULT_KEY = Path(
@@ -83,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", type=Path, help="with --watch: download the result here")
     w = job.add_parser("watch", parents=[common], help="follow a job's progress live")
     w.add_argument("job_id")
+    st = job.add_parser("status", parents=[common], help="a job's state, result and verification report")
+    st.add_argument("job_id")
     r = job.add_parser("result", parents=[common], help="download a finished job's result")
     r.add_argument("job_id")
     r.add_argument("-o", "--output", type=Path, required=True)
@@ -130,6 +133,39 @@ def _print_job(job: JobInfo) -> None:
         print(f"  result   {job.result.sha256} ({job.result.size} bytes)")
     if job.error:
         print(f"  error    {job.error}")
+    if job.verification is not None:
+        print(f"  {verification_line(job.verification)}")
+
+
+_OUTCOME_ORDER = ("verified", "caught", "unverified", "open", "disputed")
+
+
+def format_eth(wei: int) -> str:
+    """Exact: 1200000000000000 wei -> "0.0012 ETH"."""
+    whole, frac = divmod(wei, 10**18)
+    return f"{whole}.{frac:018d}".rstrip("0").rstrip(".") + " ETH"
+
+
+def verification_line(v: JobVerification) -> str:
+    """One human line, e.g. "verification: spotcheck, 12 checks (11 verified, 1 caught),
+    detection ≥ 99.0%, stake required 0.0012 ETH"."""
+    if v.mode == "none" and not v.checks:
+        return "verification: none (signature, lease holder and output hash only)"
+    outcomes: dict[str, int] = {}
+    for key, n in v.checks.items():
+        outcome = key.rpartition(":")[2]
+        outcomes[outcome] = outcomes.get(outcome, 0) + n
+    order = sorted(outcomes, key=lambda o: (_OUTCOME_ORDER.index(o) if o in _OUTCOME_ORDER else 99, o))
+    found = ", ".join(f"{outcomes[o]} {o}" for o in order)
+    total = sum(outcomes.values())
+    parts = [v.mode, f"{total} check{'s' if total != 1 else ''}" + (f" ({found})" if found else "")]
+    if v.detection > 0:
+        parts.append(f"detection ≥ {math.floor(v.detection * 1000) / 10:.1f}%")
+    if v.required_stake_wei:
+        parts.append(f"stake required {format_eth(v.required_stake_wei)}")
+    if v.slashes:
+        parts.append(f"{v.slashes} slash{'es' if v.slashes != 1 else ''} took {format_eth(v.slashed_wei)}")
+    return "verification: " + ", ".join(parts)
 
 
 def cmd_submit(ns: argparse.Namespace) -> int:
@@ -167,6 +203,12 @@ def cmd_watch(ns: argparse.Namespace) -> int:
     return exitcodes.OK if job.state.value == "succeeded" else exitcodes.JOB_FAILED
 
 
+def cmd_status(ns: argparse.Namespace) -> int:
+    with _client(ns) as client:
+        _print_job(client.job(ns.job_id))
+    return exitcodes.OK
+
+
 def cmd_result(ns: argparse.Namespace) -> int:
     from tensorgrid.progress import byte_progress
 
@@ -192,7 +234,7 @@ def cmd_nodes(ns: argparse.Namespace) -> int:
         nodes = client.nodes()
     print(
         f"{'node':<44} {'device':<6} {'memory':>9} {'done':>6} {'failed':>6} {'rejected':>8} "
-        f"{'verified':>8} {'caught':>6} {'streak':>6}  state"
+        f"{'verified':>8} {'caught':>6} {'streak':>6} {'slashed':>14}  state"
     )
     for n in nodes:
         state = "draining" if n.draining else "backoff" if n.backoff_until_ms > now else "ok"
@@ -200,7 +242,8 @@ def cmd_nodes(ns: argparse.Namespace) -> int:
         state += f", seen {seen:.0f}s ago"
         print(
             f"{n.address:<44} {n.device_kind:<6} {n.memory_bytes / (1 << 30):>7.1f}Gi {n.completed:>6} "
-            f"{n.failures:>6} {n.rejections:>8} {n.verified:>8} {n.caught:>6} {n.consecutive_valid:>6}  {state}"
+            f"{n.failures:>6} {n.rejections:>8} {n.verified:>8} {n.caught:>6} {n.consecutive_valid:>6} "
+            f"{format_eth(n.slashed_wei) if n.slashed_wei else '-':>14}  {state}"
         )
     return exitcodes.OK
 
@@ -329,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
             "submit": cmd_submit,
             "submit-training": cmd_submit_training,
             "watch": cmd_watch,
+            "status": cmd_status,
             "result": cmd_result,
             "list": cmd_list,
             "cancel": cmd_cancel,

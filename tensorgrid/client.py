@@ -219,6 +219,7 @@ class Client:
             claim_epoch=m.claim_epoch,
             claim_cumulative_wei=int(m.claim_cumulative_wei or 0),
             claim_proof=[bytes(p) for p in m.claim_proof],
+            slashed_wei=int(m.slashed_wei or 0),
         )
 
     def cancel(self, job_id: str) -> JobInfo:

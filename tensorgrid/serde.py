@@ -161,6 +161,7 @@ def job_to_pb(j: t.JobInfo) -> submit_pb2.Job:
         task_failures=j.task_failures,
         result=blob_to_pb(j.result),
         error=j.error,
+        verification=None if j.verification is None else verification_to_pb(j.verification),
     )
 
 
@@ -179,6 +180,29 @@ def job_from_pb(m: submit_pb2.Job) -> t.JobInfo:
         task_failures=m.task_failures,
         result=blob_from_pb(m.result) if m.HasField("result") else None,
         error=m.error,
+        verification=verification_from_pb(m.verification) if m.HasField("verification") else None,
+    )
+
+
+def verification_to_pb(v: t.JobVerification) -> submit_pb2.JobVerification:
+    return submit_pb2.JobVerification(
+        mode=v.mode,
+        checks=dict(v.checks),
+        detection=v.detection,
+        required_stake_wei=str(v.required_stake_wei),
+        slashes=v.slashes,
+        slashed_wei=str(v.slashed_wei),
+    )
+
+
+def verification_from_pb(m: submit_pb2.JobVerification) -> t.JobVerification:
+    return t.JobVerification(
+        mode=m.mode,
+        checks={k: int(n) for k, n in sorted(m.checks.items())},
+        detection=m.detection,
+        required_stake_wei=int(m.required_stake_wei or 0),
+        slashes=m.slashes,
+        slashed_wei=int(m.slashed_wei or 0),
     )
 
 
@@ -226,6 +250,7 @@ def node_to_pb(n: t.NodeStatus) -> submit_pb2.NodeStatus:
         consecutive_valid=n.consecutive_valid,
         verified=n.verified,
         caught=n.caught,
+        slashed_wei=str(n.slashed_wei),
     )
 
 
@@ -243,4 +268,5 @@ def node_from_pb(m: submit_pb2.NodeStatus) -> t.NodeStatus:
         consecutive_valid=m.consecutive_valid,
         verified=m.verified,
         caught=m.caught,
+        slashed_wei=int(m.slashed_wei or 0),
     )

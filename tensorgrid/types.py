@@ -104,6 +104,26 @@ class Lease:
 
 
 @dataclass(frozen=True)
+class JobVerification:
+    """How a job's results are verified, and what that found (see VerificationSpec)."""
+
+    mode: str  # spotcheck | replicate | none
+    checks: dict[str, int] = field(default_factory=dict)  # "kind:outcome" -> count
+    detection: float = 0.0  # per-job chance of catching a cheater, worst case (most trusted node)
+    required_stake_wei: int = 0
+    slashes: int = 0  # confirmed on-chain slashes of nodes caught on this job
+    slashed_wei: int = 0
+
+    def count(self, outcome: str) -> int:
+        """Checks of any kind that ended in `outcome` (verified, caught, unverified, open, …)."""
+        return sum(n for key, n in self.checks.items() if key.rpartition(":")[2] == outcome)
+
+    @property
+    def total(self) -> int:
+        return sum(self.checks.values())
+
+
+@dataclass(frozen=True)
 class JobInfo:
     job_id: str
     submitter: str
@@ -118,6 +138,7 @@ class JobInfo:
     task_failures: int
     result: BlobRef | None
     error: str
+    verification: JobVerification | None = None  # set on replies about one job
 
 
 @dataclass(frozen=True)
@@ -150,6 +171,7 @@ class NodeStatus:
     consecutive_valid: int = 0  # verified results since the last one caught
     verified: int = 0  # results that passed a spot-check, canary or quorum
     caught: int = 0  # results (or checks) proven wrong by a quorum
+    slashed_wei: int = 0  # stake taken on chain by confirmed slashes
 
 
 @dataclass(frozen=True)
@@ -162,3 +184,4 @@ class Earnings:
     claim_epoch: int = 0
     claim_cumulative_wei: int = 0
     claim_proof: list[bytes] = field(default_factory=list)
+    slashed_wei: int = 0  # stake taken on chain by confirmed slashes

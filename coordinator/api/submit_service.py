@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 
@@ -13,11 +14,15 @@ from coordinator.api.status import abort, unary
 from coordinator.app import Coordinator, now_ms
 from coordinator.errors import Conflict, NotFound, PermissionDenied
 from coordinator.intake import authenticate, plan_job
+from coordinator.ledger import slashing
+from coordinator.storage import State
+from coordinator.verification.policy import VerificationPolicy
 from tensorgrid import serde
 from tensorgrid.blobs import check_sha256
 from tensorgrid.crypto import cancel_message, normalize_address, recover_message_signer
-from tensorgrid.errors import BlobError, SignatureError
-from tensorgrid.types import BlobRef
+from tensorgrid.errors import BlobError, SignatureError, SpecError
+from tensorgrid.spec import InferenceSpec, VerificationSpec, parse_spec
+from tensorgrid.types import BlobRef, JobInfo, JobVerification
 from tensorgrid.v1 import common_pb2, submit_pb2, submit_pb2_grpc
 
 log = logging.getLogger("tensorgrid.coordinator")
@@ -58,7 +63,8 @@ class SubmitterServicer(submit_pb2_grpc.SubmitterServiceServicer):
         spec_json = bytes(request.spec_json)
         submitter, sh, job_id = authenticate(spec_json, request.submitter, bytes(request.signature))
         try:
-            return serde.job_to_pb(await app.db(app.state.get_job, job_id))  # resubmission: same job
+            existing = await app.db(app.state.get_job, job_id)  # resubmission: same job
+            return serde.job_to_pb(await app.db(with_verification, app.state, existing))
         except NotFound:
             pass
         job, tasks = await app.work(plan_job, spec_json, submitter, sh, job_id, app.blobs, app.config.limits)
@@ -73,11 +79,12 @@ class SubmitterServicer(submit_pb2_grpc.SubmitterServiceServicer):
         if created:
             app.hub.work_available()
             log.info("job %s from %s: %s, %d tasks", job_id, submitter, job.kind, len(tasks))
-        return serde.job_to_pb(info)
+        return serde.job_to_pb(await app.db(with_verification, app.state, info))
 
     @unary
     async def GetJob(self, request: submit_pb2.GetJobRequest, context: grpc.aio.ServicerContext) -> submit_pb2.Job:
-        return serde.job_to_pb(await self.app.db(self.app.state.get_job, request.job_id))
+        job = await self.app.db(self.app.state.get_job, request.job_id)
+        return serde.job_to_pb(await self.app.db(with_verification, self.app.state, job))
 
     @unary
     async def ListJobs(
@@ -97,7 +104,7 @@ class SubmitterServicer(submit_pb2_grpc.SubmitterServiceServicer):
             raise PermissionDenied(f"bad cancel signature: {e}") from None
         info = await app.db(app.state.cancel_job, request.job_id, caller, now_ms())
         app.hub.notify(request.job_id)
-        return serde.job_to_pb(info)
+        return serde.job_to_pb(await app.db(with_verification, app.state, info))
 
     async def WatchJob(
         self, request: submit_pb2.WatchJobRequest, context: grpc.aio.ServicerContext
@@ -138,6 +145,7 @@ class SubmitterServicer(submit_pb2_grpc.SubmitterServiceServicer):
     ) -> submit_pb2.Earnings:
         address = normalize_address(request.address)
         e = await self.app.db(self.app.ledger.earnings, address)
+        slashed = await self.app.db(self.app.ledger.slashed_wei, address)
         claim = e["claimable"]
         return submit_pb2.Earnings(
             address=address,
@@ -146,6 +154,7 @@ class SubmitterServicer(submit_pb2_grpc.SubmitterServiceServicer):
             claim_epoch=claim["epoch"] if claim else 0,
             claim_cumulative_wei=str(claim["cumulative_wei"]) if claim else "0",
             claim_proof=[bytes.fromhex(p.removeprefix("0x")) for p in claim["proof"]] if claim else [],
+            slashed_wei=str(slashed),
         )
 
     async def DownloadBlob(
@@ -153,3 +162,29 @@ class SubmitterServicer(submit_pb2_grpc.SubmitterServiceServicer):
     ) -> AsyncIterator[common_pb2.BlobChunk]:
         async for chunk in stream_blob(self.app.blobs, request, context):
             yield chunk
+
+
+def with_verification(state: State, job: JobInfo) -> JobInfo:
+    """`job` with its verification report: policy, detection, required stake, checks, slashes."""
+    stored = state.job_policy(job.job_id)
+    checks = state.job_checks(job.job_id)
+    with state.engine.connect() as conn:
+        slashes, slashed_wei = slashing.job_slashes(conn, job.job_id)
+    mode, detection, stake = "none", 0.0, 0
+    if stored is not None:
+        spec = VerificationSpec(**stored[0])
+        mode, stake = spec.mode, stored[1]
+        detection = _detection(job, spec)
+    report = JobVerification(mode, checks, detection, stake, slashes, slashed_wei)
+    return dataclasses.replace(job, verification=report)
+
+
+def _detection(job: JobInfo, policy: VerificationSpec) -> float:
+    """The policy's worst-case per-job detection (a node trusted enough to be checked at the floor rate)."""
+    try:
+        spec = parse_spec(job.spec_json)
+    except SpecError:
+        return 0.0
+    if not isinstance(spec, InferenceSpec):
+        return 0.0  # training audits report their checks; their odds are not modelled here
+    return VerificationPolicy(policy, job.tasks_total, spec.shard_rows, spec.reward_per_task_wei).worst_detection

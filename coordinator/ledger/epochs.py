@@ -27,8 +27,9 @@ from sqlalchemy import Connection, delete, func, insert, select, update
 from coordinator.ledger import outbox as ob
 from coordinator.ledger._db import chunks, lock_ledger
 from coordinator.ledger.credits import void_job
+from coordinator.ledger.slashing import SlashListener
 from coordinator.storage import schema as s
-from tensorgrid.chain import ContractReverted, EarningsTree
+from tensorgrid.chain import ChainClient, ContractReverted, EarningsTree
 
 log = logging.getLogger("tensorgrid.coordinator.ledger")
 
@@ -150,9 +151,17 @@ def _unwind_and_repost(
 
 
 class LedgerListener:
-    """The ledger's side of the outbox: epochs confirm, and failed posts are unwound."""
+    """The ledger's side of the outbox: epochs confirm, failed posts are unwound, slashes recorded.
+
+    `chain` (optional) lets a confirmed slash record the amount its Slashed event says was taken.
+    """
+
+    def __init__(self, chain: ChainClient | None = None) -> None:
+        self.slashes = SlashListener(chain)
 
     def on_confirmed(self, conn: Connection, item: ob.OutboxItem, now_ms: int) -> None:
+        if item.action == "slash":
+            self.slashes.on_confirmed(conn, item, now_ms)
         if item.action == "post_root":
             conn.execute(
                 update(s.epochs)
@@ -161,6 +170,8 @@ class LedgerListener:
             )
 
     def on_failed(self, conn: Connection, item: ob.OutboxItem, error: ContractReverted, now_ms: int) -> bool:
+        if item.action == "slash":
+            return self.slashes.on_failed(conn, item, error, now_ms)
         if item.action != "post_root":
             log.error("%s failed and is dropped: %s", item.key, error)
             return True

@@ -17,7 +17,7 @@ from typing import Any, TypedDict
 
 from sqlalchemy import Connection, Engine, func, select
 
-from coordinator.ledger import credits, epochs
+from coordinator.ledger import credits, epochs, slashing
 from coordinator.ledger import outbox as ob
 from coordinator.storage import schema as s
 from tensorgrid.chain import ChainClient, EarningsTree
@@ -158,6 +158,12 @@ class Ledger:
             self._trees.popitem(last=False)
         return result
 
+    def slashed_wei(self, node: str) -> int:
+        """Stake taken from `node` on chain by confirmed slashes."""
+        address = normalize_address(node)
+        with self.engine.connect() as conn:
+            return slashing.slashed_by_node(conn, [address]).get(address, 0)
+
     def resolve_failed_epoch(self, epoch: int, now_ms: int, void_jobs: Iterable[str] = ()) -> int | None:
         with self.engine.begin() as conn:
             return epochs.resolve_failed_epoch(conn, epoch, now_ms, void_jobs)
@@ -172,4 +178,4 @@ class Ledger:
 
     def outbox(self, chain: ChainClient, **options: Any) -> ob.Outbox:
         """The outbox worker for this ledger's database, sending as `chain`'s account."""
-        return ob.Outbox(self.engine, chain, listener=epochs.LedgerListener(), **options)
+        return ob.Outbox(self.engine, chain, listener=epochs.LedgerListener(chain), **options)

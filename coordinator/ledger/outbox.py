@@ -35,6 +35,7 @@ from web3.exceptions import ContractLogicError, TimeExhausted, TransactionNotFou
 
 from coordinator.storage import schema as s
 from tensorgrid.chain import ChainClient, ChainError, ContractReverted
+from tensorgrid.types import Receipt
 
 log = logging.getLogger("tensorgrid.coordinator.outbox")
 _ob = s.outbox
@@ -149,6 +150,15 @@ ACTIONS: dict[str, Callable[[ChainClient, dict[str, Any]], tuple[Any, int]]] = {
     ),
     "record_result": lambda c, p: (c.record_result_call(p["job_id"], p["result_hash"]), 0),
     "revoke_root": lambda c, p: (c.settlement.functions.revokeRoot(int(p["epoch"])), 0),
+    "slash": lambda c, p: (  # payload: see ledger.slashing.queue_slash
+        c.slash_call(
+            Receipt(**p["receipt"], signature=bytes.fromhex(p["signature"])),
+            int(p["amount"]),
+            p["correct_output_hash"],
+            p["beneficiary"],
+        ),
+        0,
+    ),
 }
 
 

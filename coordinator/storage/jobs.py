@@ -192,25 +192,32 @@ class JobStore:
 
         job_values are applied to the job row in the same statement; returns the updated counters.
         """
-        row = conn.execute(
-            update(s.jobs)
-            .where(s.jobs.c.job_id == job_id)
-            .values(event_seq=s.jobs.c.event_seq + 1, updated_ms=now_ms, **(job_values or {}))
-            .returning(s.jobs.c.event_seq, s.jobs.c.tasks_done, s.jobs.c.tasks_total, s.jobs.c.state)
-        ).one()
-        conn.execute(
-            insert(s.events).values(
-                job_id=job_id,
-                seq=row.event_seq,
-                kind=kind,
-                time_ms=now_ms,
-                tasks_done=row.tasks_done,
-                tasks_total=row.tasks_total,
-                state=row.state,
-                **fields,
-            )
+        return append_event(conn, job_id, kind, now_ms, job_values, **fields)
+
+
+def append_event(
+    conn: Connection, job_id: str, kind: str, now_ms: int, job_values: dict[str, Any] | None = None, **fields: Any
+) -> Any:
+    """JobStore._event for code without a State at hand (e.g. the ledger's outbox listener)."""
+    row = conn.execute(
+        update(s.jobs)
+        .where(s.jobs.c.job_id == job_id)
+        .values(event_seq=s.jobs.c.event_seq + 1, updated_ms=now_ms, **(job_values or {}))
+        .returning(s.jobs.c.event_seq, s.jobs.c.tasks_done, s.jobs.c.tasks_total, s.jobs.c.state)
+    ).one()
+    conn.execute(
+        insert(s.events).values(
+            job_id=job_id,
+            seq=row.event_seq,
+            kind=kind,
+            time_ms=now_ms,
+            tasks_done=row.tasks_done,
+            tasks_total=row.tasks_total,
+            state=row.state,
+            **fields,
         )
-        return row
+    )
+    return row
 
 
 def _task_row(job: NewJob, t: NewTask, now_ms: int) -> dict[str, Any]:

@@ -9,7 +9,9 @@ from sqlalchemy import Connection, Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from coordinator.errors import Rejected
+from coordinator.ledger import slashing
 from coordinator.storage import schema as s
+from tensorgrid.crypto import normalize_address
 from tensorgrid.types import Capabilities, NodeStatus
 
 BACKOFF_BASE_MS = 500
@@ -66,12 +68,14 @@ class NodeStore:
     def get_node(self, address: str) -> NodeStatus | None:
         with self.engine.connect() as conn:
             row = conn.execute(select(s.nodes).where(s.nodes.c.address == address)).first()
-        return _node_info(row) if row else None
+            slashed = slashing.slashed_by_node(conn, [address]) if row else {}
+        return _node_info(row, slashed) if row else None
 
     def list_nodes(self) -> list[NodeStatus]:
         with self.engine.connect() as conn:
             rows = conn.execute(select(s.nodes).order_by(s.nodes.c.registered_ms)).all()
-        return [_node_info(r) for r in rows]
+            slashed = slashing.slashed_by_node(conn)
+        return [_node_info(r, slashed) for r in rows]
 
     def _node_failed(self, conn: Connection, address: str, now_ms: int, *, rejection: bool = False) -> None:
         row = conn.execute(select(s.nodes.c.consecutive_failures).where(s.nodes.c.address == address)).first()
@@ -93,7 +97,7 @@ class NodeStore:
             self._node_failed(conn, address, now_ms, rejection=True)
 
 
-def _node_info(row: object) -> NodeStatus:
+def _node_info(row: object, slashed: dict[str, int]) -> NodeStatus:
     r = row._mapping  # type: ignore[attr-defined]
     return NodeStatus(
         address=r["address"],
@@ -105,4 +109,5 @@ def _node_info(row: object) -> NodeStatus:
         failures=r["failures"],
         rejections=r["rejections"],
         backoff_until_ms=r["backoff_until_ms"],
+        slashed_wei=slashed.get(normalize_address(r["address"]), 0),
     )

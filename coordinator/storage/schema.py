@@ -230,3 +230,26 @@ outbox = Table(
     Column("updated_ms", BigInteger, nullable=False),
     Index("ix_outbox_state", "state", "id"),
 )
+
+# A slash asked of NodeRegistry with a caught node's signed receipt (coordinator/ledger/slashing).
+slashes = Table(
+    "slashes",
+    metadata,
+    Column("task_id", String(64), primary_key=True),
+    Column("attempt", Integer, primary_key=True),
+    Column("node", String(42), nullable=False),
+    Column("job_id", String(64), nullable=False),
+    Column("amount_wei", Wei, nullable=False),  # asked for; the contract caps it at the node's stake
+    Column("taken_wei", Wei),  # from the Slashed event once confirmed (NULL: not known)
+    Column("beneficiary", String(42), nullable=False),
+    Column("correct_output", String(64), nullable=False),
+    # queued → confirmed | failed (a revert: the error names why, e.g. EvidenceAlreadyUsed)
+    Column("state", String(16), nullable=False),
+    Column("outbox_key", String(200), nullable=False),
+    Column("tx_hash", String(66)),
+    Column("error", Text, nullable=False, default=""),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("updated_ms", BigInteger, nullable=False),
+    Index("ix_slashes_node", "node", "state"),
+    Index("ix_slashes_job", "job_id"),
+)

@@ -15,6 +15,7 @@ from typing import Any
 
 from web3 import Web3
 from web3.exceptions import ContractLogicError
+from web3.logs import DISCARD
 
 from tensorgrid.chain._tx import ErrorDecoder, Transactor, TxResult
 from tensorgrid.chain.artifacts import load_artifact
@@ -137,16 +138,34 @@ class ChainClient:
 
     def slash(self, receipt: Receipt, amount: int, correct_output_hash: Bytes32, beneficiary: str) -> TxResult:
         """Coordinator only: slash the signer of `receipt` (which must carry its signature)."""
+        return self._tx.send(self.slash_call(receipt, amount, correct_output_hash, beneficiary), "slash")
+
+    def slash_call(self, receipt: Receipt, amount: int, correct_output_hash: Bytes32, beneficiary: str) -> Any:
+        """The unsent slash call (for build_signed)."""
         if not receipt.signature:
             raise ChainError(f"receipt for task {receipt.task_id} carries no signature")
-        fn = self.registry.functions.slash(
+        return self.registry.functions.slash(
             receipt_tuple(receipt),
             receipt.signature,
             amount,
             to_bytes32(correct_output_hash),
             Web3.to_checksum_address(beneficiary),
         )
-        return self._tx.send(fn, "slash")
+
+    def slashed_in(self, tx_hash: str) -> list[tuple[str, str, int, int, str]]:
+        """The Slashed events of a mined tx: (node, task id hex, attempt, wei taken, beneficiary)."""
+        receipt = self.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
+        events = self.registry.events.Slashed().process_receipt(receipt, errors=DISCARD)
+        return [
+            (
+                str(e["args"]["node"]),
+                bytes(e["args"]["taskId"]).hex(),
+                int(e["args"]["attempt"]),
+                int(e["args"]["amount"]),
+                str(e["args"]["beneficiary"]),
+            )
+            for e in events
+        ]
 
     def stake_of(self, node: str) -> int:
         return int(self.registry.functions.stakeOf(_addr(node)).call())

@@ -50,7 +50,7 @@ class SubmitJobRequest(_message.Message):
     def __init__(self, spec_json: _Optional[bytes] = ..., submitter: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class Job(_message.Message):
-    __slots__ = ("job_id", "submitter", "kind", "state", "spec_json", "spec_hash", "created_ms", "updated_ms", "tasks_total", "tasks_done", "task_failures", "result", "error")
+    __slots__ = ("job_id", "submitter", "kind", "state", "spec_json", "spec_hash", "created_ms", "updated_ms", "tasks_total", "tasks_done", "task_failures", "result", "error", "verification")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     SUBMITTER_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -64,6 +64,7 @@ class Job(_message.Message):
     TASK_FAILURES_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    VERIFICATION_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     submitter: str
     kind: str
@@ -77,7 +78,31 @@ class Job(_message.Message):
     task_failures: int
     result: _common_pb2.BlobRef
     error: str
-    def __init__(self, job_id: _Optional[str] = ..., submitter: _Optional[str] = ..., kind: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., spec_json: _Optional[bytes] = ..., spec_hash: _Optional[str] = ..., created_ms: _Optional[int] = ..., updated_ms: _Optional[int] = ..., tasks_total: _Optional[int] = ..., tasks_done: _Optional[int] = ..., task_failures: _Optional[int] = ..., result: _Optional[_Union[_common_pb2.BlobRef, _Mapping]] = ..., error: _Optional[str] = ...) -> None: ...
+    verification: JobVerification
+    def __init__(self, job_id: _Optional[str] = ..., submitter: _Optional[str] = ..., kind: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., spec_json: _Optional[bytes] = ..., spec_hash: _Optional[str] = ..., created_ms: _Optional[int] = ..., updated_ms: _Optional[int] = ..., tasks_total: _Optional[int] = ..., tasks_done: _Optional[int] = ..., task_failures: _Optional[int] = ..., result: _Optional[_Union[_common_pb2.BlobRef, _Mapping]] = ..., error: _Optional[str] = ..., verification: _Optional[_Union[JobVerification, _Mapping]] = ...) -> None: ...
+
+class JobVerification(_message.Message):
+    __slots__ = ("mode", "checks", "detection", "required_stake_wei", "slashes", "slashed_wei")
+    class ChecksEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    CHECKS_FIELD_NUMBER: _ClassVar[int]
+    DETECTION_FIELD_NUMBER: _ClassVar[int]
+    REQUIRED_STAKE_WEI_FIELD_NUMBER: _ClassVar[int]
+    SLASHES_FIELD_NUMBER: _ClassVar[int]
+    SLASHED_WEI_FIELD_NUMBER: _ClassVar[int]
+    mode: str
+    checks: _containers.ScalarMap[str, int]
+    detection: float
+    required_stake_wei: str
+    slashes: int
+    slashed_wei: str
+    def __init__(self, mode: _Optional[str] = ..., checks: _Optional[_Mapping[str, int]] = ..., detection: _Optional[float] = ..., required_stake_wei: _Optional[str] = ..., slashes: _Optional[int] = ..., slashed_wei: _Optional[str] = ...) -> None: ...
 
 class GetJobRequest(_message.Message):
     __slots__ = ("job_id",)
@@ -146,7 +171,7 @@ class ListNodesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("address", "device_kind", "memory_bytes", "last_seen_ms", "draining", "completed", "failures", "rejections", "backoff_until_ms", "consecutive_valid", "verified", "caught")
+    __slots__ = ("address", "device_kind", "memory_bytes", "last_seen_ms", "draining", "completed", "failures", "rejections", "backoff_until_ms", "consecutive_valid", "verified", "caught", "slashed_wei")
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     DEVICE_KIND_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -159,6 +184,7 @@ class NodeStatus(_message.Message):
     CONSECUTIVE_VALID_FIELD_NUMBER: _ClassVar[int]
     VERIFIED_FIELD_NUMBER: _ClassVar[int]
     CAUGHT_FIELD_NUMBER: _ClassVar[int]
+    SLASHED_WEI_FIELD_NUMBER: _ClassVar[int]
     address: str
     device_kind: str
     memory_bytes: int
@@ -171,7 +197,8 @@ class NodeStatus(_message.Message):
     consecutive_valid: int
     verified: int
     caught: int
-    def __init__(self, address: _Optional[str] = ..., device_kind: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., last_seen_ms: _Optional[int] = ..., draining: _Optional[bool] = ..., completed: _Optional[int] = ..., failures: _Optional[int] = ..., rejections: _Optional[int] = ..., backoff_until_ms: _Optional[int] = ..., consecutive_valid: _Optional[int] = ..., verified: _Optional[int] = ..., caught: _Optional[int] = ...) -> None: ...
+    slashed_wei: str
+    def __init__(self, address: _Optional[str] = ..., device_kind: _Optional[str] = ..., memory_bytes: _Optional[int] = ..., last_seen_ms: _Optional[int] = ..., draining: _Optional[bool] = ..., completed: _Optional[int] = ..., failures: _Optional[int] = ..., rejections: _Optional[int] = ..., backoff_until_ms: _Optional[int] = ..., consecutive_valid: _Optional[int] = ..., verified: _Optional[int] = ..., caught: _Optional[int] = ..., slashed_wei: _Optional[str] = ...) -> None: ...
 
 class ListNodesResponse(_message.Message):
     __slots__ = ("nodes",)
@@ -186,17 +213,19 @@ class GetEarningsRequest(_message.Message):
     def __init__(self, address: _Optional[str] = ...) -> None: ...
 
 class Earnings(_message.Message):
-    __slots__ = ("address", "cumulative_wei", "pending_wei", "claim_epoch", "claim_cumulative_wei", "claim_proof")
+    __slots__ = ("address", "cumulative_wei", "pending_wei", "claim_epoch", "claim_cumulative_wei", "claim_proof", "slashed_wei")
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     CUMULATIVE_WEI_FIELD_NUMBER: _ClassVar[int]
     PENDING_WEI_FIELD_NUMBER: _ClassVar[int]
     CLAIM_EPOCH_FIELD_NUMBER: _ClassVar[int]
     CLAIM_CUMULATIVE_WEI_FIELD_NUMBER: _ClassVar[int]
     CLAIM_PROOF_FIELD_NUMBER: _ClassVar[int]
+    SLASHED_WEI_FIELD_NUMBER: _ClassVar[int]
     address: str
     cumulative_wei: str
     pending_wei: str
     claim_epoch: int
     claim_cumulative_wei: str
     claim_proof: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, address: _Optional[str] = ..., cumulative_wei: _Optional[str] = ..., pending_wei: _Optional[str] = ..., claim_epoch: _Optional[int] = ..., claim_cumulative_wei: _Optional[str] = ..., claim_proof: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    slashed_wei: str
+    def __init__(self, address: _Optional[str] = ..., cumulative_wei: _Optional[str] = ..., pending_wei: _Optional[str] = ..., claim_epoch: _Optional[int] = ..., claim_cumulative_wei: _Optional[str] = ..., claim_proof: _Optional[_Iterable[bytes]] = ..., slashed_wei: _Optional[str] = ...) -> None: ...
