@@ -3,6 +3,12 @@
 The agent only dials out, so a node behind NAT works. It survives a coordinator restart
 (it retries with backoff and registers again when its session is unknown), never runs a
 workload in its own process, and drains on the first SIGTERM.
+
+A training task's checkpoints stay in work_dir/checkpoints/<task>-<attempt> until the
+coordinator's answer to the result arrives; the ones it asks for are revealed
+(RevealCheckpoint), then the directory goes. Leftovers of a previous run are deleted at
+start: a restarted node cannot reveal them (its audits then fail, which costs it the pay
+and reputation of those results, never a slash).
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import shutil
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -27,6 +34,7 @@ from tensorgrid.types import BlobRef, Capabilities, ErrorKind, Lease, TaskError
 
 log = logging.getLogger("tensorgrid.node")
 LEASE_WAIT_MS = 5_000
+CHECKPOINTS = "checkpoints"
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 
@@ -38,6 +46,11 @@ class AgentConfig:
     device: str = "auto"
     threads: int = 0  # 0: torch's default
     rpc_timeout_s: float = 30.0
+
+
+def checkpoint_file(step: int) -> str:
+    """tensorgrid.training.inner.checkpoint_name, without importing torch into the daemon."""
+    return f"step_{step:08d}.safetensors"
 
 
 class Agent:
@@ -56,6 +69,8 @@ class Agent:
     async def run(self) -> None:
         """Work until drained. Returns after in-flight tasks are finished or released."""
         self.config.work_dir.mkdir(parents=True, exist_ok=True)
+        # Checkpoints of a previous run: their results can no longer be revealed.
+        shutil.rmtree(self.config.work_dir / CHECKPOINTS, ignore_errors=True)
         try:
             # Warm the task workers (torch import) before the first lease, not during it.
             await asyncio.gather(*(ex.start() for ex in self.executors))
@@ -174,14 +189,26 @@ class Agent:
     async def _run_task(self, ex: Executor, lease: Lease) -> None:
         self._active[lease.task_id] = (lease.attempt, ex)
         out = self.config.work_dir / f"{lease.task_id}-{lease.attempt}.out"
+        ckpt = (
+            self.config.work_dir / CHECKPOINTS / f"{lease.task_id}-{lease.attempt}"
+            if lease.kind == "training"
+            else None
+        )
         started = time.monotonic()
         try:
-            outcome = await self._execute(ex, lease, out)
+            outcome = await self._execute(ex, lease, out, ckpt)
             executed = time.monotonic()
             if outcome.ok:
-                await self._submit(lease, out, outcome.commitment)
-                log.debug("task %s: %.3fs fetching, %.3fs computing, %.3fs submitting", lease.task_id[:12],
-                          executed - started - outcome.seconds, outcome.seconds, time.monotonic() - executed)
+                reveal = await self._submit(lease, out, outcome.commitment)
+                if reveal and ckpt is not None:
+                    await self._reveal(lease, ckpt, reveal)
+                log.debug(
+                    "task %s: %.3fs fetching, %.3fs computing, %.3fs submitting",
+                    lease.task_id[:12],
+                    executed - started - outcome.seconds,
+                    outcome.seconds,
+                    time.monotonic() - executed,
+                )
             elif outcome.error is not None:
                 log.warning(
                     "task %s failed: %s: %s", lease.task_id[:12], outcome.error.kind.value, outcome.error.message[:300]
@@ -190,8 +217,10 @@ class Agent:
         finally:
             self._active.pop(lease.task_id, None)
             out.unlink(missing_ok=True)
+            if ckpt is not None:
+                await asyncio.to_thread(shutil.rmtree, ckpt, True)
 
-    async def _execute(self, ex: Executor, lease: Lease, out: Path) -> TaskOutcome:
+    async def _execute(self, ex: Executor, lease: Lease, out: Path, ckpt: Path | None = None) -> TaskOutcome:
         settings = dict(lease.settings)
         try:
             model = await self.cache.ensure(lease.model, self._fetcher(lease.model)) if lease.model else None
@@ -227,29 +256,54 @@ class Agent:
             threads=self.config.threads,
             memory_limit_bytes=lease.memory_limit_bytes,
             time_limit_s=lease.time_limit_ms / 1000,
+            checkpoint_dir=str(ckpt) if ckpt is not None else None,
         )
         return await ex.run(request)
 
     def _fetcher(self, ref: BlobRef) -> Callable[[int], AsyncIterator[bytes]]:
         return lambda offset: self.client.fetch(ref, offset)
 
-    async def _submit(self, lease: Lease, out: Path, commitment: str = "") -> None:
+    async def _submit(self, lease: Lease, out: Path, commitment: str = "") -> list[int]:
+        """Send the result; returns the checkpoint steps its audit wants revealed (usually none)."""
         output = await asyncio.to_thread(file_sha256, out)
         receipt = self.client.sign(lease, output, commitment)
         for attempt in range(3):
             try:
-                accepted, reason = await self.client.submit(receipt, output.size, out)
+                accepted, reason, reveal = await self.client.submit_result(receipt, output.size, out)
                 break
             except grpc.aio.AioRpcError as e:
                 await self._on_rpc_error(e, "submit")
                 if e.code() not in (*RETRYABLE, grpc.StatusCode.UNAUTHENTICATED) or attempt == 2:
-                    return
+                    return []
                 await asyncio.sleep(0.5 * 2**attempt)
         if accepted:
             self.completed += 1
             log.info("task %s/%d accepted (%d done)", lease.task_id[:12], lease.attempt, self.completed)
-        else:
-            log.warning("task %s/%d rejected: %s", lease.task_id[:12], lease.attempt, reason)
+            return reveal
+        log.warning("task %s/%d rejected: %s", lease.task_id[:12], lease.attempt, reason)
+        return []
+
+    async def _reveal(self, lease: Lease, ckpt: Path, steps: list[int]) -> None:
+        """Upload the checkpoints an audit asked for; a refused or missing one is logged, not retried."""
+        for step in steps:
+            path = ckpt / checkpoint_file(step)
+            if not path.is_file():
+                log.warning("task %s: the audit asks for step %d, which this node has no checkpoint of",
+                            lease.task_id[:12], step)  # fmt: skip
+                continue
+            for attempt in range(3):
+                try:
+                    ok, reason = await self.client.reveal(lease.task_id, lease.attempt, step, path)
+                except grpc.aio.AioRpcError as e:
+                    await self._on_rpc_error(e, "reveal")
+                    if e.code() not in (*RETRYABLE, grpc.StatusCode.UNAUTHENTICATED) or attempt == 2:
+                        break
+                    await asyncio.sleep(0.5 * 2**attempt)
+                    continue
+                if not ok:
+                    log.warning("task %s: checkpoint %d refused: %s", lease.task_id[:12], step, reason)
+                break
+        log.info("task %s/%d: revealed checkpoints %s for its audit", lease.task_id[:12], lease.attempt, steps)
 
     async def _report(self, task_id: str, attempt: int, error: TaskError, timeout: float | None = None) -> None:
         try:

@@ -45,6 +45,7 @@ class TaskRequest:
     threads: int = 0
     memory_limit_bytes: int = 0
     time_limit_s: float = 0.0
+    checkpoint_dir: str | None = None  # training: keep the checkpoints here, for reveals
 
 
 @dataclass(frozen=True)
@@ -280,6 +281,8 @@ class Executor:
             "threads": request.threads,
             "memory_limit_bytes": request.memory_limit_bytes,
         }
+        if request.checkpoint_dir:
+            message["checkpoint_dir"] = request.checkpoint_dir
         assert child.proc.stdin is not None
         try:
             child.proc.stdin.write((json.dumps(message) + "\n").encode())

@@ -8,7 +8,8 @@ Request:  {"id", "kind": "inference"|"noop"|"training", "model_path", "input_pat
            "settings": {...}, "device": "auto"|"cpu"|"cuda", "threads": int,
            "memory_limit_bytes": int (optional, 0 = none)}
            A training task's settings also name local files under "paths" (the agent fetched
-           the blobs listed under "blobs"), e.g. {"weights": "/cache/…"}.
+           the blobs listed under "blobs"), e.g. {"weights": "/cache/…"}; with "checkpoint_dir"
+           its checkpoints are kept there (else in a temp dir, deleted at once).
 Response: {"id", "ok": true, "rows": n, "seconds": s, "commitment": hex (training only)}
        or {"id", "ok": false, "error_kind": <ErrorKind value>, "message": str}
 
@@ -129,9 +130,12 @@ def _run_training(request: dict[str, Any]) -> tuple[int, float, str]:
         {**settings.get("inner", {}), "seed": seeds[shard], "device": request.get("device") or "auto"}
     )
     output = Path(request["output_path"])
-    # Checkpoints live only as long as the task until the protocol can ask a node to reveal one.
-    with tempfile.TemporaryDirectory(prefix="ckpt-", dir=output.parent) as scratch:
-        result = run_inner(request["model_path"], weights, request["input_path"], inner, checkpoint_dir=scratch)
+    keep = request.get("checkpoint_dir")
+    if keep:  # the agent keeps them until the coordinator says which ones to reveal
+        result = run_inner(request["model_path"], weights, request["input_path"], inner, checkpoint_dir=keep)
+    else:
+        with tempfile.TemporaryDirectory(prefix="ckpt-", dir=output.parent) as scratch:
+            result = run_inner(request["model_path"], weights, request["input_path"], inner, checkpoint_dir=scratch)
     write_result(result, output, str(settings.get("compression", "int8")))
     return result.rows, time.perf_counter() - started, result.final_commitment
 

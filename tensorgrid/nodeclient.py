@@ -6,14 +6,17 @@ API directly (simulated nodes, misbehaving nodes).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import hashlib
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import grpc
 
 from tensorgrid import serde
-from tensorgrid.blobs import CHUNK_BYTES
+from tensorgrid.blobs import CHUNK_BYTES, file_sha256
 from tensorgrid.crypto import Signer, registration_message, sign_message, sign_receipt
 from tensorgrid.rpc import SESSION_METADATA_KEY, channel_options
 from tensorgrid.types import BlobRef, Capabilities, Domain, Lease, Receipt, TaskError
@@ -102,19 +105,29 @@ class NodeClient:
 
     async def submit(self, receipt: Receipt, output_size: int, data: bytes | Path) -> tuple[bool, str]:
         """Send a signed result; data is the output's bytes or a file to stream. Returns (accepted, reason)."""
+        accepted, reason, _ = await self.submit_result(receipt, output_size, data)
+        return accepted, reason
 
-        async def chunks() -> AsyncIterator[node_pb2.ResultChunk]:
-            header = node_pb2.ResultHeader(receipt=serde.receipt_to_pb(receipt), output_size=output_size)
-            yield node_pb2.ResultChunk(header=header)
-            if isinstance(data, bytes):
-                for i in range(0, len(data), CHUNK_BYTES):
-                    yield node_pb2.ResultChunk(data=data[i : i + CHUNK_BYTES])
-            else:
-                with open(data, "rb") as f:
-                    while piece := f.read(CHUNK_BYTES):
-                        yield node_pb2.ResultChunk(data=piece)
+    async def submit_result(
+        self, receipt: Receipt, output_size: int, data: bytes | Path
+    ) -> tuple[bool, str, list[int]]:
+        """submit(), also returning the checkpoint steps to reveal (a training result drawn for an audit)."""
+        header = node_pb2.ResultHeader(receipt=serde.receipt_to_pb(receipt), output_size=output_size)
+        chunks = _stream(node_pb2.ResultChunk, node_pb2.ResultChunk(header=header), data)
+        resp = await self.stub.SubmitResult(chunks, metadata=self.metadata, timeout=max(self.timeout, 600))
+        return resp.accepted, resp.reason, list(resp.reveal_steps)
 
-        resp = await self.stub.SubmitResult(chunks(), metadata=self.metadata, timeout=max(self.timeout, 600))
+    async def reveal(self, task_id: str, attempt: int, step: int, data: bytes | Path) -> tuple[bool, str]:
+        """Upload the training checkpoint at `step` of a submitted result, as its audit asked.
+
+        data is the checkpoint's bytes or its file (hashed on a thread). Returns (accepted, reason)."""
+        if isinstance(data, bytes):
+            ref = BlobRef(hashlib.sha256(data).hexdigest(), len(data))
+        else:
+            ref = await asyncio.to_thread(file_sha256, data)
+        header = node_pb2.RevealHeader(task_id=task_id, attempt=attempt, step=step, size=ref.size, sha256=ref.sha256)
+        chunks = _stream(node_pb2.RevealChunk, node_pb2.RevealChunk(header=header), data)
+        resp = await self.stub.RevealCheckpoint(chunks, metadata=self.metadata, timeout=max(self.timeout, 600))
         return resp.accepted, resp.reason
 
     async def report(self, task_id: str, attempt: int, error: TaskError, timeout: float | None = None) -> bool:
@@ -124,3 +137,18 @@ class NodeClient:
             timeout=timeout or self.timeout,
         )
         return bool(ack.reissued)
+
+
+M = TypeVar("M")
+
+
+async def _stream(kind: Any, header: M, data: bytes | Path) -> AsyncIterator[M]:
+    """A client stream: the header message, then data in chunks as kind(data=...)."""
+    yield header
+    if isinstance(data, bytes):
+        for i in range(0, len(data), CHUNK_BYTES):
+            yield kind(data=data[i : i + CHUNK_BYTES])
+    else:
+        with open(data, "rb") as f:
+            while piece := f.read(CHUNK_BYTES):
+                yield kind(data=piece)

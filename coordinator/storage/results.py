@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, bindparam, insert, select, update
 
@@ -21,6 +21,9 @@ from coordinator.verification import records as verification
 from coordinator.verification.records import CheckPlan, Verdict
 from coordinator.verification.store import job_complete
 from tensorgrid.types import BlobRef, JobState, Receipt
+
+if TYPE_CHECKING:
+    from coordinator.training.audit_store import AuditPlan
 
 _t = s.tasks
 # Built once: a prebuilt statement keeps SQLAlchemy's cache key memoized (no per-call tree walk).
@@ -75,10 +78,11 @@ class ResultItem:
     rows: int | None
     check: CheckPlan | None = None  # open this spot-check of the result (it is paid once verified)
     verdict: Verdict | None = None  # the result is a check task's: settle the check with this
+    audit: AuditPlan | None = None  # a training result drawn for an audit: paid once it passes
 
 
 def _paid_now(item: ResultItem) -> bool:
-    return item.check is None and item.verdict is None
+    return item.check is None and item.verdict is None and item.audit is None
 
 
 Outcome = tuple[str, bool] | Rejected  # (job id, job complete) or why it was refused
@@ -171,6 +175,11 @@ class ResultStore:
         touched: set[str] = set()
         for item, job_id, _ in accepted:
             touched.add(job_id)
+            if item.audit is not None:
+                from coordinator.training.audit_store import open_audit  # lazily: training imports storage
+
+                r = item.receipt
+                open_audit(conn, item.node, r.task_id, r.attempt, item.output, item.audit, now_ms)
             if item.check is not None:
                 subject = conn.execute(select(_t).where(_t.c.task_id == item.receipt.task_id)).one()
                 verification.open_check(conn, subject, item.check, now_ms)

@@ -6,11 +6,16 @@ each open training job's current round and, when the round may close (quorum rea
 its deadline passed with at least one result), runs the outer step on a work thread and
 commits the close in one transaction. The database is the only source of truth, so a
 restarted coordinator simply carries on from the last closed round.
+
+Audited results (coordinator.training.audit) hold their round open until their audits
+settle or the round's deadline passes; only results that passed an audit or were not drawn
+for one go into the outer step.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Iterable
@@ -18,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from coordinator.errors import Conflict
 from coordinator.training import planner, store
+from coordinator.training.audit import Auditor, usable
 from tensorgrid.errors import TensorGridError
 
 if TYPE_CHECKING:
@@ -39,6 +45,8 @@ class RoundManager:
         self._wake = asyncio.Event()
         self._files: dict[str, planner.JobFiles] = {}
         self._started = False
+        self.torch_lock = asyncio.Lock()  # torch.export loading is not thread-safe: one job at a time
+        self.audits = Auditor(app, self.torch_lock)
 
     def poke(self, job_ids: Iterable[str]) -> None:
         """Results of these jobs were accepted: look at their rounds soon. Never blocks."""
@@ -76,6 +84,10 @@ class RoundManager:
             self._files.pop(job_id, None)
             return "finished"
         spec, now = view.spec, _now_ms()
+        audits = await self.audits.settle_round(view, now)
+        if any(audits.get(slot) == "pending" for slot, _ in view.done) and now < view.deadline_ms:
+            return "auditing"
+        view = dataclasses.replace(view, done=tuple(d for d in view.done if usable(audits.get(d[0]))))
         have = len(view.done)
         if have < spec.quorum_workers and not (have and now >= view.deadline_ms):
             if have == 0 and now >= view.opened_ms + spec.max_attempts * spec.round_deadline_s * 1000:
@@ -85,17 +97,18 @@ class RoundManager:
                 )
                 return await self._fail(job_id, message)
             return "open"
-        files = self._files.get(job_id)
-        if files is None:
-            files = self._files[job_id] = await app.work(planner.job_files, spec, app.blobs)
-        results = await app.work(planner.valid_results, view, app.blobs)
-        if not results:
-            message = f"round {view.round}: none of its {have} results is a valid pseudo-gradient"
-            return await self._fail(job_id, message)
-        try:
-            closed = await app.work(planner.close, view, results, files, app.blobs)
-        except TensorGridError as e:
-            return await self._fail(job_id, f"round {view.round} could not be aggregated: {e}")
+        async with self.torch_lock:
+            files = self._files.get(job_id)
+            if files is None:
+                files = self._files[job_id] = await app.work(planner.job_files, spec, app.blobs)
+            results = await app.work(planner.valid_results, view, app.blobs)
+            if not results:
+                message = f"round {view.round}: none of its {have} results is a valid pseudo-gradient"
+                return await self._fail(job_id, message)
+            try:
+                closed = await app.work(planner.close, view, results, files, app.blobs)
+            except TensorGridError as e:
+                return await self._fail(job_id, f"round {view.round} could not be aggregated: {e}")
         try:
             final = await app.db(store.close_round, app.state, view, closed, _now_ms())
             app.hub.work_available()

@@ -30,3 +30,27 @@ training_rounds = Table(
     Column("momentum_sha", String(64), nullable=False),
     Column("momentum_size", BigInteger, nullable=False),
 )
+
+# One row per audited training result: the checkpoints its node must reveal, what it revealed
+# so far and how the audit ended. Written in the transaction that accepts the result, so an
+# audit survives a restart; state: "pending" → "passed" | "failed" | "expired".
+training_audits = Table(
+    "training_audits",
+    metadata,
+    Column("task_id", String(64), primary_key=True),
+    Column("attempt", Integer, primary_key=True),
+    Column("job_id", String(64), ForeignKey("jobs.job_id"), nullable=False, index=True),
+    Column("round_no", Integer, nullable=False),
+    Column("node", String(42), nullable=False),
+    Column("output_sha", String(64), nullable=False),
+    Column("segment", Integer, nullable=False),  # index j into the result's checkpoint_steps: replay j → j+1
+    Column("steps", Text, nullable=False),  # JSON list of the checkpoint steps to reveal
+    Column("revealed", Text, nullable=False),  # JSON {step: sha256} of the checkpoints received
+    Column("max_bytes", BigInteger, nullable=False),  # size limit of one revealed checkpoint
+    Column("state", String(16), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("deadline_ms", BigInteger, nullable=False),
+    Column("settled_ms", BigInteger),
+    Column("replay_ms", Integer),  # coordinator time spent replaying and checking (benchmarks)
+)

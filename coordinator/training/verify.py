@@ -9,6 +9,7 @@ from coordinator.errors import Rejected
 from coordinator.training.store import task_settings
 from tensorgrid.blobs import BlobStore
 from tensorgrid.errors import TensorGridError
+from tensorgrid.training.commitments import checkpoint_steps
 from tensorgrid.training.compression import read_result
 from tensorgrid.workloads.tensorfile import read_header
 
@@ -30,6 +31,7 @@ def check_train_output(state: State, blobs: BlobStore, task_id: str, path: Path,
     try:
         weights = settings["blobs"]["weights"]["sha256"]
         steps = int(settings["inner"]["steps"])
+        marks = checkpoint_steps(steps, int(settings["inner"]["checkpoint_every"]))
     except (KeyError, TypeError, ValueError):
         raise Rejected("the task is not a training task") from None
     try:
@@ -49,5 +51,7 @@ def check_train_output(state: State, blobs: BlobStore, task_id: str, path: Path,
         raise Rejected(
             f"result covers {result.steps} steps over {result.rows} rows; the task is {steps} steps over {shard_rows}"
         )
+    if result.checkpoint_steps != marks:
+        raise Rejected(f"result commits checkpoints at steps {result.checkpoint_steps[:8]}, the task at {marks[:8]}")
     if commitment and commitment.lower().removeprefix("0x") != result.final_commitment.lower().removeprefix("0x"):
         raise Rejected("the receipt's commitment is not the result's final checkpoint hash")

@@ -31,9 +31,14 @@ from tensorgrid.workloads.inference import pick_device
 from tensorgrid.workloads.tensorfile import load_tensors, read_header, save_tensors
 
 __all__ = [
+    "MODEL_PREFIX",
+    "STEP_KEY",
     "InnerResult",
     "InnerSettings",
     "ReplayResult",
+    "Replayer",
+    "checkpoint_name",
+    "initial_state",
     "read_result",
     "replay_segment",
     "run_inner",
@@ -42,6 +47,7 @@ __all__ = [
 
 InnerResult = PseudoGradient
 _MODEL, _EXP_AVG, _EXP_AVG_SQ, _STEP = "model.", "adamw.exp_avg.", "adamw.exp_avg_sq.", "adamw.step"
+MODEL_PREFIX, STEP_KEY = _MODEL, _STEP  # names in a checkpoint: model tensors, the AdamW step counter
 
 
 @dataclass(frozen=True)
@@ -234,9 +240,60 @@ def run_inner(
     )
 
 
+class Replayer:
+    """One loaded program and shard, for verifying a run: its step-0 state and any segment.
+
+    Loading the program dominates a short replay, so a verifier checking c_0 and replaying a
+    segment of the same task loads it once.
+    """
+
+    def __init__(
+        self, train_program_path: str | os.PathLike[str], shard_path: str | os.PathLike[str], settings: InnerSettings
+    ) -> None:
+        self.settings = settings
+        self._run = _Run(train_program_path, shard_path, settings)
+
+    def initial_state(self, weights_path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+        """The training state at step 0 (global weights, zero moments): what c_0 commits to."""
+        run = self._run
+        run.optimizer.state.clear()
+        run.step = 0
+        load_weights(run.module, load_tensors(weights_path))
+        return run.state()
+
+    def replay(self, checkpoint: str | os.PathLike[str] | dict[str, torch.Tensor], end_step: int) -> ReplayResult:
+        """Re-run steps [checkpoint's step, end_step) from a checkpoint file or state."""
+        if not isinstance(checkpoint, dict):
+            read_header(checkpoint)
+            checkpoint = load_tensors(checkpoint)
+        run = self._run
+        run.restore(checkpoint)
+        if not run.step <= end_step <= self.settings.steps:
+            raise ExecutionError(ErrorKind.INVALID_INPUT, f"cannot replay from step {run.step} to {end_step}")
+        losses: list[float] = []
+        with torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else []):
+            while run.step < end_step:
+                losses.append(run.train_step())
+        state = run.state()
+        return ReplayResult(step=run.step, state=state, digest=state_digest(state), losses=losses)
+
+
+def initial_state(
+    train_program_path: str | os.PathLike[str],
+    weights_path: str | os.PathLike[str],
+    shard_path: str | os.PathLike[str],
+    settings: InnerSettings,
+) -> dict[str, torch.Tensor]:
+    """The training state at step 0 (global weights, zero moments): what c_0 commits to.
+
+    A verifier computes it itself, so the chain's first link is checked without a reveal.
+    """
+    return Replayer(train_program_path, shard_path, settings).initial_state(weights_path)
+
+
 def replay_segment(
     train_program_path: str | os.PathLike[str],
-    checkpoint_path: str | os.PathLike[str],
+    checkpoint_path: str | os.PathLike[str] | dict[str, torch.Tensor],
     shard_path: str | os.PathLike[str],
     settings: InnerSettings,
     end_step: int,
@@ -248,14 +305,4 @@ def replay_segment(
     chain_link(commitments[j], result.digest) with commitments[j+1], or result.state with
     the revealed next checkpoint within a tolerance when the hardware differs.
     """
-    read_header(checkpoint_path)
-    run = _Run(train_program_path, shard_path, settings)
-    run.restore(load_tensors(checkpoint_path))
-    if not run.step <= end_step <= settings.steps:
-        raise ExecutionError(ErrorKind.INVALID_INPUT, f"cannot replay from step {run.step} to {end_step}")
-    losses: list[float] = []
-    with torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else []):
-        while run.step < end_step:
-            losses.append(run.train_step())
-    state = run.state()
-    return ReplayResult(step=run.step, state=state, digest=state_digest(state), losses=losses)
+    return Replayer(train_program_path, shard_path, settings).replay(checkpoint_path, end_step)

@@ -14,7 +14,16 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, cast
 
 from tensorgrid.errors import SpecError
-from tensorgrid.spec import DEVICES, GiB, _blob_ref, _check_int, decode_spec_json
+from tensorgrid.spec import (
+    DEVICES,
+    GiB,
+    VerificationSpec,
+    _blob_ref,
+    _check_int,
+    _verification,
+    decode_spec_json,
+    validate_verification,
+)
 from tensorgrid.types import BlobRef
 from tensorgrid.workloads.tensorfile import Header
 
@@ -96,6 +105,9 @@ class TrainingSpec:
     reward_per_task_wei: int = 0  # per accepted pseudo-gradient; escrow covers rounds × workers_per_round
     nonce: str = field(default_factory=lambda: secrets.token_hex(8))
     kind: str = "training"
+    # Audits of results by checkpoint reveal and segment replay; None: the default spot-check
+    # policy (and the bytes of specs written before the field existed).
+    verification: VerificationSpec | None = None
 
     @property
     def rows_per_round(self) -> int:
@@ -110,6 +122,8 @@ class TrainingSpec:
 def training_to_dict(spec: TrainingSpec) -> dict[str, Any]:
     d = asdict(spec)
     d["inner_optimizer"]["betas"] = list(spec.inner_optimizer.betas)
+    if spec.verification is None:
+        del d["verification"]  # specs written before the field existed keep their hash
     return d
 
 
@@ -141,6 +155,8 @@ def training_from_dict(data: Any) -> TrainingSpec:
             kwargs[name] = _nesterov(value)
         elif name in ("eval_fraction", "quorum"):
             kwargs[name] = _as_float(name, value)
+        elif name == "verification":
+            kwargs[name] = None if value is None else _verification(value)
         else:
             kwargs[name] = value
     try:
@@ -239,6 +255,10 @@ def validate_training(spec: TrainingSpec, dataset: Header | None = None) -> None
     _in_range("eval_fraction", spec.eval_fraction, 0.0, 0.5, hi_open=True)
     _in_range("quorum", spec.quorum, 0.0, 1.0, lo_open=True)
     _check_optimizers(spec)
+    if spec.verification is not None:
+        if not isinstance(spec.verification, VerificationSpec):
+            raise SpecError("verification must be a VerificationSpec")
+        validate_verification(spec.verification)
     if spec.task_time_limit_s > spec.round_deadline_s:
         raise SpecError(
             f"task_time_limit_s ({spec.task_time_limit_s}) exceeds round_deadline_s "

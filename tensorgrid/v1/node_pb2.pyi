@@ -182,6 +182,38 @@ class ResultChunk(_message.Message):
     def __init__(self, header: _Optional[_Union[ResultHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class SubmitResultResponse(_message.Message):
+    __slots__ = ("accepted", "reason", "reveal_steps")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    REVEAL_STEPS_FIELD_NUMBER: _ClassVar[int]
+    accepted: bool
+    reason: str
+    reveal_steps: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, accepted: _Optional[bool] = ..., reason: _Optional[str] = ..., reveal_steps: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class RevealHeader(_message.Message):
+    __slots__ = ("task_id", "attempt", "step", "size", "sha256")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    attempt: int
+    step: int
+    size: int
+    sha256: str
+    def __init__(self, task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., step: _Optional[int] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
+
+class RevealChunk(_message.Message):
+    __slots__ = ("header", "data")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    header: RevealHeader
+    data: bytes
+    def __init__(self, header: _Optional[_Union[RevealHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class RevealResponse(_message.Message):
     __slots__ = ("accepted", "reason")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]

@@ -73,6 +73,11 @@ class NodeServiceStub:
                 request_serializer=tensorgrid_dot_v1_dot_node__pb2.FailureReport.SerializeToString,
                 response_deserializer=tensorgrid_dot_v1_dot_node__pb2.FailureAck.FromString,
                 _registered_method=True)
+        self.RevealCheckpoint = channel.stream_unary(
+                '/tensorgrid.v1.NodeService/RevealCheckpoint',
+                request_serializer=tensorgrid_dot_v1_dot_node__pb2.RevealChunk.SerializeToString,
+                response_deserializer=tensorgrid_dot_v1_dot_node__pb2.RevealResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServiceServicer:
@@ -124,6 +129,14 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RevealCheckpoint(self, request_iterator, context):
+        """A training checkpoint the coordinator asked for in SubmitResultResponse.reveal_steps.
+        First message: the header; then the checkpoint's bytes (safetensors).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -161,6 +174,11 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.ReportFailure,
                     request_deserializer=tensorgrid_dot_v1_dot_node__pb2.FailureReport.FromString,
                     response_serializer=tensorgrid_dot_v1_dot_node__pb2.FailureAck.SerializeToString,
+            ),
+            'RevealCheckpoint': grpc.stream_unary_rpc_method_handler(
+                    servicer.RevealCheckpoint,
+                    request_deserializer=tensorgrid_dot_v1_dot_node__pb2.RevealChunk.FromString,
+                    response_serializer=tensorgrid_dot_v1_dot_node__pb2.RevealResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -355,6 +373,33 @@ class NodeService:
             '/tensorgrid.v1.NodeService/ReportFailure',
             tensorgrid_dot_v1_dot_node__pb2.FailureReport.SerializeToString,
             tensorgrid_dot_v1_dot_node__pb2.FailureAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevealCheckpoint(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/tensorgrid.v1.NodeService/RevealCheckpoint',
+            tensorgrid_dot_v1_dot_node__pb2.RevealChunk.SerializeToString,
+            tensorgrid_dot_v1_dot_node__pb2.RevealResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -119,3 +119,10 @@ def test_batchnorm_buffers_travel_and_tokens_train(tmp_path: Path) -> None:
     result = run_inner(tmp_path / "lm.pt2", tmp_path / "lm.safetensors", tmp_path / "tok.safetensors",
                        InnerSettings(**{**SETTINGS.__dict__, "steps": 8, "batch_size": 6}))  # fmt: skip
     assert result.losses[-1] < result.losses[0]
+
+
+def test_the_node_agent_names_checkpoints_like_the_trainer() -> None:
+    from node.agent import checkpoint_file
+    from tensorgrid.training.inner import checkpoint_name
+
+    assert [checkpoint_file(s) for s in (0, 5, 120)] == [checkpoint_name(s) for s in (0, 5, 120)]

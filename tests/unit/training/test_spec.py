@@ -118,3 +118,17 @@ def test_mse_accepts_float_or_one_integer_target_per_row(tmp_path: Path) -> None
     validate_training(spec, _header(tmp_path, features=torch.zeros(50, 2), labels=torch.zeros(50, 3)))
     ints = torch.zeros(50, dtype=torch.int32)
     validate_training(spec, _header(tmp_path, features=torch.zeros(50, 2), labels=ints))
+
+
+def test_verification_policy_round_trips_and_leaves_old_hashes_alone() -> None:
+    from tensorgrid.errors import SpecError
+    from tensorgrid.spec import VerificationSpec
+    from tensorgrid.training.spec import canonical_training_json, parse_training
+
+    plain = TrainingSpec(train_program=REF, dataset=REF, nonce="x")
+    assert b"verification" not in canonical_training_json(plain)
+    checked = TrainingSpec(train_program=REF, dataset=REF, nonce="x", verification=VerificationSpec(check_floor=0.2))
+    assert parse_training(canonical_training_json(checked)) == checked
+    raw = canonical_training_json(checked).replace(b'"mode":"spotcheck"', b'"mode":"sometimes"')
+    with pytest.raises(SpecError, match="verification.mode"):
+        parse_training(raw)

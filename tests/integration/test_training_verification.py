@@ -1,0 +1,174 @@
+"""Training audits on a real grid: lazy and scaling trainers are caught and unpaid while the
+job still trains to the accuracy of an honest run; honest nodes (1 and 2 threads) never are."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from sqlalchemy import create_engine, func, select
+
+from coordinator.ledger.credits import set_job_price
+from coordinator.storage import schema as s
+from coordinator.training.schema import training_audits
+from tensorgrid.client import Client
+from tensorgrid.crypto import Signer
+from tensorgrid.localgrid import LocalGrid
+from tensorgrid.training.data import plan_split, write_rows
+from tensorgrid.training.local import run_local
+from tensorgrid.training.outer import evaluate
+from tensorgrid.training.spec import TrainingSpec
+from tensorgrid.types import BlobRef, JobState
+from tests.integration.conftest import node_args
+from tests.integration.test_training import Digits, digits_training  # noqa: F401  (the fixture)
+from tests.integration.train_adversaries import SimTrainer
+
+pytestmark = pytest.mark.integration
+REWARD = 1000
+
+
+def _db(grid: LocalGrid) -> Any:
+    return create_engine(f"sqlite:///{grid.root / 'coordinator' / 'coordinator.db'}")
+
+
+def _price(grid: LocalGrid, job_id: str) -> None:
+    """Price the job as an escrow would (this grid has no chain), so payment can be audited."""
+    engine = _db(grid)
+    set_job_price(engine, job_id, REWARD, REWARD * 1000)
+    engine.dispose()
+
+
+def _credits(grid: LocalGrid) -> dict[str, int]:
+    engine = _db(grid)
+    with engine.connect() as conn:
+        rows = conn.execute(select(s.credits.c.node, func.count()).group_by(s.credits.c.node)).all()
+    engine.dispose()
+    return {r[0].lower(): int(r[1]) for r in rows}
+
+
+def _audits(grid: LocalGrid) -> dict[str, list[str]]:
+    """Node → the states its audits ended in."""
+    engine = _db(grid)
+    with engine.connect() as conn:
+        rows = conn.execute(select(training_audits.c.node, training_audits.c.state)).all()
+    engine.dispose()
+    out: dict[str, list[str]] = {}
+    for node, state in rows:
+        out.setdefault(node.lower(), []).append(state)
+    return out
+
+
+def _address(grid: LocalGrid, name: str) -> str:
+    return "0x" + json.loads((grid.root / name / "key.json").read_text())["address"].lower().removeprefix("0x")
+
+
+def _honest_accuracy(d: Digits, spec: TrainingSpec, tmp: Path) -> float:
+    """The same job simulated in one process with every worker honest."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run = run_local(spec, d.train, d.dataset, tmp / "local", eval_program=d.eval)
+        heldout = tmp / "heldout.safetensors"
+        write_rows(d.dataset, plan_split(spec, d.rows).heldout, heldout)
+        acc = evaluate(d.eval, run.weights_path, heldout, spec.loss)["accuracy"]
+    finally:
+        torch.set_num_threads(threads)
+    assert acc is not None
+    return acc
+
+
+SETTINGS: dict[str, Any] = dict(rounds=6, workers_per_round=4, quorum=0.5, device="cpu", seed=0,
+                                round_deadline_s=60, task_time_limit_s=60)  # fmt: skip
+
+
+def test_lazy_and_scaling_trainers_are_caught_and_unpaid(
+    make_grid: Callable[..., LocalGrid],
+    digits_training: Digits,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    d = digits_training
+    grid = make_grid()
+    grid.start_coordinator()
+    torch.set_num_threads(1)
+    work = tmp_path / "sim"
+    work.mkdir()
+    lock = asyncio.Lock()
+    adversaries = [SimTrainer(grid.target, b, work, lock) for b in ("lazy", "lazy_skip", "scaler")]
+    with Client(grid.target, Signer.generate()) as client:
+        grid.start_node("honest1", *node_args(1))
+        grid.start_node("honest2", *node_args(2))
+        while len(client.nodes()) < 2:
+            time.sleep(0.1)
+
+        async def scenario() -> str:
+            stop = asyncio.Event()
+            runs = [asyncio.create_task(n.run(stop)) for n in adversaries]
+            await asyncio.sleep(0.3)  # registered and polling
+            job = client.submit_training(d.train, d.dataset, eval_program=d.eval, **SETTINGS)
+            _price(grid, job.job_id)
+            deadline = time.monotonic() + 90
+            while client.job(job.job_id).state in (JobState.QUEUED, JobState.RUNNING):
+                if time.monotonic() > deadline or any(r.done() for r in runs):
+                    stop.set()
+                    done = await asyncio.gather(*runs, return_exceptions=True)
+                    raise AssertionError(f"the job did not finish: {done} {adversaries}\n{grid.procs[0].log_tail(60)}")
+                await asyncio.sleep(0.3)
+            stop.set()
+            errors = [e for e in await asyncio.gather(*runs, return_exceptions=True) if e is not None]
+            assert not errors, errors
+            return job.job_id
+
+        job_id = asyncio.run(scenario())
+        final = client.job(job_id)
+        assert final.state == JobState.SUCCEEDED, final.error
+        metrics = client.round_metrics(job_id)
+        record = {n.address.lower(): n for n in client.nodes()}
+        caught = [e for e in client.watch(job_id) if e.kind == "caught"]
+    spec = TrainingSpec(train_program=BlobRef("0" * 64, 0), dataset=BlobRef("0" * 64, 0), **SETTINGS)
+    honest_acc = _honest_accuracy(d, spec, tmp_path)
+    print(f"grid {metrics[-1]['accuracy']:.4f} all-honest {honest_acc:.4f}")
+    assert metrics[-1]["accuracy"] >= honest_acc - 0.03
+    paid, audits = _credits(grid), _audits(grid)
+    cheaters = {a.address.lower() for a in adversaries}
+    for adv in adversaries:
+        a = adv.address.lower()
+        assert adv.submitted >= 1 and adv.revealed >= 1, f"{adv.behaviour} never got or revealed a task"
+        assert record[a].caught >= 1, f"{adv.behaviour} was not caught"
+        assert audits[a] and set(audits[a]) == {"failed"}, (adv.behaviour, audits[a])
+        assert paid.get(a, 0) == 0, f"{adv.behaviour} was paid for cheating"
+    assert {e.node.lower() for e in caught} == cheaters
+    for name in ("honest1", "honest2"):
+        a = _address(grid, name)
+        assert record[a].caught == 0 and "failed" not in audits.get(a, [])
+    assert sum(v for k, v in paid.items() if k not in cheaters) >= 1
+
+
+def test_an_honest_grid_passes_every_audit(
+    make_grid: Callable[..., LocalGrid],
+    digits_training: Digits,  # noqa: F811
+) -> None:
+    d = digits_training
+    grid = make_grid()
+    grid.start_coordinator()
+    for threads in (1, 2):
+        grid.start_node(f"node{threads}", *node_args(threads))
+    settings: dict[str, Any] = dict(rounds=5, workers_per_round=2, quorum=1.0, device="cpu", seed=0)
+    with Client(grid.target, Signer.generate()) as client:
+        job = client.submit_training(d.train, d.dataset, eval_program=d.eval, **settings)
+        metrics = list(client.watch_rounds(job.job_id))
+        final = client.job(job.job_id)
+        kinds = [e.kind for e in client.watch(job.job_id)]
+        nodes = client.nodes()
+    assert final.state == JobState.SUCCEEDED, final.error
+    assert all(m["workers"] == 2 for m in metrics) and metrics[-1]["accuracy"] > 0.9
+    assert "caught" not in kinds and "reissued" not in kinds
+    assert all(n.caught == 0 and n.rejections == 0 for n in nodes)
+    states = [state for per_node in _audits(grid).values() for state in per_node]
+    assert len(states) == settings["rounds"] * settings["workers_per_round"]  # new nodes: every result audited
+    assert set(states) == {"passed"}

@@ -1,0 +1,163 @@
+"""Simulated training nodes, honest and cheating, driven through the real gRPC API (test-only).
+
+  * honest: runs the task's inner steps like the node worker does;
+  * lazy: trains fewer steps than asked yet reports a full-length commitment chain, either
+    stopping halfway and re-committing its last real state for the remaining checkpoints
+    ("stop_early"), or skipping every other step and forging the step counter ("skip");
+  * scaler: trains honestly but uploads the pseudo-gradient × 3 (its commitments honest).
+Every one answers reveal requests with the checkpoints it really has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from tensorgrid.blobs import file_sha256
+from tensorgrid.crypto import Signer
+from tensorgrid.nodeclient import NodeClient
+from tensorgrid.training.commitments import chain, checkpoint_steps, state_digest
+from tensorgrid.training.compression import PseudoGradient
+from tensorgrid.training.inner import InnerSettings, _Run, checkpoint_name, run_inner, write_result
+from tensorgrid.training.objective import load_weights
+from tensorgrid.types import BlobRef, Capabilities, Lease
+from tensorgrid.workloads.tensorfile import load_tensors, save_tensors
+
+CPU = Capabilities(device_kind="cpu", memory_bytes=8 << 30, cpu_cores=2)
+BEHAVIOURS = ("honest", "lazy", "lazy_skip", "scaler")
+Trainer = Callable[[Path, Path, Path, InnerSettings, Path], PseudoGradient]
+
+
+def honest(program: Path, weights: Path, shard: Path, s: InnerSettings, ckpt: Path) -> PseudoGradient:
+    return run_inner(program, weights, shard, s, checkpoint_dir=ckpt)
+
+
+def scaler(program: Path, weights: Path, shard: Path, s: InnerSettings, ckpt: Path) -> PseudoGradient:
+    r = run_inner(program, weights, shard, s, checkpoint_dir=ckpt)
+    return PseudoGradient({n: 3 * t for n, t in r.tensors.items()}, r.rows, r.steps, r.losses,
+                          r.checkpoint_steps, r.commitments)  # fmt: skip
+
+
+def lazy(
+    program: Path, weights: Path, shard: Path, s: InnerSettings, ckpt: Path, mode: str = "stop_early"
+) -> PseudoGradient:
+    """Fewer real steps, a full-length chain (see the module docstring for the two modes)."""
+    run = _Run(program, shard, s)
+    load_weights(run.module, load_tensors(weights))
+    start = {n: t.detach().clone() for n, t in run.module.state_dict().items()}
+    marks = checkpoint_steps(s.steps, s.checkpoint_every)
+    stop = marks[len(marks) // 2] if mode == "stop_early" else s.steps
+    ckpt.mkdir(parents=True, exist_ok=True)
+    losses: list[float] = []
+    digests: list[bytes] = []
+    claimed = 0  # the step the node pretends to be at
+    while True:
+        if claimed in marks:
+            state = run.state()
+            digests.append(state_digest(state))
+            save_tensors(state, ckpt / checkpoint_name(claimed))
+        if claimed >= s.steps:
+            break
+        if claimed < stop and (mode != "skip" or claimed % 2 == 0):
+            losses.append(run.train_step())  # run.step follows real steps ("stop_early": honest counters)
+        else:
+            losses.append(losses[-1] if losses else 0.0)
+        claimed += 1
+        if mode == "skip":
+            run.step = claimed  # forge the counter so it matches the claimed step
+    local = run.module.state_dict()
+    pseudo = {n: (start[n] - local[n].detach()).float() for n in start if start[n].is_floating_point()}
+    return PseudoGradient(pseudo, run.data.rows, s.steps, losses, marks, chain(digests))
+
+
+def lazy_skip(program: Path, weights: Path, shard: Path, s: InnerSettings, ckpt: Path) -> PseudoGradient:
+    return lazy(program, weights, shard, s, ckpt, mode="skip")
+
+
+TRAINERS: dict[str, Trainer] = {"honest": honest, "lazy": lazy, "lazy_skip": lazy_skip, "scaler": scaler}
+
+
+def settings_for(lease: Lease, shard_sha: str) -> tuple[InnerSettings, str]:
+    """The task's inner settings (its seed keyed by its shard) and its compression."""
+    raw = lease.settings
+    inner = dict(raw["inner"])  # type: ignore[call-overload]
+    seeds = raw["seeds"]
+    assert isinstance(seeds, dict)
+    s = InnerSettings.from_dict({**inner, "seed": seeds[shard_sha], "device": "cpu"})
+    return s, str(raw.get("compression", "int8"))
+
+
+@dataclass
+class SimTrainer:
+    """One simulated node: leases training tasks, answers them its way, reveals when asked."""
+
+    target: str
+    behaviour: str
+    workdir: Path
+    torch_lock: asyncio.Lock
+    signer: Signer = field(default_factory=Signer.generate)
+    submitted: int = 0
+    accepted: int = 0
+    revealed: int = 0
+
+    @property
+    def address(self) -> str:
+        return self.signer.address
+
+    async def run(self, stop: asyncio.Event) -> None:
+        client = NodeClient(self.target, self.signer)
+        await client.register(CPU)
+        try:
+            while not stop.is_set():
+                leases, retry = await client.lease(1, wait_ms=300)
+                for lease in leases:
+                    await self._answer(client, lease)
+                if not leases:
+                    await asyncio.sleep(min(retry, 200) / 1000)
+        finally:
+            await client.close()
+
+    async def _fetch(self, client: NodeClient, ref: BlobRef) -> Path:
+        path = self.workdir / ref.sha256
+        if not path.exists():
+            data = b"".join([c async for c in client.fetch(ref)])
+            tmp = path.with_suffix(f".{self.address}")
+            tmp.write_bytes(data)
+            tmp.replace(path)
+        return path
+
+    async def _answer(self, client: NodeClient, lease: Lease) -> None:
+        assert lease.model is not None and lease.kind == "training", lease
+        blobs = lease.settings["blobs"]
+        assert isinstance(blobs, dict)
+        w = blobs["weights"]
+        program, shard = await self._fetch(client, lease.model), await self._fetch(client, lease.input)
+        weights = await self._fetch(client, BlobRef(w["sha256"], int(w["size"])))
+        s, compression = settings_for(lease, lease.input.sha256)
+        scratch = Path(tempfile.mkdtemp(dir=self.workdir, prefix="task-"))
+        try:
+            out, ckpt = scratch / "out.safetensors", scratch / "ckpt"
+            async with self.torch_lock:  # torch.export.load is not thread-safe
+                result = await asyncio.to_thread(TRAINERS[self.behaviour], program, weights, shard, s, ckpt)
+                await asyncio.to_thread(write_result, result, out, compression)
+            ref = file_sha256(out)
+            receipt = client.sign(lease, ref, result.final_commitment)
+            self.submitted += 1
+            ok, _, steps = await client.submit_result(receipt, ref.size, out)
+            self.accepted += int(ok)
+            for step in steps:
+                done, _ = await client.reveal(lease.task_id, lease.attempt, step, ckpt / checkpoint_name(step))
+                self.revealed += int(done)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def cpu_threads(n: int) -> None:
+    """Intra-op threads of this process (simulated nodes share it)."""
+    torch.set_num_threads(n)

@@ -1,0 +1,497 @@
+"""Training audits: the replay checks on real runs (honest, lazy, scaler, forged reveals), and
+the audit's life in the coordinator on SQLite and PostgreSQL: drawn on accept, paid only
+once it passes, caught results unpaid and reissued, missing reveals expiring at the round's
+deadline, and a reveal arriving after a restart still completing its audit."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from sqlalchemy import select
+
+from coordinator.app import Coordinator
+from coordinator.config import CoordinatorConfig
+from coordinator.errors import NotFound, Rejected
+from coordinator.intake import plan_job
+from coordinator.ledger.credits import set_job_price
+from coordinator.storage import ResultItem
+from coordinator.storage import schema as s
+from coordinator.training import audit_store, check_train_output, round_history
+from coordinator.training import rounds as rounds_module
+from coordinator.training.audit_store import AuditPlan
+from coordinator.training.replay import AuditCase, check_reveal, reveal_plan
+from coordinator.verification import records
+from tensorgrid.errors import TensorGridError
+from tensorgrid.spec import VerificationSpec, canonical_json, job_id_for, spec_hash
+from tensorgrid.training.commitments import checkpoint_steps
+from tensorgrid.training.compression import PseudoGradient
+from tensorgrid.training.inner import STEP_KEY, InnerSettings, checkpoint_name, write_result
+from tensorgrid.training.outer import initial_weights
+from tensorgrid.training.spec import TrainingSpec
+from tensorgrid.types import BlobRef, Capabilities, Lease, Receipt
+from tensorgrid.workloads.model import export_program
+from tensorgrid.workloads.tensorfile import load_tensors, save_tensors
+from tests.integration.train_adversaries import TRAINERS, settings_for
+
+SUBMITTER = "0x" + "11" * 20
+NODES = ["0x" + f"{i:02x}" * 20 for i in range(1, 5)]
+CPU = Capabilities(device_kind="cpu", memory_bytes=8 << 30, cpu_cores=2)
+REF = BlobRef("0" * 64, 0)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    root = tmp_path_factory.mktemp("audit")
+    save_tensors(
+        {"features": torch.tensor(x / 16.0, dtype=torch.float32), "labels": torch.tensor(y)},
+        root / "digits.safetensors",
+    )
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Dropout(0.1), torch.nn.Linear(32, 10)
+    )
+    export_program(model.train(), (torch.randn(4, 64),), root / "train.pt2")
+    initial_weights(root / "train.pt2", root / "w0.safetensors")
+    save_tensors(
+        {"features": torch.tensor(x[:128] / 16.0, dtype=torch.float32), "labels": torch.tensor(y[:128])},
+        root / "shard.safetensors",
+    )
+    return {"dataset": root / "digits.safetensors", "train": root / "train.pt2", "w0": root / "w0.safetensors",
+            "shard": root / "shard.safetensors"}  # fmt: skip
+
+
+# ---- the checks on their own ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Run:
+    result: Path
+    ckpt: Path
+    commitment: str
+    marks: list[int]
+
+
+SETTINGS = InnerSettings("cross_entropy", 1e-2, (0.9, 0.999), 0.01, 1e-8, steps=8, batch_size=8, seed=7,
+                         checkpoint_every=2)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def runs(files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
+    root = tmp_path_factory.mktemp("runs")
+    out: dict[str, Run] = {}
+    for name, trainer in TRAINERS.items():
+        r = trainer(files["train"], files["w0"], files["shard"], SETTINGS, root / name)
+        write_result(r, root / f"{name}.out", "int8")
+        out[name] = Run(root / f"{name}.out", root / name, r.final_commitment, r.checkpoint_steps)
+    return out
+
+
+def case(files: dict[str, Path], run: Run, segment: int, **changes: Any) -> AuditCase:
+    revealed = {step: run.ckpt / checkpoint_name(step) for step in reveal_plan(run.marks, segment)}
+    c = AuditCase(files["train"], files["shard"], files["w0"], run.result, SETTINGS, run.commitment, segment, revealed)
+    return replace(c, **changes)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_an_honest_run_passes_every_segment_at_any_thread_count(
+    files: dict[str, Path], runs: dict[str, Run], threads: int
+) -> None:
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)  # the run was made with the session's count; the replay differs
+    try:
+        for j in range(len(runs["honest"].marks) - 1):
+            finding = check_reveal(case(files, runs["honest"], j))
+            assert finding.passed, (j, finding.reason)
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_reveal_plan_asks_for_segment_ends_and_the_final_checkpoint() -> None:
+    marks = checkpoint_steps(20, 5)
+    assert reveal_plan(marks, 0) == [5, 20]  # step 0 is the coordinator's own
+    assert reveal_plan(marks, 2) == [10, 15, 20]
+    assert reveal_plan(marks, 3) == [15, 20]
+    with pytest.raises(ValueError):
+        reveal_plan(marks, 4)
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "segment", "why"),
+    [
+        ("lazy", 0, "step counter"),  # re-committed old state: the final checkpoint's counter is 4, not 8
+        ("lazy", 3, "step counter"),
+        ("lazy_skip", 1, "replaying steps 2→4"),  # forged counters: the replay catches the skipped steps
+        ("lazy_skip", 3, "replaying steps 6→8"),
+        ("scaler", 2, "is not global − final weights"),
+    ],
+)
+def test_cheaters_are_caught(
+    files: dict[str, Path], runs: dict[str, Run], behaviour: str, segment: int, why: str
+) -> None:
+    finding = check_reveal(case(files, runs[behaviour], segment))
+    assert not finding.passed and why in finding.reason, finding.reason
+    assert (
+        len(finding.evidence) == 64
+        and finding.evidence != hashlib.sha256(runs[behaviour].result.read_bytes()).hexdigest()
+    )
+
+
+def test_a_checkpoint_that_does_not_hash_into_the_chain_is_a_forgery(
+    files: dict[str, Path], runs: dict[str, Run], tmp_path: Path
+) -> None:
+    honest = runs["honest"]
+    state = load_tensors(honest.ckpt / checkpoint_name(4))
+    state["model.0.weight"] = state["model.0.weight"] + 1e-3
+    save_tensors(state, tmp_path / "forged.safetensors")
+    c = case(files, honest, 1)
+    finding = check_reveal(replace(c, revealed={**c.revealed, 4: tmp_path / "forged.safetensors"}))
+    assert not finding.passed and "does not hash to chain link c_2" in finding.reason
+
+
+def test_a_wrong_step_counter_is_caught_even_when_committed(
+    files: dict[str, Path], runs: dict[str, Run], tmp_path: Path
+) -> None:
+    """A chain built over states whose counter lies: the links hold, the counter does not."""
+    from tensorgrid.training.commitments import chain, state_digest
+
+    honest = runs["honest"]
+    states = {m: load_tensors(honest.ckpt / checkpoint_name(m)) for m in honest.marks}
+    states[6][STEP_KEY] = torch.tensor(5, dtype=torch.int64)
+    forged = tmp_path / "ckpt"
+    forged.mkdir()
+    for m, st in states.items():
+        save_tensors(st, forged / checkpoint_name(m))
+    links = chain(state_digest(states[m]) for m in honest.marks)
+    r = load_tensors(honest.result)
+    from tensorgrid.training.compression import read_result
+
+    pg = read_result(honest.result)
+    write_result(PseudoGradient(pg.tensors, pg.rows, pg.steps, pg.losses, pg.checkpoint_steps, links),
+                 tmp_path / "out", "int8")  # fmt: skip
+    assert r  # the original file is untouched
+    run = Run(tmp_path / "out", forged, links[-1], honest.marks)
+    finding = check_reveal(case(files, run, 2))
+    assert not finding.passed and "step 6 has the AdamW step counter 5" in finding.reason
+
+
+def test_a_missing_checkpoint_and_a_foreign_start_fail(
+    files: dict[str, Path], runs: dict[str, Run], tmp_path: Path
+) -> None:
+    c = case(files, runs["honest"], 1)
+    finding = check_reveal(replace(c, revealed={k: v for k, v in c.revealed.items() if k != 8}))
+    assert not finding.passed and "step 8 was not revealed" in finding.reason
+    weights = load_tensors(files["w0"])
+    save_tensors({k: v + 0.01 for k, v in weights.items()}, tmp_path / "other.safetensors")
+    finding = check_reveal(replace(c, weights=tmp_path / "other.safetensors"))
+    assert not finding.passed and "c_0 does not commit the round's global weights" in finding.reason
+    finding = check_reveal(replace(c, commitment="ab" * 32))
+    assert not finding.passed and "receipt's commitment" in finding.reason
+    (tmp_path / "junk").write_bytes(b"not safetensors")
+    finding = check_reveal(replace(c, revealed={**c.revealed, 4: tmp_path / "junk"}))
+    assert not finding.passed and "not a valid safetensors file" in finding.reason
+
+
+# ---- the audit in the coordinator ---------------------------------------------------------------
+
+
+@pytest.fixture
+def coordinator(db_url: str, tmp_path: Path) -> Iterator[Coordinator]:
+    app = make_app(db_url, tmp_path)
+    yield app
+    close_app(app)
+
+
+def make_app(db_url: str, tmp_path: Path) -> Coordinator:
+    app = Coordinator(CoordinatorConfig(data_dir=tmp_path / "coord", database_url=db_url))
+    app.rounds._started = True  # tests drive advance() themselves: no background loop
+    return app
+
+
+def close_app(app: Coordinator) -> None:
+    app._db_pool.shutdown(wait=True)
+    app._work_pool.shutdown(wait=True)
+    app.state.close()
+
+
+def submit(app: Coordinator, files: dict[str, Path], **kw: Any) -> tuple[str, TrainingSpec]:
+    refs = {name: app.blobs.put_file(files[name]) for name in ("train", "dataset")}
+    settings: dict[str, Any] = dict(rounds=2, workers_per_round=2, inner_steps=4, batch_size=8, checkpoint_every=2,
+                                    nonce="n", reward_per_task_wei=100)  # fmt: skip
+    settings.update(kw)
+    spec = TrainingSpec(train_program=refs["train"], dataset=refs["dataset"], **settings)
+    raw = canonical_json(spec)
+    sh = spec_hash(raw)
+    job_id = job_id_for(SUBMITTER, sh)
+    job, tasks = plan_job(raw, SUBMITTER, sh, job_id, app.blobs, app.config.limits)
+    app.state.create_job(job, tasks, now_ms=now_ms())
+    set_job_price(app.state.engine, job_id, 100, 10**6)
+    for i, node in enumerate(NODES):
+        app.state.register_node(node, CPU, f"{i:056x}{job_id[:8]}", 0, 10**12, f"nonce-{node}-{job_id}")
+    return job_id, spec
+
+
+@dataclass(frozen=True)
+class Done:
+    node: str
+    lease: Lease
+    out: Path
+    ckpt: Path
+    commitment: str
+
+
+def compute(app: Coordinator, node: str, tmp: Path, behaviour: str = "honest") -> Done:
+    leases, _ = app.state.lease_tasks(node, 1, now_ms(), app.config.timing)
+    assert leases, f"{node} got no task"
+    lease = leases[0]
+    s, compression = settings_for(lease, lease.input.sha256)
+    weights = lease.settings["blobs"]["weights"]["sha256"]  # type: ignore[index]
+    assert lease.model is not None
+    path = app.blobs.path_for
+    work = tmp / f"{lease.task_id[:8]}-{lease.attempt}"
+    r = TRAINERS[behaviour](path(lease.model.sha256), path(weights), path(lease.input.sha256), s, work / "ckpt")
+    write_result(r, work / "out", compression)
+    return Done(node, lease, work / "out", work / "ckpt", r.final_commitment)
+
+
+async def deliver(app: Coordinator, d: Done) -> AuditPlan | None:
+    """What SubmitResult does for a training result (minus the wire)."""
+    ref = app.blobs.put_file(d.out)
+    check_train_output(app.state, app.blobs, d.lease.task_id, app.blobs.path_for(ref.sha256), d.commitment)
+    plan = await app.rounds.audits.plan(app.state.get_task(d.lease.task_id), d.node)
+    receipt = Receipt(
+        d.lease.job_id, d.lease.task_id, d.lease.attempt, d.lease.input.sha256, ref.sha256, d.commitment, b"s"
+    )
+    (outcome,) = app.state.accept_results([ResultItem(d.node, receipt, ref, None, audit=plan)], now_ms())
+    assert isinstance(outcome, tuple), outcome
+    return plan
+
+
+async def reveal(app: Coordinator, d: Done, step: int, node: str | None = None, body: bytes | None = None) -> None:
+    data = body if body is not None else (d.ckpt / checkpoint_name(step)).read_bytes()
+    ref = BlobRef(hashlib.sha256(data).hexdigest(), len(data))
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield data
+
+    await app.rounds.audits.receive(node or d.node, d.lease.task_id, d.lease.attempt, step, ref, chunks(), now_ms())
+
+
+async def settled(app: Coordinator, d: Done, timeout: float = 60.0) -> audit_store.Audit:
+    for _ in range(int(timeout * 20)):
+        audit = audit_store.get_audit(app.state, d.lease.task_id, d.lease.attempt)
+        assert audit is not None
+        if audit.state != "pending":
+            return audit
+        await asyncio.sleep(0.05)
+    raise AssertionError("the audit never settled")
+
+
+def credited(app: Coordinator, task_id: str) -> list[str]:
+    with app.state.engine.connect() as conn:
+        return [r.node for r in conn.execute(select(s.credits.c.node).where(s.credits.c.task_id == task_id))]
+
+
+def events(app: Coordinator, job_id: str, kind: str) -> list[Any]:
+    return [e for e in app.state.events_after(job_id, 0) if e.kind == kind]
+
+
+def now_ms() -> int:
+    return rounds_module._now_ms()
+
+
+def test_an_audited_result_is_paid_and_counted_only_once_it_passes(
+    coordinator: Coordinator, files: dict[str, Path], tmp_path: Path
+) -> None:
+    app = coordinator
+    job_id, spec = submit(app, files)
+
+    async def scenario() -> None:
+        done = [compute(app, node, tmp_path) for node in NODES[:2]]
+        plans = [await deliver(app, d) for d in done]
+        assert all(p is not None and p.steps and p.steps[-1] == 4 for p in plans)  # new nodes: always audited
+        assert credited(app, done[0].lease.task_id) == []  # not before the audit passes
+        assert await app.rounds.advance(job_id) == "auditing"
+        for d, plan in zip(done, plans, strict=True):
+            assert plan is not None
+            for step in plan.steps:
+                await reveal(app, d, step)
+            assert (await settled(app, d)).state == "passed"
+            assert credited(app, d.lease.task_id) == [d.node]
+        assert await app.rounds.advance(job_id) == "closed"
+
+    asyncio.run(scenario())
+    assert round_history(app.state, job_id)[0]["workers"] == 2
+    assert app.state.reputation(NODES[0]).verified == 1 and not events(app, job_id, "caught")
+
+
+def test_a_scaler_is_caught_unpaid_and_its_task_goes_to_another_node(
+    coordinator: Coordinator, files: dict[str, Path], tmp_path: Path
+) -> None:
+    app = coordinator
+    job_id, spec = submit(app, files)
+
+    async def scenario() -> Done:
+        honest, cheat = compute(app, NODES[0], tmp_path), compute(app, NODES[1], tmp_path, "scaler")
+        for d in (honest, cheat):
+            plan = await deliver(app, d)
+            assert plan is not None
+            for step in plan.steps:
+                await reveal(app, d, step)
+        assert (await settled(app, honest)).state == "passed"
+        audit = await settled(app, cheat)
+        assert audit.state == "failed" and "is not global − final weights" in audit.reason
+        assert await app.rounds.advance(job_id) == "open"  # one usable result of the two it needs
+        assert app.state.get_task(cheat.lease.task_id).state == "pending"
+        again = compute(app, NODES[2], tmp_path)
+        assert again.lease.task_id == cheat.lease.task_id and again.lease.attempt == cheat.lease.attempt + 1
+        plan = await deliver(app, again)
+        assert plan is not None
+        for step in plan.steps:
+            await reveal(app, again, step)
+        assert (await settled(app, again)).state == "passed"
+        assert await app.rounds.advance(job_id) == "closed"
+        return cheat
+
+    cheat = asyncio.run(scenario())
+    assert credited(app, cheat.lease.task_id) == [NODES[2]]  # the redo is paid, the scaled upload never
+    caught = events(app, job_id, "caught")
+    assert [e.node for e in caught] == [NODES[1]] and "failed its audit" in caught[0].message
+    rep = app.state.reputation(NODES[1])
+    assert (rep.caught, rep.consecutive_valid) == (1, 0)
+    assert round_history(app.state, job_id)[0]["workers"] == 2
+
+
+def test_a_missing_reveal_expires_at_the_deadline_and_is_not_slashable(
+    coordinator: Coordinator, files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = coordinator
+    job_id, spec = submit(app, files, round_deadline_s=30, task_time_limit_s=30)
+
+    async def scenario() -> None:
+        honest, silent = compute(app, NODES[0], tmp_path), compute(app, NODES[1], tmp_path)
+        for d in (honest, silent):
+            assert await deliver(app, d) is not None
+        plan = audit_store.get_audit(app.state, honest.lease.task_id, honest.lease.attempt)
+        assert plan is not None
+        for step in plan.steps:
+            await reveal(app, honest, step)
+        await settled(app, honest)
+        assert await app.rounds.advance(job_id) == "auditing"  # the silent node's audit is open
+        later = now_ms() + 31_000
+        monkeypatch.setattr(rounds_module, "_now_ms", lambda: later)
+        assert await app.rounds.advance(job_id) == "closed"  # deadline: expired, the round goes on without it
+        with pytest.raises(Rejected, match="over"):
+            await reveal(app, silent, 2)
+
+    asyncio.run(scenario())
+    audit = audit_store.get_audit(app.state, *_key(app, job_id, 1))
+    assert audit is not None and audit.state == "expired" and "not revealed" in audit.reason
+    assert round_history(app.state, job_id)[0]["workers"] == 1
+    caught = events(app, job_id, "caught")
+    assert len(caught) == 1 and caught[0].node == NODES[1] and "not revealed" in caught[0].message
+    assert app.state.reputation(NODES[1]).caught == 1
+    assert credited(app, audit.task_id) == []
+
+
+def _key(app: Coordinator, job_id: str, idx: int) -> tuple[str, int]:
+    from tensorgrid.spec import task_id_for
+
+    task = app.state.get_task(task_id_for(job_id, idx))
+    return task.task_id, task.attempt
+
+
+def test_a_reveal_after_a_restart_completes_the_audit(
+    coordinator: Coordinator, files: dict[str, Path], tmp_path: Path, db_url: str
+) -> None:
+    app = coordinator
+    job_id, spec = submit(app, files, workers_per_round=1, quorum=1.0)
+    d = compute(app, NODES[0], tmp_path)
+    plan = asyncio.run(deliver(app, d))
+    assert plan is not None
+    asyncio.run(reveal(app, d, plan.steps[0]))
+    restarted = make_app(db_url, tmp_path)
+    try:
+
+        async def resume() -> None:
+            assert await restarted.rounds.advance(job_id) == "auditing"
+            for step in plan.steps[1:]:
+                await reveal(restarted, d, step)
+            assert (await settled(restarted, d)).state == "passed"
+            assert await restarted.rounds.advance(job_id) == "closed"
+
+        asyncio.run(resume())
+        assert credited(restarted, d.lease.task_id) == [d.node]
+    finally:
+        close_app(restarted)
+
+
+def test_reveals_are_refused_unless_asked_for(coordinator: Coordinator, files: dict[str, Path], tmp_path: Path) -> None:
+    app = coordinator
+    submit(app, files)
+    d = compute(app, NODES[0], tmp_path)
+
+    async def scenario() -> None:
+        plan = await deliver(app, d)
+        assert plan is not None
+        with pytest.raises(Rejected, match="another node"):
+            await reveal(app, d, plan.steps[0], node=NODES[1])
+        with pytest.raises(Rejected, match="was not asked for"):
+            await reveal(app, d, 3, body=b"x")
+        with pytest.raises(Rejected, match="over the limit"):
+            await reveal(app, d, plan.steps[0], body=bytes(plan.max_bytes + 1))
+        with pytest.raises(TensorGridError):  # bytes that are not what the header announced
+            data = (d.ckpt / checkpoint_name(plan.steps[0])).read_bytes()
+
+            async def chunks() -> AsyncIterator[bytes]:
+                yield data[:-1] + b"\0"
+
+            ref = BlobRef(hashlib.sha256(data).hexdigest(), len(data))
+            await app.rounds.audits.receive(
+                d.node, d.lease.task_id, d.lease.attempt, plan.steps[0], ref, chunks(), now_ms()
+            )
+        with pytest.raises(NotFound):
+            await app.rounds.audits.receive(d.node, "ab" * 32, 1, 2, BlobRef("cd" * 32, 1), _nothing(), now_ms())
+
+    asyncio.run(scenario())
+    audit = audit_store.get_audit(app.state, d.lease.task_id, d.lease.attempt)
+    assert audit is not None and audit.revealed == {} and audit.state == "pending"
+
+
+async def _nothing() -> AsyncIterator[bytes]:
+    if False:  # pragma: no cover
+        yield b""
+
+
+def test_trusted_nodes_are_drawn_at_the_floor_and_mode_none_never(
+    coordinator: Coordinator, files: dict[str, Path], tmp_path: Path
+) -> None:
+    app = coordinator
+    job_id, _ = submit(app, files, workers_per_round=4, rounds=1,
+                       verification=VerificationSpec(trust_after=2, check_floor=0.0))  # fmt: skip
+    with app.state.engine.begin() as conn:
+        for _ in range(1000):  # consecutive_valid 1000: checked with probability 1/1000
+            records.bump(conn, [NODES[0]], valid=True)
+    drawn = 0
+    for i in range(4):
+        task = app.state.get_task(_task_id(job_id, i))
+        drawn += asyncio.run(app.rounds.audits.plan(replace(task, attempt=1), NODES[0])) is not None
+        assert asyncio.run(app.rounds.audits.plan(replace(task, attempt=1), NODES[1])) is not None  # new: always
+    assert drawn <= 1
+    off, _ = submit(app, files, nonce="off", verification=VerificationSpec(mode="none"))
+    assert asyncio.run(app.rounds.audits.plan(app.state.get_task(_task_id(off, 0)), NODES[1])) is None
+
+
+def _task_id(job_id: str, idx: int) -> str:
+    from tensorgrid.spec import task_id_for
+
+    return task_id_for(job_id, idx)
