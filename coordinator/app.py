@@ -15,7 +15,7 @@ from coordinator.aggregator import assemble
 from coordinator.chain import ChainGate
 from coordinator.commits import GroupCommitter
 from coordinator.config import CoordinatorConfig
-from coordinator.errors import Conflict
+from coordinator.errors import Conflict, Rejected
 from coordinator.events import EventHub
 from coordinator.ledger import Ledger
 from coordinator.storage import ResultItem, State, TaskRecord
@@ -70,9 +70,7 @@ class Coordinator:
         # Leases this process granted, so a result can be pre-checked without a DB read;
         # the authoritative checks run again inside accept_result's transaction.
         self.lease_book: dict[str, TaskRecord] = {}
-        self.results: GroupCommitter[ResultItem, tuple[str, bool]] = GroupCommitter(
-            lambda items: self.db(self.state.accept_results, items, now_ms())
-        )
+        self.results: GroupCommitter[ResultItem, tuple[str, bool]] = GroupCommitter(self._accept_results)
         self.verification = Verification(
             self.state,
             self.blobs,
@@ -81,9 +79,9 @@ class Coordinator:
             self.work,
             self.chain.client.stake_of if self.chain is not None else None,
         )
-        allowed = self.verification.may_lease if self.chain is not None else None
+        barred = self.verification.barred_jobs if self.chain is not None else None
         self.leases: GroupCommitter[tuple[str, int], tuple[list[Lease], int]] = GroupCommitter(
-            lambda requests: self.db(self.state.lease_many, requests, now_ms(), config.timing, allowed)
+            lambda requests: self.db(self.state.lease_many, requests, now_ms(), config.timing, barred)
         )
         self._tasks: set[asyncio.Task[None]] = set()
         self._aggregating: set[str] = set()
@@ -103,6 +101,19 @@ class Coordinator:
     async def work(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run blob-heavy work (splitting, checking, concatenating) off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self._work_pool, functools.partial(fn, *args, **kwargs))
+
+    async def _accept_results(self, items: list[ResultItem]) -> list[tuple[str, bool] | Rejected]:
+        outcomes = await self.db(self.state.accept_results, items, now_ms())
+        if any(i.check is not None or i.verdict is not None for i in items):
+            self.hub.work_available()  # a check (or tiebreak) was opened for its drawn checker
+            self.verification.dispute_raised()
+        return outcomes
+
+    def _after_ruling(self, job_id: str, complete: bool) -> None:
+        self.hub.work_available()  # a caught result is pending again, or a tiebreak opened
+        self.hub.notify(job_id)
+        if complete:
+            self.schedule_aggregation(job_id)
 
     def remember(self, leases: list[Lease], node: str) -> None:
         book = self.lease_book
@@ -134,6 +145,7 @@ class Coordinator:
     async def start(self) -> None:
         """Start background loops and finish what a previous run left half done."""
         self.spawn(self._reap_loop())
+        self.spawn(self.verification.run_referee(self._after_ruling))
         if self.outbox is not None:
             self.spawn(self.outbox.run(self._stopping))
             self.spawn(self._settle_loop())
@@ -185,9 +197,11 @@ class Coordinator:
                 self.hub.notify_all()
                 self.hub.work_available()
             try:
+                if await self.db_bulk(self.state.reassign_checks, now_ms()):
+                    self.hub.work_available()
                 complete = await self.db_bulk(self.state.expire_checks, now_ms(), self.config.check_wait_ms)
             except Exception:
-                log.exception("expiring unplaced checks failed")
+                log.exception("reassigning or expiring checks failed")
                 continue
             for job_id in complete:
                 self.schedule_aggregation(job_id)

@@ -17,5 +17,11 @@ class Rejected(TensorGridError):
     """A result, registration or request is refused; counted against the sender when it is a node."""
 
 
+class Forged(Rejected):
+    """A result its sender could not have produced honestly: a bad signature, someone else's or
+    an expired lease, a replayed receipt. It says nothing about the workload, so it does not
+    use up one of the task's attempts (cheaters cannot fail a job by grabbing its tasks)."""
+
+
 class Conflict(TensorGridError):
     """The request is valid but the object is in a state that forbids it."""

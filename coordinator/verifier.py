@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from coordinator.errors import Rejected
+from coordinator.errors import Forged, Rejected
 from coordinator.storage import TaskRecord
 from tensorgrid.crypto import verify_receipt
 from tensorgrid.errors import TensorGridError
@@ -25,17 +25,17 @@ class Verifier:
     def check_receipt(self, task: TaskRecord, node: str, receipt: Receipt) -> None:
         """Cheap checks before the output bytes are received. Raises Rejected."""
         if receipt.job_id != task.job_id:
-            raise Rejected("receipt names another job than the task's")
+            raise Forged("receipt names another job than the task's")
         if task.node != node or task.attempt != receipt.attempt:
-            raise Rejected("this node does not hold that lease")
+            raise Forged("this node does not hold that lease")
         if task.state != "leased":
-            raise Rejected(f"the lease is over (task is {task.state})")
+            raise Forged(f"the lease is over (task is {task.state})")
         if receipt.input_hash != task.input.sha256:
-            raise Rejected("receipt's input hash is not the task's input")
+            raise Forged("receipt's input hash is not the task's input")
         try:
             verify_receipt(self.domain, receipt, node)
         except TensorGridError as e:
-            raise Rejected(f"bad receipt signature: {e}") from None
+            raise Forged(f"bad receipt signature: {e}") from None
 
     def output_rows(self, kind: str, path: Path) -> int | None:
         """Structural check of a received output; returns its row count (inference). Raises Rejected."""

@@ -13,7 +13,7 @@ from coordinator.api.auth import SessionCache, check_challenge, current_node, ma
 from coordinator.api.blobs import receive_into, stream_blob
 from coordinator.api.status import unary
 from coordinator.app import Coordinator, now_ms
-from coordinator.errors import NotFound, PermissionDenied, Rejected
+from coordinator.errors import Forged, NotFound, PermissionDenied, Rejected
 from coordinator.storage import ResultItem
 from coordinator.training import check_train_output
 from coordinator.verification.records import CHECK_KIND
@@ -155,6 +155,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             if size > app.config.limits.max_output_bytes:
                 raise Rejected(f"output of {size} bytes is over the limit of {app.config.limits.max_output_bytes}")
             output = await self._receive_output(receipt, size, request_iterator)
+            audit = None
             if task.kind == "training":
                 await app.work(
                     check_train_output,
@@ -164,6 +165,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
                     app.blobs.path_for(output.sha256),
                     receipt.commitment,
                 )
+                audit = await app.rounds.audits.plan(task, node)
             kind = "inference" if task.kind == CHECK_KIND else task.kind
             rows = None
             if kind != "noop":
@@ -171,9 +173,10 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             check, verdict = None, None
             if kind == "inference":  # rungs 2-4: open a spot-check of this result, or settle one
                 check, verdict = await app.verification.examine(task, node, output)
-            job_id, complete = await app.results.submit(ResultItem(node, receipt, output, rows, check, verdict))
+            item = ResultItem(node, receipt, output, rows, check, verdict, audit)
+            job_id, complete = await app.results.submit(item)
         except (Rejected, BlobError, NotFound) as e:
-            await self._reject(node, receipt, str(e))
+            await self._reject(node, receipt, str(e), forged=isinstance(e, Forged | HashMismatch))
             return node_pb2.SubmitResultResponse(accepted=False, reason=str(e))
         finally:
             app.lease_book.pop(receipt.task_id, None)
@@ -181,7 +184,32 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         app.on_results_accepted([job_id])
         if complete:
             app.schedule_aggregation(job_id)
-        return node_pb2.SubmitResultResponse(accepted=True)
+        return node_pb2.SubmitResultResponse(accepted=True, reveal_steps=audit.steps if audit else ())
+
+    @unary
+    async def RevealCheckpoint(
+        self, request_iterator: AsyncIterator[node_pb2.RevealChunk], context: grpc.aio.ServicerContext
+    ) -> node_pb2.RevealResponse:
+        """A training checkpoint an audit asked for; refused ones say why (and are not retried)."""
+        node = current_node.get()
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("part") != "header":
+            raise Rejected("RevealCheckpoint must start with a header naming the task, attempt and step")
+        h = first.header
+
+        async def data() -> AsyncIterator[bytes]:
+            async for chunk in request_iterator:
+                if chunk.WhichOneof("part") != "data":
+                    raise Rejected("a second header in one RevealCheckpoint")
+                yield chunk.data
+
+        try:
+            ref = BlobRef(h.sha256.lower(), h.size)
+            await self.app.rounds.audits.receive(node, h.task_id, h.attempt, h.step, ref, data(), now_ms())
+        except (Rejected, NotFound, BlobError, ValueError) as e:
+            log.warning("refused checkpoint %d of task %s/%d from %s: %s", h.step, h.task_id[:12], h.attempt, node, e)
+            return node_pb2.RevealResponse(accepted=False, reason=str(e))
+        return node_pb2.RevealResponse(accepted=True)
 
     async def _receive_output(
         self, receipt: Receipt, size: int, chunks: AsyncIterator[node_pb2.ResultChunk]
@@ -205,12 +233,14 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             return expected
         return await receive_into(self.app.blobs.writer(expected), data())
 
-    async def _reject(self, node: str, receipt: Receipt, reason: str) -> None:
+    async def _reject(self, node: str, receipt: Receipt, reason: str, *, forged: bool = False) -> None:
         """Count a refused result against its sender; reissue the task if the sender held its lease."""
         app = self.app
         log.warning("rejected result from %s for task %s/%d: %s", node, receipt.task_id[:12], receipt.attempt, reason)
         try:
-            await app.db(app.state.reject_task_result, node, receipt.task_id, receipt.attempt, reason, now_ms())
+            await app.db(
+                app.state.reject_task_result, node, receipt.task_id, receipt.attempt, reason, now_ms(), forged=forged
+            )
             app.hub.work_available()
         except Exception:
             log.exception("could not record the rejection")

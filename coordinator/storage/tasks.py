@@ -9,8 +9,9 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, or_, select, update
 
-from coordinator.errors import NotFound, Rejected
+from coordinator.errors import Forged, NotFound, Rejected
 from coordinator.storage import schema as s
+from coordinator.verification import assign
 from coordinator.verification import records as verification
 from tensorgrid.types import BlobRef, ErrorKind, JobState, Lease, Receipt, TaskError
 
@@ -45,23 +46,34 @@ class LeaseTiming:
 _t = s.tasks
 # Statements of the leasing hot path, built once (see results.py for why).
 _NODE = select(s.nodes).where(s.nodes.c.address == bindparam("b_node"))
-_PENDING = (
-    select(_t)
-    .where(
-        _t.c.state == "pending",
-        _t.c.device != bindparam("b_not_device"),
-        _t.c.min_memory_bytes <= bindparam("b_memory"),
-        or_(
-            _t.c.last_failed_node.is_(None),
-            _t.c.last_failed_node != bindparam("b_node"),
-            _t.c.last_failed_ms < bindparam("b_avoid_before"),
-        ),
-        verification.not_excluded(),  # re-execution never runs on the node being checked
-    )
-    .order_by(_t.c.job_created_ms, _t.c.idx)
-    .limit(bindparam("b_limit"))
-    .with_for_update(skip_locked=True)
+_PENDING_WHERE = (
+    _t.c.state == "pending",
+    _t.c.device != bindparam("b_not_device"),
+    _t.c.min_memory_bytes <= bindparam("b_memory"),
+    or_(
+        _t.c.last_failed_node.is_(None),
+        _t.c.last_failed_node != bindparam("b_node"),
+        _t.c.last_failed_ms < bindparam("b_avoid_before"),
+    ),
+    assign.leasable_by_node(),  # a check goes only to the checker the coordinator drew
 )
+
+
+def _pending(*extra: Any) -> Any:
+    return (
+        select(_t)
+        .where(*_PENDING_WHERE, *extra)
+        .order_by(_t.c.job_created_ms, _t.c.idx)
+        .limit(bindparam("b_limit"))
+        .with_for_update(skip_locked=True)
+    )
+
+
+_PENDING = _pending()
+# For a node barred from some jobs (too little stake): skipped in SQL, so it is never starved
+# behind a queue head it may not take.
+_PENDING_NOT_BARRED = _pending(_t.c.job_id.not_in(bindparam("b_barred", expanding=True)))
+Barred = Callable[[Connection, str], set[str]]
 _GRANT = (
     update(_t)
     .where(_t.c.task_id == bindparam("b_task"))
@@ -99,17 +111,17 @@ class TaskStore:
         requests: list[tuple[str, int]],
         now_ms: int,
         timing: LeaseTiming,
-        allowed: Callable[[Connection, str, str], bool] | None = None,
+        barred: Barred | None = None,
     ) -> list[tuple[list[Lease], int] | Rejected]:
         """Serve many (node, max_tasks) lease requests in one transaction.
 
-        allowed(conn, node, job_id), when given, may refuse a node a job's tasks (e.g. too little stake).
+        barred(conn, node), when given, names jobs whose tasks the node may not take (e.g. too little stake).
         """
         out: list[tuple[list[Lease], int] | Rejected] = []
         with self.engine.begin() as conn:
             for address, max_tasks in requests:
                 try:
-                    out.append(self._lease(conn, address, max_tasks, now_ms, timing, allowed))
+                    out.append(self._lease(conn, address, max_tasks, now_ms, timing, barred))
                 except Rejected as e:
                     out.append(e)
         return out
@@ -128,7 +140,7 @@ class TaskStore:
         max_tasks: int,
         now_ms: int,
         timing: LeaseTiming,
-        allowed: Callable[[Connection, str, str], bool] | None = None,
+        barred: Barred | None = None,
     ) -> tuple[list[Lease], int]:
         node = conn.execute(_NODE, {"b_node": address}).first()
         if node is None:
@@ -137,9 +149,11 @@ class TaskStore:
             return [], 1000
         if node.backoff_until_ms > now_ms:
             return [], int(node.backoff_until_ms - now_ms)
+        skip = barred(conn, address) if barred is not None else set()
         rows = conn.execute(
-            _PENDING,
+            _PENDING_NOT_BARRED if skip else _PENDING,
             {
+                **({"b_barred": sorted(skip)} if skip else {}),
                 # A CUDA node can run any task; a CPU node anything but CUDA-only tasks.
                 "b_not_device": "" if node.device_kind == "cuda" else "cuda",
                 "b_memory": node.memory_bytes,
@@ -148,8 +162,6 @@ class TaskStore:
                 "b_limit": max(1, min(max_tasks, 256)),
             },
         ).all()
-        if allowed is not None:
-            rows = [r for r in rows if allowed(conn, address, r.job_id)]
         if not rows:
             return [], 500
         deadline = now_ms + timing.ttl_ms
@@ -206,8 +218,13 @@ class TaskStore:
             _check_holder(row, address, attempt, now_ms, allow_expired=True)
             return self._fail(conn, row, error, now_ms)
 
-    def reject_task_result(self, address: str, task_id: str, attempt: int, reason: str, now_ms: int) -> None:
-        """The lease holder sent a result that failed verification: reissue elsewhere, count it."""
+    def reject_task_result(
+        self, address: str, task_id: str, attempt: int, reason: str, now_ms: int, *, forged: bool = False
+    ) -> None:
+        """The lease holder sent a result that failed verification: reissue elsewhere, count it.
+
+        A forged result (see errors.Forged) counts against the node only, not the task's attempts.
+        """
         with self.engine.begin() as conn:
             row = conn.execute(select(s.tasks).where(s.tasks.c.task_id == task_id).with_for_update()).first()
             if row is not None and row.state == "cancelled" and row.node == address:
@@ -215,7 +232,8 @@ class TaskStore:
             if row is None or row.node != address or row.attempt != attempt or row.state != "leased":
                 self._node_failed(conn, address, now_ms, rejection=True)
                 return
-            self._fail(conn, row, TaskError(ErrorKind.EXECUTION, f"result rejected: {reason}"), now_ms, rejection=True)
+            error = TaskError(ErrorKind.EXECUTION, f"result rejected: {reason}")
+            self._fail(conn, row, error, now_ms, rejection=True, forged=forged)
 
     def reap_expired(self, now_ms: int) -> int:
         """Reissue leases whose holder went silent past the deadline."""
@@ -230,9 +248,18 @@ class TaskStore:
                 self._fail(conn, row, TaskError(ErrorKind.TIMEOUT, "lease expired without a result"), now_ms)
         return len(rows)
 
-    def _fail(self, conn: Connection, row: Any, error: TaskError, now_ms: int, *, rejection: bool = False) -> bool:
+    def _fail(
+        self,
+        conn: Connection,
+        row: Any,
+        error: TaskError,
+        now_ms: int,
+        *,
+        rejection: bool = False,
+        forged: bool = False,
+    ) -> bool:
         released = error.kind == ErrorKind.RELEASED
-        failures = row.failures + (0 if released else 1)
+        failures = row.failures + (0 if released or forged else 1)
         node = row.node
         if not released and (rejection or error.kind not in WORKLOAD_ERRORS):
             self._node_failed(conn, node, now_ms, rejection=rejection)
@@ -281,18 +308,18 @@ def _check_holder(row: Any, address: str, attempt: int, now_ms: int, *, allow_ex
     if row is None:
         raise NotFound("no such task")
     if row.node != address or row.attempt != attempt:
-        raise Rejected("this node does not hold that lease")
+        raise Forged("this node does not hold that lease")
     if row.state != "leased":
-        raise Rejected(f"the lease is over (task is {row.state})")
+        raise Forged(f"the lease is over (task is {row.state})")
     if not allow_expired and row.deadline_ms is not None and row.deadline_ms < now_ms:
-        raise Rejected("the lease expired before the result arrived")
+        raise Forged("the lease expired before the result arrived")
 
 
 def _check_matches(row: Any, receipt: Receipt, output_rows: int | None) -> None:
     if receipt.job_id != row.job_id:
-        raise Rejected("receipt names another job than the task's")
+        raise Forged("receipt names another job than the task's")
     if receipt.input_hash != row.input_sha:
-        raise Rejected("receipt's input hash is not the task's input")
+        raise Forged("receipt's input hash is not the task's input")
     if output_rows is not None and output_rows != row.rows:
         raise Rejected(f"output has {output_rows} rows, the task's input has {row.rows}")
 

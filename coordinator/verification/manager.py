@@ -1,35 +1,47 @@
 """The verification ladder at run time: decide which results to check, build check tasks,
-compare check outputs, and keep under-staked nodes away from jobs they could cheat on."""
+compare check outputs, referee disputes by re-executing the rows here, and keep
+under-staked nodes away from jobs they could cheat on."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
 import os
 import random
+import tempfile
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import torch
 from sqlalchemy import Connection, select
 
 from coordinator.storage import State, TaskRecord
+from coordinator.storage import schema as s
 from coordinator.verification.compare import load_rows, rows_match
 from coordinator.verification.policy import VerificationPolicy
 from coordinator.verification.records import CHECK_KIND, CheckPlan, Verdict
+from coordinator.verification.referee import Ruling, RulingInfo
 from coordinator.verification.schema import job_policies
 from coordinator.verification.store import CheckInfo
 from tensorgrid.blobs import BlobStore
 from tensorgrid.spec import VerificationSpec
 from tensorgrid.types import BlobRef
 from tensorgrid.workloads import tensorfile
+from tensorgrid.workloads.inference import run_inference
+from tensorgrid.workloads.model import load_program
 
 log = logging.getLogger("tensorgrid.coordinator.verification")
 T = TypeVar("T")
 STAKE_CACHE_S = 60.0
 Runner = Callable[..., Awaitable[Any]]
+Settled = Callable[[str, bool], None]  # (job id, job complete): a ruling changed the job
+REFEREE_IDLE_S = 1.0
+REFEREE_PROGRAMS = 4
 
 
 class Verification:
@@ -52,7 +64,12 @@ class Verification:
         self._stake_of = stake_of
         self._policies: dict[str, tuple[VerificationPolicy | None, int]] = {}
         self._stakes: dict[str, tuple[int, float]] = {}
-        self._required: dict[str, int] = {}  # job id → stake its nodes need (wei)
+        self._required: dict[str, int] = {}  # open job id → stake its nodes need (wei), when > 0
+        self._required_until = 0.0
+        self._disputes = asyncio.Event()
+        self._torch = threading.Lock()  # torch.export.load is not thread-safe
+        self._programs: dict[str, torch.nn.Module] = {}  # model sha → loaded program (a few, LRU)
+        self.rulings = 0
 
     async def policy(self, job_id: str, tasks_total: int = 0) -> tuple[VerificationPolicy | None, int]:
         """(policy or None, required stake in wei) of a job; policies never change, so cached."""
@@ -109,6 +126,78 @@ class Verification:
         )
         return Verdict(agrees, peers)
 
+    # -- the referee: the coordinator re-executes disputed rows itself ------------------------
+
+    def dispute_raised(self) -> None:
+        """A check result came in that may have opened a dispute: look for rulings to make now."""
+        self._disputes.set()
+
+    async def run_referee(self, settled: Settled) -> None:
+        """Rule on disputed checks as they come (and those a previous run left pending)."""
+        while True:
+            try:
+                await asyncio.wait_for(self._disputes.wait(), REFEREE_IDLE_S)
+            except TimeoutError:
+                pass
+            self._disputes.clear()
+            try:
+                for info in await self._db(self.state.pending_rulings):
+                    await self._rule(info, settled)
+            except Exception:  # a DB hiccup must not end the loop
+                log.exception("ruling on disputed checks failed; will retry")
+
+    async def _rule(self, info: RulingInfo, settled: Settled) -> None:
+        now = int(time.time() * 1000)
+        try:
+            ruling = await self._work(self._reexecute, info)
+        except Exception as e:  # noqa: BLE001 - any failure to run means "cannot referee", never a verdict
+            log.warning("cannot referee check %s: %s", info.check_id[:12], e)
+            job_id = await self._db(self.state.fail_ruling, info.check_id, f"{type(e).__name__}: {e}", now)
+            if job_id:
+                settled(job_id, False)
+            return
+        outcome = await self._db(self.state.apply_ruling, info.check_id, ruling, now)
+        self.rulings += 1
+        if outcome is not None:
+            log.info(
+                "ruled on check %s: subject %s, wrong checkers %d",
+                info.check_id[:12],
+                "right" if ruling.subject_right else "wrong",
+                len(info.checkers) - len(ruling.right_checkers),
+            )
+            settled(*outcome)
+
+    def _reexecute(self, info: RulingInfo) -> Ruling:
+        """Run the chain's rows (or the first rows_limit) through the job's model here; compare everyone."""
+        rows = info.rows[: info.rows_limit] if info.rows_limit else info.rows
+        head = list(range(len(rows)))
+        with tempfile.TemporaryDirectory(prefix="referee-", dir=self.blobs.tmp_dir) as tmp:
+            out = Path(tmp) / "out.safetensors"
+            source = self.blobs.path_for(info.input_sha)
+            if info.rows_limit:  # the check input's rows are a random sample already: take its head
+                source = Path(tmp) / "in.safetensors"
+                tensorfile.gather_rows(self.blobs.path_for(info.input_sha), head, source)
+            self._run_model(info, source, out)
+            ref = self.blobs.put_file(out)
+        mine = load_rows(self.blobs.path_for(ref.sha256))
+        if not mine:
+            raise RuntimeError("the referee's own output could not be read")
+        subject = load_rows(self.blobs.path_for(info.subject_output), rows)
+        right = tuple(
+            node for node, sha in info.checkers if rows_match(load_rows(self.blobs.path_for(sha), head), mine)
+        )
+        return Ruling(ref.sha256, rows_match(subject, mine), right)
+
+    def _run_model(self, info: RulingInfo, source: Path, out: Path) -> None:
+        model = self.blobs.path_for(info.model_sha)
+        with self._torch:
+            module = self._programs.pop(info.model_sha, None) or load_program(model, torch.device("cpu"))
+            self._programs[info.model_sha] = module  # most recently used last
+            while len(self._programs) > REFEREE_PROGRAMS:
+                del self._programs[next(iter(self._programs))]
+            batch = int(info.settings.get("batch_size") or 0)
+            run_inference(model, source, out, batch_size=batch, device="cpu", module=module)
+
     # -- economic security: stake gating ------------------------------------------------------
 
     async def refresh_stake(self, node: str) -> None:
@@ -125,20 +214,26 @@ class Verification:
             stake = cached[0] if cached else 0
         self._stakes[node] = (stake, time.monotonic() + STAKE_CACHE_S)
 
-    def may_lease(self, conn: Connection, node: str, job_id: str) -> bool:
-        """Whether the node's cached stake covers the job's required stake.
+    def barred_jobs(self, conn: Connection, node: str) -> set[str]:
+        """Open jobs whose required stake the node's cached stake does not cover.
 
-        Runs inside the leasing transaction (on its connection: SQLite has one writer).
+        Runs inside the leasing transaction (on its connection: SQLite has one writer). The
+        open jobs' requirements are re-read at most once a second.
         """
         if self._stake_of is None:
-            return True
-        required = self._required.get(job_id)
-        if required is None:
-            value = conn.execute(
-                select(job_policies.c.required_stake_wei).where(job_policies.c.job_id == job_id)
-            ).scalar()
-            required = self._required[job_id] = int(value or 0)
-        return required == 0 or self._stakes.get(node, (0, 0.0))[0] >= required
+            return set()
+        now = time.monotonic()
+        if now >= self._required_until:
+            p, j = job_policies.c, s.jobs.c
+            rows = conn.execute(
+                select(p.job_id, p.required_stake_wei)
+                .join(s.jobs, j.job_id == p.job_id)
+                .where(j.state.in_(("queued", "running")))
+            ).all()
+            self._required = {r.job_id: int(r.required_stake_wei or 0) for r in rows if int(r.required_stake_wei or 0)}
+            self._required_until = now + 1.0
+        stake = self._stakes.get(node, (0, 0.0))[0]
+        return {job_id for job_id, required in self._required.items() if stake < required}
 
 
 def is_check_kind(kind: str) -> bool:

@@ -1,9 +1,12 @@
 """Verification in the accept transaction: open checks, apply verdicts, settle who was right.
 
-A check compares a checker's output rows with the subject's. Agreement verifies the subject
-(its credit is written only now). A disagreement is never settled by one checker's word: a
-tiebreak on a third node decides, and whoever disagrees with two matching outputs is
-caught. So a lying checker cannot get an honest node punished, nor a liar pass by luck.
+A check compares a checker's output rows with the subject's; the coordinator chose the
+checker (assign.py). Agreement verifies the subject (its credit is written only now). A
+disagreement is never settled by one checker's word: the coordinator re-executes the rows
+itself and rules (referee.py), so a lying checker cannot get an honest node punished, nor a
+liar pass by luck; whoever the referee proves wrong is caught and, on a chain, slashed with
+its own signed receipt. If the referee cannot run the model, a tiebreak on a third node
+decides instead, and whoever disagrees with two matching outputs is caught.
 """
 
 from __future__ import annotations
@@ -14,16 +17,18 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, exists, func, insert, or_, select, update
+from sqlalchemy import Connection, and_, exists, func, insert, select, update
 
 from coordinator.ledger import credits as ledger
 from coordinator.ledger._db import insert_ignore
 from coordinator.storage import schema as s
-from coordinator.verification.schema import check_exclusions, checks, job_policies, reputation
+from coordinator.verification import assign
+from coordinator.verification.assign import CHECK_KIND
+from coordinator.verification.schema import checks, job_policies, referee_rulings, reputation
 from tensorgrid.types import BlobRef
 
 MAX_CHECKERS = 4  # a chain with this many mutually disagreeing checkers is inconclusive
-CHECK_KIND = "spotcheck"  # the tasks-table kind of every check task (leased as "inference")
+CONFIRM_ROWS = 8  # rows the coordinator re-runs to confirm two untrusted nodes' agreement
 OPEN_STATES = ("open", "disputed")
 EventFn = Callable[..., Any]
 
@@ -92,8 +97,8 @@ def open_check(
             created_ms=now_ms,
         )
     )
-    rows = [dict(task_id=plan.check_task_id, node=n) for n in sorted(n for n in exclude if n)]
-    conn.execute(insert(check_exclusions), rows)
+    assign.bar(conn, plan.check_task_id, sorted(exclude))
+    assign.assign_checker(conn, plan.check_task_id, now_ms)
 
 
 def get_check(conn: Connection, check_id: str) -> Any:
@@ -123,25 +128,69 @@ def apply_verdict(
         .where(checks.c.check_id == check_id)
         .values(checker=checker, checker_output=output.sha256, state="disputed")
     )
-    if verdict.agrees_subject:
-        _settle(conn, chk, "verified", now_ms, event)
+    if verdict.agrees_subject and not earlier and _needs_confirmation(conn, chk, checker):
+        request_ruling(conn, chk, now_ms, CONFIRM_ROWS)  # two newcomers agreeing is not yet proof
+    elif verdict.agrees_subject:
+        settle(conn, chk, "verified", now_ms, event)
         bump(conn, [checker], valid=True)
         liars = [node for node, _ in earlier]  # every earlier checker in a chain disagreed with the subject
         bump(conn, liars, valid=False)
         for node in liars:
             event(conn, chk.job_id, "caught", now_ms, node=node, message="check result contradicted by a quorum")
     elif verdict.agrees_checkers:
-        _settle(conn, chk, "caught", now_ms, event)
+        settle(conn, chk, "caught", now_ms, event)
         bump(conn, [checker, *verdict.agrees_checkers], valid=True)
         others = [node for node, _ in earlier if node not in verdict.agrees_checkers]
         bump(conn, others, valid=False)
-    elif len(earlier) + 1 < MAX_CHECKERS:
-        tiebreak = CheckPlan(secrets.token_hex(32), BlobRef(_input_of(conn, check_id), 0), tuple(json.loads(chk.rows)))
-        subject = _subject_row(conn, chk)
-        open_check(conn, subject, _with_size(conn, check_id, tiebreak), now_ms, kind="tiebreak", root=chk.root_id)
+    elif not earlier and not _ruling_failed(conn, chk.root_id):
+        request_ruling(conn, chk, now_ms, 0)
         event(conn, chk.job_id, "disputed", now_ms, node=chk.subject_node, message=f"checker {checker} disagrees")
     else:
-        _settle(conn, chk, "inconclusive", now_ms, event)
+        open_tiebreak(conn, chk, now_ms, event, f"checker {checker} disagrees")
+
+
+def open_tiebreak(conn: Connection, chk: Any, now_ms: int, event: EventFn, why: str) -> None:
+    """Another node re-runs the chain's rows, or, with MAX_CHECKERS spent, the chain is inconclusive."""
+    if len(chain_outputs(conn, chk.root_id)) >= MAX_CHECKERS:
+        settle(conn, chk, "inconclusive", now_ms, event)
+        return
+    tiebreak = CheckPlan(secrets.token_hex(32), BlobRef(_input_of(conn, chk.root_id), 0), tuple(json.loads(chk.rows)))
+    subject = _subject_row(conn, chk)
+    open_check(conn, subject, _with_size(conn, chk.root_id, tiebreak), now_ms, kind="tiebreak", root=chk.root_id)
+    event(conn, chk.job_id, "disputed", now_ms, node=chk.subject_node, message=why)
+
+
+def request_ruling(conn: Connection, chk: Any, now_ms: int, rows_limit: int) -> None:
+    """Ask the coordinator to re-execute the chain's rows (the first rows_limit of them; 0: all)."""
+    conn.execute(
+        insert(referee_rulings).values(
+            check_id=chk.root_id,
+            job_id=chk.job_id,
+            state="pending",
+            rows_limit=rows_limit,
+            error="",
+            created_ms=now_ms,
+        )
+    )
+
+
+def _needs_confirmation(conn: Connection, chk: Any, checker: str) -> bool:
+    """Whether subject and checker are both still untrusted (a Sybil pair could agree on a lie).
+
+    Then the coordinator re-runs a few of the rows before the agreement counts. Once either
+    has `trust_after` consecutive verified results, agreement alone verifies. A canary's
+    subject was verified already, so a canary never needs it.
+    """
+    if _root_kind(conn, chk.root_id) == "canary":
+        return False
+    raw = conn.execute(select(job_policies.c.policy).where(job_policies.c.job_id == chk.job_id)).scalar()
+    trust_after = int(json.loads(raw).get("trust_after", 10)) if raw else 10
+    return max(consecutive_valid(conn, chk.subject_node), consecutive_valid(conn, checker)) < trust_after
+
+
+def _ruling_failed(conn: Connection, root_id: str) -> bool:
+    state = conn.execute(select(referee_rulings.c.state).where(referee_rulings.c.check_id == root_id)).scalar()
+    return state == "failed"
 
 
 def _input_of(conn: Connection, task_id: str) -> str:
@@ -170,7 +219,14 @@ class _Row:
         self.__dict__.update(values)
 
 
-def _settle(conn: Connection, chk: Any, outcome: str, now_ms: int, event: EventFn) -> None:
+def settle(
+    conn: Connection,
+    chk: Any,
+    outcome: str,
+    now_ms: int,
+    event: EventFn,
+    why: str = "output rows disagree with two other nodes",
+) -> None:
     """Close the chain with its outcome and carry out the consequences for the subject."""
     conn.execute(update(checks).where(checks.c.root_id == chk.root_id).values(state="done", outcome=outcome))
     conn.execute(
@@ -190,6 +246,8 @@ def _settle(conn: Connection, chk: Any, outcome: str, now_ms: int, event: EventF
                 _maybe_canary(conn, chk, now_ms)
         event(conn, chk.job_id, outcome, now_ms, task_index=_idx(conn, chk), node=chk.subject_node)
         return
+    if outcome == "inconclusive":  # not proven wrong, but not to be trusted either
+        reset_streak(conn, [chk.subject_node])
     if outcome == "caught":
         bump(conn, [chk.subject_node], valid=False)
         event(
@@ -199,7 +257,7 @@ def _settle(conn: Connection, chk: Any, outcome: str, now_ms: int, event: EventF
             now_ms,
             task_index=_idx(conn, chk),
             node=chk.subject_node,
-            message="output rows disagree with two other nodes",
+            message=why,
         )
     if not canary:
         _reissue(conn, chk, now_ms)
@@ -261,6 +319,11 @@ def bump(conn: Connection, nodes: Iterable[str], *, valid: bool) -> None:
         conn.execute(update(s.nodes).where(s.nodes.c.address.in_(nodes)).values(rejections=s.nodes.c.rejections + 1))
 
 
+def reset_streak(conn: Connection, nodes: Iterable[str]) -> None:
+    """The node's results get checked as a newcomer's again, without counting it as caught."""
+    conn.execute(update(reputation).where(reputation.c.address.in_(sorted(set(nodes)))).values(consecutive_valid=0))
+
+
 def consecutive_valid(conn: Connection, node: str) -> int:
     v = conn.execute(select(reputation.c.consecutive_valid).where(reputation.c.address == node)).scalar()
     return int(v or 0)
@@ -281,17 +344,6 @@ def no_open_checks() -> Any:
     )
 
 
-def not_excluded() -> Any:
-    """SQL condition on s.tasks for the leasing node (bind b_node): not barred from this check."""
-    t = s.tasks
-    barred = exists(
-        select(check_exclusions.c.node).where(
-            and_(check_exclusions.c.task_id == t.c.task_id, check_exclusions.c.node == bindparam("b_node"))
-        )
-    )
-    return or_(t.c.kind != CHECK_KIND, ~barred)
-
-
 def expire_unplaced(conn: Connection, now_ms: int, wait_ms: int, event: EventFn) -> set[str]:
     """Checks no other node took within wait_ms (a grid too small to check) pass as unverified."""
     t = s.tasks
@@ -304,7 +356,7 @@ def expire_unplaced(conn: Connection, now_ms: int, wait_ms: int, event: EventFn)
         .limit(200)
     ).all()
     for chk in rows:
-        _settle(conn, chk, "unverified", now_ms, event)
+        settle(conn, chk, "unverified", now_ms, event)
     return {r.job_id for r in rows}
 
 

@@ -47,6 +47,29 @@ check_exclusions = Table(
     Column("node", String(42), primary_key=True),
 )
 
+# The one node that may lease a check task, and until when it may before another is drawn.
+check_assignments = Table(
+    "check_assignments",
+    metadata,
+    Column("task_id", String(64), primary_key=True),
+    Column("node", String(42), nullable=False),
+    Column("until_ms", BigInteger, nullable=False),
+)
+
+# A disputed check the coordinator re-executes itself: it rules who was right.
+referee_rulings = Table(
+    "referee_rulings",
+    metadata,
+    Column("check_id", String(64), primary_key=True),
+    Column("job_id", String(64), nullable=False),
+    Column("state", String(16), nullable=False),  # pending → ruled | failed
+    Column("rows_limit", Integer, nullable=False, default=0),  # re-run the first n rows (0: all)
+    Column("output_sha", String(64)),  # the referee's output rows
+    Column("error", Text, nullable=False, default=""),
+    Column("created_ms", BigInteger, nullable=False),
+    Index("ix_referee_state", "state"),
+)
+
 reputation = Table(
     "node_reputation",
     metadata,

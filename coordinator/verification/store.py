@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Engine, select
 
 from coordinator.storage import schema as s
-from coordinator.verification import records
+from coordinator.verification import assign, records, referee
 from coordinator.verification.schema import job_policies, reputation
 from tensorgrid.types import NodeStatus
 
@@ -60,6 +60,25 @@ class VerificationStore:
         with self.engine.begin() as conn:
             jobs = records.expire_unplaced(conn, now_ms, wait_ms, self._event)
             return [j for j in sorted(jobs) if _complete(conn, j)]
+
+    def reassign_checks(self, now_ms: int) -> int:
+        """Draw new checkers for checks their assignee let lie; returns how many got one."""
+        with self.engine.begin() as conn:
+            return assign.reassign_stale(conn, now_ms)
+
+    def pending_rulings(self) -> list[referee.RulingInfo]:
+        with self.engine.connect() as conn:
+            return referee.pending(conn)
+
+    def apply_ruling(self, check_id: str, ruling: referee.Ruling, now_ms: int) -> tuple[str, bool] | None:
+        """Carry out the referee's ruling: (job id, job complete) if it settled an open chain."""
+        with self.engine.begin() as conn:
+            job_id = referee.apply(conn, check_id, ruling, now_ms, self._event)
+            return (job_id, _complete(conn, job_id)) if job_id else None
+
+    def fail_ruling(self, check_id: str, error: str, now_ms: int) -> str | None:
+        with self.engine.begin() as conn:
+            return referee.fail(conn, check_id, error, now_ms, self._event)
 
     def job_checks(self, job_id: str) -> dict[str, int]:
         """How the job's checks ended: outcome → count (open ones under "open")."""

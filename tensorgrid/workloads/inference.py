@@ -59,13 +59,15 @@ def run_inference(
     input_names: list[str] | None = None,
     batch_size: int = 0,
     device: str = "auto",
+    module: torch.nn.Module | None = None,
 ) -> InferenceStats:
     """Run the program at model_path over every row of input_path; save outputs to output_path.
 
     The model gets the tensors named in input_names (default: all, sorted by name) as
     positional arguments, batch_size rows at a time (0 = all rows at once), under no_grad.
     Outputs are saved as "output" (one tensor), "output_0".. (a sequence) or the dict keys,
-    concatenated along dim 0 in row order.
+    concatenated along dim 0 in row order. A caller that runs one program many times may pass
+    it already loaded (from model_path, on the same device) as `module`.
     """
     if batch_size < 0:
         raise InvalidTensorFile(f"batch_size must be 0 (all rows) or positive, got {batch_size}")
@@ -75,7 +77,8 @@ def run_inference(
     if rows == 0:
         raise InvalidTensorFile("the input file has no rows to run")
     target = pick_device(device)
-    module = load_program(model_path, target)
+    if module is None:
+        module = load_program(model_path, target)
     tensors = load_tensors(input_path)
     inputs = [tensors[name] for name in names]
     step = rows if batch_size == 0 else batch_size

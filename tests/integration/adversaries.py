@@ -23,6 +23,7 @@ from tensorgrid.crypto import Signer, sign_receipt
 from tensorgrid.nodeclient import NodeClient
 from tensorgrid.types import BlobRef, Capabilities, Lease, Receipt
 from tensorgrid.workloads.inference import run_inference
+from tensorgrid.workloads.model import load_program
 
 CPU = Capabilities(device_kind="cpu", memory_bytes=8 << 30, cpu_cores=2)
 BEHAVIOURS = ("noise", "zeros", "stale", "corrupt1pct", "copy", "wrongkey", "late", "replay")
@@ -33,8 +34,15 @@ class Pool:
     """Results honest simulated nodes computed: task id → output bytes."""
 
     outputs: dict[str, bytes] = field(default_factory=dict)
-    # torch.export.load is not thread-safe: simulated nodes take turns at the model
+    # torch.export.load is not thread-safe: simulated nodes take turns at the model, loaded
+    # once (as a node's warm worker keeps it), so a queue of simulated nodes stays quick
     torch_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    modules: dict[str, torch.nn.Module] = field(default_factory=dict)
+
+    def module(self, model: Path) -> torch.nn.Module:
+        if model.name not in self.modules:
+            self.modules[model.name] = load_program(model, torch.device("cpu"))
+        return self.modules[model.name]
 
 
 @dataclass
@@ -81,6 +89,7 @@ class SimNode:
             out = Path(tmp) / "out.safetensors"
             settings = lease.settings
             async with self.pool.torch_lock:
+                module = await asyncio.to_thread(self.pool.module, model)
                 await asyncio.to_thread(
                     run_inference,
                     model,
@@ -88,6 +97,7 @@ class SimNode:
                     out,
                     batch_size=int(str(settings.get("batch_size") or 0)),
                     device="cpu",
+                    module=module,
                 )
             return out.read_bytes()
 

@@ -19,7 +19,7 @@ from tensorgrid.localgrid import LocalGrid
 from tensorgrid.spec import VerificationSpec
 from tensorgrid.types import JobState
 from tensorgrid.workloads.tensorfile import load_tensors
-from tests.integration.adversaries import Pool, SimNode
+from tests.integration.adversaries import BEHAVIOURS, Pool, SimNode
 from tests.integration.conftest import BATCH, Assets, node_args
 
 pytestmark = pytest.mark.integration
@@ -41,27 +41,19 @@ def _price(grid: LocalGrid, job_id: str, tasks: int) -> None:
     engine.dispose()
 
 
-# The behaviours every run catches: the integrity rung refuses them outright. The others
-# (noise, zeros, stale, 1% corrupted, copy) rely on spot-check quorums, which this session
-# found not yet sound with several adversaries at once: in about one run in three an honest
-# node was "caught" by two agreeing wrong checkers, or a rolled (stale) output was verified.
-# They stay in adversaries.BEHAVIOURS for the next pass (issue 5); this test runs the sound ones.
-RELIABLY_CAUGHT = ("wrongkey", "late", "replay")
-
-
 def test_adversaries_are_caught_and_unpaid(make_grid: Callable[..., LocalGrid], digits: Assets, tmp_path: Path) -> None:
     grid = make_grid("--check-wait-ms", "60000")
     grid.start_coordinator()
     policy = VerificationSpec(spot_rows=200, canary_rate=0.0)
     with Client(grid.target, Signer.generate()) as client:
         job = client.submit_inference(
-            digits.model, digits.inputs, shard_rows=250, batch_size=BATCH, device="cpu", verification=policy
+            digits.model, digits.inputs, shard_rows=100, batch_size=BATCH, device="cpu", verification=policy
         )
         _price(grid, job.job_id, job.tasks_total)
         pool, work = Pool(), tmp_path / "sim"
         work.mkdir()
-        adversaries = [SimNode(grid.target, b, pool, work) for b in RELIABLY_CAUGHT]
-        honest = [SimNode(grid.target, "honest", pool, work) for _ in range(5)]  # 3 of 10 nodes cheat
+        adversaries = [SimNode(grid.target, b, pool, work) for b in BEHAVIOURS]
+        honest = [SimNode(grid.target, "honest", pool, work) for _ in range(17)]  # with 2 daemons: 8 of 27 cheat
 
         async def scenario() -> None:
             stop = asyncio.Event()
