@@ -4,11 +4,13 @@ to full 2× replication, in the same run. Goal: ≤ 5% overhead at ≥ 99% detec
 (anchor: BOINC's 2-replica quorum costs 100% extra).
 
 Overhead comes from a real grid (coordinator + two node daemons): every task and every check
-task the grid actually ran is re-timed here with the real inference code (forward passes,
-warm program), and the overhead is Σ check time ÷ Σ task time. Detection is a simulation over
-the job's real outputs: many jobs in which one new node (checked always, as every node starts)
-runs all tasks and corrupts 1% of each shard's rows; each result is checked as the policy says
-(its sampled rows compared with the coordinator's real comparison code); a job counts as
+task the grid actually ran, and every re-execution the coordinator itself ran as referee
+(disputes, and confirming two untrusted nodes' agreement on a few rows), is re-timed here with
+the real inference code (forward passes, warm program); the overhead is Σ check time ÷ Σ task
+time. Detection is a simulation over the job's real outputs: many jobs in which one new node
+(checked always, as every node starts) runs all tasks and corrupts 1% of each shard's rows;
+each result is checked as the policy says (its sampled rows compared with the coordinator's
+real comparison code); a job counts as
 detected when any check fails. The trusted-node case (checked at the floor rate) is reported too.
 
     python -m benchmarks.verification [--rows 24576] [--shard-rows 1024] [--jobs 2000]
@@ -30,7 +32,7 @@ from benchmarks._common import emit
 from coordinator.storage import schema as s
 from coordinator.verification.compare import rows_match
 from coordinator.verification.policy import VerificationPolicy
-from coordinator.verification.schema import checks
+from coordinator.verification.schema import checks, referee_rulings
 from tensorgrid.client import Client
 from tensorgrid.crypto import Signer
 from tensorgrid.localgrid import LocalGrid
@@ -50,8 +52,9 @@ def build_model(width: int, depth: int) -> torch.nn.Module:
     return torch.nn.Sequential(*layers, torch.nn.Linear(width, 10)).eval()
 
 
-def task_rows(db: Path, job_id: str) -> tuple[list[int], list[int], dict[str, int]]:
-    """Rows of the job's work tasks and of the check tasks its nodes ran; check kinds run."""
+def task_rows(db: Path, job_id: str) -> tuple[list[int], list[int], dict[str, int], list[int]]:
+    """Rows of the job's work tasks, of the check tasks its nodes ran, check kinds run, and
+    rows the coordinator re-ran as referee."""
     engine = create_engine(f"sqlite:///{db}")
     t = s.tasks
     with engine.connect() as conn:
@@ -60,10 +63,16 @@ def task_rows(db: Path, job_id: str) -> tuple[list[int], list[int], dict[str, in
             .outerjoin(checks, checks.c.check_id == t.c.task_id)
             .where(t.c.job_id == job_id)
         ).all()
+        ruled = conn.execute(
+            select(referee_rulings.c.rows_limit, t.c.rows)
+            .join(t, t.c.task_id == referee_rulings.c.check_id)
+            .where(referee_rulings.c.job_id == job_id, referee_rulings.c.state == "ruled")
+        ).all()
     engine.dispose()
     work = [r.rows for r in rows if r.kind == "inference"]
     ran = [r for r in rows if r.kind == "spotcheck" and r.state == "done"]
-    return work, [r.rows for r in ran], dict(Counter(r.check_kind for r in ran))
+    refereed = [min(r.rows_limit, r.rows) if r.rows_limit else r.rows for r in ruled]
+    return work, [r.rows for r in ran], dict(Counter(r.check_kind for r in ran)), refereed
 
 
 def forward_seconds(model: Path, root: Path, rows: int, repeats: int = 3) -> float:
@@ -140,13 +149,16 @@ def main() -> None:
                     assert final.state.value == "succeeded", final.error
                     wall = time.monotonic() - start
                     client.result(job.job_id, root / f"{name}.safetensors")
-                    work, ran, kinds = task_rows(grid.root / "coordinator" / "coordinator.db", job.job_id)
+                    work, ran, kinds, refereed = task_rows(grid.root / "coordinator" / "coordinator.db", job.job_id)
                     policy = VerificationPolicy(spec, len(work), ns.shard_rows)
                     result = load_tensors(root / f"{name}.safetensors")["output"]
                     new = detection(policy, result, ns.shard_rows, 1.0, ns.jobs, rng)
                     trusted = detection(policy, result, ns.shard_rows, policy.check_rate(1 << 30), ns.jobs, rng)
                     out[name] = {
-                        "overhead": round(overhead(model, root, work, ran, times), 4),
+                        "overhead": round(overhead(model, root, work, ran + refereed, times), 4),
+                        "overhead_nodes_only": round(overhead(model, root, work, ran, times), 4),
+                        "referee_runs": len(refereed),
+                        "rows_refereed": sum(refereed),
                         "check_kinds_run": kinds,
                         "detection_new_node": round(new, 4),
                         "detection_trusted_node": round(trusted, 4),

@@ -248,11 +248,8 @@ def _round_open(conn: Connection, audit: Audit) -> bool:
 
 
 def _queue_slash(conn: Connection, audit: Audit, evidence: str, now_ms: int) -> None:
-    try:
-        from coordinator.ledger.slashing import queue_slash
-    except ImportError:  # the slashing module is not in this build: the catch still stands
-        log.error("cannot queue a slash of %s for task %s: no coordinator.ledger.slashing", audit.node, audit.task_id)
-        return
+    from coordinator.ledger.slashing import queue_slash  # here: the ledger imports storage
+
     queue_slash(
         conn,
         node=audit.node,

@@ -154,10 +154,8 @@ def _check_receipt(conn: Connection, check_id: str, node: str) -> tuple[str, int
 
 def _slash(conn: Connection, node: str, job_id: str, task_id: str, attempt: int, correct: str, now_ms: int) -> None:
     """Queue the on-chain slash of a node proven wrong by the referee (a no-op without a chain)."""
-    try:
-        from coordinator.ledger.slashing import queue_slash
-    except ImportError:  # pragma: no cover - the ledger's slashing module is optional in old trees
-        return
+    from coordinator.ledger.slashing import queue_slash  # here: the ledger imports storage, which imports us
+
     queue_slash(
         conn, node=node, job_id=job_id, task_id=task_id, attempt=attempt, correct_output_sha=correct, now_ms=now_ms
     )

@@ -36,7 +36,7 @@ def _header(tmp_path: Path, **tensors: torch.Tensor) -> Header:
 def test_round_trip_is_canonical() -> None:
     spec = parse_training(_raw(inner_optimizer={"name": "adamw", "lr": 1, "betas": [0.9, 0.95]}, quorum=1))
     assert spec.inner_optimizer == AdamW(lr=1.0, betas=(0.9, 0.95))
-    assert spec.outer_optimizer == NesterovSGD(lr=0.7, momentum=0.9)
+    assert spec.outer_optimizer == NesterovSGD(lr=0.7, momentum=0.8)
     raw = canonical_training_json(spec)
     again = parse_training(raw)
     assert again == spec and canonical_training_json(again) == raw
