@@ -259,7 +259,9 @@ def settle(
             node=chk.subject_node,
             message=why,
         )
-    if not canary:
+    if not canary or outcome == "caught":
+        # A canary that proves its (already verified and paid) subject wrong still takes the
+        # wrong rows out of the job: the job waits for its canaries, so the task can be redone.
         _reissue(conn, chk, now_ms)
 
 

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select, update
 
 from coordinator.storage import LeaseTiming, NewJob, NewTask, ResultItem, State
-from coordinator.verification import assign
+from coordinator.verification import assign, records
 from coordinator.verification.records import CONFIRM_ROWS, CheckPlan, Verdict
 from coordinator.verification.referee import Ruling
 from coordinator.verification.schema import check_exclusions, checks, reputation
@@ -220,3 +220,25 @@ def test_a_node_barred_from_a_job_still_gets_other_jobs_behind_it(state: State) 
     assert {x.job_id for x in got[0]} == {JOB2} and len(got[0]) == 2
     (none,) = state.lease_many([(B, 2)], NOW, TIMING, lambda conn, node: {JOB, JOB2})
     assert isinstance(none, tuple) and none[0] == []
+
+
+def test_a_canary_that_proves_a_verified_result_wrong_takes_it_back(state: State) -> None:
+    with state.engine.begin() as conn:
+        for node in (B, C):
+            conn.execute(reputation.insert().values(address=node, consecutive_valid=10, verified=10, caught=0))
+    check_id = checked_result(state)
+    checker = assignee(state, check_id)
+    assert checker is not None
+    submit_check(state, checker, check_id, agrees=True)  # verified by a trusted checker
+    assert state.get_job(JOB).tasks_done == 1
+    canary_id = "d1" * 32
+    with state.engine.begin() as conn:
+        subject = records._subject_row(conn, records.get_check(conn, check_id))
+        records.open_check(conn, subject, CheckPlan(canary_id, BlobRef(INPUT, 0), (0,)), NOW, kind="canary")
+    assert state.jobs_to_aggregate() == []  # the job waits for its canary
+    canary_checker = assignee(state, canary_id)
+    assert canary_checker is not None
+    submit_check(state, canary_checker, canary_id, agrees=False)
+    assert state.apply_ruling(canary_id, Ruling(REF_OUT, subject_right=False, right_checkers=(canary_checker,)), NOW)
+    assert state.get_task(task_id_for(JOB, 0)).state == "pending" and state.get_job(JOB).tasks_done == 0
+    assert _reputation(state, SUBJECT)[1] == 1
