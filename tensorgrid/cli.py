@@ -80,6 +80,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--time-limit", type=int, default=600, help="seconds a node may spend on one task")
     s.add_argument("--memory-limit-gib", type=float, default=4.0, help="memory one task may use on a node")
     s.add_argument("--reward-wei", type=int, default=0, help="paid per accepted task from the job's escrow")
+    s.add_argument(
+        "--verification",
+        choices=("spotcheck", "replicate", "none"),
+        default="spotcheck",
+        help="spotcheck: re-run a random sample of rows of each result on another node (a few %% extra); "
+        "replicate: re-run every row (2x); none: signatures and hashes only (default: %(default)s)",
+    )
+    s.add_argument(
+        "--target-detection",
+        type=float,
+        default=0.99,
+        help="spotcheck: chance a node corrupting 1%% of its rows is caught in the job (default: %(default)s)",
+    )
     s.add_argument("--watch", action="store_true", help="follow progress until the job ends")
     s.add_argument("-o", "--output", type=Path, help="with --watch: download the result here")
     w = job.add_parser("watch", parents=[common], help="follow a job's progress live")
@@ -170,6 +183,7 @@ def verification_line(v: JobVerification) -> str:
 
 def cmd_submit(ns: argparse.Namespace) -> int:
     from tensorgrid.progress import byte_progress
+    from tensorgrid.spec import VerificationSpec
 
     with _client(ns) as client, byte_progress("uploading") as progress:
         job = client.submit_inference(
@@ -183,6 +197,7 @@ def cmd_submit(ns: argparse.Namespace) -> int:
             task_time_limit_s=ns.time_limit,
             task_memory_limit_bytes=int(ns.memory_limit_gib * (1 << 30)),
             reward_per_task_wei=ns.reward_wei,
+            verification=VerificationSpec(mode=ns.verification, target_detection=ns.target_detection),
         )
     print(f"submitted job {job.job_id} ({job.tasks_total} tasks)")
     if not ns.watch:

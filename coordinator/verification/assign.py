@@ -22,7 +22,7 @@ from coordinator.storage import schema as s
 from coordinator.verification.schema import check_assignments, check_exclusions, reputation
 
 ACTIVE_MS = 60_000  # a node seen within this long is a candidate checker
-ASSIGN_MS = 10_000  # an assignee has this long to lease its check
+ASSIGN_MS = 5_000  # an assignee has this long to lease its check (a dead one costs this much)
 MAX_STREAK_WEIGHT = 20
 CHECK_KIND = "spotcheck"  # the tasks-table kind of every check task (leased as "inference")
 _rng = secrets.SystemRandom()

@@ -347,19 +347,43 @@ def no_open_checks() -> Any:
 
 
 def expire_unplaced(conn: Connection, now_ms: int, wait_ms: int, event: EventFn) -> set[str]:
-    """Checks no other node took within wait_ms (a grid too small to check) pass as unverified."""
-    t = s.tasks
+    """Checks with no node to draw for wait_ms (a grid too small to check): the coordinator
+    re-runs the rows itself. Only if it cannot (its ruling failed) does one pass unverified.
+
+    A check whose assignee is merely slow is not expired: assign.reassign_stale draws again.
+    """
+    t, a = s.tasks, assign.check_assignments
     rows = conn.execute(
         select(checks)
         .join(t, t.c.task_id == checks.c.check_id)
+        .outerjoin(a, a.c.task_id == checks.c.check_id)
         .where(
-            checks.c.state == "open", checks.c.created_ms < now_ms - wait_ms, t.c.state == "pending", t.c.attempt == 0
+            checks.c.state == "open",
+            checks.c.created_ms < now_ms - wait_ms,
+            t.c.state == "pending",
+            t.c.attempt == 0,
+            a.c.node.is_(None),
         )
         .limit(200)
     ).all()
+    settled: set[str] = set()
     for chk in rows:
-        settle(conn, chk, "unverified", now_ms, event)
-    return {r.job_id for r in rows}
+        if _ruling_failed(conn, chk.root_id) or _has_ruling(conn, chk.root_id):
+            settle(conn, chk, "inconclusive" if chain_outputs(conn, chk.root_id) else "unverified", now_ms, event)
+            settled.add(chk.job_id)
+            continue
+        conn.execute(update(checks).where(checks.c.check_id == chk.check_id).values(state="disputed"))
+        conn.execute(
+            update(t).where(t.c.task_id == chk.check_id).values(state="cancelled", node=None, deadline_ms=None)
+        )
+        request_ruling(conn, chk, now_ms, 0)
+    return settled
+
+
+def _has_ruling(conn: Connection, root_id: str) -> bool:
+    return (
+        conn.execute(select(referee_rulings.c.state).where(referee_rulings.c.check_id == root_id)).first() is not None
+    )
 
 
 def save_policy(conn: Connection, job_id: str, policy_json: str, required_stake_wei: int) -> None:

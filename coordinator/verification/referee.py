@@ -131,9 +131,12 @@ def fail(conn: Connection, check_id: str, error: str, now_ms: int, event: EventF
     chk = records.get_check(conn, check_id)
     if not done.rowcount or chk is None or chk.state == "done":
         return None
+    checkers = [node for node, _ in records.chain_outputs(conn, check_id)]
     if limit:
         records.settle(conn, chk, "verified", now_ms, event)
-        records.bump(conn, [node for node, _ in records.chain_outputs(conn, check_id)], valid=True)
+        records.bump(conn, checkers, valid=True)
+    elif not checkers:  # nobody else could check it and neither can we: the old last resort
+        records.settle(conn, chk, "unverified", now_ms, event)
     else:
         records.open_tiebreak(conn, chk, now_ms, event, f"the coordinator could not re-execute: {error[:200]}")
     return str(chk.job_id)

@@ -105,6 +105,28 @@ def test_job_without_verification_says_so(make_grid: Callable[..., LocalGrid], t
     assert "verification: none (signature, lease holder and output hash only)" in status
 
 
+def test_cli_submit_sets_the_policy_and_refuses_a_bad_one(
+    make_grid: Callable[..., LocalGrid], digits: Assets, tmp_path: Path
+) -> None:
+    grid = make_grid()
+    grid.start_coordinator()
+    grid.start_node("node1", *node_args())
+    key = tmp_path / "submitter.key"
+    write_key_file(key, Signer.generate())
+    files = ("--model", str(digits.model), "--inputs", str(digits.inputs), "--shard-rows", "1500")
+    out = cli(grid, key, "job", "submit", *files, "--verification", "none", "--watch")
+    job_id = out.split("submitted job ")[1].split()[0]
+    assert "verification: none" in cli(grid, key, "job", "status", job_id)
+    bad = subprocess.run(
+        [sys.executable, "-m", "tensorgrid.cli", "job", "submit", *files, "--target-detection", "1.5"]
+        + ["--coordinator", grid.target, "--key", str(key)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode != 0 and "target_detection" in bad.stderr, bad.stderr
+
+
 @pytest.fixture
 def devnet(tmp_path: Path) -> Iterator[ChainGrid]:
     cg = start_chain_grid(tmp_path / "devnet", 2, epoch_s=1.0, challenge_window_s=1, coordinator_args=FAST)

@@ -13,14 +13,16 @@ from sqlalchemy import create_engine, func, select
 
 from coordinator.ledger.credits import set_job_price
 from coordinator.storage import schema as s
+from tensorgrid.chain.client import ChainClient
 from tensorgrid.client import Client
 from tensorgrid.crypto import Signer
+from tensorgrid.devnet import start_chain_grid
 from tensorgrid.localgrid import LocalGrid
 from tensorgrid.spec import VerificationSpec
 from tensorgrid.types import JobState
 from tensorgrid.workloads.tensorfile import load_tensors
 from tests.integration.adversaries import BEHAVIOURS, Pool, SimNode
-from tests.integration.conftest import BATCH, Assets, node_args
+from tests.integration.conftest import BATCH, FAST, Assets, node_args
 
 pytestmark = pytest.mark.integration
 REWARD = 1000
@@ -112,3 +114,58 @@ def test_honest_grid_never_rejects_across_threads_and_batches(
         nodes = client.nodes()
     assert all(n.caught == 0 and n.rejections == 0 for n in nodes)
     assert sum(n.verified for n in nodes) >= 3
+
+
+def test_a_caught_cheater_is_slashed_on_chain(digits: Assets, tmp_path: Path) -> None:
+    """End to end on a devnet: a staked node returns zeros, a drawn checker disagrees, the
+    coordinator's referee rules, and its outbox slashes the cheater with its own receipt."""
+    devnet = start_chain_grid(tmp_path / "devnet", 2, epoch_s=1.0, coordinator_args=FAST)
+    try:
+        cheater_key = devnet.anvil.keys[-2]  # not a daemon's, not the submitter's
+        ChainClient.connect(devnet.anvil.rpc_url, devnet.deployment, cheater_key).register(10**18)
+        submitter = Signer.from_hex(devnet.submitter_key)
+        chain = ChainClient.connect(devnet.anvil.rpc_url, devnet.deployment, submitter.private_key)
+        work = tmp_path / "sim"
+        work.mkdir()
+        cheater = SimNode(devnet.grid.target, "zeros", Pool(), work, signer=Signer.from_hex(cheater_key))
+        stake_before = chain.stake_of(cheater.address)
+        with Client(devnet.grid.target, submitter, chain=chain) as client:
+
+            async def scenario() -> str:
+                stop = asyncio.Event()
+                run = asyncio.create_task(cheater.run(stop))
+                await asyncio.sleep(1.0)  # registered and leasing before the job arrives
+                job = client.submit_inference(
+                    digits.model,
+                    digits.inputs,
+                    shard_rows=250,
+                    batch_size=BATCH,
+                    device="cpu",
+                    reward_per_task_wei=10**12,
+                )
+                deadline = time.monotonic() + 90
+                while client.job(job.job_id).state in (JobState.QUEUED, JobState.RUNNING):
+                    assert time.monotonic() < deadline, "the job did not finish"
+                    await asyncio.sleep(0.3)
+                stop.set()
+                await run
+                return job.job_id
+
+            job_id = asyncio.run(scenario())
+            final = client.job(job_id)
+            assert final.state == JobState.SUCCEEDED, final.error
+            assert cheater.submitted >= 1
+            deadline = time.monotonic() + 60
+            while chain.stake_of(cheater.address) == stake_before:
+                assert time.monotonic() < deadline, "the cheater was never slashed"
+                time.sleep(0.3)
+            taken = stake_before - chain.stake_of(cheater.address)
+            record = {n.address.lower(): n for n in client.nodes()}[cheater.address.lower()]
+            assert record.caught >= 1 and record.slashed_wei == taken > 0
+            others = [n for n in client.nodes() if n.address.lower() != cheater.address.lower()]
+            assert others and all(n.caught == 0 for n in others)  # the checkers were right: never punished
+            client.result(job_id, tmp_path / "out.safetensors")
+        got, want = load_tensors(tmp_path / "out.safetensors")["output"], load_tensors(digits.expected)["output"]
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-4)
+    finally:
+        devnet.stop()

@@ -242,3 +242,27 @@ def test_a_canary_that_proves_a_verified_result_wrong_takes_it_back(state: State
     assert state.apply_ruling(canary_id, Ruling(REF_OUT, subject_right=False, right_checkers=(canary_checker,)), NOW)
     assert state.get_task(task_id_for(JOB, 0)).state == "pending" and state.get_job(JOB).tasks_done == 0
     assert _reputation(state, SUBJECT)[1] == 1
+
+
+def test_a_check_nobody_can_take_is_refereed_not_waved_through(state: State) -> None:
+    with state.engine.begin() as conn:  # the subject is the only node seen lately
+        conn.execute(update(assign.s.nodes).where(assign.s.nodes.c.address != SUBJECT).values(last_seen_ms=-(10**9)))
+    check_id = checked_result(state)
+    assert assignee(state, check_id) is None
+    assert state.expire_checks(NOW + 10, wait_ms=1000) == []  # not yet
+    assert state.expire_checks(NOW + 5000, wait_ms=1000) == []  # handed to the referee, job still held
+    (pending,) = state.pending_rulings()
+    assert pending.check_id == check_id and pending.checkers == []
+    assert state.get_task(check_id).state == "cancelled"  # no node can take it any more
+    assert state.apply_ruling(check_id, Ruling(REF_OUT, subject_right=False, right_checkers=()), NOW + 6000)
+    assert _reputation(state, SUBJECT) == (0, 1)
+
+
+def test_if_the_referee_cannot_run_either_the_check_passes_unverified(state: State) -> None:
+    with state.engine.begin() as conn:
+        conn.execute(update(assign.s.nodes).where(assign.s.nodes.c.address != SUBJECT).values(last_seen_ms=-(10**9)))
+    check_id = checked_result(state)
+    state.expire_checks(NOW + 5000, wait_ms=1000)
+    assert state.fail_ruling(check_id, "RuntimeError: cannot load", NOW + 6000) == JOB
+    kinds = [e.kind for e in state.events_after(JOB, 0)]
+    assert "unverified" in kinds and state.jobs_to_aggregate() == [JOB]
