@@ -138,6 +138,11 @@ def _run_job(
     if final.state.value != "succeeded":
         print(f"   job ended {final.state.value}: {final.error}")
         return exitcodes.JOB_FAILED
+    report = client.job(job.job_id).verification
+    if report is not None:  # the spot-checks the coordinator drew, and what they bought
+        from tensorgrid.cli import verification_line
+
+        print(f"   {verification_line(report)}")
     return client.result(job.job_id, root / "grid_out.safetensors"), grid_s, final
 
 
