@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from coordinator.ledger import Outbox
+from coordinator.ledger import outbox as ob
 from tensorgrid.chain import ChainClient, ContractReverted
 
 
@@ -17,3 +19,18 @@ def open_job(submitter: ChainClient, job_id: str, budget: int, lifetime: int = 1
     deadline = submitter.chain_time() + lifetime
     submitter.create_job(job_id, "ab" * 32, deadline, budget)
     return deadline
+
+
+class Crash(BaseException):
+    """Stands for the process dying at a chosen point (not an Exception: nothing catches it)."""
+
+
+class CrashBeforeBroadcast(Outbox):
+    def _broadcast(self, item: ob.OutboxItem) -> None:
+        raise Crash()
+
+
+class CrashAfterBroadcast(Outbox):
+    def _broadcast(self, item: ob.OutboxItem) -> None:
+        super()._broadcast(item)
+        raise Crash()

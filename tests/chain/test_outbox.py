@@ -14,24 +14,9 @@ from coordinator.ledger import outbox as ob
 from coordinator.storage import make_engine
 from tensorgrid.chain import ChainClient, JobStatus
 from tests.chain.conftest import ETH, Chain, new_id
-from tests.chain.helpers import open_job
+from tests.chain.helpers import Crash, CrashAfterBroadcast, CrashBeforeBroadcast, open_job
 
 REWARD = ETH // 100
-
-
-class Crash(BaseException):
-    """Stands for the process dying at a chosen point (not an Exception: nothing catches it)."""
-
-
-class CrashBeforeBroadcast(Outbox):
-    def _broadcast(self, item: ob.OutboxItem) -> None:
-        raise Crash()
-
-
-class CrashAfterBroadcast(Outbox):
-    def _broadcast(self, item: ob.OutboxItem) -> None:
-        super()._broadcast(item)
-        raise Crash()
 
 
 @pytest.fixture

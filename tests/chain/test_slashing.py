@@ -16,26 +16,11 @@ from tensorgrid.chain import ChainClient
 from tensorgrid.crypto import Signer, sign_receipt
 from tensorgrid.types import BlobRef, Receipt
 from tests.chain.conftest import ETH, Chain, new_id
-from tests.chain.helpers import open_job
+from tests.chain.helpers import Crash, CrashAfterBroadcast, CrashBeforeBroadcast, open_job
 
 REWARD = ETH // 100
 STAKE = ETH // 2  # the job's policy stake: what a caught node forfeits
 CORRECT = "c0" * 32
-
-
-class Crash(BaseException):
-    """Stands for the process dying at a chosen point (not an Exception: nothing catches it)."""
-
-
-class CrashBeforeBroadcast(Outbox):
-    def _broadcast(self, item: ob.OutboxItem) -> None:
-        raise Crash()
-
-
-class CrashAfterBroadcast(Outbox):
-    def _broadcast(self, item: ob.OutboxItem) -> None:
-        super()._broadcast(item)
-        raise Crash()
 
 
 @pytest.fixture

@@ -45,16 +45,14 @@ class Pool:
         return self.modules[model.name]
 
 
-@dataclass
-class SimNode:
+class SimClient:
+    """What every simulated node does alike: register, lease one task at a time, fetch blobs
+    into a shared work dir. Subclasses say how they answer a lease."""
+
     target: str
-    behaviour: str  # "honest" or one of BEHAVIOURS
-    pool: Pool
     workdir: Path
-    signer: Signer = field(default_factory=Signer.generate)
-    submitted: int = 0
-    accepted: int = 0
-    old: tuple[Receipt, bytes] | None = None
+    signer: Signer
+    lease_wait_ms = 500
 
     @property
     def address(self) -> str:
@@ -65,13 +63,16 @@ class SimNode:
         await client.register(CPU)
         try:
             while not stop.is_set():
-                leases, retry = await client.lease(1, wait_ms=500)
+                leases, retry = await client.lease(1, wait_ms=self.lease_wait_ms)
                 for lease in leases:
                     await self._answer(client, lease)
                 if not leases:
                     await asyncio.sleep(min(retry, 200) / 1000)
         finally:
             await client.close()
+
+    async def _answer(self, client: NodeClient, lease: Lease) -> None:
+        raise NotImplementedError
 
     async def _fetch(self, client: NodeClient, ref: BlobRef) -> Path:
         path = self.workdir / ref.sha256
@@ -81,6 +82,18 @@ class SimNode:
             tmp.write_bytes(data)
             tmp.replace(path)
         return path
+
+
+@dataclass
+class SimNode(SimClient):
+    target: str
+    behaviour: str  # "honest" or one of BEHAVIOURS
+    pool: Pool
+    workdir: Path
+    signer: Signer = field(default_factory=Signer.generate)
+    submitted: int = 0
+    accepted: int = 0
+    old: tuple[Receipt, bytes] | None = None
 
     async def _honest(self, client: NodeClient, lease: Lease) -> bytes:
         assert lease.model is not None

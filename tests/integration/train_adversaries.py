@@ -26,10 +26,10 @@ from tensorgrid.training.commitments import chain, checkpoint_steps, state_diges
 from tensorgrid.training.compression import PseudoGradient
 from tensorgrid.training.inner import InnerSettings, _Run, checkpoint_name, run_inner, write_result
 from tensorgrid.training.objective import load_weights
-from tensorgrid.types import BlobRef, Capabilities, Lease
+from tensorgrid.types import BlobRef, Lease
 from tensorgrid.workloads.tensorfile import load_tensors, save_tensors
+from tests.integration.adversaries import SimClient
 
-CPU = Capabilities(device_kind="cpu", memory_bytes=8 << 30, cpu_cores=2)
 BEHAVIOURS = ("honest", "lazy", "lazy_skip", "scaler")
 Trainer = Callable[[Path, Path, Path, InnerSettings, Path], PseudoGradient]
 
@@ -94,7 +94,7 @@ def settings_for(lease: Lease, shard_sha: str) -> tuple[InnerSettings, str]:
 
 
 @dataclass
-class SimTrainer:
+class SimTrainer(SimClient):
     """One simulated node: leases training tasks, answers them its way, reveals when asked."""
 
     target: str
@@ -106,31 +106,7 @@ class SimTrainer:
     accepted: int = 0
     revealed: int = 0
 
-    @property
-    def address(self) -> str:
-        return self.signer.address
-
-    async def run(self, stop: asyncio.Event) -> None:
-        client = NodeClient(self.target, self.signer)
-        await client.register(CPU)
-        try:
-            while not stop.is_set():
-                leases, retry = await client.lease(1, wait_ms=300)
-                for lease in leases:
-                    await self._answer(client, lease)
-                if not leases:
-                    await asyncio.sleep(min(retry, 200) / 1000)
-        finally:
-            await client.close()
-
-    async def _fetch(self, client: NodeClient, ref: BlobRef) -> Path:
-        path = self.workdir / ref.sha256
-        if not path.exists():
-            data = b"".join([c async for c in client.fetch(ref)])
-            tmp = path.with_suffix(f".{self.address}")
-            tmp.write_bytes(data)
-            tmp.replace(path)
-        return path
+    lease_wait_ms = 300
 
     async def _answer(self, client: NodeClient, lease: Lease) -> None:
         assert lease.model is not None and lease.kind == "training", lease
