@@ -15,7 +15,6 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 import torch
 from sqlalchemy import Connection, select
@@ -37,7 +36,6 @@ from tensorgrid.workloads.inference import run_inference
 from tensorgrid.workloads.model import load_program
 
 log = logging.getLogger("tensorgrid.coordinator.verification")
-T = TypeVar("T")
 STAKE_CACHE_S = 60.0
 Settled = Callable[[str, bool], None]  # (job id, job complete): a ruling changed the job
 REFEREE_IDLE_S = 1.0

@@ -1,6 +1,6 @@
 """Who checks whom, the coordinator's rulings on disputes, and leasing rules around them.
 
-On SQLite and PostgreSQL, through the State the coordinator uses (no gRPC, no torch: the
+On SQLite and PostgreSQL, through the repositories and the accepting transaction the coordinator uses (no gRPC, no torch: the
 referee's comparison is given as a Ruling; tests/integration/test_verification.py runs it for real).
 """
 
