@@ -1,7 +1,8 @@
 """Who checks whom, the coordinator's rulings on disputes, and leasing rules around them.
 
-On SQLite and PostgreSQL, through the repositories and the accepting transaction the coordinator uses (no gRPC, no torch: the
-referee's comparison is given as a Ruling; tests/integration/test_verification.py runs it for real).
+On SQLite and PostgreSQL, through the repositories and the accepting transaction the coordinator
+uses (no gRPC, no torch: the referee's comparison is given as a Ruling;
+tests/integration/test_verification.py runs it for real).
 """
 
 from __future__ import annotations
