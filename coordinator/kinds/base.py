@@ -51,6 +51,7 @@ class BaseKind:
     """Defaults: outputs are not inspected, results are paid on acceptance, the result is a manifest."""
 
     assembles: bool = True
+    checks_output: bool = False
 
     def check_output(self, task: TaskRecord, receipt: Receipt, path: Path) -> int | None:
         return None

@@ -27,6 +27,7 @@ from tensorgrid.types import BlobRef, Receipt
 
 class TrainingKind(BaseKind):
     name: str = TASK_KIND
+    checks_output: bool = True
     task_kinds: tuple[str, ...] = (TASK_KIND,)
     assembles: bool = False  # the round manager finishes the job when its last round closes
 

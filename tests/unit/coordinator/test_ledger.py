@@ -13,6 +13,7 @@ from coordinator.repositories.ledger import outbox as ob
 from coordinator.repositories.ledger.epochs import LedgerListener
 from coordinator.repositories.ledger.outbox import enqueue
 from coordinator.repositories.store import Store
+from coordinator.services import outbox as worker
 from coordinator.services.acceptance import ResultAcceptance
 from coordinator.services.ledger import Ledger
 from tensorgrid.chain import ContractReverted, verify_proof
@@ -195,3 +196,7 @@ def test_accepted_results_are_credited_in_the_same_transaction(db_url: str) -> N
         assert Ledger(state.engine).earnings("0x" + "aa" * 20)["cumulative_wei"] == 2 * 10**18
     finally:
         state.close()
+
+
+def test_the_worker_sends_every_action_the_queue_takes() -> None:
+    assert set(worker.ACTIONS) == ob.ACTIONS
