@@ -35,6 +35,10 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("main", ("coordinator.main",)),
 )
 
+# Inside the repositories layer, domains build on each other in this order (never back): a
+# caught node's slash is the ledger's, a job's completion waits on its checks, and so on.
+REPOSITORY_ORDER = ("ledger", "jobs", "nodes", "tasks", "results", "verification", "training", "store")
+
 
 @dataclass
 class Module:
@@ -173,6 +177,22 @@ def test_coordinator_layers_point_down() -> None:
             if other is not None and other > rank:
                 upward.append(f"  {name} ({LAYERS[rank][0]}) imports {imported} ({LAYERS[other][0]})")
     assert not upward, "imports against the layer order:\n" + "\n".join(upward)
+
+
+def test_repositories_build_on_each_other_in_one_order() -> None:
+    def rank(name: str) -> int | None:
+        parts = name.split(".")
+        if parts[:2] != ["coordinator", "repositories"] or len(parts) < 3:
+            return None
+        return REPOSITORY_ORDER.index(parts[2])
+
+    backward = [
+        f"  {name} imports {imported}"
+        for name, mod in modules().items()
+        for imported in sorted(mod.imports)
+        if (mine := rank(name)) is not None and (theirs := rank(imported)) is not None and theirs > mine
+    ]
+    assert not backward, f"repositories importing against {REPOSITORY_ORDER}:\n" + "\n".join(backward)
 
 
 def test_the_shared_core_and_the_node_stay_apart_from_the_daemons() -> None:
