@@ -33,10 +33,10 @@ import torch
 from sqlalchemy import create_engine, select
 
 from benchmarks._common import emit
-from coordinator.storage import schema as s
-from coordinator.verification.compare import rows_match
-from coordinator.verification.policy import VerificationPolicy
-from coordinator.verification.schema import checks, referee_rulings
+from coordinator.db import schema as s
+from coordinator.db.schema import checks, referee_rulings
+from coordinator.services.verification.compare import rows_match
+from coordinator.services.verification.policy import VerificationPolicy
 from tensorgrid.client import Client
 from tensorgrid.crypto import Signer
 from tensorgrid.localgrid import LocalGrid

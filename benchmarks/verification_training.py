@@ -27,8 +27,8 @@ from sqlalchemy import create_engine, select
 
 from benchmarks._common import emit
 from benchmarks.training import make_assets
-from coordinator.training.replay import AuditCase, check_reveal, reveal_plan
-from coordinator.training.schema import training_audits
+from coordinator.db.schema import training_audits
+from coordinator.services.training.replay import AuditCase, check_reveal, reveal_plan
 from tensorgrid.client import Client
 from tensorgrid.crypto import Signer
 from tensorgrid.localgrid import LocalGrid

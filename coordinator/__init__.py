@@ -1,1 +1,1 @@
-"""The TensorGrid coordinator: api · scheduler · verifier · aggregator · storage."""
+"""The TensorGrid coordinator: api → kinds → services → repositories → db, composed by app."""

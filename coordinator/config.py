@@ -1,14 +1,22 @@
-"""Coordinator settings: one frozen value built by the entry point, passed everywhere else."""
+"""Coordinator settings: one frozen value built by the entry point, passed everywhere else.
+
+A leaf: plain dataclasses, importable by every layer."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from coordinator.storage import LeaseTiming
-
 MiB = 1 << 20
 GiB = 1 << 30
+
+
+@dataclass(frozen=True)
+class LeaseTiming:
+    """ttl: how long a lease lives without a heartbeat; grace: slack beyond the compute limit."""
+
+    ttl_ms: int = 15_000
+    grace_ms: int = 30_000
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,7 @@ from pathlib import Path
 
 from coordinator.api.server import build_server
 from coordinator.app import Coordinator
-from coordinator.config import CoordinatorConfig, Limits
-from coordinator.storage import LeaseTiming
+from coordinator.config import CoordinatorConfig, LeaseTiming, Limits
 from tensorgrid import exitcodes
 from tensorgrid.errors import TensorGridError
 from tensorgrid.logs import setup_logging
@@ -98,7 +97,7 @@ async def serve(config: CoordinatorConfig, ready_file: Path | None = None) -> No
         app.identity.address,
         host,
         port,
-        app.state.engine.url.render_as_string(),
+        app.store.engine.url.render_as_string(),
     )
     if ready_file is not None:
         tmp = ready_file.with_suffix(".tmp")

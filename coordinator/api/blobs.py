@@ -1,15 +1,13 @@
-"""Streaming blobs in and out of the store over gRPC, shared by both services."""
+"""Streaming blobs out of the store over gRPC, shared by both services (in: services.blobs)."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
 
-from tensorgrid.blobs import CHUNK_BYTES, BlobStore, BlobWriter
+from tensorgrid.blobs import CHUNK_BYTES, BlobStore
 from tensorgrid.errors import BlobError
-from tensorgrid.types import BlobRef
 from tensorgrid.v1 import common_pb2
 
 
@@ -29,25 +27,3 @@ async def stream_blob(
         first = False
     if first:  # empty blob, or offset at the end: still say how big it is
         yield common_pb2.BlobChunk(data=b"", total_size=ref.size)
-
-
-async def receive_into(writer: BlobWriter, chunks: AsyncIterator[bytes]) -> BlobRef:
-    """Feed streamed bytes into a writer and commit; BlobError on oversize data or a hash mismatch.
-
-    Hashing and disk writes run on a thread, one chunk behind the network, so receiving
-    the next chunk overlaps writing the last one.
-    """
-    pending: asyncio.Future[None] | None = None
-    try:
-        async for data in chunks:
-            if pending is not None:
-                await pending
-            pending = asyncio.ensure_future(asyncio.to_thread(writer.write, data))
-        if pending is not None:
-            await pending
-            pending = None
-        return await asyncio.to_thread(writer.commit)
-    finally:
-        if pending is not None:
-            await asyncio.gather(pending, return_exceptions=True)
-        writer.abort()

@@ -7,9 +7,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from coordinator.api.auth import SessionCache, SessionInterceptor
+from coordinator.api.grid import Grid
 from coordinator.api.node_service import NodeServicer
 from coordinator.api.submit_service import SubmitterServicer
-from coordinator.app import Coordinator
 from tensorgrid.rpc import server_options
 from tensorgrid.v1 import node_pb2, node_pb2_grpc, submit_pb2, submit_pb2_grpc
 
@@ -19,9 +19,9 @@ SERVICE_NAMES = (
 )
 
 
-async def build_server(app: Coordinator, listen: str) -> tuple[grpc.aio.Server, int]:
+async def build_server(app: Grid, listen: str) -> tuple[grpc.aio.Server, int]:
     """Returns the server (not started) and the port it bound (listen may ask for port 0)."""
-    sessions = SessionCache(lambda h, now: app.db(app.state.session_address, h, now))
+    sessions = SessionCache(lambda h, now: app.runtime.db(app.store.nodes.session_address, h, now))
     server = grpc.aio.server(interceptors=[SessionInterceptor(sessions)], options=server_options())
     node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(app, sessions), server)
     submit_pb2_grpc.add_SubmitterServiceServicer_to_server(SubmitterServicer(app), server)

@@ -3,26 +3,22 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from collections.abc import AsyncIterator
 
 import grpc
 
-from coordinator.api.blobs import receive_into, stream_blob
+from coordinator.api.blobs import stream_blob
+from coordinator.api.grid import Grid
 from coordinator.api.status import abort, unary
-from coordinator.app import Coordinator, now_ms
-from coordinator.errors import Conflict, NotFound, PermissionDenied
-from coordinator.intake import authenticate, plan_job
-from coordinator.ledger import slashing
-from coordinator.storage import State
-from coordinator.verification.policy import VerificationPolicy
+from coordinator.errors import NotFound, PermissionDenied
+from coordinator.services.blobs import receive_into
+from coordinator.services.runtime import now_ms
 from tensorgrid import serde
 from tensorgrid.blobs import check_sha256
 from tensorgrid.crypto import cancel_message, normalize_address, recover_message_signer
-from tensorgrid.errors import BlobError, SignatureError, SpecError
-from tensorgrid.spec import InferenceSpec, VerificationSpec, parse_spec
-from tensorgrid.types import BlobRef, JobInfo, JobVerification
+from tensorgrid.errors import BlobError, SignatureError
+from tensorgrid.types import BlobRef
 from tensorgrid.v1 import common_pb2, submit_pb2, submit_pb2_grpc
 
 log = logging.getLogger("tensorgrid.coordinator")
@@ -30,8 +26,12 @@ WATCH_POLL_S = 1.0
 
 
 class SubmitterServicer(submit_pb2_grpc.SubmitterServiceServicer):
-    def __init__(self, app: Coordinator) -> None:
+    def __init__(self, app: Grid) -> None:
         self.app = app
+        self.db = app.runtime.db
+        self.db_bulk = app.runtime.db_bulk
+        self.jobs = app.store.jobs
+        self.report = app.reports.with_verification
 
     @unary
     async def UploadBlob(
@@ -59,66 +59,46 @@ class SubmitterServicer(submit_pb2_grpc.SubmitterServiceServicer):
     async def SubmitJob(
         self, request: submit_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext
     ) -> submit_pb2.Job:
-        app = self.app
-        spec_json = bytes(request.spec_json)
-        submitter, sh, job_id = authenticate(spec_json, request.submitter, bytes(request.signature))
-        try:
-            existing = await app.db(app.state.get_job, job_id)  # resubmission: same job
-            return serde.job_to_pb(await app.db(with_verification, app.state, existing))
-        except NotFound:
-            pass
-        job, tasks = await app.work(plan_job, spec_json, submitter, sh, job_id, app.blobs, app.config.limits)
-        if app.chain is not None:
-            if job.reward_per_task_wei <= 0:
-                raise Conflict("this coordinator settles on chain: set reward_per_task_wei and fund the escrow")
-            budget = await app.work(app.chain.check_escrow, job_id, sh, submitter, job.reward_per_task_wei * len(tasks))
-            # Priced before the job exists: a crash in between leaves a harmless orphan price,
-            # never an unpriced job whose nodes would go unpaid.
-            await app.db(app.ledger.set_job_price, job_id, job.reward_per_task_wei, budget)
-        info, created = await app.db_bulk(app.state.create_job, job, tasks, now_ms())
-        if created:
-            app.hub.work_available()
-            log.info("job %s from %s: %s, %d tasks", job_id, submitter, job.kind, len(tasks))
-        return serde.job_to_pb(await app.db(with_verification, app.state, info))
+        info = await self.app.intake.submit(bytes(request.spec_json), request.submitter, bytes(request.signature))
+        return serde.job_to_pb(info)
 
     @unary
     async def GetJob(self, request: submit_pb2.GetJobRequest, context: grpc.aio.ServicerContext) -> submit_pb2.Job:
-        job = await self.app.db(self.app.state.get_job, request.job_id)
-        return serde.job_to_pb(await self.app.db(with_verification, self.app.state, job))
+        job = await self.db(self.jobs.get_job, request.job_id)
+        return serde.job_to_pb(await self.db(self.report, job))
 
     @unary
     async def ListJobs(
         self, request: submit_pb2.ListJobsRequest, context: grpc.aio.ServicerContext
     ) -> submit_pb2.ListJobsResponse:
-        jobs = await self.app.db_bulk(self.app.state.list_jobs, request.submitter, request.limit, request.before_job_id)
+        jobs = await self.db_bulk(self.jobs.list_jobs, request.submitter, request.limit, request.before_job_id)
         return submit_pb2.ListJobsResponse(jobs=[serde.job_to_pb(j) for j in jobs])
 
     @unary
     async def CancelJob(
         self, request: submit_pb2.CancelJobRequest, context: grpc.aio.ServicerContext
     ) -> submit_pb2.Job:
-        app = self.app
         try:
             caller = recover_message_signer(cancel_message(request.job_id), bytes(request.signature))
         except SignatureError as e:
             raise PermissionDenied(f"bad cancel signature: {e}") from None
-        info = await app.db(app.state.cancel_job, request.job_id, caller, now_ms())
-        app.hub.notify(request.job_id)
-        return serde.job_to_pb(await app.db(with_verification, app.state, info))
+        info = await self.db(self.jobs.cancel_job, request.job_id, caller, now_ms())
+        self.app.runtime.hub.notify(request.job_id)
+        return serde.job_to_pb(await self.db(self.report, info))
 
     async def WatchJob(
         self, request: submit_pb2.WatchJobRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[submit_pb2.JobEvent]:
-        app = self.app
+        hub, db, jobs = self.app.runtime.hub, self.db, self.jobs
         seq = request.after_seq
         try:
-            await app.db(app.state.get_job, request.job_id)
+            await db(jobs.get_job, request.job_id)
         except NotFound as e:
             await abort(context, e)
-        with app.hub.subscribe(request.job_id) as wake:
+        with hub.subscribe(request.job_id) as wake:
             while True:
                 wake.clear()
-                events = await app.db(app.state.events_after, request.job_id, seq)
+                events = await db(jobs.events_after, request.job_id, seq)
                 for ev in events:
                     seq = ev.seq
                     yield serde.event_to_pb(ev)
@@ -128,15 +108,15 @@ class SubmitterServicer(submit_pb2_grpc.SubmitterServiceServicer):
                     try:
                         await asyncio.wait_for(wake.wait(), WATCH_POLL_S)
                     except TimeoutError:
-                        job = await app.db(app.state.get_job, request.job_id)
-                        if job.state.finished and not await app.db(app.state.events_after, job.job_id, seq):
+                        job = await db(jobs.get_job, request.job_id)
+                        if job.state.finished and not await db(jobs.events_after, job.job_id, seq):
                             return
 
     @unary
     async def ListNodes(
         self, request: submit_pb2.ListNodesRequest, context: grpc.aio.ServicerContext
     ) -> submit_pb2.ListNodesResponse:
-        nodes = await self.app.db_bulk(self.app.state.list_nodes_with_reputation)
+        nodes = await self.db_bulk(self.app.store.list_nodes_with_reputation)
         return submit_pb2.ListNodesResponse(nodes=[serde.node_to_pb(n) for n in nodes])
 
     @unary
@@ -144,8 +124,8 @@ class SubmitterServicer(submit_pb2_grpc.SubmitterServiceServicer):
         self, request: submit_pb2.GetEarningsRequest, context: grpc.aio.ServicerContext
     ) -> submit_pb2.Earnings:
         address = normalize_address(request.address)
-        e = await self.app.db(self.app.ledger.earnings, address)
-        slashed = await self.app.db(self.app.ledger.slashed_wei, address)
+        e = await self.db(self.app.ledger.earnings, address)
+        slashed = await self.db(self.app.ledger.slashed_wei, address)
         claim = e["claimable"]
         return submit_pb2.Earnings(
             address=address,
@@ -162,29 +142,3 @@ class SubmitterServicer(submit_pb2_grpc.SubmitterServiceServicer):
     ) -> AsyncIterator[common_pb2.BlobChunk]:
         async for chunk in stream_blob(self.app.blobs, request, context):
             yield chunk
-
-
-def with_verification(state: State, job: JobInfo) -> JobInfo:
-    """`job` with its verification report: policy, detection, required stake, checks, slashes."""
-    stored = state.job_policy(job.job_id)
-    checks = state.job_checks(job.job_id)
-    with state.engine.connect() as conn:
-        slashes, slashed_wei = slashing.job_slashes(conn, job.job_id)
-    mode, detection, stake = "none", 0.0, 0
-    if stored is not None:
-        spec = VerificationSpec(**stored[0])
-        mode, stake = spec.mode, stored[1]
-        detection = _detection(job, spec)
-    report = JobVerification(mode, checks, detection, stake, slashes, slashed_wei)
-    return dataclasses.replace(job, verification=report)
-
-
-def _detection(job: JobInfo, policy: VerificationSpec) -> float:
-    """The policy's worst-case per-job detection (a node trusted enough to be checked at the floor rate)."""
-    try:
-        spec = parse_spec(job.spec_json)
-    except SpecError:
-        return 0.0
-    if not isinstance(spec, InferenceSpec):
-        return 0.0  # training audits report their checks; their odds are not modelled here
-    return VerificationPolicy(policy, job.tasks_total, spec.shard_rows, spec.reward_per_task_wei).worst_detection

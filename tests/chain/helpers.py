@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator.ledger import Outbox
-from coordinator.ledger import outbox as ob
+from coordinator.repositories.ledger import outbox as ob
+from coordinator.services.outbox import Outbox
 from tensorgrid.chain import ChainClient, ContractReverted
 
 

@@ -9,9 +9,11 @@ import pytest
 from sqlalchemy import Engine
 from web3 import Web3
 
-from coordinator.ledger import Ledger, LedgerListener, Outbox
-from coordinator.ledger import outbox as ob
-from coordinator.storage import make_engine
+from coordinator.db.engine import make_engine
+from coordinator.repositories.ledger import outbox as ob
+from coordinator.repositories.ledger.epochs import LedgerListener
+from coordinator.services.ledger import Ledger
+from coordinator.services.outbox import Outbox
 from tensorgrid.chain import ChainClient, JobStatus
 from tests.chain.conftest import ETH, Chain, new_id
 from tests.chain.helpers import Crash, CrashAfterBroadcast, CrashBeforeBroadcast, open_job

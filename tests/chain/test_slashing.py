@@ -8,10 +8,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from coordinator.ledger import Ledger, LedgerListener, Outbox, queue_slash, slashing
-from coordinator.ledger import outbox as ob
-from coordinator.storage import NewJob, NewTask, State
-from coordinator.storage import schema as s
+from coordinator.db import schema as s
+from coordinator.repositories.jobs import NewJob, NewTask
+from coordinator.repositories.ledger import outbox as ob
+from coordinator.repositories.ledger import slashing
+from coordinator.repositories.ledger.epochs import LedgerListener
+from coordinator.repositories.ledger.slashing import queue_slash
+from coordinator.repositories.store import Store
+from coordinator.services.ledger import Ledger
+from coordinator.services.outbox import Outbox
 from tensorgrid.chain import ChainClient
 from tensorgrid.crypto import Signer, sign_receipt
 from tensorgrid.types import BlobRef, Receipt
@@ -24,8 +29,8 @@ CORRECT = "c0" * 32
 
 
 @pytest.fixture
-def state(db_url: str) -> Iterator[State]:
-    st = State(db_url)
+def state(db_url: str) -> Iterator[Store]:
+    st = Store(db_url)
     yield st
     st.close()
 
@@ -38,7 +43,7 @@ def run_once(outbox: Outbox) -> int:
         outbox.close()
 
 
-def escrowed_job(chain: Chain, state: State, tasks: int = 4) -> str:
+def escrowed_job(chain: Chain, state: Store, tasks: int = 4) -> str:
     """A job funded on chain by the submitter, priced in the ledger, with a policy stake."""
     job_id = new_id()
     open_job(chain.submitter, job_id, REWARD * tasks)
@@ -59,7 +64,7 @@ def escrowed_job(chain: Chain, state: State, tasks: int = 4) -> str:
         verification_json=json.dumps({"mode": "spotcheck"}),
         required_stake_wei=STAKE,
     )
-    state.create_job(job, [NewTask(i, new_id(), BlobRef("ee" * 32, 0), 1) for i in range(tasks)], 1)
+    state.jobs.create_job(job, [NewTask(i, new_id(), BlobRef("ee" * 32, 0), 1) for i in range(tasks)], 1)
     return job_id
 
 
@@ -67,7 +72,7 @@ def key_of(chain: Chain, client: ChainClient) -> str:
     return chain.keys[[c.address for c in [chain.admin, chain.coordinator, *chain.nodes]].index(client.address)]
 
 
-def store_receipt(state: State, receipt: Receipt, node: str) -> None:
+def store_receipt(state: Store, receipt: Receipt, node: str) -> None:
     """What the coordinator stores when it accepts a result: the receipt as `node` sent it."""
     with state.engine.begin() as conn:
         conn.execute(
@@ -84,7 +89,7 @@ def store_receipt(state: State, receipt: Receipt, node: str) -> None:
         )
 
 
-def wrong_result(chain: Chain, state: State, job_id: str, node: ChainClient, attempt: int = 1) -> Receipt:
+def wrong_result(chain: Chain, state: Store, job_id: str, node: ChainClient, attempt: int = 1) -> Receipt:
     """`node` signs a result whose output differs from CORRECT; the coordinator stores it."""
     receipt = Receipt(job_id, new_id(), attempt, new_id(), new_id(), new_id())
     signed = sign_receipt(Signer.from_hex(key_of(chain, node)), chain.deployment.domain, receipt)
@@ -92,7 +97,7 @@ def wrong_result(chain: Chain, state: State, job_id: str, node: ChainClient, att
     return signed
 
 
-def caught(state: State, job_id: str, receipt: Receipt, node: str) -> bool:
+def caught(state: Store, job_id: str, receipt: Receipt, node: str) -> bool:
     """What verification does when it catches `node`: queue_slash in its own transaction."""
     with state.engine.begin() as conn:
         return queue_slash(
@@ -106,17 +111,17 @@ def caught(state: State, job_id: str, receipt: Receipt, node: str) -> bool:
         )
 
 
-def record(state: State, receipt: Receipt) -> dict[str, object]:
+def record(state: Store, receipt: Receipt) -> dict[str, object]:
     with state.engine.connect() as conn:
         (row,) = [r for r in slashing.slashes(conn) if r["task_id"] == receipt.task_id]
     return row
 
 
-def outbox_of(state: State, chain: Chain, cls: type[Outbox] = Outbox) -> Outbox:
+def outbox_of(state: Store, chain: Chain, cls: type[Outbox] = Outbox) -> Outbox:
     return cls(state.engine, chain.coordinator, listener=LedgerListener(chain.coordinator), backoff_ms=(50, 200))
 
 
-def test_a_caught_node_loses_stake_to_the_submitter(chain: Chain, state: State) -> None:
+def test_a_caught_node_loses_stake_to_the_submitter(chain: Chain, state: Store) -> None:
     node = chain.nodes[0]
     node.register(3 * ETH)
     job_id = escrowed_job(chain, state)
@@ -130,13 +135,13 @@ def test_a_caught_node_loses_stake_to_the_submitter(chain: Chain, state: State) 
     row = record(state, bad)
     assert row["state"] == "confirmed" and row["taken_wei"] == STAKE and row["amount_wei"] == STAKE
     assert row["tx_hash"] and row["beneficiary"] == chain.submitter.address
-    slashed = [e for e in state.events_after(job_id, 0) if e.kind == "slashed"]
+    slashed = [e for e in state.jobs.events_after(job_id, 0) if e.kind == "slashed"]
     assert len(slashed) == 1 and slashed[0].node == node.address and str(STAKE) in slashed[0].message
-    assert state.get_job(job_id).state.value == "queued"  # the job itself goes on
+    assert state.jobs.get_job(job_id).state.value == "queued"  # the job itself goes on
     assert Ledger(state.engine).slashed_wei(node.address) == STAKE
 
 
-def test_the_contract_caps_a_slash_at_the_stake_then_has_nothing_left(chain: Chain, state: State) -> None:
+def test_the_contract_caps_a_slash_at_the_stake_then_has_nothing_left(chain: Chain, state: Store) -> None:
     node = chain.nodes[1]
     total = ETH + ETH // 4
     node.register(total)
@@ -161,7 +166,7 @@ def test_the_contract_caps_a_slash_at_the_stake_then_has_nothing_left(chain: Cha
     assert [i.state for i in _items(state)] == ["confirmed"] * 3 + ["failed"]
 
 
-def test_used_and_forged_evidence_fail_cleanly_and_the_outbox_goes_on(chain: Chain, state: State) -> None:
+def test_used_and_forged_evidence_fail_cleanly_and_the_outbox_goes_on(chain: Chain, state: Store) -> None:
     honest, cheat = chain.nodes[0], chain.nodes[1]
     for n in (honest, cheat):
         n.register(2 * ETH)
@@ -198,7 +203,7 @@ def test_used_and_forged_evidence_fail_cleanly_and_the_outbox_goes_on(chain: Cha
 
 
 @pytest.mark.parametrize("crash", [CrashBeforeBroadcast, CrashAfterBroadcast])
-def test_a_restart_mid_slash_rebroadcasts_and_slashes_once(chain: Chain, state: State, crash: type[Outbox]) -> None:
+def test_a_restart_mid_slash_rebroadcasts_and_slashes_once(chain: Chain, state: Store, crash: type[Outbox]) -> None:
     node = chain.nodes[2]
     node.register(3 * ETH)
     job_id = escrowed_job(chain, state)
@@ -216,10 +221,10 @@ def test_a_restart_mid_slash_rebroadcasts_and_slashes_once(chain: Chain, state: 
     assert chain.coordinator.pending_nonce() == start + 1
     assert node.stake_of(node.address) == 3 * ETH - STAKE
     assert record(state, bad)["state"] == "confirmed"
-    assert [e.kind for e in state.events_after(job_id, 0)].count("slashed") == 1
+    assert [e.kind for e in state.jobs.events_after(job_id, 0)].count("slashed") == 1
 
 
-def test_evidence_spent_while_the_coordinator_was_down_fails_on_chain(chain: Chain, state: State) -> None:
+def test_evidence_spent_while_the_coordinator_was_down_fails_on_chain(chain: Chain, state: Store) -> None:
     node = chain.nodes[0]
     node.register(3 * ETH)
     job_id = escrowed_job(chain, state)
@@ -238,6 +243,6 @@ def test_evidence_spent_while_the_coordinator_was_down_fails_on_chain(chain: Cha
     assert node.stake_of(node.address) == 2 * ETH and chain.coordinator.pending_nonce() == start + 1
 
 
-def _items(state: State) -> list[ob.OutboxItem]:
+def _items(state: Store) -> list[ob.OutboxItem]:
     with state.engine.connect() as conn:
         return ob.items(conn)

@@ -13,10 +13,10 @@ from typing import TypeVar
 import pytest
 from sqlalchemy import select
 
-from coordinator.ledger import queue_slash
-from coordinator.storage import make_engine
-from coordinator.storage import schema as s
-from coordinator.verification.policy import VerificationPolicy
+from coordinator.db import schema as s
+from coordinator.db.engine import make_engine
+from coordinator.repositories.ledger.slashing import queue_slash
+from coordinator.services.verification.policy import VerificationPolicy
 from tensorgrid.chain.client import ChainClient, JobStatus
 from tensorgrid.cli import format_eth
 from tensorgrid.client import Client

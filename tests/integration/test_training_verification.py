@@ -14,9 +14,9 @@ import pytest
 import torch
 from sqlalchemy import create_engine, func, select
 
-from coordinator.ledger.credits import set_job_price
-from coordinator.storage import schema as s
-from coordinator.training.schema import training_audits
+from coordinator.db import schema as s
+from coordinator.db.schema import training_audits
+from coordinator.repositories.ledger.credits import set_job_price
 from tensorgrid.client import Client
 from tensorgrid.crypto import Signer
 from tensorgrid.localgrid import LocalGrid

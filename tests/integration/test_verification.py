@@ -11,8 +11,8 @@ import pytest
 import torch
 from sqlalchemy import create_engine, func, select
 
-from coordinator.ledger.credits import set_job_price
-from coordinator.storage import schema as s
+from coordinator.db import schema as s
+from coordinator.repositories.ledger.credits import set_job_price
 from tensorgrid.chain.client import ChainClient
 from tensorgrid.client import Client
 from tensorgrid.crypto import Signer

@@ -6,11 +6,16 @@ import pytest
 from sqlalchemy import Column, Integer, MetaData, Table, select
 from sqlalchemy.exc import StatementError
 
-from coordinator.ledger import Ledger, LedgerListener, enqueue
-from coordinator.ledger import outbox as ob
-from coordinator.storage import State, make_engine
-from coordinator.storage import schema as s
-from coordinator.storage.wei import Wei
+from coordinator.db import schema as s
+from coordinator.db.engine import make_engine
+from coordinator.db.wei import Wei
+from coordinator.repositories.ledger import outbox as ob
+from coordinator.repositories.ledger.epochs import LedgerListener
+from coordinator.repositories.ledger.outbox import enqueue
+from coordinator.repositories.store import Store
+from coordinator.services import outbox as worker
+from coordinator.services.acceptance import ResultAcceptance
+from coordinator.services.ledger import Ledger
 from tensorgrid.chain import ContractReverted, verify_proof
 from tensorgrid.crypto import normalize_address
 from tensorgrid.types import BlobRef
@@ -178,14 +183,20 @@ def test_an_unexplained_revert_halts_epochs_until_resolved(ledger: Ledger) -> No
 
 
 def test_accepted_results_are_credited_in_the_same_transaction(db_url: str) -> None:
-    state = State(db_url)
+    state = Store(db_url)
     try:
         add_nodes(state, ("0x" + "aa" * 20, CPU))
         make_job(state, n=2)
         Ledger(state.engine).set_job_price(JOB, 10**18, 5 * 10**18)
-        leases, _ = state.lease_tasks("0x" + "aa" * 20, 5, 10, TIMING)
+        leases, _ = state.tasks.lease_tasks("0x" + "aa" * 20, 5, 10, TIMING)
         for lz in leases:
-            state.accept_result("0x" + "aa" * 20, receipt(lz.task_id, 1), BlobRef("ff" * 32, 3), None, 20)
+            ResultAcceptance(state.engine).accept_result(
+                "0x" + "aa" * 20, receipt(lz.task_id, 1), BlobRef("ff" * 32, 3), None, 20
+            )
         assert Ledger(state.engine).earnings("0x" + "aa" * 20)["cumulative_wei"] == 2 * 10**18
     finally:
         state.close()
+
+
+def test_the_worker_sends_every_action_the_queue_takes() -> None:
+    assert set(worker.ACTIONS) == ob.ACTIONS

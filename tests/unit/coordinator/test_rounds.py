@@ -16,10 +16,12 @@ import torch
 from coordinator.app import Coordinator
 from coordinator.config import CoordinatorConfig
 from coordinator.errors import Rejected
-from coordinator.intake import plan_job
-from coordinator.training import check_train_output, round_history, round_view
-from coordinator.training import rounds as rounds_module
-from coordinator.training.rounds import RoundManager
+from coordinator.kinds.training.check import check_train_output
+from coordinator.repositories.training.rounds import round_history, round_view
+from coordinator.services.acceptance import ResultAcceptance
+from coordinator.services.intake import plan_job
+from coordinator.services.runtime import Runtime
+from coordinator.services.training.rounds import RoundManager
 from node.worker import handle
 from tensorgrid.blobs import file_sha256
 from tensorgrid.spec import canonical_json, job_id_for, spec_hash
@@ -53,9 +55,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def coordinator(db_url: str, tmp_path: Path) -> Iterator[Coordinator]:
     app = Coordinator(CoordinatorConfig(data_dir=tmp_path / "coord", database_url=db_url))
     yield app
-    app._db_pool.shutdown(wait=True)
-    app._work_pool.shutdown(wait=True)
-    app.state.close()
+    app.runtime.shutdown()
+    app.store.close()
 
 
 def submit(app: Coordinator, files: dict[str, Path], **kw: Any) -> tuple[str, TrainingSpec]:
@@ -66,17 +67,17 @@ def submit(app: Coordinator, files: dict[str, Path], **kw: Any) -> tuple[str, Tr
     raw = canonical_json(spec)
     sh = spec_hash(raw)
     job_id = job_id_for(SUBMITTER, sh)
-    job, tasks = plan_job(raw, SUBMITTER, sh, job_id, app.blobs, app.config.limits)
+    job, tasks = plan_job(app.kinds, raw, SUBMITTER, sh, job_id, app.blobs, app.config.limits)
     assert job.kind == "training" and len(tasks) == spec.workers_per_round
-    app.state.create_job(job, tasks, now_ms=now_ms())
+    app.store.jobs.create_job(job, tasks, now_ms=now_ms())
     for i, node in enumerate(NODES):
-        app.state.register_node(node, CPU, f"{i:064x}", 0, 10**12, f"nonce-{node}")
+        app.store.nodes.register_node(node, CPU, f"{i:064x}", 0, 10**12, f"nonce-{node}")
     return job_id, spec
 
 
 def work(app: Coordinator, node: str, tmp: Path) -> tuple[Lease, Path, str] | None:
     """Lease one task as `node` and run it with the real worker code; returns (lease, output, commitment)."""
-    leases, _ = app.state.lease_tasks(node, 1, now_ms(), app.config.timing)
+    leases, _ = app.store.tasks.lease_tasks(node, 1, now_ms(), app.config.timing)
     if not leases:
         return None
     lease = leases[0]
@@ -100,13 +101,18 @@ def work(app: Coordinator, node: str, tmp: Path) -> tuple[Lease, Path, str] | No
 
 def deliver(app: Coordinator, node: str, lease: Lease, out: Path, commitment: str) -> None:
     ref = app.blobs.put_file(out)
-    check_train_output(app.state, app.blobs, lease.task_id, app.blobs.path_for(ref.sha256), commitment)
+    check_train_output(app.store.engine, app.blobs, lease.task_id, app.blobs.path_for(ref.sha256), commitment)
     receipt = Receipt(lease.job_id, lease.task_id, lease.attempt, lease.input.sha256, ref.sha256, commitment, b"s")
-    app.state.accept_result(node, receipt, ref, None, now_ms())
+    ResultAcceptance(app.store.engine).accept_result(node, receipt, ref, None, now_ms())
+
+
+def new_manager(app: Coordinator) -> RoundManager:
+    """A round manager of its own, as another replica would have."""
+    return RoundManager(app.runtime, app.store, app.blobs, b"\0" * 32)
 
 
 def now_ms() -> int:
-    return rounds_module._now_ms()
+    return Runtime.now_ms()
 
 
 def run_round(app: Coordinator, tmp: Path, workers: int) -> None:
@@ -117,7 +123,7 @@ def run_round(app: Coordinator, tmp: Path, workers: int) -> None:
 
 
 def round_events(app: Coordinator, job_id: str) -> list[dict[str, Any]]:
-    return [json.loads(e.message) for e in app.state.events_after(job_id, 0) if e.kind == "round"]
+    return [json.loads(e.message) for e in app.store.jobs.events_after(job_id, 0) if e.kind == "round"]
 
 
 def test_rounds_run_to_the_final_weights(coordinator: Coordinator, files: dict[str, Path], tmp_path: Path) -> None:
@@ -125,18 +131,18 @@ def test_rounds_run_to_the_final_weights(coordinator: Coordinator, files: dict[s
     job_id, spec = submit(app, files)
 
     async def scenario() -> None:
-        manager = RoundManager(app)
+        manager = new_manager(app)
         assert await manager.advance(job_id) == "open"  # no result yet
         for r in range(spec.rounds):
-            view = round_view(app.state, job_id)
+            view = round_view(app.store.engine, job_id)
             assert view is not None and view.round == r
             run_round(app, tmp_path, spec.workers_per_round)
             assert await manager.advance(job_id) == ("finished" if r == spec.rounds - 1 else "closed")
 
     asyncio.run(scenario())
-    job = app.state.get_job(job_id)
+    job = app.store.jobs.get_job(job_id)
     assert job.state == JobState.SUCCEEDED, job.error
-    history = round_history(app.state, job_id)
+    history = round_history(app.store.engine, job_id)
     assert [h["round_no"] for h in history] == [0, 1, 2]
     assert job.result is not None and job.result.sha256 == history[-1]["weights_sha"]
     assert job.tasks_done == job.tasks_total == 6
@@ -159,13 +165,13 @@ def test_quorum_closes_the_round_and_late_results_are_refused(
     for node, got in list(zip(NODES, run, strict=True))[:2]:
         assert got is not None
         deliver(app, node, *got)
-    assert asyncio.run(RoundManager(app).advance(job_id)) == "closed"
+    assert asyncio.run(new_manager(app).advance(job_id)) == "closed"
     late_node, late = NODES[2], run[2]
     assert late is not None
     with pytest.raises(Rejected):
         deliver(app, late_node, *late)
-    assert round_history(app.state, job_id)[0]["workers"] == 2
-    job = app.state.get_job(job_id)
+    assert round_history(app.store.engine, job_id)[0]["workers"] == 2
+    job = app.store.jobs.get_job(job_id)
     assert (job.tasks_done, job.tasks_total) == (2, 2 + 4)  # two cancelled, four new
 
 
@@ -175,12 +181,12 @@ def test_deadline_closes_a_round_short_of_quorum(
     app = coordinator
     job_id, spec = submit(app, files, round_deadline_s=5, task_time_limit_s=5)
     run_round(app, tmp_path, 1)
-    manager = RoundManager(app)
+    manager = new_manager(app)
     assert asyncio.run(manager.advance(job_id)) == "open"
     later = now_ms() + 6_000
-    monkeypatch.setattr(rounds_module, "_now_ms", lambda: later)
+    monkeypatch.setattr(Runtime, "now_ms", staticmethod(lambda: later))
     assert asyncio.run(manager.advance(job_id)) == "closed"
-    assert round_history(app.state, job_id)[0]["workers"] == 1
+    assert round_history(app.store.engine, job_id)[0]["workers"] == 1
 
 
 def test_a_round_without_results_fails_the_job_after_max_attempts(
@@ -188,13 +194,13 @@ def test_a_round_without_results_fails_the_job_after_max_attempts(
 ) -> None:
     app = coordinator
     job_id, spec = submit(app, files, round_deadline_s=5, task_time_limit_s=5, max_attempts=2)
-    manager = RoundManager(app)
-    created = app.state.get_job(job_id).created_ms
-    monkeypatch.setattr(rounds_module, "_now_ms", lambda: created + 6_000)  # past one deadline: keep waiting
+    manager = new_manager(app)
+    created = app.store.jobs.get_job(job_id).created_ms
+    monkeypatch.setattr(Runtime, "now_ms", staticmethod(lambda: created + 6_000))  # past one deadline: keep waiting
     assert asyncio.run(manager.advance(job_id)) == "open"
-    monkeypatch.setattr(rounds_module, "_now_ms", lambda: created + 10_001)
+    monkeypatch.setattr(Runtime, "now_ms", staticmethod(lambda: created + 10_001))
     assert asyncio.run(manager.advance(job_id)) == "failed"
-    job = app.state.get_job(job_id)
+    job = app.store.jobs.get_job(job_id)
     assert job.state == JobState.FAILED and "round 0 got no result" in job.error
 
 
@@ -204,27 +210,26 @@ def test_restart_resumes_from_the_last_closed_round(
     app = coordinator
     job_id, spec = submit(app, files)
     run_round(app, tmp_path, 2)
-    view = round_view(app.state, job_id)
-    assert asyncio.run(RoundManager(app).advance(job_id)) == "closed"
+    view = round_view(app.store.engine, job_id)
+    assert asyncio.run(new_manager(app).advance(job_id)) == "closed"
     # The same round cannot close twice (a second replica, or a retry after a crash).
     assert view is not None
     from coordinator.errors import Conflict
-    from coordinator.training import store
+    from coordinator.repositories.training import rounds as store
 
     with pytest.raises(Conflict):
         closed = store.ClosedRound(0, (0,), 1, None, None, None, 1, view.weights, view.weights)
-        store.close_round(app.state, view, closed, now_ms())
+        store.close_round(app.store.engine, view, closed, now_ms())
     restarted = Coordinator(CoordinatorConfig(data_dir=tmp_path / "coord", database_url=db_url))
     try:
-        resumed = round_view(restarted.state, job_id)
+        resumed = round_view(restarted.store.engine, job_id)
         assert resumed is not None and resumed.round == 1 and resumed.momentum is not None
         run_round(restarted, tmp_path, 2)
-        assert asyncio.run(RoundManager(restarted).advance(job_id)) == "closed"
-        assert [h["round_no"] for h in round_history(restarted.state, job_id)] == [0, 1]
+        assert asyncio.run(new_manager(restarted).advance(job_id)) == "closed"
+        assert [h["round_no"] for h in round_history(restarted.store.engine, job_id)] == [0, 1]
     finally:
-        restarted._db_pool.shutdown()
-        restarted._work_pool.shutdown()
-        restarted.state.close()
+        restarted.runtime.shutdown()
+        restarted.store.close()
 
 
 def test_bad_outputs_are_refused(coordinator: Coordinator, files: dict[str, Path], tmp_path: Path) -> None:
@@ -234,9 +239,9 @@ def test_bad_outputs_are_refused(coordinator: Coordinator, files: dict[str, Path
     assert got is not None
     lease, out, commitment = got
     with pytest.raises(Rejected, match="commitment"):
-        check_train_output(app.state, app.blobs, lease.task_id, out, "ab" * 32)
+        check_train_output(app.store.engine, app.blobs, lease.task_id, out, "ab" * 32)
     save_tensors({"0.weight": torch.zeros(3)}, tmp_path / "junk.safetensors")
     with pytest.raises(Rejected, match="pseudo-gradient"):
-        check_train_output(app.state, app.blobs, lease.task_id, tmp_path / "junk.safetensors")
-    check_train_output(app.state, app.blobs, lease.task_id, out, commitment)
+        check_train_output(app.store.engine, app.blobs, lease.task_id, tmp_path / "junk.safetensors")
+    check_train_output(app.store.engine, app.blobs, lease.task_id, out, commitment)
     assert file_sha256(out).size > 0

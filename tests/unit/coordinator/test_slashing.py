@@ -8,11 +8,17 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import func, insert, select
 
-from coordinator.api.submit_service import with_verification
-from coordinator.ledger import Ledger, LedgerListener, queue_slash, slashing
-from coordinator.ledger import outbox as ob
-from coordinator.storage import NewJob, NewTask, State
-from coordinator.storage import schema as s
+from coordinator.db import schema as s
+from coordinator.kinds.noop import NoopKind
+from coordinator.kinds.registry import Registry
+from coordinator.repositories.jobs import NewJob, NewTask
+from coordinator.repositories.ledger import outbox as ob
+from coordinator.repositories.ledger import slashing
+from coordinator.repositories.ledger.epochs import LedgerListener
+from coordinator.repositories.ledger.slashing import queue_slash
+from coordinator.repositories.store import Store
+from coordinator.services.ledger import Ledger
+from coordinator.services.report import Reports
 from tensorgrid.chain import ContractReverted
 from tensorgrid.crypto import normalize_address
 from tensorgrid.spec import task_id_for
@@ -30,13 +36,13 @@ CPU = Capabilities(device_kind="cpu", memory_bytes=1 << 30, cpu_cores=1)
 
 
 @pytest.fixture
-def state(db_url: str) -> Iterator[State]:
-    st = State(db_url)
+def state(db_url: str) -> Iterator[Store]:
+    st = Store(db_url)
     yield st
     st.close()
 
 
-def add_job(state: State, job_id: str = JOB, stake: int = 0, tasks: int = 2) -> None:
+def add_job(state: Store, job_id: str = JOB, stake: int = 0, tasks: int = 2) -> None:
     policy = json.dumps({"mode": "spotcheck"}) if stake else ""
     job = NewJob(
         job_id=job_id,
@@ -54,10 +60,10 @@ def add_job(state: State, job_id: str = JOB, stake: int = 0, tasks: int = 2) -> 
         verification_json=policy,
         required_stake_wei=stake,
     )
-    state.create_job(job, [NewTask(i, task_id_for(job_id, i), BlobRef("ee" * 32, 0), 1) for i in range(tasks)], 1)
+    state.jobs.create_job(job, [NewTask(i, task_id_for(job_id, i), BlobRef("ee" * 32, 0), 1) for i in range(tasks)], 1)
 
 
-def store_receipt(state: State, task_id: str = TASK, attempt: int = 1, node: str = NODE) -> None:
+def store_receipt(state: Store, task_id: str = TASK, attempt: int = 1, node: str = NODE) -> None:
     """What accepting a result stores: the node's receipt as signed (fields and signature)."""
     with state.engine.begin() as conn:
         conn.execute(
@@ -74,7 +80,7 @@ def store_receipt(state: State, task_id: str = TASK, attempt: int = 1, node: str
         )
 
 
-def queue(state: State, **overrides: object) -> bool:
+def queue(state: Store, **overrides: object) -> bool:
     args: dict[str, object] = dict(
         node=NODE, job_id=JOB, task_id=TASK, attempt=1, correct_output_sha=CORRECT, now_ms=10
     )
@@ -83,17 +89,17 @@ def queue(state: State, **overrides: object) -> bool:
         return queue_slash(conn, **args)  # type: ignore[arg-type]
 
 
-def outbox_items(state: State) -> list[ob.OutboxItem]:
+def outbox_items(state: Store) -> list[ob.OutboxItem]:
     with state.engine.connect() as conn:
         return ob.items(conn)
 
 
-def slash_rows(state: State) -> list[dict[str, object]]:
+def slash_rows(state: Store) -> list[dict[str, object]]:
     with state.engine.connect() as conn:
         return slashing.slashes(conn)
 
 
-def test_a_slash_carries_the_receipt_as_signed_and_is_queued_once(state: State) -> None:
+def test_a_slash_carries_the_receipt_as_signed_and_is_queued_once(state: Store) -> None:
     add_job(state)
     Ledger(state.engine).set_job_price(JOB, REWARD, REWARD * 2)
     store_receipt(state)
@@ -121,7 +127,7 @@ def test_a_slash_carries_the_receipt_as_signed_and_is_queued_once(state: State) 
     assert row["taken_wei"] is None and row["beneficiary"] == SUBMITTER
 
 
-def test_the_amount_is_the_policys_required_stake(state: State) -> None:
+def test_the_amount_is_the_policys_required_stake(state: Store) -> None:
     add_job(state, stake=STAKE)
     Ledger(state.engine).set_job_price(JOB, REWARD, REWARD * 2)
     store_receipt(state)
@@ -131,7 +137,7 @@ def test_the_amount_is_the_policys_required_stake(state: State) -> None:
     assert slash_rows(state)[0]["amount_wei"] == STAKE
 
 
-def test_nothing_is_queued_without_evidence_or_an_escrow(state: State) -> None:
+def test_nothing_is_queued_without_evidence_or_an_escrow(state: Store) -> None:
     add_job(state)
     add_job(state, job_id=FREE)
     store_receipt(state)
@@ -150,21 +156,21 @@ def test_nothing_is_queued_without_evidence_or_an_escrow(state: State) -> None:
     assert outbox_items(state) == [] and slash_rows(state) == []
 
 
-def confirm(state: State, key: str) -> None:
+def confirm(state: Store, key: str) -> None:
     with state.engine.begin() as conn:
         item = ob.get_item(conn, key)
         assert item is not None
         LedgerListener().on_confirmed(conn, item, 50)
 
 
-def fail(state: State, key: str, error: ContractReverted) -> bool:
+def fail(state: Store, key: str, error: ContractReverted) -> bool:
     with state.engine.begin() as conn:
         item = ob.get_item(conn, key)
         assert item is not None
         return LedgerListener().on_failed(conn, item, error, 60)
 
 
-def test_confirmed_and_failed_slashes_are_recorded(state: State) -> None:
+def test_confirmed_and_failed_slashes_are_recorded(state: Store) -> None:
     add_job(state)
     Ledger(state.engine).set_job_price(JOB, REWARD, REWARD * 2)
     store_receipt(state, attempt=1)
@@ -176,7 +182,7 @@ def test_confirmed_and_failed_slashes_are_recorded(state: State) -> None:
     first, second = slash_rows(state)
     assert first["state"] == "confirmed" and first["updated_ms"] == 50
     assert second["state"] == "failed" and second["error"] == f"EvidenceAlreadyUsed(0x{TASK}, 2)"
-    events = state.events_after(JOB, 0)
+    events = state.jobs.events_after(JOB, 0)
     assert events[-1].kind == "slashed" and events[-1].node == NODE and str(REWARD * 10) in events[-1].message
     assert [e.kind for e in events].count("slashed") == 1
     # Only the confirmed slash counts against the node.
@@ -186,17 +192,17 @@ def test_confirmed_and_failed_slashes_are_recorded(state: State) -> None:
     assert Ledger(state.engine).slashed_wei(NODE.lower()) == REWARD * 10
 
 
-def test_node_list_and_job_report_show_slashes(state: State) -> None:
-    state.register_node(NODE, CPU, "00" * 32, 0, 10**9, "n1")
+def test_node_list_and_job_report_show_slashes(state: Store) -> None:
+    state.nodes.register_node(NODE, CPU, "00" * 32, 0, 10**9, "n1")
     add_job(state, stake=STAKE)
     Ledger(state.engine).set_job_price(JOB, REWARD, REWARD * 2)
     store_receipt(state)
     assert queue(state)
-    assert state.list_nodes()[0].slashed_wei == 0  # queued is not taken
+    assert state.nodes.list_nodes()[0].slashed_wei == 0  # queued is not taken
     confirm(state, f"slash:{TASK}:1")
-    assert state.list_nodes()[0].slashed_wei == STAKE
-    assert state.get_node(NODE).slashed_wei == STAKE  # type: ignore[union-attr]
-    report = with_verification(state, state.get_job(JOB)).verification
+    assert state.nodes.list_nodes()[0].slashed_wei == STAKE
+    assert state.nodes.get_node(NODE).slashed_wei == STAKE  # type: ignore[union-attr]
+    report = Reports(state, Registry([NoopKind()])).with_verification(state.jobs.get_job(JOB)).verification
     assert report is not None
     assert (report.mode, report.required_stake_wei, report.slashes, report.slashed_wei) == (
         "spotcheck",
@@ -207,9 +213,9 @@ def test_node_list_and_job_report_show_slashes(state: State) -> None:
     assert report.checks == {} and report.detection == 0.0  # a noop spec: no odds to model
 
 
-def test_job_report_without_a_policy(state: State) -> None:
+def test_job_report_without_a_policy(state: Store) -> None:
     add_job(state)
-    report = with_verification(state, state.get_job(JOB)).verification
+    report = Reports(state, Registry([NoopKind()])).with_verification(state.jobs.get_job(JOB)).verification
     assert report is not None and report.mode == "none" and report.required_stake_wei == 0 and report.slashes == 0
     with state.engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(s.slashes)).scalar_one() == 0

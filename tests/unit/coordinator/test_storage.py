@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import pytest
 
+from coordinator.config import LeaseTiming
 from coordinator.errors import NotFound, PermissionDenied, Rejected
-from coordinator.storage import LeaseTiming, NewJob, NewTask, State, backoff_ms
+from coordinator.repositories.jobs import NewJob, NewTask
+from coordinator.repositories.nodes import backoff_ms
+from coordinator.repositories.store import Store
+from coordinator.services.acceptance import ResultAcceptance, ResultItem
 from tensorgrid.spec import task_id_for
 from tensorgrid.types import BlobRef, Capabilities, ErrorKind, JobState, Receipt, TaskError
 
@@ -20,18 +24,18 @@ JOB = "ab" * 32
 
 @pytest.fixture
 def state(db_url: str):  # type: ignore[no-untyped-def]
-    s = State(db_url)
+    s = Store(db_url)
     yield s
     s.close()
 
 
-def add_nodes(state: State, *nodes: tuple[str, Capabilities]) -> None:
+def add_nodes(state: Store, *nodes: tuple[str, Capabilities]) -> None:
     for i, (addr, caps) in enumerate(nodes):
-        state.register_node(addr, caps, f"{i:064x}", 0, 10**9, f"nonce-{addr}")
+        state.nodes.register_node(addr, caps, f"{i:064x}", 0, 10**9, f"nonce-{addr}")
 
 
 def make_job(
-    state: State, n: int = 3, device: str = "any", job_id: str = JOB, max_attempts: int = 3, min_memory: int = 0
+    state: Store, n: int = 3, device: str = "any", job_id: str = JOB, max_attempts: int = 3, min_memory: int = 0
 ) -> None:
     job = NewJob(
         job_id=job_id,
@@ -48,130 +52,134 @@ def make_job(
         max_attempts=max_attempts,
     )
     tasks = [NewTask(i, task_id_for(job_id, i), BlobRef("ee" * 32, 0), 1) for i in range(n)]
-    state.create_job(job, tasks, now_ms=1)
+    state.jobs.create_job(job, tasks, now_ms=1)
 
 
 def receipt(task_id: str, attempt: int) -> Receipt:
     return Receipt(JOB, task_id, attempt, "ee" * 32, "ff" * 32, signature=b"s")
 
 
-def test_create_job_is_idempotent(state: State) -> None:
+def test_create_job_is_idempotent(state: Store) -> None:
     make_job(state)
     make_job(state)
-    job = state.get_job(JOB)
+    job = state.jobs.get_job(JOB)
     assert job.tasks_total == 3 and job.state == JobState.QUEUED
-    assert [e.kind for e in state.events_after(JOB, 0)] == ["submitted"]
+    assert [e.kind for e in state.jobs.events_after(JOB, 0)] == ["submitted"]
 
 
-def test_lease_complete_and_finish(state: State) -> None:
+def test_lease_complete_and_finish(state: Store) -> None:
     add_nodes(state, (A, CPU))
     make_job(state, n=2)
-    leases, _ = state.lease_tasks(A, 5, 10, TIMING)
+    leases, _ = state.tasks.lease_tasks(A, 5, 10, TIMING)
     assert [lz.attempt for lz in leases] == [1, 1]
-    assert state.get_job(JOB).state == JobState.RUNNING
-    assert state.accept_result(A, receipt(leases[0].task_id, 1), BlobRef("ff" * 32, 3), None, 20) == (JOB, False)
-    assert state.accept_result(A, receipt(leases[1].task_id, 1), BlobRef("ff" * 32, 3), None, 20) == (JOB, True)
-    assert state.jobs_to_aggregate() == [JOB]
-    assert len(state.task_outputs(JOB)) == 2
-    done = state.finish_job(JOB, BlobRef("12" * 32, 9), "", 30)
+    assert state.jobs.get_job(JOB).state == JobState.RUNNING
+    assert ResultAcceptance(state.engine).accept_result(
+        A, receipt(leases[0].task_id, 1), BlobRef("ff" * 32, 3), None, 20
+    ) == (JOB, False)
+    assert ResultAcceptance(state.engine).accept_result(
+        A, receipt(leases[1].task_id, 1), BlobRef("ff" * 32, 3), None, 20
+    ) == (JOB, True)
+    assert state.jobs.jobs_to_aggregate() == [JOB]
+    assert len(state.jobs.task_outputs(JOB)) == 2
+    done = state.jobs.finish_job(JOB, BlobRef("12" * 32, 9), "", 30)
     assert done.state == JobState.SUCCEEDED and done.result == BlobRef("12" * 32, 9)
-    assert state.jobs_to_aggregate() == []
-    assert state.get_node(A).completed == 2  # type: ignore[union-attr]
+    assert state.jobs.jobs_to_aggregate() == []
+    assert state.nodes.get_node(A).completed == 2  # type: ignore[union-attr]
 
 
-def test_result_for_someone_elses_lease_and_replay_are_rejected(state: State) -> None:
+def test_result_for_someone_elses_lease_and_replay_are_rejected(state: Store) -> None:
     add_nodes(state, (A, CPU), (B, CPU))
     make_job(state, n=1)
-    (lease,), _ = state.lease_tasks(A, 1, 10, TIMING)
+    (lease,), _ = state.tasks.lease_tasks(A, 1, 10, TIMING)
     with pytest.raises(Rejected, match="does not hold"):
-        state.accept_result(B, receipt(lease.task_id, 1), BlobRef("ff" * 32, 3), None, 20)
-    state.accept_result(A, receipt(lease.task_id, 1), BlobRef("ff" * 32, 3), None, 20)
+        ResultAcceptance(state.engine).accept_result(B, receipt(lease.task_id, 1), BlobRef("ff" * 32, 3), None, 20)
+    ResultAcceptance(state.engine).accept_result(A, receipt(lease.task_id, 1), BlobRef("ff" * 32, 3), None, 20)
     with pytest.raises(Rejected):
-        state.accept_result(A, receipt(lease.task_id, 1), BlobRef("ff" * 32, 3), None, 21)
-    assert state.get_job(JOB).tasks_done == 1
+        ResultAcceptance(state.engine).accept_result(A, receipt(lease.task_id, 1), BlobRef("ff" * 32, 3), None, 21)
+    assert state.jobs.get_job(JOB).tasks_done == 1
 
 
-def test_expired_lease_is_reissued_to_another_node(state: State) -> None:
+def test_expired_lease_is_reissued_to_another_node(state: Store) -> None:
     add_nodes(state, (A, CPU), (B, CPU))
     make_job(state, n=1)
-    (lease,), _ = state.lease_tasks(A, 1, 10, TIMING)
-    assert state.reap_expired(10 + TIMING.ttl_ms - 1) == 0
-    assert state.reap_expired(10 + TIMING.ttl_ms + 1) == 1
+    (lease,), _ = state.tasks.lease_tasks(A, 1, 10, TIMING)
+    assert state.tasks.reap_expired(10 + TIMING.ttl_ms - 1) == 0
+    assert state.tasks.reap_expired(10 + TIMING.ttl_ms + 1) == 1
     with pytest.raises(Rejected):
-        state.accept_result(A, receipt(lease.task_id, 1), BlobRef("ff" * 32, 3), None, 2000)
-    (again,), _ = state.lease_tasks(B, 1, 2000, TIMING)
+        ResultAcceptance(state.engine).accept_result(A, receipt(lease.task_id, 1), BlobRef("ff" * 32, 3), None, 2000)
+    (again,), _ = state.tasks.lease_tasks(B, 1, 2000, TIMING)
     assert again.task_id == lease.task_id and again.attempt == 2
-    node_a = state.get_node(A)
+    node_a = state.nodes.get_node(A)
     assert node_a is not None and node_a.failures == 1 and node_a.backoff_until_ms > 1000
 
 
-def test_heartbeat_extends_but_caps_and_revokes(state: State) -> None:
+def test_heartbeat_extends_but_caps_and_revokes(state: Store) -> None:
     add_nodes(state, (A, CPU))
     make_job(state, n=1)
-    (lease,), _ = state.lease_tasks(A, 1, 0, TIMING)
-    assert state.heartbeat(A, [(lease.task_id, 1)], False, 900, TIMING) == []
-    assert state.reap_expired(1500) == 0  # extended to 1900
-    assert state.heartbeat(A, [(lease.task_id, 1), ("00" * 32, 1)], False, 1800, TIMING) == [("00" * 32, 1)]
+    (lease,), _ = state.tasks.lease_tasks(A, 1, 0, TIMING)
+    assert state.tasks.heartbeat(A, [(lease.task_id, 1)], False, 900, TIMING) == []
+    assert state.tasks.reap_expired(1500) == 0  # extended to 1900
+    assert state.tasks.heartbeat(A, [(lease.task_id, 1), ("00" * 32, 1)], False, 1800, TIMING) == [("00" * 32, 1)]
     # never past leased + time limit (5000) + grace (500), however often it beats
-    state.heartbeat(A, [(lease.task_id, 1)], False, 5400, TIMING)
-    assert state.reap_expired(5501) == 1
+    state.tasks.heartbeat(A, [(lease.task_id, 1)], False, 5400, TIMING)
+    assert state.tasks.reap_expired(5501) == 1
 
 
-def test_failure_backoff_and_max_attempts_fail_the_job(state: State) -> None:
+def test_failure_backoff_and_max_attempts_fail_the_job(state: Store) -> None:
     add_nodes(state, (A, CPU))
     make_job(state, n=2, max_attempts=2)
     t = 0
     for attempt in (1, 2):
         t += 100_000  # past any backoff and the failed-node avoidance window
-        leases, retry = state.lease_tasks(A, 1, t, TIMING)
+        leases, retry = state.tasks.lease_tasks(A, 1, t, TIMING)
         assert retry == 0 and leases[0].attempt == attempt
-        state.fail_task(A, leases[0].task_id, attempt, TaskError(ErrorKind.CRASHED, "boom"), t)
+        state.tasks.fail_task(A, leases[0].task_id, attempt, TaskError(ErrorKind.CRASHED, "boom"), t)
         if attempt == 1:
-            assert state.lease_tasks(A, 1, t + 1, TIMING) == ([], backoff_ms(1) - 1)
-    job = state.get_job(JOB)
+            assert state.tasks.lease_tasks(A, 1, t + 1, TIMING) == ([], backoff_ms(1) - 1)
+    job = state.jobs.get_job(JOB)
     assert job.state == JobState.FAILED and "(crashed): boom" in job.error
-    assert state.lease_tasks(A, 5, t + 100_000, TIMING)[0] == []  # cancelled tasks are not leased
+    assert state.tasks.lease_tasks(A, 5, t + 100_000, TIMING)[0] == []  # cancelled tasks are not leased
 
 
-def test_released_lease_is_not_a_failure(state: State) -> None:
+def test_released_lease_is_not_a_failure(state: Store) -> None:
     add_nodes(state, (A, CPU))
     make_job(state, n=1, max_attempts=1)
-    (lease,), _ = state.lease_tasks(A, 1, 0, TIMING)
-    assert state.fail_task(A, lease.task_id, 1, TaskError(ErrorKind.RELEASED, "draining"), 1) is True
-    (again,), _ = state.lease_tasks(A, 1, 2, TIMING)
-    assert again.attempt == 2 and state.get_node(A).failures == 0  # type: ignore[union-attr]
+    (lease,), _ = state.tasks.lease_tasks(A, 1, 0, TIMING)
+    assert state.tasks.fail_task(A, lease.task_id, 1, TaskError(ErrorKind.RELEASED, "draining"), 1) is True
+    (again,), _ = state.tasks.lease_tasks(A, 1, 2, TIMING)
+    assert again.attempt == 2 and state.nodes.get_node(A).failures == 0  # type: ignore[union-attr]
 
 
-def test_capability_matching(state: State) -> None:
+def test_capability_matching(state: Store) -> None:
     add_nodes(state, (A, CPU), (B, GPU))
     make_job(state, n=1, device="cuda")
     make_job(state, n=1, job_id="cd" * 32, min_memory=12 << 30)
-    assert state.lease_tasks(A, 5, 10, TIMING)[0] == []
-    got, _ = state.lease_tasks(B, 5, 10, TIMING)
+    assert state.tasks.lease_tasks(A, 5, 10, TIMING)[0] == []
+    got, _ = state.tasks.lease_tasks(B, 5, 10, TIMING)
     assert len(got) == 2
 
 
-def test_cancel_only_by_submitter(state: State) -> None:
+def test_cancel_only_by_submitter(state: Store) -> None:
     add_nodes(state, (A, CPU))
     make_job(state, n=2)
     with pytest.raises(PermissionDenied):
-        state.cancel_job(JOB, A, 5)
-    job = state.cancel_job(JOB, SUBMITTER, 5)
+        state.jobs.cancel_job(JOB, A, 5)
+    job = state.jobs.cancel_job(JOB, SUBMITTER, 5)
     assert job.state == JobState.CANCELLED
-    assert state.lease_tasks(A, 5, 10, TIMING)[0] == []
+    assert state.tasks.lease_tasks(A, 5, 10, TIMING)[0] == []
     with pytest.raises(NotFound):
-        state.cancel_job("99" * 32, SUBMITTER, 5)
+        state.jobs.cancel_job("99" * 32, SUBMITTER, 5)
 
 
-def test_registration_nonce_cannot_be_replayed(state: State) -> None:
-    state.register_node(A, CPU, "01" * 32, 0, 10_000, "n1")
+def test_registration_nonce_cannot_be_replayed(state: Store) -> None:
+    state.nodes.register_node(A, CPU, "01" * 32, 0, 10_000, "n1")
     with pytest.raises(Rejected, match="already used"):
-        state.register_node(A, CPU, "02" * 32, 1, 10_000, "n1")
-    assert state.session_address("01" * 32, 5) == A
-    assert state.session_address("01" * 32, 20_000) is None
+        state.nodes.register_node(A, CPU, "02" * 32, 1, 10_000, "n1")
+    assert state.nodes.session_address("01" * 32, 5) == A
+    assert state.nodes.session_address("01" * 32, 20_000) is None
 
 
-def test_concurrent_leases_never_hand_out_a_task_twice(state: State) -> None:
+def test_concurrent_leases_never_hand_out_a_task_twice(state: Store) -> None:
     import threading
 
     nodes = [f"0x{i:040x}" for i in range(1, 9)]
@@ -182,7 +190,7 @@ def test_concurrent_leases_never_hand_out_a_task_twice(state: State) -> None:
 
     def worker(node: str) -> None:
         while True:
-            leases, _ = state.lease_tasks(node, 3, 10, TIMING)
+            leases, _ = state.tasks.lease_tasks(node, 3, 10, TIMING)
             if not leases:
                 return
             with lock:
@@ -196,13 +204,12 @@ def test_concurrent_leases_never_hand_out_a_task_twice(state: State) -> None:
     assert len(got) == 200 and len(set(got)) == 200
 
 
-def test_batched_results_mix_accepted_and_rejected(state: State) -> None:
-    from coordinator.storage import ResultItem
+def test_batched_results_mix_accepted_and_rejected(state: Store) -> None:
 
     add_nodes(state, (A, CPU), (B, CPU))
     make_job(state, n=3)
-    mine, _ = state.lease_tasks(A, 2, 10, TIMING)
-    theirs, _ = state.lease_tasks(B, 1, 10, TIMING)
+    mine, _ = state.tasks.lease_tasks(A, 2, 10, TIMING)
+    theirs, _ = state.tasks.lease_tasks(B, 1, 10, TIMING)
     out = BlobRef("ff" * 32, 3)
     items = [
         ResultItem(A, receipt(mine[0].task_id, 1), out, None),
@@ -211,12 +218,12 @@ def test_batched_results_mix_accepted_and_rejected(state: State) -> None:
         ResultItem(A, receipt(mine[1].task_id, 1), out, None),
         ResultItem(B, receipt(theirs[0].task_id, 1), out, None),
     ]
-    outcomes = state.accept_results(items, 20)
+    outcomes = ResultAcceptance(state.engine).accept_results(items, 20)
     # the batch completed the job, so each accepted result says so
     assert outcomes[0] == outcomes[3] == outcomes[4] == (JOB, True)
     assert isinstance(outcomes[1], Rejected) and isinstance(outcomes[2], Rejected)
-    events = state.events_after(JOB, 0)
+    events = state.jobs.events_after(JOB, 0)
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
     done = [e for e in events if e.kind == "completed"]
     assert [e.tasks_done for e in done] == [1, 2, 3]
-    assert state.get_node(A).completed == 2  # type: ignore[union-attr]
+    assert state.nodes.get_node(A).completed == 2  # type: ignore[union-attr]

@@ -18,16 +18,19 @@ from sqlalchemy import select
 
 from coordinator.app import Coordinator
 from coordinator.config import CoordinatorConfig
+from coordinator.db import schema as s
 from coordinator.errors import NotFound, Rejected
-from coordinator.intake import plan_job
-from coordinator.ledger.credits import set_job_price
-from coordinator.storage import ResultItem
-from coordinator.storage import schema as s
-from coordinator.training import audit_store, check_train_output, round_history
-from coordinator.training import rounds as rounds_module
-from coordinator.training.audit_store import AuditPlan
-from coordinator.training.replay import AuditCase, check_reveal, reveal_plan
-from coordinator.verification import records
+from coordinator.kinds.training.check import check_train_output
+from coordinator.kinds.training.effects import OpenAudit
+from coordinator.repositories.ledger.credits import set_job_price
+from coordinator.repositories.training import audits as audit_store
+from coordinator.repositories.training.audits import AuditPlan
+from coordinator.repositories.training.rounds import round_history
+from coordinator.repositories.verification import checks as records
+from coordinator.services.acceptance import ResultAcceptance, ResultItem
+from coordinator.services.intake import plan_job
+from coordinator.services.runtime import Runtime
+from coordinator.services.training.replay import AuditCase, check_reveal, reveal_plan
 from tensorgrid.errors import TensorGridError
 from tensorgrid.spec import VerificationSpec, canonical_json, job_id_for, spec_hash
 from tensorgrid.training.commitments import checkpoint_steps
@@ -218,9 +221,8 @@ def make_app(db_url: str, tmp_path: Path) -> Coordinator:
 
 
 def close_app(app: Coordinator) -> None:
-    app._db_pool.shutdown(wait=True)
-    app._work_pool.shutdown(wait=True)
-    app.state.close()
+    app.runtime.shutdown()
+    app.store.close()
 
 
 def submit(app: Coordinator, files: dict[str, Path], **kw: Any) -> tuple[str, TrainingSpec]:
@@ -232,11 +234,11 @@ def submit(app: Coordinator, files: dict[str, Path], **kw: Any) -> tuple[str, Tr
     raw = canonical_json(spec)
     sh = spec_hash(raw)
     job_id = job_id_for(SUBMITTER, sh)
-    job, tasks = plan_job(raw, SUBMITTER, sh, job_id, app.blobs, app.config.limits)
-    app.state.create_job(job, tasks, now_ms=now_ms())
-    set_job_price(app.state.engine, job_id, 100, 10**6)
+    job, tasks = plan_job(app.kinds, raw, SUBMITTER, sh, job_id, app.blobs, app.config.limits)
+    app.store.jobs.create_job(job, tasks, now_ms=now_ms())
+    set_job_price(app.store.engine, job_id, 100, 10**6)
     for i, node in enumerate(NODES):
-        app.state.register_node(node, CPU, f"{i:056x}{job_id[:8]}", 0, 10**12, f"nonce-{node}-{job_id}")
+        app.store.nodes.register_node(node, CPU, f"{i:056x}{job_id[:8]}", 0, 10**12, f"nonce-{node}-{job_id}")
     return job_id, spec
 
 
@@ -250,7 +252,7 @@ class Done:
 
 
 def compute(app: Coordinator, node: str, tmp: Path, behaviour: str = "honest") -> Done:
-    leases, _ = app.state.lease_tasks(node, 1, now_ms(), app.config.timing)
+    leases, _ = app.store.tasks.lease_tasks(node, 1, now_ms(), app.config.timing)
     assert leases, f"{node} got no task"
     lease = leases[0]
     s, compression = settings_for(lease, lease.input.sha256)
@@ -266,12 +268,14 @@ def compute(app: Coordinator, node: str, tmp: Path, behaviour: str = "honest") -
 async def deliver(app: Coordinator, d: Done) -> AuditPlan | None:
     """What SubmitResult does for a training result (minus the wire)."""
     ref = app.blobs.put_file(d.out)
-    check_train_output(app.state, app.blobs, d.lease.task_id, app.blobs.path_for(ref.sha256), d.commitment)
-    plan = await app.rounds.audits.plan(app.state.get_task(d.lease.task_id), d.node)
+    check_train_output(app.store.engine, app.blobs, d.lease.task_id, app.blobs.path_for(ref.sha256), d.commitment)
+    plan = await app.rounds.audits.plan(app.store.tasks.get_task(d.lease.task_id), d.node)
     receipt = Receipt(
         d.lease.job_id, d.lease.task_id, d.lease.attempt, d.lease.input.sha256, ref.sha256, d.commitment, b"s"
     )
-    (outcome,) = app.state.accept_results([ResultItem(d.node, receipt, ref, None, audit=plan)], now_ms())
+    (outcome,) = ResultAcceptance(app.store.engine).accept_results(
+        [ResultItem(d.node, receipt, ref, None, OpenAudit(plan) if plan else None)], now_ms()
+    )
     assert isinstance(outcome, tuple), outcome
     return plan
 
@@ -288,7 +292,7 @@ async def reveal(app: Coordinator, d: Done, step: int, node: str | None = None, 
 
 async def settled(app: Coordinator, d: Done, timeout: float = 60.0) -> audit_store.Audit:
     for _ in range(int(timeout * 20)):
-        audit = audit_store.get_audit(app.state, d.lease.task_id, d.lease.attempt)
+        audit = audit_store.get_audit(app.store.engine, d.lease.task_id, d.lease.attempt)
         assert audit is not None
         if audit.state != "pending":
             return audit
@@ -297,16 +301,16 @@ async def settled(app: Coordinator, d: Done, timeout: float = 60.0) -> audit_sto
 
 
 def credited(app: Coordinator, task_id: str) -> list[str]:
-    with app.state.engine.connect() as conn:
+    with app.store.engine.connect() as conn:
         return [r.node for r in conn.execute(select(s.credits.c.node).where(s.credits.c.task_id == task_id))]
 
 
 def events(app: Coordinator, job_id: str, kind: str) -> list[Any]:
-    return [e for e in app.state.events_after(job_id, 0) if e.kind == kind]
+    return [e for e in app.store.jobs.events_after(job_id, 0) if e.kind == kind]
 
 
 def now_ms() -> int:
-    return rounds_module._now_ms()
+    return Runtime.now_ms()
 
 
 def test_an_audited_result_is_paid_and_counted_only_once_it_passes(
@@ -330,8 +334,8 @@ def test_an_audited_result_is_paid_and_counted_only_once_it_passes(
         assert await app.rounds.advance(job_id) == "closed"
 
     asyncio.run(scenario())
-    assert round_history(app.state, job_id)[0]["workers"] == 2
-    assert app.state.reputation(NODES[0]).verified == 1 and not events(app, job_id, "caught")
+    assert round_history(app.store.engine, job_id)[0]["workers"] == 2
+    assert app.store.verification.reputation(NODES[0]).verified == 1 and not events(app, job_id, "caught")
 
 
 def test_a_scaler_is_caught_unpaid_and_its_task_goes_to_another_node(
@@ -351,7 +355,7 @@ def test_a_scaler_is_caught_unpaid_and_its_task_goes_to_another_node(
         audit = await settled(app, cheat)
         assert audit.state == "failed" and "is not global − final weights" in audit.reason
         assert await app.rounds.advance(job_id) == "open"  # one usable result of the two it needs
-        assert app.state.get_task(cheat.lease.task_id).state == "pending"
+        assert app.store.tasks.get_task(cheat.lease.task_id).state == "pending"
         again = compute(app, NODES[2], tmp_path)
         assert again.lease.task_id == cheat.lease.task_id and again.lease.attempt == cheat.lease.attempt + 1
         plan = await deliver(app, again)
@@ -366,9 +370,9 @@ def test_a_scaler_is_caught_unpaid_and_its_task_goes_to_another_node(
     assert credited(app, cheat.lease.task_id) == [NODES[2]]  # the redo is paid, the scaled upload never
     caught = events(app, job_id, "caught")
     assert [e.node for e in caught] == [NODES[1]] and "failed its audit" in caught[0].message
-    rep = app.state.reputation(NODES[1])
+    rep = app.store.verification.reputation(NODES[1])
     assert (rep.caught, rep.consecutive_valid) == (1, 0)
-    assert round_history(app.state, job_id)[0]["workers"] == 2
+    assert round_history(app.store.engine, job_id)[0]["workers"] == 2
 
 
 def test_a_missing_reveal_expires_at_the_deadline_and_is_not_slashable(
@@ -381,32 +385,32 @@ def test_a_missing_reveal_expires_at_the_deadline_and_is_not_slashable(
         honest, silent = compute(app, NODES[0], tmp_path), compute(app, NODES[1], tmp_path)
         for d in (honest, silent):
             assert await deliver(app, d) is not None
-        plan = audit_store.get_audit(app.state, honest.lease.task_id, honest.lease.attempt)
+        plan = audit_store.get_audit(app.store.engine, honest.lease.task_id, honest.lease.attempt)
         assert plan is not None
         for step in plan.steps:
             await reveal(app, honest, step)
         await settled(app, honest)
         assert await app.rounds.advance(job_id) == "auditing"  # the silent node's audit is open
         later = now_ms() + 31_000
-        monkeypatch.setattr(rounds_module, "_now_ms", lambda: later)
+        monkeypatch.setattr(Runtime, "now_ms", staticmethod(lambda: later))
         assert await app.rounds.advance(job_id) == "closed"  # deadline: expired, the round goes on without it
         with pytest.raises(Rejected, match="over"):
             await reveal(app, silent, 2)
 
     asyncio.run(scenario())
-    audit = audit_store.get_audit(app.state, *_key(app, job_id, 1))
+    audit = audit_store.get_audit(app.store.engine, *_key(app, job_id, 1))
     assert audit is not None and audit.state == "expired" and "not revealed" in audit.reason
-    assert round_history(app.state, job_id)[0]["workers"] == 1
+    assert round_history(app.store.engine, job_id)[0]["workers"] == 1
     caught = events(app, job_id, "caught")
     assert len(caught) == 1 and caught[0].node == NODES[1] and "not revealed" in caught[0].message
-    assert app.state.reputation(NODES[1]).caught == 1
+    assert app.store.verification.reputation(NODES[1]).caught == 1
     assert credited(app, audit.task_id) == []
 
 
 def _key(app: Coordinator, job_id: str, idx: int) -> tuple[str, int]:
     from tensorgrid.spec import task_id_for
 
-    task = app.state.get_task(task_id_for(job_id, idx))
+    task = app.store.tasks.get_task(task_id_for(job_id, idx))
     return task.task_id, task.attempt
 
 
@@ -463,7 +467,7 @@ def test_reveals_are_refused_unless_asked_for(coordinator: Coordinator, files: d
             await app.rounds.audits.receive(d.node, "ab" * 32, 1, 2, BlobRef("cd" * 32, 1), _nothing(), now_ms())
 
     asyncio.run(scenario())
-    audit = audit_store.get_audit(app.state, d.lease.task_id, d.lease.attempt)
+    audit = audit_store.get_audit(app.store.engine, d.lease.task_id, d.lease.attempt)
     assert audit is not None and audit.revealed == {} and audit.state == "pending"
 
 
@@ -478,17 +482,17 @@ def test_trusted_nodes_are_drawn_at_the_floor_and_mode_none_never(
     app = coordinator
     job_id, _ = submit(app, files, workers_per_round=4, rounds=1,
                        verification=VerificationSpec(trust_after=2, check_floor=0.0))  # fmt: skip
-    with app.state.engine.begin() as conn:
+    with app.store.engine.begin() as conn:
         for _ in range(1000):  # consecutive_valid 1000: checked with probability 1/1000
             records.bump(conn, [NODES[0]], valid=True)
     drawn = 0
     for i in range(4):
-        task = app.state.get_task(_task_id(job_id, i))
+        task = app.store.tasks.get_task(_task_id(job_id, i))
         drawn += asyncio.run(app.rounds.audits.plan(replace(task, attempt=1), NODES[0])) is not None
         assert asyncio.run(app.rounds.audits.plan(replace(task, attempt=1), NODES[1])) is not None  # new: always
     assert drawn <= 1
     off, _ = submit(app, files, nonce="off", verification=VerificationSpec(mode="none"))
-    assert asyncio.run(app.rounds.audits.plan(app.state.get_task(_task_id(off, 0)), NODES[1])) is None
+    assert asyncio.run(app.rounds.audits.plan(app.store.tasks.get_task(_task_id(off, 0)), NODES[1])) is None
 
 
 def _task_id(job_id: str, idx: int) -> str:

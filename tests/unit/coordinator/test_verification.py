@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from coordinator.verification.compare import load_rows, rows_match
-from coordinator.verification.policy import VerificationPolicy, escape_probability, required_stake
+from coordinator.services.verification.compare import load_rows, rows_match
+from coordinator.services.verification.policy import VerificationPolicy, escape_probability, required_stake
 from tensorgrid.errors import SpecError
 from tensorgrid.spec import InferenceSpec, VerificationSpec, canonical_json, parse_spec
 from tensorgrid.types import BlobRef

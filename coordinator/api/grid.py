@@ -1,0 +1,48 @@
+"""What the servicers need of the coordinator: its services, named. The composition root
+(coordinator.app) provides them; the api never imports it."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+from coordinator.config import CoordinatorConfig
+from coordinator.repositories.store import Store
+from coordinator.services.acceptance import Acceptance
+from coordinator.services.chain import ChainGate
+from coordinator.services.intake import Intake
+from coordinator.services.ledger import Ledger
+from coordinator.services.report import Reports
+from coordinator.services.runtime import Runtime
+from coordinator.services.scheduler import Scheduler
+from tensorgrid.blobs import BlobStore
+from tensorgrid.types import BlobRef, Domain
+
+
+class Reveals(Protocol):
+    async def receive(
+        self, node: str, task_id: str, attempt: int, step: int, ref: BlobRef, data: AsyncIterator[bytes], now_ms: int
+    ) -> None: ...
+
+
+class Rounds(Protocol):
+    @property
+    def audits(self) -> Reveals: ...
+
+
+class Grid(Protocol):
+    config: CoordinatorConfig
+    domain: Domain
+    challenge_secret: bytes
+    chain: ChainGate | None
+    store: Store
+    blobs: BlobStore
+    runtime: Runtime
+    scheduler: Scheduler
+    acceptance: Acceptance
+    intake: Intake
+    reports: Reports
+    ledger: Ledger
+
+    @property
+    def rounds(self) -> Rounds: ...

@@ -1,0 +1,97 @@
+"""Every table of the coordinator, registered explicitly: `make_engine` creates exactly these.
+
+Repositories import tables from here (`from coordinator.db import schema as s`), so no table
+exists only because some module happened to be imported first.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Table
+
+from coordinator.db.metadata import SCHEMA_VERSION, meta, metadata
+from coordinator.db.tables.core import (
+    CHECK_KIND,
+    CHECK_LEASED_AS,
+    events,
+    jobs,
+    nodes,
+    receipts,
+    sessions,
+    tasks,
+    used_nonces,
+)
+from coordinator.db.tables.ledger import (
+    credits,
+    epoch_earnings,
+    epochs,
+    job_prices,
+    node_earnings,
+    outbox,
+    slashes,
+)
+from coordinator.db.tables.training import training_audits, training_rounds
+from coordinator.db.tables.verification import (
+    check_assignments,
+    check_exclusions,
+    checks,
+    job_policies,
+    referee_rulings,
+    reputation,
+)
+
+TABLES: tuple[Table, ...] = (
+    meta,
+    nodes,
+    sessions,
+    used_nonces,
+    jobs,
+    tasks,
+    receipts,
+    events,
+    job_prices,
+    credits,
+    node_earnings,
+    epochs,
+    epoch_earnings,
+    outbox,
+    slashes,
+    job_policies,
+    checks,
+    check_exclusions,
+    check_assignments,
+    referee_rulings,
+    reputation,
+    training_rounds,
+    training_audits,
+)
+
+__all__ = [
+    "CHECK_KIND",
+    "CHECK_LEASED_AS",
+    "SCHEMA_VERSION",
+    "TABLES",
+    "check_assignments",
+    "check_exclusions",
+    "checks",
+    "credits",
+    "epoch_earnings",
+    "epochs",
+    "events",
+    "job_policies",
+    "job_prices",
+    "jobs",
+    "meta",
+    "metadata",
+    "node_earnings",
+    "nodes",
+    "outbox",
+    "receipts",
+    "referee_rulings",
+    "reputation",
+    "sessions",
+    "slashes",
+    "tasks",
+    "training_audits",
+    "training_rounds",
+    "used_nonces",
+]

@@ -1,0 +1,133 @@
+"""Inference jobs: input rows sharded along the batch dimension, each shard a task, outputs
+concatenated in order; results spot-checked by re-running sampled rows on a drawn checker."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from coordinator.config import Limits
+from coordinator.db.schema import CHECK_KIND
+from coordinator.errors import Rejected
+from coordinator.events import EventHub
+from coordinator.kinds.base import BaseKind, new_job
+from coordinator.kinds.inference.effects import OpenCheck, SettleCheck
+from coordinator.repositories.jobs import NewJob, NewTask
+from coordinator.repositories.tasks import TaskRecord
+from coordinator.services.blobs import stored
+from coordinator.services.kind import Effect
+from coordinator.services.verification.manager import Verification
+from coordinator.services.verification.policy import VerificationPolicy
+from tensorgrid.blobs import BlobStore
+from tensorgrid.errors import SpecError, TensorGridError
+from tensorgrid.spec import InferenceSpec, VerificationSpec, parse_spec, task_id_for
+from tensorgrid.types import BlobRef, JobInfo, Receipt
+from tensorgrid.workloads import tensorfile
+from tensorgrid.workloads.model import check_program
+
+
+class InferenceKind(BaseKind):
+    name: str = "inference"
+    checks_output: bool = True
+    task_kinds: tuple[str, ...] = ("inference", CHECK_KIND)  # a check task re-runs rows of an inference task
+
+    def __init__(self, verification: Verification, hub: EventHub) -> None:
+        self.verification = verification
+        self.hub = hub
+
+    def plan(
+        self, spec: Any, spec_json: bytes, submitter: str, sh: str, job_id: str, blobs: BlobStore, limits: Limits
+    ) -> tuple[NewJob, list[NewTask]]:
+        tasks = _plan_shards(spec, job_id, blobs, limits)
+        settings = {"input_names": list(spec.input_names) or None, "batch_size": spec.batch_size, "device": spec.device}
+        policy_json, stake = "", 0
+        policy = VerificationPolicy.for_job(spec, len(tasks))
+        if policy.enabled:
+            policy_json, stake = json.dumps(asdict(policy.spec), sort_keys=True), policy.required_stake_wei
+        job = new_job(
+            spec,
+            spec_json,
+            submitter,
+            sh,
+            job_id,
+            model=spec.model,
+            settings=settings,
+            verification_json=policy_json,
+            required_stake_wei=stake,
+        )
+        return job, tasks
+
+    def check_output(self, task: TaskRecord, receipt: Receipt, path: Path) -> int | None:
+        """The output's row count (it must be the task's). Raises Rejected."""
+        try:
+            return tensorfile.batch_rows(tensorfile.read_header(path))
+        except TensorGridError as e:
+            raise Rejected(f"output is not a valid tensor file: {e}") from None
+
+    async def examine(self, task: TaskRecord, node: str, output: BlobRef) -> Effect | None:
+        """Rungs 2-4 of the ladder: open a spot-check of this result, or settle the check it answers."""
+        check, verdict = await self.verification.examine(task, node, output)
+        if check is not None:
+            return OpenCheck(check, self._wake)
+        if verdict is not None:
+            return SettleCheck(verdict, self._wake)
+        return None
+
+    def _wake(self) -> None:
+        self.hub.work_available()  # a check (or tiebreak) was opened for its drawn checker
+        self.verification.dispute_raised()
+
+    def assemble(self, outputs: list[BlobRef], blobs: BlobStore) -> BlobRef:
+        """Concatenate the output shards in task order, streaming."""
+        tmp = blobs.temp_path("result-")
+        try:
+            tensorfile.concat([blobs.path_for(o.sha256) for o in outputs], tmp)
+            return blobs.put_file(tmp)
+        finally:
+            os.unlink(tmp)
+
+    def detection(self, job: JobInfo, policy: VerificationSpec) -> float:
+        """The policy's worst-case per-job detection (a node trusted enough to be checked at the floor rate)."""
+        try:
+            spec = parse_spec(job.spec_json)
+        except SpecError:
+            return 0.0
+        if not isinstance(spec, InferenceSpec):
+            return 0.0
+        return VerificationPolicy(policy, job.tasks_total, spec.shard_rows, spec.reward_per_task_wei).worst_detection
+
+
+def _plan_shards(spec: InferenceSpec, job_id: str, blobs: BlobStore, limits: Limits) -> list[NewTask]:
+    check_program(stored(blobs, spec.model, "model"))
+    src = stored(blobs, spec.inputs, "inputs")
+    header = tensorfile.read_header(src)
+    rows = tensorfile.batch_rows(header)
+    missing = [n for n in spec.input_names if n not in header.tensors]
+    if missing:
+        raise SpecError(f"input_names {missing} are not in the input file (it has {sorted(header.tensors)})")
+    if rows == 0:
+        raise SpecError("the input file has zero rows")
+    row_bytes = sum(t.row_bytes for t in header.tensors.values())
+    shard_bytes = row_bytes * min(spec.shard_rows, rows)
+    if shard_bytes > limits.max_shard_bytes:
+        raise SpecError(
+            f"a shard of {spec.shard_rows} rows is {shard_bytes} bytes, over this coordinator's limit of "
+            f"{limits.max_shard_bytes}: lower shard_rows to at most {max(1, limits.max_shard_bytes // row_bytes)}"
+        )
+    n_tasks = -(-rows // spec.shard_rows)
+    if n_tasks > limits.max_tasks_per_job:
+        raise SpecError(f"{n_tasks} shards is over the limit of {limits.max_tasks_per_job}: raise shard_rows")
+    tasks = []
+    for index, start in enumerate(range(0, rows, spec.shard_rows)):
+        end = min(start + spec.shard_rows, rows)
+        tmp = blobs.temp_path("shard-")
+        try:
+            tensorfile.write_shard(src, header, start, end, tmp)
+            ref = blobs.put_file(tmp)
+        finally:
+            os.unlink(tmp)
+        tasks.append(NewTask(index=index, task_id=task_id_for(job_id, index), input=ref, rows=end - start))
+    return tasks

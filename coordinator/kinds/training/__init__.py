@@ -1,0 +1,56 @@
+"""Training jobs (DiLoCo rounds): planned into round-0 shards, each result a pseudo-gradient
+checked for shape and commitment, audited by checkpoint reveal and replay, and aggregated
+round by round by the round manager, whose last round writes the job's result (the weights)."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from coordinator.config import Limits
+from coordinator.kinds.base import BaseKind
+from coordinator.kinds.training.check import check_train_output
+from coordinator.kinds.training.effects import OpenAudit
+from coordinator.kinds.training.plan import plan_training
+from coordinator.repositories.jobs import NewJob, NewTask
+from coordinator.repositories.store import Store
+from coordinator.repositories.tasks import TaskRecord
+from coordinator.repositories.training.rounds import TASK_KIND
+from coordinator.services.kind import Effect
+from coordinator.services.runtime import Runtime
+from coordinator.services.training.rounds import RoundManager
+from tensorgrid.blobs import BlobStore
+from tensorgrid.types import BlobRef, Receipt
+
+
+class TrainingKind(BaseKind):
+    name: str = TASK_KIND
+    checks_output: bool = True
+    task_kinds: tuple[str, ...] = (TASK_KIND,)
+    assembles: bool = False  # the round manager finishes the job when its last round closes
+
+    def __init__(self, rt: Runtime, store: Store, blobs: BlobStore) -> None:
+        self.engine = store.engine
+        self.blobs = blobs
+        secret = bytes.fromhex(store.meta_value("training_audit_secret", secrets.token_hex(32)))
+        self.rounds = RoundManager(rt, store, blobs, secret)
+
+    def plan(
+        self, spec: Any, spec_json: bytes, submitter: str, sh: str, job_id: str, blobs: BlobStore, limits: Limits
+    ) -> tuple[NewJob, list[NewTask]]:
+        return plan_training(spec, spec_json, submitter, sh, job_id, blobs, limits)
+
+    def check_output(self, task: TaskRecord, receipt: Receipt, path: Path) -> int | None:
+        check_train_output(self.engine, self.blobs, task.task_id, path, receipt.commitment)
+        return None
+
+    async def examine(self, task: TaskRecord, node: str, output: BlobRef) -> Effect | None:
+        """Draw whether to audit the result; Rejected for a result of a round that has closed."""
+        plan = await self.rounds.audits.plan(task, node)
+        return OpenAudit(plan) if plan is not None else None
+
+    def after_accept(self, job_ids: Iterable[str]) -> None:
+        """A round may close now; the first call starts the round manager's loop."""
+        self.rounds.poke(job_ids)

@@ -1,0 +1,34 @@
+"""What accepting a training result drawn for an audit does: open the audit; paid once it passes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Connection
+
+from coordinator.repositories.results import Claimed
+from coordinator.repositories.training.audits import AuditPlan, open_audit
+
+
+@dataclass(frozen=True)
+class OpenAudit:
+    plan: AuditPlan
+
+    @property
+    def pays_now(self) -> bool:
+        return False
+
+    @property
+    def counts_progress(self) -> bool:
+        return True
+
+    @property
+    def reveal_steps(self) -> tuple[int, ...]:
+        return self.plan.steps
+
+    def apply(self, conn: Connection, claimed: Claimed, now_ms: int) -> None:
+        r = claimed.receipt
+        open_audit(conn, claimed.node, r.task_id, r.attempt, claimed.output, self.plan, now_ms)
+
+    def committed(self) -> None:
+        return None

@@ -1,0 +1,161 @@
+"""Job prices and node credits: what each accepted result earns, before any epoch charges it.
+
+Every amount is an exact int of wei. Running totals (a job's credited wei, a node's earned
+wei) are updated in the transaction that changes the credits, under row locks, because
+SQLite cannot add the decimal text it stores wei as.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+
+from sqlalchemy import Connection, Engine, select, update
+
+from coordinator.db import schema as s
+from coordinator.db.sql import insert_ignore, transaction
+from tensorgrid.crypto import normalize_address
+
+log = logging.getLogger("tensorgrid.coordinator.ledger")
+
+AcceptedResult = tuple[str, str, str, int]  # (node, job_id, task_id, attempt)
+
+
+def set_job_price(conn_or_engine: Connection | Engine, job_id: str, reward_per_task_wei: int, budget_wei: int) -> None:
+    """Price a job: each accepted task earns its node `reward_per_task_wei`, up to `budget_wei` in all.
+
+    Call it in the job-creation transaction (or right after) for every job with an escrow on
+    chain; a job without a price is free and never touches the chain. Setting it again
+    updates the numbers (the budget cannot drop below what is already credited).
+    """
+    for name, value in (("reward_per_task_wei", reward_per_task_wei), ("budget_wei", budget_wei)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be a non-negative int of wei, got {value!r}")
+    with transaction(conn_or_engine) as conn:
+        row = {
+            "job_id": job_id,
+            "reward_per_task_wei": reward_per_task_wei,
+            "budget_wei": budget_wei,
+            "credited_wei": 0,
+            "void_reason": "",
+        }
+        insert_ignore(conn, s.job_prices, [row])
+        current = conn.execute(select(s.job_prices).where(s.job_prices.c.job_id == job_id).with_for_update()).one()
+        if budget_wei < current.credited_wei:
+            raise ValueError(f"job {job_id}: budget {budget_wei} is below the {current.credited_wei} wei credited")
+        if (current.reward_per_task_wei, current.budget_wei) != (reward_per_task_wei, budget_wei):
+            conn.execute(
+                update(s.job_prices)
+                .where(s.job_prices.c.job_id == job_id)
+                .values(reward_per_task_wei=reward_per_task_wei, budget_wei=budget_wei)
+            )
+
+
+def credit_results(conn: Connection, accepted: Sequence[AcceptedResult], now_ms: int) -> int:
+    """Credit each accepted result's node with its job's reward, in the caller's transaction.
+
+    Skips jobs without a price (free, or the chain is off), void jobs, a (task, attempt)
+    already credited, and any credit that would take a job past its budget (logged: the
+    escrow could not pay it). Returns the wei credited.
+    """
+    job_ids = sorted({job for _, job, _, _ in accepted})
+    if not job_ids:
+        return 0
+    prices = {
+        r.job_id: r
+        for r in conn.execute(
+            select(s.job_prices)
+            .where(s.job_prices.c.job_id.in_(job_ids))
+            .order_by(s.job_prices.c.job_id)
+            .with_for_update()
+        )
+    }
+    wanted = [a for a in accepted if a[1] in prices]
+    if not wanted:
+        return 0
+    c = s.credits
+    seen = {
+        (r.task_id, int(r.attempt))
+        for r in conn.execute(
+            select(c.c.task_id, c.c.attempt).where(c.c.task_id.in_(sorted({task for _, _, task, _ in wanted})))
+        )
+    }
+    credited = {job: int(p.credited_wei) for job, p in prices.items()}
+    per_node: dict[str, int] = defaultdict(int)
+    rows = []
+    for node, job, task, attempt in wanted:
+        price = prices[job]
+        amount = int(price.reward_per_task_wei)
+        if (task, attempt) in seen or amount == 0 or price.void_reason:
+            continue
+        if credited[job] + amount > price.budget_wei:
+            log.warning("job %s: budget %s wei spent; task %s is not credited", job, price.budget_wei, task)
+            continue
+        seen.add((task, attempt))
+        credited[job] += amount
+        address = normalize_address(node)
+        per_node[address] += amount
+        rows.append(
+            dict(
+                node=address,
+                job_id=job,
+                task_id=task,
+                attempt=attempt,
+                amount_wei=amount,
+                created_ms=now_ms,
+                void=False,
+            )
+        )
+    if not rows:
+        return 0
+    conn.execute(s.credits.insert(), rows)
+    for job, total in credited.items():
+        if total != prices[job].credited_wei:
+            conn.execute(update(s.job_prices).where(s.job_prices.c.job_id == job).values(credited_wei=total))
+    add_earned(conn, per_node)
+    return sum(per_node.values())
+
+
+def add_earned(conn: Connection, deltas: Mapping[str, int]) -> None:
+    """Add (or with negative deltas, take back) wei to nodes' running `earned_wei`."""
+    nodes = sorted(deltas)
+    if not nodes:
+        return
+    insert_ignore(conn, s.node_earnings, [dict(node=n, earned_wei=0, charged_wei=0) for n in nodes])
+    ne = s.node_earnings
+    current = {
+        r.node: int(r.earned_wei)
+        for r in conn.execute(
+            select(ne.c.node, ne.c.earned_wei).where(ne.c.node.in_(nodes)).order_by(ne.c.node).with_for_update()
+        )
+    }
+    for node in nodes:
+        conn.execute(update(ne).where(ne.c.node == node).values(earned_wei=current[node] + deltas[node]))
+
+
+def void_job(conn: Connection, job_id: str, reason: str) -> int:
+    """The job's escrow refused a charge: its uncharged credits become void and it earns no more.
+
+    Credits already charged by an epoch stay (the chain holds that money). Returns the wei voided.
+    """
+    c = s.credits
+    rows = conn.execute(
+        select(c.c.id, c.c.node, c.c.amount_wei).where((c.c.job_id == job_id) & c.c.epoch.is_(None) & ~c.c.void)
+    ).all()
+    per_node: dict[str, int] = defaultdict(int)
+    for r in rows:
+        per_node[r.node] -= int(r.amount_wei)
+    price = conn.execute(select(s.job_prices).where(s.job_prices.c.job_id == job_id).with_for_update()).first()
+    if price is not None:
+        conn.execute(
+            update(s.job_prices)
+            .where(s.job_prices.c.job_id == job_id)
+            .values(credited_wei=int(price.credited_wei) + sum(per_node.values()), void_reason=reason[:2000])
+        )
+    if rows:
+        conn.execute(update(c).where((c.c.job_id == job_id) & c.c.epoch.is_(None) & ~c.c.void).values(void=True))
+        add_earned(conn, per_node)
+    voided = -sum(per_node.values())
+    log.error("job %s is void (%s): %s wei of credits will not be paid", job_id, reason, voided)
+    return voided

@@ -1,0 +1,234 @@
+"""Slashing: a caught node's own signed receipt, sent to NodeRegistry.slash through the outbox.
+
+`queue_slash` runs inside the transaction that catches the node (verification checks,
+the training audit) and queues one outbox action per (task_id, attempt), the contract's
+unit of evidence, carrying the receipt exactly as the node signed it (the EIP-712 Receipt
+of tensorgrid.crypto.receipts: job id, task id, attempt, input hash, output hash,
+commitment) with its 65-byte signature. The contract recovers the signer from it, so a
+receipt that was not signed by a registered node slashes nobody.
+
+Amount: the stake the job's verification policy requires of its nodes (`job_policies.
+required_stake_wei`) when that is set, else ten times the job's reward per task. That
+stake is what makes cheating unprofitable (p·S > R), so a caught node forfeits it; the
+contract caps the amount at what the node has staked (bonded + unbonding).
+
+Beneficiary: the job's submitter. Their escrow paid for a result that was wrong and
+their job was delayed re-doing it: they are the party harmed.
+
+Outcomes are recorded by `SlashListener` inside the outbox's own transaction: confirmed
+(with the amount taken, read from the Slashed event) or failed with the contract's error
+(EvidenceAlreadyUsed, NothingToSlash, NotANode, …). A failed slash is final and never
+blocks the outbox: nothing retries a revert.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import defaultdict
+from typing import Any
+
+from sqlalchemy import Connection, select, update
+
+from coordinator.db import schema as s
+from coordinator.db.events import append_event
+from coordinator.db.sql import insert_ignore
+from coordinator.repositories.ledger import outbox as ob
+from tensorgrid.chain import ChainClient, ContractReverted
+from tensorgrid.crypto import normalize_address
+
+log = logging.getLogger("tensorgrid.coordinator.ledger")
+
+ACTION = "slash"
+FALLBACK_REWARD_MULTIPLE = 10  # without a policy stake: slash this many rewards per task
+_HEX32 = re.compile(r"[0-9a-f]{64}")
+
+
+def slash_key(task_id: str, attempt: int) -> str:
+    """The outbox key of the slash for one piece of evidence (the contract's unit, too)."""
+    return f"slash:{task_id}:{attempt}"
+
+
+def queue_slash(
+    conn: Connection, *, node: str, job_id: str, task_id: str, attempt: int, correct_output_sha: str, now_ms: int
+) -> bool:
+    """Queue an on-chain slash of `node` for its result of (task_id, attempt), in the caller's transaction.
+
+    True if a slash is queued (now or by an earlier call: the key is idempotent). False, and
+    nothing changes, when the job was not escrowed on chain (no price: the coordinator has no
+    chain or the job is free), no signed receipt is stored for that attempt or it is not
+    `node`'s, the job is unknown, the amount would be 0, or `correct_output_sha` equals the
+    output the node signed (then the receipt proves nothing).
+    """
+    price = conn.execute(select(s.job_prices).where(s.job_prices.c.job_id == job_id)).first()
+    if price is None:
+        return False
+    r = s.receipts
+    rec = conn.execute(select(r).where((r.c.task_id == task_id) & (r.c.attempt == attempt))).first()
+    job = conn.execute(select(s.jobs.c.submitter).where(s.jobs.c.job_id == job_id)).first()
+    task_job = conn.execute(select(s.tasks.c.job_id).where(s.tasks.c.task_id == task_id)).scalar_one_or_none()
+    correct = correct_output_sha.removeprefix("0x").lower()
+    why = "the task belongs to another job" if task_job not in (None, job_id) else _refusal(rec, job, node, correct)
+    amount = _amount(conn, job_id, int(price.reward_per_task_wei))
+    if not why and amount <= 0:
+        why = "the job is free: there is nothing to forfeit"
+    if why:
+        log.warning("no slash for task %s attempt %s of job %s: %s", task_id, attempt, job_id, why)
+        return False
+    key = slash_key(task_id, attempt)
+    payload = _payload(rec, job_id, amount, correct, job.submitter)  # type: ignore[union-attr]
+    ob.enqueue(conn, key, ACTION, payload, now_ms)
+    row = dict(
+        task_id=task_id,
+        attempt=attempt,
+        node=payload["node"],
+        job_id=job_id,
+        amount_wei=amount,
+        beneficiary=payload["beneficiary"],
+        correct_output=correct,
+        state="queued",
+        outbox_key=key,
+        error="",
+        created_ms=now_ms,
+        updated_ms=now_ms,
+    )
+    insert_ignore(conn, s.slashes, [row])
+    log.warning("slash of %s queued: task %s attempt %s, %s wei to %s", payload["node"], task_id, attempt, amount,
+                payload["beneficiary"])  # fmt: skip
+    return True
+
+
+def _payload(rec: Any, job_id: str, amount: int, correct: str, submitter: str) -> dict[str, Any]:
+    """Everything the slash transaction needs; wei as a decimal string."""
+    return {
+        "node": normalize_address(rec.node),
+        "receipt": {  # the fields of the EIP-712 Receipt exactly as the node signed them
+            "job_id": job_id,
+            "task_id": rec.task_id,
+            "attempt": int(rec.attempt),
+            "input_hash": rec.input_hash,
+            "output_hash": rec.output_hash,
+            "commitment": rec.commitment,
+        },
+        "signature": bytes(rec.signature).hex(),
+        "amount": str(amount),
+        "correct_output_hash": correct,
+        "beneficiary": normalize_address(submitter),  # the party harmed
+    }
+
+
+def _refusal(rec: Any, job: Any, node: str, correct: str) -> str:
+    """Why no slash can be made from this evidence ("" if it can)."""
+    if job is None:
+        return "unknown job"
+    if rec is None:
+        return "no signed receipt is stored"
+    if not rec.signature:
+        return "the stored receipt carries no signature"
+    if normalize_address(rec.node) != normalize_address(node):
+        return f"the stored receipt is {rec.node}'s, not {node}'s"
+    if _HEX32.fullmatch(correct) is None:
+        return f"the correct output hash {correct!r} is not 64 hex digits"
+    if correct == rec.output_hash.lower():
+        return "the node's signed output equals the correct output"
+    return ""
+
+
+def _amount(conn: Connection, job_id: str, reward_per_task_wei: int) -> int:
+    """The policy's required stake if > 0, else FALLBACK_REWARD_MULTIPLE rewards per task."""
+    stake = conn.execute(
+        select(s.job_policies.c.required_stake_wei).where(s.job_policies.c.job_id == job_id)
+    ).scalar_one_or_none()
+    if stake is not None and int(stake) > 0:
+        return int(stake)
+    return reward_per_task_wei * FALLBACK_REWARD_MULTIPLE
+
+
+class SlashListener:
+    """Records the outcome of "slash" outbox items (called by the ledger's listener)."""
+
+    def __init__(self, chain: ChainClient | None = None) -> None:
+        self.chain = chain  # to read the amount taken from the Slashed event; None: not recorded
+
+    def on_confirmed(self, conn: Connection, item: ob.OutboxItem, now_ms: int) -> None:
+        p, r = item.payload, item.payload["receipt"]
+        taken = self._taken(item)
+        _update(conn, item, now_ms, state="confirmed", tx_hash=item.tx_hash, taken_wei=taken, error="")
+        shown = taken if taken is not None else int(p["amount"])
+        message = f"slashed {shown} wei for task {r['task_id'][:12]} attempt {r['attempt']}, paid to the submitter"
+        append_event(conn, r["job_id"], "slashed", now_ms, node=p["node"], message=message)
+        log.warning("slash of %s confirmed (tx %s): %s wei taken", p["node"], item.tx_hash, taken)
+
+    def on_failed(self, conn: Connection, item: ob.OutboxItem, error: ContractReverted, now_ms: int) -> bool:
+        reason = _reason(error)
+        _update(conn, item, now_ms, state="failed", tx_hash=item.tx_hash, error=reason[:2000])
+        log.error("slash of %s for %s failed: %s", item.payload["node"], item.key, reason)
+        return True  # final: a revert will not succeed on a retry, and must not halt the queue
+
+    def _taken(self, item: ob.OutboxItem) -> int | None:
+        if self.chain is None or item.tx_hash is None:
+            return None
+        try:
+            events = self.chain.slashed_in(item.tx_hash)
+        except Exception as exc:  # the amount is for the record only: never fail the confirmation
+            log.warning("could not read the Slashed event of %s: %s", item.tx_hash, exc)
+            return None
+        task, attempt = item.payload["receipt"]["task_id"], int(item.payload["receipt"]["attempt"])
+        return next((amount for _, t, a, amount, _ in events if t == task and a == attempt), None)
+
+
+def _reason(error: ContractReverted) -> str:
+    """ "EvidenceAlreadyUsed(0xab…, 1)" for a named custom error, else the revert's message."""
+    if not error.error:
+        return str(error)
+    return f"{error.error}({', '.join(_arg(a) for a in error.error_args)})"
+
+
+def _arg(value: Any) -> str:
+    if isinstance(value, bytes | bytearray):
+        return "0x" + bytes(value).hex()
+    if isinstance(value, str) and len(value) == 42 and value.startswith("0x"):
+        return normalize_address(value)  # eth_abi decodes addresses in lower case
+    return str(value)
+
+
+def _update(conn: Connection, item: ob.OutboxItem, now_ms: int, **values: Any) -> None:
+    r = item.payload["receipt"]
+    sl = s.slashes
+    conn.execute(
+        update(sl)
+        .where((sl.c.task_id == r["task_id"]) & (sl.c.attempt == int(r["attempt"])))
+        .values(updated_ms=now_ms, **values)
+    )
+
+
+def slashed_by_node(conn: Connection, nodes: list[str] | None = None) -> dict[str, int]:
+    """Wei taken from each node by confirmed slashes (the amount asked where the event was not read)."""
+    sl = s.slashes
+    q = select(sl.c.node, sl.c.amount_wei, sl.c.taken_wei).where(sl.c.state == "confirmed")
+    if nodes is not None:
+        q = q.where(sl.c.node.in_([normalize_address(n) for n in nodes]))
+    out: dict[str, int] = defaultdict(int)
+    for r in conn.execute(q):  # summed here: SQLite stores wei as text
+        out[r.node] += int(r.taken_wei if r.taken_wei is not None else r.amount_wei)
+    return dict(out)
+
+
+def job_slashes(conn: Connection, job_id: str) -> tuple[int, int]:
+    """(confirmed slashes, wei taken) for the nodes caught on `job_id`."""
+    sl = s.slashes
+    rows = conn.execute(
+        select(sl.c.amount_wei, sl.c.taken_wei).where((sl.c.job_id == job_id) & (sl.c.state == "confirmed"))
+    ).all()
+    return len(rows), sum(int(r.taken_wei if r.taken_wei is not None else r.amount_wei) for r in rows)
+
+
+def slashes(conn: Connection, *, node: str | None = None, job_id: str | None = None) -> list[dict[str, Any]]:
+    """Slash records (for status pages and tests), oldest first."""
+    sl = s.slashes
+    q = select(sl).order_by(sl.c.created_ms, sl.c.task_id, sl.c.attempt)
+    if node is not None:
+        q = q.where(sl.c.node == normalize_address(node))
+    if job_id is not None:
+        q = q.where(sl.c.job_id == job_id)
+    return [dict(r._mapping) for r in conn.execute(q)]

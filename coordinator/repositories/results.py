@@ -1,0 +1,153 @@
+"""The generic part of accepting results: claim each task, record receipts, progress and events.
+
+Under load, results from many nodes arrive together; recording them in one transaction
+with multi-row inserts costs a fraction of one transaction each (the acceptance service
+batches them). What accepting a result of a given kind does besides (credits, checks,
+audits) is the kind's, composed by the service in the same transaction.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, insert, select, update
+
+from coordinator.db import schema as s
+from coordinator.errors import Rejected
+from coordinator.repositories.tasks import check_holder, check_matches
+from tensorgrid.types import BlobRef, JobState, Receipt
+
+_t = s.tasks
+# Built once: a prebuilt statement keeps SQLAlchemy's cache key memoized (no per-call tree walk).
+_ACCEPT_WHERE = (
+    (_t.c.task_id == bindparam("b_task"))
+    & (_t.c.node == bindparam("b_node"))
+    & (_t.c.attempt == bindparam("b_attempt"))
+    & (_t.c.state == "leased")
+    & (_t.c.deadline_ms >= bindparam("b_now"))
+    & (_t.c.job_id == bindparam("b_job"))
+    & (_t.c.input_sha == bindparam("b_input"))
+)
+_ACCEPT_VALUES: dict[str, Any] = dict(
+    state="done", output_sha=bindparam("b_out"), output_size=bindparam("b_size"), deadline_ms=None
+)
+_ACCEPT_ANY_ROWS = update(_t).where(_ACCEPT_WHERE).values(**_ACCEPT_VALUES).returning(_t.c.job_id, _t.c.idx)
+_ACCEPT_ROWS = (
+    update(_t)
+    .where(_ACCEPT_WHERE & (_t.c.rows == bindparam("b_rows")))
+    .values(**_ACCEPT_VALUES)
+    .returning(_t.c.job_id, _t.c.idx)
+)
+_NODE_DONE = (
+    update(s.nodes)
+    .where(s.nodes.c.address == bindparam("b_node"))
+    .values(
+        completed=s.nodes.c.completed + bindparam("b_n"),
+        consecutive_failures=0,
+        backoff_until_ms=0,
+        last_seen_ms=bindparam("b_now"),
+    )
+)
+_JOB_DONE = (
+    update(s.jobs)
+    .where(s.jobs.c.job_id == bindparam("b_job"))
+    .values(
+        tasks_done=s.jobs.c.tasks_done + bindparam("b_n"),
+        event_seq=s.jobs.c.event_seq + bindparam("b_n"),
+        updated_ms=bindparam("b_now"),
+    )
+    .returning(s.jobs.c.event_seq, s.jobs.c.tasks_done, s.jobs.c.tasks_total, s.jobs.c.state)
+)
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A result whose task was marked done in this transaction."""
+
+    node: str
+    receipt: Receipt
+    output: BlobRef
+    job_id: str
+    index: int
+
+
+def claim(conn: Connection, node: str, receipt: Receipt, output: BlobRef, rows: int | None, now_ms: int) -> Claimed:
+    """Mark the task done if this is its lease holder's result for it; else raise Rejected saying why not."""
+    r = receipt
+    params = dict(
+        b_task=r.task_id,
+        b_node=node,
+        b_attempt=r.attempt,
+        b_now=now_ms,
+        b_job=r.job_id,
+        b_input=r.input_hash,
+        b_out=output.sha256,
+        b_size=output.size,
+    )
+    stmt = _ACCEPT_ANY_ROWS
+    if rows is not None:
+        stmt, params["b_rows"] = _ACCEPT_ROWS, rows
+    row = conn.execute(stmt, params).first()
+    if row is None:
+        current = conn.execute(select(_t).where(_t.c.task_id == r.task_id)).first()
+        check_holder(current, node, r.attempt, now_ms)
+        check_matches(current, r, rows)
+        raise Rejected("the result does not match its task")
+    return Claimed(node, receipt, output, str(row.job_id), int(row.idx))
+
+
+def record_receipts(conn: Connection, accepted: list[Claimed], now_ms: int) -> None:
+    """The signed receipts of the accepted results, and their nodes' counters."""
+    conn.execute(
+        insert(s.receipts),
+        [
+            dict(
+                task_id=c.receipt.task_id,
+                attempt=c.receipt.attempt,
+                node=c.node,
+                input_hash=c.receipt.input_hash,
+                output_hash=c.receipt.output_hash,
+                commitment=c.receipt.commitment,
+                signature=c.receipt.signature,
+                received_ms=now_ms,
+            )
+            for c in accepted
+        ],
+    )
+    for node, n in Counter(c.node for c in accepted).items():
+        conn.execute(_NODE_DONE, dict(b_node=node, b_n=n, b_now=now_ms))
+
+
+def record_progress(conn: Connection, done: list[Claimed], now_ms: int) -> None:
+    """Job progress and one "completed" event per result that completes a task of its job."""
+    per_job: dict[str, list[Claimed]] = defaultdict(list)
+    for c in done:
+        per_job[c.job_id].append(c)
+    events: list[dict[str, Any]] = []
+    for job_id, claimed in per_job.items():
+        job = conn.execute(_JOB_DONE, dict(b_job=job_id, b_n=len(claimed), b_now=now_ms)).one()
+        first_seq, first_done = job.event_seq - len(claimed), job.tasks_done - len(claimed)
+        for k, c in enumerate(claimed, start=1):
+            events.append(
+                dict(
+                    job_id=job_id,
+                    seq=first_seq + k,
+                    kind="completed",
+                    time_ms=now_ms,
+                    task_index=c.index,
+                    node=c.node,
+                    message="",
+                    tasks_done=first_done + k,
+                    tasks_total=job.tasks_total,
+                    state=JobState(job.state).value,
+                )
+            )
+    if events:
+        conn.execute(insert(s.events), events)
+
+
+def subject_row(conn: Connection, task_id: str) -> Any:
+    """The task row a result was accepted for (what a check of it copies)."""
+    return conn.execute(select(_t).where(_t.c.task_id == task_id)).one()

@@ -1,0 +1,51 @@
+"""The coordinator's repositories over one database, built together from its URL.
+
+Not a facade: each domain keeps its own repository (`store.jobs`, `store.tasks`, …) and
+callers name the one they mean. Services that need several in one transaction pass a
+Connection to the repositories' module functions instead.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import Engine
+
+from coordinator.db.engine import is_sqlite, make_engine, meta_value, normalize_url
+from coordinator.repositories.jobs import JobRepository
+from coordinator.repositories.nodes import NodeRepository
+from coordinator.repositories.tasks import TaskRepository
+from coordinator.repositories.verification.store import (
+    Reputation,
+    VerificationRepository,
+    reputations,
+    with_reputation,
+)
+from tensorgrid.types import NodeStatus
+
+
+class Store:
+    """Every repository on one engine. Methods are synchronous: the runtime runs them off the loop."""
+
+    def __init__(self, url: str) -> None:
+        self.url = normalize_url(url)
+        self.engine: Engine = make_engine(self.url)
+        self.jobs = JobRepository(self.engine)
+        self.tasks = TaskRepository(self.engine)
+        self.nodes = NodeRepository(self.engine)
+        self.verification = VerificationRepository(self.engine)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return is_sqlite(self.engine)
+
+    def meta_value(self, key: str, default: str) -> str:
+        """A setting shared by all replicas (stored as `default` if none is set yet)."""
+        return meta_value(self.engine, key, default)
+
+    def list_nodes_with_reputation(self) -> list[NodeStatus]:
+        nodes = self.nodes.list_nodes()
+        with self.engine.connect() as conn:
+            reps = reputations(conn)
+        return [with_reputation(n, reps.get(n.address, Reputation())) for n in nodes]
+
+    def close(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,345 @@
+"""Tasks: leasing with deadlines, heartbeats, failures and reissue."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, Engine, and_, bindparam, case, exists, or_, select, update
+
+from coordinator.config import LeaseTiming
+from coordinator.db import schema as s
+from coordinator.db.events import append_event
+from coordinator.errors import Forged, NotFound, Rejected
+from coordinator.repositories.jobs import end_job
+from coordinator.repositories.nodes import node_failed
+from tensorgrid.types import BlobRef, ErrorKind, JobState, Lease, Receipt, TaskError
+
+# After a node fails a task, other nodes get the first chance at it for this long.
+AVOID_FAILED_NODE_MS = 30_000
+# Failures that say the workload itself is bad, not the node: no backoff for the node.
+WORKLOAD_ERRORS = (ErrorKind.INVALID_INPUT, ErrorKind.UNSAFE_INPUT)
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    task_id: str
+    job_id: str
+    index: int
+    state: str
+    kind: str
+    attempt: int
+    node: str | None
+    deadline_ms: int | None
+    input: BlobRef
+    rows: int
+
+
+def leasable_by_node() -> Any:
+    """SQL condition on s.tasks for the leasing node (bind b_node): any task but a check not assigned to it."""
+    t, a = s.tasks, s.check_assignments
+    mine = exists(select(a.c.task_id).where(and_(a.c.task_id == t.c.task_id, a.c.node == bindparam("b_node"))))
+    return or_(t.c.kind != s.CHECK_KIND, mine)
+
+
+_t = s.tasks
+# Statements of the leasing hot path, built once (see results.py for why).
+_NODE = select(s.nodes).where(s.nodes.c.address == bindparam("b_node"))
+_PENDING_WHERE = (
+    _t.c.state == "pending",
+    _t.c.device != bindparam("b_not_device"),
+    _t.c.min_memory_bytes <= bindparam("b_memory"),
+    or_(
+        _t.c.last_failed_node.is_(None),
+        _t.c.last_failed_node != bindparam("b_node"),
+        _t.c.last_failed_ms < bindparam("b_avoid_before"),
+    ),
+    leasable_by_node(),  # a check goes only to the checker the coordinator drew
+)
+
+
+def _pending(*extra: Any) -> Any:
+    return (
+        select(_t)
+        .where(*_PENDING_WHERE, *extra)
+        .order_by(_t.c.job_created_ms, _t.c.idx)
+        .limit(bindparam("b_limit"))
+        .with_for_update(skip_locked=True)
+    )
+
+
+_PENDING = _pending()
+# For a node barred from some jobs (too little stake): skipped in SQL, so it is never starved
+# behind a queue head it may not take.
+_PENDING_NOT_BARRED = _pending(_t.c.job_id.not_in(bindparam("b_barred", expanding=True)))
+Barred = Callable[[Connection, str], set[str]]
+_GRANT = (
+    update(_t)
+    .where(_t.c.task_id == bindparam("b_task"))
+    .values(
+        state="leased",
+        attempt=_t.c.attempt + 1,
+        node=bindparam("b_node"),
+        leased_ms=bindparam("b_now"),
+        deadline_ms=bindparam("b_deadline"),
+    )
+)
+
+
+class TaskRepository:
+    """Tasks over one engine; each method is its own transaction."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        # Jobs this process has seen leased, so leasing skips the queued → running update for
+        # them; a job started by another replica costs one no-op UPDATE here, then is cached.
+        self._started_jobs: set[str] = set()
+
+    def lease_many(
+        self,
+        requests: list[tuple[str, int]],
+        now_ms: int,
+        timing: LeaseTiming,
+        barred: Barred | None = None,
+    ) -> list[tuple[list[Lease], int] | Rejected]:
+        """Serve many (node, max_tasks) lease requests in one transaction.
+
+        barred(conn, node), when given, names jobs whose tasks the node may not take (e.g. too little stake).
+        """
+        out: list[tuple[list[Lease], int] | Rejected] = []
+        with self.engine.begin() as conn:
+            for address, max_tasks in requests:
+                try:
+                    out.append(self._lease(conn, address, max_tasks, now_ms, timing, barred))
+                except Rejected as e:
+                    out.append(e)
+        return out
+
+    def lease_tasks(self, address: str, max_tasks: int, now_ms: int, timing: LeaseTiming) -> tuple[list[Lease], int]:
+        """Grant up to max_tasks pending tasks the node can run; returns (leases, retry_after_ms)."""
+        (outcome,) = self.lease_many([(address, max_tasks)], now_ms, timing)
+        if isinstance(outcome, Rejected):
+            raise outcome
+        return outcome
+
+    def _lease(
+        self,
+        conn: Connection,
+        address: str,
+        max_tasks: int,
+        now_ms: int,
+        timing: LeaseTiming,
+        barred: Barred | None = None,
+    ) -> tuple[list[Lease], int]:
+        node = conn.execute(_NODE, {"b_node": address}).first()
+        if node is None:
+            raise Rejected("unknown node: register first")
+        if node.draining:
+            return [], 1000
+        if node.backoff_until_ms > now_ms:
+            return [], int(node.backoff_until_ms - now_ms)
+        skip = barred(conn, address) if barred is not None else set()
+        rows = conn.execute(
+            _PENDING_NOT_BARRED if skip else _PENDING,
+            {
+                **({"b_barred": sorted(skip)} if skip else {}),
+                # A CUDA node can run any task; a CPU node anything but CUDA-only tasks.
+                "b_not_device": "" if node.device_kind == "cuda" else "cuda",
+                "b_memory": node.memory_bytes,
+                "b_node": address,
+                "b_avoid_before": now_ms - AVOID_FAILED_NODE_MS,
+                "b_limit": max(1, min(max_tasks, 256)),
+            },
+        ).all()
+        if not rows:
+            return [], 500
+        deadline = now_ms + timing.ttl_ms
+        for r in rows:
+            conn.execute(_GRANT, {"b_task": r.task_id, "b_node": address, "b_now": now_ms, "b_deadline": deadline})
+        for job_id in sorted({r.job_id for r in rows} - self._started_jobs):
+            self._started_jobs.add(job_id)
+            started = conn.execute(
+                update(s.jobs)
+                .where(s.jobs.c.job_id == job_id, s.jobs.c.state == JobState.QUEUED.value)
+                .values(state=JobState.RUNNING.value)
+            )
+            if started.rowcount:
+                append_event(conn, job_id, "running", now_ms, node=address)
+        return [_lease(r, address, deadline) for r in rows], 0
+
+    def heartbeat(
+        self, address: str, active: list[tuple[str, int]], draining: bool, now_ms: int, timing: LeaseTiming
+    ) -> list[tuple[str, int]]:
+        """Keep the node's live leases alive; returns the leases it no longer holds (revoked)."""
+        revoked = []
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(s.nodes).where(s.nodes.c.address == address).values(last_seen_ms=now_ms, draining=draining)
+            )
+            for task_id, attempt in active:
+                # A heartbeat keeps a lease alive, but never past its compute limit plus grace.
+                cap = s.tasks.c.leased_ms + s.tasks.c.time_limit_ms + timing.grace_ms
+                res = conn.execute(
+                    update(s.tasks)
+                    .where(
+                        s.tasks.c.task_id == task_id,
+                        s.tasks.c.attempt == attempt,
+                        s.tasks.c.node == address,
+                        s.tasks.c.state == "leased",
+                    )
+                    .values(deadline_ms=_least(now_ms + timing.ttl_ms, cap))
+                )
+                if res.rowcount == 0:
+                    revoked.append((task_id, attempt))
+        return revoked
+
+    def get_task(self, task_id: str) -> TaskRecord:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(s.tasks).where(s.tasks.c.task_id == task_id)).first()
+        if row is None:
+            raise NotFound(f"no task {task_id}")
+        return _record(row)
+
+    def fail_task(self, address: str, task_id: str, attempt: int, error: TaskError, now_ms: int) -> bool:
+        """A node reports it could not finish; the task is reissued (True) or its job fails (False)."""
+        with self.engine.begin() as conn:
+            row = conn.execute(select(s.tasks).where(s.tasks.c.task_id == task_id).with_for_update()).first()
+            check_holder(row, address, attempt, now_ms, allow_expired=True)
+            return self._fail(conn, row, error, now_ms)
+
+    def reject_task_result(
+        self, address: str, task_id: str, attempt: int, reason: str, now_ms: int, *, forged: bool = False
+    ) -> None:
+        """The lease holder sent a result that failed verification: reissue elsewhere, count it.
+
+        A forged result (see errors.Forged) counts against the node only, not the task's attempts.
+        """
+        with self.engine.begin() as conn:
+            row = conn.execute(select(s.tasks).where(s.tasks.c.task_id == task_id).with_for_update()).first()
+            if row is not None and row.state == "cancelled" and row.node == address:
+                return  # late for a closed round or a cancelled job: refused, not held against the node
+            if row is None or row.node != address or row.attempt != attempt or row.state != "leased":
+                node_failed(conn, address, now_ms, rejection=True)
+                return
+            error = TaskError(ErrorKind.EXECUTION, f"result rejected: {reason}")
+            self._fail(conn, row, error, now_ms, rejection=True, forged=forged)
+
+    def reap_expired(self, now_ms: int) -> int:
+        """Reissue leases whose holder went silent past the deadline."""
+        with self.engine.begin() as conn:
+            rows = conn.execute(
+                select(s.tasks)
+                .where(s.tasks.c.state == "leased", s.tasks.c.deadline_ms < now_ms)
+                .limit(500)
+                .with_for_update(skip_locked=True)
+            ).all()
+            for row in rows:
+                self._fail(conn, row, TaskError(ErrorKind.TIMEOUT, "lease expired without a result"), now_ms)
+        return len(rows)
+
+    def _fail(
+        self,
+        conn: Connection,
+        row: Any,
+        error: TaskError,
+        now_ms: int,
+        *,
+        rejection: bool = False,
+        forged: bool = False,
+    ) -> bool:
+        released = error.kind == ErrorKind.RELEASED
+        failures = row.failures + (0 if released or forged else 1)
+        node = row.node
+        if not released and (rejection or error.kind not in WORKLOAD_ERRORS):
+            node_failed(conn, node, now_ms, rejection=rejection)
+        if failures >= row.max_attempts:
+            message = f"task {row.idx} failed {failures} times; last error ({error.kind.value}): {error.message}"
+            conn.execute(
+                update(s.jobs).where(s.jobs.c.job_id == row.job_id).values(task_failures=s.jobs.c.task_failures + 1)
+            )
+            end_job(conn, row.job_id, JobState.FAILED, now_ms, error=message)
+            return False
+        conn.execute(
+            update(s.tasks)
+            .where(s.tasks.c.task_id == row.task_id)
+            .values(
+                state="pending",
+                node=None,
+                deadline_ms=None,
+                failures=failures,
+                last_failed_node=None if released else node,
+                last_failed_ms=now_ms,
+            )
+        )
+        if not released:
+            conn.execute(
+                update(s.jobs).where(s.jobs.c.job_id == row.job_id).values(task_failures=s.jobs.c.task_failures + 1)
+            )
+        append_event(
+            conn,
+            row.job_id,
+            "released" if released else "reissued",
+            now_ms,
+            task_index=row.idx,
+            node=node or "",
+            message=f"{error.kind.value}: {error.message}"[:2000],
+        )
+        return True
+
+
+def _least(a: int, b: Any) -> Any:
+    return case((b < a, b), else_=a)
+
+
+def check_holder(row: Any, address: str, attempt: int, now_ms: int, *, allow_expired: bool = False) -> None:
+    if row is None:
+        raise NotFound("no such task")
+    if row.node != address or row.attempt != attempt:
+        raise Forged("this node does not hold that lease")
+    if row.state != "leased":
+        raise Forged(f"the lease is over (task is {row.state})")
+    if not allow_expired and row.deadline_ms is not None and row.deadline_ms < now_ms:
+        raise Forged("the lease expired before the result arrived")
+
+
+def check_matches(row: Any, receipt: Receipt, output_rows: int | None) -> None:
+    if receipt.job_id != row.job_id:
+        raise Forged("receipt names another job than the task's")
+    if receipt.input_hash != row.input_sha:
+        raise Forged("receipt's input hash is not the task's input")
+    if output_rows is not None and output_rows != row.rows:
+        raise Rejected(f"output has {output_rows} rows, the task's input has {row.rows}")
+
+
+def _lease(r: Any, address: str, deadline: int) -> Lease:
+    return Lease(
+        job_id=r.job_id,
+        task_id=r.task_id,
+        attempt=r.attempt + 1,
+        deadline_ms=deadline,
+        kind=s.CHECK_LEASED_AS if r.kind == s.CHECK_KIND else r.kind,  # a check looks like any task
+        model=BlobRef(r.model_sha, r.model_size) if r.model_sha else None,
+        input=BlobRef(r.input_sha, r.input_size),
+        settings=json.loads(r.settings),
+        memory_limit_bytes=r.memory_limit_bytes,
+        time_limit_ms=r.time_limit_ms,
+        index=r.idx,
+        rows=r.rows,
+    )
+
+
+def _record(r: Any) -> TaskRecord:
+    return TaskRecord(
+        task_id=r.task_id,
+        job_id=r.job_id,
+        index=r.idx,
+        state=r.state,
+        kind=r.kind,
+        attempt=r.attempt,
+        node=r.node,
+        deadline_ms=r.deadline_ms,
+        input=BlobRef(r.input_sha, r.input_size),
+        rows=r.rows,
+    )

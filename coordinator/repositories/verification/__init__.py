@@ -1,0 +1,1 @@
+"""Verification's SQL: checks and their chains, checker draws, referee rulings, reputation."""

@@ -1,0 +1,376 @@
+"""Verification in the accept transaction: open checks, apply verdicts, settle who was right.
+
+A check compares a checker's output rows with the subject's; the coordinator chose the
+checker (assign.py). Agreement verifies the subject (its credit is written only now). A
+disagreement is never settled by one checker's word: the coordinator re-executes the rows
+itself and rules (rulings.py), so a lying checker cannot get an honest node punished, nor a
+liar pass by luck; whoever the referee proves wrong is caught and, on a chain, slashed with
+its own signed receipt. If the referee cannot run the model, a tiebreak on a third node
+decides instead, and whoever disagrees with two matching outputs is caught.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, insert, select, update
+
+from coordinator.db import schema as s
+from coordinator.db.sql import insert_ignore
+from coordinator.repositories.jobs import OPEN_CHECK_STATES
+from coordinator.repositories.ledger import credits as ledger
+from coordinator.repositories.verification import assign
+from tensorgrid.types import BlobRef
+
+MAX_CHECKERS = 4  # a chain with this many mutually disagreeing checkers is inconclusive
+CONFIRM_ROWS = 8  # rows the coordinator re-runs to confirm two untrusted nodes' agreement
+OPEN_STATES = OPEN_CHECK_STATES
+CHECK_KIND = s.CHECK_KIND
+checks, job_policies, referee_rulings, reputation = s.checks, s.job_policies, s.referee_rulings, s.reputation
+EventFn = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class CheckPlan:
+    """Open a check of the result being accepted: re-execute `rows` of it on another node."""
+
+    check_task_id: str
+    input: BlobRef  # the gathered rows
+    rows: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A check task's output compared with the subject's and with earlier checkers' outputs."""
+
+    agrees_subject: bool
+    agrees_checkers: tuple[str, ...]  # earlier checkers (addresses) whose output this one matches
+
+
+def open_check(
+    conn: Connection, subject: Any, plan: CheckPlan, now_ms: int, *, kind: str = "spotcheck", root: str = ""
+) -> None:
+    """Insert the check task (a copy of the subject task's settings) and its check row."""
+    t = s.tasks
+    exclude = {subject.node}
+    if root:
+        exclude |= {r.checker for r in conn.execute(select(checks.c.checker).where(checks.c.root_id == root))}
+    conn.execute(
+        insert(t).values(
+            task_id=plan.check_task_id,
+            job_id=subject.job_id,
+            idx=subject.idx,
+            state="pending",
+            job_created_ms=0,  # checks go first: they hold up the job's completion
+            kind=CHECK_KIND,
+            device=subject.device,
+            min_memory_bytes=subject.min_memory_bytes,
+            model_sha=subject.model_sha,
+            model_size=subject.model_size,
+            input_sha=plan.input.sha256,
+            input_size=plan.input.size,
+            rows=len(plan.rows),
+            settings=subject.settings,
+            memory_limit_bytes=subject.memory_limit_bytes,
+            time_limit_ms=subject.time_limit_ms,
+            max_attempts=subject.max_attempts + MAX_CHECKERS,
+            attempt=0,
+            failures=0,
+        )
+    )
+    conn.execute(
+        insert(checks).values(
+            check_id=plan.check_task_id,
+            root_id=root or plan.check_task_id,
+            job_id=subject.job_id,
+            kind=kind,
+            subject_task=subject.task_id,
+            subject_attempt=subject.attempt,
+            subject_node=subject.node,
+            subject_output=subject.output_sha,
+            rows=json.dumps(list(plan.rows)),
+            state="open",
+            outcome="",
+            created_ms=now_ms,
+        )
+    )
+    assign.bar(conn, plan.check_task_id, sorted(exclude))
+    assign.assign_checker(conn, plan.check_task_id, now_ms)
+
+
+def get_check(conn: Connection, check_id: str) -> Any:
+    return conn.execute(select(checks).where(checks.c.check_id == check_id)).first()
+
+
+def chain_outputs(conn: Connection, root_id: str) -> list[tuple[str, str]]:
+    """(checker, output sha) of the chain's checks that have a result."""
+    rows = conn.execute(
+        select(checks.c.checker, checks.c.checker_output).where(
+            checks.c.root_id == root_id, checks.c.checker_output.is_not(None)
+        )
+    )
+    return [(r.checker, r.checker_output) for r in rows]
+
+
+def apply_verdict(
+    conn: Connection, check_id: str, checker: str, output: BlobRef, verdict: Verdict, now_ms: int, event: EventFn
+) -> None:
+    """Record a check task's result and settle its chain if it can be settled."""
+    chk = get_check(conn, check_id)
+    if chk is None or chk.state != "open":
+        return
+    earlier = chain_outputs(conn, chk.root_id)
+    conn.execute(
+        update(checks)
+        .where(checks.c.check_id == check_id)
+        .values(checker=checker, checker_output=output.sha256, state="disputed")
+    )
+    if verdict.agrees_subject and not earlier and _needs_confirmation(conn, chk, checker):
+        request_ruling(conn, chk, now_ms, CONFIRM_ROWS)  # two newcomers agreeing is not yet proof
+    elif verdict.agrees_subject:
+        settle(conn, chk, "verified", now_ms, event)
+        bump(conn, [checker], valid=True)
+        liars = [node for node, _ in earlier]  # every earlier checker in a chain disagreed with the subject
+        bump(conn, liars, valid=False)
+        for node in liars:
+            event(conn, chk.job_id, "caught", now_ms, node=node, message="check result contradicted by a quorum")
+    elif verdict.agrees_checkers:
+        settle(conn, chk, "caught", now_ms, event)
+        bump(conn, [checker, *verdict.agrees_checkers], valid=True)
+        others = [node for node, _ in earlier if node not in verdict.agrees_checkers]
+        bump(conn, others, valid=False)
+    elif not earlier and not _ruling_failed(conn, chk.root_id):
+        request_ruling(conn, chk, now_ms, 0)
+        event(conn, chk.job_id, "disputed", now_ms, node=chk.subject_node, message=f"checker {checker} disagrees")
+    else:
+        open_tiebreak(conn, chk, now_ms, event, f"checker {checker} disagrees")
+
+
+def open_tiebreak(conn: Connection, chk: Any, now_ms: int, event: EventFn, why: str) -> None:
+    """Another node re-runs the chain's rows, or, with MAX_CHECKERS spent, the chain is inconclusive."""
+    if len(chain_outputs(conn, chk.root_id)) >= MAX_CHECKERS:
+        settle(conn, chk, "inconclusive", now_ms, event)
+        return
+    tiebreak = CheckPlan(secrets.token_hex(32), BlobRef(_input_of(conn, chk.root_id), 0), tuple(json.loads(chk.rows)))
+    subject = _subject_row(conn, chk)
+    open_check(conn, subject, _with_size(conn, chk.root_id, tiebreak), now_ms, kind="tiebreak", root=chk.root_id)
+    event(conn, chk.job_id, "disputed", now_ms, node=chk.subject_node, message=why)
+
+
+def request_ruling(conn: Connection, chk: Any, now_ms: int, rows_limit: int) -> None:
+    """Ask the coordinator to re-execute the chain's rows (the first rows_limit of them; 0: all)."""
+    conn.execute(
+        insert(referee_rulings).values(
+            check_id=chk.root_id,
+            job_id=chk.job_id,
+            state="pending",
+            rows_limit=rows_limit,
+            error="",
+            created_ms=now_ms,
+        )
+    )
+
+
+def _needs_confirmation(conn: Connection, chk: Any, checker: str) -> bool:
+    """Whether subject and checker are both still untrusted (a Sybil pair could agree on a lie).
+
+    Then the coordinator re-runs a few of the rows before the agreement counts. Once either
+    has `trust_after` consecutive verified results, agreement alone verifies. A canary's
+    subject was verified already, so a canary never needs it.
+    """
+    if _root_kind(conn, chk.root_id) == "canary":
+        return False
+    raw = conn.execute(select(job_policies.c.policy).where(job_policies.c.job_id == chk.job_id)).scalar()
+    trust_after = int(json.loads(raw).get("trust_after", 10)) if raw else 10
+    return max(consecutive_valid(conn, chk.subject_node), consecutive_valid(conn, checker)) < trust_after
+
+
+def _ruling_failed(conn: Connection, root_id: str) -> bool:
+    state = conn.execute(select(referee_rulings.c.state).where(referee_rulings.c.check_id == root_id)).scalar()
+    return state == "failed"
+
+
+def _input_of(conn: Connection, task_id: str) -> str:
+    return str(conn.execute(select(s.tasks.c.input_sha).where(s.tasks.c.task_id == task_id)).scalar_one())
+
+
+def _with_size(conn: Connection, task_id: str, plan: CheckPlan) -> CheckPlan:
+    size = conn.execute(select(s.tasks.c.input_size).where(s.tasks.c.task_id == task_id)).scalar_one()
+    return CheckPlan(plan.check_task_id, BlobRef(plan.input.sha256, int(size)), plan.rows)
+
+
+def _subject_row(conn: Connection, chk: Any) -> Any:
+    """The subject task as it was when checked (attempt and node from the check row)."""
+    row = conn.execute(select(s.tasks).where(s.tasks.c.task_id == chk.subject_task)).one()
+    values = {
+        **row._mapping,
+        "attempt": chk.subject_attempt,
+        "node": chk.subject_node,
+        "output_sha": chk.subject_output,
+    }
+    return _Row(values)
+
+
+class _Row:
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.__dict__.update(values)
+
+
+def settle(
+    conn: Connection,
+    chk: Any,
+    outcome: str,
+    now_ms: int,
+    event: EventFn,
+    why: str = "output rows disagree with two other nodes",
+) -> None:
+    """Close the chain with its outcome and carry out the consequences for the subject."""
+    conn.execute(update(checks).where(checks.c.root_id == chk.root_id).values(state="done", outcome=outcome))
+    conn.execute(
+        update(s.tasks)
+        .where(s.tasks.c.task_id.in_(select(checks.c.check_id).where(checks.c.root_id == chk.root_id)))
+        .where(s.tasks.c.state.in_(["pending", "leased"]))
+        .values(state="cancelled", node=None, deadline_ms=None)
+    )
+    subject = (chk.subject_node, chk.job_id, chk.subject_task, chk.subject_attempt)
+    canary = _root_kind(conn, chk.root_id) == "canary"  # its subject was verified and paid already
+    if outcome in ("verified", "unverified"):
+        if not canary:
+            ledger.credit_results(conn, [subject], now_ms)
+        if outcome == "verified":
+            bump(conn, [chk.subject_node], valid=True)
+            if not canary:
+                _maybe_canary(conn, chk, now_ms)
+        event(conn, chk.job_id, outcome, now_ms, task_index=_idx(conn, chk), node=chk.subject_node)
+        return
+    if outcome == "inconclusive":  # not proven wrong, but not to be trusted either
+        reset_streak(conn, [chk.subject_node])
+    if outcome == "caught":
+        bump(conn, [chk.subject_node], valid=False)
+        event(
+            conn,
+            chk.job_id,
+            "caught",
+            now_ms,
+            task_index=_idx(conn, chk),
+            node=chk.subject_node,
+            message=why,
+        )
+    if not canary or outcome == "caught":
+        # A canary that proves its (already verified and paid) subject wrong still takes the
+        # wrong rows out of the job: the job waits for its canaries, so the task can be redone.
+        _reissue(conn, chk, now_ms)
+
+
+def _maybe_canary(conn: Connection, chk: Any, now_ms: int) -> None:
+    """Now and then re-lease a verified shard whole to another node: a task with a known answer."""
+    raw = conn.execute(select(job_policies.c.policy).where(job_policies.c.job_id == chk.job_id)).scalar()
+    rate = float(json.loads(raw).get("canary_rate", 0.0)) if raw else 0.0
+    if rate <= 0 or secrets.randbelow(1_000_000) >= rate * 1_000_000:
+        return
+    subject = _subject_row(conn, chk)
+    plan = CheckPlan(secrets.token_hex(32), BlobRef(subject.input_sha, subject.input_size), tuple(range(subject.rows)))
+    open_check(conn, subject, plan, now_ms, kind="canary")
+
+
+def _root_kind(conn: Connection, root_id: str) -> str:
+    return str(conn.execute(select(checks.c.kind).where(checks.c.check_id == root_id)).scalar_one())
+
+
+def _idx(conn: Connection, chk: Any) -> int:
+    return int(conn.execute(select(s.tasks.c.idx).where(s.tasks.c.task_id == chk.subject_task)).scalar_one())
+
+
+def _reissue(conn: Connection, chk: Any, now_ms: int) -> None:
+    """Take the subject's result back: the task is pending again, away from the subject node."""
+    t = s.tasks
+    res = conn.execute(
+        update(t)
+        .where(t.c.task_id == chk.subject_task, t.c.state == "done", t.c.attempt == chk.subject_attempt)
+        .values(
+            state="pending",
+            node=None,
+            output_sha=None,
+            output_size=None,
+            deadline_ms=None,
+            last_failed_node=chk.subject_node,
+            last_failed_ms=now_ms + 10 * 60_000,
+        )
+    )
+    if res.rowcount:
+        conn.execute(update(s.jobs).where(s.jobs.c.job_id == chk.job_id).values(tasks_done=s.jobs.c.tasks_done - 1))
+
+
+def bump(conn: Connection, nodes: Iterable[str], *, valid: bool) -> None:
+    """A node's verified result extends its streak; a caught one resets it."""
+    nodes = sorted(set(nodes))
+    if not nodes:
+        return
+    insert_ignore(conn, reputation, [dict(address=n, consecutive_valid=0, verified=0, caught=0) for n in nodes])
+    r = reputation.c
+    values: dict[str, Any] = (
+        dict(consecutive_valid=r.consecutive_valid + 1, verified=r.verified + 1)
+        if valid
+        else dict(consecutive_valid=0, caught=r.caught + 1)
+    )
+    conn.execute(update(reputation).where(r.address.in_(nodes)).values(**values))
+    if not valid:
+        conn.execute(update(s.nodes).where(s.nodes.c.address.in_(nodes)).values(rejections=s.nodes.c.rejections + 1))
+
+
+def reset_streak(conn: Connection, nodes: Iterable[str]) -> None:
+    """The node's results get checked as a newcomer's again, without counting it as caught."""
+    conn.execute(update(reputation).where(reputation.c.address.in_(sorted(set(nodes)))).values(consecutive_valid=0))
+
+
+def consecutive_valid(conn: Connection, node: str) -> int:
+    v = conn.execute(select(reputation.c.consecutive_valid).where(reputation.c.address == node)).scalar()
+    return int(v or 0)
+
+
+def expire_unplaced(conn: Connection, now_ms: int, wait_ms: int, event: EventFn) -> set[str]:
+    """Checks with no node to draw for wait_ms (a grid too small to check): the coordinator
+    re-runs the rows itself. Only if it cannot (its ruling failed) does one pass unverified.
+
+    A check whose assignee is merely slow is not expired: assign.reassign_stale draws again.
+    """
+    t, a = s.tasks, assign.check_assignments
+    rows = conn.execute(
+        select(checks)
+        .join(t, t.c.task_id == checks.c.check_id)
+        .outerjoin(a, a.c.task_id == checks.c.check_id)
+        .where(
+            checks.c.state == "open",
+            checks.c.created_ms < now_ms - wait_ms,
+            t.c.state == "pending",
+            t.c.attempt == 0,
+            a.c.node.is_(None),
+        )
+        .limit(200)
+    ).all()
+    settled: set[str] = set()
+    for chk in rows:
+        if _ruling_failed(conn, chk.root_id) or _has_ruling(conn, chk.root_id):
+            settle(conn, chk, "inconclusive" if chain_outputs(conn, chk.root_id) else "unverified", now_ms, event)
+            settled.add(chk.job_id)
+            continue
+        conn.execute(update(checks).where(checks.c.check_id == chk.check_id).values(state="disputed"))
+        conn.execute(
+            update(t).where(t.c.task_id == chk.check_id).values(state="cancelled", node=None, deadline_ms=None)
+        )
+        request_ruling(conn, chk, now_ms, 0)
+    return settled
+
+
+def _has_ruling(conn: Connection, root_id: str) -> bool:
+    return (
+        conn.execute(select(referee_rulings.c.state).where(referee_rulings.c.check_id == root_id)).first() is not None
+    )
+
+
+def save_policy(conn: Connection, job_id: str, policy_json: str, required_stake_wei: int) -> None:
+    conn.execute(insert(job_policies).values(job_id=job_id, policy=policy_json, required_stake_wei=required_stake_wei))

@@ -1,0 +1,163 @@
+"""The coordinator's rulings on disputed checks: what a ruling needs, and carrying it out.
+
+When a checker's rows disagree with the subject's, the coordinator re-executes the same
+rows itself (the runtime part is services/verification/manager.py) and rules: whoever's rows differ from the
+referee's is caught. A ruling is conclusive evidence: the loser's own signed receipt names
+an output the referee proved wrong, so on a chain its stake is slashed. If the referee
+cannot run the model (say a CUDA-only program on a CPU coordinator), the ruling fails and
+the chain falls back to a tiebreak on a third node.
+
+The referee also confirms agreement between two untrusted nodes on a few rows
+(checks.CONFIRM_ROWS), so a pair of new nodes (or one operator's many keys) returning the
+same wrong answer is caught, and both are slashed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, select, update
+
+from coordinator.db import schema as s
+from coordinator.repositories.ledger.slashing import queue_slash
+from coordinator.repositories.verification import checks as records
+
+EventFn = records.EventFn
+referee_rulings = s.referee_rulings
+
+
+@dataclass(frozen=True)
+class RulingInfo:
+    """Everything re-executing a disputed chain's rows and comparing them needs."""
+
+    check_id: str  # the chain's root
+    job_id: str
+    model_sha: str
+    input_sha: str  # the check task's input: the subject's sampled rows
+    settings: dict[str, Any]
+    subject_output: str
+    rows: list[int]  # the rows of the subject's output that the check input holds
+    checkers: list[tuple[str, str]]  # (checker, output sha) in the chain
+    rows_limit: int = 0  # re-run only the first n rows of the check input (0: all)
+
+
+@dataclass(frozen=True)
+class Ruling:
+    """The referee's output compared with the subject's rows and each checker's."""
+
+    output_sha: str
+    subject_right: bool
+    right_checkers: tuple[str, ...]
+
+
+def pending(conn: Connection, limit: int = 20) -> list[RulingInfo]:
+    r, c, t = referee_rulings, records.checks, s.tasks
+    rows = conn.execute(
+        select(
+            r.c.check_id,
+            r.c.job_id,
+            r.c.rows_limit,
+            c.c.subject_output,
+            c.c.rows,
+            t.c.model_sha,
+            t.c.input_sha,
+            t.c.settings,
+        )
+        .join(c, c.c.check_id == r.c.check_id)
+        .join(t, t.c.task_id == r.c.check_id)
+        .where(r.c.state == "pending")
+        .order_by(r.c.created_ms)
+        .limit(limit)
+    ).all()
+    return [
+        RulingInfo(
+            check_id=x.check_id,
+            job_id=x.job_id,
+            model_sha=x.model_sha,
+            input_sha=x.input_sha,
+            settings=json.loads(x.settings),
+            subject_output=x.subject_output,
+            rows=json.loads(x.rows),
+            checkers=records.chain_outputs(conn, x.check_id),
+            rows_limit=int(x.rows_limit or 0),
+        )
+        for x in rows
+    ]
+
+
+def apply(conn: Connection, check_id: str, ruling: Ruling, now_ms: int, event: EventFn) -> str | None:
+    """Carry out a ruling; returns the job id if the chain was still open (else None)."""
+    done = conn.execute(
+        update(referee_rulings)
+        .where(referee_rulings.c.check_id == check_id, referee_rulings.c.state == "pending")
+        .values(state="ruled", output_sha=ruling.output_sha)
+    )
+    chk = records.get_check(conn, check_id)
+    if not done.rowcount or chk is None or chk.state == "done":
+        return None
+    checkers = records.chain_outputs(conn, check_id)
+    wrong = [node for node, _ in checkers if node not in ruling.right_checkers]
+    if ruling.subject_right:
+        records.settle(conn, chk, "verified", now_ms, event)
+    else:
+        records.settle(conn, chk, "caught", now_ms, event, "output rows differ from the coordinator's re-execution")
+        _slash(conn, chk.subject_node, chk.job_id, chk.subject_task, chk.subject_attempt, ruling.output_sha, now_ms)
+    records.bump(conn, ruling.right_checkers, valid=True)
+    records.bump(conn, wrong, valid=False)
+    for node in wrong:
+        event(
+            conn,
+            chk.job_id,
+            "caught",
+            now_ms,
+            node=node,
+            message="check result differs from the coordinator's re-execution",
+        )
+        task_id, attempt = _check_receipt(conn, check_id, node)
+        if task_id:
+            _slash(conn, node, chk.job_id, task_id, attempt, ruling.output_sha, now_ms)
+    return str(chk.job_id)
+
+
+def fail(conn: Connection, check_id: str, error: str, now_ms: int, event: EventFn) -> str | None:
+    """The referee could not run: a third node breaks the tie (a confirmation just stands)."""
+    limit = conn.execute(select(referee_rulings.c.rows_limit).where(referee_rulings.c.check_id == check_id)).scalar()
+    done = conn.execute(
+        update(referee_rulings)
+        .where(referee_rulings.c.check_id == check_id, referee_rulings.c.state == "pending")
+        .values(state="failed", error=error[:2000])
+    )
+    chk = records.get_check(conn, check_id)
+    if not done.rowcount or chk is None or chk.state == "done":
+        return None
+    checkers = [node for node, _ in records.chain_outputs(conn, check_id)]
+    if limit:
+        records.settle(conn, chk, "verified", now_ms, event)
+        records.bump(conn, checkers, valid=True)
+    elif not checkers:  # nobody else could check it and neither can we: the old last resort
+        records.settle(conn, chk, "unverified", now_ms, event)
+    else:
+        records.open_tiebreak(conn, chk, now_ms, event, f"the coordinator could not re-execute: {error[:200]}")
+    return str(chk.job_id)
+
+
+def _check_receipt(conn: Connection, check_id: str, node: str) -> tuple[str, int]:
+    """(task id, attempt) of the receipt a checker signed for a check in this chain."""
+    c, rc = records.checks, s.receipts
+    row = conn.execute(
+        select(rc.c.task_id, rc.c.attempt)
+        .join(c, c.c.check_id == rc.c.task_id)
+        .where(c.c.root_id == check_id, rc.c.node == node)
+        .order_by(rc.c.attempt.desc())
+        .limit(1)
+    ).first()
+    return (str(row.task_id), int(row.attempt)) if row else ("", 0)
+
+
+def _slash(conn: Connection, node: str, job_id: str, task_id: str, attempt: int, correct: str, now_ms: int) -> None:
+    """Queue the on-chain slash of a node proven wrong by the referee (a no-op without a chain)."""
+    queue_slash(
+        conn, node=node, job_id=job_id, task_id=task_id, attempt=attempt, correct_output_sha=correct, now_ms=now_ms
+    )

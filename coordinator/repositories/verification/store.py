@@ -1,0 +1,112 @@
+"""The verification queries the runtime needs, each its own transaction."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, func, select
+
+from coordinator.db import schema as s
+from coordinator.db.events import append_event
+from coordinator.repositories.jobs import job_complete
+from coordinator.repositories.verification import assign, rulings
+from coordinator.repositories.verification import checks as records
+from tensorgrid.types import NodeStatus
+
+
+@dataclass(frozen=True)
+class CheckInfo:
+    """What comparing a check task's output needs."""
+
+    check_id: str
+    subject_output: str
+    rows: list[int]
+    earlier: list[tuple[str, str]]  # (checker, output sha) of the chain so far
+
+
+@dataclass(frozen=True)
+class Reputation:
+    consecutive_valid: int = 0
+    verified: int = 0
+    caught: int = 0
+
+
+class VerificationRepository:
+    """Verification over one engine; each method is its own transaction."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def job_policy(self, job_id: str) -> tuple[dict[str, Any], int] | None:
+        """The job's verification policy (as stored) and the stake its nodes need, or None."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(s.job_policies).where(s.job_policies.c.job_id == job_id)).first()
+        return (json.loads(row.policy), int(row.required_stake_wei)) if row else None
+
+    def check_info(self, task_id: str) -> CheckInfo | None:
+        with self.engine.connect() as conn:
+            chk = records.get_check(conn, task_id)
+            if chk is None:
+                return None
+            earlier = records.chain_outputs(conn, chk.root_id)
+        return CheckInfo(chk.check_id, chk.subject_output, json.loads(chk.rows), earlier)
+
+    def reputation(self, address: str) -> Reputation:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(s.reputation).where(s.reputation.c.address == address)).first()
+        return Reputation(row.consecutive_valid, row.verified, row.caught) if row else Reputation()
+
+    def expire_checks(self, now_ms: int, wait_ms: int) -> list[str]:
+        """Settle checks nobody could take as unverified; returns jobs that are now complete."""
+        with self.engine.begin() as conn:
+            jobs = records.expire_unplaced(conn, now_ms, wait_ms, append_event)
+            return [j for j in sorted(jobs) if job_complete(conn, j)]
+
+    def reassign_checks(self, now_ms: int) -> int:
+        """Draw new checkers for checks their assignee let lie; returns how many got one."""
+        with self.engine.begin() as conn:
+            return assign.reassign_stale(conn, now_ms)
+
+    def pending_rulings(self) -> list[rulings.RulingInfo]:
+        with self.engine.connect() as conn:
+            return rulings.pending(conn)
+
+    def apply_ruling(self, check_id: str, ruling: rulings.Ruling, now_ms: int) -> tuple[str, bool] | None:
+        """Carry out the referee's ruling: (job id, job complete) if it settled an open chain."""
+        with self.engine.begin() as conn:
+            job_id = rulings.apply(conn, check_id, ruling, now_ms, append_event)
+            return (job_id, job_complete(conn, job_id)) if job_id else None
+
+    def fail_ruling(self, check_id: str, error: str, now_ms: int) -> str | None:
+        with self.engine.begin() as conn:
+            return rulings.fail(conn, check_id, error, now_ms, append_event)
+
+    def job_checks(self, job_id: str) -> dict[str, int]:
+        """How the job's checks ended: outcome → count (open ones under "open")."""
+        c = records.checks
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(c.c.kind, c.c.state, c.c.outcome, func.count())
+                .where(c.c.job_id == job_id)
+                .group_by(c.c.kind, c.c.state, c.c.outcome)
+            ).all()
+        out: dict[str, int] = {}
+        for kind, state, outcome, n in rows:
+            key = f"{kind}:{outcome or state}"
+            out[key] = out.get(key, 0) + int(n)
+        return out
+
+
+def with_reputation(status: NodeStatus, rep: Reputation) -> NodeStatus:
+    return dataclasses.replace(
+        status, consecutive_valid=rep.consecutive_valid, verified=rep.verified, caught=rep.caught
+    )
+
+
+def reputations(conn: Any) -> dict[str, Reputation]:
+    """Every node's reputation record (nodes without one have none yet)."""
+    r = s.reputation
+    return {row.address: Reputation(row.consecutive_valid, row.verified, row.caught) for row in conn.execute(select(r))}

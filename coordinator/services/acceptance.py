@@ -1,0 +1,199 @@
+"""Accepting results: the SubmitResult pipeline, and the transaction that records a batch of them.
+
+Pipeline (`Acceptance.submit`): the cheap identity checks against the lease (services.verifier),
+the output bytes (hash-checked as they arrive), the kind's structural check of the output and
+its `examine` (what accepting will do: open a spot-check, settle one, open an audit), then the
+result joins a group commit. On any refusal the sender is counted and the task reissued.
+
+Transaction (`ResultAcceptance.accept_results`): each result claims its task on its own
+(refused ones say why); then, for the accepted, the receipts and node counters, the credits
+of results paid now, each kind's effect, and the jobs' progress and events — all in one
+transaction, so a result is durable before its node is told it was accepted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+
+from coordinator.commits import GroupCommitter
+from coordinator.config import Limits
+from coordinator.errors import Forged, NotFound, Rejected
+from coordinator.repositories import results
+from coordinator.repositories.jobs import job_complete
+from coordinator.repositories.ledger import credits
+from coordinator.repositories.tasks import TaskRepository
+from coordinator.services.aggregation import Aggregation
+from coordinator.services.blobs import receive_into
+from coordinator.services.kind import Effect, KindLookup
+from coordinator.services.runtime import Runtime
+from coordinator.services.scheduler import Scheduler
+from coordinator.services.verifier import Verifier
+from tensorgrid.blobs import BlobStore
+from tensorgrid.errors import BlobError, HashMismatch
+from tensorgrid.types import BlobRef, Receipt
+
+log = logging.getLogger("tensorgrid.coordinator")
+SMALL_OUTPUT_BYTES = 64 * 1024
+Outcome = tuple[str, bool] | Rejected  # (job id, job complete) or why it was refused
+
+
+@dataclass(frozen=True)
+class ResultItem:
+    """A result whose signature and bytes are verified; rows for outputs that must have them."""
+
+    node: str
+    receipt: Receipt
+    output: BlobRef
+    rows: int | None
+    effect: Effect | None = None  # what its kind does on accepting it; None: paid now, nothing else
+
+
+class ResultAcceptance:
+    """The accepting transaction over one engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def accept_results(self, items: list[ResultItem], now_ms: int) -> list[Outcome]:
+        """Record many results in one transaction; each is checked against its task on its own.
+
+        An accepted result's outcome is (job id, whether its job is complete once this batch commits).
+        """
+        outcomes: list[Outcome] = []
+        accepted: list[tuple[ResultItem, results.Claimed]] = []
+        with self.engine.begin() as conn:
+            for item in items:
+                try:
+                    claimed = results.claim(conn, item.node, item.receipt, item.output, item.rows, now_ms)
+                except Rejected as e:
+                    outcomes.append(e)
+                    continue
+                accepted.append((item, claimed))
+                outcomes.append((claimed.job_id, False))
+            if not accepted:
+                return outcomes
+            claims = [c for _, c in accepted]
+            results.record_receipts(conn, claims, now_ms)
+            # Pay for unchecked work in the transaction that accepts it (priced jobs only); a
+            # checked result is paid when its check passes, a check task is the grid's own cost.
+            paid = [
+                (c.node, c.job_id, c.receipt.task_id, c.receipt.attempt)
+                for i, c in accepted
+                if i.effect is None or i.effect.pays_now
+            ]
+            credits.credit_results(conn, paid, now_ms)
+            for item, claimed in accepted:
+                if item.effect is not None:
+                    item.effect.apply(conn, claimed, now_ms)
+            results.record_progress(
+                conn, [c for i, c in accepted if i.effect is None or i.effect.counts_progress], now_ms
+            )
+            # A job is complete once every task is done and every check of its results is settled.
+            touched = {c.job_id for c in claims}
+            complete = {job_id for job_id in touched if job_complete(conn, job_id)}
+        return [(o[0], o[0] in complete) if isinstance(o, tuple) else o for o in outcomes]
+
+    def accept_result(
+        self, node: str, receipt: Receipt, output: BlobRef, rows: int | None, now_ms: int
+    ) -> tuple[str, bool]:
+        """One result; raises Rejected."""
+        (outcome,) = self.accept_results([ResultItem(node, receipt, output, rows)], now_ms)
+        if isinstance(outcome, Rejected):
+            raise outcome
+        return outcome
+
+
+@dataclass(frozen=True)
+class Accepted:
+    job_id: str
+    complete: bool  # every task of the job is done and every check settled: it is being assembled
+    reveal_steps: tuple[int, ...] = ()
+
+
+class Acceptance:
+    """The SubmitResult pipeline, shared by the servicer and the tests."""
+
+    def __init__(
+        self,
+        rt: Runtime,
+        engine: Engine,
+        tasks: TaskRepository,
+        scheduler: Scheduler,
+        verifier: Verifier,
+        kinds: KindLookup,
+        blobs: BlobStore,
+        limits: Limits,
+        aggregation: Aggregation,
+    ) -> None:
+        self.rt = rt
+        self.aggregation = aggregation
+        self.tasks = tasks
+        self.scheduler = scheduler
+        self.verifier = verifier
+        self.kinds = kinds
+        self.blobs = blobs
+        self.limits = limits
+        self.transaction = ResultAcceptance(engine)
+        self.results: GroupCommitter[ResultItem, tuple[str, bool]] = GroupCommitter(self._accept_batch)
+
+    async def _accept_batch(self, items: list[ResultItem]) -> list[Outcome]:
+        outcomes = await self.rt.db(self.transaction.accept_results, items, self.rt.now_ms())
+        for item, outcome in zip(items, outcomes, strict=True):
+            if item.effect is not None and not isinstance(outcome, Rejected):
+                item.effect.committed()
+        return outcomes
+
+    async def submit(self, node: str, receipt: Receipt, size: int, data: AsyncIterator[bytes]) -> Accepted:
+        """Check, receive and accept one result; raises Rejected (and the like) after counting it."""
+        try:
+            task = await self.scheduler.task_record(receipt.task_id)
+            self.verifier.check_receipt(task, node, receipt)
+            if size > self.limits.max_output_bytes:
+                raise Rejected(f"output of {size} bytes is over the limit of {self.limits.max_output_bytes}")
+            output = await self._receive_output(receipt, size, data)
+            kind = self.kinds.for_task(task.kind)
+            rows = None
+            if kind.checks_output:
+                rows = await self.rt.work(kind.check_output, task, receipt, self.blobs.path_for(output.sha256))
+            effect = await kind.examine(task, node, output)
+            job_id, complete = await self.results.submit(ResultItem(node, receipt, output, rows, effect))
+        except (Rejected, BlobError, NotFound) as e:
+            await self._reject(node, receipt, str(e), forged=isinstance(e, Forged | HashMismatch))
+            raise
+        finally:
+            self.scheduler.forget(receipt.task_id)
+        self.rt.hub.notify(job_id)
+        kind.after_accept([job_id])
+        if complete:
+            self.aggregation.schedule(job_id)
+        return Accepted(job_id, complete, effect.reveal_steps if effect is not None else ())
+
+    async def _receive_output(self, receipt: Receipt, size: int, data: AsyncIterator[bytes]) -> BlobRef:
+        expected = BlobRef(receipt.output_hash, size)
+        if size <= SMALL_OUTPUT_BYTES:
+            # Small outputs are checked in memory and written only if new: most no-op and
+            # tiny results are already in the store, and a file per result costs more than the RPC.
+            body = b"".join([piece async for piece in data])
+            if len(body) != size or hashlib.sha256(body).hexdigest() != receipt.output_hash:
+                raise HashMismatch(f"output bytes do not hash to the receipt's {receipt.output_hash}")
+            if not self.blobs.has(receipt.output_hash):
+                self.blobs.put_bytes(body)
+            return expected
+        return await receive_into(self.blobs.writer(expected), data)
+
+    async def _reject(self, node: str, receipt: Receipt, reason: str, *, forged: bool = False) -> None:
+        """Count a refused result against its sender; reissue the task if the sender held its lease."""
+        log.warning("rejected result from %s for task %s/%d: %s", node, receipt.task_id[:12], receipt.attempt, reason)
+        try:
+            await self.rt.db(
+                self.tasks.reject_task_result, node, receipt.task_id, receipt.attempt, reason, self.rt.now_ms(),
+                forged=forged,
+            )  # fmt: skip
+            self.rt.hub.work_available()
+        except Exception:
+            log.exception("could not record the rejection")

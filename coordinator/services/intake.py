@@ -1,0 +1,98 @@
+"""Job intake: check a signed spec, its blobs and its limits, split it into tasks, store it.
+
+Planning runs on a worker thread (it reads and writes blob files) and is the job kind's
+(`Kind.plan`). Everything a submitter can get wrong is caught here, with a message that
+says what to change, before any node sees it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from coordinator.config import Limits
+from coordinator.errors import Conflict, NotFound, PermissionDenied
+from coordinator.repositories.jobs import NewJob, NewTask
+from coordinator.repositories.store import Store
+from coordinator.services.chain import ChainGate
+from coordinator.services.kind import KindLookup
+from coordinator.services.ledger import Ledger
+from coordinator.services.report import Reports
+from coordinator.services.runtime import Runtime
+from tensorgrid.blobs import BlobStore
+from tensorgrid.crypto import normalize_address, recover_message_signer, submit_message
+from tensorgrid.errors import SignatureError
+from tensorgrid.spec import job_id_for, parse_spec, spec_hash
+from tensorgrid.types import JobInfo
+
+log = logging.getLogger("tensorgrid.coordinator")
+
+
+def authenticate(spec_json: bytes, submitter: str, signature: bytes) -> tuple[str, str, str]:
+    """Check the submitter's signature over the spec hash; returns (submitter, spec hash, job id)."""
+    try:
+        address = normalize_address(submitter)
+        signer = recover_message_signer(submit_message(spec_hash(spec_json)), signature)
+    except SignatureError as e:
+        raise PermissionDenied(f"bad submit signature: {e}") from None
+    if signer != address:
+        raise PermissionDenied(f"the spec was signed by {signer}, not by the submitter {address}")
+    sh = spec_hash(spec_json)
+    return address, sh, job_id_for(address, sh)
+
+
+def plan_job(
+    kinds: KindLookup, spec_json: bytes, submitter: str, sh: str, job_id: str, blobs: BlobStore, limits: Limits
+) -> tuple[NewJob, list[NewTask]]:
+    """Validate the spec (tensorgrid.spec parses it) and let its kind split it into tasks."""
+    spec = parse_spec(spec_json)
+    return kinds.for_job(spec.kind).plan(spec, spec_json, submitter, sh, job_id, blobs, limits)
+
+
+class Intake:
+    """SubmitJob: authenticate, plan, check the escrow on chain, price and store the job."""
+
+    def __init__(
+        self,
+        rt: Runtime,
+        store: Store,
+        blobs: BlobStore,
+        limits: Limits,
+        kinds: KindLookup,
+        reports: Reports,
+        ledger: Ledger,
+        chain: ChainGate | None,
+    ) -> None:
+        self.rt = rt
+        self.store = store
+        self.blobs = blobs
+        self.limits = limits
+        self.kinds = kinds
+        self.reports = reports
+        self.ledger = ledger
+        self.chain = chain
+
+    def plan(self, spec_json: bytes, submitter: str, sh: str, job_id: str) -> tuple[NewJob, list[NewTask]]:
+        """plan_job with this coordinator's kinds, blobs and limits (blocking)."""
+        return plan_job(self.kinds, spec_json, submitter, sh, job_id, self.blobs, self.limits)
+
+    async def submit(self, spec_json: bytes, submitter_claimed: str, signature: bytes) -> JobInfo:
+        rt = self.rt
+        submitter, sh, job_id = authenticate(spec_json, submitter_claimed, signature)
+        try:
+            existing = await rt.db(self.store.jobs.get_job, job_id)  # resubmission: same job
+            return await rt.db(self.reports.with_verification, existing)
+        except NotFound:
+            pass
+        job, tasks = await rt.work(self.plan, spec_json, submitter, sh, job_id)
+        if self.chain is not None:
+            if job.reward_per_task_wei <= 0:
+                raise Conflict("this coordinator settles on chain: set reward_per_task_wei and fund the escrow")
+            budget = await rt.work(self.chain.check_escrow, job_id, sh, submitter, job.reward_per_task_wei * len(tasks))
+            # Priced before the job exists: a crash in between leaves a harmless orphan price,
+            # never an unpriced job whose nodes would go unpaid.
+            await rt.db(self.ledger.set_job_price, job_id, job.reward_per_task_wei, budget)
+        info, created = await rt.db_bulk(self.store.jobs.create_job, job, tasks, rt.now_ms())
+        if created:
+            rt.hub.work_available()
+            log.info("job %s from %s: %s, %d tasks", job_id, submitter, job.kind, len(tasks))
+        return await rt.db(self.reports.with_verification, info)

@@ -1,0 +1,84 @@
+"""What a job kind declares, seen from the services: they take kinds through `KindLookup`,
+injected by the composition root, and never import a kind package.
+
+A kind (coordinator/kinds/<name>/) says, in one package: which spec it takes (tensorgrid's
+spec classes parse and validate it), how a job is planned into tasks, how a result is
+checked, what accepting a result does (credits, checks, audits: an `Effect`), how the job's
+result is assembled, and how its report reads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+from sqlalchemy import Connection
+
+from coordinator.config import Limits
+from coordinator.repositories.jobs import NewJob, NewTask
+from coordinator.repositories.results import Claimed
+from coordinator.repositories.tasks import TaskRecord
+from tensorgrid.blobs import BlobStore
+from tensorgrid.spec import VerificationSpec
+from tensorgrid.types import BlobRef, JobInfo, Receipt
+
+
+class Effect(Protocol):
+    """What accepting one result does besides the generic part, in the accepting transaction."""
+
+    @property
+    def pays_now(self) -> bool:
+        """True: credit the node now. False: it is paid later (when its check or audit passes) or never."""
+
+    @property
+    def counts_progress(self) -> bool:
+        """False for a result that completes no task of its job (a check task's result)."""
+
+    @property
+    def reveal_steps(self) -> tuple[int, ...]:
+        """What the node is asked to reveal next (training checkpoints an audit wants); usually ()."""
+
+    def apply(self, conn: Connection, claimed: Claimed, now_ms: int) -> None:
+        """Write the effect in the caller's transaction."""
+
+    def committed(self) -> None:
+        """The transaction committed: wake whoever acts on the effect (cheap, never blocks)."""
+
+
+class Kind(Protocol):
+    name: str  # the job kind, as in the spec and the jobs table
+    task_kinds: tuple[str, ...]  # kinds of the tasks its jobs have in the tasks table
+    assembles: bool  # False: the kind finishes its jobs itself (training's last round)
+    checks_output: bool  # False: outputs are taken as they are (check_output is not called: no thread hop)
+
+    def plan(
+        self, spec: Any, spec_json: bytes, submitter: str, sh: str, job_id: str, blobs: BlobStore, limits: Limits
+    ) -> tuple[NewJob, list[NewTask]]:
+        """Validate a parsed spec against the stored blobs and split it into tasks (blocking)."""
+
+    def check_output(self, task: TaskRecord, receipt: Receipt, path: Path) -> int | None:
+        """Structural check of a received output (blocking); the rows its task must have, or None.
+        Raises Rejected."""
+
+    async def examine(self, task: TaskRecord, node: str, output: BlobRef) -> Effect | None:
+        """What accepting this result will do; None: only the generic part, and it is paid now."""
+
+    def assemble(self, outputs: list[BlobRef], blobs: BlobStore) -> BlobRef:
+        """The job's one result from its tasks' outputs, in task order (blocking)."""
+
+    def after_accept(self, job_ids: Iterable[str]) -> None:
+        """Results of these jobs were accepted (also called once with none at start). Never blocks."""
+
+    def detection(self, job: JobInfo, policy: VerificationSpec) -> float:
+        """The report's worst-case per-job detection probability under `policy`."""
+
+
+class KindLookup(Protocol):
+    """The registry as services see it."""
+
+    def for_job(self, kind: str) -> Kind: ...
+
+    def for_task(self, task_kind: str) -> Kind: ...
+
+    def __iter__(self) -> Iterator[Kind]: ...

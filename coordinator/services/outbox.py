@@ -1,0 +1,279 @@
+"""The outbox worker: takes queued chain writes to the chain, one at a time in id order.
+
+The queue, its states and its idempotency keys are in coordinator.repositories.ledger.outbox;
+this is the part that signs, broadcasts and waits (see the state machine written there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from sqlalchemy import Connection, Engine, func, select, text, update
+from web3.exceptions import ContractLogicError, TimeExhausted, TransactionNotFound, Web3RPCError
+
+from coordinator.db import schema as s
+from coordinator.repositories.ledger.outbox import OutboxItem, OutboxListener, head
+from tensorgrid.chain import ChainClient, ChainError, ContractReverted
+from tensorgrid.types import Receipt
+
+log = logging.getLogger("tensorgrid.coordinator.outbox")
+_ob = s.outbox
+_WORKER_LOCK = 0x74676F62  # "tgob": the PostgreSQL advisory lock of the one outbox worker
+
+
+# action -> (contract call, value in wei); payload wei amounts are decimal strings
+ACTIONS: dict[str, Callable[[ChainClient, dict[str, Any]], tuple[Any, int]]] = {
+    "post_root": lambda c, p: (
+        c.post_root_call(int(p["epoch"]), p["root"], [(j, int(a)) for j, a in p["charges"]]),
+        0,
+    ),
+    "record_result": lambda c, p: (c.record_result_call(p["job_id"], p["result_hash"]), 0),
+    "revoke_root": lambda c, p: (c.settlement.functions.revokeRoot(int(p["epoch"])), 0),
+    "slash": lambda c, p: (  # payload: see repositories.ledger.slashing.queue_slash
+        c.slash_call(
+            Receipt(**p["receipt"], signature=bytes.fromhex(p["signature"])),
+            int(p["amount"]),
+            p["correct_output_hash"],
+            p["beneficiary"],
+        ),
+        0,
+    ),
+}
+
+
+class _NonceTaken(Exception):
+    """Another transaction was mined with this item's nonce: its signed tx can never be mined."""
+
+
+class Outbox:
+    """The worker that takes outbox items to the chain, one at a time in id order."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        chain: ChainClient,
+        *,
+        listener: OutboxListener | None = None,
+        receipt_timeout: float = 120.0,
+        backoff_ms: tuple[int, int] = (500, 60_000),
+        poll_s: float = 0.2,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.engine = engine
+        self.chain = chain
+        self.listener = listener
+        self.receipt_timeout = receipt_timeout
+        self.backoff_ms = backoff_ms
+        self.poll_s = poll_s
+        self._clock = clock
+        self._lock_conn: Connection | None = None
+
+    def now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    # -- worker --------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Process items until `stop` is set; web3 calls run on a worker thread."""
+        log.info("outbox worker started for %s", self.chain.address)
+        try:
+            while not stop.is_set():
+                try:
+                    await asyncio.to_thread(self.process_once)
+                except Exception:  # a bug or the database is down: keep the worker alive
+                    log.exception("outbox pass failed")
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=self.poll_s)
+                except TimeoutError:
+                    pass
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Release the worker lock (PostgreSQL)."""
+        if self._lock_conn is not None:
+            # A session lock outlives a rollback: unlock before the connection goes back to the pool.
+            try:
+                self._lock_conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _WORKER_LOCK})
+                self._lock_conn.commit()
+            finally:
+                self._lock_conn.close()
+                self._lock_conn = None
+
+    def process_once(self) -> int:
+        """Take ready items to the chain in order until the queue is empty, blocked, or an
+        item must wait for its retry; return how many reached confirmed or failed."""
+        if not self._own_worker_lock():
+            return 0
+        finished = 0
+        while True:
+            with self.engine.begin() as conn:
+                head_item = head(conn)
+            if head_item is None or head_item.state == "failed" or head_item.next_try_ms > self.now_ms():
+                if head_item is not None and head_item.state == "failed":
+                    log.debug("outbox blocked by item %s (%s): %s", head_item.id, head_item.key, head_item.last_error)
+                return finished
+            if not self._process(head_item):
+                return finished
+            finished += 1
+
+    def _own_worker_lock(self) -> bool:
+        if self.engine.dialect.name != "postgresql":
+            return True  # SQLite: one process owns the file
+        if self._lock_conn is None:
+            conn = self.engine.connect()
+            got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": _WORKER_LOCK}).scalar()
+            conn.commit()
+            if not got:
+                conn.close()
+                return False
+            self._lock_conn = conn
+        return True
+
+    def _process(self, item: OutboxItem) -> bool:
+        """Move `item` on; True if it reached a final state (or was reset), False to retry later."""
+        try:
+            if item.state == "pending":
+                item = self._sign(item)
+            receipt = self._broadcast_and_wait(item)
+        except ContractReverted as exc:
+            self._fail(item, exc)
+            return True
+        except _NonceTaken:
+            log.warning("outbox item %s: nonce %s was used by another tx; re-signing", item.key, item.nonce)
+            self._update(item.id, state="pending", nonce=None, tx_hash=None, raw_tx=None, last_error="nonce taken")
+            return True
+        except Exception as exc:  # RPC down, timeout, node hiccup: same item again later
+            self._retry(item, exc)
+            return False
+        if int(receipt["status"]) == 1:
+            self._confirm(item, receipt)
+        else:
+            self._fail(item, self._mined_revert_reason(item, receipt))
+        return True
+
+    def _sign(self, item: OutboxItem) -> OutboxItem:
+        call, value = ACTIONS[item.action](self.chain, item.payload)
+        nonce = self._next_nonce()
+        raw, tx_hash = self.chain.build_signed(call, item.action, nonce=nonce, value=value)
+        # Durable before broadcast: a crash from here on re-sends these bytes, never new ones.
+        with self.engine.begin() as conn:
+            updated = conn.execute(
+                update(_ob)
+                .where((_ob.c.id == item.id) & (_ob.c.state == "pending"))
+                .values(state="sent", nonce=nonce, tx_hash=tx_hash, raw_tx=raw, updated_ms=self.now_ms())
+            ).rowcount
+            if updated != 1:
+                raise ChainError(f"outbox item {item.id} changed while it was being signed")
+        log.info("outbox %s: signed %s nonce %s", item.key, tx_hash, nonce)
+        return _replace(item, state="sent", nonce=nonce, tx_hash=tx_hash, raw_tx=raw)
+
+    def _next_nonce(self) -> int:
+        with self.engine.begin() as conn:
+            used = conn.execute(select(func.max(_ob.c.nonce))).scalar()
+        chain_next = self.chain.pending_nonce()
+        return chain_next if used is None else max(chain_next, int(used) + 1)
+
+    def _broadcast_and_wait(self, item: OutboxItem) -> Any:
+        assert item.raw_tx is not None and item.tx_hash is not None
+        receipt = self._receipt(item.tx_hash)
+        if receipt is not None:
+            return receipt
+        self._broadcast(item)
+        return self.chain.w3.eth.wait_for_transaction_receipt(
+            item.tx_hash,  # type: ignore[arg-type]
+            timeout=self.receipt_timeout,
+            poll_latency=0.05,
+        )
+
+    def _broadcast(self, item: OutboxItem) -> None:
+        assert item.raw_tx is not None and item.tx_hash is not None
+        try:
+            self.chain.w3.eth.send_raw_transaction(item.raw_tx)
+        except (Web3RPCError, ValueError) as exc:  # the node refused it (not: could not reach the node)
+            message = str(exc).lower()
+            if "already known" in message or "already imported" in message or "known transaction" in message:
+                return  # in the pool: wait for it
+            if "nonce too low" in message:
+                if self._receipt(item.tx_hash) is not None or self._in_pool(item.tx_hash):
+                    return
+                raise _NonceTaken() from exc
+            raise
+
+    def _receipt(self, tx_hash: str) -> Any:
+        try:
+            return self.chain.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
+        except TransactionNotFound:
+            return None
+
+    def _in_pool(self, tx_hash: str) -> bool:
+        try:
+            self.chain.w3.eth.get_transaction(tx_hash)  # type: ignore[arg-type]
+            return True
+        except TransactionNotFound:
+            return False
+
+    def _mined_revert_reason(self, item: OutboxItem, receipt: Any) -> ContractReverted:
+        """Replay a mined-but-reverted tx as a call on the state before its block to name the error."""
+        action = f"{item.action} ({item.key})"
+        try:
+            tx = self.chain.w3.eth.get_transaction(item.tx_hash)  # type: ignore[arg-type]
+            call = {"from": tx["from"], "to": tx["to"], "data": tx["input"], "value": tx["value"]}
+            self.chain.w3.eth.call(call, int(receipt["blockNumber"]) - 1)  # type: ignore[arg-type]
+        except ContractLogicError as exc:
+            return self.chain.decode_revert(exc, action)
+        except Exception as exc:  # the replay is only for the message
+            log.debug("could not replay %s: %s", item.tx_hash, exc)
+        return ContractReverted("", (), f"{action} reverted on chain (tx {item.tx_hash})")
+
+    # -- outcomes ------------------------------------------------------------------------------
+
+    def _confirm(self, item: OutboxItem, receipt: Any) -> None:
+        now = self.now_ms()
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(_ob).where(_ob.c.id == item.id).values(state="confirmed", last_error="", updated_ms=now)
+            )
+            if self.listener is not None:
+                self.listener.on_confirmed(conn, _replace(item, state="confirmed"), now)
+        log.info("outbox %s: confirmed %s in block %s", item.key, item.tx_hash, receipt["blockNumber"])
+
+    def _fail(self, item: OutboxItem, error: ContractReverted) -> None:
+        now = self.now_ms()
+        with self.engine.begin() as conn:
+            failed = _replace(item, state="failed", last_error=str(error))
+            conn.execute(
+                update(_ob)
+                .where(_ob.c.id == item.id)
+                .values(state="failed", blocking=True, last_error=str(error), updated_ms=now)
+            )
+            resolved = self.listener.on_failed(conn, failed, error, now) if self.listener is not None else True
+            if resolved:
+                conn.execute(update(_ob).where(_ob.c.id == item.id).values(blocking=False))
+        log.error(
+            "outbox %s failed%s: %s",
+            item.key,
+            "" if resolved else " (queue halted until resolved)",
+            error,
+        )
+
+    def _retry(self, item: OutboxItem, exc: Exception) -> None:
+        attempts = item.attempts + 1
+        base, cap = self.backoff_ms
+        delay = min(cap, base * 2 ** min(attempts - 1, 30))
+        reason = "receipt timeout" if isinstance(exc, TimeExhausted) else f"{type(exc).__name__}: {exc}"
+        self._update(item.id, attempts=attempts, last_error=reason[:2000], next_try_ms=self.now_ms() + delay)
+        log.warning("outbox %s: attempt %s failed (%s); retry in %s ms", item.key, attempts, reason[:300], delay)
+
+    def _update(self, item_id: int, **values: Any) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(update(_ob).where(_ob.c.id == item_id).values(updated_ms=self.now_ms(), **values))
+
+
+def _replace(item: OutboxItem, **changes: Any) -> OutboxItem:
+    return replace(item, **changes)

@@ -1,0 +1,32 @@
+"""A job's verification report: its policy, how its checks ended, the odds of catching a cheat,
+the stake its nodes need and the slashes it caused. The odds are the job kind's to compute."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from coordinator.repositories.ledger import slashing
+from coordinator.repositories.store import Store
+from coordinator.services.kind import KindLookup
+from tensorgrid.spec import VerificationSpec
+from tensorgrid.types import JobInfo, JobVerification
+
+
+class Reports:
+    def __init__(self, store: Store, kinds: KindLookup) -> None:
+        self.store = store
+        self.kinds = kinds
+
+    def with_verification(self, job: JobInfo) -> JobInfo:
+        """`job` with its verification report: policy, detection, required stake, checks, slashes (blocking)."""
+        stored = self.store.verification.job_policy(job.job_id)
+        checks = self.store.verification.job_checks(job.job_id)
+        with self.store.engine.connect() as conn:
+            slashes, slashed_wei = slashing.job_slashes(conn, job.job_id)
+        mode, detection, stake = "none", 0.0, 0
+        if stored is not None:
+            spec = VerificationSpec(**stored[0])
+            mode, stake = spec.mode, stored[1]
+            detection = self.kinds.for_job(job.kind).detection(job, spec)
+        report = JobVerification(mode, checks, detection, stake, slashes, slashed_wei)
+        return dataclasses.replace(job, verification=report)

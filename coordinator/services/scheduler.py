@@ -1,0 +1,122 @@
+"""Scheduling: leasing tasks to nodes (group-committed), heartbeats, failures, and reaping
+expired leases and stale checks."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from coordinator.commits import GroupCommitter
+from coordinator.config import LeaseTiming
+from coordinator.repositories.store import Store
+from coordinator.repositories.tasks import Barred, TaskRecord
+from coordinator.services.runtime import Runtime
+from tensorgrid.types import Lease, TaskError
+
+log = logging.getLogger("tensorgrid.coordinator")
+LEASE_BOOK_SIZE = 200_000
+MAX_LEASE_WAIT_MS = 10_000
+IDLE_RETRY_MS = 500  # what leasing answers when there is simply no work
+
+
+class Scheduler:
+    """Leases, heartbeats and failures; `on_complete(job_id)` hears of jobs a reaped check completed."""
+
+    def __init__(
+        self,
+        rt: Runtime,
+        store: Store,
+        timing: LeaseTiming,
+        *,
+        barred: Barred | None = None,
+        before_lease: Callable[[str], Awaitable[None]] | None = None,
+        check_wait_ms: int = 30_000,
+    ) -> None:
+        self.rt = rt
+        self.store = store
+        self.timing = timing
+        self.check_wait_ms = check_wait_ms
+        self._before_lease = before_lease
+        # Leases this process granted, so a result can be pre-checked without a DB read;
+        # the authoritative checks run again inside the accepting transaction.
+        self.lease_book: dict[str, TaskRecord] = {}
+        self.leases: GroupCommitter[tuple[str, int], tuple[list[Lease], int]] = GroupCommitter(
+            lambda requests: rt.db(store.tasks.lease_many, requests, rt.now_ms(), timing, barred)
+        )
+
+    async def lease(self, node: str, max_tasks: int, wait_ms: int) -> tuple[list[Lease], int]:
+        """Up to max_tasks leases for the node; waits up to wait_ms (long poll) when there is no work."""
+        if self._before_lease is not None:
+            await self._before_lease(node)  # e.g. jobs may need more stake than registering did
+        leases, retry = await self.leases.submit((node, max_tasks or 1))
+        if not leases and wait_ms and retry <= IDLE_RETRY_MS:  # idle, not backing off: long poll
+            await self.rt.hub.wait_for_work(min(wait_ms, MAX_LEASE_WAIT_MS) / 1000)
+            leases, retry = await self.leases.submit((node, max_tasks or 1))
+        self.remember(leases, node)
+        for job_id in {lease.job_id for lease in leases}:
+            self.rt.hub.notify(job_id)
+        return leases, retry
+
+    def remember(self, leases: list[Lease], node: str) -> None:
+        book = self.lease_book
+        for x in leases:
+            book[x.task_id] = TaskRecord(
+                task_id=x.task_id,
+                job_id=x.job_id,
+                index=x.index,
+                state="leased",
+                kind=x.kind,
+                attempt=x.attempt,
+                node=node,
+                deadline_ms=x.deadline_ms,
+                input=x.input,
+                rows=x.rows,
+            )
+        while len(book) > LEASE_BOOK_SIZE:
+            del book[next(iter(book))]
+
+    def forget(self, task_id: str) -> None:
+        self.lease_book.pop(task_id, None)
+
+    async def task_record(self, task_id: str) -> TaskRecord:
+        record = self.lease_book.get(task_id)
+        return record if record is not None else await self.rt.db(self.store.tasks.get_task, task_id)
+
+    async def heartbeat(self, node: str, active: list[tuple[str, int]], draining: bool) -> list[tuple[str, int]]:
+        """Keep the node's live leases alive; returns those it no longer holds."""
+        return await self.rt.db(self.store.tasks.heartbeat, node, active, draining, self.rt.now_ms(), self.timing)
+
+    async def fail(self, node: str, task_id: str, attempt: int, error: TaskError) -> tuple[TaskRecord, bool]:
+        """A node could not finish a task: reissue it (True) or fail its job (False)."""
+        task = await self.task_record(task_id)
+        reissued = await self.rt.db(self.store.tasks.fail_task, node, task_id, attempt, error, self.rt.now_ms())
+        self.forget(task_id)
+        if reissued:
+            self.rt.hub.work_available()
+        self.rt.hub.notify(task.job_id)
+        return task, reissued
+
+    async def reap_loop(self, interval_s: float, on_complete: Callable[[str], None]) -> None:
+        """Reissue expired leases, redraw checkers of stale checks, hand unplaceable checks on."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                reissued = await self.rt.db_bulk(self.store.tasks.reap_expired, self.rt.now_ms())
+            except Exception:  # a DB hiccup must not end the loop
+                log.exception("reaping expired leases failed")
+                continue
+            if reissued:
+                log.info("reissued %d expired leases", reissued)
+                self.rt.hub.notify_all()
+                self.rt.hub.work_available()
+            verification = self.store.verification
+            try:
+                if await self.rt.db_bulk(verification.reassign_checks, self.rt.now_ms()):
+                    self.rt.hub.work_available()
+                complete = await self.rt.db_bulk(verification.expire_checks, self.rt.now_ms(), self.check_wait_ms)
+            except Exception:
+                log.exception("reassigning or expiring checks failed")
+                continue
+            for job_id in complete:
+                on_complete(job_id)

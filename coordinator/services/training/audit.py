@@ -1,0 +1,196 @@
+"""Auditing training results at run time: draw, collect reveals, replay, settle.
+
+When a training result is accepted, the job's verification policy draws whether to audit it
+(new nodes always, trusted ones down to the floor) and which segment of its checkpoint
+chain to replay; both come from an HMAC of a coordinator secret, so a node cannot predict
+them. The node then reveals the checkpoints asked for (RevealCheckpoint); once all are in,
+the coordinator checks them on its work pool (services.training.replay) and settles the
+audit. The round manager calls settle_round before closing a round: audits whose reveals
+are all in are checked there too (e.g. after a restart) and the rest expire at the round's
+deadline, so a round never closes on a result whose audit is still open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import random
+from collections.abc import AsyncIterator, Callable, Iterable
+
+from coordinator.errors import Rejected
+from coordinator.repositories.store import Store
+from coordinator.repositories.tasks import TaskRecord
+from coordinator.repositories.training import audits as db
+from coordinator.repositories.training.audits import EXPIRED, FAILED, PASSED, PENDING, Audit, AuditPlan, Outcome
+from coordinator.repositories.training.rounds import RoundView, round_view, task_settings
+from coordinator.services.blobs import receive_into
+from coordinator.services.runtime import Runtime
+from coordinator.services.training.replay import AuditCase, check_reveal, reveal_plan
+from coordinator.services.verification.policy import DEFAULT, VerificationPolicy
+from tensorgrid.blobs import BlobStore
+from tensorgrid.training.commitments import checkpoint_steps
+from tensorgrid.training.inner import InnerSettings
+from tensorgrid.types import BlobRef
+
+log = logging.getLogger("tensorgrid.coordinator.training")
+CHECKPOINT_SLACK_BYTES = 1 << 20  # safetensors header and the step counter, over 3 × the weights
+
+
+class Auditor:
+    """Owned by the RoundManager; `lock` serializes torch work on the coordinator's threads, and
+    `poke(job_ids)` tells the round manager an audit of those jobs settled."""
+
+    def __init__(
+        self,
+        rt: Runtime,
+        repos: Store,
+        blobs: BlobStore,
+        secret: bytes,
+        lock: asyncio.Lock,
+        poke: Callable[[Iterable[str]], None],
+    ) -> None:
+        self.rt = rt
+        self.engine = repos.engine
+        self.reputation = repos.verification.reputation
+        self.blobs = blobs
+        self.lock = lock
+        self._secret = secret
+        self._poke = poke
+        self._busy: set[tuple[str, int]] = set()
+
+    # ---- on accept ------------------------------------------------------------------------------
+    async def plan(self, task: TaskRecord, node: str) -> AuditPlan | None:
+        """Whether to audit this training result, and what to ask the node to reveal.
+
+        Raises Rejected for a result of a round that has closed (or a job that ended).
+        """
+        rt = self.rt
+        view = await rt.db(round_view, self.engine, task.job_id)
+        w = view.spec.workers_per_round if view is not None else 1
+        if view is None or task.index // w != view.round:
+            raise Rejected("the task's round has closed: the result is no longer wanted")
+        policy = VerificationPolicy(view.spec.verification or DEFAULT, view.spec.rounds * w, 0)
+        if not policy.enabled:
+            return None
+        rep = await rt.db(self.reputation, node)
+        rng = self._rng(task.task_id, task.attempt)
+        if rng.random() >= policy.check_rate(rep.consecutive_valid):
+            return None
+        settings, _ = await rt.db(task_settings, self.engine, task.task_id)
+        inner = settings["inner"]
+        marks = checkpoint_steps(int(inner["steps"]), int(inner["checkpoint_every"]))
+        segment = rng.randrange(len(marks) - 1)
+        weights = int(settings["blobs"]["weights"]["size"])
+        return AuditPlan(
+            job_id=task.job_id,
+            round_no=view.round,
+            segment=segment,
+            steps=tuple(reveal_plan(marks, segment)),
+            max_bytes=3 * weights + CHECKPOINT_SLACK_BYTES,
+            deadline_ms=view.deadline_ms,
+        )
+
+    def _rng(self, task_id: str, attempt: int) -> random.Random:
+        seed = hmac.new(self._secret, f"train-audit:{task_id}:{attempt}".encode(), hashlib.sha256).digest()
+        return random.Random(seed)
+
+    # ---- reveals --------------------------------------------------------------------------------
+    async def receive(
+        self, node: str, task_id: str, attempt: int, step: int, ref: BlobRef, data: AsyncIterator[bytes], now_ms: int
+    ) -> None:
+        """Store one revealed checkpoint (size-limited, hash-checked); audit once all are in.
+
+        Raises Rejected / NotFound for a reveal that was not asked for, BlobError for bytes
+        that do not match the header.
+        """
+        rt, blobs = self.rt, self.blobs
+        audit = await rt.db(db.get_audit, self.engine, task_id, attempt)
+        db.check_reveal(audit, node, step, ref.size, now_ms)
+        if not blobs.has(ref.sha256):
+            await receive_into(blobs.writer(ref), data)
+        else:
+            async for _ in data:  # already stored (a retried reveal): drain the stream
+                pass
+        audit = await rt.db(db.record_reveal, self.engine, task_id, attempt, node, step, ref.sha256, now_ms)
+        if audit.complete:
+            rt.spawn(self._audit_and_poke(audit))
+
+    async def _audit_and_poke(self, audit: Audit) -> None:
+        try:
+            await self.run(audit)
+        except Exception:  # the round manager retries it on its next pass
+            log.exception("auditing task %s/%d failed", audit.task_id[:12], audit.attempt)
+        self._poke([audit.job_id])
+
+    # ---- checking and settling ------------------------------------------------------------------
+    async def run(self, audit: Audit) -> str:
+        """Check a fully revealed audit and settle it; returns its state afterwards."""
+        key = (audit.task_id, audit.attempt)
+        if key in self._busy or audit.state != PENDING:
+            return audit.state
+        self._busy.add(key)
+        try:
+            case = await self._case(audit)
+            async with self.lock:
+                finding = await self.rt.work(check_reveal, case)
+            outcome = Outcome(
+                PASSED if finding.passed else FAILED,
+                finding.reason,
+                "" if finding.passed else finding.evidence,
+                int(finding.replay_seconds * 1000),
+            )
+            await self.rt.db(db.settle, self.engine, audit, outcome, self.rt.now_ms())
+            log.info(
+                "audit of task %s/%d from %s: %s%s",
+                audit.task_id[:12],
+                audit.attempt,
+                audit.node,
+                outcome.state,
+                f" ({outcome.reason})" if outcome.reason else "",
+            )
+            return outcome.state
+        finally:
+            self._busy.discard(key)
+
+    async def _case(self, audit: Audit) -> AuditCase:
+        rt = self.rt
+        program, shard, settings = await rt.db(db.task_files, self.engine, audit.task_id)
+        inner = InnerSettings.from_dict({**settings["inner"], "seed": settings["seeds"][shard], "device": "cpu"})
+        commitment = await rt.db(db.receipt_commitment, self.engine, audit.task_id, audit.attempt)
+        path = self.blobs.path_for
+        return AuditCase(
+            program=path(program),
+            shard=path(shard),
+            weights=path(str(settings["blobs"]["weights"]["sha256"])),
+            result=path(audit.output_sha),
+            settings=inner,
+            commitment=commitment,
+            segment=audit.segment,
+            revealed={step: path(sha) for step, sha in audit.revealed.items()},
+        )
+
+    async def settle_round(self, view: RoundView, now_ms: int) -> dict[int, str]:
+        """Finish what can be finished of the round's audits; slot → audit state of its result."""
+        rt = self.rt
+        for audit in await rt.db(db.round_audits, self.engine, view.job_id, view.round):
+            if audit.state != PENDING:
+                continue
+            if audit.complete:
+                await self.run(audit)
+            elif now_ms >= audit.deadline_ms:
+                missing = sorted(set(audit.steps) - set(audit.revealed))
+                reason = f"checkpoints at steps {missing} were not revealed by the round's deadline"
+                await rt.db(db.settle, self.engine, audit, Outcome(EXPIRED, reason), now_ms)
+        w = view.spec.workers_per_round
+        states = await rt.db(db.result_audit_states, self.engine, view.job_id, view.round * w, (view.round + 1) * w)
+        return {idx - view.round * w: state for idx, state in states.items()}
+
+
+def usable(state: str | None) -> bool:
+    """May a result with this audit state (None: not audited) go into its round's outer step?"""
+    return state in (None, PASSED)
+
+
+__all__ = ["Auditor", "FAILED", "usable"]

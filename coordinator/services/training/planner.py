@@ -1,0 +1,154 @@
+"""Blob work of a training job, run on the coordinator's work threads.
+
+Intake (kinds/training/plan.py) writes the round-0 weights and shards with these. Closing a
+round: average the accepted pseudo-gradients with the outer step, evaluate the new weights
+on the held-out split, and write the next round's shards. Everything derived here (split,
+shards, initial weights) is a pure function of the spec and its blobs, so it is recomputed
+after a restart instead of being stored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from coordinator.config import Limits
+from coordinator.repositories.training.rounds import ClosedRound, RoundTask, RoundView
+from coordinator.services.blobs import stored
+from tensorgrid.blobs import BlobStore
+from tensorgrid.errors import SpecError, TensorGridError
+from tensorgrid.training.compression import read_result
+from tensorgrid.training.data import DataSplit, plan_split, round_shards, write_rows
+from tensorgrid.training.inner import InnerSettings
+from tensorgrid.training.outer import (
+    apply_round,
+    check_pseudo_gradient,
+    evaluate,
+    parameter_names,
+)
+from tensorgrid.training.spec import TrainingSpec
+from tensorgrid.types import BlobRef
+from tensorgrid.workloads.tensorfile import Header, batch_rows, load_tensors, read_header
+
+log = logging.getLogger("tensorgrid.coordinator")
+
+
+def put(blobs: BlobStore, write: Any, prefix: str) -> BlobRef:
+    """Write a file with write(path) into a temp path, then store it by content."""
+    tmp = blobs.temp_path(prefix)
+    try:
+        write(tmp)
+        return blobs.put_file(tmp)
+    finally:
+        tmp.unlink(missing_ok=True)
+        tmp.with_name(tmp.name + ".tmp").unlink(missing_ok=True)
+
+
+def round_settings(spec: TrainingSpec, round: int, weights: BlobRef, shards: list[RoundTask]) -> str:
+    """Settings shared by a round's tasks. A task's own seed is found by its shard's hash, so one
+    settings object serves the whole round (create_job stamps one on every task of round 0)."""
+    inner = InnerSettings.for_task(spec, round, 0).to_dict()
+    seeds = {t.input.sha256: InnerSettings.for_task(spec, round, t.slot).seed for t in shards}
+    settings = {
+        "inner": inner,
+        "seeds": seeds,
+        "round": round,
+        "compression": spec.compression,
+        "device": spec.device,
+        "blobs": {"weights": {"sha256": weights.sha256, "size": weights.size}},
+    }
+    return json.dumps(settings, sort_keys=True)
+
+
+@dataclass
+class JobFiles:
+    """What a job's rounds keep needing, derived once per coordinator process."""
+
+    spec: TrainingSpec
+    dataset: Path
+    header: Header
+    split: DataSplit
+    parameters: frozenset[str]
+    heldout: Path | None = None
+
+
+def job_files(spec: TrainingSpec, blobs: BlobStore) -> JobFiles:
+    dataset = stored(blobs, spec.dataset, "dataset")
+    header = read_header(dataset)
+    split = plan_split(spec, batch_rows(header))
+    files = JobFiles(spec, dataset, header, split, parameter_names(stored(blobs, spec.train_program, "train_program")))
+    if len(split.heldout):
+        files.heldout = blobs.path_for(
+            put(blobs, lambda p: write_rows(dataset, split.heldout, p, header), "heldout-").sha256
+        )
+    return files
+
+
+def write_shards(files: JobFiles, round: int, blobs: BlobStore, limits: Limits | None = None) -> list[RoundTask]:
+    """Write every worker's shard of a round into the blob store."""
+    out = []
+    for slot, rows in enumerate(round_shards(files.spec, files.split, round)):
+        ref = put(blobs, lambda p, rows=rows: write_rows(files.dataset, rows, p, files.header), "shard-")
+        if limits is not None and ref.size > limits.max_shard_bytes:
+            raise SpecError(
+                f"a shard of {len(rows)} rows is {ref.size} bytes, over this coordinator's limit of "
+                f"{limits.max_shard_bytes}: lower batch_size × inner_steps"
+            )
+        out.append(RoundTask(slot, ref, len(rows)))
+    return out
+
+
+def valid_results(view: RoundView, blobs: BlobStore) -> list[tuple[int, BlobRef]]:
+    """The round's results that are well-formed pseudo-gradients for its weights (others are logged)."""
+    weights = load_tensors(blobs.path_for(view.weights.sha256))
+    good = []
+    for slot, ref in view.done:
+        try:
+            check_pseudo_gradient(read_result(blobs.path_for(ref.sha256)), weights)
+        except (TensorGridError, OSError) as e:
+            log.warning("job %s round %d: dropping the result of slot %d: %s", view.job_id[:12], view.round, slot, e)
+            continue
+        good.append((slot, ref))
+    return good
+
+
+def close(view: RoundView, results: list[tuple[int, BlobRef]], files: JobFiles, blobs: BlobStore) -> ClosedRound:
+    """Outer step over the results, evaluation, and the next round's shards and settings."""
+    spec = files.spec
+    weights_tmp, momentum_tmp = blobs.temp_path("weights-"), blobs.temp_path("momentum-")
+    try:
+        outcome = apply_round(
+            blobs.path_for(view.weights.sha256),
+            blobs.path_for(view.momentum.sha256) if view.momentum else None,
+            [blobs.path_for(ref.sha256) for _, ref in results],
+            spec.outer_optimizer,
+            files.parameters,
+            weights_tmp,
+            momentum_tmp,
+        )
+        metrics: dict[str, float | None] = {"loss": None, "accuracy": None}
+        if files.heldout is not None:
+            program = spec.eval_program or spec.train_program
+            metrics = evaluate(blobs.path_for(program.sha256), weights_tmp, files.heldout, spec.loss)
+        weights, momentum = blobs.put_file(weights_tmp), blobs.put_file(momentum_tmp)
+    finally:
+        for p in (weights_tmp, momentum_tmp):
+            p.unlink(missing_ok=True)
+    nxt = view.round + 1
+    shards = write_shards(files, nxt, blobs) if nxt < spec.rounds else []
+    return ClosedRound(
+        round=view.round,
+        slots=tuple(slot for slot, _ in results),
+        rows=outcome.rows,
+        train_loss=outcome.mean_final_loss,
+        eval_loss=metrics["loss"],
+        eval_accuracy=metrics["accuracy"],
+        bytes_up=sum(ref.size for _, ref in results),
+        weights=weights,
+        momentum=momentum,
+        next_tasks=tuple(shards),
+        next_settings=round_settings(spec, nxt, weights, shards) if shards else "{}",
+    )

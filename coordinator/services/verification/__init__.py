@@ -1,0 +1,1 @@
+"""The verification ladder at run time: check decisions, comparisons, the referee, stake gating."""
