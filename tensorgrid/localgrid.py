@@ -136,6 +136,12 @@ class LocalGrid:
             os.killpg(proc.popen.pid, signal.SIGKILL)
             proc.popen.wait()
 
+    def check_running(self) -> None:
+        """Raise, with its log's tail, if any process this grid started has exited."""
+        for proc in self.procs:
+            if not proc.alive():
+                raise TensorGridError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.log_tail()}")
+
     def stop(self) -> None:
         for proc in reversed(self.procs):
             self.stop_proc(proc)

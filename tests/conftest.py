@@ -1,12 +1,16 @@
-"""Shared fixtures: databases (SQLite file and a fresh PostgreSQL database) and temp dirs."""
+"""Shared fixtures: databases (SQLite file and a fresh PostgreSQL database), temp dirs, and
+files built once per run for every pytest-xdist worker (`shared_dir`)."""
 
 from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 PG_ADMIN_URL = os.environ.get("TENSORGRID_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -44,3 +48,24 @@ def db_url(request: pytest.FixtureRequest, tmp_path) -> str:  # type: ignore[no-
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'state.db'}"
     return str(request.getfixturevalue("pg_url"))
+
+
+def shared_dir(factory: pytest.TempPathFactory, name: str, build: Callable[[Path], object]) -> Path:
+    """A directory that `build` fills once per test run, however many xdist workers ask.
+
+    Workers of one run share the parent of their base temp dirs; the first to take the lock
+    builds, the others wait and reuse. A build that raised leaves no `.done` marker, so the
+    next worker tries afresh (and fails the same way, loudly). Without xdist the session's
+    own base temp dir is used: never a directory another pytest run could share.
+    """
+    root = factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    path, done = root / f"shared-{name}", root / f"shared-{name}" / ".done"
+    with FileLock(str(root / f"shared-{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(path, ignore_errors=True)
+            path.mkdir(parents=True)
+            build(path)
+            done.touch()
+    return path

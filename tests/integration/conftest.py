@@ -12,7 +12,8 @@ import torch
 from tensorgrid.localgrid import LocalGrid
 from tensorgrid.workloads.inference import run_inference
 from tensorgrid.workloads.model import export_program
-from tensorgrid.workloads.tensorfile import save_tensors
+from tensorgrid.workloads.tensorfile import load_tensors, save_tensors
+from tests.conftest import shared_dir
 
 pytestmark = pytest.mark.integration
 FAST = ("--heartbeat-ms", "300", "--lease-ttl-ms", "1500", "--check-wait-ms", "2000")
@@ -37,46 +38,101 @@ def _mlp(width: int, depth: int) -> torch.nn.Module:
     return torch.nn.Sequential(*layers, torch.nn.Linear(width, 10)).eval()
 
 
-def _assets(root: Path, rows: int, width: int, depth: int) -> Assets:
+def _assets(root: Path, rows: int) -> Assets:
+    return Assets(root / "model.pt2", root / "inputs.safetensors", root / "expected.safetensors", rows)
+
+
+def _build_assets(root: Path, rows: int, width: int, depth: int) -> None:
     from sklearn.datasets import load_digits
 
-    root.mkdir(parents=True, exist_ok=True)
     x = torch.tensor(load_digits().data / 16.0, dtype=torch.float32)
     x = x.repeat(-(-rows // len(x)), 1)[:rows].contiguous()
-    model, inputs, expected = root / "model.pt2", root / "inputs.safetensors", root / "expected.safetensors"
-    export_program(_mlp(width, depth), (x[:4],), model)
-    save_tensors({"pixels": x}, inputs)
+    files = _assets(root, rows)
+    export_program(_mlp(width, depth), (x[:4],), files.model)
+    save_tensors({"pixels": x}, files.inputs)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    run_inference(model, inputs, expected, batch_size=BATCH, device="cpu")
-    torch.set_num_threads(threads)
-    return Assets(model, inputs, expected, rows)
+    try:
+        run_inference(files.model, files.inputs, files.expected, batch_size=BATCH, device="cpu")
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _shared_assets(factory: pytest.TempPathFactory, name: str, rows: int, width: int, depth: int) -> Assets:
+    root = shared_dir(factory, name, lambda path: _build_assets(path, rows, width, depth))
+    return _assets(root, rows)
 
 
 @pytest.fixture(scope="session")
 def digits(tmp_path_factory: pytest.TempPathFactory) -> Assets:
     """A small MLP over 3,000 rows of real digits: quick tasks."""
-    return _assets(tmp_path_factory.mktemp("digits"), 3000, 64, 1)
+    return _shared_assets(tmp_path_factory, "digits", 3000, 64, 1)
 
 
 @pytest.fixture(scope="session")
 def slow_digits(tmp_path_factory: pytest.TempPathFactory) -> Assets:
     """A deep, wide MLP: each 1,000-row shard takes a noticeable fraction of a second."""
-    return _assets(tmp_path_factory.mktemp("slow"), 12_000, 1024, 12)
+    return _shared_assets(tmp_path_factory, "slow", 12_000, 1024, 12)
 
 
-@pytest.fixture
-def make_grid(tmp_path: Path) -> Iterator[Callable[..., LocalGrid]]:
+@dataclass(frozen=True)
+class TrainingDigits:
+    dataset: Path
+    train: Path
+    eval: Path
+    rows: int
+
+
+def _build_training_digits(root: Path) -> None:
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    save_tensors(
+        {"features": torch.tensor(x / 16.0, dtype=torch.float32), "labels": torch.tensor(y)},
+        root / "digits.safetensors",
+    )
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Dropout(0.1), torch.nn.Linear(128, 10)
+    )
+    export_program(model.train(), (torch.randn(4, 64),), root / "train.pt2")
+    export_program(model.eval(), (torch.randn(4, 64),), root / "eval.pt2")
+
+
+@pytest.fixture(scope="session")
+def digits_training(tmp_path_factory: pytest.TempPathFactory) -> TrainingDigits:
+    """scikit-learn's 1,797 digits as a training set, and an MLP exported for training and eval."""
+    root = shared_dir(tmp_path_factory, "train_digits", _build_training_digits)
+    rows = len(load_tensors(root / "digits.safetensors")["labels"])
+    return TrainingDigits(root / "digits.safetensors", root / "train.pt2", root / "eval.pt2", rows)
+
+
+def _grids(root: Path) -> Iterator[Callable[..., LocalGrid]]:
     grids: list[LocalGrid] = []
 
     def make(*coordinator_args: str) -> LocalGrid:
-        grid = LocalGrid(tmp_path / f"grid{len(grids)}", coordinator_args=[*FAST, *coordinator_args])
+        grid = LocalGrid(root / f"grid{len(grids)}", coordinator_args=[*FAST, *coordinator_args])
         grids.append(grid)
         return grid
 
     yield make
     for grid in grids:
         grid.stop()
+
+
+@pytest.fixture
+def make_grid(tmp_path: Path) -> Iterator[Callable[..., LocalGrid]]:
+    """Grids for one test, stopped after it."""
+    yield from _grids(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def make_module_grid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., LocalGrid]]:
+    """Grids shared by the tests of one module, stopped after its last test. Only for tests
+    that each submit and check their own jobs: not for ones that kill or add processes or
+    count what every node or job on the grid did. Mark such a module with one xdist_group,
+    so that one worker runs all its tests and starts the grid once."""
+    yield from _grids(tmp_path_factory.mktemp("module_grids"))
 
 
 def node_args(threads: int = 1) -> tuple[str, ...]:

@@ -23,16 +23,34 @@ from tensorgrid.v1 import submit_pb2, submit_pb2_grpc
 from tests.integration.conftest import Assets
 
 pytestmark = pytest.mark.integration
+SHARED = pytest.mark.xdist_group("bad_input")  # one worker runs these: one coordinator for them
 CPU = Capabilities(device_kind="cpu", memory_bytes=8 << 30, cpu_cores=2)
+LIMITS = ("--max-shard-mib", "0.25", "--max-blob-mib", "2")
 
 
-@pytest.fixture
-def grid(make_grid: Callable[..., LocalGrid]) -> LocalGrid:
-    g = make_grid("--max-shard-mib", "0.25", "--max-blob-mib", "2")
+@pytest.fixture(scope="module")
+def module_grid(make_module_grid: Callable[..., LocalGrid]) -> LocalGrid:
+    g = make_module_grid(*LIMITS)
     g.start_coordinator()
     return g
 
 
+@pytest.fixture
+def grid(module_grid: LocalGrid) -> LocalGrid:
+    """One coordinator for the tests that each check only their own calls and jobs."""
+    module_grid.check_running()
+    return module_grid
+
+
+@pytest.fixture
+def own_grid(make_grid: Callable[..., LocalGrid]) -> LocalGrid:
+    """A coordinator of its own, for a test that counts every node's record or the blob store."""
+    g = make_grid(*LIMITS)
+    g.start_coordinator()
+    return g
+
+
+@SHARED
 def test_malformed_spec_and_bad_signature(grid: LocalGrid) -> None:
     signer = Signer.generate()
     stub = submit_pb2_grpc.SubmitterServiceStub(grpc.insecure_channel(grid.target))
@@ -48,11 +66,13 @@ def test_malformed_spec_and_bad_signature(grid: LocalGrid) -> None:
     assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
+@SHARED
 def test_sdk_refuses_bad_settings_before_uploading(grid: LocalGrid, digits: Assets) -> None:
     with Client(grid.target) as client, pytest.raises(SpecError, match="shard_rows"):
         client.submit_inference(digits.model, digits.inputs, shard_rows=0)
 
 
+@SHARED
 def test_unknown_blob_and_hash_mismatch(grid: LocalGrid, digits: Assets) -> None:
     with Client(grid.target) as client:
         spec = InferenceSpec(model=BlobRef("ab" * 32, 10), inputs=BlobRef("cd" * 32, 10))
@@ -69,11 +89,13 @@ def test_unknown_blob_and_hash_mismatch(grid: LocalGrid, digits: Assets) -> None
     assert err.value.code() == grpc.StatusCode.DATA_LOSS
 
 
+@SHARED
 def test_oversize_shard_is_refused(grid: LocalGrid, digits: Assets) -> None:
     with Client(grid.target) as client, pytest.raises(CoordinatorError, match="lower shard_rows"):
         client.submit_inference(digits.model, digits.inputs, shard_rows=3000)
 
 
+@SHARED
 def test_pickled_model_and_inputs_are_refused(grid: LocalGrid, digits: Assets, tmp_path: Path) -> None:
     evil = tmp_path / "model.pt"
     torch.save(torch.nn.Linear(64, 10), evil)
@@ -97,12 +119,12 @@ def _noop_job(grid: LocalGrid, tasks: int = 2) -> str:
         return client.submit_noop(tasks).job_id
 
 
-def test_forged_foreign_mismatched_and_replayed_results_are_rejected(grid: LocalGrid) -> None:
-    job_id = _noop_job(grid, tasks=3)
+def test_forged_foreign_mismatched_and_replayed_results_are_rejected(own_grid: LocalGrid) -> None:
+    job_id = _noop_job(own_grid, tasks=3)
     empty = BlobRef(hashlib.sha256(b"").hexdigest(), 0)
 
     async def node() -> NodeClient:
-        n = NodeClient(grid.target, Signer.generate())
+        n = NodeClient(own_grid.target, Signer.generate())
         await n.register(CPU)
         return n
 
@@ -141,7 +163,7 @@ def test_forged_foreign_mismatched_and_replayed_results_are_rejected(grid: Local
             await n.close()
 
     asyncio.run(scenario())
-    with Client(grid.target) as client:
+    with Client(own_grid.target) as client:
         job = client.wait(job_id)
         assert job.state == JobState.SUCCEEDED and job.tasks_done == 3
         record = {n.address: n for n in client.nodes()}
@@ -150,6 +172,7 @@ def test_forged_foreign_mismatched_and_replayed_results_are_rejected(grid: Local
     assert sorted(n.completed for n in record.values()) == [0, 0, 0, 1, 2]
 
 
+@SHARED
 def test_unauthenticated_node_calls_are_refused(grid: LocalGrid) -> None:
     async def scenario() -> None:
         node = NodeClient(grid.target, Signer.generate())
@@ -162,6 +185,7 @@ def test_unauthenticated_node_calls_are_refused(grid: LocalGrid) -> None:
     asyncio.run(scenario())
 
 
+@SHARED
 def test_health_and_reflection(grid: LocalGrid) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -176,6 +200,7 @@ def test_health_and_reflection(grid: LocalGrid) -> None:
     assert {"tensorgrid.v1.NodeService", "tensorgrid.v1.SubmitterService"} <= names
 
 
+@SHARED
 def test_cancel_only_by_submitter(grid: LocalGrid) -> None:
     with Client(grid.target) as owner, Client(grid.target) as stranger:
         job = owner.submit_noop(3)
@@ -186,13 +211,13 @@ def test_cancel_only_by_submitter(grid: LocalGrid) -> None:
         assert [ev.kind for ev in owner.watch(job.job_id)][-1] == "cancelled"
 
 
-def test_oversize_uploads_are_refused_and_leave_nothing(grid: LocalGrid, tmp_path: Path) -> None:
+def test_oversize_uploads_are_refused_and_leave_nothing(own_grid: LocalGrid, tmp_path: Path) -> None:
     big = tmp_path / "big.bin"
     big.write_bytes(b"\x01" * (3 << 20))
-    with Client(grid.target) as client, pytest.raises(CoordinatorError, match="over the limit") as e:
+    with Client(own_grid.target) as client, pytest.raises(CoordinatorError, match="over the limit") as e:
         client.upload(big)
     assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
-    stub = submit_pb2_grpc.SubmitterServiceStub(grpc.insecure_channel(grid.target))
+    stub = submit_pb2_grpc.SubmitterServiceStub(grpc.insecure_channel(own_grid.target))
     # a size that lies low, then more bytes than announced
     small = [
         submit_pb2.UploadChunk(header=submit_pb2.UploadHeader(sha256="ab" * 32, size=10)),
@@ -209,5 +234,5 @@ def test_oversize_uploads_are_refused_and_leave_nothing(grid: LocalGrid, tmp_pat
     with pytest.raises(grpc.RpcError) as err:
         stub.UploadBlob(iter(huge))
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    leftovers = list((grid.root / "coordinator" / "blobs" / "tmp").iterdir())
+    leftovers = list((own_grid.root / "coordinator" / "blobs" / "tmp").iterdir())
     assert leftovers == []

@@ -28,6 +28,7 @@ from tensorgrid.types import JobState
 from tests.integration.conftest import BATCH, FAST, Assets, node_args
 
 pytestmark = pytest.mark.integration
+ONE_NODE = pytest.mark.xdist_group("job_report_one_node")  # one worker runs these: one grid for them
 REWARD = 10**12
 T = TypeVar("T")
 
@@ -91,10 +92,24 @@ def test_report_counts_checks_and_states_odds_and_stake(
     assert "slashed" in nodes.splitlines()[0] and len(nodes.splitlines()) == 3
 
 
-def test_job_without_verification_says_so(make_grid: Callable[..., LocalGrid], tmp_path: Path) -> None:
-    grid = make_grid()
+@pytest.fixture(scope="module")
+def module_grid(make_module_grid: Callable[..., LocalGrid]) -> LocalGrid:
+    grid = make_module_grid()
     grid.start_coordinator()
     grid.start_node("node1", *node_args())
+    return grid
+
+
+@pytest.fixture
+def one_node_grid(module_grid: LocalGrid) -> LocalGrid:
+    """A coordinator and one node, shared by the tests that check only their own jobs."""
+    module_grid.check_running()
+    return module_grid
+
+
+@ONE_NODE
+def test_job_without_verification_says_so(one_node_grid: LocalGrid, tmp_path: Path) -> None:
+    grid = one_node_grid
     signer = Signer.generate()
     key = tmp_path / "submitter.key"
     write_key_file(key, signer)
@@ -105,12 +120,11 @@ def test_job_without_verification_says_so(make_grid: Callable[..., LocalGrid], t
     assert "verification: none (signature, lease holder and output hash only)" in status
 
 
+@ONE_NODE
 def test_cli_submit_sets_the_policy_and_refuses_a_bad_one(
-    make_grid: Callable[..., LocalGrid], digits: Assets, tmp_path: Path
+    one_node_grid: LocalGrid, digits: Assets, tmp_path: Path
 ) -> None:
-    grid = make_grid()
-    grid.start_coordinator()
-    grid.start_node("node1", *node_args())
+    grid = one_node_grid
     key = tmp_path / "submitter.key"
     write_key_file(key, Signer.generate())
     files = ("--model", str(digits.model), "--inputs", str(digits.inputs), "--shard-rows", "1500")

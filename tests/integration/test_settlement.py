@@ -22,11 +22,31 @@ pytestmark = pytest.mark.integration
 REWARD = 10**15
 
 
-@pytest.fixture
-def devnet(tmp_path: Path) -> Iterator[ChainGrid]:
-    cg = start_chain_grid(tmp_path / "devnet", 2, epoch_s=1.0, challenge_window_s=1, coordinator_args=FAST)
+SHARED = pytest.mark.xdist_group("settlement")  # one worker runs these: one devnet for them
+
+
+def _devnet(root: Path) -> Iterator[ChainGrid]:
+    cg = start_chain_grid(root, 2, epoch_s=1.0, challenge_window_s=1, coordinator_args=FAST)
     yield cg
     cg.stop()
+
+
+@pytest.fixture
+def devnet(tmp_path: Path) -> Iterator[ChainGrid]:
+    """A devnet of its own, for a test that counts every job, charge or payment on it."""
+    yield from _devnet(tmp_path / "devnet")
+
+
+@pytest.fixture(scope="module")
+def module_devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChainGrid]:
+    yield from _devnet(tmp_path_factory.mktemp("devnet"))
+
+
+@pytest.fixture
+def shared_devnet(module_devnet: ChainGrid) -> ChainGrid:
+    """One devnet for the tests that each check only their own job or node."""
+    module_devnet.grid.check_running()
+    return module_devnet
 
 
 def submitter(cg: ChainGrid) -> Client:
@@ -85,8 +105,9 @@ def test_no_escrow_no_scheduling(devnet: ChainGrid, digits: Assets) -> None:
         assert funded.jobs() == []
 
 
-def test_cancel_refunds_the_escrow(devnet: ChainGrid) -> None:
-    with submitter(devnet) as client:
+@SHARED
+def test_cancel_refunds_the_escrow(shared_devnet: ChainGrid) -> None:
+    with submitter(shared_devnet) as client:
         assert client.chain is not None
         job = client.submit_noop(4, device="cuda", reward_per_task_wei=REWARD)  # no CUDA node: it waits
         assert client.escrow(job.job_id).remaining == 4 * REWARD
@@ -95,9 +116,10 @@ def test_cancel_refunds_the_escrow(devnet: ChainGrid) -> None:
         assert escrow.status == JobStatus.CANCELLED and escrow.charged == 0
 
 
-def test_a_node_without_stake_cannot_register(devnet: ChainGrid) -> None:
+@SHARED
+def test_a_node_without_stake_cannot_register(shared_devnet: ChainGrid) -> None:
     async def scenario() -> None:
-        node = NodeClient(devnet.grid.target, Signer.generate())
+        node = NodeClient(shared_devnet.grid.target, Signer.generate())
         with pytest.raises(grpc.aio.AioRpcError) as e:
             await node.register(Capabilities("cpu", 1 << 30, 2))
         assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED and "stake" in (e.value.details() or "")

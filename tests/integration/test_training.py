@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,39 +26,12 @@ from tensorgrid.training.data import plan_split, write_rows
 from tensorgrid.training.outer import evaluate, initial_weights
 from tensorgrid.training.spec import TrainingSpec
 from tensorgrid.types import BlobRef, JobState
-from tensorgrid.workloads.model import export_program
-from tensorgrid.workloads.tensorfile import load_tensors, save_tensors
+from tensorgrid.workloads.tensorfile import load_tensors
+from tests.integration.conftest import TrainingDigits as Digits
 from tests.integration.conftest import node_args
 
 pytestmark = pytest.mark.integration
 NODES = 4
-
-
-@dataclass(frozen=True)
-class Digits:
-    dataset: Path
-    train: Path
-    eval: Path
-    rows: int
-
-
-@pytest.fixture(scope="module")
-def digits_training(tmp_path_factory: pytest.TempPathFactory) -> Digits:
-    from sklearn.datasets import load_digits
-
-    x, y = load_digits(return_X_y=True)
-    root = tmp_path_factory.mktemp("train_digits")
-    save_tensors(
-        {"features": torch.tensor(x / 16.0, dtype=torch.float32), "labels": torch.tensor(y)},
-        root / "digits.safetensors",
-    )
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(
-        torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Dropout(0.1), torch.nn.Linear(128, 10)
-    )
-    export_program(model.train(), (torch.randn(4, 64),), root / "train.pt2")
-    export_program(model.eval(), (torch.randn(4, 64),), root / "eval.pt2")
-    return Digits(root / "digits.safetensors", root / "train.pt2", root / "eval.pt2", len(y))
 
 
 def start(make_grid: Callable[..., LocalGrid]) -> LocalGrid:

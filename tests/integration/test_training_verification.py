@@ -25,8 +25,8 @@ from tensorgrid.training.local import run_local
 from tensorgrid.training.outer import evaluate
 from tensorgrid.training.spec import TrainingSpec
 from tensorgrid.types import BlobRef, JobState
+from tests.integration.conftest import TrainingDigits as Digits
 from tests.integration.conftest import node_args
-from tests.integration.test_training import Digits, digits_training  # noqa: F401  (the fixture)
 from tests.integration.train_adversaries import SimTrainer
 
 pytestmark = pytest.mark.integration
@@ -89,7 +89,7 @@ SETTINGS: dict[str, Any] = dict(rounds=6, workers_per_round=4, quorum=0.5, devic
 
 def test_lazy_and_scaling_trainers_are_caught_and_unpaid(
     make_grid: Callable[..., LocalGrid],
-    digits_training: Digits,  # noqa: F811
+    digits_training: Digits,
     tmp_path: Path,
 ) -> None:
     d = digits_training
@@ -151,7 +151,7 @@ def test_lazy_and_scaling_trainers_are_caught_and_unpaid(
 
 def test_an_honest_grid_passes_every_audit(
     make_grid: Callable[..., LocalGrid],
-    digits_training: Digits,  # noqa: F811
+    digits_training: Digits,
 ) -> None:
     d = digits_training
     grid = make_grid()
