@@ -18,11 +18,11 @@ from coordinator.storage import make_engine
 from coordinator.storage import schema as s
 from coordinator.verification.policy import VerificationPolicy
 from tensorgrid.chain.client import ChainClient, JobStatus
-from tensorgrid.cli import format_eth
 from tensorgrid.client import Client
 from tensorgrid.crypto import Signer, write_key_file
 from tensorgrid.devnet import ChainGrid, start_chain_grid
 from tensorgrid.localgrid import LocalGrid
+from tensorgrid.report import format_eth
 from tensorgrid.spec import VerificationSpec
 from tensorgrid.types import JobState
 from tests.integration.conftest import BATCH, FAST, Assets, node_args
