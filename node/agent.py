@@ -19,12 +19,12 @@ import random
 import shutil
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
 from node.cache import BlobCache
+from node.config import AgentConfig
 from node.executor import Executor, TaskOutcome, TaskRequest
 from tensorgrid.blobs import file_sha256
 from tensorgrid.crypto import Signer
@@ -37,16 +37,6 @@ log = logging.getLogger("tensorgrid.node")
 LEASE_WAIT_MS = 5_000
 CHECKPOINTS = "checkpoints"
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
-
-
-@dataclass(frozen=True)
-class AgentConfig:
-    coordinator: str
-    work_dir: Path
-    slots: int = 1
-    device: str = "auto"
-    threads: int = 0  # 0: torch's default
-    rpc_timeout_s: float = 30.0
 
 
 def checkpoint_file(step: int) -> str:
