@@ -180,13 +180,9 @@ def cmd_cancel(ns: argparse.Namespace) -> int:
     return exitcodes.OK
 
 
-def _default(cls: type, name: str) -> Any:
-    """A spec field's default (for --help): the command line never repeats the spec's defaults."""
-    return getattr(cls, name)  # a dataclass keeps a field's plain default as the class attribute
-
-
 def add_submit_parser(job: Any, common: argparse.ArgumentParser) -> None:
-    """`tensorgrid job submit`: options left out take the InferenceSpec (and VerificationSpec) defaults."""
+    """`tensorgrid job submit`: options left out take the InferenceSpec (and VerificationSpec) defaults,
+    which --help reads off the spec classes."""
     s = job.add_parser("submit", parents=[common], help="upload a model and inputs, submit an inference job")
     s.add_argument("--model", type=Path, required=True, help="torch.export program (.pt2)")
     s.add_argument("--inputs", type=Path, required=True, help="safetensors file; rows along dim 0")
@@ -196,21 +192,15 @@ def add_submit_parser(job: Any, common: argparse.ArgumentParser) -> None:
         dest="input_names",
         help="tensor passed to the model, in order (repeat; default: all, sorted)",
     )
-    inference, gib = InferenceSpec, _default(InferenceSpec, "task_memory_limit_bytes") / GiB
     for flag, kind, what, default in (
-        ("--shard-rows", int, "rows per task", _default(inference, "shard_rows")),
-        ("--batch-size", int, "rows per forward pass on a node (0: whole shard)", _default(inference, "batch_size")),
-        ("--time-limit", int, "seconds a node may spend on one task", _default(inference, "task_time_limit_s")),
-        ("--memory-limit-gib", float, "memory one task may use on a node", gib),
-        (
-            "--reward-wei",
-            int,
-            "paid per accepted task from the job's escrow",
-            _default(inference, "reward_per_task_wei"),
-        ),
+        ("--shard-rows", int, "rows per task", InferenceSpec.shard_rows),
+        ("--batch-size", int, "rows per forward pass on a node (0: whole shard)", InferenceSpec.batch_size),
+        ("--time-limit", int, "seconds a node may spend on one task", InferenceSpec.task_time_limit_s),
+        ("--memory-limit-gib", float, "memory one task may use on a node", InferenceSpec.task_memory_limit_bytes / GiB),
+        ("--reward-wei", int, "paid per accepted task from the job's escrow", InferenceSpec.reward_per_task_wei),
     ):
         s.add_argument(flag, type=kind, help=f"{what} (default: {default})")
-    s.add_argument("--device", choices=DEVICES, help=f"(default: {_default(inference, 'device')})")
+    s.add_argument("--device", choices=DEVICES, help=f"(default: {InferenceSpec.device})")
     s.add_argument(
         "--verification",
         choices=VERIFY_MODES,
@@ -251,7 +241,8 @@ def inference_settings(ns: argparse.Namespace) -> dict[str, Any]:
     return settings
 
 
-# (flag, TrainingSpec field or (optimizer, field), type, help); the defaults shown come from the spec.
+# (flag, TrainingSpec field or "optimizer.field", type, help). The command line never repeats a
+# spec default: a flag left out is left out of the spec, and --help reads the default off the spec.
 _TRAINING_FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--rounds", "rounds", int, "outer rounds"),
     ("--inner-steps", "inner_steps", int, "AdamW steps per worker per round"),
@@ -272,7 +263,7 @@ _OPTIMIZERS: dict[str, type] = {"inner_optimizer": AdamW, "outer_optimizer": Nes
 
 def _training_default(path: str) -> Any:
     owner, _, name = path.rpartition(".")
-    return _default(_OPTIMIZERS[owner] if owner else TrainingSpec, name)
+    return getattr(_OPTIMIZERS[owner] if owner else TrainingSpec, name)  # a dataclass field's plain default
 
 
 def add_training_parser(job: Any, common: argparse.ArgumentParser) -> None:

@@ -101,11 +101,14 @@ def parse_args(
     return ns
 
 
+# Where a coordinator listens unless told otherwise, and so where the tools look for one.
+LOCAL_COORDINATOR = "127.0.0.1:7070"
+
 # Settings more than one program has.
 COORDINATOR = Setting(
     "--coordinator",
     "TENSORGRID_COORDINATOR",
-    "127.0.0.1:7070",
+    LOCAL_COORDINATOR,
     help="HOST:PORT of the coordinator",
     metavar="HOST:PORT",
 )
