@@ -26,14 +26,14 @@ from tensorgrid.spec import (
 )
 
 KEY = Setting(
-    "--key", "TENSORGRID_KEY", under_home("submitter.key"), type=Path, help="submitter key file, created on first use"
+    "--key",
+    "TENSORGRID_KEY",
+    under_home("submitter.key"),
+    type=Path,
+    help="submitter key file, created on first use",
+    metavar="FILE",
 )
-SETTINGS = (
-    config.COORDINATOR,
-    KEY,
-    config.CHAIN_RPC,
-    config.DEPLOYMENT,
-)
+SETTINGS = (config.COORDINATOR, KEY, config.CHAIN_RPC, config.DEPLOYMENT)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -277,7 +277,10 @@ def add_training_parser(job: Any, common: argparse.ArgumentParser) -> None:
     t.add_argument("--weights", type=Path, help="starting weights, safetensors (default: the program's own)")
     t.add_argument("--loss", choices=LOSSES, help=f"(default: {_training_default('loss')})")
     for flag, path, kind, what in _TRAINING_FLAGS:
-        t.add_argument(flag, type=kind, dest=_dest(path), help=f"{what} (default: {_training_default(path)})")
+        metavar = flag.removeprefix("--").upper().replace("-", "_")
+        t.add_argument(
+            flag, type=kind, dest=_dest(path), metavar=metavar, help=f"{what} (default: {_training_default(path)})"
+        )
     t.add_argument(
         "--compression",
         choices=COMPRESSIONS,
