@@ -28,10 +28,10 @@ from benchmarks._common import emit
 from tensorgrid.client import Client
 from tensorgrid.crypto import Signer
 from tensorgrid.localgrid import LocalGrid
+from tensorgrid.spec import TrainingSpec
 from tensorgrid.training.baseline import communication, run_baseline
 from tensorgrid.training.data import plan_split, write_rows
 from tensorgrid.training.outer import evaluate, initial_weights, parameter_names
-from tensorgrid.training.spec import TrainingSpec
 from tensorgrid.types import BlobRef, JobState
 from tensorgrid.workloads.model import export_program
 from tensorgrid.workloads.tensorfile import load_tensors, save_tensors

@@ -32,11 +32,10 @@ from coordinator.services.training.replay import AuditCase, check_reveal, reveal
 from tensorgrid.client import Client
 from tensorgrid.crypto import Signer
 from tensorgrid.localgrid import LocalGrid
-from tensorgrid.spec import VerificationSpec
+from tensorgrid.spec import TrainingSpec, VerificationSpec
 from tensorgrid.training.data import plan_split, round_shards, write_rows
 from tensorgrid.training.inner import InnerSettings, checkpoint_name, write_result
 from tensorgrid.training.outer import initial_weights
-from tensorgrid.training.spec import TrainingSpec
 from tensorgrid.types import BlobRef, JobState
 from tests.integration.train_adversaries import TRAINERS, SimTrainer
 

@@ -12,67 +12,128 @@ from pathlib import Path
 from coordinator.api.server import build_server
 from coordinator.app import Coordinator
 from coordinator.config import CoordinatorConfig, LeaseTiming, Limits
-from tensorgrid import exitcodes
+from tensorgrid import config, exitcodes
+from tensorgrid.config import Setting
 from tensorgrid.errors import TensorGridError
 from tensorgrid.logs import setup_logging
 
 log = logging.getLogger("tensorgrid.coordinator")
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+MiB = 1 << 20
+_COORDINATOR = "TENSORGRID_COORDINATOR_"
+# Each default is CoordinatorConfig's own (or its Limits' and LeaseTiming's), shown in the units of the flag.
+LISTEN = Setting(
+    "--listen",
+    _COORDINATOR + "LISTEN",
+    CoordinatorConfig.listen,
+    help="host:port to serve gRPC on (port 0: any free port)",
+    metavar="HOST:PORT",
+)
+DATA_DIR = Setting(
+    "--data-dir",
+    _COORDINATOR + "DATA_DIR",
+    CoordinatorConfig.data_dir,
+    type=Path,
+    help="blob store, SQLite file and the coordinator key live here",
+    metavar="DIR",
+)
+DATABASE_URL = Setting(
+    "--database-url",
+    "TENSORGRID_DATABASE_URL",
+    CoordinatorConfig.database_url,
+    help="SQLAlchemy URL; none: SQLite in --data-dir. PostgreSQL: postgresql://user@host:5432/dbname",
+    metavar="URL",
+)
+CHAIN_ID = Setting(
+    "--chain-id",
+    _COORDINATOR + "CHAIN_ID",
+    CoordinatorConfig.chain_id,
+    type=int,
+    help="EIP-712 chain id receipts are signed for",
+)
+HEARTBEAT_MS = Setting(
+    "--heartbeat-ms",
+    _COORDINATOR + "HEARTBEAT_MS",
+    CoordinatorConfig.heartbeat_interval_ms,
+    type=int,
+    help="how often nodes should heartbeat",
+)
+LEASE_TTL_MS = Setting(
+    "--lease-ttl-ms",
+    _COORDINATOR + "LEASE_TTL_MS",
+    LeaseTiming.ttl_ms,
+    type=int,
+    help="a lease without a heartbeat for this long is reissued to another node",
+)
+MAX_SHARD_MIB = Setting(
+    "--max-shard-mib",
+    _COORDINATOR + "MAX_SHARD_MIB",
+    Limits.max_shard_bytes / MiB,
+    type=float,
+    help="largest input shard a job may ask for",
+)
+MAX_BLOB_MIB = Setting(
+    "--max-blob-mib",
+    _COORDINATOR + "MAX_BLOB_MIB",
+    Limits.max_blob_bytes / MiB,
+    type=float,
+    help="largest blob a submitter may upload",
+)
+EPOCH_SECONDS = Setting(
+    "--epoch-seconds",
+    _COORDINATOR + "EPOCH_SECONDS",
+    CoordinatorConfig.epoch_interval_ms / 1000,
+    type=float,
+    help="how often earnings are posted on chain",
+)
+CHECK_WAIT_MS = Setting(
+    "--check-wait-ms",
+    _COORDINATOR + "CHECK_WAIT_MS",
+    CoordinatorConfig.check_wait_ms,
+    type=int,
+    help="a spot-check no other node takes within this long passes as 'unverified' (grids of one node)",
+)
+SETTINGS = (
+    LISTEN,
+    DATA_DIR,
+    DATABASE_URL,
+    CHAIN_ID,
+    HEARTBEAT_MS,
+    LEASE_TTL_MS,
+    MAX_SHARD_MIB,
+    MAX_BLOB_MIB,
+    config.CHAIN_RPC,
+    config.DEPLOYMENT,
+    EPOCH_SECONDS,
+    CHECK_WAIT_MS,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tensorgrid-coordinator",
         description="Run the TensorGrid coordinator: it shards jobs, leases tasks to nodes over gRPC, "
         "checks their signed results and assembles the output.",
     )
     sub = p.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="serve until SIGTERM/Ctrl-C")
-    run.add_argument("--listen", default="127.0.0.1:7070", help="host:port to serve gRPC on (port 0: any free port)")
-    run.add_argument(
-        "--data-dir",
-        type=Path,
-        default=Path("var/coordinator"),
-        help="blob store, SQLite file and the coordinator key live here (default: %(default)s)",
-    )
-    run.add_argument(
-        "--database-url",
-        default="",
-        help="SQLAlchemy URL; default SQLite in --data-dir. PostgreSQL: "
-        "postgresql://user@host:5432/dbname (also env TENSORGRID_DATABASE_URL)",
-    )
-    run.add_argument("--chain-id", type=int, default=31337, help="EIP-712 chain id receipts are signed for")
-    run.add_argument("--heartbeat-ms", type=int, default=5000, help="how often nodes should heartbeat")
-    run.add_argument(
-        "--lease-ttl-ms",
-        type=int,
-        default=15000,
-        help="a lease without a heartbeat for this long is reissued to another node",
-    )
-    run.add_argument("--max-shard-mib", type=float, default=512, help="largest input shard a job may ask for")
-    run.add_argument("--max-blob-mib", type=float, default=64 * 1024, help="largest blob a submitter may upload")
-    run.add_argument("--chain-rpc", default="", help="JSON-RPC URL of the chain holding escrows and stakes")
-    run.add_argument("--deployment", type=Path, help="deployments file of the contracts (with --chain-rpc)")
-    run.add_argument("--epoch-seconds", type=float, default=30.0, help="how often earnings are posted on chain")
-    run.add_argument(
-        "--check-wait-ms",
-        type=int,
-        default=30_000,
-        help="a spot-check no other node takes within this long passes as 'unverified' (grids of one node)",
-    )
+    run = config.add_settings(sub.add_parser("run", help="serve until SIGTERM/Ctrl-C"), *SETTINGS)
     run.add_argument("--ready-file", type=Path, help="write the bound port here once serving (for scripts)")
     run.add_argument("-v", "--verbose", action="store_true")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None, env: config.Env | None = None) -> argparse.Namespace:
+    return config.parse_args(build_parser(), argv, SETTINGS, env)
 
 
 def config_from(ns: argparse.Namespace) -> CoordinatorConfig:
-    import os
-
     if ns.lease_ttl_ms < 2 * ns.heartbeat_ms:
         raise TensorGridError("--lease-ttl-ms must be at least twice --heartbeat-ms, or live nodes lose leases")
     return CoordinatorConfig(
         listen=ns.listen,
         data_dir=ns.data_dir,
-        database_url=ns.database_url or os.environ.get("TENSORGRID_DATABASE_URL", ""),
+        database_url=ns.database_url,
         chain_id=ns.chain_id,
         chain_rpc=ns.chain_rpc,
         deployment=ns.deployment,
@@ -80,9 +141,7 @@ def config_from(ns: argparse.Namespace) -> CoordinatorConfig:
         heartbeat_interval_ms=ns.heartbeat_ms,
         check_wait_ms=ns.check_wait_ms,
         timing=LeaseTiming(ttl_ms=ns.lease_ttl_ms),
-        limits=Limits(
-            max_shard_bytes=int(ns.max_shard_mib * (1 << 20)), max_blob_bytes=int(ns.max_blob_mib * (1 << 20))
-        ),
+        limits=Limits(max_shard_bytes=int(ns.max_shard_mib * MiB), max_blob_bytes=int(ns.max_blob_mib * MiB)),
     )
 
 

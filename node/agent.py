@@ -19,33 +19,24 @@ import random
 import shutil
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
 from node.cache import BlobCache
+from node.config import AgentConfig
 from node.executor import Executor, TaskOutcome, TaskRequest
 from tensorgrid.blobs import file_sha256
 from tensorgrid.crypto import Signer
 from tensorgrid.errors import TensorGridError
 from tensorgrid.nodeclient import NodeClient
+from tensorgrid.retry import backoff
 from tensorgrid.types import BlobRef, Capabilities, ErrorKind, Lease, TaskError
 
 log = logging.getLogger("tensorgrid.node")
 LEASE_WAIT_MS = 5_000
 CHECKPOINTS = "checkpoints"
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
-
-
-@dataclass(frozen=True)
-class AgentConfig:
-    coordinator: str
-    work_dir: Path
-    slots: int = 1
-    device: str = "auto"
-    threads: int = 0  # 0: torch's default
-    rpc_timeout_s: float = 30.0
 
 
 def checkpoint_file(step: int) -> str:
@@ -98,7 +89,7 @@ class Agent:
 
     # ---- session -------------------------------------------------------------------------------
     async def _register_with_retry(self) -> None:
-        delay = 0.2
+        failures = 0
         while not self.draining.is_set():
             try:
                 await self.client.register(self.caps)
@@ -113,11 +104,12 @@ class Agent:
             except grpc.aio.AioRpcError as e:
                 if e.code() not in RETRYABLE:
                     raise TensorGridError(f"the coordinator refused registration: {e.details()}") from None
+                failures += 1
+                delay = backoff(failures, 0.2, cap=5.0)
                 log.warning(
                     "coordinator %s unreachable (%s); retrying in %.1fs", self.config.coordinator, e.code().name, delay
                 )
             await self._sleep_or_drain(delay)
-            delay = min(delay * 2, 5.0)
 
     async def _sleep_or_drain(self, seconds: float) -> None:
         try:
@@ -275,7 +267,7 @@ class Agent:
                 await self._on_rpc_error(e, "submit")
                 if e.code() not in (*RETRYABLE, grpc.StatusCode.UNAUTHENTICATED) or attempt == 2:
                     return []
-                await asyncio.sleep(0.5 * 2**attempt)
+                await asyncio.sleep(backoff(attempt + 1, 0.5))
         if accepted:
             self.completed += 1
             log.info("task %s/%d accepted (%d done)", lease.task_id[:12], lease.attempt, self.completed)
@@ -298,7 +290,7 @@ class Agent:
                     await self._on_rpc_error(e, "reveal")
                     if e.code() not in (*RETRYABLE, grpc.StatusCode.UNAUTHENTICATED) or attempt == 2:
                         break
-                    await asyncio.sleep(0.5 * 2**attempt)
+                    await asyncio.sleep(backoff(attempt + 1, 0.5))
                     continue
                 if not ok:
                     log.warning("task %s: checkpoint %d refused: %s", lease.task_id[:12], step, reason)

@@ -11,43 +11,36 @@ import signal
 import sys
 from pathlib import Path
 
-from tensorgrid import exitcodes
+from node.config import (
+    CACHE_GIB,
+    CHAIN,
+    COORDINATOR,
+    DATA_DIR,
+    DEVICE,
+    KEYSTORE,
+    MEMORY_GIB,
+    SETTINGS,
+    SLOTS,
+    STAKE_WEI,
+    THREADS,
+    AgentConfig,
+)
+from tensorgrid import config, exitcodes
 from tensorgrid.crypto import Signer, load_keystore, save_keystore
 from tensorgrid.errors import KeystoreError, TensorGridError
 from tensorgrid.logs import setup_logging
 
 log = logging.getLogger("tensorgrid.node")
-DEFAULT_HOME = Path(os.environ.get("TENSORGRID_HOME", Path.home() / ".tensorgrid"))
 PASSWORD_ENV = "TENSORGRID_KEY_PASSWORD"
 
 
-def add_chain_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument(
-        "--chain-rpc",
-        default=os.environ.get("TENSORGRID_CHAIN_RPC", ""),
-        help="JSON-RPC URL of the settlement chain (also $TENSORGRID_CHAIN_RPC)",
-    )
-    parser.add_argument(
-        "--deployment",
-        type=Path,
-        default=os.environ.get("TENSORGRID_DEPLOYMENT") or None,
-        help="the contracts' deployments file (also $TENSORGRID_DEPLOYMENT)",
-    )
-    return parser
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tensorgrid-node",
         description="The TensorGrid node daemon: lends this machine's GPU (or CPU) to the grid and is paid "
         "for verified work. Workloads are torch.export programs and safetensors: no foreign code runs here.",
     )
-    p.add_argument(
-        "--keystore",
-        type=Path,
-        default=DEFAULT_HOME / "node-key.json",
-        help="encrypted key file; its address is the node's identity and payee (default: %(default)s)",
-    )
+    KEYSTORE.add_to(p)
     p.add_argument(
         "--password-file",
         type=Path,
@@ -65,32 +58,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     sub.add_parser("address", help="print the node's address")
     run = sub.add_parser("run", help="take and run work until SIGTERM (first: drain; second: stop now)")
-    run.add_argument("--coordinator", required=True, help="HOST:PORT of the coordinator's gRPC endpoint")
-    run.add_argument(
-        "--data-dir",
-        type=Path,
-        default=DEFAULT_HOME / "node",
-        help="blob cache and scratch files (default: %(default)s)",
-    )
-    run.add_argument(
-        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: CUDA when present, else CPU"
-    )
-    run.add_argument("--slots", type=int, default=1, help="tasks to run at once")
-    run.add_argument("--threads", type=int, default=0, help="torch threads per task (0: torch's default)")
-    run.add_argument("--memory-gib", type=float, help="memory to offer (default: what is free)")
-    run.add_argument("--cache-gib", type=float, default=10.0, help="blob cache size (default: %(default)s)")
-    add_chain_args(run)
-    run.add_argument(
-        "--stake-wei",
-        type=int,
-        default=0,
-        help="stake to register with on chain if not yet staked (default: the minimum)",
-    )
-    earn = add_chain_args(sub.add_parser("earnings", help="show what this node has earned and can claim"))
-    earn.add_argument("--coordinator", required=True, help="HOST:PORT of the coordinator")
-    claim = add_chain_args(sub.add_parser("claim", help="claim posted earnings on chain"))
-    claim.add_argument("--coordinator", required=True, help="HOST:PORT of the coordinator")
-    return p.parse_args(argv)
+    config.add_settings(run, COORDINATOR, DATA_DIR, DEVICE, SLOTS, THREADS, MEMORY_GIB, CACHE_GIB, *CHAIN, STAKE_WEI)
+    earn = sub.add_parser("earnings", help="show what this node has earned and can claim")
+    claim = sub.add_parser("claim", help="claim posted earnings on chain")
+    for parser in (earn, claim):
+        config.add_settings(parser, *CHAIN, COORDINATOR)
+    return p
+
+
+def parse_args(argv: list[str] | None, env: config.Env | None = None) -> argparse.Namespace:
+    return config.parse_args(build_parser(), argv, SETTINGS, env)
 
 
 def read_password(ns: argparse.Namespace, confirm: bool = False) -> str:
@@ -99,7 +76,7 @@ def read_password(ns: argparse.Namespace, confirm: bool = False) -> str:
             return ns.password_file.read_text().rstrip("\n")
         except OSError as e:
             raise KeystoreError(f"cannot read --password-file: {e}") from None
-    if PASSWORD_ENV in os.environ:
+    if PASSWORD_ENV in os.environ:  # read when needed: a password never sits in a default
         return os.environ[PASSWORD_ENV]
     if not sys.stdin.isatty():
         raise KeystoreError(f"no password: set ${PASSWORD_ENV}, pass --password-file, or run in a terminal")
@@ -136,7 +113,7 @@ def _chain(ns: argparse.Namespace, signer: Signer) -> object:
 
 
 async def run_agent(ns: argparse.Namespace, signer: Signer) -> None:
-    from node.agent import Agent, AgentConfig
+    from node.agent import Agent
     from node.cache import BlobCache
     from node.hardware import detect
 

@@ -3,22 +3,37 @@
 from __future__ import annotations
 
 import argparse
-import math
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from tensorgrid import exitcodes
+from tensorgrid import config, exitcodes
+from tensorgrid.config import Setting, under_home
 from tensorgrid.errors import TensorGridError
-from tensorgrid.types import JobInfo, JobVerification
-
-DEFAULT_COORDINATOR = os.environ.get("TENSORGRID_COORDINATOR", "127.0.0.1:7070")
-DEFAULT_KEY = Path(
-    os.environ.get("TENSORGRID_KEY")
-    or Path(os.environ.get("TENSORGRID_HOME", Path.home() / ".tensorgrid")) / "submitter.key"
+from tensorgrid.report import format_eth, print_job, round_line
+from tensorgrid.spec import (
+    COMPRESSIONS,
+    DEVICES,
+    LOSSES,
+    VERIFY_MODES,
+    AdamW,
+    GiB,
+    InferenceSpec,
+    NesterovSGD,
+    TrainingSpec,
+    VerificationSpec,
 )
+
+KEY = Setting(
+    "--key",
+    "TENSORGRID_KEY",
+    under_home("submitter.key"),
+    type=Path,
+    help="submitter key file, created on first use",
+    metavar="FILE",
+)
+SETTINGS = (config.COORDINATOR, KEY, config.CHAIN_RPC, config.DEPLOYMENT)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,55 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     job = sub.add_parser("job", help="submit, watch, fetch, list and cancel jobs").add_subparsers(
         dest="command", required=True
     )
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--coordinator", default=DEFAULT_COORDINATOR, help="HOST:PORT (default: $TENSORGRID_COORDINATOR or %(default)s)"
-    )
-    common.add_argument(
-        "--key", type=Path, default=DEFAULT_KEY, help="submitter key file, created on first use (default: %(default)s)"
-    )
-    common.add_argument(
-        "--chain-rpc",
-        default=os.environ.get("TENSORGRID_CHAIN_RPC", ""),
-        help="settlement chain JSON-RPC URL: jobs are paid from an escrow funded by --key",
-    )
-    common.add_argument(
-        "--deployment",
-        type=Path,
-        default=os.environ.get("TENSORGRID_DEPLOYMENT") or None,
-        help="the contracts' deployments file (with --chain-rpc)",
-    )
-    s = job.add_parser("submit", parents=[common], help="upload a model and inputs, submit an inference job")
-    s.add_argument("--model", type=Path, required=True, help="torch.export program (.pt2)")
-    s.add_argument("--inputs", type=Path, required=True, help="safetensors file; rows along dim 0")
-    s.add_argument(
-        "--input-name",
-        action="append",
-        default=[],
-        dest="input_names",
-        help="tensor passed to the model, in order (repeat; default: all, sorted)",
-    )
-    s.add_argument("--shard-rows", type=int, default=256, help="rows per task (default: %(default)s)")
-    s.add_argument("--batch-size", type=int, default=0, help="rows per forward pass on a node (0: whole shard)")
-    s.add_argument("--device", choices=("any", "cpu", "cuda"), default="any")
-    s.add_argument("--time-limit", type=int, default=600, help="seconds a node may spend on one task")
-    s.add_argument("--memory-limit-gib", type=float, default=4.0, help="memory one task may use on a node")
-    s.add_argument("--reward-wei", type=int, default=0, help="paid per accepted task from the job's escrow")
-    s.add_argument(
-        "--verification",
-        choices=("spotcheck", "replicate", "none"),
-        default="spotcheck",
-        help="spotcheck: re-run a random sample of rows of each result on another node (a few %% extra); "
-        "replicate: re-run every row (2x); none: signatures and hashes only (default: %(default)s)",
-    )
-    s.add_argument(
-        "--target-detection",
-        type=float,
-        default=0.99,
-        help="spotcheck: chance a node corrupting 1%% of its rows is caught in the job (default: %(default)s)",
-    )
-    s.add_argument("--watch", action="store_true", help="follow progress until the job ends")
-    s.add_argument("-o", "--output", type=Path, help="with --watch: download the result here")
+    common = config.add_settings(argparse.ArgumentParser(add_help=False), *SETTINGS)
+    add_submit_parser(job, common)
     w = job.add_parser("watch", parents=[common], help="follow a job's progress live")
     w.add_argument("job_id")
     st = job.add_parser("status", parents=[common], help="a job's state, result and verification report")
@@ -137,68 +105,11 @@ def _client(ns: argparse.Namespace) -> Any:
     return Client(ns.coordinator, signer, chain=chain)
 
 
-def _print_job(job: JobInfo) -> None:
-    print(
-        f"job {job.job_id}\n  state    {job.state.value}\n  kind     {job.kind}\n"
-        f"  tasks    {job.tasks_done}/{job.tasks_total} done, {job.task_failures} failed attempts"
-    )
-    if job.result:
-        print(f"  result   {job.result.sha256} ({job.result.size} bytes)")
-    if job.error:
-        print(f"  error    {job.error}")
-    if job.verification is not None:
-        print(f"  {verification_line(job.verification)}")
-
-
-_OUTCOME_ORDER = ("verified", "caught", "unverified", "open", "disputed")
-
-
-def format_eth(wei: int) -> str:
-    """Exact: 1200000000000000 wei -> "0.0012 ETH"."""
-    whole, frac = divmod(wei, 10**18)
-    return f"{whole}.{frac:018d}".rstrip("0").rstrip(".") + " ETH"
-
-
-def verification_line(v: JobVerification) -> str:
-    """One human line, e.g. "verification: spotcheck, 12 checks (11 verified, 1 caught),
-    detection ≥ 99.0%, stake required 0.0012 ETH"."""
-    if v.mode == "none" and not v.checks:
-        return "verification: none (signature, lease holder and output hash only)"
-    outcomes: dict[str, int] = {}
-    for key, n in v.checks.items():
-        outcome = key.rpartition(":")[2]
-        outcomes[outcome] = outcomes.get(outcome, 0) + n
-    order = sorted(outcomes, key=lambda o: (_OUTCOME_ORDER.index(o) if o in _OUTCOME_ORDER else 99, o))
-    found = ", ".join(f"{outcomes[o]} {o}" for o in order)
-    total = sum(outcomes.values())
-    parts = [v.mode, f"{total} check{'s' if total != 1 else ''}" + (f" ({found})" if found else "")]
-    if v.detection > 0:
-        parts.append(f"detection ≥ {math.floor(v.detection * 1000) / 10:.1f}%")
-    if v.required_stake_wei:
-        parts.append(f"stake required {format_eth(v.required_stake_wei)}")
-    if v.slashes:
-        parts.append(f"{v.slashes} slash{'es' if v.slashes != 1 else ''} took {format_eth(v.slashed_wei)}")
-    return "verification: " + ", ".join(parts)
-
-
 def cmd_submit(ns: argparse.Namespace) -> int:
     from tensorgrid.progress import byte_progress
-    from tensorgrid.spec import VerificationSpec
 
     with _client(ns) as client, byte_progress("uploading") as progress:
-        job = client.submit_inference(
-            ns.model,
-            ns.inputs,
-            progress=progress,
-            input_names=tuple(ns.input_names),
-            shard_rows=ns.shard_rows,
-            batch_size=ns.batch_size,
-            device=ns.device,
-            task_time_limit_s=ns.time_limit,
-            task_memory_limit_bytes=int(ns.memory_limit_gib * (1 << 30)),
-            reward_per_task_wei=ns.reward_wei,
-            verification=VerificationSpec(mode=ns.verification, target_detection=ns.target_detection),
-        )
+        job = client.submit_inference(ns.model, ns.inputs, progress=progress, **inference_settings(ns))
     print(f"submitted job {job.job_id} ({job.tasks_total} tasks)")
     if not ns.watch:
         return exitcodes.OK
@@ -214,13 +125,13 @@ def cmd_watch(ns: argparse.Namespace) -> int:
 
     with _client(ns) as client:
         job = watch_job(client, ns.job_id)
-    _print_job(job)
+    print_job(job)
     return exitcodes.OK if job.state.value == "succeeded" else exitcodes.JOB_FAILED
 
 
 def cmd_status(ns: argparse.Namespace) -> int:
     with _client(ns) as client:
-        _print_job(client.job(ns.job_id))
+        print_job(client.job(ns.job_id))
     return exitcodes.OK
 
 
@@ -265,8 +176,94 @@ def cmd_nodes(ns: argparse.Namespace) -> int:
 
 def cmd_cancel(ns: argparse.Namespace) -> int:
     with _client(ns) as client:
-        _print_job(client.cancel(ns.job_id))
+        print_job(client.cancel(ns.job_id))
     return exitcodes.OK
+
+
+def add_submit_parser(job: Any, common: argparse.ArgumentParser) -> None:
+    """`tensorgrid job submit`: options left out take the InferenceSpec (and VerificationSpec) defaults,
+    which --help reads off the spec classes."""
+    s = job.add_parser("submit", parents=[common], help="upload a model and inputs, submit an inference job")
+    s.add_argument("--model", type=Path, required=True, help="torch.export program (.pt2)")
+    s.add_argument("--inputs", type=Path, required=True, help="safetensors file; rows along dim 0")
+    s.add_argument(
+        "--input-name",
+        action="append",
+        dest="input_names",
+        help="tensor passed to the model, in order (repeat; default: all, sorted)",
+    )
+    for flag, kind, what, default in (
+        ("--shard-rows", int, "rows per task", InferenceSpec.shard_rows),
+        ("--batch-size", int, "rows per forward pass on a node (0: whole shard)", InferenceSpec.batch_size),
+        ("--time-limit", int, "seconds a node may spend on one task", InferenceSpec.task_time_limit_s),
+        ("--memory-limit-gib", float, "memory one task may use on a node", InferenceSpec.task_memory_limit_bytes / GiB),
+        ("--reward-wei", int, "paid per accepted task from the job's escrow", InferenceSpec.reward_per_task_wei),
+    ):
+        s.add_argument(flag, type=kind, help=f"{what} (default: {default})")
+    s.add_argument("--device", choices=DEVICES, help=f"(default: {InferenceSpec.device})")
+    s.add_argument(
+        "--verification",
+        choices=VERIFY_MODES,
+        help="spotcheck: re-run a random sample of rows of each result on another node (a few %% extra); "
+        f"replicate: re-run every row (2x); none: signatures and hashes only (default: {VerificationSpec.mode})",
+    )
+    s.add_argument(
+        "--target-detection",
+        type=float,
+        help="spotcheck: chance a node corrupting 1%% of its rows is caught in the job "
+        f"(default: {VerificationSpec.target_detection})",
+    )
+    s.add_argument("--watch", action="store_true", help="follow progress until the job ends")
+    s.add_argument("-o", "--output", type=Path, help="with --watch: download the result here")
+
+
+def _given(pairs: Any) -> dict[str, Any]:
+    return {name: value for name, value in pairs if value is not None}
+
+
+def inference_settings(ns: argparse.Namespace) -> dict[str, Any]:
+    """The InferenceSpec fields `job submit` was given; the spec's defaults fill in the rest."""
+    memory = None if ns.memory_limit_gib is None else int(ns.memory_limit_gib * GiB)
+    settings = _given(
+        (
+            ("input_names", tuple(ns.input_names) if ns.input_names else None),
+            ("shard_rows", ns.shard_rows),
+            ("batch_size", ns.batch_size),
+            ("device", ns.device),
+            ("task_time_limit_s", ns.time_limit),
+            ("task_memory_limit_bytes", memory),
+            ("reward_per_task_wei", ns.reward_wei),
+        )
+    )
+    # Always an explicit policy: the bytes the command has always signed.
+    policy = _given((("mode", ns.verification), ("target_detection", ns.target_detection)))
+    settings["verification"] = VerificationSpec(**policy)
+    return settings
+
+
+# (flag, TrainingSpec field or "optimizer.field", type, help). The command line never repeats a
+# spec default: a flag left out is left out of the spec, and --help reads the default off the spec.
+_TRAINING_FLAGS: tuple[tuple[str, str, type, str], ...] = (
+    ("--rounds", "rounds", int, "outer rounds"),
+    ("--inner-steps", "inner_steps", int, "AdamW steps per worker per round"),
+    ("--workers", "workers_per_round", int, "workers (tasks) per round"),
+    ("--batch-size", "batch_size", int, "rows per inner step"),
+    ("--lr", "inner_optimizer.lr", float, "inner AdamW learning rate"),
+    ("--weight-decay", "inner_optimizer.weight_decay", float, "inner AdamW weight decay"),
+    ("--outer-lr", "outer_optimizer.lr", float, "outer Nesterov learning rate"),
+    ("--outer-momentum", "outer_optimizer.momentum", float, "outer Nesterov momentum"),
+    ("--quorum", "quorum", float, "fraction of a round's workers that closes it"),
+    ("--round-deadline", "round_deadline_s", int, "seconds before a round closes with what it has"),
+    ("--eval-fraction", "eval_fraction", float, "share of rows held out for evaluation"),
+    ("--seed", "seed", int, "data split, shards and dropout seed"),
+    ("--time-limit", "task_time_limit_s", int, "seconds a node may spend on one task"),
+)
+_OPTIMIZERS: dict[str, type] = {"inner_optimizer": AdamW, "outer_optimizer": NesterovSGD}
+
+
+def _training_default(path: str) -> Any:
+    owner, _, name = path.rpartition(".")
+    return getattr(_OPTIMIZERS[owner] if owner else TrainingSpec, name)  # a dataclass field's plain default
 
 
 def add_training_parser(job: Any, common: argparse.ArgumentParser) -> None:
@@ -278,65 +275,37 @@ def add_training_parser(job: Any, common: argparse.ArgumentParser) -> None:
     t.add_argument("--eval-program", type=Path, help="eval-mode program for held-out metrics (default: --program)")
     t.add_argument("--dataset", type=Path, required=True, help="safetensors with 'features' + 'labels', or 'tokens'")
     t.add_argument("--weights", type=Path, help="starting weights, safetensors (default: the program's own)")
-    t.add_argument("--loss", choices=("cross_entropy", "mse"))
-    for flag, kind, what in (
-        ("--rounds", int, "outer rounds"),
-        ("--inner-steps", int, "AdamW steps per worker per round"),
-        ("--workers", int, "workers (tasks) per round"),
-        ("--batch-size", int, "rows per inner step"),
-        ("--lr", float, "inner AdamW learning rate"),
-        ("--weight-decay", float, "inner AdamW weight decay"),
-        ("--outer-lr", float, "outer Nesterov learning rate"),
-        ("--outer-momentum", float, "outer Nesterov momentum"),
-        ("--quorum", float, "fraction of a round's workers that closes it"),
-        ("--round-deadline", int, "seconds before a round closes with what it has"),
-        ("--eval-fraction", float, "share of rows held out for evaluation"),
-        ("--seed", int, "data split, shards and dropout seed"),
-        ("--time-limit", int, "seconds a node may spend on one task"),
-    ):
-        t.add_argument(flag, type=kind, help=what)
-    t.add_argument("--compression", choices=("int8", "fp16", "none"), help="pseudo-gradient encoding")
-    t.add_argument("--device", choices=("any", "cpu", "cuda"))
+    t.add_argument("--loss", choices=LOSSES, help=f"(default: {_training_default('loss')})")
+    for flag, path, kind, what in _TRAINING_FLAGS:
+        metavar = flag.removeprefix("--").upper().replace("-", "_")
+        t.add_argument(
+            flag, type=kind, dest=_dest(path), metavar=metavar, help=f"{what} (default: {_training_default(path)})"
+        )
+    t.add_argument(
+        "--compression",
+        choices=COMPRESSIONS,
+        help=f"pseudo-gradient encoding (default: {_training_default('compression')})",
+    )
+    t.add_argument("--device", choices=DEVICES, help=f"(default: {_training_default('device')})")
     t.add_argument("--watch", action="store_true", help="print each round's metrics until the job ends")
     t.add_argument("-o", "--output", type=Path, help="with --watch: download the final weights here")
     t.add_argument("--program-output", type=Path, help="with -o: also download the (eval) program here")
 
 
-def _training_settings(ns: argparse.Namespace) -> dict[str, Any]:
-    from tensorgrid.training.spec import AdamW, NesterovSGD
+def _dest(path: str) -> str:
+    return path.replace(".", "_")
 
-    given = {
-        "loss": ns.loss,
-        "rounds": ns.rounds,
-        "inner_steps": ns.inner_steps,
-        "workers_per_round": ns.workers,
-        "batch_size": ns.batch_size,
-        "quorum": ns.quorum,
-        "round_deadline_s": ns.round_deadline,
-        "eval_fraction": ns.eval_fraction,
-        "seed": ns.seed,
-        "task_time_limit_s": ns.time_limit,
-        "compression": ns.compression,
-        "device": ns.device,
-    }
-    settings = {k: v for k, v in given.items() if v is not None}
-    inner = {k: v for k, v in (("lr", ns.lr), ("weight_decay", ns.weight_decay)) if v is not None}
-    outer = {k: v for k, v in (("lr", ns.outer_lr), ("momentum", ns.outer_momentum)) if v is not None}
-    if inner:
-        settings["inner_optimizer"] = AdamW(**inner)
-    if outer:
-        settings["outer_optimizer"] = NesterovSGD(**outer)
+
+def training_settings(ns: argparse.Namespace) -> dict[str, Any]:
+    """The TrainingSpec fields `job submit-training` was given; the spec's defaults fill in the rest."""
+    given = _given((path, getattr(ns, _dest(path))) for _, path, _, _ in _TRAINING_FLAGS)
+    settings = _given((("loss", ns.loss), ("compression", ns.compression), ("device", ns.device)))
+    for owner, cls in _OPTIMIZERS.items():
+        chosen = {path.partition(".")[2]: v for path, v in given.items() if path.startswith(owner + ".")}
+        if chosen:
+            settings[owner] = cls(**chosen)
+    settings.update({path: v for path, v in given.items() if "." not in path})
     return settings
-
-
-def round_line(m: dict[str, Any]) -> str:
-    """One line per closed round, as `submit-training --watch` prints it."""
-    acc = "" if m.get("accuracy") is None else f"  accuracy {100 * m['accuracy']:5.1f}%"
-    loss = "-" if m.get("loss") is None else f"{m['loss']:.4f}"
-    return (
-        f"round {m['round'] + 1:>3}/{m['rounds']}  held-out loss {loss}{acc}  "
-        f"workers {m['workers']}  sent {m['bytes_up'] / 1000:.1f} kB"
-    )
 
 
 def cmd_submit_training(ns: argparse.Namespace) -> int:
@@ -349,7 +318,7 @@ def cmd_submit_training(ns: argparse.Namespace) -> int:
             eval_program=ns.eval_program,
             initial_weights=ns.weights,
             progress=progress,
-            **_training_settings(ns),
+            **training_settings(ns),
         )
     print(f"submitted training job {job.job_id}")
     if not ns.watch:
@@ -361,7 +330,7 @@ def cmd_submit_training(ns: argparse.Namespace) -> int:
         except TensorGridError as e:
             print(f"error: {e}", file=sys.stderr)
         final = client.job(job.job_id)
-        _print_job(final)
+        print_job(final)
         if final.state.value != "succeeded":
             return exitcodes.JOB_FAILED
         if ns.output:
@@ -371,7 +340,7 @@ def cmd_submit_training(ns: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ns = build_parser().parse_args(argv)
+    ns = config.parse_args(build_parser(), argv, SETTINGS)
     try:
         if ns.group == "demo":
             from tensorgrid.demo import run_demo

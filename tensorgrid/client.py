@@ -23,8 +23,20 @@ from tensorgrid import serde
 from tensorgrid.blobs import CHUNK_BYTES, check_sha256, file_sha256
 from tensorgrid.crypto import Signer, cancel_message, sign_message, submit_message
 from tensorgrid.errors import BlobError, HashMismatch, TensorGridError
+from tensorgrid.retry import backoff
 from tensorgrid.rpc import channel_options
-from tensorgrid.spec import InferenceSpec, JobSpec, NoopSpec, canonical_json, job_id_for, spec_hash, validate
+from tensorgrid.spec import (
+    InferenceSpec,
+    JobSpec,
+    NoopSpec,
+    TrainingSpec,
+    canonical_json,
+    check_dataset,
+    job_id_for,
+    spec_hash,
+    validate,
+    validate_training,
+)
 from tensorgrid.types import BlobRef, Earnings, JobEvent, JobInfo, NodeStatus
 from tensorgrid.v1 import common_pb2, submit_pb2, submit_pb2_grpc
 from tensorgrid.workloads.tensorfile import batch_rows, read_header
@@ -250,7 +262,7 @@ class Client:
                 if e.code() != grpc.StatusCode.UNAVAILABLE or retries >= 30:  # type: ignore[attr-defined]
                     raise _wrap(e) from None
                 retries += 1
-                time.sleep(min(0.2 * 2**retries, 2.0))
+                time.sleep(backoff(retries, 0.4, cap=2.0))
 
     def wait(self, job_id: str) -> JobInfo:
         """Block until the job ends; returns its final state."""
@@ -284,8 +296,6 @@ class Client:
         settings are TrainingSpec fields (rounds, inner_steps, workers_per_round, batch_size,
         compression, quorum, inner_optimizer=AdamW(...), outer_optimizer=NesterovSGD(...), ...).
         """
-        from tensorgrid.training.spec import TrainingSpec, check_dataset, validate_training
-
         blank = BlobRef("0" * 64, 0)
         draft = TrainingSpec(
             train_program=blank,
@@ -346,11 +356,9 @@ class Client:
     ) -> tuple[Path, Path | None]:
         """Download a finished training job's final weights (safetensors) and, with program_dest,
         its program (the eval-mode one when the job has it, else the train-mode one)."""
-        from tensorgrid.training.spec import parse_training
-
         weights = self.result(job_id, weights_dest, progress)
         if program_dest is None:
             return weights, None
-        spec = parse_training(self.job(job_id).spec_json)
+        spec = TrainingSpec.parse(self.job(job_id).spec_json)
         program = self.download(spec.eval_program or spec.train_program, program_dest, progress)
         return weights, program

@@ -23,6 +23,7 @@ from tensorgrid.demo_settlement import REWARD_WEI, show_settlement
 from tensorgrid.devnet import start_chain_grid
 from tensorgrid.localgrid import LocalGrid
 from tensorgrid.progress import byte_progress, watch_job
+from tensorgrid.report import verification_line
 from tensorgrid.types import JobInfo
 from tensorgrid.workloads.inference import run_inference
 from tensorgrid.workloads.model import export_program
@@ -140,8 +141,6 @@ def _run_job(
         return exitcodes.JOB_FAILED
     report = client.job(job.job_id).verification
     if report is not None:  # the spot-checks the coordinator drew, and what they bought
-        from tensorgrid.cli import verification_line
-
         print(f"   {verification_line(report)}")
     return client.result(job.job_id, root / "grid_out.safetensors"), grid_s, final
 

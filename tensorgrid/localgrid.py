@@ -17,6 +17,15 @@ from pathlib import Path
 from tensorgrid.errors import TensorGridError
 
 PASSWORD = "local-grid-password"
+# The processes of a local grid take their settings from the flags given here, never from
+# variables exported in the caller's shell (`tensorgrid devnet up` prints some to export).
+_SETTING_VARS = (
+    "TENSORGRID_COORDINATOR",
+    "TENSORGRID_NODE_",
+    "TENSORGRID_CHAIN_RPC",
+    "TENSORGRID_DEPLOYMENT",
+    "TENSORGRID_DATABASE_URL",
+)
 
 
 @dataclass
@@ -51,7 +60,8 @@ class LocalGrid:
     def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Proc:
         log_path = self.root / f"{name}.log"
         log = open(log_path, "ab")
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith(_SETTING_VARS)}
+        full_env = {**inherited, "PYTHONUNBUFFERED": "1", **(env or {})}
         popen = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=full_env, start_new_session=True)
         log.close()
         proc = Proc(name, popen, log_path)

@@ -12,6 +12,7 @@ from coordinator.db import schema as s
 from coordinator.errors import Rejected
 from coordinator.repositories.ledger import slashing
 from tensorgrid.crypto import normalize_address
+from tensorgrid.retry import backoff
 from tensorgrid.types import Capabilities, NodeStatus
 
 BACKOFF_BASE_MS = 500
@@ -20,9 +21,7 @@ BACKOFF_MAX_MS = 60_000
 
 def backoff_ms(consecutive_failures: int) -> int:
     """Exponential backoff for a node that keeps failing: 0.5 s, 1 s, 2 s … capped at 60 s."""
-    if consecutive_failures <= 0:
-        return 0
-    return int(min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** min(consecutive_failures - 1, 20)))
+    return int(backoff(consecutive_failures, BACKOFF_BASE_MS, cap=BACKOFF_MAX_MS))
 
 
 class NodeRepository:

@@ -19,6 +19,7 @@ from web3.exceptions import ContractLogicError, TimeExhausted, TransactionNotFou
 from coordinator.db import schema as s
 from coordinator.repositories.ledger.outbox import OutboxItem, OutboxListener, head
 from tensorgrid.chain import ChainClient, ChainError, ContractReverted
+from tensorgrid.retry import backoff
 from tensorgrid.types import Receipt
 
 log = logging.getLogger("tensorgrid.coordinator.outbox")
@@ -265,7 +266,7 @@ class Outbox:
     def _retry(self, item: OutboxItem, exc: Exception) -> None:
         attempts = item.attempts + 1
         base, cap = self.backoff_ms
-        delay = min(cap, base * 2 ** min(attempts - 1, 30))
+        delay = int(backoff(attempts, base, cap=cap))
         reason = "receipt timeout" if isinstance(exc, TimeExhausted) else f"{type(exc).__name__}: {exc}"
         self._update(item.id, attempts=attempts, last_error=reason[:2000], next_try_ms=self.now_ms() + delay)
         log.warning("outbox %s: attempt %s failed (%s); retry in %s ms", item.key, attempts, reason[:300], delay)

@@ -7,27 +7,19 @@ replayed as another.
 
 from __future__ import annotations
 
-import re
-
 from eth_hash.auto import keccak
 
 from tensorgrid.crypto.keys import Signer, normalize_address, recover_address
+from tensorgrid.digests import check_hex32
 from tensorgrid.errors import SignatureError
 from tensorgrid.types import Domain
 
 _PERSONAL_PREFIX = b"\x19Ethereum Signed Message:\n"
-_HEX32_RE = re.compile(r"[0-9a-f]{64}")
 
 
 def personal_digest(message: bytes) -> bytes:
     """keccak256("\\x19Ethereum Signed Message:\\n" + len(message) + message), as personal_sign."""
     return keccak(_PERSONAL_PREFIX + str(len(message)).encode("ascii") + message)
-
-
-def _hex32(what: str, value: str) -> str:
-    if not isinstance(value, str) or _HEX32_RE.fullmatch(value) is None:
-        raise SignatureError(f"{what} must be exactly 64 lowercase hex digits without 0x, got {value!r}")
-    return value
 
 
 def registration_message(address: str, nonce: bytes, domain: Domain) -> bytes:
@@ -47,12 +39,12 @@ def registration_message(address: str, nonce: bytes, domain: Domain) -> bytes:
 
 def submit_message(spec_hash: str) -> bytes:
     """The text a submitter signs to submit the job whose spec hashes to `spec_hash`."""
-    return f"TensorGrid job submission\nspec: {_hex32('spec_hash', spec_hash)}".encode()
+    return f"TensorGrid job submission\nspec: {check_hex32(spec_hash, 'spec_hash', SignatureError)}".encode()
 
 
 def cancel_message(job_id: str) -> bytes:
     """The text a submitter signs to cancel job `job_id`."""
-    return f"TensorGrid job cancellation\njob: {_hex32('job_id', job_id)}".encode()
+    return f"TensorGrid job cancellation\njob: {check_hex32(job_id, 'job_id', SignatureError)}".encode()
 
 
 def sign_message(signer: Signer, message: bytes) -> bytes:

@@ -10,13 +10,13 @@ document for wallets, Solidity tests and anyone who wants to check by other mean
 from __future__ import annotations
 
 import dataclasses
-import re
 from functools import lru_cache
 from typing import Any
 
 from eth_hash.auto import keccak
 
 from tensorgrid.crypto.keys import Signer, normalize_address, recover_address
+from tensorgrid.digests import check_hex32
 from tensorgrid.errors import SignatureError
 from tensorgrid.types import Domain, Receipt
 
@@ -44,16 +44,13 @@ RECEIPT_TYPES: dict[str, list[dict[str, str]]] = {
     ],
 }
 
-_HEX32_RE = re.compile(r"[0-9a-f]{64}")
 _UINT32_MAX = 2**32 - 1
 _UINT256_MAX = 2**256 - 1
 _HASH_FIELDS = ("job_id", "task_id", "input_hash", "output_hash", "commitment")
 
 
 def _bytes32(field: str, value: str) -> bytes:
-    if not isinstance(value, str) or _HEX32_RE.fullmatch(value) is None:
-        raise SignatureError(f"receipt {field} must be exactly 64 lowercase hex digits without 0x, got {value!r}")
-    return bytes.fromhex(value)
+    return bytes.fromhex(check_hex32(value, f"receipt {field}", SignatureError))
 
 
 @lru_cache(maxsize=64)

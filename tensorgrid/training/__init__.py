@@ -1,4 +1,4 @@
-"""DiLoCo-style training: specs, data plans, the inner loop, the outer step, the baseline."""
+"""DiLoCo-style training: data plans, the inner loop, the outer step, the baseline."""
 
 from tensorgrid.training.baseline import BaselineResult, Communication, communication, run_baseline
 from tensorgrid.training.commitments import chain, chain_link, checkpoint_steps, state_digest
@@ -16,37 +16,21 @@ from tensorgrid.training.outer import (
     outer_step,
     parameter_names,
 )
-from tensorgrid.training.spec import (
-    AdamW,
-    NesterovSGD,
-    TrainingSpec,
-    canonical_training_json,
-    check_dataset,
-    parse_training,
-    training_from_dict,
-    training_to_dict,
-    validate_training,
-)
 
 __all__ = [
-    "AdamW",
     "BaselineResult",
     "Communication",
     "DataSplit",
     "InnerResult",
     "InnerSettings",
     "LocalRun",
-    "NesterovSGD",
     "PseudoGradient",
     "ReplayResult",
     "RoundOutcome",
-    "TrainingSpec",
     "apply_round",
     "average",
-    "canonical_training_json",
     "chain",
     "chain_link",
-    "check_dataset",
     "check_pseudo_gradient",
     "checkpoint_steps",
     "communication",
@@ -57,7 +41,6 @@ __all__ = [
     "initial_weights",
     "outer_step",
     "parameter_names",
-    "parse_training",
     "plan_split",
     "read_result",
     "replay_segment",
@@ -67,9 +50,6 @@ __all__ = [
     "run_local",
     "shard_rows",
     "state_digest",
-    "training_from_dict",
-    "training_to_dict",
-    "validate_training",
     "write_result",
     "write_rows",
 ]

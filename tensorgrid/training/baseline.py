@@ -24,10 +24,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from tensorgrid.spec import TrainingSpec
 from tensorgrid.training.compression import compressed_bytes
 from tensorgrid.training.data import derive_seed, plan_split, round_shards
 from tensorgrid.training.objective import compute_loss, forward, load_batches, load_weights, open_program
-from tensorgrid.training.spec import TrainingSpec
 from tensorgrid.workloads.tensorfile import load_tensors
 
 __all__ = ["BaselineResult", "Communication", "communication", "run_baseline", "sample_stream"]

@@ -23,7 +23,7 @@ import torch
 from safetensors import safe_open
 
 from tensorgrid.errors import InvalidTensorFile
-from tensorgrid.training.spec import TrainingSpec, eval_rows
+from tensorgrid.spec import TrainingSpec, eval_rows
 from tensorgrid.workloads.tensorfile import Header, batch_rows, read_header, save_tensors
 
 __all__ = [

@@ -21,11 +21,11 @@ from typing import Any
 import torch
 
 from tensorgrid.errors import ExecutionError
+from tensorgrid.spec import LOSSES, TrainingSpec
 from tensorgrid.training.commitments import chain, checkpoint_steps, state_digest
 from tensorgrid.training.compression import PseudoGradient, read_result, write_result
 from tensorgrid.training.data import derive_seed
 from tensorgrid.training.objective import Batches, compute_loss, forward, load_batches, load_weights, open_program
-from tensorgrid.training.spec import LOSSES, TrainingSpec
 from tensorgrid.types import ErrorKind
 from tensorgrid.workloads.inference import pick_device
 from tensorgrid.workloads.tensorfile import load_tensors, read_header, save_tensors

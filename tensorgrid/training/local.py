@@ -16,10 +16,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tensorgrid.spec import TrainingSpec, check_dataset
 from tensorgrid.training.data import plan_split, round_shards, write_rows
 from tensorgrid.training.inner import InnerSettings, run_inner, write_result
 from tensorgrid.training.outer import apply_round, evaluate, initial_weights, parameter_names
-from tensorgrid.training.spec import TrainingSpec, check_dataset
 from tensorgrid.workloads.tensorfile import batch_rows, read_header
 
 __all__ = ["LocalRun", "run_local"]

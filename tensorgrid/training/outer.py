@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 
 from tensorgrid.errors import InvalidTensorFile
+from tensorgrid.spec import NesterovSGD
 from tensorgrid.training.compression import PseudoGradient, read_result
 from tensorgrid.training.objective import accuracy, compute_loss, forward, load_batches, load_weights
-from tensorgrid.training.spec import NesterovSGD
 from tensorgrid.workloads.inference import pick_device
 from tensorgrid.workloads.model import load_program
 from tensorgrid.workloads.tensorfile import load_tensors, save_tensors

@@ -18,11 +18,11 @@ from coordinator.db.engine import make_engine
 from coordinator.repositories.ledger.slashing import queue_slash
 from coordinator.services.verification.policy import VerificationPolicy
 from tensorgrid.chain.client import ChainClient, JobStatus
-from tensorgrid.cli import format_eth
 from tensorgrid.client import Client
 from tensorgrid.crypto import Signer, write_key_file
 from tensorgrid.devnet import ChainGrid, start_chain_grid
 from tensorgrid.localgrid import LocalGrid
+from tensorgrid.report import format_eth
 from tensorgrid.spec import VerificationSpec
 from tensorgrid.types import JobState
 from tests.integration.conftest import BATCH, FAST, Assets, node_args

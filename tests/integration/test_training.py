@@ -21,10 +21,10 @@ import torch
 from tensorgrid.client import Client
 from tensorgrid.crypto import Signer
 from tensorgrid.localgrid import LocalGrid
+from tensorgrid.spec import TrainingSpec
 from tensorgrid.training.baseline import run_baseline
 from tensorgrid.training.data import plan_split, write_rows
 from tensorgrid.training.outer import evaluate, initial_weights
-from tensorgrid.training.spec import TrainingSpec
 from tensorgrid.types import BlobRef, JobState
 from tensorgrid.workloads.tensorfile import load_tensors
 from tests.integration.conftest import TrainingDigits as Digits

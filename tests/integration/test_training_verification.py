@@ -20,10 +20,10 @@ from coordinator.repositories.ledger.credits import set_job_price
 from tensorgrid.client import Client
 from tensorgrid.crypto import Signer
 from tensorgrid.localgrid import LocalGrid
+from tensorgrid.spec import TrainingSpec
 from tensorgrid.training.data import plan_split, write_rows
 from tensorgrid.training.local import run_local
 from tensorgrid.training.outer import evaluate
-from tensorgrid.training.spec import TrainingSpec
 from tensorgrid.types import BlobRef, JobState
 from tests.integration.conftest import TrainingDigits as Digits
 from tests.integration.conftest import node_args

@@ -12,10 +12,9 @@ from coordinator.services.blobs import stored
 from coordinator.services.training.planner import job_files, put, round_settings, write_shards
 from tensorgrid.blobs import BlobStore
 from tensorgrid.errors import SpecError, TensorGridError
-from tensorgrid.spec import task_id_for
+from tensorgrid.spec import TrainingSpec, check_dataset, task_id_for
 from tensorgrid.training.objective import load_weights, open_program
 from tensorgrid.training.outer import initial_weights
-from tensorgrid.training.spec import TrainingSpec, check_dataset
 from tensorgrid.workloads.model import check_program
 from tensorgrid.workloads.tensorfile import load_tensors, read_header
 

@@ -24,7 +24,6 @@ blocks the outbox: nothing retries a revert.
 from __future__ import annotations
 
 import logging
-import re
 from collections import defaultdict
 from typing import Any
 
@@ -36,12 +35,12 @@ from coordinator.db.sql import insert_ignore
 from coordinator.repositories.ledger import outbox as ob
 from tensorgrid.chain import ChainClient, ContractReverted
 from tensorgrid.crypto import normalize_address
+from tensorgrid.digests import is_hex32
 
 log = logging.getLogger("tensorgrid.coordinator.ledger")
 
 ACTION = "slash"
 FALLBACK_REWARD_MULTIPLE = 10  # without a policy stake: slash this many rewards per task
-_HEX32 = re.compile(r"[0-9a-f]{64}")
 
 
 def slash_key(task_id: str, attempt: int) -> str:
@@ -127,7 +126,7 @@ def _refusal(rec: Any, job: Any, node: str, correct: str) -> str:
         return "the stored receipt carries no signature"
     if normalize_address(rec.node) != normalize_address(node):
         return f"the stored receipt is {rec.node}'s, not {node}'s"
-    if _HEX32.fullmatch(correct) is None:
+    if not is_hex32(correct):
         return f"the correct output hash {correct!r} is not 64 hex digits"
     if correct == rec.output_hash.lower():
         return "the node's signed output equals the correct output"

@@ -18,8 +18,7 @@ from coordinator.db import schema as s
 from coordinator.db.events import append_event
 from coordinator.errors import Conflict, NotFound
 from coordinator.repositories.jobs import end_job
-from tensorgrid.spec import task_id_for
-from tensorgrid.training.spec import TrainingSpec, training_from_dict
+from tensorgrid.spec import TrainingSpec, task_id_for
 from tensorgrid.types import BlobRef, JobState
 
 TASK_KIND = "training"  # create_job stamps round 0 with the job kind; later rounds match it
@@ -109,7 +108,7 @@ def round_view(engine: Engine, job_id: str) -> RoundView | None:
             raise NotFound(f"no job {job_id}")
         if job.kind != TASK_KIND or job.state not in _OPEN:
             return None
-        spec = training_from_dict(json.loads(bytes(job.spec_json)))
+        spec = TrainingSpec.from_dict(json.loads(bytes(job.spec_json)))
         last = conn.execute(select(tr).where(tr.c.job_id == job_id).order_by(tr.c.round_no.desc()).limit(1)).first()
         if last is None:
             r, opened, momentum = 0, int(job.created_ms), None

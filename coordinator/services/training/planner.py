@@ -20,6 +20,7 @@ from coordinator.repositories.training.rounds import ClosedRound, RoundTask, Rou
 from coordinator.services.blobs import stored
 from tensorgrid.blobs import BlobStore
 from tensorgrid.errors import SpecError, TensorGridError
+from tensorgrid.spec import TrainingSpec
 from tensorgrid.training.compression import read_result
 from tensorgrid.training.data import DataSplit, plan_split, round_shards, write_rows
 from tensorgrid.training.inner import InnerSettings
@@ -29,7 +30,6 @@ from tensorgrid.training.outer import (
     evaluate,
     parameter_names,
 )
-from tensorgrid.training.spec import TrainingSpec
 from tensorgrid.types import BlobRef
 from tensorgrid.workloads.tensorfile import Header, batch_rows, load_tensors, read_header
 

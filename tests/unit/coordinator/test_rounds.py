@@ -24,8 +24,7 @@ from coordinator.services.runtime import Runtime
 from coordinator.services.training.rounds import RoundManager
 from node.worker import handle
 from tensorgrid.blobs import file_sha256
-from tensorgrid.spec import canonical_json, job_id_for, spec_hash
-from tensorgrid.training.spec import TrainingSpec
+from tensorgrid.spec import TrainingSpec, canonical_json, job_id_for, spec_hash
 from tensorgrid.types import Capabilities, JobState, Lease, Receipt
 from tensorgrid.workloads.model import export_program
 from tensorgrid.workloads.tensorfile import load_tensors, save_tensors

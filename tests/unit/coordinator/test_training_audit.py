@@ -32,12 +32,11 @@ from coordinator.services.intake import plan_job
 from coordinator.services.runtime import Runtime
 from coordinator.services.training.replay import AuditCase, check_reveal, reveal_plan
 from tensorgrid.errors import TensorGridError
-from tensorgrid.spec import VerificationSpec, canonical_json, job_id_for, spec_hash
+from tensorgrid.spec import TrainingSpec, VerificationSpec, canonical_json, job_id_for, spec_hash
 from tensorgrid.training.commitments import checkpoint_steps
 from tensorgrid.training.compression import PseudoGradient
 from tensorgrid.training.inner import STEP_KEY, InnerSettings, checkpoint_name, write_result
 from tensorgrid.training.outer import initial_weights
-from tensorgrid.training.spec import TrainingSpec
 from tensorgrid.types import BlobRef, Capabilities, Lease, Receipt
 from tensorgrid.workloads.model import export_program
 from tensorgrid.workloads.tensorfile import load_tensors, save_tensors

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tensorgrid import serde
-from tensorgrid.cli import format_eth, verification_line
+from tensorgrid.report import format_eth, verification_line
 from tensorgrid.types import BlobRef, JobInfo, JobState, JobVerification, NodeStatus
 from tensorgrid.v1 import submit_pb2
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from tensorgrid.errors import InvalidTensorFile
+from tensorgrid.spec import TrainingSpec
 from tensorgrid.training.data import permutation, plan_split, round_shards, shard_rows, split_rows, write_rows
-from tensorgrid.training.spec import TrainingSpec
 from tensorgrid.workloads.tensorfile import load_tensors, save_tensors
 from tests.unit.training.conftest import REF
 

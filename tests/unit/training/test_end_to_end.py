@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 import torch
 
+from tensorgrid.spec import TrainingSpec
 from tensorgrid.training.baseline import communication, run_baseline
 from tensorgrid.training.data import plan_split
 from tensorgrid.training.local import run_local
 from tensorgrid.training.outer import evaluate, initial_weights, parameter_names
-from tensorgrid.training.spec import TrainingSpec
 from tensorgrid.workloads.model import export_program
 from tensorgrid.workloads.tensorfile import load_tensors, save_tensors
 from tests.unit.training.conftest import REF, Digits

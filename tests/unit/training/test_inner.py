@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from tensorgrid.errors import ExecutionError
+from tensorgrid.spec import TrainingSpec
 from tensorgrid.training.commitments import GENESIS, chain, chain_link, checkpoint_steps, state_digest
 from tensorgrid.training.data import write_rows
 from tensorgrid.training.inner import InnerSettings, checkpoint_name, replay_segment, run_inner
 from tensorgrid.training.outer import initial_weights
-from tensorgrid.training.spec import TrainingSpec
 from tensorgrid.workloads.model import export_program
 from tensorgrid.workloads.tensorfile import load_tensors, save_tensors
 from tests.unit.training.conftest import REF, Digits

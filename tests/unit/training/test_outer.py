@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from tensorgrid.errors import InvalidTensorFile
+from tensorgrid.spec import NesterovSGD
 from tensorgrid.training.compression import PseudoGradient, write_result
 from tensorgrid.training.data import write_rows
 from tensorgrid.training.outer import (
@@ -18,7 +19,6 @@ from tensorgrid.training.outer import (
     outer_step,
     parameter_names,
 )
-from tensorgrid.training.spec import NesterovSGD
 from tensorgrid.workloads.tensorfile import load_tensors, save_tensors
 from tests.unit.training.conftest import Digits
 

@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from tensorgrid.errors import SpecError
-from tensorgrid.training.spec import (
+from tensorgrid.spec import (
     AdamW,
     NesterovSGD,
     TrainingSpec,
-    canonical_training_json,
-    parse_training,
-    training_to_dict,
+    VerificationSpec,
+    canonical_json,
+    spec_to_dict,
     validate_training,
 )
 from tensorgrid.workloads.tensorfile import Header, read_header, save_tensors
@@ -34,18 +34,18 @@ def _header(tmp_path: Path, **tensors: torch.Tensor) -> Header:
 
 
 def test_round_trip_is_canonical() -> None:
-    spec = parse_training(_raw(inner_optimizer={"name": "adamw", "lr": 1, "betas": [0.9, 0.95]}, quorum=1))
+    spec = TrainingSpec.parse(_raw(inner_optimizer={"name": "adamw", "lr": 1, "betas": [0.9, 0.95]}, quorum=1))
     assert spec.inner_optimizer == AdamW(lr=1.0, betas=(0.9, 0.95))
     assert spec.outer_optimizer == NesterovSGD(lr=0.7, momentum=0.8)
-    raw = canonical_training_json(spec)
-    again = parse_training(raw)
-    assert again == spec and canonical_training_json(again) == raw
-    assert json.loads(raw) == training_to_dict(spec)
+    raw = canonical_json(spec)
+    again = TrainingSpec.parse(raw)
+    assert again == spec and canonical_json(again) == raw
+    assert json.loads(raw) == spec_to_dict(spec)
     assert b'"lr":1.0' in raw  # ints are normalized, so 1 and 1.0 hash alike
 
 
 def test_optional_blobs_may_be_null() -> None:
-    spec = parse_training(_raw(eval_program=None, initial_weights=BLOB))
+    spec = TrainingSpec.parse(_raw(eval_program=None, initial_weights=BLOB))
     assert spec.eval_program is None and spec.initial_weights == REF
 
 
@@ -76,7 +76,7 @@ def test_optional_blobs_may_be_null() -> None:
 )
 def test_invalid_specs_say_why(changes: dict[str, object], message: str) -> None:
     with pytest.raises(SpecError, match=message):
-        parse_training(_raw(**changes))
+        TrainingSpec.parse(_raw(**changes))
 
 
 def test_quorum_workers() -> None:
@@ -121,14 +121,10 @@ def test_mse_accepts_float_or_one_integer_target_per_row(tmp_path: Path) -> None
 
 
 def test_verification_policy_round_trips_and_leaves_old_hashes_alone() -> None:
-    from tensorgrid.errors import SpecError
-    from tensorgrid.spec import VerificationSpec
-    from tensorgrid.training.spec import canonical_training_json, parse_training
-
     plain = TrainingSpec(train_program=REF, dataset=REF, nonce="x")
-    assert b"verification" not in canonical_training_json(plain)
+    assert b"verification" not in canonical_json(plain)
     checked = TrainingSpec(train_program=REF, dataset=REF, nonce="x", verification=VerificationSpec(check_floor=0.2))
-    assert parse_training(canonical_training_json(checked)) == checked
-    raw = canonical_training_json(checked).replace(b'"mode":"spotcheck"', b'"mode":"sometimes"')
+    assert TrainingSpec.parse(canonical_json(checked)) == checked
+    raw = canonical_json(checked).replace(b'"mode":"spotcheck"', b'"mode":"sometimes"')
     with pytest.raises(SpecError, match="verification.mode"):
-        parse_training(raw)
+        TrainingSpec.parse(raw)

@@ -1,0 +1,68 @@
+"""The node's settings: the agent's configuration and the command line's options, each default once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from tensorgrid import config
+from tensorgrid.config import Setting, under_home
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    coordinator: str
+    work_dir: Path
+    slots: int = 1
+    device: str = "auto"
+    threads: int = 0  # 0: torch's default
+    rpc_timeout_s: float = 30.0
+
+
+KEYSTORE = Setting(
+    "--keystore",
+    "TENSORGRID_NODE_KEYSTORE",
+    under_home("node-key.json"),
+    type=Path,
+    help="encrypted key file; its address is the node's identity and payee",
+    metavar="FILE",
+)
+COORDINATOR = replace(
+    config.COORDINATOR, default=None, required=True, help="HOST:PORT of the coordinator's gRPC endpoint"
+)
+DATA_DIR = Setting(
+    "--data-dir",
+    "TENSORGRID_NODE_DATA_DIR",
+    under_home("node"),
+    type=Path,
+    help="blob cache and scratch files",
+    metavar="DIR",
+)
+DEVICE = Setting(
+    "--device",
+    "TENSORGRID_NODE_DEVICE",
+    "auto",
+    choices=("auto", "cpu", "cuda"),
+    help="auto: CUDA when present, else CPU",
+)
+SLOTS = Setting("--slots", "TENSORGRID_NODE_SLOTS", AgentConfig.slots, type=int, help="tasks to run at once")
+THREADS = Setting(
+    "--threads",
+    "TENSORGRID_NODE_THREADS",
+    AgentConfig.threads,
+    type=int,
+    help="torch threads per task; 0: torch's default",
+)
+MEMORY_GIB = Setting(
+    "--memory-gib", "TENSORGRID_NODE_MEMORY_GIB", None, type=float, help="memory to offer; none: what is free"
+)
+CACHE_GIB = Setting("--cache-gib", "TENSORGRID_NODE_CACHE_GIB", 10.0, type=float, help="blob cache size")
+STAKE_WEI = Setting(
+    "--stake-wei",
+    "TENSORGRID_NODE_STAKE_WEI",
+    0,
+    type=int,
+    help="stake to register with on chain if not yet staked; 0: the minimum",
+)
+CHAIN = (config.CHAIN_RPC, config.DEPLOYMENT)
+SETTINGS = (KEYSTORE, COORDINATOR, DATA_DIR, DEVICE, SLOTS, THREADS, MEMORY_GIB, CACHE_GIB, STAKE_WEI, *CHAIN)

@@ -1,0 +1,61 @@
+"""Human lines about jobs, shared by the command line and the demo."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from tensorgrid.types import JobInfo, JobVerification
+
+_OUTCOME_ORDER = ("verified", "caught", "unverified", "open", "disputed")
+
+
+def print_job(job: JobInfo) -> None:
+    print(
+        f"job {job.job_id}\n  state    {job.state.value}\n  kind     {job.kind}\n"
+        f"  tasks    {job.tasks_done}/{job.tasks_total} done, {job.task_failures} failed attempts"
+    )
+    if job.result:
+        print(f"  result   {job.result.sha256} ({job.result.size} bytes)")
+    if job.error:
+        print(f"  error    {job.error}")
+    if job.verification is not None:
+        print(f"  {verification_line(job.verification)}")
+
+
+def format_eth(wei: int) -> str:
+    """Exact: 1200000000000000 wei -> "0.0012 ETH"."""
+    whole, frac = divmod(wei, 10**18)
+    return f"{whole}.{frac:018d}".rstrip("0").rstrip(".") + " ETH"
+
+
+def verification_line(v: JobVerification) -> str:
+    """One human line, e.g. "verification: spotcheck, 12 checks (11 verified, 1 caught),
+    detection ≥ 99.0%, stake required 0.0012 ETH"."""
+    if v.mode == "none" and not v.checks:
+        return "verification: none (signature, lease holder and output hash only)"
+    outcomes: dict[str, int] = {}
+    for key, n in v.checks.items():
+        outcome = key.rpartition(":")[2]
+        outcomes[outcome] = outcomes.get(outcome, 0) + n
+    order = sorted(outcomes, key=lambda o: (_OUTCOME_ORDER.index(o) if o in _OUTCOME_ORDER else 99, o))
+    found = ", ".join(f"{outcomes[o]} {o}" for o in order)
+    total = sum(outcomes.values())
+    parts = [v.mode, f"{total} check{'s' if total != 1 else ''}" + (f" ({found})" if found else "")]
+    if v.detection > 0:
+        parts.append(f"detection ≥ {math.floor(v.detection * 1000) / 10:.1f}%")
+    if v.required_stake_wei:
+        parts.append(f"stake required {format_eth(v.required_stake_wei)}")
+    if v.slashes:
+        parts.append(f"{v.slashes} slash{'es' if v.slashes != 1 else ''} took {format_eth(v.slashed_wei)}")
+    return "verification: " + ", ".join(parts)
+
+
+def round_line(m: dict[str, Any]) -> str:
+    """One line per closed round, as `submit-training --watch` prints it."""
+    acc = "" if m.get("accuracy") is None else f"  accuracy {100 * m['accuracy']:5.1f}%"
+    loss = "-" if m.get("loss") is None else f"{m['loss']:.4f}"
+    return (
+        f"round {m['round'] + 1:>3}/{m['rounds']}  held-out loss {loss}{acc}  "
+        f"workers {m['workers']}  sent {m['bytes_up'] / 1000:.1f} kB"
+    )

@@ -1,0 +1,21 @@
+"""A local grid's processes take their settings from its flags, not from the caller's shell."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from tensorgrid.localgrid import LocalGrid
+
+SHOW = "import os; print(sorted(k for k in os.environ if k.startswith('TENSORGRID_')))"
+
+
+def test_exported_settings_do_not_leak_into_local_processes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("TENSORGRID_CHAIN_RPC", "TENSORGRID_COORDINATOR", "TENSORGRID_NODE_SLOTS", "TENSORGRID_HOME"):
+        monkeypatch.setenv(var, "x")
+    with LocalGrid(tmp_path) as grid:
+        proc = grid._spawn("show", [sys.executable, "-c", SHOW], env={"TENSORGRID_NODE_THREADS": "1"})
+        proc.popen.wait(30)
+    assert proc.log_tail().strip() == "['TENSORGRID_HOME', 'TENSORGRID_NODE_THREADS']"
