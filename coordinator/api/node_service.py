@@ -72,7 +72,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             app.config.session_ttl_ms,
             request.nonce.hex(),
         )
-        self.sessions.add(token, address)
+        self.sessions.add(token, address, now + app.config.session_ttl_ms)
         log.info("node %s registered (%s, %d MiB)", address, caps.device_kind, caps.memory_bytes >> 20)
         return node_pb2.RegisterResponse(
             session_token=token,
@@ -181,7 +181,8 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         finally:
             app.lease_book.pop(receipt.task_id, None)
         app.hub.notify(job_id)
-        app.on_results_accepted([job_id])
+        if task.kind == "training":  # only a training round can close on a result; others need no wake-up
+            app.on_results_accepted([job_id])
         if complete:
             app.schedule_aggregation(job_id)
         return node_pb2.SubmitResultResponse(accepted=True, reveal_steps=audit.steps if audit else ())

@@ -16,6 +16,7 @@ from sqlalchemy import Connection, Engine, bindparam, insert, select, update
 from coordinator.errors import Rejected
 from coordinator.ledger import credits as ledger  # module import: the ledger imports storage too
 from coordinator.storage import schema as s
+from coordinator.storage.rawsql import Raw
 from coordinator.storage.tasks import _check_holder, _check_matches
 from coordinator.verification import records as verification
 from coordinator.verification.records import CheckPlan, Verdict
@@ -66,6 +67,8 @@ _JOB_DONE = (
     )
     .returning(s.jobs.c.event_seq, s.jobs.c.tasks_done, s.jobs.c.tasks_total, s.jobs.c.state)
 )
+_ACCEPT_ANY_ROWS_RAW, _ACCEPT_ROWS_RAW = Raw(_ACCEPT_ANY_ROWS), Raw(_ACCEPT_ROWS)
+_NODE_DONE_RAW, _JOB_DONE_RAW = Raw(_NODE_DONE), Raw(_JOB_DONE)
 
 
 @dataclass(frozen=True)
@@ -136,10 +139,10 @@ class ResultStore:
             b_out=item.output.sha256,
             b_size=item.output.size,
         )
-        stmt = _ACCEPT_ANY_ROWS
+        stmt = _ACCEPT_ANY_ROWS_RAW
         if item.rows is not None:
-            stmt, params["b_rows"] = _ACCEPT_ROWS, item.rows
-        row = conn.execute(stmt, params).first()
+            stmt, params["b_rows"] = _ACCEPT_ROWS_RAW, item.rows
+        row = stmt.first(conn, params)
         if row is None:
             current = conn.execute(select(_t).where(_t.c.task_id == r.task_id)).first()
             _check_holder(current, item.node, r.attempt, now_ms)
@@ -169,8 +172,8 @@ class ResultStore:
         # checked result is paid when its check passes, a check task is the grid's own cost.
         paid = [(i.node, job, i.receipt.task_id, i.receipt.attempt) for i, job, _ in accepted if _paid_now(i)]
         ledger.credit_results(conn, paid, now_ms)
-        for node, n in Counter(i.node for i, _, _ in accepted).items():
-            conn.execute(_NODE_DONE, dict(b_node=node, b_n=n, b_now=now_ms))
+        per_node = Counter(i.node for i, _, _ in accepted)
+        _NODE_DONE_RAW.many(conn, [dict(b_node=node, b_n=n, b_now=now_ms) for node, n in per_node.items()])
         per_job: dict[str, list[tuple[ResultItem, int]]] = defaultdict(list)
         touched: set[str] = set()
         for item, job_id, _ in accepted:
@@ -191,8 +194,11 @@ class ResultStore:
             if item.verdict is None:
                 per_job[job_id].append((item, idx))
         events: list[dict[str, Any]] = []
+        unfinished: set[str] = set()  # jobs the update below shows have tasks left: no completeness query
         for job_id, done in per_job.items():
-            job = conn.execute(_JOB_DONE, dict(b_job=job_id, b_n=len(done), b_now=now_ms)).one()
+            job = _JOB_DONE_RAW.first(conn, dict(b_job=job_id, b_n=len(done), b_now=now_ms))
+            if job.tasks_done < job.tasks_total:
+                unfinished.add(job_id)
             first_seq, first_done = job.event_seq - len(done), job.tasks_done - len(done)
             for k, (item, idx) in enumerate(done, start=1):
                 events.append(
@@ -212,4 +218,4 @@ class ResultStore:
         if events:
             conn.execute(insert(s.events), events)
         # A job is complete once every task is done and every check of its results is settled.
-        return {job_id for job_id in touched if job_complete(conn, job_id)}
+        return {job_id for job_id in touched - unfinished if job_complete(conn, job_id)}

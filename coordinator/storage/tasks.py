@@ -11,6 +11,7 @@ from sqlalchemy import Connection, Engine, bindparam, or_, select, update
 
 from coordinator.errors import Forged, NotFound, Rejected
 from coordinator.storage import schema as s
+from coordinator.storage.rawsql import Raw
 from coordinator.verification import assign
 from coordinator.verification import records as verification
 from tensorgrid.types import BlobRef, ErrorKind, JobState, Lease, Receipt, TaskError
@@ -70,6 +71,7 @@ def _pending(*extra: Any) -> Any:
 
 
 _PENDING = _pending()
+_PENDING_RAW = Raw(_PENDING)
 # For a node barred from some jobs (too little stake): skipped in SQL, so it is never starved
 # behind a queue head it may not take.
 _PENDING_NOT_BARRED = _pending(_t.c.job_id.not_in(bindparam("b_barred", expanding=True)))
@@ -85,6 +87,7 @@ _GRANT = (
         deadline_ms=bindparam("b_deadline"),
     )
 )
+_NODE_RAW, _GRANT_RAW = Raw(_NODE), Raw(_GRANT)
 
 
 class TaskStore:
@@ -142,7 +145,7 @@ class TaskStore:
         timing: LeaseTiming,
         barred: Barred | None = None,
     ) -> tuple[list[Lease], int]:
-        node = conn.execute(_NODE, {"b_node": address}).first()
+        node = _NODE_RAW.first(conn, {"b_node": address})
         if node is None:
             raise Rejected("unknown node: register first")
         if node.draining:
@@ -150,23 +153,24 @@ class TaskStore:
         if node.backoff_until_ms > now_ms:
             return [], int(node.backoff_until_ms - now_ms)
         skip = barred(conn, address) if barred is not None else set()
-        rows = conn.execute(
-            _PENDING_NOT_BARRED if skip else _PENDING,
-            {
-                **({"b_barred": sorted(skip)} if skip else {}),
-                # A CUDA node can run any task; a CPU node anything but CUDA-only tasks.
-                "b_not_device": "" if node.device_kind == "cuda" else "cuda",
-                "b_memory": node.memory_bytes,
-                "b_node": address,
-                "b_avoid_before": now_ms - AVOID_FAILED_NODE_MS,
-                "b_limit": max(1, min(max_tasks, 256)),
-            },
-        ).all()
+        params = {
+            # A CUDA node can run any task; a CPU node anything but CUDA-only tasks.
+            "b_not_device": "" if node.device_kind == "cuda" else "cuda",
+            "b_memory": node.memory_bytes,
+            "b_node": address,
+            "b_avoid_before": now_ms - AVOID_FAILED_NODE_MS,
+            "b_limit": max(1, min(max_tasks, 256)),
+        }
+        if skip:
+            rows = conn.execute(_PENDING_NOT_BARRED, {**params, "b_barred": sorted(skip)}).all()
+        else:
+            rows = _PENDING_RAW.all(conn, params)
         if not rows:
             return [], 500
         deadline = now_ms + timing.ttl_ms
-        for r in rows:
-            conn.execute(_GRANT, {"b_task": r.task_id, "b_node": address, "b_now": now_ms, "b_deadline": deadline})
+        _GRANT_RAW.many(
+            conn, [{"b_task": r.task_id, "b_node": address, "b_now": now_ms, "b_deadline": deadline} for r in rows]
+        )
         for job_id in sorted({r.job_id for r in rows} - self._started_jobs):
             self._started_jobs.add(job_id)
             started = conn.execute(
