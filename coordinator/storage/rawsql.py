@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, Table, bindparam, insert
 from sqlalchemy.engine import Dialect
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import ClauseElement
@@ -32,7 +32,7 @@ class _Plan:
     defaults: dict[str, Any]  # literal values the expression carries (e.g. state == 'leased')
     binds: tuple[tuple[str, Any], ...]  # (name, processor) for binds whose type converts values
     row_type: Any  # a namedtuple of the returned columns, or None
-    results: tuple[Processor, ...]
+    results: tuple[Processor, ...] | None  # per returned column; None when no column needs one
 
 
 class Raw:
@@ -93,7 +93,7 @@ class Raw:
 
 
 def _row(plan: _Plan, r: Sequence[Any]) -> Any:
-    if any(plan.results):
+    if plan.results is not None:
         r = [v if p is None else p(v) for p, v in zip(plan.results, r, strict=True)]
     return plan.row_type._make(r)
 
@@ -116,4 +116,18 @@ def _compile(stmt: ClauseElement, dialect: Dialect) -> _Plan:
     results = tuple(c.type._cached_result_processor(dialect, None) for c in columns)
     positional = bool(dialect.positional)
     names = tuple(compiled.positiontup or ()) if positional else ()
-    return _Plan(compiled.string, positional, names, defaults, tuple(binds), row_type, results)
+    return _Plan(
+        compiled.string, positional, names, defaults, tuple(binds), row_type, results if any(results) else None
+    )
+
+
+class RawInsert(Raw):
+    """A multi-row INSERT of the named columns; `many` takes rows keyed by column name."""
+
+    def __init__(self, table: Table, columns: Sequence[str]) -> None:
+        # Binds need names of their own: a bind named like its column is reserved by SQLAlchemy.
+        super().__init__(insert(table).values({c: bindparam(f"b_{c}") for c in columns}))
+        self.columns = tuple(columns)
+
+    def many(self, conn: Connection, rows: Iterable[Mapping[str, Any]]) -> None:
+        super().many(conn, [{f"b_{c}": row[c] for c in self.columns} for row in rows])

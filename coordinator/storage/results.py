@@ -11,12 +11,12 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, bindparam, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, select, update
 
 from coordinator.errors import Rejected
 from coordinator.ledger import credits as ledger  # module import: the ledger imports storage too
 from coordinator.storage import schema as s
-from coordinator.storage.rawsql import Raw
+from coordinator.storage.rawsql import Raw, RawInsert
 from coordinator.storage.tasks import _check_holder, _check_matches
 from coordinator.verification import records as verification
 from coordinator.verification.records import CheckPlan, Verdict
@@ -69,6 +69,8 @@ _JOB_DONE = (
 )
 _ACCEPT_ANY_ROWS_RAW, _ACCEPT_ROWS_RAW = Raw(_ACCEPT_ANY_ROWS), Raw(_ACCEPT_ROWS)
 _NODE_DONE_RAW, _JOB_DONE_RAW = Raw(_NODE_DONE), Raw(_JOB_DONE)
+_RECEIPTS_RAW = RawInsert(s.receipts, [c.name for c in s.receipts.c])
+_EVENTS_RAW = RawInsert(s.events, [c.name for c in s.events.c if c.name != "id"])
 
 
 @dataclass(frozen=True)
@@ -152,8 +154,8 @@ class ResultStore:
 
     def _record(self, conn: Connection, accepted: list[tuple[ResultItem, str, int]], now_ms: int) -> set[str]:
         """Receipts, node counters, job progress and events for the accepted results."""
-        conn.execute(
-            insert(s.receipts),
+        _RECEIPTS_RAW.many(
+            conn,
             [
                 dict(
                     task_id=i.receipt.task_id,
@@ -216,6 +218,6 @@ class ResultStore:
                     )
                 )
         if events:
-            conn.execute(insert(s.events), events)
+            _EVENTS_RAW.many(conn, events)
         # A job is complete once every task is done and every check of its results is settled.
         return {job_id for job_id in touched - unfinished if job_complete(conn, job_id)}
