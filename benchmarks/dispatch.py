@@ -4,6 +4,10 @@ grpc.aio echo RPC rate measured in the same run with the same client concurrency
 A task is lease → signed result → verified → recorded: at least two RPCs, so 0.5 of the
 raw rate is the ceiling. Goal: ≥ 0.25.
 
+The machine is usually shared, so rates move with other load. Where /proc exists the JSON
+also carries CPU time per task (coordinator process; simulated nodes, which run in this
+process) and per echo RPC (server process; client), a figure that moves much less.
+
     python -m benchmarks.dispatch [--tasks 4000] [--nodes 8] [--seconds 8]
 """
 
@@ -12,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -82,6 +87,40 @@ async def grid_task_rate(target: str, tasks: int, nodes: int, batch: int) -> tup
     return done / elapsed, rejected
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process so far (Linux /proc); None where unavailable."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def child_pids() -> list[int]:
+    try:
+        return [int(x) for x in Path(f"/proc/self/task/{os.getpid()}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+class CpuMeter:
+    """CPU milliseconds per unit of work spent by the given processes between start() and per()."""
+
+    def __init__(self, *pids: int) -> None:
+        self.pids = pids
+        self._start: list[float | None] = []
+
+    def start(self) -> None:
+        self._start = [cpu_seconds(p) for p in self.pids]
+
+    def per(self, units: float) -> list[float | None]:
+        out: list[float | None] = []
+        for pid, before in zip(self.pids, self._start, strict=True):
+            after = cpu_seconds(pid)
+            out.append(None if before is None or after is None or units <= 0 else 1000 * (after - before) / units)
+        return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tasks", type=int, default=4000)
@@ -93,13 +132,29 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="tg-bench-") as tmp:
         root = Path(tmp)
         with baseline_process(root, "echo") as port:
+            echo_cpu = CpuMeter(*child_pids(), os.getpid())
+            echo_cpu.start()
+            start = time.monotonic()
             raw = asyncio.run(raw_echo_rate(port, ns.nodes, ns.seconds))
+            echo_ms = echo_cpu.per(raw * (time.monotonic() - start))
         print(f"raw grpc.aio echo: {raw:,.0f} RPC/s with {ns.nodes} concurrent callers")
         with LocalGrid(root / "grid") as grid:
             args = ("--database-url", ns.database_url) if ns.database_url else ()
             grid.start_coordinator(*args)
+            grid_cpu = CpuMeter(grid.procs[0].popen.pid, os.getpid())
+            grid_cpu.start()  # includes registering the nodes and submitting the job
             rate, rejected = asyncio.run(grid_task_rate(grid.target, ns.tasks, ns.nodes, ns.lease_batch))
+            task_ms = grid_cpu.per(ns.tasks)
     print(f"grid: {rate:,.0f} no-op tasks/s end to end ({ns.tasks} tasks, {ns.nodes} simulated nodes)")
+    cpu: dict[str, dict[str, float]] = {}
+    e_server, e_client = echo_ms if len(echo_ms) == 2 else (None, None)
+    t_coord, t_nodes = task_ms
+    if e_server is not None and e_client is not None and t_coord is not None and t_nodes is not None:
+        cpu = {
+            "echo_cpu_ms_per_rpc": {"server": round(e_server, 3), "client": round(e_client, 3)},
+            "task_cpu_ms": {"coordinator": round(t_coord, 3), "nodes": round(t_nodes, 3)},
+        }
+        print(f"CPU: {e_server + e_client:.3f} ms per echo RPC, {t_coord + t_nodes:.3f} ms per task")
     emit(
         {
             "benchmark": "dispatch",
@@ -112,6 +167,7 @@ def main() -> None:
             "lease_batch": ns.lease_batch,
             "rejected": rejected,
             "database": "postgresql" if ns.database_url else "sqlite",
+            **cpu,
         }
     )
 

@@ -49,23 +49,49 @@ def token_hash(token: str) -> str:
 
 
 class SessionCache:
-    """Token → node address, backed by the database so sessions survive a restart."""
+    """Token → node address, backed by the database so sessions survive a restart.
 
-    def __init__(self, lookup: Callable[[str, int], Awaitable[str | None]]) -> None:
+    Each entry keeps its session's expiry (fixed when the session opens), so a cached
+    session stops working at the same moment as one read from the database.
+    """
+
+    def __init__(self, lookup: Callable[[str], Awaitable[tuple[str, int] | None]], max_entries: int = 100_000) -> None:
         self._lookup = lookup
-        self._cache: dict[str, str] = {}
+        self._cache: dict[str, tuple[str, int]] = {}  # token hash → (address, expires_ms)
+        self._max = max_entries
 
-    def add(self, token: str, address: str) -> None:
-        self._cache[token_hash(token)] = address
+    def add(self, token: str, address: str, expires_ms: int) -> None:
+        if len(self._cache) >= self._max:
+            self._evict(_now_ms())
+        self._cache[token_hash(token)] = (address, expires_ms)
 
     async def resolve(self, token: str) -> str | None:
         h = token_hash(token)
-        if h in self._cache:
-            return self._cache[h]
-        address = await self._lookup(h, int(time.time() * 1000))
-        if address is not None:
-            self._cache[h] = address
+        now = _now_ms()
+        entry = self._cache.get(h)
+        if entry is None:
+            entry = await self._lookup(h)
+            if entry is None:
+                return None
+            if len(self._cache) >= self._max:
+                self._evict(now)
+            self._cache[h] = entry
+        address, expires_ms = entry
+        if expires_ms < now:
+            self._cache.pop(h, None)
+            return None
         return address
+
+    def _evict(self, now: int) -> None:
+        """Drop expired entries; if that frees too little, the oldest half (they reload on use)."""
+        self._cache = {h: e for h, e in self._cache.items() if e[1] >= now}
+        if len(self._cache) >= self._max:
+            keep = list(self._cache.items())[len(self._cache) // 2 :]
+            self._cache = dict(keep)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 class SessionInterceptor(grpc.aio.ServerInterceptor):

@@ -66,7 +66,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             app.config.session_ttl_ms,
             request.nonce.hex(),
         )
-        self.sessions.add(token, address)
+        self.sessions.add(token, address, now + app.config.session_ttl_ms)
         log.info("node %s registered (%s, %d MiB)", address, caps.device_kind, caps.memory_bytes >> 20)
         return node_pb2.RegisterResponse(
             session_token=token,

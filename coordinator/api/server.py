@@ -21,7 +21,7 @@ SERVICE_NAMES = (
 
 async def build_server(app: Grid, listen: str) -> tuple[grpc.aio.Server, int]:
     """Returns the server (not started) and the port it bound (listen may ask for port 0)."""
-    sessions = SessionCache(lambda h, now: app.runtime.db(app.store.nodes.session_address, h, now))
+    sessions = SessionCache(lambda h: app.runtime.db(app.store.nodes.session, h))
     server = grpc.aio.server(interceptors=[SessionInterceptor(sessions)], options=server_options())
     node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(app, sessions), server)
     submit_pb2_grpc.add_SubmitterServiceServicer_to_server(SubmitterServicer(app), server)

@@ -59,13 +59,18 @@ class NodeRepository:
             raise Rejected("this registration challenge was already used: ask for a new one") from None
 
     def session_address(self, token_hash: str, now_ms: int) -> str | None:
+        found = self.session(token_hash)
+        if found is None or found[1] < now_ms:
+            return None
+        return found[0]
+
+    def session(self, token_hash: str) -> tuple[str, int] | None:
+        """(address, expires_ms) of a session token, expired or not; None if unknown."""
         with self.engine.connect() as conn:
             row = conn.execute(
                 select(s.sessions.c.address, s.sessions.c.expires_ms).where(s.sessions.c.token_hash == token_hash)
             ).first()
-        if row is None or row.expires_ms < now_ms:
-            return None
-        return str(row.address)
+        return None if row is None else (str(row.address), int(row.expires_ms))
 
     def get_node(self, address: str) -> NodeStatus | None:
         with self.engine.connect() as conn:

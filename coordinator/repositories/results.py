@@ -12,9 +12,10 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import Connection, bindparam, select, update
 
 from coordinator.db import schema as s
+from coordinator.db.rawsql import Raw, RawInsert
 from coordinator.errors import Rejected
 from coordinator.repositories.tasks import check_holder, check_matches
 from tensorgrid.types import BlobRef, JobState, Receipt
@@ -60,6 +61,11 @@ _JOB_DONE = (
     )
     .returning(s.jobs.c.event_seq, s.jobs.c.tasks_done, s.jobs.c.tasks_total, s.jobs.c.state)
 )
+# The accept path runs these per result: straight through the DB-API cursor (db/rawsql.py says why).
+_ACCEPT_ANY_ROWS_RAW, _ACCEPT_ROWS_RAW = Raw(_ACCEPT_ANY_ROWS), Raw(_ACCEPT_ROWS)
+_NODE_DONE_RAW, _JOB_DONE_RAW = Raw(_NODE_DONE), Raw(_JOB_DONE)
+_RECEIPTS_RAW = RawInsert(s.receipts, [c.name for c in s.receipts.c])
+_EVENTS_RAW = RawInsert(s.events, [c.name for c in s.events.c if c.name != "id"])
 
 
 @dataclass(frozen=True)
@@ -86,10 +92,10 @@ def claim(conn: Connection, node: str, receipt: Receipt, output: BlobRef, rows: 
         b_out=output.sha256,
         b_size=output.size,
     )
-    stmt = _ACCEPT_ANY_ROWS
+    stmt = _ACCEPT_ANY_ROWS_RAW
     if rows is not None:
-        stmt, params["b_rows"] = _ACCEPT_ROWS, rows
-    row = conn.execute(stmt, params).first()
+        stmt, params["b_rows"] = _ACCEPT_ROWS_RAW, rows
+    row = stmt.first(conn, params)
     if row is None:
         current = conn.execute(select(_t).where(_t.c.task_id == r.task_id)).first()
         check_holder(current, node, r.attempt, now_ms)
@@ -100,8 +106,8 @@ def claim(conn: Connection, node: str, receipt: Receipt, output: BlobRef, rows: 
 
 def record_receipts(conn: Connection, accepted: list[Claimed], now_ms: int) -> None:
     """The signed receipts of the accepted results, and their nodes' counters."""
-    conn.execute(
-        insert(s.receipts),
+    _RECEIPTS_RAW.many(
+        conn,
         [
             dict(
                 task_id=c.receipt.task_id,
@@ -116,18 +122,23 @@ def record_receipts(conn: Connection, accepted: list[Claimed], now_ms: int) -> N
             for c in accepted
         ],
     )
-    for node, n in Counter(c.node for c in accepted).items():
-        conn.execute(_NODE_DONE, dict(b_node=node, b_n=n, b_now=now_ms))
+    per_node = Counter(c.node for c in accepted)
+    _NODE_DONE_RAW.many(conn, [dict(b_node=node, b_n=n, b_now=now_ms) for node, n in per_node.items()])
 
 
-def record_progress(conn: Connection, done: list[Claimed], now_ms: int) -> None:
-    """Job progress and one "completed" event per result that completes a task of its job."""
+def record_progress(conn: Connection, done: list[Claimed], now_ms: int) -> set[str]:
+    """Job progress and one "completed" event per result that completes a task of its job.
+
+    Returns the jobs that still have tasks left after this (no need to ask if they are complete)."""
     per_job: dict[str, list[Claimed]] = defaultdict(list)
     for c in done:
         per_job[c.job_id].append(c)
     events: list[dict[str, Any]] = []
+    unfinished: set[str] = set()
     for job_id, claimed in per_job.items():
-        job = conn.execute(_JOB_DONE, dict(b_job=job_id, b_n=len(claimed), b_now=now_ms)).one()
+        job = _JOB_DONE_RAW.first(conn, dict(b_job=job_id, b_n=len(claimed), b_now=now_ms))
+        if job.tasks_done < job.tasks_total:
+            unfinished.add(job_id)
         first_seq, first_done = job.event_seq - len(claimed), job.tasks_done - len(claimed)
         for k, c in enumerate(claimed, start=1):
             events.append(
@@ -145,7 +156,8 @@ def record_progress(conn: Connection, done: list[Claimed], now_ms: int) -> None:
                 )
             )
     if events:
-        conn.execute(insert(s.events), events)
+        _EVENTS_RAW.many(conn, events)
+    return unfinished
 
 
 def subject_row(conn: Connection, task_id: str) -> Any:

@@ -12,6 +12,7 @@ from sqlalchemy import Connection, Engine, and_, bindparam, case, exists, or_, s
 from coordinator.config import LeaseTiming
 from coordinator.db import schema as s
 from coordinator.db.events import append_event
+from coordinator.db.rawsql import Raw
 from coordinator.errors import Forged, NotFound, Rejected
 from coordinator.repositories.jobs import end_job
 from coordinator.repositories.nodes import node_failed
@@ -71,6 +72,7 @@ def _pending(*extra: Any) -> Any:
 
 
 _PENDING = _pending()
+_PENDING_RAW = Raw(_PENDING)
 # For a node barred from some jobs (too little stake): skipped in SQL, so it is never starved
 # behind a queue head it may not take.
 _PENDING_NOT_BARRED = _pending(_t.c.job_id.not_in(bindparam("b_barred", expanding=True)))
@@ -86,6 +88,7 @@ _GRANT = (
         deadline_ms=bindparam("b_deadline"),
     )
 )
+_NODE_RAW, _GRANT_RAW = Raw(_NODE), Raw(_GRANT)
 
 
 class TaskRepository:
@@ -133,7 +136,7 @@ class TaskRepository:
         timing: LeaseTiming,
         barred: Barred | None = None,
     ) -> tuple[list[Lease], int]:
-        node = conn.execute(_NODE, {"b_node": address}).first()
+        node = _NODE_RAW.first(conn, {"b_node": address})
         if node is None:
             raise Rejected("unknown node: register first")
         if node.draining:
@@ -141,23 +144,24 @@ class TaskRepository:
         if node.backoff_until_ms > now_ms:
             return [], int(node.backoff_until_ms - now_ms)
         skip = barred(conn, address) if barred is not None else set()
-        rows = conn.execute(
-            _PENDING_NOT_BARRED if skip else _PENDING,
-            {
-                **({"b_barred": sorted(skip)} if skip else {}),
-                # A CUDA node can run any task; a CPU node anything but CUDA-only tasks.
-                "b_not_device": "" if node.device_kind == "cuda" else "cuda",
-                "b_memory": node.memory_bytes,
-                "b_node": address,
-                "b_avoid_before": now_ms - AVOID_FAILED_NODE_MS,
-                "b_limit": max(1, min(max_tasks, 256)),
-            },
-        ).all()
+        params = {
+            # A CUDA node can run any task; a CPU node anything but CUDA-only tasks.
+            "b_not_device": "" if node.device_kind == "cuda" else "cuda",
+            "b_memory": node.memory_bytes,
+            "b_node": address,
+            "b_avoid_before": now_ms - AVOID_FAILED_NODE_MS,
+            "b_limit": max(1, min(max_tasks, 256)),
+        }
+        if skip:  # an expanding IN list: not on the raw path
+            rows = conn.execute(_PENDING_NOT_BARRED, {**params, "b_barred": sorted(skip)}).all()
+        else:
+            rows = _PENDING_RAW.all(conn, params)
         if not rows:
             return [], 500
         deadline = now_ms + timing.ttl_ms
-        for r in rows:
-            conn.execute(_GRANT, {"b_task": r.task_id, "b_node": address, "b_now": now_ms, "b_deadline": deadline})
+        _GRANT_RAW.many(
+            conn, [{"b_task": r.task_id, "b_node": address, "b_now": now_ms, "b_deadline": deadline} for r in rows]
+        )
         for job_id in sorted({r.job_id for r in rows} - self._started_jobs):
             self._started_jobs.add(job_id)
             started = conn.execute(

@@ -90,11 +90,12 @@ class ResultAcceptance:
             for item, claimed in accepted:
                 if item.effect is not None:
                     item.effect.apply(conn, claimed, now_ms)
-            results.record_progress(
+            unfinished = results.record_progress(
                 conn, [c for i, c in accepted if i.effect is None or i.effect.counts_progress], now_ms
             )
-            # A job is complete once every task is done and every check of its results is settled.
-            touched = {c.job_id for c in claims}
+            # A job is complete once every task is done and every check of its results is settled
+            # (a job the progress update shows has tasks left needs no query).
+            touched = {c.job_id for c in claims} - unfinished
             complete = {job_id for job_id in touched if job_complete(conn, job_id)}
         return [(o[0], o[0] in complete) if isinstance(o, tuple) else o for o in outcomes]
 

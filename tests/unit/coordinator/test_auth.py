@@ -39,3 +39,67 @@ def test_tampered_or_malformed_nonce_is_refused() -> None:
         check_challenge(SECRET, A, bytes(nonce), 2_000)
     with pytest.raises(PermissionDenied, match="malformed"):
         check_challenge(SECRET, A, b"short", 2_000)
+
+
+@pytest.fixture
+def sessions_db(db_url: str):  # type: ignore[no-untyped-def]
+    from coordinator.storage import State
+
+    s = State(db_url)
+    yield s
+    s.close()
+
+
+def test_a_cached_session_stops_working_when_it_expires(sessions_db, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    """Whether it was cached at registration or loaded from the database, a session ends on time."""
+    import asyncio
+
+    from coordinator.api import auth
+    from tensorgrid.types import Capabilities
+
+    state = sessions_db
+    lookups: list[str] = []
+
+    async def lookup(h: str) -> tuple[str, int] | None:
+        lookups.append(h)
+        return state.session(h)
+
+    clock = {"now": 1_000}
+    monkeypatch.setattr(auth, "_now_ms", lambda: clock["now"])
+    caps = Capabilities(device_kind="cpu", memory_bytes=1 << 30, cpu_cores=1)
+    for token, nonce in (("registered-here", "n1"), ("registered-elsewhere", "n2")):
+        state.register_node(A, caps, auth.token_hash(token), 1_000, 5_000, nonce)
+    cache = auth.SessionCache(lookup)
+    cache.add("registered-here", A, 1_000 + 5_000)
+
+    async def resolve(token: str) -> str | None:
+        return await cache.resolve(token)
+
+    assert asyncio.run(resolve("registered-here")) == A
+    assert asyncio.run(resolve("registered-elsewhere")) == A  # e.g. a restart or another replica
+    assert asyncio.run(resolve("never-issued")) is None
+    assert len(lookups) == 2
+    assert asyncio.run(resolve("registered-elsewhere")) == A  # now cached: no second lookup
+    assert len(lookups) == 2
+    clock["now"] = 6_000  # the last millisecond of both sessions
+    assert asyncio.run(resolve("registered-here")) == A
+    assert asyncio.run(resolve("registered-elsewhere")) == A
+    clock["now"] = 6_001
+    assert asyncio.run(resolve("registered-here")) is None
+    assert asyncio.run(resolve("registered-elsewhere")) is None
+
+
+def test_session_cache_stays_bounded() -> None:
+    import asyncio
+
+    from coordinator.api import auth
+
+    async def lookup(h: str) -> tuple[str, int] | None:
+        return None
+
+    cache = auth.SessionCache(lookup, max_entries=10)
+    far = auth._now_ms() + 60_000
+    for i in range(25):
+        cache.add(f"t{i}", A, far)
+    assert len(cache._cache) <= 10
+    assert asyncio.run(cache.resolve("t24")) == A  # the newest survive
