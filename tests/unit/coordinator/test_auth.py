@@ -43,9 +43,9 @@ def test_tampered_or_malformed_nonce_is_refused() -> None:
 
 @pytest.fixture
 def sessions_db(db_url: str):  # type: ignore[no-untyped-def]
-    from coordinator.storage import State
+    from coordinator.repositories.store import Store
 
-    s = State(db_url)
+    s = Store(db_url)
     yield s
     s.close()
 
@@ -57,18 +57,18 @@ def test_a_cached_session_stops_working_when_it_expires(sessions_db, monkeypatch
     from coordinator.api import auth
     from tensorgrid.types import Capabilities
 
-    state = sessions_db
+    nodes = sessions_db.nodes
     lookups: list[str] = []
 
     async def lookup(h: str) -> tuple[str, int] | None:
         lookups.append(h)
-        return state.session(h)
+        return nodes.session(h)
 
     clock = {"now": 1_000}
     monkeypatch.setattr(auth, "_now_ms", lambda: clock["now"])
     caps = Capabilities(device_kind="cpu", memory_bytes=1 << 30, cpu_cores=1)
     for token, nonce in (("registered-here", "n1"), ("registered-elsewhere", "n2")):
-        state.register_node(A, caps, auth.token_hash(token), 1_000, 5_000, nonce)
+        nodes.register_node(A, caps, auth.token_hash(token), 1_000, 5_000, nonce)
     cache = auth.SessionCache(lookup)
     cache.add("registered-here", A, 1_000 + 5_000)
 
