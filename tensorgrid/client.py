@@ -10,7 +10,6 @@ with Client("127.0.0.1:7070") as c:
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from tensorgrid import serde
-from tensorgrid.blobs import CHUNK_BYTES, check_sha256, file_sha256
+from tensorgrid.blobs import CHUNK_BYTES, download, file_sha256
 from tensorgrid.crypto import Signer, cancel_message, sign_message, submit_message
 from tensorgrid.errors import BlobError, HashMismatch, TensorGridError
 from tensorgrid.rpc import channel_options
@@ -111,35 +110,16 @@ class Client:
 
     def download(self, ref: BlobRef, dest: str | os.PathLike[str], progress: Progress | None = None) -> Path:
         """Stream a blob to dest, resuming a partial dest.part, and check its hash."""
-        check_sha256(ref.sha256)
-        dest = Path(dest)
-        part = dest.with_name(dest.name + ".part")
-        offset = part.stat().st_size if part.exists() else 0
-        if offset > ref.size:
-            part.unlink()
-            offset = 0
-        h = hashlib.sha256()
-        if offset:
-            with open(part, "rb") as f:
-                while data := f.read(CHUNK_BYTES):
-                    h.update(data)
-        stream = self._stub.DownloadBlob(common_pb2.FetchBlobRequest(sha256=ref.sha256, offset=offset))
-        done = offset
+
+        def fetch(offset: int) -> Iterator[bytes]:
+            req = common_pb2.FetchBlobRequest(sha256=ref.sha256, offset=offset)
+            for chunk in self._stub.DownloadBlob(req):
+                yield chunk.data
+
         try:
-            with open(part, "ab") as f:
-                for chunk in stream:
-                    f.write(chunk.data)
-                    h.update(chunk.data)
-                    done += len(chunk.data)
-                    if progress:
-                        progress(done, ref.size)
+            return download(ref, Path(dest), fetch, progress)
         except grpc.RpcError as e:
             raise _wrap(e) from None
-        if h.hexdigest() != ref.sha256 or done != ref.size:
-            part.unlink(missing_ok=True)
-            raise HashMismatch(f"downloaded bytes hash to {h.hexdigest()}, expected {ref.sha256}")
-        os.replace(part, dest)
-        return dest
 
     # ---- jobs ----------------------------------------------------------------------------------
     def submit(self, spec: JobSpec, tasks: int | None = None, escrow_deadline_s: int = 7 * 24 * 3600) -> JobInfo:
