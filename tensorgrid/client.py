@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +58,30 @@ def _wrap(e: grpc.RpcError) -> CoordinatorError:
     return CoordinatorError(code, details or code.name)
 
 
+def _upload_chunks(
+    path: Path, size: int, hashed: Future[BlobRef], progress: Progress | None
+) -> Iterator[submit_pb2.UploadChunk]:
+    """UploadBlob's messages: a header with the size, the bytes, and the sha256 once `hashed` has it."""
+    yield submit_pb2.UploadChunk(header=submit_pb2.UploadHeader(size=size))
+    announced = False
+    done = 0
+    with open(path, "rb") as f:
+        while data := f.read(CHUNK_BYTES):
+            yield submit_pb2.UploadChunk(data=data)
+            done += len(data)
+            if progress:
+                progress(done, size)
+            if not announced and hashed.done():
+                announced = True
+                yield _hash_header(hashed.result())
+    if not announced:
+        yield _hash_header(hashed.result())  # waits for the hashing thread
+
+
+def _hash_header(ref: BlobRef) -> submit_pb2.UploadChunk:
+    return submit_pb2.UploadChunk(header=submit_pb2.UploadHeader(sha256=ref.sha256, size=ref.size))
+
+
 class Client:
     """A connection to one coordinator, acting for one submitter key."""
 
@@ -85,23 +110,25 @@ class Client:
 
     # ---- blobs ---------------------------------------------------------------------------------
     def upload(self, path: str | os.PathLike[str], progress: Progress | None = None) -> BlobRef:
-        """Stream a file to the coordinator; returns its BlobRef. Skips bytes the coordinator has."""
+        """Stream a file to the coordinator; returns its BlobRef. Skips bytes the coordinator has.
+
+        The file is hashed while it streams (this thread hashes, gRPC's sends): the header gives
+        the size, and the sha256 follows as soon as it is known. The coordinator keeps the bytes
+        only if they match it, and stops the upload early if it already has that blob."""
         path = Path(path)
         if not path.is_file():
             raise BlobError(f"no such file: {path}")
-        ref = file_sha256(path)
-
-        def chunks() -> Iterator[submit_pb2.UploadChunk]:
-            yield submit_pb2.UploadChunk(header=submit_pb2.UploadHeader(sha256=ref.sha256, size=ref.size))
-            done = 0
-            with open(path, "rb") as f:
-                while data := f.read(CHUNK_BYTES):
-                    yield submit_pb2.UploadChunk(data=data)
-                    done += len(data)
-                    if progress:
-                        progress(done, ref.size)
-
-        got = _call(self._stub.UploadBlob, chunks(), timeout=None)
+        size = path.stat().st_size
+        hashed: Future[BlobRef] = Future()
+        call = self._stub.UploadBlob.future(_upload_chunks(path, size, hashed, progress), timeout=None)
+        try:
+            ref = file_sha256(path)
+        except BaseException as e:
+            hashed.set_exception(e)
+            call.cancel()
+            raise
+        hashed.set_result(ref)
+        got = _call(call.result)
         if got.sha256 != ref.sha256 or got.size != ref.size:
             raise HashMismatch(f"coordinator stored {got.sha256}, expected {ref.sha256}")
         if progress:
