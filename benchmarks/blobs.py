@@ -10,14 +10,16 @@ What each side does with the same bytes (a file of random data, read from the pa
 - ours, download: Client.download streams the blob from the coordinator over gRPC into dest.part,
   hashing it; renamed to dest once the hash matches. Timed until dest is in place.
 - raw, upload (the baseline): one TCP connection; the sender sendfile()s the file; a separate
-  process (benchmarks._raw tcp-sink) recv()s it in 1 MiB reads, hashes each read with sha256 and
-  writes it to a new file, then replies with the byte count and digest (checked by the sender).
-  Timed until that reply arrives, i.e. until every byte is hashed and written.
+  process (benchmarks._raw tcp-sink) recv()s it in 1 MiB reads and hands each read to a worker
+  thread that hashes it with sha256 and writes it to a new file (one read behind the socket, so
+  hashing overlaps receiving as in ours), then replies with the byte count and digest (checked by
+  the sender). Timed until that reply arrives, i.e. until every byte is hashed and written.
 - raw, download (the baseline): a separate process (tcp-source) sendfile()s the file; this process
-  recv()s it in 1 MiB reads, hashes each read and writes it to a new file; the digest is checked.
+  receives it the same way (1 MiB reads, hash and write on a worker thread); the digest is checked.
 The receiving side hashes in the raw baseline because ours must (blobs are content-addressed and
-checked); neither side fsyncs. For reference the JSON also gives raw_*_copy_mb_s: the same raw
-transfers with no hashing at all (copy to disk only), and our ratios against those.
+checked); the raw sender does not hash (ours does, while sending); neither side fsyncs. For
+reference the JSON also gives raw_*_copy_mb_s: the same raw transfers with no hashing at all
+(a plain recv/write loop, copy to disk only), and our ratios against those.
 
 Disk and page-cache speed on shared machines swing a lot from second to second, so the raw and
 grid transfers alternate and each keeps its best of --repeat.
@@ -115,8 +117,8 @@ def main() -> None:
                     times["raw_up"].append(raw_upload(sink, src, sha))
                     times["up"].append(grid_upload(client, src))
                     times["copy_up"].append(raw_upload(sink, src, None))
-                    for f in root.glob("sink.bin.*"):  # keep the disk from filling
-                        f.unlink()
+                    for written in root.glob("sink.bin.*"):  # keep the disk from filling
+                        written.unlink()
                     times["raw_down"].append(raw_download(source, root / "raw_down.bin", sha))
                     times["down"].append(grid_download(client, ref, root / "down.bin"))
                     times["copy_down"].append(raw_download(source, root / "raw_down.bin", None))
