@@ -114,7 +114,8 @@ class Client:
 
         The file is hashed while it streams (this thread hashes, gRPC's sends): the header gives
         the size, and the sha256 follows as soon as it is known. The coordinator keeps the bytes
-        only if they match it, and stops the upload early if it already has that blob."""
+        only if they match it, and stops the upload early if it already has that blob.
+        progress is called from gRPC's sending thread as chunks go out."""
         path = Path(path)
         if not path.is_file():
             raise BlobError(f"no such file: {path}")
