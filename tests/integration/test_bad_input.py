@@ -224,10 +224,10 @@ def test_hash_announced_after_the_bytes_is_checked(grid: LocalGrid, tmp_path: Pa
 
     data = submit_pb2.UploadChunk(data=b"late hash")
     good = hashlib.sha256(b"late hash").hexdigest()
-    assert upload(header("", 9), data, header(good, 9)).sha256 == good
-    with pytest.raises(grpc.RpcError) as err:  # a late hash that lies
+    with pytest.raises(grpc.RpcError) as err:  # a late hash that lies (of a blob not stored yet)
         upload(header("", 9), submit_pb2.UploadChunk(data=b"late lies"), header(good, 9))
     assert err.value.code() == grpc.StatusCode.DATA_LOSS
+    assert upload(header("", 9), data, header(good, 9)).sha256 == good
     with pytest.raises(grpc.RpcError) as err:  # no hash at all
         upload(header("", 9), data)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "sha256" in err.value.details()
@@ -235,8 +235,8 @@ def test_hash_announced_after_the_bytes_is_checked(grid: LocalGrid, tmp_path: Pa
         upload(header("", 9), data, header(good, 10))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     # a blob the coordinator has: the upload ends when its hash arrives, the rest is never read
-    rest = submit_pb2.UploadChunk(data=b"\0" * 100)
-    assert upload(header("", 109), rest, header(good, 9), rest).sha256 == good
+    part, rest = submit_pb2.UploadChunk(data=b"late"), submit_pb2.UploadChunk(data=b"\0" * 100)
+    assert upload(header("", 9), part, header(good, 9), rest).sha256 == good
     assert list((grid.root / "coordinator" / "blobs" / "tmp").iterdir()) == []
 
 
