@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import socket
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import BinaryIO
 
 import grpc
 
@@ -43,20 +46,49 @@ async def serve_echo(port_file: Path) -> None:
 
 
 def tcp_sink(port_file: Path, out: Path) -> None:
-    """Accept connections; write each one's bytes to a new file (as a blob store does); reply
-    with the byte count once all is written."""
+    """Accept connections; write each one's bytes to a new file, as a blob store does, hashing them
+    with sha256 as they arrive when the first byte sent is b"h" (b"c": copy only). Reply with the
+    byte count and hex digest once all is written."""
     srv = socket.create_server(("127.0.0.1", 0))
     port_file.write_text(str(srv.getsockname()[1]))
     n = 0
     while True:
         conn, _ = srv.accept()
-        total = 0
         n += 1
         with conn, open(out.with_name(f"{out.name}.{n}"), "wb") as f:
-            while data := conn.recv(1 << 20):
-                f.write(data)
-                total += len(data)
-            conn.sendall(str(total).encode())
+            total, digest = receive(conn, f, hashed=conn.recv(1) == b"h")
+            conn.sendall(f"{total} {digest}".encode())
+
+
+def receive(conn: socket.socket, f: BinaryIO, hashed: bool) -> tuple[int, str]:
+    """Read conn to its end into f in 1 MiB reads; returns (bytes, sha256 hex or "").
+
+    hashed: sha256 and the file write run on a worker thread one read behind the socket (both
+    release the GIL), so hashing overlaps receiving, as our own receivers do; a plain serial
+    loop would make the baseline slower than a competent raw receiver."""
+    if not hashed:
+        total = 0
+        while data := conn.recv(1 << 20):
+            f.write(data)
+            total += len(data)
+        return total, ""
+    h = hashlib.sha256()
+
+    def store(data: bytes) -> None:
+        h.update(data)
+        f.write(data)
+
+    total = 0
+    pending: Future[None] | None = None
+    with ThreadPoolExecutor(1) as pool:
+        while data := conn.recv(1 << 20):
+            if pending is not None:
+                pending.result()
+            pending = pool.submit(store, data)
+            total += len(data)
+        if pending is not None:
+            pending.result()
+    return total, h.hexdigest()
 
 
 def tcp_source(port_file: Path, src: Path) -> None:

@@ -10,17 +10,17 @@ with Client("127.0.0.1:7070") as c:
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from tensorgrid import serde
-from tensorgrid.blobs import CHUNK_BYTES, check_sha256, file_sha256
+from tensorgrid.blobs import CHUNK_BYTES, download, file_sha256
 from tensorgrid.crypto import Signer, cancel_message, sign_message, submit_message
 from tensorgrid.errors import BlobError, HashMismatch, TensorGridError
 from tensorgrid.retry import backoff
@@ -70,6 +70,30 @@ def _wrap(e: grpc.RpcError) -> CoordinatorError:
     return CoordinatorError(code, details or code.name)
 
 
+def _upload_chunks(
+    path: Path, size: int, hashed: Future[BlobRef], progress: Progress | None
+) -> Iterator[submit_pb2.UploadChunk]:
+    """UploadBlob's messages: a header with the size, the bytes, and the sha256 once `hashed` has it."""
+    yield submit_pb2.UploadChunk(header=submit_pb2.UploadHeader(size=size))
+    announced = False
+    done = 0
+    with open(path, "rb") as f:
+        while data := f.read(CHUNK_BYTES):
+            yield submit_pb2.UploadChunk(data=data)
+            done += len(data)
+            if progress:
+                progress(done, size)
+            if not announced and hashed.done():
+                announced = True
+                yield _hash_header(hashed.result())
+    if not announced:
+        yield _hash_header(hashed.result())  # waits for the hashing thread
+
+
+def _hash_header(ref: BlobRef) -> submit_pb2.UploadChunk:
+    return submit_pb2.UploadChunk(header=submit_pb2.UploadHeader(sha256=ref.sha256, size=ref.size))
+
+
 class Client:
     """A connection to one coordinator, acting for one submitter key."""
 
@@ -98,23 +122,26 @@ class Client:
 
     # ---- blobs ---------------------------------------------------------------------------------
     def upload(self, path: str | os.PathLike[str], progress: Progress | None = None) -> BlobRef:
-        """Stream a file to the coordinator; returns its BlobRef. Skips bytes the coordinator has."""
+        """Stream a file to the coordinator; returns its BlobRef. Skips bytes the coordinator has.
+
+        The file is hashed while it streams (this thread hashes, gRPC's sends): the header gives
+        the size, and the sha256 follows as soon as it is known. The coordinator keeps the bytes
+        only if they match it, and stops the upload early if it already has that blob.
+        progress is called from gRPC's sending thread as chunks go out."""
         path = Path(path)
         if not path.is_file():
             raise BlobError(f"no such file: {path}")
-        ref = file_sha256(path)
-
-        def chunks() -> Iterator[submit_pb2.UploadChunk]:
-            yield submit_pb2.UploadChunk(header=submit_pb2.UploadHeader(sha256=ref.sha256, size=ref.size))
-            done = 0
-            with open(path, "rb") as f:
-                while data := f.read(CHUNK_BYTES):
-                    yield submit_pb2.UploadChunk(data=data)
-                    done += len(data)
-                    if progress:
-                        progress(done, ref.size)
-
-        got = _call(self._stub.UploadBlob, chunks(), timeout=None)
+        size = path.stat().st_size
+        hashed: Future[BlobRef] = Future()
+        call = self._stub.UploadBlob.future(_upload_chunks(path, size, hashed, progress), timeout=None)
+        try:
+            ref = file_sha256(path)
+        except BaseException as e:
+            hashed.set_exception(e)
+            call.cancel()
+            raise
+        hashed.set_result(ref)
+        got = _call(call.result)
         if got.sha256 != ref.sha256 or got.size != ref.size:
             raise HashMismatch(f"coordinator stored {got.sha256}, expected {ref.sha256}")
         if progress:
@@ -123,35 +150,16 @@ class Client:
 
     def download(self, ref: BlobRef, dest: str | os.PathLike[str], progress: Progress | None = None) -> Path:
         """Stream a blob to dest, resuming a partial dest.part, and check its hash."""
-        check_sha256(ref.sha256)
-        dest = Path(dest)
-        part = dest.with_name(dest.name + ".part")
-        offset = part.stat().st_size if part.exists() else 0
-        if offset > ref.size:
-            part.unlink()
-            offset = 0
-        h = hashlib.sha256()
-        if offset:
-            with open(part, "rb") as f:
-                while data := f.read(CHUNK_BYTES):
-                    h.update(data)
-        stream = self._stub.DownloadBlob(common_pb2.FetchBlobRequest(sha256=ref.sha256, offset=offset))
-        done = offset
+
+        def fetch(offset: int) -> Iterator[bytes]:
+            req = common_pb2.FetchBlobRequest(sha256=ref.sha256, offset=offset)
+            for chunk in self._stub.DownloadBlob(req):
+                yield chunk.data
+
         try:
-            with open(part, "ab") as f:
-                for chunk in stream:
-                    f.write(chunk.data)
-                    h.update(chunk.data)
-                    done += len(chunk.data)
-                    if progress:
-                        progress(done, ref.size)
+            return download(ref, Path(dest), fetch, progress)
         except grpc.RpcError as e:
             raise _wrap(e) from None
-        if h.hexdigest() != ref.sha256 or done != ref.size:
-            part.unlink(missing_ok=True)
-            raise HashMismatch(f"downloaded bytes hash to {h.hexdigest()}, expected {ref.sha256}")
-        os.replace(part, dest)
-        return dest
 
     # ---- jobs ----------------------------------------------------------------------------------
     def submit(self, spec: JobSpec, tasks: int | None = None, escrow_deadline_s: int = 7 * 24 * 3600) -> JobInfo:

@@ -6,9 +6,15 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from tensorgrid.blobs import CHUNK_BYTES, BlobStore
+from coordinator.services.blobs import receive_into
+from tensorgrid.blobs import CHUNK_BYTES, BlobStore, check_sha256
 from tensorgrid.errors import BlobError
-from tensorgrid.v1 import common_pb2
+from tensorgrid.types import BlobRef
+from tensorgrid.v1 import common_pb2, submit_pb2
+
+
+class _AlreadyStored(Exception):
+    """The hash announced mid-upload names a blob the store already has: stop receiving."""
 
 
 async def stream_blob(
@@ -27,3 +33,44 @@ async def stream_blob(
         first = False
     if first:  # empty blob, or offset at the end: still say how big it is
         yield common_pb2.BlobChunk(data=b"", total_size=ref.size)
+
+
+async def receive_upload(blobs: BlobStore, messages: AsyncIterator[submit_pb2.UploadChunk]) -> BlobRef:
+    """UploadBlob: a header, then the bytes. The header gives the size and, if the sender knows it,
+    the sha256; a sender may instead announce the sha256 in one later header (hashing while it
+    sends). Bytes are committed only once they match an announced hash; a blob already stored
+    ends the upload as soon as its hash is known.
+    """
+    first = await anext(aiter(messages), None)
+    if first is None or first.WhichOneof("part") != "header":
+        raise BlobError("UploadBlob must start with a header giving the size (and the sha256, now or later)")
+    size = first.header.size
+    expected = BlobRef(check_sha256(first.header.sha256), size) if first.header.sha256 else None
+    if expected is not None and _stored(blobs, expected):
+        return expected  # already here: the client may stop sending
+    writer = blobs.writer(expected, size=size)
+
+    async def data() -> AsyncIterator[bytes]:
+        nonlocal expected
+        async for chunk in messages:
+            if chunk.WhichOneof("part") == "data":
+                yield chunk.data
+                continue
+            if expected is not None:
+                raise BlobError("a second header in one upload")
+            expected = BlobRef(check_sha256(chunk.header.sha256), chunk.header.size)
+            if _stored(blobs, expected) and expected.size == size:
+                raise _AlreadyStored
+            writer.expect(expected)
+        if expected is None:
+            raise BlobError("the upload ended without announcing the blob's sha256")
+
+    try:
+        return await receive_into(writer, data())
+    except _AlreadyStored:
+        assert expected is not None
+        return expected
+
+
+def _stored(blobs: BlobStore, ref: BlobRef) -> bool:
+    return blobs.has(ref.sha256) and blobs.ref(ref.sha256).size == ref.size

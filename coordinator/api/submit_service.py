@@ -8,17 +8,14 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from coordinator.api.blobs import stream_blob
+from coordinator.api.blobs import receive_upload, stream_blob
 from coordinator.api.grid import Grid
 from coordinator.api.status import abort, unary
 from coordinator.errors import NotFound, PermissionDenied
-from coordinator.services.blobs import receive_into
 from coordinator.services.runtime import now_ms
 from tensorgrid import serde
-from tensorgrid.blobs import check_sha256
 from tensorgrid.crypto import cancel_message, normalize_address, recover_message_signer
-from tensorgrid.errors import BlobError, SignatureError
-from tensorgrid.types import BlobRef
+from tensorgrid.errors import SignatureError
 from tensorgrid.v1 import common_pb2, submit_pb2, submit_pb2_grpc
 
 log = logging.getLogger("tensorgrid.coordinator")
@@ -37,21 +34,7 @@ class SubmitterServicer(submit_pb2_grpc.SubmitterServiceServicer):
     async def UploadBlob(
         self, request_iterator: AsyncIterator[submit_pb2.UploadChunk], context: grpc.aio.ServicerContext
     ) -> common_pb2.BlobRef:
-        blobs = self.app.blobs
-        first = await anext(aiter(request_iterator), None)
-        if first is None or first.WhichOneof("part") != "header":
-            raise BlobError("UploadBlob must start with a header giving sha256 and size")
-        expected = BlobRef(check_sha256(first.header.sha256), first.header.size)
-        if blobs.has(expected.sha256) and blobs.ref(expected.sha256).size == expected.size:
-            return serde.blob_to_pb(expected)  # already here: the client may stop sending
-
-        async def data() -> AsyncIterator[bytes]:
-            async for chunk in request_iterator:
-                if chunk.WhichOneof("part") != "data":
-                    raise BlobError("a second header in one upload")
-                yield chunk.data
-
-        ref = await receive_into(blobs.writer(expected), data())
+        ref = await receive_upload(self.app.blobs, request_iterator)
         log.info("stored blob %s (%d bytes)", ref.sha256, ref.size)
         return serde.blob_to_pb(ref)
 

@@ -44,12 +44,15 @@ def file_sha256(path: Path) -> BlobRef:
 class BlobWriter:
     """Streams bytes into the store; commit() checks them and makes the blob visible."""
 
-    def __init__(self, store: BlobStore, expected: BlobRef | None, max_bytes: int) -> None:
+    def __init__(self, store: BlobStore, expected: BlobRef | None, max_bytes: int, size: int | None = None) -> None:
+        """expected: the blob's hash and size if known up front; else size alone (or nothing), and
+        expect() may announce the hash later, while bytes stream in."""
         self._store = store
-        self._expected = expected
         self._max = max_bytes
-        if expected is not None and expected.size > max_bytes:
-            raise BlobError(f"blob of {expected.size} bytes is over the limit of {max_bytes} bytes")
+        self._sha = expected.sha256 if expected is not None else None
+        self._size = expected.size if expected is not None else size
+        if self._size is not None and self._size > max_bytes:
+            raise BlobError(f"blob of {self._size} bytes is over the limit of {max_bytes} bytes")
         fd, name = tempfile.mkstemp(dir=store.tmp_dir, prefix="up-")
         self._file: BinaryIO = os.fdopen(fd, "wb")
         self._tmp = Path(name)
@@ -57,9 +60,24 @@ class BlobWriter:
         self.size = 0
         self._done = False
 
+    @property
+    def announced(self) -> bool:
+        """Whether the blob's sha256 is known, so commit() will check it."""
+        return self._sha is not None
+
+    def expect(self, ref: BlobRef) -> None:
+        """Announce the blob's hash after its bytes began to arrive; the size must not change."""
+        if self._sha is not None:
+            raise BlobError("the blob's sha256 was announced twice")
+        if self._size is not None and ref.size != self._size:
+            raise BlobError(f"the blob was announced as {self._size} bytes, then as {ref.size}")
+        if ref.size > self._max or ref.size < self.size:
+            raise BlobError(f"blob of {ref.size} bytes is over the limit or shorter than the bytes received")
+        self._sha, self._size = check_sha256(ref.sha256), ref.size
+
     def write(self, data: bytes) -> None:
         self.size += len(data)
-        limit = self._expected.size if self._expected is not None else self._max
+        limit = self._size if self._size is not None else self._max
         if self.size > limit:
             self.abort()
             raise BlobError(f"received more than the {limit} bytes announced for this blob")
@@ -70,11 +88,11 @@ class BlobWriter:
         """Check size and hash, then move the blob into place. Raises HashMismatch."""
         self._file.close()
         ref = BlobRef(self._hash.hexdigest(), self.size)
-        exp = self._expected
-        if exp is not None and (exp.sha256 != ref.sha256 or exp.size != ref.size):
+        if (self._sha is not None and self._sha != ref.sha256) or (self._size is not None and self._size != ref.size):
             self.abort()
             raise HashMismatch(
-                f"blob bytes hash to {ref.sha256} ({ref.size} bytes), but {exp.sha256} ({exp.size} bytes) was announced"
+                f"blob bytes hash to {ref.sha256} ({ref.size} bytes), "
+                f"but {self._sha} ({self._size} bytes) was announced"
             )
         dest = self._store.path_for(ref.sha256)
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -123,8 +141,10 @@ class BlobStore:
         except FileNotFoundError:
             raise BlobError(f"unknown blob {sha}: upload it first") from None
 
-    def writer(self, expected: BlobRef | None = None) -> BlobWriter:
-        return BlobWriter(self, expected, self.max_blob_bytes)
+    def writer(self, expected: BlobRef | None = None, size: int | None = None) -> BlobWriter:
+        """A writer for a blob of known hash and size (expected), or of known size whose hash
+        will be announced with BlobWriter.expect(), or of nothing known (named by its bytes)."""
+        return BlobWriter(self, expected, self.max_blob_bytes, size)
 
     def put_file(self, path: Path) -> BlobRef:
         """Copy a local file into the store."""

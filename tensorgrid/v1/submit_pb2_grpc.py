@@ -88,7 +88,8 @@ class SubmitterServiceServicer:
     """
 
     def UploadBlob(self, request_iterator, context):
-        """First message: the header with the expected hash and size; then the bytes.
+        """First message: the header with the size and the expected hash; then the bytes. A sender
+        hashing as it sends may leave the hash empty and send it in one later header (same size).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -14,7 +14,7 @@ import torch
 
 from tensorgrid.client import Client, CoordinatorError
 from tensorgrid.crypto import Signer, sign_message, sign_receipt, submit_message
-from tensorgrid.errors import SpecError, UnsafeFileError
+from tensorgrid.errors import HashMismatch, SpecError, UnsafeFileError
 from tensorgrid.localgrid import LocalGrid
 from tensorgrid.nodeclient import NodeClient
 from tensorgrid.spec import InferenceSpec, NoopSpec, canonical_json, spec_hash
@@ -236,3 +236,46 @@ def test_oversize_uploads_are_refused_and_leave_nothing(own_grid: LocalGrid, tmp
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     leftovers = list((own_grid.root / "coordinator" / "blobs" / "tmp").iterdir())
     assert leftovers == []
+
+
+def test_hash_announced_after_the_bytes_is_checked(grid: LocalGrid, tmp_path: Path) -> None:
+    stub = submit_pb2_grpc.SubmitterServiceStub(grpc.insecure_channel(grid.target))
+
+    def upload(*parts: submit_pb2.UploadChunk) -> submit_pb2.UploadChunk:
+        return stub.UploadBlob(iter(parts))
+
+    def header(sha: str, size: int) -> submit_pb2.UploadChunk:
+        return submit_pb2.UploadChunk(header=submit_pb2.UploadHeader(sha256=sha, size=size))
+
+    data = submit_pb2.UploadChunk(data=b"late hash")
+    good = hashlib.sha256(b"late hash").hexdigest()
+    with pytest.raises(grpc.RpcError) as err:  # a late hash that lies (of a blob not stored yet)
+        upload(header("", 9), submit_pb2.UploadChunk(data=b"late lies"), header(good, 9))
+    assert err.value.code() == grpc.StatusCode.DATA_LOSS
+    assert upload(header("", 9), data, header(good, 9)).sha256 == good
+    with pytest.raises(grpc.RpcError) as err:  # no hash at all
+        upload(header("", 9), data)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "sha256" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:  # a late hash with another size
+        upload(header("", 9), data, header(good, 10))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    # a blob the coordinator has: the upload ends when its hash arrives, the rest is never read
+    part, rest = submit_pb2.UploadChunk(data=b"late"), submit_pb2.UploadChunk(data=b"\0" * 100)
+    assert upload(header("", 9), part, header(good, 9), rest).sha256 == good
+    assert list((grid.root / "coordinator" / "blobs" / "tmp").iterdir()) == []
+
+
+def test_sdk_download_resumes_and_checks_the_whole_blob(grid: LocalGrid, tmp_path: Path) -> None:
+    blob = tmp_path / "blob.bin"
+    blob.write_bytes(bytes(range(256)) * 6000)
+    dest = tmp_path / "copy.bin"
+    with Client(grid.target) as client:
+        ref = client.upload(blob)
+        (tmp_path / "copy.bin.part").write_bytes(blob.read_bytes()[:500_000])
+        assert client.download(ref, dest).read_bytes() == blob.read_bytes()
+        dest.unlink()
+        (tmp_path / "copy.bin.part").write_bytes(b"\0" * 500_000)  # a partial of other bytes
+        with pytest.raises(HashMismatch):
+            client.download(ref, dest)
+        assert not dest.exists() and not (tmp_path / "copy.bin.part").exists()
+        assert client.download(ref, dest).read_bytes() == blob.read_bytes()

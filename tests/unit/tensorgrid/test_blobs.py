@@ -43,3 +43,41 @@ def test_oversize_and_bad_names_are_refused(tmp_path: Path) -> None:
         store.path_for("../../etc/passwd")
     with pytest.raises(BlobError, match="unknown blob"):
         store.ref("11" * 32)
+
+
+def test_hash_announced_after_the_bytes_began(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path, max_blob_bytes=100)
+    data = b"hello blob"
+    ref = BlobRef(hashlib.sha256(data).hexdigest(), len(data))
+    with store.writer(size=len(data)) as w:
+        w.write(data[:4])
+        assert not w.announced
+        w.expect(ref)
+        w.write(data[4:])
+        assert w.commit() == ref
+    assert store.has(ref.sha256)
+
+
+def test_hash_announced_late_is_still_checked(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path, max_blob_bytes=100)
+    with pytest.raises(HashMismatch), store.writer(size=3) as w:
+        w.write(b"abc")
+        w.expect(BlobRef("00" * 32, 3))
+        w.commit()
+    assert not store.has("00" * 32)
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_late_hash_may_not_change_the_size_or_come_twice(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path, max_blob_bytes=100)
+    with store.writer(size=3) as w, pytest.raises(BlobError, match="announced as 3 bytes"):
+        w.expect(BlobRef("00" * 32, 4))
+    with store.writer(BlobRef("00" * 32, 3)) as w, pytest.raises(BlobError, match="twice"):
+        w.expect(BlobRef("11" * 32, 3))
+    with store.writer() as w, pytest.raises(BlobError, match="over the limit"):
+        w.expect(BlobRef("00" * 32, 101))
+    with store.writer(size=3) as w, pytest.raises(BlobError, match="not a sha256"):
+        w.expect(BlobRef("../x", 3))
+    with pytest.raises(BlobError, match="more than"), store.writer(size=3) as w:
+        w.write(b"abcd")
+    assert list((tmp_path / "tmp").iterdir()) == []
