@@ -28,7 +28,7 @@ from tensorgrid.types import JobState
 from tests.integration.conftest import BATCH, FAST, Assets, Stopper, node_args
 
 pytestmark = pytest.mark.integration
-ONE_NODE = pytest.mark.xdist_group("job_report_one_node")  # one worker runs these: one grid for them
+ONE_NODE = pytest.mark.xdist_group("job_report_one_node")  # share one module grid per worker (see make_module_grid)
 REWARD = 10**12
 T = TypeVar("T")
 

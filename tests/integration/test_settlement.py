@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 REWARD = 10**15
 
 
-SHARED = pytest.mark.xdist_group("settlement")  # one worker runs these: one devnet for them
+SHARED = pytest.mark.xdist_group("settlement")  # share one module grid per worker (see make_module_grid)
 
 
 def _devnet(root: Path, stopper: Stopper) -> Iterator[ChainGrid]:
