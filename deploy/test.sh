@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # The test suite: unit tests, then integration tests with real processes on 127.0.0.1.
 # PostgreSQL tests use TENSORGRID_TEST_PG (default: postgresql://postgres@127.0.0.1:5432/test).
-# Tests run on TENSORGRID_TEST_WORKERS pytest-xdist workers (default 4: the integration tests
+# Tests run on TENSORGRID_TEST_WORKERS pytest-xdist workers (default 3: the integration tests
 # mostly wait on their processes, so more workers than cores pay); 0 runs them in this process.
 # Extra arguments go to pytest; an explicit -n/--numprocesses, -p no:xdist or --pdb wins.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
 cd "$ROOT"
-parallel=(-n "${TENSORGRID_TEST_WORKERS:-4}" --dist loadgroup)
+parallel=(-n "${TENSORGRID_TEST_WORKERS:-3}" --dist loadgroup)
 prev=""
 for arg in "$@"; do
   case "$arg" in

@@ -14,9 +14,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tensorgrid.client import Client
 from tensorgrid.errors import TensorGridError
 
 PASSWORD = "local-grid-password"
+COORDINATOR = "coordinator"  # the coordinator's process name; every other process is a node
 # The processes of a local grid take their settings from the flags given here, never from
 # variables exported in the caller's shell (`tensorgrid devnet up` prints some to export).
 _SETTING_VARS = (
@@ -42,6 +44,20 @@ class Proc:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+def _terminate(procs: list[Proc], timeout: float) -> None:
+    """SIGTERM the running ones together, then wait for each; SIGKILL any still running at the deadline."""
+    running = [p for p in procs if p.alive()]
+    for proc in running:
+        proc.popen.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for proc in running:
+        try:
+            proc.popen.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.popen.kill()
+            proc.popen.wait()
 
 
 @dataclass
@@ -88,7 +104,7 @@ class LocalGrid:
         ]
         if database_url:
             args += ["--database-url", database_url]
-        proc = self._spawn("coordinator", args)
+        proc = self._spawn(COORDINATOR, args)
         deadline = time.monotonic() + timeout
         while not ready.exists():
             if not proc.alive():
@@ -130,6 +146,17 @@ class LocalGrid:
         ]
         return self._spawn(name, args, {"TENSORGRID_KEY_PASSWORD": PASSWORD, **(env or {})})
 
+    def wait_for_nodes(self, count: int, timeout: float = 120) -> None:
+        """Until `count` nodes have registered with the coordinator (each warms its task
+        worker first, which on a loaded machine takes a while)."""
+        deadline = time.monotonic() + timeout
+        with Client(self.target) as client:
+            while len(client.nodes()) < count:
+                self.check_running()
+                if time.monotonic() > deadline:
+                    raise TensorGridError(f"{count} nodes not registered after {timeout}s")
+                time.sleep(0.1)
+
     def stop_proc(self, proc: Proc, timeout: float = 15) -> int:
         if proc.alive():
             proc.popen.send_signal(signal.SIGTERM)
@@ -152,9 +179,13 @@ class LocalGrid:
             if not proc.alive():
                 raise TensorGridError(f"{proc.name} exited with {proc.popen.returncode}:\n{proc.log_tail()}")
 
-    def stop(self) -> None:
-        for proc in reversed(self.procs):
-            self.stop_proc(proc)
+    def stop(self, timeout: float = 15) -> None:
+        """SIGTERM the nodes all at once and wait for them, then the coordinator (a draining
+        node's last heartbeat goes to it); SIGKILL whatever still runs after `timeout` s."""
+        coordinators = [p for p in self.procs if p.name == COORDINATOR]
+        _terminate([p for p in self.procs if p.name != COORDINATOR], timeout)
+        _terminate(coordinators, timeout)
+        for proc in self.procs:
             try:  # reap a task worker left behind in the node's process group
                 os.killpg(proc.popen.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):

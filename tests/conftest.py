@@ -69,3 +69,15 @@ def shared_dir(factory: pytest.TempPathFactory, name: str, build: Callable[[Path
             build(path)
             done.touch()
     return path
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Longest first: integration tests, then ones marked slow, then the rest, each in file order.
+
+    pytest-xdist hands tests out in this order, so the minute-long ones start at once and the
+    run ends with short ones filling the gaps, not with one worker finishing a long test alone.
+    The order is the same in every worker, as xdist requires.
+    """
+    items.sort(
+        key=lambda item: 0 if item.get_closest_marker("integration") else 1 if item.get_closest_marker("slow") else 2
+    )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -216,6 +217,7 @@ class Run:
             s[1] = 0
 
 
+@pytest.mark.slow
 @settings(max_examples=30, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(ops=st.lists(OPS, min_size=1, max_size=14))
 def test_contracts_always_hold_exactly_what_they_owe(anvil: Anvil, ops: list[tuple[object, ...]]) -> None:

@@ -15,6 +15,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
 import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
@@ -26,6 +27,7 @@ from tensorgrid.workloads.inference import run_inference
 from tensorgrid.workloads.model import load_program
 
 CPU = Capabilities(device_kind="cpu", memory_bytes=8 << 30, cpu_cores=2)
+HEARTBEAT_S = 0.3  # the tests' --heartbeat-ms
 BEHAVIOURS = ("noise", "zeros", "stale", "corrupt1pct", "copy", "wrongkey", "late", "replay")
 
 
@@ -61,15 +63,32 @@ class SimClient:
     async def run(self, stop: asyncio.Event) -> None:
         client = NodeClient(self.target, self.signer)
         await client.register(CPU)
+        self.held: set[tuple[str, int]] = set()
+        beat = asyncio.create_task(self._heartbeats(client))
         try:
             while not stop.is_set():
                 leases, retry = await client.lease(1, wait_ms=self.lease_wait_ms)
                 for lease in leases:
-                    await self._answer(client, lease)
+                    self.held.add((lease.task_id, lease.attempt))
+                    try:
+                        await self._answer(client, lease)
+                    finally:
+                        self.held.discard((lease.task_id, lease.attempt))
                 if not leases:
                     await asyncio.sleep(min(retry, 200) / 1000)
         finally:
+            beat.cancel()
             await client.close()
+
+    async def _heartbeats(self, client: NodeClient) -> None:
+        """Keep held leases alive as a node daemon does: on a loaded machine a simulated node
+        waiting for the shared torch lock can take longer than the tests' 1.5 s lease."""
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            try:
+                await client.heartbeat(sorted(self.held))
+            except grpc.aio.AioRpcError:
+                pass  # the next beat retries; a lease lost meanwhile is the test's to see
 
     async def _answer(self, client: NodeClient, lease: Lease) -> None:
         raise NotImplementedError
@@ -118,6 +137,7 @@ class SimNode(SimClient):
         honest = await self._honest(client, lease)
         body, receipt = self._cheat(client, lease, honest)
         if self.behaviour == "late":
+            self.held.discard((lease.task_id, lease.attempt))
             await asyncio.sleep(3.0)  # no heartbeat: the 1.5 s lease expires first
         self.submitted += 1
         ok, _ = await client.submit(receipt, len(body), body)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 
+from tensorgrid.devnet import ChainGrid
 from tensorgrid.localgrid import LocalGrid
 from tensorgrid.workloads.inference import run_inference
 from tensorgrid.workloads.model import export_program
@@ -107,7 +109,31 @@ def digits_training(tmp_path_factory: pytest.TempPathFactory) -> TrainingDigits:
     return TrainingDigits(root / "digits.safetensors", root / "train.pt2", root / "eval.pt2", rows)
 
 
-def _grids(root: Path) -> Iterator[Callable[..., LocalGrid]]:
+class Stopper:
+    """Stops grids in the background: draining nodes and a coordinator's grace period take
+    seconds of waiting that the next test need not spend. The session waits for them all."""
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="grid-stop")
+        self._pending: list[Future[None]] = []
+
+    def stop(self, grid: LocalGrid | ChainGrid) -> None:
+        self._pending.append(self._pool.submit(grid.stop))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        for done in self._pending:
+            done.result()  # a grid that failed to stop fails the session
+
+
+@pytest.fixture(scope="session")
+def stopper() -> Iterator[Stopper]:
+    s = Stopper()
+    yield s
+    s.close()
+
+
+def _grids(root: Path, stopper: Stopper) -> Iterator[Callable[..., LocalGrid]]:
     grids: list[LocalGrid] = []
 
     def make(*coordinator_args: str) -> LocalGrid:
@@ -117,22 +143,24 @@ def _grids(root: Path) -> Iterator[Callable[..., LocalGrid]]:
 
     yield make
     for grid in grids:
-        grid.stop()
+        stopper.stop(grid)
 
 
 @pytest.fixture
-def make_grid(tmp_path: Path) -> Iterator[Callable[..., LocalGrid]]:
+def make_grid(tmp_path: Path, stopper: Stopper) -> Iterator[Callable[..., LocalGrid]]:
     """Grids for one test, stopped after it."""
-    yield from _grids(tmp_path)
+    yield from _grids(tmp_path, stopper)
 
 
 @pytest.fixture(scope="module")
-def make_module_grid(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., LocalGrid]]:
+def make_module_grid(tmp_path_factory: pytest.TempPathFactory, stopper: Stopper) -> Iterator[Callable[..., LocalGrid]]:
     """Grids shared by the tests of one module, stopped after its last test. Only for tests
     that each submit and check their own jobs: not for ones that kill or add processes or
-    count what every node or job on the grid did. Mark such a module with one xdist_group,
-    so that one worker runs all its tests and starts the grid once."""
-    yield from _grids(tmp_path_factory.mktemp("module_grids"))
+    count what every node or job on the grid did. Each xdist worker that runs one of them
+    starts the grid once. Mark them with one xdist_group too: meant to keep them on one
+    worker, but pytest-xdist 3.8's loadgroup renames `item._nodeid`, which pytest 9 no longer
+    reads, so today the mark is inert and each worker drawing such a test has its own grid."""
+    yield from _grids(tmp_path_factory.mktemp("module_grids"), stopper)
 
 
 def node_args(threads: int = 1) -> tuple[str, ...]:

@@ -23,7 +23,7 @@ from tensorgrid.v1 import submit_pb2, submit_pb2_grpc
 from tests.integration.conftest import Assets
 
 pytestmark = pytest.mark.integration
-SHARED = pytest.mark.xdist_group("bad_input")  # one worker runs these: one coordinator for them
+SHARED = pytest.mark.xdist_group("bad_input")  # share one module grid per worker (see make_module_grid)
 CPU = Capabilities(device_kind="cpu", memory_bytes=8 << 30, cpu_cores=2)
 LIMITS = ("--max-shard-mib", "0.25", "--max-blob-mib", "2")
 

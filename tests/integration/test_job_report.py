@@ -25,10 +25,10 @@ from tensorgrid.localgrid import LocalGrid
 from tensorgrid.report import format_eth
 from tensorgrid.spec import VerificationSpec
 from tensorgrid.types import JobState
-from tests.integration.conftest import BATCH, FAST, Assets, node_args
+from tests.integration.conftest import BATCH, FAST, Assets, Stopper, node_args
 
 pytestmark = pytest.mark.integration
-ONE_NODE = pytest.mark.xdist_group("job_report_one_node")  # one worker runs these: one grid for them
+ONE_NODE = pytest.mark.xdist_group("job_report_one_node")  # share one module grid per worker (see make_module_grid)
 REWARD = 10**12
 T = TypeVar("T")
 
@@ -142,10 +142,13 @@ def test_cli_submit_sets_the_policy_and_refuses_a_bad_one(
 
 
 @pytest.fixture
-def devnet(tmp_path: Path) -> Iterator[ChainGrid]:
+def devnet(tmp_path: Path, stopper: Stopper) -> Iterator[ChainGrid]:
     cg = start_chain_grid(tmp_path / "devnet", 2, epoch_s=1.0, challenge_window_s=1, coordinator_args=FAST)
-    yield cg
-    cg.stop()
+    try:
+        cg.grid.wait_for_nodes(2)
+        yield cg
+    finally:
+        stopper.stop(cg)
 
 
 def wait_for(check: Callable[[], T | None | bool], timeout: float = 60.0) -> T:

@@ -16,30 +16,33 @@ from tensorgrid.crypto import Signer
 from tensorgrid.devnet import ChainGrid, start_chain_grid
 from tensorgrid.nodeclient import NodeClient
 from tensorgrid.types import Capabilities, JobState
-from tests.integration.conftest import BATCH, FAST, Assets
+from tests.integration.conftest import BATCH, FAST, Assets, Stopper
 
 pytestmark = pytest.mark.integration
 REWARD = 10**15
 
 
-SHARED = pytest.mark.xdist_group("settlement")  # one worker runs these: one devnet for them
+SHARED = pytest.mark.xdist_group("settlement")  # share one module grid per worker (see make_module_grid)
 
 
-def _devnet(root: Path) -> Iterator[ChainGrid]:
+def _devnet(root: Path, stopper: Stopper) -> Iterator[ChainGrid]:
     cg = start_chain_grid(root, 2, epoch_s=1.0, challenge_window_s=1, coordinator_args=FAST)
-    yield cg
-    cg.stop()
+    try:
+        cg.grid.wait_for_nodes(2)  # both at work from the first task: each earns, each claims
+        yield cg
+    finally:
+        stopper.stop(cg)
 
 
 @pytest.fixture
-def devnet(tmp_path: Path) -> Iterator[ChainGrid]:
+def devnet(tmp_path: Path, stopper: Stopper) -> Iterator[ChainGrid]:
     """A devnet of its own, for a test that counts every job, charge or payment on it."""
-    yield from _devnet(tmp_path / "devnet")
+    yield from _devnet(tmp_path / "devnet", stopper)
 
 
 @pytest.fixture(scope="module")
-def module_devnet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChainGrid]:
-    yield from _devnet(tmp_path_factory.mktemp("devnet"))
+def module_devnet(tmp_path_factory: pytest.TempPathFactory, stopper: Stopper) -> Iterator[ChainGrid]:
+    yield from _devnet(tmp_path_factory.mktemp("devnet"), stopper)
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ def test_backoff_reproduces_each_hand_written_formula_it_replaces() -> None:
         delays.append(delay)
         delay = min(delay * 2, 5.0)
     assert [backoff(n, 0.2, cap=5.0) for n in range(1, 9)] == pytest.approx(delays)
-    # coordinator/storage/nodes.py backoff_ms and coordinator/ledger/outbox.py _retry
+    # coordinator/repositories/nodes.py backoff_ms and the outbox retry in coordinator/services/outbox.py
     for n in range(-2, 200):
         node_ms = 0 if n <= 0 else int(min(60_000, 500 * 2 ** min(n - 1, 20)))
         assert int(backoff(n, 500, cap=60_000)) == node_ms

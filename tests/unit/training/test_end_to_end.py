@@ -23,6 +23,8 @@ from tensorgrid.workloads.model import export_program
 from tensorgrid.workloads.tensorfile import load_tensors, save_tensors
 from tests.unit.training.conftest import REF, Digits
 
+pytestmark = pytest.mark.slow
+
 
 def _compare(spec: TrainingSpec, train: Path, evalp: Path, dataset: Path, work: Path) -> dict[str, float]:
     run = run_local(spec, train, dataset, work / "grid", eval_program=evalp)
