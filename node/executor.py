@@ -186,8 +186,11 @@ class Executor:
             self._cancelled.set()
             self._child.kill()
 
-    async def close(self, timeout_s: float = 5.0) -> None:
-        """Cancel any running task and stop the worker: EOF first, SIGKILL after timeout_s."""
+    async def close(self, timeout_s: float = 1.0) -> None:
+        """Cancel any running task and stop the worker: EOF first, SIGKILL after timeout_s.
+
+        The worker holds nothing worth saving, and tearing torch down can take seconds on a
+        loaded machine, so the grace is short: a node stops at once either way."""
         self._closed = True
         await self.cancel()
         async with self._lock:
@@ -199,7 +202,7 @@ class Executor:
             try:
                 await asyncio.wait_for(child.proc.wait(), timeout_s)
             except TimeoutError:
-                log.warning("worker %d did not exit within %.1fs of EOF; killing it", child.pid, timeout_s)
+                log.debug("worker %d did not exit within %.1fs of EOF; killing it", child.pid, timeout_s)
             await child.kill_and_wait()
 
     async def _ensure_child(self, memory_limit: int) -> _Child:
