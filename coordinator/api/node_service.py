@@ -129,11 +129,20 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
                     raise Rejected("a second header in one SubmitResult")
                 yield chunk.data
 
+        header = first.header
         try:
-            accepted = await self.app.acceptance.submit(current_node.get(), receipt, first.header.output_size, data())
+            accepted = await self.app.acceptance.submit(
+                current_node.get(), receipt, header.output_size, data(), header.want_tasks
+            )
         except (Rejected, BlobError, NotFound) as e:
             return node_pb2.SubmitResultResponse(accepted=False, reason=str(e))
-        return node_pb2.SubmitResultResponse(accepted=True, reveal_steps=accepted.reveal_steps)
+        leases, retry = accepted.leases if accepted.leases is not None else ([], 0)
+        return node_pb2.SubmitResultResponse(
+            accepted=True,
+            reveal_steps=accepted.reveal_steps,
+            leases=[serde.lease_to_pb(x) for x in leases],
+            retry_after_ms=retry,
+        )
 
     @unary
     async def RevealCheckpoint(
