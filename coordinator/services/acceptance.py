@@ -38,13 +38,14 @@ from coordinator.services.scheduler import LeaseOutcome, Scheduler
 from coordinator.services.verifier import Verifier
 from tensorgrid.blobs import BlobStore
 from tensorgrid.errors import BlobError, HashMismatch
-from tensorgrid.types import BlobRef, Receipt
+from tensorgrid.types import BlobRef, Lease, Receipt
 
 log = logging.getLogger("tensorgrid.coordinator")
 SMALL_OUTPUT_BYTES = 64 * 1024
 MAX_WANT = 256  # leases one result may ask for (LeaseTasks' cap)
 Outcome = tuple[str, bool] | Rejected  # (job id, job complete) or why it was refused
-Committed = tuple[str, bool, LeaseOutcome | None]  # an accepted result's outcome, and its node's next leases
+Granted = tuple[list[Lease], int]  # leases, retry_after_ms: what LeaseTasks would have answered
+Committed = tuple[str, bool, Granted | None]  # an accepted result's outcome, and its node's next leases
 
 
 @dataclass(frozen=True)
@@ -146,7 +147,7 @@ class Accepted:
     reveal_steps: tuple[int, ...] = ()
     # The node's next leases, when it asked for some: None when none were tried (its node may not
     # lease: LeaseTasks says why), else (leases, retry_after_ms) as LeaseTasks would have answered.
-    leases: LeaseOutcome | None = None
+    leases: Granted | None = None
 
 
 class Acceptance:
