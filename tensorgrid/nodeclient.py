@@ -18,7 +18,7 @@ import grpc
 from tensorgrid import serde
 from tensorgrid.blobs import CHUNK_BYTES, file_sha256
 from tensorgrid.crypto import Signer, registration_message, sign_message, sign_receipt
-from tensorgrid.rpc import SESSION_METADATA_KEY, channel_options
+from tensorgrid.rpc import SESSION_METADATA_KEY, SMALL_RESULT_BYTES, channel_options
 from tensorgrid.types import BlobRef, Capabilities, Domain, Lease, Receipt, TaskError
 from tensorgrid.v1 import common_pb2, node_pb2, node_pb2_grpc
 
@@ -136,8 +136,14 @@ class NodeClient:
         header = node_pb2.ResultHeader(
             receipt=serde.receipt_to_pb(receipt), output_size=output_size, want_tasks=want_tasks
         )
-        chunks = _stream(node_pb2.ResultChunk, node_pb2.ResultChunk(header=header), data)
-        resp = await self.stub.SubmitResult(chunks, metadata=self.metadata, timeout=max(self.timeout, 600))
+        if output_size <= SMALL_RESULT_BYTES:  # one message, no stream
+            body = data if isinstance(data, bytes) else await asyncio.to_thread(Path(data).read_bytes)
+            resp = await self.stub.SubmitSmallResult(
+                node_pb2.SmallResult(header=header, output=body), metadata=self.metadata, timeout=self.timeout
+            )
+        else:
+            chunks = _stream(node_pb2.ResultChunk, node_pb2.ResultChunk(header=header), data)
+            resp = await self.stub.SubmitResult(chunks, metadata=self.metadata, timeout=max(self.timeout, 600))
         return Submitted(
             accepted=resp.accepted,
             reason=resp.reason,

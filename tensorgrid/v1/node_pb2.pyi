@@ -183,6 +183,14 @@ class ResultChunk(_message.Message):
     data: bytes
     def __init__(self, header: _Optional[_Union[ResultHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
+class SmallResult(_message.Message):
+    __slots__ = ("header", "output")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    header: ResultHeader
+    output: bytes
+    def __init__(self, header: _Optional[_Union[ResultHeader, _Mapping]] = ..., output: _Optional[bytes] = ...) -> None: ...
+
 class SubmitResultResponse(_message.Message):
     __slots__ = ("accepted", "reason", "reveal_steps", "leases", "retry_after_ms")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
