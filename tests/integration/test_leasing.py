@@ -7,13 +7,17 @@ import asyncio
 import hashlib
 from collections.abc import Callable
 
+import grpc
 import pytest
 
+from tensorgrid import serde
 from tensorgrid.client import Client
 from tensorgrid.crypto import Signer
 from tensorgrid.localgrid import LocalGrid
 from tensorgrid.nodeclient import NodeClient
+from tensorgrid.rpc import SMALL_RESULT_BYTES
 from tensorgrid.types import BlobRef, Capabilities, JobState
+from tensorgrid.v1 import node_pb2
 
 pytestmark = pytest.mark.integration
 CPU = Capabilities(device_kind="cpu", memory_bytes=8 << 30, cpu_cores=2)
@@ -71,3 +75,36 @@ def test_piggybacked_leases_follow_lease_tasks(make_grid: Callable[..., LocalGri
     with Client(grid.target) as client:
         job = client.wait(job_id)
     assert job.state == JobState.SUCCEEDED and job.tasks_done == 6
+
+
+def test_small_results_go_unary_and_large_ones_stream_both_with_leases(make_grid: Callable[..., LocalGrid]) -> None:
+    grid = make_grid()
+    grid.start_coordinator()
+    with Client(grid.target) as client:
+        job_id = client.submit_noop(3).job_id
+    big = b"\x01" * (SMALL_RESULT_BYTES + 1)
+    big_ref = BlobRef(hashlib.sha256(big).hexdigest(), len(big))
+
+    async def scenario() -> None:
+        n = NodeClient(grid.target, Signer.generate())
+        await n.register(CPU)
+        (lease,), _ = await n.lease(1)
+        receipt = n.sign(lease, big_ref)
+        header = node_pb2.ResultHeader(receipt=serde.receipt_to_pb(receipt), output_size=len(big), want_tasks=1)
+        with pytest.raises(grpc.aio.AioRpcError) as e:  # too big for one message: SubmitResult streams it
+            await n.stub.SubmitSmallResult(node_pb2.SmallResult(header=header, output=big), metadata=n.metadata)
+        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "SubmitResult" in (e.value.details() or "")
+        answer = await n.submit_and_lease(receipt, len(big), big, 1)  # streamed
+        assert answer.accepted, answer.reason
+        (following,) = answer.leases
+        answer = await n.submit_and_lease(n.sign(following, EMPTY), 0, b"", 1)  # one unary call
+        assert answer.accepted and len(answer.leases) == 1
+        # A small result whose bytes do not match its receipt is refused like a streamed one.
+        (last,) = answer.leases
+        answer = await n.submit_and_lease(n.sign(last, EMPTY), 1, b"x", 1)
+        assert not answer.accepted and "hash" in answer.reason and answer.leases == []
+        await n.close()
+
+    asyncio.run(scenario())
+    with Client(grid.target) as client:
+        assert client.job(job_id).tasks_done == 2
