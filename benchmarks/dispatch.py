@@ -2,8 +2,9 @@
 grpc.aio echo RPC rate measured in the same run with the same client concurrency.
 
 A task is lease → signed result → verified → recorded. A busy node asks for its next
-lease with each result (piggybacked leasing), so a task costs one client-streaming RPC and
-one group-committed transaction. Goal: ≥ 0.25 of the raw rate.
+lease with each result (piggybacked leasing), and a small output travels in one unary
+SubmitSmallResult, so a task costs one unary RPC and a share of one group-committed
+transaction. Goal: ≥ 0.25 of the raw rate.
 
 The machine is usually shared, so rates move with other load. Where /proc exists the JSON
 also carries CPU time per task (coordinator process; simulated nodes, which run in this
