@@ -147,10 +147,16 @@ class Agent:
 
     # ---- work ----------------------------------------------------------------------------------
     async def _slot_loop(self, ex: Executor) -> None:
+        # A slot long-polls LeaseTasks only when it holds nothing: the result of its task asks
+        # for its next one (piggybacked leasing), so a busy slot takes one round trip per task.
+        lease: Lease | None = None
         while not self.draining.is_set():
-            lease = await self._lease_one()
+            if lease is None:
+                lease = await self._lease_one()
             if lease is not None:
-                await self._run_task(ex, lease)
+                lease = await self._run_task(ex, lease)
+        if lease is not None:  # granted with a result as we began to drain: hand it straight back
+            await self._report(lease.task_id, lease.attempt, TaskError(ErrorKind.RELEASED, "node is draining"))
 
     async def _lease_one(self) -> Lease | None:
         """One lease, long-polling the coordinator; None when there was none (after any wait it asked for)."""
@@ -178,7 +184,8 @@ class Agent:
             return None
         return leases[0]
 
-    async def _run_task(self, ex: Executor, lease: Lease) -> None:
+    async def _run_task(self, ex: Executor, lease: Lease) -> Lease | None:
+        """Run one task and hand in its outcome; returns the slot's next lease if it came with the answer."""
         self._active[lease.task_id] = (lease.attempt, ex)
         out = self.config.work_dir / f"{lease.task_id}-{lease.attempt}.out"
         ckpt = (
@@ -187,13 +194,19 @@ class Agent:
             else None
         )
         started = time.monotonic()
+        following: Lease | None = None
         try:
             outcome = await self._execute(ex, lease, out, ckpt)
             executed = time.monotonic()
             if outcome.ok:
-                reveal = await self._submit(lease, out, outcome.commitment)
+                # A training result may be followed by checkpoint reveals: its slot asks for work after those.
+                want = 0 if ckpt is not None or self.draining.is_set() else 1
+                reveal, granted = await self._submit(lease, out, outcome.commitment, want)
                 if reveal and ckpt is not None:
                     await self._reveal(lease, ckpt, reveal)
+                following = granted[0] if granted else None
+                for extra in granted[1:]:  # more than asked for: not this slot's
+                    await self._report(extra.task_id, extra.attempt, TaskError(ErrorKind.RELEASED, "not asked for"))
                 log.debug(
                     "task %s: %.3fs fetching, %.3fs computing, %.3fs submitting",
                     lease.task_id[:12],
@@ -211,6 +224,7 @@ class Agent:
             out.unlink(missing_ok=True)
             if ckpt is not None:
                 await asyncio.to_thread(shutil.rmtree, ckpt, True)
+        return following
 
     async def _execute(self, ex: Executor, lease: Lease, out: Path, ckpt: Path | None = None) -> TaskOutcome:
         settings = dict(lease.settings)
@@ -255,25 +269,28 @@ class Agent:
     def _fetcher(self, ref: BlobRef) -> Callable[[int], AsyncIterator[bytes]]:
         return lambda offset: self.client.fetch(ref, offset)
 
-    async def _submit(self, lease: Lease, out: Path, commitment: str = "") -> list[int]:
-        """Send the result; returns the checkpoint steps its audit wants revealed (usually none)."""
+    async def _submit(
+        self, lease: Lease, out: Path, commitment: str = "", want: int = 0
+    ) -> tuple[list[int], list[Lease]]:
+        """Send the result, asking for `want` next leases with it; returns the checkpoint steps its
+        audit wants revealed (usually none) and the leases granted with the answer."""
         output = await asyncio.to_thread(file_sha256, out)
         receipt = self.client.sign(lease, output, commitment)
         for attempt in range(3):
             try:
-                accepted, reason, reveal = await self.client.submit_result(receipt, output.size, out)
+                answer = await self.client.submit_and_lease(receipt, output.size, out, want)
                 break
             except grpc.aio.AioRpcError as e:
                 await self._on_rpc_error(e, "submit")
                 if e.code() not in (*RETRYABLE, grpc.StatusCode.UNAUTHENTICATED) or attempt == 2:
-                    return []
+                    return [], []
                 await asyncio.sleep(backoff(attempt + 1, 0.5))
-        if accepted:
+        if answer.accepted:
             self.completed += 1
             log.info("task %s/%d accepted (%d done)", lease.task_id[:12], lease.attempt, self.completed)
-            return reveal
-        log.warning("task %s/%d rejected: %s", lease.task_id[:12], lease.attempt, reason)
-        return []
+            return answer.reveal_steps, answer.leases
+        log.warning("task %s/%d rejected: %s", lease.task_id[:12], lease.attempt, answer.reason)
+        return [], answer.leases
 
     async def _reveal(self, lease: Lease, ckpt: Path, steps: list[int]) -> None:
         """Upload the checkpoints an audit asked for; a refused or missing one is logged, not retried."""

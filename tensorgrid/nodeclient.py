@@ -18,9 +18,22 @@ import grpc
 from tensorgrid import serde
 from tensorgrid.blobs import CHUNK_BYTES, file_sha256
 from tensorgrid.crypto import Signer, registration_message, sign_message, sign_receipt
-from tensorgrid.rpc import SESSION_METADATA_KEY, channel_options
+from tensorgrid.rpc import SESSION_METADATA_KEY, SMALL_RESULT_BYTES, channel_options
 from tensorgrid.types import BlobRef, Capabilities, Domain, Lease, Receipt, TaskError
 from tensorgrid.v1 import common_pb2, node_pb2, node_pb2_grpc
+
+
+@dataclasses.dataclass(frozen=True)
+class Submitted:
+    """The coordinator's answer to a result."""
+
+    accepted: bool
+    reason: str  # why not, when refused
+    reveal_steps: list[int]  # training checkpoints its audit asks for (usually none)
+    leases: list[Lease]  # the next tasks asked for with it
+    # No leases: how long LeaseTasks would have asked to wait; 0 when leasing was not tried
+    # (refused result, or a node that may not lease: LeaseTasks says why).
+    retry_after_ms: int
 
 
 class NodeClient:
@@ -112,10 +125,32 @@ class NodeClient:
         self, receipt: Receipt, output_size: int, data: bytes | Path
     ) -> tuple[bool, str, list[int]]:
         """submit(), also returning the checkpoint steps to reveal (a training result drawn for an audit)."""
-        header = node_pb2.ResultHeader(receipt=serde.receipt_to_pb(receipt), output_size=output_size)
-        chunks = _stream(node_pb2.ResultChunk, node_pb2.ResultChunk(header=header), data)
-        resp = await self.stub.SubmitResult(chunks, metadata=self.metadata, timeout=max(self.timeout, 600))
-        return resp.accepted, resp.reason, list(resp.reveal_steps)
+        done = await self.submit_and_lease(receipt, output_size, data)
+        return done.accepted, done.reason, done.reveal_steps
+
+    async def submit_and_lease(
+        self, receipt: Receipt, output_size: int, data: bytes | Path, want_tasks: int = 0
+    ) -> Submitted:
+        """Send a signed result and ask for up to want_tasks next leases in the same call
+        (piggybacked leasing: granted only with an accepted result, never waited for)."""
+        header = node_pb2.ResultHeader(
+            receipt=serde.receipt_to_pb(receipt), output_size=output_size, want_tasks=want_tasks
+        )
+        if output_size <= SMALL_RESULT_BYTES:  # one message, no stream
+            body = data if isinstance(data, bytes) else await asyncio.to_thread(Path(data).read_bytes)
+            resp = await self.stub.SubmitSmallResult(
+                node_pb2.SmallResult(header=header, output=body), metadata=self.metadata, timeout=self.timeout
+            )
+        else:
+            chunks = _stream(node_pb2.ResultChunk, node_pb2.ResultChunk(header=header), data)
+            resp = await self.stub.SubmitResult(chunks, metadata=self.metadata, timeout=max(self.timeout, 600))
+        return Submitted(
+            accepted=resp.accepted,
+            reason=resp.reason,
+            reveal_steps=list(resp.reveal_steps),
+            leases=[serde.lease_from_pb(x) for x in resp.leases],
+            retry_after_ms=resp.retry_after_ms,
+        )
 
     async def reveal(self, task_id: str, attempt: int, step: int, data: bytes | Path) -> tuple[bool, str]:
         """Upload the training checkpoint at `step` of a submitted result, as its audit asked.

@@ -8,6 +8,9 @@ SESSION_METADATA_KEY = "x-tensorgrid-session"
 # Blobs travel in 1 MiB chunks; control messages are small. 8 MiB leaves headroom for
 # a chunk plus framing and keeps a hostile sender from making us buffer much more.
 MAX_MESSAGE_BYTES = 8 << 20
+# A result output up to this size travels in one unary SubmitSmallResult: a client stream costs
+# both ends more CPU than a unary call, and most no-op and small inference outputs fit.
+SMALL_RESULT_BYTES = 64 * 1024
 
 
 def channel_options() -> Sequence[tuple[str, int]]:

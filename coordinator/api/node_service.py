@@ -17,6 +17,7 @@ from coordinator.services.runtime import now_ms
 from tensorgrid import serde
 from tensorgrid.crypto import normalize_address, recover_message_signer, registration_message
 from tensorgrid.errors import BlobError, SignatureError
+from tensorgrid.rpc import SMALL_RESULT_BYTES
 from tensorgrid.types import BlobRef
 from tensorgrid.v1 import common_pb2, node_pb2, node_pb2_grpc
 
@@ -121,7 +122,6 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         first = await anext(aiter(request_iterator), None)
         if first is None or first.WhichOneof("part") != "header":
             raise Rejected("SubmitResult must start with a header carrying the receipt")
-        receipt = serde.receipt_from_pb(first.header.receipt)
 
         async def data() -> AsyncIterator[bytes]:
             async for chunk in request_iterator:
@@ -129,11 +129,35 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
                     raise Rejected("a second header in one SubmitResult")
                 yield chunk.data
 
+        return await self._submit(first.header, data())
+
+    @unary
+    async def SubmitSmallResult(
+        self, request: node_pb2.SmallResult, context: grpc.aio.ServicerContext
+    ) -> node_pb2.SubmitResultResponse:
+        if request.header.output_size > SMALL_RESULT_BYTES:
+            raise Rejected(f"outputs over {SMALL_RESULT_BYTES} bytes go through SubmitResult")
+
+        async def data() -> AsyncIterator[bytes]:
+            yield request.output
+
+        return await self._submit(request.header, data())
+
+    async def _submit(self, header: node_pb2.ResultHeader, data: AsyncIterator[bytes]) -> node_pb2.SubmitResultResponse:
+        receipt = serde.receipt_from_pb(header.receipt)
         try:
-            accepted = await self.app.acceptance.submit(current_node.get(), receipt, first.header.output_size, data())
+            accepted = await self.app.acceptance.submit(
+                current_node.get(), receipt, header.output_size, data, header.want_tasks
+            )
         except (Rejected, BlobError, NotFound) as e:
             return node_pb2.SubmitResultResponse(accepted=False, reason=str(e))
-        return node_pb2.SubmitResultResponse(accepted=True, reveal_steps=accepted.reveal_steps)
+        leases, retry = accepted.leases if accepted.leases is not None else ([], 0)
+        return node_pb2.SubmitResultResponse(
+            accepted=True,
+            reveal_steps=accepted.reveal_steps,
+            leases=[serde.lease_to_pb(x) for x in leases],
+            retry_after_ms=retry,
+        )
 
     @unary
     async def RevealCheckpoint(

@@ -111,13 +111,24 @@ class TaskRepository:
 
         barred(conn, node), when given, names jobs whose tasks the node may not take (e.g. too little stake).
         """
-        out: list[tuple[list[Lease], int] | Rejected] = []
         with self.engine.begin() as conn:
-            for address, max_tasks in requests:
-                try:
-                    out.append(self._lease(conn, address, max_tasks, now_ms, timing, barred))
-                except Rejected as e:
-                    out.append(e)
+            return self.lease_in(conn, requests, now_ms, timing, barred)
+
+    def lease_in(
+        self,
+        conn: Connection,
+        requests: list[tuple[str, int]],
+        now_ms: int,
+        timing: LeaseTiming,
+        barred: Barred | None = None,
+    ) -> list[tuple[list[Lease], int] | Rejected]:
+        """lease_many inside the caller's transaction (e.g. the one accepting the nodes' results)."""
+        out: list[tuple[list[Lease], int] | Rejected] = []
+        for address, max_tasks in requests:
+            try:
+                out.append(self._lease(conn, address, max_tasks, now_ms, timing, barred))
+            except Rejected as e:
+                out.append(e)
         return out
 
     def lease_tasks(self, address: str, max_tasks: int, now_ms: int, timing: LeaseTiming) -> tuple[list[Lease], int]:

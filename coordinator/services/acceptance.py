@@ -8,17 +8,20 @@ result joins a group commit. On any refusal the sender is counted and the task r
 Transaction (`ResultAcceptance.accept_results`): each result claims its task on its own
 (refused ones say why); then, for the accepted, the receipts and node counters, the credits
 of results paid now, each kind's effect, and the jobs' progress and events — all in one
-transaction, so a result is durable before its node is told it was accepted.
+transaction, so a result is durable before its node is told it was accepted. A result may
+carry its node's request for its next tasks (piggybacked leasing): those are leased after the
+accepts, in the same transaction, with exactly LeaseTasks' checks (`accept_and_lease`), so a
+busy node takes one round trip and one commit per task instead of two of each.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from coordinator.commits import GroupCommitter
 from coordinator.config import Limits
@@ -31,15 +34,18 @@ from coordinator.services.aggregation import Aggregation
 from coordinator.services.blobs import receive_into
 from coordinator.services.kind import Effect, KindLookup
 from coordinator.services.runtime import Runtime
-from coordinator.services.scheduler import Scheduler
+from coordinator.services.scheduler import LeaseOutcome, Scheduler
 from coordinator.services.verifier import Verifier
 from tensorgrid.blobs import BlobStore
 from tensorgrid.errors import BlobError, HashMismatch
-from tensorgrid.types import BlobRef, Receipt
+from tensorgrid.types import BlobRef, Lease, Receipt
 
 log = logging.getLogger("tensorgrid.coordinator")
 SMALL_OUTPUT_BYTES = 64 * 1024
+MAX_WANT = 256  # leases one result may ask for (LeaseTasks' cap)
 Outcome = tuple[str, bool] | Rejected  # (job id, job complete) or why it was refused
+Granted = tuple[list[Lease], int]  # leases, retry_after_ms: what LeaseTasks would have answered
+Committed = tuple[str, bool, Granted | None]  # an accepted result's outcome, and its node's next leases
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,10 @@ class ResultItem:
     output: BlobRef
     rows: int | None
     effect: Effect | None = None  # what its kind does on accepting it; None: paid now, nothing else
+    want: int = 0  # leases its node asks for with it (granted once it is accepted, in its transaction)
+
+
+LeaseIn = Callable[[Connection, list[tuple[str, int]], int], list[LeaseOutcome]]
 
 
 class ResultAcceptance:
@@ -64,39 +74,60 @@ class ResultAcceptance:
 
         An accepted result's outcome is (job id, whether its job is complete once this batch commits).
         """
+        with self.engine.begin() as conn:
+            return self._accept(conn, items, now_ms)
+
+    def accept_and_lease(
+        self, items: list[ResultItem], now_ms: int, lease_in: LeaseIn
+    ) -> tuple[list[Outcome], list[LeaseOutcome | None]]:
+        """accept_results, then, in the same transaction, the next leases of the accepted results
+        that ask for some (ResultItem.want); None for the others (refused, or wanting none)."""
+        with self.engine.begin() as conn:
+            outcomes = self._accept(conn, items, now_ms)
+            # After the accepts: an accepted result clears its node's backoff, as it would before a LeaseTasks.
+            wanting = [
+                i for i, (item, o) in enumerate(zip(items, outcomes, strict=True))
+                if item.want and not isinstance(o, Rejected)
+            ]  # fmt: skip
+            granted = lease_in(conn, [(items[i].node, items[i].want) for i in wanting], now_ms) if wanting else []
+        leases: list[LeaseOutcome | None] = [None] * len(items)
+        for i, lease in zip(wanting, granted, strict=True):
+            leases[i] = lease
+        return outcomes, leases
+
+    def _accept(self, conn: Connection, items: list[ResultItem], now_ms: int) -> list[Outcome]:
         outcomes: list[Outcome] = []
         accepted: list[tuple[ResultItem, results.Claimed]] = []
-        with self.engine.begin() as conn:
-            for item in items:
-                try:
-                    claimed = results.claim(conn, item.node, item.receipt, item.output, item.rows, now_ms)
-                except Rejected as e:
-                    outcomes.append(e)
-                    continue
-                accepted.append((item, claimed))
-                outcomes.append((claimed.job_id, False))
-            if not accepted:
-                return outcomes
-            claims = [c for _, c in accepted]
-            results.record_receipts(conn, claims, now_ms)
-            # Pay for unchecked work in the transaction that accepts it (priced jobs only); a
-            # checked result is paid when its check passes, a check task is the grid's own cost.
-            paid = [
-                (c.node, c.job_id, c.receipt.task_id, c.receipt.attempt)
-                for i, c in accepted
-                if i.effect is None or i.effect.pays_now
-            ]
-            credits.credit_results(conn, paid, now_ms)
-            for item, claimed in accepted:
-                if item.effect is not None:
-                    item.effect.apply(conn, claimed, now_ms)
-            unfinished = results.record_progress(
-                conn, [c for i, c in accepted if i.effect is None or i.effect.counts_progress], now_ms
-            )
-            # A job is complete once every task is done and every check of its results is settled
-            # (a job the progress update shows has tasks left needs no query).
-            touched = {c.job_id for c in claims} - unfinished
-            complete = {job_id for job_id in touched if job_complete(conn, job_id)}
+        for item in items:
+            try:
+                claimed = results.claim(conn, item.node, item.receipt, item.output, item.rows, now_ms)
+            except Rejected as e:
+                outcomes.append(e)
+                continue
+            accepted.append((item, claimed))
+            outcomes.append((claimed.job_id, False))
+        if not accepted:
+            return outcomes
+        claims = [c for _, c in accepted]
+        results.record_receipts(conn, claims, now_ms)
+        # Pay for unchecked work in the transaction that accepts it (priced jobs only); a
+        # checked result is paid when its check passes, a check task is the grid's own cost.
+        paid = [
+            (c.node, c.job_id, c.receipt.task_id, c.receipt.attempt)
+            for i, c in accepted
+            if i.effect is None or i.effect.pays_now
+        ]
+        credits.credit_results(conn, paid, now_ms)
+        for item, claimed in accepted:
+            if item.effect is not None:
+                item.effect.apply(conn, claimed, now_ms)
+        unfinished = results.record_progress(
+            conn, [c for i, c in accepted if i.effect is None or i.effect.counts_progress], now_ms
+        )
+        # A job is complete once every task is done and every check of its results is settled
+        # (a job the progress update shows has tasks left needs no query).
+        touched = {c.job_id for c in claims} - unfinished
+        complete = {job_id for job_id in touched if job_complete(conn, job_id)}
         return [(o[0], o[0] in complete) if isinstance(o, tuple) else o for o in outcomes]
 
     def accept_result(
@@ -114,6 +145,9 @@ class Accepted:
     job_id: str
     complete: bool  # every task of the job is done and every check settled: it is being assembled
     reveal_steps: tuple[int, ...] = ()
+    # The node's next leases, when it asked for some: None when none were tried (its node may not
+    # lease: LeaseTasks says why), else (leases, retry_after_ms) as LeaseTasks would have answered.
+    leases: Granted | None = None
 
 
 class Acceptance:
@@ -140,18 +174,35 @@ class Acceptance:
         self.blobs = blobs
         self.limits = limits
         self.transaction = ResultAcceptance(engine)
-        self.results: GroupCommitter[ResultItem, tuple[str, bool]] = GroupCommitter(self._accept_batch)
+        self.results: GroupCommitter[ResultItem, Committed] = GroupCommitter(self._accept_batch)
 
-    async def _accept_batch(self, items: list[ResultItem]) -> list[Outcome]:
-        outcomes = await self.rt.db(self.transaction.accept_results, items, self.rt.now_ms())
-        for item, outcome in zip(items, outcomes, strict=True):
-            if item.effect is not None and not isinstance(outcome, Rejected):
+    async def _accept_batch(self, items: list[ResultItem]) -> list[Committed | Rejected]:
+        outcomes, leases = await self.rt.db(
+            self.transaction.accept_and_lease, items, self.rt.now_ms(), self.scheduler.lease_in
+        )
+        out: list[Committed | Rejected] = []
+        for item, outcome, lease in zip(items, outcomes, leases, strict=True):
+            if isinstance(outcome, Rejected):
+                out.append(outcome)
+                continue
+            if item.effect is not None:
                 item.effect.committed()
-        return outcomes
+            if lease is not None and not isinstance(lease, Rejected):
+                self.scheduler.granted(lease[0], item.node)
+            out.append((*outcome, None if isinstance(lease, Rejected) else lease))
+        return out
 
-    async def submit(self, node: str, receipt: Receipt, size: int, data: AsyncIterator[bytes]) -> Accepted:
-        """Check, receive and accept one result; raises Rejected (and the like) after counting it."""
+    async def submit(
+        self, node: str, receipt: Receipt, size: int, data: AsyncIterator[bytes], want: int = 0
+    ) -> Accepted:
+        """Check, receive and accept one result; raises Rejected (and the like) after counting it.
+
+        want > 0: the node also asks for up to that many next leases, granted as LeaseTasks would
+        (without waiting) in the transaction that accepts the result.
+        """
         try:
+            if want:
+                await self.scheduler.before_lease(node)
             task = await self.scheduler.task_record(receipt.task_id)
             self.verifier.check_receipt(task, node, receipt)
             if size > self.limits.max_output_bytes:
@@ -162,7 +213,9 @@ class Acceptance:
             if kind.checks_output:
                 rows = await self.rt.work(kind.check_output, task, receipt, self.blobs.path_for(output.sha256))
             effect = await kind.examine(task, node, output)
-            job_id, complete = await self.results.submit(ResultItem(node, receipt, output, rows, effect))
+            job_id, complete, leases = await self.results.submit(
+                ResultItem(node, receipt, output, rows, effect, max(0, min(want, MAX_WANT)))
+            )
         except (Rejected, BlobError, NotFound) as e:
             await self._reject(node, receipt, str(e), forged=isinstance(e, Forged | HashMismatch))
             raise
@@ -172,7 +225,7 @@ class Acceptance:
         kind.after_accept([job_id])
         if complete:
             self.aggregation.schedule(job_id)
-        return Accepted(job_id, complete, effect.reveal_steps if effect is not None else ())
+        return Accepted(job_id, complete, effect.reveal_steps if effect is not None else (), leases)
 
     async def _receive_output(self, receipt: Receipt, size: int, data: AsyncIterator[bytes]) -> BlobRef:
         expected = BlobRef(receipt.output_hash, size)

@@ -7,8 +7,11 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+from sqlalchemy import Connection
+
 from coordinator.commits import GroupCommitter
 from coordinator.config import LeaseTiming
+from coordinator.errors import Rejected
 from coordinator.repositories.store import Store
 from coordinator.repositories.tasks import Barred, TaskRecord
 from coordinator.services.runtime import Runtime
@@ -18,6 +21,7 @@ log = logging.getLogger("tensorgrid.coordinator")
 LEASE_BOOK_SIZE = 200_000
 MAX_LEASE_WAIT_MS = 10_000
 IDLE_RETRY_MS = 500  # what leasing answers when there is simply no work
+LeaseOutcome = tuple[list[Lease], int] | Rejected  # (leases, retry_after_ms), or why the node may not lease
 
 
 class Scheduler:
@@ -41,22 +45,36 @@ class Scheduler:
         # Leases this process granted, so a result can be pre-checked without a DB read;
         # the authoritative checks run again inside the accepting transaction.
         self.lease_book: dict[str, TaskRecord] = {}
+        self._barred = barred
         self.leases: GroupCommitter[tuple[str, int], tuple[list[Lease], int]] = GroupCommitter(
             lambda requests: rt.db(store.tasks.lease_many, requests, rt.now_ms(), timing, barred)
         )
 
     async def lease(self, node: str, max_tasks: int, wait_ms: int) -> tuple[list[Lease], int]:
         """Up to max_tasks leases for the node; waits up to wait_ms (long poll) when there is no work."""
-        if self._before_lease is not None:
-            await self._before_lease(node)  # e.g. jobs may need more stake than registering did
+        await self.before_lease(node)
         leases, retry = await self.leases.submit((node, max_tasks or 1))
         if not leases and wait_ms and retry <= IDLE_RETRY_MS:  # idle, not backing off: long poll
             await self.rt.hub.wait_for_work(min(wait_ms, MAX_LEASE_WAIT_MS) / 1000)
             leases, retry = await self.leases.submit((node, max_tasks or 1))
+        self.granted(leases, node)
+        return leases, retry
+
+    async def before_lease(self, node: str) -> None:
+        """What leasing needs first, outside any transaction (e.g. jobs may need more stake than registering did)."""
+        if self._before_lease is not None:
+            await self._before_lease(node)
+
+    def lease_in(self, conn: Connection, requests: list[tuple[str, int]], now_ms: int) -> list[LeaseOutcome]:
+        """Lease inside the caller's transaction (results that ask for their node's next tasks):
+        exactly LeaseTasks' checks, without its wait. Call before_lease first and granted after commit."""
+        return self.store.tasks.lease_in(conn, requests, now_ms, self.timing, self._barred)
+
+    def granted(self, leases: list[Lease], node: str) -> None:
+        """Leases the node was granted and told of (after their transaction committed)."""
         self.remember(leases, node)
         for job_id in {lease.job_id for lease in leases}:
             self.rt.hub.notify(job_id)
-        return leases, retry
 
     def remember(self, leases: list[Lease], node: str) -> None:
         book = self.lease_book

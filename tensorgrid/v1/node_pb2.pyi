@@ -166,12 +166,14 @@ class Receipt(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., input_hash: _Optional[str] = ..., output_hash: _Optional[str] = ..., commitment: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class ResultHeader(_message.Message):
-    __slots__ = ("receipt", "output_size")
+    __slots__ = ("receipt", "output_size", "want_tasks")
     RECEIPT_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_SIZE_FIELD_NUMBER: _ClassVar[int]
+    WANT_TASKS_FIELD_NUMBER: _ClassVar[int]
     receipt: Receipt
     output_size: int
-    def __init__(self, receipt: _Optional[_Union[Receipt, _Mapping]] = ..., output_size: _Optional[int] = ...) -> None: ...
+    want_tasks: int
+    def __init__(self, receipt: _Optional[_Union[Receipt, _Mapping]] = ..., output_size: _Optional[int] = ..., want_tasks: _Optional[int] = ...) -> None: ...
 
 class ResultChunk(_message.Message):
     __slots__ = ("header", "data")
@@ -181,15 +183,27 @@ class ResultChunk(_message.Message):
     data: bytes
     def __init__(self, header: _Optional[_Union[ResultHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
+class SmallResult(_message.Message):
+    __slots__ = ("header", "output")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    header: ResultHeader
+    output: bytes
+    def __init__(self, header: _Optional[_Union[ResultHeader, _Mapping]] = ..., output: _Optional[bytes] = ...) -> None: ...
+
 class SubmitResultResponse(_message.Message):
-    __slots__ = ("accepted", "reason", "reveal_steps")
+    __slots__ = ("accepted", "reason", "reveal_steps", "leases", "retry_after_ms")
     ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     REVEAL_STEPS_FIELD_NUMBER: _ClassVar[int]
+    LEASES_FIELD_NUMBER: _ClassVar[int]
+    RETRY_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
     accepted: bool
     reason: str
     reveal_steps: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, accepted: _Optional[bool] = ..., reason: _Optional[str] = ..., reveal_steps: _Optional[_Iterable[int]] = ...) -> None: ...
+    leases: _containers.RepeatedCompositeFieldContainer[Lease]
+    retry_after_ms: int
+    def __init__(self, accepted: _Optional[bool] = ..., reason: _Optional[str] = ..., reveal_steps: _Optional[_Iterable[int]] = ..., leases: _Optional[_Iterable[_Union[Lease, _Mapping]]] = ..., retry_after_ms: _Optional[int] = ...) -> None: ...
 
 class RevealHeader(_message.Message):
     __slots__ = ("task_id", "attempt", "step", "size", "sha256")

@@ -68,6 +68,11 @@ class NodeServiceStub:
                 request_serializer=tensorgrid_dot_v1_dot_node__pb2.ResultChunk.SerializeToString,
                 response_deserializer=tensorgrid_dot_v1_dot_node__pb2.SubmitResultResponse.FromString,
                 _registered_method=True)
+        self.SubmitSmallResult = channel.unary_unary(
+                '/tensorgrid.v1.NodeService/SubmitSmallResult',
+                request_serializer=tensorgrid_dot_v1_dot_node__pb2.SmallResult.SerializeToString,
+                response_deserializer=tensorgrid_dot_v1_dot_node__pb2.SubmitResultResponse.FromString,
+                _registered_method=True)
         self.ReportFailure = channel.unary_unary(
                 '/tensorgrid.v1.NodeService/ReportFailure',
                 request_serializer=tensorgrid_dot_v1_dot_node__pb2.FailureReport.SerializeToString,
@@ -123,6 +128,14 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitSmallResult(self, request, context):
+        """A small result (output of at most 64 KiB) in one message: the same checks as SubmitResult,
+        one round trip without a stream.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ReportFailure(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -168,6 +181,11 @@ def add_NodeServiceServicer_to_server(servicer, server):
             'SubmitResult': grpc.stream_unary_rpc_method_handler(
                     servicer.SubmitResult,
                     request_deserializer=tensorgrid_dot_v1_dot_node__pb2.ResultChunk.FromString,
+                    response_serializer=tensorgrid_dot_v1_dot_node__pb2.SubmitResultResponse.SerializeToString,
+            ),
+            'SubmitSmallResult': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitSmallResult,
+                    request_deserializer=tensorgrid_dot_v1_dot_node__pb2.SmallResult.FromString,
                     response_serializer=tensorgrid_dot_v1_dot_node__pb2.SubmitResultResponse.SerializeToString,
             ),
             'ReportFailure': grpc.unary_unary_rpc_method_handler(
@@ -345,6 +363,33 @@ class NodeService:
             target,
             '/tensorgrid.v1.NodeService/SubmitResult',
             tensorgrid_dot_v1_dot_node__pb2.ResultChunk.SerializeToString,
+            tensorgrid_dot_v1_dot_node__pb2.SubmitResultResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitSmallResult(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorgrid.v1.NodeService/SubmitSmallResult',
+            tensorgrid_dot_v1_dot_node__pb2.SmallResult.SerializeToString,
             tensorgrid_dot_v1_dot_node__pb2.SubmitResultResponse.FromString,
             options,
             channel_credentials,

@@ -1,0 +1,110 @@
+"""Piggybacked leasing over the real gRPC API of a coordinator process: the leases a result asks
+for are granted, or withheld, exactly as LeaseTasks grants or withholds them."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Callable
+
+import grpc
+import pytest
+
+from tensorgrid import serde
+from tensorgrid.client import Client
+from tensorgrid.crypto import Signer
+from tensorgrid.localgrid import LocalGrid
+from tensorgrid.nodeclient import NodeClient
+from tensorgrid.rpc import SMALL_RESULT_BYTES
+from tensorgrid.types import BlobRef, Capabilities, JobState
+from tensorgrid.v1 import node_pb2
+
+pytestmark = pytest.mark.integration
+CPU = Capabilities(device_kind="cpu", memory_bytes=8 << 30, cpu_cores=2)
+EMPTY = BlobRef(hashlib.sha256(b"").hexdigest(), 0)
+
+
+def test_piggybacked_leases_follow_lease_tasks(make_grid: Callable[..., LocalGrid]) -> None:
+    grid = make_grid()
+    grid.start_coordinator()
+    with Client(grid.target) as client:
+        job_id = client.submit_noop(6).job_id
+
+    async def node() -> NodeClient:
+        n = NodeClient(grid.target, Signer.generate())
+        await n.register(CPU)
+        return n
+
+    async def scenario() -> None:
+        busy, drained, sloppy = [await node() for _ in range(3)]
+        # A busy node: each result brings the next lease, LeaseTasks is called once.
+        (lease,), _ = await busy.lease(1)
+        answer = await busy.submit_and_lease(busy.sign(lease, EMPTY), 0, b"", 1)
+        assert answer.accepted and answer.retry_after_ms == 0
+        (following,) = answer.leases
+        assert following.job_id == job_id and following.task_id != lease.task_id and following.attempt == 1
+        answer = await busy.submit_and_lease(busy.sign(following, EMPTY), 0, b"", 1)
+        assert answer.accepted and len(answer.leases) == 1
+        last = answer.leases[0]
+
+        # A draining node delivers what it holds and is given nothing more, as LeaseTasks answers it.
+        (held,), _ = await drained.lease(1)
+        await drained.heartbeat([(held.task_id, held.attempt)], draining=True)
+        answer = await drained.submit_and_lease(drained.sign(held, EMPTY), 0, b"", 1)
+        assert answer.accepted and answer.leases == [] and answer.retry_after_ms == 1000
+        assert await drained.lease(1) == ([], 1000)
+
+        # A refused result brings no leases; LeaseTasks then says the node is backing off.
+        (bad,), _ = await sloppy.lease(1)
+        answer = await sloppy.submit_and_lease(sloppy.sign(bad, BlobRef("00" * 32, 1)), 1, b"x", 1)
+        assert not answer.accepted and "hash" in answer.reason
+        assert answer.leases == [] and answer.retry_after_ms == 0
+        leases, retry = await sloppy.lease(1)
+        assert leases == [] and retry > 0
+
+        # The busy node finishes the job, the refused task included, asking as it goes.
+        held_now = [last]
+        while held_now:
+            answer = await busy.submit_and_lease(busy.sign(held_now.pop(), EMPTY), 0, b"", 1)
+            assert answer.accepted, answer.reason
+            held_now.extend(answer.leases)
+        for n in (busy, drained, sloppy):
+            await n.close()
+
+    asyncio.run(scenario())
+    with Client(grid.target) as client:
+        job = client.wait(job_id)
+    assert job.state == JobState.SUCCEEDED and job.tasks_done == 6
+
+
+def test_small_results_go_unary_and_large_ones_stream_both_with_leases(make_grid: Callable[..., LocalGrid]) -> None:
+    grid = make_grid()
+    grid.start_coordinator()
+    with Client(grid.target) as client:
+        job_id = client.submit_noop(3).job_id
+    big = b"\x01" * (SMALL_RESULT_BYTES + 1)
+    big_ref = BlobRef(hashlib.sha256(big).hexdigest(), len(big))
+
+    async def scenario() -> None:
+        n = NodeClient(grid.target, Signer.generate())
+        await n.register(CPU)
+        (lease,), _ = await n.lease(1)
+        receipt = n.sign(lease, big_ref)
+        header = node_pb2.ResultHeader(receipt=serde.receipt_to_pb(receipt), output_size=len(big), want_tasks=1)
+        with pytest.raises(grpc.aio.AioRpcError) as e:  # too big for one message: SubmitResult streams it
+            await n.stub.SubmitSmallResult(node_pb2.SmallResult(header=header, output=big), metadata=n.metadata)
+        assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "SubmitResult" in (e.value.details() or "")
+        answer = await n.submit_and_lease(receipt, len(big), big, 1)  # streamed
+        assert answer.accepted, answer.reason
+        (following,) = answer.leases
+        answer = await n.submit_and_lease(n.sign(following, EMPTY), 0, b"", 1)  # one unary call
+        assert answer.accepted and len(answer.leases) == 1
+        # A small result whose bytes do not match its receipt is refused like a streamed one.
+        (last,) = answer.leases
+        answer = await n.submit_and_lease(n.sign(last, EMPTY), 1, b"x", 1)
+        assert not answer.accepted and "hash" in answer.reason and answer.leases == []
+        await n.close()
+
+    asyncio.run(scenario())
+    with Client(grid.target) as client:
+        assert client.job(job_id).tasks_done == 2
