@@ -53,7 +53,12 @@ def claim(coordinator: str, chain: Any) -> int:
     """Claim everything posted so far (claims are cumulative: one claim covers all past epochs)."""
     e = _earnings(coordinator, chain.address)
     if not e.claim_epoch:
-        raise TensorGridError("nothing posted on chain yet: earnings are posted once per epoch")
+        if e.cumulative_wei == 0:
+            print("nothing to claim: this node has not been paid for any verified task yet")
+            return exitcodes.OK
+        raise TensorGridError(
+            f"earned {eth(e.cumulative_wei)}, not posted on chain yet: earnings are posted once per epoch"
+        )
     already = chain.claimed(chain.address)
     if e.claim_cumulative_wei <= already:
         print(f"nothing new to claim: {eth(already)} already claimed")
