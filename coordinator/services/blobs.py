@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from tensorgrid.blobs import BlobStore, BlobWriter
+from tensorgrid.blobs import BlobStore, BlobWriter, write_behind
 from tensorgrid.errors import BlobError, SpecError
 from tensorgrid.types import BlobRef
 
@@ -14,22 +14,12 @@ from tensorgrid.types import BlobRef
 async def receive_into(writer: BlobWriter, chunks: AsyncIterator[bytes]) -> BlobRef:
     """Feed streamed bytes into a writer and commit; BlobError on oversize data or a hash mismatch.
 
-    Hashing and disk writes run on a thread, one chunk behind the network, so receiving
-    the next chunk overlaps writing the last one.
+    Hashing and disk writes run on a thread, one chunk behind the network (write_behind).
     """
-    pending: asyncio.Future[None] | None = None
     try:
-        async for data in chunks:
-            if pending is not None:
-                await pending
-            pending = asyncio.ensure_future(asyncio.to_thread(writer.write, data))
-        if pending is not None:
-            await pending
-            pending = None
+        await write_behind(chunks, writer.write)
         return await asyncio.to_thread(writer.commit)
     finally:
-        if pending is not None:
-            await asyncio.gather(pending, return_exceptions=True)
         writer.abort()
 
 

@@ -1,6 +1,7 @@
 """Content-addressed blobs: sha256-named files, written and read in chunks."""
 
 from tensorgrid.blobs.download import PartialDownload, download, download_async
+from tensorgrid.blobs.overlap import write_behind
 from tensorgrid.blobs.store import (
     CHUNK_BYTES,
     EMPTY_SHA256,
@@ -20,4 +21,5 @@ __all__ = [
     "download",
     "download_async",
     "file_sha256",
+    "write_behind",
 ]

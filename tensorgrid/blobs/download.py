@@ -24,6 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from tensorgrid.blobs.overlap import write_behind
 from tensorgrid.blobs.store import CHUNK_BYTES, check_sha256
 from tensorgrid.errors import BlobError, HashMismatch
 
@@ -158,18 +159,9 @@ async def download_async(ref: BlobLike, dest: Path, fetch: AsyncFetch) -> Path:
     dl = PartialDownload(ref, dest)
     offset = await asyncio.to_thread(dl.resume)
     stream = fetch(offset)
-    pending: asyncio.Future[None] | None = None
     try:
-        async for data in stream:
-            if pending is not None:
-                await pending
-            pending = asyncio.ensure_future(asyncio.to_thread(dl.write, data))
-        if pending is not None:
-            await pending
-            pending = None
+        await write_behind(stream, dl.write)
     finally:
-        if pending is not None:
-            await asyncio.gather(pending, return_exceptions=True)
         aclose = getattr(stream, "aclose", None)
         if aclose is not None:
             await aclose()
