@@ -15,6 +15,21 @@ from tensorgrid.spec import VerificationSpec
 from tensorgrid.types import BlobRef, JobInfo, Receipt
 
 
+class PaidLater:
+    """Defaults of an accept effect (services/kind.Effect) whose result is paid later, if ever:
+    it counts as its task's progress, asks for no reveal and wakes nobody."""
+
+    pays_now: bool = False
+    counts_progress: bool = True
+
+    @property
+    def reveal_steps(self) -> tuple[int, ...]:
+        return ()
+
+    def committed(self) -> None:
+        return None
+
+
 def new_job(
     spec: Any,
     spec_json: bytes,

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection
 
 from coordinator.db.events import append_event
+from coordinator.kinds.base import PaidLater
 from coordinator.repositories import results
 from coordinator.repositories.results import Claimed
 from coordinator.repositories.verification import checks
@@ -15,23 +16,11 @@ from coordinator.repositories.verification.checks import CheckPlan, Verdict
 
 
 @dataclass(frozen=True)
-class OpenCheck:
+class OpenCheck(PaidLater):
     """Open this spot-check of the result; it is paid once the check verifies it."""
 
     plan: CheckPlan
     on_commit: Callable[[], None] | None = None  # wake the drawn checker
-
-    @property
-    def pays_now(self) -> bool:
-        return False
-
-    @property
-    def counts_progress(self) -> bool:
-        return True
-
-    @property
-    def reveal_steps(self) -> tuple[int, ...]:
-        return ()
 
     def apply(self, conn: Connection, claimed: Claimed, now_ms: int) -> None:
         checks.open_check(conn, results.subject_row(conn, claimed.receipt.task_id), self.plan, now_ms)
@@ -42,23 +31,12 @@ class OpenCheck:
 
 
 @dataclass(frozen=True)
-class SettleCheck:
+class SettleCheck(PaidLater):
     """The result is a check task's: settle the check with this verdict (the grid's own cost, unpaid)."""
 
     verdict: Verdict
     on_commit: Callable[[], None] | None = None  # a dispute may wait for the referee
-
-    @property
-    def pays_now(self) -> bool:
-        return False
-
-    @property
-    def counts_progress(self) -> bool:
-        return False
-
-    @property
-    def reveal_steps(self) -> tuple[int, ...]:
-        return ()
+    counts_progress = False  # a check task is no task of its job (a class attribute, not a field)
 
     def apply(self, conn: Connection, claimed: Claimed, now_ms: int) -> None:
         checks.apply_verdict(

@@ -6,21 +6,14 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection
 
+from coordinator.kinds.base import PaidLater
 from coordinator.repositories.results import Claimed
 from coordinator.repositories.training.audits import AuditPlan, open_audit
 
 
 @dataclass(frozen=True)
-class OpenAudit:
+class OpenAudit(PaidLater):
     plan: AuditPlan
-
-    @property
-    def pays_now(self) -> bool:
-        return False
-
-    @property
-    def counts_progress(self) -> bool:
-        return True
 
     @property
     def reveal_steps(self) -> tuple[int, ...]:
@@ -29,6 +22,3 @@ class OpenAudit:
     def apply(self, conn: Connection, claimed: Claimed, now_ms: int) -> None:
         r = claimed.receipt
         open_audit(conn, claimed.node, r.task_id, r.attempt, claimed.output, self.plan, now_ms)
-
-    def committed(self) -> None:
-        return None
