@@ -96,7 +96,7 @@ def open_channel(target: str, tls: ClientTls | None = None, *, aio: bool = False
 def explain_unavailable(details: str, target: str = "", tls: ClientTls | None = None) -> str:
     """What to tell the user when a call failed with UNAVAILABLE (gRPC's status for a failed
     TLS handshake too, with the reason only in its details)."""
-    where = f"coordinator {target}" if target else "the coordinator"
+    where = f"coordinator {target}" if target else "coordinator"
     if any(sign in details.lower() for sign in _HANDSHAKE_SIGNS):
         against = "the system's root certificates"
         if tls is not None and tls.ca_cert is not None:

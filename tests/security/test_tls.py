@@ -53,7 +53,7 @@ def test_wrong_ca_and_plain_text_are_refused(make_grid: Callable[..., LocalGrid]
     with Client(grid.target, ca_cert=stranger_ca) as client, pytest.raises(CoordinatorError) as wrong:
         client.nodes()
     assert wrong.value.code == grpc.StatusCode.UNAVAILABLE
-    assert str(wrong.value).startswith("TLS verification failed for the coordinator: its certificate does not chain")
+    assert str(wrong.value).startswith("TLS verification failed for coordinator: its certificate does not chain")
     # A plain-text client (loopback, no --ca-cert; or --insecure) cannot talk to a TLS server.
     for insecure in (False, True):
         with Client(grid.target, insecure=insecure) as client, pytest.raises(CoordinatorError) as plain:
