@@ -29,7 +29,8 @@ LISTEN = Setting(
     "--listen",
     _COORDINATOR + "LISTEN",
     CoordinatorConfig.listen,
-    help="host:port to serve gRPC on (port 0: any free port)",
+    help="host:port to serve gRPC on (port 0: any free port); without --tls-cert only a loopback "
+    "address, unless --insecure",
     metavar="HOST:PORT",
 )
 DATA_DIR = Setting(

@@ -91,3 +91,22 @@ def test_handshake_failures_are_called_tls_failures() -> None:
     assert msg.startswith("TLS verification failed for coordinator 127.0.0.1:5") and "/etc/ca.pem" in msg
     refused = "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:5: Connection refused"
     assert "unreachable" in explain_unavailable(refused)
+
+
+def test_tls_settings_come_from_flags_then_environment(tmp_path: Path) -> None:
+    from coordinator import main as coordinator_main
+    from tensorgrid import cli, config
+
+    def client_ns(argv: list[str], env: dict[str, str]) -> object:
+        return config.parse_args(cli.build_parser(), ["nodes", *argv], cli.SETTINGS, env)
+
+    assert client_ns([], {}).insecure is False  # type: ignore[attr-defined]
+    assert client_ns([], {"TENSORGRID_INSECURE": "yes"}).insecure is True  # type: ignore[attr-defined]
+    assert client_ns(["--insecure"], {"TENSORGRID_INSECURE": "0"}).insecure is True  # type: ignore[attr-defined]
+    ns = client_ns([], {"TENSORGRID_CA_CERT": str(tmp_path / "ca.pem")})
+    assert ns.ca_cert == tmp_path / "ca.pem"  # type: ignore[attr-defined]
+    with pytest.raises(SystemExit):
+        client_ns([], {"TENSORGRID_INSECURE": "maybe"})
+    env = {"TENSORGRID_COORDINATOR_TLS_CERT": "c.pem", "TENSORGRID_COORDINATOR_TLS_KEY": "k.pem"}
+    cfg = coordinator_main.config_from(coordinator_main.parse_args(["run"], env=env))
+    assert (cfg.tls_cert, cfg.tls_key, cfg.insecure) == (Path("c.pem"), Path("k.pem"), False)
