@@ -158,6 +158,8 @@ def measure(root: Path, ns: argparse.Namespace, tls: TlsFiles | None) -> dict[st
         cpu = {
             "echo_cpu_ms_per_rpc": {"server": round(e_server, 3), "client": round(e_client, 3)},
             "task_cpu_ms": {"coordinator": round(t_coord, 3), "nodes": round(t_nodes, 3)},
+            # The ratio in CPU terms (echo CPU per RPC / CPU per task): moves less with other load.
+            "cpu_ratio": round((e_server + e_client) / (t_coord + t_nodes), 4),
         }
         print(f"{name}: CPU: {e_server + e_client:.3f} ms per echo RPC, {t_coord + t_nodes:.3f} ms per task")
     return {
@@ -197,6 +199,8 @@ def main() -> None:
         result["tls_ratio"] = tls["ratio"]
         result["tls_ratio_cost"] = round(1 - tls["ratio"] / plain["ratio"], 4)
         result["goal_tls_ratio_cost"] = 0.10
+        if "cpu_ratio" in plain and "cpu_ratio" in tls:
+            result["tls_cpu_ratio_cost"] = round(1 - tls["cpu_ratio"] / plain["cpu_ratio"], 4)
         print(f"ratio plain {plain['ratio']:.3f}, TLS {tls['ratio']:.3f} (TLS costs {result['tls_ratio_cost']:.1%})")
     emit(result)
 
