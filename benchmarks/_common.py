@@ -13,11 +13,11 @@ from typing import Any
 
 
 @contextmanager
-def baseline_process(root: Path, mode: str, path: Path | None = None) -> Iterator[int]:
-    """Start `python -m benchmarks._raw MODE` and yield its port; stop it afterwards."""
+def baseline_process(root: Path, mode: str, path: Path | None = None, *extra: str) -> Iterator[int]:
+    """Start `python -m benchmarks._raw MODE [extra…]` and yield its port; stop it afterwards."""
     port_file = root / f"{mode}.port"
     port_file.unlink(missing_ok=True)
-    args = [sys.executable, "-m", "benchmarks._raw", mode, "--port-file", str(port_file)]
+    args = [sys.executable, "-m", "benchmarks._raw", mode, "--port-file", str(port_file), *extra]
     if path is not None:
         args += ["--path", str(path)]
     proc = subprocess.Popen(args)

@@ -1,7 +1,8 @@
 """Baselines measured in the same run as our system: a raw grpc.aio echo and raw TCP.
 
 Run as a process (`python -m benchmarks._raw echo|tcp-sink|tcp-source …`) so the baseline
-server lives in its own process, just as the coordinator does.
+server lives in its own process, just as the coordinator does. `echo --tls-cert C --tls-key K`
+serves the echo over TLS, for the TLS run's baseline.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import BinaryIO
 import grpc
 
 from tensorgrid.rpc import server_options
+from tensorgrid.tls import server_credentials
 
 ECHO_METHOD = "/bench.Echo/Echo"
 
@@ -25,7 +27,9 @@ def _identity(b: bytes) -> bytes:
     return b
 
 
-async def serve_echo(port_file: Path) -> None:
+async def serve_echo(port_file: Path, tls_cert: Path | None = None, tls_key: Path | None = None) -> None:
+    """An echo server, over TLS with tls_cert/tls_key (the same credentials the coordinator builds)."""
+
     async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         return request
 
@@ -39,7 +43,10 @@ async def serve_echo(port_file: Path) -> None:
     )
     server = grpc.aio.server(options=server_options())
     server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port("127.0.0.1:0")
+    if tls_cert is not None and tls_key is not None:
+        port = server.add_secure_port("127.0.0.1:0", server_credentials(tls_cert, tls_key))
+    else:
+        port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     port_file.write_text(str(port))
     await server.wait_for_termination()
@@ -106,9 +113,11 @@ def main() -> None:
     p.add_argument("mode", choices=("echo", "tcp-sink", "tcp-source"))
     p.add_argument("--port-file", type=Path, required=True)
     p.add_argument("--path", type=Path)
+    p.add_argument("--tls-cert", type=Path)
+    p.add_argument("--tls-key", type=Path)
     ns = p.parse_args()
     if ns.mode == "echo":
-        asyncio.run(serve_echo(ns.port_file))
+        asyncio.run(serve_echo(ns.port_file, ns.tls_cert, ns.tls_key))
     elif ns.mode == "tcp-sink":
         tcp_sink(ns.port_file, ns.path)
     else:

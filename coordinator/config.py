@@ -45,6 +45,9 @@ class CoordinatorConfig:
     deployment: Path | None = None  # the deployments file written by the deploy step
     epoch_interval_ms: int = 30_000  # how often earnings are posted on chain as a Merkle root
     check_wait_ms: int = 30_000  # a check no other node takes within this long passes as unverified
+    tls_cert: Path | None = None  # PEM chain served to clients; with tls_key, gRPC is served over TLS
+    tls_key: Path | None = None
+    insecure: bool = False  # plain text allowed on a non-loopback address
 
     @property
     def db_url(self) -> str:

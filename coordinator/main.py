@@ -9,10 +9,12 @@ import signal
 import sys
 from pathlib import Path
 
+import grpc
+
 from coordinator.api.server import build_server
 from coordinator.app import Coordinator
 from coordinator.config import CoordinatorConfig, LeaseTiming, Limits
-from tensorgrid import config, exitcodes
+from tensorgrid import config, exitcodes, tls
 from tensorgrid.config import Setting
 from tensorgrid.errors import TensorGridError
 from tensorgrid.logs import setup_logging
@@ -27,7 +29,8 @@ LISTEN = Setting(
     "--listen",
     _COORDINATOR + "LISTEN",
     CoordinatorConfig.listen,
-    help="host:port to serve gRPC on (port 0: any free port)",
+    help="host:port to serve gRPC on (port 0: any free port); without --tls-cert only a loopback "
+    "address, unless --insecure",
     metavar="HOST:PORT",
 )
 DATA_DIR = Setting(
@@ -94,8 +97,34 @@ CHECK_WAIT_MS = Setting(
     type=int,
     help="a spot-check no other node takes within this long passes as 'unverified' (grids of one node)",
 )
+TLS_CERT = Setting(
+    "--tls-cert",
+    _COORDINATOR + "TLS_CERT",
+    CoordinatorConfig.tls_cert,
+    type=Path,
+    help="PEM certificate (chain) to serve gRPC over TLS with, from your own CA or a public one",
+    metavar="FILE",
+)
+TLS_KEY = Setting(
+    "--tls-key",
+    _COORDINATOR + "TLS_KEY",
+    CoordinatorConfig.tls_key,
+    type=Path,
+    help="the certificate's unencrypted PEM private key",
+    metavar="FILE",
+)
+INSECURE = Setting(
+    "--insecure",
+    _COORDINATOR + "INSECURE",
+    CoordinatorConfig.insecure,
+    type=config.switch,
+    help="serve plain text on a non-loopback address (without TLS a coordinator listens only on loopback)",
+)
 SETTINGS = (
     LISTEN,
+    TLS_CERT,
+    TLS_KEY,
+    INSECURE,
     DATA_DIR,
     DATABASE_URL,
     CHAIN_ID,
@@ -140,20 +169,33 @@ def config_from(ns: argparse.Namespace) -> CoordinatorConfig:
         epoch_interval_ms=int(ns.epoch_seconds * 1000),
         heartbeat_interval_ms=ns.heartbeat_ms,
         check_wait_ms=ns.check_wait_ms,
+        tls_cert=ns.tls_cert,
+        tls_key=ns.tls_key,
+        insecure=ns.insecure,
         timing=LeaseTiming(ttl_ms=ns.lease_ttl_ms),
         limits=Limits(max_shard_bytes=int(ns.max_shard_mib * MiB), max_blob_bytes=int(ns.max_blob_mib * MiB)),
     )
 
 
+def credentials(config: CoordinatorConfig) -> grpc.ServerCredentials | None:
+    """TLS credentials, or None for plain text where the rule allows it (tensorgrid.tls)."""
+    if not tls.check_listen(config.listen, config.tls_cert, config.tls_key, config.insecure):
+        return None
+    assert config.tls_cert is not None and config.tls_key is not None
+    return tls.server_credentials(config.tls_cert, config.tls_key)
+
+
 async def serve(config: CoordinatorConfig, ready_file: Path | None = None) -> None:
+    creds = credentials(config)  # before anything starts: a bad certificate stops us here
     app = Coordinator(config)
-    server, port = await build_server(app, config.listen)
+    server, port = await build_server(app, config.listen, creds)
     await server.start()
     await app.start()
     host = config.listen.rsplit(":", 1)[0]
     log.info(
-        "coordinator %s serving on %s:%d (db %s)",
+        "coordinator %s serving %s on %s:%d (db %s)",
         app.identity.address,
+        "TLS" if creds is not None else "plain text",
         host,
         port,
         app.store.engine.url.render_as_string(),

@@ -31,6 +31,7 @@ from tensorgrid.crypto import Signer
 from tensorgrid.errors import TensorGridError
 from tensorgrid.nodeclient import NodeClient
 from tensorgrid.retry import backoff
+from tensorgrid.tls import explain_unavailable
 from tensorgrid.types import BlobRef, Capabilities, ErrorKind, Lease, TaskError
 
 log = logging.getLogger("tensorgrid.node")
@@ -49,7 +50,9 @@ class Agent:
         self.config = config
         self.caps = caps
         self.cache = cache
-        self.client = NodeClient(config.coordinator, signer, config.rpc_timeout_s)
+        self.client = NodeClient(
+            config.coordinator, signer, config.rpc_timeout_s, tls=config.tls, expected_domain=config.domain
+        )
         self.executors = [Executor() for _ in range(max(1, config.slots))]
         self.draining = asyncio.Event()
         self.completed = 0
@@ -106,9 +109,8 @@ class Agent:
                     raise TensorGridError(f"the coordinator refused registration: {e.details()}") from None
                 failures += 1
                 delay = backoff(failures, 0.2, cap=5.0)
-                log.warning(
-                    "coordinator %s unreachable (%s); retrying in %.1fs", self.config.coordinator, e.code().name, delay
-                )
+                why = explain_unavailable(e.details() or e.code().name, self.config.coordinator, self.config.tls)
+                log.warning("%s; retrying in %.1fs", why, delay)
             await self._sleep_or_drain(delay)
 
     async def _sleep_or_drain(self, seconds: float) -> None:

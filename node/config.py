@@ -7,6 +7,8 @@ from pathlib import Path
 
 from tensorgrid import config
 from tensorgrid.config import Setting, under_home
+from tensorgrid.tls import ClientTls
+from tensorgrid.types import Domain
 
 
 @dataclass(frozen=True)
@@ -17,6 +19,8 @@ class AgentConfig:
     device: str = "auto"
     threads: int = 0  # 0: torch's default
     rpc_timeout_s: float = 30.0
+    tls: ClientTls = ClientTls()
+    domain: Domain | None = None  # the deployments file's EIP-712 domain: sign under no other
 
 
 KEYSTORE = Setting(
@@ -65,4 +69,5 @@ STAKE_WEI = Setting(
     help="stake to register with on chain if not yet staked; 0: the minimum",
 )
 CHAIN = (config.CHAIN_RPC, config.DEPLOYMENT)
-SETTINGS = (KEYSTORE, COORDINATOR, DATA_DIR, DEVICE, SLOTS, THREADS, MEMORY_GIB, CACHE_GIB, STAKE_WEI, *CHAIN)
+TLS = config.CLIENT_TLS
+SETTINGS = (KEYSTORE, COORDINATOR, DATA_DIR, DEVICE, SLOTS, THREADS, MEMORY_GIB, CACHE_GIB, STAKE_WEI, *CHAIN, *TLS)

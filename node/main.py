@@ -23,12 +23,15 @@ from node.config import (
     SLOTS,
     STAKE_WEI,
     THREADS,
+    TLS,
     AgentConfig,
 )
 from tensorgrid import config, exitcodes
 from tensorgrid.crypto import Signer, load_keystore, save_keystore
 from tensorgrid.errors import KeystoreError, TensorGridError
 from tensorgrid.logs import setup_logging
+from tensorgrid.tls import ClientTls
+from tensorgrid.types import Domain
 
 log = logging.getLogger("tensorgrid.node")
 PASSWORD_ENV = "TENSORGRID_KEY_PASSWORD"
@@ -58,11 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_parser("address", help="print the node's address")
     run = sub.add_parser("run", help="take and run work until SIGTERM (first: drain; second: stop now)")
-    config.add_settings(run, COORDINATOR, DATA_DIR, DEVICE, SLOTS, THREADS, MEMORY_GIB, CACHE_GIB, *CHAIN, STAKE_WEI)
+    config.add_settings(
+        run, COORDINATOR, DATA_DIR, DEVICE, SLOTS, THREADS, MEMORY_GIB, CACHE_GIB, *CHAIN, STAKE_WEI, *TLS
+    )
     earn = sub.add_parser("earnings", help="show what this node has earned and can claim")
     claim = sub.add_parser("claim", help="claim posted earnings on chain")
     for parser in (earn, claim):
-        config.add_settings(parser, *CHAIN, COORDINATOR)
+        config.add_settings(parser, *CHAIN, COORDINATOR, *TLS)
     return p
 
 
@@ -112,6 +117,19 @@ def _chain(ns: argparse.Namespace, signer: Signer) -> object:
     return ChainClient.connect(ns.chain_rpc, load_deployment(ns.deployment), signer.private_key)
 
 
+def client_tls(ns: argparse.Namespace) -> ClientTls:
+    return ClientTls(ns.ca_cert, ns.insecure)
+
+
+def deployment_domain(ns: argparse.Namespace) -> Domain | None:
+    """The EIP-712 domain of --deployment, the only one this node signs under; None without one."""
+    if ns.deployment is None:
+        return None
+    from tensorgrid.chain.deploy import load_deployment
+
+    return load_deployment(ns.deployment).domain
+
+
 async def run_agent(ns: argparse.Namespace, signer: Signer) -> None:
     from node.agent import Agent
     from node.cache import BlobCache
@@ -125,6 +143,8 @@ async def run_agent(ns: argparse.Namespace, signer: Signer) -> None:
         slots=ns.slots,
         device=caps.device_kind,
         threads=ns.threads,
+        tls=client_tls(ns),
+        domain=deployment_domain(ns),
     )
     cache = BlobCache(ns.data_dir / "cache", int(ns.cache_gib * (1 << 30)))
     agent = Agent(config, signer, caps, cache)
@@ -164,8 +184,9 @@ def main(argv: list[str] | None = None) -> int:
             from node.settle import claim, show_earnings
 
             if ns.command == "earnings":
-                return show_earnings(ns.coordinator, signer.address, _chain(ns, signer) if ns.chain_rpc else None)
-            return claim(ns.coordinator, _chain(ns, signer))
+                chain = _chain(ns, signer) if ns.chain_rpc else None
+                return show_earnings(ns.coordinator, signer.address, chain, client_tls(ns))
+            return claim(ns.coordinator, _chain(ns, signer), client_tls(ns))
         ensure_staked(ns, signer)
         asyncio.run(run_agent(ns, signer))
         return exitcodes.OK

@@ -8,6 +8,7 @@ from typing import Any
 from tensorgrid import exitcodes
 from tensorgrid.client import Client
 from tensorgrid.errors import TensorGridError
+from tensorgrid.tls import ClientTls
 
 log = logging.getLogger("tensorgrid.node")
 WEI_PER_ETH = 10**18
@@ -32,13 +33,14 @@ def ensure_staked(chain: Any, stake_wei: int = 0) -> None:
         log.info("staked %s on NodeRegistry %s (tx %s)", eth(stake), chain.deployment.node_registry, result.tx_hash)
 
 
-def _earnings(coordinator: str, address: str) -> Any:
-    with Client(coordinator) as client:
+def _earnings(coordinator: str, address: str, tls: ClientTls | None) -> Any:
+    tls = tls or ClientTls()
+    with Client(coordinator, ca_cert=tls.ca_cert, insecure=tls.insecure) as client:
         return client.earnings(address)
 
 
-def show_earnings(coordinator: str, address: str, chain: Any | None) -> int:
-    e = _earnings(coordinator, address)
+def show_earnings(coordinator: str, address: str, chain: Any | None, tls: ClientTls | None = None) -> int:
+    e = _earnings(coordinator, address, tls)
     print(f"node      {address}\nearned    {eth(e.cumulative_wei)}\nunposted  {eth(e.pending_wei)}")
     if e.claim_epoch:
         print(f"claimable {eth(e.claim_cumulative_wei)} cumulative, in epoch {e.claim_epoch}")
@@ -49,9 +51,9 @@ def show_earnings(coordinator: str, address: str, chain: Any | None) -> int:
     return exitcodes.OK
 
 
-def claim(coordinator: str, chain: Any) -> int:
+def claim(coordinator: str, chain: Any, tls: ClientTls | None = None) -> int:
     """Claim everything posted so far (claims are cumulative: one claim covers all past epochs)."""
-    e = _earnings(coordinator, chain.address)
+    e = _earnings(coordinator, chain.address, tls)
     if not e.claim_epoch:
         if e.cumulative_wei == 0:
             print("nothing to claim: this node has not been paid for any verified task yet")

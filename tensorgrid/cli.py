@@ -33,7 +33,7 @@ KEY = Setting(
     help="submitter key file, created on first use",
     metavar="FILE",
 )
-SETTINGS = (config.COORDINATOR, KEY, config.CHAIN_RPC, config.DEPLOYMENT)
+SETTINGS = (config.COORDINATOR, KEY, config.CHAIN_RPC, config.DEPLOYMENT, *config.CLIENT_TLS)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,7 +102,7 @@ def _client(ns: argparse.Namespace) -> Any:
         if ns.deployment is None:
             raise TensorGridError("--chain-rpc needs --deployment")
         chain = ChainClient.connect(ns.chain_rpc, load_deployment(ns.deployment), signer.private_key)
-    return Client(ns.coordinator, signer, chain=chain)
+    return Client(ns.coordinator, signer, chain=chain, ca_cert=ns.ca_cert, insecure=ns.insecure)
 
 
 def cmd_submit(ns: argparse.Namespace) -> int:

@@ -24,7 +24,6 @@ from tensorgrid.blobs import CHUNK_BYTES, download, file_sha256
 from tensorgrid.crypto import Signer, cancel_message, sign_message, submit_message
 from tensorgrid.errors import BlobError, HashMismatch, TensorGridError
 from tensorgrid.retry import backoff
-from tensorgrid.rpc import channel_options
 from tensorgrid.spec import (
     InferenceSpec,
     JobSpec,
@@ -37,6 +36,7 @@ from tensorgrid.spec import (
     validate,
     validate_training,
 )
+from tensorgrid.tls import ClientTls, explain_unavailable, open_channel
 from tensorgrid.types import BlobRef, Earnings, JobEvent, JobInfo, NodeStatus
 from tensorgrid.v1 import common_pb2, submit_pb2, submit_pb2_grpc
 from tensorgrid.workloads.tensorfile import batch_rows, read_header
@@ -66,7 +66,7 @@ def _wrap(e: grpc.RpcError) -> CoordinatorError:
     code = e.code()  # type: ignore[attr-defined]
     details = e.details()  # type: ignore[attr-defined]
     if code == grpc.StatusCode.UNAVAILABLE:
-        return CoordinatorError(code, f"coordinator unreachable: {details}")
+        return CoordinatorError(code, explain_unavailable(details or ""))
     return CoordinatorError(code, details or code.name)
 
 
@@ -98,17 +98,27 @@ class Client:
     """A connection to one coordinator, acting for one submitter key."""
 
     def __init__(
-        self, target: str, signer: Signer | None = None, timeout: float = 60.0, chain: ChainClient | None = None
+        self,
+        target: str,
+        signer: Signer | None = None,
+        timeout: float = 60.0,
+        chain: ChainClient | None = None,
+        *,
+        ca_cert: str | os.PathLike[str] | None = None,
+        insecure: bool = False,
     ) -> None:
         """chain: the submitter's handle on the contracts (same key as signer), when the
-        coordinator settles on chain; submit then funds each job's escrow first."""
+        coordinator settles on chain; submit then funds each job's escrow first.
+        ca_cert: PEM the coordinator's TLS certificate must chain to (None: the system's roots);
+        insecure: plain text to any address (tensorgrid.tls has the rule)."""
         self.target = target
+        self.tls = ClientTls(Path(ca_cert) if ca_cert is not None else None, insecure)
         self.signer = signer or Signer.generate()
         self.chain = chain
         if chain is not None and chain.address.lower() != self.signer.address.lower():
             raise TensorGridError("the chain client must use the submitter's key")
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(target, options=channel_options())
+        self._channel = open_channel(target, self.tls)
         self._stub = submit_pb2_grpc.SubmitterServiceStub(self._channel)
 
     def close(self) -> None:

@@ -36,6 +36,16 @@ def under_home(name: str) -> Computed:
     return Computed(lambda env: home(env) / name, f"${HOME_ENV}/{name}, ~/.tensorgrid/{name} without it")
 
 
+def switch(raw: str) -> bool:
+    """An on/off setting's variable: 1/true/yes/on or 0/false/no/off."""
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not on/off: {raw!r}")
+
+
 @dataclass(frozen=True)
 class Setting:
     """One option of a program. default None means none (required=True: the flag or variable must be given)."""
@@ -58,6 +68,9 @@ class Setting:
         shown = self.default.shown if isinstance(self.default, Computed) else self.default
         shown = "required" if self.required else "none" if shown in (None, "") else shown
         text = f"{self.help} (default: {shown}; env ${self.env})".strip().replace("%", "%%")
+        if self.type is switch:  # a flag with no value: given means on
+            parser.add_argument(self.flag, action="store_const", const=True, default=None, help=text)
+            return
         parser.add_argument(
             self.flag, type=self.type, choices=self.choices, default=None, metavar=self.metavar, help=text
         )
@@ -127,3 +140,20 @@ DEPLOYMENT = Setting(
     help="the contracts' deployments file (with --chain-rpc)",
     metavar="FILE",
 )
+CA_CERT = Setting(
+    "--ca-cert",
+    "TENSORGRID_CA_CERT",
+    None,
+    type=Path,
+    help="PEM certificate(s) the coordinator's TLS certificate must chain to; none: the system's roots",
+    metavar="FILE",
+)
+INSECURE = Setting(
+    "--insecure",
+    "TENSORGRID_INSECURE",
+    False,
+    type=switch,
+    help="plain text, no TLS, to any address (without it plain text is used only to a loopback "
+    "coordinator given no --ca-cert, and TLS everywhere else)",
+)
+CLIENT_TLS = (CA_CERT, INSECURE)

@@ -21,6 +21,7 @@ from tensorgrid.client import Client
 from tensorgrid.crypto import Signer
 from tensorgrid.demo_settlement import REWARD_WEI, show_settlement
 from tensorgrid.devnet import start_chain_grid
+from tensorgrid.localca import make_local_ca
 from tensorgrid.localgrid import LocalGrid
 from tensorgrid.progress import byte_progress, watch_job
 from tensorgrid.report import verification_line
@@ -86,8 +87,8 @@ def _demo(root: Path, nodes: int, rows: int, shard_rows: int, chain: bool) -> in
     save_tensors({"pixels": make_inputs(x_test, rows)}, inputs_path)
     print(f"   exported {model_path.name} and {rows} input rows")
     if chain:
-        print(f"2. starting a devnet: anvil, the contracts, a coordinator and {nodes} staked nodes on 127.0.0.1")
-        cg = start_chain_grid(root / "devnet", nodes, coordinator_args=FAST)
+        print(f"2. starting a devnet: anvil, the contracts, a coordinator (TLS, a local CA) and {nodes} staked nodes")
+        cg = start_chain_grid(root / "devnet", nodes, coordinator_args=FAST, tls=True)
         try:
             print(
                 f"   chain {cg.anvil.rpc_url}, NodeRegistry {cg.deployment.node_registry}, "
@@ -95,7 +96,7 @@ def _demo(root: Path, nodes: int, rows: int, shard_rows: int, chain: bool) -> in
             )
             signer = Signer.from_hex(cg.submitter_key)
             chain_client = ChainClient.connect(cg.anvil.rpc_url, cg.deployment, signer.private_key)
-            with Client(cg.grid.target, signer, chain=chain_client) as client:
+            with cg.grid.client(signer, chain=chain_client) as client:
                 outcome = _run_job(client, model_path, inputs_path, shard_rows, root, REWARD_WEI)
                 if isinstance(outcome, int):
                     return outcome
@@ -105,12 +106,12 @@ def _demo(root: Path, nodes: int, rows: int, shard_rows: int, chain: bool) -> in
             return code
         finally:
             cg.stop()
-    with LocalGrid(root / "grid") as grid:
-        print(f"2. starting a coordinator and {nodes} nodes on 127.0.0.1 (no chain)")
+    with LocalGrid(root / "grid", tls=make_local_ca(root / "tls")) as grid:
+        print(f"2. starting a coordinator and {nodes} nodes on 127.0.0.1 over TLS (a local CA; no chain)")
         grid.start_coordinator(*FAST)
         for i in range(nodes):
             grid.start_node(f"node{i}", "--device", "cpu", "--threads", "1")
-        with Client(grid.target, Signer.generate()) as client:
+        with grid.client(Signer.generate()) as client:
             outcome = _run_job(client, model_path, inputs_path, shard_rows, root, 0)
     if isinstance(outcome, int):
         return outcome

@@ -58,6 +58,7 @@ def show_settlement(cg: Any, client: Any, job: JobInfo) -> None:
                 "--coordinator",
                 cg.grid.target,
                 *cg.chain_args,
+                *(cg.grid.tls.client_args if cg.grid.tls is not None else ()),
             ],
             capture_output=True,
             text=True,

@@ -23,6 +23,7 @@ from tensorgrid.chain.anvil import Anvil, start_anvil
 from tensorgrid.chain.deploy import Deployment, deploy
 from tensorgrid.crypto import Signer, write_key_file
 from tensorgrid.errors import TensorGridError
+from tensorgrid.localca import make_local_ca
 from tensorgrid.localgrid import LocalGrid
 
 ETH = 10**18
@@ -57,8 +58,10 @@ def start_chain_grid(
     detached: bool = False,
     coordinator_args: tuple[str, ...] = (),
     node_args: tuple[str, ...] = ("--device", "cpu", "--threads", "1"),
+    tls: bool = False,
 ) -> ChainGrid:
-    """Start anvil, deploy, then a coordinator and `nodes` nodes that stake themselves."""
+    """Start anvil, deploy, then a coordinator and `nodes` nodes that stake themselves.
+    tls: a fresh local CA in root/tls; the coordinator serves TLS and the nodes verify it."""
     root.mkdir(parents=True, exist_ok=True)
     # A long-lived devnet mines a block every second, so chain time (deadlines, challenge
     # windows) moves on its own, as on a real chain; tests mine on demand, for speed.
@@ -80,7 +83,7 @@ def start_chain_grid(
             challenge_window=challenge_window_s,
             out=deployment_path,
         )
-        grid = LocalGrid(root / "grid")
+        grid = LocalGrid(root / "grid", tls=make_local_ca(root / "tls") if tls else None)
         write_key_file(grid.root / "coordinator" / "coordinator.key", coordinator)
         chain = ("--chain-rpc", anvil.rpc_url, "--deployment", str(deployment_path))
         grid.start_coordinator(*chain, "--epoch-seconds", str(epoch_s), *coordinator_args)
@@ -100,10 +103,11 @@ def up(root: Path, nodes: int, epoch_s: float) -> int:
         raise TensorGridError(f"a devnet is already up in {root}: `tensorgrid devnet down` first")
     # A new chain needs a new coordinator database (epochs and nonces belong to one chain):
     # what a previous devnet left behind goes, logs included.
-    for leftover in ("grid", "anvil"):
+    for leftover in ("grid", "anvil", "tls"):
         shutil.rmtree(root / leftover, ignore_errors=True)
     started = time.monotonic()
-    cg = start_chain_grid(root, nodes, epoch_s=epoch_s, challenge_window_s=5, detached=True)
+    cg = start_chain_grid(root, nodes, epoch_s=epoch_s, challenge_window_s=5, detached=True, tls=True)
+    assert cg.grid.ca_cert is not None
     submitter_key = root / "submitter.key"
     submitter_key.unlink(missing_ok=True)  # a previous devnet's
     write_key_file(submitter_key, Signer.from_hex(cg.submitter_key))
@@ -112,6 +116,7 @@ def up(root: Path, nodes: int, epoch_s: float) -> int:
         "coordinator": cg.grid.target,
         "deployment": str(cg.deployment_path.resolve()),
         "submitter_key": str(submitter_key.resolve()),
+        "ca_cert": str(cg.grid.ca_cert.resolve()),
         "node_addresses": [Signer.from_hex(k).address for k in cg.node_keys],
         "pids": [cg.anvil.process.pid, *(p.popen.pid for p in cg.grid.procs)],
         "logs": str(cg.grid.root.resolve()),
@@ -120,12 +125,14 @@ def up(root: Path, nodes: int, epoch_s: float) -> int:
     print(f"devnet up in {time.monotonic() - started:.1f}s ({root})")
     print(f"  chain        {cg.anvil.rpc_url} (chain id {cg.deployment.chain_id})")
     print(f"  contracts    NodeRegistry {cg.deployment.node_registry}, Settlement {cg.deployment.settlement}")
-    print(f"  coordinator  {cg.grid.target} ({cg.deployment.coordinator})")
+    print(f"  coordinator  {cg.grid.target} ({cg.deployment.coordinator}), TLS with a local CA")
+    print(f"  CA           {info['ca_cert']} (made for this devnet; the certificate names 127.0.0.1, localhost)")
     for address in info["node_addresses"]:
         print(f"  node         {address}")
     print("use it with:")
     print(f"  export TENSORGRID_COORDINATOR={cg.grid.target} TENSORGRID_CHAIN_RPC={cg.anvil.rpc_url} \\")
-    print(f"         TENSORGRID_DEPLOYMENT={info['deployment']} TENSORGRID_KEY={info['submitter_key']}")
+    print(f"         TENSORGRID_DEPLOYMENT={info['deployment']} TENSORGRID_KEY={info['submitter_key']} \\")
+    print(f"         TENSORGRID_CA_CERT={info['ca_cert']}")
     return 0
 
 
@@ -142,7 +149,7 @@ def status(root: Path) -> int:
         f"chain        {info['rpc']} at block {chain.w3.eth.block_number}, escrow and claims hold "
         f"{chain.owed() / ETH:.4f} ETH"
     )
-    with Client(info["coordinator"]) as client:
+    with Client(info["coordinator"], ca_cert=info.get("ca_cert")) as client:
         jobs = client.jobs(limit=1000)
         print(f"coordinator  {info['coordinator']}: {len(jobs)} jobs")
         for n in client.nodes():

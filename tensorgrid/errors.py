@@ -35,6 +35,10 @@ class SignatureError(TensorGridError):
     """A signature is malformed or was not made by the expected key."""
 
 
+class DomainMismatch(SignatureError):
+    """The coordinator asked for signatures under an EIP-712 domain other than the deployment's."""
+
+
 class KeystoreError(TensorGridError):
     """A keystore file is missing, unreadable, or the password is wrong."""
 

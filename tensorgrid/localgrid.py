@@ -13,9 +13,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tensorgrid.client import Client
+from tensorgrid.crypto import Signer
 from tensorgrid.errors import TensorGridError
+from tensorgrid.localca import TlsFiles
 
 PASSWORD = "local-grid-password"
 COORDINATOR = "coordinator"  # the coordinator's process name; every other process is a node
@@ -27,6 +30,8 @@ _SETTING_VARS = (
     "TENSORGRID_CHAIN_RPC",
     "TENSORGRID_DEPLOYMENT",
     "TENSORGRID_DATABASE_URL",
+    "TENSORGRID_CA_CERT",
+    "TENSORGRID_INSECURE",
 )
 
 
@@ -68,10 +73,21 @@ class LocalGrid:
     coordinator_args: list[str] = field(default_factory=list)
     procs: list[Proc] = field(default_factory=list)
     port: int = 0
+    # TLS: the coordinator serves these files and nodes verify against their CA; None: plain text
+    tls: TlsFiles | None = None
 
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def ca_cert(self) -> Path | None:
+        """What a client of this grid passes as ca_cert (None on a plain-text grid)."""
+        return self.tls.ca_cert if self.tls is not None else None
+
+    def client(self, signer: Signer | None = None, **kwargs: Any) -> Client:
+        """An SDK client of this grid, over TLS when the grid serves it."""
+        return Client(self.target, signer, ca_cert=self.ca_cert, **kwargs)
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Proc:
         log_path = self.root / f"{name}.log"
@@ -99,6 +115,7 @@ class LocalGrid:
             str(self.root / "coordinator"),
             "--ready-file",
             str(ready),
+            *(self.tls.coordinator_args if self.tls is not None else ()),
             *self.coordinator_args,
             *extra,
         ]
@@ -142,6 +159,7 @@ class LocalGrid:
             self.target,
             "--data-dir",
             str(self.root / name),
+            *(self.tls.client_args if self.tls is not None else ()),
             *extra,
         ]
         return self._spawn(name, args, {"TENSORGRID_KEY_PASSWORD": PASSWORD, **(env or {})})
@@ -150,7 +168,7 @@ class LocalGrid:
         """Until `count` nodes have registered with the coordinator (each warms its task
         worker first, which on a loaded machine takes a while)."""
         deadline = time.monotonic() + timeout
-        with Client(self.target) as client:
+        with self.client() as client:
             while len(client.nodes()) < count:
                 self.check_running()
                 if time.monotonic() > deadline:

@@ -13,12 +13,11 @@ from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import grpc
-
 from tensorgrid import serde
 from tensorgrid.blobs import CHUNK_BYTES, file_sha256
-from tensorgrid.crypto import Signer, registration_message, sign_message, sign_receipt
-from tensorgrid.rpc import SESSION_METADATA_KEY, SMALL_RESULT_BYTES, channel_options
+from tensorgrid.crypto import Signer, registration_message, require_domain, sign_message, sign_receipt
+from tensorgrid.rpc import SESSION_METADATA_KEY, SMALL_RESULT_BYTES
+from tensorgrid.tls import ClientTls, open_channel
 from tensorgrid.types import BlobRef, Capabilities, Domain, Lease, Receipt, TaskError
 from tensorgrid.v1 import common_pb2, node_pb2, node_pb2_grpc
 
@@ -39,10 +38,21 @@ class Submitted:
 class NodeClient:
     """One node's connection: register once, then lease, fetch, submit, report, heartbeat."""
 
-    def __init__(self, target: str, signer: Signer, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        target: str,
+        signer: Signer,
+        timeout: float = 30.0,
+        *,
+        tls: ClientTls | None = None,
+        expected_domain: Domain | None = None,
+    ) -> None:
+        """tls: how the channel is secured (tensorgrid.tls); expected_domain: the EIP-712 domain of
+        the node's deployment file, if it has one: registration refuses to sign under any other."""
         self.signer = signer
         self.timeout = timeout
-        self.channel = grpc.aio.insecure_channel(target, options=channel_options())
+        self.expected_domain = expected_domain
+        self.channel = open_channel(target, tls, aio=True)
         self.stub = node_pb2_grpc.NodeServiceStub(self.channel)
         self.token = ""
         self.domain: Domain | None = None
@@ -58,6 +68,8 @@ class NodeClient:
     async def register(self, caps: Capabilities, version: str = "0.1.0") -> None:
         ch = await self.stub.GetChallenge(node_pb2.ChallengeRequest(address=self.signer.address), timeout=self.timeout)
         domain = serde.domain_from_pb(ch.domain)
+        if self.expected_domain is not None:
+            require_domain(self.expected_domain, domain)
         sig = sign_message(self.signer, registration_message(self.signer.address, ch.nonce, domain))
         resp = await self.stub.Register(
             node_pb2.RegisterRequest(
@@ -69,8 +81,11 @@ class NodeClient:
             ),
             timeout=self.timeout,
         )
+        session_domain = serde.domain_from_pb(resp.domain)
+        if self.expected_domain is not None:
+            require_domain(self.expected_domain, session_domain)
         self.token = resp.session_token
-        self.domain = serde.domain_from_pb(resp.domain)
+        self.domain = session_domain
         self.heartbeat_s = max(0.2, resp.heartbeat_interval_ms / 1000)
 
     async def lease(self, max_tasks: int = 1, wait_ms: int = 0) -> tuple[list[Lease], int]:

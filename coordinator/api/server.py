@@ -19,8 +19,11 @@ SERVICE_NAMES = (
 )
 
 
-async def build_server(app: Grid, listen: str) -> tuple[grpc.aio.Server, int]:
-    """Returns the server (not started) and the port it bound (listen may ask for port 0)."""
+async def build_server(
+    app: Grid, listen: str, credentials: grpc.ServerCredentials | None = None
+) -> tuple[grpc.aio.Server, int]:
+    """Returns the server (not started) and the port it bound (listen may ask for port 0).
+    credentials: TLS; None serves plain text (the caller applies the rule, tensorgrid.tls)."""
     sessions = SessionCache(lambda h: app.runtime.db(app.store.nodes.session, h))
     server = grpc.aio.server(interceptors=[SessionInterceptor(sessions)], options=server_options())
     node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(app, sessions), server)
@@ -30,7 +33,10 @@ async def build_server(app: Grid, listen: str) -> tuple[grpc.aio.Server, int]:
     for name in (*SERVICE_NAMES, ""):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(listen)
+    if credentials is None:
+        port = server.add_insecure_port(listen)
+    else:
+        port = server.add_secure_port(listen, credentials)
     if port == 0:
         raise OSError(f"could not listen on {listen}")
     return server, port

@@ -25,6 +25,7 @@ from tensorgrid.crypto.receipts import (
     receipt_struct_hash,
     receipt_typed_data,
     recover_receipt_signer,
+    require_domain,
     sign_receipt,
     verify_receipt,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "recover_message_signer",
     "recover_receipt_signer",
     "registration_message",
+    "require_domain",
     "save_keystore",
     "sign_message",
     "sign_receipt",

@@ -17,7 +17,7 @@ from eth_hash.auto import keccak
 
 from tensorgrid.crypto.keys import Signer, normalize_address, recover_address
 from tensorgrid.digests import check_hex32
-from tensorgrid.errors import SignatureError
+from tensorgrid.errors import DomainMismatch, SignatureError
 from tensorgrid.types import Domain, Receipt
 
 DOMAIN_TYPE = "EIP712Domain(string name,string version,uint256 chainId,address verifyingContract)"
@@ -85,6 +85,37 @@ def receipt_struct_hash(receipt: Receipt) -> bytes:
         + _bytes32("output_hash", receipt.output_hash)
         + _bytes32("commitment", receipt.commitment)
     )
+
+
+def require_domain(expected: Domain, offered: Domain) -> None:
+    """Return if `offered` (what a coordinator sent) is `expected` (a deployments file's domain);
+    else DomainMismatch naming each differing field. A node that signed under another domain would
+    sign receipts for another chain or contract, where they could be replayed or never count."""
+    diffs = []
+    for field, want, got in (
+        ("name", expected.name, offered.name),
+        ("version", expected.version, offered.version),
+        ("chainId", expected.chain_id, offered.chain_id),
+        (
+            "verifyingContract",
+            _address_or_raw(expected.verifying_contract),
+            _address_or_raw(offered.verifying_contract),
+        ),
+    ):
+        if want != got:
+            diffs.append(f"{field} {got!r} (expected {want!r})")
+    if diffs:
+        raise DomainMismatch(
+            "refusing to sign: the coordinator's EIP-712 domain differs from the deployments file's: "
+            + ", ".join(diffs)
+        )
+
+
+def _address_or_raw(value: str) -> str:
+    try:
+        return normalize_address(value)
+    except SignatureError:
+        return value
 
 
 def receipt_digest(domain: Domain, receipt: Receipt) -> bytes:

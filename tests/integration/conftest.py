@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tensorgrid.devnet import ChainGrid
+from tensorgrid.localca import make_local_ca
 from tensorgrid.localgrid import LocalGrid
 from tensorgrid.workloads.inference import run_inference
 from tensorgrid.workloads.model import export_program
@@ -136,8 +137,11 @@ def stopper() -> Iterator[Stopper]:
 def _grids(root: Path, stopper: Stopper) -> Iterator[Callable[..., LocalGrid]]:
     grids: list[LocalGrid] = []
 
-    def make(*coordinator_args: str) -> LocalGrid:
-        grid = LocalGrid(root / f"grid{len(grids)}", coordinator_args=[*FAST, *coordinator_args])
+    def make(*coordinator_args: str, tls: bool = False) -> LocalGrid:
+        """tls: the grid serves TLS with a fresh local CA (grid.ca_cert) and its nodes verify it."""
+        grid_root = root / f"grid{len(grids)}"
+        files = make_local_ca(grid_root / "tls") if tls else None
+        grid = LocalGrid(grid_root, coordinator_args=[*FAST, *coordinator_args], tls=files)
         grids.append(grid)
         return grid
 

@@ -30,7 +30,7 @@ def assert_matches_local(result: Path, assets: Assets) -> None:
 
 
 def run_job(grid: LocalGrid, assets: Assets, tmp: Path, shard_rows: int = 500) -> tuple[str, list[str]]:
-    with Client(grid.target, Signer.generate()) as client:
+    with grid.client(Signer.generate()) as client:
         job = client.submit_inference(
             assets.model, assets.inputs, shard_rows=shard_rows, batch_size=BATCH, device="cpu"
         )

@@ -13,10 +13,11 @@ from tensorgrid.crypto import (
     receipt_digest,
     receipt_typed_data,
     recover_receipt_signer,
+    require_domain,
     sign_receipt,
     verify_receipt,
 )
-from tensorgrid.errors import SignatureError
+from tensorgrid.errors import DomainMismatch, SignatureError
 from tensorgrid.types import Domain, Receipt
 
 from .conftest import random_receipt
@@ -141,3 +142,24 @@ def test_typed_data_shape(domain: Domain) -> None:
     assert data["domain"]["chainId"] == domain.chain_id
     data["types"]["Receipt"].clear()  # a caller's edits must not reach the shared constant
     assert RECEIPT_TYPES["Receipt"]
+
+
+@pytest.mark.parametrize(
+    "swap, field",
+    [
+        ({"name": "TensorGrid2"}, "name"),
+        ({"version": "2"}, "version"),
+        ({"chain_id": 1}, "chainId"),
+        ({"verifying_contract": "0x" + "11" * 20}, "verifyingContract"),
+        ({"verifying_contract": "not an address"}, "verifyingContract"),
+    ],
+)
+def test_a_swapped_domain_is_refused_field_by_field(swap: dict[str, object], field: str) -> None:
+    expected = DOMAINS[0]
+    with pytest.raises(DomainMismatch, match=f"refusing to sign: .*{field}"):
+        require_domain(expected, dataclasses.replace(expected, **swap))  # type: ignore[arg-type]
+
+
+def test_the_same_domain_in_another_case_is_accepted() -> None:
+    expected = DOMAINS[0]
+    require_domain(expected, dataclasses.replace(expected, verifying_contract=expected.verifying_contract.lower()))
