@@ -129,7 +129,7 @@ class Client:
         self.close()
 
     # ---- session -------------------------------------------------------------------------------
-    def _metadata(self) -> tuple[tuple[str, str], ...]:
+    def session_metadata(self) -> tuple[tuple[str, str], ...]:
         """The session metadata of the next call, opening (or renewing) the session first if needed."""
         if not self._session or self._session_expires_ms - SESSION_MARGIN_MS < time.time() * 1000:
             self.open_session()
@@ -151,13 +151,13 @@ class Client:
         """Run attempt(metadata); if the session was refused (expired, revoked, coordinator
         restarted without it), open a new one and try once more."""
         try:
-            return attempt(self._metadata())
+            return attempt(self.session_metadata())
         except grpc.RpcError as e:
             if not _unauthenticated(e):
                 raise _wrap(e) from None
         self._session = ""
         try:
-            return attempt(self._metadata())
+            return attempt(self.session_metadata())
         except grpc.RpcError as e:
             raise _wrap(e) from None
 
@@ -309,7 +309,7 @@ class Client:
         while True:
             try:
                 req = submit_pb2.WatchJobRequest(job_id=job_id, after_seq=seq)
-                for msg in self._stub.WatchJob(req, metadata=self._metadata()):
+                for msg in self._stub.WatchJob(req, metadata=self.session_metadata()):
                     retries, renewed = 0, False
                     event = serde.event_from_pb(msg)
                     seq = event.seq
@@ -400,7 +400,7 @@ class Client:
             return
         # A live job's stream would block: read what is there with a short deadline.
         req = submit_pb2.WatchJobRequest(job_id=job_id, after_seq=after_seq)
-        call = self._stub.WatchJob(req, metadata=self._metadata(), timeout=2.0)
+        call = self._stub.WatchJob(req, metadata=self.session_metadata(), timeout=2.0)
         try:
             for msg in call:
                 yield serde.event_from_pb(msg)
