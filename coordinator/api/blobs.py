@@ -55,7 +55,13 @@ async def receive_upload(
     expected = BlobRef(check_sha256(first.header.sha256), size) if first.header.sha256 else None
     if expected is not None and _stored(blobs, expected) and await owned(expected.sha256):
         return expected, 0  # already the sender's: it may stop sending
-    await admit(size)
+    refused: Exception | None = None
+    try:
+        await admit(size)
+    except Exception as e:
+        if expected is not None:
+            raise
+        refused = e  # unless the hash, when it comes, names a blob the sender already has
     writer = blobs.writer(expected, size=size)
     received = 0
 
@@ -63,15 +69,20 @@ async def receive_upload(
         nonlocal expected, received
         async for chunk in messages:
             if chunk.WhichOneof("part") == "data":
-                received += len(chunk.data)
-                yield chunk.data
+                if refused is None:  # a refused upload's bytes are read and dropped until its hash
+                    received += len(chunk.data)
+                    yield chunk.data
                 continue
             if expected is not None:
                 raise BlobError("a second header in one upload")
             expected = BlobRef(check_sha256(chunk.header.sha256), chunk.header.size)
             if _stored(blobs, expected) and expected.size == size and await owned(expected.sha256):
                 raise _AlreadyStored
+            if refused is not None:
+                raise refused
             writer.expect(expected)
+        if refused is not None:
+            raise refused
         if expected is None:
             raise BlobError("the upload ended without announcing the blob's sha256")
 
