@@ -89,7 +89,9 @@ class Coordinator:
         rt.spawn(self.scheduler.reap_loop(self.config.reap_interval_ms / 1000, self.aggregation.schedule))
         rt.spawn(self.verification.run_referee(self._after_ruling))
         c = self.config
-        rt.spawn(retention_loop(rt, self.blobs, self.store.blob_access, c.blob_retention_ms, c.retention_interval_ms / 1000))
+        rt.spawn(
+            retention_loop(rt, self.blobs, self.store.blob_access, c.blob_retention_ms, c.retention_interval_ms / 1000)
+        )
         if self.outbox is not None:
             rt.spawn(self.outbox.run(self._stopping))
             rt.spawn(self.ledger.settle_loop(rt, self.config.epoch_interval_ms / 1000))

@@ -154,7 +154,7 @@ _UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 
 
 def duration_ms(text: str) -> int:
-    """"90m", "12h", "7d", "30s", "500ms" (a bare number is seconds) → milliseconds."""
+    """ "90m", "12h", "7d", "30s", "500ms" (a bare number is seconds) → milliseconds."""
     raw = text.strip().lower()
     unit = next((u for u in ("ms", "s", "m", "h", "d") if raw.endswith(u)), "")
     try:

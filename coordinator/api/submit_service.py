@@ -100,7 +100,9 @@ class SubmitterServicer(submit_pb2_grpc.SubmitterServiceServicer):
     ) -> submit_pb2.Job:
         me = current_submitter.get()
         if normalize_address(request.submitter) != me:
-            raise PermissionDenied(f"this session is {me}'s: submit as {me}, or open a session with {request.submitter}")
+            raise PermissionDenied(
+                f"this session is {me}'s: submit as {me}, or open a session with {request.submitter}"
+            )
         info = await self.app.intake.submit(bytes(request.spec_json), request.submitter, bytes(request.signature))
         return serde.job_to_pb(info)
 

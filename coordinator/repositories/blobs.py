@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 from sqlalchemy import Engine, and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -83,13 +84,18 @@ class BlobAccessRepository:
         j, t, r = s.jobs, s.tasks, s.training_rounds
         mine = select(j.c.job_id).where(j.c.submitter == submitter)
         with self.engine.connect() as conn:
-            if conn.execute(select(j.c.job_id).where(and_(j.c.submitter == submitter, j.c.result_sha == sha256))).first():
+            if conn.execute(
+                select(j.c.job_id).where(and_(j.c.submitter == submitter, j.c.result_sha == sha256))
+            ).first():
                 return True
             in_task = or_(t.c.model_sha == sha256, t.c.input_sha == sha256, t.c.output_sha == sha256)
             if conn.execute(select(t.c.task_id).where(and_(t.c.job_id.in_(mine), in_task)).limit(1)).first():
                 return True
             in_round = or_(r.c.weights_sha == sha256, r.c.momentum_sha == sha256)
-            return conn.execute(select(r.c.job_id).where(and_(r.c.job_id.in_(mine), in_round)).limit(1)).first() is not None
+            return (
+                conn.execute(select(r.c.job_id).where(and_(r.c.job_id.in_(mine), in_round)).limit(1)).first()
+                is not None
+            )
 
     def node_may_read(self, node: str, sha256: str) -> bool:
         """The node holds a lease on a task that uses the blob: its model, its input, or a blob
@@ -113,7 +119,10 @@ class BlobAccessRepository:
                     select(s.jobs.c.job_id).where(or_(s.jobs.c.state.in_(_LIVE), s.jobs.c.updated_ms >= since))
                 )
             ]
-            found = {str(r.sha256) for r in conn.execute(select(s.blob_owners.c.sha256).where(s.blob_owners.c.created_ms >= since))}
+            found = {
+                str(r.sha256)
+                for r in conn.execute(select(s.blob_owners.c.sha256).where(s.blob_owners.c.created_ms >= since))
+            }
             for table in s.TABLES:
                 if "job_id" not in table.c:
                     continue
@@ -132,11 +141,11 @@ class BlobAccessRepository:
 
 def _hashes(row: object) -> Iterator[str]:
     """Every 64-hex-digit string in a row (blob hashes in columns, in JSON settings and specs)."""
-    for value in tuple(row):  # type: ignore[arg-type]
-        if isinstance(value, bytes):
-            value = value.decode("utf-8", "replace")
-        if isinstance(value, str) and len(value) >= 64:
-            yield from _HEX64.findall(value.lower())
+    values: tuple[Any, ...] = tuple(row)  # type: ignore[arg-type]
+    for value in values:
+        text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+        if isinstance(text, str) and len(text) >= 64:
+            yield from _HEX64.findall(text.lower())
 
 
 def _batches(items: list[str], n: int) -> Iterator[list[str]]:

@@ -55,9 +55,7 @@ class SessionRepository:
         try:
             with self.engine.begin() as conn:
                 burn_nonce(conn, nonce, now_ms + ttl_ms)
-                return add_session(
-                    conn, s.submitter_sessions, token_hash, address, now_ms + ttl_ms, max_per_address
-                )
+                return add_session(conn, s.submitter_sessions, token_hash, address, now_ms + ttl_ms, max_per_address)
         except IntegrityError:
             raise Rejected("this session challenge was already used: ask for a new one") from None
 

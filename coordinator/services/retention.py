@@ -24,9 +24,7 @@ def sweep(blobs: BlobStore, repo: BlobAccessRepository, now_ms: int, retention_m
     keep = repo.live_references(now_ms, retention_ms)
     cutoff_s = (now_ms - retention_ms) / 1000
     deleted = [
-        sha
-        for sha, _size, mtime in list(blobs.stored())
-        if mtime < cutoff_s and sha not in keep and blobs.delete(sha)
+        sha for sha, _size, mtime in list(blobs.stored()) if mtime < cutoff_s and sha not in keep and blobs.delete(sha)
     ]
     if deleted:
         repo.forget(deleted)

@@ -25,7 +25,7 @@ from tensorgrid.rpc import SESSION_METADATA_KEY
 from tensorgrid.spec import InferenceSpec
 from tensorgrid.types import BlobRef, Capabilities, ErrorKind, JobState, TaskError
 from tensorgrid.v1 import common_pb2, submit_pb2, submit_pb2_grpc
-from tests.integration.conftest import Assets, digits, make_grid, stopper  # noqa: F401  (fixtures)
+from tests.integration.conftest import Assets
 
 pytestmark = pytest.mark.integration
 CPU = Capabilities(device_kind="cpu", memory_bytes=8 << 30, cpu_cores=2)
@@ -61,7 +61,9 @@ def _finish_noop(target: str, job_id: str, tasks: int) -> None:
 
 
 def test_a_stranger_sees_nothing_of_anothers_job(
-    make_grid: Callable[..., LocalGrid], digits: Assets, tmp_path: Path  # noqa: F811
+    make_grid: Callable[..., LocalGrid],
+    digits: Assets,
+    tmp_path: Path,
 ) -> None:
     operator = Signer.generate()
     grid = make_grid("--operator-address", operator.address)
@@ -72,6 +74,7 @@ def test_a_stranger_sees_nothing_of_anothers_job(
         _finish_noop(grid.target, job.job_id, 2)
         done = owner.wait(job.job_id)
         assert done.state == JobState.SUCCEEDED and done.result is not None
+        result = done.result
         queued = owner.submit_noop(1, device="cuda")  # no CUDA node: it stays open
 
         # the stranger: nothing listed, nothing found, nothing downloaded, nothing cancelled
@@ -79,7 +82,7 @@ def test_a_stranger_sees_nothing_of_anothers_job(
         assert _code(lambda: stranger.jobs(owner.signer.address)) == grpc.StatusCode.PERMISSION_DENIED
         assert _code(lambda: stranger.job(job.job_id)) == NOT_FOUND
         assert _code(lambda: list(stranger.watch(job.job_id))) == NOT_FOUND
-        assert _code(lambda: stranger.download(done.result, tmp_path / "stolen")) == NOT_FOUND
+        assert _code(lambda: stranger.download(result, tmp_path / "stolen")) == NOT_FOUND
         assert _code(lambda: stranger.download(model, tmp_path / "stolen")) == NOT_FOUND
         assert _code(lambda: stranger.cancel(queued.job_id)) == NOT_FOUND
         # the same answer as for a job that does not exist: existence is not revealed
@@ -108,7 +111,7 @@ def test_a_stranger_sees_nothing_of_anothers_job(
         # the owner is served as before: nothing was lost
         assert {j.job_id for j in owner.jobs()} == {job.job_id, queued.job_id}
         assert [e.kind for e in owner.watch(job.job_id)][-1] == "succeeded"
-        assert owner.result(job.job_id, tmp_path / "result").stat().st_size == done.result.size
+        assert owner.result(job.job_id, tmp_path / "result").stat().st_size == result.size
         assert owner.download(model, tmp_path / "model").read_bytes() == digits.model.read_bytes()
         assert owner.job(queued.job_id).state == JobState.QUEUED
 
@@ -116,11 +119,11 @@ def test_a_stranger_sees_nothing_of_anothers_job(
     with Client(grid.target, operator) as op:
         assert {job.job_id, queued.job_id} <= {j.job_id for j in op.jobs()}
         assert op.job(job.job_id).submitter == done.submitter
-        assert op.download(done.result, tmp_path / "op-result").stat().st_size == done.result.size
+        assert op.download(result, tmp_path / "op-result").stat().st_size == result.size
         assert op.cancel(queued.job_id).state == JobState.CANCELLED
 
 
-def test_calls_without_a_session_are_refused(make_grid: Callable[..., LocalGrid]) -> None:  # noqa: F811
+def test_calls_without_a_session_are_refused(make_grid: Callable[..., LocalGrid]) -> None:
     grid = make_grid()
     grid.start_coordinator()
     with Client(grid.target, Signer.generate()) as owner:
@@ -152,34 +155,36 @@ def test_calls_without_a_session_are_refused(make_grid: Callable[..., LocalGrid]
         assert again.job(job.job_id).state == JobState.QUEUED
 
 
-def test_repeated_failed_authentication_is_rate_limited(make_grid: Callable[..., LocalGrid]) -> None:  # noqa: F811
+def test_repeated_failed_authentication_is_rate_limited(make_grid: Callable[..., LocalGrid]) -> None:
     grid = make_grid()
     grid.start_coordinator()
     with Client(grid.target, Signer.generate()) as honest:
         job = honest.submit_noop(1)  # a session opened before the attack
         stub = submit_pb2_grpc.SubmitterServiceStub(grpc.insecure_channel(grid.target))
         bad = ((SESSION_METADATA_KEY, "guess"),)
-        codes = []
+        codes, errors = [], []
         for _ in range(40):
             try:
                 stub.ListJobs(submit_pb2.ListJobsRequest(), metadata=bad)
-            except grpc.RpcError as e:
-                codes.append(e.code())
-                last = e
+            except grpc.RpcError as err:
+                codes.append(err.code())
+                errors.append(err)
+        last = errors[-1]
         assert codes[:30] == [grpc.StatusCode.UNAUTHENTICATED] * 30
         assert set(codes[30:]) == {grpc.StatusCode.RESOURCE_EXHAUSTED}
         assert "retry after" in (last.details() or "")
         trailers = dict(last.trailing_metadata() or ())
         assert 0 < int(trailers["retry-after-ms"]) <= 60_000
         # opening a session from that address waits too, but a live session is still served
-        with pytest.raises(CoordinatorError) as e:
-            Client(grid.target, Signer.generate()).open_session()
-        assert e.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        with Client(grid.target, Signer.generate()) as newcomer, pytest.raises(CoordinatorError) as refused:
+            newcomer.open_session()
+        assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert honest.job(job.job_id).state == JobState.QUEUED
 
 
 def test_uploads_past_each_quota_are_refused_and_lose_nothing(
-    make_grid: Callable[..., LocalGrid], tmp_path: Path  # noqa: F811
+    make_grid: Callable[..., LocalGrid],
+    tmp_path: Path,
 ) -> None:
     mib = 1 << 20
     blobs = []
@@ -217,7 +222,9 @@ def test_uploads_past_each_quota_are_refused_and_lose_nothing(
 
 
 def test_a_node_fetches_only_the_blobs_of_its_leases(
-    make_grid: Callable[..., LocalGrid], digits: Assets, tmp_path: Path  # noqa: F811
+    make_grid: Callable[..., LocalGrid],
+    digits: Assets,
+    tmp_path: Path,
 ) -> None:
     grid = make_grid()
     grid.start_coordinator()

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 import pytest
 
 from coordinator.api.sessions import FailureLimiter, SessionCache, peer_host, token_hash
-from coordinator.db import schema as s
 from coordinator.repositories.store import Store
 from tensorgrid.types import Capabilities
 
