@@ -61,7 +61,8 @@ async def grid_task_rate(target: str, tasks: int, nodes: int, batch: int) -> tup
     clients = [NodeClient(target, Signer.generate()) for _ in range(nodes)]
     for c in clients:
         await c.register(CPU)
-    with Client(target, Signer.generate()) as sdk:
+    submitter = Signer.generate()
+    with Client(target, submitter) as sdk:
         job = sdk.submit_noop(tasks)
     done = 0
     rejected = 0
@@ -88,7 +89,7 @@ async def grid_task_rate(target: str, tasks: int, nodes: int, batch: int) -> tup
     elapsed = time.monotonic() - start
     for c in clients:
         await c.close()
-    with Client(target, Signer.generate()) as sdk:
+    with Client(target, submitter) as sdk:  # a job is visible to its submitter only
         final = sdk.wait(job.job_id)
     assert final.tasks_done == tasks, f"only {final.tasks_done}/{tasks} tasks recorded"
     return done / elapsed, rejected
