@@ -40,7 +40,7 @@ class Quotas:
 class SessionLimits:
     """Bounds on sessions (nodes' and submitters') and on failed authentication."""
 
-    max_per_address: int = 8  # the oldest is dropped when one more opens
+    max_per_address: int = 32  # the oldest is dropped when one more opens
     failures_per_window: int = 30  # failed authentications a peer host may make per window …
     failure_window_ms: int = 60_000  # … before it is refused until the window passes
     unknown_token_ttl_ms: int = 5_000  # an unknown token is remembered as unknown this long
