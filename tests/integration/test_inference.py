@@ -99,7 +99,7 @@ def test_coordinator_restart_mid_job(make_grid: Callable[..., LocalGrid], slow_d
     grid.kill_proc(coordinator)  # a crash, not a clean stop
     time.sleep(1.0)
     grid.start_coordinator(port=grid.port)
-    with Client(grid.target, submitter) as client:  # its session survived the restart (in the database)
+    with Client(grid.target, submitter) as client:  # a job is visible to its submitter only
         final = client.wait(job.job_id)
         assert final.state == JobState.SUCCEEDED, final.error
         assert final.tasks_done == final.tasks_total == 12
