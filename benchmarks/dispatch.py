@@ -65,7 +65,8 @@ async def grid_task_rate(target: str, tasks: int, nodes: int, batch: int, tls: C
     clients = [NodeClient(target, Signer.generate(), tls=tls) for _ in range(nodes)]
     for c in clients:
         await c.register(CPU)
-    with Client(target, Signer.generate(), ca_cert=tls.ca_cert) as sdk:
+    submitter = Signer.generate()
+    with Client(target, submitter, ca_cert=tls.ca_cert) as sdk:
         job = sdk.submit_noop(tasks)
     done = 0
     rejected = 0
@@ -92,7 +93,7 @@ async def grid_task_rate(target: str, tasks: int, nodes: int, batch: int, tls: C
     elapsed = time.monotonic() - start
     for c in clients:
         await c.close()
-    with Client(target, Signer.generate(), ca_cert=tls.ca_cert) as sdk:
+    with Client(target, submitter, ca_cert=tls.ca_cert) as sdk:  # a job is visible to its submitter only
         final = sdk.wait(job.job_id)
     assert final.tasks_done == tasks, f"only {final.tasks_done}/{tasks} tasks recorded"
     return done / elapsed, rejected

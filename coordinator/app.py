@@ -12,11 +12,13 @@ from coordinator.kinds.registry import KindContext, build_kinds
 from coordinator.kinds.training import TrainingKind
 from coordinator.repositories.store import Store
 from coordinator.services.acceptance import Acceptance
+from coordinator.services.access import Access
 from coordinator.services.aggregation import Aggregation
 from coordinator.services.chain import ChainGate
 from coordinator.services.intake import Intake
 from coordinator.services.ledger import Ledger
 from coordinator.services.report import Reports
+from coordinator.services.retention import retention_loop
 from coordinator.services.runtime import Runtime
 from coordinator.services.scheduler import Scheduler
 from coordinator.services.verification.manager import Verification
@@ -65,7 +67,10 @@ class Coordinator:
             rt, store.engine, store.tasks, self.scheduler, verifier, self.kinds, blobs, config.limits, self.aggregation
         )
         self.reports = Reports(store, self.kinds)
-        self.intake = Intake(rt, store, blobs, config.limits, self.kinds, self.reports, self.ledger, self.chain)
+        self.access = Access(rt, store, config.quotas, config.operator_address)
+        self.intake = Intake(
+            rt, store, blobs, config.limits, self.kinds, self.reports, self.ledger, self.chain, self.access
+        )
 
     def _chain_gate(self) -> ChainGate | None:
         if not self.config.chain_rpc:
@@ -83,6 +88,10 @@ class Coordinator:
         rt = self.runtime
         rt.spawn(self.scheduler.reap_loop(self.config.reap_interval_ms / 1000, self.aggregation.schedule))
         rt.spawn(self.verification.run_referee(self._after_ruling))
+        c = self.config
+        rt.spawn(
+            retention_loop(rt, self.blobs, self.store.blob_access, c.blob_retention_ms, c.retention_interval_ms / 1000)
+        )
         if self.outbox is not None:
             rt.spawn(self.outbox.run(self._stopping))
             rt.spawn(self.ledger.settle_loop(rt, self.config.epoch_interval_ms / 1000))

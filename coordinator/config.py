@@ -28,6 +28,26 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Quotas:
+    """What one submitter may keep and send (operator-set defaults, same for every submitter)."""
+
+    stored_bytes: int = 100 * GiB  # blobs it owns (uploaded), counted once per blob
+    daily_upload_bytes: int = 200 * GiB  # bytes it sends per UTC day
+    open_jobs: int = 100  # jobs queued or running at once
+
+
+@dataclass(frozen=True)
+class SessionLimits:
+    """Bounds on sessions (nodes' and submitters') and on failed authentication."""
+
+    max_per_address: int = 32  # the oldest is dropped when one more opens
+    failures_per_window: int = 30  # failed authentications a peer host may make per window …
+    failure_window_ms: int = 60_000  # … before it is refused until the window passes
+    unknown_token_ttl_ms: int = 5_000  # an unknown token is remembered as unknown this long
+    purge_interval_ms: int = 60_000  # how often expired sessions leave the cache and the database
+
+
+@dataclass(frozen=True)
 class CoordinatorConfig:
     listen: str = "127.0.0.1:7070"
     data_dir: Path = Path("var/coordinator")
@@ -48,6 +68,11 @@ class CoordinatorConfig:
     tls_cert: Path | None = None  # PEM chain served to clients; with tls_key, gRPC is served over TLS
     tls_key: Path | None = None
     insecure: bool = False  # plain text allowed on a non-loopback address
+    operator_address: str = ""  # may see and cancel every job and read every blob (empty: nobody)
+    quotas: Quotas = field(default_factory=Quotas)
+    sessions: SessionLimits = field(default_factory=SessionLimits)
+    blob_retention_ms: int = 7 * 24 * 3600 * 1000  # unreferenced blobs older than this are deleted
+    retention_interval_ms: int = 600_000  # how often the blob store is swept
 
     @property
     def db_url(self) -> str:

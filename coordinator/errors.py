@@ -25,3 +25,7 @@ class Forged(Rejected):
 
 class Conflict(TensorGridError):
     """The request is valid but the object is in a state that forbids it."""
+
+
+class QuotaExceeded(TensorGridError):
+    """The caller would go over one of its quotas (or a rate limit): the message says which and what is left."""

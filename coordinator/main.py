@@ -13,16 +13,18 @@ import grpc
 
 from coordinator.api.server import build_server
 from coordinator.app import Coordinator
-from coordinator.config import CoordinatorConfig, LeaseTiming, Limits
+from coordinator.config import CoordinatorConfig, LeaseTiming, Limits, Quotas
 from tensorgrid import config, exitcodes, tls
 from tensorgrid.config import Setting
-from tensorgrid.errors import TensorGridError
+from tensorgrid.crypto import normalize_address
+from tensorgrid.errors import SignatureError, TensorGridError
 from tensorgrid.logs import setup_logging
 
 log = logging.getLogger("tensorgrid.coordinator")
 
 
 MiB = 1 << 20
+GiB = 1 << 30
 _COORDINATOR = "TENSORGRID_COORDINATOR_"
 # Each default is CoordinatorConfig's own (or its Limits' and LeaseTiming's), shown in the units of the flag.
 LISTEN = Setting(
@@ -120,6 +122,41 @@ INSECURE = Setting(
     type=config.switch,
     help="serve plain text on a non-loopback address (without TLS a coordinator listens only on loopback)",
 )
+OPERATOR_ADDRESS = Setting(
+    "--operator-address",
+    _COORDINATOR + "OPERATOR_ADDRESS",
+    CoordinatorConfig.operator_address,
+    help="an address that may see and cancel every job and download every blob (its own session)",
+    metavar="0x…",
+)
+QUOTA_STORED_GIB = Setting(
+    "--quota-stored-gib",
+    _COORDINATOR + "QUOTA_STORED_GIB",
+    Quotas.stored_bytes / GiB,
+    type=float,
+    help="bytes of uploaded blobs one submitter may keep",
+)
+QUOTA_DAILY_GIB = Setting(
+    "--quota-daily-gib",
+    _COORDINATOR + "QUOTA_DAILY_GIB",
+    Quotas.daily_upload_bytes / GiB,
+    type=float,
+    help="bytes one submitter may upload per UTC day",
+)
+QUOTA_OPEN_JOBS = Setting(
+    "--quota-open-jobs",
+    _COORDINATOR + "QUOTA_OPEN_JOBS",
+    Quotas.open_jobs,
+    type=int,
+    help="jobs one submitter may have queued or running at once",
+)
+BLOB_RETENTION = Setting(
+    "--blob-retention",
+    _COORDINATOR + "BLOB_RETENTION",
+    "7d",
+    help="blobs no live job references are deleted this long after their last use (e.g. 12h, 7d, 90m)",
+    metavar="DURATION",
+)
 SETTINGS = (
     LISTEN,
     TLS_CERT,
@@ -136,7 +173,26 @@ SETTINGS = (
     config.DEPLOYMENT,
     EPOCH_SECONDS,
     CHECK_WAIT_MS,
+    OPERATOR_ADDRESS,
+    QUOTA_STORED_GIB,
+    QUOTA_DAILY_GIB,
+    QUOTA_OPEN_JOBS,
+    BLOB_RETENTION,
 )
+_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def duration_ms(text: str) -> int:
+    """ "90m", "12h", "7d", "30s", "500ms" (a bare number is seconds) → milliseconds."""
+    raw = text.strip().lower()
+    unit = next((u for u in ("ms", "s", "m", "h", "d") if raw.endswith(u)), "")
+    try:
+        value = float(raw[: len(raw) - len(unit)] if unit else raw)
+    except ValueError:
+        raise TensorGridError(f"not a duration: {text!r} (write e.g. 12h, 7d, 90m)") from None
+    if value <= 0:
+        raise TensorGridError(f"a duration must be positive, got {text!r}")
+    return int(value * _UNITS_MS[unit or "s"])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -159,7 +215,21 @@ def parse_args(argv: list[str] | None, env: config.Env | None = None) -> argpars
 def config_from(ns: argparse.Namespace) -> CoordinatorConfig:
     if ns.lease_ttl_ms < 2 * ns.heartbeat_ms:
         raise TensorGridError("--lease-ttl-ms must be at least twice --heartbeat-ms, or live nodes lose leases")
+    operator = ""
+    if ns.operator_address:
+        try:
+            operator = normalize_address(ns.operator_address)
+        except SignatureError as e:
+            raise TensorGridError(f"--operator-address: {e}") from None
+    quotas = Quotas(
+        stored_bytes=int(ns.quota_stored_gib * GiB),
+        daily_upload_bytes=int(ns.quota_daily_gib * GiB),
+        open_jobs=ns.quota_open_jobs,
+    )
     return CoordinatorConfig(
+        operator_address=operator,
+        quotas=quotas,
+        blob_retention_ms=duration_ms(ns.blob_retention),
         listen=ns.listen,
         data_dir=ns.data_dir,
         database_url=ns.database_url,

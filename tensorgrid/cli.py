@@ -70,8 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = job.add_parser("result", parents=[common], help="download a finished job's result")
     r.add_argument("job_id")
     r.add_argument("-o", "--output", type=Path, required=True)
-    ls = job.add_parser("list", parents=[common], help="list recent jobs")
-    ls.add_argument("--mine", action="store_true", help="only jobs submitted with --key")
+    ls = job.add_parser("list", parents=[common], help="list your recent jobs (those submitted with --key)")
+    ls.add_argument("--mine", action="store_true", help="kept for old scripts: every submitter sees only its own jobs")
     ls.add_argument("--limit", type=int, default=20)
     c = job.add_parser("cancel", parents=[common], help="cancel a job you submitted")
     c.add_argument("job_id")
@@ -105,6 +105,16 @@ def _client(ns: argparse.Namespace) -> Any:
     return Client(ns.coordinator, signer, chain=chain, ca_cert=ns.ca_cert, insecure=ns.insecure)
 
 
+def not_yours(ns: argparse.Namespace, client: Any, job_id: str, e: Exception) -> Exception:
+    """A job the coordinator does not show this key reads as 'not found': say whose key asked."""
+    if getattr(getattr(e, "code", None), "name", "") != "NOT_FOUND":
+        return e
+    return TensorGridError(
+        f"job {job_id} is not among the jobs of {client.signer.address} (key {ns.key}): a job is visible "
+        f"only to the key that submitted it (pass that key with --key or $TENSORGRID_KEY), or there is no such job"
+    )
+
+
 def cmd_submit(ns: argparse.Namespace) -> int:
     from tensorgrid.progress import byte_progress
 
@@ -124,14 +134,20 @@ def cmd_watch(ns: argparse.Namespace) -> int:
     from tensorgrid.progress import watch_job
 
     with _client(ns) as client:
-        job = watch_job(client, ns.job_id)
+        try:
+            job = watch_job(client, ns.job_id)
+        except TensorGridError as e:
+            raise not_yours(ns, client, ns.job_id, e) from None
     print_job(job)
     return exitcodes.OK if job.state.value == "succeeded" else exitcodes.JOB_FAILED
 
 
 def cmd_status(ns: argparse.Namespace) -> int:
     with _client(ns) as client:
-        print_job(client.job(ns.job_id))
+        try:
+            print_job(client.job(ns.job_id))
+        except TensorGridError as e:
+            raise not_yours(ns, client, ns.job_id, e) from None
     return exitcodes.OK
 
 
@@ -139,14 +155,18 @@ def cmd_result(ns: argparse.Namespace) -> int:
     from tensorgrid.progress import byte_progress
 
     with _client(ns) as client, byte_progress("downloading") as progress:
-        path = client.result(ns.job_id, ns.output, progress)
+        try:
+            path = client.result(ns.job_id, ns.output, progress)
+        except TensorGridError as e:
+            raise not_yours(ns, client, ns.job_id, e) from None
     print(f"wrote {path}")
     return exitcodes.OK
 
 
 def cmd_list(ns: argparse.Namespace) -> int:
     with _client(ns) as client:
-        jobs = client.jobs(client.signer.address if ns.mine else "", ns.limit)
+        jobs = client.jobs("", ns.limit)
+    print(f"jobs of {client.signer.address} (key {ns.key})", file=sys.stderr)
     print(f"{'job':<14} {'state':<10} {'kind':<10} {'tasks':>11}  submitted")
     for j in jobs:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j.created_ms / 1000))
@@ -176,7 +196,10 @@ def cmd_nodes(ns: argparse.Namespace) -> int:
 
 def cmd_cancel(ns: argparse.Namespace) -> int:
     with _client(ns) as client:
-        print_job(client.cancel(ns.job_id))
+        try:
+            print_job(client.cancel(ns.job_id))
+        except TensorGridError as e:
+            raise not_yours(ns, client, ns.job_id, e) from None
     return exitcodes.OK
 
 

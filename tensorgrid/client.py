@@ -15,15 +15,16 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
 from tensorgrid import serde
 from tensorgrid.blobs import CHUNK_BYTES, download, file_sha256
-from tensorgrid.crypto import Signer, cancel_message, sign_message, submit_message
+from tensorgrid.crypto import Signer, cancel_message, session_message, sign_message, submit_message
 from tensorgrid.errors import BlobError, HashMismatch, TensorGridError
 from tensorgrid.retry import backoff
+from tensorgrid.rpc import SESSION_METADATA_KEY
 from tensorgrid.spec import (
     InferenceSpec,
     JobSpec,
@@ -45,6 +46,8 @@ if TYPE_CHECKING:
     from tensorgrid.chain.client import ChainClient
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
+T = TypeVar("T")
+SESSION_MARGIN_MS = 60_000  # a session this close to its end is renewed before the next call
 
 
 class CoordinatorError(TensorGridError):
@@ -60,6 +63,10 @@ def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return fn(*args, **kwargs)
     except grpc.RpcError as e:
         raise _wrap(e) from None
+
+
+def _unauthenticated(e: grpc.RpcError) -> bool:
+    return e.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined,no-any-return]
 
 
 def _wrap(e: grpc.RpcError) -> CoordinatorError:
@@ -120,6 +127,8 @@ class Client:
         self.timeout = timeout
         self._channel = open_channel(target, self.tls)
         self._stub = submit_pb2_grpc.SubmitterServiceStub(self._channel)
+        self._session = ""
+        self._session_expires_ms = 0
 
     def close(self) -> None:
         self._channel.close()
@@ -129,6 +138,42 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # ---- session -------------------------------------------------------------------------------
+    def session_metadata(self) -> tuple[tuple[str, str], ...]:
+        """The session metadata of the next call, opening (or renewing) the session first if needed."""
+        if not self._session or self._session_expires_ms - SESSION_MARGIN_MS < time.time() * 1000:
+            self.open_session()
+        return ((SESSION_METADATA_KEY, self._session),)
+
+    def open_session(self) -> None:
+        """Prove to the coordinator that this client holds the submitter key (the SDK does it on
+        the first call and again whenever the session ends)."""
+        address = self.signer.address
+        challenge = _call(
+            self._stub.GetChallenge, submit_pb2.SessionChallengeRequest(address=address), timeout=self.timeout
+        )
+        sig = sign_message(self.signer, session_message(address, challenge.nonce))
+        req = submit_pb2.OpenSessionRequest(address=address, nonce=challenge.nonce, signature=sig)
+        session = _call(self._stub.OpenSession, req, timeout=self.timeout)
+        self._session, self._session_expires_ms = session.session_token, session.expires_at_ms
+
+    def _authed(self, attempt: Callable[[tuple[tuple[str, str], ...]], T]) -> T:
+        """Run attempt(metadata); if the session was refused (expired, revoked, coordinator
+        restarted without it), open a new one and try once more."""
+        try:
+            return attempt(self.session_metadata())
+        except grpc.RpcError as e:
+            if not _unauthenticated(e):
+                raise _wrap(e) from None
+        self._session = ""
+        try:
+            return attempt(self.session_metadata())
+        except grpc.RpcError as e:
+            raise _wrap(e) from None
+
+    def _unary(self, method: Any, request: Any, timeout: float | None = None) -> Any:
+        return self._authed(lambda md: method(request, metadata=md, timeout=timeout or self.timeout))
 
     # ---- blobs ---------------------------------------------------------------------------------
     def upload(self, path: str | os.PathLike[str], progress: Progress | None = None) -> BlobRef:
@@ -142,8 +187,18 @@ class Client:
         if not path.is_file():
             raise BlobError(f"no such file: {path}")
         size = path.stat().st_size
+        ref, got = self._authed(lambda md: self._upload_once(path, size, progress, md))
+        if got.sha256 != ref.sha256 or got.size != ref.size:
+            raise HashMismatch(f"coordinator stored {got.sha256}, expected {ref.sha256}")
+        if progress:
+            progress(ref.size, ref.size)
+        return ref
+
+    def _upload_once(
+        self, path: Path, size: int, progress: Progress | None, md: tuple[tuple[str, str], ...]
+    ) -> tuple[BlobRef, Any]:
         hashed: Future[BlobRef] = Future()
-        call = self._stub.UploadBlob.future(_upload_chunks(path, size, hashed, progress), timeout=None)
+        call = self._stub.UploadBlob.future(_upload_chunks(path, size, hashed, progress), metadata=md, timeout=None)
         try:
             ref = file_sha256(path)
         except BaseException as e:
@@ -151,25 +206,20 @@ class Client:
             call.cancel()
             raise
         hashed.set_result(ref)
-        got = _call(call.result)
-        if got.sha256 != ref.sha256 or got.size != ref.size:
-            raise HashMismatch(f"coordinator stored {got.sha256}, expected {ref.sha256}")
-        if progress:
-            progress(ref.size, ref.size)
-        return ref
+        return ref, call.result()
 
     def download(self, ref: BlobRef, dest: str | os.PathLike[str], progress: Progress | None = None) -> Path:
         """Stream a blob to dest, resuming a partial dest.part, and check its hash."""
 
-        def fetch(offset: int) -> Iterator[bytes]:
-            req = common_pb2.FetchBlobRequest(sha256=ref.sha256, offset=offset)
-            for chunk in self._stub.DownloadBlob(req):
-                yield chunk.data
+        def attempt(md: tuple[tuple[str, str], ...]) -> Path:
+            def fetch(offset: int) -> Iterator[bytes]:
+                req = common_pb2.FetchBlobRequest(sha256=ref.sha256, offset=offset)
+                for chunk in self._stub.DownloadBlob(req, metadata=md):
+                    yield chunk.data
 
-        try:
             return download(ref, Path(dest), fetch, progress)
-        except grpc.RpcError as e:
-            raise _wrap(e) from None
+
+        return self._authed(attempt)
 
     # ---- jobs ----------------------------------------------------------------------------------
     def submit(self, spec: JobSpec, tasks: int | None = None, escrow_deadline_s: int = 7 * 24 * 3600) -> JobInfo:
@@ -185,7 +235,7 @@ class Client:
             self._fund(spec_json, spec.reward_per_task_wei * tasks, escrow_deadline_s)
         sig = sign_message(self.signer, submit_message(spec_hash(spec_json)))
         req = submit_pb2.SubmitJobRequest(spec_json=spec_json, submitter=self.signer.address, signature=sig)
-        return serde.job_from_pb(_call(self._stub.SubmitJob, req, timeout=self.timeout * 10))
+        return serde.job_from_pb(self._unary(self._stub.SubmitJob, req, timeout=self.timeout * 10))
 
     def _fund(self, spec_json: bytes, budget: int, deadline_s: int) -> None:
         from tensorgrid.chain.client import JobStatus
@@ -224,14 +274,12 @@ class Client:
         return self.submit(NoopSpec(tasks=tasks, **settings), tasks=tasks)
 
     def job(self, job_id: str) -> JobInfo:
-        return serde.job_from_pb(
-            _call(self._stub.GetJob, submit_pb2.GetJobRequest(job_id=job_id), timeout=self.timeout)
-        )
+        """A job of this submitter (CoordinatorError NOT_FOUND for anyone else's, as for none)."""
+        return serde.job_from_pb(self._unary(self._stub.GetJob, submit_pb2.GetJobRequest(job_id=job_id)))
 
     def jobs(self, submitter: str = "", limit: int = 50) -> list[JobInfo]:
-        resp = _call(
-            self._stub.ListJobs, submit_pb2.ListJobsRequest(submitter=submitter, limit=limit), timeout=self.timeout
-        )
+        """This submitter's jobs, newest first (the operator: everyone's, or `submitter`'s)."""
+        resp = self._unary(self._stub.ListJobs, submit_pb2.ListJobsRequest(submitter=submitter, limit=limit))
         return [serde.job_from_pb(j) for j in resp.jobs]
 
     def nodes(self) -> list[NodeStatus]:
@@ -256,7 +304,7 @@ class Client:
         """Stop the job on the coordinator, then take back what its escrow has left."""
         sig = sign_message(self.signer, cancel_message(job_id))
         req = submit_pb2.CancelJobRequest(job_id=job_id, signature=sig)
-        job = serde.job_from_pb(_call(self._stub.CancelJob, req, timeout=self.timeout))
+        job = serde.job_from_pb(self._unary(self._stub.CancelJob, req))
         if self.chain is not None:
             from tensorgrid.chain.client import JobStatus
 
@@ -268,15 +316,20 @@ class Client:
         """Events of a job from after_seq on, live, until it ends; reconnects if the stream drops."""
         seq = after_seq
         retries = 0
+        renewed = False
         while True:
             try:
-                for msg in self._stub.WatchJob(submit_pb2.WatchJobRequest(job_id=job_id, after_seq=seq)):
-                    retries = 0
+                req = submit_pb2.WatchJobRequest(job_id=job_id, after_seq=seq)
+                for msg in self._stub.WatchJob(req, metadata=self.session_metadata()):
+                    retries, renewed = 0, False
                     event = serde.event_from_pb(msg)
                     seq = event.seq
                     yield event
                 return
             except grpc.RpcError as e:
+                if _unauthenticated(e) and not renewed:  # the session ended: open another, once
+                    self._session, renewed = "", True
+                    continue
                 if e.code() != grpc.StatusCode.UNAVAILABLE or retries >= 30:  # type: ignore[attr-defined]
                     raise _wrap(e) from None
                 retries += 1
@@ -357,7 +410,8 @@ class Client:
             yield from self.watch(job_id, after_seq)
             return
         # A live job's stream would block: read what is there with a short deadline.
-        call = self._stub.WatchJob(submit_pb2.WatchJobRequest(job_id=job_id, after_seq=after_seq), timeout=2.0)
+        req = submit_pb2.WatchJobRequest(job_id=job_id, after_seq=after_seq)
+        call = self._stub.WatchJob(req, metadata=self.session_metadata(), timeout=2.0)
         try:
             for msg in call:
                 yield serde.event_from_pb(msg)

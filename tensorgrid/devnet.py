@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tensorgrid.chain.anvil import Anvil, start_anvil
 from tensorgrid.chain.deploy import Deployment, deploy
-from tensorgrid.crypto import Signer, write_key_file
+from tensorgrid.crypto import Signer, load_or_create_key_file, write_key_file
 from tensorgrid.errors import TensorGridError
 from tensorgrid.localca import make_local_ca
 from tensorgrid.localgrid import LocalGrid
@@ -149,9 +149,10 @@ def status(root: Path) -> int:
         f"chain        {info['rpc']} at block {chain.w3.eth.block_number}, escrow and claims hold "
         f"{chain.owed() / ETH:.4f} ETH"
     )
-    with Client(info["coordinator"], ca_cert=info.get("ca_cert")) as client:
+    submitter, _ = load_or_create_key_file(info["submitter_key"])
+    with Client(info["coordinator"], submitter, ca_cert=info.get("ca_cert")) as client:  # jobs are visible to their submitter only
         jobs = client.jobs(limit=1000)
-        print(f"coordinator  {info['coordinator']}: {len(jobs)} jobs")
+        print(f"coordinator  {info['coordinator']}: {len(jobs)} jobs of the devnet's submitter {submitter.address}")
         for n in client.nodes():
             print(
                 f"  node {n.address}  stake {chain.stake_of(n.address) / ETH:.2f} ETH  done {n.completed}  "

@@ -1,8 +1,19 @@
-"""Node authentication: a stateless signed challenge, then a session token checked in one interceptor.
+"""Authentication of nodes and submitters: a stateless signed challenge, then a session token
+checked in one interceptor for both services.
 
 A challenge nonce is time ‖ random ‖ HMAC(secret, address ‖ time ‖ random); the secret is
 shared by all replicas through the database, so any replica can check any nonce. Each nonce
-is burnt on use, so a captured registration cannot be replayed.
+is burnt on use, so a captured registration cannot be replayed. Nodes open a session with
+NodeService.Register, submitters with SubmitterService.OpenSession; every other call carries
+the token in the `x-tensorgrid-session` metadata key, except the calls open to anyone:
+
+- NodeService.GetChallenge, SubmitterService.GetChallenge: a nonce costs one HMAC, no state.
+- SubmitterService.ListNodes, GetEarnings: the grid's nodes, their record and earnings are
+  public by design (they are on chain, and submitters choose a grid by them).
+
+A peer host that fails authentication too often (a bad or expired token, a refused Register
+or OpenSession) is refused with RESOURCE_EXHAUSTED and a retry-after until its window passes;
+calls with a valid session are never refused for it.
 """
 
 from __future__ import annotations
@@ -11,20 +22,28 @@ import contextvars
 import hashlib
 import hmac
 import secrets
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 
+from coordinator.api.sessions import FailureLimiter, SessionCache, peer_host, token_hash
 from coordinator.errors import PermissionDenied
 from tensorgrid.rpc import SESSION_METADATA_KEY
 
 CHALLENGE_TTL_MS = 120_000
+RETRY_AFTER_KEY = "retry-after-ms"
 current_node: contextvars.ContextVar[str] = contextvars.ContextVar("current_node")
+current_submitter: contextvars.ContextVar[str] = contextvars.ContextVar("current_submitter")
 
-_NODE_SERVICE = "/tensorgrid.v1.NodeService/"
-_OPEN = {_NODE_SERVICE + "GetChallenge", _NODE_SERVICE + "Register"}
+_NODE = "/tensorgrid.v1.NodeService/"
+_SUBMITTER = "/tensorgrid.v1.SubmitterService/"
+PUBLIC = frozenset(
+    {_NODE + "GetChallenge", _SUBMITTER + "GetChallenge", _SUBMITTER + "ListNodes", _SUBMITTER + "GetEarnings"}
+)
+OPENERS = frozenset({_NODE + "Register", _SUBMITTER + "OpenSession"})
+
+__all__ = ["FailureLimiter", "SessionCache", "SessionInterceptor", "token_hash"]
 
 
 def make_challenge(secret: bytes, address: str, now_ms: int) -> bytes:
@@ -44,96 +63,82 @@ def check_challenge(secret: bytes, address: str, nonce: bytes, now_ms: int) -> N
         raise PermissionDenied("challenge expired: ask for a new one")
 
 
-def token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-class SessionCache:
-    """Token → node address, backed by the database so sessions survive a restart.
-
-    Each entry keeps its session's expiry (fixed when the session opens), so a cached
-    session stops working at the same moment as one read from the database.
-    """
-
-    def __init__(self, lookup: Callable[[str], Awaitable[tuple[str, int] | None]], max_entries: int = 100_000) -> None:
-        self._lookup = lookup
-        self._cache: dict[str, tuple[str, int]] = {}  # token hash → (address, expires_ms)
-        self._max = max_entries
-
-    def add(self, token: str, address: str, expires_ms: int) -> None:
-        if len(self._cache) >= self._max:
-            self._evict(_now_ms())
-        self._cache[token_hash(token)] = (address, expires_ms)
-
-    async def resolve(self, token: str) -> str | None:
-        h = token_hash(token)
-        now = _now_ms()
-        entry = self._cache.get(h)
-        if entry is None:
-            entry = await self._lookup(h)
-            if entry is None:
-                return None
-            if len(self._cache) >= self._max:
-                self._evict(now)
-            self._cache[h] = entry
-        address, expires_ms = entry
-        if expires_ms < now:
-            self._cache.pop(h, None)
-            return None
-        return address
-
-    def _evict(self, now: int) -> None:
-        """Drop expired entries; if that frees too little, the oldest half (they reload on use)."""
-        self._cache = {h: e for h, e in self._cache.items() if e[1] >= now}
-        if len(self._cache) >= self._max:
-            keep = list(self._cache.items())[len(self._cache) // 2 :]
-            self._cache = dict(keep)
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 class SessionInterceptor(grpc.aio.ServerInterceptor):
-    """Every NodeService call except the two that open a session needs a valid session token."""
+    """Every call of both services but the public ones and the two that open a session needs a
+    valid session token of its service; the handler then runs with current_node or
+    current_submitter set to the session's address."""
 
-    def __init__(self, sessions: SessionCache) -> None:
-        self._sessions = sessions
+    def __init__(self, nodes: SessionCache, submitters: SessionCache, limiter: FailureLimiter) -> None:
+        self._caches = {_NODE: (nodes, current_node), _SUBMITTER: (submitters, current_submitter)}
+        self._limiter = limiter
 
     async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
         handler = await continuation(details)
         method = details.method
-        if handler is None or not method.startswith(_NODE_SERVICE) or method in _OPEN:
+        service = _NODE if method.startswith(_NODE) else _SUBMITTER if method.startswith(_SUBMITTER) else None
+        if handler is None or service is None or method in PUBLIC:
             return handler
+        limiter = self._limiter
+        if method in OPENERS:
+
+            async def guard_opener(context: grpc.aio.ServicerContext) -> None:
+                await _refuse_if_limited(limiter, context)
+
+            return _wrap(handler, guard_opener, lambda context: limiter.failed(peer_host(context.peer())))
+        cache, var = self._caches[service]
         token = dict(details.invocation_metadata or ()).get(SESSION_METADATA_KEY, "")
-        address = await self._sessions.resolve(token) if isinstance(token, str) and token else None
-        return _bind(handler, address)
+        address = await cache.resolve(token) if isinstance(token, str) and token else None
+        hint = "register again" if service == _NODE else "open a session (GetChallenge, OpenSession)"
+
+        async def bind(context: grpc.aio.ServicerContext) -> None:
+            if address is None:
+                await _refuse_if_limited(limiter, context)
+                limiter.failed(peer_host(context.peer()))
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"no valid session: {hint}")
+            var.set(address)  # type: ignore[arg-type]
+
+        return _wrap(handler, bind, None)
 
 
-def _bind(handler: grpc.RpcMethodHandler, address: str | None) -> grpc.RpcMethodHandler:
-    """Wrap the handler so it runs with current_node set, or aborts UNAUTHENTICATED."""
+async def _refuse_if_limited(limiter: FailureLimiter, context: grpc.aio.ServicerContext) -> None:
+    wait = limiter.retry_after_ms(peer_host(context.peer()))
+    if wait:
+        context.set_trailing_metadata(((RETRY_AFTER_KEY, str(wait)),))
+        await context.abort(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"too many failed authentications from your address: retry after {wait / 1000:.0f} s",
+        )
 
-    async def deny(context: grpc.aio.ServicerContext) -> None:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no valid session: register again")
+
+Before = Callable[[grpc.aio.ServicerContext], Awaitable[None]]
+OnError = Callable[[grpc.aio.ServicerContext], None] | None
+
+
+def _wrap(handler: grpc.RpcMethodHandler, before: Before, on_error: OnError) -> grpc.RpcMethodHandler:
+    """The handler, run after `before` (which may abort); on_error sees the call fail."""
+
+    def failed(context: grpc.aio.ServicerContext) -> None:
+        if on_error is not None:
+            on_error(context)
 
     kw = dict(request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
     if handler.unary_unary:
         inner_uu = handler.unary_unary
 
         async def uu(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            if address is None:
-                await deny(context)
-            current_node.set(address)  # type: ignore[arg-type]
-            return await inner_uu(request, context)
+            await before(context)
+            try:
+                return await inner_uu(request, context)
+            except BaseException:
+                failed(context)
+                raise
 
         return grpc.unary_unary_rpc_method_handler(uu, **kw)
     if handler.unary_stream:
         inner_us = handler.unary_stream
 
         async def us(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            if address is None:
-                await deny(context)
-            current_node.set(address)  # type: ignore[arg-type]
+            await before(context)
             async for item in inner_us(request, context):
                 yield item
 
@@ -142,9 +147,7 @@ def _bind(handler: grpc.RpcMethodHandler, address: str | None) -> grpc.RpcMethod
         inner_su = handler.stream_unary
 
         async def su(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
-            if address is None:
-                await deny(context)
-            current_node.set(address)  # type: ignore[arg-type]
+            await before(context)
             return await inner_su(request_iterator, context)
 
         return grpc.stream_unary_rpc_method_handler(su, **kw)

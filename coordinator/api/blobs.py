@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 
@@ -35,41 +35,62 @@ async def stream_blob(
         yield common_pb2.BlobChunk(data=b"", total_size=ref.size)
 
 
-async def receive_upload(blobs: BlobStore, messages: AsyncIterator[submit_pb2.UploadChunk]) -> BlobRef:
+async def receive_upload(
+    blobs: BlobStore,
+    messages: AsyncIterator[submit_pb2.UploadChunk],
+    admit: Callable[[int], Awaitable[None]],
+    owned: Callable[[str], Awaitable[bool]],
+) -> tuple[BlobRef, int]:
     """UploadBlob: a header, then the bytes. The header gives the size and, if the sender knows it,
     the sha256; a sender may instead announce the sha256 in one later header (hashing while it
-    sends). Bytes are committed only once they match an announced hash; a blob already stored
-    ends the upload as soon as its hash is known.
+    sends). Bytes are committed only once they match an announced hash. admit(size) raises if the
+    sender may not store that much. A blob the sender already owns ends the upload as soon as its
+    hash is known; anyone else must send the bytes (knowing a hash is no proof of having the blob).
+    Returns the blob and the bytes received.
     """
     first = await anext(aiter(messages), None)
     if first is None or first.WhichOneof("part") != "header":
         raise BlobError("UploadBlob must start with a header giving the size (and the sha256, now or later)")
     size = first.header.size
     expected = BlobRef(check_sha256(first.header.sha256), size) if first.header.sha256 else None
-    if expected is not None and _stored(blobs, expected):
-        return expected  # already here: the client may stop sending
+    if expected is not None and _stored(blobs, expected) and await owned(expected.sha256):
+        return expected, 0  # already the sender's: it may stop sending
+    refused: Exception | None = None
+    try:
+        await admit(size)
+    except Exception as e:
+        if expected is not None:
+            raise
+        refused = e  # unless the hash, when it comes, names a blob the sender already has
     writer = blobs.writer(expected, size=size)
+    received = 0
 
     async def data() -> AsyncIterator[bytes]:
-        nonlocal expected
+        nonlocal expected, received
         async for chunk in messages:
             if chunk.WhichOneof("part") == "data":
-                yield chunk.data
+                if refused is None:  # a refused upload's bytes are read and dropped until its hash
+                    received += len(chunk.data)
+                    yield chunk.data
                 continue
             if expected is not None:
                 raise BlobError("a second header in one upload")
             expected = BlobRef(check_sha256(chunk.header.sha256), chunk.header.size)
-            if _stored(blobs, expected) and expected.size == size:
+            if _stored(blobs, expected) and expected.size == size and await owned(expected.sha256):
                 raise _AlreadyStored
+            if refused is not None:
+                raise refused
             writer.expect(expected)
+        if refused is not None:
+            raise refused
         if expected is None:
             raise BlobError("the upload ended without announcing the blob's sha256")
 
     try:
-        return await receive_into(writer, data())
+        return await receive_into(writer, data()), received
     except _AlreadyStored:
         assert expected is not None
-        return expected
+        return expected, received
 
 
 def _stored(blobs: BlobStore, ref: BlobRef) -> bool:

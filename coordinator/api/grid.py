@@ -9,6 +9,7 @@ from typing import Protocol
 from coordinator.config import CoordinatorConfig
 from coordinator.repositories.store import Store
 from coordinator.services.acceptance import Acceptance
+from coordinator.services.access import Access
 from coordinator.services.chain import ChainGate
 from coordinator.services.intake import Intake
 from coordinator.services.ledger import Ledger
@@ -43,6 +44,7 @@ class Grid(Protocol):
     intake: Intake
     reports: Reports
     ledger: Ledger
+    access: Access
 
     @property
     def rounds(self) -> Rounds: ...

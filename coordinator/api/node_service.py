@@ -11,7 +11,7 @@ import grpc
 from coordinator.api.auth import SessionCache, check_challenge, current_node, make_challenge, token_hash
 from coordinator.api.blobs import stream_blob
 from coordinator.api.grid import Grid
-from coordinator.api.status import unary
+from coordinator.api.status import abort, unary
 from coordinator.errors import NotFound, PermissionDenied, Rejected
 from coordinator.services.runtime import now_ms
 from tensorgrid import serde
@@ -58,7 +58,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         if caps.device_kind not in ("cpu", "cuda"):
             raise Rejected(f"device_kind must be 'cpu' or 'cuda', got {caps.device_kind!r}")
         token = secrets.token_urlsafe(32)
-        await app.runtime.db(
+        dropped = await app.runtime.db(
             app.store.nodes.register_node,
             address,
             caps,
@@ -66,7 +66,9 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             now,
             app.config.session_ttl_ms,
             request.nonce.hex(),
+            app.config.sessions.max_per_address,
         )
+        self.sessions.discard(dropped)
         self.sessions.add(token, address, now + app.config.session_ttl_ms)
         log.info("node %s registered (%s, %d MiB)", address, caps.device_kind, caps.memory_bytes >> 20)
         return node_pb2.RegisterResponse(
@@ -89,12 +91,31 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     async def LeaseTasks(
         self, request: node_pb2.LeaseRequest, context: grpc.aio.ServicerContext
     ) -> node_pb2.LeaseResponse:
+        await self._check_stake(current_node.get())
         leases, retry = await self.app.scheduler.lease(current_node.get(), request.max_tasks, request.wait_ms)
         return node_pb2.LeaseResponse(leases=[serde.lease_to_pb(x) for x in leases], retry_after_ms=retry)
+
+    async def _check_stake(self, node: str) -> None:
+        """On a chain, a node whose stake is gone loses its sessions (checked at most every 30 s)."""
+        chain = self.app.chain
+        if chain is None or chain.recently_active(node):
+            return
+        try:
+            await self.app.runtime.work(chain.check_node, node)
+        except PermissionDenied:
+            await self.app.runtime.db(self.app.store.sessions.revoke_node, node)
+            self.sessions.revoke(node)
+            log.warning("node %s has no active stake any more: its sessions are revoked", node)
+            raise
 
     async def FetchBlob(
         self, request: common_pb2.FetchBlobRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[common_pb2.BlobChunk]:
+        """Only the blobs of tasks the node holds a lease on (model, input, blobs its settings name)."""
+        try:
+            await self.app.access.check_node_read(current_node.get(), request.sha256.lower())
+        except Exception as e:
+            await abort(context, e)
         async for chunk in stream_blob(self.app.blobs, request, context):
             yield chunk
 

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from coordinator.api.auth import SessionCache, SessionInterceptor
+from coordinator.api.auth import FailureLimiter, SessionCache, SessionInterceptor
 from coordinator.api.grid import Grid
 from coordinator.api.node_service import NodeServicer
 from coordinator.api.submit_service import SubmitterServicer
 from tensorgrid.rpc import server_options
 from tensorgrid.v1 import node_pb2, node_pb2_grpc, submit_pb2, submit_pb2_grpc
 
+log = logging.getLogger("tensorgrid.coordinator")
 SERVICE_NAMES = (
     node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name,
     submit_pb2.DESCRIPTOR.services_by_name["SubmitterService"].full_name,
@@ -24,10 +28,16 @@ async def build_server(
 ) -> tuple[grpc.aio.Server, int]:
     """Returns the server (not started) and the port it bound (listen may ask for port 0).
     credentials: TLS; None serves plain text (the caller applies the rule, tensorgrid.tls)."""
-    sessions = SessionCache(lambda h: app.runtime.db(app.store.nodes.session, h))
-    server = grpc.aio.server(interceptors=[SessionInterceptor(sessions)], options=server_options())
-    node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(app, sessions), server)
-    submit_pb2_grpc.add_SubmitterServiceServicer_to_server(SubmitterServicer(app), server)
+    limits = app.config.sessions
+    db = app.runtime.db
+    nodes = SessionCache(lambda h: db(app.store.nodes.session, h), unknown_ttl_ms=limits.unknown_token_ttl_ms)
+    submitters = SessionCache(lambda h: db(app.store.sessions.submitter, h), unknown_ttl_ms=limits.unknown_token_ttl_ms)
+    limiter = FailureLimiter(limits.failures_per_window, limits.failure_window_ms)
+    interceptor = SessionInterceptor(nodes, submitters, limiter)
+    server = grpc.aio.server(interceptors=[interceptor], options=server_options())
+    node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(app, nodes), server)
+    submit_pb2_grpc.add_SubmitterServiceServicer_to_server(SubmitterServicer(app, submitters), server)
+    app.runtime.spawn(_purge_sessions(app, (nodes, submitters), limits.purge_interval_ms / 1000))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in (*SERVICE_NAMES, ""):
@@ -40,3 +50,17 @@ async def build_server(
     if port == 0:
         raise OSError(f"could not listen on {listen}")
     return server, port
+
+
+async def _purge_sessions(app: Grid, caches: tuple[SessionCache, ...], interval_s: float) -> None:
+    """Expired sessions leave the caches and the database (and expired nonces the database)."""
+    while True:
+        await asyncio.sleep(interval_s)
+        try:
+            purged = await app.runtime.db(app.store.sessions.purge_expired, app.runtime.now_ms())
+        except Exception:  # retried next interval
+            log.exception("purging expired sessions failed")
+            continue
+        evicted = sum(cache.evict_expired() for cache in caches)
+        if purged or evicted:
+            log.info("sessions: %d expired deleted, %d evicted from the cache", purged, evicted)

@@ -9,7 +9,7 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 
-from coordinator.errors import Conflict, NotFound, PermissionDenied, Rejected
+from coordinator.errors import Conflict, NotFound, PermissionDenied, QuotaExceeded, Rejected
 from tensorgrid.errors import (
     BlobError,
     HashMismatch,
@@ -26,6 +26,7 @@ R = TypeVar("R")
 _CODES: list[tuple[type[Exception], grpc.StatusCode]] = [
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (QuotaExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (Conflict, grpc.StatusCode.FAILED_PRECONDITION),
     (Rejected, grpc.StatusCode.FAILED_PRECONDITION),
     (HashMismatch, grpc.StatusCode.DATA_LOSS),

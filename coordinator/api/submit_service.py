@@ -1,20 +1,28 @@
-"""SubmitterService: upload blobs, submit, watch, cancel and download jobs."""
+"""SubmitterService: open a session, upload blobs, submit, watch, cancel and download jobs.
+
+Every call but the public ones runs as the session's submitter (auth.current_submitter). A job
+or blob of another submitter answers NOT_FOUND, exactly as one that does not exist; the
+operator (--operator-address) sees every job and blob.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 from collections.abc import AsyncIterator
 
 import grpc
 
+from coordinator.api.auth import CHALLENGE_TTL_MS, check_challenge, current_submitter, make_challenge
 from coordinator.api.blobs import receive_upload, stream_blob
 from coordinator.api.grid import Grid
+from coordinator.api.sessions import SessionCache, token_hash
 from coordinator.api.status import abort, unary
-from coordinator.errors import NotFound, PermissionDenied
+from coordinator.errors import PermissionDenied
 from coordinator.services.runtime import now_ms
 from tensorgrid import serde
-from tensorgrid.crypto import cancel_message, normalize_address, recover_message_signer
+from tensorgrid.crypto import cancel_message, normalize_address, recover_message_signer, session_message
 from tensorgrid.errors import SignatureError
 from tensorgrid.v1 import common_pb2, submit_pb2, submit_pb2_grpc
 
@@ -23,49 +31,107 @@ WATCH_POLL_S = 1.0
 
 
 class SubmitterServicer(submit_pb2_grpc.SubmitterServiceServicer):
-    def __init__(self, app: Grid) -> None:
+    def __init__(self, app: Grid, sessions: SessionCache) -> None:
         self.app = app
+        self.sessions = sessions
+        self.access = app.access
         self.db = app.runtime.db
         self.db_bulk = app.runtime.db_bulk
         self.jobs = app.store.jobs
         self.report = app.reports.with_verification
 
     @unary
+    async def GetChallenge(
+        self, request: submit_pb2.SessionChallengeRequest, context: grpc.aio.ServicerContext
+    ) -> submit_pb2.SessionChallenge:
+        address = normalize_address(request.address)
+        now = now_ms()
+        nonce = make_challenge(self.app.challenge_secret, address, now)
+        return submit_pb2.SessionChallenge(nonce=nonce, expires_at_ms=now + CHALLENGE_TTL_MS)
+
+    @unary
+    async def OpenSession(
+        self, request: submit_pb2.OpenSessionRequest, context: grpc.aio.ServicerContext
+    ) -> submit_pb2.Session:
+        app = self.app
+        address = normalize_address(request.address)
+        now = now_ms()
+        check_challenge(app.challenge_secret, address, request.nonce, now)
+        try:
+            signer = recover_message_signer(session_message(address, request.nonce), request.signature)
+        except SignatureError as e:
+            raise PermissionDenied(f"bad session signature: {e}") from None
+        if signer != address:
+            raise PermissionDenied(f"session signed by {signer}, not {address}")
+        token, ttl = secrets.token_urlsafe(32), app.config.session_ttl_ms
+        dropped = await self.db(
+            app.store.sessions.open_session,
+            address,
+            token_hash(token),
+            request.nonce.hex(),
+            now,
+            ttl,
+            app.config.sessions.max_per_address,
+        )
+        self.sessions.discard(dropped)
+        self.sessions.add(token, address, now + ttl)
+        return submit_pb2.Session(session_token=token, expires_at_ms=now + ttl)
+
+    @unary
     async def UploadBlob(
         self, request_iterator: AsyncIterator[submit_pb2.UploadChunk], context: grpc.aio.ServicerContext
     ) -> common_pb2.BlobRef:
-        ref = await receive_upload(self.app.blobs, request_iterator)
-        log.info("stored blob %s (%d bytes)", ref.sha256, ref.size)
+        me = current_submitter.get()
+
+        async def admit(size: int) -> None:
+            await self.access.check_upload(me, size)
+
+        async def owned(sha256: str) -> bool:
+            return await self.access.owns(me, sha256)
+
+        ref, received = await receive_upload(self.app.blobs, request_iterator, admit, owned)
+        await self.access.record_upload(me, ref, received)
+        log.info("stored blob %s (%d bytes) for %s", ref.sha256, ref.size, me)
         return serde.blob_to_pb(ref)
 
     @unary
     async def SubmitJob(
         self, request: submit_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext
     ) -> submit_pb2.Job:
+        me = current_submitter.get()
+        if normalize_address(request.submitter) != me:
+            raise PermissionDenied(
+                f"this session is {me}'s: submit as {me}, or open a session with {request.submitter}"
+            )
         info = await self.app.intake.submit(bytes(request.spec_json), request.submitter, bytes(request.signature))
         return serde.job_to_pb(info)
 
     @unary
     async def GetJob(self, request: submit_pb2.GetJobRequest, context: grpc.aio.ServicerContext) -> submit_pb2.Job:
-        job = await self.db(self.jobs.get_job, request.job_id)
+        job = await self.access.job_for(current_submitter.get(), request.job_id)
         return serde.job_to_pb(await self.db(self.report, job))
 
     @unary
     async def ListJobs(
         self, request: submit_pb2.ListJobsRequest, context: grpc.aio.ServicerContext
     ) -> submit_pb2.ListJobsResponse:
-        jobs = await self.db_bulk(self.jobs.list_jobs, request.submitter, request.limit, request.before_job_id)
+        submitter = self.access.list_filter(current_submitter.get(), request.submitter)
+        jobs = await self.db_bulk(self.jobs.list_jobs, submitter, request.limit, request.before_job_id)
         return submit_pb2.ListJobsResponse(jobs=[serde.job_to_pb(j) for j in jobs])
 
     @unary
     async def CancelJob(
         self, request: submit_pb2.CancelJobRequest, context: grpc.aio.ServicerContext
     ) -> submit_pb2.Job:
+        me = current_submitter.get()
+        job = await self.access.job_for(me, request.job_id)
         try:
-            caller = recover_message_signer(cancel_message(request.job_id), bytes(request.signature))
+            signer = recover_message_signer(cancel_message(request.job_id), bytes(request.signature))
         except SignatureError as e:
             raise PermissionDenied(f"bad cancel signature: {e}") from None
-        info = await self.db(self.jobs.cancel_job, request.job_id, caller, now_ms())
+        if signer != me:
+            raise PermissionDenied(f"the cancellation is signed by {signer}, not by this session's {me}")
+        info = await self.db(self.jobs.cancel_job, request.job_id, job.submitter, now_ms())
         self.app.runtime.hub.notify(request.job_id)
         return serde.job_to_pb(await self.db(self.report, info))
 
@@ -75,8 +141,8 @@ class SubmitterServicer(submit_pb2_grpc.SubmitterServiceServicer):
         hub, db, jobs = self.app.runtime.hub, self.db, self.jobs
         seq = request.after_seq
         try:
-            await db(jobs.get_job, request.job_id)
-        except NotFound as e:
+            await self.access.job_for(current_submitter.get(), request.job_id)
+        except Exception as e:
             await abort(context, e)
         with hub.subscribe(request.job_id) as wake:
             while True:
@@ -123,5 +189,9 @@ class SubmitterServicer(submit_pb2_grpc.SubmitterServiceServicer):
     async def DownloadBlob(
         self, request: common_pb2.FetchBlobRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[common_pb2.BlobChunk]:
+        try:
+            await self.access.check_submitter_read(current_submitter.get(), request.sha256.lower())
+        except Exception as e:
+            await abort(context, e)
         async for chunk in stream_blob(self.app.blobs, request, context):
             yield chunk

@@ -9,6 +9,7 @@ from __future__ import annotations
 from sqlalchemy import Table
 
 from coordinator.db.metadata import SCHEMA_VERSION, meta, metadata
+from coordinator.db.tables.access import blob_owners, submitter_sessions, upload_days
 from coordinator.db.tables.core import (
     CHECK_KIND,
     CHECK_LEASED_AS,
@@ -63,10 +64,14 @@ TABLES: tuple[Table, ...] = (
     reputation,
     training_rounds,
     training_audits,
+    submitter_sessions,
+    blob_owners,
+    upload_days,
 )
 
 __all__ = [
     "CHECK_KIND",
+    "blob_owners",
     "CHECK_LEASED_AS",
     "SCHEMA_VERSION",
     "TABLES",
@@ -90,8 +95,10 @@ __all__ = [
     "reputation",
     "sessions",
     "slashes",
+    "submitter_sessions",
     "tasks",
     "training_audits",
     "training_rounds",
+    "upload_days",
     "used_nonces",
 ]

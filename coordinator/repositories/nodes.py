@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 
-from sqlalchemy import Connection, Engine, delete, insert, select, update
+from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from coordinator.db import schema as s
 from coordinator.errors import Rejected
 from coordinator.repositories.ledger import slashing
+from coordinator.repositories.sessions import add_session, burn_nonce, lookup
 from tensorgrid.crypto import normalize_address
 from tensorgrid.retry import backoff
 from tensorgrid.types import Capabilities, NodeStatus
@@ -31,9 +32,17 @@ class NodeRepository:
         self.engine = engine
 
     def register_node(
-        self, address: str, caps: Capabilities, token_hash: str, now_ms: int, session_ms: int, nonce: str
-    ) -> None:
-        """Record the node, burn its challenge nonce (a replayed registration fails) and open a session."""
+        self,
+        address: str,
+        caps: Capabilities,
+        token_hash: str,
+        now_ms: int,
+        session_ms: int,
+        nonce: str,
+        max_sessions: int = 8,
+    ) -> list[str]:
+        """Record the node, burn its challenge nonce (a replayed registration fails) and open a session,
+        dropping the node's oldest beyond max_sessions; returns the dropped sessions' hashes."""
         caps_json = json.dumps(asdict(caps), sort_keys=True)
         values = dict(
             capabilities=caps_json,
@@ -44,17 +53,13 @@ class NodeRepository:
         )
         try:
             with self.engine.begin() as conn:
-                conn.execute(insert(s.used_nonces).values(nonce=nonce, expires_ms=now_ms + session_ms))
+                burn_nonce(conn, nonce, now_ms + session_ms)
                 exists = conn.execute(select(s.nodes.c.address).where(s.nodes.c.address == address)).first()
                 if exists:
                     conn.execute(update(s.nodes).where(s.nodes.c.address == address).values(**values))
                 else:
                     conn.execute(insert(s.nodes).values(address=address, registered_ms=now_ms, **values))
-                conn.execute(
-                    insert(s.sessions).values(token_hash=token_hash, address=address, expires_ms=now_ms + session_ms)
-                )
-                conn.execute(delete(s.used_nonces).where(s.used_nonces.c.expires_ms < now_ms))
-                conn.execute(delete(s.sessions).where(s.sessions.c.expires_ms < now_ms))
+                return add_session(conn, s.sessions, token_hash, address, now_ms + session_ms, max_sessions)
         except IntegrityError:
             raise Rejected("this registration challenge was already used: ask for a new one") from None
 
@@ -66,11 +71,7 @@ class NodeRepository:
 
     def session(self, token_hash: str) -> tuple[str, int] | None:
         """(address, expires_ms) of a session token, expired or not; None if unknown."""
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                select(s.sessions.c.address, s.sessions.c.expires_ms).where(s.sessions.c.token_hash == token_hash)
-            ).first()
-        return None if row is None else (str(row.address), int(row.expires_ms))
+        return lookup(self.engine, s.sessions, token_hash)
 
     def get_node(self, address: str) -> NodeStatus | None:
         with self.engine.connect() as conn:

@@ -10,8 +10,10 @@ from __future__ import annotations
 from sqlalchemy import Engine
 
 from coordinator.db.engine import is_sqlite, make_engine, meta_value, normalize_url
+from coordinator.repositories.blobs import BlobAccessRepository
 from coordinator.repositories.jobs import JobRepository
 from coordinator.repositories.nodes import NodeRepository
+from coordinator.repositories.sessions import SessionRepository
 from coordinator.repositories.tasks import TaskRepository
 from coordinator.repositories.verification.store import (
     Reputation,
@@ -32,6 +34,8 @@ class Store:
         self.tasks = TaskRepository(self.engine)
         self.nodes = NodeRepository(self.engine)
         self.verification = VerificationRepository(self.engine)
+        self.sessions = SessionRepository(self.engine)
+        self.blob_access = BlobAccessRepository(self.engine)
 
     @property
     def is_sqlite(self) -> bool:

@@ -56,6 +56,10 @@ class ChainGate:
             raise Conflict(f"the escrow for job {job_id} is past its deadline")
         return job.budget
 
+    def recently_active(self, address: str) -> bool:
+        """True if check_node passed for this node within the last NODE_CACHE_S (no chain read)."""
+        return self._active.get(address, 0.0) > time.monotonic()
+
     def check_node(self, address: str) -> None:
         """Raise unless the node is registered with at least the minimum stake (cached briefly)."""
         now = time.monotonic()

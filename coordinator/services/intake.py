@@ -7,12 +7,14 @@ says what to change, before any node sees it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from coordinator.config import Limits
 from coordinator.errors import Conflict, NotFound, PermissionDenied
 from coordinator.repositories.jobs import NewJob, NewTask
 from coordinator.repositories.store import Store
+from coordinator.services.access import Access
 from coordinator.services.chain import ChainGate
 from coordinator.services.kind import KindLookup
 from coordinator.services.ledger import Ledger
@@ -22,7 +24,7 @@ from tensorgrid.blobs import BlobStore
 from tensorgrid.crypto import normalize_address, recover_message_signer, submit_message
 from tensorgrid.errors import SignatureError
 from tensorgrid.spec import job_id_for, parse_spec, spec_hash
-from tensorgrid.types import JobInfo
+from tensorgrid.types import BlobRef, JobInfo
 
 log = logging.getLogger("tensorgrid.coordinator")
 
@@ -48,6 +50,12 @@ def plan_job(
     return kinds.for_job(spec.kind).plan(spec, spec_json, submitter, sh, job_id, blobs, limits)
 
 
+def spec_blobs(spec: object) -> list[BlobRef]:
+    """The blobs a spec names (model, inputs, dataset, programs, starting weights)."""
+    fields = dataclasses.fields(spec) if dataclasses.is_dataclass(spec) else ()
+    return [v for f in fields if isinstance(v := getattr(spec, f.name), BlobRef)]
+
+
 class Intake:
     """SubmitJob: authenticate, plan, check the escrow on chain, price and store the job."""
 
@@ -61,6 +69,7 @@ class Intake:
         reports: Reports,
         ledger: Ledger,
         chain: ChainGate | None,
+        access: Access,
     ) -> None:
         self.rt = rt
         self.store = store
@@ -70,6 +79,7 @@ class Intake:
         self.reports = reports
         self.ledger = ledger
         self.chain = chain
+        self.access = access
 
     def plan(self, spec_json: bytes, submitter: str, sh: str, job_id: str) -> tuple[NewJob, list[NewTask]]:
         """plan_job with this coordinator's kinds, blobs and limits (blocking)."""
@@ -83,10 +93,16 @@ class Intake:
             return await rt.db(self.reports.with_verification, existing)
         except NotFound:
             pass
+        spec = parse_spec(spec_json)
+        await self.access.check_open_jobs(submitter)
+        await self.access.check_spec_blobs(submitter, spec_blobs(spec))
+        if self.chain is not None:
+            # The escrow is checked before any sharding work: an unfunded job costs us one chain read.
+            if spec.reward_per_task_wei <= 0:
+                raise Conflict("this coordinator settles on chain: set reward_per_task_wei and fund the escrow")
+            await rt.work(self.chain.check_escrow, job_id, sh, submitter, spec.reward_per_task_wei)
         job, tasks = await rt.work(self.plan, spec_json, submitter, sh, job_id)
         if self.chain is not None:
-            if job.reward_per_task_wei <= 0:
-                raise Conflict("this coordinator settles on chain: set reward_per_task_wei and fund the escrow")
             budget = await rt.work(self.chain.check_escrow, job_id, sh, submitter, job.reward_per_task_wei * len(tasks))
             # Priced before the job exists: a crash in between leaves a harmless orphan price,
             # never an unpriced job whose nodes would go unpaid.

@@ -168,6 +168,29 @@ class BlobStore:
             while chunk := f.read(chunk_bytes):
                 yield chunk
 
+    def stored(self) -> Iterator[tuple[str, int, float]]:
+        """(sha256, size, mtime in seconds) of every stored blob, in no particular order."""
+        for sub in self.root.iterdir():
+            if len(sub.name) != 2 or not sub.is_dir():
+                continue
+            for path in sub.iterdir():
+                if _SHA_RE.fullmatch(path.name):
+                    try:
+                        st = path.stat()
+                    except FileNotFoundError:
+                        continue
+                    yield path.name, st.st_size, st.st_mtime
+
+    def delete(self, sha: str) -> bool:
+        """Remove a blob (never the empty one, which the store keeps); False if it was not there."""
+        if sha == EMPTY_SHA256:
+            return False
+        try:
+            self.path_for(sha).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
     def temp_path(self, prefix: str = "work-") -> Path:
         """A fresh path inside the store's temp dir (same filesystem, so moves are atomic)."""
         fd, name = tempfile.mkstemp(dir=self.tmp_dir, prefix=prefix)

@@ -5,6 +5,7 @@ from tensorgrid.crypto.auth import (
     personal_digest,
     recover_message_signer,
     registration_message,
+    session_message,
     sign_message,
     submit_message,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "recover_receipt_signer",
     "registration_message",
     "require_domain",
+    "session_message",
     "save_keystore",
     "sign_message",
     "sign_receipt",

@@ -37,6 +37,14 @@ def registration_message(address: str, nonce: bytes, domain: Domain) -> bytes:
     return "\n".join(lines).encode("utf-8")
 
 
+def session_message(address: str, nonce: bytes) -> bytes:
+    """The text a submitter signs to open a session: binds its address to a coordinator-issued nonce
+    (the nonce carries the coordinator's MAC, so it is good at that coordinator only, and once)."""
+    if not nonce:
+        raise SignatureError("session nonce must not be empty")
+    return f"TensorGrid submitter session\naddress: {normalize_address(address)}\nnonce: {nonce.hex()}".encode()
+
+
 def submit_message(spec_hash: str) -> bytes:
     """The text a submitter signs to submit the job whose spec hashes to `spec_hash`."""
     return f"TensorGrid job submission\nspec: {check_hex32(spec_hash, 'spec_hash', SignatureError)}".encode()

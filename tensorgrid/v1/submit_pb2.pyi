@@ -23,6 +23,38 @@ JOB_STATE_SUCCEEDED: JobState
 JOB_STATE_FAILED: JobState
 JOB_STATE_CANCELLED: JobState
 
+class SessionChallengeRequest(_message.Message):
+    __slots__ = ("address",)
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    def __init__(self, address: _Optional[str] = ...) -> None: ...
+
+class SessionChallenge(_message.Message):
+    __slots__ = ("nonce", "expires_at_ms")
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    nonce: bytes
+    expires_at_ms: int
+    def __init__(self, nonce: _Optional[bytes] = ..., expires_at_ms: _Optional[int] = ...) -> None: ...
+
+class OpenSessionRequest(_message.Message):
+    __slots__ = ("address", "nonce", "signature")
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    nonce: bytes
+    signature: bytes
+    def __init__(self, address: _Optional[str] = ..., nonce: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class Session(_message.Message):
+    __slots__ = ("session_token", "expires_at_ms")
+    SESSION_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    session_token: str
+    expires_at_ms: int
+    def __init__(self, session_token: _Optional[str] = ..., expires_at_ms: _Optional[int] = ...) -> None: ...
+
 class UploadHeader(_message.Message):
     __slots__ = ("sha256", "size")
     SHA256_FIELD_NUMBER: _ClassVar[int]

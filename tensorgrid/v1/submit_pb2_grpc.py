@@ -27,7 +27,10 @@ if _version_not_supported:
 
 
 class SubmitterServiceStub:
-    """The submitter-facing service.
+    """The submitter-facing service. Every call but GetChallenge, OpenSession, ListNodes and
+    GetEarnings carries a session token from OpenSession in the `x-tensorgrid-session` metadata
+    key: the submitter proves it holds its key once, then is that address for the session.
+    Jobs and their blobs are visible only to their submitter (and the coordinator's operator).
     """
 
     def __init__(self, channel):
@@ -81,10 +84,23 @@ class SubmitterServiceStub:
                 request_serializer=tensorgrid_dot_v1_dot_submit__pb2.GetEarningsRequest.SerializeToString,
                 response_deserializer=tensorgrid_dot_v1_dot_submit__pb2.Earnings.FromString,
                 _registered_method=True)
+        self.GetChallenge = channel.unary_unary(
+                '/tensorgrid.v1.SubmitterService/GetChallenge',
+                request_serializer=tensorgrid_dot_v1_dot_submit__pb2.SessionChallengeRequest.SerializeToString,
+                response_deserializer=tensorgrid_dot_v1_dot_submit__pb2.SessionChallenge.FromString,
+                _registered_method=True)
+        self.OpenSession = channel.unary_unary(
+                '/tensorgrid.v1.SubmitterService/OpenSession',
+                request_serializer=tensorgrid_dot_v1_dot_submit__pb2.OpenSessionRequest.SerializeToString,
+                response_deserializer=tensorgrid_dot_v1_dot_submit__pb2.Session.FromString,
+                _registered_method=True)
 
 
 class SubmitterServiceServicer:
-    """The submitter-facing service.
+    """The submitter-facing service. Every call but GetChallenge, OpenSession, ListNodes and
+    GetEarnings carries a session token from OpenSession in the `x-tensorgrid-session` metadata
+    key: the submitter proves it holds its key once, then is that address for the session.
+    Jobs and their blobs are visible only to their submitter (and the coordinator's operator).
     """
 
     def UploadBlob(self, request_iterator, context):
@@ -146,6 +162,19 @@ class SubmitterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetChallenge(self, request, context):
+        """A fresh nonce to sign (EIP-191, tensorgrid.crypto.session_message) for OpenSession.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def OpenSession(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SubmitterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -194,6 +223,16 @@ def add_SubmitterServiceServicer_to_server(servicer, server):
                     request_deserializer=tensorgrid_dot_v1_dot_submit__pb2.GetEarningsRequest.FromString,
                     response_serializer=tensorgrid_dot_v1_dot_submit__pb2.Earnings.SerializeToString,
             ),
+            'GetChallenge': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetChallenge,
+                    request_deserializer=tensorgrid_dot_v1_dot_submit__pb2.SessionChallengeRequest.FromString,
+                    response_serializer=tensorgrid_dot_v1_dot_submit__pb2.SessionChallenge.SerializeToString,
+            ),
+            'OpenSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenSession,
+                    request_deserializer=tensorgrid_dot_v1_dot_submit__pb2.OpenSessionRequest.FromString,
+                    response_serializer=tensorgrid_dot_v1_dot_submit__pb2.Session.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'tensorgrid.v1.SubmitterService', rpc_method_handlers)
@@ -203,7 +242,10 @@ def add_SubmitterServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class SubmitterService:
-    """The submitter-facing service.
+    """The submitter-facing service. Every call but GetChallenge, OpenSession, ListNodes and
+    GetEarnings carries a session token from OpenSession in the `x-tensorgrid-session` metadata
+    key: the submitter proves it holds its key once, then is that address for the session.
+    Jobs and their blobs are visible only to their submitter (and the coordinator's operator).
     """
 
     @staticmethod
@@ -439,6 +481,60 @@ class SubmitterService:
             '/tensorgrid.v1.SubmitterService/GetEarnings',
             tensorgrid_dot_v1_dot_submit__pb2.GetEarningsRequest.SerializeToString,
             tensorgrid_dot_v1_dot_submit__pb2.Earnings.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetChallenge(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorgrid.v1.SubmitterService/GetChallenge',
+            tensorgrid_dot_v1_dot_submit__pb2.SessionChallengeRequest.SerializeToString,
+            tensorgrid_dot_v1_dot_submit__pb2.SessionChallenge.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorgrid.v1.SubmitterService/OpenSession',
+            tensorgrid_dot_v1_dot_submit__pb2.OpenSessionRequest.SerializeToString,
+            tensorgrid_dot_v1_dot_submit__pb2.Session.FromString,
             options,
             channel_credentials,
             insecure,

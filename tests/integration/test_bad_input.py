@@ -7,6 +7,7 @@ import hashlib
 import pickle
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -50,19 +51,27 @@ def own_grid(make_grid: Callable[..., LocalGrid]) -> LocalGrid:
     return g
 
 
+def raw_stub(target: str, signer: Signer | None = None) -> tuple[Any, tuple[tuple[str, str], ...]]:
+    """A bare SubmitterService stub and the metadata of a session opened for `signer` (a fresh key)."""
+    with Client(target, signer or Signer.generate()) as client:
+        md = client.session_metadata()
+    return submit_pb2_grpc.SubmitterServiceStub(grpc.insecure_channel(target)), md
+
+
 @SHARED
 def test_malformed_spec_and_bad_signature(grid: LocalGrid) -> None:
     signer = Signer.generate()
-    stub = submit_pb2_grpc.SubmitterServiceStub(grpc.insecure_channel(grid.target))
+    stub, md = raw_stub(grid.target, signer)
     raw = b'{"kind": "inference", "shard_rows": -1}'
     sig = sign_message(signer, submit_message(spec_hash(raw)))
     with pytest.raises(grpc.RpcError) as e:
-        stub.SubmitJob(submit_pb2.SubmitJobRequest(spec_json=raw, submitter=signer.address, signature=sig))
+        stub.SubmitJob(submit_pb2.SubmitJobRequest(spec_json=raw, submitter=signer.address, signature=sig), metadata=md)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "spec" in e.value.details()
     good = canonical_json(NoopSpec(tasks=1))
     forged = sign_message(Signer.generate(), submit_message(spec_hash(good)))
     with pytest.raises(grpc.RpcError) as e:
-        stub.SubmitJob(submit_pb2.SubmitJobRequest(spec_json=good, submitter=signer.address, signature=forged))
+        req = submit_pb2.SubmitJobRequest(spec_json=good, submitter=signer.address, signature=forged)
+        stub.SubmitJob(req, metadata=md)
     assert e.value.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
@@ -79,13 +88,13 @@ def test_unknown_blob_and_hash_mismatch(grid: LocalGrid, digits: Assets) -> None
         with pytest.raises(CoordinatorError, match="upload it first") as e:
             client.submit(spec)
         assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
-    stub = submit_pb2_grpc.SubmitterServiceStub(grpc.insecure_channel(grid.target))
+    stub, md = raw_stub(grid.target)
     lie = [
         submit_pb2.UploadChunk(header=submit_pb2.UploadHeader(sha256=hashlib.sha256(b"x").hexdigest(), size=1)),
         submit_pb2.UploadChunk(data=b"y"),
     ]
     with pytest.raises(grpc.RpcError) as err:
-        stub.UploadBlob(iter(lie))
+        stub.UploadBlob(iter(lie), metadata=md)
     assert err.value.code() == grpc.StatusCode.DATA_LOSS
 
 
@@ -114,13 +123,14 @@ def test_pickled_model_and_inputs_are_refused(grid: LocalGrid, digits: Assets, t
         assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def _noop_job(grid: LocalGrid, tasks: int = 2) -> str:
-    with Client(grid.target) as client:
+def _noop_job(grid: LocalGrid, submitter: Signer, tasks: int = 2) -> str:
+    with Client(grid.target, submitter) as client:
         return client.submit_noop(tasks).job_id
 
 
 def test_forged_foreign_mismatched_and_replayed_results_are_rejected(own_grid: LocalGrid) -> None:
-    job_id = _noop_job(own_grid, tasks=3)
+    submitter = Signer.generate()
+    job_id = _noop_job(own_grid, submitter, tasks=3)
     empty = BlobRef(hashlib.sha256(b"").hexdigest(), 0)
 
     async def node() -> NodeClient:
@@ -163,7 +173,7 @@ def test_forged_foreign_mismatched_and_replayed_results_are_rejected(own_grid: L
             await n.close()
 
     asyncio.run(scenario())
-    with Client(own_grid.target) as client:
+    with Client(own_grid.target, submitter) as client:
         job = client.wait(job_id)
         assert job.state == JobState.SUCCEEDED and job.tasks_done == 3
         record = {n.address: n for n in client.nodes()}
@@ -206,7 +216,7 @@ def test_cancel_only_by_submitter(grid: LocalGrid) -> None:
         job = owner.submit_noop(3)
         with pytest.raises(CoordinatorError) as e:
             stranger.cancel(job.job_id)
-        assert e.value.code == grpc.StatusCode.PERMISSION_DENIED
+        assert e.value.code == grpc.StatusCode.NOT_FOUND  # another's job is not revealed
         assert owner.cancel(job.job_id).state == JobState.CANCELLED
         assert [ev.kind for ev in owner.watch(job.job_id)][-1] == "cancelled"
 
@@ -217,14 +227,14 @@ def test_oversize_uploads_are_refused_and_leave_nothing(own_grid: LocalGrid, tmp
     with Client(own_grid.target) as client, pytest.raises(CoordinatorError, match="over the limit") as e:
         client.upload(big)
     assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
-    stub = submit_pb2_grpc.SubmitterServiceStub(grpc.insecure_channel(own_grid.target))
+    stub, md = raw_stub(own_grid.target)
     # a size that lies low, then more bytes than announced
     small = [
         submit_pb2.UploadChunk(header=submit_pb2.UploadHeader(sha256="ab" * 32, size=10)),
         submit_pb2.UploadChunk(data=b"z" * 11),
     ]
     with pytest.raises(grpc.RpcError) as err:
-        stub.UploadBlob(iter(small))
+        stub.UploadBlob(iter(small), metadata=md)
     assert "more than" in err.value.details()
     # one message over gRPC's per-message limit
     huge = [
@@ -232,17 +242,17 @@ def test_oversize_uploads_are_refused_and_leave_nothing(own_grid: LocalGrid, tmp
         submit_pb2.UploadChunk(data=b"y" * (9 << 20)),
     ]
     with pytest.raises(grpc.RpcError) as err:
-        stub.UploadBlob(iter(huge))
+        stub.UploadBlob(iter(huge), metadata=md)
     assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     leftovers = list((own_grid.root / "coordinator" / "blobs" / "tmp").iterdir())
     assert leftovers == []
 
 
 def test_hash_announced_after_the_bytes_is_checked(grid: LocalGrid, tmp_path: Path) -> None:
-    stub = submit_pb2_grpc.SubmitterServiceStub(grpc.insecure_channel(grid.target))
+    stub, md = raw_stub(grid.target)
 
     def upload(*parts: submit_pb2.UploadChunk) -> submit_pb2.UploadChunk:
-        return stub.UploadBlob(iter(parts))
+        return stub.UploadBlob(iter(parts), metadata=md)
 
     def header(sha: str, size: int) -> submit_pb2.UploadChunk:
         return submit_pb2.UploadChunk(header=submit_pb2.UploadHeader(sha256=sha, size=size))
@@ -259,7 +269,7 @@ def test_hash_announced_after_the_bytes_is_checked(grid: LocalGrid, tmp_path: Pa
     with pytest.raises(grpc.RpcError) as err:  # a late hash with another size
         upload(header("", 9), data, header(good, 10))
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    # a blob the coordinator has: the upload ends when its hash arrives, the rest is never read
+    # a blob the sender already uploaded: the upload ends when its hash arrives, the rest is never read
     part, rest = submit_pb2.UploadChunk(data=b"late"), submit_pb2.UploadChunk(data=b"\0" * 100)
     assert upload(header("", 9), part, header(good, 9), rest).sha256 == good
     assert list((grid.root / "coordinator" / "blobs" / "tmp").iterdir()) == []

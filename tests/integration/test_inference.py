@@ -88,7 +88,8 @@ def test_coordinator_restart_mid_job(make_grid: Callable[..., LocalGrid], slow_d
     coordinator = grid.start_coordinator()
     for i in range(2):
         grid.start_node(f"node{i}", *node_args())
-    with Client(grid.target, Signer.generate()) as client:
+    submitter = Signer.generate()
+    with Client(grid.target, submitter) as client:
         job = client.submit_inference(
             slow_digits.model, slow_digits.inputs, shard_rows=1000, batch_size=BATCH, device="cpu"
         )
@@ -98,7 +99,7 @@ def test_coordinator_restart_mid_job(make_grid: Callable[..., LocalGrid], slow_d
     grid.kill_proc(coordinator)  # a crash, not a clean stop
     time.sleep(1.0)
     grid.start_coordinator(port=grid.port)
-    with Client(grid.target, Signer.generate()) as client:
+    with Client(grid.target, submitter) as client:  # a job is visible to its submitter only
         final = client.wait(job.job_id)
         assert final.state == JobState.SUCCEEDED, final.error
         assert final.tasks_done == final.tasks_total == 12

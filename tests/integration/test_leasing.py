@@ -27,7 +27,8 @@ EMPTY = BlobRef(hashlib.sha256(b"").hexdigest(), 0)
 def test_piggybacked_leases_follow_lease_tasks(make_grid: Callable[..., LocalGrid]) -> None:
     grid = make_grid()
     grid.start_coordinator()
-    with Client(grid.target) as client:
+    submitter = Signer.generate()
+    with Client(grid.target, submitter) as client:
         job_id = client.submit_noop(6).job_id
 
     async def node() -> NodeClient:
@@ -72,7 +73,7 @@ def test_piggybacked_leases_follow_lease_tasks(make_grid: Callable[..., LocalGri
             await n.close()
 
     asyncio.run(scenario())
-    with Client(grid.target) as client:
+    with Client(grid.target, submitter) as client:
         job = client.wait(job_id)
     assert job.state == JobState.SUCCEEDED and job.tasks_done == 6
 
@@ -80,7 +81,8 @@ def test_piggybacked_leases_follow_lease_tasks(make_grid: Callable[..., LocalGri
 def test_small_results_go_unary_and_large_ones_stream_both_with_leases(make_grid: Callable[..., LocalGrid]) -> None:
     grid = make_grid()
     grid.start_coordinator()
-    with Client(grid.target) as client:
+    submitter = Signer.generate()
+    with Client(grid.target, submitter) as client:
         job_id = client.submit_noop(3).job_id
     big = b"\x01" * (SMALL_RESULT_BYTES + 1)
     big_ref = BlobRef(hashlib.sha256(big).hexdigest(), len(big))
@@ -106,5 +108,5 @@ def test_small_results_go_unary_and_large_ones_stream_both_with_leases(make_grid
         await n.close()
 
     asyncio.run(scenario())
-    with Client(grid.target) as client:
+    with Client(grid.target, submitter) as client:
         assert client.job(job_id).tasks_done == 2

@@ -15,6 +15,7 @@ from tensorgrid.client import Client, CoordinatorError
 from tensorgrid.crypto import Signer
 from tensorgrid.devnet import ChainGrid, start_chain_grid
 from tensorgrid.nodeclient import NodeClient
+from tensorgrid.spec import InferenceSpec
 from tensorgrid.types import Capabilities, JobState
 from tests.integration.conftest import BATCH, FAST, Assets, Stopper
 
@@ -98,11 +99,18 @@ def test_funded_job_is_charged_recorded_refunded_and_claimed(devnet: ChainGrid, 
         assert paid == escrow.charged
 
 
-def test_no_escrow_no_scheduling(devnet: ChainGrid, digits: Assets) -> None:
+def test_no_escrow_no_scheduling(devnet: ChainGrid, digits: Assets, tmp_path: Path) -> None:
     with submitter(devnet) as funded, Client(devnet.grid.target, Signer.from_hex(devnet.submitter_key)) as unfunded:
         with pytest.raises(CoordinatorError, match="no escrow") as e:
             unfunded.submit_noop(3, reward_per_task_wei=REWARD)
         assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        # the escrow is checked before any sharding: inputs that planning would refuse never get read
+        garbage = tmp_path / "not-tensors.safetensors"
+        garbage.write_bytes(b"not a tensor file")
+        model, inputs = unfunded.upload(digits.model), unfunded.upload(garbage)
+        spec = InferenceSpec(model=model, inputs=inputs, shard_rows=10, reward_per_task_wei=REWARD)
+        with pytest.raises(CoordinatorError, match="no escrow"):
+            unfunded.submit(spec)
         with pytest.raises(CoordinatorError, match="reward_per_task_wei"):
             funded.submit_noop(3)
         assert funded.jobs() == []

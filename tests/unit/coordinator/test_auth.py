@@ -50,7 +50,7 @@ def sessions_db(db_url: str):  # type: ignore[no-untyped-def]
     s.close()
 
 
-def test_a_cached_session_stops_working_when_it_expires(sessions_db, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_cached_session_stops_working_when_it_expires(sessions_db) -> None:  # type: ignore[no-untyped-def]
     """Whether it was cached at registration or loaded from the database, a session ends on time."""
     import asyncio
 
@@ -65,11 +65,10 @@ def test_a_cached_session_stops_working_when_it_expires(sessions_db, monkeypatch
         return nodes.session(h)
 
     clock = {"now": 1_000}
-    monkeypatch.setattr(auth, "_now_ms", lambda: clock["now"])
     caps = Capabilities(device_kind="cpu", memory_bytes=1 << 30, cpu_cores=1)
     for token, nonce in (("registered-here", "n1"), ("registered-elsewhere", "n2")):
         nodes.register_node(A, caps, auth.token_hash(token), 1_000, 5_000, nonce)
-    cache = auth.SessionCache(lookup)
+    cache = auth.SessionCache(lookup, clock=lambda: clock["now"])
     cache.add("registered-here", A, 1_000 + 5_000)
 
     async def resolve(token: str) -> str | None:
@@ -92,13 +91,13 @@ def test_a_cached_session_stops_working_when_it_expires(sessions_db, monkeypatch
 def test_session_cache_stays_bounded() -> None:
     import asyncio
 
-    from coordinator.api import auth
+    from coordinator.api import auth, sessions
 
     async def lookup(h: str) -> tuple[str, int] | None:
         return None
 
     cache = auth.SessionCache(lookup, max_entries=10)
-    far = auth._now_ms() + 60_000
+    far = sessions.now_ms() + 60_000
     for i in range(25):
         cache.add(f"t{i}", A, far)
     assert len(cache._cache) <= 10
