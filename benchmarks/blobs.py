@@ -116,8 +116,8 @@ def main() -> None:
             baseline_process(root, "tcp-sink", root / "sink.bin") as sink,
             baseline_process(root, "tcp-source", src) as source,
         ):
-            grid.start_coordinator()
-            tls_grid.start_coordinator()
+            grid.start_coordinator(timeout=300)  # a loaded machine can take minutes to import torch
+            tls_grid.start_coordinator(timeout=300)
             with grid.client(Signer.generate()) as client, tls_grid.client(Signer.generate()) as tls_client:
                 ref = client.upload(src)
                 tls_client.upload(src)
