@@ -40,6 +40,7 @@ from pathlib import Path
 
 from benchmarks._common import baseline_process, emit
 from benchmarks._raw import receive
+from benchmarks.dispatch import cpu_seconds
 from tensorgrid.blobs import file_sha256
 from tensorgrid.client import Client
 from tensorgrid.crypto import Signer
@@ -74,17 +75,27 @@ def raw_download(port: int, dst: Path, expected: str | None) -> float:
     return elapsed
 
 
-def grid_upload(client: Client, src: Path) -> float:
+def cpu_now(coordinator_pid: int) -> float:
+    """CPU seconds so far of the coordinator and this process (the client's gRPC threads)."""
+    return (cpu_seconds(coordinator_pid) or 0.0) + time.process_time()
+
+
+def grid_upload(client: Client, src: Path, cpu: list[float], pid: int) -> float:
+    before = cpu_now(pid)
     start = time.monotonic()
     client.upload(src)
-    return time.monotonic() - start
+    elapsed = time.monotonic() - start
+    cpu.append(cpu_now(pid) - before)
+    return elapsed
 
 
-def grid_download(client: Client, ref: BlobRef, dst: Path) -> float:
+def grid_download(client: Client, ref: BlobRef, dst: Path, cpu: list[float], pid: int) -> float:
     dst.unlink(missing_ok=True)
+    before = cpu_now(pid)
     start = time.monotonic()
     client.download(ref, dst)
     elapsed = time.monotonic() - start
+    cpu.append(cpu_now(pid) - before)
     dst.unlink()
     return elapsed
 
@@ -104,6 +115,7 @@ def main() -> None:
     size = ns.mib << 20
     kinds = ("up", "raw_up", "copy_up", "down", "raw_down", "copy_down", "tls_up", "tls_down")
     times: dict[str, list[float]] = {k: [] for k in kinds}
+    cpu: dict[str, list[float]] = {k: [] for k in ("up", "down", "tls_up", "tls_down")}
     with tempfile.TemporaryDirectory(prefix="tg-bench-") as tmp:
         root = Path(tmp)
         src = root / "blob.bin"
@@ -116,29 +128,33 @@ def main() -> None:
             baseline_process(root, "tcp-sink", root / "sink.bin") as sink,
             baseline_process(root, "tcp-source", src) as source,
         ):
-            grid.start_coordinator()
-            tls_grid.start_coordinator()
+            grid.start_coordinator(timeout=300)  # a loaded machine can take minutes to import torch
+            tls_grid.start_coordinator(timeout=300)
+            pid, tls_pid = grid.procs[0].popen.pid, tls_grid.procs[0].popen.pid
             with grid.client(Signer.generate()) as client, tls_grid.client(Signer.generate()) as tls_client:
                 ref = client.upload(src)
                 tls_client.upload(src)
                 for i in range(ns.repeat):
                     sha = fresh_blob(src, i + 1)
                     times["raw_up"].append(raw_upload(sink, src, sha))
-                    times["up"].append(grid_upload(client, src))
-                    times["tls_up"].append(grid_upload(tls_client, src))
+                    times["up"].append(grid_upload(client, src, cpu["up"], pid))
+                    times["tls_up"].append(grid_upload(tls_client, src, cpu["tls_up"], tls_pid))
                     times["copy_up"].append(raw_upload(sink, src, None))
                     for written in root.glob("sink.bin.*"):  # keep the disk from filling
                         written.unlink()
                     times["raw_down"].append(raw_download(source, root / "raw_down.bin", sha))
-                    times["down"].append(grid_download(client, ref, root / "down.bin"))
-                    times["tls_down"].append(grid_download(tls_client, ref, root / "down.bin"))
+                    times["down"].append(grid_download(client, ref, root / "down.bin", cpu["down"], pid))
+                    tls_down = grid_download(tls_client, ref, root / "down.bin", cpu["tls_down"], tls_pid)
+                    times["tls_down"].append(tls_down)
                     times["copy_down"].append(raw_download(source, root / "raw_down.bin", None))
-    print(format_result(report(ns.mib, size, times)))
-    emit(report(ns.mib, size, times))
+    print(format_result(report(ns.mib, size, times, cpu)))
+    emit(report(ns.mib, size, times, cpu))
 
 
-def report(mib: int, size: int, times: dict[str, list[float]]) -> dict[str, object]:
+def report(mib: int, size: int, times: dict[str, list[float]], cpu: dict[str, list[float]]) -> dict[str, object]:
     rate = {k: round(size / 1e6 / min(v), 1) for k, v in times.items()}
+    # CPU ms per MB (coordinator + client), best of the runs: moves much less with other load than MB/s.
+    ms_mb = {k: 1000 * min(v) / (size / 1e6) for k, v in cpu.items()}
     return {
         "benchmark": "blobs",
         "mib": mib,
@@ -161,6 +177,10 @@ def report(mib: int, size: int, times: dict[str, list[float]]) -> dict[str, obje
         "tls_upload_ratio_cost": round(1 - rate["tls_up"] / rate["up"], 3),
         "tls_download_ratio_cost": round(1 - rate["tls_down"] / rate["down"], 3),
         "goal_tls_ratio_cost": 0.10,
+        "cpu_ms_per_mb": {k: round(v, 3) for k, v in ms_mb.items()},
+        # What TLS would take off each ratio were CPU the limit (the raw baseline's CPU is the same).
+        "tls_upload_cpu_cost": round(1 - ms_mb["up"] / ms_mb["tls_up"], 3),
+        "tls_download_cpu_cost": round(1 - ms_mb["down"] / ms_mb["tls_down"], 3),
     }
 
 

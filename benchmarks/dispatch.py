@@ -152,7 +152,7 @@ def measure(root: Path, ns: argparse.Namespace, tls: TlsFiles | None) -> dict[st
         rate, rejected = asyncio.run(grid_task_rate(grid.target, ns.tasks, ns.nodes, ns.lease_batch, client_tls))
         task_ms = grid_cpu.per(ns.tasks)
     print(f"{name}: grid: {rate:,.0f} no-op tasks/s end to end ({ns.tasks} tasks, {ns.nodes} simulated nodes)")
-    cpu: dict[str, dict[str, float]] = {}
+    cpu: dict[str, Any] = {}
     e_server, e_client = echo_ms if len(echo_ms) == 2 else (None, None)
     t_coord, t_nodes = task_ms
     if e_server is not None and e_client is not None and t_coord is not None and t_nodes is not None:
