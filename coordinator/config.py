@@ -28,6 +28,25 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class PeerLimits:
+    """What one peer may hold of the coordinator at once, and what everyone may together.
+
+    A peer is a node address once its session is checked, else the caller's IP address (one IP
+    may front many users, so its limits are wider). Over a limit a call is refused with
+    RESOURCE_EXHAUSTED and a retry hint (api.limits)."""
+
+    calls_per_node: int = 64  # concurrent RPCs of one node (streams included)
+    streams_per_node: int = 16  # concurrent streaming RPCs of one node
+    calls_per_ip: int = 256  # concurrent RPCs of one IP address, before (or without) a node session
+    streams_per_ip: int = 64
+    calls_total: int = 4096
+    streams_total: int = 1024
+    retry_after_ms: int = 1000  # the hint sent with a refusal
+    heartbeat_leases: int = 1024  # leases one Heartbeat may list
+    result_memory_bytes: int = 64 * MiB  # small outputs held in memory across all calls; beyond: on disk
+
+
+@dataclass(frozen=True)
 class CoordinatorConfig:
     listen: str = "127.0.0.1:7070"
     data_dir: Path = Path("var/coordinator")
@@ -45,6 +64,7 @@ class CoordinatorConfig:
     deployment: Path | None = None  # the deployments file written by the deploy step
     epoch_interval_ms: int = 30_000  # how often earnings are posted on chain as a Merkle root
     check_wait_ms: int = 30_000  # a check no other node takes within this long passes as unverified
+    peers: PeerLimits = field(default_factory=PeerLimits)
 
     @property
     def db_url(self) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from coordinator.api.server import build_server
 from coordinator.app import Coordinator
-from coordinator.config import CoordinatorConfig, LeaseTiming, Limits
+from coordinator.config import CoordinatorConfig, LeaseTiming, Limits, PeerLimits
 from tensorgrid import config, exitcodes
 from tensorgrid.config import Setting
 from tensorgrid.errors import TensorGridError
@@ -94,6 +94,42 @@ CHECK_WAIT_MS = Setting(
     type=int,
     help="a spot-check no other node takes within this long passes as 'unverified' (grids of one node)",
 )
+NODE_CALLS = Setting(
+    "--max-node-calls",
+    _COORDINATOR + "MAX_NODE_CALLS",
+    PeerLimits.calls_per_node,
+    type=int,
+    help="concurrent RPCs one node may have in flight (more: RESOURCE_EXHAUSTED)",
+)
+NODE_STREAMS = Setting(
+    "--max-node-streams",
+    _COORDINATOR + "MAX_NODE_STREAMS",
+    PeerLimits.streams_per_node,
+    type=int,
+    help="concurrent streaming RPCs one node may have open",
+)
+IP_CALLS = Setting(
+    "--max-ip-calls",
+    _COORDINATOR + "MAX_IP_CALLS",
+    PeerLimits.calls_per_ip,
+    type=int,
+    help="concurrent RPCs from one IP address without a node session",
+)
+IP_STREAMS = Setting(
+    "--max-ip-streams",
+    _COORDINATOR + "MAX_IP_STREAMS",
+    PeerLimits.streams_per_ip,
+    type=int,
+    help="concurrent streaming RPCs from one IP address without a node session",
+)
+RESULT_MEMORY_MIB = Setting(
+    "--result-memory-mib",
+    _COORDINATOR + "RESULT_MEMORY_MIB",
+    PeerLimits.result_memory_bytes / MiB,
+    type=float,
+    help="small results held in memory at once, over all nodes (beyond it they go to disk)",
+)
+PEER_SETTINGS = (NODE_CALLS, NODE_STREAMS, IP_CALLS, IP_STREAMS, RESULT_MEMORY_MIB)
 SETTINGS = (
     LISTEN,
     DATA_DIR,
@@ -107,6 +143,7 @@ SETTINGS = (
     config.DEPLOYMENT,
     EPOCH_SECONDS,
     CHECK_WAIT_MS,
+    *PEER_SETTINGS,
 )
 
 
@@ -142,6 +179,17 @@ def config_from(ns: argparse.Namespace) -> CoordinatorConfig:
         check_wait_ms=ns.check_wait_ms,
         timing=LeaseTiming(ttl_ms=ns.lease_ttl_ms),
         limits=Limits(max_shard_bytes=int(ns.max_shard_mib * MiB), max_blob_bytes=int(ns.max_blob_mib * MiB)),
+        peers=peer_limits(ns),
+    )
+
+
+def peer_limits(ns: argparse.Namespace) -> PeerLimits:
+    return PeerLimits(
+        calls_per_node=ns.max_node_calls,
+        streams_per_node=ns.max_node_streams,
+        calls_per_ip=ns.max_ip_calls,
+        streams_per_ip=ns.max_ip_streams,
+        result_memory_bytes=int(ns.result_memory_mib * MiB),
     )
 
 

@@ -8,6 +8,7 @@ from grpc_reflection.v1alpha import reflection
 
 from coordinator.api.auth import SessionCache, SessionInterceptor
 from coordinator.api.grid import Grid
+from coordinator.api.limits import LimitsInterceptor
 from coordinator.api.node_service import NodeServicer
 from coordinator.api.submit_service import SubmitterServicer
 from tensorgrid.rpc import server_options
@@ -22,7 +23,9 @@ SERVICE_NAMES = (
 async def build_server(app: Grid, listen: str) -> tuple[grpc.aio.Server, int]:
     """Returns the server (not started) and the port it bound (listen may ask for port 0)."""
     sessions = SessionCache(lambda h: app.runtime.db(app.store.nodes.session, h))
-    server = grpc.aio.server(interceptors=[SessionInterceptor(sessions)], options=server_options())
+    # Sessions first: the limits then count a node's calls against its address (api.limits).
+    interceptors = [SessionInterceptor(sessions), LimitsInterceptor(app.config.peers)]
+    server = grpc.aio.server(interceptors=interceptors, options=server_options())
     node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(app, sessions), server)
     submit_pb2_grpc.add_SubmitterServiceServicer_to_server(SubmitterServicer(app), server)
     health_servicer = health.aio.HealthServicer()

@@ -37,7 +37,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
 
 # Inside the repositories layer, domains build on each other in this order (never back): a
 # caught node's slash is the ledger's, a job's completion waits on its checks, and so on.
-REPOSITORY_ORDER = ("ledger", "jobs", "nodes", "tasks", "results", "verification", "training", "store")
+REPOSITORY_ORDER = ("ledger", "jobs", "nodes", "claims", "tasks", "results", "verification", "training", "store")
 
 
 @dataclass
