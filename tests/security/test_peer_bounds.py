@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tensorgrid import serde
 from tensorgrid.client import Client
@@ -148,7 +149,7 @@ def test_a_huge_heartbeat_list_and_oversize_messages_are_refused(make_grid: Grid
 
 def test_a_stream_flood_from_one_node_is_refused_while_others_are_served(make_grid: Grids) -> None:  # noqa: F811
     limit = 4
-    grid = make_grid("--max-node-streams", str(limit))
+    grid = make_grid("--max-node-streams", str(limit), "--max-ip-streams", "3")
     grid.start_coordinator()
     with Client(grid.target) as client:
         client.submit_noop(2)
@@ -177,8 +178,21 @@ def test_a_stream_flood_from_one_node_is_refused_while_others_are_served(make_gr
         assert await finish(other, 1) == 1
         # the flooder's unary calls still fit under its call limit
         (lease,), _ = await flooder.lease(1)
-        for call in held:
+        # before a session, streams are counted per IP address: a stranger's flood of open
+        # health watches is refused past the limit, while the nodes (counted by address) are served
+        channel = grpc.aio.insecure_channel(grid.target)
+        health = health_pb2_grpc.HealthStub(channel)
+        watches = [health.Watch(health_pb2.HealthCheckRequest(service="")) for _ in range(3)]
+        for w in watches:
+            assert (await w.read()).status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await health.Watch(health_pb2.HealthCheckRequest(service="")).read()
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "address 127.0.0.1 already has 3 streams open (limit 3)" in (e.value.details() or "")
+        assert await fetch(other) == b""
+        for call in (*held, *watches):
             call.cancel()
+        await channel.close()
         await asyncio.sleep(0.5)
         assert await fetch(flooder) == b""  # streams released: served again
         ok, reason = await flooder.submit(flooder.sign(lease, EMPTY), 0, b"")
