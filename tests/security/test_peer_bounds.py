@@ -130,16 +130,22 @@ def test_a_huge_heartbeat_list_and_oversize_messages_are_refused(make_grid: Grid
         # control messages are small whoever sends them; blob chunks are at most about 1 MiB
         with pytest.raises(grpc.aio.AioRpcError) as e:
             await node.stub.GetChallenge(node_pb2.ChallengeRequest(address="0x" + "a" * 200_000), timeout=10)
-        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "at most 65536 bytes" in (e.value.details() or "")
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "at most 65536 bytes" in (
+            e.value.details() or ""
+        )
         (lease,), _ = await node.lease(1)
         receipt = node.sign(lease, BlobRef("ab" * 32, 3 * MiB))
         chunks = [
-            node_pb2.ResultChunk(header=node_pb2.ResultHeader(receipt=serde.receipt_to_pb(receipt), output_size=3 * MiB)),
+            node_pb2.ResultChunk(
+                header=node_pb2.ResultHeader(receipt=serde.receipt_to_pb(receipt), output_size=3 * MiB)
+            ),
             node_pb2.ResultChunk(data=b"\x01" * (3 * MiB)),
         ]
         with pytest.raises(grpc.aio.AioRpcError) as e:
             await node.stub.SubmitResult(iter(chunks), metadata=node.metadata, timeout=10)
-        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "SubmitResult message" in (e.value.details() or "")
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "SubmitResult message" in (
+            e.value.details() or ""
+        )
         # the node itself, and its real heartbeats, are fine
         assert await node.heartbeat([(lease.task_id, lease.attempt)]) == []
         await node.close()
@@ -166,7 +172,7 @@ def test_a_stream_flood_from_one_node_is_refused_while_others_are_served(make_gr
         flooder, other = await registered(grid), await registered(grid)
         held = [flooder.stub.SubmitResult(idle(), metadata=flooder.metadata) for _ in range(limit)]
         await asyncio.sleep(1.0)  # let them all open
-        for attempt in range(3):  # past the limit: every further stream is refused, with a hint
+        for _ in range(3):  # past the limit: every further stream is refused, with a hint
             with pytest.raises(grpc.aio.AioRpcError) as e:
                 await fetch(flooder)
             assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED

@@ -70,4 +70,3 @@ def test_a_claim_refuted_by_an_honest_result_stays_against_its_reporter(state: S
     assert state.jobs.get_job(JOB).tasks_done == 1
     assert state.nodes.get_node(A).rejections == 1  # type: ignore[union-attr]
     assert state.nodes.get_node(A).backoff_until_ms > AVOID  # type: ignore[union-attr]
-

@@ -14,7 +14,9 @@ from tensorgrid.errors import BlobError, HashMismatch
 from tensorgrid.rpc import CONTROL_MESSAGE_BYTES, RETRY_AFTER_METADATA_KEY, request_limit, retry_after_s
 
 NODE, OTHER = "0x" + "aa" * 20, "0x" + "bb" * 20
-LIMITS = PeerLimits(calls_per_node=3, streams_per_node=2, calls_per_ip=4, streams_per_ip=1, calls_total=6, streams_total=3)
+LIMITS = PeerLimits(
+    calls_per_node=3, streams_per_node=2, calls_per_ip=4, streams_per_ip=1, calls_total=6, streams_total=3
+)
 
 
 def test_peer_host_of_grpc_peer_strings() -> None:
