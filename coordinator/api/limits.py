@@ -105,12 +105,18 @@ class LimitsInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, limits: PeerLimits) -> None:
         self.limiter = PeerLimiter(limits)
         self.retry_after_ms = limits.retry_after_ms
+        # method → (its registered handler, that handler wrapped): wrapped once, not per call
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
         handler = await continuation(details)
-        if handler is None:
+        if handler is None:  # an unknown method: nothing to wrap, nothing cached
             return None
-        return _Bounded(self, details.method, handler).wrap()
+        method = details.method
+        known = self._wrapped.get(method)
+        if known is None or known[0] is not handler:
+            known = self._wrapped[method] = (handler, _Bounded(self, method, handler).wrap())
+        return known[1]
 
     async def admit(self, context: grpc.aio.ServicerContext, streaming: bool) -> str:
         """Count the call in, or abort it with RESOURCE_EXHAUSTED; returns the peer key to release."""
