@@ -28,6 +28,7 @@ CPU = Capabilities(device_kind="cpu", memory_bytes=8 << 30, cpu_cores=2)
 EMPTY = BlobRef(hashlib.sha256(b"").hexdigest(), 0)
 MiB = 1 << 20
 Grids = Callable[..., LocalGrid]
+START_S = 180  # a coordinator starting on a loaded machine (importing torch) can take a while
 
 
 def rss_mib(pid: int) -> tuple[float, float]:
@@ -68,7 +69,7 @@ def records(grid: LocalGrid) -> dict[str, object]:
 
 def test_an_oversize_small_result_stream_is_refused_and_memory_stays_bounded(make_grid: Grids) -> None:  # noqa: F811
     grid = make_grid("--result-memory-mib", "1")
-    grid.start_coordinator()
+    grid.start_coordinator(timeout=START_S)
     pid = coordinator_pid(grid)
     with Client(grid.target) as client:
         job_id = client.submit_noop(4).job_id
@@ -112,7 +113,7 @@ def test_an_oversize_small_result_stream_is_refused_and_memory_stays_bounded(mak
 
 def test_a_huge_heartbeat_list_and_oversize_messages_are_refused(make_grid: Grids) -> None:  # noqa: F811
     grid = make_grid()
-    grid.start_coordinator()
+    grid.start_coordinator(timeout=START_S)
     with Client(grid.target) as client:
         client.submit_noop(1)
 
@@ -156,7 +157,7 @@ def test_a_huge_heartbeat_list_and_oversize_messages_are_refused(make_grid: Grid
 def test_a_stream_flood_from_one_node_is_refused_while_others_are_served(make_grid: Grids) -> None:  # noqa: F811
     limit = 4
     grid = make_grid("--max-node-streams", str(limit), "--max-ip-streams", "3")
-    grid.start_coordinator()
+    grid.start_coordinator(timeout=START_S)
     with Client(grid.target) as client:
         client.submit_noop(2)
 
@@ -211,7 +212,7 @@ def test_a_stream_flood_from_one_node_is_refused_while_others_are_served(make_gr
 
 def test_a_node_claiming_invalid_input_on_every_task_cannot_fail_a_job(make_grid: Grids) -> None:  # noqa: F811
     grid = make_grid()
-    grid.start_coordinator()
+    grid.start_coordinator(timeout=START_S)
     tasks = 6
     with Client(grid.target) as client:
         job_id = client.submit_noop(tasks, max_attempts=1).job_id  # one attempt: one believed claim would fail it
@@ -243,7 +244,7 @@ def test_a_node_claiming_invalid_input_on_every_task_cannot_fail_a_job(make_grid
 
 def test_two_nodes_confirming_invalid_input_fail_the_task_as_before(make_grid: Grids) -> None:  # noqa: F811
     grid = make_grid()
-    grid.start_coordinator()
+    grid.start_coordinator(timeout=START_S)
     with Client(grid.target) as client:
         job_id = client.submit_noop(1, max_attempts=2).job_id
     bad = TaskError(ErrorKind.INVALID_INPUT, "input tensor 'x' has 3 dims, the model takes 2")
