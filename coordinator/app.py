@@ -14,6 +14,7 @@ from coordinator.repositories.store import Store
 from coordinator.services.acceptance import Acceptance
 from coordinator.services.access import Access
 from coordinator.services.aggregation import Aggregation
+from coordinator.services.blobs import MemoryBudget
 from coordinator.services.chain import ChainGate
 from coordinator.services.intake import Intake
 from coordinator.services.ledger import Ledger
@@ -64,8 +65,9 @@ class Coordinator:
         self.aggregation: Aggregation = Aggregation(rt, store.jobs, blobs, self.kinds)
         verifier = Verifier(self.domain)
         self.acceptance: Acceptance = Acceptance(
-            rt, store.engine, store.tasks, self.scheduler, verifier, self.kinds, blobs, config.limits, self.aggregation
-        )
+            rt, store.engine, store.tasks, self.scheduler, verifier, self.kinds, blobs, config.limits, self.aggregation,
+            MemoryBudget(config.peers.result_memory_bytes),
+        )  # fmt: skip
         self.reports = Reports(store, self.kinds)
         self.access = Access(rt, store, config.quotas, config.operator_address)
         self.intake = Intake(

@@ -45,6 +45,22 @@ class SessionLimits:
     failure_window_ms: int = 60_000  # … before it is refused until the window passes
     unknown_token_ttl_ms: int = 5_000  # an unknown token is remembered as unknown this long
     purge_interval_ms: int = 60_000  # how often expired sessions leave the cache and the database
+class PeerLimits:
+    """What one peer may hold of the coordinator at once, and what everyone may together.
+
+    A peer is a node address once its session is checked, else the caller's IP address (one IP
+    may front many users, so its limits are wider). Over a limit a call is refused with
+    RESOURCE_EXHAUSTED and a retry hint (api.limits)."""
+
+    calls_per_node: int = 64  # concurrent RPCs of one node (streams included)
+    streams_per_node: int = 16  # concurrent streaming RPCs of one node
+    calls_per_ip: int = 256  # concurrent RPCs of one IP address, before (or without) a node session
+    streams_per_ip: int = 64
+    calls_total: int = 4096
+    streams_total: int = 1024
+    retry_after_ms: int = 1000  # the hint sent with a refusal
+    heartbeat_leases: int = 1024  # leases one Heartbeat may list
+    result_memory_bytes: int = 64 * MiB  # small outputs held in memory across all calls; beyond: on disk
 
 
 @dataclass(frozen=True)
@@ -73,6 +89,7 @@ class CoordinatorConfig:
     sessions: SessionLimits = field(default_factory=SessionLimits)
     blob_retention_ms: int = 7 * 24 * 3600 * 1000  # unreferenced blobs older than this are deleted
     retention_interval_ms: int = 600_000  # how often the blob store is swept
+    peers: PeerLimits = field(default_factory=PeerLimits)
 
     @property
     def db_url(self) -> str:

@@ -13,7 +13,7 @@ import grpc
 
 from coordinator.api.server import build_server
 from coordinator.app import Coordinator
-from coordinator.config import CoordinatorConfig, LeaseTiming, Limits, Quotas
+from coordinator.config import CoordinatorConfig, LeaseTiming, Limits, PeerLimits, Quotas
 from tensorgrid import config, exitcodes, tls
 from tensorgrid.config import Setting
 from tensorgrid.crypto import normalize_address
@@ -157,6 +157,42 @@ BLOB_RETENTION = Setting(
     help="blobs no live job references are deleted this long after their last use (e.g. 12h, 7d, 90m)",
     metavar="DURATION",
 )
+NODE_CALLS = Setting(
+    "--max-node-calls",
+    _COORDINATOR + "MAX_NODE_CALLS",
+    PeerLimits.calls_per_node,
+    type=int,
+    help="concurrent RPCs one node may have in flight (more: RESOURCE_EXHAUSTED)",
+)
+NODE_STREAMS = Setting(
+    "--max-node-streams",
+    _COORDINATOR + "MAX_NODE_STREAMS",
+    PeerLimits.streams_per_node,
+    type=int,
+    help="concurrent streaming RPCs one node may have open",
+)
+IP_CALLS = Setting(
+    "--max-ip-calls",
+    _COORDINATOR + "MAX_IP_CALLS",
+    PeerLimits.calls_per_ip,
+    type=int,
+    help="concurrent RPCs from one IP address without a node session",
+)
+IP_STREAMS = Setting(
+    "--max-ip-streams",
+    _COORDINATOR + "MAX_IP_STREAMS",
+    PeerLimits.streams_per_ip,
+    type=int,
+    help="concurrent streaming RPCs from one IP address without a node session",
+)
+RESULT_MEMORY_MIB = Setting(
+    "--result-memory-mib",
+    _COORDINATOR + "RESULT_MEMORY_MIB",
+    PeerLimits.result_memory_bytes / MiB,
+    type=float,
+    help="small results held in memory at once, over all nodes (beyond it they go to disk)",
+)
+PEER_SETTINGS = (NODE_CALLS, NODE_STREAMS, IP_CALLS, IP_STREAMS, RESULT_MEMORY_MIB)
 SETTINGS = (
     LISTEN,
     TLS_CERT,
@@ -178,6 +214,7 @@ SETTINGS = (
     QUOTA_DAILY_GIB,
     QUOTA_OPEN_JOBS,
     BLOB_RETENTION,
+    *PEER_SETTINGS,
 )
 _UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 
@@ -244,6 +281,17 @@ def config_from(ns: argparse.Namespace) -> CoordinatorConfig:
         insecure=ns.insecure,
         timing=LeaseTiming(ttl_ms=ns.lease_ttl_ms),
         limits=Limits(max_shard_bytes=int(ns.max_shard_mib * MiB), max_blob_bytes=int(ns.max_blob_mib * MiB)),
+        peers=peer_limits(ns),
+    )
+
+
+def peer_limits(ns: argparse.Namespace) -> PeerLimits:
+    return PeerLimits(
+        calls_per_node=ns.max_node_calls,
+        streams_per_node=ns.max_node_streams,
+        calls_per_ip=ns.max_ip_calls,
+        streams_per_ip=ns.max_ip_streams,
+        result_memory_bytes=int(ns.result_memory_mib * MiB),
     )
 
 

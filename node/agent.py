@@ -32,12 +32,14 @@ from tensorgrid.errors import TensorGridError
 from tensorgrid.nodeclient import NodeClient
 from tensorgrid.retry import backoff
 from tensorgrid.tls import explain_unavailable
+from tensorgrid.rpc import retry_after_s
 from tensorgrid.types import BlobRef, Capabilities, ErrorKind, Lease, TaskError
 
 log = logging.getLogger("tensorgrid.node")
 LEASE_WAIT_MS = 5_000
 CHECKPOINTS = "checkpoints"
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
+BUSY_RETRIES = 8  # calls refused as RESOURCE_EXHAUSTED (the coordinator at its limits) are retried this often
 
 
 def checkpoint_file(step: int) -> str:
@@ -58,6 +60,7 @@ class Agent:
         self.completed = 0
         self._registered = asyncio.Event()
         self._active: dict[str, tuple[int, Executor]] = {}  # task_id → (attempt, executor)
+        self._busy = 0  # lease calls refused in a row as RESOURCE_EXHAUSTED
 
     # ---- lifecycle -----------------------------------------------------------------------------
     async def run(self) -> None:
@@ -174,8 +177,11 @@ class Agent:
             leases, retry_ms = call.result()
         except grpc.aio.AioRpcError as e:
             await self._on_rpc_error(e, "lease")
-            await self._sleep_or_drain(0.5 + random.random())
+            busy = e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            self._busy = self._busy + 1 if busy else 0
+            await self._sleep_or_drain((retry_after_s(e, self._busy) if busy else 0.5) + random.random())
             return None
+        self._busy = 0
         if self.draining.is_set():  # granted as we began to drain: hand it straight back
             for lease in leases:
                 await self._report(lease.task_id, lease.attempt, TaskError(ErrorKind.RELEASED, "node is draining"))
@@ -269,7 +275,21 @@ class Agent:
         return await ex.run(request)
 
     def _fetcher(self, ref: BlobRef) -> Callable[[int], AsyncIterator[bytes]]:
-        return lambda offset: self.client.fetch(ref, offset)
+        return lambda offset: self._fetch(ref, offset)
+
+    async def _fetch(self, ref: BlobRef, offset: int) -> AsyncIterator[bytes]:
+        """FetchBlob from offset; a stream the coordinator refuses as too many is retried after its hint."""
+        for failures in range(1, BUSY_RETRIES + 1):
+            try:
+                async for chunk in self.client.fetch(ref, offset):
+                    offset += len(chunk)
+                    yield chunk
+                return
+            except grpc.aio.AioRpcError as e:
+                if e.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or failures == BUSY_RETRIES:
+                    raise
+                log.info("coordinator busy fetching blob %s; retrying", ref.sha256[:12])
+                await asyncio.sleep(retry_after_s(e, failures))
 
     async def _submit(
         self, lease: Lease, out: Path, commitment: str = "", want: int = 0
@@ -278,15 +298,20 @@ class Agent:
         audit wants revealed (usually none) and the leases granted with the answer."""
         output = await asyncio.to_thread(file_sha256, out)
         receipt = self.client.sign(lease, output, commitment)
-        for attempt in range(3):
+        failures = 0
+        while True:
             try:
                 answer = await self.client.submit_and_lease(receipt, output.size, out, want)
                 break
             except grpc.aio.AioRpcError as e:
                 await self._on_rpc_error(e, "submit")
-                if e.code() not in (*RETRYABLE, grpc.StatusCode.UNAUTHENTICATED) or attempt == 2:
+                failures += 1
+                busy = e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                if e.code() not in (*RETRYABLE, grpc.StatusCode.UNAUTHENTICATED) or failures >= (
+                    BUSY_RETRIES if busy else 3
+                ):
                     return [], []
-                await asyncio.sleep(backoff(attempt + 1, 0.5))
+                await asyncio.sleep(retry_after_s(e, failures) if busy else backoff(failures, 0.5))
         if answer.accepted:
             self.completed += 1
             log.info("task %s/%d accepted (%d done)", lease.task_id[:12], lease.attempt, self.completed)
@@ -317,7 +342,12 @@ class Agent:
         log.info("task %s/%d: revealed checkpoints %s for its audit", lease.task_id[:12], lease.attempt, steps)
 
     async def _report(self, task_id: str, attempt: int, error: TaskError, timeout: float | None = None) -> None:
-        try:
-            await self.client.report(task_id, attempt, error, timeout)
-        except grpc.aio.AioRpcError as e:
-            log.warning("could not report the failure of task %s: %s", task_id[:12], e.details())
+        for failures in range(1, BUSY_RETRIES + 1):
+            try:
+                await self.client.report(task_id, attempt, error, timeout)
+                return
+            except grpc.aio.AioRpcError as e:
+                if e.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or failures == BUSY_RETRIES:
+                    log.warning("could not report the failure of task %s: %s", task_id[:12], e.details())
+                    return
+                await asyncio.sleep(retry_after_s(e, failures))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from tensorgrid.retry import backoff
+
 SESSION_METADATA_KEY = "x-tensorgrid-session"
 # Blobs travel in 1 MiB chunks; control messages are small. 8 MiB leaves headroom for
 # a chunk plus framing and keeps a hostile sender from making us buffer much more.
@@ -11,6 +13,42 @@ MAX_MESSAGE_BYTES = 8 << 20
 # A result output up to this size travels in one unary SubmitSmallResult: a client stream costs
 # both ends more CPU than a unary call, and most no-op and small inference outputs fit.
 SMALL_RESULT_BYTES = 64 * 1024
+# Retry hint (milliseconds) a server sends, in trailing metadata, with RESOURCE_EXHAUSTED.
+RETRY_AFTER_METADATA_KEY = "x-tensorgrid-retry-after-ms"
+
+# The largest request message each method takes (the server refuses bigger ones with
+# RESOURCE_EXHAUSTED before parsing them). MAX_MESSAGE_BYTES stays the transport's ceiling;
+# a method not listed here takes control-sized messages only.
+CONTROL_MESSAGE_BYTES = 64 * 1024
+CHUNK_MESSAGE_BYTES = (1 << 20) + 64 * 1024  # one 1 MiB blob chunk (or a header) and framing
+_NODE = "/tensorgrid.v1.NodeService/"
+_SUBMIT = "/tensorgrid.v1.SubmitterService/"
+REQUEST_LIMITS: dict[str, int] = {
+    _NODE + "Heartbeat": 256 * 1024,  # up to a thousand or so active leases
+    _NODE + "SubmitSmallResult": SMALL_RESULT_BYTES + 16 * 1024,
+    _NODE + "SubmitResult": CHUNK_MESSAGE_BYTES,
+    _NODE + "RevealCheckpoint": CHUNK_MESSAGE_BYTES,
+    _SUBMIT + "UploadBlob": CHUNK_MESSAGE_BYTES,
+    _SUBMIT + "SubmitJob": 1 << 20,  # a spec and its signature
+}
+
+
+def request_limit(method: str) -> int:
+    """The largest request message `method` (a full gRPC method name) accepts."""
+    return REQUEST_LIMITS.get(method, CONTROL_MESSAGE_BYTES)
+
+
+def retry_after_s(error: object, failures: int, base_s: float = 0.5, cap_s: float = 30.0) -> float:
+    """How long to wait before retrying a call the server refused as RESOURCE_EXHAUSTED: the
+    server's hint when it sent one, else exponential backoff over the consecutive `failures`."""
+    try:
+        trailing = error.trailing_metadata() or ()  # type: ignore[attr-defined]
+        hint = dict(trailing).get(RETRY_AFTER_METADATA_KEY)
+        if hint is not None:
+            return min(cap_s, max(0.0, int(hint) / 1000) * (1 + 0.5 * max(0, failures - 1)))
+    except (AttributeError, TypeError, ValueError):
+        pass
+    return backoff(failures, base_s, cap=cap_s)
 
 
 def channel_options() -> Sequence[tuple[str, int]]:

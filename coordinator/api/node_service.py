@@ -81,6 +81,12 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     async def Heartbeat(
         self, request: node_pb2.HeartbeatRequest, context: grpc.aio.ServicerContext
     ) -> node_pb2.HeartbeatResponse:
+        cap = self.app.config.peers.heartbeat_leases
+        if len(request.active) > cap:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"a heartbeat may list at most {cap} active leases, this one lists {len(request.active)}",
+            )
         active = [(k.task_id, k.attempt) for k in request.active]
         revoked = await self.app.scheduler.heartbeat(current_node.get(), active, request.draining)
         return node_pb2.HeartbeatResponse(

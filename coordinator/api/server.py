@@ -11,6 +11,7 @@ from grpc_reflection.v1alpha import reflection
 
 from coordinator.api.auth import FailureLimiter, SessionCache, SessionInterceptor
 from coordinator.api.grid import Grid
+from coordinator.api.limits import LimitsInterceptor
 from coordinator.api.node_service import NodeServicer
 from coordinator.api.submit_service import SubmitterServicer
 from tensorgrid.rpc import server_options
@@ -33,8 +34,9 @@ async def build_server(
     nodes = SessionCache(lambda h: db(app.store.nodes.session, h), unknown_ttl_ms=limits.unknown_token_ttl_ms)
     submitters = SessionCache(lambda h: db(app.store.sessions.submitter, h), unknown_ttl_ms=limits.unknown_token_ttl_ms)
     limiter = FailureLimiter(limits.failures_per_window, limits.failure_window_ms)
-    interceptor = SessionInterceptor(nodes, submitters, limiter)
-    server = grpc.aio.server(interceptors=[interceptor], options=server_options())
+    # Sessions first: the limits then count a node's calls against its address (api.limits).
+    interceptors = [SessionInterceptor(nodes, submitters, limiter), LimitsInterceptor(app.config.peers)]
+    server = grpc.aio.server(interceptors=interceptors, options=server_options())
     node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(app, nodes), server)
     submit_pb2_grpc.add_SubmitterServiceServicer_to_server(SubmitterServicer(app, submitters), server)
     app.runtime.spawn(_purge_sessions(app, (nodes, submitters), limits.purge_interval_ms / 1000))

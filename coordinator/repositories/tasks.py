@@ -14,13 +14,15 @@ from coordinator.db import schema as s
 from coordinator.db.events import append_event
 from coordinator.db.rawsql import Raw
 from coordinator.errors import Forged, NotFound, Rejected
+from coordinator.repositories import claims
 from coordinator.repositories.jobs import end_job
 from coordinator.repositories.nodes import node_failed
 from tensorgrid.types import BlobRef, ErrorKind, JobState, Lease, Receipt, TaskError
 
 # After a node fails a task, other nodes get the first chance at it for this long.
 AVOID_FAILED_NODE_MS = 30_000
-# Failures that say the workload itself is bad, not the node: no backoff for the node.
+# Failures that say the workload itself is bad, not the node: no backoff for the node once a
+# second node confirms them; until then they count against their reporter (repositories.claims).
 WORKLOAD_ERRORS = (ErrorKind.INVALID_INPUT, ErrorKind.UNSAFE_INPUT)
 
 
@@ -265,8 +267,14 @@ class TaskRepository:
         forged: bool = False,
     ) -> bool:
         released = error.kind == ErrorKind.RELEASED
-        failures = row.failures + (0 if released or forged else 1)
         node = row.node
+        # A node's word that the input is bad counts against the task only once another node's confirms it.
+        unconfirmed = False
+        spent = 0 if released or forged else 1
+        if error.kind in WORKLOAD_ERRORS and not rejection and node:
+            said = claims.claim(conn, row.task_id, node, error.kind.value, now_ms)
+            unconfirmed, spent = not said.confirmed, said.spends
+        failures = row.failures + spent
         if not released and (rejection or error.kind not in WORKLOAD_ERRORS):
             node_failed(conn, node, now_ms, rejection=rejection)
         if failures >= row.max_attempts:
@@ -288,7 +296,7 @@ class TaskRepository:
                 last_failed_ms=now_ms,
             )
         )
-        if not released:
+        if not released and not unconfirmed:
             conn.execute(
                 update(s.jobs).where(s.jobs.c.job_id == row.job_id).values(task_failures=s.jobs.c.task_failures + 1)
             )
@@ -299,7 +307,7 @@ class TaskRepository:
             now_ms,
             task_index=row.idx,
             node=node or "",
-            message=f"{error.kind.value}: {error.message}"[:2000],
+            message=f"{'unconfirmed ' if unconfirmed else ''}{error.kind.value}: {error.message}"[:2000],
         )
         return True
 

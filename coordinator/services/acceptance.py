@@ -31,7 +31,7 @@ from coordinator.repositories.jobs import job_complete
 from coordinator.repositories.ledger import credits
 from coordinator.repositories.tasks import TaskRepository
 from coordinator.services.aggregation import Aggregation
-from coordinator.services.blobs import receive_into
+from coordinator.services.blobs import MemoryBudget, collect, receive_into
 from coordinator.services.kind import Effect, KindLookup
 from coordinator.services.runtime import Runtime
 from coordinator.services.scheduler import LeaseOutcome, Scheduler
@@ -42,6 +42,7 @@ from tensorgrid.types import BlobRef, Lease, Receipt
 
 log = logging.getLogger("tensorgrid.coordinator")
 SMALL_OUTPUT_BYTES = 64 * 1024
+DEFAULT_MEMORY_BYTES = 64 << 20  # small outputs held in memory at once, over all calls
 MAX_WANT = 256  # leases one result may ask for (LeaseTasks' cap)
 Outcome = tuple[str, bool] | Rejected  # (job id, job complete) or why it was refused
 Granted = tuple[list[Lease], int]  # leases, retry_after_ms: what LeaseTasks would have answered
@@ -164,6 +165,7 @@ class Acceptance:
         blobs: BlobStore,
         limits: Limits,
         aggregation: Aggregation,
+        memory: MemoryBudget | None = None,
     ) -> None:
         self.rt = rt
         self.aggregation = aggregation
@@ -173,6 +175,7 @@ class Acceptance:
         self.kinds = kinds
         self.blobs = blobs
         self.limits = limits
+        self.memory = memory if memory is not None else MemoryBudget(DEFAULT_MEMORY_BYTES)
         self.transaction = ResultAcceptance(engine)
         self.results: GroupCommitter[ResultItem, Committed] = GroupCommitter(self._accept_batch)
 
@@ -229,10 +232,15 @@ class Acceptance:
 
     async def _receive_output(self, receipt: Receipt, size: int, data: AsyncIterator[bytes]) -> BlobRef:
         expected = BlobRef(receipt.output_hash, size)
-        if size <= SMALL_OUTPUT_BYTES:
+        if size <= SMALL_OUTPUT_BYTES and self.memory.take(size):
             # Small outputs are checked in memory and written only if new: most no-op and
             # tiny results are already in the store, and a file per result costs more than the RPC.
-            body = b"".join([piece async for piece in data])
+            # Never more than the size announced per call, nor more than the budget in all calls:
+            # beyond it, small outputs stream to disk like large ones.
+            try:
+                body = await collect(data, size)
+            finally:
+                self.memory.give(size)
             if len(body) != size or hashlib.sha256(body).hexdigest() != receipt.output_hash:
                 raise HashMismatch(f"output bytes do not hash to the receipt's {receipt.output_hash}")
             if not self.blobs.has(receipt.output_hash):

@@ -42,6 +42,7 @@ REPOSITORY_ORDER = (
     "jobs",
     "sessions",
     "nodes",
+    "claims",
     "tasks",
     "results",
     "verification",

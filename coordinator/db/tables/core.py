@@ -1,4 +1,4 @@
-"""Core tables: nodes and their sessions, jobs, tasks, receipts and the job event log."""
+"""Core tables: nodes and their sessions, jobs, tasks, failure claims, receipts and the job event log."""
 
 from __future__ import annotations
 
@@ -104,6 +104,18 @@ tasks = Table(
     Column("output_size", BigInteger),
     Index("ix_tasks_pending", "state", "job_created_ms", "idx"),
     Index("ix_tasks_job", "job_id", "idx"),
+)
+
+# Nodes that reported a task's input invalid or unsafe. One node's word does not count against
+# the task; a second node's confirms it (repositories.claims).
+failure_claims = Table(
+    "failure_claims",
+    metadata,
+    Column("task_id", String(64), primary_key=True),
+    Column("node", String(42), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("claimed_ms", BigInteger, nullable=False),
+    Column("confirmed", Boolean, nullable=False, default=False),
 )
 
 receipts = Table(

@@ -25,7 +25,7 @@ from coordinator.repositories.tasks import TaskRecord
 from coordinator.repositories.training import audits as db
 from coordinator.repositories.training.audits import EXPIRED, FAILED, PASSED, PENDING, Audit, AuditPlan, Outcome
 from coordinator.repositories.training.rounds import RoundView, round_view, task_settings
-from coordinator.services.blobs import receive_into
+from coordinator.services.blobs import drain, receive_into
 from coordinator.services.runtime import Runtime
 from coordinator.services.training.replay import AuditCase, check_reveal, reveal_plan
 from coordinator.services.verification.policy import DEFAULT, VerificationPolicy
@@ -110,9 +110,8 @@ class Auditor:
         db.check_reveal(audit, node, step, ref.size, now_ms)
         if not blobs.has(ref.sha256):
             await receive_into(blobs.writer(ref), data)
-        else:
-            async for _ in data:  # already stored (a retried reveal): drain the stream
-                pass
+        else:  # already stored (a retried reveal): drain the stream, never past the announced size
+            await drain(data, ref.size)
         audit = await rt.db(db.record_reveal, self.engine, task_id, attempt, node, step, ref.sha256, now_ms)
         if audit.complete:
             rt.spawn(self._audit_and_poke(audit))

@@ -1,0 +1,267 @@
+"""A registered node attacking a real coordinator process over the raw gRPC API: memory, heartbeat,
+stream-flood and failure-report attacks. Each is refused with a clear error, counted against the
+attacker where it can be, and the coordinator keeps serving honest nodes while it lasts."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tensorgrid import serde
+from tensorgrid.client import Client
+from tensorgrid.crypto import Signer
+from tensorgrid.localgrid import LocalGrid
+from tensorgrid.nodeclient import NodeClient
+from tensorgrid.rpc import RETRY_AFTER_METADATA_KEY
+from tensorgrid.types import BlobRef, Capabilities, ErrorKind, JobState, TaskError
+from tensorgrid.v1 import common_pb2, node_pb2
+from tests.integration.conftest import make_grid, stopper  # noqa: F401  (fixtures)
+
+pytestmark = pytest.mark.integration
+CPU = Capabilities(device_kind="cpu", memory_bytes=8 << 30, cpu_cores=2)
+EMPTY = BlobRef(hashlib.sha256(b"").hexdigest(), 0)
+MiB = 1 << 20
+Grids = Callable[..., LocalGrid]
+START_S = 180  # a coordinator starting on a loaded machine (importing torch) can take a while
+
+
+def rss_mib(pid: int) -> tuple[float, float]:
+    """(current, peak) resident memory of a process, in MiB, from /proc."""
+    fields = dict(line.split(":", 1) for line in open(f"/proc/{pid}/status").read().splitlines() if ":" in line)
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def coordinator_pid(grid: LocalGrid) -> int:
+    (proc,) = [p for p in grid.procs if p.name == "coordinator"]
+    return proc.popen.pid
+
+
+async def registered(grid: LocalGrid) -> NodeClient:
+    node = NodeClient(grid.target, Signer.generate())
+    await node.register(CPU)
+    return node
+
+
+async def finish(node: NodeClient, tasks: int, deadline_s: float = 60) -> int:
+    """Lease and honestly complete tasks until `tasks` are done; returns how many this node did."""
+    done, end = 0, time.monotonic() + deadline_s
+    while done < tasks and time.monotonic() < end:
+        leases, retry = await node.lease(tasks - done, wait_ms=500)
+        for lease in leases:
+            ok, reason = await node.submit(node.sign(lease, EMPTY), 0, b"")
+            assert ok, reason
+            done += 1
+        if not leases:
+            await asyncio.sleep(min(retry, 500) / 1000)
+    return done
+
+
+def records(grid: LocalGrid) -> dict[str, object]:
+    with Client(grid.target) as client:
+        return {n.address: n for n in client.nodes()}
+
+
+def test_an_oversize_small_result_stream_is_refused_and_memory_stays_bounded(make_grid: Grids) -> None:  # noqa: F811
+    grid = make_grid("--result-memory-mib", "1")
+    grid.start_coordinator(timeout=START_S)
+    pid = coordinator_pid(grid)
+    with Client(grid.target) as client:
+        job_id = client.submit_noop(4).job_id
+    streams, per_stream = 4, 64  # 256 MiB sent at a result announced as 10 bytes, 4 calls at once
+
+    async def flood(attacker: NodeClient) -> node_pb2.SubmitResultResponse:
+        (lease,), _ = await attacker.lease(1)
+        body = b"0123456789"
+        receipt = attacker.sign(lease, BlobRef(hashlib.sha256(body).hexdigest(), len(body)))
+        header = node_pb2.ResultHeader(receipt=serde.receipt_to_pb(receipt), output_size=len(body))
+
+        async def chunks() -> AsyncIterator[node_pb2.ResultChunk]:
+            yield node_pb2.ResultChunk(header=header)
+            for _ in range(per_stream):
+                yield node_pb2.ResultChunk(data=b"\x07" * MiB)
+
+        return await attacker.stub.SubmitResult(chunks(), metadata=attacker.metadata, timeout=60)
+
+    async def scenario() -> tuple[float, float]:
+        attackers = [await registered(grid) for _ in range(streams)]
+        before = rss_mib(pid)[1]
+        answers = await asyncio.gather(*(flood(a) for a in attackers))
+        peak = rss_mib(pid)[1]
+        for answer in answers:
+            assert not answer.accepted and "more output bytes than the 10" in answer.reason
+        honest = await registered(grid)
+        assert await finish(honest, 4) == 4  # the refused tasks went back to the pool
+        for n in (*attackers, honest):
+            await n.close()
+        return before, peak
+
+    before, peak = asyncio.run(scenario())
+    # 256 MiB were sent; what the coordinator held stays far below (generous margin for the
+    # transport's flow-control windows and the allocator)
+    assert peak - before < 96, (before, peak)
+    with Client(grid.target) as client:
+        assert client.wait(job_id).state == JobState.SUCCEEDED
+    refused = [n for n in records(grid).values() if n.rejections]  # type: ignore[attr-defined]
+    assert len(refused) == streams
+
+
+def test_a_huge_heartbeat_list_and_oversize_messages_are_refused(make_grid: Grids) -> None:  # noqa: F811
+    grid = make_grid()
+    grid.start_coordinator(timeout=START_S)
+    with Client(grid.target) as client:
+        client.submit_noop(1)
+
+    async def scenario() -> None:
+        node = await registered(grid)
+        long_list = [node_pb2.LeaseKey(task_id=f"{i:x}", attempt=1) for i in range(1025)]
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await node.stub.Heartbeat(node_pb2.HeartbeatRequest(active=long_list), metadata=node.metadata, timeout=10)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "at most 1024 active leases" in (e.value.details() or "")
+        huge = [node_pb2.LeaseKey(task_id="ab" * 32, attempt=i) for i in range(20_000)]  # ~1.5 MB
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await node.heartbeat([(k.task_id, k.attempt) for k in huge])
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "Heartbeat message" in (e.value.details() or "")
+        # control messages are small whoever sends them; blob chunks are at most about 1 MiB
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await node.stub.GetChallenge(node_pb2.ChallengeRequest(address="0x" + "a" * 200_000), timeout=10)
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "at most 65536 bytes" in (
+            e.value.details() or ""
+        )
+        (lease,), _ = await node.lease(1)
+        receipt = node.sign(lease, BlobRef("ab" * 32, 3 * MiB))
+        chunks = [
+            node_pb2.ResultChunk(
+                header=node_pb2.ResultHeader(receipt=serde.receipt_to_pb(receipt), output_size=3 * MiB)
+            ),
+            node_pb2.ResultChunk(data=b"\x01" * (3 * MiB)),
+        ]
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await node.stub.SubmitResult(iter(chunks), metadata=node.metadata, timeout=10)
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "SubmitResult message" in (
+            e.value.details() or ""
+        )
+        # the node itself, and its real heartbeats, are fine
+        assert await node.heartbeat([(lease.task_id, lease.attempt)]) == []
+        await node.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_stream_flood_from_one_node_is_refused_while_others_are_served(make_grid: Grids) -> None:  # noqa: F811
+    limit = 4
+    grid = make_grid("--max-node-streams", str(limit), "--max-ip-streams", "3")
+    grid.start_coordinator(timeout=START_S)
+    with Client(grid.target) as client:
+        client.submit_noop(2)
+
+    async def idle() -> AsyncIterator[node_pb2.ResultChunk]:
+        await asyncio.sleep(3600)  # a stream that never sends: held open until cancelled
+        yield node_pb2.ResultChunk()
+
+    async def fetch(node: NodeClient) -> bytes:
+        call = node.stub.FetchBlob(common_pb2.FetchBlobRequest(sha256=EMPTY.sha256), metadata=node.metadata)
+        return b"".join([chunk.data async for chunk in call])
+
+    async def scenario() -> None:
+        flooder, other = await registered(grid), await registered(grid)
+        held = [flooder.stub.SubmitResult(idle(), metadata=flooder.metadata) for _ in range(limit)]
+        await asyncio.sleep(1.0)  # let them all open
+        for _ in range(3):  # past the limit: every further stream is refused, with a hint
+            with pytest.raises(grpc.aio.AioRpcError) as e:
+                await fetch(flooder)
+            assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert f"{limit} streams open (limit {limit})" in (e.value.details() or "")
+            hint = dict(e.value.trailing_metadata() or ()).get(RETRY_AFTER_METADATA_KEY)
+            assert hint is not None and int(hint) > 0
+        # another node is served meanwhile: streams, unary calls, a whole task
+        assert await fetch(other) == b""
+        assert await finish(other, 1) == 1
+        # the flooder's unary calls still fit under its call limit
+        (lease,), _ = await flooder.lease(1)
+        # before a session, streams are counted per IP address: a stranger's flood of open
+        # health watches is refused past the limit, while the nodes (counted by address) are served
+        channel = grpc.aio.insecure_channel(grid.target)
+        health = health_pb2_grpc.HealthStub(channel)
+        watches = [health.Watch(health_pb2.HealthCheckRequest(service="")) for _ in range(3)]
+        for w in watches:
+            assert (await w.read()).status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.aio.AioRpcError) as e:
+            await health.Watch(health_pb2.HealthCheckRequest(service="")).read()
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "address 127.0.0.1 already has 3 streams open (limit 3)" in (e.value.details() or "")
+        assert await fetch(other) == b""
+        for call in (*held, *watches):
+            call.cancel()
+        await channel.close()
+        await asyncio.sleep(0.5)
+        assert await fetch(flooder) == b""  # streams released: served again
+        ok, reason = await flooder.submit(flooder.sign(lease, EMPTY), 0, b"")
+        assert ok, reason
+        for n in (flooder, other):
+            await n.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_node_claiming_invalid_input_on_every_task_cannot_fail_a_job(make_grid: Grids) -> None:  # noqa: F811
+    grid = make_grid()
+    grid.start_coordinator(timeout=START_S)
+    tasks = 6
+    with Client(grid.target) as client:
+        job_id = client.submit_noop(tasks, max_attempts=1).job_id  # one attempt: one believed claim would fail it
+
+    async def scenario() -> tuple[str, str, int]:
+        liar, honest = await registered(grid), await registered(grid)
+        leases, _ = await liar.lease(tasks)  # the liar takes every task first
+        assert len(leases) == tasks
+        for lease in leases:
+            bad = TaskError(ErrorKind.INVALID_INPUT, "this input is not a tensor file (a lie)")
+            assert await liar.report(lease.task_id, lease.attempt, bad) is True  # reissued, not failed
+        done = await finish(honest, tasks)
+        for n in (liar, honest):
+            await n.close()
+        return liar.signer.address, honest.signer.address, done
+
+    liar, honest, done = asyncio.run(scenario())
+    assert done == tasks
+    with Client(grid.target) as client:
+        job = client.wait(job_id)
+        assert job.state == JobState.SUCCEEDED and job.tasks_done == tasks
+        events = list(client.watch(job_id))
+    record = records(grid)
+    assert record[liar].rejections == tasks and record[liar].completed == 0  # type: ignore[attr-defined]
+    assert record[liar].backoff_until_ms > 0  # type: ignore[attr-defined]
+    assert record[honest].rejections == 0 and record[honest].completed == tasks  # type: ignore[attr-defined]
+    assert sum("unconfirmed invalid_input" in e.message for e in events) == tasks
+
+
+def test_two_nodes_confirming_invalid_input_fail_the_task_as_before(make_grid: Grids) -> None:  # noqa: F811
+    grid = make_grid()
+    grid.start_coordinator(timeout=START_S)
+    with Client(grid.target) as client:
+        job_id = client.submit_noop(1, max_attempts=2).job_id
+    bad = TaskError(ErrorKind.INVALID_INPUT, "input tensor 'x' has 3 dims, the model takes 2")
+
+    async def scenario() -> tuple[str, str]:
+        first, second = await registered(grid), await registered(grid)
+        (lease,), _ = await first.lease(1)
+        assert await first.report(lease.task_id, lease.attempt, bad) is True  # one word: reissued
+        (lease,), _ = await second.lease(1, wait_ms=2000)
+        assert await second.report(lease.task_id, lease.attempt, bad) is False  # confirmed: both attempts spent
+        for n in (first, second):
+            await n.close()
+        return first.signer.address, second.signer.address
+
+    first, second = asyncio.run(scenario())
+    with Client(grid.target) as client:
+        job = client.wait(job_id)
+    assert job.state == JobState.FAILED and "failed 2 times" in job.error and "invalid_input" in job.error
+    record = records(grid)
+    assert record[first].rejections == 0 and record[second].rejections == 0  # type: ignore[attr-defined]
