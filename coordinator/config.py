@@ -45,6 +45,9 @@ class SessionLimits:
     failure_window_ms: int = 60_000  # … before it is refused until the window passes
     unknown_token_ttl_ms: int = 5_000  # an unknown token is remembered as unknown this long
     purge_interval_ms: int = 60_000  # how often expired sessions leave the cache and the database
+
+
+@dataclass(frozen=True)
 class PeerLimits:
     """What one peer may hold of the coordinator at once, and what everyone may together.
 
