@@ -37,6 +37,7 @@ from coordinator.db.tables.verification import (
     job_policies,
     referee_rulings,
     reputation,
+    trust_earnings,
 )
 
 TABLES: tuple[Table, ...] = (
@@ -61,6 +62,7 @@ TABLES: tuple[Table, ...] = (
     check_assignments,
     referee_rulings,
     reputation,
+    trust_earnings,
     training_rounds,
     training_audits,
 )
@@ -93,5 +95,6 @@ __all__ = [
     "tasks",
     "training_audits",
     "training_rounds",
+    "trust_earnings",
     "used_nonces",
 ]

@@ -78,3 +78,14 @@ reputation = Table(
     Column("verified", Integer, nullable=False, default=0),
     Column("caught", Integer, nullable=False, default=0),
 )
+
+# Reward of verified results on paid jobs, per node and submitter, since the node was last
+# caught (or reset): what trust is made of (repositories/verification/trust.py).
+trust_earnings = Table(
+    "trust_earnings",
+    metadata,
+    Column("address", String(42), primary_key=True),
+    Column("submitter", String(42), primary_key=True),
+    Column("earned_wei", Wei, nullable=False),
+    Column("results", Integer, nullable=False, default=0),
+)
