@@ -69,8 +69,9 @@ def probe(
     rng = random.Random(seed)
     picks = sorted(rng.sample(range(rows), min(samples, rows)))
     first = _run(forward, batch)
+    twice = "rows gave different outputs on two runs of one batch"
     tests: list[tuple[str, Callable[[], str]]] = [
-        ("repeat", lambda: _same(first, _run(forward, batch), None, "rows gave different outputs on two runs of one batch")),
+        ("repeat", lambda: _same(first, _run(forward, batch), None, twice)),
         ("order", lambda: _reordered(forward, batch, first, rows)),
         ("together", lambda: _subset(forward, batch, first, picks, "in a smaller batch")),
         *[("alone", lambda i=i: _subset(forward, batch, first, [i], "alone")) for i in picks],  # type: ignore[misc]
