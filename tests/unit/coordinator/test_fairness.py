@@ -7,6 +7,9 @@ referee's re-execution is given as a Ruling; the integration adversary suite run
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import pytest
 from sqlalchemy import func, select
 
 from coordinator.db import schema as s
@@ -16,6 +19,7 @@ from coordinator.repositories.verification import ending, trust
 from coordinator.repositories.verification.rulings import Ruling
 from tensorgrid.types import JobState
 from tests.unit.coordinator.test_checkers import (
+    CPU,
     JOB,
     NOW,
     REF_OUT,
@@ -24,11 +28,19 @@ from tests.unit.coordinator.test_checkers import (
     assignee,
     checked_result,
     make_job,
-    state,  # noqa: F401 - the fixture
     submit_check,
 )
 
 REWARD = 1000
+
+
+@pytest.fixture
+def state(db_url: str) -> Iterator[Store]:
+    store = Store(db_url)
+    for i, addr in enumerate((SUBJECT, "0x" + "bb" * 20, "0x" + "cc" * 20)):
+        store.nodes.register_node(addr, CPU, f"{i:064x}", NOW, 10**9, f"nonce-{addr}")
+    yield store
+    store.close()
 
 
 def _credits(state: Store) -> dict[str, int]:
