@@ -31,6 +31,7 @@ from coordinator.db.tables.ledger import (
 )
 from coordinator.db.tables.training import training_audits, training_rounds
 from coordinator.db.tables.verification import (
+    canary_plans,
     check_assignments,
     check_exclusions,
     checks,
@@ -63,6 +64,7 @@ TABLES: tuple[Table, ...] = (
     referee_rulings,
     reputation,
     trust_earnings,
+    canary_plans,
     training_rounds,
     training_audits,
 )
@@ -70,6 +72,7 @@ TABLES: tuple[Table, ...] = (
 __all__ = [
     "CHECK_KIND",
     "CHECK_LEASED_AS",
+    "canary_plans",
     "SCHEMA_VERSION",
     "TABLES",
     "check_assignments",

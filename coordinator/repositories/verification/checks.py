@@ -22,7 +22,7 @@ from sqlalchemy import Connection, insert, select, update
 from coordinator.db import schema as s
 from coordinator.repositories.jobs import OPEN_CHECK_STATES
 from coordinator.repositories.ledger import credits as ledger
-from coordinator.repositories.verification import assign, ending
+from coordinator.repositories.verification import assign, canaries, ending
 from coordinator.repositories.verification.trust import bump, reset_streak, streak_for_job
 from tensorgrid.types import BlobRef
 
@@ -40,6 +40,7 @@ class CheckPlan:
     check_task_id: str
     input: BlobRef  # the gathered rows
     rows: tuple[int, ...]
+    canary: CheckPlan | None = None  # the canary to open if this check verifies (canaries.py)
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,9 @@ def open_check(
             created_ms=now_ms,
         )
     )
+    if plan.canary is not None:
+        c = plan.canary
+        canaries.save(conn, plan.check_task_id, c.check_task_id, c.input.sha256, c.input.size, list(c.rows))
     assign.bar(conn, plan.check_task_id, sorted(exclude))
     assign.assign_checker(conn, plan.check_task_id, now_ms)
 
@@ -244,6 +248,8 @@ def settle(
         .where(s.tasks.c.state.in_(["pending", "leased"]))
         .values(state="cancelled", node=None, deadline_ms=None)
     )
+    if outcome != "verified":
+        canaries.drop(conn, chk.root_id)
     subject = (chk.subject_node, chk.job_id, chk.subject_task, chk.subject_attempt)
     canary = _root_kind(conn, chk.root_id) == "canary"  # its subject was verified and paid already
     if outcome in ("verified", "unverified", "unverifiable"):  # unverifiable: nobody blamed, paid
@@ -283,14 +289,12 @@ def settle(
 
 
 def _maybe_canary(conn: Connection, chk: Any, now_ms: int) -> None:
-    """Now and then re-lease a verified shard whole to another node: a task with a known answer."""
-    raw = conn.execute(select(job_policies.c.policy).where(job_policies.c.job_id == chk.job_id)).scalar()
-    rate = float(json.loads(raw).get("canary_rate", 0.0)) if raw else 0.0
-    if rate <= 0 or secrets.randbelow(1_000_000) >= rate * 1_000_000:
+    """Open the canary prepared with this check, if one was (a draw at canary_rate)."""
+    prepared = canaries.take(conn, chk.root_id)
+    if prepared is None:
         return
-    subject = _subject_row(conn, chk)
-    plan = CheckPlan(secrets.token_hex(32), BlobRef(subject.input_sha, subject.input_size), tuple(range(subject.rows)))
-    open_check(conn, subject, plan, now_ms, kind="canary")
+    canary_id, sha, size, rows = prepared
+    open_check(conn, _subject_row(conn, chk), CheckPlan(canary_id, BlobRef(sha, size), rows), now_ms, kind="canary")
 
 
 def _root_kind(conn: Connection, root_id: str) -> str:

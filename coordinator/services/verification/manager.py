@@ -107,8 +107,18 @@ class Verification:
         m = policy.sample_rows(rate, task.rows)
         rows = tuple(sorted(rng.sample(range(task.rows), m)))
         ref = await self._work(self._gather, task.input, list(rows))
-        check_id = hmac.new(self._secret, f"check:{task.task_id}:{task.attempt}".encode(), hashlib.sha256).hexdigest()
-        return CheckPlan(check_id, ref, rows), None
+        canary = None
+        if task.rows > 1 and rng.random() < policy.spec.canary_rate:
+            order = rng.sample(range(task.rows), task.rows)
+            if order == sorted(order):  # a shuffle that left the rows in place: the same hash
+                order = order[1:] + order[:1]
+            shuffled = await self._work(self._gather, task.input, order)
+            canary = CheckPlan(self._fresh_id("canary", task), shuffled, tuple(order))
+        return CheckPlan(self._fresh_id("check", task), ref, rows, canary), None
+
+    def _fresh_id(self, what: str, task: TaskRecord) -> str:
+        """A task id no node can tell from an ordinary task's (those are random too)."""
+        return hmac.new(self._secret, f"{what}:{task.task_id}:{task.attempt}".encode(), hashlib.sha256).hexdigest()
 
     def _rng(self, task_id: str, attempt: int) -> random.Random:
         seed = hmac.new(self._secret, f"sample:{task_id}:{attempt}".encode(), hashlib.sha256).digest()

@@ -150,3 +150,29 @@ def test_checks_are_queued_in_their_jobs_turn_with_fresh_ids(state: Store) -> No
 def _ids(state: Store) -> set[str]:
     with state.engine.connect() as conn:
         return {r.task_id for r in conn.execute(select(s.tasks.c.task_id))}
+
+
+def test_a_canary_follows_a_verified_check_with_an_input_of_its_own(state: Store) -> None:
+    from coordinator.kinds.inference.effects import OpenCheck
+    from coordinator.repositories.verification.checks import CheckPlan
+    from coordinator.services.acceptance import ResultAcceptance, ResultItem
+    from tensorgrid.types import BlobRef
+    from tests.unit.coordinator.test_checkers import INPUT, OUT, receipt
+
+    make_job(state)
+    (lease,), _ = state.tasks.lease_tasks(SUBJECT, 1, NOW, TIMING)
+    shuffled = CheckPlan("ca" * 32, BlobRef("dd" * 32, 7), (0,))
+    plan = CheckPlan("c1" * 32, BlobRef(INPUT, 0), (0,), shuffled)
+    item = ResultItem(SUBJECT, receipt(lease.task_id, 1), BlobRef(OUT, 3), 1, OpenCheck(plan))
+    ResultAcceptance(state.engine).accept_results([item], NOW)
+    checker = assignee(state, plan.check_task_id)
+    assert checker is not None
+    with state.engine.connect() as conn:
+        assert conn.execute(select(s.tasks).where(s.tasks.c.task_id == shuffled.check_task_id)).first() is None
+    submit_check(state, checker, plan.check_task_id, agrees=True)
+    state.verification.apply_ruling(plan.check_task_id, Ruling(REF_OUT, True, (checker,)), NOW + 3)
+    with state.engine.connect() as conn:
+        canary = conn.execute(select(s.tasks).where(s.tasks.c.task_id == shuffled.check_task_id)).one()
+        kind = conn.execute(select(s.checks.c.kind).where(s.checks.c.check_id == shuffled.check_task_id)).scalar()
+    assert kind == "canary" and canary.input_sha == "dd" * 32 != INPUT  # not the shard's hash
+    assert state.jobs.jobs_to_aggregate() == []  # the job waits for its canary
