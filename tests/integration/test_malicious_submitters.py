@@ -16,11 +16,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from sqlalchemy import create_engine, select
 
+from coordinator.db import schema as s
 from tensorgrid.client import Client
 from tensorgrid.crypto import Signer
 from tensorgrid.localgrid import LocalGrid
-from tensorgrid.spec import VerificationSpec
+from tensorgrid.spec import VerificationSpec, task_id_for
 from tensorgrid.types import JobState
 from tensorgrid.workloads.model import export_program
 from tensorgrid.workloads.tensorfile import save_tensors
@@ -144,3 +146,56 @@ def test_a_sybil_farming_trust_on_its_own_unpaid_jobs_is_still_caught(
     assert sybil.submitted >= 2
     assert record[sybil.address.lower()].caught >= 1, "the Sybil cheated unchecked"
     assert all(record[n.address.lower()].caught == 0 for n in honest)
+
+
+def test_checks_cannot_be_told_from_tasks_by_id_order_or_input_hash(
+    make_grid: Callable[..., LocalGrid], digits: Assets, tmp_path: Path
+) -> None:
+    """A node that cheats only on what looks like a job's shard, honest on anything that looks
+    like a check, is still caught (its own results are what get checked); and nothing a lease
+    shows separates checks from tasks: no derivable id, canaries on a never-seen input."""
+    grid = make_grid("--check-wait-ms", "60000")
+    grid.start_coordinator()
+    work = tmp_path / "sim"
+    work.mkdir()
+    pool = Pool()
+    sly = SimNode(grid.target, "shapeaware", pool, work)
+    honest = [SimNode(grid.target, "honest", pool, work) for _ in range(3)]
+    policy = VerificationSpec(spot_rows=50, canary_rate=1.0)
+    with Client(grid.target, Signer.generate()) as client:
+
+        async def scenario() -> str:
+            stop = asyncio.Event()
+            runs = [asyncio.create_task(n.run(stop)) for n in (sly, *honest)]
+            job = client.submit_inference(
+                digits.model, digits.inputs, shard_rows=500, batch_size=BATCH, device="cpu", verification=policy
+            )
+            _price(grid, job.job_id, job.tasks_total)
+            deadline = time.monotonic() + 150
+            while client.job(job.job_id).state in (JobState.QUEUED, JobState.RUNNING):
+                assert time.monotonic() < deadline, "the job did not finish"
+                await asyncio.sleep(0.3)
+            stop.set()
+            errors = [e for e in await asyncio.gather(*runs, return_exceptions=True) if e is not None]
+            assert not errors, errors
+            return job.job_id
+
+        job_id = asyncio.run(scenario())
+        final = client.job(job_id)
+        record = {n.address.lower(): n for n in client.nodes()}
+    assert final.state == JobState.SUCCEEDED, final.error
+    assert record[sly.address.lower()].caught >= 1, "a shape-aware cheater escaped"
+    assert all(record[n.address.lower()].caught == 0 for n in honest)
+    leases = [lease for n in (sly, *honest) for lease in n.leases]
+    derivable = {task_id_for(job_id, i) for i in range(final.tasks_total + 100)}
+    assert leases and not any(lease.task_id in derivable for lease in leases)  # ids say nothing
+    engine = create_engine(f"sqlite:///{grid.root / 'coordinator' / 'coordinator.db'}")
+    with engine.connect() as conn:
+        t, c = s.tasks, s.checks
+        shards = {r.input_sha for r in conn.execute(select(t.c.input_sha).where(t.c.kind == "inference"))}
+        canaries = conn.execute(
+            select(t.c.input_sha, t.c.rows).join(c, c.c.check_id == t.c.task_id).where(c.c.kind == "canary")
+        ).all()
+    engine.dispose()
+    assert canaries, "no canary ran"
+    assert all(r.input_sha not in shards and r.rows == 500 for r in canaries)  # full size, never-seen hash
