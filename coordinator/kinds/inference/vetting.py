@@ -56,7 +56,10 @@ def vet_inference(spec: InferenceSpec, blobs: BlobStore, lock: threading.Lock) -
         if spec.device == "cuda":
             log.warning("could not probe a CUDA program's row independence on this coordinator: %s", e)
             return
-        raise SpecError(f"the program failed on the first rows of the input: {type(e).__name__}: {e}") from None
+        raise SpecError(
+            "the program failed on sample rows of the input (run as the shard's first batch, reversed, and "
+            f"on a few rows alone; every batch size must work): {type(e).__name__}: {e}"
+        ) from None
     if not verdict.independent:
         raise SpecError(f"refused: the program is not verifiable. {verdict.reason}")
     if not verdict.finished:
