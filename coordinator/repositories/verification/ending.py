@@ -41,11 +41,11 @@ def fail_job(conn: Connection, job_id: str, why: str, now_ms: int) -> None:
         return
     c = checks.c
     waiting = conn.execute(
-        select(c.check_id, c.subject_node, c.subject_task, c.subject_attempt, c.kind).where(
+        select(c.check_id, c.subject_node, c.subject_task, c.subject_attempt, c.kind.label("chain")).where(
             c.job_id == job_id, c.state.in_(OPEN_CHECK_STATES), c.check_id == c.root_id
         )
     ).all()
-    unpaid = [(r.subject_node, job_id, r.subject_task, r.subject_attempt) for r in waiting if r.kind != "canary"]
+    unpaid = [(r.subject_node, job_id, r.subject_task, r.subject_attempt) for r in waiting if r.chain != "canary"]
     if unpaid:
         ledger.credit_results(conn, unpaid, now_ms)
     open_checks = update(checks).where(c.job_id == job_id, c.state.in_(OPEN_CHECK_STATES))
