@@ -215,7 +215,7 @@ class Verification:
             ref = self.blobs.put_file(out)
         return Ruling(ref.sha256, ruling.subject_right, ruling.right_checkers)
 
-    def _run_model(self, info: RulingInfo, source: Path | str, out: Path) -> None:
+    def _run_model(self, info: RulingInfo, source: Path, out: Path) -> None:
         model = self.blobs.path_for(info.model_sha)
         with self._torch:
             module = self._programs.pop(info.model_sha, None) or load_program(model, torch.device("cpu"))

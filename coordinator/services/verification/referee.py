@@ -20,7 +20,7 @@ from coordinator.services.verification.compare import load_rows, rows_match
 
 Rows = dict[str, torch.Tensor]
 Loader = Callable[..., Rows]  # (blob sha, rows or None) -> that output's rows
-Runner = Callable[[Path | str, Path], None]  # (input file, output file): the job's program
+Runner = Callable[[Path, Path], None]  # (input file, output file): the job's program
 
 
 def device_class(info: RulingInfo, node: str) -> str:
