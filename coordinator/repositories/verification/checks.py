@@ -24,6 +24,8 @@ from coordinator.repositories.jobs import OPEN_CHECK_STATES
 from coordinator.repositories.ledger import credits as ledger
 from coordinator.repositories.verification import assign, canaries, ending
 from coordinator.repositories.verification.trust import bump, reset_streak, streak_for_job
+from tensorgrid.spec import VerificationSpec
+from tensorgrid.spec.verification import detection_rows
 from tensorgrid.types import BlobRef
 
 MAX_CHECKERS = 4  # a chain with this many mutually disagreeing checkers is inconclusive
@@ -136,7 +138,7 @@ def apply_verdict(
     if verdict.agrees_subject and not earlier and _needs_confirmation(conn, chk, checker):
         # two nodes agreeing is proof only if both are trusted: the referee re-runs the check's
         # rows (as many as the job's detection target asked of the check itself)
-        request_ruling(conn, chk, now_ms, len(json.loads(chk.rows)))
+        request_ruling(conn, chk, now_ms, _confirm_rows(conn, chk))
     elif verdict.agrees_subject:
         settle(conn, chk, "verified", now_ms, event)
         bump(conn, [checker], valid=True, job_id=chk.job_id)
@@ -195,6 +197,16 @@ def _needs_confirmation(conn: Connection, chk: Any, checker: str) -> bool:
         return False
     streaks = (streak_for_job(conn, node, chk.job_id, trust_after) for node in (chk.subject_node, checker))
     return min(streaks) < trust_after
+
+
+def _confirm_rows(conn: Connection, chk: Any) -> int:
+    """Rows the referee re-runs to confirm an agreement: what the job's detection target asks
+    of one check (detection_rows), never more than the check has (all of it under replicate)."""
+    raw = conn.execute(select(job_policies.c.policy).where(job_policies.c.job_id == chk.job_id)).scalar()
+    tasks = conn.execute(select(s.jobs.c.tasks_total).where(s.jobs.c.job_id == chk.job_id)).scalar()
+    rows = len(json.loads(chk.rows))
+    spec = VerificationSpec(**{**json.loads(raw or "{}"), "mode": "spotcheck"})
+    return max(1, min(rows, detection_rows(spec, int(tasks or 1), rows)))
 
 
 def _created_ms(conn: Connection, job_id: str) -> int:

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from tensorgrid.spec import InferenceSpec, VerificationSpec
+from tensorgrid.spec.verification import detection_rows
 
 DEFAULT = VerificationSpec()
 
@@ -96,14 +97,7 @@ class VerificationPolicy:
         del rate
         if self.spec.mode == "replicate":
             return task_rows
-        if self.spec.spot_rows:
-            return min(self.spec.spot_rows, task_rows)
-        f, t = self.spec.corrupt_fraction, self.spec.target_detection
-        per_task = 1.0 - (1.0 - t) ** (1.0 / self.tasks)  # detection each task must contribute
-        if per_task >= 1.0 or f >= 1.0:
-            return task_rows
-        m = math.ceil(math.log(1.0 - per_task) / math.log(1.0 - f))
-        return max(1, min(task_rows, m))
+        return detection_rows(self.spec, self.tasks, task_rows)
 
     def detection(self, rate: float) -> float:
         """Per-job probability of catching a node at this check rate that corrupts a fraction f of rows."""
