@@ -33,12 +33,14 @@ from coordinator.db.tables.ledger import (
 )
 from coordinator.db.tables.training import training_audits, training_rounds
 from coordinator.db.tables.verification import (
+    canary_plans,
     check_assignments,
     check_exclusions,
     checks,
     job_policies,
     referee_rulings,
     reputation,
+    trust_earnings,
 )
 
 TABLES: tuple[Table, ...] = (
@@ -64,6 +66,8 @@ TABLES: tuple[Table, ...] = (
     check_assignments,
     referee_rulings,
     reputation,
+    trust_earnings,
+    canary_plans,
     training_rounds,
     training_audits,
     submitter_sessions,
@@ -75,6 +79,7 @@ __all__ = [
     "CHECK_KIND",
     "blob_owners",
     "CHECK_LEASED_AS",
+    "canary_plans",
     "SCHEMA_VERSION",
     "TABLES",
     "check_assignments",
@@ -102,6 +107,7 @@ __all__ = [
     "tasks",
     "training_audits",
     "training_rounds",
+    "trust_earnings",
     "upload_days",
     "used_nonces",
 ]

@@ -68,6 +68,9 @@ class BaseKind:
     assembles: bool = True
     checks_output: bool = False
 
+    def vet(self, spec: Any, blobs: BlobStore) -> None:
+        """Checks of a planned job that run its program (none by default)."""
+
     def check_output(self, task: TaskRecord, receipt: Receipt, path: Path) -> int | None:
         return None
 

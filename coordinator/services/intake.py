@@ -85,6 +85,11 @@ class Intake:
         """plan_job with this coordinator's kinds, blobs and limits (blocking)."""
         return plan_job(self.kinds, spec_json, submitter, sh, job_id, self.blobs, self.limits)
 
+    def vet(self, spec_json: bytes) -> None:
+        """Run the kind's program checks (the determinism contract) on a planned spec (blocking)."""
+        spec = parse_spec(spec_json)
+        self.kinds.for_job(spec.kind).vet(spec, self.blobs)
+
     async def submit(self, spec_json: bytes, submitter_claimed: str, signature: bytes) -> JobInfo:
         rt = self.rt
         submitter, sh, job_id = authenticate(spec_json, submitter_claimed, signature)
@@ -102,6 +107,7 @@ class Intake:
                 raise Conflict("this coordinator settles on chain: set reward_per_task_wei and fund the escrow")
             await rt.work(self.chain.check_escrow, job_id, sh, submitter, spec.reward_per_task_wei)
         job, tasks = await rt.work(self.plan, spec_json, submitter, sh, job_id)
+        await rt.work(self.vet, spec_json)  # refused here, before any node runs the program
         if self.chain is not None:
             budget = await rt.work(self.chain.check_escrow, job_id, sh, submitter, job.reward_per_task_wei * len(tasks))
             # Priced before the job exists: a crash in between leaves a harmless orphan price,

@@ -57,6 +57,9 @@ class Kind(Protocol):
     ) -> tuple[NewJob, list[NewTask]]:
         """Validate a parsed spec against the stored blobs and split it into tasks (blocking)."""
 
+    def vet(self, spec: Any, blobs: BlobStore) -> None:
+        """After plan: checks that run the job's program on sample rows (blocking). Raises SpecError."""
+
     def check_output(self, task: TaskRecord, receipt: Receipt, path: Path) -> int | None:
         """Structural check of a received output (blocking); the rows its task must have, or None.
         Raises Rejected."""

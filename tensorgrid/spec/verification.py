@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +33,20 @@ class VerificationSpec:
     trust_after: int = 10
     check_floor: float = 0.1
     canary_rate: float = 0.005
+
+
+def detection_rows(v: VerificationSpec, tasks: int, task_rows: int) -> int:
+    """Rows m to re-run of each of a job's `tasks` results so that a node corrupting a fraction
+    `corrupt_fraction` of its rows and checked every time is caught in the job with probability
+    >= `target_detection`: (1-f)^(m*T) <= 1 - target (`spot_rows` overrides; capped at task_rows)."""
+    if v.spot_rows:
+        return min(v.spot_rows, task_rows)
+    f, t = v.corrupt_fraction, v.target_detection
+    per_task = 1.0 - (1.0 - t) ** (1.0 / max(1, tasks))  # detection each task must contribute
+    if per_task >= 1.0 or f >= 1.0:
+        return task_rows
+    m = math.ceil(math.log(1.0 - per_task) / math.log(1.0 - f))
+    return max(1, min(task_rows, m))
 
 
 def decode_verification(name: str, value: Any) -> VerificationSpec:

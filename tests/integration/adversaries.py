@@ -29,6 +29,8 @@ from tensorgrid.workloads.model import load_program
 CPU = Capabilities(device_kind="cpu", memory_bytes=8 << 30, cpu_cores=2)
 HEARTBEAT_S = 0.3  # the tests' --heartbeat-ms
 BEHAVIOURS = ("noise", "zeros", "stale", "corrupt1pct", "copy", "wrongkey", "late", "replay")
+# Not in the mix above: "shapeaware" answers honestly whatever looks like a check (fewer rows
+# than the biggest task it has seen) and returns zeros for what looks like a job's shard.
 
 
 @dataclass
@@ -113,6 +115,8 @@ class SimNode(SimClient):
     submitted: int = 0
     accepted: int = 0
     old: tuple[Receipt, bytes] | None = None
+    leases: list[Lease] = field(default_factory=list)  # every lease it got, in order
+    biggest: int = 0  # rows of the biggest task seen (shapeaware)
 
     async def _honest(self, client: NodeClient, lease: Lease) -> bytes:
         assert lease.model is not None
@@ -134,6 +138,7 @@ class SimNode(SimClient):
             return out.read_bytes()
 
     async def _answer(self, client: NodeClient, lease: Lease) -> None:
+        self.leases.append(lease)
         honest = await self._honest(client, lease)
         body, receipt = self._cheat(client, lease, honest)
         if self.behaviour == "late":
@@ -154,6 +159,11 @@ class SimNode(SimClient):
             out = {k: torch.randn_like(v) for k, v in out.items()}
         elif b == "zeros":
             out = {k: torch.zeros_like(v) for k, v in out.items()}
+        elif b == "shapeaware":
+            rows = _rows(honest)
+            self.biggest = max(self.biggest, rows)
+            if rows >= self.biggest:  # looks like a shard, not a small check: cheat
+                out = {k: torch.zeros_like(v) for k, v in out.items()}
         elif b == "corrupt1pct":
             for v in out.values():
                 n = v.shape[0]

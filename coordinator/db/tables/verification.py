@@ -78,3 +78,26 @@ reputation = Table(
     Column("verified", Integer, nullable=False, default=0),
     Column("caught", Integer, nullable=False, default=0),
 )
+
+# Reward of verified results on paid jobs, per node and submitter, since the node was last
+# caught (or reset): what trust is made of (repositories/verification/trust.py).
+trust_earnings = Table(
+    "trust_earnings",
+    metadata,
+    Column("address", String(42), primary_key=True),
+    Column("submitter", String(42), primary_key=True),
+    Column("earned_wei", Wei, nullable=False),
+    Column("results", Integer, nullable=False, default=0),
+)
+
+# A canary prepared when its spot-check was opened: if the check verifies the result, the
+# shard is re-leased whole, its rows shuffled into a new input (a hash no node has seen).
+canary_plans = Table(
+    "canary_plans",
+    metadata,
+    Column("check_id", String(64), primary_key=True),  # the spot-check (chain root) it follows
+    Column("canary_id", String(64), nullable=False),
+    Column("input_sha", String(64), nullable=False),
+    Column("input_size", BigInteger, nullable=False),
+    Column("rows", Text, nullable=False),  # JSON: the subject's row at each canary input row
+)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from coordinator.errors import Rejected
 from coordinator.events import EventHub
 from coordinator.kinds.base import BaseKind, new_job
 from coordinator.kinds.inference.effects import OpenCheck, SettleCheck
+from coordinator.kinds.inference.vetting import vet_inference
 from coordinator.repositories.jobs import NewJob, NewTask
 from coordinator.repositories.tasks import TaskRecord
 from coordinator.services.blobs import stored
@@ -23,7 +25,7 @@ from coordinator.services.verification.manager import Verification
 from coordinator.services.verification.policy import VerificationPolicy
 from tensorgrid.blobs import BlobStore
 from tensorgrid.errors import SpecError, TensorGridError
-from tensorgrid.spec import InferenceSpec, VerificationSpec, parse_spec, task_id_for
+from tensorgrid.spec import InferenceSpec, VerificationSpec, parse_spec
 from tensorgrid.types import BlobRef, JobInfo, Receipt
 from tensorgrid.workloads import tensorfile
 from tensorgrid.workloads.model import check_program
@@ -59,6 +61,11 @@ class InferenceKind(BaseKind):
             required_stake_wei=stake,
         )
         return job, tasks
+
+    def vet(self, spec: Any, blobs: BlobStore) -> None:
+        """The determinism contract (vetting.py): refuse a program whose rows are not independent."""
+        if isinstance(spec, InferenceSpec) and (spec.verification or VerificationSpec()).mode != "none":
+            vet_inference(spec, blobs, self.verification.torch_lock)
 
     def check_output(self, task: TaskRecord, receipt: Receipt, path: Path) -> int | None:
         """The output's row count (it must be the task's). Raises Rejected."""
@@ -129,5 +136,6 @@ def _plan_shards(spec: InferenceSpec, job_id: str, blobs: BlobStore, limits: Lim
             ref = blobs.put_file(tmp)
         finally:
             os.unlink(tmp)
-        tasks.append(NewTask(index=index, task_id=task_id_for(job_id, index), input=ref, rows=end - start))
+        # a random id: a node cannot tell a job's tasks from its check tasks by recomputing ids
+        tasks.append(NewTask(index=index, task_id=secrets.token_hex(32), input=ref, rows=end - start))
     return tasks

@@ -217,7 +217,7 @@ def settle(engine: Engine, audit: Audit, outcome: Outcome, now_ms: int) -> bool:
         if not done:
             return False
         if outcome.state == PASSED:
-            records.bump(conn, [audit.node], valid=True)
+            records.bump(conn, [audit.node], valid=True, job_id=audit.job_id)
             ledger.credit_results(conn, [(audit.node, audit.job_id, audit.task_id, audit.attempt)], now_ms)
         else:
             _caught(conn, audit, outcome, now_ms)
@@ -226,7 +226,7 @@ def settle(engine: Engine, audit: Audit, outcome: Outcome, now_ms: int) -> bool:
 
 def _caught(conn: Connection, audit: Audit, outcome: Outcome, now_ms: int) -> None:
     """A failed audit: no credit, reputation down, a "caught" event, a slash, the task reissued."""
-    records.bump(conn, [audit.node], valid=False)
+    records.bump(conn, [audit.node], valid=False, job_id=audit.job_id)
     task = conn.execute(select(s.tasks).where(s.tasks.c.task_id == audit.task_id).with_for_update()).one()
     what = f"training result of task {task.idx} (attempt {audit.attempt}) failed its audit: {outcome.reason}"
     append_event(conn, audit.job_id, "caught", now_ms, task_index=task.idx, node=audit.node, message=what[:2000])

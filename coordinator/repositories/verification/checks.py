@@ -13,21 +13,22 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, insert, select, update
 
 from coordinator.db import schema as s
-from coordinator.db.sql import insert_ignore
 from coordinator.repositories.jobs import OPEN_CHECK_STATES
 from coordinator.repositories.ledger import credits as ledger
-from coordinator.repositories.verification import assign
+from coordinator.repositories.verification import assign, canaries, ending
+from coordinator.repositories.verification.trust import bump, reset_streak, streak_for_job
+from tensorgrid.spec import VerificationSpec
+from tensorgrid.spec.verification import detection_rows
 from tensorgrid.types import BlobRef
 
 MAX_CHECKERS = 4  # a chain with this many mutually disagreeing checkers is inconclusive
-CONFIRM_ROWS = 8  # rows the coordinator re-runs to confirm two untrusted nodes' agreement
 OPEN_STATES = OPEN_CHECK_STATES
 CHECK_KIND = s.CHECK_KIND
 checks, job_policies, referee_rulings, reputation = s.checks, s.job_policies, s.referee_rulings, s.reputation
@@ -41,6 +42,7 @@ class CheckPlan:
     check_task_id: str
     input: BlobRef  # the gathered rows
     rows: tuple[int, ...]
+    canary: CheckPlan | None = None  # the canary to open if this check verifies (canaries.py)
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,8 @@ def open_check(
             job_id=subject.job_id,
             idx=subject.idx,
             state="pending",
-            job_created_ms=0,  # checks go first: they hold up the job's completion
+            # queued in its job's turn, where the subject was: not leased before other work
+            job_created_ms=_created_ms(conn, subject.job_id),
             kind=CHECK_KIND,
             device=subject.device,
             min_memory_bytes=subject.min_memory_bytes,
@@ -98,6 +101,9 @@ def open_check(
             created_ms=now_ms,
         )
     )
+    if plan.canary is not None:
+        c = plan.canary
+        canaries.save(conn, plan.check_task_id, c.check_task_id, c.input.sha256, c.input.size, list(c.rows))
     assign.bar(conn, plan.check_task_id, sorted(exclude))
     assign.assign_checker(conn, plan.check_task_id, now_ms)
 
@@ -130,19 +136,20 @@ def apply_verdict(
         .values(checker=checker, checker_output=output.sha256, state="disputed")
     )
     if verdict.agrees_subject and not earlier and _needs_confirmation(conn, chk, checker):
-        request_ruling(conn, chk, now_ms, CONFIRM_ROWS)  # two newcomers agreeing is not yet proof
+        # two nodes agreeing is proof only if both are trusted: the referee re-runs the check's
+        # rows (as many as the job's detection target asked of the check itself)
+        request_ruling(conn, chk, now_ms, _confirm_rows(conn, chk))
     elif verdict.agrees_subject:
         settle(conn, chk, "verified", now_ms, event)
-        bump(conn, [checker], valid=True)
-        liars = [node for node, _ in earlier]  # every earlier checker in a chain disagreed with the subject
-        bump(conn, liars, valid=False)
-        for node in liars:
-            event(conn, chk.job_id, "caught", now_ms, node=node, message="check result contradicted by a quorum")
+        bump(conn, [checker], valid=True, job_id=chk.job_id)
+        # Earlier checkers of a tiebreak chain (the referee could not run) disagreed with two
+        # matching outputs: without the referee's own re-execution nobody is blamed; they are
+        # only checked as newcomers again.
+        reset_streak(conn, [node for node, _ in earlier])
     elif verdict.agrees_checkers:
-        settle(conn, chk, "caught", now_ms, event)
-        bump(conn, [checker, *verdict.agrees_checkers], valid=True)
-        others = [node for node, _ in earlier if node not in verdict.agrees_checkers]
-        bump(conn, others, valid=False)
+        # A quorum against the subject, but no re-execution by the referee: its result is
+        # redone elsewhere and it is checked as a newcomer again, never caught nor slashed.
+        settle(conn, chk, "inconclusive", now_ms, event, "output rows disagree with two other nodes")
     elif not earlier and not _ruling_failed(conn, chk.root_id):
         request_ruling(conn, chk, now_ms, 0)
         event(conn, chk.job_id, "disputed", now_ms, node=chk.subject_node, message=f"checker {checker} disagrees")
@@ -176,17 +183,34 @@ def request_ruling(conn: Connection, chk: Any, now_ms: int, rows_limit: int) -> 
 
 
 def _needs_confirmation(conn: Connection, chk: Any, checker: str) -> bool:
-    """Whether subject and checker are both still untrusted (a Sybil pair could agree on a lie).
+    """Whether the agreement of subject and checker needs the referee's confirmation.
 
-    Then the coordinator re-runs a few of the rows before the agreement counts. Once either
-    has `trust_after` consecutive verified results, agreement alone verifies. A canary's
-    subject was verified already, so a canary never needs it.
+    It does unless BOTH are trusted for this job (trust.streak_for_job): a Sybil pair, or a
+    trusted node vouching for a new one, could agree on a lie. A canary's subject was
+    verified already, so a canary never needs it.
     """
     if _root_kind(conn, chk.root_id) == "canary":
         return False
     raw = conn.execute(select(job_policies.c.policy).where(job_policies.c.job_id == chk.job_id)).scalar()
     trust_after = int(json.loads(raw).get("trust_after", 10)) if raw else 10
-    return max(consecutive_valid(conn, chk.subject_node), consecutive_valid(conn, checker)) < trust_after
+    if trust_after <= 0:
+        return False
+    streaks = (streak_for_job(conn, node, chk.job_id, trust_after) for node in (chk.subject_node, checker))
+    return min(streaks) < trust_after
+
+
+def _confirm_rows(conn: Connection, chk: Any) -> int:
+    """Rows the referee re-runs to confirm an agreement: what the job's detection target asks
+    of one check (detection_rows), never more than the check has (all of it under replicate)."""
+    raw = conn.execute(select(job_policies.c.policy).where(job_policies.c.job_id == chk.job_id)).scalar()
+    tasks = conn.execute(select(s.jobs.c.tasks_total).where(s.jobs.c.job_id == chk.job_id)).scalar()
+    rows = len(json.loads(chk.rows))
+    spec = VerificationSpec(**{**json.loads(raw or "{}"), "mode": "spotcheck"})
+    return max(1, min(rows, detection_rows(spec, int(tasks or 1), rows)))
+
+
+def _created_ms(conn: Connection, job_id: str) -> int:
+    return int(conn.execute(select(s.jobs.c.created_ms).where(s.jobs.c.job_id == job_id)).scalar_one())
 
 
 def _ruling_failed(conn: Connection, root_id: str) -> bool:
@@ -236,13 +260,15 @@ def settle(
         .where(s.tasks.c.state.in_(["pending", "leased"]))
         .values(state="cancelled", node=None, deadline_ms=None)
     )
+    if outcome != "verified":
+        canaries.drop(conn, chk.root_id)
     subject = (chk.subject_node, chk.job_id, chk.subject_task, chk.subject_attempt)
     canary = _root_kind(conn, chk.root_id) == "canary"  # its subject was verified and paid already
-    if outcome in ("verified", "unverified"):
+    if outcome in ("verified", "unverified", "unverifiable"):  # unverifiable: nobody blamed, paid
         if not canary:
             ledger.credit_results(conn, [subject], now_ms)
         if outcome == "verified":
-            bump(conn, [chk.subject_node], valid=True)
+            bump(conn, [chk.subject_node], valid=True, job_id=chk.job_id)
             if not canary:
                 _maybe_canary(conn, chk, now_ms)
         event(conn, chk.job_id, outcome, now_ms, task_index=_idx(conn, chk), node=chk.subject_node)
@@ -250,7 +276,7 @@ def settle(
     if outcome == "inconclusive":  # not proven wrong, but not to be trusted either
         reset_streak(conn, [chk.subject_node])
     if outcome == "caught":
-        bump(conn, [chk.subject_node], valid=False)
+        bump(conn, [chk.subject_node], valid=False, job_id=chk.job_id)
         event(
             conn,
             chk.job_id,
@@ -260,21 +286,27 @@ def settle(
             node=chk.subject_node,
             message=why,
         )
-    if not canary or outcome == "caught":
-        # A canary that proves its (already verified and paid) subject wrong still takes the
-        # wrong rows out of the job: the job waits for its canaries, so the task can be redone.
-        _reissue(conn, chk, now_ms)
+    if canary and outcome != "caught":
+        return
+    # A canary that proves its (already verified and paid) subject wrong still takes the wrong
+    # rows out of the job: the job waits for its canaries, so the task can be redone. Not
+    # without limit: a task disputed MAX_DISPUTE_ROUNDS times fails its job with the reason.
+    rounds = ending.disputed_rounds(conn, chk.subject_task)
+    if rounds >= ending.MAX_DISPUTE_ROUNDS:
+        ending.fail_job(
+            conn, chk.job_id, f"task {_idx(conn, chk)}: {rounds} results were disputed and taken back ({why})", now_ms
+        )
+        return
+    _reissue(conn, chk, now_ms)
 
 
 def _maybe_canary(conn: Connection, chk: Any, now_ms: int) -> None:
-    """Now and then re-lease a verified shard whole to another node: a task with a known answer."""
-    raw = conn.execute(select(job_policies.c.policy).where(job_policies.c.job_id == chk.job_id)).scalar()
-    rate = float(json.loads(raw).get("canary_rate", 0.0)) if raw else 0.0
-    if rate <= 0 or secrets.randbelow(1_000_000) >= rate * 1_000_000:
+    """Open the canary prepared with this check, if one was (a draw at canary_rate)."""
+    prepared = canaries.take(conn, chk.root_id)
+    if prepared is None:
         return
-    subject = _subject_row(conn, chk)
-    plan = CheckPlan(secrets.token_hex(32), BlobRef(subject.input_sha, subject.input_size), tuple(range(subject.rows)))
-    open_check(conn, subject, plan, now_ms, kind="canary")
+    canary_id, sha, size, rows = prepared
+    open_check(conn, _subject_row(conn, chk), CheckPlan(canary_id, BlobRef(sha, size), rows), now_ms, kind="canary")
 
 
 def _root_kind(conn: Connection, root_id: str) -> str:
@@ -303,33 +335,6 @@ def _reissue(conn: Connection, chk: Any, now_ms: int) -> None:
     )
     if res.rowcount:
         conn.execute(update(s.jobs).where(s.jobs.c.job_id == chk.job_id).values(tasks_done=s.jobs.c.tasks_done - 1))
-
-
-def bump(conn: Connection, nodes: Iterable[str], *, valid: bool) -> None:
-    """A node's verified result extends its streak; a caught one resets it."""
-    nodes = sorted(set(nodes))
-    if not nodes:
-        return
-    insert_ignore(conn, reputation, [dict(address=n, consecutive_valid=0, verified=0, caught=0) for n in nodes])
-    r = reputation.c
-    values: dict[str, Any] = (
-        dict(consecutive_valid=r.consecutive_valid + 1, verified=r.verified + 1)
-        if valid
-        else dict(consecutive_valid=0, caught=r.caught + 1)
-    )
-    conn.execute(update(reputation).where(r.address.in_(nodes)).values(**values))
-    if not valid:
-        conn.execute(update(s.nodes).where(s.nodes.c.address.in_(nodes)).values(rejections=s.nodes.c.rejections + 1))
-
-
-def reset_streak(conn: Connection, nodes: Iterable[str]) -> None:
-    """The node's results get checked as a newcomer's again, without counting it as caught."""
-    conn.execute(update(reputation).where(reputation.c.address.in_(sorted(set(nodes)))).values(consecutive_valid=0))
-
-
-def consecutive_valid(conn: Connection, node: str) -> int:
-    v = conn.execute(select(reputation.c.consecutive_valid).where(reputation.c.address == node)).scalar()
-    return int(v or 0)
 
 
 def expire_unplaced(conn: Connection, now_ms: int, wait_ms: int, event: EventFn) -> set[str]:

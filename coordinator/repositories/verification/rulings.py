@@ -7,9 +7,16 @@ an output the referee proved wrong, so on a chain its stake is slashed. If the r
 cannot run the model (say a CUDA-only program on a CPU coordinator), the ruling fails and
 the chain falls back to a tiebreak on a third node.
 
-The referee also confirms agreement between two untrusted nodes on a few rows
-(checks.CONFIRM_ROWS), so a pair of new nodes (or one operator's many keys) returning the
-same wrong answer is caught, and both are slashed.
+The referee rules against a node only when its re-execution is sound: it ran the subject's
+whole shard twice with the job's batch size (same rows, same batches as the node) and got
+the same rows both times, and those rows equal the sampled rows run on their own (the rows
+are independent of their batch). Otherwise the program is not verifiable: the chain ends
+without blame, the subject is paid, and the job fails saying so.
+
+The referee also confirms agreement between two nodes not both trusted, on the check's own
+rows (as many as the job's detection target asked for), so a pair of new nodes (or one
+operator's many keys) returning the same wrong answer is caught, and both are slashed. A
+confirmation the referee cannot run verifies nothing: the result is paid, unverified.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from sqlalchemy import Connection, select, update
 from coordinator.db import schema as s
 from coordinator.repositories.ledger.slashing import queue_slash
 from coordinator.repositories.verification import checks as records
+from coordinator.repositories.verification import ending
 
 EventFn = records.EventFn
 referee_rulings = s.referee_rulings
@@ -41,6 +49,9 @@ class RulingInfo:
     rows: list[int]  # the rows of the subject's output that the check input holds
     checkers: list[tuple[str, str]]  # (checker, output sha) in the chain
     rows_limit: int = 0  # re-run only the first n rows of the check input (0: all)
+    shard_sha: str = ""  # the subject task's whole input (its batch composition)
+    cuda: tuple[str, ...] = ()  # nodes of the chain (subject, checkers) that ran on CUDA
+    subject_node: str = ""
 
 
 @dataclass(frozen=True)
@@ -50,6 +61,7 @@ class Ruling:
     output_sha: str
     subject_right: bool
     right_checkers: tuple[str, ...]
+    reason: str = ""  # set: the program is not verifiable (why); nobody is blamed
 
 
 def pending(conn: Connection, limit: int = 20) -> list[RulingInfo]:
@@ -64,6 +76,8 @@ def pending(conn: Connection, limit: int = 20) -> list[RulingInfo]:
             t.c.model_sha,
             t.c.input_sha,
             t.c.settings,
+            c.c.subject_task,
+            c.c.subject_node,
         )
         .join(c, c.c.check_id == r.c.check_id)
         .join(t, t.c.task_id == r.c.check_id)
@@ -82,9 +96,22 @@ def pending(conn: Connection, limit: int = 20) -> list[RulingInfo]:
             rows=json.loads(x.rows),
             checkers=records.chain_outputs(conn, x.check_id),
             rows_limit=int(x.rows_limit or 0),
+            shard_sha=_input_sha(conn, x.subject_task),
+            subject_node=x.subject_node,
+            cuda=_cuda_nodes(conn, [x.subject_node, *(n for n, _ in records.chain_outputs(conn, x.check_id))]),
         )
         for x in rows
     ]
+
+
+def _input_sha(conn: Connection, task_id: str) -> str:
+    return str(conn.execute(select(s.tasks.c.input_sha).where(s.tasks.c.task_id == task_id)).scalar() or "")
+
+
+def _cuda_nodes(conn: Connection, nodes: list[str]) -> tuple[str, ...]:
+    n = s.nodes.c
+    rows = conn.execute(select(n.address, n.device_kind).where(n.address.in_(nodes))).all()
+    return tuple(sorted(r.address for r in rows if str(r.device_kind).startswith("cuda")))
 
 
 def apply(conn: Connection, check_id: str, ruling: Ruling, now_ms: int, event: EventFn) -> str | None:
@@ -98,14 +125,18 @@ def apply(conn: Connection, check_id: str, ruling: Ruling, now_ms: int, event: E
     if not done.rowcount or chk is None or chk.state == "done":
         return None
     checkers = records.chain_outputs(conn, check_id)
+    if ruling.reason:
+        records.settle(conn, chk, "unverifiable", now_ms, event)
+        ending.fail_job(conn, chk.job_id, f"the program is not verifiable: {ruling.reason}", now_ms)
+        return str(chk.job_id)
     wrong = [node for node, _ in checkers if node not in ruling.right_checkers]
     if ruling.subject_right:
         records.settle(conn, chk, "verified", now_ms, event)
     else:
         records.settle(conn, chk, "caught", now_ms, event, "output rows differ from the coordinator's re-execution")
         _slash(conn, chk.subject_node, chk.job_id, chk.subject_task, chk.subject_attempt, ruling.output_sha, now_ms)
-    records.bump(conn, ruling.right_checkers, valid=True)
-    records.bump(conn, wrong, valid=False)
+    records.bump(conn, ruling.right_checkers, valid=True, job_id=chk.job_id)
+    records.bump(conn, wrong, valid=False, job_id=chk.job_id)
     for node in wrong:
         event(
             conn,
@@ -122,7 +153,7 @@ def apply(conn: Connection, check_id: str, ruling: Ruling, now_ms: int, event: E
 
 
 def fail(conn: Connection, check_id: str, error: str, now_ms: int, event: EventFn) -> str | None:
-    """The referee could not run: a third node breaks the tie (a confirmation just stands)."""
+    """The referee could not run: a third node breaks the tie (a confirmation verifies nothing)."""
     limit = conn.execute(select(referee_rulings.c.rows_limit).where(referee_rulings.c.check_id == check_id)).scalar()
     done = conn.execute(
         update(referee_rulings)
@@ -133,9 +164,8 @@ def fail(conn: Connection, check_id: str, error: str, now_ms: int, event: EventF
     if not done.rowcount or chk is None or chk.state == "done":
         return None
     checkers = [node for node, _ in records.chain_outputs(conn, check_id)]
-    if limit:
-        records.settle(conn, chk, "verified", now_ms, event)
-        records.bump(conn, checkers, valid=True)
+    if limit:  # an agreement the referee could not confirm: paid, but no trust for anyone
+        records.settle(conn, chk, "unverified", now_ms, event)
     elif not checkers:  # nobody else could check it and neither can we: the old last resort
         records.settle(conn, chk, "unverified", now_ms, event)
     else:

@@ -14,6 +14,7 @@ from coordinator.db.events import append_event
 from coordinator.repositories.jobs import job_complete
 from coordinator.repositories.verification import assign, rulings
 from coordinator.repositories.verification import checks as records
+from coordinator.repositories.verification.trust import streak_for_job
 from tensorgrid.types import NodeStatus
 
 
@@ -25,6 +26,8 @@ class CheckInfo:
     subject_output: str
     rows: list[int]
     earlier: list[tuple[str, str]]  # (checker, output sha) of the chain so far
+    cuda: tuple[str, ...] = ()  # of the subject, the earlier checkers and this one: those on CUDA
+    subject_node: str = ""
 
 
 @dataclass(frozen=True)
@@ -46,13 +49,22 @@ class VerificationRepository:
             row = conn.execute(select(s.job_policies).where(s.job_policies.c.job_id == job_id)).first()
         return (json.loads(row.policy), int(row.required_stake_wei)) if row else None
 
-    def check_info(self, task_id: str) -> CheckInfo | None:
+    def check_info(self, task_id: str, checker: str = "") -> CheckInfo | None:
         with self.engine.connect() as conn:
             chk = records.get_check(conn, task_id)
             if chk is None:
                 return None
             earlier = records.chain_outputs(conn, chk.root_id)
-        return CheckInfo(chk.check_id, chk.subject_output, json.loads(chk.rows), earlier)
+            nodes = [chk.subject_node, checker, *(node for node, _ in earlier)]
+            n = s.nodes.c
+            kinds = conn.execute(select(n.address, n.device_kind).where(n.address.in_(nodes))).all()
+        cuda = tuple(sorted(r.address for r in kinds if str(r.device_kind).startswith("cuda")))
+        return CheckInfo(chk.check_id, chk.subject_output, json.loads(chk.rows), earlier, cuda, chk.subject_node)
+
+    def streak(self, address: str, job_id: str, trust_after: int) -> int:
+        """The node's streak as the job's policy sees it: 0 unless trusted for this job (trust.py)."""
+        with self.engine.connect() as conn:
+            return streak_for_job(conn, address, job_id, trust_after)
 
     def reputation(self, address: str) -> Reputation:
         with self.engine.connect() as conn:

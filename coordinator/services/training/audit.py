@@ -53,7 +53,7 @@ class Auditor:
     ) -> None:
         self.rt = rt
         self.engine = repos.engine
-        self.reputation = repos.verification.reputation
+        self.streak = repos.verification.streak  # trust per job (repositories/verification/trust.py)
         self.blobs = blobs
         self.lock = lock
         self._secret = secret
@@ -74,9 +74,9 @@ class Auditor:
         policy = VerificationPolicy(view.spec.verification or DEFAULT, view.spec.rounds * w, 0)
         if not policy.enabled:
             return None
-        rep = await rt.db(self.reputation, node)
+        streak = await rt.db(self.streak, node, task.job_id, policy.spec.trust_after)
         rng = self._rng(task.task_id, task.attempt)
-        if rng.random() >= policy.check_rate(rep.consecutive_valid):
+        if rng.random() >= policy.check_rate(streak):
             return None
         settings, _ = await rt.db(task_settings, self.engine, task.task_id)
         inner = settings["inner"]

@@ -28,6 +28,7 @@ from coordinator.repositories.verification.store import CheckInfo
 from coordinator.services.runtime import Runtime
 from coordinator.services.verification.compare import load_rows, rows_match
 from coordinator.services.verification.policy import VerificationPolicy
+from coordinator.services.verification.referee import blames, judge, soundness
 from tensorgrid.blobs import BlobStore
 from tensorgrid.spec import VerificationSpec
 from tensorgrid.types import BlobRef
@@ -69,6 +70,11 @@ class Verification:
         self._programs: dict[str, torch.nn.Module] = {}  # model sha → loaded program (a few, LRU)
         self.rulings = 0
 
+    @property
+    def torch_lock(self) -> threading.Lock:
+        """Held while loading or running a stranger's program in this process (intake's probe too)."""
+        return self._torch
+
     async def policy(self, job_id: str, tasks_total: int = 0) -> tuple[VerificationPolicy | None, int]:
         """(policy or None, required stake in wei) of a job; policies never change, so cached."""
         cached = self._policies.get(job_id)
@@ -86,22 +92,33 @@ class Verification:
 
     async def examine(self, task: TaskRecord, node: str, output: BlobRef) -> tuple[CheckPlan | None, Verdict | None]:
         """For an inference result that passed the integrity rung: a check to open, or a verdict."""
-        info = await self._db(self.store.verification.check_info, task.task_id)
+        info = await self._db(self.store.verification.check_info, task.task_id, node)
         if info is not None:
-            return None, await self._work(self._verdict, info, self.blobs.path_for(output.sha256))
+            return None, await self._work(self._verdict, info, self.blobs.path_for(output.sha256), node)
         policy, _ = await self.policy(task.job_id)
         if policy is None or not policy.enabled:
             return None, None
-        rep = await self._db(self.store.verification.reputation, node)
+        # trust is per job: earned on paid jobs of other submitters (repositories/verification/trust.py)
+        streak = await self._db(self.store.verification.streak, node, task.job_id, policy.spec.trust_after)
         rng = self._rng(task.task_id, task.attempt)
-        rate = policy.check_rate(rep.consecutive_valid)
+        rate = policy.check_rate(streak)
         if rng.random() >= rate:
             return None, None  # a trusted node's lucky draw: accepted (and paid) unchecked
         m = policy.sample_rows(rate, task.rows)
         rows = tuple(sorted(rng.sample(range(task.rows), m)))
         ref = await self._work(self._gather, task.input, list(rows))
-        check_id = hmac.new(self._secret, f"check:{task.task_id}:{task.attempt}".encode(), hashlib.sha256).hexdigest()
-        return CheckPlan(check_id, ref, rows), None
+        canary = None
+        if task.rows > 1 and rng.random() < policy.spec.canary_rate:
+            order = rng.sample(range(task.rows), task.rows)
+            if order == sorted(order):  # a shuffle that left the rows in place: the same hash
+                order = order[1:] + order[:1]
+            shuffled = await self._work(self._gather, task.input, order)
+            canary = CheckPlan(self._fresh_id("canary", task), shuffled, tuple(order))
+        return CheckPlan(self._fresh_id("check", task), ref, rows, canary), None
+
+    def _fresh_id(self, what: str, task: TaskRecord) -> str:
+        """A task id no node can tell from an ordinary task's (those are random too)."""
+        return hmac.new(self._secret, f"{what}:{task.task_id}:{task.attempt}".encode(), hashlib.sha256).hexdigest()
 
     def _rng(self, task_id: str, attempt: int) -> random.Random:
         seed = hmac.new(self._secret, f"sample:{task_id}:{attempt}".encode(), hashlib.sha256).digest()
@@ -115,12 +132,18 @@ class Verification:
         finally:
             os.unlink(tmp)
 
-    def _verdict(self, info: CheckInfo, output: Path) -> Verdict:
+    def _verdict(self, info: CheckInfo, output: Path, checker: str = "") -> Verdict:
         mine = load_rows(output)
         subject = load_rows(self.blobs.path_for(info.subject_output), info.rows)
-        agrees = bool(mine) and rows_match(subject, mine)
+
+        def cls(node: str) -> str:  # CUDA tolerance when either side ran on CUDA
+            return "cuda" if node in info.cuda or checker in info.cuda else "cpu"
+
+        agrees = bool(mine) and rows_match(subject, mine, cls(info.subject_node))
         peers = tuple(
-            node for node, sha in info.earlier if bool(mine) and rows_match(load_rows(self.blobs.path_for(sha)), mine)
+            node
+            for node, sha in info.earlier
+            if bool(mine) and rows_match(load_rows(self.blobs.path_for(sha)), mine, cls(node))
         )
         return Verdict(agrees, peers)
 
@@ -166,7 +189,11 @@ class Verification:
             settled(*outcome)
 
     def _reexecute(self, info: RulingInfo) -> Ruling:
-        """Run the chain's rows (or the first rows_limit) through the job's model here; compare everyone."""
+        """Run the chain's rows (or the first rows_limit) through the job's model here; compare everyone.
+
+        Whenever that would blame someone, the re-execution must first prove sound
+        (referee.soundness): otherwise the ruling names the program not verifiable.
+        """
         rows = info.rows[: info.rows_limit] if info.rows_limit else info.rows
         head = list(range(len(rows)))
         with tempfile.TemporaryDirectory(prefix="referee-", dir=self.blobs.tmp_dir) as tmp:
@@ -176,15 +203,17 @@ class Verification:
                 source = Path(tmp) / "in.safetensors"
                 tensorfile.gather_rows(self.blobs.path_for(info.input_sha), head, source)
             self._run_model(info, source, out)
+            mine = load_rows(out)
+            if not mine:
+                raise RuntimeError("the referee's own output could not be read")
+            ruling = judge(info, rows, mine, lambda sha, r=None: load_rows(self.blobs.path_for(sha), r))
+            if blames(ruling, info):
+                shard = self.blobs.path_for(info.shard_sha) if info.shard_sha else None
+                reason = soundness(shard, rows, mine, lambda src, dst: self._run_model(info, src, dst), Path(tmp))
+                if reason:
+                    return Ruling("", False, (), reason)
             ref = self.blobs.put_file(out)
-        mine = load_rows(self.blobs.path_for(ref.sha256))
-        if not mine:
-            raise RuntimeError("the referee's own output could not be read")
-        subject = load_rows(self.blobs.path_for(info.subject_output), rows)
-        right = tuple(
-            node for node, sha in info.checkers if rows_match(load_rows(self.blobs.path_for(sha), head), mine)
-        )
-        return Ruling(ref.sha256, rows_match(subject, mine), right)
+        return Ruling(ref.sha256, ruling.subject_right, ruling.right_checkers)
 
     def _run_model(self, info: RulingInfo, source: Path, out: Path) -> None:
         model = self.blobs.path_for(info.model_sha)

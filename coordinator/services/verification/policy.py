@@ -9,6 +9,29 @@ job with probability >= target: (1-f)^(m*T) <= 1 - target. At check rate r the p
 detection is 1 - (1 - r(1-(1-f)^m))^T. Economic security: with detection probability p, a
 node must have stake S with p*S > reward, i.e. S > reward/p; the coordinator uses the
 worst case (a node checked at the floor rate).
+
+What the stake formula assumes, and what holds it up:
+- Each result's check is an independent draw the node cannot predict or influence: the
+  decision and the rows come from the coordinator's secret after the result is in, and the
+  node never sees a check of its own result (another node, drawn by the coordinator, runs
+  it). This does not depend on checks being unrecognisable.
+- A check that runs is a real check: a checker's agreement verifies only when both nodes
+  are trusted for the job; otherwise the referee re-runs the check's m rows (the same m the
+  detection target asked of the check), and a confirmation it cannot run verifies nothing.
+  (Before: 8 rows, so a 1%-row liar pair passed ~92% of confirmations, and a failed
+  confirmation counted as verified: both inflated p.)
+- Trust, which lowers the rate to the floor, is worth at least the job: it needs verified
+  results on paid jobs of >= 3 other submitters adding up to trust_after x this job's reward
+  per task (repositories/verification/trust.py). Before, a Sybil earned it on its own free
+  jobs, and one trusted node's word skipped the referee.
+- Honest nodes lose nothing to a wrong p: the referee blames only when its re-execution
+  reproduces and the rows are independent, so slashing is only ever of a proven liar.
+- Not covered: a checker can still tell a spot-check (m rows) from a shard by its size;
+  checks and canaries are otherwise like tasks (random ids, queued in their job's turn, a
+  canary's input reshuffled). Recognising a check helps only a checker, never the node
+  being checked: a checker that lies against an honest subject is caught by the referee;
+  one that agrees with a trusted ring-mate's lie (both trusted, drawn as its checker, and
+  told the lie) is what canaries, unrecognisable full shards, are there to catch.
 """
 
 from __future__ import annotations
@@ -18,6 +41,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from tensorgrid.spec import InferenceSpec, VerificationSpec
+from tensorgrid.spec.verification import detection_rows
 
 DEFAULT = VerificationSpec()
 
@@ -73,14 +97,7 @@ class VerificationPolicy:
         del rate
         if self.spec.mode == "replicate":
             return task_rows
-        if self.spec.spot_rows:
-            return min(self.spec.spot_rows, task_rows)
-        f, t = self.spec.corrupt_fraction, self.spec.target_detection
-        per_task = 1.0 - (1.0 - t) ** (1.0 / self.tasks)  # detection each task must contribute
-        if per_task >= 1.0 or f >= 1.0:
-            return task_rows
-        m = math.ceil(math.log(1.0 - per_task) / math.log(1.0 - f))
-        return max(1, min(task_rows, m))
+        return detection_rows(self.spec, self.tasks, task_rows)
 
     def detection(self, rate: float) -> float:
         """Per-job probability of catching a node at this check rate that corrupts a fraction f of rows."""

@@ -13,13 +13,14 @@ import pytest
 from sqlalchemy import select, update
 
 from coordinator.config import LeaseTiming
-from coordinator.db.schema import check_exclusions, checks, reputation
+from coordinator.db.schema import check_exclusions, checks, reputation, trust_earnings
 from coordinator.kinds.inference.effects import OpenCheck, SettleCheck
 from coordinator.repositories.jobs import NewJob, NewTask
+from coordinator.repositories.ledger.credits import set_job_price
 from coordinator.repositories.store import Store
 from coordinator.repositories.verification import assign
 from coordinator.repositories.verification import checks as records
-from coordinator.repositories.verification.checks import CONFIRM_ROWS, CheckPlan, Verdict
+from coordinator.repositories.verification.checks import CheckPlan, Verdict
 from coordinator.repositories.verification.rulings import Ruling
 from coordinator.services.acceptance import ResultAcceptance, ResultItem
 from tensorgrid.spec import task_id_for
@@ -181,22 +182,41 @@ def test_two_newcomers_agreeing_need_the_referee_to_confirm(state: Store) -> Non
     assert checker is not None
     submit_check(state, checker, check_id, agrees=True)
     (pending,) = state.verification.pending_rulings()
-    assert pending.rows_limit == CONFIRM_ROWS
+    assert pending.rows_limit == 1  # all the check's rows: as many as the detection target asked for
     # The referee finds both wrong: a colluding pair is caught together.
     assert state.verification.apply_ruling(check_id, Ruling(REF_OUT, subject_right=False, right_checkers=()), NOW + 3)
     assert _reputation(state, SUBJECT) == (0, 1) and _reputation(state, checker) == (0, 1)
 
 
-def test_a_trusted_checker_agreeing_verifies_at_once(state: Store) -> None:
+def trust(state: Store, nodes: tuple[str, ...], reward: int = 1000) -> None:
+    """Make nodes trusted for JOB: a streak of 10 paid verified results from 3 other submitters."""
+    set_job_price(state.engine, JOB, reward, reward * 100)
     with state.engine.begin() as conn:
-        for node in (B, C):
+        for node in nodes:
             conn.execute(reputation.insert().values(address=node, consecutive_valid=10, verified=10, caught=0))
+            for k in range(3):
+                row = dict(address=node, submitter=f"0x{k + 1:040x}", earned_wei=4 * reward, results=4)
+                conn.execute(trust_earnings.insert().values(**row))
+
+
+def test_a_trusted_checker_agreeing_verifies_at_once_only_if_the_subject_is_trusted_too(state: Store) -> None:
+    trust(state, (B, C))
+    check_id = checked_result(state)
+    checker = assignee(state, check_id)
+    assert checker is not None
+    submit_check(state, checker, check_id, agrees=True)
+    (pending,) = state.verification.pending_rulings()  # a trusted node vouching for a new one: confirmed
+    assert pending.check_id == check_id and pending.rows_limit == 1
+
+
+def test_two_trusted_nodes_agreeing_verify_at_once(state: Store) -> None:
+    trust(state, (SUBJECT, B, C))
     check_id = checked_result(state)
     checker = assignee(state, check_id)
     assert checker is not None
     submit_check(state, checker, check_id, agrees=True)
     assert state.verification.pending_rulings() == []
-    assert _reputation(state, SUBJECT) == (1, 0)
+    assert _reputation(state, SUBJECT) == (11, 0)
     assert state.jobs.jobs_to_aggregate() == [JOB]
 
 
@@ -237,9 +257,7 @@ def test_a_node_barred_from_a_job_still_gets_other_jobs_behind_it(state: Store) 
 
 
 def test_a_canary_that_proves_a_verified_result_wrong_takes_it_back(state: Store) -> None:
-    with state.engine.begin() as conn:
-        for node in (B, C):
-            conn.execute(reputation.insert().values(address=node, consecutive_valid=10, verified=10, caught=0))
+    trust(state, (SUBJECT, B, C))
     check_id = checked_result(state)
     checker = assignee(state, check_id)
     assert checker is not None

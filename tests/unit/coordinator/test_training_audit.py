@@ -26,7 +26,7 @@ from coordinator.repositories.ledger.credits import set_job_price
 from coordinator.repositories.training import audits as audit_store
 from coordinator.repositories.training.audits import AuditPlan
 from coordinator.repositories.training.rounds import round_history
-from coordinator.repositories.verification import checks as records
+from coordinator.repositories.verification import trust
 from coordinator.services.acceptance import ResultAcceptance, ResultItem
 from coordinator.services.intake import plan_job
 from coordinator.services.runtime import Runtime
@@ -481,14 +481,21 @@ def test_trusted_nodes_are_drawn_at_the_floor_and_mode_none_never(
     app = coordinator
     job_id, _ = submit(app, files, workers_per_round=4, rounds=1,
                        verification=VerificationSpec(trust_after=2, check_floor=0.0))  # fmt: skip
-    with app.store.engine.begin() as conn:
-        for _ in range(1000):  # consecutive_valid 1000: checked with probability 1/1000
-            records.bump(conn, [NODES[0]], valid=True)
+    set_job_price(app.store.engine, job_id, 1000, 10**6)
+    with app.store.engine.begin() as conn:  # trusted for this job: a long paid streak from 3 other submitters
+        conn.execute(s.reputation.insert().values(address=NODES[0], consecutive_valid=1000, verified=1000, caught=0))
+        for k in range(3):
+            row = dict(address=NODES[0], submitter=f"0x{k + 1:040x}", earned_wei=10**6, results=1000)
+            conn.execute(s.trust_earnings.insert().values(**row))
+        # the same streak with nothing paid behind it (farmed on free jobs) counts for nothing
+        conn.execute(s.reputation.insert().values(address=NODES[1], consecutive_valid=1000, verified=1000, caught=0))
+    with app.store.engine.connect() as conn:
+        assert trust.streak_for_job(conn, NODES[1], job_id, 2) == 0 < trust.streak_for_job(conn, NODES[0], job_id, 2)
     drawn = 0
     for i in range(4):
         task = app.store.tasks.get_task(_task_id(job_id, i))
         drawn += asyncio.run(app.rounds.audits.plan(replace(task, attempt=1), NODES[0])) is not None
-        assert asyncio.run(app.rounds.audits.plan(replace(task, attempt=1), NODES[1])) is not None  # new: always
+        assert asyncio.run(app.rounds.audits.plan(replace(task, attempt=1), NODES[1])) is not None  # untrusted: always
     assert drawn <= 1
     off, _ = submit(app, files, nonce="off", verification=VerificationSpec(mode="none"))
     assert asyncio.run(app.rounds.audits.plan(app.store.tasks.get_task(_task_id(off, 0)), NODES[1])) is None

@@ -1,0 +1,52 @@
+"""The determinism contract at intake, on stored blobs: refused with the reason, or accepted."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from coordinator.kinds.inference.vetting import vet_inference
+from tensorgrid.blobs.store import BlobStore
+from tensorgrid.errors import SpecError
+from tensorgrid.spec import InferenceSpec
+from tensorgrid.workloads.model import export_program
+from tensorgrid.workloads.tensorfile import save_tensors
+
+
+class Head(torch.nn.Module):
+    def __init__(self, centre: bool) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin, self.centre = torch.nn.Linear(6, 3), centre
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.lin(x)
+        return y - y.mean(0) if self.centre else y
+
+
+def _spec(tmp: Path, blobs: BlobStore, module: torch.nn.Module, **kw: object) -> InferenceSpec:
+    model, inputs = tmp / "m.pt2", tmp / "x.safetensors"
+    export_program(module.eval(), (torch.randn(4, 6),), model)
+    save_tensors({"x": torch.randn(300, 6)}, inputs)
+    return InferenceSpec(model=blobs.put_file(model), inputs=blobs.put_file(inputs), nonce="n", **kw)  # type: ignore[arg-type]
+
+
+def test_intake_refuses_a_row_dependent_program_and_accepts_an_honest_one(tmp_path: Path) -> None:
+    blobs, lock = BlobStore(tmp_path / "blobs"), threading.Lock()
+    vet_inference(_spec(tmp_path, blobs, Head(centre=False), shard_rows=100), blobs, lock)
+    with pytest.raises(SpecError, match="not verifiable.*batch.*only on its own input row"):
+        vet_inference(_spec(tmp_path, blobs, Head(centre=True), shard_rows=100), blobs, lock)
+    assert not lock.locked()
+
+
+def test_a_program_that_cannot_run_a_row_alone_is_refused_with_what_was_run(tmp_path: Path) -> None:
+    blobs = BlobStore(tmp_path / "blobs")
+    model, inputs = tmp_path / "m.pt2", tmp_path / "x.safetensors"
+    export_program(Head(centre=False).eval(), (torch.randn(4, 6),), model, dynamic_batch=False)  # 4 rows only
+    save_tensors({"x": torch.randn(8, 6)}, inputs)
+    spec = InferenceSpec(model=blobs.put_file(model), inputs=blobs.put_file(inputs), nonce="n", batch_size=4)
+    with pytest.raises(SpecError, match="failed on sample rows"):
+        vet_inference(spec, blobs, threading.Lock())
