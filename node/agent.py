@@ -31,8 +31,8 @@ from tensorgrid.crypto import Signer
 from tensorgrid.errors import TensorGridError
 from tensorgrid.nodeclient import NodeClient
 from tensorgrid.retry import backoff
-from tensorgrid.tls import explain_unavailable
 from tensorgrid.rpc import retry_after_s
+from tensorgrid.tls import explain_unavailable
 from tensorgrid.types import BlobRef, Capabilities, ErrorKind, Lease, TaskError
 
 log = logging.getLogger("tensorgrid.node")

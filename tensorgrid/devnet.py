@@ -150,7 +150,9 @@ def status(root: Path) -> int:
         f"{chain.owed() / ETH:.4f} ETH"
     )
     submitter, _ = load_or_create_key_file(info["submitter_key"])
-    with Client(info["coordinator"], submitter, ca_cert=info.get("ca_cert")) as client:  # jobs are visible to their submitter only
+    with Client(
+        info["coordinator"], submitter, ca_cert=info.get("ca_cert")
+    ) as client:  # jobs are visible to their submitter only
         jobs = client.jobs(limit=1000)
         print(f"coordinator  {info['coordinator']}: {len(jobs)} jobs of the devnet's submitter {submitter.address}")
         for n in client.nodes():
