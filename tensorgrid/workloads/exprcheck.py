@@ -191,4 +191,5 @@ def _exponent(node: ast.AST) -> int:
 
 
 def _is_symbol_name(node: ast.AST) -> bool:
-    return isinstance(node, ast.Constant) and isinstance(node.value, str) and _SYMBOL_RE.fullmatch(node.value) is not None
+    value = node.value if isinstance(node, ast.Constant) else None
+    return isinstance(value, str) and _SYMBOL_RE.fullmatch(value) is not None
