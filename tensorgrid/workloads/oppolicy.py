@@ -97,56 +97,28 @@ GROUPS: dict[str, Group] = {
 
 # For each random-when-training operator: the flag that turns randomness on (None: always
 # on) and the probability argument whose 0.0 turns it off (None: no such argument).
-GATED: dict[str, tuple[str | None, str | None]] = {
-    **dict.fromkeys(
-        (
-            "dropout",
-            "dropout_",
-            "feature_dropout",
-            "feature_dropout_",
-            "alpha_dropout",
-            "alpha_dropout_",
-            "feature_alpha_dropout",
-            "feature_alpha_dropout_",
-            "native_dropout",
-        ),
-        ("train", "p"),
-    ),  # fmt: skip
-    **dict.fromkeys(
-        ("rrelu", "rrelu_", "rrelu_with_noise", "rrelu_with_noise_", "rrelu_with_noise_functional"), ("training", None)
+_GATE_RULES: tuple[tuple[str | None, str | None, str], ...] = (
+    (
+        "train",
+        "p",
+        "dropout dropout_ feature_dropout feature_dropout_ alpha_dropout alpha_dropout_ feature_alpha_dropout "
+        "feature_alpha_dropout_ native_dropout",
     ),
-    **dict.fromkeys(
-        (
-            "lstm",
-            "gru",
-            "rnn_tanh",
-            "rnn_relu",
-            "quantized_lstm",
-            "quantized_gru",
-            "_cudnn_rnn",
-            "miopen_rnn",
-            "_lstm_mps",
-        ),
-        ("train", "dropout"),
-    ),  # fmt: skip
-    **dict.fromkeys(
-        (
-            "scaled_dot_product_attention",
-            "_scaled_dot_product_flash_attention",
-            "_scaled_dot_product_flash_attention_for_cpu",
-            "_scaled_dot_product_efficient_attention",
-            "_scaled_dot_product_cudnn_attention",
-            "_scaled_dot_product_attention_math",
-            "_scaled_dot_product_attention_math_for_mps",
-            "_scaled_dot_product_fused_attention_overrideable",
-            "_efficient_attention_forward",
-            "_flash_attention_forward",
-            "_cudnn_attention_forward",
-            "_triton_scaled_dot_attention",
-            "_flash_attention_forward_no_dropout_inplace",
-        ),
-        (None, "dropout_p"),
-    ),  # fmt: skip
+    ("training", None, "rrelu rrelu_ rrelu_with_noise rrelu_with_noise_ rrelu_with_noise_functional"),
+    ("train", "dropout", "lstm gru rnn_tanh rnn_relu quantized_lstm quantized_gru _cudnn_rnn miopen_rnn _lstm_mps"),
+    (
+        None,
+        "dropout_p",
+        "scaled_dot_product_attention _scaled_dot_product_flash_attention _scaled_dot_product_flash_attention_for_cpu "
+        "_scaled_dot_product_efficient_attention _scaled_dot_product_cudnn_attention "
+        "_scaled_dot_product_attention_math _scaled_dot_product_attention_math_for_mps "
+        "_scaled_dot_product_fused_attention_overrideable "
+        "_efficient_attention_forward _flash_attention_forward _cudnn_attention_forward _triton_scaled_dot_attention "
+        "_flash_attention_forward_no_dropout_inplace",
+    ),
+)
+GATED: dict[str, tuple[str | None, str | None]] = {
+    name: (flag, prob) for flag, prob, names in _GATE_RULES for name in names.split()
 }
 
 
