@@ -43,7 +43,9 @@ def assets(factory: pytest.TempPathFactory, name: str) -> Path:
 
 @pytest.fixture(scope="module")
 def module_grid(make_module_grid: Callable[..., LocalGrid]) -> LocalGrid:
-    grid = make_module_grid()
+    # Long leases: on a loaded machine a node can stall past FAST's 1.5 s lease, and a spot-check
+    # whose lease expires on a two-node grid has no other checker to go to (it stays pending).
+    grid = make_module_grid("--lease-ttl-ms", "20000")
     grid.start_coordinator()
     for i in range(2):
         grid.start_node(f"node{i}", *node_args())
