@@ -52,34 +52,39 @@ OK = [
 
 
 def _run_isolated(expressions: list[str], timeout_s: float = 60.0) -> list[str]:
-    """check_expr each expression in a child; 'ok' or the refusal message per expression."""
+    """check_expr each expression in a child; 'ok' or the refusal message per expression.
+
+    The time limit starts once the child has imported torch (slow on a loaded machine), so
+    it bounds the checks alone; a check that evaluated a bomb would run for hours.
+    """
     code = textwrap.dedent(
         """
         import json, sys
         from tensorgrid.errors import UnsafeFileError
         from tensorgrid.workloads.exprcheck import check_expr
+        print("ready", flush=True)
         out = []
-        for expr in json.loads(sys.stdin.read()):
+        for expr in json.loads(sys.stdin.readline()):
             try:
                 check_expr(expr, "m.json")
                 out.append("ok")
             except UnsafeFileError as e:
                 out.append(str(e))
-        print(json.dumps(out))
+        print(json.dumps(out), flush=True)
         """
     )
+    child = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
-        done = subprocess.run(
-            [sys.executable, "-c", code],
-            input=json.dumps(expressions),
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            check=True,
-        )
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        out, err = child.communicate(json.dumps(expressions) + "\n", timeout=timeout_s)
     except subprocess.TimeoutExpired:
+        child.kill()
+        child.communicate()
         pytest.fail(f"checking {len(expressions)} expressions took over {timeout_s}s: one was evaluated")
-    result: list[str] = json.loads(done.stdout)
+    assert child.returncode == 0, err
+    result: list[str] = json.loads(out)
     return result
 
 
