@@ -73,7 +73,7 @@ def load_weights(module: torch.nn.Module, weights: dict[str, torch.Tensor]) -> N
 
 
 def open_program(path: str | os.PathLike[str], device: torch.device) -> torch.nn.Module:
-    module = load_program(path, device)
+    module = load_program(path, device, purpose="training")
     frozen = [name for name, p in module.named_parameters() if not p.requires_grad]
     if frozen:
         raise ExecutionError(ErrorKind.INVALID_INPUT, f"the training program has frozen parameters {frozen[:5]}")

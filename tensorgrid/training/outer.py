@@ -44,12 +44,12 @@ Tensors = dict[str, torch.Tensor]
 
 def initial_weights(program_path: str | os.PathLike[str], out_path: str | os.PathLike[str]) -> None:
     """Write a program's own weights (its state_dict) as the round-0 weights file."""
-    save_tensors(dict(load_program(program_path).state_dict()), out_path)
+    save_tensors(dict(load_program(program_path, purpose="training").state_dict()), out_path)
 
 
 def parameter_names(program_path: str | os.PathLike[str]) -> frozenset[str]:
     """Names of the program's trainable parameters (the entries that get Nesterov momentum)."""
-    return frozenset(name for name, _ in load_program(program_path).named_parameters())
+    return frozenset(name for name, _ in load_program(program_path, purpose="training").named_parameters())
 
 
 def check_pseudo_gradient(result: PseudoGradient, weights: Mapping[str, torch.Tensor]) -> None:
@@ -161,7 +161,7 @@ def evaluate(
     fixed seed so the numbers are reproducible).
     """
     target = pick_device(device)
-    module = load_program(program_path, target)
+    module = load_program(program_path, target, purpose="training")
     values = load_tensors(weights) if isinstance(weights, str | os.PathLike) else dict(weights)
     load_weights(module, values)
     data = load_batches(heldout_path)

@@ -1,34 +1,35 @@
 """Static checks of a serialized torch.export graph (the archive's models/<name>.json).
 
 torch's deserializer is not safe on hostile input even with every pickle removed:
-  * symbolic shape strings (`expr_str`) go through `sympy.sympify`, which calls `eval`;
+  * symbolic shape strings (`expr_str`) go through `sympy.sympify`, which calls `eval` and
+    evaluates exactly (exprcheck bounds them);
   * node targets resolve by `getattr` from the `torch`, `operator` and `math` modules, and
     any callable found becomes a graph call (e.g. "torch.os.system");
   * `guards_code` strings are `exec`-ed by `ExportedProgram.module()`.
-So before torch sees a graph we allow only aten operators (minus ones that touch files),
-a short list of symbolic-int helpers, expressions made of a fixed vocabulary, and guards
-that only compare input sizes (e.g. "L['a'].size()[0] == L['b'].size()[0]").
+So before torch sees a graph we allow aten operators minus a documented denylist (oppolicy,
+which also depends on what the program is for), a short list of symbolic-int helpers,
+bounded expressions of a fixed vocabulary, and guards that only compare input sizes
+(e.g. "L['a'].size()[0] == L['b'].size()[0]"). An inference program may not write to its
+own state (statecheck).
 """
 
 from __future__ import annotations
 
 import ast
-import io
 import re
-import tokenize
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 
 from tensorgrid.errors import UnsafeFileError
+from tensorgrid.workloads.exprcheck import MAX_EXPR_CHARS, check_expr
+from tensorgrid.workloads.oppolicy import PURPOSES, Purpose, refusal
+from tensorgrid.workloads.statecheck import state_writes
 
 __all__ = ["check_graph_json"]
 
-MAX_EXPR_CHARS = 4096
-
-# Aten ops that read or map files on the node (torch.from_file can mmap any path).
-_DENIED_ATEN = frozenset({"from_file", "_from_file"})
+# Non-aten callables torch emits for symbolic sizes: the only ones allowed outside aten.
 _OPERATOR_OK = frozenset({
     "add", "sub", "mul", "floordiv", "truediv", "mod", "pow", "neg", "pos", "abs",
     "eq", "ne", "lt", "le", "gt", "ge", "and_", "or_", "xor", "not_", "getitem",
@@ -39,27 +40,12 @@ _TORCH_OK = frozenset({
 _MATH_OK = frozenset({"ceil", "floor", "trunc", "sqrt"})
 _ATEN_RE = re.compile(r"torch\.ops\.aten\.([A-Za-z_][A-Za-z0-9_]*)\.([A-Za-z_][A-Za-z0-9_]*)")
 
-# Names sympify may see: symbol constructors, torch's sympy functions, sympy relations.
-_EXPR_NAMES = frozenset({
-    "Symbol", "Integer", "Rational", "Float", "Add", "Mul", "Pow", "Max", "Min", "Abs",
-    "Eq", "Ne", "Lt", "Le", "Gt", "Ge", "And", "Or", "Not", "Piecewise", "oo", "zoo", "nan",
-    "True", "False", "floor", "ceiling", "sqrt",
-    "positive", "negative", "nonnegative", "nonpositive", "integer", "real", "finite", "zero",
-    "FloorDiv", "ModularIndexing", "Where", "PythonMod", "Mod", "CleanDiv", "CeilToInt",
-    "FloorToInt", "CeilDiv", "LShift", "RShift", "PowByNatural", "FloatPow", "FloatTrueDiv",
-    "IntTrueDiv", "IsNonOverlappingAndDenseIndicator", "TruncToFloat", "TruncToInt",
-    "RoundToInt", "RoundDecimal", "ToFloat", "Identity",
-})  # fmt: skip
-_SYMBOL_RE = re.compile(r"[a-z]{1,4}[0-9]+")
-_QUOTED_SYMBOL_RE = re.compile(r"""(['"])[a-z]{1,4}[0-9]+\1""")
-_EXPR_OPS = frozenset({
-    "+", "-", "*", "/", "//", "%", "**", "(", ")", ",", "=", "<", ">", "<=", ">=", "==", "!=",
-})  # fmt: skip
-_IGNORED_TOKENS = frozenset({tokenize.NEWLINE, tokenize.NL, tokenize.ENDMARKER})
 
-
-def check_graph_json(model: Any, where: str) -> tuple[str, ...]:
-    """Refuse a serialized ExportedProgram that could run code on load; return its operators."""
+def check_graph_json(model: Any, where: str, purpose: Purpose = "inference") -> tuple[str, ...]:
+    """Refuse a serialized ExportedProgram that could run code on load or break the rules of
+    its purpose ("inference" or "training"); return its operators."""
+    if purpose not in PURPOSES:
+        raise ValueError(f"unknown program purpose {purpose!r}; expected one of {PURPOSES}")
     if not isinstance(model, dict) or "graph_module" not in model:
         raise UnsafeFileError(f"{where} is not a serialized torch.export program")
     guards = model.get("guards_code") or []
@@ -68,52 +54,55 @@ def check_graph_json(model: Any, where: str) -> tuple[str, ...]:
     for guard in guards:
         _check_guard(guard, where)
     targets: set[str] = set()
-    for key, value in _walk(model):
+    for key, value, parent in _walk(model):
         if key == "target":
-            targets.add(_check_target(value, where))
+            targets.add(_check_target(value, parent, where, purpose))
         elif key == "expr_str":
-            _check_expr(value, where)
+            check_expr(value, where)
+    if purpose == "inference":
+        _check_state(model["graph_module"], where)
     return tuple(sorted(targets))
 
 
-def _walk(obj: Any) -> Iterator[tuple[str, Any]]:
+def _walk(obj: Any) -> Iterator[tuple[str, Any, dict[str, Any]]]:
     # Iterative so a deeply nested hostile document cannot exhaust the Python stack.
     stack: list[Any] = [obj]
     while stack:
         item = stack.pop()
         if isinstance(item, dict):
             for key, value in item.items():
-                yield key, value
+                yield key, value, item
                 stack.append(value)
         elif isinstance(item, list):
             stack.extend(item)
 
 
-def _check_target(target: Any, where: str) -> str:
+def _check_target(target: Any, node: dict[str, Any], where: str, purpose: Purpose) -> str:
     if not isinstance(target, str):
         raise UnsafeFileError(f"{where}: a graph node has a non-string target")
-    if _is_allowed_target(target):
-        return target
-    raise UnsafeFileError(
-        f"{where}: operator {target[:200]!r} is not allowed; TensorGrid programs may only call "
-        "core aten operators (no custom ops, higher-order ops or Python callables)"
-    )
-
-
-def _is_allowed_target(target: str) -> bool:
     module, _, name = target.partition(".")
-    if module == "_operator":
-        return name in _OPERATOR_OK
-    if module == "math":
-        return name in _MATH_OK
-    if module == "torch" and name in _TORCH_OK:
-        return True
+    if (
+        (module == "_operator" and name in _OPERATOR_OK)
+        or (module == "math" and name in _MATH_OK)
+        or (module == "torch" and name in _TORCH_OK)
+    ):
+        return target
     match = _ATEN_RE.fullmatch(target)
     if match is None:
-        return False
+        raise UnsafeFileError(
+            f"{where}: operator {target[:200]!r} is not an aten operator; custom, backend, collective and "
+            "higher-order operators and Python callables are refused (TensorGrid programs call torch.ops.aten.*)"
+        )
     op_name, overload = match.groups()
-    if op_name.startswith("__") or overload.startswith("_") or op_name in _DENIED_ATEN:
-        return False
+    if not _is_overload(op_name, overload):
+        raise UnsafeFileError(f"{where}: {target[:200]!r} is not an operator of torch {torch.__version__}")
+    reason = refusal(op_name, overload, node.get("inputs"), purpose)
+    if reason is not None:
+        raise UnsafeFileError(f"{where}: {reason}")
+    return target
+
+
+def _is_overload(op_name: str, overload: str) -> bool:
     try:
         op = getattr(getattr(torch.ops.aten, op_name), overload)
     except (AttributeError, RuntimeError):
@@ -121,33 +110,14 @@ def _is_allowed_target(target: str) -> bool:
     return isinstance(op, torch._ops.OpOverload)
 
 
-def _check_expr(expr: Any, where: str) -> None:
-    if not isinstance(expr, str) or len(expr) > MAX_EXPR_CHARS:
-        raise UnsafeFileError(f"{where}: a symbolic shape expression is not a short string")
-    try:
-        tokens = list(tokenize.generate_tokens(io.StringIO(expr).readline))
-    except (tokenize.TokenError, SyntaxError, IndentationError):
-        raise UnsafeFileError(f"{where}: malformed symbolic shape expression") from None
-    for tok in tokens:
-        if not _token_ok(tok):
-            raise UnsafeFileError(
-                f"{where}: symbolic shape expression {expr[:120]!r} contains {tok.string[:40]!r}, "
-                "which is outside the allowed vocabulary"
-            )
-
-
-def _token_ok(tok: tokenize.TokenInfo) -> bool:
-    if tok.type in _IGNORED_TOKENS:
-        return True
-    if tok.type == tokenize.NUMBER:
-        return True
-    if tok.type == tokenize.NAME:
-        return tok.string in _EXPR_NAMES or _SYMBOL_RE.fullmatch(tok.string) is not None
-    if tok.type == tokenize.STRING:
-        return _QUOTED_SYMBOL_RE.fullmatch(tok.string) is not None
-    if tok.type == tokenize.OP:
-        return tok.string in _EXPR_OPS
-    return False
+def _check_state(graph_module: Any, where: str) -> None:
+    written = state_writes(graph_module)
+    if written:
+        raise UnsafeFileError(
+            f"{where}: the program writes to its own state {written[:5]} on every call; an inference program "
+            "must give the same output for the same row every time (a node keeps programs loaded across "
+            "tasks), so in-place updates of parameters, buffers or constants are refused"
+        )
 
 
 # Guards torch emits for batch dims compare sizes: L['a'].size()[0] == L['b'].size()[0].

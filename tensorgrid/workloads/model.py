@@ -24,6 +24,7 @@ import torch
 from tensorgrid.errors import ExecutionError, UnsafeFileError
 from tensorgrid.types import ErrorKind
 from tensorgrid.workloads.graphcheck import check_graph_json
+from tensorgrid.workloads.oppolicy import Purpose
 
 __all__ = [
     "MAX_PROGRAM_BYTES",
@@ -90,19 +91,26 @@ def export_program(
     torch.export.save(program, os.fspath(path))
 
 
-def check_program(path: str | os.PathLike[str], max_bytes: int = MAX_PROGRAM_BYTES) -> ProgramInfo:
-    """Vet a .pt2 archive without loading it; raise UnsafeFileError on anything unexpected."""
+def check_program(
+    path: str | os.PathLike[str], max_bytes: int = MAX_PROGRAM_BYTES, *, purpose: Purpose = "inference"
+) -> ProgramInfo:
+    """Vet a .pt2 archive without loading it; raise UnsafeFileError on anything unexpected.
+
+    `purpose` is what the program is for: an "inference" program must be deterministic and
+    stateless (no random operators, no writes to its own parameters or buffers); a
+    "training" program may draw random numbers (dropout), since training replays its seeds.
+    """
     path = Path(path)
     if not zipfile.is_zipfile(path):
         raise UnsafeFileError(f"{path.name} is not a torch.export program; {_EXPORT_HINT}")
     try:
         with zipfile.ZipFile(path) as archive:
-            return _check_archive(archive, path.name, max_bytes)
+            return _check_archive(archive, path.name, max_bytes, purpose)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as exc:
         raise UnsafeFileError(f"{path.name} is a damaged zip archive ({exc})") from None
 
 
-def _check_archive(archive: zipfile.ZipFile, name: str, max_bytes: int) -> ProgramInfo:
+def _check_archive(archive: zipfile.ZipFile, name: str, max_bytes: int, purpose: Purpose) -> ProgramInfo:
     infos = archive.infolist()
     root = _check_entries(infos, name, max_bytes)
 
@@ -115,7 +123,7 @@ def _check_archive(archive: zipfile.ZipFile, name: str, max_bytes: int) -> Progr
     for entry in weights | constants:
         if entry not in present:
             raise UnsafeFileError(f"{name}: config names {entry!r}, which is missing from the archive")
-    operators = check_graph_json(read_json(_MODEL_JSON), f"{name}:{_MODEL_JSON}")
+    operators = check_graph_json(read_json(_MODEL_JSON), f"{name}:{_MODEL_JSON}", purpose)
     for entry, expected in _FIXED_ENTRIES.items():
         if expected is None or f"{root}/{entry}" not in archive.namelist():
             continue
@@ -194,9 +202,12 @@ def _check_payload_config(config: Any, folder: str, prefix: str, name: str) -> s
     return entries
 
 
-def load_program(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Vet and load a .pt2 program as a callable module on `device`, never unpickling anything."""
-    info = check_program(path)
+def load_program(
+    path: str | os.PathLike[str], device: str | torch.device = "cpu", *, purpose: Purpose = "inference"
+) -> torch.nn.Module:
+    """Vet (for `purpose`, see check_program) and load a .pt2 program as a callable module on
+    `device`, never unpickling anything."""
+    info = check_program(path, purpose=purpose)
     sanitized = _sanitized_archive(Path(path), info)
     try:
         program = torch.export.load(sanitized)

@@ -24,9 +24,9 @@ def plan_training(
 ) -> tuple[NewJob, list[NewTask]]:
     """Vet a training job against its blobs; write its round-0 weights and shards."""
     train = stored(blobs, spec.train_program, "train_program")
-    check_program(train)
+    check_program(train, purpose="training")
     if spec.eval_program is not None:
-        check_program(stored(blobs, spec.eval_program, "eval_program"))
+        check_program(stored(blobs, spec.eval_program, "eval_program"), purpose="training")
     header = read_header(stored(blobs, spec.dataset, "dataset"))
     check_dataset(spec, header)
     if spec.rounds * spec.workers_per_round > limits.max_tasks_per_job:

@@ -223,7 +223,8 @@ class Verification:
             while len(self._programs) > REFEREE_PROGRAMS:
                 del self._programs[next(iter(self._programs))]
             batch = int(info.settings.get("batch_size") or 0)
-            run_inference(model, source, out, batch_size=batch, device="cpu", module=module)
+            names = info.settings.get("input_names") or None  # the job's argument order, as the nodes ran it
+            run_inference(model, source, out, input_names=names, batch_size=batch, device="cpu", module=module)
 
     # -- economic security: stake gating ------------------------------------------------------
 

@@ -1,0 +1,85 @@
+"""Mainstream architectures on a real grid: each exported as its authors would, vetted at intake,
+run by two nodes under the default verification policy, and equal to the eager model within
+the documented per-dtype tolerance (coordinator/services/verification/compare.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from coordinator.services.verification.compare import tolerance
+from tensorgrid.client import Client
+from tensorgrid.crypto import Signer
+from tensorgrid.localgrid import LocalGrid
+from tensorgrid.types import JobState
+from tensorgrid.workloads.tensorfile import load_tensors, save_tensors
+from tests.architectures import ARCHITECTURES
+from tests.conftest import shared_dir
+from tests.integration.conftest import node_args
+
+pytestmark = pytest.mark.integration
+SHARED = pytest.mark.xdist_group("architectures")  # share one module grid per worker (see make_module_grid)
+ROWS, SHARD_ROWS = 24, 8  # three shards, so both nodes work and results get spot-checked
+
+
+def build_assets(root: Path, name: str) -> None:
+    """The exported program, ROWS rows of inputs, and the eager model's outputs over them."""
+    arch = ARCHITECTURES[name]
+    arch.export(root / "model.pt2")
+    inputs = arch.inputs(ROWS, torch.Generator().manual_seed(7))
+    save_tensors(inputs, root / "inputs.safetensors")
+    torch.manual_seed(0)
+    with torch.no_grad():
+        expected = arch.build().eval()(*inputs.values())
+    save_tensors({"output": expected}, root / "expected.safetensors")
+
+
+def assets(factory: pytest.TempPathFactory, name: str) -> Path:
+    return shared_dir(factory, f"arch-{name}", lambda root: build_assets(root, name))
+
+
+@pytest.fixture(scope="module")
+def module_grid(make_module_grid: Callable[..., LocalGrid]) -> LocalGrid:
+    # Long leases: on a loaded machine a node can stall past FAST's 1.5 s lease, and a spot-check
+    # whose lease expires on a two-node grid has no other checker to go to (it stays pending).
+    grid = make_module_grid("--lease-ttl-ms", "20000")
+    grid.start_coordinator()
+    for i in range(2):
+        grid.start_node(f"node{i}", *node_args())
+    return grid
+
+
+@pytest.fixture
+def grid(module_grid: LocalGrid) -> LocalGrid:
+    module_grid.check_running()
+    return module_grid
+
+
+@SHARED
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+def test_architecture_runs_on_the_grid_like_locally(
+    grid: LocalGrid, name: str, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    root = assets(tmp_path_factory, name)
+    input_names = list(ARCHITECTURES[name].inputs(1, torch.Generator()).keys())
+    with Client(grid.target, Signer.generate()) as client:
+        job = client.submit_inference(
+            root / "model.pt2",
+            root / "inputs.safetensors",
+            shard_rows=SHARD_ROWS,
+            input_names=input_names,
+            device="cpu",
+        )
+        final = client.wait(job.job_id)
+        assert final.state == JobState.SUCCEEDED, final.error
+        client.result(job.job_id, tmp_path / "out.safetensors")
+        report = client.job(job.job_id).verification
+    assert report is not None and report.count("caught") == 0, report  # honest nodes are never blamed
+    got = load_tensors(tmp_path / "out.safetensors")["output"]
+    want = load_tensors(root / "expected.safetensors")["output"]
+    assert got.dtype == want.dtype and got.shape == want.shape
+    atol, rtol = tolerance(want.dtype)
+    torch.testing.assert_close(got, want, atol=atol, rtol=rtol)
