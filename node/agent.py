@@ -26,6 +26,7 @@ import grpc
 from node.cache import BlobCache
 from node.config import AgentConfig
 from node.executor import Executor, TaskOutcome, TaskRequest
+from tensorgrid.sandbox import Isolation
 from tensorgrid.blobs import file_sha256
 from tensorgrid.crypto import Signer
 from tensorgrid.errors import TensorGridError
@@ -50,11 +51,23 @@ class Agent:
         self.caps = caps
         self.cache = cache
         self.client = NodeClient(config.coordinator, signer, config.rpc_timeout_s)
-        self.executors = [Executor() for _ in range(max(1, config.slots))]
+        self.executors = [self._executor(config, caps, cache) for _ in range(max(1, config.slots))]
         self.draining = asyncio.Event()
         self.completed = 0
         self._registered = asyncio.Event()
         self._active: dict[str, tuple[int, Executor]] = {}  # task_id → (attempt, executor)
+
+    @staticmethod
+    def _executor(config: AgentConfig, caps: Capabilities, cache: BlobCache) -> Executor:
+        """A sandboxed worker slot: the memory it offers as a hard cap, reads of the blob cache,
+        writes in the work directory, nothing else of this machine (where the OS allows)."""
+        slots = max(1, config.slots)
+        return Executor(
+            memory_cap_bytes=int(caps.memory_bytes or 0) // slots,
+            device=config.device,
+            isolation=Isolation().with_paths(readable=[cache.root], writable=[config.work_dir]),
+            scratch_root=config.work_dir / "sandbox",
+        )
 
     # ---- lifecycle -----------------------------------------------------------------------------
     async def run(self) -> None:
