@@ -45,6 +45,8 @@ class CoordinatorConfig:
     deployment: Path | None = None  # the deployments file written by the deploy step
     epoch_interval_ms: int = 30_000  # how often earnings are posted on chain as a Merkle root
     check_wait_ms: int = 30_000  # a check no other node takes within this long passes as unverified
+    referee_time_s: float = 600.0  # wall time of one sandboxed re-execution or replay
+    referee_memory_bytes: int = 4 * GiB  # its hard memory cap
 
     @property
     def db_url(self) -> str:

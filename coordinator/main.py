@@ -94,6 +94,20 @@ CHECK_WAIT_MS = Setting(
     type=int,
     help="a spot-check no other node takes within this long passes as 'unverified' (grids of one node)",
 )
+REFEREE_TIME_S = Setting(
+    "--referee-time-s",
+    _COORDINATOR + "REFEREE_TIME_S",
+    CoordinatorConfig.referee_time_s,
+    type=float,
+    help="wall time of one sandboxed re-execution or training replay; over it, the check blames no one",
+)
+REFEREE_MEMORY_MIB = Setting(
+    "--referee-memory-mib",
+    _COORDINATOR + "REFEREE_MEMORY_MIB",
+    CoordinatorConfig.referee_memory_bytes / MiB,
+    type=float,
+    help="hard memory cap of that sandboxed child",
+)
 SETTINGS = (
     LISTEN,
     DATA_DIR,
@@ -107,6 +121,8 @@ SETTINGS = (
     config.DEPLOYMENT,
     EPOCH_SECONDS,
     CHECK_WAIT_MS,
+    REFEREE_TIME_S,
+    REFEREE_MEMORY_MIB,
 )
 
 
@@ -140,6 +156,8 @@ def config_from(ns: argparse.Namespace) -> CoordinatorConfig:
         epoch_interval_ms=int(ns.epoch_seconds * 1000),
         heartbeat_interval_ms=ns.heartbeat_ms,
         check_wait_ms=ns.check_wait_ms,
+        referee_time_s=ns.referee_time_s,
+        referee_memory_bytes=int(ns.referee_memory_mib * MiB),
         timing=LeaseTiming(ttl_ms=ns.lease_ttl_ms),
         limits=Limits(max_shard_bytes=int(ns.max_shard_mib * MiB), max_blob_bytes=int(ns.max_blob_mib * MiB)),
     )

@@ -70,6 +70,12 @@ def parse_args(argv: list[str] | None, env: config.Env | None = None) -> argpars
     return config.parse_args(build_parser(), argv, SETTINGS, env)
 
 
+def take_password_env() -> str:
+    """Read the password from the environment and drop it there at once: no child process
+    (a task's worker, a chain helper) inherits it, whatever environment it is given."""
+    return os.environ.pop(PASSWORD_ENV)
+
+
 def read_password(ns: argparse.Namespace, confirm: bool = False) -> str:
     if ns.password_file:
         try:
@@ -77,7 +83,7 @@ def read_password(ns: argparse.Namespace, confirm: bool = False) -> str:
         except OSError as e:
             raise KeystoreError(f"cannot read --password-file: {e}") from None
     if PASSWORD_ENV in os.environ:  # read when needed: a password never sits in a default
-        return os.environ[PASSWORD_ENV]
+        return take_password_env()
     if not sys.stdin.isatty():
         raise KeystoreError(f"no password: set ${PASSWORD_ENV}, pass --password-file, or run in a terminal")
     pw = getpass.getpass("keystore password: ")

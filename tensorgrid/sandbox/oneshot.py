@@ -50,6 +50,11 @@ class SandboxFailure(TensorGridError):
         """The child hit a limit of the sandbox (time or memory), not a fault of its input files."""
         return self.kind in (TIMEOUT, OUT_OF_MEMORY)
 
+    @property
+    def raised(self) -> bool:
+        """The program ran and raised an ordinary error (not a limit, not a crash)."""
+        return self.kind == ERROR
+
 
 def run_once(
     entry: str,
