@@ -3,13 +3,15 @@ program would run, and it reports what it could see and do. Each request names o
 
   env     - the environment it was given        read    - the bytes of request["path"]
   connect - open a TCP connection to 127.0.0.1:request["port"]
-  alloc   - allocate request["bytes"] in a torch tensor (touching it)
+  alloc   - allocate request["bytes"] (touching every page)
   sleep   - sleep request["seconds"]            write   - write request["text"] to out.txt
   rlimit  - try to lift its own address-space limit
+  fds     - the file descriptors it holds       status  - what the sandbox could isolate
 """
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import socket
@@ -18,10 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from tensorgrid.sandbox import serve_once
-
-
-def prepare() -> None:
-    import torch  # noqa: F401 - trusted import before the memory cap, as the real entries do
+from tensorgrid.sandbox.policy import STATUS_FILE
 
 
 def _act(request: dict[str, Any], scratch: Path) -> dict[str, Any]:
@@ -34,10 +33,8 @@ def _act(request: dict[str, Any], scratch: Path) -> dict[str, Any]:
         with socket.create_connection(("127.0.0.1", int(request["port"])), timeout=2.0):
             return {"connected": True}
     if act == "alloc":
-        import torch
-
-        block = torch.ones(int(request["bytes"]) // 4, dtype=torch.float32)
-        return {"sum": float(block.sum())}
+        block = bytearray(int(request["bytes"]))  # zero-filled: every page is touched
+        return {"size": len(block)}
     if act == "sleep":
         time.sleep(float(request["seconds"]))
         return {"slept": True}
@@ -51,6 +48,10 @@ def _act(request: dict[str, Any], scratch: Path) -> dict[str, Any]:
         except (ValueError, OSError) as exc:
             return {"lifted": False, "hard": hard, "error": str(exc)}
         return {"lifted": True, "hard": hard}
+    if act == "fds":
+        return {"fds": sorted(int(fd) for fd in os.listdir("/proc/self/fd"))}
+    if act == "status":
+        return dict(json.loads((scratch / STATUS_FILE).read_text()))
     raise ValueError(f"unknown act {act!r}")
 
 
