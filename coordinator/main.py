@@ -16,6 +16,7 @@ from tensorgrid import config, exitcodes
 from tensorgrid.config import Setting
 from tensorgrid.errors import TensorGridError
 from tensorgrid.logs import setup_logging
+from tensorgrid.sandbox.confine import forbid_inspection
 
 log = logging.getLogger("tensorgrid.coordinator")
 
@@ -164,6 +165,7 @@ def config_from(ns: argparse.Namespace) -> CoordinatorConfig:
 
 
 async def serve(config: CoordinatorConfig, ready_file: Path | None = None) -> None:
+    forbid_inspection()  # a sandboxed referee must not read this process's key or secrets
     app = Coordinator(config)
     server, port = await build_server(app, config.listen)
     await server.start()

@@ -29,6 +29,7 @@ from tensorgrid import config, exitcodes
 from tensorgrid.crypto import Signer, load_keystore, save_keystore
 from tensorgrid.errors import KeystoreError, TensorGridError
 from tensorgrid.logs import setup_logging
+from tensorgrid.sandbox.confine import forbid_inspection
 
 log = logging.getLogger("tensorgrid.node")
 PASSWORD_ENV = "TENSORGRID_KEY_PASSWORD"
@@ -159,6 +160,7 @@ async def _abort(agent: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     ns = parse_args(argv)
     setup_logging(ns.verbose, "tensorgrid.node")
+    forbid_inspection()  # a job's worker must not read this process's key or environment
     try:
         if ns.command == "init":
             return cmd_init(ns)

@@ -170,3 +170,16 @@ def cap_address_space(limit_bytes: int) -> int:
         limit_bytes = min(limit_bytes, hard)
     resource.setrlimit(resource.RLIMIT_AS, (limit_bytes, limit_bytes))
     return limit_bytes
+
+
+PR_SET_DUMPABLE = 4
+
+
+def forbid_inspection() -> bool:
+    """Make this daemon non-dumpable: processes of the same user (a worker where Landlock is
+    missing included) can then neither ptrace it nor read its /proc/<pid>/environ or memory,
+    which hold its key and the password it was started with. False where not permitted."""
+    try:
+        return _libc().prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
