@@ -26,12 +26,12 @@ import grpc
 from node.cache import BlobCache
 from node.config import AgentConfig
 from node.executor import Executor, TaskOutcome, TaskRequest
-from tensorgrid.sandbox import Isolation
 from tensorgrid.blobs import file_sha256
 from tensorgrid.crypto import Signer
 from tensorgrid.errors import TensorGridError
 from tensorgrid.nodeclient import NodeClient
 from tensorgrid.retry import backoff
+from tensorgrid.sandbox import Isolation
 from tensorgrid.types import BlobRef, Capabilities, ErrorKind, Lease, TaskError
 
 log = logging.getLogger("tensorgrid.node")

@@ -72,7 +72,9 @@ class Isolation:
     readable: tuple[str, ...] = ()
     writable: tuple[str, ...] = ()
 
-    def with_paths(self, readable: Iterable[os.PathLike[str] | str] = (), writable: Iterable[os.PathLike[str] | str] = ()) -> Isolation:
+    def with_paths(
+        self, readable: Iterable[os.PathLike[str] | str] = (), writable: Iterable[os.PathLike[str] | str] = ()
+    ) -> Isolation:
         return Isolation(
             self.network,
             self.confine_files,
@@ -99,7 +101,9 @@ class Scratch:
         self.close()
 
 
-def scrubbed_env(scratch: Path, extra: Mapping[str, str] | None = None, source: Mapping[str, str] | None = None) -> dict[str, str]:
+def scrubbed_env(
+    scratch: Path, extra: Mapping[str, str] | None = None, source: Mapping[str, str] | None = None
+) -> dict[str, str]:
     """The child's whole environment: the allowlist from `source` (default os.environ) and the
     settings the sandbox itself needs; `extra` must not name a TENSORGRID_ variable."""
     source = os.environ if source is None else source
@@ -120,7 +124,9 @@ def scrubbed_env(scratch: Path, extra: Mapping[str, str] | None = None, source: 
     return env
 
 
-def child_argv(entry: str, limits: SandboxLimits, isolation: Isolation, scratch: Path, python: str | None = None) -> list[str]:
+def child_argv(
+    entry: str, limits: SandboxLimits, isolation: Isolation, scratch: Path, python: str | None = None
+) -> list[str]:
     """`python -m tensorgrid.sandbox.boot` with its settings (plain JSON: no secrets travel here)."""
     if not all(part.isidentifier() for part in entry.split(".")):
         raise ValueError(f"{entry!r} is not a module name")
@@ -136,7 +142,13 @@ def child_argv(entry: str, limits: SandboxLimits, isolation: Isolation, scratch:
 
 def _runtime_paths() -> list[str]:
     """What the interpreter needs to read: its prefixes, site-packages and the project."""
-    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, str(PROJECT_ROOT), os.path.dirname(os.path.realpath(sys.executable))}
+    paths = {
+        sys.prefix,
+        sys.base_prefix,
+        sys.exec_prefix,
+        str(PROJECT_ROOT),
+        os.path.dirname(os.path.realpath(sys.executable)),
+    }
     # Not sys.path itself: its first entry may be a script's directory (e.g. /tmp).
     paths.update(sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib"))
     paths.update(site.getsitepackages())
@@ -153,7 +165,11 @@ def report_status(scratch: Path) -> dict[str, str]:
         reason = status.get(f"{what}_reason")
         if status.get(what) == "shared" and reason and reason not in _warned:
             _warned.add(reason)
-            log.warning("sandbox: the child keeps the %s of this machine: %s", "network" if what == "network" else "file system", reason)
+            log.warning(
+                "sandbox: the child keeps the %s of this machine: %s",
+                "network" if what == "network" else "file system",
+                reason,
+            )
     return {k: str(v) for k, v in status.items()}
 
 

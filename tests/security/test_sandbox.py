@@ -23,14 +23,14 @@ from node.main import PASSWORD_ENV, read_password
 from tensorgrid.client import Client
 from tensorgrid.crypto import Signer
 from tensorgrid.localgrid import LocalGrid
+from tensorgrid.sandbox import Isolation, SandboxFailure, SandboxLimits, run_once
+from tensorgrid.sandbox.confine import landlock_abi
 from tensorgrid.spec import VerificationSpec
 from tensorgrid.types import JobState
 from tensorgrid.workloads.model import export_program
 from tensorgrid.workloads.tensorfile import save_tensors
 from tests.integration.adversaries import Pool, SimNode
-from tests.integration.conftest import BATCH, Assets, digits, make_grid, node_args, stopper  # noqa: F401 - fixtures
-from tensorgrid.sandbox import Isolation, SandboxFailure, SandboxLimits, run_once
-from tensorgrid.sandbox.confine import landlock_abi
+from tests.integration.conftest import BATCH, Assets, node_args
 
 PAYLOAD = "tests.security.sandbox_payload"
 LIMITS = SandboxLimits(memory_bytes=256 << 20, time_s=30.0)
@@ -40,9 +40,7 @@ def _run(request: dict[str, object], limits: SandboxLimits = LIMITS, **kw: objec
     return run_once(PAYLOAD, request, limits, **kw)  # type: ignore[arg-type]
 
 
-def test_child_gets_a_scrubbed_environment_and_its_own_scratch(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
+def test_child_gets_a_scrubbed_environment_and_its_own_scratch(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv(PASSWORD_ENV, "hunter2")
     monkeypatch.setenv("TENSORGRID_NODE_KEYSTORE", "/somewhere/node-key.json")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-for-jobs")
