@@ -3,9 +3,10 @@
 The referee's re-execution of disputed rows and a training audit's replay both run a
 submitter's program on files a node sent. Neither runs in the coordinator's process, which
 holds its signing key and its secrets: each runs in a child started by
-tensorgrid.sandbox.run_once with the coordinator's referee limits (wall time, hard memory
-cap), a scrubbed environment, no network, and read access to the request's own files only
-(where the OS allows). Requests and answers are JSON; tensors stay in safetensors files.
+tensorgrid.sandbox with the coordinator's referee limits (wall time per request, hard memory
+cap), a scrubbed environment, no network, and read access to the blob store only (where the
+OS allows). The child is kept warm between requests (torch starts once) and replaced after
+any limit or crash. Requests and answers are JSON; tensors stay in safetensors files.
 
 A child that hits a limit raises SandboxFailure (`over_limit`): callers treat that as
 "could not check", never as the node's fault.
@@ -16,32 +17,42 @@ This module is also the child's entry point: its `main()` runs in the child.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from pathlib import Path
 from typing import Any
 
+from coordinator.services.runtime import Runtime
 from coordinator.services.training.replay import AuditCase, Finding, check_reveal
-from tensorgrid.sandbox import Isolation, SandboxFailure, SandboxLimits, run_once, serve_once
+from tensorgrid.blobs import BlobStore
+from tensorgrid.sandbox import Isolation, SandboxFailure, WarmSandbox, serve_once
 from tensorgrid.training.inner import InnerSettings
 from tensorgrid.workloads.inference import run_inference
 
-__all__ = ["ENTRY", "SandboxFailure", "reexecute_rows", "replay_audit"]
+__all__ = ["ENTRY", "SandboxFailure", "reexecute_rows", "referee", "replay_audit"]
 
 ENTRY = "coordinator.services.sandboxed"
 OUTPUT = "out.safetensors"
+_START = threading.Lock()
 
 
-def reexecute_rows(
-    limits: SandboxLimits, scratch_root: Path, model: Path, source: Path, out: Path, batch_size: int
-) -> None:
-    """Run `model` over every row of `source` on CPU in a sandboxed child; write `out`."""
+def referee(rt: Runtime, blobs: BlobStore) -> WarmSandbox:
+    """The coordinator's one warm sandboxed child: it may read the blob store (strangers'
+    data only: the key and the database live elsewhere) and nothing else of the machine."""
+    with _START:
+        if rt.referee is None:
+            isolation = Isolation().with_paths(readable=[blobs.root])
+            rt.referee = WarmSandbox(ENTRY, rt.sandbox, isolation=isolation, scratch_root=blobs.tmp_dir)
+        return rt.referee
+
+
+def reexecute_rows(rt: Runtime, blobs: BlobStore, model: Path, source: Path, out: Path, batch_size: int) -> None:
+    """Run `model` over every row of `source` on CPU in the sandboxed child; write `out`."""
     request = {"op": "infer", "model": str(model), "source": str(source), "batch_size": int(batch_size)}
-    isolation = Isolation().with_paths(readable=[model, source])
-    run_once(ENTRY, request, limits, isolation=isolation, scratch_root=scratch_root, outputs={OUTPUT: out})
+    referee(rt, blobs).call(request, outputs={OUTPUT: out})
 
 
-def replay_audit(limits: SandboxLimits, scratch_root: Path, case: AuditCase) -> Finding:
-    """check_reveal(case) in a sandboxed child; its Finding."""
-    files = [case.program, case.shard, case.weights, case.result, *case.revealed.values()]
+def replay_audit(rt: Runtime, blobs: BlobStore, case: AuditCase) -> Finding:
+    """check_reveal(case) in the sandboxed child; its Finding."""
     request = {
         "op": "replay",
         "program": str(case.program),
@@ -53,8 +64,7 @@ def replay_audit(limits: SandboxLimits, scratch_root: Path, case: AuditCase) -> 
         "segment": int(case.segment),
         "revealed": {str(step): str(path) for step, path in case.revealed.items()},
     }
-    isolation = Isolation().with_paths(readable=files)
-    answer = run_once(ENTRY, request, limits, isolation=isolation, scratch_root=scratch_root)
+    answer = referee(rt, blobs).call(request)
     return Finding(
         passed=bool(answer["passed"]),
         reason=str(answer.get("reason", "")),

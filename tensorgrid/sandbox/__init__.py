@@ -13,13 +13,14 @@ What the child cannot do, and where the OS keeps that from being enforced, is wr
 README.md ("What a job can and cannot do on your machine").
 """
 
-from tensorgrid.sandbox.oneshot import SandboxFailure, run_once, serve_once
+from tensorgrid.sandbox.oneshot import SandboxFailure, WarmSandbox, run_once, serve_once
 from tensorgrid.sandbox.policy import Isolation, SandboxLimits, Scratch, child_argv, scrubbed_env
 
 __all__ = [
     "Isolation",
     "SandboxFailure",
     "SandboxLimits",
+    "WarmSandbox",
     "Scratch",
     "child_argv",
     "run_once",

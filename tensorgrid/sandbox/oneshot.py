@@ -3,12 +3,14 @@
 Parent: `run_once(entry, request, limits, ...)` starts the child (tensorgrid.sandbox.boot),
 waits for its greeting (start-up is not charged to the time limit), sends one JSON request
 line, and waits at most limits.time_s for one JSON response line; then it moves the named
-output files out of the child's scratch directory and deletes the directory. Anything the
+output files out of the child's scratch directory and deletes the directory. A
+`WarmSandbox` keeps its child for the next request (torch is imported once) and replaces
+it after any limit or crash. Anything the
 child does wrong becomes a SandboxFailure naming what happened (timeout, out_of_memory,
 crashed, error); the parent never unpickles anything: JSON lines and files only.
 
 Child: the entry module's main() calls `serve_once(handler)`; handler(request, scratch)
-returns a JSON-able dict.
+returns a JSON-able dict for each request.
 """
 
 from __future__ import annotations
@@ -65,60 +67,142 @@ def run_once(
     scratch_root: os.PathLike[str] | str | None = None,
     outputs: Mapping[str, os.PathLike[str] | str] | None = None,
 ) -> dict[str, Any]:
-    """Run `entry` on one request in a sandboxed child; its answer, or SandboxFailure.
+    """Run `entry` on one request in a fresh sandboxed child; its answer, or SandboxFailure.
 
     outputs maps a file name the child writes in its scratch directory (given to the
     handler) to where the parent wants it once the child answered ok."""
-    iso = isolation or Isolation()
-    with Scratch(scratch_root) as scratch:
-        argv = child_argv(entry, limits, iso, scratch.path)
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=scratch.path,
-            env=scrubbed_env(scratch.path),
-            close_fds=True,
-            start_new_session=True,
-        )
-        try:
-            reply = _converse(proc, request, limits)
-            report_status(scratch.path)
-            for name, dest in (outputs or {}).items():
-                shutil.move(scratch.path / name, dest)
-            return reply
-        finally:
-            _kill(proc)
-
-
-def _converse(proc: subprocess.Popen[bytes], request: Mapping[str, Any], limits: SandboxLimits) -> dict[str, Any]:
-    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-    lines: queue.Queue[bytes] = queue.Queue()
-    tail = bytearray()
-    threading.Thread(target=_read_lines, args=(proc.stdout, lines), daemon=True).start()
-    drain = threading.Thread(target=_drain, args=(proc.stderr, tail), daemon=True)
-    drain.start()
-    hello = _next_line(lines, limits.start_timeout_s)
-    if hello is None or _json(hello).get("ready") is not True:
-        raise _died(proc, drain, tail, "the sandboxed child failed to start" + (" in time" if hello is None else ""))
+    child = WarmSandbox(entry, limits, isolation=isolation, scratch_root=scratch_root)
     try:
-        proc.stdin.write(json.dumps(dict(request)).encode() + b"\n")
-        proc.stdin.close()
-    except (BrokenPipeError, ConnectionResetError):
-        raise _died(proc, drain, tail, "the sandboxed child was gone before the request was sent") from None
-    started = time.monotonic()
-    line = _next_line(lines, limits.time_s if limits.time_s > 0 else None)
-    if line is None and proc.poll() is None:
-        _kill(proc)
-        raise SandboxFailure(TIMEOUT, f"the sandboxed run exceeded its time limit of {limits.time_s:g}s and was killed")
-    if not line:
-        raise _died(proc, drain, tail, f"the sandboxed child died after {time.monotonic() - started:.1f}s")
-    reply = _json(line)
-    if reply.get("ok") is True and isinstance(reply.get("result"), dict):
-        return dict(reply["result"])
-    kind = reply.get("kind") if reply.get("kind") in (OUT_OF_MEMORY, ERROR) else ERROR
-    raise SandboxFailure(str(kind), str(reply.get("message") or "the sandboxed child sent a malformed answer")[:2000])
+        return child.call(request, outputs)
+    finally:
+        child.close()
+
+
+class WarmSandbox:
+    """One sandboxed child kept for many requests (its interpreter and torch start once), one
+    request at a time. A child that goes over a limit, dies or answers garbage is killed, and
+    the next call starts a fresh one. Its isolation is fixed when it starts: give it the
+    directories every request reads from (e.g. a blob store), never one holding a key."""
+
+    def __init__(
+        self,
+        entry: str,
+        limits: SandboxLimits,
+        *,
+        isolation: Isolation | None = None,
+        scratch_root: os.PathLike[str] | str | None = None,
+    ) -> None:
+        self.entry, self.limits = entry, limits
+        self.isolation = isolation or Isolation()
+        self.scratch_root = scratch_root
+        self._lock = threading.Lock()
+        self._child: _Channel | None = None
+
+    def call(
+        self, request: Mapping[str, Any], outputs: Mapping[str, os.PathLike[str] | str] | None = None
+    ) -> dict[str, Any]:
+        """Send one request; its answer, or SandboxFailure. Output files move out of the scratch."""
+        with self._lock:
+            child = self._child if self._child is not None and self._child.alive else None
+            if child is None:
+                self._close_child()
+                child = self._child = _Channel.start(self.entry, self.limits, self.isolation, self.scratch_root)
+            try:
+                reply = child.exchange(request, self.limits.time_s)
+                for name, dest in (outputs or {}).items():
+                    shutil.move(child.scratch.path / name, dest)
+                return reply
+            except SandboxFailure as e:
+                if e.kind != ERROR:  # over a limit, crashed or garbled: this child is done
+                    self._close_child()
+                raise
+
+    def warm(self) -> None:
+        """Start the child now, so the first request does not pay for its start-up."""
+        with self._lock:
+            if self._child is None or not self._child.alive:
+                self._close_child()
+                self._child = _Channel.start(self.entry, self.limits, self.isolation, self.scratch_root)
+
+    def _close_child(self) -> None:
+        child, self._child = self._child, None
+        if child is not None:
+            child.close()
+
+    def close(self) -> None:
+        """Kill the child (if any) and delete its scratch directory."""
+        self._close_child()
+
+
+class _Channel:
+    """A started child: its pipes, its greeting, a bounded tail of its stderr."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], scratch: Scratch) -> None:
+        self.proc, self.scratch = proc, scratch
+        self.lines: queue.Queue[bytes] = queue.Queue()
+        self.tail = bytearray()
+        assert proc.stdout is not None and proc.stderr is not None
+        threading.Thread(target=_read_lines, args=(proc.stdout, self.lines), daemon=True).start()
+        self.drain = threading.Thread(target=_drain, args=(proc.stderr, self.tail), daemon=True)
+        self.drain.start()
+
+    @classmethod
+    def start(cls, entry: str, limits: SandboxLimits, iso: Isolation, root: os.PathLike[str] | str | None) -> _Channel:
+        scratch = Scratch(root)
+        try:
+            proc = subprocess.Popen(
+                child_argv(entry, limits, iso, scratch.path),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=scratch.path,
+                env=scrubbed_env(scratch.path),
+                close_fds=True,
+                start_new_session=True,
+            )
+        except OSError:
+            scratch.close()
+            raise
+        channel = cls(proc, scratch)
+        hello = _next_line(channel.lines, limits.start_timeout_s)
+        if hello is None or _json(hello).get("ready") is not True:
+            failure = channel.died("the sandboxed child failed to start" + (" in time" if hello is None else ""))
+            channel.close()
+            raise failure
+        report_status(scratch.path)
+        return channel
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def exchange(self, request: Mapping[str, Any], time_s: float) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(json.dumps(dict(request)).encode() + b"\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            raise self.died("the sandboxed child was gone before the request was sent") from None
+        started = time.monotonic()
+        line = _next_line(self.lines, time_s if time_s > 0 else None)
+        if line is None and self.proc.poll() is None:
+            _kill(self.proc)
+            raise SandboxFailure(TIMEOUT, f"the sandboxed run exceeded its time limit of {time_s:g}s and was killed")
+        if not line:
+            raise self.died(f"the sandboxed child died after {time.monotonic() - started:.1f}s")
+        reply = _json(line)
+        if reply.get("ok") is True and isinstance(reply.get("result"), dict):
+            return dict(reply["result"])
+        if reply.get("kind") not in (OUT_OF_MEMORY, ERROR):
+            raise self.died("the sandboxed child sent a malformed answer")
+        raise SandboxFailure(str(reply["kind"]), str(reply.get("message"))[:2000])
+
+    def died(self, what: str) -> SandboxFailure:
+        return _died(self.proc, self.drain, self.tail, what)
+
+    def close(self) -> None:
+        _kill(self.proc)
+        self.scratch.close()
 
 
 def _read_lines(stream: IO[bytes], out: queue.Queue[bytes]) -> None:
@@ -207,18 +291,19 @@ def protocol_stream() -> IO[str]:
 
 
 def serve_once(handler: Callable[[dict[str, Any], Path], dict[str, Any]]) -> None:
-    """Greet, read one JSON request from stdin, answer it on the protocol stream, return."""
+    """Greet, then answer each JSON request line from stdin on the protocol stream until EOF
+    (run_once sends one; a WarmSandbox many)."""
     out = protocol_stream()
     out.write(json.dumps({"ready": True, "pid": os.getpid()}) + "\n")
     out.flush()
-    line = sys.stdin.readline()
-    try:
-        request = json.loads(line)
-        if not isinstance(request, dict):
-            raise ValueError("a request must be a JSON object")
-        reply: dict[str, Any] = {"ok": True, "result": handler(request, Path.cwd())}
-    except BaseException as exc:  # noqa: BLE001 - everything the program does is reported, nothing escapes
-        kind = OUT_OF_MEMORY if is_oom(exc) else ERROR
-        reply = {"ok": False, "kind": kind, "message": f"{type(exc).__name__}: {exc}"[:2000]}
-    out.write(json.dumps(reply) + "\n")
-    out.flush()
+    for line in sys.stdin:
+        try:
+            request = json.loads(line)
+            if not isinstance(request, dict):
+                raise ValueError("a request must be a JSON object")
+            reply: dict[str, Any] = {"ok": True, "result": handler(request, Path.cwd())}
+        except Exception as exc:  # noqa: BLE001 - everything the program does is reported, nothing escapes
+            kind = OUT_OF_MEMORY if is_oom(exc) else ERROR
+            reply = {"ok": False, "kind": kind, "message": f"{type(exc).__name__}: {exc}"[:2000]}
+        out.write(json.dumps(reply) + "\n")
+        out.flush()

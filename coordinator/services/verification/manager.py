@@ -25,7 +25,7 @@ from coordinator.repositories.verification.checks import CheckPlan, Verdict
 from coordinator.repositories.verification.rulings import Ruling, RulingInfo
 from coordinator.repositories.verification.store import CheckInfo
 from coordinator.services.runtime import Runtime
-from coordinator.services.sandboxed import reexecute_rows
+from coordinator.services.sandboxed import SandboxFailure, reexecute_rows, referee
 from coordinator.services.verification.compare import load_rows, rows_match
 from coordinator.services.verification.policy import VerificationPolicy
 from tensorgrid.blobs import BlobStore
@@ -128,6 +128,10 @@ class Verification:
 
     async def run_referee(self, settled: Settled) -> None:
         """Rule on disputed checks as they come (and those a previous run left pending)."""
+        try:
+            await self._work(referee(self.rt, self.blobs).warm)  # the first ruling need not wait for torch
+        except SandboxFailure as e:
+            log.warning("the referee's sandbox did not start (it is retried with the first ruling): %s", e)
         while True:
             try:
                 await asyncio.wait_for(self._disputes.wait(), REFEREE_IDLE_S)
@@ -189,7 +193,7 @@ class Verification:
         model = self.blobs.path_for(info.model_sha)
         batch = int(info.settings.get("batch_size") or 0)
         with self._torch:
-            reexecute_rows(self.rt.sandbox, self.blobs.tmp_dir, model, source, out, batch)
+            reexecute_rows(self.rt, self.blobs, model, source, out, batch)
 
     # -- economic security: stake gating ------------------------------------------------------
 
