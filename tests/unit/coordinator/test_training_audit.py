@@ -30,7 +30,6 @@ from coordinator.repositories.verification import checks as records
 from coordinator.services.acceptance import ResultAcceptance, ResultItem
 from coordinator.services.intake import plan_job
 from coordinator.services.runtime import Runtime
-from coordinator.services.sandboxed import referee
 from coordinator.services.training.replay import AuditCase, check_reveal, reveal_plan
 from tensorgrid.errors import TensorGridError
 from tensorgrid.spec import TrainingSpec, VerificationSpec, canonical_json, job_id_for, spec_hash
@@ -379,9 +378,6 @@ def test_a_missing_reveal_expires_at_the_deadline_and_is_not_slashable(
     coordinator: Coordinator, files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     app = coordinator
-    # The replay runs in the coordinator's sandboxed child: start it (torch's import) before the
-    # round's 30 s deadline starts counting, as a running coordinator does when it starts.
-    referee(app.runtime, app.blobs).warm()
     job_id, spec = submit(app, files, round_deadline_s=30, task_time_limit_s=30)
 
     async def scenario() -> None:
