@@ -27,6 +27,7 @@ from coordinator.services.verifier import Verifier
 from tensorgrid.blobs import BlobStore
 from tensorgrid.crypto import load_or_create_key_file
 from tensorgrid.errors import TensorGridError
+from tensorgrid.sandbox import SandboxLimits
 from tensorgrid.types import Domain
 
 log = logging.getLogger("tensorgrid.coordinator")
@@ -41,7 +42,11 @@ class Coordinator:
         self.identity, _ = load_or_create_key_file(config.data_dir / "coordinator.key")
         self.chain = self._chain_gate()
         self.domain = self.chain.deployment.domain if self.chain is not None else self._own_domain()
-        self.runtime = rt = Runtime(inline_db=store.is_sqlite, db_threads=1 if store.is_sqlite else 8)
+        self.runtime = rt = Runtime(
+            inline_db=store.is_sqlite,
+            db_threads=1 if store.is_sqlite else 8,
+            sandbox=SandboxLimits(memory_bytes=config.referee_memory_bytes, time_s=config.referee_time_s),
+        )
         self.hub = rt.hub
         self.ledger = Ledger(store.engine)
         self.outbox = self.ledger.outbox(self.chain.client) if self.chain is not None else None

@@ -93,6 +93,8 @@ class CoordinatorConfig:
     blob_retention_ms: int = 7 * 24 * 3600 * 1000  # unreferenced blobs older than this are deleted
     retention_interval_ms: int = 600_000  # how often the blob store is swept
     peers: PeerLimits = field(default_factory=PeerLimits)
+    referee_time_s: float = 600.0  # wall time of one sandboxed re-execution or replay
+    referee_memory_bytes: int = 4 * GiB  # its hard memory cap
 
     @property
     def db_url(self) -> str:

@@ -19,6 +19,7 @@ from tensorgrid.config import Setting
 from tensorgrid.crypto import normalize_address
 from tensorgrid.errors import SignatureError, TensorGridError
 from tensorgrid.logs import setup_logging
+from tensorgrid.sandbox.confine import forbid_inspection
 
 log = logging.getLogger("tensorgrid.coordinator")
 
@@ -193,6 +194,20 @@ RESULT_MEMORY_MIB = Setting(
     help="small results held in memory at once, over all nodes (beyond it they go to disk)",
 )
 PEER_SETTINGS = (NODE_CALLS, NODE_STREAMS, IP_CALLS, IP_STREAMS, RESULT_MEMORY_MIB)
+REFEREE_TIME_S = Setting(
+    "--referee-time-s",
+    _COORDINATOR + "REFEREE_TIME_S",
+    CoordinatorConfig.referee_time_s,
+    type=float,
+    help="wall time of one sandboxed re-execution or training replay; over it, the check blames no one",
+)
+REFEREE_MEMORY_MIB = Setting(
+    "--referee-memory-mib",
+    _COORDINATOR + "REFEREE_MEMORY_MIB",
+    CoordinatorConfig.referee_memory_bytes / MiB,
+    type=float,
+    help="hard memory cap of that sandboxed child",
+)
 SETTINGS = (
     LISTEN,
     TLS_CERT,
@@ -215,6 +230,8 @@ SETTINGS = (
     QUOTA_OPEN_JOBS,
     BLOB_RETENTION,
     *PEER_SETTINGS,
+    REFEREE_TIME_S,
+    REFEREE_MEMORY_MIB,
 )
 _UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 
@@ -279,6 +296,8 @@ def config_from(ns: argparse.Namespace) -> CoordinatorConfig:
         tls_cert=ns.tls_cert,
         tls_key=ns.tls_key,
         insecure=ns.insecure,
+        referee_time_s=ns.referee_time_s,
+        referee_memory_bytes=int(ns.referee_memory_mib * MiB),
         timing=LeaseTiming(ttl_ms=ns.lease_ttl_ms),
         limits=Limits(max_shard_bytes=int(ns.max_shard_mib * MiB), max_blob_bytes=int(ns.max_blob_mib * MiB)),
         peers=peer_limits(ns),
@@ -305,6 +324,7 @@ def credentials(config: CoordinatorConfig) -> grpc.ServerCredentials | None:
 
 async def serve(config: CoordinatorConfig, ready_file: Path | None = None) -> None:
     creds = credentials(config)  # before anything starts: a bad certificate stops us here
+    forbid_inspection()  # a sandboxed referee must not read this process's key or secrets
     app = Coordinator(config)
     server, port = await build_server(app, config.listen, creds)
     await server.start()

@@ -33,6 +33,7 @@ from tensorgrid.nodeclient import NodeClient
 from tensorgrid.retry import backoff
 from tensorgrid.rpc import retry_after_s
 from tensorgrid.tls import explain_unavailable
+from tensorgrid.sandbox import Isolation
 from tensorgrid.types import BlobRef, Capabilities, ErrorKind, Lease, TaskError
 
 log = logging.getLogger("tensorgrid.node")
@@ -55,12 +56,24 @@ class Agent:
         self.client = NodeClient(
             config.coordinator, signer, config.rpc_timeout_s, tls=config.tls, expected_domain=config.domain
         )
-        self.executors = [Executor() for _ in range(max(1, config.slots))]
+        self.executors = [self._executor(config, caps, cache) for _ in range(max(1, config.slots))]
         self.draining = asyncio.Event()
         self.completed = 0
         self._registered = asyncio.Event()
         self._active: dict[str, tuple[int, Executor]] = {}  # task_id → (attempt, executor)
         self._busy = 0  # lease calls refused in a row as RESOURCE_EXHAUSTED
+
+    @staticmethod
+    def _executor(config: AgentConfig, caps: Capabilities, cache: BlobCache) -> Executor:
+        """A sandboxed worker slot: the memory it offers as a hard cap, reads of the blob cache,
+        writes in the work directory, nothing else of this machine (where the OS allows)."""
+        slots = max(1, config.slots)
+        return Executor(
+            memory_cap_bytes=int(caps.memory_bytes or 0) // slots,
+            device=config.device,
+            isolation=Isolation().with_paths(readable=[cache.root], writable=[config.work_dir]),
+            scratch_root=config.work_dir / "sandbox",
+        )
 
     # ---- lifecycle -----------------------------------------------------------------------------
     async def run(self) -> None:

@@ -1,9 +1,13 @@
-"""Run tasks in a supervised child process (node.worker) with time and memory limits.
+"""Run tasks in a supervised, sandboxed child process (node.worker) with time and memory limits.
 
 The daemon never runs a workload in its own process: a hostile or broken model can only
 take down the child, which is killed (its whole process group) and replaced on the next
-task. Memory is enforced by polling the child's peak RSS; the worker adds a per-task
-RLIMIT_AS soft cap on CPU as a backstop (see node.worker).
+task. The child starts through tensorgrid.sandbox: a scrubbed environment (no password, no
+daemon settings), its own scratch directory, no network, no files beyond the blob cache and
+the work directory where the OS allows, and a hard address-space cap at the memory this
+slot offers (CUDA: a per-process memory fraction instead). Within that, each task's own
+limit is enforced by polling the child's peak RSS, with a per-task RLIMIT_AS soft cap on CPU
+as a backstop (see node.worker).
 """
 
 from __future__ import annotations
@@ -14,7 +18,6 @@ import json
 import logging
 import os
 import signal
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +25,8 @@ from typing import Any
 
 import psutil
 
+from tensorgrid.sandbox import Isolation, SandboxLimits, Scratch, child_argv, scrubbed_env
+from tensorgrid.sandbox.policy import report_status
 from tensorgrid.types import ErrorKind, TaskError
 
 __all__ = ["Executor", "TaskOutcome", "TaskRequest"]
@@ -29,7 +34,7 @@ __all__ = ["Executor", "TaskOutcome", "TaskRequest"]
 log = logging.getLogger("tensorgrid.node.executor")
 
 STDERR_TAIL_BYTES = 4096
-_PROJECT_ROOT = str(Path(__file__).resolve().parent.parent)
+WORKER_ENTRY = "node.worker"
 
 
 @dataclass(frozen=True)
@@ -72,8 +77,9 @@ class _WorkerStartError(Exception):
 class _Child:
     """One worker process: its pipes, a bounded tail of its stderr, and how to kill it."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, tail_bytes: int) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, tail_bytes: int, scratch: Scratch) -> None:
         self.proc = proc
+        self.scratch = scratch  # deleted once the child is gone
         self._tail = bytearray()
         self._tail_bytes = tail_bytes
         # stderr must be drained continuously or a chatty child blocks on a full pipe.
@@ -111,6 +117,7 @@ class _Child:
         await self.proc.wait()
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(asyncio.shield(self._drain), 1.0)
+        self.scratch.close()
 
     def peak_rss(self) -> int:
         """Peak resident memory since the last reset (VmHWM), or current RSS off Linux."""
@@ -142,9 +149,24 @@ class Executor:
         start_timeout_s: float = 120.0,
         poll_interval_s: float = 0.1,
         stderr_tail_bytes: int = STDERR_TAIL_BYTES,
+        memory_cap_bytes: int = 0,
+        device: str = "auto",
+        isolation: Isolation | None = None,
+        scratch_root: Path | None = None,
     ) -> None:
-        """worker_argv replaces `python -m node.worker` (tests use it to run hostile workers)."""
-        self._argv = list(worker_argv or [sys.executable, "-m", "node.worker"])
+        """worker_argv replaces the sandboxed `node.worker` (tests use it to run hostile workers;
+        they still get the scrubbed environment and a scratch directory).
+
+        memory_cap_bytes: the hard memory cap of every worker (what this slot offers; 0: none).
+        isolation: what the worker keeps of the machine; default: no network, files unconfined
+        (the daemon passes its blob cache and work directory and confines the rest).
+        scratch_root: where workers' scratch directories are made (default: the system's temp).
+        """
+        self._argv = list(worker_argv) if worker_argv else None
+        self._memory_cap = memory_cap_bytes
+        self._device = device
+        self._isolation = isolation or Isolation(confine_files=False)
+        self._scratch_root = scratch_root
         self._start_timeout_s = start_timeout_s
         self._poll_interval_s = poll_interval_s
         self._tail_bytes = stderr_tail_bytes
@@ -214,21 +236,36 @@ class Executor:
                 log.info("worker %d holds more than the task's memory limit; restarting it", child.pid)
                 await child.kill_and_wait()
         if child is None or not child.alive:
+            if child is not None:
+                child.scratch.close()
             self._child = child = await self._spawn()
         return child
 
     async def _spawn(self) -> _Child:
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PROJECT_ROOT, env.get("PYTHONPATH")) if p)
-        proc = await asyncio.create_subprocess_exec(
-            *self._argv,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-            env=env,
+        scratch = Scratch(self._scratch_root, prefix="worker-")
+        cuda = self._device == "cuda"
+        limits = SandboxLimits(
+            memory_bytes=self._memory_cap,
+            device=self._device,
+            cuda_memory_bytes=self._memory_cap if cuda else 0,
+            start_timeout_s=self._start_timeout_s,
         )
-        child = _Child(proc, self._tail_bytes)
+        argv = self._argv or child_argv(WORKER_ENTRY, limits, self._isolation, scratch.path)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+                close_fds=True,
+                cwd=scratch.path,
+                env=scrubbed_env(scratch.path),
+            )
+        except OSError:
+            scratch.close()
+            raise
+        child = _Child(proc, self._tail_bytes, scratch)
         assert proc.stdout is not None
         try:
             line = await asyncio.wait_for(proc.stdout.readline(), self._start_timeout_s)
@@ -239,6 +276,7 @@ class Executor:
             await child.kill_and_wait()
             tail = await child.stderr_tail()
             raise _WorkerStartError(f"the worker failed to start ({exc or 'timed out'}); stderr: {tail}") from None
+        report_status(scratch.path)  # warns once where the OS keeps the worker from being isolated
         log.debug("worker %d ready", proc.pid)
         return child
 

@@ -32,6 +32,7 @@ from tensorgrid.errors import KeystoreError, TensorGridError
 from tensorgrid.logs import setup_logging
 from tensorgrid.tls import ClientTls
 from tensorgrid.types import Domain
+from tensorgrid.sandbox.confine import forbid_inspection
 
 log = logging.getLogger("tensorgrid.node")
 PASSWORD_ENV = "TENSORGRID_KEY_PASSWORD"
@@ -75,6 +76,12 @@ def parse_args(argv: list[str] | None, env: config.Env | None = None) -> argpars
     return config.parse_args(build_parser(), argv, SETTINGS, env)
 
 
+def take_password_env() -> str:
+    """Read the password from the environment and drop it there at once: no child process
+    (a task's worker, a chain helper) inherits it, whatever environment it is given."""
+    return os.environ.pop(PASSWORD_ENV)
+
+
 def read_password(ns: argparse.Namespace, confirm: bool = False) -> str:
     if ns.password_file:
         try:
@@ -82,7 +89,7 @@ def read_password(ns: argparse.Namespace, confirm: bool = False) -> str:
         except OSError as e:
             raise KeystoreError(f"cannot read --password-file: {e}") from None
     if PASSWORD_ENV in os.environ:  # read when needed: a password never sits in a default
-        return os.environ[PASSWORD_ENV]
+        return take_password_env()
     if not sys.stdin.isatty():
         raise KeystoreError(f"no password: set ${PASSWORD_ENV}, pass --password-file, or run in a terminal")
     pw = getpass.getpass("keystore password: ")
@@ -173,6 +180,7 @@ async def _abort(agent: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     ns = parse_args(argv)
     setup_logging(ns.verbose, "tensorgrid.node")
+    forbid_inspection()  # a job's worker must not read this process's key or environment
     try:
         if ns.command == "init":
             return cmd_init(ns)

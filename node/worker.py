@@ -15,7 +15,9 @@ Response: {"id", "ok": true, "rows": n, "seconds": s, "commitment": hex (trainin
 
 The worker never imports a stranger's code: models are torch.export programs vetted by
 tensorgrid.workloads, tensors are safetensors. It stays alive across requests so torch is
-imported once and recently used programs stay loaded.
+imported once and recently used programs stay loaded. The executor starts it through
+tensorgrid.sandbox.boot, which confines it and calls prepare() (torch's import) before
+capping its address space, then main().
 """
 
 from __future__ import annotations
@@ -33,16 +35,14 @@ from pathlib import Path
 from typing import IO, Any
 
 from tensorgrid.errors import ExecutionError, InvalidTensorFile, SpecError, TensorGridError, UnsafeFileError
+from tensorgrid.sandbox.boot import ADDRESS_SPACE_HEADROOM
+from tensorgrid.sandbox.oneshot import is_oom, protocol_stream
 from tensorgrid.types import ErrorKind
 
 log = logging.getLogger("tensorgrid.node.worker")
 
 PROGRAM_CACHE_SIZE = 2
 MAX_MESSAGE_CHARS = 2000
-# Virtual memory a task may map beyond its RSS budget: allocator arenas, thread stacks and
-# torch's lazily mapped libraries are address space, not memory, and must not trip the cap.
-ADDRESS_SPACE_HEADROOM = 512 * 1024**2
-_OOM_MARKERS = ("can't allocate memory", "out of memory", "cannot allocate memory")
 
 
 class _ProgramCache:
@@ -147,25 +147,9 @@ _HANDLERS: dict[str, Callable[[dict[str, Any]], tuple[int, float] | tuple[int, f
 }
 
 
-def _is_oom(exc: BaseException) -> bool:
-    """True when exc, or anything in its cause chain, is an allocation failure."""
-    import torch
-
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, MemoryError | torch.OutOfMemoryError):
-            return True
-        if isinstance(current, RuntimeError) and any(m in str(current).lower() for m in _OOM_MARKERS):
-            return True
-        current = current.__cause__ or current.__context__
-    return False
-
-
 def classify(exc: BaseException) -> ErrorKind:
     """Map an exception raised while running a task to the ErrorKind reported to the coordinator."""
-    if _is_oom(exc):
+    if is_oom(exc):
         return ErrorKind.OUT_OF_MEMORY
     if isinstance(exc, ExecutionError):
         try:
@@ -183,7 +167,8 @@ def classify(exc: BaseException) -> ErrorKind:
 
 
 def _set_address_space(limit_bytes: int) -> None:
-    """Cap virtual memory for this task (soft limit only, so it can be lifted afterwards).
+    """Cap virtual memory for this task (the soft limit, below the sandbox's hard cap at what
+    the node offers, so it can be lifted again afterwards up to that cap).
 
     This backstops the executor's RSS polling: a fast allocation fails inside the worker
     with a clean MemoryError instead of racing the poller or waking the kernel OOM killer.
@@ -230,18 +215,6 @@ def handle(request: dict[str, Any]) -> dict[str, Any]:
     return response
 
 
-def _protocol_stream() -> IO[str]:
-    """Take fd 1 for the protocol and point fd 1 at stderr.
-
-    Native code (torch, BLAS, CUDA) may print to fd 1; redirecting it keeps stray output
-    from corrupting the response stream.
-    """
-    proto_fd = os.dup(1)
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    return os.fdopen(proto_fd, "w", buffering=1, encoding="utf-8")
-
-
 def serve(stdin: IO[str], out: IO[str]) -> None:
     """Answer requests from stdin until EOF."""
     for line in stdin:
@@ -273,14 +246,28 @@ def _volunteer_for_oom_killer() -> None:
         pass  # not Linux, or not permitted: the executor's own limits still apply
 
 
+_prepared = False
+
+
+def prepare() -> None:
+    """Import torch and route program loading through the LRU: before "ready", so the first
+    task does not pay for it, and before the sandbox caps the address space."""
+    global _prepared
+    if not _prepared:
+        import torch  # noqa: F401
+
+        _install_program_cache()
+        _prepared = True
+
+
 def main() -> None:
     """Entry point of the child process."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="worker %(levelname)s %(message)s")
     _volunteer_for_oom_killer()
-    out = _protocol_stream()
-    import torch  # imported before "ready" so the first task does not pay for it
+    out = protocol_stream()
+    prepare()
+    import torch
 
-    _install_program_cache()
     out.write(json.dumps({"ready": True, "pid": os.getpid(), "torch": torch.__version__}) + "\n")
     out.flush()
     serve(sys.stdin, out)

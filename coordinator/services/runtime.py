@@ -11,6 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from coordinator.events import EventHub
+from tensorgrid.sandbox import SandboxLimits, WarmSandbox
+
+# A stranger's graph the coordinator runs (referee, training replay) gets this much by default.
+REFEREE_LIMITS = SandboxLimits(memory_bytes=4 << 30, time_s=600.0)
 
 T = TypeVar("T")
 
@@ -22,11 +26,22 @@ def now_ms() -> int:
 class Runtime:
     """Executors, clock, hub and background tasks of one coordinator process."""
 
-    def __init__(self, *, inline_db: bool, db_threads: int, work_threads: int = 2, hub: EventHub | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        inline_db: bool,
+        db_threads: int,
+        work_threads: int = 2,
+        hub: EventHub | None = None,
+        sandbox: SandboxLimits = REFEREE_LIMITS,
+    ) -> None:
+        """sandbox: the limits of every child that runs a stranger's graph for this coordinator."""
         # SQLite has one writer: one DB thread avoids lock contention. PostgreSQL takes a pool.
         self._db_pool = ThreadPoolExecutor(db_threads, thread_name_prefix="db")
         self._work_pool = ThreadPoolExecutor(work_threads, thread_name_prefix="work")
         self.inline_db = inline_db
+        self.sandbox = sandbox
+        self.referee: WarmSandbox | None = None  # the warm child services.sandboxed runs graphs in
         self.hub = hub if hub is not None else EventHub()
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -57,6 +72,8 @@ class Runtime:
         task.add_done_callback(self._tasks.discard)
 
     async def stop(self) -> None:
+        if self.referee is not None:
+            self.referee.close()  # a graph still running there is abandoned, not waited for
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -33,7 +33,7 @@ training_rounds = Table(
 
 # One row per audited training result: the checkpoints its node must reveal, what it revealed
 # so far and how the audit ended. Written in the transaction that accepts the result, so an
-# audit survives a restart; state: "pending" → "passed" | "failed" | "expired".
+# audit survives a restart; state: "pending" → "passed" | "failed" | "expired" | "unverified".
 training_audits = Table(
     "training_audits",
     metadata,

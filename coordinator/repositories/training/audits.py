@@ -27,6 +27,9 @@ from tensorgrid.types import BlobRef
 
 log = logging.getLogger("tensorgrid.coordinator.training")
 PENDING, PASSED, FAILED, EXPIRED = "pending", "passed", "failed", "expired"
+# The coordinator could not replay within its sandbox's limits: no fault of the node's, so the
+# result stands and is paid, unchecked (as an inference check nobody could take passes).
+UNVERIFIED = "unverified"
 ta, tr = s.training_audits, s.training_rounds
 AVOID_CAUGHT_MS = 10 * 60_000  # a caught node is not given the task it cheated on again for this long
 
@@ -216,7 +219,9 @@ def settle(engine: Engine, audit: Audit, outcome: Outcome, now_ms: int) -> bool:
         ).rowcount
         if not done:
             return False
-        if outcome.state == PASSED:
+        if outcome.state == UNVERIFIED:
+            ledger.credit_results(conn, [(audit.node, audit.job_id, audit.task_id, audit.attempt)], now_ms)
+        elif outcome.state == PASSED:
             records.bump(conn, [audit.node], valid=True, job_id=audit.job_id)
             ledger.credit_results(conn, [(audit.node, audit.job_id, audit.task_id, audit.attempt)], now_ms)
         else:

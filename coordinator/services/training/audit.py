@@ -4,8 +4,9 @@ When a training result is accepted, the job's verification policy draws whether 
 (new nodes always, trusted ones down to the floor) and which segment of its checkpoint
 chain to replay; both come from an HMAC of a coordinator secret, so a node cannot predict
 them. The node then reveals the checkpoints asked for (RevealCheckpoint); once all are in,
-the coordinator checks them on its work pool (services.training.replay) and settles the
-audit. The round manager calls settle_round before closing a round: audits whose reveals
+the coordinator checks them in a sandboxed child (services.sandboxed, running
+services.training.replay) and settles the audit; a replay over the sandbox's limits settles
+"unverified" (paid, nobody blamed). The round manager calls settle_round before closing a round: audits whose reveals
 are all in are checked there too (e.g. after a restart) and the rest expire at the round's
 deadline, so a round never closes on a result whose audit is still open.
 """
@@ -23,11 +24,21 @@ from coordinator.errors import Rejected
 from coordinator.repositories.store import Store
 from coordinator.repositories.tasks import TaskRecord
 from coordinator.repositories.training import audits as db
-from coordinator.repositories.training.audits import EXPIRED, FAILED, PASSED, PENDING, Audit, AuditPlan, Outcome
+from coordinator.repositories.training.audits import (
+    EXPIRED,
+    FAILED,
+    PASSED,
+    PENDING,
+    UNVERIFIED,
+    Audit,
+    AuditPlan,
+    Outcome,
+)
 from coordinator.repositories.training.rounds import RoundView, round_view, task_settings
 from coordinator.services.blobs import drain, receive_into
 from coordinator.services.runtime import Runtime
-from coordinator.services.training.replay import AuditCase, check_reveal, reveal_plan
+from coordinator.services.sandboxed import SandboxFailure, replay_audit
+from coordinator.services.training.replay import AuditCase, Finding, reveal_plan
 from coordinator.services.verification.policy import DEFAULT, VerificationPolicy
 from tensorgrid.blobs import BlobStore
 from tensorgrid.training.commitments import checkpoint_steps
@@ -133,13 +144,16 @@ class Auditor:
         try:
             case = await self._case(audit)
             async with self.lock:
-                finding = await self.rt.work(check_reveal, case)
-            outcome = Outcome(
-                PASSED if finding.passed else FAILED,
-                finding.reason,
-                "" if finding.passed else finding.evidence,
-                int(finding.replay_seconds * 1000),
-            )
+                finding = await self._replay(case)
+            if finding is None:
+                outcome = Outcome(UNVERIFIED, "the coordinator could not replay it within its sandbox's limits")
+            else:
+                outcome = Outcome(
+                    PASSED if finding.passed else FAILED,
+                    finding.reason,
+                    "" if finding.passed else finding.evidence,
+                    int(finding.replay_seconds * 1000),
+                )
             await self.rt.db(db.settle, self.engine, audit, outcome, self.rt.now_ms())
             log.info(
                 "audit of task %s/%d from %s: %s%s",
@@ -152,6 +166,17 @@ class Auditor:
             return outcome.state
         finally:
             self._busy.discard(key)
+
+    async def _replay(self, case: AuditCase) -> Finding | None:
+        """The replay's finding; None when the sandboxed child went over its limits or died
+        (the program's cost is the submitter's choice, not the node's fault)."""
+        try:
+            return await self.rt.work(replay_audit, self.rt, self.blobs, case)
+        except SandboxFailure as e:
+            if e.raised:
+                raise
+            log.warning("cannot replay the audit of %s: %s", case.result.name[:12], e)
+            return None
 
     async def _case(self, audit: Audit) -> AuditCase:
         rt = self.rt
@@ -189,7 +214,7 @@ class Auditor:
 
 def usable(state: str | None) -> bool:
     """May a result with this audit state (None: not audited) go into its round's outer step?"""
-    return state in (None, PASSED)
+    return state in (None, PASSED, UNVERIFIED)
 
 
 __all__ = ["Auditor", "FAILED", "usable"]

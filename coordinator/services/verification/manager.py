@@ -1,6 +1,6 @@
 """The verification ladder at run time: decide which results to check, build check tasks,
-compare check outputs, referee disputes by re-executing the rows here, and keep
-under-staked nodes away from jobs they could cheat on."""
+compare check outputs, referee disputes by re-executing the rows (in a sandboxed child,
+services.sandboxed), and keep under-staked nodes away from jobs they could cheat on."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
 from sqlalchemy import Connection, select
 
 from coordinator.db import schema as s
@@ -26,6 +25,7 @@ from coordinator.repositories.verification.checks import CheckPlan, Verdict
 from coordinator.repositories.verification.rulings import Ruling, RulingInfo
 from coordinator.repositories.verification.store import CheckInfo
 from coordinator.services.runtime import Runtime
+from coordinator.services.sandboxed import SandboxFailure, reexecute_rows, referee
 from coordinator.services.verification.compare import load_rows, rows_match
 from coordinator.services.verification.policy import VerificationPolicy
 from coordinator.services.verification.referee import blames, judge, soundness
@@ -33,14 +33,11 @@ from tensorgrid.blobs import BlobStore
 from tensorgrid.spec import VerificationSpec
 from tensorgrid.types import BlobRef
 from tensorgrid.workloads import tensorfile
-from tensorgrid.workloads.inference import run_inference
-from tensorgrid.workloads.model import load_program
 
 log = logging.getLogger("tensorgrid.coordinator.verification")
 STAKE_CACHE_S = 60.0
 Settled = Callable[[str, bool], None]  # (job id, job complete): a ruling changed the job
 REFEREE_IDLE_S = 1.0
-REFEREE_PROGRAMS = 4
 
 
 class Verification:
@@ -66,8 +63,7 @@ class Verification:
         self._required: dict[str, int] = {}  # open job id → stake its nodes need (wei), when > 0
         self._required_until = 0.0
         self._disputes = asyncio.Event()
-        self._torch = threading.Lock()  # torch.export.load is not thread-safe
-        self._programs: dict[str, torch.nn.Module] = {}  # model sha → loaded program (a few, LRU)
+        self._torch = threading.Lock()  # one referee child at a time: its memory cap is the coordinator's budget
         self.rulings = 0
 
     @property
@@ -155,6 +151,10 @@ class Verification:
 
     async def run_referee(self, settled: Settled) -> None:
         """Rule on disputed checks as they come (and those a previous run left pending)."""
+        try:
+            await self._work(referee(self.rt, self.blobs).warm)  # the first ruling need not wait for torch
+        except SandboxFailure as e:
+            log.warning("the referee's sandbox did not start (it is retried with the first ruling): %s", e)
         while True:
             try:
                 await asyncio.wait_for(self._disputes.wait(), REFEREE_IDLE_S)
@@ -216,15 +216,14 @@ class Verification:
         return Ruling(ref.sha256, ruling.subject_right, ruling.right_checkers)
 
     def _run_model(self, info: RulingInfo, source: Path, out: Path) -> None:
+        """The job's model over `source`, in a sandboxed child under the referee's limits. A
+        child over its limits raises SandboxFailure: _rule records that the referee could not
+        run (fail_ruling), which blames no one."""
         model = self.blobs.path_for(info.model_sha)
+        batch = int(info.settings.get("batch_size") or 0)
         with self._torch:
-            module = self._programs.pop(info.model_sha, None) or load_program(model, torch.device("cpu"))
-            self._programs[info.model_sha] = module  # most recently used last
-            while len(self._programs) > REFEREE_PROGRAMS:
-                del self._programs[next(iter(self._programs))]
-            batch = int(info.settings.get("batch_size") or 0)
             names = info.settings.get("input_names") or None  # the job's argument order, as the nodes ran it
-            run_inference(model, source, out, input_names=names, batch_size=batch, device="cpu", module=module)
+            reexecute_rows(self.rt, self.blobs, model, source, out, batch, names)
 
     # -- economic security: stake gating ------------------------------------------------------
 

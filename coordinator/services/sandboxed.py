@@ -1,0 +1,130 @@
+"""The coordinator's stranger-graph work, run in a sandboxed child (tensorgrid.sandbox).
+
+The referee's re-execution of disputed rows and a training audit's replay both run a
+submitter's program on files a node sent. Neither runs in the coordinator's process, which
+holds its signing key and its secrets: each runs in a child started by
+tensorgrid.sandbox with the coordinator's referee limits (wall time per request, hard memory
+cap), a scrubbed environment, no network, and read access to the blob store only (where the
+OS allows). The child is kept warm between requests (torch starts once) and replaced after
+any limit or crash. Requests and answers are JSON; tensors stay in safetensors files.
+
+A child that hits a limit raises SandboxFailure (`over_limit`): callers treat that as
+"could not check", never as the node's fault.
+
+This module is also the child's entry point: its `main()` runs in the child.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from pathlib import Path
+from typing import Any
+
+from coordinator.services.runtime import Runtime
+from coordinator.services.training.replay import AuditCase, Finding, check_reveal
+from tensorgrid.blobs import BlobStore
+from tensorgrid.sandbox import Isolation, SandboxFailure, WarmSandbox, serve_once
+from tensorgrid.training.inner import InnerSettings
+from tensorgrid.workloads.inference import run_inference
+
+__all__ = ["ENTRY", "SandboxFailure", "reexecute_rows", "referee", "replay_audit"]
+
+ENTRY = "coordinator.services.sandboxed"
+OUTPUT = "out.safetensors"
+_START = threading.Lock()
+
+
+def referee(rt: Runtime, blobs: BlobStore) -> WarmSandbox:
+    """The coordinator's one warm sandboxed child: it may read the blob store (strangers'
+    data only: the key and the database live elsewhere) and nothing else of the machine."""
+    with _START:
+        if rt.referee is None:
+            isolation = Isolation().with_paths(readable=[blobs.root])
+            rt.referee = WarmSandbox(ENTRY, rt.sandbox, isolation=isolation, scratch_root=blobs.tmp_dir)
+        return rt.referee
+
+
+def reexecute_rows(
+    rt: Runtime,
+    blobs: BlobStore,
+    model: Path,
+    source: Path,
+    out: Path,
+    batch_size: int,
+    input_names: list[str] | None = None,
+) -> None:
+    """Run `model` over every row of `source` on CPU in the sandboxed child; write `out`.
+    input_names: the job's argument order, as the nodes ran it (None: the file's order)."""
+    request = {
+        "op": "infer",
+        "model": str(model),
+        "source": str(source),
+        "batch_size": int(batch_size),
+        "input_names": list(input_names) if input_names else None,
+    }
+    referee(rt, blobs).call(request, outputs={OUTPUT: out})
+
+
+def replay_audit(rt: Runtime, blobs: BlobStore, case: AuditCase) -> Finding:
+    """check_reveal(case) in the sandboxed child; its Finding."""
+    request = {
+        "op": "replay",
+        "program": str(case.program),
+        "shard": str(case.shard),
+        "weights": str(case.weights),
+        "result": str(case.result),
+        "settings": case.settings.to_dict(),
+        "commitment": case.commitment,
+        "segment": int(case.segment),
+        "revealed": {str(step): str(path) for step, path in case.revealed.items()},
+    }
+    answer = referee(rt, blobs).call(request)
+    return Finding(
+        passed=bool(answer["passed"]),
+        reason=str(answer.get("reason", "")),
+        evidence=str(answer.get("evidence", "")),
+        replay_seconds=float(answer.get("replay_seconds", 0.0)),
+    )
+
+
+# -- in the child -----------------------------------------------------------------------------
+
+
+def _infer(request: dict[str, Any], scratch: Path) -> dict[str, Any]:
+    stats = run_inference(
+        request["model"],
+        request["source"],
+        scratch / OUTPUT,
+        input_names=request.get("input_names") or None,
+        batch_size=int(request["batch_size"]),
+        device="cpu",
+    )
+    return {"rows": stats.rows}
+
+
+def _replay(request: dict[str, Any], scratch: Path) -> dict[str, Any]:
+    case = AuditCase(
+        program=Path(request["program"]),
+        shard=Path(request["shard"]),
+        weights=Path(request["weights"]),
+        result=Path(request["result"]),
+        settings=InnerSettings.from_dict(request["settings"]),
+        commitment=str(request["commitment"]),
+        segment=int(request["segment"]),
+        revealed={int(step): Path(path) for step, path in request["revealed"].items()},
+    )
+    return dataclasses.asdict(check_reveal(case))
+
+
+def _handle(request: dict[str, Any], scratch: Path) -> dict[str, Any]:
+    op = request.get("op")
+    if op == "infer":
+        return _infer(request, scratch)
+    if op == "replay":
+        return _replay(request, scratch)
+    raise ValueError(f"unknown operation {op!r}")
+
+
+def main() -> None:
+    serve_once(_handle)

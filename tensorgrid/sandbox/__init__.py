@@ -1,0 +1,29 @@
+"""Run a stranger's program in a child process that holds nothing worth stealing.
+
+One primitive shared by the node's worker and the coordinator's referee and replays: the
+parent (`Sandbox`) starts `python -m tensorgrid.sandbox.boot <entry>` with a scrubbed
+environment, a fresh scratch directory as cwd, HOME and TMPDIR (deleted afterwards) and no
+inherited file descriptors beyond stdin/stdout/stderr; the child (`boot`) leaves the
+network (a new network namespace), optionally the file system outside the paths it was
+given (Landlock), caps its address space (RLIMIT_AS soft = hard, so it cannot lift it),
+core dumps and open files, and only then runs the entry point. The parent enforces the
+wall-time limit and kills the child's process group.
+
+What the child cannot do, and where the OS keeps that from being enforced, is written in
+README.md ("What a job can and cannot do on your machine").
+"""
+
+from tensorgrid.sandbox.oneshot import SandboxFailure, WarmSandbox, run_once, serve_once
+from tensorgrid.sandbox.policy import Isolation, SandboxLimits, Scratch, child_argv, scrubbed_env
+
+__all__ = [
+    "Isolation",
+    "SandboxFailure",
+    "SandboxLimits",
+    "WarmSandbox",
+    "Scratch",
+    "child_argv",
+    "run_once",
+    "scrubbed_env",
+    "serve_once",
+]

@@ -1,0 +1,79 @@
+"""`python -m tensorgrid.sandbox.boot CONFIG`: confine this process, then run an entry point.
+
+CONFIG is the JSON the parent built (tensorgrid.sandbox.policy.child_argv). In order:
+leave the network (while still single-threaded, as unshare(CLONE_NEWUSER) requires),
+confine the file system, cap core dumps and descriptors, import the entry module and run
+its optional `prepare()` (the trusted imports: interpreter and torch), cap the address space
+at what is mapped then plus the memory limit (soft = hard), cap CUDA memory, write what
+could be isolated to the scratch directory's status file, and call the entry's `main()`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from tensorgrid.sandbox import confine
+from tensorgrid.sandbox.policy import STATUS_FILE
+
+# Address space a program may map beyond its memory budget: allocator arenas, thread stacks
+# and lazily mapped libraries are address space, not memory, and must not trip the cap.
+ADDRESS_SPACE_HEADROOM = 512 * 1024**2
+
+
+def _isolate(config: dict[str, Any]) -> dict[str, str]:
+    iso, scratch = config["isolation"], config["scratch"]
+    status: dict[str, str] = {"network": "shared", "files": "shared"}
+    if iso["network"] == "isolate":
+        why = confine.leave_network()
+        status["network"] = "isolated" if not why else "shared"
+        if why:
+            status["network_reason"] = why
+    if iso["confine_files"]:
+        read = [*confine.SYSTEM_READ, *config["runtime"], *iso["readable"]]
+        write = [*confine.SYSTEM_WRITE, scratch, *iso["writable"]]
+        why = confine.confine_files(read, write)
+        status["files"] = "isolated" if not why else "shared"
+        if why:
+            status["files_reason"] = why
+    return status
+
+
+def _cap_memory(limits: dict[str, Any], status: dict[str, str]) -> None:
+    memory = int(limits.get("memory_bytes") or 0)
+    if memory > 0 and limits.get("device") != "cuda":
+        cap = confine.cap_address_space(confine.mapped_bytes() + memory + ADDRESS_SPACE_HEADROOM)
+        status["address_space_bytes"] = str(cap)
+    cuda = int(limits.get("cuda_memory_bytes") or 0)
+    torch = sys.modules.get("torch")
+    if cuda > 0 and torch is not None and torch.cuda.is_available():
+        for device in range(torch.cuda.device_count()):
+            total = torch.cuda.get_device_properties(device).total_memory
+            torch.cuda.set_per_process_memory_fraction(min(1.0, cuda / total), device)
+        status["cuda_memory_bytes"] = str(cuda)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        sys.exit("usage: python -m tensorgrid.sandbox.boot CONFIG-JSON (started by tensorgrid.sandbox)")
+    config = json.loads(args[0])
+    status = _isolate(config)
+    confine.set_fixed_limits(int(config["limits"].get("open_files") or 0))
+    entry = importlib.import_module(config["entry"])
+    prepare = getattr(entry, "prepare", None)
+    if prepare is not None:
+        prepare()
+    _cap_memory(config["limits"], status)
+    scratch = Path(config["scratch"])
+    os.chdir(scratch)
+    (scratch / STATUS_FILE).write_text(json.dumps(status))
+    entry.main()
+
+
+if __name__ == "__main__":
+    main()

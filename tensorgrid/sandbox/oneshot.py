@@ -1,0 +1,309 @@
+"""One request, one sandboxed child: how the coordinator runs a stranger's graph.
+
+Parent: `run_once(entry, request, limits, ...)` starts the child (tensorgrid.sandbox.boot),
+waits for its greeting (start-up is not charged to the time limit), sends one JSON request
+line, and waits at most limits.time_s for one JSON response line; then it moves the named
+output files out of the child's scratch directory and deletes the directory. A
+`WarmSandbox` keeps its child for the next request (torch is imported once) and replaces
+it after any limit or crash. Anything the
+child does wrong becomes a SandboxFailure naming what happened (timeout, out_of_memory,
+crashed, error); the parent never unpickles anything: JSON lines and files only.
+
+Child: the entry module's main() calls `serve_once(handler)`; handler(request, scratch)
+returns a JSON-able dict for each request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import IO, Any
+
+from tensorgrid.errors import TensorGridError
+from tensorgrid.sandbox.policy import Isolation, SandboxLimits, Scratch, child_argv, report_status, scrubbed_env
+
+log = logging.getLogger("tensorgrid.sandbox")
+TIMEOUT, OUT_OF_MEMORY, CRASHED, ERROR = "timeout", "out_of_memory", "crashed", "error"
+STDERR_TAIL_BYTES = 4096
+MAX_LINE_BYTES = 1 << 20
+_OOM_MARKERS = ("can't allocate memory", "out of memory", "cannot allocate memory")
+
+
+class SandboxFailure(TensorGridError):
+    """The sandboxed child did not answer: kind is timeout, out_of_memory, crashed or error."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+    @property
+    def over_limit(self) -> bool:
+        """The child hit a limit of the sandbox (time or memory), not a fault of its input files."""
+        return self.kind in (TIMEOUT, OUT_OF_MEMORY)
+
+    @property
+    def raised(self) -> bool:
+        """The program ran and raised an ordinary error (not a limit, not a crash)."""
+        return self.kind == ERROR
+
+
+def run_once(
+    entry: str,
+    request: Mapping[str, Any],
+    limits: SandboxLimits,
+    *,
+    isolation: Isolation | None = None,
+    scratch_root: os.PathLike[str] | str | None = None,
+    outputs: Mapping[str, os.PathLike[str] | str] | None = None,
+) -> dict[str, Any]:
+    """Run `entry` on one request in a fresh sandboxed child; its answer, or SandboxFailure.
+
+    outputs maps a file name the child writes in its scratch directory (given to the
+    handler) to where the parent wants it once the child answered ok."""
+    child = WarmSandbox(entry, limits, isolation=isolation, scratch_root=scratch_root)
+    try:
+        return child.call(request, outputs)
+    finally:
+        child.close()
+
+
+class WarmSandbox:
+    """One sandboxed child kept for many requests (its interpreter and torch start once), one
+    request at a time. A child that goes over a limit, dies or answers garbage is killed, and
+    the next call starts a fresh one. Its isolation is fixed when it starts: give it the
+    directories every request reads from (e.g. a blob store), never one holding a key."""
+
+    def __init__(
+        self,
+        entry: str,
+        limits: SandboxLimits,
+        *,
+        isolation: Isolation | None = None,
+        scratch_root: os.PathLike[str] | str | None = None,
+    ) -> None:
+        self.entry, self.limits = entry, limits
+        self.isolation = isolation or Isolation()
+        self.scratch_root = scratch_root
+        self._lock = threading.Lock()
+        self._child: _Channel | None = None
+
+    def call(
+        self, request: Mapping[str, Any], outputs: Mapping[str, os.PathLike[str] | str] | None = None
+    ) -> dict[str, Any]:
+        """Send one request; its answer, or SandboxFailure. Output files move out of the scratch."""
+        with self._lock:
+            child = self._child if self._child is not None and self._child.alive else None
+            if child is None:
+                self._close_child()
+                child = self._child = _Channel.start(self.entry, self.limits, self.isolation, self.scratch_root)
+            try:
+                reply = child.exchange(request, self.limits.time_s)
+                for name, dest in (outputs or {}).items():
+                    shutil.move(child.scratch.path / name, dest)
+                return reply
+            except SandboxFailure as e:
+                if e.kind != ERROR:  # over a limit, crashed or garbled: this child is done
+                    self._close_child()
+                raise
+
+    def warm(self) -> None:
+        """Start the child now, so the first request does not pay for its start-up."""
+        with self._lock:
+            if self._child is None or not self._child.alive:
+                self._close_child()
+                self._child = _Channel.start(self.entry, self.limits, self.isolation, self.scratch_root)
+
+    def _close_child(self) -> None:
+        child, self._child = self._child, None
+        if child is not None:
+            child.close()
+
+    def close(self) -> None:
+        """Kill the child (if any) and delete its scratch directory."""
+        self._close_child()
+
+
+class _Channel:
+    """A started child: its pipes, its greeting, a bounded tail of its stderr."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], scratch: Scratch) -> None:
+        self.proc, self.scratch = proc, scratch
+        self.lines: queue.Queue[bytes] = queue.Queue()
+        self.tail = bytearray()
+        assert proc.stdout is not None and proc.stderr is not None
+        threading.Thread(target=_read_lines, args=(proc.stdout, self.lines), daemon=True).start()
+        self.drain = threading.Thread(target=_drain, args=(proc.stderr, self.tail), daemon=True)
+        self.drain.start()
+
+    @classmethod
+    def start(cls, entry: str, limits: SandboxLimits, iso: Isolation, root: os.PathLike[str] | str | None) -> _Channel:
+        scratch = Scratch(root)
+        try:
+            proc = subprocess.Popen(
+                child_argv(entry, limits, iso, scratch.path),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=scratch.path,
+                env=scrubbed_env(scratch.path),
+                close_fds=True,
+                start_new_session=True,
+            )
+        except OSError:
+            scratch.close()
+            raise
+        channel = cls(proc, scratch)
+        hello = _next_line(channel.lines, limits.start_timeout_s)
+        if hello is None or _json(hello).get("ready") is not True:
+            failure = channel.died("the sandboxed child failed to start" + (" in time" if hello is None else ""))
+            channel.close()
+            raise failure
+        report_status(scratch.path)
+        return channel
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def exchange(self, request: Mapping[str, Any], time_s: float) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(json.dumps(dict(request)).encode() + b"\n")
+            self.proc.stdin.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            raise self.died("the sandboxed child was gone before the request was sent") from None
+        started = time.monotonic()
+        line = _next_line(self.lines, time_s if time_s > 0 else None)
+        if line is None and self.proc.poll() is None:
+            _kill(self.proc)
+            raise SandboxFailure(TIMEOUT, f"the sandboxed run exceeded its time limit of {time_s:g}s and was killed")
+        if not line:
+            raise self.died(f"the sandboxed child died after {time.monotonic() - started:.1f}s")
+        reply = _json(line)
+        if reply.get("ok") is True and isinstance(reply.get("result"), dict):
+            return dict(reply["result"])
+        if reply.get("kind") not in (OUT_OF_MEMORY, ERROR):
+            raise self.died("the sandboxed child sent a malformed answer")
+        raise SandboxFailure(str(reply["kind"]), str(reply.get("message"))[:2000])
+
+    def died(self, what: str) -> SandboxFailure:
+        return _died(self.proc, self.drain, self.tail, what)
+
+    def close(self) -> None:
+        _kill(self.proc)
+        self.scratch.close()
+
+
+def _read_lines(stream: IO[bytes], out: queue.Queue[bytes]) -> None:
+    while True:
+        line = stream.readline(MAX_LINE_BYTES)
+        out.put(line)
+        if not line:
+            return
+
+
+def _drain(stream: IO[bytes], tail: bytearray) -> None:
+    while chunk := stream.read1(4096) if hasattr(stream, "read1") else stream.read(4096):
+        tail += chunk
+        del tail[: max(0, len(tail) - STDERR_TAIL_BYTES)]
+
+
+def _next_line(lines: queue.Queue[bytes], timeout: float | None) -> bytes | None:
+    try:
+        return lines.get(timeout=timeout)
+    except queue.Empty:
+        return None
+
+
+def _json(line: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _died(proc: subprocess.Popen[bytes], drain: threading.Thread, tail: bytearray, what: str) -> SandboxFailure:
+    _kill(proc)
+    drain.join(1.0)
+    code = proc.returncode
+    text = tail.decode("utf-8", "replace").strip()
+    kind = OUT_OF_MEMORY if any(m in text.lower() for m in _OOM_MARKERS) else CRASHED
+    status = ""
+    if code is not None and code < 0:
+        with contextlib.suppress(ValueError):
+            status = f", killed by {signal.Signals(-code).name}"
+    elif code is not None:
+        status = f", exit code {code}"
+    return SandboxFailure(kind, f"{what}{status}; stderr tail: {text[-1000:] or '(empty)'}")
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the child's process group (it leads its own session), then reap it."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(5.0)
+
+
+# -- the child's side -------------------------------------------------------------------------
+
+
+def is_oom(exc: BaseException) -> bool:
+    """True when exc, or anything in its cause chain, is an allocation failure."""
+    torch = sys.modules.get("torch")
+    oom_types: tuple[type[BaseException], ...] = (MemoryError,)
+    if torch is not None:
+        oom_types += (torch.OutOfMemoryError,)
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, oom_types):
+            return True
+        if isinstance(current, RuntimeError) and any(m in str(current).lower() for m in _OOM_MARKERS):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def protocol_stream() -> IO[str]:
+    """Take fd 1 for the protocol and point fd 1 at stderr, so stray native output (torch,
+    BLAS, CUDA) cannot corrupt the answer."""
+    proto_fd = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return os.fdopen(proto_fd, "w", buffering=1, encoding="utf-8")
+
+
+def serve_once(handler: Callable[[dict[str, Any], Path], dict[str, Any]]) -> None:
+    """Greet, then answer each JSON request line from stdin on the protocol stream until EOF
+    (run_once sends one; a WarmSandbox many)."""
+    out = protocol_stream()
+    out.write(json.dumps({"ready": True, "pid": os.getpid()}) + "\n")
+    out.flush()
+    for line in sys.stdin:
+        try:
+            request = json.loads(line)
+            if not isinstance(request, dict):
+                raise ValueError("a request must be a JSON object")
+            reply: dict[str, Any] = {"ok": True, "result": handler(request, Path.cwd())}
+        except Exception as exc:  # noqa: BLE001 - everything the program does is reported, nothing escapes
+            kind = OUT_OF_MEMORY if is_oom(exc) else ERROR
+            reply = {"ok": False, "kind": kind, "message": f"{type(exc).__name__}: {exc}"[:2000]}
+        out.write(json.dumps(reply) + "\n")
+        out.flush()

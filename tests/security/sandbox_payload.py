@@ -1,0 +1,63 @@
+"""A test-only entry point for the sandbox: `tensorgrid.sandbox.boot` runs it as a stranger's
+program would run, and it reports what it could see and do. Each request names one act:
+
+  env     - the environment it was given        read    - the bytes of request["path"]
+  connect - open a TCP connection to 127.0.0.1:request["port"]
+  alloc   - allocate request["bytes"] (touching every page)
+  sleep   - sleep request["seconds"]            write   - write request["text"] to out.txt
+  rlimit  - try to lift its own address-space limit
+  fds     - the file descriptors it holds       status  - what the sandbox could isolate
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from tensorgrid.sandbox import serve_once
+from tensorgrid.sandbox.policy import STATUS_FILE
+
+
+def _act(request: dict[str, Any], scratch: Path) -> dict[str, Any]:
+    act = request.get("act")
+    if act == "env":
+        return {"env": dict(os.environ), "cwd": os.getcwd(), "scratch": str(scratch)}
+    if act == "read":
+        return {"data": Path(request["path"]).read_text()}
+    if act == "connect":
+        with socket.create_connection(("127.0.0.1", int(request["port"])), timeout=2.0):
+            return {"connected": True}
+    if act == "alloc":
+        block = bytearray(int(request["bytes"]))  # zero-filled: every page is touched
+        return {"size": len(block)}
+    if act == "sleep":
+        time.sleep(float(request["seconds"]))
+        return {"slept": True}
+    if act == "write":
+        (scratch / "out.txt").write_text(str(request["text"]))
+        return {"written": True}
+    if act == "rlimit":
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        try:
+            resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        except (ValueError, OSError) as exc:
+            return {"lifted": False, "hard": hard, "error": str(exc)}
+        return {"lifted": True, "hard": hard}
+    if act == "fds":
+        return {"fds": sorted(int(fd) for fd in os.listdir("/proc/self/fd"))}
+    if act == "status":
+        return dict(json.loads((scratch / STATUS_FILE).read_text()))
+    raise ValueError(f"unknown act {act!r}")
+
+
+def main() -> None:
+    serve_once(_act)
+
+
+if __name__ == "__main__":
+    main()

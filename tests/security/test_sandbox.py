@@ -1,0 +1,245 @@
+"""The sandbox every stranger's graph runs in: what a child can and cannot reach.
+
+The primitive is driven with a test-only entry point (tests.security.sandbox_payload); the
+node's worker and the coordinator's referee are driven through real processes."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from sqlalchemy import Engine, create_engine, func, select
+from sqlalchemy.exc import OperationalError
+
+from coordinator.db import schema as s
+from node.main import PASSWORD_ENV, read_password
+from tensorgrid.client import Client
+from tensorgrid.crypto import Signer
+from tensorgrid.localgrid import LocalGrid
+from tensorgrid.sandbox import Isolation, SandboxFailure, SandboxLimits, run_once
+from tensorgrid.sandbox.confine import landlock_abi
+from tensorgrid.spec import VerificationSpec
+from tensorgrid.types import JobState
+from tensorgrid.workloads.model import export_program
+from tensorgrid.workloads.tensorfile import save_tensors
+from tests.integration.adversaries import Pool, SimNode
+from tests.integration.conftest import BATCH, Assets, node_args
+
+PAYLOAD = "tests.security.sandbox_payload"
+LIMITS = SandboxLimits(memory_bytes=256 << 20, time_s=30.0)
+
+
+def _run(request: dict[str, object], limits: SandboxLimits = LIMITS, **kw: object) -> dict[str, object]:
+    return run_once(PAYLOAD, request, limits, **kw)  # type: ignore[arg-type]
+
+
+def test_child_gets_a_scrubbed_environment_and_its_own_scratch(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv(PASSWORD_ENV, "hunter2")
+    monkeypatch.setenv("TENSORGRID_NODE_KEYSTORE", "/somewhere/node-key.json")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-for-jobs")
+    seen = _run({"act": "env"}, scratch_root=tmp_path)
+    env = seen["env"]
+    assert isinstance(env, dict)
+    assert not [k for k in env if k.startswith("TENSORGRID_")], env
+    assert "hunter2" not in str(env) and "AWS_SECRET_ACCESS_KEY" not in env
+    scratch = Path(str(seen["scratch"]))
+    assert seen["cwd"] == str(scratch) and env["HOME"] == env["TMPDIR"] == str(scratch)
+    assert scratch.parent == tmp_path.resolve() and not scratch.exists()  # deleted afterwards
+
+
+def test_child_inherits_no_file_descriptors(tmp_path: Path) -> None:
+    held = os.open(tmp_path / "open-in-parent", os.O_CREAT | os.O_RDWR)
+    os.set_inheritable(held, True)  # even one marked inheritable stays behind
+    try:
+        fds = _run({"act": "fds"})["fds"]
+    finally:
+        os.close(held)
+    assert isinstance(fds, list) and set(fds) <= {0, 1, 2, 3, 4}, fds  # stdio, the protocol pipe, listdir's own
+
+
+@pytest.mark.skipif(landlock_abi() < 1, reason="this kernel has no Landlock: file confinement is documented as missing")
+def test_child_reads_only_the_paths_it_was_given(tmp_path: Path) -> None:
+    secret = tmp_path / "node-key.json"
+    secret.write_text("keystore")
+    granted = tmp_path / "granted"
+    granted.mkdir()
+    (granted / "input").write_text("input rows")
+    iso = Isolation().with_paths(readable=[granted])
+    assert _run({"act": "read", "path": str(granted / "input")}, isolation=iso) == {"data": "input rows"}
+    with pytest.raises(SandboxFailure) as refused:
+        _run({"act": "read", "path": str(secret)}, isolation=iso)
+    assert refused.value.kind == "error" and "PermissionError" in str(refused.value)
+    with pytest.raises(SandboxFailure, match="PermissionError"):
+        _run({"act": "read", "path": f"/proc/{os.getppid()}/environ"}, isolation=iso)  # not even its parent's
+
+
+def test_child_cannot_open_a_socket_to_a_local_listener() -> None:
+    status = _run({"act": "status"})
+    if status.get("network") != "isolated":  # printed by pytest -rs: the reason the kernel gave
+        pytest.skip(f"this kernel refuses a new network namespace: {status.get('network_reason')}")
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        shared = _run({"act": "connect", "port": port}, isolation=Isolation(network="shared"))
+        assert shared == {"connected": True}  # the listener is reachable without the sandbox
+        with pytest.raises(SandboxFailure) as refused:
+            _run({"act": "connect", "port": port})
+    assert refused.value.kind == "error" and "unreachable" in str(refused.value).lower()
+
+
+def test_child_is_stopped_at_its_memory_limit_and_cannot_lift_it() -> None:
+    limits = SandboxLimits(memory_bytes=64 << 20, time_s=30.0)
+    with pytest.raises(SandboxFailure) as over:
+        _run({"act": "alloc", "bytes": 8 << 30}, limits)
+    assert over.value.kind == "out_of_memory" and over.value.over_limit
+    assert "MemoryError" in str(over.value)
+    assert _run({"act": "alloc", "bytes": 16 << 20}, limits) == {"size": 16 << 20}  # within it: fine
+    lifted = _run({"act": "rlimit"}, limits)
+    assert lifted["lifted"] is False and int(str(lifted["hard"])) < 8 << 30
+
+
+def test_child_is_killed_at_its_time_limit() -> None:
+    started = time.monotonic()
+    with pytest.raises(SandboxFailure) as late:
+        _run({"act": "sleep", "seconds": 600}, SandboxLimits(time_s=1.0))
+    assert late.value.kind == "timeout" and late.value.over_limit
+    assert "time limit of 1s" in str(late.value)
+    assert time.monotonic() - started < 60
+
+
+def test_outputs_leave_the_scratch_directory_only_when_named(tmp_path: Path) -> None:
+    dest = tmp_path / "result.txt"
+    assert _run({"act": "write", "text": "rows"}, outputs={"out.txt": dest}) == {"written": True}
+    assert dest.read_text() == "rows"
+
+
+# -- the node's password -------------------------------------------------------------------
+
+
+def test_password_file_is_read_and_the_environment_is_not_needed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(PASSWORD_ENV, raising=False)
+    pw = tmp_path / "password"
+    pw.write_text("correct horse\n")
+    assert read_password(argparse.Namespace(password_file=pw)) == "correct horse"
+    assert PASSWORD_ENV not in os.environ
+
+
+def test_password_from_the_environment_is_dropped_once_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(PASSWORD_ENV, "from-env")
+    assert read_password(argparse.Namespace(password_file=None)) == "from-env"
+    assert PASSWORD_ENV not in os.environ  # no child started afterwards can inherit it
+
+
+# -- hostile graphs against real node and coordinator processes ----------------------------
+
+
+class _Hog(torch.nn.Module):
+    """A valid program that asks for a 16 GiB tensor whatever its input."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.ones(1 << 16, 1 << 16).sum()
+
+
+class _Slow(torch.nn.Module):
+    """A valid program far slower than a small referee time limit allows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.weight = torch.nn.Parameter(torch.randn(1024, 1024) / 32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        wide = x.repeat(1, 16)  # 64 → 1024 columns
+        for _ in range(100):
+            wide = torch.tanh(wide @ self.weight)
+        return wide[:, :10]
+
+
+def _db(grid: LocalGrid) -> Engine:
+    return create_engine(f"sqlite:///{grid.root / 'coordinator' / 'coordinator.db'}")
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(600)  # real daemons start sandboxed workers (torch imports) on a loaded machine
+def test_a_huge_allocation_fails_clearly_and_the_node_keeps_serving(
+    make_grid: Callable[..., LocalGrid], digits: Assets, tmp_path: Path
+) -> None:
+    hog = tmp_path / "hog.pt2"
+    export_program(_Hog().eval(), (torch.randn(4, 64),), hog, dynamic_batch=False)
+    grid = make_grid()
+    grid.start_coordinator()
+    node = grid.start_node("node", *node_args(1), "--memory-gib", "1")
+    grid.wait_for_nodes(1)
+    with Client(grid.target, Signer.generate()) as client:
+        bad = client.submit_inference(hog, digits.inputs, shard_rows=1000, batch_size=4, device="cpu", max_attempts=1)
+        final = client.wait(bad.job_id)
+        assert final.state == JobState.FAILED
+        assert "out_of_memory" in final.error or "memory" in final.error.lower(), final.error
+        assert node.alive, node.log_tail()
+        good = client.submit_inference(digits.model, digits.inputs, shard_rows=1000, batch_size=BATCH, device="cpu")
+        assert client.wait(good.job_id).state == JobState.SUCCEEDED
+    assert node.alive
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(600)  # real daemons start sandboxed workers (torch imports) on a loaded machine
+def test_the_referee_over_its_time_limit_blames_no_one_and_the_coordinator_keeps_serving(
+    make_grid: Callable[..., LocalGrid], tmp_path: Path
+) -> None:
+    model, inputs = tmp_path / "slow.pt2", tmp_path / "rows.safetensors"
+    export_program(_Slow().eval(), (torch.randn(4, 64),), model)
+    save_tensors({"pixels": torch.rand(8, 64)}, inputs)
+    grid = make_grid("--referee-time-s", "0.2", "--check-wait-ms", "60000")
+    coordinator = grid.start_coordinator()
+    policy = VerificationSpec(spot_rows=4, canary_rate=0.0)
+    with Client(grid.target, Signer.generate()) as client:
+        job = client.submit_inference(model, inputs, shard_rows=4, batch_size=4, device="cpu", verification=policy)
+        pool, work = Pool(), tmp_path / "sim"
+        work.mkdir()
+        cheat, honest = SimNode(grid.target, "noise", pool, work), SimNode(grid.target, "honest", pool, work)
+
+        async def until_the_referee_gave_up() -> list[tuple[str, str]]:
+            stop = asyncio.Event()
+            runs = [asyncio.create_task(n.run(stop)) for n in (cheat, honest)]
+            deadline = time.monotonic() + 180
+            try:
+                while not (failed := _failed_rulings(grid)):
+                    assert time.monotonic() < deadline, "no ruling was attempted"
+                    assert coordinator.alive, coordinator.log_tail()
+                    await asyncio.sleep(0.5)
+                return failed
+            finally:
+                stop.set()
+                await asyncio.gather(*runs, return_exceptions=True)
+
+        failed = asyncio.run(until_the_referee_gave_up())
+        assert all("time limit of 0.2s" in error for _, error in failed), failed
+        assert coordinator.alive, coordinator.log_tail()
+        nodes = client.nodes()  # still serving
+        assert all(n.caught == 0 for n in nodes)  # nobody was blamed on a ruling that did not run
+        assert client.job(job.job_id).state != JobState.FAILED
+    engine = _db(grid)
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(s.slashes)).scalar() == 0
+    engine.dispose()
+
+
+def _failed_rulings(grid: LocalGrid) -> list[tuple[str, str]]:
+    engine = _db(grid)
+    try:
+        with engine.connect() as conn:
+            r = s.referee_rulings.c
+            rows = conn.execute(select(r.check_id, r.error).where(r.state == "failed")).all()
+    except OperationalError:  # the coordinator has not made its tables yet
+        return []
+    finally:
+        engine.dispose()
+    return [(str(a), str(b)) for a, b in rows]
