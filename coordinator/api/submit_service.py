@@ -123,5 +123,11 @@ class SubmitterServicer(submit_pb2_grpc.SubmitterServiceServicer):
     async def DownloadBlob(
         self, request: common_pb2.FetchBlobRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[common_pb2.BlobChunk]:
+        held_by = await self.db(self.app.ledger.withheld_blob, request.sha256)
+        if held_by is not None:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"the result of job {held_by} is released once its escrow is locked on chain: try again shortly",
+            )
         async for chunk in stream_blob(self.app.blobs, request, context):
             yield chunk

@@ -11,7 +11,7 @@ from web3 import Web3
 
 from coordinator.db.engine import make_engine
 from coordinator.repositories.ledger import outbox as ob
-from coordinator.repositories.ledger.epochs import LedgerListener
+from coordinator.repositories.ledger.listener import LedgerListener
 from coordinator.services.ledger import Ledger
 from coordinator.services.outbox import Outbox
 from tensorgrid.chain import ChainClient, JobStatus

@@ -12,7 +12,7 @@ from coordinator.db import schema as s
 from coordinator.repositories.jobs import NewJob, NewTask
 from coordinator.repositories.ledger import outbox as ob
 from coordinator.repositories.ledger import slashing
-from coordinator.repositories.ledger.epochs import LedgerListener
+from coordinator.repositories.ledger.listener import LedgerListener
 from coordinator.repositories.ledger.slashing import queue_slash
 from coordinator.repositories.store import Store
 from coordinator.services.ledger import Ledger

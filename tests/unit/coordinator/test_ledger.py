@@ -10,7 +10,7 @@ from coordinator.db import schema as s
 from coordinator.db.engine import make_engine
 from coordinator.db.wei import Wei
 from coordinator.repositories.ledger import outbox as ob
-from coordinator.repositories.ledger.epochs import LedgerListener
+from coordinator.repositories.ledger.listener import LedgerListener
 from coordinator.repositories.ledger.outbox import enqueue
 from coordinator.repositories.store import Store
 from coordinator.services import outbox as worker
