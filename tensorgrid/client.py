@@ -293,6 +293,10 @@ class Client:
     def result(self, job_id: str, dest: str | os.PathLike[str], progress: Progress | None = None) -> Path:
         """Download a finished job's result blob to dest."""
         job = self.job(job_id)
+        if job.result is None and job.state == JobState.SUCCEEDED:
+            raise TensorGridError(
+                f"job {job_id} succeeded; its result is released once its escrow is locked on chain: try again shortly"
+            )
         if job.result is None:
             raise TensorGridError(
                 f"job {job_id} has no result (it is {job.state.value}{': ' + job.error if job.error else ''})"
