@@ -4,10 +4,11 @@ tasks per epoch.
 
 Per size, on a fresh deployment: tasks are spread round-robin over the nodes and belong to
 jobs of JOB_TASKS tasks; one postRoot charges every job (its accepted task count, at the job's
-reward per task) and posts the root, then every node claims once. gas per task = (postRoot + all claims) / tasks. Each job's escrow is locked first
-(the coordinator's lock at a job's first lease): that one tx per job is reported beside it. Epoch 1 is a node's first claim
-(its `claimed` slot goes from zero to non-zero, the costliest case); epoch 2 repeats the
-same work and shows the steady state.
+reward per task) and posts the root, then every node claims once. gas per task = (postRoot +
+all claims) / tasks. Epoch 1 is a node's first claim (its `claimed` slot goes from zero to
+non-zero, the costliest case); epoch 2 repeats the same work and shows the steady state.
+Each job's escrow is locked first, as the coordinator does at a job's first lease: that one
+tx per job is reported beside the epochs (lock_gas_per_job, first_epoch_gas_per_task_with_locks).
 
     python -m benchmarks.settlement [--nodes 10] [--sizes 10,100,1000]
 """

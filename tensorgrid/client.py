@@ -37,7 +37,7 @@ from tensorgrid.spec import (
     validate,
     validate_training,
 )
-from tensorgrid.types import BlobRef, Earnings, JobEvent, JobInfo, NodeStatus
+from tensorgrid.types import BlobRef, Earnings, JobEvent, JobInfo, JobState, NodeStatus
 from tensorgrid.v1 import common_pb2, submit_pb2, submit_pb2_grpc
 from tensorgrid.workloads.tensorfile import batch_rows, read_header
 

@@ -88,7 +88,12 @@ class Intake:
             if job.reward_per_task_wei <= 0:
                 raise Conflict("this coordinator settles on chain: set reward_per_task_wei and fund the escrow")
             budget = await rt.work(
-                self.chain.check_escrow, job_id, sh, submitter, job.reward_per_task_wei * len(tasks), job.reward_per_task_wei
+                self.chain.check_escrow,
+                job_id,
+                sh,
+                submitter,
+                job.reward_per_task_wei * len(tasks),
+                job.reward_per_task_wei,
             )
             # Priced before the job exists: a crash in between leaves a harmless orphan price,
             # never an unpriced job whose nodes would go unpaid.

@@ -13,8 +13,8 @@ from sqlalchemy import Engine, select
 
 from coordinator.db import schema as s
 from coordinator.repositories.ledger import credits, epochs, escrow, slashing
-from coordinator.repositories.ledger.listener import LedgerListener
 from coordinator.repositories.ledger.ledger import Earnings, earnings, job_finished, status
+from coordinator.repositories.ledger.listener import LedgerListener
 from coordinator.services.outbox import Outbox
 from coordinator.services.runtime import Runtime
 from tensorgrid.chain import ChainClient, EarningsTree

@@ -16,7 +16,7 @@ from coordinator.services.acceptance import ResultAcceptance
 from coordinator.services.ledger import Ledger
 from coordinator.services.report import Reports
 from tensorgrid.chain import JobStatus
-from tensorgrid.types import BlobRef, JobState
+from tensorgrid.types import BlobRef
 from tests.chain.conftest import ETH, Chain, new_id
 from tests.chain.helpers import open_job
 from tests.unit.coordinator.test_storage import CPU, SUBMITTER, TIMING, add_nodes, make_job, receipt

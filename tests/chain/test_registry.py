@@ -105,7 +105,9 @@ def test_forged_evidence_is_refused(chain: Chain) -> None:
     # Signed under another domain (wrong verifying contract).
     other = type(chain.deployment.domain)("TensorGrid", "1", chain.deployment.chain_id, chain.deployment.settlement)
     with revert("NotANode"):
-        chain.coordinator.propose_slash(sign_receipt(Signer.from_hex(chain.keys[2]), other, _receipt(job)), ETH, new_id())
+        chain.coordinator.propose_slash(
+            sign_receipt(Signer.from_hex(chain.keys[2]), other, _receipt(job)), ETH, new_id()
+        )
     chain.coordinator.propose_slash(genuine, ETH // 2, new_id())
     with revert("EvidenceAlreadyUsed"):  # replay
         chain.coordinator.propose_slash(genuine, ETH // 2, new_id())

@@ -9,6 +9,7 @@ stake; it waits SLASH_DELAY seconds, in which the guardian can veto it; proceeds
 from __future__ import annotations
 
 import pytest
+from web3 import Web3
 
 from tensorgrid.chain import ChainClient, ContractReverted, SlashState, evidence_key, load_artifact
 from tensorgrid.crypto import Signer, sign_receipt
@@ -152,7 +153,7 @@ def test_a_beneficiary_that_rejects_ether_blocks_nothing(chain: Chain) -> None:
     art = load_artifact("test/RejectingSubmitter")
     deployer = chain.outsider
     deployed = deployer._tx.send(w3.eth.contract(abi=art.abi, bytecode=art.bytecode).constructor(), "deploy")
-    rejecting = w3.eth.contract(address=deployed.contract_address, abi=art.abi)
+    rejecting = w3.eth.contract(address=Web3.to_checksum_address(deployed.contract_address or ""), abi=art.abi)
     settlement = chain.admin.settlement
     job = new_id()
     create = settlement.encode_abi("createJob", [bytes.fromhex(job), bytes(32), chain.admin.chain_time() + 10_000, 1])

@@ -46,7 +46,9 @@ def test_deployments_file_round_trips(anvil: Anvil, tmp_path: Path) -> None:
     # Settlement first: NodeRegistry is built on it (it reads a job's submitter to slash for it)
     assert w3.eth.get_transaction_receipt(first_tx)["contractAddress"] == deployment.settlement
     assert data["roles"]["guardian"] == deployment.guardian
-    registry = w3.eth.contract(address=deployment.node_registry, abi=load_artifact("NodeRegistry").abi)
+    registry = w3.eth.contract(
+        address=Web3.to_checksum_address(deployment.node_registry), abi=load_artifact("NodeRegistry").abi
+    )
     assert registry.functions.jobBook().call() == deployment.settlement
     assert registry.functions.slashDelay().call() == deployment.slash_delay
     with pytest.raises(ChainError):

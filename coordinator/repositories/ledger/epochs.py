@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Iterable
-from typing import Any
 
 from sqlalchemy import Connection, delete, func, insert, select, update
 

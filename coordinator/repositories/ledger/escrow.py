@@ -95,7 +95,9 @@ def on_lock_failed(conn: Connection, item: ob.OutboxItem, error: ContractReverte
 def _cancel_job(conn: Connection, job_id: str, reason: str, now_ms: int) -> None:
     """repositories.jobs.end_job(CANCELLED), which the ledger cannot import (it sits below jobs)."""
     cancelled = JobState.CANCELLED.value
-    conn.execute(update(s.jobs).where(s.jobs.c.job_id == job_id).values(state=cancelled, updated_ms=now_ms, error=reason))
+    conn.execute(
+        update(s.jobs).where(s.jobs.c.job_id == job_id).values(state=cancelled, updated_ms=now_ms, error=reason)
+    )
     conn.execute(
         update(s.tasks)
         .where((s.tasks.c.job_id == job_id) & s.tasks.c.state.in_(["pending", "leased"]))

@@ -153,9 +153,7 @@ def queue_due_slashes(conn: Connection, now_ms: int) -> int:
     """Queue executeSlash for every proposal whose delay is over (idempotent); returns how many."""
     sl = s.slashes
     rows = conn.execute(
-        select(sl.c.task_id, sl.c.attempt, sl.c.node).where(
-            (sl.c.state == "proposed") & (sl.c.executable_ms <= now_ms)
-        )
+        select(sl.c.task_id, sl.c.attempt, sl.c.node).where((sl.c.state == "proposed") & (sl.c.executable_ms <= now_ms))
     ).all()
     queued = 0
     for r in rows:
@@ -184,8 +182,10 @@ class SlashListener:
                 )
             ).first()
             if row is not None:
-                taken = int(row.taken_wei if row.taken_wei is not None else row.amount_wei)
-                message = f"slashed {taken} wei for task {r['task_id'][:12]} attempt {r['attempt']}, paid to the submitter"
+                wei = int(row.taken_wei if row.taken_wei is not None else row.amount_wei)
+                message = (
+                    f"slashed {wei} wei for task {r['task_id'][:12]} attempt {r['attempt']}, paid to the submitter"
+                )
                 append_event(conn, row.job_id, "slashed", now_ms, node=p["node"], message=message)
             log.warning("slash of %s executed (tx %s)", p["node"], item.tx_hash)
             return
