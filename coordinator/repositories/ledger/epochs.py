@@ -8,11 +8,11 @@ The database's epoch numbers are the chain's: Settlement accepts exactly lastEpo
 When a post_root reverts, lastEpoch does not move, so the number is still free. The
 epoch is *unwound*: it and every later epoch not yet sent are deleted, their credits are
 uncharged again, the outbox items queued behind it are superseded, and a fresh epoch with
-the same number re-includes the credits (followed again by the superseded record_result
-and release_job items, so a job is still charged before its escrow closes). A revert that names
-a job (OverBudget, JobNotOpen: e.g. the submitter cancelled on chain) voids that job's
-uncharged credits first and is resolved at once; any other revert halts the outbox until
-`resolve_failed_epoch` is called.
+the same number re-includes the credits (followed again by the superseded record_result and
+release_job items, so a job is still charged before its escrow closes). A revert that names a
+job (OverBudget, JobNotOpen: e.g. its escrow was closed on chain before the coordinator could
+lock it, see ledger.escrow) voids that job's uncharged credits first and is resolved at once;
+any other revert halts the outbox until `resolve_failed_epoch` is called.
 """
 
 from __future__ import annotations
