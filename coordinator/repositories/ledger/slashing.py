@@ -203,7 +203,11 @@ class SlashListener:
             if error.error == _NOT_YET:  # chain time lags ours: free the key, the timer queues it again
                 ob.supersede(conn, item.id, "failed", now_ms)
                 return True
-            vetoed = error.error == "NotPending" and len(error.error_args) > 1 and int(error.error_args[1]) == 2
+            state = int(error.error_args[1]) if error.error == "NotPending" and len(error.error_args) > 1 else 0
+            if state == 3:  # someone else executed it first (anyone may): it is done all the same
+                _update(conn, item, now_ms, state="confirmed", error="")
+                return True
+            vetoed = state == 2
             _update(conn, item, now_ms, state="vetoed" if vetoed else "failed", error=reason[:2000])
             log.error("slash execution %s: %s", item.key, "vetoed by the guardian" if vetoed else reason)
             return True
