@@ -206,6 +206,8 @@ def test_a_slash_reaches_the_chain_and_the_report(devnet: ChainGrid, tmp_path: P
         wait_for(lambda: chain.stake_of(node) < stake_before)  # proposed: out of the stake at once
         taken = stake_before - chain.stake_of(node)
         assert client.job(job.job_id).verification.slashes == 0  # type: ignore[union-attr]  # vetoable yet
+        time.sleep(devnet.deployment.slash_delay + 1)
+        devnet.anvil.rpc("evm_mine")  # anvil mines on demand: a fresh block carries the time past the delay
         report = wait_for(lambda: (v := client.job(job.job_id).verification) is not None and v.slashes > 0 and v)
         assert report.slashed_wei == taken > 0
         assert chain.proceeds(chain.address) == taken

@@ -46,6 +46,7 @@ ACTION = "slash"  # proposeSlash
 EXECUTE = "execute_slash"
 SLASH_ACTIONS = (ACTION, EXECUTE)
 _NOT_YET = "DelayNotOver"
+RETRY_EARLY_MS = 5000  # an execution refused as early is tried again this much later
 FALLBACK_REWARD_MULTIPLE = 10  # without a policy stake: slash this many rewards per task
 
 
@@ -200,8 +201,9 @@ class SlashListener:
     def on_failed(self, conn: Connection, item: ob.OutboxItem, error: ContractReverted, now_ms: int) -> bool:
         reason = _reason(error)
         if item.action == EXECUTE:
-            if error.error == _NOT_YET:  # chain time lags ours: free the key, the timer queues it again
+            if error.error == _NOT_YET:  # chain time lags ours: free the key, the timer queues it again later
                 ob.supersede(conn, item.id, "failed", now_ms)
+                _update(conn, item, now_ms, executable_ms=now_ms + RETRY_EARLY_MS)
                 return True
             state = int(error.error_args[1]) if error.error == "NotPending" and len(error.error_args) > 1 else 0
             if state == 3:  # someone else executed it first (anyone may): it is done all the same
