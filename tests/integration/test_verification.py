@@ -121,6 +121,7 @@ def test_a_caught_cheater_is_slashed_on_chain(digits: Assets, tmp_path: Path) ->
     coordinator's referee rules, and its outbox slashes the cheater with its own receipt."""
     devnet = start_chain_grid(tmp_path / "devnet", 2, epoch_s=1.0, coordinator_args=FAST)
     try:
+        devnet.grid.wait_for_nodes(2)  # the honest daemons are up before the job (slow on a loaded machine)
         cheater_key = devnet.anvil.keys[-2]  # not a daemon's, the guardian's or the submitter's
         ChainClient.connect(devnet.anvil.rpc_url, devnet.deployment, cheater_key).register(10**18)
         submitter = Signer.from_hex(devnet.submitter_key)
