@@ -160,17 +160,19 @@ def test_a_caught_cheater_is_slashed_on_chain(digits: Assets, tmp_path: Path) ->
             while chain.stake_of(cheater.address) == stake_before:
                 assert time.monotonic() < deadline, "the cheater was never slashed"
                 time.sleep(0.3)
-            taken = stake_before - chain.stake_of(cheater.address)  # proposed: out of the stake at once
 
-            def executed() -> object:  # after the guardian's delay, the coordinator executes it
+            # Each catch is one proposal (out of the stake at once); after the guardian's delay the
+            # coordinator executes them all and the node's record shows every wei taken.
+            def executed() -> object:
                 record = {n.address.lower(): n for n in client.nodes()}[cheater.address.lower()]
-                return record if record.slashed_wei else None
+                taken = stake_before - chain.stake_of(cheater.address)
+                return record if record.slashed_wei == taken > 0 else None
 
             while not (record := executed()):
-                assert time.monotonic() < deadline + 60, "the slash was never executed"
+                assert time.monotonic() < deadline + 90, "the slashes were never executed"
                 devnet.anvil.rpc("evm_mine")  # anvil mines on demand: chain time moves past the delay
                 time.sleep(1.0)
-            assert record.caught >= 1 and record.slashed_wei == taken > 0  # type: ignore[attr-defined]
+            assert record.caught >= 1  # type: ignore[attr-defined]
             others = [n for n in client.nodes() if n.address.lower() != cheater.address.lower()]
             assert others and all(n.caught == 0 for n in others)  # the checkers were right: never punished
             client.result(job_id, tmp_path / "out.safetensors")
