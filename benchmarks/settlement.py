@@ -3,10 +3,12 @@ task measured in the same run on the same anvil. Goal: ≤ 1,000 gas per task at
 tasks per epoch.
 
 Per size, on a fresh deployment: tasks are spread round-robin over the nodes and belong to
-jobs of JOB_TASKS tasks; one postRoot charges every job and posts the root, then every node
-claims once. gas per task = (postRoot + all claims) / tasks. Epoch 1 is a node's first claim
-(its `claimed` slot goes from zero to non-zero, the costliest case); epoch 2 repeats the
-same work and shows the steady state.
+jobs of JOB_TASKS tasks; one postRoot charges every job (its accepted task count, at the job's
+reward per task) and posts the root, then every node claims once. gas per task = (postRoot +
+all claims) / tasks. Epoch 1 is a node's first claim (its `claimed` slot goes from zero to
+non-zero, the costliest case); epoch 2 repeats the same work and shows the steady state.
+Each job's escrow is locked first, as the coordinator does at a job's first lease: that one
+tx per job is reported beside the epochs (lock_gas_per_job, first_epoch_gas_per_task_with_locks).
 
     python -m benchmarks.settlement [--nodes 10] [--sizes 10,100,1000]
 """
@@ -32,19 +34,24 @@ GOAL = 1000
 
 def settle_epochs(anvil: Anvil, tasks: int, nodes: int) -> dict[str, Any]:
     keys = anvil.keys
-    deployment = deploy(anvil.rpc_url, keys[0], coordinator=anvil.addresses[1], min_stake=1, challenge_window=WINDOW)
+    deployment = deploy(
+        anvil.rpc_url, keys[0], coordinator=anvil.addresses[1], guardian=anvil.addresses[-1], min_stake=1,
+        challenge_window=WINDOW,
+    )  # fmt: skip
     w3 = Web3(Web3.HTTPProvider(anvil.rpc_url))
     coordinator = ChainClient(w3, deployment, keys[1])
     submitter = ChainClient(w3, deployment, keys[2])
     workers = [ChainClient(w3, deployment, k) for k in keys[3 : 3 + nodes]]
     jobs = [to_bytes32(Web3.keccak(text=f"job-{tasks}-{j}")) for j in range((tasks + JOB_TASKS - 1) // JOB_TASKS)]
-    per_job = [min(JOB_TASKS, tasks - j * JOB_TASKS) * PRICE for j in range(len(jobs))]
+    per_job = [min(JOB_TASKS, tasks - j * JOB_TASKS) for j in range(len(jobs))]  # tasks per job and epoch
     deadline = submitter.chain_time() + 10**6
-    for job, amount in zip(jobs, per_job, strict=True):
-        submitter.create_job(job, bytes(32), deadline, 2 * amount)  # budget for two epochs
+    for job, count in zip(jobs, per_job, strict=True):
+        submitter.create_job(job, bytes(32), deadline, 2 * count * PRICE, reward_per_task=PRICE)  # two epochs
 
+    # No free work: the coordinator locks each job's escrow at its first lease, one tx per job.
+    lock_gas = sum(coordinator.lock_job(job).gas_used for job in jobs)
     earnings = {w.address: 0 for w in workers}
-    out: dict[str, Any] = {"tasks": tasks, "jobs": len(jobs), "nodes": nodes}
+    out: dict[str, Any] = {"tasks": tasks, "jobs": len(jobs), "nodes": nodes, "lock_gas_per_job": lock_gas // len(jobs)}
     for epoch in (1, 2):
         for t in range(tasks):
             earnings[workers[t % nodes].address] += PRICE
@@ -61,6 +68,7 @@ def settle_epochs(anvil: Anvil, tasks: int, nodes: int) -> dict[str, Any]:
             "claim_gas_mean": sum(claims) // len(claims),
             "gas_per_task": round(total / tasks, 1),
         }
+    out["first_epoch_gas_per_task_with_locks"] = round(out["epoch1"]["gas_per_task"] + lock_gas / tasks, 1)
     return out
 
 

@@ -38,7 +38,7 @@ from tensorgrid.spec import (
     validate_training,
 )
 from tensorgrid.tls import ClientTls, explain_unavailable, open_channel
-from tensorgrid.types import BlobRef, Earnings, JobEvent, JobInfo, NodeStatus
+from tensorgrid.types import BlobRef, Earnings, JobEvent, JobInfo, JobState, NodeStatus
 from tensorgrid.v1 import common_pb2, submit_pb2, submit_pb2_grpc
 from tensorgrid.workloads.tensorfile import batch_rows, read_header
 
@@ -232,19 +232,20 @@ class Client:
         if self.chain is not None and spec.reward_per_task_wei > 0:
             if tasks is None:
                 raise TensorGridError("funding an escrow needs the job's task count")
-            self._fund(spec_json, spec.reward_per_task_wei * tasks, escrow_deadline_s)
+            self._fund(spec_json, spec.reward_per_task_wei, tasks, escrow_deadline_s)
         sig = sign_message(self.signer, submit_message(spec_hash(spec_json)))
         req = submit_pb2.SubmitJobRequest(spec_json=spec_json, submitter=self.signer.address, signature=sig)
         return serde.job_from_pb(self._unary(self._stub.SubmitJob, req, timeout=self.timeout * 10))
 
-    def _fund(self, spec_json: bytes, budget: int, deadline_s: int) -> None:
+    def _fund(self, spec_json: bytes, reward_per_task: int, tasks: int, deadline_s: int) -> None:
         from tensorgrid.chain.client import JobStatus
 
         assert self.chain is not None
         sh = spec_hash(spec_json)
         job_id = job_id_for(self.signer.address, sh)
         if self.chain.job(job_id).status == JobStatus.NONE:  # a resubmission is already funded
-            self.chain.create_job(job_id, sh, self.chain.chain_time() + deadline_s, budget)
+            deadline = self.chain.chain_time() + deadline_s
+            self.chain.create_job(job_id, sh, deadline, reward_per_task * tasks, reward_per_task=reward_per_task)
 
     def escrow(self, job_id: str) -> Any:
         """The job's escrow on chain (budget, charged, status, result hash)."""
@@ -301,15 +302,26 @@ class Client:
         )
 
     def cancel(self, job_id: str) -> JobInfo:
-        """Stop the job on the coordinator, then take back what its escrow has left."""
+        """Stop the job on the coordinator, then take back what its escrow has left.
+
+        An escrow no task was leased for is refunded here at once. Once work started the escrow is
+        locked on chain: the coordinator charges the work done, then releases the rest to the
+        submitter (watch `escrow(job_id)` leave OPEN); a finished job's escrow is settled as usual.
+        """
         sig = sign_message(self.signer, cancel_message(job_id))
         req = submit_pb2.CancelJobRequest(job_id=job_id, signature=sig)
         job = serde.job_from_pb(self._unary(self._stub.CancelJob, req))
         if self.chain is not None:
             from tensorgrid.chain.client import JobStatus
+            from tensorgrid.chain.errors import ContractReverted
 
-            if self.chain.job(job_id).status == JobStatus.OPEN:
-                self.chain.cancel(job_id)
+            escrow = self.chain.job(job_id)
+            if escrow.status == JobStatus.OPEN and (not escrow.locked or escrow.deadline < self.chain.chain_time()):
+                try:
+                    self.chain.cancel(job_id)
+                except ContractReverted as e:  # locked meanwhile: the coordinator releases it instead
+                    if e.error != "LockedUntilDeadline":
+                        raise
         return job
 
     def watch(self, job_id: str, after_seq: int = 0) -> Iterator[JobEvent]:
@@ -344,6 +356,10 @@ class Client:
     def result(self, job_id: str, dest: str | os.PathLike[str], progress: Progress | None = None) -> Path:
         """Download a finished job's result blob to dest."""
         job = self.job(job_id)
+        if job.result is None and job.state == JobState.SUCCEEDED:
+            raise TensorGridError(
+                f"job {job_id} succeeded; its result is released once its escrow is locked on chain: try again shortly"
+            )
         if job.result is None:
             raise TensorGridError(
                 f"job {job_id} has no result (it is {job.state.value}{': ' + job.error if job.error else ''})"

@@ -6,7 +6,8 @@
 
 The demo and the chain integration tests start the same thing in-process (start_chain_grid).
 Accounts (anvil's funded dev keys): 0 deploys and administers, 1 is the coordinator,
-2… are the nodes, the last one is the submitter.
+2… are the nodes, the third from last is the guardian (vetoes slashes, revokes roots), the
+last one is the submitter.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class ChainGrid:
     deployment_path: Path
     node_keys: list[str]
     submitter_key: str
+    guardian_key: str = ""
 
     @property
     def chain_args(self) -> tuple[str, ...]:
@@ -55,6 +57,7 @@ def start_chain_grid(
     epoch_s: float = 2.0,
     challenge_window_s: int = 1,
     min_stake: int = ETH,
+    slash_delay_s: int = 10,
     detached: bool = False,
     coordinator_args: tuple[str, ...] = (),
     node_args: tuple[str, ...] = ("--device", "cpu", "--threads", "1"),
@@ -66,7 +69,7 @@ def start_chain_grid(
     # A long-lived devnet mines a block every second, so chain time (deadlines, challenge
     # windows) moves on its own, as on a real chain; tests mine on demand, for speed.
     anvil = start_anvil(
-        accounts=max(10, nodes + 4),
+        accounts=max(10, nodes + 5),
         detached_in=root / "anvil" if detached else None,
         extra_args=("--block-time", "1") if detached else (),
     )
@@ -78,9 +81,11 @@ def start_chain_grid(
             anvil.rpc_url,
             keys[0],
             coordinator=coordinator.address,
+            guardian=anvil.addresses[-3],
             min_stake=min_stake,
             unbonding_delay=60,
             challenge_window=challenge_window_s,
+            slash_delay=slash_delay_s,
             out=deployment_path,
         )
         grid = LocalGrid(root / "grid", tls=make_local_ca(root / "tls") if tls else None)
@@ -94,7 +99,7 @@ def start_chain_grid(
         if not detached:
             anvil.stop()
         raise
-    return ChainGrid(grid, anvil, deployment, deployment_path, node_keys, keys[-1])
+    return ChainGrid(grid, anvil, deployment, deployment_path, node_keys, keys[-1], keys[-3])
 
 
 def up(root: Path, nodes: int, epoch_s: float) -> int:

@@ -9,7 +9,10 @@ import {JobEscrow} from "./JobEscrow.sol";
 /// @notice Each epoch the coordinator posts one root over leaves
 /// keccak256(bytes.concat(keccak256(abi.encode(node, cumulativeWei)))) (OpenZeppelin's
 /// double-hashed standard leaf; pairs hashed sorted, as MerkleProof expects) and, in the same
-/// call, charges the job escrows that paid for the new earnings into the claim pool.
+/// call, charges the job escrows that paid for the new earnings into the claim pool: per job a
+/// number of accepted tasks, each at the job's own price (so no job pays more than its accepted
+/// tasks × its reward, nor for more tasks than it funded). The guardian set at deploy, a key
+/// separate from the coordinator's, can revoke a root during its challenge window.
 /// A root becomes claimable once its challenge window has passed without a revocation;
 /// a node claims cumulative - alreadyClaimed against the newest such root.
 ///
@@ -41,7 +44,8 @@ contract Settlement is JobEscrow {
     error ZeroAddress();
     error WrongEpoch(uint64 epoch, uint64 expected);
     error EmptyRoot();
-    error LengthMismatch(uint256 jobIds, uint256 charges);
+    error LengthMismatch(uint256 jobIds, uint256 taskCounts);
+    error GuardianIsCoordinator(address guardian);
     error UnknownEpoch(uint64 epoch);
     error AlreadyRevoked(uint64 epoch);
     error ChallengeWindowOver(uint64 epoch);
@@ -50,28 +54,29 @@ contract Settlement is JobEscrow {
     error NothingToClaim(uint256 cumulative, uint256 alreadyClaimed);
     error PoolInsufficient(uint256 amount, uint256 available);
 
-    constructor(address admin, address coordinator, uint64 challengeWindow_) {
-        if (admin == address(0) || coordinator == address(0)) revert ZeroAddress();
+    constructor(address admin, address coordinator, address guardian, uint64 challengeWindow_) {
+        if (admin == address(0) || coordinator == address(0) || guardian == address(0)) revert ZeroAddress();
+        if (guardian == coordinator) revert GuardianIsCoordinator(guardian);
         _grantRole(DEFAULT_ADMIN_ROLE, admin);
         _grantRole(COORDINATOR_ROLE, coordinator);
+        _grantRole(GUARDIAN_ROLE, guardian);
         challengeWindow = challengeWindow_;
     }
 
-    /// @notice Post the root of `epoch` (exactly lastEpoch + 1) and move charges[i] from the
-    /// escrow of jobIds[i] into the claim pool. Each charge is bounded by its job's remaining
-    /// budget; the whole call reverts if any is not.
-    function postRoot(uint64 epoch, bytes32 root, bytes32[] calldata jobIds, uint256[] calldata charges)
+    /// @notice Post the root of `epoch` (exactly lastEpoch + 1) and charge taskCounts[i] tasks of
+    /// jobIds[i], at that job's reward per task, from its escrow into the claim pool. Each count
+    /// is bounded by the tasks its job has left to pay for; the whole call reverts if any is not.
+    function postRoot(uint64 epoch, bytes32 root, bytes32[] calldata jobIds, uint256[] calldata taskCounts)
         external
         onlyRole(COORDINATOR_ROLE)
     {
         uint64 expected = lastEpoch + 1;
         if (epoch != expected) revert WrongEpoch(epoch, expected);
         if (root == bytes32(0)) revert EmptyRoot();
-        if (jobIds.length != charges.length) revert LengthMismatch(jobIds.length, charges.length);
+        if (jobIds.length != taskCounts.length) revert LengthMismatch(jobIds.length, taskCounts.length);
         uint256 total;
         for (uint256 i = 0; i < jobIds.length; ++i) {
-            _charge(jobIds[i], charges[i]);
-            total += charges[i];
+            total += _charge(jobIds[i], taskCounts[i]);
         }
         escrowed -= total;
         totalCharged += total;

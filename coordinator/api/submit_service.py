@@ -193,5 +193,11 @@ class SubmitterServicer(submit_pb2_grpc.SubmitterServiceServicer):
             await self.access.check_submitter_read(current_submitter.get(), request.sha256.lower())
         except Exception as e:
             await abort(context, e)
+        held_by = await self.db(self.app.ledger.withheld_blob, request.sha256)
+        if held_by is not None:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"the result of job {held_by} is released once its escrow is locked on chain: try again shortly",
+            )
         async for chunk in stream_blob(self.app.blobs, request, context):
             yield chunk

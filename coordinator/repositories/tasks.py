@@ -16,6 +16,7 @@ from coordinator.db.rawsql import Raw
 from coordinator.errors import Forged, NotFound, Rejected
 from coordinator.repositories import claims
 from coordinator.repositories.jobs import end_job
+from coordinator.repositories.ledger.escrow import lock_job
 from coordinator.repositories.nodes import node_failed
 from tensorgrid.types import BlobRef, ErrorKind, JobState, Lease, Receipt, TaskError
 
@@ -184,6 +185,7 @@ class TaskRepository:
             )
             if started.rowcount:
                 append_event(conn, job_id, "running", now_ms, node=address)
+                lock_job(conn, job_id, now_ms)  # no free work: the escrow is locked from the first lease
         return [_lease(r, address, deadline) for r in rows], 0
 
     def heartbeat(

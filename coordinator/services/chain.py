@@ -34,9 +34,12 @@ class ChainGate:
     def open(cls, rpc_url: str, deployment_path: Path, signer: Signer) -> ChainGate:
         return cls(rpc_url, load_deployment(deployment_path), signer)
 
-    def check_escrow(self, job_id: str, spec_hash: str, submitter: str, required_wei: int) -> int:
-        """Raise unless the job's escrow is open, matches the spec and covers `required_wei`;
-        returns the escrow's budget in wei."""
+    def check_escrow(
+        self, job_id: str, spec_hash: str, submitter: str, required_wei: int, reward_per_task_wei: int | None = None
+    ) -> int:
+        """Raise unless the job's escrow is open, matches the spec, covers `required_wei` and (if
+        given) prices a task at `reward_per_task_wei`, as the ledger will charge it; returns the
+        escrow's budget in wei."""
         job = self.client.job(job_id)
         hint = "fund it with the SDK's submit (or tensorgrid.chain createJob) before submitting"
         if job.status == JobStatus.NONE:
@@ -47,6 +50,13 @@ class ChainGate:
             raise PermissionDenied(f"the escrow for job {job_id} was funded by {job.submitter}, not {submitter}")
         if job.spec_hash.removeprefix("0x").lower() != spec_hash:
             raise Conflict(f"the escrow for job {job_id} names another spec hash ({job.spec_hash})")
+        if reward_per_task_wei is not None and job.reward_per_task != reward_per_task_wei:
+            raise Conflict(
+                f"the escrow for job {job_id} pays {job.reward_per_task} wei per task; the spec says "
+                f"{reward_per_task_wei}: fund it with the spec's reward_per_task_wei"
+            )
+        if job.locked:
+            raise Conflict(f"the escrow for job {job_id} is already locked by earlier work: it cannot start afresh")
         if job.remaining < required_wei:
             raise Conflict(
                 f"the escrow for job {job_id} holds {job.remaining} wei; the job needs {required_wei} "

@@ -105,11 +105,20 @@ class Intake:
             # The escrow is checked before any sharding work: an unfunded job costs us one chain read.
             if spec.reward_per_task_wei <= 0:
                 raise Conflict("this coordinator settles on chain: set reward_per_task_wei and fund the escrow")
-            await rt.work(self.chain.check_escrow, job_id, sh, submitter, spec.reward_per_task_wei)
+            await rt.work(
+                self.chain.check_escrow, job_id, sh, submitter, spec.reward_per_task_wei, spec.reward_per_task_wei
+            )
         job, tasks = await rt.work(self.plan, spec_json, submitter, sh, job_id)
         await rt.work(self.vet, spec_json)  # refused here, before any node runs the program
         if self.chain is not None:
-            budget = await rt.work(self.chain.check_escrow, job_id, sh, submitter, job.reward_per_task_wei * len(tasks))
+            budget = await rt.work(
+                self.chain.check_escrow,
+                job_id,
+                sh,
+                submitter,
+                job.reward_per_task_wei * len(tasks),
+                job.reward_per_task_wei,
+            )
             # Priced before the job exists: a crash in between leaves a harmless orphan price,
             # never an unpriced job whose nodes would go unpaid.
             await rt.db(self.ledger.set_job_price, job_id, job.reward_per_task_wei, budget)

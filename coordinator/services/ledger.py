@@ -12,8 +12,9 @@ from typing import Any
 from sqlalchemy import Engine, select
 
 from coordinator.db import schema as s
-from coordinator.repositories.ledger import credits, epochs, slashing
+from coordinator.repositories.ledger import credits, epochs, escrow, slashing
 from coordinator.repositories.ledger.ledger import Earnings, earnings, job_finished, status
+from coordinator.repositories.ledger.listener import LedgerListener
 from coordinator.services.outbox import Outbox
 from coordinator.services.runtime import Runtime
 from tensorgrid.chain import ChainClient, EarningsTree
@@ -63,6 +64,26 @@ class Ledger:
                 job_finished(conn, row.job_id, row.result_sha, now_ms)
         return len(rows)
 
+    def close_ended_jobs(self, now_ms: int) -> int:
+        """Release the escrows of locked jobs that ended without a result (after their last charge)."""
+        with self.engine.begin() as conn:
+            return escrow.release_ended_jobs(conn, now_ms)
+
+    def execute_due_slashes(self, now_ms: int) -> int:
+        """Queue executeSlash for the proposals whose veto delay is over."""
+        with self.engine.begin() as conn:
+            return slashing.queue_due_slashes(conn, now_ms)
+
+    def result_withheld(self, job_id: str) -> bool:
+        """Whether the job's result is held back until its escrow lock is confirmed on chain."""
+        with self.engine.connect() as conn:
+            return escrow.result_withheld(conn, job_id)
+
+    def withheld_blob(self, sha256: str) -> str | None:
+        """The job whose held-back result is this blob, if any."""
+        with self.engine.connect() as conn:
+            return escrow.withheld_blob(conn, sha256)
+
     def earnings(self, node: str) -> Earnings:
         with self.engine.connect() as conn:
             result = earnings(conn, node, self._trees)
@@ -90,15 +111,18 @@ class Ledger:
 
     def outbox(self, chain: ChainClient, **options: Any) -> Outbox:
         """The outbox worker for this ledger's database, sending as `chain`'s account."""
-        return Outbox(self.engine, chain, listener=epochs.LedgerListener(chain), **options)
+        return Outbox(self.engine, chain, listener=LedgerListener(chain), **options)
 
     async def settle_loop(self, rt: Runtime, interval_s: float) -> None:
-        """Each epoch: queue results of finished jobs, then post everyone's earnings as one root."""
+        """Each epoch: queue results (or releases) of ended jobs, post everyone's earnings as one root,
+        execute the slashes whose veto delay is over."""
         while True:
             await asyncio.sleep(interval_s)
             try:
                 finished = await rt.db_bulk(self.finish_succeeded_jobs, rt.now_ms())
+                finished += await rt.db_bulk(self.close_ended_jobs, rt.now_ms())
                 epoch = await rt.db_bulk(self.post_epoch, rt.now_ms())
+                await rt.db_bulk(self.execute_due_slashes, rt.now_ms())
             except Exception:  # a DB hiccup must not end the loop
                 log.exception("settlement step failed")
                 continue

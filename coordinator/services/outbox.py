@@ -29,21 +29,23 @@ _WORKER_LOCK = 0x74676F62  # "tgob": the PostgreSQL advisory lock of the one out
 
 # action -> (contract call, value in wei); payload wei amounts are decimal strings
 ACTIONS: dict[str, Callable[[ChainClient, dict[str, Any]], tuple[Any, int]]] = {
-    "post_root": lambda c, p: (
-        c.post_root_call(int(p["epoch"]), p["root"], [(j, int(a)) for j, a in p["charges"]]),
+    "post_root": lambda c, p: (  # each job charged its accepted tasks, at its reward per task
+        c.post_root_call(int(p["epoch"]), p["root"], [(j, int(n)) for j, n in p["tasks"]]),
         0,
     ),
     "record_result": lambda c, p: (c.record_result_call(p["job_id"], p["result_hash"]), 0),
+    "lock_job": lambda c, p: (c.lock_job_call(p["job_id"]), 0),
+    "release_job": lambda c, p: (c.release_job_call(p["job_id"]), 0),
     "revoke_root": lambda c, p: (c.settlement.functions.revokeRoot(int(p["epoch"])), 0),
-    "slash": lambda c, p: (  # payload: see repositories.ledger.slashing.queue_slash
-        c.slash_call(
+    "slash": lambda c, p: (  # a proposal; payload: see repositories.ledger.slashing.queue_slash
+        c.propose_slash_call(
             Receipt(**p["receipt"], signature=bytes.fromhex(p["signature"])),
             int(p["amount"]),
             p["correct_output_hash"],
-            p["beneficiary"],
         ),
         0,
     ),
+    "execute_slash": lambda c, p: (c.execute_slash_call(p["proposal_id"]), 0),
 }
 
 

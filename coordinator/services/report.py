@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from coordinator.repositories.ledger import slashing
+from coordinator.repositories.ledger import escrow, slashing
 from coordinator.repositories.store import Store
 from coordinator.services.kind import KindLookup
 from tensorgrid.spec import VerificationSpec
@@ -23,6 +23,9 @@ class Reports:
         checks = self.store.verification.job_checks(job.job_id)
         with self.store.engine.connect() as conn:
             slashes, slashed_wei = slashing.job_slashes(conn, job.job_id)
+            withheld = job.result is not None and escrow.result_withheld(conn, job.job_id)
+        if withheld:  # no free work: the result is released once its payment is secured on chain
+            job = dataclasses.replace(job, result=None)
         mode, detection, stake = "none", 0.0, 0
         if stored is not None:
             spec = VerificationSpec(**stored[0])

@@ -35,19 +35,49 @@ class JobStatus(IntEnum):
     RECLAIMED = 4
 
 
+class SlashState(IntEnum):
+    NONE = 0
+    PENDING = 1
+    VETOED = 2
+    EXECUTED = 3
+
+
 @dataclass(frozen=True)
 class JobInfo:
     submitter: str
     deadline: int
     status: JobStatus
-    budget: int
-    charged: int
+    locked: bool  # the coordinator leased a task: no cancel before the deadline
+    reward_per_task: int
+    max_tasks: int  # the tasks the budget pays for
+    tasks_charged: int
     spec_hash: str
     result_hash: str
 
     @property
+    def budget(self) -> int:
+        return self.reward_per_task * self.max_tasks
+
+    @property
+    def charged(self) -> int:
+        return self.reward_per_task * self.tasks_charged
+
+    @property
     def remaining(self) -> int:
         return self.budget - self.charged if self.status == JobStatus.OPEN else 0
+
+
+@dataclass(frozen=True)
+class SlashProposal:
+    id: str  # hex of keccak256(abi.encode(taskId, attempt))
+    node: str
+    executable_at: int
+    state: SlashState
+    beneficiary: str
+    amount: int
+    job_id: str
+    task_id: str
+    attempt: int
 
 
 @dataclass(frozen=True)
@@ -136,24 +166,72 @@ class ChainClient:
     def withdraw(self) -> TxResult:
         return self._tx.send(self.registry.functions.withdraw(), "withdraw")
 
-    def slash(self, receipt: Receipt, amount: int, correct_output_hash: Bytes32, beneficiary: str) -> TxResult:
-        """Coordinator only: slash the signer of `receipt` (which must carry its signature)."""
-        return self._tx.send(self.slash_call(receipt, amount, correct_output_hash, beneficiary), "slash")
+    def propose_slash(self, receipt: Receipt, amount: int, correct_output_hash: Bytes32) -> TxResult:
+        """Coordinator only: propose to slash the signer of `receipt` (which must carry its signature)."""
+        return self._tx.send(self.propose_slash_call(receipt, amount, correct_output_hash), "proposeSlash")
 
-    def slash_call(self, receipt: Receipt, amount: int, correct_output_hash: Bytes32, beneficiary: str) -> Any:
-        """The unsent slash call (for build_signed)."""
+    def propose_slash_call(self, receipt: Receipt, amount: int, correct_output_hash: Bytes32) -> Any:
+        """The unsent proposeSlash call (for build_signed)."""
         if not receipt.signature:
             raise ChainError(f"receipt for task {receipt.task_id} carries no signature")
-        return self.registry.functions.slash(
-            receipt_tuple(receipt),
-            receipt.signature,
-            amount,
-            to_bytes32(correct_output_hash),
-            Web3.to_checksum_address(beneficiary),
+        return self.registry.functions.proposeSlash(
+            receipt_tuple(receipt), receipt.signature, amount, to_bytes32(correct_output_hash)
         )
 
+    def execute_slash(self, proposal_id: Bytes32) -> TxResult:
+        """Anyone, after the slash delay: make a proposal's amount its beneficiary's to withdraw."""
+        return self._tx.send(self.execute_slash_call(proposal_id), "executeSlash")
+
+    def execute_slash_call(self, proposal_id: Bytes32) -> Any:
+        return self.registry.functions.executeSlash(to_bytes32(proposal_id))
+
+    def veto_slash(self, proposal_id: Bytes32) -> TxResult:
+        """Guardian only, before the delay is over: cancel a proposal; the node keeps its stake."""
+        return self._tx.send(self.registry.functions.vetoSlash(to_bytes32(proposal_id)), "vetoSlash")
+
+    def withdraw_proceeds(self, to: str | None = None) -> TxResult:
+        """Collect this account's slash proceeds (to `to`, default this account)."""
+        return self._tx.send(self.registry.functions.withdrawProceeds(_addr(to or self.address)), "withdrawProceeds")
+
+    def proceeds(self, beneficiary: str) -> int:
+        return int(self.registry.functions.proceeds(_addr(beneficiary)).call())
+
+    def slash_proposal(self, proposal_id: Bytes32) -> SlashProposal:
+        p = self.registry.functions.slashProposal(to_bytes32(proposal_id)).call()
+        node, executable_at, state, beneficiary, amount, job_id, task_id, attempt = p
+        return SlashProposal(
+            to_bytes32(proposal_id).hex(),
+            str(node),
+            int(executable_at),
+            SlashState(state),
+            str(beneficiary),
+            int(amount),
+            bytes(job_id).hex(),
+            bytes(task_id).hex(),
+            int(attempt),
+        )
+
+    def registry_owed(self) -> int:
+        """What NodeRegistry owes: stakes, pending slashes, unpaid proceeds (equals its balance)."""
+        return int(self.registry.functions.owed().call())
+
+    def slash_proposed_in(self, tx_hash: str) -> list[tuple[str, str, int, int, int]]:
+        """The SlashProposed events of a mined tx: (proposal id hex, node, attempt, wei taken, executable at)."""
+        receipt = self.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
+        events = self.registry.events.SlashProposed().process_receipt(receipt, errors=DISCARD)
+        return [
+            (
+                bytes(e["args"]["id"]).hex(),
+                str(e["args"]["node"]),
+                int(e["args"]["attempt"]),
+                int(e["args"]["amount"]),
+                int(e["args"]["executableAt"]),
+            )
+            for e in events
+        ]
+
     def slashed_in(self, tx_hash: str) -> list[tuple[str, str, int, int, str]]:
-        """The Slashed events of a mined tx: (node, task id hex, attempt, wei taken, beneficiary)."""
+        """The Slashed events (executed slashes) of a mined tx: (node, task id hex, attempt, wei, beneficiary)."""
         receipt = self.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
         events = self.registry.events.Slashed().process_receipt(receipt, errors=DISCARD)
         return [
@@ -179,8 +257,7 @@ class ChainClient:
 
     def evidence_used(self, task_id: Bytes32, attempt: int) -> bool:
         """Whether (task_id, attempt) has already served as slashing evidence."""
-        key = Web3.keccak(to_bytes32(task_id) + attempt.to_bytes(32, "big"))
-        return bool(self.registry.functions.slashedEvidence(key).call())
+        return bool(self.registry.functions.slashedEvidence(evidence_key(task_id, attempt)).call())
 
     def receipt_digest(self, receipt: Receipt) -> bytes:
         """The digest the contract computes for `receipt` (to cross-check off-chain signing)."""
@@ -188,9 +265,26 @@ class ChainClient:
 
     # -- JobEscrow (part of Settlement) -------------------------------------------------------
 
-    def create_job(self, job_id: Bytes32, spec_hash: Bytes32, deadline: int, budget: int) -> TxResult:
-        fn = self.settlement.functions.createJob(to_bytes32(job_id), to_bytes32(spec_hash), deadline)
+    def create_job(
+        self, job_id: Bytes32, spec_hash: Bytes32, deadline: int, budget: int, *, reward_per_task: int
+    ) -> TxResult:
+        """Fund a job's escrow with `budget` wei, a whole number of tasks at `reward_per_task` wei."""
+        fn = self.settlement.functions.createJob(to_bytes32(job_id), to_bytes32(spec_hash), deadline, reward_per_task)
         return self._tx.send(fn, "createJob", value=budget)
+
+    def lock_job_call(self, job_id: Bytes32) -> Any:
+        """Coordinator only, unsent: lock a job's escrow (no cancel before its deadline)."""
+        return self.settlement.functions.lock(to_bytes32(job_id))
+
+    def lock_job(self, job_id: Bytes32) -> TxResult:
+        return self._tx.send(self.lock_job_call(job_id), "lock")
+
+    def release_job_call(self, job_id: Bytes32) -> Any:
+        """Coordinator only, unsent: close a job without a result, refunding what was not charged."""
+        return self.settlement.functions.release(to_bytes32(job_id))
+
+    def release_job(self, job_id: Bytes32) -> TxResult:
+        return self._tx.send(self.release_job_call(job_id), "release")
 
     def cancel(self, job_id: Bytes32) -> TxResult:
         return self._tx.send(self.settlement.functions.cancel(to_bytes32(job_id)), "cancel")
@@ -206,15 +300,17 @@ class ChainClient:
         return self.settlement.functions.recordResult(to_bytes32(job_id), to_bytes32(result_hash))
 
     def job(self, job_id: Bytes32) -> JobInfo:
-        submitter, deadline, status, budget, charged, spec, result = self.settlement.functions.getJob(
-            to_bytes32(job_id)
-        ).call()
+        submitter, deadline, status, locked, reward, max_tasks, tasks_charged, spec, result = (
+            self.settlement.functions.getJob(to_bytes32(job_id)).call()
+        )
         return JobInfo(
             submitter,
             int(deadline),
             JobStatus(status),
-            int(budget),
-            int(charged),
+            bool(locked),
+            int(reward),
+            int(max_tasks),
+            int(tasks_charged),
             bytes(spec).hex(),
             bytes(result).hex(),
         )
@@ -224,13 +320,14 @@ class ChainClient:
 
     # -- Settlement ---------------------------------------------------------------------------
 
-    def post_root(self, epoch: int, root: Bytes32, charges: Iterable[tuple[Bytes32, int]] = ()) -> TxResult:
-        """Coordinator only: post `root` for `epoch`, charging (job id, wei) pairs into the pool."""
-        return self._tx.send(self.post_root_call(epoch, root, charges), "postRoot")
+    def post_root(self, epoch: int, root: Bytes32, tasks: Iterable[tuple[Bytes32, int]] = ()) -> TxResult:
+        """Coordinator only: post `root` for `epoch`, charging (job id, accepted tasks) pairs into
+        the pool, each task at its job's reward."""
+        return self._tx.send(self.post_root_call(epoch, root, tasks), "postRoot")
 
-    def post_root_call(self, epoch: int, root: Bytes32, charges: Iterable[tuple[Bytes32, int]] = ()) -> Any:
+    def post_root_call(self, epoch: int, root: Bytes32, tasks: Iterable[tuple[Bytes32, int]] = ()) -> Any:
         """The unsent postRoot call (for build_signed)."""
-        pairs = list(charges)
+        pairs = list(tasks)
         return self.settlement.functions.postRoot(
             epoch, to_bytes32(root), [to_bytes32(j) for j, _ in pairs], [int(a) for _, a in pairs]
         )
@@ -267,6 +364,11 @@ class ChainClient:
         target = self.registry if contract == "registry" else self.settlement
         role_id = Web3.keccak(text=role) if role != "DEFAULT_ADMIN_ROLE" else bytes(32)
         return self._tx.send(target.functions.grantRole(role_id, _addr(account)), f"grantRole {role}")
+
+
+def evidence_key(task_id: Bytes32, attempt: int) -> bytes:
+    """keccak256(abi.encode(taskId, attempt)): a slash's unit of evidence and its proposal id."""
+    return bytes(Web3.keccak(to_bytes32(task_id) + attempt.to_bytes(32, "big")))
 
 
 def receipt_tuple(receipt: Receipt) -> tuple[bytes, bytes, int, bytes, bytes, bytes]:

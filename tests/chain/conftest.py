@@ -15,6 +15,8 @@ ETH = 10**18
 MIN_STAKE = ETH
 UNBONDING_DELAY = 1000
 CHALLENGE_WINDOW = 600
+SLASH_DELAY = 300  # the guardian's time to veto a slash proposal
+MAX_SLASH_BPS = 5000  # one proposal takes at most half a node's stake
 
 
 @pytest.fixture(scope="session")
@@ -39,7 +41,7 @@ class Chain:
     coordinator: ChainClient  # [1]
     nodes: list[ChainClient]  # [2], [3], [4]
     submitter: ChainClient  # [5]
-    guardian: ChainClient  # [6], granted GUARDIAN_ROLE on Settlement
+    guardian: ChainClient  # [6], the guardian named at deploy (GUARDIAN_ROLE on both contracts)
     outsider: ChainClient  # [7], no role at all
     keys: list[str]
 
@@ -57,12 +59,14 @@ def chain(anvil: Anvil, w3: Web3) -> Chain:
         anvil.rpc_url,
         keys[0],
         coordinator=anvil.addresses[1],
+        guardian=anvil.addresses[6],
         min_stake=MIN_STAKE,
         unbonding_delay=UNBONDING_DELAY,
         challenge_window=CHALLENGE_WINDOW,
+        slash_delay=SLASH_DELAY,
+        max_slash_bps=MAX_SLASH_BPS,
     )
     clients = [ChainClient(w3, deployment, k) for k in keys[:8]]
-    clients[0].grant_role("settlement", "GUARDIAN_ROLE", clients[6].address)
     return Chain(anvil, deployment, clients[0], clients[1], clients[2:5], clients[5], clients[6], clients[7], keys)
 
 

@@ -14,10 +14,11 @@ def revert(name: str) -> pytest.RaisesExc[ContractReverted]:
     return pytest.raises(ContractReverted, check=lambda e: e.error == name)
 
 
-def open_job(submitter: ChainClient, job_id: str, budget: int, lifetime: int = 10_000) -> int:
-    """Create a job due `lifetime` seconds from now (chain time); return its deadline."""
+def open_job(submitter: ChainClient, job_id: str, budget: int, lifetime: int = 10_000, reward: int = 1) -> int:
+    """Create a job due `lifetime` seconds from now (chain time) paying `reward` wei per task; return
+    its deadline. The default reward of 1 wei makes a charge's task count equal its wei."""
     deadline = submitter.chain_time() + lifetime
-    submitter.create_job(job_id, "ab" * 32, deadline, budget)
+    submitter.create_job(job_id, "ab" * 32, deadline, budget, reward_per_task=reward)
     return deadline
 
 

@@ -1,4 +1,4 @@
-"""JobEscrow (inside Settlement) on anvil: create, cancel, reclaim, recordResult."""
+"""JobEscrow (inside Settlement) on anvil: create, lock, cancel, reclaim, recordResult, release."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ def test_create_job_records_everything(chain: Chain) -> None:
     info = chain.admin.job(job)
     assert info.submitter == chain.submitter.address
     assert (info.deadline, info.status, info.budget, info.charged) == (deadline, JobStatus.OPEN, 3 * ETH, 0)
+    assert (info.reward_per_task, info.max_tasks, info.tasks_charged, info.locked) == (1, 3 * ETH, 0, False)
     assert info.spec_hash == "ab" * 32
     assert chain.admin.remaining_budget(job) == 3 * ETH
     assert chain.admin.owed() == chain.admin.balance(chain.deployment.settlement) == 3 * ETH
@@ -24,29 +25,81 @@ def test_create_job_rules(chain: Chain) -> None:
     job = new_id()
     now = chain.submitter.chain_time()
     with revert("ZeroAmount"):
-        chain.submitter.create_job(job, new_id(), now + 100, 0)
+        chain.submitter.create_job(job, new_id(), now + 100, 0, reward_per_task=1)
+    with revert("ZeroAmount"):
+        chain.submitter.create_job(job, new_id(), now + 100, ETH, reward_per_task=0)
+    with revert("BudgetNotWhole"):  # a budget pays for whole tasks
+        chain.submitter.create_job(job, new_id(), now + 100, ETH, reward_per_task=3)
     with revert("DeadlineInPast"):
-        chain.submitter.create_job(job, new_id(), now, ETH)
+        chain.submitter.create_job(job, new_id(), now, ETH, reward_per_task=1)
     open_job(chain.submitter, job, ETH)
     with revert("JobExists"):  # nobody can take over or top up an existing id
-        chain.outsider.create_job(job, new_id(), now + 100, ETH)
+        chain.outsider.create_job(job, new_id(), now + 100, ETH, reward_per_task=1)
     assert chain.admin.job(new_id()).status == JobStatus.NONE
 
 
-def test_cancel_refunds_budget_minus_charged(chain: Chain) -> None:
+def test_cancel_of_a_job_never_started_refunds_everything(chain: Chain) -> None:
     job = new_id()
     open_job(chain.submitter, job, 5 * ETH)
-    chain.coordinator.post_root(1, new_id(), [(job, 2 * ETH)])
     before = chain.submitter.balance()
     result = chain.submitter.cancel(job)
-    assert chain.submitter.balance() == before + 3 * ETH - result.fee
+    assert chain.submitter.balance() == before + 5 * ETH - result.fee
     assert chain.admin.job(job).status == JobStatus.CANCELLED
-    assert chain.admin.remaining_budget(job) == 0
     with revert("JobNotOpen"):
         chain.submitter.cancel(job)
-    with revert("JobNotOpen"):  # a closed job cannot be charged
-        chain.coordinator.post_root(2, new_id(), [(job, 1)])
-    assert chain.admin.owed() == chain.admin.balance(chain.deployment.settlement) == 2 * ETH
+    with revert("JobNotOpen"):  # a closed job can be neither charged nor locked
+        chain.coordinator.post_root(1, new_id(), [(job, 1)])
+    with revert("JobNotOpen"):
+        chain.coordinator.lock_job(job)
+    assert chain.admin.owed() == chain.admin.balance(chain.deployment.settlement) == 0
+
+
+def test_cancel_during_lock_is_refused_until_the_deadline(chain: Chain) -> None:
+    """No free work: once the coordinator locked the escrow (first lease) the submitter cannot
+    walk away with the results before the deadline; the work done is charged meanwhile."""
+    job = new_id()
+    open_job(chain.submitter, job, 5 * ETH, lifetime=500)
+    chain.coordinator.lock_job(job)
+    chain.coordinator.lock_job(job)  # idempotent: a retried lock is harmless
+    assert chain.admin.job(job).locked
+    with revert("LockedUntilDeadline"):
+        chain.submitter.cancel(job)
+    chain.coordinator.post_root(1, new_id(), [(job, 2 * ETH)])  # the work done so far is charged
+    with revert("LockedUntilDeadline"):
+        chain.submitter.cancel(job)
+    assert chain.admin.job(job).status == JobStatus.OPEN
+
+
+def test_cancel_after_the_deadline_refunds_only_the_unearned_part(chain: Chain) -> None:
+    job = new_id()
+    open_job(chain.submitter, job, 5 * ETH, lifetime=500)
+    chain.coordinator.post_root(1, new_id(), [(job, 2 * ETH)])  # a charge locks the job too
+    assert chain.admin.job(job).locked
+    with revert("LockedUntilDeadline"):
+        chain.submitter.cancel(job)
+    chain.advance(501)
+    before = chain.submitter.balance()
+    result = chain.submitter.cancel(job)
+    assert chain.submitter.balance() == before + 3 * ETH - result.fee  # the 2 ETH earned stay with the nodes
+    assert chain.admin.job(job).status == JobStatus.CANCELLED
+    assert chain.admin.owed() == chain.admin.balance(chain.deployment.settlement) == 2 * ETH  # the claim pool
+
+
+def test_only_the_coordinator_locks_and_releases(chain: Chain) -> None:
+    job = new_id()
+    open_job(chain.submitter, job, 5 * ETH)
+    for caller in (chain.submitter, chain.guardian, chain.outsider):
+        with revert("AccessControlUnauthorizedAccount"):
+            caller.lock_job(job)
+        with revert("AccessControlUnauthorizedAccount"):
+            caller.release_job(job)
+    chain.coordinator.post_root(1, new_id(), [(job, ETH)])
+    before = chain.submitter.balance()
+    chain.coordinator.release_job(job)  # ended without a result: what was not charged goes back
+    assert chain.submitter.balance() == before + 4 * ETH
+    assert chain.admin.job(job).status == JobStatus.CANCELLED
+    with revert("JobNotOpen"):
+        chain.coordinator.release_job(job)
 
 
 @pytest.mark.parametrize("who", ["coordinator", "admin", "outsider"])

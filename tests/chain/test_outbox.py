@@ -11,7 +11,7 @@ from web3 import Web3
 
 from coordinator.db.engine import make_engine
 from coordinator.repositories.ledger import outbox as ob
-from coordinator.repositories.ledger.epochs import LedgerListener
+from coordinator.repositories.ledger.listener import LedgerListener
 from coordinator.services.ledger import Ledger
 from coordinator.services.outbox import Outbox
 from tensorgrid.chain import ChainClient, JobStatus
@@ -47,7 +47,7 @@ def rows(ledger: Ledger) -> list[ob.OutboxItem]:
 
 def priced_job(chain: Chain, ledger: Ledger, tasks: int = 4, budget: int | None = None) -> str:
     job = new_id()
-    open_job(chain.submitter, job, REWARD * tasks)
+    open_job(chain.submitter, job, REWARD * tasks, reward=REWARD)
     ledger.set_job_price(job, REWARD, budget if budget is not None else REWARD * tasks)
     return job
 

@@ -35,6 +35,7 @@ class Job:
     lifetime: int
     charged: int = 0
     open: bool = True
+    locked: bool = False  # charged once: no cancel before the deadline
 
 
 @dataclass
@@ -79,7 +80,7 @@ class Run:
     def __init__(self, anvil: Anvil) -> None:
         self.anvil = anvil
         deployment = deploy(
-            anvil.rpc_url, anvil.keys[0], coordinator=anvil.addresses[1],
+            anvil.rpc_url, anvil.keys[0], coordinator=anvil.addresses[1], guardian=anvil.addresses[8],
             min_stake=MIN_STAKE, unbonding_delay=UNBONDING, challenge_window=WINDOW,
         )  # fmt: skip
         clients = [ChainClient.connect(anvil.rpc_url, deployment, k) for k in anvil.keys[:8]]
@@ -113,7 +114,9 @@ class Run:
     def op_create(self, who: int, budget: int, lifetime: int) -> None:
         job = Job(new_id(), who, budget, self.m.tick, lifetime)
         deadline = self.submitters[who].chain_time() + lifetime
-        self.expect(None, lambda: self.submitters[who].create_job(job.id, "00" * 32, deadline, budget))
+        self.expect(
+            None, lambda: self.submitters[who].create_job(job.id, "00" * 32, deadline, budget, reward_per_task=1)
+        )
         self.m.jobs.append(job)
 
     def op_charge(self, index: int, node: int, percent: int) -> None:
@@ -130,6 +133,7 @@ class Run:
             None if job.open else "JobNotOpen", lambda: self.coordinator.post_root(epoch, tree.root, [(job.id, amount)])
         ):
             job.charged += amount
+            job.locked = True
             self.m.total_charged += amount
             self.m.earnings = earnings
             self.m.roots.append((self.m.tick, earnings, tree, False))
@@ -160,7 +164,10 @@ class Run:
         if job is None:
             return
         caller = self.submitters[job.submitter] if by_submitter else self.outsider
+        due = (self.m.tick - job.tick) * TICK > job.lifetime
         error = "JobNotOpen" if not job.open else None if by_submitter else "NotSubmitter"
+        if error is None and job.locked and not due:
+            error = "LockedUntilDeadline"
         if self.expect(error, lambda: caller.cancel(job.id)):
             job.open = False
 

@@ -70,7 +70,7 @@ def _assert_solvent(chain: Chain) -> None:
 
 def test_reentering_claim(chain: Chain, attacker: Attacker) -> None:
     job = new_id()
-    chain.submitter.create_job(job, new_id(), chain.submitter.chain_time() + 10_000, 10 * ETH)
+    chain.submitter.create_job(job, new_id(), chain.submitter.chain_time() + 10_000, 10 * ETH, reward_per_task=1)
     tree = EarningsTree({attacker.address: 2 * ETH, chain.nodes[0].address: 3 * ETH})
     chain.coordinator.post_root(1, tree.root, [(job, 5 * ETH)])
     chain.advance(CHALLENGE_WINDOW)
@@ -102,10 +102,9 @@ def test_reentering_withdraw(chain: Chain, attacker: Attacker) -> None:
 def test_reentering_cancel_and_reclaim(chain: Chain, attacker: Attacker, exit_fn: str) -> None:
     settlement = chain.admin.settlement
     job = bytes.fromhex(new_id())
-    attacker.execute(settlement, "createJob", [job, bytes(32), chain.admin.chain_time() + 100], value=4 * ETH)
+    attacker.execute(settlement, "createJob", [job, bytes(32), chain.admin.chain_time() + 100, 1], value=4 * ETH)
     chain.coordinator.post_root(1, new_id(), [(job, ETH)])
-    if exit_fn == "reclaim":
-        chain.advance(101)
+    chain.advance(101)  # the charge locked the job: it can be left only after its deadline
     attacker.arm(settlement, exit_fn, [job])
     attacker.execute(settlement, exit_fn, [job])
     attacker.assert_reentry_blocked()
@@ -116,10 +115,10 @@ def test_reentering_cancel_and_reclaim(chain: Chain, attacker: Attacker, exit_fn
 def test_cross_function_reentry_from_cancel_into_claim(chain: Chain, attacker: Attacker) -> None:
     settlement = chain.admin.settlement
     job = bytes.fromhex(new_id())
-    attacker.execute(settlement, "createJob", [job, bytes(32), chain.admin.chain_time() + 10_000], value=4 * ETH)
+    attacker.execute(settlement, "createJob", [job, bytes(32), chain.admin.chain_time() + 100, 1], value=4 * ETH)
     tree = EarningsTree({attacker.address: ETH})
     chain.coordinator.post_root(1, tree.root, [(job, ETH)])
-    chain.advance(CHALLENGE_WINDOW)
+    chain.advance(CHALLENGE_WINDOW)  # past the job's deadline too: its lock is over
     attacker.arm(settlement, "claim", [ETH, tree.proof(attacker.address)])
     attacker.execute(settlement, "cancel", [job])
     attacker.assert_reentry_blocked()

@@ -182,3 +182,25 @@ def test_claims_can_never_exceed_what_was_charged(chain: Chain) -> None:
     with revert("PoolInsufficient"):
         node.claim(5 * ETH, tree.proof(node.address))
     assert chain.admin.owed() == chain.admin.balance(chain.deployment.settlement) == 10 * ETH
+
+
+def test_post_root_charges_whole_tasks_at_the_job_price_and_never_past_the_funded_count(chain: Chain) -> None:
+    """The coordinator names accepted task counts, not amounts: a job pays exactly tasks × its own
+    reward, and no more tasks than its escrow funded, whatever the coordinator posts."""
+    cheap, dear = new_id(), new_id()
+    open_job(chain.submitter, cheap, 10 * 7, reward=7)  # 10 tasks at 7 wei
+    open_job(chain.submitter, dear, 4 * ETH, reward=ETH)  # 4 tasks at 1 ETH
+    with revert("OverBudget"):  # 11 tasks of a 10-task job
+        chain.coordinator.post_root(1, new_id(), [(cheap, 11)])
+    with revert("OverBudget"):  # over the bound across two lines of one call
+        chain.coordinator.post_root(1, new_id(), [(dear, 3), (dear, 2)])
+    chain.coordinator.post_root(1, new_id(), [(cheap, 3), (dear, 1)])
+    assert chain.admin.job(cheap).charged == 21 and chain.admin.job(dear).charged == ETH
+    assert chain.admin.settlement.functions.totalCharged().call() == 21 + ETH
+    with revert("OverBudget"):  # 7 left, 8 asked
+        chain.coordinator.post_root(2, new_id(), [(cheap, 8)])
+    chain.coordinator.post_root(2, new_id(), [(cheap, 7), (dear, 3)])
+    assert chain.admin.remaining_budget(cheap) == chain.admin.remaining_budget(dear) == 0
+    with revert("OverBudget"):
+        chain.coordinator.post_root(3, new_id(), [(dear, 1)])
+    assert chain.admin.owed() == chain.admin.balance(chain.deployment.settlement) == 70 + 4 * ETH

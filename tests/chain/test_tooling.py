@@ -31,7 +31,9 @@ def test_artifacts_name_their_compiler() -> None:
 
 def test_deployments_file_round_trips(anvil: Anvil, tmp_path: Path) -> None:
     out = tmp_path / "deployments.json"
-    deployment = deploy(anvil.rpc_url, anvil.keys[0], coordinator=anvil.addresses[1], min_stake=5, out=out)
+    deployment = deploy(
+        anvil.rpc_url, anvil.keys[0], coordinator=anvil.addresses[1], guardian=anvil.addresses[2], min_stake=5, out=out
+    )
     data = json.loads(out.read_text())
     assert data["contracts"] == {"NodeRegistry": deployment.node_registry, "Settlement": deployment.settlement}
     assert data["params"]["minStakeWei"] == "5"
@@ -41,19 +43,29 @@ def test_deployments_file_round_trips(anvil: Anvil, tmp_path: Path) -> None:
     assert w3.eth.get_code(Web3.to_checksum_address(deployment.settlement)) != b""
     first_tx = w3.eth.get_block(deployment.deploy_block)["transactions"][0]
     assert isinstance(first_tx, bytes)
-    assert w3.eth.get_transaction_receipt(first_tx)["contractAddress"] == deployment.node_registry
+    # Settlement first: NodeRegistry is built on it (it reads a job's submitter to slash for it)
+    assert w3.eth.get_transaction_receipt(first_tx)["contractAddress"] == deployment.settlement
+    assert data["roles"]["guardian"] == deployment.guardian
+    registry = w3.eth.contract(
+        address=Web3.to_checksum_address(deployment.node_registry), abi=load_artifact("NodeRegistry").abi
+    )
+    assert registry.functions.jobBook().call() == deployment.settlement
+    assert registry.functions.slashDelay().call() == deployment.slash_delay
     with pytest.raises(ChainError):
         load_deployment(tmp_path / "missing.json")
 
 
 def test_deploy_command_line(anvil: Anvil, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "d.json"
-    args = ["--rpc", anvil.rpc_url, "--coordinator", anvil.addresses[1], "--min-stake-wei", "7", "--out", str(out)]
+    args = ["--rpc", anvil.rpc_url, "--coordinator", anvil.addresses[1], "--guardian", anvil.addresses[2],
+            "--min-stake-wei", "7", "--out", str(out)]  # fmt: skip
     monkeypatch.delenv("TENSORGRID_DEPLOYER_KEY", raising=False)
     assert deploy_main(args) == 2
     monkeypatch.setenv("TENSORGRID_DEPLOYER_KEY", anvil.keys[0])
     assert deploy_main(args) == 0
     assert load_deployment(out).min_stake == 7
+    same = [anvil.addresses[1] if a == anvil.addresses[2] else a for a in args]
+    assert deploy_main(same) == 1  # a guardian that is the coordinator checks nothing
 
 
 def test_chain_domain_matches_the_contract(chain: Chain) -> None:

@@ -17,14 +17,14 @@ from coordinator.db import schema as s
 from coordinator.db.engine import make_engine
 from coordinator.repositories.ledger.slashing import queue_slash
 from coordinator.services.verification.policy import VerificationPolicy
-from tensorgrid.chain.client import ChainClient, JobStatus
+from tensorgrid.chain.client import ChainClient
 from tensorgrid.client import Client
-from tensorgrid.crypto import Signer, write_key_file
+from tensorgrid.crypto import Signer, sign_receipt, write_key_file
 from tensorgrid.devnet import ChainGrid, start_chain_grid
 from tensorgrid.localgrid import LocalGrid
 from tensorgrid.report import format_eth
 from tensorgrid.spec import VerificationSpec
-from tensorgrid.types import JobState
+from tensorgrid.types import JobState, Receipt
 from tests.integration.conftest import BATCH, FAST, Assets, Stopper, node_args
 
 pytestmark = pytest.mark.integration
@@ -160,40 +160,61 @@ def wait_for(check: Callable[[], T | None | bool], timeout: float = 60.0) -> T:
     raise AssertionError("timed out")
 
 
-def test_a_slash_reaches_the_chain_and_the_report(devnet: ChainGrid, digits: Assets, tmp_path: Path) -> None:
+def test_a_slash_reaches_the_chain_and_the_report(devnet: ChainGrid, tmp_path: Path) -> None:
+    """A node caught on an open job: the coordinator proposes the slash with the node's own receipt,
+    the stake leaves at once, the guardian's delay passes, the coordinator executes it, the report
+    counts it, and the submitter (the beneficiary the contract recorded) withdraws the proceeds."""
     signer = Signer.from_hex(devnet.submitter_key)
     chain = ChainClient.connect(devnet.anvil.rpc_url, devnet.deployment, signer.private_key)
     with Client(devnet.grid.target, signer, chain=chain) as client:
-        job = client.submit_inference(
-            digits.model, digits.inputs, shard_rows=500, batch_size=BATCH, device="cpu", reward_per_task_wei=10**15
-        )
-        assert client.wait(job.job_id).state == JobState.SUCCEEDED
-        wait_for(lambda: client.escrow(job.job_id).status == JobStatus.COMPLETED)  # refund done: balances settle
-        # Stand in for verification catching a node: queue_slash on one of its stored receipts,
-        # in a transaction on the running coordinator's database. Its outbox worker does the rest.
+        job = client.submit_noop(2, device="cuda", reward_per_task_wei=10**15)  # no CUDA node: it stays open
+        node_key = devnet.node_keys[0]
+        node = Signer.from_hex(node_key).address
+        # Stand in for verification catching the node on this job: a receipt it signed for one of
+        # the job's tasks is stored, and queue_slash runs in a transaction on the coordinator's
+        # database. Its outbox worker and settlement timer do the rest.
         engine = make_engine(f"sqlite:///{devnet.grid.root / 'coordinator' / 'coordinator.db'}")
         try:
             with engine.begin() as conn:
-                task_id, attempt, node = conn.execute(
-                    select(s.receipts.c.task_id, s.receipts.c.attempt, s.receipts.c.node).limit(1)
-                ).one()
-                stake_before, balance_before = chain.stake_of(node), chain.balance()
+                task_id = conn.execute(
+                    select(s.tasks.c.task_id).where(s.tasks.c.job_id == job.job_id).limit(1)
+                ).scalar_one()
+                receipt = sign_receipt(
+                    Signer.from_hex(node_key),
+                    devnet.deployment.domain,
+                    Receipt(job.job_id, task_id, 1, "11" * 32, "22" * 32, "33" * 32),
+                )
+                conn.execute(
+                    s.receipts.insert().values(
+                        task_id=task_id, attempt=1, node=node, input_hash=receipt.input_hash,
+                        output_hash=receipt.output_hash, commitment=receipt.commitment,
+                        signature=receipt.signature, received_ms=1,
+                    )
+                )  # fmt: skip
+                stake_before = chain.stake_of(node)
                 assert queue_slash(
                     conn,
                     node=node,
                     job_id=job.job_id,
                     task_id=task_id,
-                    attempt=attempt,
+                    attempt=1,
                     correct_output_sha="c0" * 32,
                     now_ms=int(time.time() * 1000),
                 )
         finally:
             engine.dispose()
+        wait_for(lambda: chain.stake_of(node) < stake_before)  # proposed: out of the stake at once
+        taken = stake_before - chain.stake_of(node)
+        assert client.job(job.job_id).verification.slashes == 0  # type: ignore[union-attr]  # vetoable yet
+        time.sleep(devnet.deployment.slash_delay + 1)
+        devnet.anvil.rpc("evm_mine")  # anvil mines on demand: a fresh block carries the time past the delay
         report = wait_for(lambda: (v := client.job(job.job_id).verification) is not None and v.slashes > 0 and v)
-        taken = report.slashed_wei
-        assert taken > 0
-        assert chain.stake_of(node) == stake_before - taken
-        assert chain.balance() == balance_before + taken  # the submitter, harmed, is paid
+        assert report.slashed_wei == taken > 0
+        assert chain.proceeds(chain.address) == taken
+        before = chain.balance()
+        paid = chain.withdraw_proceeds()
+        assert chain.balance() == before + taken - paid.fee  # the submitter, harmed, is paid
         assert {n.address: n.slashed_wei for n in client.nodes()}[node] == taken
         assert client.earnings(node).slashed_wei == taken
+        client.cancel(job.job_id)
         assert "slashed" in [e.kind for e in client.watch(job.job_id)]

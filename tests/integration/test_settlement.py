@@ -11,6 +11,7 @@ import grpc
 import pytest
 
 from tensorgrid.chain.client import ChainClient, JobStatus
+from tensorgrid.chain.errors import ContractReverted
 from tensorgrid.client import Client, CoordinatorError
 from tensorgrid.crypto import Signer
 from tensorgrid.devnet import ChainGrid, start_chain_grid
@@ -99,6 +100,42 @@ def test_funded_job_is_charged_recorded_refunded_and_claimed(devnet: ChainGrid, 
         assert paid == escrow.charged
 
 
+def test_cancel_after_result_still_pays_the_nodes(devnet: ChainGrid, digits: Assets, tmp_path: Path) -> None:
+    """No free work: a submitter who has the result and then walks away (cancels through the
+    coordinator and on chain) gets back only what was not spent; the nodes are paid in full."""
+    with submitter(devnet) as client:
+        assert client.chain is not None
+        before = client.chain.balance()
+        job = client.submit_inference(
+            digits.model, digits.inputs, shard_rows=500, batch_size=BATCH, device="cpu", reward_per_task_wei=REWARD
+        )
+        final = client.wait(job.job_id)
+        assert final.state == JobState.SUCCEEDED and final.result is not None, final.error
+        escrow = client.escrow(job.job_id)
+        assert escrow.locked  # locked at the first lease, before any result existed
+        client.result(job.job_id, tmp_path / "result.safetensors")  # the submitter has what it paid for
+        try:  # ... and tries to take the escrow back on chain
+            client.chain.cancel(job.job_id)
+            raise AssertionError("a locked escrow was cancelled before its deadline")
+        except ContractReverted as e:  # still locked, or already settled by the coordinator
+            assert e.error in ("LockedUntilDeadline", "JobNotOpen"), e
+        assert client.cancel(job.job_id).state == JobState.SUCCEEDED  # a finished job stays finished
+        escrow = wait_for(lambda: (e := client.escrow(job.job_id)).status == JobStatus.COMPLETED and e)
+        assert escrow.charged == REWARD * final.tasks_total == REWARD * 6 and escrow.locked
+        spent = before - client.chain.balance()
+        assert REWARD * 6 <= spent < REWARD * 6 + 10**16  # the unspent part (none here) and gas only
+        time.sleep(devnet.deployment.challenge_window + 1)
+        devnet.anvil.rpc("evm_mine")
+        paid = 0
+        for key in devnet.node_keys:
+            node = ChainClient.connect(devnet.anvil.rpc_url, devnet.deployment, key)
+            earned = client.earnings(node.address)
+            if earned.claim_cumulative_wei:
+                node.claim(earned.claim_cumulative_wei, earned.claim_proof)
+            paid += node.claimed(node.address)
+        assert paid == escrow.charged  # every verified task paid, though the submitter walked away
+
+
 def test_no_escrow_no_scheduling(devnet: ChainGrid, digits: Assets, tmp_path: Path) -> None:
     with submitter(devnet) as funded, Client(devnet.grid.target, Signer.from_hex(devnet.submitter_key)) as unfunded:
         with pytest.raises(CoordinatorError, match="no escrow") as e:
@@ -125,6 +162,7 @@ def test_cancel_refunds_the_escrow(shared_devnet: ChainGrid) -> None:
         assert client.cancel(job.job_id).state == JobState.CANCELLED
         escrow = client.escrow(job.job_id)
         assert escrow.status == JobStatus.CANCELLED and escrow.charged == 0
+        assert not escrow.locked  # no task was ever leased: nothing to protect, all refunded
 
 
 @SHARED

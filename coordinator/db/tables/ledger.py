@@ -99,11 +99,13 @@ slashes = Table(
     Column("node", String(42), nullable=False),
     Column("job_id", String(64), nullable=False),
     Column("amount_wei", Wei, nullable=False),  # asked for; the contract caps it at the node's stake
-    Column("taken_wei", Wei),  # from the Slashed event once confirmed (NULL: not known)
+    Column("taken_wei", Wei),  # from the SlashProposed event (after the contract's cap; NULL: not known)
     Column("beneficiary", String(42), nullable=False),
     Column("correct_output", String(64), nullable=False),
-    # queued → confirmed | failed (a revert: the error names why, e.g. EvidenceAlreadyUsed)
+    # queued → proposed → confirmed (executed after the delay) | vetoed (by the guardian);
+    # queued → failed (a revert: the error names why, e.g. EvidenceAlreadyUsed)
     Column("state", String(16), nullable=False),
+    Column("executable_ms", BigInteger),  # when the proposal can be executed (chain time, ms)
     Column("outbox_key", String(200), nullable=False),
     Column("tx_hash", String(66)),
     Column("error", Text, nullable=False, default=""),

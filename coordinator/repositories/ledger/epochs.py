@@ -8,11 +8,11 @@ The database's epoch numbers are the chain's: Settlement accepts exactly lastEpo
 When a post_root reverts, lastEpoch does not move, so the number is still free. The
 epoch is *unwound*: it and every later epoch not yet sent are deleted, their credits are
 uncharged again, the outbox items queued behind it are superseded, and a fresh epoch with
-the same number re-includes the credits (followed again by the superseded record_result
-items, so a job is still charged before its result closes its escrow). A revert that names
-a job (OverBudget, JobNotOpen: e.g. the submitter cancelled on chain) voids that job's
-uncharged credits first and is resolved at once; any other revert halts the outbox until
-`resolve_failed_epoch` is called.
+the same number re-includes the credits (followed again by the superseded record_result and
+release_job items, so a job is still charged before its escrow closes). A revert that names a
+job (OverBudget, JobNotOpen: e.g. its escrow was closed on chain before the coordinator could
+lock it, see ledger.escrow) voids that job's uncharged credits first and is resolved at once;
+any other revert halts the outbox until `resolve_failed_epoch` is called.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Iterable
-from typing import Any
 
 from sqlalchemy import Connection, delete, func, insert, select, update
 
@@ -28,12 +27,12 @@ from coordinator.db import schema as s
 from coordinator.db.sql import chunks, lock_ledger
 from coordinator.repositories.ledger import outbox as ob
 from coordinator.repositories.ledger.credits import void_job
-from coordinator.repositories.ledger.slashing import SlashListener
-from tensorgrid.chain import ChainClient, ContractReverted, EarningsTree
+from tensorgrid.chain import ContractReverted, EarningsTree
 
 log = logging.getLogger("tensorgrid.coordinator.ledger")
 
 _JOB_ERRORS = ("OverBudget", "JobNotOpen")  # custom errors whose first argument is the job id
+_CLOSING = ("record_result", "release_job")  # close an escrow: always after the post_root charging it
 
 
 def post_epoch(conn: Connection, now_ms: int, *, force: bool = False) -> int | None:
@@ -55,9 +54,11 @@ def post_epoch(conn: Connection, now_ms: int, *, force: bool = False) -> int | N
         return None
     per_node: dict[str, int] = defaultdict(int)
     per_job: dict[str, int] = defaultdict(int)
+    tasks: dict[str, int] = defaultdict(int)  # what the chain charges: accepted tasks × the job's reward
     for r in new:
         per_node[r.node] += int(r.amount_wei)
         per_job[r.job_id] += int(r.amount_wei)
+        tasks[r.job_id] += 1
     ne = s.node_earnings
     charged = {r.node: int(r.charged_wei) for r in conn.execute(select(ne).order_by(ne.c.node).with_for_update())}
     cumulative = {n: charged.get(n, 0) + per_node.get(n, 0) for n in charged.keys() | per_node.keys()}
@@ -88,7 +89,12 @@ def post_epoch(conn: Connection, now_ms: int, *, force: bool = False) -> int | N
         conn.execute(update(c).where(c.c.id.in_(ids)).values(epoch=epoch))
     for node in sorted(per_node):
         conn.execute(update(ne).where(ne.c.node == node).values(charged_wei=cumulative[node]))
-    payload = {"epoch": epoch, "root": tree.root.hex(), "charges": [[j, str(a)] for j, a in charges]}
+    payload = {
+        "epoch": epoch,
+        "root": tree.root.hex(),
+        "charges": [[j, str(a)] for j, a in charges],  # wei, for the record
+        "tasks": [[j, tasks[j]] for j, _ in charges],  # what postRoot is sent
+    }
     ob.enqueue(conn, key, "post_root", payload, now_ms)
     log.info("epoch %s: %s credits, %s jobs charged %s wei, tree total %s wei", epoch, len(new), len(charges),
              sum(a for _, a in charges), tree.total)  # fmt: skip
@@ -113,10 +119,10 @@ def resolve_failed_epoch(conn: Connection, epoch: int, now_ms: int, void_jobs: I
     item = ob.get_item(conn, row.outbox_key)
     if item is None:
         raise ValueError(f"epoch {epoch} has no outbox item {row.outbox_key}")
-    return _unwind_and_repost(conn, item, now_ms, void_jobs)
+    return unwind_and_repost(conn, item, now_ms, void_jobs)
 
 
-def _unwind_and_repost(
+def unwind_and_repost(
     conn: Connection, failed: ob.OutboxItem, now_ms: int, void_jobs: Iterable[str] = ()
 ) -> int | None:
     lock_ledger(conn)
@@ -126,12 +132,12 @@ def _unwind_and_repost(
         raise ValueError(f"cannot unwind epoch {first}: a later epoch already reached the chain")
     # Everything queued behind the failed post was never signed (the queue is strict), so it
     # can be superseded; record_results are queued again after the replacement epoch.
-    again: list[dict[str, Any]] = []
+    again: list[ob.OutboxItem] = []
     for later in ob.items(conn, states=("pending",), after_id=failed.id):
-        if later.action in ("post_root", "record_result"):
+        if later.action in ("post_root", *_CLOSING):
             ob.supersede(conn, later.id, "cancelled", now_ms)
-            if later.action == "record_result":
-                again.append(later.payload)
+            if later.action in _CLOSING:
+                again.append(later)
     c, ne, ee = s.credits, s.node_earnings, s.epoch_earnings
     conn.execute(update(c).where(c.c.epoch >= first).values(epoch=None))
     before = {r.node: int(r.cumulative_wei) for r in conn.execute(select(ee).where(ee.c.epoch == first - 1))}
@@ -144,52 +150,13 @@ def _unwind_and_repost(
     for job in void_jobs:
         void_job(conn, job, failed.last_error or "voided by the operator")
     replacement = post_epoch(conn, now_ms)
-    for payload in again:
-        ob.enqueue(conn, f"record_result:{payload['job_id']}", "record_result", payload, now_ms)
+    for closing in again:
+        ob.enqueue(conn, f"{closing.action}:{closing.payload['job_id']}", closing.action, closing.payload, now_ms)
     log.warning("epoch %s unwound (%s); replaced by epoch %s", first, failed.last_error, replacement)
     return replacement
 
 
-class LedgerListener:
-    """The ledger's side of the outbox: epochs confirm, failed posts are unwound, slashes recorded.
-
-    `chain` (optional) lets a confirmed slash record the amount its Slashed event says was taken.
-    """
-
-    def __init__(self, chain: ChainClient | None = None) -> None:
-        self.slashes = SlashListener(chain)
-
-    def on_confirmed(self, conn: Connection, item: ob.OutboxItem, now_ms: int) -> None:
-        if item.action == "slash":
-            self.slashes.on_confirmed(conn, item, now_ms)
-        if item.action == "post_root":
-            conn.execute(
-                update(s.epochs)
-                .where((s.epochs.c.epoch == int(item.payload["epoch"])) & (s.epochs.c.outbox_key == item.key))
-                .values(state="confirmed", tx_hash=item.tx_hash, updated_ms=now_ms)
-            )
-
-    def on_failed(self, conn: Connection, item: ob.OutboxItem, error: ContractReverted, now_ms: int) -> bool:
-        if item.action == "slash":
-            return self.slashes.on_failed(conn, item, error, now_ms)
-        if item.action != "post_root":
-            log.error("%s failed and is dropped: %s", item.key, error)
-            return True
-        epoch = int(item.payload["epoch"])
-        conn.execute(
-            update(s.epochs)
-            .where(s.epochs.c.epoch == epoch)
-            .values(state="failed", error=str(error)[:2000], updated_ms=now_ms)
-        )
-        job = _job_named_by(error)
-        if job is None:
-            log.error("epoch %s failed: %s; the outbox halts until resolve_failed_epoch(%s)", epoch, error, epoch)
-            return False
-        _unwind_and_repost(conn, item, now_ms, void_jobs=[job])
-        return True
-
-
-def _job_named_by(error: ContractReverted) -> str | None:
+def job_named_by(error: ContractReverted) -> str | None:
     if error.error in _JOB_ERRORS and error.error_args and isinstance(error.error_args[0], bytes | bytearray):
         return bytes(error.error_args[0]).hex()
     return None

@@ -33,7 +33,7 @@ from tensorgrid.chain import ContractReverted
 
 _ob = s.outbox
 # Every action the worker (services.outbox) knows how to send; payload wei amounts are decimal strings.
-ACTIONS = frozenset({"post_root", "record_result", "revoke_root", "slash"})
+ACTIONS = frozenset({"post_root", "record_result", "revoke_root", "slash", "execute_slash", "lock_job", "release_job"})
 
 
 @dataclass(frozen=True)

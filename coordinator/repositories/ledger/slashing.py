@@ -1,7 +1,7 @@
-"""Slashing: a caught node's own signed receipt, sent to NodeRegistry.slash through the outbox.
+"""Slashing: a caught node's own signed receipt, proposed to NodeRegistry through the outbox.
 
 `queue_slash` runs inside the transaction that catches the node (verification checks,
-the training audit) and queues one outbox action per (task_id, attempt), the contract's
+the training audit) and queues one proposal per (task_id, attempt), the contract's
 unit of evidence, carrying the receipt exactly as the node signed it (the EIP-712 Receipt
 of tensorgrid.crypto.receipts: job id, task id, attempt, input hash, output hash,
 commitment) with its 65-byte signature. The contract recovers the signer from it, so a
@@ -10,15 +10,18 @@ receipt that was not signed by a registered node slashes nobody.
 Amount: the stake the job's verification policy requires of its nodes (`job_policies.
 required_stake_wei`) when that is set, else ten times the job's reward per task. That
 stake is what makes cheating unprofitable (p·S > R), so a caught node forfeits it; the
-contract caps the amount at what the node has staked (bonded + unbonding).
+contract caps one proposal at a fraction of the node's stake (maxSlashBps, set at deploy).
 
-Beneficiary: the job's submitter. Their escrow paid for a result that was wrong and
-their job was delayed re-doing it: they are the party harmed.
+Beneficiary: the job's submitter, as the contract recorded it at createJob (the coordinator
+does not choose it; it is kept here for the record). Their escrow paid for a result that was
+wrong and their job was delayed re-doing it: they are the party harmed. They withdraw the
+proceeds themselves (pull), so a beneficiary that refuses ether blocks nothing.
 
-Outcomes are recorded by `SlashListener` inside the outbox's own transaction: confirmed
-(with the amount taken, read from the Slashed event) or failed with the contract's error
-(EvidenceAlreadyUsed, NothingToSlash, NotANode, …). A failed slash is final and never
-blocks the outbox: nothing retries a revert.
+Life of a slash (the `slashes` row):
+    queued --proposeSlash confirmed--> proposed --executeSlash after the delay--> confirmed
+           --revert--> failed                   --the guardian vetoed it--------> vetoed
+A proposal is executed by `queue_due_slashes` on the settlement timer once its delay (read
+from the SlashProposed event) is over. Failures are final and never block the outbox.
 """
 
 from __future__ import annotations
@@ -33,13 +36,17 @@ from coordinator.db import schema as s
 from coordinator.db.events import append_event
 from coordinator.db.sql import insert_ignore
 from coordinator.repositories.ledger import outbox as ob
-from tensorgrid.chain import ChainClient, ContractReverted
+from tensorgrid.chain import ChainClient, ContractReverted, evidence_key
 from tensorgrid.crypto import normalize_address
 from tensorgrid.digests import is_hex32
 
 log = logging.getLogger("tensorgrid.coordinator.ledger")
 
-ACTION = "slash"
+ACTION = "slash"  # proposeSlash
+EXECUTE = "execute_slash"
+SLASH_ACTIONS = (ACTION, EXECUTE)
+_NOT_YET = "DelayNotOver"
+RETRY_EARLY_MS = 5000  # an execution refused as early is tried again this much later
 FALLBACK_REWARD_MULTIPLE = 10  # without a policy stake: slash this many rewards per task
 
 
@@ -112,7 +119,7 @@ def _payload(rec: Any, job_id: str, amount: int, correct: str, submitter: str) -
         "signature": bytes(rec.signature).hex(),
         "amount": str(amount),
         "correct_output_hash": correct,
-        "beneficiary": normalize_address(submitter),  # the party harmed
+        "beneficiary": normalize_address(submitter),  # for the record: the contract pays the job's submitter
     }
 
 
@@ -143,37 +150,85 @@ def _amount(conn: Connection, job_id: str, reward_per_task_wei: int) -> int:
     return reward_per_task_wei * FALLBACK_REWARD_MULTIPLE
 
 
+def queue_due_slashes(conn: Connection, now_ms: int) -> int:
+    """Queue executeSlash for every proposal whose delay is over (idempotent); returns how many."""
+    sl = s.slashes
+    rows = conn.execute(
+        select(sl.c.task_id, sl.c.attempt, sl.c.node).where((sl.c.state == "proposed") & (sl.c.executable_ms <= now_ms))
+    ).all()
+    queued = 0
+    for r in rows:
+        payload = {
+            "proposal_id": evidence_key(r.task_id, int(r.attempt)).hex(),
+            "node": r.node,
+            "receipt": {"task_id": r.task_id, "attempt": int(r.attempt)},
+        }
+        queued += ob.enqueue(conn, f"{EXECUTE}:{r.task_id}:{r.attempt}", EXECUTE, payload, now_ms)
+    return queued
+
+
 class SlashListener:
-    """Records the outcome of "slash" outbox items (called by the ledger's listener)."""
+    """Records the outcome of slash proposals and executions (called by the ledger's listener)."""
 
     def __init__(self, chain: ChainClient | None = None) -> None:
-        self.chain = chain  # to read the amount taken from the Slashed event; None: not recorded
+        self.chain = chain  # to read amounts and delays from events; None: not recorded
 
     def on_confirmed(self, conn: Connection, item: ob.OutboxItem, now_ms: int) -> None:
         p, r = item.payload, item.payload["receipt"]
-        taken = self._taken(item)
-        _update(conn, item, now_ms, state="confirmed", tx_hash=item.tx_hash, taken_wei=taken, error="")
-        shown = taken if taken is not None else int(p["amount"])
-        message = f"slashed {shown} wei for task {r['task_id'][:12]} attempt {r['attempt']}, paid to the submitter"
-        append_event(conn, r["job_id"], "slashed", now_ms, node=p["node"], message=message)
-        log.warning("slash of %s confirmed (tx %s): %s wei taken", p["node"], item.tx_hash, taken)
+        if item.action == EXECUTE:
+            _update(conn, item, now_ms, state="confirmed", error="")
+            row = conn.execute(
+                select(s.slashes).where(
+                    (s.slashes.c.task_id == r["task_id"]) & (s.slashes.c.attempt == int(r["attempt"]))
+                )
+            ).first()
+            if row is not None:
+                wei = int(row.taken_wei if row.taken_wei is not None else row.amount_wei)
+                message = (
+                    f"slashed {wei} wei for task {r['task_id'][:12]} attempt {r['attempt']}, paid to the submitter"
+                )
+                append_event(conn, row.job_id, "slashed", now_ms, node=p["node"], message=message)
+            log.warning("slash of %s executed (tx %s)", p["node"], item.tx_hash)
+            return
+        taken, executable_s = self._proposed(item)
+        delay_ms = (self.chain.deployment.slash_delay if self.chain is not None else 0) * 1000
+        executable_ms = executable_s * 1000 if executable_s is not None else now_ms + delay_ms
+        _update(conn, item, now_ms, state="proposed", tx_hash=item.tx_hash, taken_wei=taken,
+                executable_ms=executable_ms, error="")  # fmt: skip
+        log.warning("slash of %s proposed (tx %s): %s wei, executable at %s ms", p["node"], item.tx_hash, taken,
+                    executable_ms)  # fmt: skip
 
     def on_failed(self, conn: Connection, item: ob.OutboxItem, error: ContractReverted, now_ms: int) -> bool:
         reason = _reason(error)
+        if item.action == EXECUTE:
+            if error.error == _NOT_YET:  # chain time lags ours: free the key, the timer queues it again later
+                ob.supersede(conn, item.id, "failed", now_ms)
+                _update(conn, item, now_ms, executable_ms=now_ms + RETRY_EARLY_MS)
+                return True
+            state = int(error.error_args[1]) if error.error == "NotPending" and len(error.error_args) > 1 else 0
+            if state == 3:  # someone else executed it first (anyone may): it is done all the same
+                _update(conn, item, now_ms, state="confirmed", error="")
+                return True
+            vetoed = state == 2
+            _update(conn, item, now_ms, state="vetoed" if vetoed else "failed", error=reason[:2000])
+            log.error("slash execution %s: %s", item.key, "vetoed by the guardian" if vetoed else reason)
+            return True
         _update(conn, item, now_ms, state="failed", tx_hash=item.tx_hash, error=reason[:2000])
         log.error("slash of %s for %s failed: %s", item.payload["node"], item.key, reason)
         return True  # final: a revert will not succeed on a retry, and must not halt the queue
 
-    def _taken(self, item: ob.OutboxItem) -> int | None:
+    def _proposed(self, item: ob.OutboxItem) -> tuple[int | None, int | None]:
+        """(wei taken, executable at in chain seconds) from the SlashProposed event; None if unread."""
         if self.chain is None or item.tx_hash is None:
-            return None
+            return None, None
         try:
-            events = self.chain.slashed_in(item.tx_hash)
-        except Exception as exc:  # the amount is for the record only: never fail the confirmation
-            log.warning("could not read the Slashed event of %s: %s", item.tx_hash, exc)
-            return None
-        task, attempt = item.payload["receipt"]["task_id"], int(item.payload["receipt"]["attempt"])
-        return next((amount for _, t, a, amount, _ in events if t == task and a == attempt), None)
+            events = self.chain.slash_proposed_in(item.tx_hash)
+        except Exception as exc:  # for the record only: never fail the confirmation
+            log.warning("could not read the SlashProposed event of %s: %s", item.tx_hash, exc)
+            return None, None
+        attempt = int(item.payload["receipt"]["attempt"])
+        want = evidence_key(item.payload["receipt"]["task_id"], attempt).hex()
+        return next(((amount, at) for pid, _, _, amount, at in events if pid == want), (None, None))
 
 
 def _reason(error: ContractReverted) -> str:

@@ -10,7 +10,7 @@ from coordinator.db import schema as s
 from coordinator.db.engine import make_engine
 from coordinator.db.wei import Wei
 from coordinator.repositories.ledger import outbox as ob
-from coordinator.repositories.ledger.epochs import LedgerListener
+from coordinator.repositories.ledger.listener import LedgerListener
 from coordinator.repositories.ledger.outbox import enqueue
 from coordinator.repositories.store import Store
 from coordinator.services import outbox as worker
@@ -19,7 +19,7 @@ from coordinator.services.ledger import Ledger
 from tensorgrid.chain import ContractReverted, verify_proof
 from tensorgrid.crypto import normalize_address
 from tensorgrid.types import BlobRef
-from tests.unit.coordinator.test_storage import CPU, JOB, TIMING, add_nodes, make_job, receipt
+from tests.unit.coordinator.test_storage import CPU, JOB, SUBMITTER, TIMING, add_nodes, make_job, receipt
 
 N1, N2, N3 = (normalize_address("0x" + d * 20) for d in ("a1", "b2", "c3"))
 J1, J2 = "11" * 32, "22" * 32
@@ -149,7 +149,38 @@ def test_job_finished_charges_before_recording(ledger: Ledger) -> None:
     assert not ledger.job_finished(J2, "cd" * 32, 4)  # unpriced: no chain record
 
 
-def test_a_revert_naming_a_job_voids_it_and_reposts_the_epoch(ledger: Ledger) -> None:
+def test_a_cancelled_locked_job_is_charged_for_its_work_then_released(db_url: str) -> None:
+    """No free work (was: a cancelled job's credits were voided). Once a task was leased the
+    escrow is locked; the submitter's cancel ends the job, its credits are charged in an epoch,
+    and only then is the rest of the escrow released to the submitter."""
+    state = Store(db_url)
+    try:
+        node = "0x" + "aa" * 20
+        add_nodes(state, (node, CPU))
+        make_job(state, n=3)
+        ledger = Ledger(state.engine)
+        ledger.set_job_price(JOB, 5, 15)
+        leases, _ = state.tasks.lease_tasks(node, 2, 10, TIMING)  # the first lease queues the lock
+        for lz in leases:
+            ResultAcceptance(state.engine).accept_result(node, receipt(lz.task_id, 1), BlobRef("ff" * 32, 3), None, 20)
+        assert ledger.result_withheld(JOB)  # the lock is not on chain yet
+        state.jobs.cancel_job(JOB, SUBMITTER, 30)
+        assert ledger.close_ended_jobs(40) == 1 and ledger.close_ended_jobs(41) == 0
+        items = outbox_rows(ledger)
+        assert [(i.key, i.action) for i in items] == [
+            (f"lock_job:{JOB}", "lock_job"),
+            ("post_root:1", "post_root"),
+            (f"release_job:{JOB}", "release_job"),
+        ]
+        assert items[1].payload["charges"] == [[JOB, "10"]] and items[1].payload["tasks"] == [[JOB, 2]]
+        assert ledger.earnings(node)["cumulative_wei"] == 10  # nothing voided: the node is paid
+    finally:
+        state.close()
+
+
+def test_a_charge_the_escrow_refuses_voids_that_job_and_reposts_the_epoch(ledger: Ledger) -> None:
+    """Defensive: the ledger priced J1 above its escrow. (A cancel cannot cause this once the
+    escrow is locked; see test_a_cancelled_locked_job_is_charged_for_its_work_then_released.)"""
     ledger.set_job_price(J1, 5, 100)
     ledger.set_job_price(J2, 7, 100)
     ledger.credit_results([(N1, J1, "t1", 1), (N2, J2, "t2", 1)], 1)

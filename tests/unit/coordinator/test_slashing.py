@@ -14,7 +14,7 @@ from coordinator.kinds.registry import Registry
 from coordinator.repositories.jobs import NewJob, NewTask
 from coordinator.repositories.ledger import outbox as ob
 from coordinator.repositories.ledger import slashing
-from coordinator.repositories.ledger.epochs import LedgerListener
+from coordinator.repositories.ledger.listener import LedgerListener
 from coordinator.repositories.ledger.slashing import queue_slash
 from coordinator.repositories.store import Store
 from coordinator.services.ledger import Ledger
@@ -163,6 +163,16 @@ def confirm(state: Store, key: str) -> None:
         LedgerListener().on_confirmed(conn, item, 50)
 
 
+def propose_and_execute(state: Store, attempt: int = 1) -> None:
+    """The proposal confirmed, its delay over (no chain here: no delay), its execution confirmed."""
+    confirm(state, f"slash:{TASK}:{attempt}")
+    assert [r["state"] for r in slash_rows(state) if r["attempt"] == attempt] == ["proposed"]
+    assert Ledger(state.engine).execute_due_slashes(49) == 0  # executable from 50 ms on
+    assert Ledger(state.engine).execute_due_slashes(55) == 1
+    assert Ledger(state.engine).execute_due_slashes(56) == 0  # queued once
+    confirm(state, f"execute_slash:{TASK}:{attempt}")
+
+
 def fail(state: Store, key: str, error: ContractReverted) -> bool:
     with state.engine.begin() as conn:
         item = ob.get_item(conn, key)
@@ -176,7 +186,7 @@ def test_confirmed_and_failed_slashes_are_recorded(state: Store) -> None:
     store_receipt(state, attempt=1)
     store_receipt(state, attempt=2)
     assert queue(state, attempt=1) and queue(state, attempt=2)
-    confirm(state, f"slash:{TASK}:1")
+    propose_and_execute(state, 1)
     again = ContractReverted("EvidenceAlreadyUsed", (bytes.fromhex(TASK), 2), "slash reverted: EvidenceAlreadyUsed")
     assert fail(state, f"slash:{TASK}:2", again)  # resolved: never blocks the queue
     first, second = slash_rows(state)
@@ -200,6 +210,9 @@ def test_node_list_and_job_report_show_slashes(state: Store) -> None:
     assert queue(state)
     assert state.nodes.list_nodes()[0].slashed_wei == 0  # queued is not taken
     confirm(state, f"slash:{TASK}:1")
+    assert state.nodes.list_nodes()[0].slashed_wei == 0  # proposed is not taken: the guardian may veto it
+    assert Ledger(state.engine).execute_due_slashes(60) == 1
+    confirm(state, f"execute_slash:{TASK}:1")
     assert state.nodes.list_nodes()[0].slashed_wei == STAKE
     assert state.nodes.get_node(NODE).slashed_wei == STAKE  # type: ignore[union-attr]
     report = Reports(state, Registry([NoopKind()])).with_verification(state.jobs.get_job(JOB)).verification
@@ -219,3 +232,22 @@ def test_job_report_without_a_policy(state: Store) -> None:
     assert report is not None and report.mode == "none" and report.required_stake_wei == 0 and report.slashes == 0
     with state.engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(s.slashes)).scalar_one() == 0
+
+
+def test_a_vetoed_or_early_execution_is_recorded_and_never_blocks(state: Store) -> None:
+    add_job(state)
+    Ledger(state.engine).set_job_price(JOB, REWARD, REWARD * 2)
+    store_receipt(state, attempt=1)
+    assert queue(state, attempt=1)
+    confirm(state, f"slash:{TASK}:1")
+    assert Ledger(state.engine).execute_due_slashes(60) == 1
+    early = ContractReverted("DelayNotOver", (b"\x01" * 32, 99), "executeSlash reverted: DelayNotOver")
+    assert fail(state, f"execute_slash:{TASK}:1", early)  # chain time lags: queued again later
+    assert slash_rows(state)[0]["state"] == "proposed"
+    assert Ledger(state.engine).execute_due_slashes(70) == 0  # not hammered: tried again 5 s later
+    assert Ledger(state.engine).execute_due_slashes(60 + 5000) == 1
+    vetoed = ContractReverted("NotPending", (b"\x01" * 32, 2), "executeSlash reverted: NotPending")
+    assert fail(state, f"execute_slash:{TASK}:1", vetoed)
+    assert slash_rows(state)[0]["state"] == "vetoed"
+    assert Ledger(state.engine).execute_due_slashes(10**9) == 0
+    assert Ledger(state.engine).slashed_wei(NODE) == 0  # a vetoed slash takes nothing
