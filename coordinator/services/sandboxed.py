@@ -1,7 +1,7 @@
 """The coordinator's stranger-graph work, run in a sandboxed child (tensorgrid.sandbox).
 
-The referee's re-execution of disputed rows and a training audit's replay both run a
-submitter's program on files a node sent. Neither runs in the coordinator's process, which
+The referee's re-execution of disputed rows, a training audit's replay and intake's
+row-independence probe all run a submitter's program on files a stranger sent. Neither runs in the coordinator's process, which
 holds its signing key and its secrets: each runs in a child started by
 tensorgrid.sandbox with the coordinator's referee limits (wall time per request, hard memory
 cap), a scrubbed environment, no network, and read access to the blob store only (where the
@@ -21,14 +21,19 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from coordinator.services.runtime import Runtime
 from coordinator.services.training.replay import AuditCase, Finding, check_reveal
 from tensorgrid.blobs import BlobStore
 from tensorgrid.sandbox import Isolation, SandboxFailure, WarmSandbox, serve_once
 from tensorgrid.training.inner import InnerSettings
+from tensorgrid.workloads import tensorfile
+from tensorgrid.workloads.determinism import Determinism, probe
 from tensorgrid.workloads.inference import run_inference
+from tensorgrid.workloads.model import load_program
 
-__all__ = ["ENTRY", "SandboxFailure", "reexecute_rows", "referee", "replay_audit"]
+__all__ = ["ENTRY", "SandboxFailure", "probe_rows", "reexecute_rows", "referee", "replay_audit"]
 
 ENTRY = "coordinator.services.sandboxed"
 OUTPUT = "out.safetensors"
@@ -64,6 +69,27 @@ def reexecute_rows(
         "input_names": list(input_names) if input_names else None,
     }
     referee(rt, blobs).call(request, outputs={OUTPUT: out})
+
+
+def probe_rows(
+    rt: Runtime, blobs: BlobStore, model: Path, source: Path, input_names: list[str], batch_size: int
+) -> Determinism:
+    """The row-independence probe (tensorgrid.workloads.determinism) of `model` over the rows
+    of `source`, in the sandboxed child; its verdict."""
+    request = {
+        "op": "probe",
+        "model": str(model),
+        "source": str(source),
+        "input_names": list(input_names),
+        "batch_size": int(batch_size),
+    }
+    answer = referee(rt, blobs).call(request)
+    return Determinism(
+        independent=bool(answer["independent"]),
+        reason=str(answer.get("reason", "")),
+        rows=int(answer.get("rows", 0)),
+        finished=bool(answer.get("finished", True)),
+    )
 
 
 def replay_audit(rt: Runtime, blobs: BlobStore, case: AuditCase) -> Finding:
@@ -103,6 +129,15 @@ def _infer(request: dict[str, Any], scratch: Path) -> dict[str, Any]:
     return {"rows": stats.rows}
 
 
+def _probe(request: dict[str, Any], scratch: Path) -> dict[str, Any]:
+    tensors = tensorfile.load_tensors(Path(request["source"]))
+    names = list(request.get("input_names") or ()) or sorted(tensors)
+    inputs = [tensors[name] for name in names]
+    module = load_program(Path(request["model"]), torch.device("cpu"))
+    verdict = probe(lambda batch: module(*batch), inputs, batch_size=int(request["batch_size"]))
+    return dataclasses.asdict(verdict)
+
+
 def _replay(request: dict[str, Any], scratch: Path) -> dict[str, Any]:
     case = AuditCase(
         program=Path(request["program"]),
@@ -123,6 +158,8 @@ def _handle(request: dict[str, Any], scratch: Path) -> dict[str, Any]:
         return _infer(request, scratch)
     if op == "replay":
         return _replay(request, scratch)
+    if op == "probe":
+        return _probe(request, scratch)
     raise ValueError(f"unknown operation {op!r}")
 
 

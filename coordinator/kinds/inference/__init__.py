@@ -65,7 +65,7 @@ class InferenceKind(BaseKind):
     def vet(self, spec: Any, blobs: BlobStore) -> None:
         """The determinism contract (vetting.py): refuse a program whose rows are not independent."""
         if isinstance(spec, InferenceSpec) and (spec.verification or VerificationSpec()).mode != "none":
-            vet_inference(spec, blobs, self.verification.torch_lock)
+            vet_inference(spec, self.verification.rt, blobs)
 
     def check_output(self, task: TaskRecord, receipt: Receipt, path: Path) -> int | None:
         """The output's row count (it must be the task's). Raises Rejected."""

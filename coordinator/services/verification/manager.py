@@ -66,11 +66,6 @@ class Verification:
         self._torch = threading.Lock()  # one referee child at a time: its memory cap is the coordinator's budget
         self.rulings = 0
 
-    @property
-    def torch_lock(self) -> threading.Lock:
-        """Held while loading or running a stranger's program in this process (intake's probe too)."""
-        return self._torch
-
     async def policy(self, job_id: str, tasks_total: int = 0) -> tuple[VerificationPolicy | None, int]:
         """(policy or None, required stake in wei) of a job; policies never change, so cached."""
         cached = self._policies.get(job_id)

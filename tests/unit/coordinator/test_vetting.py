@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
 from coordinator.kinds.inference.vetting import vet_inference
+from coordinator.services.runtime import Runtime
 from tensorgrid.blobs.store import BlobStore
 from tensorgrid.errors import SpecError
 from tensorgrid.spec import InferenceSpec
@@ -27,6 +28,15 @@ class Head(torch.nn.Module):
         return y - y.mean(0) if self.centre else y
 
 
+@pytest.fixture
+def rt() -> Iterator[Runtime]:
+    """A runtime whose sandboxed child (the probe runs there, never in this process) is stopped after."""
+    runtime = Runtime(inline_db=True, db_threads=1)
+    yield runtime
+    if runtime.referee is not None:
+        runtime.referee.close()
+
+
 def _spec(tmp: Path, blobs: BlobStore, module: torch.nn.Module, **kw: object) -> InferenceSpec:
     model, inputs = tmp / "m.pt2", tmp / "x.safetensors"
     export_program(module.eval(), (torch.randn(4, 6),), model)
@@ -34,19 +44,19 @@ def _spec(tmp: Path, blobs: BlobStore, module: torch.nn.Module, **kw: object) ->
     return InferenceSpec(model=blobs.put_file(model), inputs=blobs.put_file(inputs), nonce="n", **kw)  # type: ignore[arg-type]
 
 
-def test_intake_refuses_a_row_dependent_program_and_accepts_an_honest_one(tmp_path: Path) -> None:
-    blobs, lock = BlobStore(tmp_path / "blobs"), threading.Lock()
-    vet_inference(_spec(tmp_path, blobs, Head(centre=False), shard_rows=100), blobs, lock)
+def test_intake_refuses_a_row_dependent_program_and_accepts_an_honest_one(tmp_path: Path, rt: Runtime) -> None:
+    blobs = BlobStore(tmp_path / "blobs")
+    vet_inference(_spec(tmp_path, blobs, Head(centre=False), shard_rows=100), rt, blobs)
     with pytest.raises(SpecError, match="not verifiable.*batch.*only on its own input row"):
-        vet_inference(_spec(tmp_path, blobs, Head(centre=True), shard_rows=100), blobs, lock)
-    assert not lock.locked()
+        vet_inference(_spec(tmp_path, blobs, Head(centre=True), shard_rows=100), rt, blobs)
+    assert rt.referee is not None  # the graphs ran in the sandboxed child
 
 
-def test_a_program_that_cannot_run_a_row_alone_is_refused_with_what_was_run(tmp_path: Path) -> None:
+def test_a_program_that_cannot_run_a_row_alone_is_refused_with_what_was_run(tmp_path: Path, rt: Runtime) -> None:
     blobs = BlobStore(tmp_path / "blobs")
     model, inputs = tmp_path / "m.pt2", tmp_path / "x.safetensors"
     export_program(Head(centre=False).eval(), (torch.randn(4, 6),), model, dynamic_batch=False)  # 4 rows only
     save_tensors({"x": torch.randn(8, 6)}, inputs)
     spec = InferenceSpec(model=blobs.put_file(model), inputs=blobs.put_file(inputs), nonce="n", batch_size=4)
     with pytest.raises(SpecError, match="failed on sample rows"):
-        vet_inference(spec, blobs, threading.Lock())
+        vet_inference(spec, rt, blobs)
