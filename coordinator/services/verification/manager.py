@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from sqlalchemy import Connection, select
@@ -38,6 +39,8 @@ from tensorgrid.workloads.model import load_program
 log = logging.getLogger("tensorgrid.coordinator.verification")
 STAKE_CACHE_S = 60.0
 Settled = Callable[[str, bool], None]  # (job id, job complete): a ruling changed the job
+# (model path, its loaded program, check input, output path, task settings): re-run a check's rows here
+Replay = Callable[[Path, torch.nn.Module, Path, Path, dict[str, Any]], None]
 REFEREE_IDLE_S = 1.0
 REFEREE_PROGRAMS = 4
 
@@ -67,6 +70,7 @@ class Verification:
         self._disputes = asyncio.Event()
         self._torch = threading.Lock()  # torch.export.load is not thread-safe
         self._programs: dict[str, torch.nn.Module] = {}  # model sha → loaded program (a few, LRU)
+        self._replays: dict[str, Replay] = {}  # task kind (settings["task_kind"]) → how the referee re-runs it
         self.rulings = 0
 
     async def policy(self, job_id: str, tasks_total: int = 0) -> tuple[VerificationPolicy | None, int]:
@@ -125,6 +129,10 @@ class Verification:
         return Verdict(agrees, peers)
 
     # -- the referee: the coordinator re-executes disputed rows itself ------------------------
+
+    def add_replay(self, task_kind: str, replay: Replay) -> None:
+        """How the referee re-runs checks of tasks whose settings name `task_kind` (default: inference)."""
+        self._replays[task_kind] = replay
 
     def dispute_raised(self) -> None:
         """A check result came in that may have opened a dispute: look for rulings to make now."""
@@ -193,8 +201,8 @@ class Verification:
             self._programs[info.model_sha] = module  # most recently used last
             while len(self._programs) > REFEREE_PROGRAMS:
                 del self._programs[next(iter(self._programs))]
-            batch = int(info.settings.get("batch_size") or 0)
-            run_inference(model, source, out, batch_size=batch, device="cpu", module=module)
+            replay = self._replays.get(str(info.settings.get("task_kind", "")), _replay_inference)
+            replay(model, module, source, out, info.settings)
 
     # -- economic security: stake gating ------------------------------------------------------
 
@@ -232,3 +240,8 @@ class Verification:
             self._required_until = now + 1.0
         stake = self._stakes.get(node, (0, 0.0))[0]
         return {job_id for job_id, required in self._required.items() if stake < required}
+
+
+def _replay_inference(model: Path, module: torch.nn.Module, source: Path, out: Path, settings: dict[str, Any]) -> None:
+    batch = int(settings.get("batch_size") or 0)
+    run_inference(model, source, out, batch_size=batch, device="cpu", module=module)
