@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 from tensorgrid.errors import SpecError
 from tensorgrid.spec.base import JobSpecBase
-from tensorgrid.spec.checks import Decoder, as_float, blob_ref, check_int, check_number, is_int
+from tensorgrid.spec.checks import Decoder, as_float, blob_ref, check_int, check_number, is_int, optional
 from tensorgrid.spec.verification import VerificationSpec, check_policy, decode_verification
 from tensorgrid.types import BlobRef
 
@@ -57,7 +57,7 @@ class GenerationSpec(JobSpecBase):
         "temperature": as_float,
         "top_p": as_float,
         "stop_tokens": _stop_tokens,
-        "verification": decode_verification,
+        "verification": optional(decode_verification),
     }
     INT_RANGES: ClassVar[Mapping[str, tuple[int, int]]] = {
         "vocab_size": (1, MAX_VOCAB),
