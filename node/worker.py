@@ -109,7 +109,9 @@ def _run_generation(request: dict[str, Any]) -> tuple[int, float]:
     device = request.get("device") or "auto"
     module = inference.load_program(request["model_path"], inference.pick_device(device))  # the warm-program LRU
     decode = DecodeSettings.from_dict(settings["generation"])
-    stats = run_generation(request["model_path"], request["input_path"], request["output_path"], decode, device=device, module=module)
+    stats = run_generation(
+        request["model_path"], request["input_path"], request["output_path"], decode, device=device, module=module
+    )
     return stats.rows, stats.seconds
 
 

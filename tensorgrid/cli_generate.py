@@ -59,7 +59,8 @@ def rate_line(prompts_done: int, prompts: int, max_new: int, seconds: float, tok
     """`prompts a/b, ≤ t tokens/s` while running (finished shards × max_new_tokens: an upper bound,
     as stop tokens end prompts early); the exact rate once the result's lengths are known."""
     if tokens is not None:
-        return f"prompts {prompts_done}/{prompts}, {tokens} tokens in {seconds:.1f}s: {tokens / max(seconds, 1e-9):.1f} tokens/s"
+        rate = tokens / max(seconds, 1e-9)
+        return f"prompts {prompts_done}/{prompts}, {tokens} tokens in {seconds:.1f}s: {rate:.1f} tokens/s"
     bound = prompts_done * max_new / max(seconds, 1e-9)
     return f"prompts {prompts_done}/{prompts}, ≤ {bound:.1f} tokens/s after {seconds:.1f}s"
 

@@ -236,9 +236,10 @@ class Client:
         n = check_prompts(load_tensors(prompts), vocab_size)
         if n == 0:
             raise TensorGridError("the prompt file has no prompts")
-        refs = {"model": self.upload(model, progress), "prompts": self.upload(prompts, progress)}
+        model_ref, prompts_ref = self.upload(model, progress), self.upload(prompts, progress)
         return self.submit(
-            GenerationSpec(**refs, vocab_size=vocab_size, **settings), tasks=-(-n // spec.shard_prompts)
+            GenerationSpec(model=model_ref, prompts=prompts_ref, vocab_size=vocab_size, **settings),
+            tasks=-(-n // spec.shard_prompts),
         )
 
     def submit_noop(self, tasks: int, **settings: Any) -> JobInfo:

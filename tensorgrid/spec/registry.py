@@ -13,7 +13,9 @@ from tensorgrid.spec.inference import InferenceSpec
 from tensorgrid.spec.noop import NoopSpec
 from tensorgrid.spec.training import TrainingSpec
 
-KINDS: Mapping[str, type[JobSpecBase]] = {cls.kind_name(): cls for cls in (GenerationSpec, InferenceSpec, NoopSpec, TrainingSpec)}
+KINDS: Mapping[str, type[JobSpecBase]] = {
+    cls.kind_name(): cls for cls in (GenerationSpec, InferenceSpec, NoopSpec, TrainingSpec)
+}
 JobSpec = GenerationSpec | InferenceSpec | NoopSpec | TrainingSpec
 
 

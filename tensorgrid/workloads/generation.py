@@ -110,7 +110,9 @@ def check_prompts(tensors: Mapping[str, torch.Tensor], vocab_size: int) -> int:
     if tokens.dtype != torch.int64 or tokens.ndim != 2:
         raise InvalidTensorFile(f"'tokens' must be int64 [prompts, max_len], got {tokens.dtype} {list(tokens.shape)}")
     if lengths.dtype != torch.int64 or lengths.shape != tokens.shape[:1]:
-        raise InvalidTensorFile(f"'lengths' must be int64 [{tokens.shape[0]}], got {lengths.dtype} {list(lengths.shape)}")
+        raise InvalidTensorFile(
+            f"'lengths' must be int64 [{tokens.shape[0]}], got {lengths.dtype} {list(lengths.shape)}"
+        )
     if "index" in tensors and (tensors["index"].dtype != torch.int64 or tensors["index"].shape != lengths.shape):
         raise InvalidTensorFile(f"'index' must be int64 [{tokens.shape[0]}]")
     if tokens.shape[0] and (int(lengths.min()) < 1 or int(lengths.max()) > tokens.shape[1]):

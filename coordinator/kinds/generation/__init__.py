@@ -82,7 +82,9 @@ class GenerationKind(BaseKind):
         try:
             header = tensorfile.read_header(path)
             if sorted(header.tensors) != ["lengths", "logprobs", "tokens"]:
-                raise InvalidTensorFile(f"a generation output holds tokens, logprobs and lengths, not {sorted(header.tensors)}")
+                raise InvalidTensorFile(
+                    f"a generation output holds tokens, logprobs and lengths, not {sorted(header.tensors)}"
+                )
             return tensorfile.batch_rows(header)
         except TensorGridError as e:
             raise Rejected(f"output is not a valid generation result: {e}") from None
@@ -136,8 +138,10 @@ def _plan_shards(spec: GenerationSpec, job_id: str, blobs: BlobStore, limits: Li
         raise SpecError("the prompt file has zero prompts")
     shard_bytes = min(spec.shard_prompts, n) * (prompts["tokens"].shape[1] + 2) * 8
     if shard_bytes > limits.max_shard_bytes:
-        raise SpecError(f"a shard of {spec.shard_prompts} prompts is {shard_bytes} bytes, over this coordinator's "
-                        f"limit of {limits.max_shard_bytes}: lower shard_prompts")
+        raise SpecError(
+            f"a shard of {spec.shard_prompts} prompts is {shard_bytes} bytes, over this coordinator's "
+            f"limit of {limits.max_shard_bytes}: lower shard_prompts"
+        )
     n_tasks = -(-n // spec.shard_prompts)
     if n_tasks > limits.max_tasks_per_job:
         raise SpecError(f"{n_tasks} shards is over the limit of {limits.max_tasks_per_job}: raise shard_prompts")
@@ -159,4 +163,3 @@ def _plan_shards(spec: GenerationSpec, job_id: str, blobs: BlobStore, limits: Li
             os.unlink(tmp)
         tasks.append(NewTask(index=index, task_id=task_id_for(job_id, index), input=ref, rows=end - start))
     return tasks
-

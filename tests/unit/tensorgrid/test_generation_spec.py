@@ -22,8 +22,16 @@ def spec_dict(**over: object) -> dict[str, object]:
 
 def test_round_trip_is_canonical() -> None:
     spec = GenerationSpec(
-        model=REF, prompts=PROMPTS, vocab_size=50, max_new_tokens=9, temperature=0.8, top_k=5, top_p=0.9,
-        seed=3, stop_tokens=(0, 7), nonce="g",
+        model=REF,
+        prompts=PROMPTS,
+        vocab_size=50,
+        max_new_tokens=9,
+        temperature=0.8,
+        top_k=5,
+        top_p=0.9,
+        seed=3,
+        stop_tokens=(0, 7),
+        nonce="g",
     )
     raw = canonical_json(spec)
     assert parse_spec(raw) == spec and canonical_json(parse_spec(raw)) == raw

@@ -99,7 +99,9 @@ def test_stop_tokens_end_a_prompt_and_set_its_length(program: tuple[Path, torch.
     tokens, lengths = prompts()
     free, _, _ = decode(module, tokens, lengths, torch.arange(6), DecodeSettings(9, V), CPU)
     stop = int(free[0, 2])  # prompt 0 emits it at step 2 (or earlier)
-    ids, logprobs, generated = decode(module, tokens, lengths, torch.arange(6), DecodeSettings(9, V, stop_tokens=(stop,)), CPU)
+    ids, logprobs, generated = decode(
+        module, tokens, lengths, torch.arange(6), DecodeSettings(9, V, stop_tokens=(stop,)), CPU
+    )
     for i in range(6):
         row = free[i].tolist()
         n = row.index(stop) + 1 if stop in row else 9
@@ -113,7 +115,9 @@ def test_top_k_one_is_greedy(program: tuple[Path, torch.nn.Module]) -> None:
     _, module = program
     tokens, lengths = prompts()
     greedy = decode(module, tokens, lengths, torch.arange(6), DecodeSettings(6, V), CPU)[0]
-    top1 = decode(module, tokens, lengths, torch.arange(6), DecodeSettings(6, V, temperature=2.0, top_k=1, seed=5), CPU)[0]
+    top1 = decode(
+        module, tokens, lengths, torch.arange(6), DecodeSettings(6, V, temperature=2.0, top_k=1, seed=5), CPU
+    )[0]
     assert torch.equal(greedy, top1)
 
 
