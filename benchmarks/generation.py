@@ -9,7 +9,7 @@ in-process run happens in a fresh interpreter with torch imported, as a node's w
 is: both load the program. Verification is off by default (`--verification spotcheck` to
 include the default policy: on new nodes it re-runs most of each small shard, see the report).
 
-    python -m benchmarks.generation [--seconds 30] [--threads 1] [--nodes 2] [--shards 8]
+    python -m benchmarks.generation [--seconds 30] [--threads 1] [--nodes 2] [--shards 4]
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from tests.decoders import TinyGPT, export_decoder
 
 VOCAB, CONTEXT = 96, 128
 PROMPT_LEN = (8, 32)
+MIN_SHARD = 8  # prompts: a shard of 1-2 prompts pays the per-step overhead for too few rows
 
 
 def settings(max_new: int) -> dict[str, object]:
@@ -95,7 +96,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=30.0, help="target in-process decoding time")
     p.add_argument("--threads", type=int, default=1, help="torch threads, in-process and on each node")
     p.add_argument("--nodes", type=int, default=2)
-    p.add_argument("--shards", type=int, default=8)
+    p.add_argument("--shards", type=int, default=4, help="tasks; few and large: a node batches a shard's prompts")
     p.add_argument("--max-new", type=int, default=32)
     p.add_argument("--width", type=int, default=192)
     p.add_argument("--depth", type=int, default=3)
@@ -110,7 +111,7 @@ def main() -> None:
         probe = 16
         write_prompts(prompts, probe)
         _, probe_s, _ = local_run(model, prompts, root / "probe.safetensors", ns.threads, ns.max_new)
-        n = max(ns.shards, int(ns.seconds / probe_s * probe) // ns.shards * ns.shards)
+        n = max(ns.shards * MIN_SHARD, int(ns.seconds / probe_s * probe) // ns.shards * ns.shards)
         write_prompts(prompts, n)
         local_s, _, tokens = local_run(model, prompts, root / "local.safetensors", ns.threads, ns.max_new)
         grid_s, got = grid_run(root, model, prompts, ns, n // ns.shards)
