@@ -19,6 +19,7 @@ from tensorgrid.types import BlobRef
 
 MAX_STOP_TOKENS = 64
 MAX_VOCAB = 10_000_000
+MIN_TEMPERATURE = 1e-3
 
 
 def _stop_tokens(name: str, value: Any) -> tuple[int, ...]:
@@ -71,6 +72,8 @@ class GenerationSpec(JobSpecBase):
     def validate(self) -> None:
         super().validate()
         check_number("temperature", self.temperature, 0.0, 100.0, ints=True)
+        if 0 < self.temperature < MIN_TEMPERATURE:  # logits / temperature would overflow float32
+            raise SpecError(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE}, got {self.temperature}")
         check_number("top_p", self.top_p, 0.0, 1.0, lo_open=True, ints=True)
         if self.temperature == 0 and (self.top_k or self.top_p != 1.0):
             raise SpecError("top_k and top_p apply to sampling: set temperature > 0, or leave them off for greedy")

@@ -38,7 +38,7 @@ from tensorgrid.workloads.generation import check_prompts
 from tensorgrid.workloads.model import check_program
 
 NAME = "generation"
-MAX_PROMPT_BYTES = 1 << 30  # the prompt file is read whole at intake to validate and shard it
+MAX_PROMPT_BYTES = 256 << 20  # the prompt file is read whole at intake to validate and shard it
 
 
 class GenerationKind(BaseKind):

@@ -62,6 +62,7 @@ def test_bytes_are_pinned() -> None:
         ({"max_new_tokens": 10**9}, "max_new_tokens must be an integer"),
         ({"vocab_size": 0}, "vocab_size must be an integer"),
         ({"temperature": -1}, "temperature must be a number"),
+        ({"temperature": 1e-9}, "at least 0.001"),
         ({"temperature": float("inf")}, "temperature must be a finite number"),
         ({"top_p": 0}, "top_p must be a number"),
         ({"top_p": 1.5, "temperature": 1}, "top_p must be a number"),
