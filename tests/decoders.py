@@ -9,6 +9,8 @@ from torch import nn
 
 
 class Block(nn.Module):
+    causal: torch.Tensor
+
     def __init__(self, width: int, heads: int, context: int) -> None:
         super().__init__()
         self.heads = heads
