@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -194,3 +196,26 @@ def test_a_node_changing_tokens_is_caught(
     assert cheat.submitted >= 1
     assert record[cheat.address.lower()].caught + record[cheat.address.lower()].rejections >= 1
     assert_same(load_tensors(tmp_path / "grid.safetensors"), local(decoder, tmp_path / "local.safetensors", **SAMPLING))
+
+
+def test_the_cli_submits_watches_with_a_rate_and_downloads(
+    make_grid: Callable[..., LocalGrid], decoder: Decoder, tmp_path: Path
+) -> None:
+    grid = make_grid()
+    grid.start_coordinator()
+    grid.start_node("node", *node_args())
+    out = tmp_path / "out.safetensors"
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "tensorgrid.cli", "job", "submit-generate",
+            "--coordinator", grid.target, "--key", str(tmp_path / "submitter.key"),
+            "--model", str(decoder.model), "--prompts", str(decoder.prompts), "--vocab-size", str(V),
+            "--max-new-tokens", str(MAX_NEW), "--shard-prompts", "20", "--stop-token", "7",
+            "--verification", "none", "--watch", "-o", str(out),
+        ],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "tokens/s" in proc.stderr and "tokens/s" in proc.stdout  # while watching, and the exact rate at the end
+    want = local(decoder, tmp_path / "local.safetensors", max_new_tokens=MAX_NEW, stop_tokens=[7])  # greedy
+    assert_same(load_tensors(out), want)
