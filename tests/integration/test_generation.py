@@ -92,16 +92,10 @@ def test_two_nodes_generate_what_a_local_run_does_and_check_each_other(
         assert final.state == JobState.SUCCEEDED, final.error
         kinds = [e.kind for e in client.watch(job.job_id)]
         client.result(job.job_id, tmp_path / "grid.safetensors")
-        again = client.submit_generation(
-            decoder.model, decoder.prompts, vocab_size=V, shard_prompts=13, stop_tokens=(7,), **SAMPLING
-        )
-        assert client.wait(again.job_id).state == JobState.SUCCEEDED
-        client.result(again.job_id, tmp_path / "again.safetensors")
         nodes = client.nodes()
     want = local(decoder, tmp_path / "local.safetensors", stop_tokens=[7], **SAMPLING)
     assert want["lengths"].min() < MAX_NEW  # the stop token ended some prompts early
     assert_same(load_tensors(tmp_path / "grid.safetensors"), want)
-    assert_same(load_tensors(tmp_path / "again.safetensors"), want)  # other shards, same seeds: same tokens
     # new nodes are always checked: checks ran (as generation tasks) and agreed
     assert kinds.count("verified") >= 1 and "caught" not in kinds and "disputed" not in kinds
     assert all(n.caught == 0 and n.rejections == 0 for n in nodes)
@@ -181,7 +175,7 @@ def test_a_node_changing_tokens_is_caught(
             run = asyncio.create_task(cheat.run(stop))
             await asyncio.sleep(1.0)  # the cheater gets the first lease
             grid.start_node("honest", *node_args())
-            deadline = time.monotonic() + 120
+            deadline = time.monotonic() + 240  # a loaded machine: the pytest timeout is 300 s
             while client.job(job.job_id).state in (JobState.QUEUED, JobState.RUNNING):
                 assert time.monotonic() < deadline, "the job did not finish"
                 await asyncio.sleep(0.3)
