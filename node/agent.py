@@ -32,8 +32,8 @@ from tensorgrid.errors import TensorGridError
 from tensorgrid.nodeclient import NodeClient
 from tensorgrid.retry import backoff
 from tensorgrid.rpc import retry_after_s
-from tensorgrid.tls import explain_unavailable
 from tensorgrid.sandbox import Isolation
+from tensorgrid.tls import explain_unavailable
 from tensorgrid.types import BlobRef, Capabilities, ErrorKind, Lease, TaskError
 
 log = logging.getLogger("tensorgrid.node")

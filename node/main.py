@@ -30,9 +30,9 @@ from tensorgrid import config, exitcodes
 from tensorgrid.crypto import Signer, load_keystore, save_keystore
 from tensorgrid.errors import KeystoreError, TensorGridError
 from tensorgrid.logs import setup_logging
+from tensorgrid.sandbox.confine import forbid_inspection
 from tensorgrid.tls import ClientTls
 from tensorgrid.types import Domain
-from tensorgrid.sandbox.confine import forbid_inspection
 
 log = logging.getLogger("tensorgrid.node")
 PASSWORD_ENV = "TENSORGRID_KEY_PASSWORD"

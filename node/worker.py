@@ -4,7 +4,7 @@ Protocol: one JSON request per line on stdin, one JSON response per line on stdo
 On start the worker prints {"ready": true, "pid": n} once torch is imported, so the
 executor can keep start-up time out of a task's time limit. EOF on stdin means exit.
 
-Request:  {"id", "kind": "inference"|"noop"|"training", "model_path", "input_path", "output_path",
+Request:  {"id", "kind": "inference"|"generation"|"noop"|"training", "model_path", "input_path", "output_path",
            "settings": {...}, "device": "auto"|"cpu"|"cuda", "threads": int,
            "memory_limit_bytes": int (optional, 0 = none)}
            A training task's settings also name local files under "paths" (the agent fetched
@@ -98,6 +98,23 @@ def _run_inference(request: dict[str, Any]) -> tuple[int, float]:
     return stats.rows, stats.seconds
 
 
+def _run_generation(request: dict[str, Any]) -> tuple[int, float]:
+    """The decoding loop over a shard of prompts (settings["generation"]: its DecodeSettings)."""
+    from tensorgrid.workloads import inference
+    from tensorgrid.workloads.generation import DecodeSettings, run_generation
+
+    settings = request.get("settings") or {}
+    if request.get("model_path") is None or not isinstance(settings.get("generation"), dict):
+        raise SpecError("a generation task needs a model and its decoding settings")
+    device = request.get("device") or "auto"
+    module = inference.load_program(request["model_path"], inference.pick_device(device))  # the warm-program LRU
+    decode = DecodeSettings.from_dict(settings["generation"])
+    stats = run_generation(
+        request["model_path"], request["input_path"], request["output_path"], decode, device=device, module=module
+    )
+    return stats.rows, stats.seconds
+
+
 def _run_noop(request: dict[str, Any]) -> tuple[int, float]:
     """Copy the input to the output: measures the round trip without any torch work."""
     started = time.perf_counter()
@@ -141,6 +158,7 @@ def _run_training(request: dict[str, Any]) -> tuple[int, float, str]:
 
 
 _HANDLERS: dict[str, Callable[[dict[str, Any]], tuple[int, float] | tuple[int, float, str]]] = {
+    "generation": _run_generation,
     "inference": _run_inference,
     "noop": _run_noop,
     "training": _run_training,

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tensorgrid import config, exitcodes
+from tensorgrid.cli_generate import add_generate_parser, cmd_submit_generate
 from tensorgrid.config import Setting, under_home
 from tensorgrid.errors import TensorGridError
 from tensorgrid.report import format_eth, print_job, round_line
@@ -76,6 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = job.add_parser("cancel", parents=[common], help="cancel a job you submitted")
     c.add_argument("job_id")
     add_training_parser(job, common)
+    add_generate_parser(job, common)
     nodes = sub.add_parser("nodes", parents=[common], help="list the grid's nodes and their record")
     nodes.set_defaults(command="nodes")
     return p
@@ -378,6 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         handler = {
             "submit": cmd_submit,
             "submit-training": cmd_submit_training,
+            "submit-generate": lambda ns: cmd_submit_generate(ns, _client),
             "watch": cmd_watch,
             "status": cmd_status,
             "result": cmd_result,

@@ -26,6 +26,7 @@ from tensorgrid.errors import BlobError, HashMismatch, TensorGridError
 from tensorgrid.retry import backoff
 from tensorgrid.rpc import SESSION_METADATA_KEY
 from tensorgrid.spec import (
+    GenerationSpec,
     InferenceSpec,
     JobSpec,
     NoopSpec,
@@ -269,6 +270,37 @@ class Client:
         inputs_ref = self.upload(inputs, progress)
         return self.submit(
             InferenceSpec(model=model_ref, inputs=inputs_ref, **settings), tasks=-(-rows // spec.shard_rows)
+        )
+
+    def submit_generation(
+        self,
+        model: str | os.PathLike[str],
+        prompts: str | os.PathLike[str],
+        *,
+        vocab_size: int,
+        progress: Progress | None = None,
+        **settings: Any,
+    ) -> JobInfo:
+        """Upload a decoder (.pt2: tokens [B, T] int64 → logits [B, T, vocab_size]) and a prompt file
+        (`tokens` [N, Tmax] int64 + `lengths` [N] int64), then submit a generation job.
+
+        settings are GenerationSpec fields: max_new_tokens, temperature (0: greedy), top_k, top_p,
+        seed, stop_tokens, shard_prompts, batch_size, verification, ... The result holds `tokens`
+        [N, max_new_tokens], `logprobs` and `lengths` (docs/GENERATION.md).
+        """
+        from tensorgrid.workloads.generation import check_prompts
+        from tensorgrid.workloads.tensorfile import load_tensors
+
+        blank = BlobRef("0" * 64, 0)
+        spec = GenerationSpec(model=blank, prompts=blank, vocab_size=vocab_size, **settings)
+        validate(spec)  # bad settings and prompts fail before any upload
+        n = check_prompts(load_tensors(prompts), vocab_size)
+        if n == 0:
+            raise TensorGridError("the prompt file has no prompts")
+        model_ref, prompts_ref = self.upload(model, progress), self.upload(prompts, progress)
+        return self.submit(
+            GenerationSpec(model=model_ref, prompts=prompts_ref, vocab_size=vocab_size, **settings),
+            tasks=-(-n // spec.shard_prompts),
         )
 
     def submit_noop(self, tasks: int, **settings: Any) -> JobInfo:

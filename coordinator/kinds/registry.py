@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from coordinator.kinds.generation import GenerationKind
 from coordinator.kinds.inference import InferenceKind
 from coordinator.kinds.noop import NoopKind
 from coordinator.kinds.training import TrainingKind
@@ -31,6 +32,7 @@ def build_kinds(ctx: KindContext) -> Registry:
         [
             NoopKind(),
             InferenceKind(ctx.verification, ctx.rt.hub),
+            GenerationKind(ctx.verification, ctx.rt.hub),
             TrainingKind(ctx.rt, ctx.store, ctx.blobs),
         ]
     )

@@ -339,15 +339,19 @@ def check_matches(row: Any, receipt: Receipt, output_rows: int | None) -> None:
 
 
 def _lease(r: Any, address: str, deadline: int) -> Lease:
+    settings = json.loads(r.settings)
+    kind = r.kind
+    if kind == s.CHECK_KIND:  # a check looks like any task of its job (settings may name its task kind)
+        kind = str(settings.get("task_kind", s.CHECK_LEASED_AS))
     return Lease(
         job_id=r.job_id,
         task_id=r.task_id,
         attempt=r.attempt + 1,
         deadline_ms=deadline,
-        kind=s.CHECK_LEASED_AS if r.kind == s.CHECK_KIND else r.kind,  # a check looks like any task
+        kind=kind,
         model=BlobRef(r.model_sha, r.model_size) if r.model_sha else None,
         input=BlobRef(r.input_sha, r.input_size),
-        settings=json.loads(r.settings),
+        settings=settings,
         memory_limit_bytes=r.memory_limit_bytes,
         time_limit_ms=r.time_limit_ms,
         index=r.idx,

@@ -1,8 +1,9 @@
 """The coordinator's stranger-graph work, run in a sandboxed child (tensorgrid.sandbox).
 
 The referee's re-execution of disputed rows, a training audit's replay and intake's
-row-independence probe all run a submitter's program on files a stranger sent. Neither runs in the coordinator's process, which
-holds its signing key and its secrets: each runs in a child started by
+row-independence probe all run a submitter's program on files a stranger sent. None runs in
+the coordinator's process, which holds its signing key and its secrets: each runs in a child
+started by
 tensorgrid.sandbox with the coordinator's referee limits (wall time per request, hard memory
 cap), a scrubbed environment, no network, and read access to the blob store only (where the
 OS allows). The child is kept warm between requests (torch starts once) and replaced after
@@ -30,10 +31,11 @@ from tensorgrid.sandbox import Isolation, SandboxFailure, WarmSandbox, serve_onc
 from tensorgrid.training.inner import InnerSettings
 from tensorgrid.workloads import tensorfile
 from tensorgrid.workloads.determinism import Determinism, probe
+from tensorgrid.workloads.generation import DecodeSettings, run_generation
 from tensorgrid.workloads.inference import run_inference
 from tensorgrid.workloads.model import load_program
 
-__all__ = ["ENTRY", "SandboxFailure", "probe_rows", "reexecute_rows", "referee", "replay_audit"]
+__all__ = ["ENTRY", "SandboxFailure", "probe_rows", "regenerate_rows", "reexecute_rows", "referee", "replay_audit"]
 
 ENTRY = "coordinator.services.sandboxed"
 OUTPUT = "out.safetensors"
@@ -68,6 +70,15 @@ def reexecute_rows(
         "batch_size": int(batch_size),
         "input_names": list(input_names) if input_names else None,
     }
+    referee(rt, blobs).call(request, outputs={OUTPUT: out})
+
+
+def regenerate_rows(
+    rt: Runtime, blobs: BlobStore, model: Path, source: Path, out: Path, decode: dict[str, Any]
+) -> None:
+    """The decoding loop (tensorgrid.workloads.generation) of `model` over the prompts of
+    `source` with the job's decode settings, on CPU in the sandboxed child; write `out`."""
+    request = {"op": "generate", "model": str(model), "source": str(source), "decode": dict(decode)}
     referee(rt, blobs).call(request, outputs={OUTPUT: out})
 
 
@@ -129,6 +140,12 @@ def _infer(request: dict[str, Any], scratch: Path) -> dict[str, Any]:
     return {"rows": stats.rows}
 
 
+def _generate(request: dict[str, Any], scratch: Path) -> dict[str, Any]:
+    settings = DecodeSettings.from_dict(request["decode"])
+    run_generation(request["model"], request["source"], scratch / OUTPUT, settings, device="cpu")
+    return {}
+
+
 def _probe(request: dict[str, Any], scratch: Path) -> dict[str, Any]:
     tensors = tensorfile.load_tensors(Path(request["source"]))
     names = list(request.get("input_names") or ()) or sorted(tensors)
@@ -160,6 +177,8 @@ def _handle(request: dict[str, Any], scratch: Path) -> dict[str, Any]:
         return _replay(request, scratch)
     if op == "probe":
         return _probe(request, scratch)
+    if op == "generate":
+        return _generate(request, scratch)
     raise ValueError(f"unknown operation {op!r}")
 
 

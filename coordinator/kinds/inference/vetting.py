@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+
 from coordinator.services.blobs import stored
 from coordinator.services.runtime import Runtime
 from coordinator.services.sandboxed import probe_rows

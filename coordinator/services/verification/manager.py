@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Connection, select
 
@@ -37,6 +38,8 @@ from tensorgrid.workloads import tensorfile
 log = logging.getLogger("tensorgrid.coordinator.verification")
 STAKE_CACHE_S = 60.0
 Settled = Callable[[str, bool], None]  # (job id, job complete): a ruling changed the job
+# (model path, check input, output path, task settings): re-run a check's rows in the sandboxed child
+Replay = Callable[[Path, Path, Path, dict[str, Any]], None]
 REFEREE_IDLE_S = 1.0
 
 
@@ -64,6 +67,7 @@ class Verification:
         self._required_until = 0.0
         self._disputes = asyncio.Event()
         self._torch = threading.Lock()  # one referee child at a time: its memory cap is the coordinator's budget
+        self._replays: dict[str, Replay] = {}  # task kind (settings["task_kind"]) → how the referee re-runs it
         self.rulings = 0
 
     async def policy(self, job_id: str, tasks_total: int = 0) -> tuple[VerificationPolicy | None, int]:
@@ -140,6 +144,10 @@ class Verification:
 
     # -- the referee: the coordinator re-executes disputed rows itself ------------------------
 
+    def add_replay(self, task_kind: str, replay: Replay) -> None:
+        """How the referee re-runs checks of tasks whose settings name `task_kind` (default: inference)."""
+        self._replays[task_kind] = replay
+
     def dispute_raised(self) -> None:
         """A check result came in that may have opened a dispute: look for rulings to make now."""
         self._disputes.set()
@@ -215,10 +223,14 @@ class Verification:
         child over its limits raises SandboxFailure: _rule records that the referee could not
         run (fail_ruling), which blames no one."""
         model = self.blobs.path_for(info.model_sha)
-        batch = int(info.settings.get("batch_size") or 0)
         with self._torch:
-            names = info.settings.get("input_names") or None  # the job's argument order, as the nodes ran it
-            reexecute_rows(self.rt, self.blobs, model, source, out, batch, names)
+            replay = self._replays.get(str(info.settings.get("task_kind", "")), self._replay_inference)
+            replay(model, source, out, info.settings)
+
+    def _replay_inference(self, model: Path, source: Path, out: Path, settings: dict[str, Any]) -> None:
+        batch = int(settings.get("batch_size") or 0)
+        names = settings.get("input_names") or None  # the job's argument order, as the nodes ran it
+        reexecute_rows(self.rt, self.blobs, model, source, out, batch, names)
 
     # -- economic security: stake gating ------------------------------------------------------
 

@@ -1,0 +1,165 @@
+"""Generation jobs: prompts sharded into tasks, each node runs the decoding loop over its shard,
+outputs concatenated in prompt order; results spot-checked like inference rows.
+
+Each shard carries its prompts' indices in the job (`index`), which their sampling seeds
+derive from, so a check re-running a sample of a shard's prompts on another node must give
+the same tokens (and log-probs within the float tolerance). A check task runs as a
+generation task (its settings name the task kind), and the referee replays generation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from coordinator.config import Limits
+from coordinator.errors import Rejected
+from coordinator.events import EventHub
+from coordinator.kinds.base import BaseKind, new_job
+from coordinator.kinds.generation.replay import replay_generation
+from coordinator.kinds.inference.effects import OpenCheck, SettleCheck
+from coordinator.repositories.jobs import NewJob, NewTask
+from coordinator.repositories.tasks import TaskRecord
+from coordinator.services.blobs import stored
+from coordinator.services.kind import Effect
+from coordinator.services.verification.manager import Verification
+from coordinator.services.verification.policy import DEFAULT, VerificationPolicy
+from tensorgrid.blobs import BlobStore
+from tensorgrid.errors import InvalidTensorFile, SpecError, TensorGridError
+from tensorgrid.spec import GenerationSpec, VerificationSpec, parse_spec, task_id_for
+from tensorgrid.types import BlobRef, JobInfo, Receipt
+from tensorgrid.workloads import tensorfile
+from tensorgrid.workloads.generation import check_prompts
+from tensorgrid.workloads.model import check_program
+
+NAME = "generation"
+MAX_PROMPT_BYTES = 256 << 20  # the prompt file is read whole at intake to validate and shard it
+
+
+class GenerationKind(BaseKind):
+    name: str = NAME
+    checks_output: bool = True
+    task_kinds: tuple[str, ...] = (NAME,)  # its check tasks are the verification ladder's (see inference)
+
+    def __init__(self, verification: Verification, hub: EventHub) -> None:
+        self.verification = verification
+        self.hub = hub
+        verification.add_replay(NAME, replay_generation(verification.rt, verification.blobs))
+
+    def plan(
+        self, spec: Any, spec_json: bytes, submitter: str, sh: str, job_id: str, blobs: BlobStore, limits: Limits
+    ) -> tuple[NewJob, list[NewTask]]:
+        tasks = _plan_shards(spec, job_id, blobs, limits)
+        settings = {
+            "generation": spec.decode_settings(),
+            "device": spec.device,
+            "task_kind": NAME,  # what its check tasks run as
+        }
+        policy_json, stake = "", 0
+        policy = _policy(spec, len(tasks))
+        if policy.enabled:
+            policy_json, stake = json.dumps(asdict(policy.spec), sort_keys=True), policy.required_stake_wei
+        job = new_job(
+            spec,
+            spec_json,
+            submitter,
+            sh,
+            job_id,
+            model=spec.model,
+            settings=settings,
+            verification_json=policy_json,
+            required_stake_wei=stake,
+        )
+        return job, tasks
+
+    def check_output(self, task: TaskRecord, receipt: Receipt, path: Path) -> int | None:
+        """The output's prompt count (it must be the task's). Raises Rejected."""
+        try:
+            header = tensorfile.read_header(path)
+            if sorted(header.tensors) != ["lengths", "logprobs", "tokens"]:
+                raise InvalidTensorFile(
+                    f"a generation output holds tokens, logprobs and lengths, not {sorted(header.tensors)}"
+                )
+            return tensorfile.batch_rows(header)
+        except TensorGridError as e:
+            raise Rejected(f"output is not a valid generation result: {e}") from None
+
+    async def examine(self, task: TaskRecord, node: str, output: BlobRef) -> Effect | None:
+        """Open a spot-check of this result (a check's own result is settled by its task kind's owner)."""
+        check, verdict = await self.verification.examine(task, node, output)
+        if check is not None:
+            return OpenCheck(check, self._wake)
+        if verdict is not None:
+            return SettleCheck(verdict, self._wake)
+        return None
+
+    def _wake(self) -> None:
+        self.hub.work_available()
+        self.verification.dispute_raised()
+
+    def assemble(self, outputs: list[BlobRef], blobs: BlobStore) -> BlobRef:
+        """Concatenate the output shards in prompt order, streaming."""
+        tmp = blobs.temp_path("result-")
+        try:
+            tensorfile.concat([blobs.path_for(o.sha256) for o in outputs], tmp)
+            return blobs.put_file(tmp)
+        finally:
+            os.unlink(tmp)
+
+    def detection(self, job: JobInfo, policy: VerificationSpec) -> float:
+        try:
+            spec = parse_spec(job.spec_json)
+        except SpecError:
+            return 0.0
+        if not isinstance(spec, GenerationSpec):
+            return 0.0
+        return VerificationPolicy(policy, job.tasks_total, spec.shard_prompts, spec.reward_per_task_wei).worst_detection
+
+
+def _policy(spec: GenerationSpec, tasks: int) -> VerificationPolicy:
+    return VerificationPolicy(spec.verification or DEFAULT, tasks, spec.shard_prompts, spec.reward_per_task_wei)
+
+
+def _plan_shards(spec: GenerationSpec, job_id: str, blobs: BlobStore, limits: Limits) -> list[NewTask]:
+    check_program(stored(blobs, spec.model, "model"))
+    if spec.prompts.size > MAX_PROMPT_BYTES:
+        raise SpecError(f"the prompt file is {spec.prompts.size} bytes; the limit is {MAX_PROMPT_BYTES}")
+    try:
+        prompts = tensorfile.load_tensors(stored(blobs, spec.prompts, "prompts"))
+        n = check_prompts(prompts, spec.vocab_size)
+    except TensorGridError as e:
+        raise SpecError(f"prompts: {e}") from None
+    if n == 0:
+        raise SpecError("the prompt file has zero prompts")
+    shard_bytes = min(spec.shard_prompts, n) * (prompts["tokens"].shape[1] + 2) * 8
+    if shard_bytes > limits.max_shard_bytes:
+        raise SpecError(
+            f"a shard of {spec.shard_prompts} prompts is {shard_bytes} bytes, over this coordinator's "
+            f"limit of {limits.max_shard_bytes}: lower shard_prompts"
+        )
+    n_tasks = -(-n // spec.shard_prompts)
+    if n_tasks > limits.max_tasks_per_job:
+        raise SpecError(f"{n_tasks} shards is over the limit of {limits.max_tasks_per_job}: raise shard_prompts")
+    tokens, lengths = prompts["tokens"], prompts["lengths"]
+    tasks = []
+    for index, start in enumerate(range(0, n, spec.shard_prompts)):
+        end = min(start + spec.shard_prompts, n)
+        shard_lengths = lengths[start:end]
+        shard = {
+            "tokens": tokens[start:end, : int(shard_lengths.max())].contiguous(),
+            "lengths": shard_lengths.contiguous(),
+            "index": torch.arange(start, end, dtype=torch.int64),
+        }
+        tmp = blobs.temp_path("shard-")
+        try:
+            tensorfile.save_tensors(shard, tmp)
+            ref = blobs.put_file(tmp)
+        finally:
+            os.unlink(tmp)
+        tasks.append(NewTask(index=index, task_id=task_id_for(job_id, index), input=ref, rows=end - start))
+    return tasks
