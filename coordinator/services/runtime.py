@@ -5,10 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
+import random
 import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
+
+from sqlalchemy.exc import DBAPIError
 
 from coordinator.events import EventHub
 from tensorgrid.sandbox import SandboxLimits, WarmSandbox
@@ -17,6 +21,31 @@ from tensorgrid.sandbox import SandboxLimits, WarmSandbox
 REFEREE_LIMITS = SandboxLimits(memory_bytes=4 << 30, time_s=600.0)
 
 T = TypeVar("T")
+log = logging.getLogger("tensorgrid.coordinator")
+# PostgreSQL ends one of two transactions that lock rows in opposite orders (deadlock_detected)
+# or that conflict under serializable isolation (serialization_failure); the loser is rolled
+# back whole, so running it again is safe: every repository method is one transaction.
+RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
+DB_ATTEMPTS = 4
+
+
+def retryable(e: BaseException) -> bool:
+    """A database error whose transaction was rolled back and may simply be run again."""
+    return isinstance(e, DBAPIError) and getattr(e.orig, "sqlstate", None) in RETRYABLE_SQLSTATES
+
+
+def with_retries(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """fn(*args, **kwargs), run again (after a short random pause) when the database rolled it
+    back for a deadlock or a serialization conflict."""
+    for attempt in range(1, DB_ATTEMPTS + 1):
+        try:
+            return fn(*args, **kwargs)
+        except DBAPIError as e:
+            if attempt == DB_ATTEMPTS or not retryable(e):
+                raise
+            log.info("database transaction %s rolled back (%s); retrying", getattr(fn, "__name__", fn), e.orig)
+            time.sleep(0.01 * attempt * (1 + random.random()))
+    raise AssertionError("unreachable")
 
 
 def now_ms() -> int:
@@ -59,7 +88,8 @@ class Runtime:
 
     async def db_bulk(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a repository method that may take long (big inserts, scans) on the DB thread(s)."""
-        return await asyncio.get_running_loop().run_in_executor(self._db_pool, functools.partial(fn, *args, **kwargs))
+        call = functools.partial(with_retries, fn, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self._db_pool, call)
 
     async def work(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run blob-heavy work (splitting, checking, concatenating) off the event loop."""
