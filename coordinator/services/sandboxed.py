@@ -48,7 +48,11 @@ def referee(rt: Runtime, blobs: BlobStore) -> WarmSandbox:
     with _START:
         if rt.referee is None:
             isolation = Isolation().with_paths(readable=[blobs.root])
-            rt.referee = WarmSandbox(ENTRY, rt.sandbox, isolation=isolation, scratch_root=blobs.tmp_dir)
+            # Its scratch lives beside the store's tmp/ (same filesystem, so outputs move in
+            # atomically), not inside it: tmp/ holds only uploads and work in progress.
+            scratch = blobs.root / "sandbox"
+            scratch.mkdir(exist_ok=True)
+            rt.referee = WarmSandbox(ENTRY, rt.sandbox, isolation=isolation, scratch_root=scratch)
         return rt.referee
 
 
