@@ -11,6 +11,7 @@ from coordinator.config import Quotas
 from coordinator.errors import NotFound, PermissionDenied, QuotaExceeded
 from coordinator.repositories.store import Store
 from coordinator.services.runtime import Runtime
+from tensorgrid.blobs.store import EMPTY_SHA256
 from tensorgrid.crypto import normalize_address
 from tensorgrid.errors import SpecError
 from tensorgrid.types import BlobRef, JobInfo
@@ -61,6 +62,10 @@ class Access:
         raise NotFound(f"no blob {sha256} among your uploads and jobs")
 
     async def check_node_read(self, node: str, sha256: str) -> None:
+        """A node reads the blobs of the tasks it leases; the empty blob (every store holds it,
+        it says nothing) is anyone's."""
+        if sha256 == EMPTY_SHA256:
+            return
         if not await self.rt.db(self.repo.node_may_read, node, sha256):
             raise PermissionDenied(f"this node holds no lease on a task that uses blob {sha256}")
 
