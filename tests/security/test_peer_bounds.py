@@ -23,6 +23,8 @@ from tensorgrid.types import BlobRef, Capabilities, ErrorKind, JobState, TaskErr
 from tensorgrid.v1 import common_pb2, node_pb2
 from tests.integration.conftest import make_grid, stopper  # noqa: F401  (fixtures)
 
+SUBMITTER = Signer.generate()  # one submitter for the module: a job is visible to its submitter only
+
 pytestmark = pytest.mark.integration
 CPU = Capabilities(device_kind="cpu", memory_bytes=8 << 30, cpu_cores=2)
 EMPTY = BlobRef(hashlib.sha256(b"").hexdigest(), 0)
@@ -63,7 +65,7 @@ async def finish(node: NodeClient, tasks: int, deadline_s: float = 60) -> int:
 
 
 def records(grid: LocalGrid) -> dict[str, object]:
-    with Client(grid.target) as client:
+    with Client(grid.target, SUBMITTER) as client:
         return {n.address: n for n in client.nodes()}
 
 
@@ -71,7 +73,7 @@ def test_an_oversize_small_result_stream_is_refused_and_memory_stays_bounded(mak
     grid = make_grid("--result-memory-mib", "1")
     grid.start_coordinator(timeout=START_S)
     pid = coordinator_pid(grid)
-    with Client(grid.target) as client:
+    with Client(grid.target, SUBMITTER) as client:
         job_id = client.submit_noop(4).job_id
     streams, per_stream = 4, 64  # 256 MiB sent at a result announced as 10 bytes, 4 calls at once
 
@@ -105,7 +107,7 @@ def test_an_oversize_small_result_stream_is_refused_and_memory_stays_bounded(mak
     # 256 MiB were sent; what the coordinator held stays far below (generous margin for the
     # transport's flow-control windows and the allocator)
     assert peak - before < 96, (before, peak)
-    with Client(grid.target) as client:
+    with Client(grid.target, SUBMITTER) as client:
         assert client.wait(job_id).state == JobState.SUCCEEDED
     refused = [n for n in records(grid).values() if n.rejections]  # type: ignore[attr-defined]
     assert len(refused) == streams
@@ -114,7 +116,7 @@ def test_an_oversize_small_result_stream_is_refused_and_memory_stays_bounded(mak
 def test_a_huge_heartbeat_list_and_oversize_messages_are_refused(make_grid: Grids) -> None:  # noqa: F811
     grid = make_grid()
     grid.start_coordinator(timeout=START_S)
-    with Client(grid.target) as client:
+    with Client(grid.target, SUBMITTER) as client:
         client.submit_noop(1)
 
     async def scenario() -> None:
@@ -158,7 +160,7 @@ def test_a_stream_flood_from_one_node_is_refused_while_others_are_served(make_gr
     limit = 4
     grid = make_grid("--max-node-streams", str(limit), "--max-ip-streams", "3")
     grid.start_coordinator(timeout=START_S)
-    with Client(grid.target) as client:
+    with Client(grid.target, SUBMITTER) as client:
         client.submit_noop(2)
 
     async def idle() -> AsyncIterator[node_pb2.ResultChunk]:
@@ -214,7 +216,7 @@ def test_a_node_claiming_invalid_input_on_every_task_cannot_fail_a_job(make_grid
     grid = make_grid()
     grid.start_coordinator(timeout=START_S)
     tasks = 6
-    with Client(grid.target) as client:
+    with Client(grid.target, SUBMITTER) as client:
         job_id = client.submit_noop(tasks, max_attempts=1).job_id  # one attempt: one believed claim would fail it
 
     async def scenario() -> tuple[str, str, int]:
@@ -231,7 +233,7 @@ def test_a_node_claiming_invalid_input_on_every_task_cannot_fail_a_job(make_grid
 
     liar, honest, done = asyncio.run(scenario())
     assert done == tasks
-    with Client(grid.target) as client:
+    with Client(grid.target, SUBMITTER) as client:
         job = client.wait(job_id)
         assert job.state == JobState.SUCCEEDED and job.tasks_done == tasks
         events = list(client.watch(job_id))
@@ -245,7 +247,7 @@ def test_a_node_claiming_invalid_input_on_every_task_cannot_fail_a_job(make_grid
 def test_two_nodes_confirming_invalid_input_fail_the_task_as_before(make_grid: Grids) -> None:  # noqa: F811
     grid = make_grid()
     grid.start_coordinator(timeout=START_S)
-    with Client(grid.target) as client:
+    with Client(grid.target, SUBMITTER) as client:
         job_id = client.submit_noop(1, max_attempts=2).job_id
     bad = TaskError(ErrorKind.INVALID_INPUT, "input tensor 'x' has 3 dims, the model takes 2")
 
@@ -260,7 +262,7 @@ def test_two_nodes_confirming_invalid_input_fail_the_task_as_before(make_grid: G
         return first.signer.address, second.signer.address
 
     first, second = asyncio.run(scenario())
-    with Client(grid.target) as client:
+    with Client(grid.target, SUBMITTER) as client:
         job = client.wait(job_id)
     assert job.state == JobState.FAILED and "failed 2 times" in job.error and "invalid_input" in job.error
     record = records(grid)
