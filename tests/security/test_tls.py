@@ -132,8 +132,14 @@ def _deployment(path: Path, chain_id: int, registry: str) -> Path:
                 "deployBlock": 1,
                 "deployer": signer,
                 "contracts": {"NodeRegistry": registry, "Settlement": signer},
-                "roles": {"admin": signer, "coordinator": signer},
-                "params": {"minStakeWei": "1", "unbondingDelay": 1, "challengeWindow": 1},
+                "roles": {"admin": signer, "coordinator": signer, "guardian": Signer.generate().address},
+                "params": {
+                    "minStakeWei": "1",
+                    "unbondingDelay": 1,
+                    "challengeWindow": 1,
+                    "slashDelay": 1,
+                    "maxSlashBps": 5000,
+                },
                 "compiler": "test",
                 "sourceHash": "test",
             }
