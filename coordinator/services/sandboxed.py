@@ -30,7 +30,7 @@ from tensorgrid.blobs import BlobStore
 from tensorgrid.sandbox import Isolation, SandboxFailure, WarmSandbox, serve_once
 from tensorgrid.training.inner import InnerSettings
 from tensorgrid.workloads import tensorfile
-from tensorgrid.workloads.determinism import Determinism, probe
+from tensorgrid.workloads.determinism import DEADLINE_S, Determinism, probe
 from tensorgrid.workloads.generation import DecodeSettings, run_generation
 from tensorgrid.workloads.inference import run_inference
 from tensorgrid.workloads.model import load_program
@@ -38,6 +38,7 @@ from tensorgrid.workloads.model import load_program
 __all__ = ["ENTRY", "SandboxFailure", "probe_rows", "regenerate_rows", "reexecute_rows", "referee", "replay_audit"]
 
 ENTRY = "coordinator.services.sandboxed"
+PROBE_TIME_S = 2 * DEADLINE_S
 OUTPUT = "out.safetensors"
 _START = threading.Lock()
 
@@ -98,7 +99,9 @@ def probe_rows(
         "input_names": list(input_names),
         "batch_size": int(batch_size),
     }
-    answer = referee(rt, blobs).call(request)
+    # The probe has its own time box (DEADLINE_S, checked between its runs); its wall limit is
+    # that plus room for loading the program, whatever the operator set for the referee.
+    answer = referee(rt, blobs).call(request, time_s=PROBE_TIME_S)
     return Determinism(
         independent=bool(answer["independent"]),
         reason=str(answer.get("reason", "")),

@@ -99,16 +99,20 @@ class WarmSandbox:
         self._child: _Channel | None = None
 
     def call(
-        self, request: Mapping[str, Any], outputs: Mapping[str, os.PathLike[str] | str] | None = None
+        self,
+        request: Mapping[str, Any],
+        outputs: Mapping[str, os.PathLike[str] | str] | None = None,
+        time_s: float | None = None,
     ) -> dict[str, Any]:
-        """Send one request; its answer, or SandboxFailure. Output files move out of the scratch."""
+        """Send one request; its answer, or SandboxFailure. Output files move out of the scratch.
+        time_s: this request's wall-time limit (default: the sandbox's)."""
         with self._lock:
             child = self._child if self._child is not None and self._child.alive else None
             if child is None:
                 self._close_child()
                 child = self._child = _Channel.start(self.entry, self.limits, self.isolation, self.scratch_root)
             try:
-                reply = child.exchange(request, self.limits.time_s)
+                reply = child.exchange(request, self.limits.time_s if time_s is None else time_s)
                 for name, dest in (outputs or {}).items():
                     shutil.move(child.scratch.path / name, dest)
                 return reply
