@@ -385,9 +385,23 @@ class Client:
             pass
         return self.job(job_id)
 
-    def result(self, job_id: str, dest: str | os.PathLike[str], progress: Progress | None = None) -> Path:
-        """Download a finished job's result blob to dest."""
+    def result(
+        self,
+        job_id: str,
+        dest: str | os.PathLike[str],
+        progress: Progress | None = None,
+        *,
+        release_wait_s: float = 60.0,
+    ) -> Path:
+        """Download a finished job's result blob to dest.
+
+        A priced job's result is released once its escrow lock is confirmed on chain: a job that
+        succeeded before that is polled for up to release_wait_s (0: fail at once)."""
         job = self.job(job_id)
+        deadline = time.monotonic() + release_wait_s
+        while job.result is None and job.state == JobState.SUCCEEDED and time.monotonic() < deadline:
+            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
+            job = self.job(job_id)
         if job.result is None and job.state == JobState.SUCCEEDED:
             raise TensorGridError(
                 f"job {job_id} succeeded; its result is released once its escrow is locked on chain: try again shortly"

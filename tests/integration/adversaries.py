@@ -57,6 +57,8 @@ class SimClient:
     workdir: Path
     signer: Signer
     lease_wait_ms = 500
+    expelled = ""  # why the coordinator stopped leasing to it, if it did
+    lost = 0  # leases that ran out before it could fetch their blobs
 
     @property
     def address(self) -> str:
@@ -69,11 +71,23 @@ class SimClient:
         beat = asyncio.create_task(self._heartbeats(client))
         try:
             while not stop.is_set():
-                leases, retry = await client.lease(1, wait_ms=self.lease_wait_ms)
+                try:
+                    leases, retry = await client.lease(1, wait_ms=self.lease_wait_ms)
+                except grpc.aio.AioRpcError as e:
+                    if e.code() != grpc.StatusCode.PERMISSION_DENIED:
+                        raise
+                    self.expelled = e.details() or "permission denied"  # e.g. its stake was slashed
+                    return
                 for lease in leases:
                     self.held.add((lease.task_id, lease.attempt))
                     try:
                         await self._answer(client, lease)
+                    except grpc.aio.AioRpcError as e:
+                        # its lease ran out while it waited for the shared model: the blobs are
+                        # no longer its to fetch (a node daemon reports the task failed)
+                        if e.code() != grpc.StatusCode.PERMISSION_DENIED or "holds no lease" not in (e.details() or ""):
+                            raise
+                        self.lost += 1
                     finally:
                         self.held.discard((lease.task_id, lease.attempt))
                 if not leases:

@@ -167,11 +167,14 @@ def test_an_honest_grid_passes_every_audit(
         job = client.submit_training(d.train, d.dataset, eval_program=d.eval, **settings)
         metrics = list(client.watch_rounds(job.job_id))
         final = client.job(job.job_id)
-        kinds = [e.kind for e in client.watch(job.job_id)]
+        events = list(client.watch(job.job_id))
         nodes = client.nodes()
     assert final.state == JobState.SUCCEEDED, final.error
     assert all(m["workers"] == 2 for m in metrics) and metrics[-1]["accuracy"] > 0.9
-    assert "caught" not in kinds and "reissued" not in kinds
+    assert "caught" not in [e.kind for e in events]
+    # a loaded machine may let a lease expire (reissued as a timeout); nothing else is reissued
+    reissued = [e.message for e in events if e.kind == "reissued"]
+    assert all(m.startswith("timeout: lease expired") for m in reissued), reissued
     assert all(n.caught == 0 and n.rejections == 0 for n in nodes)
     states = [state for per_node in _audits(grid).values() for state in per_node]
     assert len(states) == settings["rounds"] * settings["workers_per_round"]  # new nodes: every result audited

@@ -13,9 +13,11 @@ from sqlalchemy import create_engine, func, select
 
 from coordinator.db import schema as s
 from coordinator.repositories.ledger.credits import set_job_price
+from coordinator.repositories.ledger.escrow import lock_key
 from tensorgrid.chain.client import ChainClient
 from tensorgrid.client import Client
 from tensorgrid.crypto import Signer
+from tensorgrid.errors import TensorGridError
 from tensorgrid.devnet import start_chain_grid
 from tensorgrid.localgrid import LocalGrid
 from tensorgrid.spec import VerificationSpec
@@ -41,6 +43,17 @@ def _price(grid: LocalGrid, job_id: str, tasks: int) -> None:
     engine = create_engine(f"sqlite:///{grid.root / 'coordinator' / 'coordinator.db'}")
     set_job_price(engine, job_id, REWARD, REWARD * tasks * 10)
     engine.dispose()
+
+
+def _confirm_lock(grid: LocalGrid, job_id: str) -> int:
+    """Mark the job's queued escrow lock confirmed, as the chain listener would (no chain here)."""
+    engine = create_engine(f"sqlite:///{grid.root / 'coordinator' / 'coordinator.db'}")
+    with engine.begin() as conn:
+        done = conn.execute(
+            s.outbox.update().where(s.outbox.c.key == lock_key(job_id)).values(state="confirmed")
+        ).rowcount
+    engine.dispose()
+    return int(done)
 
 
 def test_adversaries_are_caught_and_unpaid(make_grid: Callable[..., LocalGrid], digits: Assets, tmp_path: Path) -> None:
@@ -75,6 +88,9 @@ def test_adversaries_are_caught_and_unpaid(make_grid: Callable[..., LocalGrid], 
         asyncio.run(scenario())
         final = client.job(job.job_id)
         assert final.state == JobState.SUCCEEDED, final.error
+        with pytest.raises(TensorGridError, match="escrow is locked"):  # no free work before the lock
+            client.result(job.job_id, tmp_path / "out.safetensors", release_wait_s=0)
+        assert _confirm_lock(grid, job.job_id) == 1
         client.result(job.job_id, tmp_path / "out.safetensors")
         record = {n.address.lower(): n for n in client.nodes()}
         kinds = [e.kind for e in client.watch(job.job_id)]

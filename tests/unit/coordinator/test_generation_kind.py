@@ -24,6 +24,11 @@ V = 50
 
 
 class Replays:
+    """The part of Verification a kind registers with: its replays (never run here)."""
+
+    rt: Any = None
+    blobs: Any = None
+
     def __init__(self) -> None:
         self.kinds: list[str] = []
 
