@@ -17,8 +17,8 @@ from coordinator.repositories.ledger.escrow import lock_key
 from tensorgrid.chain.client import ChainClient
 from tensorgrid.client import Client
 from tensorgrid.crypto import Signer
-from tensorgrid.errors import TensorGridError
 from tensorgrid.devnet import start_chain_grid
+from tensorgrid.errors import TensorGridError
 from tensorgrid.localgrid import LocalGrid
 from tensorgrid.spec import VerificationSpec
 from tensorgrid.types import JobState
