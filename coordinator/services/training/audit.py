@@ -128,6 +128,20 @@ class Auditor:
         if audit.complete:
             rt.spawn(self._audit_and_poke(audit))
 
+    def starter(self, task_id: str, attempt: int) -> Callable[[], None]:
+        """What starts the audit of a result that waits on no reveal, once its accept committed
+        (its round may close before the round manager's next pass; a reveal would start it)."""
+
+        def start() -> None:
+            self.rt.spawn(self._start(task_id, attempt))
+
+        return start
+
+    async def _start(self, task_id: str, attempt: int) -> None:
+        audit = await self.rt.db(db.get_audit, self.engine, task_id, attempt)
+        if audit is not None and audit.complete:
+            await self._audit_and_poke(audit)
+
     async def _audit_and_poke(self, audit: Audit) -> None:
         try:
             await self.run(audit)
