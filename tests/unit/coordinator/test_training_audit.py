@@ -152,6 +152,41 @@ def test_cheaters_are_caught(
     )
 
 
+def test_forged_moments_are_caught_by_a_replay_past_them(files: dict[str, Path], tmp_path: Path) -> None:
+    """Moments are committed by digest only and never revealed. A node that rewrites them at
+    checkpoint 4 (to steer the next steps) and commits what it then trains with stays
+    consistent from there on; every replay that runs past step 4 (from step 0) catches it."""
+    from tensorgrid.training.commitments import chain, checkpoint_digest, model_part
+    from tensorgrid.training.inner import _Run
+    from tensorgrid.training.objective import load_weights
+
+    run = _Run(files["train"], files["shard"], SETTINGS)
+    load_weights(run.module, load_tensors(files["w0"]))
+    start = {n: t.detach().clone() for n, t in run.module.state_dict().items()}
+    marks, digests, losses = checkpoint_steps(SETTINGS.steps, SETTINGS.checkpoint_every), [], []
+    (tmp_path / "ckpt").mkdir()
+    while True:
+        if run.step == 4:
+            for st in run.optimizer.state.values():
+                st["exp_avg"].mul_(-10.0)  # the steering
+        if run.step in marks:
+            state = run.state()
+            digests.append(checkpoint_digest(state))
+            save_tensors(model_part(state), tmp_path / "ckpt" / checkpoint_name(run.step))
+        if run.step == SETTINGS.steps:
+            break
+        losses.append(run.train_step())
+    local = run.module.state_dict()
+    pg = {n: (start[n] - local[n]).float() for n in start if start[n].is_floating_point()}
+    links = chain(digests)
+    write_result(PseudoGradient(pg, 128, SETTINGS.steps, losses, marks, links,
+                                checkpoint_digests=[d.hex() for d in digests]), tmp_path / "out", "int8")  # fmt: skip
+    forger = Run(tmp_path / "out", tmp_path / "ckpt", links[-1], marks)
+    findings = [check_reveal(case(files, forger, j)) for j in range(len(marks) - 1)]
+    assert [f.passed for f in findings] == [True, True, False, False]  # replays to 2 and 4 see nothing wrong
+    assert "replaying steps 0→6" in findings[2].reason and "global − final weights" in findings[3].reason
+
+
 def test_a_checkpoint_that_does_not_hash_into_the_chain_is_a_forgery(
     files: dict[str, Path], runs: dict[str, Run], tmp_path: Path
 ) -> None:
