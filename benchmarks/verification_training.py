@@ -6,8 +6,10 @@ the same run, the same DiLoCo job on scikit-learn's digits twice:
   * audited: the default spot-check policy; new nodes are audited on every result, so this
     is the worst case (a trusted node is audited at the floor rate, 10 %).
 Overheads of the audited run: coordinator replay + check compute over the job's training
-compute (sum of the nodes' task seconds, measured as the same inner steps run locally),
-reveal bytes over pseudo-gradient bytes, and wall time against the baseline. Detection:
+compute (sum of the nodes' task seconds, measured as the same inner steps run locally; for
+this small model loading the program dominates a replay, so the replayed inner steps over
+the job's trained inner steps are reported too), reveal bytes over pseudo-gradient bytes
+(and per audit), and wall time against the baseline. Detection:
 lazy (stop early / skip steps) and scaling trainers, checked on every segment a draw could
 pick (the real check, in process) and on the grid (caught counts).
 
@@ -33,6 +35,7 @@ from tensorgrid.client import Client
 from tensorgrid.crypto import Signer
 from tensorgrid.localgrid import LocalGrid
 from tensorgrid.spec import TrainingSpec, VerificationSpec
+from tensorgrid.training.commitments import checkpoint_steps
 from tensorgrid.training.data import plan_split, round_shards, write_rows
 from tensorgrid.training.inner import InnerSettings, checkpoint_name, write_result
 from tensorgrid.training.outer import initial_weights
@@ -56,6 +59,8 @@ def run_job(client: Client, grid: LocalGrid, assets: tuple[Path, Path, Path, int
     with engine.connect() as conn:
         rows = conn.execute(select(training_audits).where(training_audits.c.job_id == job.job_id)).all()
     engine.dispose()
+    spec = TrainingSpec(train_program=BlobRef("0" * 64, 0), dataset=BlobRef("0" * 64, 0), **{**JOB, **extra})
+    marks = checkpoint_steps(spec.inner_steps, spec.checkpoint_every)
     reveal_bytes = 0
     for r in rows:
         for sha in _revealed(r.revealed):
@@ -68,6 +73,9 @@ def run_job(client: Client, grid: LocalGrid, assets: tuple[Path, Path, Path, int
         "audits_passed": sum(r.state == "passed" for r in rows),
         "replay_seconds": round(sum((r.replay_ms or 0) for r in rows) / 1000, 3),
         "reveal_bytes": reveal_bytes,
+        # an audit replays steps [0, marks[segment + 1]) (before: [marks[segment], marks[segment + 1]))
+        "replayed_steps": sum(marks[int(r.segment) + 1] for r in rows),
+        "trained_steps": spec.rounds * spec.workers_per_round * spec.inner_steps,
     }
 
 
@@ -175,6 +183,8 @@ def main() -> None:
             "training_compute_seconds": round(compute, 3),
             "replay_over_training_compute": round(audited["replay_seconds"] / compute, 3),
             "reveal_over_pseudo_gradient_bytes": round(audited["reveal_bytes"] / max(1, audited["bytes_up"]), 2),
+            "reveal_bytes_per_audit": round(audited["reveal_bytes"] / max(1, audited["audits"])),
+            "replayed_over_trained_steps": round(audited["replayed_steps"] / audited["trained_steps"], 3),
             "wall_time_ratio": round(audited["seconds"] / baseline["seconds"], 2),
             "detection_per_audit": caught,
             "grid_adversaries": grid_catch,

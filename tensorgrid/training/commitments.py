@@ -1,15 +1,22 @@
 """Commitments to a worker's training trajectory: state digests chained every k steps.
 
-digest(state) = sha256 over the tensors in sorted-name order, each framed as
+digest(tensors) = sha256 over the tensors in sorted-name order, each framed as
     name (utf-8) ‖ 0x00 ‖ dtype (e.g. "torch.float32") ‖ 0x00 ‖ shape (JSON list) ‖ 0x00 ‖ raw bytes
 (raw bytes little-endian, C order), so two different states cannot hash alike by moving
-bytes between tensors. The state is the full training state of a checkpoint (model weights
-and buffers, and the AdamW moments and step count: see inner.training_state), which binds
-everything a verifier needs to replay the next segment.
+bytes between tensors.
 
-chain: c_0 = sha256(GENESIS ‖ digest(state at step 0)),
-       c_j = sha256(c_{j-1} ‖ digest(state at checkpoint_steps[j]));
-the final commitment is the last c_j as 64 hex digits.
+A checkpoint's full training state (inner._Run.state) splits in two parts, hashed
+apart so a verifier can check one part without the other's bytes:
+  * the model part: the model's state_dict ("model.*") and the AdamW step counter;
+  * the optimizer part: the AdamW moments ("adamw.exp_avg.*", "adamw.exp_avg_sq.*"),
+    twice the model's size.
+checkpoint_digest(state) = digest(model part) ‖ digest(optimizer part) (64 bytes).
+
+chain: c_0 = sha256(GENESIS ‖ checkpoint_digest(state at step 0)),
+       c_j = sha256(c_{j-1} ‖ checkpoint_digest(state at checkpoint_steps[j]));
+the final commitment is the last c_j as 64 hex digits. The result file carries every
+checkpoint_digest with the chain, so a revealed model part is checked against its own
+digest and the chain is recomputed from the digests up to the commitment the receipt signs.
 """
 
 from __future__ import annotations
@@ -20,9 +27,21 @@ from collections.abc import Iterable, Mapping
 
 import torch
 
-__all__ = ["GENESIS", "chain", "chain_link", "checkpoint_steps", "state_digest"]
+__all__ = [
+    "DIGEST_BYTES",
+    "GENESIS",
+    "OPTIMIZER_PREFIX",
+    "chain",
+    "chain_link",
+    "checkpoint_digest",
+    "checkpoint_steps",
+    "model_part",
+    "state_digest",
+]
 
 GENESIS = bytes(32)
+OPTIMIZER_PREFIX = "adamw.exp_avg"  # both moments' names start with it; the step counter's does not
+DIGEST_BYTES = 32
 
 
 def state_digest(tensors: Mapping[str, torch.Tensor]) -> bytes:
@@ -34,6 +53,17 @@ def state_digest(tensors: Mapping[str, torch.Tensor]) -> bytes:
         h.update(json.dumps(list(t.shape)).encode() + b"\0")
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.digest()
+
+
+def model_part(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors of a training state that are not optimizer moments (what a node reveals)."""
+    return {n: t for n, t in state.items() if not n.startswith(OPTIMIZER_PREFIX)}
+
+
+def checkpoint_digest(state: Mapping[str, torch.Tensor]) -> bytes:
+    """digest(model part) ‖ digest(optimizer part) of a full training state."""
+    optimizer = {n: t for n, t in state.items() if n.startswith(OPTIMIZER_PREFIX)}
+    return state_digest(model_part(state)) + state_digest(optimizer)
 
 
 def chain_link(previous: bytes, digest: bytes) -> bytes:

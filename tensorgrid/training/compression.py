@@ -7,8 +7,10 @@ Result file = one safetensors file, so the one output hash a receipt signs cover
       - "int8": int8 q = round(x / s) clipped to ±127 with s = max|x| / 127, plus the scale
         s as a 0-d float32 tensor named "<name>.__scale__". Error per element ≤ s / 2.
   * metadata (strings): format, compression, rows (shard rows, the averaging weight), steps,
-    losses (JSON list, one mean loss per inner step), checkpoint_steps, commitments (JSON list
-    of chain hashes, hex) and final_commitment.
+    losses (JSON list, one mean loss per inner step), checkpoint_steps, checkpoint_digests
+    (JSON list, per checkpoint digest(model part) ‖ digest(optimizer part) in hex; see
+    commitments), commitments (JSON list of chain hashes over those digests, hex) and
+    final_commitment. read_result recomputes the chain from the digests.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from tensorgrid.errors import ExecutionError, InvalidTensorFile
+from tensorgrid.training.commitments import DIGEST_BYTES, chain
 from tensorgrid.types import ErrorKind
 from tensorgrid.workloads.tensorfile import load_tensors, read_header, save_tensors
 
@@ -35,7 +38,7 @@ __all__ = [
     "write_result",
 ]
 
-FORMAT = "tensorgrid.pseudo_gradient.v1"
+FORMAT = "tensorgrid.pseudo_gradient.v2"  # v2: split model/optimizer checkpoint digests
 SCALE_SUFFIX = ".__scale__"
 _FP16_MAX = float(torch.finfo(torch.float16).max)
 _STORED_DTYPES = {"none": torch.float32, "fp16": torch.float16, "int8": torch.int8}
@@ -52,6 +55,7 @@ class PseudoGradient:
     checkpoint_steps: list[int]
     commitments: list[str]
     compression: str = "none"
+    checkpoint_digests: list[str] = field(default_factory=list)  # hex, per checkpoint (see commitments)
 
     @property
     def final_commitment(self) -> str:
@@ -132,6 +136,7 @@ def write_result(result: PseudoGradient, path: str | os.PathLike[str], compressi
         # would make this header a fifth of what a worker uploads per round.
         "losses": json.dumps([float(f"{x:.5g}") for x in result.losses], separators=(",", ":")),
         "checkpoint_steps": json.dumps(result.checkpoint_steps, separators=(",", ":")),
+        "checkpoint_digests": json.dumps(result.checkpoint_digests, separators=(",", ":")),
         "commitments": json.dumps(result.commitments, separators=(",", ":")),
         "final_commitment": result.final_commitment,
     }
@@ -148,12 +153,16 @@ def read_result(path: str | os.PathLike[str]) -> PseudoGradient:
         losses = [float(x) for x in json.loads(meta["losses"])]
         marks = [int(x) for x in json.loads(meta["checkpoint_steps"])]
         commitments = [str(c) for c in json.loads(meta["commitments"])]
+        digests = [str(d) for d in json.loads(meta["checkpoint_digests"])]
+        links = chain(bytes.fromhex(d) for d in digests)
         compression = meta["compression"]
     except (KeyError, ValueError, TypeError) as exc:
         raise InvalidTensorFile(f"pseudo-gradient metadata is malformed: {exc}") from None
     if rows < 1 or len(losses) != steps or len(marks) != len(commitments) or not commitments:
         raise InvalidTensorFile("pseudo-gradient metadata is inconsistent (rows, steps, losses, commitments)")
+    if any(len(d) != 4 * DIGEST_BYTES for d in digests) or links != [c.lower() for c in commitments]:
+        raise InvalidTensorFile("the commitments are not the chain over the checkpoint digests")
     if meta.get("final_commitment") != commitments[-1]:
         raise InvalidTensorFile("final_commitment is not the last chain hash")
     tensors = decompress(load_tensors(path), compression)
-    return PseudoGradient(tensors, rows, steps, losses, marks, commitments, compression)
+    return PseudoGradient(tensors, rows, steps, losses, marks, commitments, compression, digests)

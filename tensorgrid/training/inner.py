@@ -2,8 +2,8 @@
 
 Deterministic by construction: step s trains on shard rows [s·B, (s+1)·B) (wrapping around
 a short shard), and the RNG (dropout) is reseeded per step from (task seed, s). So any
-segment of a run can be replayed from a checkpoint of its start (replay_segment), which is
-what a verifier does. On CPU with the same torch build and thread count, a replay is
+segment of a run can be replayed from a full training state at its start (replay_segment);
+a verifier replays from step 0, whose state it knows. On CPU with the same torch build and thread count, a replay is
 bit-identical; elsewhere compare within a tolerance.
 
 A fresh AdamW starts every task: workers are stateless between rounds (a round's workers
@@ -22,7 +22,7 @@ import torch
 
 from tensorgrid.errors import ExecutionError
 from tensorgrid.spec import LOSSES, TrainingSpec
-from tensorgrid.training.commitments import chain, checkpoint_steps, state_digest
+from tensorgrid.training.commitments import OPTIMIZER_PREFIX, chain, checkpoint_digest, checkpoint_steps, model_part
 from tensorgrid.training.compression import PseudoGradient, read_result, write_result
 from tensorgrid.training.data import derive_seed
 from tensorgrid.training.objective import Batches, compute_loss, forward, load_batches, load_weights, open_program
@@ -46,7 +46,7 @@ __all__ = [
 ]
 
 InnerResult = PseudoGradient
-_MODEL, _EXP_AVG, _EXP_AVG_SQ, _STEP = "model.", "adamw.exp_avg.", "adamw.exp_avg_sq.", "adamw.step"
+_MODEL, _EXP_AVG, _EXP_AVG_SQ, _STEP = "model.", OPTIMIZER_PREFIX + ".", OPTIMIZER_PREFIX + "_sq.", "adamw.step"
 MODEL_PREFIX, STEP_KEY = _MODEL, _STEP  # names in a checkpoint: model tensors, the AdamW step counter
 
 
@@ -116,7 +116,7 @@ class InnerSettings:
 
 @dataclass(frozen=True)
 class ReplayResult:
-    """State after replaying a segment: checkpoint tensors, their digest and the losses."""
+    """State after replaying a segment: checkpoint tensors, their checkpoint_digest and the losses."""
 
     step: int
     state: dict[str, torch.Tensor]
@@ -193,9 +193,9 @@ class _Run:
             while True:
                 if self.step in marks:
                     state = self.state()
-                    digests.append(state_digest(state))
-                    if checkpoint_dir is not None:
-                        save_tensors(state, checkpoint_dir / checkpoint_name(self.step))
+                    digests.append(checkpoint_digest(state))
+                    if checkpoint_dir is not None:  # only the model part is ever revealed
+                        save_tensors(model_part(state), checkpoint_dir / checkpoint_name(self.step))
                 if self.step >= end:
                     break
                 losses.append(self.train_step())
@@ -217,8 +217,10 @@ def run_inner(
 ) -> InnerResult:
     """Run settings.steps AdamW steps from the global weights; return global − local and commitments.
 
-    With checkpoint_dir, the full training state at every checkpoint step is also saved there
-    (checkpoint_name(step)), for the node to reveal when a verifier asks for a segment.
+    With checkpoint_dir, the model part of the training state at every checkpoint step (model
+    weights and buffers, the step counter; see commitments) is also saved there
+    (checkpoint_name(step)), for the node to reveal when a verifier asks for it. The AdamW
+    moments are committed by digest only: a verifier replays from step 0, where it knows them.
     """
     run = _Run(train_program_path, shard_path, settings)
     global_weights = load_tensors(weights_path)
@@ -237,6 +239,7 @@ def run_inner(
         losses=losses,
         checkpoint_steps=checkpoint_steps(settings.steps, settings.checkpoint_every),
         commitments=chain(digests),
+        checkpoint_digests=[d.hex() for d in digests],
     )
 
 
@@ -275,7 +278,7 @@ class Replayer:
             while run.step < end_step:
                 losses.append(run.train_step())
         state = run.state()
-        return ReplayResult(step=run.step, state=state, digest=state_digest(state), losses=losses)
+        return ReplayResult(step=run.step, state=state, digest=checkpoint_digest(state), losses=losses)
 
 
 def initial_state(
@@ -298,11 +301,11 @@ def replay_segment(
     settings: InnerSettings,
     end_step: int,
 ) -> ReplayResult:
-    """Re-run steps [checkpoint's step, end_step) from a revealed checkpoint (for verifiers).
+    """Re-run steps [checkpoint's step, end_step) from a full training state (for verifiers).
 
-    Check the checkpoint first: state_digest(its tensors) must link the worker's chain
-    (chain_link(commitments[j-1] or GENESIS, digest) == commitments[j]); then compare
-    chain_link(commitments[j], result.digest) with commitments[j+1], or result.state with
-    the revealed next checkpoint within a tolerance when the hardware differs.
+    A full state (model and optimizer parts) is what a node commits, not what it reveals: a
+    verifier starts from initial_state (step 0) and compares result.state's model part with a
+    revealed checkpoint within a tolerance, or result.digest with the committed
+    checkpoint_digest when the hardware is the same (see coordinator/services/training/replay.py).
     """
     return Replayer(train_program_path, shard_path, settings).replay(checkpoint_path, end_step)

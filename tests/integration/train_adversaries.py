@@ -14,7 +14,7 @@ import asyncio
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -22,7 +22,7 @@ import torch
 from tensorgrid.blobs import file_sha256
 from tensorgrid.crypto import Signer
 from tensorgrid.nodeclient import NodeClient
-from tensorgrid.training.commitments import chain, checkpoint_steps, state_digest
+from tensorgrid.training.commitments import chain, checkpoint_digest, checkpoint_steps, model_part
 from tensorgrid.training.compression import PseudoGradient
 from tensorgrid.training.inner import InnerSettings, _Run, checkpoint_name, run_inner, write_result
 from tensorgrid.training.objective import load_weights
@@ -40,8 +40,7 @@ def honest(program: Path, weights: Path, shard: Path, s: InnerSettings, ckpt: Pa
 
 def scaler(program: Path, weights: Path, shard: Path, s: InnerSettings, ckpt: Path) -> PseudoGradient:
     r = run_inner(program, weights, shard, s, checkpoint_dir=ckpt)
-    return PseudoGradient({n: 3 * t for n, t in r.tensors.items()}, r.rows, r.steps, r.losses,
-                          r.checkpoint_steps, r.commitments)  # fmt: skip
+    return replace(r, tensors={n: 3 * t for n, t in r.tensors.items()})
 
 
 def lazy(
@@ -60,8 +59,8 @@ def lazy(
     while True:
         if claimed in marks:
             state = run.state()
-            digests.append(state_digest(state))
-            save_tensors(state, ckpt / checkpoint_name(claimed))
+            digests.append(checkpoint_digest(state))
+            save_tensors(model_part(state), ckpt / checkpoint_name(claimed))
         if claimed >= s.steps:
             break
         if claimed < stop and (mode != "skip" or claimed % 2 == 0):
@@ -73,7 +72,8 @@ def lazy(
             run.step = claimed  # forge the counter so it matches the claimed step
     local = run.module.state_dict()
     pseudo = {n: (start[n] - local[n].detach()).float() for n in start if start[n].is_floating_point()}
-    return PseudoGradient(pseudo, run.data.rows, s.steps, losses, marks, chain(digests))
+    return PseudoGradient(pseudo, run.data.rows, s.steps, losses, marks, chain(digests),
+                          checkpoint_digests=[d.hex() for d in digests])  # fmt: skip
 
 
 def lazy_skip(program: Path, weights: Path, shard: Path, s: InnerSettings, ckpt: Path) -> PseudoGradient:

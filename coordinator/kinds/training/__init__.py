@@ -48,8 +48,11 @@ class TrainingKind(BaseKind):
 
     async def examine(self, task: TaskRecord, node: str, output: BlobRef) -> Effect | None:
         """Draw whether to audit the result; Rejected for a result of a round that has closed."""
-        plan = await self.rounds.audits.plan(task, node)
-        return OpenAudit(plan) if plan is not None else None
+        audits = self.rounds.audits
+        plan = await audits.plan(task, node)
+        if plan is None:
+            return None
+        return OpenAudit(plan, None if plan.steps else audits.starter(task.task_id, task.attempt))
 
     def after_accept(self, job_ids: Iterable[str]) -> None:
         """A round may close now; the first call starts the round manager's loop."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import Connection
@@ -14,10 +15,15 @@ from coordinator.repositories.training.audits import AuditPlan, open_audit
 @dataclass(frozen=True)
 class OpenAudit(PaidLater):
     plan: AuditPlan
+    start: Callable[[], None] | None = None  # an audit that waits on no reveal: run it once committed
 
     @property
     def reveal_steps(self) -> tuple[int, ...]:
         return self.plan.steps
+
+    def committed(self) -> None:
+        if self.start is not None:
+            self.start()
 
     def apply(self, conn: Connection, claimed: Claimed, now_ms: int) -> None:
         r = claimed.receipt

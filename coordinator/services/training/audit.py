@@ -1,9 +1,10 @@
 """Auditing training results at run time: draw, collect reveals, replay, settle.
 
 When a training result is accepted, the job's verification policy draws whether to audit it
-(new nodes always, trusted ones down to the floor) and which segment of its checkpoint
-chain to replay; both come from an HMAC of a coordinator secret, so a node cannot predict
-them. The node then reveals the checkpoints asked for (RevealCheckpoint); once all are in,
+(new nodes always, trusted ones down to the floor) and up to which checkpoint of its chain
+to replay from the round's weights; both come from an HMAC of a coordinator secret, so a
+node cannot predict them. The node then reveals the model part of the checkpoints asked for
+(RevealCheckpoint: none when the replay runs to the end); once all are in,
 the coordinator checks them in a sandboxed child (services.sandboxed, running
 services.training.replay) and settles the audit; a replay over the sandbox's limits settles
 "unverified" (paid, nobody blamed). The round manager calls settle_round before closing a round: audits whose reveals
@@ -46,7 +47,7 @@ from tensorgrid.training.inner import InnerSettings
 from tensorgrid.types import BlobRef
 
 log = logging.getLogger("tensorgrid.coordinator.training")
-CHECKPOINT_SLACK_BYTES = 1 << 20  # safetensors header and the step counter, over 3 × the weights
+CHECKPOINT_SLACK_BYTES = 1 << 20  # safetensors header and the step counter, over the weights' size
 
 
 class Auditor:
@@ -99,7 +100,7 @@ class Auditor:
             round_no=view.round,
             segment=segment,
             steps=tuple(reveal_plan(marks, segment)),
-            max_bytes=3 * weights + CHECKPOINT_SLACK_BYTES,
+            max_bytes=weights + CHECKPOINT_SLACK_BYTES,  # a model part: weights, buffers, counter
             deadline_ms=view.deadline_ms,
         )
 
@@ -126,6 +127,20 @@ class Auditor:
         audit = await rt.db(db.record_reveal, self.engine, task_id, attempt, node, step, ref.sha256, now_ms)
         if audit.complete:
             rt.spawn(self._audit_and_poke(audit))
+
+    def starter(self, task_id: str, attempt: int) -> Callable[[], None]:
+        """What starts the audit of a result that waits on no reveal, once its accept committed
+        (its round may close before the round manager's next pass; a reveal would start it)."""
+
+        def start() -> None:
+            self.rt.spawn(self._start(task_id, attempt))
+
+        return start
+
+    async def _start(self, task_id: str, attempt: int) -> None:
+        audit = await self.rt.db(db.get_audit, self.engine, task_id, attempt)
+        if audit is not None and audit.complete:
+            await self._audit_and_poke(audit)
 
     async def _audit_and_poke(self, audit: Audit) -> None:
         try:

@@ -22,6 +22,7 @@ from collections.abc import Iterable
 from coordinator.errors import Conflict
 from coordinator.repositories.store import Store
 from coordinator.repositories.training import rounds as store
+from coordinator.repositories.training.rounds import RoundView
 from coordinator.services.runtime import Runtime
 from coordinator.services.training import planner
 from coordinator.services.training.audit import Auditor, usable
@@ -85,7 +86,9 @@ class RoundManager:
             self._files.pop(job_id, None)
             return "finished"
         spec, now = view.spec, rt.now_ms()
-        audits = await self.audits.settle_round(view, now)
+        audits, view = await self._settle_audits(view, now)
+        if view is None:
+            return "conflict"  # the round closed or the job ended meanwhile (another replica)
         if any(audits.get(slot) == "pending" for slot, _ in view.done) and now < view.deadline_ms:
             return "auditing"
         view = dataclasses.replace(view, done=tuple(d for d in view.done if usable(audits.get(d[0]))))
@@ -131,6 +134,13 @@ class RoundManager:
             log.info("training job %s succeeded: weights %s", job_id, closed.weights.sha256)
             return "finished"
         return "closed"
+
+    async def _settle_audits(self, view: RoundView, now: int) -> tuple[dict[int, str], RoundView | None]:
+        """Settle what can be settled of the round's audits; the round as it stands afterwards
+        (a failed audit puts its task back to pending: its result is no longer among the done)."""
+        audits = await self.audits.settle_round(view, now)
+        fresh = await self.rt.db(store.round_view, self.engine, view.job_id)
+        return audits, fresh if fresh is not None and fresh.round == view.round else None
 
     async def _fail(self, job_id: str, message: str) -> str:
         log.warning("training job %s failed: %s", job_id, message)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import random
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -118,11 +119,11 @@ def test_an_honest_run_passes_every_segment_at_any_thread_count(
         torch.set_num_threads(old)
 
 
-def test_reveal_plan_asks_for_segment_ends_and_the_final_checkpoint() -> None:
+def test_reveal_plan_asks_for_the_replay_end_and_the_final_checkpoint() -> None:
     marks = checkpoint_steps(20, 5)
-    assert reveal_plan(marks, 0) == [5, 20]  # step 0 is the coordinator's own
-    assert reveal_plan(marks, 2) == [10, 15, 20]
-    assert reveal_plan(marks, 3) == [15, 20]
+    assert reveal_plan(marks, 0) == [5, 20]  # the replay starts at step 0, the coordinator's own
+    assert reveal_plan(marks, 2) == [15, 20]
+    assert reveal_plan(marks, 3) == []  # a replay to the end is checked against the pseudo-gradient
     with pytest.raises(ValueError):
         reveal_plan(marks, 4)
 
@@ -131,10 +132,13 @@ def test_reveal_plan_asks_for_segment_ends_and_the_final_checkpoint() -> None:
     ("behaviour", "segment", "why"),
     [
         ("lazy", 0, "step counter"),  # re-committed old state: the final checkpoint's counter is 4, not 8
-        ("lazy", 3, "step counter"),
-        ("lazy_skip", 1, "replaying steps 2→4"),  # forged counters: the replay catches the skipped steps
-        ("lazy_skip", 3, "replaying steps 6→8"),
+        ("lazy", 2, "step counter"),
+        ("lazy", 3, "is not global − final weights"),  # replayed to the end: nothing revealed
+        ("lazy_skip", 1, "replaying steps 0→4"),  # forged counters: the replay catches the skipped steps
+        ("lazy_skip", 2, "replaying steps 0→6"),
+        ("lazy_skip", 3, "is not global − final weights"),
         ("scaler", 2, "is not global − final weights"),
+        ("scaler", 3, "is not global − final weights"),
     ],
 )
 def test_cheaters_are_caught(
@@ -148,6 +152,41 @@ def test_cheaters_are_caught(
     )
 
 
+def test_forged_moments_are_caught_by_a_replay_past_them(files: dict[str, Path], tmp_path: Path) -> None:
+    """Moments are committed by digest only and never revealed. A node that rewrites them at
+    checkpoint 4 (to steer the next steps) and commits what it then trains with stays
+    consistent from there on; every replay that runs past step 4 (from step 0) catches it."""
+    from tensorgrid.training.commitments import chain, checkpoint_digest, model_part
+    from tensorgrid.training.inner import _Run
+    from tensorgrid.training.objective import load_weights
+
+    run = _Run(files["train"], files["shard"], SETTINGS)
+    load_weights(run.module, load_tensors(files["w0"]))
+    start = {n: t.detach().clone() for n, t in run.module.state_dict().items()}
+    marks, digests, losses = checkpoint_steps(SETTINGS.steps, SETTINGS.checkpoint_every), [], []
+    (tmp_path / "ckpt").mkdir()
+    while True:
+        if run.step == 4:
+            for st in run.optimizer.state.values():
+                st["exp_avg"].mul_(-10.0)  # the steering
+        if run.step in marks:
+            state = run.state()
+            digests.append(checkpoint_digest(state))
+            save_tensors(model_part(state), tmp_path / "ckpt" / checkpoint_name(run.step))
+        if run.step == SETTINGS.steps:
+            break
+        losses.append(run.train_step())
+    local = run.module.state_dict()
+    pg = {n: (start[n] - local[n]).float() for n in start if start[n].is_floating_point()}
+    links = chain(digests)
+    write_result(PseudoGradient(pg, 128, SETTINGS.steps, losses, marks, links,
+                                checkpoint_digests=[d.hex() for d in digests]), tmp_path / "out", "int8")  # fmt: skip
+    forger = Run(tmp_path / "out", tmp_path / "ckpt", links[-1], marks)
+    findings = [check_reveal(case(files, forger, j)) for j in range(len(marks) - 1)]
+    assert [f.passed for f in findings] == [True, True, False, False]  # replays to 2 and 4 see nothing wrong
+    assert "replaying steps 0→6" in findings[2].reason and "global − final weights" in findings[3].reason
+
+
 def test_a_checkpoint_that_does_not_hash_into_the_chain_is_a_forgery(
     files: dict[str, Path], runs: dict[str, Run], tmp_path: Path
 ) -> None:
@@ -157,7 +196,7 @@ def test_a_checkpoint_that_does_not_hash_into_the_chain_is_a_forgery(
     save_tensors(state, tmp_path / "forged.safetensors")
     c = case(files, honest, 1)
     finding = check_reveal(replace(c, revealed={**c.revealed, 4: tmp_path / "forged.safetensors"}))
-    assert not finding.passed and "does not hash to chain link c_2" in finding.reason
+    assert not finding.passed and "does not hash to its model digest in c_2" in finding.reason
 
 
 def test_a_wrong_step_counter_is_caught_even_when_committed(
@@ -165,21 +204,21 @@ def test_a_wrong_step_counter_is_caught_even_when_committed(
 ) -> None:
     """A chain built over states whose counter lies: the links hold, the counter does not."""
     from tensorgrid.training.commitments import chain, state_digest
+    from tensorgrid.training.compression import read_result
 
     honest = runs["honest"]
+    pg = read_result(honest.result)
     states = {m: load_tensors(honest.ckpt / checkpoint_name(m)) for m in honest.marks}
     states[6][STEP_KEY] = torch.tensor(5, dtype=torch.int64)
     forged = tmp_path / "ckpt"
     forged.mkdir()
     for m, st in states.items():
         save_tensors(st, forged / checkpoint_name(m))
-    links = chain(state_digest(states[m]) for m in honest.marks)
+    digests = [state_digest(states[m]).hex() + d[64:] for m, d in zip(honest.marks, pg.checkpoint_digests, strict=True)]
+    links = chain(bytes.fromhex(d) for d in digests)
     r = load_tensors(honest.result)
-    from tensorgrid.training.compression import read_result
-
-    pg = read_result(honest.result)
-    write_result(PseudoGradient(pg.tensors, pg.rows, pg.steps, pg.losses, pg.checkpoint_steps, links),
-                 tmp_path / "out", "int8")  # fmt: skip
+    write_result(PseudoGradient(pg.tensors, pg.rows, pg.steps, pg.losses, pg.checkpoint_steps, links,
+                                checkpoint_digests=digests), tmp_path / "out", "int8")  # fmt: skip
     assert r  # the original file is untouched
     run = Run(tmp_path / "out", forged, links[-1], honest.marks)
     finding = check_reveal(case(files, run, 2))
@@ -312,10 +351,30 @@ def now_ms() -> int:
     return Runtime.now_ms()
 
 
+class _Drawn(random.Random):
+    """An audit draw that always audits and replays up to checkpoint segment + 1."""
+
+    def __init__(self, segment: int) -> None:
+        super().__init__(0)
+        self.segment = segment
+
+    def random(self) -> float:
+        return 0.0
+
+    def randrange(self, *args: Any, **kwargs: Any) -> int:
+        return self.segment
+
+
+def draw(app: Coordinator, monkeypatch: pytest.MonkeyPatch, segment: int) -> None:
+    """Fix the coordinator's secret draw (these tests are about what follows it)."""
+    monkeypatch.setattr(app.rounds.audits, "_rng", lambda task_id, attempt: _Drawn(segment))
+
+
 def test_an_audited_result_is_paid_and_counted_only_once_it_passes(
-    coordinator: Coordinator, files: dict[str, Path], tmp_path: Path
+    coordinator: Coordinator, files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     app = coordinator
+    draw(app, monkeypatch, 0)  # replay steps 0 → 2: reveal checkpoints 2 and 4
     job_id, spec = submit(app, files)
 
     async def scenario() -> None:
@@ -338,9 +397,10 @@ def test_an_audited_result_is_paid_and_counted_only_once_it_passes(
 
 
 def test_a_scaler_is_caught_unpaid_and_its_task_goes_to_another_node(
-    coordinator: Coordinator, files: dict[str, Path], tmp_path: Path
+    coordinator: Coordinator, files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     app = coordinator
+    draw(app, monkeypatch, 0)  # replay steps 0 → 2: reveal checkpoints 2 and 4
     job_id, spec = submit(app, files)
 
     async def scenario() -> Done:
@@ -374,10 +434,35 @@ def test_a_scaler_is_caught_unpaid_and_its_task_goes_to_another_node(
     assert round_history(app.store.engine, job_id)[0]["workers"] == 2
 
 
+def test_a_replay_to_the_end_needs_no_reveal(
+    coordinator: Coordinator, files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last checkpoint drawn: the replay's own weights check the pseudo-gradient, so the
+    node is asked for nothing and the round manager settles the audit on its next pass."""
+    app = coordinator
+    draw(app, monkeypatch, 1)  # checkpoints 0, 2, 4: replay steps 0 → 4
+    job_id, spec = submit(app, files)
+
+    async def scenario() -> tuple[audit_store.Audit, audit_store.Audit]:
+        honest, cheat = compute(app, NODES[0], tmp_path), compute(app, NODES[1], tmp_path, "scaler")
+        for d in (honest, cheat):
+            plan = await deliver(app, d)
+            assert plan is not None and plan.steps == ()
+        assert credited(app, honest.lease.task_id) == []
+        assert await app.rounds.advance(job_id) == "open"  # both audited in this pass; one result is usable
+        return await settled(app, honest), await settled(app, cheat)
+
+    passed, failed = asyncio.run(scenario())
+    assert passed.state == "passed" and passed.revealed == {} and credited(app, passed.task_id) == [NODES[0]]
+    assert failed.state == "failed" and "is not global − final weights" in failed.reason
+    assert [e.node for e in events(app, job_id, "caught")] == [NODES[1]]
+
+
 def test_a_missing_reveal_expires_at_the_deadline_and_is_not_slashable(
     coordinator: Coordinator, files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     app = coordinator
+    draw(app, monkeypatch, 0)
     job_id, spec = submit(app, files, round_deadline_s=30, task_time_limit_s=30)
 
     async def scenario() -> None:
@@ -414,9 +499,10 @@ def _key(app: Coordinator, job_id: str, idx: int) -> tuple[str, int]:
 
 
 def test_a_reveal_after_a_restart_completes_the_audit(
-    coordinator: Coordinator, files: dict[str, Path], tmp_path: Path, db_url: str
+    coordinator: Coordinator, files: dict[str, Path], tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     app = coordinator
+    draw(app, monkeypatch, 0)
     job_id, spec = submit(app, files, workers_per_round=1, quorum=1.0)
     d = compute(app, NODES[0], tmp_path)
     plan = asyncio.run(deliver(app, d))
@@ -438,8 +524,11 @@ def test_a_reveal_after_a_restart_completes_the_audit(
         close_app(restarted)
 
 
-def test_reveals_are_refused_unless_asked_for(coordinator: Coordinator, files: dict[str, Path], tmp_path: Path) -> None:
+def test_reveals_are_refused_unless_asked_for(
+    coordinator: Coordinator, files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     app = coordinator
+    draw(app, monkeypatch, 0)
     submit(app, files)
     d = compute(app, NODES[0], tmp_path)
 

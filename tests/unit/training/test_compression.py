@@ -1,11 +1,13 @@
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
 from tensorgrid.errors import ExecutionError, InvalidTensorFile
+from tensorgrid.training.commitments import chain
 from tensorgrid.training.compression import (
     SCALE_SUFFIX,
     PseudoGradient,
@@ -73,12 +75,18 @@ def test_payload_sizes() -> None:
 
 
 def test_result_file_round_trip(tmp_path: Path) -> None:
+    digests = ["aa" * 64, "bb" * 64, "cc" * 64]
+    links = chain(bytes.fromhex(d) for d in digests)
     result = PseudoGradient(_tensors(), rows=40, steps=3, losses=[2.5, 1.25, 0.1], checkpoint_steps=[0, 2, 3],
-                            commitments=["aa" * 32, "bb" * 32, "cc" * 32])  # fmt: skip
+                            commitments=links, checkpoint_digests=digests)  # fmt: skip
     write_result(result, tmp_path / "r.safetensors", "int8")
     back = read_result(tmp_path / "r.safetensors")
     assert (back.rows, back.steps, back.losses, back.checkpoint_steps) == (40, 3, [2.5, 1.25, 0.1], [0, 2, 3])
-    assert back.final_commitment == "cc" * 32 and back.compression == "int8"
+    assert back.final_commitment == links[-1] and back.compression == "int8" and back.checkpoint_digests == digests
+    forged = replace(result, checkpoint_digests=["aa" * 64, "bb" * 64, "dd" * 64])  # digests that do not chain
+    write_result(forged, tmp_path / "f.safetensors", "int8")
+    with pytest.raises(InvalidTensorFile, match="not the chain over the checkpoint digests"):
+        read_result(tmp_path / "f.safetensors")
     assert set(back.tensors) == {"w", "b", "z"} and back.tensors["w"].dtype == torch.float32
     save_tensors(load_tensors(tmp_path / "r.safetensors"), tmp_path / "plain.safetensors")
     with pytest.raises(InvalidTensorFile, match="not a pseudo-gradient file"):

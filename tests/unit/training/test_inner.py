@@ -8,9 +8,24 @@ import torch
 
 from tensorgrid.errors import ExecutionError
 from tensorgrid.spec import TrainingSpec
-from tensorgrid.training.commitments import GENESIS, chain, chain_link, checkpoint_steps, state_digest
+from tensorgrid.training.commitments import (
+    GENESIS,
+    OPTIMIZER_PREFIX,
+    chain,
+    chain_link,
+    checkpoint_digest,
+    checkpoint_steps,
+    state_digest,
+)
 from tensorgrid.training.data import write_rows
-from tensorgrid.training.inner import InnerSettings, checkpoint_name, replay_segment, run_inner
+from tensorgrid.training.inner import (
+    InnerSettings,
+    Replayer,
+    checkpoint_name,
+    initial_state,
+    replay_segment,
+    run_inner,
+)
 from tensorgrid.training.outer import initial_weights
 from tensorgrid.workloads.model import export_program
 from tensorgrid.workloads.tensorfile import load_tensors, save_tensors
@@ -49,25 +64,40 @@ def test_checkpoints_match_the_chain_and_replay_bit_exactly(
 ) -> None:
     weights, shard = files
     result = run_inner(digits.train_program, weights, shard, SETTINGS, checkpoint_dir=tmp_path)
-    states = [load_tensors(tmp_path / checkpoint_name(s)) for s in result.checkpoint_steps]
-    assert chain(state_digest(s) for s in states) == result.commitments
+    models = [load_tensors(tmp_path / checkpoint_name(s)) for s in result.checkpoint_steps]
+    assert not any(n.startswith(OPTIMIZER_PREFIX) for m in models for n in m)  # moments stay on the node
+    assert [state_digest(m).hex() for m in models] == [d[:64] for d in result.checkpoint_digests]
+    assert chain(bytes.fromhex(d) for d in result.checkpoint_digests) == result.commitments
     # pseudo-gradient = global − the final checkpoint's model state
     w0 = load_tensors(weights)
-    assert torch.equal(result.tensors["0.weight"], w0["0.weight"] - states[-1]["model.0.weight"])
-    # a verifier replays segment j = 1 (steps 3 → 6) from the revealed checkpoint
-    j = 1
-    replay = replay_segment(digits.train_program, tmp_path / checkpoint_name(3), shard, SETTINGS, end_step=6)
-    assert chain_link(bytes.fromhex(result.commitments[j]), replay.digest).hex() == result.commitments[j + 1]
-    assert replay.losses == result.losses[3:6]
-    assert chain_link(GENESIS, state_digest(states[0])).hex() == result.commitments[0]
+    assert torch.equal(result.tensors["0.weight"], w0["0.weight"] - models[-1]["model.0.weight"])
+    # a verifier replays steps 0 → 6 from the round's weights and lands on checkpoint 2 exactly
+    replayer = Replayer(digits.train_program, shard, SETTINGS)
+    start = replayer.initial_state(weights)
+    assert chain_link(GENESIS, checkpoint_digest(start)).hex() == result.commitments[0]
+    replay = replayer.replay(start, 6)
+    assert chain_link(bytes.fromhex(result.commitments[1]), replay.digest).hex() == result.commitments[2]
+    assert replay.losses == result.losses[:6]
+    # and a segment replays from a full state at its start (3 → 6) just as well
+    at3 = replayer.replay(replayer.initial_state(weights), 3).state
+    again = replay_segment(digits.train_program, at3, shard, SETTINGS, end_step=6)
+    assert again.digest == replay.digest and again.losses == result.losses[3:6]
 
 
 def test_tampered_checkpoint_breaks_the_chain(digits: Digits, files: tuple[Path, Path], tmp_path: Path) -> None:
     weights, shard = files
     result = run_inner(digits.train_program, weights, shard, SETTINGS, checkpoint_dir=tmp_path)
-    state = load_tensors(tmp_path / checkpoint_name(3))
-    state["adamw.exp_avg_sq.0.bias"][0] += 1e-6
-    assert chain_link(bytes.fromhex(result.commitments[0]), state_digest(state)).hex() != result.commitments[1]
+    state = (
+        Replayer(digits.train_program, shard, SETTINGS)
+        .replay(initial_state(digits.train_program, weights, shard, SETTINGS), 3)
+        .state
+    )
+    assert chain_link(bytes.fromhex(result.commitments[0]), checkpoint_digest(state)).hex() == result.commitments[1]
+    state["adamw.exp_avg_sq.0.bias"][0] += 1e-6  # the optimizer part is committed too
+    assert chain_link(bytes.fromhex(result.commitments[0]), checkpoint_digest(state)).hex() != result.commitments[1]
+    model = load_tensors(tmp_path / checkpoint_name(3))
+    model["model.0.bias"][0] += 1e-6
+    assert state_digest(model).hex() != result.checkpoint_digests[1][:64]
 
 
 def test_checkpoint_steps() -> None:

@@ -8,6 +8,7 @@ import torch
 
 from tensorgrid.errors import InvalidTensorFile
 from tensorgrid.spec import NesterovSGD
+from tensorgrid.training.commitments import chain
 from tensorgrid.training.compression import PseudoGradient, write_result
 from tensorgrid.training.data import write_rows
 from tensorgrid.training.outer import (
@@ -28,7 +29,9 @@ OPT = NesterovSGD(lr=0.5, momentum=0.9)
 
 def _result(p: list[float], buf: float, rows: int) -> PseudoGradient:
     tensors = {"p": torch.tensor(p), "buf": torch.tensor([buf])}
-    return PseudoGradient(tensors, rows, 1, [0.5], [0, 1], ["aa" * 32, "bb" * 32])
+    digests = ["aa" * 64, "bb" * 64]
+    links = chain(bytes.fromhex(d) for d in digests)
+    return PseudoGradient(tensors, rows, 1, [0.5], [0, 1], links, checkpoint_digests=digests)
 
 
 RESULTS = [_result([0.2, -0.4], 1.0, 30), _result([0.6, 0.0], 3.0, 10)]
