@@ -26,6 +26,9 @@ def make_engine(url: str) -> Engine:
     kwargs: dict[str, Any] = {}
     if u.get_backend_name() == "sqlite":
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        # The most recently used connection first: its page cache is still valid (SQLite empties a
+        # connection's cache whenever another connection wrote), so the hot path reads no pages back.
+        kwargs["pool_use_lifo"] = True
     else:
         kwargs.update(pool_size=8, max_overflow=8, pool_pre_ping=True)
     engine = create_engine(url, **kwargs)
