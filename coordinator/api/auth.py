@@ -71,12 +71,24 @@ class SessionInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, nodes: SessionCache, submitters: SessionCache, limiter: FailureLimiter) -> None:
         self._caches = {_NODE: (nodes, current_node), _SUBMITTER: (submitters, current_submitter)}
         self._limiter = limiter
+        # method → (its registered handler, that handler wrapped): the token is read in the call,
+        # so one wrapper serves every call of a method (not a new one built per call)
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
         handler = await continuation(details)
         method = details.method
+        if handler is None:
+            return None
+        known = self._wrapped.get(method)
+        if known is None or known[0] is not handler:
+            known = self._wrapped[method] = (handler, self._guard(method, handler))
+        return known[1]
+
+    def _guard(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """The handler behind the session check its method needs (itself for public methods)."""
         service = _NODE if method.startswith(_NODE) else _SUBMITTER if method.startswith(_SUBMITTER) else None
-        if handler is None or service is None or method in PUBLIC:
+        if service is None or method in PUBLIC:
             return handler
         limiter = self._limiter
         if method in OPENERS:
@@ -86,11 +98,11 @@ class SessionInterceptor(grpc.aio.ServerInterceptor):
 
             return _wrap(handler, guard_opener, lambda context: limiter.failed(peer_host(context.peer())))
         cache, var = self._caches[service]
-        token = dict(details.invocation_metadata or ()).get(SESSION_METADATA_KEY, "")
-        address = await cache.resolve(token) if isinstance(token, str) and token else None
         hint = "register again" if service == _NODE else "open a session (GetChallenge, OpenSession)"
 
         async def bind(context: grpc.aio.ServicerContext) -> None:
+            token = dict(context.invocation_metadata() or ()).get(SESSION_METADATA_KEY, "")
+            address = await cache.resolve(token) if isinstance(token, str) and token else None
             if address is None:
                 await _refuse_if_limited(limiter, context)
                 limiter.failed(peer_host(context.peer()))

@@ -32,7 +32,7 @@ class _Plan:
     defaults: dict[str, Any]  # literal values the expression carries (e.g. state == 'leased')
     binds: tuple[tuple[str, Any], ...]  # (name, processor) for binds whose type converts values
     row_type: Any  # a namedtuple of the returned columns, or None
-    results: tuple[Processor, ...] | None  # per returned column; None when no column needs one
+    types: tuple[Any, ...]  # the returned columns' types (their processors need the driver's type codes)
 
 
 class Raw:
@@ -41,6 +41,10 @@ class Raw:
     def __init__(self, stmt: ClauseElement) -> None:
         self.stmt = stmt
         self._plans: dict[str, _Plan] = {}
+        # Per dialect: one result processor per returned column (None when none needs one). Made
+        # from the first cursor's description: a driver's processor may depend on the column's
+        # type code there (psycopg's NUMERIC), which compiling alone does not tell.
+        self._results: dict[str, tuple[Processor, ...] | None] = {}
 
     def _plan(self, dialect: Dialect) -> _Plan:
         plan = self._plans.get(dialect.name)
@@ -60,10 +64,21 @@ class Raw:
         cursor.execute(plan.sql, self._params(plan, params))
         return plan, cursor
 
+    def _processors(self, dialect: Dialect, plan: _Plan, cursor: Any) -> tuple[Processor, ...] | None:
+        try:
+            return self._results[dialect.name]
+        except KeyError:
+            pass
+        codes = [d[1] for d in cursor.description or ()]
+        procs = tuple(t._cached_result_processor(dialect, code) for t, code in zip(plan.types, codes, strict=True))
+        found = self._results[dialect.name] = procs if any(procs) else None
+        return found
+
     def all(self, conn: Connection, params: Mapping[str, Any]) -> list[Any]:
         plan, cursor = self._cursor(conn, params)
         try:
-            return [_row(plan, r) for r in cursor.fetchall()]
+            procs = self._processors(conn.dialect, plan, cursor)
+            return [_row(plan, procs, r) for r in cursor.fetchall()]
         finally:
             cursor.close()
 
@@ -71,7 +86,7 @@ class Raw:
         plan, cursor = self._cursor(conn, params)
         try:
             r = cursor.fetchone()
-            return None if r is None else _row(plan, r)
+            return None if r is None else _row(plan, self._processors(conn.dialect, plan, cursor), r)
         finally:
             cursor.close()
 
@@ -92,9 +107,9 @@ class Raw:
             cursor.close()
 
 
-def _row(plan: _Plan, r: Sequence[Any]) -> Any:
-    if plan.results is not None:
-        r = [v if p is None else p(v) for p, v in zip(plan.results, r, strict=True)]
+def _row(plan: _Plan, procs: tuple[Processor, ...] | None, r: Sequence[Any]) -> Any:
+    if procs is not None:
+        r = [v if p is None else p(v) for p, v in zip(procs, r, strict=True)]
     return plan.row_type._make(r)
 
 
@@ -113,12 +128,9 @@ def _compile(stmt: ClauseElement, dialect: Dialect) -> _Plan:
             binds.append((name, proc))
     columns = list(getattr(stmt, "exported_columns", ()))
     row_type = namedtuple("Row", [c.key for c in columns], rename=True) if columns else None  # type: ignore[misc]
-    results = tuple(c.type._cached_result_processor(dialect, None) for c in columns)
     positional = bool(dialect.positional)
     names = tuple(compiled.positiontup or ()) if positional else ()
-    return _Plan(
-        compiled.string, positional, names, defaults, tuple(binds), row_type, results if any(results) else None
-    )
+    return _Plan(compiled.string, positional, names, defaults, tuple(binds), row_type, tuple(c.type for c in columns))
 
 
 class RawInsert(Raw):

@@ -39,8 +39,15 @@ def checksum_address(raw: bytes) -> str:
 
 
 def _public_key_to_address(public_key: coincurve.PublicKey) -> str:
+    return _address_of(public_key.format(compressed=False))
+
+
+@lru_cache(maxsize=4096)
+def _address_of(uncompressed: bytes) -> str:
     # Uncompressed SEC1 is 0x04 || X || Y; the address is the last 20 bytes of keccak(X || Y).
-    return checksum_address(keccak(public_key.format(compressed=False)[1:])[12:])
+    # Memoized: a coordinator recovers the same few thousand node keys from every receipt, and
+    # the two keccaks (address, then checksum) cost as much as the recovery itself.
+    return checksum_address(keccak(uncompressed[1:])[12:])
 
 
 @lru_cache(maxsize=4096)

@@ -11,15 +11,17 @@ import logging
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, Engine, bindparam, select, update
 
 from coordinator.db import schema as s
+from coordinator.db.rawsql import Raw
 from coordinator.db.sql import insert_ignore, transaction
 from tensorgrid.crypto import normalize_address
 
 log = logging.getLogger("tensorgrid.coordinator.ledger")
 
 AcceptedResult = tuple[str, str, str, int]  # (node, job_id, task_id, attempt)
+_PRICE_RAW = Raw(select(s.job_prices).where(s.job_prices.c.job_id == bindparam("b_job")).with_for_update())
 
 
 def set_job_price(conn_or_engine: Connection | Engine, job_id: str, reward_per_task_wei: int, budget_wei: int) -> None:
@@ -62,15 +64,10 @@ def credit_results(conn: Connection, accepted: Sequence[AcceptedResult], now_ms:
     job_ids = sorted({job for _, job, _, _ in accepted})
     if not job_ids:
         return 0
-    prices = {
-        r.job_id: r
-        for r in conn.execute(
-            select(s.job_prices)
-            .where(s.job_prices.c.job_id.in_(job_ids))
-            .order_by(s.job_prices.c.job_id)
-            .with_for_update()
-        )
-    }
+    # One prebuilt statement per job (sorted: the same lock order as before) rather than an IN
+    # list built per call: a batch names one or two jobs, and building and compiling the IN
+    # select cost more than the whole rest of accepting a result.
+    prices = {job: r for job in job_ids if (r := _PRICE_RAW.first(conn, {"b_job": job})) is not None}
     wanted = [a for a in accepted if a[1] in prices]
     if not wanted:
         return 0
