@@ -26,7 +26,8 @@ with the others; its ratios are against the same raw TCP baseline, and tls_*_rat
 TLS takes off our plain ratio. Goal: ≤ 10%.
 
 Disk and page-cache speed on shared machines swing a lot from second to second, so the raw and
-grid transfers alternate and each keeps its best of --repeat.
+grid transfers alternate, each repeat rotates which of them goes first (whoever follows a 512 MiB
+write pays for the page cache it evicted), and each keeps its best of --repeat.
 """
 
 from __future__ import annotations
@@ -36,7 +37,10 @@ import os
 import socket
 import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 from benchmarks._common import baseline_process, emit
 from benchmarks._raw import receive
@@ -47,6 +51,8 @@ from tensorgrid.crypto import Signer
 from tensorgrid.localca import make_local_ca
 from tensorgrid.localgrid import LocalGrid
 from tensorgrid.types import BlobRef
+
+T = TypeVar("T")
 
 
 def raw_upload(port: int, src: Path, expected: str | None) -> float:
@@ -136,19 +142,36 @@ def main() -> None:
                 tls_client.upload(src)
                 for i in range(ns.repeat):
                     sha = fresh_blob(src, i + 1)
-                    times["raw_up"].append(raw_upload(sink, src, sha))
-                    times["up"].append(grid_upload(client, src, cpu["up"], pid))
-                    times["tls_up"].append(grid_upload(tls_client, src, cpu["tls_up"], tls_pid))
-                    times["copy_up"].append(raw_upload(sink, src, None))
+                    uploads: list[tuple[str, Callable[[], float]]] = [
+                        ("raw_up", partial(raw_upload, sink, src, sha)),
+                        ("up", partial(grid_upload, client, src, cpu["up"], pid)),
+                        ("tls_up", partial(grid_upload, tls_client, src, cpu["tls_up"], tls_pid)),
+                        ("copy_up", partial(raw_upload, sink, src, None)),
+                    ]
+                    downloads: list[tuple[str, Callable[[], float]]] = [
+                        ("raw_down", partial(raw_download, source, root / "raw_down.bin", sha)),
+                        ("down", partial(grid_download, client, ref, root / "down.bin", cpu["down"], pid)),
+                        (
+                            "tls_down",
+                            partial(grid_download, tls_client, ref, root / "down.bin", cpu["tls_down"], tls_pid),
+                        ),
+                        ("copy_down", partial(raw_download, source, root / "raw_down.bin", None)),
+                    ]
+                    # Each repeat rotates who goes first: whoever follows a 512 MiB write pays for
+                    # the page cache it evicted, and that must not always be the same transfer.
+                    for name, run in rotated(uploads, i):
+                        times[name].append(run())
                     for written in root.glob("sink.bin.*"):  # keep the disk from filling
                         written.unlink()
-                    times["raw_down"].append(raw_download(source, root / "raw_down.bin", sha))
-                    times["down"].append(grid_download(client, ref, root / "down.bin", cpu["down"], pid))
-                    tls_down = grid_download(tls_client, ref, root / "down.bin", cpu["tls_down"], tls_pid)
-                    times["tls_down"].append(tls_down)
-                    times["copy_down"].append(raw_download(source, root / "raw_down.bin", None))
+                    for name, run in rotated(downloads, i):
+                        times[name].append(run())
     print(format_result(report(ns.mib, size, times, cpu)))
     emit(report(ns.mib, size, times, cpu))
+
+
+def rotated(steps: list[T], shift: int) -> list[T]:
+    k = shift % len(steps)
+    return steps[k:] + steps[:k]
 
 
 def report(mib: int, size: int, times: dict[str, list[float]], cpu: dict[str, list[float]]) -> dict[str, object]:
