@@ -23,8 +23,9 @@ from web3 import Web3
 from web3.types import Wei
 
 from benchmarks._common import emit
-from tensorgrid.chain import Anvil, ChainClient, EarningsTree, deploy, start_anvil
-from tensorgrid.chain.client import to_bytes32
+from tensorgrid.chain import Anvil, ChainClient, EarningsTree, start_anvil
+from tensorgrid.chain.deploy import deploy
+from tensorgrid.chain.encoding import to_bytes32
 
 PRICE = 10**15  # wei per task
 JOB_TASKS = 100

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from typing import TYPE_CHECKING
 
 from coordinator.config import CoordinatorConfig
 from coordinator.kinds.registry import KindContext, build_kinds
@@ -15,7 +16,6 @@ from coordinator.services.acceptance import Acceptance
 from coordinator.services.access import Access
 from coordinator.services.aggregation import Aggregation
 from coordinator.services.blobs import MemoryBudget
-from coordinator.services.chain import ChainGate
 from coordinator.services.intake import Intake
 from coordinator.services.ledger import Ledger
 from coordinator.services.report import Reports
@@ -29,6 +29,9 @@ from tensorgrid.crypto import load_or_create_key_file
 from tensorgrid.errors import TensorGridError
 from tensorgrid.sandbox import SandboxLimits
 from tensorgrid.types import Domain
+
+if TYPE_CHECKING:
+    from coordinator.services.chain import ChainGate
 
 log = logging.getLogger("tensorgrid.coordinator")
 
@@ -84,6 +87,8 @@ class Coordinator:
             return None
         if self.config.deployment is None:
             raise TensorGridError("--chain-rpc needs --deployment (the file the deploy step wrote)")
+        from coordinator.services.chain import ChainGate  # web3 loads only on a chain-settled grid
+
         return ChainGate.open(self.config.chain_rpc, self.config.deployment, self.identity)  # receipts are evidence
 
     def _own_domain(self) -> Domain:

@@ -4,13 +4,12 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from coordinator.config import CoordinatorConfig
 from coordinator.repositories.store import Store
 from coordinator.services.acceptance import Acceptance
 from coordinator.services.access import Access
-from coordinator.services.chain import ChainGate
 from coordinator.services.intake import Intake
 from coordinator.services.ledger import Ledger
 from coordinator.services.report import Reports
@@ -18,6 +17,9 @@ from coordinator.services.runtime import Runtime
 from coordinator.services.scheduler import Scheduler
 from tensorgrid.blobs import BlobStore
 from tensorgrid.types import BlobRef, Domain
+
+if TYPE_CHECKING:
+    from coordinator.services.chain import ChainGate  # web3: loaded only with a chain
 
 
 class Reveals(Protocol):

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import TYPE_CHECKING
 
 from coordinator.config import Limits
 from coordinator.errors import Conflict, NotFound, PermissionDenied
 from coordinator.repositories.jobs import NewJob, NewTask
 from coordinator.repositories.store import Store
 from coordinator.services.access import Access
-from coordinator.services.chain import ChainGate
 from coordinator.services.kind import KindLookup
 from coordinator.services.ledger import Ledger
 from coordinator.services.report import Reports
@@ -25,6 +25,9 @@ from tensorgrid.crypto import normalize_address, recover_message_signer, submit_
 from tensorgrid.errors import SignatureError
 from tensorgrid.spec import job_id_for, parse_spec, spec_hash
 from tensorgrid.types import BlobRef, JobInfo
+
+if TYPE_CHECKING:
+    from coordinator.services.chain import ChainGate  # web3: loaded only with a chain
 
 log = logging.getLogger("tensorgrid.coordinator")
 

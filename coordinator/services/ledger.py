@@ -7,7 +7,7 @@ import asyncio
 import logging
 from collections import OrderedDict
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, select
 
@@ -15,10 +15,13 @@ from coordinator.db import schema as s
 from coordinator.repositories.ledger import credits, epochs, escrow, slashing
 from coordinator.repositories.ledger.ledger import Earnings, earnings, job_finished, status
 from coordinator.repositories.ledger.listener import LedgerListener
-from coordinator.services.outbox import Outbox
 from coordinator.services.runtime import Runtime
-from tensorgrid.chain import ChainClient, EarningsTree
+from tensorgrid.chain.merkle import EarningsTree
 from tensorgrid.crypto import normalize_address
+
+if TYPE_CHECKING:
+    from coordinator.services.outbox import Outbox
+    from tensorgrid.chain.client import ChainClient
 
 log = logging.getLogger("tensorgrid.coordinator")
 
@@ -111,6 +114,8 @@ class Ledger:
 
     def outbox(self, chain: ChainClient, **options: Any) -> Outbox:
         """The outbox worker for this ledger's database, sending as `chain`'s account."""
+        from coordinator.services.outbox import Outbox  # web3 loads only on a chain-settled grid
+
         return Outbox(self.engine, chain, listener=LedgerListener(chain), **options)
 
     async def settle_loop(self, rt: Runtime, interval_s: float) -> None:

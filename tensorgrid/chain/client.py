@@ -20,11 +20,10 @@ from web3.logs import DISCARD
 from tensorgrid.chain._tx import ErrorDecoder, Transactor, TxResult
 from tensorgrid.chain.artifacts import load_artifact
 from tensorgrid.chain.deploy import Deployment
+from tensorgrid.chain.encoding import Bytes32, evidence_key, to_bytes32
 from tensorgrid.chain.errors import ChainError, ContractReverted
 from tensorgrid.crypto import normalize_address
 from tensorgrid.types import Receipt
-
-Bytes32 = str | bytes
 
 
 class JobStatus(IntEnum):
@@ -93,20 +92,6 @@ class RootInfo:
     root: str
     posted_at: int
     revoked: bool
-
-
-def to_bytes32(value: Bytes32) -> bytes:
-    """32 raw bytes from 64 hex digits (0x optional) or bytes; ChainError otherwise."""
-    if isinstance(value, bytes | bytearray):
-        raw = bytes(value)
-    else:
-        try:
-            raw = bytes.fromhex(value.removeprefix("0x"))
-        except (AttributeError, ValueError):
-            raise ChainError(f"expected 64 hex digits for a bytes32, got {value!r}") from None
-    if len(raw) != 32:
-        raise ChainError(f"expected 32 bytes, got {len(raw)}: {value!r}")
-    return raw
 
 
 class ChainClient:
@@ -364,11 +349,6 @@ class ChainClient:
         target = self.registry if contract == "registry" else self.settlement
         role_id = Web3.keccak(text=role) if role != "DEFAULT_ADMIN_ROLE" else bytes(32)
         return self._tx.send(target.functions.grantRole(role_id, _addr(account)), f"grantRole {role}")
-
-
-def evidence_key(task_id: Bytes32, attempt: int) -> bytes:
-    """keccak256(abi.encode(taskId, attempt)): a slash's unit of evidence and its proposal id."""
-    return bytes(Web3.keccak(to_bytes32(task_id) + attempt.to_bytes(32, "big")))
 
 
 def receipt_tuple(receipt: Receipt) -> tuple[bytes, bytes, int, bytes, bytes, bytes]:

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import pytest
 from web3 import Web3
 
-from tensorgrid.chain import Anvil, ChainClient, Deployment, deploy, start_anvil
+from tensorgrid.chain import Anvil, ChainClient, Deployment, start_anvil
+from tensorgrid.chain.deploy import deploy
 
 ETH = 10**18
 MIN_STAKE = ETH

@@ -16,7 +16,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tensorgrid.chain import Anvil, ChainClient, ContractReverted, EarningsTree, deploy
+from tensorgrid.chain import Anvil, ChainClient, ContractReverted, EarningsTree
+from tensorgrid.chain.deploy import deploy
 from tests.chain.conftest import new_id
 
 TICK = 1500

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from web3 import Web3
 
-from tensorgrid.chain import Anvil, ChainError, deploy, load_artifact, load_deployment, start_anvil
+from tensorgrid.chain import Anvil, ChainError, load_artifact, load_deployment, start_anvil
 from tensorgrid.chain.build import drift
+from tensorgrid.chain.deploy import deploy
 from tensorgrid.chain.deploy import main as deploy_main
 from tests.chain.conftest import Chain
 

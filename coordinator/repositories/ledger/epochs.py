@@ -27,7 +27,8 @@ from coordinator.db import schema as s
 from coordinator.db.sql import chunks, lock_ledger
 from coordinator.repositories.ledger import outbox as ob
 from coordinator.repositories.ledger.credits import void_job
-from tensorgrid.chain import ContractReverted, EarningsTree
+from tensorgrid.chain.errors import ContractReverted
+from tensorgrid.chain.merkle import EarningsTree
 
 log = logging.getLogger("tensorgrid.coordinator.ledger")
 

@@ -25,7 +25,7 @@ from coordinator.db.events import append_event
 from coordinator.repositories.ledger import epochs
 from coordinator.repositories.ledger import outbox as ob
 from coordinator.repositories.ledger.credits import void_job
-from tensorgrid.chain import ContractReverted
+from tensorgrid.chain.errors import ContractReverted
 from tensorgrid.types import JobState
 
 log = logging.getLogger("tensorgrid.coordinator.ledger")

@@ -18,7 +18,7 @@ from sqlalchemy import Connection, func, select
 from coordinator.db import schema as s
 from coordinator.repositories.ledger import epochs
 from coordinator.repositories.ledger import outbox as ob
-from tensorgrid.chain import EarningsTree
+from tensorgrid.chain.merkle import EarningsTree
 from tensorgrid.crypto import normalize_address
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, update
 
@@ -10,7 +11,10 @@ from coordinator.db import schema as s
 from coordinator.repositories.ledger import epochs, escrow
 from coordinator.repositories.ledger import outbox as ob
 from coordinator.repositories.ledger.slashing import SLASH_ACTIONS, SlashListener
-from tensorgrid.chain import ChainClient, ContractReverted
+from tensorgrid.chain.errors import ContractReverted
+
+if TYPE_CHECKING:
+    from tensorgrid.chain.client import ChainClient
 
 log = logging.getLogger("tensorgrid.coordinator.ledger")
 

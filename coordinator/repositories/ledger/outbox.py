@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from sqlalchemy import Connection, insert, or_, select, update
 
 from coordinator.db import schema as s
-from tensorgrid.chain import ContractReverted
+from tensorgrid.chain.errors import ContractReverted
 
 _ob = s.outbox
 # Every action the worker (services.outbox) knows how to send; payload wei amounts are decimal strings.

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, select, update
 
@@ -36,9 +36,13 @@ from coordinator.db import schema as s
 from coordinator.db.events import append_event
 from coordinator.db.sql import insert_ignore
 from coordinator.repositories.ledger import outbox as ob
-from tensorgrid.chain import ChainClient, ContractReverted, evidence_key
+from tensorgrid.chain.encoding import evidence_key
+from tensorgrid.chain.errors import ContractReverted
 from tensorgrid.crypto import normalize_address
 from tensorgrid.digests import is_hex32
+
+if TYPE_CHECKING:
+    from tensorgrid.chain.client import ChainClient
 
 log = logging.getLogger("tensorgrid.coordinator.ledger")
 

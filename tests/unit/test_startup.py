@@ -1,0 +1,25 @@
+"""What a daemon loads before it does anything: web3 (about a second of CPU) only on a grid
+that settles on chain."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+HEAVY = ("web3", "eth_account")
+
+
+def test_a_coordinator_or_node_without_a_chain_never_imports_web3() -> None:
+    probe = (
+        "import sys, coordinator.main, coordinator.app, node.main, tensorgrid.chain;"
+        f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "", f"imported at start-up: {loaded}"
+
+
+def test_the_chain_package_still_offers_every_name() -> None:
+    import tensorgrid.chain as chain
+
+    for name in chain.__all__:
+        assert getattr(chain, name) is not None
