@@ -1,12 +1,12 @@
 """The coordinator's stranger-graph work, run in a sandboxed child (tensorgrid.sandbox).
 
-The referee's re-execution of disputed rows, a training audit's replay and intake's
-row-independence probe all run a submitter's program on files a stranger sent. None runs in
-the coordinator's process, which holds its signing key and its secrets: each runs in a child
-started by
-tensorgrid.sandbox with the coordinator's referee limits (wall time per request, hard memory
-cap), a scrubbed environment, no network, and read access to the blob store only (where the
-OS allows). The child is kept warm between requests (torch starts once) and replaced after
+The referee's re-execution of disputed rows, a training audit's replay, intake's
+row-independence probe, generation replay, training intake's trial load of the programs and
+the end-of-round evaluation all run a submitter's program on files a stranger sent. None runs
+in the coordinator's process, which holds its signing key and its secrets: each runs in a
+child started by tensorgrid.sandbox with the coordinator's referee limits (wall time per
+request, hard memory cap), a scrubbed environment, no network, and read access to the blob
+store only (where the OS allows). The child is kept warm between requests (torch starts once) and replaced after
 any limit or crash. Requests and answers are JSON; tensors stay in safetensors files.
 
 A child that hits a limit raises SandboxFailure (`over_limit`): callers treat that as
@@ -29,13 +29,25 @@ from coordinator.services.training.replay import AuditCase, Finding, check_revea
 from tensorgrid.blobs import BlobStore
 from tensorgrid.sandbox import Isolation, SandboxFailure, WarmSandbox, serve_once
 from tensorgrid.training.inner import InnerSettings
+from tensorgrid.training.objective import load_weights, open_program
+from tensorgrid.training.outer import evaluate
 from tensorgrid.workloads import tensorfile
 from tensorgrid.workloads.determinism import DEADLINE_S, Determinism, probe
 from tensorgrid.workloads.generation import DecodeSettings, run_generation
 from tensorgrid.workloads.inference import run_inference
 from tensorgrid.workloads.model import load_program
 
-__all__ = ["ENTRY", "SandboxFailure", "probe_rows", "regenerate_rows", "reexecute_rows", "referee", "replay_audit"]
+__all__ = [
+    "ENTRY",
+    "SandboxFailure",
+    "evaluate_weights",
+    "probe_rows",
+    "reexecute_rows",
+    "referee",
+    "regenerate_rows",
+    "replay_audit",
+    "vet_training",
+]
 
 ENTRY = "coordinator.services.sandboxed"
 PROBE_TIME_S = 2 * DEADLINE_S
@@ -132,6 +144,49 @@ def replay_audit(rt: Runtime, blobs: BlobStore, case: AuditCase) -> Finding:
     )
 
 
+def vet_training(
+    rt: Runtime,
+    blobs: BlobStore,
+    program: Path,
+    *,
+    weights: Path | None = None,
+    eval_program: Path | None = None,
+    out: Path | None = None,
+) -> frozenset[str]:
+    """Load a training job's programs in the sandboxed child; the train program's parameter names.
+
+    The train program must load with every parameter trainable; `weights` (the submitter's
+    starting weights), else the program's own, must fit it and `eval_program`. With `out`
+    (and no `weights`) the program's own weights are written there (round 0's weights).
+    Intake waits on this, so it gets the probe's time box, not the referee's."""
+    request = {
+        "op": "vet_training",
+        "program": str(program),
+        "weights": str(weights) if weights is not None else None,
+        "eval_program": str(eval_program) if eval_program is not None else None,
+        "write_weights": out is not None and weights is None,
+    }
+    outputs = {OUTPUT: out} if out is not None and weights is None else None
+    answer = referee(rt, blobs).call(request, outputs=outputs, time_s=PROBE_TIME_S)
+    return frozenset(str(name) for name in answer["parameters"])
+
+
+def evaluate_weights(
+    rt: Runtime, blobs: BlobStore, program: Path, weights: Path, heldout: Path, loss: str
+) -> dict[str, float | None]:
+    """The held-out {"loss", "accuracy"} of `weights` under `program`
+    (tensorgrid.training.outer.evaluate), on CPU in the sandboxed child."""
+    request = {
+        "op": "evaluate",
+        "program": str(program),
+        "weights": str(weights),
+        "heldout": str(heldout),
+        "loss": loss,
+    }
+    answer = referee(rt, blobs).call(request)
+    return {key: None if answer.get(key) is None else float(answer[key]) for key in ("loss", "accuracy")}
+
+
 # -- in the child -----------------------------------------------------------------------------
 
 
@@ -176,17 +231,40 @@ def _replay(request: dict[str, Any], scratch: Path) -> dict[str, Any]:
     return dataclasses.asdict(check_reveal(case))
 
 
+def _vet_training(request: dict[str, Any], scratch: Path) -> dict[str, Any]:
+    cpu = torch.device("cpu")
+    module = open_program(request["program"], cpu)
+    if request.get("weights"):
+        weights = tensorfile.load_tensors(Path(request["weights"]))
+        load_weights(module, weights)
+    else:
+        weights = dict(module.state_dict())
+        if request.get("write_weights"):
+            tensorfile.save_tensors(weights, scratch / OUTPUT)
+    if request.get("eval_program"):
+        load_weights(load_program(Path(request["eval_program"]), cpu, purpose="training"), weights)
+    return {"parameters": sorted(name for name, _ in module.named_parameters())}
+
+
+def _evaluate(request: dict[str, Any], scratch: Path) -> dict[str, Any]:
+    return evaluate(request["program"], request["weights"], request["heldout"], str(request["loss"]))
+
+
+_OPS = {
+    "infer": _infer,
+    "replay": _replay,
+    "probe": _probe,
+    "generate": _generate,
+    "vet_training": _vet_training,
+    "evaluate": _evaluate,
+}
+
+
 def _handle(request: dict[str, Any], scratch: Path) -> dict[str, Any]:
-    op = request.get("op")
-    if op == "infer":
-        return _infer(request, scratch)
-    if op == "replay":
-        return _replay(request, scratch)
-    if op == "probe":
-        return _probe(request, scratch)
-    if op == "generate":
-        return _generate(request, scratch)
-    raise ValueError(f"unknown operation {op!r}")
+    op = _OPS.get(str(request.get("op")))
+    if op is None:
+        raise ValueError(f"unknown operation {request.get('op')!r}")
+    return op(request, scratch)
 
 
 def main() -> None:

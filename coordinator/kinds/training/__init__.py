@@ -32,6 +32,7 @@ class TrainingKind(BaseKind):
     assembles: bool = False  # the round manager finishes the job when its last round closes
 
     def __init__(self, rt: Runtime, store: Store, blobs: BlobStore) -> None:
+        self.rt = rt
         self.engine = store.engine
         self.blobs = blobs
         secret = bytes.fromhex(store.meta_value("training_audit_secret", secrets.token_hex(32)))
@@ -40,7 +41,7 @@ class TrainingKind(BaseKind):
     def plan(
         self, spec: Any, spec_json: bytes, submitter: str, sh: str, job_id: str, blobs: BlobStore, limits: Limits
     ) -> tuple[NewJob, list[NewTask]]:
-        return plan_training(spec, spec_json, submitter, sh, job_id, blobs, limits)
+        return plan_training(spec, spec_json, submitter, sh, job_id, self.rt, blobs, limits)
 
     def check_output(self, task: TaskRecord, receipt: Receipt, path: Path) -> int | None:
         check_train_output(self.engine, self.blobs, task.task_id, path, receipt.commitment)

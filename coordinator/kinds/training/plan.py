@@ -1,32 +1,45 @@
-"""Planning a training job: vet its programs and dataset, write the round-0 weights and shards."""
+"""Planning a training job: vet its programs and dataset, write the round-0 weights and shards.
+
+The programs are read statically here (check_program: the archive and its graph, never
+deserialized); loading them, checking the starting weights fit and writing the program's own
+weights as round 0's happen in the coordinator's sandboxed child (services.sandboxed).
+"""
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
+from pathlib import Path
 
 from coordinator.config import Limits
 from coordinator.repositories.jobs import NewJob, NewTask
 from coordinator.services.blobs import stored
+from coordinator.services.runtime import Runtime
+from coordinator.services.sandboxed import SandboxFailure, vet_training
 from coordinator.services.training.planner import job_files, put, round_settings, write_shards
 from tensorgrid.blobs import BlobStore
-from tensorgrid.errors import SpecError, TensorGridError
+from tensorgrid.errors import SpecError
 from tensorgrid.spec import TrainingSpec, check_dataset, task_id_for
-from tensorgrid.training.objective import load_weights, open_program
-from tensorgrid.training.outer import initial_weights
+from tensorgrid.types import BlobRef
 from tensorgrid.workloads.model import check_program
-from tensorgrid.workloads.tensorfile import load_tensors, read_header
+from tensorgrid.workloads.tensorfile import read_header
 
 
 def plan_training(
-    spec: TrainingSpec, spec_json: bytes, submitter: str, sh: str, job_id: str, blobs: BlobStore, limits: Limits
+    spec: TrainingSpec,
+    spec_json: bytes,
+    submitter: str,
+    sh: str,
+    job_id: str,
+    rt: Runtime,
+    blobs: BlobStore,
+    limits: Limits,
 ) -> tuple[NewJob, list[NewTask]]:
     """Vet a training job against its blobs; write its round-0 weights and shards."""
     train = stored(blobs, spec.train_program, "train_program")
     check_program(train, purpose="training")
+    eval_program = None
     if spec.eval_program is not None:
-        check_program(stored(blobs, spec.eval_program, "eval_program"), purpose="training")
+        eval_program = stored(blobs, spec.eval_program, "eval_program")
+        check_program(eval_program, purpose="training")
     header = read_header(stored(blobs, spec.dataset, "dataset"))
     check_dataset(spec, header)
     if spec.rounds * spec.workers_per_round > limits.max_tasks_per_job:
@@ -34,17 +47,8 @@ def plan_training(
             f"rounds × workers_per_round = {spec.rounds * spec.workers_per_round} tasks is over the limit of "
             f"{limits.max_tasks_per_job}"
         )
-    try:
-        module = open_program(train, _cpu())
-        if spec.initial_weights is not None:
-            weights = stored(blobs, spec.initial_weights, "initial_weights")
-            load_weights(module, load_tensors(weights))
-            weights_ref = spec.initial_weights
-        else:
-            weights_ref = put(blobs, lambda p: initial_weights(train, p), "weights-")
-    except TensorGridError as e:
-        raise SpecError(f"the train program cannot be trained: {e}") from None
-    files = job_files(spec, blobs)
+    parameters, weights_ref = _trial_load(spec, rt, blobs, train, eval_program)
+    files = job_files(spec, blobs, parameters)
     shards = write_shards(files, 0, blobs, limits)
     job = NewJob(
         job_id=job_id,
@@ -64,5 +68,26 @@ def plan_training(
     return job, tasks
 
 
-def _cpu() -> Any:
-    return torch.device("cpu")
+def _trial_load(
+    spec: TrainingSpec, rt: Runtime, blobs: BlobStore, train: Path, eval_program: Path | None
+) -> tuple[frozenset[str], BlobRef]:
+    """Load the programs in the sandboxed child: the train program's parameter names and
+    round 0's weights (the submitter's, or the program's own, written by the child)."""
+    try:
+        if spec.initial_weights is not None:
+            weights = stored(blobs, spec.initial_weights, "initial_weights")
+            return vet_training(rt, blobs, train, weights=weights, eval_program=eval_program), spec.initial_weights
+        names: list[frozenset[str]] = []
+
+        def write(out: Path) -> None:
+            names.append(vet_training(rt, blobs, train, eval_program=eval_program, out=out))
+
+        ref = put(blobs, write, "weights-")
+        return names[0], ref
+    except SandboxFailure as e:
+        if e.over_limit:
+            raise SpecError(
+                f"the train program could not be loaded within this coordinator's limits ({e}): "
+                "the job was refused, nothing was scheduled"
+            ) from None
+        raise SpecError(f"the train program cannot be trained: {e}") from None

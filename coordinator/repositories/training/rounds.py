@@ -68,6 +68,7 @@ class ClosedRound:
     momentum: BlobRef
     next_tasks: tuple[RoundTask, ...] = ()
     next_settings: str = "{}"
+    eval_error: str | None = None  # why eval_loss/eval_accuracy are unavailable, if evaluation failed
 
     def metrics(self, spec: TrainingSpec) -> dict[str, Any]:
         """The JSON of the job's "round" event (what the CLI and SDK show)."""
@@ -82,6 +83,8 @@ class ClosedRound:
             "bytes_up": self.bytes_up,
             "weights": self.weights.sha256,
         }
+        if self.eval_error is not None:
+            out["eval_error"] = self.eval_error
         if self.round == spec.rounds - 1:
             out["final"] = True
             out["train_program"] = spec.train_program.sha256

@@ -5,6 +5,13 @@ round: average the accepted pseudo-gradients with the outer step, evaluate the n
 on the held-out split, and write the next round's shards. Everything derived here (split,
 shards, initial weights) is a pure function of the spec and its blobs, so it is recomputed
 after a restart instead of being stored.
+
+The submitter's programs never run in this process: their parameter names and the held-out
+evaluation come from the sandboxed child (services.sandboxed). An evaluation that fails
+there (the program raised, or hit the referee's time or memory limit) does not fail the job:
+the weights the submitter pays for do not depend on it. The round closes with its held-out
+metrics unavailable (None) and the reason in its "round" event (eval_error), for the
+submitter to see.
 """
 
 from __future__ import annotations
@@ -18,18 +25,15 @@ from typing import Any
 from coordinator.config import Limits
 from coordinator.repositories.training.rounds import ClosedRound, RoundTask, RoundView
 from coordinator.services.blobs import stored
+from coordinator.services.runtime import Runtime
+from coordinator.services.sandboxed import SandboxFailure, evaluate_weights, vet_training
 from tensorgrid.blobs import BlobStore
 from tensorgrid.errors import SpecError, TensorGridError
 from tensorgrid.spec import TrainingSpec
 from tensorgrid.training.compression import read_result
 from tensorgrid.training.data import DataSplit, plan_split, round_shards, write_rows
 from tensorgrid.training.inner import InnerSettings
-from tensorgrid.training.outer import (
-    apply_round,
-    check_pseudo_gradient,
-    evaluate,
-    parameter_names,
-)
+from tensorgrid.training.outer import apply_round, check_pseudo_gradient
 from tensorgrid.types import BlobRef
 from tensorgrid.workloads.tensorfile import Header, batch_rows, load_tensors, read_header
 
@@ -75,16 +79,22 @@ class JobFiles:
     heldout: Path | None = None
 
 
-def job_files(spec: TrainingSpec, blobs: BlobStore) -> JobFiles:
+def job_files(spec: TrainingSpec, blobs: BlobStore, parameters: frozenset[str]) -> JobFiles:
+    """The job's files; `parameters`: its train program's parameter names (program_parameters)."""
     dataset = stored(blobs, spec.dataset, "dataset")
     header = read_header(dataset)
     split = plan_split(spec, batch_rows(header))
-    files = JobFiles(spec, dataset, header, split, parameter_names(stored(blobs, spec.train_program, "train_program")))
+    files = JobFiles(spec, dataset, header, split, parameters)
     if len(split.heldout):
         files.heldout = blobs.path_for(
             put(blobs, lambda p: write_rows(dataset, split.heldout, p, header), "heldout-").sha256
         )
     return files
+
+
+def program_parameters(rt: Runtime, spec: TrainingSpec, blobs: BlobStore) -> frozenset[str]:
+    """The train program's parameter names, read by loading it in the sandboxed child."""
+    return vet_training(rt, blobs, stored(blobs, spec.train_program, "train_program"))
 
 
 def write_shards(files: JobFiles, round: int, blobs: BlobStore, limits: Limits | None = None) -> list[RoundTask]:
@@ -115,7 +125,9 @@ def valid_results(view: RoundView, blobs: BlobStore) -> list[tuple[int, BlobRef]
     return good
 
 
-def close(view: RoundView, results: list[tuple[int, BlobRef]], files: JobFiles, blobs: BlobStore) -> ClosedRound:
+def close(
+    rt: Runtime, view: RoundView, results: list[tuple[int, BlobRef]], files: JobFiles, blobs: BlobStore
+) -> ClosedRound:
     """Outer step over the results, evaluation, and the next round's shards and settings."""
     spec = files.spec
     weights_tmp, momentum_tmp = blobs.temp_path("weights-"), blobs.temp_path("momentum-")
@@ -129,10 +141,7 @@ def close(view: RoundView, results: list[tuple[int, BlobRef]], files: JobFiles, 
             weights_tmp,
             momentum_tmp,
         )
-        metrics: dict[str, float | None] = {"loss": None, "accuracy": None}
-        if files.heldout is not None:
-            program = spec.eval_program or spec.train_program
-            metrics = evaluate(blobs.path_for(program.sha256), weights_tmp, files.heldout, spec.loss)
+        metrics, eval_error = _evaluate(rt, view, files, blobs, weights_tmp)
         weights, momentum = blobs.put_file(weights_tmp), blobs.put_file(momentum_tmp)
     finally:
         for p in (weights_tmp, momentum_tmp):
@@ -146,9 +155,27 @@ def close(view: RoundView, results: list[tuple[int, BlobRef]], files: JobFiles, 
         train_loss=outcome.mean_final_loss,
         eval_loss=metrics["loss"],
         eval_accuracy=metrics["accuracy"],
+        eval_error=eval_error,
         bytes_up=sum(ref.size for _, ref in results),
         weights=weights,
         momentum=momentum,
         next_tasks=tuple(shards),
         next_settings=round_settings(spec, nxt, weights, shards) if shards else "{}",
     )
+
+
+def _evaluate(
+    rt: Runtime, view: RoundView, files: JobFiles, blobs: BlobStore, weights: Path
+) -> tuple[dict[str, float | None], str | None]:
+    """The held-out metrics of the new weights (None without a held-out split), and why they
+    are unavailable if the sandboxed evaluation failed."""
+    unavailable: dict[str, float | None] = {"loss": None, "accuracy": None}
+    if files.heldout is None:
+        return unavailable, None
+    spec = files.spec
+    program = blobs.path_for((spec.eval_program or spec.train_program).sha256)
+    try:
+        return evaluate_weights(rt, blobs, program, weights, files.heldout, spec.loss), None
+    except SandboxFailure as e:
+        log.warning("job %s round %d: held-out evaluation failed: %s", view.job_id[:12], view.round, e)
+        return unavailable, f"held-out evaluation failed ({e.kind}): {e}"[:500]

@@ -104,13 +104,14 @@ class RoundManager:
         async with self.torch_lock:
             files = self._files.get(job_id)
             if files is None:
-                files = self._files[job_id] = await rt.work(planner.job_files, spec, blobs)
+                parameters = await rt.work(planner.program_parameters, rt, spec, blobs)
+                files = self._files[job_id] = await rt.work(planner.job_files, spec, blobs, parameters)
             results = await rt.work(planner.valid_results, view, blobs)
             if not results:
                 message = f"round {view.round}: none of its {have} results is a valid pseudo-gradient"
                 return await self._fail(job_id, message)
             try:
-                closed = await rt.work(planner.close, view, results, files, blobs)
+                closed = await rt.work(planner.close, rt, view, results, files, blobs)
             except TensorGridError as e:
                 return await self._fail(job_id, f"round {view.round} could not be aggregated: {e}")
         try:

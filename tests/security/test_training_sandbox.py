@@ -1,0 +1,162 @@
+"""A training job's programs run only in the coordinator's sandboxed child, never in its own
+process (which holds its signing key): intake's trial load and the end-of-round evaluation.
+
+A real coordinator (SQLite) with its real warm sandbox; nodes are simulated in-process with
+the real worker code, as in tests/unit/coordinator/test_rounds.py."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from coordinator.app import Coordinator
+from coordinator.config import CoordinatorConfig
+from coordinator.repositories.training.rounds import round_view
+from tensorgrid.errors import SpecError
+from tensorgrid.spec import TrainingSpec
+from tensorgrid.types import JobState
+from tensorgrid.workloads.model import export_program
+from tests.unit.coordinator.test_rounds import new_manager, round_events, run_round, submit
+
+
+class _Net(torch.nn.Module):
+    """The digits classifier; `spin` adds parameter-free work (a slow but valid eval program
+    with the very weights of the train program)."""
+
+    def __init__(self, spin: int = 0, hidden: int = 32) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = torch.nn.Sequential(torch.nn.Linear(64, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 10))
+        self.spin = spin
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.body(x)
+        if self.spin:
+            wide, mix = x.repeat(1, 16), torch.full((1024, 1024), 1.0 / 1024)
+            for _ in range(self.spin):
+                wide = torch.tanh(wide @ mix)
+            out = out + 0.0 * wide[:, :10]
+        return out
+
+
+@pytest.fixture(scope="module")
+def programs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from sklearn.datasets import load_digits
+
+    from tensorgrid.workloads.tensorfile import save_tensors
+
+    x, y = load_digits(return_X_y=True)
+    root = tmp_path_factory.mktemp("training-sandbox")
+    save_tensors(
+        {"features": torch.tensor(x / 16.0, dtype=torch.float32), "labels": torch.tensor(y)},
+        root / "digits.safetensors",
+    )
+    example = (torch.randn(4, 64),)
+    export_program(_Net().train(), example, root / "train.pt2")
+    export_program(_Net().eval(), example, root / "eval.pt2")
+    export_program(_Net(spin=60).eval(), example, root / "slow-eval.pt2")
+    export_program(_Net(hidden=16).eval(), example, root / "misfit-eval.pt2")
+    return {"dataset": root / "digits.safetensors", **{p.stem: p for p in root.glob("*.pt2")}}
+
+
+def _coordinator(tmp_path: Path, **config: Any) -> Iterator[Coordinator]:
+    app = Coordinator(
+        CoordinatorConfig(data_dir=tmp_path / "coord", database_url=f"sqlite:///{tmp_path / 's.db'}", **config)
+    )
+    yield app
+    app.runtime.shutdown()
+    app.store.close()
+
+
+@pytest.fixture
+def coordinator(tmp_path: Path) -> Iterator[Coordinator]:
+    yield from _coordinator(tmp_path)
+
+
+@pytest.fixture
+def impatient(tmp_path: Path) -> Iterator[Coordinator]:
+    """A coordinator whose referee gives a request one second."""
+    yield from _coordinator(tmp_path, referee_time_s=1.0)
+
+
+@pytest.fixture
+def tripwire(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """arm(): from then on, deserializing a program in this (the coordinator's) process fails
+    the test; disarm() for the simulated nodes, whose worker code runs in this process too."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a submitter's program was deserialized in the coordinator's process")
+
+    class Wire:
+        def arm(self) -> None:
+            monkeypatch.setattr(torch.export, "load", refuse)
+
+        def disarm(self) -> None:
+            monkeypatch.undo()
+
+    return Wire()
+
+
+def _files(programs: dict[str, Path], eval_program: str) -> dict[str, Path]:
+    return {"train": programs["train"], "dataset": programs["dataset"], "eval": programs[eval_program]}
+
+
+def _submit(app: Coordinator, files: dict[str, Path], **kw: Any) -> tuple[str, TrainingSpec]:
+    """test_rounds.submit with an eval program (blob "eval")."""
+    eval_ref = app.blobs.put_file(files["eval"])
+    rest = {k: v for k, v in files.items() if k != "eval"}
+    return submit(app, rest, eval_program=eval_ref, rounds=2, **kw)
+
+
+def test_intake_and_evaluation_never_deserialize_a_program_in_the_coordinator(
+    coordinator: Coordinator, programs: dict[str, Path], tripwire: Any, tmp_path: Path
+) -> None:
+    app = coordinator
+    tripwire.arm()
+    job_id, spec = _submit(app, _files(programs, "eval"))  # trial load of both programs
+    tripwire.disarm()
+    run_round(app, tmp_path, spec.workers_per_round)
+    tripwire.arm()
+    assert asyncio.run(new_manager(app).advance(job_id)) == "closed"  # parameters and evaluation
+    tripwire.disarm()
+    [event] = round_events(app, job_id)
+    assert event["loss"] is not None and 0.0 <= event["accuracy"] <= 1.0, event
+    assert "eval_error" not in event
+
+
+def test_an_eval_program_that_does_not_fit_the_weights_is_refused_at_intake(
+    coordinator: Coordinator, programs: dict[str, Path]
+) -> None:
+    # Refused before the job is stored: nothing scheduled, the escrow untouched.
+    with pytest.raises(SpecError, match="cannot be trained.*weight"):
+        _submit(coordinator, _files(programs, "misfit-eval"))
+
+
+def test_an_evaluation_over_the_referee_limit_leaves_the_round_without_metrics_and_the_job_going(
+    impatient: Coordinator, programs: dict[str, Path], tmp_path: Path
+) -> None:
+    app = impatient
+    job_id, spec = _submit(app, _files(programs, "slow-eval"))  # intake's load has its own time box
+
+    async def scenario() -> None:
+        manager = new_manager(app)
+        for r in range(spec.rounds):
+            view = round_view(app.store.engine, job_id)
+            assert view is not None and view.round == r
+            run_round(app, tmp_path, spec.workers_per_round)
+            assert await manager.advance(job_id) == ("finished" if r == spec.rounds - 1 else "closed")
+
+    asyncio.run(scenario())
+    events = round_events(app, job_id)
+    assert len(events) == spec.rounds
+    for event in events:
+        assert event["loss"] is None and event["accuracy"] is None, event
+        assert event["train_loss"] is not None
+        assert "held-out evaluation failed (timeout)" in event["eval_error"], event
+    job = app.store.jobs.get_job(job_id)
+    assert job.state == JobState.SUCCEEDED, job.error
