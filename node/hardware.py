@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from importlib.metadata import version
 
 import psutil
 
@@ -36,12 +37,14 @@ def detect(device: str = "auto", memory_limit_bytes: int | None = None) -> Capab
     requires one. memory_limit_bytes: the operator's cap on what tasks may use; it can only
     lower the detected amount (GPU memory on cuda, available RAM on cpu).
     """
-    import torch  # deferred: the daemon's import stays light until hardware is probed
-
     if device not in DEVICES:
         raise HardwareError(f"unknown device {device!r}; use one of {', '.join(DEVICES)}")
     if memory_limit_bytes is not None and memory_limit_bytes <= 0:
         raise HardwareError(f"the memory limit must be positive, got {memory_limit_bytes}")
+    if device == "cpu":  # nothing to ask torch: the daemon never loads it (its task worker does)
+        return _describe("cpu", int(psutil.virtual_memory().available), (), memory_limit_bytes, version("torch"))
+    import torch  # deferred: the daemon's import stays light until hardware is probed
+
     has_cuda = torch.cuda.is_available()
     if device == "cuda" and not has_cuda:
         raise HardwareError(
@@ -57,6 +60,12 @@ def detect(device: str = "auto", memory_limit_bytes: int | None = None) -> Capab
         kind, memory = "cuda", gpus[0].memory_bytes
     else:
         kind, memory = "cpu", int(psutil.virtual_memory().available)
+    return _describe(kind, memory, gpus, memory_limit_bytes, str(torch.__version__))
+
+
+def _describe(
+    kind: str, memory: int, gpus: tuple[Gpu, ...], memory_limit_bytes: int | None, torch_version: str
+) -> Capabilities:
     if memory_limit_bytes is not None:
         if memory_limit_bytes > memory:
             log.warning(
@@ -71,5 +80,5 @@ def detect(device: str = "auto", memory_limit_bytes: int | None = None) -> Capab
         memory_bytes=memory,
         cpu_cores=cpu_cores(),
         gpus=gpus,
-        torch_version=str(torch.__version__),
+        torch_version=torch_version,
     )

@@ -14,12 +14,12 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
-
-import torch
-from safetensors.torch import load_file, save_file
+from typing import IO, TYPE_CHECKING, Any
 
 from tensorgrid.errors import InvalidTensorFile, UnsafeFileError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "COPY_CHUNK_BYTES",
@@ -346,11 +346,15 @@ def save_tensors(
     metadata: dict[str, str] | None = None,
 ) -> None:
     """Save tensors as safetensors (moved to CPU and made contiguous first)."""
+    from safetensors.torch import save_file  # torch: the header functions above work without it
+
     cpu = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
     save_file(cpu, os.fspath(path), metadata=metadata)
 
 
 def load_tensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """Validate a safetensors file with read_header, then load all its tensors on CPU."""
+    from safetensors.torch import load_file  # torch: the header functions above work without it
+
     read_header(path)
     return load_file(os.fspath(path), device="cpu")

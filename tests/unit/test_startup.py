@@ -1,5 +1,6 @@
-"""What a daemon loads before it does anything: web3 (about a second of CPU) only on a grid
-that settles on chain."""
+"""What a process loads before it does anything: web3 (about a second of CPU) only on a grid
+that settles on chain; torch (more than a second) in neither the node daemon nor the CLI,
+only in the processes that run programs."""
 
 from __future__ import annotations
 
@@ -23,3 +24,17 @@ def test_the_chain_package_still_offers_every_name() -> None:
 
     for name in chain.__all__:
         assert getattr(chain, name) is not None
+
+
+def _loaded(probe: str) -> str:
+    code = f"import sys; {probe}; print(','.join(m for m in ('torch', 'web3') if m in sys.modules))"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_the_node_daemon_on_cpu_and_the_cli_never_import_torch() -> None:
+    daemon = "import node.main, node.agent, node.settle, node.executor; from node.hardware import detect; detect('cpu')"
+    assert _loaded(daemon) == ""
+    assert (
+        _loaded("import tensorgrid.cli, tensorgrid.client; from tensorgrid.workloads.tensorfile import read_header")
+        == ""
+    )

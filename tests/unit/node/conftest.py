@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tensorgrid.workloads import export_program, save_tensors
+from tensorgrid.workloads.model import export_program
+from tensorgrid.workloads.tensorfile import save_tensors
 
 
 @pytest.fixture(scope="module")

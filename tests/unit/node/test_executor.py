@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from node.executor import Executor, TaskOutcome, TaskRequest
 from tensorgrid.types import ErrorKind
-from tensorgrid.workloads import run_inference
+from tensorgrid.workloads.inference import run_inference
 
 HOSTILE = [sys.executable, "-m", "tests.unit.node.hostile_worker"]
 
