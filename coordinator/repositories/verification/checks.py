@@ -341,7 +341,8 @@ def expire_unplaced(conn: Connection, now_ms: int, wait_ms: int, event: EventFn)
     """Checks with no node to draw for wait_ms (a grid too small to check): the coordinator
     re-runs the rows itself. Only if it cannot (its ruling failed) does one pass unverified.
 
-    A check whose assignee is merely slow is not expired: assign.reassign_stale draws again.
+    A check whose assignee is merely slow is not expired: assign.reassign_stale draws again,
+    and once it has barred every node that could take it, the check lands here too.
     """
     t, a = s.tasks, assign.check_assignments
     rows = conn.execute(
@@ -351,8 +352,7 @@ def expire_unplaced(conn: Connection, now_ms: int, wait_ms: int, event: EventFn)
         .where(
             checks.c.state == "open",
             checks.c.created_ms < now_ms - wait_ms,
-            t.c.state == "pending",
-            t.c.attempt == 0,
+            t.c.state == "pending",  # never leased, or leased and let lie by every node it could go to
             a.c.node.is_(None),
         )
         .limit(200)

@@ -294,6 +294,25 @@ def test_a_check_nobody_can_take_is_refereed_not_waved_through(state: Store) -> 
     assert _reputation(state, SUBJECT) == (0, 1)
 
 
+def test_a_check_whose_only_checker_let_its_lease_expire_is_refereed(state: Store) -> None:
+    """A two-node grid: the one possible checker leases the check and goes silent (say the
+    coordinator restarted under it). Barred and with nobody left to draw, the check must still
+    reach the referee, or the job waits for it forever."""
+    with state.engine.begin() as conn:
+        conn.execute(update(assign.s.nodes).where(assign.s.nodes.c.address == C).values(last_seen_ms=-(10**9)))
+    check_id = checked_result(state)
+    assert assignee(state, check_id) == B
+    (lease,), _ = state.tasks.lease_tasks(B, 1, NOW + 1, TIMING)
+    assert lease.task_id == check_id
+    late = NOW + TIMING.ttl_ms + TIMING.grace_ms + assign.ASSIGN_MS + 10
+    assert state.tasks.reap_expired(late) == 1
+    assert state.verification.reassign_checks(late) == 0 and assignee(state, check_id) is None
+    assert state.verification.expire_checks(late, wait_ms=1000) == []  # handed to the referee
+    (pending,) = state.verification.pending_rulings()
+    assert pending.check_id == check_id
+    assert state.tasks.get_task(check_id).state == "cancelled"
+
+
 def test_if_the_referee_cannot_run_either_the_check_passes_unverified(state: Store) -> None:
     with state.engine.begin() as conn:
         conn.execute(update(assign.s.nodes).where(assign.s.nodes.c.address != SUBJECT).values(last_seen_ms=-(10**9)))
