@@ -17,6 +17,7 @@ from tensorgrid.workloads.inference import run_inference
 from tensorgrid.workloads.model import export_program
 from tensorgrid.workloads.tensorfile import load_tensors, save_tensors
 from tests.conftest import shared_dir
+from tests.datasets import save_digits
 
 pytestmark = pytest.mark.integration
 FAST = ("--heartbeat-ms", "300", "--lease-ttl-ms", "1500", "--check-wait-ms", "2000")
@@ -87,13 +88,7 @@ class TrainingDigits:
 
 
 def _build_training_digits(root: Path) -> None:
-    from sklearn.datasets import load_digits
-
-    x, y = load_digits(return_X_y=True)
-    save_tensors(
-        {"features": torch.tensor(x / 16.0, dtype=torch.float32), "labels": torch.tensor(y)},
-        root / "digits.safetensors",
-    )
+    save_digits(root / "digits.safetensors")
     torch.manual_seed(0)
     model = torch.nn.Sequential(
         torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Dropout(0.1), torch.nn.Linear(128, 10)

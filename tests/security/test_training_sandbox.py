@@ -21,6 +21,7 @@ from tensorgrid.errors import SpecError
 from tensorgrid.spec import TrainingSpec
 from tensorgrid.types import JobState
 from tensorgrid.workloads.model import export_program
+from tests.datasets import save_digits
 from tests.unit.coordinator.test_rounds import new_manager, round_events, run_round, submit
 
 
@@ -46,16 +47,8 @@ class _Net(torch.nn.Module):
 
 @pytest.fixture(scope="module")
 def programs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from sklearn.datasets import load_digits
-
-    from tensorgrid.workloads.tensorfile import save_tensors
-
-    x, y = load_digits(return_X_y=True)
     root = tmp_path_factory.mktemp("training-sandbox")
-    save_tensors(
-        {"features": torch.tensor(x / 16.0, dtype=torch.float32), "labels": torch.tensor(y)},
-        root / "digits.safetensors",
-    )
+    save_digits(root / "digits.safetensors")
     example = (torch.randn(4, 64),)
     export_program(_Net().train(), example, root / "train.pt2")
     export_program(_Net().eval(), example, root / "eval.pt2")

@@ -28,6 +28,7 @@ from tensorgrid.spec import TrainingSpec, canonical_json, job_id_for, spec_hash
 from tensorgrid.types import Capabilities, JobState, Lease, Receipt
 from tensorgrid.workloads.model import export_program
 from tensorgrid.workloads.tensorfile import load_tensors, save_tensors
+from tests.datasets import save_digits
 
 SUBMITTER = "0x" + "11" * 20
 NODES = ["0x" + f"{i:02x}" * 20 for i in range(1, 5)]
@@ -36,14 +37,8 @@ CPU = Capabilities(device_kind="cpu", memory_bytes=8 << 30, cpu_cores=2)
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from sklearn.datasets import load_digits
-
-    x, y = load_digits(return_X_y=True)
     root = tmp_path_factory.mktemp("rounds")
-    save_tensors(
-        {"features": torch.tensor(x / 16.0, dtype=torch.float32), "labels": torch.tensor(y)},
-        root / "digits.safetensors",
-    )
+    save_digits(root / "digits.safetensors")
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10))
     export_program(model.train(), (torch.randn(4, 64),), root / "train.pt2")

@@ -41,6 +41,7 @@ from tensorgrid.training.outer import initial_weights
 from tensorgrid.types import BlobRef, Capabilities, Lease, Receipt
 from tensorgrid.workloads.model import export_program
 from tensorgrid.workloads.tensorfile import load_tensors, save_tensors
+from tests.datasets import save_digits
 from tests.integration.train_adversaries import TRAINERS, settings_for
 
 SUBMITTER = "0x" + "11" * 20
@@ -51,14 +52,9 @@ REF = BlobRef("0" * 64, 0)
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from sklearn.datasets import load_digits
-
-    x, y = load_digits(return_X_y=True)
     root = tmp_path_factory.mktemp("audit")
-    save_tensors(
-        {"features": torch.tensor(x / 16.0, dtype=torch.float32), "labels": torch.tensor(y)},
-        root / "digits.safetensors",
-    )
+    save_digits(root / "digits.safetensors")
+    digits = load_tensors(root / "digits.safetensors")
     torch.manual_seed(0)
     model = torch.nn.Sequential(
         torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Dropout(0.1), torch.nn.Linear(32, 10)
@@ -66,7 +62,7 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     export_program(model.train(), (torch.randn(4, 64),), root / "train.pt2")
     initial_weights(root / "train.pt2", root / "w0.safetensors")
     save_tensors(
-        {"features": torch.tensor(x[:128] / 16.0, dtype=torch.float32), "labels": torch.tensor(y[:128])},
+        {"features": digits["features"][:128], "labels": digits["labels"][:128]},
         root / "shard.safetensors",
     )
     return {"dataset": root / "digits.safetensors", "train": root / "train.pt2", "w0": root / "w0.safetensors",

@@ -11,7 +11,7 @@ import torch
 
 from tensorgrid.types import BlobRef
 from tensorgrid.workloads.model import export_program
-from tensorgrid.workloads.tensorfile import save_tensors
+from tests.datasets import save_digits
 
 REF = BlobRef("ab" * 32, 1)
 
@@ -42,16 +42,10 @@ def digits_mlp() -> torch.nn.Module:
 
 @pytest.fixture(scope="session")
 def digits(tmp_path_factory: pytest.TempPathFactory) -> Digits:
-    from sklearn.datasets import load_digits
-
-    x, y = load_digits(return_X_y=True)
     root = tmp_path_factory.mktemp("digits")
-    save_tensors(
-        {"features": torch.tensor(x / 16.0, dtype=torch.float32), "labels": torch.tensor(y, dtype=torch.int64)},
-        root / "digits.safetensors",
-    )
+    rows = save_digits(root / "digits.safetensors")
     module = digits_mlp()
     example = (torch.randn(4, 64),)
     export_program(module.train(), example, root / "train.pt2")
     export_program(module.eval(), example, root / "eval.pt2")
-    return Digits(root / "digits.safetensors", root / "train.pt2", root / "eval.pt2", len(y))
+    return Digits(root / "digits.safetensors", root / "train.pt2", root / "eval.pt2", rows)
