@@ -27,7 +27,9 @@ from tests.unit.coordinator.test_rounds import new_manager, round_events, run_ro
 
 class _Net(torch.nn.Module):
     """The digits classifier; `spin` adds parameter-free work (a slow but valid eval program
-    with the very weights of the train program)."""
+    with the very weights of the train program). Each spin is a (rows × 4096) @ (4096 × 4096)
+    product: 100 of them over the held-out rows are over a teraflop, far past a one-second
+    limit on any CPU (60 spins of a 1024-wide product once finished inside it)."""
 
     def __init__(self, spin: int = 0, hidden: int = 32) -> None:
         super().__init__()
@@ -38,7 +40,7 @@ class _Net(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.body(x)
         if self.spin:
-            wide, mix = x.repeat(1, 16), torch.full((1024, 1024), 1.0 / 1024)
+            wide, mix = x.repeat(1, 64), torch.full((4096, 4096), 1.0 / 4096)
             for _ in range(self.spin):
                 wide = torch.tanh(wide @ mix)
             out = out + 0.0 * wide[:, :10]
@@ -52,7 +54,7 @@ def programs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     example = (torch.randn(4, 64),)
     export_program(_Net().train(), example, root / "train.pt2")
     export_program(_Net().eval(), example, root / "eval.pt2")
-    export_program(_Net(spin=60).eval(), example, root / "slow-eval.pt2")
+    export_program(_Net(spin=100).eval(), example, root / "slow-eval.pt2")
     export_program(_Net(hidden=16).eval(), example, root / "misfit-eval.pt2")
     return {"dataset": root / "digits.safetensors", **{p.stem: p for p in root.glob("*.pt2")}}
 
