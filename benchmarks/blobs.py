@@ -4,11 +4,15 @@ same run. Goal: each ≥ 0.5 of raw.
     python -m benchmarks.blobs [--mib 512] [--repeat 3]
 
 What each side does with the same bytes (a file of random data, read from the page cache):
-- ours, upload: Client.upload streams the file to the coordinator over gRPC, hashing it (sha256)
-  while it sends; the coordinator hashes what it receives, writes it to a temp file in its blob
-  store and renames it into place once the hash matches. Timed until the client has the reply.
-- ours, download: Client.download streams the blob from the coordinator over gRPC into dest.part,
-  hashing it; renamed to dest once the hash matches. Timed until dest is in place.
+- ours, upload: Client.upload as a submitter runs it: it takes a ticket over gRPC and sendfile()s
+  the file to the coordinator's bulk port (tensorgrid.blobs.bulk), hashing it (sha256) on a
+  thread meanwhile, then sends the digest; the coordinator hashes what it receives, writes it to
+  a temp file in its blob store and renames it into place once the hash matches. Timed until the
+  client has the reply.
+- ours, download: Client.download takes a ticket and receives the blob from the bulk port into
+  dest.part, hashing it; renamed to dest once the hash matches. Timed until dest is in place.
+- ours over gRPC (reported as grpc_*, the path of a coordinator without a bulk port): the same
+  with Client(bulk="off"), the file streamed as UploadBlob / DownloadBlob messages.
 - raw, upload (the baseline): one TCP connection; the sender sendfile()s the file; a separate
   process (benchmarks._raw tcp-sink) recv()s it in 1 MiB reads and hands each read to a worker
   thread that hashes it with sha256 and writes it to a new file (one read behind the socket, so
@@ -119,9 +123,9 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=3, help="take the best of this many runs of each")
     ns = p.parse_args()
     size = ns.mib << 20
-    kinds = ("up", "raw_up", "copy_up", "down", "raw_down", "copy_down", "tls_up", "tls_down")
+    kinds = ("up", "raw_up", "copy_up", "down", "raw_down", "copy_down", "tls_up", "tls_down", "grpc_up", "grpc_down")
     times: dict[str, list[float]] = {k: [] for k in kinds}
-    cpu: dict[str, list[float]] = {k: [] for k in ("up", "down", "tls_up", "tls_down")}
+    cpu: dict[str, list[float]] = {k: [] for k in ("up", "down", "tls_up", "tls_down", "grpc_up", "grpc_down")}
     with tempfile.TemporaryDirectory(prefix="tg-bench-") as tmp:
         root = Path(tmp)
         src = root / "blob.bin"
@@ -137,9 +141,14 @@ def main() -> None:
             grid.start_coordinator(timeout=300)  # a loaded machine can take minutes to import torch
             tls_grid.start_coordinator(timeout=300)
             pid, tls_pid = grid.procs[0].popen.pid, tls_grid.procs[0].popen.pid
-            with grid.client(Signer.generate()) as client, tls_grid.client(Signer.generate()) as tls_client:
+            with (
+                grid.client(Signer.generate()) as client,
+                tls_grid.client(Signer.generate()) as tls_client,
+                grid.client(Signer.generate(), bulk="off") as grpc_client,
+            ):
                 ref = client.upload(src)
                 tls_client.upload(src)
+                grpc_client.upload(src)
                 for i in range(ns.repeat):
                     sha = fresh_blob(src, i + 1)
                     uploads: list[tuple[str, Callable[[], float]]] = [
@@ -147,6 +156,7 @@ def main() -> None:
                         ("up", partial(grid_upload, client, src, cpu["up"], pid)),
                         ("tls_up", partial(grid_upload, tls_client, src, cpu["tls_up"], tls_pid)),
                         ("copy_up", partial(raw_upload, sink, src, None)),
+                        ("grpc_up", partial(grid_upload, grpc_client, src, cpu["grpc_up"], pid)),
                     ]
                     downloads: list[tuple[str, Callable[[], float]]] = [
                         ("raw_down", partial(raw_download, source, root / "raw_down.bin", sha)),
@@ -156,6 +166,10 @@ def main() -> None:
                             partial(grid_download, tls_client, ref, root / "down.bin", cpu["tls_down"], tls_pid),
                         ),
                         ("copy_down", partial(raw_download, source, root / "raw_down.bin", None)),
+                        (
+                            "grpc_down",
+                            partial(grid_download, grpc_client, ref, root / "down.bin", cpu["grpc_down"], pid),
+                        ),
                     ]
                     # Each repeat rotates who goes first: whoever follows a 512 MiB write pays for
                     # the page cache it evicted, and that must not always be the same transfer.
@@ -192,6 +206,9 @@ def report(mib: int, size: int, times: dict[str, list[float]], cpu: dict[str, li
         "upload_copy_ratio": round(rate["up"] / rate["copy_up"], 3),
         "download_copy_ratio": round(rate["down"] / rate["copy_down"], 3),
         "goal_ratio": 0.5,
+        # Without a bulk port (Client(bulk="off"), or --bulk-listen off): gRPC streams.
+        "grpc_upload_ratio": round(rate["grpc_up"] / rate["raw_up"], 3),
+        "grpc_download_ratio": round(rate["grpc_down"] / rate["raw_down"], 3),
         # The same transfers through a coordinator serving TLS, against the same raw TCP baseline.
         "tls_upload_mb_s": rate["tls_up"],
         "tls_download_mb_s": rate["tls_down"],
@@ -213,7 +230,8 @@ def format_result(r: dict[str, object]) -> str:
         f" ({r['raw_upload_copy_mb_s']} MB/s copy only)\n"
         f"download {r['download_mb_s']} MB/s vs raw TCP {r['raw_download_mb_s']} MB/s hashed"
         f" ({r['raw_download_copy_mb_s']} MB/s copy only)\n"
-        f"over TLS: upload {r['tls_upload_mb_s']} MB/s, download {r['tls_download_mb_s']} MB/s"
+        f"over TLS: upload {r['tls_upload_mb_s']} MB/s, download {r['tls_download_mb_s']} MB/s\n"
+        f"over gRPC (no bulk port): upload {r['grpc_upload_ratio']}, download {r['grpc_download_ratio']} of raw"
     )
 
 

@@ -67,6 +67,23 @@ class PeerLimits:
 
 
 @dataclass(frozen=True)
+class BulkSettings:
+    """The bulk port (api.bulk): blob bytes beside gRPC, admitted by tickets."""
+
+    listen: str = ""  # host:port; empty: --listen's host on any free port; "off": no bulk port
+    ticket_ttl_ms: int = 30_000  # a ticket not used within this long is void
+    tickets_per_submitter: int = 16  # open tickets one submitter may hold
+    max_transfers: int = 32  # transfers at once, over all peers
+    per_ip: int = 8  # transfers at once from one IP address
+    hello_timeout_s: float = 10.0  # a connection must present its ticket (and finish TLS) within this
+    idle_timeout_s: float = 60.0  # a transfer with no bytes moving for this long is dropped
+
+    @property
+    def enabled(self) -> bool:
+        return self.listen != "off"
+
+
+@dataclass(frozen=True)
 class CoordinatorConfig:
     listen: str = "127.0.0.1:7070"
     data_dir: Path = Path("var/coordinator")
@@ -95,6 +112,7 @@ class CoordinatorConfig:
     peers: PeerLimits = field(default_factory=PeerLimits)
     referee_time_s: float = 600.0  # wall time of one sandboxed re-execution or replay
     referee_memory_bytes: int = 4 * GiB  # its hard memory cap
+    bulk: BulkSettings = field(default_factory=BulkSettings)
 
     @property
     def db_url(self) -> str:

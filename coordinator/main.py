@@ -11,9 +11,10 @@ from pathlib import Path
 
 import grpc
 
+from coordinator.api.bulk import open_bulk_port
 from coordinator.api.server import build_server
 from coordinator.app import Coordinator
-from coordinator.config import CoordinatorConfig, LeaseTiming, Limits, PeerLimits, Quotas
+from coordinator.config import BulkSettings, CoordinatorConfig, LeaseTiming, Limits, PeerLimits, Quotas
 from tensorgrid import config, exitcodes, tls
 from tensorgrid.config import Setting
 from tensorgrid.crypto import normalize_address
@@ -208,8 +209,33 @@ REFEREE_MEMORY_MIB = Setting(
     type=float,
     help="hard memory cap of that sandboxed child",
 )
+BULK_LISTEN = Setting(
+    "--bulk-listen",
+    _COORDINATOR + "BULK_LISTEN",
+    BulkSettings.listen,
+    help="host:port of the bulk port, where large blobs move outside gRPC after a ticket from it "
+    "(TLS with --tls-cert); empty: --listen's host, any free port; off: none (blobs go over gRPC)",
+    metavar="HOST:PORT|off",
+)
+BULK_HELLO_S = Setting(
+    "--bulk-hello-s",
+    _COORDINATOR + "BULK_HELLO_S",
+    BulkSettings.hello_timeout_s,
+    type=float,
+    help="a bulk connection must show its ticket within this long",
+)
+BULK_IDLE_S = Setting(
+    "--bulk-idle-s",
+    _COORDINATOR + "BULK_IDLE_S",
+    BulkSettings.idle_timeout_s,
+    type=float,
+    help="a bulk transfer whose bytes stop for this long is dropped",
+)
 SETTINGS = (
     LISTEN,
+    BULK_LISTEN,
+    BULK_HELLO_S,
+    BULK_IDLE_S,
     TLS_CERT,
     TLS_KEY,
     INSECURE,
@@ -301,6 +327,7 @@ def config_from(ns: argparse.Namespace) -> CoordinatorConfig:
         timing=LeaseTiming(ttl_ms=ns.lease_ttl_ms),
         limits=Limits(max_shard_bytes=int(ns.max_shard_mib * MiB), max_blob_bytes=int(ns.max_blob_mib * MiB)),
         peers=peer_limits(ns),
+        bulk=BulkSettings(listen=ns.bulk_listen, hello_timeout_s=ns.bulk_hello_s, idle_timeout_s=ns.bulk_idle_s),
     )
 
 
@@ -326,7 +353,8 @@ async def serve(config: CoordinatorConfig, ready_file: Path | None = None) -> No
     creds = credentials(config)  # before anything starts: a bad certificate stops us here
     forbid_inspection()  # a sandboxed referee must not read this process's key or secrets
     app = Coordinator(config)
-    server, port = await build_server(app, config.listen, creds)
+    bulk = open_bulk_port(config, app.blobs, app.access.record_upload)
+    server, port = await build_server(app, config.listen, creds, bulk)
     await server.start()
     await app.start()
     host = config.listen.rsplit(":", 1)[0]
@@ -349,6 +377,8 @@ async def serve(config: CoordinatorConfig, ready_file: Path | None = None) -> No
     await stop.wait()
     log.info("shutting down")
     await server.stop(grace=3)
+    if bulk is not None:
+        bulk.stop()
     await app.stop()
 
 

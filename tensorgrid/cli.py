@@ -34,7 +34,15 @@ KEY = Setting(
     help="submitter key file, created on first use",
     metavar="FILE",
 )
-SETTINGS = (config.COORDINATOR, KEY, config.CHAIN_RPC, config.DEPLOYMENT, *config.CLIENT_TLS)
+BULK = Setting(
+    "--bulk",
+    "TENSORGRID_BULK",
+    "auto",
+    choices=("auto", "off", "only"),
+    help="how blobs of 1 MiB or more move: auto, the coordinator's bulk port if it has one, else gRPC; "
+    "off: always gRPC (e.g. when a firewall blocks the bulk port); only: the bulk port or an error",
+)
+SETTINGS = (config.COORDINATOR, KEY, config.CHAIN_RPC, config.DEPLOYMENT, *config.CLIENT_TLS, BULK)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -104,7 +112,7 @@ def _client(ns: argparse.Namespace) -> Any:
         if ns.deployment is None:
             raise TensorGridError("--chain-rpc needs --deployment")
         chain = ChainClient.connect(ns.chain_rpc, load_deployment(ns.deployment), signer.private_key)
-    return Client(ns.coordinator, signer, chain=chain, ca_cert=ns.ca_cert, insecure=ns.insecure)
+    return Client(ns.coordinator, signer, chain=chain, ca_cert=ns.ca_cert, insecure=ns.insecure, bulk=ns.bulk)
 
 
 def not_yours(ns: argparse.Namespace, client: Any, job_id: str, e: Exception) -> Exception:

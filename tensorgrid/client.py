@@ -10,17 +10,19 @@ with Client("127.0.0.1:7070") as c:
 
 from __future__ import annotations
 
+import logging
 import os
+import socket
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
 from tensorgrid import serde
-from tensorgrid.blobs import CHUNK_BYTES, download, file_sha256
+from tensorgrid.blobs import CHUNK_BYTES, bulk, download, file_sha256
 from tensorgrid.crypto import Signer, cancel_message, session_message, sign_message, submit_message
 from tensorgrid.errors import BlobError, HashMismatch, TensorGridError
 from tensorgrid.retry import backoff
@@ -38,7 +40,7 @@ from tensorgrid.spec import (
     validate,
     validate_training,
 )
-from tensorgrid.tls import ClientTls, explain_unavailable, open_channel
+from tensorgrid.tls import ClientTls, explain_unavailable, host_of, open_channel
 from tensorgrid.types import BlobRef, Earnings, JobEvent, JobInfo, JobState, NodeStatus
 from tensorgrid.v1 import common_pb2, submit_pb2, submit_pb2_grpc
 from tensorgrid.workloads.tensorfile import batch_rows, read_header
@@ -49,6 +51,10 @@ if TYPE_CHECKING:
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 T = TypeVar("T")
 SESSION_MARGIN_MS = 60_000  # a session this close to its end is renewed before the next call
+BULK_MODES = ("auto", "off", "only")
+BULK_MIN_BYTES = CHUNK_BYTES  # smaller blobs go over gRPC in "auto" (a ticket costs a round trip)
+log = logging.getLogger("tensorgrid.client")
+_NO_BULK = (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 
 class CoordinatorError(TensorGridError):
@@ -114,11 +120,18 @@ class Client:
         *,
         ca_cert: str | os.PathLike[str] | None = None,
         insecure: bool = False,
+        bulk: str = "auto",
     ) -> None:
         """chain: the submitter's handle on the contracts (same key as signer), when the
         coordinator settles on chain; submit then funds each job's escrow first.
         ca_cert: PEM the coordinator's TLS certificate must chain to (None: the system's roots);
-        insecure: plain text to any address (tensorgrid.tls has the rule)."""
+        insecure: plain text to any address (tensorgrid.tls has the rule).
+        bulk: how blobs of BULK_MIN_BYTES or more move (tensorgrid.blobs.bulk): "auto" over the
+        coordinator's bulk port when it has one, else over gRPC; "off": always gRPC; "only":
+        every blob over the bulk port, an error if there is none."""
+        if bulk not in BULK_MODES:
+            raise TensorGridError(f"bulk must be one of {', '.join(BULK_MODES)}, not {bulk!r}")
+        self.bulk = bulk
         self.target = target
         self.tls = ClientTls(Path(ca_cert) if ca_cert is not None else None, insecure)
         self.signer = signer or Signer.generate()
@@ -188,7 +201,8 @@ class Client:
         if not path.is_file():
             raise BlobError(f"no such file: {path}")
         size = path.stat().st_size
-        ref, got = self._authed(lambda md: self._upload_once(path, size, progress, md))
+        sent = self._upload_bulk(path, size, progress) if self._use_bulk(size) else None
+        ref, got = sent or self._authed(lambda md: self._upload_once(path, size, progress, md))
         if got.sha256 != ref.sha256 or got.size != ref.size:
             raise HashMismatch(f"coordinator stored {got.sha256}, expected {ref.sha256}")
         if progress:
@@ -209,12 +223,60 @@ class Client:
         hashed.set_result(ref)
         return ref, call.result()
 
+    def _upload_bulk(self, path: Path, size: int, progress: Progress | None) -> tuple[BlobRef, Any] | None:
+        """Upload over the bulk port, hashing the file on a thread while sendfile() sends it;
+        None when there is no bulk port to use (and bulk is "auto")."""
+        ticket = self._bulk_ticket(self._stub.OpenBulkUpload, submit_pb2.BulkUploadRequest(size=size))
+        sock = None if ticket is None else self._bulk_connect(ticket)
+        if ticket is None or sock is None:
+            return None
+        with sock, ThreadPoolExecutor(1, thread_name_prefix="blob-hash") as pool:
+            hashed = pool.submit(file_sha256, path)
+            line = bulk.send_file(
+                sock, ticket.token, path, size, lambda: bytes.fromhex(hashed.result().sha256), progress
+            )
+        return hashed.result(), BlobRef(str(line.get("sha256")), int(line.get("size", -1)))
+
+    def _use_bulk(self, size: int) -> bool:
+        return self.bulk == "only" or (self.bulk == "auto" and size >= BULK_MIN_BYTES)
+
+    def _bulk_ticket(self, method: Any, request: Any) -> submit_pb2.BulkTicket | None:
+        """A ticket for the bulk port; None if the coordinator has none (and bulk is "auto").
+
+        "auto" also takes gRPC when a ticket is refused for the quota: UploadBlob lets an owner
+        re-send a blob it already has whatever its quota (the hash, sent as it is known, proves it)."""
+        try:
+            return self._unary(method, request)  # type: ignore[no-any-return]
+        except CoordinatorError as e:
+            if self.bulk == "only" or e.code not in _NO_BULK:
+                raise
+            log.info("no bulk transfer (%s): using gRPC", e)
+            return None
+
+    def _bulk_connect(self, ticket: submit_pb2.BulkTicket) -> socket.socket | None:
+        host = host_of(self.target)
+        context = None if self.tls.plain_text(self.target) else bulk.client_context(self.tls.ca_cert)
+        try:
+            return bulk.connect(host, ticket.port, context, self.timeout)
+        except OSError as e:
+            if self.bulk == "only":
+                raise BlobError(f"cannot reach the coordinator's bulk port {host}:{ticket.port}: {e}") from None
+            log.warning("cannot reach the bulk port %s:%d (%s): using gRPC", host, ticket.port, e)
+            return None
+
     def download(self, ref: BlobRef, dest: str | os.PathLike[str], progress: Progress | None = None) -> Path:
         """Stream a blob to dest, resuming a partial dest.part, and check its hash."""
 
         def attempt(md: tuple[tuple[str, str], ...]) -> Path:
-            def fetch(offset: int) -> Iterator[bytes]:
+            def fetch(offset: int) -> Iterator[bytes | bytearray]:
                 req = common_pb2.FetchBlobRequest(sha256=ref.sha256, offset=offset)
+                if self._use_bulk(ref.size - offset):
+                    ticket = self._bulk_ticket(self._stub.OpenBulkDownload, req)
+                    sock = None if ticket is None else self._bulk_connect(ticket)
+                    if ticket is not None and sock is not None:
+                        with sock:
+                            yield from bulk.receive(sock, ticket.token, ticket.size)
+                        return
                 for chunk in self._stub.DownloadBlob(req, metadata=md):
                     yield chunk.data
 

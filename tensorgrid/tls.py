@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,18 @@ def server_credentials(cert: Path, key: Path) -> grpc.ServerCredentials:
     if _public_der(private.public_key()) != _public_der(leaf.public_key()):
         raise TlsError(f"--tls-key {key} is not the key of the certificate in --tls-cert {cert}")
     return grpc.ssl_server_credentials([(key_pem, chain)])
+
+
+def server_context(cert: Path, key: Path) -> ssl.SSLContext:
+    """The same certificate and key for a plain socket server (the bulk port); check them with
+    server_credentials first, which says precisely what is wrong with them."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as e:
+        raise TlsError(f"cannot serve TLS with --tls-cert {cert} and --tls-key {key}: {e}") from None
+    return context
 
 
 def check_listen(listen: str, tls_cert: Path | None, tls_key: Path | None, insecure: bool) -> bool:

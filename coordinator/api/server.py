@@ -10,6 +10,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from coordinator.api.auth import FailureLimiter, SessionCache, SessionInterceptor
+from coordinator.api.bulk import BulkPort
 from coordinator.api.grid import Grid
 from coordinator.api.limits import LimitsInterceptor
 from coordinator.api.node_service import NodeServicer
@@ -25,10 +26,11 @@ SERVICE_NAMES = (
 
 
 async def build_server(
-    app: Grid, listen: str, credentials: grpc.ServerCredentials | None = None
+    app: Grid, listen: str, credentials: grpc.ServerCredentials | None = None, bulk: BulkPort | None = None
 ) -> tuple[grpc.aio.Server, int]:
     """Returns the server (not started) and the port it bound (listen may ask for port 0).
-    credentials: TLS; None serves plain text (the caller applies the rule, tensorgrid.tls)."""
+    credentials: TLS; None serves plain text (the caller applies the rule, tensorgrid.tls).
+    bulk: the bulk port SubmitterService issues tickets for (None: none)."""
     limits = app.config.sessions
     db = app.runtime.db
     nodes = SessionCache(lambda h: db(app.store.nodes.session, h), unknown_ttl_ms=limits.unknown_token_ttl_ms)
@@ -38,7 +40,7 @@ async def build_server(
     interceptors = [SessionInterceptor(nodes, submitters, limiter), LimitsInterceptor(app.config.peers)]
     server = grpc.aio.server(interceptors=interceptors, options=server_options())
     node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(app, nodes), server)
-    submit_pb2_grpc.add_SubmitterServiceServicer_to_server(SubmitterServicer(app, submitters), server)
+    submit_pb2_grpc.add_SubmitterServiceServicer_to_server(SubmitterServicer(app, submitters, bulk), server)
     app.runtime.spawn(_purge_sessions(app, (nodes, submitters), limits.purge_interval_ms / 1000))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

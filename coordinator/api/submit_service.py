@@ -16,14 +16,16 @@ import grpc
 
 from coordinator.api.auth import CHALLENGE_TTL_MS, check_challenge, current_submitter, make_challenge
 from coordinator.api.blobs import receive_upload, stream_blob
+from coordinator.api.bulk import BulkPort
 from coordinator.api.grid import Grid
 from coordinator.api.sessions import SessionCache, token_hash
 from coordinator.api.status import abort, unary
-from coordinator.errors import PermissionDenied
+from coordinator.errors import Conflict, PermissionDenied
 from coordinator.services.runtime import now_ms
 from tensorgrid import serde
+from tensorgrid.blobs import check_sha256
 from tensorgrid.crypto import cancel_message, normalize_address, recover_message_signer, session_message
-from tensorgrid.errors import SignatureError
+from tensorgrid.errors import BlobError, SignatureError
 from tensorgrid.v1 import common_pb2, submit_pb2, submit_pb2_grpc
 
 log = logging.getLogger("tensorgrid.coordinator")
@@ -31,9 +33,10 @@ WATCH_POLL_S = 1.0
 
 
 class SubmitterServicer(submit_pb2_grpc.SubmitterServiceServicer):
-    def __init__(self, app: Grid, sessions: SessionCache) -> None:
+    def __init__(self, app: Grid, sessions: SessionCache, bulk: BulkPort | None = None) -> None:
         self.app = app
         self.sessions = sessions
+        self.bulk = bulk
         self.access = app.access
         self.db = app.runtime.db
         self.db_bulk = app.runtime.db_bulk
@@ -93,6 +96,54 @@ class SubmitterServicer(submit_pb2_grpc.SubmitterServiceServicer):
         await self.access.record_upload(me, ref, received)
         log.info("stored blob %s (%d bytes) for %s", ref.sha256, ref.size, me)
         return serde.blob_to_pb(ref)
+
+    @unary
+    async def OpenBulkUpload(
+        self, request: submit_pb2.BulkUploadRequest, context: grpc.aio.ServicerContext
+    ) -> submit_pb2.BulkTicket:
+        bulk = self._bulk_port()
+        me = current_submitter.get()
+        if request.sha256:
+            sha256 = check_sha256(request.sha256)
+            if self.app.blobs.has(sha256) and self.app.blobs.ref(sha256).size == request.size:
+                if await self.access.owns(me, sha256):
+                    return submit_pb2.BulkTicket(stored=common_pb2.BlobRef(sha256=sha256, size=request.size))
+        if request.size > self.app.blobs.max_blob_bytes:
+            raise BlobError(f"blob of {request.size} bytes is over the limit of {self.app.blobs.max_blob_bytes} bytes")
+        await self.access.check_upload(me, request.size)
+        token, ticket = bulk.tickets.issue(me, upload=True, size=request.size)
+        return submit_pb2.BulkTicket(port=bulk.port, token=token, size=ticket.size, expires_at_ms=ticket.expires_at_ms)
+
+    @unary
+    async def OpenBulkDownload(
+        self, request: common_pb2.FetchBlobRequest, context: grpc.aio.ServicerContext
+    ) -> submit_pb2.BulkTicket:
+        bulk = self._bulk_port()
+        me = current_submitter.get()
+        sha256 = check_sha256(request.sha256.lower())
+        await self._check_download(me, sha256)
+        size = self.app.blobs.ref(sha256).size
+        if request.offset > size:
+            raise BlobError(f"offset {request.offset} is past the end of blob {sha256} ({size} bytes)")
+        token, ticket = bulk.tickets.issue(
+            me, upload=False, size=size - request.offset, sha256=sha256, offset=request.offset
+        )
+        return submit_pb2.BulkTicket(port=bulk.port, token=token, size=ticket.size, expires_at_ms=ticket.expires_at_ms)
+
+    def _bulk_port(self) -> BulkPort:
+        if self.bulk is None:
+            raise Conflict("this coordinator serves no bulk port (--bulk-listen off): use UploadBlob and DownloadBlob")
+        return self.bulk
+
+    async def _check_download(self, me: str, sha256: str) -> None:
+        """What DownloadBlob and a bulk download both require: the caller may read the blob, and
+        it is no result withheld until its escrow is locked."""
+        await self.access.check_submitter_read(me, sha256)
+        held_by = await self.db(self.app.ledger.withheld_blob, sha256)
+        if held_by is not None:
+            raise Conflict(
+                f"the result of job {held_by} is released once its escrow is locked on chain: try again shortly"
+            )
 
     @unary
     async def SubmitJob(
@@ -190,14 +241,8 @@ class SubmitterServicer(submit_pb2_grpc.SubmitterServiceServicer):
         self, request: common_pb2.FetchBlobRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[common_pb2.BlobChunk]:
         try:
-            await self.access.check_submitter_read(current_submitter.get(), request.sha256.lower())
+            await self._check_download(current_submitter.get(), request.sha256.lower())
         except Exception as e:
             await abort(context, e)
-        held_by = await self.db(self.app.ledger.withheld_blob, request.sha256)
-        if held_by is not None:
-            await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"the result of job {held_by} is released once its escrow is locked on chain: try again shortly",
-            )
         async for chunk in stream_blob(self.app.blobs, request, context):
             yield chunk

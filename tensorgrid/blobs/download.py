@@ -20,11 +20,10 @@ import logging
 import os
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from tensorgrid.blobs.overlap import write_behind
+from tensorgrid.blobs.overlap import write_behind, write_behind_blocking
 from tensorgrid.blobs.store import CHUNK_BYTES, check_sha256
 from tensorgrid.errors import BlobError, HashMismatch
 
@@ -44,7 +43,7 @@ class BlobLike(Protocol):
 
 
 # fetch(offset) streams the blob's bytes starting at offset.
-Fetch = Callable[[int], Iterable[bytes]]
+Fetch = Callable[[int], Iterable[bytes | bytearray]]
 AsyncFetch = Callable[[int], AsyncIterator[bytes]]
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 
@@ -134,23 +133,15 @@ def download(ref: BlobLike, dest: Path, fetch: Fetch, progress: Progress | None 
     Errors from fetch propagate with the partial file kept for the next call."""
     dl = PartialDownload(ref, dest)
     offset = dl.resume()
-    pending: Future[None] | None = None
-    with ThreadPoolExecutor(1, thread_name_prefix="blob-write") as pool:
-        try:
-            done = offset
-            for data in fetch(offset):
-                if pending is not None:
-                    pending.result()
-                pending = pool.submit(dl.write, data)
-                done += len(data)
-                if progress:
-                    progress(min(done, dl.size), dl.size)
-            if pending is not None:
-                pending.result()
-        finally:
-            if pending is not None:
-                pending.exception()  # wait for the last write; its error, if any, is already raised
-            dl.close()
+
+    def shown(done: int) -> None:
+        if progress:
+            progress(min(offset + done, dl.size), dl.size)
+
+    try:
+        write_behind_blocking(fetch(offset), dl.write, shown)
+    finally:
+        dl.close()
     return dl.finish()
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, Callable
+from collections.abc import AsyncIterable, Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 
 
 async def write_behind(chunks: AsyncIterable[bytes], write: Callable[[bytes], object]) -> None:
@@ -22,3 +23,30 @@ async def write_behind(chunks: AsyncIterable[bytes], write: Callable[[bytes], ob
     finally:
         if pending is not None:
             await asyncio.gather(pending, return_exceptions=True)
+
+
+def write_behind_blocking(
+    chunks: Iterable[bytes | bytearray],
+    write: Callable[[bytes], object],
+    progress: Callable[[int], None] | None = None,
+) -> None:
+    """write_behind for blocking code: each chunk is written on a worker thread while the next
+    is received on this one. progress(n) after each chunk is received (n: bytes so far). Raises
+    the first error of the source or of a write, and leaves no write running."""
+    pending: Future[object] | None = None
+    done = 0
+    with ThreadPoolExecutor(1, thread_name_prefix="blob-write") as pool:
+        try:
+            for data in chunks:
+                if pending is not None:
+                    pending.result()
+                pending = pool.submit(write, data)  # type: ignore[arg-type]
+                done += len(data)
+                if progress:
+                    progress(done)
+            if pending is not None:
+                pending.result()
+                pending = None
+        finally:
+            if pending is not None:
+                pending.exception()  # wait for the last write; its error, if any, is already raised

@@ -94,6 +94,16 @@ class SubmitterServiceStub:
                 request_serializer=tensorgrid_dot_v1_dot_submit__pb2.OpenSessionRequest.SerializeToString,
                 response_deserializer=tensorgrid_dot_v1_dot_submit__pb2.Session.FromString,
                 _registered_method=True)
+        self.OpenBulkUpload = channel.unary_unary(
+                '/tensorgrid.v1.SubmitterService/OpenBulkUpload',
+                request_serializer=tensorgrid_dot_v1_dot_submit__pb2.BulkUploadRequest.SerializeToString,
+                response_deserializer=tensorgrid_dot_v1_dot_submit__pb2.BulkTicket.FromString,
+                _registered_method=True)
+        self.OpenBulkDownload = channel.unary_unary(
+                '/tensorgrid.v1.SubmitterService/OpenBulkDownload',
+                request_serializer=tensorgrid_dot_v1_dot_common__pb2.FetchBlobRequest.SerializeToString,
+                response_deserializer=tensorgrid_dot_v1_dot_submit__pb2.BulkTicket.FromString,
+                _registered_method=True)
 
 
 class SubmitterServiceServicer:
@@ -175,6 +185,22 @@ class SubmitterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def OpenBulkUpload(self, request, context):
+        """Tickets for moving a large blob over the coordinator's bulk port (tensorgrid.blobs.bulk),
+        outside gRPC: the same checks as UploadBlob (quota) and DownloadBlob (who may read it),
+        made here; the ticket's one-time token then admits one transfer. FAILED_PRECONDITION when
+        the coordinator serves no bulk port: use UploadBlob and DownloadBlob.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def OpenBulkDownload(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SubmitterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -232,6 +258,16 @@ def add_SubmitterServiceServicer_to_server(servicer, server):
                     servicer.OpenSession,
                     request_deserializer=tensorgrid_dot_v1_dot_submit__pb2.OpenSessionRequest.FromString,
                     response_serializer=tensorgrid_dot_v1_dot_submit__pb2.Session.SerializeToString,
+            ),
+            'OpenBulkUpload': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenBulkUpload,
+                    request_deserializer=tensorgrid_dot_v1_dot_submit__pb2.BulkUploadRequest.FromString,
+                    response_serializer=tensorgrid_dot_v1_dot_submit__pb2.BulkTicket.SerializeToString,
+            ),
+            'OpenBulkDownload': grpc.unary_unary_rpc_method_handler(
+                    servicer.OpenBulkDownload,
+                    request_deserializer=tensorgrid_dot_v1_dot_common__pb2.FetchBlobRequest.FromString,
+                    response_serializer=tensorgrid_dot_v1_dot_submit__pb2.BulkTicket.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -535,6 +571,60 @@ class SubmitterService:
             '/tensorgrid.v1.SubmitterService/OpenSession',
             tensorgrid_dot_v1_dot_submit__pb2.OpenSessionRequest.SerializeToString,
             tensorgrid_dot_v1_dot_submit__pb2.Session.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenBulkUpload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorgrid.v1.SubmitterService/OpenBulkUpload',
+            tensorgrid_dot_v1_dot_submit__pb2.BulkUploadRequest.SerializeToString,
+            tensorgrid_dot_v1_dot_submit__pb2.BulkTicket.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OpenBulkDownload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorgrid.v1.SubmitterService/OpenBulkDownload',
+            tensorgrid_dot_v1_dot_common__pb2.FetchBlobRequest.SerializeToString,
+            tensorgrid_dot_v1_dot_submit__pb2.BulkTicket.FromString,
             options,
             channel_credentials,
             insecure,
