@@ -41,6 +41,7 @@ LEASE_WAIT_MS = 5_000
 CHECKPOINTS = "checkpoints"
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
 BUSY_RETRIES = 8  # calls refused as RESOURCE_EXHAUSTED (the coordinator at its limits) are retried this often
+RESULT_KEEP_S = 3600.0  # a finished result is resubmitted this long while the coordinator is unreachable
 
 
 def checkpoint_file(step: int) -> str:
@@ -61,6 +62,7 @@ class Agent:
         self.completed = 0
         self._registered = asyncio.Event()
         self._active: dict[str, tuple[int, Executor]] = {}  # task_id → (attempt, executor)
+        self._revoked: set[tuple[str, int]] = set()  # leases of _active the coordinator took back
         self._busy = 0  # lease calls refused in a row as RESOURCE_EXHAUSTED
 
     @staticmethod
@@ -151,6 +153,7 @@ class Agent:
             entry = self._active.get(task_id)
             if entry is not None and entry[0] == attempt:
                 log.warning("lease on task %s was revoked; stopping it", task_id[:12])
+                self._revoked.add((task_id, attempt))
                 await entry[1].cancel()
 
     async def _on_rpc_error(self, e: grpc.aio.AioRpcError, what: str) -> None:
@@ -242,6 +245,7 @@ class Agent:
                 await self._report(lease.task_id, lease.attempt, outcome.error)
         finally:
             self._active.pop(lease.task_id, None)
+            self._revoked.discard((lease.task_id, lease.attempt))
             out.unlink(missing_ok=True)
             if ckpt is not None:
                 await asyncio.to_thread(shutil.rmtree, ckpt, True)
@@ -311,6 +315,8 @@ class Agent:
         audit wants revealed (usually none) and the leases granted with the answer."""
         output = await asyncio.to_thread(file_sha256, out)
         receipt = self.client.sign(lease, output, commitment)
+        key = (lease.task_id, lease.attempt)
+        give_up = time.monotonic() + RESULT_KEEP_S
         failures = 0
         while True:
             try:
@@ -319,12 +325,23 @@ class Agent:
             except grpc.aio.AioRpcError as e:
                 await self._on_rpc_error(e, "submit")
                 failures += 1
-                busy = e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-                if e.code() not in (*RETRYABLE, grpc.StatusCode.UNAUTHENTICATED) or failures >= (
-                    BUSY_RETRIES if busy else 3
-                ):
+                if e.code() not in (*RETRYABLE, grpc.StatusCode.UNAUTHENTICATED):
+                    log.warning(
+                        "task %s/%d: result refused, dropped: %s", lease.task_id[:12], lease.attempt, e.details()
+                    )
                     return [], []
-                await asyncio.sleep(retry_after_s(e, failures) if busy else backoff(failures, 0.5))
+                # A finished result is worth keeping while its lease may still be alive: a
+                # coordinator that restarts keeps the lease for its TTL after our last heartbeat.
+                if key in self._revoked or time.monotonic() > give_up:
+                    why = "its lease ended" if key in self._revoked else f"no coordinator for {RESULT_KEEP_S:.0f} s"
+                    log.warning("task %s/%d: result dropped, %s", lease.task_id[:12], lease.attempt, why)
+                    return [], []
+                if failures == 1:
+                    log.warning(
+                        "task %s/%d: result kept, resubmitting until it is taken", lease.task_id[:12], lease.attempt
+                    )
+                busy = e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                await asyncio.sleep(retry_after_s(e, failures) if busy else backoff(failures, 0.25, cap=2.0))
         if answer.accepted:
             self.completed += 1
             log.info("task %s/%d accepted (%d done)", lease.task_id[:12], lease.attempt, self.completed)

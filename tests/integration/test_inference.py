@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
@@ -97,7 +98,9 @@ def test_coordinator_restart_mid_job(make_grid: Callable[..., LocalGrid], slow_d
             if ev.kind == "completed" and ev.tasks_done >= 2:
                 break
     grid.kill_proc(coordinator)  # a crash, not a clean stop
-    time.sleep(1.0)
+    # The nodes were mid-task: each finishes, cannot hand its result in, and keeps it.
+    kept = _wait_for_kept_results(grid)
+    time.sleep(2.0)  # down a while longer: the nodes' channels back off
     grid.start_coordinator(port=grid.port)
     with Client(grid.target, submitter) as client:  # a job is visible to its submitter only
         final = client.wait(job.job_id)
@@ -105,6 +108,25 @@ def test_coordinator_restart_mid_job(make_grid: Callable[..., LocalGrid], slow_d
         assert final.tasks_done == final.tasks_total == 12
         client.result(job.job_id, tmp_path / "out.safetensors")
     assert_matches_local(tmp_path / "out.safetensors", slow_digits)
+    for name, task in kept:  # each kept result was taken after the restart, not run again
+        log = next(p for p in grid.procs if p.name == name).log_path.read_text()
+        assert f"task {task} accepted" in log.split(f"task {task}: result kept", 1)[1], log[-3000:]
+
+
+def _wait_for_kept_results(grid: LocalGrid, timeout: float = 60) -> list[tuple[str, str]]:
+    """(node, "task/attempt") of each result a node finished and kept while the coordinator was down."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        kept = [
+            (p.name, m.group(1))
+            for p in grid.procs
+            if p.name.startswith("node")
+            for m in re.finditer(r"task (\S+): result kept", p.log_path.read_text(errors="replace"))
+        ]
+        if kept:
+            return kept
+        time.sleep(0.1)
+    raise AssertionError("no node kept a finished result: " + " | ".join(p.log_tail(10) for p in grid.procs))
 
 
 def test_sigterm_drains_and_second_sigterm_stops(
