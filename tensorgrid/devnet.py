@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,7 +92,11 @@ def start_chain_grid(
         grid = LocalGrid(root / "grid", tls=make_local_ca(root / "tls") if tls else None)
         write_key_file(grid.root / "coordinator" / "coordinator.key", coordinator)
         chain = ("--chain-rpc", anvil.rpc_url, "--deployment", str(deployment_path))
-        grid.start_coordinator(*chain, "--epoch-seconds", str(epoch_s), *coordinator_args)
+        # A long-lived devnet names its ports on the command line, so a coordinator restarted with
+        # that same command line comes back where its nodes and clients look for it.
+        port = free_port() if detached else 0
+        stable = ("--bulk-listen", f"127.0.0.1:{free_port()}") if detached else ()
+        grid.start_coordinator(*chain, "--epoch-seconds", str(epoch_s), *stable, *coordinator_args, port=port)
         node_keys = keys[2 : 2 + nodes]
         for i, key in enumerate(node_keys):
             grid.start_node(f"node{i}", *chain, *node_args, private_key=key)
@@ -188,6 +193,13 @@ def _state(root: Path) -> dict:  # type: ignore[type-arg]
     if not path.exists():
         raise TensorGridError(f"no devnet in {root}: `tensorgrid devnet up` first")
     return json.loads(path.read_text())  # type: ignore[no-any-return]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 free right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def _alive(pid: int) -> bool:
