@@ -13,14 +13,13 @@ last one is the submitter.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tensorgrid import processes
 from tensorgrid.chain.anvil import Anvil, start_anvil
 from tensorgrid.chain.deploy import Deployment, deploy
 from tensorgrid.crypto import Signer, load_or_create_key_file, write_key_file
@@ -108,8 +107,8 @@ def start_chain_grid(
 
 
 def up(root: Path, nodes: int, epoch_s: float) -> int:
-    state = root / STATE_FILE
-    if state.exists() and any(_alive(p) for p in json.loads(state.read_text())["pids"]):
+    root = root.resolve()  # every process names it absolutely: how status and down find them all
+    if (root / STATE_FILE).exists() and _running(root):
         raise TensorGridError(f"a devnet is already up in {root}: `tensorgrid devnet down` first")
     # A new chain needs a new coordinator database (epochs and nonces belong to one chain):
     # what a previous devnet left behind goes, logs included.
@@ -128,10 +127,10 @@ def up(root: Path, nodes: int, epoch_s: float) -> int:
         "submitter_key": str(submitter_key.resolve()),
         "ca_cert": str(cg.grid.ca_cert.resolve()),
         "node_addresses": [Signer.from_hex(k).address for k in cg.node_keys],
-        "pids": [cg.anvil.process.pid, *(p.popen.pid for p in cg.grid.procs)],
+        "procs": [p.to_dict() for p in started_procs(cg)],
         "logs": str(cg.grid.root.resolve()),
     }
-    state.write_text(json.dumps(info, indent=2))
+    (root / STATE_FILE).write_text(json.dumps(info, indent=2))
     print(f"devnet up in {time.monotonic() - started:.1f}s ({root})")
     print(f"  chain        {cg.anvil.rpc_url} (chain id {cg.deployment.chain_id})")
     print(f"  contracts    NodeRegistry {cg.deployment.node_registry}, Settlement {cg.deployment.settlement}")
@@ -152,8 +151,8 @@ def status(root: Path) -> int:
     from tensorgrid.chain.deploy import load_deployment
     from tensorgrid.client import Client
 
-    alive = [(pid, _alive(pid)) for pid in info["pids"]]
-    print(f"processes    {sum(a for _, a in alive)}/{len(alive)} running ({', '.join(str(p) for p, _ in alive)})")
+    procs = _running(root.resolve())
+    print(f"processes    {len(procs)} running ({', '.join(str(p.pid) for p in procs) or 'none'})")
     chain = ChainClient.connect(info["rpc"], load_deployment(info["deployment"]), Signer.generate().private_key)
     print(
         f"chain        {info['rpc']} at block {chain.w3.eth.block_number}, escrow and claims hold "
@@ -174,18 +173,31 @@ def status(root: Path) -> int:
 
 
 def down(root: Path, timeout: float = 15.0) -> int:
+    """Stop every process of the devnet: those `up` started (by pid and start time, never a
+    stranger that reused a pid) and any that name its directory, such as a coordinator the
+    operator restarted by hand."""
     info = _state(root)
-    pids = list(reversed(info["pids"]))  # nodes, coordinator, then anvil
-    for pid in pids:
-        _signal(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    for pid in pids:
-        _signal(pid, signal.SIGKILL)
+    stopped = processes.stop(_running(root.resolve()), timeout)
     (root / STATE_FILE).unlink()
-    print(f"devnet down: stopped {len(pids)} processes (logs kept in {info['logs']} until the next `up`)")
+    print(f"devnet down: stopped {stopped} processes (logs kept in {info['logs']} until the next `up`)")
     return 0
+
+
+def started_procs(cg: ChainGrid) -> list[processes.ProcessId]:
+    pids = [cg.anvil.process.pid, *(p.popen.pid for p in cg.grid.procs)]
+    return [p for p in map(processes.identify, pids) if p is not None]
+
+
+def _running(root: Path) -> list[processes.ProcessId]:
+    """The devnet's live processes: the recorded ones still alive, and any naming its directory."""
+    try:
+        recorded = [processes.ProcessId.from_dict(d) for d in _state(root).get("procs", [])]
+    except (TensorGridError, ValueError, KeyError):
+        recorded = []
+    found = {p.pid: p for p in recorded if processes.alive(p)}
+    for p in processes.naming(root):
+        found.setdefault(p.pid, p)
+    return sorted(found.values(), key=lambda p: p.start, reverse=True)  # nodes, coordinator, then anvil
 
 
 def _state(root: Path) -> dict:  # type: ignore[type-arg]
@@ -200,22 +212,3 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie child of ours is dead too
-        waited, _ = os.waitpid(pid, os.WNOHANG)
-        return waited == 0
-    except ChildProcessError:
-        return True
-
-
-def _signal(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass

@@ -1,5 +1,5 @@
-"""`tensorgrid devnet up|status|down` as a developer runs them, and a coordinator restarted with
-its own command line: it comes back on the port its nodes dial, and they carry on."""
+"""`tensorgrid devnet up|down` as a developer runs them, and a coordinator restarted with its own
+command line: it comes back on the port its nodes dial, they carry on, and `down` stops it too."""
 
 from __future__ import annotations
 
@@ -34,13 +34,13 @@ def _cmdline(pid: int) -> list[str]:
 
 
 @pytest.mark.timeout(600)
-def test_a_devnet_coordinator_restarted_with_its_command_line_is_found_again(tmp_path: Path) -> None:
+def test_a_devnet_coordinator_restarted_with_its_command_line_is_found_again_and_stopped(tmp_path: Path) -> None:
     root = tmp_path / "devnet"
     up = _cli("up", "--nodes", "1", "--dir", str(root))
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         info = json.loads((root / "devnet.json").read_text())
-        coordinator_pid = next(p for p in info["pids"] if "coordinator.main" in _cmdline(p))
+        coordinator_pid = next(p["pid"] for p in info["procs"] if "coordinator.main" in _cmdline(p["pid"]))
         argv = _cmdline(coordinator_pid)
         listen = argv[argv.index("--listen") + 1]
         assert listen == info["coordinator"] and not listen.endswith(":0"), argv
@@ -63,8 +63,11 @@ def test_a_devnet_coordinator_restarted_with_its_command_line_is_found_again(tmp
                     assert time.monotonic() < deadline, "the node never came back"
                     time.sleep(0.5)
         finally:
-            again.terminate()
-            again.wait(30)
+            down = _cli("down", "--dir", str(root))
+            assert down.returncode == 0, down.stdout + down.stderr
+            # down stops what up started and the coordinator restarted by hand, which names its directory
+            assert again.wait(30) is not None
+            assert "stopped 3 processes" in down.stdout, down.stdout  # anvil, the node, the restarted coordinator
     finally:
-        down = _cli("down", "--dir", str(root))
-        assert down.returncode == 0, down.stdout + down.stderr
+        if (root / "devnet.json").exists():
+            _cli("down", "--dir", str(root))

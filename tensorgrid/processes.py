@@ -1,0 +1,113 @@
+"""Processes known by identity, not by pid alone: what the devnet supervisor starts and stops.
+
+A pid is reused once its process is gone, so a pid written down yesterday may name a stranger's
+process today. A process here is its pid and its start time (clock ticks after boot, field 22 of
+/proc/<pid>/stat): a signal goes only to a process whose start time still matches. Processes a
+supervisor did not start itself (a coordinator the operator restarted by hand) are found by
+their command line naming a directory the supervisor owns.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+PROC = Path("/proc")
+
+
+@dataclass(frozen=True)
+class ProcessId:
+    pid: int
+    start: int  # clock ticks after boot; 0 where there is no /proc (then the pid alone is used)
+
+    def to_dict(self) -> dict[str, int]:
+        return {"pid": self.pid, "start": self.start}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, int]) -> ProcessId:
+        return cls(int(d["pid"]), int(d.get("start", 0)))
+
+
+def start_time(pid: int) -> int | None:
+    """The start time of pid, or None if there is no such process (or it is a zombie)."""
+    try:
+        stat = (PROC / str(pid) / "stat").read_text()
+    except OSError:
+        if not PROC.is_dir():  # no /proc: fall back to the pid alone
+            return 0 if _exists(pid) else None
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "; comm may hold spaces
+    if fields[0] == "Z":
+        return None
+    return int(fields[19])
+
+
+def identify(pid: int) -> ProcessId | None:
+    start = start_time(pid)
+    return None if start is None else ProcessId(pid, start)
+
+
+def alive(p: ProcessId) -> bool:
+    """Whether p's process still runs: same pid and the same start time."""
+    return start_time(p.pid) == p.start if p.start else start_time(p.pid) is not None
+
+
+def naming(directory: Path) -> list[ProcessId]:
+    """This user's processes with an argument under `directory` (an absolute path), other than
+    this process and its parent."""
+    prefix = str(directory) + os.sep
+    found = []
+    me = {os.getpid(), os.getppid()}
+    for entry in PROC.glob("[0-9]*"):
+        try:
+            pid = int(entry.name)
+            if pid in me or entry.stat().st_uid != os.getuid():
+                continue
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+        except (OSError, ValueError):
+            continue
+        if any(a.decode(errors="replace").startswith(prefix) for a in args):
+            p = identify(pid)
+            if p is not None:
+                found.append(p)
+    return found
+
+
+def stop(procs: list[ProcessId], timeout: float = 15.0) -> int:
+    """SIGTERM each process still alive, then SIGKILL what is left after `timeout` s (each
+    signal only to a process whose identity still matches). Returns how many were running."""
+    running = [p for p in procs if alive(p)]
+    for p in running:
+        _signal(p, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while any(alive(p) for p in running) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for p in running:
+        _signal(p, signal.SIGKILL)
+    return len(running)
+
+
+def _signal(p: ProcessId, sig: int) -> None:
+    if not alive(p):
+        return
+    try:
+        os.kill(p.pid, sig)
+    except ProcessLookupError:
+        pass
+    try:  # reap a child of ours, so it does not linger as a zombie
+        os.waitpid(p.pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
