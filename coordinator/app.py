@@ -18,6 +18,7 @@ from coordinator.services.aggregation import Aggregation
 from coordinator.services.blobs import MemoryBudget
 from coordinator.services.intake import Intake
 from coordinator.services.ledger import Ledger
+from coordinator.services.metrics import Metrics
 from coordinator.services.report import Reports
 from coordinator.services.retention import retention_loop
 from coordinator.services.runtime import Runtime
@@ -51,6 +52,8 @@ class Coordinator:
             sandbox=SandboxLimits(memory_bytes=config.referee_memory_bytes, time_s=config.referee_time_s),
         )
         self.hub = rt.hub
+        self.metrics = Metrics()
+        self.metrics.watch_database(store.engine, 3 * config.heartbeat_interval_ms, rt.now_ms)
         self.ledger = Ledger(store.engine)
         self.outbox = self.ledger.outbox(self.chain.client) if self.chain is not None else None
         self._stopping = asyncio.Event()

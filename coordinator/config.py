@@ -113,6 +113,7 @@ class CoordinatorConfig:
     referee_time_s: float = 600.0  # wall time of one sandboxed re-execution or replay
     referee_memory_bytes: int = 4 * GiB  # its hard memory cap
     bulk: BulkSettings = field(default_factory=BulkSettings)
+    metrics_listen: str = ""  # host:port of the Prometheus endpoint; empty: none
 
     @property
     def db_url(self) -> str:

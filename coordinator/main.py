@@ -231,8 +231,17 @@ BULK_IDLE_S = Setting(
     type=float,
     help="a bulk transfer whose bytes stop for this long is dropped",
 )
+METRICS_LISTEN = Setting(
+    "--metrics-listen",
+    _COORDINATOR + "METRICS_LISTEN",
+    CoordinatorConfig.metrics_listen,
+    help="host:port to serve Prometheus metrics on (/metrics: counts only, no job or address; plain "
+    "HTTP, no authentication: keep it on loopback or a private network); empty: none",
+    metavar="HOST:PORT",
+)
 SETTINGS = (
     LISTEN,
+    METRICS_LISTEN,
     BULK_LISTEN,
     BULK_HELLO_S,
     BULK_IDLE_S,
@@ -327,6 +336,7 @@ def config_from(ns: argparse.Namespace) -> CoordinatorConfig:
         timing=LeaseTiming(ttl_ms=ns.lease_ttl_ms),
         limits=Limits(max_shard_bytes=int(ns.max_shard_mib * MiB), max_blob_bytes=int(ns.max_blob_mib * MiB)),
         peers=peer_limits(ns),
+        metrics_listen=ns.metrics_listen,
         bulk=BulkSettings(listen=ns.bulk_listen, hello_timeout_s=ns.bulk_hello_s, idle_timeout_s=ns.bulk_idle_s),
     )
 
@@ -353,9 +363,11 @@ async def serve(config: CoordinatorConfig, ready_file: Path | None = None) -> No
     creds = credentials(config)  # before anything starts: a bad certificate stops us here
     forbid_inspection()  # a sandboxed referee must not read this process's key or secrets
     app = Coordinator(config)
-    bulk = open_bulk_port(config, app.blobs, app.access.record_upload)
+    bulk = open_bulk_port(config, app.blobs, app.access.record_upload, app.metrics.moved)
     server, port = await build_server(app, config.listen, creds, bulk)
     await server.start()
+    if config.metrics_listen:
+        app.metrics.serve(config.metrics_listen)
     await app.start()
     host = config.listen.rsplit(":", 1)[0]
     log.info(
@@ -379,6 +391,7 @@ async def serve(config: CoordinatorConfig, ready_file: Path | None = None) -> No
     await server.stop(grace=3)
     if bulk is not None:
         bulk.stop()
+    app.metrics.stop()
     await app.stop()
 
 

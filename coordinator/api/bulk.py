@@ -46,6 +46,12 @@ log = logging.getLogger("tensorgrid.coordinator")
 
 # record(submitter, ref, received) runs on the event loop once an upload is stored.
 Record = Callable[[str, BlobRef, int], Coroutine[Any, Any, None]]
+# moved(direction, path, bytes): "in"/"out", "bulk" (the metrics' counter).
+Moved = Callable[[str, str, int], None]
+
+
+def _unseen(direction: str, path: str, n: int) -> None:
+    pass
 
 
 @dataclass(frozen=True)
@@ -103,10 +109,18 @@ class Tickets:
 class BulkPort:
     """The listening socket, its accept thread and the transfers it runs."""
 
-    def __init__(self, settings: BulkSettings, blobs: BlobStore, record: Record, tls: ssl.SSLContext | None) -> None:
+    def __init__(
+        self,
+        settings: BulkSettings,
+        blobs: BlobStore,
+        record: Record,
+        tls: ssl.SSLContext | None,
+        moved: Moved = _unseen,
+    ) -> None:
         self.settings = settings
         self.blobs = blobs
         self.record = record
+        self.moved = moved
         self.tls = tls
         self.tickets = Tickets(settings.ticket_ttl_ms, settings.tickets_per_submitter)
         self.port = 0
@@ -228,6 +242,7 @@ class BulkPort:
             writer.abort()
         assert self._loop is not None
         asyncio.run_coroutine_threadsafe(self.record(ticket.submitter, ref, ticket.size), self._loop).result(60)
+        self.moved("in", "bulk", ref.size)
         log.info("stored blob %s (%d bytes, bulk) for %s", ref.sha256, ref.size, ticket.submitter)
         write_line(sock, {"sha256": ref.sha256, "size": ref.size})
 
@@ -242,9 +257,12 @@ class BulkPort:
             write_line(sock, {"size": ticket.size})
             for _ in send_from(sock, f, ticket.offset, ticket.size):
                 pass
+        self.moved("out", "bulk", ticket.size)
 
 
-def open_bulk_port(config: CoordinatorConfig, blobs: BlobStore, record: Record) -> BulkPort | None:
+def open_bulk_port(
+    config: CoordinatorConfig, blobs: BlobStore, record: Record, moved: Moved = _unseen
+) -> BulkPort | None:
     """Start the bulk port config.bulk asks for (None when it is off), under the TLS rule of
     gRPC (tensorgrid.tls): TLS with the coordinator's certificate, plain text only where gRPC
     may serve it. Call on the event loop."""
@@ -257,7 +275,7 @@ def open_bulk_port(config: CoordinatorConfig, blobs: BlobStore, record: Record) 
     if secure:
         assert config.tls_cert is not None and config.tls_key is not None
         context = tls.server_context(config.tls_cert, config.tls_key)
-    port = BulkPort(settings, blobs, record, context)
+    port = BulkPort(settings, blobs, record, context, moved)
     host, _, number = listen.rpartition(":")
     try:
         port.start(host.strip("[]"), int(number))

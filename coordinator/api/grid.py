@@ -12,6 +12,7 @@ from coordinator.services.acceptance import Acceptance
 from coordinator.services.access import Access
 from coordinator.services.intake import Intake
 from coordinator.services.ledger import Ledger
+from coordinator.services.metrics import Metrics
 from coordinator.services.report import Reports
 from coordinator.services.runtime import Runtime
 from coordinator.services.scheduler import Scheduler
@@ -47,6 +48,7 @@ class Grid(Protocol):
     reports: Reports
     ledger: Ledger
     access: Access
+    metrics: Metrics
 
     @property
     def rounds(self) -> Rounds: ...

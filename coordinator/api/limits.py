@@ -13,8 +13,11 @@ its address, everyone else's against their IP address), does two things for ever
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
+import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +29,7 @@ from coordinator.config import PeerLimits
 from tensorgrid.rpc import RETRY_AFTER_METADATA_KEY, request_limit
 
 log = logging.getLogger("tensorgrid.coordinator")
+Observe = Callable[[str, str, float], None]  # (method, status code name, seconds)
 
 
 @dataclass(frozen=True)
@@ -102,8 +106,10 @@ def _decrement(counts: dict[str, int], peer: str) -> None:
 class LimitsInterceptor(grpc.aio.ServerInterceptor):
     """Admits each call under the peer limits and checks its request sizes (see the module doc)."""
 
-    def __init__(self, limits: PeerLimits) -> None:
+    def __init__(self, limits: PeerLimits, observe: Observe | None = None) -> None:
+        """observe(method, status code name, seconds) after each admitted call (the metrics)."""
         self.limiter = PeerLimiter(limits)
+        self.observe = observe
         self.retry_after_ms = limits.retry_after_ms
         # method → (its registered handler, that handler wrapped): wrapped once, not per call
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
@@ -131,6 +137,21 @@ class LimitsInterceptor(grpc.aio.ServerInterceptor):
                 trailing_metadata=((RETRY_AFTER_METADATA_KEY, str(self.retry_after_ms)),),
             )
         return peer
+
+    def finish(self, peer: str, streaming: bool, method: str, context: Any, started: float) -> None:
+        """Release an admitted call (in its `finally`) and report how it ended."""
+        self.limiter.release(peer, streaming)
+        if self.observe is not None:
+            self.observe(method, _code_name(context, sys.exc_info()[1]), time.perf_counter() - started)
+
+
+def _code_name(context: Any, exc: BaseException | None) -> str:
+    code = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    if exc is None:
+        return "OK"
+    return "CANCELLED" if isinstance(exc, asyncio.CancelledError) else "UNKNOWN"
 
 
 class _Bounded:
@@ -167,53 +188,57 @@ class _Bounded:
             yield await self.check(request, context)
 
     def wrap(self) -> grpc.RpcMethodHandler:
-        h, owner = self.handler, self.owner
+        h, owner, method = self.handler, self.owner, self.method
         kw = dict(request_deserializer=self.deserializer(), response_serializer=h.response_serializer)
         if h.unary_unary:
             inner_uu = h.unary_unary
 
             async def uu(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                started = time.perf_counter()
                 request = await self.check(request, context)
                 peer = await owner.admit(context, False)
                 try:
                     return await _result(inner_uu(request, context))
                 finally:
-                    owner.limiter.release(peer, False)
+                    owner.finish(peer, False, method, context, started)
 
             return grpc.unary_unary_rpc_method_handler(uu, **kw)
         if h.unary_stream:
             inner_us = h.unary_stream
 
             async def us(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                started = time.perf_counter()
                 request = await self.check(request, context)
                 peer = await owner.admit(context, True)
                 try:
                     async for item in _items(inner_us(request, context)):
                         yield item
                 finally:
-                    owner.limiter.release(peer, True)
+                    owner.finish(peer, True, method, context, started)
 
             return grpc.unary_stream_rpc_method_handler(us, **kw)
         if h.stream_unary:
             inner_su = h.stream_unary
 
             async def su(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+                started = time.perf_counter()
                 peer = await owner.admit(context, True)
                 try:
                     return await _result(inner_su(self.requests(request_iterator, context), context))
                 finally:
-                    owner.limiter.release(peer, True)
+                    owner.finish(peer, True, method, context, started)
 
             return grpc.stream_unary_rpc_method_handler(su, **kw)
         inner_ss = h.stream_stream
 
         async def ss(request_iterator: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            started = time.perf_counter()
             peer = await owner.admit(context, True)
             try:
                 async for item in _items(inner_ss(self.requests(request_iterator, context), context)):
                     yield item
             finally:
-                owner.limiter.release(peer, True)
+                owner.finish(peer, True, method, context, started)
 
         return grpc.stream_stream_rpc_method_handler(ss, **kw)
 

@@ -37,7 +37,10 @@ async def build_server(
     submitters = SessionCache(lambda h: db(app.store.sessions.submitter, h), unknown_ttl_ms=limits.unknown_token_ttl_ms)
     limiter = FailureLimiter(limits.failures_per_window, limits.failure_window_ms)
     # Sessions first: the limits then count a node's calls against its address (api.limits).
-    interceptors = [SessionInterceptor(nodes, submitters, limiter), LimitsInterceptor(app.config.peers)]
+    interceptors = [
+        SessionInterceptor(nodes, submitters, limiter),
+        LimitsInterceptor(app.config.peers, app.metrics.observe_rpc),
+    ]
     server = grpc.aio.server(interceptors=interceptors, options=server_options())
     node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(app, nodes), server)
     submit_pb2_grpc.add_SubmitterServiceServicer_to_server(SubmitterServicer(app, submitters, bulk), server)

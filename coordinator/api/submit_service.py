@@ -94,6 +94,7 @@ class SubmitterServicer(submit_pb2_grpc.SubmitterServiceServicer):
 
         ref, received = await receive_upload(self.app.blobs, request_iterator, admit, owned)
         await self.access.record_upload(me, ref, received)
+        self.app.metrics.moved("in", "grpc", received)
         log.info("stored blob %s (%d bytes) for %s", ref.sha256, ref.size, me)
         return serde.blob_to_pb(ref)
 
@@ -245,4 +246,5 @@ class SubmitterServicer(submit_pb2_grpc.SubmitterServiceServicer):
         except Exception as e:
             await abort(context, e)
         async for chunk in stream_blob(self.app.blobs, request, context):
+            self.app.metrics.moved("out", "grpc", len(chunk.data))
             yield chunk
