@@ -86,7 +86,7 @@ def receive(conn: socket.socket, f: BinaryIO, hashed: bool, size: int | None = N
         return total, ""
     h = hashlib.sha256()
 
-    def store(data: bytes) -> None:
+    def store(data: bytes | bytearray) -> None:
         h.update(data)
         f.write(data)
 

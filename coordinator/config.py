@@ -114,6 +114,8 @@ class CoordinatorConfig:
     referee_memory_bytes: int = 4 * GiB  # its hard memory cap
     bulk: BulkSettings = field(default_factory=BulkSettings)
     metrics_listen: str = ""  # host:port of the Prometheus endpoint; empty: none
+    health_interval_ms: int = 5_000  # how often health checks that the database answers
+    drain_s: float = 1.0  # NOT_SERVING this long before a shutdown stops taking calls
 
     @property
     def db_url(self) -> str:

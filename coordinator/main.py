@@ -239,8 +239,24 @@ METRICS_LISTEN = Setting(
     "HTTP, no authentication: keep it on loopback or a private network); empty: none",
     metavar="HOST:PORT",
 )
+HEALTH_INTERVAL_MS = Setting(
+    "--health-interval-ms",
+    _COORDINATOR + "HEALTH_INTERVAL_MS",
+    CoordinatorConfig.health_interval_ms,
+    type=int,
+    help="how often gRPC health checks the database (NOT_SERVING while it does not answer)",
+)
+DRAIN_S = Setting(
+    "--drain-s",
+    _COORDINATOR + "DRAIN_S",
+    CoordinatorConfig.drain_s,
+    type=float,
+    help="on SIGTERM, health says NOT_SERVING this long before the coordinator stops taking calls",
+)
 SETTINGS = (
     LISTEN,
+    HEALTH_INTERVAL_MS,
+    DRAIN_S,
     METRICS_LISTEN,
     BULK_LISTEN,
     BULK_HELLO_S,
@@ -337,6 +353,8 @@ def config_from(ns: argparse.Namespace) -> CoordinatorConfig:
         limits=Limits(max_shard_bytes=int(ns.max_shard_mib * MiB), max_blob_bytes=int(ns.max_blob_mib * MiB)),
         peers=peer_limits(ns),
         metrics_listen=ns.metrics_listen,
+        health_interval_ms=ns.health_interval_ms,
+        drain_s=ns.drain_s,
         bulk=BulkSettings(listen=ns.bulk_listen, hello_timeout_s=ns.bulk_hello_s, idle_timeout_s=ns.bulk_idle_s),
     )
 
@@ -364,7 +382,7 @@ async def serve(config: CoordinatorConfig, ready_file: Path | None = None) -> No
     forbid_inspection()  # a sandboxed referee must not read this process's key or secrets
     app = Coordinator(config)
     bulk = open_bulk_port(config, app.blobs, app.access.record_upload, app.metrics.moved)
-    server, port = await build_server(app, config.listen, creds, bulk)
+    server, port, checks = await build_server(app, config.listen, creds, bulk)
     await server.start()
     if config.metrics_listen:
         app.metrics.serve(config.metrics_listen)
@@ -388,6 +406,8 @@ async def serve(config: CoordinatorConfig, ready_file: Path | None = None) -> No
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down")
+    await checks.drain()
+    await asyncio.sleep(config.drain_s)
     await server.stop(grace=3)
     if bulk is not None:
         bulk.stop()

@@ -115,6 +115,8 @@ class LocalGrid:
             str(self.root / "coordinator"),
             "--ready-file",
             str(ready),
+            "--drain-s",  # a local grid has no load balancer to tell
+            "0",
             *(self.tls.coordinator_args if self.tls is not None else ()),
             *self.coordinator_args,
             *extra,

@@ -6,12 +6,13 @@ import asyncio
 import logging
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from coordinator.api.auth import FailureLimiter, SessionCache, SessionInterceptor
 from coordinator.api.bulk import BulkPort
 from coordinator.api.grid import Grid
+from coordinator.api.health import Health
 from coordinator.api.limits import LimitsInterceptor
 from coordinator.api.node_service import NodeServicer
 from coordinator.api.submit_service import SubmitterServicer
@@ -27,8 +28,9 @@ SERVICE_NAMES = (
 
 async def build_server(
     app: Grid, listen: str, credentials: grpc.ServerCredentials | None = None, bulk: BulkPort | None = None
-) -> tuple[grpc.aio.Server, int]:
-    """Returns the server (not started) and the port it bound (listen may ask for port 0).
+) -> tuple[grpc.aio.Server, int, Health]:
+    """Returns the server (not started), the port it bound (listen may ask for port 0) and its
+    health, which follows the database from now on (api.health).
     credentials: TLS; None serves plain text (the caller applies the rule, tensorgrid.tls).
     bulk: the bulk port SubmitterService issues tickets for (None: none)."""
     limits = app.config.sessions
@@ -45,10 +47,12 @@ async def build_server(
     node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(app, nodes), server)
     submit_pb2_grpc.add_SubmitterServiceServicer_to_server(SubmitterServicer(app, submitters, bulk), server)
     app.runtime.spawn(_purge_sessions(app, (nodes, submitters), limits.purge_interval_ms / 1000))
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in (*SERVICE_NAMES, ""):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    checks = Health(SERVICE_NAMES)
+    health_pb2_grpc.add_HealthServicer_to_server(checks.servicer, server)
+    await checks.set(True)
+    app.runtime.spawn(
+        checks.watch_database(lambda: app.runtime.db(app.store.ping), app.config.health_interval_ms / 1000)
+    )
     reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     if credentials is None:
         port = server.add_insecure_port(listen)
@@ -56,7 +60,7 @@ async def build_server(
         port = server.add_secure_port(listen, credentials)
     if port == 0:
         raise OSError(f"could not listen on {listen}")
-    return server, port
+    return server, port, checks
 
 
 async def _purge_sessions(app: Grid, caches: tuple[SessionCache, ...], interval_s: float) -> None:

@@ -7,7 +7,7 @@ Connection to the repositories' module functions instead.
 
 from __future__ import annotations
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from coordinator.db.engine import is_sqlite, make_engine, meta_value, normalize_url
 from coordinator.repositories.blobs import BlobAccessRepository
@@ -50,6 +50,11 @@ class Store:
         with self.engine.connect() as conn:
             reps = reputations(conn)
         return [with_reputation(n, reps.get(n.address, Reputation())) for n in nodes]
+
+    def ping(self) -> None:
+        """One round trip to the database; raises if it cannot be reached."""
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
 
     def close(self) -> None:
         self.engine.dispose()
