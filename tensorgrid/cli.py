@@ -281,7 +281,16 @@ _TRAINING_FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--round-deadline", "round_deadline_s", int, "seconds before a round closes with what it has"),
     ("--eval-fraction", "eval_fraction", float, "share of rows held out for evaluation"),
     ("--seed", "seed", int, "data split, shards and dropout seed"),
+    ("--checkpoint-every", "checkpoint_every", int, "inner steps between committed checkpoints (audits replay to one)"),
     ("--time-limit", "task_time_limit_s", int, "seconds a node may spend on one task"),
+    ("--max-attempts", "max_attempts", int, "attempts per task before the job fails"),
+    (
+        "--reward-wei",
+        "reward_per_task_wei",
+        int,
+        "wei paid per accepted pseudo-gradient; with --chain-rpc the escrow is funded with "
+        "reward × rounds × workers once the coordinator has validated the job",
+    ),
 )
 _OPTIMIZERS: dict[str, type] = {"inner_optimizer": AdamW, "outer_optimizer": NesterovSGD}
 
@@ -294,11 +303,19 @@ def _training_default(path: str) -> Any:
 def add_training_parser(job: Any, common: argparse.ArgumentParser) -> None:
     """`tensorgrid job submit-training`: options left out take the TrainingSpec defaults."""
     t = job.add_parser(
-        "submit-training", parents=[common], help="upload a train-mode program and a dataset, submit a training job"
+        "submit-training",
+        parents=[common],
+        help="upload a train-mode program and a dataset, submit a training job",
+        description="DiLoCo training on the grid: each round every worker runs --inner-steps AdamW steps of "
+        "--batch-size rows on its own shard; the coordinator averages their pseudo-gradients and takes a "
+        "Nesterov step. One round uses batch × inner steps × workers distinct training rows. "
+        "docs/TRAINING.md: exporting the program, the dataset format, every setting.",
     )
     t.add_argument("--program", type=Path, required=True, help="train-mode torch.export program (.pt2)")
     t.add_argument("--eval-program", type=Path, help="eval-mode program for held-out metrics (default: --program)")
-    t.add_argument("--dataset", type=Path, required=True, help="safetensors with 'features' + 'labels', or 'tokens'")
+    t.add_argument(
+        "--dataset", type=Path, required=True, help="safetensors: 'features' + 'labels', or 'tokens' (docs/TRAINING.md)"
+    )
     t.add_argument("--weights", type=Path, help="starting weights, safetensors (default: the program's own)")
     t.add_argument("--loss", choices=LOSSES, help=f"(default: {_training_default('loss')})")
     for flag, path, kind, what in _TRAINING_FLAGS:
@@ -312,9 +329,18 @@ def add_training_parser(job: Any, common: argparse.ArgumentParser) -> None:
         help=f"pseudo-gradient encoding (default: {_training_default('compression')})",
     )
     t.add_argument("--device", choices=DEVICES, help=f"(default: {_training_default('device')})")
+    t.add_argument(
+        "--verification",
+        choices=VERIFY_MODES,
+        help="spotcheck: replay a drawn segment of sampled results' inner steps on the coordinator "
+        "(new nodes always); replicate: audit every result; none: signatures and hashes only "
+        f"(default: {VerificationSpec.mode})",
+    )
     t.add_argument("--watch", action="store_true", help="print each round's metrics until the job ends")
-    t.add_argument("-o", "--output", type=Path, help="with --watch: download the final weights here")
-    t.add_argument("--program-output", type=Path, help="with -o: also download the (eval) program here")
+    t.add_argument("-o", "--output", type=Path, help="with --watch: download the final weights here (default: none)")
+    t.add_argument(
+        "--program-output", type=Path, help="with -o: also download the (eval) program here (default: none)"
+    )
 
 
 def _dest(path: str) -> str:
@@ -330,6 +356,8 @@ def training_settings(ns: argparse.Namespace) -> dict[str, Any]:
         if chosen:
             settings[owner] = cls(**chosen)
     settings.update({path: v for path, v in given.items() if "." not in path})
+    if ns.verification is not None:  # left out, the spec keeps None: the default policy, older specs' bytes
+        settings["verification"] = VerificationSpec(mode=ns.verification)
     return settings
 
 

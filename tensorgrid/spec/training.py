@@ -137,6 +137,11 @@ class TrainingSpec(JobSpecBase):
         return self.batch_size * self.inner_steps * self.workers_per_round
 
     @property
+    def paid_tasks(self) -> int:
+        """Pseudo-gradients the job can pay for at most: its escrow is reward × this."""
+        return self.rounds * self.workers_per_round
+
+    @property
     def quorum_workers(self) -> int:
         """Accepted pseudo-gradients a round needs before its outer step may run."""
         return max(1, math.ceil(self.quorum * self.workers_per_round - 1e-9))

@@ -69,7 +69,8 @@ def test_submit_training_flags_reach_the_spec() -> None:
         "job", "submit-training", "--program", "p", "--dataset", "d", "--rounds", "3", "--inner-steps", "4",
         "--workers", "2", "--batch-size", "8", "--lr", "0.1", "--outer-momentum", "0.5", "--quorum", "0.5",
         "--round-deadline", "60", "--eval-fraction", "0.1", "--seed", "5", "--time-limit", "30", "--loss", "mse",
-        "--compression", "fp16", "--device", "cpu",
+        "--compression", "fp16", "--device", "cpu", "--checkpoint-every", "2", "--max-attempts", "3",
+        "--reward-wei", "12", "--verification", "replicate",
     )  # fmt: skip
     assert cli.training_settings(ns) == {
         "rounds": 3,
@@ -86,6 +87,10 @@ def test_submit_training_flags_reach_the_spec() -> None:
         "loss": "mse",
         "compression": "fp16",
         "device": "cpu",
+        "checkpoint_every": 2,
+        "max_attempts": 3,
+        "reward_per_task_wei": 12,
+        "verification": VerificationSpec(mode="replicate"),
     }
 
 
@@ -109,3 +114,18 @@ def test_help_shows_the_spec_defaults(command: str, flag: str, default: object) 
     parser = subparser(subparser(cli.build_parser(), "job"), command)
     action = next(a for a in parser._actions if flag in a.option_strings)
     assert f"(default: {default})" in (action.help or "")
+
+
+def test_submit_training_help_shows_every_default() -> None:
+    """Each option of submit-training says what happens when it is left out (booleans and -h aside)."""
+    parser = subparser(subparser(cli.build_parser(), "job"), "submit-training")
+    silent = [
+        a.option_strings[0]
+        for a in parser._actions
+        if a.option_strings and a.nargs != 0 and "(default:" not in (a.help or "") and not a.required
+    ]
+    assert silent == []
+    shown = {a.option_strings[0]: a.help or "" for a in parser._actions if a.option_strings}
+    assert f"(default: {TrainingSpec.reward_per_task_wei})" in shown["--reward-wei"]
+    assert f"(default: {TrainingSpec.checkpoint_every})" in shown["--checkpoint-every"]
+    assert f"(default: {VerificationSpec.mode})" in shown["--verification"]
