@@ -275,6 +275,7 @@ _TRAINING_FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--batch-size", "batch_size", int, "rows per inner step"),
     ("--lr", "inner_optimizer.lr", float, "inner AdamW learning rate"),
     ("--weight-decay", "inner_optimizer.weight_decay", float, "inner AdamW weight decay"),
+    ("--warmup-steps", "inner_warmup_steps", int, "inner steps of each task's linear learning-rate warm-up"),
     ("--outer-lr", "outer_optimizer.lr", float, "outer Nesterov learning rate"),
     ("--outer-momentum", "outer_optimizer.momentum", float, "outer Nesterov momentum"),
     ("--quorum", "quorum", float, "fraction of a round's workers that closes it"),
