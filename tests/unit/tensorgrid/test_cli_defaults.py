@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from tensorgrid import cli, config
+from tensorgrid import cli, cli_training, config
 from tensorgrid.spec import AdamW, GiB, InferenceSpec, NesterovSGD, TrainingSpec, VerificationSpec, canonical_json
 from tensorgrid.types import BlobRef
 
@@ -58,10 +58,10 @@ def test_submit_flags_reach_the_spec() -> None:
 
 def test_submit_training_defaults_are_the_spec_defaults() -> None:
     ns = parse("job", "submit-training", "--program", "p.pt2", "--dataset", "d.safetensors")
-    assert cli.training_settings(ns) == {}
-    assert TrainingSpec(train_program=REF, dataset=REF, nonce="n", **cli.training_settings(ns)) == TrainingSpec(
-        train_program=REF, dataset=REF, nonce="n"
-    )
+    assert cli_training.training_settings(ns) == {}
+    assert TrainingSpec(
+        train_program=REF, dataset=REF, nonce="n", **cli_training.training_settings(ns)
+    ) == TrainingSpec(train_program=REF, dataset=REF, nonce="n")
 
 
 def test_submit_training_flags_reach_the_spec() -> None:
@@ -72,7 +72,7 @@ def test_submit_training_flags_reach_the_spec() -> None:
         "--compression", "fp16", "--device", "cpu", "--checkpoint-every", "2", "--max-attempts", "3",
         "--reward-wei", "12", "--verification", "replicate",
     )  # fmt: skip
-    assert cli.training_settings(ns) == {
+    assert cli_training.training_settings(ns) == {
         "rounds": 3,
         "inner_steps": 4,
         "workers_per_round": 2,
