@@ -10,6 +10,7 @@ with Client("127.0.0.1:7070") as c:
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -48,6 +49,7 @@ if TYPE_CHECKING:
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 T = TypeVar("T")
+SUBMIT_RETRY_S = 30.0
 SESSION_MARGIN_MS = 60_000  # a session this close to its end is renewed before the next call
 
 
@@ -68,6 +70,20 @@ class CoordinatorError(TensorGridError):
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class SubmitInterrupted(CoordinatorError):
+    """The job's escrow is funded but the coordinator could not be reached to take the job.
+
+    Nothing is lost: `client.submit(e.spec, tasks=e.tasks)` submits it again once the coordinator
+    is back (the escrow is not funded twice), or cancel the escrow on chain for a refund (no task
+    can have been leased for it)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, *, spec: JobSpec, tasks: int, job_id: str) -> None:
+        super().__init__(code, message)
+        self.spec = spec
+        self.tasks = tasks
+        self.job_id = job_id
 
 
 def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -137,6 +153,9 @@ class Client:
         if chain is not None and chain.address.lower() != self.signer.address.lower():
             raise TensorGridError("the chain client must use the submitter's key")
         self.timeout = timeout
+        # An escrow is funded, the coordinator unreachable: retry SubmitJob this long (it may be
+        # restarting), then raise SubmitInterrupted.
+        self.submit_retry_s = SUBMIT_RETRY_S
         self._channel = open_channel(target, self.tls)
         self._stub = submit_pb2_grpc.SubmitterServiceStub(self._channel)
         self._session = ""
@@ -256,12 +275,27 @@ class Client:
                 "nothing was funded"
             )
         funded = self._fund(spec_json, spec.reward_per_task_wei, checked.paid_tasks, escrow_deadline_s)
-        try:
-            return serde.job_from_pb(self._unary(self._stub.SubmitJob, req, timeout=self.timeout * 10))
-        except CoordinatorError as e:
-            if funded and e.code != grpc.StatusCode.UNAVAILABLE:  # refused for good: take the money back
-                raise CoordinatorError(e.code, f"{e} (its escrow was {self._refund(checked.job_id)})") from None
-            raise
+        give_up = time.monotonic() + self.submit_retry_s
+        for failures in itertools.count(1):
+            try:
+                return serde.job_from_pb(self._unary(self._stub.SubmitJob, req, timeout=self.timeout * 10))
+            except CoordinatorError as e:
+                if e.code != grpc.StatusCode.UNAVAILABLE:
+                    if funded:  # refused for good: take the money back
+                        raise CoordinatorError(e.code, f"{e} (its escrow was {self._refund(checked.job_id)})") from None
+                    raise
+                if time.monotonic() >= give_up:  # the escrow stays: the job can be submitted again
+                    raise SubmitInterrupted(
+                        e.code,
+                        f"the escrow of job {checked.job_id} is funded, but the coordinator did not take the job: "
+                        f"{e}. Submit the same spec again once it is back (client.submit(e.spec, tasks=e.tasks): "
+                        "the escrow is not funded twice), or cancel the escrow for a refund",
+                        spec=spec,
+                        tasks=checked.paid_tasks,
+                        job_id=checked.job_id,
+                    ) from None
+                time.sleep(min(backoff(failures, 0.25, cap=2.0), max(0.0, give_up - time.monotonic())))
+        raise AssertionError("unreachable")
 
     def validate_job(self, spec: JobSpec, request: submit_pb2.SubmitJobRequest | None = None) -> Validated:
         """Ask the coordinator whether it would take this spec (its blobs uploaded), storing nothing:
