@@ -25,6 +25,7 @@ class Limits:
     max_shard_bytes: int = 512 * MiB
     max_output_bytes: int = 4 * GiB
     max_tasks_per_job: int = 100_000
+    max_validations: int = 2  # ValidateJob dry runs planning at once, over all submitters (one each)
 
 
 @dataclass(frozen=True)

@@ -10,19 +10,15 @@ from typing import Any
 
 from tensorgrid import config, exitcodes
 from tensorgrid.cli_generate import add_generate_parser, cmd_submit_generate
-from tensorgrid.config import Setting, under_home
+from tensorgrid.cli_training import add_training_parser, cmd_submit_training
+from tensorgrid.config import Setting, given, under_home
 from tensorgrid.errors import TensorGridError
-from tensorgrid.report import format_eth, print_job, round_line
+from tensorgrid.report import format_eth, print_job
 from tensorgrid.spec import (
-    COMPRESSIONS,
     DEVICES,
-    LOSSES,
     VERIFY_MODES,
-    AdamW,
     GiB,
     InferenceSpec,
-    NesterovSGD,
-    TrainingSpec,
     VerificationSpec,
 )
 
@@ -250,14 +246,10 @@ def add_submit_parser(job: Any, common: argparse.ArgumentParser) -> None:
     s.add_argument("-o", "--output", type=Path, help="with --watch: download the result here")
 
 
-def _given(pairs: Any) -> dict[str, Any]:
-    return {name: value for name, value in pairs if value is not None}
-
-
 def inference_settings(ns: argparse.Namespace) -> dict[str, Any]:
     """The InferenceSpec fields `job submit` was given; the spec's defaults fill in the rest."""
     memory = None if ns.memory_limit_gib is None else int(ns.memory_limit_gib * GiB)
-    settings = _given(
+    settings = given(
         (
             ("input_names", tuple(ns.input_names) if ns.input_names else None),
             ("shard_rows", ns.shard_rows),
@@ -269,107 +261,9 @@ def inference_settings(ns: argparse.Namespace) -> dict[str, Any]:
         )
     )
     # Always an explicit policy: the bytes the command has always signed.
-    policy = _given((("mode", ns.verification), ("target_detection", ns.target_detection)))
+    policy = given((("mode", ns.verification), ("target_detection", ns.target_detection)))
     settings["verification"] = VerificationSpec(**policy)
     return settings
-
-
-# (flag, TrainingSpec field or "optimizer.field", type, help). The command line never repeats a
-# spec default: a flag left out is left out of the spec, and --help reads the default off the spec.
-_TRAINING_FLAGS: tuple[tuple[str, str, type, str], ...] = (
-    ("--rounds", "rounds", int, "outer rounds"),
-    ("--inner-steps", "inner_steps", int, "AdamW steps per worker per round"),
-    ("--workers", "workers_per_round", int, "workers (tasks) per round"),
-    ("--batch-size", "batch_size", int, "rows per inner step"),
-    ("--lr", "inner_optimizer.lr", float, "inner AdamW learning rate"),
-    ("--weight-decay", "inner_optimizer.weight_decay", float, "inner AdamW weight decay"),
-    ("--outer-lr", "outer_optimizer.lr", float, "outer Nesterov learning rate"),
-    ("--outer-momentum", "outer_optimizer.momentum", float, "outer Nesterov momentum"),
-    ("--quorum", "quorum", float, "fraction of a round's workers that closes it"),
-    ("--round-deadline", "round_deadline_s", int, "seconds before a round closes with what it has"),
-    ("--eval-fraction", "eval_fraction", float, "share of rows held out for evaluation"),
-    ("--seed", "seed", int, "data split, shards and dropout seed"),
-    ("--time-limit", "task_time_limit_s", int, "seconds a node may spend on one task"),
-)
-_OPTIMIZERS: dict[str, type] = {"inner_optimizer": AdamW, "outer_optimizer": NesterovSGD}
-
-
-def _training_default(path: str) -> Any:
-    owner, _, name = path.rpartition(".")
-    return getattr(_OPTIMIZERS[owner] if owner else TrainingSpec, name)  # a dataclass field's plain default
-
-
-def add_training_parser(job: Any, common: argparse.ArgumentParser) -> None:
-    """`tensorgrid job submit-training`: options left out take the TrainingSpec defaults."""
-    t = job.add_parser(
-        "submit-training", parents=[common], help="upload a train-mode program and a dataset, submit a training job"
-    )
-    t.add_argument("--program", type=Path, required=True, help="train-mode torch.export program (.pt2)")
-    t.add_argument("--eval-program", type=Path, help="eval-mode program for held-out metrics (default: --program)")
-    t.add_argument("--dataset", type=Path, required=True, help="safetensors with 'features' + 'labels', or 'tokens'")
-    t.add_argument("--weights", type=Path, help="starting weights, safetensors (default: the program's own)")
-    t.add_argument("--loss", choices=LOSSES, help=f"(default: {_training_default('loss')})")
-    for flag, path, kind, what in _TRAINING_FLAGS:
-        metavar = flag.removeprefix("--").upper().replace("-", "_")
-        t.add_argument(
-            flag, type=kind, dest=_dest(path), metavar=metavar, help=f"{what} (default: {_training_default(path)})"
-        )
-    t.add_argument(
-        "--compression",
-        choices=COMPRESSIONS,
-        help=f"pseudo-gradient encoding (default: {_training_default('compression')})",
-    )
-    t.add_argument("--device", choices=DEVICES, help=f"(default: {_training_default('device')})")
-    t.add_argument("--watch", action="store_true", help="print each round's metrics until the job ends")
-    t.add_argument("-o", "--output", type=Path, help="with --watch: download the final weights here")
-    t.add_argument("--program-output", type=Path, help="with -o: also download the (eval) program here")
-
-
-def _dest(path: str) -> str:
-    return path.replace(".", "_")
-
-
-def training_settings(ns: argparse.Namespace) -> dict[str, Any]:
-    """The TrainingSpec fields `job submit-training` was given; the spec's defaults fill in the rest."""
-    given = _given((path, getattr(ns, _dest(path))) for _, path, _, _ in _TRAINING_FLAGS)
-    settings = _given((("loss", ns.loss), ("compression", ns.compression), ("device", ns.device)))
-    for owner, cls in _OPTIMIZERS.items():
-        chosen = {path.partition(".")[2]: v for path, v in given.items() if path.startswith(owner + ".")}
-        if chosen:
-            settings[owner] = cls(**chosen)
-    settings.update({path: v for path, v in given.items() if "." not in path})
-    return settings
-
-
-def cmd_submit_training(ns: argparse.Namespace) -> int:
-    from tensorgrid.progress import byte_progress
-
-    with _client(ns) as client, byte_progress("uploading") as progress:
-        job = client.submit_training(
-            ns.program,
-            ns.dataset,
-            eval_program=ns.eval_program,
-            initial_weights=ns.weights,
-            progress=progress,
-            **training_settings(ns),
-        )
-    print(f"submitted training job {job.job_id}")
-    if not ns.watch:
-        return exitcodes.OK
-    with _client(ns) as client:
-        try:
-            for metrics in client.watch_rounds(job.job_id):
-                print(round_line(metrics), flush=True)
-        except TensorGridError as e:
-            print(f"error: {e}", file=sys.stderr)
-        final = client.job(job.job_id)
-        print_job(final)
-        if final.state.value != "succeeded":
-            return exitcodes.JOB_FAILED
-        if ns.output:
-            weights, program = client.training_result(job.job_id, ns.output, ns.program_output)
-            print(f"wrote {weights}" + (f" and {program}" if program else ""))
-    return exitcodes.OK
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -387,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
             return devnet.status(ns.dir) if ns.command == "status" else devnet.down(ns.dir)
         handler = {
             "submit": cmd_submit,
-            "submit-training": cmd_submit_training,
+            "submit-training": lambda ns: cmd_submit_training(ns, _client),
             "submit-generate": lambda ns: cmd_submit_generate(ns, _client),
             "watch": cmd_watch,
             "status": cmd_status,

@@ -10,12 +10,14 @@ with Client("127.0.0.1:7070") as c:
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import socket
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -34,7 +36,6 @@ from tensorgrid.spec import (
     NoopSpec,
     TrainingSpec,
     canonical_json,
-    check_dataset,
     job_id_for,
     spec_hash,
     validate,
@@ -50,11 +51,23 @@ if TYPE_CHECKING:
 
 Progress = Callable[[int, int], None]  # (bytes done, bytes total)
 T = TypeVar("T")
+SUBMIT_RETRY_S = 30.0
 SESSION_MARGIN_MS = 60_000  # a session this close to its end is renewed before the next call
 BULK_MODES = ("auto", "off", "only")
 BULK_MIN_BYTES = CHUNK_BYTES  # smaller blobs go over gRPC in "auto" (a ticket costs a round trip)
 log = logging.getLogger("tensorgrid.client")
 _NO_BULK = (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
+@dataclass(frozen=True)
+class Validated:
+    """The coordinator would take the spec: its job id, planned tasks, and the results its escrow
+    must cover (paid_tasks); exists: the same spec was already submitted."""
+
+    job_id: str
+    tasks: int
+    paid_tasks: int
+    exists: bool
 
 
 class CoordinatorError(TensorGridError):
@@ -63,6 +76,20 @@ class CoordinatorError(TensorGridError):
     def __init__(self, code: grpc.StatusCode, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class SubmitInterrupted(CoordinatorError):
+    """The job's escrow is funded but the coordinator could not be reached to take the job.
+
+    Nothing is lost: `client.submit(e.spec, tasks=e.tasks)` submits it again once the coordinator
+    is back (the escrow is not funded twice), or cancel the escrow on chain for a refund (no task
+    can have been leased for it)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str, *, spec: JobSpec, tasks: int, job_id: str) -> None:
+        super().__init__(code, message)
+        self.spec = spec
+        self.tasks = tasks
+        self.job_id = job_id
 
 
 def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -139,6 +166,9 @@ class Client:
         if chain is not None and chain.address.lower() != self.signer.address.lower():
             raise TensorGridError("the chain client must use the submitter's key")
         self.timeout = timeout
+        # An escrow is funded, the coordinator unreachable: retry SubmitJob this long (it may be
+        # restarting), then raise SubmitInterrupted.
+        self.submit_retry_s = SUBMIT_RETRY_S
         self._channel = open_channel(target, self.tls)
         self._stub = submit_pb2_grpc.SubmitterServiceStub(self._channel)
         self._session = ""
@@ -288,27 +318,82 @@ class Client:
     def submit(self, spec: JobSpec, tasks: int | None = None, escrow_deadline_s: int = 7 * 24 * 3600) -> JobInfo:
         """Sign and submit a spec whose blobs are uploaded. Submitting the same spec again is a no-op.
 
-        With a chain client and a reward, the job's escrow (reward × tasks) is funded first.
+        With a chain client and a reward, the coordinator first validates the spec (ValidateJob:
+        everything SubmitJob checks but the escrow) and says how many results the job may pay
+        for; only then is the escrow (reward × that many) funded, and the job submitted. `tasks`,
+        when given, is the most this submitter agrees to fund. Should the submit still be refused,
+        the escrow just funded is refunded (no task can have been leased for it).
         """
         validate(spec)
         spec_json = canonical_json(spec)
-        if self.chain is not None and spec.reward_per_task_wei > 0:
-            if tasks is None:
-                raise TensorGridError("funding an escrow needs the job's task count")
-            self._fund(spec_json, spec.reward_per_task_wei, tasks, escrow_deadline_s)
         sig = sign_message(self.signer, submit_message(spec_hash(spec_json)))
         req = submit_pb2.SubmitJobRequest(spec_json=spec_json, submitter=self.signer.address, signature=sig)
-        return serde.job_from_pb(self._unary(self._stub.SubmitJob, req, timeout=self.timeout * 10))
+        if self.chain is None or spec.reward_per_task_wei <= 0:
+            return serde.job_from_pb(self._unary(self._stub.SubmitJob, req, timeout=self.timeout * 10))
+        checked = self.validate_job(spec, req)
+        if tasks is not None and checked.paid_tasks > tasks:
+            raise TensorGridError(
+                f"the coordinator wants an escrow for {checked.paid_tasks} paid results; this job has {tasks}: "
+                "nothing was funded"
+            )
+        funded = self._fund(spec_json, spec.reward_per_task_wei, checked.paid_tasks, escrow_deadline_s)
+        give_up = time.monotonic() + self.submit_retry_s
+        for failures in itertools.count(1):
+            try:
+                return serde.job_from_pb(self._unary(self._stub.SubmitJob, req, timeout=self.timeout * 10))
+            except CoordinatorError as e:
+                if e.code != grpc.StatusCode.UNAVAILABLE:
+                    if funded:  # refused for good: take the money back
+                        raise CoordinatorError(e.code, f"{e} (its escrow was {self._refund(checked.job_id)})") from None
+                    raise
+                if time.monotonic() >= give_up:  # the escrow stays: the job can be submitted again
+                    raise SubmitInterrupted(
+                        e.code,
+                        f"the escrow of job {checked.job_id} is funded, but the coordinator did not take the job: "
+                        f"{e}. Submit the same spec again once it is back (client.submit(e.spec, tasks=e.tasks): "
+                        "the escrow is not funded twice), or cancel the escrow for a refund",
+                        spec=spec,
+                        tasks=checked.paid_tasks,
+                        job_id=checked.job_id,
+                    ) from None
+                time.sleep(min(backoff(failures, 0.25, cap=2.0), max(0.0, give_up - time.monotonic())))
+        raise AssertionError("unreachable")
 
-    def _fund(self, spec_json: bytes, reward_per_task: int, tasks: int, deadline_s: int) -> None:
+    def validate_job(self, spec: JobSpec, request: submit_pb2.SubmitJobRequest | None = None) -> Validated:
+        """Ask the coordinator whether it would take this spec (its blobs uploaded), storing nothing:
+        CoordinatorError says why not; else the job id, its planned tasks and the results its
+        escrow must cover. No escrow is needed to ask."""
+        if request is None:
+            validate(spec)
+            spec_json = canonical_json(spec)
+            sig = sign_message(self.signer, submit_message(spec_hash(spec_json)))
+            request = submit_pb2.SubmitJobRequest(spec_json=spec_json, submitter=self.signer.address, signature=sig)
+        m = self._unary(self._stub.ValidateJob, request, timeout=self.timeout * 10)
+        return Validated(job_id=m.job_id, tasks=m.tasks, paid_tasks=m.paid_tasks, exists=m.exists)
+
+    def _fund(self, spec_json: bytes, reward_per_task: int, tasks: int, deadline_s: int) -> bool:
+        """Create the job's escrow unless it exists; True if this call created it."""
         from tensorgrid.chain.client import JobStatus
 
         assert self.chain is not None
         sh = spec_hash(spec_json)
         job_id = job_id_for(self.signer.address, sh)
-        if self.chain.job(job_id).status == JobStatus.NONE:  # a resubmission is already funded
-            deadline = self.chain.chain_time() + deadline_s
-            self.chain.create_job(job_id, sh, deadline, reward_per_task * tasks, reward_per_task=reward_per_task)
+        if self.chain.job(job_id).status != JobStatus.NONE:  # a resubmission is already funded
+            return False
+        deadline = self.chain.chain_time() + deadline_s
+        self.chain.create_job(job_id, sh, deadline, reward_per_task * tasks, reward_per_task=reward_per_task)
+        return True
+
+    def _refund(self, job_id: str) -> str:
+        """Cancel an escrow no task was leased for; says what happened, for an error message."""
+        from tensorgrid.chain.errors import ChainError
+
+        assert self.chain is not None
+        try:
+            self.chain.cancel(job_id)
+        except ChainError as e:
+            return f"not refunded ({e}): cancel it with tensorgrid.chain's cancel"
+        return "refunded"
 
     def escrow(self, job_id: str) -> Any:
         """The job's escrow on chain (budget, charged, status, result hash)."""
@@ -490,6 +575,10 @@ class Client:
 
         settings are TrainingSpec fields (rounds, inner_steps, workers_per_round, batch_size,
         compression, quorum, inner_optimizer=AdamW(...), outer_optimizer=NesterovSGD(...), ...).
+        On a chain-settled coordinator pass reward_per_task_wei: once the coordinator has
+        validated the spec, the escrow is funded with reward × rounds × workers_per_round
+        (one paid pseudo-gradient per worker per round), then the job is submitted.
+        docs/TRAINING.md says what the program, the dataset and each setting must be.
         """
         blank = BlobRef("0" * 64, 0)
         draft = TrainingSpec(
@@ -499,15 +588,14 @@ class Client:
             initial_weights=blank if initial_weights is not None else None,
             **settings,
         )
-        validate_training(draft, read_header(dataset))  # bad settings fail before any upload
-        check_dataset(draft, read_header(dataset))
+        validate_training(draft, read_header(dataset))  # bad settings and data fail before any upload
         refs = {
             "train_program": self.upload(train_program, progress),
             "dataset": self.upload(dataset, progress),
             "eval_program": self.upload(eval_program, progress) if eval_program is not None else None,
             "initial_weights": self.upload(initial_weights, progress) if initial_weights is not None else None,
         }
-        return self.submit(TrainingSpec(**refs, **settings))  # type: ignore[arg-type]
+        return self.submit(TrainingSpec(**refs, **settings), tasks=draft.paid_tasks)  # type: ignore[arg-type]
 
     def watch_rounds(self, job_id: str, after_seq: int = 0) -> Iterator[dict[str, Any]]:
         """Per-round metrics of a training job as rounds close, until the job ends:

@@ -89,6 +89,12 @@ class Setting:
         return self.default.compute(env) if isinstance(self.default, Computed) else self.default
 
 
+def given(pairs: Any) -> dict[str, Any]:
+    """The (name, value) pairs whose value was given (not None): a command's options left out
+    stay out of the spec they build, so the spec's defaults apply."""
+    return {name: value for name, value in pairs if value is not None}
+
+
 def add_settings(parser: argparse.ArgumentParser, *settings: Setting) -> argparse.ArgumentParser:
     for setting in settings:
         setting.add_to(parser)

@@ -7,7 +7,7 @@ from typing import Any
 
 from tensorgrid.types import JobInfo, JobVerification
 
-_OUTCOME_ORDER = ("verified", "caught", "unverified", "open", "disputed")
+_OUTCOME_ORDER = ("verified", "passed", "caught", "failed", "unverified", "expired", "open", "pending", "disputed")
 
 
 def print_job(job: JobInfo) -> None:
@@ -31,7 +31,8 @@ def format_eth(wei: int) -> str:
 
 def verification_line(v: JobVerification) -> str:
     """One human line, e.g. "verification: spotcheck, 12 checks (11 verified, 1 caught),
-    detection ≥ 99.0%, stake required 0.0012 ETH"."""
+    detection ≥ 99.0%, stake required 0.0012 ETH"; a training job's replays of its results read
+    "verification: spotcheck, 5 audits (4 passed, 1 failed)"."""
     if v.mode == "none" and not v.checks:
         return "verification: none (signature, lease holder and output hash only)"
     outcomes: dict[str, int] = {}
@@ -39,9 +40,10 @@ def verification_line(v: JobVerification) -> str:
         outcome = key.rpartition(":")[2]
         outcomes[outcome] = outcomes.get(outcome, 0) + n
     order = sorted(outcomes, key=lambda o: (_OUTCOME_ORDER.index(o) if o in _OUTCOME_ORDER else 99, o))
-    found = ", ".join(f"{outcomes[o]} {o}" for o in order)
+    found = ", ".join(f"{outcomes[o]} {o}" for o in order if outcomes[o])
     total = sum(outcomes.values())
-    parts = [v.mode, f"{total} check{'s' if total != 1 else ''}" + (f" ({found})" if found else "")]
+    noun = "audit" if v.checks and all(k.startswith("audit:") for k in v.checks) else "check"
+    parts = [v.mode, f"{total} {noun}{'s' if total != 1 else ''}" + (f" ({found})" if found else "")]
     if v.detection > 0:
         parts.append(f"detection ≥ {math.floor(v.detection * 1000) / 10:.1f}%")
     if v.required_stake_wei:

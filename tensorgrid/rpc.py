@@ -30,6 +30,7 @@ REQUEST_LIMITS: dict[str, int] = {
     _NODE + "RevealCheckpoint": CHUNK_MESSAGE_BYTES,
     _SUBMIT + "UploadBlob": CHUNK_MESSAGE_BYTES,
     _SUBMIT + "SubmitJob": 1 << 20,  # a spec and its signature
+    _SUBMIT + "ValidateJob": 1 << 20,  # the same
 }
 
 

@@ -159,6 +159,16 @@ class SubmitterServicer(submit_pb2_grpc.SubmitterServiceServicer):
         return serde.job_to_pb(info)
 
     @unary
+    async def ValidateJob(
+        self, request: submit_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext
+    ) -> submit_pb2.ValidateJobResponse:
+        me = current_submitter.get()
+        if normalize_address(request.submitter) != me:
+            raise PermissionDenied(f"this session is {me}'s: validate as {me}")
+        v = await self.app.intake.validate(bytes(request.spec_json), request.submitter, bytes(request.signature))
+        return submit_pb2.ValidateJobResponse(job_id=v.job_id, tasks=v.tasks, paid_tasks=v.paid_tasks, exists=v.exists)
+
+    @unary
     async def GetJob(self, request: submit_pb2.GetJobRequest, context: grpc.aio.ServicerContext) -> submit_pb2.Job:
         job = await self.access.job_for(current_submitter.get(), request.job_id)
         return serde.job_to_pb(await self.db(self.report, job))

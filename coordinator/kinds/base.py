@@ -71,6 +71,10 @@ class BaseKind:
     def vet(self, spec: Any, blobs: BlobStore) -> None:
         """Checks of a planned job that run its program (none by default)."""
 
+    def paid_tasks(self, spec: Any, planned: int) -> int:
+        """One paid result per planned task."""
+        return planned
+
     def check_output(self, task: TaskRecord, receipt: Receipt, path: Path) -> int | None:
         return None
 
@@ -86,3 +90,6 @@ class BaseKind:
 
     def detection(self, job: JobInfo, policy: VerificationSpec) -> float:
         return 0.0
+
+    def audits(self, job: JobInfo) -> tuple[VerificationSpec, dict[str, int]] | None:
+        return None

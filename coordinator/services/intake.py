@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from coordinator.config import Limits
-from coordinator.errors import Conflict, NotFound, PermissionDenied
+from coordinator.errors import Conflict, NotFound, PermissionDenied, QuotaExceeded
 from coordinator.repositories.jobs import NewJob, NewTask
 from coordinator.repositories.store import Store
 from coordinator.services.access import Access
@@ -59,6 +62,17 @@ def spec_blobs(spec: object) -> list[BlobRef]:
     return [v for f in fields if isinstance(v := getattr(spec, f.name), BlobRef)]
 
 
+@dataclass(frozen=True)
+class Validated:
+    """A spec the coordinator would take: its job id, planned tasks, and the results it may pay
+    for (the escrow must hold reward_per_task_wei × paid_tasks). exists: already submitted."""
+
+    job_id: str
+    tasks: int
+    paid_tasks: int
+    exists: bool
+
+
 class Intake:
     """SubmitJob: authenticate, plan, check the escrow on chain, price and store the job."""
 
@@ -83,6 +97,7 @@ class Intake:
         self.ledger = ledger
         self.chain = chain
         self.access = access
+        self._validating: set[str] = set()  # submitters whose validation runs now
 
     def plan(self, spec_json: bytes, submitter: str, sh: str, job_id: str) -> tuple[NewJob, list[NewTask]]:
         """plan_job with this coordinator's kinds, blobs and limits (blocking)."""
@@ -92,6 +107,42 @@ class Intake:
         """Run the kind's program checks (the determinism contract) on a planned spec (blocking)."""
         spec = parse_spec(spec_json)
         self.kinds.for_job(spec.kind).vet(spec, self.blobs)
+
+    async def validate(self, spec_json: bytes, submitter_claimed: str, signature: bytes) -> Validated:
+        """Everything submit checks but the escrow, storing nothing: the SDK asks before it funds one.
+
+        Planning and vetting run here as in submit (programs loaded in the sandbox, datasets
+        read), so at most `max_validations` run at once over all submitters and one per submitter.
+        """
+        rt = self.rt
+        submitter, sh, job_id = authenticate(spec_json, submitter_claimed, signature)
+        spec = parse_spec(spec_json)
+        try:
+            existing = await rt.db(self.store.jobs.get_job, job_id)
+        except NotFound:
+            existing = None
+        if existing is not None:  # a resubmission: nothing to fund again
+            planned = existing.tasks_total
+            return Validated(job_id, planned, self.kinds.for_job(spec.kind).paid_tasks(spec, planned), True)
+        await self.access.check_open_jobs(submitter)
+        await self.access.check_spec_blobs(submitter, spec_blobs(spec))
+        with self._validation_slot(submitter):
+            _, tasks = await rt.work(self.plan, spec_json, submitter, sh, job_id)
+            await rt.work(self.vet, spec_json)
+        return Validated(job_id, len(tasks), self.kinds.for_job(spec.kind).paid_tasks(spec, len(tasks)), False)
+
+    @contextmanager
+    def _validation_slot(self, submitter: str) -> Iterator[None]:
+        if submitter in self._validating or len(self._validating) >= self.limits.max_validations:
+            raise QuotaExceeded(
+                f"{len(self._validating)} job validations are running (at most {self.limits.max_validations}, "
+                "one per submitter): try again when yours has finished"
+            )
+        self._validating.add(submitter)
+        try:
+            yield
+        finally:
+            self._validating.discard(submitter)
 
     async def submit(self, spec_json: bytes, submitter_claimed: str, signature: bytes) -> JobInfo:
         rt = self.rt
@@ -114,13 +165,9 @@ class Intake:
         job, tasks = await rt.work(self.plan, spec_json, submitter, sh, job_id)
         await rt.work(self.vet, spec_json)  # refused here, before any node runs the program
         if self.chain is not None:
+            paid = self.kinds.for_job(spec.kind).paid_tasks(spec, len(tasks))
             budget = await rt.work(
-                self.chain.check_escrow,
-                job_id,
-                sh,
-                submitter,
-                job.reward_per_task_wei * len(tasks),
-                job.reward_per_task_wei,
+                self.chain.check_escrow, job_id, sh, submitter, job.reward_per_task_wei * paid, job.reward_per_task_wei
             )
             # Priced before the job exists: a crash in between leaves a harmless orphan price,
             # never an unpriced job whose nodes would go unpaid.

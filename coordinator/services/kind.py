@@ -60,6 +60,9 @@ class Kind(Protocol):
     def vet(self, spec: Any, blobs: BlobStore) -> None:
         """After plan: checks that run the job's program on sample rows (blocking). Raises SpecError."""
 
+    def paid_tasks(self, spec: Any, planned: int) -> int:
+        """Results the job may pay for at most, given the `planned` tasks: its escrow is reward × this."""
+
     def check_output(self, task: TaskRecord, receipt: Receipt, path: Path) -> int | None:
         """Structural check of a received output (blocking); the rows its task must have, or None.
         Raises Rejected."""
@@ -75,6 +78,10 @@ class Kind(Protocol):
 
     def detection(self, job: JobInfo, policy: VerificationSpec) -> float:
         """The report's worst-case per-job detection probability under `policy`."""
+
+    def audits(self, job: JobInfo) -> tuple[VerificationSpec, dict[str, int]] | None:
+        """For a kind that checks results itself (training audits): its policy and "kind:outcome"
+        counts for the report; None: the report reads the generic checks (blocking)."""
 
 
 class KindLookup(Protocol):

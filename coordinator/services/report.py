@@ -27,7 +27,10 @@ class Reports:
         if withheld:  # no free work: the result is released once its payment is secured on chain
             job = dataclasses.replace(job, result=None)
         mode, detection, stake = "none", 0.0, 0
-        if stored is not None:
+        audited = self.kinds.for_job(job.kind).audits(job)
+        if audited is not None:  # a kind that checks its results itself (training's replays)
+            mode, checks = audited[0].mode, {**checks, **audited[1]}
+        elif stored is not None:
             spec = VerificationSpec(**stored[0])
             mode, stake = spec.mode, stored[1]
             detection = self.kinds.for_job(job.kind).detection(job, spec)

@@ -13,7 +13,17 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from tensorgrid.errors import SpecError
 from tensorgrid.spec.base import JobSpecBase
-from tensorgrid.spec.checks import Decoder, as_float, blob_ref, build, check_number, constant, optional, require_object
+from tensorgrid.spec.checks import (
+    Decoder,
+    as_float,
+    blob_ref,
+    build,
+    check_int,
+    check_number,
+    constant,
+    optional,
+    require_object,
+)
 from tensorgrid.spec.verification import VerificationSpec, check_policy, decode_verification
 from tensorgrid.types import BlobRef
 
@@ -109,6 +119,9 @@ class TrainingSpec(JobSpecBase):
     # Audits of results by checkpoint reveal and segment replay; None: the default spot-check
     # policy (and the bytes of specs written before the field existed).
     verification: VerificationSpec | None = None
+    # Inner steps over which each task ramps its AdamW learning rate up linearly from lr/W to lr
+    # (a fresh AdamW's first steps are lr-sized on every parameter); None: no warm-up.
+    inner_warmup_steps: int | None = None
 
     DECODERS: ClassVar[Mapping[str, Decoder]] = {
         "train_program": blob_ref,
@@ -130,11 +143,16 @@ class TrainingSpec(JobSpecBase):
         "round_deadline_s": (1, 30 * 24 * 3600),
         "checkpoint_every": (1, 1_000_000),  # beyond inner_steps: commit start and end only
     }
-    LATE_FIELDS: ClassVar[tuple[str, ...]] = ("verification",)
+    LATE_FIELDS: ClassVar[tuple[str, ...]] = ("verification", "inner_warmup_steps")
 
     @property
     def rows_per_round(self) -> int:
         return self.batch_size * self.inner_steps * self.workers_per_round
+
+    @property
+    def paid_tasks(self) -> int:
+        """Pseudo-gradients the job can pay for at most: its escrow is reward × this."""
+        return self.rounds * self.workers_per_round
 
     @property
     def quorum_workers(self) -> int:
@@ -156,6 +174,8 @@ class TrainingSpec(JobSpecBase):
         check_number("quorum", self.quorum, 0.0, 1.0, lo_open=True)
         _check_optimizers(self.inner_optimizer, self.outer_optimizer)
         check_policy(self.verification)
+        if self.inner_warmup_steps is not None:
+            check_int("inner_warmup_steps", self.inner_warmup_steps, 0, 1_000_000)
         if self.task_time_limit_s > self.round_deadline_s:
             raise SpecError(
                 f"task_time_limit_s ({self.task_time_limit_s}) exceeds round_deadline_s "

@@ -60,7 +60,8 @@ def run_baseline(
     batch_size: int | None = None,
     lr: float | None = None,
 ) -> BaselineResult:
-    """Train with AdamW (the spec's inner hyperparameters unless lr is given) on the grid's rows."""
+    """Train with AdamW (the spec's inner hyperparameters, warm-up included, unless lr is given) on the
+    grid's rows."""
     batch = batch_size or spec.batch_size * spec.workers_per_round
     opt = spec.inner_optimizer
     device = torch.device("cpu")
@@ -73,8 +74,12 @@ def run_baseline(
         foreach=False,
     )  # fmt: skip
     losses: list[float] = []
+    warmup = spec.inner_warmup_steps or 0
     with torch.random.fork_rng(devices=[]):
         for step, start in enumerate(range(0, len(stream), batch)):
+            if warmup:  # the grid's tasks warm up from a fresh AdamW each round; the baseline once, at its start
+                for group in optimizer.param_groups:
+                    group["lr"] = (lr or opt.lr) * min(1.0, (step + 1) / warmup)
             inputs, targets = data.take(stream[start : start + batch], device)
             torch.manual_seed(derive_seed(spec.seed, "baseline", step))
             loss = compute_loss(forward(module, inputs), targets, spec.loss)

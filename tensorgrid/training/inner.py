@@ -50,6 +50,9 @@ _MODEL, _EXP_AVG, _EXP_AVG_SQ, _STEP = "model.", OPTIMIZER_PREFIX + ".", OPTIMIZ
 MODEL_PREFIX, STEP_KEY = _MODEL, _STEP  # names in a checkpoint: model tensors, the AdamW step counter
 
 
+_OPTIONAL = frozenset({"device", "warmup_steps"})  # settings a task may leave out (their defaults)
+
+
 @dataclass(frozen=True)
 class InnerSettings:
     """Everything a training task needs besides its three files; travels as Task.settings."""
@@ -64,6 +67,7 @@ class InnerSettings:
     seed: int
     checkpoint_every: int
     device: str = "cpu"
+    warmup_steps: int = 0  # step s trains at lr·min(1, (s+1)/warmup_steps)
 
     @classmethod
     def for_task(cls, spec: TrainingSpec, round: int, worker: int, device: str = "cpu") -> InnerSettings:
@@ -80,6 +84,7 @@ class InnerSettings:
             seed=derive_seed(spec.seed, "task", round, worker),
             checkpoint_every=spec.checkpoint_every,
             device=device,
+            warmup_steps=spec.inner_warmup_steps or 0,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -91,7 +96,7 @@ class InnerSettings:
     def from_dict(cls, data: dict[str, Any]) -> InnerSettings:
         """Strict inverse of to_dict (settings arrive over the wire)."""
         fields = set(cls.__dataclass_fields__)
-        if not isinstance(data, dict) or not set(data) <= fields or not (fields - {"device"}) <= set(data):
+        if not isinstance(data, dict) or not set(data) <= fields or not (fields - _OPTIONAL) <= set(data):
             raise ExecutionError(ErrorKind.INVALID_INPUT, f"training settings need exactly {sorted(fields)}")
         try:
             s = cls(**{**data, "betas": tuple(float(b) for b in data["betas"])})
@@ -101,7 +106,7 @@ class InnerSettings:
         return s
 
     def check(self) -> None:
-        ints = (self.steps, self.batch_size, self.checkpoint_every, self.seed)
+        ints = (self.steps, self.batch_size, self.checkpoint_every, self.seed, self.warmup_steps)
         floats = (self.lr, self.weight_decay, self.eps, *self.betas)
         ok = (
             self.loss in LOSSES
@@ -173,6 +178,9 @@ class _Run:
         s, b = self.settings, self.settings.batch_size
         positions = torch.arange(self.step * b, (self.step + 1) * b) % self.data.rows
         inputs, targets = self.data.take(positions, self.device)
+        if s.warmup_steps:  # a function of the step alone, so a replay from any checkpoint agrees
+            for group in self.optimizer.param_groups:
+                group["lr"] = s.lr * min(1.0, (self.step + 1) / s.warmup_steps)
         torch.manual_seed(derive_seed(s.seed, "step", self.step))  # dropout masks replay per step
         loss = compute_loss(forward(self.module, inputs), targets, s.loss)
         value = float(loss.detach())

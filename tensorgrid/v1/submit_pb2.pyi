@@ -103,6 +103,18 @@ class SubmitJobRequest(_message.Message):
     signature: bytes
     def __init__(self, spec_json: _Optional[bytes] = ..., submitter: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
+class ValidateJobResponse(_message.Message):
+    __slots__ = ("job_id", "tasks", "paid_tasks", "exists")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    PAID_TASKS_FIELD_NUMBER: _ClassVar[int]
+    EXISTS_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    tasks: int
+    paid_tasks: int
+    exists: bool
+    def __init__(self, job_id: _Optional[str] = ..., tasks: _Optional[int] = ..., paid_tasks: _Optional[int] = ..., exists: _Optional[bool] = ...) -> None: ...
+
 class Job(_message.Message):
     __slots__ = ("job_id", "submitter", "kind", "state", "spec_json", "spec_hash", "created_ms", "updated_ms", "tasks_total", "tasks_done", "task_failures", "result", "error", "verification")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]

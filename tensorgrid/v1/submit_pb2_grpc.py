@@ -49,6 +49,11 @@ class SubmitterServiceStub:
                 request_serializer=tensorgrid_dot_v1_dot_submit__pb2.SubmitJobRequest.SerializeToString,
                 response_deserializer=tensorgrid_dot_v1_dot_submit__pb2.Job.FromString,
                 _registered_method=True)
+        self.ValidateJob = channel.unary_unary(
+                '/tensorgrid.v1.SubmitterService/ValidateJob',
+                request_serializer=tensorgrid_dot_v1_dot_submit__pb2.SubmitJobRequest.SerializeToString,
+                response_deserializer=tensorgrid_dot_v1_dot_submit__pb2.ValidateJobResponse.FromString,
+                _registered_method=True)
         self.GetJob = channel.unary_unary(
                 '/tensorgrid.v1.SubmitterService/GetJob',
                 request_serializer=tensorgrid_dot_v1_dot_submit__pb2.GetJobRequest.SerializeToString,
@@ -123,6 +128,14 @@ class SubmitterServiceServicer:
 
     def SubmitJob(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ValidateJob(self, request, context):
+        """Everything SubmitJob checks but the escrow, storing nothing: how many results the job may
+        pay for, so the submitter funds an escrow only for a spec the coordinator will take.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -213,6 +226,11 @@ def add_SubmitterServiceServicer_to_server(servicer, server):
                     servicer.SubmitJob,
                     request_deserializer=tensorgrid_dot_v1_dot_submit__pb2.SubmitJobRequest.FromString,
                     response_serializer=tensorgrid_dot_v1_dot_submit__pb2.Job.SerializeToString,
+            ),
+            'ValidateJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.ValidateJob,
+                    request_deserializer=tensorgrid_dot_v1_dot_submit__pb2.SubmitJobRequest.FromString,
+                    response_serializer=tensorgrid_dot_v1_dot_submit__pb2.ValidateJobResponse.SerializeToString,
             ),
             'GetJob': grpc.unary_unary_rpc_method_handler(
                     servicer.GetJob,
@@ -328,6 +346,33 @@ class SubmitterService:
             '/tensorgrid.v1.SubmitterService/SubmitJob',
             tensorgrid_dot_v1_dot_submit__pb2.SubmitJobRequest.SerializeToString,
             tensorgrid_dot_v1_dot_submit__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ValidateJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorgrid.v1.SubmitterService/ValidateJob',
+            tensorgrid_dot_v1_dot_submit__pb2.SubmitJobRequest.SerializeToString,
+            tensorgrid_dot_v1_dot_submit__pb2.ValidateJobResponse.FromString,
             options,
             channel_credentials,
             insecure,

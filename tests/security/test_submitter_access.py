@@ -95,6 +95,8 @@ def test_a_stranger_sees_nothing_of_anothers_job(
         with pytest.raises(CoordinatorError, match="not among your uploads") as e:
             stranger.submit(InferenceSpec(model=model, inputs=model, shard_rows=10))
         assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(CoordinatorError, match="not among your uploads"):  # nor in a dry run
+            stranger.validate_job(InferenceSpec(model=model, inputs=model, shard_rows=10))
         # nor does announcing a blob's hash without its bytes
         stub = submit_pb2_grpc.SubmitterServiceStub(grpc.insecure_channel(grid.target))
         claim = [submit_pb2.UploadChunk(header=submit_pb2.UploadHeader(sha256=model.sha256, size=model.size))]

@@ -17,12 +17,16 @@ from coordinator.kinds.training.plan import plan_training
 from coordinator.repositories.jobs import NewJob, NewTask
 from coordinator.repositories.store import Store
 from coordinator.repositories.tasks import TaskRecord
+from coordinator.repositories.training.audits import audit_counts
 from coordinator.repositories.training.rounds import TASK_KIND
 from coordinator.services.kind import Effect
 from coordinator.services.runtime import Runtime
 from coordinator.services.training.rounds import RoundManager
+from coordinator.services.verification.policy import DEFAULT
 from tensorgrid.blobs import BlobStore
-from tensorgrid.types import BlobRef, Receipt
+from tensorgrid.errors import SpecError
+from tensorgrid.spec import TrainingSpec, VerificationSpec
+from tensorgrid.types import BlobRef, JobInfo, Receipt
 
 
 class TrainingKind(BaseKind):
@@ -42,6 +46,20 @@ class TrainingKind(BaseKind):
         self, spec: Any, spec_json: bytes, submitter: str, sh: str, job_id: str, blobs: BlobStore, limits: Limits
     ) -> tuple[NewJob, list[NewTask]]:
         return plan_training(spec, spec_json, submitter, sh, job_id, self.rt, blobs, limits)
+
+    def paid_tasks(self, spec: Any, planned: int) -> int:
+        """Every round's pseudo-gradients, not just round 0's planned tasks."""
+        return int(spec.paid_tasks)
+
+    def audits(self, job: JobInfo) -> tuple[VerificationSpec, dict[str, int]] | None:
+        """The job's policy and its audits by outcome ("audit:passed", ...): training results are
+        checked by the coordinator's replays, not by check tasks."""
+        try:
+            spec = TrainingSpec.parse(job.spec_json)
+        except SpecError:
+            return None
+        counts = {"passed": 0, **audit_counts(self.engine, job.job_id)}  # "audit:" names them audits, even none
+        return spec.verification or DEFAULT, {f"audit:{state}": n for state, n in counts.items()}
 
     def check_output(self, task: TaskRecord, receipt: Receipt, path: Path) -> int | None:
         check_train_output(self.engine, self.blobs, task.task_id, path, receipt.commitment)

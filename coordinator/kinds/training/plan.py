@@ -63,6 +63,7 @@ def plan_training(
         memory_limit_bytes=spec.task_memory_limit_bytes,
         time_limit_ms=spec.task_time_limit_s * 1000,
         max_attempts=spec.max_attempts,
+        reward_per_task_wei=spec.reward_per_task_wei,  # the ledger's price: checked against the escrow
     )
     tasks = [NewTask(index=t.slot, task_id=task_id_for(job_id, t.slot), input=t.input, rows=t.rows) for t in shards]
     return job, tasks

@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, insert, select, update
+from sqlalchemy import Connection, Engine, and_, func, insert, select, update
 
 from coordinator.db import schema as s
 from coordinator.db.events import append_event
@@ -124,6 +124,13 @@ def job_audits(engine: Engine, job_id: str) -> list[Audit]:
     with engine.connect() as conn:
         rows = conn.execute(select(ta).where(ta.c.job_id == job_id).order_by(ta.c.created_ms)).all()
     return [_audit(r) for r in rows]
+
+
+def audit_counts(engine: Engine, job_id: str) -> dict[str, int]:
+    """The job's audits by state (pending, passed, failed, expired, unverified)."""
+    with engine.connect() as conn:
+        rows = conn.execute(select(ta.c.state, func.count()).where(ta.c.job_id == job_id).group_by(ta.c.state)).all()
+    return {str(state): int(n) for state, n in rows}
 
 
 def check_reveal(audit: Audit | None, node: str, step: int, size: int, now_ms: int) -> Audit:

@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from tensorgrid import cli, config
+from tensorgrid import cli, cli_training, config
 from tensorgrid.spec import AdamW, GiB, InferenceSpec, NesterovSGD, TrainingSpec, VerificationSpec, canonical_json
 from tensorgrid.types import BlobRef
 
@@ -58,10 +58,10 @@ def test_submit_flags_reach_the_spec() -> None:
 
 def test_submit_training_defaults_are_the_spec_defaults() -> None:
     ns = parse("job", "submit-training", "--program", "p.pt2", "--dataset", "d.safetensors")
-    assert cli.training_settings(ns) == {}
-    assert TrainingSpec(train_program=REF, dataset=REF, nonce="n", **cli.training_settings(ns)) == TrainingSpec(
-        train_program=REF, dataset=REF, nonce="n"
-    )
+    assert cli_training.training_settings(ns) == {}
+    assert TrainingSpec(
+        train_program=REF, dataset=REF, nonce="n", **cli_training.training_settings(ns)
+    ) == TrainingSpec(train_program=REF, dataset=REF, nonce="n")
 
 
 def test_submit_training_flags_reach_the_spec() -> None:
@@ -69,9 +69,10 @@ def test_submit_training_flags_reach_the_spec() -> None:
         "job", "submit-training", "--program", "p", "--dataset", "d", "--rounds", "3", "--inner-steps", "4",
         "--workers", "2", "--batch-size", "8", "--lr", "0.1", "--outer-momentum", "0.5", "--quorum", "0.5",
         "--round-deadline", "60", "--eval-fraction", "0.1", "--seed", "5", "--time-limit", "30", "--loss", "mse",
-        "--compression", "fp16", "--device", "cpu",
+        "--compression", "fp16", "--device", "cpu", "--checkpoint-every", "2", "--max-attempts", "3",
+        "--reward-wei", "12", "--verification", "replicate",
     )  # fmt: skip
-    assert cli.training_settings(ns) == {
+    assert cli_training.training_settings(ns) == {
         "rounds": 3,
         "inner_steps": 4,
         "workers_per_round": 2,
@@ -86,6 +87,10 @@ def test_submit_training_flags_reach_the_spec() -> None:
         "loss": "mse",
         "compression": "fp16",
         "device": "cpu",
+        "checkpoint_every": 2,
+        "max_attempts": 3,
+        "reward_per_task_wei": 12,
+        "verification": VerificationSpec(mode="replicate"),
     }
 
 
@@ -109,3 +114,18 @@ def test_help_shows_the_spec_defaults(command: str, flag: str, default: object) 
     parser = subparser(subparser(cli.build_parser(), "job"), command)
     action = next(a for a in parser._actions if flag in a.option_strings)
     assert f"(default: {default})" in (action.help or "")
+
+
+def test_submit_training_help_shows_every_default() -> None:
+    """Each option of submit-training says what happens when it is left out (booleans and -h aside)."""
+    parser = subparser(subparser(cli.build_parser(), "job"), "submit-training")
+    silent = [
+        a.option_strings[0]
+        for a in parser._actions
+        if a.option_strings and a.nargs != 0 and "(default:" not in (a.help or "") and not a.required
+    ]
+    assert silent == []
+    shown = {a.option_strings[0]: a.help or "" for a in parser._actions if a.option_strings}
+    assert f"(default: {TrainingSpec.reward_per_task_wei})" in shown["--reward-wei"]
+    assert f"(default: {TrainingSpec.checkpoint_every})" in shown["--checkpoint-every"]
+    assert f"(default: {VerificationSpec.mode})" in shown["--verification"]

@@ -83,3 +83,9 @@ def test_verification_line() -> None:
     assert verification_line(JobVerification("none")) == (
         "verification: none (signature, lease holder and output hash only)"
     )
+
+
+def test_verification_line_of_training_audits() -> None:
+    audits = JobVerification("spotcheck", {"audit:passed": 7, "audit:failed": 1, "audit:pending": 0})
+    assert verification_line(audits) == "verification: spotcheck, 8 audits (7 passed, 1 failed)"
+    assert verification_line(JobVerification("spotcheck", {"audit:passed": 0})) == "verification: spotcheck, 0 audits"

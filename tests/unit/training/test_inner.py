@@ -84,6 +84,28 @@ def test_checkpoints_match_the_chain_and_replay_bit_exactly(
     assert again.digest == replay.digest and again.losses == result.losses[3:6]
 
 
+def test_a_warm_up_ramps_the_learning_rate_and_replays_from_any_checkpoint(
+    digits: Digits, files: tuple[Path, Path]
+) -> None:
+    weights, shard = files
+    warm = InnerSettings(**{**SETTINGS.__dict__, "warmup_steps": 4})
+    cold = run_inner(digits.train_program, weights, shard, SETTINGS)
+    result = run_inner(digits.train_program, weights, shard, warm)
+    assert result.losses[0] == cold.losses[0] and result.final_commitment != cold.final_commitment
+    # the first step moves the weights by about lr/4 instead of lr (AdamW's first step is lr·sign(g))
+    first = Replayer(digits.train_program, shard, warm)
+    start = first.initial_state(weights)
+    moved = first.replay(start, 1).state["model.0.bias"] - start["model.0.bias"]
+    assert float(moved.abs().max()) == pytest.approx(SETTINGS.lr / 4, rel=0.05)
+    # the schedule is a function of the step: a segment from a mid-run state lands where the run did
+    at3 = Replayer(digits.train_program, shard, warm).replay(
+        Replayer(digits.train_program, shard, warm).initial_state(weights), 3
+    )
+    tail = replay_segment(digits.train_program, at3.state, shard, warm, end_step=warm.steps)
+    assert at3.losses + tail.losses == result.losses
+    assert chain_link(bytes.fromhex(result.commitments[-2]), tail.digest).hex() == result.final_commitment
+
+
 def test_tampered_checkpoint_breaks_the_chain(digits: Digits, files: tuple[Path, Path], tmp_path: Path) -> None:
     weights, shard = files
     result = run_inner(digits.train_program, weights, shard, SETTINGS, checkpoint_dir=tmp_path)
@@ -112,6 +134,12 @@ def test_settings_travel_as_a_dict() -> None:
     assert s.seed != InnerSettings.for_task(spec, round=2, worker=0).seed
     with pytest.raises(ExecutionError, match="settings"):
         InnerSettings.from_dict({**s.to_dict(), "extra": 1})
+    older = {k: v for k, v in s.to_dict().items() if k != "warmup_steps"}  # from a coordinator without warm-ups
+    assert InnerSettings.from_dict(older) == s
+    assert (
+        InnerSettings.for_task(TrainingSpec(train_program=REF, dataset=REF, inner_warmup_steps=3), 0, 0).warmup_steps
+        == 3
+    )
     with pytest.raises(ExecutionError, match="invalid training settings"):
         InnerSettings.from_dict({**s.to_dict(), "steps": 0})
 

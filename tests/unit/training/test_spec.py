@@ -72,6 +72,8 @@ def test_optional_blobs_may_be_null() -> None:
         ({"task_time_limit_s": 1000, "round_deadline_s": 900}, "could never finish"),
         ({"dataset": {"sha256": "zz", "size": 1}}, "dataset.sha256"),
         ({"device": "tpu"}, "device"),
+        ({"inner_warmup_steps": -1}, r"inner_warmup_steps must be an integer in \[0, 1000000\]"),
+        ({"inner_warmup_steps": 2.5}, "inner_warmup_steps"),
     ],
 )
 def test_invalid_specs_say_why(changes: dict[str, object], message: str) -> None:
@@ -128,3 +130,10 @@ def test_verification_policy_round_trips_and_leaves_old_hashes_alone() -> None:
     raw = canonical_json(checked).replace(b'"mode":"spotcheck"', b'"mode":"sometimes"')
     with pytest.raises(SpecError, match="verification.mode"):
         TrainingSpec.parse(raw)
+
+
+def test_a_warm_up_is_signed_only_when_set() -> None:
+    plain = TrainingSpec(train_program=REF, dataset=REF, nonce="x")
+    assert b"warmup" not in canonical_json(plain)  # older specs keep their bytes and hashes
+    warm = TrainingSpec(train_program=REF, dataset=REF, nonce="x", inner_warmup_steps=10)
+    assert TrainingSpec.parse(canonical_json(warm)) == warm
