@@ -113,6 +113,39 @@ def test_coordinator_restart_mid_job(make_grid: Callable[..., LocalGrid], slow_d
         assert f"task {task} accepted" in log.split(f"task {task}: result kept", 1)[1], log[-3000:]
 
 
+def test_a_node_killed_holding_a_finished_result_hands_it_in_when_it_starts_again(
+    make_grid: Callable[..., LocalGrid], slow_digits: Assets, tmp_path: Path
+) -> None:
+    grid = make_grid()
+    coordinator = grid.start_coordinator("--lease-ttl-ms", "60000")  # a minute to come back for a lease
+    for i in range(2):
+        grid.start_node(f"node{i}", *node_args())
+    submitter = Signer.generate()
+    with Client(grid.target, submitter) as client:
+        job = client.submit_inference(
+            slow_digits.model, slow_digits.inputs, shard_rows=1000, batch_size=BATCH, device="cpu"
+        )
+        for ev in client.watch(job.job_id):
+            if ev.kind == "completed" and ev.tasks_done >= 2:
+                break
+    grid.kill_proc(coordinator)
+    name, task = _wait_for_kept_results(grid)[0]  # finished, not handed in: on the node's disk
+    node = next(p for p in grid.procs if p.name == name)
+    grid.kill_proc(node)  # and then that daemon dies too
+    grid.restart(coordinator)
+    node = grid.restart(node)
+    with Client(grid.target, submitter) as client:
+        final = client.wait(job.job_id)
+        assert final.state == JobState.SUCCEEDED, final.error
+        assert final.tasks_done == final.tasks_total == 12
+        client.result(job.job_id, tmp_path / "out.safetensors")
+    assert_matches_local(tmp_path / "out.safetensors", slow_digits)
+    log = node.log_path.read_text()
+    handed = f"task {task}: handing in a result kept by an earlier run"
+    assert handed in log and f"task {task} accepted" in log.split(handed, 1)[1], log[-3000:]
+    assert list((grid.root / name / "work" / "pending").iterdir()) == []
+
+
 def _wait_for_kept_results(grid: LocalGrid, timeout: float = 60) -> list[tuple[str, str]]:
     """(node, "task/attempt") of each result a node finished and kept while the coordinator was down."""
     deadline = time.monotonic() + timeout
