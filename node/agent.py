@@ -26,15 +26,16 @@ import grpc
 from node.cache import BlobCache
 from node.config import AgentConfig
 from node.executor import Executor, TaskOutcome, TaskRequest
+from node.pending import PendingResults
 from tensorgrid.blobs import file_sha256
 from tensorgrid.crypto import Signer
 from tensorgrid.errors import TensorGridError
-from tensorgrid.nodeclient import NodeClient
+from tensorgrid.nodeclient import NodeClient, Submitted
 from tensorgrid.retry import backoff
 from tensorgrid.rpc import retry_after_s
 from tensorgrid.sandbox import Isolation
 from tensorgrid.tls import explain_unavailable
-from tensorgrid.types import BlobRef, Capabilities, ErrorKind, Lease, TaskError
+from tensorgrid.types import BlobRef, Capabilities, ErrorKind, Lease, Receipt, TaskError
 
 log = logging.getLogger("tensorgrid.node")
 LEASE_WAIT_MS = 5_000
@@ -63,6 +64,7 @@ class Agent:
         self._registered = asyncio.Event()
         self._active: dict[str, tuple[int, Executor]] = {}  # task_id → (attempt, executor)
         self._revoked: set[tuple[str, int]] = set()  # leases of _active the coordinator took back
+        self.pending = PendingResults(config.work_dir / "pending")
         self._busy = 0  # lease calls refused in a row as RESOURCE_EXHAUSTED
 
     @staticmethod
@@ -84,9 +86,13 @@ class Agent:
         # Checkpoints of a previous run: their results can no longer be revealed.
         shutil.rmtree(self.config.work_dir / CHECKPOINTS, ignore_errors=True)
         try:
+            if self.pending.any():  # results an earlier run could not hand in: first, while their leases live
+                await self._register_with_retry()
+                await self._hand_in_kept()
             # Warm the task workers (torch import) before the first lease, not during it.
             await asyncio.gather(*(ex.start() for ex in self.executors))
-            await self._register_with_retry()
+            if not self._registered.is_set():
+                await self._register_with_retry()
             heartbeat = asyncio.create_task(self._heartbeat_loop())
             await asyncio.gather(*(self._slot_loop(ex) for ex in self.executors))
             heartbeat.cancel()
@@ -312,42 +318,65 @@ class Agent:
         self, lease: Lease, out: Path, commitment: str = "", want: int = 0
     ) -> tuple[list[int], list[Lease]]:
         """Send the result, asking for `want` next leases with it; returns the checkpoint steps its
-        audit wants revealed (usually none) and the leases granted with the answer."""
+        audit wants revealed (usually none) and the leases granted with the answer. The result is
+        kept on disk (node.pending) until the coordinator answers for it, unless it carries a
+        commitment (a training result): its audit may ask for checkpoints a restarted daemon no
+        longer has."""
         output = await asyncio.to_thread(file_sha256, out)
         receipt = self.client.sign(lease, output, commitment)
-        key = (lease.task_id, lease.attempt)
+        kept = None if commitment else await asyncio.to_thread(self.pending.keep, receipt, out)
+        try:
+            answer = await self._hand_in(receipt, kept.output if kept else out, output.size, want)
+        finally:
+            if kept is not None:
+                await asyncio.to_thread(self.pending.drop, kept)
+        if answer is None:
+            return [], []
+        return answer.reveal_steps if answer.accepted else [], answer.leases
+
+    async def _hand_in(self, receipt: Receipt, out: Path, size: int, want: int = 0) -> Submitted | None:
+        """Submit a signed result until the coordinator answers; None if it is dropped unanswered:
+        refused as malformed, its lease revoked, or no coordinator for RESULT_KEEP_S."""
+        name = f"{receipt.task_id[:12]}/{receipt.attempt}"
+        key = (receipt.task_id, receipt.attempt)
         give_up = time.monotonic() + RESULT_KEEP_S
         failures = 0
         while True:
             try:
-                answer = await self.client.submit_and_lease(receipt, output.size, out, want)
+                answer = await self.client.submit_and_lease(receipt, size, out, want)
                 break
             except grpc.aio.AioRpcError as e:
                 await self._on_rpc_error(e, "submit")
                 failures += 1
                 if e.code() not in (*RETRYABLE, grpc.StatusCode.UNAUTHENTICATED):
-                    log.warning(
-                        "task %s/%d: result refused, dropped: %s", lease.task_id[:12], lease.attempt, e.details()
-                    )
-                    return [], []
+                    log.warning("task %s: result refused, dropped: %s", name, e.details())
+                    return None
                 # A finished result is worth keeping while its lease may still be alive: a
                 # coordinator that restarts keeps the lease for its TTL after our last heartbeat.
                 if key in self._revoked or time.monotonic() > give_up:
                     why = "its lease ended" if key in self._revoked else f"no coordinator for {RESULT_KEEP_S:.0f} s"
-                    log.warning("task %s/%d: result dropped, %s", lease.task_id[:12], lease.attempt, why)
-                    return [], []
+                    log.warning("task %s: result dropped, %s", name, why)
+                    return None
                 if failures == 1:
-                    log.warning(
-                        "task %s/%d: result kept, resubmitting until it is taken", lease.task_id[:12], lease.attempt
-                    )
+                    log.warning("task %s: result kept, resubmitting until it is taken", name)
                 busy = e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
                 await asyncio.sleep(retry_after_s(e, failures) if busy else backoff(failures, 0.25, cap=2.0))
         if answer.accepted:
             self.completed += 1
-            log.info("task %s/%d accepted (%d done)", lease.task_id[:12], lease.attempt, self.completed)
-            return answer.reveal_steps, answer.leases
-        log.warning("task %s/%d rejected: %s", lease.task_id[:12], lease.attempt, answer.reason)
-        return [], answer.leases
+            log.info("task %s accepted (%d done)", name, self.completed)
+        else:
+            log.warning("task %s rejected: %s", name, answer.reason)
+        return answer
+
+    async def _hand_in_kept(self) -> None:
+        """Hand in what an earlier run of this daemon finished but could not deliver."""
+        for kept in await asyncio.to_thread(self.pending.stored):
+            r = kept.receipt
+            log.warning("task %s/%d: handing in a result kept by an earlier run", r.task_id[:12], r.attempt)
+            try:
+                await self._hand_in(kept.receipt, kept.output, kept.size)
+            finally:
+                await asyncio.to_thread(self.pending.drop, kept)
 
     async def _reveal(self, lease: Lease, ckpt: Path, steps: list[int]) -> None:
         """Upload the checkpoints an audit asked for; a refused or missing one is logged, not retried."""

@@ -40,6 +40,7 @@ class Proc:
     name: str
     popen: subprocess.Popen[bytes]
     log_path: Path
+    env: dict[str, str] | None = None  # what it was given beyond our environment (restart gives it again)
 
     def alive(self) -> bool:
         return self.popen.poll() is None
@@ -96,7 +97,7 @@ class LocalGrid:
         full_env = {**inherited, "PYTHONUNBUFFERED": "1", **(env or {})}
         popen = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=full_env, start_new_session=True)
         log.close()
-        proc = Proc(name, popen, log_path)
+        proc = Proc(name, popen, log_path, env)
         self.procs.append(proc)
         return proc
 
@@ -123,7 +124,9 @@ class LocalGrid:
         ]
         if database_url:
             args += ["--database-url", database_url]
-        proc = self._spawn(COORDINATOR, args)
+        return self._await_ready(self._spawn(COORDINATOR, args), ready, timeout)
+
+    def _await_ready(self, proc: Proc, ready: Path, timeout: float) -> Proc:
         deadline = time.monotonic() + timeout
         while not ready.exists():
             if not proc.alive():
@@ -133,6 +136,20 @@ class LocalGrid:
             time.sleep(0.05)
         self.port = int(ready.read_text())
         return proc
+
+    def restart(self, proc: Proc, timeout: float = 60) -> Proc:
+        """Start a stopped or crashed process again with its own command line, in its place; a
+        coordinator comes back on the port it had (its nodes dial that one)."""
+        if proc.alive():
+            raise TensorGridError(f"{proc.name} is still running")
+        args = [str(a) for a in proc.popen.args]  # type: ignore[union-attr]
+        self.procs.remove(proc)
+        if proc.name != COORDINATOR:
+            return self._spawn(proc.name, args, proc.env)
+        args[args.index("--listen") + 1] = f"127.0.0.1:{self.port}"
+        ready = self.root / "coordinator.port"
+        ready.unlink(missing_ok=True)
+        return self._await_ready(self._spawn(COORDINATOR, args, proc.env), ready, timeout)
 
     def create_node_key(self, name: str, private_key: str | None = None) -> Path:
         """A keystore for node `name`: a fresh key, or `private_key` imported (devnets)."""

@@ -41,6 +41,7 @@ from tensorgrid.blobs.overlap import write_behind_blocking
 from tensorgrid.errors import BlobError, TensorGridError
 from tensorgrid.tls import host_of
 from tensorgrid.types import BlobRef
+from tensorgrid.v1 import submit_pb2
 
 log = logging.getLogger("tensorgrid.coordinator")
 
@@ -130,6 +131,13 @@ class BulkPort:
         self._active: dict[str, int] = {}  # transfers per peer address
         self._pool = ThreadPoolExecutor(settings.max_transfers, thread_name_prefix="bulk")
         self._closed = threading.Event()
+
+    def issue(
+        self, submitter: str, *, upload: bool, size: int, sha256: str = "", offset: int = 0
+    ) -> submit_pb2.BulkTicket:
+        """A ticket for one transfer on this port (the caller has made the checks)."""
+        token, ticket = self.tickets.issue(submitter, upload=upload, size=size, sha256=sha256, offset=offset)
+        return submit_pb2.BulkTicket(port=self.port, token=token, size=ticket.size, expires_at_ms=ticket.expires_at_ms)
 
     def start(self, host: str, port: int) -> int:
         """Listen on host:port (0: any free port) and return the port; transfers that finish call

@@ -112,8 +112,7 @@ class SubmitterServicer(submit_pb2_grpc.SubmitterServiceServicer):
         if request.size > self.app.blobs.max_blob_bytes:
             raise BlobError(f"blob of {request.size} bytes is over the limit of {self.app.blobs.max_blob_bytes} bytes")
         await self.access.check_upload(me, request.size)
-        token, ticket = bulk.tickets.issue(me, upload=True, size=request.size)
-        return submit_pb2.BulkTicket(port=bulk.port, token=token, size=ticket.size, expires_at_ms=ticket.expires_at_ms)
+        return bulk.issue(me, upload=True, size=request.size)
 
     @unary
     async def OpenBulkDownload(
@@ -126,10 +125,7 @@ class SubmitterServicer(submit_pb2_grpc.SubmitterServiceServicer):
         size = self.app.blobs.ref(sha256).size
         if request.offset > size:
             raise BlobError(f"offset {request.offset} is past the end of blob {sha256} ({size} bytes)")
-        token, ticket = bulk.tickets.issue(
-            me, upload=False, size=size - request.offset, sha256=sha256, offset=request.offset
-        )
-        return submit_pb2.BulkTicket(port=bulk.port, token=token, size=ticket.size, expires_at_ms=ticket.expires_at_ms)
+        return bulk.issue(me, upload=False, size=size - request.offset, sha256=sha256, offset=request.offset)
 
     def _bulk_port(self) -> BulkPort:
         if self.bulk is None:

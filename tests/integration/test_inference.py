@@ -16,7 +16,7 @@ import torch
 from tensorgrid.client import Client
 from tensorgrid.crypto import Signer
 from tensorgrid.localgrid import LocalGrid
-from tensorgrid.types import JobState
+from tensorgrid.types import JobInfo, JobState
 from tensorgrid.workloads.tensorfile import load_tensors
 from tests.integration.conftest import BATCH, Assets, node_args
 
@@ -87,16 +87,7 @@ def test_node_killed_mid_task_is_reissued(
 def test_coordinator_restart_mid_job(make_grid: Callable[..., LocalGrid], slow_digits: Assets, tmp_path: Path) -> None:
     grid = make_grid()
     coordinator = grid.start_coordinator()
-    for i in range(2):
-        grid.start_node(f"node{i}", *node_args())
-    submitter = Signer.generate()
-    with Client(grid.target, submitter) as client:
-        job = client.submit_inference(
-            slow_digits.model, slow_digits.inputs, shard_rows=1000, batch_size=BATCH, device="cpu"
-        )
-        for ev in client.watch(job.job_id):
-            if ev.kind == "completed" and ev.tasks_done >= 2:
-                break
+    submitter, job = _two_nodes_under_way(grid, slow_digits)
     grid.kill_proc(coordinator)  # a crash, not a clean stop
     # The nodes were mid-task: each finishes, cannot hand its result in, and keeps it.
     kept = _wait_for_kept_results(grid)
@@ -111,6 +102,45 @@ def test_coordinator_restart_mid_job(make_grid: Callable[..., LocalGrid], slow_d
     for name, task in kept:  # each kept result was taken after the restart, not run again
         log = next(p for p in grid.procs if p.name == name).log_path.read_text()
         assert f"task {task} accepted" in log.split(f"task {task}: result kept", 1)[1], log[-3000:]
+
+
+def test_a_node_killed_holding_a_finished_result_hands_it_in_when_it_starts_again(
+    make_grid: Callable[..., LocalGrid], slow_digits: Assets, tmp_path: Path
+) -> None:
+    grid = make_grid()
+    coordinator = grid.start_coordinator("--lease-ttl-ms", "60000")  # a minute to come back for a lease
+    submitter, job = _two_nodes_under_way(grid, slow_digits)
+    grid.kill_proc(coordinator)
+    name, task = _wait_for_kept_results(grid)[0]  # finished, not handed in: on the node's disk
+    node = next(p for p in grid.procs if p.name == name)
+    grid.kill_proc(node)  # and then that daemon dies too
+    grid.restart(coordinator)
+    node = grid.restart(node)
+    with Client(grid.target, submitter) as client:
+        final = client.wait(job.job_id)
+        assert final.state == JobState.SUCCEEDED, final.error
+        assert final.tasks_done == final.tasks_total == 12
+        client.result(job.job_id, tmp_path / "out.safetensors")
+    assert_matches_local(tmp_path / "out.safetensors", slow_digits)
+    log = node.log_path.read_text()
+    handed = f"task {task}: handing in a result kept by an earlier run"
+    assert handed in log and f"task {task} accepted" in log.split(handed, 1)[1], log[-3000:]
+    assert list((grid.root / name / "work" / "pending").iterdir()) == []
+
+
+def _two_nodes_under_way(grid: LocalGrid, slow_digits: Assets) -> tuple[Signer, JobInfo]:
+    """Two nodes working through a 12-task job, two tasks of it done: its submitter and the job."""
+    for i in range(2):
+        grid.start_node(f"node{i}", *node_args())
+    submitter = Signer.generate()
+    with Client(grid.target, submitter) as client:
+        job = client.submit_inference(
+            slow_digits.model, slow_digits.inputs, shard_rows=1000, batch_size=BATCH, device="cpu"
+        )
+        for ev in client.watch(job.job_id):
+            if ev.kind == "completed" and ev.tasks_done >= 2:
+                break
+    return submitter, job
 
 
 def _wait_for_kept_results(grid: LocalGrid, timeout: float = 60) -> list[tuple[str, str]]:

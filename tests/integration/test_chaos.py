@@ -1,0 +1,107 @@
+"""Crashes at any moment lose nothing: on a devnet, five escrow-funded jobs run while their
+coordinator is SIGKILLed five times (once between funding an escrow and submitting its job) and a
+node once. Every job finishes, every task is charged once, every charged wei is claimed by the
+nodes, the submitter got back the rest, and the contract ends owing nothing."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tensorgrid.chain.client import ChainClient, JobStatus
+from tensorgrid.client import Client, SubmitInterrupted
+from tensorgrid.crypto import Signer
+from tensorgrid.devnet import start_chain_grid
+from tensorgrid.localgrid import COORDINATOR, LocalGrid, Proc
+from tensorgrid.types import JobState
+from tests.integration.conftest import BATCH, FAST, Assets, Stopper
+
+pytestmark = pytest.mark.integration
+REWARD = 10**15
+GAS_PER_JOB = 10**16  # far above what funding and refunding one escrow costs on anvil
+
+
+def _proc(grid: LocalGrid, name: str) -> Proc:
+    return next(p for p in grid.procs if p.name == name)
+
+
+def _wait(check: Any, what: str, timeout: float = 120.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := check():
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.timeout(600)
+def test_crashes_lose_no_wei_and_pay_nothing_twice(tmp_path: Path, slow_digits: Assets, stopper: Stopper) -> None:
+    cg = start_chain_grid(tmp_path / "devnet", 2, epoch_s=1.0, challenge_window_s=1, coordinator_args=FAST)
+    try:
+        grid = cg.grid
+        grid.wait_for_nodes(2)
+        signer = Signer.from_hex(cg.submitter_key)
+        chain = ChainClient.connect(cg.anvil.rpc_url, cg.deployment, signer.private_key)
+        before = chain.balance()
+
+        def job(client: Client, shard_rows: int) -> str:
+            settings = dict(shard_rows=shard_rows, batch_size=BATCH, device="cpu", reward_per_task_wei=REWARD)
+            return client.submit_inference(slow_digits.model, slow_digits.inputs, **settings).job_id
+
+        class CrashAfterFunding(Client):
+            def _fund(self, *args: Any) -> Any:
+                funded = super()._fund(*args)
+                grid.kill_proc(_proc(grid, COORDINATOR))  # the escrow is funded; the job is not submitted yet
+                return funded
+
+        with CrashAfterFunding(grid.target, signer, chain=chain, ca_cert=grid.ca_cert) as crashing:
+            with pytest.raises(SubmitInterrupted) as interrupted:
+                job(crashing, 1000)
+        grid.restart(_proc(grid, COORDINATOR))
+        with Client(grid.target, signer, chain=chain, ca_cert=grid.ca_cert) as client:
+            # the same spec again, as the error says: its escrow is not funded a second time
+            jobs = [client.submit(interrupted.value.spec, tasks=interrupted.value.tasks).job_id]
+            assert jobs[0] == interrupted.value.job_id
+            jobs += [job(client, rows) for rows in (1500, 2000, 2500, 3000)]
+            for crash in range(4):  # four more crashes while the jobs run, and one node's
+                time.sleep(1.5)
+                grid.kill_proc(_proc(grid, COORDINATOR))
+                if crash == 1:
+                    node = _proc(grid, "node0")
+                    grid.kill_proc(node)
+                    grid.restart(node)
+                grid.restart(_proc(grid, COORDINATOR))
+            finals = [client.wait(j) for j in jobs]
+            for final in finals:
+                assert final.state == JobState.SUCCEEDED, final.error
+                assert final.tasks_done == final.tasks_total
+            escrows = [
+                _wait(lambda j=j: (e := client.escrow(j)).status == JobStatus.COMPLETED and e, "the escrow's close")
+                for j in jobs
+            ]
+            for final, escrow in zip(finals, escrows, strict=True):
+                assert escrow.charged == REWARD * final.tasks_total  # each task charged once
+            charged = sum(e.charged for e in escrows)
+            assert before - chain.balance() - charged < GAS_PER_JOB * len(jobs)  # the rest came back
+            assert before - chain.balance() >= charged
+
+            paid = 0
+            for key in cg.node_keys:
+                node_chain = ChainClient.connect(cg.anvil.rpc_url, cg.deployment, key)
+                earned = _wait(
+                    lambda a=node_chain.address: (e := client.earnings(a)).pending_wei == 0 and e.claim_epoch and e,
+                    "the nodes' earnings on chain",
+                )
+                time.sleep(cg.deployment.challenge_window + 1)
+                cg.anvil.rpc("evm_mine")  # a fresh block carries the new time
+                if earned.claim_cumulative_wei:
+                    node_chain.claim(earned.claim_cumulative_wei, earned.claim_proof)
+                assert node_chain.claimed(node_chain.address) == earned.cumulative_wei
+                paid += earned.cumulative_wei
+            assert paid == charged  # every charged wei reached a node, none twice
+            assert chain.owed() == 0  # the contract holds nothing for anyone: no escrow left open
+    finally:
+        stopper.stop(cg)
