@@ -5,6 +5,7 @@ nodes, the submitter got back the rest, and the contract ends owing nothing."""
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 
 from tensorgrid.chain.client import ChainClient, JobStatus
-from tensorgrid.client import Client, SubmitInterrupted
+from tensorgrid.client import Client, CoordinatorError, SubmitInterrupted
 from tensorgrid.crypto import Signer
 from tensorgrid.devnet import start_chain_grid
 from tensorgrid.localgrid import COORDINATOR, LocalGrid, Proc
@@ -26,6 +27,14 @@ GAS_PER_JOB = 10**16  # far above what funding and refunding one escrow costs on
 
 def _proc(grid: LocalGrid, name: str) -> Proc:
     return next(p for p in grid.procs if p.name == name)
+
+
+def _answers(client: Client) -> bool:
+    try:
+        client.nodes()
+    except CoordinatorError:
+        return False
+    return True
 
 
 def _wait(check: Any, what: str, timeout: float = 120.0) -> Any:
@@ -48,25 +57,46 @@ def test_crashes_lose_no_wei_and_pay_nothing_twice(tmp_path: Path, slow_digits: 
         before = chain.balance()
 
         def job(client: Client, shard_rows: int) -> str:
-            settings = dict(shard_rows=shard_rows, batch_size=BATCH, device="cpu", reward_per_task_wei=REWARD)
-            return client.submit_inference(slow_digits.model, slow_digits.inputs, **settings).job_id
+            return client.submit_inference(
+                slow_digits.model,
+                slow_digits.inputs,
+                shard_rows=shard_rows,
+                batch_size=BATCH,
+                device="cpu",
+                reward_per_task_wei=REWARD,
+            ).job_id
 
         class CrashAfterFunding(Client):
+            """Kills the coordinator between funding an escrow and submitting its job; with
+            `back_in` set, a thread starts it again that many seconds later."""
+
+            back_in: float | None = None
+
             def _fund(self, *args: Any) -> Any:
                 funded = super()._fund(*args)
-                grid.kill_proc(_proc(grid, COORDINATOR))  # the escrow is funded; the job is not submitted yet
+                if not funded:  # the escrow was there already: nothing between to crash in
+                    return funded
+                grid.kill_proc(_proc(grid, COORDINATOR))
+                if self.back_in is not None:
+                    restarting = threading.Timer(self.back_in, lambda: grid.restart(_proc(grid, COORDINATOR)))
+                    restarting.start()
                 return funded
 
-        with CrashAfterFunding(grid.target, signer, chain=chain, ca_cert=grid.ca_cert) as crashing:
+        crashing = CrashAfterFunding(grid.target, signer, chain=chain, ca_cert=grid.ca_cert)
+        with crashing:
+            crashing.submit_retry_s = 0.5  # the coordinator stays down: the SDK gives up and says how to go on
             with pytest.raises(SubmitInterrupted) as interrupted:
                 job(crashing, 1000)
-        grid.restart(_proc(grid, COORDINATOR))
-        with Client(grid.target, signer, chain=chain, ca_cert=grid.ca_cert) as client:
+            grid.restart(_proc(grid, COORDINATOR))
+            _wait(lambda: _answers(crashing), "the client's channel to reconnect")
             # the same spec again, as the error says: its escrow is not funded a second time
-            jobs = [client.submit(interrupted.value.spec, tasks=interrupted.value.tasks).job_id]
+            jobs = [crashing.submit(interrupted.value.spec, tasks=interrupted.value.tasks).job_id]
             assert jobs[0] == interrupted.value.job_id
-            jobs += [job(client, rows) for rows in (1500, 2000, 2500, 3000)]
-            for crash in range(4):  # four more crashes while the jobs run, and one node's
+            crashing.submit_retry_s, crashing.back_in = 60.0, 1.0  # back within a second: the SDK just retries
+            jobs.append(job(crashing, 1500))
+        with Client(grid.target, signer, chain=chain, ca_cert=grid.ca_cert) as client:
+            jobs += [job(client, rows) for rows in (2000, 2500, 3000)]
+            for crash in range(3):  # three more crashes while the jobs run, and one node's
                 time.sleep(1.5)
                 grid.kill_proc(_proc(grid, COORDINATOR))
                 if crash == 1:
