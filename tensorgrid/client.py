@@ -11,24 +11,28 @@ with Client("127.0.0.1:7070") as c:
 from __future__ import annotations
 
 import itertools
-import logging
 import os
-import socket
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from tensorgrid import serde
-from tensorgrid.blobs import CHUNK_BYTES, bulk, download, file_sha256
-from tensorgrid.crypto import Signer, cancel_message, session_message, sign_message, submit_message
-from tensorgrid.errors import BlobError, HashMismatch, TensorGridError
+from tensorgrid.crypto import Signer, cancel_message, sign_message, submit_message
+from tensorgrid.errors import TensorGridError
 from tensorgrid.retry import backoff
-from tensorgrid.rpc import SESSION_METADATA_KEY
+from tensorgrid.session import (  # noqa: F401 -- the SDK's errors, importable from here
+    CoordinatorError,
+    Metadata,
+    Session,
+    SubmitInterrupted,
+    Validated,
+    call,
+    unauthenticated,
+    wrap,
+)
 from tensorgrid.spec import (
     GenerationSpec,
     InferenceSpec,
@@ -41,98 +45,16 @@ from tensorgrid.spec import (
     validate,
     validate_training,
 )
-from tensorgrid.tls import ClientTls, explain_unavailable, host_of, open_channel
+from tensorgrid.tls import ClientTls, open_channel
+from tensorgrid.transfer import Progress, Transfer
 from tensorgrid.types import BlobRef, Earnings, JobEvent, JobInfo, JobState, NodeStatus
-from tensorgrid.v1 import common_pb2, submit_pb2, submit_pb2_grpc
+from tensorgrid.v1 import submit_pb2, submit_pb2_grpc
 from tensorgrid.workloads.tensorfile import batch_rows, read_header
 
 if TYPE_CHECKING:
     from tensorgrid.chain.client import ChainClient
 
-Progress = Callable[[int, int], None]  # (bytes done, bytes total)
-T = TypeVar("T")
 SUBMIT_RETRY_S = 30.0
-SESSION_MARGIN_MS = 60_000  # a session this close to its end is renewed before the next call
-BULK_MODES = ("auto", "off", "only")
-BULK_MIN_BYTES = CHUNK_BYTES  # smaller blobs go over gRPC in "auto" (a ticket costs a round trip)
-log = logging.getLogger("tensorgrid.client")
-_NO_BULK = (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.RESOURCE_EXHAUSTED)
-
-
-@dataclass(frozen=True)
-class Validated:
-    """The coordinator would take the spec: its job id, planned tasks, and the results its escrow
-    must cover (paid_tasks); exists: the same spec was already submitted."""
-
-    job_id: str
-    tasks: int
-    paid_tasks: int
-    exists: bool
-
-
-class CoordinatorError(TensorGridError):
-    """The coordinator refused a request or could not be reached; `code` is the gRPC status."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class SubmitInterrupted(CoordinatorError):
-    """The job's escrow is funded but the coordinator could not be reached to take the job.
-
-    Nothing is lost: `client.submit(e.spec, tasks=e.tasks)` submits it again once the coordinator
-    is back (the escrow is not funded twice), or cancel the escrow on chain for a refund (no task
-    can have been leased for it)."""
-
-    def __init__(self, code: grpc.StatusCode, message: str, *, spec: JobSpec, tasks: int, job_id: str) -> None:
-        super().__init__(code, message)
-        self.spec = spec
-        self.tasks = tasks
-        self.job_id = job_id
-
-
-def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    try:
-        return fn(*args, **kwargs)
-    except grpc.RpcError as e:
-        raise _wrap(e) from None
-
-
-def _unauthenticated(e: grpc.RpcError) -> bool:
-    return e.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined,no-any-return]
-
-
-def _wrap(e: grpc.RpcError) -> CoordinatorError:
-    code = e.code()  # type: ignore[attr-defined]
-    details = e.details()  # type: ignore[attr-defined]
-    if code == grpc.StatusCode.UNAVAILABLE:
-        return CoordinatorError(code, explain_unavailable(details or ""))
-    return CoordinatorError(code, details or code.name)
-
-
-def _upload_chunks(
-    path: Path, size: int, hashed: Future[BlobRef], progress: Progress | None
-) -> Iterator[submit_pb2.UploadChunk]:
-    """UploadBlob's messages: a header with the size, the bytes, and the sha256 once `hashed` has it."""
-    yield submit_pb2.UploadChunk(header=submit_pb2.UploadHeader(size=size))
-    announced = False
-    done = 0
-    with open(path, "rb") as f:
-        while data := f.read(CHUNK_BYTES):
-            yield submit_pb2.UploadChunk(data=data)
-            done += len(data)
-            if progress:
-                progress(done, size)
-            if not announced and hashed.done():
-                announced = True
-                yield _hash_header(hashed.result())
-    if not announced:
-        yield _hash_header(hashed.result())  # waits for the hashing thread
-
-
-def _hash_header(ref: BlobRef) -> submit_pb2.UploadChunk:
-    return submit_pb2.UploadChunk(header=submit_pb2.UploadHeader(sha256=ref.sha256, size=ref.size))
 
 
 class Client:
@@ -153,12 +75,9 @@ class Client:
         coordinator settles on chain; submit then funds each job's escrow first.
         ca_cert: PEM the coordinator's TLS certificate must chain to (None: the system's roots);
         insecure: plain text to any address (tensorgrid.tls has the rule).
-        bulk: how blobs of BULK_MIN_BYTES or more move (tensorgrid.blobs.bulk): "auto" over the
+        bulk: how blobs of 1 MiB or more move (tensorgrid.blobs.bulk): "auto" over the
         coordinator's bulk port when it has one, else over gRPC; "off": always gRPC; "only":
         every blob over the bulk port, an error if there is none."""
-        if bulk not in BULK_MODES:
-            raise TensorGridError(f"bulk must be one of {', '.join(BULK_MODES)}, not {bulk!r}")
-        self.bulk = bulk
         self.target = target
         self.tls = ClientTls(Path(ca_cert) if ca_cert is not None else None, insecure)
         self.signer = signer or Signer.generate()
@@ -171,8 +90,8 @@ class Client:
         self.submit_retry_s = SUBMIT_RETRY_S
         self._channel = open_channel(target, self.tls)
         self._stub = submit_pb2_grpc.SubmitterServiceStub(self._channel)
-        self._session = ""
-        self._session_expires_ms = 0
+        self.session = Session(self._stub, self.signer, timeout)
+        self.transfer = Transfer(self._stub, self.session, target, self.tls, bulk, timeout)
 
     def close(self) -> None:
         self._channel.close()
@@ -184,135 +103,26 @@ class Client:
         self.close()
 
     # ---- session -------------------------------------------------------------------------------
-    def session_metadata(self) -> tuple[tuple[str, str], ...]:
+    def session_metadata(self) -> Metadata:
         """The session metadata of the next call, opening (or renewing) the session first if needed."""
-        if not self._session or self._session_expires_ms - SESSION_MARGIN_MS < time.time() * 1000:
-            self.open_session()
-        return ((SESSION_METADATA_KEY, self._session),)
+        return self.session.metadata()
 
     def open_session(self) -> None:
         """Prove to the coordinator that this client holds the submitter key (the SDK does it on
         the first call and again whenever the session ends)."""
-        address = self.signer.address
-        challenge = _call(
-            self._stub.GetChallenge, submit_pb2.SessionChallengeRequest(address=address), timeout=self.timeout
-        )
-        sig = sign_message(self.signer, session_message(address, challenge.nonce))
-        req = submit_pb2.OpenSessionRequest(address=address, nonce=challenge.nonce, signature=sig)
-        session = _call(self._stub.OpenSession, req, timeout=self.timeout)
-        self._session, self._session_expires_ms = session.session_token, session.expires_at_ms
-
-    def _authed(self, attempt: Callable[[tuple[tuple[str, str], ...]], T]) -> T:
-        """Run attempt(metadata); if the session was refused (expired, revoked, coordinator
-        restarted without it), open a new one and try once more."""
-        try:
-            return attempt(self.session_metadata())
-        except grpc.RpcError as e:
-            if not _unauthenticated(e):
-                raise _wrap(e) from None
-        self._session = ""
-        try:
-            return attempt(self.session_metadata())
-        except grpc.RpcError as e:
-            raise _wrap(e) from None
+        self.session.open()
 
     def _unary(self, method: Any, request: Any, timeout: float | None = None) -> Any:
-        return self._authed(lambda md: method(request, metadata=md, timeout=timeout or self.timeout))
+        return self.session.unary(method, request, timeout)
 
     # ---- blobs ---------------------------------------------------------------------------------
     def upload(self, path: str | os.PathLike[str], progress: Progress | None = None) -> BlobRef:
-        """Stream a file to the coordinator; returns its BlobRef. Skips bytes the coordinator has.
-
-        The file is hashed while it streams (this thread hashes, gRPC's sends): the header gives
-        the size, and the sha256 follows as soon as it is known. The coordinator keeps the bytes
-        only if they match it, and stops the upload early if it already has that blob.
-        progress is called from gRPC's sending thread as chunks go out."""
-        path = Path(path)
-        if not path.is_file():
-            raise BlobError(f"no such file: {path}")
-        size = path.stat().st_size
-        sent = self._upload_bulk(path, size, progress) if self._use_bulk(size) else None
-        ref, got = sent or self._authed(lambda md: self._upload_once(path, size, progress, md))
-        if got.sha256 != ref.sha256 or got.size != ref.size:
-            raise HashMismatch(f"coordinator stored {got.sha256}, expected {ref.sha256}")
-        if progress:
-            progress(ref.size, ref.size)
-        return ref
-
-    def _upload_once(
-        self, path: Path, size: int, progress: Progress | None, md: tuple[tuple[str, str], ...]
-    ) -> tuple[BlobRef, Any]:
-        hashed: Future[BlobRef] = Future()
-        call = self._stub.UploadBlob.future(_upload_chunks(path, size, hashed, progress), metadata=md, timeout=None)
-        try:
-            ref = file_sha256(path)
-        except BaseException as e:
-            hashed.set_exception(e)
-            call.cancel()
-            raise
-        hashed.set_result(ref)
-        return ref, call.result()
-
-    def _upload_bulk(self, path: Path, size: int, progress: Progress | None) -> tuple[BlobRef, Any] | None:
-        """Upload over the bulk port, hashing the file on a thread while sendfile() sends it;
-        None when there is no bulk port to use (and bulk is "auto")."""
-        ticket = self._bulk_ticket(self._stub.OpenBulkUpload, submit_pb2.BulkUploadRequest(size=size))
-        sock = None if ticket is None else self._bulk_connect(ticket)
-        if ticket is None or sock is None:
-            return None
-        with sock, ThreadPoolExecutor(1, thread_name_prefix="blob-hash") as pool:
-            hashed = pool.submit(file_sha256, path)
-            line = bulk.send_file(
-                sock, ticket.token, path, size, lambda: bytes.fromhex(hashed.result().sha256), progress
-            )
-        return hashed.result(), BlobRef(str(line.get("sha256")), int(line.get("size", -1)))
-
-    def _use_bulk(self, size: int) -> bool:
-        return self.bulk == "only" or (self.bulk == "auto" and size >= BULK_MIN_BYTES)
-
-    def _bulk_ticket(self, method: Any, request: Any) -> submit_pb2.BulkTicket | None:
-        """A ticket for the bulk port; None if the coordinator has none (and bulk is "auto").
-
-        "auto" also takes gRPC when a ticket is refused for the quota: UploadBlob lets an owner
-        re-send a blob it already has whatever its quota (the hash, sent as it is known, proves it)."""
-        try:
-            return self._unary(method, request)  # type: ignore[no-any-return]
-        except CoordinatorError as e:
-            if self.bulk == "only" or e.code not in _NO_BULK:
-                raise
-            log.info("no bulk transfer (%s): using gRPC", e)
-            return None
-
-    def _bulk_connect(self, ticket: submit_pb2.BulkTicket) -> socket.socket | None:
-        host = host_of(self.target)
-        context = None if self.tls.plain_text(self.target) else bulk.client_context(self.tls.ca_cert)
-        try:
-            return bulk.connect(host, ticket.port, context, self.timeout)
-        except OSError as e:
-            if self.bulk == "only":
-                raise BlobError(f"cannot reach the coordinator's bulk port {host}:{ticket.port}: {e}") from None
-            log.warning("cannot reach the bulk port %s:%d (%s): using gRPC", host, ticket.port, e)
-            return None
+        """Send a file to the coordinator (tensorgrid.transfer); returns its BlobRef."""
+        return self.transfer.upload(path, progress)
 
     def download(self, ref: BlobRef, dest: str | os.PathLike[str], progress: Progress | None = None) -> Path:
-        """Stream a blob to dest, resuming a partial dest.part, and check its hash."""
-
-        def attempt(md: tuple[tuple[str, str], ...]) -> Path:
-            def fetch(offset: int) -> Iterator[bytes | bytearray]:
-                req = common_pb2.FetchBlobRequest(sha256=ref.sha256, offset=offset)
-                if self._use_bulk(ref.size - offset):
-                    ticket = self._bulk_ticket(self._stub.OpenBulkDownload, req)
-                    sock = None if ticket is None else self._bulk_connect(ticket)
-                    if ticket is not None and sock is not None:
-                        with sock:
-                            yield from bulk.receive(sock, ticket.token, ticket.size)
-                        return
-                for chunk in self._stub.DownloadBlob(req, metadata=md):
-                    yield chunk.data
-
-            return download(ref, Path(dest), fetch, progress)
-
-        return self._authed(attempt)
+        """Fetch a blob to dest, resuming a partial dest.part, and check its hash."""
+        return self.transfer.download(ref, dest, progress)
 
     # ---- jobs ----------------------------------------------------------------------------------
     def submit(self, spec: JobSpec, tasks: int | None = None, escrow_deadline_s: int = 7 * 24 * 3600) -> JobInfo:
@@ -464,12 +274,12 @@ class Client:
 
     def nodes(self) -> list[NodeStatus]:
         """The grid's nodes and their record."""
-        resp = _call(self._stub.ListNodes, submit_pb2.ListNodesRequest(), timeout=self.timeout)
+        resp = call(self._stub.ListNodes, submit_pb2.ListNodesRequest(), timeout=self.timeout)
         return [serde.node_from_pb(n) for n in resp.nodes]
 
     def earnings(self, address: str) -> Earnings:
         """A node's earnings and the proof to claim what is posted on chain."""
-        m = _call(self._stub.GetEarnings, submit_pb2.GetEarningsRequest(address=address), timeout=self.timeout)
+        m = call(self._stub.GetEarnings, submit_pb2.GetEarningsRequest(address=address), timeout=self.timeout)
         return Earnings(
             address=m.address,
             cumulative_wei=int(m.cumulative_wei or 0),
@@ -518,11 +328,12 @@ class Client:
                     yield event
                 return
             except grpc.RpcError as e:
-                if _unauthenticated(e) and not renewed:  # the session ended: open another, once
-                    self._session, renewed = "", True
+                if unauthenticated(e) and not renewed:  # the session ended: open another, once
+                    self.session.forget()
+                    renewed = True
                     continue
                 if e.code() != grpc.StatusCode.UNAVAILABLE or retries >= 30:  # type: ignore[attr-defined]
-                    raise _wrap(e) from None
+                    raise wrap(e) from None
                 retries += 1
                 time.sleep(backoff(retries, 0.4, cap=2.0))
 
@@ -629,7 +440,7 @@ class Client:
                 yield serde.event_from_pb(msg)
         except grpc.RpcError as e:
             if e.code() != grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]
-                raise _wrap(e) from None
+                raise wrap(e) from None
 
     def training_result(
         self,

@@ -155,9 +155,9 @@ def test_calls_without_a_session_are_refused(make_grid: Callable[..., LocalGrid]
     assert stub.GetEarnings(submit_pb2.GetEarningsRequest(address=Signer.generate().address)).cumulative_wei == "0"
     with Client(grid.target, owner.signer) as again:  # the owner, with a fresh session, still sees its job
         assert again.job(job.job_id).state == JobState.QUEUED
-        again._session = "ended"  # as after a revocation: the SDK opens a new session, once, by itself
+        again.session.token = "ended"  # as after a revocation: the SDK opens a new session, once, by itself
         assert again.job(job.job_id).job_id == job.job_id
-        assert again._session != "ended"
+        assert again.session.token != "ended"
 
 
 def test_repeated_failed_authentication_is_rate_limited(make_grid: Callable[..., LocalGrid]) -> None:
