@@ -306,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the TensorGrid coordinator: it shards jobs, leases tasks to nodes over gRPC, "
         "checks their signed results and assembles the output.",
     )
+    config.add_version(p)
     sub = p.add_subparsers(dest="command", required=True)
     run = config.add_settings(sub.add_parser("run", help="serve until SIGTERM/Ctrl-C"), *SETTINGS)
     run.add_argument("--ready-file", type=Path, help="write the bound port here once serving (for scripts)")

@@ -44,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="The TensorGrid node daemon: lends this machine's GPU (or CPU) to the grid and is paid "
         "for verified work. Workloads are torch.export programs and safetensors: no foreign code runs here.",
     )
+    config.add_version(p)
     KEYSTORE.add_to(p)
     p.add_argument(
         "--password-file",

@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tensorgrid",
         description="Submit PyTorch jobs to a TensorGrid coordinator and fetch their results.",
     )
+    config.add_version(p)
     sub = p.add_subparsers(dest="group", required=True)
     demo = sub.add_parser("demo", help="run a coordinator and two nodes locally and do grid inference")
     demo.add_argument("--nodes", type=int, default=2)
@@ -71,13 +72,15 @@ def build_parser() -> argparse.ArgumentParser:
     w = job.add_parser("watch", parents=[common], help="follow a job's progress live")
     w.add_argument("job_id")
     st = job.add_parser("status", parents=[common], help="a job's state, result and verification report")
-    st.add_argument("job_id")
+    st.add_argument("job_id", help="the job's id, or its first 8 or more characters (as `job list` shows them)")
+    st.add_argument("--json", action="store_true", help="print the job as one JSON object")
     r = job.add_parser("result", parents=[common], help="download a finished job's result")
     r.add_argument("job_id")
     r.add_argument("-o", "--output", type=Path, required=True)
     ls = job.add_parser("list", parents=[common], help="list your recent jobs (those submitted with --key)")
     ls.add_argument("--mine", action="store_true", help="kept for old scripts: every submitter sees only its own jobs")
     ls.add_argument("--limit", type=int, default=20)
+    ls.add_argument("--json", action="store_true", help="print one JSON object per line, whole ids included")
     c = job.add_parser("cancel", parents=[common], help="cancel a job you submitted")
     c.add_argument("job_id")
     add_training_parser(job, common)
@@ -111,6 +114,38 @@ def _client(ns: argparse.Namespace) -> Any:
     return Client(ns.coordinator, signer, chain=chain, ca_cert=ns.ca_cert, insecure=ns.insecure, bulk=ns.bulk)
 
 
+def job_id_of(client: Any, text: str) -> str:
+    """A whole job id from an id or its first 8+ hex characters (`job list` prints 12 and ".."),
+    among this key's 1,000 most recent jobs; TensorGridError if none or several match."""
+    prefix = text.strip().rstrip(".").lower()
+    if len(prefix) == 64:
+        return prefix
+    if len(prefix) < 8 or any(ch not in "0123456789abcdef" for ch in prefix):
+        raise TensorGridError(f"{text!r} is not a job id: give its 64 hex characters or the first 8 or more")
+    matches = [j.job_id for j in client.jobs("", 1000) if j.job_id.startswith(prefix)]
+    if not matches:
+        raise TensorGridError(f"no job of {client.signer.address} starts with {prefix} (among its 1,000 most recent)")
+    if len(matches) > 1:
+        raise TensorGridError(f"{prefix} is the start of {len(matches)} jobs: give more of its id")
+    return matches[0]
+
+
+def job_json(job: Any) -> str:
+    """A JobInfo as one line of JSON (enums by value, bytes as hex)."""
+    import dataclasses
+    import enum
+    import json
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, enum.Enum):
+            return value.value
+        if isinstance(value, bytes):
+            return value.hex()
+        raise TypeError(f"{type(value).__name__} is not JSON")
+
+    return json.dumps(dataclasses.asdict(job), default=plain, sort_keys=True)
+
+
 def not_yours(ns: argparse.Namespace, client: Any, job_id: str, e: Exception) -> Exception:
     """A job the coordinator does not show this key reads as 'not found': say whose key asked."""
     if getattr(getattr(e, "code", None), "name", "") != "NOT_FOUND":
@@ -141,7 +176,7 @@ def cmd_watch(ns: argparse.Namespace) -> int:
 
     with _client(ns) as client:
         try:
-            job = watch_job(client, ns.job_id)
+            job = watch_job(client, job_id_of(client, ns.job_id))
         except TensorGridError as e:
             raise not_yours(ns, client, ns.job_id, e) from None
     print_job(job)
@@ -151,9 +186,13 @@ def cmd_watch(ns: argparse.Namespace) -> int:
 def cmd_status(ns: argparse.Namespace) -> int:
     with _client(ns) as client:
         try:
-            print_job(client.job(ns.job_id))
+            job = client.job(job_id_of(client, ns.job_id))
         except TensorGridError as e:
             raise not_yours(ns, client, ns.job_id, e) from None
+    if ns.json:
+        print(job_json(job))
+    else:
+        print_job(job)
     return exitcodes.OK
 
 
@@ -162,7 +201,7 @@ def cmd_result(ns: argparse.Namespace) -> int:
 
     with _client(ns) as client, byte_progress("downloading") as progress:
         try:
-            path = client.result(ns.job_id, ns.output, progress)
+            path = client.result(job_id_of(client, ns.job_id), ns.output, progress)
         except TensorGridError as e:
             raise not_yours(ns, client, ns.job_id, e) from None
     print(f"wrote {path}")
@@ -172,6 +211,10 @@ def cmd_result(ns: argparse.Namespace) -> int:
 def cmd_list(ns: argparse.Namespace) -> int:
     with _client(ns) as client:
         jobs = client.jobs("", ns.limit)
+    if ns.json:
+        for j in jobs:
+            print(job_json(j))
+        return exitcodes.OK
     print(f"jobs of {client.signer.address} (key {ns.key})", file=sys.stderr)
     print(f"{'job':<14} {'state':<10} {'kind':<10} {'tasks':>11}  submitted")
     for j in jobs:
@@ -203,7 +246,7 @@ def cmd_nodes(ns: argparse.Namespace) -> int:
 def cmd_cancel(ns: argparse.Namespace) -> int:
     with _client(ns) as client:
         try:
-            print_job(client.cancel(ns.job_id))
+            print_job(client.cancel(job_id_of(client, ns.job_id)))
         except TensorGridError as e:
             raise not_yours(ns, client, ns.job_id, e) from None
     return exitcodes.OK

@@ -163,3 +163,20 @@ INSECURE = Setting(
     "coordinator given no --ca-cert, and TLS everywhere else)",
 )
 CLIENT_TLS = (CA_CERT, INSECURE)
+
+
+def version() -> str:
+    """The installed TensorGrid's version (pyproject.toml's, as pip recorded it)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("tensorgrid")
+    except PackageNotFoundError:
+        return "unknown (not installed: run from a source tree)"
+
+
+def add_version(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """--version on a command: its name and TensorGrid's version."""
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    return parser

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
@@ -244,6 +245,25 @@ def test_cli_submit_watch_result(make_grid: Callable[..., LocalGrid], digits: As
         timeout=60,
     )
     assert listing.returncode == 0 and "succeeded" in listing.stdout
+    shown = next(line.split()[0] for line in listing.stdout.splitlines() if "succeeded" in line)  # "0123abcd4567.."
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "tensorgrid.cli", "job", *args, "--coordinator", grid.target, "--key", str(env_key)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    status = cli("status", shown)  # the id as `job list` shows it is enough
+    assert status.returncode == 0 and "succeeded" in status.stdout, status.stderr
+    as_json = json.loads(cli("status", "--json", shown[:8]).stdout)
+    assert as_json["state"] == "succeeded" and as_json["job_id"].startswith(shown.rstrip("."))
+    assert [json.loads(line)["job_id"] for line in cli("list", "--json").stdout.splitlines()] == [as_json["job_id"]]
+    refused = cli("status", "abc")
+    assert refused.returncode != 0 and "not a job id" in refused.stderr
+    unknown = cli("status", "f" * 12)
+    assert unknown.returncode != 0 and "no job of" in unknown.stderr
     nodes = subprocess.run(
         [sys.executable, "-m", "tensorgrid.cli", "nodes", "--coordinator", grid.target, "--key", str(env_key)],
         capture_output=True,
