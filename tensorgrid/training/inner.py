@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +127,8 @@ class ReplayResult:
     state: dict[str, torch.Tensor]
     digest: bytes
     losses: list[float]
+    # per parameter, the largest |gradient| each element saw over the replayed steps
+    grad_peaks: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class _Run:
@@ -138,6 +140,7 @@ class _Run:
         self.device = pick_device(s.device)
         self.module = open_program(program, self.device)
         self.params = list(self.module.named_parameters())
+        self.grad_peaks: dict[str, torch.Tensor] | None = None
         self.optimizer = torch.optim.AdamW(
             [p for _, p in self.params], lr=s.lr, betas=s.betas, weight_decay=s.weight_decay, eps=s.eps,
             foreach=False, fused=False,
@@ -188,6 +191,12 @@ class _Run:
             raise ExecutionError(ErrorKind.EXECUTION, f"training diverged: loss is {value} at step {self.step}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.grad_peaks is not None:  # a verifier's replay: which elements ever had a gradient
+            for name, p in self.params:
+                if p.grad is not None:
+                    seen = p.grad.detach().abs()
+                    prev = self.grad_peaks.get(name)
+                    self.grad_peaks[name] = seen.clone() if prev is None else torch.maximum(prev, seen)
         self.optimizer.step()
         self.step += 1
         return value
@@ -282,11 +291,18 @@ class Replayer:
         if not run.step <= end_step <= self.settings.steps:
             raise ExecutionError(ErrorKind.INVALID_INPUT, f"cannot replay from step {run.step} to {end_step}")
         losses: list[float] = []
-        with torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else []):
-            while run.step < end_step:
-                losses.append(run.train_step())
+        run.grad_peaks = {}
+        try:
+            with torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else []):
+                while run.step < end_step:
+                    losses.append(run.train_step())
+            peaks = {name: t.cpu() for name, t in run.grad_peaks.items()}
+        finally:
+            run.grad_peaks = None
         state = run.state()
-        return ReplayResult(step=run.step, state=state, digest=checkpoint_digest(state), losses=losses)
+        return ReplayResult(
+            step=run.step, state=state, digest=checkpoint_digest(state), losses=losses, grad_peaks=peaks
+        )
 
 
 def initial_state(

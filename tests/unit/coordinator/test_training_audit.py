@@ -590,3 +590,45 @@ def _task_id(job_id: str, idx: int) -> str:
     from tensorgrid.spec import task_id_for
 
     return task_id_for(job_id, idx)
+
+
+class _Attention(torch.nn.Module):
+    """Self-attention as torch ships it: MultiheadAttention's key bias shifts every score of a
+    query alike, so softmax cancels it and its true gradient is zero: backward returns rounding
+    noise, which differs with the thread count, and AdamW turns noise into steps of about lr."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Linear(4, 64)
+        self.layer = torch.nn.TransformerEncoderLayer(64, 4, 128, dropout=0.0, batch_first=True)
+        self.head = torch.nn.Linear(64, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        seq = self.embed(x.reshape(x.shape[0], 16, 4))
+        return self.head(self.layer(seq).mean(1))
+
+
+@pytest.mark.parametrize("replay_threads", [1, 2])
+def test_an_honest_run_of_a_model_with_an_inert_parameter_passes_at_any_thread_count(
+    files: dict[str, Path], tmp_path: Path, replay_threads: int
+) -> None:
+    torch.manual_seed(0)
+    export_program(_Attention().train(), (torch.randn(4, 64),), tmp_path / "attn.pt2")
+    initial_weights(tmp_path / "attn.pt2", tmp_path / "w0.safetensors")
+    settings = replace(SETTINGS, steps=40, checkpoint_every=10)
+    old = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # the node
+        r = TRAINERS["honest"](
+            tmp_path / "attn.pt2", tmp_path / "w0.safetensors", files["shard"], settings, tmp_path / "ckpt"
+        )
+        write_result(r, tmp_path / "attn.out", "int8")
+        torch.set_num_threads(replay_threads)  # the coordinator
+        for j in range(len(r.checkpoint_steps) - 1):
+            revealed = {s: tmp_path / "ckpt" / checkpoint_name(s) for s in reveal_plan(r.checkpoint_steps, j)}
+            c = AuditCase(tmp_path / "attn.pt2", files["shard"], tmp_path / "w0.safetensors", tmp_path / "attn.out",
+                          settings, r.final_commitment, j, revealed)  # fmt: skip
+            finding = check_reveal(c)
+            assert finding.passed, (j, finding.reason)
+    finally:
+        torch.set_num_threads(old)
