@@ -121,6 +121,24 @@ def test_a_silent_assignee_is_barred_and_another_drawn(state: Store) -> None:
     assert assignee(state, check_id) is None
 
 
+def test_a_busy_assignee_keeps_its_check_until_the_check_wait(state: Store) -> None:
+    """A one-slot node computing a shard cannot take its check yet: it is not barred for that
+    (on a 2-node grid it is the only possible checker), but only as long as check_wait_ms."""
+    check_id = checked_result(state)
+    first = assignee(state, check_id)
+    assert first is not None
+    wait = 30_000
+    make_job(state, job_id=JOB2, n=1, created=5)
+    with state.engine.begin() as conn:  # the assignee computes another job's shard, its lease live throughout
+        t = assign.s.tasks
+        conn.execute(update(t).where(t.c.job_id == JOB2).values(state="leased", node=first, deadline_ms=NOW + 2 * wait))
+    assert state.verification.reassign_checks(NOW + assign.ASSIGN_MS + 1, wait) == 0
+    assert assignee(state, check_id) == first  # kept, not barred
+    # past check_wait_ms the usual rule applies: barred, another drawn
+    assert state.verification.reassign_checks(NOW + wait + 1, wait) == 1
+    assert assignee(state, check_id) not in (first, SUBJECT, None)
+
+
 def test_nodes_not_seen_lately_are_not_drawn(state: Store) -> None:
     with state.engine.begin() as conn:
         conn.execute(update(assign.s.nodes).where(assign.s.nodes.c.address == C).values(last_seen_ms=-(10**9)))
