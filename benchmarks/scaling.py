@@ -24,7 +24,7 @@ Where grid time went comes from the nodes' per-task timing lines (fetch, program
 compute, submit; each task classed as a shard or a check from the coordinator's database),
 the coordinator's referee timing lines, and the job's events.
 
-    python -m benchmarks.scaling [--seconds 60] [--shards 4] [--batch 16]
+    python -m benchmarks.scaling [--seconds 60 | --rows N] [--shards 4] [--batch 16] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -90,26 +90,63 @@ def make_inputs(rows: int, seed: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids * mask, "attention_mask": mask}
 
 
-def local_seconds(model: Path, inputs: Path, out: Path, batch: int, runs: int = 1) -> tuple[float, float]:
-    """In-process (wall, forward-pass) seconds in a fresh interpreter with one thread (one node's
-    compute) and what a node's warm worker has imported (torch, what loading a program needs):
-    wall time covers loading the program and every forward pass, as a node's first task pays.
-    With several runs, the fastest after the first (which loads the program)."""
-    code = (
+def _inference_code(model: Path, inputs: Path, out: Path, batch: int, runs: int, go: Path | None = None) -> str:
+    """A fresh interpreter with one thread (one node's compute) and what a node's warm worker has
+    imported (torch, what loading a program needs); with `go`, it writes `out`.ready when
+    imported and starts timing once `go` exists. Prints (wall, forward-pass) seconds per run:
+    wall covers loading the program and every forward pass, as a node's first task pays."""
+    wait = (
+        f"import os\nopen({str(out) + '.ready'!r}, 'w').close()\n"
+        f"while not os.path.exists({str(go)!r}): time.sleep(0.01)\n"
+        if go
+        else ""
+    )
+    return (
         "import time, torch\n"
         "from tensorgrid.workloads.inference import run_inference\n"
         "from tensorgrid.workloads.programs import warm_imports\n"
-        "warm_imports()\n"  # what a node's warm worker has imported too
+        "warm_imports()\n"
         "torch.set_num_threads(1)\n"
+        f"{wait}"
         f"for _ in range({runs}):\n"
         "    t = time.monotonic()\n"
         f"    stats = run_inference({str(model)!r}, {str(inputs)!r}, {str(out)!r}, input_names=['input_ids', "
         f"'attention_mask'], batch_size={batch}, device='cpu')\n"
-        "    print(time.monotonic() - t, stats.seconds)\n"
+        "    print(time.monotonic() - t, stats.seconds, flush=True)\n"
     )
+
+
+def _times(stdout: str) -> list[tuple[float, float]]:
+    return [(float(a), float(b)) for a, b in (line.split() for line in stdout.strip().splitlines())]
+
+
+def local_seconds(model: Path, inputs: Path, out: Path, batch: int, runs: int = 1) -> tuple[float, float]:
+    """In-process (wall, forward-pass) seconds (_inference_code); with several runs, the fastest
+    after the first (which loads the program)."""
+    code = _inference_code(model, inputs, out, batch, runs)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    times = [(float(a), float(b)) for a, b in (line.split() for line in proc.stdout.strip().splitlines())]
+    times = _times(proc.stdout)
     return min(times[1:]) if len(times) > 1 else times[0]
+
+
+def two_at_once(model: Path, inputs: Path, root: Path, batch: int) -> float:
+    """Wall seconds of two bare in-process runs started together, each on half the rows: what
+    this machine gives two one-thread processes right now (the grid's floor, with no grid)."""
+    tensors = load_tensors(inputs)
+    half = next(iter(tensors.values())).shape[0] // 2
+    go = root / "go"
+    go.unlink(missing_ok=True)
+    procs = []
+    for i, rows in enumerate((slice(0, half), slice(half, None))):
+        part = root / f"half{i}.safetensors"
+        save_tensors({k: v[rows] for k, v in tensors.items()}, part)
+        code = _inference_code(model, part, root / f"half{i}_out.safetensors", batch, 1, go)
+        procs.append(subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True))
+    while not all((root / f"half{i}_out.safetensors.ready").exists() for i in (0, 1)):
+        time.sleep(0.05)  # both through their imports
+    go.touch()
+    outs = [proc.communicate()[0] for proc in procs]
+    return max(_times(out)[0][0] for out in outs)
 
 
 def calibrate_rows(model: Path, root: Path, seconds: float, batch: int, shards: int) -> tuple[int, float]:
@@ -236,6 +273,7 @@ def main() -> None:
     # the checker and again by the referee) stays within the 5% verification budget
     p.add_argument("--shards", type=int, default=4, help="tasks the job is split into")
     p.add_argument("--batch", type=int, default=16, help="rows per forward call")
+    p.add_argument("--rows", type=int, default=0, help="the job's rows (default: --seconds' worth, calibrated)")
     p.add_argument("--keep", type=Path, default=None, help="work here and keep the grid's logs and database")
     ns = p.parse_args()
     torch.set_num_threads(1)
@@ -244,12 +282,17 @@ def main() -> None:
         root.mkdir(parents=True, exist_ok=True)
         model, inputs = root / "encoder.pt2", root / "inputs.safetensors"
         params = export_encoder(model)
-        rows, per_row = calibrate_rows(model, root, ns.seconds, ns.batch, ns.shards)
+        if ns.rows:
+            rows = ns.rows
+        else:
+            rows, per_row = calibrate_rows(model, root, ns.seconds, ns.batch, ns.shards)
+            print(f"{per_row * 1000:.0f} ms/row in process now", flush=True)
         save_tensors(make_inputs(rows, 1), inputs)
-        print(f"{params / 1e6:.1f}M parameters, {per_row * 1000:.0f} ms/row, {rows} rows", flush=True)
+        print(f"{params / 1e6:.1f}M parameters, {rows} rows", flush=True)
         grid = run_grid(root, model, inputs, rows // ns.shards, ns.batch)
         print(f"grid {grid['grid_s']:.1f}s: {grid['breakdown']}", flush=True)
         local_s, local_forward_s = local_seconds(model, inputs, root / "local_out.safetensors", ns.batch)
+        pair_s = two_at_once(model, inputs, root, ns.batch)
         same = torch.allclose(
             load_tensors(root / "grid_out.safetensors")["output"],
             load_tensors(root / "local_out.safetensors")["output"],
@@ -266,7 +309,10 @@ def main() -> None:
     b = grid["breakdown"]
     checking = sum(n["check_compute_s"] for n in nodes) + b["referee_s"] + b["intake_probe_s"]
     share = checking / max(1e-9, sum(n["compute_s"] for n in nodes))
-    print(f"in-process {local_s:.1f}s, 2-node grid {grid['grid_s']:.1f}s: {ratio:.3f} (goal <= {GOAL})")
+    print(
+        f"in-process {local_s:.1f}s, 2-node grid {grid['grid_s']:.1f}s: {ratio:.3f} (goal <= {GOAL}); "
+        f"two bare processes at once: {pair_s / local_s:.3f}"
+    )
     emit(
         {
             "benchmark": "scaling",
@@ -282,6 +328,9 @@ def main() -> None:
             "goal_ratio": GOAL,
             "results_equal": same,
             "local_forward_s": round(local_forward_s, 2),
+            # two bare one-thread processes on half the rows each, at once: this machine's floor
+            "two_processes_s": round(pair_s, 2),
+            "two_processes_ratio": round(pair_s / local_s, 3),
             "node_compute_slowdown": round(slowdown, 3),  # node s/row over in-process s/row
             "grid_overhead_s": round(overhead_s, 2),  # grid time beyond the busiest node's forward passes
             # checks on nodes, the referee's rulings and intake's probe, over the shards' compute

@@ -167,7 +167,9 @@ class _Slow(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         wide = x.repeat(1, 16)  # 64 → 1024 columns
-        for _ in range(100):
+        # ~2 GFLOP a row: over 0.2 s for a check's 4 rows even with the program warm (the
+        # referee keeps it loaded from intake's probe) on a fast core
+        for _ in range(1000):
             wide = torch.tanh(wide @ self.weight)
         return wide[:, :10]
 
