@@ -113,8 +113,8 @@ class CoordinatorConfig:
     referee_time_s: float = 600.0  # wall time of one sandboxed re-execution or replay
     referee_memory_bytes: int = 4 * GiB  # its hard memory cap
     bulk: BulkSettings = field(default_factory=BulkSettings)
-    # its torch threads: its work is small by design (a check's rows) and shares the machine
-    # with the coordinator; several threads on busy cores wait for each other (measured on 2
+    # the referee child's torch threads: its work is small by design (a check's rows) and shares
+    # the machine with the coordinator; several threads on busy cores wait for each other (measured on 2
     # loaded cores: 2 rows of a 22M-parameter encoder in 1.8 s on 2 threads, 0.3 s on 1)
     referee_threads: int = 1
 
