@@ -49,7 +49,9 @@ class Coordinator:
         self.runtime = rt = Runtime(
             inline_db=store.is_sqlite,
             db_threads=1 if store.is_sqlite else 8,
-            sandbox=SandboxLimits(memory_bytes=config.referee_memory_bytes, time_s=config.referee_time_s),
+            sandbox=SandboxLimits(
+                memory_bytes=config.referee_memory_bytes, time_s=config.referee_time_s, threads=config.referee_threads
+            ),
         )
         self.hub = rt.hub
         self.metrics = Metrics()

@@ -22,10 +22,16 @@ class EventHub:
         self._work.set()
         self._work = asyncio.Event()
 
-    async def wait_for_work(self, timeout_s: float) -> None:
-        """Return when work_available() is called, or after timeout_s."""
+    def work_signal(self) -> asyncio.Event:
+        """What the next work_available() sets. Take it before looking for work and wait on it
+        after finding none: work that appears in between (a check opened while the lease query
+        ran) then wakes the waiter instead of leaving it asleep for its whole timeout."""
+        return self._work
+
+    async def wait_for_work(self, timeout_s: float, signal: asyncio.Event | None = None) -> None:
+        """Return when work_available() is called (since `signal` was taken), or after timeout_s."""
         try:
-            await asyncio.wait_for(self._work.wait(), timeout_s)
+            await asyncio.wait_for((signal or self._work).wait(), timeout_s)
         except TimeoutError:
             pass
 

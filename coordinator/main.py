@@ -253,6 +253,13 @@ DRAIN_S = Setting(
     type=float,
     help="on SIGTERM, health says NOT_SERVING this long before the coordinator stops taking calls",
 )
+REFEREE_THREADS = Setting(
+    "--referee-threads",
+    _COORDINATOR + "REFEREE_THREADS",
+    CoordinatorConfig.referee_threads,
+    type=int,
+    help="torch threads of that sandboxed child; 0: torch's default (one per core)",
+)
 SETTINGS = (
     LISTEN,
     HEALTH_INTERVAL_MS,
@@ -283,6 +290,7 @@ SETTINGS = (
     *PEER_SETTINGS,
     REFEREE_TIME_S,
     REFEREE_MEMORY_MIB,
+    REFEREE_THREADS,
 )
 _UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 
@@ -350,6 +358,7 @@ def config_from(ns: argparse.Namespace) -> CoordinatorConfig:
         insecure=ns.insecure,
         referee_time_s=ns.referee_time_s,
         referee_memory_bytes=int(ns.referee_memory_mib * MiB),
+        referee_threads=ns.referee_threads,
         timing=LeaseTiming(ttl_ms=ns.lease_ttl_ms),
         limits=Limits(max_shard_bytes=int(ns.max_shard_mib * MiB), max_blob_bytes=int(ns.max_blob_mib * MiB)),
         peers=peer_limits(ns),

@@ -19,6 +19,7 @@ import random
 import shutil
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -43,6 +44,12 @@ CHECKPOINTS = "checkpoints"
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
 BUSY_RETRIES = 8  # calls refused as RESOURCE_EXHAUSTED (the coordinator at its limits) are retried this often
 RESULT_KEEP_S = 3600.0  # a finished result is resubmitted this long while the coordinator is unreachable
+
+
+@dataclass(frozen=True)
+class _Timing:
+    fetch_s: float  # the task's blobs into the cache (0 when they were there)
+    run_s: float  # the worker's whole turn: request, program load, forward passes, output written
 
 
 def checkpoint_file(step: int) -> str:
@@ -223,27 +230,30 @@ class Agent:
             if lease.kind == "training"
             else None
         )
-        started = time.monotonic()
         following: Lease | None = None
         try:
-            outcome = await self._execute(ex, lease, out, ckpt)
-            executed = time.monotonic()
+            outcome, timing = await self._execute(ex, lease, out, ckpt)
             if outcome.ok:
                 # A training result may be followed by checkpoint reveals: its slot asks for work after those.
                 want = 0 if ckpt is not None or self.draining.is_set() else 1
-                reveal, granted = await self._submit(lease, out, outcome.commitment, want)
+                submitted = time.monotonic()
+                accepted, reveal, granted = await self._submit(lease, out, outcome.commitment, want)
                 if reveal and ckpt is not None:
                     await self._reveal(lease, ckpt, reveal)
                 following = granted[0] if granted else None
                 for extra in granted[1:]:  # more than asked for: not this slot's
                     await self._report(extra.task_id, extra.attempt, TaskError(ErrorKind.RELEASED, "not asked for"))
-                log.debug(
-                    "task %s: %.3fs fetching, %.3fs computing, %.3fs submitting",
-                    lease.task_id[:12],
-                    executed - started - outcome.seconds,
-                    outcome.seconds,
-                    time.monotonic() - executed,
-                )
+                if accepted:  # with where its time went (benchmarks.scaling reads these lines)
+                    log.info(
+                        "task %s/%d timing: fetch %.3fs, load %.3fs, compute %.3fs, run %.3fs, submit %.3fs",
+                        lease.task_id[:12],
+                        lease.attempt,
+                        timing.fetch_s,
+                        outcome.load_seconds,
+                        outcome.seconds,
+                        timing.run_s,
+                        time.monotonic() - submitted,
+                    )
             elif outcome.error is not None:
                 log.warning(
                     "task %s failed: %s: %s", lease.task_id[:12], outcome.error.kind.value, outcome.error.message[:300]
@@ -257,7 +267,18 @@ class Agent:
                 await asyncio.to_thread(shutil.rmtree, ckpt, True)
         return following
 
-    async def _execute(self, ex: Executor, lease: Lease, out: Path, ckpt: Path | None = None) -> TaskOutcome:
+    async def _execute(
+        self, ex: Executor, lease: Lease, out: Path, ckpt: Path | None = None
+    ) -> tuple[TaskOutcome, _Timing]:
+        """Fetch the task's blobs and run it; its outcome and how long each took."""
+        started = time.monotonic()
+        fetched, outcome = await self._fetch_and_run(ex, lease, out, ckpt)
+        done = time.monotonic()
+        return outcome, _Timing(fetched - started, max(0.0, done - fetched))
+
+    async def _fetch_and_run(
+        self, ex: Executor, lease: Lease, out: Path, ckpt: Path | None
+    ) -> tuple[float, TaskOutcome]:
         settings = dict(lease.settings)
         try:
             model = await self.cache.ensure(lease.model, self._fetcher(lease.model)) if lease.model else None
@@ -271,17 +292,18 @@ class Agent:
                     paths[str(name)] = str(await self.cache.ensure(ref, self._fetcher(ref)))
                 settings["paths"] = paths
         except (KeyError, TypeError, ValueError) as e:
-            return TaskOutcome(
+            return time.monotonic(), TaskOutcome(
                 ok=False, error=TaskError(ErrorKind.INVALID_INPUT, f"bad blob list in the task's settings: {e}")
             )
         except (TensorGridError, grpc.aio.AioRpcError) as e:
             msg = e.details() if isinstance(e, grpc.aio.AioRpcError) else str(e)
-            return TaskOutcome(
+            return time.monotonic(), TaskOutcome(
                 ok=False,
                 rows=0,
                 seconds=0.0,
                 error=TaskError(ErrorKind.BLOB_UNAVAILABLE, f"could not fetch inputs: {msg}"),
             )
+        fetched = time.monotonic()
         wanted = str(lease.settings.get("device", "any"))
         request = TaskRequest(
             kind=lease.kind,
@@ -295,7 +317,7 @@ class Agent:
             time_limit_s=lease.time_limit_ms / 1000,
             checkpoint_dir=str(ckpt) if ckpt is not None else None,
         )
-        return await ex.run(request)
+        return fetched, await ex.run(request)
 
     def _fetcher(self, ref: BlobRef) -> Callable[[int], AsyncIterator[bytes]]:
         return lambda offset: self._fetch(ref, offset)
@@ -316,9 +338,10 @@ class Agent:
 
     async def _submit(
         self, lease: Lease, out: Path, commitment: str = "", want: int = 0
-    ) -> tuple[list[int], list[Lease]]:
-        """Send the result, asking for `want` next leases with it; returns the checkpoint steps its
-        audit wants revealed (usually none) and the leases granted with the answer. The result is
+    ) -> tuple[bool, list[int], list[Lease]]:
+        """Send the result, asking for `want` next leases with it; returns whether it was accepted,
+        the checkpoint steps its audit wants revealed (usually none) and the leases granted with
+        the answer. The result is
         kept on disk (node.pending) until the coordinator answers for it, unless it carries a
         commitment (a training result): its audit may ask for checkpoints a restarted daemon no
         longer has."""
@@ -331,8 +354,8 @@ class Agent:
             if kept is not None:
                 await asyncio.to_thread(self.pending.drop, kept)
         if answer is None:
-            return [], []
-        return answer.reveal_steps if answer.accepted else [], answer.leases
+            return False, [], []
+        return answer.accepted, answer.reveal_steps if answer.accepted else [], answer.leases
 
     async def _hand_in(self, receipt: Receipt, out: Path, size: int, want: int = 0) -> Submitted | None:
         """Submit a signed result until the coordinator answers; None if it is dropped unanswered:

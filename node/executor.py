@@ -57,6 +57,7 @@ class TaskRequest:
 class TaskOutcome:
     """What happened to a task: rows and forward seconds on success, else a typed error.
 
+    load_seconds: time the worker spent loading the task's program (0 when it was warm).
     commitment: a training task's final checkpoint-chain hash, for the receipt ("" otherwise)."""
 
     ok: bool
@@ -64,6 +65,7 @@ class TaskOutcome:
     seconds: float = 0.0
     error: TaskError | None = None
     commitment: str = ""
+    load_seconds: float = 0.0
 
     @classmethod
     def failed(cls, kind: ErrorKind, message: str) -> TaskOutcome:
@@ -345,6 +347,7 @@ class Executor:
                     rows=int(reply["rows"]),
                     seconds=float(reply["seconds"]),
                     commitment=str(reply.get("commitment") or ""),
+                    load_seconds=float(reply.get("load_seconds") or 0.0),
                 )
             else:
                 outcome = TaskOutcome.failed(ErrorKind(reply["error_kind"]), str(reply["message"]))

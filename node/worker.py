@@ -10,7 +10,7 @@ Request:  {"id", "kind": "inference"|"generation"|"noop"|"training", "model_path
            A training task's settings also name local files under "paths" (the agent fetched
            the blobs listed under "blobs"), e.g. {"weights": "/cache/…"}; with "checkpoint_dir"
            its checkpoints are kept there (else in a temp dir, deleted at once).
-Response: {"id", "ok": true, "rows": n, "seconds": s, "commitment": hex (training only)}
+Response: {"id", "ok": true, "rows": n, "seconds": s, "load_seconds": s, "commitment": hex (training only)}
        or {"id", "ok": false, "error_kind": <ErrorKind value>, "message": str}
 
 The worker never imports a stranger's code: models are torch.export programs vetted by
@@ -29,7 +29,6 @@ import resource
 import shutil
 import sys
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -38,35 +37,14 @@ from tensorgrid.errors import ExecutionError, InvalidTensorFile, SpecError, Tens
 from tensorgrid.sandbox.boot import ADDRESS_SPACE_HEADROOM
 from tensorgrid.sandbox.oneshot import is_oom, protocol_stream
 from tensorgrid.types import ErrorKind
+from tensorgrid.workloads.programs import ProgramCache, warm_imports
 
 log = logging.getLogger("tensorgrid.node.worker")
 
-PROGRAM_CACHE_SIZE = 2
 MAX_MESSAGE_CHARS = 2000
 
 
-class _ProgramCache:
-    """LRU of loaded programs keyed by (path, device, file identity)."""
-
-    def __init__(self, load: Callable[..., Any], size: int = PROGRAM_CACHE_SIZE) -> None:
-        self._load = load
-        self._size = size
-        self._items: OrderedDict[tuple[object, ...], Any] = OrderedDict()
-
-    def __call__(self, path: str | os.PathLike[str], device: Any = "cpu") -> Any:
-        st = os.stat(path)
-        # File identity is in the key so a replaced file at the same path is never served stale.
-        # Not the mtime: the node's blob cache touches files to track use, and blobs are
-        # immutable (a new blob is a new file, so a new inode).
-        key = (os.fspath(path), str(device), st.st_dev, st.st_ino, st.st_size)
-        if key in self._items:
-            self._items.move_to_end(key)
-            return self._items[key]
-        module = self._load(path, device)
-        self._items[key] = module
-        while len(self._items) > self._size:
-            self._items.popitem(last=False)
-        return module
+_cache: ProgramCache | None = None
 
 
 def _install_program_cache() -> None:
@@ -78,7 +56,13 @@ def _install_program_cache() -> None:
     """
     from tensorgrid.workloads import inference
 
-    inference.load_program = _ProgramCache(inference.load_program)  # type: ignore[assignment]
+    global _cache
+    _cache = ProgramCache(inference.load_program)
+    inference.load_program = _cache  # type: ignore[assignment]
+
+
+def _loaded_seconds() -> float:
+    return _cache.load_seconds if _cache is not None else 0.0
 
 
 def _run_inference(request: dict[str, Any]) -> tuple[int, float]:
@@ -218,16 +202,24 @@ def handle(request: dict[str, Any]) -> dict[str, Any]:
             torch.set_num_threads(threads)
         limit = int(request.get("memory_limit_bytes") or 0)
         _set_address_space(limit if request.get("device") != "cuda" else 0)
+        loaded = _loaded_seconds()
         try:
             rows, seconds, *commitment = handler(request)
         finally:
             _set_address_space(0)
+        load_seconds = _loaded_seconds() - loaded
     except Exception as exc:  # a task's failure is reported, never fatal to the worker
         kind = classify(exc)
         message = f"{type(exc).__name__}: {exc}"[:MAX_MESSAGE_CHARS]
         log.info("task %s failed (%s): %s", task_id, kind.value, message)
         return {"id": task_id, "ok": False, "error_kind": kind.value, "message": message}
-    response: dict[str, Any] = {"id": task_id, "ok": True, "rows": rows, "seconds": seconds}
+    response: dict[str, Any] = {
+        "id": task_id,
+        "ok": True,
+        "rows": rows,
+        "seconds": seconds,
+        "load_seconds": round(load_seconds, 6),
+    }
     if commitment:
         response["commitment"] = commitment[0]
     return response
@@ -268,12 +260,14 @@ _prepared = False
 
 
 def prepare() -> None:
-    """Import torch and route program loading through the LRU: before "ready", so the first
-    task does not pay for it, and before the sandbox caps the address space."""
+    """Import torch and what loading a program needs, and route program loading through the
+    LRU: before "ready", so the first task does not pay for it, and before the sandbox caps
+    the address space."""
     global _prepared
     if not _prepared:
         import torch  # noqa: F401
 
+        warm_imports()
         _install_program_cache()
         _prepared = True
 

@@ -53,9 +53,10 @@ class Scheduler:
     async def lease(self, node: str, max_tasks: int, wait_ms: int) -> tuple[list[Lease], int]:
         """Up to max_tasks leases for the node; waits up to wait_ms (long poll) when there is no work."""
         await self.before_lease(node)
+        signal = self.rt.hub.work_signal()  # before looking: a wake-up during the query is not lost
         leases, retry = await self.leases.submit((node, max_tasks or 1))
         if not leases and wait_ms and retry <= IDLE_RETRY_MS:  # idle, not backing off: long poll
-            await self.rt.hub.wait_for_work(min(wait_ms, MAX_LEASE_WAIT_MS) / 1000)
+            await self.rt.hub.wait_for_work(min(wait_ms, MAX_LEASE_WAIT_MS) / 1000, signal)
             leases, retry = await self.leases.submit((node, max_tasks or 1))
         self.granted(leases, node)
         return leases, retry
@@ -130,7 +131,7 @@ class Scheduler:
                 self.rt.hub.work_available()
             verification = self.store.verification
             try:
-                if await self.rt.db_bulk(verification.reassign_checks, self.rt.now_ms()):
+                if await self.rt.db_bulk(verification.reassign_checks, self.rt.now_ms(), self.check_wait_ms):
                     self.rt.hub.work_available()
                 complete = await self.rt.db_bulk(verification.expire_checks, self.rt.now_ms(), self.check_wait_ms)
             except Exception:

@@ -57,6 +57,14 @@ def _cap_memory(limits: dict[str, Any], status: dict[str, str]) -> None:
         status["cuda_memory_bytes"] = str(cuda)
 
 
+def _set_threads(threads: int) -> None:
+    """torch's thread count, when the entry imported torch: a child sharing a busy machine
+    with others does better on one thread than on several that wait for each other."""
+    torch = sys.modules.get("torch")
+    if threads > 0 and torch is not None:
+        torch.set_num_threads(threads)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
@@ -68,6 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     prepare = getattr(entry, "prepare", None)
     if prepare is not None:
         prepare()
+    _set_threads(int(config["limits"].get("threads") or 0))
     _cap_memory(config["limits"], status)
     scratch = Path(config["scratch"])
     os.chdir(scratch)

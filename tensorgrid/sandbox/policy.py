@@ -54,6 +54,7 @@ class SandboxLimits:
     cuda_memory_bytes: int = 0
     device: str = "cpu"  # "cuda": the address-space cap is left off (the driver maps far more than it uses)
     start_timeout_s: float = 120.0  # interpreter and torch import, not counted in time_s
+    threads: int = 0  # torch's intra-op threads in a child that imports torch (0: torch's default)
 
 
 @dataclass(frozen=True)

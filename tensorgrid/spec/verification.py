@@ -10,6 +10,12 @@ from tensorgrid.errors import SpecError
 from tensorgrid.spec.checks import build, check_int, check_number, require_object
 
 VERIFY_MODES = ("spotcheck", "replicate", "none")
+# Verification's share of a job's compute under "spotcheck": a check of m rows of a new
+# node's result runs on its checker and again on the coordinator's referee (two untrusted
+# nodes' agreement proves nothing), so m is capped at CHECK_BUDGET / CHECK_RUNS of the
+# task's rows, never below one row.
+CHECK_BUDGET = 0.05
+CHECK_RUNS = 2
 
 
 @dataclass(frozen=True)
@@ -20,10 +26,12 @@ class VerificationSpec:
     re-executes every row of every result (BOINC-style 2x, the expensive baseline); "none".
     Spot-check rows per task are derived so that a node checked every time and corrupting
     `corrupt_fraction` of its rows is caught in a job with probability >= `target_detection`,
-    unless `spot_rows` sets them. Nodes with fewer than `trust_after` consecutive valid results
-    are always checked; trusted ones with probability 1/consecutive_valid, never below
-    `check_floor` (their lower detection is what the job's required stake pays for). A fraction
-    `canary_rate` of verified shards is re-leased whole as known-answer canaries.
+    as far as CHECK_BUDGET of the job's compute buys (a smaller job is checked less and its
+    nodes need more stake: see detection_rows), unless `spot_rows` sets them. Nodes with fewer
+    than `trust_after` consecutive valid results are always checked; trusted ones with
+    probability 1/consecutive_valid, never below `check_floor` (their lower detection is what
+    the job's required stake pays for). A fraction `canary_rate` of verified shards is
+    re-leased whole as known-answer canaries.
     """
 
     mode: str = "spotcheck"
@@ -38,15 +46,30 @@ class VerificationSpec:
 def detection_rows(v: VerificationSpec, tasks: int, task_rows: int) -> int:
     """Rows m to re-run of each of a job's `tasks` results so that a node corrupting a fraction
     `corrupt_fraction` of its rows and checked every time is caught in the job with probability
-    >= `target_detection`: (1-f)^(m*T) <= 1 - target (`spot_rows` overrides; capped at task_rows)."""
+    >= `target_detection`: (1-f)^(m*T) <= 1 - target, capped by the compute budget
+    (budget_rows) and at task_rows; `spot_rows` overrides both.
+
+    The target needs about ln(1-target)/ln(1-f) rows over the whole job (458 at the defaults),
+    whatever its size: a job of a few hundred rows of a large model would spend most of its
+    compute checking itself. The budget keeps checks at CHECK_BUDGET of the compute instead;
+    the detection that buys is what the job's report shows, and the stake its nodes need
+    (p*S > reward) rises to match, so cheating still does not pay."""
     if v.spot_rows:
         return min(v.spot_rows, task_rows)
     f, t = v.corrupt_fraction, v.target_detection
     per_task = 1.0 - (1.0 - t) ** (1.0 / max(1, tasks))  # detection each task must contribute
     if per_task >= 1.0 or f >= 1.0:
-        return task_rows
-    m = math.ceil(math.log(1.0 - per_task) / math.log(1.0 - f))
-    return max(1, min(task_rows, m))
+        m = task_rows
+    else:
+        m = math.ceil(math.log(1.0 - per_task) / math.log(1.0 - f))
+    return max(1, min(task_rows, m, budget_rows(task_rows)))
+
+
+def budget_rows(task_rows: int) -> int:
+    """The most rows a spot-check of a task of task_rows rows may re-run within CHECK_BUDGET of
+    its compute (rows of one job cost the same), counting the checker's run and the referee's;
+    at least one row, so a shard under CHECK_RUNS / CHECK_BUDGET rows (40) costs more."""
+    return max(1, math.floor(task_rows * CHECK_BUDGET / CHECK_RUNS))
 
 
 def decode_verification(name: str, value: Any) -> VerificationSpec:

@@ -9,9 +9,10 @@ program that breaks this makes every check of a correct result disagree.
 `probe` runs a program on a few sample rows of a job's input and says whether its rows are
 independent: the shard's first batch twice (same rows, same order: randomness), the batch
 reversed (order), the sampled rows alone and together (batch composition). Its cost is
-bounded: at most `max_batch` rows in the batch, `samples` rows alone, and a time box after
-which it stops and says it could not finish. It is pure: no files, no network; the caller
-loads the program and decides where it runs (a stranger's graph belongs in a sandbox).
+bounded: at most `max_batch` rows in the batch (the caller sizes it to the job: budget_batch),
+`samples` rows alone, and a time box after which it stops and says it could not finish. It
+is pure: no files, no network; the caller loads the program and decides where it runs (a
+stranger's graph belongs in a sandbox).
 """
 
 from __future__ import annotations
@@ -25,11 +26,21 @@ import torch
 
 from tensorgrid.workloads.tolerance import tolerance
 
-__all__ = ["MAX_BATCH", "SAMPLES", "Determinism", "outputs_close", "probe"]
+__all__ = ["MAX_BATCH", "PROBE_BUDGET", "SAMPLES", "Determinism", "budget_batch", "outputs_close", "probe"]
 
 MAX_BATCH = 256  # rows of the shard's first batch the probe runs (the batch composition)
 SAMPLES = 4  # rows run alone
 DEADLINE_S = 20.0
+# The probe's share of a job's compute (rows): it runs before any node may start, so on a
+# job of a few hundred rows of a large model a 256-row probe would add a fifth to its time.
+PROBE_BUDGET = 0.01
+
+
+def budget_batch(job_rows: int) -> int:
+    """The largest probe batch whose runs (the batch three times, up to SAMPLES rows alone and
+    again together) stay within PROBE_BUDGET of a job of job_rows rows; never under 2 rows
+    (the fewest that can depend on each other), never over MAX_BATCH."""
+    return max(2, min(MAX_BATCH, int((job_rows * PROBE_BUDGET - 2 * SAMPLES) // 3)))
 
 
 @dataclass(frozen=True)

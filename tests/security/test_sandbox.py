@@ -54,6 +54,15 @@ def test_child_gets_a_scrubbed_environment_and_its_own_scratch(monkeypatch: pyte
     assert scratch.parent == tmp_path.resolve() and not scratch.exists()  # deleted afterwards
 
 
+def test_child_runs_torch_on_the_threads_its_limits_give() -> None:
+    # The coordinator's referee runs on one thread by default: on busy cores, several torch
+    # threads wait for each other (benchmarks.scaling).
+    payload = "tests.security.torch_payload"
+    for threads in (1, 3):
+        seen = run_once(payload, {}, SandboxLimits(memory_bytes=1 << 30, time_s=60.0, threads=threads))
+        assert seen["threads"] == threads
+
+
 def test_child_inherits_no_file_descriptors(tmp_path: Path) -> None:
     held = os.open(tmp_path / "open-in-parent", os.O_CREAT | os.O_RDWR)
     os.set_inheritable(held, True)  # even one marked inheritable stays behind
@@ -158,7 +167,9 @@ class _Slow(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         wide = x.repeat(1, 16)  # 64 → 1024 columns
-        for _ in range(100):
+        # ~2 GFLOP a row: over 0.2 s for a check's 4 rows even with the program warm (the
+        # referee keeps it loaded from intake's probe) on a fast core
+        for _ in range(1000):
             wide = torch.tanh(wide @ self.weight)
         return wide[:, :10]
 

@@ -7,7 +7,11 @@ recently that can run the task and are not barred from it (the subject, anyone a
 its chain, an assignee that let it lie), weighted by reputation: nodes with a streak of
 verified work check more often, caught nodes rarely. An assignee that does not take its
 check within ASSIGN_MS is barred from it and another is drawn; with no candidate left the
-check waits, and passes as unverified after the coordinator's check_wait_ms.
+check waits, and passes as unverified after the coordinator's check_wait_ms. An assignee
+busy with a live lease is not letting it lie (a one-slot node computing a shard cannot take
+anything until it is done): it keeps the check, for as long as the check is younger than
+check_wait_ms. Before, on a 2-node grid, the check of one node's last shard went to the other
+while it computed its own, was taken from it 5 s later, and waited 30 s for the referee.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 import random
 import secrets
 
-from sqlalchemy import Connection, delete, insert, or_, select
+from sqlalchemy import Connection, delete, insert, or_, select, update
 
 from coordinator.db import schema as s
 
@@ -61,24 +65,37 @@ def assign_checker(conn: Connection, task_id: str, now_ms: int, rng: random.Rand
     return chosen
 
 
-def reassign_stale(conn: Connection, now_ms: int, limit: int = 200) -> int:
-    """Pending checks whose assignee let them lie (or that had nobody): bar it, draw again.
+def reassign_stale(conn: Connection, now_ms: int, limit: int = 200, patience_ms: int = 0) -> int:
+    """Pending checks whose assignee let them lie (or that had nobody): bar it, draw again. An
+    assignee holding a live lease keeps its check for ASSIGN_MS more while the check is younger
+    than patience_ms (the coordinator's check_wait_ms).
 
     Returns how many checks got a new checker (worth waking long-polling nodes for).
     """
     t, a = s.tasks, check_assignments
     rows = conn.execute(
-        select(t.c.task_id, a.c.node)
+        select(t.c.task_id, a.c.node, s.checks.c.created_ms)
         .outerjoin(a, a.c.task_id == t.c.task_id)
+        .join(s.checks, s.checks.c.check_id == t.c.task_id)
         .where(t.c.kind == CHECK_KIND, t.c.state == "pending", or_(a.c.node.is_(None), a.c.until_ms < now_ms))
         .limit(limit)
     ).all()
     assigned = 0
     for row in rows:
         if row.node is not None:
+            if now_ms < row.created_ms + patience_ms and _busy(conn, row.node, now_ms):
+                conn.execute(update(a).where(a.c.task_id == row.task_id).values(until_ms=now_ms + ASSIGN_MS))
+                continue
             bar(conn, row.task_id, [row.node])
         assigned += assign_checker(conn, row.task_id, now_ms) is not None
     return assigned
+
+
+def _busy(conn: Connection, node: str, now_ms: int) -> bool:
+    """The node holds a live lease: it is working, not ignoring its check."""
+    t = s.tasks
+    live = select(t.c.task_id).where(t.c.state == "leased", t.c.node == node, t.c.deadline_ms >= now_ms).limit(1)
+    return conn.execute(live).first() is not None
 
 
 def bar(conn: Connection, task_id: str, nodes: list[str]) -> None:

@@ -200,13 +200,15 @@ def _needs_confirmation(conn: Connection, chk: Any, checker: str) -> bool:
 
 
 def _confirm_rows(conn: Connection, chk: Any) -> int:
-    """Rows the referee re-runs to confirm an agreement: what the job's detection target asks
-    of one check (detection_rows), never more than the check has (all of it under replicate)."""
+    """Rows the referee re-runs to confirm an agreement: what the job's policy asks of one
+    spot-check of the subject's task (detection_rows: all of a spot-check's rows), never more
+    than the check has (under replicate, a spot-check's share of the whole shard)."""
     raw = conn.execute(select(job_policies.c.policy).where(job_policies.c.job_id == chk.job_id)).scalar()
     tasks = conn.execute(select(s.jobs.c.tasks_total).where(s.jobs.c.job_id == chk.job_id)).scalar()
+    subject_rows = conn.execute(select(s.tasks.c.rows).where(s.tasks.c.task_id == chk.subject_task)).scalar()
     rows = len(json.loads(chk.rows))
     spec = VerificationSpec(**{**json.loads(raw or "{}"), "mode": "spotcheck"})
-    return max(1, min(rows, detection_rows(spec, int(tasks or 1), rows)))
+    return max(1, min(rows, detection_rows(spec, int(tasks or 1), int(subject_rows or rows))))
 
 
 def _created_ms(conn: Connection, job_id: str) -> int:

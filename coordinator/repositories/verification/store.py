@@ -77,10 +77,11 @@ class VerificationRepository:
             jobs = records.expire_unplaced(conn, now_ms, wait_ms, append_event)
             return [j for j in sorted(jobs) if job_complete(conn, j)]
 
-    def reassign_checks(self, now_ms: int) -> int:
-        """Draw new checkers for checks their assignee let lie; returns how many got one."""
+    def reassign_checks(self, now_ms: int, patience_ms: int = 0) -> int:
+        """Draw new checkers for checks their assignee let lie (a busy one keeps its check for up
+        to patience_ms after the check opened); returns how many got one."""
         with self.engine.begin() as conn:
-            return assign.reassign_stale(conn, now_ms)
+            return assign.reassign_stale(conn, now_ms, patience_ms=patience_ms)
 
     def pending_rulings(self) -> list[rulings.RulingInfo]:
         with self.engine.connect() as conn:

@@ -172,6 +172,7 @@ class Verification:
 
     async def _rule(self, info: RulingInfo, settled: Settled) -> None:
         now = self.rt.now_ms()
+        started = time.monotonic()
         try:
             ruling = await self._work(self._reexecute, info)
         except Exception as e:  # noqa: BLE001 - any failure to run means "cannot referee", never a verdict
@@ -183,9 +184,11 @@ class Verification:
         outcome = await self._db(self.store.verification.apply_ruling, info.check_id, ruling, now)
         self.rulings += 1
         if outcome is not None:
-            log.info(
-                "ruled on check %s: subject %s, wrong checkers %d",
+            log.info(  # benchmarks.scaling reads the time and rows
+                "ruled on check %s in %.3fs (%d rows): subject %s, wrong checkers %d",
                 info.check_id[:12],
+                time.monotonic() - started,
+                min(len(info.rows), info.rows_limit or len(info.rows)),
                 "right" if ruling.subject_right else "wrong",
                 len(info.checkers) - len(ruling.right_checkers),
             )

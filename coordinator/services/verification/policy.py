@@ -5,7 +5,9 @@ sampled without its knowledge with probability (1-f)^m. Adaptive replication (BO
 node is checked every time until it has `trust_after` consecutive valid results, then with
 probability 1/consecutive_valid, never below `check_floor`. The per-task sample size m is
 chosen so that a node checked every time and doing all T tasks of a job is caught in that
-job with probability >= target: (1-f)^(m*T) <= 1 - target. At check rate r the per-job
+job with probability >= target: (1-f)^(m*T) <= 1 - target, capped so that the checks of
+a job (m rows on the checker and m again on the referee) cost at most CHECK_BUDGET (5%) of
+its compute (tensorgrid.spec.verification.detection_rows). At check rate r the per-job
 detection is 1 - (1 - r(1-(1-f)^m))^T. Economic security: with detection probability p, a
 node must have stake S with p*S > reward, i.e. S > reward/p; the coordinator uses the
 worst case (a node checked at the floor rate).

@@ -23,7 +23,8 @@ from coordinator.repositories.verification import checks as records
 from coordinator.repositories.verification.checks import CheckPlan, Verdict
 from coordinator.repositories.verification.rulings import Ruling
 from coordinator.services.acceptance import ResultAcceptance, ResultItem
-from tensorgrid.spec import task_id_for
+from tensorgrid.spec import VerificationSpec, task_id_for
+from tensorgrid.spec.verification import detection_rows
 from tensorgrid.types import BlobRef, Capabilities, JobState, Receipt
 
 CPU = Capabilities(device_kind="cpu", memory_bytes=8 << 30, cpu_cores=2)
@@ -43,7 +44,9 @@ def state(db_url: str):  # type: ignore[no-untyped-def]
     s.close()
 
 
-def make_job(state: Store, job_id: str = JOB, n: int = 1, max_attempts: int = 3, created: int = 1) -> None:
+def make_job(
+    state: Store, job_id: str = JOB, n: int = 1, max_attempts: int = 3, created: int = 1, rows: int = 1
+) -> None:
     job = NewJob(
         job_id=job_id,
         submitter="0x" + "11" * 20,
@@ -60,7 +63,7 @@ def make_job(state: Store, job_id: str = JOB, n: int = 1, max_attempts: int = 3,
         verification_json='{"mode": "spotcheck", "trust_after": 10}',
     )
     state.jobs.create_job(
-        job, [NewTask(i, task_id_for(job_id, i), BlobRef(INPUT, 0), 1) for i in range(n)], now_ms=created
+        job, [NewTask(i, task_id_for(job_id, i), BlobRef(INPUT, 0), rows) for i in range(n)], now_ms=created
     )
 
 
@@ -68,13 +71,14 @@ def receipt(task_id: str, attempt: int, output: str = OUT, job_id: str = JOB) ->
     return Receipt(job_id, task_id, attempt, INPUT, output, signature=b"s")
 
 
-def checked_result(state: Store) -> str:
-    """The subject's result, accepted with a spot-check opened; returns the check task's id."""
-    make_job(state)
+def checked_result(state: Store, rows: int = 1, sampled: tuple[int, ...] = (0,)) -> str:
+    """The subject's result (of a task of `rows` rows), accepted with a spot-check of its
+    `sampled` rows opened; returns the check task's id."""
+    make_job(state, rows=rows)
     (lease,), _ = state.tasks.lease_tasks(SUBJECT, 1, NOW, TIMING)
-    plan = CheckPlan("c1" * 32, BlobRef(INPUT, 0), (0,))
+    plan = CheckPlan("c1" * 32, BlobRef(INPUT, 0), sampled)
     (outcome,) = ResultAcceptance(state.engine).accept_results(
-        [ResultItem(SUBJECT, receipt(lease.task_id, 1), BlobRef(OUT, 3), 1, OpenCheck(plan))], NOW
+        [ResultItem(SUBJECT, receipt(lease.task_id, 1), BlobRef(OUT, 3), rows, OpenCheck(plan))], NOW
     )
     assert outcome == (JOB, False)
     return plan.check_task_id
@@ -87,12 +91,12 @@ def assignee(state: Store, check_id: str) -> str | None:
         ).scalar()
 
 
-def submit_check(state: Store, node: str, check_id: str, agrees: bool) -> None:
+def submit_check(state: Store, node: str, check_id: str, agrees: bool, rows: int = 1) -> None:
     (lease,), _ = state.tasks.lease_tasks(node, 1, NOW + 1, TIMING)
     assert lease.task_id == check_id and lease.kind == "inference"  # a check looks like any inference task
     verdict = Verdict(agrees_subject=agrees, agrees_checkers=())
     output = OUT if agrees else WRONG
-    item = ResultItem(node, receipt(check_id, lease.attempt, output), BlobRef(output, 3), 1, SettleCheck(verdict))
+    item = ResultItem(node, receipt(check_id, lease.attempt, output), BlobRef(output, 3), rows, SettleCheck(verdict))
     (outcome,) = ResultAcceptance(state.engine).accept_results([item], NOW + 2)
     assert isinstance(outcome, tuple)
 
@@ -119,6 +123,24 @@ def test_a_silent_assignee_is_barred_and_another_drawn(state: Store) -> None:
     assert barred == {SUBJECT, first}
     assert state.verification.reassign_checks(NOW + 3 * assign.ASSIGN_MS) == 0  # nobody is left to draw
     assert assignee(state, check_id) is None
+
+
+def test_a_busy_assignee_keeps_its_check_until_the_check_wait(state: Store) -> None:
+    """A one-slot node computing a shard cannot take its check yet: it is not barred for that
+    (on a 2-node grid it is the only possible checker), but only as long as check_wait_ms."""
+    check_id = checked_result(state)
+    first = assignee(state, check_id)
+    assert first is not None
+    wait = 30_000
+    make_job(state, job_id=JOB2, n=1, created=5)
+    with state.engine.begin() as conn:  # the assignee computes another job's shard, its lease live throughout
+        t = assign.s.tasks
+        conn.execute(update(t).where(t.c.job_id == JOB2).values(state="leased", node=first, deadline_ms=NOW + 2 * wait))
+    assert state.verification.reassign_checks(NOW + assign.ASSIGN_MS + 1, wait) == 0
+    assert assignee(state, check_id) == first  # kept, not barred
+    # past check_wait_ms the usual rule applies: barred, another drawn
+    assert state.verification.reassign_checks(NOW + wait + 1, wait) == 1
+    assert assignee(state, check_id) not in (first, SUBJECT, None)
 
 
 def test_nodes_not_seen_lately_are_not_drawn(state: Store) -> None:
@@ -186,6 +208,19 @@ def test_two_newcomers_agreeing_need_the_referee_to_confirm(state: Store) -> Non
     # The referee finds both wrong: a colluding pair is caught together.
     assert state.verification.apply_ruling(check_id, Ruling(REF_OUT, subject_right=False, right_checkers=()), NOW + 3)
     assert _reputation(state, SUBJECT) == (0, 1) and _reputation(state, checker) == (0, 1)
+
+
+def test_the_referee_confirms_every_row_of_a_budget_sized_check(state: Store) -> None:
+    # A 400-row shard is checked on 10 rows (the compute budget's cap): the referee's
+    # confirmation re-runs all 10, sized from the subject's shard, not from the 10-row check.
+    m = detection_rows(VerificationSpec(), 1, 400)
+    assert m == 10
+    check_id = checked_result(state, rows=400, sampled=tuple(range(0, 400, 40)))
+    checker = assignee(state, check_id)
+    assert checker is not None
+    submit_check(state, checker, check_id, agrees=True, rows=m)
+    (pending,) = state.verification.pending_rulings()
+    assert pending.rows_limit == m
 
 
 def trust(state: Store, nodes: tuple[str, ...], reward: int = 1000) -> None:

@@ -13,6 +13,7 @@ from coordinator.services.verification.compare import load_rows, rows_match
 from coordinator.services.verification.policy import VerificationPolicy, escape_probability, required_stake
 from tensorgrid.errors import SpecError
 from tensorgrid.spec import InferenceSpec, VerificationSpec, canonical_json, parse_spec
+from tensorgrid.spec.verification import CHECK_BUDGET, CHECK_RUNS, budget_rows, detection_rows
 from tensorgrid.types import BlobRef
 from tensorgrid.workloads.tensorfile import gather_rows, load_tensors, save_tensors
 
@@ -25,6 +26,28 @@ def test_default_policy_reaches_its_target_per_job() -> None:
     assert m == 10  # 1 - 0.99^(10*48) >= 0.99, and 9 rows would not do
     assert policy.detection(1.0) >= 0.99
     assert 1 - escape_probability(0.01, 9) ** 48 < 0.99
+
+
+def test_checks_stay_within_the_compute_budget_on_a_small_job() -> None:
+    # A real model's job of a few hundred rows: the detection target would re-run 115 of each
+    # 112-row shard's rows (and the referee as many again); the budget caps a check at
+    # CHECK_BUDGET / CHECK_RUNS of its shard, so checker and referee together spend <= 5%.
+    policy = VerificationPolicy(VerificationSpec(), tasks=4, shard_rows=112)
+    m = policy.sample_rows(1.0, 112)
+    assert m == budget_rows(112) == 2
+    assert CHECK_RUNS * m / 112 <= CHECK_BUDGET
+    # what that buys is what the job reports; its nodes need the stake that makes cheating a loss
+    assert policy.detection(1.0) < 0.99
+    reward = 10**15
+    priced = VerificationPolicy(VerificationSpec(), tasks=4, shard_rows=112, reward_per_task_wei=reward)
+    assert Fraction(priced.worst_detection) * priced.required_stake_wei > 4 * reward
+
+
+def test_budget_leaves_large_jobs_at_their_target_and_never_goes_under_one_row() -> None:
+    assert detection_rows(VerificationSpec(), 48, 512) == 10  # the target's rows fit the budget (12)
+    assert detection_rows(VerificationSpec(), 16, 16) == 1  # a shard under 40 rows still gets one
+    assert detection_rows(VerificationSpec(spot_rows=30), 4, 112) == 30  # an explicit sample wins
+    assert VerificationPolicy(VerificationSpec(mode="replicate"), 4, 112).sample_rows(1.0, 112) == 112
 
 
 def test_adaptive_rate_and_floor() -> None:

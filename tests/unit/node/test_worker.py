@@ -13,6 +13,8 @@ import torch
 from node.worker import classify
 from tensorgrid.errors import ExecutionError, InvalidTensorFile, SpecError, UnsafeFileError
 from tensorgrid.types import ErrorKind
+from tensorgrid.workloads.model import export_program
+from tensorgrid.workloads.tensorfile import load_tensors, save_tensors
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -57,12 +59,47 @@ def test_protocol_round_trip(tmp_path: Path) -> None:
     replies = [json.loads(line) for line in proc.stdout.splitlines()]
     assert replies[0]["ready"] is True
     noop, bad_line, bad_kind, bad_model = replies[1:]
-    assert noop == {"id": "a", "ok": True, "rows": 0, "seconds": noop["seconds"]}
+    assert noop == {"id": "a", "ok": True, "rows": 0, "seconds": noop["seconds"], "load_seconds": 0.0}
     assert (tmp_path / "out.bin").read_bytes() == b"\x00payload\xff"
     assert bad_line["ok"] is False and bad_line["error_kind"] == "invalid_input"
     assert bad_kind == {"id": "b", "ok": False, "error_kind": "invalid_input", "message": bad_kind["message"]}
     assert bad_model["ok"] is False and bad_model["error_kind"] in ("unsafe_input", "invalid_input")
     assert "worker" in proc.stderr  # logs go to stderr, never into the protocol stream
+
+
+def test_a_program_is_loaded_once_and_stays_warm_across_tasks(tmp_path: Path) -> None:
+    """Two tasks on one model, as two shards or two jobs of it would be: the second finds the
+    program loaded (load_seconds 0) and answers the same rows the same way."""
+    model = tmp_path / "model.pt2"
+    export_program(torch.nn.Sequential(torch.nn.Linear(4, 3)).eval(), (torch.rand(2, 4),), model)
+    save_tensors({"x": torch.rand(5, 4)}, tmp_path / "in.safetensors")
+    requests = [
+        {
+            "id": name,
+            "kind": "inference",
+            "model_path": str(model),
+            "input_path": str(tmp_path / "in.safetensors"),
+            "output_path": str(tmp_path / f"{name}.safetensors"),
+            "settings": {"batch_size": 2},
+            "device": "cpu",
+            "threads": 1,
+        }
+        for name in ("first", "second")
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "node.worker"],
+        input="".join(json.dumps(r) + "\n" for r in requests),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    first, second = [json.loads(line) for line in proc.stdout.splitlines()][1:]
+    assert first["ok"] and second["ok"], (first, second)
+    assert first["load_seconds"] > 0 and second["load_seconds"] == 0.0
+    out = [load_tensors(tmp_path / f"{name}.safetensors")["output"] for name in ("first", "second")]
+    assert torch.equal(out[0], out[1])
 
 
 def _chained(outer: Exception, inner: BaseException) -> Exception:

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 import pytest
 import torch
 
-from tensorgrid.workloads.determinism import probe
+from tensorgrid.workloads.determinism import MAX_BATCH, PROBE_BUDGET, SAMPLES, budget_batch, probe
 from tensorgrid.workloads.tolerance import CUDA_FACTOR, device_class, tolerance
 
 torch.manual_seed(0)
@@ -67,3 +67,11 @@ def test_cuda_tolerance_is_applied_when_either_side_ran_on_cuda() -> None:
     assert device_class("cpu", "cpu") == "cpu" and device_class("cpu", "cuda") == "cuda"
     atol, rtol = tolerance(torch.float32, "cuda")
     assert (atol, rtol) == pytest.approx((1e-4 * CUDA_FACTOR, 1e-3 * CUDA_FACTOR))
+
+
+def test_the_probe_batch_follows_the_job_size() -> None:
+    assert budget_batch(448) == 2  # a few hundred rows of a large model: the smallest probe
+    assert budget_batch(10**7) == MAX_BATCH
+    for rows in (5_000, 20_000):
+        batch = budget_batch(rows)
+        assert 2 < batch < MAX_BATCH and 3 * batch + 2 * SAMPLES <= rows * PROBE_BUDGET

@@ -1,0 +1,50 @@
+"""A long-polling LeaseTasks hears of work that appears while its first lease query runs (a
+check opened by another node's result, a new job): it does not sleep out its whole wait,
+during which a check assigned to it would expire and fall to the referee."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+from coordinator.app import Coordinator
+from coordinator.config import CoordinatorConfig
+from tensorgrid.crypto import Signer
+from tensorgrid.spec import NoopSpec, canonical_json, job_id_for, spec_hash
+from tests.unit.coordinator.test_storage import CPU
+
+SUBMITTER = "0x" + "11" * 20
+
+
+def test_work_that_appears_during_the_lease_query_ends_the_wait(db_url: str, tmp_path: Path) -> None:
+    app = Coordinator(CoordinatorConfig(data_dir=tmp_path / "coord", database_url=db_url))
+    node = Signer.generate()
+    app.store.nodes.register_node(node.address, CPU, "0" * 64, app.runtime.now_ms(), 10**9, "n")
+    raw = canonical_json(NoopSpec(tasks=1))
+    job, tasks = app.intake.plan(raw, SUBMITTER, spec_hash(raw), job_id_for(SUBMITTER, spec_hash(raw)))
+    real = app.store.tasks.lease_many
+    calls = 0
+
+    def racing(*args: Any, **kwargs: Any) -> Any:
+        """The first query finds nothing; the job is committed, and its wake-up sent, as it returns."""
+        nonlocal calls
+        calls += 1
+        out = real(*args, **kwargs)
+        if calls == 1:
+            app.store.jobs.create_job(job, tasks, app.runtime.now_ms())
+            app.runtime.hub.work_available()
+        return out
+
+    app.store.tasks.lease_many = racing  # type: ignore[method-assign]
+
+    async def scenario() -> tuple[int, float]:
+        started = time.monotonic()
+        leases, _ = await app.scheduler.lease(node.address, 1, 5_000)
+        waited = time.monotonic() - started
+        await app.stop()
+        return len(leases), waited
+
+    granted, waited = asyncio.run(scenario())
+    assert granted == 1 and waited < 2.0, waited  # not the 5 s a lost wake-up costs
