@@ -133,6 +133,7 @@ def _two_nodes_under_way(grid: LocalGrid, slow_digits: Assets) -> tuple[Signer, 
     """Two nodes working through a 12-task job, two tasks of it done: its submitter and the job."""
     for i in range(2):
         grid.start_node(f"node{i}", *node_args())
+    grid.wait_for_nodes(2, timeout=300)  # both at work when the coordinator dies
     submitter = Signer.generate()
     with Client(grid.target, submitter) as client:
         job = client.submit_inference(

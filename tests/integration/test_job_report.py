@@ -52,6 +52,7 @@ def test_report_counts_checks_and_states_odds_and_stake(
     grid.start_coordinator()
     for i in (1, 2):
         grid.start_node(f"node{i}", *node_args(i))
+    grid.wait_for_nodes(2, timeout=300)  # both in before the job: the nodes listing counts them
     policy = VerificationSpec(spot_rows=40, canary_rate=0.0)
     signer = Signer.generate()
     key = tmp_path / "submitter.key"

@@ -42,6 +42,7 @@ def test_a_tls_grid_runs_a_job_end_to_end(make_grid: Callable[..., LocalGrid], d
     assert "serving TLS" in grid.procs[0].log_path.read_text()
     for i in range(2):
         grid.start_node(f"node{i}", *node_args())
+    grid.wait_for_nodes(2, timeout=300)  # each warms its worker first: slow on a loaded machine
     run_job(grid, digits, tmp_path)
     with grid.client() as client:
         assert len(client.nodes()) == 2  # both nodes came in over TLS
