@@ -112,10 +112,11 @@ def make_bbc_assets(root: Path) -> tuple[Path, Path, Path, int]:
     return dataset, dataset.parent / "train.pt2", dataset.parent / "eval.pt2", len(docs)
 
 
-def run_one(
+def train_on_grid(
     client: Client, name: str, settings: dict[str, Any], assets: tuple[Path, Path, Path, int], root: Path
-) -> dict[str, Any]:  # noqa: E501
-    dataset, train, evalp, rows = assets
+) -> tuple[TrainingSpec, list[dict[str, Any]], Path, float]:
+    """Train on the grid: the spec, its round metrics, the final weights' file, and seconds taken."""
+    dataset, train, evalp, _ = assets
     settings = {**settings, "quorum": 1.0, "device": "cpu", "seed": 0}
     started = time.monotonic()
     job = client.submit_training(train, dataset, eval_program=evalp, **settings)
@@ -126,6 +127,14 @@ def run_one(
         raise SystemExit(f"{name}: the training job {final.state.value}: {final.error}")
     spec = TrainingSpec(train_program=BlobRef("0" * 64, 0), dataset=BlobRef("0" * 64, 0), **settings)
     weights, _ = client.training_result(job.job_id, root / f"{name}.safetensors")
+    return spec, metrics, weights, seconds
+
+
+def run_one(
+    client: Client, name: str, settings: dict[str, Any], assets: tuple[Path, Path, Path, int], root: Path
+) -> dict[str, Any]:  # noqa: E501
+    dataset, train, evalp, rows = assets
+    spec, metrics, weights, seconds = train_on_grid(client, name, settings, assets, root)
     heldout = root / "heldout.safetensors"
     write_rows(dataset, plan_split(spec, rows).heldout, heldout)
     grid = evaluate(evalp, weights, heldout, spec.loss)["accuracy"]
@@ -160,17 +169,9 @@ def run_lm(client: Client, settings: dict[str, Any], root: Path) -> dict[str, An
 
     from benchmarks._charlm import make_lm_assets
 
-    dataset, train, evalp, rows = make_lm_assets(root)
-    settings = {**settings, "quorum": 1.0, "device": "cpu", "seed": 0}
-    started = time.monotonic()
-    job = client.submit_training(train, dataset, eval_program=evalp, **settings)
-    metrics = list(client.watch_rounds(job.job_id))
-    seconds = time.monotonic() - started
-    final = client.job(job.job_id)
-    if final.state != JobState.SUCCEEDED:
-        raise SystemExit(f"lm: the training job {final.state.value}: {final.error}")
-    spec = TrainingSpec(train_program=BlobRef("0" * 64, 0), dataset=BlobRef("0" * 64, 0), **settings)
-    weights, _ = client.training_result(job.job_id, root / "lm.safetensors")
+    assets = make_lm_assets(root)
+    dataset, train, evalp, rows = assets
+    spec, metrics, weights, seconds = train_on_grid(client, "lm", settings, assets, root)
     heldout = root / "lm-heldout.safetensors"
     write_rows(dataset, plan_split(spec, rows).heldout, heldout)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -164,3 +165,13 @@ def make_module_grid(tmp_path_factory: pytest.TempPathFactory, stopper: Stopper)
 
 def node_args(threads: int = 1) -> tuple[str, ...]:
     return ("--device", "cpu", "--threads", str(threads))
+
+
+def wait_for(check, timeout: float = 60.0):  # type: ignore[no-untyped-def]
+    """check()'s first truthy value, polled every 0.3 s; AssertionError after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := check():
+            return value
+        time.sleep(0.3)
+    raise AssertionError("timed out")

@@ -18,7 +18,7 @@ from tensorgrid.devnet import ChainGrid, start_chain_grid
 from tensorgrid.nodeclient import NodeClient
 from tensorgrid.spec import InferenceSpec
 from tensorgrid.types import Capabilities, JobState
-from tests.integration.conftest import BATCH, FAST, Assets, Stopper
+from tests.integration.conftest import BATCH, FAST, Assets, Stopper, wait_for
 
 pytestmark = pytest.mark.integration
 REWARD = 10**15
@@ -59,15 +59,6 @@ def submitter(cg: ChainGrid) -> Client:
     return Client(
         cg.grid.target, signer, chain=ChainClient.connect(cg.anvil.rpc_url, cg.deployment, signer.private_key)
     )
-
-
-def wait_for(check, timeout: float = 60.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := check():
-            return value
-        time.sleep(0.3)
-    raise AssertionError("timed out")
 
 
 def test_funded_job_is_charged_recorded_refunded_and_claimed(devnet: ChainGrid, digits: Assets) -> None:

@@ -18,7 +18,7 @@ from tensorgrid.client import Client, CoordinatorError
 from tensorgrid.crypto import Signer, write_key_file
 from tensorgrid.devnet import ChainGrid, start_chain_grid
 from tensorgrid.spec import TrainingSpec, canonical_json, spec_hash
-from tests.integration.conftest import FAST, Stopper
+from tests.integration.conftest import FAST, Stopper, wait_for
 from tests.integration.conftest import TrainingDigits as Digits
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("training-settlement")]
@@ -54,15 +54,6 @@ def cli(cg: ChainGrid, key: Path, *args: str) -> subprocess.CompletedProcess[str
         text=True,
         timeout=180,
     )
-
-
-def wait_for(check, timeout: float = 60.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := check():
-            return value
-        time.sleep(0.3)
-    raise AssertionError("timed out")
 
 
 def test_cli_funds_rounds_times_workers_and_every_audited_result_is_paid(
