@@ -8,12 +8,10 @@ the port from its log and its funded dev keys from `--config-out`.
 from __future__ import annotations
 
 import atexit
-import ctypes
 import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -31,11 +29,15 @@ _LISTENING_RE = re.compile(r"Listening on 127\.0\.0\.1:(\d+)")
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: Linux sends it SIGTERM when the starting process dies,
-    so a crashed test run or benchmark never leaves anvil behind."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+# Started through this one-line launcher on Linux: it asks the kernel to SIGTERM it when the
+# starting process dies (so a crashed test run or benchmark never leaves anvil behind), then
+# becomes anvil. A preexec_fn would do the same in the forked child, but running Python there
+# runs gRPC's fork handlers too, which abort the child when the parent has live gRPC channels.
+_LAUNCH = (
+    "import ctypes, os, signal, sys; "
+    f"ctypes.CDLL(None).prctl({_PR_SET_PDEATHSIG}, signal.SIGTERM); "
+    "os.execv(sys.argv[1], sys.argv[1:])"
+)
 
 
 def anvil_binary() -> Path:
@@ -133,6 +135,8 @@ def start_anvil(
         "--config-out", str(config),
         *extra_args,
     ]  # fmt: skip
+    if sys.platform == "linux" and detached_in is None:
+        args = [sys.executable, "-S", "-c", _LAUNCH, *args]
     # anvil logs every request to stdout: a file, not a pipe nobody drains.
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
@@ -140,7 +144,6 @@ def start_anvil(
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent if sys.platform == "linux" and detached_in is None else None,
             start_new_session=detached_in is not None,
         )
     try:
