@@ -86,7 +86,7 @@ def test_node_killed_mid_task_is_reissued(
 
 
 def test_coordinator_restart_mid_job(make_grid: Callable[..., LocalGrid], slow_digits: Assets, tmp_path: Path) -> None:
-    grid = make_grid()
+    grid = make_grid("--lease-ttl-ms", "60000")  # leases outlive the downtime, however slow the restart
     coordinator = grid.start_coordinator()
     submitter, job = _two_nodes_under_way(grid, slow_digits)
     grid.kill_proc(coordinator)  # a crash, not a clean stop
