@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -17,6 +18,17 @@ from tensorgrid.workloads.model import export_program
 from tensorgrid.workloads.tensorfile import load_tensors, save_tensors
 
 ROOT = Path(__file__).resolve().parents[3]
+
+
+def run_worker(requests: list[Any], timeout: float) -> tuple[list[dict[str, Any]], str]:
+    """Pipe requests (dicts, or raw lines as str) through a `node.worker` process; its replies
+    and what it wrote to stderr."""
+    lines = "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in requests)
+    proc = subprocess.run(
+        [sys.executable, "-m", "node.worker"], input=lines, capture_output=True, text=True, cwd=ROOT, timeout=timeout
+    )
+    assert proc.returncode == 0, proc.stderr
+    return [json.loads(line) for line in proc.stdout.splitlines()], proc.stderr
 
 
 def test_protocol_round_trip(tmp_path: Path) -> None:
@@ -46,17 +58,7 @@ def test_protocol_round_trip(tmp_path: Path) -> None:
             "threads": 1,
         },
     ]
-    lines = "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in requests)
-    proc = subprocess.run(
-        [sys.executable, "-m", "node.worker"],
-        input=lines,
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-    )
-    assert proc.returncode == 0, proc.stderr
-    replies = [json.loads(line) for line in proc.stdout.splitlines()]
+    replies, stderr = run_worker(requests, timeout=60)
     assert replies[0]["ready"] is True
     noop, bad_line, bad_kind, bad_model = replies[1:]
     assert noop == {"id": "a", "ok": True, "rows": 0, "seconds": noop["seconds"], "load_seconds": 0.0}
@@ -64,7 +66,7 @@ def test_protocol_round_trip(tmp_path: Path) -> None:
     assert bad_line["ok"] is False and bad_line["error_kind"] == "invalid_input"
     assert bad_kind == {"id": "b", "ok": False, "error_kind": "invalid_input", "message": bad_kind["message"]}
     assert bad_model["ok"] is False and bad_model["error_kind"] in ("unsafe_input", "invalid_input")
-    assert "worker" in proc.stderr  # logs go to stderr, never into the protocol stream
+    assert "worker" in stderr  # logs go to stderr, never into the protocol stream
 
 
 def test_a_program_is_loaded_once_and_stays_warm_across_tasks(tmp_path: Path) -> None:
@@ -86,16 +88,7 @@ def test_a_program_is_loaded_once_and_stays_warm_across_tasks(tmp_path: Path) ->
         }
         for name in ("first", "second")
     ]
-    proc = subprocess.run(
-        [sys.executable, "-m", "node.worker"],
-        input="".join(json.dumps(r) + "\n" for r in requests),
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr
-    first, second = [json.loads(line) for line in proc.stdout.splitlines()][1:]
+    first, second = run_worker(requests, timeout=120)[0][1:]
     assert first["ok"] and second["ok"], (first, second)
     assert first["load_seconds"] > 0 and second["load_seconds"] == 0.0
     out = [load_tensors(tmp_path / f"{name}.safetensors")["output"] for name in ("first", "second")]

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
@@ -12,6 +9,7 @@ import torch
 from tensorgrid.workloads.generation import DecodeSettings, run_generation
 from tensorgrid.workloads.tensorfile import load_tensors, save_tensors
 from tests.decoders import export_decoder, tiny_decoder
+from tests.unit.node.test_worker import run_worker
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -39,16 +37,7 @@ def test_a_generation_request_decodes_like_a_local_run(tmp_path: Path) -> None:
         },
         {**base, "id": "b", "kind": "generation", "output_path": str(tmp_path / "b"), "settings": {}},
     ]
-    proc = subprocess.run(
-        [sys.executable, "-m", "node.worker"],
-        input="".join(json.dumps(r) + "\n" for r in requests),
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
-    ready, ok, bad = (json.loads(line) for line in proc.stdout.splitlines())
+    ready, ok, bad = run_worker(requests, timeout=300)[0]
     assert ready["ready"] is True
     assert ok["ok"] is True and ok["rows"] == 5, ok
     assert bad["ok"] is False and bad["error_kind"] == "invalid_input" and "decoding settings" in bad["message"]
