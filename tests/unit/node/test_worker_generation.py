@@ -11,8 +11,6 @@ from tensorgrid.workloads.tensorfile import load_tensors, save_tensors
 from tests.decoders import export_decoder, tiny_decoder
 from tests.unit.node.test_worker import run_worker
 
-ROOT = Path(__file__).resolve().parents[3]
-
 
 def test_a_generation_request_decodes_like_a_local_run(tmp_path: Path) -> None:
     export_decoder(tiny_decoder(), tmp_path / "decoder.pt2")
