@@ -114,8 +114,8 @@ def lease_from_pb(m: node_pb2.Lease) -> t.Lease:
     )
 
 
-def receipt_to_pb(r: t.Receipt) -> node_pb2.Receipt:
-    return node_pb2.Receipt(
+def receipt_to_pb(r: t.Receipt) -> common_pb2.Receipt:
+    return common_pb2.Receipt(
         job_id=r.job_id,
         task_id=r.task_id,
         attempt=r.attempt,
@@ -126,7 +126,7 @@ def receipt_to_pb(r: t.Receipt) -> node_pb2.Receipt:
     )
 
 
-def receipt_from_pb(m: node_pb2.Receipt) -> t.Receipt:
+def receipt_from_pb(m: common_pb2.Receipt) -> t.Receipt:
     return t.Receipt(
         job_id=m.job_id,
         task_id=m.task_id,

@@ -1,7 +1,7 @@
 """Job specs: declarative JSON, validated strictly, hashed canonically.
 
 base (the common fields, canonical bytes, ids) · checks (the strict decoder) · one module
-per kind (noop, inference, generation, training) · verification (the policy a job carries) · registry.
+per kind (noop, inference, generation, training, endpoint) · verification (the policy a job carries) · registry.
 """
 
 from tensorgrid.spec.base import (
@@ -15,6 +15,7 @@ from tensorgrid.spec.base import (
     task_id_for,
 )
 from tensorgrid.spec.checks import MAX_SPEC_BYTES, decode_spec_json
+from tensorgrid.spec.endpoint import EndpointSpec
 from tensorgrid.spec.generation import GenerationSpec
 from tensorgrid.spec.inference import InferenceSpec
 from tensorgrid.spec.noop import NoopSpec
@@ -39,6 +40,7 @@ __all__ = [
     "MAX_SPEC_BYTES",
     "VERIFY_MODES",
     "AdamW",
+    "EndpointSpec",
     "GenerationSpec",
     "GiB",
     "InferenceSpec",

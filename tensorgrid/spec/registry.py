@@ -8,15 +8,16 @@ from typing import Any, cast
 from tensorgrid.errors import SpecError
 from tensorgrid.spec.base import JobSpecBase
 from tensorgrid.spec.checks import decode_spec_json
+from tensorgrid.spec.endpoint import EndpointSpec
 from tensorgrid.spec.generation import GenerationSpec
 from tensorgrid.spec.inference import InferenceSpec
 from tensorgrid.spec.noop import NoopSpec
 from tensorgrid.spec.training import TrainingSpec
 
 KINDS: Mapping[str, type[JobSpecBase]] = {
-    cls.kind_name(): cls for cls in (GenerationSpec, InferenceSpec, NoopSpec, TrainingSpec)
+    cls.kind_name(): cls for cls in (EndpointSpec, GenerationSpec, InferenceSpec, NoopSpec, TrainingSpec)
 }
-JobSpec = GenerationSpec | InferenceSpec | NoopSpec | TrainingSpec
+JobSpec = EndpointSpec | GenerationSpec | InferenceSpec | NoopSpec | TrainingSpec
 
 
 def spec_from_dict(data: Any) -> JobSpec:

@@ -24,15 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atensorgrid/v1/common.proto\x12\rtensorgrid.v1\"\'\n\x07\x42lobRef\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\"2\n\x10\x46\x65tchBlobRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\"-\n\tBlobChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x12\n\ntotal_size\x18\x02 \x01(\x04\"D\n\tTaskError\x12&\n\x04kind\x18\x01 \x01(\x0e\x32\x18.tensorgrid.v1.ErrorKind\x12\x0f\n\x07message\x18\x02 \x01(\t*\x84\x02\n\tErrorKind\x12\x1a\n\x16\x45RROR_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x45RROR_KIND_INVALID_INPUT\x10\x01\x12\x1b\n\x17\x45RROR_KIND_UNSAFE_INPUT\x10\x02\x12\x1c\n\x18\x45RROR_KIND_OUT_OF_MEMORY\x10\x03\x12\x16\n\x12\x45RROR_KIND_TIMEOUT\x10\x04\x12\x18\n\x14\x45RROR_KIND_EXECUTION\x10\x05\x12\x1f\n\x1b\x45RROR_KIND_BLOB_UNAVAILABLE\x10\x06\x12\x16\n\x12\x45RROR_KIND_CRASHED\x10\x07\x12\x17\n\x13\x45RROR_KIND_RELEASED\x10\x08\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atensorgrid/v1/common.proto\x12\rtensorgrid.v1\"\'\n\x07\x42lobRef\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\"2\n\x10\x46\x65tchBlobRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\"-\n\tBlobChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x12\n\ntotal_size\x18\x02 \x01(\x04\"D\n\tTaskError\x12&\n\x04kind\x18\x01 \x01(\x0e\x32\x18.tensorgrid.v1.ErrorKind\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x8b\x01\n\x07Receipt\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\x12\x12\n\ninput_hash\x18\x04 \x01(\t\x12\x13\n\x0boutput_hash\x18\x05 \x01(\t\x12\x12\n\ncommitment\x18\x06 \x01(\t\x12\x11\n\tsignature\x18\x07 \x01(\x0c*\x84\x02\n\tErrorKind\x12\x1a\n\x16\x45RROR_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x45RROR_KIND_INVALID_INPUT\x10\x01\x12\x1b\n\x17\x45RROR_KIND_UNSAFE_INPUT\x10\x02\x12\x1c\n\x18\x45RROR_KIND_OUT_OF_MEMORY\x10\x03\x12\x16\n\x12\x45RROR_KIND_TIMEOUT\x10\x04\x12\x18\n\x14\x45RROR_KIND_EXECUTION\x10\x05\x12\x1f\n\x1b\x45RROR_KIND_BLOB_UNAVAILABLE\x10\x06\x12\x16\n\x12\x45RROR_KIND_CRASHED\x10\x07\x12\x17\n\x13\x45RROR_KIND_RELEASED\x10\x08\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tensorgrid.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ERRORKIND']._serialized_start=256
-  _globals['_ERRORKIND']._serialized_end=516
+  _globals['_ERRORKIND']._serialized_start=398
+  _globals['_ERRORKIND']._serialized_end=658
   _globals['_BLOBREF']._serialized_start=45
   _globals['_BLOBREF']._serialized_end=84
   _globals['_FETCHBLOBREQUEST']._serialized_start=86
@@ -41,4 +41,6 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BLOBCHUNK']._serialized_end=183
   _globals['_TASKERROR']._serialized_start=185
   _globals['_TASKERROR']._serialized_end=253
+  _globals['_RECEIPT']._serialized_start=256
+  _globals['_RECEIPT']._serialized_end=395
 # @@protoc_insertion_point(module_scope)

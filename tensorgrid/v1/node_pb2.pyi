@@ -1,4 +1,5 @@
 from tensorgrid.v1 import common_pb2 as _common_pb2
+from tensorgrid.v1 import serving_pb2 as _serving_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -147,33 +148,15 @@ class LeaseResponse(_message.Message):
     retry_after_ms: int
     def __init__(self, leases: _Optional[_Iterable[_Union[Lease, _Mapping]]] = ..., retry_after_ms: _Optional[int] = ...) -> None: ...
 
-class Receipt(_message.Message):
-    __slots__ = ("job_id", "task_id", "attempt", "input_hash", "output_hash", "commitment", "signature")
-    JOB_ID_FIELD_NUMBER: _ClassVar[int]
-    TASK_ID_FIELD_NUMBER: _ClassVar[int]
-    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
-    INPUT_HASH_FIELD_NUMBER: _ClassVar[int]
-    OUTPUT_HASH_FIELD_NUMBER: _ClassVar[int]
-    COMMITMENT_FIELD_NUMBER: _ClassVar[int]
-    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
-    job_id: str
-    task_id: str
-    attempt: int
-    input_hash: str
-    output_hash: str
-    commitment: str
-    signature: bytes
-    def __init__(self, job_id: _Optional[str] = ..., task_id: _Optional[str] = ..., attempt: _Optional[int] = ..., input_hash: _Optional[str] = ..., output_hash: _Optional[str] = ..., commitment: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
-
 class ResultHeader(_message.Message):
     __slots__ = ("receipt", "output_size", "want_tasks")
     RECEIPT_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_SIZE_FIELD_NUMBER: _ClassVar[int]
     WANT_TASKS_FIELD_NUMBER: _ClassVar[int]
-    receipt: Receipt
+    receipt: _common_pb2.Receipt
     output_size: int
     want_tasks: int
-    def __init__(self, receipt: _Optional[_Union[Receipt, _Mapping]] = ..., output_size: _Optional[int] = ..., want_tasks: _Optional[int] = ...) -> None: ...
+    def __init__(self, receipt: _Optional[_Union[_common_pb2.Receipt, _Mapping]] = ..., output_size: _Optional[int] = ..., want_tasks: _Optional[int] = ...) -> None: ...
 
 class ResultChunk(_message.Message):
     __slots__ = ("header", "data")

@@ -5,6 +5,7 @@ import warnings
 
 from tensorgrid.v1 import common_pb2 as tensorgrid_dot_v1_dot_common__pb2
 from tensorgrid.v1 import node_pb2 as tensorgrid_dot_v1_dot_node__pb2
+from tensorgrid.v1 import serving_pb2 as tensorgrid_dot_v1_dot_serving__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -83,6 +84,11 @@ class NodeServiceStub:
                 request_serializer=tensorgrid_dot_v1_dot_node__pb2.RevealChunk.SerializeToString,
                 response_deserializer=tensorgrid_dot_v1_dot_node__pb2.RevealResponse.FromString,
                 _registered_method=True)
+        self.Serve = channel.stream_stream(
+                '/tensorgrid.v1.NodeService/Serve',
+                request_serializer=tensorgrid_dot_v1_dot_serving__pb2.ServeUp.SerializeToString,
+                response_deserializer=tensorgrid_dot_v1_dot_serving__pb2.ServeDown.FromString,
+                _registered_method=True)
 
 
 class NodeServiceServicer:
@@ -150,6 +156,14 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Serve(self, request_iterator, context):
+        """Real-time serving: a node that serves endpoints keeps this stream open; the coordinator
+        assigns it replicas and sends it requests (serving.proto). First message: ServeHello.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -197,6 +211,11 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.RevealCheckpoint,
                     request_deserializer=tensorgrid_dot_v1_dot_node__pb2.RevealChunk.FromString,
                     response_serializer=tensorgrid_dot_v1_dot_node__pb2.RevealResponse.SerializeToString,
+            ),
+            'Serve': grpc.stream_stream_rpc_method_handler(
+                    servicer.Serve,
+                    request_deserializer=tensorgrid_dot_v1_dot_serving__pb2.ServeUp.FromString,
+                    response_serializer=tensorgrid_dot_v1_dot_serving__pb2.ServeDown.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -445,6 +464,33 @@ class NodeService:
             '/tensorgrid.v1.NodeService/RevealCheckpoint',
             tensorgrid_dot_v1_dot_node__pb2.RevealChunk.SerializeToString,
             tensorgrid_dot_v1_dot_node__pb2.RevealResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Serve(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/tensorgrid.v1.NodeService/Serve',
+            tensorgrid_dot_v1_dot_serving__pb2.ServeUp.SerializeToString,
+            tensorgrid_dot_v1_dot_serving__pb2.ServeDown.FromString,
             options,
             channel_credentials,
             insecure,

@@ -23,9 +23,10 @@ _sym_db = _symbol_database.Default()
 
 
 from tensorgrid.v1 import common_pb2 as tensorgrid_dot_v1_dot_common__pb2
+from tensorgrid.v1 import serving_pb2 as tensorgrid_dot_v1_dot_serving__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atensorgrid/v1/submit.proto\x12\rtensorgrid.v1\x1a\x1atensorgrid/v1/common.proto\"1\n\x11\x42ulkUploadRequest\x12\x0c\n\x04size\x18\x01 \x01(\x04\x12\x0e\n\x06sha256\x18\x02 \x01(\t\"v\n\nBulkTicket\x12\x0c\n\x04port\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\x0c\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12\x15\n\rexpires_at_ms\x18\x04 \x01(\x03\x12&\n\x06stored\x18\x05 \x01(\x0b\x32\x16.tensorgrid.v1.BlobRef\"*\n\x17SessionChallengeRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\"8\n\x10SessionChallenge\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12\x15\n\rexpires_at_ms\x18\x02 \x01(\x03\"G\n\x12OpenSessionRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"7\n\x07Session\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12\x15\n\rexpires_at_ms\x18\x02 \x01(\x03\",\n\x0cUploadHeader\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\"T\n\x0bUploadChunk\x12-\n\x06header\x18\x01 \x01(\x0b\x32\x1b.tensorgrid.v1.UploadHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"K\n\x10SubmitJobRequest\x12\x11\n\tspec_json\x18\x01 \x01(\x0c\x12\x11\n\tsubmitter\x18\x02 \x01(\t\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"X\n\x13ValidateJobResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05tasks\x18\x02 \x01(\r\x12\x12\n\npaid_tasks\x18\x03 \x01(\r\x12\x0e\n\x06\x65xists\x18\x04 \x01(\x08\"\xd9\x02\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tsubmitter\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12&\n\x05state\x18\x04 \x01(\x0e\x32\x17.tensorgrid.v1.JobState\x12\x11\n\tspec_json\x18\x05 \x01(\x0c\x12\x11\n\tspec_hash\x18\x06 \x01(\t\x12\x12\n\ncreated_ms\x18\x07 \x01(\x03\x12\x12\n\nupdated_ms\x18\x08 \x01(\x03\x12\x13\n\x0btasks_total\x18\t \x01(\r\x12\x12\n\ntasks_done\x18\n \x01(\r\x12\x15\n\rtask_failures\x18\x0b \x01(\r\x12&\n\x06result\x18\x0c \x01(\x0b\x32\x16.tensorgrid.v1.BlobRef\x12\r\n\x05\x65rror\x18\r \x01(\t\x12\x34\n\x0cverification\x18\x0e \x01(\x0b\x32\x1e.tensorgrid.v1.JobVerification\"\xdf\x01\n\x0fJobVerification\x12\x0c\n\x04mode\x18\x01 \x01(\t\x12:\n\x06\x63hecks\x18\x02 \x03(\x0b\x32*.tensorgrid.v1.JobVerification.ChecksEntry\x12\x11\n\tdetection\x18\x03 \x01(\x01\x12\x1a\n\x12required_stake_wei\x18\x04 \x01(\t\x12\x0f\n\x07slashes\x18\x05 \x01(\r\x12\x13\n\x0bslashed_wei\x18\x06 \x01(\t\x1a-\n\x0b\x43hecksEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"J\n\x0fListJobsRequest\x12\x11\n\tsubmitter\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\x12\x15\n\rbefore_job_id\x18\x03 \x01(\t\"4\n\x10ListJobsResponse\x12 \n\x04jobs\x18\x01 \x03(\x0b\x32\x12.tensorgrid.v1.Job\"5\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"4\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x04\"\xca\x01\n\x08JobEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0f\n\x07time_ms\x18\x04 \x01(\x03\x12\x12\n\ntask_index\x18\x05 \x01(\r\x12\x0c\n\x04node\x18\x06 \x01(\t\x12\x0f\n\x07message\x18\x07 \x01(\t\x12\x12\n\ntasks_done\x18\x08 \x01(\r\x12\x13\n\x0btasks_total\x18\t \x01(\r\x12&\n\x05state\x18\n \x01(\x0e\x32\x17.tensorgrid.v1.JobState\"\x12\n\x10ListNodesRequest\"\x95\x02\n\nNodeStatus\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65vice_kind\x18\x02 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x03 \x01(\x04\x12\x14\n\x0clast_seen_ms\x18\x04 \x01(\x03\x12\x10\n\x08\x64raining\x18\x05 \x01(\x08\x12\x11\n\tcompleted\x18\x06 \x01(\r\x12\x10\n\x08\x66\x61ilures\x18\x07 \x01(\r\x12\x12\n\nrejections\x18\x08 \x01(\r\x12\x18\n\x10\x62\x61\x63koff_until_ms\x18\t \x01(\x03\x12\x19\n\x11\x63onsecutive_valid\x18\n \x01(\r\x12\x10\n\x08verified\x18\x0b \x01(\r\x12\x0e\n\x06\x63\x61ught\x18\x0c \x01(\r\x12\x13\n\x0bslashed_wei\x18\r \x01(\t\"=\n\x11ListNodesResponse\x12(\n\x05nodes\x18\x01 \x03(\x0b\x32\x19.tensorgrid.v1.NodeStatus\"%\n\x12GetEarningsRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\"\xa5\x01\n\x08\x45\x61rnings\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x16\n\x0e\x63umulative_wei\x18\x02 \x01(\t\x12\x13\n\x0bpending_wei\x18\x03 \x01(\t\x12\x13\n\x0b\x63laim_epoch\x18\x04 \x01(\x04\x12\x1c\n\x14\x63laim_cumulative_wei\x18\x05 \x01(\t\x12\x13\n\x0b\x63laim_proof\x18\x06 \x03(\x0c\x12\x13\n\x0bslashed_wei\x18\x07 \x01(\t*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x32\xa8\x08\n\x10SubmitterService\x12\x42\n\nUploadBlob\x12\x1a.tensorgrid.v1.UploadChunk\x1a\x16.tensorgrid.v1.BlobRef(\x01\x12@\n\tSubmitJob\x12\x1f.tensorgrid.v1.SubmitJobRequest\x1a\x12.tensorgrid.v1.Job\x12R\n\x0bValidateJob\x12\x1f.tensorgrid.v1.SubmitJobRequest\x1a\".tensorgrid.v1.ValidateJobResponse\x12:\n\x06GetJob\x12\x1c.tensorgrid.v1.GetJobRequest\x1a\x12.tensorgrid.v1.Job\x12K\n\x08ListJobs\x12\x1e.tensorgrid.v1.ListJobsRequest\x1a\x1f.tensorgrid.v1.ListJobsResponse\x12@\n\tCancelJob\x12\x1f.tensorgrid.v1.CancelJobRequest\x1a\x12.tensorgrid.v1.Job\x12\x45\n\x08WatchJob\x12\x1e.tensorgrid.v1.WatchJobRequest\x1a\x17.tensorgrid.v1.JobEvent0\x01\x12K\n\x0c\x44ownloadBlob\x12\x1f.tensorgrid.v1.FetchBlobRequest\x1a\x18.tensorgrid.v1.BlobChunk0\x01\x12N\n\tListNodes\x12\x1f.tensorgrid.v1.ListNodesRequest\x1a .tensorgrid.v1.ListNodesResponse\x12I\n\x0bGetEarnings\x12!.tensorgrid.v1.GetEarningsRequest\x1a\x17.tensorgrid.v1.Earnings\x12W\n\x0cGetChallenge\x12&.tensorgrid.v1.SessionChallengeRequest\x1a\x1f.tensorgrid.v1.SessionChallenge\x12H\n\x0bOpenSession\x12!.tensorgrid.v1.OpenSessionRequest\x1a\x16.tensorgrid.v1.Session\x12M\n\x0eOpenBulkUpload\x12 .tensorgrid.v1.BulkUploadRequest\x1a\x19.tensorgrid.v1.BulkTicket\x12N\n\x10OpenBulkDownload\x12\x1f.tensorgrid.v1.FetchBlobRequest\x1a\x19.tensorgrid.v1.BulkTicketb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atensorgrid/v1/submit.proto\x12\rtensorgrid.v1\x1a\x1atensorgrid/v1/common.proto\x1a\x1btensorgrid/v1/serving.proto\"1\n\x11\x42ulkUploadRequest\x12\x0c\n\x04size\x18\x01 \x01(\x04\x12\x0e\n\x06sha256\x18\x02 \x01(\t\"v\n\nBulkTicket\x12\x0c\n\x04port\x18\x01 \x01(\r\x12\r\n\x05token\x18\x02 \x01(\x0c\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12\x15\n\rexpires_at_ms\x18\x04 \x01(\x03\x12&\n\x06stored\x18\x05 \x01(\x0b\x32\x16.tensorgrid.v1.BlobRef\"*\n\x17SessionChallengeRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\"8\n\x10SessionChallenge\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12\x15\n\rexpires_at_ms\x18\x02 \x01(\x03\"G\n\x12OpenSessionRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"7\n\x07Session\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12\x15\n\rexpires_at_ms\x18\x02 \x01(\x03\",\n\x0cUploadHeader\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\"T\n\x0bUploadChunk\x12-\n\x06header\x18\x01 \x01(\x0b\x32\x1b.tensorgrid.v1.UploadHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"K\n\x10SubmitJobRequest\x12\x11\n\tspec_json\x18\x01 \x01(\x0c\x12\x11\n\tsubmitter\x18\x02 \x01(\t\x12\x11\n\tsignature\x18\x03 \x01(\x0c\"X\n\x13ValidateJobResponse\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05tasks\x18\x02 \x01(\r\x12\x12\n\npaid_tasks\x18\x03 \x01(\r\x12\x0e\n\x06\x65xists\x18\x04 \x01(\x08\"\xd9\x02\n\x03Job\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tsubmitter\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12&\n\x05state\x18\x04 \x01(\x0e\x32\x17.tensorgrid.v1.JobState\x12\x11\n\tspec_json\x18\x05 \x01(\x0c\x12\x11\n\tspec_hash\x18\x06 \x01(\t\x12\x12\n\ncreated_ms\x18\x07 \x01(\x03\x12\x12\n\nupdated_ms\x18\x08 \x01(\x03\x12\x13\n\x0btasks_total\x18\t \x01(\r\x12\x12\n\ntasks_done\x18\n \x01(\r\x12\x15\n\rtask_failures\x18\x0b \x01(\r\x12&\n\x06result\x18\x0c \x01(\x0b\x32\x16.tensorgrid.v1.BlobRef\x12\r\n\x05\x65rror\x18\r \x01(\t\x12\x34\n\x0cverification\x18\x0e \x01(\x0b\x32\x1e.tensorgrid.v1.JobVerification\"\xdf\x01\n\x0fJobVerification\x12\x0c\n\x04mode\x18\x01 \x01(\t\x12:\n\x06\x63hecks\x18\x02 \x03(\x0b\x32*.tensorgrid.v1.JobVerification.ChecksEntry\x12\x11\n\tdetection\x18\x03 \x01(\x01\x12\x1a\n\x12required_stake_wei\x18\x04 \x01(\t\x12\x0f\n\x07slashes\x18\x05 \x01(\r\x12\x13\n\x0bslashed_wei\x18\x06 \x01(\t\x1a-\n\x0b\x43hecksEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"J\n\x0fListJobsRequest\x12\x11\n\tsubmitter\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\x12\x15\n\rbefore_job_id\x18\x03 \x01(\t\"4\n\x10ListJobsResponse\x12 \n\x04jobs\x18\x01 \x03(\x0b\x32\x12.tensorgrid.v1.Job\"5\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"4\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x04\"\xca\x01\n\x08JobEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0f\n\x07time_ms\x18\x04 \x01(\x03\x12\x12\n\ntask_index\x18\x05 \x01(\r\x12\x0c\n\x04node\x18\x06 \x01(\t\x12\x0f\n\x07message\x18\x07 \x01(\t\x12\x12\n\ntasks_done\x18\x08 \x01(\r\x12\x13\n\x0btasks_total\x18\t \x01(\r\x12&\n\x05state\x18\n \x01(\x0e\x32\x17.tensorgrid.v1.JobState\"\x12\n\x10ListNodesRequest\"\x95\x02\n\nNodeStatus\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65vice_kind\x18\x02 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x03 \x01(\x04\x12\x14\n\x0clast_seen_ms\x18\x04 \x01(\x03\x12\x10\n\x08\x64raining\x18\x05 \x01(\x08\x12\x11\n\tcompleted\x18\x06 \x01(\r\x12\x10\n\x08\x66\x61ilures\x18\x07 \x01(\r\x12\x12\n\nrejections\x18\x08 \x01(\r\x12\x18\n\x10\x62\x61\x63koff_until_ms\x18\t \x01(\x03\x12\x19\n\x11\x63onsecutive_valid\x18\n \x01(\r\x12\x10\n\x08verified\x18\x0b \x01(\r\x12\x0e\n\x06\x63\x61ught\x18\x0c \x01(\r\x12\x13\n\x0bslashed_wei\x18\r \x01(\t\"=\n\x11ListNodesResponse\x12(\n\x05nodes\x18\x01 \x03(\x0b\x32\x19.tensorgrid.v1.NodeStatus\"%\n\x12GetEarningsRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\"\xa5\x01\n\x08\x45\x61rnings\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x16\n\x0e\x63umulative_wei\x18\x02 \x01(\t\x12\x13\n\x0bpending_wei\x18\x03 \x01(\t\x12\x13\n\x0b\x63laim_epoch\x18\x04 \x01(\x04\x12\x1c\n\x14\x63laim_cumulative_wei\x18\x05 \x01(\t\x12\x13\n\x0b\x63laim_proof\x18\x06 \x03(\x0c\x12\x13\n\x0bslashed_wei\x18\x07 \x01(\t*\x9a\x01\n\x08JobState\x12\x19\n\x15JOB_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10JOB_STATE_QUEUED\x10\x01\x12\x15\n\x11JOB_STATE_RUNNING\x10\x02\x12\x17\n\x13JOB_STATE_SUCCEEDED\x10\x03\x12\x14\n\x10JOB_STATE_FAILED\x10\x04\x12\x17\n\x13JOB_STATE_CANCELLED\x10\x05\x32\xb9\x0b\n\x10SubmitterService\x12\x42\n\nUploadBlob\x12\x1a.tensorgrid.v1.UploadChunk\x1a\x16.tensorgrid.v1.BlobRef(\x01\x12@\n\tSubmitJob\x12\x1f.tensorgrid.v1.SubmitJobRequest\x1a\x12.tensorgrid.v1.Job\x12R\n\x0bValidateJob\x12\x1f.tensorgrid.v1.SubmitJobRequest\x1a\".tensorgrid.v1.ValidateJobResponse\x12:\n\x06GetJob\x12\x1c.tensorgrid.v1.GetJobRequest\x1a\x12.tensorgrid.v1.Job\x12K\n\x08ListJobs\x12\x1e.tensorgrid.v1.ListJobsRequest\x1a\x1f.tensorgrid.v1.ListJobsResponse\x12@\n\tCancelJob\x12\x1f.tensorgrid.v1.CancelJobRequest\x1a\x12.tensorgrid.v1.Job\x12\x45\n\x08WatchJob\x12\x1e.tensorgrid.v1.WatchJobRequest\x1a\x17.tensorgrid.v1.JobEvent0\x01\x12K\n\x0c\x44ownloadBlob\x12\x1f.tensorgrid.v1.FetchBlobRequest\x1a\x18.tensorgrid.v1.BlobChunk0\x01\x12N\n\tListNodes\x12\x1f.tensorgrid.v1.ListNodesRequest\x1a .tensorgrid.v1.ListNodesResponse\x12I\n\x0bGetEarnings\x12!.tensorgrid.v1.GetEarningsRequest\x1a\x17.tensorgrid.v1.Earnings\x12W\n\x0cGetChallenge\x12&.tensorgrid.v1.SessionChallengeRequest\x1a\x1f.tensorgrid.v1.SessionChallenge\x12H\n\x0bOpenSession\x12!.tensorgrid.v1.OpenSessionRequest\x1a\x16.tensorgrid.v1.Session\x12M\n\x0eOpenBulkUpload\x12 .tensorgrid.v1.BulkUploadRequest\x1a\x19.tensorgrid.v1.BulkTicket\x12N\n\x10OpenBulkDownload\x12\x1f.tensorgrid.v1.FetchBlobRequest\x1a\x19.tensorgrid.v1.BulkTicket\x12\x42\n\x05Infer\x12\x1b.tensorgrid.v1.InferRequest\x1a\x1c.tensorgrid.v1.InferResponse\x12G\n\x08Generate\x12\x1b.tensorgrid.v1.InferRequest\x1a\x1c.tensorgrid.v1.GenerateChunk0\x01\x12O\n\x0bGetEndpoint\x12!.tensorgrid.v1.GetEndpointRequest\x1a\x1d.tensorgrid.v1.EndpointStatus\x12Z\n\rListEndpoints\x12#.tensorgrid.v1.ListEndpointsRequest\x1a$.tensorgrid.v1.ListEndpointsResponse\x12U\n\x0e\x44\x65leteEndpoint\x12$.tensorgrid.v1.DeleteEndpointRequest\x1a\x1d.tensorgrid.v1.EndpointStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,56 +35,56 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_JOBVERIFICATION_CHECKSENTRY']._loaded_options = None
   _globals['_JOBVERIFICATION_CHECKSENTRY']._serialized_options = b'8\001'
-  _globals['_JOBSTATE']._serialized_start=2397
-  _globals['_JOBSTATE']._serialized_end=2551
-  _globals['_BULKUPLOADREQUEST']._serialized_start=73
-  _globals['_BULKUPLOADREQUEST']._serialized_end=122
-  _globals['_BULKTICKET']._serialized_start=124
-  _globals['_BULKTICKET']._serialized_end=242
-  _globals['_SESSIONCHALLENGEREQUEST']._serialized_start=244
-  _globals['_SESSIONCHALLENGEREQUEST']._serialized_end=286
-  _globals['_SESSIONCHALLENGE']._serialized_start=288
-  _globals['_SESSIONCHALLENGE']._serialized_end=344
-  _globals['_OPENSESSIONREQUEST']._serialized_start=346
-  _globals['_OPENSESSIONREQUEST']._serialized_end=417
-  _globals['_SESSION']._serialized_start=419
-  _globals['_SESSION']._serialized_end=474
-  _globals['_UPLOADHEADER']._serialized_start=476
-  _globals['_UPLOADHEADER']._serialized_end=520
-  _globals['_UPLOADCHUNK']._serialized_start=522
-  _globals['_UPLOADCHUNK']._serialized_end=606
-  _globals['_SUBMITJOBREQUEST']._serialized_start=608
-  _globals['_SUBMITJOBREQUEST']._serialized_end=683
-  _globals['_VALIDATEJOBRESPONSE']._serialized_start=685
-  _globals['_VALIDATEJOBRESPONSE']._serialized_end=773
-  _globals['_JOB']._serialized_start=776
-  _globals['_JOB']._serialized_end=1121
-  _globals['_JOBVERIFICATION']._serialized_start=1124
-  _globals['_JOBVERIFICATION']._serialized_end=1347
-  _globals['_JOBVERIFICATION_CHECKSENTRY']._serialized_start=1302
-  _globals['_JOBVERIFICATION_CHECKSENTRY']._serialized_end=1347
-  _globals['_GETJOBREQUEST']._serialized_start=1349
-  _globals['_GETJOBREQUEST']._serialized_end=1380
-  _globals['_LISTJOBSREQUEST']._serialized_start=1382
-  _globals['_LISTJOBSREQUEST']._serialized_end=1456
-  _globals['_LISTJOBSRESPONSE']._serialized_start=1458
-  _globals['_LISTJOBSRESPONSE']._serialized_end=1510
-  _globals['_CANCELJOBREQUEST']._serialized_start=1512
-  _globals['_CANCELJOBREQUEST']._serialized_end=1565
-  _globals['_WATCHJOBREQUEST']._serialized_start=1567
-  _globals['_WATCHJOBREQUEST']._serialized_end=1619
-  _globals['_JOBEVENT']._serialized_start=1622
-  _globals['_JOBEVENT']._serialized_end=1824
-  _globals['_LISTNODESREQUEST']._serialized_start=1826
-  _globals['_LISTNODESREQUEST']._serialized_end=1844
-  _globals['_NODESTATUS']._serialized_start=1847
-  _globals['_NODESTATUS']._serialized_end=2124
-  _globals['_LISTNODESRESPONSE']._serialized_start=2126
-  _globals['_LISTNODESRESPONSE']._serialized_end=2187
-  _globals['_GETEARNINGSREQUEST']._serialized_start=2189
-  _globals['_GETEARNINGSREQUEST']._serialized_end=2226
-  _globals['_EARNINGS']._serialized_start=2229
-  _globals['_EARNINGS']._serialized_end=2394
-  _globals['_SUBMITTERSERVICE']._serialized_start=2554
-  _globals['_SUBMITTERSERVICE']._serialized_end=3618
+  _globals['_JOBSTATE']._serialized_start=2426
+  _globals['_JOBSTATE']._serialized_end=2580
+  _globals['_BULKUPLOADREQUEST']._serialized_start=102
+  _globals['_BULKUPLOADREQUEST']._serialized_end=151
+  _globals['_BULKTICKET']._serialized_start=153
+  _globals['_BULKTICKET']._serialized_end=271
+  _globals['_SESSIONCHALLENGEREQUEST']._serialized_start=273
+  _globals['_SESSIONCHALLENGEREQUEST']._serialized_end=315
+  _globals['_SESSIONCHALLENGE']._serialized_start=317
+  _globals['_SESSIONCHALLENGE']._serialized_end=373
+  _globals['_OPENSESSIONREQUEST']._serialized_start=375
+  _globals['_OPENSESSIONREQUEST']._serialized_end=446
+  _globals['_SESSION']._serialized_start=448
+  _globals['_SESSION']._serialized_end=503
+  _globals['_UPLOADHEADER']._serialized_start=505
+  _globals['_UPLOADHEADER']._serialized_end=549
+  _globals['_UPLOADCHUNK']._serialized_start=551
+  _globals['_UPLOADCHUNK']._serialized_end=635
+  _globals['_SUBMITJOBREQUEST']._serialized_start=637
+  _globals['_SUBMITJOBREQUEST']._serialized_end=712
+  _globals['_VALIDATEJOBRESPONSE']._serialized_start=714
+  _globals['_VALIDATEJOBRESPONSE']._serialized_end=802
+  _globals['_JOB']._serialized_start=805
+  _globals['_JOB']._serialized_end=1150
+  _globals['_JOBVERIFICATION']._serialized_start=1153
+  _globals['_JOBVERIFICATION']._serialized_end=1376
+  _globals['_JOBVERIFICATION_CHECKSENTRY']._serialized_start=1331
+  _globals['_JOBVERIFICATION_CHECKSENTRY']._serialized_end=1376
+  _globals['_GETJOBREQUEST']._serialized_start=1378
+  _globals['_GETJOBREQUEST']._serialized_end=1409
+  _globals['_LISTJOBSREQUEST']._serialized_start=1411
+  _globals['_LISTJOBSREQUEST']._serialized_end=1485
+  _globals['_LISTJOBSRESPONSE']._serialized_start=1487
+  _globals['_LISTJOBSRESPONSE']._serialized_end=1539
+  _globals['_CANCELJOBREQUEST']._serialized_start=1541
+  _globals['_CANCELJOBREQUEST']._serialized_end=1594
+  _globals['_WATCHJOBREQUEST']._serialized_start=1596
+  _globals['_WATCHJOBREQUEST']._serialized_end=1648
+  _globals['_JOBEVENT']._serialized_start=1651
+  _globals['_JOBEVENT']._serialized_end=1853
+  _globals['_LISTNODESREQUEST']._serialized_start=1855
+  _globals['_LISTNODESREQUEST']._serialized_end=1873
+  _globals['_NODESTATUS']._serialized_start=1876
+  _globals['_NODESTATUS']._serialized_end=2153
+  _globals['_LISTNODESRESPONSE']._serialized_start=2155
+  _globals['_LISTNODESRESPONSE']._serialized_end=2216
+  _globals['_GETEARNINGSREQUEST']._serialized_start=2218
+  _globals['_GETEARNINGSREQUEST']._serialized_end=2255
+  _globals['_EARNINGS']._serialized_start=2258
+  _globals['_EARNINGS']._serialized_end=2423
+  _globals['_SUBMITTERSERVICE']._serialized_start=2583
+  _globals['_SUBMITTERSERVICE']._serialized_end=4048
 # @@protoc_insertion_point(module_scope)

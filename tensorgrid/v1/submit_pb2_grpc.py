@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from tensorgrid.v1 import common_pb2 as tensorgrid_dot_v1_dot_common__pb2
+from tensorgrid.v1 import serving_pb2 as tensorgrid_dot_v1_dot_serving__pb2
 from tensorgrid.v1 import submit_pb2 as tensorgrid_dot_v1_dot_submit__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -108,6 +109,31 @@ class SubmitterServiceStub:
                 '/tensorgrid.v1.SubmitterService/OpenBulkDownload',
                 request_serializer=tensorgrid_dot_v1_dot_common__pb2.FetchBlobRequest.SerializeToString,
                 response_deserializer=tensorgrid_dot_v1_dot_submit__pb2.BulkTicket.FromString,
+                _registered_method=True)
+        self.Infer = channel.unary_unary(
+                '/tensorgrid.v1.SubmitterService/Infer',
+                request_serializer=tensorgrid_dot_v1_dot_serving__pb2.InferRequest.SerializeToString,
+                response_deserializer=tensorgrid_dot_v1_dot_serving__pb2.InferResponse.FromString,
+                _registered_method=True)
+        self.Generate = channel.unary_stream(
+                '/tensorgrid.v1.SubmitterService/Generate',
+                request_serializer=tensorgrid_dot_v1_dot_serving__pb2.InferRequest.SerializeToString,
+                response_deserializer=tensorgrid_dot_v1_dot_serving__pb2.GenerateChunk.FromString,
+                _registered_method=True)
+        self.GetEndpoint = channel.unary_unary(
+                '/tensorgrid.v1.SubmitterService/GetEndpoint',
+                request_serializer=tensorgrid_dot_v1_dot_serving__pb2.GetEndpointRequest.SerializeToString,
+                response_deserializer=tensorgrid_dot_v1_dot_serving__pb2.EndpointStatus.FromString,
+                _registered_method=True)
+        self.ListEndpoints = channel.unary_unary(
+                '/tensorgrid.v1.SubmitterService/ListEndpoints',
+                request_serializer=tensorgrid_dot_v1_dot_serving__pb2.ListEndpointsRequest.SerializeToString,
+                response_deserializer=tensorgrid_dot_v1_dot_serving__pb2.ListEndpointsResponse.FromString,
+                _registered_method=True)
+        self.DeleteEndpoint = channel.unary_unary(
+                '/tensorgrid.v1.SubmitterService/DeleteEndpoint',
+                request_serializer=tensorgrid_dot_v1_dot_serving__pb2.DeleteEndpointRequest.SerializeToString,
+                response_deserializer=tensorgrid_dot_v1_dot_serving__pb2.EndpointStatus.FromString,
                 _registered_method=True)
 
 
@@ -214,6 +240,39 @@ class SubmitterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Infer(self, request, context):
+        """Endpoints (serving.proto): created with SubmitJob (kind "endpoint"), then called.
+        Infer answers from a warm replica; RESOURCE_EXHAUSTED with `retry-after-ms` trailing
+        metadata when every replica is full; UNAVAILABLE when no replica is ready yet.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Generate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetEndpoint(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListEndpoints(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteEndpoint(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SubmitterServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -286,6 +345,31 @@ def add_SubmitterServiceServicer_to_server(servicer, server):
                     servicer.OpenBulkDownload,
                     request_deserializer=tensorgrid_dot_v1_dot_common__pb2.FetchBlobRequest.FromString,
                     response_serializer=tensorgrid_dot_v1_dot_submit__pb2.BulkTicket.SerializeToString,
+            ),
+            'Infer': grpc.unary_unary_rpc_method_handler(
+                    servicer.Infer,
+                    request_deserializer=tensorgrid_dot_v1_dot_serving__pb2.InferRequest.FromString,
+                    response_serializer=tensorgrid_dot_v1_dot_serving__pb2.InferResponse.SerializeToString,
+            ),
+            'Generate': grpc.unary_stream_rpc_method_handler(
+                    servicer.Generate,
+                    request_deserializer=tensorgrid_dot_v1_dot_serving__pb2.InferRequest.FromString,
+                    response_serializer=tensorgrid_dot_v1_dot_serving__pb2.GenerateChunk.SerializeToString,
+            ),
+            'GetEndpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEndpoint,
+                    request_deserializer=tensorgrid_dot_v1_dot_serving__pb2.GetEndpointRequest.FromString,
+                    response_serializer=tensorgrid_dot_v1_dot_serving__pb2.EndpointStatus.SerializeToString,
+            ),
+            'ListEndpoints': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEndpoints,
+                    request_deserializer=tensorgrid_dot_v1_dot_serving__pb2.ListEndpointsRequest.FromString,
+                    response_serializer=tensorgrid_dot_v1_dot_serving__pb2.ListEndpointsResponse.SerializeToString,
+            ),
+            'DeleteEndpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteEndpoint,
+                    request_deserializer=tensorgrid_dot_v1_dot_serving__pb2.DeleteEndpointRequest.FromString,
+                    response_serializer=tensorgrid_dot_v1_dot_serving__pb2.EndpointStatus.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -670,6 +754,141 @@ class SubmitterService:
             '/tensorgrid.v1.SubmitterService/OpenBulkDownload',
             tensorgrid_dot_v1_dot_common__pb2.FetchBlobRequest.SerializeToString,
             tensorgrid_dot_v1_dot_submit__pb2.BulkTicket.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Infer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorgrid.v1.SubmitterService/Infer',
+            tensorgrid_dot_v1_dot_serving__pb2.InferRequest.SerializeToString,
+            tensorgrid_dot_v1_dot_serving__pb2.InferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Generate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tensorgrid.v1.SubmitterService/Generate',
+            tensorgrid_dot_v1_dot_serving__pb2.InferRequest.SerializeToString,
+            tensorgrid_dot_v1_dot_serving__pb2.GenerateChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEndpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorgrid.v1.SubmitterService/GetEndpoint',
+            tensorgrid_dot_v1_dot_serving__pb2.GetEndpointRequest.SerializeToString,
+            tensorgrid_dot_v1_dot_serving__pb2.EndpointStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEndpoints(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorgrid.v1.SubmitterService/ListEndpoints',
+            tensorgrid_dot_v1_dot_serving__pb2.ListEndpointsRequest.SerializeToString,
+            tensorgrid_dot_v1_dot_serving__pb2.ListEndpointsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteEndpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorgrid.v1.SubmitterService/DeleteEndpoint',
+            tensorgrid_dot_v1_dot_serving__pb2.DeleteEndpointRequest.SerializeToString,
+            tensorgrid_dot_v1_dot_serving__pb2.EndpointStatus.FromString,
             options,
             channel_credentials,
             insecure,

@@ -30,6 +30,7 @@ __all__ = [
     "batch_rows",
     "concat",
     "gather_rows",
+    "header_of_bytes",
     "load_tensors",
     "read_header",
     "save_tensors",
@@ -91,38 +92,52 @@ def read_header(path: str | os.PathLike[str]) -> Header:
     file_size = path.stat().st_size
     with path.open("rb") as f:
         prefix = f.read(9)
-        _refuse_pickle(prefix, path)
-        if len(prefix) < 8:
-            raise InvalidTensorFile(f"{path.name}: {file_size} bytes is too short to be safetensors")
-        (header_len,) = struct.unpack("<Q", prefix[:8])
-        if header_len > MAX_HEADER_BYTES:
-            raise UnsafeFileError(
-                f"{path.name}: header of {header_len} bytes exceeds the {MAX_HEADER_BYTES}-byte limit"
-            )
-        if 8 + header_len > file_size:
-            raise InvalidTensorFile(f"{path.name}: truncated (header claims {header_len} bytes)")
+        header_len = _header_length(prefix, file_size, path.name)
         f.seek(8)
         raw = f.read(header_len)
-    data_start = 8 + header_len
+    return _parse_header(raw, file_size, path.name)
+
+
+def header_of_bytes(data: bytes, name: str = "request") -> Header:
+    """read_header for safetensors bytes held in memory (a request or an answer); `name` is
+    what the errors call them."""
+    header_len = _header_length(data[:9], len(data), name)
+    return _parse_header(data[8 : 8 + header_len], len(data), name)
+
+
+def _header_length(prefix: bytes, file_size: int, name: str) -> int:
+    _refuse_pickle(prefix, name)
+    if len(prefix) < 8:
+        raise InvalidTensorFile(f"{name}: {file_size} bytes is too short to be safetensors")
+    (header_len,) = struct.unpack("<Q", prefix[:8])
+    if header_len > MAX_HEADER_BYTES:
+        raise UnsafeFileError(f"{name}: header of {header_len} bytes exceeds the {MAX_HEADER_BYTES}-byte limit")
+    if 8 + header_len > file_size:
+        raise InvalidTensorFile(f"{name}: truncated (header claims {header_len} bytes)")
+    return int(header_len)
+
+
+def _parse_header(raw: bytes, file_size: int, name: str) -> Header:
+    data_start = 8 + len(raw)
     try:
         obj = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
     except (UnicodeDecodeError, ValueError) as exc:
-        raise InvalidTensorFile(f"{path.name}: header is not valid JSON ({exc})") from None
+        raise InvalidTensorFile(f"{name}: header is not valid JSON ({exc})") from None
     if not isinstance(obj, dict):
-        raise InvalidTensorFile(f"{path.name}: header must be a JSON object")
-    metadata = _parse_metadata(obj.pop("__metadata__", {}), path)
-    tensors = {name: _parse_entry(name, entry, data_start, path) for name, entry in obj.items()}
-    _check_layout(tensors, data_start, file_size, path)
+        raise InvalidTensorFile(f"{name}: header must be a JSON object")
+    metadata = _parse_metadata(obj.pop("__metadata__", {}), name)
+    tensors = {key: _parse_entry(key, entry, data_start, name) for key, entry in obj.items()}
+    _check_layout(tensors, data_start, file_size, name)
     return Header(tensors=tensors, metadata=metadata, data_start=data_start)
 
 
-def _refuse_pickle(prefix: bytes, path: Path) -> None:
+def _refuse_pickle(prefix: bytes, name: str) -> None:
     is_zip = prefix.startswith(b"PK\x03\x04")
     # A safetensors header length can also start with 0x80 0x0N; a real one has '{' at 8.
     is_pickle = len(prefix) >= 2 and prefix[0] == 0x80 and 2 <= prefix[1] <= 5 and prefix[8:9] != b"{"
     if is_zip or is_pickle:
         raise UnsafeFileError(
-            f"{path.name} looks like a torch.save/pickle file; TensorGrid only accepts safetensors "
+            f"{name} looks like a torch.save/pickle file; TensorGrid only accepts safetensors "
             f"(never unpickles): {_SAVE_HINT}"
         )
 
@@ -136,14 +151,14 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _parse_metadata(raw: object, path: Path) -> dict[str, str]:
+def _parse_metadata(raw: object, name: str) -> dict[str, str]:
     if not isinstance(raw, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in raw.items()):
-        raise InvalidTensorFile(f"{path.name}: __metadata__ must map strings to strings")
+        raise InvalidTensorFile(f"{name}: __metadata__ must map strings to strings")
     return dict(raw)
 
 
-def _parse_entry(name: str, entry: object, data_start: int, path: Path) -> TensorInfo:
-    where = f"{path.name}: tensor {name!r}"
+def _parse_entry(name: str, entry: object, data_start: int, file: str) -> TensorInfo:
+    where = f"{file}: tensor {name!r}"
     if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
         raise InvalidTensorFile(f"{where} must have exactly dtype, shape and data_offsets")
     dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
@@ -168,17 +183,17 @@ def _is_count(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _check_layout(tensors: dict[str, TensorInfo], data_start: int, file_size: int, path: Path) -> None:
+def _check_layout(tensors: dict[str, TensorInfo], data_start: int, file_size: int, name: str) -> None:
     """Tensor byte ranges must tile the data section exactly: no overlap, gap or tail."""
     cursor = data_start
     for info in sorted(tensors.values(), key=lambda t: (t.begin, t.end)):
         if info.begin != cursor:
             problem = "overlaps another tensor" if info.begin < cursor else "leaves a gap before it"
-            raise InvalidTensorFile(f"{path.name}: tensor {info.name!r} {problem}")
+            raise InvalidTensorFile(f"{name}: tensor {info.name!r} {problem}")
         cursor = info.end
     if cursor != file_size:
         raise InvalidTensorFile(
-            f"{path.name}: tensors end at byte {cursor} but the file has {file_size} (truncated or trailing bytes)"
+            f"{name}: tensors end at byte {cursor} but the file has {file_size} (truncated or trailing bytes)"
         )
 
 
