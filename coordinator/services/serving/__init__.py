@@ -1,0 +1,1 @@
+"""Real-time serving: endpoints, their replicas and requests (docs/SERVING.md)."""
