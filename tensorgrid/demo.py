@@ -97,7 +97,7 @@ def _demo(root: Path, nodes: int, rows: int, shard_rows: int, chain: bool) -> in
             signer = Signer.from_hex(cg.submitter_key)
             chain_client = ChainClient.connect(cg.anvil.rpc_url, cg.deployment, signer.private_key)
             with cg.grid.client(signer, chain=chain_client) as client:
-                outcome = _run_job(client, model_path, inputs_path, shard_rows, root, REWARD_WEI)
+                outcome = _run_job(client, model_path, inputs_path, shard_rows, root, REWARD_WEI, cg.grid)
                 if isinstance(outcome, int):
                     return outcome
                 out, grid_s, job = outcome
@@ -112,7 +112,7 @@ def _demo(root: Path, nodes: int, rows: int, shard_rows: int, chain: bool) -> in
         for i in range(nodes):
             grid.start_node(f"node{i}", "--device", "cpu", "--threads", "1")
         with grid.client(Signer.generate()) as client:
-            outcome = _run_job(client, model_path, inputs_path, shard_rows, root, 0)
+            outcome = _run_job(client, model_path, inputs_path, shard_rows, root, 0, grid)
     if isinstance(outcome, int):
         return outcome
     out, grid_s, job = outcome
@@ -120,7 +120,7 @@ def _demo(root: Path, nodes: int, rows: int, shard_rows: int, chain: bool) -> in
 
 
 def _run_job(
-    client: Client, model_path: Path, inputs_path: Path, shard_rows: int, root: Path, reward: int
+    client: Client, model_path: Path, inputs_path: Path, shard_rows: int, root: Path, reward: int, grid: LocalGrid
 ) -> tuple[Path, float, JobInfo] | int:
     print("3. submitting the job" + (f", escrow funded with {reward} wei per task" if reward else ""))
     start = time.monotonic()
@@ -135,7 +135,7 @@ def _run_job(
             reward_per_task_wei=reward,
         )
     print(f"   job {job.job_id[:16]}… with {job.tasks_total} tasks")
-    final = watch_job(client, job.job_id)
+    final = watch_job(client, job.job_id, health=grid.check_running)  # a dead node or coordinator ends the demo
     grid_s = time.monotonic() - start
     if final.state.value != "succeeded":
         print(f"   job ended {final.state.value}: {final.error}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -38,8 +40,13 @@ def byte_progress(label: str) -> Iterator[Callable[[int, int], None]]:
         yield update
 
 
-def watch_job(client: Any, job_id: str) -> JobInfo:
-    """Follow a job's events with a progress bar until it ends; returns its final state."""
+def watch_job(client: Any, job_id: str, health: Callable[[], None] | None = None) -> JobInfo:
+    """Follow a job's events with a progress bar until it ends; returns its final state.
+
+    health, when given, is called every HEALTH_INTERVAL_S while no event arrives and may raise
+    (e.g. LocalGrid.check_running when a process it started died): a job no process works on
+    any more must not be watched forever.
+    """
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -49,9 +56,42 @@ def watch_job(client: Any, job_id: str) -> JobInfo:
     )
     with Progress(*columns, console=_console) as progress:
         bar = progress.add_task(f"job {job_id[:12]}", total=None, note="")
-        for ev in client.watch(job_id):
+        for ev in _events(client, job_id, health):
             note = ev.kind if ev.kind != "completed" else ""
             if ev.kind in ("reissued", "released"):
                 note = f"task {ev.task_index} {ev.kind}: {ev.message[:60]}"
             progress.update(bar, total=ev.tasks_total or None, completed=ev.tasks_done, note=note)
     return client.job(job_id)  # type: ignore[no-any-return]
+
+
+HEALTH_INTERVAL_S = 2.0
+_END = object()
+
+
+def _events(client: Any, job_id: str, health: Callable[[], None] | None) -> Iterator[Any]:
+    """client.watch(job_id), with health() called between events (the stream runs in a thread)."""
+    if health is None:
+        yield from client.watch(job_id)
+        return
+    events: queue.Queue[Any] = queue.Queue()
+
+    def pump() -> None:
+        try:
+            for ev in client.watch(job_id):
+                events.put(ev)
+            events.put(_END)
+        except BaseException as exc:  # handed to the reader, raised there
+            events.put(exc)
+
+    threading.Thread(target=pump, name="watch-job", daemon=True).start()
+    while True:
+        try:
+            item = events.get(timeout=HEALTH_INTERVAL_S)
+        except queue.Empty:
+            health()
+            continue
+        if item is _END:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield item
