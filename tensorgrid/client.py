@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +21,7 @@ import grpc
 
 from tensorgrid import serde
 from tensorgrid.crypto import Signer, cancel_message, sign_message, submit_message
+from tensorgrid.endpoints import Endpoints
 from tensorgrid.errors import TensorGridError
 from tensorgrid.retry import backoff
 from tensorgrid.session import (  # noqa: F401 -- the SDK's errors, importable from here
@@ -52,6 +53,8 @@ from tensorgrid.v1 import submit_pb2, submit_pb2_grpc
 from tensorgrid.workloads.tensorfile import batch_rows, read_header
 
 if TYPE_CHECKING:
+    import torch
+
     from tensorgrid.chain.client import ChainClient
 
 SUBMIT_RETRY_S = 30.0
@@ -89,7 +92,7 @@ class Client:
         # restarting), then raise SubmitInterrupted.
         self.submit_retry_s = SUBMIT_RETRY_S
         self._channel = open_channel(target, self.tls)
-        self._stub = submit_pb2_grpc.SubmitterServiceStub(self._channel)
+        self._stub = self.stub = submit_pb2_grpc.SubmitterServiceStub(self._channel)
         self.session = Session(self._stub, self.signer, timeout)
         self.transfer = Transfer(self._stub, self.session, target, self.tls, bulk, timeout)
 
@@ -114,6 +117,20 @@ class Client:
 
     def _unary(self, method: Any, request: Any, timeout: float | None = None) -> Any:
         return self.session.unary(method, request, timeout)
+
+    # ---- endpoints (tensorgrid.endpoints) -------------------------------------------------------
+    @property
+    def endpoints(self) -> Endpoints:
+        """Create, call and delete real-time endpoints (docs/SERVING.md)."""
+        return Endpoints(self)
+
+    def infer(self, endpoint_id: str, tensors: Mapping[str, torch.Tensor] | bytes, **kw: Any) -> dict[str, Any]:
+        """One real-time request to an endpoint: its outputs (Endpoints.infer)."""
+        return self.endpoints.infer(endpoint_id, tensors, **kw)
+
+    def generate(self, endpoint_id: str, prompt: Sequence[int], **kw: Any) -> Iterator[list[int]]:
+        """Stream the tokens a generation endpoint decodes after prompt (Endpoints.generate)."""
+        return self.endpoints.generate(endpoint_id, prompt, **kw)
 
     # ---- blobs ---------------------------------------------------------------------------------
     def upload(self, path: str | os.PathLike[str], progress: Progress | None = None) -> BlobRef:
@@ -300,18 +317,24 @@ class Client:
         sig = sign_message(self.signer, cancel_message(job_id))
         req = submit_pb2.CancelJobRequest(job_id=job_id, signature=sig)
         job = serde.job_from_pb(self._unary(self._stub.CancelJob, req))
-        if self.chain is not None:
-            from tensorgrid.chain.client import JobStatus
-            from tensorgrid.chain.errors import ContractReverted
-
-            escrow = self.chain.job(job_id)
-            if escrow.status == JobStatus.OPEN and (not escrow.locked or escrow.deadline < self.chain.chain_time()):
-                try:
-                    self.chain.cancel(job_id)
-                except ContractReverted as e:  # locked meanwhile: the coordinator releases it instead
-                    if e.error != "LockedUntilDeadline":
-                        raise
+        self.take_back_escrow(job_id)
         return job
+
+    def take_back_escrow(self, job_id: str) -> None:
+        """Refund a stopped job's escrow now if no work locked it (else the coordinator releases
+        what is left after charging the work done). No-op without a chain handle."""
+        if self.chain is None:
+            return
+        from tensorgrid.chain.client import JobStatus
+        from tensorgrid.chain.errors import ContractReverted
+
+        escrow = self.chain.job(job_id)
+        if escrow.status == JobStatus.OPEN and (not escrow.locked or escrow.deadline < self.chain.chain_time()):
+            try:
+                self.chain.cancel(job_id)
+            except ContractReverted as e:  # locked meanwhile: the coordinator releases it instead
+                if e.error != "LockedUntilDeadline":
+                    raise
 
     def watch(self, job_id: str, after_seq: int = 0) -> Iterator[JobEvent]:
         """Events of a job from after_seq on, live, until it ends; reconnects if the stream drops."""

@@ -6,7 +6,7 @@ import json
 from typing import overload
 
 from tensorgrid import types as t
-from tensorgrid.v1 import common_pb2, node_pb2, submit_pb2
+from tensorgrid.v1 import common_pb2, node_pb2, serving_pb2, submit_pb2
 
 _ERROR_KINDS = {
     t.ErrorKind.INVALID_INPUT: common_pb2.ERROR_KIND_INVALID_INPUT,
@@ -269,4 +269,55 @@ def node_from_pb(m: submit_pb2.NodeStatus) -> t.NodeStatus:
         verified=m.verified,
         caught=m.caught,
         slashed_wei=int(m.slashed_wei or 0),
+    )
+
+
+def endpoint_to_pb(e: t.EndpointStatus) -> serving_pb2.EndpointStatus:
+    return serving_pb2.EndpointStatus(
+        endpoint_id=e.endpoint_id,
+        state=e.state,
+        serves=e.serves,
+        min_replicas=e.min_replicas,
+        max_replicas=e.max_replicas,
+        replicas=[
+            serving_pb2.ReplicaStatus(
+                replica_id=r.replica_id, node=r.node, state=r.state, in_flight=r.in_flight, served=r.served
+            )
+            for r in e.replicas
+        ],
+        requests_per_s=e.requests_per_s,
+        p50_ms=e.p50_ms,
+        p99_ms=e.p99_ms,
+        requests=e.requests,
+        errors=e.errors,
+        checked=e.checked,
+        caught=e.caught,
+        spent_wei=str(e.spent_wei),
+        price_wei=str(e.price_wei),
+        max_requests=e.max_requests,
+        created_ms=e.created_ms,
+        queued=e.queued,
+    )
+
+
+def endpoint_from_pb(m: serving_pb2.EndpointStatus) -> t.EndpointStatus:
+    return t.EndpointStatus(
+        endpoint_id=m.endpoint_id,
+        state=m.state,
+        serves=m.serves,
+        min_replicas=m.min_replicas,
+        max_replicas=m.max_replicas,
+        replicas=[t.ReplicaStatus(r.replica_id, r.node, r.state, r.in_flight, r.served) for r in m.replicas],
+        requests_per_s=m.requests_per_s,
+        p50_ms=m.p50_ms,
+        p99_ms=m.p99_ms,
+        requests=m.requests,
+        errors=m.errors,
+        checked=m.checked,
+        caught=m.caught,
+        spent_wei=int(m.spent_wei or 0),
+        price_wei=int(m.price_wei or 0),
+        max_requests=m.max_requests,
+        created_ms=m.created_ms,
+        queued=m.queued,
     )

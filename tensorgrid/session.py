@@ -12,7 +12,7 @@ import grpc
 
 from tensorgrid.crypto import Signer, session_message, sign_message
 from tensorgrid.errors import TensorGridError
-from tensorgrid.rpc import SESSION_METADATA_KEY
+from tensorgrid.rpc import RETRY_AFTER_METADATA_KEY, SESSION_METADATA_KEY
 from tensorgrid.tls import explain_unavailable
 from tensorgrid.v1 import submit_pb2, submit_pb2_grpc
 
@@ -38,9 +38,10 @@ class Validated:
 class CoordinatorError(TensorGridError):
     """The coordinator refused a request or could not be reached; `code` is the gRPC status."""
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, retry_after_ms: int | None = None) -> None:
         super().__init__(message)
         self.code = code
+        self.retry_after_ms = retry_after_ms  # the coordinator's hint, sent with RESOURCE_EXHAUSTED
 
 
 class SubmitInterrupted(CoordinatorError):
@@ -71,9 +72,18 @@ def unauthenticated(e: grpc.RpcError) -> bool:
 def wrap(e: grpc.RpcError) -> CoordinatorError:
     code = e.code()  # type: ignore[attr-defined]
     details = e.details()  # type: ignore[attr-defined]
+    hint = _retry_hint(e)
     if code == grpc.StatusCode.UNAVAILABLE:
-        return CoordinatorError(code, explain_unavailable(details or ""))
-    return CoordinatorError(code, details or code.name)
+        return CoordinatorError(code, explain_unavailable(details or ""), hint)
+    return CoordinatorError(code, details or code.name, hint)
+
+
+def _retry_hint(e: grpc.RpcError) -> int | None:
+    try:
+        value = dict(e.trailing_metadata() or ()).get(RETRY_AFTER_METADATA_KEY)  # type: ignore[attr-defined]
+        return None if value is None else max(0, int(value))
+    except (AttributeError, TypeError, ValueError):
+        return None
 
 
 class Session:
@@ -86,9 +96,14 @@ class Session:
         self.token = ""
         self._expires_ms = 0
 
+    @property
+    def fresh(self) -> bool:
+        """True when metadata() needs no round trip (the session is open and not near its end)."""
+        return bool(self.token) and self._expires_ms - SESSION_MARGIN_MS >= time.time() * 1000
+
     def metadata(self) -> Metadata:
         """The session metadata of the next call, opening (or renewing) the session first if needed."""
-        if not self.token or self._expires_ms - SESSION_MARGIN_MS < time.time() * 1000:
+        if not self.fresh:
             self.open()
         return ((SESSION_METADATA_KEY, self.token),)
 

@@ -185,3 +185,44 @@ class Earnings:
     claim_cumulative_wei: int = 0
     claim_proof: list[bytes] = field(default_factory=list)
     slashed_wei: int = 0  # stake taken on chain by confirmed slashes
+
+
+@dataclass(frozen=True)
+class ReplicaStatus:
+    """One replica of an endpoint: the node holding it, its state and load."""
+
+    replica_id: str
+    node: str
+    state: str  # assigned (warming), ready, draining
+    in_flight: int = 0
+    served: int = 0
+
+
+@dataclass(frozen=True)
+class EndpointStatus:
+    """An endpoint as its coordinator sees it now (docs/SERVING.md). Latencies are the
+    coordinator's, over the last minute; counts since the endpoint was created."""
+
+    endpoint_id: str
+    state: str  # running, deleted, spent
+    serves: str  # inference or generation
+    min_replicas: int
+    max_replicas: int
+    replicas: list[ReplicaStatus] = field(default_factory=list)
+    requests_per_s: float = 0.0
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    requests: int = 0
+    errors: int = 0
+    checked: int = 0
+    caught: int = 0
+    spent_wei: int = 0
+    price_wei: int = 0
+    max_requests: int = 0
+    created_ms: int = 0
+    queued: int = 0
+
+    @property
+    def ready(self) -> int:
+        """Replicas ready to answer."""
+        return sum(1 for r in self.replicas if r.state == "ready")

@@ -22,7 +22,7 @@ from tensorgrid.types import BlobRef
 
 SERVES = ("inference", "generation")
 MAX_REPLICAS = 64
-MAX_REQUEST_BYTES = 64 << 20
+MAX_REQUEST_BYTES = 4 << 20  # within one gRPC message (tensorgrid.rpc.MAX_MESSAGE_BYTES)
 
 
 def _names(name: str, value: Any) -> tuple[str, ...]:

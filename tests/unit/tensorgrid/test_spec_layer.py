@@ -11,6 +11,7 @@ import pytest
 from tensorgrid.errors import SpecError
 from tensorgrid.spec import (
     KINDS,
+    EndpointSpec,
     GenerationSpec,
     InferenceSpec,
     JobSpecBase,
@@ -29,6 +30,7 @@ EXAMPLES: dict[str, JobSpecBase] = {
     "inference": InferenceSpec(model=REF, inputs=REF, nonce="x", verification=VerificationSpec()),
     "training": TrainingSpec(train_program=REF, dataset=REF, nonce="x", verification=VerificationSpec()),
     "generation": GenerationSpec(model=REF, prompts=REF, vocab_size=8, nonce="x", verification=VerificationSpec()),
+    "endpoint": EndpointSpec(model=REF, nonce="x"),
 }
 
 
@@ -37,7 +39,7 @@ def as_dict(kind: str) -> dict[str, Any]:
 
 
 def test_every_registered_kind_has_an_example() -> None:
-    assert set(KINDS) == set(EXAMPLES) == {"noop", "inference", "training", "generation"}
+    assert set(KINDS) == set(EXAMPLES) == {"noop", "inference", "training", "generation", "endpoint"}
     for name, cls in KINDS.items():
         assert cls.kind_name() == name and isinstance(EXAMPLES[name], cls)
 
