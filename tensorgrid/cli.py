@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from tensorgrid import config, exitcodes
+from tensorgrid.cli_endpoint import add_endpoint_parser, cmd_endpoint
 from tensorgrid.cli_generate import add_generate_parser, cmd_submit_generate
+from tensorgrid.cli_ids import job_id_of, not_yours
 from tensorgrid.cli_training import add_training_parser, cmd_submit_training
 from tensorgrid.config import Setting, given, under_home
 from tensorgrid.errors import TensorGridError
@@ -85,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("job_id")
     add_training_parser(job, common)
     add_generate_parser(job, common)
+    add_endpoint_parser(sub, common)
     nodes = sub.add_parser("nodes", parents=[common], help="list the grid's nodes and their record")
     nodes.set_defaults(command="nodes")
     return p
@@ -114,22 +117,6 @@ def _client(ns: argparse.Namespace) -> Any:
     return Client(ns.coordinator, signer, chain=chain, ca_cert=ns.ca_cert, insecure=ns.insecure, bulk=ns.bulk)
 
 
-def job_id_of(client: Any, text: str) -> str:
-    """A whole job id from an id or its first 8+ hex characters (`job list` prints 12 and ".."),
-    among this key's 1,000 most recent jobs; TensorGridError if none or several match."""
-    prefix = text.strip().rstrip(".").lower()
-    if len(prefix) == 64:
-        return prefix
-    if len(prefix) < 8 or any(ch not in "0123456789abcdef" for ch in prefix):
-        raise TensorGridError(f"{text!r} is not a job id: give its 64 hex characters or the first 8 or more")
-    matches = [j.job_id for j in client.jobs("", 1000) if j.job_id.startswith(prefix)]
-    if not matches:
-        raise TensorGridError(f"no job of {client.signer.address} starts with {prefix} (among its 1,000 most recent)")
-    if len(matches) > 1:
-        raise TensorGridError(f"{prefix} is the start of {len(matches)} jobs: give more of its id")
-    return matches[0]
-
-
 def job_json(job: Any) -> str:
     """A JobInfo as one line of JSON (enums by value, bytes as hex)."""
     import dataclasses
@@ -144,16 +131,6 @@ def job_json(job: Any) -> str:
         raise TypeError(f"{type(value).__name__} is not JSON")
 
     return json.dumps(dataclasses.asdict(job), default=plain, sort_keys=True)
-
-
-def not_yours(ns: argparse.Namespace, client: Any, job_id: str, e: Exception) -> Exception:
-    """A job the coordinator does not show this key reads as 'not found': say whose key asked."""
-    if getattr(getattr(e, "code", None), "name", "") != "NOT_FOUND":
-        return e
-    return TensorGridError(
-        f"job {job_id} is not among the jobs of {client.signer.address} (key {ns.key}): a job is visible "
-        f"only to the key that submitted it (pass that key with --key or $TENSORGRID_KEY), or there is no such job"
-    )
 
 
 def cmd_submit(ns: argparse.Namespace) -> int:
@@ -322,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
             if ns.command == "up":
                 return devnet.up(ns.dir, ns.nodes, ns.epoch_seconds)
             return devnet.status(ns.dir) if ns.command == "status" else devnet.down(ns.dir)
+        if ns.group == "endpoint":
+            return cmd_endpoint(ns, _client)
         handler = {
             "submit": cmd_submit,
             "submit-training": lambda ns: cmd_submit_training(ns, _client),

@@ -129,3 +129,34 @@ def test_submit_training_help_shows_every_default() -> None:
     assert f"(default: {TrainingSpec.reward_per_task_wei})" in shown["--reward-wei"]
     assert f"(default: {TrainingSpec.checkpoint_every})" in shown["--checkpoint-every"]
     assert f"(default: {VerificationSpec.mode})" in shown["--verification"]
+
+
+def test_endpoint_create_defaults_are_the_spec_defaults() -> None:
+    from tensorgrid import cli_endpoint
+    from tensorgrid.spec import EndpointSpec
+
+    ns = parse("endpoint", "create", "--model", "m.pt2")
+    assert EndpointSpec(model=REF, nonce="n", **cli_endpoint.endpoint_fields(ns)) == EndpointSpec(model=REF, nonce="n")
+
+
+def test_endpoint_create_flags_reach_the_spec() -> None:
+    from tensorgrid import cli_endpoint
+
+    ns = parse(
+        "endpoint", "create", "--model", "m", "--serves", "generation", "--vocab-size", "32", "--min-replicas", "2",
+        "--max-replicas", "3", "--max-batch", "8", "--max-delay-us", "500", "--price-wei", "7", "--max-requests", "9",
+        "--check-rate", "0.5", "--stop-token", "1", "--stop-token", "2", "--device", "cpu",
+    )  # fmt: skip
+    assert cli_endpoint.endpoint_fields(ns) == {
+        "serves": "generation",
+        "vocab_size": 32,
+        "min_replicas": 2,
+        "max_replicas": 3,
+        "max_batch": 8,
+        "max_delay_us": 500,
+        "reward_per_task_wei": 7,
+        "max_requests": 9,
+        "check_rate": 0.5,
+        "stop_tokens": (1, 2),
+        "device": "cpu",
+    }
