@@ -1,0 +1,242 @@
+"""Serving: closed-loop clients against an endpoint with 2 replicas, next to the same model
+behind a plain grpc.aio server in one process, measured in the same run.
+
+Each client sends one request, waits for the answer, sends the next. At 1, 8 and 64
+concurrent clients the JSON reports p50 and p99 latency and throughput of both, and:
+  - added_p50_ms_1: the endpoint's p50 minus the baseline's at 1 client (goal ≤ 2 ms),
+  - p99_ratio_C: endpoint p99 / baseline p99 (goal ≤ 2 at every C),
+  - throughput_ratio_64: endpoint / baseline requests per second at 64 clients (goal ≥ 0.8).
+Then the same load (8 clients) runs while one replica's node is SIGKILLed mid-run:
+errors seen by clients (goal 0) and the p99 around the failover.
+
+Both sides get the same request bytes over the same RPC message types (InferRequest →
+InferResponse); the baseline runs each request's forward pass in its event loop as it
+comes, the grid routes it coordinator → node agent → sandboxed worker and back.
+
+    python -m benchmarks.serving [--seconds 6] [--levels 1,8,64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import torch
+
+from benchmarks._common import emit
+from tensorgrid.client import Client
+from tensorgrid.crypto import Signer
+from tensorgrid.localgrid import LocalGrid
+from tensorgrid.serving.tensors import tensors_to_bytes
+from tensorgrid.tls import ClientTls, open_channel
+from tensorgrid.v1 import serving_pb2, submit_pb2_grpc
+from tensorgrid.workloads.model import export_program
+
+WIDTH = 256
+INFER = "/tensorgrid.v1.SubmitterService/Infer"
+GRID_ARGS = ("--lease-ttl-ms", "5000", "--heartbeat-interval-ms", "500")
+
+
+def build_model(root: Path) -> tuple[Path, bytes]:
+    """A 3-layer MLP (256 → 512 → 512 → 10) exported as a program, and one request's bytes (1 row)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(WIDTH, 512),
+        torch.nn.ReLU(),
+        torch.nn.Linear(512, 512),
+        torch.nn.ReLU(),
+        torch.nn.Linear(512, 10),
+    ).eval()
+    x = torch.randn(8, WIDTH)  # a batch dimension of 1 would be specialised by the export
+    path = root / "mlp.pt2"
+    export_program(model, (x,), path)
+    return path, tensors_to_bytes({"x": x[:1]})
+
+
+# ---- the baseline: the same program behind one grpc.aio server ----------------------------------
+async def _baseline_server(model_path: Path, port_file: Path) -> None:
+    from tensorgrid.serving.tensors import tensors_from_bytes
+    from tensorgrid.workloads.inference import load_program, pick_device
+
+    torch.set_num_threads(1)
+    module = load_program(model_path, pick_device("cpu"))
+
+    async def infer(request: serving_pb2.InferRequest, context: Any) -> serving_pb2.InferResponse:
+        tensors = tensors_from_bytes(request.input, 1 << 20)
+        with torch.no_grad():
+            out = module(*tensors.values())
+        out = out[0] if isinstance(out, list | tuple) else out
+        return serving_pb2.InferResponse(output=tensors_to_bytes({"output": out}), node="baseline", attempts=1)
+
+    handler = grpc.method_handlers_generic_handler(
+        "tensorgrid.v1.SubmitterService",
+        {
+            "Infer": grpc.unary_unary_rpc_method_handler(
+                infer,
+                request_deserializer=serving_pb2.InferRequest.FromString,
+                response_serializer=serving_pb2.InferResponse.SerializeToString,
+            )
+        },
+    )
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    port_file.write_text(str(port))
+    await server.wait_for_termination()
+
+
+def start_baseline(root: Path, model_path: Path) -> tuple[subprocess.Popen[bytes], int]:
+    port_file = root / "baseline.port"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.serving",
+            "--baseline-server",
+            str(model_path),
+            "--port-file",
+            str(port_file),
+        ]
+    )
+    deadline = time.monotonic() + 60
+    while not port_file.exists() or not port_file.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError("the baseline server did not start")
+        time.sleep(0.05)
+    return proc, int(port_file.read_text())
+
+
+# ---- closed-loop load ---------------------------------------------------------------------------
+async def closed_loop(
+    target: str,
+    metadata: tuple[tuple[str, str], ...],
+    endpoint: str,
+    data: bytes,
+    clients: int,
+    seconds: float,
+    tls: ClientTls | None = None,
+    during: Any = None,
+) -> dict[str, Any]:
+    """`clients` callers, each sending its next request when the last is answered, for
+    `seconds` after a short warm-up; returns latencies (ms) and throughput."""
+    channel = open_channel(target, tls or ClientTls(), aio=True)
+    stub = submit_pb2_grpc.SubmitterServiceStub(channel)
+    req = serving_pb2.InferRequest(endpoint_id=endpoint, input=data, timeout_ms=10_000)
+    latencies: list[float] = []
+    errors: list[str] = []
+    warm_until = time.monotonic() + min(1.0, seconds / 4)
+    stop_at = warm_until + seconds
+
+    async def caller() -> None:
+        while (now := time.monotonic()) < stop_at:
+            started = time.perf_counter()
+            try:
+                await stub.Infer(req, metadata=metadata, timeout=10)
+            except grpc.aio.AioRpcError as e:
+                errors.append(f"{e.code().name}: {e.details()}")
+                await asyncio.sleep(0.01)
+                continue
+            if now >= warm_until:
+                latencies.append((time.perf_counter() - started) * 1000)
+
+    if during is not None:
+        asyncio.get_running_loop().call_later(seconds / 3 + (warm_until - time.monotonic()), during)
+    await asyncio.gather(*(caller() for _ in range(clients)))
+    await channel.close()
+    latencies.sort()
+
+    def pct(p: float) -> float:
+        return round(latencies[min(len(latencies) - 1, int(p * len(latencies)))], 3) if latencies else float("nan")
+
+    return {
+        "requests": len(latencies),
+        "per_s": round(len(latencies) / seconds, 1),
+        "p50_ms": pct(0.50),
+        "p99_ms": pct(0.99),
+        "errors": len(errors),
+        "first_errors": errors[:3],
+    }
+
+
+# ---- the run ------------------------------------------------------------------------------------
+def start_grid(root: Path, model_path: Path) -> tuple[LocalGrid, Client, str]:
+    grid = LocalGrid(root / "grid")
+    grid.start_coordinator(*GRID_ARGS)
+    for i in range(2):
+        grid.start_node(f"node{i}", "--device", "cpu", "--threads", "1", "--serve-replicas", "1")
+    grid.wait_for_nodes(2, timeout=120)
+    client = grid.client(Signer.generate())
+    endpoint = client.endpoints.create(model_path, min_replicas=2, max_replicas=2, device="cpu", max_batch=16)
+    client.endpoints.wait_ready(endpoint, 2, timeout_s=120)
+    return grid, client, endpoint
+
+
+def measure(levels: list[int], seconds: float) -> dict[str, Any]:
+    result: dict[str, Any] = {"benchmark": "serving", "levels": levels, "seconds_per_level": seconds}
+    with tempfile.TemporaryDirectory(prefix="tg-bench-serving-") as tmp:
+        root = Path(tmp)
+        model_path, data = build_model(root)
+        baseline, port = start_baseline(root, model_path)
+        try:
+            for c in levels:
+                result[f"baseline_{c}"] = asyncio.run(closed_loop(f"127.0.0.1:{port}", (), "", data, c, seconds))
+                print(f"baseline, {c} clients: {result[f'baseline_{c}']}", file=sys.stderr)
+        finally:
+            baseline.terminate()
+            baseline.wait(10)
+        grid, client, endpoint = start_grid(root, model_path)
+        try:
+            md = client.session_metadata()
+            for c in levels:
+                result[f"grid_{c}"] = asyncio.run(closed_loop(grid.target, md, endpoint, data, c, seconds))
+                print(f"grid, {c} clients: {result[f'grid_{c}']}", file=sys.stderr)
+            victim = next(p for p in grid.procs if p.name == "node1")
+            result["failover_8"] = asyncio.run(
+                closed_loop(grid.target, md, endpoint, data, 8, seconds * 1.5, during=lambda: grid.kill_proc(victim))
+            )
+            print(f"grid, 8 clients, node1 killed: {result['failover_8']}", file=sys.stderr)
+            result["endpoint_status"] = _status(client.endpoints.get(endpoint))
+        finally:
+            client.close()
+            grid.stop()
+    return _ratios(result, levels)
+
+
+def _status(s: Any) -> dict[str, Any]:
+    return {"requests": s.requests, "errors": s.errors, "checked": s.checked, "caught": s.caught, "p50_ms": s.p50_ms}
+
+
+def _ratios(result: dict[str, Any], levels: list[int]) -> dict[str, Any]:
+    for c in levels:
+        base, grid = result[f"baseline_{c}"], result[f"grid_{c}"]
+        result[f"added_p50_ms_{c}"] = round(grid["p50_ms"] - base["p50_ms"], 3)
+        result[f"p99_ratio_{c}"] = round(grid["p99_ms"] / base["p99_ms"], 3)
+        result[f"throughput_ratio_{c}"] = round(grid["per_s"] / base["per_s"], 3)
+    result["failover_errors"] = result["failover_8"]["errors"]
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seconds", type=float, default=6.0, help="measured seconds per concurrency level")
+    p.add_argument("--levels", default="1,8,64", help="client concurrency levels")
+    p.add_argument("--baseline-server", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--port-file", type=Path, help=argparse.SUPPRESS)
+    ns = p.parse_args(argv)
+    if ns.baseline_server is not None:
+        asyncio.run(_baseline_server(ns.baseline_server, ns.port_file))
+        return 0
+    emit(measure([int(c) for c in ns.levels.split(",")], ns.seconds))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
