@@ -41,7 +41,7 @@ from tensorgrid.workloads.model import export_program
 
 WIDTH = 256
 INFER = "/tensorgrid.v1.SubmitterService/Infer"
-GRID_ARGS = ("--lease-ttl-ms", "5000", "--heartbeat-interval-ms", "500")
+GRID_ARGS = ("--lease-ttl-ms", "5000", "--heartbeat-ms", "500")
 
 
 def build_model(root: Path) -> tuple[Path, bytes]:
