@@ -2,8 +2,8 @@
 
 Replies resolve the calls waiting on them; receipts are checked (batches.py) before a batch
 is paid; replica states make replicas ready or drop them. A node that breaks the protocol
-(replies for requests it was never sent, receipts for replicas it does not hold) is counted
-and, past MAX_VIOLATIONS, its stream is closed.
+(receipts for replicas it does not hold, unexpected messages) is counted and, past
+MAX_VIOLATIONS, its stream is closed; a reply to a request it was never sent closes it at once.
 """
 
 from __future__ import annotations
@@ -84,10 +84,11 @@ class Links:
         else:
             self.violation(link, f"an unexpected {which or 'empty'} message")
 
-    def violation(self, link: NodeLink, what: str) -> None:
+    def violation(self, link: NodeLink, what: str, fatal: bool = False) -> None:
+        """Count a protocol violation; past MAX_VIOLATIONS (or a fatal one) the stream is closed."""
         link.violations += 1
         log.warning("node %s broke the serving protocol: %s", link.node, what)
-        if link.violations > MAX_VIOLATIONS:
+        if fatal or link.violations > MAX_VIOLATIONS:
             log.warning("node %s: too many protocol violations, its Serve stream is closed", link.node)
             self.disconnect(link)
 
@@ -146,7 +147,8 @@ class Links:
         call = link.calls.get(rid)
         if call is None:
             if rid >= link.next_request_id or rid == 0:
-                self.violation(link, f"a reply to request {rid}, which it was never sent")
+                # no race explains it (ids only grow): a forgery, and the stream is closed
+                self.violation(link, f"a reply to request {rid}, which it was never sent", fatal=True)
             return  # a late answer to a call that expired or was cancelled
         if call.chunks is not None:
             call.chunks.put_nowait(reply)
