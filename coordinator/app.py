@@ -23,6 +23,8 @@ from coordinator.services.report import Reports
 from coordinator.services.retention import retention_loop
 from coordinator.services.runtime import Runtime
 from coordinator.services.scheduler import Scheduler
+from coordinator.services.serving.router import Router
+from coordinator.services.serving.service import Serving
 from coordinator.services.verification.manager import Verification
 from coordinator.services.verifier import Verifier
 from tensorgrid.blobs import BlobStore
@@ -86,6 +88,9 @@ class Coordinator:
         self.intake = Intake(
             rt, store, blobs, config.limits, self.kinds, self.reports, self.ledger, self.chain, self.access
         )
+        # Accounting and sampled checks plug in here (serving.hooks); the defaults pay and check nothing.
+        self.router = Router(self.domain)
+        self.serving = Serving(rt, store, self.router)
 
     def _chain_gate(self) -> ChainGate | None:
         if not self.config.chain_rpc:
@@ -113,6 +118,10 @@ class Coordinator:
             rt.spawn(self.outbox.run(self._stopping))
             rt.spawn(self.ledger.settle_loop(rt, self.config.epoch_interval_ms / 1000))
         await self.aggregation.resume()
+        served = await self.serving.load()
+        if served:
+            log.info("serving %d endpoints", served)
+        rt.spawn(self.serving.run(self._stopping))
         for kind in self.kinds:
             kind.after_accept(())  # e.g. training jobs resume and round deadlines are watched
 

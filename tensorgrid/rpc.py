@@ -31,6 +31,11 @@ REQUEST_LIMITS: dict[str, int] = {
     _SUBMIT + "UploadBlob": CHUNK_MESSAGE_BYTES,
     _SUBMIT + "SubmitJob": 1 << 20,  # a spec and its signature
     _SUBMIT + "ValidateJob": 1 << 20,  # the same
+    # serving: one request's or one answer's tensors (an endpoint's max_request_bytes bounds
+    # requests further); the transport's ceiling bounds them all
+    _NODE + "Serve": MAX_MESSAGE_BYTES,
+    _SUBMIT + "Infer": MAX_MESSAGE_BYTES,
+    _SUBMIT + "Generate": MAX_MESSAGE_BYTES,
 }
 
 

@@ -163,4 +163,13 @@ def _wrap(handler: grpc.RpcMethodHandler, before: Before, on_error: OnError) -> 
             return await inner_su(request_iterator, context)
 
         return grpc.stream_unary_rpc_method_handler(su, **kw)
+    if handler.stream_stream:
+        inner_ss = handler.stream_stream
+
+        async def ss(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
+            await before(context)
+            async for item in inner_ss(request_iterator, context):
+                yield item
+
+        return grpc.stream_stream_rpc_method_handler(ss, **kw)
     raise TypeError(f"unsupported handler type for {handler}")

@@ -16,6 +16,7 @@ from coordinator.services.metrics import Metrics
 from coordinator.services.report import Reports
 from coordinator.services.runtime import Runtime
 from coordinator.services.scheduler import Scheduler
+from coordinator.services.serving.service import Serving
 from tensorgrid.blobs import BlobStore
 from tensorgrid.types import BlobRef, Domain
 
@@ -49,6 +50,7 @@ class Grid(Protocol):
     ledger: Ledger
     access: Access
     metrics: Metrics
+    serving: Serving
 
     @property
     def rounds(self) -> Rounds: ...

@@ -11,6 +11,7 @@ import grpc
 from coordinator.api.auth import SessionCache, check_challenge, current_node, make_challenge, token_hash
 from coordinator.api.blobs import stream_blob
 from coordinator.api.grid import Grid
+from coordinator.api.serving import ServingApi
 from coordinator.api.status import abort, unary
 from coordinator.errors import NotFound, PermissionDenied, Rejected
 from coordinator.services.runtime import now_ms
@@ -19,7 +20,7 @@ from tensorgrid.crypto import normalize_address, recover_message_signer, registr
 from tensorgrid.errors import BlobError, SignatureError
 from tensorgrid.rpc import SMALL_RESULT_BYTES
 from tensorgrid.types import BlobRef
-from tensorgrid.v1 import common_pb2, node_pb2, node_pb2_grpc
+from tensorgrid.v1 import common_pb2, node_pb2, node_pb2_grpc, serving_pb2
 
 log = logging.getLogger("tensorgrid.coordinator")
 
@@ -28,6 +29,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     def __init__(self, app: Grid, sessions: SessionCache) -> None:
         self.app = app
         self.sessions = sessions
+        self.serving = ServingApi(app)
 
     @unary
     async def GetChallenge(
@@ -119,7 +121,9 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     ) -> AsyncIterator[common_pb2.BlobChunk]:
         """Only the blobs of tasks the node holds a lease on (model, input, blobs its settings name)."""
         try:
-            await self.app.access.check_node_read(current_node.get(), request.sha256.lower())
+            node, sha256 = current_node.get(), request.sha256.lower()
+            if not self.app.serving.router.node_may_read(node, sha256):  # an endpoint's model it serves
+                await self.app.access.check_node_read(node, sha256)
         except Exception as e:
             await abort(context, e)
         async for chunk in stream_blob(self.app.blobs, request, context):
@@ -210,3 +214,9 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             log.warning("refused checkpoint %d of task %s/%d from %s: %s", h.step, h.task_id[:12], h.attempt, node, e)
             return node_pb2.RevealResponse(accepted=False, reason=str(e))
         return node_pb2.RevealResponse(accepted=True)
+
+    def Serve(
+        self, request_iterator: AsyncIterator[serving_pb2.ServeUp], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[serving_pb2.ServeDown]:
+        """Real-time serving: replicas assigned and requests sent down, answers and receipts up."""
+        return self.serving.serve(request_iterator, context)

@@ -18,6 +18,7 @@ from coordinator.api.auth import CHALLENGE_TTL_MS, check_challenge, current_subm
 from coordinator.api.blobs import receive_upload, stream_blob
 from coordinator.api.bulk import BulkPort
 from coordinator.api.grid import Grid
+from coordinator.api.serving import ServingApi
 from coordinator.api.sessions import SessionCache, token_hash
 from coordinator.api.status import abort, unary
 from coordinator.errors import Conflict, PermissionDenied
@@ -26,7 +27,7 @@ from tensorgrid import serde
 from tensorgrid.blobs import check_sha256
 from tensorgrid.crypto import cancel_message, normalize_address, recover_message_signer, session_message
 from tensorgrid.errors import BlobError, SignatureError
-from tensorgrid.v1 import common_pb2, submit_pb2, submit_pb2_grpc
+from tensorgrid.v1 import common_pb2, serving_pb2, submit_pb2, submit_pb2_grpc
 
 log = logging.getLogger("tensorgrid.coordinator")
 WATCH_POLL_S = 1.0
@@ -42,6 +43,7 @@ class SubmitterServicer(submit_pb2_grpc.SubmitterServiceServicer):
         self.db_bulk = app.runtime.db_bulk
         self.jobs = app.store.jobs
         self.report = app.reports.with_verification
+        self.serving = ServingApi(app)
 
     @unary
     async def GetChallenge(
@@ -152,6 +154,7 @@ class SubmitterServicer(submit_pb2_grpc.SubmitterServiceServicer):
                 f"this session is {me}'s: submit as {me}, or open a session with {request.submitter}"
             )
         info = await self.app.intake.submit(bytes(request.spec_json), request.submitter, bytes(request.signature))
+        await self.app.serving.opened(info)  # an endpoint is served from now on
         return serde.job_to_pb(info)
 
     @unary
@@ -189,7 +192,10 @@ class SubmitterServicer(submit_pb2_grpc.SubmitterServiceServicer):
             raise PermissionDenied(f"bad cancel signature: {e}") from None
         if signer != me:
             raise PermissionDenied(f"the cancellation is signed by {signer}, not by this session's {me}")
-        info = await self.db(self.jobs.cancel_job, request.job_id, job.submitter, now_ms())
+        if job.kind == "endpoint":
+            info = await self.app.serving.delete(request.job_id, job.submitter)
+        else:
+            info = await self.db(self.jobs.cancel_job, request.job_id, job.submitter, now_ms())
         self.app.runtime.hub.notify(request.job_id)
         return serde.job_to_pb(await self.db(self.report, info))
 
@@ -254,3 +260,32 @@ class SubmitterServicer(submit_pb2_grpc.SubmitterServiceServicer):
         async for chunk in stream_blob(self.app.blobs, request, context):
             self.app.metrics.moved("out", "grpc", len(chunk.data))
             yield chunk
+
+    # ---- endpoints (api.serving) ----------------------------------------------------------------
+    async def Infer(
+        self, request: serving_pb2.InferRequest, context: grpc.aio.ServicerContext
+    ) -> serving_pb2.InferResponse:
+        return await self.serving.infer(request, context)
+
+    def Generate(
+        self, request: serving_pb2.InferRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[serving_pb2.GenerateChunk]:
+        return self.serving.generate(request, context)
+
+    @unary
+    async def GetEndpoint(
+        self, request: serving_pb2.GetEndpointRequest, context: grpc.aio.ServicerContext
+    ) -> serving_pb2.EndpointStatus:
+        return await self.serving.get_endpoint(request, context)
+
+    @unary
+    async def ListEndpoints(
+        self, request: serving_pb2.ListEndpointsRequest, context: grpc.aio.ServicerContext
+    ) -> serving_pb2.ListEndpointsResponse:
+        return await self.serving.list_endpoints(request, context)
+
+    @unary
+    async def DeleteEndpoint(
+        self, request: serving_pb2.DeleteEndpointRequest, context: grpc.aio.ServicerContext
+    ) -> serving_pb2.EndpointStatus:
+        return await self.serving.delete_endpoint(request, context)

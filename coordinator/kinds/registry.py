@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from coordinator.kinds.endpoint import EndpointKind
 from coordinator.kinds.generation import GenerationKind
 from coordinator.kinds.inference import InferenceKind
 from coordinator.kinds.noop import NoopKind
@@ -34,6 +35,7 @@ def build_kinds(ctx: KindContext) -> Registry:
             InferenceKind(ctx.verification, ctx.rt.hub),
             GenerationKind(ctx.verification, ctx.rt.hub),
             TrainingKind(ctx.rt, ctx.store, ctx.blobs),
+            EndpointKind(),
         ]
     )
 

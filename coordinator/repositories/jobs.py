@@ -119,6 +119,33 @@ class JobRepository:
             row = conn.execute(select(s.jobs).where(s.jobs.c.job_id == job_id)).one()
         return _job_info(row)
 
+    def start_job(self, job_id: str, now_ms: int, node: str = "") -> bool:
+        """A queued job starts running (an endpoint, once it is served); False if it was not queued.
+        Its escrow is locked from then on, as at a batch job's first lease: no free work."""
+        from coordinator.repositories.ledger.escrow import lock_job  # the ledger imports this module
+
+        with self.engine.begin() as conn:
+            started = conn.execute(
+                update(s.jobs)
+                .where(s.jobs.c.job_id == job_id, s.jobs.c.state == JobState.QUEUED.value)
+                .values(state=JobState.RUNNING.value, updated_ms=now_ms)
+            )
+            if not started.rowcount:
+                return False
+            if node:
+                append_event(conn, job_id, "running", now_ms, node=node)
+            else:
+                append_event(conn, job_id, "running", now_ms)
+            lock_job(conn, job_id, now_ms)
+        return True
+
+    def live_jobs_of_kind(self, kind: str) -> list[JobInfo]:
+        """Queued or running jobs of one kind (the endpoints a coordinator serves at start)."""
+        live = [JobState.QUEUED.value, JobState.RUNNING.value]
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(s.jobs).where(s.jobs.c.kind == kind, s.jobs.c.state.in_(live))).all()
+        return [_job_info(r) for r in rows]
+
     def finish_job(self, job_id: str, result: BlobRef | None, error: str, now_ms: int) -> JobInfo:
         """Record the aggregated result (or the reason the job failed)."""
         state = JobState.SUCCEEDED if result is not None else JobState.FAILED

@@ -1,0 +1,235 @@
+"""The node side of the router: open Serve streams, what goes down them and what comes up.
+
+Replies resolve the calls waiting on them; receipts are checked (batches.py) before a batch
+is paid; replica states make replicas ready or drop them. A node that breaks the protocol
+(receipts for replicas it does not hold, unexpected messages) is counted and, past
+MAX_VIOLATIONS, its stream is closed; a reply to a request it was never sent closes it at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from coordinator.services.serving.batches import BatchMismatch, settle_batch
+from coordinator.services.serving.errors import DeadlineExceeded
+from coordinator.services.serving.hooks import ServedBatch
+from coordinator.services.serving.model import ASSIGNED, READY, Answered, Call, Endpoint, NodeLink, Replica, ReplicaGone
+from tensorgrid.types import Domain
+from tensorgrid.v1 import serving_pb2
+
+log = logging.getLogger("tensorgrid.coordinator.serving")
+RECEIPT_WAIT_S = 5.0  # an answer not receipted within this long is never paid
+WARM_TIMEOUT_S = 180.0  # a replica not ready this long after its assignment is released
+MISSED_DEADLINES = 3  # a replica missing this many deadlines in a row is released
+MAX_VIOLATIONS = 16
+
+
+def wall_ms_now() -> int:
+    return int(time.time() * 1000)
+
+
+class Links:
+    """Serve streams by node address, and the handling of what their nodes send."""
+
+    endpoints: dict[str, Endpoint]
+
+    def __init__(self, domain: Domain, clock: Callable[[], float], wall_ms: Callable[[], int]) -> None:
+        self.domain = domain
+        self.clock = clock
+        self.wall_ms = wall_ms
+        self.links: dict[str, NodeLink] = {}
+        self.mismatches = 0  # receipts refused (not paid)
+        self.unpaid = 0  # answers whose receipt never came
+
+    def fill(self, ep: Endpoint) -> None:
+        raise NotImplementedError
+
+    def accepted(self, replica: Replica, batch: ServedBatch) -> None:
+        raise NotImplementedError
+
+    # ---- streams ------------------------------------------------------------------------------
+    def connect(self, node: str, device_kind: str, memory_bytes: int, max_replicas: int) -> NodeLink:
+        """A node opened its Serve stream (a second stream of the same node replaces the first)."""
+        old = self.links.get(node)
+        if old is not None:
+            self.disconnect(old)
+        link = self.links[node] = NodeLink(node, device_kind, memory_bytes, max(0, min(max_replicas, 64)))
+        for ep in list(self.endpoints.values()):
+            self.fill(ep)
+        return link
+
+    def disconnect(self, link: NodeLink) -> None:
+        """The stream ended: its replicas are gone, their calls fail over, others take their place."""
+        link.close()
+        if self.links.get(link.node) is link:
+            del self.links[link.node]
+        touched = {r.endpoint.job_id: r.endpoint for r in link.replicas.values()}
+        for replica in list(link.replicas.values()):
+            self.drop(replica)
+        link.retired.clear()
+        for ep in touched.values():
+            self.fill(ep)
+
+    def on_up(self, link: NodeLink, up: serving_pb2.ServeUp) -> None:
+        which = up.WhichOneof("msg")
+        if which == "reply":
+            self._on_reply(link, up.reply)
+        elif which == "receipt":
+            self._on_receipt(link, up.receipt)
+        elif which == "state":
+            self._on_state(link, up.state)
+        else:
+            self.violation(link, f"an unexpected {which or 'empty'} message")
+
+    def violation(self, link: NodeLink, what: str, fatal: bool = False) -> None:
+        """Count a protocol violation; past MAX_VIOLATIONS (or a fatal one) the stream is closed."""
+        link.violations += 1
+        log.warning("node %s broke the serving protocol: %s", link.node, what)
+        if fatal or link.violations > MAX_VIOLATIONS:
+            log.warning("node %s: too many protocol violations, its Serve stream is closed", link.node)
+            self.disconnect(link)
+
+    # ---- calls --------------------------------------------------------------------------------
+    def send(self, replica: Replica, data: bytes, seed: int, deadline_ms: int, *, streaming: bool) -> Call:
+        link = replica.link
+        rid = link.next_request_id
+        link.next_request_id += 1
+        loop = asyncio.get_running_loop()
+        call = Call(rid, replica, data, seed, deadline_ms, loop.create_future(), asyncio.Queue() if streaming else None)
+        link.calls[rid] = replica.calls[rid] = call
+        call.timer = loop.call_later(max(0.0, (deadline_ms - self.wall_ms()) / 1000), self._expire, call)
+        link.send(
+            serving_pb2.ServeDown(
+                request=serving_pb2.ServeRequest(
+                    replica_id=replica.replica_id, request_id=rid, input=data, deadline_ms=deadline_ms, seed=seed
+                )
+            )
+        )
+        return call
+
+    def forget(self, call: Call) -> None:
+        """The caller is done with `call`; still unanswered (the caller gave up): cancel it."""
+        if call.replica.link.calls.pop(call.request_id, None) is not None:
+            call.replica.calls.pop(call.request_id, None)
+            call.replica.link.send(serving_pb2.ServeDown(cancel=serving_pb2.ServeCancel(request_id=call.request_id)))
+        if call.timer is not None:
+            call.timer.cancel()
+
+    def _fail(self, call: Call, exc: Exception) -> None:
+        call.replica.link.calls.pop(call.request_id, None)
+        call.replica.calls.pop(call.request_id, None)
+        if call.timer is not None:
+            call.timer.cancel()
+        if not call.done.done():
+            call.done.set_exception(exc)
+        if call.chunks is not None:
+            call.chunks.put_nowait(None)
+
+    def _expire(self, call: Call) -> None:
+        if call.replica.link.calls.get(call.request_id) is not call:
+            return
+        replica = call.replica
+        replica.link.send(serving_pb2.ServeDown(cancel=serving_pb2.ServeCancel(request_id=call.request_id)))
+        self._fail(call, DeadlineExceeded(f"no answer within the request's deadline (node {replica.node})"))
+        replica.endpoint.stats.failed()
+        replica.errors += 1
+        replica.missed += 1
+        if replica.missed >= MISSED_DEADLINES and replica.endpoint.replicas.get(replica.replica_id) is replica:
+            self.release(replica, f"missed {replica.missed} deadlines in a row")
+            replica.endpoint.failed_at[replica.node] = self.clock()
+            self.fill(replica.endpoint)
+
+    def _on_reply(self, link: NodeLink, reply: serving_pb2.ServeReply) -> None:
+        rid = reply.request_id
+        call = link.calls.get(rid)
+        if call is None:
+            if rid >= link.next_request_id or rid == 0:
+                # no race explains it (ids only grow): a forgery, and the stream is closed
+                self.violation(link, f"a reply to request {rid}, which it was never sent", fatal=True)
+            return  # a late answer to a call that expired or was cancelled
+        if call.chunks is not None:
+            call.chunks.put_nowait(reply)
+        if not reply.done:
+            return
+        del link.calls[rid]
+        replica = call.replica
+        replica.calls.pop(rid, None)
+        if call.timer is not None:
+            call.timer.cancel()
+        replica.missed = 0
+        ok = not reply.HasField("error")
+        replica.answered[rid] = Answered(call.input, bytes(reply.output), ok, call.seed, reply.batch, self.clock())
+        if not call.done.done():
+            call.done.set_result(reply)
+
+    def _on_receipt(self, link: NodeLink, msg: serving_pb2.BatchReceipt) -> None:
+        replica = link.replicas.get(msg.replica_id) or link.retired.get(msg.replica_id)
+        if replica is None:
+            self.violation(link, f"a receipt for replica {msg.replica_id[:16]!r}, which it does not hold")
+            return
+        try:
+            batch = settle_batch(self.domain, replica, msg)
+        except BatchMismatch as e:
+            self.mismatches += 1
+            replica.errors += 1
+            log.warning("refused a receipt of node %s (batch %d, not paid): %s", link.node, msg.batch, e)
+            return
+        self.accepted(replica, batch)
+
+    def _on_state(self, link: NodeLink, state: serving_pb2.ReplicaState) -> None:
+        replica = link.replicas.get(state.replica_id)
+        if replica is None:
+            return  # a replica released meanwhile
+        ep = replica.endpoint
+        if state.ready:
+            if replica.state == ASSIGNED:
+                replica.state = READY
+                log.info("endpoint %s: replica %s on %s is ready", ep.job_id[:12], replica.replica_id[:12], link.node)
+            return
+        log.warning("endpoint %s: replica on %s failed: %s", ep.job_id[:12], link.node, state.error.message[:200])
+        replica.errors += 1
+        ep.failed_at[link.node] = self.clock()
+        self.drop(replica)
+        self.fill(ep)
+
+    # ---- replicas -----------------------------------------------------------------------------
+    def release(self, replica: Replica, reason: str) -> None:
+        """Tell the node to drop the replica; its calls fail over."""
+        replica.link.send(
+            serving_pb2.ServeDown(release=serving_pb2.ReplicaRelease(replica_id=replica.replica_id, reason=reason))
+        )
+        self.drop(replica)
+
+    def drop(self, replica: Replica) -> None:
+        """Forget the replica (its receipts are still taken a while); its calls fail over."""
+        replica.endpoint.replicas.pop(replica.replica_id, None)
+        link = replica.link
+        if link.replicas.pop(replica.replica_id, None) is not None and not link.closed:
+            link.retired[replica.replica_id] = replica
+        gone = ReplicaGone(f"replica {replica.replica_id[:12]} on {replica.node} went away")
+        for call in list(replica.calls.values()):
+            self._fail(call, gone)
+
+    def expire_warming(self, ep: Endpoint, now: float) -> None:
+        for replica in [r for r in ep.replicas.values() if r.state == ASSIGNED]:
+            if now - replica.assigned_at > WARM_TIMEOUT_S:
+                ep.failed_at[replica.node] = now
+                self.release(replica, f"not ready within {WARM_TIMEOUT_S:.0f} s")
+
+    def expire_answers(self, now: float) -> None:
+        """Answers whose receipt is overdue are dropped (never paid); spent retired replicas go."""
+        cutoff = now - RECEIPT_WAIT_S
+        for link in self.links.values():
+            for replica in (*link.replicas.values(), *link.retired.values()):
+                answered = replica.answered
+                while answered:
+                    rid, first = next(iter(answered.items()))
+                    if first.at >= cutoff:
+                        break
+                    del answered[rid]
+                    self.unpaid += 1
+            for replica_id in [k for k, r in link.retired.items() if not r.answered]:
+                del link.retired[replica_id]

@@ -1,0 +1,134 @@
+"""What the router holds in memory: node links (open Serve streams), endpoints, replicas, calls.
+
+Nothing here touches the database or the network: the router and the Serve stream handler
+move these objects around on the event loop, one thread, no locks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from coordinator.services.serving.stats import EndpointStats
+from tensorgrid.spec import EndpointSpec
+from tensorgrid.v1 import serving_pb2
+
+ASSIGNED, READY, DRAINING = "assigned", "ready", "draining"
+
+
+class ReplicaGone(Exception):
+    """The replica a call was sent to went away (its stream broke, or it was released)."""
+
+
+@dataclass
+class Call:
+    """One request sent to one replica, waiting for its answer."""
+
+    request_id: int
+    replica: Replica
+    input: bytes
+    seed: int
+    deadline_ms: int
+    # inference: the final reply; generation: every reply, in order (None ends the stream)
+    done: asyncio.Future[serving_pb2.ServeReply]
+    chunks: asyncio.Queue[serving_pb2.ServeReply | None] | None = None
+    started: float = field(default_factory=time.perf_counter)
+    timer: asyncio.TimerHandle | None = None  # fails the call at its deadline
+
+
+@dataclass
+class Answered:
+    """A request the replica answered, kept until its batch receipt arrives (or it expires)."""
+
+    input: bytes
+    output: bytes
+    ok: bool
+    seed: int
+    batch: int
+    at: float  # monotonic time of the answer
+
+
+@dataclass
+class NodeLink:
+    """One node's open Serve stream: its replicas, its calls, the messages waiting to go down."""
+
+    node: str
+    device_kind: str
+    memory_bytes: int
+    max_replicas: int
+    outbox: asyncio.Queue[serving_pb2.ServeDown | None] = field(default_factory=asyncio.Queue)
+    replicas: dict[str, Replica] = field(default_factory=dict)
+    retired: dict[str, Replica] = field(default_factory=dict)  # released, their receipts still due
+    calls: dict[int, Call] = field(default_factory=dict)
+    next_request_id: int = 1
+    violations: int = 0  # protocol violations seen (replies for ids never sent, foreign replicas)
+    closed: bool = False
+
+    def send(self, msg: serving_pb2.ServeDown) -> None:
+        if not self.closed:
+            self.outbox.put_nowait(msg)
+
+    def close(self) -> None:
+        """End the stream: the handler's writer sees None and returns."""
+        if not self.closed:
+            self.closed = True
+            self.outbox.put_nowait(None)
+
+    @property
+    def free_slots(self) -> int:
+        return self.max_replicas - len(self.replicas)
+
+
+@dataclass
+class Replica:
+    replica_id: str
+    endpoint: Endpoint
+    link: NodeLink
+    state: str = ASSIGNED
+    assigned_at: float = 0.0
+    calls: dict[int, Call] = field(default_factory=dict)  # request id → call in flight
+    answered: dict[int, Answered] = field(default_factory=dict)  # waiting for their receipt
+    served: int = 0  # requests paid (receipt verified)
+    errors: int = 0
+    missed: int = 0  # deadlines missed in a row
+
+    @property
+    def node(self) -> str:
+        return self.link.node
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.calls)
+
+
+@dataclass
+class Endpoint:
+    job_id: str
+    submitter: str
+    spec: EndpointSpec
+    created_ms: int
+    state: str = "running"  # running, deleted, spent
+    replicas: dict[str, Replica] = field(default_factory=dict)
+    stats: EndpointStats = field(default_factory=EndpointStats)
+    barred: set[str] = field(default_factory=set)  # nodes caught answering wrong
+    failed_at: dict[str, float] = field(default_factory=dict)  # node → when a replica of it failed
+    waiting: int = 0  # calls between replicas (failing over) right now
+    high_since: float | None = None  # load above max_batch per replica since (monotonic)
+    low_since: float | None = None  # load low since
+    refused_recently: bool = False  # a call was refused as saturated since the last scaling tick
+    settings_json: bytes = b""  # ReplicaAssign.settings_json (spec.replica_settings())
+    last_p50: float = 0.0  # the retry hint's base, refreshed now and then
+
+    def ready(self) -> list[Replica]:
+        return [r for r in self.replicas.values() if r.state == READY]
+
+    def warming(self) -> int:
+        return sum(1 for r in self.replicas.values() if r.state == ASSIGNED)
+
+    def live(self) -> int:
+        """Replicas that count toward min/max: ready or warming (not draining)."""
+        return sum(1 for r in self.replicas.values() if r.state != DRAINING)
+
+    def in_flight(self) -> int:
+        return sum(r.in_flight for r in self.replicas.values())

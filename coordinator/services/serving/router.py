@@ -1,0 +1,333 @@
+"""The router: endpoints, replicas and in-flight requests in memory; no database per request.
+
+A call goes to the ready replica with the fewest requests in flight below max_queue. Every
+replica full: `Saturated` (RESOURCE_EXHAUSTED with a retry hint); none ready: `Unavailable`.
+A call whose replica goes away is sent to another one while its deadline allows. The node
+side of the Serve stream (replies, receipts, replica states) arrives through `on_up`; what
+goes down waits in each NodeLink's outbox for the stream handler (api/serving.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+
+from coordinator.errors import Conflict, NotFound
+from coordinator.services.serving import placement
+from coordinator.services.serving.errors import DeadlineExceeded, RequestFailed, Saturated, ServingError, Unavailable
+from coordinator.services.serving.hooks import Accounting, Checks, NoAccounting, NoChecks, ServedBatch
+from coordinator.services.serving.links import Links, wall_ms_now
+from coordinator.services.serving.model import (
+    ASSIGNED,
+    DRAINING,
+    READY,
+    Endpoint,
+    Replica,
+    ReplicaGone,
+)
+from coordinator.services.serving.stats import EndpointStats
+from tensorgrid import serde
+from tensorgrid.serving import check_tensor_bytes
+from tensorgrid.spec import EndpointSpec
+from tensorgrid.types import Domain
+from tensorgrid.v1 import serving_pb2
+
+log = logging.getLogger("tensorgrid.coordinator.serving")
+FAILOVER_POLL_S = 0.02  # a call between replicas looks for a ready one this often
+MIN_RETRY_MS = 5  # a call with less time left than this is not sent again
+
+
+class Router(Links):
+    """Endpoints and their replicas on the nodes holding a Serve stream (docs/SERVING.md)."""
+
+    def __init__(
+        self,
+        domain: Domain,
+        accounting: Accounting | None = None,
+        checks: Checks | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_ms: Callable[[], int] = wall_ms_now,
+    ) -> None:
+        """domain: the EIP-712 domain receipts are signed under; clock: monotonic seconds
+        (scaling, expiries); wall_ms: the unix clock deadlines are sent in."""
+        super().__init__(domain, clock, wall_ms)
+        self.accounting: Accounting = accounting if accounting is not None else NoAccounting()
+        self.checks: Checks = checks if checks is not None else NoChecks()
+        self.endpoints: dict[str, Endpoint] = {}
+
+    # ---- endpoints ----------------------------------------------------------------------------
+    def add_endpoint(self, job_id: str, submitter: str, spec: EndpointSpec, created_ms: int) -> Endpoint:
+        """Serve a running endpoint job (again: the existing one)."""
+        ep = self.endpoints.get(job_id)
+        if ep is None:
+            settings = json.dumps(spec.replica_settings(), sort_keys=True).encode()
+            ep = Endpoint(job_id, submitter, spec, created_ms, stats=EndpointStats(self.clock), settings_json=settings)
+            self.endpoints[job_id] = ep
+            self.fill(ep)
+        return ep
+
+    def end_endpoint(self, job_id: str, state: str = "deleted") -> Endpoint | None:
+        """Stop serving: every replica released, calls in flight refused."""
+        ep = self.endpoints.get(job_id)
+        if ep is not None and ep.state == "running":
+            ep.state = state
+            for replica in list(ep.replicas.values()):
+                self.release(replica, f"the endpoint is {state}")
+        return ep
+
+    def endpoint_for(self, caller: str, job_id: str, operator: bool = False) -> Endpoint:
+        """The endpoint if `caller` may use it (its submitter, or the operator); else NotFound."""
+        ep = self.endpoints.get(job_id)
+        if ep is None or not (operator or ep.submitter == caller):
+            raise NotFound(f"no endpoint {job_id} among your endpoints")
+        return ep
+
+    # ---- calls --------------------------------------------------------------------------------
+    def _admit(self, ep: Endpoint, data: bytes) -> None:
+        if ep.state == "running" and self.accounting.remaining(ep.job_id) == 0:
+            ep.state = "spent"
+        if ep.state != "running":
+            raise Conflict(f"endpoint {ep.job_id} is {ep.state}" + (": budget spent" if ep.state == "spent" else ""))
+        try:
+            check_tensor_bytes(data, ep.spec.max_request_bytes)
+        except Exception:
+            ep.stats.failed()
+            raise
+
+    def pick(self, ep: Endpoint, exclude_node: str = "") -> Replica:
+        """The ready replica with the fewest calls in flight under max_queue; else raise."""
+        best: Replica | None = None
+        cap = ep.spec.max_queue
+        ready = False
+        for r in ep.replicas.values():
+            if r.state != READY or r.link.node == exclude_node:
+                continue
+            ready = True
+            n = len(r.calls)
+            if n < cap and (best is None or n < len(best.calls)):
+                best = r
+        if best is not None:
+            return best
+        if ep.state != "running":
+            raise Conflict(f"endpoint {ep.job_id} is {ep.state}")
+        if ready:
+            ep.refused_recently = True
+            raise Saturated(
+                f"every ready replica of endpoint {ep.job_id} holds {cap} requests: retry shortly",
+                self._retry_hint(ep),
+            )
+        warming = ep.warming()
+        raise Unavailable(
+            f"no replica of endpoint {ep.job_id} is ready yet ({warming} warming): retry shortly",
+            500 if warming else 2000,
+        )
+
+    @staticmethod
+    def _retry_hint(ep: Endpoint) -> int:
+        """About one batch's time: the last minute's median latency, within [5, 1000] ms."""
+        p50, _ = ep.stats.percentiles() if ep.stats.requests % 64 == 0 else (ep.last_p50, 0.0)
+        ep.last_p50 = p50
+        return int(min(1000.0, max(5.0, p50)))
+
+    async def infer(self, ep: Endpoint, data: bytes, timeout_ms: int = 0, seed: int = 0) -> tuple[bytes, str, int]:
+        """The output of one request, the node that answered and the replicas tried."""
+        self._admit(ep, data)
+        deadline = self.wall_ms() + (timeout_ms or ep.spec.request_timeout_ms)
+        started = time.perf_counter()
+        attempts = 0
+        while True:
+            replica = await self._next_replica(ep, deadline, attempts)
+            attempts += 1
+            call = self.send(replica, data, seed, deadline, streaming=False)
+            try:
+                reply = await call.done
+            except ReplicaGone:
+                continue  # another replica, if the deadline allows (_next_replica decides)
+            finally:
+                self.forget(call)
+            if reply.HasField("error"):
+                ep.stats.failed()
+                raise RequestFailed(f"the model failed on this request: {reply.error.message}")
+            ep.stats.answered((time.perf_counter() - started) * 1000)
+            return bytes(reply.output), replica.node, attempts
+
+    async def generate(
+        self, ep: Endpoint, data: bytes, timeout_ms: int = 0, seed: int = 0
+    ) -> AsyncIterator[tuple[list[int], bool, bytes, str]]:
+        """(new tokens, done, output on the last, node) as the replica decodes; after a failover
+        the new replica's first tokens (the same: same seed) are skipped, never sent twice."""
+        self._admit(ep, data)
+        deadline = self.wall_ms() + (timeout_ms or ep.spec.request_timeout_ms)
+        started = time.perf_counter()
+        sent, attempts = 0, 0
+        while True:
+            replica = await self._next_replica(ep, deadline, attempts)
+            attempts += 1
+            call = self.send(replica, data, seed, deadline, streaming=True)
+            produced = 0
+            try:
+                while True:
+                    reply = await call.chunks.get()  # type: ignore[union-attr]
+                    if reply is None:
+                        await call.done  # raises why the stream ended (ReplicaGone, a deadline)
+                        continue
+                    if reply.HasField("error"):
+                        ep.stats.failed()
+                        raise RequestFailed(f"the model failed on this request: {reply.error.message}")
+                    tokens = list(reply.tokens)
+                    new = tokens[max(0, sent - produced) :]
+                    produced += len(tokens)
+                    sent += len(new)
+                    if new or reply.done:
+                        yield new, reply.done, bytes(reply.output) if reply.done else b"", replica.node
+                    if reply.done:
+                        ep.stats.answered((time.perf_counter() - started) * 1000)
+                        return
+            except ReplicaGone:
+                continue
+            finally:
+                self.forget(call)
+
+    async def _next_replica(self, ep: Endpoint, deadline: int, attempts: int) -> Replica:
+        """The replica to try next: refused at once on the first attempt; on a failover the call
+        waits for a replica (placement replaces the lost one) while its deadline allows."""
+        if attempts == 0:
+            try:
+                return self.pick(ep)
+            except ServingError as e:
+                ep.stats.failed(refused=isinstance(e, Saturated))
+                raise
+        ep.waiting += 1
+        try:
+            while self.wall_ms() < deadline - MIN_RETRY_MS:
+                try:
+                    return self.pick(ep)
+                except (Saturated, Unavailable):
+                    await asyncio.sleep(FAILOVER_POLL_S)
+        finally:
+            ep.waiting -= 1
+        ep.stats.failed()
+        raise DeadlineExceeded(
+            f"the request's replica went away and no other answered within its deadline ({attempts} tried)"
+        )
+
+    async def rerun(self, endpoint_id: str, data: bytes, seed: int, exclude_node: str) -> tuple[str, bytes] | None:
+        """Checks' Rerun: one input again on a ready replica of another node; None if none."""
+        ep = self.endpoints.get(endpoint_id)
+        if ep is None or ep.state != "running":
+            return None
+        try:
+            replica = self.pick(ep, exclude_node)
+        except (ServingError, Conflict):
+            return None
+        call = self.send(replica, data, seed, self.wall_ms() + ep.spec.request_timeout_ms, streaming=False)
+        try:
+            reply = await call.done
+        except (ReplicaGone, DeadlineExceeded):
+            return None
+        finally:
+            self.forget(call)
+        return None if reply.HasField("error") else (replica.node, bytes(reply.output))
+
+    def on_caught(self, batch: ServedBatch, reason: str) -> None:
+        """Checks' OnCaught: the node is barred from the endpoint and its replicas released."""
+        ep = self.endpoints.get(batch.endpoint_id)
+        if ep is None:
+            return
+        ep.barred.add(batch.node)
+        log.warning("node %s caught on endpoint %s: %s", batch.node, ep.job_id[:12], reason)
+        for replica in [r for r in ep.replicas.values() if r.node == batch.node]:
+            self.release(replica, f"caught: {reason}")
+        self.fill(ep)
+
+    # ---- placement and scaling ----------------------------------------------------------------
+    def fill(self, ep: Endpoint) -> None:
+        """Place replicas until the endpoint holds min_replicas (as far as nodes allow)."""
+        while ep.state == "running" and ep.live() < ep.spec.min_replicas:
+            if self.assign(ep) is None:
+                return
+
+    def assign(self, ep: Endpoint) -> Replica | None:
+        link = placement.choose_node(self.links.values(), ep, self.clock())
+        if link is None:
+            return None
+        replica = Replica(secrets.token_hex(32), ep, link, assigned_at=self.clock())
+        ep.replicas[replica.replica_id] = link.replicas[replica.replica_id] = replica
+        spec = ep.spec
+        link.send(
+            serving_pb2.ServeDown(
+                assign=serving_pb2.ReplicaAssign(
+                    endpoint_id=ep.job_id,
+                    replica_id=replica.replica_id,
+                    serves=spec.serves,
+                    model=serde.blob_to_pb(spec.model),
+                    settings_json=ep.settings_json,
+                    max_batch=spec.max_batch,
+                    max_delay_us=spec.max_delay_us,
+                    memory_limit_bytes=spec.task_memory_limit_bytes,
+                    time_limit_ms=spec.task_time_limit_s * 1000,
+                )
+            )
+        )
+        log.info("endpoint %s: replica %s on node %s", ep.job_id[:12], replica.replica_id[:12], link.node)
+        return replica
+
+    def tick(self) -> None:
+        """One scaling and housekeeping pass (the loop runs it a few times a second)."""
+        now = self.clock()
+        for ep in self.endpoints.values():
+            if ep.state != "running":
+                continue
+            self.expire_warming(ep, now)
+            step = placement.scale(ep, now)
+            if step > 0:
+                self.assign(ep)
+                self.fill(ep)
+            elif step < 0:
+                self.drain_one(ep)
+            for replica in [r for r in ep.replicas.values() if r.state == DRAINING and not r.calls]:
+                self.release(replica, "scaled down")
+        self.expire_answers(now)
+
+    def drain_one(self, ep: Endpoint) -> None:
+        """The least busy replica takes no new calls and is released once its calls are done
+        (a warming one goes at once)."""
+        live = [r for r in ep.replicas.values() if r.state != DRAINING]
+        if not live:
+            return
+        victim = min(live, key=lambda r: (r.state == ASSIGNED and -1 or 0, len(r.calls)))
+        if victim.state == ASSIGNED:
+            self.release(victim, "scaled down")
+        else:
+            victim.state = DRAINING
+
+    async def run(self, stop: asyncio.Event, interval_s: float = 0.25) -> None:
+        """Scale, place and expire until stop is set."""
+        while not stop.is_set():
+            try:
+                self.tick()
+            except Exception:  # the loop must outlive a bug in one pass
+                log.exception("serving tick failed")
+            try:
+                await asyncio.wait_for(stop.wait(), interval_s)
+            except TimeoutError:
+                pass
+
+    def node_may_read(self, node: str, sha256: str) -> bool:
+        """A node may fetch the model of an endpoint it holds a replica of."""
+        link = self.links.get(node)
+        return link is not None and any(r.endpoint.spec.model.sha256 == sha256 for r in link.replicas.values())
+
+    def accepted(self, replica: Replica, batch: ServedBatch) -> None:
+        """A receipt verified: pay the batch and let the checks draw from it."""
+        replica.served += batch.answered
+        try:
+            self.accounting.record(batch)
+            self.checks.after_batch(batch, replica.endpoint.spec)
+        except Exception:
+            log.exception("accounting or checks failed on a batch of endpoint %s", batch.endpoint_id[:12])

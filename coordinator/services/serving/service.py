@@ -1,0 +1,58 @@
+"""Serving as the coordinator runs it: the router plus the few database moments of an endpoint.
+
+The database is touched when an endpoint starts (its job turns running), when the coordinator
+starts (the running endpoints are loaded), and when one is deleted (its credits are flushed,
+then its job is cancelled). Never per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from coordinator.kinds.endpoint import NAME as ENDPOINT
+from coordinator.repositories.store import Store
+from coordinator.services.runtime import Runtime
+from coordinator.services.serving.router import Router
+from tensorgrid.errors import SpecError
+from tensorgrid.spec import EndpointSpec, parse_spec
+from tensorgrid.types import JobInfo
+
+log = logging.getLogger("tensorgrid.coordinator.serving")
+
+
+class Serving:
+    def __init__(self, rt: Runtime, store: Store, router: Router) -> None:
+        self.rt = rt
+        self.store = store
+        self.router = router
+
+    async def load(self) -> int:
+        """Serve every endpoint job left queued or running; returns how many."""
+        jobs = await self.rt.db_bulk(self.store.jobs.live_jobs_of_kind, ENDPOINT)
+        for job in jobs:
+            await self.opened(job)
+        return len(jobs)
+
+    async def opened(self, job: JobInfo) -> None:
+        """A job was submitted (or found at start): serve it if it is a live endpoint."""
+        if job.kind != ENDPOINT or job.state.finished:
+            return
+        try:
+            spec = parse_spec(job.spec_json)
+        except SpecError as e:  # a spec this coordinator took once and no longer parses
+            log.error("endpoint %s has a spec that does not parse (%s): not served", job.job_id, e)
+            return
+        assert isinstance(spec, EndpointSpec)
+        await self.rt.db(self.store.jobs.start_job, job.job_id, self.rt.now_ms())
+        self.router.add_endpoint(job.job_id, job.submitter, spec, job.created_ms)
+
+    async def delete(self, job_id: str, submitter: str) -> JobInfo:
+        """Stop serving, write what was served (never voided by a delete), cancel the job."""
+        self.router.end_endpoint(job_id, "deleted")
+        await self.router.accounting.flush()
+        return await self.rt.db(self.store.jobs.cancel_job, job_id, submitter, self.rt.now_ms())
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """The router's scaling loop and the accounting's flushes, until stop is set."""
+        await asyncio.gather(self.router.run(stop), self.router.accounting.run(stop))

@@ -1,0 +1,282 @@
+"""The router in memory: routing, saturation, failover, receipts, scaling and placement."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+import torch
+
+from coordinator.errors import Conflict
+from coordinator.services.serving import placement
+from coordinator.services.serving.errors import DeadlineExceeded, Saturated, Unavailable
+from coordinator.services.serving.model import DRAINING, READY, Endpoint, NodeLink
+from coordinator.services.serving.router import Router
+from tensorgrid.errors import InvalidTensorFile
+from tensorgrid.serving import tensors_to_bytes
+from tests.unit.coordinator.serving_sim import DOMAIN, Recorder, SimNode, spec
+
+EP = "cd" * 32
+ALICE = "0x" + "aa" * 20
+
+
+def payload(i: int = 0, rows: int = 1) -> bytes:
+    return tensors_to_bytes({"x": torch.full((rows, 4), float(i))})
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def run(scenario: Callable[[], Awaitable[Any]]) -> Any:
+    return asyncio.run(asyncio.wait_for(scenario(), 20))
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def router(accounting: Recorder | None = None, clock: Clock | None = None) -> Router:
+    return Router(DOMAIN, accounting or Recorder(), clock=clock or Clock())
+
+
+def test_a_call_goes_to_the_ready_replica_with_fewest_in_flight() -> None:
+    async def scenario() -> None:
+        r = router()
+        a, b = SimNode(r, answer=False), SimNode(r, answer=False)
+        a.connect(), b.connect()
+        ep = r.add_endpoint(EP, ALICE, spec(min_replicas=2, max_queue=4), 0)
+        await settle()
+        assert len(ep.ready()) == 2 and {x.node for x in ep.ready()} == {a.signer.address, b.signer.address}
+        first = asyncio.create_task(r.infer(ep, payload(1)))
+        await settle()
+        second = asyncio.create_task(r.infer(ep, payload(2)))
+        await settle()
+        assert len(a.requests) == 1 and len(b.requests) == 1  # the second went to the idle replica
+        first.cancel(), second.cancel()
+        await asyncio.gather(first, second, return_exceptions=True)
+
+    run(scenario)
+
+
+def test_every_replica_full_is_refused_with_a_retry_hint_and_none_ready_is_unavailable() -> None:
+    async def scenario() -> None:
+        r = router()
+        warming = SimNode(r, ready=False)
+        warming.connect()
+        ep = r.add_endpoint(EP, ALICE, spec(max_queue=1), 0)
+        await settle()
+        with pytest.raises(Unavailable, match="1 warming"):
+            await r.infer(ep, payload())
+        warming.disconnect()
+        node = SimNode(r, answer=False)
+        node.connect()
+        await settle()
+        held = asyncio.create_task(r.infer(ep, payload()))
+        await settle()
+        with pytest.raises(Saturated) as refused:
+            await r.infer(ep, payload())
+        assert refused.value.retry_after_ms > 0
+        assert ep.stats.refused == 1
+        held.cancel()
+        await asyncio.gather(held, return_exceptions=True)
+
+    run(scenario)
+
+
+def test_a_call_fails_over_when_its_replica_goes_away() -> None:
+    async def scenario() -> None:
+        r = router()
+        stalled, honest = SimNode(r, answer=False), SimNode(r)
+        stalled.connect()
+        ep = r.add_endpoint(EP, ALICE, spec(min_replicas=1), 0)
+        await settle()
+        call = asyncio.create_task(r.infer(ep, payload(7)))
+        await settle()
+        assert len(stalled.requests) == 1
+        honest.connect()
+        stalled.disconnect()  # its replica goes: the call moves to the replica placed on `honest`
+        output, node, attempts = await call
+        assert node == honest.signer.address and attempts == 2 and output.startswith(b"out:")
+
+    run(scenario)
+
+
+def test_a_call_whose_deadline_passes_is_deadline_exceeded_and_cancelled_on_the_node() -> None:
+    async def scenario() -> None:
+        r = router()
+        node = SimNode(r, answer=False)
+        node.connect()
+        ep = r.add_endpoint(EP, ALICE, spec(), 0)
+        await settle()
+        with pytest.raises(DeadlineExceeded):
+            await r.infer(ep, payload(), timeout_ms=50)
+        assert node.link is not None and not node.link.calls
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("tamper", ["", "digest", "signature", "skip"])
+def test_only_a_receipt_matching_what_was_sent_and_answered_is_paid(tamper: str) -> None:
+    async def scenario() -> None:
+        paid = Recorder()
+        r = router(paid)
+        node = SimNode(r, receipt_tamper=tamper)
+        node.connect()
+        ep = r.add_endpoint(EP, ALICE, spec(), 0)
+        await settle()
+        output, _, _ = await r.infer(ep, payload(3))
+        await settle()
+        assert output.startswith(b"out:")  # the caller has its answer either way
+        if tamper == "":
+            assert len(paid.batches) == 1 and paid.batches[0].answered == 1
+            assert paid.batches[0].requests[0].input == payload(3)
+        else:
+            assert paid.batches == []
+            assert r.mismatches == (0 if tamper == "skip" else 1)
+
+    run(scenario)
+
+
+def test_unreceipted_answers_expire_unpaid() -> None:
+    async def scenario() -> None:
+        clock = Clock()
+        r = router(clock=clock)
+        node = SimNode(r, receipt_tamper="skip")
+        node.connect()
+        ep = r.add_endpoint(EP, ALICE, spec(), 0)
+        await settle()
+        await r.infer(ep, payload())
+        clock.t += 10
+        r.tick()
+        assert r.unpaid == 1
+        replica = ep.ready()[0]
+        assert not replica.answered
+
+    run(scenario)
+
+
+def test_a_reply_for_a_request_never_sent_is_ignored_and_counted() -> None:
+    async def scenario() -> None:
+        paid = Recorder()
+        r = router(paid)
+        node = SimNode(r)
+        link = node.connect()
+        r.add_endpoint(EP, ALICE, spec(), 0)
+        await settle()
+        from tensorgrid.v1 import serving_pb2
+
+        node.up(reply=serving_pb2.ServeReply(request_id=999, output=b"forged", done=True, batch=1))
+        assert link.violations == 1 and link.closed and node.signer.address not in r.links
+        assert paid.batches == []
+
+    run(scenario)
+
+
+def test_budget_spent_and_oversize_requests_are_refused_before_routing() -> None:
+    async def scenario() -> None:
+        r = router(Recorder(remaining=0))
+        node = SimNode(r)
+        node.connect()
+        ep = r.add_endpoint(EP, ALICE, spec(max_request_bytes=256), 0)
+        await settle()
+        with pytest.raises(Conflict, match="budget spent"):
+            await r.infer(ep, payload())
+        r2 = router()
+        SimNode(r2).connect()
+        ep2 = r2.add_endpoint(EP, ALICE, spec(max_request_bytes=256), 0)
+        await settle()
+        with pytest.raises(InvalidTensorFile, match="over the limit"):
+            await r2.infer(ep2, payload(rows=64))
+        with pytest.raises(InvalidTensorFile):
+            await r2.infer(ep2, b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}......")
+
+    run(scenario)
+
+
+def test_scaling_up_under_sustained_load_and_down_after_quiet() -> None:
+    async def scenario() -> None:
+        clock = Clock()
+        r = router(clock=clock)
+        a, b = SimNode(r, answer=False), SimNode(r)
+        a.connect()
+        ep = r.add_endpoint(EP, ALICE, spec(min_replicas=1, max_replicas=2, max_batch=1, max_queue=8), 0)
+        b.connect(max_replicas=1)
+        await settle()
+        assert ep.live() == 1
+        calls = [asyncio.create_task(r.infer(ep, payload(i))) for i in range(3)]
+        await settle()
+        r.tick()
+        assert ep.live() == 1  # not yet: load must stay high ~2 s
+        clock.t += 2.5
+        r.tick()
+        assert ep.live() == 2
+        await settle()
+        for c in calls:
+            c.cancel()
+        await asyncio.gather(*calls, return_exceptions=True)
+        r.tick()
+        clock.t += 31
+        r.tick()
+        assert ep.live() == 1 and (len(ep.replicas) == 1 or any(x.state == DRAINING for x in ep.replicas.values()))
+
+    run(scenario)
+
+
+def _link(node: str, device: str = "cpu", slots: int = 2, memory: int = 8 << 30) -> NodeLink:
+    return NodeLink(node, device, memory, slots)
+
+
+def test_placement_prefers_nodes_without_a_replica_and_respects_device_memory_and_bars() -> None:
+    async def scenario() -> None:
+        ep = Endpoint(EP, ALICE, spec(device="cuda", min_memory_bytes=4 << 30), 0)
+        cpu, small, gpu1, gpu2 = (
+            _link("c"),
+            _link("s", "cuda", memory=1 << 30),
+            _link("g1", "cuda"),
+            _link("g2", "cuda"),
+        )
+        assert placement.choose_node([cpu, small], ep, 0) is None
+        first = placement.choose_node([cpu, small, gpu1, gpu2], ep, 0)
+        assert first is gpu1
+        from coordinator.services.serving.model import Replica
+
+        ep.replicas["r1"] = gpu1.replicas["r1"] = Replica("r1", ep, gpu1, state=READY)
+        assert placement.choose_node([gpu1, gpu2], ep, 0) is gpu2
+        ep.barred.add("g2")
+        assert placement.choose_node([gpu1, gpu2], ep, 0) is gpu1  # a second replica on the same node, if only it
+        ep.failed_at["g1"] = 0.0
+        assert placement.choose_node([gpu1, gpu2], ep, 10.0) is None
+        assert placement.choose_node([gpu1], ep, 10.0 + placement.FAILED_BACKOFF_S) is gpu1
+
+    run(scenario)
+
+
+def test_caught_node_is_barred_and_its_replica_replaced() -> None:
+    async def scenario() -> None:
+        paid = Recorder()
+        r = router(paid)
+        bad, good = SimNode(r), SimNode(r)
+        bad.connect()
+        ep = r.add_endpoint(EP, ALICE, spec(), 0)
+        await settle()
+        await r.infer(ep, payload())
+        await settle()
+        good.connect()
+        r.on_caught(paid.batches[0], "wrong answer")
+        await settle()
+        assert bad.signer.address in ep.barred and bad.released
+        assert [x.node for x in ep.ready()] == [good.signer.address]
+        rerun = await r.rerun(EP, payload(), 0, good.signer.address)
+        assert rerun is None  # the only ready replica is on the excluded node
+        rerun = await r.rerun(EP, payload(5), 0, bad.signer.address)
+        assert rerun is not None and rerun[0] == good.signer.address
+
+    run(scenario)
