@@ -81,6 +81,8 @@ class ServeLoop:
                     wait = UNIMPLEMENTED_RETRY_S
                 elif self._on_error is not None:
                     await self._on_error(e, "serve stream")
+            except Exception:  # a fault here must not end serving for the daemon's life: reconnect
+                log.exception("the serve stream failed")
             finally:
                 await self._drop_all("the serve stream closed")
             failures = 1 if time.monotonic() - opened > HEALTHY_S else failures + 1
