@@ -28,6 +28,8 @@ from node.cache import BlobCache
 from node.config import AgentConfig
 from node.executor import Executor, TaskOutcome, TaskRequest
 from node.pending import PendingResults
+from node.serving.replica import ReplicaContext
+from node.serving.stream import ServeLoop
 from tensorgrid.blobs import file_sha256
 from tensorgrid.crypto import Signer
 from tensorgrid.errors import TensorGridError
@@ -73,6 +75,7 @@ class Agent:
         self._revoked: set[tuple[str, int]] = set()  # leases of _active the coordinator took back
         self.pending = PendingResults(config.work_dir / "pending")
         self._busy = 0  # lease calls refused in a row as RESOURCE_EXHAUSTED
+        self.serving = self._serve_loop() if config.serve_replicas > 0 else None
 
     @staticmethod
     def _executor(config: AgentConfig, caps: Capabilities, cache: BlobCache) -> Executor:
@@ -85,6 +88,26 @@ class Agent:
             isolation=Isolation().with_paths(readable=[cache.root], writable=[config.work_dir]),
             scratch_root=config.work_dir / "sandbox",
         )
+
+    def _serve_loop(self) -> ServeLoop:
+        """Real-time serving (node.serving): replicas fetch through this agent's blob cache and
+        sign their batch receipts with its key; their workers get the cache to read, no more."""
+        isolation = Isolation().with_paths(readable=[self.cache.root])
+
+        def context(send: Callable[..., None]) -> ReplicaContext:
+            return ReplicaContext(
+                fetch=lambda ref: self.cache.ensure(ref, self._fetcher(ref)),
+                sign=self.client.sign_batch,
+                send=send,
+                device=self.config.device,
+                threads=self.config.threads,
+                isolation=isolation,
+                scratch_root=self.config.work_dir / "sandbox",
+                memory_cap_bytes=int(self.caps.memory_bytes or 0),
+            )
+
+        replicas = self.config.serve_replicas
+        return ServeLoop(self.client, replicas, context, self._registered, self.draining, self._on_rpc_error)
 
     # ---- lifecycle -----------------------------------------------------------------------------
     async def run(self) -> None:
@@ -101,7 +124,10 @@ class Agent:
             if not self._registered.is_set():
                 await self._register_with_retry()
             heartbeat = asyncio.create_task(self._heartbeat_loop())
+            serving = asyncio.create_task(self.serving.run()) if self.serving is not None else None
             await asyncio.gather(*(self._slot_loop(ex) for ex in self.executors))
+            if serving is not None:  # ends on drain, its replicas released
+                await serving
             heartbeat.cancel()
             await self._heartbeat_once()  # tell the coordinator we are draining / gone
         finally:

@@ -18,6 +18,7 @@ class AgentConfig:
     slots: int = 1
     device: str = "auto"
     threads: int = 0  # 0: torch's default
+    serve_replicas: int = 1  # endpoint replicas held at once (node.serving); 0: serve none
     rpc_timeout_s: float = 30.0
     tls: ClientTls = ClientTls()
     domain: Domain | None = None  # the deployments file's EIP-712 domain: sign under no other
@@ -57,6 +58,13 @@ THREADS = Setting(
     type=int,
     help="torch threads per task; 0: torch's default",
 )
+SERVE_REPLICAS = Setting(
+    "--serve-replicas",
+    "TENSORGRID_NODE_SERVE_REPLICAS",
+    AgentConfig.serve_replicas,
+    type=int,
+    help="endpoint replicas to hold at once for real-time serving (each a warm worker); 0: serve no endpoints",
+)
 MEMORY_GIB = Setting(
     "--memory-gib", "TENSORGRID_NODE_MEMORY_GIB", None, type=float, help="memory to offer; none: what is free"
 )
@@ -70,4 +78,17 @@ STAKE_WEI = Setting(
 )
 CHAIN = (config.CHAIN_RPC, config.DEPLOYMENT)
 TLS = config.CLIENT_TLS
-SETTINGS = (KEYSTORE, COORDINATOR, DATA_DIR, DEVICE, SLOTS, THREADS, MEMORY_GIB, CACHE_GIB, STAKE_WEI, *CHAIN, *TLS)
+SETTINGS = (
+    KEYSTORE,
+    COORDINATOR,
+    DATA_DIR,
+    DEVICE,
+    SLOTS,
+    THREADS,
+    SERVE_REPLICAS,
+    MEMORY_GIB,
+    CACHE_GIB,
+    STAKE_WEI,
+    *CHAIN,
+    *TLS,
+)

@@ -155,6 +155,7 @@ class Executor:
         device: str = "auto",
         isolation: Isolation | None = None,
         scratch_root: Path | None = None,
+        entry: str = WORKER_ENTRY,
     ) -> None:
         """worker_argv replaces the sandboxed `node.worker` (tests use it to run hostile workers;
         they still get the scrubbed environment and a scratch directory).
@@ -163,8 +164,10 @@ class Executor:
         isolation: what the worker keeps of the machine; default: no network, files unconfined
         (the daemon passes its blob cache and work directory and confines the rest).
         scratch_root: where workers' scratch directories are made (default: the system's temp).
+        entry: the module the sandbox boots (node.serving's worker reuses this spawn machinery).
         """
         self._argv = list(worker_argv) if worker_argv else None
+        self._entry = entry
         self._memory_cap = memory_cap_bytes
         self._device = device
         self._isolation = isolation or Isolation(confine_files=False)
@@ -252,7 +255,7 @@ class Executor:
             cuda_memory_bytes=self._memory_cap if cuda else 0,
             start_timeout_s=self._start_timeout_s,
         )
-        argv = self._argv or child_argv(WORKER_ENTRY, limits, self._isolation, scratch.path)
+        argv = self._argv or child_argv(self._entry, limits, self._isolation, scratch.path)
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,

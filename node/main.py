@@ -19,6 +19,7 @@ from node.config import (
     DEVICE,
     KEYSTORE,
     MEMORY_GIB,
+    SERVE_REPLICAS,
     SETTINGS,
     SLOTS,
     STAKE_WEI,
@@ -64,7 +65,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("address", help="print the node's address")
     run = sub.add_parser("run", help="take and run work until SIGTERM (first: drain; second: stop now)")
     config.add_settings(
-        run, COORDINATOR, DATA_DIR, DEVICE, SLOTS, THREADS, MEMORY_GIB, CACHE_GIB, *CHAIN, STAKE_WEI, *TLS
+        run,
+        COORDINATOR,
+        DATA_DIR,
+        DEVICE,
+        SLOTS,
+        THREADS,
+        SERVE_REPLICAS,
+        MEMORY_GIB,
+        CACHE_GIB,
+        *CHAIN,
+        STAKE_WEI,
+        *TLS,
     )
     earn = sub.add_parser("earnings", help="show what this node has earned and can claim")
     claim = sub.add_parser("claim", help="claim posted earnings on chain")
@@ -151,6 +163,7 @@ async def run_agent(ns: argparse.Namespace, signer: Signer) -> None:
         slots=ns.slots,
         device=caps.device_kind,
         threads=ns.threads,
+        serve_replicas=max(0, ns.serve_replicas),
         tls=client_tls(ns),
         domain=deployment_domain(ns),
     )

@@ -19,7 +19,7 @@ from tensorgrid.crypto import Signer, registration_message, require_domain, sign
 from tensorgrid.rpc import SESSION_METADATA_KEY, SMALL_RESULT_BYTES
 from tensorgrid.tls import ClientTls, open_channel
 from tensorgrid.types import BlobRef, Capabilities, Domain, Lease, Receipt, TaskError
-from tensorgrid.v1 import common_pb2, node_pb2, node_pb2_grpc
+from tensorgrid.v1 import common_pb2, node_pb2, node_pb2_grpc, serving_pb2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +116,17 @@ class NodeClient:
                 yield chunk.data
 
         return chunks()
+
+    def serve(self, up: AsyncIterator[serving_pb2.ServeUp]) -> Any:
+        """Open the Serve stream (real-time serving, docs/SERVING.md): `up` is what the node sends
+        (ServeHello first); iterate the returned call for the coordinator's ServeDown messages.
+        No deadline: the stream lives as long as the session."""
+        return self.stub.Serve(up, metadata=self.metadata)
+
+    def sign_batch(self, receipt: Receipt) -> Receipt:
+        """Sign a serving micro-batch's receipt (tensorgrid.serving.batch_receipt) under the session's domain."""
+        assert self.domain is not None, "register first"
+        return sign_receipt(self.signer, self.domain, receipt)
 
     def sign(self, lease: Lease, output: BlobRef, commitment: str = "") -> Receipt:
         """Sign the receipt of a result; commitment (64 hex) e.g. a training task's checkpoint chain."""

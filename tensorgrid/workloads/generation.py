@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -168,8 +168,13 @@ def decode(
     index: torch.Tensor,
     s: DecodeSettings,
     device: torch.device,
+    on_step: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(ids [n, max_new], log-probs [n, max_new], generated lengths [n]) for one batch of prompts."""
+    """(ids [n, max_new], log-probs [n, max_new], generated lengths [n]) for one batch of prompts.
+
+    on_step(step, rows, chosen), if given, is called after every decoding step with the rows
+    (indices into this batch) that were still decoding and the token each of them chose, on
+    CPU: a streaming caller sends tokens as they are made rather than at the end."""
     n = tokens.shape[0]
     width = int(lengths.max()) + s.max_new_tokens
     seq = torch.zeros(n, width, dtype=torch.int64, device=device)
@@ -192,6 +197,8 @@ def decode(
         out_lp[active, step] = logp
         seq[rows, cur[rows]] = chosen.to(device)
         cur[rows] += 1
+        if on_step is not None:
+            on_step(step, active, chosen)
         keep = ~torch.isin(chosen, stops) if len(stops) else torch.ones(len(active), dtype=torch.bool)
         active = active[keep]
         if len(active) == 0:

@@ -19,7 +19,7 @@ from tensorgrid.types import ErrorKind
 from tensorgrid.workloads.model import load_program
 from tensorgrid.workloads.tensorfile import batch_rows, load_tensors, read_header, save_tensors
 
-__all__ = ["InferenceStats", "pick_device", "run_inference"]
+__all__ = ["InferenceStats", "forward_rows", "pick_device", "run_inference"]
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ def run_inference(
     with torch.no_grad():
         for start in range(0, rows, step):
             batch = [t[start : start + step].to(target) for t in inputs]
-            named = _named_outputs(_forward(module, batch), batch[0].shape[0])
+            named = forward_rows(module, batch)
             if pieces and set(named) != set(pieces):
                 raise ExecutionError(ErrorKind.EXECUTION, "the model's output names changed between batches")
             for key, value in named.items():
@@ -95,6 +95,12 @@ def run_inference(
     seconds = time.perf_counter() - started
     save_tensors({key: torch.cat(parts, dim=0) for key, parts in pieces.items()}, output_path)
     return InferenceStats(rows=rows, seconds=seconds)
+
+
+def forward_rows(module: torch.nn.Module, batch: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """One forward pass over a batch of rows (call under no_grad): its outputs named as the
+    output file names them, each checked to hold one row per input row."""
+    return _named_outputs(_forward(module, batch), batch[0].shape[0])
 
 
 def _forward(module: torch.nn.Module, batch: list[torch.Tensor]) -> object:

@@ -1,0 +1,183 @@
+"""One replica on this node: an endpoint's program warm in a sandboxed child, fed micro-batches.
+
+The agent's side of ReplicaAssign: fetch the model into the blob cache, start the child and
+load the program, then say ReplicaState{ready} (or {ready: false, error}: the replica is
+gone). Requests go through the replica's Batcher; after each micro-batch every request gets
+its ServeReply (the output, or a TaskError with done = true), then the batch gets ONE
+BatchReceipt signed here, in the agent (the child holds no key), over the inputs as received
+and the outputs as sent (b"" for a failed request), in the batch's request order.
+
+Generation runs one prompt per micro-batch (each request has its own seed): a ServeReply per
+decoding step with its tokens, the last with done = true and the output, then the receipt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from node.serving.batcher import Batcher, Pending, Policy
+from node.serving.process import ReplicaLoad, ServingProcess
+from tensorgrid import serde
+from tensorgrid.serving import batch_receipt
+from tensorgrid.types import BlobRef, ErrorKind, Receipt, TaskError
+from tensorgrid.v1 import serving_pb2
+
+__all__ = ["Replica", "ReplicaContext"]
+
+log = logging.getLogger("tensorgrid.node.serving")
+
+Send = Callable[[serving_pb2.ServeUp], None]
+
+
+class ReplicaContext:
+    """What a replica takes from its agent: how to fetch a blob, sign a receipt, start a child."""
+
+    def __init__(
+        self,
+        fetch: Callable[[BlobRef], Awaitable[Path]],
+        sign: Callable[[Receipt], Receipt],
+        send: Send,
+        device: str = "auto",
+        threads: int = 0,
+        **executor: object,
+    ) -> None:
+        """executor: node.executor.Executor keywords for the child (isolation, scratch_root, …)."""
+        self.fetch, self.sign, self.send = fetch, sign, send
+        self.device, self.threads = device, threads
+        self.executor = executor
+
+
+def reply(request_id: int, batch: int, *, output: bytes = b"", error: TaskError | None = None) -> serving_pb2.ServeUp:
+    """A final ServeReply (done): the output, or the error."""
+    msg = serving_pb2.ServeReply(request_id=request_id, output=output, done=True, batch=batch)
+    if error is not None:
+        msg.error.CopyFrom(serde.error_to_pb(error))
+    return serving_pb2.ServeUp(reply=msg)
+
+
+class Replica:
+    """One assigned endpoint replica: start(), submit()/cancel() requests, close()."""
+
+    def __init__(self, assign: serving_pb2.ReplicaAssign, ctx: ReplicaContext) -> None:
+        self.assign = assign
+        self.replica_id = assign.replica_id
+        self.ctx = ctx
+        self.generation = assign.serves == "generation"
+        # A generation request has its own seed: one prompt per micro-batch.
+        policy = Policy(max_batch=1 if self.generation else max(1, assign.max_batch), max_delay_us=assign.max_delay_us)
+        self.batcher = Batcher(policy, self._run, self._expired)
+        self.batches = 0  # the last micro-batch's sequence number (the first is 1)
+        self.process: ServingProcess | None = None
+        self._loop: asyncio.Task[None] | None = None
+
+    # ---- lifecycle ------------------------------------------------------------------------------
+    async def start(self) -> bool:
+        """Fetch, start, load; send ReplicaState. True when ready."""
+        error = await self._prepare()
+        state = serving_pb2.ReplicaState(replica_id=self.replica_id, ready=error is None)
+        if error is not None:
+            log.warning(
+                "replica %s of %s failed: %s", self.replica_id[:12], self.assign.endpoint_id[:12], error.message
+            )
+            state.error.CopyFrom(serde.error_to_pb(error))
+            await self.close()
+        else:
+            log.info("replica %s of endpoint %s ready", self.replica_id[:12], self.assign.endpoint_id[:12])
+            self._loop = asyncio.create_task(self.batcher.run())
+        self.ctx.send(serving_pb2.ServeUp(state=state))
+        return error is None
+
+    async def _prepare(self) -> TaskError | None:
+        a = self.assign
+        model = serde.blob_from_pb(a.model)
+        if model is None:
+            return TaskError(ErrorKind.INVALID_INPUT, "the assignment names no model")
+        try:
+            settings = json.loads(a.settings_json or b"{}")
+            if not isinstance(settings, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            return TaskError(ErrorKind.INVALID_INPUT, f"bad replica settings: {exc}")
+        try:
+            path = await self.ctx.fetch(model)
+        except Exception as exc:  # the coordinator's blob store, the cache: reported, not fatal
+            return TaskError(ErrorKind.BLOB_UNAVAILABLE, f"could not fetch the model: {exc}")
+        load = ReplicaLoad(
+            model_path=str(path),
+            serves=a.serves,
+            settings=settings,
+            device=self.ctx.device,
+            threads=self.ctx.threads,
+            memory_limit_bytes=a.memory_limit_bytes,
+            time_limit_s=a.time_limit_ms / 1000,
+        )
+        self.process = ServingProcess(load, **self.ctx.executor)  # type: ignore[arg-type]
+        return await self.process.ready()
+
+    async def close(self, reason: str = "the replica was released") -> None:
+        """Stop batching and the child; requests not yet answered fail as RELEASED."""
+        error = TaskError(ErrorKind.RELEASED, reason)
+        for p in [*self.batcher.close(), *self.batcher.running]:
+            self.ctx.send(reply(p.request_id, 0, error=error))
+        if self._loop is not None:
+            self._loop.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop
+        if self.process is not None:
+            await self.process.close()
+
+    # ---- requests -------------------------------------------------------------------------------
+    def submit(self, request: serving_pb2.ServeRequest) -> None:
+        self.batcher.submit(Pending(request.request_id, request.input, request.deadline_ms, request.seed))
+
+    def cancel(self, request_id: int) -> bool:
+        return self.batcher.cancel(request_id)
+
+    def _expired(self, p: Pending) -> None:
+        # batch 0: it ran in no micro-batch (and no receipt covers it)
+        self.ctx.send(reply(p.request_id, 0, error=TaskError(ErrorKind.TIMEOUT, "past its deadline before it ran")))
+
+    async def _run(self, batch: list[Pending]) -> None:
+        assert self.process is not None
+        self.batches += 1
+        seq = self.batches
+        if self.generation:
+            outputs = [await self._generate(batch[0], seq)]
+        else:
+            answers = await self.process.run_batch([p.payload for p in batch])
+            outputs = []
+            for p, answer in zip(batch, answers, strict=True):
+                if isinstance(answer, bytes):
+                    self.ctx.send(reply(p.request_id, seq, output=answer))
+                    outputs.append(answer)
+                else:
+                    self.ctx.send(reply(p.request_id, seq, error=answer))
+                    outputs.append(b"")
+        self.batcher.running = []  # answered: a release from here on owes them nothing
+        ids = [p.request_id for p in batch]
+        unsigned = batch_receipt(
+            self.assign.endpoint_id, self.replica_id, seq, ids, [p.payload for p in batch], outputs
+        )
+        receipt = serving_pb2.BatchReceipt(
+            replica_id=self.replica_id, batch=seq, request_ids=ids, receipt=serde.receipt_to_pb(self.ctx.sign(unsigned))
+        )
+        self.ctx.send(serving_pb2.ServeUp(receipt=receipt))
+
+    async def _generate(self, p: Pending, seq: int) -> bytes:
+        assert self.process is not None
+
+        async def on_tokens(tokens: list[int]) -> None:
+            step = serving_pb2.ServeReply(request_id=p.request_id, tokens=tokens, done=False, batch=seq)
+            self.ctx.send(serving_pb2.ServeUp(reply=step))
+
+        answer = await self.process.generate(p.payload, p.seed, on_tokens)
+        if isinstance(answer, bytes):
+            self.ctx.send(reply(p.request_id, seq, output=answer))
+            return answer
+        self.ctx.send(reply(p.request_id, seq, error=answer))
+        return b""

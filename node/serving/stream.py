@@ -1,0 +1,182 @@
+"""The agent's NodeService.Serve stream: the coordinator's assignments and requests in, the
+replicas' states, replies and receipts out.
+
+Opened once the agent is registered, with ServeHello{max_replicas} first. When it breaks it
+is opened again with backoff (capped at MAX_BACKOFF_S), and every replica is dropped first:
+the coordinator assigns them again on the new stream. A coordinator without serving
+(UNIMPLEMENTED) is asked again only every UNIMPLEMENTED_RETRY_S. Draining ends the stream
+cleanly: replicas are released (their queued requests answered RELEASED), then the node
+half-closes its side and waits briefly for the coordinator to close its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import grpc
+
+from node.serving.replica import Replica, ReplicaContext, reply
+from tensorgrid import serde
+from tensorgrid.nodeclient import NodeClient
+from tensorgrid.retry import backoff
+from tensorgrid.types import ErrorKind, TaskError
+from tensorgrid.v1 import serving_pb2
+
+__all__ = ["ServeLoop"]
+
+log = logging.getLogger("tensorgrid.node.serving")
+MAX_BACKOFF_S = 2.0
+UNIMPLEMENTED_RETRY_S = 60.0
+HEALTHY_S = 10.0  # a stream that lived this long resets the backoff
+CLOSE_GRACE_S = 2.0
+
+OnError = Callable[[grpc.aio.AioRpcError, str], Awaitable[None]]
+MakeContext = Callable[[Callable[[serving_pb2.ServeUp], None]], ReplicaContext]
+
+
+class ServeLoop:
+    """Holds the Serve stream open while the agent runs; owns this node's replicas."""
+
+    def __init__(
+        self,
+        client: NodeClient,
+        max_replicas: int,
+        context: MakeContext,
+        registered: asyncio.Event,
+        draining: asyncio.Event,
+        on_error: OnError | None = None,
+    ) -> None:
+        """context(send) builds what a replica needs (fetch, sign, spawn) around the stream's send;
+        on_error is the agent's handling of a failed call (UNAUTHENTICATED: register again)."""
+        self.client = client
+        self.max_replicas = max_replicas
+        self._context = context
+        self._registered = registered
+        self._draining = draining
+        self._on_error = on_error
+        self.replicas: dict[str, Replica] = {}
+        self._tasks: set[asyncio.Task[object]] = set()
+        self._outgoing: asyncio.Queue[serving_pb2.ServeUp | None] = asyncio.Queue()
+
+    async def run(self) -> None:
+        """Serve until draining."""
+        failures = 0
+        while not self._draining.is_set():
+            await self._wait_or_drain(self._registered.wait())
+            if self._draining.is_set():
+                break
+            opened = time.monotonic()
+            wait = 0.0
+            try:
+                await self._session()
+            except grpc.aio.AioRpcError as e:
+                if e.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    if failures == 0:
+                        log.info("the coordinator does not serve endpoints; asking again every %.0fs",
+                                 UNIMPLEMENTED_RETRY_S)  # fmt: skip
+                    wait = UNIMPLEMENTED_RETRY_S
+                elif self._on_error is not None:
+                    await self._on_error(e, "serve stream")
+            except Exception:  # a fault here must not end serving for the daemon's life: reconnect
+                log.exception("the serve stream failed")
+            finally:
+                await self._drop_all("the serve stream closed")
+            failures = 1 if time.monotonic() - opened > HEALTHY_S else failures + 1
+            await self._wait_or_drain(asyncio.sleep(wait or backoff(failures, 0.1, cap=MAX_BACKOFF_S)))
+        await self._drop_all("the node is draining")
+
+    async def _wait_or_drain(self, aw: Awaitable[object]) -> None:
+        waiting = asyncio.ensure_future(aw)
+        drained = asyncio.ensure_future(self._draining.wait())
+        await asyncio.wait({waiting, drained}, return_when=asyncio.FIRST_COMPLETED)
+        waiting.cancel()
+        drained.cancel()
+
+    # ---- one stream -----------------------------------------------------------------------------
+    async def _session(self) -> None:
+        outgoing: asyncio.Queue[serving_pb2.ServeUp | None] = asyncio.Queue()
+        self._outgoing = outgoing
+        outgoing.put_nowait(serving_pb2.ServeUp(hello=serving_pb2.ServeHello(max_replicas=self.max_replicas)))
+
+        async def upward() -> AsyncIterator[serving_pb2.ServeUp]:
+            while (msg := await outgoing.get()) is not None:
+                yield msg
+
+        call = self.client.serve(upward())
+        reader = asyncio.ensure_future(self._read(call))
+        drained = asyncio.ensure_future(self._draining.wait())
+        try:
+            await asyncio.wait({reader, drained}, return_when=asyncio.FIRST_COMPLETED)
+            if not reader.done():  # draining: release, half-close, let the coordinator end it
+                await self._drop_all("the node is draining")
+                outgoing.put_nowait(None)
+                with contextlib.suppress(asyncio.TimeoutError, grpc.aio.AioRpcError, asyncio.CancelledError):
+                    await asyncio.wait_for(asyncio.shield(reader), CLOSE_GRACE_S)
+                return
+            reader.result()  # raises what broke the stream
+        finally:
+            drained.cancel()
+            reader.cancel()
+            call.cancel()
+
+    async def _read(self, call: grpc.aio.StreamStreamCall) -> None:
+        async for down in call:
+            self._dispatch(down)
+
+    def send(self, msg: serving_pb2.ServeUp) -> None:
+        """Queue a message up the current stream (dropped with the stream if it breaks)."""
+        self._outgoing.put_nowait(msg)
+
+    def _dispatch(self, down: serving_pb2.ServeDown) -> None:
+        kind = down.WhichOneof("msg")
+        if kind == "request":
+            r = down.request
+            replica = self.replicas.get(r.replica_id)
+            if replica is None:
+                self.send(reply(r.request_id, 0, error=TaskError(ErrorKind.RELEASED, "no such replica on this node")))
+            else:
+                replica.submit(r)
+        elif kind == "cancel":
+            for replica in self.replicas.values():
+                if replica.cancel(down.cancel.request_id):
+                    break
+        elif kind == "assign":
+            self._assign(down.assign)
+        elif kind == "release":
+            gone = self.replicas.pop(down.release.replica_id, None)
+            if gone is not None:
+                log.info("replica %s released: %s", gone.replica_id[:12], down.release.reason or "no reason given")
+                self._spawn(gone.close(f"released: {down.release.reason}"))
+
+    def _assign(self, assign: serving_pb2.ReplicaAssign) -> None:
+        if assign.replica_id in self.replicas:
+            return
+        if len(self.replicas) >= self.max_replicas:
+            error = TaskError(ErrorKind.RELEASED, f"this node holds its maximum of {self.max_replicas} replicas")
+            state = serving_pb2.ReplicaState(replica_id=assign.replica_id, ready=False, error=serde.error_to_pb(error))
+            self.send(serving_pb2.ServeUp(state=state))
+            return
+        replica = Replica(assign, self._context(self.send))
+        self.replicas[assign.replica_id] = replica
+
+        async def start() -> None:
+            if not await replica.start() and self.replicas.get(replica.replica_id) is replica:
+                del self.replicas[replica.replica_id]
+
+        self._spawn(start())
+
+    def _spawn(self, coro: Awaitable[object]) -> None:
+        task: asyncio.Task[object] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _drop_all(self, reason: str) -> None:
+        """Release every replica and wait for their children to stop."""
+        replicas, self.replicas = list(self.replicas.values()), {}
+        for task in list(self._tasks):  # replicas still starting
+            task.cancel()
+        await asyncio.gather(*(r.close(reason) for r in replicas), return_exceptions=True)

@@ -1,0 +1,139 @@
+"""The serving child: `tensorgrid.sandbox.boot node.serving.worker` (started by node.serving.process).
+
+It holds no key and gets no network (tensorgrid.sandbox), keeps one replica's program warm and
+answers micro-batches over its pipes. On start it writes one JSON line {"ready": true, "pid"}
+(as node.worker does, so the executor's spawn machinery can wait for it), then speaks binary
+frames (node.serving.frames) until EOF on stdin:
+
+    → {"op": "load", "model_path", "serves", "settings", "device", "threads", "memory_limit_bytes"}
+    ← {"ok": true, "load_seconds"} | {"ok": false, "error_kind", "message"}
+
+    → {"op": "run_batch", "sizes"} + one payload per request (safetensors bytes)
+    ← {"ok": true, "results": [null | {"error_kind", "message"}, …], "sizes"} + one output per
+      request (b"" for a failed one)
+
+    → {"op": "generate", "seed", "sizes"} + the prompt (safetensors bytes)
+    ← {"op": "tokens", "tokens": [..]} per decoding step, then
+      {"ok": true, "sizes"} + the output | {"ok": false, "error_kind", "message"}
+
+A request's own failure is an answer, never fatal to the worker. A protocol error (a frame
+that does not parse) ends the worker: its parent kills and replaces it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from typing import IO, Any
+
+from node.serving.frames import encode, read_frame
+from node.worker import MAX_MESSAGE_CHARS, _set_address_space, _volunteer_for_oom_killer, classify
+from node.worker import prepare as prepare_worker
+
+log = logging.getLogger("tensorgrid.node.serving.worker")
+
+_served: Any = None  # node.serving.compute.Served, once loaded
+
+
+def _error(exc: BaseException) -> dict[str, Any]:
+    return {"error_kind": classify(exc).value, "message": f"{type(exc).__name__}: {exc}"[:MAX_MESSAGE_CHARS]}
+
+
+def _load(header: dict[str, Any]) -> dict[str, Any]:
+    """Load the replica's program (once per worker: a new replica gets a new worker)."""
+    import torch
+
+    from node.serving.compute import Served
+
+    global _served
+    threads = int(header.get("threads") or 0)
+    if threads > 0:
+        torch.set_num_threads(threads)
+    device = str(header.get("device") or "auto")
+    # The replica's memory limit caps the address space from here on (CPU; see node.worker),
+    # so a fast allocation fails as a clean MemoryError before the agent's RSS poll sees it.
+    _set_address_space(int(header.get("memory_limit_bytes") or 0) if device != "cuda" else 0)
+    started = time.perf_counter()
+    _served = Served(str(header["model_path"]), str(header["serves"]), header.get("settings") or {}, device)
+    return {"ok": True, "load_seconds": round(time.perf_counter() - started, 6)}
+
+
+def _run_batch(payloads: list[bytes], out: IO[bytes]) -> None:
+    from node.serving.compute import Failure
+
+    results = _served.run_batch(payloads)
+    errors = [_error(r.error) if isinstance(r, Failure) else None for r in results]
+    outputs = [b"" if isinstance(r, Failure) else r for r in results]
+    _write(out, {"ok": True, "results": errors}, outputs)
+
+
+def _generate(header: dict[str, Any], payloads: list[bytes], out: IO[bytes]) -> None:
+    if len(payloads) != 1:
+        raise ValueError("a generate frame carries exactly one prompt")
+
+    def on_tokens(tokens: list[int]) -> None:
+        _write(out, {"op": "tokens", "tokens": tokens})
+
+    output = _served.generate(payloads[0], int(header.get("seed") or 0), on_tokens)
+    _write(out, {"ok": True}, [output])
+
+
+def _write(out: IO[bytes], header: dict[str, Any], payloads: list[bytes] | None = None) -> None:
+    out.write(encode(header, payloads or ()))
+    out.flush()
+
+
+def handle(header: dict[str, Any], payloads: list[bytes], out: IO[bytes]) -> None:
+    """Answer one frame on out; a failure of the request is an answer, never raised."""
+    op = header.get("op")
+    try:
+        if op == "load":
+            _write(out, _load(header))
+        elif _served is None:
+            raise RuntimeError("no program is loaded (send load first)")
+        elif op == "run_batch":
+            _run_batch(payloads, out)
+        elif op == "generate":
+            _generate(header, payloads, out)
+        else:
+            raise ValueError(f"unknown op {op!r}")
+    except Exception as exc:  # the request's failure (a bad program, a bad prompt), reported
+        log.info("%s failed: %s", op, exc)
+        _write(out, {"ok": False, **_error(exc)})
+
+
+def serve(stdin: IO[bytes], out: IO[bytes]) -> None:
+    """Answer frames until EOF."""
+    while (frame := read_frame(stdin)) is not None:
+        handle(*frame, out)
+
+
+def prepare() -> None:
+    """torch, the program loaders and the warm-program LRU, before "ready" (the sandbox calls it
+    before capping the address space)."""
+    prepare_worker()
+
+
+def _protocol_stream() -> IO[bytes]:
+    """fd 1 for the frames, and fd 1 pointed at stderr so stray native output cannot corrupt them."""
+    proto_fd = os.dup(1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return os.fdopen(proto_fd, "wb")
+
+
+def main() -> None:
+    """Entry point of the child process."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="serving worker %(levelname)s %(message)s")
+    _volunteer_for_oom_killer()
+    out = _protocol_stream()
+    prepare()
+    out.write(b'{"ready": true, "pid": %d}\n' % os.getpid())
+    out.flush()
+    serve(sys.stdin.buffer, out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+"""node.serving's worker, through the real sandboxed child: frames, batching across requests,
+hostile requests failing alone, streamed generation, limits, and signed batch receipts."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from node.serving.frames import FrameError, encode, read_frame
+from node.serving.process import ReplicaLoad, ServingProcess
+from node.serving.replica import Replica, ReplicaContext
+from tensorgrid import serde
+from tensorgrid.crypto import Signer, sign_receipt, verify_receipt
+from tensorgrid.serving import batch_receipt, tensors_from_bytes, tensors_to_bytes
+from tensorgrid.types import BlobRef, Domain, ErrorKind, TaskError
+from tensorgrid.v1 import common_pb2, serving_pb2
+from tensorgrid.workloads.generation import DecodeSettings, run_generation
+from tensorgrid.workloads.model import load_program
+from tensorgrid.workloads.tensorfile import load_tensors, save_tensors
+from tests.decoders import export_decoder, tiny_decoder
+
+DOMAIN = Domain("TensorGrid", "1", 31337, "0x" + "11" * 20)
+
+
+def test_frames_round_trip_and_refuse_garbage() -> None:
+    stream = io.BytesIO(encode({"op": "x"}, [b"ab", b"", b"\x00" * 5]) + encode({"op": "y"}))
+    assert read_frame(stream) == ({"op": "x", "sizes": [2, 0, 5]}, [b"ab", b"", b"\x00" * 5])
+    assert read_frame(stream) == ({"op": "y"}, [])
+    assert read_frame(stream) is None
+    for bad in (b"\x00\x00", (3).to_bytes(4, "big") + b"[1]", encode({"sizes": [9]}, [])[:-1] + b"]ab"):
+        with pytest.raises(FrameError):
+            read_frame(io.BytesIO(bad))
+
+
+@pytest.fixture(scope="module")
+def tiny(loop: asyncio.AbstractEventLoop, models: dict[str, Path]) -> Iterator[ServingProcess]:
+    proc = ServingProcess(
+        ReplicaLoad(str(models["tiny"]), "inference", {"input_names": ["x"]}, device="cpu", threads=1)
+    )
+    assert loop.run_until_complete(proc.ready()) is None
+    yield proc
+    loop.run_until_complete(proc.close())
+
+
+def _x(rows: int, dtype: torch.dtype = torch.float32, seed: int = 0) -> bytes:
+    return tensors_to_bytes({"x": torch.randn(rows, 4, generator=torch.Generator().manual_seed(seed)).to(dtype)})
+
+
+def test_a_batch_runs_once_and_splits_back_by_rows(
+    loop: asyncio.AbstractEventLoop, tiny: ServingProcess, models: dict[str, Path]
+) -> None:
+    requests = [_x(1, seed=1), _x(3, seed=2), _x(2, seed=3)]
+    answers = loop.run_until_complete(tiny.run_batch(requests))
+    module = load_program(models["tiny"])
+    for request, answer in zip(requests, answers, strict=True):
+        assert isinstance(answer, bytes), answer
+        got = tensors_from_bytes(answer)
+        assert sorted(got) == ["output"]
+        with torch.no_grad():
+            want = module(tensors_from_bytes(request)["x"])
+        torch.testing.assert_close(got["output"], want)
+    again = loop.run_until_complete(tiny.run_batch(requests))
+    assert again == answers  # deterministic bytes
+
+
+def test_hostile_requests_fail_alone(loop: asyncio.AbstractEventLoop, tiny: ServingProcess) -> None:
+    good = _x(2)
+    oversize = (2**40).to_bytes(8, "little") + b"{}"  # a header length far past the limit
+    requests = [
+        b"\x80\x04\x95" + b"pickle" * 10,  # a pickle
+        good[:30],  # a truncated header
+        oversize,
+        tensors_to_bytes({"y": torch.zeros(2, 4)}),  # the wrong input name
+        _x(2, dtype=torch.float64),  # cannot join the others, and the program refuses it
+        good,
+    ]
+    answers = loop.run_until_complete(tiny.run_batch(requests))
+    kinds = [a.kind if isinstance(a, TaskError) else "ok" for a in answers]
+    assert kinds[0] == ErrorKind.UNSAFE_INPUT
+    assert kinds[1] in (ErrorKind.INVALID_INPUT, ErrorKind.UNSAFE_INPUT)
+    assert kinds[2] == ErrorKind.UNSAFE_INPUT
+    assert kinds[3] == ErrorKind.INVALID_INPUT
+    assert kinds[4] in (ErrorKind.EXECUTION, ErrorKind.INVALID_INPUT)
+    assert kinds[5] == "ok"
+    assert loop.run_until_complete(tiny.run_batch([good])) == [answers[5]]  # its neighbours changed nothing
+
+
+def test_a_batch_over_its_time_limit_fails_and_the_child_is_replaced(
+    loop: asyncio.AbstractEventLoop, models: dict[str, Path]
+) -> None:
+    proc = ServingProcess(ReplicaLoad(str(models["slow"]), "inference", {}, device="cpu", threads=1, time_limit_s=0.5))
+    try:
+        assert loop.run_until_complete(proc.ready()) is None
+        first = proc.pid
+        x = tensors_to_bytes({"x": torch.randn(1024, 1024)})
+        answers = loop.run_until_complete(proc.run_batch([x, x]))
+        assert [a.kind for a in answers if isinstance(a, TaskError)] == [ErrorKind.TIMEOUT] * 2
+        assert loop.run_until_complete(proc.ready()) is None  # a fresh child, the program loaded again
+        assert proc.pid is not None and proc.pid != first
+    finally:
+        loop.run_until_complete(proc.close())
+
+
+def test_a_program_that_does_not_load_is_reported(loop: asyncio.AbstractEventLoop, models: dict[str, Path]) -> None:
+    proc = ServingProcess(ReplicaLoad(str(models["garbage"]), "inference", {}, device="cpu", threads=1))
+    try:
+        error = loop.run_until_complete(proc.ready())
+        assert error is not None and error.kind in (ErrorKind.INVALID_INPUT, ErrorKind.UNSAFE_INPUT), error
+    finally:
+        loop.run_until_complete(proc.close())
+
+
+def test_generation_streams_the_tokens_run_generation_makes(loop: asyncio.AbstractEventLoop, tmp_path: Path) -> None:
+    export_decoder(tiny_decoder(), tmp_path / "decoder.pt2")
+    decode = DecodeSettings(max_new_tokens=7, vocab_size=50, temperature=1.0, top_k=8, seed=0)
+    settings = {"input_names": [], "generation": {**decode.to_dict(), "seed": 0}}
+    proc = ServingProcess(ReplicaLoad(str(tmp_path / "decoder.pt2"), "generation", settings, device="cpu", threads=1))
+    prompt = torch.tensor([5, 17, 3, 9])
+    try:
+        assert loop.run_until_complete(proc.ready()) is None
+        steps: list[list[int]] = []
+
+        async def on_tokens(tokens: list[int]) -> None:
+            steps.append(tokens)
+
+        output = loop.run_until_complete(proc.generate(tensors_to_bytes({"tokens": prompt}), 7, on_tokens))
+    finally:
+        loop.run_until_complete(proc.close())
+    assert isinstance(output, bytes), output
+    save_tensors({"tokens": prompt[None, :], "lengths": torch.tensor([4])}, tmp_path / "prompt.safetensors")
+    local = DecodeSettings.from_dict({**decode.to_dict(), "seed": 7})
+    run_generation(tmp_path / "decoder.pt2", tmp_path / "prompt.safetensors", tmp_path / "want", local, device="cpu")
+    want, got = load_tensors(tmp_path / "want"), tensors_from_bytes(output)
+    n = int(want["lengths"][0])
+    assert all(len(s) == 1 for s in steps) and [s[0] for s in steps] == want["tokens"][0, :n].tolist()
+    assert torch.equal(got["tokens"], want["tokens"]) and torch.equal(got["lengths"], want["lengths"])
+
+
+def test_a_replica_answers_then_signs_one_receipt_per_batch(
+    loop: asyncio.AbstractEventLoop, models: dict[str, Path]
+) -> None:
+    signer = Signer.generate()
+    sent: list[serving_pb2.ServeUp] = []
+    model = models["tiny"]
+
+    async def fetch(ref: BlobRef) -> Path:
+        return model
+
+    ctx = ReplicaContext(fetch, lambda r: sign_receipt(signer, DOMAIN, r), sent.append, device="cpu", threads=1)
+    assign = serving_pb2.ReplicaAssign(
+        endpoint_id="ab" * 32,
+        replica_id="cd" * 32,
+        serves="inference",
+        model=common_pb2.BlobRef(sha256="ee" * 32, size=model.stat().st_size),
+        settings_json=json.dumps({"input_names": ["x"]}).encode(),
+        max_batch=8,
+        max_delay_us=0,
+    )
+    replica = Replica(assign, ctx)
+
+    async def scenario() -> None:
+        assert await replica.start()
+        replica.batcher.close()  # run batches by hand: deterministic composition
+        await replica._loop  # type: ignore[misc]
+        from node.serving.batcher import Pending
+
+        await replica._run([Pending(1, _x(2)), Pending(2, b"garbage"), Pending(3, _x(1, seed=4))])
+        await replica.close()
+
+    loop.run_until_complete(scenario())
+    kinds = [m.WhichOneof("msg") for m in sent]
+    assert kinds == ["state", "reply", "reply", "reply", "receipt"]
+    assert sent[0].state.ready and sent[0].state.replica_id == "cd" * 32
+    replies = [m.reply for m in sent[1:4]]
+    assert [r.request_id for r in replies] == [1, 2, 3] and all(r.done and r.batch == 1 for r in replies)
+    assert replies[1].HasField("error") and not replies[1].output and replies[0].output and replies[2].output
+    receipt = serde.receipt_from_pb(sent[4].receipt.receipt)
+    assert list(sent[4].receipt.request_ids) == [1, 2, 3] and sent[4].receipt.batch == 1
+    verify_receipt(DOMAIN, receipt, signer.address)
+    want = batch_receipt(
+        "ab" * 32,
+        "cd" * 32,
+        1,
+        [1, 2, 3],
+        [_x(2), b"garbage", _x(1, seed=4)],
+        [replies[0].output, b"", replies[2].output],
+    )
+    assert (receipt.task_id, receipt.input_hash, receipt.output_hash, receipt.commitment) == (
+        want.task_id,
+        want.input_hash,
+        want.output_hash,
+        want.commitment,
+    )
