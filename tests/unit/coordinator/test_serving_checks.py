@@ -152,3 +152,33 @@ def test_a_wrong_checking_replica_is_caught_and_the_right_node_verified(grid: Gr
     assert [r[4] for r in credit_rows(grid.state)] == [False]  # the node's batch stays paid
     with grid.state.engine.connect() as conn:
         assert slashing.slashes(conn) == []  # no receipt of the checker's rerun here: no slash
+
+
+class Centred(torch.nn.Module):
+    """Each output row depends on its batch-mates (minus the batch mean): not verifiable row by row."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.lin(x)
+        return y - y.mean(0)
+
+
+def test_a_row_dependent_program_blames_no_honest_node(grid: Grid, tmp_path: Path) -> None:
+    module = Centred().eval()
+    export_program(module, (torch.rand(2, 4),), tmp_path / "centred.pt2")
+    grid.spec = EndpointSpec(model=grid.blobs.put_file(tmp_path / "centred.pt2"), check_rate=1.0, max_requests=10,
+                             reward_per_task_wei=PRICE)  # fmt: skip
+    x1, x2 = torch.rand(2, 4), torch.rand(2, 4)
+    with torch.no_grad():  # the replica ran both requests in one forward pass, honestly
+        joined = module(torch.cat([x1, x2]))
+    inputs = [tensors_to_bytes({"x": x}) for x in (x1, x2)]
+    outputs = [tensors_to_bytes({"output": part}) for part in joined.split(2)]
+    receipt = sign_receipt(SIGNER, DOMAIN, batch_receipt(EP, R1, 1, [1, 2], inputs, outputs))
+    requests = tuple(ServedRequest(i + 1, inputs[i], outputs[i], True) for i in range(2))
+    asyncio.run(grid.serve(ServedBatch(EP, R1, NODE, "cpu", 1, receipt, requests)))
+    assert grid.checks.counts(EP) == (0, 0) and grid.checks.unverified == 2
+    assert grid.caught == [] and grid.reputation(NODE) == (0, 0)
+    assert [r[4] for r in credit_rows(grid.state)] == [False]
