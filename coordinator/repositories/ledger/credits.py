@@ -21,6 +21,8 @@ from tensorgrid.crypto import normalize_address
 log = logging.getLogger("tensorgrid.coordinator.ledger")
 
 AcceptedResult = tuple[str, str, str, int]  # (node, job_id, task_id, attempt)
+# (node, job_id, task_id, requests): one served micro-batch of an endpoint (services/serving/accounting)
+ServedBatchCredit = tuple[str, str, str, int]
 _PRICE_RAW = Raw(select(s.job_prices).where(s.job_prices.c.job_id == bindparam("b_job")).with_for_update())
 
 
@@ -112,6 +114,84 @@ def credit_results(conn: Connection, accepted: Sequence[AcceptedResult], now_ms:
             conn.execute(update(s.job_prices).where(s.job_prices.c.job_id == job).values(credited_wei=total))
     add_earned(conn, per_node)
     return sum(per_node.values())
+
+
+def credit_batches(conn: Connection, batches: Sequence[ServedBatchCredit], now_ms: int) -> dict[str, int]:
+    """Credit each served micro-batch's node with requests × its endpoint's price, in the caller's transaction.
+
+    One credit row per batch: task_id = the batch's receipt task id, attempt 0, so a batch is
+    credited once whatever flushes it again (the (task_id, attempt) key, as credit_results).
+    Skips endpoints without a price, void ones and batches already credited (or voided). A
+    batch that would pass the budget is paid for the requests that fit (the rest is logged:
+    the escrow cannot pay them). Returns the wei credited per batch task id (paid ones only).
+    """
+    job_ids = sorted({job for _, job, _, _ in batches})
+    prices = {job: r for job in job_ids if (r := _PRICE_RAW.first(conn, {"b_job": job})) is not None}
+    wanted = [b for b in batches if b[1] in prices and b[3] > 0]
+    if not wanted:
+        return {}
+    c = s.credits
+    seen = {
+        str(r.task_id)
+        for r in conn.execute(
+            select(c.c.task_id).where(c.c.task_id.in_(sorted({t for _, _, t, _ in wanted})) & (c.c.attempt == 0))
+        )
+    }
+    credited = {job: int(p.credited_wei) for job, p in prices.items()}
+    per_node: dict[str, int] = defaultdict(int)
+    paid: dict[str, int] = {}
+    rows = []
+    for node, job, task, requests in wanted:
+        price = prices[job]
+        each = int(price.reward_per_task_wei)
+        if task in seen or each == 0 or price.void_reason:
+            continue
+        fits = min(requests, (int(price.budget_wei) - credited[job]) // each)
+        if fits < requests:
+            log.warning("endpoint %s: budget %s wei spent; %d of %d requests of batch %s are not credited",
+                        job, price.budget_wei, requests - fits, requests, task)  # fmt: skip
+        if fits <= 0:
+            continue
+        amount = fits * each
+        seen.add(task)
+        credited[job] += amount
+        address = normalize_address(node)
+        per_node[address] += amount
+        paid[task] = amount
+        rows.append(
+            dict(node=address, job_id=job, task_id=task, attempt=0, amount_wei=amount, created_ms=now_ms, void=False)
+        )
+    if not rows:
+        return {}
+    conn.execute(s.credits.insert(), rows)
+    for job, total in credited.items():
+        if total != prices[job].credited_wei:
+            conn.execute(update(s.job_prices).where(s.job_prices.c.job_id == job).values(credited_wei=total))
+    add_earned(conn, per_node)
+    return paid
+
+
+def void_credit(conn: Connection, task_id: str, attempt: int, reason: str) -> int:
+    """One credit is taken back (its result was proven wrong): void, off its job's credited
+    total and its node's earnings. A credit an epoch already charged stays (the chain holds
+    that money; a slash is the remedy). Returns the wei voided."""
+    c = s.credits
+    row = conn.execute(select(c).where((c.c.task_id == task_id) & (c.c.attempt == attempt)).with_for_update()).first()
+    if row is None or row.void:
+        return 0
+    amount = int(row.amount_wei)
+    if row.epoch is not None:
+        log.warning("credit of %s for %s (%s) was charged in epoch %s: it stays paid", row.node, task_id, reason,
+                    row.epoch)  # fmt: skip
+        return 0
+    price = _PRICE_RAW.first(conn, {"b_job": row.job_id})
+    conn.execute(update(c).where(c.c.id == row.id).values(void=True))
+    if price is not None:
+        credited = int(price.credited_wei) - amount
+        conn.execute(update(s.job_prices).where(s.job_prices.c.job_id == row.job_id).values(credited_wei=credited))
+    add_earned(conn, {row.node: -amount})
+    log.warning("credit of %s wei to %s for %s is void: %s", amount, row.node, task_id, reason)
+    return amount
 
 
 def add_earned(conn: Connection, deltas: Mapping[str, int]) -> None:

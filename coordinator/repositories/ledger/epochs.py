@@ -55,11 +55,10 @@ def post_epoch(conn: Connection, now_ms: int, *, force: bool = False) -> int | N
         return None
     per_node: dict[str, int] = defaultdict(int)
     per_job: dict[str, int] = defaultdict(int)
-    tasks: dict[str, int] = defaultdict(int)  # what the chain charges: accepted tasks × the job's reward
     for r in new:
         per_node[r.node] += int(r.amount_wei)
         per_job[r.job_id] += int(r.amount_wei)
-        tasks[r.job_id] += 1
+    tasks = _paid_tasks(conn, per_job)
     ne = s.node_earnings
     charged = {r.node: int(r.charged_wei) for r in conn.execute(select(ne).order_by(ne.c.node).with_for_update())}
     cumulative = {n: charged.get(n, 0) + per_node.get(n, 0) for n in charged.keys() | per_node.keys()}
@@ -100,6 +99,26 @@ def post_epoch(conn: Connection, now_ms: int, *, force: bool = False) -> int | N
     log.info("epoch %s: %s credits, %s jobs charged %s wei, tree total %s wei", epoch, len(new), len(charges),
              sum(a for _, a in charges), tree.total)  # fmt: skip
     return epoch
+
+
+def _paid_tasks(conn: Connection, per_job: dict[str, int]) -> dict[str, int]:
+    """What the chain charges each job: a number of paid results, each at the job's reward.
+
+    A task's credit is one reward; an endpoint batch's credit is one reward per request it
+    answered (credits.credit_batches), so the count is the job's wei over its reward.
+    """
+    p = s.job_prices
+    rewards = {
+        r.job_id: int(r.reward_per_task_wei)
+        for r in conn.execute(select(p.c.job_id, p.c.reward_per_task_wei).where(p.c.job_id.in_(sorted(per_job))))
+    }
+    tasks: dict[str, int] = {}
+    for job, amount in per_job.items():
+        reward = rewards.get(job, 0)
+        if reward <= 0 or amount % reward:  # never written so: credits are whole rewards
+            log.error("job %s: %s wei of credits is not a whole number of rewards of %s wei", job, amount, reward)
+        tasks[job] = amount // reward if reward > 0 else 0
+    return tasks
 
 
 def has_uncharged(conn: Connection, job_id: str) -> bool:

@@ -1,0 +1,237 @@
+"""Sampled checks of served requests: another replica, or the coordinator's referee, answers
+again, and a node proven wrong gets the consequences of a batch check (docs/SERVING.md).
+
+The draw: each answered request is checked with probability spec.check_rate, decided by an
+HMAC of the coordinator's verification secret over (endpoint, replica, request id), so a node
+can neither predict nor influence which of its answers are checked, and the same request is
+always drawn the same way.
+
+A drawn request is checked in the background (at most `concurrency` at a time, at most
+`max_waiting` queued; beyond that a draw is dropped and counted, never blocking the router):
+1. `rerun` sends its input to a ready replica on another node; the same answer (the batch
+   checks' tolerances, CUDA's when either side ran on CUDA) verifies the node.
+2. Otherwise (no other replica, or a different answer) the referee runs the request itself
+   (sandboxed, on CPU). Whoever's answer differs from the referee's is wrong, both possibly.
+   Before blaming, the referee's run must be sound: the same answer twice (no randomness),
+   and, for inference, the same rows when the request runs with its batch-mates as the
+   replica ran it (rows independent of their batch). Otherwise nobody is blamed.
+3. The node proven wrong: caught (reputation, a "caught" event), its batch voided by
+   accounting, the router's `on_caught` (release, bar), and on a chain a slash queued with
+   the batch's signed receipt as evidence. A wrong checking replica has no receipt over its
+   rerun here: it is caught and barred, not slashed.
+A referee that cannot run (a limit, a CUDA-only program) decides nothing: no one is blamed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+from dataclasses import dataclass
+
+from coordinator.repositories.store import Store
+from coordinator.repositories.verification import served
+from coordinator.services.runtime import Runtime
+from coordinator.services.serving import rerun as referee
+from coordinator.services.serving.hooks import Accounting, OnCaught, Rerun, ServedBatch, ServedRequest
+from coordinator.services.verification.compare import rows_match
+from tensorgrid.blobs import BlobStore
+from tensorgrid.spec import EndpointSpec
+from tensorgrid.types import Receipt
+
+log = logging.getLogger("tensorgrid.coordinator.serving")
+CONCURRENCY = 2
+MAX_WAITING = 256
+
+
+@dataclass
+class _Counts:
+    checked: int = 0
+    caught: int = 0
+
+
+class Checks:
+    """serving.hooks.Checks: sampled requests re-run by another replica or the referee."""
+
+    def __init__(
+        self,
+        rt: Runtime,
+        store: Store,
+        blobs: BlobStore,
+        secret: bytes,
+        accounting: Accounting,
+        rerun: Rerun | None,
+        on_caught: OnCaught | None,
+        *,
+        concurrency: int = CONCURRENCY,
+        max_waiting: int = MAX_WAITING,
+    ) -> None:
+        """secret: the coordinator's verification secret (nodes never see it). rerun and
+        on_caught are the router's (Router.rerun, Router.on_caught); as the router takes this
+        object in its constructor, pass lambdas that reach it once built. rerun None: every
+        check goes to the referee."""
+        self.rt = rt
+        self.store = store
+        self.blobs = blobs
+        self._secret = secret
+        self.accounting = accounting
+        self.rerun = rerun
+        self.on_caught = on_caught
+        self._slots = asyncio.Semaphore(concurrency)
+        self._max_waiting = max_waiting
+        self._waiting = 0
+        self._counts: dict[str, _Counts] = {}
+        self.dropped = 0  # draws not checked: too many waiting
+        self.unverified = 0  # checks that decided nothing (the referee could not run, or unsound)
+
+    # ---- the router's calls -------------------------------------------------------------------
+    def after_batch(self, batch: ServedBatch, spec: EndpointSpec) -> None:
+        """Draw the batch's answered requests at spec.check_rate; start their checks (never blocks)."""
+        if spec.check_rate <= 0:
+            return
+        for index, request in enumerate(batch.requests):
+            if not request.ok or self.draw(batch.endpoint_id, batch.replica_id, request.request_id) >= spec.check_rate:
+                continue
+            if self._waiting >= self._max_waiting:
+                self.dropped += 1
+                continue
+            self._waiting += 1
+            self.rt.spawn(self._check(batch, index, spec))
+
+    def counts(self, endpoint_id: str) -> tuple[int, int]:
+        """(requests checked, requests caught) of the endpoint."""
+        c = self._counts.get(endpoint_id, _Counts())
+        return c.checked, c.caught
+
+    def draw(self, endpoint_id: str, replica_id: str, request_id: int) -> float:
+        """A number in [0, 1) only the secret's holder can compute: checked when below the rate."""
+        message = f"serve-check:{endpoint_id}:{replica_id}:{request_id}".encode()
+        digest = hmac.new(self._secret, message, hashlib.sha256).digest()
+        return int.from_bytes(digest[:8], "big") / 2**64
+
+    # ---- one check ----------------------------------------------------------------------------
+    async def _check(self, batch: ServedBatch, index: int, spec: EndpointSpec) -> None:
+        try:
+            async with self._slots:
+                await self._run(batch, index, spec)
+        except Exception:  # a check that breaks decides nothing; the router goes on
+            self.unverified += 1
+            log.exception("check of request %s on endpoint %s failed", batch.requests[index].request_id,
+                          batch.endpoint_id[:12])  # fmt: skip
+        finally:
+            self._waiting -= 1
+
+    async def _run(self, batch: ServedBatch, index: int, spec: EndpointSpec) -> None:
+        request = batch.requests[index]
+        other = await self._rerun(batch, request)
+        other_class = "cpu"
+        if other is not None:
+            other_kind = await self.rt.db(self._device_kind, other[0])
+            other_class = _device_class(batch.device_kind, other_kind)
+            theirs = referee.parse(other[1])
+            if theirs is not None and referee.answers_match(theirs, request.output, other_class):
+                await self._verified(batch)
+                return
+        try:
+            truth = await self.rt.work(referee.run_request, self.rt, self.blobs, spec, request)
+        except Exception as e:  # noqa: BLE001 - the referee could not run: no verdict, nobody blamed
+            self.unverified += 1
+            log.warning("the referee could not re-run request %s of endpoint %s: %s", request.request_id,
+                        batch.endpoint_id[:12], e)  # fmt: skip
+            return
+        subject_right = referee.answers_match(truth, request.output, _device_class(batch.device_kind))
+        other_right = other is None or referee.answers_match(truth, other[1], other_class)
+        if subject_right and other_right:
+            await self._verified(batch)
+            return
+        why = await self.rt.work(self._unsound, spec, batch, index, truth)
+        if why:
+            self.unverified += 1
+            log.warning("endpoint %s: no one blamed for request %s: %s", batch.endpoint_id[:12], request.request_id,
+                        why)  # fmt: skip
+            return
+        if subject_right:
+            await self._verified(batch)
+        else:
+            await self._caught(batch, index, truth, "the answer differs from the coordinator's re-execution")
+        if other is not None and not other_right:
+            await self._caught_checker(batch, other[0], request)
+
+    async def _rerun(self, batch: ServedBatch, request: ServedRequest) -> tuple[str, bytes] | None:
+        if self.rerun is None:
+            return None
+        try:
+            return await self.rerun(batch.endpoint_id, request.input, request.seed, batch.node)
+        except Exception as e:  # noqa: BLE001 - no other replica's answer: the referee decides alone
+            log.info("rerun of request %s failed: %s", request.request_id, e)
+            return None
+
+    def _unsound(self, spec: EndpointSpec, batch: ServedBatch, index: int, truth: referee.Tensors) -> str:
+        """Why the referee's answer may not blame anyone ("" when it may)."""
+        again = referee.run_request(self.rt, self.blobs, spec, batch.requests[index])
+        if not rows_match(truth, again):
+            return "running the request twice gave different answers (random operators or nondeterminism)"
+        if spec.serves == "inference":
+            batched = referee.run_in_batch(self.rt, self.blobs, spec, batch.requests, index)
+            if batched is not None and not rows_match(truth, batched):
+                return "the request's rows differ when run with its batch-mates: rows must be independent"
+        return ""
+
+    # ---- verdicts -----------------------------------------------------------------------------
+    async def _verified(self, batch: ServedBatch) -> None:
+        self._count(batch.endpoint_id).checked += 1
+        await self.rt.db(self._record_verified, batch.node, batch.endpoint_id)
+
+    async def _caught(self, batch: ServedBatch, index: int, truth: referee.Tensors, reason: str) -> None:
+        counts = self._count(batch.endpoint_id)
+        counts.checked += 1
+        counts.caught += 1
+        log.warning("node %s caught on endpoint %s (batch %s): %s", batch.node, batch.endpoint_id[:12], batch.batch,
+                    reason)  # fmt: skip
+        self.accounting.void(batch, reason)  # in memory first: unpaid, then released, whatever the DB does
+        if self.on_caught is not None:
+            self.on_caught(batch, reason)
+        correct = referee.corrected_digest(batch.requests, index, truth)
+        await self.rt.db(self._record_caught, batch.node, batch.endpoint_id, batch.receipt, correct, reason)
+
+    async def _caught_checker(self, batch: ServedBatch, node: str, request: ServedRequest) -> None:
+        """The replica that re-ran the request answered wrong: caught and barred (no receipt here)."""
+        reason = "its rerun of a sampled request differs from the coordinator's re-execution"
+        log.warning("node %s caught on endpoint %s: %s", node, batch.endpoint_id[:12], reason)
+        self._count(batch.endpoint_id).caught += 1
+        if self.on_caught is not None:  # the router reads the endpoint and the node
+            self.on_caught(ServedBatch(batch.endpoint_id, "", node, "", -1, _NO_RECEIPT, (request,)), reason)
+        await self.rt.db(self._record_caught, node, batch.endpoint_id, None, "", reason)
+
+    def _count(self, endpoint_id: str) -> _Counts:
+        return self._counts.setdefault(endpoint_id, _Counts())
+
+    # ---- database (each its own transaction) --------------------------------------------------
+    def _device_kind(self, node: str) -> str:
+        with self.store.engine.connect() as conn:
+            return served.device_kind(conn, node)
+
+    def _record_verified(self, node: str, endpoint_id: str) -> None:
+        with self.store.engine.begin() as conn:
+            served.record_verified(conn, node, endpoint_id)
+
+    def _record_caught(self, node: str, endpoint_id: str, receipt: Receipt | None, correct: str, reason: str) -> bool:
+        with self.store.engine.begin() as conn:
+            return served.record_caught(
+                conn,
+                node=node,
+                endpoint_id=endpoint_id,
+                receipt=receipt,
+                correct_output_hash=correct,
+                reason=reason,
+                now_ms=self.rt.now_ms(),
+            )
+
+
+_NO_RECEIPT = Receipt(job_id="0" * 64, task_id="0" * 64, attempt=0, input_hash="0" * 64, output_hash="0" * 64)
+
+
+def _device_class(*kinds: str) -> str:
+    """CUDA's tolerance when any side ran on CUDA (the referee runs on CPU)."""
+    return "cuda" if any(k.startswith("cuda") for k in kinds) else "cpu"
