@@ -23,6 +23,8 @@ from coordinator.services.report import Reports
 from coordinator.services.retention import retention_loop
 from coordinator.services.runtime import Runtime
 from coordinator.services.scheduler import Scheduler
+from coordinator.services.serving.accounting import Accounting
+from coordinator.services.serving.checks import Checks
 from coordinator.services.serving.router import Router
 from coordinator.services.serving.service import Serving
 from coordinator.services.verification.manager import Verification
@@ -88,8 +90,13 @@ class Coordinator:
         self.intake = Intake(
             rt, store, blobs, config.limits, self.kinds, self.reports, self.ledger, self.chain, self.access
         )
-        # Accounting and sampled checks plug in here (serving.hooks); the defaults pay and check nothing.
-        self.router = Router(self.domain)
+        # Endpoints: requests routed in memory, paid in batches, a sampled share checked again.
+        accounting = Accounting(rt, store.engine)
+        checks = Checks(
+            rt, store, blobs, verification_secret, accounting,
+            lambda *a: self.router.rerun(*a), lambda batch, why: self.router.on_caught(batch, why),
+        )  # fmt: skip
+        self.router = Router(self.domain, accounting, checks)
         self.serving = Serving(rt, store, self.router)
 
     def _chain_gate(self) -> ChainGate | None:

@@ -94,6 +94,7 @@ def test_an_endpoint_answers_like_the_local_model_and_a_dying_replica_costs_call
         status = client.endpoints.get(endpoint)
         assert status.requests >= answered[0] and status.p50_ms > 0 and status.state == "running"
         assert status.ready == 1  # the survivor; there is no third node to take node1's place
+        assert status.checked > 0 and status.caught == 0  # sampled answers were run again; honest nodes agree
 
         deleted = client.endpoints.delete(endpoint)
         assert deleted.state == "deleted"
