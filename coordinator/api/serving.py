@@ -24,6 +24,7 @@ from coordinator.services.serving.model import Endpoint, NodeLink
 from tensorgrid.crypto import cancel_message, recover_message_signer
 from tensorgrid.errors import SignatureError
 from tensorgrid.rpc import RETRY_AFTER_METADATA_KEY
+from tensorgrid.serving.coalesce import coalesced
 from tensorgrid.spec import EndpointSpec, parse_spec
 from tensorgrid.types import JobInfo, JobState
 from tensorgrid.v1 import serving_pb2
@@ -40,6 +41,10 @@ async def refuse(context: grpc.aio.ServicerContext, e: Exception) -> NoReturn:
             trailing = ((RETRY_AFTER_KEY, hint), (RETRY_AFTER_METADATA_KEY, hint))
         await context.abort(getattr(grpc.StatusCode, e.code), str(e), trailing_metadata=trailing)
     await abort(context, e)
+
+
+def _request_bytes(down: serving_pb2.ServeDown) -> int:
+    return sum(len(r.input) for r in down.requests)
 
 
 class ServingApi:
@@ -65,7 +70,7 @@ class ServingApi:
         log.info("node %s serves up to %d replicas", node, link.max_replicas)
         reader = asyncio.create_task(self._read(link, up))
         try:
-            while (msg := await link.outbox.get()) is not None:
+            async for msg in coalesced(link.outbox, ("requests",), _request_bytes):
                 yield msg
         finally:
             reader.cancel()

@@ -57,7 +57,7 @@ def reply(request_id: int, batch: int, *, output: bytes = b"", error: TaskError 
     msg = serving_pb2.ServeReply(request_id=request_id, output=output, done=True, batch=batch)
     if error is not None:
         msg.error.CopyFrom(serde.error_to_pb(error))
-    return serving_pb2.ServeUp(reply=msg)
+    return serving_pb2.ServeUp(replies=[msg])
 
 
 class Replica:
@@ -166,14 +166,14 @@ class Replica:
         receipt = serving_pb2.BatchReceipt(
             replica_id=self.replica_id, batch=seq, request_ids=ids, receipt=serde.receipt_to_pb(self.ctx.sign(unsigned))
         )
-        self.ctx.send(serving_pb2.ServeUp(receipt=receipt))
+        self.ctx.send(serving_pb2.ServeUp(receipts=[receipt]))
 
     async def _generate(self, p: Pending, seq: int) -> bytes:
         assert self.process is not None
 
         async def on_tokens(tokens: list[int]) -> None:
             step = serving_pb2.ServeReply(request_id=p.request_id, tokens=tokens, done=False, batch=seq)
-            self.ctx.send(serving_pb2.ServeUp(reply=step))
+            self.ctx.send(serving_pb2.ServeUp(replies=[step]))
 
         answer = await self.process.generate(p.payload, p.seed, on_tokens)
         if isinstance(answer, bytes):

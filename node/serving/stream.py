@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 import grpc
 
@@ -23,12 +23,19 @@ from node.serving.replica import Replica, ReplicaContext, reply
 from tensorgrid import serde
 from tensorgrid.nodeclient import NodeClient
 from tensorgrid.retry import backoff
+from tensorgrid.serving.coalesce import coalesced
 from tensorgrid.types import ErrorKind, TaskError
 from tensorgrid.v1 import serving_pb2
 
 __all__ = ["ServeLoop"]
 
 log = logging.getLogger("tensorgrid.node.serving")
+
+
+def _reply_bytes(up: serving_pb2.ServeUp) -> int:
+    return sum(len(r.output) for r in up.replies)
+
+
 MAX_BACKOFF_S = 2.0
 UNIMPLEMENTED_RETRY_S = 60.0
 HEALTHY_S = 10.0  # a stream that lived this long resets the backoff
@@ -102,11 +109,7 @@ class ServeLoop:
         self._outgoing = outgoing
         outgoing.put_nowait(serving_pb2.ServeUp(hello=serving_pb2.ServeHello(max_replicas=self.max_replicas)))
 
-        async def upward() -> AsyncIterator[serving_pb2.ServeUp]:
-            while (msg := await outgoing.get()) is not None:
-                yield msg
-
-        call = self.client.serve(upward())
+        call = self.client.serve(coalesced(outgoing, ("replies", "receipts"), _reply_bytes))
         reader = asyncio.ensure_future(self._read(call))
         drained = asyncio.ensure_future(self._draining.wait())
         try:
@@ -132,15 +135,14 @@ class ServeLoop:
         self._outgoing.put_nowait(msg)
 
     def _dispatch(self, down: serving_pb2.ServeDown) -> None:
-        kind = down.WhichOneof("msg")
-        if kind == "request":
-            r = down.request
+        for r in down.requests:
             replica = self.replicas.get(r.replica_id)
             if replica is None:
                 self.send(reply(r.request_id, 0, error=TaskError(ErrorKind.RELEASED, "no such replica on this node")))
             else:
                 replica.submit(r)
-        elif kind == "cancel":
+        kind = down.WhichOneof("msg")
+        if kind == "cancel":
             for replica in self.replicas.values():
                 if replica.cancel(down.cancel.request_id):
                     break

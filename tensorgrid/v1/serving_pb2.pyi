@@ -8,16 +8,16 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ServeDown(_message.Message):
-    __slots__ = ("assign", "release", "request", "cancel")
+    __slots__ = ("assign", "release", "cancel", "requests")
     ASSIGN_FIELD_NUMBER: _ClassVar[int]
     RELEASE_FIELD_NUMBER: _ClassVar[int]
-    REQUEST_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
     assign: ReplicaAssign
     release: ReplicaRelease
-    request: ServeRequest
     cancel: ServeCancel
-    def __init__(self, assign: _Optional[_Union[ReplicaAssign, _Mapping]] = ..., release: _Optional[_Union[ReplicaRelease, _Mapping]] = ..., request: _Optional[_Union[ServeRequest, _Mapping]] = ..., cancel: _Optional[_Union[ServeCancel, _Mapping]] = ...) -> None: ...
+    requests: _containers.RepeatedCompositeFieldContainer[ServeRequest]
+    def __init__(self, assign: _Optional[_Union[ReplicaAssign, _Mapping]] = ..., release: _Optional[_Union[ReplicaRelease, _Mapping]] = ..., cancel: _Optional[_Union[ServeCancel, _Mapping]] = ..., requests: _Optional[_Iterable[_Union[ServeRequest, _Mapping]]] = ...) -> None: ...
 
 class ReplicaAssign(_message.Message):
     __slots__ = ("endpoint_id", "replica_id", "serves", "model", "settings_json", "max_batch", "max_delay_us", "memory_limit_bytes", "time_limit_ms")
@@ -70,16 +70,16 @@ class ServeCancel(_message.Message):
     def __init__(self, request_id: _Optional[int] = ...) -> None: ...
 
 class ServeUp(_message.Message):
-    __slots__ = ("hello", "state", "reply", "receipt")
+    __slots__ = ("hello", "state", "replies", "receipts")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
-    REPLY_FIELD_NUMBER: _ClassVar[int]
-    RECEIPT_FIELD_NUMBER: _ClassVar[int]
+    REPLIES_FIELD_NUMBER: _ClassVar[int]
+    RECEIPTS_FIELD_NUMBER: _ClassVar[int]
     hello: ServeHello
     state: ReplicaState
-    reply: ServeReply
-    receipt: BatchReceipt
-    def __init__(self, hello: _Optional[_Union[ServeHello, _Mapping]] = ..., state: _Optional[_Union[ReplicaState, _Mapping]] = ..., reply: _Optional[_Union[ServeReply, _Mapping]] = ..., receipt: _Optional[_Union[BatchReceipt, _Mapping]] = ...) -> None: ...
+    replies: _containers.RepeatedCompositeFieldContainer[ServeReply]
+    receipts: _containers.RepeatedCompositeFieldContainer[BatchReceipt]
+    def __init__(self, hello: _Optional[_Union[ServeHello, _Mapping]] = ..., state: _Optional[_Union[ReplicaState, _Mapping]] = ..., replies: _Optional[_Iterable[_Union[ServeReply, _Mapping]]] = ..., receipts: _Optional[_Iterable[_Union[BatchReceipt, _Mapping]]] = ...) -> None: ...
 
 class ServeHello(_message.Message):
     __slots__ = ("max_replicas",)

@@ -82,10 +82,10 @@ class ServePeer:
             self._endpoint_of[rid] = down.assign.endpoint_id
             await call.write(serving_pb2.ServeUp(state=serving_pb2.ReplicaState(replica_id=rid, ready=True)))
             self.ready_replicas.append(rid)
-        elif which == "request":
+        for request in down.requests:
             self.requests += 1
             if self.behaviour != "hold":
-                await self._answer(call, down.request)
+                await self._answer(call, request)
 
     async def _answer(self, call: Any, req: serving_pb2.ServeRequest) -> None:
         self._batch += 1
@@ -94,7 +94,7 @@ class ServePeer:
             rid = req.request_id + 1000  # never sent
         await call.write(
             serving_pb2.ServeUp(
-                reply=serving_pb2.ServeReply(request_id=rid, output=output, done=True, batch=self._batch)
+                replies=[serving_pb2.ServeReply(request_id=rid, output=output, done=True, batch=self._batch)]
             )
         )
         signed_output = output + b"!" if self.behaviour == "digest" else output
@@ -105,9 +105,11 @@ class ServePeer:
         pb = serde.receipt_to_pb(sign_receipt(signer, self.domain, receipt))
         await call.write(
             serving_pb2.ServeUp(
-                receipt=serving_pb2.BatchReceipt(
-                    replica_id=req.replica_id, batch=self._batch, request_ids=[rid], receipt=pb
-                )
+                receipts=[
+                    serving_pb2.BatchReceipt(
+                        replica_id=req.replica_id, batch=self._batch, request_ids=[rid], receipt=pb
+                    )
+                ]
             )
         )
 

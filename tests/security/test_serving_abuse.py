@@ -15,7 +15,7 @@ from tensorgrid.serving import tensors_to_bytes
 from tensorgrid.v1 import serving_pb2
 from tests.integration.conftest import Assets
 from tests.integration.serving_peer import ServePeer, wait_for
-from tests.integration.test_serving import create_endpoint, infer, ready, rows, status
+from tests.integration.test_serving_peer import create_endpoint, infer, ready, rows, status
 
 pytestmark = pytest.mark.integration
 

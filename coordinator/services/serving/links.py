@@ -74,15 +74,20 @@ class Links:
             self.fill(ep)
 
     def on_up(self, link: NodeLink, up: serving_pb2.ServeUp) -> None:
+        """One message of a node: a replica's state, or replies and then receipts (many of each)."""
         which = up.WhichOneof("msg")
-        if which == "reply":
-            self._on_reply(link, up.reply)
-        elif which == "receipt":
-            self._on_receipt(link, up.receipt)
-        elif which == "state":
+        if which == "state":
             self._on_state(link, up.state)
-        else:
+        elif which is not None or not (up.replies or up.receipts):
             self.violation(link, f"an unexpected {which or 'empty'} message")
+        for reply in up.replies:
+            if link.closed:
+                return
+            self._on_reply(link, reply)
+        for receipt in up.receipts:
+            if link.closed:
+                return
+            self._on_receipt(link, receipt)
 
     def violation(self, link: NodeLink, what: str, fatal: bool = False) -> None:
         """Count a protocol violation; past MAX_VIOLATIONS (or a fatal one) the stream is closed."""
@@ -101,13 +106,10 @@ class Links:
         call = Call(rid, replica, data, seed, deadline_ms, loop.create_future(), asyncio.Queue() if streaming else None)
         link.calls[rid] = replica.calls[rid] = call
         call.timer = loop.call_later(max(0.0, (deadline_ms - self.wall_ms()) / 1000), self._expire, call)
-        link.send(
-            serving_pb2.ServeDown(
-                request=serving_pb2.ServeRequest(
-                    replica_id=replica.replica_id, request_id=rid, input=data, deadline_ms=deadline_ms, seed=seed
-                )
-            )
+        request = serving_pb2.ServeRequest(
+            replica_id=replica.replica_id, request_id=rid, input=data, deadline_ms=deadline_ms, seed=seed
         )
+        link.send(serving_pb2.ServeDown(requests=[request]))
         return call
 
     def forget(self, call: Call) -> None:

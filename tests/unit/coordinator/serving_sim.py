@@ -91,10 +91,10 @@ class SimNode:
                     self.up(state=serving_pb2.ReplicaState(replica_id=msg.assign.replica_id, ready=True))
             elif which == "release":
                 self.released.append(msg.release.replica_id)
-            elif which == "request":
-                self.requests.append(msg.request)
+            for request in msg.requests:
+                self.requests.append(request)
                 if self.answer:
-                    asyncio.get_running_loop().create_task(self._answer(msg.request))
+                    asyncio.get_running_loop().create_task(self._answer(request))
 
     def up(self, **kw: object) -> None:
         assert self.link is not None
@@ -106,7 +106,7 @@ class SimNode:
         output = b"out:" + req.input[-8:]
         self.batch += 1
         batch = self.batch
-        self.up(reply=serving_pb2.ServeReply(request_id=req.request_id, output=output, done=True, batch=batch))
+        self.up(replies=[serving_pb2.ServeReply(request_id=req.request_id, output=output, done=True, batch=batch)])
         self.send_receipt(req.replica_id, batch, [req.request_id], [req.input], [output])
 
     def send_receipt(
@@ -120,7 +120,9 @@ class SimNode:
         signer = Signer.generate() if self.receipt_tamper == "signature" else self.signer
         signed = sign_receipt(signer, DOMAIN, receipt)
         self.up(
-            receipt=serving_pb2.BatchReceipt(
-                replica_id=replica_id, batch=batch, request_ids=ids, receipt=serde.receipt_to_pb(signed)
-            )
+            receipts=[
+                serving_pb2.BatchReceipt(
+                    replica_id=replica_id, batch=batch, request_ids=ids, receipt=serde.receipt_to_pb(signed)
+                )
+            ]
         )

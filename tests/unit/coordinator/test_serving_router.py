@@ -173,7 +173,7 @@ def test_a_reply_for_a_request_never_sent_is_ignored_and_counted() -> None:
         await settle()
         from tensorgrid.v1 import serving_pb2
 
-        node.up(reply=serving_pb2.ServeReply(request_id=999, output=b"forged", done=True, batch=1))
+        node.up(replies=[serving_pb2.ServeReply(request_id=999, output=b"forged", done=True, batch=1)])
         assert link.violations == 1 and link.closed and node.signer.address not in r.links
         assert paid.batches == []
 

@@ -174,14 +174,14 @@ def test_a_replica_answers_then_signs_one_receipt_per_batch(
         await replica.close()
 
     loop.run_until_complete(scenario())
-    kinds = [m.WhichOneof("msg") for m in sent]
+    kinds = [m.WhichOneof("msg") or ("reply" if m.replies else "receipt") for m in sent]
     assert kinds == ["state", "reply", "reply", "reply", "receipt"]
     assert sent[0].state.ready and sent[0].state.replica_id == "cd" * 32
-    replies = [m.reply for m in sent[1:4]]
+    replies = [m.replies[0] for m in sent[1:4]]
     assert [r.request_id for r in replies] == [1, 2, 3] and all(r.done and r.batch == 1 for r in replies)
     assert replies[1].HasField("error") and not replies[1].output and replies[0].output and replies[2].output
-    receipt = serde.receipt_from_pb(sent[4].receipt.receipt)
-    assert list(sent[4].receipt.request_ids) == [1, 2, 3] and sent[4].receipt.batch == 1
+    receipt = serde.receipt_from_pb(sent[4].receipts[0].receipt)
+    assert list(sent[4].receipts[0].request_ids) == [1, 2, 3] and sent[4].receipts[0].batch == 1
     verify_receipt(DOMAIN, receipt, signer.address)
     want = batch_receipt(
         "ab" * 32,
