@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -397,6 +398,9 @@ async def serve(config: CoordinatorConfig, ready_file: Path | None = None) -> No
     if config.metrics_listen:
         app.metrics.serve(config.metrics_listen)
     await app.start()
+    # What start-up made lives as long as the process: out of the collector's sight, a full
+    # collection stops the loop for about a millisecond instead of a hundred or more.
+    gc.freeze()
     host = config.listen.rsplit(":", 1)[0]
     log.info(
         "coordinator %s serving %s on %s:%d (db %s)",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import getpass
 import logging
 import os
@@ -183,6 +184,7 @@ async def run_agent(ns: argparse.Namespace, signer: Signer) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
+    gc.freeze()  # start-up's objects live as long as the daemon: keep full collections short
     await agent.run()
 
 

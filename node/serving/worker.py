@@ -22,6 +22,7 @@ that does not parse) ends the worker: its parent kills and replaces it.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
@@ -130,6 +131,7 @@ def main() -> None:
     _volunteer_for_oom_killer()
     out = _protocol_stream()
     prepare()
+    gc.freeze()  # torch's import-time objects: a full collection would otherwise pause a request
     out.write(b'{"ready": true, "pid": %d}\n' % os.getpid())
     out.flush()
     serve(sys.stdin.buffer, out)
