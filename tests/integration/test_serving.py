@@ -1,5 +1,6 @@
 """Real-time endpoints end to end: SDK → coordinator → node daemons holding warm replicas, and
-back. Answers equal the local model's; a replica's node killed mid-load costs callers nothing;
+back. Answers equal the local model's; a replica's node killed mid-load costs callers nothing
+and a node joining takes its place;
 a generation endpoint streams the tokens a local decoding run gives; a deleted endpoint answers
 no more; the CLI drives the same path."""
 
@@ -95,6 +96,10 @@ def test_an_endpoint_answers_like_the_local_model_and_a_dying_replica_costs_call
         assert status.requests >= answered[0] and status.p50_ms > 0 and status.state == "running"
         assert status.ready == 1  # the survivor; there is no third node to take node1's place
         assert status.checked > 0 and status.caught == 0  # sampled answers were run again; honest nodes agree
+
+        grid.start_node("node2", *node_args(), *SERVE)  # a node joining takes the lost replica's place
+        status = client.endpoints.wait_ready(endpoint, 2, timeout_s=180)
+        assert len({r.node for r in status.replicas if r.state == "ready"}) == 2
 
         deleted = client.endpoints.delete(endpoint)
         assert deleted.state == "deleted"
