@@ -16,25 +16,14 @@ from typing import Any, ClassVar
 
 from tensorgrid.errors import SpecError
 from tensorgrid.spec.base import GiB, JobSpecBase
-from tensorgrid.spec.checks import Decoder, as_float, blob_ref, check_int, check_number, is_int
-from tensorgrid.spec.generation import MAX_STOP_TOKENS, MAX_VOCAB, MIN_TEMPERATURE
+from tensorgrid.spec.checks import Decoder, as_float, blob_ref, check_number
+from tensorgrid.spec.generation import MAX_VOCAB, check_decoding, stop_tokens_of
+from tensorgrid.spec.inference import input_names_of
 from tensorgrid.types import BlobRef
 
 SERVES = ("inference", "generation")
 MAX_REPLICAS = 64
 MAX_REQUEST_BYTES = 4 << 20  # within one gRPC message (tensorgrid.rpc.MAX_MESSAGE_BYTES)
-
-
-def _names(name: str, value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise SpecError(f"{name} must be a list of non-empty strings")
-    return tuple(value)
-
-
-def _tokens(name: str, value: Any) -> tuple[int, ...]:
-    if not isinstance(value, list) or not all(is_int(v) for v in value):
-        raise SpecError(f"{name} must be a list of token ids (integers)")
-    return tuple(value)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,11 +63,11 @@ class EndpointSpec(JobSpecBase):
 
     DECODERS: ClassVar[Mapping[str, Decoder]] = {
         "model": blob_ref,
-        "input_names": _names,
+        "input_names": input_names_of,
         "check_rate": as_float,
         "temperature": as_float,
         "top_p": as_float,
-        "stop_tokens": _tokens,
+        "stop_tokens": stop_tokens_of,
     }
     INT_RANGES: ClassVar[Mapping[str, tuple[int, int]]] = {
         "min_replicas": (1, MAX_REPLICAS),
@@ -113,18 +102,7 @@ class EndpointSpec(JobSpecBase):
     def _validate_decoding(self) -> None:
         if self.vocab_size < 1:
             raise SpecError("a generation endpoint needs vocab_size (the decoder's logits width)")
-        check_number("temperature", self.temperature, 0.0, 100.0, ints=True)
-        if 0 < self.temperature < MIN_TEMPERATURE:
-            raise SpecError(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE}, got {self.temperature}")
-        check_number("top_p", self.top_p, 0.0, 1.0, lo_open=True, ints=True)
-        if self.temperature == 0 and (self.top_k or self.top_p != 1.0):
-            raise SpecError("top_k and top_p apply to sampling: set temperature > 0, or leave them off for greedy")
-        if len(self.stop_tokens) > MAX_STOP_TOKENS:
-            raise SpecError(f"stop_tokens must be a list of at most {MAX_STOP_TOKENS} token ids")
-        for token in self.stop_tokens:
-            check_int("stop_tokens[]", token, 0, self.vocab_size - 1)
-        if self.top_k > self.vocab_size:
-            raise SpecError(f"top_k ({self.top_k}) is larger than the vocabulary ({self.vocab_size})")
+        check_decoding(self.vocab_size, self.temperature, self.top_k, self.top_p, self.stop_tokens)
 
     def decode_settings(self, seed: int = 0) -> dict[str, Any]:
         """tensorgrid.workloads.generation.DecodeSettings of one request (its seed)."""

@@ -22,10 +22,26 @@ MAX_VOCAB = 10_000_000
 MIN_TEMPERATURE = 1e-3
 
 
-def _stop_tokens(name: str, value: Any) -> tuple[int, ...]:
+def stop_tokens_of(name: str, value: Any) -> tuple[int, ...]:
     if not isinstance(value, list) or not all(is_int(v) for v in value):
         raise SpecError(f"{name} must be a list of token ids (integers)")
     return tuple(value)
+
+
+def check_decoding(vocab_size: int, temperature: float, top_k: int, top_p: float, stop_tokens: tuple[int, ...]) -> None:
+    """The decoding settings' checks, shared by generation jobs and generation endpoints."""
+    check_number("temperature", temperature, 0.0, 100.0, ints=True)
+    if 0 < temperature < MIN_TEMPERATURE:  # logits / temperature would overflow float32
+        raise SpecError(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE}, got {temperature}")
+    check_number("top_p", top_p, 0.0, 1.0, lo_open=True, ints=True)
+    if temperature == 0 and (top_k or top_p != 1.0):
+        raise SpecError("top_k and top_p apply to sampling: set temperature > 0, or leave them off for greedy")
+    if not isinstance(stop_tokens, tuple) or len(stop_tokens) > MAX_STOP_TOKENS:
+        raise SpecError(f"stop_tokens must be a list of at most {MAX_STOP_TOKENS} token ids")
+    for token in stop_tokens:
+        check_int("stop_tokens[]", token, 0, vocab_size - 1)
+    if top_k > vocab_size:
+        raise SpecError(f"top_k ({top_k}) is larger than the vocabulary ({vocab_size})")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,7 +73,7 @@ class GenerationSpec(JobSpecBase):
         "prompts": blob_ref,
         "temperature": as_float,
         "top_p": as_float,
-        "stop_tokens": _stop_tokens,
+        "stop_tokens": stop_tokens_of,
         "verification": optional(decode_verification),
     }
     INT_RANGES: ClassVar[Mapping[str, tuple[int, int]]] = {
@@ -71,18 +87,7 @@ class GenerationSpec(JobSpecBase):
 
     def validate(self) -> None:
         super().validate()
-        check_number("temperature", self.temperature, 0.0, 100.0, ints=True)
-        if 0 < self.temperature < MIN_TEMPERATURE:  # logits / temperature would overflow float32
-            raise SpecError(f"temperature must be 0 (greedy) or at least {MIN_TEMPERATURE}, got {self.temperature}")
-        check_number("top_p", self.top_p, 0.0, 1.0, lo_open=True, ints=True)
-        if self.temperature == 0 and (self.top_k or self.top_p != 1.0):
-            raise SpecError("top_k and top_p apply to sampling: set temperature > 0, or leave them off for greedy")
-        if not isinstance(self.stop_tokens, tuple) or len(self.stop_tokens) > MAX_STOP_TOKENS:
-            raise SpecError(f"stop_tokens must be a list of at most {MAX_STOP_TOKENS} token ids")
-        for token in self.stop_tokens:
-            check_int("stop_tokens[]", token, 0, self.vocab_size - 1)
-        if self.top_k > self.vocab_size:
-            raise SpecError(f"top_k ({self.top_k}) is larger than the vocabulary ({self.vocab_size})")
+        check_decoding(self.vocab_size, self.temperature, self.top_k, self.top_p, self.stop_tokens)
         check_policy(self.verification)
 
     def decode_settings(self) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from tensorgrid.spec.verification import VerificationSpec, check_policy, decode_
 from tensorgrid.types import BlobRef
 
 
-def _input_names(name: str, value: Any) -> tuple[str, ...]:
+def input_names_of(name: str, value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise SpecError(f"{name} must be a list of non-empty strings")
     return tuple(value)
@@ -34,7 +34,7 @@ class InferenceSpec(JobSpecBase):
     DECODERS: ClassVar[Mapping[str, Decoder]] = {
         "model": blob_ref,
         "inputs": blob_ref,
-        "input_names": _input_names,
+        "input_names": input_names_of,
         "verification": decode_verification,
     }
     INT_RANGES: ClassVar[Mapping[str, tuple[int, int]]] = {"shard_rows": (1, 10_000_000), "batch_size": (0, 10_000_000)}
