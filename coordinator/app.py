@@ -96,7 +96,8 @@ class Coordinator:
             rt, store, blobs, verification_secret, accounting,
             lambda *a: self.router.rerun(*a), lambda batch, why: self.router.on_caught(batch, why),
         )  # fmt: skip
-        self.router = Router(self.domain, accounting, checks)
+        self.router = Router(self.domain, accounting, checks, metrics=self.metrics.serving)
+        self.metrics.watch_serving(self.router)
         self.serving = Serving(rt, store, self.router)
 
     def _chain_gate(self) -> ChainGate | None:

@@ -3,13 +3,21 @@
 Two kinds:
 - counted as things happen, in memory: each RPC's count by method and status code and its
   latency (a histogram: LeaseTasks and SubmitSmallResult are the lease and result latencies),
-  and blob bytes in and out by path (gRPC or the bulk port);
+  and blob bytes in and out by path (gRPC or the bulk port); endpoint requests by outcome
+  (answered, failed, refused) and the latency of the answered ones (ServingMetrics, fed by
+  every endpoint's stats: one counter increment and one histogram observation per request);
+- read from the router's and the checks' plain in-memory counts at each scrape (no lock, no
+  database): served batches receipted or refused, answers never receipted, sampled checks
+  by outcome, and replicas by state (as of the router's last tick);
 - read from the database at each scrape: tasks and jobs by state (queued tasks are the queue
   depth), the outbox by state (what still has to reach the chain) and its failed attempts (the
   chain errors), and the nodes seen within the last three heartbeats.
 
 Every figure is a count over the whole grid: no job id, address or hash is ever a label, so
 the endpoint tells a scraper how busy the coordinator is and nothing about whose work it runs.
+Serving keeps to it (no endpoint label, not even a prefix): an endpoint id names a
+submitter's job, endpoints come and go (each label set lives as long as the process), and
+per-endpoint figures are already in `tensorgrid endpoint status`, for its submitter only.
 It has no authentication: bind it to loopback or a private address (the default is off).
 """
 
@@ -18,15 +26,18 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
 from coordinator.db import schema as s
+
+if TYPE_CHECKING:
+    from coordinator.services.serving.router import Router
 
 log = logging.getLogger("tensorgrid.coordinator")
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0)
@@ -45,6 +56,7 @@ class Metrics:
         self.blob_bytes = Counter(
             "tensorgrid_blob_bytes", "blob bytes moved", ("direction", "path"), registry=r
         )  # direction: in|out, path: grpc|bulk
+        self.serving = ServingMetrics(r)
         self._server: Any = None
 
     def observe_rpc(self, method: str, code: str, seconds: float) -> None:
@@ -60,6 +72,10 @@ class Metrics:
         """Read the per-state counts from `engine` at each scrape."""
         self.registry.register(_DatabaseCollector(engine, live_window_ms, now_ms))
 
+    def watch_serving(self, router: Router) -> None:
+        """Read the router's batch, check and replica counts at each scrape."""
+        self.registry.register(_ServingCollector(router))
+
     def serve(self, listen: str) -> int:
         """Serve /metrics on host:port (0: any free port) in a thread; returns the port."""
         host, _, port = listen.rpartition(":")
@@ -73,6 +89,64 @@ class Metrics:
         if self._server is not None:
             threading.Thread(target=self._server.shutdown, daemon=True).start()
             self._server = None
+
+
+class ServingMetrics:
+    """Endpoint requests over the whole grid (serving.stats.RequestSink): outcomes and latency."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        requests = Counter(
+            "tensorgrid_serve_requests", "endpoint requests by outcome", ("outcome",), registry=registry
+        )  # outcome: answered | failed (the model, a deadline, a bad input) | refused (every replica full)
+        # the children bound once: a request pays an increment, not a label lookup
+        self._answered, self._failed, self._refused = (requests.labels(o) for o in ("answered", "failed", "refused"))
+        self._seconds = Histogram(
+            "tensorgrid_serve_request_seconds",
+            "time from an endpoint call's arrival to its answer (answered requests)",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+
+    def answered(self, latency_ms: float) -> None:
+        self._answered.inc()
+        self._seconds.observe(latency_ms / 1000)
+
+    def failed(self, refused: bool) -> None:
+        (self._refused if refused else self._failed).inc()
+
+
+class _ServingCollector(Collector):
+    """The router's and the checks' running totals, read at scrape time (plain ints and one
+    dict the router replaces whole at each tick: nothing to lock)."""
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        r = self.router
+        batches = CounterMetricFamily(
+            "tensorgrid_serve_batches", "served micro-batches by receipt (refused: not paid)", labels=("outcome",)
+        )
+        batches.add_metric(["receipted"], r.receipted)
+        batches.add_metric(["refused"], r.mismatches)
+        yield batches
+        unpaid = CounterMetricFamily("tensorgrid_serve_unreceipted_answers", "answers whose receipt never came")
+        unpaid.add_metric([], r.unpaid)
+        yield unpaid
+        checks = CounterMetricFamily(
+            "tensorgrid_serve_checks",
+            "sampled checks: verified (the answering node), caught (nodes: answering or checking), "
+            "unverified (no verdict), dropped (too many waiting)",
+            labels=("outcome",),
+        )
+        for outcome in ("verified", "caught", "unverified", "dropped"):
+            checks.add_metric([outcome], int(getattr(r.checks, outcome, 0)))
+        yield checks
+        replicas = GaugeMetricFamily("tensorgrid_serve_replicas", "endpoint replicas by state", labels=("state",))
+        counts = r.replica_counts
+        for state, name in (("ready", "ready"), ("assigned", "warming"), ("draining", "draining")):
+            replicas.add_metric([name], counts.get(state, 0))
+        yield replicas
 
 
 class _DatabaseCollector(Collector):

@@ -1,7 +1,9 @@
 """What a sampled check of an endpoint's request records (services/serving/checks.py).
 
 The same consequences as a batch check (checks.settle, rulings.apply): a verified answer
-extends the node's streak (trust.bump, on the endpoint's job id); a node the referee proved
+extends the node's streak (trust.bump, on the endpoint's job id); two replicas agreeing is
+proof only when both nodes are trusted for the endpoint (`needs_referee`, the batch checks'
+rule of checks._needs_confirmation), otherwise the referee confirms; a node the referee proved
 wrong is caught (its streak reset, its caught and rejection counters up, a "caught" event on
 the endpoint) and, when the endpoint is escrowed on chain, a slash is queued with the
 batch's signed receipt as evidence (ledger.slashing.queue_slash, beneficiary the submitter).
@@ -13,19 +15,37 @@ task's (it refuses nothing for a task id the tasks table does not hold).
 
 from __future__ import annotations
 
+import json
+
 from sqlalchemy import Connection, select
 
 from coordinator.db import schema as s
 from coordinator.db.events import append_event
 from coordinator.db.sql import insert_ignore
 from coordinator.repositories.ledger.slashing import queue_slash
-from coordinator.repositories.verification.trust import bump
+from coordinator.repositories.verification.trust import bump, streak_for_job
+from tensorgrid.spec import VerificationSpec
 from tensorgrid.types import Receipt
 
 
-def record_verified(conn: Connection, node: str, endpoint_id: str) -> None:
-    """A sampled answer agreed with another replica's or the referee's."""
-    bump(conn, [node], valid=True, job_id=endpoint_id)
+def record_verified(conn: Connection, nodes: list[str], endpoint_id: str) -> None:
+    """Sampled answers agreed with the referee's, or two trusted replicas agreed."""
+    bump(conn, nodes, valid=True, job_id=endpoint_id)
+
+
+def needs_referee(conn: Connection, endpoint_id: str, subject: str, checker: str) -> bool:
+    """Whether two replicas' agreement needs the referee's confirmation: unless BOTH nodes
+    are trusted for this endpoint (trust.streak_for_job, with the job's trust_after: an
+    endpoint has no policy row, so the default), one operator holding both replicas, or a
+    trusted node vouching for a new one, could agree on a wrong answer."""
+    raw = conn.execute(select(s.job_policies.c.policy).where(s.job_policies.c.job_id == endpoint_id)).scalar()
+    trust_after = int(json.loads(raw).get("trust_after", DEFAULT_TRUST_AFTER)) if raw else DEFAULT_TRUST_AFTER
+    if trust_after <= 0:
+        return False
+    return min(streak_for_job(conn, node, endpoint_id, trust_after) for node in (subject, checker)) < trust_after
+
+
+DEFAULT_TRUST_AFTER = VerificationSpec().trust_after
 
 
 def record_caught(

@@ -6,20 +6,26 @@ HMAC of the coordinator's verification secret over (endpoint, replica, request i
 can neither predict nor influence which of its answers are checked, and the same request is
 always drawn the same way.
 
-A drawn request is checked in the background (at most `concurrency` at a time, at most
-`max_waiting` queued; beyond that a draw is dropped and counted, never blocking the router):
-1. `rerun` sends its input to a ready replica on another node; the same answer (the batch
-   checks' tolerances, CUDA's when either side ran on CUDA) verifies the node.
-2. Otherwise (no other replica, or a different answer) the referee runs the request itself
-   (sandboxed, on CPU). Whoever's answer differs from the referee's is wrong, both possibly.
-   Before blaming, the referee's run must be sound: the same answer twice (no randomness),
-   and, for inference, the same rows when the request runs with its batch-mates as the
-   replica ran it (rows independent of their batch). Otherwise nobody is blamed.
+A request that is itself a check's rerun (ServedRequest.rerun) is never drawn: checks do not
+recurse. A drawn request is checked in the background (at most `concurrency` at a time, at
+most `max_waiting` queued; beyond that a draw is dropped and counted, never blocking the router):
+1. `rerun` sends its input to a ready replica on another node. The same answer (the batch
+   checks' tolerances, CUDA's when either side ran on CUDA) verifies both nodes only when
+   both are trusted for the endpoint (served.needs_referee: the batch checks' rule); else
+   the referee confirms the agreement, so one operator's two replicas cannot agree on a lie.
+2. Otherwise (no other replica, a different answer, or an agreement to confirm) the referee
+   runs the request itself (sandboxed, on CPU). Whoever's answer differs from the referee's
+   is wrong, both possibly. Before blaming, the referee's run must be sound: the same answer
+   twice (no randomness), and, for inference, the same rows when the request runs with its
+   batch-mates as the replica ran it (rows independent of their batch). Otherwise nobody is
+   blamed.
 3. The node proven wrong: caught (reputation, a "caught" event), its batch voided by
    accounting, the router's `on_caught` (release, bar), and on a chain a slash queued with
-   the batch's signed receipt as evidence. A wrong checking replica has no receipt over its
-   rerun here: it is caught and barred, not slashed.
-A referee that cannot run (a limit, a CUDA-only program) decides nothing: no one is blamed.
+   the batch's signed receipt as evidence. A wrong checking replica likewise, with the
+   receipt of the micro-batch its rerun ran in (Reran.receipted; its batch-mates make the
+   same soundness test); if that receipt never verified, it is caught and barred, not slashed.
+A referee that cannot run (a limit, a CUDA-only program) decides nothing: no one is blamed,
+and an agreement it should have confirmed verifies no one.
 """
 
 from __future__ import annotations
@@ -28,13 +34,13 @@ import asyncio
 import hashlib
 import hmac
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from coordinator.repositories.store import Store
 from coordinator.repositories.verification import served
 from coordinator.services.runtime import Runtime
 from coordinator.services.serving import rerun as referee
-from coordinator.services.serving.hooks import Accounting, OnCaught, Rerun, ServedBatch, ServedRequest
+from coordinator.services.serving.hooks import Accounting, OnCaught, Reran, Rerun, ServedBatch, ServedRequest
 from coordinator.services.verification.compare import rows_match
 from tensorgrid.blobs import BlobStore
 from tensorgrid.spec import EndpointSpec
@@ -43,6 +49,7 @@ from tensorgrid.types import Receipt
 log = logging.getLogger("tensorgrid.coordinator.serving")
 CONCURRENCY = 2
 MAX_WAITING = 256
+RECEIPT_WAIT_S = 10.0  # the router resolves a rerun's receipt sooner (links.RECEIPT_WAIT_S + 1)
 
 
 @dataclass
@@ -82,6 +89,9 @@ class Checks:
         self._max_waiting = max_waiting
         self._waiting = 0
         self._counts: dict[str, _Counts] = {}
+        # grid-wide totals, plain ints (the metrics read them at scrape time)
+        self.verified = 0  # checks that verified the node that answered
+        self.caught = 0  # nodes caught: answering nodes and checking replicas
         self.dropped = 0  # draws not checked: too many waiting
         self.unverified = 0  # checks that decided nothing (the referee could not run, or unsound)
 
@@ -91,7 +101,9 @@ class Checks:
         if spec.check_rate <= 0:
             return
         for index, request in enumerate(batch.requests):
-            if not request.ok or self.draw(batch.endpoint_id, batch.replica_id, request.request_id) >= spec.check_rate:
+            if request.rerun or not request.ok:
+                continue
+            if self.draw(batch.endpoint_id, batch.replica_id, request.request_id) >= spec.check_rate:
                 continue
             if self._waiting >= self._max_waiting:
                 self.dropped += 1
@@ -127,11 +139,12 @@ class Checks:
         other = await self._rerun(batch, request)
         other_class = "cpu"
         if other is not None:
-            other_kind = await self.rt.db(self._device_kind, other[0])
+            other_kind = await self.rt.db(self._device_kind, other.node)
             other_class = _device_class(batch.device_kind, other_kind)
-            theirs = referee.parse(other[1])
-            if theirs is not None and referee.answers_match(theirs, request.output, other_class):
-                await self._verified(batch)
+            theirs = referee.parse(other.output)
+            agreed = theirs is not None and referee.answers_match(theirs, request.output, other_class)
+            if agreed and not await self.rt.db(self._needs_referee, batch.endpoint_id, batch.node, other.node):
+                await self._verdict(batch, [batch.node, other.node])
                 return
         try:
             truth = await self.rt.work(referee.run_request, self.rt, self.blobs, spec, request)
@@ -141,24 +154,24 @@ class Checks:
                         batch.endpoint_id[:12], e)  # fmt: skip
             return
         subject_right = referee.answers_match(truth, request.output, _device_class(batch.device_kind))
-        other_right = other is None or referee.answers_match(truth, other[1], other_class)
-        if subject_right and other_right:
-            await self._verified(batch)
-            return
-        why = await self.rt.work(self._unsound, spec, batch, index, truth)
-        if why:
-            self.unverified += 1
-            log.warning("endpoint %s: no one blamed for request %s: %s", batch.endpoint_id[:12], request.request_id,
-                        why)  # fmt: skip
-            return
-        if subject_right:
-            await self._verified(batch)
-        else:
+        other_right = other is None or referee.answers_match(truth, other.output, other_class)
+        if not (subject_right and other_right):
+            why = await self.rt.work(self._unsound, spec, batch, index, truth)
+            if why:
+                self.unverified += 1
+                log.warning("endpoint %s: no one blamed for request %s: %s", batch.endpoint_id[:12],
+                            request.request_id, why)  # fmt: skip
+                return
+        right = [batch.node] if subject_right else []
+        if other is not None and other_right:
+            right.append(other.node)
+        await self._verdict(batch, right)
+        if not subject_right:
             await self._caught(batch, index, truth, "the answer differs from the coordinator's re-execution")
         if other is not None and not other_right:
-            await self._caught_checker(batch, other[0], request)
+            await self._caught_checker(batch, other, truth, spec)
 
-    async def _rerun(self, batch: ServedBatch, request: ServedRequest) -> tuple[str, bytes] | None:
+    async def _rerun(self, batch: ServedBatch, request: ServedRequest) -> Reran | None:
         if self.rerun is None:
             return None
         try:
@@ -172,6 +185,10 @@ class Checks:
         again = referee.run_request(self.rt, self.blobs, spec, batch.requests[index])
         if not rows_match(truth, again):
             return "running the request twice gave different answers (random operators or nondeterminism)"
+        return self._row_dependent(spec, batch, index, truth)
+
+    def _row_dependent(self, spec: EndpointSpec, batch: ServedBatch, index: int, truth: referee.Tensors) -> str:
+        """Why the request's rows, run with its batch-mates, may differ honestly ("" if they may not)."""
         if spec.serves == "inference":
             batched = referee.run_in_batch(self.rt, self.blobs, spec, batch.requests, index)
             if batched is not None and not rows_match(truth, batched):
@@ -179,14 +196,18 @@ class Checks:
         return ""
 
     # ---- verdicts -----------------------------------------------------------------------------
-    async def _verified(self, batch: ServedBatch) -> None:
-        self._count(batch.endpoint_id).checked += 1
-        await self.rt.db(self._record_verified, batch.node, batch.endpoint_id)
-
-    async def _caught(self, batch: ServedBatch, index: int, truth: referee.Tensors, reason: str) -> None:
+    async def _verdict(self, batch: ServedBatch, right: list[str]) -> None:
+        """One check decided: the nodes proven right have their streak extended."""
         counts = self._count(batch.endpoint_id)
         counts.checked += 1
-        counts.caught += 1
+        if batch.node in right:
+            self.verified += 1
+        if right:
+            await self.rt.db(self._record_verified, right, batch.endpoint_id)
+
+    async def _caught(self, batch: ServedBatch, index: int, truth: referee.Tensors, reason: str) -> None:
+        self._count(batch.endpoint_id).caught += 1
+        self.caught += 1
         log.warning("node %s caught on endpoint %s (batch %s): %s", batch.node, batch.endpoint_id[:12], batch.batch,
                     reason)  # fmt: skip
         self.accounting.void(batch, reason)  # in memory first: unpaid, then released, whatever the DB does
@@ -195,14 +216,29 @@ class Checks:
         correct = referee.corrected_digest(batch.requests, index, truth)
         await self.rt.db(self._record_caught, batch.node, batch.endpoint_id, batch.receipt, correct, reason)
 
-    async def _caught_checker(self, batch: ServedBatch, node: str, request: ServedRequest) -> None:
-        """The replica that re-ran the request answered wrong: caught and barred (no receipt here)."""
+    async def _caught_checker(
+        self, batch: ServedBatch, other: Reran, truth: referee.Tensors, spec: EndpointSpec
+    ) -> None:
+        """The replica that re-ran the request answered wrong: caught like an answering node,
+        with the receipt of the micro-batch its rerun ran in; barred only, if it has none."""
         reason = "its rerun of a sampled request differs from the coordinator's re-execution"
-        log.warning("node %s caught on endpoint %s: %s", node, batch.endpoint_id[:12], reason)
-        self._count(batch.endpoint_id).caught += 1
-        if self.on_caught is not None:  # the router reads the endpoint and the node
-            self.on_caught(ServedBatch(batch.endpoint_id, "", node, "", -1, _NO_RECEIPT, (request,)), reason)
-        await self.rt.db(self._record_caught, node, batch.endpoint_id, None, "", reason)
+        theirs = await _receipted(other)
+        if theirs is None:
+            log.warning("node %s caught on endpoint %s (no receipt over its rerun): %s", other.node,
+                        batch.endpoint_id[:12], reason)  # fmt: skip
+            self._count(batch.endpoint_id).caught += 1
+            self.caught += 1
+            if self.on_caught is not None:  # the router reads the endpoint and the node
+                request = replace(batch.requests[0], request_id=other.request_id, output=other.output, rerun=True)
+                self.on_caught(ServedBatch(batch.endpoint_id, "", other.node, "", -1, _NO_RECEIPT, (request,)), reason)
+            await self.rt.db(self._record_caught, other.node, batch.endpoint_id, None, "", reason)
+            return
+        at = theirs.index_of(other.request_id)
+        why = await self.rt.work(self._row_dependent, spec, theirs, at, truth)
+        if why:  # its batch-mates may explain its answer: it is not blamed
+            log.warning("endpoint %s: checker %s not blamed: %s", batch.endpoint_id[:12], other.node, why)
+            return
+        await self._caught(theirs, at, truth, reason)
 
     def _count(self, endpoint_id: str) -> _Counts:
         return self._counts.setdefault(endpoint_id, _Counts())
@@ -212,9 +248,13 @@ class Checks:
         with self.store.engine.connect() as conn:
             return served.device_kind(conn, node)
 
-    def _record_verified(self, node: str, endpoint_id: str) -> None:
+    def _record_verified(self, nodes: list[str], endpoint_id: str) -> None:
         with self.store.engine.begin() as conn:
-            served.record_verified(conn, node, endpoint_id)
+            served.record_verified(conn, nodes, endpoint_id)
+
+    def _needs_referee(self, endpoint_id: str, subject: str, checker: str) -> bool:
+        with self.store.engine.connect() as conn:
+            return served.needs_referee(conn, endpoint_id, subject, checker)
 
     def _record_caught(self, node: str, endpoint_id: str, receipt: Receipt | None, correct: str, reason: str) -> bool:
         with self.store.engine.begin() as conn:
@@ -227,6 +267,16 @@ class Checks:
                 reason=reason,
                 now_ms=self.rt.now_ms(),
             )
+
+
+async def _receipted(other: Reran) -> ServedBatch | None:
+    """The rerun's micro-batch once its receipt verified; None if it never does."""
+    if other.receipted is None:
+        return None
+    try:
+        return await asyncio.wait_for(asyncio.shield(other.receipted), RECEIPT_WAIT_S)
+    except TimeoutError:
+        return None
 
 
 _NO_RECEIPT = Receipt(job_id="0" * 64, task_id="0" * 64, attempt=0, input_hash="0" * 64, output_hash="0" * 64)

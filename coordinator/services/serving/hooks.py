@@ -25,6 +25,7 @@ class ServedRequest:
     output: bytes  # what the node answered; b"" when the request failed
     ok: bool
     seed: int = 0  # generation
+    rerun: bool = False  # a check's rerun of another replica's request: unpaid, never drawn itself
 
 
 @dataclass(frozen=True)
@@ -41,12 +42,32 @@ class ServedBatch:
 
     @property
     def answered(self) -> int:
-        return sum(1 for r in self.requests if r.ok)
+        """Requests answered and paid for: a check's rerun is the grid's cost, not the submitter's."""
+        return sum(1 for r in self.requests if r.ok and not r.rerun)
+
+    def index_of(self, request_id: int) -> int:
+        """The position of request `request_id` in the batch (ValueError if it is not in it)."""
+        for i, r in enumerate(self.requests):
+            if r.request_id == request_id:
+                return i
+        raise ValueError(f"request {request_id} is not in batch {self.batch}")
+
+
+@dataclass(frozen=True)
+class Reran:
+    """Another replica's answer to a sampled request, and a way to its micro-batch's receipt."""
+
+    node: str
+    output: bytes
+    request_id: int  # the rerun's id on that node's stream (its place in `receipted`'s batch)
+    # Resolves to the rerun's micro-batch once its receipt verified (its requests marked
+    # `rerun`), or to None when the receipt is refused or never comes (RECEIPT_WAIT_S).
+    receipted: asyncio.Future[ServedBatch | None] | None = None
 
 
 # Run one request's input again on a ready replica whose node is not `exclude_node`:
-# (endpoint_id, input, seed, exclude_node) -> (node, output), or None when no such replica is ready.
-Rerun = Callable[[str, bytes, int, str], Awaitable[tuple[str, bytes] | None]]
+# (endpoint_id, input, seed, exclude_node) -> Reran, or None when no such replica answered.
+Rerun = Callable[[str, bytes, int, str], Awaitable[Reran | None]]
 # The router's answer to a node proven wrong: release its replicas of the endpoint, bar it from it.
 OnCaught = Callable[[ServedBatch, str], None]
 

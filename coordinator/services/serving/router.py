@@ -10,6 +10,7 @@ goes down waits in each NodeLink's outbox for the stream handler (api/serving.py
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import secrets
@@ -19,8 +20,8 @@ from collections.abc import AsyncIterator, Callable
 from coordinator.errors import Conflict, NotFound
 from coordinator.services.serving import placement
 from coordinator.services.serving.errors import DeadlineExceeded, RequestFailed, Saturated, ServingError, Unavailable
-from coordinator.services.serving.hooks import Accounting, Checks, NoAccounting, NoChecks, ServedBatch
-from coordinator.services.serving.links import Links, wall_ms_now
+from coordinator.services.serving.hooks import Accounting, Checks, NoAccounting, NoChecks, Reran, ServedBatch
+from coordinator.services.serving.links import RECEIPT_WAIT_S, Links, wall_ms_now
 from coordinator.services.serving.model import (
     ASSIGNED,
     DRAINING,
@@ -29,7 +30,7 @@ from coordinator.services.serving.model import (
     Replica,
     ReplicaGone,
 )
-from coordinator.services.serving.stats import EndpointStats
+from coordinator.services.serving.stats import EndpointStats, RequestSink
 from tensorgrid import serde
 from tensorgrid.serving import check_tensor_bytes
 from tensorgrid.spec import EndpointSpec
@@ -52,13 +53,20 @@ class Router(Links):
         *,
         clock: Callable[[], float] = time.monotonic,
         wall_ms: Callable[[], int] = wall_ms_now,
+        metrics: RequestSink | None = None,
     ) -> None:
         """domain: the EIP-712 domain receipts are signed under; clock: monotonic seconds
-        (scaling, expiries); wall_ms: the unix clock deadlines are sent in."""
+        (scaling, expiries); wall_ms: the unix clock deadlines are sent in; metrics: where
+        every endpoint's request outcomes are also counted (services.metrics)."""
         super().__init__(domain, clock, wall_ms)
         self.accounting: Accounting = accounting if accounting is not None else NoAccounting()
         self.checks: Checks = checks if checks is not None else NoChecks()
+        self.metrics = metrics
         self.endpoints: dict[str, Endpoint] = {}
+        self.receipted = 0  # batches whose receipt verified (refused ones: Links.mismatches)
+        self.replica_counts: dict[str, int] = {}  # replicas by state, as of the last tick (metrics)
+        # reruns waiting for their batch's receipt: (replica id, request id) → its batch, or None
+        self._reruns: dict[tuple[str, int], asyncio.Future[ServedBatch | None]] = {}
 
     # ---- endpoints ----------------------------------------------------------------------------
     def add_endpoint(self, job_id: str, submitter: str, spec: EndpointSpec, created_ms: int) -> Endpoint:
@@ -66,7 +74,8 @@ class Router(Links):
         ep = self.endpoints.get(job_id)
         if ep is None:
             settings = json.dumps(spec.replica_settings(), sort_keys=True).encode()
-            ep = Endpoint(job_id, submitter, spec, created_ms, stats=EndpointStats(self.clock), settings_json=settings)
+            stats = EndpointStats(self.clock, self.metrics)
+            ep = Endpoint(job_id, submitter, spec, created_ms, stats=stats, settings_json=settings)
             self.endpoints[job_id] = ep
             self.fill(ep)
         return ep
@@ -216,8 +225,11 @@ class Router(Links):
             f"the request's replica went away and no other answered within its deadline ({attempts} tried)"
         )
 
-    async def rerun(self, endpoint_id: str, data: bytes, seed: int, exclude_node: str) -> tuple[str, bytes] | None:
-        """Checks' Rerun: one input again on a ready replica of another node; None if none."""
+    async def rerun(self, endpoint_id: str, data: bytes, seed: int, exclude_node: str) -> Reran | None:
+        """Checks' Rerun: one input again on a ready replica of another node; None if none
+        answered. The request is an ordinary one on the node's stream, so its micro-batch is
+        receipted like any other; `accepted` marks it a rerun (unpaid, not drawn for a check:
+        checks never recurse) and hands the batch to the returned Reran.receipted."""
         ep = self.endpoints.get(endpoint_id)
         if ep is None or ep.state != "running":
             return None
@@ -226,13 +238,43 @@ class Router(Links):
         except (ServingError, Conflict):
             return None
         call = self.send(replica, data, seed, self.wall_ms() + ep.spec.request_timeout_ms, streaming=False)
+        # registered before the reply is awaited: the receipt may follow the reply at once
+        key = (replica.replica_id, call.request_id)
+        receipted: asyncio.Future[ServedBatch | None] = asyncio.get_running_loop().create_future()
+        self._reruns[key] = receipted
         try:
             reply = await call.done
         except (ReplicaGone, DeadlineExceeded):
-            return None
+            reply = None
         finally:
             self.forget(call)
-        return None if reply.HasField("error") else (replica.node, bytes(reply.output))
+        if reply is None or reply.HasField("error"):
+            self._rerun_unreceipted(key)
+            return None
+        asyncio.get_running_loop().call_later(RECEIPT_WAIT_S + 1.0, self._rerun_unreceipted, key)
+        return Reran(replica.node, bytes(reply.output), call.request_id, receipted)
+
+    def _rerun_unreceipted(self, key: tuple[str, int]) -> None:
+        """No verified receipt came for the rerun (refused, or overdue): nothing to slash with."""
+        waiter = self._reruns.pop(key, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _mark_reruns(self, batch: ServedBatch) -> ServedBatch:
+        """The batch with its reruns marked (unpaid, never drawn); their waiters get it."""
+        keys = [(batch.replica_id, r.request_id) for r in batch.requests]
+        if not any(k in self._reruns for k in keys):
+            return batch
+        requests = tuple(
+            dataclasses.replace(r, rerun=True) if k in self._reruns else r
+            for r, k in zip(batch.requests, keys, strict=True)
+        )
+        marked = dataclasses.replace(batch, requests=requests)
+        for k in keys:
+            waiter = self._reruns.pop(k, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(marked)
+        return marked
 
     def on_caught(self, batch: ServedBatch, reason: str) -> None:
         """Checks' OnCaught: the node is barred from the endpoint and its replicas released."""
@@ -293,6 +335,11 @@ class Router(Links):
             for replica in [r for r in ep.replicas.values() if r.state == DRAINING and not r.calls]:
                 self.release(replica, "scaled down")
         self.expire_answers(now)
+        counts = {ASSIGNED: 0, READY: 0, DRAINING: 0}
+        for ep in self.endpoints.values():
+            for r in ep.replicas.values():
+                counts[r.state] += 1
+        self.replica_counts = counts  # replaced whole: a scrape on another thread reads one snapshot
 
     def drain_one(self, ep: Endpoint) -> None:
         """The least busy replica takes no new calls and is released once its calls are done
@@ -324,7 +371,11 @@ class Router(Links):
         return link is not None and any(r.endpoint.spec.model.sha256 == sha256 for r in link.replicas.values())
 
     def accepted(self, replica: Replica, batch: ServedBatch) -> None:
-        """A receipt verified: pay the batch and let the checks draw from it."""
+        """A receipt verified: pay the batch and let the checks draw from it (a check's
+        rerun in it is marked first: neither paid nor drawn)."""
+        self.receipted += 1
+        if self._reruns:  # a dict's truth test: the hot path pays nothing more
+            batch = self._mark_reruns(batch)
         replica.served += batch.answered
         try:
             self.accounting.record(batch)

@@ -9,16 +9,26 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Protocol
 
 WINDOW_S = 60
 MAX_SAMPLES = 50_000  # latencies kept for the percentiles (the newest; ~830 requests/s for a full minute)
 
 
+class RequestSink(Protocol):
+    """Where every endpoint's outcomes are also counted, grid-wide (services.metrics.ServingMetrics)."""
+
+    def answered(self, latency_ms: float) -> None: ...
+
+    def failed(self, refused: bool) -> None: ...
+
+
 class EndpointStats:
     """Requests answered, errors and refusals of one endpoint; latency over the last minute."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, sink: RequestSink | None = None) -> None:
         self._clock = clock
+        self._sink = sink
         self.requests = 0  # answered since creation
         self.errors = 0  # failed or refused since creation
         self.refused = 0  # of the errors: refused because every replica was full
@@ -26,6 +36,8 @@ class EndpointStats:
         self._latency: deque[tuple[float, float]] = deque(maxlen=MAX_SAMPLES)  # (time, ms)
 
     def answered(self, latency_ms: float) -> None:
+        if self._sink is not None:
+            self._sink.answered(latency_ms)
         now = self._clock()
         self.requests += 1
         self._latency.append((now, latency_ms))
@@ -37,6 +49,8 @@ class EndpointStats:
             self._trim(now)
 
     def failed(self, refused: bool = False) -> None:
+        if self._sink is not None:
+            self._sink.failed(refused)
         self.errors += 1
         if refused:
             self.refused += 1

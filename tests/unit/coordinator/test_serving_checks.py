@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
-from sqlalchemy import select
+from sqlalchemy import insert, select
 
 from coordinator.db import schema as s
 from coordinator.repositories.ledger import slashing
@@ -18,19 +19,22 @@ from coordinator.repositories.store import Store
 from coordinator.services.runtime import Runtime
 from coordinator.services.serving.accounting import Accounting
 from coordinator.services.serving.checks import Checks
-from coordinator.services.serving.hooks import ServedBatch, ServedRequest
+from coordinator.services.serving.hooks import Reran, ServedBatch, ServedRequest
 from tensorgrid.blobs import BlobStore
 from tensorgrid.crypto import Signer, sign_receipt
 from tensorgrid.serving import batch_receipt, tensors_to_bytes
 from tensorgrid.spec import EndpointSpec
 from tensorgrid.types import Domain
 from tensorgrid.workloads.model import export_program
-from tests.unit.coordinator.test_serving_accounting import EP, PRICE, R1, add_endpoint, credit_rows
+from tests.unit.coordinator.test_serving_accounting import EP, PRICE, R1, R2, add_endpoint, credit_rows
 
 DOMAIN = Domain("TensorGrid", "1", 31337, "0x" + "cc" * 20)
 SIGNER = Signer.generate()
 NODE = SIGNER.address
-CHECKER = "0x" + "c4" * 20
+CHECKER_SIGNER = Signer.generate()
+CHECKER = CHECKER_SIGNER.address
+REASON = "the answer differs from the coordinator's re-execution"
+CHECKER_REASON = "its rerun of a sampled request differs from the coordinator's re-execution"
 
 
 def test_the_draw_matches_the_rate_and_needs_the_secret() -> None:
@@ -61,12 +65,47 @@ class Grid:
         add_endpoint(self.state)
         self.accounting = Accounting(self.rt, self.state.engine)
         self.rerun_answer: bytes | None = None
+        self.rerun_receipted = True  # the checker's micro-batch receipt verifies
+        self.rerun_mate: torch.Tensor | None = None  # another request in the checker's micro-batch
+        self.checker_batches: list[ServedBatch] = []
         self.caught: list[tuple[str, str]] = []
         self.checks = Checks(self.rt, self.state, self.blobs, b"s" * 32, self.accounting, self.rerun, self.on_caught)
 
-    async def rerun(self, endpoint_id: str, data: bytes, seed: int, exclude: str) -> tuple[str, bytes] | None:
+    async def rerun(self, endpoint_id: str, data: bytes, seed: int, exclude: str) -> Reran | None:
+        """As the router does: the request on another replica, its micro-batch receipted (its
+        rerun marked, so unpaid; a batch-mate paid), handed to the check through `receipted`."""
         assert exclude == NODE and endpoint_id == EP
-        return None if self.rerun_answer is None else (CHECKER, self.rerun_answer)
+        if self.rerun_answer is None:
+            return None
+        number = 100 + len(self.checker_batches)
+        ids, inputs, outputs = [number], [data], [self.rerun_answer]
+        if self.rerun_mate is not None:
+            ids.append(number + 50)
+            inputs.append(tensors_to_bytes({"x": self.rerun_mate}))
+            outputs.append(self.answer(self.rerun_mate))
+        receipt = sign_receipt(CHECKER_SIGNER, DOMAIN, batch_receipt(EP, R2, number, ids, inputs, outputs))
+        triples = zip(ids, inputs, outputs, strict=True)
+        requests = tuple(ServedRequest(i, d, o, True, rerun=i == number) for i, d, o in triples)
+        theirs = ServedBatch(EP, R2, CHECKER, "cpu", number, receipt, requests)
+        self.checker_batches.append(theirs)
+        self.accounting.record(theirs)
+        await self.accounting.flush()
+        receipted: asyncio.Future[ServedBatch | None] = asyncio.get_running_loop().create_future()
+        receipted.set_result(theirs if self.rerun_receipted else None)
+        return Reran(CHECKER, self.rerun_answer, number, receipted)
+
+    def trust(self, *nodes: str) -> None:
+        """Make nodes trusted for the endpoint as trust.streak_for_job wants: a streak of 10 and
+        paid verified results from three other submitters worth 10 times its price."""
+        with self.state.engine.begin() as conn:
+            for node in nodes:
+                conn.execute(insert(s.reputation).values(address=node, consecutive_valid=10, verified=0, caught=0))
+                for k in range(3):
+                    conn.execute(
+                        insert(s.trust_earnings).values(
+                            address=node, submitter="0x" + f"{k + 1:02x}" * 20, earned_wei=4 * PRICE, results=4
+                        )
+                    )
 
     def on_caught(self, batch: ServedBatch, reason: str) -> None:
         self.caught.append((batch.node, reason))
@@ -113,9 +152,10 @@ def grid(tmp_path: Path) -> Iterator[Grid]:
 def test_sampled_checks_verify_right_answers_and_catch_a_wrong_one(grid: Grid) -> None:
     x = torch.rand(2, 4)
     wrong = grid.batch(3, x, grid.answer(x, 0.5))
+    grid.trust(NODE, CHECKER)
 
     async def scenario() -> None:
-        # another replica gives the same answer: verified, the referee not needed
+        # another replica gives the same answer, both nodes trusted: verified, no referee
         grid.rerun_answer = grid.answer(x)
         await grid.serve(grid.batch(1, x, grid.answer(x)))
         assert grid.checks.counts(EP) == (1, 0) and grid.rt.referee is None
@@ -127,13 +167,14 @@ def test_sampled_checks_verify_right_answers_and_catch_a_wrong_one(grid: Grid) -
         grid.rerun_answer = grid.answer(x)
         await grid.serve(wrong)
         assert grid.checks.counts(EP) == (3, 1)
-        assert grid.caught == [(NODE, "the answer differs from the coordinator's re-execution")]
+        assert grid.caught == [(NODE, REASON)]
 
     asyncio.run(scenario())
-    assert grid.reputation(NODE) == (2, 1)
+    assert grid.reputation(NODE) == (2, 1) and grid.reputation(CHECKER) == (2, 0)
+    assert (grid.checks.verified, grid.checks.caught) == (2, 1)
     rows = credit_rows(grid.state)
     assert [(r[3], r[4]) for r in rows] == [(PRICE, False), (PRICE, False), (PRICE, True)]  # the wrong one voided
-    assert grid.accounting.spent_wei(EP) == 2 * PRICE
+    assert grid.accounting.spent_wei(EP) == 2 * PRICE  # the checker's reruns: unpaid
     with grid.state.engine.connect() as conn:
         (slash,) = slashing.slashes(conn, job_id=EP)
         events = conn.execute(select(s.events.c.kind, s.events.c.node).where(s.events.c.job_id == EP)).all()
@@ -142,16 +183,73 @@ def test_sampled_checks_verify_right_answers_and_catch_a_wrong_one(grid: Grid) -
     assert ("caught", NODE) in [tuple(e) for e in events]
 
 
-def test_a_wrong_checking_replica_is_caught_and_the_right_node_verified(grid: Grid) -> None:
+def test_an_untrusted_agreeing_pair_goes_to_the_referee_and_a_colluding_pair_is_caught(grid: Grid) -> None:
+    x = torch.rand(2, 4)
+    lie = grid.answer(x, 0.25)
+    colluded = grid.batch(2, x, lie)
+
+    async def scenario() -> None:
+        grid.rerun_answer = grid.answer(x)  # both right, neither trusted: the referee confirms
+        await grid.serve(grid.batch(1, x, grid.answer(x)))
+        assert grid.rt.referee is not None and grid.checks.counts(EP) == (1, 0)
+        grid.rerun_answer = lie  # one operator's two replicas agree on a wrong answer
+        await grid.serve(colluded)
+
+    asyncio.run(scenario())
+    assert grid.checks.counts(EP) == (2, 2)
+    assert grid.caught == [(NODE, REASON), (CHECKER, CHECKER_REASON)]
+    assert grid.reputation(NODE) == (1, 1) and grid.reputation(CHECKER) == (1, 1)
+    with grid.state.engine.connect() as conn:
+        slashed = {(r["node"], r["task_id"]) for r in slashing.slashes(conn, job_id=EP)}
+    assert slashed == {(NODE, colluded.receipt.task_id), (CHECKER, grid.checker_batches[1].receipt.task_id)}
+
+
+def test_an_agreement_the_referee_cannot_confirm_verifies_no_one(grid: Grid) -> None:
+    x = torch.rand(2, 4)
+    grid.rerun_answer = grid.answer(x)
+    grid.spec = EndpointSpec(model=grid.blobs.put_bytes(b"not a program"), check_rate=1.0, max_requests=10,
+                             reward_per_task_wei=PRICE)  # fmt: skip
+    asyncio.run(grid.serve(grid.batch(1, x, grid.answer(x))))
+    assert grid.checks.counts(EP) == (0, 0) and grid.checks.unverified == 1
+    assert grid.reputation(NODE) == (0, 0) and grid.reputation(CHECKER) == (0, 0)
+
+
+def test_a_wrong_checking_replica_is_voided_and_slashed_with_its_receipt(grid: Grid) -> None:
     x = torch.rand(3, 4)
     grid.rerun_answer = grid.answer(x, -0.5)
+    grid.rerun_mate = torch.rand(1, 4)  # its micro-batch also answered a paid request
+    asyncio.run(grid.serve(grid.batch(1, x, grid.answer(x))))
+    (theirs,) = grid.checker_batches
+    assert grid.checks.counts(EP) == (1, 1)
+    assert grid.caught == [(CHECKER, CHECKER_REASON)]
+    assert grid.reputation(NODE) == (1, 0) and grid.reputation(CHECKER) == (0, 1)
+    # the node's batch stays paid; the checker's (its batch-mate's price) is taken back
+    assert [(r[0], r[3], r[4]) for r in credit_rows(grid.state)] == [(NODE, PRICE, False), (CHECKER, PRICE, True)]
+    with grid.state.engine.connect() as conn:
+        (slash,) = slashing.slashes(conn)
+    assert (slash["node"], slash["task_id"], slash["attempt"]) == (CHECKER, theirs.receipt.task_id, 0)
+    assert slash["correct_output"] != theirs.receipt.output_hash
+
+
+def test_a_wrong_checker_without_a_verified_receipt_is_barred_not_slashed(grid: Grid) -> None:
+    x = torch.rand(3, 4)
+    grid.rerun_answer = grid.answer(x, -0.5)
+    grid.rerun_receipted = False
     asyncio.run(grid.serve(grid.batch(1, x, grid.answer(x))))
     assert grid.checks.counts(EP) == (1, 1)
-    assert grid.caught == [(CHECKER, "its rerun of a sampled request differs from the coordinator's re-execution")]
+    assert grid.caught == [(CHECKER, CHECKER_REASON)]
     assert grid.reputation(NODE) == (1, 0) and grid.reputation(CHECKER) == (0, 1)
-    assert [r[4] for r in credit_rows(grid.state)] == [False]  # the node's batch stays paid
     with grid.state.engine.connect() as conn:
-        assert slashing.slashes(conn) == []  # no receipt of the checker's rerun here: no slash
+        assert slashing.slashes(conn) == []
+
+
+def test_a_rerun_is_never_drawn_for_a_check(grid: Grid) -> None:
+    x = torch.rand(2, 4)
+    rerun = grid.batch(1, x, grid.answer(x, 0.5))  # wrong: a check would catch it
+    marked = ServedBatch(EP, R1, NODE, "cpu", 1, rerun.receipt, (replace(rerun.requests[0], rerun=True),))
+    asyncio.run(grid.serve(marked))
+    assert grid.checks.counts(EP) == (0, 0) and grid.caught == [] and grid.rt.referee is None
+    assert marked.answered == 0 and credit_rows(grid.state) == []  # nor paid
 
 
 class Centred(torch.nn.Module):

@@ -11,11 +11,14 @@ import torch
 
 from coordinator.errors import Conflict
 from coordinator.services.serving import placement
+from coordinator.services.serving import router as router_module
 from coordinator.services.serving.errors import DeadlineExceeded, Saturated, Unavailable
+from coordinator.services.serving.hooks import ServedBatch
 from coordinator.services.serving.model import DRAINING, READY, Endpoint, NodeLink
 from coordinator.services.serving.router import Router
 from tensorgrid.errors import InvalidTensorFile
 from tensorgrid.serving import tensors_to_bytes
+from tensorgrid.spec import EndpointSpec
 from tests.unit.coordinator.serving_sim import DOMAIN, Recorder, SimNode, spec
 
 EP = "cd" * 32
@@ -277,6 +280,59 @@ def test_caught_node_is_barred_and_its_replica_replaced() -> None:
         rerun = await r.rerun(EP, payload(), 0, good.signer.address)
         assert rerun is None  # the only ready replica is on the excluded node
         rerun = await r.rerun(EP, payload(5), 0, bad.signer.address)
-        assert rerun is not None and rerun[0] == good.signer.address
+        assert rerun is not None and rerun.node == good.signer.address
+
+    run(scenario)
+
+
+class Drawn:
+    """Checks that remember every batch the router hands them."""
+
+    def __init__(self) -> None:
+        self.batches: list[ServedBatch] = []
+
+    def after_batch(self, batch: ServedBatch, spec: EndpointSpec) -> None:
+        self.batches.append(batch)
+
+    def counts(self, endpoint_id: str) -> tuple[int, int]:
+        return (0, 0)
+
+
+def test_a_rerun_hands_back_its_receipted_batch_marked_unpaid_and_not_to_be_drawn() -> None:
+    async def scenario() -> None:
+        paid, drawn = Recorder(), Drawn()
+        r = Router(DOMAIN, paid, drawn, clock=Clock())
+        subject, checker = SimNode(r), SimNode(r)
+        subject.connect(), checker.connect()
+        ep = r.add_endpoint(EP, ALICE, spec(min_replicas=2), 0)
+        await settle()
+        reran = await r.rerun(EP, payload(7), 0, subject.signer.address)
+        assert reran is not None and reran.node == checker.signer.address and reran.receipted is not None
+        theirs = await asyncio.wait_for(reran.receipted, 1)
+        assert theirs is not None and theirs.node == checker.signer.address
+        (request,) = theirs.requests
+        assert request.rerun and request.request_id == reran.request_id and request.output == reran.output
+        assert theirs.answered == 0 and drawn.batches == [theirs] and paid.batches == [theirs]
+        assert theirs.receipt.signature and not r._reruns
+        await r.infer(ep, payload(8))  # an ordinary request on the same replica: paid and drawn
+        await settle()
+        assert [b.answered for b in paid.batches] == [0, 1] and not drawn.batches[1].requests[0].rerun
+
+    run(scenario)
+
+
+def test_a_rerun_whose_receipt_is_refused_hands_back_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(router_module, "RECEIPT_WAIT_S", 0.0)
+
+    async def scenario() -> None:
+        r = router()
+        subject, checker = SimNode(r), SimNode(r, receipt_tamper="digest")
+        subject.connect(), checker.connect()
+        r.add_endpoint(EP, ALICE, spec(min_replicas=2), 0)
+        await settle()
+        reran = await r.rerun(EP, payload(7), 0, subject.signer.address)
+        assert reran is not None and reran.receipted is not None
+        assert await asyncio.wait_for(reran.receipted, 3) is None
+        assert r.mismatches == 1 and not r._reruns
 
     run(scenario)
