@@ -89,6 +89,8 @@ class Replica:
     assigned_at: float = 0.0
     calls: dict[int, Call] = field(default_factory=dict)  # request id → call in flight
     answered: dict[int, Answered] = field(default_factory=dict)  # waiting for their receipt
+    # sampled checks' reruns sent here (Router.rerun): receipted like any request, never billed
+    reruns: set[int] = field(default_factory=set)
     served: int = 0  # requests paid (receipt verified)
     errors: int = 0
     missed: int = 0  # deadlines missed in a row

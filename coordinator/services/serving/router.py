@@ -10,6 +10,7 @@ goes down waits in each NodeLink's outbox for the stream handler (api/serving.py
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import secrets
@@ -226,9 +227,11 @@ class Router(Links):
         except (ServingError, Conflict):
             return None
         call = self.send(replica, data, seed, self.wall_ms() + ep.spec.request_timeout_ms, streaming=False)
+        replica.reruns.add(call.request_id)  # the grid's own cost, as a batch job's check task: not billed
         try:
             reply = await call.done
         except (ReplicaGone, DeadlineExceeded):
+            replica.reruns.discard(call.request_id)
             return None
         finally:
             self.forget(call)
@@ -325,9 +328,20 @@ class Router(Links):
 
     def accepted(self, replica: Replica, batch: ServedBatch) -> None:
         """A receipt verified: pay the batch and let the checks draw from it."""
-        replica.served += batch.answered
+        billed = self._billed(replica, batch)
+        replica.served += billed.answered
         try:
-            self.accounting.record(batch)
+            self.accounting.record(billed)
             self.checks.after_batch(batch, replica.endpoint.spec)
         except Exception:
             log.exception("accounting or checks failed on a batch of endpoint %s", batch.endpoint_id[:12])
+
+    @staticmethod
+    def _billed(replica: Replica, batch: ServedBatch) -> ServedBatch:
+        """The batch without the checks' reruns it holds: the escrow pays for the submitter's
+        requests only (the checks still see the whole batch, as its receipt signs it)."""
+        reruns = replica.reruns.intersection(r.request_id for r in batch.requests)
+        if not reruns:
+            return batch
+        replica.reruns -= reruns
+        return dataclasses.replace(batch, requests=tuple(r for r in batch.requests if r.request_id not in reruns))

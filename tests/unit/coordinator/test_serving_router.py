@@ -280,3 +280,27 @@ def test_caught_node_is_barred_and_its_replica_replaced() -> None:
         assert rerun is not None and rerun[0] == good.signer.address
 
     run(scenario)
+
+
+def test_a_checks_rerun_is_receipted_but_not_billed() -> None:
+    """The escrow pays for the submitter's requests; a sampled check's rerun on another replica
+    is the grid's own cost (as a batch job's check task), though its node receipts it."""
+
+    async def scenario() -> None:
+        paid = Recorder()
+        r = router(paid)
+        a, b = SimNode(r), SimNode(r)
+        a.connect(), b.connect()
+        ep = r.add_endpoint(EP, ALICE, spec(min_replicas=2), 0)
+        await settle()
+        _, node, _ = await r.infer(ep, payload(1))
+        await settle()
+        rerun = await r.rerun(EP, payload(1), 0, node)
+        await settle()
+        assert rerun is not None and rerun[0] != node
+        billed = {(bt.node, bt.answered) for bt in paid.batches}
+        assert billed == {(node, 1), (rerun[0], 0)}  # both receipted; the rerun's batch pays nothing
+        assert sum(x.served for x in ep.replicas.values()) == 1
+        assert all(not x.reruns for x in ep.replicas.values())  # nothing left to remember
+
+    run(scenario)
