@@ -189,6 +189,10 @@ def test_budget_spent_and_oversize_requests_are_refused_before_routing() -> None
         await settle()
         with pytest.raises(Conflict, match="budget spent"):
             await r.infer(ep, payload())
+        assert ep.state == "spent" and not node.released
+        r.end_endpoint(EP, "deleted")  # a spent endpoint deleted gives its replicas back
+        await settle()
+        assert ep.state == "deleted" and len(node.released) == 1 and not ep.replicas
         r2 = router()
         SimNode(r2).connect()
         ep2 = r2.add_endpoint(EP, ALICE, spec(max_request_bytes=256), 0)
