@@ -23,6 +23,7 @@ log = logging.getLogger("tensorgrid.coordinator.ledger")
 AcceptedResult = tuple[str, str, str, int]  # (node, job_id, task_id, attempt)
 # (node, job_id, task_id, requests): one served micro-batch of an endpoint (services/serving/accounting)
 ServedBatchCredit = tuple[str, str, str, int]
+RELEASE_ACTION = "release_job"  # the outbox action closing an ended job's escrow (ledger.escrow)
 _PRICE_RAW = Raw(select(s.job_prices).where(s.job_prices.c.job_id == bindparam("b_job")).with_for_update())
 
 
@@ -127,7 +128,10 @@ def credit_batches(conn: Connection, batches: Sequence[ServedBatchCredit], now_m
     """
     job_ids = sorted({job for _, job, _, _ in batches})
     prices = {job: r for job in job_ids if (r := _PRICE_RAW.first(conn, {"b_job": job})) is not None}
-    wanted = [b for b in batches if b[1] in prices and b[3] > 0]
+    closing = _closing(conn, sorted(prices))
+    for job in closing:
+        log.warning("endpoint %s: its escrow is being released; batches receipted after that are not credited", job)
+    wanted = [b for b in batches if b[1] in prices and b[1] not in closing and b[3] > 0]
     if not wanted:
         return {}
     c = s.credits
@@ -169,6 +173,17 @@ def credit_batches(conn: Connection, batches: Sequence[ServedBatchCredit], now_m
             conn.execute(update(s.job_prices).where(s.job_prices.c.job_id == job).values(credited_wei=total))
     add_earned(conn, per_node)
     return paid
+
+
+def _closing(conn: Connection, job_ids: Sequence[str]) -> set[str]:
+    """The jobs whose escrow release is queued (ledger.escrow.release_ended_jobs): a credit
+    written now would be charged after the escrow closed, refused on chain and voided, so it
+    is never written. Read under the price rows' locks, which release_ended_jobs takes too."""
+    if not job_ids:
+        return set()
+    keys = [f"{RELEASE_ACTION}:{job}" for job in job_ids]
+    found = conn.execute(select(s.outbox.c.key).where(s.outbox.c.key.in_(keys))).scalars()
+    return {key.split(":", 1)[1] for key in found}
 
 
 def void_credit(conn: Connection, task_id: str, attempt: int, reason: str) -> int:

@@ -24,14 +24,14 @@ from coordinator.db import schema as s
 from coordinator.db.events import append_event
 from coordinator.repositories.ledger import epochs
 from coordinator.repositories.ledger import outbox as ob
-from coordinator.repositories.ledger.credits import void_job
+from coordinator.repositories.ledger.credits import RELEASE_ACTION, void_job
 from tensorgrid.chain.errors import ContractReverted
 from tensorgrid.types import JobState
 
 log = logging.getLogger("tensorgrid.coordinator.ledger")
 
 LOCK = "lock_job"
-RELEASE = "release_job"
+RELEASE = RELEASE_ACTION
 _UNSECURED = ("pending", "sent", "failed")  # a lock in these states does not (yet) cover the work
 
 
@@ -72,6 +72,12 @@ def release_ended_jobs(conn: Connection, now_ms: int) -> int:
     released = select(o.c.key).where(o.c.key == RELEASE + ":" + j.c.job_id).exists()
     ended = (JobState.CANCELLED.value, JobState.FAILED.value)
     rows = conn.execute(select(j.c.job_id).where(j.c.state.in_(ended), locked, ~released).order_by(j.c.job_id)).all()
+    # Their price rows' locks (all first, in job order, as credits.credit_batches takes them)
+    # order this with crediting served batches: a batch is either credited before, and charged
+    # by the epoch below, or sees the queued release and is not credited at all.
+    p = s.job_prices
+    ids = [row.job_id for row in rows]
+    conn.execute(select(p.c.job_id).where(p.c.job_id.in_(ids)).order_by(p.c.job_id).with_for_update()).all()
     for row in rows:
         if epochs.has_uncharged(conn, row.job_id):
             epochs.post_epoch(conn, now_ms)

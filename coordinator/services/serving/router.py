@@ -81,9 +81,10 @@ class Router(Links):
         return ep
 
     def end_endpoint(self, job_id: str, state: str = "deleted") -> Endpoint | None:
-        """Stop serving: every replica released, calls in flight refused."""
+        """Stop serving: every replica released, calls in flight refused. A spent endpoint
+        (its budget used up, still holding its replicas) ends too."""
         ep = self.endpoints.get(job_id)
-        if ep is not None and ep.state == "running":
+        if ep is not None and ep.state in ("running", "spent"):
             ep.state = state
             for replica in list(ep.replicas.values()):
                 self.release(replica, f"the endpoint is {state}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from coordinator.kinds.endpoint import NAME as ENDPOINT
 from coordinator.repositories.store import Store
@@ -19,6 +20,8 @@ from tensorgrid.spec import EndpointSpec, parse_spec
 from tensorgrid.types import JobInfo
 
 log = logging.getLogger("tensorgrid.coordinator.serving")
+RECEIPT_GRACE_S = 2.0  # a delete waits at most this long for the receipts of answers given
+RECEIPT_POLL_S = 0.01
 
 
 class Serving:
@@ -48,10 +51,32 @@ class Serving:
         self.router.add_endpoint(job.job_id, job.submitter, spec, job.created_ms)
 
     async def delete(self, job_id: str, submitter: str) -> JobInfo:
-        """Stop serving, write what was served (never voided by a delete), cancel the job."""
+        """Stop serving, write what was served (never voided by a delete), cancel the job.
+
+        The flush comes first, and only once the receipts of answers already given are in
+        (they follow a micro-batch's replies on the node's stream; RECEIPT_GRACE_S at most),
+        so a request answered before the delete is paid from the escrow. A receipt later
+        still is credited by a periodic flush if the escrow is not being released yet, else
+        never (ledger.credits.credit_batches): never a credit the closed escrow would refuse.
+        """
         self.router.end_endpoint(job_id, "deleted")
+        give_up = time.monotonic() + RECEIPT_GRACE_S
+        while self._unreceipted(job_id) and time.monotonic() < give_up:
+            await asyncio.sleep(RECEIPT_POLL_S)
         await self.router.accounting.flush()
         return await self.rt.db(self.store.jobs.cancel_job, job_id, submitter, self.rt.now_ms())
+
+    def _unreceipted(self, job_id: str) -> int:
+        """Answers of the endpoint's replicas (released ones included) whose receipt is due:
+        those of a micro-batch (batch 0: a request that ran in none, never receipted)."""
+        return sum(
+            1
+            for link in self.router.links.values()
+            for replica in (*link.replicas.values(), *link.retired.values())
+            if replica.endpoint.job_id == job_id
+            for answer in replica.answered.values()
+            if answer.batch > 0
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
         """The router's scaling loop and the accounting's flushes, until stop is set."""

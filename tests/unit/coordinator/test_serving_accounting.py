@@ -14,7 +14,7 @@ from sqlalchemy import select
 from coordinator.db import schema as s
 from coordinator.repositories.jobs import NewJob
 from coordinator.repositories.ledger import credits as ledger_credits
-from coordinator.repositories.ledger import epochs
+from coordinator.repositories.ledger import epochs, escrow
 from coordinator.repositories.store import Store
 from coordinator.services.runtime import Runtime
 from coordinator.services.serving.accounting import Accounting
@@ -241,3 +241,29 @@ def test_run_flushes_periodically_and_once_more_at_stop(state: Store) -> None:
 
     asyncio.run(serve())
     assert len(credit_rows(state)) == 2  # the last one, at stop
+
+
+def test_a_batch_receipted_after_the_escrow_release_is_queued_is_never_credited(state: Store) -> None:
+    """A deleted endpoint's last batch: flushed before release_ended_jobs it is charged by the
+    epoch that precedes the release; flushed after, it is not credited at all. Never a credit
+    that the closed escrow would refuse and the ledger then void."""
+    add_endpoint(state)
+    state.jobs.start_job(EP, 1)  # running: its escrow lock is queued
+    acc = Accounting(runtime(), state.engine)
+    acc.record(served(N1, 1, 3))
+    asyncio.run(acc.flush())  # the delete's flush
+    state.jobs.cancel_job(EP, SUBMITTER, 2)
+    acc.record(served(N1, 2, 2))  # in flight at the delete, flushed before the settlement timer
+    asyncio.run(acc.flush())
+    with state.engine.begin() as conn:
+        assert escrow.release_ended_jobs(conn, 3) == 1
+        payload = json.loads(
+            conn.execute(select(s.outbox.c.payload).where(s.outbox.c.action == "post_root")).scalar_one()
+        )
+    assert payload["tasks"] == [[EP, 5]]  # both charged before the release
+    acc.record(served(N1, 3, 4))  # receipted after the release was queued
+    asyncio.run(acc.flush())
+    assert [r[3] for r in credit_rows(state)] == [3 * PRICE, 2 * PRICE]  # not credited, nothing void
+    assert credited(state) == earned(state, N1) == 5 * PRICE
+    with state.engine.begin() as conn:
+        assert epochs.post_epoch(conn, 4) is None  # nothing for a closed escrow to refuse

@@ -192,6 +192,10 @@ def test_budget_spent_and_oversize_requests_are_refused_before_routing() -> None
         await settle()
         with pytest.raises(Conflict, match="budget spent"):
             await r.infer(ep, payload())
+        assert ep.state == "spent" and not node.released
+        r.end_endpoint(EP, "deleted")  # a spent endpoint deleted gives its replicas back
+        await settle()
+        assert ep.state == "deleted" and len(node.released) == 1 and not ep.replicas
         r2 = router()
         SimNode(r2).connect()
         ep2 = r2.add_endpoint(EP, ALICE, spec(max_request_bytes=256), 0)
@@ -334,5 +338,29 @@ def test_a_rerun_whose_receipt_is_refused_hands_back_none(monkeypatch: pytest.Mo
         assert reran is not None and reran.receipted is not None
         assert await asyncio.wait_for(reran.receipted, 3) is None
         assert r.mismatches == 1 and not r._reruns
+
+    run(scenario)
+
+
+def test_a_checks_rerun_is_receipted_but_not_billed() -> None:
+    """The escrow pays for the submitter's requests; a sampled check's rerun on another replica
+    is the grid's own cost (as a batch job's check task), though its node receipts it."""
+
+    async def scenario() -> None:
+        paid = Recorder()
+        r = router(paid)
+        a, b = SimNode(r), SimNode(r)
+        a.connect(), b.connect()
+        ep = r.add_endpoint(EP, ALICE, spec(min_replicas=2), 0)
+        await settle()
+        _, node, _ = await r.infer(ep, payload(1))
+        await settle()
+        rerun = await r.rerun(EP, payload(1), 0, node)
+        await settle()
+        assert rerun is not None and rerun.node != node
+        billed = {(bt.node, bt.answered) for bt in paid.batches}
+        assert billed == {(node, 1), (rerun.node, 0)}  # both receipted; the rerun's batch pays nothing
+        assert sum(x.served for x in ep.replicas.values()) == 1
+        assert not r._reruns  # nothing left to remember
 
     run(scenario)
