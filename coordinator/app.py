@@ -98,7 +98,7 @@ class Coordinator:
         )  # fmt: skip
         self.router = Router(self.domain, accounting, checks, metrics=self.metrics.serving)
         self.metrics.watch_serving(self.router)
-        self.serving = Serving(rt, store, self.router)
+        self.serving = Serving(rt, store, self.router, self.ledger.result_withheld if self.chain is not None else None)
 
     def _chain_gate(self) -> ChainGate | None:
         if not self.config.chain_rpc:

@@ -119,6 +119,9 @@ class Endpoint:
     refused_recently: bool = False  # a call was refused as saturated since the last scaling tick
     settings_json: bytes = b""  # ReplicaAssign.settings_json (spec.replica_settings())
     last_p50: float = 0.0  # the retry hint's base, refreshed now and then
+    # A paid endpoint answers only once its escrow's lock is confirmed on chain (no free answers:
+    # before it, the submitter could still close the escrow); a free one at once.
+    secured: bool = True
 
     def ready(self) -> list[Replica]:
         return [r for r in self.replicas.values() if r.state == READY]

@@ -103,6 +103,10 @@ class Router(Links):
             ep.state = "spent"
         if ep.state != "running":
             raise Conflict(f"endpoint {ep.job_id} is {ep.state}" + (": budget spent" if ep.state == "spent" else ""))
+        if not ep.secured:
+            raise Unavailable(
+                f"endpoint {ep.job_id} answers once its escrow's lock is confirmed on chain: retry shortly", 1000
+            )
         try:
             check_tensor_bytes(data, ep.spec.max_request_bytes)
         except Exception:

@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from coordinator.kinds.endpoint import NAME as ENDPOINT
 from coordinator.repositories.store import Store
 from coordinator.services.runtime import Runtime
+from coordinator.services.serving.model import Endpoint
 from coordinator.services.serving.router import Router
 from tensorgrid.errors import SpecError
 from tensorgrid.spec import EndpointSpec, parse_spec
@@ -24,11 +26,19 @@ RECEIPT_GRACE_S = 2.0  # a delete waits at most this long for the receipts of an
 RECEIPT_POLL_S = 0.01
 
 
+SECURED_POLL_S = 0.5  # how often a paid endpoint's escrow lock is looked for until confirmed
+
+
 class Serving:
-    def __init__(self, rt: Runtime, store: Store, router: Router) -> None:
+    def __init__(
+        self, rt: Runtime, store: Store, router: Router, withheld: Callable[[str], bool] | None = None
+    ) -> None:
+        """withheld(job_id): whether a priced job's escrow lock is not confirmed yet (the
+        ledger's result_withheld; blocking); None: a grid without a chain, nothing to wait for."""
         self.rt = rt
         self.store = store
         self.router = router
+        self.withheld = withheld
 
     async def load(self) -> int:
         """Serve every endpoint job left queued or running; returns how many."""
@@ -47,8 +57,26 @@ class Serving:
             log.error("endpoint %s has a spec that does not parse (%s): not served", job.job_id, e)
             return
         assert isinstance(spec, EndpointSpec)
-        await self.rt.db(self.store.jobs.start_job, job.job_id, self.rt.now_ms())
-        self.router.add_endpoint(job.job_id, job.submitter, spec, job.created_ms)
+        await self.rt.db(self.store.jobs.start_job, job.job_id, self.rt.now_ms())  # queues the lock if priced
+        ep = self.router.add_endpoint(job.job_id, job.submitter, spec, job.created_ms)
+        if self.withheld is not None and await self.rt.db(self.withheld, job.job_id):
+            ep.secured = False
+            self.rt.spawn(self._until_secured(ep))
+
+    async def _until_secured(self, ep: Endpoint) -> None:
+        """Open a paid endpoint to calls once its escrow lock is confirmed; end it if the lock
+        failed (the submitter closed the escrow first: the ledger ends the job)."""
+        assert self.withheld is not None
+        while ep.state == "running":
+            await asyncio.sleep(SECURED_POLL_S)
+            if (await self.rt.db(self.store.jobs.get_job, ep.job_id)).state.finished:
+                self.router.end_endpoint(ep.job_id, "deleted")
+                log.warning("endpoint %s ended before its escrow lock was confirmed", ep.job_id[:12])
+                return
+            if not await self.rt.db(self.withheld, ep.job_id):
+                ep.secured = True
+                log.info("endpoint %s: escrow lock confirmed, taking calls", ep.job_id[:12])
+                return
 
     async def delete(self, job_id: str, submitter: str) -> JobInfo:
         """Stop serving, write what was served (never voided by a delete), cancel the job.
