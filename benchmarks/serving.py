@@ -35,6 +35,7 @@ from tensorgrid.client import Client
 from tensorgrid.crypto import Signer
 from tensorgrid.localgrid import LocalGrid
 from tensorgrid.serving.tensors import tensors_to_bytes
+from tensorgrid.spec import EndpointSpec
 from tensorgrid.tls import ClientTls, open_channel
 from tensorgrid.v1 import serving_pb2, submit_pb2_grpc
 from tensorgrid.workloads.model import export_program
@@ -167,20 +168,27 @@ async def closed_loop(
 
 
 # ---- the run ------------------------------------------------------------------------------------
-def start_grid(root: Path, model_path: Path) -> tuple[LocalGrid, Client, str]:
+def start_grid(root: Path, model_path: Path, check_rate: float) -> tuple[LocalGrid, Client, str]:
     grid = LocalGrid(root / "grid")
     grid.start_coordinator(*GRID_ARGS)
     for i in range(2):
         grid.start_node(f"node{i}", "--device", "cpu", "--threads", "1", "--serve-replicas", "1")
     grid.wait_for_nodes(2, timeout=120)
     client = grid.client(Signer.generate())
-    endpoint = client.endpoints.create(model_path, min_replicas=2, max_replicas=2, device="cpu", max_batch=16)
+    endpoint = client.endpoints.create(
+        model_path, min_replicas=2, max_replicas=2, device="cpu", max_batch=16, check_rate=check_rate
+    )
     client.endpoints.wait_ready(endpoint, 2, timeout_s=120)
     return grid, client, endpoint
 
 
-def measure(levels: list[int], seconds: float) -> dict[str, Any]:
-    result: dict[str, Any] = {"benchmark": "serving", "levels": levels, "seconds_per_level": seconds}
+def measure(levels: list[int], seconds: float, check_rate: float) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "benchmark": "serving",
+        "levels": levels,
+        "seconds_per_level": seconds,
+        "check_rate": check_rate,
+    }
     with tempfile.TemporaryDirectory(prefix="tg-bench-serving-") as tmp:
         root = Path(tmp)
         model_path, data = build_model(root)
@@ -192,7 +200,7 @@ def measure(levels: list[int], seconds: float) -> dict[str, Any]:
         finally:
             baseline.terminate()
             baseline.wait(10)
-        grid, client, endpoint = start_grid(root, model_path)
+        grid, client, endpoint = start_grid(root, model_path, check_rate)
         try:
             md = client.session_metadata()
             for c in levels:
@@ -228,13 +236,20 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=float, default=6.0, help="measured seconds per concurrency level")
     p.add_argument("--levels", default="1,8,64", help="client concurrency levels")
+    p.add_argument(
+        "--check-rate",
+        type=float,
+        default=EndpointSpec.check_rate,
+        help="share of answers the coordinator checks again (default: the endpoint default, "
+        f"{EndpointSpec.check_rate}); 0 measures routing alone",
+    )
     p.add_argument("--baseline-server", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--port-file", type=Path, help=argparse.SUPPRESS)
     ns = p.parse_args(argv)
     if ns.baseline_server is not None:
         asyncio.run(_baseline_server(ns.baseline_server, ns.port_file))
         return 0
-    emit(measure([int(c) for c in ns.levels.split(",")], ns.seconds))
+    emit(measure([int(c) for c in ns.levels.split(",")], ns.seconds, ns.check_rate))
     return 0
 
 

@@ -24,7 +24,7 @@ _FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--min-replicas", "min_replicas", int, "warm replicas kept at all times"),
     ("--max-replicas", "max_replicas", int, "replicas at most, added while requests queue"),
     ("--max-batch", "max_batch", int, "requests a replica runs in one forward pass, at most"),
-    ("--max-delay-us", "max_delay_us", int, "how long a busy replica waits to fill a batch (µs)"),
+    ("--max-delay-us", "max_delay_us", int, "how long a replica waits for more requests while they keep arriving (µs)"),
     ("--max-queue", "max_queue", int, "requests one replica holds; beyond, calls are refused with a retry hint"),
     ("--timeout-ms", "request_timeout_ms", int, "a request's deadline when the caller sets none"),
     ("--max-request-bytes", "max_request_bytes", int, "largest request (safetensors bytes)"),

@@ -30,8 +30,9 @@ MAX_REQUEST_BYTES = 4 << 20  # within one gRPC message (tensorgrid.rpc.MAX_MESSA
 class EndpointSpec(JobSpecBase):
     """Serve `model` on between min_replicas and max_replicas warm nodes.
 
-    Replicas batch the requests they hold: up to max_batch at once, waiting at most
-    max_delay_us for more when fewer are queued (never when one is alone and the replica idle).
+    Replicas batch the requests they hold: whatever queued while the worker was busy, up to
+    max_batch, runs as soon as it is free. max_delay_us > 0 also waits that long for more while
+    requests keep arriving (fuller batches, as a GPU may want; on a CPU it only adds latency).
     A replica holds at most max_queue requests; when every replica is full a call is refused
     with RESOURCE_EXHAUSTED and a retry hint. check_rate of the requests are run again on
     another replica or the coordinator's referee, with the consequences of a batch check.
@@ -44,7 +45,7 @@ class EndpointSpec(JobSpecBase):
     min_replicas: int = 1
     max_replicas: int = 1
     max_batch: int = 16
-    max_delay_us: int = 2_000
+    max_delay_us: int = 0
     max_queue: int = 64
     request_timeout_ms: int = 10_000
     max_request_bytes: int = 1 << 20

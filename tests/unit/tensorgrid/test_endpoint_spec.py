@@ -23,7 +23,7 @@ def spec(**fields: Any) -> EndpointSpec:
 def test_defaults_serve_inference_on_one_replica_with_sampled_checks() -> None:
     s = spec()
     assert (s.serves, s.min_replicas, s.max_replicas) == ("inference", 1, 1)
-    assert 0 < s.check_rate < 1 and s.max_delay_us > 0
+    assert 0 < s.check_rate < 1 and s.max_delay_us == 0  # no waiting for company by default
     assert s.replica_settings() == {"input_names": []}
 
 
