@@ -192,7 +192,7 @@ class SubmitterServicer(submit_pb2_grpc.SubmitterServiceServicer):
             raise PermissionDenied(f"bad cancel signature: {e}") from None
         if signer != me:
             raise PermissionDenied(f"the cancellation is signed by {signer}, not by this session's {me}")
-        if job.kind == "endpoint":
+        if self.app.serving.serves(job):
             info = await self.app.serving.delete(request.job_id, job.submitter)
         else:
             info = await self.db(self.jobs.cancel_job, request.job_id, job.submitter, now_ms())

@@ -12,7 +12,6 @@ import logging
 import time
 from collections.abc import Callable
 
-from coordinator.kinds.endpoint import NAME as ENDPOINT
 from coordinator.repositories.store import Store
 from coordinator.services.runtime import Runtime
 from coordinator.services.serving.model import Endpoint
@@ -22,6 +21,7 @@ from tensorgrid.spec import EndpointSpec, parse_spec
 from tensorgrid.types import JobInfo
 
 log = logging.getLogger("tensorgrid.coordinator.serving")
+ENDPOINT = EndpointSpec.kind_name()  # the job kind endpoints are (services never import kinds)
 RECEIPT_GRACE_S = 2.0  # a delete waits at most this long for the receipts of answers given
 RECEIPT_POLL_S = 0.01
 
@@ -39,6 +39,11 @@ class Serving:
         self.store = store
         self.router = router
         self.withheld = withheld
+
+    @staticmethod
+    def serves(job: JobInfo) -> bool:
+        """Whether the job is an endpoint (its cancel is a delete: Serving.delete)."""
+        return job.kind == ENDPOINT
 
     async def load(self) -> int:
         """Serve every endpoint job left queued or running; returns how many."""
