@@ -74,11 +74,15 @@ class Replica:
         self.batches = 0  # the last micro-batch's sequence number (the first is 1)
         self.process: ServingProcess | None = None
         self._loop: asyncio.Task[None] | None = None
+        self._closed = False  # released: a start still under way spawns nothing more
 
     # ---- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> bool:
         """Fetch, start, load; send ReplicaState. True when ready."""
         error = await self._prepare()
+        if self._closed:  # released while starting: whatever started goes too, nothing is ready
+            await self.close()
+            return False
         state = serving_pb2.ReplicaState(replica_id=self.replica_id, ready=error is None)
         if error is not None:
             log.warning(
@@ -107,6 +111,8 @@ class Replica:
             path = await self.ctx.fetch(model)
         except Exception as exc:  # the coordinator's blob store, the cache: reported, not fatal
             return TaskError(ErrorKind.BLOB_UNAVAILABLE, f"could not fetch the model: {exc}")
+        if self._closed:  # released during the fetch: no child for a replica nobody holds
+            return TaskError(ErrorKind.RELEASED, "released while starting")
         load = ReplicaLoad(
             model_path=str(path),
             serves=a.serves,
@@ -121,6 +127,7 @@ class Replica:
 
     async def close(self, reason: str = "the replica was released") -> None:
         """Stop batching and the child; requests not yet answered fail as RELEASED."""
+        self._closed = True
         error = TaskError(ErrorKind.RELEASED, reason)
         for p in [*self.batcher.close(), *self.batcher.running]:
             self.ctx.send(reply(p.request_id, 0, error=error))

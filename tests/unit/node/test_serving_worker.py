@@ -197,3 +197,32 @@ def test_a_replica_answers_then_signs_one_receipt_per_batch(
         want.output_hash,
         want.commitment,
     )
+
+
+def test_a_replica_released_while_it_starts_leaves_no_worker_behind(
+    loop: asyncio.AbstractEventLoop, models: dict[str, Path]
+) -> None:
+    """A release can come while the model is still being fetched: no child may outlive it."""
+    fetched = asyncio.Event()
+    sent: list[serving_pb2.ServeUp] = []
+
+    async def slow_fetch(ref: BlobRef) -> Path:
+        await fetched.wait()
+        return models["tiny"]
+
+    ctx = ReplicaContext(slow_fetch, lambda r: r, sent.append, device="cpu", threads=1)
+    assign = serving_pb2.ReplicaAssign(
+        endpoint_id="ab" * 32, replica_id="cd" * 32, serves="inference", model=common_pb2.BlobRef(sha256="ee" * 32)
+    )
+    replica = Replica(assign, ctx)
+
+    async def scenario() -> None:
+        starting = asyncio.ensure_future(replica.start())
+        await asyncio.sleep(0.05)
+        await replica.close("released")
+        fetched.set()
+        assert await starting is False
+        assert replica.process is None or replica.process.pid is None  # nothing was spawned, or it is gone
+        assert not any(m.state.ready for m in sent)
+
+    loop.run_until_complete(scenario())
