@@ -58,7 +58,7 @@ def settle_batch(domain: Domain, replica: Replica, msg: serving_pb2.BatchReceipt
         verify_receipt(domain, got, replica.node)
     except (SignatureError, ValueError) as e:
         raise BatchMismatch(f"bad receipt signature: {e}") from None
-    requests = tuple(
+    requests = tuple(  # a late answer (its caller gone) is signed for, but neither paid nor checked
         ServedRequest(request_id=i, input=a.input, output=a.output if a.ok else b"", ok=a.ok, seed=a.seed)
         for i, a in zip(ids, answered, strict=True)
     )

@@ -116,12 +116,14 @@ class Links:
         """The caller is done with `call`; still unanswered (the caller gave up): cancel it."""
         if call.replica.link.calls.pop(call.request_id, None) is not None:
             call.replica.calls.pop(call.request_id, None)
+            call.replica.link.gone[call.request_id] = (call, self.clock())
             call.replica.link.send(serving_pb2.ServeDown(cancel=serving_pb2.ServeCancel(request_id=call.request_id)))
         if call.timer is not None:
             call.timer.cancel()
 
     def _fail(self, call: Call, exc: Exception) -> None:
-        call.replica.link.calls.pop(call.request_id, None)
+        if call.replica.link.calls.pop(call.request_id, None) is not None:
+            call.replica.link.gone[call.request_id] = (call, self.clock())
         call.replica.calls.pop(call.request_id, None)
         if call.timer is not None:
             call.timer.cancel()
@@ -151,7 +153,9 @@ class Links:
             if rid >= link.next_request_id or rid == 0:
                 # no race explains it (ids only grow): a forgery, and the stream is closed
                 self.violation(link, f"a reply to request {rid}, which it was never sent", fatal=True)
-            return  # a late answer to a call that expired or was cancelled
+            elif reply.done:
+                self._late(link, rid, reply)
+            return
         if call.chunks is not None:
             call.chunks.put_nowait(reply)
         if not reply.done:
@@ -166,6 +170,16 @@ class Links:
         replica.answered[rid] = Answered(call.input, bytes(reply.output), ok, call.seed, reply.batch, self.clock())
         if not call.done.done():
             call.done.set_result(reply)
+
+    def _late(self, link: NodeLink, rid: int, reply: serving_pb2.ServeReply) -> None:
+        """An answer after its caller was gone: kept for its micro-batch's receipt (the node
+        signed it with its batch-mates, who are paid), itself never paid nor checked."""
+        gone = link.gone.pop(rid, None)
+        if gone is None or reply.batch == 0:
+            return  # long gone, or a request that ran in no micro-batch
+        call = gone[0]
+        output = b"" if reply.HasField("error") else bytes(reply.output)
+        call.replica.answered[rid] = Answered(call.input, output, False, call.seed, reply.batch, self.clock(), True)
 
     def _on_receipt(self, link: NodeLink, msg: serving_pb2.BatchReceipt) -> None:
         replica = link.replicas.get(msg.replica_id) or link.retired.get(msg.replica_id)
@@ -225,6 +239,8 @@ class Links:
         """Answers whose receipt is overdue are dropped (never paid); spent retired replicas go."""
         cutoff = now - RECEIPT_WAIT_S
         for link in self.links.values():
+            for rid in [rid for rid, (_, at) in link.gone.items() if at < cutoff]:
+                del link.gone[rid]
             for replica in (*link.replicas.values(), *link.retired.values()):
                 answered = replica.answered
                 while answered:

@@ -47,6 +47,7 @@ class Answered:
     seed: int
     batch: int
     at: float  # monotonic time of the answer
+    late: bool = False  # came after its caller was gone: in its batch's receipt, never paid
 
 
 @dataclass
@@ -61,6 +62,9 @@ class NodeLink:
     replicas: dict[str, Replica] = field(default_factory=dict)
     retired: dict[str, Replica] = field(default_factory=dict)  # released, their receipts still due
     calls: dict[int, Call] = field(default_factory=dict)
+    # calls whose caller was gone before their answer (deadline, cancel, a deleted endpoint),
+    # with when: a late answer still belongs in its micro-batch's receipt (links._on_reply)
+    gone: dict[int, tuple[Call, float]] = field(default_factory=dict)
     next_request_id: int = 1
     violations: int = 0  # protocol violations seen (replies for ids never sent, foreign replicas)
     closed: bool = False

@@ -19,6 +19,7 @@ from coordinator.services.serving.router import Router
 from tensorgrid.errors import InvalidTensorFile
 from tensorgrid.serving import tensors_to_bytes
 from tensorgrid.spec import EndpointSpec
+from tensorgrid.v1 import serving_pb2
 from tests.unit.coordinator.serving_sim import DOMAIN, Recorder, SimNode, spec
 
 EP = "cd" * 32
@@ -362,5 +363,39 @@ def test_a_checks_rerun_is_receipted_but_not_billed() -> None:
         assert billed == {(node, 1), (rerun.node, 0)}  # both receipted; the rerun's batch pays nothing
         assert sum(x.served for x in ep.replicas.values()) == 1
         assert not r._reruns  # nothing left to remember
+
+    run(scenario)
+
+
+def test_a_late_answer_keeps_its_batch_receipt_valid_and_only_it_goes_unpaid() -> None:
+    """The node answered after the caller's deadline, in a micro-batch with an answer in time:
+    the batch's receipt still matches, the answer in time is paid, the late one is not."""
+
+    async def scenario() -> None:
+        paid = Recorder()
+        r = router(paid)
+        node = SimNode(r, answer=False)
+        node.connect()
+        ep = r.add_endpoint(EP, ALICE, spec(), 0)
+        await settle()
+        with pytest.raises(DeadlineExceeded):
+            await r.infer(ep, payload(1), timeout_ms=30)  # no answer in time
+        late_req = node.requests[0]
+        in_time = asyncio.ensure_future(r.infer(ep, payload(2)))
+        await settle()
+        req = node.requests[1]
+        outputs = [b"late", b"in time"]
+        node.batch += 1
+        for rq, out in zip((late_req, req), outputs, strict=True):
+            node.up(replies=[serving_pb2.ServeReply(request_id=rq.request_id, output=out, done=True, batch=node.batch)])
+        output, _, _ = await in_time
+        assert output == b"in time"
+        node.send_receipt(
+            req.replica_id, node.batch, [late_req.request_id, req.request_id], [late_req.input, req.input], outputs
+        )
+        await settle()
+        assert r.mismatches == 0
+        (batch,) = paid.batches
+        assert batch.answered == 1 and [x.ok for x in batch.requests] == [False, True]
 
     run(scenario)
