@@ -46,6 +46,7 @@ def add_endpoint_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     c = ep.add_parser("create", parents=[common], help="upload a model and serve it on warm replicas")
     c.add_argument("--model", type=Path, required=True, help="torch.export program (.pt2)")
     c.add_argument("--serves", choices=SERVES, default="inference", help="(default: inference)")
+    c.add_argument("--replicas", type=int, metavar="N", help="exactly N replicas: --min-replicas N --max-replicas N")
     for flag, field, kind, what in _FLAGS:
         c.add_argument(flag, type=kind, dest=field, help=f"{what} (default: {getattr(EndpointSpec, field)})")
     c.add_argument("--input-name", action="append", dest="input_names", help="the program's inputs, in order (repeat)")
@@ -73,6 +74,11 @@ def add_endpoint_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 def endpoint_fields(ns: argparse.Namespace) -> dict[str, Any]:
     """The EndpointSpec fields the command was given."""
     fields = {field: getattr(ns, field) for _, field, _, _ in _FLAGS if getattr(ns, field) is not None}
+    if ns.replicas is not None:
+        given = {fields.get("min_replicas", ns.replicas), fields.get("max_replicas", ns.replicas)}
+        if given != {ns.replicas}:
+            raise TensorGridError("--replicas N sets both bounds: leave out --min-replicas and --max-replicas")
+        fields["min_replicas"] = fields["max_replicas"] = ns.replicas
     fields["serves"] = ns.serves
     for name in ("input_names", "stop_tokens"):
         if getattr(ns, name):

@@ -50,6 +50,9 @@ class Links:
     def accepted(self, replica: Replica, batch: ServedBatch) -> None:
         raise NotImplementedError
 
+    def refused(self, replica: Replica, request_ids: list[int]) -> None:
+        """A receipt naming these requests was refused (not paid); the router's hook."""
+
     # ---- streams ------------------------------------------------------------------------------
     def connect(self, node: str, device_kind: str, memory_bytes: int, max_replicas: int) -> NodeLink:
         """A node opened its Serve stream (a second stream of the same node replaces the first)."""
@@ -192,6 +195,7 @@ class Links:
             self.mismatches += 1
             replica.errors += 1
             log.warning("refused a receipt of node %s (batch %d, not paid): %s", link.node, msg.batch, e)
+            self.refused(replica, list(msg.request_ids))
             return
         self.accepted(replica, batch)
 

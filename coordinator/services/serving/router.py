@@ -259,6 +259,12 @@ class Router(Links):
         asyncio.get_running_loop().call_later(RECEIPT_WAIT_S + 1.0, self._rerun_unreceipted, key)
         return Reran(replica.node, bytes(reply.output), call.request_id, receipted)
 
+    def refused(self, replica: Replica, request_ids: list[int]) -> None:
+        """A check waiting on one of these requests' receipt learns now that none will count."""
+        if self._reruns:
+            for rid in request_ids:
+                self._rerun_unreceipted((replica.replica_id, rid))
+
     def _rerun_unreceipted(self, key: tuple[str, int]) -> None:
         """No verified receipt came for the rerun (refused, or overdue): nothing to slash with."""
         waiter = self._reruns.pop(key, None)

@@ -160,3 +160,14 @@ def test_endpoint_create_flags_reach_the_spec() -> None:
         "stop_tokens": (1, 2),
         "device": "cpu",
     }
+
+
+def test_endpoint_replicas_sets_both_bounds_and_refuses_a_contradiction() -> None:
+    from tensorgrid import cli_endpoint
+    from tensorgrid.errors import TensorGridError
+
+    fields = cli_endpoint.endpoint_fields(parse("endpoint", "create", "--model", "m", "--replicas", "3"))
+    assert (fields["min_replicas"], fields["max_replicas"]) == (3, 3)
+    with pytest.raises(TensorGridError, match="sets both bounds"):
+        ns = parse("endpoint", "create", "--model", "m", "--replicas", "3", "--max-replicas", "4")
+        cli_endpoint.endpoint_fields(ns)
