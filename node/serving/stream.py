@@ -40,6 +40,7 @@ MAX_BACKOFF_S = 2.0
 UNIMPLEMENTED_RETRY_S = 60.0
 HEALTHY_S = 10.0  # a stream that lived this long resets the backoff
 CLOSE_GRACE_S = 2.0
+RECEIPT_DELAY_S = 0.05  # a receipt waits at most this long to ride with the next replies
 
 OnError = Callable[[grpc.aio.AioRpcError, str], Awaitable[None]]
 MakeContext = Callable[[Callable[[serving_pb2.ServeUp], None]], ReplicaContext]
@@ -68,6 +69,8 @@ class ServeLoop:
         self.replicas: dict[str, Replica] = {}
         self._tasks: set[asyncio.Task[object]] = set()
         self._outgoing: asyncio.Queue[serving_pb2.ServeUp | None] = asyncio.Queue()
+        self._receipts: list[serving_pb2.BatchReceipt] = []  # waiting to ride with the next replies
+        self._receipt_timer: asyncio.TimerHandle | None = None
 
     async def run(self) -> None:
         """Serve until draining."""
@@ -107,6 +110,7 @@ class ServeLoop:
     async def _session(self) -> None:
         outgoing: asyncio.Queue[serving_pb2.ServeUp | None] = asyncio.Queue()
         self._outgoing = outgoing
+        self._receipts = []  # a previous stream's receipts went with its replicas
         outgoing.put_nowait(serving_pb2.ServeUp(hello=serving_pb2.ServeHello(max_replicas=self.max_replicas)))
 
         call = self.client.serve(coalesced(outgoing, ("replies", "receipts"), _reply_bytes))
@@ -116,6 +120,7 @@ class ServeLoop:
             await asyncio.wait({reader, drained}, return_when=asyncio.FIRST_COMPLETED)
             if not reader.done():  # draining: release, half-close, let the coordinator end it
                 await self._drop_all("the node is draining")
+                self._flush_receipts()  # the last batches' receipts go before the stream ends
                 outgoing.put_nowait(None)
                 with contextlib.suppress(asyncio.TimeoutError, grpc.aio.AioRpcError, asyncio.CancelledError):
                     await asyncio.wait_for(asyncio.shield(reader), CLOSE_GRACE_S)
@@ -131,8 +136,29 @@ class ServeLoop:
             self._dispatch(down)
 
     def send(self, msg: serving_pb2.ServeUp) -> None:
-        """Queue a message up the current stream (dropped with the stream if it breaks)."""
+        """Queue a message up the current stream (dropped with the stream if it breaks).
+
+        A message of receipts alone waits (RECEIPT_DELAY_S at most) to ride with the next
+        replies: a receipt is needed within seconds, a reply at once, and a lone client would
+        otherwise cost both ends two stream messages per request instead of one."""
+        if msg.WhichOneof("msg") is None and not msg.replies:
+            self._receipts.extend(msg.receipts)
+            if self._receipt_timer is None:
+                loop = asyncio.get_running_loop()
+                self._receipt_timer = loop.call_later(RECEIPT_DELAY_S, self._flush_receipts)
+            return
+        if self._receipts and msg.replies:
+            msg.receipts.extend(self._receipts)  # after the replies they may follow: handled in order
+            self._receipts.clear()
         self._outgoing.put_nowait(msg)
+
+    def _flush_receipts(self) -> None:
+        if self._receipt_timer is not None:
+            self._receipt_timer.cancel()
+        self._receipt_timer = None
+        if self._receipts:
+            self._outgoing.put_nowait(serving_pb2.ServeUp(receipts=self._receipts))
+            self._receipts = []
 
     def _dispatch(self, down: serving_pb2.ServeDown) -> None:
         for r in down.requests:
