@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, select, update
 
@@ -107,14 +108,22 @@ def credit_results(conn: Connection, accepted: Sequence[AcceptedResult], now_ms:
                 void=False,
             )
         )
+    _write_credits(conn, rows, credited, prices, per_node)
+    return sum(per_node.values())
+
+
+def _write_credits(
+    conn: Connection, rows: list[dict[str, object]], credited: Mapping[str, int], prices: Mapping[str, Any],
+    per_node: Mapping[str, int],
+) -> None:  # fmt: skip
+    """Insert the credit rows, move each job's running credited total and each node's earnings."""
     if not rows:
-        return 0
+        return
     conn.execute(s.credits.insert(), rows)
     for job, total in credited.items():
         if total != prices[job].credited_wei:
             conn.execute(update(s.job_prices).where(s.job_prices.c.job_id == job).values(credited_wei=total))
     add_earned(conn, per_node)
-    return sum(per_node.values())
 
 
 def credit_batches(conn: Connection, batches: Sequence[ServedBatchCredit], now_ms: int) -> dict[str, int]:
@@ -165,13 +174,7 @@ def credit_batches(conn: Connection, batches: Sequence[ServedBatchCredit], now_m
         rows.append(
             dict(node=address, job_id=job, task_id=task, attempt=0, amount_wei=amount, created_ms=now_ms, void=False)
         )
-    if not rows:
-        return {}
-    conn.execute(s.credits.insert(), rows)
-    for job, total in credited.items():
-        if total != prices[job].credited_wei:
-            conn.execute(update(s.job_prices).where(s.job_prices.c.job_id == job).values(credited_wei=total))
-    add_earned(conn, per_node)
+    _write_credits(conn, rows, credited, prices, per_node)
     return paid
 
 
