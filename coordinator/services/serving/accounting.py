@@ -65,6 +65,9 @@ class Accounting:
         self._flushing: dict[str, _Tally] = {}  # being written by the flush in progress
         self._void_after: dict[str, str] = {}  # voided while being written: taken back after
         self._free_served: dict[str, int] = {}
+        # requests per endpoint counted and not yet written (pending + flushing): `remaining`
+        # runs on every call, so it is kept as tallies come and go rather than summed
+        self._unwritten: dict[str, int] = {}
         self._lock = asyncio.Lock()
 
     # ---- the router's calls (synchronous, in memory) ------------------------------------------
@@ -80,6 +83,7 @@ class Accounting:
             self._free_served[batch.endpoint_id] = self._free_served.get(batch.endpoint_id, 0) + batch.answered
             return
         self._pending[task_id] = _Tally(batch.endpoint_id, batch.node, task_id, batch.answered)
+        self._count(self._pending[task_id], +1)
 
     def remaining(self, endpoint_id: str) -> int | None:
         """Requests the budget still pays for, less those counted and not yet written; None: no cap."""
@@ -101,7 +105,8 @@ class Accounting:
     def void(self, batch: ServedBatch, reason: str) -> None:
         """A caught batch is not paid: dropped if not written yet, else its credit is taken back."""
         task_id = batch.receipt.task_id
-        if self._pending.pop(task_id, None) is not None:
+        if (dropped := self._pending.pop(task_id, None)) is not None:
+            self._count(dropped, -1)
             log.warning("batch %s of endpoint %s is not paid: %s", task_id[:12], batch.endpoint_id[:12], reason)
         elif task_id in self._flushing:
             self._void_after[task_id] = reason
@@ -120,10 +125,14 @@ class Accounting:
             except Exception:  # kept for the next flush: credits are keyed by batch, never paid twice
                 log.exception("writing %d served batches' credits failed; will retry", len(self._flushing))
                 kept = {k: v for k, v in self._flushing.items() if k not in self._void_after}
+                for task_id in self._void_after:
+                    self._count(self._flushing[task_id], -1)
                 self._pending, self._void_after = {**kept, **self._pending}, {}
+                self._flushing = {}
                 return
-            finally:
-                flushed, self._flushing = self._flushing, {}
+            flushed, self._flushing = self._flushing, {}
+            for tally in flushed.values():
+                self._count(tally, -1)
             for endpoint_id, (total, void) in credited.items():
                 if endpoint_id in self._terms:
                     self._terms[endpoint_id].credited = total
@@ -179,10 +188,15 @@ class Accounting:
 
     # ---- the endpoint's terms -----------------------------------------------------------------
     def _unwritten_wei(self, endpoint_id: str) -> int:
-        price = self._terms[endpoint_id].price
-        counted = sum(t.requests for t in self._pending.values() if t.endpoint_id == endpoint_id)
-        counted += sum(t.requests for t in self._flushing.values() if t.endpoint_id == endpoint_id)
-        return counted * price
+        return self._unwritten.get(endpoint_id, 0) * self._terms[endpoint_id].price
+
+    def _count(self, tally: _Tally, sign: int) -> None:
+        """A tally became unwritten (+1) or written, dropped or voided (-1)."""
+        left = self._unwritten.get(tally.endpoint_id, 0) + sign * tally.requests
+        if left:
+            self._unwritten[tally.endpoint_id] = left
+        else:
+            self._unwritten.pop(tally.endpoint_id, None)
 
     def _terms_of(self, endpoint_id: str) -> _Terms:
         """The endpoint's price row (and spec cap), read once per endpoint and kept in memory.
