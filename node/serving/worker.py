@@ -32,6 +32,7 @@ from typing import IO, Any
 from node.serving.frames import encode, read_frame
 from node.worker import MAX_MESSAGE_CHARS, _set_address_space, _volunteer_for_oom_killer, classify
 from node.worker import prepare as prepare_worker
+from tensorgrid.sandbox.oneshot import protocol_fd
 
 log = logging.getLogger("tensorgrid.node.serving.worker")
 
@@ -117,19 +118,11 @@ def prepare() -> None:
     prepare_worker()
 
 
-def _protocol_stream() -> IO[bytes]:
-    """fd 1 for the frames, and fd 1 pointed at stderr so stray native output cannot corrupt them."""
-    proto_fd = os.dup(1)
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    return os.fdopen(proto_fd, "wb")
-
-
 def main() -> None:
     """Entry point of the child process."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="serving worker %(levelname)s %(message)s")
     _volunteer_for_oom_killer()
-    out = _protocol_stream()
+    out = os.fdopen(protocol_fd(), "wb")  # binary frames; fd 1 now points at stderr
     prepare()
     gc.freeze()  # torch's import-time objects: a full collection would otherwise pause a request
     out.write(b'{"ready": true, "pid": %d}\n' % os.getpid())

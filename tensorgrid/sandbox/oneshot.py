@@ -285,13 +285,18 @@ def is_oom(exc: BaseException) -> bool:
     return False
 
 
-def protocol_stream() -> IO[str]:
+def protocol_fd() -> int:
     """Take fd 1 for the protocol and point fd 1 at stderr, so stray native output (torch,
-    BLAS, CUDA) cannot corrupt the answer."""
+    BLAS, CUDA) cannot corrupt the answer; returns the protocol's own descriptor."""
     proto_fd = os.dup(1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    return os.fdopen(proto_fd, "w", buffering=1, encoding="utf-8")
+    return proto_fd
+
+
+def protocol_stream() -> IO[str]:
+    """protocol_fd() as a line-buffered text stream (JSON lines)."""
+    return os.fdopen(protocol_fd(), "w", buffering=1, encoding="utf-8")
 
 
 def serve_once(handler: Callable[[dict[str, Any], Path], dict[str, Any]]) -> None:
