@@ -46,6 +46,7 @@ from tensorgrid.spec import (
     validate,
     validate_training,
 )
+from tensorgrid.spec.verification import fee_tasks
 from tensorgrid.tls import ClientTls, open_channel
 from tensorgrid.transfer import Progress, Transfer
 from tensorgrid.types import BlobRef, Earnings, JobEvent, JobInfo, JobState, NodeStatus
@@ -242,8 +243,10 @@ class Client:
         rows = batch_rows(read_header(inputs))
         model_ref = self.upload(model, progress)
         inputs_ref = self.upload(inputs, progress)
+        shards = -(-rows // spec.shard_rows)  # each once, and the fee that pays their checkers
         return self.submit(
-            InferenceSpec(model=model_ref, inputs=inputs_ref, **settings), tasks=-(-rows // spec.shard_rows)
+            InferenceSpec(model=model_ref, inputs=inputs_ref, **settings),
+            tasks=shards + fee_tasks(spec.verification, shards, spec.shard_rows),
         )
 
     def submit_generation(
@@ -274,7 +277,7 @@ class Client:
         model_ref, prompts_ref = self.upload(model, progress), self.upload(prompts, progress)
         return self.submit(
             GenerationSpec(model=model_ref, prompts=prompts_ref, vocab_size=vocab_size, **settings),
-            tasks=-(-n // spec.shard_prompts),
+            tasks=(shards := -(-n // spec.shard_prompts)) + fee_tasks(spec.verification, shards, spec.shard_prompts),
         )
 
     def submit_noop(self, tasks: int, **settings: Any) -> JobInfo:

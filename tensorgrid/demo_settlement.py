@@ -39,9 +39,11 @@ def show_settlement(cg: Any, client: Any, job: JobInfo) -> None:
         f"   result hash   {escrow.result_hash[:16]}… on chain; the downloaded result hashes to "
         f"{job.result.sha256[:16]}… ({'match' if escrow.result_hash == job.result.sha256 else 'MISMATCH'})"
     )
+    fee = job.verification.fee_paid_wei if job.verification is not None else 0
+    checkers = f" and {fee / ETH:.4f} ETH of verification fee won by checkers" if fee else ""
     print(
         f"   escrow        budget {escrow.budget / ETH:.4f} ETH, charged {escrow.charged / ETH:.4f} ETH for "
-        f"{job.tasks_total} tasks, rest refunded to the submitter"
+        f"{job.tasks_total} tasks{checkers}, rest refunded to the submitter"
     )
     time.sleep(cg.deployment.challenge_window + 1)  # roots become claimable after the challenge window
     cg.anvil.rpc("evm_mine")  # anvil mines on demand: a fresh block carries the chain's new time

@@ -48,6 +48,8 @@ def verification_line(v: JobVerification) -> str:
         parts.append(f"detection ≥ {math.floor(v.detection * 1000) / 10:.1f}%")
     if v.required_stake_wei:
         parts.append(f"stake required {format_eth(v.required_stake_wei)}")
+    if v.fee_budget_wei:
+        parts.append(f"checkers paid {format_eth(v.fee_paid_wei)} of a {format_eth(v.fee_budget_wei)} fee")
     if v.slashes:
         parts.append(f"{v.slashes} slash{'es' if v.slashes != 1 else ''} took {format_eth(v.slashed_wei)}")
     return "verification: " + ", ".join(parts)

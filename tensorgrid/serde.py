@@ -192,6 +192,8 @@ def verification_to_pb(v: t.JobVerification) -> submit_pb2.JobVerification:
         required_stake_wei=str(v.required_stake_wei),
         slashes=v.slashes,
         slashed_wei=str(v.slashed_wei),
+        fee_budget_wei=str(v.fee_budget_wei),
+        fee_paid_wei=str(v.fee_paid_wei),
     )
 
 
@@ -203,6 +205,8 @@ def verification_from_pb(m: submit_pb2.JobVerification) -> t.JobVerification:
         required_stake_wei=int(m.required_stake_wei or 0),
         slashes=m.slashes,
         slashed_wei=int(m.slashed_wei or 0),
+        fee_budget_wei=int(m.fee_budget_wei or 0),
+        fee_paid_wei=int(m.fee_paid_wei or 0),
     )
 
 

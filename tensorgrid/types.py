@@ -113,6 +113,8 @@ class JobVerification:
     required_stake_wei: int = 0
     slashes: int = 0  # confirmed on-chain slashes of nodes caught on this job
     slashed_wei: int = 0
+    fee_budget_wei: int = 0  # the escrow's verification fee: what its checkers may win (fee_tasks)
+    fee_paid_wei: int = 0  # what checkers proven right have won of it so far
 
     def count(self, outcome: str) -> int:
         """Checks of any kind that ended in `outcome` (verified, caught, unverified, open, …)."""

@@ -1,5 +1,6 @@
 """A job's verification report: its policy, how its checks ended, the odds of catching a cheat,
-the stake its nodes need and the slashes it caused. The odds are the job kind's to compute."""
+the stake its nodes need, the slashes it caused and what its checkers were paid. The odds are
+the job kind's to compute."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import dataclasses
 
 from coordinator.repositories.ledger import escrow, slashing
 from coordinator.repositories.store import Store
+from coordinator.repositories.verification import fees
 from coordinator.services.kind import KindLookup
 from tensorgrid.spec import VerificationSpec
 from tensorgrid.types import JobInfo, JobVerification
@@ -23,6 +25,7 @@ class Reports:
         checks = self.store.verification.job_checks(job.job_id)
         with self.store.engine.connect() as conn:
             slashes, slashed_wei = slashing.job_slashes(conn, job.job_id)
+            fee_budget_wei, fee_paid_wei = fees.fee_budget(conn, job.job_id)
             withheld = job.result is not None and escrow.result_withheld(conn, job.job_id)
         if withheld:  # no free work: the result is released once its payment is secured on chain
             job = dataclasses.replace(job, result=None)
@@ -34,5 +37,5 @@ class Reports:
             spec = VerificationSpec(**stored[0])
             mode, stake = spec.mode, stored[1]
             detection = self.kinds.for_job(job.kind).detection(job, spec)
-        report = JobVerification(mode, checks, detection, stake, slashes, slashed_wei)
+        report = JobVerification(mode, checks, detection, stake, slashes, slashed_wei, fee_budget_wei, fee_paid_wei)
         return dataclasses.replace(job, verification=report)

@@ -72,6 +72,26 @@ def budget_rows(task_rows: int) -> int:
     return max(1, math.floor(task_rows * CHECK_BUDGET / CHECK_RUNS))
 
 
+def fee_tasks(v: VerificationSpec | None, tasks: int, task_rows: int) -> int:
+    """Rewards a job's escrow holds beyond its `tasks` to pay its checkers: the verification fee.
+
+    Escrows charge whole rewards, while a spot-check re-runs a fraction of a task, so a checker
+    proven right wins one reward with probability (rows it re-ran ÷ rows of the task it
+    checked): its expected pay is its share of the work (a canary, a whole shard, always wins).
+    The fee covers every result checked (a new node's lot) plus canaries, and two standard
+    deviations of the draws; what is not won goes back with the rest of the escrow. Rows are
+    the task's rows for inference and its prompts for generation; 0 when nothing is checked.
+    """
+    v = v or VerificationSpec()
+    if v.mode == "none" or tasks <= 0 or task_rows <= 0:
+        return 0
+    m = task_rows if v.mode == "replicate" else detection_rows(v, tasks, task_rows)
+    p, c = min(1.0, m / task_rows), v.canary_rate
+    expected = tasks * (p + c)
+    spread = math.sqrt(tasks * (p * (1.0 - p) + c * (1.0 - c)))
+    return math.ceil(expected + 2.0 * spread - 1e-9)
+
+
 def decode_verification(name: str, value: Any) -> VerificationSpec:
     policy = build(VerificationSpec, require_object(value, "verification"), "verification", {})
     validate_verification(policy)

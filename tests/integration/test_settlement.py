@@ -16,7 +16,7 @@ from tensorgrid.client import Client, CoordinatorError
 from tensorgrid.crypto import Signer
 from tensorgrid.devnet import ChainGrid, start_chain_grid
 from tensorgrid.nodeclient import NodeClient
-from tensorgrid.spec import InferenceSpec
+from tensorgrid.spec import InferenceSpec, VerificationSpec
 from tensorgrid.types import Capabilities, JobState
 from tests.integration.conftest import BATCH, FAST, Assets, Stopper, wait_for
 
@@ -73,10 +73,14 @@ def test_funded_job_is_charged_recorded_refunded_and_claimed(devnet: ChainGrid, 
         assert final.result is not None
         escrow = wait_for(lambda: (e := client.escrow(job.job_id)).status == JobStatus.COMPLETED and e)
         assert escrow.result_hash == final.result.sha256
-        assert escrow.charged == REWARD * final.tasks_total == REWARD * 6
+        report = final.verification
+        assert report is not None and report.fee_budget_wei == escrow.budget - REWARD * 6 > 0  # the checkers' fee
+        # each task once, and the checkers' wins from the fee (a draw per verified check)
+        assert escrow.charged == REWARD * final.tasks_total + report.fee_paid_wei
+        assert final.tasks_total == 6 and report.fee_paid_wei <= report.fee_budget_wei
         # budget went in, the unspent part came back: the submitter paid the charge plus gas only
         spent = before - client.chain.balance()
-        assert REWARD * 6 <= spent < REWARD * 6 + 10**16
+        assert escrow.charged <= spent < escrow.charged + 10**16
         time.sleep(devnet.deployment.challenge_window + 1)
         devnet.anvil.rpc("evm_mine")  # anvil mines only on demand: a fresh block carries the new time
         paid = 0
@@ -97,11 +101,18 @@ def test_cancel_after_result_still_pays_the_nodes(devnet: ChainGrid, digits: Ass
     with submitter(devnet) as client:
         assert client.chain is not None
         before = client.chain.balance()
-        job = client.submit_inference(
-            digits.model, digits.inputs, shard_rows=500, batch_size=BATCH, device="cpu", reward_per_task_wei=REWARD
+        job = client.submit_inference(  # every result re-run whole: each checker proven right wins one reward
+            digits.model,
+            digits.inputs,
+            shard_rows=500,
+            batch_size=BATCH,
+            device="cpu",
+            reward_per_task_wei=REWARD,
+            verification=VerificationSpec(mode="replicate", canary_rate=0.0),
         )
         final = client.wait(job.job_id)
         assert final.state == JobState.SUCCEEDED and final.result is not None, final.error
+        assert final.verification is not None and final.verification.fee_paid_wei == REWARD * 6
         escrow = client.escrow(job.job_id)
         assert escrow.locked  # locked at the first lease, before any result existed
         client.result(job.job_id, tmp_path / "result.safetensors")  # the submitter has what it paid for
@@ -112,9 +123,9 @@ def test_cancel_after_result_still_pays_the_nodes(devnet: ChainGrid, digits: Ass
             assert e.error in ("LockedUntilDeadline", "JobNotOpen"), e
         assert client.cancel(job.job_id).state == JobState.SUCCEEDED  # a finished job stays finished
         escrow = wait_for(lambda: (e := client.escrow(job.job_id)).status == JobStatus.COMPLETED and e)
-        assert escrow.charged == REWARD * final.tasks_total == REWARD * 6 and escrow.locked
+        assert escrow.charged == REWARD * (6 + 6) and escrow.locked  # 6 tasks, 6 checks
         spent = before - client.chain.balance()
-        assert REWARD * 6 <= spent < REWARD * 6 + 10**16  # the unspent part (none here) and gas only
+        assert REWARD * 12 <= spent < REWARD * 12 + 10**16  # the unspent part (none here) and gas only
         time.sleep(devnet.deployment.challenge_window + 1)
         devnet.anvil.rpc("evm_mine")
         paid = 0
@@ -124,7 +135,7 @@ def test_cancel_after_result_still_pays_the_nodes(devnet: ChainGrid, digits: Ass
             if earned.claim_cumulative_wei:
                 node.claim(earned.claim_cumulative_wei, earned.claim_proof)
             paid += node.claimed(node.address)
-        assert paid == escrow.charged  # every verified task paid, though the submitter walked away
+        assert paid == escrow.charged  # every verified task and check paid, though the submitter walked away
 
 
 def test_no_escrow_no_scheduling(devnet: ChainGrid, digits: Assets, tmp_path: Path) -> None:

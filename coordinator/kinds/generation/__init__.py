@@ -32,6 +32,7 @@ from coordinator.services.verification.policy import DEFAULT, VerificationPolicy
 from tensorgrid.blobs import BlobStore
 from tensorgrid.errors import InvalidTensorFile, SpecError, TensorGridError
 from tensorgrid.spec import GenerationSpec, VerificationSpec, parse_spec, task_id_for
+from tensorgrid.spec.verification import fee_tasks
 from tensorgrid.types import BlobRef, JobInfo, Receipt
 from tensorgrid.workloads import tensorfile
 from tensorgrid.workloads.generation import check_prompts
@@ -76,6 +77,10 @@ class GenerationKind(BaseKind):
             required_stake_wei=stake,
         )
         return job, tasks
+
+    def paid_tasks(self, spec: Any, planned: int) -> int:
+        """Each shard once, plus the verification fee that pays its checkers (fee_tasks)."""
+        return planned + fee_tasks(spec.verification, planned, spec.shard_prompts)
 
     def check_output(self, task: TaskRecord, receipt: Receipt, path: Path) -> int | None:
         """The output's prompt count (it must be the task's). Raises Rejected."""

@@ -26,6 +26,7 @@ from coordinator.services.verification.policy import VerificationPolicy
 from tensorgrid.blobs import BlobStore
 from tensorgrid.errors import SpecError, TensorGridError
 from tensorgrid.spec import InferenceSpec, VerificationSpec, parse_spec
+from tensorgrid.spec.verification import fee_tasks
 from tensorgrid.types import BlobRef, JobInfo, Receipt
 from tensorgrid.workloads import tensorfile
 from tensorgrid.workloads.model import check_program
@@ -61,6 +62,10 @@ class InferenceKind(BaseKind):
             required_stake_wei=stake,
         )
         return job, tasks
+
+    def paid_tasks(self, spec: Any, planned: int) -> int:
+        """Each shard once, plus the verification fee that pays its checkers (fee_tasks)."""
+        return planned + fee_tasks(spec.verification, planned, spec.shard_rows)
 
     def vet(self, spec: Any, blobs: BlobStore) -> None:
         """The determinism contract (vetting.py): refuse a program whose rows are not independent."""

@@ -22,7 +22,7 @@ from sqlalchemy import Connection, insert, select, update
 from coordinator.db import schema as s
 from coordinator.repositories.jobs import OPEN_CHECK_STATES
 from coordinator.repositories.ledger import credits as ledger
-from coordinator.repositories.verification import assign, canaries, ending
+from coordinator.repositories.verification import assign, canaries, ending, fees
 from coordinator.repositories.verification.trust import bump, reset_streak, streak_for_job
 from tensorgrid.spec import VerificationSpec
 from tensorgrid.spec.verification import detection_rows
@@ -142,6 +142,7 @@ def apply_verdict(
     elif verdict.agrees_subject:
         settle(conn, chk, "verified", now_ms, event)
         bump(conn, [checker], valid=True, job_id=chk.job_id)
+        fees.pay_checkers(conn, chk.root_id, [checker], now_ms)
         # Earlier checkers of a tiebreak chain (the referee could not run) disagreed with two
         # matching outputs: without the referee's own re-execution nobody is blamed; they are
         # only checked as newcomers again.

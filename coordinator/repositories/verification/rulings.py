@@ -30,7 +30,7 @@ from sqlalchemy import Connection, select, update
 from coordinator.db import schema as s
 from coordinator.repositories.ledger.slashing import queue_slash
 from coordinator.repositories.verification import checks as records
-from coordinator.repositories.verification import ending
+from coordinator.repositories.verification import ending, fees
 
 EventFn = records.EventFn
 referee_rulings = s.referee_rulings
@@ -125,8 +125,9 @@ def apply(conn: Connection, check_id: str, ruling: Ruling, now_ms: int, event: E
     if not done.rowcount or chk is None or chk.state == "done":
         return None
     checkers = records.chain_outputs(conn, check_id)
-    if ruling.reason:
+    if ruling.reason:  # nobody blamed: the checkers' work on it is paid like the subject's
         records.settle(conn, chk, "unverifiable", now_ms, event)
+        fees.pay_checkers(conn, check_id, [node for node, _ in checkers], now_ms)
         ending.fail_job(conn, chk.job_id, f"the program is not verifiable: {ruling.reason}", now_ms)
         return str(chk.job_id)
     wrong = [node for node, _ in checkers if node not in ruling.right_checkers]
@@ -136,6 +137,7 @@ def apply(conn: Connection, check_id: str, ruling: Ruling, now_ms: int, event: E
         records.settle(conn, chk, "caught", now_ms, event, "output rows differ from the coordinator's re-execution")
         _slash(conn, chk.subject_node, chk.job_id, chk.subject_task, chk.subject_attempt, ruling.output_sha, now_ms)
     records.bump(conn, ruling.right_checkers, valid=True, job_id=chk.job_id)
+    fees.pay_checkers(conn, check_id, ruling.right_checkers, now_ms)
     records.bump(conn, wrong, valid=False, job_id=chk.job_id)
     for node in wrong:
         event(
@@ -146,7 +148,7 @@ def apply(conn: Connection, check_id: str, ruling: Ruling, now_ms: int, event: E
             node=node,
             message="check result differs from the coordinator's re-execution",
         )
-        task_id, attempt = _check_receipt(conn, check_id, node)
+        task_id, attempt, _ = fees.check_receipt(conn, check_id, node)
         if task_id:
             _slash(conn, node, chk.job_id, task_id, attempt, ruling.output_sha, now_ms)
     return str(chk.job_id)
@@ -164,26 +166,14 @@ def fail(conn: Connection, check_id: str, error: str, now_ms: int, event: EventF
     if not done.rowcount or chk is None or chk.state == "done":
         return None
     checkers = [node for node, _ in records.chain_outputs(conn, check_id)]
-    if limit:  # an agreement the referee could not confirm: paid, but no trust for anyone
+    if limit:  # an agreement the referee could not confirm: paid (checker too), but no trust for anyone
         records.settle(conn, chk, "unverified", now_ms, event)
+        fees.pay_checkers(conn, check_id, checkers, now_ms)
     elif not checkers:  # nobody else could check it and neither can we: the old last resort
         records.settle(conn, chk, "unverified", now_ms, event)
     else:
         records.open_tiebreak(conn, chk, now_ms, event, f"the coordinator could not re-execute: {error[:200]}")
     return str(chk.job_id)
-
-
-def _check_receipt(conn: Connection, check_id: str, node: str) -> tuple[str, int]:
-    """(task id, attempt) of the receipt a checker signed for a check in this chain."""
-    c, rc = records.checks, s.receipts
-    row = conn.execute(
-        select(rc.c.task_id, rc.c.attempt)
-        .join(c, c.c.check_id == rc.c.task_id)
-        .where(c.c.root_id == check_id, rc.c.node == node)
-        .order_by(rc.c.attempt.desc())
-        .limit(1)
-    ).first()
-    return (str(row.task_id), int(row.attempt)) if row else ("", 0)
 
 
 def _slash(conn: Connection, node: str, job_id: str, task_id: str, attempt: int, correct: str, now_ms: int) -> None:

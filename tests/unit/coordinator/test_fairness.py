@@ -62,7 +62,7 @@ def test_an_unverifiable_program_ends_the_dispute_without_blame(state: Store) ->
     why = "rows gave different outputs in the shard's batches than on their own"
     assert state.verification.apply_ruling(check_id, Ruling("", False, (), why), NOW + 3) == (JOB, False)
     assert _caught(state, SUBJECT) == 0 and _caught(state, checker) == 0
-    assert _credits(state) == {SUBJECT: 1}  # the honest subject is paid
+    assert _credits(state) == {SUBJECT: 1, checker: 1}  # the honest subject is paid, its checker from the fee
     job = state.jobs.get_job(JOB)
     assert job.state == JobState.FAILED and "not verifiable" in job.error and why in job.error
     with state.engine.connect() as conn:
@@ -105,7 +105,7 @@ def test_a_confirmation_that_could_not_run_verifies_nothing(state: Store) -> Non
     assert "unverified" in kinds and "verified" not in kinds
     assert state.verification.reputation(SUBJECT).consecutive_valid == 0
     assert state.verification.reputation(checker).consecutive_valid == 0
-    assert _credits(state) == {SUBJECT: 1}  # paid all the same
+    assert _credits(state) == {SUBJECT: 1, checker: 1}  # paid all the same (the checker from the fee)
 
 
 def test_trust_grows_only_on_paid_jobs_of_several_submitters_weighted_by_reward(state: Store) -> None:

@@ -1,0 +1,98 @@
+"""The verification fee: checkers proven right are paid from what a job's escrow holds beyond its tasks.
+
+An escrow charges whole rewards (a number of tasks at the job's price), while a spot-check
+re-runs a fraction of a task. So a checker proven right wins one reward with probability
+(rows it re-ran ÷ rows of the task it checked), drawn when its check settles from the
+operating system's CSPRNG (no node can foresee or steer it): its expected pay is exactly its
+share of the work, and every credit and every charge stays a whole reward, as the chain
+counts them. A canary, a whole shard re-run, always wins. Wins stop at the fee the escrow
+funded (its budget ÷ the reward, less the job's tasks: tensorgrid.spec.verification.fee_tasks);
+the submitter gets back what was not won with the rest of the escrow. A job without a price
+(no chain) pays no one, and a checker proven wrong is never paid.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections.abc import Callable, Sequence
+
+from sqlalchemy import Connection, func, select
+
+from coordinator.db import schema as s
+from coordinator.repositories.ledger import credits as ledger
+
+log = logging.getLogger("tensorgrid.coordinator.verification")
+
+Draw = Callable[[int], int]  # randbelow(n): a uniform int in [0, n)
+
+
+def pay_checkers(
+    conn: Connection, root_id: str, nodes: Sequence[str], now_ms: int, draw: Draw = secrets.randbelow
+) -> int:
+    """Draw each named checker of the chain `root_id` for its fee and credit the winners, in the
+    caller's transaction. Returns the rewards won (credited)."""
+    chk = conn.execute(select(s.checks).where(s.checks.c.check_id == root_id)).first()
+    if chk is None or not nodes:
+        return 0
+    funded = _fee_rewards(conn, chk.job_id)
+    if funded <= 0:
+        return 0
+    won = fee_won(conn, chk.job_id)
+    subject_rows = _rows(conn, chk.subject_task)
+    winners: list[ledger.AcceptedResult] = []
+    for node in dict.fromkeys(nodes):
+        task_id, attempt, rows = check_receipt(conn, root_id, node)
+        if not task_id or subject_rows <= 0 or draw(subject_rows) >= min(rows, subject_rows):
+            continue
+        if won + len(winners) >= funded:
+            log.warning("job %s: its verification fee of %d rewards is spent; checker %s is not paid",
+                        chk.job_id, funded, node)  # fmt: skip
+            break
+        winners.append((node, str(chk.job_id), task_id, attempt))
+    paid = ledger.credit_results(conn, winners, now_ms) if winners else 0
+    return paid // max(1, _reward(conn, chk.job_id))
+
+
+def fee_won(conn: Connection, job_id: str) -> int:
+    """Rewards the job's checkers have won so far (live credits of its check tasks)."""
+    c, k = s.credits, s.checks
+    q = select(func.count()).select_from(c.join(k, k.c.check_id == c.c.task_id)).where(k.c.job_id == job_id, ~c.c.void)
+    return int(conn.execute(q).scalar_one())
+
+
+def fee_budget(conn: Connection, job_id: str) -> tuple[int, int]:
+    """(wei the escrow funded for checkers, wei they have won so far); (0, 0) for a job without a price."""
+    funded, reward = _fee_rewards(conn, job_id), _reward(conn, job_id)
+    return (funded * reward, fee_won(conn, job_id) * reward) if funded > 0 else (0, 0)
+
+
+def _fee_rewards(conn: Connection, job_id: str) -> int:
+    price = conn.execute(select(s.job_prices).where(s.job_prices.c.job_id == job_id)).first()
+    if price is None or int(price.reward_per_task_wei) <= 0 or price.void_reason:
+        return 0
+    tasks = conn.execute(select(s.jobs.c.tasks_total).where(s.jobs.c.job_id == job_id)).scalar()
+    return int(price.budget_wei) // int(price.reward_per_task_wei) - int(tasks or 0)
+
+
+def _reward(conn: Connection, job_id: str) -> int:
+    reward = conn.execute(select(s.job_prices.c.reward_per_task_wei).where(s.job_prices.c.job_id == job_id)).scalar()
+    return int(reward or 0)
+
+
+def _rows(conn: Connection, task_id: str) -> int:
+    return int(conn.execute(select(s.tasks.c.rows).where(s.tasks.c.task_id == task_id)).scalar() or 0)
+
+
+def check_receipt(conn: Connection, root_id: str, node: str) -> tuple[str, int, int]:
+    """(task id, attempt, rows) of the check in chain `root_id` that `node` signed a receipt for."""
+    k, rc, t = s.checks, s.receipts, s.tasks
+    row = conn.execute(
+        select(rc.c.task_id, rc.c.attempt, t.c.rows)
+        .join(k, k.c.check_id == rc.c.task_id)
+        .join(t, t.c.task_id == rc.c.task_id)
+        .where(k.c.root_id == root_id, rc.c.node == node)
+        .order_by(rc.c.attempt.desc())
+        .limit(1)
+    ).first()
+    return (str(row.task_id), int(row.attempt), int(row.rows)) if row else ("", 0, 0)
