@@ -13,6 +13,7 @@ from tensorgrid.cli_endpoint import add_endpoint_parser, cmd_endpoint
 from tensorgrid.cli_generate import add_generate_parser, cmd_submit_generate
 from tensorgrid.cli_ids import job_id_of, not_yours
 from tensorgrid.cli_training import add_training_parser, cmd_submit_training
+from tensorgrid.completion import SHELLS, script
 from tensorgrid.config import Setting, given, under_home
 from tensorgrid.errors import TensorGridError
 from tensorgrid.report import format_eth, print_job
@@ -89,7 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_generate_parser(job, common)
     add_endpoint_parser(sub, common)
     nodes = sub.add_parser("nodes", parents=[common], help="list the grid's nodes and their record")
+    nodes.add_argument("--json", action="store_true", help="print one JSON object per node and line")
     nodes.set_defaults(command="nodes")
+    comp = sub.add_parser("completion", help="print a shell completion script: source <(tensorgrid completion bash)")
+    comp.add_argument("shell", choices=SHELLS)
+    comp.set_defaults(command="completion")
     return p
 
 
@@ -118,7 +123,7 @@ def _client(ns: argparse.Namespace) -> Any:
 
 
 def job_json(job: Any) -> str:
-    """A JobInfo as one line of JSON (enums by value, bytes as hex)."""
+    """A JobInfo (or NodeStatus) as one line of JSON (enums by value, bytes as hex)."""
     import dataclasses
     import enum
     import json
@@ -204,13 +209,17 @@ def cmd_nodes(ns: argparse.Namespace) -> int:
     now = time.time() * 1000
     with _client(ns) as client:
         nodes = client.nodes()
+    if ns.json:
+        for n in nodes:
+            print(job_json(n))
+        return exitcodes.OK
     print(
         f"{'node':<44} {'device':<6} {'memory':>9} {'done':>6} {'failed':>6} {'rejected':>8} "
         f"{'verified':>8} {'caught':>6} {'streak':>6} {'slashed':>14}  state"
     )
     for n in nodes:
         state = "draining" if n.draining else "backoff" if n.backoff_until_ms > now else "ok"
-        seen = (now - n.last_seen_ms) / 1000
+        seen = max(0.0, (now - n.last_seen_ms) / 1000)  # clocks of two hosts differ: never "-6s ago"
         state += f", seen {seen:.0f}s ago"
         print(
             f"{n.address:<44} {n.device_kind:<6} {n.memory_bytes / (1 << 30):>7.1f}Gi {n.completed:>6} "
@@ -301,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
             return devnet.status(ns.dir) if ns.command == "status" else devnet.down(ns.dir)
         if ns.group == "endpoint":
             return cmd_endpoint(ns, _client)
+        if ns.group == "completion":
+            print(script(build_parser(), ns.shell), end="")
+            return exitcodes.OK
         handler = {
             "submit": cmd_submit,
             "submit-training": lambda ns: cmd_submit_training(ns, _client),

@@ -3,6 +3,7 @@ slashes that reached the chain, through gRPC, the SDK and the `tensorgrid` CLI."
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -91,6 +92,9 @@ def test_report_counts_checks_and_states_odds_and_stake(
     assert "state    succeeded" in status and line in status
     nodes = cli(grid, key, "nodes")
     assert "slashed" in nodes.splitlines()[0] and len(nodes.splitlines()) == 3
+    records = [json.loads(line) for line in cli(grid, key, "nodes", "--json").splitlines()]
+    assert len({r["address"] for r in records}) == 2 and all(r["address"].startswith("0x") for r in records)
+    assert sum(r["completed"] for r in records) >= 6 and all(r["slashed_wei"] == 0 for r in records)
 
 
 @pytest.fixture(scope="module")
