@@ -139,3 +139,8 @@ class Endpoint:
 
     def in_flight(self) -> int:
         return sum(r.in_flight for r in self.replicas.values())
+
+    def held(self) -> int:
+        """Requests admitted whose pay is not counted yet: in flight, failing over, or answered
+        and waiting for their batch's receipt (an upper bound: some of those will not be paid)."""
+        return self.waiting + sum(len(r.calls) + len(r.answered) for r in self.replicas.values())

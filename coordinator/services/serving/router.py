@@ -99,13 +99,20 @@ class Router(Links):
 
     # ---- calls --------------------------------------------------------------------------------
     def _admit(self, ep: Endpoint, data: bytes) -> None:
-        if ep.state == "running" and self.accounting.remaining(ep.job_id) == 0:
+        left = self.accounting.remaining(ep.job_id)
+        if ep.state == "running" and left == 0:
             ep.state = "spent"
         if ep.state != "running":
             raise Conflict(f"endpoint {ep.job_id} is {ep.state}" + (": budget spent" if ep.state == "spent" else ""))
         if not ep.secured:
             raise Unavailable(
                 f"endpoint {ep.job_id} answers once its escrow's lock is confirmed on chain: retry shortly", 1000
+            )
+        if left is not None and ep.held() >= left:  # no answer the budget could not pay for
+            raise Saturated(
+                f"endpoint {ep.job_id} has budget for {left} more requests, all held by requests in flight: "
+                "retry shortly",
+                self._retry_hint(ep),
             )
         try:
             check_tensor_bytes(data, ep.spec.max_request_bytes)
@@ -334,6 +341,11 @@ class Router(Links):
         """One scaling and housekeeping pass (the loop runs it a few times a second)."""
         now = self.clock()
         for ep in self.endpoints.values():
+            if ep.state == "running" and self.accounting.remaining(ep.job_id) == 0:
+                ep.state = "spent"  # its budget is used up: its nodes go back to other work
+            if ep.state == "spent":
+                for replica in [r for r in ep.replicas.values() if not r.calls]:
+                    self.release(replica, "the endpoint's budget is spent")
             if ep.state != "running":
                 continue
             self.expire_warming(ep, now)

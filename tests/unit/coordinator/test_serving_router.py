@@ -193,9 +193,12 @@ def test_budget_spent_and_oversize_requests_are_refused_before_routing() -> None
         with pytest.raises(Conflict, match="budget spent"):
             await r.infer(ep, payload())
         assert ep.state == "spent" and not node.released
-        r.end_endpoint(EP, "deleted")  # a spent endpoint deleted gives its replicas back
+        r.tick()  # a spent endpoint gives its idle replicas back: its nodes can do other work
         await settle()
-        assert ep.state == "deleted" and len(node.released) == 1 and not ep.replicas
+        assert len(node.released) == 1 and not ep.replicas
+        r.end_endpoint(EP, "deleted")
+        await settle()
+        assert ep.state == "deleted" and len(node.released) == 1
         r2 = router()
         SimNode(r2).connect()
         ep2 = r2.add_endpoint(EP, ALICE, spec(max_request_bytes=256), 0)
@@ -204,6 +207,52 @@ def test_budget_spent_and_oversize_requests_are_refused_before_routing() -> None
             await r2.infer(ep2, payload(rows=64))
         with pytest.raises(InvalidTensorFile):
             await r2.infer(ep2, b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}......")
+
+    run(scenario)
+
+
+def test_requests_past_what_the_budget_can_pay_are_refused_not_answered_unpaid() -> None:
+    """Budget for 2 more requests: 2 go in flight, the third is refused with a retry hint (the
+    two may still fail and free their share), and no node answers what nobody would pay."""
+
+    async def scenario() -> None:
+        r = router(Recorder(remaining=2))
+        node = SimNode(r, answer=False)
+        node.connect()
+        ep = r.add_endpoint(EP, ALICE, spec(max_queue=8), 0)
+        await settle()
+        held = [asyncio.create_task(r.infer(ep, payload(i))) for i in range(2)]
+        await settle()
+        with pytest.raises(Saturated, match="budget for 2 more requests") as refused:
+            await r.infer(ep, payload(3))
+        assert refused.value.retry_after_ms > 0 and len(node.requests) == 2 and ep.state == "running"
+        for call in held:
+            call.cancel()
+        await asyncio.gather(*held, return_exceptions=True)
+
+    run(scenario)
+
+
+def test_a_replica_busy_when_the_budget_runs_out_is_released_once_idle() -> None:
+    async def scenario() -> None:
+        paid = Recorder(remaining=1)
+        r = router(paid)
+        node = SimNode(r, answer=False)
+        node.connect()
+        ep = r.add_endpoint(EP, ALICE, spec(), 0)
+        await settle()
+        call = asyncio.create_task(r.infer(ep, payload(1)))
+        await settle()
+        paid.left = 0  # that call's share is the last the budget pays
+        r.tick()
+        await settle()
+        assert ep.state == "spent" and not node.released  # its call is still in flight
+        call.cancel()
+        await asyncio.gather(call, return_exceptions=True)
+        await settle()
+        r.tick()
+        await settle()
+        assert len(node.released) == 1 and not ep.replicas
 
     run(scenario)
 
