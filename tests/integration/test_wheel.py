@@ -28,8 +28,11 @@ from packaging.requirements import Requirement
 
 from tensorgrid.chain import start_anvil
 from tensorgrid.crypto import Signer, write_key_file
+from tensorgrid.devnet import free_port
+from tensorgrid.localca import make_local_ca
 from tests.integration.conftest import BATCH, Assets
 from tests.integration.test_inference import assert_matches_local
+from tests.unit.test_deploy import DEPLOY, exec_start, expand
 from tests.unit.test_packaging import ROOT, closure
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -208,50 +211,68 @@ def daemons(tmp_path: Path) -> Iterator[Daemons]:
     started.stop()
 
 
-def wait_for_file(path: Path, daemons: Daemons, timeout: float = 90) -> str:
+def wait_for_log(daemons: Daemons, name: str, text: str, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
-    while not path.exists():
+    while text not in (daemons.work / f"{name}.log").read_text(errors="replace"):
         assert all(p.poll() is None for p, _ in daemons.procs), daemons.logs()
-        assert time.monotonic() < deadline, f"no {path.name} after {timeout}s\n{daemons.logs()}"
+        assert time.monotonic() < deadline, f"no {text!r} from {name} after {timeout}s\n{daemons.logs()}"
         time.sleep(0.1)
-    return path.read_text()
 
 
-def test_the_installed_console_scripts_run_a_grid_outside_the_checkout(
+def credentials(directory: Path, bin_dir: Path, work: Path) -> tuple[Signer, Path]:
+    """What the units load as credentials: the coordinator's key and TLS files, the node's
+    keystore (made by the installed `tensorgrid-node init`) and its password. Returns the
+    coordinator's signer and the CA clients verify against."""
+    key = Signer.generate()
+    write_key_file(directory / "coordinator.key", key)
+    tls = make_local_ca(work / "ca")
+    shutil.copy(tls.cert, directory / "tls-cert.pem")
+    shutil.copy(tls.key, directory / "tls-key.pem")
+    (directory / "node-key-password").write_text(PASSWORD)
+    init = [bin_dir / "tensorgrid-node", "--keystore", directory / "node-key.json"]
+    made = run([*init, "--password-file", directory / "node-key-password", "init", "--light-kdf"], work)
+    assert made.returncode == 0, made.stderr
+    return key, tls.ca_cert
+
+
+def test_the_installed_console_scripts_run_the_units_grid_outside_the_checkout(
     full_venv: Path, tmp_path: Path, daemons: Daemons, digits: Assets
 ) -> None:
-    work = daemons.work
-    # The coordinator's key from a systemd-style credentials directory, as its unit passes it.
-    credentials = tmp_path / "credentials"
-    key = Signer.generate()
-    write_key_file(credentials / "coordinator.key", key)
-    ready = work / "coordinator.port"
-    daemons.start(
-        "coordinator",
-        [full_venv / "tensorgrid-coordinator", "run", "--listen", "127.0.0.1:0", "--data-dir", work / "coordinator"]
-        + ["--ready-file", ready, "--drain-s", "0", "--check-wait-ms", "1000"],
-        CREDENTIALS_DIRECTORY=str(credentials),
-    )
-    keystore, password = work / "node" / "key.json", work / "node-password"
-    password.write_text(PASSWORD)
-    node = [full_venv / "tensorgrid-node", "--keystore", keystore, "--password-file", password]
+    """The coordinator and the node run the systemd units' own command lines (%d: a credentials
+    directory, %S: a state root), their settings from the environment as the units' files give them."""
+    work, creds, state = daemons.work, tmp_path / "credentials", tmp_path / "state"
     commands = ("tensorgrid", "tensorgrid-node", "tensorgrid-coordinator")
     checks = [[full_venv / c, flag] for c in commands for flag in ("--help", "--version")]
-    *answers, made = run_all([*checks, [*node, "init", "--light-kdf"]], work)
+    answers = run_all(checks, work)
     for args, answer in zip(checks, answers, strict=True):
         assert answer.returncode == 0, answer.stderr
         if args[1] == "--version":
             assert answer.stdout.strip() == f"{Path(args[0]).name} {VERSION}"
-    assert made.returncode == 0, made.stderr
-    target = f"127.0.0.1:{wait_for_file(ready, daemons)}"
-    assert key.address in (work / "coordinator.log").read_text()
-    daemons.start("node", [*node, "run", "--coordinator", target, "--data-dir", work / "node", "--threads", "1"])
+    key, ca = credentials(creds, full_venv, work)
+    target = f"127.0.0.1:{free_port()}"
+    unit = DEPLOY / "systemd" / "tensorgrid-coordinator.service"
+    daemons.start(
+        "coordinator",
+        expand(exec_start(unit), creds, state, full_venv),
+        CREDENTIALS_DIRECTORY=str(creds),
+        TENSORGRID_COORDINATOR_LISTEN=target,
+        TENSORGRID_COORDINATOR_DRAIN_S="0",
+        TENSORGRID_COORDINATOR_CHECK_WAIT_MS="1000",
+    )
+    wait_for_log(daemons, "coordinator", " serving TLS on ")
+    assert f"coordinator {key.address} serving" in (work / "coordinator.log").read_text()
+    unit = DEPLOY / "systemd" / "tensorgrid-node.service"
+    node = expand(exec_start(unit), creds, state, full_venv)
+    daemons.start("node", node, TENSORGRID_COORDINATOR=target, TENSORGRID_CA_CERT=str(ca), TENSORGRID_NODE_THREADS="1")
     result = work / "result.safetensors"
-    submit = [full_venv / "tensorgrid", "job", "submit", "--coordinator", target, "--key", work / "submitter.key"]
-    submit += ["--model", digits.model, "--inputs", digits.inputs, "--shard-rows", "1500", "--batch-size", str(BATCH)]
-    done = run([*submit, "--verification", "none", "--watch", "-o", result], work)
+    submit = [full_venv / "tensorgrid", "job", "submit", "--coordinator", target, "--ca-cert", ca]
+    submit += ["--key", work / "submitter.key", "--model", digits.model, "--inputs", digits.inputs]
+    submit += ["--shard-rows", "1500", "--batch-size", str(BATCH), "--verification", "none"]
+    done = run([*submit, "--watch", "-o", result], work)
     assert done.returncode == 0, done.stdout + done.stderr + daemons.logs()
     assert_matches_local(result, digits)
+    assert (state / "tensorgrid-coordinator" / "coordinator.db").is_file()
+    assert not (state / "tensorgrid-coordinator" / "coordinator.key").exists(), "the key came from the credential"
 
 
 def test_the_wheels_contract_artifacts_deploy(full_venv: Path, tmp_path: Path) -> None:
