@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from email.parser import Parser
 from importlib.metadata import distribution
@@ -47,13 +47,18 @@ def clean_env(**extra: str) -> dict[str, str]:
     return {**env, "PIP_CONFIG_FILE": os.devnull, "PYTHONDONTWRITEBYTECODE": "1", **extra}
 
 
-def run(args: list[str | Path], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+def run(args: Sequence[str | Path], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(a) for a in args], cwd=cwd, env=clean_env(**env), capture_output=True, text=True, timeout=120
     )
 
 
-def run_all(commands: list[list[str | Path]], cwd: Path) -> list[subprocess.CompletedProcess[str]]:
+def pip(*args: str | Path) -> list[str | Path]:
+    """This run's pip (its --python option installs into another venv)."""
+    return [sys.executable, "-m", "pip", *args]
+
+
+def run_all(commands: Sequence[Sequence[str | Path]], cwd: Path) -> list[subprocess.CompletedProcess[str]]:
     """Each command at once (most of each is Python importing torch: overlap it)."""
     with ThreadPoolExecutor(len(commands)) as pool:
         return list(pool.map(lambda args: run(args, cwd), commands))
@@ -73,8 +78,7 @@ def build_wheel(out: Path) -> Path:
         if (ROOT / rel).is_file():
             (src / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / rel, src / rel)
-    pip = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", out, src]
-    done = run(pip, out)
+    done = run(pip("wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", out, src), out)
     assert done.returncode == 0, done.stderr
     return next(out.glob("tensorgrid-*.whl"))
 
@@ -109,10 +113,9 @@ def make_venv(root: Path, wheel: Path, extras: str) -> Path:
         str(r).split(";")[0] for r in wanted if r.marker is None or any(r.marker.evaluate({"extra": e}) for e in chosen)
     ]
     link_distributions(reqs, site)
-    pip = [sys.executable, "-m", "pip", "--python", root / "bin" / "python", "install", "--no-index", "-q"]
-    done = run([*pip, f"{wheel}{extras}"], root)
+    done = run(pip("--python", root / "bin" / "python", "install", "--no-index", "-q", f"{wheel}{extras}"), root)
     assert done.returncode == 0, done.stdout + done.stderr
-    check = run([sys.executable, "-m", "pip", "--python", root / "bin" / "python", "check"], root)
+    check = run(pip("--python", root / "bin" / "python", "check"), root)
     assert check.returncode == 0, check.stdout
     return root / "bin"
 
@@ -178,7 +181,7 @@ class Daemons:
         self.work = work
         self.procs: list[tuple[subprocess.Popen[bytes], Path]] = []
 
-    def start(self, name: str, args: list[str | Path], **env: str) -> subprocess.Popen[bytes]:
+    def start(self, name: str, args: Sequence[str | Path], **env: str) -> subprocess.Popen[bytes]:
         log = self.work / f"{name}.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen(
@@ -229,7 +232,7 @@ def credentials(directory: Path, bin_dir: Path, work: Path) -> tuple[Signer, Pat
     shutil.copy(tls.cert, directory / "tls-cert.pem")
     shutil.copy(tls.key, directory / "tls-key.pem")
     (directory / "node-key-password").write_text(PASSWORD)
-    init = [bin_dir / "tensorgrid-node", "--keystore", directory / "node-key.json"]
+    init: list[str | Path] = [bin_dir / "tensorgrid-node", "--keystore", directory / "node-key.json"]
     made = run([*init, "--password-file", directory / "node-key-password", "init", "--light-kdf"], work)
     assert made.returncode == 0, made.stderr
     return key, tls.ca_cert
@@ -265,7 +268,7 @@ def test_the_installed_console_scripts_run_the_units_grid_outside_the_checkout(
     node = expand(exec_start(unit), creds, state, full_venv)
     daemons.start("node", node, TENSORGRID_COORDINATOR=target, TENSORGRID_CA_CERT=str(ca), TENSORGRID_NODE_THREADS="1")
     result = work / "result.safetensors"
-    submit = [full_venv / "tensorgrid", "job", "submit", "--coordinator", target, "--ca-cert", ca]
+    submit: list[str | Path] = [full_venv / "tensorgrid", "job", "submit", "--coordinator", target, "--ca-cert", ca]
     submit += ["--key", work / "submitter.key", "--model", digits.model, "--inputs", digits.inputs]
     submit += ["--shard-rows", "1500", "--batch-size", str(BATCH), "--verification", "none"]
     done = run([*submit, "--watch", "-o", result], work)
@@ -282,7 +285,15 @@ def test_the_wheels_contract_artifacts_deploy(full_venv: Path, tmp_path: Path) -
     work = tmp_path / "elsewhere"
     work.mkdir()
     with start_anvil() as anvil:
-        deploy = [bin_dir / "python", "-m", "tensorgrid.chain.deploy", "--rpc", anvil.rpc_url, "--key-env", "DEPLOYER"]
+        deploy: list[str | Path] = [
+            bin_dir / "python",
+            "-m",
+            "tensorgrid.chain.deploy",
+            "--rpc",
+            anvil.rpc_url,
+            "--key-env",
+            "DEPLOYER",
+        ]
         deploy += ["--coordinator", anvil.addresses[1], "--guardian", anvil.addresses[2], "--min-stake-wei", "1"]
         done = run([*deploy, "--out", work / "deployments.json"], work, DEPLOYER=anvil.keys[0])
     assert done.returncode == 0, done.stdout + done.stderr

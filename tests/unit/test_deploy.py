@@ -101,7 +101,7 @@ def check_anvil_flags(args: list[str], where: str) -> None:
     except ChainError as e:
         pytest.skip(f"anvil's flags not checked: {e}")
     known = set(
-        re.findall(r"--[a-z][a-z0-9-]*", subprocess.run([anvil, "--help"], capture_output=True, text=True).stdout)
+        re.findall(r"--[a-z][a-z0-9-]*", subprocess.run([str(anvil), "--help"], capture_output=True, text=True).stdout)
     )
     unknown = [a for a in args if a.startswith("--") and a not in known]
     assert unknown == [], f"{where}: anvil does not know {unknown}"
@@ -109,16 +109,17 @@ def check_anvil_flags(args: list[str], where: str) -> None:
 
 @pytest.mark.parametrize("unit", UNITS, ids=lambda p: p.name)
 def test_unit_passes_systemd_analyze(unit: Path, tmp_path: Path) -> None:
-    if SYSTEMD_ANALYZE is None:
+    analyze = SYSTEMD_ANALYZE
+    if analyze is None:
         pytest.skip("systemd-analyze is not installed (Debian: apt-get install systemd; deploy/test.sh does)")
     # The one change: ExecStart names this checkout's venv, as the unit names /opt/tensorgrid's
     # (verify checks that the program exists and is executable).
     copy = tmp_path / unit.name
     copy.write_text(unit.read_text().replace(INSTALLED_BIN, f"{Path(sys.executable).parent}/"))
-    verify = subprocess.run([SYSTEMD_ANALYZE, "verify", copy], capture_output=True, text=True, timeout=60)
+    verify = subprocess.run([analyze, "verify", str(copy)], capture_output=True, text=True, timeout=60)
     assert (verify.returncode, verify.stdout + verify.stderr) == (0, ""), verify.stdout + verify.stderr
     # Sandboxing kept: systemd's own exposure score (0 safest … 10) stays "OK" (≤ 5.0).
-    review = [SYSTEMD_ANALYZE, "security", "--offline=true", "--threshold=50", copy]
+    review = [analyze, "security", "--offline=true", "--threshold=50", str(copy)]
     security = subprocess.run(review, capture_output=True, text=True, timeout=60)
     assert security.returncode == 0, security.stdout[-600:]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import sys
 import tomllib
+from collections.abc import Mapping
 from functools import cache
 from importlib.metadata import PackageNotFoundError, distribution, packages_distributions
 from pathlib import Path
@@ -110,7 +111,7 @@ def test_a_plain_install_brings_no_development_tool() -> None:
 
 
 @cache
-def module_homes() -> dict[str, list[str]]:
+def module_homes() -> Mapping[str, list[str]]:
     return packages_distributions()  # reads every installed package's file list: once
 
 
