@@ -1,6 +1,7 @@
 // Compile contracts/src/*.sol (and the test-only contracts/test/*.sol) with the pinned solcjs
-// through its standard-JSON API, and write one artifact per deployable contract:
-//   artifacts/<Name>.json and artifacts/test/<Name>.json
+// through its standard-JSON API, and write one artifact per deployable contract into the Python
+// package, which is their one home (a wheel ships them; tensorgrid/chain/artifacts.py reads them):
+//   ../tensorgrid/chain/compiled/<Name>.json and ../tensorgrid/chain/compiled/test/<Name>.json
 //   = {compiler, evmVersion, optimizer, sourceName, sourceHash, abi, bytecode}
 // sourceHash = sha256 over every source the compiler read (ours and OpenZeppelin's), sorted
 // by source name, each as "<name>\n<sha256 of content>\n": any change to any input shows.
@@ -18,7 +19,7 @@ const SOURCE_DIRS = ["src", "test"];
 
 function parseOut(argv) {
   const i = argv.indexOf("--out");
-  return i >= 0 ? argv[i + 1] : join(HERE, "artifacts");
+  return i >= 0 ? argv[i + 1] : join(HERE, "..", "tensorgrid", "chain", "compiled");
 }
 
 function collectSources() {

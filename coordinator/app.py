@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import secrets
 from typing import TYPE_CHECKING
 
-from coordinator.config import CoordinatorConfig
+from coordinator.config import CoordinatorConfig, key_file
 from coordinator.kinds.registry import KindContext, build_kinds
 from coordinator.kinds.training import TrainingKind
 from coordinator.repositories.store import Store
@@ -47,7 +48,9 @@ class Coordinator:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = store = Store(config.db_url)
         self.blobs = blobs = BlobStore(config.blob_dir, config.limits.max_blob_bytes)
-        self.identity, _ = load_or_create_key_file(config.data_dir / "coordinator.key")
+        key_path = key_file(config.data_dir, os.environ)
+        self.identity, _ = load_or_create_key_file(key_path)
+        log.info("coordinator key %s (address %s)", key_path, self.identity.address)
         self.chain = self._chain_gate()
         self.domain = self.chain.deployment.domain if self.chain is not None else self._own_domain()
         self.runtime = rt = Runtime(

@@ -4,6 +4,7 @@ A leaf: plain dataclasses, importable by every layer."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -129,3 +130,16 @@ class CoordinatorConfig:
     @property
     def blob_dir(self) -> Path:
         return self.data_dir / "blobs"
+
+
+KEY_FILE = "coordinator.key"
+
+
+def key_file(data_dir: Path, env: Mapping[str, str]) -> Path:
+    """Where the coordinator's key is: the credential of that name when systemd passes one
+    (LoadCredential=coordinator.key:FILE puts it in $CREDENTIALS_DIRECTORY, readable by this
+    service alone, never in its state), else data_dir's, made on first start."""
+    credentials = env.get("CREDENTIALS_DIRECTORY")
+    if credentials and (Path(credentials) / KEY_FILE).is_file():
+        return Path(credentials) / KEY_FILE
+    return data_dir / KEY_FILE

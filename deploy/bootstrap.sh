@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Creates .venv with the pinned packages (once; again only when requirements.lock changes)
-# and installs TensorGrid into it in editable mode. Sourced by deploy/demo.sh and deploy/test.sh.
+# Creates .venv with the pinned packages, the runtime's (requirements.lock) and the development
+# tools' (requirements-dev.lock): once, and again only when either lock or pyproject.toml changes.
+# Installs TensorGrid into it in editable mode. Sourced by deploy/demo.sh and deploy/test.sh.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${TENSORGRID_VENV:-$ROOT/.venv}"
@@ -10,10 +11,11 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 STAMP="$VENV/.tensorgrid-lock"
-WANT="$(sha256sum "$ROOT/requirements.lock" "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
+LOCKS=("$ROOT/requirements.lock" "$ROOT/requirements-dev.lock")
+WANT="$(sha256sum "${LOCKS[@]}" "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   echo "[bootstrap] installing pinned packages (first run takes a minute or two)" >&2
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$ROOT/requirements.lock"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "${LOCKS[0]}" -r "${LOCKS[1]}"
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e "$ROOT"
   echo "$WANT" > "$STAMP"
 fi

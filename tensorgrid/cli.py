@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tensorgrid import config, exitcodes
+from tensorgrid import config, exitcodes, extras
 from tensorgrid.cli_endpoint import add_endpoint_parser, cmd_endpoint
 from tensorgrid.cli_generate import add_generate_parser, cmd_submit_generate
 from tensorgrid.cli_ids import job_id_of, not_yours
@@ -298,6 +298,8 @@ def inference_settings(ns: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     ns = config.parse_args(build_parser(), argv, SETTINGS)
     try:
+        if ns.group in ("demo", "devnet"):  # a local grid runs both daemons and a chain
+            extras.require(f"tensorgrid {ns.group}", "node", "coordinator", "chain")
         if ns.group == "demo":
             from tensorgrid.demo import run_demo
 
@@ -329,6 +331,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         code = getattr(e, "code", None)
         return exitcodes.UNAVAILABLE if code is not None and code.name == "UNAVAILABLE" else exitcodes.ERROR
+    except ModuleNotFoundError as e:  # e.g. --chain-rpc without tensorgrid[chain]
+        missing = extras.explain(e, "this command")
+        if missing is None:
+            raise
+        print(f"error: {missing}", file=sys.stderr)
+        return exitcodes.ERROR
     except KeyboardInterrupt:
         return exitcodes.INTERRUPTED
 

@@ -27,7 +27,8 @@ class ChainGate:
         if deployment.coordinator.lower() != signer.address.lower():
             raise TensorGridError(
                 f"this coordinator's key is {signer.address}, but the contracts at {deployment.settlement} "
-                f"name {deployment.coordinator} as coordinator: start it with that key (--data-dir's coordinator.key)"
+                f"name {deployment.coordinator} as coordinator: start it with that key (--data-dir's "
+                "coordinator.key, or the systemd credential coordinator.key)"
             )
 
     @classmethod

@@ -1,6 +1,6 @@
 """The chain layer: contract artifacts, deployment, the Merkle earnings tree, a typed client.
 
-python -m tensorgrid.chain.build      compile contracts/src into contracts/artifacts
+python -m tensorgrid.chain.build      compile contracts/src into tensorgrid/chain/compiled
 python -m tensorgrid.chain.deploy     deploy and write the deployments file
 
 The names below load their module on first use (PEP 562): web3 takes about a second of CPU

@@ -1,8 +1,10 @@
-"""Compiled contract artifacts: the committed contracts/artifacts/<Name>.json files.
+"""Compiled contract artifacts: the committed tensorgrid/chain/compiled/<Name>.json files.
 
 They are written by `python -m tensorgrid.chain.build` and read here; nothing else
-knows ABI or bytecode. The artifacts live beside the Solidity sources at the repository
-root, so this works from a source checkout or an editable install.
+knows ABI or bytecode. They live inside the package, so an installed wheel carries them
+(the deployable ones: the test-only contracts under compiled/test/ stay in the checkout).
+CONTRACTS_DIR, the Solidity sources and the npm-installed solc and anvil, exists only in a
+source checkout: compiling needs it, loading an artifact does not.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from typing import Any
 
 from tensorgrid.chain.errors import ChainError
 
+ARTIFACTS_DIR = Path(__file__).resolve().parent / "compiled"
 CONTRACTS_DIR = Path(__file__).resolve().parents[2] / "contracts"
-ARTIFACTS_DIR = CONTRACTS_DIR / "artifacts"
 DEPLOYABLE = ("NodeRegistry", "Settlement")
 
 

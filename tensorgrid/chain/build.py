@@ -1,8 +1,10 @@
 """The one command that compiles the contracts: `python -m tensorgrid.chain.build`.
 
 It runs contracts/build.mjs, which calls the pinned solcjs through its standard-JSON API
-(the solcjs CLI prints a retry notice before its JSON). `--check` compiles into a
-temporary directory and fails if the result differs from the committed artifacts.
+(the solcjs CLI prints a retry notice before its JSON) and writes the artifacts into
+tensorgrid/chain/compiled, their one home. `--check` compiles into a temporary directory
+and fails if the result differs from the committed artifacts. Compiling needs a source
+checkout (contracts/ and its npm tools); an installed wheel only reads the artifacts.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ BUILD_SCRIPT = CONTRACTS_DIR / "build.mjs"
 
 def build(out_dir: Path = ARTIFACTS_DIR, *, timeout: float = 300.0) -> list[Path]:
     """Compile every contract into `out_dir`; return the artifact paths written."""
+    if not BUILD_SCRIPT.is_file():
+        raise ChainError(f"no {BUILD_SCRIPT}: compiling the contracts needs a TensorGrid source checkout")
     node = shutil.which("node")
     if node is None:
         raise ChainError("node is not installed; the contracts compile with solcjs (Node 20+)")

@@ -205,7 +205,7 @@ def deploy(
     return deployment
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m tensorgrid.chain.deploy")
     parser.add_argument("--rpc", required=True, help="JSON-RPC URL, e.g. http://127.0.0.1:8545")
     parser.add_argument("--key-env", default="TENSORGRID_DEPLOYER_KEY", help="env var holding the deployer key")
@@ -218,7 +218,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slash-delay", type=int, default=DEFAULT_SLASH_DELAY, help="seconds to veto a slash")
     parser.add_argument("--max-slash-bps", type=int, default=DEFAULT_MAX_SLASH_BPS, help="cap per slash, of stake")
     parser.add_argument("--out", required=True, help="deployments JSON file to write")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     key = os.environ.get(args.key_env)
     if not key:
         print(f"error: set {args.key_env} to the deployer's private key", file=sys.stderr)

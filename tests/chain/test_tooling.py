@@ -16,7 +16,7 @@ from tests.chain.conftest import Chain
 
 
 def test_committed_artifacts_match_a_fresh_compile() -> None:
-    assert drift() == [], "run `python -m tensorgrid.chain.build` and commit contracts/artifacts"
+    assert drift() == [], "run `python -m tensorgrid.chain.build` and commit tensorgrid/chain/compiled"
 
 
 def test_artifacts_name_their_compiler() -> None:
