@@ -4,27 +4,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import logging
-import signal
 import sys
 from pathlib import Path
 
-import grpc
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
-from coordinator.api.bulk import open_bulk_port
-from coordinator.api.server import build_server
-from coordinator.app import Coordinator
 from coordinator.config import CoordinatorConfig
 from coordinator.db import engine as db
 from coordinator.db import migrate
 from coordinator.settings import CONFIG, DATABASE, SETTINGS, config_from
-from tensorgrid import config, config_show, exitcodes, tls
+from tensorgrid import config, config_show, exitcodes
 from tensorgrid.errors import TensorGridError
 from tensorgrid.logs import setup_logging
-from tensorgrid.sandbox.confine import forbid_inspection
 
 log = logging.getLogger("tensorgrid.coordinator")
 PROGRAM = "tensorgrid-coordinator"
@@ -52,55 +45,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str] | None, env: config.Env | None = None) -> argparse.Namespace:
     return config.parse_args(build_parser(), argv, SETTINGS, env, CONFIG)
-
-
-def credentials(config: CoordinatorConfig) -> grpc.ServerCredentials | None:
-    """TLS credentials, or None for plain text where the rule allows it (tensorgrid.tls)."""
-    if not tls.check_listen(config.listen, config.tls_cert, config.tls_key, config.insecure):
-        return None
-    assert config.tls_cert is not None and config.tls_key is not None
-    return tls.server_credentials(config.tls_cert, config.tls_key)
-
-
-async def serve(config: CoordinatorConfig, ready_file: Path | None = None) -> None:
-    creds = credentials(config)  # before anything starts: a bad certificate stops us here
-    forbid_inspection()  # a sandboxed referee must not read this process's key or secrets
-    app = Coordinator(config)
-    bulk = open_bulk_port(config, app.blobs, app.access.record_upload, app.metrics.moved)
-    server, port, checks = await build_server(app, config.listen, creds, bulk)
-    await server.start()
-    if config.metrics_listen:
-        app.metrics.serve(config.metrics_listen)
-    await app.start()
-    # What start-up made lives as long as the process: out of the collector's sight, a full
-    # collection stops the loop for about a millisecond instead of a hundred or more.
-    gc.freeze()
-    host = config.listen.rsplit(":", 1)[0]
-    log.info(
-        "coordinator %s serving %s on %s:%d (db %s)",
-        app.identity.address,
-        "TLS" if creds is not None else "plain text",
-        host,
-        port,
-        app.store.engine.url.render_as_string(),
-    )
-    if ready_file is not None:
-        tmp = ready_file.with_suffix(".tmp")
-        tmp.write_text(str(port))
-        tmp.replace(ready_file)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("shutting down")
-    await checks.drain()
-    await asyncio.sleep(config.drain_s)
-    await server.stop(grace=3)
-    if bulk is not None:
-        bulk.stop()
-    app.metrics.stop()
-    await app.stop()
 
 
 def cmd_config(ns: argparse.Namespace) -> int:
@@ -142,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_config(ns)
         if ns.command == "db":
             return cmd_db(ns)
+        # the server stack (gRPC, the job kinds, torch) loads only to serve: `config` and `db` start in a blink
+        from coordinator.daemon import serve
+
         asyncio.run(serve(config_from(ns), ns.ready_file))
     except TensorGridError as e:
         log.error("%s", e)
