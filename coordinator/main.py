@@ -14,7 +14,7 @@ from sqlalchemy.exc import OperationalError
 from coordinator.config import CoordinatorConfig
 from coordinator.db import engine as db
 from coordinator.db import migrate
-from coordinator.settings import CONFIG, DATABASE, SETTINGS, config_from
+from coordinator.settings import CONFIG, DATABASE, ENV_PREFIX, SETTINGS, config_from
 from tensorgrid import config, config_show, exitcodes
 from tensorgrid.errors import TensorGridError
 from tensorgrid.logs import setup_logging
@@ -49,7 +49,8 @@ def parse_args(argv: list[str] | None, env: config.Env | None = None) -> argpars
 
 def cmd_config(ns: argparse.Namespace) -> int:
     """`config show`: the settings a run with the same flags and environment would use."""
-    print(config_show.show(ns, SETTINGS, PROGRAM, CONFIG))
+    notes = [f"${name} is set but is no setting (misspelt?): ignored" for name in unknown_variables()]
+    print(config_show.show(ns, SETTINGS, PROGRAM, CONFIG, notes))
     config_from(ns)  # after printing: what is wrong is then seen next to what was read
     return exitcodes.OK
 
@@ -78,9 +79,15 @@ def cmd_db(ns: argparse.Namespace) -> int:
     return exitcodes.OK
 
 
+def unknown_variables() -> list[str]:
+    return config.unknown_variables(ENV_PREFIX, (*SETTINGS, CONFIG))
+
+
 def main(argv: list[str] | None = None) -> int:
     ns = parse_args(argv)
     setup_logging(ns.verbose, "tensorgrid.coordinator")
+    for name in unknown_variables():
+        log.warning("$%s is set but is no setting of %s (misspelt?): ignored", name, PROGRAM)
     try:
         if ns.command == "config":
             return cmd_config(ns)

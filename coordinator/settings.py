@@ -16,7 +16,7 @@ from tensorgrid.errors import SignatureError, TensorGridError
 
 MiB = 1 << 20
 GiB = 1 << 30
-_COORDINATOR = "TENSORGRID_COORDINATOR_"
+ENV_PREFIX = _COORDINATOR = "TENSORGRID_COORDINATOR_"
 # Each default is CoordinatorConfig's own (or its Limits' and LeaseTiming's), shown in the units of the flag.
 LISTEN = Setting(
     "--listen",

@@ -66,7 +66,8 @@ def cmd_config(ns: argparse.Namespace) -> int:
         password = f"keystore password: ${PASSWORD_ENV} (set; not shown)"
     else:
         password = f"keystore password: asked at the terminal (no --password-file, no ${PASSWORD_ENV})"
-    print(config_show.show(ns, SETTINGS, PROGRAM, CONFIG, notes=[password]))
+    unknown = [f"${name} is set but is no setting (misspelt?): ignored" for name in unknown_variables()]
+    print(config_show.show(ns, SETTINGS, PROGRAM, CONFIG, notes=[password, *unknown]))
     return exitcodes.OK
 
 
@@ -173,9 +174,15 @@ async def _abort(agent: object) -> None:
     os._exit(exitcodes.INTERRUPTED)
 
 
+def unknown_variables() -> list[str]:
+    return config.unknown_variables("TENSORGRID_NODE_", (*SETTINGS, CONFIG))
+
+
 def main(argv: list[str] | None = None) -> int:
     ns = parse_args(argv)
     setup_logging(ns.verbose, "tensorgrid.node")
+    for name in unknown_variables():
+        log.warning("$%s is set but is no setting of %s (misspelt?): ignored", name, PROGRAM)
     forbid_inspection()  # a job's worker must not read this process's key or environment
     try:
         if ns.command == "config":

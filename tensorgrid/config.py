@@ -237,6 +237,14 @@ def parse_args(
     return ns
 
 
+def unknown_variables(prefix: str, settings: Sequence[Setting], env: Env | None = None) -> list[str]:
+    """Variables named like a program's own (`prefix`) that are no setting of it: a misspelt one
+    would otherwise be ignored without a word."""
+    env = os.environ if env is None else env
+    known = {s.env for s in settings}
+    return sorted(name for name in env if name.startswith(prefix) and name not in known)
+
+
 def _config_file(
     ns: argparse.Namespace, settings: Sequence[Setting], env: Env, config: Setting | None, origins: dict[str, Origin]
 ) -> ConfigFile | None:

@@ -101,6 +101,12 @@ def test_a_missing_file_and_a_bad_variable_are_usage_errors(tmp_path: Path, caps
         assert exit_.value.code == 2 and message in capsys.readouterr().err
 
 
+def test_a_misspelt_variable_is_named_not_silently_ignored() -> None:
+    env = {"TOY_SLOTS": "2", "TOY_SLOT": "3", "TOY_CONFIG": "x", "OTHER_SLOT": "1"}
+    assert config.unknown_variables("TOY_", (*TOY, CONFIG), env) == ["TOY_SLOT"]
+    assert config.unknown_variables("TOY_", (*TOY, CONFIG), {"TOY_SLOTS": "2"}) == []
+
+
 def test_a_setting_required_by_the_node_may_come_from_the_file(tmp_path: Path) -> None:
     file = write(tmp_path / "node.toml", 'coordinator = "grid.example:7070"\nslots = 4\ndevice = "cpu"\n')
     ns = node_main.parse_args(["--config", str(file), "run"], env={"TENSORGRID_NODE_SLOTS": "2"})
@@ -164,6 +170,9 @@ def test_coordinator_config_show_prints_origins_and_masks_secrets(tmp_path: Path
     env = {"TENSORGRID_COORDINATOR_CONFIG": str(file), "TENSORGRID_COORDINATOR_LEASE_TTL_MS": "9000"}
     shown = run("coordinator.main", "config", "show", "--listen", "127.0.0.1:9", env=env)
     assert shown.returncode == 0, shown.stderr
+    misspelt = run("coordinator.main", "config", "show", env=env | {"TENSORGRID_COORDINATOR_LISTNE": "x"})
+    assert "# $TENSORGRID_COORDINATOR_LISTNE is set but is no setting (misspelt?): ignored" in misspelt.stdout
+    assert "$TENSORGRID_COORDINATOR_LISTNE is set but is no setting of tensorgrid-coordinator" in misspelt.stderr
     assert "s3cret" not in shown.stdout and "k3yk3yk3y" not in shown.stdout
     lines = {line.split(" = ")[0]: line for line in shown.stdout.splitlines() if " = " in line}
     assert lines["database_url"].startswith('database_url = "postgresql://tg:***@db:5432/tg"')
