@@ -60,7 +60,8 @@ def switch(raw: str) -> bool:
 
 @dataclass(frozen=True)
 class Setting:
-    """One option of a program. default None means none (required=True: the flag or variable must be given)."""
+    """One option of a program. default None means none (required=True: the flag, the variable or
+    the daemon's file must give it)."""
 
     flag: str
     env: str
