@@ -1,9 +1,8 @@
 """The schema's version: every coordinator brings its database to this code's head at start-up.
 
     no alembic_version, no meta table   a new database: the models' tables, stamped HEAD
-    no alembic_version, a meta table    the previous release's (create_all at every start): any
-                                        table it lacks is made as that release did, then it is
-                                        stamped BASELINE and upgraded
+    no alembic_version, a meta table    the previous release's (its create_all at every start made
+                                        every table of BASELINE): stamped BASELINE and upgraded
     alembic_version = HEAD              nothing to do: one row read, Alembic not even imported
     a revision this code knows          upgraded by Alembic to HEAD, in one transaction
     a revision it does not know         refused: a newer TensorGrid migrated it (no downgrade)
@@ -90,17 +89,30 @@ def bring_to_head(engine: Engine) -> tuple[SchemaState, SchemaState]:
             conn.execute(sql_text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK})
             before = state(conn)  # another replica may have done it while we waited
         if before.revision is None:
-            schema.metadata.create_all(conn)  # a new database; or the tables a previous release lacked
+            if not before.ours:  # a new database: the models are HEAD's schema (a test holds them equal)
+                schema.metadata.create_all(conn)
             VERSION_TABLE.create(conn)
-            stamp = migrations.HEAD if not before.ours else migrations.BASELINE
+            stamp = migrations.BASELINE if before.ours else migrations.HEAD
             conn.execute(insert(VERSION_TABLE).values(version_num=stamp))
         revision = state(conn).revision
         if revision != migrations.HEAD:
             _upgrade(conn, revision or "")
+        if before.ours:
+            _check_tables(conn)
         after = state(conn)
     if before.revision != after.revision and before.ours:
         log.warning("database schema upgraded: %s -> revision %s", before.describe(), after.revision)
     return before, after
+
+
+def _check_tables(conn: Connection) -> None:
+    """After a stamp or an upgrade every model's table is there, or the database was not what it seemed."""
+    missing = sorted(set(schema.metadata.tables) - set(inspect(conn).get_table_names()))
+    if missing:
+        raise TensorGridError(
+            f"the database lacks the tables {', '.join(missing)} after its upgrade: it is not a complete TensorGrid "
+            "database (nothing was changed); restore it from a backup or point the coordinator at an empty one"
+        )
 
 
 def _upgrade(conn: Connection, revision: str) -> None:

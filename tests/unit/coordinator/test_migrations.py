@@ -134,3 +134,15 @@ def test_a_database_a_newer_release_upgraded_is_refused(tmp_path: Path) -> None:
         make_engine(url)
     assert revision_of(engine).revision == "9999"  # refused, not touched
     engine.dispose()
+
+
+def test_an_incomplete_old_database_is_refused_unchanged(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    load_legacy(url)
+    with sqlite3.connect(tmp_path / "c.db") as conn:
+        conn.execute("DROP TABLE upload_days")
+    with pytest.raises(TensorGridError, match="lacks the tables upload_days after its upgrade"):
+        make_engine(url)
+    engine = make_engine(url, prepare=False)
+    assert revision_of(engine) == SchemaState(None, ours=True)  # not stamped: the transaction rolled back
+    engine.dispose()
