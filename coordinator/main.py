@@ -4,435 +4,98 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import logging
-import signal
 import sys
 from pathlib import Path
 
-import grpc
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
-from coordinator.api.bulk import open_bulk_port
-from coordinator.api.server import build_server
-from coordinator.app import Coordinator
-from coordinator.config import BulkSettings, CoordinatorConfig, LeaseTiming, Limits, PeerLimits, Quotas
-from tensorgrid import config, exitcodes, tls
-from tensorgrid.config import Setting
-from tensorgrid.crypto import normalize_address
-from tensorgrid.errors import SignatureError, TensorGridError
+from coordinator.config import CoordinatorConfig
+from coordinator.db import engine as db
+from coordinator.db import migrate
+from coordinator.settings import CONFIG, DATABASE, ENV_PREFIX, SETTINGS, config_from
+from tensorgrid import config, config_show, exitcodes
+from tensorgrid.errors import TensorGridError
 from tensorgrid.logs import setup_logging
-from tensorgrid.sandbox.confine import forbid_inspection
 
 log = logging.getLogger("tensorgrid.coordinator")
-
-
-MiB = 1 << 20
-GiB = 1 << 30
-_COORDINATOR = "TENSORGRID_COORDINATOR_"
-# Each default is CoordinatorConfig's own (or its Limits' and LeaseTiming's), shown in the units of the flag.
-LISTEN = Setting(
-    "--listen",
-    _COORDINATOR + "LISTEN",
-    CoordinatorConfig.listen,
-    help="host:port to serve gRPC on (port 0: any free port); without --tls-cert only a loopback "
-    "address, unless --insecure",
-    metavar="HOST:PORT",
-)
-DATA_DIR = Setting(
-    "--data-dir",
-    _COORDINATOR + "DATA_DIR",
-    CoordinatorConfig.data_dir,
-    type=Path,
-    help="blob store, SQLite file and the coordinator key live here",
-    metavar="DIR",
-)
-DATABASE_URL = Setting(
-    "--database-url",
-    "TENSORGRID_DATABASE_URL",
-    CoordinatorConfig.database_url,
-    help="SQLAlchemy URL; none: SQLite in --data-dir. PostgreSQL: postgresql://user@host:5432/dbname",
-    metavar="URL",
-)
-CHAIN_ID = Setting(
-    "--chain-id",
-    _COORDINATOR + "CHAIN_ID",
-    CoordinatorConfig.chain_id,
-    type=int,
-    help="EIP-712 chain id receipts are signed for",
-)
-HEARTBEAT_MS = Setting(
-    "--heartbeat-ms",
-    _COORDINATOR + "HEARTBEAT_MS",
-    CoordinatorConfig.heartbeat_interval_ms,
-    type=int,
-    help="how often nodes should heartbeat",
-)
-LEASE_TTL_MS = Setting(
-    "--lease-ttl-ms",
-    _COORDINATOR + "LEASE_TTL_MS",
-    LeaseTiming.ttl_ms,
-    type=int,
-    help="a lease without a heartbeat for this long is reissued to another node",
-)
-MAX_SHARD_MIB = Setting(
-    "--max-shard-mib",
-    _COORDINATOR + "MAX_SHARD_MIB",
-    Limits.max_shard_bytes / MiB,
-    type=float,
-    help="largest input shard a job may ask for",
-)
-MAX_BLOB_MIB = Setting(
-    "--max-blob-mib",
-    _COORDINATOR + "MAX_BLOB_MIB",
-    Limits.max_blob_bytes / MiB,
-    type=float,
-    help="largest blob a submitter may upload",
-)
-EPOCH_SECONDS = Setting(
-    "--epoch-seconds",
-    _COORDINATOR + "EPOCH_SECONDS",
-    CoordinatorConfig.epoch_interval_ms / 1000,
-    type=float,
-    help="how often earnings are posted on chain",
-)
-CHECK_WAIT_MS = Setting(
-    "--check-wait-ms",
-    _COORDINATOR + "CHECK_WAIT_MS",
-    CoordinatorConfig.check_wait_ms,
-    type=int,
-    help="a spot-check no other node takes within this long passes as 'unverified' (grids of one node)",
-)
-TLS_CERT = Setting(
-    "--tls-cert",
-    _COORDINATOR + "TLS_CERT",
-    CoordinatorConfig.tls_cert,
-    type=Path,
-    help="PEM certificate (chain) to serve gRPC over TLS with, from your own CA or a public one",
-    metavar="FILE",
-)
-TLS_KEY = Setting(
-    "--tls-key",
-    _COORDINATOR + "TLS_KEY",
-    CoordinatorConfig.tls_key,
-    type=Path,
-    help="the certificate's unencrypted PEM private key",
-    metavar="FILE",
-)
-INSECURE = Setting(
-    "--insecure",
-    _COORDINATOR + "INSECURE",
-    CoordinatorConfig.insecure,
-    type=config.switch,
-    help="serve plain text on a non-loopback address (without TLS a coordinator listens only on loopback)",
-)
-OPERATOR_ADDRESS = Setting(
-    "--operator-address",
-    _COORDINATOR + "OPERATOR_ADDRESS",
-    CoordinatorConfig.operator_address,
-    help="an address that may see and cancel every job and download every blob (its own session)",
-    metavar="0x…",
-)
-QUOTA_STORED_GIB = Setting(
-    "--quota-stored-gib",
-    _COORDINATOR + "QUOTA_STORED_GIB",
-    Quotas.stored_bytes / GiB,
-    type=float,
-    help="bytes of uploaded blobs one submitter may keep",
-)
-QUOTA_DAILY_GIB = Setting(
-    "--quota-daily-gib",
-    _COORDINATOR + "QUOTA_DAILY_GIB",
-    Quotas.daily_upload_bytes / GiB,
-    type=float,
-    help="bytes one submitter may upload per UTC day",
-)
-QUOTA_OPEN_JOBS = Setting(
-    "--quota-open-jobs",
-    _COORDINATOR + "QUOTA_OPEN_JOBS",
-    Quotas.open_jobs,
-    type=int,
-    help="jobs one submitter may have queued or running at once",
-)
-BLOB_RETENTION = Setting(
-    "--blob-retention",
-    _COORDINATOR + "BLOB_RETENTION",
-    "7d",
-    help="blobs no live job references are deleted this long after their last use (e.g. 12h, 7d, 90m)",
-    metavar="DURATION",
-)
-NODE_CALLS = Setting(
-    "--max-node-calls",
-    _COORDINATOR + "MAX_NODE_CALLS",
-    PeerLimits.calls_per_node,
-    type=int,
-    help="concurrent RPCs one node may have in flight (more: RESOURCE_EXHAUSTED)",
-)
-NODE_STREAMS = Setting(
-    "--max-node-streams",
-    _COORDINATOR + "MAX_NODE_STREAMS",
-    PeerLimits.streams_per_node,
-    type=int,
-    help="concurrent streaming RPCs one node may have open",
-)
-IP_CALLS = Setting(
-    "--max-ip-calls",
-    _COORDINATOR + "MAX_IP_CALLS",
-    PeerLimits.calls_per_ip,
-    type=int,
-    help="concurrent RPCs from one IP address without a node session",
-)
-IP_STREAMS = Setting(
-    "--max-ip-streams",
-    _COORDINATOR + "MAX_IP_STREAMS",
-    PeerLimits.streams_per_ip,
-    type=int,
-    help="concurrent streaming RPCs from one IP address without a node session",
-)
-RESULT_MEMORY_MIB = Setting(
-    "--result-memory-mib",
-    _COORDINATOR + "RESULT_MEMORY_MIB",
-    PeerLimits.result_memory_bytes / MiB,
-    type=float,
-    help="small results held in memory at once, over all nodes (beyond it they go to disk)",
-)
-PEER_SETTINGS = (NODE_CALLS, NODE_STREAMS, IP_CALLS, IP_STREAMS, RESULT_MEMORY_MIB)
-REFEREE_TIME_S = Setting(
-    "--referee-time-s",
-    _COORDINATOR + "REFEREE_TIME_S",
-    CoordinatorConfig.referee_time_s,
-    type=float,
-    help="wall time of one sandboxed re-execution or training replay; over it, the check blames no one",
-)
-REFEREE_MEMORY_MIB = Setting(
-    "--referee-memory-mib",
-    _COORDINATOR + "REFEREE_MEMORY_MIB",
-    CoordinatorConfig.referee_memory_bytes / MiB,
-    type=float,
-    help="hard memory cap of that sandboxed child",
-)
-BULK_LISTEN = Setting(
-    "--bulk-listen",
-    _COORDINATOR + "BULK_LISTEN",
-    BulkSettings.listen,
-    help="host:port of the bulk port, where large blobs move outside gRPC after a ticket from it "
-    "(TLS with --tls-cert); empty: --listen's host, any free port; off: none (blobs go over gRPC)",
-    metavar="HOST:PORT|off",
-)
-BULK_HELLO_S = Setting(
-    "--bulk-hello-s",
-    _COORDINATOR + "BULK_HELLO_S",
-    BulkSettings.hello_timeout_s,
-    type=float,
-    help="a bulk connection must show its ticket within this long",
-)
-BULK_IDLE_S = Setting(
-    "--bulk-idle-s",
-    _COORDINATOR + "BULK_IDLE_S",
-    BulkSettings.idle_timeout_s,
-    type=float,
-    help="a bulk transfer whose bytes stop for this long is dropped",
-)
-METRICS_LISTEN = Setting(
-    "--metrics-listen",
-    _COORDINATOR + "METRICS_LISTEN",
-    CoordinatorConfig.metrics_listen,
-    help="host:port to serve Prometheus metrics on (/metrics: counts only, no job or address; plain "
-    "HTTP, no authentication: keep it on loopback or a private network); empty: none",
-    metavar="HOST:PORT",
-)
-HEALTH_INTERVAL_MS = Setting(
-    "--health-interval-ms",
-    _COORDINATOR + "HEALTH_INTERVAL_MS",
-    CoordinatorConfig.health_interval_ms,
-    type=int,
-    help="how often gRPC health checks the database (NOT_SERVING while it does not answer)",
-)
-DRAIN_S = Setting(
-    "--drain-s",
-    _COORDINATOR + "DRAIN_S",
-    CoordinatorConfig.drain_s,
-    type=float,
-    help="on SIGTERM, health says NOT_SERVING this long before the coordinator stops taking calls",
-)
-REFEREE_THREADS = Setting(
-    "--referee-threads",
-    _COORDINATOR + "REFEREE_THREADS",
-    CoordinatorConfig.referee_threads,
-    type=int,
-    help="torch threads of that sandboxed child; 0: torch's default (one per core)",
-)
-SETTINGS = (
-    LISTEN,
-    HEALTH_INTERVAL_MS,
-    DRAIN_S,
-    METRICS_LISTEN,
-    BULK_LISTEN,
-    BULK_HELLO_S,
-    BULK_IDLE_S,
-    TLS_CERT,
-    TLS_KEY,
-    INSECURE,
-    DATA_DIR,
-    DATABASE_URL,
-    CHAIN_ID,
-    HEARTBEAT_MS,
-    LEASE_TTL_MS,
-    MAX_SHARD_MIB,
-    MAX_BLOB_MIB,
-    config.CHAIN_RPC,
-    config.DEPLOYMENT,
-    EPOCH_SECONDS,
-    CHECK_WAIT_MS,
-    OPERATOR_ADDRESS,
-    QUOTA_STORED_GIB,
-    QUOTA_DAILY_GIB,
-    QUOTA_OPEN_JOBS,
-    BLOB_RETENTION,
-    *PEER_SETTINGS,
-    REFEREE_TIME_S,
-    REFEREE_MEMORY_MIB,
-    REFEREE_THREADS,
-)
-_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
-
-
-def duration_ms(text: str) -> int:
-    """ "90m", "12h", "7d", "30s", "500ms" (a bare number is seconds) → milliseconds."""
-    raw = text.strip().lower()
-    unit = next((u for u in ("ms", "s", "m", "h", "d") if raw.endswith(u)), "")
-    try:
-        value = float(raw[: len(raw) - len(unit)] if unit else raw)
-    except ValueError:
-        raise TensorGridError(f"not a duration: {text!r} (write e.g. 12h, 7d, 90m)") from None
-    if value <= 0:
-        raise TensorGridError(f"a duration must be positive, got {text!r}")
-    return int(value * _UNITS_MS[unit or "s"])
+PROGRAM = "tensorgrid-coordinator"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="tensorgrid-coordinator",
+        prog=PROGRAM,
         description="Run the TensorGrid coordinator: it shards jobs, leases tasks to nodes over gRPC, "
-        "checks their signed results and assembles the output.",
+        "checks their signed results and assembles the output. Every setting is a flag, an environment "
+        "variable and a key of the --config TOML file: a flag beats its variable, which beats the file.",
     )
     config.add_version(p)
     sub = p.add_subparsers(dest="command", required=True)
-    run = config.add_settings(sub.add_parser("run", help="serve until SIGTERM/Ctrl-C"), *SETTINGS)
-    run.add_argument("--ready-file", type=Path, help="write the bound port here once serving (for scripts)")
-    run.add_argument("-v", "--verbose", action="store_true")
+    config.add_settings(sub.add_parser("run", help="serve until SIGTERM/Ctrl-C"), CONFIG, *SETTINGS)
+    CONFIG.add_to(config_show.add_show_parser(sub, SETTINGS, PROGRAM))
+    db_group = sub.add_parser("db", help="the database's schema version")
+    db_commands = db_group.add_subparsers(dest="db_command", required=True)
+    upgrade = db_commands.add_parser("upgrade", help="create, stamp or upgrade the schema to this version's")
+    current = db_commands.add_parser("current", help="print the schema's revision and whether it is this version's")
+    for parser in (upgrade, current):
+        config.add_settings(parser, CONFIG, *DATABASE)
     return p
 
 
 def parse_args(argv: list[str] | None, env: config.Env | None = None) -> argparse.Namespace:
-    return config.parse_args(build_parser(), argv, SETTINGS, env)
+    return config.parse_args(build_parser(), argv, SETTINGS, env, CONFIG)
 
 
-def config_from(ns: argparse.Namespace) -> CoordinatorConfig:
-    if ns.lease_ttl_ms < 2 * ns.heartbeat_ms:
-        raise TensorGridError("--lease-ttl-ms must be at least twice --heartbeat-ms, or live nodes lose leases")
-    operator = ""
-    if ns.operator_address:
-        try:
-            operator = normalize_address(ns.operator_address)
-        except SignatureError as e:
-            raise TensorGridError(f"--operator-address: {e}") from None
-    quotas = Quotas(
-        stored_bytes=int(ns.quota_stored_gib * GiB),
-        daily_upload_bytes=int(ns.quota_daily_gib * GiB),
-        open_jobs=ns.quota_open_jobs,
-    )
-    return CoordinatorConfig(
-        operator_address=operator,
-        quotas=quotas,
-        blob_retention_ms=duration_ms(ns.blob_retention),
-        listen=ns.listen,
-        data_dir=ns.data_dir,
-        database_url=ns.database_url,
-        chain_id=ns.chain_id,
-        chain_rpc=ns.chain_rpc,
-        deployment=ns.deployment,
-        epoch_interval_ms=int(ns.epoch_seconds * 1000),
-        heartbeat_interval_ms=ns.heartbeat_ms,
-        check_wait_ms=ns.check_wait_ms,
-        tls_cert=ns.tls_cert,
-        tls_key=ns.tls_key,
-        insecure=ns.insecure,
-        referee_time_s=ns.referee_time_s,
-        referee_memory_bytes=int(ns.referee_memory_mib * MiB),
-        referee_threads=ns.referee_threads,
-        timing=LeaseTiming(ttl_ms=ns.lease_ttl_ms),
-        limits=Limits(max_shard_bytes=int(ns.max_shard_mib * MiB), max_blob_bytes=int(ns.max_blob_mib * MiB)),
-        peers=peer_limits(ns),
-        metrics_listen=ns.metrics_listen,
-        health_interval_ms=ns.health_interval_ms,
-        drain_s=ns.drain_s,
-        bulk=BulkSettings(listen=ns.bulk_listen, hello_timeout_s=ns.bulk_hello_s, idle_timeout_s=ns.bulk_idle_s),
-    )
+def cmd_config(ns: argparse.Namespace) -> int:
+    """`config show`: the settings a run with the same flags and environment would use."""
+    notes = [f"${name} is set but is no setting (misspelt?): ignored" for name in unknown_variables()]
+    print(config_show.show(ns, SETTINGS, PROGRAM, CONFIG, notes))
+    config_from(ns)  # after printing: what is wrong is then seen next to what was read
+    return exitcodes.OK
 
 
-def peer_limits(ns: argparse.Namespace) -> PeerLimits:
-    return PeerLimits(
-        calls_per_node=ns.max_node_calls,
-        streams_per_node=ns.max_node_streams,
-        calls_per_ip=ns.max_ip_calls,
-        streams_per_ip=ns.max_ip_streams,
-        result_memory_bytes=int(ns.result_memory_mib * MiB),
-    )
+def cmd_db(ns: argparse.Namespace) -> int:
+    """`db upgrade` / `db current` on the database the settings name (the file, the environment, the flags)."""
+    url = CoordinatorConfig(data_dir=ns.data_dir, database_url=ns.database_url).db_url
+    sqlite_file = make_url(url).database if url.startswith("sqlite") else None
+    if ns.db_command == "current" and sqlite_file and not Path(sqlite_file).exists():
+        print(f"no database: {sqlite_file} does not exist (the first start or `db upgrade` creates it)")
+        return exitcodes.ERROR
+    if sqlite_file:
+        Path(sqlite_file).parent.mkdir(parents=True, exist_ok=True)  # where a start would make it
+    engine = db.make_engine(url, prepare=False)
+    try:
+        if ns.db_command == "upgrade":
+            before, after = db.upgrade(engine)
+            print(f"was: {before.describe()}\nnow: {after.describe()}")
+        else:
+            with engine.connect() as conn:
+                print(migrate.state(conn).describe())
+    except OperationalError as e:
+        raise TensorGridError(f"cannot reach the database {engine.url.render_as_string()}: {e.orig}") from None
+    finally:
+        engine.dispose()
+    return exitcodes.OK
 
 
-def credentials(config: CoordinatorConfig) -> grpc.ServerCredentials | None:
-    """TLS credentials, or None for plain text where the rule allows it (tensorgrid.tls)."""
-    if not tls.check_listen(config.listen, config.tls_cert, config.tls_key, config.insecure):
-        return None
-    assert config.tls_cert is not None and config.tls_key is not None
-    return tls.server_credentials(config.tls_cert, config.tls_key)
-
-
-async def serve(config: CoordinatorConfig, ready_file: Path | None = None) -> None:
-    creds = credentials(config)  # before anything starts: a bad certificate stops us here
-    forbid_inspection()  # a sandboxed referee must not read this process's key or secrets
-    app = Coordinator(config)
-    bulk = open_bulk_port(config, app.blobs, app.access.record_upload, app.metrics.moved)
-    server, port, checks = await build_server(app, config.listen, creds, bulk)
-    await server.start()
-    if config.metrics_listen:
-        app.metrics.serve(config.metrics_listen)
-    await app.start()
-    # What start-up made lives as long as the process: out of the collector's sight, a full
-    # collection stops the loop for about a millisecond instead of a hundred or more.
-    gc.freeze()
-    host = config.listen.rsplit(":", 1)[0]
-    log.info(
-        "coordinator %s serving %s on %s:%d (db %s)",
-        app.identity.address,
-        "TLS" if creds is not None else "plain text",
-        host,
-        port,
-        app.store.engine.url.render_as_string(),
-    )
-    if ready_file is not None:
-        tmp = ready_file.with_suffix(".tmp")
-        tmp.write_text(str(port))
-        tmp.replace(ready_file)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("shutting down")
-    await checks.drain()
-    await asyncio.sleep(config.drain_s)
-    await server.stop(grace=3)
-    if bulk is not None:
-        bulk.stop()
-    app.metrics.stop()
-    await app.stop()
+def unknown_variables() -> list[str]:
+    return config.unknown_variables(ENV_PREFIX, (*SETTINGS, CONFIG))
 
 
 def main(argv: list[str] | None = None) -> int:
     ns = parse_args(argv)
     setup_logging(ns.verbose, "tensorgrid.coordinator")
+    for name in unknown_variables():
+        log.warning("$%s is set but is no setting of %s (misspelt?): ignored", name, PROGRAM)
     try:
+        if ns.command == "config":
+            return cmd_config(ns)
+        if ns.command == "db":
+            return cmd_db(ns)
+        # the server stack (gRPC, the job kinds, torch) loads only to serve: `config` and `db` start in a blink
+        from coordinator.daemon import serve
+
         asyncio.run(serve(config_from(ns), ns.ready_file))
     except TensorGridError as e:
         log.error("%s", e)

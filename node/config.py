@@ -76,10 +76,25 @@ STAKE_WEI = Setting(
     type=int,
     help="stake to register with on chain if not yet staked; 0: the minimum",
 )
+PASSWORD_ENV = "TENSORGRID_KEY_PASSWORD"
+PASSWORD_FILE = Setting(
+    "--password-file",
+    "TENSORGRID_NODE_PASSWORD_FILE",
+    None,
+    type=Path,
+    help=f"read the keystore password from this file; none: ${PASSWORD_ENV}, else a prompt",
+    metavar="FILE",
+)
+VERBOSE = Setting(
+    "--verbose", "TENSORGRID_NODE_VERBOSE", False, type=config.switch, help="log at DEBUG level", aliases=("-v",)
+)
+CONFIG = config.config_setting("TENSORGRID_NODE_CONFIG", "tensorgrid-node")
 CHAIN = (config.CHAIN_RPC, config.DEPLOYMENT)
 TLS = config.CLIENT_TLS
+GLOBAL = (KEYSTORE, PASSWORD_FILE, VERBOSE)  # before the command: every command has them
+RUN = (COORDINATOR, DATA_DIR, DEVICE, SLOTS, THREADS, SERVE_REPLICAS, MEMORY_GIB, CACHE_GIB, *CHAIN, STAKE_WEI, *TLS)
 SETTINGS = (
-    KEYSTORE,
+    *GLOBAL,
     COORDINATOR,
     DATA_DIR,
     DEVICE,

@@ -10,25 +10,9 @@ import logging
 import os
 import signal
 import sys
-from pathlib import Path
 
-from node.config import (
-    CACHE_GIB,
-    CHAIN,
-    COORDINATOR,
-    DATA_DIR,
-    DEVICE,
-    KEYSTORE,
-    MEMORY_GIB,
-    SERVE_REPLICAS,
-    SETTINGS,
-    SLOTS,
-    STAKE_WEI,
-    THREADS,
-    TLS,
-    AgentConfig,
-)
-from tensorgrid import config, exitcodes
+from node.config import CHAIN, CONFIG, COORDINATOR, GLOBAL, PASSWORD_ENV, RUN, SETTINGS, TLS, AgentConfig
+from tensorgrid import config, config_show, exitcodes
 from tensorgrid.crypto import Signer, load_keystore, save_keystore
 from tensorgrid.errors import KeystoreError, TensorGridError
 from tensorgrid.logs import setup_logging
@@ -37,23 +21,19 @@ from tensorgrid.tls import ClientTls
 from tensorgrid.types import Domain
 
 log = logging.getLogger("tensorgrid.node")
-PASSWORD_ENV = "TENSORGRID_KEY_PASSWORD"
+PROGRAM = "tensorgrid-node"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="tensorgrid-node",
+        prog=PROGRAM,
         description="The TensorGrid node daemon: lends this machine's GPU (or CPU) to the grid and is paid "
-        "for verified work. Workloads are torch.export programs and safetensors: no foreign code runs here.",
+        "for verified work. Workloads are torch.export programs and safetensors: no foreign code runs here. "
+        "Every setting is a flag, an environment variable and a key of the --config TOML file: a flag beats "
+        "its variable, which beats the file (init's own flags are flags only).",
     )
     config.add_version(p)
-    KEYSTORE.add_to(p)
-    p.add_argument(
-        "--password-file",
-        type=Path,
-        help=f"read the keystore password from this file (else ${PASSWORD_ENV}, else a prompt)",
-    )
-    p.add_argument("-v", "--verbose", action="store_true")
+    config.add_settings(p, CONFIG, *GLOBAL)
     sub = p.add_subparsers(dest="command", required=True)
     init = sub.add_parser("init", help="create a new node key in an encrypted keystore")
     init.add_argument("--force", action="store_true", help="replace an existing keystore (the old key is lost)")
@@ -65,20 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub.add_parser("address", help="print the node's address")
     run = sub.add_parser("run", help="take and run work until SIGTERM (first: drain; second: stop now)")
-    config.add_settings(
-        run,
-        COORDINATOR,
-        DATA_DIR,
-        DEVICE,
-        SLOTS,
-        THREADS,
-        SERVE_REPLICAS,
-        MEMORY_GIB,
-        CACHE_GIB,
-        *CHAIN,
-        STAKE_WEI,
-        *TLS,
-    )
+    config.add_settings(run, *RUN)
+    config_show.add_show_parser(sub, RUN, PROGRAM)
     earn = sub.add_parser("earnings", help="show what this node has earned and can claim")
     claim = sub.add_parser("claim", help="claim posted earnings on chain")
     for parser in (earn, claim):
@@ -87,7 +55,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None, env: config.Env | None = None) -> argparse.Namespace:
-    return config.parse_args(build_parser(), argv, SETTINGS, env)
+    return config.parse_args(build_parser(), argv, SETTINGS, env, CONFIG)
+
+
+def cmd_config(ns: argparse.Namespace) -> int:
+    """`config show`: the settings `run` would use here, and where the keystore's password would come from."""
+    if ns.password_file is not None:
+        password = f"keystore password: read from {ns.password_file}"
+    elif os.environ.get(PASSWORD_ENV):
+        password = f"keystore password: ${PASSWORD_ENV} (set; not shown)"
+    else:
+        password = f"keystore password: asked at the terminal (no --password-file, no ${PASSWORD_ENV})"
+    unknown = [f"${name} is set but is no setting (misspelt?): ignored" for name in unknown_variables()]
+    print(config_show.show(ns, SETTINGS, PROGRAM, CONFIG, notes=[password, *unknown]))
+    return exitcodes.OK
 
 
 def take_password_env() -> str:
@@ -193,11 +174,19 @@ async def _abort(agent: object) -> None:
     os._exit(exitcodes.INTERRUPTED)
 
 
+def unknown_variables() -> list[str]:
+    return config.unknown_variables("TENSORGRID_NODE_", (*SETTINGS, CONFIG))
+
+
 def main(argv: list[str] | None = None) -> int:
     ns = parse_args(argv)
     setup_logging(ns.verbose, "tensorgrid.node")
+    for name in unknown_variables():
+        log.warning("$%s is set but is no setting of %s (misspelt?): ignored", name, PROGRAM)
     forbid_inspection()  # a job's worker must not read this process's key or environment
     try:
+        if ns.command == "config":
+            return cmd_config(ns)
         if ns.command == "init":
             return cmd_init(ns)
         signer = load_keystore(ns.keystore, read_password(ns))

@@ -1,22 +1,34 @@
 """Settings of the three programs (tensorgrid, tensorgrid-node, tensorgrid-coordinator).
 
-Each setting is one Setting: its flag, its environment variable and its default, written
-once. A value comes from the flag if given, else from the environment variable if set and
-non-empty, else from the default. The environment is read when a program parses its
-command line (parse_args), never at import; `--help` shows each default and variable.
+Each setting is one Setting: its flag, its environment variable, its key in a daemon's TOML
+file (the flag's name with underscores) and its default, written once. A value comes from the
+flag if given, else from the environment variable if set and non-empty, else from the
+`--config` file if it has the key, else from the default: that order lives in parse_args and
+nowhere else, which also records where each value came from (`config show` prints it). The
+environment and the file are read when a program parses its command line, never at import;
+`--help` shows each default and variable. A bad value anywhere is a usage error (exit 2)
+naming the flag, the variable or the file and key.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
+import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 Env = Mapping[str, str]
 HOME_ENV = "TENSORGRID_HOME"
+Origin = Literal["flag", "env", "file", "default"]
+ORIGINS = "origins"  # the parsed namespace's attribute: {dest: Origin} of every setting its command has
+
+
+class ConfigError(ValueError):
+    """A setting's value (from a variable or the file) or the file itself is wrong: a usage error."""
 
 
 @dataclass(frozen=True)
@@ -48,7 +60,8 @@ def switch(raw: str) -> bool:
 
 @dataclass(frozen=True)
 class Setting:
-    """One option of a program. default None means none (required=True: the flag or variable must be given)."""
+    """One option of a program. default None means none (required=True: the flag, the variable or
+    the daemon's file must give it)."""
 
     flag: str
     env: str
@@ -58,35 +71,110 @@ class Setting:
     choices: Sequence[str] | None = None
     required: bool = False
     metavar: str | None = None
+    # how `config show` masks it: "password" (a URL's password and query), "path" (a URL's
+    # password, path and query: where RPC providers put API keys), or "" (a plain value)
+    secret: Literal["", "password", "path"] = ""
+    aliases: tuple[str, ...] = ()  # more option strings, e.g. ("-v",)
 
     @property
     def dest(self) -> str:
         return self.flag.removeprefix("--").replace("-", "_")
+
+    @property
+    def key(self) -> str:
+        """The setting's key in a TOML file: the flag without dashes in front, underscores inside."""
+        return self.dest
 
     def add_to(self, parser: argparse.ArgumentParser) -> None:
         """Add the flag; it parses to None when not given, and parse_args fills it in."""
         shown = self.default.shown if isinstance(self.default, Computed) else self.default
         shown = "required" if self.required else "none" if shown in (None, "") else shown
         text = f"{self.help} (default: {shown}; env ${self.env})".strip().replace("%", "%%")
+        names = (self.flag, *self.aliases)
         if self.type is switch:  # a flag with no value: given means on
-            parser.add_argument(self.flag, action="store_const", const=True, default=None, help=text)
+            parser.add_argument(*names, dest=self.dest, action="store_const", const=True, default=None, help=text)
             return
         parser.add_argument(
-            self.flag, type=self.type, choices=self.choices, default=None, metavar=self.metavar, help=text
+            *names, dest=self.dest, type=self.type, choices=self.choices, default=None, metavar=self.metavar, help=text
         )
 
-    def resolve(self, env: Env) -> Any:
-        """The value when the flag is not given: the environment variable's, else the default."""
+    def resolve(self, env: Env, file: ConfigFile | None = None) -> tuple[Any, Origin]:
+        """The value when the flag is not given, and where it came from: the environment
+        variable's, else the file's, else the default."""
         raw = env.get(self.env, "")
         if raw:
             try:
                 value = self.type(raw)
             except (TypeError, ValueError):
-                raise ValueError(f"${self.env}={raw!r} is not a valid value for {self.flag}") from None
+                raise ConfigError(f"${self.env}={raw!r} is not a valid value for {self.flag}") from None
             if self.choices is not None and value not in self.choices:
-                raise ValueError(f"${self.env}={raw!r}: {self.flag} must be one of {', '.join(self.choices)}")
-            return value
-        return self.default.compute(env) if isinstance(self.default, Computed) else self.default
+                raise ConfigError(f"${self.env}={raw!r}: {self.flag} must be one of {', '.join(self.choices)}")
+            return value, "env"
+        if file is not None and self.key in file.values:
+            return file.value_of(self), "file"
+        return (self.default.compute(env) if isinstance(self.default, Computed) else self.default), "default"
+
+    def from_file(self, raw: Any, base: Path) -> Any:
+        """A TOML value as this setting's: on/off settings take true/false, whole numbers take
+        integers, other numbers integers or floats, the rest strings (paths relative to `base`,
+        the file's directory). Raises ValueError saying what was expected."""
+        if self.type is switch:
+            value = _expect(raw, bool, "true or false")
+        elif self.type is int:
+            value = _expect(raw, int, "a whole number")
+        elif self.type is float:
+            value = float(_expect(raw, (int, float), "a number"))
+        else:
+            value = self.type(_expect(raw, str, "a string"))
+            if isinstance(value, Path):
+                value = base / value.expanduser()
+        if self.choices is not None and value not in self.choices:
+            raise ValueError(f"must be one of {', '.join(self.choices)}")
+        return value
+
+
+_TOML_TYPES = {bool: "boolean", int: "integer", float: "float", str: "string", list: "array", dict: "table"}
+
+
+def _expect(raw: Any, kind: type | tuple[type, ...], what: str) -> Any:
+    if isinstance(raw, bool) and kind is not bool or not isinstance(raw, kind):
+        # the type only, not the value: it may be a secret
+        raise ValueError(f"must be {what}, not a TOML {_TOML_TYPES.get(type(raw), type(raw).__name__)}")
+    return raw
+
+
+@dataclass(frozen=True)
+class ConfigFile:
+    """A daemon's TOML file: top-level keys, each a setting's key, checked when loaded."""
+
+    path: Path
+    values: Mapping[str, Any]  # key -> the setting's value, already converted
+
+    @classmethod
+    def load(cls, path: Path, settings: Sequence[Setting]) -> ConfigFile:
+        """Read and check the file: every key known, every value of its setting's type."""
+        try:
+            data = tomllib.loads(path.read_text())
+        except OSError as e:
+            raise ConfigError(f"cannot read the config file {path}: {e.strerror or e}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path} is not valid TOML: {e}") from None
+        by_key = {s.key: s for s in settings}
+        values: dict[str, Any] = {}
+        for key, raw in data.items():
+            setting = by_key.get(key)
+            if setting is None:
+                near = difflib.get_close_matches(key.replace("-", "_"), by_key, n=1)
+                hint = f" (did you mean {near[0]!r}?)" if near else f"; known keys: {', '.join(sorted(by_key))}"
+                raise ConfigError(f"{path}: unknown key {key!r}{hint}")
+            try:
+                values[key] = setting.from_file(raw, path.absolute().parent)
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"{path}: {key} {e}") from None
+        return cls(path, values)
+
+    def value_of(self, setting: Setting) -> Any:
+        return self.values[setting.key]
 
 
 def given(pairs: Any) -> dict[str, Any]:
@@ -101,23 +189,74 @@ def add_settings(parser: argparse.ArgumentParser, *settings: Setting) -> argpars
     return parser
 
 
+def config_setting(env: str, program: str) -> Setting:
+    """A daemon's --config option: the TOML file its other settings may come from."""
+    return Setting(
+        "--config",
+        env,
+        None,
+        type=Path,
+        help=f'TOML file of {program}\'s settings, keyed like the flags (data_dir = "/srv/x" for '
+        "--data-dir /srv/x; relative paths from the file's directory); a flag or a variable beats it",
+        metavar="FILE",
+    )
+
+
 def parse_args(
-    parser: argparse.ArgumentParser, argv: Sequence[str] | None, settings: Sequence[Setting], env: Env | None = None
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    settings: Sequence[Setting],
+    env: Env | None = None,
+    config: Setting | None = None,
 ) -> argparse.Namespace:
-    """Parse argv, then fill each setting the chosen command has but was not given: env, then default."""
+    """Parse argv, then fill each setting the chosen command has but was not given: from the
+    environment, else from the `config` file (when the program has one and it is named), else
+    the default. `ns.origins` records where each came from. With `ns.show_config` set (a
+    `config show` command) a required setting may stay unset: showing that is the point."""
     env = os.environ if env is None else env
     ns = parser.parse_args(argv)
+    origins: dict[str, Origin] = {}
+    try:
+        file = _config_file(ns, settings, env, config, origins)
+    except ConfigError as e:
+        parser.error(str(e))
     for setting in settings:
-        if getattr(ns, setting.dest, False) is not None:  # given, or not an option of this command
+        if not hasattr(ns, setting.dest):  # not an option of this command
+            continue
+        if getattr(ns, setting.dest) is not None:
+            origins[setting.dest] = "flag"
             continue
         try:
-            value = setting.resolve(env)
-        except ValueError as e:
+            value, origins[setting.dest] = setting.resolve(env, file)
+        except ConfigError as e:
             parser.error(str(e))
-        if value is None and setting.required:
-            parser.error(f"{setting.flag} is required (or set ${setting.env})")
+        if value is None and setting.required and not getattr(ns, "show_config", False):
+            also = f" or {setting.key} in the --config file" if file is not None else ""
+            parser.error(f"{setting.flag} is required (or set ${setting.env}{also})")
         setattr(ns, setting.dest, value)
+    setattr(ns, ORIGINS, origins)
     return ns
+
+
+def unknown_variables(prefix: str, settings: Sequence[Setting], env: Env | None = None) -> list[str]:
+    """Variables named like a program's own (`prefix`) that are no setting of it: a misspelt one
+    would otherwise be ignored without a word."""
+    env = os.environ if env is None else env
+    known = {s.env for s in settings}
+    return sorted(name for name in env if name.startswith(prefix) and name not in known)
+
+
+def _config_file(
+    ns: argparse.Namespace, settings: Sequence[Setting], env: Env, config: Setting | None, origins: dict[str, Origin]
+) -> ConfigFile | None:
+    """The --config file (the flag, else its variable), loaded and checked; None without one."""
+    if config is None or not hasattr(ns, config.dest):
+        return None
+    if ns.config is not None:
+        origins[config.dest] = "flag"
+    else:
+        ns.config, origins[config.dest] = config.resolve(env)
+    return None if ns.config is None else ConfigFile.load(Path(ns.config), settings)
 
 
 # Where a coordinator listens unless told otherwise, and so where the tools look for one.
@@ -137,6 +276,7 @@ CHAIN_RPC = Setting(
     "",
     help="JSON-RPC URL of the settlement chain; none: no chain",
     metavar="URL",
+    secret="path",
 )
 DEPLOYMENT = Setting(
     "--deployment",

@@ -8,7 +8,7 @@ from sqlalchemy import Engine, create_engine, event, insert, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
-from coordinator.db import schema
+from coordinator.db import migrate, schema
 from tensorgrid.errors import TensorGridError
 
 
@@ -19,8 +19,9 @@ def normalize_url(url: str) -> str:
     return url
 
 
-def make_engine(url: str) -> Engine:
-    """Create the engine and the schema; refuse a database from a newer schema version."""
+def make_engine(url: str, prepare: bool = True) -> Engine:
+    """Create the engine and bring the schema to this code's head (coordinator.db.migrate);
+    refuse a database from a newer schema version. prepare=False: only the engine."""
     url = normalize_url(url)
     u = make_url(url)
     kwargs: dict[str, Any] = {}
@@ -35,9 +36,16 @@ def make_engine(url: str) -> Engine:
     if u.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
         event.listen(engine, "begin", _sqlite_begin)
-    schema.metadata.create_all(engine)
-    _check_version(engine)
+    if prepare:
+        upgrade(engine)
     return engine
+
+
+def upgrade(engine: Engine) -> tuple[migrate.SchemaState, migrate.SchemaState]:
+    """Bring the schema to this code's head (coordinator.db.migrate); (before, after)."""
+    states = migrate.bring_to_head(engine)
+    _check_version(engine)
+    return states
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -62,6 +70,8 @@ def _sqlite_begin(conn: Any) -> None:
 
 
 def _check_version(engine: Engine) -> None:
+    # The releases before migrations refuse a database whose meta schema_version is above theirs,
+    # so a revision that those releases cannot run on raises SCHEMA_VERSION along with it.
     with engine.begin() as conn:
         row = conn.execute(select(schema.meta.c.value).where(schema.meta.c.key == "schema_version")).first()
         if row is None:

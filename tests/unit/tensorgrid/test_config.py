@@ -1,4 +1,5 @@
-"""One configuration layer for the three programs: flag > environment variable > default."""
+"""One configuration layer for the three programs: flag > environment variable > default
+(the daemons' --config file, between the variable and the default: test_config_file.py)."""
 
 from __future__ import annotations
 
@@ -106,8 +107,8 @@ def test_coordinator_cli_settings() -> None:
     ("parser", "settings"),
     [
         (lambda: cli.build_parser(), cli.SETTINGS),
-        (lambda: node_main.build_parser(), node_main.SETTINGS),
-        (lambda: coordinator_main.build_parser(), coordinator_main.SETTINGS),
+        (lambda: node_main.build_parser(), (*node_main.SETTINGS, node_main.CONFIG)),
+        (lambda: coordinator_main.build_parser(), (*coordinator_main.SETTINGS, coordinator_main.CONFIG)),
     ],
 )
 def test_help_shows_each_default_and_env_var(parser: object, settings: tuple[Setting, ...]) -> None:

@@ -1,0 +1,69 @@
+"""`tensorgrid-coordinator run`: the coordinator serving, from start-up to a drained stop."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import signal
+from pathlib import Path
+
+import grpc
+
+from coordinator.api.bulk import open_bulk_port
+from coordinator.api.server import build_server
+from coordinator.app import Coordinator
+from coordinator.config import CoordinatorConfig
+from tensorgrid import tls
+from tensorgrid.sandbox.confine import forbid_inspection
+
+log = logging.getLogger("tensorgrid.coordinator")
+
+
+def credentials(config: CoordinatorConfig) -> grpc.ServerCredentials | None:
+    """TLS credentials, or None for plain text where the rule allows it (tensorgrid.tls)."""
+    if not tls.check_listen(config.listen, config.tls_cert, config.tls_key, config.insecure):
+        return None
+    assert config.tls_cert is not None and config.tls_key is not None
+    return tls.server_credentials(config.tls_cert, config.tls_key)
+
+
+async def serve(config: CoordinatorConfig, ready_file: Path | None = None) -> None:
+    creds = credentials(config)  # before anything starts: a bad certificate stops us here
+    forbid_inspection()  # a sandboxed referee must not read this process's key or secrets
+    app = Coordinator(config)
+    bulk = open_bulk_port(config, app.blobs, app.access.record_upload, app.metrics.moved)
+    server, port, checks = await build_server(app, config.listen, creds, bulk)
+    await server.start()
+    if config.metrics_listen:
+        app.metrics.serve(config.metrics_listen)
+    await app.start()
+    # What start-up made lives as long as the process: out of the collector's sight, a full
+    # collection stops the loop for about a millisecond instead of a hundred or more.
+    gc.freeze()
+    host = config.listen.rsplit(":", 1)[0]
+    log.info(
+        "coordinator %s serving %s on %s:%d (db %s)",
+        app.identity.address,
+        "TLS" if creds is not None else "plain text",
+        host,
+        port,
+        app.store.engine.url.render_as_string(),
+    )
+    if ready_file is not None:
+        tmp = ready_file.with_suffix(".tmp")
+        tmp.write_text(str(port))
+        tmp.replace(ready_file)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await checks.drain()
+    await asyncio.sleep(config.drain_s)
+    await server.stop(grace=3)
+    if bulk is not None:
+        bulk.stop()
+    app.metrics.stop()
+    await app.stop()

@@ -1,0 +1,373 @@
+"""The coordinator's settings: each flag with its variable, its --config file key and its default
+(CoordinatorConfig's own, in the flag's units), and the CoordinatorConfig they make.
+
+Read by the entry point only (coordinator.main); tensorgrid.config resolves them."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from coordinator.config import BulkSettings, CoordinatorConfig, LeaseTiming, Limits, PeerLimits, Quotas
+from tensorgrid import config
+from tensorgrid.config import Setting
+from tensorgrid.crypto import normalize_address
+from tensorgrid.errors import SignatureError, TensorGridError
+
+MiB = 1 << 20
+GiB = 1 << 30
+ENV_PREFIX = _COORDINATOR = "TENSORGRID_COORDINATOR_"
+# Each default is CoordinatorConfig's own (or its Limits' and LeaseTiming's), shown in the units of the flag.
+LISTEN = Setting(
+    "--listen",
+    _COORDINATOR + "LISTEN",
+    CoordinatorConfig.listen,
+    help="host:port to serve gRPC on (port 0: any free port); without --tls-cert only a loopback "
+    "address, unless --insecure",
+    metavar="HOST:PORT",
+)
+DATA_DIR = Setting(
+    "--data-dir",
+    _COORDINATOR + "DATA_DIR",
+    CoordinatorConfig.data_dir,
+    type=Path,
+    help="blob store, SQLite file and the coordinator key live here",
+    metavar="DIR",
+)
+DATABASE_URL = Setting(
+    "--database-url",
+    "TENSORGRID_DATABASE_URL",
+    CoordinatorConfig.database_url,
+    help="SQLAlchemy URL; none: SQLite in --data-dir. PostgreSQL: postgresql://user:password@host:5432/dbname",
+    metavar="URL",
+    secret="password",
+)
+CHAIN_ID = Setting(
+    "--chain-id",
+    _COORDINATOR + "CHAIN_ID",
+    CoordinatorConfig.chain_id,
+    type=int,
+    help="EIP-712 chain id receipts are signed for",
+)
+HEARTBEAT_MS = Setting(
+    "--heartbeat-ms",
+    _COORDINATOR + "HEARTBEAT_MS",
+    CoordinatorConfig.heartbeat_interval_ms,
+    type=int,
+    help="how often nodes should heartbeat",
+)
+LEASE_TTL_MS = Setting(
+    "--lease-ttl-ms",
+    _COORDINATOR + "LEASE_TTL_MS",
+    LeaseTiming.ttl_ms,
+    type=int,
+    help="a lease without a heartbeat for this long is reissued to another node",
+)
+MAX_SHARD_MIB = Setting(
+    "--max-shard-mib",
+    _COORDINATOR + "MAX_SHARD_MIB",
+    Limits.max_shard_bytes / MiB,
+    type=float,
+    help="largest input shard a job may ask for",
+)
+MAX_BLOB_MIB = Setting(
+    "--max-blob-mib",
+    _COORDINATOR + "MAX_BLOB_MIB",
+    Limits.max_blob_bytes / MiB,
+    type=float,
+    help="largest blob a submitter may upload",
+)
+EPOCH_SECONDS = Setting(
+    "--epoch-seconds",
+    _COORDINATOR + "EPOCH_SECONDS",
+    CoordinatorConfig.epoch_interval_ms / 1000,
+    type=float,
+    help="how often earnings are posted on chain",
+)
+CHECK_WAIT_MS = Setting(
+    "--check-wait-ms",
+    _COORDINATOR + "CHECK_WAIT_MS",
+    CoordinatorConfig.check_wait_ms,
+    type=int,
+    help="a spot-check no other node takes within this long passes as 'unverified' (grids of one node)",
+)
+TLS_CERT = Setting(
+    "--tls-cert",
+    _COORDINATOR + "TLS_CERT",
+    CoordinatorConfig.tls_cert,
+    type=Path,
+    help="PEM certificate (chain) to serve gRPC over TLS with, from your own CA or a public one",
+    metavar="FILE",
+)
+TLS_KEY = Setting(
+    "--tls-key",
+    _COORDINATOR + "TLS_KEY",
+    CoordinatorConfig.tls_key,
+    type=Path,
+    help="the certificate's unencrypted PEM private key",
+    metavar="FILE",
+)
+INSECURE = Setting(
+    "--insecure",
+    _COORDINATOR + "INSECURE",
+    CoordinatorConfig.insecure,
+    type=config.switch,
+    help="serve plain text on a non-loopback address (without TLS a coordinator listens only on loopback)",
+)
+OPERATOR_ADDRESS = Setting(
+    "--operator-address",
+    _COORDINATOR + "OPERATOR_ADDRESS",
+    CoordinatorConfig.operator_address,
+    help="an address that may see and cancel every job and download every blob (its own session)",
+    metavar="0x…",
+)
+QUOTA_STORED_GIB = Setting(
+    "--quota-stored-gib",
+    _COORDINATOR + "QUOTA_STORED_GIB",
+    Quotas.stored_bytes / GiB,
+    type=float,
+    help="bytes of uploaded blobs one submitter may keep",
+)
+QUOTA_DAILY_GIB = Setting(
+    "--quota-daily-gib",
+    _COORDINATOR + "QUOTA_DAILY_GIB",
+    Quotas.daily_upload_bytes / GiB,
+    type=float,
+    help="bytes one submitter may upload per UTC day",
+)
+QUOTA_OPEN_JOBS = Setting(
+    "--quota-open-jobs",
+    _COORDINATOR + "QUOTA_OPEN_JOBS",
+    Quotas.open_jobs,
+    type=int,
+    help="jobs one submitter may have queued or running at once",
+)
+BLOB_RETENTION = Setting(
+    "--blob-retention",
+    _COORDINATOR + "BLOB_RETENTION",
+    "7d",
+    help="blobs no live job references are deleted this long after their last use (e.g. 12h, 7d, 90m)",
+    metavar="DURATION",
+)
+NODE_CALLS = Setting(
+    "--max-node-calls",
+    _COORDINATOR + "MAX_NODE_CALLS",
+    PeerLimits.calls_per_node,
+    type=int,
+    help="concurrent RPCs one node may have in flight (more: RESOURCE_EXHAUSTED)",
+)
+NODE_STREAMS = Setting(
+    "--max-node-streams",
+    _COORDINATOR + "MAX_NODE_STREAMS",
+    PeerLimits.streams_per_node,
+    type=int,
+    help="concurrent streaming RPCs one node may have open",
+)
+IP_CALLS = Setting(
+    "--max-ip-calls",
+    _COORDINATOR + "MAX_IP_CALLS",
+    PeerLimits.calls_per_ip,
+    type=int,
+    help="concurrent RPCs from one IP address without a node session",
+)
+IP_STREAMS = Setting(
+    "--max-ip-streams",
+    _COORDINATOR + "MAX_IP_STREAMS",
+    PeerLimits.streams_per_ip,
+    type=int,
+    help="concurrent streaming RPCs from one IP address without a node session",
+)
+RESULT_MEMORY_MIB = Setting(
+    "--result-memory-mib",
+    _COORDINATOR + "RESULT_MEMORY_MIB",
+    PeerLimits.result_memory_bytes / MiB,
+    type=float,
+    help="small results held in memory at once, over all nodes (beyond it they go to disk)",
+)
+PEER_SETTINGS = (NODE_CALLS, NODE_STREAMS, IP_CALLS, IP_STREAMS, RESULT_MEMORY_MIB)
+REFEREE_TIME_S = Setting(
+    "--referee-time-s",
+    _COORDINATOR + "REFEREE_TIME_S",
+    CoordinatorConfig.referee_time_s,
+    type=float,
+    help="wall time of one sandboxed re-execution or training replay; over it, the check blames no one",
+)
+REFEREE_MEMORY_MIB = Setting(
+    "--referee-memory-mib",
+    _COORDINATOR + "REFEREE_MEMORY_MIB",
+    CoordinatorConfig.referee_memory_bytes / MiB,
+    type=float,
+    help="hard memory cap of that sandboxed child",
+)
+BULK_LISTEN = Setting(
+    "--bulk-listen",
+    _COORDINATOR + "BULK_LISTEN",
+    BulkSettings.listen,
+    help="host:port of the bulk port, where large blobs move outside gRPC after a ticket from it "
+    "(TLS with --tls-cert); empty: --listen's host, any free port; off: none (blobs go over gRPC)",
+    metavar="HOST:PORT|off",
+)
+BULK_HELLO_S = Setting(
+    "--bulk-hello-s",
+    _COORDINATOR + "BULK_HELLO_S",
+    BulkSettings.hello_timeout_s,
+    type=float,
+    help="a bulk connection must show its ticket within this long",
+)
+BULK_IDLE_S = Setting(
+    "--bulk-idle-s",
+    _COORDINATOR + "BULK_IDLE_S",
+    BulkSettings.idle_timeout_s,
+    type=float,
+    help="a bulk transfer whose bytes stop for this long is dropped",
+)
+METRICS_LISTEN = Setting(
+    "--metrics-listen",
+    _COORDINATOR + "METRICS_LISTEN",
+    CoordinatorConfig.metrics_listen,
+    help="host:port to serve Prometheus metrics on (/metrics: counts only, no job or address; plain "
+    "HTTP, no authentication: keep it on loopback or a private network); empty: none",
+    metavar="HOST:PORT",
+)
+HEALTH_INTERVAL_MS = Setting(
+    "--health-interval-ms",
+    _COORDINATOR + "HEALTH_INTERVAL_MS",
+    CoordinatorConfig.health_interval_ms,
+    type=int,
+    help="how often gRPC health checks the database (NOT_SERVING while it does not answer)",
+)
+DRAIN_S = Setting(
+    "--drain-s",
+    _COORDINATOR + "DRAIN_S",
+    CoordinatorConfig.drain_s,
+    type=float,
+    help="on SIGTERM, health says NOT_SERVING this long before the coordinator stops taking calls",
+)
+REFEREE_THREADS = Setting(
+    "--referee-threads",
+    _COORDINATOR + "REFEREE_THREADS",
+    CoordinatorConfig.referee_threads,
+    type=int,
+    help="torch threads of that sandboxed child; 0: torch's default (one per core)",
+)
+CONFIG = config.config_setting(_COORDINATOR + "CONFIG", "tensorgrid-coordinator")
+READY_FILE = Setting(
+    "--ready-file",
+    _COORDINATOR + "READY_FILE",
+    None,
+    type=Path,
+    help="write the bound port here once serving (for scripts)",
+    metavar="FILE",
+)
+VERBOSE = Setting(
+    "--verbose",
+    _COORDINATOR + "VERBOSE",
+    False,
+    type=config.switch,
+    help="log at DEBUG level",
+    aliases=("-v",),
+)
+# What `db upgrade` and `db current` need: where the database is.
+DATABASE = (DATA_DIR, DATABASE_URL, VERBOSE)
+SETTINGS = (
+    LISTEN,
+    HEALTH_INTERVAL_MS,
+    DRAIN_S,
+    METRICS_LISTEN,
+    BULK_LISTEN,
+    BULK_HELLO_S,
+    BULK_IDLE_S,
+    TLS_CERT,
+    TLS_KEY,
+    INSECURE,
+    DATA_DIR,
+    DATABASE_URL,
+    CHAIN_ID,
+    HEARTBEAT_MS,
+    LEASE_TTL_MS,
+    MAX_SHARD_MIB,
+    MAX_BLOB_MIB,
+    config.CHAIN_RPC,
+    config.DEPLOYMENT,
+    EPOCH_SECONDS,
+    CHECK_WAIT_MS,
+    OPERATOR_ADDRESS,
+    QUOTA_STORED_GIB,
+    QUOTA_DAILY_GIB,
+    QUOTA_OPEN_JOBS,
+    BLOB_RETENTION,
+    *PEER_SETTINGS,
+    REFEREE_TIME_S,
+    REFEREE_MEMORY_MIB,
+    REFEREE_THREADS,
+    READY_FILE,
+    VERBOSE,
+)
+_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def duration_ms(text: str) -> int:
+    """ "90m", "12h", "7d", "30s", "500ms" (a bare number is seconds) → milliseconds."""
+    raw = text.strip().lower()
+    unit = next((u for u in ("ms", "s", "m", "h", "d") if raw.endswith(u)), "")
+    try:
+        value = float(raw[: len(raw) - len(unit)] if unit else raw)
+    except ValueError:
+        raise TensorGridError(f"not a duration: {text!r} (write e.g. 12h, 7d, 90m)") from None
+    if value <= 0:
+        raise TensorGridError(f"a duration must be positive, got {text!r}")
+    return int(value * _UNITS_MS[unit or "s"])
+
+
+def config_from(ns: argparse.Namespace) -> CoordinatorConfig:
+    """The configuration the parsed settings describe; TensorGridError when they disagree."""
+    if ns.lease_ttl_ms < 2 * ns.heartbeat_ms:
+        raise TensorGridError("--lease-ttl-ms must be at least twice --heartbeat-ms, or live nodes lose leases")
+    operator = ""
+    if ns.operator_address:
+        try:
+            operator = normalize_address(ns.operator_address)
+        except SignatureError as e:
+            raise TensorGridError(f"--operator-address: {e}") from None
+    quotas = Quotas(
+        stored_bytes=int(ns.quota_stored_gib * GiB),
+        daily_upload_bytes=int(ns.quota_daily_gib * GiB),
+        open_jobs=ns.quota_open_jobs,
+    )
+    return CoordinatorConfig(
+        operator_address=operator,
+        quotas=quotas,
+        blob_retention_ms=duration_ms(ns.blob_retention),
+        listen=ns.listen,
+        data_dir=ns.data_dir,
+        database_url=ns.database_url,
+        chain_id=ns.chain_id,
+        chain_rpc=ns.chain_rpc,
+        deployment=ns.deployment,
+        epoch_interval_ms=int(ns.epoch_seconds * 1000),
+        heartbeat_interval_ms=ns.heartbeat_ms,
+        check_wait_ms=ns.check_wait_ms,
+        tls_cert=ns.tls_cert,
+        tls_key=ns.tls_key,
+        insecure=ns.insecure,
+        referee_time_s=ns.referee_time_s,
+        referee_memory_bytes=int(ns.referee_memory_mib * MiB),
+        referee_threads=ns.referee_threads,
+        timing=LeaseTiming(ttl_ms=ns.lease_ttl_ms),
+        limits=Limits(max_shard_bytes=int(ns.max_shard_mib * MiB), max_blob_bytes=int(ns.max_blob_mib * MiB)),
+        peers=peer_limits(ns),
+        metrics_listen=ns.metrics_listen,
+        health_interval_ms=ns.health_interval_ms,
+        drain_s=ns.drain_s,
+        bulk=BulkSettings(listen=ns.bulk_listen, hello_timeout_s=ns.bulk_hello_s, idle_timeout_s=ns.bulk_idle_s),
+    )
+
+
+def peer_limits(ns: argparse.Namespace) -> PeerLimits:
+    return PeerLimits(
+        calls_per_node=ns.max_node_calls,
+        streams_per_node=ns.max_node_streams,
+        calls_per_ip=ns.max_ip_calls,
+        streams_per_ip=ns.max_ip_streams,
+        result_memory_bytes=int(ns.result_memory_mib * MiB),
+    )
