@@ -121,7 +121,10 @@ def test_cancel_after_result_still_pays_the_nodes(devnet: ChainGrid, digits: Ass
             raise AssertionError("a locked escrow was cancelled before its deadline")
         except ContractReverted as e:  # still locked, or already settled by the coordinator
             assert e.error in ("LockedUntilDeadline", "JobNotOpen"), e
-        assert client.cancel(job.job_id).state == JobState.SUCCEEDED  # a finished job stays finished
+        with pytest.raises(CoordinatorError) as refused:  # a finished job stays finished
+            client.cancel(job.job_id)
+        assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION and "succeeded" in str(refused.value)
+        assert client.job(job.job_id).state == JobState.SUCCEEDED
         escrow = wait_for(lambda: (e := client.escrow(job.job_id)).status == JobStatus.COMPLETED and e)
         assert escrow.charged == REWARD * (6 + 6) and escrow.locked  # 6 tasks, 6 checks
         spent = before - client.chain.balance()
