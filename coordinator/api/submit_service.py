@@ -21,7 +21,7 @@ from coordinator.api.grid import Grid
 from coordinator.api.serving import ServingApi
 from coordinator.api.sessions import SessionCache, token_hash
 from coordinator.api.status import abort, request_address, unary
-from coordinator.errors import Conflict, PermissionDenied
+from coordinator.errors import Conflict, NotFound, PermissionDenied
 from coordinator.services.runtime import now_ms
 from tensorgrid import serde
 from tensorgrid.blobs import check_sha256
@@ -251,6 +251,22 @@ class SubmitterServicer(submit_pb2_grpc.SubmitterServiceServicer):
             claim_cumulative_wei=str(claim["cumulative_wei"]) if claim else "0",
             claim_proof=[bytes.fromhex(p.removeprefix("0x")) for p in claim["proof"]] if claim else [],
             slashed_wei=str(slashed),
+        )
+
+    @unary
+    async def GetEpoch(
+        self, request: submit_pb2.GetEpochRequest, context: grpc.aio.ServicerContext
+    ) -> submit_pb2.Epoch:
+        record = await self.db(self.app.ledger.epoch, request.epoch)
+        if record is None:
+            raise NotFound(f"no epoch {request.epoch}" if request.epoch else "no epoch yet")
+        return submit_pb2.Epoch(
+            epoch=record["epoch"],
+            root=record["root"],
+            state=record["state"],
+            total_wei=str(record["total_wei"]),
+            created_ms=record["created_ms"],
+            leaves=[submit_pb2.EpochLeaf(node=n, cumulative_wei=str(w)) for n, w in record["leaves"]],
         )
 
     async def DownloadBlob(
