@@ -73,6 +73,7 @@ def test_a_nodejs_client_built_from_the_docs(
         "earnings_malformed": "INVALID_ARGUMENT",
         "earnings_fresh": "0",
         "unknown_job": "NOT_FOUND",
+        "download_past_end": "INVALID_ARGUMENT",
         "bad_cancel_signature": "PERMISSION_DENIED",
         "no_epoch": "NOT_FOUND",
     }

@@ -245,6 +245,7 @@ async function main() {
     earnings_malformed: await codeOf(unary("GetEarnings", { address: "0x1234" })),
     earnings_fresh: (await unary("GetEarnings", { address: ethers.Wallet.createRandom().address })).cumulative_wei,
     unknown_job: await codeOf(unary("GetJob", { job_id: "ab".repeat(32) }, md)),
+    download_past_end: await codeOf(serverStream("DownloadBlob", { sha256: ref.sha256, offset: String(blob.length + 1) }, md)),
     bad_cancel_signature: await codeOf(unary("CancelJob", { job_id: job.job_id, signature: Buffer.alloc(65, 1) }, md)),
     no_epoch: await codeOf(unary("GetEpoch", { epoch: "0" })),
   };
