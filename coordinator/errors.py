@@ -5,6 +5,10 @@ from __future__ import annotations
 from tensorgrid.errors import TensorGridError
 
 
+class InvalidArgument(TensorGridError):
+    """A request field is malformed (an address, an id): the message names the field."""
+
+
 class NotFound(TensorGridError):
     """The job, task or node asked for does not exist."""
 

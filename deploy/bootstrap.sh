@@ -30,4 +30,12 @@ if [ ! -d "$ROOT/contracts/node_modules" ] || [ "$(cat "$NPM_STAMP" 2>/dev/null)
   npm ci --prefix "$ROOT/contracts" --no-audit --no-fund --prefer-offline >&2
   echo "$NPM_WANT" > "$NPM_STAMP"
 fi
+# The Node.js client test's packages (@grpc/grpc-js, ethers) from tests/js/package-lock.json, the same way.
+JS_STAMP="$ROOT/tests/js/node_modules/.tensorgrid-lock"
+JS_WANT="$(sha256sum "$ROOT/tests/js/package-lock.json" | cut -d' ' -f1)"
+if [ ! -d "$ROOT/tests/js/node_modules" ] || [ "$(cat "$JS_STAMP" 2>/dev/null)" != "$JS_WANT" ]; then
+  echo "[bootstrap] installing the JS client test's packages (npm ci in tests/js/)" >&2
+  npm ci --prefix "$ROOT/tests/js" --no-audit --no-fund --prefer-offline >&2
+  echo "$JS_WANT" > "$JS_STAMP"
+fi
 export PATH="$VENV/bin:$PATH"

@@ -8,8 +8,8 @@ NodeService.Register, submitters with SubmitterService.OpenSession; every other 
 the token in the `x-tensorgrid-session` metadata key, except the calls open to anyone:
 
 - NodeService.GetChallenge, SubmitterService.GetChallenge: a nonce costs one HMAC, no state.
-- SubmitterService.ListNodes, GetEarnings: the grid's nodes, their record and earnings are
-  public by design (they are on chain, and submitters choose a grid by them).
+- SubmitterService.ListNodes, GetEarnings, GetEpoch: the grid's nodes, their record, earnings
+  and epochs are public by design (they are on chain, and submitters choose a grid by them).
 
 A peer host that fails authentication too often (a bad or expired token, a refused Register
 or OpenSession) is refused with RESOURCE_EXHAUSTED and a retry-after until its window passes;
@@ -39,7 +39,13 @@ current_submitter: contextvars.ContextVar[str] = contextvars.ContextVar("current
 _NODE = "/tensorgrid.v1.NodeService/"
 _SUBMITTER = "/tensorgrid.v1.SubmitterService/"
 PUBLIC = frozenset(
-    {_NODE + "GetChallenge", _SUBMITTER + "GetChallenge", _SUBMITTER + "ListNodes", _SUBMITTER + "GetEarnings"}
+    {
+        _NODE + "GetChallenge",
+        _SUBMITTER + "GetChallenge",
+        _SUBMITTER + "ListNodes",
+        _SUBMITTER + "GetEarnings",
+        _SUBMITTER + "GetEpoch",
+    }
 )
 OPENERS = frozenset({_NODE + "Register", _SUBMITTER + "OpenSession"})
 

@@ -27,6 +27,11 @@ async def stream_blob(
     except BlobError as e:
         await context.abort(grpc.StatusCode.NOT_FOUND, str(e))
         return
+    if request.offset > ref.size:  # read_chunks says so only once iterated: say it here, as the caller's mistake
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"offset {request.offset} is past the end of blob {ref.sha256} ({ref.size} bytes)",
+        )
     first = True
     for data in chunks:
         yield common_pb2.BlobChunk(data=data, total_size=ref.size if first else 0)

@@ -12,11 +12,11 @@ from coordinator.api.auth import SessionCache, check_challenge, current_node, ma
 from coordinator.api.blobs import stream_blob
 from coordinator.api.grid import Grid
 from coordinator.api.serving import ServingApi
-from coordinator.api.status import abort, unary
+from coordinator.api.status import abort, request_address, unary
 from coordinator.errors import NotFound, PermissionDenied, Rejected
 from coordinator.services.runtime import now_ms
 from tensorgrid import serde
-from tensorgrid.crypto import normalize_address, recover_message_signer, registration_message
+from tensorgrid.crypto import recover_message_signer, registration_message
 from tensorgrid.errors import BlobError, SignatureError
 from tensorgrid.rpc import SMALL_RESULT_BYTES
 from tensorgrid.types import BlobRef
@@ -35,7 +35,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     async def GetChallenge(
         self, request: node_pb2.ChallengeRequest, context: grpc.aio.ServicerContext
     ) -> node_pb2.Challenge:
-        address = normalize_address(request.address)
+        address = request_address(request.address)
         now = now_ms()
         nonce = make_challenge(self.app.challenge_secret, address, now)
         return node_pb2.Challenge(nonce=nonce, expires_at_ms=now + 120_000, domain=serde.domain_to_pb(self.app.domain))
@@ -45,7 +45,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         self, request: node_pb2.RegisterRequest, context: grpc.aio.ServicerContext
     ) -> node_pb2.RegisterResponse:
         app = self.app
-        address = normalize_address(request.address)
+        address = request_address(request.address)
         now = now_ms()
         check_challenge(app.challenge_secret, address, request.nonce, now)
         try:

@@ -7,7 +7,6 @@ import logging
 
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from coordinator.api.auth import FailureLimiter, SessionCache, SessionInterceptor
 from coordinator.api.bulk import BulkPort
@@ -15,6 +14,7 @@ from coordinator.api.grid import Grid
 from coordinator.api.health import Health
 from coordinator.api.limits import LimitsInterceptor
 from coordinator.api.node_service import NodeServicer
+from coordinator.api.reflection import enable_reflection
 from coordinator.api.submit_service import SubmitterServicer
 from tensorgrid.rpc import server_options
 from tensorgrid.v1 import node_pb2, node_pb2_grpc, submit_pb2, submit_pb2_grpc
@@ -53,7 +53,7 @@ async def build_server(
     app.runtime.spawn(
         checks.watch_database(lambda: app.runtime.db(app.store.ping), app.config.health_interval_ms / 1000)
     )
-    reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    enable_reflection((*SERVICE_NAMES, health.SERVICE_NAME), server)  # v1 and v1alpha
     if credentials is None:
         port = server.add_insecure_port(listen)
     else:

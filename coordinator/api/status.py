@@ -9,7 +9,8 @@ from typing import Any, NoReturn, TypeVar
 
 import grpc
 
-from coordinator.errors import Conflict, NotFound, PermissionDenied, QuotaExceeded, Rejected
+from coordinator.errors import Conflict, InvalidArgument, NotFound, PermissionDenied, QuotaExceeded, Rejected
+from tensorgrid.crypto import normalize_address
 from tensorgrid.errors import (
     BlobError,
     HashMismatch,
@@ -24,6 +25,7 @@ log = logging.getLogger("tensorgrid.coordinator")
 R = TypeVar("R")
 
 _CODES: list[tuple[type[Exception], grpc.StatusCode]] = [
+    (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
     (QuotaExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
@@ -37,6 +39,15 @@ _CODES: list[tuple[type[Exception], grpc.StatusCode]] = [
     (BlobError, grpc.StatusCode.INVALID_ARGUMENT),
     (TensorGridError, grpc.StatusCode.INVALID_ARGUMENT),
 ]
+
+
+def request_address(value: str, field: str = "address") -> str:
+    """A request's address field in checksum form; InvalidArgument (not a signature failure) if
+    it is no address at all."""
+    try:
+        return normalize_address(value)
+    except SignatureError as e:
+        raise InvalidArgument(f"{field}: {e}") from None
 
 
 def status_for(exc: Exception) -> grpc.StatusCode:

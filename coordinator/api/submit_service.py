@@ -20,13 +20,14 @@ from coordinator.api.bulk import BulkPort
 from coordinator.api.grid import Grid
 from coordinator.api.serving import ServingApi
 from coordinator.api.sessions import SessionCache, token_hash
-from coordinator.api.status import abort, unary
-from coordinator.errors import Conflict, PermissionDenied
+from coordinator.api.status import abort, request_address, unary
+from coordinator.errors import Conflict, NotFound, PermissionDenied
 from coordinator.services.runtime import now_ms
 from tensorgrid import serde
 from tensorgrid.blobs import check_sha256
-from tensorgrid.crypto import cancel_message, normalize_address, recover_message_signer, session_message
+from tensorgrid.crypto import cancel_message, recover_message_signer, session_message
 from tensorgrid.errors import BlobError, SignatureError
+from tensorgrid.types import JobInfo, JobState
 from tensorgrid.v1 import common_pb2, serving_pb2, submit_pb2, submit_pb2_grpc
 
 log = logging.getLogger("tensorgrid.coordinator")
@@ -49,7 +50,7 @@ class SubmitterServicer(submit_pb2_grpc.SubmitterServiceServicer):
     async def GetChallenge(
         self, request: submit_pb2.SessionChallengeRequest, context: grpc.aio.ServicerContext
     ) -> submit_pb2.SessionChallenge:
-        address = normalize_address(request.address)
+        address = request_address(request.address)
         now = now_ms()
         nonce = make_challenge(self.app.challenge_secret, address, now)
         return submit_pb2.SessionChallenge(nonce=nonce, expires_at_ms=now + CHALLENGE_TTL_MS)
@@ -59,7 +60,7 @@ class SubmitterServicer(submit_pb2_grpc.SubmitterServiceServicer):
         self, request: submit_pb2.OpenSessionRequest, context: grpc.aio.ServicerContext
     ) -> submit_pb2.Session:
         app = self.app
-        address = normalize_address(request.address)
+        address = request_address(request.address)
         now = now_ms()
         check_challenge(app.challenge_secret, address, request.nonce, now)
         try:
@@ -149,7 +150,7 @@ class SubmitterServicer(submit_pb2_grpc.SubmitterServiceServicer):
         self, request: submit_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext
     ) -> submit_pb2.Job:
         me = current_submitter.get()
-        if normalize_address(request.submitter) != me:
+        if request_address(request.submitter, "submitter") != me:
             raise PermissionDenied(
                 f"this session is {me}'s: submit as {me}, or open a session with {request.submitter}"
             )
@@ -162,7 +163,7 @@ class SubmitterServicer(submit_pb2_grpc.SubmitterServiceServicer):
         self, request: submit_pb2.SubmitJobRequest, context: grpc.aio.ServicerContext
     ) -> submit_pb2.ValidateJobResponse:
         me = current_submitter.get()
-        if normalize_address(request.submitter) != me:
+        if request_address(request.submitter, "submitter") != me:
             raise PermissionDenied(f"this session is {me}'s: validate as {me}")
         v = await self.app.intake.validate(bytes(request.spec_json), request.submitter, bytes(request.signature))
         return submit_pb2.ValidateJobResponse(job_id=v.job_id, tasks=v.tasks, paid_tasks=v.paid_tasks, exists=v.exists)
@@ -192,11 +193,13 @@ class SubmitterServicer(submit_pb2_grpc.SubmitterServiceServicer):
             raise PermissionDenied(f"bad cancel signature: {e}") from None
         if signer != me:
             raise PermissionDenied(f"the cancellation is signed by {signer}, not by this session's {me}")
+        _require_cancellable(job)
         if self.app.serving.serves(job):
             info = await self.app.serving.delete(request.job_id, job.submitter)
         else:
             info = await self.db(self.jobs.cancel_job, request.job_id, job.submitter, now_ms())
         self.app.runtime.hub.notify(request.job_id)
+        _require_cancellable(info)  # it finished while we cancelled: it stays as it ended
         return serde.job_to_pb(await self.db(self.report, info))
 
     async def WatchJob(
@@ -236,7 +239,7 @@ class SubmitterServicer(submit_pb2_grpc.SubmitterServiceServicer):
     async def GetEarnings(
         self, request: submit_pb2.GetEarningsRequest, context: grpc.aio.ServicerContext
     ) -> submit_pb2.Earnings:
-        address = normalize_address(request.address)
+        address = request_address(request.address)
         e = await self.db(self.app.ledger.earnings, address)
         slashed = await self.db(self.app.ledger.slashed_wei, address)
         claim = e["claimable"]
@@ -248,6 +251,22 @@ class SubmitterServicer(submit_pb2_grpc.SubmitterServiceServicer):
             claim_cumulative_wei=str(claim["cumulative_wei"]) if claim else "0",
             claim_proof=[bytes.fromhex(p.removeprefix("0x")) for p in claim["proof"]] if claim else [],
             slashed_wei=str(slashed),
+        )
+
+    @unary
+    async def GetEpoch(
+        self, request: submit_pb2.GetEpochRequest, context: grpc.aio.ServicerContext
+    ) -> submit_pb2.Epoch:
+        record = await self.db(self.app.ledger.epoch, request.epoch)
+        if record is None:
+            raise NotFound(f"no epoch {request.epoch}" if request.epoch else "no epoch yet")
+        return submit_pb2.Epoch(
+            epoch=record["epoch"],
+            root=record["root"],
+            state=record["state"],
+            total_wei=str(record["total_wei"]),
+            created_ms=record["created_ms"],
+            leaves=[submit_pb2.EpochLeaf(node=n, cumulative_wei=str(w)) for n, w in record["leaves"]],
         )
 
     async def DownloadBlob(
@@ -289,3 +308,10 @@ class SubmitterServicer(submit_pb2_grpc.SubmitterServiceServicer):
         self, request: serving_pb2.DeleteEndpointRequest, context: grpc.aio.ServicerContext
     ) -> serving_pb2.EndpointStatus:
         return await self.serving.delete_endpoint(request, context)
+
+
+def _require_cancellable(job: JobInfo) -> None:
+    """A job that succeeded or failed cannot be cancelled (FAILED_PRECONDITION); cancelling a
+    cancelled job again answers it as it is, so a retried CancelJob is harmless."""
+    if job.state.finished and job.state != JobState.CANCELLED:
+        raise Conflict(f"job {job.job_id} already {job.state.value}: there is nothing to cancel")

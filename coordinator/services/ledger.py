@@ -13,7 +13,7 @@ from sqlalchemy import Engine, select
 
 from coordinator.db import schema as s
 from coordinator.repositories.ledger import credits, epochs, escrow, slashing
-from coordinator.repositories.ledger.ledger import Earnings, earnings, job_finished, status
+from coordinator.repositories.ledger.ledger import Earnings, EpochRecord, earnings, epoch_record, job_finished, status
 from coordinator.repositories.ledger.listener import LedgerListener
 from coordinator.services.runtime import Runtime
 from tensorgrid.chain.merkle import EarningsTree
@@ -93,6 +93,11 @@ class Ledger:
         while len(self._trees) > self._tree_cache:
             self._trees.popitem(last=False)
         return result
+
+    def epoch(self, epoch: int = 0) -> EpochRecord | None:
+        """Epoch `epoch` (0: the latest) and its leaves; None if there is none."""
+        with self.engine.connect() as conn:
+            return epoch_record(conn, epoch)
 
     def slashed_wei(self, node: str) -> int:
         """Stake taken from `node` on chain by confirmed slashes."""

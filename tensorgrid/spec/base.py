@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Self
 from eth_utils import keccak
 
 from tensorgrid.errors import SpecError
-from tensorgrid.spec.checks import Decoder, build, check_int, decode_spec_json
+from tensorgrid.spec.checks import Decoder, build, check_int, decode_spec_json, wei
 
 GiB = 1 << 30
 DEVICES = ("any", "cpu", "cuda")
@@ -33,6 +33,9 @@ COMMON_INT_RANGES: Mapping[str, tuple[int, int]] = {
     "max_attempts": (1, 100),
     "reward_per_task_wei": (0, 2**256 - 1),
 }
+
+# How the JSON values of common fields become Python values (a kind's DECODERS add its own).
+COMMON_DECODERS: Mapping[str, Decoder] = {"reward_per_task_wei": wei}
 
 
 def new_nonce() -> str:
@@ -72,7 +75,7 @@ class JobSpecBase:
             raise SpecError("spec must be a JSON object")
         if data.get("kind") != kind:
             raise SpecError(f"a {kind} spec needs kind '{kind}', got {data.get('kind')!r}")
-        spec = build(cls, data, f"{kind} spec", cls.DECODERS)
+        spec = build(cls, data, f"{kind} spec", {**COMMON_DECODERS, **cls.DECODERS})
         spec.validate()
         return spec
 

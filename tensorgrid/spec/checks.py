@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import fields
 from typing import Any, TypeVar
@@ -84,6 +85,22 @@ def as_float(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise SpecError(f"{name} must be a finite number, got {value!r}")
     return float(value)
+
+
+_WEI_DIGITS = re.compile(r"0|[1-9][0-9]{0,77}")
+
+
+def wei(name: str, value: Any) -> Any:
+    """A wei amount: a JSON integer, or the same integer as a decimal string ("1000000000000000000"),
+    which a JavaScript client can write without losing digits past 2^53. The spec's hash is over the
+    bytes sent, so either form signs as written; both parse to the same integer."""
+    if isinstance(value, str):
+        if not _WEI_DIGITS.fullmatch(value):
+            raise SpecError(
+                f"{name} must be a whole number of wei (a JSON integer or a decimal string), got {value!r:.80}"
+            )
+        return int(value)
+    return value  # an integer (or anything else, refused by the range check)
 
 
 def is_int(v: Any) -> bool:

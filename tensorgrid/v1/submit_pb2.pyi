@@ -300,3 +300,33 @@ class Earnings(_message.Message):
     claim_proof: _containers.RepeatedScalarFieldContainer[bytes]
     slashed_wei: str
     def __init__(self, address: _Optional[str] = ..., cumulative_wei: _Optional[str] = ..., pending_wei: _Optional[str] = ..., claim_epoch: _Optional[int] = ..., claim_cumulative_wei: _Optional[str] = ..., claim_proof: _Optional[_Iterable[bytes]] = ..., slashed_wei: _Optional[str] = ...) -> None: ...
+
+class GetEpochRequest(_message.Message):
+    __slots__ = ("epoch",)
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    def __init__(self, epoch: _Optional[int] = ...) -> None: ...
+
+class EpochLeaf(_message.Message):
+    __slots__ = ("node", "cumulative_wei")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    CUMULATIVE_WEI_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    cumulative_wei: str
+    def __init__(self, node: _Optional[str] = ..., cumulative_wei: _Optional[str] = ...) -> None: ...
+
+class Epoch(_message.Message):
+    __slots__ = ("epoch", "root", "state", "total_wei", "created_ms", "leaves")
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    ROOT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_WEI_FIELD_NUMBER: _ClassVar[int]
+    CREATED_MS_FIELD_NUMBER: _ClassVar[int]
+    LEAVES_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    root: str
+    state: str
+    total_wei: str
+    created_ms: int
+    leaves: _containers.RepeatedCompositeFieldContainer[EpochLeaf]
+    def __init__(self, epoch: _Optional[int] = ..., root: _Optional[str] = ..., state: _Optional[str] = ..., total_wei: _Optional[str] = ..., created_ms: _Optional[int] = ..., leaves: _Optional[_Iterable[_Union[EpochLeaf, _Mapping]]] = ...) -> None: ...

@@ -90,6 +90,11 @@ class SubmitterServiceStub:
                 request_serializer=tensorgrid_dot_v1_dot_submit__pb2.GetEarningsRequest.SerializeToString,
                 response_deserializer=tensorgrid_dot_v1_dot_submit__pb2.Earnings.FromString,
                 _registered_method=True)
+        self.GetEpoch = channel.unary_unary(
+                '/tensorgrid.v1.SubmitterService/GetEpoch',
+                request_serializer=tensorgrid_dot_v1_dot_submit__pb2.GetEpochRequest.SerializeToString,
+                response_deserializer=tensorgrid_dot_v1_dot_submit__pb2.Epoch.FromString,
+                _registered_method=True)
         self.GetChallenge = channel.unary_unary(
                 '/tensorgrid.v1.SubmitterService/GetChallenge',
                 request_serializer=tensorgrid_dot_v1_dot_submit__pb2.SessionChallengeRequest.SerializeToString,
@@ -211,6 +216,15 @@ class SubmitterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetEpoch(self, request, context):
+        """An epoch's Merkle root and every leaf under it (node, cumulative wei), so anyone can
+        recompute the root a claim is checked against (docs/API.md has the tree). NOT_FOUND when
+        there is no such epoch (none at all on a coordinator that does not settle on chain).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetChallenge(self, request, context):
         """A fresh nonce to sign (EIP-191, tensorgrid.crypto.session_message) for OpenSession.
         """
@@ -325,6 +339,11 @@ def add_SubmitterServiceServicer_to_server(servicer, server):
                     servicer.GetEarnings,
                     request_deserializer=tensorgrid_dot_v1_dot_submit__pb2.GetEarningsRequest.FromString,
                     response_serializer=tensorgrid_dot_v1_dot_submit__pb2.Earnings.SerializeToString,
+            ),
+            'GetEpoch': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetEpoch,
+                    request_deserializer=tensorgrid_dot_v1_dot_submit__pb2.GetEpochRequest.FromString,
+                    response_serializer=tensorgrid_dot_v1_dot_submit__pb2.Epoch.SerializeToString,
             ),
             'GetChallenge': grpc.unary_unary_rpc_method_handler(
                     servicer.GetChallenge,
@@ -646,6 +665,33 @@ class SubmitterService:
             '/tensorgrid.v1.SubmitterService/GetEarnings',
             tensorgrid_dot_v1_dot_submit__pb2.GetEarningsRequest.SerializeToString,
             tensorgrid_dot_v1_dot_submit__pb2.Earnings.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetEpoch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tensorgrid.v1.SubmitterService/GetEpoch',
+            tensorgrid_dot_v1_dot_submit__pb2.GetEpochRequest.SerializeToString,
+            tensorgrid_dot_v1_dot_submit__pb2.Epoch.FromString,
             options,
             channel_credentials,
             insecure,

@@ -21,7 +21,7 @@ from tensorgrid.nodeclient import NodeClient
 from tensorgrid.spec import InferenceSpec, NoopSpec, canonical_json, spec_hash
 from tensorgrid.types import BlobRef, Capabilities, JobState
 from tensorgrid.v1 import submit_pb2, submit_pb2_grpc
-from tests.integration.conftest import Assets
+from tests.integration.conftest import Assets, node_args
 
 pytestmark = pytest.mark.integration
 SHARED = pytest.mark.xdist_group("bad_input")  # share one module grid per worker (see make_module_grid)
@@ -197,6 +197,7 @@ def test_unauthenticated_node_calls_are_refused(grid: LocalGrid) -> None:
 
 @SHARED
 def test_health_and_reflection(grid: LocalGrid) -> None:
+    from google.protobuf import descriptor_pb2
     from grpc_health.v1 import health_pb2, health_pb2_grpc
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -207,7 +208,65 @@ def test_health_and_reflection(grid: LocalGrid) -> None:
     refl = reflection_pb2_grpc.ServerReflectionStub(channel)
     answers = list(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
     names = {s.name for s in answers[0].list_services_response.service}
-    assert {"tensorgrid.v1.NodeService", "tensorgrid.v1.SubmitterService"} <= names
+    assert {
+        "tensorgrid.v1.NodeService",
+        "tensorgrid.v1.SubmitterService",
+        "grpc.reflection.v1.ServerReflection",
+    } <= names
+    # reflection v1 (what current tools ask first) is the same messages under another package
+    v1 = channel.stream_stream(
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )
+    asks = [
+        reflection_pb2.ServerReflectionRequest(list_services=""),
+        reflection_pb2.ServerReflectionRequest(file_containing_symbol="tensorgrid.v1.SubmitterService"),
+        reflection_pb2.ServerReflectionRequest(file_containing_symbol="grpc.reflection.v1.ServerReflection"),
+    ]
+    listed, submit_file, own_file = list(v1(iter(asks)))
+    assert names == {s.name for s in listed.list_services_response.service}
+    files = [
+        descriptor_pb2.FileDescriptorProto.FromString(b)
+        for b in submit_file.file_descriptor_response.file_descriptor_proto
+    ]
+    assert "tensorgrid/v1/submit.proto" in {f.name for f in files}
+    (v1_file,) = [
+        descriptor_pb2.FileDescriptorProto.FromString(b)
+        for b in own_file.file_descriptor_response.file_descriptor_proto
+    ]
+    assert v1_file.package == "grpc.reflection.v1" and v1_file.service[0].name == "ServerReflection"
+
+
+@SHARED
+def test_malformed_addresses_are_invalid_arguments(grid: LocalGrid) -> None:
+    """A field that is no address is the caller's mistake (INVALID_ARGUMENT), not a failed login."""
+    stub = submit_pb2_grpc.SubmitterServiceStub(grpc.insecure_channel(grid.target))
+    calls = {
+        "GetEarnings": lambda: stub.GetEarnings(submit_pb2.GetEarningsRequest(address="0x1234")),
+        "GetChallenge": lambda: stub.GetChallenge(submit_pb2.SessionChallengeRequest(address="not an address")),
+        "OpenSession": lambda: stub.OpenSession(submit_pb2.OpenSessionRequest(address="0xzz", nonce=b"n" * 40)),
+    }
+    for name, make_call in calls.items():
+        with pytest.raises(grpc.RpcError) as e:
+            make_call()
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, name
+        assert "not an Ethereum address" in e.value.details(), name
+
+
+def test_a_finished_job_cannot_be_cancelled(own_grid: LocalGrid) -> None:
+    with Client(own_grid.target) as client:
+        job = client.submit_noop(1)
+        client.cancel(job.job_id)
+        assert client.cancel(job.job_id).state == JobState.CANCELLED  # a retried cancel is harmless
+        own_grid.start_node("n1", *node_args())
+        done = client.submit_noop(1)
+        assert client.wait(done.job_id).state == JobState.SUCCEEDED
+        with pytest.raises(CoordinatorError) as e:
+            client.cancel(done.job_id)
+        assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION
+        assert "already succeeded" in str(e.value)
+        assert client.job(done.job_id).state == JobState.SUCCEEDED
 
 
 @SHARED

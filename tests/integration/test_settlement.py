@@ -12,12 +12,14 @@ import pytest
 
 from tensorgrid.chain.client import ChainClient, JobStatus
 from tensorgrid.chain.errors import ContractReverted
+from tensorgrid.chain.merkle import EarningsTree
 from tensorgrid.client import Client, CoordinatorError
 from tensorgrid.crypto import Signer
 from tensorgrid.devnet import ChainGrid, start_chain_grid
 from tensorgrid.nodeclient import NodeClient
 from tensorgrid.spec import InferenceSpec, VerificationSpec
 from tensorgrid.types import Capabilities, JobState
+from tensorgrid.v1 import submit_pb2
 from tests.integration.conftest import BATCH, FAST, Assets, Stopper, wait_for
 
 pytestmark = pytest.mark.integration
@@ -92,7 +94,18 @@ def test_funded_job_is_charged_recorded_refunded_and_claimed(devnet: ChainGrid, 
                 node.claim(earned.claim_cumulative_wei, earned.claim_proof)
             assert node.claimed(node.address) == earned.cumulative_wei
             paid += earned.cumulative_wei
+            # anyone can audit the root the claim was checked against: every leaf is public
+            epoch = client.stub.GetEpoch(submit_pb2.GetEpochRequest(epoch=earned.claim_epoch))
+            leaves = {leaf.node: int(leaf.cumulative_wei) for leaf in epoch.leaves}
+            assert leaves[node.address] == earned.claim_cumulative_wei and epoch.state == "confirmed"
+            assert EarningsTree(leaves).root.hex() == epoch.root == client.chain.root_of(epoch.epoch).root
+            assert sum(leaves.values()) == int(epoch.total_wei)
         assert paid == escrow.charged
+        latest = client.stub.GetEpoch(submit_pb2.GetEpochRequest())  # 0: the latest
+        assert latest.epoch >= max(epoch.epoch, client.chain.last_epoch())  # a newer one may still be posting
+        with pytest.raises(grpc.RpcError) as missing:
+            client.stub.GetEpoch(submit_pb2.GetEpochRequest(epoch=latest.epoch + 1))
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 def test_cancel_after_result_still_pays_the_nodes(devnet: ChainGrid, digits: Assets, tmp_path: Path) -> None:
@@ -121,7 +134,10 @@ def test_cancel_after_result_still_pays_the_nodes(devnet: ChainGrid, digits: Ass
             raise AssertionError("a locked escrow was cancelled before its deadline")
         except ContractReverted as e:  # still locked, or already settled by the coordinator
             assert e.error in ("LockedUntilDeadline", "JobNotOpen"), e
-        assert client.cancel(job.job_id).state == JobState.SUCCEEDED  # a finished job stays finished
+        with pytest.raises(CoordinatorError) as refused:  # a finished job stays finished
+            client.cancel(job.job_id)
+        assert refused.value.code == grpc.StatusCode.FAILED_PRECONDITION and "succeeded" in str(refused.value)
+        assert client.job(job.job_id).state == JobState.SUCCEEDED
         escrow = wait_for(lambda: (e := client.escrow(job.job_id)).status == JobStatus.COMPLETED and e)
         assert escrow.charged == REWARD * (6 + 6) and escrow.locked  # 6 tasks, 6 checks
         spent = before - client.chain.balance()

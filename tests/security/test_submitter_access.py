@@ -153,6 +153,9 @@ def test_calls_without_a_session_are_refused(make_grid: Callable[..., LocalGrid]
     # public information needs no session
     assert stub.ListNodes(submit_pb2.ListNodesRequest()).nodes == []
     assert stub.GetEarnings(submit_pb2.GetEarningsRequest(address=Signer.generate().address)).cumulative_wei == "0"
+    with pytest.raises(grpc.RpcError) as no_epoch:  # public too: no chain here, so no epoch
+        stub.GetEpoch(submit_pb2.GetEpochRequest())
+    assert no_epoch.value.code() == grpc.StatusCode.NOT_FOUND and "no epoch yet" in (no_epoch.value.details() or "")
     with Client(grid.target, owner.signer) as again:  # the owner, with a fresh session, still sees its job
         assert again.job(job.job_id).state == JobState.QUEUED
         again.session.token = "ended"  # as after a revocation: the SDK opens a new session, once, by itself

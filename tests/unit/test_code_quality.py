@@ -43,6 +43,12 @@ def test_nothing_installed_or_generated_is_tracked() -> None:
 
 
 def test_what_the_setup_creates_is_ignored() -> None:
-    paths = [".venv/bin/python", "contracts/node_modules/solc/index.js", "tensorgrid/__pycache__/x.pyc", "var/x"]
+    paths = [
+        ".venv/bin/python",
+        "contracts/node_modules/solc/index.js",
+        "tests/js/node_modules/ethers/package.json",
+        "tensorgrid/__pycache__/x.pyc",
+        "var/x",
+    ]
     ignored = git("check-ignore", "--no-index", *paths).splitlines()
     assert sorted(ignored) == sorted(paths), f"not ignored: {sorted(set(paths) - set(ignored))}"

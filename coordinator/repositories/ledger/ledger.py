@@ -28,6 +28,15 @@ class Claimable(TypedDict):
     proof: list[str]  # 0x-hex bytes32 siblings, leaf to root
 
 
+class EpochRecord(TypedDict):
+    epoch: int
+    root: str  # 64 hex
+    state: str  # posting | confirmed | failed | revoked
+    total_wei: int
+    created_ms: int
+    leaves: list[tuple[str, int]]  # (node, cumulative wei), by address
+
+
 class Earnings(TypedDict):
     cumulative_wei: int  # every live credit, charged or not
     claimable: Claimable | None  # against the newest epoch confirmed on chain
@@ -72,6 +81,24 @@ def earnings(conn: Connection, node: str, trees: dict[str, EarningsTree] | None 
             claimable = Claimable(epoch=int(latest.epoch), cumulative_wei=int(mine.cumulative_wei), proof=proof)
     covered = claimable["cumulative_wei"] if claimable else 0
     return Earnings(cumulative_wei=cumulative, claimable=claimable, pending_wei=max(0, cumulative - covered))
+
+
+def epoch_record(conn: Connection, epoch: int = 0) -> EpochRecord | None:
+    """Epoch `epoch` (0: the latest) with every leaf of its tree, so anyone can recompute its root."""
+    e, ee = s.epochs, s.epoch_earnings
+    query = select(e).where(e.c.epoch == epoch) if epoch else select(e).order_by(e.c.epoch.desc()).limit(1)
+    row = conn.execute(query).first()
+    if row is None:
+        return None
+    leaves = conn.execute(select(ee.c.node, ee.c.cumulative_wei).where(ee.c.epoch == row.epoch).order_by(ee.c.node))
+    return EpochRecord(
+        epoch=int(row.epoch),
+        root=str(row.root),
+        state=str(row.state),
+        total_wei=int(row.total_wei),
+        created_ms=int(row.created_ms),
+        leaves=[(str(r.node), int(r.cumulative_wei)) for r in leaves],
+    )
 
 
 def _tree(conn: Connection, epoch: int, root: str, trees: dict[str, EarningsTree] | None) -> EarningsTree:

@@ -101,6 +101,25 @@ def test_common_fields_are_checked_once_for_every_kind(kind: str, field: str, va
         validate(spec)
 
 
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_wei_may_travel_as_a_decimal_string(kind: str) -> None:
+    """JavaScript cannot write 2^53 + 1 as a JSON number: it may send the digits as a string. The
+    spec is the same; its canonical bytes (what the SDK signs) keep the number, so no hash moves."""
+    big = 2**200 + 1
+    number = dataclasses.replace(EXAMPLES[kind], reward_per_task_wei=big)
+    if kind == "endpoint":
+        number = dataclasses.replace(number, max_requests=5)
+    data = json.loads(canonical_json(number))
+    data["reward_per_task_wei"] = str(big)
+    spec = KINDS[kind].from_dict(data)
+    assert spec == number and spec.reward_per_task_wei == big
+    assert canonical_json(spec) == canonical_json(number) and b'"reward_per_task_wei":%d' % big in canonical_json(spec)
+    for bad in ("-1", "01", "1e18", "0x10", " 1", "1.0", "", "9" * 79):
+        data["reward_per_task_wei"] = bad
+        with pytest.raises(SpecError, match="reward_per_task_wei must be"):
+            KINDS[kind].from_dict(data)
+
+
 def test_kinds_keep_their_own_defaults() -> None:
     assert NoopSpec(tasks=1).task_time_limit_s == 60 and NoopSpec(tasks=1).task_memory_limit_bytes == 1 << 30
     assert InferenceSpec(model=REF, inputs=REF).task_time_limit_s == 600
