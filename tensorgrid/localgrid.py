@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tensorgrid.client import Client
-from tensorgrid.crypto import Signer
+from tensorgrid.crypto import Signer, save_keystore
 from tensorgrid.errors import TensorGridError
 from tensorgrid.localca import TlsFiles
 
@@ -152,15 +152,15 @@ class LocalGrid:
         return self._await_ready(self._spawn(COORDINATOR, args, proc.env), ready, timeout)
 
     def create_node_key(self, name: str, private_key: str | None = None) -> Path:
-        """A keystore for node `name`: a fresh key, or `private_key` imported (devnets)."""
+        """A keystore for node `name`: a fresh key, or `private_key` imported (devnets).
+
+        Written here with the same call `tensorgrid-node init --light-kdf` makes, not by running
+        it: a process start and eth-account's import per node cost a second of CPU each, and
+        every test grid, demo and devnet starts nodes (the command itself has its own tests)."""
         keystore = self.root / name / "key.json"
         if not keystore.exists():
-            args = [sys.executable, "-m", "node.main", "--keystore", str(keystore), "init", "--light-kdf"]
-            env = {**os.environ, "TENSORGRID_KEY_PASSWORD": PASSWORD}
-            if private_key is not None:
-                args += ["--import-key-env", "TENSORGRID_IMPORT_KEY"]
-                env["TENSORGRID_IMPORT_KEY"] = private_key
-            subprocess.run(args, check=True, capture_output=True, env=env)
+            signer = Signer.from_hex(private_key) if private_key is not None else Signer.generate()
+            save_keystore(signer, keystore, PASSWORD, light=True)
         return keystore
 
     def start_node(

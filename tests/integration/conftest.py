@@ -156,10 +156,9 @@ def make_grid(tmp_path: Path, stopper: Stopper) -> Iterator[Callable[..., LocalG
 def make_module_grid(tmp_path_factory: pytest.TempPathFactory, stopper: Stopper) -> Iterator[Callable[..., LocalGrid]]:
     """Grids shared by the tests of one module, stopped after its last test. Only for tests
     that each submit and check their own jobs: not for ones that kill or add processes or
-    count what every node or job on the grid did. Each xdist worker that runs one of them
-    starts the grid once. Mark them with one xdist_group too: meant to keep them on one
-    worker, but pytest-xdist 3.8's loadgroup renames `item._nodeid`, which pytest 9 no longer
-    reads, so today the mark is inert and each worker drawing such a test has its own grid."""
+    count what every node or job on the grid did. Mark them with one xdist_group too: under
+    `--dist loadgroup` (deploy/test.sh) the group goes to one worker, which starts the grid
+    once (tests/conftest.py makes the mark work under pytest 9)."""
     yield from _grids(tmp_path_factory.mktemp("module_grids"), stopper)
 
 
