@@ -63,6 +63,16 @@ def report(st: Store) -> tuple[int, int]:
         return fees.fee_budget(conn, JOB)
 
 
+def disputed(st: Store, budget_rewards: int = 10, rows: int = 1, sampled: tuple[int, ...] = (0,)) -> tuple[str, str]:
+    """A priced job whose one result's check was answered by a disagreeing checker: (check id, checker)."""
+    set_job_price(st.engine, JOB, REWARD, budget_rewards * REWARD)
+    check_id = checked_result(st, rows=rows, sampled=sampled)
+    checker = assignee(st, check_id)
+    assert checker is not None
+    submit_check(st, checker, check_id, agrees=False, rows=len(sampled))
+    return check_id, checker
+
+
 def test_the_fee_covers_a_new_nodes_checks_and_nothing_when_nothing_is_checked() -> None:
     spec = VerificationSpec()
     assert fee_tasks(VerificationSpec(mode="none"), 100, 1000) == 0
@@ -96,22 +106,14 @@ def test_a_checker_proven_right_wins_a_whole_reward_for_a_whole_task(state: Stor
 
 
 def test_a_checker_the_referee_proves_wrong_is_not_paid_and_a_right_one_is(state: Store) -> None:
-    set_job_price(state.engine, JOB, REWARD, 10 * REWARD)
-    check_id = checked_result(state)
-    checker = assignee(state, check_id)
-    assert checker is not None
-    submit_check(state, checker, check_id, agrees=False)
+    check_id, checker = disputed(state)
     state.verification.apply_ruling(check_id, Ruling(REF_OUT, subject_right=True, right_checkers=()), NOW + 3)
     assert credits_of(state, checker) == []  # it lied against an honest subject
     assert [amount for _, amount in credits_of(state, SUBJECT)] == [REWARD]
 
 
 def test_a_checker_that_catches_a_liar_is_paid(state: Store) -> None:
-    set_job_price(state.engine, JOB, REWARD, 10 * REWARD)
-    check_id = checked_result(state)
-    checker = assignee(state, check_id)
-    assert checker is not None
-    submit_check(state, checker, check_id, agrees=False)
+    check_id, checker = disputed(state)
     state.verification.apply_ruling(check_id, Ruling(REF_OUT, subject_right=False, right_checkers=(checker,)), NOW + 3)
     assert credits_of(state, checker) == [(check_id, REWARD)]
     assert credits_of(state, SUBJECT) == []  # caught: never paid
@@ -119,11 +121,7 @@ def test_a_checker_that_catches_a_liar_is_paid(state: Store) -> None:
 
 def test_the_draw_pays_in_proportion_to_the_rows_re_run(state: Store) -> None:
     """A check of 10 rows of a 400-row task wins with probability 10/400: draws below 10 win."""
-    set_job_price(state.engine, JOB, REWARD, 10 * REWARD)
-    check_id = checked_result(state, rows=400, sampled=tuple(range(0, 400, 40)))
-    checker = assignee(state, check_id)
-    assert checker is not None
-    submit_check(state, checker, check_id, agrees=False, rows=10)  # disputed: nobody paid yet
+    check_id, checker = disputed(state, rows=400, sampled=tuple(range(0, 400, 40)))  # nobody paid yet
     with state.engine.begin() as conn:
         assert fees.pay_checkers(conn, check_id, [checker], NOW, draw=lambda n: 10) == 0  # 10 of 400: lost
         assert fees.pay_checkers(conn, check_id, [checker], NOW, draw=lambda n: 9) == 1
@@ -156,10 +154,6 @@ def test_wins_stop_at_the_fee_the_escrow_funded(state: Store) -> None:
 
 
 def test_an_escrow_without_a_fee_pays_no_checker(state: Store) -> None:
-    set_job_price(state.engine, JOB, REWARD, REWARD)  # exactly its one task
-    check_id = checked_result(state)
-    checker = assignee(state, check_id)
-    assert checker is not None
-    submit_check(state, checker, check_id, agrees=False)
+    check_id, checker = disputed(state, budget_rewards=1)  # exactly its one task
     state.verification.apply_ruling(check_id, Ruling(REF_OUT, subject_right=False, right_checkers=(checker,)), NOW + 3)
     assert credits_of(state, checker) == [] and report(state) == (0, 0)
