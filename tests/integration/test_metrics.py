@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -70,6 +71,11 @@ def test_metrics_count_calls_bytes_tasks_and_nodes_and_name_no_one(
         with pytest.raises(CoordinatorError):
             client.job("0" * 64)  # NOT_FOUND, counted as such
 
+        # a call is counted as its handler returns, which may be just after its caller has the reply
+        not_found = ("tensorgrid_rpcs_total", (("code", "NOT_FOUND"), ("method", "GetJob")))
+        deadline = time.monotonic() + 10
+        while not_found not in (m := _scrape(port)[1]) and time.monotonic() < deadline:
+            time.sleep(0.1)
         text, m = _scrape(port)
     assert m[("tensorgrid_jobs", (("state", "succeeded"),))] == 1
     assert sum(v for (name, _), v in m.items() if name == "tensorgrid_tasks") >= 2

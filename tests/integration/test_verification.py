@@ -30,10 +30,13 @@ pytestmark = pytest.mark.integration
 REWARD = 1000
 
 
-def _credits(grid: LocalGrid) -> dict[str, int]:
+def _credits(grid: LocalGrid, checks: bool = False) -> dict[str, int]:
+    """Credits per node: of the job's tasks, or (checks) the checkers' wins from the verification fee."""
     engine = create_engine(f"sqlite:///{grid.root / 'coordinator' / 'coordinator.db'}")
+    of_checks = s.credits.c.task_id.in_(select(s.checks.c.check_id))
     with engine.connect() as conn:
-        rows = conn.execute(select(s.credits.c.node, func.count()).group_by(s.credits.c.node)).all()
+        q = select(s.credits.c.node, func.count()).where(of_checks if checks else ~of_checks)
+        rows = conn.execute(q.group_by(s.credits.c.node)).all()
     engine.dispose()
     return {r[0].lower(): int(r[1]) for r in rows}
 
@@ -98,6 +101,8 @@ def test_adversaries_are_caught_and_unpaid(make_grid: Callable[..., LocalGrid], 
     torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-4)
     paid = _credits(grid)
     assert sum(paid.values()) == final.tasks_total  # every task paid once, to whoever was verified
+    assert final.verification is not None  # and the checkers proven right, from the fee
+    assert sum(_credits(grid, checks=True).values()) * REWARD == final.verification.fee_paid_wei > 0
     for adv in adversaries:
         r = record[adv.address.lower()]
         assert adv.submitted >= 1, f"{adv.behaviour} never got a task"
