@@ -35,7 +35,7 @@ def pay_checkers(
     chk = conn.execute(select(s.checks).where(s.checks.c.check_id == root_id)).first()
     if chk is None or not nodes:
         return 0
-    funded = _fee_rewards(conn, chk.job_id)
+    funded, reward = _fee(conn, chk.job_id)
     if funded <= 0:
         return 0
     won = fee_won(conn, chk.job_id)
@@ -51,7 +51,7 @@ def pay_checkers(
             break
         winners.append((node, str(chk.job_id), task_id, attempt))
     paid = ledger.credit_results(conn, winners, now_ms) if winners else 0
-    return paid // max(1, _reward(conn, chk.job_id))
+    return paid // reward
 
 
 def fee_won(conn: Connection, job_id: str) -> int:
@@ -63,21 +63,18 @@ def fee_won(conn: Connection, job_id: str) -> int:
 
 def fee_budget(conn: Connection, job_id: str) -> tuple[int, int]:
     """(wei the escrow funded for checkers, wei they have won so far); (0, 0) for a job without a price."""
-    funded, reward = _fee_rewards(conn, job_id), _reward(conn, job_id)
+    funded, reward = _fee(conn, job_id)
     return (funded * reward, fee_won(conn, job_id) * reward) if funded > 0 else (0, 0)
 
 
-def _fee_rewards(conn: Connection, job_id: str) -> int:
+def _fee(conn: Connection, job_id: str) -> tuple[int, int]:
+    """(rewards the escrow funded beyond the job's tasks, the reward in wei); (0, 0) without a price."""
     price = conn.execute(select(s.job_prices).where(s.job_prices.c.job_id == job_id)).first()
     if price is None or int(price.reward_per_task_wei) <= 0 or price.void_reason:
-        return 0
+        return 0, 0
+    reward = int(price.reward_per_task_wei)
     tasks = conn.execute(select(s.jobs.c.tasks_total).where(s.jobs.c.job_id == job_id)).scalar()
-    return int(price.budget_wei) // int(price.reward_per_task_wei) - int(tasks or 0)
-
-
-def _reward(conn: Connection, job_id: str) -> int:
-    reward = conn.execute(select(s.job_prices.c.reward_per_task_wei).where(s.job_prices.c.job_id == job_id)).scalar()
-    return int(reward or 0)
+    return int(price.budget_wei) // reward - int(tasks or 0), reward
 
 
 def _rows(conn: Connection, task_id: str) -> int:
