@@ -107,8 +107,15 @@ contract NodeRegistry is AccessControl, ReentrancyGuardTransient, EIP712 {
         uint64 executableAt
     );
     event SlashVetoed(bytes32 indexed id, address indexed node, uint256 amount, address by);
+    /// @dev Indexed like SlashProposed (id, node, jobId): a job's slashes are one topic filter away.
     event Slashed(
-        bytes32 indexed id, address indexed node, bytes32 indexed taskId, uint32 attempt, uint256 amount, address beneficiary
+        bytes32 indexed id,
+        address indexed node,
+        bytes32 indexed jobId,
+        bytes32 taskId,
+        uint32 attempt,
+        uint256 amount,
+        address beneficiary
     );
     event ProceedsWithdrawn(address indexed beneficiary, address to, uint256 amount);
 
@@ -281,7 +288,7 @@ contract NodeRegistry is AccessControl, ReentrancyGuardTransient, EIP712 {
         pendingSlashes -= amount;
         unpaidProceeds += amount;
         proceeds[p.beneficiary] += amount;
-        emit Slashed(id, p.node, p.taskId, p.attempt, amount, p.beneficiary);
+        emit Slashed(id, p.node, p.jobId, p.taskId, p.attempt, amount, p.beneficiary);
     }
 
     /// @notice Pay the caller's slash proceeds to `to` (a contract that cannot take ether names another address).

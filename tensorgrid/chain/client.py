@@ -215,13 +215,15 @@ class ChainClient:
             for e in events
         ]
 
-    def slashed_in(self, tx_hash: str) -> list[tuple[str, str, int, int, str]]:
-        """The Slashed events (executed slashes) of a mined tx: (node, task id hex, attempt, wei, beneficiary)."""
+    def slashed_in(self, tx_hash: str) -> list[tuple[str, str, str, int, int, str]]:
+        """The Slashed events (executed slashes) of a mined tx:
+        (node, job id hex, task id hex, attempt, wei, beneficiary)."""
         receipt = self.w3.eth.get_transaction_receipt(tx_hash)  # type: ignore[arg-type]
         events = self.registry.events.Slashed().process_receipt(receipt, errors=DISCARD)
         return [
             (
                 str(e["args"]["node"]),
+                bytes(e["args"]["jobId"]).hex(),
                 bytes(e["args"]["taskId"]).hex(),
                 int(e["args"]["attempt"]),
                 int(e["args"]["amount"]),

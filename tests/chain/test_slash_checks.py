@@ -54,8 +54,12 @@ def test_a_slash_waits_its_delay_then_pays_the_jobs_submitter_who_pulls_it(chain
     with revert("DelayNotOver"):
         chain.outsider.execute_slash(proposal.id)
     chain.advance(SLASH_DELAY)
-    chain.outsider.execute_slash(proposal.id)  # anyone may execute once the delay is over
+    executed = chain.outsider.execute_slash(proposal.id)  # anyone may execute once the delay is over
     assert chain.admin.slash_proposal(proposal.id).state == SlashState.EXECUTED
+    # the Slashed event names the job, so a third party needs no join with SlashProposed
+    assert chain.outsider.slashed_in(executed.tx_hash) == [
+        (node.address, job, bad.task_id, bad.attempt, ETH, chain.submitter.address)
+    ]
     with revert("NotPending"):
         chain.outsider.execute_slash(proposal.id)
     assert chain.admin.proceeds(chain.submitter.address) == ETH
