@@ -85,7 +85,7 @@ def unknown_variables() -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     ns = parse_args(argv)
-    setup_logging(ns.verbose, "tensorgrid.coordinator")
+    setup_logging(ns.verbose, "tensorgrid.coordinator", ns.log_format)
     for name in unknown_variables():
         log.warning("$%s is set but is no setting of %s (misspelt?): ignored", name, PROGRAM)
     try:

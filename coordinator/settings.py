@@ -6,6 +6,7 @@ Read by the entry point only (coordinator.main); tensorgrid.config resolves them
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 from coordinator.config import BulkSettings, CoordinatorConfig, LeaseTiming, Limits, PeerLimits, Quotas
@@ -267,8 +268,9 @@ VERBOSE = Setting(
     help="log at DEBUG level",
     aliases=("-v",),
 )
+LOG_FORMAT = replace(config.LOG_FORMAT, env=_COORDINATOR + "LOG_FORMAT")
 # What `db upgrade` and `db current` need: where the database is.
-DATABASE = (DATA_DIR, DATABASE_URL, VERBOSE)
+DATABASE = (DATA_DIR, DATABASE_URL, VERBOSE, LOG_FORMAT)
 SETTINGS = (
     LISTEN,
     HEALTH_INTERVAL_MS,
@@ -302,6 +304,7 @@ SETTINGS = (
     REFEREE_THREADS,
     READY_FILE,
     VERBOSE,
+    LOG_FORMAT,
 )
 _UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 

@@ -88,10 +88,11 @@ PASSWORD_FILE = Setting(
 VERBOSE = Setting(
     "--verbose", "TENSORGRID_NODE_VERBOSE", False, type=config.switch, help="log at DEBUG level", aliases=("-v",)
 )
+LOG_FORMAT = replace(config.LOG_FORMAT, env="TENSORGRID_NODE_LOG_FORMAT")
 CONFIG = config.config_setting("TENSORGRID_NODE_CONFIG", "tensorgrid-node")
 CHAIN = (config.CHAIN_RPC, config.DEPLOYMENT)
 TLS = config.CLIENT_TLS
-GLOBAL = (KEYSTORE, PASSWORD_FILE, VERBOSE)  # before the command: every command has them
+GLOBAL = (KEYSTORE, PASSWORD_FILE, VERBOSE, LOG_FORMAT)  # before the command: every command has them
 RUN = (COORDINATOR, DATA_DIR, DEVICE, SLOTS, THREADS, SERVE_REPLICAS, MEMORY_GIB, CACHE_GIB, *CHAIN, STAKE_WEI, *TLS)
 SETTINGS = (
     *GLOBAL,

@@ -180,7 +180,7 @@ def unknown_variables() -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     ns = parse_args(argv)
-    setup_logging(ns.verbose, "tensorgrid.node")
+    setup_logging(ns.verbose, "tensorgrid.node", ns.log_format)
     for name in unknown_variables():
         log.warning("$%s is set but is no setting of %s (misspelt?): ignored", name, PROGRAM)
     forbid_inspection()  # a job's worker must not read this process's key or environment

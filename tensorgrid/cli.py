@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from tensorgrid.cli_training import add_training_parser, cmd_submit_training
 from tensorgrid.completion import SHELLS, script
 from tensorgrid.config import Setting, given, under_home
 from tensorgrid.errors import TensorGridError
+from tensorgrid.logs import setup_logging
 from tensorgrid.report import format_eth, print_job
 from tensorgrid.spec import (
     DEVICES,
@@ -41,7 +43,7 @@ BULK = Setting(
     help="how blobs of 1 MiB or more move: auto, the coordinator's bulk port if it has one, else gRPC; "
     "off: always gRPC (e.g. when a firewall blocks the bulk port); only: the bulk port or an error",
 )
-SETTINGS = (config.COORDINATOR, KEY, config.CHAIN_RPC, config.DEPLOYMENT, *config.CLIENT_TLS, BULK)
+SETTINGS = (config.COORDINATOR, KEY, config.CHAIN_RPC, config.DEPLOYMENT, *config.CLIENT_TLS, BULK, config.LOG_FORMAT)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -297,6 +299,9 @@ def inference_settings(ns: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ns = config.parse_args(build_parser(), argv, SETTINGS)
+    if getattr(ns, "log_format", "text") == "json":
+        # the CLI's own output stays as it is; only its log records (TLS and transfer warnings) become JSON
+        setup_logging(name="tensorgrid", fmt="json", level=logging.WARNING)
     try:
         if ns.group in ("demo", "devnet"):  # a local grid runs both daemons and a chain
             extras.require(f"tensorgrid {ns.group}", "node", "coordinator", "chain")

@@ -303,6 +303,14 @@ INSECURE = Setting(
     "coordinator given no --ca-cert, and TLS everywhere else)",
 )
 CLIENT_TLS = (CA_CERT, INSECURE)
+LOG_FORMAT = Setting(
+    "--log-format",
+    "TENSORGRID_LOG_FORMAT",
+    "text",
+    choices=("text", "json"),
+    help="how log lines look on stderr: text for people, json for log shippers (one object per line: "
+    "ts, level, logger, msg, exc_info and a call's extra fields)",
+)
 
 
 def version() -> str:
