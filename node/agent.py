@@ -21,6 +21,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -39,6 +40,9 @@ from tensorgrid.rpc import retry_after_s
 from tensorgrid.sandbox import Isolation
 from tensorgrid.tls import explain_unavailable
 from tensorgrid.types import BlobRef, Capabilities, ErrorKind, Lease, Receipt, TaskError
+
+if TYPE_CHECKING:
+    from node.metrics import NodeMetrics  # only with --metrics-listen: prometheus_client loads then
 
 log = logging.getLogger("tensorgrid.node")
 LEASE_WAIT_MS = 5_000
@@ -60,8 +64,17 @@ def checkpoint_file(step: int) -> str:
 
 
 class Agent:
-    def __init__(self, config: AgentConfig, signer: Signer, caps: Capabilities, cache: BlobCache) -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        signer: Signer,
+        caps: Capabilities,
+        cache: BlobCache,
+        metrics: NodeMetrics | None = None,
+    ) -> None:
+        """metrics: counted into when given (--metrics-listen); None: nothing is counted."""
         self.config = config
+        self.metrics = metrics
         self.caps = caps
         self.cache = cache
         self.client = NodeClient(
@@ -98,7 +111,7 @@ class Agent:
             return ReplicaContext(
                 fetch=lambda ref: self.cache.ensure(ref, self._fetcher(ref)),
                 sign=self.client.sign_batch,
-                send=send,
+                send=send if self.metrics is None else _counting(send, self.metrics),
                 device=self.config.device,
                 threads=self.config.threads,
                 isolation=isolation,
@@ -259,6 +272,8 @@ class Agent:
         following: Lease | None = None
         try:
             outcome, timing = await self._execute(ex, lease, out, ckpt)
+            if self.metrics is not None:
+                self.metrics.task(lease.kind, None if outcome.ok else _kind_of(outcome), timing.run_s)
             if outcome.ok:
                 # A training result may be followed by checkpoint reveals: its slot asks for work after those.
                 want = 0 if ckpt is not None or self.draining.is_set() else 1
@@ -354,6 +369,8 @@ class Agent:
             try:
                 async for chunk in self.client.fetch(ref, offset):
                     offset += len(chunk)
+                    if self.metrics is not None:
+                        self.metrics.downloaded(len(chunk))
                     yield chunk
                 return
             except grpc.aio.AioRpcError as e:
@@ -393,29 +410,38 @@ class Agent:
         while True:
             try:
                 answer = await self.client.submit_and_lease(receipt, size, out, want)
+                if self.metrics is not None:
+                    self.metrics.uploaded(size)
                 break
             except grpc.aio.AioRpcError as e:
                 await self._on_rpc_error(e, "submit")
                 failures += 1
                 if e.code() not in (*RETRYABLE, grpc.StatusCode.UNAUTHENTICATED):
                     log.warning("task %s: result refused, dropped: %s", name, e.details())
+                    self._count_result("dropped")
                     return None
                 # A finished result is worth keeping while its lease may still be alive: a
                 # coordinator that restarts keeps the lease for its TTL after our last heartbeat.
                 if key in self._revoked or time.monotonic() > give_up:
                     why = "its lease ended" if key in self._revoked else f"no coordinator for {RESULT_KEEP_S:.0f} s"
                     log.warning("task %s: result dropped, %s", name, why)
+                    self._count_result("dropped")
                     return None
                 if failures == 1:
                     log.warning("task %s: result kept, resubmitting until it is taken", name)
                 busy = e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
                 await asyncio.sleep(retry_after_s(e, failures) if busy else backoff(failures, 0.25, cap=2.0))
+        self._count_result("accepted" if answer.accepted else "rejected")
         if answer.accepted:
             self.completed += 1
             log.info("task %s accepted (%d done)", name, self.completed)
         else:
             log.warning("task %s rejected: %s", name, answer.reason)
         return answer
+
+    def _count_result(self, answer: str) -> None:
+        if self.metrics is not None:
+            self.metrics.result(answer)
 
     async def _hand_in_kept(self) -> None:
         """Hand in what an earlier run of this daemon finished but could not deliver."""
@@ -444,6 +470,9 @@ class Agent:
                         break
                     await asyncio.sleep(backoff(attempt + 1, 0.5))
                     continue
+                if self.metrics is not None:
+                    self.metrics.audits.inc()
+                    self.metrics.uploaded(path.stat().st_size)
                 if not ok:
                     log.warning("task %s: checkpoint %d refused: %s", lease.task_id[:12], step, reason)
                 break
@@ -459,3 +488,19 @@ class Agent:
                     log.warning("could not report the failure of task %s: %s", task_id[:12], e.details())
                     return
                 await asyncio.sleep(retry_after_s(e, failures))
+
+
+def _kind_of(outcome: TaskOutcome) -> ErrorKind:
+    return outcome.error.kind if outcome.error is not None else ErrorKind.EXECUTION
+
+
+def _counting(send: Callable[..., None], metrics: NodeMetrics) -> Callable[..., None]:
+    """The serve stream's send, counting each final reply (answered, or failed with an error)."""
+
+    def counted(up: Any) -> None:
+        for r in up.replies:
+            if r.done:
+                metrics.served(not r.HasField("error"))
+        send(up)
+
+    return counted

@@ -89,11 +89,33 @@ VERBOSE = Setting(
     "--verbose", "TENSORGRID_NODE_VERBOSE", False, type=config.switch, help="log at DEBUG level", aliases=("-v",)
 )
 LOG_FORMAT = replace(config.LOG_FORMAT, env="TENSORGRID_NODE_LOG_FORMAT")
+METRICS_LISTEN = Setting(
+    "--metrics-listen",
+    "TENSORGRID_NODE_METRICS_LISTEN",
+    "",
+    help="host:port to serve this node's Prometheus metrics on (/metrics: tasks, bytes, CPU, memory, GPU, "
+    "earnings; no job or address; plain HTTP, no authentication: keep it on loopback or a private "
+    "network); empty: none",
+    metavar="HOST:PORT",
+)
 CONFIG = config.config_setting("TENSORGRID_NODE_CONFIG", "tensorgrid-node")
 CHAIN = (config.CHAIN_RPC, config.DEPLOYMENT)
 TLS = config.CLIENT_TLS
 GLOBAL = (KEYSTORE, PASSWORD_FILE, VERBOSE, LOG_FORMAT)  # before the command: every command has them
-RUN = (COORDINATOR, DATA_DIR, DEVICE, SLOTS, THREADS, SERVE_REPLICAS, MEMORY_GIB, CACHE_GIB, *CHAIN, STAKE_WEI, *TLS)
+RUN = (
+    COORDINATOR,
+    DATA_DIR,
+    DEVICE,
+    SLOTS,
+    THREADS,
+    SERVE_REPLICAS,
+    MEMORY_GIB,
+    CACHE_GIB,
+    *CHAIN,
+    STAKE_WEI,
+    *TLS,
+    METRICS_LISTEN,
+)
 SETTINGS = (
     *GLOBAL,
     COORDINATOR,
@@ -107,4 +129,5 @@ SETTINGS = (
     STAKE_WEI,
     *CHAIN,
     *TLS,
+    METRICS_LISTEN,
 )

@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from node.config import CHAIN, CONFIG, COORDINATOR, GLOBAL, PASSWORD_ENV, RUN, SETTINGS, TLS, AgentConfig
 from tensorgrid import config, config_show, exitcodes
@@ -19,6 +20,9 @@ from tensorgrid.logs import setup_logging
 from tensorgrid.sandbox.confine import forbid_inspection
 from tensorgrid.tls import ClientTls
 from tensorgrid.types import Domain
+
+if TYPE_CHECKING:
+    from node.metrics import NodeMetrics
 
 log = logging.getLogger("tensorgrid.node")
 PROGRAM = "tensorgrid-node"
@@ -150,7 +154,8 @@ async def run_agent(ns: argparse.Namespace, signer: Signer) -> None:
         domain=deployment_domain(ns),
     )
     cache = BlobCache(ns.data_dir / "cache", int(ns.cache_gib * (1 << 30)))
-    agent = Agent(config, signer, caps, cache)
+    metrics = start_metrics(ns, signer.address, caps.device_kind) if ns.metrics_listen else None
+    agent = Agent(config, signer, caps, cache, metrics)
     loop = asyncio.get_running_loop()
     signals = 0
 
@@ -166,7 +171,24 @@ async def run_agent(ns: argparse.Namespace, signer: Signer) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
     gc.freeze()  # start-up's objects live as long as the daemon: keep full collections short
-    await agent.run()
+    try:
+        await agent.run()
+    finally:
+        if metrics is not None:
+            metrics.stop()
+
+
+def start_metrics(ns: argparse.Namespace, address: str, device_kind: str) -> NodeMetrics:
+    """Serve --metrics-listen, reading the machine at each scrape and polling this node's earnings."""
+    from node.metrics import NodeMetrics
+    from node.settle import earnings_of
+
+    metrics = NodeMetrics()
+    metrics.watch_machine(device_kind)
+    tls = client_tls(ns)
+    metrics.earnings.start(lambda: earnings_of(ns.coordinator, address, tls))
+    metrics.serve(ns.metrics_listen)
+    return metrics
 
 
 async def _abort(agent: object) -> None:

@@ -33,14 +33,15 @@ def ensure_staked(chain: Any, stake_wei: int = 0) -> None:
         log.info("staked %s on NodeRegistry %s (tx %s)", eth(stake), chain.deployment.node_registry, result.tx_hash)
 
 
-def _earnings(coordinator: str, address: str, tls: ClientTls | None) -> Any:
+def earnings_of(coordinator: str, address: str, tls: ClientTls | None) -> Any:
+    """The coordinator's record of what `address` earned (GetEarnings: public, no session)."""
     tls = tls or ClientTls()
     with Client(coordinator, ca_cert=tls.ca_cert, insecure=tls.insecure) as client:
         return client.earnings(address)
 
 
 def show_earnings(coordinator: str, address: str, chain: Any | None, tls: ClientTls | None = None) -> int:
-    e = _earnings(coordinator, address, tls)
+    e = earnings_of(coordinator, address, tls)
     print(f"node      {address}\nearned    {eth(e.cumulative_wei)}\nunposted  {eth(e.pending_wei)}")
     if e.claim_epoch:
         print(f"claimable {eth(e.claim_cumulative_wei)} cumulative, in epoch {e.claim_epoch}")
@@ -53,7 +54,7 @@ def show_earnings(coordinator: str, address: str, chain: Any | None, tls: Client
 
 def claim(coordinator: str, chain: Any, tls: ClientTls | None = None) -> int:
     """Claim everything posted so far (claims are cumulative: one claim covers all past epochs)."""
-    e = _earnings(coordinator, chain.address, tls)
+    e = earnings_of(coordinator, chain.address, tls)
     if not e.claim_epoch:
         if e.cumulative_wei == 0:
             print("nothing to claim: this node has not been paid for any verified task yet")

@@ -18,7 +18,7 @@ from tensorgrid.errors import TensorGridError
 # The top-level modules TensorGrid's own code imports from each extra's packages (pyproject.toml's
 # [project.optional-dependencies]); tests/unit/test_packaging.py keeps the two in step.
 MODULES: dict[str, tuple[str, ...]] = {
-    "node": ("psutil",),
+    "node": ("psutil", "prometheus_client"),
     "coordinator": ("sqlalchemy", "alembic", "psycopg", "grpc_health", "grpc_reflection", "prometheus_client"),
     "chain": ("web3", "eth_abi"),
 }

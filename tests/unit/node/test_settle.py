@@ -27,12 +27,12 @@ class NeverClaims:
 def test_a_node_that_earned_nothing_is_told_so_and_exits_ok(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(settle, "_earnings", lambda coordinator, address, tls: Earnings(NODE, 0, 0))
+    monkeypatch.setattr(settle, "earnings_of", lambda coordinator, address, tls: Earnings(NODE, 0, 0))
     assert settle.claim("127.0.0.1:1", NeverClaims()) == exitcodes.OK
     assert "has not been paid for any verified task yet" in capsys.readouterr().out
 
 
 def test_earnings_not_yet_posted_are_an_error_naming_the_amount(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(settle, "_earnings", lambda coordinator, address, tls: Earnings(NODE, 5 * 10**15, 5 * 10**15))
+    monkeypatch.setattr(settle, "earnings_of", lambda coordinator, address, tls: Earnings(NODE, 5 * 10**15, 5 * 10**15))
     with pytest.raises(TensorGridError, match=r"earned 0\.005000 ETH .*not posted on chain yet"):
         settle.claim("127.0.0.1:1", NeverClaims())
