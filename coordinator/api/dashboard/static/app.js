@@ -199,7 +199,7 @@ async function viewJob(main, jobId) {
     main.replaceChildren(el("h2", {}, "Job"), el("p", { id: "not-found", class: "error" }, e.message));
     return;
   }
-  main.replaceChildren(
+  const parts = [
     el("p", {}, el("a", { href: "#/jobs" }, "← all jobs")),
     el("h2", {}, "Job ", el("span", { class: "mono", id: "job-id" }, job.job_id)),
     facts([
@@ -217,7 +217,8 @@ async function viewJob(main, jobId) {
     el("h3", {}, "Settlement"), settlementSection(job.settlement),
     job.rounds.length ? el("h3", {}, "Training") : null,
     job.rounds.length ? trainingSection(job.rounds) : null,
-    el("h3", {}, "Spec"), el("pre", { class: "spec", id: "job-spec" }, JSON.stringify(job.spec, null, 2)));
+    el("h3", {}, "Spec"), el("pre", { class: "spec", id: "job-spec" }, JSON.stringify(job.spec, null, 2))];
+  main.replaceChildren(...parts.filter((part) => part !== null));  // replaceChildren would print null
 }
 
 async function viewNodes(main) {
