@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -28,7 +27,7 @@ import torch
 from tensorgrid.chain.client import ChainClient, JobStatus
 from tensorgrid.client import Client
 from tensorgrid.crypto import Signer, write_key_file
-from tensorgrid.devnet import ChainGrid, start_chain_grid
+from tensorgrid.devnet import ChainGrid, free_port, start_chain_grid
 from tensorgrid.types import JobState
 from tensorgrid.workloads.tensorfile import load_tensors, save_tensors
 from tests.integration.conftest import FAST, Assets, Stopper, TrainingDigits, wait_for
@@ -49,12 +48,6 @@ def chromium() -> str:
             "or set TENSORGRID_SKIP_BROWSER=1 to skip the dashboard's browser test on purpose"
         )
     return found
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
