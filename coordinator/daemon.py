@@ -46,6 +46,8 @@ async def start_dashboard(app: Coordinator, sessions: Sessions) -> Dashboard:
 
 async def serve(config: CoordinatorConfig, ready_file: Path | None = None) -> None:
     creds = credentials(config)  # before anything starts: a bad certificate stops us here
+    if config.dashboard_listen:  # and plain HTTP off loopback without --insecure
+        tls.check_listen(config.dashboard_listen, config.tls_cert, config.tls_key, config.insecure)
     forbid_inspection()  # a sandboxed referee must not read this process's key or secrets
     app = Coordinator(config)
     bulk = open_bulk_port(config, app.blobs, app.access.record_upload, app.metrics.moved)

@@ -20,7 +20,7 @@ from tensorgrid.config import Setting, add_settings
 from tensorgrid.errors import TensorGridError
 from tensorgrid.rpc import SESSION_METADATA_KEY
 
-DEFAULT_PORT = 7071  # the port the README's examples give --dashboard-listen
+DEFAULT_PORT = 7080  # the port the README's examples give --dashboard-listen
 DASHBOARD_URL = Setting(
     "--url",
     "TENSORGRID_DASHBOARD_URL",
@@ -43,7 +43,7 @@ def dashboard_url(ns: argparse.Namespace) -> str:
     url = ns.url or _default_url(ns.coordinator)
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise TensorGridError(f"--url {url!r} is not an http(s) address such as https://grid.example.org:7071/")
+        raise TensorGridError(f"--url {url!r} is not an http(s) address such as https://grid.example.org:7080/")
     if parts.query or parts.fragment:
         raise TensorGridError(f"--url {url!r}: give the dashboard's address without a query or fragment")
     return f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}/"

@@ -252,8 +252,8 @@ def test_api_calls_beyond_the_limit_are_turned_away(tmp_path: Path, monkeypatch:
 @pytest.mark.parametrize(
     ("coordinator", "url", "want"),
     [
-        ("127.0.0.1:7070", "", "http://127.0.0.1:7071/"),
-        ("grid.example.org:7070", "", "https://grid.example.org:7071/"),
+        ("127.0.0.1:7070", "", "http://127.0.0.1:7080/"),
+        ("grid.example.org:7070", "", "https://grid.example.org:7080/"),
         ("x:1", "https://dash.example.org/tg", "https://dash.example.org/tg/"),
     ],
 )
