@@ -140,8 +140,10 @@ def check_own_pages(page: Any, link: str, url: str, inference: str, training: st
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.goto(link)
-    page.wait_for_selector(f'tr.job[data-job="{training}"]')
+    page.wait_for_selector(f'tr.job[data-job="{training}"]')  # the list polls: live progress
     assert "token" not in page.url  # the token left the address bar at once
+    before = page.inner_text("#updated")
+    page.wait_for_function("t => document.getElementById('updated').textContent !== t", arg=before, timeout=6000)
     for job_id in (inference, training):
         row = page.locator(f'tr.job[data-job="{job_id}"]')
         assert row.locator("td.state").inner_text() == "succeeded"
