@@ -116,6 +116,7 @@ class CoordinatorConfig:
     referee_memory_bytes: int = 4 * GiB  # its hard memory cap
     bulk: BulkSettings = field(default_factory=BulkSettings)
     metrics_listen: str = ""  # host:port of the Prometheus endpoint; empty: none
+    dashboard_listen: str = ""  # host:port of the read-only web dashboard (api.dashboard); empty: none
     health_interval_ms: int = 5_000  # how often health checks that the database answers
     drain_s: float = 1.0  # NOT_SERVING this long before a shutdown stops taking calls
     # the referee child's torch threads: its work is small by design (a check's rows) and shares

@@ -7,15 +7,19 @@ import gc
 import logging
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
 from coordinator.api.bulk import open_bulk_port
-from coordinator.api.server import build_server
+from coordinator.api.server import Sessions, build_server, make_sessions
 from coordinator.app import Coordinator
 from coordinator.config import CoordinatorConfig
 from tensorgrid import tls
 from tensorgrid.sandbox.confine import forbid_inspection
+
+if TYPE_CHECKING:
+    from coordinator.api.dashboard import Dashboard
 
 log = logging.getLogger("tensorgrid.coordinator")
 
@@ -28,15 +32,31 @@ def credentials(config: CoordinatorConfig) -> grpc.ServerCredentials | None:
     return tls.server_credentials(config.tls_cert, config.tls_key)
 
 
+async def start_dashboard(app: Coordinator, sessions: Sessions) -> Dashboard:
+    """The read-only web dashboard on --dashboard-listen (aiohttp loads only when it is on)."""
+    from coordinator.api.dashboard import Views, open_dashboard
+    from coordinator.services.dashboard import DashboardData
+
+    c = app.config
+    stake_of = app.verification.known_stake if app.chain is not None else None
+    data = DashboardData(app.store, app.reports, stake_of)
+    views = Views(app.runtime, app.access, data, sessions.submitters, sessions.limiter)
+    return await open_dashboard(c.dashboard_listen, views, tls_cert=c.tls_cert, tls_key=c.tls_key, insecure=c.insecure)
+
+
 async def serve(config: CoordinatorConfig, ready_file: Path | None = None) -> None:
     creds = credentials(config)  # before anything starts: a bad certificate stops us here
+    if config.dashboard_listen:  # and plain HTTP off loopback without --insecure
+        tls.check_listen(config.dashboard_listen, config.tls_cert, config.tls_key, config.insecure)
     forbid_inspection()  # a sandboxed referee must not read this process's key or secrets
     app = Coordinator(config)
     bulk = open_bulk_port(config, app.blobs, app.access.record_upload, app.metrics.moved)
-    server, port, checks = await build_server(app, config.listen, creds, bulk)
+    sessions = make_sessions(app)
+    server, port, checks = await build_server(app, config.listen, creds, bulk, sessions)
     await server.start()
     if config.metrics_listen:
         app.metrics.serve(config.metrics_listen)
+    dashboard = await start_dashboard(app, sessions) if config.dashboard_listen else None
     await app.start()
     # What start-up made lives as long as the process: out of the collector's sight, a full
     # collection stops the loop for about a millisecond instead of a hundred or more.
@@ -62,6 +82,8 @@ async def serve(config: CoordinatorConfig, ready_file: Path | None = None) -> No
     log.info("shutting down")
     await checks.drain()
     await asyncio.sleep(config.drain_s)
+    if dashboard is not None:
+        await dashboard.stop()
     await server.stop(grace=3)
     if bulk is not None:
         bulk.stop()

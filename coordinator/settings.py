@@ -230,6 +230,14 @@ METRICS_LISTEN = Setting(
     "HTTP, no authentication: keep it on loopback or a private network); empty: none",
     metavar="HOST:PORT",
 )
+DASHBOARD_LISTEN = Setting(
+    "--dashboard-listen",
+    _COORDINATOR + "DASHBOARD_LISTEN",
+    CoordinatorConfig.dashboard_listen,
+    help="host:port to serve the read-only web dashboard on (each submitter sees its own jobs, with a "
+    "link from `tensorgrid dashboard`; HTTPS with --tls-cert, else loopback only unless --insecure); empty: none",
+    metavar="HOST:PORT",
+)
 HEALTH_INTERVAL_MS = Setting(
     "--health-interval-ms",
     _COORDINATOR + "HEALTH_INTERVAL_MS",
@@ -276,6 +284,7 @@ SETTINGS = (
     HEALTH_INTERVAL_MS,
     DRAIN_S,
     METRICS_LISTEN,
+    DASHBOARD_LISTEN,
     BULK_LISTEN,
     BULK_HELLO_S,
     BULK_IDLE_S,
@@ -360,6 +369,7 @@ def config_from(ns: argparse.Namespace) -> CoordinatorConfig:
         limits=Limits(max_shard_bytes=int(ns.max_shard_mib * MiB), max_blob_bytes=int(ns.max_blob_mib * MiB)),
         peers=peer_limits(ns),
         metrics_listen=ns.metrics_listen,
+        dashboard_listen=ns.dashboard_listen,
         health_interval_ms=ns.health_interval_ms,
         drain_s=ns.drain_s,
         bulk=BulkSettings(listen=ns.bulk_listen, hello_timeout_s=ns.bulk_hello_s, idle_timeout_s=ns.bulk_idle_s),

@@ -15,6 +15,14 @@ if ! command -v systemd-analyze >/dev/null && command -v apt-get >/dev/null && [
   apt-get install -y -q --no-install-recommends systemd >&2 ||
     echo "[test] could not install systemd: the unit checks will skip" >&2
 fi
+# tests/integration/test_dashboard.py drives Debian's Chromium with Playwright (whose own browser
+# download is unreachable here): installed the same way. Without it that test fails and says how
+# to install it (or TENSORGRID_SKIP_BROWSER=1 to skip it on purpose).
+if ! command -v chromium >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  echo "[test] installing chromium (apt-get install chromium) for the dashboard's browser test" >&2
+  apt-get install -y -q --no-install-recommends chromium >&2 ||
+    echo "[test] could not install chromium: the dashboard's browser test will fail" >&2
+fi
 parallel=(-n "${TENSORGRID_TEST_WORKERS:-3}" --dist loadgroup)
 prev=""
 for arg in "$@"; do

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tensorgrid import config, exitcodes, extras
+from tensorgrid.cli_dashboard import DASHBOARD_URL, add_dashboard_parser, cmd_dashboard
 from tensorgrid.cli_endpoint import add_endpoint_parser, cmd_endpoint
 from tensorgrid.cli_generate import add_generate_parser, cmd_submit_generate
 from tensorgrid.cli_ids import job_id_of, not_yours
@@ -91,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_training_parser(job, common)
     add_generate_parser(job, common)
     add_endpoint_parser(sub, common)
+    add_dashboard_parser(sub, common)
     nodes = sub.add_parser("nodes", parents=[common], help="list the grid's nodes and their record")
     nodes.add_argument("--json", action="store_true", help="print one JSON object per node and line")
     nodes.set_defaults(command="nodes")
@@ -298,7 +300,7 @@ def inference_settings(ns: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ns = config.parse_args(build_parser(), argv, SETTINGS)
+    ns = config.parse_args(build_parser(), argv, (*SETTINGS, DASHBOARD_URL))
     if getattr(ns, "log_format", "text") == "json":
         # the CLI's own output stays as it is; only its log records (TLS and transfer warnings) become JSON
         setup_logging(name="tensorgrid", fmt="json", level=logging.WARNING)
@@ -317,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
             return devnet.status(ns.dir) if ns.command == "status" else devnet.down(ns.dir)
         if ns.group == "endpoint":
             return cmd_endpoint(ns, _client)
+        if ns.group == "dashboard":
+            return cmd_dashboard(ns, _client)
         if ns.group == "completion":
             print(script(build_parser(), ns.shell), end="")
             return exitcodes.OK

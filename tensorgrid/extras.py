@@ -19,7 +19,15 @@ from tensorgrid.errors import TensorGridError
 # [project.optional-dependencies]); tests/unit/test_packaging.py keeps the two in step.
 MODULES: dict[str, tuple[str, ...]] = {
     "node": ("psutil", "prometheus_client"),
-    "coordinator": ("sqlalchemy", "alembic", "psycopg", "grpc_health", "grpc_reflection", "prometheus_client"),
+    "coordinator": (
+        "sqlalchemy",
+        "alembic",
+        "psycopg",
+        "grpc_health",
+        "grpc_reflection",
+        "prometheus_client",
+        "aiohttp",
+    ),
     "chain": ("web3", "eth_abi"),
 }
 

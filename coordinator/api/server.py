@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
@@ -26,18 +27,39 @@ SERVICE_NAMES = (
 )
 
 
-async def build_server(
-    app: Grid, listen: str, credentials: grpc.ServerCredentials | None = None, bulk: BulkPort | None = None
-) -> tuple[grpc.aio.Server, int, Health]:
-    """Returns the server (not started), the port it bound (listen may ask for port 0) and its
-    health, which follows the database from now on (api.health).
-    credentials: TLS; None serves plain text (the caller applies the rule, tensorgrid.tls).
-    bulk: the bulk port SubmitterService issues tickets for (None: none)."""
+@dataclass(frozen=True)
+class Sessions:
+    """The session caches and the failed-authentication limiter, shared by everything that takes
+    a session token (both gRPC services, and the dashboard's HTTP API)."""
+
+    nodes: SessionCache
+    submitters: SessionCache
+    limiter: FailureLimiter
+
+
+def make_sessions(app: Grid) -> Sessions:
     limits = app.config.sessions
     db = app.runtime.db
     nodes = SessionCache(lambda h: db(app.store.nodes.session, h), unknown_ttl_ms=limits.unknown_token_ttl_ms)
     submitters = SessionCache(lambda h: db(app.store.sessions.submitter, h), unknown_ttl_ms=limits.unknown_token_ttl_ms)
-    limiter = FailureLimiter(limits.failures_per_window, limits.failure_window_ms)
+    return Sessions(nodes, submitters, FailureLimiter(limits.failures_per_window, limits.failure_window_ms))
+
+
+async def build_server(
+    app: Grid,
+    listen: str,
+    credentials: grpc.ServerCredentials | None = None,
+    bulk: BulkPort | None = None,
+    sessions: Sessions | None = None,
+) -> tuple[grpc.aio.Server, int, Health]:
+    """Returns the server (not started), the port it bound (listen may ask for port 0) and its
+    health, which follows the database from now on (api.health).
+    credentials: TLS; None serves plain text (the caller applies the rule, tensorgrid.tls).
+    bulk: the bulk port SubmitterService issues tickets for (None: none).
+    sessions: the caches to share with the dashboard (None: the server's own)."""
+    limits = app.config.sessions
+    shared = sessions if sessions is not None else make_sessions(app)
+    nodes, submitters, limiter = shared.nodes, shared.submitters, shared.limiter
     # Sessions first: the limits then count a node's calls against its address (api.limits).
     interceptors = [
         SessionInterceptor(nodes, submitters, limiter),

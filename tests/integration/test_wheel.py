@@ -13,9 +13,11 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
+import urllib.request
 import zipfile
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -128,6 +130,8 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert "tensorgrid/chain/compiled/NodeRegistry.json" in shipped
     assert not [n for n in shipped if "/compiled/test/" in n or n.startswith("tests/")], "test-only files in the wheel"
     assert {"tensorgrid/py.typed", "tensorgrid/workloads/aten_ops.txt", "node/console.py"} <= set(shipped)
+    dashboard = "coordinator/api/dashboard/static/"
+    assert {dashboard + name for name in ("index.html", "app.js", "app.css")} <= set(shipped)  # the web dashboard
     return built
 
 
@@ -252,18 +256,22 @@ def test_the_installed_console_scripts_run_the_units_grid_outside_the_checkout(
         if args[1] == "--version":
             assert answer.stdout.strip() == f"{Path(args[0]).name} {VERSION}"
     key, ca = credentials(creds, full_venv, work)
-    target = f"127.0.0.1:{free_port()}"
+    target, dashboard = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     unit = DEPLOY / "systemd" / "tensorgrid-coordinator.service"
     daemons.start(
         "coordinator",
         expand(exec_start(unit), creds, state, full_venv),
         CREDENTIALS_DIRECTORY=str(creds),
         TENSORGRID_COORDINATOR_LISTEN=target,
+        TENSORGRID_COORDINATOR_DASHBOARD_LISTEN=dashboard,
         TENSORGRID_COORDINATOR_DRAIN_S="0",
         TENSORGRID_COORDINATOR_CHECK_WAIT_MS="1000",
     )
     wait_for_log(daemons, "coordinator", " serving TLS on ")
     assert f"coordinator {key.address} serving" in (work / "coordinator.log").read_text()
+    # the web dashboard's page comes from the installed package's data, over HTTPS with the gRPC certificate
+    with urllib.request.urlopen(f"https://{dashboard}/", context=ssl.create_default_context(cafile=ca)) as page:
+        assert b'<script src="/app.js" defer></script>' in page.read()
     unit = DEPLOY / "systemd" / "tensorgrid-node.service"
     node = expand(exec_start(unit), creds, state, full_venv)
     daemons.start("node", node, TENSORGRID_COORDINATOR=target, TENSORGRID_CA_CERT=str(ca), TENSORGRID_NODE_THREADS="1")

@@ -99,6 +99,9 @@ def test_coordinator_refuses_plain_text_off_loopback_and_bad_certificates(tmp_pa
     assert "cannot read --tls-cert" in missing
     swapped = _refusal(tmp_path, "--listen", "0.0.0.0:0", "--tls-cert", str(files.key), "--tls-key", str(files.cert))
     assert "--tls-cert" in swapped and "is not a PEM certificate" in swapped
+    # the web dashboard follows the same rule, and is checked before anything starts
+    dashboard = _refusal(tmp_path, "--listen", "127.0.0.1:0", "--dashboard-listen", "0.0.0.0:0")
+    assert "refusing to serve plain text on 0.0.0.0:0" in dashboard
 
 
 def test_a_client_refuses_plain_text_off_loopback(tmp_path: Path) -> None:

@@ -251,6 +251,11 @@ class Verification:
             stake = cached[0] if cached else 0
         self._stakes[node] = (stake, time.monotonic() + STAKE_CACHE_S)
 
+    def known_stake(self, node: str) -> int | None:
+        """The node's stake as last read from the chain (when it last leased); None: never read."""
+        cached = self._stakes.get(node)
+        return None if cached is None else cached[0]
+
     def barred_jobs(self, conn: Connection, node: str) -> set[str]:
         """Open jobs whose required stake the node's cached stake does not cover.
 
