@@ -93,9 +93,7 @@ class LocalGrid:
         """An SDK client of this grid, over TLS when the grid serves it."""
         return Client(self.target, signer, ca_cert=self.ca_cert, **kwargs)
 
-    def _spawn(
-        self, name: str, args: list[str], env: dict[str, str] | None = None, prefix: Sequence[str] = ()
-    ) -> Proc:
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None, prefix: Sequence[str] = ()) -> Proc:
         """prefix: a command that runs the rest (`ip netns exec NAME` puts the process on another
         host of a multi-host test); it stays in the command line restart() runs again."""
         args = [*prefix, *args]

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 
 PREFIX = "tgtest"
-RANGE = ipaddress.ip_network("198.18.0.0/15")
+RANGE = ipaddress.IPv4Network("198.18.0.0/15")
 _counter = itertools.count()
 
 
@@ -66,9 +66,9 @@ def _free_subnet() -> ipaddress.IPv4Network:
             taken.add(net)
     subnets = list(RANGE.subnets(new_prefix=24))
     start = os.getpid() % len(subnets)
-    for net in subnets[start:] + subnets[:start]:
-        if not any(net.overlaps(t) for t in taken):
-            return net  # type: ignore[return-value]
+    for subnet in subnets[start:] + subnets[:start]:
+        if not any(subnet.overlaps(t) for t in taken):
+            return subnet
     raise OSError("no free /24 left in 198.18.0.0/15")
 
 

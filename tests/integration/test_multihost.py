@@ -36,7 +36,7 @@ from tests.integration.test_inference import assert_matches_local, run_job
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres, pytest.mark.slow]
 NODES = ("node1", "node2", "node3")
-GRPC, BULK, PG = 7070, 7071, 5432
+GRPC, PG = 7070, 5432
 # Each node's link: 50 ms each way, 4 MB/s (32 Mbit/s) each way, a connection reset every 10 s
 # on average; seeded per node.
 WAN = Link(delay_s=0.05, rate_bytes_s=4_000_000, reset_mean_s=10.0)
@@ -73,8 +73,6 @@ def wan_grid(tmp_path: Path, pg_url: str) -> Iterator[WanGrid]:
         tls = make_local_ca(tmp_path / "tls", extra_ips=[host])
         grid = LocalGrid(tmp_path / "grid", coordinator_args=list(FAST), tls=tls, host=host)
         grid.start_coordinator(
-            "--bulk-listen",
-            f"{host}:{BULK}",
             port=GRPC,
             database_url=pg_url.replace("@127.0.0.1:", f"@{net.root_address}:"),
             prefix=net.exec_prefix("coordinator"),
@@ -83,8 +81,8 @@ def wan_grid(tmp_path: Path, pg_url: str) -> Iterator[WanGrid]:
         for i, node in enumerate(NODES):
             links[node] = link = ProxyThread(net.namespaces[node])
             threads.append(link)
-            for port in (GRPC, BULK):
-                link.add("127.0.0.1", port, host, port, Link(**{**WAN.__dict__, "seed": 10 * i + port}))
+            # a node moves every byte over gRPC (the bulk port is the submitter's): one proxy
+            link.add("127.0.0.1", GRPC, host, GRPC, Link(**{**WAN.__dict__, "seed": i}))
             grid.start_node(node, *node_args(), prefix=net.exec_prefix(node), coordinator=f"127.0.0.1:{GRPC}")
         grid.wait_for_nodes(len(NODES), timeout=300)
         yield WanGrid(grid, net, links, pg_url)
@@ -156,7 +154,7 @@ def test_a_node_whose_link_is_cut_mid_task_has_its_task_reissued(
         job = client.submit_inference(
             slow_digits.model, slow_digits.inputs, shard_rows=2000, batch_size=BATCH, device="cpu"
         )
-        deadline, held = time.monotonic() + 120, []
+        deadline, held = time.monotonic() + 120, list[tuple[str, int]]()
         while not held and time.monotonic() < deadline:
             held = _leased_by(wan_grid.db_url, address, job.job_id)
             time.sleep(0.02)
