@@ -79,6 +79,7 @@ def main() -> None:
     p.add_argument("--rate-mbit", type=float, default=50.0, help="the link's cap each way, Mbit/s")
     p.add_argument("--reset-mean-s", type=float, default=30.0, help="a connection is reset after this on average")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--keep", type=Path, help="work in this directory and keep it (the grids' logs)")
     ns = p.parse_args()
     torch.set_num_threads(ns.threads)
     link = Link(
@@ -88,7 +89,8 @@ def main() -> None:
         seed=ns.seed,
     )
     with tempfile.TemporaryDirectory(prefix="tg-bench-") as tmp:
-        root = Path(tmp)
+        root = ns.keep or Path(tmp)
+        root.mkdir(parents=True, exist_ok=True)
         model, inputs = root / "model.pt2", root / "inputs.safetensors"
         export_program(build_model(1024, 8), (torch.rand(4, 64),), model)
         rows = calibrate_rows(model, root, ns.seconds, ns.threads)
