@@ -8,7 +8,7 @@ node dials it, it dials the coordinator. Only the node's link is slowed: the sub
 process) uploads and downloads on loopback in both runs, so the ratio is what the node's
 distance costs. tests/integration/test_multihost.py runs the same proxy between hosts.
 
-    python -m benchmarks.wan [--seconds 20] [--shards 16] [--delay-ms 50] [--rate-mbit 50]
+    python -m benchmarks.wan [--seconds 20] [--shards 16] [--delay-ms 50] [--rate-mbit 100]
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from tensorgrid.workloads.tensorfile import load_tensors, save_tensors
 @dataclass(frozen=True)
 class Run:
     seconds: float
+    cpu_s: float  # this process's CPU over the job (the submitter's client and, on the WAN, the proxy)
     tasks: int
     resets: int
     output: Path
@@ -54,7 +55,7 @@ def grid_run(root: Path, model: Path, inputs: Path, shard_rows: int, threads: in
         grid.wait_for_nodes(1)
         time.sleep(2)  # let the node warm its worker, as a running daemon would have
         with Client(grid.target, Signer.generate()) as client:
-            start = time.monotonic()
+            start, cpu = time.monotonic(), time.process_time()
             job = client.submit_inference(
                 model,
                 inputs,
@@ -66,8 +67,8 @@ def grid_run(root: Path, model: Path, inputs: Path, shard_rows: int, threads: in
             final = client.wait(job.job_id)
             assert final.state.value == "succeeded", final.error
             client.result(job.job_id, out)
-            seconds = time.monotonic() - start
-        return Run(seconds, final.tasks_total, proxies.resets, out)
+            seconds, cpu = time.monotonic() - start, time.process_time() - cpu
+        return Run(seconds, cpu, final.tasks_total, proxies.resets, out)
 
 
 def main() -> None:
@@ -76,7 +77,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads on the node")
     p.add_argument("--shards", type=int, default=16)
     p.add_argument("--delay-ms", type=float, default=50.0, help="added one way, each direction")
-    p.add_argument("--rate-mbit", type=float, default=50.0, help="the link's cap each way, Mbit/s")
+    p.add_argument("--rate-mbit", type=float, default=100.0, help="the link's cap each way, Mbit/s")
     p.add_argument("--reset-mean-s", type=float, default=30.0, help="a connection is reset after this on average")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--keep", type=Path, help="work in this directory and keep it (the grids' logs)")
@@ -114,6 +115,7 @@ def main() -> None:
             "resets": wan.resets,
             "loopback_s": round(loop.seconds, 2),
             "wan_s": round(wan.seconds, 2),
+            "bench_cpu_s": [round(loop.cpu_s, 2), round(wan.cpu_s, 2)],
             "ratio": round(wan.seconds / loop.seconds, 3),
             "goal_ratio": 1.2,
             "results_equal": same,
