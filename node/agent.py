@@ -364,7 +364,9 @@ class Agent:
         return lambda offset: self._fetch(ref, offset)
 
     async def _fetch(self, ref: BlobRef, offset: int) -> AsyncIterator[bytes]:
-        """FetchBlob from offset; a stream the coordinator refuses as too many is retried after its hint."""
+        """FetchBlob from offset; a stream the coordinator refuses as too many is retried after its
+        hint, and one cut off (a connection reset on the way: UNAVAILABLE) resumes where it broke,
+        so a flaky link costs a round trip, not the task (which would go back to the queue)."""
         for failures in range(1, BUSY_RETRIES + 1):
             try:
                 async for chunk in self.client.fetch(ref, offset):
@@ -374,8 +376,17 @@ class Agent:
                     yield chunk
                 return
             except grpc.aio.AioRpcError as e:
-                if e.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or failures == BUSY_RETRIES:
+                code = e.code()
+                if code not in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE):
                     raise
+                if failures == BUSY_RETRIES:
+                    raise
+                if code == grpc.StatusCode.UNAVAILABLE:
+                    log.info(
+                        "fetching blob %s broke off at %d bytes (%s); resuming", ref.sha256[:12], offset, e.details()
+                    )
+                    await asyncio.sleep(backoff(failures, 0.25, cap=2.0))
+                    continue
                 log.info("coordinator busy fetching blob %s; retrying", ref.sha256[:12])
                 await asyncio.sleep(retry_after_s(e, failures))
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,9 +46,12 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def make_local_ca(directory: Path, days: int = 30, common_name: str = "TensorGrid local CA") -> TlsFiles:
+def make_local_ca(
+    directory: Path, days: int = 30, common_name: str = "TensorGrid local CA", extra_ips: Sequence[str] = ()
+) -> TlsFiles:
     """Write ca.pem, server.pem and server-key.pem (0600) into directory. The CA's own key is not
-    kept: nothing more can be signed by it once this returns."""
+    kept: nothing more can be signed by it once this returns. extra_ips: addresses the server
+    certificate names beside loopback's (a multi-host test's coordinator address)."""
     directory.mkdir(parents=True, exist_ok=True)
     now = datetime.datetime.now(datetime.UTC)
     start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=days)
@@ -67,7 +71,7 @@ def make_local_ca(directory: Path, days: int = 30, common_name: str = "TensorGri
     )
     key = ec.generate_private_key(ec.SECP256R1())
     sans: list[x509.GeneralName] = [x509.DNSName(n) for n in LOOPBACK_NAMES]
-    sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in LOOPBACK_IPS]
+    sans += [x509.IPAddress(ipaddress.ip_address(a)) for a in (*LOOPBACK_IPS, *extra_ips)]
     cert = (
         x509.CertificateBuilder()
         .subject_name(_name("localhost"))

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,10 +77,12 @@ class LocalGrid:
     port: int = 0
     # TLS: the coordinator serves these files and nodes verify against their CA; None: plain text
     tls: TlsFiles | None = None
+    # where the coordinator listens and clients dial (a multi-host test: its namespace's address)
+    host: str = "127.0.0.1"
 
     @property
     def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     @property
     def ca_cert(self) -> Path | None:
@@ -90,7 +93,10 @@ class LocalGrid:
         """An SDK client of this grid, over TLS when the grid serves it."""
         return Client(self.target, signer, ca_cert=self.ca_cert, **kwargs)
 
-    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None) -> Proc:
+    def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None, prefix: Sequence[str] = ()) -> Proc:
+        """prefix: a command that runs the rest (`ip netns exec NAME` puts the process on another
+        host of a multi-host test); it stays in the command line restart() runs again."""
+        args = [*prefix, *args]
         log_path = self.root / f"{name}.log"
         log = open(log_path, "ab")
         inherited = {k: v for k, v in os.environ.items() if not k.startswith(_SETTING_VARS)}
@@ -101,7 +107,9 @@ class LocalGrid:
         self.procs.append(proc)
         return proc
 
-    def start_coordinator(self, *extra: str, database_url: str = "", port: int = 0, timeout: float = 60) -> Proc:
+    def start_coordinator(
+        self, *extra: str, database_url: str = "", port: int = 0, timeout: float = 60, prefix: Sequence[str] = ()
+    ) -> Proc:
         self.root.mkdir(parents=True, exist_ok=True)
         ready = self.root / "coordinator.port"
         ready.unlink(missing_ok=True)
@@ -111,7 +119,7 @@ class LocalGrid:
             "coordinator.main",
             "run",
             "--listen",
-            f"127.0.0.1:{port}",
+            f"{self.host}:{port}",
             "--data-dir",
             str(self.root / "coordinator"),
             "--ready-file",
@@ -124,7 +132,7 @@ class LocalGrid:
         ]
         if database_url:
             args += ["--database-url", database_url]
-        return self._await_ready(self._spawn(COORDINATOR, args), ready, timeout)
+        return self._await_ready(self._spawn(COORDINATOR, args, prefix=prefix), ready, timeout)
 
     def _await_ready(self, proc: Proc, ready: Path, timeout: float) -> Proc:
         deadline = time.monotonic() + timeout
@@ -146,7 +154,7 @@ class LocalGrid:
         self.procs.remove(proc)
         if proc.name != COORDINATOR:
             return self._spawn(proc.name, args, proc.env)
-        args[args.index("--listen") + 1] = f"127.0.0.1:{self.port}"
+        args[args.index("--listen") + 1] = f"{self.host}:{self.port}"
         ready = self.root / "coordinator.port"
         ready.unlink(missing_ok=True)
         return self._await_ready(self._spawn(COORDINATOR, args, proc.env), ready, timeout)
@@ -164,8 +172,15 @@ class LocalGrid:
         return keystore
 
     def start_node(
-        self, name: str, *extra: str, env: dict[str, str] | None = None, private_key: str | None = None
+        self,
+        name: str,
+        *extra: str,
+        env: dict[str, str] | None = None,
+        private_key: str | None = None,
+        prefix: Sequence[str] = (),
+        coordinator: str = "",
     ) -> Proc:
+        """coordinator: the address the node dials, when not the grid's target (a proxy on its path)."""
         keystore = self.create_node_key(name, private_key)
         args = [
             sys.executable,
@@ -175,13 +190,13 @@ class LocalGrid:
             str(keystore),
             "run",
             "--coordinator",
-            self.target,
+            coordinator or self.target,
             "--data-dir",
             str(self.root / name),
             *(self.tls.client_args if self.tls is not None else ()),
             *extra,
         ]
-        return self._spawn(name, args, {"TENSORGRID_KEY_PASSWORD": PASSWORD, **(env or {})})
+        return self._spawn(name, args, {"TENSORGRID_KEY_PASSWORD": PASSWORD, **(env or {})}, prefix)
 
     def wait_for_nodes(self, count: int, timeout: float = 120) -> None:
         """Until `count` nodes have registered with the coordinator (each warms its task
