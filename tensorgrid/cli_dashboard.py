@@ -32,7 +32,14 @@ DASHBOARD_URL = Setting(
 
 
 def add_dashboard_parser(sub: Any, common: argparse.ArgumentParser) -> None:
-    d = sub.add_parser("dashboard", parents=[common], help="print (and --open) a signed-in link to the web dashboard")
+    d = sub.add_parser(
+        "dashboard",
+        parents=[common],
+        help="print (and --open) a signed-in link to the web dashboard",
+        description="Sign in with your key and print a link to the coordinator's web dashboard (its "
+        "--dashboard-listen). The session token rides in the link's #fragment, which a browser never "
+        "sends to a server; the link is worth a session (24 h): share it with no one.",
+    )
     add_settings(d, DASHBOARD_URL)
     d.add_argument("--open", action="store_true", help="open the link in a web browser too")
     d.set_defaults(command="dashboard")
