@@ -116,18 +116,4 @@ RUN = (
     *TLS,
     METRICS_LISTEN,
 )
-SETTINGS = (
-    *GLOBAL,
-    COORDINATOR,
-    DATA_DIR,
-    DEVICE,
-    SLOTS,
-    THREADS,
-    SERVE_REPLICAS,
-    MEMORY_GIB,
-    CACHE_GIB,
-    STAKE_WEI,
-    *CHAIN,
-    *TLS,
-    METRICS_LISTEN,
-)
+SETTINGS = (*GLOBAL, *RUN)  # every setting a command of the daemon reads

@@ -43,10 +43,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import psutil
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from tensorgrid.scrape import ScrapeEndpoint
 from tensorgrid.types import ErrorKind
 
 log = logging.getLogger("tensorgrid.node")
@@ -86,7 +87,7 @@ class NodeMetrics:
         serve = Counter("tensorgrid_node_serve_requests", "endpoint requests by outcome", ("outcome",), registry=r)
         self._answered, self._serve_failed = serve.labels("answered"), serve.labels("failed")
         self.earnings = EarningsPoller(r)
-        self._server: Any = None
+        self._endpoint: ScrapeEndpoint | None = None
 
     def task(self, kind: str, error: ErrorKind | None, seconds: float) -> None:
         self.tasks.labels(kind, outcome_of(error)).inc()
@@ -111,19 +112,14 @@ class NodeMetrics:
 
     def serve(self, listen: str) -> int:
         """Serve /metrics on host:port (0: any free port) in a thread; returns the port."""
-        host, _, port = listen.rpartition(":")
-        server, _thread = start_http_server(int(port), addr=host.strip("[]"), registry=self.registry)
-        self._server = server
-        bound = int(server.server_address[1])
-        log.info("metrics on http://%s:%d/metrics", host, bound)
-        return bound
+        self._endpoint = ScrapeEndpoint(self.registry, listen)
+        return self._endpoint.port
 
     def stop(self) -> None:
         self.earnings.stop()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        if self._endpoint is not None:
+            self._endpoint.stop()
+            self._endpoint = None
 
 
 class EarningsPoller(Collector):

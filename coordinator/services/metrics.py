@@ -24,17 +24,17 @@ It has no authentication: bind it to loopback or a private address (the default 
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
 from coordinator.db import schema as s
+from tensorgrid.scrape import ScrapeEndpoint
 
 if TYPE_CHECKING:
     from coordinator.services.serving.router import Router
@@ -57,7 +57,7 @@ class Metrics:
             "tensorgrid_blob_bytes", "blob bytes moved", ("direction", "path"), registry=r
         )  # direction: in|out, path: grpc|bulk
         self.serving = ServingMetrics(r)
-        self._server: Any = None
+        self._endpoint: ScrapeEndpoint | None = None
 
     def observe_rpc(self, method: str, code: str, seconds: float) -> None:
         name = method.rsplit("/", 1)[-1]
@@ -78,17 +78,13 @@ class Metrics:
 
     def serve(self, listen: str) -> int:
         """Serve /metrics on host:port (0: any free port) in a thread; returns the port."""
-        host, _, port = listen.rpartition(":")
-        server, _thread = start_http_server(int(port), addr=host.strip("[]"), registry=self.registry)
-        self._server = server
-        bound = int(server.server_address[1])
-        log.info("metrics on http://%s:%d/metrics", host, bound)
-        return bound
+        self._endpoint = ScrapeEndpoint(self.registry, listen)
+        return self._endpoint.port
 
     def stop(self) -> None:
-        if self._server is not None:
-            threading.Thread(target=self._server.shutdown, daemon=True).start()
-            self._server = None
+        if self._endpoint is not None:
+            self._endpoint.stop(wait=False)  # called on the event loop
+            self._endpoint = None
 
 
 class ServingMetrics:

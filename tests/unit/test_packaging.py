@@ -144,6 +144,8 @@ def allowed_extras(path: Path) -> tuple[str, ...]:
         return ("chain",)
     if rel == "tensorgrid/demo.py":  # the demo trains on scikit-learn's digits (a checkout's [dev])
         return ("dev",)
+    if rel == "tensorgrid/scrape.py":  # the daemons' /metrics: both of their extras carry prometheus-client
+        return ("node", "coordinator")
     if rel.startswith("node/"):
         return ("node",)
     if rel.startswith("coordinator/"):
