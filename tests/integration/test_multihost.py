@@ -34,7 +34,8 @@ from tensorgrid.workloads.tensorfile import load_tensors
 from tests.integration.conftest import BATCH, FAST, Assets, TrainingDigits, node_args
 from tests.integration.test_inference import assert_matches_local, run_job
 
-pytestmark = [pytest.mark.integration, pytest.mark.postgres, pytest.mark.slow]
+# One grid for the module (three namespaced nodes cost a lot to start): the cut test restores its link.
+pytestmark = [pytest.mark.integration, pytest.mark.postgres, pytest.mark.slow, pytest.mark.xdist_group("multihost")]
 NODES = ("node1", "node2", "node3")
 GRPC, PG = 7070, 5432
 # Each node's link: 50 ms each way, 4 MB/s (32 Mbit/s) each way, a connection reset every 10 s
@@ -56,8 +57,9 @@ class WanGrid:
         return sum(link.resets for link in self.links.values())
 
 
-@pytest.fixture
-def wan_grid(tmp_path: Path, pg_url: str) -> Iterator[WanGrid]:
+@pytest.fixture(scope="module")
+def wan_grid(tmp_path_factory: pytest.TempPathFactory, pg_module_url: str) -> Iterator[WanGrid]:
+    tmp_path, pg_url = tmp_path_factory.mktemp("wan"), pg_module_url
     reason = unavailable()
     if reason is not None:
         pytest.skip(reason)
@@ -144,6 +146,22 @@ def _leased_by(db_url: str, address: str, job_id: str) -> list[tuple[str, int]]:
     return [(str(t), int(a)) for t, a in rows]
 
 
+def _restore(wan_grid: WanGrid, node: str, timeout: float = 120) -> None:
+    """Bring a cut link back and wait until its node heartbeats again (the grid is the module's)."""
+    since_ms = int(time.time() * 1000)
+    wan_grid.links[node].restore()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with psycopg.connect(wan_grid.db_url, connect_timeout=5) as conn:
+            row = conn.execute(
+                "SELECT last_seen_ms FROM nodes WHERE lower(address) = %s", (wan_grid.address(node),)
+            ).fetchone()
+        if row is not None and int(row[0]) > since_ms:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{node} did not come back within {timeout} s of its link's return")
+
+
 @pytest.mark.timeout(900)
 def test_a_node_whose_link_is_cut_mid_task_has_its_task_reissued(
     wan_grid: WanGrid, slow_digits: Assets, tmp_path: Path
@@ -160,10 +178,13 @@ def test_a_node_whose_link_is_cut_mid_task_has_its_task_reissued(
             time.sleep(0.02)
         assert held, f"{victim} never held a task of the job"
         wan_grid.links[victim].cut()
-        kinds = [e.kind for e in client.watch(job.job_id)]
-        final = client.job(job.job_id)
-        assert final.state == JobState.SUCCEEDED, final.error
-        client.result(job.job_id, tmp_path / "out.safetensors")
+        try:
+            kinds = [e.kind for e in client.watch(job.job_id)]
+            final = client.job(job.job_id)
+            assert final.state == JobState.SUCCEEDED, final.error
+            client.result(job.job_id, tmp_path / "out.safetensors")
+        finally:
+            _restore(wan_grid, victim)
     assert "reissued" in kinds
     task_id, attempt = held[0]
     with psycopg.connect(wan_grid.db_url, connect_timeout=5) as conn:
