@@ -8,8 +8,9 @@ a signed receipt for an empty output. Every node has its own gRPC channel and it
 connection, as a real fleet has (gRPC would otherwise share one connection per process).
 
 Modes, switched by the parent over stdin (one command per line; answers are JSON lines):
-- "hold": a lease is held for a random time (mean --task-s) before its result goes in with no
-  next lease asked for, so every task is leased by LeaseTasks: the lease-latency phase.
+- "hold": a node waits a random time (mean --task-s: busy with other work) before each
+  LeaseTasks, and hands the result in at once asking for no next lease, so every task is
+  leased by LeaseTasks at a steady rate: the lease-latency phase.
 - "noop": results go in at once and ask for the next lease (piggybacked, as the daemon does):
   the throughput phase.
 - "echo": no coordinator; the channels call the raw echo server of benchmarks._raw at the
@@ -94,7 +95,7 @@ class Fleet:
         self.target = target
         self.indexes = range(first, first + count)
         self.task_s = task_s
-        self.mode = "hold"
+        self.mode = "idle"  # long-polls an empty queue, as "noop" does
         self.mode_changed = asyncio.Event()
         self.tally = Tally()
         self.clients: list[NodeClient] = []
@@ -149,7 +150,7 @@ class Fleet:
                 self.tally.error(e)
 
     async def _hold(self) -> None:
-        """A simulated task's run time (hold mode), cut short when the mode changes."""
+        """Hold mode's wait before a lease, cut short when the mode changes."""
         if self.mode != "hold":
             return
         try:
@@ -178,12 +179,12 @@ class Fleet:
         lease: Lease | None = None
         while True:
             if lease is None:
+                await self._hold()  # hold mode: busy with something else first, then ask
                 lease = await self._lease(c)
                 if lease is None:
                     continue
-            self.held[c.signer.address] = lease
-            await self._hold()
             want = 1 if self.mode == "noop" else 0
+            self.held[c.signer.address] = lease
             try:
                 answer = await c.submit_and_lease(c.sign(lease, EMPTY), 0, b"", want)
             except grpc.aio.AioRpcError as e:

@@ -43,8 +43,11 @@ import psutil
 
 from benchmarks._common import baseline_server, cpu_seconds, emit
 from benchmarks._pg import DEFAULT_ADMIN_URL, backend_cpu_s, db_counters, fresh_database
+from tensorgrid.client import Client
 from tensorgrid.crypto import Signer
 from tensorgrid.localgrid import LocalGrid
+
+LEASE_WAIT_S = 5.0  # benchmarks._fleet.LEASE_WAIT_MS
 
 
 class FleetProcess:
@@ -130,32 +133,35 @@ def ask_all(fleets: list[FleetProcess], command: str) -> list[dict[str, Any]]:
     return [f.answer() for f in fleets] if command == "report" else []
 
 
-def latency_phase(grids: list[LocalGrid], fleets: list[FleetProcess], ns: argparse.Namespace, nodes: int) -> Any:
-    """Queue enough no-op tasks for the phase; nodes in hold mode lease each with LeaseTasks."""
-    tasks = nodes + int(ns.lease_rate * ns.latency_s * 1.5)
-    submitter = Signer.generate()
-    with grids[0].client(submitter) as sdk:
-        job = sdk.submit_noop(tasks)
-        ask_all(fleets, f"mark {job.job_id} {time.time() + 1.0}")  # the first second: the idle fleet waking
-        time.sleep(ns.latency_s)
-        reports = ask_all(fleets, "report")
-        sdk.cancel(job.job_id)
-    return [x for r in reports for x in r["lease_ms"]], reports
+def latency_phase(grids: list[LocalGrid], fleets: list[FleetProcess], ns: argparse.Namespace, sdk: Client) -> Any:
+    """Nodes in hold mode lease one task at a time with LeaseTasks, at --lease-rate over the fleet,
+    from a queue that never runs dry during the phase; returns the job and the latencies."""
+    ask_all(fleets, "mode hold")
+    time.sleep(LEASE_WAIT_S + 1)  # the long polls under way end; each node now waits, then asks
+    job = sdk.submit_noop(int(ns.lease_rate * ns.latency_s * 1.5) + 10)
+    ask_all(fleets, f"mark {job.job_id} {time.time()}")
+    time.sleep(ns.latency_s)
+    reports = ask_all(fleets, "report")
+    return job.job_id, [x for r in reports for x in r["lease_ms"]], reports
 
 
-def throughput_phase(grids: list[LocalGrid], fleets: list[FleetProcess], ns: argparse.Namespace, db: str) -> Any:
-    """Nodes take no-op tasks back to back; accepted results per second, and who spent the CPU."""
-    ask_all(fleets, "mode noop")
-    ask_all(fleets, f"mark * {time.time()}")
+def throughput_phase(
+    grids: list[LocalGrid], fleets: list[FleetProcess], ns: argparse.Namespace, db: str, sdk: Client, left: str
+) -> Any:
+    """Nodes take no-op tasks back to back (the latency phase's leftovers, then --tasks more):
+    accepted results per second, and who spent the CPU."""
     pids = [g.procs[0].popen.pid for g in grids]
     cpu0 = [cpu_seconds(p) or 0.0 for p in pids], [cpu_seconds(f.popen.pid) or 0.0 for f in fleets], backend_cpu_s(db)
     psutil.cpu_percent()
     start = time.time()
-    with grids[0].client(Signer.generate()) as sdk:
-        job = sdk.submit_noop(ns.tasks)
-        sdk.wait(job.job_id)
+    ask_all(fleets, f"mark * {start}")
+    ask_all(fleets, "mode noop")
+    job = sdk.submit_noop(ns.tasks)
+    sdk.wait(left)
+    sdk.wait(job.job_id)
     busy = psutil.cpu_percent()
     reports = ask_all(fleets, "report")
+    ask_all(fleets, "mode idle")
     done = sum(r["done"] for r in reports)
     elapsed = max(r["last_done"] for r in reports) - start
     coord = sum(cpu_seconds(p) or 0.0 for p in pids) - sum(cpu0[0])
@@ -196,14 +202,15 @@ def measure_grid(root: Path, ns: argparse.Namespace, nodes: int, replicas: int) 
         c0 = db_counters(ns.database_url, name)
         time.sleep(ns.idle_s)
         idle = c0.per_s(db_counters(ns.database_url, name), ns.idle_s)
-        lease_ms, reports = latency_phase(grids, fleets, ns, nodes)
-        out: dict[str, Any] = {
-            "rss_bytes_per_node": round(per_node),
-            "idle_db": {**idle, "commits_per_node_s": round(idle["commits_per_s"] / nodes, 4)},
-            "lease": percentiles(lease_ms),
-            "lease_errors": merge_errors(reports),
-            **throughput_phase(grids, fleets, ns, name),
-        }
+        with grids[0].client(Signer.generate()) as sdk:
+            left, lease_ms, reports = latency_phase(grids, fleets, ns, sdk)
+            out: dict[str, Any] = {
+                "rss_bytes_per_node": round(per_node),
+                "idle_db": {**idle, "commits_per_node_s": round(idle["commits_per_s"] / nodes, 4)},
+                "lease": percentiles(lease_ms),
+                "lease_errors": merge_errors(reports),
+                **throughput_phase(grids, fleets, ns, name, sdk, left),
+            }
     print(f"  {json.dumps(out)}")
     return out
 

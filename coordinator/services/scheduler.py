@@ -13,13 +13,14 @@ from coordinator.commits import GroupCommitter
 from coordinator.config import LeaseTiming
 from coordinator.errors import Rejected
 from coordinator.repositories.store import Store
-from coordinator.repositories.tasks import Barred, TaskRecord
+from coordinator.repositories.tasks import Barred, Heartbeat, TaskRecord
 from coordinator.services.runtime import Runtime
 from tensorgrid.types import Lease, TaskError
 
 log = logging.getLogger("tensorgrid.coordinator")
 LEASE_BOOK_SIZE = 200_000
 MAX_LEASE_WAIT_MS = 10_000
+HEARTBEAT_GATHER_S = 0.05
 IDLE_RETRY_MS = 500  # what leasing answers when there is simply no work
 LeaseOutcome = tuple[list[Lease], int] | Rejected  # (leases, retry_after_ms), or why the node may not lease
 
@@ -48,6 +49,11 @@ class Scheduler:
         self._barred = barred
         self.leases: GroupCommitter[tuple[str, int], tuple[list[Lease], int]] = GroupCommitter(
             lambda requests: rt.db(store.tasks.lease_many, requests, rt.now_ms(), timing, barred)
+        )
+        # Heartbeats come every few seconds and nobody waits on their answer: a batch gathers
+        # for HEARTBEAT_GATHER_S, so thousands of nodes cost tens of transactions a second, not thousands.
+        self.heartbeats: GroupCommitter[Heartbeat, list[tuple[str, int]]] = GroupCommitter(
+            lambda beats: rt.db(store.tasks.heartbeat_many, beats, rt.now_ms(), timing), delay_s=HEARTBEAT_GATHER_S
         )
 
     async def lease(self, node: str, max_tasks: int, wait_ms: int) -> tuple[list[Lease], int]:
@@ -104,7 +110,7 @@ class Scheduler:
 
     async def heartbeat(self, node: str, active: list[tuple[str, int]], draining: bool) -> list[tuple[str, int]]:
         """Keep the node's live leases alive; returns those it no longer holds."""
-        return await self.rt.db(self.store.tasks.heartbeat, node, active, draining, self.rt.now_ms(), self.timing)
+        return await self.heartbeats.submit((node, active, draining))  # group-committed
 
     async def fail(self, node: str, task_id: str, attempt: int, error: TaskError) -> tuple[TaskRecord, bool]:
         """A node could not finish a task: reissue it (True) or fail its job (False)."""
