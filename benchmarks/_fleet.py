@@ -210,8 +210,14 @@ async def echo_fleet(target: str, count: int, task_s: float, seconds: float) -> 
     gate = asyncio.Semaphore(REGISTER_AT_ONCE)
 
     async def connect(call: Any) -> None:
-        async with gate:
-            await call(payload)
+        for attempt in range(3):  # a connection attempt lost on a loaded machine is retried, as nodes do
+            async with gate:
+                try:
+                    await call(payload)
+                    return
+                except grpc.aio.AioRpcError as e:
+                    if e.code() != grpc.StatusCode.UNAVAILABLE or attempt == 2:
+                        raise
 
     await asyncio.gather(*(connect(c) for c in calls))
     print(json.dumps({"ready": count}), flush=True)
@@ -221,8 +227,8 @@ async def echo_fleet(target: str, count: int, task_s: float, seconds: float) -> 
 
     async def caller(call: Any) -> None:
         while True:
-            await asyncio.sleep(random.uniform(0, 2 * task_s))
-            if time.monotonic() > stop_at:
+            await asyncio.sleep(min(random.uniform(0, 2 * task_s), max(0.0, stop_at - time.monotonic())))
+            if time.monotonic() >= stop_at:
                 return
             started = time.perf_counter()
             await call(payload)

@@ -121,9 +121,12 @@ def connect(stack: ExitStack, grids: list[LocalGrid], nodes: int, lease_rate: fl
         count = min(share, nodes - r * share)
         args = ("--target", grid.target, "--first", str(r * share), "--count", str(count), "--task-s", str(task_s))
         fleets.append(stack.enter_context(fleet_process(*args)))
+    registered = 0
     for f in fleets:
         ready = f.answer()
+        registered += ready["ready"]
         print(f"  {ready['ready']} nodes registered in {ready['register_s']} s")
+    assert registered == nodes, f"{registered} of {nodes} nodes registered"
     return fleets
 
 
@@ -205,6 +208,7 @@ def measure_grid(root: Path, ns: argparse.Namespace, nodes: int, replicas: int) 
         with grids[0].client(Signer.generate()) as sdk:
             left, lease_ms, reports = latency_phase(grids, fleets, ns, sdk)
             out: dict[str, Any] = {
+                "nodes_registered": nodes,
                 "rss_bytes_per_node": round(per_node),
                 "idle_db": {**idle, "commits_per_node_s": round(idle["commits_per_s"] / nodes, 4)},
                 "lease": percentiles(lease_ms),

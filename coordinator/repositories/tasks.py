@@ -206,16 +206,9 @@ class TaskRepository:
         # A node's draining flag is the one its last heartbeat in the batch says.
         flags = {address: draining for address, _, draining in beats}
         with self.engine.begin() as conn:
-            for draining in (False, True):
-                addresses = sorted(a for a, d in flags.items() if d == draining)  # one lock order
-                if addresses:
-                    conn.execute(
-                        update(s.nodes)
-                        .where(s.nodes.c.address.in_(addresses))
-                        .values(last_seen_ms=now_ms, draining=draining)
-                    )
-            # A heartbeat keeps a lease alive, but never past its compute limit plus grace.
-            cap = s.tasks.c.leased_ms + s.tasks.c.time_limit_ms + timing.grace_ms
+            # Leases first, then nodes: the order results and the reaper lock them in (the
+            # other order deadlocked with both at 5,000 nodes).
+            cap = s.tasks.c.leased_ms + s.tasks.c.time_limit_ms + timing.grace_ms  # never past compute limit + grace
             for i, (address, active, _) in enumerate(beats):
                 for task_id, attempt in active:
                     res = conn.execute(
@@ -230,7 +223,20 @@ class TaskRepository:
                     )
                     if res.rowcount == 0:
                         revoked[i].append((task_id, attempt))
+            for draining in (False, True):
+                addresses = sorted(a for a, d in flags.items() if d == draining)  # one lock order
+                if addresses:
+                    conn.execute(
+                        update(s.nodes)
+                        .where(s.nodes.c.address.in_(addresses))
+                        .values(last_seen_ms=now_ms, draining=draining)
+                    )
         return revoked
+
+    def any_pending(self) -> bool:
+        """Whether a task of any job waits for some node (the long polls' shared idle check)."""
+        with self.engine.connect() as conn:
+            return conn.execute(select(_t.c.task_id).where(_t.c.state == "pending").limit(1)).first() is not None
 
     def get_task(self, task_id: str) -> TaskRecord:
         with self.engine.connect() as conn:
