@@ -1,10 +1,12 @@
-"""PostgreSQL for benchmarks: a fresh database per run, its activity counters, its backends' CPU."""
+"""Database load for benchmarks: a fresh PostgreSQL database per run, the coordinator's own
+count of its commits (pg_stat_database hears of them seconds late), the backends' CPU."""
 
 from __future__ import annotations
 
+import socket
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import psutil
 import psycopg
@@ -25,32 +27,36 @@ def fresh_database(admin_url: str, name: str) -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@dataclass(frozen=True)
-class DbCounters:
-    """pg_stat_database's cumulative counters of one database (flushed by backends about once a second)."""
-
-    commits: int
-    updated: int  # rows updated
-    inserted: int
-    fetched: int  # rows fetched by index scans and the like
-
-    def per_s(self, later: DbCounters, seconds: float) -> dict[str, float]:
-        return {
-            "commits_per_s": round((later.commits - self.commits) / seconds, 1),
-            "rows_updated_per_s": round((later.updated - self.updated) / seconds, 1),
-            "rows_inserted_per_s": round((later.inserted - self.inserted) / seconds, 1),
-            "rows_fetched_per_s": round((later.fetched - self.fetched) / seconds, 1),
-        }
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
-def db_counters(admin_url: str, name: str) -> DbCounters:
-    with psycopg.connect(admin_url, autocommit=True) as conn:  # a new connection: no cached stats snapshot
-        row = conn.execute(
-            "SELECT xact_commit, tup_updated, tup_inserted, tup_fetched FROM pg_stat_database WHERE datname = %s",
-            (name,),
-        ).fetchone()
-    assert row is not None, f"no database {name}"
-    return DbCounters(*(int(x) for x in row))
+def scrape(port: int) -> dict[str, float]:
+    """The coordinator's metrics at 127.0.0.1:port: database commits, and Heartbeat and LeaseTasks calls."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
+    out = {"commits": 0.0, "heartbeats": 0.0, "leases": 0.0}
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name == "tensorgrid_database_commits_total":
+            out["commits"] += float(value)
+        elif name.startswith("tensorgrid_rpcs_total{") and 'method="Heartbeat"' in name:
+            out["heartbeats"] += float(value)
+        elif name.startswith("tensorgrid_rpcs_total{") and 'method="LeaseTasks"' in name:
+            out["leases"] += float(value)
+    return out
+
+
+def rates(before: list[dict[str, float]], after: list[dict[str, float]], seconds: float) -> dict[str, float]:
+    """Per second over all replicas: commits, heartbeats, LeaseTasks calls; and commits per heartbeat."""
+    d = {k: sum(a[k] - b[k] for a, b in zip(after, before, strict=True)) / seconds for k in before[0]}
+    return {
+        "commits_per_s": round(d["commits"], 1),
+        "heartbeats_per_s": round(d["heartbeats"], 1),
+        "lease_calls_per_s": round(d["leases"], 1),
+        "commits_per_heartbeat": round(d["commits"] / d["heartbeats"], 3) if d["heartbeats"] else 0.0,
+    }
 
 
 def backend_cpu_s(name: str) -> float:

@@ -43,7 +43,7 @@ from typing import Any
 import psutil
 
 from benchmarks._common import baseline_server, cpu_seconds, emit
-from benchmarks._pg import DEFAULT_ADMIN_URL, backend_cpu_s, db_counters, fresh_database
+from benchmarks._pg import DEFAULT_ADMIN_URL, backend_cpu_s, free_port, fresh_database, rates, scrape
 from tensorgrid.client import Client
 from tensorgrid.crypto import Signer
 from tensorgrid.localgrid import LocalGrid
@@ -101,17 +101,21 @@ def percentiles(samples: list[float]) -> dict[str, float | int | None]:
     return {"p50_ms": round(cuts[49], 2), "p99_ms": round(cuts[98], 2), "samples": len(samples)}
 
 
-def start_replicas(stack: ExitStack, root: Path, url: str, replicas: int, extra: list[str]) -> list[LocalGrid]:
-    """Coordinators on one database; replicas share the first one's key (one EIP-712 domain)."""
+def start_replicas(
+    stack: ExitStack, root: Path, url: str, replicas: int, extra: list[str]
+) -> tuple[list[LocalGrid], list[int]]:
+    """Coordinators on one database, and their metrics ports; replicas share the first one's key
+    (one EIP-712 domain)."""
     grids: list[LocalGrid] = []
+    ports = [free_port() for _ in range(replicas)]
     for r in range(replicas):
         grid = stack.enter_context(LocalGrid(root / f"replica{r}"))
         if grids:
             (grid.root / "coordinator").mkdir(parents=True, exist_ok=True)
             shutil.copy(grids[0].root / "coordinator" / "coordinator.key", grid.root / "coordinator")
-        grid.start_coordinator(*extra, database_url=url)
+        grid.start_coordinator("--metrics-listen", f"127.0.0.1:{ports[r]}", *extra, database_url=url)
         grids.append(grid)
-    return grids
+    return grids, ports
 
 
 def connect(stack: ExitStack, grids: list[LocalGrid], nodes: int, lease_rate: float) -> list[FleetProcess]:
@@ -196,16 +200,16 @@ def measure_grid(root: Path, ns: argparse.Namespace, nodes: int, replicas: int) 
     name = f"fleet_{os.getpid()}_{nodes}_{replicas}"
     print(f"{nodes} nodes, {replicas} coordinator(s):", flush=True)
     with fresh_database(ns.database_url, name) as url, ExitStack() as stack:
-        grids = start_replicas(stack, root / name, url, replicas, ns.coordinator_arg)
+        grids, metrics = start_replicas(stack, root / name, url, replicas, ns.coordinator_arg)
         pids = [g.procs[0].popen.pid for g in grids]
         time.sleep(1.0)
         before = rss(pids)
         fleets = connect(stack, grids, nodes, ns.lease_rate)
         time.sleep(2.0)
         per_node = (rss(pids) - before) / nodes
-        c0 = db_counters(ns.database_url, name)
+        c0 = [scrape(port) for port in metrics]
         time.sleep(ns.idle_s)
-        idle = c0.per_s(db_counters(ns.database_url, name), ns.idle_s)
+        idle = rates(c0, [scrape(port) for port in metrics], ns.idle_s)
         print(f"  {per_node:,.0f} bytes per node; idle database: {json.dumps(idle)}", flush=True)
         with grids[0].client(Signer.generate()) as sdk:
             left, lease_ms, reports = latency_phase(grids, fleets, ns, sdk)
@@ -241,10 +245,10 @@ def parse() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="100,1000", help="simulated nodes against one coordinator, comma-separated")
     p.add_argument("--replica-nodes", type=int, default=1000, help="nodes split over two replicas (0: skip)")
-    p.add_argument("--tasks", type=int, default=2000, help="no-op tasks of each throughput measurement")
+    p.add_argument("--tasks", type=int, default=1500, help="no-op tasks of each throughput measurement")
     p.add_argument("--lease-rate", type=float, default=100.0, help="leases/s the fleet asks for in the latency phase")
-    p.add_argument("--latency-s", type=float, default=10.0, help="length of the latency phase")
-    p.add_argument("--idle-s", type=float, default=6.0, help="length of the idle (heartbeat load) phase")
+    p.add_argument("--latency-s", type=float, default=8.0, help="length of the latency phase")
+    p.add_argument("--idle-s", type=float, default=5.0, help="length of the idle (heartbeat load) phase")
     p.add_argument(
         "--database-url",
         default=os.environ.get("TENSORGRID_TEST_PG", DEFAULT_ADMIN_URL),

@@ -64,15 +64,22 @@ class Scheduler:
     async def lease(self, node: str, max_tasks: int, wait_ms: int) -> tuple[list[Lease], int]:
         """Up to max_tasks leases for the node; waits up to wait_ms (long poll) when there is no work."""
         await self.before_lease(node)
+        deadline = time.monotonic() + min(wait_ms, MAX_LEASE_WAIT_MS) / 1000
         signal = self.rt.hub.work_signal()  # before looking: a wake-up during the query is not lost
-        leases, retry = await self._lease_once(node, max_tasks or 1, signal)
-        if not leases and wait_ms and retry <= IDLE_RETRY_MS:  # idle, not backing off: long poll
-            await self.rt.hub.wait_for_work(min(wait_ms, MAX_LEASE_WAIT_MS) / 1000, signal)
-            leases, retry = await self._lease_once(node, max_tasks or 1, self.rt.hub.work_signal())
+        leases, retry, memo = await self._lease_once(node, max_tasks or 1, signal)
+        while not leases and wait_ms and retry <= IDLE_RETRY_MS:  # idle, not backing off: long poll
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            # Answered from the idle memo: look again when it lapses (another replica's work shows
+            # then); answered by the database: once at the end of the wait, as always.
+            await self.rt.hub.wait_for_work(min(left, IDLE_MEMO_S) if memo else left, signal)
+            signal = self.rt.hub.work_signal()
+            leases, retry, memo = await self._lease_once(node, max_tasks or 1, signal)
         self.granted(leases, node)
         return leases, retry
 
-    async def _lease_once(self, node: str, max_tasks: int, signal: asyncio.Event) -> tuple[list[Lease], int]:
+    async def _lease_once(self, node: str, max_tasks: int, signal: asyncio.Event) -> tuple[list[Lease], int, bool]:
         """One lease query, skipped while the whole queue is known to be empty.
 
         Idle nodes long-poll: at 5,000 of them that was 2,000 lease queries a second finding
@@ -80,15 +87,17 @@ class Scheduler:
         nothing for its node, one shared query asks whether any task waits for anyone; if none
         does, every lease query of this process is answered "no work" without the database
         until this process hears of new work (signal) or IDLE_MEMO_S passes. Work another
-        replica queues is thus seen up to IDLE_MEMO_S later than a lone query would see it
-        (replicas have no wake-ups between them: their long polls find it at the end of a wait)."""
+        replica queues is not announced here (replicas have no wake-ups between them): a long
+        poll answered from the memo looks again each time it lapses, so it finds such work
+        within about IDLE_MEMO_S, not at the end of its wait. Third value: whether the answer
+        came from the memo."""
         idle = self._idle
         if idle is not None and idle[0] is signal and time.monotonic() - idle[1] < IDLE_MEMO_S:
-            return [], IDLE_RETRY_MS
+            return [], IDLE_RETRY_MS, True
         leases, retry = await self.leases.submit((node, max_tasks))
         if not leases and retry == IDLE_RETRY_MS and self._idle_check is None:
             self._idle_check = asyncio.ensure_future(self._check_idle(signal))
-        return leases, retry
+        return leases, retry, False
 
     async def _check_idle(self, signal: asyncio.Event) -> None:
         try:
