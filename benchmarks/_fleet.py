@@ -103,7 +103,8 @@ class Fleet:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def register(self) -> int:
-        """Register every node (at most REGISTER_AT_ONCE at a time, retrying refusals); returns how many."""
+        """Register every node (at most REGISTER_AT_ONCE at a time, retrying refusals), each starting
+        to heartbeat and lease once registered; returns how many."""
         gate = asyncio.Semaphore(REGISTER_AT_ONCE)
 
         async def one(i: int) -> NodeClient:
@@ -112,6 +113,7 @@ class Fleet:
                 async with gate:
                     try:
                         await client.register(CPU)
+                        self._start(client)  # as the daemon does: its loops begin once it is registered
                         return client
                     except grpc.aio.AioRpcError as e:
                         self.tally.error(e)
@@ -124,10 +126,9 @@ class Fleet:
         self.clients = list(await asyncio.gather(*(one(i) for i in self.indexes)))
         return len(self.clients)
 
-    def start(self) -> None:
-        for c in self.clients:
-            self._tasks.append(asyncio.create_task(self._heartbeats(c)))
-            self._tasks.append(asyncio.create_task(self._work(c)))
+    def _start(self, c: NodeClient) -> None:
+        self._tasks.append(asyncio.create_task(self._heartbeats(c)))
+        self._tasks.append(asyncio.create_task(self._work(c)))
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -243,7 +244,6 @@ async def serve_parent(fleet: Fleet) -> None:
     """Register, then obey the parent's commands: mode M | mark JOB SINCE | report | stop."""
     started = time.monotonic()
     registered = await fleet.register()
-    fleet.start()
     print(json.dumps({"ready": registered, "register_s": round(time.monotonic() - started, 2)}), flush=True)
     while True:
         line = (await asyncio.to_thread(sys.stdin.readline)).split()
