@@ -51,9 +51,8 @@ from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
-from benchmarks._common import baseline_process, emit
+from benchmarks._common import baseline_process, cpu_seconds, emit
 from benchmarks._raw import receive, send_all
-from benchmarks.dispatch import cpu_seconds
 from tensorgrid.blobs import file_sha256
 from tensorgrid.client import Client
 from tensorgrid.crypto import Signer

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks._common import baseline_process, emit
+from benchmarks._common import CpuMeter, baseline_process, child_pids, emit
 from tensorgrid.client import Client
 from tensorgrid.crypto import Signer
 from tensorgrid.localca import TlsFiles, make_local_ca
@@ -97,40 +97,6 @@ async def grid_task_rate(target: str, tasks: int, nodes: int, batch: int, tls: C
         final = sdk.wait(job.job_id)
     assert final.tasks_done == tasks, f"only {final.tasks_done}/{tasks} tasks recorded"
     return done / elapsed, rejected
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of a process so far (Linux /proc); None where unavailable."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def child_pids() -> list[int]:
-    try:
-        return [int(x) for x in Path(f"/proc/self/task/{os.getpid()}/children").read_text().split()]
-    except OSError:
-        return []
-
-
-class CpuMeter:
-    """CPU milliseconds per unit of work spent by the given processes between start() and per()."""
-
-    def __init__(self, *pids: int) -> None:
-        self.pids = pids
-        self._start: list[float | None] = []
-
-    def start(self) -> None:
-        self._start = [cpu_seconds(p) for p in self.pids]
-
-    def per(self, units: float) -> list[float | None]:
-        out: list[float | None] = []
-        for pid, before in zip(self.pids, self._start, strict=True):
-            after = cpu_seconds(pid)
-            out.append(None if before is None or after is None or units <= 0 else 1000 * (after - before) / units)
-        return out
 
 
 def measure(root: Path, ns: argparse.Namespace, tls: TlsFiles | None) -> dict[str, Any]:

@@ -27,8 +27,13 @@ class GroupCommitter(Generic[I, O]):
     TensorGridError to raise to that caller alone.
     """
 
-    def __init__(self, run: Callable[[list[I]], Awaitable[Sequence[O | TensorGridError]]]) -> None:
+    def __init__(
+        self, run: Callable[[list[I]], Awaitable[Sequence[O | TensorGridError]]], delay_s: float = FLUSH_DELAY_S
+    ) -> None:
+        """delay_s: how long a flush waits for more requests to join it (more: fewer, bigger
+        transactions, each caller answered that much later)."""
         self._run = run
+        self._delay_s = delay_s
         self._queue: list[tuple[I, asyncio.Future[O]]] = []
         self._scheduled = False
         self.batches = 0
@@ -45,7 +50,7 @@ class GroupCommitter(Generic[I, O]):
 
     async def _flush(self) -> None:
         # Give requests already on their way (ready callbacks of other RPCs) a moment to join.
-        await asyncio.sleep(FLUSH_DELAY_S)
+        await asyncio.sleep(self._delay_s)
         self._scheduled = False
         while self._queue:
             batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]

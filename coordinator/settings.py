@@ -178,6 +178,13 @@ IP_STREAMS = Setting(
     type=int,
     help="concurrent streaming RPCs from one IP address without a node session",
 )
+TOTAL_CALLS = Setting(
+    "--max-calls",
+    _COORDINATOR + "MAX_CALLS",
+    PeerLimits.calls_total,
+    type=int,
+    help="concurrent RPCs of all peers together; each connected node holds about one (its long poll)",
+)
 RESULT_MEMORY_MIB = Setting(
     "--result-memory-mib",
     _COORDINATOR + "RESULT_MEMORY_MIB",
@@ -185,7 +192,7 @@ RESULT_MEMORY_MIB = Setting(
     type=float,
     help="small results held in memory at once, over all nodes (beyond it they go to disk)",
 )
-PEER_SETTINGS = (NODE_CALLS, NODE_STREAMS, IP_CALLS, IP_STREAMS, RESULT_MEMORY_MIB)
+PEER_SETTINGS = (NODE_CALLS, NODE_STREAMS, IP_CALLS, IP_STREAMS, TOTAL_CALLS, RESULT_MEMORY_MIB)
 REFEREE_TIME_S = Setting(
     "--referee-time-s",
     _COORDINATOR + "REFEREE_TIME_S",
@@ -382,5 +389,6 @@ def peer_limits(ns: argparse.Namespace) -> PeerLimits:
         streams_per_node=ns.max_node_streams,
         calls_per_ip=ns.max_ip_calls,
         streams_per_ip=ns.max_ip_streams,
+        calls_total=ns.max_calls,
         result_memory_bytes=int(ns.result_memory_mib * MiB),
     )

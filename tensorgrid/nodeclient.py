@@ -46,13 +46,15 @@ class NodeClient:
         *,
         tls: ClientTls | None = None,
         expected_domain: Domain | None = None,
+        own_connection: bool = False,
     ) -> None:
         """tls: how the channel is secured (tensorgrid.tls); expected_domain: the EIP-712 domain of
-        the node's deployment file, if it has one: registration refuses to sign under any other."""
+        the node's deployment file, if it has one: registration refuses to sign under any other;
+        own_connection: a TCP connection not shared with other clients in this process (simulated fleets)."""
         self.signer = signer
         self.timeout = timeout
         self.expected_domain = expected_domain
-        self.channel = open_channel(target, tls, aio=True)
+        self.channel = open_channel(target, tls, aio=True, own_connection=own_connection)
         self.stub = node_pb2_grpc.NodeServiceStub(self.channel)
         self.token = ""
         self.domain: Domain | None = None

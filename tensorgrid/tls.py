@@ -82,10 +82,13 @@ class ClientTls:
         return grpc.ssl_channel_credentials(root_certificates=roots)
 
 
-def open_channel(target: str, tls: ClientTls | None = None, *, aio: bool = False) -> Any:
-    """A grpc.Channel (aio: grpc.aio.Channel) to target, TLS unless the rule says plain text."""
+def open_channel(target: str, tls: ClientTls | None = None, *, aio: bool = False, own_connection: bool = False) -> Any:
+    """A grpc.Channel (aio: grpc.aio.Channel) to target, TLS unless the rule says plain text.
+
+    own_connection: never share a TCP connection with this process's other channels to the same
+    target (gRPC shares one by default): simulated nodes need one connection each, as real ones have."""
     tls = tls or ClientTls()
-    options = channel_options()
+    options = [*channel_options(), *((("grpc.use_local_subchannel_pool", 1),) if own_connection else ())]
     if tls.plain_text(target):
         return grpc.aio.insecure_channel(target, options=options) if aio else grpc.insecure_channel(target, options)
     creds = tls.credentials()

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 from sqlalchemy.engine import Engine
 
 from coordinator.db import schema as s
@@ -69,8 +69,11 @@ class Metrics:
         self.blob_bytes.labels(direction, path).inc(n)
 
     def watch_database(self, engine: Engine, live_window_ms: int, now_ms: Any) -> None:
-        """Read the per-state counts from `engine` at each scrape."""
+        """Read the per-state counts from `engine` at each scrape, and count its commits (the
+        coordinator's database load: PostgreSQL's own counters reach pg_stat_database seconds late)."""
         self.registry.register(_DatabaseCollector(engine, live_window_ms, now_ms))
+        commits = Counter("tensorgrid_database_commits", "database transactions committed", registry=self.registry)
+        event.listen(engine, "commit", lambda _conn: commits.inc())
 
     def watch_serving(self, router: Router) -> None:
         """Read the router's batch, check and replica counts at each scrape."""

@@ -30,8 +30,11 @@ DB_ATTEMPTS = 4
 
 
 def retryable(e: BaseException) -> bool:
-    """A database error whose transaction was rolled back and may simply be run again."""
-    return isinstance(e, DBAPIError) and getattr(e.orig, "sqlstate", None) in RETRYABLE_SQLSTATES
+    """A database error whose transaction was rolled back and may simply be run again: wrapped
+    by SQLAlchemy (DBAPIError), or the driver's own (coordinator.db.rawsql runs hot statements
+    on the driver's cursor, whose errors SQLAlchemy never sees)."""
+    driver_error = e.orig if isinstance(e, DBAPIError) else e
+    return getattr(driver_error, "sqlstate", None) in RETRYABLE_SQLSTATES
 
 
 def with_retries(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -40,10 +43,10 @@ def with_retries(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     for attempt in range(1, DB_ATTEMPTS + 1):
         try:
             return fn(*args, **kwargs)
-        except DBAPIError as e:
+        except Exception as e:
             if attempt == DB_ATTEMPTS or not retryable(e):
                 raise
-            log.info("database transaction %s rolled back (%s); retrying", getattr(fn, "__name__", fn), e.orig)
+            log.info("database transaction %s rolled back (%s); retrying", getattr(fn, "__name__", fn), e)
             time.sleep(0.01 * attempt * (1 + random.random()))
     raise AssertionError("unreachable")
 

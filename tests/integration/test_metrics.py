@@ -84,6 +84,7 @@ def test_metrics_count_calls_bytes_tasks_and_nodes_and_name_no_one(
     assert sum(v for (name, _), v in m.items() if name == "tensorgrid_tasks") >= 2
     assert m[("tensorgrid_live_nodes", ())] == 1
     assert m[("tensorgrid_database_up", ())] == 1
+    assert m[("tensorgrid_database_commits_total", ())] >= 2  # at least the job and its result
     assert m[("tensorgrid_blob_bytes_total", (("direction", "in"), ("path", "grpc")))] == 4096
     assert m[("tensorgrid_blob_bytes_total", (("direction", "in"), ("path", "bulk")))] == 3 << 20
     assert m[("tensorgrid_rpcs_total", (("code", "OK"), ("method", "SubmitJob")))] == 1

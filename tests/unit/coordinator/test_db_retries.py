@@ -46,3 +46,17 @@ def test_other_database_errors_are_not_retried() -> None:
     with pytest.raises(OperationalError):
         with_retries(fn, 1)  # type: ignore[arg-type]
     assert calls == [1]
+
+
+def test_a_deadlock_raised_by_the_driver_itself_runs_again() -> None:
+    """coordinator.db.rawsql executes on the driver's cursor: its errors arrive unwrapped."""
+    calls: list[int] = []
+
+    def fn(x: int) -> int:
+        calls.append(x)
+        if len(calls) == 1:
+            raise _Orig("40P01")
+        return x * 2
+
+    assert with_retries(fn, 21) == 42
+    assert calls == [21, 21]

@@ -48,3 +48,38 @@ def test_work_that_appears_during_the_lease_query_ends_the_wait(db_url: str, tmp
 
     granted, waited = asyncio.run(scenario())
     assert granted == 1 and waited < 2.0, waited  # not the 5 s a lost wake-up costs
+
+
+def test_idle_long_polls_share_one_look_at_an_empty_queue(db_url: str, tmp_path: Path) -> None:
+    """Once a query found nothing and no task waits for anyone, lease queries skip the database
+    until work is announced; the announced work is then leased at once."""
+    app = Coordinator(CoordinatorConfig(data_dir=tmp_path / "coord", database_url=db_url))
+    node = Signer.generate()
+    app.store.nodes.register_node(node.address, CPU, "0" * 64, app.runtime.now_ms(), 10**9, "n")
+    real = app.store.tasks.lease_many
+    queries = 0
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal queries
+        queries += len(args[0])
+        return real(*args, **kwargs)
+
+    app.store.tasks.lease_many = counted  # type: ignore[method-assign]
+
+    async def scenario() -> tuple[int, int, int]:
+        assert await app.scheduler.lease(node.address, 1, 0) == ([], 500)
+        await asyncio.sleep(0.05)  # the shared check runs
+        for _ in range(20):
+            assert await app.scheduler.lease(node.address, 1, 0) == ([], 500)
+        skipped_to = queries
+        raw = canonical_json(NoopSpec(tasks=1))
+        job, tasks = app.intake.plan(raw, SUBMITTER, spec_hash(raw), job_id_for(SUBMITTER, spec_hash(raw)))
+        app.store.jobs.create_job(job, tasks, app.runtime.now_ms())
+        app.runtime.hub.work_available()
+        leases, _ = await app.scheduler.lease(node.address, 1, 0)
+        await app.stop()
+        return skipped_to, queries, len(leases)
+
+    skipped_to, total, granted = asyncio.run(scenario())
+    assert skipped_to == 1  # twenty lease calls, one query
+    assert total == 2 and granted == 1

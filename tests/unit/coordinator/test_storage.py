@@ -125,6 +125,19 @@ def test_heartbeat_extends_but_caps_and_revokes(state: Store) -> None:
     assert state.tasks.reap_expired(5501) == 1
 
 
+def test_heartbeats_of_many_nodes_in_one_transaction(state: Store) -> None:
+    add_nodes(state, (A, CPU), (B, CPU))
+    make_job(state, n=1)
+    (lease,), _ = state.tasks.lease_tasks(A, 1, 0, TIMING)
+    held, stolen = (lease.task_id, 1), (lease.task_id, 1)
+    revoked = state.tasks.heartbeat_many([(A, [held], False), (B, [stolen], True), (A, [], False)], 900, TIMING)
+    assert revoked == [[], [stolen], []]  # B never held A's lease
+    a, b = state.nodes.get_node(A), state.nodes.get_node(B)
+    assert a is not None and b is not None
+    assert (a.last_seen_ms, a.draining, b.last_seen_ms, b.draining) == (900, False, 900, True)
+    assert state.tasks.reap_expired(1500) == 0  # A's beat extended its lease to 1900
+
+
 def test_failure_backoff_and_max_attempts_fail_the_job(state: Store) -> None:
     add_nodes(state, (A, CPU))
     make_job(state, n=2, max_attempts=2)

@@ -1,0 +1,75 @@
+"""Database load for benchmarks: a fresh PostgreSQL database per run, the coordinator's own
+count of its commits (pg_stat_database hears of them seconds late), the backends' CPU."""
+
+from __future__ import annotations
+
+import socket
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psutil
+import psycopg
+
+DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"  # the tests' server (TENSORGRID_TEST_PG)
+
+
+@contextmanager
+def fresh_database(admin_url: str, name: str) -> Iterator[str]:
+    """CREATE DATABASE name on admin_url's server; yields its URL; drops it afterwards."""
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{admin_url.rsplit('/', 1)[0]}/{name}"
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def scrape(port: int) -> dict[str, float]:
+    """The coordinator's metrics at 127.0.0.1:port: database commits, and Heartbeat and LeaseTasks calls."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
+    out = {"commits": 0.0, "heartbeats": 0.0, "leases": 0.0}
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name == "tensorgrid_database_commits_total":
+            out["commits"] += float(value)
+        elif name.startswith("tensorgrid_rpcs_total{") and 'method="Heartbeat"' in name:
+            out["heartbeats"] += float(value)
+        elif name.startswith("tensorgrid_rpcs_total{") and 'method="LeaseTasks"' in name:
+            out["leases"] += float(value)
+    return out
+
+
+def rates(before: list[dict[str, float]], after: list[dict[str, float]], seconds: float) -> dict[str, float]:
+    """Per second over all replicas: commits, heartbeats, LeaseTasks calls; and commits per heartbeat."""
+    d = {k: sum(a[k] - b[k] for a, b in zip(after, before, strict=True)) / seconds for k in before[0]}
+    return {
+        "commits_per_s": round(d["commits"], 1),
+        "heartbeats_per_s": round(d["heartbeats"], 1),
+        "lease_calls_per_s": round(d["leases"], 1),
+        "commits_per_heartbeat": round(d["commits"] / d["heartbeats"], 3) if d["heartbeats"] else 0.0,
+    }
+
+
+def backend_cpu_s(name: str) -> float:
+    """CPU seconds so far of the PostgreSQL backends serving database `name` (their process title
+    names it: "postgres: USER DBNAME HOST(PORT) STATE"). Backends that ended are not counted."""
+    total = 0.0
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info.get("cmdline") or []
+        title = cmd[0] if cmd else ""
+        if title.startswith("postgres:") and f" {name} " in title:
+            try:
+                t = proc.cpu_times()
+            except psutil.Error:
+                continue
+            total += t.user + t.system
+    return total

@@ -1,0 +1,296 @@
+"""Fleet: many simulated nodes against one coordinator, then against two replicas sharing PostgreSQL.
+
+The nodes (benchmarks._fleet) are lightweight clients of the real node API, one gRPC channel
+and TCP connection each, doing the daemon's calls with their own keys: register with a
+signed challenge, heartbeat, long-poll LeaseTasks, hand in signed results. They live in one
+client process per coordinator. At each size (--sizes: 100 and 1,000 by default, which fit the
+five minutes on two cores; 5,000 takes about four minutes alone), on a fresh PostgreSQL database:
+
+- memory: the coordinator's RSS before and after the nodes connect, per node;
+- heartbeat load: the database's commits and rows updated per second while every node is
+  connected and idle (heartbeating and long-polling an empty queue), per node;
+- lease latency: p50/p99 of LeaseTasks calls that find queued no-op tasks, while the nodes
+  hold each task a random time so that the fleet leases --lease-rate tasks/s;
+- throughput: no-op tasks/s with every node taking tasks back to back (piggybacked leasing).
+
+Baseline, in the same run: the same number of channels to a raw grpc.aio echo server
+(benchmarks._raw): its RSS per connection, and its latency at the same call rate.
+Then --replica-nodes nodes split over two coordinator replicas on one database: the
+throughput ratio two replicas / one replica (the one-replica figure is the same size's).
+
+Goals: 5,000 nodes on one coordinator with lease p99 ≤ 50 ms, two replicas ≥ 1.3× one.
+
+    python -m benchmarks.fleet [--sizes 100,1000] [--replica-nodes 1000] [--database-url URL]
+    python -m benchmarks.fleet --sizes 5000 --replica-nodes 5000 --no-baseline   # the goal's size
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from benchmarks._common import baseline_server, cpu_seconds, emit
+from benchmarks._pg import DEFAULT_ADMIN_URL, backend_cpu_s, free_port, fresh_database, rates, scrape
+from tensorgrid.client import Client
+from tensorgrid.crypto import Signer
+from tensorgrid.localgrid import LocalGrid
+
+LEASE_WAIT_S = 5.0  # benchmarks._fleet.LEASE_WAIT_MS
+
+
+class FleetProcess:
+    """A `python -m benchmarks._fleet` child: commands on its stdin, JSON answers on its stdout."""
+
+    def __init__(self, *args: str) -> None:
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks._fleet", *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+
+    def send(self, command: str) -> None:
+        assert self.popen.stdin is not None
+        self.popen.stdin.write(command + "\n")
+        self.popen.stdin.flush()
+
+    def answer(self) -> dict[str, Any]:
+        assert self.popen.stdout is not None
+        line = self.popen.stdout.readline()
+        if not line:
+            raise RuntimeError(f"simulated fleet exited with {self.popen.wait()}")
+        return dict(json.loads(line))
+
+    def close(self) -> None:
+        if self.popen.poll() is None:
+            self.send("stop")
+            try:
+                self.popen.wait(60)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+
+@contextmanager
+def fleet_process(*args: str) -> Iterator[FleetProcess]:
+    proc = FleetProcess(*args)
+    try:
+        yield proc
+    finally:
+        proc.close()
+
+
+def rss(pids: list[int]) -> int:
+    return sum(psutil.Process(p).memory_info().rss for p in pids)
+
+
+def percentiles(samples: list[float]) -> dict[str, float | int | None]:
+    if len(samples) < 2:
+        return {"p50_ms": None, "p99_ms": None, "samples": len(samples)}
+    cuts = statistics.quantiles(samples, n=100, method="inclusive")
+    return {"p50_ms": round(cuts[49], 2), "p99_ms": round(cuts[98], 2), "samples": len(samples)}
+
+
+def start_replicas(
+    stack: ExitStack, root: Path, url: str, replicas: int, extra: list[str]
+) -> tuple[list[LocalGrid], list[int]]:
+    """Coordinators on one database, and their metrics ports; replicas share the first one's key
+    (one EIP-712 domain)."""
+    grids: list[LocalGrid] = []
+    ports = [free_port() for _ in range(replicas)]
+    for r in range(replicas):
+        grid = stack.enter_context(LocalGrid(root / f"replica{r}"))
+        if grids:
+            (grid.root / "coordinator").mkdir(parents=True, exist_ok=True)
+            shutil.copy(grids[0].root / "coordinator" / "coordinator.key", grid.root / "coordinator")
+        grid.start_coordinator("--metrics-listen", f"127.0.0.1:{ports[r]}", *extra, database_url=url)
+        grids.append(grid)
+    return grids, ports
+
+
+def connect(stack: ExitStack, grids: list[LocalGrid], nodes: int, lease_rate: float) -> list[FleetProcess]:
+    """One fleet process per replica, the nodes split evenly; returns once every node registered."""
+    share, task_s = -(-nodes // len(grids)), max(0.05, nodes / lease_rate)
+    fleets = []
+    for r, grid in enumerate(grids):
+        count = min(share, nodes - r * share)
+        args = ("--target", grid.target, "--first", str(r * share), "--count", str(count), "--task-s", str(task_s))
+        fleets.append(stack.enter_context(fleet_process(*args)))
+    registered = 0
+    for f in fleets:
+        ready = f.answer()
+        registered += ready["ready"]
+        print(f"  {ready['ready']} nodes registered in {ready['register_s']} s", flush=True)
+    assert registered == nodes, f"{registered} of {nodes} nodes registered"
+    return fleets
+
+
+def ask_all(fleets: list[FleetProcess], command: str) -> list[dict[str, Any]]:
+    for f in fleets:
+        f.send(command)
+    return [f.answer() for f in fleets] if command == "report" else []
+
+
+def latency_phase(grids: list[LocalGrid], fleets: list[FleetProcess], ns: argparse.Namespace, sdk: Client) -> Any:
+    """Nodes in hold mode lease one task at a time with LeaseTasks, at --lease-rate over the fleet,
+    from a queue that never runs dry during the phase; returns the job and the latencies."""
+    ask_all(fleets, "mode hold")
+    time.sleep(LEASE_WAIT_S + 1)  # the long polls under way end; each node now waits, then asks
+    job = sdk.submit_noop(int(ns.lease_rate * ns.latency_s * 1.5) + 10)
+    ask_all(fleets, f"mark {job.job_id} {time.time()}")
+    time.sleep(ns.latency_s)
+    reports = ask_all(fleets, "report")
+    return job.job_id, [x for r in reports for x in r["lease_ms"]], reports
+
+
+def throughput_phase(
+    grids: list[LocalGrid], fleets: list[FleetProcess], ns: argparse.Namespace, db: str, sdk: Client, left: str
+) -> Any:
+    """Nodes take no-op tasks back to back (the latency phase's leftovers, then --tasks more):
+    accepted results per second, and who spent the CPU."""
+    pids = [g.procs[0].popen.pid for g in grids]
+    cpu0 = [cpu_seconds(p) or 0.0 for p in pids], [cpu_seconds(f.popen.pid) or 0.0 for f in fleets], backend_cpu_s(db)
+    psutil.cpu_percent()
+    start = time.time()
+    ask_all(fleets, f"mark * {start}")
+    ask_all(fleets, "mode noop")
+    job = sdk.submit_noop(ns.tasks)
+    sdk.wait(left)
+    sdk.wait(job.job_id)
+    busy = psutil.cpu_percent()
+    reports = ask_all(fleets, "report")
+    ask_all(fleets, "mode idle")
+    done = sum(r["done"] for r in reports)
+    elapsed = max(r["last_done"] for r in reports) - start
+    coord = sum(cpu_seconds(p) or 0.0 for p in pids) - sum(cpu0[0])
+    clients = sum(cpu_seconds(f.popen.pid) or 0.0 for f in fleets) - sum(cpu0[1])
+    pg = backend_cpu_s(db) - cpu0[2]
+    return {
+        "tasks_per_s": round(done / elapsed, 1),
+        "tasks_done": done,
+        "cpu_ms_per_task": {
+            "coordinator": round(1000 * coord / done, 3),
+            "nodes": round(1000 * clients / done, 3),
+            "postgres": round(1000 * pg / done, 3),
+        },
+        "machine_busy_pct": busy,
+        "errors": merge_errors(reports),
+    }
+
+
+def merge_errors(reports: list[dict[str, Any]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in reports:
+        for k, v in r["errors"].items():
+            out[k] = out.get(k, 0) + v
+    return out
+
+
+def measure_grid(root: Path, ns: argparse.Namespace, nodes: int, replicas: int) -> dict[str, Any]:
+    name = f"fleet_{os.getpid()}_{nodes}_{replicas}"
+    print(f"{nodes} nodes, {replicas} coordinator(s):", flush=True)
+    with fresh_database(ns.database_url, name) as url, ExitStack() as stack:
+        grids, metrics = start_replicas(stack, root / name, url, replicas, ns.coordinator_arg)
+        pids = [g.procs[0].popen.pid for g in grids]
+        time.sleep(1.0)
+        before = rss(pids)
+        fleets = connect(stack, grids, nodes, ns.lease_rate)
+        time.sleep(2.0)
+        per_node = (rss(pids) - before) / nodes
+        c0 = [scrape(port) for port in metrics]
+        time.sleep(ns.idle_s)
+        idle = rates(c0, [scrape(port) for port in metrics], ns.idle_s)
+        print(f"  {per_node:,.0f} bytes per node; idle database: {json.dumps(idle)}", flush=True)
+        with grids[0].client(Signer.generate()) as sdk:
+            left, lease_ms, reports = latency_phase(grids, fleets, ns, sdk)
+            out: dict[str, Any] = {
+                "nodes_registered": nodes,
+                "rss_bytes_per_node": round(per_node),
+                "idle_db": {**idle, "commits_per_node_s": round(idle["commits_per_s"] / nodes, 4)},
+                "lease": percentiles(lease_ms),
+                "lease_errors": merge_errors(reports),
+                **throughput_phase(grids, fleets, ns, name, sdk, left),
+            }
+    print(f"  {json.dumps(out)}", flush=True)
+    return out
+
+
+def measure_echo(root: Path, ns: argparse.Namespace, nodes: int) -> dict[str, Any]:
+    """The baseline: `nodes` connections to a raw grpc.aio echo server, called at the lease rate."""
+    with baseline_server(root, "echo") as (port, pid):
+        time.sleep(0.5)
+        before = rss([pid])
+        task_s = max(0.05, nodes / ns.lease_rate)
+        args = ("--target", f"127.0.0.1:{port}", "--count", str(nodes), "--task-s", str(task_s))
+        with fleet_process(*args, "--echo", str(ns.latency_s)) as f:
+            f.answer()
+            time.sleep(1.0)
+            per_conn = (rss([pid]) - before) / nodes
+            f.send("go")
+            lat = f.answer()["lease_ms"]
+    return {"rss_bytes_per_connection": round(per_conn), "echo": percentiles(lat)}
+
+
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default="100,1000", help="simulated nodes against one coordinator, comma-separated")
+    p.add_argument("--replica-nodes", type=int, default=1000, help="nodes split over two replicas (0: skip)")
+    p.add_argument("--tasks", type=int, default=1500, help="no-op tasks of each throughput measurement")
+    p.add_argument("--lease-rate", type=float, default=100.0, help="leases/s the fleet asks for in the latency phase")
+    p.add_argument("--latency-s", type=float, default=8.0, help="length of the latency phase")
+    p.add_argument("--idle-s", type=float, default=5.0, help="length of the idle (heartbeat load) phase")
+    p.add_argument(
+        "--database-url",
+        default=os.environ.get("TENSORGRID_TEST_PG", DEFAULT_ADMIN_URL),
+        help="a PostgreSQL server where this may create and drop databases (fleet_<pid>_…)",
+    )
+    p.add_argument("--coordinator-arg", action="append", default=[], help="an extra coordinator flag (repeatable)")
+    p.add_argument("--no-baseline", action="store_true", help="skip the raw echo baseline")
+    return p.parse_args()
+
+
+def main() -> None:
+    ns = parse()
+    sizes = [int(x) for x in ns.sizes.split(",") if x]
+    started = time.monotonic()
+    sized: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="tg-fleet-") as tmp:
+        root = Path(tmp)
+        for n in sizes:
+            sized[str(n)] = measure_grid(root, ns, n, 1)
+            if not ns.no_baseline:
+                base = measure_echo(root, ns, n)
+                sized[str(n)]["baseline"] = base
+                grid_p99, echo_p99 = sized[str(n)]["lease"]["p99_ms"], base["echo"]["p99_ms"]
+                sized[str(n)]["memory_ratio"] = round(
+                    sized[str(n)]["rss_bytes_per_node"] / max(1, base["rss_bytes_per_connection"]), 2
+                )
+                if grid_p99 and echo_p99:
+                    sized[str(n)]["lease_p99_vs_echo"] = round(grid_p99 / echo_p99, 2)
+        result: dict[str, Any] = {
+            "benchmark": "fleet",
+            "sizes": sized,
+            "goal_lease_p99_ms": 50,
+            "goal_replica_ratio": 1.3,
+        }
+        if ns.replica_nodes:
+            one = sized.get(str(ns.replica_nodes)) or measure_grid(root, ns, ns.replica_nodes, 1)
+            two = measure_grid(root, ns, ns.replica_nodes, 2)
+            result["two_replicas"] = two
+            result["replica_ratio"] = round(two["tasks_per_s"] / one["tasks_per_s"], 3)
+    result["wall_s"] = round(time.monotonic() - started, 1)
+    emit(result)
+
+
+if __name__ == "__main__":
+    main()
