@@ -1,0 +1,60 @@
+"""Two coordinator replicas on one PostgreSQL database: what each may not do twice, or alone."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from coordinator.app import Coordinator
+from coordinator.config import CoordinatorConfig
+from coordinator.db import schema as s
+from coordinator.db.engine import make_engine
+from coordinator.repositories.ledger import outbox
+from tensorgrid.crypto import Signer, write_key_file
+from tensorgrid.errors import TensorGridError
+
+pytestmark = pytest.mark.postgres
+
+
+def _close(app: Coordinator) -> None:
+    app.runtime.shutdown()
+    app.store.close()
+
+
+def test_a_replica_with_another_key_is_refused(tmp_path: Path, pg_url: str) -> None:
+    first = Coordinator(CoordinatorConfig(data_dir=tmp_path / "a", database_url=pg_url))
+    _close(first)
+    same = tmp_path / "b"
+    write_key_file(same / "coordinator.key", first.identity)  # the same key, another data dir: fine
+    _close(Coordinator(CoordinatorConfig(data_dir=same, database_url=pg_url)))
+    write_key_file(tmp_path / "c" / "coordinator.key", Signer.generate())
+    with pytest.raises(TensorGridError, match="must share coordinator.key"):
+        Coordinator(CoordinatorConfig(data_dir=tmp_path / "c", database_url=pg_url))
+
+
+def test_two_replicas_queueing_one_chain_write_at_once_queue_it_once(tmp_path: Path, pg_url: str) -> None:
+    _close(Coordinator(CoordinatorConfig(data_dir=tmp_path / "a", database_url=pg_url)))  # the schema
+    engine = make_engine(pg_url)
+    payload = {"job_id": "0x" + "ab" * 32, "result_hash": "cd" * 32}
+    answers: list[bool] = []
+    try:
+        with engine.begin() as first:  # both saw the key missing; the first has not committed yet
+            assert outbox.enqueue(first, "record_result:x", "record_result", payload, 1)
+
+            def second() -> None:
+                with engine.begin() as conn:
+                    answers.append(outbox.enqueue(conn, "record_result:x", "record_result", payload, 2))
+
+            racing = threading.Thread(target=second)
+            racing.start()
+            racing.join(0.5)
+            assert racing.is_alive()  # waiting for the first transaction, not failing
+        racing.join(10)
+        assert answers == [False]
+        with engine.connect() as conn:
+            assert conn.execute(select(func.count()).select_from(s.outbox)).scalar_one() == 1
+    finally:
+        engine.dispose()
