@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
+from coordinator.api.sessions import SessionCache, token_hash
 from coordinator.app import Coordinator
 from coordinator.config import CoordinatorConfig
 from coordinator.db import schema as s
@@ -58,3 +60,20 @@ def test_two_replicas_queueing_one_chain_write_at_once_queue_it_once(tmp_path: P
             assert conn.execute(select(func.count()).select_from(s.outbox)).scalar_one() == 1
     finally:
         engine.dispose()
+
+
+def test_a_session_another_replica_pushed_out_leaves_this_ones_cache(tmp_path: Path, pg_url: str) -> None:
+    app = Coordinator(CoordinatorConfig(data_dir=tmp_path / "a", database_url=pg_url))
+    try:
+        address, now = Signer.generate().address, app.runtime.now_ms()
+        old, new = "old-token", "new-token"
+        cache = SessionCache(lambda h: asyncio.sleep(0, app.store.sessions.submitter(h)))
+        app.store.sessions.open_session(address, token_hash(old), "n1", now, 60_000, 1)
+        cache.add(old, address, now + 60_000)  # this replica opened it and caches it
+        assert app.store.sessions.open_session(address, token_hash(new), "n2", now, 60_000, 1) == [token_hash(old)]
+        asked = cache.cached()  # the other replica's session pushed it out of the database
+        assert cache.keep_held(asked, app.store.sessions.held("submitter", asked)) == 1
+        assert asyncio.run(cache.resolve(old)) is None
+        assert asyncio.run(cache.resolve(new)) == address
+    finally:
+        _close(app)
