@@ -64,7 +64,7 @@ class NodeClient:
         self.targets = Targets(target)  # one address, or several replicas of one coordinator
         self.channel = open_channel(self.targets.current, tls, aio=True)
         self.stub = node_pb2_grpc.NodeServiceStub(self.channel)
-        self._retired: list[Any] = []  # channels of replicas moved away from, closed with the client
+        self._channels: dict[str, Any] = {self.targets.current: self.channel}  # one per replica dialled
         self.token = ""
         self.domain: Domain | None = None
         self.heartbeat_s = 5.0
@@ -79,17 +79,18 @@ class NodeClient:
         return self.targets.current
 
     async def close(self) -> None:
-        for old in self._retired:
-            await old.close()
-        await self.channel.close()
+        for channel in self._channels.values():
+            await channel.close()
 
     def failed(self, e: BaseException, generation: int) -> bool:
         """A call made under `generation` failed with `e`: on UNAVAILABLE move to the next replica
         (once per failure of the current one); True when it moved."""
         if not (unavailable(e) and self.targets.move_on(generation)):
             return False
-        self._retired.append(self.channel)  # calls still running on it finish or fail there
-        self.channel = open_channel(self.targets.current, self.tls, aio=True)
+        target = self.targets.current  # calls still running on the old channel finish or fail there
+        if target not in self._channels:
+            self._channels[target] = open_channel(target, self.tls, aio=True)
+        self.channel = self._channels[target]
         self.stub = node_pb2_grpc.NodeServiceStub(self.channel)
         return True
 
