@@ -7,7 +7,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from coordinator.api.sessions import SessionCache, token_hash
 from coordinator.app import Coordinator
@@ -15,8 +15,11 @@ from coordinator.config import CoordinatorConfig
 from coordinator.db import schema as s
 from coordinator.db.engine import make_engine
 from coordinator.repositories.ledger import outbox
+from tensorgrid.blobs import EMPTY_SHA256
 from tensorgrid.crypto import Signer, write_key_file
 from tensorgrid.errors import TensorGridError
+from tensorgrid.spec import NoopSpec, canonical_json, job_id_for, spec_hash
+from tensorgrid.types import JobState
 
 pytestmark = pytest.mark.postgres
 
@@ -75,5 +78,36 @@ def test_a_session_another_replica_pushed_out_leaves_this_ones_cache(tmp_path: P
         assert cache.keep_held(asked, app.store.sessions.held("submitter", asked)) == 1
         assert asyncio.run(cache.resolve(old)) is None
         assert asyncio.run(cache.resolve(new)) == address
+    finally:
+        _close(app)
+
+
+def test_a_job_a_dead_replica_left_unassembled_is_assembled_by_another(tmp_path: Path, pg_url: str) -> None:
+    app = Coordinator(CoordinatorConfig(data_dir=tmp_path / "a", database_url=pg_url))
+    try:
+        submitter = Signer.generate().address
+        raw = canonical_json(NoopSpec(tasks=2))
+        job, tasks = app.intake.plan(raw, submitter, spec_hash(raw), job_id_for(submitter, spec_hash(raw)))
+        app.store.jobs.create_job(job, tasks, app.runtime.now_ms())
+        with app.store.engine.begin() as conn:  # every result accepted, then the replica died
+            conn.execute(
+                update(s.tasks)
+                .where(s.tasks.c.job_id == job.job_id)
+                .values(state="done", output_sha=EMPTY_SHA256, output_size=0)
+            )
+            conn.execute(update(s.jobs).where(s.jobs.c.job_id == job.job_id).values(tasks_done=2, state="running"))
+
+        async def sweep() -> JobState:
+            looking = asyncio.ensure_future(app.aggregation.sweep_loop(0.2))
+            try:
+                for _ in range(50):
+                    await asyncio.sleep(0.1)
+                    if (state := (await app.runtime.db(app.store.jobs.get_job, job.job_id)).state).finished:
+                        return state
+                return state
+            finally:
+                looking.cancel()
+
+        assert asyncio.run(sweep()) == JobState.SUCCEEDED
     finally:
         _close(app)
