@@ -11,7 +11,7 @@ from sqlalchemy import func, select, update
 
 from coordinator.api.sessions import SessionCache, token_hash
 from coordinator.app import Coordinator
-from coordinator.config import CoordinatorConfig
+from coordinator.config import CoordinatorConfig, LeaseTiming
 from coordinator.db import schema as s
 from coordinator.db.engine import make_engine
 from coordinator.repositories.ledger import outbox
@@ -20,6 +20,7 @@ from tensorgrid.crypto import Signer, write_key_file
 from tensorgrid.errors import TensorGridError
 from tensorgrid.spec import NoopSpec, canonical_json, job_id_for, spec_hash
 from tensorgrid.types import JobState
+from tests.unit.coordinator.test_storage import CPU
 
 pytestmark = pytest.mark.postgres
 
@@ -109,5 +110,26 @@ def test_a_job_a_dead_replica_left_unassembled_is_assembled_by_another(tmp_path:
                 looking.cancel()
 
         assert asyncio.run(sweep()) == JobState.SUCCEEDED
+    finally:
+        _close(app)
+
+
+def test_a_node_handing_in_its_own_accepted_result_again_is_not_held_against(tmp_path: Path, pg_url: str) -> None:
+    """The replica that accepted the result died before answering; the node hands its kept copy
+    to the other replica, which refuses it (the task is done) without counting it against the node."""
+    app = Coordinator(CoordinatorConfig(data_dir=tmp_path / "a", database_url=pg_url))
+    try:
+        node, submitter, now = Signer.generate().address, Signer.generate().address, app.runtime.now_ms()
+        app.store.nodes.register_node(node, CPU, "0" * 64, now, 10**9, "n")
+        raw = canonical_json(NoopSpec(tasks=1))
+        job, tasks = app.intake.plan(raw, submitter, spec_hash(raw), job_id_for(submitter, spec_hash(raw)))
+        app.store.jobs.create_job(job, tasks, now)
+        (lease,), _ = app.store.tasks.lease_tasks(node, 1, now, LeaseTiming())
+        with app.store.engine.begin() as conn:  # accepted and committed by the replica that died
+            conn.execute(update(s.tasks).where(s.tasks.c.task_id == lease.task_id).values(state="done"))
+        app.store.tasks.reject_task_result(node, lease.task_id, lease.attempt, "the lease is over", now, forged=True)
+        with app.store.engine.connect() as conn:
+            row = conn.execute(select(s.nodes).where(s.nodes.c.address == node)).one()
+        assert (row.rejections, row.consecutive_failures, row.backoff_until_ms) == (0, 0, 0)
     finally:
         _close(app)
