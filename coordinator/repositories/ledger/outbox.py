@@ -73,7 +73,8 @@ def enqueue(conn: Connection, key: str, action: str, payload: dict[str, Any], no
     # for the first's transaction and then does nothing, instead of failing the caller's.
     ins = postgresql.insert(_ob) if conn.dialect.name == "postgresql" else sqlite.insert(_ob)
     done = conn.execute(
-        ins.on_conflict_do_nothing(index_elements=[_ob.c.key]).values(
+        ins.on_conflict_do_nothing(index_elements=[_ob.c.key])
+        .values(
             key=key,
             action=action,
             payload=json.dumps(payload, sort_keys=True),
