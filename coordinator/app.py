@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import secrets
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from coordinator.config import CoordinatorConfig, key_file
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from coordinator.services.chain import ChainGate
 
 log = logging.getLogger("tensorgrid.coordinator")
+AGGREGATION_SWEEP_S = 5.0
 
 
 class Coordinator:
@@ -51,6 +53,7 @@ class Coordinator:
         key_path = key_file(config.data_dir, os.environ)
         self.identity, _ = load_or_create_key_file(key_path)
         log.info("coordinator key %s (address %s)", key_path, self.identity.address)
+        self._check_replica_key(key_path)
         self.chain = self._chain_gate()
         self.domain = self.chain.deployment.domain if self.chain is not None else self._own_domain()
         self.runtime = rt = Runtime(
@@ -103,6 +106,19 @@ class Coordinator:
         self.metrics.watch_serving(self.router)
         self.serving = Serving(rt, store, self.router, self.ledger.result_withheld if self.chain is not None else None)
 
+    def _check_replica_key(self, key_path: Path) -> None:
+        """Replicas behind one database are one coordinator: the same key signs its chain writes
+        (the outbox's nonces are that account's) and, off chain, names the EIP-712 domain nodes sign
+        under. A replica started with another key would burn nonces of the wrong account and refuse
+        every receipt signed for its peer, so it stops here instead."""
+        first = self.store.meta_value("coordinator_address", self.identity.address)
+        if first.lower() != self.identity.address.lower():
+            raise TensorGridError(
+                f"this database belongs to coordinator {first}, but this replica's key ({key_path}) is "
+                f"{self.identity.address}: replicas behind one database must share coordinator.key "
+                "(a shared --data-dir, or the same credential)"
+            )
+
     def _chain_gate(self) -> ChainGate | None:
         if not self.config.chain_rpc:
             return None
@@ -129,6 +145,7 @@ class Coordinator:
             rt.spawn(self.outbox.run(self._stopping))
             rt.spawn(self.ledger.settle_loop(rt, self.config.epoch_interval_ms / 1000))
         await self.aggregation.resume()
+        rt.spawn(self.aggregation.sweep_loop(AGGREGATION_SWEEP_S))  # what a dead replica left unassembled
         served = await self.serving.load()
         if served:
             log.info("serving %d endpoints", served)

@@ -1,8 +1,9 @@
 """The node agent: register, heartbeat, lease, execute, sign and submit — one asyncio loop.
 
 The agent only dials out, so a node behind NAT works. It survives a coordinator restart
-(it retries with backoff and registers again when its session is unknown), never runs a
-workload in its own process, and drains on the first SIGTERM.
+(it retries with backoff and registers again when its session is unknown) and, given several
+replicas of one coordinator, the death of one (its calls move to the next, tensorgrid.failover).
+It never runs a workload in its own process, and drains on the first SIGTERM.
 
 A training task's checkpoints stay in work_dir/checkpoints/<task>-<attempt> until the
 coordinator's answer to the result arrives; the ones it asks for are revealed
@@ -169,7 +170,7 @@ class Agent:
                 self._registered.set()
                 log.info(
                     "registered with %s as %s (%s)",
-                    self.config.coordinator,
+                    self.client.target,
                     self.client.signer.address,
                     self.caps.device_kind,
                 )
@@ -179,7 +180,7 @@ class Agent:
                     raise TensorGridError(f"the coordinator refused registration: {e.details()}") from None
                 failures += 1
                 delay = backoff(failures, 0.2, cap=5.0)
-                why = explain_unavailable(e.details() or e.code().name, self.config.coordinator, self.config.tls)
+                why = explain_unavailable(e.details() or e.code().name, self.client.target, self.config.tls)
                 log.warning("%s; retrying in %.1fs", why, delay)
             await self._sleep_or_drain(delay)
 
@@ -214,7 +215,8 @@ class Agent:
             self._registered.clear()
             await self._register_with_retry()
         elif e.code() in RETRYABLE:
-            log.warning("%s failed: coordinator unavailable (%s)", what, e.code().name)
+            where = self.client.target
+            log.warning("%s failed: coordinator unavailable (%s); next try: %s", what, e.code().name, where)
         else:
             log.warning("%s failed: %s: %s", what, e.code().name, e.details())
 

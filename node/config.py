@@ -33,7 +33,10 @@ KEYSTORE = Setting(
     metavar="FILE",
 )
 COORDINATOR = replace(
-    config.COORDINATOR, default=None, required=True, help="HOST:PORT of the coordinator's gRPC endpoint"
+    config.COORDINATOR,
+    default=None,
+    required=True,
+    help="HOST:PORT of the coordinator's gRPC endpoint, or of its replicas in order (a:7070,b:7070)",
 )
 DATA_DIR = Setting(
     "--data-dir",

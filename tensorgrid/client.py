@@ -23,6 +23,7 @@ from tensorgrid import serde
 from tensorgrid.crypto import Signer, cancel_message, sign_message, submit_message
 from tensorgrid.endpoints import Endpoints
 from tensorgrid.errors import TensorGridError
+from tensorgrid.failover import FailoverChannel
 from tensorgrid.retry import backoff
 from tensorgrid.session import (  # noqa: F401 -- the SDK's errors, importable from here
     CoordinatorError,
@@ -47,7 +48,7 @@ from tensorgrid.spec import (
     validate_training,
 )
 from tensorgrid.spec.verification import fee_tasks
-from tensorgrid.tls import ClientTls, open_channel
+from tensorgrid.tls import ClientTls
 from tensorgrid.transfer import Progress, Transfer
 from tensorgrid.types import BlobRef, Earnings, JobEvent, JobInfo, JobState, NodeStatus
 from tensorgrid.v1 import submit_pb2, submit_pb2_grpc
@@ -62,7 +63,8 @@ SUBMIT_RETRY_S = 30.0
 
 
 class Client:
-    """A connection to one coordinator, acting for one submitter key."""
+    """A connection to one coordinator (or to several replicas of one: `a:7070,b:7070`), acting
+    for one submitter key."""
 
     def __init__(
         self,
@@ -82,7 +84,6 @@ class Client:
         bulk: how blobs of 1 MiB or more move (tensorgrid.blobs.bulk): "auto" over the
         coordinator's bulk port when it has one, else over gRPC; "off": always gRPC; "only":
         every blob over the bulk port, an error if there is none."""
-        self.target = target
         self.tls = ClientTls(Path(ca_cert) if ca_cert is not None else None, insecure)
         self.signer = signer or Signer.generate()
         self.chain = chain
@@ -92,10 +93,16 @@ class Client:
         # An escrow is funded, the coordinator unreachable: retry SubmitJob this long (it may be
         # restarting), then raise SubmitInterrupted.
         self.submit_retry_s = SUBMIT_RETRY_S
-        self._channel = open_channel(target, self.tls)
+        # One address or several replicas (`a:7070,b:7070`): calls follow the one that answers.
+        self._channel = FailoverChannel(target, self.tls)
         self._stub = self.stub = submit_pb2_grpc.SubmitterServiceStub(self._channel)
         self.session = Session(self._stub, self.signer, timeout)
-        self.transfer = Transfer(self._stub, self.session, target, self.tls, bulk, timeout)
+        self.transfer = Transfer(self._stub, self.session, lambda: self.target, self.tls, bulk, timeout)
+
+    @property
+    def target(self) -> str:
+        """The coordinator replica this client talks to now (the first of its list that answers)."""
+        return self._channel.targets.current
 
     def close(self) -> None:
         self._channel.close()

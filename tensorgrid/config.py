@@ -267,8 +267,8 @@ COORDINATOR = Setting(
     "--coordinator",
     "TENSORGRID_COORDINATOR",
     LOCAL_COORDINATOR,
-    help="HOST:PORT of the coordinator",
-    metavar="HOST:PORT",
+    help="HOST:PORT of the coordinator, or of its replicas in order (a:7070,b:7070: the first that answers)",
+    metavar="HOST:PORT[,…]",
 )
 CHAIN_RPC = Setting(
     "--chain-rpc",

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from tensorgrid.chain.deploy import Deployment, deploy
 from tensorgrid.crypto import Signer, load_or_create_key_file, write_key_file
 from tensorgrid.errors import TensorGridError
 from tensorgrid.localca import make_local_ca
-from tensorgrid.localgrid import LocalGrid
+from tensorgrid.localgrid import LocalGrid, free_port  # noqa: F401 -- free_port: also this module's
 
 ETH = 10**18
 STATE_FILE = "devnet.json"
@@ -205,10 +204,3 @@ def _state(root: Path) -> dict:  # type: ignore[type-arg]
     if not path.exists():
         raise TensorGridError(f"no devnet in {root}: `tensorgrid devnet up` first")
     return json.loads(path.read_text())  # type: ignore[no-any-return]
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 free right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

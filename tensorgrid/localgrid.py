@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -53,6 +54,13 @@ class Proc:
             return ""
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 free right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def _terminate(procs: list[Proc], timeout: float) -> None:
     """SIGTERM the running ones together, then wait for each; SIGKILL any still running at the deadline."""
     running = [p for p in procs if p.alive()]
@@ -80,9 +88,16 @@ class LocalGrid:
     # where the coordinator listens and clients dial (a multi-host test: its namespace's address)
     host: str = "127.0.0.1"
 
+    replica_ports: list[int] = field(default_factory=list)  # coordinators started by start_replica
+
     @property
     def target(self) -> str:
         return f"{self.host}:{self.port}"
+
+    @property
+    def targets(self) -> str:
+        """Every coordinator of this grid, first the one start_coordinator started (what nodes dial)."""
+        return ",".join([self.target, *(f"{self.host}:{p}" for p in self.replica_ports)])
 
     @property
     def ca_cert(self) -> Path | None:
@@ -91,7 +106,7 @@ class LocalGrid:
 
     def client(self, signer: Signer | None = None, **kwargs: Any) -> Client:
         """An SDK client of this grid, over TLS when the grid serves it."""
-        return Client(self.target, signer, ca_cert=self.ca_cert, **kwargs)
+        return Client(self.targets, signer, ca_cert=self.ca_cert, **kwargs)
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None, prefix: Sequence[str] = ()) -> Proc:
         """prefix: a command that runs the rest (`ip netns exec NAME` puts the process on another
@@ -133,6 +148,30 @@ class LocalGrid:
         if database_url:
             args += ["--database-url", database_url]
         return self._await_ready(self._spawn(COORDINATOR, args, prefix=prefix), ready, timeout)
+
+    def start_replica(self, database_url: str, *extra: str, timeout: float = 60) -> Proc:
+        """Another coordinator process on the same PostgreSQL database and the same data directory
+        (shared blob store and key), with the first's flags and a port of its own (kept across a
+        restart). Nodes started afterwards dial all of them (`targets`)."""
+        proc = next(p for p in self.procs if p.name == COORDINATOR)
+        number = len(self.replica_ports) + 2
+        ready = self.root / f"{COORDINATOR}-{number}.port"
+        ready.unlink(missing_ok=True)
+        args = [str(a) for a in proc.popen.args]  # type: ignore[union-attr]
+        args[args.index("--listen") + 1] = f"{self.host}:{free_port()}"
+        args[args.index("--ready-file") + 1] = str(ready)
+        if "--database-url" not in args:
+            args += ["--database-url", database_url]
+        replica = self._spawn(f"{COORDINATOR}-{number}", [*args, *extra], proc.env)
+        deadline = time.monotonic() + timeout
+        while not ready.exists():
+            if not replica.alive():
+                raise TensorGridError(f"replica exited at start:\n{replica.log_tail()}")
+            if time.monotonic() > deadline:
+                raise TensorGridError(f"replica not ready after {timeout}s:\n{replica.log_tail()}")
+            time.sleep(0.05)
+        self.replica_ports.append(int(ready.read_text()))
+        return replica
 
     def _await_ready(self, proc: Proc, ready: Path, timeout: float) -> Proc:
         deadline = time.monotonic() + timeout
@@ -190,7 +229,7 @@ class LocalGrid:
             str(keystore),
             "run",
             "--coordinator",
-            coordinator or self.target,
+            coordinator or self.targets,
             "--data-dir",
             str(self.root / name),
             *(self.tls.client_args if self.tls is not None else ()),
@@ -234,8 +273,8 @@ class LocalGrid:
     def stop(self, timeout: float = 15) -> None:
         """SIGTERM the nodes all at once and wait for them, then the coordinator (a draining
         node's last heartbeat goes to it); SIGKILL whatever still runs after `timeout` s."""
-        coordinators = [p for p in self.procs if p.name == COORDINATOR]
-        _terminate([p for p in self.procs if p.name != COORDINATOR], timeout)
+        coordinators = [p for p in self.procs if p.name.startswith(COORDINATOR)]
+        _terminate([p for p in self.procs if not p.name.startswith(COORDINATOR)], timeout)
         _terminate(coordinators, timeout)
         for proc in self.procs:
             try:  # reap a task worker left behind in the node's process group

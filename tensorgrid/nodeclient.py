@@ -13,9 +13,12 @@ from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import grpc
+
 from tensorgrid import serde
 from tensorgrid.blobs import CHUNK_BYTES, file_sha256
 from tensorgrid.crypto import Signer, registration_message, require_domain, sign_message, sign_receipt
+from tensorgrid.failover import Targets, unavailable
 from tensorgrid.rpc import SESSION_METADATA_KEY, SMALL_RESULT_BYTES
 from tensorgrid.tls import ClientTls, open_channel
 from tensorgrid.types import BlobRef, Capabilities, Domain, Lease, Receipt, TaskError
@@ -36,7 +39,12 @@ class Submitted:
 
 
 class NodeClient:
-    """One node's connection: register once, then lease, fetch, submit, report, heartbeat."""
+    """One node's connection: register once, then lease, fetch, submit, report, heartbeat.
+
+    `target` may name several replicas of one coordinator (`a:7070,b:7070`, tensorgrid.failover):
+    a call that fails with UNAVAILABLE moves the client to the next one, keeping its session
+    token (the replicas share the database that holds it); the caller retries as it would
+    against one coordinator."""
 
     def __init__(
         self,
@@ -54,8 +62,11 @@ class NodeClient:
         self.signer = signer
         self.timeout = timeout
         self.expected_domain = expected_domain
-        self.channel = open_channel(target, tls, aio=True, own_connection=own_connection)
+        self.tls, self.own_connection = tls, own_connection
+        self.targets = Targets(target)  # one address, or several replicas of one coordinator
+        self.channel = open_channel(self.targets.current, tls, aio=True, own_connection=own_connection)
         self.stub = node_pb2_grpc.NodeServiceStub(self.channel)
+        self._channels: dict[str, Any] = {self.targets.current: self.channel}  # one per replica dialled
         self.token = ""
         self.domain: Domain | None = None
         self.heartbeat_s = 5.0
@@ -64,16 +75,46 @@ class NodeClient:
     def metadata(self) -> tuple[tuple[str, str], ...]:
         return ((SESSION_METADATA_KEY, self.token),)
 
+    @property
+    def target(self) -> str:
+        """The replica calls go to now."""
+        return self.targets.current
+
     async def close(self) -> None:
-        await self.channel.close()
+        for channel in self._channels.values():
+            await channel.close()
+
+    def failed(self, e: BaseException, generation: int) -> bool:
+        """A call made under `generation` failed with `e`: on UNAVAILABLE move to the next replica
+        (once per failure of the current one); True when it moved."""
+        if not (unavailable(e) and self.targets.move_on(generation)):
+            return False
+        target = self.targets.current  # calls still running on the old channel finish or fail there
+        if target not in self._channels:
+            self._channels[target] = open_channel(target, self.tls, aio=True, own_connection=self.own_connection)
+        self.channel = self._channels[target]
+        self.stub = node_pb2_grpc.NodeServiceStub(self.channel)
+        return True
+
+    async def _call(self, name: str, request: Any, **kwargs: Any) -> Any:
+        """stub.<name>(request) on the current replica, moving on when it is unavailable."""
+        generation = self.targets.generation
+        try:
+            return await getattr(self.stub, name)(request, **kwargs)
+        except grpc.aio.AioRpcError as e:
+            self.failed(e, generation)
+            raise
 
     async def register(self, caps: Capabilities, version: str = "0.1.0") -> None:
-        ch = await self.stub.GetChallenge(node_pb2.ChallengeRequest(address=self.signer.address), timeout=self.timeout)
+        ch = await self._call(
+            "GetChallenge", node_pb2.ChallengeRequest(address=self.signer.address), timeout=self.timeout
+        )
         domain = serde.domain_from_pb(ch.domain)
         if self.expected_domain is not None:
             require_domain(self.expected_domain, domain)
         sig = sign_message(self.signer, registration_message(self.signer.address, ch.nonce, domain))
-        resp = await self.stub.Register(
+        resp = await self._call(
+            "Register",
             node_pb2.RegisterRequest(
                 address=self.signer.address,
                 nonce=ch.nonce,
@@ -92,7 +133,8 @@ class NodeClient:
 
     async def lease(self, max_tasks: int = 1, wait_ms: int = 0) -> tuple[list[Lease], int]:
         """Ask for up to max_tasks; with wait_ms the coordinator holds the call until work appears."""
-        resp = await self.stub.LeaseTasks(
+        resp = await self._call(
+            "LeaseTasks",
             node_pb2.LeaseRequest(max_tasks=max_tasks, wait_ms=wait_ms),
             metadata=self.metadata,
             timeout=self.timeout + wait_ms / 1000,
@@ -100,7 +142,8 @@ class NodeClient:
         return [serde.lease_from_pb(x) for x in resp.leases], resp.retry_after_ms
 
     async def heartbeat(self, active: Iterable[tuple[str, int]], draining: bool = False) -> list[tuple[str, int]]:
-        resp = await self.stub.Heartbeat(
+        resp = await self._call(
+            "Heartbeat",
             node_pb2.HeartbeatRequest(
                 active=[node_pb2.LeaseKey(task_id=t, attempt=a) for t, a in active], draining=draining
             ),
@@ -111,11 +154,16 @@ class NodeClient:
 
     def fetch(self, ref: BlobRef, offset: int = 0) -> AsyncIterator[bytes]:
         async def chunks() -> AsyncIterator[bytes]:
+            generation = self.targets.generation
             call = self.stub.FetchBlob(
                 common_pb2.FetchBlobRequest(sha256=ref.sha256, offset=offset), metadata=self.metadata
             )
-            async for chunk in call:
-                yield chunk.data
+            try:
+                async for chunk in call:
+                    yield chunk.data
+            except grpc.aio.AioRpcError as e:
+                self.failed(e, generation)
+                raise
 
         return chunks()
 
@@ -166,12 +214,15 @@ class NodeClient:
         )
         if output_size <= SMALL_RESULT_BYTES:  # one message, no stream
             body = data if isinstance(data, bytes) else await asyncio.to_thread(Path(data).read_bytes)
-            resp = await self.stub.SubmitSmallResult(
-                node_pb2.SmallResult(header=header, output=body), metadata=self.metadata, timeout=self.timeout
+            resp = await self._call(
+                "SubmitSmallResult",
+                node_pb2.SmallResult(header=header, output=body),
+                metadata=self.metadata,
+                timeout=self.timeout,
             )
         else:
             chunks = _stream(node_pb2.ResultChunk, node_pb2.ResultChunk(header=header), data)
-            resp = await self.stub.SubmitResult(chunks, metadata=self.metadata, timeout=max(self.timeout, 600))
+            resp = await self._call("SubmitResult", chunks, metadata=self.metadata, timeout=max(self.timeout, 600))
         return Submitted(
             accepted=resp.accepted,
             reason=resp.reason,
@@ -190,11 +241,12 @@ class NodeClient:
             ref = await asyncio.to_thread(file_sha256, data)
         header = node_pb2.RevealHeader(task_id=task_id, attempt=attempt, step=step, size=ref.size, sha256=ref.sha256)
         chunks = _stream(node_pb2.RevealChunk, node_pb2.RevealChunk(header=header), data)
-        resp = await self.stub.RevealCheckpoint(chunks, metadata=self.metadata, timeout=max(self.timeout, 600))
+        resp = await self._call("RevealCheckpoint", chunks, metadata=self.metadata, timeout=max(self.timeout, 600))
         return resp.accepted, resp.reason
 
     async def report(self, task_id: str, attempt: int, error: TaskError, timeout: float | None = None) -> bool:
-        ack = await self.stub.ReportFailure(
+        ack = await self._call(
+            "ReportFailure",
             node_pb2.FailureReport(task_id=task_id, attempt=attempt, error=serde.error_to_pb(error)),
             metadata=self.metadata,
             timeout=timeout or self.timeout,

@@ -58,7 +58,7 @@ class Transfer:
         self,
         stub: submit_pb2_grpc.SubmitterServiceStub,
         session: Session,
-        target: str,
+        target: Callable[[], str],
         tls: ClientTls,
         bulk: str,
         timeout: float,
@@ -67,7 +67,7 @@ class Transfer:
             raise TensorGridError(f"bulk must be one of {', '.join(BULK_MODES)}, not {bulk!r}")
         self.stub = stub
         self.session = session
-        self.target = target
+        self._target = target  # the replica the client talks to now (its bulk port is that host's)
         self.tls = tls
         self.bulk = bulk
         self.timeout = timeout
@@ -134,8 +134,9 @@ class Transfer:
             return None
 
     def _bulk_connect(self, ticket: submit_pb2.BulkTicket) -> socket.socket | None:
-        host = host_of(self.target)
-        context = None if self.tls.plain_text(self.target) else bulk.client_context(self.tls.ca_cert)
+        target = self._target()
+        host = host_of(target)
+        context = None if self.tls.plain_text(target) else bulk.client_context(self.tls.ca_cert)
         try:
             return bulk.connect(host, ticket.port, context, self.timeout)
         except OSError as e:

@@ -68,7 +68,8 @@ async def build_server(
     server = grpc.aio.server(interceptors=interceptors, options=server_options())
     node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(app, nodes), server)
     submit_pb2_grpc.add_SubmitterServiceServicer_to_server(SubmitterServicer(app, submitters, bulk), server)
-    app.runtime.spawn(_purge_sessions(app, (nodes, submitters), limits.purge_interval_ms / 1000))
+    caches = (("node", nodes), ("submitter", submitters))
+    app.runtime.spawn(_purge_sessions(app, caches, limits.purge_interval_ms / 1000))
     checks = Health(SERVICE_NAMES)
     health_pb2_grpc.add_HealthServicer_to_server(checks.servicer, server)
     await checks.set(True)
@@ -85,15 +86,20 @@ async def build_server(
     return server, port, checks
 
 
-async def _purge_sessions(app: Grid, caches: tuple[SessionCache, ...], interval_s: float) -> None:
-    """Expired sessions leave the caches and the database (and expired nonces the database)."""
+async def _purge_sessions(app: Grid, caches: tuple[tuple[str, SessionCache], ...], interval_s: float) -> None:
+    """Expired sessions leave the caches and the database (and expired nonces the database);
+    sessions another replica dropped leave this one's caches."""
     while True:
         await asyncio.sleep(interval_s)
         try:
             purged = await app.runtime.db(app.store.sessions.purge_expired, app.runtime.now_ms())
+            evicted = sum(cache.evict_expired() for _, cache in caches)
+            for kind, cache in caches:
+                asked = cache.cached()
+                held = await app.runtime.db_bulk(app.store.sessions.held, kind, asked)
+                evicted += cache.keep_held(asked, held)
         except Exception:  # retried next interval
             log.exception("purging expired sessions failed")
             continue
-        evicted = sum(cache.evict_expired() for cache in caches)
         if purged or evicted:
             log.info("sessions: %d expired deleted, %d evicted from the cache", purged, evicted)

@@ -2,7 +2,9 @@
 unknown tokens, and a per-peer limit on failed authentication.
 
 Nothing here is trusted across replicas: the database holds the sessions; a cache only spares
-the database a read per call. A token is stored and looked up by its sha256, never in clear.
+the database a read per call. A session another replica drops (pushed out, revoked) leaves this
+replica's cache at its next purge of expired sessions (every minute, api.server), not at once.
+A token is stored and looked up by its sha256, never in clear.
 """
 
 from __future__ import annotations
@@ -77,6 +79,17 @@ class SessionCache:
         """Forget sessions the database dropped (pushed out by newer ones, or revoked)."""
         for h in hashes:
             self._cache.pop(h, None)
+
+    def cached(self) -> list[str]:
+        """The token hashes held now (to ask the database which it still has)."""
+        return list(self._cache)
+
+    def keep_held(self, asked: Iterable[str], held: set[str]) -> int:
+        """Of the hashes `asked` about, forget those the database no longer holds (another
+        replica pushed them out or revoked them); returns how many."""
+        gone = [h for h in asked if h not in held and h in self._cache]
+        self.discard(gone)
+        return len(gone)
 
     def revoke(self, address: str) -> int:
         """Forget every cached session of an address; returns how many."""

@@ -6,10 +6,13 @@ table lives equally long, so an address's oldest sessions are the ones expiring 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from sqlalchemy import Connection, Engine, Table, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from coordinator.db import schema as s
+from coordinator.db.sql import chunks
 from coordinator.errors import Rejected
 
 
@@ -68,6 +71,16 @@ class SessionRepository:
 
     def revoke_node(self, address: str) -> list[str]:
         return revoke_node(self.engine, address)
+
+    def held(self, kind: str, token_hashes: Sequence[str]) -> set[str]:
+        """Which of these token hashes the database still holds as sessions of `kind` ("node" or
+        "submitter"): another replica may have pushed some out or revoked them."""
+        table = {"node": s.sessions, "submitter": s.submitter_sessions}[kind]
+        found: set[str] = set()
+        with self.engine.connect() as conn:
+            for part in chunks(list(token_hashes)):
+                found.update(r[0] for r in conn.execute(select(table.c.token_hash).where(table.c.token_hash.in_(part))))
+        return found
 
 
 def purge_expired(engine: Engine, now_ms: int) -> int:

@@ -271,6 +271,11 @@ class TaskRepository:
             row = conn.execute(select(s.tasks).where(s.tasks.c.task_id == task_id).with_for_update()).first()
             if row is not None and row.state == "cancelled" and row.node == address:
                 return  # late for a closed round or a cancelled job: refused, not held against the node
+            if row is not None and row.state == "done" and row.node == address and row.attempt == attempt:
+                # Its own accepted result again: the answer was lost (a replica or the coordinator
+                # died after committing it) and the node handed its kept copy in. Refused, not held
+                # against it; nothing is credited twice (the task is done).
+                return
             if row is None or row.node != address or row.attempt != attempt or row.state != "leased":
                 node_failed(conn, address, now_ms, rejection=True)
                 return

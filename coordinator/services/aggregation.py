@@ -6,6 +6,7 @@ round manager writes the final weights when the last round closes) is only told 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from coordinator.errors import Conflict
@@ -32,6 +33,25 @@ class Aggregation:
             log.info("resuming aggregation of job %s", job_id)
             self.schedule(job_id)
 
+    async def sweep_loop(self, interval_s: float) -> None:
+        """Assemble jobs left complete but unassembled by another replica that died meanwhile.
+
+        A job counts as left only when two sweeps in a row find it so: the replica that accepted
+        its last result had a whole interval to assemble it, so live replicas rarely both do
+        (and if they do, the second finds the job finished: Conflict)."""
+        seen: set[str] = set()
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                found = set(await self.rt.db_bulk(self.jobs.jobs_to_aggregate))
+            except Exception:  # a DB hiccup must not end the loop
+                log.exception("looking for unassembled jobs failed")
+                continue
+            for job_id in sorted(found & seen):
+                log.info("assembling job %s, left complete by another replica or run", job_id)
+                self.schedule(job_id)
+            seen = found - self._aggregating
+
     def schedule(self, job_id: str) -> None:
         if job_id not in self._aggregating:
             self._aggregating.add(job_id)
@@ -56,7 +76,7 @@ class Aggregation:
         except Conflict:
             pass  # another replica finished it
         except Exception:
-            log.exception("aggregating job %s failed; will retry on restart", job_id)
+            log.exception("aggregating job %s failed; the next sweep retries it", job_id)
         finally:
             self._aggregating.discard(job_id)
             rt.hub.notify(job_id)

@@ -26,7 +26,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sqlalchemy import Connection, insert, or_, select, update
+from sqlalchemy import Connection, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from coordinator.db import schema as s
 from tensorgrid.chain.errors import ContractReverted
@@ -68,8 +69,12 @@ def enqueue(conn: Connection, key: str, action: str, payload: dict[str, Any], no
         raise ValueError(f"unknown outbox action {action!r}")
     if conn.execute(select(_ob.c.id).where(_ob.c.key == key)).first() is not None:
         return False
-    conn.execute(
-        insert(_ob).values(
+    # Two replicas may queue the same key at once (both saw it missing): the second insert waits
+    # for the first's transaction and then does nothing, instead of failing the caller's.
+    ins = postgresql.insert(_ob) if conn.dialect.name == "postgresql" else sqlite.insert(_ob)
+    done = conn.execute(
+        ins.on_conflict_do_nothing(index_elements=[_ob.c.key])
+        .values(
             key=key,
             action=action,
             payload=json.dumps(payload, sort_keys=True),
@@ -81,8 +86,9 @@ def enqueue(conn: Connection, key: str, action: str, payload: dict[str, Any], no
             created_ms=now_ms,
             updated_ms=now_ms,
         )
-    )
-    return True
+        .returning(_ob.c.id)
+    ).first()
+    return done is not None
 
 
 def supersede(conn: Connection, item_id: int, state: str, now_ms: int) -> None:

@@ -1,0 +1,170 @@
+"""Two coordinator replicas on one PostgreSQL database and one shared data directory (blobs and
+key): the replica the nodes work through is SIGKILLed mid-job, and the other finishes it. Every
+task is credited once, the escrow charged once per task (plus the checkers' fee wins), every
+charged wei reaches a node, the rest goes back to the submitter, and the contract owes nothing.
+The submitter's client, given both addresses, watches the job to its end through the one left."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from coordinator.db import schema as s
+from coordinator.db.engine import make_engine
+from tensorgrid.chain.client import ChainClient, JobStatus
+from tensorgrid.client import Client
+from tensorgrid.crypto import Signer
+from tensorgrid.devnet import ChainGrid, start_chain_grid
+from tensorgrid.localgrid import COORDINATOR
+from tensorgrid.spec.verification import VerificationSpec
+from tensorgrid.types import JobState
+from tests.integration.conftest import BATCH, FAST, Assets, TrainingDigits, node_args
+from tests.integration.test_inference import assert_matches_local
+
+pytestmark = [pytest.mark.integration, pytest.mark.postgres]
+REWARD = 10**15
+GAS = 10**16  # far above what funding and refunding one escrow costs on anvil
+
+
+def _wait(check: Any, what: str, timeout: float = 180.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if value := check():
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@contextmanager
+def _replicated_devnet(root: Path, pg_url: str) -> Iterator[tuple[ChainGrid, list[str]]]:
+    """A devnet whose coordinator has a second replica on `pg_url`, and two staked nodes given
+    both replicas' addresses (the first first). Yields the grid and the nodes' keys."""
+    database = ("--database-url", pg_url)
+    cg = start_chain_grid(root, 0, epoch_s=1.0, challenge_window_s=1, coordinator_args=(*FAST, *database))
+    try:
+        cg.grid.start_replica(pg_url)
+        assert len(cg.grid.targets.split(",")) == 2
+        node_keys = cg.anvil.keys[2:4]
+        for i, key in enumerate(node_keys):
+            cg.grid.start_node(f"node{i}", *cg.chain_args, *node_args(), private_key=key)
+        cg.grid.wait_for_nodes(2)
+        yield cg, node_keys
+        for node in ("node0", "node1"):  # both kept working, through the replica left
+            assert next(p for p in cg.grid.procs if p.name == node).alive()
+    finally:
+        cg.stop()  # now, not in the background: the database is dropped right after the test
+
+
+def _kill_first_replica(cg: ChainGrid) -> None:
+    """SIGKILL the replica the nodes work through: it holds leases, the outbox lock, perhaps a
+    transaction signed and sent but not confirmed."""
+    cg.grid.kill_proc(next(p for p in cg.grid.procs if p.name == COORDINATOR))
+
+
+def _credits(pg_url: str) -> tuple[dict[str, int], int]:
+    """How often each task (or check) was credited, and the wei credited in all."""
+    engine = make_engine(pg_url, prepare=False)
+    try:
+        with engine.connect() as conn:
+            c = s.credits
+            rows = conn.execute(
+                select(c.c.task_id, func.count(), func.sum(c.c.amount_wei)).where(~c.c.void).group_by(c.c.task_id)
+            ).all()
+    finally:
+        engine.dispose()
+    return {r[0]: int(r[1]) for r in rows}, sum(int(r[2]) for r in rows)
+
+
+def _settled_once(cg: ChainGrid, node_keys: list[str], client: Client, job_id: str, charged: int) -> None:
+    """The escrow charged `charged` wei, the rest refunded, every charged wei claimed by the
+    nodes, none twice; the contract owes nothing."""
+    assert client.chain is not None
+    escrow = _wait(lambda: (e := client.escrow(job_id)).status == JobStatus.COMPLETED and e, "the escrow's close")
+    assert escrow.charged == charged
+    paid = 0
+    for key in node_keys:
+        node_chain = ChainClient.connect(cg.anvil.rpc_url, cg.deployment, key)
+        earned = _wait(
+            lambda a=node_chain.address: (e := client.earnings(a)).pending_wei == 0 and e.claim_epoch and e,
+            "the nodes' earnings on chain",
+        )
+        time.sleep(cg.deployment.challenge_window + 1)
+        cg.anvil.rpc("evm_mine")
+        if earned.claim_cumulative_wei:
+            node_chain.claim(earned.claim_cumulative_wei, earned.claim_proof)
+        assert node_chain.claimed(node_chain.address) == earned.cumulative_wei
+        paid += earned.cumulative_wei
+    assert paid == escrow.charged  # every charged wei reached a node, none twice
+    assert client.chain.owed() == 0
+
+
+@pytest.mark.timeout(600)
+def test_killing_the_replica_the_nodes_use_loses_nothing(tmp_path: Path, pg_url: str, slow_digits: Assets) -> None:
+    with _replicated_devnet(tmp_path / "devnet", pg_url) as (cg, node_keys):
+        signer = Signer.from_hex(cg.submitter_key)
+        chain = ChainClient.connect(cg.anvil.rpc_url, cg.deployment, signer.private_key)
+        before = chain.balance()
+        with Client(cg.grid.targets, signer, chain=chain, ca_cert=cg.grid.ca_cert) as client:
+            job = client.submit_inference(
+                slow_digits.model,
+                slow_digits.inputs,
+                shard_rows=600,
+                batch_size=BATCH,
+                device="cpu",
+                reward_per_task_wei=REWARD,
+            )
+            assert client.target == cg.grid.target  # sticky to the first replica while it answers
+            _wait(lambda: client.job(job.job_id).tasks_done >= 3, "the job to be under way")
+            _kill_first_replica(cg)
+            assert client.job(job.job_id).tasks_done < job.tasks_total  # asked of the replica left
+            final = client.wait(job.job_id)  # the watch moved to the other replica
+            assert client.target != cg.grid.target
+            assert final.state == JobState.SUCCEEDED, final.error
+            assert final.tasks_done == final.tasks_total
+            assert_matches_local(client.result(job.job_id, tmp_path / "y.safetensors"), slow_digits)
+            credits, credited = _credits(pg_url)
+            assert credits and set(credits.values()) == {1}  # every credited task (and check) once
+            assert final.verification is not None  # each task once, and the checkers' fee wins
+            assert credited == REWARD * final.tasks_total + final.verification.fee_paid_wei
+            _settled_once(cg, node_keys, client, job.job_id, credited)
+            assert 0 <= before - chain.balance() - client.escrow(job.job_id).charged < GAS  # the rest came back
+
+
+@pytest.mark.timeout(600)
+def test_a_training_job_goes_on_through_the_replica_left(
+    tmp_path: Path, pg_url: str, digits_training: TrainingDigits
+) -> None:
+    d = digits_training
+    with _replicated_devnet(tmp_path / "devnet", pg_url) as (cg, node_keys):
+        signer = Signer.from_hex(cg.submitter_key)
+        chain = ChainClient.connect(cg.anvil.rpc_url, cg.deployment, signer.private_key)
+        with Client(cg.grid.targets, signer, chain=chain, ca_cert=cg.grid.ca_cert) as client:
+            job = client.submit_training(
+                d.train,
+                d.dataset,
+                eval_program=d.eval,
+                rounds=4,
+                workers_per_round=2,
+                inner_steps=20,
+                quorum=1.0,
+                device="cpu",
+                verification=VerificationSpec(mode="replicate"),  # every result audited, paid once it passed
+                reward_per_task_wei=REWARD,
+            )
+            rounds = client.watch_rounds(job.job_id)
+            next(rounds)  # round 0 closed: the next one is open, its tasks leased or being trained
+            _kill_first_replica(cg)
+            closed = 1 + sum(1 for _ in rounds)  # the rest, through the replica left
+            final = client.job(job.job_id)
+            assert final.state == JobState.SUCCEEDED, final.error
+            assert closed == 4 and len(client.round_metrics(job.job_id)) == 4
+            credits, credited = _credits(pg_url)
+            assert credits and set(credits.values()) == {1}  # every paid pseudo-gradient once
+            assert credited == REWARD * len(credits) <= REWARD * 4 * 2  # at most rounds × workers
+            _settled_once(cg, node_keys, client, job.job_id, credited)
