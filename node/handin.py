@@ -1,0 +1,158 @@
+"""Handing results in: sign, keep on disk until answered (node.pending), submit with retries,
+reveal training checkpoints an audit asks for, report failures, and deliver what an earlier
+run of the daemon kept.
+
+A result is worth resubmitting only while its lease may live: one the coordinator revoked, or
+one with no coordinator for RESULT_KEEP_S, is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import grpc
+
+from tensorgrid.blobs import file_sha256
+from tensorgrid.nodeclient import Submitted
+from tensorgrid.retry import backoff
+from tensorgrid.rpc import retry_after_s
+from tensorgrid.types import Lease, Receipt, TaskError
+
+if TYPE_CHECKING:
+    from node.agent import Agent
+
+log = logging.getLogger("tensorgrid.node")
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
+BUSY_RETRIES = 8  # calls refused as RESOURCE_EXHAUSTED (the coordinator at its limits) are retried this often
+RESULT_KEEP_S = 3600.0  # a finished result is resubmitted this long while the coordinator is unreachable
+
+
+def checkpoint_file(step: int) -> str:
+    """tensorgrid.training.inner.checkpoint_name, without importing torch into the daemon."""
+    return f"step_{step:08d}.safetensors"
+
+
+class HandIn:
+    """The agent's results on their way to the coordinator (the agent's client, session and
+    revoked leases are read through it, so a client swapped in later is the one used)."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+
+    async def submit(
+        self, lease: Lease, out: Path, commitment: str = "", want: int = 0
+    ) -> tuple[bool, list[int], list[Lease]]:
+        """Send the result, asking for `want` next leases with it; returns whether it was accepted,
+        the checkpoint steps its audit wants revealed (usually none) and the leases granted with
+        the answer. The result is kept on disk (node.pending) until the coordinator answers for
+        it, unless it carries a commitment (a training result): its audit may ask for checkpoints
+        a restarted daemon no longer has."""
+        a = self.agent
+        output = await asyncio.to_thread(file_sha256, out)
+        receipt = a.client.sign(lease, output, commitment)
+        kept = None if commitment else await asyncio.to_thread(a.pending.keep, receipt, out)
+        try:
+            answer = await self.hand_in(receipt, kept.output if kept else out, output.size, want)
+        finally:
+            if kept is not None:
+                await asyncio.to_thread(a.pending.drop, kept)
+        if answer is None:
+            return False, [], []
+        return answer.accepted, answer.reveal_steps if answer.accepted else [], answer.leases
+
+    async def hand_in(self, receipt: Receipt, out: Path, size: int, want: int = 0) -> Submitted | None:
+        """Submit a signed result until the coordinator answers; None if it is dropped unanswered:
+        refused as malformed, its lease revoked, or no coordinator for RESULT_KEEP_S."""
+        a = self.agent
+        name = f"{receipt.task_id[:12]}/{receipt.attempt}"
+        key = (receipt.task_id, receipt.attempt)
+        give_up = time.monotonic() + RESULT_KEEP_S
+        failures = 0
+        while True:
+            try:
+                answer = await a.client.submit_and_lease(receipt, size, out, want)
+                if a.metrics is not None:
+                    a.metrics.uploaded(size)
+                break
+            except grpc.aio.AioRpcError as e:
+                await a._on_rpc_error(e, "submit")
+                failures += 1
+                if e.code() not in (*RETRYABLE, grpc.StatusCode.UNAUTHENTICATED):
+                    log.warning("task %s: result refused, dropped: %s", name, e.details())
+                    self.count("dropped")
+                    return None
+                # A finished result is worth keeping while its lease may still be alive: a
+                # coordinator that restarts keeps the lease for its TTL after our last heartbeat.
+                if key in a._revoked or time.monotonic() > give_up:
+                    why = "its lease ended" if key in a._revoked else f"no coordinator for {RESULT_KEEP_S:.0f} s"
+                    log.warning("task %s: result dropped, %s", name, why)
+                    self.count("dropped")
+                    return None
+                if failures == 1:
+                    log.warning("task %s: result kept, resubmitting until it is taken", name)
+                busy = e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                await asyncio.sleep(retry_after_s(e, failures) if busy else backoff(failures, 0.25, cap=2.0))
+        self.count("accepted" if answer.accepted else "rejected")
+        if answer.accepted:
+            a.completed += 1
+            log.info("task %s accepted (%d done)", name, a.completed)
+        else:
+            log.warning("task %s rejected: %s", name, answer.reason)
+        return answer
+
+    def count(self, answer: str) -> None:
+        if self.agent.metrics is not None:
+            self.agent.metrics.result(answer)
+
+    async def hand_in_kept(self) -> None:
+        """Hand in what an earlier run of this daemon finished but could not deliver."""
+        pending = self.agent.pending
+        for kept in await asyncio.to_thread(pending.stored):
+            r = kept.receipt
+            log.warning("task %s/%d: handing in a result kept by an earlier run", r.task_id[:12], r.attempt)
+            try:
+                await self.hand_in(kept.receipt, kept.output, kept.size)
+            finally:
+                await asyncio.to_thread(pending.drop, kept)
+
+    async def reveal(self, lease: Lease, ckpt: Path, steps: list[int]) -> None:
+        """Upload the checkpoints an audit asked for; a refused or missing one is logged, not retried."""
+        a = self.agent
+        for step in steps:
+            path = ckpt / checkpoint_file(step)
+            if not path.is_file():
+                log.warning("task %s: the audit asks for step %d, which this node has no checkpoint of",
+                            lease.task_id[:12], step)  # fmt: skip
+                continue
+            for attempt in range(3):
+                try:
+                    ok, reason = await a.client.reveal(lease.task_id, lease.attempt, step, path)
+                except grpc.aio.AioRpcError as e:
+                    await a._on_rpc_error(e, "reveal")
+                    if e.code() not in (*RETRYABLE, grpc.StatusCode.UNAUTHENTICATED) or attempt == 2:
+                        break
+                    await asyncio.sleep(backoff(attempt + 1, 0.5))
+                    continue
+                if a.metrics is not None:
+                    a.metrics.audits.inc()
+                    a.metrics.uploaded(path.stat().st_size)
+                if not ok:
+                    log.warning("task %s: checkpoint %d refused: %s", lease.task_id[:12], step, reason)
+                break
+        log.info("task %s/%d: revealed checkpoints %s for its audit", lease.task_id[:12], lease.attempt, steps)
+
+    async def report(self, task_id: str, attempt: int, error: TaskError, timeout: float | None = None) -> None:
+        """Tell the coordinator a lease ends without a result (failed, or given back)."""
+        for failures in range(1, BUSY_RETRIES + 1):
+            try:
+                await self.agent.client.report(task_id, attempt, error, timeout)
+                return
+            except grpc.aio.AioRpcError as e:
+                if e.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or failures == BUSY_RETRIES:
+                    log.warning("could not report the failure of task %s: %s", task_id[:12], e.details())
+                    return
+                await asyncio.sleep(retry_after_s(e, failures))
