@@ -193,7 +193,8 @@ class Slot:
             return await self._take_ahead()
         a._active[lease.task_id] = (lease.attempt, self.ex.cancel)
         out = a.config.work_dir / f"{lease.task_id}-{lease.attempt}.out"
-        ckpt = a.config.work_dir / CHECKPOINTS / f"{lease.task_id}-{lease.attempt}" if lease.kind == "training" else None
+        training = lease.kind == "training"
+        ckpt = a.config.work_dir / CHECKPOINTS / f"{lease.task_id}-{lease.attempt}" if training else None
         if self.ahead is None and self.may_lease_ahead(lease):
             self.ahead = asyncio.create_task(self._lease_ahead())
         beside = False
