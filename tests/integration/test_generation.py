@@ -36,6 +36,23 @@ from tests.integration.conftest import node_args
 pytestmark = pytest.mark.integration
 V, PROMPTS, MAX_NEW = 50, 40, 12
 SAMPLING = {"max_new_tokens": MAX_NEW, "temperature": 0.9, "top_k": 20, "top_p": 0.95, "seed": 1234}
+SHARED = pytest.mark.xdist_group("generation")  # share one module grid per worker (see make_module_grid)
+
+
+@pytest.fixture(scope="module")
+def module_grid(make_module_grid: Callable[..., LocalGrid]) -> LocalGrid:
+    g = make_module_grid()
+    g.start_coordinator()
+    for i in range(2):
+        g.start_node(f"node{i}", *node_args())
+    return g
+
+
+@pytest.fixture
+def grid(module_grid: LocalGrid) -> LocalGrid:
+    """A coordinator and two honest nodes shared by the tests that each check only their own job."""
+    module_grid.check_running()
+    return module_grid
 
 
 @dataclass(frozen=True)
@@ -76,13 +93,10 @@ def assert_same(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> 
     torch.testing.assert_close(got["logprobs"], want["logprobs"], rtol=1e-3, atol=1e-4)
 
 
+@SHARED
 def test_two_nodes_generate_what_a_local_run_does_and_check_each_other(
-    make_grid: Callable[..., LocalGrid], decoder: Decoder, tmp_path: Path
+    grid: LocalGrid, decoder: Decoder, tmp_path: Path
 ) -> None:
-    grid = make_grid()
-    grid.start_coordinator()
-    for i in range(2):
-        grid.start_node(f"node{i}", *node_args())
     with Client(grid.target, Signer.generate()) as client:
         job = client.submit_generation(
             decoder.model, decoder.prompts, vocab_size=V, shard_prompts=8, stop_tokens=(7,), device="cpu", **SAMPLING
@@ -101,11 +115,8 @@ def test_two_nodes_generate_what_a_local_run_does_and_check_each_other(
     assert all(n.caught == 0 and n.rejections == 0 for n in nodes)
 
 
-def test_bad_prompt_files_are_refused_at_intake(
-    make_grid: Callable[..., LocalGrid], decoder: Decoder, tmp_path: Path
-) -> None:
-    grid = make_grid()
-    grid.start_coordinator()
+@SHARED
+def test_bad_prompt_files_are_refused_at_intake(grid: LocalGrid, decoder: Decoder, tmp_path: Path) -> None:
     prompts = load_tensors(decoder.prompts)
     save_tensors({"tokens": prompts["tokens"]}, tmp_path / "no_lengths.safetensors")
     save_tensors({**prompts, "tokens": prompts["tokens"] + V}, tmp_path / "big_ids.safetensors")
@@ -192,12 +203,8 @@ def test_a_node_changing_tokens_is_caught(
     assert_same(load_tensors(tmp_path / "grid.safetensors"), local(decoder, tmp_path / "local.safetensors", **SAMPLING))
 
 
-def test_the_cli_submits_watches_with_a_rate_and_downloads(
-    make_grid: Callable[..., LocalGrid], decoder: Decoder, tmp_path: Path
-) -> None:
-    grid = make_grid()
-    grid.start_coordinator()
-    grid.start_node("node", *node_args())
+@SHARED
+def test_the_cli_submits_watches_with_a_rate_and_downloads(grid: LocalGrid, decoder: Decoder, tmp_path: Path) -> None:
     out = tmp_path / "out.safetensors"
     proc = subprocess.run(
         [

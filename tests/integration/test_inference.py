@@ -22,6 +22,24 @@ from tensorgrid.workloads.tensorfile import load_tensors
 from tests.integration.conftest import BATCH, Assets, node_args
 
 pytestmark = pytest.mark.integration
+SHARED = pytest.mark.xdist_group("inference")  # share one module grid per worker (see make_module_grid)
+
+
+@pytest.fixture(scope="module")
+def module_grid(make_module_grid: Callable[..., LocalGrid]) -> LocalGrid:
+    g = make_module_grid()
+    g.start_coordinator()
+    for i in range(2):
+        g.start_node(f"node{i}", *node_args())
+    g.wait_for_nodes(2, timeout=300)  # registered before a test counts what they had done
+    return g
+
+
+@pytest.fixture
+def grid(module_grid: LocalGrid) -> LocalGrid:
+    """A coordinator and two nodes shared by the tests that each check only their own job."""
+    module_grid.check_running()
+    return module_grid
 
 
 def assert_matches_local(result: Path, assets: Assets) -> None:
@@ -44,11 +62,8 @@ def run_job(grid: LocalGrid, assets: Assets, tmp: Path, shard_rows: int = 500) -
     return job.job_id, kinds
 
 
-def test_two_nodes_sqlite(make_grid: Callable[..., LocalGrid], digits: Assets, tmp_path: Path) -> None:
-    grid = make_grid()
-    grid.start_coordinator()
-    for i in range(2):
-        grid.start_node(f"node{i}", *node_args())
+@SHARED
+def test_two_nodes_sqlite(grid: LocalGrid, digits: Assets, tmp_path: Path) -> None:
     _, kinds = run_job(grid, digits, tmp_path)
     assert kinds[0] == "submitted" and kinds[-1] == "succeeded"
     assert kinds.count("completed") == 6
@@ -190,10 +205,10 @@ def test_sigterm_drains_and_second_sigterm_stops(
         assert second.popen.wait(10) == 130
 
 
-def test_cli_submit_watch_result(make_grid: Callable[..., LocalGrid], digits: Assets, tmp_path: Path) -> None:
-    grid = make_grid()
-    grid.start_coordinator()
-    grid.start_node("node0", *node_args())
+@SHARED
+def test_cli_submit_watch_result(grid: LocalGrid, digits: Assets, tmp_path: Path) -> None:
+    with grid.client(Signer.generate()) as client:  # what the grid's nodes had done before this job
+        done_before = {n.address.lower(): n.completed for n in client.nodes()}
     out = tmp_path / "cli_out.safetensors"
     env_key = tmp_path / "submitter.key"
     proc = subprocess.run(
@@ -217,6 +232,8 @@ def test_cli_submit_watch_result(make_grid: Callable[..., LocalGrid], digits: As
             str(BATCH),
             "--device",
             "cpu",
+            "--verification",  # no spot-checks: a check the other node ran would count among its done tasks
+            "none",
             "--watch",
             "-o",
             str(out),
@@ -272,5 +289,7 @@ def test_cli_submit_watch_result(make_grid: Callable[..., LocalGrid], digits: As
         timeout=60,
     )
     assert nodes.returncode == 0, nodes.stderr
-    (row,) = [line for line in nodes.stdout.splitlines() if line.startswith("0x")]
-    assert row.split()[1] == "cpu" and int(row.split()[3]) == 3  # all three shards done by the one node
+    rows = [line.split() for line in nodes.stdout.splitlines() if line.startswith("0x")]
+    assert sorted(row[0].lower() for row in rows) == sorted(done_before)  # the grid's two nodes
+    assert all(row[1] == "cpu" for row in rows)
+    assert sum(int(row[3]) - done_before[row[0].lower()] for row in rows) == 3  # the job's three shards

@@ -22,11 +22,26 @@ from tensorgrid.v1 import node_pb2
 pytestmark = pytest.mark.integration
 CPU = Capabilities(device_kind="cpu", memory_bytes=8 << 30, cpu_cores=2)
 EMPTY = BlobRef(hashlib.sha256(b"").hexdigest(), 0)
+SHARED = pytest.mark.xdist_group("leasing")  # share one module grid per worker (see make_module_grid)
 
 
-def test_piggybacked_leases_follow_lease_tasks(make_grid: Callable[..., LocalGrid]) -> None:
-    grid = make_grid()
-    grid.start_coordinator()
+@pytest.fixture(scope="module")
+def module_grid(make_module_grid: Callable[..., LocalGrid]) -> LocalGrid:
+    g = make_module_grid()
+    g.start_coordinator()
+    return g
+
+
+@pytest.fixture
+def grid(module_grid: LocalGrid) -> LocalGrid:
+    """One coordinator for the tests whose bare nodes lease only their own job's tasks: each test
+    leaves no open job behind."""
+    module_grid.check_running()
+    return module_grid
+
+
+@SHARED
+def test_piggybacked_leases_follow_lease_tasks(grid: LocalGrid) -> None:
     submitter = Signer.generate()
     with Client(grid.target, submitter) as client:
         job_id = client.submit_noop(6).job_id
@@ -78,9 +93,8 @@ def test_piggybacked_leases_follow_lease_tasks(make_grid: Callable[..., LocalGri
     assert job.state == JobState.SUCCEEDED and job.tasks_done == 6
 
 
-def test_small_results_go_unary_and_large_ones_stream_both_with_leases(make_grid: Callable[..., LocalGrid]) -> None:
-    grid = make_grid()
-    grid.start_coordinator()
+@SHARED
+def test_small_results_go_unary_and_large_ones_stream_both_with_leases(grid: LocalGrid) -> None:
     submitter = Signer.generate()
     with Client(grid.target, submitter) as client:
         job_id = client.submit_noop(3).job_id
@@ -110,3 +124,4 @@ def test_small_results_go_unary_and_large_ones_stream_both_with_leases(make_grid
     asyncio.run(scenario())
     with Client(grid.target, submitter) as client:
         assert client.job(job_id).tasks_done == 2
+        client.cancel(job_id)  # its refused task stays open otherwise

@@ -31,6 +31,23 @@ from tests.integration.conftest import BATCH, Assets, node_args
 from tests.integration.test_verification import _price
 
 pytestmark = pytest.mark.integration
+SHARED = pytest.mark.xdist_group("malicious_submitters")  # share one module grid per worker (see make_module_grid)
+
+
+@pytest.fixture(scope="module")
+def module_grid(make_module_grid: Callable[..., LocalGrid]) -> LocalGrid:
+    g = make_module_grid("--check-wait-ms", "60000")
+    g.start_coordinator()
+    return g
+
+
+@pytest.fixture
+def grid(module_grid: LocalGrid) -> LocalGrid:
+    """One coordinator, no daemons, for the tests that bring their own simulated nodes (stopped
+    when they end) and check only their own jobs and nodes. A minute's wait for a check's second
+    opinion changes nothing at intake, where the first test's programs are refused."""
+    module_grid.check_running()
+    return module_grid
 
 
 class Centred(torch.nn.Module):
@@ -70,11 +87,8 @@ def _inputs(tmp: Path, rows: int) -> Path:
     return path
 
 
-def test_row_dependent_and_random_programs_are_refused_at_intake(
-    make_grid: Callable[..., LocalGrid], tmp_path: Path
-) -> None:
-    grid = make_grid()
-    grid.start_coordinator()
+@SHARED
+def test_row_dependent_and_random_programs_are_refused_at_intake(grid: LocalGrid, tmp_path: Path) -> None:
     inputs = _inputs(tmp_path, 600)
     with Client(grid.target, Signer.generate()) as client:
         for name, module in (("centred", Centred()), ("noisy", Noisy())):
@@ -103,11 +117,10 @@ def test_a_program_dependent_only_in_big_batches_blames_no_honest_node(
     assert nodes and all(n.caught == 0 and n.slashed_wei == 0 for n in nodes)
 
 
+@SHARED
 def test_a_sybil_farming_trust_on_its_own_unpaid_jobs_is_still_caught(
-    make_grid: Callable[..., LocalGrid], digits: Assets, tmp_path: Path
+    grid: LocalGrid, digits: Assets, tmp_path: Path
 ) -> None:
-    grid = make_grid("--check-wait-ms", "60000")
-    grid.start_coordinator()
     work = tmp_path / "sim"
     work.mkdir()
     pool = Pool()
@@ -148,14 +161,13 @@ def test_a_sybil_farming_trust_on_its_own_unpaid_jobs_is_still_caught(
     assert all(record[n.address.lower()].caught == 0 for n in honest)
 
 
+@SHARED
 def test_checks_cannot_be_told_from_tasks_by_id_order_or_input_hash(
-    make_grid: Callable[..., LocalGrid], digits: Assets, tmp_path: Path
+    grid: LocalGrid, digits: Assets, tmp_path: Path
 ) -> None:
     """A node that cheats only on what looks like a job's shard, honest on anything that looks
     like a check, is still caught (its own results are what get checked); and nothing a lease
     shows separates checks from tasks: no derivable id, canaries on a never-seen input."""
-    grid = make_grid("--check-wait-ms", "60000")
-    grid.start_coordinator()
     work = tmp_path / "sim"
     work.mkdir()
     pool = Pool()
@@ -197,5 +209,5 @@ def test_checks_cannot_be_told_from_tasks_by_id_order_or_input_hash(
             select(t.c.input_sha, t.c.rows).join(c, c.c.check_id == t.c.task_id).where(c.c.kind == "canary")
         ).all()
     engine.dispose()
-    assert canaries, "no canary ran"
+    assert canaries, "no canary ran"  # this job's: the grid's other jobs ran with no canaries
     assert all(r.input_sha not in shards and r.rows == 500 for r in canaries)  # full size, never-seen hash

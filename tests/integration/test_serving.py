@@ -43,6 +43,21 @@ def _serving_grid(make_grid: Callable[..., LocalGrid], nodes: int = 2) -> LocalG
     return grid
 
 
+SHARED = pytest.mark.xdist_group("serving")  # share one module grid per worker (see make_module_grid)
+
+
+@pytest.fixture(scope="module")
+def module_grid(make_module_grid: Callable[..., LocalGrid]) -> LocalGrid:
+    return _serving_grid(make_module_grid, nodes=2)
+
+
+@pytest.fixture
+def grid(module_grid: LocalGrid) -> LocalGrid:
+    """Two nodes of one replica each, shared by the tests that each create and check one endpoint."""
+    module_grid.check_running()
+    return module_grid
+
+
 def _local(model: Path, x: torch.Tensor) -> torch.Tensor:
     module = load_program(model, torch.device("cpu"))
     with torch.no_grad():
@@ -112,11 +127,11 @@ def _decoder(root: Path) -> None:
     export_decoder(tiny_decoder(), root / "decoder.pt2")
 
 
+@SHARED
 def test_a_generation_endpoint_streams_the_tokens_of_a_local_run(
-    make_grid: Callable[..., LocalGrid], tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+    grid: LocalGrid, tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
 ) -> None:
     model = shared_dir(tmp_path_factory, "decoder", _decoder) / "decoder.pt2"
-    grid = _serving_grid(make_grid, nodes=1)
     sampling: dict[str, Any] = {"max_new_tokens": MAX_NEW, "vocab_size": V, "temperature": 0.9, "top_k": 20}
     prompt = [3, 14, 15, 9, 2]
     with grid.client(Signer.generate()) as client:
@@ -125,6 +140,7 @@ def test_a_generation_endpoint_streams_the_tokens_of_a_local_run(
         pieces = list(client.generate(endpoint, prompt, seed=7))
         again = [t for piece in client.generate(endpoint, prompt, seed=7) for t in piece]
         other = [t for piece in client.generate(endpoint, prompt, seed=8) for t in piece]
+        assert client.endpoints.delete(endpoint).state == "deleted"  # its replica's node serves the next test
 
     tokens = [t for piece in pieces for t in piece]
     assert len(pieces) > 1  # streamed as decoded, not in one piece at the end
@@ -136,10 +152,8 @@ def test_a_generation_endpoint_streams_the_tokens_of_a_local_run(
     assert tokens == local["tokens"][0, : int(local["lengths"][0])].tolist()
 
 
-def test_the_cli_creates_calls_shows_and_deletes_an_endpoint(
-    make_grid: Callable[..., LocalGrid], digits: Assets, tmp_path: Path
-) -> None:
-    grid = _serving_grid(make_grid, nodes=1)
+@SHARED
+def test_the_cli_creates_calls_shows_and_deletes_an_endpoint(grid: LocalGrid, digits: Assets, tmp_path: Path) -> None:
     base = [sys.executable, "-m", "tensorgrid.cli"]
     env_args = ["--coordinator", grid.target, "--key", str(tmp_path / "me.key")]
 

@@ -42,6 +42,21 @@ def start(make_grid: Callable[..., LocalGrid]) -> LocalGrid:
     return grid
 
 
+SHARED = pytest.mark.xdist_group("training")  # share one module grid per worker (see make_module_grid)
+
+
+@pytest.fixture(scope="module")
+def module_grid(make_module_grid: Callable[..., LocalGrid]) -> LocalGrid:
+    return start(make_module_grid)
+
+
+@pytest.fixture
+def grid(module_grid: LocalGrid) -> LocalGrid:
+    """A coordinator and four nodes shared by the tests that each check only their own job."""
+    module_grid.check_running()
+    return module_grid
+
+
 def baseline_accuracy(d: Digits, spec: TrainingSpec, tmp: Path) -> float:
     """The same rows in the same order, trained in one process with plain AdamW (DDP's result)."""
     threads = torch.get_num_threads()
@@ -58,11 +73,9 @@ def baseline_accuracy(d: Digits, spec: TrainingSpec, tmp: Path) -> float:
     return acc
 
 
-def test_digits_on_four_nodes_matches_the_baseline(
-    make_grid: Callable[..., LocalGrid], digits_training: Digits, tmp_path: Path
-) -> None:
+@SHARED
+def test_digits_on_four_nodes_matches_the_baseline(grid: LocalGrid, digits_training: Digits, tmp_path: Path) -> None:
     d = digits_training
-    grid = start(make_grid)
     settings: dict[str, Any] = dict(quorum=1.0, device="cpu", seed=0)  # every worker, every round: the reference
     with Client(grid.target, Signer.generate()) as client:
         job = client.submit_training(d.train, d.dataset, eval_program=d.eval, **settings)
@@ -122,14 +135,9 @@ def test_a_node_killed_mid_round_does_not_stop_training(
     assert kinds[-1] == "succeeded"
 
 
-def test_cli_submit_training_watch_and_download(
-    make_grid: Callable[..., LocalGrid], digits_training: Digits, tmp_path: Path
-) -> None:
-    d = digits_training
-    grid = make_grid()
-    grid.start_coordinator()
-    for i in range(2):
-        grid.start_node(f"node{i}", *node_args(1))
+@SHARED
+def test_cli_submit_training_watch_and_download(grid: LocalGrid, digits_training: Digits, tmp_path: Path) -> None:
+    d = digits_training  # two of the grid's four nodes train this job
     out, program = tmp_path / "weights.safetensors", tmp_path / "eval.pt2"
     proc = subprocess.run(
         [

@@ -21,7 +21,7 @@ from tensorgrid.nodeclient import NodeClient
 from tensorgrid.rpc import RETRY_AFTER_METADATA_KEY
 from tensorgrid.types import BlobRef, Capabilities, ErrorKind, JobState, TaskError
 from tensorgrid.v1 import common_pb2, node_pb2
-from tests.integration.conftest import make_grid, stopper  # noqa: F401  (fixtures)
+from tests.integration.conftest import make_grid, make_module_grid, stopper  # noqa: F401  (fixtures)
 
 SUBMITTER = Signer.generate()  # one submitter for the module: a job is visible to its submitter only
 
@@ -31,6 +31,22 @@ EMPTY = BlobRef(hashlib.sha256(b"").hexdigest(), 0)
 MiB = 1 << 20
 Grids = Callable[..., LocalGrid]
 START_S = 180  # a coordinator starting on a loaded machine (importing torch) can take a while
+SHARED = pytest.mark.xdist_group("peer_bounds")  # share one module grid per worker (see make_module_grid)
+
+
+@pytest.fixture(scope="module")
+def module_grid(make_module_grid: Grids) -> LocalGrid:  # noqa: F811
+    g = make_module_grid()
+    g.start_coordinator(timeout=START_S)
+    return g
+
+
+@pytest.fixture
+def grid(module_grid: LocalGrid) -> LocalGrid:
+    """One coordinator of default limits for the tests whose bare nodes (fresh keys) lease only
+    their own job's tasks: each test leaves no open job behind."""
+    module_grid.check_running()
+    return module_grid
 
 
 def rss_mib(pid: int) -> tuple[float, float]:
@@ -113,11 +129,10 @@ def test_an_oversize_small_result_stream_is_refused_and_memory_stays_bounded(mak
     assert len(refused) == streams
 
 
-def test_a_huge_heartbeat_list_and_oversize_messages_are_refused(make_grid: Grids) -> None:  # noqa: F811
-    grid = make_grid()
-    grid.start_coordinator(timeout=START_S)
+@SHARED
+def test_a_huge_heartbeat_list_and_oversize_messages_are_refused(grid: LocalGrid) -> None:
     with Client(grid.target, SUBMITTER) as client:
-        client.submit_noop(1)
+        job_id = client.submit_noop(1).job_id
 
     async def scenario() -> None:
         node = await registered(grid)
@@ -154,6 +169,8 @@ def test_a_huge_heartbeat_list_and_oversize_messages_are_refused(make_grid: Grid
         await node.close()
 
     asyncio.run(scenario())
+    with Client(grid.target, SUBMITTER) as client:
+        client.cancel(job_id)  # its task is leased and never finished
 
 
 def test_a_stream_flood_from_one_node_is_refused_while_others_are_served(make_grid: Grids) -> None:  # noqa: F811
@@ -212,9 +229,8 @@ def test_a_stream_flood_from_one_node_is_refused_while_others_are_served(make_gr
     asyncio.run(scenario())
 
 
-def test_a_node_claiming_invalid_input_on_every_task_cannot_fail_a_job(make_grid: Grids) -> None:  # noqa: F811
-    grid = make_grid()
-    grid.start_coordinator(timeout=START_S)
+@SHARED
+def test_a_node_claiming_invalid_input_on_every_task_cannot_fail_a_job(grid: LocalGrid) -> None:
     tasks = 6
     with Client(grid.target, SUBMITTER) as client:
         job_id = client.submit_noop(tasks, max_attempts=1).job_id  # one attempt: one believed claim would fail it
@@ -244,9 +260,8 @@ def test_a_node_claiming_invalid_input_on_every_task_cannot_fail_a_job(make_grid
     assert sum("unconfirmed invalid_input" in e.message for e in events) == tasks
 
 
-def test_two_nodes_confirming_invalid_input_fail_the_task_as_before(make_grid: Grids) -> None:  # noqa: F811
-    grid = make_grid()
-    grid.start_coordinator(timeout=START_S)
+@SHARED
+def test_two_nodes_confirming_invalid_input_fail_the_task_as_before(grid: LocalGrid) -> None:
     with Client(grid.target, SUBMITTER) as client:
         job_id = client.submit_noop(1, max_attempts=2).job_id
     bad = TaskError(ErrorKind.INVALID_INPUT, "input tensor 'x' has 3 dims, the model takes 2")

@@ -31,6 +31,29 @@ pytestmark = pytest.mark.integration
 CPU = Capabilities(device_kind="cpu", memory_bytes=8 << 30, cpu_cores=2)
 EMPTY = BlobRef(hashlib.sha256(b"").hexdigest(), 0)
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
+SHARED = pytest.mark.xdist_group("submitter_access")  # share one module grid per worker (see make_module_grid)
+
+
+@pytest.fixture(scope="module")
+def operator() -> Signer:
+    return Signer.generate()
+
+
+@pytest.fixture(scope="module")
+def module_grid(make_module_grid: Callable[..., LocalGrid], operator: Signer) -> LocalGrid:
+    g = make_module_grid("--operator-address", operator.address)
+    g.start_coordinator()
+    return g
+
+
+@pytest.fixture
+def grid(module_grid: LocalGrid) -> LocalGrid:
+    """One coordinator for the tests that each check only their own jobs, blobs and calls; each
+    leaves no job a CPU node could lease, so a bare node of the next test leases only its own.
+    Not for the rate limit's test: failed authentications count per peer address, and every
+    test calls from 127.0.0.1."""
+    module_grid.check_running()
+    return module_grid
 
 
 def _code(fn: Callable[[], Any]) -> grpc.StatusCode:
@@ -60,14 +83,13 @@ def _finish_noop(target: str, job_id: str, tasks: int) -> None:
     asyncio.run(run())
 
 
+@SHARED
 def test_a_stranger_sees_nothing_of_anothers_job(
-    make_grid: Callable[..., LocalGrid],
+    grid: LocalGrid,
+    operator: Signer,
     digits: Assets,
     tmp_path: Path,
 ) -> None:
-    operator = Signer.generate()
-    grid = make_grid("--operator-address", operator.address)
-    grid.start_coordinator()
     with Client(grid.target, Signer.generate()) as owner, Client(grid.target, Signer.generate()) as stranger:
         model = owner.upload(digits.model)
         job = owner.submit_noop(2)
@@ -125,9 +147,8 @@ def test_a_stranger_sees_nothing_of_anothers_job(
         assert op.cancel(queued.job_id).state == JobState.CANCELLED
 
 
-def test_calls_without_a_session_are_refused(make_grid: Callable[..., LocalGrid]) -> None:
-    grid = make_grid()
-    grid.start_coordinator()
+@SHARED
+def test_calls_without_a_session_are_refused(grid: LocalGrid) -> None:
     with Client(grid.target, Signer.generate()) as owner:
         job = owner.submit_noop(1)
     stub = submit_pb2_grpc.SubmitterServiceStub(grpc.insecure_channel(grid.target))
@@ -150,8 +171,10 @@ def test_calls_without_a_session_are_refused(make_grid: Callable[..., LocalGrid]
                 call(md)
             assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED, name
             assert "session" in (e.value.details() or ""), name
-    # public information needs no session
-    assert stub.ListNodes(submit_pb2.ListNodesRequest()).nodes == []
+    # public information needs no session: the same list of nodes as a session's
+    listed = stub.ListNodes(submit_pb2.ListNodesRequest()).nodes
+    with Client(grid.target, Signer.generate()) as viewer:
+        assert [n.address for n in listed] == [n.address for n in viewer.nodes()]
     assert stub.GetEarnings(submit_pb2.GetEarningsRequest(address=Signer.generate().address)).cumulative_wei == "0"
     with pytest.raises(grpc.RpcError) as no_epoch:  # public too: no chain here, so no epoch
         stub.GetEpoch(submit_pb2.GetEpochRequest())
@@ -161,6 +184,7 @@ def test_calls_without_a_session_are_refused(make_grid: Callable[..., LocalGrid]
         again.session.token = "ended"  # as after a revocation: the SDK opens a new session, once, by itself
         assert again.job(job.job_id).job_id == job.job_id
         assert again.session.token != "ended"
+        again.cancel(job.job_id)  # no open job left for a later test's nodes to lease
 
 
 def test_repeated_failed_authentication_is_rate_limited(make_grid: Callable[..., LocalGrid]) -> None:
@@ -229,13 +253,12 @@ def test_uploads_past_each_quota_are_refused_and_lose_nothing(
     assert list((daily.root / "coordinator" / "blobs" / "tmp").iterdir()) == []
 
 
+@SHARED
 def test_a_node_fetches_only_the_blobs_of_its_leases(
-    make_grid: Callable[..., LocalGrid],
+    grid: LocalGrid,
     digits: Assets,
     tmp_path: Path,
 ) -> None:
-    grid = make_grid()
-    grid.start_coordinator()
     private = tmp_path / "private.bin"
     private.write_bytes(b"the owner's secret" * 1000)
     with Client(grid.target, Signer.generate()) as owner:
@@ -269,3 +292,5 @@ def test_a_node_fetches_only_the_blobs_of_its_leases(
             await n.close()
 
     asyncio.run(scenario())
+    with Client(grid.target, owner.signer) as again:  # no open job left for a later test's nodes to lease
+        again.cancel(job.job_id)

@@ -22,6 +22,21 @@ from tests.integration.conftest import Assets, node_args
 from tests.integration.test_inference import run_job
 
 pytestmark = pytest.mark.integration
+SHARED = pytest.mark.xdist_group("tls")  # share one module grid per worker (see make_module_grid)
+
+
+@pytest.fixture(scope="module")
+def module_grid(make_module_grid: Callable[..., LocalGrid]) -> LocalGrid:
+    g = make_module_grid(tls=True)
+    g.start_coordinator()
+    return g
+
+
+@pytest.fixture
+def grid(module_grid: LocalGrid) -> LocalGrid:
+    """One TLS coordinator for the tests that each check only their own nodes and calls."""
+    module_grid.check_running()
+    return module_grid
 
 
 def _wait_for_log(grid: LocalGrid, name: str, text: str, timeout: float = 240) -> str:
@@ -35,23 +50,21 @@ def _wait_for_log(grid: LocalGrid, name: str, text: str, timeout: float = 240) -
     raise AssertionError(f"{name} never logged {text!r}:\n{proc.log_tail()}")
 
 
+@SHARED
 @pytest.mark.timeout(600)  # a loaded machine takes minutes to warm two nodes
-def test_a_tls_grid_runs_a_job_end_to_end(make_grid: Callable[..., LocalGrid], digits: Assets, tmp_path: Path) -> None:
-    grid = make_grid(tls=True)
-    grid.start_coordinator()
+def test_a_tls_grid_runs_a_job_end_to_end(grid: LocalGrid, digits: Assets, tmp_path: Path) -> None:
     assert "serving TLS" in grid.procs[0].log_path.read_text()
     for i in range(2):
         grid.start_node(f"node{i}", *node_args())
     grid.wait_for_nodes(2, timeout=300)  # each warms its worker first: slow on a loaded machine
     run_job(grid, digits, tmp_path)
     with grid.client() as client:
-        assert len(client.nodes()) == 2  # both nodes came in over TLS
+        assert len(client.nodes()) == 2  # both nodes came in over TLS (a refused node never counts)
 
 
+@SHARED
 @pytest.mark.timeout(600)
-def test_wrong_ca_and_plain_text_are_refused(make_grid: Callable[..., LocalGrid], tmp_path: Path) -> None:
-    grid = make_grid(tls=True)
-    grid.start_coordinator()
+def test_wrong_ca_and_plain_text_are_refused(grid: LocalGrid, tmp_path: Path) -> None:
     stranger_ca = make_local_ca(tmp_path / "stranger").ca_cert
     with Client(grid.target, ca_cert=stranger_ca) as client, pytest.raises(CoordinatorError) as wrong:
         client.nodes()
@@ -63,10 +76,12 @@ def test_wrong_ca_and_plain_text_are_refused(make_grid: Callable[..., LocalGrid]
             client.nodes()
         assert plain.value.code == grpc.StatusCode.UNAVAILABLE, plain.value
     # A node with the wrong CA never registers; it says why while it retries.
+    with grid.client() as client:
+        before = {n.address for n in client.nodes()}  # the grid's other nodes
     grid.start_node("lost", *node_args(), "--ca-cert", str(stranger_ca))
     _wait_for_log(grid, "lost", "TLS verification failed for coordinator")
     with grid.client() as client:
-        assert client.nodes() == []
+        assert {n.address for n in client.nodes()} == before
 
 
 def _coordinator(tmp_path: Path, *args: str, wait_s: float = 60) -> tuple[subprocess.Popen[str], int | None]:
