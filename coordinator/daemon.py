@@ -15,21 +15,12 @@ from coordinator.api.bulk import open_bulk_port
 from coordinator.api.server import Sessions, build_server, make_sessions
 from coordinator.app import Coordinator
 from coordinator.config import CoordinatorConfig
-from tensorgrid import tls
 from tensorgrid.sandbox.confine import forbid_inspection
 
 if TYPE_CHECKING:
     from coordinator.api.dashboard import Dashboard
 
 log = logging.getLogger("tensorgrid.coordinator")
-
-
-def credentials(config: CoordinatorConfig) -> grpc.ServerCredentials | None:
-    """TLS credentials, or None for plain text where the rule allows it (tensorgrid.tls)."""
-    if not tls.check_listen(config.listen, config.tls_cert, config.tls_key, config.insecure):
-        return None
-    assert config.tls_cert is not None and config.tls_key is not None
-    return tls.server_credentials(config.tls_cert, config.tls_key)
 
 
 async def start_dashboard(app: Coordinator, sessions: Sessions) -> Dashboard:
@@ -44,10 +35,10 @@ async def start_dashboard(app: Coordinator, sessions: Sessions) -> Dashboard:
     return await open_dashboard(c.dashboard_listen, views, tls_cert=c.tls_cert, tls_key=c.tls_key, insecure=c.insecure)
 
 
-async def serve(config: CoordinatorConfig, ready_file: Path | None = None) -> None:
-    creds = credentials(config)  # before anything starts: a bad certificate stops us here
-    if config.dashboard_listen:  # and plain HTTP off loopback without --insecure
-        tls.check_listen(config.dashboard_listen, config.tls_cert, config.tls_key, config.insecure)
+async def serve(
+    config: CoordinatorConfig, creds: grpc.ServerCredentials | None, ready_file: Path | None = None
+) -> None:
+    """Serve with `creds` (coordinator.main.credentials: TLS, or None for plain text) until stopped."""
     forbid_inspection()  # a sandboxed referee must not read this process's key or secrets
     app = Coordinator(config)
     bulk = open_bulk_port(config, app.blobs, app.access.record_upload, app.metrics.moved)

@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+import grpc
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
@@ -15,7 +16,7 @@ from coordinator.config import CoordinatorConfig
 from coordinator.db import engine as db
 from coordinator.db import migrate
 from coordinator.settings import CONFIG, DATABASE, ENV_PREFIX, SETTINGS, config_from
-from tensorgrid import config, config_show, exitcodes
+from tensorgrid import config, config_show, exitcodes, tls
 from tensorgrid.errors import TensorGridError
 from tensorgrid.logs import setup_logging
 
@@ -79,6 +80,17 @@ def cmd_db(ns: argparse.Namespace) -> int:
     return exitcodes.OK
 
 
+def credentials(settings: CoordinatorConfig) -> grpc.ServerCredentials | None:
+    """TLS credentials, or None for plain text where the rule allows it (tensorgrid.tls); checked
+    before the server stack loads, with the dashboard's port: a bad certificate stops us here."""
+    if settings.dashboard_listen:  # plain HTTP off loopback without --insecure is refused too
+        tls.check_listen(settings.dashboard_listen, settings.tls_cert, settings.tls_key, settings.insecure)
+    if not tls.check_listen(settings.listen, settings.tls_cert, settings.tls_key, settings.insecure):
+        return None
+    assert settings.tls_cert is not None and settings.tls_key is not None
+    return tls.server_credentials(settings.tls_cert, settings.tls_key)
+
+
 def unknown_variables() -> list[str]:
     return config.unknown_variables(ENV_PREFIX, (*SETTINGS, CONFIG))
 
@@ -93,10 +105,13 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_config(ns)
         if ns.command == "db":
             return cmd_db(ns)
-        # the server stack (gRPC, the job kinds, torch) loads only to serve: `config` and `db` start in a blink
+        settings = config_from(ns)
+        creds = credentials(settings)
+        # the server stack (gRPC, the job kinds, torch) loads only to serve: `config` and `db` start in a
+        # blink, and so does a refusal of the listen addresses or certificates
         from coordinator.daemon import serve
 
-        asyncio.run(serve(config_from(ns), ns.ready_file))
+        asyncio.run(serve(settings, creds, ns.ready_file))
     except TensorGridError as e:
         log.error("%s", e)
         return exitcodes.ERROR
