@@ -27,10 +27,11 @@ from node.config import AgentConfig
 from node.executor import Executor
 from node.fetching import BlobFetcher
 from node.handin import BUSY_RETRIES, RESULT_KEEP_S, RETRYABLE, HandIn, checkpoint_file
+from node.host import Cancel
 from node.pending import PendingResults
 from node.serving.replica import ReplicaContext
 from node.serving.stream import ServeLoop
-from node.slot import CHECKPOINTS, LEASE_WAIT_MS, Cancel, Slot
+from node.slot import CHECKPOINTS, LEASE_WAIT_MS, Slot
 from tensorgrid.crypto import Signer
 from tensorgrid.errors import TensorGridError
 from tensorgrid.nodeclient import NodeClient

@@ -9,18 +9,15 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import grpc
 
 from node.handin import BUSY_RETRIES
+from node.host import Host
 from tensorgrid.errors import TensorGridError
 from tensorgrid.retry import backoff
 from tensorgrid.rpc import retry_after_s
 from tensorgrid.types import BlobRef, ErrorKind, Lease, TaskError
-
-if TYPE_CHECKING:
-    from node.agent import Agent
 
 log = logging.getLogger("tensorgrid.node")
 
@@ -38,7 +35,7 @@ class TaskBlobs:
 class BlobFetcher:
     """Blobs through the agent's client (read through the agent, so a client swapped in later is used)."""
 
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: Host) -> None:
         self.agent = agent
 
     async def task_blobs(self, lease: Lease) -> TaskBlobs | TaskError:

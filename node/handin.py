@@ -12,18 +12,15 @@ import asyncio
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import grpc
 
+from node.host import Host
 from tensorgrid.blobs import file_sha256
 from tensorgrid.nodeclient import Submitted
 from tensorgrid.retry import backoff
 from tensorgrid.rpc import retry_after_s
 from tensorgrid.types import Lease, Receipt, TaskError
-
-if TYPE_CHECKING:
-    from node.agent import Agent
 
 log = logging.getLogger("tensorgrid.node")
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
@@ -40,7 +37,7 @@ class HandIn:
     """The agent's results on their way to the coordinator (the agent's client, session and
     revoked leases are read through it, so a client swapped in later is the one used)."""
 
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: Host) -> None:
         self.agent = agent
 
     async def submit(

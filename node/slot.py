@@ -32,26 +32,23 @@ import logging
 import random
 import shutil
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import grpc
 
 from node.executor import Executor, TaskOutcome, TaskRequest
-from node.fetching import TaskBlobs
+from node.fetching import BlobFetcher, TaskBlobs
+from node.handin import HandIn
+from node.host import Host
 from tensorgrid.rpc import retry_after_s
 from tensorgrid.types import ErrorKind, Lease, TaskError
-
-if TYPE_CHECKING:
-    from node.agent import Agent
 
 log = logging.getLogger("tensorgrid.node")
 LEASE_WAIT_MS = 5_000
 CHECKPOINTS = "checkpoints"
 AHEAD_MAX_SHARE = 0.1  # lease ahead only when a run takes at most this share of a task's time limit
-Cancel = Callable[[], Awaitable[None]]
 
 
 async def _nothing() -> None:
@@ -75,10 +72,17 @@ class Held:
     dropped: bool = False  # revoked or given back while it waited
 
 
+class SlotHost(Host, Protocol):
+    """The agent as a slot sees it: Host, with its result hand-in and blob fetcher."""
+
+    handin: HandIn
+    fetcher: BlobFetcher
+
+
 class Slot:
     """One executor's loop: lease, run, hand in; with one lease held ahead when it pays."""
 
-    def __init__(self, agent: Agent, ex: Executor) -> None:
+    def __init__(self, agent: SlotHost, ex: Executor) -> None:
         self.agent = agent
         self.ex = ex
         # The next lease on its way (granted with a result, or by LeaseTasks) or here: at most one.

@@ -177,8 +177,10 @@ def test_forged_foreign_mismatched_and_replayed_results_are_rejected(own_grid: L
         job = client.wait(job_id)
         assert job.state == JobState.SUCCEEDED and job.tasks_done == 3
         record = {n.address: n for n in client.nodes()}
-    # forger, thief and sloppy each sent one bad result, the holder one replay; the honest node none
-    assert sorted(n.rejections for n in record.values()) == [0, 1, 1, 1, 1]
+    # forger, thief and sloppy each sent one bad result; the holder's replay of its own accepted
+    # result was refused above but is not held against it (an honest node hands in a kept copy
+    # when the answer was lost, e.g. with a dying replica); the honest node sent none
+    assert sorted(n.rejections for n in record.values()) == [0, 0, 1, 1, 1]
     assert sorted(n.completed for n in record.values()) == [0, 0, 0, 1, 2]
 
 

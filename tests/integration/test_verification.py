@@ -106,7 +106,12 @@ def test_adversaries_are_caught_and_unpaid(make_grid: Callable[..., LocalGrid], 
     for adv in adversaries:
         r = record[adv.address.lower()]
         assert adv.submitted >= 1, f"{adv.behaviour} never got a task"
-        assert r.rejections + r.caught >= 1, f"{adv.behaviour} was not caught"
+        if adv.behaviour == "replay":
+            # Its own accepted receipt again is refused but not counted (an honest node hands in a
+            # kept copy when an answer is lost); the leases it sat on instead expired and were reissued.
+            assert adv.accepted <= 1 and r.failures >= 1, f"replay was not caught: {adv.accepted} accepted, {r}"
+        else:
+            assert r.rejections + r.caught >= 1, f"{adv.behaviour} was not caught"
         honest_answers = 1 if adv.behaviour == "replay" else 0  # its first answer was honest work
         assert paid.get(adv.address.lower(), 0) <= honest_answers, f"{adv.behaviour} was paid for cheating"
     for n in honest:
