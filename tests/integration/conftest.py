@@ -166,11 +166,11 @@ def node_args(threads: int = 1) -> tuple[str, ...]:
     return ("--device", "cpu", "--threads", str(threads))
 
 
-def wait_for(check, timeout: float = 60.0):  # type: ignore[no-untyped-def]
-    """check()'s first truthy value, polled every 0.3 s; AssertionError after `timeout` s."""
+def wait_for(check, timeout: float = 60.0, what: str = "a condition"):  # type: ignore[no-untyped-def]
+    """check()'s first truthy value, polled every 0.3 s; AssertionError naming `what` after `timeout` s."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if value := check():
             return value
         time.sleep(0.3)
-    raise AssertionError("timed out")
+    raise AssertionError(f"timed out waiting for {what}")

@@ -10,7 +10,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -24,21 +23,12 @@ from tensorgrid.devnet import ChainGrid, start_chain_grid
 from tensorgrid.localgrid import COORDINATOR
 from tensorgrid.spec.verification import VerificationSpec
 from tensorgrid.types import JobState
-from tests.integration.conftest import BATCH, FAST, Assets, TrainingDigits, node_args
+from tests.integration.conftest import BATCH, FAST, Assets, TrainingDigits, node_args, wait_for
 from tests.integration.test_inference import assert_matches_local
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 REWARD = 10**15
 GAS = 10**16  # far above what funding and refunding one escrow costs on anvil
-
-
-def _wait(check: Any, what: str, timeout: float = 180.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := check():
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @contextmanager
@@ -85,13 +75,16 @@ def _settled_once(cg: ChainGrid, node_keys: list[str], client: Client, job_id: s
     """The escrow charged `charged` wei, the rest refunded, every charged wei claimed by the
     nodes, none twice; the contract owes nothing."""
     assert client.chain is not None
-    escrow = _wait(lambda: (e := client.escrow(job_id)).status == JobStatus.COMPLETED and e, "the escrow's close")
+    escrow = wait_for(
+        lambda: (e := client.escrow(job_id)).status == JobStatus.COMPLETED and e, 180, "the escrow's close"
+    )
     assert escrow.charged == charged
     paid = 0
     for key in node_keys:
         node_chain = ChainClient.connect(cg.anvil.rpc_url, cg.deployment, key)
-        earned = _wait(
+        earned = wait_for(
             lambda a=node_chain.address: (e := client.earnings(a)).pending_wei == 0 and e.claim_epoch and e,
+            180,
             "the nodes' earnings on chain",
         )
         time.sleep(cg.deployment.challenge_window + 1)
@@ -120,7 +113,7 @@ def test_killing_the_replica_the_nodes_use_loses_nothing(tmp_path: Path, pg_url:
                 reward_per_task_wei=REWARD,
             )
             assert client.target == cg.grid.target  # sticky to the first replica while it answers
-            _wait(lambda: client.job(job.job_id).tasks_done >= 3, "the job to be under way")
+            wait_for(lambda: client.job(job.job_id).tasks_done >= 3, 180, "the job to be under way")
             _kill_first_replica(cg)
             assert client.job(job.job_id).tasks_done < job.tasks_total  # asked of the replica left
             final = client.wait(job.job_id)  # the watch moved to the other replica
