@@ -108,13 +108,20 @@ def digits_training(tmp_path_factory: pytest.TempPathFactory) -> TrainingDigits:
 
 class Stopper:
     """Stops grids in the background: draining nodes and a coordinator's grace period take
-    seconds of waiting that the next test need not spend. The session waits for them all."""
+    seconds of waiting that the next test need not spend. The session waits for them all.
 
-    def __init__(self) -> None:
+    in_place: stop each grid before the test (or module) that made it ends, so its processes'
+    CPU lands on that test in tests.cpureport's accounting (which turns this on)."""
+
+    def __init__(self, in_place: bool = False) -> None:
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="grid-stop")
         self._pending: list[Future[None]] = []
+        self._in_place = in_place
 
     def stop(self, grid: LocalGrid | ChainGrid) -> None:
+        if self._in_place:
+            grid.stop()
+            return
         self._pending.append(self._pool.submit(grid.stop))
 
     def close(self) -> None:
@@ -124,8 +131,8 @@ class Stopper:
 
 
 @pytest.fixture(scope="session")
-def stopper() -> Iterator[Stopper]:
-    s = Stopper()
+def stopper(pytestconfig: pytest.Config) -> Iterator[Stopper]:
+    s = Stopper(in_place=pytestconfig.pluginmanager.hasplugin("tests.cpureport"))
     yield s
     s.close()
 
