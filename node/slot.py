@@ -12,9 +12,10 @@ at a job's tail, a slot that took the next lease when its task began kept the jo
 queued behind a run of its own while another node, finishing moments later, found nothing
 (benchmarks.generation, 4 shards on 2 nodes: one node ran 3 of them, the other idled for half
 the job). So the lease ahead is asked for AHEAD_LEAD_S plus the last fetch's time before the
-running task is expected to end (as long as the slot's last run took); a task that ends sooner
-hands its result in asking for the next, as without a lease ahead. Tasks shorter than that lead
-lease ahead at once, with the result before them (one leasing round trip per task).
+running task is expected to end: as long as the slot's last run took, less its program load
+(the next task of a job finds its program warm). A task that ends sooner hands its result in
+asking for the next, as without a lease ahead. Tasks shorter than the lead lease ahead at once,
+with the result before them (one leasing round trip per task).
 
 Who could abuse holding leases ahead: a node hoarding leases, keeping work from other nodes
 while it sits on it. This daemon never holds more than one ahead per slot, and only when the
@@ -97,7 +98,7 @@ class Slot:
         self.ex = ex
         # The next lease on its way (granted with a result, or by LeaseTasks) or here: at most one.
         self.ahead: asyncio.Task[Held | None] | None = None
-        self.last_run_s: float | None = None
+        self.last_run_s: float | None = None  # the last run's length, less its program load (the next is warm)
         self.last_fetch_s = 0.0  # how long the last task's blobs took to arrive (a lease ahead's: from its request)
 
     async def run(self) -> None:
@@ -262,7 +263,7 @@ class Slot:
                 outcome, timing = await self._execute(held, out, ckpt, waited)
             finally:
                 ended.set()
-            self.last_run_s = timing.run_s
+            self.last_run_s = max(0.0, timing.run_s - outcome.load_seconds)
             if held.blobs is None:  # fetched in its turn (a prefetch timed itself)
                 self.last_fetch_s = timing.fetch_s
             if a.metrics is not None:
