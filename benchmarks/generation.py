@@ -100,10 +100,10 @@ def local_run(
     return _parse(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
 
 
-def split_run(model: Path, prompts: Path, root: Path, ns: argparse.Namespace, batch: int) -> float:
+def split_run(model: Path, prompts: Path, root: Path, ns: argparse.Namespace, batch: int) -> tuple[float, float]:
     """Wall seconds of `ns.nodes` in-process runs started together, each on its share of the
-    prompts (what each node decodes): what this machine gives that many one-node processes right
-    now, with no grid (the grid's floor on busy cores)."""
+    prompts (what each node decodes), and their CPU seconds: what this machine gives that many
+    one-node processes right now, with no grid (the grid's floor on busy cores)."""
     tensors = load_tensors(prompts)
     n = tensors["tokens"].shape[0]
     go = root / "go"
@@ -118,7 +118,8 @@ def split_run(model: Path, prompts: Path, root: Path, ns: argparse.Namespace, ba
     while not all(r.exists() for r in ready):
         time.sleep(0.05)  # all through their imports
     go.touch()
-    return max(_parse(proc.communicate()[0])[0] for proc in procs)
+    runs = [_parse(proc.communicate()[0]) for proc in procs]
+    return max(r[0] for r in runs), sum(r[2] for r in runs)
 
 
 def grid_run(
@@ -194,7 +195,7 @@ def main() -> None:
         grid_s, got, report = grid_run(root, model, prompts, ns, shard)
         print(f"grid {grid_s:.1f}s: {report}", flush=True)
         loads.append(os.getloadavg()[0])
-        split_s = split_run(model, prompts, root, ns, shard)
+        split_s, split_cpu_s = split_run(model, prompts, root, ns, shard)
         loads.append(os.getloadavg()[0])
         want = load_tensors(root / "local.safetensors")
         same = torch.equal(got["tokens"], want["tokens"]) and torch.equal(got["lengths"], want["lengths"])
@@ -232,6 +233,7 @@ def main() -> None:
             # on busy cores each of several processes gets less of the machine than one does, a
             # cost per_node_ratio charges to the grid; this one leaves it out (1.0: no grid cost).
             "split_s": round(split_s, 2),
+            "split_cpu_s": round(split_cpu_s, 2),
             "grid_vs_split": round(split_s / grid_s, 3),
             # Load-independent: CPU seconds decoding in process over the grid's (workers, node
             # daemons, coordinator, client), and the workers' decoding seconds over in-process.
