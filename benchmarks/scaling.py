@@ -30,7 +30,6 @@ the coordinator's referee timing lines, and the job's events.
 from __future__ import annotations
 
 import argparse
-import re
 import subprocess
 import sys
 import tempfile
@@ -39,11 +38,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from sqlalchemy import create_engine, select
 from torch import nn
 
 from benchmarks._common import emit
-from coordinator.db import schema as s
+from benchmarks._gridtime import breakdown
 from tensorgrid.localgrid import LocalGrid
 from tensorgrid.workloads.tensorfile import load_tensors, save_tensors
 
@@ -159,75 +157,6 @@ def calibrate_rows(model: Path, root: Path, seconds: float, batch: int, shards: 
     per_row = local_seconds(model, probe, root / "probe_out.safetensors", batch, runs=3)[1] / probe_rows
     unit = batch * shards
     return max(unit, round(seconds / per_row / unit) * unit), per_row
-
-
-# -- where the grid's time went --------------------------------------------------------------------
-
-_TIMING = re.compile(
-    r"task (?P<id>[0-9a-f]{12})/\d+ timing: fetch (?P<fetch>[\d.]+)s, load (?P<load>[\d.]+)s, "
-    r"compute (?P<compute>[\d.]+)s, run (?P<run>[\d.]+)s, submit (?P<submit>[\d.]+)s"
-)
-_RULING = re.compile(r"ruled on check [0-9a-f]+ in (?P<s>[\d.]+)s \((?P<rows>\d+) rows")
-_PROBE = re.compile(r"row-independence probe of [0-9a-f]+ took (?P<s>[\d.]+)s")
-
-
-def job_records(db: Path, job_id: str) -> tuple[dict[str, str], dict[str, Any]]:
-    """Task id prefix (as the nodes log it) → "shard" or "check"; and what the database says
-    about the job's checks and its tail (from the last shard's result to the job's end)."""
-    t, r, j = s.tasks, s.receipts, s.jobs
-    engine = create_engine(f"sqlite:///{db}")
-    with engine.connect() as conn:
-        rows = conn.execute(select(t.c.task_id, t.c.kind, t.c.rows).where(t.c.job_id == job_id)).all()
-        last_shard = conn.execute(
-            select(r.c.received_ms)
-            .join(t, t.c.task_id == r.c.task_id)
-            .where(t.c.job_id == job_id, t.c.kind == "inference")
-        ).all()
-        ended = conn.execute(select(j.c.updated_ms).where(j.c.job_id == job_id)).scalar_one()
-        alone = conn.execute(
-            select(s.referee_rulings.c.check_id).where(
-                s.referee_rulings.c.job_id == job_id, s.referee_rulings.c.rows_limit == 0
-            )
-        ).all()
-    engine.dispose()
-    kinds = {x.task_id[:12]: ("shard" if x.kind == "inference" else "check") for x in rows}
-    facts = {
-        "check_rows": sum(x.rows for x in rows if x.kind != "inference"),
-        "checks_left_to_referee": len(alone),  # no node took them (or a dispute): the referee ran them whole
-        "tail_s": round((ended - max(x.received_ms for x in last_shard)) / 1000, 2) if last_shard else None,
-    }
-    return kinds, facts
-
-
-def breakdown(grid: LocalGrid, job_id: str, wall_s: float, nodes: list[str]) -> dict[str, Any]:
-    kinds, facts = job_records(grid.root / "coordinator" / "coordinator.db", job_id)
-    per_node: dict[str, dict[str, float]] = {}
-    for name in nodes:
-        acc = {k: 0.0 for k in ("fetch_s", "load_s", "compute_s", "check_compute_s", "submit_s", "busy_s")}
-        acc.update(shards=0, checks=0)
-        for m in _TIMING.finditer((grid.root / f"{name}.log").read_text(errors="replace")):
-            kind = kinds.get(m["id"])
-            if kind is None:
-                continue  # another job's
-            acc["fetch_s"] += float(m["fetch"])
-            acc["load_s"] += float(m["load"])
-            acc["submit_s"] += float(m["submit"])
-            acc["check_compute_s" if kind == "check" else "compute_s"] += float(m["compute"])
-            acc["busy_s"] += float(m["fetch"]) + float(m["run"]) + float(m["submit"])
-            acc["checks" if kind == "check" else "shards"] += 1
-        acc["idle_s"] = max(0.0, wall_s - acc["busy_s"])
-        per_node[name] = {k: round(v, 2) for k, v in acc.items()}
-    log = (grid.root / "coordinator.log").read_text(errors="replace")
-    rulings = [(float(m["s"]), int(m["rows"])) for m in _RULING.finditer(log)]
-    probes = [float(m["s"]) for m in _PROBE.finditer(log)]
-    return {
-        "nodes": per_node,
-        **facts,
-        "referee_rulings": len(rulings),
-        "referee_s": round(sum(t for t, _ in rulings), 2),
-        "referee_rows": sum(r for _, r in rulings),
-        "intake_probe_s": round(sum(probes), 2),
-    }
 
 
 def run_grid(root: Path, model: Path, inputs: Path, shard_rows: int, batch: int) -> dict[str, Any]:

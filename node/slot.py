@@ -2,11 +2,20 @@
 
 A slot runs one task at a time in its sandboxed worker. On a distant link each task used to
 wait two round trips after the one before it: its result in (SubmitResult, which also asked
-for the next lease) and the next input down (FetchBlob). So a slot now keeps one lease ahead:
-while task k runs, lease k+1 is granted and its blobs are fetched into the cache (the worker's
+for the next lease) and the next input down (FetchBlob). So a slot keeps one lease ahead: near
+the end of task k, lease k+1 is granted and its blobs are fetched into the cache (the worker's
 program cache keeps the model warm), so when k finishes, k+1 starts at once, and k's result is
-handed in beside it, asking for lease k+2 as the next one ahead (still one leasing round trip
-per task: the result carries the request).
+handed in beside it.
+
+When to lease ahead: late, not at once. A lease held ahead is a task no other node can start:
+at a job's tail, a slot that took the next lease when its task began kept the job's last task
+queued behind a run of its own while another node, finishing moments later, found nothing
+(benchmarks.generation, 4 shards on 2 nodes: one node ran 3 of them, the other idled for half
+the job). So the lease ahead is asked for AHEAD_LEAD_S plus the last fetch's time before the
+running task is expected to end: as long as the slot's last run took, less its program load
+(the next task of a job finds its program warm). A task that ends sooner hands its result in
+asking for the next, as without a lease ahead. Tasks shorter than the lead lease ahead at once,
+with the result before them (one leasing round trip per task).
 
 Who could abuse holding leases ahead: a node hoarding leases, keeping work from other nodes
 while it sits on it. This daemon never holds more than one ahead per slot, and only when the
@@ -19,15 +28,16 @@ which it is reissued and its late result refused. There is no per-node cap on le
 once: a hoarder costs other nodes at most that delay per task it holds.
 
 Deadlines: the coordinator's heartbeat cap counts from the grant (leased_ms), so a lease that
-waited ahead has that wait taken from its compute time. The wait is one run of the task before
-it; the slot leases ahead only when that run was short against the limit (AHEAD_MAX_SHARE),
-and the worker's time limit is shortened by the wait, so it still ends where the coordinator's
-cap says (a lease that waited its whole limit is given back unrun).
+waited ahead has that wait taken from its compute time. The wait is about the lead (at most
+one run of the task before it); the slot leases ahead only when that run was short against the
+limit (AHEAD_MAX_SHARE), and the worker's time limit is shortened by the wait, so it still ends
+where the coordinator's cap says (a lease that waited its whole limit is given back unrun).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import shutil
@@ -49,6 +59,7 @@ log = logging.getLogger("tensorgrid.node")
 LEASE_WAIT_MS = 5_000
 CHECKPOINTS = "checkpoints"
 AHEAD_MAX_SHARE = 0.1  # lease ahead only when a run takes at most this share of a task's time limit
+AHEAD_LEAD_S = 1.0  # lease ahead this long (plus the last fetch's time) before the running task should end
 
 
 async def _nothing() -> None:
@@ -87,7 +98,8 @@ class Slot:
         self.ex = ex
         # The next lease on its way (granted with a result, or by LeaseTasks) or here: at most one.
         self.ahead: asyncio.Task[Held | None] | None = None
-        self.last_run_s: float | None = None
+        self.last_run_s: float | None = None  # the last run's length, less its program load (the next is warm)
+        self.last_fetch_s = 0.0  # how long the last task's blobs took to arrive (a lease ahead's: from its request)
 
     async def run(self) -> None:
         """Work until the agent drains; then give back what is held and let hand-ins finish."""
@@ -113,13 +125,49 @@ class Slot:
             return False
         return lease.time_limit_ms > 0 and self.last_run_s <= AHEAD_MAX_SHARE * lease.time_limit_ms / 1000
 
+    def ahead_delay(self, lease: Lease) -> float | None:
+        """Seconds from the start of `lease`'s run until its slot should ask for the lease ahead
+        (0: now), or None for no lease ahead: the last run's length less the lead (AHEAD_LEAD_S
+        and the last fetch's time), so the next task's blobs arrive just before this one ends."""
+        if not self.may_lease_ahead(lease):
+            return None
+        assert self.last_run_s is not None
+        return max(0.0, self.last_run_s - AHEAD_LEAD_S - self.last_fetch_s)
+
+    def _plan_ahead(self, lease: Lease, ended: asyncio.Event) -> None:
+        """Arrange the lease ahead of `lease`'s run (see ahead_delay): now, later, or not at all.
+        A lease the previous result's hand-in brings (self.ahead) is the one ahead."""
+        delay = self.ahead_delay(lease)
+        if delay is None:
+            return
+        if delay <= 0 and self.ahead is None:
+            self.ahead = asyncio.create_task(self._lease_ahead())
+        else:
+            self.ahead = asyncio.create_task(self._lease_ahead_later(self.ahead, delay, ended))
+
+    async def _lease_ahead_later(
+        self, prior: asyncio.Task[Held | None] | None, delay: float, ended: asyncio.Event
+    ) -> Held | None:
+        """After `delay` seconds, the lease ahead, unless the running task has `ended` first (its
+        hand-in then asks for the next lease). `prior`, the previous result's hand-in, finishes first."""
+        due = time.monotonic() + delay
+        if prior is not None:
+            held = await prior
+            if held is not None:  # it brought a lease after all: that one is ahead
+                return held
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ended.wait(), max(0.0, due - time.monotonic()))
+        if ended.is_set() or self.agent.draining.is_set():
+            return None
+        return await self._lease_ahead()
+
     async def _take_ahead(self) -> Held | None:
         ahead, self.ahead = self.ahead, None
         return await ahead if ahead is not None else None
 
-    async def _hold(self, leases: list[Lease], prefetch: bool) -> Held | None:
-        """Take the first lease as this slot's next (fetching its blobs now when `prefetch`);
-        more than one, or any while draining, goes back."""
+    async def _hold(self, leases: list[Lease], prefetch: bool, asked: float | None = None) -> Held | None:
+        """Take the first lease as this slot's next (fetching its blobs now when `prefetch`, timed
+        from `asked`, when it was asked for); more than one, or any while draining, goes back."""
         a = self.agent
         if not leases:
             return None
@@ -131,6 +179,13 @@ class Slot:
         held = Held(first, time.monotonic())
         if prefetch:
             held.blobs = asyncio.create_task(a.fetcher.task_blobs(first))
+            since = time.monotonic() if asked is None else asked
+
+            def fetched(done: asyncio.Task[TaskBlobs | TaskError]) -> None:
+                if not done.cancelled():
+                    self.last_fetch_s = time.monotonic() - since
+
+            held.blobs.add_done_callback(fetched)
 
             async def drop() -> None:  # revoked while it waited: never run it
                 held.dropped = True
@@ -153,12 +208,13 @@ class Slot:
     async def _lease_ahead(self) -> Held | None:
         """One lease to hold ahead, if there is one now (no long poll: the slot is busy)."""
         a = self.agent
+        asked = time.monotonic()
         try:
             leases, _ = await a.client.lease(1, wait_ms=0)
         except grpc.aio.AioRpcError as e:
             await a._on_rpc_error(e, "lease ahead")
             return None
-        return await self._hold(leases, prefetch=True)
+        return await self._hold(leases, prefetch=True, asked=asked)
 
     async def _lease_one(self) -> Held | None:
         """One lease, long-polling the coordinator; None when there was none (after any wait it asked for)."""
@@ -199,19 +255,24 @@ class Slot:
         out = a.config.work_dir / f"{lease.task_id}-{lease.attempt}.out"
         training = lease.kind == "training"
         ckpt = a.config.work_dir / CHECKPOINTS / f"{lease.task_id}-{lease.attempt}" if training else None
-        if self.ahead is None and self.may_lease_ahead(lease):
-            self.ahead = asyncio.create_task(self._lease_ahead())
+        ended = asyncio.Event()
+        self._plan_ahead(lease, ended)
         beside = False
         try:
-            outcome, timing = await self._execute(held, out, ckpt, waited)
-            self.last_run_s = timing.run_s
+            try:
+                outcome, timing = await self._execute(held, out, ckpt, waited)
+            finally:
+                ended.set()
+            self.last_run_s = max(0.0, timing.run_s - outcome.load_seconds)
+            if held.blobs is None:  # fetched in its turn (a prefetch timed itself)
+                self.last_fetch_s = timing.fetch_s
             if a.metrics is not None:
                 a.metrics.task(lease.kind, None if outcome.ok else _kind_of(outcome), timing.run_s)
             if outcome.ok and ckpt is None and self.ahead is not None:
                 following = await self._take_ahead()
                 if following is not None:  # it starts now; this result goes in beside it
                     a._active[lease.task_id] = (lease.attempt, _nothing)  # its executor runs the next task now
-                    want = 1 if self.may_lease_ahead(following.lease) else 0
+                    want = 1 if self.ahead_delay(following.lease) == 0 else 0  # else asked for later
                     self.ahead = asyncio.create_task(self._hand_in_beside(lease, out, outcome, timing, want))
                     beside = True
                     return following
@@ -258,7 +319,7 @@ class Slot:
                 _log_timing(lease, outcome, timing, time.monotonic() - submitted)
         finally:
             await self._done_with(lease, out, None)
-        return await self._hold(granted, prefetch=True)
+        return await self._hold(granted, prefetch=True, asked=submitted)
 
     async def _done_with(self, lease: Lease, out: Path, ckpt: Path | None) -> None:
         a = self.agent

@@ -1,6 +1,7 @@
 """A slot holds one lease ahead: the next task's input is fetched while the current one runs,
 the result goes in beside the next run, heartbeats list the lease ahead, a revoked one never
-runs, draining gives it back, and the worker's limit is shortened by the wait ahead."""
+runs, draining gives it back, and the worker's limit is shortened by the wait ahead. A long
+task's lease ahead is asked for near its end, so a job's last task goes to the node free first."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pytest
+
+from node import slot as slot_module
 from node.agent import Agent
 from node.cache import BlobCache
 from node.config import AgentConfig
@@ -75,28 +79,32 @@ class Grid:
 
 
 class Worker:
-    """An executor that sleeps and writes an output; remembers what it was asked."""
+    """An executor that sleeps run_s and writes an output; remembers what it was asked and when."""
 
-    def __init__(self, grid: Grid, agent: Agent) -> None:
-        self.grid, self.agent = grid, agent
+    def __init__(self, grid: Grid, agent: Agent, run_s: float = RUN_S, first_load_s: float = 0.0) -> None:
+        self.grid, self.agent, self.run_s = grid, agent, run_s
+        self.load_s = first_load_s  # the first run loads the program for this long first
         self.requests: list[TaskRequest] = []
         self.active_seen: list[set[str]] = []
+        self.started: dict[str, float] = {}  # task index → when its run began (monotonic)
 
     async def run(self, request: TaskRequest) -> TaskOutcome:
         self.requests.append(request)
         index = Path(request.input_path).read_bytes().decode().split()[1]
         self.grid.log.append(("started", index))
-        await asyncio.sleep(RUN_S)
+        self.started[index] = time.monotonic()
+        load_s, self.load_s = self.load_s, 0.0
+        await asyncio.sleep(load_s + self.run_s)
         self.active_seen.append({str(int(t, 16)) for t in self.agent._active})  # what a heartbeat would list
         Path(request.output_path).write_bytes(b"out " + index.encode())
         self.grid.log.append(("ran", index))
-        return TaskOutcome(ok=True, rows=1, seconds=RUN_S)
+        return TaskOutcome(ok=True, rows=1, seconds=self.run_s, load_seconds=load_s)
 
     async def cancel(self) -> None:
         pass
 
 
-def make(tmp_path: Path, grid: Grid) -> tuple[Agent, Worker]:
+def make(tmp_path: Path, grid: Grid, run_s: float = RUN_S, first_load_s: float = 0.0) -> tuple[Agent, Worker]:
     a = Agent(
         AgentConfig("127.0.0.1:1", tmp_path / "work"),
         Signer.generate(),
@@ -106,11 +114,13 @@ def make(tmp_path: Path, grid: Grid) -> tuple[Agent, Worker]:
     a.client = grid  # type: ignore[assignment]
     a.config.work_dir.mkdir(parents=True, exist_ok=True)
     a._registered.set()
-    return a, Worker(grid, a)
+    return a, Worker(grid, a, run_s, first_load_s)
 
 
-async def work(tmp_path: Path, grid: Grid, until: int) -> tuple[Agent, Worker]:
-    a, worker = make(tmp_path, grid)
+async def work(
+    tmp_path: Path, grid: Grid, until: int, run_s: float = RUN_S, first_load_s: float = 0.0
+) -> tuple[Agent, Worker]:
+    a, worker = make(tmp_path, grid, run_s, first_load_s)
     slot = Slot(a, worker)  # type: ignore[arg-type]
     run = asyncio.create_task(slot.run())
     while a.completed < until:
@@ -203,3 +213,49 @@ def test_a_revoked_lease_ahead_never_runs(tmp_path: Path) -> None:
     revoked = [i for e, i in grid.log if e == "revoked"]
     assert revoked and ("started", revoked[0]) not in grid.log
     assert (revoked[0], "released") not in grid.reported  # not the node's to give back any more
+
+
+def test_a_long_tasks_lease_ahead_comes_near_its_end_and_its_input_still_before(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(slot_module, "AHEAD_LEAD_S", 0.1)
+    run_s = 0.4
+    grid = Grid(4)
+    granted: dict[str, float] = {}
+    grant = grid._grant
+
+    def timed(n: int) -> list[Lease]:
+        got = grant(n)
+        granted.update((str(int(x.task_id, 16)), time.monotonic()) for x in got)
+        return got
+
+    grid._grant = timed  # type: ignore[method-assign]
+    # the first run also loads the program: the next, warm, is as long as the first less that load
+    _, worker = asyncio.run(work(tmp_path, grid, until=4, run_s=run_s, first_load_s=run_s))
+    log = grid.log
+    for i in (2, 3):  # the first run is measured first; the second task comes with the first result
+        assert granted[str(i)] - worker.started[str(i - 1)] > run_s / 2, (granted, worker.started)  # not at once
+        assert at(log, "fetched", i) < at(log, "ran", i - 1), log  # still here before its turn came
+        assert at(log, "started", i) < at(log, "submitted", i - 1), log  # the result went in beside it
+    limits = [r.time_limit_s for r in worker.requests]
+    assert all(x > 600.0 - run_s / 2 for x in limits), limits  # held ahead for about the lead, not a run
+
+
+def test_a_jobs_last_task_goes_to_the_node_free_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """4 tasks on 2 nodes, the second finishing just after the first: each runs 2. Leasing ahead
+    as a task began, the first node took the last task behind its own run and the other idled."""
+    monkeypatch.setattr(slot_module, "AHEAD_LEAD_S", 0.05)
+
+    async def scenario() -> list[Worker]:
+        grid = Grid(4)
+        pairs = [make(tmp_path / name, grid, run_s) for name, run_s in (("a", 0.3), ("b", 0.33))]
+        runs = [asyncio.create_task(Slot(a, w).run()) for a, w in pairs]  # type: ignore[arg-type]
+        while sum(a.completed for a, _ in pairs) < 4:
+            await asyncio.sleep(0.005)
+        for a, _ in pairs:
+            a.drain()
+        await asyncio.wait_for(asyncio.gather(*runs), 5)
+        return [w for _, w in pairs]
+
+    first, second = asyncio.run(scenario())
+    assert sorted(first.started) == ["0", "2"] and sorted(second.started) == ["1", "3"], (first.started, second.started)

@@ -1,0 +1,144 @@
+"""Where a grid job's time went, for the benchmarks: the nodes' per-task timing lines (fetch,
+program load, compute, run, submit; node.slot logs them), each task classed as a shard or a
+check from the coordinator's database, the referee's and intake's timing lines, each shard's
+lease and receipt times (which node ran it, and when), and the CPU seconds the grid's processes
+spent (GridCpu)."""
+
+from __future__ import annotations
+
+import re
+import resource
+from pathlib import Path
+from typing import Any
+
+import psutil
+from sqlalchemy import create_engine, select
+
+from coordinator.db import schema as s
+from tensorgrid.localgrid import LocalGrid
+
+TIMING = re.compile(
+    r"task (?P<id>[0-9a-f]{12})/\d+ timing: fetch (?P<fetch>[\d.]+)s, load (?P<load>[\d.]+)s, "
+    r"compute (?P<compute>[\d.]+)s, run (?P<run>[\d.]+)s, submit (?P<submit>[\d.]+)s"
+)
+RULING = re.compile(r"ruled on check [0-9a-f]+ in (?P<s>[\d.]+)s \((?P<rows>\d+) rows")
+REGISTERED = re.compile(r"registered with \S+ as (?P<address>0x[0-9a-fA-F]{40})")
+PROBE = re.compile(r"row-independence probe of [0-9a-f]+ took (?P<s>[\d.]+)s")
+
+
+def job_records(db: Path, job_id: str) -> tuple[dict[str, str], dict[str, Any]]:
+    """Task id prefix (as the nodes log it) → "shard" or "check"; and what the database says
+    about the job: its checks, its tail (from the last shard's result to the job's end), and
+    each shard's node and its lease and receipt times in seconds from the job's creation."""
+    t, r, j = s.tasks, s.receipts, s.jobs
+    engine = create_engine(f"sqlite:///{db}")
+    with engine.connect() as conn:
+        rows = conn.execute(select(t.c.task_id, t.c.kind, t.c.rows).where(t.c.job_id == job_id)).all()
+        shards = conn.execute(
+            select(t.c.idx, t.c.node, t.c.leased_ms, r.c.received_ms)
+            .join(r, (t.c.task_id == r.c.task_id) & (t.c.attempt == r.c.attempt))
+            .where(t.c.job_id == job_id, t.c.kind != s.CHECK_KIND)
+            .order_by(t.c.idx)
+        ).all()
+        created, ended = conn.execute(select(j.c.created_ms, j.c.updated_ms).where(j.c.job_id == job_id)).one()
+        alone = conn.execute(
+            select(s.referee_rulings.c.check_id).where(
+                s.referee_rulings.c.job_id == job_id, s.referee_rulings.c.rows_limit == 0
+            )
+        ).all()
+    engine.dispose()
+    kinds = {x.task_id[:12]: ("check" if x.kind == s.CHECK_KIND else "shard") for x in rows}
+    facts = {
+        "check_rows": sum(x.rows for x in rows if x.kind == s.CHECK_KIND),
+        "checks_left_to_referee": len(alone),  # no node took them (or a dispute): the referee ran them whole
+        "tail_s": round((ended - max(x.received_ms for x in shards)) / 1000, 2) if shards else None,
+        # per shard: [index, node (breakdown names it), leased at, result in at] (s from the job's creation)
+        "shards": [[x.idx, x.node[:10], _since(x.leased_ms, created), _since(x.received_ms, created)] for x in shards],
+    }
+    return kinds, facts
+
+
+def _since(ms: int, start_ms: int) -> float:
+    return round((ms - start_ms) / 1000, 2)
+
+
+def breakdown(grid: LocalGrid, job_id: str, wall_s: float, nodes: list[str]) -> dict[str, Any]:
+    """Per node: shards and checks run, seconds fetching, loading programs, computing (shards,
+    checks), running (the worker's whole turn), submitting, and idle within `wall_s`; then the
+    job's facts (job_records) and the coordinator's referee and intake-probe seconds."""
+    kinds, facts = job_records(grid.root / "coordinator" / "coordinator.db", job_id)
+    per_node: dict[str, dict[str, float]] = {}
+    names: dict[str, str] = {}
+    for name in nodes:
+        text = (grid.root / f"{name}.log").read_text(errors="replace")
+        names.update((m["address"].lower()[:10], name) for m in REGISTERED.finditer(text))
+        acc = {k: 0.0 for k in ("fetch_s", "load_s", "compute_s", "check_compute_s", "run_s", "submit_s", "busy_s")}
+        acc.update(shards=0, checks=0)
+        for m in TIMING.finditer(text):
+            kind = kinds.get(m["id"])
+            if kind is None:
+                continue  # another job's
+            acc["fetch_s"] += float(m["fetch"])
+            acc["load_s"] += float(m["load"])
+            acc["run_s"] += float(m["run"])
+            acc["submit_s"] += float(m["submit"])
+            acc["check_compute_s" if kind == "check" else "compute_s"] += float(m["compute"])
+            acc["busy_s"] += float(m["fetch"]) + float(m["run"])
+            acc["checks" if kind == "check" else "shards"] += 1
+        acc["idle_s"] = max(0.0, wall_s - acc["busy_s"])
+        per_node[name] = {k: round(v, 2) for k, v in acc.items()}
+    for shard in facts["shards"]:
+        shard[1] = names.get(shard[1].lower(), shard[1])
+    log = (grid.root / "coordinator.log").read_text(errors="replace")
+    rulings = [(float(m["s"]), int(m["rows"])) for m in RULING.finditer(log)]
+    probes = [float(m["s"]) for m in PROBE.finditer(log)]
+    return {
+        "nodes": per_node,
+        **facts,
+        "referee_rulings": len(rulings),
+        "referee_s": round(sum(t for t, _ in rulings), 2),
+        "referee_rows": sum(r for _, r in rulings),
+        "intake_probe_s": round(sum(probes), 2),
+    }
+
+
+class GridCpu:
+    """CPU seconds the grid's processes spent between start() and seconds(), by role: the
+    coordinator (with its sandboxed referee children), the node daemons, their task workers,
+    and this process (the client). Counts the processes' own time and their reaped children's."""
+
+    def __init__(self, grid: LocalGrid) -> None:
+        self.roots = [(p.popen.pid, "coordinator" if p.name.startswith("coordinator") else "node") for p in grid.procs]
+        self._before: dict[int, float] = {}
+        self._client = 0.0
+
+    def _read(self) -> dict[int, tuple[str, float]]:
+        out: dict[int, tuple[str, float]] = {}
+        for pid, role in self.roots:
+            try:
+                root = psutil.Process(pid)
+                family = [(root, role), *((c, "workers" if role == "node" else role) for c in root.children(True))]
+            except psutil.Error:
+                continue
+            for proc, what in family:
+                try:
+                    t = proc.cpu_times()
+                except psutil.Error:
+                    continue
+                out[proc.pid] = (what, t.user + t.system + t.children_user + t.children_system)
+        return out
+
+    @staticmethod
+    def _self() -> float:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    def start(self) -> None:
+        self._before = {pid: cpu for pid, (_, cpu) in self._read().items()}
+        self._client = self._self()
+
+    def seconds(self) -> dict[str, float]:
+        spent = {"coordinator": 0.0, "node": 0.0, "workers": 0.0, "client": self._self() - self._client}
+        for pid, (role, cpu) in self._read().items():
+            spent[role] += cpu - self._before.get(pid, 0.0)
+        return {role: round(x, 2) for role, x in spent.items()}
