@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
-from tensorgrid.crypto import Signer, session_message, sign_message
+from tensorgrid.crypto import FULL_SCOPE, Signer, session_message, sign_message
 from tensorgrid.errors import TensorGridError
 from tensorgrid.rpc import RETRY_AFTER_METADATA_KEY, SESSION_METADATA_KEY
 from tensorgrid.tls import explain_unavailable
@@ -87,14 +87,25 @@ def _retry_hint(e: grpc.RpcError) -> int | None:
 
 
 class Session:
-    """Opens the session on first use and renews it; runs calls with its metadata."""
+    """Opens the session on first use and renews it; runs calls with its metadata.
 
-    def __init__(self, stub: submit_pb2_grpc.SubmitterServiceStub, signer: Signer, timeout: float) -> None:
+    scope: FULL_SCOPE (every call) or DASHBOARD_SCOPE (a read-only web dashboard session, which
+    every gRPC call refuses: for a `tensorgrid dashboard` link, not for calls)."""
+
+    def __init__(
+        self, stub: submit_pb2_grpc.SubmitterServiceStub, signer: Signer, timeout: float, scope: str = FULL_SCOPE
+    ) -> None:
         self.stub = stub
         self.signer = signer
         self.timeout = timeout
+        self.scope = scope
         self.token = ""
         self._expires_ms = 0
+
+    @property
+    def expires_ms(self) -> int:
+        """When the open session ends (ms since the epoch; 0 before it opens)."""
+        return self._expires_ms
 
     @property
     def fresh(self) -> bool:
@@ -114,8 +125,8 @@ class Session:
         challenge = call(
             self.stub.GetChallenge, submit_pb2.SessionChallengeRequest(address=address), timeout=self.timeout
         )
-        sig = sign_message(self.signer, session_message(address, challenge.nonce))
-        req = submit_pb2.OpenSessionRequest(address=address, nonce=challenge.nonce, signature=sig)
+        sig = sign_message(self.signer, session_message(address, challenge.nonce, self.scope))
+        req = submit_pb2.OpenSessionRequest(address=address, nonce=challenge.nonce, signature=sig, scope=self.scope)
         session = call(self.stub.OpenSession, req, timeout=self.timeout)
         self.token, self._expires_ms = session.session_token, session.expires_at_ms
 

@@ -1,6 +1,9 @@
 """Keys, signatures, keystores, EIP-712 receipts and EIP-191 auth messages."""
 
 from tensorgrid.crypto.auth import (
+    DASHBOARD_SCOPE,
+    FULL_SCOPE,
+    SESSION_SCOPES,
     cancel_message,
     personal_digest,
     recover_message_signer,
@@ -32,7 +35,10 @@ from tensorgrid.crypto.receipts import (
 )
 
 __all__ = [
+    "DASHBOARD_SCOPE",
+    "FULL_SCOPE",
     "RECEIPT_TYPES",
+    "SESSION_SCOPES",
     "Signer",
     "cancel_message",
     "checksum_address",

@@ -37,12 +37,22 @@ def registration_message(address: str, nonce: bytes, domain: Domain) -> bytes:
     return "\n".join(lines).encode("utf-8")
 
 
-def session_message(address: str, nonce: bytes) -> bytes:
+FULL_SCOPE = ""  # a session for every SubmitterService call (the only kind before scopes)
+DASHBOARD_SCOPE = "dashboard"  # the web dashboard's read-only JSON API, and nothing over gRPC
+SESSION_SCOPES = (FULL_SCOPE, DASHBOARD_SCOPE)
+
+
+def session_message(address: str, nonce: bytes, scope: str = FULL_SCOPE) -> bytes:
     """The text a submitter signs to open a session: binds its address to a coordinator-issued nonce
-    (the nonce carries the coordinator's MAC, so it is good at that coordinator only, and once)."""
+    (the nonce carries the coordinator's MAC, so it is good at that coordinator only, and once)
+    and, past the full scope, to the session's scope: a signature opens the scope it names and no
+    other. The full scope's text is what it was before scopes existed, byte for byte."""
     if not nonce:
         raise SignatureError("session nonce must not be empty")
-    return f"TensorGrid submitter session\naddress: {normalize_address(address)}\nnonce: {nonce.hex()}".encode()
+    if scope not in SESSION_SCOPES:
+        raise SignatureError(f"unknown session scope {scope!r}: one of {', '.join(map(repr, SESSION_SCOPES))}")
+    text = f"TensorGrid submitter session\naddress: {normalize_address(address)}\nnonce: {nonce.hex()}"
+    return (text + f"\nscope: {scope}" if scope else text).encode()
 
 
 def submit_message(spec_hash: str) -> bytes:

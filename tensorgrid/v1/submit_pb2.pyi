@@ -61,14 +61,16 @@ class SessionChallenge(_message.Message):
     def __init__(self, nonce: _Optional[bytes] = ..., expires_at_ms: _Optional[int] = ...) -> None: ...
 
 class OpenSessionRequest(_message.Message):
-    __slots__ = ("address", "nonce", "signature")
+    __slots__ = ("address", "nonce", "signature", "scope")
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     NONCE_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
     address: str
     nonce: bytes
     signature: bytes
-    def __init__(self, address: _Optional[str] = ..., nonce: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+    scope: str
+    def __init__(self, address: _Optional[str] = ..., nonce: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., scope: _Optional[str] = ...) -> None: ...
 
 class Session(_message.Message):
     __slots__ = ("session_token", "expires_at_ms")
