@@ -98,6 +98,7 @@ class CoordinatorConfig:
     verifying_contract: str = ""  # default: the coordinator's own address (until contracts land)
     heartbeat_interval_ms: int = 5_000
     session_ttl_ms: int = 24 * 3600 * 1000
+    dashboard_session_ttl_ms: int = 8 * 3600 * 1000  # a `tensorgrid dashboard` link's read-only session
     timing: LeaseTiming = field(default_factory=LeaseTiming)
     limits: Limits = field(default_factory=Limits)
     reap_interval_ms: int = 1_000

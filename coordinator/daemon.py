@@ -31,7 +31,7 @@ async def start_dashboard(app: Coordinator, sessions: Sessions) -> Dashboard:
     c = app.config
     stake_of = app.verification.known_stake if app.chain is not None else None
     data = DashboardData(app.store, app.reports, stake_of)
-    views = Views(app.runtime, app.access, data, sessions.submitters, sessions.limiter)
+    views = Views(app.runtime, app.access, data, sessions.dashboards, sessions.limiter)
     return await open_dashboard(c.dashboard_listen, views, tls_cert=c.tls_cert, tls_key=c.tls_key, insecure=c.insecure)
 
 

@@ -245,6 +245,14 @@ DASHBOARD_LISTEN = Setting(
     "link from `tensorgrid dashboard`; HTTPS with --tls-cert, else loopback only unless --insecure); empty: none",
     metavar="HOST:PORT",
 )
+DASHBOARD_SESSION_TTL = Setting(
+    "--dashboard-session-ttl",
+    _COORDINATOR + "DASHBOARD_SESSION_TTL",
+    "8h",
+    help="how long a `tensorgrid dashboard` link works: its read-only session (worth nothing over gRPC) "
+    "ends this long after it opens (e.g. 8h, 30m); an SDK session lasts 24h",
+    metavar="DURATION",
+)
 HEALTH_INTERVAL_MS = Setting(
     "--health-interval-ms",
     _COORDINATOR + "HEALTH_INTERVAL_MS",
@@ -292,6 +300,7 @@ SETTINGS = (
     DRAIN_S,
     METRICS_LISTEN,
     DASHBOARD_LISTEN,
+    DASHBOARD_SESSION_TTL,
     BULK_LISTEN,
     BULK_HELLO_S,
     BULK_IDLE_S,
@@ -322,20 +331,6 @@ SETTINGS = (
     VERBOSE,
     LOG_FORMAT,
 )
-_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
-
-
-def duration_ms(text: str) -> int:
-    """ "90m", "12h", "7d", "30s", "500ms" (a bare number is seconds) → milliseconds."""
-    raw = text.strip().lower()
-    unit = next((u for u in ("ms", "s", "m", "h", "d") if raw.endswith(u)), "")
-    try:
-        value = float(raw[: len(raw) - len(unit)] if unit else raw)
-    except ValueError:
-        raise TensorGridError(f"not a duration: {text!r} (write e.g. 12h, 7d, 90m)") from None
-    if value <= 0:
-        raise TensorGridError(f"a duration must be positive, got {text!r}")
-    return int(value * _UNITS_MS[unit or "s"])
 
 
 def config_from(ns: argparse.Namespace) -> CoordinatorConfig:
@@ -356,7 +351,8 @@ def config_from(ns: argparse.Namespace) -> CoordinatorConfig:
     return CoordinatorConfig(
         operator_address=operator,
         quotas=quotas,
-        blob_retention_ms=duration_ms(ns.blob_retention),
+        blob_retention_ms=config.duration_ms(ns.blob_retention),
+        dashboard_session_ttl_ms=config.duration_ms(ns.dashboard_session_ttl),
         listen=ns.listen,
         data_dir=ns.data_dir,
         database_url=ns.database_url,

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from tensorgrid.errors import TensorGridError
+
 Env = Mapping[str, str]
 HOME_ENV = "TENSORGRID_HOME"
 Origin = Literal["flag", "env", "file", "default"]
@@ -56,6 +58,22 @@ def switch(raw: str) -> bool:
     if value in ("0", "false", "no", "off"):
         return False
     raise ValueError(f"not on/off: {raw!r}")
+
+
+_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
+
+
+def duration_ms(text: str) -> int:
+    """A duration setting: "90m", "12h", "7d", "30s", "500ms" (a bare number is seconds) → milliseconds."""
+    raw = text.strip().lower()
+    unit = next((u for u in ("ms", "s", "m", "h", "d") if raw.endswith(u)), "")
+    try:
+        value = float(raw[: len(raw) - len(unit)] if unit else raw)
+    except ValueError:
+        raise TensorGridError(f"not a duration: {text!r} (write e.g. 12h, 7d, 90m)") from None
+    if value <= 0:
+        raise TensorGridError(f"a duration must be positive, got {text!r}")
+    return int(value * _UNITS_MS[unit or "s"])
 
 
 @dataclass(frozen=True)

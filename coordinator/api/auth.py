@@ -11,6 +11,10 @@ the token in the `x-tensorgrid-session` metadata key, except the calls open to a
 - SubmitterService.ListNodes, GetEarnings, GetEpoch: the grid's nodes, their record, earnings
   and epochs are public by design (they are on chain, and submitters choose a grid by them).
 
+A dashboard session (OpenSession with scope "dashboard", the link `tensorgrid dashboard` prints)
+lives in its own table and cache, which this interceptor never reads: its token is refused here
+with UNAUTHENTICATED like one never issued, whatever the call.
+
 A peer host that fails authentication too often (a bad or expired token, a refused Register
 or OpenSession) is refused with RESOURCE_EXHAUSTED and a retry-after until its window passes;
 calls with a valid session are never refused for it.

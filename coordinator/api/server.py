@@ -30,10 +30,12 @@ SERVICE_NAMES = (
 @dataclass(frozen=True)
 class Sessions:
     """The session caches and the failed-authentication limiter, shared by everything that takes
-    a session token (both gRPC services, and the dashboard's HTTP API)."""
+    a session token (both gRPC services, and the dashboard's HTTP API). `dashboards` holds the
+    read-only dashboard sessions: only the dashboard reads it, never the gRPC services."""
 
     nodes: SessionCache
     submitters: SessionCache
+    dashboards: SessionCache
     limiter: FailureLimiter
 
 
@@ -42,7 +44,9 @@ def make_sessions(app: Grid) -> Sessions:
     db = app.runtime.db
     nodes = SessionCache(lambda h: db(app.store.nodes.session, h), unknown_ttl_ms=limits.unknown_token_ttl_ms)
     submitters = SessionCache(lambda h: db(app.store.sessions.submitter, h), unknown_ttl_ms=limits.unknown_token_ttl_ms)
-    return Sessions(nodes, submitters, FailureLimiter(limits.failures_per_window, limits.failure_window_ms))
+    dashboards = SessionCache(lambda h: db(app.store.sessions.dashboard, h), unknown_ttl_ms=limits.unknown_token_ttl_ms)
+    limiter = FailureLimiter(limits.failures_per_window, limits.failure_window_ms)
+    return Sessions(nodes, submitters, dashboards, limiter)
 
 
 async def build_server(
@@ -59,7 +63,7 @@ async def build_server(
     sessions: the caches to share with the dashboard (None: the server's own)."""
     limits = app.config.sessions
     shared = sessions if sessions is not None else make_sessions(app)
-    nodes, submitters, limiter = shared.nodes, shared.submitters, shared.limiter
+    nodes, submitters, dashboards, limiter = shared.nodes, shared.submitters, shared.dashboards, shared.limiter
     # Sessions first: the limits then count a node's calls against its address (api.limits).
     interceptors = [
         SessionInterceptor(nodes, submitters, limiter),
@@ -67,8 +71,8 @@ async def build_server(
     ]
     server = grpc.aio.server(interceptors=interceptors, options=server_options())
     node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(app, nodes), server)
-    submit_pb2_grpc.add_SubmitterServiceServicer_to_server(SubmitterServicer(app, submitters, bulk), server)
-    caches = (("node", nodes), ("submitter", submitters))
+    submit_pb2_grpc.add_SubmitterServiceServicer_to_server(SubmitterServicer(app, submitters, dashboards, bulk), server)
+    caches = (("node", nodes), ("submitter", submitters), ("dashboard", dashboards))
     app.runtime.spawn(_purge_sessions(app, caches, limits.purge_interval_ms / 1000))
     checks = Health(SERVICE_NAMES)
     health_pb2_grpc.add_HealthServicer_to_server(checks.servicer, server)

@@ -3,6 +3,10 @@
 Every call but the public ones runs as the session's submitter (auth.current_submitter). A job
 or blob of another submitter answers NOT_FOUND, exactly as one that does not exist; the
 operator (--operator-address) sees every job and blob.
+
+OpenSession opens a full session (scope "") or a read-only dashboard one (scope "dashboard",
+the link `tensorgrid dashboard` prints): that one goes to its own table and cache, which the
+session interceptor never reads, so its token is worth nothing here.
 """
 
 from __future__ import annotations
@@ -21,11 +25,18 @@ from coordinator.api.grid import Grid
 from coordinator.api.serving import ServingApi
 from coordinator.api.sessions import SessionCache, token_hash
 from coordinator.api.status import abort, request_address, unary
-from coordinator.errors import Conflict, NotFound, PermissionDenied
+from coordinator.errors import Conflict, InvalidArgument, NotFound, PermissionDenied
 from coordinator.services.runtime import now_ms
 from tensorgrid import serde
 from tensorgrid.blobs import check_sha256
-from tensorgrid.crypto import cancel_message, recover_message_signer, session_message
+from tensorgrid.crypto import (
+    DASHBOARD_SCOPE,
+    FULL_SCOPE,
+    SESSION_SCOPES,
+    cancel_message,
+    recover_message_signer,
+    session_message,
+)
 from tensorgrid.errors import BlobError, SignatureError
 from tensorgrid.types import JobInfo, JobState
 from tensorgrid.v1 import common_pb2, serving_pb2, submit_pb2, submit_pb2_grpc
@@ -35,9 +46,15 @@ WATCH_POLL_S = 1.0
 
 
 class SubmitterServicer(submit_pb2_grpc.SubmitterServiceServicer):
-    def __init__(self, app: Grid, sessions: SessionCache, bulk: BulkPort | None = None) -> None:
+    def __init__(
+        self, app: Grid, sessions: SessionCache, dashboards: SessionCache, bulk: BulkPort | None = None
+    ) -> None:
         self.app = app
-        self.sessions = sessions
+        # scope → (the repository's kind of session, its cache, how long it lives)
+        self.scopes = {
+            FULL_SCOPE: ("submitter", sessions, app.config.session_ttl_ms),
+            DASHBOARD_SCOPE: ("dashboard", dashboards, app.config.dashboard_session_ttl_ms),
+        }
         self.bulk = bulk
         self.access = app.access
         self.db = app.runtime.db
@@ -61,15 +78,20 @@ class SubmitterServicer(submit_pb2_grpc.SubmitterServiceServicer):
     ) -> submit_pb2.Session:
         app = self.app
         address = request_address(request.address)
+        if request.scope not in SESSION_SCOPES:
+            raise InvalidArgument(f"scope: {request.scope[:40]!r} is none of {', '.join(map(repr, SESSION_SCOPES))}")
+        kind, cache, ttl = self.scopes[request.scope]
         now = now_ms()
         check_challenge(app.challenge_secret, address, request.nonce, now)
         try:
-            signer = recover_message_signer(session_message(address, request.nonce), request.signature)
+            # the scope is in the signed text: a signature opens the scope it was made for, no other
+            message = session_message(address, request.nonce, request.scope)
+            signer = recover_message_signer(message, request.signature)
         except SignatureError as e:
             raise PermissionDenied(f"bad session signature: {e}") from None
         if signer != address:
             raise PermissionDenied(f"session signed by {signer}, not {address}")
-        token, ttl = secrets.token_urlsafe(32), app.config.session_ttl_ms
+        token = secrets.token_urlsafe(32)
         dropped = await self.db(
             app.store.sessions.open_session,
             address,
@@ -78,9 +100,10 @@ class SubmitterServicer(submit_pb2_grpc.SubmitterServiceServicer):
             now,
             ttl,
             app.config.sessions.max_per_address,
+            kind,
         )
-        self.sessions.discard(dropped)
-        self.sessions.add(token, address, now + ttl)
+        cache.discard(dropped)
+        cache.add(token, address, now + ttl)
         return submit_pb2.Session(session_token=token, expires_at_ms=now + ttl)
 
     @unary

@@ -9,7 +9,7 @@ from __future__ import annotations
 from sqlalchemy import Table
 
 from coordinator.db.metadata import SCHEMA_VERSION, meta, metadata
-from coordinator.db.tables.access import blob_owners, submitter_sessions, upload_days
+from coordinator.db.tables.access import blob_owners, dashboard_sessions, submitter_sessions, upload_days
 from coordinator.db.tables.core import (
     CHECK_KIND,
     CHECK_LEASED_AS,
@@ -71,6 +71,7 @@ TABLES: tuple[Table, ...] = (
     training_rounds,
     training_audits,
     submitter_sessions,
+    dashboard_sessions,
     blob_owners,
     upload_days,
 )
@@ -80,6 +81,7 @@ __all__ = [
     "blob_owners",
     "CHECK_LEASED_AS",
     "canary_plans",
+    "dashboard_sessions",
     "SCHEMA_VERSION",
     "TABLES",
     "check_assignments",

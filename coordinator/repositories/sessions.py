@@ -1,7 +1,9 @@
-"""Session rows of nodes (core.sessions) and submitters (access.submitter_sessions).
+"""Session rows of nodes (core.sessions), submitters (access.submitter_sessions) and submitters'
+read-only dashboard links (access.dashboard_sessions).
 
-Both tables have the same three columns: token hash, address, expiry. Every session of one
-table lives equally long, so an address's oldest sessions are the ones expiring first.
+The tables have the same three columns: token hash, address, expiry. Every session of one table
+lives equally long, so an address's oldest sessions are the ones expiring first, and each table
+caps an address's sessions on its own (a dashboard link never pushes out an SDK session).
 """
 
 from __future__ import annotations
@@ -14,6 +16,11 @@ from sqlalchemy.exc import IntegrityError
 from coordinator.db import schema as s
 from coordinator.db.sql import chunks
 from coordinator.errors import Rejected
+
+# A session's kind → its table; a kind names what its tokens open (api.auth reads "node" and
+# "submitter", the dashboard only "dashboard").
+TABLES = {"node": s.sessions, "submitter": s.submitter_sessions, "dashboard": s.dashboard_sessions}
+SUBMITTER_KINDS = ("submitter", "dashboard")  # what SubmitterService.OpenSession opens
 
 
 def burn_nonce(conn: Connection, nonce: str, expires_ms: int) -> None:
@@ -45,26 +52,40 @@ def lookup(engine: Engine, table: Table, token_hash: str) -> tuple[str, int] | N
 
 
 class SessionRepository:
-    """Submitters' sessions, and the upkeep of both kinds; each method is its own transaction.
-    (A node's session opens with its registration: NodeRepository.register_node.)"""
+    """Submitters' sessions (full and dashboard), and the upkeep of every kind; each method is its
+    own transaction. (A node's session opens with its registration: NodeRepository.register_node.)"""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
     def open_session(
-        self, address: str, token_hash: str, nonce: str, now_ms: int, ttl_ms: int, max_per_address: int
+        self,
+        address: str,
+        token_hash: str,
+        nonce: str,
+        now_ms: int,
+        ttl_ms: int,
+        max_per_address: int,
+        kind: str = "submitter",
     ) -> list[str]:
-        """Burn the challenge nonce and open a session; returns the hashes of sessions it pushed out."""
+        """Burn the challenge nonce and open a session of `kind` ("submitter" or "dashboard");
+        returns the hashes of sessions of that kind it pushed out."""
+        if kind not in SUBMITTER_KINDS:
+            raise ValueError(f"no submitter session kind {kind!r}")
         try:
             with self.engine.begin() as conn:
                 burn_nonce(conn, nonce, now_ms + ttl_ms)
-                return add_session(conn, s.submitter_sessions, token_hash, address, now_ms + ttl_ms, max_per_address)
+                return add_session(conn, TABLES[kind], token_hash, address, now_ms + ttl_ms, max_per_address)
         except IntegrityError:
             raise Rejected("this session challenge was already used: ask for a new one") from None
 
     def submitter(self, token_hash: str) -> tuple[str, int] | None:
         """(address, expires_ms) of a submitter's session token, expired or not; None if unknown."""
         return lookup(self.engine, s.submitter_sessions, token_hash)
+
+    def dashboard(self, token_hash: str) -> tuple[str, int] | None:
+        """(address, expires_ms) of a dashboard session token, expired or not; None if unknown."""
+        return lookup(self.engine, s.dashboard_sessions, token_hash)
 
     def purge_expired(self, now_ms: int) -> int:
         return purge_expired(self.engine, now_ms)
@@ -73,9 +94,9 @@ class SessionRepository:
         return revoke_node(self.engine, address)
 
     def held(self, kind: str, token_hashes: Sequence[str]) -> set[str]:
-        """Which of these token hashes the database still holds as sessions of `kind` ("node" or
-        "submitter"): another replica may have pushed some out or revoked them."""
-        table = {"node": s.sessions, "submitter": s.submitter_sessions}[kind]
+        """Which of these token hashes the database still holds as sessions of `kind` ("node",
+        "submitter" or "dashboard"): another replica may have pushed some out or revoked them."""
+        table = TABLES[kind]
         found: set[str] = set()
         with self.engine.connect() as conn:
             for part in chunks(list(token_hashes)):
@@ -84,10 +105,9 @@ class SessionRepository:
 
 
 def purge_expired(engine: Engine, now_ms: int) -> int:
-    """Delete expired sessions of both kinds and expired nonces; returns the sessions deleted."""
+    """Delete expired sessions of every kind and expired nonces; returns the sessions deleted."""
     with engine.begin() as conn:
-        n = conn.execute(delete(s.sessions).where(s.sessions.c.expires_ms < now_ms)).rowcount
-        n += conn.execute(delete(s.submitter_sessions).where(s.submitter_sessions.c.expires_ms < now_ms)).rowcount
+        n = sum(conn.execute(delete(t).where(t.c.expires_ms < now_ms)).rowcount for t in TABLES.values())
         conn.execute(delete(s.used_nonces).where(s.used_nonces.c.expires_ms < now_ms))
     return int(n)
 

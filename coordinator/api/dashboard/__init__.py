@@ -6,9 +6,9 @@ every database read runs on the runtime's database threads, as the gRPC handlers
 
 Who could abuse it, and what stops them:
 - A stranger reading someone's jobs: every /api/jobs call needs `Authorization: Bearer <token>`,
-  a submitter session token from the ordinary signed-challenge flow (`tensorgrid dashboard`
-  opens one with the submitter's key and prints the link). A job the caller may not see answers
-  404 exactly like one that does not exist (services.access), never 403.
+  a dashboard session's token from the signed-challenge flow (`tensorgrid dashboard` opens one
+  with the submitter's key, OpenSession with scope "dashboard", and prints the link). A job the
+  caller may not see answers 404 exactly like one that does not exist (services.access), never 403.
 - Guessing tokens: a failed authentication counts against the peer's host in the same limiter
   the gRPC services use; past the limit it gets 429 with Retry-After until the window passes.
   Unknown tokens are cached as unknown, so a flood costs no database reads.
@@ -16,8 +16,15 @@ Who could abuse it, and what stops them:
   so it never reaches this server's or a proxy's logs; the page moves it into sessionStorage
   and drops it from the address bar at once. Responses say Referrer-Policy: no-referrer and
   Cache-Control: no-store. Off loopback the dashboard serves HTTPS (--tls-cert) or refuses to
-  start unless --insecure (tensorgrid.tls's rule for gRPC). Still, the link is a bearer
-  credential worth one SDK session until it expires (--session TTL, 24 h): share it with no one.
+  start unless --insecure (tensorgrid.tls's rule for gRPC).
+- A leaked link anyway (browser history, a screenshot, an extension): its token is a dashboard
+  session's, which reads and nothing more. It is signed as such (the session message names the
+  scope, so no signature or token turns into a full session), stored in its own table
+  (access.dashboard_sessions) and cache, which the gRPC services never read: every gRPC call
+  refuses it with UNAUTHENTICATED, so it cannot submit, upload, spend escrow, cancel jobs or
+  delete endpoints. It shows the submitter's jobs until it expires (--dashboard-session-ttl,
+  8 h). Conversely this API refuses a full session's token (api.server.Sessions.dashboards is
+  the only cache it reads), so the token an SDK holds is never worth pasting into a page.
 - Script injection through a job's spec (its strings are the submitter's, and the operator
   sees every job): the page builds every node with textContent/createElement, never innerHTML;
   a strict Content-Security-Policy (scripts and styles only from this origin, no inline code,

@@ -5,8 +5,10 @@
   /api/jobs/{job_id}  one job: summary, spec, result, verification, settlement, rounds (session)
   /api/nodes          the grid's nodes: record, reputation, stake, earnings            (public)
 
-A session is `Authorization: Bearer <submitter session token>`. No token, or a bad or expired
-one: 401 with how to get a link. Another submitter's job: 404, as for one that does not exist.
+A session is `Authorization: Bearer <dashboard session token>` (OpenSession with scope
+"dashboard", as `tensorgrid dashboard` opens one); a full submitter session's token is refused
+here, as every gRPC call refuses a dashboard one. No token, or a bad, expired or full one: 401
+with how to get a link. Another submitter's job: 404, as for one that does not exist.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from coordinator.services.dashboard import DashboardData
 from coordinator.services.runtime import Runtime
 
 HOW_TO = "run `tensorgrid dashboard` with your submitter key for a new link"
+BAD_TOKEN = "the session token is unknown or expired, or is no dashboard link's (an SDK session's is refused)"
 MAX_JOBS = 200
 NODES_CACHE_S = 2.0
 _JOB_ID = re.compile(r"[0-9a-fA-F]{1,64}")
@@ -45,6 +48,8 @@ class Views:
     def __init__(
         self, rt: Runtime, access: Access, data: DashboardData, sessions: SessionCache, limiter: FailureLimiter
     ) -> None:
+        """sessions: the dashboard sessions' cache (api.server.Sessions.dashboards), never the
+        submitters' one: a full session's token must not open the dashboard."""
         self.rt = rt
         self.access = access
         self.data = data
@@ -67,7 +72,7 @@ class Views:
         address = await self.sessions.resolve(token.strip()) if scheme.lower() == "bearer" and token.strip() else None
         if address is None:
             self.limiter.failed(host)
-            why = "no session token" if not token.strip() else "the session token is unknown or expired"
+            why = BAD_TOKEN if token.strip() else "no session token"
             return _json({"error": f"{why}: {HOW_TO}", "how": HOW_TO}, 401, **{"WWW-Authenticate": "Bearer"})
         return address
 

@@ -16,6 +16,18 @@ submitter_sessions = Table(
     Index("ix_submitter_sessions_address", "address", "expires_ms"),
 )
 
+# A submitter's read-only dashboard session (scope "dashboard"): the same columns, in a table of
+# its own so the gRPC services, which read submitter_sessions only, can never take one, and so
+# its shorter lifetime keeps "an address's oldest session expires first" true in each table.
+dashboard_sessions = Table(
+    "dashboard_sessions",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("address", String(42), nullable=False),
+    Column("expires_ms", BigInteger, nullable=False),
+    Index("ix_dashboard_sessions_address", "address", "expires_ms"),
+)
+
 # One row per (blob, submitter that uploaded it): a content-addressed blob may have several
 # owners, and each counts its size against its own storage quota.
 blob_owners = Table(

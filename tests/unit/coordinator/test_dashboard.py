@@ -1,6 +1,7 @@
-"""The dashboard's HTTP API on a real port over a real database: sessions, other submitters'
-jobs answered 404, the job report (verification, settlement, rounds), the public node list,
-and the guards (GET only, security headers, no CORS, no path outside the bundle, limits)."""
+"""The dashboard's HTTP API on a real port over a real database: dashboard sessions (a full
+submitter session's token is refused), other submitters' jobs answered 404, the job report
+(verification, settlement, rounds), the public node list, and the guards (GET only, security
+headers, no CORS, no path outside the bundle, limits)."""
 
 from __future__ import annotations
 
@@ -44,10 +45,11 @@ def make_job(app: Coordinator, submitter: str, tasks: int, spec_json: bytes | No
     return job_id
 
 
-def session(app: Coordinator, address: str) -> str:
+def session(app: Coordinator, address: str, kind: str = "dashboard") -> str:
+    """A session's token, as OpenSession stores it: a dashboard link's by default."""
     token = secrets.token_urlsafe(32)
     now = app.runtime.now_ms()
-    app.store.sessions.open_session(address, token_hash(token), secrets.token_hex(20), now, 60_000, 32)
+    app.store.sessions.open_session(address, token_hash(token), secrets.token_hex(20), now, 60_000, 32, kind)
     return token
 
 
@@ -58,7 +60,7 @@ def run(db_url: str, tmp_path: Path, scenario: Scenario, limits: DashboardLimits
     async def main() -> None:
         sessions = make_sessions(app)
         data = DashboardData(app.store, app.reports, lambda node: 5 * 10**18)
-        views = Views(app.runtime, app.access, data, sessions.submitters, sessions.limiter)
+        views = Views(app.runtime, app.access, data, sessions.dashboards, sessions.limiter)
         dashboard = await open_dashboard("127.0.0.1:0", views, limits=limits or DashboardLimits())
         try:
             await scenario(app, f"http://127.0.0.1:{dashboard.port}")
@@ -119,8 +121,15 @@ def test_no_token_a_bad_one_or_too_many_failures_are_refused(db_url: str, tmp_pa
         assert status == 401 and "unknown or expired" in body["error"]
         expired = secrets.token_urlsafe(32)
         then = app.runtime.now_ms() - 120_000
-        app.store.sessions.open_session(ALICE, token_hash(expired), secrets.token_hex(20), then, 60_000, 32)
+        app.store.sessions.open_session(
+            ALICE, token_hash(expired), secrets.token_hex(20), then, 60_000, 32, "dashboard"
+        )
         assert (await get(base, "/api/jobs", expired))[0] == 401
+        # a full (SDK) session's token opens no dashboard: only a dashboard link's does
+        full = session(app, ALICE, "submitter")
+        status, body, _ = await get(base, "/api/me", full)
+        assert status == 401 and "no dashboard link's" in body["error"]
+        assert (await get(base, "/api/me", session(app, ALICE)))[0] == 200
         # the token only ever counts in the Authorization header, never in the URL
         assert (await get(base, f"/api/jobs?token={session(app, ALICE)}"))[0] == 401
         for _ in range(40):  # the gRPC limiter's budget (30 a minute per host), shared

@@ -66,17 +66,21 @@ def test_two_replicas_queueing_one_chain_write_at_once_queue_it_once(tmp_path: P
         engine.dispose()
 
 
-def test_a_session_another_replica_pushed_out_leaves_this_ones_cache(tmp_path: Path, pg_url: str) -> None:
+@pytest.mark.parametrize("kind", ["submitter", "dashboard"])
+def test_a_session_another_replica_pushed_out_leaves_this_ones_cache(tmp_path: Path, pg_url: str, kind: str) -> None:
     app = Coordinator(CoordinatorConfig(data_dir=tmp_path / "a", database_url=pg_url))
     try:
         address, now = Signer.generate().address, app.runtime.now_ms()
         old, new = "old-token", "new-token"
-        cache = SessionCache(lambda h: asyncio.sleep(0, app.store.sessions.submitter(h)))
-        app.store.sessions.open_session(address, token_hash(old), "n1", now, 60_000, 1)
+        read = app.store.sessions.submitter if kind == "submitter" else app.store.sessions.dashboard
+        cache = SessionCache(lambda h: asyncio.sleep(0, read(h)))
+        app.store.sessions.open_session(address, token_hash(old), "n1", now, 60_000, 1, kind)
         cache.add(old, address, now + 60_000)  # this replica opened it and caches it
-        assert app.store.sessions.open_session(address, token_hash(new), "n2", now, 60_000, 1) == [token_hash(old)]
+        assert app.store.sessions.open_session(address, token_hash(new), "n2", now, 60_000, 1, kind) == [
+            token_hash(old)
+        ]
         asked = cache.cached()  # the other replica's session pushed it out of the database
-        assert cache.keep_held(asked, app.store.sessions.held("submitter", asked)) == 1
+        assert cache.keep_held(asked, app.store.sessions.held(kind, asked)) == 1
         assert asyncio.run(cache.resolve(old)) is None
         assert asyncio.run(cache.resolve(new)) == address
     finally:

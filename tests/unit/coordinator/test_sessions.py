@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from coordinator.api.sessions import FailureLimiter, SessionCache, peer_host, token_hash
+from coordinator.errors import Rejected
 from coordinator.repositories.store import Store
 from tensorgrid.types import Capabilities
 
@@ -117,6 +118,40 @@ def test_sessions_are_capped_per_address_oldest_dropped(store: Store) -> None:
     cache.add("a0", A, clock.now + 60_000)
     cache.discard(dropped)
     assert asyncio.run(cache.resolve("a0")) is None
+
+
+def test_dashboard_sessions_live_apart_capped_and_purged_on_their_own(store: Store) -> None:
+    """A dashboard link's session is in its own table: never found as a full one (nor the other way
+    round), capped per address without pushing out full sessions, and purged when it expires."""
+    clock = Clock()
+    for i in range(2):
+        store.sessions.open_session(A, token_hash(f"full{i}"), f"nf{i}", clock.now, 60_000, 2)
+    dropped: list[str] = []
+    for i in range(4):
+        clock.now += 10
+        dropped += store.sessions.open_session(A, token_hash(f"d{i}"), f"nd{i}", clock.now, 1_000, 2, "dashboard")
+    assert sorted(dropped) == sorted([token_hash("d0"), token_hash("d1")])
+    assert store.sessions.dashboard(token_hash("d3")) == (A, clock.now + 1_000)
+    assert store.sessions.submitter(token_hash("d3")) is None  # what the gRPC services read
+    assert store.sessions.dashboard(token_hash("full0")) is None  # what the dashboard reads
+    assert all(store.sessions.submitter(token_hash(f"full{i}")) for i in (0, 1))  # not pushed out
+    hashes = [token_hash(t) for t in ("d0", "d2", "d3", "full0")]
+    assert store.sessions.held("dashboard", hashes) == {token_hash("d2"), token_hash("d3")}
+    with pytest.raises(Rejected, match="already used"):  # one challenge opens one session, of either kind
+        store.sessions.open_session(A, token_hash("again"), "nd3", clock.now, 60_000, 2)
+    with pytest.raises(ValueError, match="no submitter session kind"):
+        store.sessions.open_session(A, token_hash("x"), "nx", clock.now, 1_000, 2, "node")
+
+    async def lookup(h: str) -> tuple[str, int] | None:
+        return store.sessions.dashboard(h)
+
+    cache = SessionCache(lookup, clock=clock)
+    assert asyncio.run(cache.resolve("d3")) == A
+    clock.now += 1_001  # the dashboard sessions' end; the full ones live on
+    assert asyncio.run(cache.resolve("d3")) is None
+    assert store.sessions.purge_expired(clock.now) == 2  # d2, d3
+    assert store.sessions.held("dashboard", hashes) == set()
+    assert store.sessions.held("submitter", hashes) == {token_hash("full0")}
 
 
 def test_revoking_a_node_ends_its_sessions(store: Store) -> None:

@@ -117,7 +117,7 @@ def test_the_coordinator_config_from_file_env_and_flags(tmp_path: Path) -> None:
     file = write(
         tmp_path / "c.toml",
         'database_url = "postgresql://tg:pw@db:5432/tg"\nheartbeat_ms = 1000\nlease_ttl_ms = 4000\n'
-        'data_dir = "var"\nblob_retention = "12h"\ninsecure = true\n',
+        'data_dir = "var"\nblob_retention = "12h"\ninsecure = true\ndashboard_session_ttl = "90m"\n',
     )
     ns = coordinator_main.parse_args(
         ["run", "--config", str(file), "--lease-ttl-ms", "6000"], env={"TENSORGRID_COORDINATOR_HEARTBEAT_MS": "2000"}
@@ -131,6 +131,7 @@ def test_the_coordinator_config_from_file_env_and_flags(tmp_path: Path) -> None:
         True,
     )
     assert c.blob_retention_ms == 12 * 3600 * 1000
+    assert c.dashboard_session_ttl_ms == 90 * 60 * 1000
 
 
 def test_masking_keeps_what_helps_and_hides_credentials() -> None:
