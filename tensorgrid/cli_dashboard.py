@@ -1,24 +1,33 @@
 """`tensorgrid dashboard`: a link to the coordinator's web dashboard, signed in as your key.
 
-The command opens a submitter session the ordinary way (the key signs a one-time challenge) and
-prints the dashboard's URL with the session token in its fragment (`#token=…`): browsers never
-send a fragment to a server, so the token reaches no server or proxy log; the page hands it to
-the dashboard's JSON API as `Authorization: Bearer`. The link is worth one SDK session until it
-expires: whoever has it sees your jobs. Share it with no one.
+The command opens a read-only dashboard session (the key signs a one-time challenge for the
+scope "dashboard") and prints the dashboard's URL with its token in the fragment (`#token=…`):
+browsers never send a fragment to a server, so the token reaches no server or proxy log; the
+page hands it to the dashboard's JSON API as `Authorization: Bearer`.
+
+What the link is worth: whoever has it sees your jobs (their specs, results' hashes, reports and
+settlement) on the dashboard until the session expires (the coordinator's
+--dashboard-session-ttl, 8 h by default). Nothing more: every gRPC call refuses its token, so
+it cannot submit jobs, upload or download blobs, spend your escrow, cancel jobs or delete
+endpoints. Still, share it only with whom may see your jobs.
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 import webbrowser
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
+import grpc
+
 from tensorgrid import exitcodes
 from tensorgrid.config import Setting, add_settings
+from tensorgrid.crypto import DASHBOARD_SCOPE
 from tensorgrid.errors import TensorGridError
-from tensorgrid.rpc import SESSION_METADATA_KEY
+from tensorgrid.session import CoordinatorError, Session
 
 DEFAULT_PORT = 7080  # the port the README's examples give --dashboard-listen
 DASHBOARD_URL = Setting(
@@ -37,8 +46,10 @@ def add_dashboard_parser(sub: Any, common: argparse.ArgumentParser) -> None:
         parents=[common],
         help="print (and --open) a signed-in link to the web dashboard",
         description="Sign in with your key and print a link to the coordinator's web dashboard (its "
-        "--dashboard-listen). The session token rides in the link's #fragment, which a browser never "
-        "sends to a server; the link is worth a session (24 h): share it with no one.",
+        "--dashboard-listen). The link carries a read-only dashboard session in its #fragment, which a "
+        "browser never sends to a server. Whoever has the link sees your jobs until it expires (the "
+        "coordinator's --dashboard-session-ttl, 8 h by default), and can do nothing else: the coordinator's "
+        "gRPC API refuses its token, so it cannot submit, upload, spend escrow, cancel or delete.",
     )
     add_settings(d, DASHBOARD_URL)
     d.add_argument("--open", action="store_true", help="open the link in a web browser too")
@@ -66,11 +77,18 @@ def _default_url(coordinator: str) -> str:
 def cmd_dashboard(ns: argparse.Namespace, make_client: Callable[[argparse.Namespace], Any]) -> int:
     base = dashboard_url(ns)
     with make_client(ns) as client:
-        client.open_session()
-        token = dict(client.session_metadata())[SESSION_METADATA_KEY]
+        session = Session(client.stub, client.signer, client.timeout, DASHBOARD_SCOPE)
+        try:
+            session.open()
+        except CoordinatorError as e:
+            if e.code == grpc.StatusCode.PERMISSION_DENIED and "signed by" in str(e):
+                # a coordinator from before scopes ignores the scope and checks the full session's text
+                raise TensorGridError(f"{e}: is the coordinator older than dashboard sessions? upgrade it") from None
+            raise
         address = client.signer.address
-    link = f"{base}#token={token}"
-    print(f"dashboard of {address} (valid until the session expires; whoever has this link sees your jobs):")
+    until = time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(session.expires_ms / 1000))
+    link = f"{base}#token={session.token}"
+    print(f"dashboard of {address}, read-only until {until} (whoever has this link sees your jobs, nothing more):")
     print(link)
     if ns.open and not webbrowser.open(link):
         print("could not start a browser: open the link yourself")

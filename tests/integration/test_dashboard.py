@@ -1,10 +1,10 @@
 """The web dashboard in a real browser against a real grid: a chain-settled devnet runs an
 inference job and a tiny training job; headless Chromium (Debian's, driven by Playwright) opens
-the link `tensorgrid dashboard` prints and reads the pages: the jobs with their states, each job's
-verification report and settlement, the training curve's points, the nodes with stake and
-earnings. A job whose input names are markup shows them as text; another submitter's link does
-not see the job; a page without a token says how to get one. Screenshots go to the test's
-tmp dir (their paths are printed).
+the link `tensorgrid dashboard` prints (a read-only session, which the gRPC API refuses) and
+reads the pages: the jobs with their states, each job's verification report and settlement, the
+training curve's points, the nodes with stake and earnings. A job whose input names are markup
+shows them as text; another submitter's link does not see the job; a page without a token says
+how to get one. Screenshots go to the test's tmp dir (their paths are printed).
 
 Chromium missing fails the test with how to install it (deploy/test.sh does, as root): a
 browser test that skips where the browser is absent would pass everywhere nobody looked.
@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import torch
 
@@ -28,7 +29,9 @@ from tensorgrid.chain.client import ChainClient, JobStatus
 from tensorgrid.client import Client
 from tensorgrid.crypto import Signer, write_key_file
 from tensorgrid.devnet import ChainGrid, free_port, start_chain_grid
+from tensorgrid.rpc import SESSION_METADATA_KEY
 from tensorgrid.types import JobState
+from tensorgrid.v1 import submit_pb2, submit_pb2_grpc
 from tensorgrid.workloads.tensorfile import load_tensors, save_tensors
 from tests.integration.conftest import FAST, Assets, Stopper, TrainingDigits, wait_for
 
@@ -76,6 +79,12 @@ def link(cg: ChainGrid, url: str, key: Path) -> str:
     assert done.returncode == 0, done.stderr
     line = done.stdout.strip().splitlines()[-1]
     assert line.startswith(url + "/#token=") and "?" not in line, line
+    assert "read-only" in done.stdout
+    # a dashboard session's token: worth nothing to the gRPC API (a leaked link cannot submit or spend)
+    with grpc.insecure_channel(cg.grid.target) as channel, pytest.raises(grpc.RpcError) as refused:
+        metadata = ((SESSION_METADATA_KEY, line.partition("#token=")[2]),)
+        submit_pb2_grpc.SubmitterServiceStub(channel).ListJobs(submit_pb2.ListJobsRequest(), metadata=metadata)
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED  # type: ignore[attr-defined]
     return line
 
 

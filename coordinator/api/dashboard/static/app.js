@@ -84,8 +84,9 @@ function showAuthProblem(main, error) {
     el("p", {}, el("strong", {}, "You are not signed in. "), error.message),
     el("p", {}, "Get a link with your submitter key:"),
     el("pre", {}, "tensorgrid dashboard --coordinator HOST:PORT --key YOUR_KEY --open"),
-    el("p", {}, "The link carries a session token after the # sign: it is never sent to the server in the URL, "
-      + "and it works until the session expires. Share it with no one.")));
+    el("p", {}, "The link carries a read-only session token after the # sign: it is never sent to the server "
+      + "in the URL. It shows your jobs until it expires (8 hours by default) and can change nothing: "
+      + "the coordinator's API refuses it for submitting, spending or cancelling.")));
 }
 
 async function viewJobs(main) {
