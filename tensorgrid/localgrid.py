@@ -125,8 +125,15 @@ class LocalGrid:
         return proc
 
     def start_coordinator(
-        self, *extra: str, database_url: str = "", port: int = 0, timeout: float = 60, prefix: Sequence[str] = ()
+        self,
+        *extra: str,
+        database_url: str = "",
+        port: int = 0,
+        timeout: float = 60,
+        prefix: Sequence[str] = (),
+        wait: bool = True,
     ) -> Proc:
+        """wait=False: return at once (e.g. to start replicas beside it); await_coordinator() then."""
         self.root.mkdir(parents=True, exist_ok=True)
         ready = self.root / "coordinator.port"
         ready.unlink(missing_ok=True)
@@ -150,8 +157,14 @@ class LocalGrid:
         if database_url:
             args += ["--database-url", database_url]
         proc = self._spawn(COORDINATOR, args, prefix=prefix)
-        self.port = self._await_ready(proc, ready, timeout)
+        if wait:
+            self.await_coordinator(timeout)
         return proc
+
+    def await_coordinator(self, timeout: float = 60) -> None:
+        """Until the coordinator start_coordinator started serves (its port is then `port`)."""
+        proc = next(p for p in self.procs if p.name == COORDINATOR)
+        self.port = self._await_ready(proc, self.root / "coordinator.port", timeout)
 
     def start_replica(
         self,

@@ -133,8 +133,10 @@ def _start_replicas(root: Path, net: Network, db_url: str, chain: tuple[str, ...
     tls = make_local_ca(root / "tls", extra_ips=hosts)
     settle = ("--epoch-seconds", "1")
     grid = LocalGrid(root / "grid", coordinator_args=[*FAST, *chain, *settle], tls=tls, host=hosts[0])
-    grid.start_coordinator(port=GRPC, database_url=db_url, prefix=net.exec_prefix(REPLICAS[0]))
+    # both start at once (the schema is made once: replicas migrate under a lock)
+    grid.start_coordinator(port=GRPC, database_url=db_url, prefix=net.exec_prefix(REPLICAS[0]), wait=False)
     grid.start_replica(db_url, host=hosts[1], port=GRPC, prefix=net.exec_prefix(REPLICAS[1]))
+    grid.await_coordinator()
     return grid
 
 
