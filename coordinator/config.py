@@ -14,10 +14,13 @@ GiB = 1 << 30
 
 @dataclass(frozen=True)
 class LeaseTiming:
-    """ttl: how long a lease lives without a heartbeat; grace: slack beyond the compute limit."""
+    """How leases are granted. ttl: how long a lease lives without a heartbeat; grace: slack
+    beyond the compute limit; per_node: the most leases one node holds at once (the node agent
+    holds two per slot: the task it runs and one ahead), so a node cannot hoard a job's tasks."""
 
     ttl_ms: int = 15_000
     grace_ms: int = 30_000
+    per_node: int = 64
 
 
 @dataclass(frozen=True)

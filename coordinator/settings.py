@@ -64,6 +64,14 @@ LEASE_TTL_MS = Setting(
     type=int,
     help="a lease without a heartbeat for this long is reissued to another node",
 )
+NODE_LEASES = Setting(
+    "--max-node-leases",
+    _COORDINATOR + "MAX_NODE_LEASES",
+    LeaseTiming.per_node,
+    type=int,
+    help="leases one node may hold at once; beyond it a node is granted none until it hands results in "
+    "(the node daemon holds two per slot)",
+)
 MAX_SHARD_MIB = Setting(
     "--max-shard-mib",
     _COORDINATOR + "MAX_SHARD_MIB",
@@ -312,6 +320,7 @@ SETTINGS = (
     CHAIN_ID,
     HEARTBEAT_MS,
     LEASE_TTL_MS,
+    NODE_LEASES,
     MAX_SHARD_MIB,
     MAX_BLOB_MIB,
     config.CHAIN_RPC,
@@ -337,6 +346,8 @@ def config_from(ns: argparse.Namespace) -> CoordinatorConfig:
     """The configuration the parsed settings describe; TensorGridError when they disagree."""
     if ns.lease_ttl_ms < 2 * ns.heartbeat_ms:
         raise TensorGridError("--lease-ttl-ms must be at least twice --heartbeat-ms, or live nodes lose leases")
+    if ns.max_node_leases < 1:
+        raise TensorGridError(f"--max-node-leases must be at least 1 (a node holds two per slot): {ns.max_node_leases}")
     operator = ""
     if ns.operator_address:
         try:
@@ -368,7 +379,7 @@ def config_from(ns: argparse.Namespace) -> CoordinatorConfig:
         referee_time_s=ns.referee_time_s,
         referee_memory_bytes=int(ns.referee_memory_mib * MiB),
         referee_threads=ns.referee_threads,
-        timing=LeaseTiming(ttl_ms=ns.lease_ttl_ms),
+        timing=LeaseTiming(ttl_ms=ns.lease_ttl_ms, per_node=ns.max_node_leases),
         limits=Limits(max_shard_bytes=int(ns.max_shard_mib * MiB), max_blob_bytes=int(ns.max_blob_mib * MiB)),
         peers=peer_limits(ns),
         metrics_listen=ns.metrics_listen,

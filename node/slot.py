@@ -21,11 +21,11 @@ Who could abuse holding leases ahead: a node hoarding leases, keeping work from 
 while it sits on it. This daemon never holds more than one ahead per slot, and only when the
 slot's last task ran for at most AHEAD_MAX_SHARE of the time limit (so a lease waits ahead for
 seconds, not minutes). What bounds a node that is not this daemon is the coordinator alone: a
-lease call grants at most min(max_tasks, 256) (repositories/tasks.py), results ask for at most
-MAX_WANT more (services/acceptance.py), and a lease nobody heartbeats expires after the lease
-TTL, one heartbeated lives at most time_limit + grace from its grant (the heartbeat cap), after
-which it is reissued and its late result refused. There is no per-node cap on leases held at
-once: a hoarder costs other nodes at most that delay per task it holds.
+node holds at most --max-node-leases (64) leases at once, however it asks (repositories/leasing.py;
+a lease call grants at most min(max_tasks, 256) of them, results ask for at most MAX_WANT more,
+services/acceptance.py), and a lease nobody heartbeats expires after the lease TTL, one
+heartbeated lives at most time_limit + grace from its grant (the heartbeat cap), after which it
+is reissued and its late result refused: a hoarder delays at most that many tasks by that long.
 
 Deadlines: the coordinator's heartbeat cap counts from the grant (leased_ms), so a lease that
 waited ahead has that wait taken from its compute time. The wait is about the lead (at most

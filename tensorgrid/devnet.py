@@ -49,6 +49,35 @@ class ChainGrid:
         self.anvil.stop()
 
 
+def deploy_devnet(
+    anvil: Anvil,
+    root: Path,
+    coordinator_dir: Path,
+    *,
+    challenge_window_s: int = 1,
+    min_stake: int = ETH,
+    slash_delay_s: int = 10,
+) -> tuple[Deployment, Path]:
+    """Deploy the contracts on `anvil` with the devnet's roles (account 0 deploys, 1 is the
+    coordinator, the third from last the guardian), write root/deployments.json, and give the
+    coordinator account's key to a coordinator whose --data-dir is coordinator_dir (and its replicas)."""
+    coordinator = Signer.from_hex(anvil.keys[1])
+    path = root / "deployments.json"
+    deployment = deploy(
+        anvil.rpc_url,
+        anvil.keys[0],
+        coordinator=coordinator.address,
+        guardian=anvil.addresses[-3],
+        min_stake=min_stake,
+        unbonding_delay=60,
+        challenge_window=challenge_window_s,
+        slash_delay=slash_delay_s,
+        out=path,
+    )
+    write_key_file(coordinator_dir / "coordinator.key", coordinator)
+    return deployment, path
+
+
 def start_chain_grid(
     root: Path,
     nodes: int = 2,
@@ -74,21 +103,15 @@ def start_chain_grid(
     )
     try:
         keys = anvil.keys
-        coordinator = Signer.from_hex(keys[1])
-        deployment_path = root / "deployments.json"
-        deployment = deploy(
-            anvil.rpc_url,
-            keys[0],
-            coordinator=coordinator.address,
-            guardian=anvil.addresses[-3],
-            min_stake=min_stake,
-            unbonding_delay=60,
-            challenge_window=challenge_window_s,
-            slash_delay=slash_delay_s,
-            out=deployment_path,
-        )
         grid = LocalGrid(root / "grid", tls=make_local_ca(root / "tls") if tls else None)
-        write_key_file(grid.root / "coordinator" / "coordinator.key", coordinator)
+        deployment, deployment_path = deploy_devnet(
+            anvil,
+            root,
+            grid.root / "coordinator",
+            challenge_window_s=challenge_window_s,
+            min_stake=min_stake,
+            slash_delay_s=slash_delay_s,
+        )
         chain = ("--chain-rpc", anvil.rpc_url, "--deployment", str(deployment_path))
         # A long-lived devnet names its ports on the command line, so a coordinator restarted with
         # that same command line comes back where its nodes and clients look for it.

@@ -43,6 +43,7 @@ class Proc:
     popen: subprocess.Popen[bytes]
     log_path: Path
     env: dict[str, str] | None = None  # what it was given beyond our environment (restart gives it again)
+    prefix: tuple[str, ...] = ()  # what runs the command (`ip netns exec NAME`): the first words of its args
 
     def alive(self) -> bool:
         return self.popen.poll() is None
@@ -88,7 +89,7 @@ class LocalGrid:
     # where the coordinator listens and clients dial (a multi-host test: its namespace's address)
     host: str = "127.0.0.1"
 
-    replica_ports: list[int] = field(default_factory=list)  # coordinators started by start_replica
+    replica_targets: list[str] = field(default_factory=list)  # HOST:PORT of coordinators start_replica started
 
     @property
     def target(self) -> str:
@@ -97,7 +98,7 @@ class LocalGrid:
     @property
     def targets(self) -> str:
         """Every coordinator of this grid, first the one start_coordinator started (what nodes dial)."""
-        return ",".join([self.target, *(f"{self.host}:{p}" for p in self.replica_ports)])
+        return ",".join([self.target, *self.replica_targets])
 
     @property
     def ca_cert(self) -> Path | None:
@@ -110,21 +111,29 @@ class LocalGrid:
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str] | None = None, prefix: Sequence[str] = ()) -> Proc:
         """prefix: a command that runs the rest (`ip netns exec NAME` puts the process on another
-        host of a multi-host test); it stays in the command line restart() runs again."""
-        args = [*prefix, *args]
+        host of a multi-host test); restart() runs the process again with it."""
         log_path = self.root / f"{name}.log"
         log = open(log_path, "ab")
         inherited = {k: v for k, v in os.environ.items() if not k.startswith(_SETTING_VARS)}
         full_env = {**inherited, "PYTHONUNBUFFERED": "1", **(env or {})}
-        popen = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=full_env, start_new_session=True)
+        popen = subprocess.Popen(
+            [*prefix, *args], stdout=log, stderr=subprocess.STDOUT, env=full_env, start_new_session=True
+        )
         log.close()
-        proc = Proc(name, popen, log_path, env)
+        proc = Proc(name, popen, log_path, env, tuple(prefix))
         self.procs.append(proc)
         return proc
 
     def start_coordinator(
-        self, *extra: str, database_url: str = "", port: int = 0, timeout: float = 60, prefix: Sequence[str] = ()
+        self,
+        *extra: str,
+        database_url: str = "",
+        port: int = 0,
+        timeout: float = 60,
+        prefix: Sequence[str] = (),
+        wait: bool = True,
     ) -> Proc:
+        """wait=False: return at once (e.g. to start replicas beside it); await_coordinator() then."""
         self.root.mkdir(parents=True, exist_ok=True)
         ready = self.root / "coordinator.port"
         ready.unlink(missing_ok=True)
@@ -147,56 +156,72 @@ class LocalGrid:
         ]
         if database_url:
             args += ["--database-url", database_url]
-        return self._await_ready(self._spawn(COORDINATOR, args, prefix=prefix), ready, timeout)
+        proc = self._spawn(COORDINATOR, args, prefix=prefix)
+        if wait:
+            self.await_coordinator(timeout)
+        return proc
 
-    def start_replica(self, database_url: str, *extra: str, timeout: float = 60) -> Proc:
-        """Another coordinator process on the same PostgreSQL database and the same data directory
-        (shared blob store and key), with the first's flags and a port of its own (kept across a
-        restart). Nodes started afterwards dial all of them (`targets`)."""
+    def await_coordinator(self, timeout: float = 60) -> None:
+        """Until the coordinator start_coordinator started serves (its port is then `port`)."""
         proc = next(p for p in self.procs if p.name == COORDINATOR)
-        number = len(self.replica_ports) + 2
+        self.port = self._await_ready(proc, self.root / "coordinator.port", timeout)
+
+    def start_replica(
+        self,
+        database_url: str,
+        *extra: str,
+        host: str = "",
+        port: int = 0,
+        prefix: Sequence[str] = (),
+        timeout: float = 60,
+    ) -> Proc:
+        """Another coordinator process on the same PostgreSQL database and the same data directory
+        (shared blob store and key), with the first's flags, listening on host:port (default: the
+        grid's host, a free port; kept across a restart) and run by `prefix` (another namespace's
+        `ip netns exec`). Nodes started afterwards dial all of them (`targets`)."""
+        proc = next(p for p in self.procs if p.name == COORDINATOR)
+        number = len(self.replica_targets) + 2
         ready = self.root / f"{COORDINATOR}-{number}.port"
         ready.unlink(missing_ok=True)
-        args = [str(a) for a in proc.popen.args]  # type: ignore[union-attr]
-        args[args.index("--listen") + 1] = f"{self.host}:{free_port()}"
+        args = _command(proc)
+        host = host or self.host
+        args[args.index("--listen") + 1] = f"{host}:{port or free_port()}"
         args[args.index("--ready-file") + 1] = str(ready)
         if "--database-url" not in args:
             args += ["--database-url", database_url]
-        replica = self._spawn(f"{COORDINATOR}-{number}", [*args, *extra], proc.env)
-        deadline = time.monotonic() + timeout
-        while not ready.exists():
-            if not replica.alive():
-                raise TensorGridError(f"replica exited at start:\n{replica.log_tail()}")
-            if time.monotonic() > deadline:
-                raise TensorGridError(f"replica not ready after {timeout}s:\n{replica.log_tail()}")
-            time.sleep(0.05)
-        self.replica_ports.append(int(ready.read_text()))
+        replica = self._spawn(f"{COORDINATOR}-{number}", [*args, *extra], proc.env, prefix)
+        self.replica_targets.append(f"{host}:{self._await_ready(replica, ready, timeout)}")
         return replica
 
-    def _await_ready(self, proc: Proc, ready: Path, timeout: float) -> Proc:
+    @staticmethod
+    def _await_ready(proc: Proc, ready: Path, timeout: float) -> int:
+        """The port a starting coordinator writes to its ready file, once it does."""
         deadline = time.monotonic() + timeout
         while not ready.exists():
             if not proc.alive():
-                raise TensorGridError(f"coordinator exited at start:\n{proc.log_tail()}")
+                raise TensorGridError(f"{proc.name} exited at start:\n{proc.log_tail()}")
             if time.monotonic() > deadline:
-                raise TensorGridError(f"coordinator not ready after {timeout}s:\n{proc.log_tail()}")
+                raise TensorGridError(f"{proc.name} not ready after {timeout}s:\n{proc.log_tail()}")
             time.sleep(0.05)
-        self.port = int(ready.read_text())
-        return proc
+        return int(ready.read_text())
 
     def restart(self, proc: Proc, timeout: float = 60) -> Proc:
-        """Start a stopped or crashed process again with its own command line, in its place; a
-        coordinator comes back on the port it had (its nodes dial that one)."""
+        """Start a stopped or crashed process again with its own command line (and prefix), in
+        its place; a coordinator or replica comes back on the port it had (its nodes dial that
+        one), and is ready when this returns."""
         if proc.alive():
             raise TensorGridError(f"{proc.name} is still running")
-        args = [str(a) for a in proc.popen.args]  # type: ignore[union-attr]
+        args = _command(proc)
         self.procs.remove(proc)
-        if proc.name != COORDINATOR:
-            return self._spawn(proc.name, args, proc.env)
-        args[args.index("--listen") + 1] = f"{self.host}:{self.port}"
-        ready = self.root / "coordinator.port"
+        if not proc.name.startswith(COORDINATOR):
+            return self._spawn(proc.name, args, proc.env, proc.prefix)
+        if proc.name == COORDINATOR:
+            args[args.index("--listen") + 1] = f"{self.host}:{self.port}"
+        ready = Path(args[args.index("--ready-file") + 1])
         ready.unlink(missing_ok=True)
-        return self._await_ready(self._spawn(COORDINATOR, args, proc.env), ready, timeout)
+        restarted = self._spawn(proc.name, args, proc.env, proc.prefix)
+        self._await_ready(restarted, ready, timeout)
+        return restarted
 
     def create_node_key(self, name: str, private_key: str | None = None) -> Path:
         """A keystore for node `name`: a fresh key, or `private_key` imported (devnets).
@@ -288,3 +313,8 @@ class LocalGrid:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _command(proc: Proc) -> list[str]:
+    """The process's command line without the prefix that ran it."""
+    return [str(a) for a in proc.popen.args][len(proc.prefix) :]  # type: ignore[union-attr]

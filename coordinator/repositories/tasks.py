@@ -1,29 +1,24 @@
-"""Tasks: leasing with deadlines, heartbeats, failures and reissue."""
+"""Tasks: leases kept alive by heartbeats, failures and reissue (granting leases: repositories.leasing)."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, and_, bindparam, case, exists, or_, select, update
+from sqlalchemy import Connection, Engine, case, select, update
 
 from coordinator.config import LeaseTiming
 from coordinator.db import schema as s
 from coordinator.db.events import append_event
-from coordinator.db.rawsql import Raw
 from coordinator.errors import Forged, NotFound, Rejected
-from coordinator.repositories import claims
+from coordinator.repositories import claims, leasing
 from coordinator.repositories.jobs import end_job
-from coordinator.repositories.ledger.escrow import lock_job
+from coordinator.repositories.leasing import Barred
 from coordinator.repositories.nodes import node_failed
 from tensorgrid.types import BlobRef, ErrorKind, JobState, Lease, Receipt, TaskError
 
 Heartbeat = tuple[str, list[tuple[str, int]], bool]  # (node address, its active leases, draining)
 
-# After a node fails a task, other nodes get the first chance at it for this long.
-AVOID_FAILED_NODE_MS = 30_000
 # Failures that say the workload itself is bad, not the node: no backoff for the node once a
 # second node confirms them; until then they count against their reporter (repositories.claims).
 WORKLOAD_ERRORS = (ErrorKind.INVALID_INPUT, ErrorKind.UNSAFE_INPUT)
@@ -41,59 +36,6 @@ class TaskRecord:
     deadline_ms: int | None
     input: BlobRef
     rows: int
-
-
-def leasable_by_node() -> Any:
-    """SQL condition on s.tasks for the leasing node (bind b_node): any task but a check not assigned to it."""
-    t, a = s.tasks, s.check_assignments
-    mine = exists(select(a.c.task_id).where(and_(a.c.task_id == t.c.task_id, a.c.node == bindparam("b_node"))))
-    return or_(t.c.kind != s.CHECK_KIND, mine)
-
-
-_t = s.tasks
-# Statements of the leasing hot path, built once (see results.py for why).
-_NODE = select(s.nodes).where(s.nodes.c.address == bindparam("b_node"))
-_PENDING_WHERE = (
-    _t.c.state == "pending",
-    _t.c.device != bindparam("b_not_device"),
-    _t.c.min_memory_bytes <= bindparam("b_memory"),
-    or_(
-        _t.c.last_failed_node.is_(None),
-        _t.c.last_failed_node != bindparam("b_node"),
-        _t.c.last_failed_ms < bindparam("b_avoid_before"),
-    ),
-    leasable_by_node(),  # a check goes only to the checker the coordinator drew
-)
-
-
-def _pending(*extra: Any) -> Any:
-    return (
-        select(_t)
-        .where(*_PENDING_WHERE, *extra)
-        .order_by(_t.c.job_created_ms, _t.c.idx)
-        .limit(bindparam("b_limit"))
-        .with_for_update(skip_locked=True)
-    )
-
-
-_PENDING = _pending()
-_PENDING_RAW = Raw(_PENDING)
-# For a node barred from some jobs (too little stake): skipped in SQL, so it is never starved
-# behind a queue head it may not take.
-_PENDING_NOT_BARRED = _pending(_t.c.job_id.not_in(bindparam("b_barred", expanding=True)))
-Barred = Callable[[Connection, str], set[str]]
-_GRANT = (
-    update(_t)
-    .where(_t.c.task_id == bindparam("b_task"))
-    .values(
-        state="leased",
-        attempt=_t.c.attempt + 1,
-        node=bindparam("b_node"),
-        leased_ms=bindparam("b_now"),
-        deadline_ms=bindparam("b_deadline"),
-    )
-)
-_NODE_RAW, _GRANT_RAW = Raw(_NODE), Raw(_GRANT)
 
 
 class TaskRepository:
@@ -128,13 +70,7 @@ class TaskRepository:
         barred: Barred | None = None,
     ) -> list[tuple[list[Lease], int] | Rejected]:
         """lease_many inside the caller's transaction (e.g. the one accepting the nodes' results)."""
-        out: list[tuple[list[Lease], int] | Rejected] = []
-        for address, max_tasks in requests:
-            try:
-                out.append(self._lease(conn, address, max_tasks, now_ms, timing, barred))
-            except Rejected as e:
-                out.append(e)
-        return out
+        return leasing.lease_in(conn, requests, now_ms, timing, barred, self._started_jobs)
 
     def lease_tasks(self, address: str, max_tasks: int, now_ms: int, timing: LeaseTiming) -> tuple[list[Lease], int]:
         """Grant up to max_tasks pending tasks the node can run; returns (leases, retry_after_ms)."""
@@ -142,53 +78,6 @@ class TaskRepository:
         if isinstance(outcome, Rejected):
             raise outcome
         return outcome
-
-    def _lease(
-        self,
-        conn: Connection,
-        address: str,
-        max_tasks: int,
-        now_ms: int,
-        timing: LeaseTiming,
-        barred: Barred | None = None,
-    ) -> tuple[list[Lease], int]:
-        node = _NODE_RAW.first(conn, {"b_node": address})
-        if node is None:
-            raise Rejected("unknown node: register first")
-        if node.draining:
-            return [], 1000
-        if node.backoff_until_ms > now_ms:
-            return [], int(node.backoff_until_ms - now_ms)
-        skip = barred(conn, address) if barred is not None else set()
-        params = {
-            # A CUDA node can run any task; a CPU node anything but CUDA-only tasks.
-            "b_not_device": "" if node.device_kind == "cuda" else "cuda",
-            "b_memory": node.memory_bytes,
-            "b_node": address,
-            "b_avoid_before": now_ms - AVOID_FAILED_NODE_MS,
-            "b_limit": max(1, min(max_tasks, 256)),
-        }
-        if skip:  # an expanding IN list: not on the raw path
-            rows = conn.execute(_PENDING_NOT_BARRED, {**params, "b_barred": sorted(skip)}).all()
-        else:
-            rows = _PENDING_RAW.all(conn, params)
-        if not rows:
-            return [], 500
-        deadline = now_ms + timing.ttl_ms
-        _GRANT_RAW.many(
-            conn, [{"b_task": r.task_id, "b_node": address, "b_now": now_ms, "b_deadline": deadline} for r in rows]
-        )
-        for job_id in sorted({r.job_id for r in rows} - self._started_jobs):
-            self._started_jobs.add(job_id)
-            started = conn.execute(
-                update(s.jobs)
-                .where(s.jobs.c.job_id == job_id, s.jobs.c.state == JobState.QUEUED.value)
-                .values(state=JobState.RUNNING.value)
-            )
-            if started.rowcount:
-                append_event(conn, job_id, "running", now_ms, node=address)
-                lock_job(conn, job_id, now_ms)  # no free work: the escrow is locked from the first lease
-        return [_lease(r, address, deadline) for r in rows], 0
 
     def heartbeat(
         self, address: str, active: list[tuple[str, int]], draining: bool, now_ms: int, timing: LeaseTiming
@@ -244,7 +133,8 @@ class TaskRepository:
     def any_pending(self) -> bool:
         """Whether a task of any job waits for some node (the long polls' shared idle check)."""
         with self.engine.connect() as conn:
-            return conn.execute(select(_t.c.task_id).where(_t.c.state == "pending").limit(1)).first() is not None
+            t = s.tasks
+            return conn.execute(select(t.c.task_id).where(t.c.state == "pending").limit(1)).first() is not None
 
     def get_task(self, task_id: str) -> TaskRecord:
         with self.engine.connect() as conn:
@@ -374,27 +264,6 @@ def check_matches(row: Any, receipt: Receipt, output_rows: int | None) -> None:
         raise Forged("receipt's input hash is not the task's input")
     if output_rows is not None and output_rows != row.rows:
         raise Rejected(f"output has {output_rows} rows, the task's input has {row.rows}")
-
-
-def _lease(r: Any, address: str, deadline: int) -> Lease:
-    settings = json.loads(r.settings)
-    kind = r.kind
-    if kind == s.CHECK_KIND:  # a check looks like any task of its job (settings may name its task kind)
-        kind = str(settings.get("task_kind", s.CHECK_LEASED_AS))
-    return Lease(
-        job_id=r.job_id,
-        task_id=r.task_id,
-        attempt=r.attempt + 1,
-        deadline_ms=deadline,
-        kind=kind,
-        model=BlobRef(r.model_sha, r.model_size) if r.model_sha else None,
-        input=BlobRef(r.input_sha, r.input_size),
-        settings=settings,
-        memory_limit_bytes=r.memory_limit_bytes,
-        time_limit_ms=r.time_limit_ms,
-        index=r.idx,
-        rows=r.rows,
-    )
 
 
 def _record(r: Any) -> TaskRecord:

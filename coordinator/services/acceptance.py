@@ -28,6 +28,7 @@ from coordinator.config import Limits
 from coordinator.errors import Forged, NotFound, Rejected
 from coordinator.repositories import results
 from coordinator.repositories.jobs import job_complete
+from coordinator.repositories.leasing import MAX_PER_CALL
 from coordinator.repositories.ledger import credits
 from coordinator.repositories.tasks import TaskRepository
 from coordinator.services.aggregation import Aggregation
@@ -43,7 +44,7 @@ from tensorgrid.types import BlobRef, Lease, Receipt
 log = logging.getLogger("tensorgrid.coordinator")
 SMALL_OUTPUT_BYTES = 64 * 1024
 DEFAULT_MEMORY_BYTES = 64 << 20  # small outputs held in memory at once, over all calls
-MAX_WANT = 256  # leases one result may ask for (LeaseTasks' cap)
+MAX_WANT = MAX_PER_CALL  # leases one result may ask for (as one LeaseTasks call)
 Outcome = tuple[str, bool] | Rejected  # (job id, job complete) or why it was refused
 Granted = tuple[list[Lease], int]  # leases, retry_after_ms: what LeaseTasks would have answered
 Committed = tuple[str, bool, Granted | None]  # an accepted result's outcome, and its node's next leases

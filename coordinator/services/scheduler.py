@@ -13,8 +13,9 @@ from sqlalchemy import Connection
 from coordinator.commits import GroupCommitter
 from coordinator.config import LeaseTiming
 from coordinator.errors import Rejected
+from coordinator.repositories.leasing import Barred
 from coordinator.repositories.store import Store
-from coordinator.repositories.tasks import Barred, Heartbeat, TaskRecord
+from coordinator.repositories.tasks import Heartbeat, TaskRecord
 from coordinator.services.runtime import Runtime
 from tensorgrid.types import Lease, TaskError
 

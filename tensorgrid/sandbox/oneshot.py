@@ -97,6 +97,7 @@ class WarmSandbox:
         self.scratch_root = scratch_root
         self._lock = threading.Lock()
         self._child: _Channel | None = None
+        self._starting: _Channel | None = None  # a child not yet greeted: close() kills it too
 
     def call(
         self,
@@ -110,7 +111,7 @@ class WarmSandbox:
             child = self._child if self._child is not None and self._child.alive else None
             if child is None:
                 self._close_child()
-                child = self._child = _Channel.start(self.entry, self.limits, self.isolation, self.scratch_root)
+                child = self._child = self._start()
             try:
                 reply = child.exchange(request, self.limits.time_s if time_s is None else time_s)
                 for name, dest in (outputs or {}).items():
@@ -126,7 +127,17 @@ class WarmSandbox:
         with self._lock:
             if self._child is None or not self._child.alive:
                 self._close_child()
-                self._child = _Channel.start(self.entry, self.limits, self.isolation, self.scratch_root)
+                self._child = self._start()
+
+    def _start(self) -> _Channel:
+        """A new child, once it greets (under the lock). Until then close() can kill it: a
+        coordinator stopped while its referee imports torch does not wait for the import."""
+        channel = self._starting = _Channel.spawn(self.entry, self.limits, self.isolation, self.scratch_root)
+        try:
+            channel.greet(self.limits.start_timeout_s)
+        finally:
+            self._starting = None
+        return channel
 
     def _close_child(self) -> None:
         child, self._child = self._child, None
@@ -134,7 +145,10 @@ class WarmSandbox:
             child.close()
 
     def close(self) -> None:
-        """Kill the child (if any) and delete its scratch directory."""
+        """Kill the child (if any, even one still starting) and delete its scratch directory."""
+        starting = self._starting
+        if starting is not None:
+            _kill(starting.proc)  # its start then fails (SandboxFailure) and cleans up after itself
         self._close_child()
 
 
@@ -151,7 +165,8 @@ class _Channel:
         self.drain.start()
 
     @classmethod
-    def start(cls, entry: str, limits: SandboxLimits, iso: Isolation, root: os.PathLike[str] | str | None) -> _Channel:
+    def spawn(cls, entry: str, limits: SandboxLimits, iso: Isolation, root: os.PathLike[str] | str | None) -> _Channel:
+        """The child started, not yet greeted (greet() waits for that)."""
         scratch = Scratch(root)
         try:
             proc = subprocess.Popen(
@@ -167,14 +182,16 @@ class _Channel:
         except OSError:
             scratch.close()
             raise
-        channel = cls(proc, scratch)
-        hello = _next_line(channel.lines, limits.start_timeout_s)
+        return cls(proc, scratch)
+
+    def greet(self, timeout_s: float) -> None:
+        """Wait for the child's greeting; SandboxFailure (and the child killed) without one."""
+        hello = _next_line(self.lines, timeout_s)
         if hello is None or _json(hello).get("ready") is not True:
-            failure = channel.died("the sandboxed child failed to start" + (" in time" if hello is None else ""))
-            channel.close()
+            failure = self.died("the sandboxed child failed to start" + (" in time" if hello is None else ""))
+            self.close()
             raise failure
-        report_status(scratch.path)
-        return channel
+        report_status(self.scratch.path)
 
     @property
     def alive(self) -> bool:

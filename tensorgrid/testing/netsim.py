@@ -107,12 +107,13 @@ class _Pipe:
 
 
 class _Counter:
-    """Bytes a connection has carried; trips `reset` when they pass its budget."""
+    """Bytes a connection has carried (added to its proxy's count too); trips `reset` when they pass its budget."""
 
-    def __init__(self, budget: float, reset: asyncio.Event) -> None:
-        self.left, self.reset = budget, reset
+    def __init__(self, budget: float, reset: asyncio.Event, proxy: Proxy) -> None:
+        self.left, self.reset, self.proxy = budget, reset, proxy
 
     def add(self, n: int) -> None:
+        self.proxy.carried += n
         if self.left > 0:
             self.left -= n
             if self.left <= 0:
@@ -143,6 +144,7 @@ class Proxy:
         self.conns: set[asyncio.Task[None]] = set()
         self.resets = 0  # connections this proxy reset on purpose (not counting cut())
         self.accepted = 0
+        self.carried = 0  # bytes read from either side, over all connections (which link is in use)
 
     async def start(self) -> None:
         self.server = await asyncio.start_server(self._handle, self.listen_host, self.port, reuse_address=True)
@@ -199,7 +201,7 @@ class Proxy:
     ) -> None:
         """Both directions until both reach EOF, or a reset is due (then both sides get an RST)."""
         reset = asyncio.Event()
-        count = _Counter(self._draw(self.link.reset_mean_bytes), reset)
+        count = _Counter(self._draw(self.link.reset_mean_bytes), reset, self)
         to_up, to_down = _Pipe(self.link), _Pipe(self.link)
         pumps = [
             asyncio.ensure_future(to_up.pump_in(down_r, count)),

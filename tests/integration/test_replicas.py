@@ -6,17 +6,13 @@ The submitter's client, given both addresses, watches the job to its end through
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
 
-from coordinator.db import schema as s
-from coordinator.db.engine import make_engine
-from tensorgrid.chain.client import ChainClient, JobStatus
+from tensorgrid.chain.client import ChainClient
 from tensorgrid.client import Client
 from tensorgrid.crypto import Signer
 from tensorgrid.devnet import ChainGrid, start_chain_grid
@@ -24,6 +20,7 @@ from tensorgrid.localgrid import COORDINATOR
 from tensorgrid.spec.verification import VerificationSpec
 from tensorgrid.types import JobState
 from tests.integration.conftest import BATCH, FAST, Assets, TrainingDigits, node_args, wait_for
+from tests.integration.payments import credits, settled_once
 from tests.integration.test_inference import assert_matches_local
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
@@ -57,46 +54,6 @@ def _kill_first_replica(cg: ChainGrid) -> None:
     cg.grid.kill_proc(next(p for p in cg.grid.procs if p.name == COORDINATOR))
 
 
-def _credits(pg_url: str) -> tuple[dict[str, int], int]:
-    """How often each task (or check) was credited, and the wei credited in all."""
-    engine = make_engine(pg_url, prepare=False)
-    try:
-        with engine.connect() as conn:
-            c = s.credits
-            rows = conn.execute(
-                select(c.c.task_id, func.count(), func.sum(c.c.amount_wei)).where(~c.c.void).group_by(c.c.task_id)
-            ).all()
-    finally:
-        engine.dispose()
-    return {r[0]: int(r[1]) for r in rows}, sum(int(r[2]) for r in rows)
-
-
-def _settled_once(cg: ChainGrid, node_keys: list[str], client: Client, job_id: str, charged: int) -> None:
-    """The escrow charged `charged` wei, the rest refunded, every charged wei claimed by the
-    nodes, none twice; the contract owes nothing."""
-    assert client.chain is not None
-    escrow = wait_for(
-        lambda: (e := client.escrow(job_id)).status == JobStatus.COMPLETED and e, 180, "the escrow's close"
-    )
-    assert escrow.charged == charged
-    paid = 0
-    for key in node_keys:
-        node_chain = ChainClient.connect(cg.anvil.rpc_url, cg.deployment, key)
-        earned = wait_for(
-            lambda a=node_chain.address: (e := client.earnings(a)).pending_wei == 0 and e.claim_epoch and e,
-            180,
-            "the nodes' earnings on chain",
-        )
-        time.sleep(cg.deployment.challenge_window + 1)
-        cg.anvil.rpc("evm_mine")
-        if earned.claim_cumulative_wei:
-            node_chain.claim(earned.claim_cumulative_wei, earned.claim_proof)
-        assert node_chain.claimed(node_chain.address) == earned.cumulative_wei
-        paid += earned.cumulative_wei
-    assert paid == escrow.charged  # every charged wei reached a node, none twice
-    assert client.chain.owed() == 0
-
-
 @pytest.mark.timeout(600)
 def test_killing_the_replica_the_nodes_use_loses_nothing(tmp_path: Path, pg_url: str, slow_digits: Assets) -> None:
     with _replicated_devnet(tmp_path / "devnet", pg_url) as (cg, node_keys):
@@ -121,11 +78,11 @@ def test_killing_the_replica_the_nodes_use_loses_nothing(tmp_path: Path, pg_url:
             assert final.state == JobState.SUCCEEDED, final.error
             assert final.tasks_done == final.tasks_total
             assert_matches_local(client.result(job.job_id, tmp_path / "y.safetensors"), slow_digits)
-            credits, credited = _credits(pg_url)
-            assert credits and set(credits.values()) == {1}  # every credited task (and check) once
+            counts, credited = credits(pg_url)
+            assert counts and set(counts.values()) == {1}  # every credited task (and check) once
             assert final.verification is not None  # each task once, and the checkers' fee wins
             assert credited == REWARD * final.tasks_total + final.verification.fee_paid_wei
-            _settled_once(cg, node_keys, client, job.job_id, credited)
+            assert settled_once(cg.anvil, cg.deployment, node_keys, client, [job.job_id]) == credited
             assert 0 <= before - chain.balance() - client.escrow(job.job_id).charged < GAS  # the rest came back
 
 
@@ -157,7 +114,7 @@ def test_a_training_job_goes_on_through_the_replica_left(
             final = client.job(job.job_id)
             assert final.state == JobState.SUCCEEDED, final.error
             assert closed == 4 and len(client.round_metrics(job.job_id)) == 4
-            credits, credited = _credits(pg_url)
-            assert credits and set(credits.values()) == {1}  # every paid pseudo-gradient once
-            assert credited == REWARD * len(credits) <= REWARD * 4 * 2  # at most rounds × workers
-            _settled_once(cg, node_keys, client, job.job_id, credited)
+            counts, credited = credits(pg_url)
+            assert counts and set(counts.values()) == {1}  # every paid pseudo-gradient once
+            assert credited == REWARD * len(counts) <= REWARD * 4 * 2  # at most rounds × workers
+            assert settled_once(cg.anvil, cg.deployment, node_keys, client, [job.job_id]) == credited

@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +24,7 @@ from node.main import PASSWORD_ENV, read_password
 from tensorgrid.client import Client
 from tensorgrid.crypto import Signer
 from tensorgrid.localgrid import LocalGrid
-from tensorgrid.sandbox import Isolation, SandboxFailure, SandboxLimits, run_once
+from tensorgrid.sandbox import Isolation, SandboxFailure, SandboxLimits, WarmSandbox, run_once
 from tensorgrid.sandbox.confine import landlock_abi
 from tensorgrid.spec import VerificationSpec
 from tensorgrid.types import JobState
@@ -120,6 +121,33 @@ def test_child_is_killed_at_its_time_limit() -> None:
     assert late.value.kind == "timeout" and late.value.over_limit
     assert "time limit of 1s" in str(late.value)
     assert time.monotonic() - started < 60
+
+
+def test_closing_a_warm_sandbox_kills_a_child_still_starting(tmp_path: Path) -> None:
+    # The coordinator warms its referee at start and closes it at stop: a stop must not wait
+    # for the child's start-up (torch's import), which took seconds more per stop on a loaded machine.
+    child = WarmSandbox("tests.security.slow_start_payload", LIMITS, scratch_root=tmp_path)
+    errors: list[BaseException] = []
+
+    def warm() -> None:
+        try:
+            child.warm()
+        except BaseException as e:  # noqa: BLE001 - handed to the test's thread
+            errors.append(e)
+
+    warming = threading.Thread(target=warm, daemon=True)
+    warming.start()
+    deadline = time.monotonic() + 30
+    while child._starting is None and time.monotonic() < deadline:  # spawned, not greeted (it sleeps 60 s)
+        time.sleep(0.01)
+    assert child._starting is not None, "the child never started"
+    started = time.monotonic()
+    child.close()
+    warming.join(20)
+    assert not warming.is_alive() and time.monotonic() - started < 20
+    assert len(errors) == 1 and isinstance(errors[0], SandboxFailure), errors
+    assert "failed to start" in str(errors[0]) and "SIGKILL" in str(errors[0])
+    assert child._child is None and not list(tmp_path.iterdir())  # nothing kept, its scratch deleted
 
 
 def test_outputs_leave_the_scratch_directory_only_when_named(tmp_path: Path) -> None:

@@ -43,6 +43,7 @@ REPOSITORY_ORDER = (
     "sessions",
     "nodes",
     "claims",
+    "leasing",
     "tasks",
     "results",
     "verification",

@@ -104,6 +104,9 @@ tasks = Table(
     Column("output_size", BigInteger),
     Index("ix_tasks_pending", "state", "job_created_ms", "idx"),
     Index("ix_tasks_job", "job_id", "idx"),
+    # the leases a node holds, counted at every lease against its cap. Not a partial index (state =
+    # 'leased'): SQLite re-prepares every statement on tasks that binds a state while one exists.
+    Index("ix_tasks_node_state", "node", "state"),
 )
 
 # Nodes that reported a task's input invalid or unsafe. One node's word does not count against

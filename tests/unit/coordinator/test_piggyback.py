@@ -15,8 +15,8 @@ from coordinator.app import Coordinator
 from coordinator.config import CoordinatorConfig, LeaseTiming
 from coordinator.db import schema as s
 from coordinator.errors import Rejected
+from coordinator.repositories.leasing import Barred
 from coordinator.repositories.store import Store
-from coordinator.repositories.tasks import Barred
 from coordinator.services.acceptance import ResultAcceptance, ResultItem
 from coordinator.services.scheduler import LeaseOutcome
 from tensorgrid.crypto import Signer, sign_receipt

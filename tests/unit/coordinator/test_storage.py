@@ -7,6 +7,7 @@ import pytest
 from coordinator.config import LeaseTiming
 from coordinator.errors import NotFound, PermissionDenied, Rejected
 from coordinator.repositories.jobs import NewJob, NewTask
+from coordinator.repositories.leasing import HOLDING_RETRY_MS
 from coordinator.repositories.nodes import backoff_ms
 from coordinator.repositories.store import Store
 from coordinator.services.acceptance import ResultAcceptance, ResultItem
@@ -240,3 +241,50 @@ def test_batched_results_mix_accepted_and_rejected(state: Store) -> None:
     done = [e for e in events if e.kind == "completed"]
     assert [e.tasks_done for e in done] == [1, 2, 3]
     assert state.nodes.get_node(A).completed == 2  # type: ignore[union-attr]
+
+
+def test_a_node_holds_at_most_its_lease_cap_however_it_asks(state: Store) -> None:
+    # A node hoarding leases (asking again and again, never handing in) keeps them from other
+    # nodes and stalls their jobs until each lease expires: it gets at most LeaseTiming.per_node.
+    capped = LeaseTiming(ttl_ms=1000, grace_ms=500, per_node=3)
+    add_nodes(state, (A, CPU), (B, CPU))
+    make_job(state, n=10)
+    first, _ = state.tasks.lease_tasks(A, 2, 10, capped)
+    more, _ = state.tasks.lease_tasks(A, 100, 10, capped)  # asks for far more than the room left
+    assert (len(first), len(more)) == (2, 1)
+    assert state.tasks.lease_tasks(A, 100, 10, capped) == ([], HOLDING_RETRY_MS)  # at the cap
+    (answer,) = state.tasks.lease_many([(A, 5)], 10, capped)
+    assert answer == ([], HOLDING_RETRY_MS)  # the same in a batch (a result's next leases too)
+    others, _ = state.tasks.lease_tasks(B, 100, 10, capped)
+    assert len(others) == 3  # the rest of the job is left for other nodes (up to their own cap)
+    handed_in = receipt(first[0].task_id, 1)
+    assert ResultAcceptance(state.engine).accept_result(A, handed_in, BlobRef("ff" * 32, 3), None, 20) == (JOB, False)
+    again, _ = state.tasks.lease_tasks(A, 100, 30, capped)  # one handed in: room for one more
+    assert len(again) == 1
+
+
+def test_racing_lease_calls_of_one_node_stay_within_its_cap(state: Store) -> None:
+    # Lease transactions of one node at once (LeaseTasks beside a result's next leases, calls to
+    # two replicas) each count what the node holds before granting: they take turns per node.
+    import threading
+
+    capped = LeaseTiming(ttl_ms=60_000, grace_ms=500, per_node=5)
+    add_nodes(state, (A, CPU))
+    make_job(state, n=200)
+    got: list[str] = []
+    lock = threading.Lock()
+    start = threading.Barrier(8)
+
+    def worker() -> None:
+        start.wait()
+        for _ in range(5):
+            leases, _ = state.tasks.lease_tasks(A, 3, 10, capped)
+            with lock:
+                got.extend(lz.task_id for lz in leases)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert len(got) == len(set(got)) == 5

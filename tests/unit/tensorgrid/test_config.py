@@ -14,6 +14,7 @@ from coordinator.config import CoordinatorConfig, LeaseTiming, Limits
 from node import main as node_main
 from tensorgrid import cli, config
 from tensorgrid.config import Setting
+from tensorgrid.errors import TensorGridError
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -101,6 +102,13 @@ def test_coordinator_cli_settings() -> None:
         "http://chain",
     )
     assert c.limits == Limits(max_shard_bytes=1 << 20)
+
+
+def test_the_per_node_lease_cap_is_a_setting_of_at_least_one() -> None:
+    env = {"TENSORGRID_COORDINATOR_MAX_NODE_LEASES": "8"}
+    assert coordinator_main.config_from(coordinator_main.parse_args(["run"], env=env)).timing.per_node == 8
+    with pytest.raises(TensorGridError, match="--max-node-leases must be at least 1"):
+        coordinator_main.config_from(coordinator_main.parse_args(["run", "--max-node-leases", "0"], env={}))
 
 
 @pytest.mark.parametrize(

@@ -19,3 +19,14 @@ def test_exported_settings_do_not_leak_into_local_processes(tmp_path: Path, monk
         proc = grid._spawn("show", [sys.executable, "-c", SHOW], env={"TENSORGRID_NODE_THREADS": "1"})
         proc.popen.wait(30)
     assert proc.log_tail().strip() == "['TENSORGRID_HOME', 'TENSORGRID_NODE_THREADS']"
+
+
+def test_a_restarted_process_runs_under_its_prefix_again(tmp_path: Path) -> None:
+    show = [sys.executable, "-c", "import os; print(os.environ['VIA'])"]
+    with LocalGrid(tmp_path) as grid:
+        proc = grid._spawn("show", show, prefix=("env", "VIA=prefix"))  # as `ip netns exec NAME` would
+        proc.popen.wait(30)
+        again = grid.restart(proc)
+        again.popen.wait(30)
+    assert again.popen.args == ["env", "VIA=prefix", *show] and again.prefix == ("env", "VIA=prefix")
+    assert again.log_tail().split() == ["prefix", "prefix"]  # one log, both runs

@@ -72,6 +72,7 @@ def test_bandwidth_cap_holds_and_order_is_kept() -> None:
             await asyncio.sleep(0.01)
         elapsed = time.monotonic() - start
         assert bytes(got) == payload
+        assert proxy.carried == size  # what a test reads to see which link is in use
         writer.close()
         await proxy.close()
         server.close()
