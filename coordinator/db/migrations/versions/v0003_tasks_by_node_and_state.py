@@ -2,8 +2,8 @@
 grant against the node's cap (--max-node-leases). Building it scans the tasks table once and
 holds off writes to it meanwhile (the upgrade runs at a replica's start).
 
-Revision ID: 0002
-Revises: 0001
+Revision ID: 0003
+Revises: 0002
 Created: 2026-12-03 13:12:45.364871
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from alembic import op
 
-revision = "0002"
-down_revision = "0001"
+revision = "0003"
+down_revision = "0002"
 branch_labels = None
 depends_on = None
 
