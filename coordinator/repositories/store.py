@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from sqlalchemy import Engine, text
 
+from coordinator.db import kept
 from coordinator.db.engine import is_sqlite, make_engine, meta_value, normalize_url
 from coordinator.repositories.blobs import BlobAccessRepository
 from coordinator.repositories.jobs import JobRepository
@@ -57,4 +58,5 @@ class Store:
             conn.execute(text("SELECT 1"))
 
     def close(self) -> None:
+        kept.close(self.engine)
         self.engine.dispose()

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, case, select, update
 
 from coordinator.config import LeaseTiming
+from coordinator.db import kept
 from coordinator.db import schema as s
 from coordinator.db.events import append_event
 from coordinator.errors import Forged, NotFound, Rejected
@@ -58,7 +59,7 @@ class TaskRepository:
 
         barred(conn, node), when given, names jobs whose tasks the node may not take (e.g. too little stake).
         """
-        with self.engine.begin() as conn:
+        with kept.begin(self.engine) as conn:
             return self.lease_in(conn, requests, now_ms, timing, barred)
 
     def lease_in(
@@ -94,7 +95,7 @@ class TaskRepository:
         revoked: list[list[tuple[str, int]]] = [[] for _ in beats]
         # A node's draining flag is the one its last heartbeat in the batch says.
         flags = {address: draining for address, _, draining in beats}
-        with self.engine.begin() as conn:
+        with kept.begin(self.engine) as conn:
             # Leases first, then nodes: the order results and the reaper lock them in (the
             # other order deadlocked with both at 5,000 nodes).
             cap = s.tasks.c.leased_ms + s.tasks.c.time_limit_ms + timing.grace_ms  # never past compute limit + grace

@@ -25,6 +25,7 @@ from sqlalchemy import Connection, Engine
 
 from coordinator.commits import GroupCommitter
 from coordinator.config import Limits
+from coordinator.db import kept
 from coordinator.errors import Forged, NotFound, Rejected
 from coordinator.repositories import results
 from coordinator.repositories.jobs import job_complete
@@ -76,7 +77,7 @@ class ResultAcceptance:
 
         An accepted result's outcome is (job id, whether its job is complete once this batch commits).
         """
-        with self.engine.begin() as conn:
+        with kept.begin(self.engine) as conn:
             return self._accept(conn, items, now_ms)
 
     def accept_and_lease(
@@ -84,7 +85,7 @@ class ResultAcceptance:
     ) -> tuple[list[Outcome], list[LeaseOutcome | None]]:
         """accept_results, then, in the same transaction, the next leases of the accepted results
         that ask for some (ResultItem.want); None for the others (refused, or wanting none)."""
-        with self.engine.begin() as conn:
+        with kept.begin(self.engine) as conn:
             outcomes = self._accept(conn, items, now_ms)
             # After the accepts: an accepted result clears its node's backoff, as it would before a LeaseTasks.
             wanting = [

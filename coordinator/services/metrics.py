@@ -58,11 +58,18 @@ class Metrics:
         )  # direction: in|out, path: grpc|bulk
         self.serving = ServingMetrics(r)
         self._endpoint: ScrapeEndpoint | None = None
+        self._rpc_children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
 
     def observe_rpc(self, method: str, code: str, seconds: float) -> None:
-        name = method.rsplit("/", 1)[-1]
-        self.rpcs.labels(name, code).inc()
-        self.rpc_seconds.labels(name).observe(seconds)
+        # The labelled children kept per (method, code): labels() takes a lock and builds keys on
+        # every call, once per RPC. Both come from a bounded set (registered methods, status codes).
+        children = self._rpc_children.get((method, code))
+        if children is None:
+            name = method.rsplit("/", 1)[-1]
+            children = (self.rpcs.labels(name, code), self.rpc_seconds.labels(name))
+            self._rpc_children[(method, code)] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def moved(self, direction: str, path: str, n: int) -> None:
         """Count n blob bytes moved: direction "in" or "out", path "grpc" or "bulk"."""

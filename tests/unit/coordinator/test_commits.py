@@ -55,3 +55,26 @@ def test_later_requests_get_a_new_batch() -> None:
 
     asyncio.run(scenario())
     assert calls == [[1], [2]]
+
+
+@pytest.mark.parametrize(("gather_max_s", "batches"), [(0.2, [[1, 2, 3]]), (0.05, [[1, 2], [3]])])
+def test_a_flush_waits_longer_while_requests_keep_joining(gather_max_s: float, batches: list[list[int]]) -> None:
+    # Timers fire in deadline order: request 2 joins during the flush's first wait, request 3 during
+    # its second, which only a flush allowed more than one wait takes.
+    calls: list[list[int]] = []
+
+    async def run(batch: list[int]) -> list[int]:
+        calls.append(batch)
+        return batch
+
+    async def scenario() -> None:
+        committer: GroupCommitter[int, int] = GroupCommitter(run, delay_s=0.05, gather_max_s=gather_max_s)
+
+        async def later(request: int, after_s: float) -> int:
+            await asyncio.sleep(after_s)
+            return await committer.submit(request)
+
+        assert await asyncio.gather(committer.submit(1), later(2, 0.03), later(3, 0.08)) == [1, 2, 3]
+
+    asyncio.run(scenario())
+    assert calls == batches

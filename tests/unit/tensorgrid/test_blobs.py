@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tensorgrid.blobs import BlobStore, file_sha256
+from tensorgrid.blobs.store import PARALLEL_HASH_BYTES
 from tensorgrid.errors import BlobError, HashMismatch
 from tensorgrid.types import BlobRef
 
@@ -80,4 +81,25 @@ def test_late_hash_may_not_change_the_size_or_come_twice(tmp_path: Path) -> None
         w.expect(BlobRef("../x", 3))
     with pytest.raises(BlobError, match="more than"), store.writer(size=3) as w:
         w.write(b"abcd")
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_big_writes_hashed_beside_the_copy_are_checked_in_order(tmp_path: Path) -> None:
+    # Chunks from PARALLEL_HASH_BYTES up are hashed on the writer's thread while written; the
+    # buffer is reused between writes, as a receiver may: every byte still counts, in order.
+    store = BlobStore(tmp_path)
+    parts = [bytes([i]) * (PARALLEL_HASH_BYTES + i) for i in range(3)] + [b"tail"]
+    whole = b"".join(parts)
+    buf = bytearray()
+    with store.writer(BlobRef(hashlib.sha256(whole).hexdigest(), len(whole))) as w:
+        for part in parts:
+            buf[:] = part
+            w.write(buf)
+        ref = w.commit()
+    assert store.path_for(ref.sha256).read_bytes() == whole
+    with store.writer(BlobRef(hashlib.sha256(whole[::-1]).hexdigest(), len(whole))) as w:
+        for part in parts:
+            w.write(part)
+        with pytest.raises(HashMismatch):
+            w.commit()
     assert list((tmp_path / "tmp").iterdir()) == []
