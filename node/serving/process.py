@@ -57,6 +57,7 @@ class ServingProcess(Executor):
         self._loaded: _Child | None = None  # the child that holds the program
         self._watcher: asyncio.Future[None] | None = None
         self._over = 0  # the peak RSS for which the watcher killed the running batch's child
+        self._peak_from: _Child | None = None  # the child whose VmHWM was reset after its load
 
     async def ready(self) -> TaskError | None:
         """Start the child and load the program now: None when it is ready, else why not."""
@@ -67,11 +68,12 @@ class ServingProcess(Executor):
             return hit.error
         return None
 
-    async def run_batch(self, payloads: list[bytes]) -> list[Answer]:
+    async def run_batch(self, payloads: list[bytes], while_running: Callable[[], None] | None = None) -> list[Answer]:
         """One output (safetensors bytes) or TaskError per request, in order; never raises for
-        what the child does."""
+        what the child does. while_running() is called once the batch is on its way to the child
+        (work for the agent while it would only wait)."""
         try:
-            header, outputs = await self._exchange({"op": "run_batch"}, payloads, self._reply)
+            header, outputs = await self._exchange({"op": "run_batch"}, payloads, self._reply, while_running)
         except _LimitHit as hit:
             return [hit.error] * len(payloads)
         if header.get("ok") is not True:
@@ -82,8 +84,15 @@ class ServingProcess(Executor):
             return [TaskError(ErrorKind.CRASHED, "the serving worker sent a malformed answer")] * len(payloads)
         return [out if r is None else _task_error(r) for r, out in zip(results, outputs, strict=True)]
 
-    async def generate(self, prompt: bytes, seed: int, on_tokens: Callable[[list[int]], Awaitable[None]]) -> Answer:
-        """Decode one prompt; on_tokens is awaited with each step's new tokens; the output or why not."""
+    async def generate(
+        self,
+        prompt: bytes,
+        seed: int,
+        on_tokens: Callable[[list[int]], Awaitable[None]],
+        while_running: Callable[[], None] | None = None,
+    ) -> Answer:
+        """Decode one prompt; on_tokens is awaited with each step's new tokens; the output or why
+        not. while_running: as for run_batch."""
 
         async def frames(child: _Child) -> Frame:
             while True:
@@ -96,7 +105,7 @@ class ServingProcess(Executor):
                 await on_tokens(tokens)
 
         try:
-            header, outputs = await self._exchange({"op": "generate", "seed": seed}, [prompt], frames)
+            header, outputs = await self._exchange({"op": "generate", "seed": seed}, [prompt], frames, while_running)
         except _LimitHit as hit:
             return hit.error
         if header.get("ok") is not True:
@@ -135,17 +144,28 @@ class ServingProcess(Executor):
         return child
 
     async def _exchange(
-        self, request: dict[str, Any], payloads: list[bytes], answer: Callable[[_Child], Coroutine[Any, Any, T]]
+        self,
+        request: dict[str, Any],
+        payloads: list[bytes],
+        answer: Callable[[_Child], Coroutine[Any, Any, T]],
+        while_running: Callable[[], None] | None = None,
     ) -> T:
         async with self._lock:
             if self._closed:
                 raise _LimitHit(TaskError(ErrorKind.RELEASED, "the replica is closed"))
             child = await self._ready_child()
-            if self.load.memory_limit_bytes > 0:
+            if self.load.memory_limit_bytes > 0 and self._peak_from is not child:
+                # Once per child, after its load (clear_refs walks the page tables: ~20-45 µs
+                # a batch). Enough: a batch over the limit kills the child, so every earlier
+                # batch of a live child stayed under it and VmHWM passes the limit exactly
+                # when the running batch does.
                 child.reset_peak()
+                self._peak_from = child
             self._running = True  # close() kills the child now rather than after the batch
             try:
-                return await self._send_and_wait(child, request, payloads, answer, self.load.time_limit_s)
+                return await self._send_and_wait(
+                    child, request, payloads, answer, self.load.time_limit_s, while_running
+                )
             finally:
                 self._running = False
 
@@ -156,6 +176,7 @@ class ServingProcess(Executor):
         payloads: list[bytes],
         answer: Callable[[_Child], Coroutine[Any, Any, T]],
         time_limit_s: float,
+        while_running: Callable[[], None] | None = None,
     ) -> T:
         """Send one frame and await its answer under the time and memory limits.
 
@@ -169,6 +190,8 @@ class ServingProcess(Executor):
         try:
             child.proc.stdin.write(encode(request, payloads))
             await child.proc.stdin.drain()
+            if while_running is not None:
+                while_running()
             async with asyncio.timeout(time_limit_s or None):
                 result = await answer(child)
         except TimeoutError:
