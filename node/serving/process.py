@@ -68,12 +68,11 @@ class ServingProcess(Executor):
             return hit.error
         return None
 
-    async def run_batch(self, payloads: list[bytes], while_running: Callable[[], None] | None = None) -> list[Answer]:
+    async def run_batch(self, payloads: list[bytes]) -> list[Answer]:
         """One output (safetensors bytes) or TaskError per request, in order; never raises for
-        what the child does. while_running() is called once the batch is on its way to the child
-        (work for the agent while it would only wait)."""
+        what the child does."""
         try:
-            header, outputs = await self._exchange({"op": "run_batch"}, payloads, self._reply, while_running)
+            header, outputs = await self._exchange({"op": "run_batch"}, payloads, self._reply)
         except _LimitHit as hit:
             return [hit.error] * len(payloads)
         if header.get("ok") is not True:
@@ -84,15 +83,8 @@ class ServingProcess(Executor):
             return [TaskError(ErrorKind.CRASHED, "the serving worker sent a malformed answer")] * len(payloads)
         return [out if r is None else _task_error(r) for r, out in zip(results, outputs, strict=True)]
 
-    async def generate(
-        self,
-        prompt: bytes,
-        seed: int,
-        on_tokens: Callable[[list[int]], Awaitable[None]],
-        while_running: Callable[[], None] | None = None,
-    ) -> Answer:
-        """Decode one prompt; on_tokens is awaited with each step's new tokens; the output or why
-        not. while_running: as for run_batch."""
+    async def generate(self, prompt: bytes, seed: int, on_tokens: Callable[[list[int]], Awaitable[None]]) -> Answer:
+        """Decode one prompt; on_tokens is awaited with each step's new tokens; the output or why not."""
 
         async def frames(child: _Child) -> Frame:
             while True:
@@ -105,7 +97,7 @@ class ServingProcess(Executor):
                 await on_tokens(tokens)
 
         try:
-            header, outputs = await self._exchange({"op": "generate", "seed": seed}, [prompt], frames, while_running)
+            header, outputs = await self._exchange({"op": "generate", "seed": seed}, [prompt], frames)
         except _LimitHit as hit:
             return hit.error
         if header.get("ok") is not True:
@@ -144,11 +136,7 @@ class ServingProcess(Executor):
         return child
 
     async def _exchange(
-        self,
-        request: dict[str, Any],
-        payloads: list[bytes],
-        answer: Callable[[_Child], Coroutine[Any, Any, T]],
-        while_running: Callable[[], None] | None = None,
+        self, request: dict[str, Any], payloads: list[bytes], answer: Callable[[_Child], Coroutine[Any, Any, T]]
     ) -> T:
         async with self._lock:
             if self._closed:
@@ -163,9 +151,7 @@ class ServingProcess(Executor):
                 self._peak_from = child
             self._running = True  # close() kills the child now rather than after the batch
             try:
-                return await self._send_and_wait(
-                    child, request, payloads, answer, self.load.time_limit_s, while_running
-                )
+                return await self._send_and_wait(child, request, payloads, answer, self.load.time_limit_s)
             finally:
                 self._running = False
 
@@ -176,7 +162,6 @@ class ServingProcess(Executor):
         payloads: list[bytes],
         answer: Callable[[_Child], Coroutine[Any, Any, T]],
         time_limit_s: float,
-        while_running: Callable[[], None] | None = None,
     ) -> T:
         """Send one frame and await its answer under the time and memory limits.
 
@@ -190,8 +175,6 @@ class ServingProcess(Executor):
         try:
             child.proc.stdin.write(encode(request, payloads))
             await child.proc.stdin.drain()
-            if while_running is not None:
-                while_running()
             async with asyncio.timeout(time_limit_s or None):
                 result = await answer(child)
         except TimeoutError:

@@ -6,7 +6,8 @@ gone). Requests go through the replica's Batcher; after each micro-batch every r
 its ServeReply (the output, or a TaskError with done = true), then the batch gets ONE
 BatchReceipt signed here, in the agent (the child holds no key), over the inputs as received
 and the outputs as sent (b"" for a failed request), in the batch's request order. It is
-signed off the requests' path: while the worker runs the next batch, or SIGN_IDLE_S later.
+signed off the requests' path: once the stream has written the batch's replies (the Serve
+loop calls sign_receipts), SIGN_IDLE_S after the answer at the latest, or on release.
 
 Generation runs one prompt per micro-batch (each request has its own seed): a ServeReply per
 decoding step with its tokens, the last with done = true and the output, then the receipt.
@@ -31,7 +32,7 @@ from tensorgrid.v1 import serving_pb2
 __all__ = ["Replica", "ReplicaContext"]
 
 log = logging.getLogger("tensorgrid.node.serving")
-SIGN_IDLE_S = 0.005  # a replica with no next batch signs its last receipts this long after answering
+SIGN_IDLE_S = 0.005  # an answered batch's receipt is signed this long after at the latest
 
 Send = Callable[[serving_pb2.ServeUp], None]
 
@@ -162,7 +163,7 @@ class Replica:
         if self.generation:
             outputs = [await self._generate(batch[0], seq)]
         else:
-            answers = await self.process.run_batch([p.payload for p in batch], self.sign_receipts)
+            answers = await self.process.run_batch([p.payload for p in batch])
             outputs = []
             for p, answer in zip(batch, answers, strict=True):
                 if isinstance(answer, bytes):
@@ -177,10 +178,10 @@ class Replica:
             self._sign_timer = asyncio.get_running_loop().call_later(SIGN_IDLE_S, self.sign_receipts)
 
     def sign_receipts(self) -> None:
-        """Sign the receipts of the micro-batches answered since the last call and queue them
-        up the stream. Called while the worker computes the next batch (the agent would only
-        wait), SIGN_IDLE_S after an answer when no batch follows, and on close: never between
-        a request and its answer, where hashing and signing would add ~0.15 ms."""
+        """Sign the receipts of the micro-batches answered since the last call and queue them up
+        the stream. Never between a request and its answer, where hashing and signing would add
+        ~0.15 ms: the Serve loop calls it once their replies are written (else SIGN_IDLE_S after
+        the answer, or on close)."""
         if self._sign_timer is not None:
             self._sign_timer.cancel()
             self._sign_timer = None
@@ -207,7 +208,7 @@ class Replica:
             step = serving_pb2.ServeReply(request_id=p.request_id, tokens=tokens, done=False, batch=seq)
             self.ctx.send(serving_pb2.ServeUp(replies=[step]))
 
-        answer = await self.process.generate(p.payload, p.seed, on_tokens, self.sign_receipts)
+        answer = await self.process.generate(p.payload, p.seed, on_tokens)
         if isinstance(answer, bytes):
             self.ctx.send(reply(p.request_id, seq, output=answer))
             return answer
