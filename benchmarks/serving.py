@@ -11,9 +11,11 @@ errors seen by clients (goal 0) and the p99 around the failover.
 
 Both sides get the same request bytes over the same RPC message types (InferRequest →
 InferResponse); the baseline runs each request's forward pass in its event loop as it
-comes, the grid routes it coordinator → node agent → sandboxed worker and back.
+comes, the grid routes it coordinator → node agent → sandboxed worker and back. Both run
+from the start; at each level they take turns (--rounds each, seconds/rounds a turn), so a
+shift in the machine's load between them (it is shared) lands on both sides alike.
 
-    python -m benchmarks.serving [--seconds 6] [--levels 1,8,64]
+    python -m benchmarks.serving [--seconds 6] [--levels 1,8,64] [--rounds 2]
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from tensorgrid.workloads.model import export_program
 WIDTH = 256
 INFER = "/tensorgrid.v1.SubmitterService/Infer"
 GRID_ARGS = ("--lease-ttl-ms", "5000", "--heartbeat-ms", "500")
+ROUNDS = 2  # turns each side takes at each level
 
 
 def build_model(root: Path) -> tuple[Path, bytes]:
@@ -125,9 +128,9 @@ async def closed_loop(
     seconds: float,
     tls: ClientTls | None = None,
     during: Any = None,
-) -> dict[str, Any]:
+) -> tuple[list[float], list[str]]:
     """`clients` callers, each sending its next request when the last is answered, for
-    `seconds` after a short warm-up; returns latencies (ms) and throughput."""
+    `seconds` after a short warm-up; returns the latencies (ms) and the errors seen."""
     channel = open_channel(target, tls or ClientTls(), aio=True)
     stub = submit_pb2_grpc.SubmitterServiceStub(channel)
     req = serving_pb2.InferRequest(endpoint_id=endpoint, input=data, timeout_ms=10_000)
@@ -152,7 +155,12 @@ async def closed_loop(
         asyncio.get_running_loop().call_later(seconds / 3 + (warm_until - time.monotonic()), during)
     await asyncio.gather(*(caller() for _ in range(clients)))
     await channel.close()
-    latencies.sort()
+    return latencies, errors
+
+
+def summary(latencies: list[float], errors: list[str], seconds: float) -> dict[str, Any]:
+    """p50, p99 (ms) and requests per second of `seconds` of closed-loop load."""
+    latencies = sorted(latencies)
 
     def pct(p: float) -> float:
         return round(latencies[min(len(latencies) - 1, int(p * len(latencies)))], 3) if latencies else float("nan")
@@ -182,11 +190,12 @@ def start_grid(root: Path, model_path: Path, check_rate: float) -> tuple[LocalGr
     return grid, client, endpoint
 
 
-def measure(levels: list[int], seconds: float, check_rate: float) -> dict[str, Any]:
+def measure(levels: list[int], seconds: float, check_rate: float, rounds: int = ROUNDS) -> dict[str, Any]:
     result: dict[str, Any] = {
         "benchmark": "serving",
         "levels": levels,
         "seconds_per_level": seconds,
+        "rounds": rounds,
         "check_rate": check_rate,
     }
     with tempfile.TemporaryDirectory(prefix="tg-bench-serving-") as tmp:
@@ -194,28 +203,43 @@ def measure(levels: list[int], seconds: float, check_rate: float) -> dict[str, A
         model_path, data = build_model(root)
         baseline, port = start_baseline(root, model_path)
         try:
-            for c in levels:
-                result[f"baseline_{c}"] = asyncio.run(closed_loop(f"127.0.0.1:{port}", (), "", data, c, seconds))
-                print(f"baseline, {c} clients: {result[f'baseline_{c}']}", file=sys.stderr)
-        finally:
-            baseline.terminate()
-            baseline.wait(10)
-        grid, client, endpoint = start_grid(root, model_path, check_rate)
+            grid, client, endpoint = start_grid(root, model_path, check_rate)
+        except BaseException:
+            _stop(baseline)
+            raise
         try:
             md = client.session_metadata()
+            none: tuple[tuple[str, str], ...] = ()
+            sides = {"baseline": (f"127.0.0.1:{port}", none, ""), "grid": (grid.target, md, endpoint)}
             for c in levels:
-                result[f"grid_{c}"] = asyncio.run(closed_loop(grid.target, md, endpoint, data, c, seconds))
-                print(f"grid, {c} clients: {result[f'grid_{c}']}", file=sys.stderr)
+                seen: dict[str, tuple[list[float], list[str]]] = {side: ([], []) for side in sides}
+                for _ in range(rounds):  # the two sides take turns: a change of load hits both alike
+                    for side, (target, metadata, ep) in sides.items():
+                        lat, err = asyncio.run(closed_loop(target, metadata, ep, data, c, seconds / rounds))
+                        seen[side][0].extend(lat)
+                        seen[side][1].extend(err)
+                for side in sides:
+                    result[f"{side}_{c}"] = summary(*seen[side], seconds)
+                    print(f"{side}, {c} clients: {result[f'{side}_{c}']}", file=sys.stderr)
+            _stop(baseline)
             victim = next(p for p in grid.procs if p.name == "node1")
-            result["failover_8"] = asyncio.run(
+            failover = asyncio.run(
                 closed_loop(grid.target, md, endpoint, data, 8, seconds * 1.5, during=lambda: grid.kill_proc(victim))
             )
+            result["failover_8"] = summary(*failover, seconds * 1.5)
             print(f"grid, 8 clients, node1 killed: {result['failover_8']}", file=sys.stderr)
             result["endpoint_status"] = _status(client.endpoints.get(endpoint))
         finally:
+            _stop(baseline)
             client.close()
             grid.stop()
     return _ratios(result, levels)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        proc.wait(10)
 
 
 def _status(s: Any) -> dict[str, Any]:
@@ -236,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=float, default=6.0, help="measured seconds per concurrency level")
     p.add_argument("--levels", default="1,8,64", help="client concurrency levels")
+    p.add_argument("--rounds", type=int, default=ROUNDS, help="turns baseline and grid take at each level")
     p.add_argument(
         "--check-rate",
         type=float,
@@ -249,7 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     if ns.baseline_server is not None:
         asyncio.run(_baseline_server(ns.baseline_server, ns.port_file))
         return 0
-    emit(measure([int(c) for c in ns.levels.split(",")], ns.seconds, ns.check_rate))
+    if ns.rounds < 1:
+        p.error("--rounds must be at least 1")
+    emit(measure([int(c) for c in ns.levels.split(",")], ns.seconds, ns.check_rate, ns.rounds))
     return 0
 
 

@@ -57,6 +57,7 @@ class ServingProcess(Executor):
         self._loaded: _Child | None = None  # the child that holds the program
         self._watcher: asyncio.Future[None] | None = None
         self._over = 0  # the peak RSS for which the watcher killed the running batch's child
+        self._peak_from: _Child | None = None  # the child whose VmHWM was reset after its load
 
     async def ready(self) -> TaskError | None:
         """Start the child and load the program now: None when it is ready, else why not."""
@@ -141,8 +142,13 @@ class ServingProcess(Executor):
             if self._closed:
                 raise _LimitHit(TaskError(ErrorKind.RELEASED, "the replica is closed"))
             child = await self._ready_child()
-            if self.load.memory_limit_bytes > 0:
+            if self.load.memory_limit_bytes > 0 and self._peak_from is not child:
+                # Once per child, after its load (clear_refs walks the page tables: ~20-45 µs
+                # a batch). Enough: a batch over the limit kills the child, so every earlier
+                # batch of a live child stayed under it and VmHWM passes the limit exactly
+                # when the running batch does.
                 child.reset_peak()
+                self._peak_from = child
             self._running = True  # close() kills the child now rather than after the batch
             try:
                 return await self._send_and_wait(child, request, payloads, answer, self.load.time_limit_s)

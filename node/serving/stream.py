@@ -113,7 +113,7 @@ class ServeLoop:
         self._receipts = []  # a previous stream's receipts went with its replicas
         outgoing.put_nowait(serving_pb2.ServeUp(hello=serving_pb2.ServeHello(max_replicas=self.max_replicas)))
 
-        call = self.client.serve(coalesced(outgoing, ("replies", "receipts"), _reply_bytes))
+        call = self.client.serve(coalesced(outgoing, ("replies", "receipts"), _reply_bytes, self._written))
         reader = asyncio.ensure_future(self._read(call))
         drained = asyncio.ensure_future(self._draining.wait())
         try:
@@ -151,6 +151,18 @@ class ServeLoop:
             msg.receipts.extend(self._receipts)  # after the replies they may follow: handled in order
             self._receipts.clear()
         self._outgoing.put_nowait(msg)
+
+    def _written(self, msg: serving_pb2.ServeUp) -> None:
+        """Replies went up the stream: now is the time to sign the receipts of the batches they
+        answered (Replica.sign_receipts), after the stream's writer has asked for its next
+        message. Not before the replies (it would delay them), nor right after a batch went to
+        the worker's pipe (a pipe's reader is woken on the writer's core, expected to be free)."""
+        if msg.replies:
+            asyncio.get_running_loop().call_soon(self._sign_receipts)
+
+    def _sign_receipts(self) -> None:
+        for replica in list(self.replicas.values()):
+            replica.sign_receipts()
 
     def _flush_receipts(self) -> None:
         if self._receipt_timer is not None:

@@ -18,11 +18,15 @@ _NOTHING = object()
 
 
 async def coalesced(
-    queue: asyncio.Queue[M | None], fields: tuple[str, ...], payload: Callable[[M], int]
+    queue: asyncio.Queue[M | None],
+    fields: tuple[str, ...],
+    payload: Callable[[M], int],
+    written: Callable[[M], None] | None = None,
 ) -> AsyncIterator[M]:
     """Messages from `queue` until None. A message that sets no `msg` oneof (it carries only the
     repeated `fields`) takes in the ones queued right behind it that do the same, up to
-    MAX_MERGED_BYTES of payload; order is kept."""
+    MAX_MERGED_BYTES of payload; order is kept. written(msg) is called once the stream has
+    taken msg (the next one is asked for only after its write completed)."""
     held: Any = _NOTHING
     while True:
         msg = await queue.get() if held is _NOTHING else held
@@ -40,3 +44,5 @@ async def coalesced(
                 for name in fields:
                     getattr(msg, name).extend(getattr(nxt, name))
         yield msg
+        if written is not None:
+            written(msg)

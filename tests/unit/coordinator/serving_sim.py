@@ -116,13 +116,15 @@ class SimNode:
             return
         if self.receipt_tamper == "digest":
             outputs = [o + b"x" for o in outputs]
+        self.up(receipts=[self.receipt(replica_id, batch, ids, inputs, outputs)])
+
+    def receipt(
+        self, replica_id: str, batch: int, ids: list[int], inputs: list[bytes], outputs: list[bytes]
+    ) -> serving_pb2.BatchReceipt:
+        """The batch's signed receipt (wrongly signed when told to tamper with the signature)."""
         receipt = batch_receipt(self.endpoint_of[replica_id], replica_id, batch, ids, inputs, outputs)
         signer = Signer.generate() if self.receipt_tamper == "signature" else self.signer
         signed = sign_receipt(signer, DOMAIN, receipt)
-        self.up(
-            receipts=[
-                serving_pb2.BatchReceipt(
-                    replica_id=replica_id, batch=batch, request_ids=ids, receipt=serde.receipt_to_pb(signed)
-                )
-            ]
+        return serving_pb2.BatchReceipt(
+            replica_id=replica_id, batch=batch, request_ids=ids, receipt=serde.receipt_to_pb(signed)
         )

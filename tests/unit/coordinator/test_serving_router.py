@@ -148,6 +148,46 @@ def test_only_a_receipt_matching_what_was_sent_and_answered_is_paid(tamper: str)
     run(scenario)
 
 
+def test_a_caller_has_its_answer_before_the_receipt_riding_with_it_is_checked() -> None:
+    """A node's receipt rides with its next replies: checking it (hashes, ecrecover) waits
+    until the callers those replies answer have run, so it never delays an answer."""
+
+    async def scenario() -> list[str]:
+        order: list[str] = []
+
+        class Paid(Recorder):
+            def record(self, batch: ServedBatch) -> None:
+                order.append(f"paid {batch.batch}")
+                super().record(batch)
+
+        r = router(Paid())
+        node = SimNode(r, answer=False)
+        node.connect()
+        ep = r.add_endpoint(EP, ALICE, spec(), 0)
+        await settle()
+
+        async def call(i: int) -> None:
+            await r.infer(ep, payload(i))
+            order.append(f"answered {i}")
+
+        first = asyncio.ensure_future(call(1))
+        await settle()
+        req1 = node.requests[0]
+        node.up(replies=[serving_pb2.ServeReply(request_id=req1.request_id, output=b"a", done=True, batch=1)])
+        await first
+        second = asyncio.ensure_future(call(2))
+        await settle()
+        req2 = node.requests[1]
+        receipt1 = node.receipt(req1.replica_id, 1, [req1.request_id], [req1.input], [b"a"])
+        reply2 = serving_pb2.ServeReply(request_id=req2.request_id, output=b"b", done=True, batch=2)
+        node.up(replies=[reply2], receipts=[receipt1])  # as a node sends them: one message
+        await second
+        await settle()
+        return order
+
+    assert run(scenario) == ["answered 1", "answered 2", "paid 1"]
+
+
 def test_unreceipted_answers_expire_unpaid() -> None:
     async def scenario() -> None:
         clock = Clock()

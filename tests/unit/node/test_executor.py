@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import time
+import types
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from node.executor import Executor, TaskOutcome, TaskRequest
+from node.executor import Executor, TaskOutcome, TaskRequest, _Child
 from tensorgrid.types import ErrorKind
 from tensorgrid.workloads.inference import run_inference
 
@@ -215,3 +216,10 @@ def test_worker_that_never_starts_is_crashed(loop: asyncio.AbstractEventLoop, tm
     outcome = loop.run_until_complete(ex.run(_noop(tmp_path)))
     assert outcome.error is not None and outcome.error.kind is ErrorKind.CRASHED
     loop.run_until_complete(ex.close())
+
+
+def test_a_child_peak_memory_is_its_vmhwm() -> None:
+    child = _Child.__new__(_Child)  # peak_rss reads /proc by pid alone: this process stands in
+    child.proc = types.SimpleNamespace(pid=os.getpid())  # type: ignore[assignment]
+    want = int(Path("/proc/self/status").read_text().split("VmHWM:")[1].split()[0]) * 1024
+    assert want > 0 and abs(child.peak_rss() - want) <= 1 << 20  # the peak may grow in between

@@ -48,3 +48,27 @@ def test_a_receipt_with_no_replies_after_it_goes_alone_soon(monkeypatch) -> None
 
     sent = asyncio.run(scenario())
     assert [[r.batch for r in m.receipts] for m in sent] == [[], [1, 2]]
+
+
+class _Replica:
+    def __init__(self) -> None:
+        self.signed = 0
+
+    def sign_receipts(self) -> None:
+        self.signed += 1
+
+
+def test_receipts_are_signed_once_replies_are_written_not_before() -> None:
+    async def scenario() -> tuple[int, int, int]:
+        loop = _loop()
+        replica = _Replica()
+        loop.replicas["r"] = replica  # type: ignore[assignment]
+        loop._written(_receipt(1))  # a message without replies: nothing answered was sent
+        await asyncio.sleep(0)
+        before = replica.signed
+        loop._written(_reply(1))
+        at_once = replica.signed  # not in the writer's way: a moment later
+        await asyncio.sleep(0)
+        return before, at_once, replica.signed
+
+    assert asyncio.run(scenario()) == (0, 0, 1)

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from node.executor import _Child
 from node.serving.frames import FrameError, encode, read_frame
 from node.serving.process import ReplicaLoad, ServingProcess
-from node.serving.replica import Replica, ReplicaContext
+from node.serving.replica import SIGN_IDLE_S, Replica, ReplicaContext
 from tensorgrid import serde
 from tensorgrid.crypto import Signer, sign_receipt, verify_receipt
 from tensorgrid.serving import batch_receipt, tensors_from_bytes, tensors_to_bytes
@@ -26,6 +27,7 @@ from tensorgrid.workloads.tensorfile import load_tensors, save_tensors
 from tests.decoders import export_decoder, tiny_decoder
 
 DOMAIN = Domain("TensorGrid", "1", 31337, "0x" + "11" * 20)
+TINY_MEMORY_LIMIT = 4 << 30  # generous: the tiny replica never nears it, unless a test says it did
 
 
 def test_frames_round_trip_and_refuse_garbage() -> None:
@@ -40,9 +42,9 @@ def test_frames_round_trip_and_refuse_garbage() -> None:
 
 @pytest.fixture(scope="module")
 def tiny(loop: asyncio.AbstractEventLoop, models: dict[str, Path]) -> Iterator[ServingProcess]:
-    proc = ServingProcess(
-        ReplicaLoad(str(models["tiny"]), "inference", {"input_names": ["x"]}, device="cpu", threads=1)
-    )
+    load = ReplicaLoad(str(models["tiny"]), "inference", {"input_names": ["x"]}, device="cpu", threads=1,
+                       memory_limit_bytes=TINY_MEMORY_LIMIT)  # fmt: skip
+    proc = ServingProcess(load)
     assert loop.run_until_complete(proc.ready()) is None
     yield proc
     loop.run_until_complete(proc.close())
@@ -107,6 +109,29 @@ def test_a_batch_over_its_time_limit_fails_and_the_child_is_replaced(
         loop.run_until_complete(proc.close())
 
 
+def test_the_memory_peak_is_reset_once_per_child_and_a_batch_over_the_limit_still_fails(
+    loop: asyncio.AbstractEventLoop, tiny: ServingProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """VmHWM is reset after a child's load, not before every batch: a batch over the limit
+    kills its child, so a live child's peak passes the limit exactly when its running batch does."""
+    resets: list[int] = []
+    real_reset = _Child.reset_peak
+    monkeypatch.setattr(_Child, "reset_peak", lambda child: (resets.append(child.pid), real_reset(child))[1])
+    for seed in range(3):
+        assert isinstance(loop.run_until_complete(tiny.run_batch([_x(1, seed=seed)]))[0], bytes)
+    first = tiny.pid
+    assert len(resets) <= 1 and set(resets) <= {first}  # at most once: the fixture's child may be fresh
+    monkeypatch.setattr(_Child, "peak_rss", lambda child: TINY_MEMORY_LIMIT + 1)
+    (answer,) = loop.run_until_complete(tiny.run_batch([_x(1)]))
+    assert isinstance(answer, TaskError) and answer.kind is ErrorKind.OUT_OF_MEMORY
+    monkeypatch.undo()
+    monkeypatch.setattr(_Child, "reset_peak", lambda child: (resets.append(child.pid), real_reset(child))[1])
+    resets.clear()
+    for seed in range(2):
+        assert isinstance(loop.run_until_complete(tiny.run_batch([_x(1, seed=seed)]))[0], bytes)
+    assert tiny.pid != first and resets == [tiny.pid]  # the fresh child's load peak is not a batch's
+
+
 def test_a_program_that_does_not_load_is_reported(loop: asyncio.AbstractEventLoop, models: dict[str, Path]) -> None:
     proc = ServingProcess(ReplicaLoad(str(models["garbage"]), "inference", {}, device="cpu", threads=1))
     try:
@@ -142,9 +167,11 @@ def test_generation_streams_the_tokens_run_generation_makes(loop: asyncio.Abstra
     assert torch.equal(got["tokens"], want["tokens"]) and torch.equal(got["lengths"], want["lengths"])
 
 
-def test_a_replica_answers_then_signs_one_receipt_per_batch(
+def test_a_replica_answers_first_and_signs_each_batch_receipt_off_the_requests_path(
     loop: asyncio.AbstractEventLoop, models: dict[str, Path]
 ) -> None:
+    """One receipt per micro-batch, signed only after its replies are sent: when the Serve loop
+    says they are written, SIGN_IDLE_S after the answer at the latest, or on release."""
     signer = Signer.generate()
     sent: list[serving_pb2.ServeUp] = []
     model = models["tiny"]
@@ -164,6 +191,9 @@ def test_a_replica_answers_then_signs_one_receipt_per_batch(
     )
     replica = Replica(assign, ctx)
 
+    def kinds() -> list[str]:
+        return [m.WhichOneof("msg") or ("reply" if m.replies else "receipt") for m in sent]
+
     async def scenario() -> None:
         assert await replica.start()
         replica.batcher.close()  # run batches by hand: deterministic composition
@@ -171,11 +201,19 @@ def test_a_replica_answers_then_signs_one_receipt_per_batch(
         from node.serving.batcher import Pending
 
         await replica._run([Pending(1, _x(2)), Pending(2, b"garbage"), Pending(3, _x(1, seed=4))])
-        await replica.close()
+        assert kinds() == ["state", "reply", "reply", "reply"]  # answered; nothing signed in their way
+        replica.sign_receipts()  # as the Serve loop does once the replies are written
+        assert kinds() == ["state", "reply", "reply", "reply", "receipt"]
+        await replica._run([Pending(4, _x(1, seed=5))])
+        assert kinds()[-1] == "reply"
+        await asyncio.sleep(SIGN_IDLE_S * 4)  # nobody said the replies were written: signed anyway
+        assert kinds()[-1] == "receipt" and sent[-1].receipts[0].batch == 2
+        await replica._run([Pending(5, _x(1, seed=6))])
+        await replica.close()  # released before SIGN_IDLE_S: batch 3's receipt goes now, not never
 
     loop.run_until_complete(scenario())
-    kinds = [m.WhichOneof("msg") or ("reply" if m.replies else "receipt") for m in sent]
-    assert kinds == ["state", "reply", "reply", "reply", "receipt"]
+    assert kinds() == ["state", "reply", "reply", "reply", "receipt", "reply", "receipt", "reply", "receipt"]
+    assert [m.receipts[0].batch for m in sent if m.receipts] == [1, 2, 3]
     assert sent[0].state.ready and sent[0].state.replica_id == "cd" * 32
     replies = [m.replies[0] for m in sent[1:4]]
     assert [r.request_id for r in replies] == [1, 2, 3] and all(r.done and r.batch == 1 for r in replies)
@@ -197,6 +235,8 @@ def test_a_replica_answers_then_signs_one_receipt_per_batch(
         want.output_hash,
         want.commitment,
     )
+    assert list(sent[6].receipts[0].request_ids) == [4]
+    verify_receipt(DOMAIN, serde.receipt_from_pb(sent[6].receipts[0].receipt), signer.address)
 
 
 def test_a_replica_released_while_it_starts_leaves_no_worker_behind(

@@ -52,3 +52,28 @@ def test_the_end_marker_behind_a_merge_still_ends_the_stream() -> None:
     queue.put_nowait(None)
     queue.put_nowait(_req(2))  # after the end: never sent
     assert [[r.request_id for r in m.requests] for m in _drain(queue)] == [[1]]
+
+
+def test_a_message_is_reported_written_only_once_the_stream_asks_for_the_next() -> None:
+    async def scenario() -> list[str]:
+        events: list[str] = []
+        queue: asyncio.Queue[serving_pb2.ServeDown | None] = asyncio.Queue()
+        for i in (1, 2):
+            queue.put_nowait(_req(i))
+        queue.put_nowait(serving_pb2.ServeDown(cancel=serving_pb2.ServeCancel(request_id=1)))
+        queue.put_nowait(None)
+        stream = coalesced(queue, ("requests",), _bytes, lambda m: events.append(f"written {_name(m)}"))
+        async for msg in stream:
+            events.append(f"writing {_name(msg)}")  # a write: until it returns, msg is not written
+        return events
+
+    assert asyncio.run(scenario()) == [
+        "writing [1, 2]",
+        "written [1, 2]",
+        "writing cancel",
+        "written cancel",
+    ]
+
+
+def _name(m: serving_pb2.ServeDown) -> str:
+    return m.WhichOneof("msg") or str([r.request_id for r in m.requests])
