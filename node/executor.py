@@ -123,12 +123,9 @@ class _Child:
 
     def peak_rss(self) -> int:
         """Peak resident memory since the last reset (VmHWM), or current RSS off Linux."""
-        try:  # raw bytes, one read: a third of the time of a text file read line by line (~10 µs)
-            fd = os.open(f"/proc/{self.pid}/status", os.O_RDONLY)
-            try:
-                status = os.read(fd, 16384)
-            finally:
-                os.close(fd)
+        try:  # raw bytes, one read: a third of the time of a text file read line by line
+            with open(f"/proc/{self.pid}/status", "rb", buffering=0) as f:
+                status = f.read(16384)
             at = status.index(b"VmHWM:") + 6
             return int(status[at : status.index(b"kB", at)]) * 1024
         except (OSError, ValueError):
