@@ -22,6 +22,7 @@ import secrets
 from sqlalchemy import Connection, delete, insert, or_, select, update
 
 from coordinator.db import schema as s
+from coordinator.db.sql import insert_ignore
 
 ACTIVE_MS = 60_000  # a node seen within this long is a candidate checker
 ASSIGN_MS = 5_000  # an assignee has this long to lease its check (a dead one costs this much)
@@ -99,8 +100,9 @@ def _busy(conn: Connection, node: str, now_ms: int) -> bool:
 
 
 def bar(conn: Connection, task_id: str, nodes: list[str]) -> None:
-    """Nodes that may never take this check task."""
+    """Nodes that may never take this check task. Another replica may bar the same node at the
+    same moment (both reaping one expired check): a row already there is left as it is."""
     have = {x.node for x in conn.execute(select(check_exclusions.c.node).where(check_exclusions.c.task_id == task_id))}
     new = sorted({node for node in nodes if node} - have)
     if new:
-        conn.execute(insert(check_exclusions), [dict(task_id=task_id, node=node) for node in new])
+        insert_ignore(conn, check_exclusions, [dict(task_id=task_id, node=node) for node in new])
