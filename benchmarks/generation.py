@@ -3,9 +3,9 @@ decoding loop in-process, same run. Goal: grid tokens/s per node ≥ 0.9 × in-p
 
 The decoder is a GPT-style transformer built here from torch.nn (tests/decoders.py), exported
 as one full-sequence program. The grid's time runs from submit (uploads included) to the result
-downloaded; nodes are started beforehand, as volunteers' daemons would be. Verification is off
-by default (`--verification spotcheck` to include the default policy: on new nodes every result
-is checked, and the coordinator's referee confirms each check).
+downloaded; nodes are started beforehand, as volunteers' daemons would be. The job carries the
+default verification policy (`--verification none` to leave it out): the nodes are new, so every
+result is checked by the other node and the coordinator's referee confirms each check.
 
 Fair both ways: each node's task worker and the in-process run use the same torch threads
 (`--threads`, default 1: on 2 cores, 2 nodes × 1 thread against 1 thread in process is the
@@ -20,6 +20,12 @@ processes (one per node, each on a node's share of the prompts, started together
 in-process CPU seconds over all of the grid's (workers, node daemons, coordinator, client); and
 where the grid's time went (per node: fetch, program load, decoding, submit, idle; which node
 ran which shard and when).
+
+Verification's cost, same run (`verification`): CPU seconds of the check tasks on the nodes and
+of the coordinator's referee (its sandboxed child, program load included) over the CPU seconds of
+the job's shards on the nodes (program loads left out of both), with each part per prompt and
+per token (the prompts here have no stop token: every prompt generates max-new tokens). The
+default policy's budget is 5% (README, "Verification").
 
     python -m benchmarks.generation [--seconds 30] [--threads 1] [--nodes 2] [--shards 4] [--keep DIR]
 """
@@ -164,6 +170,45 @@ def grid_run(
     return seconds, load_tensors(root / "grid_out.safetensors"), report
 
 
+def verification_cost(report: dict[str, Any], prompts: int, max_new: int) -> dict[str, Any]:
+    """CPU seconds of checks (on nodes) and of the referee over the shards' CPU seconds (see the
+    module's docstring), with each part per prompt and per token, from grid_run's report."""
+    nodes = report["nodes"].values()
+    shard_cpu = sum(n["cpu_s"] for n in nodes)
+    check_cpu = sum(n["check_cpu_s"] for n in nodes)
+    referee_cpu = report["cpu_s"]["referee"]
+
+    def ms(seconds: float, count: int) -> float | None:
+        return round(1000 * seconds / count, 3) if count else None
+
+    checked, refereed = report["check_rows"], report["referee_rows"]
+    return {
+        "share": round((check_cpu + referee_cpu) / max(1e-9, shard_cpu), 4),
+        "budget": 0.05,
+        "checks_share": round(check_cpu / max(1e-9, shard_cpu), 4),
+        "referee_share": round(referee_cpu / max(1e-9, shard_cpu), 4),
+        "shard_cpu_s": round(shard_cpu, 2),
+        "check_cpu_s": round(check_cpu, 2),
+        "referee_cpu_s": round(referee_cpu, 2),  # the referee's program load included
+        "checks": sum(n["checks"] for n in nodes),
+        "check_prompts": checked,
+        "referee_rulings": report["referee_rulings"],
+        "referee_scored": report["referee_scored"],
+        "referee_prompts": refereed,
+        # CPU ms per prompt and per generated token: a shard's, a check's, the referee's
+        "ms_per_prompt": {
+            "shard": ms(shard_cpu, prompts),
+            "check": ms(check_cpu, checked),
+            "referee": ms(referee_cpu, refereed),
+        },
+        "ms_per_token": {
+            "shard": ms(shard_cpu, prompts * max_new),
+            "check": ms(check_cpu, checked * max_new),
+            "referee": ms(referee_cpu, refereed * max_new),
+        },
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seconds", type=float, default=30.0, help="target in-process decoding time")
@@ -173,7 +218,7 @@ def main() -> None:
     p.add_argument("--max-new", type=int, default=32)
     p.add_argument("--width", type=int, default=192)
     p.add_argument("--depth", type=int, default=3)
-    p.add_argument("--verification", default="none", choices=("none", "spotcheck", "replicate"))
+    p.add_argument("--verification", default="spotcheck", choices=("none", "spotcheck", "replicate"))
     p.add_argument("--keep", type=Path, default=None, help="work here and keep the grid's logs and database")
     ns = p.parse_args()
     torch.set_num_threads(ns.threads)
@@ -203,12 +248,19 @@ def main() -> None:
     per_node = grid_rate / ns.nodes / local_rate
     nodes = report["nodes"].values()
     cpu = report["cpu_s"]
+    verification = verification_cost(report, n, ns.max_new) if ns.verification != "none" else None
     print(
         f"{n} prompts, {tokens} tokens: in-process {local_s:.1f}s ({local_rate:.0f} tokens/s), grid with "
         f"{ns.nodes} nodes {grid_s:.1f}s ({grid_rate:.0f} tokens/s): {per_node:.2f}x per node; {ns.nodes} bare "
         f"processes at once {split_s:.1f}s ({split_s / grid_s:.2f}x the grid's speed); CPU {local_cpu_s:.1f}s "
         f"in process, {sum(cpu.values()):.1f}s on the grid ({cpu})"
     )
+    if verification is not None:
+        print(
+            f"verification: {100 * verification['share']:.1f}% of the shards' CPU (checks "
+            f"{100 * verification['checks_share']:.1f}%, referee {100 * verification['referee_share']:.1f}%); "
+            f"CPU ms per token {verification['ms_per_token']}"
+        )
     emit(
         {
             "benchmark": "generation",
@@ -241,6 +293,9 @@ def main() -> None:
             "grid_cpu_s": round(sum(cpu.values()), 2),
             "cpu_ratio": round(local_cpu_s / max(1e-9, sum(cpu.values())), 3),
             "node_decode_slowdown": round(sum(x["compute_s"] for x in nodes) / local_decode_s, 3),
+            # CPU of checks on nodes and of the referee over the shards' CPU (goal: <= 0.05)
+            "verification_share": verification["share"] if verification else None,
+            "verification_cost": verification,
             "breakdown": report,
         }
     )
