@@ -71,7 +71,8 @@ def _decode_code(model: Path, prompts: Path, out: Path, ns: argparse.Namespace, 
     """run_generation in a fresh interpreter with what a node's warm worker has imported (torch,
     what loading a program needs) and its thread count, `batch` prompts per forward batch (as a
     node decodes a shard); with `go`, it writes `out`.ready when imported and starts once `go`
-    exists. Prints seconds with the program's load, seconds decoding, CPU seconds, tokens."""
+    exists. Prints seconds with the program's load, seconds decoding, CPU seconds (with the load),
+    tokens, CPU seconds decoding."""
     wait = (
         f"import os\nopen({str(out) + '.ready'!r}, 'w').close()\n"
         f"while not os.path.exists({str(go)!r}): time.sleep(0.01)\n"
@@ -81,6 +82,7 @@ def _decode_code(model: Path, prompts: Path, out: Path, ns: argparse.Namespace, 
     return (
         "import resource, time, torch\n"
         "from tensorgrid.workloads.generation import DecodeSettings, run_generation\n"
+        "from tensorgrid.workloads.model import load_program\n"
         "from tensorgrid.workloads.programs import warm_imports\n"
         "warm_imports()\n"
         f"torch.set_num_threads({ns.threads})\n"
@@ -88,20 +90,23 @@ def _decode_code(model: Path, prompts: Path, out: Path, ns: argparse.Namespace, 
         "cpu = lambda: sum(resource.getrusage(resource.RUSAGE_SELF)[:2])\n"
         f"{wait}"
         "t, c = time.monotonic(), cpu()\n"
-        f"stats = run_generation({str(model)!r}, {str(prompts)!r}, {str(out)!r}, s, device='cpu')\n"
-        "print(time.monotonic() - t, stats.seconds, cpu() - c, stats.tokens)\n"
+        f"module = load_program({str(model)!r}, 'cpu')\n"
+        "d = cpu()\n"
+        f"stats = run_generation({str(model)!r}, {str(prompts)!r}, {str(out)!r}, s, device='cpu', module=module)\n"
+        "print(time.monotonic() - t, stats.seconds, cpu() - c, stats.tokens, cpu() - d)\n"
     )
 
 
-def _parse(stdout: str) -> tuple[float, float, float, int]:
-    seconds, decoding, cpu, tokens = stdout.strip().splitlines()[-1].split()
-    return float(seconds), float(decoding), float(cpu), int(tokens)
+def _parse(stdout: str) -> tuple[float, float, float, int, float]:
+    seconds, decoding, cpu, tokens, decoding_cpu = stdout.strip().splitlines()[-1].split()
+    return float(seconds), float(decoding), float(cpu), int(tokens), float(decoding_cpu)
 
 
 def local_run(
     model: Path, prompts: Path, out: Path, ns: argparse.Namespace, batch: int
-) -> tuple[float, float, float, int]:
-    """(seconds with the program's load, seconds decoding, CPU seconds, tokens) in process (_decode_code)."""
+) -> tuple[float, float, float, int, float]:
+    """(seconds with the program's load, seconds decoding, CPU seconds, tokens, CPU seconds
+    decoding) in process (_decode_code)."""
     code = _decode_code(model, prompts, out, ns, batch, None)
     return _parse(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
 
@@ -211,7 +216,7 @@ def verification_cost(report: dict[str, Any], prompts: int, max_new: int) -> dic
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seconds", type=float, default=30.0, help="target in-process decoding time")
+    p.add_argument("--seconds", type=float, default=30.0, help="target in-process decoding time (CPU seconds)")
     p.add_argument("--threads", type=int, default=1, help="torch threads, in-process and on each node")
     p.add_argument("--nodes", type=int, default=2)
     p.add_argument("--shards", type=int, default=4, help="tasks; few and large: a node batches a shard's prompts")
@@ -230,12 +235,15 @@ def main() -> None:
         export_decoder(TinyGPT(VOCAB, ns.width, ns.depth, 4, CONTEXT).eval(), model, CONTEXT)
         probe = 4 * MIN_SHARD
         write_prompts(prompts, probe)
-        _, probe_s, _, _ = local_run(model, prompts, root / "probe.safetensors", ns, probe)
-        n = max(ns.shards * MIN_SHARD, int(ns.seconds / probe_s * probe) // ns.shards * ns.shards)
+        # sized by CPU seconds, not wall: a busy machine must not shrink the job (verification's
+        # share has a fixed part, the referee's one program load, that a small job pays more for)
+        probe_cpu_s = local_run(model, prompts, root / "probe.safetensors", ns, probe)[4]
+        n = max(ns.shards * MIN_SHARD, int(ns.seconds / probe_cpu_s * probe) // ns.shards * ns.shards)
         shard = n // ns.shards
         write_prompts(prompts, n)
         loads = [os.getloadavg()[0]]
-        local_s, local_decode_s, local_cpu_s, tokens = local_run(model, prompts, root / "local.safetensors", ns, shard)
+        local = local_run(model, prompts, root / "local.safetensors", ns, shard)
+        local_s, local_decode_s, local_cpu_s, tokens, _ = local
         loads.append(os.getloadavg()[0])
         grid_s, got, report = grid_run(root, model, prompts, ns, shard)
         print(f"grid {grid_s:.1f}s: {report}", flush=True)
