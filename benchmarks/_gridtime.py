@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import resource
+import time
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +140,21 @@ class GridCpu:
     def _self() -> float:
         r = resource.getrusage(resource.RUSAGE_SELF)
         return r.ru_utime + r.ru_stime
+
+    def settle(self, role: str = "referee", timeout_s: float = 60.0) -> None:
+        """Wait until `role`'s processes are idle (under 0.02 CPU-seconds in a second): the
+        coordinator's sandboxed child imports torch at start, which is not the job's work."""
+        deadline = time.monotonic() + timeout_s
+        last = self._role(role)
+        while time.monotonic() < deadline:
+            time.sleep(1.0)
+            now = self._role(role)
+            if now - last < 0.02:
+                return
+            last = now
+
+    def _role(self, role: str) -> float:
+        return sum(cpu for what, cpu in self._read().values() if what == role)
 
     def start(self) -> None:
         self._before = {pid: cpu for pid, (_, cpu) in self._read().items()}

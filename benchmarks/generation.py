@@ -146,6 +146,7 @@ def grid_run(
         grid.wait_for_nodes(ns.nodes)
         time.sleep(3)  # let the nodes settle, as running daemons would be (their workers are warm)
         cpu = GridCpu(grid)
+        cpu.settle()  # the referee's child has imported torch: its start is not the job's
         with Client(grid.target, Signer.generate()) as client:
             cpu.start()
             start = time.monotonic()
