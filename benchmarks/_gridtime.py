@@ -1,13 +1,14 @@
 """Where a grid job's time went, for the benchmarks: the nodes' per-task timing lines (fetch,
-program load, compute, run, submit; node.slot logs them), each task classed as a shard or a
-check from the coordinator's database, the referee's and intake's timing lines, each shard's
-lease and receipt times (which node ran it, and when), and the CPU seconds the grid's processes
-spent (GridCpu)."""
+program load, compute, run, submit, the worker's CPU; node.slot logs them), each task classed as
+a shard or a check from the coordinator's database, the referee's and intake's timing lines, each
+shard's lease and receipt times (which node ran it, and when), and the CPU seconds the grid's
+processes spent (GridCpu)."""
 
 from __future__ import annotations
 
 import re
 import resource
+import time
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,9 @@ from tensorgrid.localgrid import LocalGrid
 
 TIMING = re.compile(
     r"task (?P<id>[0-9a-f]{12})/\d+ timing: fetch (?P<fetch>[\d.]+)s, load (?P<load>[\d.]+)s, "
-    r"compute (?P<compute>[\d.]+)s, run (?P<run>[\d.]+)s, submit (?P<submit>[\d.]+)s"
+    r"compute (?P<compute>[\d.]+)s, run (?P<run>[\d.]+)s, submit (?P<submit>[\d.]+)s(?:, cpu (?P<cpu>[\d.]+)s)?"
 )
-RULING = re.compile(r"ruled on check [0-9a-f]+ in (?P<s>[\d.]+)s \((?P<rows>\d+) rows")
+RULING = re.compile(r"ruled on check [0-9a-f]+ in (?P<s>[\d.]+)s \((?P<rows>\d+) rows(?:, (?P<how>[a-z-]+))?")
 REGISTERED = re.compile(r"registered with \S+ as (?P<address>0x[0-9a-fA-F]{40})")
 PROBE = re.compile(r"row-independence probe of [0-9a-f]+ took (?P<s>[\d.]+)s")
 
@@ -64,15 +65,18 @@ def _since(ms: int, start_ms: int) -> float:
 
 def breakdown(grid: LocalGrid, job_id: str, wall_s: float, nodes: list[str]) -> dict[str, Any]:
     """Per node: shards and checks run, seconds fetching, loading programs, computing (shards,
-    checks), running (the worker's whole turn), submitting, and idle within `wall_s`; then the
-    job's facts (job_records) and the coordinator's referee and intake-probe seconds."""
+    checks), running (the worker's whole turn), submitting, and idle within `wall_s`, and the
+    workers' CPU seconds (shards, checks; program loads left out); then the job's facts
+    (job_records) and the coordinator's referee (rulings, how many by scoring alone, their wall
+    seconds and rows) and intake-probe seconds."""
     kinds, facts = job_records(grid.root / "coordinator" / "coordinator.db", job_id)
     per_node: dict[str, dict[str, float]] = {}
     names: dict[str, str] = {}
     for name in nodes:
         text = (grid.root / f"{name}.log").read_text(errors="replace")
         names.update((m["address"].lower()[:10], name) for m in REGISTERED.finditer(text))
-        acc = {k: 0.0 for k in ("fetch_s", "load_s", "compute_s", "check_compute_s", "run_s", "submit_s", "busy_s")}
+        keys = ("fetch_s", "load_s", "compute_s", "check_compute_s", "cpu_s", "check_cpu_s", "run_s", "submit_s")
+        acc = {k: 0.0 for k in (*keys, "busy_s")}
         acc.update(shards=0, checks=0)
         for m in TIMING.finditer(text):
             kind = kinds.get(m["id"])
@@ -83,6 +87,7 @@ def breakdown(grid: LocalGrid, job_id: str, wall_s: float, nodes: list[str]) -> 
             acc["run_s"] += float(m["run"])
             acc["submit_s"] += float(m["submit"])
             acc["check_compute_s" if kind == "check" else "compute_s"] += float(m["compute"])
+            acc["check_cpu_s" if kind == "check" else "cpu_s"] += float(m["cpu"] or 0.0)
             acc["busy_s"] += float(m["fetch"]) + float(m["run"])
             acc["checks" if kind == "check" else "shards"] += 1
         acc["idle_s"] = max(0.0, wall_s - acc["busy_s"])
@@ -90,22 +95,24 @@ def breakdown(grid: LocalGrid, job_id: str, wall_s: float, nodes: list[str]) -> 
     for shard in facts["shards"]:
         shard[1] = names.get(shard[1].lower(), shard[1])
     log = (grid.root / "coordinator.log").read_text(errors="replace")
-    rulings = [(float(m["s"]), int(m["rows"])) for m in RULING.finditer(log)]
+    rulings = [(float(m["s"]), int(m["rows"]), m["how"] or "") for m in RULING.finditer(log)]
     probes = [float(m["s"]) for m in PROBE.finditer(log)]
     return {
         "nodes": per_node,
         **facts,
         "referee_rulings": len(rulings),
-        "referee_s": round(sum(t for t, _ in rulings), 2),
-        "referee_rows": sum(r for _, r in rulings),
+        "referee_scored": sum(how == "scored" for _, _, how in rulings),  # confirmed without a re-run
+        "referee_s": round(sum(t for t, _, _ in rulings), 2),
+        "referee_rows": sum(r for _, r, _ in rulings),
         "intake_probe_s": round(sum(probes), 2),
     }
 
 
 class GridCpu:
     """CPU seconds the grid's processes spent between start() and seconds(), by role: the
-    coordinator (with its sandboxed referee children), the node daemons, their task workers,
-    and this process (the client). Counts the processes' own time and their reaped children's."""
+    coordinator, its sandboxed children (the referee: rulings, and intake's probe of inference
+    programs), the node daemons, their task workers, and this process (the client). Counts the
+    processes' own time and their reaped children's."""
 
     def __init__(self, grid: LocalGrid) -> None:
         self.roots = [(p.popen.pid, "coordinator" if p.name.startswith("coordinator") else "node") for p in grid.procs]
@@ -117,7 +124,8 @@ class GridCpu:
         for pid, role in self.roots:
             try:
                 root = psutil.Process(pid)
-                family = [(root, role), *((c, "workers" if role == "node" else role) for c in root.children(True))]
+                below = "workers" if role == "node" else "referee"
+                family = [(root, role), *((c, below) for c in root.children(True))]
             except psutil.Error:
                 continue
             for proc, what in family:
@@ -133,12 +141,27 @@ class GridCpu:
         r = resource.getrusage(resource.RUSAGE_SELF)
         return r.ru_utime + r.ru_stime
 
+    def settle(self, role: str = "referee", timeout_s: float = 60.0) -> None:
+        """Wait until `role`'s processes are idle (under 0.02 CPU-seconds in a second): the
+        coordinator's sandboxed child imports torch at start, which is not the job's work."""
+        deadline = time.monotonic() + timeout_s
+        last = self._role(role)
+        while time.monotonic() < deadline:
+            time.sleep(1.0)
+            now = self._role(role)
+            if now - last < 0.02:
+                return
+            last = now
+
+    def _role(self, role: str) -> float:
+        return sum(cpu for what, cpu in self._read().values() if what == role)
+
     def start(self) -> None:
         self._before = {pid: cpu for pid, (_, cpu) in self._read().items()}
         self._client = self._self()
 
     def seconds(self) -> dict[str, float]:
-        spent = {"coordinator": 0.0, "node": 0.0, "workers": 0.0, "client": self._self() - self._client}
+        spent = {"coordinator": 0.0, "referee": 0.0, "node": 0.0, "workers": 0.0, "client": self._self() - self._client}
         for pid, (role, cpu) in self._read().items():
             spent[role] += cpu - self._before.get(pid, 0.0)
         return {role: round(x, 2) for role, x in spent.items()}

@@ -3,9 +3,9 @@ decoding loop in-process, same run. Goal: grid tokens/s per node ≥ 0.9 × in-p
 
 The decoder is a GPT-style transformer built here from torch.nn (tests/decoders.py), exported
 as one full-sequence program. The grid's time runs from submit (uploads included) to the result
-downloaded; nodes are started beforehand, as volunteers' daemons would be. Verification is off
-by default (`--verification spotcheck` to include the default policy: on new nodes every result
-is checked, and the coordinator's referee confirms each check).
+downloaded; nodes are started beforehand, as volunteers' daemons would be. The job carries the
+default verification policy (`--verification none` to leave it out): the nodes are new, so every
+result is checked by the other node and the coordinator's referee confirms each check.
 
 Fair both ways: each node's task worker and the in-process run use the same torch threads
 (`--threads`, default 1: on 2 cores, 2 nodes × 1 thread against 1 thread in process is the
@@ -20,6 +20,12 @@ processes (one per node, each on a node's share of the prompts, started together
 in-process CPU seconds over all of the grid's (workers, node daemons, coordinator, client); and
 where the grid's time went (per node: fetch, program load, decoding, submit, idle; which node
 ran which shard and when).
+
+Verification's cost, same run (`verification`): CPU seconds of the check tasks on the nodes and
+of the coordinator's referee (its sandboxed child, program load included) over the CPU seconds of
+the job's shards on the nodes (program loads left out of both), with each part per prompt and
+per token (the prompts here have no stop token: every prompt generates max-new tokens). The
+default policy's budget is 5% (README, "Verification").
 
     python -m benchmarks.generation [--seconds 30] [--threads 1] [--nodes 2] [--shards 4] [--keep DIR]
 """
@@ -65,7 +71,8 @@ def _decode_code(model: Path, prompts: Path, out: Path, ns: argparse.Namespace, 
     """run_generation in a fresh interpreter with what a node's warm worker has imported (torch,
     what loading a program needs) and its thread count, `batch` prompts per forward batch (as a
     node decodes a shard); with `go`, it writes `out`.ready when imported and starts once `go`
-    exists. Prints seconds with the program's load, seconds decoding, CPU seconds, tokens."""
+    exists. Prints seconds with the program's load, seconds decoding, CPU seconds (with the load),
+    tokens, CPU seconds decoding."""
     wait = (
         f"import os\nopen({str(out) + '.ready'!r}, 'w').close()\n"
         f"while not os.path.exists({str(go)!r}): time.sleep(0.01)\n"
@@ -75,6 +82,7 @@ def _decode_code(model: Path, prompts: Path, out: Path, ns: argparse.Namespace, 
     return (
         "import resource, time, torch\n"
         "from tensorgrid.workloads.generation import DecodeSettings, run_generation\n"
+        "from tensorgrid.workloads.model import load_program\n"
         "from tensorgrid.workloads.programs import warm_imports\n"
         "warm_imports()\n"
         f"torch.set_num_threads({ns.threads})\n"
@@ -82,20 +90,23 @@ def _decode_code(model: Path, prompts: Path, out: Path, ns: argparse.Namespace, 
         "cpu = lambda: sum(resource.getrusage(resource.RUSAGE_SELF)[:2])\n"
         f"{wait}"
         "t, c = time.monotonic(), cpu()\n"
-        f"stats = run_generation({str(model)!r}, {str(prompts)!r}, {str(out)!r}, s, device='cpu')\n"
-        "print(time.monotonic() - t, stats.seconds, cpu() - c, stats.tokens)\n"
+        f"module = load_program({str(model)!r}, 'cpu')\n"
+        "d = cpu()\n"
+        f"stats = run_generation({str(model)!r}, {str(prompts)!r}, {str(out)!r}, s, device='cpu', module=module)\n"
+        "print(time.monotonic() - t, stats.seconds, cpu() - c, stats.tokens, cpu() - d)\n"
     )
 
 
-def _parse(stdout: str) -> tuple[float, float, float, int]:
-    seconds, decoding, cpu, tokens = stdout.strip().splitlines()[-1].split()
-    return float(seconds), float(decoding), float(cpu), int(tokens)
+def _parse(stdout: str) -> tuple[float, float, float, int, float]:
+    seconds, decoding, cpu, tokens, decoding_cpu = stdout.strip().splitlines()[-1].split()
+    return float(seconds), float(decoding), float(cpu), int(tokens), float(decoding_cpu)
 
 
 def local_run(
     model: Path, prompts: Path, out: Path, ns: argparse.Namespace, batch: int
-) -> tuple[float, float, float, int]:
-    """(seconds with the program's load, seconds decoding, CPU seconds, tokens) in process (_decode_code)."""
+) -> tuple[float, float, float, int, float]:
+    """(seconds with the program's load, seconds decoding, CPU seconds, tokens, CPU seconds
+    decoding) in process (_decode_code)."""
     code = _decode_code(model, prompts, out, ns, batch, None)
     return _parse(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
 
@@ -135,6 +146,7 @@ def grid_run(
         grid.wait_for_nodes(ns.nodes)
         time.sleep(3)  # let the nodes settle, as running daemons would be (their workers are warm)
         cpu = GridCpu(grid)
+        cpu.settle()  # the referee's child has imported torch: its start is not the job's
         with Client(grid.target, Signer.generate()) as client:
             cpu.start()
             start = time.monotonic()
@@ -164,16 +176,55 @@ def grid_run(
     return seconds, load_tensors(root / "grid_out.safetensors"), report
 
 
+def verification_cost(report: dict[str, Any], prompts: int, max_new: int) -> dict[str, Any]:
+    """CPU seconds of checks (on nodes) and of the referee over the shards' CPU seconds (see the
+    module's docstring), with each part per prompt and per token, from grid_run's report."""
+    nodes = report["nodes"].values()
+    shard_cpu = sum(n["cpu_s"] for n in nodes)
+    check_cpu = sum(n["check_cpu_s"] for n in nodes)
+    referee_cpu = report["cpu_s"]["referee"]
+
+    def ms(seconds: float, count: int) -> float | None:
+        return round(1000 * seconds / count, 3) if count else None
+
+    checked, refereed = report["check_rows"], report["referee_rows"]
+    return {
+        "share": round((check_cpu + referee_cpu) / max(1e-9, shard_cpu), 4),
+        "budget": 0.05,
+        "checks_share": round(check_cpu / max(1e-9, shard_cpu), 4),
+        "referee_share": round(referee_cpu / max(1e-9, shard_cpu), 4),
+        "shard_cpu_s": round(shard_cpu, 2),
+        "check_cpu_s": round(check_cpu, 2),
+        "referee_cpu_s": round(referee_cpu, 2),  # the referee's program load included
+        "checks": sum(n["checks"] for n in nodes),
+        "check_prompts": checked,
+        "referee_rulings": report["referee_rulings"],
+        "referee_scored": report["referee_scored"],
+        "referee_prompts": refereed,
+        # CPU ms per prompt and per generated token: a shard's, a check's, the referee's
+        "ms_per_prompt": {
+            "shard": ms(shard_cpu, prompts),
+            "check": ms(check_cpu, checked),
+            "referee": ms(referee_cpu, refereed),
+        },
+        "ms_per_token": {
+            "shard": ms(shard_cpu, prompts * max_new),
+            "check": ms(check_cpu, checked * max_new),
+            "referee": ms(referee_cpu, refereed * max_new),
+        },
+    }
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seconds", type=float, default=30.0, help="target in-process decoding time")
+    p.add_argument("--seconds", type=float, default=30.0, help="target in-process decoding time (CPU seconds)")
     p.add_argument("--threads", type=int, default=1, help="torch threads, in-process and on each node")
     p.add_argument("--nodes", type=int, default=2)
     p.add_argument("--shards", type=int, default=4, help="tasks; few and large: a node batches a shard's prompts")
     p.add_argument("--max-new", type=int, default=32)
     p.add_argument("--width", type=int, default=192)
     p.add_argument("--depth", type=int, default=3)
-    p.add_argument("--verification", default="none", choices=("none", "spotcheck", "replicate"))
+    p.add_argument("--verification", default="spotcheck", choices=("none", "spotcheck", "replicate"))
     p.add_argument("--keep", type=Path, default=None, help="work here and keep the grid's logs and database")
     ns = p.parse_args()
     torch.set_num_threads(ns.threads)
@@ -185,12 +236,15 @@ def main() -> None:
         export_decoder(TinyGPT(VOCAB, ns.width, ns.depth, 4, CONTEXT).eval(), model, CONTEXT)
         probe = 4 * MIN_SHARD
         write_prompts(prompts, probe)
-        _, probe_s, _, _ = local_run(model, prompts, root / "probe.safetensors", ns, probe)
-        n = max(ns.shards * MIN_SHARD, int(ns.seconds / probe_s * probe) // ns.shards * ns.shards)
+        # sized by CPU seconds, not wall: a busy machine must not shrink the job (verification's
+        # share has a fixed part, the referee's one program load, that a small job pays more for)
+        probe_cpu_s = local_run(model, prompts, root / "probe.safetensors", ns, probe)[4]
+        n = max(ns.shards * MIN_SHARD, int(ns.seconds / probe_cpu_s * probe) // ns.shards * ns.shards)
         shard = n // ns.shards
         write_prompts(prompts, n)
         loads = [os.getloadavg()[0]]
-        local_s, local_decode_s, local_cpu_s, tokens = local_run(model, prompts, root / "local.safetensors", ns, shard)
+        local = local_run(model, prompts, root / "local.safetensors", ns, shard)
+        local_s, local_decode_s, local_cpu_s, tokens, _ = local
         loads.append(os.getloadavg()[0])
         grid_s, got, report = grid_run(root, model, prompts, ns, shard)
         print(f"grid {grid_s:.1f}s: {report}", flush=True)
@@ -203,12 +257,19 @@ def main() -> None:
     per_node = grid_rate / ns.nodes / local_rate
     nodes = report["nodes"].values()
     cpu = report["cpu_s"]
+    verification = verification_cost(report, n, ns.max_new) if ns.verification != "none" else None
     print(
         f"{n} prompts, {tokens} tokens: in-process {local_s:.1f}s ({local_rate:.0f} tokens/s), grid with "
         f"{ns.nodes} nodes {grid_s:.1f}s ({grid_rate:.0f} tokens/s): {per_node:.2f}x per node; {ns.nodes} bare "
         f"processes at once {split_s:.1f}s ({split_s / grid_s:.2f}x the grid's speed); CPU {local_cpu_s:.1f}s "
         f"in process, {sum(cpu.values()):.1f}s on the grid ({cpu})"
     )
+    if verification is not None:
+        print(
+            f"verification: {100 * verification['share']:.1f}% of the shards' CPU (checks "
+            f"{100 * verification['checks_share']:.1f}%, referee {100 * verification['referee_share']:.1f}%); "
+            f"CPU ms per token {verification['ms_per_token']}"
+        )
     emit(
         {
             "benchmark": "generation",
@@ -241,6 +302,9 @@ def main() -> None:
             "grid_cpu_s": round(sum(cpu.values()), 2),
             "cpu_ratio": round(local_cpu_s / max(1e-9, sum(cpu.values())), 3),
             "node_decode_slowdown": round(sum(x["compute_s"] for x in nodes) / local_decode_s, 3),
+            # CPU of checks on nodes and of the referee over the shards' CPU (goal: <= 0.05)
+            "verification_share": verification["share"] if verification else None,
+            "verification_cost": verification,
             "breakdown": report,
         }
     )

@@ -58,6 +58,7 @@ class TaskOutcome:
     """What happened to a task: rows and forward seconds on success, else a typed error.
 
     load_seconds: time the worker spent loading the task's program (0 when it was warm).
+    cpu_seconds: the worker's CPU time for the task, the program's load left out.
     commitment: a training task's final checkpoint-chain hash, for the receipt ("" otherwise)."""
 
     ok: bool
@@ -66,6 +67,7 @@ class TaskOutcome:
     error: TaskError | None = None
     commitment: str = ""
     load_seconds: float = 0.0
+    cpu_seconds: float = 0.0
 
     @classmethod
     def failed(cls, kind: ErrorKind, message: str) -> TaskOutcome:
@@ -351,6 +353,7 @@ class Executor:
                     seconds=float(reply["seconds"]),
                     commitment=str(reply.get("commitment") or ""),
                     load_seconds=float(reply.get("load_seconds") or 0.0),
+                    cpu_seconds=float(reply.get("cpu_seconds") or 0.0),
                 )
             else:
                 outcome = TaskOutcome.failed(ErrorKind(reply["error_kind"]), str(reply["message"]))

@@ -369,7 +369,7 @@ def _kind_of(outcome: TaskOutcome) -> ErrorKind:
 def _log_timing(lease: Lease, outcome: TaskOutcome, timing: Timing, submit_s: float) -> None:
     """Where an accepted task's time went (benchmarks.scaling reads these lines)."""
     log.info(
-        "task %s/%d timing: fetch %.3fs, load %.3fs, compute %.3fs, run %.3fs, submit %.3fs",
+        "task %s/%d timing: fetch %.3fs, load %.3fs, compute %.3fs, run %.3fs, submit %.3fs, cpu %.3fs",
         lease.task_id[:12],
         lease.attempt,
         timing.fetch_s,
@@ -377,4 +377,5 @@ def _log_timing(lease: Lease, outcome: TaskOutcome, timing: Timing, submit_s: fl
         outcome.seconds,
         timing.run_s,
         submit_s,
+        outcome.cpu_seconds,
     )

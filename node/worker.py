@@ -10,7 +10,9 @@ Request:  {"id", "kind": "inference"|"generation"|"noop"|"training", "model_path
            A training task's settings also name local files under "paths" (the agent fetched
            the blobs listed under "blobs"), e.g. {"weights": "/cache/…"}; with "checkpoint_dir"
            its checkpoints are kept there (else in a temp dir, deleted at once).
-Response: {"id", "ok": true, "rows": n, "seconds": s, "load_seconds": s, "commitment": hex (training only)}
+Response: {"id", "ok": true, "rows": n, "seconds": s, "load_seconds": s, "cpu_seconds": s,
+           "commitment": hex (training only)}
+           (cpu_seconds: the worker's CPU time for the task, its program's load left out)
        or {"id", "ok": false, "error_kind": <ErrorKind value>, "message": str}
 
 The worker never imports a stranger's code: models are torch.export programs vetted by
@@ -61,8 +63,9 @@ def _install_program_cache() -> None:
     inference.load_program = _cache  # type: ignore[assignment]
 
 
-def _loaded_seconds() -> float:
-    return _cache.load_seconds if _cache is not None else 0.0
+def _loaded_seconds() -> tuple[float, float]:
+    """Wall and CPU seconds the program cache has spent loading programs so far."""
+    return (_cache.load_seconds, _cache.load_cpu_seconds) if _cache is not None else (0.0, 0.0)
 
 
 def _run_inference(request: dict[str, Any]) -> tuple[int, float]:
@@ -202,12 +205,14 @@ def handle(request: dict[str, Any]) -> dict[str, Any]:
             torch.set_num_threads(threads)
         limit = int(request.get("memory_limit_bytes") or 0)
         _set_address_space(limit if request.get("device") != "cuda" else 0)
-        loaded = _loaded_seconds()
+        loaded, cpu = _loaded_seconds(), time.process_time()
         try:
             rows, seconds, *commitment = handler(request)
         finally:
             _set_address_space(0)
-        load_seconds = _loaded_seconds() - loaded
+        now = _loaded_seconds()
+        load_seconds, load_cpu = now[0] - loaded[0], now[1] - loaded[1]
+        cpu_seconds = max(0.0, time.process_time() - cpu - load_cpu)
     except Exception as exc:  # a task's failure is reported, never fatal to the worker
         kind = classify(exc)
         message = f"{type(exc).__name__}: {exc}"[:MAX_MESSAGE_CHARS]
@@ -219,6 +224,7 @@ def handle(request: dict[str, Any]) -> dict[str, Any]:
         "rows": rows,
         "seconds": seconds,
         "load_seconds": round(load_seconds, 6),
+        "cpu_seconds": round(cpu_seconds, 6),
     }
     if commitment:
         response["commitment"] = commitment[0]

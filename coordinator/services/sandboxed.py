@@ -1,7 +1,7 @@
 """The coordinator's stranger-graph work, run in a sandboxed child (tensorgrid.sandbox).
 
 The referee's re-execution of disputed rows, a training audit's replay, intake's
-row-independence probe, generation replay, training intake's trial load of the programs and
+row-independence probe, generation replay and scoring, training intake's trial load of the programs and
 the end-of-round evaluation all run a submitter's program on files a stranger sent. None runs
 in the coordinator's process, which holds its signing key and its secrets: each runs in a
 child started by tensorgrid.sandbox with the coordinator's referee limits (wall time per
@@ -37,6 +37,7 @@ from tensorgrid.workloads.generation import DecodeSettings, run_generation
 from tensorgrid.workloads.inference import run_inference
 from tensorgrid.workloads.model import load_program
 from tensorgrid.workloads.programs import ProgramCache, warm_imports
+from tensorgrid.workloads.scoring import score_generation
 
 __all__ = [
     "ENTRY",
@@ -47,6 +48,7 @@ __all__ = [
     "referee",
     "regenerate_rows",
     "replay_audit",
+    "score_claim",
     "vet_training",
 ]
 
@@ -98,6 +100,17 @@ def regenerate_rows(
     `source` with the job's decode settings, on CPU in the sandboxed child; write `out`."""
     request = {"op": "generate", "model": str(model), "source": str(source), "decode": dict(decode)}
     referee(rt, blobs).call(request, outputs={OUTPUT: out})
+
+
+def score_claim(
+    rt: Runtime, blobs: BlobStore, model: Path, source: Path, claim: Path, out: Path, decode: dict[str, Any]
+) -> list[bool]:
+    """Teacher-forced scoring (tensorgrid.workloads.scoring) of `claim`, a generation output of
+    the prompts of `source`, with the job's decode settings, on CPU in the sandboxed child; write
+    the scored rows to `out`. Per prompt: whether the decoding loop would give the claim."""
+    request = {"op": "score", "model": str(model), "source": str(source), "claim": str(claim), "decode": dict(decode)}
+    answer = referee(rt, blobs).call(request, outputs={OUTPUT: out})
+    return [bool(x) for x in answer["consistent"]]
 
 
 def probe_rows(
@@ -217,6 +230,15 @@ def _generate(request: dict[str, Any], scratch: Path) -> dict[str, Any]:
     return {}
 
 
+def _score(request: dict[str, Any], scratch: Path) -> dict[str, Any]:
+    settings = DecodeSettings.from_dict(request["decode"])
+    module = _programs(Path(request["model"]), torch.device("cpu"))
+    consistent = score_generation(
+        request["model"], request["source"], request["claim"], scratch / OUTPUT, settings, device="cpu", module=module
+    )
+    return {"consistent": consistent}
+
+
 def _probe(request: dict[str, Any], scratch: Path) -> dict[str, Any]:
     tensors = tensorfile.load_tensors(Path(request["source"]))
     names = list(request.get("input_names") or ()) or sorted(tensors)
@@ -264,6 +286,7 @@ _OPS = {
     "replay": _replay,
     "probe": _probe,
     "generate": _generate,
+    "score": _score,
     "vet_training": _vet_training,
     "evaluate": _evaluate,
 }

@@ -13,7 +13,9 @@ VERIFY_MODES = ("spotcheck", "replicate", "none")
 # Verification's share of a job's compute under "spotcheck": a check of m rows of a new
 # node's result runs on its checker and again on the coordinator's referee (two untrusted
 # nodes' agreement proves nothing), so m is capped at CHECK_BUDGET / CHECK_RUNS of the
-# task's rows, never below one row.
+# task's rows, never below one row. (Generation: the referee scores a check's prompts in one
+# forward pass, ~0.1x a decode, and its half of the budget holds its one program load per job
+# and the dearer small batch a check decodes in: docs/GENERATION.md has the figures.)
 CHECK_BUDGET = 0.05
 CHECK_RUNS = 2
 

@@ -122,7 +122,8 @@ def check_prompts(tensors: Mapping[str, torch.Tensor], vocab_size: int) -> int:
     return int(tokens.shape[0])
 
 
-def _forward(module: torch.nn.Module, tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
+def forward_logits(module: torch.nn.Module, tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """The decoder's logits [B, T, V] for tokens [B, T]; any failure is the task's (ExecutionError)."""
     try:
         logits = module(tokens)
     except torch.OutOfMemoryError as exc:
@@ -153,7 +154,9 @@ def _filter(logits: torch.Tensor, s: DecodeSettings) -> torch.Tensor:
     return logits
 
 
-def _choose(logits: torch.Tensor, s: DecodeSettings, gens: list[torch.Generator]) -> torch.Tensor:
+def choose_tokens(logits: torch.Tensor, s: DecodeSettings, gens: list[torch.Generator]) -> torch.Tensor:
+    """One token per row of float32 logits [b, V]: the first maximal one (greedy), or one draw
+    from row i's own generator gens[i]. Each row's choice depends on its own logits only."""
     if s.temperature == 0.0:
         return torch.argmax(logits, dim=-1)
     probs = torch.softmax(_filter(logits, s), dim=-1)
@@ -189,9 +192,9 @@ def decode(
     for step in range(s.max_new_tokens):
         rows = active.to(device)
         span = int(cur[rows].max())
-        logits = _forward(module, seq[rows, :span], s.vocab_size)
+        logits = forward_logits(module, seq[rows, :span], s.vocab_size)
         last = logits[torch.arange(len(active), device=device), cur[rows] - 1].float().cpu()
-        chosen = _choose(last, s, [gens[int(i)] for i in active])
+        chosen = choose_tokens(last, s, [gens[int(i)] for i in active])
         logp = torch.log_softmax(last, dim=-1).gather(1, chosen[:, None])[:, 0]
         out_ids[active, step] = chosen
         out_lp[active, step] = logp

@@ -4,7 +4,8 @@ outputs concatenated in prompt order; results spot-checked like inference rows.
 Each shard carries its prompts' indices in the job (`index`), which their sampling seeds
 derive from, so a check re-running a sample of a shard's prompts on another node must give
 the same tokens (and log-probs within the float tolerance). A check task runs as a
-generation task (its settings name the task kind), and the referee replays generation.
+generation task (its settings name the task kind). The referee scores a check's claim with one
+teacher-forced forward pass and decodes only when that does not settle it (replay.py).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from coordinator.config import Limits
 from coordinator.errors import Rejected
 from coordinator.events import EventHub
 from coordinator.kinds.base import BaseKind, new_job
-from coordinator.kinds.generation.replay import replay_generation
+from coordinator.kinds.generation.replay import replay_generation, score_generation
 from coordinator.kinds.inference.effects import OpenCheck, SettleCheck
 from coordinator.repositories.jobs import NewJob, NewTask
 from coordinator.repositories.tasks import TaskRecord
@@ -50,7 +51,8 @@ class GenerationKind(BaseKind):
     def __init__(self, verification: Verification, hub: EventHub) -> None:
         self.verification = verification
         self.hub = hub
-        verification.add_replay(NAME, replay_generation(verification.rt, verification.blobs))
+        rt, blobs = verification.rt, verification.blobs
+        verification.add_replay(NAME, replay_generation(rt, blobs), score=score_generation(rt, blobs))
 
     def plan(
         self, spec: Any, spec_json: bytes, submitter: str, sh: str, job_id: str, blobs: BlobStore, limits: Limits

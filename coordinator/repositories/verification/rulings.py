@@ -15,7 +15,8 @@ without blame, the subject is paid, and the job fails saying so.
 
 The referee also confirms agreement between two nodes not both trusted, on the check's own
 rows (as many as the job's detection target asked for), so a pair of new nodes (or one
-operator's many keys) returning the same wrong answer is caught, and both are slashed. A
+operator's many keys) returning the same wrong answer is caught, and both are slashed (a
+generation check's rows are first scored, not decoded: services/verification/manager.py). A
 confirmation the referee cannot run verifies nothing: the result is paid, unverified.
 """
 

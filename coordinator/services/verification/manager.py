@@ -40,6 +40,9 @@ STAKE_CACHE_S = 60.0
 Settled = Callable[[str, bool], None]  # (job id, job complete): a ruling changed the job
 # (model path, check input, output path, task settings): re-run a check's rows in the sandboxed child
 Replay = Callable[[Path, Path, Path, dict[str, Any]], None]
+# (model path, check input, claimed output rows, output path, task settings): per row, whether the
+# claim is what a re-run would give, found without re-running in full (generation: scoring)
+Score = Callable[[Path, Path, Path, Path, dict[str, Any]], list[bool]]
 REFEREE_IDLE_S = 1.0
 
 
@@ -68,6 +71,7 @@ class Verification:
         self._disputes = asyncio.Event()
         self._torch = threading.Lock()  # one referee child at a time: its memory cap is the coordinator's budget
         self._replays: dict[str, Replay] = {}  # task kind (settings["task_kind"]) → how the referee re-runs it
+        self._scores: dict[str, Score] = {}  # task kind → how the referee checks a claim without re-running it
         self.rulings = 0
 
     async def policy(self, job_id: str, tasks_total: int = 0) -> tuple[VerificationPolicy | None, int]:
@@ -144,9 +148,12 @@ class Verification:
 
     # -- the referee: the coordinator re-executes disputed rows itself ------------------------
 
-    def add_replay(self, task_kind: str, replay: Replay) -> None:
-        """How the referee re-runs checks of tasks whose settings name `task_kind` (default: inference)."""
+    def add_replay(self, task_kind: str, replay: Replay, score: Score | None = None) -> None:
+        """How the referee re-runs checks of tasks whose settings name `task_kind` (default: inference)
+        and, optionally, how it checks the subject's claim more cheaply first (see _reexecute)."""
         self._replays[task_kind] = replay
+        if score is not None:
+            self._scores[task_kind] = score
 
     def dispute_raised(self) -> None:
         """A check result came in that may have opened a dispute: look for rulings to make now."""
@@ -174,7 +181,7 @@ class Verification:
         now = self.rt.now_ms()
         started = time.monotonic()
         try:
-            ruling = await self._work(self._reexecute, info)
+            ruling, how = await self._work(self._reexecute, info)
         except Exception as e:  # noqa: BLE001 - any failure to run means "cannot referee", never a verdict
             log.warning("cannot referee check %s: %s", info.check_id[:12], e)
             job_id = await self._db(self.store.verification.fail_ruling, info.check_id, f"{type(e).__name__}: {e}", now)
@@ -184,42 +191,72 @@ class Verification:
         outcome = await self._db(self.store.verification.apply_ruling, info.check_id, ruling, now)
         self.rulings += 1
         if outcome is not None:
-            log.info(  # benchmarks.scaling reads the time and rows
-                "ruled on check %s in %.3fs (%d rows): subject %s, wrong checkers %d",
+            log.info(  # benchmarks.scaling and benchmarks.generation read the time, rows and how
+                "ruled on check %s in %.3fs (%d rows, %s): subject %s, wrong checkers %d",
                 info.check_id[:12],
                 time.monotonic() - started,
                 min(len(info.rows), info.rows_limit or len(info.rows)),
+                how,
                 "right" if ruling.subject_right else "wrong",
                 len(info.checkers) - len(ruling.right_checkers),
             )
             settled(*outcome)
 
-    def _reexecute(self, info: RulingInfo) -> Ruling:
-        """Run the chain's rows (or the first rows_limit) through the job's model here; compare everyone.
+    def _reexecute(self, info: RulingInfo) -> tuple[Ruling, str]:
+        """Run the chain's rows (or the first rows_limit) through the job's model here; compare
+        everyone. Returns the ruling and how it was reached ("scored" or "re-run").
 
-        Whenever that would blame someone, the re-execution must first prove sound
+        A task kind with a Score (generation) first checks the subject's claim on those rows
+        without re-running them in full: when every row scores consistent and the ruling that
+        gives blames nobody (the common case: confirming two untrusted nodes' agreement), that
+        is the ruling. Anything else (a row that does not score, a disagreeing checker, a
+        mismatch within tolerance) re-runs the rows in full and rules on that, as without one.
+        Whenever a ruling would blame someone, the re-execution must first prove sound
         (referee.soundness): otherwise the ruling names the program not verifiable.
         """
         rows = info.rows[: info.rows_limit] if info.rows_limit else info.rows
         head = list(range(len(rows)))
+        load = lambda sha, r=None: load_rows(self.blobs.path_for(sha), r)  # noqa: E731
         with tempfile.TemporaryDirectory(prefix="referee-", dir=self.blobs.tmp_dir) as tmp:
             out = Path(tmp) / "out.safetensors"
             source = self.blobs.path_for(info.input_sha)
             if info.rows_limit:  # the check input's rows are a random sample already: take its head
                 source = Path(tmp) / "in.safetensors"
                 tensorfile.gather_rows(self.blobs.path_for(info.input_sha), head, source)
+            scored = self._score(info, rows, source, Path(tmp))
+            if scored is not None:
+                ruling = judge(info, rows, load_rows(scored), load)
+                if not blames(ruling, info):
+                    ref = self.blobs.put_file(scored)
+                    return Ruling(ref.sha256, ruling.subject_right, ruling.right_checkers), "scored"
             self._run_model(info, source, out)
             mine = load_rows(out)
             if not mine:
                 raise RuntimeError("the referee's own output could not be read")
-            ruling = judge(info, rows, mine, lambda sha, r=None: load_rows(self.blobs.path_for(sha), r))
+            ruling = judge(info, rows, mine, load)
             if blames(ruling, info):
                 shard = self.blobs.path_for(info.shard_sha) if info.shard_sha else None
                 reason = soundness(shard, rows, mine, lambda src, dst: self._run_model(info, src, dst), Path(tmp))
                 if reason:
-                    return Ruling("", False, (), reason)
+                    return Ruling("", False, (), reason), "re-run"
             ref = self.blobs.put_file(out)
-        return Ruling(ref.sha256, ruling.subject_right, ruling.right_checkers)
+        return Ruling(ref.sha256, ruling.subject_right, ruling.right_checkers), "re-run"
+
+    def _score(self, info: RulingInfo, rows: list[int], source: Path, tmp: Path) -> Path | None:
+        """The scored output of the subject's claim on `rows` (the check input `source`), when its
+        task kind has a Score and every row scores consistent; else None (re-run in full)."""
+        score = self._scores.get(str(info.settings.get("task_kind", "")))
+        if score is None:
+            return None
+        claim, out = tmp / "claim.safetensors", tmp / "scored.safetensors"
+        try:
+            tensorfile.gather_rows(self.blobs.path_for(info.subject_output), rows, claim)
+            with self._torch:
+                consistent = score(self.blobs.path_for(info.model_sha), source, claim, out, info.settings)
+        except Exception as e:  # noqa: BLE001 - scoring is a shortcut: any failure means re-run in full
+            log.warning("could not score check %s (re-running it in full): %s", info.check_id[:12], e)
+            return None
+        return out if consistent and all(consistent) else None
 
     def _run_model(self, info: RulingInfo, source: Path, out: Path) -> None:
         """The job's model over `source`, in a sandboxed child under the referee's limits. A

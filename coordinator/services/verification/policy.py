@@ -21,7 +21,11 @@ What the stake formula assumes, and what holds it up:
   are trusted for the job; otherwise the referee re-runs the check's m rows (the same m the
   detection target asked of the check), and a confirmation it cannot run verifies nothing.
   (Before: 8 rows, so a 1%-row liar pair passed ~92% of confirmations, and a failed
-  confirmation counted as verified: both inflated p.)
+  confirmation counted as verified: both inflated p.) A generation check's m prompts are
+  confirmed by scoring the claimed tokens (one teacher-forced forward pass, each prompt's
+  sampler replayed: tensorgrid/workloads/scoring.py), which fails on the first changed token
+  as a decode would; only a confirmation that does not score is decoded, and only a decode
+  blames anyone.
 - Trust, which lowers the rate to the floor, is worth at least the job: it needs verified
   results on paid jobs of >= 3 other submitters adding up to trust_after x this job's reward
   per task (repositories/verification/trust.py). Before, a Sybil earned it on its own free

@@ -31,9 +31,12 @@ class Replays:
 
     def __init__(self) -> None:
         self.kinds: list[str] = []
+        self.scores: list[str] = []
 
-    def add_replay(self, kind: str, replay: Any) -> None:
+    def add_replay(self, kind: str, replay: Any, score: Any = None) -> None:
         self.kinds.append(kind)
+        if score is not None:
+            self.scores.append(kind)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +55,7 @@ def plan(tmp_path: Path, decoder: Path, prompts: dict[str, torch.Tensor], **sett
     blobs = BlobStore(tmp_path / "blobs")
     replays = Replays()
     kind = GenerationKind(replays, None)  # type: ignore[arg-type]
-    assert replays.kinds == ["generation"]  # the referee learns to replay generation checks
+    assert replays.kinds == replays.scores == ["generation"]  # the referee learns to replay and score them
     spec = GenerationSpec(
         model=blobs.put_file(decoder), prompts=put(blobs, prompts, tmp_path), vocab_size=V, **settings
     )

@@ -58,7 +58,7 @@ def _noop(tmp_path: Path, **limits: float) -> TaskRequest:
 
 def _assert_noop_works(loop: asyncio.AbstractEventLoop, ex: Executor, tmp_path: Path) -> None:
     outcome = loop.run_until_complete(ex.run(_noop(tmp_path)))
-    assert outcome == TaskOutcome(ok=True, rows=0, seconds=outcome.seconds)
+    assert outcome == TaskOutcome(ok=True, rows=0, seconds=outcome.seconds, cpu_seconds=outcome.cpu_seconds)
     assert (tmp_path / "noop_out").read_bytes() == b"abc"
 
 

@@ -61,7 +61,14 @@ def test_protocol_round_trip(tmp_path: Path) -> None:
     replies, stderr = run_worker(requests, timeout=60)
     assert replies[0]["ready"] is True
     noop, bad_line, bad_kind, bad_model = replies[1:]
-    assert noop == {"id": "a", "ok": True, "rows": 0, "seconds": noop["seconds"], "load_seconds": 0.0}
+    assert noop == {
+        "id": "a",
+        "ok": True,
+        "rows": 0,
+        "seconds": noop["seconds"],
+        "load_seconds": 0.0,
+        "cpu_seconds": noop["cpu_seconds"],
+    }
     assert (tmp_path / "out.bin").read_bytes() == b"\x00payload\xff"
     assert bad_line["ok"] is False and bad_line["error_kind"] == "invalid_input"
     assert bad_kind == {"id": "b", "ok": False, "error_kind": "invalid_input", "message": bad_kind["message"]}
