@@ -27,6 +27,18 @@ REGISTERED = re.compile(r"registered with \S+ as (?P<address>0x[0-9a-fA-F]{40})"
 PROBE = re.compile(r"row-independence probe of [0-9a-f]+ took (?P<s>[\d.]+)s")
 
 
+def start_gate(out: Path, go: Path | None) -> str:
+    """Code for a timed child interpreter (which has imported `time`): write `out`.ready once
+    imported, then wait until `go` exists, so several children start their timed work together.
+    Empty without `go`."""
+    if go is None:
+        return ""
+    return (
+        f"import os\nopen({str(out) + '.ready'!r}, 'w').close()\n"
+        f"while not os.path.exists({str(go)!r}): time.sleep(0.01)\n"
+    )
+
+
 def job_records(db: Path, job_id: str) -> tuple[dict[str, str], dict[str, Any]]:
     """Task id prefix (as the nodes log it) → "shard" or "check"; and what the database says
     about the job: its checks, its tail (from the last shard's result to the job's end), and

@@ -44,7 +44,7 @@ from typing import Any
 import torch
 
 from benchmarks._common import emit
-from benchmarks._gridtime import GridCpu, breakdown
+from benchmarks._gridtime import GridCpu, breakdown, start_gate
 from tensorgrid.client import Client
 from tensorgrid.crypto import Signer
 from tensorgrid.localgrid import LocalGrid
@@ -73,12 +73,7 @@ def _decode_code(model: Path, prompts: Path, out: Path, ns: argparse.Namespace, 
     node decodes a shard); with `go`, it writes `out`.ready when imported and starts once `go`
     exists. Prints seconds with the program's load, seconds decoding, CPU seconds (with the load),
     tokens, CPU seconds decoding."""
-    wait = (
-        f"import os\nopen({str(out) + '.ready'!r}, 'w').close()\n"
-        f"while not os.path.exists({str(go)!r}): time.sleep(0.01)\n"
-        if go
-        else ""
-    )
+    wait = start_gate(out, go)
     return (
         "import resource, time, torch\n"
         "from tensorgrid.workloads.generation import DecodeSettings, run_generation\n"

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from benchmarks._common import emit
-from benchmarks._gridtime import breakdown
+from benchmarks._gridtime import breakdown, start_gate
 from tensorgrid.localgrid import LocalGrid
 from tensorgrid.workloads.tensorfile import load_tensors, save_tensors
 
@@ -93,12 +93,7 @@ def _inference_code(model: Path, inputs: Path, out: Path, batch: int, runs: int,
     imported (torch, what loading a program needs); with `go`, it writes `out`.ready when
     imported and starts timing once `go` exists. Prints (wall, forward-pass) seconds per run:
     wall covers loading the program and every forward pass, as a node's first task pays."""
-    wait = (
-        f"import os\nopen({str(out) + '.ready'!r}, 'w').close()\n"
-        f"while not os.path.exists({str(go)!r}): time.sleep(0.01)\n"
-        if go
-        else ""
-    )
+    wait = start_gate(out, go)
     return (
         "import time, torch\n"
         "from tensorgrid.workloads.inference import run_inference\n"
