@@ -163,8 +163,11 @@ class LocalGrid:
 
     def await_coordinator(self, timeout: float = 60) -> None:
         """Until the coordinator start_coordinator started serves (its port is then `port`)."""
-        proc = next(p for p in self.procs if p.name == COORDINATOR)
-        self.port = self._await_ready(proc, self.root / "coordinator.port", timeout)
+        self.port = self._await_ready(self.coordinator(), self.root / "coordinator.port", timeout)
+
+    def coordinator(self) -> Proc:
+        """The coordinator process started last (one killed earlier may still be in `procs`)."""
+        return next(p for p in reversed(self.procs) if p.name == COORDINATOR)
 
     def start_replica(
         self,
@@ -179,7 +182,7 @@ class LocalGrid:
         (shared blob store and key), with the first's flags, listening on host:port (default: the
         grid's host, a free port; kept across a restart) and run by `prefix` (another namespace's
         `ip netns exec`). Nodes started afterwards dial all of them (`targets`)."""
-        proc = next(p for p in self.procs if p.name == COORDINATOR)
+        proc = self.coordinator()
         number = len(self.replica_targets) + 2
         ready = self.root / f"{COORDINATOR}-{number}.port"
         ready.unlink(missing_ok=True)
