@@ -127,6 +127,15 @@ def lease_in(
     return out
 
 
+STARTED_CACHE = 4096  # job ids kept per process; past it the cache starts over
+
+
+def _remember(started_jobs: set[str], job_id: str) -> None:
+    if len(started_jobs) >= STARTED_CACHE:
+        started_jobs.clear()  # a long-lived coordinator sees jobs without end: one no-op UPDATE each again
+    started_jobs.add(job_id)
+
+
 def lease(
     conn: Connection,
     address: str,
@@ -138,7 +147,7 @@ def lease(
 ) -> tuple[list[Lease], int]:
     """Up to max_tasks pending tasks the node can run, within its room under timing.per_node,
     granted in the caller's transaction; (leases, retry_after_ms). started_jobs: jobs this
-    process has seen leased (their queued → running update is skipped), updated here."""
+    process has seen started (their queued → running update is skipped), updated here."""
     node = _NODE_RAW.first(conn, {"b_node": address})
     if node is None:
         raise Rejected("unknown node: register first")
@@ -171,7 +180,6 @@ def lease(
         conn, [{"b_task": r.task_id, "b_node": address, "b_now": now_ms, "b_deadline": deadline} for r in rows]
     )
     for job_id in sorted({r.job_id for r in rows} - started_jobs):
-        started_jobs.add(job_id)
         started = conn.execute(
             update(s.jobs)
             .where(s.jobs.c.job_id == job_id, s.jobs.c.state == JobState.QUEUED.value)
@@ -180,6 +188,10 @@ def lease(
         if started.rowcount:
             append_event(conn, job_id, "running", now_ms, node=address)
             lock_job(conn, job_id, now_ms)  # no free work: the escrow is locked from the first lease
+        else:
+            # Cached only once seen started by a committed transaction (no job goes back to
+            # queued): this transaction may still roll back, and its start with it.
+            _remember(started_jobs, job_id)
     return [_to_lease(r, address, deadline) for r in rows], 0
 
 

@@ -44,8 +44,8 @@ class TaskRepository:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        # Jobs this process has seen leased, so leasing skips the queued → running update for
-        # them; a job started by another replica costs one no-op UPDATE here, then is cached.
+        # Jobs this process has seen started in the database, so leasing skips the queued →
+        # running update for them: each job costs one no-op UPDATE after its start, then is cached.
         self._started_jobs: set[str] = set()
 
     def lease_many(

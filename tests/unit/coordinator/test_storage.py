@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from coordinator.config import LeaseTiming
+from coordinator.db import kept
 from coordinator.errors import NotFound, PermissionDenied, Rejected
 from coordinator.repositories.jobs import NewJob, NewTask
 from coordinator.repositories.leasing import HOLDING_RETRY_MS
@@ -86,6 +87,20 @@ def test_lease_complete_and_finish(state: Store) -> None:
     assert done.state == JobState.SUCCEEDED and done.result == BlobRef("12" * 32, 9)
     assert state.jobs.jobs_to_aggregate() == []
     assert state.nodes.get_node(A).completed == 2  # type: ignore[union-attr]
+
+
+def test_a_lease_rolled_back_does_not_leave_its_job_marked_started(state: Store) -> None:
+    # The process caches jobs it has seen started; a start that rolled back must not be
+    # cached, or the job would stay queued (its escrow never locked) while its tasks run.
+    add_nodes(state, (A, CPU))
+    make_job(state, n=2)
+    with pytest.raises(RuntimeError, match="crash"), kept.begin(state.engine) as conn:
+        assert len(state.tasks.lease_in(conn, [(A, 1)], 10, TIMING)[0][0]) == 1  # type: ignore[index]
+        raise RuntimeError("crash before commit")
+    assert state.jobs.get_job(JOB).state == JobState.QUEUED
+    (lease,), _ = state.tasks.lease_tasks(A, 1, 20, TIMING)
+    assert state.jobs.get_job(JOB).state == JobState.RUNNING
+    assert [e.kind for e in state.jobs.events_after(JOB, 0)].count("running") == 1
 
 
 def test_result_for_someone_elses_lease_and_replay_are_rejected(state: Store) -> None:
