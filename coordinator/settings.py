@@ -9,7 +9,8 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-from coordinator.config import BulkSettings, CoordinatorConfig, LeaseTiming, Limits, PeerLimits, Quotas
+from coordinator.config import BulkSettings, CoordinatorConfig, LeaseTiming, Limits, Quotas
+from coordinator.settings_peers import PEER_SETTINGS, SESSION_SETTINGS, peer_limits, session_ttls
 from tensorgrid import config
 from tensorgrid.config import Setting
 from tensorgrid.crypto import normalize_address
@@ -158,49 +159,6 @@ BLOB_RETENTION = Setting(
     help="blobs no live job references are deleted this long after their last use (e.g. 12h, 7d, 90m)",
     metavar="DURATION",
 )
-NODE_CALLS = Setting(
-    "--max-node-calls",
-    _COORDINATOR + "MAX_NODE_CALLS",
-    PeerLimits.calls_per_node,
-    type=int,
-    help="concurrent RPCs one node may have in flight (more: RESOURCE_EXHAUSTED)",
-)
-NODE_STREAMS = Setting(
-    "--max-node-streams",
-    _COORDINATOR + "MAX_NODE_STREAMS",
-    PeerLimits.streams_per_node,
-    type=int,
-    help="concurrent streaming RPCs one node may have open",
-)
-IP_CALLS = Setting(
-    "--max-ip-calls",
-    _COORDINATOR + "MAX_IP_CALLS",
-    PeerLimits.calls_per_ip,
-    type=int,
-    help="concurrent RPCs from one IP address without a node session",
-)
-IP_STREAMS = Setting(
-    "--max-ip-streams",
-    _COORDINATOR + "MAX_IP_STREAMS",
-    PeerLimits.streams_per_ip,
-    type=int,
-    help="concurrent streaming RPCs from one IP address without a node session",
-)
-TOTAL_CALLS = Setting(
-    "--max-calls",
-    _COORDINATOR + "MAX_CALLS",
-    PeerLimits.calls_total,
-    type=int,
-    help="concurrent RPCs of all peers together; each connected node holds about one (its long poll)",
-)
-RESULT_MEMORY_MIB = Setting(
-    "--result-memory-mib",
-    _COORDINATOR + "RESULT_MEMORY_MIB",
-    PeerLimits.result_memory_bytes / MiB,
-    type=float,
-    help="small results held in memory at once, over all nodes (beyond it they go to disk)",
-)
-PEER_SETTINGS = (NODE_CALLS, NODE_STREAMS, IP_CALLS, IP_STREAMS, TOTAL_CALLS, RESULT_MEMORY_MIB)
 REFEREE_TIME_S = Setting(
     "--referee-time-s",
     _COORDINATOR + "REFEREE_TIME_S",
@@ -253,14 +211,6 @@ DASHBOARD_LISTEN = Setting(
     "link from `tensorgrid dashboard`; HTTPS with --tls-cert, else loopback only unless --insecure); empty: none",
     metavar="HOST:PORT",
 )
-DASHBOARD_SESSION_TTL = Setting(
-    "--dashboard-session-ttl",
-    _COORDINATOR + "DASHBOARD_SESSION_TTL",
-    "8h",
-    help="how long a `tensorgrid dashboard` link works: its read-only session (worth nothing over gRPC) "
-    "ends this long after it opens (e.g. 8h, 30m); an SDK session lasts 24h",
-    metavar="DURATION",
-)
 HEALTH_INTERVAL_MS = Setting(
     "--health-interval-ms",
     _COORDINATOR + "HEALTH_INTERVAL_MS",
@@ -308,7 +258,7 @@ SETTINGS = (
     DRAIN_S,
     METRICS_LISTEN,
     DASHBOARD_LISTEN,
-    DASHBOARD_SESSION_TTL,
+    *SESSION_SETTINGS,
     BULK_LISTEN,
     BULK_HELLO_S,
     BULK_IDLE_S,
@@ -354,6 +304,7 @@ def config_from(ns: argparse.Namespace) -> CoordinatorConfig:
             operator = normalize_address(ns.operator_address)
         except SignatureError as e:
             raise TensorGridError(f"--operator-address: {e}") from None
+    session_ms, dashboard_session_ms = session_ttls(ns)
     quotas = Quotas(
         stored_bytes=int(ns.quota_stored_gib * GiB),
         daily_upload_bytes=int(ns.quota_daily_gib * GiB),
@@ -363,7 +314,8 @@ def config_from(ns: argparse.Namespace) -> CoordinatorConfig:
         operator_address=operator,
         quotas=quotas,
         blob_retention_ms=config.duration_ms(ns.blob_retention),
-        dashboard_session_ttl_ms=config.duration_ms(ns.dashboard_session_ttl),
+        session_ttl_ms=session_ms,
+        dashboard_session_ttl_ms=dashboard_session_ms,
         listen=ns.listen,
         data_dir=ns.data_dir,
         database_url=ns.database_url,
@@ -387,15 +339,4 @@ def config_from(ns: argparse.Namespace) -> CoordinatorConfig:
         health_interval_ms=ns.health_interval_ms,
         drain_s=ns.drain_s,
         bulk=BulkSettings(listen=ns.bulk_listen, hello_timeout_s=ns.bulk_hello_s, idle_timeout_s=ns.bulk_idle_s),
-    )
-
-
-def peer_limits(ns: argparse.Namespace) -> PeerLimits:
-    return PeerLimits(
-        calls_per_node=ns.max_node_calls,
-        streams_per_node=ns.max_node_streams,
-        calls_per_ip=ns.max_ip_calls,
-        streams_per_ip=ns.max_ip_streams,
-        calls_total=ns.max_calls,
-        result_memory_bytes=int(ns.result_memory_mib * MiB),
     )

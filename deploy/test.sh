@@ -33,4 +33,5 @@ for arg in "$@"; do
   esac
   prev="$arg"
 done
-exec python -m pytest "${parallel[@]}" "$@"
+# --durations: the slowest tests are listed at the end of every run (where the suite's time goes).
+exec python -m pytest "${parallel[@]}" --durations=40 "$@"

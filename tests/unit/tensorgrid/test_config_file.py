@@ -19,6 +19,7 @@ from node import main as node_main
 from tensorgrid import config
 from tensorgrid.config import Setting
 from tensorgrid.config_show import mask
+from tensorgrid.errors import TensorGridError
 
 SLOTS = Setting("--slots", "TOY_SLOTS", 1, type=int)
 RATE = Setting("--rate", "TOY_RATE", 0.5, type=float)
@@ -132,6 +133,31 @@ def test_the_coordinator_config_from_file_env_and_flags(tmp_path: Path) -> None:
     )
     assert c.blob_retention_ms == 12 * 3600 * 1000
     assert c.dashboard_session_ttl_ms == 90 * 60 * 1000
+    assert c.session_ttl_ms == 24 * 3600 * 1000  # the default
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "field", "ms"),
+    [
+        ("--session-ttl", "2h", "session_ttl_ms", 2 * 3600 * 1000),
+        ("--session-ttl", "7d", "session_ttl_ms", 7 * 24 * 3600 * 1000),
+        ("--dashboard-session-ttl", "1m", "dashboard_session_ttl_ms", 60 * 1000),
+    ],
+)
+def test_session_lifetimes_are_settings(flag: str, value: str, field: str, ms: int) -> None:
+    c = coordinator_main.config_from(coordinator_main.parse_args(["run", flag, value], env={}))
+    assert getattr(c, field) == ms
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [("--session-ttl", "30d"), ("--session-ttl", "10s"), ("--dashboard-session-ttl", "365d")],
+)
+def test_a_session_lifetime_out_of_bounds_is_refused(flag: str, value: str) -> None:
+    # A bearer token that lives for a month is one a leaked log keeps useful for a month.
+    ns = coordinator_main.parse_args(["run", flag, value], env={})
+    with pytest.raises(TensorGridError, match=f"{flag} must lie between 1m and 7d"):
+        coordinator_main.config_from(ns)
 
 
 def test_masking_keeps_what_helps_and_hides_credentials() -> None:
