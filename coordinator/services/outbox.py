@@ -25,6 +25,13 @@ from tensorgrid.types import Receipt
 log = logging.getLogger("tensorgrid.coordinator.outbox")
 _ob = s.outbox
 _WORKER_LOCK = 0x74676F62  # "tgob": the PostgreSQL advisory lock of the one outbox worker
+# The worker's lock session tells PostgreSQL to end it after LOCK_IDLE_S without a statement
+# (idle_session_timeout), and the worker speaks on it at least every LOCK_PING_S (a quarter of
+# LOCK_IDLE_S, if less) while it works: a replica that hangs (stopped, deadlocked, swapped out)
+# loses the lock to another replica instead of halting every chain write for as long as its
+# connection stays open.
+LOCK_IDLE_S = 30.0
+LOCK_PING_S = 1.0
 
 
 # action -> (contract call, value in wei); payload wei amounts are decimal strings
@@ -49,6 +56,10 @@ ACTIONS: dict[str, Callable[[ChainClient, dict[str, Any]], tuple[Any, int]]] = {
 }
 
 
+class _LockLost(Exception):
+    """The worker's lock session ended (it was idle too long): another replica may own the queue."""
+
+
 class _NonceTaken(Exception):
     """Another transaction was mined with this item's nonce: its signed tx can never be mined."""
 
@@ -66,7 +77,9 @@ class Outbox:
         backoff_ms: tuple[int, int] = (500, 60_000),
         poll_s: float = 0.2,
         clock: Callable[[], float] = time.time,
+        lock_idle_s: float = LOCK_IDLE_S,
     ) -> None:
+        """lock_idle_s (PostgreSQL): a worker silent this long loses the queue to another replica."""
         self.engine = engine
         self.chain = chain
         self.listener = listener
@@ -74,7 +87,9 @@ class Outbox:
         self.backoff_ms = backoff_ms
         self.poll_s = poll_s
         self._clock = clock
+        self.lock_idle_s = lock_idle_s
         self._lock_conn: Connection | None = None
+        self._pinged = 0.0
 
     def now_ms(self) -> int:
         return int(self._clock() * 1000)
@@ -97,6 +112,11 @@ class Outbox:
         finally:
             self.close()
 
+    @property
+    def owns_queue(self) -> bool:
+        """Whether this worker held the queue at its last pass (always, on SQLite)."""
+        return self.engine.dialect.name != "postgresql" or self._lock_conn is not None
+
     def close(self) -> None:
         """Release the worker lock (PostgreSQL)."""
         if self._lock_conn is not None:
@@ -114,29 +134,70 @@ class Outbox:
         if not self._own_worker_lock():
             return 0
         finished = 0
-        while True:
-            with self.engine.begin() as conn:
-                head_item = head(conn)
-            if head_item is None or head_item.state == "failed" or head_item.next_try_ms > self.now_ms():
-                if head_item is not None and head_item.state == "failed":
-                    log.debug("outbox blocked by item %s (%s): %s", head_item.id, head_item.key, head_item.last_error)
-                return finished
-            if not self._process(head_item):
-                return finished
-            finished += 1
+        try:
+            while True:
+                self._keep_lock(force=True)  # still ours before each item: else another replica's
+                with self.engine.begin() as conn:
+                    head_item = head(conn)
+                if head_item is None or head_item.state == "failed" or head_item.next_try_ms > self.now_ms():
+                    if head_item is not None and head_item.state == "failed":
+                        log.debug(
+                            "outbox blocked by item %s (%s): %s", head_item.id, head_item.key, head_item.last_error
+                        )
+                    return finished
+                if not self._process(head_item):
+                    return finished
+                finished += 1
+        except _LockLost:
+            log.warning(
+                "outbox worker lost its lock (silent over %.0f s): another replica may own the queue", self.lock_idle_s
+            )
+            return finished
 
     def _own_worker_lock(self) -> bool:
         if self.engine.dialect.name != "postgresql":
             return True  # SQLite: one process owns the file
-        if self._lock_conn is None:
-            conn = self.engine.connect()
-            got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": _WORKER_LOCK}).scalar()
+        if self._lock_conn is not None:
+            try:
+                self._keep_lock(force=True)
+                return True
+            except _LockLost:
+                pass  # ended by the server: try to take it again, like any other replica
+        conn = self.engine.connect()
+        try:
+            # Milliseconds; PostgreSQL older than 14 has no such setting (then a hung worker keeps the lock).
+            conn.execute(
+                text("SELECT set_config('idle_session_timeout', :ms, false)"), {"ms": str(int(self.lock_idle_s * 1000))}
+            )
             conn.commit()
-            if not got:
-                conn.close()
-                return False
-            self._lock_conn = conn
+        except Exception as exc:
+            conn.rollback()
+            log.warning("outbox: cannot bound the lock session's idle time (%s)", exc)
+        got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": _WORKER_LOCK}).scalar()
+        conn.commit()
+        if not got:
+            conn.close()
+            return False
+        self._lock_conn, self._pinged = conn, time.monotonic()
         return True
+
+    def _keep_lock(self, force: bool = False) -> None:
+        """Speak on the lock session (at most every LOCK_PING_S unless force) so PostgreSQL keeps
+        it; _LockLost if it has ended."""
+        conn = self._lock_conn
+        if conn is None or (not force and time.monotonic() - self._pinged < min(LOCK_PING_S, self.lock_idle_s / 4)):
+            return
+        try:
+            conn.execute(text("SELECT 1"))
+            conn.commit()
+        except Exception as exc:
+            self._lock_conn = None
+            try:
+                conn.close()
+            except Exception:  # already dead
+                pass
+            raise _LockLost() from exc
+        self._pinged = time.monotonic()
 
     def _process(self, item: OutboxItem) -> bool:
         """Move `item` on; True if it reached a final state (or was reset), False to retry later."""
@@ -144,6 +205,8 @@ class Outbox:
             if item.state == "pending":
                 item = self._sign(item)
             receipt = self._broadcast_and_wait(item)
+        except _LockLost:
+            raise
         except ContractReverted as exc:
             self._fail(item, exc)
             return True
@@ -188,11 +251,13 @@ class Outbox:
         if receipt is not None:
             return receipt
         self._broadcast(item)
-        return self.chain.w3.eth.wait_for_transaction_receipt(
-            item.tx_hash,  # type: ignore[arg-type]
-            timeout=self.receipt_timeout,
-            poll_latency=0.05,
-        )
+        deadline = time.monotonic() + self.receipt_timeout
+        while (receipt := self._receipt(item.tx_hash)) is None:
+            if time.monotonic() > deadline:
+                raise TimeExhausted(f"transaction {item.tx_hash} not mined after {self.receipt_timeout} s")
+            self._keep_lock()  # a long wait must not read as a hung worker
+            time.sleep(0.05)
+        return receipt
 
     def _broadcast(self, item: OutboxItem) -> None:
         assert item.raw_tx is not None and item.tx_hash is not None

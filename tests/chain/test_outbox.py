@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -203,3 +205,53 @@ def test_the_async_worker_runs_and_only_one_worker_owns_the_queue(chain: Chain, 
     asyncio.run(main())
     assert chain.admin.job(job).status == JobStatus.COMPLETED
     assert run_once(second) == (1 if engine.dialect.name == "postgresql" else 0)  # lock released on stop
+
+
+def test_a_hung_worker_loses_the_queue_to_another_replica(chain: Chain, pg_url: str) -> None:
+    # A replica that stops (SIGSTOP, a deadlock) keeps its database connection open; its lock
+    # session must still end, or no other replica could ever post a root again.
+    engine = make_engine(pg_url)
+    ledger = Ledger(engine)
+    hung, other = ledger.outbox(chain.coordinator, lock_idle_s=1.0), ledger.outbox(chain.coordinator, lock_idle_s=1.0)
+    try:
+        assert hung.process_once() == 0 and hung.owns_queue
+        job = priced_job(chain, ledger)
+        ledger.credit_results([(chain.nodes[0].address, job, "t1", 1)], 1)
+        assert ledger.job_finished(job, "ee" * 32, 2)
+        assert other.process_once() == 0 and not other.owns_queue  # the live owner keeps it
+        time.sleep(2.5)  # the owner hangs: no pass, nothing said on its session
+        assert other.process_once() == 2 and other.owns_queue
+        assert chain.admin.job(job).status == JobStatus.COMPLETED
+        assert hung.process_once() == 0 and not hung.owns_queue  # it wakes up to find the queue taken
+    finally:
+        hung.close()
+        other.close()
+        engine.dispose()
+
+
+def test_a_worker_waiting_on_a_receipt_keeps_its_lock(chain: Chain, pg_url: str) -> None:
+    # Waiting for a slow block is not hanging: the wait speaks on the lock session.
+    engine = make_engine(pg_url)
+    ledger = Ledger(engine)
+    slow = ledger.outbox(chain.coordinator, lock_idle_s=1.0)
+    other = ledger.outbox(chain.coordinator, lock_idle_s=1.0)
+    job = priced_job(chain, ledger)
+    ledger.credit_results([(chain.nodes[0].address, job, "t1", 1)], 1)
+    assert ledger.job_finished(job, "ee" * 32, 2)
+    rpc = chain.admin.w3.provider
+    rpc.make_request("evm_setAutomine", [False])  # type: ignore[arg-type]
+    try:
+        worker = threading.Thread(target=slow.process_once)
+        worker.start()
+        time.sleep(2.5)  # the first tx waits unmined, longer than the idle limit
+        assert other.process_once() == 0 and not other.owns_queue
+        rpc.make_request("evm_setAutomine", [True])  # type: ignore[arg-type]
+        rpc.make_request("evm_mine", [])  # type: ignore[arg-type]
+        worker.join(timeout=60)
+        assert not worker.is_alive() and slow.owns_queue
+        assert [i.state for i in rows(ledger)] == ["confirmed", "confirmed"]
+    finally:
+        rpc.make_request("evm_setAutomine", [True])  # type: ignore[arg-type]
+        slow.close()
+        other.close()
+        engine.dispose()
