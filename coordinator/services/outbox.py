@@ -123,6 +123,7 @@ class Outbox:
             # A session lock outlives a rollback: unlock before the connection goes back to the pool.
             try:
                 self._lock_conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _WORKER_LOCK})
+                self._lock_conn.execute(text("SELECT set_config('idle_session_timeout', '0', false)"))
                 self._lock_conn.commit()
             finally:
                 self._lock_conn.close()
@@ -164,8 +165,12 @@ class Outbox:
             except _LockLost:
                 pass  # ended by the server: try to take it again, like any other replica
         conn = self.engine.connect()
-        try:
-            # Milliseconds; PostgreSQL older than 14 has no such setting (then a hung worker keeps the lock).
+        got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": _WORKER_LOCK}).scalar()
+        conn.commit()
+        if not got:
+            conn.close()
+            return False
+        try:  # milliseconds; PostgreSQL before 14 has no such setting (a hung worker then keeps the lock)
             conn.execute(
                 text("SELECT set_config('idle_session_timeout', :ms, false)"), {"ms": str(int(self.lock_idle_s * 1000))}
             )
@@ -173,11 +178,6 @@ class Outbox:
         except Exception as exc:
             conn.rollback()
             log.warning("outbox: cannot bound the lock session's idle time (%s)", exc)
-        got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": _WORKER_LOCK}).scalar()
-        conn.commit()
-        if not got:
-            conn.close()
-            return False
         self._lock_conn, self._pinged = conn, time.monotonic()
         return True
 
@@ -192,10 +192,7 @@ class Outbox:
             conn.commit()
         except Exception as exc:
             self._lock_conn = None
-            try:
-                conn.close()
-            except Exception:  # already dead
-                pass
+            conn.invalidate()  # ended by the server: never back into the pool
             raise _LockLost() from exc
         self._pinged = time.monotonic()
 
