@@ -124,6 +124,18 @@ def test_reveal_plan_asks_for_the_replay_end_only() -> None:
         reveal_plan(marks, 4)
 
 
+def test_an_audit_reveals_at_most_one_model_and_under_5x_the_upload(runs: dict[str, Run]) -> None:
+    """Issue 11's bound: reveal bytes ≤ 5 × pseudo-gradient bytes. An int8 upload is about a
+    quarter of the float32 model, so revealing two models per audit (as before) was over it."""
+    honest = runs["honest"]
+    upload = honest.result.stat().st_size
+    for j in range(len(honest.marks) - 1):
+        steps = reveal_plan(honest.marks, j)
+        assert len(steps) <= 1
+        revealed = sum((honest.ckpt / checkpoint_name(step)).stat().st_size for step in steps)
+        assert revealed <= 5 * upload, (j, revealed, upload)
+
+
 @pytest.mark.parametrize(
     ("behaviour", "segment", "why"),
     [
