@@ -130,9 +130,11 @@ def _run_training(request: dict[str, Any]) -> tuple[int, float, str]:
     seeds = settings.get("seeds") or {}
     if shard not in seeds:
         raise SpecError("the task's settings have no seed for its shard")
+    compression = str(settings.get("compression", "int8"))  # the last checkpoint digest commits it too
     inner = InnerSettings.from_dict(
-        {**settings.get("inner", {}), "seed": seeds[shard], "device": request.get("device") or "auto"}
-    )
+        {**settings.get("inner", {}), "seed": seeds[shard], "device": request.get("device") or "auto",
+         "compression": compression}
+    )  # fmt: skip
     output = Path(request["output_path"])
     keep = request.get("checkpoint_dir")
     if keep:  # the agent keeps them until the coordinator says which ones to reveal
@@ -140,7 +142,7 @@ def _run_training(request: dict[str, Any]) -> tuple[int, float, str]:
     else:
         with tempfile.TemporaryDirectory(prefix="ckpt-", dir=output.parent) as scratch:
             result = run_inner(request["model_path"], weights, request["input_path"], inner, checkpoint_dir=scratch)
-    write_result(result, output, str(settings.get("compression", "int8")))
+    write_result(result, output, compression)
     return result.rows, time.perf_counter() - started, result.final_commitment
 
 

@@ -12,6 +12,12 @@ apart so a verifier can check one part without the other's bytes:
     twice the model's size.
 checkpoint_digest(state) = digest(model part) ‖ digest(optimizer part) (64 bytes).
 
+The last checkpoint's model part is not the node's state but what its upload stands for
+(final_model_part): global weights − the pseudo-gradient as the coordinator decodes it, per
+tensor, with the step counter. Nothing after the last checkpoint trains from it, and the
+coordinator rebuilds it from the result file and the round's weights, so it is never
+revealed; a node that committed one state and uploaded another breaks its own chain.
+
 chain: c_0 = sha256(GENESIS ‖ checkpoint_digest(state at step 0)),
        c_j = sha256(c_{j-1} ‖ checkpoint_digest(state at checkpoint_steps[j]));
 the final commitment is the last c_j as 64 hex digits. The result file carries every
@@ -30,17 +36,22 @@ import torch
 __all__ = [
     "DIGEST_BYTES",
     "GENESIS",
+    "MODEL_PREFIX",
     "OPTIMIZER_PREFIX",
+    "STEP_KEY",
     "chain",
     "chain_link",
     "checkpoint_digest",
     "checkpoint_steps",
+    "final_model_part",
     "model_part",
     "state_digest",
 ]
 
 GENESIS = bytes(32)
 OPTIMIZER_PREFIX = "adamw.exp_avg"  # both moments' names start with it; the step counter's does not
+MODEL_PREFIX = "model."  # the model's state_dict entries in a checkpoint
+STEP_KEY = "adamw.step"  # the AdamW step counter (int64, 0-d)
 DIGEST_BYTES = 32
 
 
@@ -58,6 +69,22 @@ def state_digest(tensors: Mapping[str, torch.Tensor]) -> bytes:
 def model_part(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The tensors of a training state that are not optimizer moments (what a node reveals)."""
     return {n: t for n, t in state.items() if not n.startswith(OPTIMIZER_PREFIX)}
+
+
+def final_model_part(
+    weights: Mapping[str, torch.Tensor], decoded: Mapping[str, torch.Tensor], step: int
+) -> dict[str, torch.Tensor]:
+    """The model part the last checkpoint commits: for each pseudo-gradient tensor, the round's
+    global weights − the pseudo-gradient as decoded from the result file (float32, on the CPU,
+    so node and coordinator compute the same bits), and the step counter `step`.
+
+    Raises KeyError for a pseudo-gradient tensor the weights do not hold."""
+    out = {
+        MODEL_PREFIX + name: weights[name].detach().to("cpu", torch.float32) - pg.detach().to("cpu", torch.float32)
+        for name, pg in decoded.items()
+    }
+    out[STEP_KEY] = torch.tensor(step, dtype=torch.int64)
+    return out
 
 
 def checkpoint_digest(state: Mapping[str, torch.Tensor]) -> bytes:

@@ -18,12 +18,13 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from tensorgrid.errors import ExecutionError, InvalidTensorFile
-from tensorgrid.training.commitments import DIGEST_BYTES, chain
+from tensorgrid.training.commitments import DIGEST_BYTES, chain, final_model_part, state_digest
 from tensorgrid.types import ErrorKind
 from tensorgrid.workloads.tensorfile import load_tensors, read_header, save_tensors
 
@@ -35,10 +36,11 @@ __all__ = [
     "compressed_bytes",
     "decompress",
     "read_result",
+    "seal",
     "write_result",
 ]
 
-FORMAT = "tensorgrid.pseudo_gradient.v2"  # v2: split model/optimizer checkpoint digests
+FORMAT = "tensorgrid.pseudo_gradient.v3"  # v2: split model/optimizer digests; v3: the last one sealed
 SCALE_SUFFIX = ".__scale__"
 _FP16_MAX = float(torch.finfo(torch.float16).max)
 _STORED_DTYPES = {"none": torch.float32, "fp16": torch.float16, "int8": torch.int8}
@@ -54,7 +56,7 @@ class PseudoGradient:
     losses: list[float]
     checkpoint_steps: list[int]
     commitments: list[str]
-    compression: str = "none"
+    compression: str = "none"  # what the last checkpoint digest was sealed for (see seal)
     checkpoint_digests: list[str] = field(default_factory=list)  # hex, per checkpoint (see commitments)
 
     @property
@@ -125,8 +127,26 @@ def compressed_bytes(shapes: dict[str, tuple[int, ...]], compression: str) -> in
     return sum(math.prod(s) for s in shapes.values()) * per + scales
 
 
+def seal(result: PseudoGradient, weights: Mapping[str, torch.Tensor], compression: str) -> PseudoGradient:
+    """The result with its last checkpoint's model digest replaced by that of
+    final_model_part(weights, the pseudo-gradient as `compression` decodes it), the chain
+    recomputed, and `compression` recorded. `weights` are the round's global weights."""
+    if not result.checkpoint_digests:
+        raise ValueError("a result without checkpoint digests cannot be sealed")
+    decoded = decompress(compress(result.tensors, compression), compression)
+    model = state_digest(final_model_part(weights, decoded, result.checkpoint_steps[-1]))
+    last = model.hex() + result.checkpoint_digests[-1][2 * DIGEST_BYTES :]
+    digests = [*result.checkpoint_digests[:-1], last]
+    links = chain(bytes.fromhex(d) for d in digests)
+    return replace(result, checkpoint_digests=digests, commitments=links, compression=compression)
+
+
 def write_result(result: PseudoGradient, path: str | os.PathLike[str], compression: str) -> None:
-    """Save a task result (compressed pseudo-gradient + trace + commitments) as safetensors."""
+    """Save a task result (compressed pseudo-gradient + trace + commitments) as safetensors.
+
+    Raises ValueError when the result was sealed for another compression."""
+    if compression != result.compression:
+        raise ValueError(f"the result was sealed for {result.compression!r} compression, not {compression!r}")
     metadata = {
         "format": FORMAT,
         "compression": compression,

@@ -21,9 +21,17 @@ from typing import Any
 import torch
 
 from tensorgrid.errors import ExecutionError
-from tensorgrid.spec import LOSSES, TrainingSpec
-from tensorgrid.training.commitments import OPTIMIZER_PREFIX, chain, checkpoint_digest, checkpoint_steps, model_part
-from tensorgrid.training.compression import PseudoGradient, read_result, write_result
+from tensorgrid.spec import COMPRESSIONS, LOSSES, TrainingSpec
+from tensorgrid.training.commitments import (
+    MODEL_PREFIX,
+    OPTIMIZER_PREFIX,
+    STEP_KEY,
+    chain,
+    checkpoint_digest,
+    checkpoint_steps,
+    model_part,
+)
+from tensorgrid.training.compression import PseudoGradient, read_result, seal, write_result
 from tensorgrid.training.data import derive_seed
 from tensorgrid.training.objective import Batches, compute_loss, forward, load_batches, load_weights, open_program
 from tensorgrid.types import ErrorKind
@@ -46,11 +54,10 @@ __all__ = [
 ]
 
 InnerResult = PseudoGradient
-_MODEL, _EXP_AVG, _EXP_AVG_SQ, _STEP = "model.", OPTIMIZER_PREFIX + ".", OPTIMIZER_PREFIX + "_sq.", "adamw.step"
-MODEL_PREFIX, STEP_KEY = _MODEL, _STEP  # names in a checkpoint: model tensors, the AdamW step counter
+_MODEL, _EXP_AVG, _EXP_AVG_SQ, _STEP = MODEL_PREFIX, OPTIMIZER_PREFIX + ".", OPTIMIZER_PREFIX + "_sq.", STEP_KEY
 
 
-_OPTIONAL = frozenset({"device", "warmup_steps"})  # settings a task may leave out (their defaults)
+_OPTIONAL = frozenset({"device", "warmup_steps", "compression"})  # settings a task may leave out (their defaults)
 
 
 @dataclass(frozen=True)
@@ -68,6 +75,7 @@ class InnerSettings:
     checkpoint_every: int
     device: str = "cpu"
     warmup_steps: int = 0  # step s trains at lr·min(1, (s+1)/warmup_steps)
+    compression: str = "int8"  # of the pseudo-gradient, which the last checkpoint digest commits
 
     @classmethod
     def for_task(cls, spec: TrainingSpec, round: int, worker: int, device: str = "cpu") -> InnerSettings:
@@ -85,6 +93,7 @@ class InnerSettings:
             checkpoint_every=spec.checkpoint_every,
             device=device,
             warmup_steps=spec.inner_warmup_steps or 0,
+            compression=spec.compression,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -114,6 +123,7 @@ class InnerSettings:
             and min(self.steps, self.batch_size, self.checkpoint_every) >= 1
             and all(isinstance(v, int | float) and math.isfinite(v) for v in floats)
             and len(self.betas) == 2
+            and self.compression in COMPRESSIONS
         )
         if not ok:
             raise ExecutionError(ErrorKind.INVALID_INPUT, f"invalid training settings {self}")
@@ -211,7 +221,8 @@ class _Run:
                 if self.step in marks:
                     state = self.state()
                     digests.append(checkpoint_digest(state))
-                    if checkpoint_dir is not None:  # only the model part is ever revealed
+                    # only the model part is ever revealed, and never the last one's (see commitments)
+                    if checkpoint_dir is not None and self.step < self.settings.steps:
                         save_tensors(model_part(state), checkpoint_dir / checkpoint_name(self.step))
                 if self.step >= end:
                     break
@@ -232,10 +243,11 @@ def run_inner(
     *,
     checkpoint_dir: str | os.PathLike[str] | None = None,
 ) -> InnerResult:
-    """Run settings.steps AdamW steps from the global weights; return global − local and commitments.
+    """Run settings.steps AdamW steps from the global weights; return global − local and commitments,
+    sealed for settings.compression (the last checkpoint commits what the upload stands for).
 
-    With checkpoint_dir, the model part of the training state at every checkpoint step (model
-    weights and buffers, the step counter; see commitments) is also saved there
+    With checkpoint_dir, the model part of the training state at every checkpoint step but the
+    last (model weights and buffers, the step counter; see commitments) is also saved there
     (checkpoint_name(step)), for the node to reveal when a verifier asks for it. The AdamW
     moments are committed by digest only: a verifier replays from step 0, where it knows them.
     """
@@ -249,7 +261,7 @@ def run_inner(
     losses, digests = run.run_until(settings.steps, ckpt)
     local = run.module.state_dict()
     pseudo = {n: (start[n] - local[n].detach()).float().cpu() for n in start if start[n].is_floating_point()}
-    return PseudoGradient(
+    result = PseudoGradient(
         tensors=pseudo,
         rows=run.data.rows,
         steps=settings.steps,
@@ -258,6 +270,7 @@ def run_inner(
         commitments=chain(digests),
         checkpoint_digests=[d.hex() for d in digests],
     )
+    return seal(result, global_weights, settings.compression)
 
 
 class Replayer:

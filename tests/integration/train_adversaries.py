@@ -5,6 +5,9 @@
     stopping halfway and re-committing its last real state for the remaining checkpoints
     ("stop_early"), or skipping every other step and forging the step counter ("skip");
   * scaler: trains honestly but uploads the pseudo-gradient × 3 (its commitments honest).
+The cheaters' chains are over the states they really reached (the lazy ones' last link is not
+sealed over their upload, the scaler's is sealed over its honest one): a cheater that also
+seals its last link over what it uploads is caught only by a replay that reaches its cheat.
 Every one answers reveal requests with the checkpoints it really has.
 """
 
@@ -72,7 +75,7 @@ def lazy(
             run.step = claimed  # forge the counter so it matches the claimed step
     local = run.module.state_dict()
     pseudo = {n: (start[n] - local[n].detach()).float() for n in start if start[n].is_floating_point()}
-    return PseudoGradient(pseudo, run.data.rows, s.steps, losses, marks, chain(digests),
+    return PseudoGradient(pseudo, run.data.rows, s.steps, losses, marks, chain(digests), s.compression,
                           checkpoint_digests=[d.hex() for d in digests])  # fmt: skip
 
 
@@ -89,8 +92,9 @@ def settings_for(lease: Lease, shard_sha: str) -> tuple[InnerSettings, str]:
     inner = dict(raw["inner"])  # type: ignore[call-overload]
     seeds = raw["seeds"]
     assert isinstance(seeds, dict)
-    s = InnerSettings.from_dict({**inner, "seed": seeds[shard_sha], "device": "cpu"})
-    return s, str(raw.get("compression", "int8"))
+    compression = str(raw.get("compression", "int8"))
+    s = InnerSettings.from_dict({**inner, "seed": seeds[shard_sha], "device": "cpu", "compression": compression})
+    return s, compression
 
 
 @dataclass

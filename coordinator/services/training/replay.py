@@ -8,17 +8,24 @@ round's global weights, whose training state (zero moments, step 0) the coordina
 so no node ever reveals optimizer moments. It checks:
   * the chain: read_result recomputes c_0..c_n from the digests; c_n is what the receipt signs;
   * c_0 itself, from the round's global weights: no reveal needed;
-  * for e before the last checkpoint, the model parts (weights, buffers, step counter) of
-    checkpoints e and n are revealed and must hash to their committed model digests, with
-    counters e and n (a lazy node re-committing an old state is caught here); the replay must
-    land on checkpoint e within a float tolerance per dtype (a node that skipped or faked
-    steps is caught here), and checkpoint n's weights must equal global − pseudo-gradient
-    within the compression error (a node that scaled or altered its upload is caught here);
+  * for e before the last checkpoint, the model part (weights, buffers, step counter) of
+    checkpoint e is revealed and must hash to its committed model digest, with counter e (a
+    lazy node re-committing an old state is caught here); the replay must land on it within a
+    float tolerance per dtype (a node that skipped or faked steps is caught here);
   * for e the last checkpoint, nothing is revealed: the replay's own final weights must equal
-    global − pseudo-gradient within the compression error and the replay tolerance.
+    global − pseudo-gradient within the compression error and the replay tolerance;
+  * always, the last checkpoint's model digest must be that of global − the decoded
+    pseudo-gradient with counter n (commitments.final_model_part), which the coordinator
+    computes itself: a node whose upload is not the final state it committed (scaled, or
+    trained less than its chain says) is caught here with no reveal. Before, the node revealed
+    checkpoint n's weights and they had to equal global − pseudo-gradient within the
+    compression error: the same check, for the bytes of one more model per audit.
 The replay covers every step before e, so a cheat in any segment before e is in reach: each
 segment is at least as likely to be checked as when one segment was replayed from a revealed
-full state, which cost the node 3 × the model's size per revealed checkpoint.
+full state, which cost the node 3 × the model's size per revealed checkpoint. A node that
+commits its cheat consistently (its chain over the states it really reached, its last link
+sealed over what it uploads) is caught only by a replay that reaches the cheat: that was so
+when checkpoint n was revealed too, since the node chose what it committed there.
 A finding that fails names what differs, and the digest of what the coordinator expected,
 which is what a slash records.
 """
@@ -37,14 +44,17 @@ from tensorgrid.errors import TensorGridError
 from tensorgrid.training.commitments import (
     DIGEST_BYTES,
     GENESIS,
+    MODEL_PREFIX,
+    STEP_KEY,
     chain_link,
     checkpoint_digest,
     checkpoint_steps,
+    final_model_part,
     model_part,
     state_digest,
 )
-from tensorgrid.training.compression import SCALE_SUFFIX, read_result
-from tensorgrid.training.inner import MODEL_PREFIX, STEP_KEY, InnerSettings, Replayer
+from tensorgrid.training.compression import SCALE_SUFFIX, PseudoGradient, read_result
+from tensorgrid.training.inner import InnerSettings, Replayer
 from tensorgrid.workloads.tensorfile import load_tensors
 from tensorgrid.workloads.tolerance import tolerance as replay_tolerance
 
@@ -86,12 +96,13 @@ class _Failed(Exception):
 
 
 def reveal_plan(marks: list[int], segment: int) -> list[int]:
-    """Checkpoint steps whose model part a node must reveal for `segment`: the replay's end and
-    the final checkpoint; none when the replay runs to the end (the pseudo-gradient is its check)."""
+    """Checkpoint steps whose model part a node must reveal for `segment`: the replay's end; none
+    when the replay runs to the end (the pseudo-gradient is its check). The last checkpoint is
+    never revealed: the coordinator rebuilds it from the pseudo-gradient (final_model_part)."""
     if not 0 <= segment < len(marks) - 1:
         raise ValueError(f"segment {segment} is not between two of {len(marks)} checkpoints")
     end = marks[segment + 1]
-    return [] if end == marks[-1] else [end, marks[-1]]
+    return [] if end == marks[-1] else [end]
 
 
 def check_reveal(case: AuditCase) -> Finding:
@@ -138,15 +149,30 @@ def _check(case: AuditCase) -> None:
     replay = model_part(replayed.state)
     slack = inert_slack(replayed.grad_peaks, replay, s.lr, s.weight_decay, end)
     if end == marks[-1]:
-        _check_final(case.result, case.weights, replay, result.compression, replayed=True, slack=slack)
-        return
-    worst = _worst_mismatch(replay, models[end], slack)
-    if worst:
+        _check_final(case.result, case.weights, replay, result.compression, slack=slack)
+    elif worst := _worst_mismatch(replay, models[end], slack):
         raise _Failed(
             f"replaying steps 0→{end} from the round's weights, the checkpoint {worst}: the node did not train them",
             state_digest(replay),
         )
-    _check_final(case.result, case.weights, models[marks[-1]], result.compression, replayed=False)
+    _check_sealed(result, case.weights)
+
+
+def _check_sealed(result: PseudoGradient, weights_path: Path) -> None:
+    """The last checkpoint's model digest must commit global − the decoded pseudo-gradient."""
+    n = len(result.checkpoint_steps) - 1
+    try:
+        final = final_model_part(load_tensors(weights_path), result.tensors, result.checkpoint_steps[-1])
+    except KeyError as e:
+        raise _Failed(f"the pseudo-gradient holds {e}, which the round's weights do not") from None
+    digest = state_digest(final)
+    if digest.hex() != result.checkpoint_digests[-1][: 2 * DIGEST_BYTES].lower():
+        raise _Failed(
+            f"the pseudo-gradient is not global − final weights: global − pseudo-gradient does not hash to "
+            f"the model digest c_{n} commits for step {result.checkpoint_steps[-1]} (the upload is not the "
+            "final state the node committed)",
+            digest,
+        )
 
 
 def _revealed_model(path: Path, step: int, i: int, digests: list[str]) -> dict[str, torch.Tensor]:
@@ -221,13 +247,11 @@ def _check_final(
     final: dict[str, torch.Tensor],
     compression: str,
     *,
-    replayed: bool,
     slack: dict[str, torch.Tensor] | None = None,
 ) -> None:
-    """The final weights must be global − pseudo-gradient, within compression error (and the
-    replay tolerance, plus `slack` for inert elements, when `final` is the coordinator's replay
-    rather than the node's checkpoint)."""
-    atol, rtol = replay_tolerance(torch.float32) if replayed else (0.0, 0.0)
+    """The coordinator's replayed final weights must be global − pseudo-gradient, within the
+    compression error and the replay tolerance, plus `slack` for inert elements."""
+    atol, rtol = replay_tolerance(torch.float32)
     result = read_result(result_path)
     stored = load_tensors(result_path)
     weights = load_tensors(weights_path)

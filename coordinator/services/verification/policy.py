@@ -38,6 +38,33 @@ What the stake formula assumes, and what holds it up:
   being checked: a checker that lies against an honest subject is caught by the referee;
   one that agrees with a trusted ring-mate's lie (both trusted, drawn as its checker, and
   told the lie) is what canaries, unrecognisable full shards, are there to catch.
+
+Hiding a check's size (issue 11, item 3; designed, not built). Figures for the shape of
+benchmarks.verification: 98,304 rows in 4,096-row shards, T = 24 tasks, m = 20 rows a check
+(detection_rows; the 5% budget would allow 102), checks ≈ 1% of the job's compute.
+- Threat: a node that sees an m-row task knows it is a check. Who gains: only a checker (see
+  above). The one attack it serves, a trusted ring agreeing with its mate's lie, recognises
+  the check by its rows' content anyway (the ring holds the mate's shard), so hiding the size
+  does not stop it; canaries (whole verified shards, reshuffled, answers known) do.
+- Option 1, pad each check to a shard's size with rows whose answers are known (verified
+  rows of the job): the checker runs 4,096 rows instead of 20, so a check costs a whole task.
+  New nodes are checked on every result: +100% compute (+10% at the 10% floor). Over budget.
+- Option 2, vary ordinary shard sizes over a range that covers m (e.g. uniform on
+  [m, 2·S − m]): sizes near m become rare but possible, yet a check is always exactly m rows,
+  so it stays recognisable unless check sizes follow the same law, which is Option 1's cost.
+- Option 3, decoys: the planner carves D ordinary tasks of exactly m rows out of the shards
+  (the same rows, no extra compute); an m-row task is then a check with probability
+  C / (C + D) for C checks. Decoys are checked too, so C = r·(T + D) at check rate r: with
+  D = T, 2/3 for new nodes (r = 1) and 1/6 for trusted ones (r = 0.1). Costs: D more
+  tasks (leases, fetches, receipts, one forward call each, ≈ 2.5 ms against 160 ms for a
+  shard: ≈ +1.6% at D = T), and each decoy is checked like any task, which adds check runs
+  but not rows (its checked rows count toward the detection target, so m shrinks as tasks
+  grow: m is sized for T + D tasks, and decoys are sized to that m). It needs pay by rows: a
+  task is paid one reward whatever its rows, so a decoy would have to be paid as a checker
+  is (one reward with probability m / shard rows, fee_tasks) and the escrow funded for it.
+  The budget stays ≤ 5% at ≥ 99%; the per-task price model and the planner change with it.
+- Recommended: Option 3 once payment is by rows, not before; until then size stays a tell,
+  and this section and the README say so.
 """
 
 from __future__ import annotations

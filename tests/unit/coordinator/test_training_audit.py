@@ -115,24 +115,38 @@ def test_an_honest_run_passes_every_segment_at_any_thread_count(
         torch.set_num_threads(old)
 
 
-def test_reveal_plan_asks_for_the_replay_end_and_the_final_checkpoint() -> None:
+def test_reveal_plan_asks_for_the_replay_end_only() -> None:
     marks = checkpoint_steps(20, 5)
-    assert reveal_plan(marks, 0) == [5, 20]  # the replay starts at step 0, the coordinator's own
-    assert reveal_plan(marks, 2) == [15, 20]
+    assert reveal_plan(marks, 0) == [5]  # the replay starts at step 0, the coordinator's own
+    assert reveal_plan(marks, 2) == [15]  # the last checkpoint is rebuilt from the pseudo-gradient
     assert reveal_plan(marks, 3) == []  # a replay to the end is checked against the pseudo-gradient
     with pytest.raises(ValueError):
         reveal_plan(marks, 4)
 
 
+def test_an_audit_reveals_at_most_one_model_and_under_5x_the_upload(runs: dict[str, Run]) -> None:
+    """Issue 11's bound: reveal bytes ≤ 5 × pseudo-gradient bytes. An int8 upload is about a
+    quarter of the float32 model, so revealing two models per audit (as before) was over it."""
+    honest = runs["honest"]
+    upload = honest.result.stat().st_size
+    for j in range(len(honest.marks) - 1):
+        steps = reveal_plan(honest.marks, j)
+        assert len(steps) <= 1
+        revealed = sum((honest.ckpt / checkpoint_name(step)).stat().st_size for step in steps)
+        assert revealed <= 5 * upload, (j, revealed, upload)
+
+
 @pytest.mark.parametrize(
     ("behaviour", "segment", "why"),
     [
-        ("lazy", 0, "step counter"),  # re-committed old state: the final checkpoint's counter is 4, not 8
-        ("lazy", 2, "step counter"),
+        # its last link commits the old state it re-committed, not global − what it uploaded
+        ("lazy", 0, "is not global − final weights"),
+        ("lazy", 2, "step counter"),  # re-committed old state: checkpoint 6's counter is 4
         ("lazy", 3, "is not global − final weights"),  # replayed to the end: nothing revealed
         ("lazy_skip", 1, "replaying steps 0→4"),  # forged counters: the replay catches the skipped steps
         ("lazy_skip", 2, "replaying steps 0→6"),
         ("lazy_skip", 3, "is not global − final weights"),
+        ("scaler", 0, "is not global − final weights"),  # its last link is sealed over its honest upload
         ("scaler", 2, "is not global − final weights"),
         ("scaler", 3, "is not global − final weights"),
     ],
@@ -153,6 +167,7 @@ def test_forged_moments_are_caught_by_a_replay_past_them(files: dict[str, Path],
     checkpoint 4 (to steer the next steps) and commits what it then trains with stays
     consistent from there on; every replay that runs past step 4 (from step 0) catches it."""
     from tensorgrid.training.commitments import chain, checkpoint_digest, model_part
+    from tensorgrid.training.compression import seal
     from tensorgrid.training.inner import _Run
     from tensorgrid.training.objective import load_weights
 
@@ -174,10 +189,11 @@ def test_forged_moments_are_caught_by_a_replay_past_them(files: dict[str, Path],
         losses.append(run.train_step())
     local = run.module.state_dict()
     pg = {n: (start[n] - local[n]).float() for n in start if start[n].is_floating_point()}
-    links = chain(digests)
-    write_result(PseudoGradient(pg, 128, SETTINGS.steps, losses, marks, links,
-                                checkpoint_digests=[d.hex() for d in digests]), tmp_path / "out", "int8")  # fmt: skip
-    forger = Run(tmp_path / "out", tmp_path / "ckpt", links[-1], marks)
+    forged = PseudoGradient(pg, 128, SETTINGS.steps, losses, marks, chain(digests),
+                            checkpoint_digests=[d.hex() for d in digests])  # fmt: skip
+    sealed = seal(forged, load_tensors(files["w0"]), "int8")  # its last link commits what it uploads
+    write_result(sealed, tmp_path / "out", "int8")
+    forger = Run(tmp_path / "out", tmp_path / "ckpt", sealed.final_commitment, marks)
     findings = [check_reveal(case(files, forger, j)) for j in range(len(marks) - 1)]
     assert [f.passed for f in findings] == [True, True, False, False]  # replays to 2 and 4 see nothing wrong
     assert "replaying steps 0→6" in findings[2].reason and "global − final weights" in findings[3].reason
@@ -204,17 +220,18 @@ def test_a_wrong_step_counter_is_caught_even_when_committed(
 
     honest = runs["honest"]
     pg = read_result(honest.result)
-    states = {m: load_tensors(honest.ckpt / checkpoint_name(m)) for m in honest.marks}
+    inner = honest.marks[:-1]  # the last checkpoint is sealed over the upload, never saved
+    states = {m: load_tensors(honest.ckpt / checkpoint_name(m)) for m in inner}
     states[6][STEP_KEY] = torch.tensor(5, dtype=torch.int64)
     forged = tmp_path / "ckpt"
     forged.mkdir()
     for m, st in states.items():
         save_tensors(st, forged / checkpoint_name(m))
-    digests = [state_digest(states[m]).hex() + d[64:] for m, d in zip(honest.marks, pg.checkpoint_digests, strict=True)]
+    digests = [state_digest(states[m]).hex() + d[64:] for m, d in zip(inner, pg.checkpoint_digests[:-1], strict=True)]
+    digests.append(pg.checkpoint_digests[-1])
     links = chain(bytes.fromhex(d) for d in digests)
     r = load_tensors(honest.result)
-    write_result(PseudoGradient(pg.tensors, pg.rows, pg.steps, pg.losses, pg.checkpoint_steps, links,
-                                checkpoint_digests=digests), tmp_path / "out", "int8")  # fmt: skip
+    write_result(replace(pg, commitments=links, checkpoint_digests=digests), tmp_path / "out", "int8")
     assert r  # the original file is untouched
     run = Run(tmp_path / "out", forged, links[-1], honest.marks)
     finding = check_reveal(case(files, run, 2))
@@ -225,8 +242,9 @@ def test_a_missing_checkpoint_and_a_foreign_start_fail(
     files: dict[str, Path], runs: dict[str, Run], tmp_path: Path
 ) -> None:
     c = case(files, runs["honest"], 1)
-    finding = check_reveal(replace(c, revealed={k: v for k, v in c.revealed.items() if k != 8}))
-    assert not finding.passed and "step 8 was not revealed" in finding.reason
+    assert not (runs["honest"].ckpt / checkpoint_name(8)).exists()  # the last one is never revealed
+    finding = check_reveal(replace(c, revealed={k: v for k, v in c.revealed.items() if k != 4}))
+    assert not finding.passed and "step 4 was not revealed" in finding.reason
     weights = load_tensors(files["w0"])
     save_tensors({k: v + 0.01 for k, v in weights.items()}, tmp_path / "other.safetensors")
     finding = check_reveal(replace(c, weights=tmp_path / "other.safetensors"))
@@ -370,13 +388,13 @@ def test_an_audited_result_is_paid_and_counted_only_once_it_passes(
     coordinator: Coordinator, files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     app = coordinator
-    draw(app, monkeypatch, 0)  # replay steps 0 → 2: reveal checkpoints 2 and 4
+    draw(app, monkeypatch, 0)  # replay steps 0 → 2: reveal checkpoint 2 (4 is rebuilt from the upload)
     job_id, spec = submit(app, files)
 
     async def scenario() -> None:
         done = [compute(app, node, tmp_path) for node in NODES[:2]]
         plans = [await deliver(app, d) for d in done]
-        assert all(p is not None and p.steps and p.steps[-1] == 4 for p in plans)  # new nodes: always audited
+        assert all(p is not None and p.steps == (2,) for p in plans)  # new nodes: always audited
         assert credited(app, done[0].lease.task_id) == []  # not before the audit passes
         assert await app.rounds.advance(job_id) == "auditing"
         for d, plan in zip(done, plans, strict=True):
@@ -396,7 +414,7 @@ def test_a_scaler_is_caught_unpaid_and_its_task_goes_to_another_node(
     coordinator: Coordinator, files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     app = coordinator
-    draw(app, monkeypatch, 0)  # replay steps 0 → 2: reveal checkpoints 2 and 4
+    draw(app, monkeypatch, 0)  # replay steps 0 → 2: reveal checkpoint 2
     job_id, spec = submit(app, files)
 
     async def scenario() -> Done:
@@ -502,14 +520,13 @@ def test_a_reveal_after_a_restart_completes_the_audit(
     job_id, spec = submit(app, files, workers_per_round=1, quorum=1.0)
     d = compute(app, NODES[0], tmp_path)
     plan = asyncio.run(deliver(app, d))
-    assert plan is not None
-    asyncio.run(reveal(app, d, plan.steps[0]))
+    assert plan is not None and plan.steps == (2,)
     restarted = make_app(db_url, tmp_path)
     try:
 
         async def resume() -> None:
             assert await restarted.rounds.advance(job_id) == "auditing"
-            for step in plan.steps[1:]:
+            for step in plan.steps:
                 await reveal(restarted, d, step)
             assert (await settled(restarted, d)).state == "passed"
             assert await restarted.rounds.advance(job_id) == "closed"

@@ -78,7 +78,7 @@ def test_result_file_round_trip(tmp_path: Path) -> None:
     digests = ["aa" * 64, "bb" * 64, "cc" * 64]
     links = chain(bytes.fromhex(d) for d in digests)
     result = PseudoGradient(_tensors(), rows=40, steps=3, losses=[2.5, 1.25, 0.1], checkpoint_steps=[0, 2, 3],
-                            commitments=links, checkpoint_digests=digests)  # fmt: skip
+                            commitments=links, compression="int8", checkpoint_digests=digests)  # fmt: skip
     write_result(result, tmp_path / "r.safetensors", "int8")
     back = read_result(tmp_path / "r.safetensors")
     assert (back.rows, back.steps, back.losses, back.checkpoint_steps) == (40, 3, [2.5, 1.25, 0.1], [0, 2, 3])

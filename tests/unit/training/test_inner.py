@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -9,14 +10,17 @@ import torch
 from tensorgrid.errors import ExecutionError
 from tensorgrid.spec import TrainingSpec
 from tensorgrid.training.commitments import (
+    DIGEST_BYTES,
     GENESIS,
     OPTIMIZER_PREFIX,
     chain,
     chain_link,
     checkpoint_digest,
     checkpoint_steps,
+    final_model_part,
     state_digest,
 )
+from tensorgrid.training.compression import compress, decompress, seal, write_result
 from tensorgrid.training.data import write_rows
 from tensorgrid.training.inner import (
     InnerSettings,
@@ -64,15 +68,24 @@ def test_checkpoints_match_the_chain_and_replay_bit_exactly(
 ) -> None:
     weights, shard = files
     result = run_inner(digits.train_program, weights, shard, SETTINGS, checkpoint_dir=tmp_path)
-    models = [load_tensors(tmp_path / checkpoint_name(s)) for s in result.checkpoint_steps]
+    assert result.compression == SETTINGS.compression == "int8"
+    models = [load_tensors(tmp_path / checkpoint_name(s)) for s in result.checkpoint_steps[:-1]]
+    assert not (tmp_path / checkpoint_name(7)).exists()  # the last checkpoint is never revealed
     assert not any(n.startswith(OPTIMIZER_PREFIX) for m in models for n in m)  # moments stay on the node
-    assert [state_digest(m).hex() for m in models] == [d[:64] for d in result.checkpoint_digests]
+    assert [state_digest(m).hex() for m in models] == [d[:64] for d in result.checkpoint_digests[:-1]]
     assert chain(bytes.fromhex(d) for d in result.checkpoint_digests) == result.commitments
-    # pseudo-gradient = global − the final checkpoint's model state
+    # the last checkpoint commits global − the pseudo-gradient as the coordinator decodes it
     w0 = load_tensors(weights)
-    assert torch.equal(result.tensors["0.weight"], w0["0.weight"] - models[-1]["model.0.weight"])
-    # a verifier replays steps 0 → 6 from the round's weights and lands on checkpoint 2 exactly
+    decoded = decompress(compress(result.tensors, "int8"), "int8")
+    sealed = state_digest(final_model_part(w0, decoded, 7)).hex()
+    assert result.checkpoint_digests[-1][: 2 * DIGEST_BYTES] == sealed
+    # pseudo-gradient = global − the final model state, whose optimizer part the last link commits
     replayer = Replayer(digits.train_program, shard, SETTINGS)
+    final = replayer.replay(replayer.initial_state(weights), 7)
+    assert torch.equal(result.tensors["0.weight"], w0["0.weight"] - final.state["model.0.weight"])
+    assert final.digest[DIGEST_BYTES:].hex() == result.checkpoint_digests[-1][2 * DIGEST_BYTES :]
+    assert sealed != final.digest[:DIGEST_BYTES].hex()  # int8: the upload is not the state bit for bit
+    # a verifier replays steps 0 → 6 from the round's weights and lands on checkpoint 2 exactly
     start = replayer.initial_state(weights)
     assert chain_link(GENESIS, checkpoint_digest(start)).hex() == result.commitments[0]
     replay = replayer.replay(start, 6)
@@ -103,7 +116,9 @@ def test_a_warm_up_ramps_the_learning_rate_and_replays_from_any_checkpoint(
     )
     tail = replay_segment(digits.train_program, at3.state, shard, warm, end_step=warm.steps)
     assert at3.losses + tail.losses == result.losses
-    assert chain_link(bytes.fromhex(result.commitments[-2]), tail.digest).hex() == result.final_commitment
+    w0 = load_tensors(weights)
+    assert all(torch.equal(pg, w0[n] - tail.state["model." + n]) for n, pg in result.tensors.items())
+    assert tail.digest[DIGEST_BYTES:].hex() == result.checkpoint_digests[-1][2 * DIGEST_BYTES :]
 
 
 def test_tampered_checkpoint_breaks_the_chain(digits: Digits, files: tuple[Path, Path], tmp_path: Path) -> None:
@@ -134,8 +149,12 @@ def test_settings_travel_as_a_dict() -> None:
     assert s.seed != InnerSettings.for_task(spec, round=2, worker=0).seed
     with pytest.raises(ExecutionError, match="settings"):
         InnerSettings.from_dict({**s.to_dict(), "extra": 1})
-    older = {k: v for k, v in s.to_dict().items() if k != "warmup_steps"}  # from a coordinator without warm-ups
-    assert InnerSettings.from_dict(older) == s
+    older = {k: v for k, v in s.to_dict().items() if k not in ("warmup_steps", "compression")}
+    assert InnerSettings.from_dict(older) == s  # from a coordinator without warm-ups (int8 is the default)
+    assert InnerSettings.for_task(TrainingSpec(train_program=REF, dataset=REF, compression="fp16"), 0, 0).compression \
+        == "fp16"  # fmt: skip
+    with pytest.raises(ExecutionError, match="invalid training settings"):
+        InnerSettings.from_dict({**s.to_dict(), "compression": "zip"})
     assert (
         InnerSettings.for_task(TrainingSpec(train_program=REF, dataset=REF, inner_warmup_steps=3), 0, 0).warmup_steps
         == 3
@@ -184,3 +203,21 @@ def test_the_node_agent_names_checkpoints_like_the_trainer() -> None:
     from tensorgrid.training.inner import checkpoint_name
 
     assert [checkpoint_file(s) for s in (0, 5, 120)] == [checkpoint_name(s) for s in (0, 5, 120)]
+
+
+def test_the_last_link_is_sealed_over_the_upload(digits: Digits, files: tuple[Path, Path], tmp_path: Path) -> None:
+    """The last checkpoint digest depends on the compression (it commits the decoded upload):
+    a result is written only with the compression it was sealed for, and changing the upload
+    after sealing leaves a last link that no longer matches it."""
+    weights, shard = files
+    fp16 = InnerSettings(**{**SETTINGS.__dict__, "compression": "fp16"})
+    a = run_inner(digits.train_program, weights, shard, SETTINGS)
+    b = run_inner(digits.train_program, weights, shard, fp16)
+    assert a.commitments[:-1] == b.commitments[:-1] and a.final_commitment != b.final_commitment
+    assert a.checkpoint_digests[-1][2 * DIGEST_BYTES :] == b.checkpoint_digests[-1][2 * DIGEST_BYTES :]
+    with pytest.raises(ValueError, match="sealed for 'int8' compression, not 'fp16'"):
+        write_result(a, tmp_path / "a.safetensors", "fp16")
+    w0 = load_tensors(weights)
+    assert seal(b, w0, "int8").commitments == a.commitments  # sealing again gives the same chain
+    scaled = seal(replace(a, tensors={n: 3 * t for n, t in a.tensors.items()}), w0, "int8")
+    assert scaled.checkpoint_digests[:-1] == a.checkpoint_digests[:-1] and scaled.final_commitment != a.final_commitment
