@@ -9,7 +9,6 @@ from dataclasses import dataclass
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 
-from coordinator.api.arrivals import ArrivalsInterceptor, committer_routes
 from coordinator.api.auth import FailureLimiter, SessionCache, SessionInterceptor
 from coordinator.api.bulk import BulkPort
 from coordinator.api.grid import Grid
@@ -66,10 +65,7 @@ async def build_server(
     shared = sessions if sessions is not None else make_sessions(app)
     nodes, submitters, dashboards, limiter = shared.nodes, shared.submitters, shared.dashboards, shared.limiter
     # Sessions first: the limits then count a node's calls against its address (api.limits).
-    # Arrivals first: a call counts as on its way to a group commit from the moment it starts.
-    arrivals = committer_routes(app.acceptance.results.arrivals, app.scheduler.leases.arrivals)
     interceptors = [
-        ArrivalsInterceptor(arrivals),
         SessionInterceptor(nodes, submitters, limiter),
         LimitsInterceptor(app.config.peers, app.metrics.observe_rpc),
     ]

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, Engine
 
-from coordinator.commits import Arrivals, GroupCommitter
+from coordinator.commits import GroupCommitter
 from coordinator.config import Limits
 from coordinator.db import kept
 from coordinator.errors import Forged, NotFound, Rejected
@@ -179,7 +179,7 @@ class Acceptance:
         self.limits = limits
         self.memory = memory if memory is not None else MemoryBudget(DEFAULT_MEMORY_BYTES)
         self.transaction = ResultAcceptance(engine)
-        self.results: GroupCommitter[ResultItem, Committed] = GroupCommitter(self._accept_batch, arrivals=Arrivals())
+        self.results: GroupCommitter[ResultItem, Committed] = GroupCommitter(self._accept_batch)
 
     async def _accept_batch(self, items: list[ResultItem]) -> list[Committed | Rejected]:
         outcomes, leases = await self.rt.db(

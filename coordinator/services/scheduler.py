@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 
 from sqlalchemy import Connection
 
-from coordinator.commits import Arrivals, GroupCommitter
+from coordinator.commits import GroupCommitter
 from coordinator.config import LeaseTiming
 from coordinator.errors import Rejected
 from coordinator.repositories.leasing import Barred
@@ -54,8 +54,7 @@ class Scheduler:
         self._idle: tuple[asyncio.Event, float] | None = None
         self._idle_check: asyncio.Future[None] | None = None
         self.leases: GroupCommitter[tuple[str, int], tuple[list[Lease], int]] = GroupCommitter(
-            lambda requests: rt.db(store.tasks.lease_many, requests, rt.now_ms(), timing, barred),
-            arrivals=Arrivals(),
+            lambda requests: rt.db(store.tasks.lease_many, requests, rt.now_ms(), timing, barred)
         )
         # Heartbeats come every few seconds and nobody waits on their answer: a batch gathers
         # for HEARTBEAT_GATHER_S, so thousands of nodes cost tens of transactions a second, not thousands.
