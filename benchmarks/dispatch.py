@@ -6,6 +6,21 @@ lease with each result (piggybacked leasing), and a small output travels in one 
 SubmitSmallResult, so a task costs one unary RPC and a share of one group-committed
 transaction. Goal: ≥ 0.25 of the raw rate.
 
+What a simulated node does (all of them run in this process, one NodeClient each): register;
+then, until the job is done: when it holds no lease, LeaseTasks for --lease-batch (no long
+poll; 10 ms sleep when none came); take its first held lease, sign the receipt of the empty
+output (a no-op task runs nothing) and send it in SubmitSmallResult, asking for --lease-batch
+next leases when it holds no other; hold the leases the answer carries. With the default
+--lease-batch 1 that is one SubmitSmallResult round trip per task, one call in flight per node.
+
+That is what the node daemon's slot (node/slot.py) does with tasks that take no time: the lease
+it holds ahead starts the moment a task ends, the ended task's result goes in beside it asking
+for the next lease, and the slot must wait for that answer before it has another task to start:
+one result call in flight per slot, one round trip per task. The daemon's own extras cost
+nothing here: its heartbeats come every 5 s, and the empty input it fetches comes from its cache
+after the first task. The echo baseline runs the same number of callers, one call in flight
+each, so the ratio compares a task's round trip with a bare RPC's at equal concurrency.
+
 The same run measures both again over TLS (a local CA; the raw echo over TLS too): the TLS
 ratio is TLS-grid / TLS-echo. Goal: TLS costs ≤ 10% of the plain ratio.
 
@@ -72,8 +87,8 @@ async def grid_task_rate(target: str, tasks: int, nodes: int, batch: int, tls: C
     rejected = 0
 
     async def node(c: NodeClient) -> None:
-        # As the node agent does: LeaseTasks only when it holds nothing; the result of its last
-        # lease asks for the next ones (piggybacked leasing).
+        # As the daemon's slot does (module docstring): LeaseTasks only when it holds nothing; the
+        # result of its last lease asks for the next ones (piggybacked leasing).
         nonlocal done, rejected
         held: list[Lease] = []
         while done + rejected < tasks:
