@@ -53,7 +53,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
 
 BBC: dict[str, Any] = {"rounds": 10}  # the spec defaults otherwise (H = 20, batch 16, int8)
 # Tuned in-process with tensorgrid.training.local.run_local (the grid's protocol; see run_lm's report):
-# plain averaging (outer lr 1, no momentum) beat Nesterov 0.7/0.8 and 0.7/0.9 and outer lr 1.4.
+# plain averaging (outer lr 1, no momentum) beat Nesterov 0.7/0.8 and 0.7/0.9 and outer lr 1.4;
+# a cosine decay of the inner lr (inner_final_lr) helped the baseline, not the grid (docs/TRAINING.md).
 LM: dict[str, Any] = {
     "rounds": 32,
     "inner_steps": 50,
@@ -187,6 +188,8 @@ def run_lm(client: Client, settings: dict[str, Any], root: Path) -> dict[str, An
         **{k: getattr(spec, k) for k in ("rounds", "inner_steps", "batch_size", "workers_per_round")},
         "inner_lr": spec.inner_optimizer.lr,
         "inner_betas": list(spec.inner_optimizer.betas),
+        "inner_warmup_steps": spec.inner_warmup_steps,
+        "inner_final_lr": spec.inner_final_lr,
         "outer_lr": spec.outer_optimizer.lr,
         "outer_momentum": spec.outer_optimizer.momentum,
         "grid_bits_per_char": grid,

@@ -33,6 +33,13 @@ _TRAINING_FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--lr", "inner_optimizer.lr", float, "inner AdamW learning rate"),
     ("--weight-decay", "inner_optimizer.weight_decay", float, "inner AdamW weight decay"),
     ("--warmup-steps", "inner_warmup_steps", int, "inner steps of each task's linear learning-rate warm-up"),
+    (
+        "--final-lr",
+        "inner_final_lr",
+        float,
+        "inner learning rate at the job's last inner step, reached along a cosine from --lr that runs over "
+        "all rounds; None: a constant --lr",
+    ),
     ("--outer-lr", "outer_optimizer.lr", float, "outer Nesterov learning rate"),
     ("--outer-momentum", "outer_optimizer.momentum", float, "outer Nesterov momentum"),
     ("--quorum", "quorum", float, "fraction of a round's workers that closes it"),

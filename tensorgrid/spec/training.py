@@ -122,6 +122,9 @@ class TrainingSpec(JobSpecBase):
     # Inner steps over which each task ramps its AdamW learning rate up linearly from lr/W to lr
     # (a fresh AdamW's first steps are lr-sized on every parameter); None: no warm-up.
     inner_warmup_steps: int | None = None
+    # The inner learning rate at the job's last inner step: lr decays to it along a cosine over the
+    # whole job (rounds × inner_steps steps), continuing across rounds; None: a constant lr.
+    inner_final_lr: float | None = None
 
     DECODERS: ClassVar[Mapping[str, Decoder]] = {
         "train_program": blob_ref,
@@ -133,6 +136,7 @@ class TrainingSpec(JobSpecBase):
         "eval_fraction": as_float,
         "quorum": as_float,
         "verification": optional(decode_verification),
+        "inner_final_lr": optional(as_float),
     }
     INT_RANGES: ClassVar[Mapping[str, tuple[int, int]]] = {
         "rounds": (1, 1_000_000),
@@ -143,7 +147,7 @@ class TrainingSpec(JobSpecBase):
         "round_deadline_s": (1, 30 * 24 * 3600),
         "checkpoint_every": (1, 1_000_000),  # beyond inner_steps: commit start and end only
     }
-    LATE_FIELDS: ClassVar[tuple[str, ...]] = ("verification", "inner_warmup_steps")
+    LATE_FIELDS: ClassVar[tuple[str, ...]] = ("verification", "inner_warmup_steps", "inner_final_lr")
 
     @property
     def rows_per_round(self) -> int:
@@ -176,6 +180,8 @@ class TrainingSpec(JobSpecBase):
         check_policy(self.verification)
         if self.inner_warmup_steps is not None:
             check_int("inner_warmup_steps", self.inner_warmup_steps, 0, 1_000_000)
+        if self.inner_final_lr is not None:
+            check_number("inner_final_lr", self.inner_final_lr, 0.0, self.inner_optimizer.lr)
         if self.task_time_limit_s > self.round_deadline_s:
             raise SpecError(
                 f"task_time_limit_s ({self.task_time_limit_s}) exceeds round_deadline_s "

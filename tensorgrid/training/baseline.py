@@ -28,6 +28,7 @@ from tensorgrid.spec import TrainingSpec
 from tensorgrid.training.compression import compressed_bytes
 from tensorgrid.training.data import derive_seed, plan_split, round_shards
 from tensorgrid.training.objective import compute_loss, forward, load_batches, load_weights, open_program
+from tensorgrid.training.schedule import scheduled_lr
 from tensorgrid.workloads.tensorfile import load_tensors
 
 __all__ = ["BaselineResult", "Communication", "communication", "run_baseline", "sample_stream"]
@@ -74,12 +75,18 @@ def run_baseline(
         foreach=False,
     )  # fmt: skip
     losses: list[float] = []
-    warmup = spec.inner_warmup_steps or 0
+    warmup, final = spec.inner_warmup_steps or 0, spec.inner_final_lr
+    if final is not None and lr is not None:  # another peak lr: the same decay, in proportion
+        final *= lr / opt.lr
+    steps = math.ceil(len(stream) / batch)
     with torch.random.fork_rng(devices=[]):
         for step, start in enumerate(range(0, len(stream), batch)):
-            if warmup:  # the grid's tasks warm up from a fresh AdamW each round; the baseline once, at its start
+            # the grid's tasks warm up from a fresh AdamW each round, the baseline once, at its start;
+            # the cosine (inner_final_lr) runs over all steps in both
+            if warmup or final is not None:
+                rate = scheduled_lr(lr or opt.lr, step, warmup_steps=warmup, final_lr=final, position=step, total=steps)
                 for group in optimizer.param_groups:
-                    group["lr"] = (lr or opt.lr) * min(1.0, (step + 1) / warmup)
+                    group["lr"] = rate
             inputs, targets = data.take(stream[start : start + batch], device)
             torch.manual_seed(derive_seed(spec.seed, "baseline", step))
             loss = compute_loss(forward(module, inputs), targets, spec.loss)

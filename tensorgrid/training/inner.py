@@ -34,6 +34,7 @@ from tensorgrid.training.commitments import (
 from tensorgrid.training.compression import PseudoGradient, read_result, seal, write_result
 from tensorgrid.training.data import derive_seed
 from tensorgrid.training.objective import Batches, compute_loss, forward, load_batches, load_weights, open_program
+from tensorgrid.training.schedule import scheduled_lr
 from tensorgrid.types import ErrorKind
 from tensorgrid.workloads.inference import pick_device
 from tensorgrid.workloads.tensorfile import load_tensors, read_header, save_tensors
@@ -57,7 +58,8 @@ InnerResult = PseudoGradient
 _MODEL, _EXP_AVG, _EXP_AVG_SQ, _STEP = MODEL_PREFIX, OPTIMIZER_PREFIX + ".", OPTIMIZER_PREFIX + "_sq.", STEP_KEY
 
 
-_OPTIONAL = frozenset({"device", "warmup_steps", "compression"})  # settings a task may leave out (their defaults)
+# settings a task may leave out (their defaults)
+_OPTIONAL = frozenset({"device", "warmup_steps", "compression", "final_lr", "schedule_start", "schedule_steps"})
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,11 @@ class InnerSettings:
     device: str = "cpu"
     warmup_steps: int = 0  # step s trains at lr·min(1, (s+1)/warmup_steps)
     compression: str = "int8"  # of the pseudo-gradient, which the last checkpoint digest commits
+    # With final_lr, lr decays along a cosine over the job's schedule_steps inner steps (rounds × H),
+    # to final_lr; this task's step s is the job's step schedule_start + s (round × H + s).
+    final_lr: float | None = None
+    schedule_start: int = 0
+    schedule_steps: int = 0
 
     @classmethod
     def for_task(cls, spec: TrainingSpec, round: int, worker: int, device: str = "cpu") -> InnerSettings:
@@ -94,11 +101,28 @@ class InnerSettings:
             device=device,
             warmup_steps=spec.inner_warmup_steps or 0,
             compression=spec.compression,
+            final_lr=spec.inner_final_lr,
+            schedule_start=round * spec.inner_steps if spec.inner_final_lr is not None else 0,
+            schedule_steps=spec.rounds * spec.inner_steps if spec.inner_final_lr is not None else 0,
+        )
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of this task's step `step` (schedule.scheduled_lr)."""
+        return scheduled_lr(
+            self.lr,
+            step,
+            warmup_steps=self.warmup_steps,
+            final_lr=self.final_lr,
+            position=self.schedule_start + step,
+            total=self.schedule_steps,
         )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["betas"] = list(self.betas)
+        if self.final_lr is None:  # no decay: the settings of jobs from before the schedule existed
+            for name in ("final_lr", "schedule_start", "schedule_steps"):
+                del d[name]
         return d
 
     @classmethod
@@ -115,8 +139,13 @@ class InnerSettings:
         return s
 
     def check(self) -> None:
-        ints = (self.steps, self.batch_size, self.checkpoint_every, self.seed, self.warmup_steps)
-        floats = (self.lr, self.weight_decay, self.eps, *self.betas)
+        ints = (
+            self.steps, self.batch_size, self.checkpoint_every, self.seed, self.warmup_steps,
+            self.schedule_start, self.schedule_steps,
+        )  # fmt: skip
+        floats = [self.lr, self.weight_decay, self.eps, *self.betas]
+        if self.final_lr is not None:
+            floats.append(self.final_lr)
         ok = (
             self.loss in LOSSES
             and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in ints)
@@ -124,6 +153,7 @@ class InnerSettings:
             and all(isinstance(v, int | float) and math.isfinite(v) for v in floats)
             and len(self.betas) == 2
             and self.compression in COMPRESSIONS
+            and (self.final_lr is None or (0 <= self.final_lr <= self.lr and self.schedule_steps >= 1))
         )
         if not ok:
             raise ExecutionError(ErrorKind.INVALID_INPUT, f"invalid training settings {self}")
@@ -191,9 +221,9 @@ class _Run:
         s, b = self.settings, self.settings.batch_size
         positions = torch.arange(self.step * b, (self.step + 1) * b) % self.data.rows
         inputs, targets = self.data.take(positions, self.device)
-        if s.warmup_steps:  # a function of the step alone, so a replay from any checkpoint agrees
+        if s.warmup_steps or s.final_lr is not None:  # a function of the step alone: replays agree
             for group in self.optimizer.param_groups:
-                group["lr"] = s.lr * min(1.0, (self.step + 1) / s.warmup_steps)
+                group["lr"] = s.lr_at(self.step)
         torch.manual_seed(derive_seed(s.seed, "step", self.step))  # dropout masks replay per step
         loss = compute_loss(forward(self.module, inputs), targets, s.loss)
         value = float(loss.detach())

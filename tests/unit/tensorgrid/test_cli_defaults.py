@@ -70,7 +70,7 @@ def test_submit_training_flags_reach_the_spec() -> None:
         "--workers", "2", "--batch-size", "8", "--lr", "0.1", "--outer-momentum", "0.5", "--quorum", "0.5",
         "--round-deadline", "60", "--eval-fraction", "0.1", "--seed", "5", "--time-limit", "30", "--loss", "mse",
         "--compression", "fp16", "--device", "cpu", "--checkpoint-every", "2", "--max-attempts", "3",
-        "--reward-wei", "12", "--verification", "replicate",
+        "--reward-wei", "12", "--verification", "replicate", "--warmup-steps", "5", "--final-lr", "0.01",
     )  # fmt: skip
     assert cli_training.training_settings(ns) == {
         "rounds": 3,
@@ -91,6 +91,8 @@ def test_submit_training_flags_reach_the_spec() -> None:
         "max_attempts": 3,
         "reward_per_task_wei": 12,
         "verification": VerificationSpec(mode="replicate"),
+        "inner_warmup_steps": 5,
+        "inner_final_lr": 0.01,
     }
 
 

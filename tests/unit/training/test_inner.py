@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from tensorgrid.errors import ExecutionError
-from tensorgrid.spec import TrainingSpec
+from tensorgrid.spec import AdamW, TrainingSpec
 from tensorgrid.training.commitments import (
     DIGEST_BYTES,
     GENESIS,
@@ -31,6 +31,7 @@ from tensorgrid.training.inner import (
     run_inner,
 )
 from tensorgrid.training.outer import initial_weights
+from tensorgrid.training.schedule import cosine_lr
 from tensorgrid.workloads.model import export_program
 from tensorgrid.workloads.tensorfile import load_tensors, save_tensors
 from tests.unit.training.conftest import REF, Digits
@@ -119,6 +120,32 @@ def test_a_warm_up_ramps_the_learning_rate_and_replays_from_any_checkpoint(
     w0 = load_tensors(weights)
     assert all(torch.equal(pg, w0[n] - tail.state["model." + n]) for n, pg in result.tensors.items())
     assert tail.digest[DIGEST_BYTES:].hex() == result.checkpoint_digests[-1][2 * DIGEST_BYTES :]
+
+
+def test_a_job_wide_cosine_continues_across_rounds_and_replays(digits: Digits, files: tuple[Path, Path]) -> None:
+    weights, shard = files
+    spec = TrainingSpec(
+        train_program=REF, dataset=REF, rounds=4, inner_steps=7, batch_size=16, checkpoint_every=3,
+        inner_optimizer=AdamW(lr=1e-2), inner_warmup_steps=2, inner_final_lr=1e-3,
+    )  # fmt: skip
+    first, third = InnerSettings.for_task(spec, 0, 0), InnerSettings.for_task(spec, 2, 1)
+    assert (third.schedule_start, third.schedule_steps) == (14, 28)
+    # each task warms up from its own step 0, on the cosine's value at its place in the job
+    assert first.lr_at(0) == 1e-2 / 2 and first.lr_at(1) == cosine_lr(1e-2, 1e-3, 1, 28) < 1e-2
+    assert third.lr_at(0) == pytest.approx(cosine_lr(1e-2, 1e-3, 14, 28) / 2)
+    assert third.lr_at(6) == pytest.approx(cosine_lr(1e-2, 1e-3, 20, 28))
+    assert cosine_lr(1e-2, 1e-3, 14, 28) == pytest.approx(5.5e-3)
+    assert InnerSettings.from_dict(third.to_dict()) == third
+    with pytest.raises(ExecutionError, match="invalid training settings"):
+        InnerSettings.from_dict({**third.to_dict(), "final_lr": 0.02})  # above lr
+    # a later round trains at a lower rate than round 0 from the same start, and replays exactly
+    result = run_inner(digits.train_program, weights, shard, third)
+    assert result.final_commitment != run_inner(digits.train_program, weights, shard, first).final_commitment
+    replayer = Replayer(digits.train_program, shard, third)
+    at3 = replayer.replay(replayer.initial_state(weights), 3)
+    tail = replay_segment(digits.train_program, at3.state, shard, third, end_step=third.steps)
+    assert at3.losses + tail.losses == result.losses
+    assert chain_link(bytes.fromhex(result.commitments[-2]), tail.digest).hex() == result.final_commitment
 
 
 def test_tampered_checkpoint_breaks_the_chain(digits: Digits, files: tuple[Path, Path], tmp_path: Path) -> None:

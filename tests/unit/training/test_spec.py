@@ -74,6 +74,9 @@ def test_optional_blobs_may_be_null() -> None:
         ({"device": "tpu"}, "device"),
         ({"inner_warmup_steps": -1}, r"inner_warmup_steps must be an integer in \[0, 1000000\]"),
         ({"inner_warmup_steps": 2.5}, "inner_warmup_steps"),
+        ({"inner_final_lr": -0.001}, r"inner_final_lr must be a number in \[0.0, 0.01\]"),
+        ({"inner_final_lr": 0.02}, r"inner_final_lr must be a number in \[0.0, 0.01\]"),
+        ({"inner_final_lr": "low"}, "inner_final_lr"),
     ],
 )
 def test_invalid_specs_say_why(changes: dict[str, object], message: str) -> None:
@@ -137,3 +140,11 @@ def test_a_warm_up_is_signed_only_when_set() -> None:
     assert b"warmup" not in canonical_json(plain)  # older specs keep their bytes and hashes
     warm = TrainingSpec(train_program=REF, dataset=REF, nonce="x", inner_warmup_steps=10)
     assert TrainingSpec.parse(canonical_json(warm)) == warm
+
+
+def test_a_decay_is_signed_only_when_set() -> None:
+    plain = TrainingSpec(train_program=REF, dataset=REF, nonce="x")
+    assert b"final_lr" not in canonical_json(plain)  # older specs keep their bytes and hashes
+    decayed = TrainingSpec(train_program=REF, dataset=REF, nonce="x", inner_final_lr=0.001)
+    assert TrainingSpec.parse(canonical_json(decayed)) == decayed
+    assert TrainingSpec.parse(canonical_json(decayed).replace(b"0.001", b"0")).inner_final_lr == 0.0
