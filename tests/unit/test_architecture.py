@@ -32,7 +32,16 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("kinds", ("coordinator.kinds",)),
     ("api", ("coordinator.api",)),
     ("app", ("coordinator.app",)),
-    ("main", ("coordinator.main", "coordinator.console", "coordinator.settings", "coordinator.daemon")),
+    (
+        "main",
+        (
+            "coordinator.main",
+            "coordinator.console",
+            "coordinator.settings",
+            "coordinator.settings_peers",
+            "coordinator.daemon",
+        ),
+    ),
 )
 
 # Inside the repositories layer, domains build on each other in this order (never back): a
