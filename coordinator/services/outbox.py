@@ -137,7 +137,7 @@ class Outbox:
         finished = 0
         try:
             while True:
-                self._keep_lock(force=True)  # still ours before each item: else another replica's
+                self._keep_lock()  # still ours before each item (asked at most every second)
                 with self.engine.begin() as conn:
                     head_item = head(conn)
                 if head_item is None or head_item.state == "failed" or head_item.next_try_ms > self.now_ms():
@@ -160,7 +160,7 @@ class Outbox:
             return True  # SQLite: one process owns the file
         if self._lock_conn is not None:
             try:
-                self._keep_lock(force=True)
+                self._keep_lock()
                 return True
             except _LockLost:
                 pass  # ended by the server: try to take it again, like any other replica
@@ -181,11 +181,12 @@ class Outbox:
         self._lock_conn, self._pinged = conn, time.monotonic()
         return True
 
-    def _keep_lock(self, force: bool = False) -> None:
-        """Speak on the lock session (at most every LOCK_PING_S unless force) so PostgreSQL keeps
+    def _keep_lock(self) -> None:
+        """Speak on the lock session (at most every LOCK_PING_S, or a quarter of lock_idle_s) so PostgreSQL keeps
         it; _LockLost if it has ended."""
         conn = self._lock_conn
-        if conn is None or (not force and time.monotonic() - self._pinged < min(LOCK_PING_S, self.lock_idle_s / 4)):
+        # A worker silent longer than that (hung, then woken) always asks, and learns if it lost the lock.
+        if conn is None or time.monotonic() - self._pinged < min(LOCK_PING_S, self.lock_idle_s / 4):
             return
         try:
             conn.execute(text("SELECT 1"))
