@@ -49,7 +49,13 @@ def verification_line(v: JobVerification) -> str:
     if v.required_stake_wei:
         parts.append(f"stake required {format_eth(v.required_stake_wei)}")
     if v.fee_budget_wei:
-        parts.append(f"checkers paid {format_eth(v.fee_paid_wei)} of a {format_eth(v.fee_budget_wei)} fee")
+        checkers = v.fee_paid_wei - v.decoy_paid_wei
+        parts.append(f"checkers paid {format_eth(checkers)} of a {format_eth(v.fee_budget_wei)} fee")
+    if v.decoys:
+        parts.append(
+            f"{v.decoys} decoy{'s' if v.decoys != 1 else ''} ({v.decoys_drawn} drawn) "
+            f"paid {format_eth(v.decoy_paid_wei)}"
+        )
     if v.slashes:
         parts.append(f"{v.slashes} slash{'es' if v.slashes != 1 else ''} took {format_eth(v.slashed_wei)}")
     return "verification: " + ", ".join(parts)

@@ -194,6 +194,9 @@ def verification_to_pb(v: t.JobVerification) -> submit_pb2.JobVerification:
         slashed_wei=str(v.slashed_wei),
         fee_budget_wei=str(v.fee_budget_wei),
         fee_paid_wei=str(v.fee_paid_wei),
+        decoys=v.decoys,
+        decoys_drawn=v.decoys_drawn,
+        decoy_paid_wei=str(v.decoy_paid_wei),
     )
 
 
@@ -207,6 +210,9 @@ def verification_from_pb(m: submit_pb2.JobVerification) -> t.JobVerification:
         slashed_wei=int(m.slashed_wei or 0),
         fee_budget_wei=int(m.fee_budget_wei or 0),
         fee_paid_wei=int(m.fee_paid_wei or 0),
+        decoys=m.decoys,
+        decoys_drawn=m.decoys_drawn,
+        decoy_paid_wei=int(m.decoy_paid_wei or 0),
     )
 
 

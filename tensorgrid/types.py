@@ -113,8 +113,11 @@ class JobVerification:
     required_stake_wei: int = 0
     slashes: int = 0  # confirmed on-chain slashes of nodes caught on this job
     slashed_wei: int = 0
-    fee_budget_wei: int = 0  # the escrow's verification fee: what its checkers may win (fee_tasks)
-    fee_paid_wei: int = 0  # what checkers proven right have won of it so far
+    fee_budget_wei: int = 0  # the escrow's verification fee: what its checkers and decoys may win (fee_tasks)
+    fee_paid_wei: int = 0  # what checkers proven right and decoys have won of it so far
+    decoys: int = 0  # tasks of a check's m rows carved out of the shards (tasks_total counts them)
+    decoys_drawn: int = 0  # decoys whose pay by rows has been drawn
+    decoy_paid_wei: int = 0  # what the decoys won (part of fee_paid_wei)
 
     def count(self, outcome: str) -> int:
         """Checks of any kind that ended in `outcome` (verified, caught, unverified, open, …)."""

@@ -24,6 +24,7 @@ from coordinator.db.tables.core import (
 )
 from coordinator.db.tables.ledger import (
     credits,
+    decoys,
     epoch_earnings,
     epochs,
     job_prices,
@@ -54,6 +55,7 @@ TABLES: tuple[Table, ...] = (
     receipts,
     events,
     job_prices,
+    decoys,
     credits,
     node_earnings,
     epochs,
@@ -88,6 +90,7 @@ __all__ = [
     "check_exclusions",
     "checks",
     "credits",
+    "decoys",
     "epoch_earnings",
     "epochs",
     "events",

@@ -21,6 +21,7 @@ class NewTask:
     task_id: str
     input: BlobRef
     rows: int
+    decoy_unit_rows: int = 0  # a decoy's: the rows one reward pays for (it is paid by rows); 0 otherwise
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,13 @@ class JobRepository:
             )
             if new_tasks:
                 conn.execute(insert(s.tasks), [_task_row(job, t, now_ms) for t in new_tasks])
+            decoys = [
+                dict(task_id=t.task_id, job_id=job.job_id, rows=t.rows, unit_rows=t.decoy_unit_rows,
+                     drawn_attempt=-1, won=False)
+                for t in new_tasks if t.decoy_unit_rows
+            ]  # fmt: skip
+            if decoys:
+                conn.execute(insert(s.decoys), decoys)
             if job.verification_json:  # with the job, so no result can arrive before its policy
                 conn.execute(
                     insert(s.job_policies).values(

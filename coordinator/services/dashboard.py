@@ -55,6 +55,9 @@ def _verification(v: JobVerification | None) -> dict[str, Any] | None:
         "slashed_wei": _wei(v.slashed_wei),
         "fee_budget_wei": _wei(v.fee_budget_wei),
         "fee_paid_wei": _wei(v.fee_paid_wei),
+        "decoys": v.decoys,
+        "decoys_drawn": v.decoys_drawn,
+        "decoy_paid_wei": _wei(v.decoy_paid_wei),
     }
 
 

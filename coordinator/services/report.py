@@ -1,12 +1,13 @@
 """A job's verification report: its policy, how its checks ended, the odds of catching a cheat,
-the stake its nodes need, the slashes it caused and what its checkers were paid. The odds are
+the stake its nodes need, the slashes it caused, what its checkers were paid, and its decoys
+(how many, and what their pay by rows came to). The odds are
 the job kind's to compute."""
 
 from __future__ import annotations
 
 import dataclasses
 
-from coordinator.repositories.ledger import escrow, slashing
+from coordinator.repositories.ledger import decoys, escrow, slashing
 from coordinator.repositories.store import Store
 from coordinator.repositories.verification import fees
 from coordinator.services.kind import KindLookup
@@ -26,6 +27,7 @@ class Reports:
         with self.store.engine.connect() as conn:
             slashes, slashed_wei = slashing.job_slashes(conn, job.job_id)
             fee_budget_wei, fee_paid_wei = fees.fee_budget(conn, job.job_id)
+            n_decoys, drawn, decoy_paid_wei = decoys.decoy_pay(conn, job.job_id)
             withheld = job.result is not None and escrow.result_withheld(conn, job.job_id)
         if withheld:  # no free work: the result is released once its payment is secured on chain
             job = dataclasses.replace(job, result=None)
@@ -37,5 +39,8 @@ class Reports:
             spec = VerificationSpec(**stored[0])
             mode, stake = spec.mode, stored[1]
             detection = self.kinds.for_job(job.kind).detection(job, spec)
-        report = JobVerification(mode, checks, detection, stake, slashes, slashed_wei, fee_budget_wei, fee_paid_wei)
+        report = JobVerification(
+            mode, checks, detection, stake, slashes, slashed_wei, fee_budget_wei, fee_paid_wei,
+            n_decoys, drawn, decoy_paid_wei,
+        )  # fmt: skip
         return dataclasses.replace(job, verification=report)

@@ -107,11 +107,16 @@ def _json_form(value: Any) -> Any:
 
 
 def spec_to_dict(spec: JobSpecBase) -> dict[str, Any]:
-    """The spec as JSON-ready data: tuples become lists, late fields left out while None."""
+    """The spec as JSON-ready data: tuples become lists, late fields left out while None (also a
+    nested setting's, such as verification.decoys)."""
     d: dict[str, Any] = _json_form(asdict(spec))
     for name in spec.LATE_FIELDS:
         if d[name] is None:
             del d[name]
+    for name, value in d.items():
+        for late in getattr(getattr(spec, name), "LATE_FIELDS", ()) if isinstance(value, dict) else ():
+            if value.get(late, 0) is None:
+                del value[late]
     return d
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from tensorgrid.errors import SpecError
 from tensorgrid.spec.checks import build, check_int, check_number, require_object
@@ -18,6 +18,10 @@ VERIFY_MODES = ("spotcheck", "replicate", "none")
 # and the dearer small batch a check decodes in: docs/GENERATION.md has the figures.)
 CHECK_BUDGET = 0.05
 CHECK_RUNS = 2
+# Decoys per shard when a policy does not say (`decoys` left out): D = T, so an m-row task is a
+# check with probability 2/3 for a new node and 1/6 for a trusted one (policy.py has the figures).
+DEFAULT_DECOYS = 1.0
+MAX_DECOYS = 4.0
 
 
 @dataclass(frozen=True)
@@ -34,7 +38,14 @@ class VerificationSpec:
     probability 1/consecutive_valid, never below `check_floor` (their lower detection is what
     the job's required stake pays for). A fraction `canary_rate` of verified shards is
     re-leased whole as known-answer canaries.
+
+    decoys: ordinary tasks of exactly a check's m rows carved out of the shards, `decoys` of
+    them per shard (D = ceil(decoys x T), in [0, 4]), so a node cannot tell a check by its size;
+    each is paid one reward with probability m / shard rows (decoy_plan). None (left out of the
+    spec's canonical bytes, so older specs keep their hash) means DEFAULT_DECOYS.
     """
+
+    LATE_FIELDS: ClassVar[tuple[str, ...]] = ("decoys",)  # left out of the canonical bytes while None
 
     mode: str = "spotcheck"
     target_detection: float = 0.99
@@ -43,6 +54,14 @@ class VerificationSpec:
     trust_after: int = 10
     check_floor: float = 0.1
     canary_rate: float = 0.005
+    decoys: float | None = None
+
+    @property
+    def decoy_ratio(self) -> float:
+        """Decoys per shard: `decoys`, or DEFAULT_DECOYS when the spec leaves it out; 0 unless spot-checking."""
+        if self.mode != "spotcheck":
+            return 0.0
+        return DEFAULT_DECOYS if self.decoys is None else float(self.decoys)
 
 
 def detection_rows(v: VerificationSpec, tasks: int, task_rows: int) -> int:
@@ -74,24 +93,65 @@ def budget_rows(task_rows: int) -> int:
     return max(1, math.floor(task_rows * CHECK_BUDGET / CHECK_RUNS))
 
 
+def decoy_plan(v: VerificationSpec | None, shards: int, shard_rows: int) -> tuple[int, int]:
+    """(D, m): the decoys a job of `shards` shards of `shard_rows` rows gets, and the rows m of
+    every check and every decoy.
+
+    m is sized for all T + D tasks (detection_rows), since a decoy is checked like any task and
+    its checked rows count toward the target. Decoys are carved out of the T - 1 shards that are
+    always full (the last may be short), at most k each where a shard keeps more than m rows
+    (k = (S - m - 1) // m). When those cannot hold D = ceil(decoys x T), the job gets none (fewer
+    would need a larger m): (0, m for T tasks). Also none without spot-checks or with D = 0.
+    """
+    v = v or VerificationSpec()
+    if shards <= 0 or shard_rows <= 0:
+        return 0, 0
+    alone = detection_rows(v, shards, shard_rows) if v.mode != "replicate" else shard_rows
+    want = math.ceil(v.decoy_ratio * shards - 1e-9)
+    if want <= 0:
+        return 0, alone
+    m = detection_rows(v, shards + want, shard_rows)
+    per_shard = (shard_rows - m - 1) // m
+    if per_shard <= 0 or (shards - 1) * per_shard < want:
+        return 0, alone
+    return want, m
+
+
 def fee_tasks(v: VerificationSpec | None, tasks: int, task_rows: int) -> int:
-    """Rewards a job's escrow holds beyond its `tasks` to pay its checkers: the verification fee.
+    """Rewards a job's escrow holds beyond its `tasks` shards: the verification fee, which pays
+    its checkers and its decoys.
 
     Escrows charge whole rewards, while a spot-check re-runs a fraction of a task, so a checker
     proven right wins one reward with probability (rows it re-ran ÷ rows of the task it
     checked): its expected pay is its share of the work (a canary, a whole shard, always wins).
-    The fee covers every result checked (a new node's lot) plus canaries, and two standard
-    deviations of the draws; what is not won goes back with the rest of the escrow. Rows are
-    the task's rows for inference and its prompts for generation; 0 when nothing is checked.
+    A decoy (decoy_plan) is paid the same way: one reward with probability m / shard rows. The
+    fee covers every task checked (a new node's lot, decoys included) plus canaries and every
+    decoy, and two standard deviations of the draws; what is not won goes back with the rest of
+    the escrow. Rows are the task's rows for inference and its prompts for generation; 0 when
+    nothing is checked. `tasks` counts the shards only (decoys are derived from them).
     """
     v = v or VerificationSpec()
     if v.mode == "none" or tasks <= 0 or task_rows <= 0:
         return 0
-    m = task_rows if v.mode == "replicate" else detection_rows(v, tasks, task_rows)
+    decoys, m = decoy_plan(v, tasks, task_rows)
     p, c = min(1.0, m / task_rows), v.canary_rate
-    expected = tasks * (p + c)
-    spread = math.sqrt(tasks * (p * (1.0 - p) + c * (1.0 - c)))
+    checked = tasks + decoys
+    expected = checked * (p + c) + decoys * p
+    spread = math.sqrt(checked * (p * (1.0 - p) + c * (1.0 - c)) + decoys * p * (1.0 - p))
     return math.ceil(expected + 2.0 * spread - 1e-9)
+
+
+def shards_of(v: VerificationSpec | None, planned: int, shard_rows: int) -> int:
+    """The shards T of a job planned into `planned` tasks (T + D, decoy_plan), inverting T -> T + D
+    (which only grows with T); `planned` itself if no T fits (a job planned before decoys)."""
+    lo, hi = 0, planned
+    while lo < hi:  # the smallest T with T + D(T) >= planned
+        mid = (lo + hi) // 2
+        if mid + decoy_plan(v, mid, shard_rows)[0] >= planned:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo if lo + decoy_plan(v, lo, shard_rows)[0] == planned else planned
 
 
 def decode_verification(name: str, value: Any) -> VerificationSpec:
@@ -109,6 +169,8 @@ def validate_verification(v: VerificationSpec) -> None:
         check_number(f"verification.{name}", getattr(v, name), lo, hi, ints=True)
     for name, top in (("spot_rows", 10_000_000), ("trust_after", 1_000_000)):
         check_int(f"verification.{name}", getattr(v, name), 0, top)
+    if v.decoys is not None:
+        check_number("verification.decoys", v.decoys, 0.0, MAX_DECOYS, ints=True)
 
 
 def check_policy(policy: Any) -> None:

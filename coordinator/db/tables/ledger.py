@@ -18,6 +18,20 @@ job_prices = Table(
     Column("void_reason", Text, nullable=False, default=""),
 )
 
+# Decoys (services/verification/decoys.py): tasks of a check's m rows carved out of a job's shards,
+# paid by rows: one reward with probability rows / unit_rows, drawn once per attempt when paid.
+decoys = Table(
+    "decoys",
+    metadata,
+    Column("task_id", String(64), primary_key=True),
+    Column("job_id", String(64), nullable=False),
+    Column("rows", Integer, nullable=False),
+    Column("unit_rows", Integer, nullable=False),  # the rows one reward pays for (the job's shard rows)
+    Column("drawn_attempt", Integer, nullable=False, default=-1),  # the attempt last drawn for; -1 none
+    Column("won", Boolean, nullable=False, default=False),  # that draw's outcome
+    Index("ix_decoys_job", "job_id"),
+)
+
 credits = Table(
     "credits",
     metadata,

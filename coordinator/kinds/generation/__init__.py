@@ -10,6 +10,7 @@ teacher-forced forward pass and decodes only when that does not settle it (repla
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import asdict
@@ -28,12 +29,13 @@ from coordinator.repositories.jobs import NewJob, NewTask
 from coordinator.repositories.tasks import TaskRecord
 from coordinator.services.blobs import stored
 from coordinator.services.kind import Effect
+from coordinator.services.verification.decoys import carve
 from coordinator.services.verification.manager import Verification
 from coordinator.services.verification.policy import DEFAULT, VerificationPolicy
 from tensorgrid.blobs import BlobStore
 from tensorgrid.errors import InvalidTensorFile, SpecError, TensorGridError
 from tensorgrid.spec import GenerationSpec, VerificationSpec, parse_spec, task_id_for
-from tensorgrid.spec.verification import fee_tasks
+from tensorgrid.spec.verification import decoy_plan, fee_tasks, shards_of
 from tensorgrid.types import BlobRef, JobInfo, Receipt
 from tensorgrid.workloads import tensorfile
 from tensorgrid.workloads.generation import check_prompts
@@ -57,7 +59,7 @@ class GenerationKind(BaseKind):
     def plan(
         self, spec: Any, spec_json: bytes, submitter: str, sh: str, job_id: str, blobs: BlobStore, limits: Limits
     ) -> tuple[NewJob, list[NewTask]]:
-        tasks = _plan_shards(spec, job_id, blobs, limits)
+        tasks, m = _plan_shards(spec, job_id, blobs, limits)
         settings = {
             "generation": spec.decode_settings(),
             "device": spec.device,
@@ -65,6 +67,8 @@ class GenerationKind(BaseKind):
         }
         policy_json, stake = "", 0
         policy = _policy(spec, len(tasks))
+        if any(t.decoy_unit_rows for t in tasks):  # every check is the decoys' m prompts (m for T + D tasks)
+            policy = dataclasses.replace(policy, spec=dataclasses.replace(policy.spec, spot_rows=m))
         if policy.enabled:
             policy_json, stake = json.dumps(asdict(policy.spec), sort_keys=True), policy.required_stake_wei
         job = new_job(
@@ -81,8 +85,10 @@ class GenerationKind(BaseKind):
         return job, tasks
 
     def paid_tasks(self, spec: Any, planned: int) -> int:
-        """Each shard once, plus the verification fee that pays its checkers (fee_tasks)."""
-        return planned + fee_tasks(spec.verification, planned, spec.shard_prompts)
+        """Each shard once, plus the verification fee that pays its checkers and decoys (fee_tasks);
+        `planned` counts the decoys too (T + D tasks)."""
+        shards = shards_of(spec.verification, planned, spec.shard_prompts)
+        return shards + fee_tasks(spec.verification, shards, spec.shard_prompts)
 
     def check_output(self, task: TaskRecord, receipt: Receipt, path: Path) -> int | None:
         """The output's prompt count (it must be the task's). Raises Rejected."""
@@ -132,7 +138,9 @@ def _policy(spec: GenerationSpec, tasks: int) -> VerificationPolicy:
     return VerificationPolicy(spec.verification or DEFAULT, tasks, spec.shard_prompts, spec.reward_per_task_wei)
 
 
-def _plan_shards(spec: GenerationSpec, job_id: str, blobs: BlobStore, limits: Limits) -> list[NewTask]:
+def _plan_shards(spec: GenerationSpec, job_id: str, blobs: BlobStore, limits: Limits) -> tuple[list[NewTask], int]:
+    """The job's tasks in prompt order with decoys carved out (services/verification/decoys.py), and
+    the prompts m of a check (and of a decoy)."""
     check_program(stored(blobs, spec.model, "model"))
     if spec.prompts.size > MAX_PROMPT_BYTES:
         raise SpecError(f"the prompt file is {spec.prompts.size} bytes; the limit is {MAX_PROMPT_BYTES}")
@@ -149,13 +157,17 @@ def _plan_shards(spec: GenerationSpec, job_id: str, blobs: BlobStore, limits: Li
             f"a shard of {spec.shard_prompts} prompts is {shard_bytes} bytes, over this coordinator's "
             f"limit of {limits.max_shard_bytes}: lower shard_prompts"
         )
-    n_tasks = -(-n // spec.shard_prompts)
-    if n_tasks > limits.max_tasks_per_job:
-        raise SpecError(f"{n_tasks} shards is over the limit of {limits.max_tasks_per_job}: raise shard_prompts")
+    n_shards = -(-n // spec.shard_prompts)
+    n_decoys, m = decoy_plan(spec.verification, n_shards, spec.shard_prompts)
+    if n_shards + n_decoys > limits.max_tasks_per_job:
+        raise SpecError(
+            f"{n_shards} shards and {n_decoys} decoys is over the limit of {limits.max_tasks_per_job} tasks: "
+            "raise shard_prompts (or lower verification.decoys)"
+        )
     tokens, lengths = prompts["tokens"], prompts["lengths"]
     tasks = []
-    for index, start in enumerate(range(0, n, spec.shard_prompts)):
-        end = min(start + spec.shard_prompts, n)
+    for index, piece in enumerate(carve(n, spec.shard_prompts, n_decoys, m)):
+        start, end = piece.start, piece.end
         shard_lengths = lengths[start:end]
         shard = {
             "tokens": tokens[start:end, : int(shard_lengths.max())].contiguous(),
@@ -168,5 +180,8 @@ def _plan_shards(spec: GenerationSpec, job_id: str, blobs: BlobStore, limits: Li
             ref = blobs.put_file(tmp)
         finally:
             os.unlink(tmp)
-        tasks.append(NewTask(index=index, task_id=task_id_for(job_id, index), input=ref, rows=end - start))
-    return tasks
+        unit = spec.shard_prompts if piece.decoy else 0
+        tasks.append(
+            NewTask(index=index, task_id=task_id_for(job_id, index), input=ref, rows=end - start, decoy_unit_rows=unit)
+        )
+    return tasks, m

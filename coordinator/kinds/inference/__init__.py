@@ -3,6 +3,7 @@ concatenated in order; results spot-checked by re-running sampled rows on a draw
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import secrets
@@ -21,12 +22,13 @@ from coordinator.repositories.jobs import NewJob, NewTask
 from coordinator.repositories.tasks import TaskRecord
 from coordinator.services.blobs import stored
 from coordinator.services.kind import Effect
+from coordinator.services.verification.decoys import carve
 from coordinator.services.verification.manager import Verification
 from coordinator.services.verification.policy import VerificationPolicy
 from tensorgrid.blobs import BlobStore
 from tensorgrid.errors import SpecError, TensorGridError
 from tensorgrid.spec import InferenceSpec, VerificationSpec, parse_spec
-from tensorgrid.spec.verification import fee_tasks
+from tensorgrid.spec.verification import decoy_plan, fee_tasks, shards_of
 from tensorgrid.types import BlobRef, JobInfo, Receipt
 from tensorgrid.workloads import tensorfile
 from tensorgrid.workloads.model import check_program
@@ -44,10 +46,12 @@ class InferenceKind(BaseKind):
     def plan(
         self, spec: Any, spec_json: bytes, submitter: str, sh: str, job_id: str, blobs: BlobStore, limits: Limits
     ) -> tuple[NewJob, list[NewTask]]:
-        tasks = _plan_shards(spec, job_id, blobs, limits)
+        tasks, m = _plan_shards(spec, job_id, blobs, limits)
         settings = {"input_names": list(spec.input_names) or None, "batch_size": spec.batch_size, "device": spec.device}
         policy_json, stake = "", 0
         policy = VerificationPolicy.for_job(spec, len(tasks))
+        if any(t.decoy_unit_rows for t in tasks):  # every check is the decoys' m rows (m for T + D tasks)
+            policy = dataclasses.replace(policy, spec=dataclasses.replace(policy.spec, spot_rows=m))
         if policy.enabled:
             policy_json, stake = json.dumps(asdict(policy.spec), sort_keys=True), policy.required_stake_wei
         job = new_job(
@@ -64,8 +68,10 @@ class InferenceKind(BaseKind):
         return job, tasks
 
     def paid_tasks(self, spec: Any, planned: int) -> int:
-        """Each shard once, plus the verification fee that pays its checkers (fee_tasks)."""
-        return planned + fee_tasks(spec.verification, planned, spec.shard_rows)
+        """Each shard once, plus the verification fee that pays its checkers and decoys (fee_tasks);
+        `planned` counts the decoys too (T + D tasks)."""
+        shards = shards_of(spec.verification, planned, spec.shard_rows)
+        return shards + fee_tasks(spec.verification, shards, spec.shard_rows)
 
     def vet(self, spec: Any, blobs: BlobStore) -> None:
         """The determinism contract (vetting.py): refuse a program whose rows are not independent."""
@@ -112,7 +118,9 @@ class InferenceKind(BaseKind):
         return VerificationPolicy(policy, job.tasks_total, spec.shard_rows, spec.reward_per_task_wei).worst_detection
 
 
-def _plan_shards(spec: InferenceSpec, job_id: str, blobs: BlobStore, limits: Limits) -> list[NewTask]:
+def _plan_shards(spec: InferenceSpec, job_id: str, blobs: BlobStore, limits: Limits) -> tuple[list[NewTask], int]:
+    """The job's tasks in row order, decoys carved out of the shards (services/verification/decoys.py),
+    and the rows m of a check (and of a decoy)."""
     check_program(stored(blobs, spec.model, "model"))
     src = stored(blobs, spec.inputs, "inputs")
     header = tensorfile.read_header(src)
@@ -129,18 +137,23 @@ def _plan_shards(spec: InferenceSpec, job_id: str, blobs: BlobStore, limits: Lim
             f"a shard of {spec.shard_rows} rows is {shard_bytes} bytes, over this coordinator's limit of "
             f"{limits.max_shard_bytes}: lower shard_rows to at most {max(1, limits.max_shard_bytes // row_bytes)}"
         )
-    n_tasks = -(-rows // spec.shard_rows)
-    if n_tasks > limits.max_tasks_per_job:
-        raise SpecError(f"{n_tasks} shards is over the limit of {limits.max_tasks_per_job}: raise shard_rows")
+    n_shards = -(-rows // spec.shard_rows)
+    n_decoys, m = decoy_plan(spec.verification, n_shards, spec.shard_rows)
+    if n_shards + n_decoys > limits.max_tasks_per_job:
+        raise SpecError(
+            f"{n_shards} shards and {n_decoys} decoys is over the limit of {limits.max_tasks_per_job} tasks: "
+            "raise shard_rows (or lower verification.decoys)"
+        )
     tasks = []
-    for index, start in enumerate(range(0, rows, spec.shard_rows)):
-        end = min(start + spec.shard_rows, rows)
+    for index, piece in enumerate(carve(rows, spec.shard_rows, n_decoys, m)):
         tmp = blobs.temp_path("shard-")
         try:
-            tensorfile.write_shard(src, header, start, end, tmp)
+            tensorfile.write_shard(src, header, piece.start, piece.end, tmp)
             ref = blobs.put_file(tmp)
         finally:
             os.unlink(tmp)
         # a random id: a node cannot tell a job's tasks from its check tasks by recomputing ids
-        tasks.append(NewTask(index=index, task_id=secrets.token_hex(32), input=ref, rows=end - start))
-    return tasks
+        unit = spec.shard_rows if piece.decoy else 0
+        task_id = secrets.token_hex(32)
+        tasks.append(NewTask(index=index, task_id=task_id, input=ref, rows=piece.rows, decoy_unit_rows=unit))
+    return tasks, m

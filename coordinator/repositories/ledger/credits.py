@@ -17,6 +17,7 @@ from sqlalchemy import Connection, Engine, bindparam, select, update
 from coordinator.db import schema as s
 from coordinator.db.rawsql import Raw
 from coordinator.db.sql import insert_ignore, transaction
+from coordinator.repositories.ledger import decoys
 from tensorgrid.crypto import normalize_address
 
 log = logging.getLogger("tensorgrid.coordinator.ledger")
@@ -61,9 +62,9 @@ def set_job_price(conn_or_engine: Connection | Engine, job_id: str, reward_per_t
 def credit_results(conn: Connection, accepted: Sequence[AcceptedResult], now_ms: int) -> int:
     """Credit each accepted result's node with its job's reward, in the caller's transaction.
 
-    Skips jobs without a price (free, or the chain is off), void jobs, a (task, attempt)
-    already credited, and any credit that would take a job past its budget (logged: the
-    escrow could not pay it). Returns the wei credited.
+    Skips jobs without a price (free, or the chain is off), void jobs, a decoy that lost its
+    draw (decoys.by_rows), a (task, attempt) already credited, and any credit that would take a
+    job past its budget (logged: the escrow could not pay it). Returns the wei credited.
     """
     job_ids = sorted({job for _, job, _, _ in accepted})
     if not job_ids:
@@ -72,7 +73,8 @@ def credit_results(conn: Connection, accepted: Sequence[AcceptedResult], now_ms:
     # list built per call: a batch names one or two jobs, and building and compiling the IN
     # select cost more than the whole rest of accepting a result.
     prices = {job: r for job in job_ids if (r := _PRICE_RAW.first(conn, {"b_job": job})) is not None}
-    wanted = [a for a in accepted if a[1] in prices]
+    # a decoy earns its whole reward only when its draw wins (pay by rows: decoys.by_rows)
+    wanted = decoys.by_rows(conn, [a for a in accepted if a[1] in prices])
     if not wanted:
         return 0
     c = s.credits

@@ -6,8 +6,11 @@ re-runs a fraction of a task. So a checker proven right wins one reward with pro
 operating system's CSPRNG (no node can foresee or steer it): its expected pay is exactly its
 share of the work, and every credit and every charge stays a whole reward, as the chain
 counts them. A canary, a whole shard re-run, always wins. Wins stop at the fee the escrow
-funded (its budget ÷ the reward, less the job's tasks: tensorgrid.spec.verification.fee_tasks);
-the submitter gets back what was not won with the rest of the escrow. A job without a price
+funded (its budget ÷ the reward, less the job's shards: tensorgrid.spec.verification.fee_tasks),
+which also pays the job's decoys (repositories/ledger/decoys.py); the submitter gets back what
+was not won with the rest of the escrow. In a job with decoys pay is by rows: a checker wins
+with probability (rows it re-ran ÷ the job's shard rows), whatever the size of the task it
+checked, so checking a decoy (all of its m rows) earns what checking m rows of a shard does. A job without a price
 (no chain) pays no one, and a checker proven wrong is never paid.
 """
 
@@ -17,10 +20,11 @@ import logging
 import secrets
 from collections.abc import Callable, Sequence
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, select
 
 from coordinator.db import schema as s
 from coordinator.repositories.ledger import credits as ledger
+from coordinator.repositories.ledger import decoys
 
 log = logging.getLogger("tensorgrid.coordinator.verification")
 
@@ -35,11 +39,11 @@ def pay_checkers(
     chk = conn.execute(select(s.checks).where(s.checks.c.check_id == root_id)).first()
     if chk is None or not nodes:
         return 0
-    funded, reward = _fee(conn, chk.job_id)
+    funded, reward = decoys.fee_funded(conn, chk.job_id)
     if funded <= 0:
         return 0
-    won = fee_won(conn, chk.job_id)
-    subject_rows = _rows(conn, chk.subject_task)
+    won = decoys.fee_won(conn, chk.job_id)
+    subject_rows = decoys.unit_rows(conn, chk.job_id) or _rows(conn, chk.subject_task)
     winners: list[ledger.AcceptedResult] = []
     for node in dict.fromkeys(nodes):
         task_id, attempt, rows = check_receipt(conn, root_id, node)
@@ -55,26 +59,14 @@ def pay_checkers(
 
 
 def fee_won(conn: Connection, job_id: str) -> int:
-    """Rewards the job's checkers have won so far (live credits of its check tasks)."""
-    c, k = s.credits, s.checks
-    q = select(func.count()).select_from(c.join(k, k.c.check_id == c.c.task_id)).where(k.c.job_id == job_id, ~c.c.void)
-    return int(conn.execute(q).scalar_one())
+    """Rewards the job's verification fee has paid so far (its checkers' and its decoys' live credits)."""
+    return decoys.fee_won(conn, job_id)
 
 
 def fee_budget(conn: Connection, job_id: str) -> tuple[int, int]:
-    """(wei the escrow funded for checkers, wei they have won so far); (0, 0) for a job without a price."""
-    funded, reward = _fee(conn, job_id)
-    return (funded * reward, fee_won(conn, job_id) * reward) if funded > 0 else (0, 0)
-
-
-def _fee(conn: Connection, job_id: str) -> tuple[int, int]:
-    """(rewards the escrow funded beyond the job's tasks, the reward in wei); (0, 0) without a price."""
-    price = conn.execute(select(s.job_prices).where(s.job_prices.c.job_id == job_id)).first()
-    if price is None or int(price.reward_per_task_wei) <= 0 or price.void_reason:
-        return 0, 0
-    reward = int(price.reward_per_task_wei)
-    tasks = conn.execute(select(s.jobs.c.tasks_total).where(s.jobs.c.job_id == job_id)).scalar()
-    return int(price.budget_wei) // reward - int(tasks or 0), reward
+    """(wei the escrow funded for checkers and decoys, wei they have won so far); (0, 0) for a job without a price."""
+    funded, reward = decoys.fee_funded(conn, job_id)
+    return (funded * reward, decoys.fee_won(conn, job_id) * reward) if funded > 0 else (0, 0)
 
 
 def _rows(conn: Connection, task_id: str) -> int:

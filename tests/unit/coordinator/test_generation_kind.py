@@ -15,7 +15,7 @@ from coordinator.kinds.generation import GenerationKind
 from coordinator.repositories.tasks import TaskRecord
 from tensorgrid.blobs import BlobStore
 from tensorgrid.errors import SpecError
-from tensorgrid.spec import GenerationSpec, canonical_json, spec_hash
+from tensorgrid.spec import GenerationSpec, VerificationSpec, canonical_json, spec_hash
 from tensorgrid.types import BlobRef
 from tensorgrid.workloads.tensorfile import load_tensors, save_tensors
 from tests.decoders import export_decoder, tiny_decoder
@@ -67,7 +67,8 @@ def plan(tmp_path: Path, decoder: Path, prompts: dict[str, torch.Tensor], **sett
 def test_shards_carry_their_prompts_job_indices(tmp_path: Path, decoder: Path) -> None:
     tokens = torch.randint(0, V, (10, 9))
     lengths = torch.tensor([2, 3, 9, 1, 4, 4, 2, 2, 1, 3])
-    job, tasks, blobs = plan(tmp_path, decoder, {"tokens": tokens, "lengths": lengths}, shard_prompts=4, seed=5)
+    prompts = {"tokens": tokens, "lengths": lengths}
+    job, tasks, blobs = plan(tmp_path, decoder, prompts, shard_prompts=4, seed=5, verification=VerificationSpec(decoys=0))
     assert [t.rows for t in tasks] == [4, 4, 2]
     shard = load_tensors(blobs.path_for(tasks[1].input.sha256))
     assert shard["index"].tolist() == [4, 5, 6, 7]
