@@ -17,6 +17,7 @@ import torch
 from tensorgrid.client import Client
 from tensorgrid.crypto import Signer
 from tensorgrid.localgrid import LocalGrid
+from tensorgrid.spec import VerificationSpec
 from tensorgrid.types import JobInfo, JobState
 from tensorgrid.workloads.tensorfile import load_tensors
 from tests.integration.conftest import BATCH, Assets, node_args
@@ -85,7 +86,12 @@ def test_node_killed_mid_task_is_reissued(
     victim = grid.start_node("victim", *node_args())
     with Client(grid.target, Signer.generate()) as client:
         job = client.submit_inference(
-            slow_digits.model, slow_digits.inputs, shard_rows=1000, batch_size=BATCH, device="cpu"
+            slow_digits.model,
+            slow_digits.inputs,
+            shard_rows=1000,
+            batch_size=BATCH,
+            device="cpu",
+            verification=VerificationSpec(decoys=0),
         )
         for ev in client.watch(job.job_id):
             if ev.kind == "running":  # the victim holds a lease now
@@ -145,14 +151,20 @@ def test_a_node_killed_holding_a_finished_result_hands_it_in_when_it_starts_agai
 
 
 def _two_nodes_under_way(grid: LocalGrid, slow_digits: Assets) -> tuple[Signer, JobInfo]:
-    """Two nodes working through a 12-task job, two tasks of it done: its submitter and the job."""
+    """Two nodes working through a 12-task job, two tasks of it done: its submitter and the job.
+    No decoys: the job is about kept results, and 12 slow shards are enough to be under way."""
     for i in range(2):
         grid.start_node(f"node{i}", *node_args())
     grid.wait_for_nodes(2, timeout=300)  # both at work when the coordinator dies
     submitter = Signer.generate()
     with Client(grid.target, submitter) as client:
         job = client.submit_inference(
-            slow_digits.model, slow_digits.inputs, shard_rows=1000, batch_size=BATCH, device="cpu"
+            slow_digits.model,
+            slow_digits.inputs,
+            shard_rows=1000,
+            batch_size=BATCH,
+            device="cpu",
+            verification=VerificationSpec(decoys=0),
         )
         for ev in client.watch(job.job_id):
             if ev.kind == "completed" and ev.tasks_done >= 2:
@@ -184,7 +196,12 @@ def test_sigterm_drains_and_second_sigterm_stops(
     node = grid.start_node("node", *node_args())
     with Client(grid.target, Signer.generate()) as client:
         job = client.submit_inference(
-            slow_digits.model, slow_digits.inputs, shard_rows=1000, batch_size=BATCH, device="cpu"
+            slow_digits.model,
+            slow_digits.inputs,
+            shard_rows=1000,
+            batch_size=BATCH,
+            device="cpu",
+            verification=VerificationSpec(decoys=0),
         )
         for ev in client.watch(job.job_id):
             if ev.kind == "running":

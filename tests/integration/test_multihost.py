@@ -356,8 +356,8 @@ def test_killing_the_replica_the_nodes_use_mid_job_loses_nothing_and_pays_once(
             assert set(shards.values()) == {("done", 1)}  # every task accepted exactly once
             counts, credited = credits(wan_grid.db_url, job.job_id)
             assert counts and set(counts.values()) == {1}  # every credited task (and check) once
-            assert final.verification is not None  # each task once, and the checkers' fee wins
-            assert credited == REWARD * final.tasks_total + final.verification.fee_paid_wei
+            v = final.verification  # each shard once, and the fee's wins (checkers', decoys')
+            assert v is not None and credited == REWARD * (final.tasks_total - v.decoys) + v.fee_paid_wei
             charged = settled_once(
                 wan_grid.anvil, wan_grid.deployment, wan_grid.node_keys, client, [job.job_id], before
             )

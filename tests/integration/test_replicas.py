@@ -80,8 +80,8 @@ def test_killing_the_replica_the_nodes_use_loses_nothing(tmp_path: Path, pg_url:
             assert_matches_local(client.result(job.job_id, tmp_path / "y.safetensors"), slow_digits)
             counts, credited = credits(pg_url)
             assert counts and set(counts.values()) == {1}  # every credited task (and check) once
-            assert final.verification is not None  # each task once, and the checkers' fee wins
-            assert credited == REWARD * final.tasks_total + final.verification.fee_paid_wei
+            v = final.verification  # each shard once, and the fee's wins (checkers', decoys')
+            assert v is not None and credited == REWARD * (final.tasks_total - v.decoys) + v.fee_paid_wei
             assert settled_once(cg.anvil, cg.deployment, node_keys, client, [job.job_id]) == credited
             assert 0 <= before - chain.balance() - client.escrow(job.job_id).charged < GAS  # the rest came back
 

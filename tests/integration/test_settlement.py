@@ -21,6 +21,7 @@ from tensorgrid.spec import InferenceSpec, VerificationSpec
 from tensorgrid.types import Capabilities, JobState
 from tensorgrid.v1 import submit_pb2
 from tests.integration.conftest import BATCH, FAST, Assets, Stopper, wait_for
+from tests.integration.test_inference import assert_matches_local
 
 pytestmark = pytest.mark.integration
 REWARD = 10**15
@@ -63,7 +64,7 @@ def submitter(cg: ChainGrid) -> Client:
     )
 
 
-def test_funded_job_is_charged_recorded_refunded_and_claimed(devnet: ChainGrid, digits: Assets) -> None:
+def test_funded_job_is_charged_recorded_refunded_and_claimed(devnet: ChainGrid, digits: Assets, tmp_path: Path) -> None:
     with submitter(devnet) as client:
         assert client.chain is not None
         before = client.chain.balance()
@@ -77,9 +78,15 @@ def test_funded_job_is_charged_recorded_refunded_and_claimed(devnet: ChainGrid, 
         assert escrow.result_hash == final.result.sha256
         report = final.verification
         assert report is not None and report.fee_budget_wei == escrow.budget - REWARD * 6 > 0  # the checkers' fee
-        # each task once, and the checkers' wins from the fee (a draw per verified check)
-        assert escrow.charged == REWARD * final.tasks_total + report.fee_paid_wei
-        assert final.tasks_total == 6 and report.fee_paid_wei <= report.fee_budget_wei
+        # 6 shards and 6 decoys of a check's size carved out of them (D = T), every decoy paid by rows
+        assert (final.tasks_total, report.decoys, report.decoys_drawn) == (12, 6, 6)
+        # each shard once, and the checkers' and decoys' wins from the fee (a draw per verified check
+        # and per decoy): every charge a whole reward, never past the fee
+        assert escrow.charged == REWARD * (final.tasks_total - report.decoys) + report.fee_paid_wei
+        assert report.decoy_paid_wei <= report.fee_paid_wei <= report.fee_budget_wei
+        assert report.decoy_paid_wei % REWARD == 0
+        client.result(job.job_id, tmp_path / "result.safetensors")  # the shards and decoys, in row order
+        assert_matches_local(tmp_path / "result.safetensors", digits)
         # budget went in, the unspent part came back: the submitter paid the charge plus gas only
         spent = before - client.chain.balance()
         assert escrow.charged <= spent < escrow.charged + 10**16

@@ -167,14 +167,24 @@ function safetensorsRows(bytes) {
   return Math.min(...Object.entries(header).filter(([k]) => k !== "__metadata__").map(([, t]) => t.shape[0]));
 }
 
-// The verification fee of docs/API.md ("The escrow budget rule"), default policy.
-function feeTasks(T, R, v = { target_detection: 0.99, corrupt_fraction: 0.01, canary_rate: 0.005 }) {
-  const perTask = 1 - (1 - v.target_detection) ** (1 / Math.max(1, T));
-  const m0 = perTask >= 1 ? R : Math.ceil(Math.log(1 - perTask) / Math.log(1 - v.corrupt_fraction));
-  const m = Math.max(1, Math.min(R, m0, Math.max(1, Math.floor((R * 0.05) / 2))));
+// The verification fee of docs/API.md ("The escrow budget rule"), default policy (decoys: D = T).
+function feeTasks(T, R, v = { target_detection: 0.99, corrupt_fraction: 0.01, canary_rate: 0.005, decoys: 1 }) {
+  const rows = (n) => {
+    const perTask = 1 - (1 - v.target_detection) ** (1 / Math.max(1, n));
+    const m0 = perTask >= 1 ? R : Math.ceil(Math.log(1 - perTask) / Math.log(1 - v.corrupt_fraction));
+    return Math.max(1, Math.min(R, m0, Math.max(1, Math.floor((R * 0.05) / 2))));
+  };
+  const d0 = Math.ceil(v.decoys * T - 1e-9);
+  let [D, m] = [0, rows(T)];
+  if (d0 > 0) {
+    const m1 = rows(T + d0);
+    const k = Math.floor((R - m1 - 1) / m1);
+    if (k > 0 && (T - 1) * k >= d0) [D, m] = [d0, m1];
+  }
   const p = Math.min(1, m / R);
   const c = v.canary_rate;
-  return Math.ceil(T * (p + c) + 2 * Math.sqrt(T * (p * (1 - p) + c * (1 - c))) - 1e-9);
+  const N = T + D;
+  return Math.ceil(N * (p + c) + D * p + 2 * Math.sqrt(N * (p * (1 - p) + c * (1 - c)) + D * p * (1 - p)) - 1e-9);
 }
 
 async function main() {

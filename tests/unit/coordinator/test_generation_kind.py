@@ -3,6 +3,7 @@ prompt files and foreign outputs are refused."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +69,9 @@ def test_shards_carry_their_prompts_job_indices(tmp_path: Path, decoder: Path) -
     tokens = torch.randint(0, V, (10, 9))
     lengths = torch.tensor([2, 3, 9, 1, 4, 4, 2, 2, 1, 3])
     prompts = {"tokens": tokens, "lengths": lengths}
-    job, tasks, blobs = plan(tmp_path, decoder, prompts, shard_prompts=4, seed=5, verification=VerificationSpec(decoys=0))
+    job, tasks, blobs = plan(
+        tmp_path, decoder, prompts, shard_prompts=4, seed=5, verification=VerificationSpec(decoys=0)
+    )
     assert [t.rows for t in tasks] == [4, 4, 2]
     shard = load_tensors(blobs.path_for(tasks[1].input.sha256))
     assert shard["index"].tolist() == [4, 5, 6, 7]
@@ -109,3 +112,14 @@ def test_an_output_that_is_not_a_generation_result_is_rejected(tmp_path: Path) -
     (tmp_path / "junk").write_bytes(b"junk")
     with pytest.raises(Rejected):
         kind.check_output(task, None, tmp_path / "junk")  # type: ignore[arg-type]
+
+
+def test_decoys_are_carved_out_of_generation_shards_in_prompt_order(tmp_path: Path, decoder: Path) -> None:
+    tokens = torch.randint(0, V, (12, 5))
+    lengths = torch.full((12,), 5)
+    job, tasks, blobs = plan(tmp_path, decoder, {"tokens": tokens, "lengths": lengths}, shard_prompts=4)
+    assert sorted(t.rows for t in tasks if t.decoy_unit_rows) == [1, 1, 1]  # D = T decoys of m = 1 prompt
+    assert all(t.decoy_unit_rows == 4 for t in tasks if t.decoy_unit_rows) and sum(t.rows for t in tasks) == 12
+    indices = [i for t in tasks for i in load_tensors(blobs.path_for(t.input.sha256))["index"].tolist()]
+    assert indices == list(range(12))  # every prompt once, in order: the result assembles as before
+    assert json.loads(job.verification_json)["spot_rows"] == 1  # every check is a decoy's size
