@@ -13,6 +13,12 @@ each result is checked as the policy says (its sampled rows compared with the co
 real comparison code); a job counts as
 detected when any check fails. The trusted-node case (checked at the floor rate) is reported too.
 
+Decoys (the default policy's D = T tasks of a check's m rows, carved out of the shards so a
+check is not told by its size) are counted as extra compute: the same rows in D more forward
+calls, each costing a call's fixed part (decoys_overhead), over the plain shards' time. The run
+also reports what share of the m-row tasks the nodes ran were checks: what a node recognising
+checks by size would get right.
+
 Shards are 4,096 rows (~0.16 s of this model on one core): a forward call costs ~2.5 ms
 whatever its rows, so with 1,024-row shards (39 ms) each small check costs 7% of a task in
 fixed overhead alone; real tasks are longer still.
@@ -23,6 +29,7 @@ fixed overhead alone; real tasks are longer still.
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import tempfile
 import time
@@ -56,9 +63,10 @@ def build_model(width: int, depth: int) -> torch.nn.Module:
     return torch.nn.Sequential(*layers, torch.nn.Linear(width, 10)).eval()
 
 
-def task_rows(db: Path, job_id: str) -> tuple[list[int], list[int], dict[str, int], list[int]]:
-    """Rows of the job's work tasks, of the check tasks its nodes ran, check kinds run, and
-    rows the coordinator re-ran as referee."""
+def task_rows(db: Path, job_id: str) -> tuple[list[int], list[int], dict[str, int], list[int], VerificationSpec]:
+    """Rows of the job's work tasks (in row order), of the check tasks its nodes ran, check kinds
+    run, rows the coordinator re-ran as referee, and the job's stored policy (m pinned when it has
+    decoys)."""
     engine = create_engine(f"sqlite:///{db}")
     t = s.tasks
     with engine.connect() as conn:
@@ -66,7 +74,9 @@ def task_rows(db: Path, job_id: str) -> tuple[list[int], list[int], dict[str, in
             select(t.c.kind, t.c.rows, t.c.state, checks.c.kind.label("check_kind"))
             .outerjoin(checks, checks.c.check_id == t.c.task_id)
             .where(t.c.job_id == job_id)
+            .order_by(t.c.idx)
         ).all()
+        stored = conn.execute(select(s.job_policies.c.policy).where(s.job_policies.c.job_id == job_id)).scalar()
         ruled = conn.execute(
             select(referee_rulings.c.rows_limit, t.c.rows)
             .join(t, t.c.task_id == referee_rulings.c.check_id)
@@ -76,7 +86,8 @@ def task_rows(db: Path, job_id: str) -> tuple[list[int], list[int], dict[str, in
     work = [r.rows for r in rows if r.kind == "inference"]
     ran = [r for r in rows if r.kind == "spotcheck" and r.state == "done"]
     refereed = [min(r.rows_limit, r.rows) if r.rows_limit else r.rows for r in ruled]
-    return work, [r.rows for r in ran], dict(Counter(r.check_kind for r in ran)), refereed
+    policy = VerificationSpec(**json.loads(stored)) if stored else VerificationSpec(mode="none")
+    return work, [r.rows for r in ran], dict(Counter(r.check_kind for r in ran)), refereed, policy
 
 
 def forward_seconds(model: Path, root: Path, rows: int, repeats: int = 3) -> float:
@@ -96,18 +107,35 @@ def overhead(model: Path, root: Path, work: list[int], checks: list[int], cache:
     return sum(cache[n] for n in checks) / sum(cache[n] for n in work)
 
 
-def detection(
-    policy: VerificationPolicy, output: torch.Tensor, shard: int, rate: float, jobs: int, rng: random.Random
+def decoys_overhead(
+    model: Path, root: Path, plain: list[int], decoys: int, m: int, shard: int, cache: dict[int, float]
 ) -> float:
-    """Fraction of simulated jobs in which a node corrupting 1% of each shard's rows is caught."""
-    shards = [output[i : i + shard] for i in range(0, output.shape[0], shard)]
+    """Decoys' extra compute over the plain shards': the same rows in `decoys` more forward calls,
+    so each costs a call's fixed part, t(m) - m·t(S)/S (a linear fit through the two sizes, which
+    the few rows' noise in timing shards of S - m rows would swamp)."""
+    if decoys == 0:
+        return 0.0
+    for n in (m, shard, *plain):
+        if n not in cache:
+            cache[n] = forward_seconds(model, root, n)
+    fixed = max(0.0, cache[m] - m * cache[shard] / shard)
+    return decoys * fixed / sum(cache[n] for n in plain)
+
+
+def detection(
+    policy: VerificationPolicy, output: torch.Tensor, pieces: list[int], rate: float, jobs: int, rng: random.Random
+) -> float:
+    """Fraction of simulated jobs in which a node corrupting 1% of each task's rows is caught
+    (the job's tasks as planned: `pieces` rows each, in order; decoys included)."""
+    bounds = [sum(pieces[:i]) for i in range(len(pieces) + 1)]
+    shards = [output[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
     caught = 0
     for _ in range(jobs):
         for honest in shards:
             if rng.random() >= rate:
                 continue
             n = honest.shape[0]
-            bad = set(rng.sample(range(n), max(1, round(n * policy.spec.corrupt_fraction))))
+            bad = set(rng.sample(range(n), max(1, round(n * policy.spec.corrupt_fraction))))  # ≥ 1 per decoy too
             m = policy.sample_rows(rate, n)
             sample = rng.sample(range(n), m)
             if not bad.intersection(sample):
@@ -153,14 +181,25 @@ def main() -> None:
                     assert final.state.value == "succeeded", final.error
                     wall = time.monotonic() - start
                     client.result(job.job_id, root / f"{name}.safetensors")
-                    work, ran, kinds, refereed = task_rows(grid.root / "coordinator" / "coordinator.db", job.job_id)
-                    policy = VerificationPolicy(spec, len(work), ns.shard_rows)
+                    db = grid.root / "coordinator" / "coordinator.db"
+                    work, ran, kinds, refereed, stored = task_rows(db, job.job_id)
+                    policy = VerificationPolicy(stored, len(work), ns.shard_rows)
                     result = load_tensors(root / f"{name}.safetensors")["output"]
-                    new = detection(policy, result, ns.shard_rows, 1.0, ns.jobs, rng)
-                    trusted = detection(policy, result, ns.shard_rows, policy.check_rate(1 << 30), ns.jobs, rng)
+                    new = detection(policy, result, work, 1.0, ns.jobs, rng)
+                    trusted = detection(policy, result, work, policy.check_rate(1 << 30), ns.jobs, rng)
+                    plain = [min(ns.shard_rows, ns.rows - a) for a in range(0, ns.rows, ns.shard_rows)]
+                    check_cost = overhead(model, root, plain, ran + refereed, times)
+                    m = policy.sample_rows(1.0, ns.shard_rows)
+                    n_decoys = len(work) - len(plain)
+                    decoy_cost = decoys_overhead(model, root, plain, n_decoys, m, ns.shard_rows, times)
+                    m_checks = sum(1 for r in ran if r == m)
                     out[name] = {
-                        "overhead": round(overhead(model, root, work, ran + refereed, times), 4),
-                        "overhead_nodes_only": round(overhead(model, root, work, ran, times), 4),
+                        "overhead": round(check_cost + decoy_cost, 4),
+                        "overhead_checks": round(check_cost, 4),
+                        "overhead_decoys": round(decoy_cost, 4),
+                        "overhead_nodes_only": round(overhead(model, root, plain, ran, times), 4),
+                        "decoys": n_decoys,
+                        "checks_among_m_row_tasks": round(m_checks / max(1, m_checks + n_decoys), 4),
                         "referee_runs": len(refereed),
                         "rows_refereed": sum(refereed),
                         "check_kinds_run": kinds,
@@ -171,7 +210,7 @@ def main() -> None:
                         "tasks": len(work),
                         "check_tasks_run": len(ran),
                         "rows_checked": sum(ran),
-                        "sample_rows_new_node": policy.sample_rows(1.0, ns.shard_rows),
+                        "sample_rows_new_node": m,
                         "grid_wall_s": round(wall, 2),
                     }
                     print(name, out[name], flush=True)

@@ -32,39 +32,47 @@ What the stake formula assumes, and what holds it up:
   jobs, and one trusted node's word skipped the referee.
 - Honest nodes lose nothing to a wrong p: the referee blames only when its re-execution
   reproduces and the rows are independent, so slashing is only ever of a proven liar.
-- Not covered: a checker can still tell a spot-check (m rows) from a shard by its size;
-  checks and canaries are otherwise like tasks (random ids, queued in their job's turn, a
-  canary's input reshuffled). Recognising a check helps only a checker, never the node
-  being checked: a checker that lies against an honest subject is caught by the referee;
-  one that agrees with a trusted ring-mate's lie (both trusted, drawn as its checker, and
-  told the lie) is what canaries, unrecognisable full shards, are there to catch.
+- Checks and canaries are like tasks: random ids, queued in their job's turn, a canary's input
+  reshuffled, and (decoys, below) a check's size is an ordinary task's size too. Recognising a
+  check would help only a checker, never the node being checked: a checker that lies against
+  an honest subject is caught by the referee; one that agrees with a trusted ring-mate's lie
+  (both trusted, drawn as its checker, and told the lie) recognises the check by its rows'
+  content anyway, which is what canaries, unrecognisable full shards, are there to catch.
 
-Hiding a check's size (issue 11, item 3; designed, not built). Figures for the shape of
-benchmarks.verification: 98,304 rows in 4,096-row shards, T = 24 tasks, m = 20 rows a check
-(detection_rows; the 5% budget would allow 102), checks ≈ 1% of the job's compute.
+Hiding a check's size (issue 11, item 3): built as decoys (services/verification/decoys.py,
+repositories/ledger/decoys.py). Figures for the shape of benchmarks.verification: 98,304 rows in
+4,096-row shards, T = 24 shards.
 - Threat: a node that sees an m-row task knows it is a check. Who gains: only a checker (see
-  above). The one attack it serves, a trusted ring agreeing with its mate's lie, recognises
-  the check by its rows' content anyway (the ring holds the mate's shard), so hiding the size
-  does not stop it; canaries (whole verified shards, reshuffled, answers known) do.
-- Option 1, pad each check to a shard's size with rows whose answers are known (verified
-  rows of the job): the checker runs 4,096 rows instead of 20, so a check costs a whole task.
-  New nodes are checked on every result: +100% compute (+10% at the 10% floor). Over budget.
-- Option 2, vary ordinary shard sizes over a range that covers m (e.g. uniform on
-  [m, 2·S − m]): sizes near m become rare but possible, yet a check is always exactly m rows,
-  so it stays recognisable unless check sizes follow the same law, which is Option 1's cost.
-- Option 3, decoys: the planner carves D ordinary tasks of exactly m rows out of the shards
-  (the same rows, no extra compute); an m-row task is then a check with probability
-  C / (C + D) for C checks. Decoys are checked too, so C = r·(T + D) at check rate r: with
-  D = T, 2/3 for new nodes (r = 1) and 1/6 for trusted ones (r = 0.1). Costs: D more
-  tasks (leases, fetches, receipts, one forward call each, ≈ 2.5 ms against 160 ms for a
-  shard: ≈ +1.6% at D = T), and each decoy is checked like any task, which adds check runs
-  but not rows (its checked rows count toward the detection target, so m shrinks as tasks
-  grow: m is sized for T + D tasks, and decoys are sized to that m). It needs pay by rows: a
-  task is paid one reward whatever its rows, so a decoy would have to be paid as a checker
-  is (one reward with probability m / shard rows, fee_tasks) and the escrow funded for it.
-  The budget stays ≤ 5% at ≥ 99%; the per-task price model and the planner change with it.
-- Recommended: Option 3 once payment is by rows, not before; until then size stays a tell,
-  and this section and the README say so.
+  above), e.g. one that answers checks without running them.
+- Rejected: padding each check to a shard's size with rows of known answers (a check costs a
+  whole task: +100% compute for new nodes, over budget), and varying shard sizes over a range
+  covering m (a check is still always exactly m rows unless checks follow the same law, which
+  is padding's cost again).
+- Built: the planner carves D ordinary tasks of exactly m rows out of the shards (the same
+  rows, no row computed twice, tasks still in row order; at random places, from the T - 1 shards
+  that are always full, each keeping more than m rows). D = ceil(decoys x T), `decoys` a policy
+  field in [0, 4], default 1 (D = T): an m-row task is then a check with probability
+  C / (C + D) for C = r(T + D) checks at check rate r: 2/3 for new nodes (r = 1), 1/6 for trusted
+  ones (r = 0.1). Decoys are checked like any task (a decoy's check re-runs all its m rows), so
+  their rows count toward the detection target and m is sized for T + D tasks (detection_rows
+  for 48 tasks: m = 10 rows, not 20), and the decoys are cut to that m; the job's stored policy
+  pins m (spot_rows) so every check of the job has exactly that size whatever task it samples.
+  When the shards cannot hold D decoys of that m (tiny shards, a large spot_rows, one shard),
+  the job has none (tensorgrid.spec.verification.decoy_plan).
+- Paid by rows: a decoy earns one whole reward with probability m / shard rows, drawn from the
+  OS CSPRNG once per attempt when it is paid (accepted unchecked, or its check settles), and a
+  checker wins with probability (rows it re-ran / shard rows) in a job with decoys, so checking
+  a decoy earns what checking m rows of a shard does. Wins come out of the verification fee
+  (fee_tasks funds checks of T + D tasks, the D decoys and two standard deviations), never past
+  it and never from the shards' rewards; every credit and charge stays a whole reward, so the
+  contracts, epochs and "charged == claimed" are unchanged.
+- Measured (benchmarks.verification, same run as 2x replication): see README.md's benchmark
+  table. Cost: D more tasks (leases, fetches, receipts, one forward call each, a call's fixed
+  part ≈ 2.5 ms against ≈ 160 ms for a shard) and D more checks of m rows (the same rows in all,
+  m having halved).
+- Not hidden: a generation check's prompts carry their job indices (the sampler seeds by them),
+  sampled rather than contiguous, so a generation check is still told by its content; decoys
+  there hide only the size.
 """
 
 from __future__ import annotations
