@@ -16,13 +16,16 @@ from coordinator.db import schema as s
 from coordinator.repositories.jobs import NewJob, NewTask
 from coordinator.repositories.ledger import credits, decoys
 from coordinator.repositories.store import Store
+from coordinator.repositories.verification import fees
 from coordinator.services.acceptance import ResultAcceptance, ResultItem
 from coordinator.services.verification.decoys import carve
 from tensorgrid.errors import SpecError
-from tensorgrid.spec import InferenceSpec, VerificationSpec, canonical_json, parse_spec
+from tensorgrid.spec import InferenceSpec, VerificationSpec, canonical_json, parse_spec, task_id_for
 from tensorgrid.spec.verification import decoy_plan, detection_rows, fee_tasks, shards_of
 from tensorgrid.types import BlobRef
 from tests.unit.coordinator.test_checkers import INPUT, NOW, OUT, SUBJECT, TIMING, receipt, state
+from tests.unit.coordinator.test_checkers import JOB as CHECKED_JOB
+from tests.unit.coordinator.test_verification_fee import disputed
 
 __all__ = ["state"]  # the Store fixture, shared with test_checkers
 JOB = "de" * 32
@@ -192,3 +195,24 @@ def test_decoy_wins_stop_at_the_funded_fee_and_never_take_a_shards_reward(
     assert all(f"{i:064x}" in paid for i in range(shards))  # every shard paid
     with state.engine.connect() as conn:
         assert decoys.fee_won(conn, JOB) == 2 == decoys.fee_funded(conn, JOB)[0]
+
+
+def test_checking_a_decoy_whole_pays_its_checker_by_a_shards_rows(state: Store) -> None:
+    """A check of a 10-row decoy re-runs all 10 rows; in a job of 400-row shards it wins with
+    probability 10/400 (as a check of 10 rows of a shard does), not always."""
+    check_id, checker = disputed(state, rows=10, sampled=tuple(range(10)))
+    with state.engine.begin() as conn:
+        conn.execute(
+            s.decoys.insert().values(
+                task_id=task_id_for(CHECKED_JOB, 0),
+                job_id=CHECKED_JOB,
+                rows=10,
+                unit_rows=400,
+                drawn_attempt=-1,
+                won=False,
+            )
+        )
+        asked: list[int] = []
+        assert fees.pay_checkers(conn, check_id, [checker], NOW, draw=lambda n: asked.append(n) or 10) == 0
+        assert asked == [400]  # drawn over a shard's rows, not the decoy's 10
+        assert fees.pay_checkers(conn, check_id, [checker], NOW, draw=lambda n: 9) == 1
