@@ -38,7 +38,8 @@ class Reports:
         elif stored is not None:
             spec = VerificationSpec(**stored[0])
             mode, stake = spec.mode, stored[1]
-            detection = self.kinds.for_job(job.kind).detection(job, spec)
+            shards = dataclasses.replace(job, tasks_total=job.tasks_total - n_decoys)  # the odds are over shards
+            detection = self.kinds.for_job(job.kind).detection(shards, spec)
         report = JobVerification(
             mode, checks, detection, stake, slashes, slashed_wei, fee_budget_wei, fee_paid_wei,
             n_decoys, drawn, decoy_paid_wei,

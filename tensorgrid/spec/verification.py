@@ -40,7 +40,8 @@ class VerificationSpec:
     re-leased whole as known-answer canaries.
 
     decoys: ordinary tasks of exactly a check's m rows carved out of the shards, `decoys` of
-    them per shard (D = ceil(decoys x T), in [0, 4]), so a node cannot tell a check by its size;
+    them per shard (D = ceil(decoys x T), in [0, 4], as far as the compute budget pays for their
+    checks), so a node cannot tell a check by its size;
     each is paid one reward with probability m / shard rows (decoy_plan). None (left out of the
     spec's canonical bytes, so older specs keep their hash) means DEFAULT_DECOYS.
     """
@@ -97,24 +98,27 @@ def decoy_plan(v: VerificationSpec | None, shards: int, shard_rows: int) -> tupl
     """(D, m): the decoys a job of `shards` shards of `shard_rows` rows gets, and the rows m of
     every check and every decoy.
 
-    m is sized for all T + D tasks (detection_rows), since a decoy is checked like any task and
-    its checked rows count toward the target. Decoys are carved out of the T - 1 shards that are
-    always full (the last may be short), at most k each where a shard keeps more than m rows
-    (k = (S - m - 1) // m). When those cannot hold D = ceil(decoys x T), the job gets none (fewer
-    would need a larger m): (0, m for T tasks). Also none without spot-checks or with D = 0.
+    m is what the job asks of a check without decoys (detection_rows for its T shards): a
+    cheater sees which of its own tasks are decoys (only checks are as small) and can leave them
+    alone, so their checks add nothing against it and the shards' checks must reach the target
+    by themselves. Every decoy is checked too (else its rows could be changed unseen), so the
+    T + D checks must fit the compute budget: (T + D)·m ≤ T·budget_rows(S). D is
+    ceil(decoys × T) or what that budget leaves (none when the job's checks are at the budget's
+    limit already), carved out of the T - 1 shards that are always full (the last may be short),
+    at most k = (S - m - 1) // m each, so each keeps more than m rows; when those cannot hold D,
+    the job gets none. Also none without spot-checks or with `decoys` 0.
     """
     v = v or VerificationSpec()
     if shards <= 0 or shard_rows <= 0:
         return 0, 0
-    alone = detection_rows(v, shards, shard_rows) if v.mode != "replicate" else shard_rows
+    m = detection_rows(v, shards, shard_rows) if v.mode != "replicate" else shard_rows
     want = math.ceil(v.decoy_ratio * shards - 1e-9)
-    if want <= 0:
-        return 0, alone
-    m = detection_rows(v, shards + want, shard_rows)
+    affordable = shards * budget_rows(shard_rows) // m - shards
+    decoys = min(want, max(0, affordable))
     per_shard = (shard_rows - m - 1) // m
-    if per_shard <= 0 or (shards - 1) * per_shard < want:
-        return 0, alone
-    return want, m
+    if decoys <= 0 or per_shard <= 0 or (shards - 1) * per_shard < decoys:
+        return 0, m
+    return decoys, m
 
 
 def fee_tasks(v: VerificationSpec | None, tasks: int, task_rows: int) -> int:

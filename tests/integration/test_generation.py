@@ -101,8 +101,7 @@ def test_two_nodes_generate_what_a_local_run_does_and_check_each_other(
         job = client.submit_generation(
             decoder.model, decoder.prompts, vocab_size=V, shard_prompts=8, stop_tokens=(7,), device="cpu", **SAMPLING
         )
-        assert job.verification is not None  # 5 shards of 8 prompts and a 1-prompt decoy per shard (D = T)
-        assert (job.tasks_total, job.verification.decoys) == (10, 5)
+        assert job.tasks_total == 5  # no decoys: checks of 8-prompt shards are at the compute budget already
         final = client.wait(job.job_id)
         assert final.state == JobState.SUCCEEDED, final.error
         kinds = [e.kind for e in client.watch(job.job_id)]

@@ -64,9 +64,7 @@ def test_a_nodejs_client_built_from_the_docs(
     }
     # the escrow rule with its verification fee, computed in JavaScript from the doc, agrees
     escrow = report["escrow_rule"]
-    assert (
-        isinstance(escrow, dict) and escrow["paid_tasks"] == escrow["computed"] == 3 + 2
-    )  # 3 shards, a fee for 3 checks, 3 decoys and their checks
+    assert isinstance(escrow, dict) and escrow["paid_tasks"] == escrow["computed"] == 3 + 1
     assert report["inference"] == {"state": "JOB_STATE_SUCCEEDED", "last_event": "succeeded", "shards": 3}
     assert_matches_local(out, digits)  # what it downloaded is the model's output, row for row
     assert report["cancelled"] == report["cancel_again"] == "JOB_STATE_CANCELLED"

@@ -68,8 +68,16 @@ def test_funded_job_is_charged_recorded_refunded_and_claimed(devnet: ChainGrid, 
     with submitter(devnet) as client:
         assert client.chain is not None
         before = client.chain.balance()
+        # 5-row checks: a default check of a 500-row shard (12 rows) is at the compute budget already,
+        # which leaves none for decoys; at 5 rows it pays for a 5-row decoy per shard (D = T) and its check
         job = client.submit_inference(
-            digits.model, digits.inputs, shard_rows=500, batch_size=BATCH, device="cpu", reward_per_task_wei=REWARD
+            digits.model,
+            digits.inputs,
+            shard_rows=500,
+            batch_size=BATCH,
+            device="cpu",
+            reward_per_task_wei=REWARD,
+            verification=VerificationSpec(spot_rows=5),
         )
         final = client.wait(job.job_id)
         assert final.state == JobState.SUCCEEDED, final.error

@@ -50,8 +50,9 @@ class InferenceKind(BaseKind):
         settings = {"input_names": list(spec.input_names) or None, "batch_size": spec.batch_size, "device": spec.device}
         policy_json, stake = "", 0
         policy = VerificationPolicy.for_job(spec, len(tasks))
-        if any(t.decoy_unit_rows for t in tasks):  # every check is the decoys' m rows (m for T + D tasks)
-            policy = dataclasses.replace(policy, spec=dataclasses.replace(policy.spec, spot_rows=m))
+        n_decoys = sum(1 for t in tasks if t.decoy_unit_rows)
+        if n_decoys:  # every check is the decoys' m rows (m for T + D tasks)
+            policy = dataclasses.replace(policy, spec=dataclasses.replace(policy.spec, spot_rows=m), decoys=n_decoys)
         if policy.enabled:
             policy_json, stake = json.dumps(asdict(policy.spec), sort_keys=True), policy.required_stake_wei
         job = new_job(

@@ -109,6 +109,7 @@ class VerificationPolicy:
     tasks: int
     shard_rows: int
     reward_per_task_wei: int = 0
+    decoys: int = 0  # of `tasks`, the decoys: each paid one reward with probability m / shard rows
 
     @classmethod
     def for_job(cls, spec: InferenceSpec, tasks: int) -> VerificationPolicy:
@@ -146,7 +147,8 @@ class VerificationPolicy:
             return 0.0
         m = self.sample_rows(rate, self.shard_rows)
         caught_per_task = rate * (1.0 - escape_probability(self.spec.corrupt_fraction, m))
-        return 1.0 - (1.0 - caught_per_task) ** self.tasks
+        # over the shards only: a cheater can leave its decoys (as small as checks) alone
+        return 1.0 - (1.0 - caught_per_task) ** (self.tasks - self.decoys)
 
     @property
     def worst_detection(self) -> float:
@@ -155,8 +157,12 @@ class VerificationPolicy:
 
     @property
     def required_stake_wei(self) -> int:
-        """Stake a node needs to take this job's tasks: the whole job's reward over worst-case p."""
-        reward = self.reward_per_task_wei * self.tasks
+        """Stake a node needs to take this job's tasks: the whole job's reward over worst-case p
+        (a reward per shard, and for the decoys what their draws can win: a reward per m / shard
+        rows of them, rounded up)."""
+        m = self.sample_rows(1.0, self.shard_rows) if self.decoys else 0
+        decoy_rewards = -(-self.decoys * m // self.shard_rows) if self.decoys and self.shard_rows else 0
+        reward = self.reward_per_task_wei * (self.tasks - self.decoys + decoy_rewards)
         if not self.enabled or reward == 0:
             return 0
         p = self.worst_detection

@@ -19,6 +19,7 @@ from coordinator.repositories.store import Store
 from coordinator.repositories.verification import fees
 from coordinator.services.acceptance import ResultAcceptance, ResultItem
 from coordinator.services.verification.decoys import carve
+from coordinator.services.verification.policy import VerificationPolicy
 from tensorgrid.errors import SpecError
 from tensorgrid.spec import InferenceSpec, VerificationSpec, canonical_json, parse_spec, task_id_for
 from tensorgrid.spec.verification import decoy_plan, detection_rows, fee_tasks, shards_of
@@ -61,17 +62,32 @@ def test_decoys_that_do_not_fit_are_refused() -> None:
     assert [p.decoy for p in carve(300, 100, 0, 30)] == [False] * 3
 
 
-def test_decoy_plan_sizes_checks_for_all_tasks() -> None:
+def test_decoy_plan_keeps_m_and_the_compute_budget() -> None:
     v = VerificationSpec()
-    assert decoy_plan(v, 24, 4096) == (24, 10)  # benchmarks.verification's shape: D = T, m for 48 tasks
-    assert detection_rows(v, 24, 4096) == 20  # without decoys m is twice that: the same rows checked
+    assert decoy_plan(v, 24, 4096) == (24, 20)  # benchmarks.verification's shape: D = T
+    assert detection_rows(v, 24, 4096) == 20  # m as without decoys: the shards' checks reach the target alone
     assert decoy_plan(VerificationSpec(decoys=0), 24, 4096) == (0, 20)
+    assert decoy_plan(v, 6, 500) == (0, 12)  # checks at the 5% budget already: none left for decoys' checks
+    assert decoy_plan(v, 100, 1000) == (100, 5)  # (T + D)·m within T·budget_rows(S)
+    assert decoy_plan(VerificationSpec(decoys=4), 100, 1000) == (400, 5)
+    assert decoy_plan(VerificationSpec(decoys=4, spot_rows=10), 100, 1000) == (150, 10)  # what the budget leaves
     assert decoy_plan(VerificationSpec(decoys=0.5), 24, 4096)[0] == 12
     assert decoy_plan(VerificationSpec(mode="replicate"), 24, 4096) == (0, 4096)
     assert decoy_plan(v, 1, 4096)[0] == 0  # one shard: nothing that is always full to carve from
     assert decoy_plan(VerificationSpec(spot_rows=40), 4, 100) == (0, 40)  # 100-row shards cannot spare 40-row decoys
     for t in range(1, 300):  # T -> T + D only grows, so the planned count gives the shards back
         assert shards_of(v, t + decoy_plan(v, t, 512)[0], 512) == t
+
+
+def test_decoys_leave_the_detection_of_a_cheater_who_spares_them_as_it_was() -> None:
+    """A cheater sees which of its tasks are decoys (only checks are as small) and can leave them
+    alone: the shards' checks must still reach the target, so m is what it is without decoys."""
+    d, m = decoy_plan(VerificationSpec(), 24, 4096)
+    without = VerificationPolicy(VerificationSpec(decoys=0), 24, 4096)
+    with_decoys = VerificationPolicy(VerificationSpec(spot_rows=m), 24 + d, 4096, decoys=d)  # as planned
+    assert with_decoys.sample_rows(1.0, 4096) == without.sample_rows(1.0, 4096) == m
+    assert with_decoys.detection(1.0) == without.detection(1.0) >= 0.99
+    assert with_decoys.worst_detection == without.worst_detection
 
 
 def test_an_old_spec_keeps_its_bytes_and_decoys_are_a_bounded_policy_field() -> None:

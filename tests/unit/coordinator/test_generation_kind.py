@@ -115,11 +115,12 @@ def test_an_output_that_is_not_a_generation_result_is_rejected(tmp_path: Path) -
 
 
 def test_decoys_are_carved_out_of_generation_shards_in_prompt_order(tmp_path: Path, decoder: Path) -> None:
-    tokens = torch.randint(0, V, (12, 5))
-    lengths = torch.full((12,), 5)
-    job, tasks, blobs = plan(tmp_path, decoder, {"tokens": tokens, "lengths": lengths}, shard_prompts=4)
+    tokens = torch.randint(0, V, (240, 5))
+    lengths = torch.full((240,), 5)
+    prompts = {"tokens": tokens, "lengths": lengths}
+    job, tasks, blobs = plan(tmp_path, decoder, prompts, shard_prompts=80, verification=VerificationSpec(spot_rows=1))
     assert sorted(t.rows for t in tasks if t.decoy_unit_rows) == [1, 1, 1]  # D = T decoys of m = 1 prompt
-    assert all(t.decoy_unit_rows == 4 for t in tasks if t.decoy_unit_rows) and sum(t.rows for t in tasks) == 12
+    assert all(t.decoy_unit_rows == 80 for t in tasks if t.decoy_unit_rows) and sum(t.rows for t in tasks) == 240
     indices = [i for t in tasks for i in load_tensors(blobs.path_for(t.input.sha256))["index"].tolist()]
-    assert indices == list(range(12))  # every prompt once, in order: the result assembles as before
+    assert indices == list(range(240))  # every prompt once, in order: the result assembles as before
     assert json.loads(job.verification_json)["spot_rows"] == 1  # every check is a decoy's size
