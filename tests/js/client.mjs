@@ -167,20 +167,15 @@ function safetensorsRows(bytes) {
   return Math.min(...Object.entries(header).filter(([k]) => k !== "__metadata__").map(([, t]) => t.shape[0]));
 }
 
-// The verification fee of docs/API.md ("The escrow budget rule"), default policy (decoys: D = T).
+// The verification fee of docs/API.md ("The escrow budget rule"), default policy (decoys: D = T as far as affordable).
 function feeTasks(T, R, v = { target_detection: 0.99, corrupt_fraction: 0.01, canary_rate: 0.005, decoys: 1 }) {
-  const rows = (n) => {
-    const perTask = 1 - (1 - v.target_detection) ** (1 / Math.max(1, n));
-    const m0 = perTask >= 1 ? R : Math.ceil(Math.log(1 - perTask) / Math.log(1 - v.corrupt_fraction));
-    return Math.max(1, Math.min(R, m0, Math.max(1, Math.floor((R * 0.05) / 2))));
-  };
-  const d0 = Math.ceil(v.decoys * T - 1e-9);
-  let [D, m] = [0, rows(T)];
-  if (d0 > 0) {
-    const m1 = rows(T + d0);
-    const k = Math.floor((R - m1 - 1) / m1);
-    if (k > 0 && (T - 1) * k >= d0) [D, m] = [d0, m1];
-  }
+  const B = Math.max(1, Math.floor((R * 0.05) / 2));
+  const perTask = 1 - (1 - v.target_detection) ** (1 / Math.max(1, T));
+  const m0 = perTask >= 1 ? R : Math.ceil(Math.log(1 - perTask) / Math.log(1 - v.corrupt_fraction));
+  const m = Math.max(1, Math.min(R, m0, B));
+  let D = Math.min(Math.ceil(v.decoys * T - 1e-9), Math.max(0, Math.floor((T * B) / m) - T));
+  const k = Math.floor((R - m - 1) / m);
+  if (k <= 0 || (T - 1) * k < D) D = 0;
   const p = Math.min(1, m / R);
   const c = v.canary_rate;
   const N = T + D;

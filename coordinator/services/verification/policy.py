@@ -53,12 +53,17 @@ repositories/ledger/decoys.py). Figures for the shape of benchmarks.verification
   that are always full, each keeping more than m rows). D = ceil(decoys x T), `decoys` a policy
   field in [0, 4], default 1 (D = T): an m-row task is then a check with probability
   C / (C + D) for C = r(T + D) checks at check rate r: 2/3 for new nodes (r = 1), 1/6 for trusted
-  ones (r = 0.1). Decoys are checked like any task (a decoy's check re-runs all its m rows), so
-  their rows count toward the detection target and m is sized for T + D tasks (detection_rows
-  for 48 tasks: m = 10 rows, not 20), and the decoys are cut to that m; the job's stored policy
-  pins m (spot_rows) so every check of the job has exactly that size whatever task it samples.
-  When the shards cannot hold D decoys of that m (tiny shards, a large spot_rows, one shard),
-  the job has none (tensorgrid.spec.verification.decoy_plan).
+  ones (r = 0.1). Decoys are checked like any task (a decoy's check re-runs all its m rows, else
+  its rows could be changed unseen), but their checks do not count toward the detection target:
+  the design's first idea (m sized for T + D tasks: 10 rows, not 20) fails against a cheater
+  that leaves its decoys alone (it sees they are as small as checks) and corrupts only shards,
+  whose checks would then re-run half the rows (91% per job, not 99%). So m stays what the job
+  asks without decoys, detection and stake are counted over the shards, and the T + D checks
+  must fit the 5% budget: (T + D)·m ≤ T·budget_rows(S), which caps D. The job's stored policy
+  pins m (spot_rows) so every check has exactly that size whatever task it samples. A job whose
+  checks are at the budget's limit already (small shards: 500-row shards, 12-row checks), whose
+  shards cannot hold D decoys (a large spot_rows, one shard) or with decoys 0 has none
+  (tensorgrid.spec.verification.decoy_plan).
 - Paid by rows: a decoy earns one whole reward with probability m / shard rows, drawn from the
   OS CSPRNG once per attempt when it is paid (accepted unchecked, or its check settles), and a
   checker wins with probability (rows it re-ran / shard rows) in a job with decoys, so checking
@@ -66,10 +71,10 @@ repositories/ledger/decoys.py). Figures for the shape of benchmarks.verification
   (fee_tasks funds checks of T + D tasks, the D decoys and two standard deviations), never past
   it and never from the shards' rewards; every credit and charge stays a whole reward, so the
   contracts, epochs and "charged == claimed" are unchanged.
-- Measured (benchmarks.verification, same run as 2x replication): see README.md's benchmark
-  table. Cost: D more tasks (leases, fetches, receipts, one forward call each, a call's fixed
-  part ≈ 2.5 ms against ≈ 160 ms for a shard) and D more checks of m rows (the same rows in all,
-  m having halved).
+- Cost: D more tasks (leases, fetches, receipts, one forward call each: a call's fixed part,
+  ≈ 2.5 ms against ≈ 160 ms for a shard) and D more checks of m rows (twice the check rows at
+  D = T). Measured by benchmarks.verification, same run as 2x replication: README.md's
+  benchmark table.
 - Not hidden: a generation check's prompts carry their job indices (the sampler seeds by them),
   sampled rather than contiguous, so a generation check is still told by its content; decoys
   there hide only the size.

@@ -37,6 +37,11 @@ def test_job_with_a_verification_report_round_trips() -> None:
         required_stake_wei=HUGE,
         slashes=2,
         slashed_wei=HUGE - 7,
+        fee_budget_wei=HUGE - 9,
+        fee_paid_wei=3 * 10**15,
+        decoys=24,
+        decoys_drawn=20,
+        decoy_paid_wei=10**15,
     )
     wire = serde.job_to_pb(_job(report)).SerializeToString()
     back = serde.job_from_pb(submit_pb2.Job.FromString(wire))
@@ -80,6 +85,12 @@ def test_verification_line() -> None:
     )
     slashed = JobVerification("replicate", {"spotcheck:open": 1}, 0.0, 0, slashes=1, slashed_wei=5 * 10**17)
     assert verification_line(slashed) == "verification: replicate, 1 check (1 open), 1 slash took 0.5 ETH"
+    decoys = JobVerification("spotcheck", {}, 0.0, 0, fee_budget_wei=3 * 10**15, fee_paid_wei=2 * 10**15,
+                             decoys=24, decoys_drawn=24, decoy_paid_wei=10**15)  # fmt: skip
+    assert verification_line(decoys) == (
+        "verification: spotcheck, 0 checks, checkers paid 0.001 ETH of a 0.003 ETH fee, "
+        "24 decoys (24 drawn) paid 0.001 ETH"
+    )
     assert verification_line(JobVerification("none")) == (
         "verification: none (signature, lease holder and output hash only)"
     )
