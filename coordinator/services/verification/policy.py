@@ -73,10 +73,11 @@ repositories/ledger/decoys.py). Figures for the shape of benchmarks.verification
   contracts, epochs and "charged == claimed" are unchanged.
 - Cost: D more tasks (leases, fetches, receipts, one forward call each: a call's fixed part,
   ≈ 2.5 ms against ≈ 160 ms for a shard) and D more checks of m rows (twice the check rows at
-  D = T). Measured by benchmarks.verification on a busy machine (load 6-9 on 2 cores): 14.0%
-  extra compute at 99.25% detection with D = T (checks 11.6%, the decoys' calls 2.4%) against
-  4.1% at 99.2% before decoys under the same load, 2x replication 102.9%: a 20-row check costs
-  mostly a forward call's fixed part, and decoys double the checks. The 5% budget counts rows
+  D = T). Measured by benchmarks.verification on a shared 2-core machine: 4.5% extra compute
+  at 99.3% detection (checks 4.0%, the decoys' calls 0.5%) at load 3-4.5 and 14.0% at 99.25%
+  (11.6% and 2.4%) at load 6-9, against 7.3% and 4.1% at 99.2% before decoys in the same
+  sessions; 2x replication 101-104%. A 20-row check costs mostly a forward call's fixed part,
+  and decoys double the checks. The 5% budget counts rows
   only; counting a call's fixed cost (timed at intake) in it would cap D where calls are dear.
 - Not hidden: a generation check's prompts carry their job indices (the sampler seeds by them),
   sampled rather than contiguous, so a generation check is still told by its content; decoys
