@@ -68,7 +68,7 @@ class GenerationKind(BaseKind):
         policy_json, stake = "", 0
         policy = _policy(spec, len(tasks))
         n_decoys = sum(1 for t in tasks if t.decoy_unit_rows)
-        if n_decoys:  # every check is the decoys' m prompts (m for T + D tasks)
+        if n_decoys:  # every check has the decoys' m prompts, whatever task it samples
             policy = dataclasses.replace(policy, spec=dataclasses.replace(policy.spec, spot_rows=m), decoys=n_decoys)
         if policy.enabled:
             policy_json, stake = json.dumps(asdict(policy.spec), sort_keys=True), policy.required_stake_wei

@@ -51,7 +51,7 @@ class InferenceKind(BaseKind):
         policy_json, stake = "", 0
         policy = VerificationPolicy.for_job(spec, len(tasks))
         n_decoys = sum(1 for t in tasks if t.decoy_unit_rows)
-        if n_decoys:  # every check is the decoys' m rows (m for T + D tasks)
+        if n_decoys:  # every check has the decoys' m rows, whatever task it samples
             policy = dataclasses.replace(policy, spec=dataclasses.replace(policy.spec, spot_rows=m), decoys=n_decoys)
         if policy.enabled:
             policy_json, stake = json.dumps(asdict(policy.spec), sort_keys=True), policy.required_stake_wei
