@@ -1,5 +1,8 @@
 """Training audits on a real grid: lazy and scaling trainers are caught and unpaid while the
-job still trains to the accuracy of an honest run; honest nodes (1 and 2 threads) never are."""
+job still trains to the accuracy of an honest run; honest nodes (1 and 2 threads) never are.
+
+Both tests run on one grid (a coordinator and the two honest nodes): each checks its own job's
+audits and events, and the nodes' records only where a test's own nodes are concerned."""
 
 from __future__ import annotations
 
@@ -31,6 +34,24 @@ from tests.integration.train_adversaries import SimTrainer
 
 pytestmark = pytest.mark.integration
 REWARD = 1000
+SHARED = pytest.mark.xdist_group("training_verification")  # one module grid per worker
+HONEST = ("honest1", "honest2")  # one and two threads
+
+
+@pytest.fixture(scope="module")
+def module_grid(make_module_grid: Callable[..., LocalGrid]) -> LocalGrid:
+    grid = make_module_grid()
+    grid.start_coordinator()
+    for threads, name in enumerate(HONEST, start=1):
+        grid.start_node(name, *node_args(threads))
+    grid.wait_for_nodes(len(HONEST))
+    return grid
+
+
+@pytest.fixture
+def grid(module_grid: LocalGrid) -> LocalGrid:
+    module_grid.check_running()
+    return module_grid
 
 
 def _db(grid: LocalGrid) -> Any:
@@ -44,19 +65,22 @@ def _price(grid: LocalGrid, job_id: str) -> None:
     engine.dispose()
 
 
-def _credits(grid: LocalGrid) -> dict[str, int]:
+def _credits(grid: LocalGrid, job_id: str) -> dict[str, int]:
+    """Node → the credits it earned on the job."""
     engine = _db(grid)
     with engine.connect() as conn:
-        rows = conn.execute(select(s.credits.c.node, func.count()).group_by(s.credits.c.node)).all()
+        c = s.credits
+        rows = conn.execute(select(c.c.node, func.count()).where(c.c.job_id == job_id).group_by(c.c.node)).all()
     engine.dispose()
     return {r[0].lower(): int(r[1]) for r in rows}
 
 
-def _audits(grid: LocalGrid) -> dict[str, list[str]]:
-    """Node → the states its audits ended in."""
+def _audits(grid: LocalGrid, job_id: str) -> dict[str, list[str]]:
+    """Node → the states its audits of the job ended in."""
     engine = _db(grid)
     with engine.connect() as conn:
-        rows = conn.execute(select(training_audits.c.node, training_audits.c.state)).all()
+        t = training_audits
+        rows = conn.execute(select(t.c.node, t.c.state).where(t.c.job_id == job_id)).all()
     engine.dispose()
     out: dict[str, list[str]] = {}
     for node, state in rows:
@@ -87,24 +111,40 @@ SETTINGS: dict[str, Any] = dict(rounds=6, workers_per_round=4, quorum=0.5, devic
                                 round_deadline_s=60, task_time_limit_s=60)  # fmt: skip
 
 
+@SHARED
+def test_an_honest_grid_passes_every_audit(grid: LocalGrid, digits_training: Digits) -> None:
+    d = digits_training
+    settings: dict[str, Any] = dict(rounds=5, workers_per_round=2, quorum=1.0, device="cpu", seed=0)
+    with Client(grid.target, Signer.generate()) as client:
+        job = client.submit_training(d.train, d.dataset, eval_program=d.eval, **settings)
+        metrics = list(client.watch_rounds(job.job_id))
+        final = client.job(job.job_id)
+        events = list(client.watch(job.job_id))
+        nodes = client.nodes()
+    assert final.state == JobState.SUCCEEDED, final.error
+    assert all(m["workers"] == 2 for m in metrics) and metrics[-1]["accuracy"] > 0.9
+    assert "caught" not in [e.kind for e in events]
+    # a loaded machine may let a lease expire (reissued as a timeout); nothing else is reissued
+    reissued = [e.message for e in events if e.kind == "reissued"]
+    assert all(m.startswith("timeout: lease expired") for m in reissued), reissued
+    honest = {_address(grid, name) for name in HONEST}
+    assert all(n.caught == 0 and n.rejections == 0 for n in nodes if n.address.lower() in honest)
+    states = [state for per_node in _audits(grid, job.job_id).values() for state in per_node]
+    assert len(states) == settings["rounds"] * settings["workers_per_round"]  # new nodes: every result audited
+    assert set(states) == {"passed"}
+
+
+@SHARED
 def test_lazy_and_scaling_trainers_are_caught_and_unpaid(
-    make_grid: Callable[..., LocalGrid],
-    digits_training: Digits,
-    tmp_path: Path,
+    grid: LocalGrid, digits_training: Digits, tmp_path: Path
 ) -> None:
     d = digits_training
-    grid = make_grid()
-    grid.start_coordinator()
     torch.set_num_threads(1)
     work = tmp_path / "sim"
     work.mkdir()
     lock = asyncio.Lock()
     adversaries = [SimTrainer(grid.target, b, work, lock) for b in ("lazy", "lazy_skip", "scaler")]
     with Client(grid.target, Signer.generate()) as client:
-        grid.start_node("honest1", *node_args(1))
-        grid.start_node("honest2", *node_args(2))
-        while len(client.nodes()) < 2:
-            time.sleep(0.1)
 
         async def scenario() -> str:
             stop = asyncio.Event()
@@ -138,7 +178,7 @@ def test_lazy_and_scaling_trainers_are_caught_and_unpaid(
     # Since the simulated cheaters keep their leases alive (as daemons do), the gap measured
     # 0.6-3.1 points over five runs; the all-honest baseline does not model the missing results.
     assert metrics[-1]["accuracy"] >= honest_acc - 0.05
-    paid, audits = _credits(grid), _audits(grid)
+    paid, audits = _credits(grid, job_id), _audits(grid, job_id)
     cheaters = {a.address.lower() for a in adversaries}
     for adv in adversaries:
         a = adv.address.lower()
@@ -147,35 +187,7 @@ def test_lazy_and_scaling_trainers_are_caught_and_unpaid(
         assert audits[a] and set(audits[a]) == {"failed"}, (adv.behaviour, audits[a])
         assert paid.get(a, 0) == 0, f"{adv.behaviour} was paid for cheating"
     assert {e.node.lower() for e in caught} == cheaters
-    for name in ("honest1", "honest2"):
+    for name in HONEST:
         a = _address(grid, name)
         assert record[a].caught == 0 and "failed" not in audits.get(a, [])
     assert sum(v for k, v in paid.items() if k not in cheaters) >= 1
-
-
-def test_an_honest_grid_passes_every_audit(
-    make_grid: Callable[..., LocalGrid],
-    digits_training: Digits,
-) -> None:
-    d = digits_training
-    grid = make_grid()
-    grid.start_coordinator()
-    for threads in (1, 2):
-        grid.start_node(f"node{threads}", *node_args(threads))
-    settings: dict[str, Any] = dict(rounds=5, workers_per_round=2, quorum=1.0, device="cpu", seed=0)
-    with Client(grid.target, Signer.generate()) as client:
-        job = client.submit_training(d.train, d.dataset, eval_program=d.eval, **settings)
-        metrics = list(client.watch_rounds(job.job_id))
-        final = client.job(job.job_id)
-        events = list(client.watch(job.job_id))
-        nodes = client.nodes()
-    assert final.state == JobState.SUCCEEDED, final.error
-    assert all(m["workers"] == 2 for m in metrics) and metrics[-1]["accuracy"] > 0.9
-    assert "caught" not in [e.kind for e in events]
-    # a loaded machine may let a lease expire (reissued as a timeout); nothing else is reissued
-    reissued = [e.message for e in events if e.kind == "reissued"]
-    assert all(m.startswith("timeout: lease expired") for m in reissued), reissued
-    assert all(n.caught == 0 and n.rejections == 0 for n in nodes)
-    states = [state for per_node in _audits(grid).values() for state in per_node]
-    assert len(states) == settings["rounds"] * settings["workers_per_round"]  # new nodes: every result audited
-    assert set(states) == {"passed"}
