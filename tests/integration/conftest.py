@@ -169,6 +169,36 @@ def make_module_grid(tmp_path_factory: pytest.TempPathFactory, stopper: Stopper)
     yield from _grids(tmp_path_factory.mktemp("module_grids"), stopper)
 
 
+PAIR = pytest.mark.xdist_group("pair")  # the tests on pair_grid: one worker, one grid (see pair_grid)
+
+
+@pytest.fixture(scope="session")
+def pair_session_grid(tmp_path_factory: pytest.TempPathFactory, stopper: Stopper) -> Iterator[LocalGrid]:
+    grids = _grids(tmp_path_factory.mktemp("pair"), stopper)
+    make = next(grids)
+    # Long leases: on a loaded machine a node can stall past FAST's 1.5 s lease, and a spot-check
+    # whose lease expires on a two-node grid has no other checker to go to (it stays pending).
+    grid = make("--lease-ttl-ms", "20000")
+    grid.start_coordinator()
+    for threads in (1, 2):
+        grid.start_node(f"node{threads}", *node_args(threads))
+    grid.wait_for_nodes(2, timeout=300)  # registered before a test counts what they had done
+    yield grid
+    next(grids, None)  # stopped (in the background)
+
+
+@pytest.fixture
+def pair_grid(pair_session_grid: LocalGrid) -> LocalGrid:
+    """A coordinator and two honest nodes (one and two threads), started once and shared by the
+    tests of several modules that each submit and check only their own jobs (and count a node's
+    work as a difference, never a total). Mark those tests PAIR: under `--dist loadgroup` they all
+    go to one worker, which starts the grid once. Not for tests that kill or add processes or bring
+    adversaries, nor for jobs that could make its nodes trusted (priced jobs of three or more
+    submitters: the shared tests expect every result of these new nodes to be checked)."""
+    pair_session_grid.check_running()
+    return pair_session_grid
+
+
 def node_args(threads: int = 1) -> tuple[str, ...]:
     return ("--device", "cpu", "--threads", str(threads))
 

@@ -4,7 +4,6 @@ the documented per-dtype tolerance (coordinator/services/verification/compare.py
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,10 +17,10 @@ from tensorgrid.types import JobState
 from tensorgrid.workloads.tensorfile import load_tensors, save_tensors
 from tests.architectures import ARCHITECTURES
 from tests.conftest import shared_dir
-from tests.integration.conftest import node_args
+from tests.integration.conftest import PAIR
 
 pytestmark = pytest.mark.integration
-SHARED = pytest.mark.xdist_group("architectures")  # share one module grid per worker (see make_module_grid)
+SHARED = PAIR  # each test checks only its own job: they share pair_grid
 ROWS, SHARD_ROWS = 24, 8  # three shards, so both nodes work and results get spot-checked
 
 
@@ -41,21 +40,9 @@ def assets(factory: pytest.TempPathFactory, name: str) -> Path:
     return shared_dir(factory, f"arch-{name}", lambda root: build_assets(root, name))
 
 
-@pytest.fixture(scope="module")
-def module_grid(make_module_grid: Callable[..., LocalGrid]) -> LocalGrid:
-    # Long leases: on a loaded machine a node can stall past FAST's 1.5 s lease, and a spot-check
-    # whose lease expires on a two-node grid has no other checker to go to (it stays pending).
-    grid = make_module_grid("--lease-ttl-ms", "20000")
-    grid.start_coordinator()
-    for i in range(2):
-        grid.start_node(f"node{i}", *node_args())
-    return grid
-
-
 @pytest.fixture
-def grid(module_grid: LocalGrid) -> LocalGrid:
-    module_grid.check_running()
-    return module_grid
+def grid(pair_grid: LocalGrid) -> LocalGrid:
+    return pair_grid
 
 
 @SHARED

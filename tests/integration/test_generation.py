@@ -31,28 +31,17 @@ from tensorgrid.workloads.tensorfile import load_tensors, save_tensors
 from tests.conftest import shared_dir
 from tests.decoders import export_decoder, tiny_decoder
 from tests.integration.adversaries import Pool, SimClient
-from tests.integration.conftest import node_args
+from tests.integration.conftest import PAIR, node_args
 
 pytestmark = pytest.mark.integration
 V, PROMPTS, MAX_NEW = 50, 40, 12
 SAMPLING = {"max_new_tokens": MAX_NEW, "temperature": 0.9, "top_k": 20, "top_p": 0.95, "seed": 1234}
-SHARED = pytest.mark.xdist_group("generation")  # share one module grid per worker (see make_module_grid)
-
-
-@pytest.fixture(scope="module")
-def module_grid(make_module_grid: Callable[..., LocalGrid]) -> LocalGrid:
-    g = make_module_grid()
-    g.start_coordinator()
-    for i in range(2):
-        g.start_node(f"node{i}", *node_args())
-    return g
+SHARED = PAIR  # the tests that each check only their own job share pair_grid
 
 
 @pytest.fixture
-def grid(module_grid: LocalGrid) -> LocalGrid:
-    """A coordinator and two honest nodes shared by the tests that each check only their own job."""
-    module_grid.check_running()
-    return module_grid
+def grid(pair_grid: LocalGrid) -> LocalGrid:
+    return pair_grid
 
 
 @dataclass(frozen=True)

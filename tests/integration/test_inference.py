@@ -20,27 +20,15 @@ from tensorgrid.localgrid import LocalGrid
 from tensorgrid.spec import VerificationSpec
 from tensorgrid.types import JobInfo, JobState
 from tensorgrid.workloads.tensorfile import load_tensors
-from tests.integration.conftest import BATCH, Assets, node_args
+from tests.integration.conftest import BATCH, PAIR, Assets, node_args
 
 pytestmark = pytest.mark.integration
-SHARED = pytest.mark.xdist_group("inference")  # share one module grid per worker (see make_module_grid)
-
-
-@pytest.fixture(scope="module")
-def module_grid(make_module_grid: Callable[..., LocalGrid]) -> LocalGrid:
-    g = make_module_grid()
-    g.start_coordinator()
-    for i in range(2):
-        g.start_node(f"node{i}", *node_args())
-    g.wait_for_nodes(2, timeout=300)  # registered before a test counts what they had done
-    return g
+SHARED = PAIR  # the tests that each check only their own job share pair_grid
 
 
 @pytest.fixture
-def grid(module_grid: LocalGrid) -> LocalGrid:
-    """A coordinator and two nodes shared by the tests that each check only their own job."""
-    module_grid.check_running()
-    return module_grid
+def grid(pair_grid: LocalGrid) -> LocalGrid:
+    return pair_grid
 
 
 def assert_matches_local(result: Path, assets: Assets) -> None:

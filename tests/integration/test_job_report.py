@@ -26,7 +26,7 @@ from tensorgrid.localgrid import LocalGrid
 from tensorgrid.report import format_eth
 from tensorgrid.spec import VerificationSpec
 from tensorgrid.types import JobState, Receipt
-from tests.integration.conftest import BATCH, FAST, Assets, Stopper, node_args
+from tests.integration.conftest import BATCH, FAST, PAIR, Assets, Stopper, node_args
 
 pytestmark = pytest.mark.integration
 ONE_NODE = pytest.mark.xdist_group("job_report_one_node")  # share one module grid per worker (see make_module_grid)
@@ -46,14 +46,9 @@ def cli(grid: LocalGrid, key: Path, *args: str) -> str:
     return out.stdout
 
 
-def test_report_counts_checks_and_states_odds_and_stake(
-    make_grid: Callable[..., LocalGrid], digits: Assets, tmp_path: Path
-) -> None:
-    grid = make_grid()
-    grid.start_coordinator()
-    for i in (1, 2):
-        grid.start_node(f"node{i}", *node_args(i))
-    grid.wait_for_nodes(2, timeout=300)  # both in before the job: the nodes listing counts them
+@PAIR
+def test_report_counts_checks_and_states_odds_and_stake(pair_grid: LocalGrid, digits: Assets, tmp_path: Path) -> None:
+    grid = pair_grid  # both nodes in before the job: the nodes listing counts them
     policy = VerificationSpec(spot_rows=40, canary_rate=0.0)
     signer = Signer.generate()
     key = tmp_path / "submitter.key"

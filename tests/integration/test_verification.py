@@ -24,7 +24,7 @@ from tensorgrid.spec import VerificationSpec
 from tensorgrid.types import JobState
 from tensorgrid.workloads.tensorfile import load_tensors
 from tests.integration.adversaries import BEHAVIOURS, Pool, SimNode
-from tests.integration.conftest import BATCH, FAST, Assets, node_args
+from tests.integration.conftest import BATCH, FAST, PAIR, Assets, node_args
 
 pytestmark = pytest.mark.integration
 REWARD = 1000
@@ -119,13 +119,9 @@ def test_adversaries_are_caught_and_unpaid(make_grid: Callable[..., LocalGrid], 
     assert "verified" in kinds
 
 
-def test_honest_grid_never_rejects_across_threads_and_batches(
-    make_grid: Callable[..., LocalGrid], digits: Assets, tmp_path: Path
-) -> None:
-    grid = make_grid()
-    grid.start_coordinator()
-    for i in (1, 2):
-        grid.start_node(f"node{i}", *node_args(i))
+@PAIR
+def test_honest_grid_never_rejects_across_threads_and_batches(pair_grid: LocalGrid, digits: Assets) -> None:
+    grid = pair_grid  # nodes of one and two threads
     with Client(grid.target, Signer.generate()) as client:
         jobs = [
             client.submit_inference(digits.model, digits.inputs, shard_rows=500, batch_size=b, device="cpu")
@@ -138,7 +134,7 @@ def test_honest_grid_never_rejects_across_threads_and_batches(
             assert "caught" not in kinds and "disputed" not in kinds and "reissued" not in kinds
             assert kinds.count("verified") >= 1
         nodes = client.nodes()
-    assert all(n.caught == 0 and n.rejections == 0 for n in nodes)
+    assert len(nodes) == 2 and all(n.caught == 0 and n.rejections == 0 for n in nodes)
     assert sum(n.verified for n in nodes) >= 3
 
 
