@@ -3,10 +3,13 @@ replicas' states, replies and receipts out.
 
 Opened once the agent is registered, with ServeHello{max_replicas} first. When it breaks it
 is opened again with backoff (capped at MAX_BACKOFF_S), and every replica is dropped first:
-the coordinator assigns them again on the new stream. A coordinator without serving
-(UNIMPLEMENTED) is asked again only every UNIMPLEMENTED_RETRY_S. Draining ends the stream
-cleanly: replicas are released (their queued requests answered RELEASED), then the node
-half-closes its side and waits briefly for the coordinator to close its own.
+the coordinator assigns them again on the new stream. A stream that ended UNAVAILABLE moves the
+client to the next coordinator replica (tensorgrid.failover), so the node re-attaches to the one
+left when its replica dies (coordinator/services/serving/service.py says how replicas share).
+A coordinator without serving (UNIMPLEMENTED) is asked again only every UNIMPLEMENTED_RETRY_S.
+Draining ends the stream cleanly: replicas are released (their queued requests answered
+RELEASED), then the node half-closes its side and waits briefly for the coordinator to close
+its own.
 """
 
 from __future__ import annotations
@@ -81,9 +84,13 @@ class ServeLoop:
                 break
             opened = time.monotonic()
             wait = 0.0
+            generation = self.client.targets.generation
             try:
                 await self._session()
             except grpc.aio.AioRpcError as e:
+                # the replica died (UNAVAILABLE): the next stream goes to the next address, where
+                # that replica assigns this node the endpoints' replicas again
+                self.client.failed(e, generation)
                 if e.code() == grpc.StatusCode.UNIMPLEMENTED:
                     if failures == 0:
                         log.info("the coordinator does not serve endpoints; asking again every %.0fs",

@@ -15,6 +15,11 @@ is what it still pays for, less what is counted and not yet written; a flush nev
 past it (the requests that do not fit are logged, unpaid). A free endpoint (no price row, or
 price 0) is capped by its spec's max_requests, counted in memory since this process started
 (no one is owed anything), or not at all when max_requests is 0.
+
+Several coordinator replicas: each counts and flushes the batches it verified (a batch's
+receipt reaches only the replica that routed its requests), and `refresh` (the serving sync,
+every few seconds) re-reads the credited wei the others wrote, so `remaining` sees them. A
+free endpoint's cap is counted per replica (nobody is owed anything either way).
 """
 
 from __future__ import annotations
@@ -140,6 +145,27 @@ class Accounting:
             voids, self._void_after = self._void_after, {}
         for task_id, reason in voids.items():
             await self._void_written(flushed[task_id].endpoint_id, task_id, reason)
+
+    async def refresh(self, endpoint_ids: list[str]) -> None:
+        """Re-read the credited wei (and void) of these paid endpoints: other replicas' flushes
+        count against the budget too. Under the flush's lock, so no write of ours is half-seen."""
+        ids = [e for e in endpoint_ids if e in self._terms and self._terms[e].price]
+        if not ids:
+            return
+        async with self._lock:
+            rows = await self.rt.db(self._read_credited, ids)
+            for endpoint_id, (credited, void) in rows.items():
+                terms = self._terms.get(endpoint_id)
+                if terms is not None:
+                    terms.credited, terms.void = credited, terms.void or void
+
+    def _read_credited(self, endpoint_ids: list[str]) -> dict[str, tuple[int, bool]]:
+        p = s.job_prices
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(p.c.job_id, p.c.credited_wei, p.c.void_reason).where(p.c.job_id.in_(endpoint_ids))
+            )
+            return {r.job_id: (int(r.credited_wei), bool(r.void_reason)) for r in rows}
 
     def _write(self, tallies: list[_Tally], now_ms: int) -> dict[str, tuple[int, bool]]:
         """credit_batches, then each endpoint's (credited total, void) as committed (the cache's truth)."""

@@ -88,6 +88,9 @@ class Accounting(Protocol):
     async def flush(self) -> None:
         """Write what was counted since the last flush (one transaction)."""
 
+    async def refresh(self, endpoint_ids: list[str]) -> None:
+        """Re-read what these endpoints' budgets have paid (other coordinator replicas' credits)."""
+
     async def run(self, stop: asyncio.Event) -> None:
         """Flush periodically until stop is set, then once more."""
 
@@ -116,6 +119,9 @@ class NoAccounting:
         return None
 
     async def flush(self) -> None:
+        return None
+
+    async def refresh(self, endpoint_ids: list[str]) -> None:
         return None
 
     async def run(self, stop: asyncio.Event) -> None:

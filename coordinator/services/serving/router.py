@@ -143,9 +143,16 @@ class Router(Links):
                 self._retry_hint(ep),
             )
         warming = ep.warming()
+        if warming:
+            raise Unavailable(
+                f"no replica of endpoint {ep.job_id} is ready yet ({warming} warming): retry shortly", 500
+            )
+        # UNAVAILABLE moves a failover client (tensorgrid.failover) to the next coordinator
+        # replica at once: the one whose nodes serve this endpoint, if another does (service.py)
         raise Unavailable(
-            f"no replica of endpoint {ep.job_id} is ready yet ({warming} warming): retry shortly",
-            500 if warming else 2000,
+            f"no replica of endpoint {ep.job_id} is ready on this coordinator replica (no node serves it here): "
+            "retry shortly, or through another replica",
+            2000,
         )
 
     @staticmethod

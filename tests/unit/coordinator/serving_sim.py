@@ -49,6 +49,9 @@ class Recorder:
     async def flush(self) -> None:
         return None
 
+    async def refresh(self, endpoint_ids: list[str]) -> None:
+        return None
+
     async def run(self, stop: asyncio.Event) -> None:
         await stop.wait()
 
