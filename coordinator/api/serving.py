@@ -66,7 +66,8 @@ class ServingApi:
         if info is None:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown node: register again")
             return
-        link = self.router.connect(node, info.device_kind, info.memory_bytes, first.hello.max_replicas)
+        hello = first.hello
+        link = self.router.connect(node, info.device_kind, info.memory_bytes, hello.max_replicas, hello.warm_endpoints)
         log.info("node %s serves up to %d replicas", node, link.max_replicas)
         reader = asyncio.create_task(self._read(link, up))
         try:

@@ -6,6 +6,10 @@ is opened again with backoff (capped at MAX_BACKOFF_S), and every replica is dro
 the coordinator assigns them again on the new stream. A stream that ended UNAVAILABLE moves the
 client to the next coordinator replica (tensorgrid.failover), so the node re-attaches to the one
 left when its replica dies (coordinator/services/serving/service.py says how replicas share).
+There the endpoints it served are warm: a broken stream's idle replicas keep their loaded child
+for PARK_S, the next stream's ServeHello names their endpoints (the coordinator places those
+here first), and a replica assigned for the same endpoint, program and settings adopts the
+child instead of starting one (about a second instead of a cold start's many).
 A coordinator without serving (UNIMPLEMENTED) is asked again only every UNIMPLEMENTED_RETRY_S.
 Draining ends the stream cleanly: replicas are released (their queued requests answered
 RELEASED), then the node half-closes its side and waits briefly for the coordinator to close
@@ -22,6 +26,7 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
+from node.serving.process import ServingProcess
 from node.serving.replica import Replica, ReplicaContext, reply
 from tensorgrid import serde
 from tensorgrid.nodeclient import NodeClient
@@ -44,6 +49,8 @@ UNIMPLEMENTED_RETRY_S = 60.0
 HEALTHY_S = 10.0  # a stream that lived this long resets the backoff
 CLOSE_GRACE_S = 2.0
 RECEIPT_DELAY_S = 0.05  # a receipt waits at most this long to ride with the next replies
+PARK_S = 30.0  # a broken stream's warm children wait this long for a replica to adopt them
+MAX_WARM = 64  # endpoints a hello names (the coordinator reads no more)
 
 OnError = Callable[[grpc.aio.AioRpcError, str], Awaitable[None]]
 MakeContext = Callable[[Callable[[serving_pb2.ServeUp], None]], ReplicaContext]
@@ -74,6 +81,9 @@ class ServeLoop:
         self._outgoing: asyncio.Queue[serving_pb2.ServeUp | None] = asyncio.Queue()
         self._receipts: list[serving_pb2.BatchReceipt] = []  # waiting to ride with the next replies
         self._receipt_timer: asyncio.TimerHandle | None = None
+        # warm children of a broken stream's replicas, by Replica.warm_key, until PARK_S passes
+        self._parked: dict[tuple[object, ...], tuple[ServingProcess, asyncio.TimerHandle]] = {}
+        self._closing: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
         """Serve until draining."""
@@ -101,7 +111,7 @@ class ServeLoop:
             except Exception:  # a fault here must not end serving for the daemon's life: reconnect
                 log.exception("the serve stream failed")
             finally:
-                await self._drop_all("the serve stream closed")
+                await self._drop_all("the serve stream closed", keep=True)
             failures = 1 if time.monotonic() - opened > HEALTHY_S else failures + 1
             await self._wait_or_drain(asyncio.sleep(wait or backoff(failures, 0.1, cap=MAX_BACKOFF_S)))
         await self._drop_all("the node is draining")
@@ -118,7 +128,9 @@ class ServeLoop:
         outgoing: asyncio.Queue[serving_pb2.ServeUp | None] = asyncio.Queue()
         self._outgoing = outgoing
         self._receipts = []  # a previous stream's receipts went with its replicas
-        outgoing.put_nowait(serving_pb2.ServeUp(hello=serving_pb2.ServeHello(max_replicas=self.max_replicas)))
+        warm = list(dict.fromkeys(str(key[0]) for key in self._parked))[:MAX_WARM]
+        hello = serving_pb2.ServeHello(max_replicas=self.max_replicas, warm_endpoints=warm)
+        outgoing.put_nowait(serving_pb2.ServeUp(hello=hello))
 
         call = self.client.serve(coalesced(outgoing, ("replies", "receipts"), _reply_bytes, self._written))
         reader = asyncio.ensure_future(self._read(call))
@@ -209,6 +221,10 @@ class ServeLoop:
             return
         replica = Replica(assign, self._context(self.send))
         self.replicas[assign.replica_id] = replica
+        parked = self._parked.pop(replica.warm_key, None)
+        if parked is not None:
+            parked[1].cancel()
+            replica.warm = parked[0]
 
         async def start() -> None:
             if not await replica.start() and self.replicas.get(replica.replica_id) is replica:
@@ -221,9 +237,39 @@ class ServeLoop:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _drop_all(self, reason: str) -> None:
-        """Release every replica and wait for their children to stop."""
+    async def _drop_all(self, reason: str, keep: bool = False) -> None:
+        """Release every replica and wait for their children to stop; keep: park the idle ones'
+        loaded children for the next stream instead (else every parked child stops too)."""
         replicas, self.replicas = list(self.replicas.values()), {}
         for task in list(self._tasks):  # replicas still starting
             task.cancel()
-        await asyncio.gather(*(r.close(reason) for r in replicas), return_exceptions=True)
+        kept = await asyncio.gather(*(r.close(reason, keep=keep) for r in replicas), return_exceptions=True)
+        for replica, process in zip(replicas, kept, strict=True):
+            if isinstance(process, ServingProcess):
+                self._park(replica.warm_key, process)
+        if not keep:
+            parked, self._parked = list(self._parked.values()), {}
+            for _, timer in parked:
+                timer.cancel()
+            await asyncio.gather(*(process.close() for process, _ in parked), return_exceptions=True)
+
+    def _park(self, key: tuple[object, ...], process: ServingProcess) -> None:
+        old = self._parked.pop(key, None)
+        if old is not None:  # two replicas of one endpoint: one child is enough to keep
+            old[1].cancel()
+            self._stop(old[0])
+        timer = asyncio.get_running_loop().call_later(PARK_S, self._unpark, key, process)
+        self._parked[key] = (process, timer)
+        log.info("endpoint %s stays warm for %.0f s for the next stream", str(key[0])[:12], PARK_S)
+
+    def _unpark(self, key: tuple[object, ...], process: ServingProcess) -> None:
+        """No replica adopted the child in time: stop it."""
+        if self._parked.get(key, (None,))[0] is process:
+            del self._parked[key]
+            self._stop(process)
+
+    def _stop(self, process: ServingProcess) -> None:
+        """Stop a parked child in the background (not one of the tasks a drop cancels)."""
+        task: asyncio.Task[None] = asyncio.ensure_future(process.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from tensorgrid.v1 import common_pb2 as tensorgrid_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btensorgrid/v1/serving.proto\x12\rtensorgrid.v1\x1a\x1atensorgrid/v1/common.proto\"\xd7\x01\n\tServeDown\x12.\n\x06\x61ssign\x18\x01 \x01(\x0b\x32\x1c.tensorgrid.v1.ReplicaAssignH\x00\x12\x30\n\x07release\x18\x02 \x01(\x0b\x32\x1d.tensorgrid.v1.ReplicaReleaseH\x00\x12,\n\x06\x63\x61ncel\x18\x04 \x01(\x0b\x32\x1a.tensorgrid.v1.ServeCancelH\x00\x12-\n\x08requests\x18\x05 \x03(\x0b\x32\x1b.tensorgrid.v1.ServeRequestB\x05\n\x03msgJ\x04\x08\x03\x10\x04\"\xe2\x01\n\rReplicaAssign\x12\x13\n\x0b\x65ndpoint_id\x18\x01 \x01(\t\x12\x12\n\nreplica_id\x18\x02 \x01(\t\x12\x0e\n\x06serves\x18\x03 \x01(\t\x12%\n\x05model\x18\x04 \x01(\x0b\x32\x16.tensorgrid.v1.BlobRef\x12\x15\n\rsettings_json\x18\x05 \x01(\x0c\x12\x11\n\tmax_batch\x18\x06 \x01(\r\x12\x14\n\x0cmax_delay_us\x18\x07 \x01(\r\x12\x1a\n\x12memory_limit_bytes\x18\x08 \x01(\x04\x12\x15\n\rtime_limit_ms\x18\t \x01(\r\"4\n\x0eReplicaRelease\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"h\n\x0cServeRequest\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\x04\x12\r\n\x05input\x18\x03 \x01(\x0c\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x04 \x01(\x03\x12\x0c\n\x04seed\x18\x05 \x01(\x04\"!\n\x0bServeCancel\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\"\xd1\x01\n\x07ServeUp\x12*\n\x05hello\x18\x01 \x01(\x0b\x32\x19.tensorgrid.v1.ServeHelloH\x00\x12,\n\x05state\x18\x02 \x01(\x0b\x32\x1b.tensorgrid.v1.ReplicaStateH\x00\x12*\n\x07replies\x18\x05 \x03(\x0b\x32\x19.tensorgrid.v1.ServeReply\x12-\n\x08receipts\x18\x06 \x03(\x0b\x32\x1b.tensorgrid.v1.BatchReceiptB\x05\n\x03msgJ\x04\x08\x03\x10\x04J\x04\x08\x04\x10\x05\"\"\n\nServeHello\x12\x14\n\x0cmax_replicas\x18\x01 \x01(\r\"Z\n\x0cReplicaState\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\r\n\x05ready\x18\x02 \x01(\x08\x12\'\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x18.tensorgrid.v1.TaskError\"\x86\x01\n\nServeReply\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x0e\n\x06output\x18\x02 \x01(\x0c\x12\'\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x18.tensorgrid.v1.TaskError\x12\x0e\n\x06tokens\x18\x04 \x03(\x03\x12\x0c\n\x04\x64one\x18\x05 \x01(\x08\x12\r\n\x05\x62\x61tch\x18\x06 \x01(\x04\"o\n\x0c\x42\x61tchReceipt\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\r\n\x05\x62\x61tch\x18\x02 \x01(\x04\x12\x13\n\x0brequest_ids\x18\x03 \x03(\x04\x12\'\n\x07receipt\x18\x04 \x01(\x0b\x32\x16.tensorgrid.v1.Receipt\"T\n\x0cInferRequest\x12\x13\n\x0b\x65ndpoint_id\x18\x01 \x01(\t\x12\r\n\x05input\x18\x02 \x01(\x0c\x12\x12\n\ntimeout_ms\x18\x03 \x01(\r\x12\x0c\n\x04seed\x18\x04 \x01(\x04\"?\n\rInferResponse\x12\x0e\n\x06output\x18\x01 \x01(\x0c\x12\x0c\n\x04node\x18\x02 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x03 \x01(\r\"K\n\rGenerateChunk\x12\x0e\n\x06tokens\x18\x01 \x03(\x03\x12\x0c\n\x04\x64one\x18\x02 \x01(\x08\x12\x0e\n\x06output\x18\x03 \x01(\x0c\x12\x0c\n\x04node\x18\x04 \x01(\t\")\n\x12GetEndpointRequest\x12\x13\n\x0b\x65ndpoint_id\x18\x01 \x01(\t\"\x16\n\x14ListEndpointsRequest\"?\n\x15\x44\x65leteEndpointRequest\x12\x13\n\x0b\x65ndpoint_id\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"c\n\rReplicaStatus\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x0c\n\x04node\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x11\n\tin_flight\x18\x04 \x01(\r\x12\x0e\n\x06served\x18\x05 \x01(\x04\"\xfb\x02\n\x0e\x45ndpointStatus\x12\x13\n\x0b\x65ndpoint_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0e\n\x06serves\x18\x03 \x01(\t\x12\x14\n\x0cmin_replicas\x18\x04 \x01(\r\x12\x14\n\x0cmax_replicas\x18\x05 \x01(\r\x12.\n\x08replicas\x18\x06 \x03(\x0b\x32\x1c.tensorgrid.v1.ReplicaStatus\x12\x16\n\x0erequests_per_s\x18\x07 \x01(\x01\x12\x0e\n\x06p50_ms\x18\x08 \x01(\x01\x12\x0e\n\x06p99_ms\x18\t \x01(\x01\x12\x10\n\x08requests\x18\n \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x0b \x01(\x04\x12\x0f\n\x07\x63hecked\x18\x0c \x01(\x04\x12\x0e\n\x06\x63\x61ught\x18\r \x01(\x04\x12\x11\n\tspent_wei\x18\x0e \x01(\t\x12\x11\n\tprice_wei\x18\x0f \x01(\t\x12\x14\n\x0cmax_requests\x18\x10 \x01(\x04\x12\x12\n\ncreated_ms\x18\x11 \x01(\x03\x12\x0e\n\x06queued\x18\x12 \x01(\r\"I\n\x15ListEndpointsResponse\x12\x30\n\tendpoints\x18\x01 \x03(\x0b\x32\x1d.tensorgrid.v1.EndpointStatusb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btensorgrid/v1/serving.proto\x12\rtensorgrid.v1\x1a\x1atensorgrid/v1/common.proto\"\xd7\x01\n\tServeDown\x12.\n\x06\x61ssign\x18\x01 \x01(\x0b\x32\x1c.tensorgrid.v1.ReplicaAssignH\x00\x12\x30\n\x07release\x18\x02 \x01(\x0b\x32\x1d.tensorgrid.v1.ReplicaReleaseH\x00\x12,\n\x06\x63\x61ncel\x18\x04 \x01(\x0b\x32\x1a.tensorgrid.v1.ServeCancelH\x00\x12-\n\x08requests\x18\x05 \x03(\x0b\x32\x1b.tensorgrid.v1.ServeRequestB\x05\n\x03msgJ\x04\x08\x03\x10\x04\"\xe2\x01\n\rReplicaAssign\x12\x13\n\x0b\x65ndpoint_id\x18\x01 \x01(\t\x12\x12\n\nreplica_id\x18\x02 \x01(\t\x12\x0e\n\x06serves\x18\x03 \x01(\t\x12%\n\x05model\x18\x04 \x01(\x0b\x32\x16.tensorgrid.v1.BlobRef\x12\x15\n\rsettings_json\x18\x05 \x01(\x0c\x12\x11\n\tmax_batch\x18\x06 \x01(\r\x12\x14\n\x0cmax_delay_us\x18\x07 \x01(\r\x12\x1a\n\x12memory_limit_bytes\x18\x08 \x01(\x04\x12\x15\n\rtime_limit_ms\x18\t \x01(\r\"4\n\x0eReplicaRelease\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"h\n\x0cServeRequest\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\x04\x12\r\n\x05input\x18\x03 \x01(\x0c\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x04 \x01(\x03\x12\x0c\n\x04seed\x18\x05 \x01(\x04\"!\n\x0bServeCancel\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\"\xd1\x01\n\x07ServeUp\x12*\n\x05hello\x18\x01 \x01(\x0b\x32\x19.tensorgrid.v1.ServeHelloH\x00\x12,\n\x05state\x18\x02 \x01(\x0b\x32\x1b.tensorgrid.v1.ReplicaStateH\x00\x12*\n\x07replies\x18\x05 \x03(\x0b\x32\x19.tensorgrid.v1.ServeReply\x12-\n\x08receipts\x18\x06 \x03(\x0b\x32\x1b.tensorgrid.v1.BatchReceiptB\x05\n\x03msgJ\x04\x08\x03\x10\x04J\x04\x08\x04\x10\x05\":\n\nServeHello\x12\x14\n\x0cmax_replicas\x18\x01 \x01(\r\x12\x16\n\x0ewarm_endpoints\x18\x02 \x03(\t\"Z\n\x0cReplicaState\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\r\n\x05ready\x18\x02 \x01(\x08\x12\'\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x18.tensorgrid.v1.TaskError\"\x86\x01\n\nServeReply\x12\x12\n\nrequest_id\x18\x01 \x01(\x04\x12\x0e\n\x06output\x18\x02 \x01(\x0c\x12\'\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x18.tensorgrid.v1.TaskError\x12\x0e\n\x06tokens\x18\x04 \x03(\x03\x12\x0c\n\x04\x64one\x18\x05 \x01(\x08\x12\r\n\x05\x62\x61tch\x18\x06 \x01(\x04\"o\n\x0c\x42\x61tchReceipt\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\r\n\x05\x62\x61tch\x18\x02 \x01(\x04\x12\x13\n\x0brequest_ids\x18\x03 \x03(\x04\x12\'\n\x07receipt\x18\x04 \x01(\x0b\x32\x16.tensorgrid.v1.Receipt\"T\n\x0cInferRequest\x12\x13\n\x0b\x65ndpoint_id\x18\x01 \x01(\t\x12\r\n\x05input\x18\x02 \x01(\x0c\x12\x12\n\ntimeout_ms\x18\x03 \x01(\r\x12\x0c\n\x04seed\x18\x04 \x01(\x04\"?\n\rInferResponse\x12\x0e\n\x06output\x18\x01 \x01(\x0c\x12\x0c\n\x04node\x18\x02 \x01(\t\x12\x10\n\x08\x61ttempts\x18\x03 \x01(\r\"K\n\rGenerateChunk\x12\x0e\n\x06tokens\x18\x01 \x03(\x03\x12\x0c\n\x04\x64one\x18\x02 \x01(\x08\x12\x0e\n\x06output\x18\x03 \x01(\x0c\x12\x0c\n\x04node\x18\x04 \x01(\t\")\n\x12GetEndpointRequest\x12\x13\n\x0b\x65ndpoint_id\x18\x01 \x01(\t\"\x16\n\x14ListEndpointsRequest\"?\n\x15\x44\x65leteEndpointRequest\x12\x13\n\x0b\x65ndpoint_id\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"c\n\rReplicaStatus\x12\x12\n\nreplica_id\x18\x01 \x01(\t\x12\x0c\n\x04node\x18\x02 \x01(\t\x12\r\n\x05state\x18\x03 \x01(\t\x12\x11\n\tin_flight\x18\x04 \x01(\r\x12\x0e\n\x06served\x18\x05 \x01(\x04\"\xfb\x02\n\x0e\x45ndpointStatus\x12\x13\n\x0b\x65ndpoint_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x0e\n\x06serves\x18\x03 \x01(\t\x12\x14\n\x0cmin_replicas\x18\x04 \x01(\r\x12\x14\n\x0cmax_replicas\x18\x05 \x01(\r\x12.\n\x08replicas\x18\x06 \x03(\x0b\x32\x1c.tensorgrid.v1.ReplicaStatus\x12\x16\n\x0erequests_per_s\x18\x07 \x01(\x01\x12\x0e\n\x06p50_ms\x18\x08 \x01(\x01\x12\x0e\n\x06p99_ms\x18\t \x01(\x01\x12\x10\n\x08requests\x18\n \x01(\x04\x12\x0e\n\x06\x65rrors\x18\x0b \x01(\x04\x12\x0f\n\x07\x63hecked\x18\x0c \x01(\x04\x12\x0e\n\x06\x63\x61ught\x18\r \x01(\x04\x12\x11\n\tspent_wei\x18\x0e \x01(\t\x12\x11\n\tprice_wei\x18\x0f \x01(\t\x12\x14\n\x0cmax_requests\x18\x10 \x01(\x04\x12\x12\n\ncreated_ms\x18\x11 \x01(\x03\x12\x0e\n\x06queued\x18\x12 \x01(\r\"I\n\x15ListEndpointsResponse\x12\x30\n\tendpoints\x18\x01 \x03(\x0b\x32\x1d.tensorgrid.v1.EndpointStatusb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,29 +45,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SERVEUP']._serialized_start=717
   _globals['_SERVEUP']._serialized_end=926
   _globals['_SERVEHELLO']._serialized_start=928
-  _globals['_SERVEHELLO']._serialized_end=962
-  _globals['_REPLICASTATE']._serialized_start=964
-  _globals['_REPLICASTATE']._serialized_end=1054
-  _globals['_SERVEREPLY']._serialized_start=1057
-  _globals['_SERVEREPLY']._serialized_end=1191
-  _globals['_BATCHRECEIPT']._serialized_start=1193
-  _globals['_BATCHRECEIPT']._serialized_end=1304
-  _globals['_INFERREQUEST']._serialized_start=1306
-  _globals['_INFERREQUEST']._serialized_end=1390
-  _globals['_INFERRESPONSE']._serialized_start=1392
-  _globals['_INFERRESPONSE']._serialized_end=1455
-  _globals['_GENERATECHUNK']._serialized_start=1457
-  _globals['_GENERATECHUNK']._serialized_end=1532
-  _globals['_GETENDPOINTREQUEST']._serialized_start=1534
-  _globals['_GETENDPOINTREQUEST']._serialized_end=1575
-  _globals['_LISTENDPOINTSREQUEST']._serialized_start=1577
-  _globals['_LISTENDPOINTSREQUEST']._serialized_end=1599
-  _globals['_DELETEENDPOINTREQUEST']._serialized_start=1601
-  _globals['_DELETEENDPOINTREQUEST']._serialized_end=1664
-  _globals['_REPLICASTATUS']._serialized_start=1666
-  _globals['_REPLICASTATUS']._serialized_end=1765
-  _globals['_ENDPOINTSTATUS']._serialized_start=1768
-  _globals['_ENDPOINTSTATUS']._serialized_end=2147
-  _globals['_LISTENDPOINTSRESPONSE']._serialized_start=2149
-  _globals['_LISTENDPOINTSRESPONSE']._serialized_end=2222
+  _globals['_SERVEHELLO']._serialized_end=986
+  _globals['_REPLICASTATE']._serialized_start=988
+  _globals['_REPLICASTATE']._serialized_end=1078
+  _globals['_SERVEREPLY']._serialized_start=1081
+  _globals['_SERVEREPLY']._serialized_end=1215
+  _globals['_BATCHRECEIPT']._serialized_start=1217
+  _globals['_BATCHRECEIPT']._serialized_end=1328
+  _globals['_INFERREQUEST']._serialized_start=1330
+  _globals['_INFERREQUEST']._serialized_end=1414
+  _globals['_INFERRESPONSE']._serialized_start=1416
+  _globals['_INFERRESPONSE']._serialized_end=1479
+  _globals['_GENERATECHUNK']._serialized_start=1481
+  _globals['_GENERATECHUNK']._serialized_end=1556
+  _globals['_GETENDPOINTREQUEST']._serialized_start=1558
+  _globals['_GETENDPOINTREQUEST']._serialized_end=1599
+  _globals['_LISTENDPOINTSREQUEST']._serialized_start=1601
+  _globals['_LISTENDPOINTSREQUEST']._serialized_end=1623
+  _globals['_DELETEENDPOINTREQUEST']._serialized_start=1625
+  _globals['_DELETEENDPOINTREQUEST']._serialized_end=1688
+  _globals['_REPLICASTATUS']._serialized_start=1690
+  _globals['_REPLICASTATUS']._serialized_end=1789
+  _globals['_ENDPOINTSTATUS']._serialized_start=1792
+  _globals['_ENDPOINTSTATUS']._serialized_end=2171
+  _globals['_LISTENDPOINTSRESPONSE']._serialized_start=2173
+  _globals['_LISTENDPOINTSRESPONSE']._serialized_end=2246
 # @@protoc_insertion_point(module_scope)

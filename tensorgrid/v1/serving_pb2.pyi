@@ -82,10 +82,12 @@ class ServeUp(_message.Message):
     def __init__(self, hello: _Optional[_Union[ServeHello, _Mapping]] = ..., state: _Optional[_Union[ReplicaState, _Mapping]] = ..., replies: _Optional[_Iterable[_Union[ServeReply, _Mapping]]] = ..., receipts: _Optional[_Iterable[_Union[BatchReceipt, _Mapping]]] = ...) -> None: ...
 
 class ServeHello(_message.Message):
-    __slots__ = ("max_replicas",)
+    __slots__ = ("max_replicas", "warm_endpoints")
     MAX_REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    WARM_ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     max_replicas: int
-    def __init__(self, max_replicas: _Optional[int] = ...) -> None: ...
+    warm_endpoints: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, max_replicas: _Optional[int] = ..., warm_endpoints: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ReplicaState(_message.Message):
     __slots__ = ("replica_id", "ready", "error")

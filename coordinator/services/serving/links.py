@@ -25,6 +25,8 @@ RECEIPT_WAIT_S = 5.0  # an answer not receipted within this long is never paid
 WARM_TIMEOUT_S = 180.0  # a replica not ready this long after its assignment is released
 MISSED_DEADLINES = 3  # a replica missing this many deadlines in a row is released
 MAX_VIOLATIONS = 16
+MAX_NODE_REPLICAS = 64  # replicas one node may hold, whatever it asks
+MAX_WARM = 64  # warm endpoints read from a node's hello
 
 
 def wall_ms_now() -> int:
@@ -47,6 +49,10 @@ class Links:
     def fill(self, ep: Endpoint) -> None:
         raise NotImplementedError
 
+    def assign_on(self, ep: Endpoint, link: NodeLink) -> Replica | None:
+        """A replica of `ep` on `link` if the node may take it (the router's placement)."""
+        raise NotImplementedError
+
     def accepted(self, replica: Replica, batch: ServedBatch) -> None:
         raise NotImplementedError
 
@@ -54,12 +60,22 @@ class Links:
         """A receipt naming these requests was refused (not paid); the router's hook."""
 
     # ---- streams ------------------------------------------------------------------------------
-    def connect(self, node: str, device_kind: str, memory_bytes: int, max_replicas: int) -> NodeLink:
-        """A node opened its Serve stream (a second stream of the same node replaces the first)."""
+    def connect(
+        self, node: str, device_kind: str, memory_bytes: int, max_replicas: int, warm: Sequence[str] = ()
+    ) -> NodeLink:
+        """A node opened its Serve stream (a second stream of the same node replaces the first).
+        warm: endpoints it still holds loaded (its coordinator replica died): one that has no
+        ready replica here gets one on this node at once, even past min_replicas (scaling trims
+        the extra), since it answers in about a second where a cold replica takes many."""
         old = self.links.get(node)
         if old is not None:
             self.disconnect(old)
-        link = self.links[node] = NodeLink(node, device_kind, memory_bytes, max(0, min(max_replicas, 64)))
+        slots = max(0, min(max_replicas, MAX_NODE_REPLICAS))
+        link = self.links[node] = NodeLink(node, device_kind, memory_bytes, slots, warm=frozenset(warm[:MAX_WARM]))
+        for job_id in link.warm:
+            ep = self.endpoints.get(job_id)
+            if ep is not None and ep.state == "running" and not ep.ready() and ep.live() < ep.spec.max_replicas + 1:
+                self.assign_on(ep, link)
         for ep in list(self.endpoints.values()):
             self.fill(ep)
         return link

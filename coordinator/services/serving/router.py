@@ -27,6 +27,7 @@ from coordinator.services.serving.model import (
     DRAINING,
     READY,
     Endpoint,
+    NodeLink,
     Replica,
     ReplicaGone,
 )
@@ -321,7 +322,10 @@ class Router(Links):
 
     def assign(self, ep: Endpoint) -> Replica | None:
         link = placement.choose_node(self.links.values(), ep, self.clock())
-        if link is None:
+        return None if link is None else self.assign_on(ep, link)
+
+    def assign_on(self, ep: Endpoint, link: NodeLink) -> Replica | None:
+        if not placement.fits(link, ep, self.clock()):
             return None
         replica = Replica(secrets.token_hex(32), ep, link, assigned_at=self.clock())
         ep.replicas[replica.replica_id] = link.replicas[replica.replica_id] = replica

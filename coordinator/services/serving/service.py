@@ -15,6 +15,9 @@ streams reached it:
 - A node keeps one Serve stream, to the replica its other calls use (tensorgrid.failover). When
   that replica dies the stream breaks with UNAVAILABLE, the node moves to the next address and
   opens the stream there; that replica assigns the endpoints' replicas to it (connect → fill).
+  The node keeps its idle replicas' loaded children for a while and names their endpoints in
+  its ServeHello; those go to it first (links.connect, placement), so the endpoint answers
+  again within about a second of the death instead of after a cold start.
 - A replica holding no ready and no warming replica of an endpoint answers its calls UNAVAILABLE
   with a retry hint: the failover client moves to the next address at once (a unary call is
   replayed there within the same call), so a caller whose list starts with a replica no node
@@ -38,6 +41,9 @@ Who could abuse this:
   and is paid by each only for receipts that replica verified against bytes it routed; a receipt
   handed to the other replica names a replica id it never assigned and is refused unpaid
   (tests/unit/coordinator/test_serving_replicas.py).
+- a node naming endpoints it does not hold as warm: it is preferred for them, which it could
+  get by connecting first anyway; it gets one extra replica only while the endpoint has no
+  ready one here, scaling trims it, and names of endpoints not served here are ignored (64 read).
 - a caller naming random endpoint ids at a replica: one primary-key read each, then NotFound,
   the same as for any unknown job id; it opens nothing but live endpoint jobs.
 - a hostile replica is the coordinator operator (same key, same database): out of this scope,

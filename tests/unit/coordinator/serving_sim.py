@@ -72,8 +72,8 @@ class SimNode:
     batch: int = 0
     task: asyncio.Task[None] | None = None
 
-    def connect(self, max_replicas: int = 2, device: str = "cpu") -> NodeLink:
-        self.link = self.router.connect(self.signer.address, device, 8 << 30, max_replicas)
+    def connect(self, max_replicas: int = 2, device: str = "cpu", warm: tuple[str, ...] = ()) -> NodeLink:
+        self.link = self.router.connect(self.signer.address, device, 8 << 30, max_replicas, warm)
         self.task = asyncio.get_running_loop().create_task(self._run())
         return self.link
 

@@ -18,7 +18,7 @@ from coordinator.services.serving.router import Router
 from coordinator.services.serving.service import Serving
 from tensorgrid.serving import tensors_to_bytes
 from tensorgrid.types import JobState
-from tests.unit.coordinator.serving_sim import DOMAIN, SimNode
+from tests.unit.coordinator.serving_sim import DOMAIN, SimNode, spec
 from tests.unit.coordinator.test_serving_accounting import EP, PRICE, SUBMITTER, add_endpoint, credit_rows, runtime
 
 DATA = tensors_to_bytes({"x": torch.ones(1, 4)})
@@ -113,5 +113,29 @@ def test_a_node_attached_to_both_replicas_is_paid_once_per_batch(state: Store) -
         await a.router.accounting.flush()
         await b.router.accounting.flush()
         assert [r[3] for r in credit_rows(state)] == [PRICE]
+
+    asyncio.run(asyncio.wait_for(scenario(), 20))
+
+
+def test_a_node_that_kept_an_endpoint_warm_gets_its_replica_first() -> None:
+    """Its coordinator replica died: the node comes with the endpoint still loaded. Placed on it
+    before a cold node, even when a cold node reached the replica first (the extra is trimmed)."""
+
+    async def scenario() -> None:
+        router = Router(DOMAIN)
+        ep = router.add_endpoint(EP, SUBMITTER, spec(min_replicas=1, max_replicas=1), 0)
+        cold = SimNode(router, ready=False)  # still loading when the warm node arrives
+        cold.connect()
+        warm = SimNode(router)
+        warm.connect(warm=(EP, "00" * 32))  # an endpoint this replica does not serve is ignored
+        await _settle()
+        assert cold.assigned and warm.assigned and [r.node for r in ep.ready()] == [warm.signer.address]
+        router.tick()  # two live replicas, at most one: the one still loading goes
+        await _settle()
+        assert cold.released == cold.assigned and [r.node for r in ep.replicas.values()] == [warm.signer.address]
+        late = SimNode(router)
+        late.connect(warm=(EP,))  # one ready already: nothing more placed
+        await _settle()
+        assert not late.assigned
 
     asyncio.run(asyncio.wait_for(scenario(), 20))
