@@ -103,13 +103,15 @@ def _kill_first_replica(cg: ChainGrid) -> None:
 
 
 @pytest.mark.timeout(600)
-def test_killing_the_replica_the_nodes_use_loses_nothing(tmp_path: Path, pg_url: str, slow_digits: Assets) -> None:
+def test_killing_the_replica_the_nodes_use_loses_nothing(
+    tmp_path: Path, pg_url: str, slow_digits: Assets, digits: Assets
+) -> None:
     with _replicated_devnet(tmp_path / "devnet", pg_url) as (cg, node_keys):
         signer = Signer.from_hex(cg.submitter_key)
         chain = ChainClient.connect(cg.anvil.rpc_url, cg.deployment, signer.private_key)
         before = chain.balance()
         with Client(cg.grid.targets, signer, chain=chain, ca_cert=cg.grid.ca_cert) as client:
-            endpoint, row = _open_endpoint(client, slow_digits, pg_url)
+            endpoint, row = _open_endpoint(client, digits, pg_url)  # a small program: a quick start
             job = client.submit_inference(
                 slow_digits.model,
                 slow_digits.inputs,

@@ -136,15 +136,18 @@ class Serving:
     async def sync(self) -> None:
         """One look at the database: serve the live endpoints other replicas opened, end the ones
         deleted or ended elsewhere, and re-read each budget's credited wei."""
+        # only endpoints served before the read can be judged by it: one opened during the read
+        # (submitted here meanwhile) is live though the read did not see it
+        before = [ep for ep in self.router.endpoints.values() if ep.state in ("running", "spent")]
         jobs = await self.rt.db_bulk(self.store.jobs.live_jobs_of_kind, ENDPOINT)
         live = {job.job_id for job in jobs}
+        for ep in before:
+            if ep.job_id not in live and ep.state in ("running", "spent"):
+                log.info("endpoint %s ended on another replica: no longer served here", ep.job_id[:12])
+                self.router.end_endpoint(ep.job_id, "deleted")
         for job in jobs:
             if job.job_id not in self.router.endpoints:
                 await self.opened(job)
-        for ep in list(self.router.endpoints.values()):
-            if ep.state in ("running", "spent") and ep.job_id not in live and ep.job_id not in self._opening:
-                log.info("endpoint %s ended on another replica: no longer served here", ep.job_id[:12])
-                self.router.end_endpoint(ep.job_id, "deleted")
         await self.router.accounting.refresh([j for j in live if j in self.router.endpoints])
 
     async def _sync_loop(self, stop: asyncio.Event) -> None:

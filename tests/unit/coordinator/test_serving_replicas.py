@@ -139,3 +139,26 @@ def test_a_node_that_kept_an_endpoint_warm_gets_its_replica_first() -> None:
         assert not late.assigned
 
     asyncio.run(asyncio.wait_for(scenario(), 20))
+
+
+def test_an_endpoint_submitted_while_sync_reads_is_not_ended_by_it(state: Store) -> None:
+    """The read did not see a job created after it began: that is no sign it ended."""
+    add_endpoint(state)
+    a = _replica(state)
+    read = state.jobs.live_jobs_of_kind
+
+    def racing(kind: str) -> list[object]:
+        seen = read(kind)
+        a.router.add_endpoint(EP, SUBMITTER, spec(), 0)  # opened by a submit meanwhile
+        return [j for j in seen if j.job_id != EP]
+
+    async def scenario() -> None:
+        state.jobs.live_jobs_of_kind = racing  # type: ignore[method-assign]
+        await a.sync()
+        assert a.router.endpoints[EP].state == "running"
+        state.jobs.live_jobs_of_kind = read  # type: ignore[method-assign]
+        state.jobs.cancel_job(EP, SUBMITTER, 2)
+        await a.sync()  # now it was served before the read, and the read says it ended
+        assert a.router.endpoints[EP].state == "deleted"
+
+    asyncio.run(asyncio.wait_for(scenario(), 20))
