@@ -67,11 +67,13 @@ class ServingApi:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown node: register again")
             return
         hello = first.hello
-        link = self.router.connect(node, info.device_kind, info.memory_bytes, hello.max_replicas, hello.warm_endpoints)
+        link = self.router.connect(
+            node, info.device_kind, info.memory_bytes, hello.max_replicas, hello.warm_endpoints, hello.counted
+        )
         log.info("node %s serves up to %d replicas", node, link.max_replicas)
         reader = asyncio.create_task(self._read(link, up))
         try:
-            async for msg in coalesced(link.outbox, ("requests",), _request_bytes):
+            async for msg in coalesced(link.outbox, ("requests", "counted"), _request_bytes):
                 yield msg
         finally:
             reader.cancel()

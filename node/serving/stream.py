@@ -6,10 +6,13 @@ is opened again with backoff (capped at MAX_BACKOFF_S), and every replica is dro
 the coordinator assigns them again on the new stream. A stream that ended UNAVAILABLE moves the
 client to the next coordinator replica (tensorgrid.failover), so the node re-attaches to the one
 left when its replica dies (coordinator/services/serving/service.py says how replicas share).
-There the endpoints it served are warm: a broken stream's idle replicas keep their loaded child
-for PARK_S, the next stream's ServeHello names their endpoints (the coordinator places those
-here first), and a replica assigned for the same endpoint, program and settings adopts the
-child instead of starting one (about a second instead of a cold start's many).
+It hands that replica the batches the dead one counted in the last COUNTED_HOLD_S (each
+ServeDown.counted, tagged by the coordinator), so what the dead one had not written yet is
+paid by the one left, once. There the endpoints it served are warm: a broken stream's idle
+replicas keep their loaded child for PARK_S, the next stream's ServeHello names their endpoints
+(the coordinator places those here first), and a replica assigned for the same endpoint,
+program and settings adopts the child instead of starting one (about a second instead of a
+cold start's many).
 A coordinator without serving (UNIMPLEMENTED) is asked again only every UNIMPLEMENTED_RETRY_S.
 Draining ends the stream cleanly: replicas are released (their queued requests answered
 RELEASED), then the node half-closes its side and waits briefly for the coordinator to close
@@ -50,6 +53,7 @@ HEALTHY_S = 10.0  # a stream that lived this long resets the backoff
 CLOSE_GRACE_S = 2.0
 RECEIPT_DELAY_S = 0.05  # a receipt waits at most this long to ride with the next replies
 PARK_S = 30.0  # a broken stream's warm children wait this long for a replica to adopt them
+COUNTED_HOLD_S = 10.0  # a batch the coordinator counted is handed to the next stream this long
 MAX_WARM = 64  # endpoints a hello names (the coordinator reads no more)
 
 OnError = Callable[[grpc.aio.AioRpcError, str], Awaitable[None]]
@@ -84,6 +88,9 @@ class ServeLoop:
         # warm children of a broken stream's replicas, by Replica.warm_key, until PARK_S passes
         self._parked: dict[tuple[object, ...], tuple[ServingProcess, asyncio.TimerHandle]] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        # batches the coordinator replica counted lately (BatchCounted), with when: if it dies
+        # before writing them, the next stream's hello hands them to the replica left
+        self._counted: list[tuple[float, serving_pb2.BatchCounted]] = []
 
     async def run(self) -> None:
         """Serve until draining."""
@@ -129,7 +136,9 @@ class ServeLoop:
         self._outgoing = outgoing
         self._receipts = []  # a previous stream's receipts went with its replicas
         warm = list(dict.fromkeys(str(key[0]) for key in self._parked))[:MAX_WARM]
-        hello = serving_pb2.ServeHello(max_replicas=self.max_replicas, warm_endpoints=warm)
+        self._forget_counted()
+        counted = [c for _, c in self._counted]
+        hello = serving_pb2.ServeHello(max_replicas=self.max_replicas, warm_endpoints=warm, counted=counted)
         outgoing.put_nowait(serving_pb2.ServeUp(hello=hello))
 
         call = self.client.serve(coalesced(outgoing, ("replies", "receipts"), _reply_bytes, self._written))
@@ -191,7 +200,17 @@ class ServeLoop:
             self._outgoing.put_nowait(serving_pb2.ServeUp(receipts=self._receipts))
             self._receipts = []
 
+    def _forget_counted(self) -> None:
+        """Batches counted longer ago than COUNTED_HOLD_S are written by now (once a second)."""
+        cutoff = time.monotonic() - COUNTED_HOLD_S
+        if self._counted and self._counted[0][0] < cutoff:
+            self._counted = [(at, c) for at, c in self._counted if at >= cutoff]
+
     def _dispatch(self, down: serving_pb2.ServeDown) -> None:
+        if down.counted:
+            now = time.monotonic()
+            self._counted.extend((now, c) for c in down.counted)
+            self._forget_counted()
         for r in down.requests:
             replica = self.replicas.get(r.replica_id)
             if replica is None:

@@ -8,7 +8,8 @@ the price), the same credits the epoch settlement charges escrows and pays nodes
 
 Crash safety: a batch's credit is keyed by its receipt task id, so a flush that is retried,
 or that committed before the coordinator died and is flushed again, pays it once; a batch
-counted but not flushed when the process dies is not paid (never twice).
+counted but not flushed when the process dies is paid when its node hands it to another replica
+(`record_counted`, service.py) or comes back to this one within 10 s, else never (never twice).
 
 The budget: the endpoint's price row holds budget_wei = price × max_requests. `remaining`
 is what it still pays for, less what is counted and not yet written; a flush never credits
@@ -78,16 +79,20 @@ class Accounting:
     # ---- the router's calls (synchronous, in memory) ------------------------------------------
     def record(self, batch: ServedBatch) -> None:
         """Count the batch's answered requests for its node (written by the next flush)."""
-        task_id = batch.receipt.task_id
-        if batch.answered <= 0 or task_id in self._pending or task_id in self._flushing:
+        self.record_counted(batch.endpoint_id, batch.node, batch.receipt.task_id, batch.answered)
+
+    def record_counted(self, endpoint_id: str, node: str, task_id: str, answered: int) -> None:
+        """Count a batch by its parts: one verified here (record), or one another replica
+        verified and counted, handed in by its node (its tag checked by the router)."""
+        if answered <= 0 or task_id in self._pending or task_id in self._flushing:
             return  # the same batch twice is counted once
-        terms = self._terms_of(batch.endpoint_id)
+        terms = self._terms_of(endpoint_id)
         if terms.void:
             return
         if terms.price == 0:
-            self._free_served[batch.endpoint_id] = self._free_served.get(batch.endpoint_id, 0) + batch.answered
+            self._free_served[endpoint_id] = self._free_served.get(endpoint_id, 0) + answered
             return
-        self._pending[task_id] = _Tally(batch.endpoint_id, batch.node, task_id, batch.answered)
+        self._pending[task_id] = _Tally(endpoint_id, node, task_id, answered)
         self._count(self._pending[task_id], +1)
 
     def remaining(self, endpoint_id: str) -> int | None:

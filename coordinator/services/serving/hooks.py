@@ -76,6 +76,9 @@ class Accounting(Protocol):
     def record(self, batch: ServedBatch) -> None:
         """Count the batch's answered requests for its node (in memory; flushed later)."""
 
+    def record_counted(self, endpoint_id: str, node: str, task_id: str, answered: int) -> None:
+        """Count a batch another replica verified (handed in by its node; credited once by task id)."""
+
     def remaining(self, endpoint_id: str) -> int | None:
         """Requests the endpoint's budget still pays for (None: no cap)."""
 
@@ -107,6 +110,9 @@ class NoAccounting:
     """Accounting for a grid without prices: nothing is paid, nothing is capped."""
 
     def record(self, batch: ServedBatch) -> None:
+        return None
+
+    def record_counted(self, endpoint_id: str, node: str, task_id: str, answered: int) -> None:
         return None
 
     def remaining(self, endpoint_id: str) -> int | None:

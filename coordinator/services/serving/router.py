@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable
 
 from coordinator.errors import Conflict, NotFound
 from coordinator.services.serving import placement
+from coordinator.services.serving.batches import counted
 from coordinator.services.serving.errors import DeadlineExceeded, RequestFailed, Saturated, ServingError, Unavailable
 from coordinator.services.serving.hooks import Accounting, Checks, NoAccounting, NoChecks, Reran, ServedBatch
 from coordinator.services.serving.links import RECEIPT_WAIT_S, Links, wall_ms_now
@@ -55,11 +56,13 @@ class Router(Links):
         clock: Callable[[], float] = time.monotonic,
         wall_ms: Callable[[], int] = wall_ms_now,
         metrics: RequestSink | None = None,
+        counted_key: bytes = b"",
     ) -> None:
         """domain: the EIP-712 domain receipts are signed under; clock: monotonic seconds
         (scaling, expiries); wall_ms: the unix clock deadlines are sent in; metrics: where
-        every endpoint's request outcomes are also counted (services.metrics)."""
-        super().__init__(domain, clock, wall_ms)
+        every endpoint's request outcomes are also counted (services.metrics); counted_key:
+        the key of BatchCounted tags (batches.counted_key; empty: none sent, none taken)."""
+        super().__init__(domain, clock, wall_ms, counted_key)
         self.accounting: Accounting = accounting if accounting is not None else NoAccounting()
         self.checks: Checks = checks if checks is not None else NoChecks()
         self.metrics = metrics
@@ -413,6 +416,8 @@ class Router(Links):
         replica.served += batch.answered
         try:
             self.accounting.record(batch)
+            if self.counted_key and batch.answered:  # the node keeps it, in case this replica dies unwritten
+                replica.link.send(serving_pb2.ServeDown(counted=[counted(self.counted_key, batch)]))
             self.checks.after_batch(batch, replica.endpoint.spec)
         except Exception:
             log.exception("accounting or checks failed on a batch of endpoint %s", batch.endpoint_id[:12])

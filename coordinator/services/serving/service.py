@@ -28,15 +28,25 @@ streams reached it:
 
 Billing. A batch is paid by the replica that routed its requests and verified its receipt (the
 receipt's task id derives from a replica id that replica drew; credits are keyed by it), so a
-request is paid at most once whichever replicas live or die. What a replica counted and had not
-written when it was SIGKILLed (at most FLUSH_S of its answers) is never paid: the node loses
-that second of work, the submitter is never charged for it, nobody twice (a node's receipt is
-not evidence another replica can check: it did not see the bytes). Budgets: each replica admits
-calls against its own view of credited wei, refreshed every SYNC_S; credit_batches never credits
-past the budget, so two replicas racing at the budget's end can answer a few requests that go
-unpaid, never charge the escrow more than it holds.
+request is paid at most once whichever replicas live or die. A replica writes what it counted
+once a second; so that a SIGKILL between counting and writing loses nothing, it tells the node
+of each batch it counted (ServeDown.counted: endpoint, task id, requests paid, and an HMAC tag
+under a key derived from the coordinator's verification secret, which every replica reads from
+the database and no node sees). The node keeps these 10 s and hands them to the next replica in
+its ServeHello; that replica checks the tag and counts the batch like its own (written once by
+task id: if the dead replica did write it, nothing more). What stays unpaid: a batch whose
+receipt had not reached the dead replica yet (tens of milliseconds after its answers), the
+nodes' loss, never charged. Budgets: each replica admits calls against its own view of credited
+wei, refreshed every SYNC_S; credit_batches never credits past the budget, so two replicas racing
+at the budget's end can answer a few requests that go unpaid, never charge the escrow more than
+it holds.
 
 Who could abuse this:
+- a node handing in counted batches: it cannot make a tag (the key is the coordinator's), a tag
+  names its node (another node's batch is refused), and a batch handed in again, or written by
+  the replica that counted it, is paid once (the credit's task id); a refused tag is a protocol
+  violation. A counted batch the dead replica would have voided after a sampled check is paid
+  (the check died with it).
 - a node attaching to both replicas (two Serve streams with one session) gets replicas from each
   and is paid by each only for receipts that replica verified against bytes it routed; a receipt
   handed to the other replica names a replica id it never assigned and is refused unpaid

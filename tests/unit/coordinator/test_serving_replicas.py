@@ -18,6 +18,7 @@ from coordinator.services.serving.router import Router
 from coordinator.services.serving.service import Serving
 from tensorgrid.serving import tensors_to_bytes
 from tensorgrid.types import JobState
+from tensorgrid.v1 import serving_pb2
 from tests.unit.coordinator.serving_sim import DOMAIN, SimNode, spec
 from tests.unit.coordinator.test_serving_accounting import EP, PRICE, SUBMITTER, add_endpoint, credit_rows, runtime
 
@@ -31,9 +32,12 @@ def state(db_url: str) -> Iterator[Store]:
     st.close()
 
 
+KEY = b"k" * 32  # the coordinator's counted key: the same at every replica
+
+
 def _replica(state: Store) -> Serving:
     rt = runtime()
-    return Serving(rt, state, Router(DOMAIN, Accounting(rt, state.engine)))
+    return Serving(rt, state, Router(DOMAIN, Accounting(rt, state.engine), counted_key=KEY))
 
 
 async def _settle() -> None:
@@ -160,5 +164,38 @@ def test_an_endpoint_submitted_while_sync_reads_is_not_ended_by_it(state: Store)
         state.jobs.cancel_job(EP, SUBMITTER, 2)
         await a.sync()  # now it was served before the read, and the read says it ended
         assert a.router.endpoints[EP].state == "deleted"
+
+    asyncio.run(asyncio.wait_for(scenario(), 20))
+
+
+def test_what_a_dead_replica_counted_and_never_wrote_is_paid_by_the_other_once(state: Store) -> None:
+    """Replica a verified and counted a batch, told the node so (BatchCounted), and died before
+    its flush. The node hands it to replica b with its next hello: paid once, however often it is
+    handed in; a tag the node made itself, or another node's batch, pays nothing."""
+    add_endpoint(state)
+    a, b = _replica(state), _replica(state)
+
+    async def scenario() -> None:
+        await a.opened(state.jobs.get_job(EP))
+        await b.sync()
+        node = SimNode(a.router)
+        node.connect()
+        await _settle()
+        await a.router.infer(a.router.endpoints[EP], DATA)
+        await _settle()
+        (told,) = node.counted  # a counted it; a dies now, its pending credit with it
+        assert told.answered == 1 and told.endpoint_id == EP
+        node.disconnect()
+        forged = serving_pb2.BatchCounted(endpoint_id=EP, task_id="77" * 32, answered=5, tag=b"x" * 32)
+        node.router = b.router
+        link = node.connect(counted=(told, told, forged))
+        await b.router.accounting.flush()
+        assert link.violations == 1
+        other = SimNode(b.router)
+        assert other.connect(counted=(told,)).violations == 1  # another node's batch: its tag names the first
+        node.disconnect()
+        node.connect(counted=(told,))  # handed in again: already written
+        await b.router.accounting.flush()
+        assert [r[3] for r in credit_rows(state)] == [PRICE]
 
     asyncio.run(asyncio.wait_for(scenario(), 20))
