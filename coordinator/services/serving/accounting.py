@@ -77,23 +77,25 @@ class Accounting:
         self._lock = asyncio.Lock()
 
     # ---- the router's calls (synchronous, in memory) ------------------------------------------
-    def record(self, batch: ServedBatch) -> None:
-        """Count the batch's answered requests for its node (written by the next flush)."""
-        self.record_counted(batch.endpoint_id, batch.node, batch.receipt.task_id, batch.answered)
+    def record(self, batch: ServedBatch) -> bool:
+        """Count the batch's answered requests for its node (written by the next flush); True
+        when it is owed a credit now pending."""
+        return self.record_counted(batch.endpoint_id, batch.node, batch.receipt.task_id, batch.answered)
 
-    def record_counted(self, endpoint_id: str, node: str, task_id: str, answered: int) -> None:
+    def record_counted(self, endpoint_id: str, node: str, task_id: str, answered: int) -> bool:
         """Count a batch by its parts: one verified here (record), or one another replica
         verified and counted, handed in by its node (its tag checked by the router)."""
         if answered <= 0 or task_id in self._pending or task_id in self._flushing:
-            return  # the same batch twice is counted once
+            return False  # the same batch twice is counted once
         terms = self._terms_of(endpoint_id)
         if terms.void:
-            return
+            return False
         if terms.price == 0:
             self._free_served[endpoint_id] = self._free_served.get(endpoint_id, 0) + answered
-            return
+            return False
         self._pending[task_id] = _Tally(endpoint_id, node, task_id, answered)
         self._count(self._pending[task_id], +1)
+        return True
 
     def remaining(self, endpoint_id: str) -> int | None:
         """Requests the budget still pays for, less those counted and not yet written; None: no cap."""

@@ -73,10 +73,11 @@ OnCaught = Callable[[ServedBatch, str], None]
 
 
 class Accounting(Protocol):
-    def record(self, batch: ServedBatch) -> None:
-        """Count the batch's answered requests for its node (in memory; flushed later)."""
+    def record(self, batch: ServedBatch) -> bool:
+        """Count the batch's answered requests for its node (in memory; flushed later); True
+        when a credit for it is now pending (what a node is told of: BatchCounted)."""
 
-    def record_counted(self, endpoint_id: str, node: str, task_id: str, answered: int) -> None:
+    def record_counted(self, endpoint_id: str, node: str, task_id: str, answered: int) -> bool:
         """Count a batch another replica verified (handed in by its node; credited once by task id)."""
 
     def remaining(self, endpoint_id: str) -> int | None:
@@ -109,11 +110,11 @@ class Checks(Protocol):
 class NoAccounting:
     """Accounting for a grid without prices: nothing is paid, nothing is capped."""
 
-    def record(self, batch: ServedBatch) -> None:
-        return None
+    def record(self, batch: ServedBatch) -> bool:
+        return False
 
-    def record_counted(self, endpoint_id: str, node: str, task_id: str, answered: int) -> None:
-        return None
+    def record_counted(self, endpoint_id: str, node: str, task_id: str, answered: int) -> bool:
+        return False
 
     def remaining(self, endpoint_id: str) -> int | None:
         return None

@@ -415,8 +415,8 @@ class Router(Links):
             batch = self._mark_reruns(batch)
         replica.served += batch.answered
         try:
-            self.accounting.record(batch)
-            if self.counted_key and batch.answered:  # the node keeps it, in case this replica dies unwritten
+            # owed and pending: the node keeps word of it, in case this replica dies before writing it
+            if self.accounting.record(batch) and self.counted_key:
                 replica.link.send(serving_pb2.ServeDown(counted=[counted(self.counted_key, batch)]))
             self.checks.after_batch(batch, replica.endpoint.spec)
         except Exception:

@@ -34,11 +34,12 @@ class Recorder:
         self.batches: list[ServedBatch] = []
         self.left = remaining
 
-    def record(self, batch: ServedBatch) -> None:
+    def record(self, batch: ServedBatch) -> bool:
         self.batches.append(batch)
+        return False
 
-    def record_counted(self, endpoint_id: str, node: str, task_id: str, answered: int) -> None:
-        return None
+    def record_counted(self, endpoint_id: str, node: str, task_id: str, answered: int) -> bool:
+        return False
 
     def remaining(self, endpoint_id: str) -> int | None:
         return self.left
