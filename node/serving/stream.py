@@ -135,11 +135,7 @@ class ServeLoop:
         outgoing: asyncio.Queue[serving_pb2.ServeUp | None] = asyncio.Queue()
         self._outgoing = outgoing
         self._receipts = []  # a previous stream's receipts went with its replicas
-        warm = list(dict.fromkeys(str(key[0]) for key in self._parked))[:MAX_WARM]
-        self._forget_counted()
-        counted = [c for _, c in self._counted]
-        hello = serving_pb2.ServeHello(max_replicas=self.max_replicas, warm_endpoints=warm, counted=counted)
-        outgoing.put_nowait(serving_pb2.ServeUp(hello=hello))
+        outgoing.put_nowait(self._hello())
 
         call = self.client.serve(coalesced(outgoing, ("replies", "receipts"), _reply_bytes, self._written))
         reader = asyncio.ensure_future(self._read(call))
@@ -199,6 +195,15 @@ class ServeLoop:
         if self._receipts:
             self._outgoing.put_nowait(serving_pb2.ServeUp(receipts=self._receipts))
             self._receipts = []
+
+    def _hello(self) -> serving_pb2.ServeUp:
+        """A stream's first message: the replicas this node may hold, the endpoints it holds warm
+        and the batches the previous stream's coordinator replica counted lately."""
+        warm = list(dict.fromkeys(str(key[0]) for key in self._parked))[:MAX_WARM]
+        self._forget_counted()
+        counted = [c for _, c in self._counted]
+        hello = serving_pb2.ServeHello(max_replicas=self.max_replicas, warm_endpoints=warm, counted=counted)
+        return serving_pb2.ServeUp(hello=hello)
 
     def _forget_counted(self) -> None:
         """Batches counted longer ago than COUNTED_HOLD_S are written by now (once a second)."""
