@@ -26,6 +26,7 @@ from coordinator.services.retention import retention_loop
 from coordinator.services.runtime import Runtime
 from coordinator.services.scheduler import Scheduler
 from coordinator.services.serving.accounting import Accounting
+from coordinator.services.serving.batches import counted_key
 from coordinator.services.serving.checks import Checks
 from coordinator.services.serving.router import Router
 from coordinator.services.serving.service import Serving
@@ -102,7 +103,9 @@ class Coordinator:
             rt, store, blobs, verification_secret, accounting,
             lambda *a: self.router.rerun(*a), lambda batch, why: self.router.on_caught(batch, why),
         )  # fmt: skip
-        self.router = Router(self.domain, accounting, checks, metrics=self.metrics.serving)
+        self.router = Router(
+            self.domain, accounting, checks, metrics=self.metrics.serving, counted_key=counted_key(verification_secret)
+        )
         self.metrics.watch_serving(self.router)
         self.serving = Serving(rt, store, self.router, self.ledger.result_withheld if self.chain is not None else None)
 

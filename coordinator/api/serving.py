@@ -66,11 +66,14 @@ class ServingApi:
         if info is None:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown node: register again")
             return
-        link = self.router.connect(node, info.device_kind, info.memory_bytes, first.hello.max_replicas)
+        hello = first.hello
+        link = self.router.connect(
+            node, info.device_kind, info.memory_bytes, hello.max_replicas, hello.warm_endpoints, hello.counted
+        )
         log.info("node %s serves up to %d replicas", node, link.max_replicas)
         reader = asyncio.create_task(self._read(link, up))
         try:
-            async for msg in coalesced(link.outbox, ("requests",), _request_bytes):
+            async for msg in coalesced(link.outbox, ("requests", "counted"), _request_bytes):
                 yield msg
         finally:
             reader.cancel()
@@ -88,15 +91,21 @@ class ServingApi:
             link.close()
 
     # ---- submitter ------------------------------------------------------------------------------
-    def _endpoint(self, endpoint_id: str) -> Endpoint:
+    async def _endpoint(self, endpoint_id: str) -> Endpoint:
         me = current_submitter.get()
-        return self.router.endpoint_for(me, endpoint_id, self.app.access.is_operator(me))
+        operator = self.app.access.is_operator(me)
+        try:
+            return self.router.endpoint_for(me, endpoint_id, operator)
+        except NotFound:  # perhaps created on another replica since this one's last sync
+            if endpoint_id in self.router.endpoints or not await self.app.serving.discover(endpoint_id):
+                raise
+        return self.router.endpoint_for(me, endpoint_id, operator)
 
     async def infer(
         self, request: serving_pb2.InferRequest, context: grpc.aio.ServicerContext
     ) -> serving_pb2.InferResponse:
         try:
-            ep = self._endpoint(request.endpoint_id)
+            ep = await self._endpoint(request.endpoint_id)
             output, node, attempts = await self.router.infer(ep, request.input, request.timeout_ms, request.seed)
         except Exception as e:
             await refuse(context, e)
@@ -106,7 +115,7 @@ class ServingApi:
         self, request: serving_pb2.InferRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[serving_pb2.GenerateChunk]:
         try:
-            ep = self._endpoint(request.endpoint_id)
+            ep = await self._endpoint(request.endpoint_id)
             async for tokens, done, output, node in self.router.generate(
                 ep, request.input, request.timeout_ms, request.seed
             ):
@@ -118,7 +127,7 @@ class ServingApi:
         self, request: serving_pb2.GetEndpointRequest, context: grpc.aio.ServicerContext
     ) -> serving_pb2.EndpointStatus:
         try:
-            return self.status(self._endpoint(request.endpoint_id))
+            return self.status(await self._endpoint(request.endpoint_id))
         except NotFound:
             pass
         job = await self._endpoint_job(request.endpoint_id)  # one not served here any more (deleted)

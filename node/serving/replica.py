@@ -81,6 +81,14 @@ class Replica:
         # answered micro-batches whose receipts are not signed yet (sign_receipts)
         self._unsigned: list[tuple[int, list[Pending], list[bytes]]] = []
         self._sign_timer: asyncio.TimerHandle | None = None
+        self.warm: ServingProcess | None = None  # a broken stream's child of this endpoint, to adopt
+
+    @property
+    def warm_key(self) -> tuple[object, ...]:
+        """What a warm child must have loaded to serve this replica: the same endpoint (never
+        another's: a child may keep state between batches), program, settings and limits."""
+        a = self.assign
+        return (a.endpoint_id, a.model.sha256, a.serves, a.settings_json, a.memory_limit_bytes, a.time_limit_ms)
 
     # ---- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> bool:
@@ -128,13 +136,19 @@ class Replica:
             memory_limit_bytes=a.memory_limit_bytes,
             time_limit_s=a.time_limit_ms / 1000,
         )
-        self.process = ServingProcess(load, **self.ctx.executor)  # type: ignore[arg-type]
+        if self.warm is not None and self.warm.load == load:  # ready at once (or loads again if it died)
+            self.process, self.warm = self.warm, None
+        else:
+            self.process = ServingProcess(load, **self.ctx.executor)  # type: ignore[arg-type]
         return await self.process.ready()
 
-    async def close(self, reason: str = "the replica was released") -> None:
-        """Stop batching and the child; requests not yet answered fail as RELEASED."""
+    async def close(self, reason: str = "the replica was released", *, keep: bool = False) -> ServingProcess | None:
+        """Stop batching and the child; requests not yet answered fail as RELEASED. keep: hand the
+        child back instead, still loaded, if it is idle (the stream broke: another coordinator
+        replica may place this endpoint here again, node.serving.stream)."""
         self._closed = True
         self.sign_receipts()  # what was answered is owed its receipt
+        idle = self._loop is not None and not self.batcher.running  # ready, and no batch in the child
         error = TaskError(ErrorKind.RELEASED, reason)
         for p in [*self.batcher.close(), *self.batcher.running]:
             self.ctx.send(reply(p.request_id, 0, error=error))
@@ -142,8 +156,15 @@ class Replica:
             self._loop.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop
+        if self.warm is not None:  # offered, never adopted (released while starting)
+            await self.warm.close()
+            self.warm = None
         if self.process is not None:
+            if keep and idle:
+                process, self.process = self.process, None
+                return process
             await self.process.close()
+        return None
 
     # ---- requests -------------------------------------------------------------------------------
     def submit(self, request: serving_pb2.ServeRequest) -> None:

@@ -3,10 +3,20 @@ replicas' states, replies and receipts out.
 
 Opened once the agent is registered, with ServeHello{max_replicas} first. When it breaks it
 is opened again with backoff (capped at MAX_BACKOFF_S), and every replica is dropped first:
-the coordinator assigns them again on the new stream. A coordinator without serving
-(UNIMPLEMENTED) is asked again only every UNIMPLEMENTED_RETRY_S. Draining ends the stream
-cleanly: replicas are released (their queued requests answered RELEASED), then the node
-half-closes its side and waits briefly for the coordinator to close its own.
+the coordinator assigns them again on the new stream. A stream that ended UNAVAILABLE moves the
+client to the next coordinator replica (tensorgrid.failover), so the node re-attaches to the one
+left when its replica dies (coordinator/services/serving/service.py says how replicas share).
+It hands that replica the batches the dead one counted in the last COUNTED_HOLD_S (each
+ServeDown.counted, tagged by the coordinator), so what the dead one had not written yet is
+paid by the one left, once. There the endpoints it served are warm: a broken stream's idle
+replicas keep their loaded child for PARK_S, the next stream's ServeHello names their endpoints
+(the coordinator places those here first), and a replica assigned for the same endpoint,
+program and settings adopts the child instead of starting one (about a second instead of a
+cold start's many).
+A coordinator without serving (UNIMPLEMENTED) is asked again only every UNIMPLEMENTED_RETRY_S.
+Draining ends the stream cleanly: replicas are released (their queued requests answered
+RELEASED), then the node half-closes its side and waits briefly for the coordinator to close
+its own.
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
+from node.serving.process import ServingProcess
 from node.serving.replica import Replica, ReplicaContext, reply
 from tensorgrid import serde
 from tensorgrid.nodeclient import NodeClient
@@ -41,6 +52,9 @@ UNIMPLEMENTED_RETRY_S = 60.0
 HEALTHY_S = 10.0  # a stream that lived this long resets the backoff
 CLOSE_GRACE_S = 2.0
 RECEIPT_DELAY_S = 0.05  # a receipt waits at most this long to ride with the next replies
+PARK_S = 30.0  # a broken stream's warm children wait this long for a replica to adopt them
+COUNTED_HOLD_S = 10.0  # a batch the coordinator counted is handed to the next stream this long
+MAX_WARM = 64  # endpoints a hello names (the coordinator reads no more)
 
 OnError = Callable[[grpc.aio.AioRpcError, str], Awaitable[None]]
 MakeContext = Callable[[Callable[[serving_pb2.ServeUp], None]], ReplicaContext]
@@ -71,6 +85,12 @@ class ServeLoop:
         self._outgoing: asyncio.Queue[serving_pb2.ServeUp | None] = asyncio.Queue()
         self._receipts: list[serving_pb2.BatchReceipt] = []  # waiting to ride with the next replies
         self._receipt_timer: asyncio.TimerHandle | None = None
+        # warm children of a broken stream's replicas, by Replica.warm_key, until PARK_S passes
+        self._parked: dict[tuple[object, ...], tuple[ServingProcess, asyncio.TimerHandle]] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+        # batches the coordinator replica counted lately (BatchCounted), with when: if it dies
+        # before writing them, the next stream's hello hands them to the replica left
+        self._counted: list[tuple[float, serving_pb2.BatchCounted]] = []
 
     async def run(self) -> None:
         """Serve until draining."""
@@ -81,9 +101,13 @@ class ServeLoop:
                 break
             opened = time.monotonic()
             wait = 0.0
+            generation = self.client.targets.generation
             try:
                 await self._session()
             except grpc.aio.AioRpcError as e:
+                # the replica died (UNAVAILABLE): the next stream goes to the next address, where
+                # that replica assigns this node the endpoints' replicas again
+                self.client.failed(e, generation)
                 if e.code() == grpc.StatusCode.UNIMPLEMENTED:
                     if failures == 0:
                         log.info("the coordinator does not serve endpoints; asking again every %.0fs",
@@ -94,7 +118,7 @@ class ServeLoop:
             except Exception:  # a fault here must not end serving for the daemon's life: reconnect
                 log.exception("the serve stream failed")
             finally:
-                await self._drop_all("the serve stream closed")
+                await self._drop_all("the serve stream closed", keep=True)
             failures = 1 if time.monotonic() - opened > HEALTHY_S else failures + 1
             await self._wait_or_drain(asyncio.sleep(wait or backoff(failures, 0.1, cap=MAX_BACKOFF_S)))
         await self._drop_all("the node is draining")
@@ -111,7 +135,7 @@ class ServeLoop:
         outgoing: asyncio.Queue[serving_pb2.ServeUp | None] = asyncio.Queue()
         self._outgoing = outgoing
         self._receipts = []  # a previous stream's receipts went with its replicas
-        outgoing.put_nowait(serving_pb2.ServeUp(hello=serving_pb2.ServeHello(max_replicas=self.max_replicas)))
+        outgoing.put_nowait(self._hello())
 
         call = self.client.serve(coalesced(outgoing, ("replies", "receipts"), _reply_bytes, self._written))
         reader = asyncio.ensure_future(self._read(call))
@@ -172,7 +196,26 @@ class ServeLoop:
             self._outgoing.put_nowait(serving_pb2.ServeUp(receipts=self._receipts))
             self._receipts = []
 
+    def _hello(self) -> serving_pb2.ServeUp:
+        """A stream's first message: the replicas this node may hold, the endpoints it holds warm
+        and the batches the previous stream's coordinator replica counted lately."""
+        warm = list(dict.fromkeys(str(key[0]) for key in self._parked))[:MAX_WARM]
+        self._forget_counted()
+        counted = [c for _, c in self._counted]
+        hello = serving_pb2.ServeHello(max_replicas=self.max_replicas, warm_endpoints=warm, counted=counted)
+        return serving_pb2.ServeUp(hello=hello)
+
+    def _forget_counted(self) -> None:
+        """Batches counted longer ago than COUNTED_HOLD_S are written by now (once a second)."""
+        cutoff = time.monotonic() - COUNTED_HOLD_S
+        if self._counted and self._counted[0][0] < cutoff:
+            self._counted = [(at, c) for at, c in self._counted if at >= cutoff]
+
     def _dispatch(self, down: serving_pb2.ServeDown) -> None:
+        if down.counted:
+            now = time.monotonic()
+            self._counted.extend((now, c) for c in down.counted)
+            self._forget_counted()
         for r in down.requests:
             replica = self.replicas.get(r.replica_id)
             if replica is None:
@@ -202,6 +245,10 @@ class ServeLoop:
             return
         replica = Replica(assign, self._context(self.send))
         self.replicas[assign.replica_id] = replica
+        parked = self._parked.pop(replica.warm_key, None)
+        if parked is not None:
+            parked[1].cancel()
+            replica.warm = parked[0]
 
         async def start() -> None:
             if not await replica.start() and self.replicas.get(replica.replica_id) is replica:
@@ -214,9 +261,39 @@ class ServeLoop:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _drop_all(self, reason: str) -> None:
-        """Release every replica and wait for their children to stop."""
+    async def _drop_all(self, reason: str, keep: bool = False) -> None:
+        """Release every replica and wait for their children to stop; keep: park the idle ones'
+        loaded children for the next stream instead (else every parked child stops too)."""
         replicas, self.replicas = list(self.replicas.values()), {}
         for task in list(self._tasks):  # replicas still starting
             task.cancel()
-        await asyncio.gather(*(r.close(reason) for r in replicas), return_exceptions=True)
+        kept = await asyncio.gather(*(r.close(reason, keep=keep) for r in replicas), return_exceptions=True)
+        for replica, process in zip(replicas, kept, strict=True):
+            if isinstance(process, ServingProcess):
+                self._park(replica.warm_key, process)
+        if not keep:
+            parked, self._parked = list(self._parked.values()), {}
+            for _, timer in parked:
+                timer.cancel()
+            await asyncio.gather(*(process.close() for process, _ in parked), return_exceptions=True)
+
+    def _park(self, key: tuple[object, ...], process: ServingProcess) -> None:
+        old = self._parked.pop(key, None)
+        if old is not None:  # two replicas of one endpoint: one child is enough to keep
+            old[1].cancel()
+            self._stop(old[0])
+        timer = asyncio.get_running_loop().call_later(PARK_S, self._unpark, key, process)
+        self._parked[key] = (process, timer)
+        log.info("endpoint %s stays warm for %.0f s for the next stream", str(key[0])[:12], PARK_S)
+
+    def _unpark(self, key: tuple[object, ...], process: ServingProcess) -> None:
+        """No replica adopted the child in time: stop it."""
+        if self._parked.get(key, (None,))[0] is process:
+            del self._parked[key]
+            self._stop(process)
+
+    def _stop(self, process: ServingProcess) -> None:
+        """Stop a parked child in the background (not one of the tasks a drop cancels)."""
+        task: asyncio.Task[None] = asyncio.ensure_future(process.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)

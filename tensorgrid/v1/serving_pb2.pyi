@@ -8,16 +8,30 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ServeDown(_message.Message):
-    __slots__ = ("assign", "release", "cancel", "requests")
+    __slots__ = ("assign", "release", "cancel", "requests", "counted")
     ASSIGN_FIELD_NUMBER: _ClassVar[int]
     RELEASE_FIELD_NUMBER: _ClassVar[int]
     CANCEL_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    COUNTED_FIELD_NUMBER: _ClassVar[int]
     assign: ReplicaAssign
     release: ReplicaRelease
     cancel: ServeCancel
     requests: _containers.RepeatedCompositeFieldContainer[ServeRequest]
-    def __init__(self, assign: _Optional[_Union[ReplicaAssign, _Mapping]] = ..., release: _Optional[_Union[ReplicaRelease, _Mapping]] = ..., cancel: _Optional[_Union[ServeCancel, _Mapping]] = ..., requests: _Optional[_Iterable[_Union[ServeRequest, _Mapping]]] = ...) -> None: ...
+    counted: _containers.RepeatedCompositeFieldContainer[BatchCounted]
+    def __init__(self, assign: _Optional[_Union[ReplicaAssign, _Mapping]] = ..., release: _Optional[_Union[ReplicaRelease, _Mapping]] = ..., cancel: _Optional[_Union[ServeCancel, _Mapping]] = ..., requests: _Optional[_Iterable[_Union[ServeRequest, _Mapping]]] = ..., counted: _Optional[_Iterable[_Union[BatchCounted, _Mapping]]] = ...) -> None: ...
+
+class BatchCounted(_message.Message):
+    __slots__ = ("endpoint_id", "task_id", "answered", "tag")
+    ENDPOINT_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    ANSWERED_FIELD_NUMBER: _ClassVar[int]
+    TAG_FIELD_NUMBER: _ClassVar[int]
+    endpoint_id: str
+    task_id: str
+    answered: int
+    tag: bytes
+    def __init__(self, endpoint_id: _Optional[str] = ..., task_id: _Optional[str] = ..., answered: _Optional[int] = ..., tag: _Optional[bytes] = ...) -> None: ...
 
 class ReplicaAssign(_message.Message):
     __slots__ = ("endpoint_id", "replica_id", "serves", "model", "settings_json", "max_batch", "max_delay_us", "memory_limit_bytes", "time_limit_ms")
@@ -82,10 +96,14 @@ class ServeUp(_message.Message):
     def __init__(self, hello: _Optional[_Union[ServeHello, _Mapping]] = ..., state: _Optional[_Union[ReplicaState, _Mapping]] = ..., replies: _Optional[_Iterable[_Union[ServeReply, _Mapping]]] = ..., receipts: _Optional[_Iterable[_Union[BatchReceipt, _Mapping]]] = ...) -> None: ...
 
 class ServeHello(_message.Message):
-    __slots__ = ("max_replicas",)
+    __slots__ = ("max_replicas", "warm_endpoints", "counted")
     MAX_REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    WARM_ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    COUNTED_FIELD_NUMBER: _ClassVar[int]
     max_replicas: int
-    def __init__(self, max_replicas: _Optional[int] = ...) -> None: ...
+    warm_endpoints: _containers.RepeatedScalarFieldContainer[str]
+    counted: _containers.RepeatedCompositeFieldContainer[BatchCounted]
+    def __init__(self, max_replicas: _Optional[int] = ..., warm_endpoints: _Optional[_Iterable[str]] = ..., counted: _Optional[_Iterable[_Union[BatchCounted, _Mapping]]] = ...) -> None: ...
 
 class ReplicaState(_message.Message):
     __slots__ = ("replica_id", "ready", "error")

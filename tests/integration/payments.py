@@ -44,16 +44,19 @@ def settled_once(
     client: Client,
     job_ids: Sequence[str],
     earned_before: Sequence[int] = (),
+    endpoints: Sequence[str] = (),
 ) -> int:
     """Each job's escrow closed (charged, the rest refunded), then the nodes claim what they
     earned: what they earned since `earned_before` (earned() before these jobs; default:
     nothing) is every wei these escrows charged, none twice; the contract owes nothing once they
-    claimed (every other job on this chain must be closed). Returns the wei the escrows charged."""
+    claimed (every other job on this chain must be closed). `endpoints`: deleted endpoints whose
+    escrows close cancelled (what they served charged). Returns the wei the escrows charged."""
     assert client.chain is not None
     charged = 0
-    for job_id in job_ids:
+    closing = [(j, JobStatus.COMPLETED) for j in job_ids] + [(j, JobStatus.CANCELLED) for j in endpoints]
+    for job_id, closed in closing:
         escrow = wait_for(
-            lambda j=job_id: (e := client.escrow(j)).status == JobStatus.COMPLETED and e, 180, "the escrow's close"
+            lambda j=job_id, c=closed: (e := client.escrow(j)).status == c and e, 180, "the escrow's close"
         )
         charged += escrow.charged
     # all posted on chain: nothing pending, and a claim to make unless the node earned nothing

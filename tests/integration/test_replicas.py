@@ -2,10 +2,17 @@
 key): the replica the nodes work through is SIGKILLed mid-job, and the other finishes it. Every
 task is credited once, the escrow charged once per task (plus the checkers' fee wins), every
 charged wei reaches a node, the rest goes back to the submitter, and the contract owes nothing.
-The submitter's client, given both addresses, watches the job to its end through the one left."""
+The submitter's client, given both addresses, watches the job to its end through the one left.
+
+The same grid carries a paid endpoint across the kill (no devnet of its own): called through the
+first replica (the last calls right before the kill, likely counted there and not yet written:
+their node hands them on), then through the one left once the nodes re-attached their Serve
+streams there, with no error the caller sees; every answered request billed once, from its
+escrow, and claimed."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,14 +24,20 @@ from tensorgrid.client import Client
 from tensorgrid.crypto import Signer
 from tensorgrid.devnet import ChainGrid, start_chain_grid
 from tensorgrid.localgrid import COORDINATOR
+from tensorgrid.serving.tensors import tensors_to_bytes
+from tensorgrid.session import CoordinatorError
 from tensorgrid.spec.verification import VerificationSpec
 from tensorgrid.types import JobState
+from tensorgrid.workloads.tensorfile import load_tensors
 from tests.integration.conftest import BATCH, FAST, Assets, TrainingDigits, node_args, wait_for
 from tests.integration.payments import credits, settled_once
 from tests.integration.test_inference import assert_matches_local
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 REWARD = 10**15
+PRICE = 10**12  # wei per endpoint request
+CALLS = 8  # endpoint requests before the kill, and again after it
+LAST = 3  # endpoint requests right before the kill
 GAS = 10**16  # far above what funding and refunding one escrow costs on anvil
 
 
@@ -48,6 +61,43 @@ def _replicated_devnet(root: Path, pg_url: str) -> Iterator[tuple[ChainGrid, lis
         cg.stop()  # now, not in the background: the database is dropped right after the test
 
 
+def _open_endpoint(client: Client, assets: Assets) -> tuple[str, bytes]:
+    """A paid endpoint on one node, called CALLS times through the first replica. Returns its id
+    and a request's input."""
+    endpoint = client.endpoints.create(
+        assets.model,
+        min_replicas=1,
+        max_replicas=1,
+        device="cpu",
+        check_rate=0.0,  # no reruns: one replica, and the CPU stays with the job
+        reward_per_task_wei=PRICE,
+        max_requests=1000,
+    )
+    client.endpoints.wait_ready(endpoint, 1, timeout_s=120)
+    wait_for(lambda: client.escrow(endpoint).locked, 30, "the endpoint's escrow lock")
+    row = tensors_to_bytes({"pixels": load_tensors(assets.inputs)["pixels"][:2]})
+    for _ in range(CALLS):
+        client.endpoints.infer_bytes(endpoint, row, timeout_s=30)
+    return endpoint, row
+
+
+def _call_through_the_kill(client: Client, endpoint: str, row: bytes) -> tuple[int, float]:
+    """CALLS requests right after the kill, each retried within its deadline as the SDK does.
+    Returns (errors the caller saw, seconds to the first answer)."""
+    killed = time.monotonic()
+    first, errors, answered = 0.0, 0, 0
+    while answered < CALLS and errors < CALLS:
+        try:
+            answer = client.endpoints.infer_bytes(endpoint, row, timeout_s=60)
+        except CoordinatorError:
+            errors += 1
+            continue
+        assert answer.output
+        answered += 1
+        first = first or time.monotonic() - killed
+    return errors, first
+
+
 def _kill_first_replica(cg: ChainGrid) -> None:
     """SIGKILL the replica the nodes work through: it holds leases, the outbox lock, perhaps a
     transaction signed and sent but not confirmed."""
@@ -55,12 +105,15 @@ def _kill_first_replica(cg: ChainGrid) -> None:
 
 
 @pytest.mark.timeout(600)
-def test_killing_the_replica_the_nodes_use_loses_nothing(tmp_path: Path, pg_url: str, slow_digits: Assets) -> None:
+def test_killing_the_replica_the_nodes_use_loses_nothing(
+    tmp_path: Path, pg_url: str, slow_digits: Assets, digits: Assets
+) -> None:
     with _replicated_devnet(tmp_path / "devnet", pg_url) as (cg, node_keys):
         signer = Signer.from_hex(cg.submitter_key)
         chain = ChainClient.connect(cg.anvil.rpc_url, cg.deployment, signer.private_key)
         before = chain.balance()
         with Client(cg.grid.targets, signer, chain=chain, ca_cert=cg.grid.ca_cert) as client:
+            endpoint, row = _open_endpoint(client, digits)  # a small program: a quick start
             job = client.submit_inference(
                 slow_digits.model,
                 slow_digits.inputs,
@@ -71,19 +124,31 @@ def test_killing_the_replica_the_nodes_use_loses_nothing(tmp_path: Path, pg_url:
             )
             assert client.target == cg.grid.target  # sticky to the first replica while it answers
             wait_for(lambda: client.job(job.job_id).tasks_done >= 3, 180, "the job to be under way")
+            for _ in range(LAST):  # answered, receipted, most likely not yet written by the first replica:
+                client.endpoints.infer_bytes(endpoint, row, timeout_s=30)  # its node hands them to the other
+            time.sleep(0.3)  # their receipts reach the first replica (it writes credits once a second)
             _kill_first_replica(cg)
             assert client.job(job.job_id).tasks_done < job.tasks_total  # asked of the replica left
+            # the endpoint answers through the replica left once a node re-attached there
+            errors, first_s = _call_through_the_kill(client, endpoint, row)
+            print(f"endpoint: first answer {first_s:.2f} s after the kill, {errors} errors seen by the caller")
+            assert errors == 0
             final = client.wait(job.job_id)  # the watch moved to the other replica
             assert client.target != cg.grid.target
             assert final.state == JobState.SUCCEEDED, final.error
             assert final.tasks_done == final.tasks_total
             assert_matches_local(client.result(job.job_id, tmp_path / "y.safetensors"), slow_digits)
-            counts, credited = credits(pg_url)
+            counts, credited = credits(pg_url, job.job_id)
             assert counts and set(counts.values()) == {1}  # every credited task (and check) once
             v = final.verification  # each shard once, and the fee's wins (checkers', decoys')
             assert v is not None and credited == REWARD * (final.tasks_total - v.decoys) + v.fee_paid_wei
-            assert settled_once(cg.anvil, cg.deployment, node_keys, client, [job.job_id]) == credited
-            assert 0 <= before - chain.balance() - client.escrow(job.job_id).charged < GAS  # the rest came back
+            assert client.endpoints.delete(endpoint).state == "deleted"
+            batches, billed = credits(pg_url, endpoint)
+            assert batches and set(batches.values()) == {1}  # every micro-batch paid once
+            assert billed == (2 * CALLS + LAST) * PRICE  # billed == answered: before the kill, around it, after
+            charged = settled_once(cg.anvil, cg.deployment, node_keys, client, [job.job_id], endpoints=[endpoint])
+            assert charged == credited + billed
+            assert 0 <= before - chain.balance() - charged < GAS  # the rest of both escrows came back
 
 
 @pytest.mark.timeout(600)

@@ -8,13 +8,19 @@ the price), the same credits the epoch settlement charges escrows and pays nodes
 
 Crash safety: a batch's credit is keyed by its receipt task id, so a flush that is retried,
 or that committed before the coordinator died and is flushed again, pays it once; a batch
-counted but not flushed when the process dies is not paid (never twice).
+counted but not flushed when the process dies is paid when its node hands it to another replica
+(`record_counted`, service.py) or comes back to this one within 10 s, else never (never twice).
 
 The budget: the endpoint's price row holds budget_wei = price × max_requests. `remaining`
 is what it still pays for, less what is counted and not yet written; a flush never credits
 past it (the requests that do not fit are logged, unpaid). A free endpoint (no price row, or
 price 0) is capped by its spec's max_requests, counted in memory since this process started
 (no one is owed anything), or not at all when max_requests is 0.
+
+Several coordinator replicas: each counts and flushes the batches it verified (a batch's
+receipt reaches only the replica that routed its requests), and `refresh` (the serving sync,
+every few seconds) re-reads the credited wei the others wrote, so `remaining` sees them. A
+free endpoint's cap is counted per replica (nobody is owed anything either way).
 """
 
 from __future__ import annotations
@@ -71,19 +77,25 @@ class Accounting:
         self._lock = asyncio.Lock()
 
     # ---- the router's calls (synchronous, in memory) ------------------------------------------
-    def record(self, batch: ServedBatch) -> None:
-        """Count the batch's answered requests for its node (written by the next flush)."""
-        task_id = batch.receipt.task_id
-        if batch.answered <= 0 or task_id in self._pending or task_id in self._flushing:
-            return  # the same batch twice is counted once
-        terms = self._terms_of(batch.endpoint_id)
+    def record(self, batch: ServedBatch) -> bool:
+        """Count the batch's answered requests for its node (written by the next flush); True
+        when it is owed a credit now pending."""
+        return self.record_counted(batch.endpoint_id, batch.node, batch.receipt.task_id, batch.answered)
+
+    def record_counted(self, endpoint_id: str, node: str, task_id: str, answered: int) -> bool:
+        """Count a batch by its parts: one verified here (record), or one another replica
+        verified and counted, handed in by its node (its tag checked by the router)."""
+        if answered <= 0 or task_id in self._pending or task_id in self._flushing:
+            return False  # the same batch twice is counted once
+        terms = self._terms_of(endpoint_id)
         if terms.void:
-            return
+            return False
         if terms.price == 0:
-            self._free_served[batch.endpoint_id] = self._free_served.get(batch.endpoint_id, 0) + batch.answered
-            return
-        self._pending[task_id] = _Tally(batch.endpoint_id, batch.node, task_id, batch.answered)
+            self._free_served[endpoint_id] = self._free_served.get(endpoint_id, 0) + answered
+            return False
+        self._pending[task_id] = _Tally(endpoint_id, node, task_id, answered)
         self._count(self._pending[task_id], +1)
+        return True
 
     def remaining(self, endpoint_id: str) -> int | None:
         """Requests the budget still pays for, less those counted and not yet written; None: no cap."""
@@ -140,6 +152,27 @@ class Accounting:
             voids, self._void_after = self._void_after, {}
         for task_id, reason in voids.items():
             await self._void_written(flushed[task_id].endpoint_id, task_id, reason)
+
+    async def refresh(self, endpoint_ids: list[str]) -> None:
+        """Re-read the credited wei (and void) of these paid endpoints: other replicas' flushes
+        count against the budget too. Under the flush's lock, so no write of ours is half-seen."""
+        ids = [e for e in endpoint_ids if e in self._terms and self._terms[e].price]
+        if not ids:
+            return
+        async with self._lock:
+            rows = await self.rt.db(self._read_credited, ids)
+            for endpoint_id, (credited, void) in rows.items():
+                terms = self._terms.get(endpoint_id)
+                if terms is not None:
+                    terms.credited, terms.void = credited, terms.void or void
+
+    def _read_credited(self, endpoint_ids: list[str]) -> dict[str, tuple[int, bool]]:
+        p = s.job_prices
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(p.c.job_id, p.c.credited_wei, p.c.void_reason).where(p.c.job_id.in_(endpoint_ids))
+            )
+            return {r.job_id: (int(r.credited_wei), bool(r.void_reason)) for r in rows}
 
     def _write(self, tallies: list[_Tally], now_ms: int) -> dict[str, tuple[int, bool]]:
         """credit_batches, then each endpoint's (credited total, void) as committed (the cache's truth)."""

@@ -9,6 +9,9 @@ the batch is not paid, and its requests can never be claimed again.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+
 from coordinator.services.serving.hooks import ServedBatch, ServedRequest
 from coordinator.services.serving.model import Replica
 from tensorgrid import serde
@@ -19,6 +22,7 @@ from tensorgrid.types import Domain
 from tensorgrid.v1 import serving_pb2
 
 MAX_BATCH_IDS = 4096  # a receipt naming more requests than this is refused unread
+_COUNTED = b"tensorgrid serving counted v1"  # separates this key from the secret's other uses
 _FIELDS = ("job_id", "task_id", "attempt", "input_hash", "output_hash", "commitment")
 
 
@@ -71,3 +75,28 @@ def settle_batch(domain: Domain, replica: Replica, msg: serving_pb2.BatchReceipt
         receipt=got,
         requests=requests,
     )
+
+
+def counted_key(secret: bytes) -> bytes:
+    """The key of BatchCounted tags, from the coordinator's verification secret (in its database:
+    every replica derives the same key; no node ever sees it)."""
+    return hmac.new(secret, _COUNTED, hashlib.sha256).digest()
+
+
+def _tag(key: bytes, node: str, endpoint_id: str, task_id: str, answered: int) -> bytes:
+    message = f"{node.lower()}|{endpoint_id}|{task_id}|{answered}".encode()
+    return hmac.new(key, message, hashlib.sha256).digest()
+
+
+def counted(key: bytes, batch: ServedBatch) -> serving_pb2.BatchCounted:
+    """What the node is told of a batch this replica verified and counted: to hand to the next
+    replica if this one dies before writing it (coordinator/services/serving/service.py)."""
+    task_id = batch.receipt.task_id
+    tag = _tag(key, batch.node, batch.endpoint_id, task_id, batch.answered)
+    return serving_pb2.BatchCounted(endpoint_id=batch.endpoint_id, task_id=task_id, answered=batch.answered, tag=tag)
+
+
+def counted_by_us(key: bytes, node: str, msg: serving_pb2.BatchCounted) -> bool:
+    """Whether a replica of this coordinator counted this batch of `node` (its tag is ours)."""
+    want = _tag(key, node, msg.endpoint_id, msg.task_id, msg.answered)
+    return bool(key) and hmac.compare_digest(want, bytes(msg.tag))

@@ -73,8 +73,12 @@ OnCaught = Callable[[ServedBatch, str], None]
 
 
 class Accounting(Protocol):
-    def record(self, batch: ServedBatch) -> None:
-        """Count the batch's answered requests for its node (in memory; flushed later)."""
+    def record(self, batch: ServedBatch) -> bool:
+        """Count the batch's answered requests for its node (in memory; flushed later); True
+        when a credit for it is now pending (what a node is told of: BatchCounted)."""
+
+    def record_counted(self, endpoint_id: str, node: str, task_id: str, answered: int) -> bool:
+        """Count a batch another replica verified (handed in by its node; credited once by task id)."""
 
     def remaining(self, endpoint_id: str) -> int | None:
         """Requests the endpoint's budget still pays for (None: no cap)."""
@@ -87,6 +91,9 @@ class Accounting(Protocol):
 
     async def flush(self) -> None:
         """Write what was counted since the last flush (one transaction)."""
+
+    async def refresh(self, endpoint_ids: list[str]) -> None:
+        """Re-read what these endpoints' budgets have paid (other coordinator replicas' credits)."""
 
     async def run(self, stop: asyncio.Event) -> None:
         """Flush periodically until stop is set, then once more."""
@@ -103,8 +110,11 @@ class Checks(Protocol):
 class NoAccounting:
     """Accounting for a grid without prices: nothing is paid, nothing is capped."""
 
-    def record(self, batch: ServedBatch) -> None:
-        return None
+    def record(self, batch: ServedBatch) -> bool:
+        return False
+
+    def record_counted(self, endpoint_id: str, node: str, task_id: str, answered: int) -> bool:
+        return False
 
     def remaining(self, endpoint_id: str) -> int | None:
         return None
@@ -116,6 +126,9 @@ class NoAccounting:
         return None
 
     async def flush(self) -> None:
+        return None
+
+    async def refresh(self, endpoint_ids: list[str]) -> None:
         return None
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -13,9 +13,9 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from coordinator.services.serving.batches import BatchMismatch, settle_batch
+from coordinator.services.serving.batches import BatchMismatch, counted_by_us, settle_batch
 from coordinator.services.serving.errors import DeadlineExceeded
-from coordinator.services.serving.hooks import ServedBatch
+from coordinator.services.serving.hooks import Accounting, ServedBatch
 from coordinator.services.serving.model import ASSIGNED, READY, Answered, Call, Endpoint, NodeLink, Replica, ReplicaGone
 from tensorgrid.types import Domain
 from tensorgrid.v1 import serving_pb2
@@ -25,6 +25,9 @@ RECEIPT_WAIT_S = 5.0  # an answer not receipted within this long is never paid
 WARM_TIMEOUT_S = 180.0  # a replica not ready this long after its assignment is released
 MISSED_DEADLINES = 3  # a replica missing this many deadlines in a row is released
 MAX_VIOLATIONS = 16
+MAX_NODE_REPLICAS = 64  # replicas one node may hold, whatever it asks
+MAX_WARM = 64  # warm endpoints read from a node's hello
+MAX_COUNTED = 4096  # counted batches read from a node's hello
 
 
 def wall_ms_now() -> int:
@@ -35,9 +38,13 @@ class Links:
     """Serve streams by node address, and the handling of what their nodes send."""
 
     endpoints: dict[str, Endpoint]
+    accounting: Accounting
 
-    def __init__(self, domain: Domain, clock: Callable[[], float], wall_ms: Callable[[], int]) -> None:
+    def __init__(
+        self, domain: Domain, clock: Callable[[], float], wall_ms: Callable[[], int], counted_key: bytes = b""
+    ) -> None:
         self.domain = domain
+        self.counted_key = counted_key  # BatchCounted tags (batches.counted_key); empty: none taken
         self.clock = clock
         self.wall_ms = wall_ms
         self.links: dict[str, NodeLink] = {}
@@ -47,6 +54,10 @@ class Links:
     def fill(self, ep: Endpoint) -> None:
         raise NotImplementedError
 
+    def assign_on(self, ep: Endpoint, link: NodeLink) -> Replica | None:
+        """A replica of `ep` on `link` if the node may take it (the router's placement)."""
+        raise NotImplementedError
+
     def accepted(self, replica: Replica, batch: ServedBatch) -> None:
         raise NotImplementedError
 
@@ -54,12 +65,44 @@ class Links:
         """A receipt naming these requests was refused (not paid); the router's hook."""
 
     # ---- streams ------------------------------------------------------------------------------
-    def connect(self, node: str, device_kind: str, memory_bytes: int, max_replicas: int) -> NodeLink:
-        """A node opened its Serve stream (a second stream of the same node replaces the first)."""
+    def take_counted(self, link: NodeLink, batches: Sequence[serving_pb2.BatchCounted]) -> None:
+        """Pay what a replica of this coordinator counted and perhaps died before writing (its tag
+        proves it verified the receipt; the node cannot make one). Written once by task id, so a
+        batch the other replica did write, or handed in twice, is paid once."""
+        taken = 0
+        for msg in batches:
+            if not counted_by_us(self.counted_key, link.node, msg):
+                self.violation(link, f"a counted batch {msg.task_id[:16]!r} no replica of this coordinator counted")
+                continue
+            if msg.endpoint_id in self.endpoints:
+                self.accounting.record_counted(msg.endpoint_id, link.node, msg.task_id, msg.answered)
+                taken += 1
+        if taken:
+            log.info("node %s handed in %d batches counted lately (paid once, if not already)", link.node, taken)
+
+    def connect(
+        self,
+        node: str,
+        device_kind: str,
+        memory_bytes: int,
+        max_replicas: int,
+        warm: Sequence[str] = (),
+        counted: Sequence[serving_pb2.BatchCounted] = (),
+    ) -> NodeLink:
+        """A node opened its Serve stream (a second stream of the same node replaces the first).
+        warm: endpoints it still holds loaded (its coordinator replica died): one that has no
+        ready replica here gets one on this node at once, even past min_replicas (scaling trims
+        the extra), since it answers in about a second where a cold replica takes many."""
         old = self.links.get(node)
         if old is not None:
             self.disconnect(old)
-        link = self.links[node] = NodeLink(node, device_kind, memory_bytes, max(0, min(max_replicas, 64)))
+        slots = max(0, min(max_replicas, MAX_NODE_REPLICAS))
+        link = self.links[node] = NodeLink(node, device_kind, memory_bytes, slots, warm=frozenset(warm[:MAX_WARM]))
+        self.take_counted(link, counted[:MAX_COUNTED])
+        for job_id in link.warm:
+            ep = self.endpoints.get(job_id)
+            if ep is not None and ep.state == "running" and not ep.ready() and ep.live() < ep.spec.max_replicas + 1:
+                self.assign_on(ep, link)
         for ep in list(self.endpoints.values()):
             self.fill(ep)
         return link

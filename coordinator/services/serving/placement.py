@@ -2,7 +2,8 @@
 
 - `choose_node`: a node with an open Serve stream and a free replica slot, whose device and
   memory fit the endpoint, not barred from it and not failing it lately; nodes without a
-  replica of this endpoint first (a node going away then takes one replica, not all), then the
+  replica of this endpoint first (a node going away then takes one replica, not all), then
+  nodes holding it warm from another coordinator replica's stream (ready at once), then the
   least loaded.
 - `scale`: between min_replicas and max_replicas, one step at a time: up when the requests
   per ready replica stay above max_batch for SCALE_UP_S (or calls were refused as saturated),
@@ -39,11 +40,11 @@ def fits(link: NodeLink, ep: Endpoint, now: float) -> bool:
 def choose_node(links: Iterable[NodeLink], ep: Endpoint, now: float) -> NodeLink | None:
     """The node the next replica of `ep` goes to, or None when no node fits."""
     holding = {r.node for r in ep.replicas.values()}
-    best: tuple[tuple[int, int, str], NodeLink] | None = None
+    best: tuple[tuple[int, int, int, str], NodeLink] | None = None
     for link in links:
         if not fits(link, ep, now):
             continue
-        key = (1 if link.node in holding else 0, len(link.replicas), link.node)
+        key = (1 if link.node in holding else 0, 0 if ep.job_id in link.warm else 1, len(link.replicas), link.node)
         if best is None or key < best[0]:
             best = (key, link)
     return None if best is None else best[1]

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable
 
 from coordinator.errors import Conflict, NotFound
 from coordinator.services.serving import placement
+from coordinator.services.serving.batches import counted
 from coordinator.services.serving.errors import DeadlineExceeded, RequestFailed, Saturated, ServingError, Unavailable
 from coordinator.services.serving.hooks import Accounting, Checks, NoAccounting, NoChecks, Reran, ServedBatch
 from coordinator.services.serving.links import RECEIPT_WAIT_S, Links, wall_ms_now
@@ -27,6 +28,7 @@ from coordinator.services.serving.model import (
     DRAINING,
     READY,
     Endpoint,
+    NodeLink,
     Replica,
     ReplicaGone,
 )
@@ -54,11 +56,13 @@ class Router(Links):
         clock: Callable[[], float] = time.monotonic,
         wall_ms: Callable[[], int] = wall_ms_now,
         metrics: RequestSink | None = None,
+        counted_key: bytes = b"",
     ) -> None:
         """domain: the EIP-712 domain receipts are signed under; clock: monotonic seconds
         (scaling, expiries); wall_ms: the unix clock deadlines are sent in; metrics: where
-        every endpoint's request outcomes are also counted (services.metrics)."""
-        super().__init__(domain, clock, wall_ms)
+        every endpoint's request outcomes are also counted (services.metrics); counted_key:
+        the key of BatchCounted tags (batches.counted_key; empty: none sent, none taken)."""
+        super().__init__(domain, clock, wall_ms, counted_key)
         self.accounting: Accounting = accounting if accounting is not None else NoAccounting()
         self.checks: Checks = checks if checks is not None else NoChecks()
         self.metrics = metrics
@@ -143,9 +147,16 @@ class Router(Links):
                 self._retry_hint(ep),
             )
         warming = ep.warming()
+        if warming:
+            raise Unavailable(
+                f"no replica of endpoint {ep.job_id} is ready yet ({warming} warming): retry shortly", 500
+            )
+        # UNAVAILABLE moves a failover client (tensorgrid.failover) to the next coordinator
+        # replica at once: the one whose nodes serve this endpoint, if another does (service.py)
         raise Unavailable(
-            f"no replica of endpoint {ep.job_id} is ready yet ({warming} warming): retry shortly",
-            500 if warming else 2000,
+            f"no replica of endpoint {ep.job_id} is ready on this coordinator replica (no node serves it here): "
+            "retry shortly, or through another replica",
+            2000,
         )
 
     @staticmethod
@@ -314,7 +325,10 @@ class Router(Links):
 
     def assign(self, ep: Endpoint) -> Replica | None:
         link = placement.choose_node(self.links.values(), ep, self.clock())
-        if link is None:
+        return None if link is None else self.assign_on(ep, link)
+
+    def assign_on(self, ep: Endpoint, link: NodeLink) -> Replica | None:
+        if not placement.fits(link, ep, self.clock()):
             return None
         replica = Replica(secrets.token_hex(32), ep, link, assigned_at=self.clock())
         ep.replicas[replica.replica_id] = link.replicas[replica.replica_id] = replica
@@ -401,7 +415,9 @@ class Router(Links):
             batch = self._mark_reruns(batch)
         replica.served += batch.answered
         try:
-            self.accounting.record(batch)
+            # owed and pending: the node keeps word of it, in case this replica dies before writing it
+            if self.accounting.record(batch) and self.counted_key:
+                replica.link.send(serving_pb2.ServeDown(counted=[counted(self.counted_key, batch)]))
             self.checks.after_batch(batch, replica.endpoint.spec)
         except Exception:
             log.exception("accounting or checks failed on a batch of endpoint %s", batch.endpoint_id[:12])

@@ -34,8 +34,12 @@ class Recorder:
         self.batches: list[ServedBatch] = []
         self.left = remaining
 
-    def record(self, batch: ServedBatch) -> None:
+    def record(self, batch: ServedBatch) -> bool:
         self.batches.append(batch)
+        return False
+
+    def record_counted(self, endpoint_id: str, node: str, task_id: str, answered: int) -> bool:
+        return False
 
     def remaining(self, endpoint_id: str) -> int | None:
         return self.left
@@ -47,6 +51,9 @@ class Recorder:
         return None
 
     async def flush(self) -> None:
+        return None
+
+    async def refresh(self, endpoint_ids: list[str]) -> None:
         return None
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -66,11 +73,18 @@ class SimNode:
     assigned: list[str] = field(default_factory=list)
     released: list[str] = field(default_factory=list)
     endpoint_of: dict[str, str] = field(default_factory=dict)
+    counted: list[serving_pb2.BatchCounted] = field(default_factory=list)  # as the coordinator sent them
     batch: int = 0
     task: asyncio.Task[None] | None = None
 
-    def connect(self, max_replicas: int = 2, device: str = "cpu") -> NodeLink:
-        self.link = self.router.connect(self.signer.address, device, 8 << 30, max_replicas)
+    def connect(
+        self,
+        max_replicas: int = 2,
+        device: str = "cpu",
+        warm: tuple[str, ...] = (),
+        counted: tuple[serving_pb2.BatchCounted, ...] = (),
+    ) -> NodeLink:
+        self.link = self.router.connect(self.signer.address, device, 8 << 30, max_replicas, warm, counted)
         self.task = asyncio.get_running_loop().create_task(self._run())
         return self.link
 
@@ -83,6 +97,7 @@ class SimNode:
         assert self.link is not None
         link = self.link
         while (msg := await link.outbox.get()) is not None:
+            self.counted.extend(msg.counted)
             which = msg.WhichOneof("msg")
             if which == "assign":
                 self.assigned.append(msg.assign.replica_id)

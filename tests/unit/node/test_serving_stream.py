@@ -72,3 +72,18 @@ def test_receipts_are_signed_once_replies_are_written_not_before() -> None:
         return before, at_once, replica.signed
 
     assert asyncio.run(scenario()) == (0, 0, 1)
+
+
+def test_batches_the_coordinator_counted_go_into_the_next_hello_for_a_while(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """If the coordinator replica dies before writing them, the next one is told (and pays them once)."""
+    now = [100.0]
+    monkeypatch.setattr(stream.time, "monotonic", lambda: now[0])
+    loop = _loop()
+    first = serving_pb2.BatchCounted(endpoint_id="e", task_id="t1", answered=2, tag=b"x")
+    loop._dispatch(serving_pb2.ServeDown(counted=[first]))
+    now[0] += stream.COUNTED_HOLD_S / 2
+    loop._dispatch(serving_pb2.ServeDown(counted=[serving_pb2.BatchCounted(endpoint_id="e", task_id="t2")]))
+    assert [c.task_id for c in loop._hello().hello.counted] == ["t1", "t2"]
+    assert loop._hello().hello.max_replicas == 1
+    now[0] += stream.COUNTED_HOLD_S / 2 + 0.1  # t1 is written by now (once a second)
+    assert [c.task_id for c in loop._hello().hello.counted] == ["t2"]

@@ -266,3 +266,62 @@ def test_a_replica_released_while_it_starts_leaves_no_worker_behind(
         assert not any(m.state.ready for m in sent)
 
     loop.run_until_complete(scenario())
+
+
+def test_a_broken_streams_replica_stays_warm_for_the_next_stream_of_its_endpoint_only(
+    loop: asyncio.AbstractEventLoop, models: dict[str, Path]
+) -> None:
+    """The coordinator replica died: the idle replica's loaded child is parked, named in the next
+    hello, and adopted by the next replica of the same endpoint (same child, no new start); a
+    drain stops whatever is still parked."""
+    from node.serving.stream import ServeLoop
+
+    sent: list[serving_pb2.ServeUp] = []
+
+    async def fetch(ref: BlobRef) -> Path:
+        return models["tiny"]
+
+    serve = ServeLoop(
+        None,  # type: ignore[arg-type]
+        2,
+        lambda send: ReplicaContext(fetch, lambda r: r, sent.append, device="cpu", threads=1),
+        asyncio.Event(),
+        asyncio.Event(),
+    )
+
+    def assign(endpoint: str, replica: str) -> serving_pb2.ReplicaAssign:
+        return serving_pb2.ReplicaAssign(
+            endpoint_id=endpoint,
+            replica_id=replica,
+            serves="inference",
+            model=common_pb2.BlobRef(sha256="ee" * 32, size=models["tiny"].stat().st_size),
+            settings_json=json.dumps({"input_names": ["x"]}).encode(),
+            max_batch=8,
+        )
+
+    async def started(a: serving_pb2.ReplicaAssign) -> Replica:
+        serve._assign(a)
+        replica = serve.replicas[a.replica_id]
+        for _ in range(600):
+            if replica._loop is not None:
+                return replica
+            await asyncio.sleep(0.05)
+        raise AssertionError("the replica did not start")
+
+    async def scenario() -> None:
+        first = await started(assign("ab" * 32, "01" * 32))
+        assert first.process is not None
+        pid = first.process.pid
+        await serve._drop_all("the serve stream closed", keep=True)
+        assert [k[0] for k in serve._parked] == ["ab" * 32]
+        other = await started(assign("cd" * 32, "02" * 32))  # another endpoint: a child of its own
+        assert other.process is not None and other.process.pid != pid
+        again = await started(assign("ab" * 32, "03" * 32))  # same endpoint, on the next stream
+        assert again.process is not None and again.process.pid == pid and not serve._parked
+        await serve._drop_all("the serve stream closed", keep=True)
+        assert len(serve._parked) == 2
+        parked = [process for process, _ in serve._parked.values()]
+        await serve._drop_all("the node is draining")
+        assert not serve._parked and all(p.pid is None for p in parked)
+
+    loop.run_until_complete(asyncio.wait_for(scenario(), 120))
