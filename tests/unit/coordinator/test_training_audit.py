@@ -625,26 +625,41 @@ class _Attention(torch.nn.Module):
         return self.head(self.layer(seq).mean(1))
 
 
-@pytest.mark.parametrize("replay_threads", [1, 2])
-def test_an_honest_run_of_a_model_with_an_inert_parameter_passes_at_any_thread_count(
-    files: dict[str, Path], tmp_path: Path, replay_threads: int
-) -> None:
+INERT_SETTINGS = replace(SETTINGS, steps=40, checkpoint_every=10)
+
+
+@pytest.fixture(scope="module")
+def inert(files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, PseudoGradient]:
+    """An honest node's run (one thread) of the model with an inert parameter: made once, and
+    replayed by each thread count's test."""
+    root = tmp_path_factory.mktemp("inert")
     torch.manual_seed(0)
-    export_program(_Attention().train(), (torch.randn(4, 64),), tmp_path / "attn.pt2")
-    initial_weights(tmp_path / "attn.pt2", tmp_path / "w0.safetensors")
-    settings = replace(SETTINGS, steps=40, checkpoint_every=10)
+    export_program(_Attention().train(), (torch.randn(4, 64),), root / "attn.pt2")
+    initial_weights(root / "attn.pt2", root / "w0.safetensors")
     old = torch.get_num_threads()
     try:
         torch.set_num_threads(1)  # the node
         r = TRAINERS["honest"](
-            tmp_path / "attn.pt2", tmp_path / "w0.safetensors", files["shard"], settings, tmp_path / "ckpt"
+            root / "attn.pt2", root / "w0.safetensors", files["shard"], INERT_SETTINGS, root / "ckpt"
         )
-        write_result(r, tmp_path / "attn.out", "int8")
+    finally:
+        torch.set_num_threads(old)
+    write_result(r, root / "attn.out", "int8")
+    return root, r
+
+
+@pytest.mark.parametrize("replay_threads", [1, 2])
+def test_an_honest_run_of_a_model_with_an_inert_parameter_passes_at_any_thread_count(
+    files: dict[str, Path], inert: tuple[Path, PseudoGradient], replay_threads: int
+) -> None:
+    root, r = inert
+    old = torch.get_num_threads()
+    try:
         torch.set_num_threads(replay_threads)  # the coordinator
         for j in range(len(r.checkpoint_steps) - 1):
-            revealed = {s: tmp_path / "ckpt" / checkpoint_name(s) for s in reveal_plan(r.checkpoint_steps, j)}
-            c = AuditCase(tmp_path / "attn.pt2", files["shard"], tmp_path / "w0.safetensors", tmp_path / "attn.out",
-                          settings, r.final_commitment, j, revealed)  # fmt: skip
+            revealed = {s: root / "ckpt" / checkpoint_name(s) for s in reveal_plan(r.checkpoint_steps, j)}
+            c = AuditCase(root / "attn.pt2", files["shard"], root / "w0.safetensors", root / "attn.out",
+                          INERT_SETTINGS, r.final_commitment, j, revealed)  # fmt: skip
             finding = check_reveal(c)
             assert finding.passed, (j, finding.reason)
     finally:
