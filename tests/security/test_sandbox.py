@@ -186,20 +186,19 @@ class _Hog(torch.nn.Module):
 
 
 class _Slow(torch.nn.Module):
-    """A valid program far slower than a small referee time limit allows."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.weight = torch.nn.Parameter(torch.randn(1024, 1024) / 32)
+    """A valid program far slower than a small referee time limit allows, in a handful of
+    graph nodes: a loop of 1000 small layers cost ~11 CPU-s to export and ~6 to load each time."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         wide = x.repeat(1, 16)  # 64 → 1024 columns
-        # ~2 GFLOP a row: over 0.2 s for a check's 4 rows even with the program warm (the
-        # referee keeps it loaded from intake's probe) on a fast core
-        for _ in range(1000):
-            wide = torch.tanh(wide @ self.weight)
-        return wide[:, :10]
+        square = wide.unsqueeze(2) * wide.unsqueeze(1)  # a 1024×1024 matrix per row
+        # ~9 GFLOP a row: a check's 4 rows took 0.4 s on one fast core (a batched matmul runs near
+        # the core's peak; 1000 small layers did 8 GFLOP in 0.3 s), well over 0.2 s even with the
+        # program warm (the referee keeps it loaded from intake's probe). Not more: intake's
+        # probe runs ~20 rows and the honest node 12.
+        for _ in range(4):
+            square = torch.tanh(square @ square / 1024)
+        return square.mean(dim=2)[:, :10]
 
 
 def _db(grid: LocalGrid) -> Engine:

@@ -79,26 +79,33 @@ class _Runtime:
     db = work = None  # _reexecute uses neither
 
 
-@pytest.fixture
-def referee(tmp_path: Path) -> Referee:
-    blobs = BlobStore(tmp_path / "blobs")
-    export_decoder(tiny_decoder(), tmp_path / "decoder.pt2")
+@pytest.fixture(scope="module")
+def job(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The decoder, a shard, the check's rows and the subject's honest output: made once a module."""
+    root = tmp_path_factory.mktemp("job")
+    export_decoder(tiny_decoder(), root / "decoder.pt2")
     g = torch.Generator().manual_seed(1)
     shard = {
         "tokens": torch.randint(0, V, (12, 6), generator=g),
         "lengths": torch.randint(1, 7, (12,), generator=g),
         "index": torch.arange(24, 36),
     }
-    save_tensors(shard, tmp_path / "shard.safetensors")
-    gather_rows(tmp_path / "shard.safetensors", ROWS, tmp_path / "check.safetensors")
-    run_generation(tmp_path / "decoder.pt2", tmp_path / "shard.safetensors", tmp_path / "out.safetensors", SETTINGS)
+    save_tensors(shard, root / "shard.safetensors")
+    gather_rows(root / "shard.safetensors", ROWS, root / "check.safetensors")
+    run_generation(root / "decoder.pt2", root / "shard.safetensors", root / "out.safetensors", SETTINGS)
+    return root
+
+
+@pytest.fixture
+def referee(job: Path, tmp_path: Path) -> Referee:
+    blobs = BlobStore(tmp_path / "blobs")
     put = blobs.put_file
     return Referee(
         blobs,
-        put(tmp_path / "decoder.pt2").sha256,
-        put(tmp_path / "shard.safetensors").sha256,
-        put(tmp_path / "check.safetensors").sha256,
-        put(tmp_path / "out.safetensors").sha256,
+        put(job / "decoder.pt2").sha256,
+        put(job / "shard.safetensors").sha256,
+        put(job / "check.safetensors").sha256,
+        put(job / "out.safetensors").sha256,
     )
 
 

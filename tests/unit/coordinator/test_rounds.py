@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from coordinator.app import Coordinator
-from coordinator.config import CoordinatorConfig
 from coordinator.errors import Rejected
 from coordinator.kinds.training.check import check_train_output
 from coordinator.repositories.training.rounds import round_history, round_view
@@ -24,11 +23,13 @@ from coordinator.services.runtime import Runtime
 from coordinator.services.training.rounds import RoundManager
 from node.worker import handle
 from tensorgrid.blobs import file_sha256
+from tensorgrid.sandbox import SandboxLimits
 from tensorgrid.spec import TrainingSpec, canonical_json, job_id_for, spec_hash
 from tensorgrid.types import Capabilities, JobState, Lease, Receipt
 from tensorgrid.workloads.model import export_program
 from tensorgrid.workloads.tensorfile import load_tensors, save_tensors
 from tests.datasets import save_digits
+from tests.unit.coordinator.conftest import SharedReferee, coordinator_limits
 
 SUBMITTER = "0x" + "11" * 20
 NODES = ["0x" + f"{i:02x}" * 20 for i in range(1, 5)]
@@ -45,9 +46,15 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {"dataset": root / "digits.safetensors", "train": root / "train.pt2"}
 
 
+@pytest.fixture(scope="module")
+def referee_limits() -> SandboxLimits:
+    """The module's coordinators' referee limits, for the referee they share."""
+    return coordinator_limits()
+
+
 @pytest.fixture
-def coordinator(db_url: str, tmp_path: Path) -> Iterator[Coordinator]:
-    app = Coordinator(CoordinatorConfig(data_dir=tmp_path / "coord", database_url=db_url))
+def coordinator(db_url: str, shared_referee: SharedReferee, tmp_path: Path) -> Iterator[Coordinator]:
+    app = shared_referee.coordinator(db_url, tmp_path)
     yield app
     app.runtime.shutdown()
     app.store.close()
@@ -199,7 +206,7 @@ def test_a_round_without_results_fails_the_job_after_max_attempts(
 
 
 def test_restart_resumes_from_the_last_closed_round(
-    coordinator: Coordinator, files: dict[str, Path], tmp_path: Path, db_url: str
+    coordinator: Coordinator, files: dict[str, Path], tmp_path: Path, db_url: str, shared_referee: SharedReferee
 ) -> None:
     app = coordinator
     job_id, spec = submit(app, files)
@@ -214,7 +221,7 @@ def test_restart_resumes_from_the_last_closed_round(
     with pytest.raises(Conflict):
         closed = store.ClosedRound(0, (0,), 1, None, None, None, 1, view.weights, view.weights)
         store.close_round(app.store.engine, view, closed, now_ms())
-    restarted = Coordinator(CoordinatorConfig(data_dir=tmp_path / "coord", database_url=db_url))
+    restarted = shared_referee.coordinator(db_url, tmp_path)
     try:
         resumed = round_view(restarted.store.engine, job_id)
         assert resumed is not None and resumed.round == 1 and resumed.momentum is not None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -20,12 +20,12 @@ from coordinator.services.runtime import Runtime
 from coordinator.services.serving.accounting import Accounting
 from coordinator.services.serving.checks import Checks
 from coordinator.services.serving.hooks import Reran, ServedBatch, ServedRequest
-from tensorgrid.blobs import BlobStore
 from tensorgrid.crypto import Signer, sign_receipt
 from tensorgrid.serving import batch_receipt, tensors_to_bytes
 from tensorgrid.spec import EndpointSpec
-from tensorgrid.types import Domain
+from tensorgrid.types import BlobRef, Domain
 from tensorgrid.workloads.model import export_program
+from tests.unit.coordinator.conftest import SharedReferee
 from tests.unit.coordinator.test_serving_accounting import EP, PRICE, R1, R2, add_endpoint, credit_rows
 
 DOMAIN = Domain("TensorGrid", "1", 31337, "0x" + "cc" * 20)
@@ -50,18 +50,34 @@ def test_the_draw_matches_the_rate_and_needs_the_secret() -> None:
     assert abs(len(drawn & other_replica) / len(drawn) - rate) < 0.03
 
 
-class Grid:
-    """A store, a blob store with the endpoint's model, accounting and checks with a fake rerun."""
+@dataclass
+class Endpoint:
+    """The endpoint's model, exported once a module into the shared referee's blob store."""
 
-    def __init__(self, tmp: Path) -> None:
+    module: torch.nn.Module
+    model: BlobRef
+
+
+@pytest.fixture(scope="module")
+def endpoint(shared_referee: SharedReferee, tmp_path_factory: pytest.TempPathFactory) -> Endpoint:
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(4, 3)).eval()
+    path = tmp_path_factory.mktemp("endpoint") / "model.pt2"
+    export_program(module, (torch.rand(2, 4),), path)
+    return Endpoint(module, shared_referee.blobs.put_file(path))
+
+
+class Grid:
+    """A store, a blob store with the endpoint's model, accounting and checks with a fake rerun;
+    the referee (the blob store's reader) is the module's, its calls counted from here."""
+
+    def __init__(self, tmp: Path, referee: SharedReferee, endpoint: Endpoint) -> None:
         self.state = Store(f"sqlite:///{tmp / 'state.db'}")
-        self.blobs = BlobStore(tmp / "blobs")
-        self.rt = Runtime(inline_db=True, db_threads=1)
-        torch.manual_seed(0)
-        self.module = torch.nn.Sequential(torch.nn.Linear(4, 3)).eval()
-        export_program(self.module, (torch.rand(2, 4),), tmp / "model.pt2")
-        self.spec = EndpointSpec(model=self.blobs.put_file(tmp / "model.pt2"), check_rate=1.0, max_requests=10,
-                                 reward_per_task_wei=PRICE)  # fmt: skip
+        self.blobs = referee.blobs
+        self.referee, self.calls_before = referee.sandbox, referee.sandbox.calls
+        self.rt = referee.runtime()
+        self.module = endpoint.module
+        self.spec = EndpointSpec(model=endpoint.model, check_rate=1.0, max_requests=10, reward_per_task_wei=PRICE)
         add_endpoint(self.state)
         self.accounting = Accounting(self.rt, self.state.engine)
         self.rerun_answer: bytes | None = None
@@ -136,15 +152,18 @@ class Grid:
         rep = self.state.verification.reputation(node)
         return rep.verified, rep.caught
 
+    @property
+    def refereed(self) -> int:
+        """Requests this test made of the referee."""
+        return self.referee.calls - self.calls_before
+
     def close(self) -> None:
-        if self.rt.referee is not None:
-            self.rt.referee.close()
         self.state.close()
 
 
 @pytest.fixture
-def grid(tmp_path: Path) -> Iterator[Grid]:
-    g = Grid(tmp_path)
+def grid(tmp_path: Path, shared_referee: SharedReferee, endpoint: Endpoint) -> Iterator[Grid]:
+    g = Grid(tmp_path, shared_referee, endpoint)
     yield g
     g.close()
 
@@ -158,11 +177,11 @@ def test_sampled_checks_verify_right_answers_and_catch_a_wrong_one(grid: Grid) -
         # another replica gives the same answer, both nodes trusted: verified, no referee
         grid.rerun_answer = grid.answer(x)
         await grid.serve(grid.batch(1, x, grid.answer(x)))
-        assert grid.checks.counts(EP) == (1, 0) and grid.rt.referee is None
+        assert grid.checks.counts(EP) == (1, 0) and grid.refereed == 0
         # no other replica: the referee runs the request itself and agrees
         grid.rerun_answer = None
         await grid.serve(grid.batch(2, x, grid.answer(x, 1e-7)))  # within the float tolerance
-        assert grid.checks.counts(EP) == (2, 0) and grid.rt.referee is not None
+        assert grid.checks.counts(EP) == (2, 0) and grid.refereed > 0
         # the node answers wrong; the other replica right: the referee decides against the node
         grid.rerun_answer = grid.answer(x)
         await grid.serve(wrong)
@@ -191,7 +210,7 @@ def test_an_untrusted_agreeing_pair_goes_to_the_referee_and_a_colluding_pair_is_
     async def scenario() -> None:
         grid.rerun_answer = grid.answer(x)  # both right, neither trusted: the referee confirms
         await grid.serve(grid.batch(1, x, grid.answer(x)))
-        assert grid.rt.referee is not None and grid.checks.counts(EP) == (1, 0)
+        assert grid.refereed > 0 and grid.checks.counts(EP) == (1, 0)
         grid.rerun_answer = lie  # one operator's two replicas agree on a wrong answer
         await grid.serve(colluded)
 
@@ -248,7 +267,7 @@ def test_a_rerun_is_never_drawn_for_a_check(grid: Grid) -> None:
     rerun = grid.batch(1, x, grid.answer(x, 0.5))  # wrong: a check would catch it
     marked = ServedBatch(EP, R1, NODE, "cpu", 1, rerun.receipt, (replace(rerun.requests[0], rerun=True),))
     asyncio.run(grid.serve(marked))
-    assert grid.checks.counts(EP) == (0, 0) and grid.caught == [] and grid.rt.referee is None
+    assert grid.checks.counts(EP) == (0, 0) and grid.caught == [] and grid.refereed == 0
     assert marked.answered == 0 and credit_rows(grid.state) == []  # nor paid
 
 

@@ -18,7 +18,6 @@ import torch
 from sqlalchemy import select
 
 from coordinator.app import Coordinator
-from coordinator.config import CoordinatorConfig
 from coordinator.db import schema as s
 from coordinator.errors import NotFound, Rejected
 from coordinator.kinds.training.check import check_train_output
@@ -33,6 +32,7 @@ from coordinator.services.intake import plan_job
 from coordinator.services.runtime import Runtime
 from coordinator.services.training.replay import AuditCase, check_reveal, reveal_plan
 from tensorgrid.errors import TensorGridError
+from tensorgrid.sandbox import SandboxLimits
 from tensorgrid.spec import TrainingSpec, VerificationSpec, canonical_json, job_id_for, spec_hash
 from tensorgrid.training.commitments import checkpoint_steps
 from tensorgrid.training.compression import PseudoGradient
@@ -43,6 +43,7 @@ from tensorgrid.workloads.model import export_program
 from tensorgrid.workloads.tensorfile import load_tensors, save_tensors
 from tests.datasets import save_digits
 from tests.integration.train_adversaries import TRAINERS, settings_for
+from tests.unit.coordinator.conftest import SharedReferee, coordinator_limits
 
 SUBMITTER = "0x" + "11" * 20
 NODES = ["0x" + f"{i:02x}" * 20 for i in range(1, 5)]
@@ -259,15 +260,22 @@ def test_a_missing_checkpoint_and_a_foreign_start_fail(
 # ---- the audit in the coordinator ---------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def referee_limits() -> SandboxLimits:
+    """The module's coordinators' referee limits, for the referee they share."""
+    return coordinator_limits()
+
+
 @pytest.fixture
-def coordinator(db_url: str, tmp_path: Path) -> Iterator[Coordinator]:
-    app = make_app(db_url, tmp_path)
+def coordinator(db_url: str, shared_referee: SharedReferee, tmp_path: Path) -> Iterator[Coordinator]:
+    app = make_app(db_url, shared_referee, tmp_path)
     yield app
     close_app(app)
 
 
-def make_app(db_url: str, tmp_path: Path) -> Coordinator:
-    app = Coordinator(CoordinatorConfig(data_dir=tmp_path / "coord", database_url=db_url))
+def make_app(db_url: str, referee: SharedReferee, tmp_path: Path) -> Coordinator:
+    """A coordinator sharing the module's referee (intake's trial load, audit replays)."""
+    app = referee.coordinator(db_url, tmp_path)
     app.rounds._started = True  # tests drive advance() themselves: no background loop
     return app
 
@@ -513,7 +521,12 @@ def _key(app: Coordinator, job_id: str, idx: int) -> tuple[str, int]:
 
 
 def test_a_reveal_after_a_restart_completes_the_audit(
-    coordinator: Coordinator, files: dict[str, Path], tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+    coordinator: Coordinator,
+    files: dict[str, Path],
+    tmp_path: Path,
+    db_url: str,
+    shared_referee: SharedReferee,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     app = coordinator
     draw(app, monkeypatch, 0)
@@ -521,7 +534,7 @@ def test_a_reveal_after_a_restart_completes_the_audit(
     d = compute(app, NODES[0], tmp_path)
     plan = asyncio.run(deliver(app, d))
     assert plan is not None and plan.steps == (2,)
-    restarted = make_app(db_url, tmp_path)
+    restarted = make_app(db_url, shared_referee, tmp_path)
     try:
 
         async def resume() -> None:
@@ -625,26 +638,41 @@ class _Attention(torch.nn.Module):
         return self.head(self.layer(seq).mean(1))
 
 
-@pytest.mark.parametrize("replay_threads", [1, 2])
-def test_an_honest_run_of_a_model_with_an_inert_parameter_passes_at_any_thread_count(
-    files: dict[str, Path], tmp_path: Path, replay_threads: int
-) -> None:
+INERT_SETTINGS = replace(SETTINGS, steps=40, checkpoint_every=10)
+
+
+@pytest.fixture(scope="module")
+def inert(files: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, PseudoGradient]:
+    """An honest node's run (one thread) of the model with an inert parameter: made once, and
+    replayed by each thread count's test."""
+    root = tmp_path_factory.mktemp("inert")
     torch.manual_seed(0)
-    export_program(_Attention().train(), (torch.randn(4, 64),), tmp_path / "attn.pt2")
-    initial_weights(tmp_path / "attn.pt2", tmp_path / "w0.safetensors")
-    settings = replace(SETTINGS, steps=40, checkpoint_every=10)
+    export_program(_Attention().train(), (torch.randn(4, 64),), root / "attn.pt2")
+    initial_weights(root / "attn.pt2", root / "w0.safetensors")
     old = torch.get_num_threads()
     try:
         torch.set_num_threads(1)  # the node
         r = TRAINERS["honest"](
-            tmp_path / "attn.pt2", tmp_path / "w0.safetensors", files["shard"], settings, tmp_path / "ckpt"
+            root / "attn.pt2", root / "w0.safetensors", files["shard"], INERT_SETTINGS, root / "ckpt"
         )
-        write_result(r, tmp_path / "attn.out", "int8")
+    finally:
+        torch.set_num_threads(old)
+    write_result(r, root / "attn.out", "int8")
+    return root, r
+
+
+@pytest.mark.parametrize("replay_threads", [1, 2])
+def test_an_honest_run_of_a_model_with_an_inert_parameter_passes_at_any_thread_count(
+    files: dict[str, Path], inert: tuple[Path, PseudoGradient], replay_threads: int
+) -> None:
+    root, r = inert
+    old = torch.get_num_threads()
+    try:
         torch.set_num_threads(replay_threads)  # the coordinator
         for j in range(len(r.checkpoint_steps) - 1):
-            revealed = {s: tmp_path / "ckpt" / checkpoint_name(s) for s in reveal_plan(r.checkpoint_steps, j)}
-            c = AuditCase(tmp_path / "attn.pt2", files["shard"], tmp_path / "w0.safetensors", tmp_path / "attn.out",
-                          settings, r.final_commitment, j, revealed)  # fmt: skip
+            revealed = {s: root / "ckpt" / checkpoint_name(s) for s in reveal_plan(r.checkpoint_steps, j)}
+            c = AuditCase(root / "attn.pt2", files["shard"], root / "w0.safetensors", root / "attn.out",
+                          INERT_SETTINGS, r.final_commitment, j, revealed)  # fmt: skip
             finding = check_reveal(c)
             assert finding.passed, (j, finding.reason)
     finally:

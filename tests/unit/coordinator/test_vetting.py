@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from tensorgrid.errors import SpecError
 from tensorgrid.spec import InferenceSpec
 from tensorgrid.workloads.model import export_program
 from tensorgrid.workloads.tensorfile import save_tensors
+from tests.unit.coordinator.conftest import SharedReferee
 
 
 class Head(torch.nn.Module):
@@ -29,12 +29,15 @@ class Head(torch.nn.Module):
 
 
 @pytest.fixture
-def rt() -> Iterator[Runtime]:
-    """A runtime whose sandboxed child (the probe runs there, never in this process) is stopped after."""
-    runtime = Runtime(inline_db=True, db_threads=1)
-    yield runtime
-    if runtime.referee is not None:
-        runtime.referee.close()
+def rt(shared_referee: SharedReferee) -> Runtime:
+    """A runtime whose sandboxed child (the probe runs there, never in this process) is the module's."""
+    return shared_referee.runtime()
+
+
+@pytest.fixture
+def blobs(shared_referee: SharedReferee) -> BlobStore:
+    """The store the referee may read."""
+    return shared_referee.blobs
 
 
 def _spec(tmp: Path, blobs: BlobStore, module: torch.nn.Module, **kw: object) -> InferenceSpec:
@@ -44,16 +47,19 @@ def _spec(tmp: Path, blobs: BlobStore, module: torch.nn.Module, **kw: object) ->
     return InferenceSpec(model=blobs.put_file(model), inputs=blobs.put_file(inputs), nonce="n", **kw)  # type: ignore[arg-type]
 
 
-def test_intake_refuses_a_row_dependent_program_and_accepts_an_honest_one(tmp_path: Path, rt: Runtime) -> None:
-    blobs = BlobStore(tmp_path / "blobs")
+def test_intake_refuses_a_row_dependent_program_and_accepts_an_honest_one(
+    tmp_path: Path, rt: Runtime, blobs: BlobStore, shared_referee: SharedReferee
+) -> None:
+    calls = shared_referee.sandbox.calls
     vet_inference(_spec(tmp_path, blobs, Head(centre=False), shard_rows=100), rt, blobs)
     with pytest.raises(SpecError, match="not verifiable.*batch.*only on its own input row"):
         vet_inference(_spec(tmp_path, blobs, Head(centre=True), shard_rows=100), rt, blobs)
-    assert rt.referee is not None  # the graphs ran in the sandboxed child
+    assert shared_referee.sandbox.calls == calls + 2  # the graphs ran in the sandboxed child
 
 
-def test_a_program_that_cannot_run_a_row_alone_is_refused_with_what_was_run(tmp_path: Path, rt: Runtime) -> None:
-    blobs = BlobStore(tmp_path / "blobs")
+def test_a_program_that_cannot_run_a_row_alone_is_refused_with_what_was_run(
+    tmp_path: Path, rt: Runtime, blobs: BlobStore
+) -> None:
     model, inputs = tmp_path / "m.pt2", tmp_path / "x.safetensors"
     export_program(Head(centre=False).eval(), (torch.randn(4, 6),), model, dynamic_batch=False)  # 4 rows only
     save_tensors({"x": torch.randn(8, 6)}, inputs)
