@@ -58,6 +58,14 @@ def test_two_nodes_sqlite(grid: LocalGrid, digits: Assets, tmp_path: Path) -> No
     assert kinds.count("completed") == 6
 
 
+def test_two_nodes_postgres(make_grid: Callable[..., LocalGrid], digits: Assets, tmp_path: Path, pg_url: str) -> None:
+    grid = make_grid("--database-url", pg_url)
+    grid.start_coordinator()
+    for i in range(2):
+        grid.start_node(f"node{i}", *node_args())
+    run_job(grid, digits, tmp_path)
+
+
 def test_node_killed_mid_task_is_reissued(
     make_grid: Callable[..., LocalGrid], slow_digits: Assets, tmp_path: Path
 ) -> None:
@@ -86,12 +94,8 @@ def test_node_killed_mid_task_is_reissued(
     assert_matches_local(tmp_path / "out.safetensors", slow_digits)
 
 
-def test_coordinator_restart_mid_job(
-    make_grid: Callable[..., LocalGrid], slow_digits: Assets, tmp_path: Path, pg_url: str
-) -> None:
-    """On PostgreSQL (the module's other grids use SQLite files): the whole job, restart included."""
-    # leases outlive the downtime, however slow the restart
-    grid = make_grid("--lease-ttl-ms", "60000", "--database-url", pg_url)
+def test_coordinator_restart_mid_job(make_grid: Callable[..., LocalGrid], slow_digits: Assets, tmp_path: Path) -> None:
+    grid = make_grid("--lease-ttl-ms", "60000")  # leases outlive the downtime, however slow the restart
     coordinator = grid.start_coordinator()
     submitter, job = _two_nodes_under_way(grid, slow_digits)
     grid.kill_proc(coordinator)  # a crash, not a clean stop

@@ -104,7 +104,10 @@ def test_funded_job_is_charged_recorded_refunded_and_claimed(devnet: ChainGrid, 
         for key in devnet.node_keys:
             node = ChainClient.connect(devnet.anvil.rpc_url, devnet.deployment, key)
             earned = client.earnings(node.address)
-            assert earned.pending_wei == 0 and earned.claim_epoch >= 1
+            assert earned.pending_wei == 0
+            if not earned.cumulative_wei:  # a node may have only checked, and a check's pay is a draw
+                continue
+            assert earned.claim_epoch >= 1
             if earned.claim_cumulative_wei:
                 node.claim(earned.claim_cumulative_wei, earned.claim_proof)
             assert node.claimed(node.address) == earned.cumulative_wei
