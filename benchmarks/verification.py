@@ -169,7 +169,11 @@ def main() -> None:
         model, inputs = root / "model.pt2", root / "inputs.safetensors"
         export_program(build_model(ns.width, ns.depth), (torch.rand(4, 64),), model)
         save_tensors({"x": torch.rand(ns.rows, 64, generator=torch.Generator().manual_seed(1))}, inputs)
-        policies = {"default": VerificationSpec(), "replicate_2x": VerificationSpec(mode="replicate")}
+        policies = {
+            "default": VerificationSpec(),
+            "decoys_1": VerificationSpec(decoys=1),  # D = T decoys, asked for: what hiding a check's size costs
+            "replicate_2x": VerificationSpec(mode="replicate"),
+        }
         times: dict[int, float] = {}
         with LocalGrid(root / "grid") as grid:
             grid.start_coordinator()

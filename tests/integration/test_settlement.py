@@ -77,7 +77,7 @@ def test_funded_job_is_charged_recorded_refunded_and_claimed(devnet: ChainGrid, 
             batch_size=BATCH,
             device="cpu",
             reward_per_task_wei=REWARD,
-            verification=VerificationSpec(spot_rows=5),
+            verification=VerificationSpec(spot_rows=5, decoys=1),
         )
         final = client.wait(job.job_id)
         assert final.state == JobState.SUCCEEDED, final.error

@@ -167,8 +167,8 @@ function safetensorsRows(bytes) {
   return Math.min(...Object.entries(header).filter(([k]) => k !== "__metadata__").map(([, t]) => t.shape[0]));
 }
 
-// The verification fee of docs/API.md ("The escrow budget rule"), default policy (decoys: D = T as far as affordable).
-function feeTasks(T, R, v = { target_detection: 0.99, corrupt_fraction: 0.01, canary_rate: 0.005, decoys: 1 }) {
+// The verification fee of docs/API.md ("The escrow budget rule"), default policy (no decoys unless asked for).
+function feeTasks(T, R, v = { target_detection: 0.99, corrupt_fraction: 0.01, canary_rate: 0.005, decoys: 0 }) {
   const B = Math.max(1, Math.floor((R * 0.05) / 2));
   const perTask = 1 - (1 - v.target_detection) ** (1 / Math.max(1, T));
   const m0 = perTask >= 1 ? R : Math.ceil(Math.log(1 - perTask) / Math.log(1 - v.corrupt_fraction));

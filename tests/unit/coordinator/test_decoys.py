@@ -63,7 +63,7 @@ def test_decoys_that_do_not_fit_are_refused() -> None:
 
 
 def test_decoy_plan_keeps_m_and_the_compute_budget() -> None:
-    v = VerificationSpec()
+    v = VerificationSpec(decoys=1)
     assert decoy_plan(v, 24, 4096) == (24, 20)  # benchmarks.verification's shape: D = T
     assert detection_rows(v, 24, 4096) == 20  # m as without decoys: the shards' checks reach the target alone
     assert decoy_plan(VerificationSpec(decoys=0), 24, 4096) == (0, 20)
@@ -74,7 +74,10 @@ def test_decoy_plan_keeps_m_and_the_compute_budget() -> None:
     assert decoy_plan(VerificationSpec(decoys=0.5), 24, 4096)[0] == 12
     assert decoy_plan(VerificationSpec(mode="replicate"), 24, 4096) == (0, 4096)
     assert decoy_plan(v, 1, 4096)[0] == 0  # one shard: nothing that is always full to carve from
-    assert decoy_plan(VerificationSpec(spot_rows=40), 4, 100) == (0, 40)  # 100-row shards cannot spare 40-row decoys
+    assert decoy_plan(VerificationSpec(spot_rows=40, decoys=1), 4, 100) == (
+        0,
+        40,
+    )  # 100-row shards cannot spare 40-row decoys
     for t in range(1, 300):  # T -> T + D only grows, so the planned count gives the shards back
         assert shards_of(v, t + decoy_plan(v, t, 512)[0], 512) == t
 
@@ -82,7 +85,7 @@ def test_decoy_plan_keeps_m_and_the_compute_budget() -> None:
 def test_decoys_leave_the_detection_of_a_cheater_who_spares_them_as_it_was() -> None:
     """A cheater sees which of its tasks are decoys (only checks are as small) and can leave them
     alone: the shards' checks must still reach the target, so m is what it is without decoys."""
-    d, m = decoy_plan(VerificationSpec(), 24, 4096)
+    d, m = decoy_plan(VerificationSpec(decoys=1), 24, 4096)
     without = VerificationPolicy(VerificationSpec(decoys=0), 24, 4096)
     with_decoys = VerificationPolicy(VerificationSpec(spot_rows=m), 24 + d, 4096, decoys=d)  # as planned
     assert with_decoys.sample_rows(1.0, 4096) == without.sample_rows(1.0, 4096) == m
@@ -96,7 +99,7 @@ def test_an_old_spec_keeps_its_bytes_and_decoys_are_a_bounded_policy_field() -> 
     assert b"decoys" not in raw  # left out while None: specs signed before decoys keep their hash
     parsed = parse_spec(raw)
     assert isinstance(parsed, InferenceSpec) and parsed.verification is not None
-    assert parsed.verification.decoy_ratio == 1.0 and canonical_json(parsed) == raw
+    assert parsed.verification.decoy_ratio == 0.0 and canonical_json(parsed) == raw  # none unless asked for
     explicit = InferenceSpec(model=MODEL, inputs=INPUTS, verification=VerificationSpec(decoys=2), nonce="n")
     assert json.loads(canonical_json(explicit))["verification"]["decoys"] == 2
     for bad in (-1, 4.5, "1", True):
@@ -109,7 +112,7 @@ def test_an_old_spec_keeps_its_bytes_and_decoys_are_a_bounded_policy_field() -> 
 def test_the_fee_covers_checks_of_decoys_and_the_decoys_pay() -> None:
     rng = random.Random(3)
     for t, rows in ((24, 4096), (100, 1000), (5, 64)):
-        v = VerificationSpec()
+        v = VerificationSpec(decoys=1)
         d, m = decoy_plan(v, t, rows)
         fee = fee_tasks(v, t, rows)
         p = m / rows
@@ -127,7 +130,7 @@ def test_a_checker_cannot_tell_a_check_by_its_size() -> None:
     by their own checks (a check of a decoy re-runs all of its m rows)."""
     rng = random.Random(11)
     t, rows = 24, 4096
-    d, m = decoy_plan(VerificationSpec(), t, rows)
+    d, m = decoy_plan(VerificationSpec(decoys=1), t, rows)
     for rate, share in ((1.0, 2 / 3), (0.1, 1 / 6)):
         checks_seen = decoys_seen = caught = 0
         jobs = 400

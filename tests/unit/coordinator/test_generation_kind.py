@@ -118,7 +118,9 @@ def test_decoys_are_carved_out_of_generation_shards_in_prompt_order(tmp_path: Pa
     tokens = torch.randint(0, V, (240, 5))
     lengths = torch.full((240,), 5)
     prompts = {"tokens": tokens, "lengths": lengths}
-    job, tasks, blobs = plan(tmp_path, decoder, prompts, shard_prompts=80, verification=VerificationSpec(spot_rows=1))
+    job, tasks, blobs = plan(
+        tmp_path, decoder, prompts, shard_prompts=80, verification=VerificationSpec(spot_rows=1, decoys=1)
+    )
     assert sorted(t.rows for t in tasks if t.decoy_unit_rows) == [1, 1, 1]  # D = T decoys of m = 1 prompt
     assert all(t.decoy_unit_rows == 80 for t in tasks if t.decoy_unit_rows) and sum(t.rows for t in tasks) == 240
     indices = [i for t in tasks for i in load_tensors(blobs.path_for(t.input.sha256))["index"].tolist()]
