@@ -51,12 +51,13 @@ repositories/ledger/decoys.py). Figures for the shape of benchmarks.verification
 - Built: the planner carves D ordinary tasks of exactly m rows out of the shards (the same
   rows, no row computed twice, tasks still in row order; at random places, from the T - 1 shards
   that are always full, each keeping more than m rows). D = ceil(decoys x T), `decoys` a policy
-  field in [0, 4], none unless the submitter asks (at 1, D = T: an m-row task is a check with probability
-  C / (C + D) for C = r(T + D) checks at check rate r: 2/3 for new nodes (r = 1), 1/6 for trusted
-  ones (r = 0.1)); see Cost for why they are not on by default. Decoys are checked like any task (a decoy's check re-runs all its m rows, else
-  its rows could be changed unseen), but their checks do not count toward the detection target:
-  the design's first idea (m sized for T + D tasks: 10 rows, not 20) fails against a cheater
-  that leaves its decoys alone (it sees they are as small as checks) and corrupts only shards,
+  field in [0, 4], none unless the submitter asks (see Cost for why). At 1 (D = T) an m-row
+  task is a check with probability C / (C + D) for C = r(T + D) checks at check rate r: 2/3 for
+  new nodes (r = 1), 1/6 for trusted ones (r = 0.1). Decoys are checked like any task (a decoy's
+  check re-runs all its m rows, else its rows could be changed unseen), but their checks do not
+  count toward the detection target: the design's first idea (m sized for T + D tasks: 10 rows,
+  not 20) fails against a cheater that leaves its decoys alone (it sees they are as small as
+  checks) and corrupts only shards,
   whose checks would then re-run half the rows (91% per job, not 99%). So m stays what the job
   asks without decoys, detection and stake are counted over the shards, and the T + D checks
   must fit the 5% budget: (T + D)·m ≤ T·budget_rows(S), which caps D. The job's stored policy
