@@ -35,14 +35,16 @@ _JOB_HAS_DECOYS = Raw(select(s.decoys.c.unit_rows).where(s.decoys.c.job_id == bi
 
 def by_rows(conn: Connection, accepted: Sequence[AcceptedResult], draw: Draw | None = None) -> list[AcceptedResult]:
     """The results among `accepted` that earn their whole reward, in the caller's transaction:
-    every ordinary task's, and a decoy's whose draw wins (within the fee). One primary-key
-    lookup per result; the decoy row is locked, so two payers of one result draw once."""
+    every ordinary task's, and a decoy's whose draw wins (within the fee). One lookup per job,
+    and per result only in jobs with decoys; the decoy row is locked, so two payers of one
+    result draw once."""
     draw = draw or secrets.randbelow  # looked up per call: never a seeded generator in production
+    with_decoys = {job for job in {a[1] for a in accepted} if unit_rows(conn, job)}  # one look per job
     out: list[AcceptedResult] = []
     pending: dict[str, int] = {}  # wins this call, per job, not yet credited
     for result in accepted:
         _, job, task, attempt = result
-        row = _DECOY_RAW.first(conn, {"b_task": task})
+        row = _DECOY_RAW.first(conn, {"b_task": task}) if job in with_decoys else None
         if row is None:
             out.append(result)
             continue
