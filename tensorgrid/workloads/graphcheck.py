@@ -20,11 +20,10 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-import torch
-
 from tensorgrid.errors import UnsafeFileError
 from tensorgrid.workloads.exprcheck import MAX_EXPR_CHARS, check_expr
 from tensorgrid.workloads.oppolicy import PURPOSES, Purpose, refusal
+from tensorgrid.workloads.optable import schema, torch_version
 from tensorgrid.workloads.statecheck import state_writes
 
 __all__ = ["check_graph_json"]
@@ -94,20 +93,12 @@ def _check_target(target: Any, node: dict[str, Any], where: str, purpose: Purpos
             "higher-order operators and Python callables are refused (TensorGrid programs call torch.ops.aten.*)"
         )
     op_name, overload = match.groups()
-    if not _is_overload(op_name, overload):
-        raise UnsafeFileError(f"{where}: {target[:200]!r} is not an operator of torch {torch.__version__}")
+    if schema(op_name, overload) is None:
+        raise UnsafeFileError(f"{where}: {target[:200]!r} is not an operator of torch {torch_version()}")
     reason = refusal(op_name, overload, node.get("inputs"), purpose)
     if reason is not None:
         raise UnsafeFileError(f"{where}: {reason}")
     return target
-
-
-def _is_overload(op_name: str, overload: str) -> bool:
-    try:
-        op = getattr(getattr(torch.ops.aten, op_name), overload)
-    except (AttributeError, RuntimeError):
-        return False
-    return isinstance(op, torch._ops.OpOverload)
 
 
 def _check_state(graph_module: Any, where: str) -> None:

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Literal
 
-import torch
+from tensorgrid.workloads.optable import schema, torch_version
 
 __all__ = [
     "GATED",
@@ -143,7 +143,7 @@ def refusal(name: str, overload: str, inputs: Any, purpose: Purpose) -> str | No
     target = f"aten.{name}.{overload}"
     if verdict is None:
         return (
-            f"operator {target} is not classified for torch {torch.__version__} (tensorgrid/workloads/aten_ops.txt), "
+            f"operator {target} is not classified for torch {torch_version()} (tensorgrid/workloads/aten_ops.txt), "
             "so it is refused"
         )
     group = GROUPS.get(verdict)
@@ -158,8 +158,8 @@ def refusal(name: str, overload: str, inputs: Any, purpose: Purpose) -> str | No
 def _randomness_on(name: str, overload: str, inputs: Any) -> bool:
     """False only when the call's flag is a constant false or its probability a constant 0."""
     flag, prob = GATED[name]
-    schema = getattr(getattr(torch.ops.aten, name), overload)._schema
-    defaults = {a.name: a.default_value for a in schema.arguments if a.has_default_value()}
+    found = schema(name, overload)
+    defaults = found.defaults if found is not None else {}
     if flag is not None and _constant(inputs, flag, "as_bool", defaults) is False:
         return False
     return not (prob is not None and _constant(inputs, prob, "as_float", defaults) == 0.0)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import torch
+from tensorgrid.workloads.optable import Schema, schema
 
 __all__ = ["state_writes"]
 
@@ -59,17 +59,16 @@ def _follow(node: Any, aliases: dict[str, str], written: list[str]) -> None:
         reached = [aliases[n] for item in inputs for n in _tensor_names(item) if n in aliases]
         annotated_reached = reached
     else:
-        schema = _schema(target)
-        if schema is None:
+        found = _schema(target)
+        if found is None:
             return
-        info = {a.name: a.alias_info for a in schema.arguments}
         annotated_reached = []
         for item in inputs:
-            alias = info.get(item.get("name")) if isinstance(item, dict) else None
-            if alias is None:
+            writes = found.aliases.get(item.get("name")) if isinstance(item, dict) else None
+            if writes is None:
                 continue
             state = [aliases[n] for n in _tensor_names(item) if n in aliases]
-            if alias.is_write:
+            if writes:
                 written.extend(s for s in state if s not in written)
             annotated_reached.extend(state)
     if annotated_reached:  # an output may be a view of that state: follow it
@@ -77,16 +76,13 @@ def _follow(node: Any, aliases: dict[str, str], written: list[str]) -> None:
             aliases.setdefault(name, annotated_reached[0])
 
 
-def _schema(target: Any) -> Any:
+def _schema(target: Any) -> Schema | None:
     if not isinstance(target, str) or not target.startswith("torch.ops.aten."):
         return None
     parts = target.split(".")
     if len(parts) != 5:
         return None
-    try:
-        return getattr(getattr(torch.ops.aten, parts[3]), parts[4])._schema
-    except (AttributeError, RuntimeError):
-        return None
+    return schema(parts[3], parts[4])
 
 
 def _tensor_names(obj: Any, under_tensor: bool = False) -> Iterator[str]:

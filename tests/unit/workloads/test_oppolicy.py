@@ -14,6 +14,7 @@ from tensorgrid.errors import UnsafeFileError
 from tensorgrid.workloads.graphcheck import check_graph_json
 from tensorgrid.workloads.model import check_program, export_program
 from tensorgrid.workloads.oppolicy import GATED, GROUPS, classification
+from tensorgrid.workloads.optable import GATING_ARGUMENTS, TABLE, _parse, generate, schema, torch_version
 
 RANDOM_REFUSAL = "random operators are refused in inference programs: results could not be checked"
 
@@ -43,6 +44,33 @@ def test_every_registered_aten_operator_is_classified() -> None:
         f"torch {torch.__version__} registers aten operators nobody has classified: {missing[:50]}; classify each "
         "in tensorgrid/workloads/aten_ops.txt (allow, or a denied group of tensorgrid/workloads/oppolicy.py)"
     )
+
+
+def test_the_schema_table_is_the_installed_torchs() -> None:
+    """The checks read operator schemas from a committed table (the coordinator does not import
+    torch): it must say exactly what the installed torch's registry says."""
+    committed = (Path(__file__).parents[3] / "tensorgrid" / "workloads" / TABLE).read_text(encoding="utf-8")
+    assert committed == generate(), f"{TABLE} is stale: run python -m tensorgrid.workloads.optable --write"
+    assert torch_version() == torch.__version__.split("+")[0]
+    for name, overloads in _registered().items():  # every registered overload is in it
+        for overload in overloads:
+            assert schema(name, overload) is not None, f"aten.{name}.{overload}"
+    assert schema("linear", "nonexistent") is None
+    add_ = schema("add_", "Tensor")
+    assert add_ is not None and add_.aliases == {"self": True}  # Tensor(a!) self
+    view = schema("view", "default")
+    assert view is not None and view.aliases == {"self": False}  # Tensor(a) self
+    sdpa = schema("scaled_dot_product_attention", "default")
+    assert sdpa is not None and sdpa.defaults == {"dropout_p": 0.0}
+    for flag, prob in GATED.values():  # the table records every argument a gate reads
+        assert {flag, prob} - {None} <= GATING_ARGUMENTS
+
+
+def test_a_damaged_schema_table_is_refused() -> None:
+    with pytest.raises(ValueError, match="line 2: cannot read 'self!'"):
+        _parse("# torch 2.13.0\nadd_ Tensor self!\n")
+    with pytest.raises(ValueError, match="names no torch release"):
+        _parse("add_ Tensor self:w\n")
 
 
 def test_classification_matches_the_groups() -> None:
