@@ -17,14 +17,15 @@ import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from tensorgrid.errors import ExecutionError, UnsafeFileError
 from tensorgrid.types import ErrorKind
 from tensorgrid.workloads.graphcheck import check_graph_json
 from tensorgrid.workloads.oppolicy import Purpose
+
+if TYPE_CHECKING:  # vetting (check_program) needs no torch: the coordinator never imports it
+    import torch
 
 __all__ = [
     "MAX_PROGRAM_BYTES",
@@ -83,6 +84,8 @@ def export_program(
     modes later, so put it in the mode you want before exporting. Example inputs should have
     at least 2 rows, or torch specializes the batch size to 0/1.
     """
+    import torch
+
     dynamic_shapes: tuple[dict[int, Any], ...] | None = None
     if dynamic_batch:
         batch = torch.export.Dim("batch")  # one shared symbol: all inputs have the same rows
@@ -207,6 +210,8 @@ def load_program(
 ) -> torch.nn.Module:
     """Vet (for `purpose`, see check_program) and load a .pt2 program as a callable module on
     `device`, never unpickling anything."""
+    import torch
+
     info = check_program(path, purpose=purpose)
     sanitized = _sanitized_archive(Path(path), info)
     try:

@@ -18,7 +18,7 @@ from tensorgrid.blobs import BlobStore
 from tensorgrid.errors import SpecError
 from tensorgrid.spec import InferenceSpec
 from tensorgrid.workloads import tensorfile
-from tensorgrid.workloads.determinism import MAX_BATCH, Determinism, budget_batch
+from tensorgrid.workloads.rowcontract import MAX_BATCH, Determinism, budget_batch
 
 log = logging.getLogger("tensorgrid.coordinator.intake")
 

@@ -10,8 +10,6 @@ from coordinator.errors import Rejected
 from coordinator.repositories.training.rounds import task_settings
 from tensorgrid.blobs import BlobStore
 from tensorgrid.errors import TensorGridError
-from tensorgrid.training.commitments import checkpoint_steps
-from tensorgrid.training.compression import read_result
 from tensorgrid.workloads.tensorfile import read_header
 
 _FLOAT_DTYPES = frozenset({"F64", "F32", "F16", "BF16"})
@@ -25,6 +23,10 @@ def check_train_output(engine: Engine, blobs: BlobStore, task_id: str, path: Pat
     be the result's final checkpoint-chain hash, so the signature covers the chain.
     Blocking (reads files and one task row): run it on a work thread.
     """
+    # tensorgrid.training imports torch: imported once a training job needs it
+    from tensorgrid.training.commitments import checkpoint_steps
+    from tensorgrid.training.compression import read_result
+
     settings, shard_rows = task_settings(engine, task_id)
     try:
         weights = settings["blobs"]["weights"]["sha256"]

@@ -39,12 +39,13 @@ from coordinator.repositories.training.rounds import RoundView, round_view, task
 from coordinator.services.blobs import drain, receive_into
 from coordinator.services.runtime import Runtime
 from coordinator.services.sandboxed import SandboxFailure, replay_audit
-from coordinator.services.training.replay import AuditCase, Finding, reveal_plan
+from coordinator.services.training.cases import AuditCase, Finding, reveal_plan
 from coordinator.services.verification.policy import DEFAULT, VerificationPolicy
 from tensorgrid.blobs import BlobStore
-from tensorgrid.training.commitments import checkpoint_steps
-from tensorgrid.training.inner import InnerSettings
 from tensorgrid.types import BlobRef
+
+# tensorgrid.training imports torch, so it is imported where a training job needs it: a coordinator
+# imports torch only once it runs one.
 
 log = logging.getLogger("tensorgrid.coordinator.training")
 CHECKPOINT_SLACK_BYTES = 1 << 20  # safetensors header and the step counter, over the weights' size
@@ -91,6 +92,8 @@ class Auditor:
         if rng.random() >= policy.check_rate(streak):
             return None
         settings, _ = await rt.db(task_settings, self.engine, task.task_id)
+        from tensorgrid.training.commitments import checkpoint_steps
+
         inner = settings["inner"]
         marks = checkpoint_steps(int(inner["steps"]), int(inner["checkpoint_every"]))
         segment = rng.randrange(len(marks) - 1)
@@ -195,6 +198,8 @@ class Auditor:
 
     async def _case(self, audit: Audit) -> AuditCase:
         rt = self.rt
+        from tensorgrid.training.inner import InnerSettings
+
         program, shard, settings = await rt.db(db.task_files, self.engine, audit.task_id)
         inner = InnerSettings.from_dict({**settings["inner"], "seed": settings["seeds"][shard], "device": "cpu"})
         commitment = await rt.db(db.receipt_commitment, self.engine, audit.task_id, audit.attempt)

@@ -20,7 +20,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from coordinator.config import Limits
 from coordinator.repositories.training.rounds import ClosedRound, RoundTask, RoundView
@@ -30,12 +30,13 @@ from coordinator.services.sandboxed import SandboxFailure, evaluate_weights, vet
 from tensorgrid.blobs import BlobStore
 from tensorgrid.errors import SpecError, TensorGridError
 from tensorgrid.spec import TrainingSpec
-from tensorgrid.training.compression import read_result
-from tensorgrid.training.data import DataSplit, plan_split, round_shards, write_rows
-from tensorgrid.training.inner import InnerSettings
-from tensorgrid.training.outer import apply_round, check_pseudo_gradient
 from tensorgrid.types import BlobRef
 from tensorgrid.workloads.tensorfile import Header, batch_rows, load_tensors, read_header
+
+# tensorgrid.training imports torch, so it is imported where a training job needs it: a coordinator
+# imports torch only once it runs one.
+if TYPE_CHECKING:
+    from tensorgrid.training.data import DataSplit
 
 log = logging.getLogger("tensorgrid.coordinator")
 
@@ -54,6 +55,8 @@ def put(blobs: BlobStore, write: Any, prefix: str) -> BlobRef:
 def round_settings(spec: TrainingSpec, round: int, weights: BlobRef, shards: list[RoundTask]) -> str:
     """Settings shared by a round's tasks. A task's own seed is found by its shard's hash, so one
     settings object serves the whole round (create_job stamps one on every task of round 0)."""
+    from tensorgrid.training.inner import InnerSettings
+
     inner = InnerSettings.for_task(spec, round, 0).to_dict()
     seeds = {t.input.sha256: InnerSettings.for_task(spec, round, t.slot).seed for t in shards}
     settings = {
@@ -81,6 +84,8 @@ class JobFiles:
 
 def job_files(spec: TrainingSpec, blobs: BlobStore, parameters: frozenset[str]) -> JobFiles:
     """The job's files; `parameters`: its train program's parameter names (program_parameters)."""
+    from tensorgrid.training.data import plan_split, write_rows
+
     dataset = stored(blobs, spec.dataset, "dataset")
     header = read_header(dataset)
     split = plan_split(spec, batch_rows(header))
@@ -99,6 +104,8 @@ def program_parameters(rt: Runtime, spec: TrainingSpec, blobs: BlobStore) -> fro
 
 def write_shards(files: JobFiles, round: int, blobs: BlobStore, limits: Limits | None = None) -> list[RoundTask]:
     """Write every worker's shard of a round into the blob store."""
+    from tensorgrid.training.data import round_shards, write_rows
+
     out = []
     for slot, rows in enumerate(round_shards(files.spec, files.split, round)):
         ref = put(blobs, lambda p, rows=rows: write_rows(files.dataset, rows, p, files.header), "shard-")
@@ -113,6 +120,9 @@ def write_shards(files: JobFiles, round: int, blobs: BlobStore, limits: Limits |
 
 def valid_results(view: RoundView, blobs: BlobStore) -> list[tuple[int, BlobRef]]:
     """The round's results that are well-formed pseudo-gradients for its weights (others are logged)."""
+    from tensorgrid.training.compression import read_result
+    from tensorgrid.training.outer import check_pseudo_gradient
+
     weights = load_tensors(blobs.path_for(view.weights.sha256))
     good = []
     for slot, ref in view.done:
@@ -129,6 +139,8 @@ def close(
     rt: Runtime, view: RoundView, results: list[tuple[int, BlobRef]], files: JobFiles, blobs: BlobStore
 ) -> ClosedRound:
     """Outer step over the results, evaluation, and the next round's shards and settings."""
+    from tensorgrid.training.outer import apply_round
+
     spec = files.spec
     weights_tmp, momentum_tmp = blobs.temp_path("weights-"), blobs.temp_path("momentum-")
     try:

@@ -34,11 +34,11 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from coordinator.services.training.cases import AuditCase, Finding, reveal_plan
 from coordinator.services.verification.compare import tolerance
 from tensorgrid.errors import TensorGridError
 from tensorgrid.training.commitments import (
@@ -66,43 +66,11 @@ _F32_SLOP = 1e-6  # relative float32 rounding of global − (global − local)
 INERT_REL = 1e-5  # an element whose replayed |gradient| never passed this share of the largest is inert
 
 
-@dataclass(frozen=True)
-class AuditCase:
-    """Everything one audit needs, as local files."""
-
-    program: Path
-    shard: Path
-    weights: Path  # the round's global weights
-    result: Path  # the node's pseudo-gradient file
-    settings: InnerSettings
-    commitment: str  # what the receipt signed
-    segment: int  # replay from step 0 to checkpoint_steps[segment + 1]
-    revealed: dict[int, Path] = field(default_factory=dict)  # step → revealed model part
-
-
-@dataclass(frozen=True)
-class Finding:
-    passed: bool
-    reason: str = ""
-    evidence: str = ""  # hex sha256 of what the coordinator computed (for a slash)
-    replay_seconds: float = 0.0
-
-
 class _Failed(Exception):
     def __init__(self, reason: str, evidence: bytes | str = b"") -> None:
         super().__init__(reason)
         self.reason = reason
         self.evidence = evidence.hex() if isinstance(evidence, bytes) else evidence
-
-
-def reveal_plan(marks: list[int], segment: int) -> list[int]:
-    """Checkpoint steps whose model part a node must reveal for `segment`: the replay's end; none
-    when the replay runs to the end (the pseudo-gradient is its check). The last checkpoint is
-    never revealed: the coordinator rebuilds it from the pseudo-gradient (final_model_part)."""
-    if not 0 <= segment < len(marks) - 1:
-        raise ValueError(f"segment {segment} is not between two of {len(marks)} checkpoints")
-    end = marks[segment + 1]
-    return [] if end == marks[-1] else [end]
 
 
 def check_reveal(case: AuditCase) -> Finding:

@@ -1,0 +1,136 @@
+"""The coordinator's sandboxed child: the other side of coordinator.services.sandboxed.
+
+It runs in a process started by tensorgrid.sandbox (limits, scrubbed environment, no network,
+read access to the blob store only), never in the coordinator's: this is the only coordinator
+module that loads a stranger's program or imports torch to run one. Requests and answers are
+JSON (coordinator.services.sandboxed builds them); tensors stay in safetensors files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from coordinator.services.sandboxed import OUTPUT
+from coordinator.services.training.cases import AuditCase
+from coordinator.services.training.replay import check_reveal
+from tensorgrid.sandbox import serve_once
+from tensorgrid.training.inner import InnerSettings
+from tensorgrid.training.objective import load_weights, open_program
+from tensorgrid.training.outer import evaluate
+from tensorgrid.workloads import tensorfile
+from tensorgrid.workloads.determinism import probe
+from tensorgrid.workloads.generation import DecodeSettings, run_generation
+from tensorgrid.workloads.inference import run_inference
+from tensorgrid.workloads.model import load_program
+from tensorgrid.workloads.programs import ProgramCache, warm_imports
+from tensorgrid.workloads.scoring import score_generation
+
+__all__ = ["main", "prepare"]
+
+# Inference and generation programs stay loaded between requests: intake's probe loads the
+# job's program, and the referee's rulings on that job's checks find it warm.
+_programs = ProgramCache(load_program)
+
+
+def _infer(request: dict[str, Any], scratch: Path) -> dict[str, Any]:
+    loaded = _programs.load_seconds
+    stats = run_inference(
+        request["model"],
+        request["source"],
+        scratch / OUTPUT,
+        input_names=request.get("input_names") or None,
+        batch_size=int(request["batch_size"]),
+        device="cpu",
+        module=_programs(Path(request["model"]), torch.device("cpu")),
+    )
+    return {"rows": stats.rows, "seconds": stats.seconds, "load_seconds": _programs.load_seconds - loaded}
+
+
+def _generate(request: dict[str, Any], scratch: Path) -> dict[str, Any]:
+    settings = DecodeSettings.from_dict(request["decode"])
+    module = _programs(Path(request["model"]), torch.device("cpu"))
+    run_generation(request["model"], request["source"], scratch / OUTPUT, settings, device="cpu", module=module)
+    return {}
+
+
+def _score(request: dict[str, Any], scratch: Path) -> dict[str, Any]:
+    settings = DecodeSettings.from_dict(request["decode"])
+    module = _programs(Path(request["model"]), torch.device("cpu"))
+    consistent = score_generation(
+        request["model"], request["source"], request["claim"], scratch / OUTPUT, settings, device="cpu", module=module
+    )
+    return {"consistent": consistent}
+
+
+def _probe(request: dict[str, Any], scratch: Path) -> dict[str, Any]:
+    tensors = tensorfile.load_tensors(Path(request["source"]))
+    names = list(request.get("input_names") or ()) or sorted(tensors)
+    inputs = [tensors[name] for name in names]
+    module = _programs(Path(request["model"]), torch.device("cpu"))
+    verdict = probe(lambda batch: module(*batch), inputs, batch_size=int(request["batch_size"]))
+    return dataclasses.asdict(verdict)
+
+
+def _replay(request: dict[str, Any], scratch: Path) -> dict[str, Any]:
+    case = AuditCase(
+        program=Path(request["program"]),
+        shard=Path(request["shard"]),
+        weights=Path(request["weights"]),
+        result=Path(request["result"]),
+        settings=InnerSettings.from_dict(request["settings"]),
+        commitment=str(request["commitment"]),
+        segment=int(request["segment"]),
+        revealed={int(step): Path(path) for step, path in request["revealed"].items()},
+    )
+    return dataclasses.asdict(check_reveal(case))
+
+
+def _vet_training(request: dict[str, Any], scratch: Path) -> dict[str, Any]:
+    cpu = torch.device("cpu")
+    module = open_program(request["program"], cpu)
+    if request.get("weights"):
+        weights = tensorfile.load_tensors(Path(request["weights"]))
+        load_weights(module, weights)
+    else:
+        weights = dict(module.state_dict())
+        if request.get("write_weights"):
+            tensorfile.save_tensors(weights, scratch / OUTPUT)
+    if request.get("eval_program"):
+        load_weights(load_program(Path(request["eval_program"]), cpu, purpose="training"), weights)
+    return {"parameters": sorted(name for name, _ in module.named_parameters())}
+
+
+def _evaluate(request: dict[str, Any], scratch: Path) -> dict[str, Any]:
+    return evaluate(request["program"], request["weights"], request["heldout"], str(request["loss"]))
+
+
+_OPS = {
+    "infer": _infer,
+    "replay": _replay,
+    "probe": _probe,
+    "generate": _generate,
+    "score": _score,
+    "vet_training": _vet_training,
+    "evaluate": _evaluate,
+}
+
+
+def _handle(request: dict[str, Any], scratch: Path) -> dict[str, Any]:
+    op = _OPS.get(str(request.get("op")))
+    if op is None:
+        raise ValueError(f"unknown operation {request.get('op')!r}")
+    return op(request, scratch)
+
+
+def prepare() -> None:
+    """Before "ready" (and the address-space cap): what loading a program imports, so intake's
+    probe and the first ruling do not wait for it."""
+    warm_imports()
+
+
+def main() -> None:
+    serve_once(_handle)
