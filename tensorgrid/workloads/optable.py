@@ -10,8 +10,9 @@ not import torch at all; what the checks asked of torch's operator registry live
 One line per overload torch resolves as `torch.ops.aten.<name>.<overload>`; `:w` marks an
 argument the schema annotates as written in place (`Tensor(a!)`), `:r` one it annotates as
 aliased but not written (`Tensor(a)`, views); `=` gives the schema default of any argument named
-in GATING_ARGUMENTS (those that switch a gated operator's randomness on: oppolicy.GATED). A torch upgrade that changes any
-of it fails tests/unit/workloads/test_oppolicy.py until the table is written again:
+in GATING_ARGUMENTS (those that switch a gated operator's randomness on: oppolicy.GATED). A
+torch upgrade that changes any of it fails tests/unit/workloads/test_oppolicy.py until the
+table is written again:
 
     python -m tensorgrid.workloads.optable --write
 """

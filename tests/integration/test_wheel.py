@@ -129,7 +129,8 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert "tensorgrid/chain/compiled/Settlement.json" in shipped
     assert "tensorgrid/chain/compiled/NodeRegistry.json" in shipped
     assert not [n for n in shipped if "/compiled/test/" in n or n.startswith("tests/")], "test-only files in the wheel"
-    assert {"tensorgrid/py.typed", "tensorgrid/workloads/aten_ops.txt", "tensorgrid/workloads/aten_schemas.txt", "node/console.py"} <= set(shipped)
+    vetting = {"tensorgrid/workloads/aten_ops.txt", "tensorgrid/workloads/aten_schemas.txt"}
+    assert {"tensorgrid/py.typed", "node/console.py", *vetting} <= set(shipped)
     dashboard = "coordinator/api/dashboard/static/"
     assert {dashboard + name for name in ("index.html", "app.js", "app.css")} <= set(shipped)  # the web dashboard
     return built

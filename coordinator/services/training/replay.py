@@ -54,7 +54,7 @@ from tensorgrid.training.commitments import (
     state_digest,
 )
 from tensorgrid.training.compression import SCALE_SUFFIX, PseudoGradient, read_result
-from tensorgrid.training.inner import InnerSettings, Replayer
+from tensorgrid.training.inner import Replayer
 from tensorgrid.workloads.tensorfile import load_tensors
 from tensorgrid.workloads.tolerance import tolerance as replay_tolerance
 
