@@ -64,7 +64,7 @@ def _follow(node: Any, aliases: dict[str, str], written: list[str]) -> None:
             return
         annotated_reached = []
         for item in inputs:
-            writes = found.aliases.get(item.get("name")) if isinstance(item, dict) else None
+            writes = found.aliases.get(str(item.get("name"))) if isinstance(item, dict) else None
             if writes is None:
                 continue
             state = [aliases[n] for n in _tensor_names(item) if n in aliases]
