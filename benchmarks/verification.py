@@ -48,6 +48,7 @@ from tensorgrid.client import Client
 from tensorgrid.crypto import Signer
 from tensorgrid.localgrid import LocalGrid
 from tensorgrid.spec import VerificationSpec
+from tensorgrid.workloads.arrays import from_torch
 from tensorgrid.workloads.inference import run_inference
 from tensorgrid.workloads.model import export_program
 from tensorgrid.workloads.tensorfile import load_tensors, save_tensors
@@ -147,7 +148,7 @@ def detection(
             cheat = honest.clone()
             cheat[list(bad)] += 0.5
             idx = torch.tensor(sample)
-            if not rows_match({"o": honest[idx]}, {"o": cheat[idx]}):
+            if not rows_match({"o": from_torch(honest[idx])}, {"o": from_torch(cheat[idx])}):
                 caught += 1
                 break
     return caught / jobs

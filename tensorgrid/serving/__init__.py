@@ -5,9 +5,17 @@ tensors: a request's or an answer's tensors as safetensors bytes, checked like a
 """
 
 from tensorgrid.serving.receipts import batch_digest, batch_receipt, batch_task_id, request_ids_digest
-from tensorgrid.serving.tensors import check_tensor_bytes, tensors_from_bytes, tensors_to_bytes
+from tensorgrid.serving.tensors import (
+    arrays_from_bytes,
+    arrays_to_bytes,
+    check_tensor_bytes,
+    tensors_from_bytes,
+    tensors_to_bytes,
+)
 
 __all__ = [
+    "arrays_from_bytes",
+    "arrays_to_bytes",
     "batch_digest",
     "batch_receipt",
     "batch_task_id",

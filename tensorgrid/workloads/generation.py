@@ -33,6 +33,7 @@ from tensorgrid.errors import ExecutionError, InvalidTensorFile
 from tensorgrid.types import ErrorKind
 from tensorgrid.workloads.inference import pick_device
 from tensorgrid.workloads.model import load_program
+from tensorgrid.workloads.prompts import check_prompts
 from tensorgrid.workloads.tensorfile import load_tensors, save_tensors
 
 __all__ = [
@@ -99,27 +100,6 @@ def prompt_seed(seed: int, index: int) -> int:
     """The generator seed of prompt `index` of a job seeded `seed` (independent per prompt)."""
     digest = hashlib.sha256(f"tensorgrid-generation:{seed}:{index}".encode()).digest()
     return int.from_bytes(digest[:8], "big") >> 1  # a non-negative int64
-
-
-def check_prompts(tensors: Mapping[str, torch.Tensor], vocab_size: int) -> int:
-    """The number of prompts in a prompt file's tensors; InvalidTensorFile says what is wrong."""
-    for name in ("tokens", "lengths"):
-        if name not in tensors:
-            raise InvalidTensorFile(f"the prompt file needs a {name!r} tensor (it has {sorted(tensors)})")
-    tokens, lengths = tensors["tokens"], tensors["lengths"]
-    if tokens.dtype != torch.int64 or tokens.ndim != 2:
-        raise InvalidTensorFile(f"'tokens' must be int64 [prompts, max_len], got {tokens.dtype} {list(tokens.shape)}")
-    if lengths.dtype != torch.int64 or lengths.shape != tokens.shape[:1]:
-        raise InvalidTensorFile(
-            f"'lengths' must be int64 [{tokens.shape[0]}], got {lengths.dtype} {list(lengths.shape)}"
-        )
-    if "index" in tensors and (tensors["index"].dtype != torch.int64 or tensors["index"].shape != lengths.shape):
-        raise InvalidTensorFile(f"'index' must be int64 [{tokens.shape[0]}]")
-    if tokens.shape[0] and (int(lengths.min()) < 1 or int(lengths.max()) > tokens.shape[1]):
-        raise InvalidTensorFile(f"every prompt length must be in [1, {tokens.shape[1]}] (the width of 'tokens')")
-    if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab_size):
-        raise InvalidTensorFile(f"token ids must be in [0, {vocab_size}) (the vocabulary), got {int(tokens.max())}")
-    return int(tokens.shape[0])
 
 
 def forward_logits(module: torch.nn.Module, tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:

@@ -21,16 +21,22 @@ max|a-b| / (atol + rtol*|b|) found, keeping the CPU table.
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
-# (atol, rtol) per floating dtype, for CPU↔CPU comparisons.
-TOLERANCE: dict[torch.dtype, tuple[float, float]] = {
-    torch.float64: (1e-8, 1e-6),
-    torch.float32: (1e-4, 1e-3),
-    torch.float16: (1e-2, 1e-2),
-    torch.bfloat16: (5e-2, 5e-2),
+if TYPE_CHECKING:
+    import torch
+
+# (atol, rtol) per floating dtype (safetensors names), for CPU↔CPU comparisons. Other dtypes
+# (integers, bool, float8, complex) must match exactly.
+TOLERANCES: dict[str, tuple[float, float]] = {
+    "F64": (1e-8, 1e-6),
+    "F32": (1e-4, 1e-3),
+    "F16": (1e-2, 1e-2),
+    "BF16": (5e-2, 5e-2),
 }
 CUDA_FACTOR = 10.0
+# torch's dtype names (str(dtype)) of the table's dtypes: torch callers use the same table
+_TORCH_NAMES = {"torch.float64": "F64", "torch.float32": "F32", "torch.float16": "F16", "torch.bfloat16": "BF16"}
 
 
 def device_class(*device_kinds: str) -> str:
@@ -38,7 +44,9 @@ def device_class(*device_kinds: str) -> str:
     return "cuda" if any(str(kind).startswith("cuda") for kind in device_kinds) else "cpu"
 
 
-def tolerance(dtype: torch.dtype, device_class: str = "cpu") -> tuple[float, float]:
-    atol, rtol = TOLERANCE.get(dtype, (0.0, 0.0))
+def tolerance(dtype: str | torch.dtype, device_class: str = "cpu") -> tuple[float, float]:
+    """(atol, rtol) of a dtype, by its safetensors name ("F32") or as a torch dtype."""
+    name = str(dtype)
+    atol, rtol = TOLERANCES.get(_TORCH_NAMES.get(name, name), (0.0, 0.0))
     factor = CUDA_FACTOR if device_class == "cuda" else 1.0
     return atol * factor, rtol * factor

@@ -17,7 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import torch
+import numpy as np
 
 from coordinator.config import Limits
 from coordinator.errors import Rejected
@@ -38,8 +38,9 @@ from tensorgrid.spec import GenerationSpec, VerificationSpec, parse_spec, task_i
 from tensorgrid.spec.verification import decoy_plan, fee_tasks, shards_of
 from tensorgrid.types import BlobRef, JobInfo, Receipt
 from tensorgrid.workloads import tensorfile
-from tensorgrid.workloads.generation import check_prompts
+from tensorgrid.workloads.arrays import array_of, load_arrays, save_arrays
 from tensorgrid.workloads.model import check_program
+from tensorgrid.workloads.prompts import check_prompts
 
 NAME = "generation"
 MAX_PROMPT_BYTES = 256 << 20  # the prompt file is read whole at intake to validate and shard it
@@ -146,7 +147,7 @@ def _plan_shards(spec: GenerationSpec, job_id: str, blobs: BlobStore, limits: Li
     if spec.prompts.size > MAX_PROMPT_BYTES:
         raise SpecError(f"the prompt file is {spec.prompts.size} bytes; the limit is {MAX_PROMPT_BYTES}")
     try:
-        prompts = tensorfile.load_tensors(stored(blobs, spec.prompts, "prompts"))
+        prompts = load_arrays(stored(blobs, spec.prompts, "prompts"))
         n = check_prompts(prompts, spec.vocab_size)
     except TensorGridError as e:
         raise SpecError(f"prompts: {e}") from None
@@ -171,13 +172,13 @@ def _plan_shards(spec: GenerationSpec, job_id: str, blobs: BlobStore, limits: Li
         start, end = piece.start, piece.end
         shard_lengths = lengths[start:end]
         shard = {
-            "tokens": tokens[start:end, : int(shard_lengths.max())].contiguous(),
-            "lengths": shard_lengths.contiguous(),
-            "index": torch.arange(start, end, dtype=torch.int64),
+            "tokens": tokens[start:end, : int(shard_lengths.data.max())],
+            "lengths": shard_lengths,
+            "index": array_of(np.arange(start, end, dtype=np.int64)),
         }
         tmp = blobs.temp_path("shard-")
         try:
-            tensorfile.save_tensors(shard, tmp)
+            save_arrays(shard, tmp)
             ref = blobs.put_file(tmp)
         finally:
             os.unlink(tmp)

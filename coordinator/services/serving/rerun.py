@@ -12,26 +12,26 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
+import numpy as np
 
 from coordinator.services.runtime import Runtime
 from coordinator.services.sandboxed import reexecute_rows, regenerate_rows
 from coordinator.services.serving.hooks import ServedRequest
-from coordinator.services.verification.compare import rows_match
+from coordinator.services.verification.compare import Rows, rows_match
 from tensorgrid.blobs import BlobStore
 from tensorgrid.errors import TensorGridError
-from tensorgrid.serving import batch_digest, tensors_from_bytes, tensors_to_bytes
+from tensorgrid.serving import arrays_from_bytes, arrays_to_bytes, batch_digest
 from tensorgrid.spec import EndpointSpec
-from tensorgrid.workloads.tensorfile import load_tensors, save_tensors
+from tensorgrid.workloads.arrays import array_of, concat_arrays, load_arrays, save_arrays
 
-Tensors = dict[str, torch.Tensor]
+Tensors = Rows  # numpy arrays (tensorgrid.workloads.arrays): the coordinator does not import torch
 
 
 def parse(data: bytes) -> Tensors | None:
     """The tensors of an answer, or None when they are not valid safetensors."""
     try:
-        return tensors_from_bytes(data, name="answer")
-    except (TensorGridError, ValueError, RuntimeError):
+        return arrays_from_bytes(data, name="answer")
+    except (TensorGridError, ValueError):
         return None
 
 
@@ -48,12 +48,12 @@ def run_request(rt: Runtime, blobs: BlobStore, spec: EndpointSpec, request: Serv
         source, out = Path(tmp) / "in.safetensors", Path(tmp) / "out.safetensors"
         model = blobs.path_for(spec.model.sha256)
         if spec.serves == "generation":
-            save_tensors(_prompt(request.input), source)
+            save_arrays(_prompt(request.input), source)
             regenerate_rows(rt, blobs, model, source, out, spec.decode_settings(request.seed))
         else:
             source.write_bytes(request.input)
             reexecute_rows(rt, blobs, model, source, out, 0, list(spec.input_names) or None)
-        return load_tensors(out)
+        return load_arrays(out)
 
 
 def run_in_batch(
@@ -62,14 +62,14 @@ def run_in_batch(
     """Request `index`'s rows when run in one forward pass with its batch-mates, as a replica
     joins them (same tensor names, dtypes and trailing shapes, in order); None when it ran alone."""
     names = list(spec.input_names) or None
-    mine = tensors_from_bytes(requests[index].input)
+    mine = arrays_from_bytes(requests[index].input)
     key = _key(mine, names)
     group: list[Tensors] = []
     start = 0
     for i, r in enumerate(requests):
         if not r.ok:
             continue
-        tensors = tensors_from_bytes(r.input) if i != index else mine
+        tensors = arrays_from_bytes(r.input) if i != index else mine
         if _key(tensors, names) != key:
             continue
         if i == index:
@@ -77,16 +77,16 @@ def run_in_batch(
         group.append(tensors)
     if len(group) < 2:
         return None
-    joined = {name: torch.cat([t[name] for t in group]) for name in mine}
+    joined = {name: concat_arrays([t[name] for t in group]) for name in mine}
     rows = next(iter(mine.values())).shape[0]
     with tempfile.TemporaryDirectory(prefix="serve-check-", dir=blobs.tmp_dir) as tmp:
         source, out = Path(tmp) / "in.safetensors", Path(tmp) / "out.safetensors"
-        source.write_bytes(tensors_to_bytes(joined))
+        source.write_bytes(arrays_to_bytes(joined))
         reexecute_rows(rt, blobs, blobs.path_for(spec.model.sha256), source, out, 0, names)
-        return {k: v[start : start + rows] for k, v in load_tensors(out).items()}
+        return {k: v[start : start + rows] for k, v in load_arrays(out).items()}
 
 
-def _key(tensors: Tensors, names: list[str] | None) -> tuple[tuple[str, torch.dtype, tuple[int, ...]], ...]:
+def _key(tensors: Tensors, names: list[str] | None) -> tuple[tuple[str, str, tuple[int, ...]], ...]:
     order = names if names is not None else sorted(tensors)
     return tuple((n, tensors[n].dtype, tuple(tensors[n].shape[1:])) for n in order if n in tensors)
 
@@ -94,11 +94,11 @@ def _key(tensors: Tensors, names: list[str] | None) -> tuple[tuple[str, torch.dt
 def _prompt(data: bytes) -> Tensors:
     """A generation request as a one-prompt file, as the replica reads it (node.serving.compute):
     a bare [T] prompt becomes [1, T] with its length; its index is 0 (the request's seed decides)."""
-    tensors = tensors_from_bytes(data, name="prompt")
+    tensors = arrays_from_bytes(data, name="prompt")
     tokens = tensors["tokens"]
     if tokens.ndim == 1:
         tokens = tokens[None, :]
-        tensors.setdefault("lengths", torch.tensor([tokens.shape[1]], dtype=torch.int64))
+        tensors.setdefault("lengths", array_of(np.array([tokens.shape[1]], dtype=np.int64)))
     return {"tokens": tokens, "lengths": tensors["lengths"]}
 
 
@@ -106,5 +106,5 @@ def corrected_digest(requests: Sequence[ServedRequest], index: int, answer: Tens
     """The batch's output digest with the referee's answer in place of request `index`'s:
     the correct output hash a slash names (it differs from the signed one by that answer)."""
     outputs = [r.output for r in requests]
-    outputs[index] = tensors_to_bytes(answer)
+    outputs[index] = arrays_to_bytes(answer)
     return batch_digest(outputs)

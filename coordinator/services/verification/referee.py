@@ -13,12 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
 from coordinator.repositories.verification.rulings import Ruling, RulingInfo
-from coordinator.services.verification.compare import load_rows, rows_match
+from coordinator.services.verification.compare import Rows, load_rows, rows_match
 
-Rows = dict[str, torch.Tensor]
 Loader = Callable[..., Rows]  # (blob sha, rows or None) -> that output's rows
 Runner = Callable[[Path, Path], None]  # (input file, output file): the job's program
 

@@ -15,6 +15,7 @@ from tensorgrid.errors import SpecError
 from tensorgrid.spec import InferenceSpec, VerificationSpec, canonical_json, parse_spec
 from tensorgrid.spec.verification import CHECK_BUDGET, CHECK_RUNS, budget_rows, detection_rows
 from tensorgrid.types import BlobRef
+from tensorgrid.workloads.arrays import from_torch, to_torch
 from tensorgrid.workloads.tensorfile import gather_rows, load_tensors, save_tensors
 
 REF = BlobRef("ab" * 32, 1)
@@ -83,15 +84,17 @@ def test_spec_field_is_optional_and_strict() -> None:
 
 
 def test_compare_within_tolerance_only() -> None:
-    a = {"output": torch.randn(20, 10)}
-    assert rows_match(a, {"output": a["output"] + 1e-6})
-    b = a["output"].clone()
+    x = torch.randn(20, 10)
+    a = {"output": from_torch(x)}
+    assert rows_match(a, {"output": from_torch(x + 1e-6)})
+    b = x.clone()
     b[3, 4] += 0.01
-    assert not rows_match(a, {"output": b})
+    assert not rows_match(a, {"output": from_torch(b)})
     assert not rows_match(a, {"other": a["output"]})
-    assert not rows_match(a, {"output": a["output"].double()})
-    ints = {"output": torch.arange(5)}
-    assert rows_match(ints, {"output": torch.arange(5)}) and not rows_match(ints, {"output": torch.arange(5) + 1})
+    assert not rows_match(a, {"output": from_torch(x.double())})
+    ints = {"output": from_torch(torch.arange(5))}
+    assert rows_match(ints, {"output": from_torch(torch.arange(5))})
+    assert not rows_match(ints, {"output": from_torch(torch.arange(5) + 1)})
 
 
 def test_gather_rows_and_load_rows(tmp_path: Path) -> None:
@@ -101,5 +104,6 @@ def test_gather_rows_and_load_rows(tmp_path: Path) -> None:
     gather_rows(src, [4, 0, 49], dst)
     got = load_tensors(dst)
     assert torch.equal(got["x"], x[[4, 0, 49]]) and torch.equal(got["y"], y[[4, 0, 49]])
-    assert torch.equal(load_rows(src, [4, 0, 49])["x"], got["x"])
-    assert load_rows(src, [99]) == {}
+    rows = load_rows(src, [4, 0, 49])
+    assert torch.equal(to_torch(rows["x"]), got["x"]) and torch.equal(to_torch(rows["y"]), got["y"])
+    assert load_rows(src, [99]) == {} and load_rows(src, [-1]) == {}

@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from coordinator.services.verification.compare import rows_match
+from coordinator.services.verification.compare import load_rows, rows_match
+from tensorgrid.workloads.arrays import from_torch
 from tensorgrid.workloads.generation import DecodeSettings, decode, run_generation
 from tensorgrid.workloads.model import load_program
 from tensorgrid.workloads.scoring import score, score_generation
-from tensorgrid.workloads.tensorfile import gather_rows, load_tensors, save_tensors
+from tensorgrid.workloads.tensorfile import gather_rows, save_tensors
 from tests.decoders import export_decoder, tiny_decoder
 
 V, N, NEW = 50, 12, 10
@@ -65,7 +66,8 @@ def test_an_honest_decode_scores_on_a_sample_in_another_batch(
     assert got[3].tolist() == [True, True, True]
     assert counting.calls == 1  # one forward pass, not one per generated token
     claimed = {"tokens": ids[rows], "logprobs": lp[rows], "lengths": n[rows]}
-    assert rows_match(claimed, dict(zip(("tokens", "logprobs", "lengths"), got[:3], strict=True)))
+    scored = dict(zip(("tokens", "logprobs", "lengths"), got[:3], strict=True))
+    assert rows_match({k: from_torch(v) for k, v in claimed.items()}, {k: from_torch(v) for k, v in scored.items()})
 
 
 def test_any_changed_token_fails_at_its_prompt_only(program: tuple[Path, torch.nn.Module]) -> None:
@@ -115,7 +117,7 @@ def test_score_generation_scores_a_files_claim_in_the_tasks_batches(
         scored = tmp_path / "scored.safetensors"
         args = (path, tmp_path / "check.safetensors", tmp_path / "claim.safetensors", scored, s)
         assert score_generation(*args, device="cpu", module=module) == [True] * 5
-        assert rows_match(load_tensors(tmp_path / "claim.safetensors"), load_tensors(scored))
+        assert rows_match(load_rows(tmp_path / "claim.safetensors"), load_rows(scored))
     save_tensors({"output": torch.zeros(5, 3)}, tmp_path / "junk.safetensors")  # not a generation output
     junk = (path, tmp_path / "check.safetensors", tmp_path / "junk.safetensors", tmp_path / "j.safetensors", SAMPLED)
     assert score_generation(*junk, device="cpu", module=module) == [False] * 5
