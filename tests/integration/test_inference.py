@@ -16,7 +16,7 @@ import torch
 
 from tensorgrid.client import Client
 from tensorgrid.crypto import Signer
-from tensorgrid.localgrid import LocalGrid
+from tensorgrid.localgrid import COORDINATOR, LocalGrid
 from tensorgrid.spec import VerificationSpec
 from tensorgrid.types import JobInfo, JobState
 from tensorgrid.workloads.tensorfile import load_tensors
@@ -56,6 +56,11 @@ def test_two_nodes_sqlite(grid: LocalGrid, digits: Assets, tmp_path: Path) -> No
     _, kinds = run_job(grid, digits, tmp_path)
     assert kinds[0] == "submitted" and kinds[-1] == "succeeded"
     assert kinds.count("completed") == 6
+    # Vetting, probing, checking and assembling an inference job need no torch in the process
+    # that holds the coordinator's key: programs run only in its sandboxed child.
+    coordinator = next(p for p in grid.procs if p.name == COORDINATOR)
+    maps = Path(f"/proc/{coordinator.popen.pid}/maps").read_text()
+    assert "libtorch" not in maps, "the coordinator's process loaded torch"
 
 
 def test_two_nodes_postgres(make_grid: Callable[..., LocalGrid], digits: Assets, tmp_path: Path, pg_url: str) -> None:
