@@ -9,10 +9,11 @@ so v1 is served by the v1alpha servicer with the v1alpha message classes, and it
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
-from grpc_reflection.v1alpha import reflection, reflection_pb2
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
 V1_FILE = "grpc/reflection/v1/reflection.proto"
 V1_PACKAGE = "grpc.reflection.v1"
@@ -52,12 +53,13 @@ def add_v1_descriptor(pool: descriptor_pool.DescriptorPool | None = None) -> Non
     pool.AddSerializedFile(proto.SerializeToString())
 
 
-def enable_reflection(service_names: Iterable[str], server: grpc.aio.Server) -> None:
-    """Serve reflection v1alpha and v1 on `server`, listing `service_names` and both reflections."""
+def enable_reflection(service_names: Iterable[str], server: Any) -> None:
+    """Serve reflection v1alpha and v1 on `server` (a grpc.aio.Server, or what stands for one when
+    handlers are added: api.server.GenericOnly), listing `service_names` and both reflections."""
     add_v1_descriptor()
     names = (*service_names, reflection.SERVICE_NAME, V1_SERVICE)
     servicer = reflection.aio.ReflectionServicer(names)
-    reflection.enable_server_reflection(names, server)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)  # v1alpha
     handler = grpc.stream_stream_rpc_method_handler(
         servicer.ServerReflectionInfo,
         request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
