@@ -49,16 +49,18 @@ from tensorgrid.client import Client
 from tensorgrid.crypto import Signer
 from tensorgrid.localgrid import LocalGrid
 from tensorgrid.spec import VerificationSpec
+from tensorgrid.workloads.prompts import job_seeds
 from tensorgrid.workloads.tensorfile import load_tensors, save_tensors
 from tests.decoders import TinyGPT, export_decoder
 
 VOCAB, CONTEXT = 96, 128
 PROMPT_LEN = (8, 32)
+SEED = 7
 MIN_SHARD = 8  # prompts: a shard of 1-2 prompts pays the per-step overhead for too few rows
 
 
 def settings(max_new: int) -> dict[str, object]:
-    return {"max_new_tokens": max_new, "temperature": 0.8, "top_k": 40, "seed": 7}
+    return {"max_new_tokens": max_new, "temperature": 0.8, "top_k": 40, "seed": SEED}
 
 
 def write_prompts(path: Path, n: int) -> None:
@@ -117,7 +119,8 @@ def split_run(model: Path, prompts: Path, root: Path, ns: argparse.Namespace, ba
     procs, ready = [], []
     for i, part in enumerate(torch.arange(n).tensor_split(ns.nodes)):
         path, out = root / f"part{i}.safetensors", root / f"part{i}_out.safetensors"
-        save_tensors({"tokens": tensors["tokens"][part], "lengths": tensors["lengths"][part], "index": part}, path)
+        seeds = torch.from_numpy(job_seeds(SEED, 0, n))[part]  # as a shard carries
+        save_tensors({"tokens": tensors["tokens"][part], "lengths": tensors["lengths"][part], "seeds": seeds}, path)
         code = _decode_code(model, path, out, ns, batch, go)
         procs.append(subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True))
         ready.append(Path(str(out) + ".ready"))

@@ -278,7 +278,7 @@ class Client:
         blank = BlobRef("0" * 64, 0)
         spec = GenerationSpec(model=blank, prompts=blank, vocab_size=vocab_size, **settings)
         validate(spec)  # bad settings and prompts fail before any upload
-        n = check_prompts(load_tensors(prompts), vocab_size)
+        n = check_prompts(load_tensors(prompts), vocab_size, submitted=True)
         if n == 0:
             raise TensorGridError("the prompt file has no prompts")
         model_ref, prompts_ref = self.upload(model, progress), self.upload(prompts, progress)

@@ -13,7 +13,6 @@ each step's new token handed to a callback as it is made.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +22,7 @@ import torch
 from tensorgrid.errors import InvalidTensorFile, SpecError
 from tensorgrid.serving import tensors_from_bytes, tensors_to_bytes
 from tensorgrid.workloads import inference
-from tensorgrid.workloads.generation import DecodeSettings, check_prompts, decode
+from tensorgrid.workloads.generation import DecodeSettings, check_prompts, decode, prompt_seed
 
 __all__ = ["Failure", "Served"]
 
@@ -120,15 +119,14 @@ class Served:
         if isinstance(tokens, torch.Tensor) and tokens.ndim == 1:  # a bare prompt: [T]
             tensors["tokens"] = tokens = tokens[None, :]
             tensors.setdefault("lengths", torch.tensor([tokens.shape[1]], dtype=torch.int64))
-        if check_prompts(tensors, self.decode.vocab_size) != 1:
+        if check_prompts(tensors, self.decode.vocab_size, submitted=True) != 1:
             raise InvalidTensorFile("a generation request holds exactly one prompt")
         lengths = tensors["lengths"]
         prompt = tensors["tokens"][:, : int(lengths.max())]
-        settings = dataclasses.replace(self.decode, seed=seed)
 
         def step(_: int, __: torch.Tensor, chosen: torch.Tensor) -> None:
             on_tokens([int(t) for t in chosen.tolist()])
 
-        index = torch.zeros(1, dtype=torch.int64)
-        ids, logprobs, generated = decode(self.module, prompt, lengths, index, settings, self.device, on_step=step)
+        seeds = torch.tensor([prompt_seed(seed, 0)], dtype=torch.int64)  # prompt 0 of a job seeded `seed`
+        ids, logprobs, generated = decode(self.module, prompt, lengths, seeds, self.decode, self.device, on_step=step)
         return tensors_to_bytes({"tokens": ids, "logprobs": logprobs, "lengths": generated})

@@ -7,9 +7,11 @@ own last position, so padding never reaches a prompt's logits and a prompt's tok
 depend on which other prompts share its batch: a spot-check re-running a sample of prompts
 gets the same tokens.
 
-Sampling draws from one torch.Generator per prompt, seeded from the job's seed and the
-prompt's index in the job (`prompt_seed`), one draw per step: the same seed gives the same
-tokens on one device class. Greedy decoding (temperature 0) takes the first maximal logit.
+Sampling draws from one torch.Generator per prompt, seeded with the prompt's own seed, one
+draw per step: prompt i of a job seeded s has the seed prompt_seed(s, i), which a shard carries
+(`seeds`, written by the coordinator: a task tells neither its prompts' positions nor the job's
+seed), and which a file without `seeds` (a whole job run locally) derives from settings.seed.
+The same seed gives the same tokens on one device class. Greedy decoding (temperature 0) takes the first maximal logit.
 Reported log-probabilities are the model's own (log-softmax of the raw logits, before
 temperature, top-k or top-p), in float32.
 
@@ -20,7 +22,6 @@ runs.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -33,7 +34,7 @@ from tensorgrid.errors import ExecutionError, InvalidTensorFile
 from tensorgrid.types import ErrorKind
 from tensorgrid.workloads.inference import pick_device
 from tensorgrid.workloads.model import load_program
-from tensorgrid.workloads.prompts import check_prompts
+from tensorgrid.workloads.prompts import check_prompts, job_seeds, prompt_seed
 from tensorgrid.workloads.tensorfile import load_tensors, save_tensors
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "decode",
     "prompt_seed",
     "run_generation",
+    "seeds_of",
 ]
 
 PAD = 0  # generated ids and log-probs past a prompt's generated length
@@ -57,7 +59,7 @@ class DecodeSettings:
     temperature: float = 0.0
     top_k: int = 0  # 0: off
     top_p: float = 1.0  # 1.0: off
-    seed: int = 0
+    seed: int = 0  # the job's seed: only for a prompt file without `seeds` (see seeds_of)
     stop_tokens: tuple[int, ...] = ()
     batch_size: int = 0  # prompts per forward batch; 0: all of them
 
@@ -96,10 +98,12 @@ class GenerationStats:
     seconds: float
 
 
-def prompt_seed(seed: int, index: int) -> int:
-    """The generator seed of prompt `index` of a job seeded `seed` (independent per prompt)."""
-    digest = hashlib.sha256(f"tensorgrid-generation:{seed}:{index}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") >> 1  # a non-negative int64
+def seeds_of(tensors: Mapping[str, torch.Tensor], s: DecodeSettings) -> torch.Tensor:
+    """int64 [N]: the sampling seed of each prompt of a prompt file: its `seeds` (a shard), or
+    prompt_seed(s.seed, i) for prompt i (a whole job's file, which carries none)."""
+    if "seeds" in tensors:
+        return tensors["seeds"]
+    return torch.from_numpy(job_seeds(s.seed, 0, int(tensors["lengths"].shape[0])))
 
 
 def forward_logits(module: torch.nn.Module, tokens: torch.Tensor, vocab_size: int) -> torch.Tensor:
@@ -148,12 +152,13 @@ def decode(
     module: torch.nn.Module,
     tokens: torch.Tensor,
     lengths: torch.Tensor,
-    index: torch.Tensor,
+    seeds: torch.Tensor,
     s: DecodeSettings,
     device: torch.device,
     on_step: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(ids [n, max_new], log-probs [n, max_new], generated lengths [n]) for one batch of prompts.
+    """(ids [n, max_new], log-probs [n, max_new], generated lengths [n]) for one batch of prompts,
+    prompt i sampling with the seed seeds[i] (s.seed is not read).
 
     on_step(step, rows, chosen), if given, is called after every decoding step with the rows
     (indices into this batch) that were still decoding and the token each of them chose, on
@@ -166,7 +171,7 @@ def decode(
     cur = lengths.to(device).clone()
     out_ids = torch.full((n, s.max_new_tokens), PAD, dtype=torch.int64)
     out_lp = torch.zeros(n, s.max_new_tokens, dtype=torch.float32)
-    gens = [torch.Generator(device="cpu").manual_seed(prompt_seed(s.seed, int(i))) for i in index]
+    gens = [torch.Generator(device="cpu").manual_seed(int(seed)) for seed in seeds]
     stops = torch.tensor(sorted(set(s.stop_tokens)), dtype=torch.int64)
     active = torch.arange(n)
     for step in range(s.max_new_tokens):
@@ -202,9 +207,10 @@ def run_generation(
     """Decode every prompt of a prompt file; save ids, log-probs and lengths to output_path.
 
     The prompt file holds `tokens` [N, Tmax] int64 and `lengths` [N] int64 (and, in a grid
-    task, `index` [N]: each prompt's index in its job, which its seed derives from; default
-    0..N-1). The output holds `tokens` [N, max_new_tokens] int64 (0 past each prompt's
-    generated length), `logprobs` [N, max_new_tokens] float32 and `lengths` [N] int64.
+    task, `seeds` [N] int64: each prompt's sampling seed; without it prompt i's seed is
+    prompt_seed(settings.seed, i), as in the job). The output holds `tokens` [N, max_new_tokens]
+    int64 (0 past each prompt's generated length), `logprobs` [N, max_new_tokens] float32 and
+    `lengths` [N] int64.
     """
     tensors = load_tensors(input_path)
     n = check_prompts(tensors, settings.vocab_size)
@@ -213,7 +219,7 @@ def run_generation(
     target = pick_device(device)
     if module is None:
         module = load_program(model_path, target)
-    index = tensors.get("index", torch.arange(n, dtype=torch.int64))
+    seeds = seeds_of(tensors, settings)
     step = n if settings.batch_size <= 0 else settings.batch_size
     parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     started = time.perf_counter()
@@ -222,7 +228,7 @@ def run_generation(
             b = min(a + step, n)
             lengths = tensors["lengths"][a:b]
             tokens = tensors["tokens"][a:b, : int(lengths.max())]
-            parts.append(decode(module, tokens, lengths, index[a:b], settings, target))
+            parts.append(decode(module, tokens, lengths, seeds[a:b], settings, target))
     seconds = time.perf_counter() - started
     ids, logprobs, generated = (torch.cat(p) for p in zip(*parts, strict=True))
     save_tensors({"tokens": ids, "logprobs": logprobs, "lengths": generated}, output_path)

@@ -31,7 +31,7 @@ from tensorgrid.workloads.generation import (
     check_prompts,
     choose_tokens,
     forward_logits,
-    prompt_seed,
+    seeds_of,
 )
 from tensorgrid.workloads.inference import pick_device
 from tensorgrid.workloads.model import load_program
@@ -47,12 +47,13 @@ def score(
     module: torch.nn.Module,
     tokens: torch.Tensor,
     lengths: torch.Tensor,
-    index: torch.Tensor,
+    seeds: torch.Tensor,
     claim: Claim,
     s: DecodeSettings,
     device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(ids [n, max_new], log-probs [n, max_new], lengths [n], consistent [n] bool) of one batch.
+    """(ids [n, max_new], log-probs [n, max_new], lengths [n], consistent [n] bool) of one batch,
+    prompt i sampling with the seed seeds[i] (as in generation.decode).
 
     Row i is consistent when the loop, given prompt i, would choose claim["tokens"][i] at every
     one of its claim["lengths"][i] steps and stop exactly there (a stop token, or max_new).
@@ -77,7 +78,7 @@ def score(
     rows = torch.arange(n)[:, None].expand(n, steps)
     seq[rows[fed], (lengths[:, None] + t[None, :])[fed]] = claimed[fed].clamp(0, s.vocab_size - 1)
     logits = forward_logits(module, seq.to(device), s.vocab_size)
-    gens = [torch.Generator(device="cpu").manual_seed(prompt_seed(s.seed, int(i))) for i in index]
+    gens = [torch.Generator(device="cpu").manual_seed(int(seed)) for seed in seeds]
     stops = torch.tensor(sorted(set(s.stop_tokens)), dtype=torch.int64)
     active = torch.nonzero(ok).flatten()
     for step in range(steps):
@@ -127,7 +128,7 @@ def score_generation(
     target = pick_device(device)
     if module is None:
         module = load_program(model_path, target)
-    index = tensors.get("index", torch.arange(n, dtype=torch.int64))
+    seeds = seeds_of(tensors, settings)
     step = n if settings.batch_size <= 0 else settings.batch_size
     parts = []
     for a in range(0, n, step):
@@ -135,7 +136,7 @@ def score_generation(
         lengths = tensors["lengths"][a:b]
         part = {name: claim[name][a:b] for name in ("tokens", "lengths")}
         tokens = tensors["tokens"][a:b, : int(lengths.max())]
-        parts.append(score(module, tokens, lengths, index[a:b], part, settings, target))
+        parts.append(score(module, tokens, lengths, seeds[a:b], part, settings, target))
     ids, logprobs, generated, ok = (torch.cat(p) for p in zip(*parts, strict=True))
     save_tensors({"tokens": ids, "logprobs": logprobs, "lengths": generated}, output_path)
     return [bool(x) for x in ok]

@@ -1,9 +1,11 @@
 """Generation jobs: prompts sharded into tasks, each node runs the decoding loop over its shard,
 outputs concatenated in prompt order; results spot-checked like inference rows.
 
-Each shard carries its prompts' indices in the job (`index`), which their sampling seeds
-derive from, so a check re-running a sample of a shard's prompts on another node must give
-the same tokens (and log-probs within the float tolerance). A check task runs as a
+Each shard carries its prompts' sampling seeds (`seeds`: prompt i of the job has
+prompt_seed(job seed, i), tensorgrid/workloads/prompts.py), so a check re-running a sample of a
+shard's prompts on another node must give the same tokens (and log-probs within the float
+tolerance). Neither the prompts' positions in the job nor the job's seed reach a node: a check's
+prompts carry seeds like any shard's, not a telltale scatter of job indices. A check task runs as a
 generation task (its settings name the task kind). The referee scores a check's claim with one
 teacher-forced forward pass and decodes only when that does not settle it (replay.py).
 """
@@ -16,8 +18,6 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from coordinator.config import Limits
 from coordinator.errors import Rejected
@@ -40,7 +40,7 @@ from tensorgrid.types import BlobRef, JobInfo, Receipt
 from tensorgrid.workloads import tensorfile
 from tensorgrid.workloads.arrays import array_of, load_arrays, save_arrays
 from tensorgrid.workloads.model import check_program
-from tensorgrid.workloads.prompts import check_prompts
+from tensorgrid.workloads.prompts import check_prompts, job_seeds
 
 NAME = "generation"
 MAX_PROMPT_BYTES = 256 << 20  # the prompt file is read whole at intake to validate and shard it
@@ -61,8 +61,10 @@ class GenerationKind(BaseKind):
         self, spec: Any, spec_json: bytes, submitter: str, sh: str, job_id: str, blobs: BlobStore, limits: Limits
     ) -> tuple[NewJob, list[NewTask]]:
         tasks, m = _plan_shards(spec, job_id, blobs, limits)
+        decode = spec.decode_settings()
+        del decode["seed"]  # in the shards' `seeds`: a task tells nothing of the job's seed
         settings = {
-            "generation": spec.decode_settings(),
+            "generation": decode,
             "device": spec.device,
             "task_kind": NAME,  # what its check tasks run as
         }
@@ -142,13 +144,14 @@ def _policy(spec: GenerationSpec, tasks: int) -> VerificationPolicy:
 
 def _plan_shards(spec: GenerationSpec, job_id: str, blobs: BlobStore, limits: Limits) -> tuple[list[NewTask], int]:
     """The job's tasks in prompt order with decoys carved out (services/verification/decoys.py), and
-    the prompts m of a check (and of a decoy)."""
+    the prompts m of a check (and of a decoy). A shard holds its prompts' `tokens`, `lengths` and
+    `seeds`; a check gathers rows of a shard, so it holds the same three."""
     check_program(stored(blobs, spec.model, "model"))
     if spec.prompts.size > MAX_PROMPT_BYTES:
         raise SpecError(f"the prompt file is {spec.prompts.size} bytes; the limit is {MAX_PROMPT_BYTES}")
     try:
         prompts = load_arrays(stored(blobs, spec.prompts, "prompts"))
-        n = check_prompts(prompts, spec.vocab_size)
+        n = check_prompts(prompts, spec.vocab_size, submitted=True)
     except TensorGridError as e:
         raise SpecError(f"prompts: {e}") from None
     if n == 0:
@@ -167,6 +170,7 @@ def _plan_shards(spec: GenerationSpec, job_id: str, blobs: BlobStore, limits: Li
             "raise shard_prompts (or lower verification.decoys)"
         )
     tokens, lengths = prompts["tokens"], prompts["lengths"]
+    seeds = job_seeds(spec.seed, 0, n)
     tasks = []
     for index, piece in enumerate(carve(n, spec.shard_prompts, n_decoys, m)):
         start, end = piece.start, piece.end
@@ -174,7 +178,7 @@ def _plan_shards(spec: GenerationSpec, job_id: str, blobs: BlobStore, limits: Li
         shard = {
             "tokens": tokens[start:end, : int(shard_lengths.data.max())],
             "lengths": shard_lengths,
-            "index": array_of(np.arange(start, end, dtype=np.int64)),
+            "seeds": array_of(seeds[start:end]),
         }
         tmp = blobs.temp_path("shard-")
         try:

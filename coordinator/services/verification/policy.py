@@ -83,9 +83,9 @@ repositories/ledger/decoys.py). Figures for the shape of benchmarks.verification
   is past the 5% budget, which counts rows only: decoys are the submitter's to ask for (default
   0). Counting a call's fixed cost (timed at intake) in the budget would cap D where calls are
   dear and could let a default of some decoys fit.
-- Not hidden: a generation check's prompts carry their job indices (the sampler seeds by them),
-  sampled rather than contiguous, so a generation check is still told by its content; decoys
-  there hide only the size.
+- Generation: a shard carries its prompts' sampling seeds, not their positions in the job, and
+  the job's seed does not reach nodes, so a check's sampled prompts look like a shard's (the
+  same tensors, seeds that say nothing of positions); decoys hide the size there too.
 """
 
 from __future__ import annotations

@@ -1,10 +1,13 @@
-"""The generation kind at intake and on receipt: shards carry their prompts' job indices, bad
-prompt files and foreign outputs are refused."""
+"""The generation kind at intake and on receipt: shards carry their prompts' seeds (never their
+positions, nor the job's seed), a check cannot be told from a shard by its tensors, bad prompt
+files and foreign outputs are refused."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -12,12 +15,14 @@ import torch
 
 from coordinator.config import Limits
 from coordinator.errors import Rejected
-from coordinator.kinds.generation import GenerationKind
+from coordinator.kinds.generation import NAME, GenerationKind
 from coordinator.repositories.tasks import TaskRecord
+from coordinator.services.verification.manager import Verification
 from tensorgrid.blobs import BlobStore
 from tensorgrid.errors import SpecError
 from tensorgrid.spec import GenerationSpec, VerificationSpec, canonical_json, spec_hash
 from tensorgrid.types import BlobRef
+from tensorgrid.workloads.prompts import prompt_seed
 from tensorgrid.workloads.tensorfile import load_tensors, save_tensors
 from tests.decoders import export_decoder, tiny_decoder
 
@@ -65,7 +70,7 @@ def plan(tmp_path: Path, decoder: Path, prompts: dict[str, torch.Tensor], **sett
     return job, tasks, blobs
 
 
-def test_shards_carry_their_prompts_job_indices(tmp_path: Path, decoder: Path) -> None:
+def test_shards_carry_their_prompts_seeds_and_tasks_no_job_seed(tmp_path: Path, decoder: Path) -> None:
     tokens = torch.randint(0, V, (10, 9))
     lengths = torch.tensor([2, 3, 9, 1, 4, 4, 2, 2, 1, 3])
     prompts = {"tokens": tokens, "lengths": lengths}
@@ -74,10 +79,15 @@ def test_shards_carry_their_prompts_job_indices(tmp_path: Path, decoder: Path) -
     )
     assert [t.rows for t in tasks] == [4, 4, 2]
     shard = load_tensors(blobs.path_for(tasks[1].input.sha256))
-    assert shard["index"].tolist() == [4, 5, 6, 7]
+    assert sorted(shard) == ["lengths", "seeds", "tokens"]
+    assert shard["seeds"].tolist() == [prompt_seed(5, i) for i in range(4, 8)]  # what prompts 4..7 sampled with
     assert shard["tokens"].shape == (4, 4)  # trimmed to the shard's longest prompt
     assert torch.equal(shard["tokens"], tokens[4:8, :4]) and torch.equal(shard["lengths"], lengths[4:8])
-    assert '"task_kind": "generation"' in job.settings_json and '"seed": 5' in job.settings_json
+    settings = json.loads(job.settings_json)
+    assert settings["task_kind"] == "generation" and "seed" not in settings["generation"]
+
+
+PROMPTS = {"tokens": torch.zeros(3, 4, dtype=torch.int64), "lengths": torch.tensor([1, 2, 3])}
 
 
 @pytest.mark.parametrize(
@@ -87,6 +97,9 @@ def test_shards_carry_their_prompts_job_indices(tmp_path: Path, decoder: Path) -
         ({"tokens": torch.full((3, 4), V), "lengths": torch.tensor([1, 2, 3])}, "vocabulary"),
         ({"tokens": torch.zeros(3, 4, dtype=torch.int64), "lengths": torch.tensor([1, 5, 3])}, "length"),
         ({"tokens": torch.zeros(0, 4, dtype=torch.int64), "lengths": torch.zeros(0, dtype=torch.int64)}, "zero"),
+        # a submitter does not choose the seeds: they derive from the spec's seed and the positions
+        ({**PROMPTS, "seeds": torch.arange(3)}, "may not carry 'seeds'"),
+        ({**PROMPTS, "index": torch.arange(3)}, "no 'index'"),
     ],
 )
 def test_bad_prompt_files_are_refused(
@@ -123,6 +136,68 @@ def test_decoys_are_carved_out_of_generation_shards_in_prompt_order(tmp_path: Pa
     )
     assert sorted(t.rows for t in tasks if t.decoy_unit_rows) == [1, 1, 1]  # D = T decoys of m = 1 prompt
     assert all(t.decoy_unit_rows == 80 for t in tasks if t.decoy_unit_rows) and sum(t.rows for t in tasks) == 240
-    indices = [i for t in tasks for i in load_tensors(blobs.path_for(t.input.sha256))["index"].tolist()]
-    assert indices == list(range(240))  # every prompt once, in order: the result assembles as before
+    seeds = [i for t in tasks for i in load_tensors(blobs.path_for(t.input.sha256))["seeds"].tolist()]
+    assert seeds == [prompt_seed(0, i) for i in range(240)]  # every prompt once, in order: assembled as before
     assert json.loads(job.verification_json)["spot_rows"] == 1  # every check is a decoy's size
+
+
+class _Runtime:
+    """Runs Verification's repository calls and blob work inline."""
+
+    @staticmethod
+    async def db(fn: Any, *args: Any) -> Any:
+        return fn(*args)
+
+    work = db
+
+
+def _verification(blobs: BlobStore, job: Any, tasks_total: int) -> Verification:
+    """The real check-building code (Verification.examine) over a job's stored policy, a new node."""
+    store = SimpleNamespace(
+        verification=SimpleNamespace(
+            check_info=lambda task_id, node: None,
+            job_policy=lambda job_id: (json.loads(job.verification_json), 0),
+            streak=lambda node, job_id, after: 0,
+        ),
+        jobs=SimpleNamespace(get_job=lambda job_id: SimpleNamespace(tasks_total=tasks_total)),
+    )
+    return Verification(_Runtime(), store, blobs, b"secret", None)  # type: ignore[arg-type]
+
+
+def test_a_check_or_canary_cannot_be_told_from_a_shard_by_its_tensors(tmp_path: Path, decoder: Path) -> None:
+    """A node seeing a check (a sample of another node's shard) or a canary (a shard re-ordered)
+    finds the tensors any shard has, with the same dtypes, and no positions: no tensor is a run of
+    prompt indices, or even within the job's prompt count, so it can neither tell a check by
+    scattered job indices nor learn which of the job's prompts it holds; the job's seed is not in
+    the task's settings, so the seeds cannot be mapped back to positions."""
+    n = 120
+    prompts = {"tokens": torch.randint(0, V, (n, 6)), "lengths": torch.randint(1, 7, (n,))}
+    policy = VerificationSpec(spot_rows=3, canary_rate=1.0, decoys=0)
+    job, tasks, blobs = plan(tmp_path, decoder, prompts, shard_prompts=40, seed=987654, verification=policy)
+    verification = _verification(blobs, job, len(tasks))
+    node = "0x" + "22" * 20
+    shards, checks = [], []
+    for t in tasks:
+        record = TaskRecord(t.task_id, "ab" * 32, t.index, "running", NAME, 1, node, None, t.input, t.rows)
+        check, verdict = asyncio.run(verification.examine(record, node, t.input))
+        assert check is not None and check.canary is not None and verdict is None  # a new node: always checked
+        shard = load_tensors(blobs.path_for(t.input.sha256))
+        sample = load_tensors(blobs.path_for(check.input.sha256))
+        canary = load_tensors(blobs.path_for(check.canary.input.sha256))
+        assert len(check.rows) < t.rows and torch.equal(sample["seeds"], shard["seeds"][list(check.rows)])
+        assert torch.equal(canary["seeds"], shard["seeds"][list(check.canary.rows)])
+        shards.append(shard)
+        checks += [sample, canary]
+    layout = {name: tensor.dtype for name, tensor in shards[0].items()}
+    for tensors in shards + checks:
+        assert {name: tensor.dtype for name, tensor in tensors.items()} == layout
+        for name, tensor in tensors.items():
+            if name == "tokens" or tensor.dtype != torch.int64:
+                continue
+            values = tensor.tolist()
+            run = list(range(values[0], values[0] + len(values)))
+            assert values != run and values != sorted(run, reverse=True), f"{name!r} is a run of positions"
+            if name != "lengths":  # lengths are prompt lengths; anything else must not look like an index
+                assert min(values) >= n, f"{name!r} holds values within the job's prompt indices"
+    settings = job.settings_json
+    assert "987654" not in settings and "seed" not in json.loads(settings)["generation"]

@@ -16,6 +16,7 @@ from coordinator.repositories.verification.rulings import RulingInfo
 from coordinator.services.verification.manager import Verification
 from tensorgrid.blobs import BlobStore
 from tensorgrid.workloads.generation import DecodeSettings, run_generation
+from tensorgrid.workloads.prompts import job_seeds
 from tensorgrid.workloads.scoring import score_generation
 from tensorgrid.workloads.tensorfile import gather_rows, load_tensors, save_tensors
 from tests.decoders import export_decoder, tiny_decoder
@@ -88,7 +89,7 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shard = {
         "tokens": torch.randint(0, V, (12, 6), generator=g),
         "lengths": torch.randint(1, 7, (12,), generator=g),
-        "index": torch.arange(24, 36),
+        "seeds": torch.from_numpy(job_seeds(SETTINGS.seed, 24, 36)),
     }
     save_tensors(shard, root / "shard.safetensors")
     gather_rows(root / "shard.safetensors", ROWS, root / "check.safetensors")

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from tensorgrid.workloads.generation import DecodeSettings, run_generation
+from tensorgrid.workloads.prompts import job_seeds
 from tensorgrid.workloads.tensorfile import load_tensors, save_tensors
 from tests.decoders import export_decoder, tiny_decoder
 from tests.unit.node.test_worker import run_worker
@@ -18,10 +19,11 @@ def test_a_generation_request_decodes_like_a_local_run(tmp_path: Path) -> None:
     prompts = {
         "tokens": torch.randint(0, 50, (5, 6), generator=g),
         "lengths": torch.tensor([6, 1, 3, 2, 5]),
-        "index": torch.arange(10, 15),  # a shard's prompts keep their job indices (their seeds)
+        "seeds": torch.from_numpy(job_seeds(99, 10, 15)),  # a shard carries its prompts' seeds
     }
     save_tensors(prompts, tmp_path / "shard.safetensors")
-    settings = DecodeSettings(max_new_tokens=6, vocab_size=50, temperature=1.0, top_k=8, seed=99, stop_tokens=(3,))
+    # as the coordinator sends them: no job seed (the shard's seeds are all the node needs)
+    settings = DecodeSettings(max_new_tokens=6, vocab_size=50, temperature=1.0, top_k=8, stop_tokens=(3,))
     base = {"model_path": str(tmp_path / "decoder.pt2"), "input_path": str(tmp_path / "shard.safetensors")}
     requests = [
         {

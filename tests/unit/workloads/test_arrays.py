@@ -125,6 +125,7 @@ def test_prompt_checks_are_the_same_for_arrays_and_tensors() -> None:
         {"tokens": tokens, "lengths": lengths * 0},
         {"tokens": tokens.float(), "lengths": lengths},
         {"tokens": tokens, "lengths": lengths, "index": torch.arange(5)},
+        {"tokens": tokens, "lengths": lengths, "seeds": torch.arange(5)},
         {"tokens": tokens[:0], "lengths": lengths[:0]},
         {"tokens": tokens, "lengths": lengths},
     ]

@@ -13,6 +13,7 @@ from tensorgrid.errors import ExecutionError, InvalidTensorFile
 from tensorgrid.workloads.arrays import Array, from_torch
 from tensorgrid.workloads.generation import DecodeSettings, check_prompts, decode, prompt_seed, run_generation
 from tensorgrid.workloads.model import load_program
+from tensorgrid.workloads.prompts import job_seeds
 from tensorgrid.workloads.tensorfile import load_tensors, save_tensors
 from tests.decoders import export_decoder, tiny_decoder
 
@@ -33,6 +34,11 @@ def prompts(n: int = 6, width: int = 7, seed: int = 1) -> tuple[torch.Tensor, to
     return torch.randint(0, V, (n, width), generator=g), lengths
 
 
+def seeds(seed: int, start: int = 0, end: int = 6) -> torch.Tensor:
+    """The seeds of prompts start..end-1 of a job seeded `seed` (what a shard carries)."""
+    return torch.from_numpy(job_seeds(seed, start, end))
+
+
 def argmax_loop(module: torch.nn.Module, prompt: list[int], steps: int) -> list[int]:
     seq = list(prompt)
     with torch.no_grad():
@@ -44,7 +50,7 @@ def argmax_loop(module: torch.nn.Module, prompt: list[int], steps: int) -> list[
 def test_greedy_equals_the_argmax_loop(program: tuple[Path, torch.nn.Module]) -> None:
     _, module = program
     tokens, lengths = prompts()
-    ids, logprobs, generated = decode(module, tokens, lengths, torch.arange(6), DecodeSettings(9, V), CPU)
+    ids, logprobs, generated = decode(module, tokens, lengths, seeds(0), DecodeSettings(9, V), CPU)
     for i in range(6):
         want = argmax_loop(module, tokens[i, : lengths[i]].tolist(), 9)
         assert ids[i].tolist() == want
@@ -56,7 +62,7 @@ def test_logprobs_are_the_models_own(program: tuple[Path, torch.nn.Module]) -> N
     _, module = program
     tokens, lengths = prompts(1)
     s = DecodeSettings(3, V, temperature=0.7, top_k=5, seed=4)
-    ids, logprobs, _ = decode(module, tokens, lengths, torch.arange(1), s, CPU)
+    ids, logprobs, _ = decode(module, tokens, lengths, seeds(4, 0, 1), s, CPU)
     seq = tokens[0, : lengths[0]].tolist()
     with torch.no_grad():
         for step in range(3):
@@ -65,19 +71,39 @@ def test_logprobs_are_the_models_own(program: tuple[Path, torch.nn.Module]) -> N
             seq.append(int(ids[0, step]))
 
 
-def sampled(module: torch.nn.Module, seed: int, index: torch.Tensor | None = None) -> torch.Tensor:
+def sampled(module: torch.nn.Module, seed: int, start: int = 0) -> torch.Tensor:
     tokens, lengths = prompts()
     s = DecodeSettings(10, V, temperature=1.0, top_p=0.95, seed=seed)
-    return decode(module, tokens, lengths, torch.arange(6) if index is None else index, s, CPU)[0]
+    return decode(module, tokens, lengths, seeds(seed, start, start + 6), s, CPU)[0]
 
 
 def test_same_seed_same_tokens_different_seed_different(program: tuple[Path, torch.nn.Module]) -> None:
     _, module = program
     assert torch.equal(sampled(module, 7), sampled(module, 7))
     assert not torch.equal(sampled(module, 7), sampled(module, 8))
-    # a prompt's seed is its index in the job: other indices, other samples
-    assert not torch.equal(sampled(module, 7), sampled(module, 7, torch.arange(100, 106)))
+    # a prompt's seed derives from its index in the job: other indices, other samples
+    assert not torch.equal(sampled(module, 7), sampled(module, 7, 100))
     assert prompt_seed(7, 0) != prompt_seed(7, 1) and prompt_seed(7, 1) != prompt_seed(8, 1)
+    assert seeds(7, 2, 4).tolist() == [prompt_seed(7, 2), prompt_seed(7, 3)]
+
+
+def test_a_shards_seeds_give_the_tokens_of_its_prompts_in_the_whole_job(
+    program: tuple[Path, torch.nn.Module], tmp_path: Path
+) -> None:
+    """A shard carries its prompts' seeds, not their positions, and decodes with no job seed:
+    its rows are the rows a local run of the whole prompt file gives."""
+    path, _ = program
+    tokens, lengths = prompts(9)
+    save_tensors({"tokens": tokens, "lengths": lengths}, tmp_path / "job.safetensors")
+    s = DecodeSettings(6, V, temperature=1.0, top_k=10, seed=21)
+    run_generation(path, tmp_path / "job.safetensors", tmp_path / "job.out", s, device="cpu")
+    rows = [7, 2, 3]
+    shard = {"tokens": tokens[rows], "lengths": lengths[rows], "seeds": seeds(21, 0, 9)[rows]}
+    save_tensors(shard, tmp_path / "shard.safetensors")
+    blind = DecodeSettings(6, V, temperature=1.0, top_k=10)  # what a node is sent: no job seed
+    run_generation(path, tmp_path / "shard.safetensors", tmp_path / "shard.out", blind, device="cpu")
+    whole, part = load_tensors(tmp_path / "job.out"), load_tensors(tmp_path / "shard.out")
+    assert torch.equal(part["tokens"], whole["tokens"][rows]) and torch.equal(part["lengths"], whole["lengths"][rows])
 
 
 def test_a_prompts_tokens_do_not_depend_on_its_batch(program: tuple[Path, torch.nn.Module]) -> None:
@@ -85,9 +111,9 @@ def test_a_prompts_tokens_do_not_depend_on_its_batch(program: tuple[Path, torch.
     _, module = program
     tokens, lengths = prompts()
     s = DecodeSettings(10, V, temperature=0.9, top_k=20, seed=3)
-    ids, lp, n = decode(module, tokens, lengths, torch.arange(6), s, CPU)
+    ids, lp, n = decode(module, tokens, lengths, seeds(3), s, CPU)
     rows = [4, 1]
-    sub = decode(module, tokens[rows], lengths[rows], torch.tensor(rows), s, CPU)
+    sub = decode(module, tokens[rows], lengths[rows], seeds(3)[rows], s, CPU)
     full = {"tokens": ids[rows], "logprobs": lp[rows], "lengths": n[rows]}
     again = dict(zip(("tokens", "logprobs", "lengths"), sub, strict=True))
     assert rows_match(arrays(full), arrays(again))
@@ -99,11 +125,9 @@ def test_a_prompts_tokens_do_not_depend_on_its_batch(program: tuple[Path, torch.
 def test_stop_tokens_end_a_prompt_and_set_its_length(program: tuple[Path, torch.nn.Module]) -> None:
     _, module = program
     tokens, lengths = prompts()
-    free, _, _ = decode(module, tokens, lengths, torch.arange(6), DecodeSettings(9, V), CPU)
+    free, _, _ = decode(module, tokens, lengths, seeds(0), DecodeSettings(9, V), CPU)
     stop = int(free[0, 2])  # prompt 0 emits it at step 2 (or earlier)
-    ids, logprobs, generated = decode(
-        module, tokens, lengths, torch.arange(6), DecodeSettings(9, V, stop_tokens=(stop,)), CPU
-    )
+    ids, logprobs, generated = decode(module, tokens, lengths, seeds(0), DecodeSettings(9, V, stop_tokens=(stop,)), CPU)
     for i in range(6):
         row = free[i].tolist()
         n = row.index(stop) + 1 if stop in row else 9
@@ -116,10 +140,8 @@ def test_stop_tokens_end_a_prompt_and_set_its_length(program: tuple[Path, torch.
 def test_top_k_one_is_greedy(program: tuple[Path, torch.nn.Module]) -> None:
     _, module = program
     tokens, lengths = prompts()
-    greedy = decode(module, tokens, lengths, torch.arange(6), DecodeSettings(6, V), CPU)[0]
-    top1 = decode(
-        module, tokens, lengths, torch.arange(6), DecodeSettings(6, V, temperature=2.0, top_k=1, seed=5), CPU
-    )[0]
+    greedy = decode(module, tokens, lengths, seeds(0), DecodeSettings(6, V), CPU)[0]
+    top1 = decode(module, tokens, lengths, seeds(5), DecodeSettings(6, V, temperature=2.0, top_k=1, seed=5), CPU)[0]
     assert torch.equal(greedy, top1)
 
 
@@ -151,13 +173,23 @@ def test_bad_prompt_files_are_refused() -> None:
     with pytest.raises(InvalidTensorFile, match="int64"):
         check_prompts({"tokens": tokens.float(), "lengths": lengths}, V)
     assert check_prompts({"tokens": tokens, "lengths": lengths}, V) == 6
+    shard = {"tokens": tokens, "lengths": lengths, "seeds": seeds(0)}
+    assert check_prompts(shard, V) == 6  # a shard carries its prompts' seeds
+    with pytest.raises(InvalidTensorFile, match="may not carry 'seeds'"):  # a submitter does not choose them
+        check_prompts(shard, V, submitted=True)
+    with pytest.raises(InvalidTensorFile, match="'seeds' must be int64"):
+        check_prompts({**shard, "seeds": seeds(0).int()}, V)
+    with pytest.raises(InvalidTensorFile, match="non-negative"):
+        check_prompts({**shard, "seeds": -seeds(0)}, V)
+    with pytest.raises(InvalidTensorFile, match="no 'index'"):  # the shard format before seeds
+        check_prompts({"tokens": tokens, "lengths": lengths, "index": torch.arange(6)}, V)
 
 
 def test_a_decoder_whose_vocabulary_differs_fails_clearly(program: tuple[Path, torch.nn.Module]) -> None:
     _, module = program
     tokens, lengths = prompts()
     with pytest.raises(ExecutionError, match="expected logits"):
-        decode(module, tokens, lengths, torch.arange(6), DecodeSettings(2, V + 1), CPU)
+        decode(module, tokens, lengths, seeds(0), DecodeSettings(2, V + 1), CPU)
 
 
 def arrays(tensors: dict[str, torch.Tensor]) -> dict[str, Array]:
