@@ -42,6 +42,13 @@ _TRAINING_FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ),
     ("--outer-lr", "outer_optimizer.lr", float, "outer Nesterov learning rate"),
     ("--outer-momentum", "outer_optimizer.momentum", float, "outer Nesterov momentum"),
+    (
+        "--outer-plain-rounds",
+        "outer_plain_rounds",
+        int,
+        "rounds at the start whose outer step is the plain average of the workers' weights (no momentum); "
+        "the Nesterov steps begin after them. None: from round 0",
+    ),
     ("--quorum", "quorum", float, "fraction of a round's workers that closes it"),
     ("--round-deadline", "round_deadline_s", int, "seconds before a round closes with what it has"),
     ("--eval-fraction", "eval_fraction", float, "share of rows held out for evaluation"),

@@ -125,6 +125,10 @@ class TrainingSpec(JobSpecBase):
     # The inner learning rate at the job's last inner step: lr decays to it along a cosine over the
     # whole job (rounds × inner_steps steps), continuing across rounds; None: a constant lr.
     inner_final_lr: float | None = None
+    # Rounds at the job's start whose outer step is the plain average of the workers' weights
+    # (θ ← θ − Δ, the momentum left at zero); the outer optimizer steps from this round on.
+    # None: it steps from round 0.
+    outer_plain_rounds: int | None = None
 
     DECODERS: ClassVar[Mapping[str, Decoder]] = {
         "train_program": blob_ref,
@@ -147,7 +151,9 @@ class TrainingSpec(JobSpecBase):
         "round_deadline_s": (1, 30 * 24 * 3600),
         "checkpoint_every": (1, 1_000_000),  # beyond inner_steps: commit start and end only
     }
-    LATE_FIELDS: ClassVar[tuple[str, ...]] = ("verification", "inner_warmup_steps", "inner_final_lr")
+    LATE_FIELDS: ClassVar[tuple[str, ...]] = (
+        "verification", "inner_warmup_steps", "inner_final_lr", "outer_plain_rounds",
+    )  # fmt: skip
 
     @property
     def rows_per_round(self) -> int:
@@ -157,6 +163,10 @@ class TrainingSpec(JobSpecBase):
     def paid_tasks(self) -> int:
         """Pseudo-gradients the job can pay for at most: its escrow is reward × this."""
         return self.rounds * self.workers_per_round
+
+    def plain_round(self, round: int) -> bool:
+        """Is round `round`'s outer step the plain average (outer_plain_rounds)?"""
+        return round < (self.outer_plain_rounds or 0)
 
     @property
     def quorum_workers(self) -> int:
@@ -182,6 +192,8 @@ class TrainingSpec(JobSpecBase):
             check_int("inner_warmup_steps", self.inner_warmup_steps, 0, 1_000_000)
         if self.inner_final_lr is not None:
             check_number("inner_final_lr", self.inner_final_lr, 0.0, self.inner_optimizer.lr)
+        if self.outer_plain_rounds is not None:
+            check_int("outer_plain_rounds", self.outer_plain_rounds, 0, 1_000_000)
         if self.task_time_limit_s > self.round_deadline_s:
             raise SpecError(
                 f"task_time_limit_s ({self.task_time_limit_s}) exceeds round_deadline_s "

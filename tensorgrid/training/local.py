@@ -72,7 +72,9 @@ def run_local(
             write_result(result, results[-1], spec.compression)
             shard.unlink()
         nxt, nxt_m = work / f"weights_{r + 1:05d}.safetensors", work / f"momentum_{r + 1:05d}.safetensors"
-        outcome = apply_round(current, momentum, results, spec.outer_optimizer, params, nxt, nxt_m)
+        outcome = apply_round(
+            current, momentum, results, spec.outer_optimizer, params, nxt, nxt_m, plain=spec.plain_round(r)
+        )
         for p in results:
             p.unlink()
         current, momentum = nxt, nxt_m

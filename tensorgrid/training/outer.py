@@ -3,6 +3,9 @@
 Outer step (Nesterov SGD as torch.optim.SGD(nesterov=True, dampening=0) computes it), for
 every parameter with averaged pseudo-gradient g and momentum buffer m (zeros at first):
     m ← μ·m + g;   θ ← θ − lr·(g + μ·m)
+A plain round (the spec's first outer_plain_rounds) takes θ ← θ − g instead, the mean of the
+workers' weights, and leaves the momentum at zero: Nesterov's extrapolation then starts from
+weights past the first, fastest-changing rounds.
 Floating buffers that are not parameters (e.g. BatchNorm running statistics) are averaged
 instead: θ ← θ − g, i.e. the row-weighted mean of the workers' local values. Integer
 entries (num_batches_tracked) keep their global value.
@@ -122,14 +125,21 @@ def apply_round(
     parameters: Iterable[str],
     out_weights_path: str | os.PathLike[str],
     out_momentum_path: str | os.PathLike[str],
+    *,
+    plain: bool = False,
 ) -> RoundOutcome:
-    """Read round r's weights, momentum (None/missing at round 0) and verified results; write r+1's."""
+    """Read round r's weights, momentum (None/missing at round 0) and verified results; write r+1's.
+    plain: average instead of the optimizer's step, momentum zero (TrainingSpec.plain_round)."""
     weights = load_tensors(weights_path)
     momentum = load_tensors(momentum_path) if momentum_path is not None and Path(momentum_path).exists() else None
     results = [read_result(p) for p in result_paths]
     for result in results:
         check_pseudo_gradient(result, weights)
-    new_weights, new_momentum = outer_step(weights, average(results), momentum, optimizer, parameters)
+    if plain:
+        new_weights, new_momentum = outer_step(weights, average(results), None, NesterovSGD(1.0, 0.0), parameters)
+        new_momentum = {name: torch.zeros_like(m) for name, m in new_momentum.items()}
+    else:
+        new_weights, new_momentum = outer_step(weights, average(results), momentum, optimizer, parameters)
     _save_atomically(new_momentum, out_momentum_path)
     _save_atomically(new_weights, out_weights_path)
     return RoundOutcome(

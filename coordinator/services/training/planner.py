@@ -152,6 +152,7 @@ def close(
             files.parameters,
             weights_tmp,
             momentum_tmp,
+            plain=spec.plain_round(view.round),
         )
         metrics, eval_error = _evaluate(rt, view, files, blobs, weights_tmp)
         weights, momentum = blobs.put_file(weights_tmp), blobs.put_file(momentum_tmp)

@@ -156,6 +156,25 @@ def test_rounds_run_to_the_final_weights(coordinator: Coordinator, files: dict[s
     assert events[-1]["accuracy"] > events[0]["accuracy"]
 
 
+def test_plain_rounds_average_then_the_optimizer_steps(
+    coordinator: Coordinator, files: dict[str, Path], tmp_path: Path
+) -> None:
+    app = coordinator
+    job_id, spec = submit(app, files, outer_plain_rounds=2)
+
+    async def scenario() -> None:
+        manager = new_manager(app)
+        for r in range(spec.rounds):
+            run_round(app, tmp_path, spec.workers_per_round)
+            assert await manager.advance(job_id) == ("finished" if r == spec.rounds - 1 else "closed")
+
+    asyncio.run(scenario())
+    history = round_history(app.store.engine, job_id)
+    momenta = [load_tensors(app.blobs.path_for(h["momentum_sha"])) for h in history]
+    assert all(float(t.abs().sum()) == 0.0 for m in momenta[:2] for t in m.values())  # rounds 0, 1: plain
+    assert sum(float(t.abs().sum()) for t in momenta[2].values()) > 0  # round 2: Nesterov's first step
+
+
 def test_quorum_closes_the_round_and_late_results_are_refused(
     coordinator: Coordinator, files: dict[str, Path], tmp_path: Path
 ) -> None:

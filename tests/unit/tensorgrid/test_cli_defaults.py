@@ -71,6 +71,7 @@ def test_submit_training_flags_reach_the_spec() -> None:
         "--round-deadline", "60", "--eval-fraction", "0.1", "--seed", "5", "--time-limit", "30", "--loss", "mse",
         "--compression", "fp16", "--device", "cpu", "--checkpoint-every", "2", "--max-attempts", "3",
         "--reward-wei", "12", "--verification", "replicate", "--warmup-steps", "5", "--final-lr", "0.01",
+        "--outer-plain-rounds", "4",
     )  # fmt: skip
     assert cli_training.training_settings(ns) == {
         "rounds": 3,
@@ -93,6 +94,7 @@ def test_submit_training_flags_reach_the_spec() -> None:
         "verification": VerificationSpec(mode="replicate"),
         "inner_warmup_steps": 5,
         "inner_final_lr": 0.01,
+        "outer_plain_rounds": 4,
     }
 
 

@@ -79,6 +79,25 @@ def test_apply_round_persists_momentum_and_resumes(tmp_path: Path) -> None:
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_a_plain_round_averages_and_starts_no_momentum(tmp_path: Path) -> None:
+    save_tensors(WEIGHTS, tmp_path / "w0.safetensors")
+    paths = []
+    for i, r in enumerate(RESULTS):
+        paths.append(tmp_path / f"r{i}.safetensors")
+        write_result(r, paths[-1], "none")
+    for rnd, plain in enumerate((True, False)):
+        apply_round(
+            tmp_path / f"w{rnd}.safetensors", tmp_path / f"m{rnd}.safetensors", paths, OPT, {"p"},
+            tmp_path / f"w{rnd + 1}.safetensors", tmp_path / f"m{rnd + 1}.safetensors", plain=plain,
+        )  # fmt: skip
+        if plain:  # θ − g, whatever the optimizer: 1 − 0.3, 2 + 0.3; the momentum stays zero
+            assert torch.allclose(load_tensors(tmp_path / "w1.safetensors")["p"], torch.tensor([0.7, 2.3]))
+            assert torch.equal(load_tensors(tmp_path / "m1.safetensors")["p"], torch.zeros(2))
+    # then the optimizer's first step, as from round 0: θ −= 0.5 · 1.9 · g
+    assert torch.allclose(load_tensors(tmp_path / "w2.safetensors")["p"], torch.tensor([0.415, 2.585]))
+    assert torch.allclose(load_tensors(tmp_path / "m2.safetensors")["p"], torch.tensor([0.3, -0.3]))
+
+
 def test_mismatched_pseudo_gradient_is_rejected() -> None:
     bad = PseudoGradient({"p": torch.zeros(3), "buf": torch.zeros(1)}, 1, 1, [0.0], [0, 1], ["a", "b"])
     with pytest.raises(InvalidTensorFile, match="shape"):

@@ -148,3 +148,14 @@ def test_a_decay_is_signed_only_when_set() -> None:
     decayed = TrainingSpec(train_program=REF, dataset=REF, nonce="x", inner_final_lr=0.001)
     assert TrainingSpec.parse(canonical_json(decayed)) == decayed
     assert TrainingSpec.parse(canonical_json(decayed).replace(b"0.001", b"0")).inner_final_lr == 0.0
+
+
+def test_plain_outer_rounds_are_signed_only_when_set() -> None:
+    plain = TrainingSpec(train_program=REF, dataset=REF, nonce="x")
+    assert b"outer_plain_rounds" not in canonical_json(plain)  # older specs keep their bytes and hashes
+    assert not plain.plain_round(0)
+    later = TrainingSpec(train_program=REF, dataset=REF, nonce="x", outer_plain_rounds=8)
+    assert TrainingSpec.parse(canonical_json(later)) == later
+    assert later.plain_round(7) and not later.plain_round(8)
+    with pytest.raises(SpecError, match="outer_plain_rounds"):
+        TrainingSpec.parse(canonical_json(later).replace(b'"outer_plain_rounds":8', b'"outer_plain_rounds":-1'))
