@@ -177,12 +177,15 @@ class JobRepository:
         return _job_info(out)
 
     def jobs_to_aggregate(self) -> list[str]:
-        """Jobs whose every task is done but whose result is not yet assembled (e.g. after a restart)."""
+        """Jobs whose every task is done but whose result is not yet assembled (e.g. after a restart).
+
+        A job with no tasks (an endpoint: its work is requests) has nothing to assemble."""
         with self.engine.connect() as conn:
             rows = conn.execute(
                 select(s.jobs.c.job_id).where(
                     and_(
                         s.jobs.c.state.in_([JobState.QUEUED.value, JobState.RUNNING.value]),
+                        s.jobs.c.tasks_total > 0,
                         s.jobs.c.tasks_done == s.jobs.c.tasks_total,
                         no_open_checks(),
                     )

@@ -89,6 +89,14 @@ def test_lease_complete_and_finish(state: Store) -> None:
     assert state.nodes.get_node(A).completed == 2  # type: ignore[union-attr]
 
 
+def test_a_job_without_tasks_is_never_left_to_assemble(state: Store) -> None:
+    # An endpoint has no tasks: the sweep for jobs left complete must not pick it up every pass.
+    make_job(state, n=0)
+    make_job(state, n=1, job_id="ab" * 32)
+    assert state.jobs.get_job(JOB).tasks_total == 0
+    assert state.jobs.jobs_to_aggregate() == []
+
+
 def test_a_lease_rolled_back_does_not_leave_its_job_marked_started(state: Store) -> None:
     # The process caches jobs it has seen started; a start that rolled back must not be
     # cached, or the job would stay queued (its escrow never locked) while its tasks run.
