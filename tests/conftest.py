@@ -30,13 +30,14 @@ def pg_server() -> str:
 
 
 @contextlib.contextmanager
-def fresh_database(server: str) -> Iterator[str]:
-    """A fresh, empty PostgreSQL database on `server`, dropped when the block ends."""
+def fresh_database(server: str, template: str | None = None) -> Iterator[str]:
+    """A fresh PostgreSQL database on `server` (empty, or a copy of `template`), dropped when the
+    block ends."""
     import psycopg
 
     name = f"tg_test_{secrets.token_hex(6)}"
     with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
     base = server.rsplit("/", 1)[0]
     try:
         yield f"{base}/{name}"
@@ -59,9 +60,37 @@ def pg_module_url(pg_server: str) -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(scope="session")
+def pg_schema_template(pg_server: str) -> Iterator[str]:
+    """A database brought to this code's schema once per worker: the name of a template that
+    `migrated_pg_url` copies (a copy takes a fraction of a second; building the schema in each
+    test's own database took seconds of DDL)."""
+    from coordinator.db.engine import make_engine
+
+    with fresh_database(pg_server) as url:
+        make_engine(url).dispose()  # upgraded to head, then no session may stay on a template
+        yield url.rsplit("/", 1)[1]
+
+
+@pytest.fixture
+def migrated_pg_url(pg_server: str, pg_schema_template: str) -> Iterator[str]:
+    """A fresh PostgreSQL database at this code's schema, for one test, dropped afterwards."""
+    with fresh_database(pg_server, template=pg_schema_template) as url:
+        yield url
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def db_url(request: pytest.FixtureRequest, tmp_path) -> str:  # type: ignore[no-untyped-def]
-    """Each test using this runs once on a SQLite file and once on PostgreSQL."""
+    """Each test using this runs once on a new SQLite file and once on a new PostgreSQL database
+    at this code's schema (tests of the schema's own making start from `empty_db_url`)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'state.db'}"
+    return str(request.getfixturevalue("migrated_pg_url"))
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def empty_db_url(request: pytest.FixtureRequest, tmp_path) -> str:  # type: ignore[no-untyped-def]
+    """As db_url, but the PostgreSQL database is empty: no schema yet."""
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'state.db'}"
     return str(request.getfixturevalue("pg_url"))

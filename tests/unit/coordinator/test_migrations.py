@@ -53,9 +53,9 @@ def revision_of(engine: Engine) -> SchemaState:
         return migrate.state(conn)
 
 
-def test_a_database_of_the_previous_release_is_upgraded_with_every_row(db_url: str) -> None:
-    load_legacy(db_url)
-    engine = make_engine(db_url, prepare=False)
+def test_a_database_of_the_previous_release_is_upgraded_with_every_row(empty_db_url: str) -> None:
+    load_legacy(empty_db_url)
+    engine = make_engine(empty_db_url, prepare=False)
     assert revision_of(engine) == SchemaState(None, ours=True)
     before, after = upgrade(engine)
     assert (before.revision, after) == (None, SchemaState(migrations.HEAD, ours=True))
@@ -77,17 +77,17 @@ def test_a_database_of_the_previous_release_is_upgraded_with_every_row(db_url: s
     engine.dispose()
 
 
-def test_a_new_database_is_made_at_head_with_the_models_schema(db_url: str) -> None:
-    engine = make_engine(db_url)
+def test_a_new_database_is_made_at_head_with_the_models_schema(empty_db_url: str) -> None:
+    engine = make_engine(empty_db_url)
     assert revision_of(engine) == SchemaState(migrations.HEAD, ours=True)
     assert drift(engine) == []
     engine.dispose()
 
 
-def test_the_revisions_build_exactly_the_models_schema(db_url: str) -> None:
+def test_the_revisions_build_exactly_the_models_schema(empty_db_url: str) -> None:
     """Every revision run from nothing gives what create_all gives: a column added to a model
     without a revision (`python -m coordinator.db.migrate revision "..."`) fails here."""
-    engine = make_engine(db_url, prepare=False)
+    engine = make_engine(empty_db_url, prepare=False)
     with engine.begin() as conn:
         command.upgrade(migrate.alembic_config(conn), "head")
     assert revision_of(engine).revision == migrations.HEAD
