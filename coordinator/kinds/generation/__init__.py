@@ -12,18 +12,16 @@ teacher-forced forward pass and decodes only when that does not settle it (repla
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from coordinator.config import Limits
 from coordinator.errors import Rejected
 from coordinator.events import EventHub
-from coordinator.kinds.base import BaseKind, new_job
+from coordinator.kinds.base import BaseKind
 from coordinator.kinds.generation.replay import replay_generation, score_generation
+from coordinator.kinds.inference.checked import checked_job
 from coordinator.kinds.inference.effects import OpenCheck, SettleCheck
 from coordinator.repositories.jobs import NewJob, NewTask
 from coordinator.repositories.tasks import TaskRecord
@@ -68,24 +66,7 @@ class GenerationKind(BaseKind):
             "device": spec.device,
             "task_kind": NAME,  # what its check tasks run as
         }
-        policy_json, stake = "", 0
-        policy = _policy(spec, len(tasks))
-        n_decoys = sum(1 for t in tasks if t.decoy_unit_rows)
-        if n_decoys:  # every check has the decoys' m prompts, whatever task it samples
-            policy = dataclasses.replace(policy, spec=dataclasses.replace(policy.spec, spot_rows=m), decoys=n_decoys)
-        if policy.enabled:
-            policy_json, stake = json.dumps(asdict(policy.spec), sort_keys=True), policy.required_stake_wei
-        job = new_job(
-            spec,
-            spec_json,
-            submitter,
-            sh,
-            job_id,
-            model=spec.model,
-            settings=settings,
-            verification_json=policy_json,
-            required_stake_wei=stake,
-        )
+        job = checked_job(spec, spec_json, submitter, sh, job_id, settings, _policy(spec, len(tasks)), tasks, m)
         return job, tasks
 
     def paid_tasks(self, spec: Any, planned: int) -> int:

@@ -3,11 +3,8 @@ concatenated in order; results spot-checked by re-running sampled rows on a draw
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import secrets
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +12,8 @@ from coordinator.config import Limits
 from coordinator.db.schema import CHECK_KIND
 from coordinator.errors import Rejected
 from coordinator.events import EventHub
-from coordinator.kinds.base import BaseKind, new_job
+from coordinator.kinds.base import BaseKind
+from coordinator.kinds.inference.checked import checked_job
 from coordinator.kinds.inference.effects import OpenCheck, SettleCheck
 from coordinator.kinds.inference.vetting import vet_inference
 from coordinator.repositories.jobs import NewJob, NewTask
@@ -48,24 +46,8 @@ class InferenceKind(BaseKind):
     ) -> tuple[NewJob, list[NewTask]]:
         tasks, m = _plan_shards(spec, job_id, blobs, limits)
         settings = {"input_names": list(spec.input_names) or None, "batch_size": spec.batch_size, "device": spec.device}
-        policy_json, stake = "", 0
         policy = VerificationPolicy.for_job(spec, len(tasks))
-        n_decoys = sum(1 for t in tasks if t.decoy_unit_rows)
-        if n_decoys:  # every check has the decoys' m rows, whatever task it samples
-            policy = dataclasses.replace(policy, spec=dataclasses.replace(policy.spec, spot_rows=m), decoys=n_decoys)
-        if policy.enabled:
-            policy_json, stake = json.dumps(asdict(policy.spec), sort_keys=True), policy.required_stake_wei
-        job = new_job(
-            spec,
-            spec_json,
-            submitter,
-            sh,
-            job_id,
-            model=spec.model,
-            settings=settings,
-            verification_json=policy_json,
-            required_stake_wei=stake,
-        )
+        job = checked_job(spec, spec_json, submitter, sh, job_id, settings, policy, tasks, m)
         return job, tasks
 
     def paid_tasks(self, spec: Any, planned: int) -> int:
