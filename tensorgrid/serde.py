@@ -90,7 +90,7 @@ def lease_to_pb(lease: t.Lease) -> node_pb2.Lease:
         kind=lease.kind,
         model=blob_to_pb(lease.model),
         input=blob_to_pb(lease.input),
-        settings_json=json.dumps(lease.settings, sort_keys=True).encode(),
+        settings_json=json.dumps(lease.settings, sort_keys=True).encode() if lease.settings else b"{}",
         memory_limit_bytes=lease.memory_limit_bytes,
         time_limit_ms=lease.time_limit_ms,
     )

@@ -14,6 +14,7 @@ from coordinator.api.grid import Grid
 from coordinator.api.serving import ServingApi
 from coordinator.api.status import abort, request_address, unary
 from coordinator.errors import NotFound, PermissionDenied, Rejected
+from coordinator.services.acceptance import Output
 from coordinator.services.runtime import now_ms
 from tensorgrid import serde
 from tensorgrid.crypto import recover_message_signer, registration_message
@@ -168,13 +169,9 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
     ) -> node_pb2.SubmitResultResponse:
         if request.header.output_size > SMALL_RESULT_BYTES:
             raise Rejected(f"outputs over {SMALL_RESULT_BYTES} bytes go through SubmitResult")
+        return await self._submit(request.header, request.output)
 
-        async def data() -> AsyncIterator[bytes]:
-            yield request.output
-
-        return await self._submit(request.header, data())
-
-    async def _submit(self, header: node_pb2.ResultHeader, data: AsyncIterator[bytes]) -> node_pb2.SubmitResultResponse:
+    async def _submit(self, header: node_pb2.ResultHeader, data: Output) -> node_pb2.SubmitResultResponse:
         receipt = serde.receipt_from_pb(header.receipt)
         try:
             accepted = await self.app.acceptance.submit(

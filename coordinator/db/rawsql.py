@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections import namedtuple
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import Connection, Table, bindparam, insert
@@ -33,6 +34,7 @@ class _Plan:
     binds: tuple[tuple[str, Any], ...]  # (name, processor) for binds whose type converts values
     row_type: Any  # a namedtuple of the returned columns, or None
     types: tuple[Any, ...]  # the returned columns' types (their processors need the driver's type codes)
+    pick: Callable[[Mapping[str, Any]], tuple[Any, ...]]  # a positional driver's parameters, from the values
 
 
 class Raw:
@@ -53,10 +55,13 @@ class Raw:
         return plan
 
     def _params(self, plan: _Plan, params: Mapping[str, Any]) -> Any:
-        values = {**plan.defaults, **params}
-        for name, proc in plan.binds:
-            values[name] = proc(values[name])
-        return tuple(values[n] for n in plan.names) if plan.positional else values
+        # Several statements a task: most have neither literal values nor converting binds.
+        if plan.defaults or plan.binds:
+            values = {**plan.defaults, **params}
+            for name, proc in plan.binds:
+                values[name] = proc(values[name])
+            params = values
+        return plan.pick(params) if plan.positional else params
 
     def _cursor(self, conn: Connection, params: Mapping[str, Any]) -> tuple[_Plan, Any]:
         plan = self._plan(conn.dialect)
@@ -100,11 +105,15 @@ class Raw:
     def many(self, conn: Connection, rows: Iterable[Mapping[str, Any]]) -> None:
         """executemany: one call for many parameter sets (no rows returned)."""
         plan = self._plan(conn.dialect)
-        cursor = conn.connection.cursor()
-        try:
-            cursor.executemany(plan.sql, [self._params(plan, p) for p in rows])
-        finally:
-            cursor.close()
+        _executemany(conn, plan.sql, [self._params(plan, p) for p in rows])
+
+
+def _executemany(conn: Connection, sql: str, params: list[Any]) -> None:
+    cursor = conn.connection.cursor()
+    try:
+        cursor.executemany(sql, params)
+    finally:
+        cursor.close()
 
 
 def _row(plan: _Plan, procs: tuple[Processor, ...] | None, r: Sequence[Any]) -> Any:
@@ -130,7 +139,18 @@ def _compile(stmt: ClauseElement, dialect: Dialect) -> _Plan:
     row_type = namedtuple("Row", [c.key for c in columns], rename=True) if columns else None  # type: ignore[misc]
     positional = bool(dialect.positional)
     names = tuple(compiled.positiontup or ()) if positional else ()
-    return _Plan(compiled.string, positional, names, defaults, tuple(binds), row_type, tuple(c.type for c in columns))
+    types = tuple(c.type for c in columns)
+    return _Plan(compiled.string, positional, names, defaults, tuple(binds), row_type, types, _picker(names))
+
+
+def _picker(names: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+    """The values of `names`, in order, as a tuple (itemgetter answers a bare value for one name)."""
+    if len(names) > 1:
+        return itemgetter(*names)
+    if names:
+        (name,) = names
+        return lambda values: (values[name],)
+    return lambda values: ()
 
 
 class RawInsert(Raw):
@@ -140,6 +160,32 @@ class RawInsert(Raw):
         # Binds need names of their own: a bind named like its column is reserved by SQLAlchemy.
         super().__init__(insert(table).values({c: bindparam(f"b_{c}") for c in columns}))
         self.columns = tuple(columns)
+        self._pickers: dict[str, Callable[[Mapping[str, Any]], tuple[Any, ...]]] = {}
 
     def many(self, conn: Connection, rows: Iterable[Mapping[str, Any]]) -> None:
+        plan = self._plan(conn.dialect)
+        if plan.positional and not plan.defaults:
+            # The driver's parameters straight from the rows (no renamed dict per row): one per result.
+            pick = self._pickers.get(conn.dialect.name)
+            if pick is None:
+                pick = self._pickers[conn.dialect.name] = _row_picker(plan)
+            _executemany(conn, plan.sql, [pick(row) for row in rows])
+            return
         super().many(conn, [{f"b_{c}": row[c] for c in self.columns} for row in rows])
+
+
+def _row_picker(plan: _Plan) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+    """A RawInsert row (keyed by column) as the positional parameters of `plan`, binds converted."""
+    pick = _picker(tuple(n.removeprefix("b_") for n in plan.names))
+    procs = dict(plan.binds)
+    convert = tuple((i, procs[n]) for i, n in enumerate(plan.names) if n in procs)
+    if not convert:
+        return pick
+
+    def params(row: Mapping[str, Any]) -> tuple[Any, ...]:
+        values = list(pick(row))
+        for i, proc in convert:
+            values[i] = proc(values[i])
+        return tuple(values)
+
+    return params

@@ -196,7 +196,7 @@ def lease(
 
 
 def _to_lease(r: Any, address: str, deadline: int) -> Lease:
-    settings = json.loads(r.settings)
+    settings = {} if r.settings == "{}" else json.loads(r.settings)  # most tasks have none
     kind = r.kind
     if kind == s.CHECK_KIND:  # a check looks like any task of its job (settings may name its task kind)
         kind = str(settings.get("task_kind", s.CHECK_LEASED_AS))

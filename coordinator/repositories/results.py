@@ -140,6 +140,7 @@ def record_progress(conn: Connection, done: list[Claimed], now_ms: int) -> set[s
         if job.tasks_done < job.tasks_total:
             unfinished.add(job_id)
         first_seq, first_done = job.event_seq - len(claimed), job.tasks_done - len(claimed)
+        state = JobState(job.state).value
         for k, c in enumerate(claimed, start=1):
             events.append(
                 dict(
@@ -152,7 +153,7 @@ def record_progress(conn: Connection, done: list[Claimed], now_ms: int) -> set[s
                     message="",
                     tasks_done=first_done + k,
                     tasks_total=job.tasks_total,
-                    state=JobState(job.state).value,
+                    state=state,
                 )
             )
     if events:

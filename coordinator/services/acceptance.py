@@ -49,6 +49,9 @@ MAX_WANT = MAX_PER_CALL  # leases one result may ask for (as one LeaseTasks call
 Outcome = tuple[str, bool] | Rejected  # (job id, job complete) or why it was refused
 Granted = tuple[list[Lease], int]  # leases, retry_after_ms: what LeaseTasks would have answered
 Committed = tuple[str, bool, Granted | None]  # an accepted result's outcome, and its node's next leases
+# A result's output: streamed chunks (SubmitResult), or the whole of it in one message (SubmitSmallResult:
+# no async generator to build and drive per call).
+Output = bytes | AsyncIterator[bytes]
 
 
 @dataclass(frozen=True)
@@ -197,10 +200,10 @@ class Acceptance:
             out.append((*outcome, None if isinstance(lease, Rejected) else lease))
         return out
 
-    async def submit(
-        self, node: str, receipt: Receipt, size: int, data: AsyncIterator[bytes], want: int = 0
-    ) -> Accepted:
+    async def submit(self, node: str, receipt: Receipt, size: int, data: Output, want: int = 0) -> Accepted:
         """Check, receive and accept one result; raises Rejected (and the like) after counting it.
+
+        data: the output's bytes as they stream in, or all of them (SubmitSmallResult's one message).
 
         want > 0: the node also asks for up to that many next leases, granted as LeaseTasks would
         (without waiting) in the transaction that accepts the result.
@@ -232,7 +235,7 @@ class Acceptance:
             self.aggregation.schedule(job_id)
         return Accepted(job_id, complete, effect.reveal_steps if effect is not None else (), leases)
 
-    async def _receive_output(self, receipt: Receipt, size: int, data: AsyncIterator[bytes]) -> BlobRef:
+    async def _receive_output(self, receipt: Receipt, size: int, data: Output) -> BlobRef:
         expected = BlobRef(receipt.output_hash, size)
         if size <= SMALL_OUTPUT_BYTES and self.memory.take(size):
             # Small outputs are checked in memory and written only if new: most no-op and
@@ -240,7 +243,7 @@ class Acceptance:
             # Never more than the size announced per call, nor more than the budget in all calls:
             # beyond it, small outputs stream to disk like large ones.
             try:
-                body = await collect(data, size)
+                body = _whole(data, size) if isinstance(data, bytes) else await collect(data, size)
             finally:
                 self.memory.give(size)
             if len(body) != size or hashlib.sha256(body).hexdigest() != receipt.output_hash:
@@ -248,7 +251,7 @@ class Acceptance:
             if not self.blobs.has(receipt.output_hash):
                 self.blobs.put_bytes(body)
             return expected
-        return await receive_into(self.blobs.writer(expected), data)
+        return await receive_into(self.blobs.writer(expected), _stream(data) if isinstance(data, bytes) else data)
 
     async def _reject(self, node: str, receipt: Receipt, reason: str, *, forged: bool = False) -> None:
         """Count a refused result against its sender; reissue the task if the sender held its lease."""
@@ -261,3 +264,14 @@ class Acceptance:
             self.rt.hub.work_available()
         except Exception:
             log.exception("could not record the rejection")
+
+
+def _whole(body: bytes, size: int) -> bytes:
+    """An output that came in one message, held to the size its header announced (as collect does)."""
+    if len(body) > size:
+        raise HashMismatch(f"more output bytes than the {size} the receipt's header announced")
+    return body
+
+
+async def _stream(body: bytes) -> AsyncIterator[bytes]:
+    yield body
