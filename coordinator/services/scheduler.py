@@ -16,6 +16,7 @@ from coordinator.errors import Rejected
 from coordinator.repositories.leasing import Barred
 from coordinator.repositories.store import Store
 from coordinator.repositories.tasks import Heartbeat, TaskRecord
+from coordinator.services.pacing import HeartbeatPacing
 from coordinator.services.runtime import Runtime
 from tensorgrid.types import Lease, TaskError
 
@@ -40,8 +41,11 @@ class Scheduler:
         barred: Barred | None = None,
         before_lease: Callable[[str], Awaitable[None]] | None = None,
         check_wait_ms: int = 30_000,
+        pacing: HeartbeatPacing | None = None,
     ) -> None:
         self.rt = rt
+        # How often nodes should heartbeat (the interval is told with each heartbeat's answer)
+        self.pacing = pacing if pacing is not None else HeartbeatPacing(5_000, 0, 5_000)
         self.store = store
         self.timing = timing
         self.check_wait_ms = check_wait_ms
