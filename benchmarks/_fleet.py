@@ -142,9 +142,15 @@ class Fleet:
         self.mode_changed = asyncio.Event()
 
     async def _heartbeats(self, c: NodeClient) -> None:
+        """As node.agent's loop: the Register interval while holding a lease, the idle one the
+        coordinator's answers give while holding none."""
+        last = time.monotonic()
         while True:
             await asyncio.sleep(c.heartbeat_s)
             lease = self.held.get(c.signer.address)
+            if not c.heartbeat_due(time.monotonic() - last, lease is not None):
+                continue
+            last = time.monotonic()
             try:
                 await c.heartbeat([(lease.task_id, lease.attempt)] if lease else [])
             except grpc.aio.AioRpcError as e:

@@ -21,6 +21,7 @@ from coordinator.services.blobs import MemoryBudget
 from coordinator.services.intake import Intake
 from coordinator.services.ledger import Ledger
 from coordinator.services.metrics import Metrics
+from coordinator.services.pacing import HeartbeatPacing
 from coordinator.services.report import Reports
 from coordinator.services.retention import retention_loop
 from coordinator.services.runtime import Runtime
@@ -66,7 +67,9 @@ class Coordinator:
         )
         self.hub = rt.hub
         self.metrics = Metrics()
-        self.metrics.watch_database(store.engine, 3 * config.heartbeat_interval_ms, rt.now_ms)
+        # idle nodes beat less often than nodes holding leases (services.pacing): three of their beats
+        live_window_ms = 3 * max(config.heartbeat_interval_ms, config.idle_heartbeat_max_ms)
+        self.metrics.watch_database(store.engine, live_window_ms, rt.now_ms)
         self.ledger = Ledger(store.engine)
         self.outbox = self.ledger.outbox(self.chain.client) if self.chain is not None else None
         self._stopping = asyncio.Event()
@@ -85,6 +88,9 @@ class Coordinator:
             barred=self.verification.barred_jobs if self.chain is not None else None,
             before_lease=self.verification.refresh_stake,
             check_wait_ms=config.check_wait_ms,
+            pacing=HeartbeatPacing(
+                config.heartbeat_interval_ms, config.idle_heartbeats_per_s, config.idle_heartbeat_max_ms
+            ),
         )
         self.aggregation: Aggregation = Aggregation(rt, store.jobs, blobs, self.kinds)
         verifier = Verifier(self.domain)

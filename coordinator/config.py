@@ -99,7 +99,9 @@ class CoordinatorConfig:
     domain_name: str = "TensorGrid"
     domain_version: str = "1"
     verifying_contract: str = ""  # default: the coordinator's own address (until contracts land)
-    heartbeat_interval_ms: int = 5_000
+    heartbeat_interval_ms: int = 5_000  # nodes holding leases; idle ones: services.pacing
+    idle_heartbeats_per_s: float = 250.0  # idle nodes' heartbeats a second this process aims at
+    idle_heartbeat_max_ms: int = 20_000  # the longest idle interval (a third of a checker's ACTIVE_MS)
     session_ttl_ms: int = 24 * 3600 * 1000
     dashboard_session_ttl_ms: int = 8 * 3600 * 1000  # a `tensorgrid dashboard` link's read-only session
     timing: LeaseTiming = field(default_factory=LeaseTiming)

@@ -1,4 +1,4 @@
-"""Wakes job watchers in this process when their job's event log grows.
+"""Wakes job watchers and long-polling nodes in this process when there is news for them.
 
 The database is the source of truth; this only saves watchers from polling. With several
 replicas a watcher may miss a wake-up from another replica, so watchers also poll slowly.
@@ -15,25 +15,53 @@ from contextlib import contextmanager
 class EventHub:
     def __init__(self) -> None:
         self._waiters: dict[str, set[asyncio.Event]] = defaultdict(set)
-        self._work = asyncio.Event()
+        self._generation = 0  # how many times work was announced
+        # Long polls waiting for work, the longest-waiting first (a dict keeps insertion order
+        # and forgets a waiter that timed out in O(1)).
+        self._work_waiters: dict[asyncio.Future[None], None] = {}
 
-    def work_available(self) -> None:
-        """Tasks became pending (a new job, round, reissue or release): wake long-polling nodes."""
-        self._work.set()
-        self._work = asyncio.Event()
+    def work_available(self, tasks: int | None = None) -> None:
+        """Tasks became pending (a new job, round, reissue or release): wake long-polling nodes.
 
-    def work_signal(self) -> asyncio.Event:
-        """What the next work_available() sets. Take it before looking for work and wait on it
-        after finding none: work that appears in between (a check opened while the lease query
-        ran) then wakes the waiter instead of leaving it asleep for its whole timeout."""
-        return self._work
+        tasks: how many tasks any node may take (a job's tasks, reissued leases): only that many
+        waiters are woken, the longest-waiting first, not every idle node of the fleet for one
+        task (5,000 of them asked the database at once for each new job). None: work for nodes
+        the caller cannot count or name (a check for its drawn checker): every waiter is woken."""
+        self._generation += 1
+        waiters = self._work_waiters
+        n = len(waiters) if tasks is None else min(max(0, tasks), len(waiters))
+        for _ in range(n):
+            fut = next(iter(waiters))
+            del waiters[fut]
+            if not fut.done():
+                fut.set_result(None)
 
-    async def wait_for_work(self, timeout_s: float, signal: asyncio.Event | None = None) -> None:
-        """Return when work_available() is called (since `signal` was taken), or after timeout_s."""
+    def work_signal(self) -> int:
+        """A mark of the work announced so far. Take it before looking for work and pass it to
+        wait_for_work after finding none: work announced in between (a check opened while the
+        lease query ran) then ends the wait at once instead of leaving it asleep for its timeout."""
+        return self._generation
+
+    @property
+    def work_waiters(self) -> int:
+        """Long polls waiting for work now."""
+        return len(self._work_waiters)
+
+    async def wait_for_work(self, timeout_s: float, signal: int | None = None) -> None:
+        """Return when work_available() wakes this waiter, at once if work was announced since
+        `signal` was taken, or after timeout_s."""
+        if signal is not None and signal != self._generation:
+            return
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        self._work_waiters[fut] = None
+        # One timer handle, not asyncio.wait_for's task and cancellation: thousands of nodes wait here.
+        timer = loop.call_later(timeout_s, _wake, fut)
         try:
-            await asyncio.wait_for((signal or self._work).wait(), timeout_s)
-        except TimeoutError:
-            pass
+            await fut
+        finally:
+            timer.cancel()
+            self._work_waiters.pop(fut, None)
 
     def notify(self, job_id: str) -> None:
         for ev in self._waiters.get(job_id, ()):
@@ -55,3 +83,8 @@ class EventHub:
             self._waiters[job_id].discard(ev)
             if not self._waiters[job_id]:
                 del self._waiters[job_id]
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)

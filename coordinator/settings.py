@@ -56,7 +56,7 @@ HEARTBEAT_MS = Setting(
     _COORDINATOR + "HEARTBEAT_MS",
     CoordinatorConfig.heartbeat_interval_ms,
     type=int,
-    help="how often nodes should heartbeat",
+    help="how often nodes holding leases should heartbeat (idle ones: less often as more connect, up to 20 s)",
 )
 LEASE_TTL_MS = Setting(
     "--lease-ttl-ms",

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -178,9 +179,15 @@ class Agent:
             pass
 
     async def _heartbeat_loop(self) -> None:
+        """Beats at the interval the coordinator gives: its Register interval while this node holds
+        leases or drains, the longer idle one its heartbeat answers give while it holds none."""
+        last = time.monotonic()
         while True:
             await asyncio.sleep(self.client.heartbeat_s)
-            await self._heartbeat_once()
+            holding = bool(self._active) or self.draining.is_set()
+            if self.client.heartbeat_due(time.monotonic() - last, holding):
+                await self._heartbeat_once()
+                last = time.monotonic()
 
     async def _heartbeat_once(self) -> None:
         active = [(t, a) for t, (a, _) in self._active.items()]

@@ -69,7 +69,8 @@ class NodeClient:
         self._channels: dict[str, Any] = {self.targets.current: self.channel}  # one per replica dialled
         self.token = ""
         self.domain: Domain | None = None
-        self.heartbeat_s = 5.0
+        self.heartbeat_s = 5.0  # while holding leases: the coordinator's Register interval
+        self.idle_heartbeat_s = 5.0  # while holding none: what its last heartbeat answer said
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
@@ -129,7 +130,7 @@ class NodeClient:
             require_domain(self.expected_domain, session_domain)
         self.token = resp.session_token
         self.domain = session_domain
-        self.heartbeat_s = max(0.2, resp.heartbeat_interval_ms / 1000)
+        self.heartbeat_s = self.idle_heartbeat_s = max(0.2, resp.heartbeat_interval_ms / 1000)
 
     async def lease(self, max_tasks: int = 1, wait_ms: int = 0) -> tuple[list[Lease], int]:
         """Ask for up to max_tasks; with wait_ms the coordinator holds the call until work appears."""
@@ -150,7 +151,15 @@ class NodeClient:
             metadata=self.metadata,
             timeout=self.timeout,
         )
+        if resp.heartbeat_interval_ms:  # 0: a coordinator that does not pace idle nodes
+            self.idle_heartbeat_s = max(self.heartbeat_s, resp.heartbeat_interval_ms / 1000)
         return [(k.task_id, k.attempt) for k in resp.revoked]
+
+    def heartbeat_due(self, since_s: float, holding: bool) -> bool:
+        """Whether a heartbeat is due `since_s` after the last: every heartbeat_s while the node
+        holds leases (they live the lease TTL past a beat), every idle_heartbeat_s while it holds
+        none. Checked every heartbeat_s, so a lease taken mid-way is beaten for within heartbeat_s."""
+        return since_s >= (self.heartbeat_s if holding else self.idle_heartbeat_s) - 0.05
 
     def fetch(self, ref: BlobRef, offset: int = 0) -> AsyncIterator[bytes]:
         async def chunks() -> AsyncIterator[bytes]:

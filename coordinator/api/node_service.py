@@ -91,9 +91,12 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
                 f"a heartbeat may list at most {cap} active leases, this one lists {len(request.active)}",
             )
         active = [(k.task_id, k.attempt) for k in request.active]
-        revoked = await self.app.scheduler.heartbeat(current_node.get(), active, request.draining)
+        node = current_node.get()
+        revoked = await self.app.scheduler.heartbeat(node, active, request.draining)
         return node_pb2.HeartbeatResponse(
-            revoked=[node_pb2.LeaseKey(task_id=t, attempt=a) for t, a in revoked], server_time_ms=now_ms()
+            revoked=[node_pb2.LeaseKey(task_id=t, attempt=a) for t, a in revoked],
+            server_time_ms=now_ms(),
+            heartbeat_interval_ms=self.app.scheduler.pacing.beat(node, bool(active) or request.draining),
         )
 
     @unary

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, case, select, update
+from sqlalchemy import Connection, Engine, case, func, select, update
 
 from coordinator.config import LeaseTiming
 from coordinator.db import kept
@@ -136,6 +136,13 @@ class TaskRepository:
         with self.engine.connect() as conn:
             t = s.tasks
             return conn.execute(select(t.c.task_id).where(t.c.state == "pending").limit(1)).first() is not None
+
+    def count_pending(self, limit: int) -> int:
+        """How many tasks wait for some node, counted up to limit (the idle long polls' watcher)."""
+        with self.engine.connect() as conn:
+            t = s.tasks
+            few = select(t.c.task_id).where(t.c.state == "pending").limit(max(1, limit)).subquery()
+            return int(conn.execute(select(func.count()).select_from(few)).scalar_one())
 
     def get_task(self, task_id: str) -> TaskRecord:
         with self.engine.connect() as conn:

@@ -261,7 +261,7 @@ class Acceptance:
                 self.tasks.reject_task_result, node, receipt.task_id, receipt.attempt, reason, self.rt.now_ms(),
                 forged=forged,
             )  # fmt: skip
-            self.rt.hub.work_available()
+            self.rt.hub.work_available(1)  # the task, if it was reissued
         except Exception:
             log.exception("could not record the rejection")
 

@@ -174,6 +174,6 @@ class Intake:
             await rt.db(self.ledger.set_job_price, job_id, job.reward_per_task_wei, budget)
         info, created = await rt.db_bulk(self.store.jobs.create_job, job, tasks, rt.now_ms())
         if created:
-            rt.hub.work_available()
+            rt.hub.work_available(len(tasks))
             log.info("job %s from %s: %s, %d tasks", job_id, submitter, job.kind, len(tasks))
         return await rt.db(self.reports.with_verification, info)

@@ -11,7 +11,7 @@ Two kinds:
   by outcome, and replicas by state (as of the router's last tick);
 - read from the database at each scrape: tasks and jobs by state (queued tasks are the queue
   depth), the outbox by state (what still has to reach the chain) and its failed attempts (the
-  chain errors), and the nodes seen within the last three heartbeats.
+  chain errors), and the nodes seen within the last three idle heartbeat intervals.
 
 Every figure is a count over the whole grid: no job id, address or hash is ever a label, so
 the endpoint tells a scraper how busy the coordinator is and nothing about whose work it runs.
@@ -189,7 +189,7 @@ class _DatabaseCollector(Collector):
             for state, n in sorted(counts[name].items()):
                 family.add_metric([str(state)], int(n))
             yield family
-        nodes = GaugeMetricFamily("tensorgrid_live_nodes", "nodes heard from within the last three heartbeats")
+        nodes = GaugeMetricFamily("tensorgrid_live_nodes", "nodes heard from within three idle heartbeat intervals")
         nodes.add_metric([], int(live))
         yield nodes
         errors = GaugeMetricFamily("tensorgrid_chain_errors", "failed attempts of the chain transactions in the outbox")

@@ -16,6 +16,7 @@ from coordinator.errors import Rejected
 from coordinator.repositories.leasing import Barred
 from coordinator.repositories.store import Store
 from coordinator.repositories.tasks import Heartbeat, TaskRecord
+from coordinator.services.pacing import HeartbeatPacing
 from coordinator.services.runtime import Runtime
 from tensorgrid.types import Lease, TaskError
 
@@ -40,8 +41,11 @@ class Scheduler:
         barred: Barred | None = None,
         before_lease: Callable[[str], Awaitable[None]] | None = None,
         check_wait_ms: int = 30_000,
+        pacing: HeartbeatPacing | None = None,
     ) -> None:
         self.rt = rt
+        # How often nodes should heartbeat (the interval is told with each heartbeat's answer)
+        self.pacing = pacing if pacing is not None else HeartbeatPacing(5_000, 0, 5_000)
         self.store = store
         self.timing = timing
         self.check_wait_ms = check_wait_ms
@@ -51,8 +55,9 @@ class Scheduler:
         self.lease_book: dict[str, TaskRecord] = {}
         self._barred = barred
         # (the work signal then in effect, when): no task of any job was pending (see _lease_once)
-        self._idle: tuple[asyncio.Event, float] | None = None
+        self._idle: tuple[int, float] | None = None
         self._idle_check: asyncio.Future[None] | None = None
+        self._idle_watch: asyncio.Future[None] | None = None
         self.leases: GroupCommitter[tuple[str, int], tuple[list[Lease], int]] = GroupCommitter(
             lambda requests: rt.db(store.tasks.lease_many, requests, rt.now_ms(), timing, barred)
         )
@@ -66,48 +71,77 @@ class Scheduler:
         """Up to max_tasks leases for the node; waits up to wait_ms (long poll) when there is no work."""
         await self.before_lease(node)
         deadline = time.monotonic() + min(wait_ms, MAX_LEASE_WAIT_MS) / 1000
-        signal = self.rt.hub.work_signal()  # before looking: a wake-up during the query is not lost
-        leases, retry, memo = await self._lease_once(node, max_tasks or 1, signal)
+        hub = self.rt.hub
+        signal = hub.work_signal()  # before looking: a wake-up during the query is not lost
+        leases, retry = await self._lease_once(node, max_tasks or 1, signal)
         while not leases and wait_ms and retry <= IDLE_RETRY_MS:  # idle, not backing off: long poll
             left = deadline - time.monotonic()
             if left <= 0:
                 break
-            # Answered from the idle memo: look again when it lapses (another replica's work shows
-            # then); answered by the database: once at the end of the wait, as always.
-            await self.rt.hub.wait_for_work(min(left, IDLE_MEMO_S) if memo else left, signal)
-            signal = self.rt.hub.work_signal()
-            leases, retry, memo = await self._lease_once(node, max_tasks or 1, signal)
+            # Until work is announced here, or the idle watcher finds another replica's, or the
+            # wait ends (then one more look, as always).
+            await hub.wait_for_work(left, signal)
+            signal = hub.work_signal()
+            leases, retry = await self._lease_once(node, max_tasks or 1, signal)
         self.granted(leases, node)
         return leases, retry
 
-    async def _lease_once(self, node: str, max_tasks: int, signal: asyncio.Event) -> tuple[list[Lease], int, bool]:
+    async def _lease_once(self, node: str, max_tasks: int, signal: int) -> tuple[list[Lease], int]:
         """One lease query, skipped while the whole queue is known to be empty.
 
         Idle nodes long-poll: at 5,000 of them that was 2,000 lease queries a second finding
         nothing, most of an idle coordinator's work (benchmarks.fleet). When a query finds
         nothing for its node, one shared query asks whether any task waits for anyone; if none
         does, every lease query of this process is answered "no work" without the database
-        until this process hears of new work (signal) or IDLE_MEMO_S passes. Work another
-        replica queues is not announced here (replicas have no wake-ups between them): a long
-        poll answered from the memo looks again each time it lapses, so it finds such work
-        within about IDLE_MEMO_S, not at the end of its wait. Third value: whether the answer
-        came from the memo."""
+        until this process hears of new work (signal) or IDLE_MEMO_S passes. While long polls
+        wait on that answer, one watcher (_watch_idle) looks again every IDLE_MEMO_S / 2: it
+        keeps the memo fresh and wakes as many waiters as there are tasks when it finds work
+        another replica queued (replicas have no wake-ups between them). Each waiter looking
+        again on its own every IDLE_MEMO_S cost 5,000 wake-ups a second, and a burst of
+        database queries each time the memo lapsed, at 5,000 idle nodes."""
         idle = self._idle
-        if idle is not None and idle[0] is signal and time.monotonic() - idle[1] < IDLE_MEMO_S:
-            return [], IDLE_RETRY_MS, True
+        if idle is not None and idle[0] == signal and time.monotonic() - idle[1] < IDLE_MEMO_S:
+            return [], IDLE_RETRY_MS
         leases, retry = await self.leases.submit((node, max_tasks))
         if not leases and retry == IDLE_RETRY_MS and self._idle_check is None:
             self._idle_check = asyncio.ensure_future(self._check_idle(signal))
-        return leases, retry, False
+        return leases, retry
 
-    async def _check_idle(self, signal: asyncio.Event) -> None:
+    async def _check_idle(self, signal: int) -> None:
         try:
             if not await self.rt.db(self.store.tasks.any_pending):
                 self._idle = (signal, time.monotonic())
+                if self._idle_watch is None:
+                    self._idle_watch = asyncio.ensure_future(self._watch_idle())
         except Exception:  # only an optimisation: the next lease query simply asks the database
             log.exception("checking for pending tasks failed")
         finally:
             self._idle_check = None
+
+    async def _watch_idle(self) -> None:
+        """While the idle memo holds and long polls wait: every IDLE_MEMO_S / 2, count the tasks
+        waiting for anyone (up to the number of waiters); none: the memo is renewed; some (queued
+        by another replica): that many waiters are woken and the memo ends. Work announced in
+        this process, or no waiter left, ends the watch (the memo then lapses by itself)."""
+        hub = self.rt.hub
+        try:
+            while True:
+                await asyncio.sleep(IDLE_MEMO_S / 2)
+                signal, idle = hub.work_signal(), self._idle
+                if idle is None or idle[0] != signal or not hub.work_waiters:
+                    return
+                pending = await self.rt.db(self.store.tasks.count_pending, hub.work_waiters)
+                if hub.work_signal() != signal:
+                    return
+                if pending:
+                    self._idle = None
+                    hub.work_available(pending)
+                    return
+                self._idle = (signal, time.monotonic())
+        except Exception:  # the waiters still look again when their wait ends
+            log.exception("watching for pending tasks failed")
+        finally:
+            self._idle_watch = None
 
     async def before_lease(self, node: str) -> None:
         """What leasing needs first, outside any transaction (e.g. jobs may need more stake than registering did)."""
@@ -160,7 +194,7 @@ class Scheduler:
         reissued = await self.rt.db(self.store.tasks.fail_task, node, task_id, attempt, error, self.rt.now_ms())
         self.forget(task_id)
         if reissued:
-            self.rt.hub.work_available()
+            self.rt.hub.work_available(1)
         self.rt.hub.notify(task.job_id)
         return task, reissued
 
@@ -176,7 +210,7 @@ class Scheduler:
             if reissued:
                 log.info("reissued %d expired leases", reissued)
                 self.rt.hub.notify_all()
-                self.rt.hub.work_available()
+                self.rt.hub.work_available(reissued)
             verification = self.store.verification
             try:
                 if await self.rt.db_bulk(verification.reassign_checks, self.rt.now_ms(), self.check_wait_ms):

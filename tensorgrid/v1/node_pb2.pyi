@@ -101,12 +101,14 @@ class HeartbeatRequest(_message.Message):
     def __init__(self, active: _Optional[_Iterable[_Union[LeaseKey, _Mapping]]] = ..., draining: _Optional[bool] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("revoked", "server_time_ms")
+    __slots__ = ("revoked", "server_time_ms", "heartbeat_interval_ms")
     REVOKED_FIELD_NUMBER: _ClassVar[int]
     SERVER_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     revoked: _containers.RepeatedCompositeFieldContainer[LeaseKey]
     server_time_ms: int
-    def __init__(self, revoked: _Optional[_Iterable[_Union[LeaseKey, _Mapping]]] = ..., server_time_ms: _Optional[int] = ...) -> None: ...
+    heartbeat_interval_ms: int
+    def __init__(self, revoked: _Optional[_Iterable[_Union[LeaseKey, _Mapping]]] = ..., server_time_ms: _Optional[int] = ..., heartbeat_interval_ms: _Optional[int] = ...) -> None: ...
 
 class LeaseRequest(_message.Message):
     __slots__ = ("max_tasks", "wait_ms")

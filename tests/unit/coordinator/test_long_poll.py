@@ -11,6 +11,7 @@ from typing import Any
 
 from coordinator.app import Coordinator
 from coordinator.config import CoordinatorConfig
+from coordinator.events import EventHub
 from tensorgrid.crypto import Signer
 from tensorgrid.spec import NoopSpec, canonical_json, job_id_for, spec_hash
 from tests.unit.coordinator.test_storage import CPU
@@ -83,3 +84,89 @@ def test_idle_long_polls_share_one_look_at_an_empty_queue(db_url: str, tmp_path:
     skipped_to, total, granted = asyncio.run(scenario())
     assert skipped_to == 1  # twenty lease calls, one query
     assert total == 2 and granted == 1
+
+
+def test_work_for_n_tasks_wakes_n_waiters_the_longest_waiting_first() -> None:
+    """A job of two tasks wakes two of five idle long polls, not all five; work for nodes the
+    caller cannot count (a check for its drawn checker) wakes every one."""
+
+    async def scenario() -> tuple[list[int], list[int], int]:
+        hub = EventHub()
+        woken: list[int] = []
+
+        async def waiter(i: int) -> None:
+            await hub.wait_for_work(5.0, hub.work_signal())
+            woken.append(i)
+
+        tasks = [asyncio.create_task(waiter(i)) for i in range(5)]
+        await asyncio.sleep(0.01)
+        assert hub.work_waiters == 5
+        hub.work_available(2)
+        await asyncio.sleep(0.01)
+        first = list(woken)
+        hub.work_available(None)
+        await asyncio.gather(*tasks)
+        return first, woken, hub.work_waiters
+
+    first, every, left = asyncio.run(scenario())
+    assert first == [0, 1]
+    assert sorted(every) == [0, 1, 2, 3, 4] and left == 0
+
+
+def test_work_announced_before_the_wait_ends_it_at_once_and_a_wait_times_out() -> None:
+    async def scenario() -> tuple[float, float, int]:
+        hub = EventHub()
+        signal = hub.work_signal()
+        hub.work_available(0)  # announced while the lease query ran, for nobody waiting yet
+        started = time.monotonic()
+        await hub.wait_for_work(5.0, signal)
+        missed = time.monotonic() - started
+        started = time.monotonic()
+        await hub.wait_for_work(0.05, hub.work_signal())
+        return missed, time.monotonic() - started, hub.work_waiters
+
+    missed, timed_out, left = asyncio.run(scenario())
+    assert missed < 0.5 and 0.04 < timed_out < 1.0 and left == 0
+
+
+def test_idle_watcher_wakes_as_many_long_polls_as_another_replica_queued_tasks(db_url: str, tmp_path: Path) -> None:
+    """Long polls answered from the idle memo do not each look again: one watcher does, and
+    wakes as many of them as there are tasks that were queued without a wake-up here (by
+    another replica); those lease them, the others go on waiting."""
+    app = Coordinator(CoordinatorConfig(data_dir=tmp_path / "coord", database_url=db_url))
+    nodes = [Signer.generate() for _ in range(4)]
+    for i, n in enumerate(nodes):
+        app.store.nodes.register_node(n.address, CPU, f"{i:064x}", app.runtime.now_ms(), 10**9, f"n{i}")
+    queries = 0
+    real = app.store.tasks.lease_many
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal queries
+        queries += len(args[0])
+        return real(*args, **kwargs)
+
+    app.store.tasks.lease_many = counted  # type: ignore[method-assign]
+
+    async def scenario() -> tuple[list[tuple[int, float]], int]:
+        assert await app.scheduler.lease(nodes[0].address, 1, 0) == ([], 500)
+        await asyncio.sleep(0.05)  # the shared check runs: the queue is empty
+        started = time.monotonic()
+
+        async def poll(node: Signer) -> tuple[int, float]:
+            leases, _ = await app.scheduler.lease(node.address, 1, 4_000)
+            return len(leases), time.monotonic() - started
+
+        polls = [asyncio.create_task(poll(n)) for n in nodes]
+        await asyncio.sleep(0.1)
+        assert app.runtime.hub.work_waiters == 4
+        raw = canonical_json(NoopSpec(tasks=2))
+        job, tasks = app.intake.plan(raw, SUBMITTER, spec_hash(raw), job_id_for(SUBMITTER, spec_hash(raw)))
+        app.store.jobs.create_job(job, tasks, app.runtime.now_ms())  # no work_available: another replica's
+        outcomes = await asyncio.gather(*polls)
+        await app.stop()
+        return sorted(outcomes, key=lambda x: x[1]), queries
+
+    outcomes, asked = asyncio.run(scenario())
+    assert [n for n, _ in outcomes] == [1, 1, 0, 0]
+    assert outcomes[1][1] < 3.0 and outcomes[2][1] > 3.5  # the watcher's look, not the polls' 4 s; the rest slept on
+    assert asked <= 1 + 2 + 2 + 4  # the first look, the two woken, and each poll's last look at its end
