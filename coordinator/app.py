@@ -24,7 +24,7 @@ from coordinator.services.metrics import Metrics
 from coordinator.services.pacing import HeartbeatPacing
 from coordinator.services.report import Reports
 from coordinator.services.retention import retention_loop
-from coordinator.services.runtime import Runtime
+from coordinator.services.runtime import REFEREE_NICE, Runtime
 from coordinator.services.scheduler import Scheduler
 from coordinator.services.serving.accounting import Accounting
 from coordinator.services.serving.batches import counted_key
@@ -62,7 +62,10 @@ class Coordinator:
             inline_db=store.is_sqlite,
             db_threads=1 if store.is_sqlite else 8,
             sandbox=SandboxLimits(
-                memory_bytes=config.referee_memory_bytes, time_s=config.referee_time_s, threads=config.referee_threads
+                memory_bytes=config.referee_memory_bytes,
+                time_s=config.referee_time_s,
+                threads=config.referee_threads,
+                nice=REFEREE_NICE,
             ),
         )
         self.hub = rt.hub

@@ -17,8 +17,11 @@ from sqlalchemy.exc import DBAPIError
 from coordinator.events import EventHub
 from tensorgrid.sandbox import SandboxLimits, WarmSandbox
 
+# The referee's CPU priority below the coordinator's: its re-runs (sampled serving checks,
+# disputes, replays) wait a little when the CPU is short, live serving calls do not.
+REFEREE_NICE = 10
 # A stranger's graph the coordinator runs (referee, training replay) gets this much by default.
-REFEREE_LIMITS = SandboxLimits(memory_bytes=4 << 30, time_s=600.0)
+REFEREE_LIMITS = SandboxLimits(memory_bytes=4 << 30, time_s=600.0, nice=REFEREE_NICE)
 
 T = TypeVar("T")
 log = logging.getLogger("tensorgrid.coordinator")

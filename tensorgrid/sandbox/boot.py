@@ -1,15 +1,17 @@
 """`python -m tensorgrid.sandbox.boot CONFIG`: confine this process, then run an entry point.
 
 CONFIG is the JSON the parent built (tensorgrid.sandbox.policy.child_argv). In order:
-leave the network (while still single-threaded, as unshare(CLONE_NEWUSER) requires),
-confine the file system, cap core dumps and descriptors, import the entry module and run
-its optional `prepare()` (the trusted imports: interpreter and torch), cap the address space
-at what is mapped then plus the memory limit (soft = hard), cap CUDA memory, write what
-could be isolated to the scratch directory's status file, and call the entry's `main()`.
+lower its CPU priority if asked (SandboxLimits.nice), leave the network (while still
+single-threaded, as unshare(CLONE_NEWUSER) requires), confine the file system, cap core
+dumps and descriptors, import the entry module and run its optional `prepare()` (the trusted
+imports: interpreter and torch), cap the address space at what is mapped then plus the
+memory limit (soft = hard), cap CUDA memory, write what could be isolated to the scratch
+directory's status file, and call the entry's `main()`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -65,11 +67,19 @@ def _set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
+def _lower_priority(nice: int) -> None:
+    """Run at a lower CPU priority than the parent (SandboxLimits.nice), before the entry's imports."""
+    if nice > 0:
+        with contextlib.suppress(OSError):
+            os.nice(nice)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         sys.exit("usage: python -m tensorgrid.sandbox.boot CONFIG-JSON (started by tensorgrid.sandbox)")
     config = json.loads(args[0])
+    _lower_priority(int(config["limits"].get("nice") or 0))
     status = _isolate(config)
     confine.set_fixed_limits(int(config["limits"].get("open_files") or 0))
     entry = importlib.import_module(config["entry"])

@@ -55,6 +55,10 @@ class SandboxLimits:
     device: str = "cpu"  # "cuda": the address-space cap is left off (the driver maps far more than it uses)
     start_timeout_s: float = 120.0  # interpreter and torch import, not counted in time_s
     threads: int = 0  # torch's intra-op threads in a child that imports torch (0: torch's default)
+    # How much lower than its parent's the child's CPU priority is (os.nice; 0: the same). Work
+    # nobody waits on by the millisecond (a referee's re-runs) yields a shared CPU to work
+    # somebody does (the coordinator answering serving calls).
+    nice: int = 0
 
 
 @dataclass(frozen=True)

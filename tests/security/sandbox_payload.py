@@ -50,6 +50,8 @@ def _act(request: dict[str, Any], scratch: Path) -> dict[str, Any]:
         return {"lifted": True, "hard": hard}
     if act == "fds":
         return {"fds": sorted(int(fd) for fd in os.listdir("/proc/self/fd"))}
+    if act == "nice":
+        return {"nice": os.nice(0)}
     if act == "status":
         return dict(json.loads((scratch / STATUS_FILE).read_text()))
     raise ValueError(f"unknown act {act!r}")

@@ -20,6 +20,7 @@ from sqlalchemy import Engine, create_engine, func, select
 from sqlalchemy.exc import OperationalError
 
 from coordinator.db import schema as s
+from coordinator.services.runtime import REFEREE_LIMITS, REFEREE_NICE
 from node.main import PASSWORD_ENV, read_password
 from tensorgrid.client import Client
 from tensorgrid.crypto import Signer
@@ -62,6 +63,15 @@ def test_child_runs_torch_on_the_threads_its_limits_give() -> None:
     for threads in (1, 3):
         seen = run_once(payload, {}, SandboxLimits(memory_bytes=1 << 30, time_s=60.0, threads=threads))
         assert seen["threads"] == threads
+
+
+def test_child_runs_at_the_lower_cpu_priority_its_limits_give() -> None:
+    # The coordinator's referee yields the CPU to the calls the coordinator is answering.
+    assert REFEREE_LIMITS.nice == REFEREE_NICE > 0
+    ours = os.nice(0)
+    assert _run({"act": "nice"})["nice"] == ours  # by default: the parent's
+    lowered = SandboxLimits(memory_bytes=256 << 20, time_s=30.0, nice=5)
+    assert _run({"act": "nice"}, lowered)["nice"] == min(19, ours + 5)
 
 
 def test_child_inherits_no_file_descriptors(tmp_path: Path) -> None:

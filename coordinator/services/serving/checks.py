@@ -26,6 +26,11 @@ most `max_waiting` queued; beyond that a draw is dropped and counted, never bloc
    same soundness test); if that receipt never verified, it is caught and barred, not slashed.
 A referee that cannot run (a limit, a CUDA-only program) decides nothing: no one is blamed,
 and an agreement it should have confirmed verifies no one.
+
+A check is on no caller's path, and it yields to those that are: its transactions run on the
+database thread (Runtime.db_bulk), never inline on the event loop that answers calls (on
+SQLite, Runtime.db would run them there: ~2.5 ms of each check the loop answered nothing),
+and the referee's child runs at a lower CPU priority (runtime.REFEREE_NICE).
 """
 
 from __future__ import annotations
@@ -139,11 +144,11 @@ class Checks:
         other = await self._rerun(batch, request)
         other_class = "cpu"
         if other is not None:
-            other_kind = await self.rt.db(self._device_kind, other.node)
+            other_kind = await self.rt.db_bulk(self._device_kind, other.node)
             other_class = _device_class(batch.device_kind, other_kind)
             theirs = referee.parse(other.output)
             agreed = theirs is not None and referee.answers_match(theirs, request.output, other_class)
-            if agreed and not await self.rt.db(self._needs_referee, batch.endpoint_id, batch.node, other.node):
+            if agreed and not await self.rt.db_bulk(self._needs_referee, batch.endpoint_id, batch.node, other.node):
                 await self._verdict(batch, [batch.node, other.node])
                 return
         try:
@@ -203,7 +208,7 @@ class Checks:
         if batch.node in right:
             self.verified += 1
         if right:
-            await self.rt.db(self._record_verified, right, batch.endpoint_id)
+            await self.rt.db_bulk(self._record_verified, right, batch.endpoint_id)
 
     async def _caught(self, batch: ServedBatch, index: int, truth: referee.Tensors, reason: str) -> None:
         self._count(batch.endpoint_id).caught += 1
@@ -214,7 +219,7 @@ class Checks:
         if self.on_caught is not None:
             self.on_caught(batch, reason)
         correct = referee.corrected_digest(batch.requests, index, truth)
-        await self.rt.db(self._record_caught, batch.node, batch.endpoint_id, batch.receipt, correct, reason)
+        await self.rt.db_bulk(self._record_caught, batch.node, batch.endpoint_id, batch.receipt, correct, reason)
 
     async def _caught_checker(
         self, batch: ServedBatch, other: Reran, truth: referee.Tensors, spec: EndpointSpec
@@ -231,7 +236,7 @@ class Checks:
             if self.on_caught is not None:  # the router reads the endpoint and the node
                 request = replace(batch.requests[0], request_id=other.request_id, output=other.output, rerun=True)
                 self.on_caught(ServedBatch(batch.endpoint_id, "", other.node, "", -1, _NO_RECEIPT, (request,)), reason)
-            await self.rt.db(self._record_caught, other.node, batch.endpoint_id, None, "", reason)
+            await self.rt.db_bulk(self._record_caught, other.node, batch.endpoint_id, None, "", reason)
             return
         at = theirs.index_of(other.request_id)
         why = await self.rt.work(self._row_dependent, spec, theirs, at, truth)

@@ -172,7 +172,9 @@ class Verification:
                 pass
             self._disputes.clear()
             try:
-                for info in await self._db(self.store.verification.pending_rulings):
+                # the database thread: this look runs every REFEREE_IDLE_S, and inline (SQLite's
+                # Runtime.db) it would hold up the calls the event loop is answering
+                for info in await self.rt.db_bulk(self.store.verification.pending_rulings):
                     await self._rule(info, settled)
             except Exception:  # a DB hiccup must not end the loop
                 log.exception("ruling on disputed checks failed; will retry")

@@ -5,6 +5,7 @@ during which a check assigned to it would expire and fall to the referee."""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -170,3 +171,27 @@ def test_idle_watcher_wakes_as_many_long_polls_as_another_replica_queued_tasks(d
     assert [n for n, _ in outcomes] == [1, 1, 0, 0]
     assert outcomes[1][1] < 3.0 and outcomes[2][1] > 3.5  # the watcher's look, not the polls' 4 s; the rest slept on
     assert asked <= 1 + 2 + 2 + 4  # the first look, the two woken, and each poll's last look at its end
+
+
+def test_heartbeats_are_written_off_the_event_loop(tmp_path: Path) -> None:
+    # On SQLite, Runtime.db runs a transaction inline: a serving call on the loop would wait a
+    # heartbeat's write out. Nobody waits on a heartbeat's answer by the millisecond.
+    app = Coordinator(CoordinatorConfig(data_dir=tmp_path / "coord", database_url=f"sqlite:///{tmp_path / 'db'}"))
+    assert app.runtime.inline_db
+    node = Signer.generate()
+    app.store.nodes.register_node(node.address, CPU, "0" * 64, app.runtime.now_ms(), 10**9, "n")
+    real = app.store.tasks.heartbeat_many
+    threads: list[int] = []
+
+    def recorded(*args: Any, **kwargs: Any) -> Any:
+        threads.append(threading.get_ident())
+        return real(*args, **kwargs)
+
+    app.store.tasks.heartbeat_many = recorded  # type: ignore[method-assign]
+
+    async def beat() -> int:
+        assert await app.scheduler.heartbeat(node.address, [], False) == []
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(beat())
+    assert len(threads) == 1 and threads[0] != loop_thread

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -299,3 +301,29 @@ def test_a_row_dependent_program_blames_no_honest_node(grid: Grid, tmp_path: Pat
     assert grid.checks.counts(EP) == (0, 0) and grid.checks.unverified == 2
     assert grid.caught == [] and grid.reputation(NODE) == (0, 0)
     assert [r[4] for r in credit_rows(grid.state)] == [False]
+
+
+def test_a_check_never_runs_its_transactions_on_the_event_loop(grid: Grid) -> None:
+    # On SQLite, Runtime.db runs a transaction inline: the loop answering calls would wait for
+    # every check's reads and writes. A check is on no caller's path: the database thread runs them.
+    x = torch.rand(2, 4)
+    threads: dict[str, int] = {}
+    for name in ("_device_kind", "_needs_referee", "_record_verified", "_record_caught"):
+        real = getattr(grid.checks, name)
+
+        def recorded(*args: object, _name: str = name, _real: Any = real) -> object:
+            threads[_name] = threading.get_ident()
+            return _real(*args)
+
+        setattr(grid.checks, name, recorded)
+
+    async def scenario() -> int:
+        grid.rerun_answer = grid.answer(x)  # agreed, neither node trusted: the referee confirms
+        await grid.serve(grid.batch(1, x, grid.answer(x)))
+        await grid.serve(grid.batch(2, x, grid.answer(x, 0.5)))  # and a wrong one is caught
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(scenario())
+    assert grid.checks.counts(EP) == (2, 1)
+    assert set(threads) == {"_device_kind", "_needs_referee", "_record_verified", "_record_caught"}
+    assert loop_thread not in threads.values()
