@@ -14,7 +14,7 @@ import pytest
 from coordinator.app import Coordinator
 from coordinator.config import CoordinatorConfig
 from coordinator.services import sandboxed
-from coordinator.services.runtime import REFEREE_LIMITS, Runtime
+from coordinator.services.runtime import REFEREE_LIMITS, REFEREE_NICE, Runtime
 from tensorgrid.blobs import BlobStore
 from tensorgrid.sandbox import SandboxLimits, WarmSandbox
 
@@ -66,7 +66,10 @@ def coordinator_limits() -> SandboxLimits:
     """A default coordinator's referee limits."""
     config = CoordinatorConfig()
     return SandboxLimits(
-        memory_bytes=config.referee_memory_bytes, time_s=config.referee_time_s, threads=config.referee_threads
+        memory_bytes=config.referee_memory_bytes,
+        time_s=config.referee_time_s,
+        threads=config.referee_threads,
+        nice=REFEREE_NICE,
     )
 
 
