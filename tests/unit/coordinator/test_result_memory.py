@@ -45,44 +45,26 @@ def grid(tmp_path: Path, budget: int) -> tuple[Coordinator, Signer, str]:
 
 
 @pytest.mark.parametrize("budget", [0, 1 << 20])
-def test_small_results_are_bounded_and_spill_to_disk_over_the_budget(tmp_path: Path, budget: int) -> None:
+@pytest.mark.parametrize("whole", [False, True], ids=["streamed", "one-message"])
+def test_small_results_are_bounded_and_spill_to_disk_over_the_budget(tmp_path: Path, budget: int, whole: bool) -> None:
+    # streamed in pieces (SubmitResult) or handed over at once (SubmitSmallResult): the same limits,
+    # in memory or on disk
     app, node, job_id = grid(tmp_path, budget)
     sha = hashlib.sha256(OUTPUT).hexdigest()
+    # announced as 14 bytes, sends more: refused at the first piece past 14
+    too_long = OUTPUT + b"x" if whole else chunks(OUTPUT, b"x" * (4 << 20))
+    exact = OUTPUT if whole else chunks(OUTPUT[:5], OUTPUT[5:])
 
     async def scenario() -> None:
         (first, second), _ = await app.scheduler.lease(node.address, 2, 0)
         receipt = sign_receipt(node, app.domain, Receipt(job_id, first.task_id, 1, first.input.sha256, sha))
-        # announced as 14 bytes, sends megabytes: refused at the first piece past 14
         with pytest.raises(BlobError, match="more .*than the 14"):
-            await app.acceptance.submit(node.address, receipt, len(OUTPUT), chunks(OUTPUT, b"x" * (4 << 20)))
+            await app.acceptance.submit(node.address, receipt, len(OUTPUT), too_long)
         assert app.acceptance.memory.used == 0
         receipt = sign_receipt(node, app.domain, Receipt(job_id, second.task_id, 1, second.input.sha256, sha))
-        done = await app.acceptance.submit(node.address, receipt, len(OUTPUT), chunks(OUTPUT[:5], OUTPUT[5:]))
+        done = await app.acceptance.submit(node.address, receipt, len(OUTPUT), exact)
         assert done.job_id == job_id and app.acceptance.memory.used == 0
         assert app.blobs.path_for(sha).read_bytes() == OUTPUT  # in memory or through the disk, the same blob
-
-    try:
-        asyncio.run(scenario())
-    finally:
-        app.store.close()
-
-
-@pytest.mark.parametrize("budget", [0, 1 << 20])
-def test_a_small_result_in_one_message_is_held_to_its_size_too(tmp_path: Path, budget: int) -> None:
-    # SubmitSmallResult hands the whole output over at once: the same limits, in memory or on disk
-    app, node, job_id = grid(tmp_path, budget)
-    sha = hashlib.sha256(OUTPUT).hexdigest()
-
-    async def scenario() -> None:
-        (first, second), _ = await app.scheduler.lease(node.address, 2, 0)
-        receipt = sign_receipt(node, app.domain, Receipt(job_id, first.task_id, 1, first.input.sha256, sha))
-        with pytest.raises(BlobError, match="more .*than the 14"):
-            await app.acceptance.submit(node.address, receipt, len(OUTPUT), OUTPUT + b"x")
-        assert app.acceptance.memory.used == 0
-        receipt = sign_receipt(node, app.domain, Receipt(job_id, second.task_id, 1, second.input.sha256, sha))
-        done = await app.acceptance.submit(node.address, receipt, len(OUTPUT), OUTPUT)
-        assert done.job_id == job_id and app.acceptance.memory.used == 0
-        assert app.blobs.path_for(sha).read_bytes() == OUTPUT
 
     try:
         asyncio.run(scenario())
