@@ -46,6 +46,16 @@ log = logging.getLogger("tensorgrid.coordinator")
 AGGREGATION_SWEEP_S = 5.0
 
 
+def referee_limits(config: CoordinatorConfig) -> SandboxLimits:
+    """What the coordinator's sandboxed referee may use, at a lower CPU priority than its own."""
+    return SandboxLimits(
+        memory_bytes=config.referee_memory_bytes,
+        time_s=config.referee_time_s,
+        threads=config.referee_threads,
+        nice=REFEREE_NICE,
+    )
+
+
 class Coordinator:
     def __init__(self, config: CoordinatorConfig) -> None:
         self.config = config
@@ -61,12 +71,7 @@ class Coordinator:
         self.runtime = rt = Runtime(
             inline_db=store.is_sqlite,
             db_threads=1 if store.is_sqlite else 8,
-            sandbox=SandboxLimits(
-                memory_bytes=config.referee_memory_bytes,
-                time_s=config.referee_time_s,
-                threads=config.referee_threads,
-                nice=REFEREE_NICE,
-            ),
+            sandbox=referee_limits(config),
         )
         self.hub = rt.hub
         self.metrics = Metrics()

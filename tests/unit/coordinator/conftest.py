@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 
+from coordinator import app as coordinator_app
 from coordinator.app import Coordinator
 from coordinator.config import CoordinatorConfig
 from coordinator.services import sandboxed
-from coordinator.services.runtime import REFEREE_LIMITS, REFEREE_NICE, Runtime
+from coordinator.services.runtime import REFEREE_LIMITS, Runtime
 from tensorgrid.blobs import BlobStore
 from tensorgrid.sandbox import SandboxLimits, WarmSandbox
 
@@ -64,13 +65,7 @@ class SharedReferee:
 
 def coordinator_limits() -> SandboxLimits:
     """A default coordinator's referee limits."""
-    config = CoordinatorConfig()
-    return SandboxLimits(
-        memory_bytes=config.referee_memory_bytes,
-        time_s=config.referee_time_s,
-        threads=config.referee_threads,
-        nice=REFEREE_NICE,
-    )
+    return coordinator_app.referee_limits(CoordinatorConfig())
 
 
 @pytest.fixture(scope="module")
