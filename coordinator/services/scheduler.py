@@ -83,9 +83,11 @@ class Scheduler:
                 break
             # Until work is announced here, or the idle watcher finds another replica's, or the
             # wait ends (then one more look, as always).
-            await hub.wait_for_work(left, signal)
+            woken = await hub.wait_for_work(left, signal)
             signal = hub.work_signal()
             leases, retry = await self._lease_once(node, max_tasks or 1, signal)
+            if woken and not leases and retry == IDLE_RETRY_MS:
+                await self._relay()
         self.granted(leases, node)
         return leases, retry
 
@@ -109,6 +111,20 @@ class Scheduler:
         if not leases and retry == IDLE_RETRY_MS and self._idle_check is None:
             self._idle_check = asyncio.ensure_future(self._check_idle(signal))
         return leases, retry
+
+    async def _relay(self) -> None:
+        """This long poll was woken for work it may not take (a CUDA task woke a CPU node, a
+        priced job an unstaked one): if tasks still wait, wake other waiters in its place."""
+        hub = self.rt.hub
+        if not hub.relay_left:
+            return
+        try:
+            pending = await self.rt.db(self.store.tasks.count_pending, 1)
+        except Exception:  # the waiters still look again when their wait ends
+            log.exception("counting pending tasks failed")
+            return
+        if pending:
+            hub.relay()
 
     async def _check_idle(self, signal: int) -> None:
         try:

@@ -15,7 +15,7 @@ from coordinator.config import CoordinatorConfig
 from coordinator.events import EventHub
 from tensorgrid.crypto import Signer
 from tensorgrid.spec import NoopSpec, canonical_json, job_id_for, spec_hash
-from tests.unit.coordinator.test_storage import CPU
+from tests.unit.coordinator.test_storage import CPU, GPU
 
 SUBMITTER = "0x" + "11" * 20
 
@@ -70,7 +70,7 @@ def test_idle_long_polls_share_one_look_at_an_empty_queue(db_url: str, tmp_path:
 
     async def scenario() -> tuple[int, int, int]:
         assert await app.scheduler.lease(node.address, 1, 0) == ([], 500)
-        await asyncio.sleep(0.05)  # the shared check runs
+        await _shared_check_done(app)
         for _ in range(20):
             assert await app.scheduler.lease(node.address, 1, 0) == ([], 500)
         skipped_to = queries
@@ -85,6 +85,14 @@ def test_idle_long_polls_share_one_look_at_an_empty_queue(db_url: str, tmp_path:
     skipped_to, total, granted = asyncio.run(scenario())
     assert skipped_to == 1  # twenty lease calls, one query
     assert total == 2 and granted == 1
+
+
+async def _shared_check_done(app: Coordinator) -> None:
+    """Until the shared look at the queue that a fruitless lease query started has finished (a
+    fixed sleep lost the race to a fresh PostgreSQL connection on a loaded machine)."""
+    deadline = time.monotonic() + 5.0
+    while app.scheduler._idle_check is not None and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
 
 
 def test_work_for_n_tasks_wakes_n_waiters_the_longest_waiting_first() -> None:
@@ -130,6 +138,68 @@ def test_work_announced_before_the_wait_ends_it_at_once_and_a_wait_times_out() -
     assert missed < 0.5 and 0.04 < timed_out < 1.0 and left == 0
 
 
+def test_a_woken_long_poll_that_may_not_take_the_work_passes_the_wake_up_on(db_url: str, tmp_path: Path) -> None:
+    """A CUDA job of one task wakes the longest-waiting long poll, here a CPU node's: it finds
+    nothing it may take and wakes others in its place, so the CUDA node leases the task at
+    once instead of when its own wait ends (a mixed fleet, or unstaked nodes and a priced job)."""
+    app = Coordinator(CoordinatorConfig(data_dir=tmp_path / "coord", database_url=db_url))
+    cpus = [Signer.generate() for _ in range(3)]
+    gpu = Signer.generate()
+    for i, (n, caps) in enumerate([(c, CPU) for c in cpus] + [(gpu, GPU)]):
+        app.store.nodes.register_node(n.address, caps, f"{i:064x}", app.runtime.now_ms(), 10**9, f"n{i}")
+
+    async def scenario() -> list[tuple[str, int, float]]:
+        started = time.monotonic()
+
+        async def poll(node: Signer, name: str) -> tuple[str, int, float]:
+            leases, _ = await app.scheduler.lease(node.address, 1, 4_000)
+            return name, len(leases), time.monotonic() - started
+
+        polls = []
+        for i, c in enumerate(cpus):  # the CPU nodes wait longest
+            polls.append(asyncio.create_task(poll(c, f"cpu{i}")))
+            await asyncio.sleep(0.02)
+        polls.append(asyncio.create_task(poll(gpu, "gpu")))
+        await asyncio.sleep(0.1)
+        assert app.runtime.hub.work_waiters == 4
+        raw = canonical_json(NoopSpec(tasks=1, device="cuda"))
+        job, tasks = app.intake.plan(raw, SUBMITTER, spec_hash(raw), job_id_for(SUBMITTER, spec_hash(raw)))
+        app.store.jobs.create_job(job, tasks, app.runtime.now_ms())
+        app.runtime.hub.work_available(len(tasks))
+        outcomes = await asyncio.gather(*polls)
+        await app.stop()
+        return outcomes
+
+    outcomes = asyncio.run(scenario())
+    (gpu_outcome,) = [o for o in outcomes if o[0] == "gpu"]
+    assert gpu_outcome[1] == 1 and gpu_outcome[2] < 2.0, outcomes  # not the 4 s its wait would have slept
+    assert all(n == 0 for name, n, _ in outcomes if name != "gpu")
+
+
+def test_a_relay_wakes_each_waiter_left_asleep_at_most_once() -> None:
+    """Relays grow (two per step) but stop once every waiter the announcement left asleep was tried."""
+
+    async def scenario() -> tuple[list[int], int, int]:
+        hub = EventHub()
+        woken: list[int] = []
+
+        async def waiter(i: int) -> None:
+            if await hub.wait_for_work(0.5, hub.work_signal()):
+                woken.append(i)
+
+        tasks = [asyncio.create_task(waiter(i)) for i in range(6)]
+        await asyncio.sleep(0.01)
+        hub.work_available(1)
+        relayed = [hub.relay() for _ in range(4)]
+        await asyncio.sleep(0.01)
+        left = hub.relay_left
+        await asyncio.gather(*tasks)
+        return relayed, len(woken), left
+
+    relayed, woken, left = asyncio.run(scenario())
+    assert relayed == [2, 2, 1, 0] and woken == 6 and left == 0
+
+
 def test_idle_watcher_wakes_as_many_long_polls_as_another_replica_queued_tasks(db_url: str, tmp_path: Path) -> None:
     """Long polls answered from the idle memo do not each look again: one watcher does, and
     wakes as many of them as there are tasks that were queued without a wake-up here (by
@@ -150,7 +220,7 @@ def test_idle_watcher_wakes_as_many_long_polls_as_another_replica_queued_tasks(d
 
     async def scenario() -> tuple[list[tuple[int, float]], int]:
         assert await app.scheduler.lease(nodes[0].address, 1, 0) == ([], 500)
-        await asyncio.sleep(0.05)  # the shared check runs: the queue is empty
+        await _shared_check_done(app)  # the queue is empty
         started = time.monotonic()
 
         async def poll(node: Signer) -> tuple[int, float]:
