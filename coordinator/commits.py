@@ -40,12 +40,16 @@ class GroupCommitter(Generic[I, O]):
         run: Callable[[list[I]], Awaitable[Sequence[O | TensorGridError]]],
         delay_s: float = FLUSH_DELAY_S,
         gather_max_s: float = GATHER_MAX_S,
+        orphaned: Callable[[I, O], None] | None = None,
     ) -> None:
         """delay_s: how long a flush waits for more requests to join it (more: fewer, bigger
         transactions, each caller answered that much later). While some joined during the last
         wait, it waits delay_s again, up to gather_max_s in all (counted in waits, not on the
-        clock: on a busy loop a wait runs long, and that is when batches should grow)."""
+        clock: on a busy loop a wait runs long, and that is when batches should grow).
+        orphaned(request, outcome): told of a change that committed after its caller had gone
+        (cancelled: a node's long poll ended), so what was granted to nobody can be undone."""
         self._run = run
+        self._orphaned = orphaned
         self._delay_s = delay_s
         self._extra_waits = max(0, round(gather_max_s / delay_s) - 1) if delay_s > 0 else 0
         self._queue: list[tuple[I, asyncio.Future[O]]] = []
@@ -82,8 +86,10 @@ class GroupCommitter(Generic[I, O]):
                 continue
             self.batches += 1
             self.requests += len(batch)
-            for (_, fut), outcome in zip(batch, outcomes, strict=True):
+            for (request, fut), outcome in zip(batch, outcomes, strict=True):
                 if fut.done():
+                    if self._orphaned is not None and not isinstance(outcome, TensorGridError):
+                        self._orphaned(request, outcome)
                     continue
                 if isinstance(outcome, TensorGridError):
                     fut.set_exception(outcome)

@@ -180,6 +180,20 @@ class TaskRepository:
             error = TaskError(ErrorKind.EXECUTION, f"result rejected: {reason}")
             self._fail(conn, row, error, now_ms, rejection=True, forged=forged)
 
+    def release_undelivered(self, address: str, leases: list[tuple[str, int]], now_ms: int) -> int:
+        """Leases granted to a node that never heard of them (its call had ended when they
+        committed): pending again at once, counted against neither the task nor the node (they
+        would otherwise expire a TTL later as the node's failure). Returns how many."""
+        released = 0
+        with self.engine.begin() as conn:
+            for task_id, attempt in sorted(leases):
+                row = conn.execute(select(s.tasks).where(s.tasks.c.task_id == task_id).with_for_update()).first()
+                if row is None or row.node != address or row.attempt != attempt or row.state != "leased":
+                    continue  # already handed in, reissued or ended
+                error = TaskError(ErrorKind.RELEASED, "the lease never reached its node (its call had ended)")
+                released += self._fail(conn, row, error, now_ms)
+        return released
+
     def reap_expired(self, now_ms: int) -> int:
         """Reissue leases whose holder went silent past the deadline."""
         with self.engine.begin() as conn:

@@ -58,8 +58,10 @@ class Scheduler:
         self._idle: tuple[int, float] | None = None
         self._idle_check: asyncio.Future[None] | None = None
         self._idle_watch: asyncio.Future[None] | None = None
+        self._releases: set[asyncio.Future[None]] = set()  # undelivered leases being released (kept referenced)
         self.leases: GroupCommitter[tuple[str, int], tuple[list[Lease], int]] = GroupCommitter(
-            lambda requests: rt.db(store.tasks.lease_many, requests, rt.now_ms(), timing, barred)
+            lambda requests: rt.db(store.tasks.lease_many, requests, rt.now_ms(), timing, barred),
+            orphaned=self._undelivered,
         )
         # Heartbeats come every few seconds and nobody waits on their answer: a batch gathers
         # for HEARTBEAT_GATHER_S, so thousands of nodes cost tens of transactions a second, not thousands.
@@ -161,6 +163,26 @@ class Scheduler:
             log.exception("watching for pending tasks failed")
         finally:
             self._idle_watch = None
+
+    def _undelivered(self, request: tuple[str, int], outcome: tuple[list[Lease], int]) -> None:
+        """Leases that committed after their long poll had ended (the node gave up waiting, its
+        connection dropped): nobody will run them, so they are released now."""
+        leases = outcome[0]
+        if leases:
+            release = asyncio.ensure_future(self._release(request[0], leases))
+            self._releases.add(release)
+            release.add_done_callback(self._releases.discard)
+
+    async def _release(self, node: str, leases: list[Lease]) -> None:
+        try:
+            held = [(x.task_id, x.attempt) for x in leases]
+            released = await self.rt.db_bulk(self.store.tasks.release_undelivered, node, held, self.rt.now_ms())
+        except Exception:  # they expire and are reissued as before
+            log.exception("releasing %d undelivered leases of %s failed", len(leases), node)
+            return
+        if released:
+            log.info("released %d leases whose long poll had ended (%s)", released, node)
+            self.rt.hub.work_available(released)
 
     async def before_lease(self, node: str) -> None:
         """What leasing needs first, outside any transaction (e.g. jobs may need more stake than registering did)."""

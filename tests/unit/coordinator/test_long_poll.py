@@ -243,6 +243,60 @@ def test_idle_watcher_wakes_as_many_long_polls_as_another_replica_queued_tasks(d
     assert asked <= 1 + 2 + 2 + 4  # the first look, the two woken, and each poll's last look at its end
 
 
+def test_a_lease_that_commits_after_its_long_poll_ended_is_released_not_held_against_anyone(
+    db_url: str, tmp_path: Path
+) -> None:
+    """The node's call ends (it gave up waiting, its connection dropped) while its lease query is
+    committing: nobody will run what was granted. The task is pending again at once, for the next
+    node, and counts as neither the task's failure nor the node's (it would have expired a TTL
+    later as both)."""
+    app = Coordinator(CoordinatorConfig(data_dir=tmp_path / "coord", database_url=db_url))
+    gone, other = Signer.generate(), Signer.generate()
+    for i, n in enumerate((gone, other)):
+        app.store.nodes.register_node(n.address, CPU, f"{i:064x}", app.runtime.now_ms(), 10**9, f"n{i}")
+    raw = canonical_json(NoopSpec(tasks=1))
+    job, tasks = app.intake.plan(raw, SUBMITTER, spec_hash(raw), job_id_for(SUBMITTER, spec_hash(raw)))
+    app.store.jobs.create_job(job, tasks, app.runtime.now_ms())
+    real = app.store.tasks.lease_many
+
+    async def scenario() -> tuple[int, int]:
+        loop = asyncio.get_running_loop()
+        loop_thread = threading.get_ident()
+        caller: asyncio.Task[Any] | None = None
+
+        def call_ends_meanwhile(*args: Any, **kwargs: Any) -> Any:
+            out = real(*args, **kwargs)
+            if caller is not None and not caller.done():
+                if threading.get_ident() == loop_thread:  # SQLite: the transaction runs on the loop
+                    caller.cancel()
+                else:  # before the transaction's result reaches the loop
+                    loop.call_soon_threadsafe(caller.cancel)
+            return out
+
+        app.store.tasks.lease_many = call_ends_meanwhile  # type: ignore[method-assign]
+        caller = asyncio.create_task(app.scheduler.lease(gone.address, 1, 0))
+        try:
+            await caller
+            raise AssertionError("the call was not cancelled")
+        except asyncio.CancelledError:
+            pass
+        app.store.tasks.lease_many = real  # type: ignore[method-assign]
+        deadline = time.monotonic() + 5.0
+        while app.store.tasks.get_task(tasks[0].task_id).state != "pending" and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        leases, _ = await app.scheduler.lease(other.address, 1, 0)
+        await app.stop()
+        return len(leases), leases[0].attempt if leases else 0
+
+    granted, attempt = asyncio.run(scenario())
+    assert granted == 1 and attempt == 2  # the released grant was attempt 1
+    node = app.store.nodes.get_node(gone.address)
+    assert node is not None and node.failures == 0 and node.backoff_until_ms == 0
+    assert app.store.jobs.get_job(job.job_id).task_failures == 0
+    kinds = [e.kind for e in app.store.jobs.events_after(job.job_id, 0)]
+    assert "released" in kinds and "reissued" not in kinds, kinds
+
+
 def test_heartbeats_are_written_off_the_event_loop(tmp_path: Path) -> None:
     # On SQLite, Runtime.db runs a transaction inline: a serving call on the loop would wait a
     # heartbeat's write out. Nobody waits on a heartbeat's answer by the millisecond.
