@@ -1,0 +1,68 @@
+"""Transactions that change several nodes' and jobs' rows take them in one order (nodes, then
+jobs, each by key: coordinator.repositories.tasks.lock_in_order), the order a batch of results
+takes them in. The reaper took them one expired lease at a time: node A, job X, then node B,
+which a result batch held while it waited for job X: PostgreSQL ended one of them as a deadlock
+(benchmarks.fleet at 5,000 nodes). PostgreSQL only: SQLite locks the whole database."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from sqlalchemy import select
+
+from coordinator.app import Coordinator
+from coordinator.config import CoordinatorConfig
+from coordinator.db import schema as s
+from tensorgrid.crypto import Signer
+from tensorgrid.spec import NoopSpec, canonical_json, job_id_for, spec_hash
+from tests.unit.coordinator.test_storage import CPU
+
+SUBMITTER = "0x" + "11" * 20
+
+
+def test_the_reaper_and_a_result_batch_never_deadlock(migrated_pg_url: str, tmp_path: Path) -> None:
+    app = Coordinator(CoordinatorConfig(data_dir=tmp_path / "coord", database_url=migrated_pg_url))
+    store, timing = app.store, app.scheduler.timing
+    a, b = sorted(Signer.generate().address for _ in range(2))
+    jobs = []
+    for i, node in enumerate((a, b)):  # job X leased to node A, job Y to node B
+        store.nodes.register_node(node, CPU, f"{i:064x}", app.runtime.now_ms(), 10**9, f"n{i}")
+        raw = canonical_json(NoopSpec(tasks=1))
+        job, tasks = app.intake.plan(raw, SUBMITTER, spec_hash(raw), job_id_for(SUBMITTER, spec_hash(raw)))
+        store.jobs.create_job(job, tasks, app.runtime.now_ms())
+        leases, _ = store.tasks.lease_tasks(node, 1, app.runtime.now_ms(), timing)
+        assert [x.job_id for x in leases] == [job.job_id]
+        jobs.append(job.job_id)
+    x = jobs[0]
+    errors: list[BaseException] = []
+    holding = threading.Event()
+
+    def result_batch() -> None:
+        """Node B's counters, then job X's progress: a result batch's order."""
+        try:
+            with store.engine.begin() as conn:
+                conn.execute(select(s.nodes.c.address).where(s.nodes.c.address == b).with_for_update()).all()
+                holding.set()
+                time.sleep(0.5)  # the reaper is under way meanwhile
+                conn.execute(select(s.jobs.c.job_id).where(s.jobs.c.job_id == x).with_for_update()).all()
+        except BaseException as e:
+            errors.append(e)
+
+    def reaper() -> None:
+        try:
+            holding.wait(5)
+            reaped.append(store.tasks.reap_expired(app.runtime.now_ms() + 10**9))
+        except BaseException as e:
+            errors.append(e)
+
+    reaped: list[int] = []
+    threads = [threading.Thread(target=result_batch), threading.Thread(target=reaper)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors, errors  # before: psycopg's DeadlockDetected in one of them
+    assert reaped == [2]
+    assert {store.jobs.get_job(j).task_failures for j in jobs} == {1}
