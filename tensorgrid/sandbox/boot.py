@@ -4,9 +4,10 @@ CONFIG is the JSON the parent built (tensorgrid.sandbox.policy.child_argv). In o
 lower its CPU priority if asked (SandboxLimits.nice), leave the network (while still
 single-threaded, as unshare(CLONE_NEWUSER) requires), confine the file system, cap core
 dumps and descriptors, import the entry module and run its optional `prepare()` (the trusted
-imports: interpreter and torch), cap the address space at what is mapped then plus the
-memory limit (soft = hard), cap CUDA memory, write what could be isolated to the scratch
-directory's status file, and call the entry's `main()`.
+imports: interpreter and torch), have torch fill the memory programs allocate unwritten, cap
+the address space at what is mapped then plus the memory limit (soft = hard), cap CUDA
+memory, write what could be isolated to the scratch directory's status file, and call the
+entry's `main()`.
 """
 
 from __future__ import annotations
@@ -67,6 +68,22 @@ def _set_threads(threads: int) -> None:
         torch.set_num_threads(threads)
 
 
+def _fill_uninitialized_memory(status: dict[str, str]) -> None:
+    """Strangers' programs run one after another in a warm child (a node's worker, a serving
+    replica, the referee). `empty`, `new_empty` and `resize_` are allowed operators: a program
+    that returns such memory unwritten would read an earlier task's tensors, another
+    submitter's data. In torch's deterministic mode that memory is filled (NaN, the integer
+    maximum) when allocated; warn_only keeps an operator without a deterministic kernel
+    running (it warns). Outputs of the other operators are unchanged (checked bit for bit on
+    tests/architectures.py's matrix). Entries that run programs import torch in prepare()."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    status["uninitialized_memory"] = "filled"
+
+
 def _lower_priority(nice: int) -> None:
     """Run at a lower CPU priority than the parent (SandboxLimits.nice), before the entry's imports."""
     if nice > 0:
@@ -86,6 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     prepare = getattr(entry, "prepare", None)
     if prepare is not None:
         prepare()
+    _fill_uninitialized_memory(status)
     _set_threads(int(config["limits"].get("threads") or 0))
     _cap_memory(config["limits"], status)
     scratch = Path(config["scratch"])
