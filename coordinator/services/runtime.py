@@ -7,6 +7,7 @@ import asyncio
 import functools
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +16,8 @@ from typing import Any, TypeVar
 from sqlalchemy.exc import DBAPIError
 
 from coordinator.events import EventHub
-from tensorgrid.sandbox import SandboxLimits, WarmSandbox
+from tensorgrid.sandbox import SandboxFailure, SandboxLimits, WarmSandbox
+from tensorgrid.sandbox.oneshot import CRASHED
 
 # The referee's CPU priority below the coordinator's: its re-runs (sampled serving checks,
 # disputes, replays) wait a little when the CPU is short, live serving calls do not.
@@ -77,6 +79,8 @@ class Runtime:
         self.inline_db = inline_db
         self.sandbox = sandbox
         self.referee: WarmSandbox | None = None  # the warm child services.sandboxed runs graphs in
+        self._referee_lock = threading.Lock()
+        self._stopped = False
         self.hub = hub if hub is not None else EventHub()
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -101,6 +105,18 @@ class Runtime:
         """Run blob-heavy work (splitting, checking, concatenating) off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self._work_pool, functools.partial(fn, *args, **kwargs))
 
+    def referee_child(self, make: Callable[[], WarmSandbox]) -> WarmSandbox:
+        """The referee, made by `make` when first asked for (services.sandboxed.referee); its
+        child starts with the first request made of it, not with the coordinator: a grid that
+        never runs a stranger's graph never starts one (an interpreter and torch's import).
+        SandboxFailure once the runtime stopped: nothing starts a child that stop() would miss."""
+        with self._referee_lock:
+            if self._stopped:
+                raise SandboxFailure(CRASHED, "the coordinator is stopping: its referee is closed")
+            if self.referee is None:
+                self.referee = make()
+            return self.referee
+
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run a background task until it ends or the runtime stops."""
         task = asyncio.create_task(coro)
@@ -108,8 +124,11 @@ class Runtime:
         task.add_done_callback(self._tasks.discard)
 
     async def stop(self) -> None:
-        if self.referee is not None:
-            self.referee.close()  # a graph still running there is abandoned, not waited for
+        with self._referee_lock:
+            self._stopped = True
+            referee = self.referee
+        if referee is not None:
+            referee.close()  # a graph still running there is abandoned, not waited for (nor one starting)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

@@ -18,7 +18,6 @@ imports no torch. The child's side is coordinator.services.sandbox_child (ENTRY)
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -44,21 +43,22 @@ __all__ = [
 ENTRY = "coordinator.services.sandbox_child"
 PROBE_TIME_S = 2 * DEADLINE_S
 OUTPUT = "out.safetensors"
-_START = threading.Lock()
 
 
 def referee(rt: Runtime, blobs: BlobStore) -> WarmSandbox:
     """The coordinator's one warm sandboxed child: it may read the blob store (strangers'
-    data only: the key and the database live elsewhere) and nothing else of the machine."""
-    with _START:
-        if rt.referee is None:
-            isolation = Isolation().with_paths(readable=[blobs.root])
-            # Its scratch lives beside the store's tmp/ (same filesystem, so outputs move in
-            # atomically), not inside it: tmp/ holds only uploads and work in progress.
-            scratch = blobs.root / "sandbox"
-            scratch.mkdir(exist_ok=True)
-            rt.referee = WarmSandbox(ENTRY, rt.sandbox, isolation=isolation, scratch_root=scratch)
-        return rt.referee
+    data only: the key and the database live elsewhere) and nothing else of the machine.
+    Its process starts with the first request (intake's probe, a ruling, a serving check)."""
+
+    def make() -> WarmSandbox:
+        isolation = Isolation().with_paths(readable=[blobs.root])
+        # Its scratch lives beside the store's tmp/ (same filesystem, so outputs move in
+        # atomically), not inside it: tmp/ holds only uploads and work in progress.
+        scratch = blobs.root / "sandbox"
+        scratch.mkdir(exist_ok=True)
+        return WarmSandbox(ENTRY, rt.sandbox, isolation=isolation, scratch_root=scratch)
+
+    return rt.referee_child(make)
 
 
 def reexecute_rows(

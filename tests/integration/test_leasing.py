@@ -18,6 +18,7 @@ from tensorgrid.nodeclient import NodeClient
 from tensorgrid.rpc import SMALL_RESULT_BYTES
 from tensorgrid.types import BlobRef, Capabilities, JobState
 from tensorgrid.v1 import node_pb2
+from tests.procs import REFEREE_ENTRY, running
 
 pytestmark = pytest.mark.integration
 CPU = Capabilities(device_kind="cpu", memory_bytes=8 << 30, cpu_cores=2)
@@ -91,6 +92,8 @@ def test_piggybacked_leases_follow_lease_tasks(grid: LocalGrid) -> None:
     with Client(grid.target, submitter) as client:
         job = client.wait(job_id)
     assert job.state == JobState.SUCCEEDED and job.tasks_done == 6
+    # A noop job runs no stranger's graph: the coordinator never started its referee (nor torch in it).
+    assert not running(grid.coordinator().popen.pid, REFEREE_ENTRY)
 
 
 @SHARED

@@ -26,7 +26,7 @@ from coordinator.repositories.verification.checks import CheckPlan, Verdict
 from coordinator.repositories.verification.rulings import Ruling, RulingInfo
 from coordinator.repositories.verification.store import CheckInfo
 from coordinator.services.runtime import Runtime
-from coordinator.services.sandboxed import SandboxFailure, reexecute_rows, referee
+from coordinator.services.sandboxed import reexecute_rows
 from coordinator.services.verification.compare import load_rows, rows_match
 from coordinator.services.verification.policy import VerificationPolicy
 from coordinator.services.verification.referee import blames, judge, soundness
@@ -160,11 +160,9 @@ class Verification:
         self._disputes.set()
 
     async def run_referee(self, settled: Settled) -> None:
-        """Rule on disputed checks as they come (and those a previous run left pending)."""
-        try:
-            await self._work(referee(self.rt, self.blobs).warm)  # the first ruling need not wait for torch
-        except SandboxFailure as e:
-            log.warning("the referee's sandbox did not start (it is retried with the first ruling): %s", e)
+        """Rule on disputed checks as they come (and those a previous run left pending). The
+        referee's child starts with the first ruling (or an earlier request): most grids never
+        need it, and a first ruling waiting for its start (seconds) holds nothing up."""
         while True:
             try:
                 await asyncio.wait_for(self._disputes.wait(), REFEREE_IDLE_S)

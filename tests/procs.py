@@ -1,0 +1,33 @@
+"""What a process has started, read from /proc: tests that assert which children a coordinator
+or a node runs (and which it never starts)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from coordinator.services.sandboxed import ENTRY as REFEREE_ENTRY
+
+__all__ = ["REFEREE_ENTRY", "children", "running"]
+
+
+def children(pid: int) -> dict[int, list[str]]:
+    """The command lines of `pid`'s live children, by process id (a child that leads its own
+    session, as sandboxed children do, is still its parent's)."""
+    found: dict[int, list[str]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
+        except OSError:  # gone meanwhile
+            continue
+        state, ppid = stat.rsplit(")", 1)[1].split()[:2]  # the name in (…) may hold spaces
+        if int(ppid) == pid and state != "Z" and argv:
+            found[int(entry.name)] = argv
+    return found
+
+
+def running(pid: int, module: str) -> list[int]:
+    """`pid`'s live children whose command line names `module` (e.g. REFEREE_ENTRY)."""
+    return [child for child, argv in children(pid).items() if any(module in arg for arg in argv)]

@@ -1,0 +1,45 @@
+"""The coordinator's referee (its sandboxed child) starts with the first request made of it, not
+with the coordinator: most grids never run a stranger's graph, and each child start costs an
+interpreter and torch's import. The first request still gets its answer, and stopping the
+coordinator kills the child and starts no other."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from coordinator.app import Coordinator
+from coordinator.config import CoordinatorConfig
+from coordinator.services import sandboxed
+from tensorgrid.sandbox import SandboxFailure
+from tensorgrid.workloads.model import export_program
+from tensorgrid.workloads.tensorfile import save_tensors
+from tests.procs import REFEREE_ENTRY, running
+
+
+def test_the_referee_starts_with_the_first_request_and_stops_with_the_coordinator(tmp_path: Path) -> None:
+    app = Coordinator(CoordinatorConfig(data_dir=tmp_path / "coord", database_url=f"sqlite:///{tmp_path / 'c.db'}"))
+    export_program(torch.nn.Sequential(torch.nn.Linear(4, 3)).eval(), (torch.rand(2, 4),), tmp_path / "model.pt2")
+    save_tensors({"x": torch.rand(6, 4)}, tmp_path / "rows.safetensors")
+    model = app.blobs.path_for(app.blobs.put_file(tmp_path / "model.pt2").sha256)  # the child reads the store only
+    rows = app.blobs.path_for(app.blobs.put_file(tmp_path / "rows.safetensors").sha256)
+    rt = app.runtime
+
+    async def main() -> None:
+        await app.start()
+        await asyncio.sleep(1.5)  # past the referee loop's first look for rulings
+        assert rt.referee is None and not running(os.getpid(), REFEREE_ENTRY)
+        verdict = await asyncio.to_thread(sandboxed.probe_rows, rt, app.blobs, model, rows, [], 3)
+        assert verdict.independent  # the first request waited for the child's start, and was answered
+        assert len(running(os.getpid(), REFEREE_ENTRY)) == 1
+        assert rt.referee is not None and rt.referee.limits == rt.sandbox  # the coordinator's limits (nice too)
+        await app.stop()
+        assert not running(os.getpid(), REFEREE_ENTRY)
+        with pytest.raises(SandboxFailure, match="stopping"):  # nothing starts a child after stop
+            sandboxed.probe_rows(rt, app.blobs, model, rows, [], 3)
+
+    asyncio.run(main())
