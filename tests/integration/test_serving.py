@@ -27,7 +27,7 @@ from tensorgrid.workloads.inference import load_program
 from tensorgrid.workloads.tensorfile import load_tensors, save_tensors
 from tests.conftest import shared_dir
 from tests.decoders import export_decoder, tiny_decoder
-from tests.integration.conftest import Assets, node_args
+from tests.integration.conftest import Assets, node_args, wait_for
 
 pytestmark = pytest.mark.integration
 SERVE = ("--serve-replicas", "1")
@@ -110,7 +110,9 @@ def test_an_endpoint_answers_like_the_local_model_and_a_dying_replica_costs_call
         status = client.endpoints.get(endpoint)
         assert status.requests >= answered[0] and status.p50_ms > 0 and status.state == "running"
         assert status.ready == 1  # the survivor; there is no third node to take node1's place
-        assert status.checked > 0 and status.caught == 0  # sampled answers were run again; honest nodes agree
+        # sampled answers were run again (the first check waits for the referee's start); honest nodes agree
+        status = wait_for(lambda: (s := client.endpoints.get(endpoint)).checked > 0 and s, 120, "a checked answer")
+        assert status.checked > 0 and status.caught == 0
 
         grid.start_node("node2", *node_args(), *SERVE)  # a node joining takes the lost replica's place
         status = client.endpoints.wait_ready(endpoint, 2, timeout_s=180)
