@@ -35,6 +35,8 @@ log = logging.getLogger("tensorgrid.node.executor")
 
 STDERR_TAIL_BYTES = 4096
 WORKER_ENTRY = "node.worker"
+LIGHT_ENTRY = "node.light_worker"  # node.worker without torch, for LIGHT_KINDS
+LIGHT_KINDS = frozenset({"noop"})  # node.worker.LIGHT_KINDS (this module does not import the worker's)
 
 
 @dataclass(frozen=True)
@@ -81,9 +83,12 @@ class _WorkerStartError(Exception):
 class _Child:
     """One worker process: its pipes, a bounded tail of its stderr, and how to kill it."""
 
-    def __init__(self, proc: asyncio.subprocess.Process, tail_bytes: int, scratch: Scratch) -> None:
+    def __init__(
+        self, proc: asyncio.subprocess.Process, tail_bytes: int, scratch: Scratch, light: bool = False
+    ) -> None:
         self.proc = proc
         self.scratch = scratch  # deleted once the child is gone
+        self.light = light  # node.light_worker: no torch, LIGHT_KINDS only
         self._tail = bytearray()
         self._tail_bytes = tail_bytes
         # stderr must be drained continuously or a chatty child blocks on a full pipe.
@@ -183,6 +188,7 @@ class Executor:
         self._running = False
         self._closed = False
         self._seq = 0
+        self._torch = False  # a task (or start()) needed torch: every worker from then on has it
 
     @property
     def pid(self) -> int | None:
@@ -190,9 +196,11 @@ class Executor:
         return self._child.pid if self._child is not None and self._child.alive else None
 
     async def start(self) -> None:
-        """Start the worker ahead of the first task so it does not pay torch's import time."""
+        """Start the worker (with torch) ahead of the first task. Without it, the first task
+        starts the worker it needs: node.light_worker for LIGHT_KINDS, else node.worker (the start
+        is not charged to the task's time limit)."""
         async with self._lock:
-            await self._ensure_child(0)
+            await self._ensure_child(0, light=False)
 
     async def run(self, request: TaskRequest) -> TaskOutcome:
         """Run one task under its limits. Never raises for anything the child does."""
@@ -202,7 +210,7 @@ class Executor:
             self._cancelled.clear()
             self._running = True
             try:
-                child = await self._ensure_child(request.memory_limit_bytes)
+                child = await self._ensure_child(request.memory_limit_bytes, light=request.kind in LIGHT_KINDS)
                 return await self._supervise(child, request)
             except _WorkerStartError as exc:
                 return TaskOutcome.failed(ErrorKind.CRASHED, str(exc))
@@ -210,10 +218,12 @@ class Executor:
                 self._running = False
 
     async def cancel(self) -> None:
-        """Kill the running task's child now; its run() returns RELEASED. No-op when idle."""
-        if self._running and self._child is not None:
+        """Kill the running task's child now; its run() returns RELEASED. No-op when idle.
+        A task whose worker is still starting is released as soon as it has started."""
+        if self._running:
             self._cancelled.set()
-            self._child.kill()
+            if self._child is not None:
+                self._child.kill()
 
     async def close(self, timeout_s: float = 1.0) -> None:
         """Cancel any running task and stop the worker: EOF first, SIGKILL after timeout_s.
@@ -234,8 +244,15 @@ class Executor:
                 log.debug("worker %d did not exit within %.1fs of EOF; killing it", child.pid, timeout_s)
             await child.kill_and_wait()
 
-    async def _ensure_child(self, memory_limit: int) -> _Child:
+    async def _ensure_child(self, memory_limit: int, *, light: bool = False) -> _Child:
+        """The live worker for a task, started if none runs. light: the task needs no torch, so
+        a new worker may be node.light_worker, until a task needed torch (no flip-flopping:
+        each switch costs torch's import); a light one is replaced for a task that needs torch."""
+        self._torch = self._torch or not light
         child = self._child
+        if child is not None and child.alive and child.light and not light:
+            log.info("worker %d has no torch; starting one that does", child.pid)
+            await child.kill_and_wait()  # it holds nothing: no program, no task
         if child is not None and child.alive and memory_limit > 0:
             child.reset_peak()
             if child.peak_rss() > memory_limit:
@@ -245,10 +262,12 @@ class Executor:
         if child is None or not child.alive:
             if child is not None:
                 child.scratch.close()
-            self._child = child = await self._spawn()
+            # A hostile test worker (argv) or another entry (node.serving's) is never swapped.
+            light = not self._torch and self._argv is None and self._entry == WORKER_ENTRY
+            self._child = child = await self._spawn(light)
         return child
 
-    async def _spawn(self) -> _Child:
+    async def _spawn(self, light: bool = False) -> _Child:
         scratch = Scratch(self._scratch_root, prefix="worker-")
         cuda = self._device == "cuda"
         limits = SandboxLimits(
@@ -257,7 +276,7 @@ class Executor:
             cuda_memory_bytes=self._memory_cap if cuda else 0,
             start_timeout_s=self._start_timeout_s,
         )
-        argv = self._argv or child_argv(self._entry, limits, self._isolation, scratch.path)
+        argv = self._argv or child_argv(LIGHT_ENTRY if light else self._entry, limits, self._isolation, scratch.path)
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
@@ -272,7 +291,7 @@ class Executor:
         except OSError:
             scratch.close()
             raise
-        child = _Child(proc, self._tail_bytes, scratch)
+        child = _Child(proc, self._tail_bytes, scratch, light)
         assert proc.stdout is not None
         try:
             line = await asyncio.wait_for(proc.stdout.readline(), self._start_timeout_s)

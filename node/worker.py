@@ -20,6 +20,10 @@ tensorgrid.workloads, tensors are safetensors. It stays alive across requests so
 imported once and recently used programs stay loaded. The executor starts it through
 tensorgrid.sandbox.boot, which confines it and calls prepare() (torch's import) before
 capping its address space, then main().
+
+node.light_worker is this worker without torch: it runs only LIGHT_KINDS (noop), and the
+executor starts it for such a task when no worker runs (a node whose tasks never need torch
+never imports it), replacing it with this one when a task that needs torch comes.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from tensorgrid.workloads.programs import ProgramCache, warm_imports
 log = logging.getLogger("tensorgrid.node.worker")
 
 MAX_MESSAGE_CHARS = 2000
+LIGHT_KINDS = frozenset({"noop"})  # task kinds that need no torch: node.light_worker runs them
 
 
 _cache: ProgramCache | None = None
@@ -146,7 +151,8 @@ def _run_training(request: dict[str, Any]) -> tuple[int, float, str]:
     return result.rows, time.perf_counter() - started, result.final_commitment
 
 
-_HANDLERS: dict[str, Callable[[dict[str, Any]], tuple[int, float] | tuple[int, float, str]]] = {
+Handlers = dict[str, Callable[[dict[str, Any]], tuple[int, float] | tuple[int, float, str]]]
+_HANDLERS: Handlers = {
     "generation": _run_generation,
     "inference": _run_inference,
     "noop": _run_noop,
@@ -193,17 +199,16 @@ def _set_address_space(limit_bytes: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
-def handle(request: dict[str, Any]) -> dict[str, Any]:
+def handle(request: dict[str, Any], handlers: Handlers = _HANDLERS) -> dict[str, Any]:
     """Run one request and build its response; never raises for a task's own failure."""
-    import torch
-
     task_id = str(request.get("id", ""))
     try:
-        handler = _HANDLERS.get(request.get("kind", ""))
+        handler = handlers.get(request.get("kind", ""))
         if handler is None:
-            raise SpecError(f"unknown task kind {request.get('kind')!r}; expected one of {sorted(_HANDLERS)}")
+            raise SpecError(f"unknown task kind {request.get('kind')!r}; expected one of {sorted(handlers)}")
         threads = int(request.get("threads") or 0)
-        if threads > 0:
+        torch = sys.modules.get("torch")  # prepare() imported it; a light worker has none (nor needs it)
+        if threads > 0 and torch is not None:
             torch.set_num_threads(threads)
         limit = int(request.get("memory_limit_bytes") or 0)
         _set_address_space(limit if request.get("device") != "cuda" else 0)
@@ -233,7 +238,7 @@ def handle(request: dict[str, Any]) -> dict[str, Any]:
     return response
 
 
-def serve(stdin: IO[str], out: IO[str]) -> None:
+def serve(stdin: IO[str], out: IO[str], handlers: Handlers = _HANDLERS) -> None:
     """Answer requests from stdin until EOF."""
     for line in stdin:
         if not line.strip():
@@ -250,7 +255,7 @@ def serve(stdin: IO[str], out: IO[str]) -> None:
                 "message": f"malformed request: {exc}"[:MAX_MESSAGE_CHARS],
             }
         else:
-            response = handle(request)
+            response = handle(request, handlers)
         out.write(json.dumps(response) + "\n")
         out.flush()
 
@@ -282,15 +287,23 @@ def prepare() -> None:
 
 def main() -> None:
     """Entry point of the child process."""
+    run(light=False)
+
+
+def run(*, light: bool) -> None:
+    """Greet, then serve until EOF; light: without torch, LIGHT_KINDS only (node.light_worker)."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="worker %(levelname)s %(message)s")
     _volunteer_for_oom_killer()
     out = protocol_stream()
-    prepare()
-    import torch
+    version = None
+    if not light:
+        prepare()
+        import torch
 
-    out.write(json.dumps({"ready": True, "pid": os.getpid(), "torch": torch.__version__}) + "\n")
+        version = torch.__version__
+    out.write(json.dumps({"ready": True, "pid": os.getpid(), "torch": version}) + "\n")
     out.flush()
-    serve(sys.stdin, out)
+    serve(sys.stdin, out, {k: v for k, v in _HANDLERS.items() if k in LIGHT_KINDS} if light else _HANDLERS)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from coordinator.services.sandboxed import ENTRY as REFEREE_ENTRY
 
-__all__ = ["REFEREE_ENTRY", "children", "running"]
+__all__ = ["REFEREE_ENTRY", "children", "loads_torch", "running"]
 
 
 def children(pid: int) -> dict[int, list[str]]:
@@ -31,3 +31,11 @@ def children(pid: int) -> dict[int, list[str]]:
 def running(pid: int, module: str) -> list[int]:
     """`pid`'s live children whose command line names `module` (e.g. REFEREE_ENTRY)."""
     return [child for child, argv in children(pid).items() if any(module in arg for arg in argv)]
+
+
+def loads_torch(pid: int) -> bool:
+    """Whether process `pid` has torch's library mapped (it imported torch)."""
+    try:
+        return "libtorch" in Path(f"/proc/{pid}/maps").read_text()
+    except OSError:  # gone
+        return False

@@ -22,6 +22,7 @@ from tensorgrid.spec import InferenceSpec, NoopSpec, canonical_json, spec_hash
 from tensorgrid.types import BlobRef, Capabilities, JobState
 from tensorgrid.v1 import submit_pb2, submit_pb2_grpc
 from tests.integration.conftest import Assets, node_args
+from tests.procs import REFEREE_ENTRY, children, loads_torch, running
 
 pytestmark = pytest.mark.integration
 SHARED = pytest.mark.xdist_group("bad_input")  # share one module grid per worker (see make_module_grid)
@@ -261,9 +262,13 @@ def test_a_finished_job_cannot_be_cancelled(own_grid: LocalGrid) -> None:
         job = client.submit_noop(1)
         client.cancel(job.job_id)
         assert client.cancel(job.job_id).state == JobState.CANCELLED  # a retried cancel is harmless
-        own_grid.start_node("n1", *node_args())
+        node = own_grid.start_node("n1", *node_args())
         done = client.submit_noop(1)
         assert client.wait(done.job_id).state == JobState.SUCCEEDED
+        # Noop jobs need no torch: the node's worker never imported it, the coordinator started no referee.
+        workers = children(node.popen.pid)
+        assert workers and not any(loads_torch(pid) for pid in workers), workers
+        assert not running(own_grid.coordinator().popen.pid, REFEREE_ENTRY)
         with pytest.raises(CoordinatorError) as e:
             client.cancel(done.job_id)
         assert e.value.code == grpc.StatusCode.FAILED_PRECONDITION

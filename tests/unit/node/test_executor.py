@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from node.executor import Executor, TaskOutcome, TaskRequest, _Child
 from tensorgrid.types import ErrorKind
 from tensorgrid.workloads.inference import run_inference
+from tests.procs import loads_torch
 
 HOSTILE = [sys.executable, "-m", "tests.unit.node.hostile_worker"]
 
@@ -223,3 +224,24 @@ def test_a_child_peak_memory_is_its_vmhwm() -> None:
     child.proc = types.SimpleNamespace(pid=os.getpid())  # type: ignore[assignment]
     want = int(Path("/proc/self/status").read_text().split("VmHWM:")[1].split()[0]) * 1024
     assert want > 0 and abs(child.peak_rss() - want) <= 1 << 20  # the peak may grow in between
+
+
+def test_a_noop_task_starts_a_worker_without_torch_that_a_torch_task_replaces(
+    loop: asyncio.AbstractEventLoop, models: dict[str, Path], tmp_path: Path
+) -> None:
+    ex = Executor()  # not started: the first task starts the worker it needs
+    try:
+        assert ex.pid is None
+        _assert_noop_works(loop, ex, tmp_path)
+        light = ex.pid
+        assert light is not None and not loads_torch(light)  # a noop node never imports torch
+        _assert_noop_works(loop, ex, tmp_path)
+        assert ex.pid == light  # kept for the next noop task
+        outcome = loop.run_until_complete(ex.run(_infer(models, "tiny", tmp_path / "out", time=60)))
+        assert outcome.ok and outcome.rows == 10, outcome
+        full = ex.pid
+        assert full is not None and full != light and loads_torch(full)
+        _assert_noop_works(loop, ex, tmp_path)
+        assert ex.pid == full  # a worker with torch runs noop tasks too
+    finally:
+        loop.run_until_complete(ex.close())
