@@ -1,35 +1,58 @@
-"""The coordinator's sandboxed child keeps programs warm: intake's probe loads the job's
-program once, and the referee's re-executions of that job's rows find it loaded."""
+"""The coordinator's sandboxed child (its referee) starts with the first request made of it, not
+with the coordinator: most grids never run a stranger's graph, and each start costs an
+interpreter and torch's import. It keeps programs warm: intake's probe loads the job's program
+once, and the referee's re-executions of that job's rows find it loaded. Stopping the
+coordinator kills it and starts no other."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 from pathlib import Path
 
+import pytest
 import torch
 
-from coordinator.services.sandboxed import ENTRY
-from tensorgrid.sandbox import Isolation, SandboxLimits, WarmSandbox
+from coordinator.app import Coordinator
+from coordinator.config import CoordinatorConfig
+from coordinator.services import sandboxed
+from tensorgrid.sandbox import SandboxFailure
 from tensorgrid.workloads.model import export_program
 from tensorgrid.workloads.tensorfile import load_tensors, save_tensors
+from tests.procs import REFEREE_ENTRY, running
 
 
-def test_a_program_probed_at_intake_is_warm_for_the_rulings(tmp_path: Path) -> None:
-    model = tmp_path / "model.pt2"
-    export_program(torch.nn.Sequential(torch.nn.Linear(4, 3)).eval(), (torch.rand(2, 4),), model)
-    rows = tmp_path / "rows.safetensors"
-    save_tensors({"x": torch.rand(6, 4)}, rows)
-    child = WarmSandbox(
-        ENTRY, SandboxLimits(memory_bytes=2 << 30, time_s=120.0, threads=1), isolation=Isolation(confine_files=False)
-    )
-    try:
-        verdict = child.call(
-            {"op": "probe", "model": str(model), "source": str(rows), "input_names": [], "batch_size": 3}
-        )
-        assert verdict["independent"] is True
-        infer = {"op": "infer", "model": str(model), "source": str(rows), "batch_size": 3, "input_names": None}
-        answers = [child.call(infer, outputs={"out.safetensors": tmp_path / f"out{i}.safetensors"}) for i in (0, 1)]
-    finally:
-        child.close()
+def test_the_referee_starts_with_intakes_probe_keeps_its_program_warm_and_stops_with_the_coordinator(
+    tmp_path: Path,
+) -> None:
+    app = Coordinator(CoordinatorConfig(data_dir=tmp_path / "coord", database_url=f"sqlite:///{tmp_path / 'c.db'}"))
+    export_program(torch.nn.Sequential(torch.nn.Linear(4, 3)).eval(), (torch.rand(2, 4),), tmp_path / "model.pt2")
+    save_tensors({"x": torch.rand(6, 4)}, tmp_path / "rows.safetensors")
+    model = app.blobs.path_for(app.blobs.put_file(tmp_path / "model.pt2").sha256)  # the child reads the store only
+    rows = app.blobs.path_for(app.blobs.put_file(tmp_path / "rows.safetensors").sha256)
+    rt = app.runtime
+    infer = {"op": "infer", "model": str(model), "source": str(rows), "batch_size": 3, "input_names": None}
+
+    async def main() -> list[dict[str, object]]:
+        await app.start()
+        await asyncio.sleep(1.5)  # past the referee loop's first look for rulings
+        assert rt.referee is None and not running(os.getpid(), REFEREE_ENTRY)
+        verdict = await asyncio.to_thread(sandboxed.probe_rows, rt, app.blobs, model, rows, [], 3)
+        assert verdict.independent  # the first request waited for the child's start, and was answered
+        assert len(running(os.getpid(), REFEREE_ENTRY)) == 1
+        referee = rt.referee
+        assert referee is not None and referee.limits == rt.sandbox  # the coordinator's limits (nice too)
+        answers = [
+            await asyncio.to_thread(referee.call, infer, {"out.safetensors": tmp_path / f"out{i}.safetensors"})
+            for i in (0, 1)
+        ]
+        await app.stop()
+        assert not running(os.getpid(), REFEREE_ENTRY)
+        with pytest.raises(SandboxFailure, match="stopping"):  # nothing starts a child after stop
+            sandboxed.probe_rows(rt, app.blobs, model, rows, [], 3)
+        return answers
+
+    answers = asyncio.run(main())
     assert [a["load_seconds"] for a in answers] == [0.0, 0.0]  # loaded once, by the probe
     outputs = [load_tensors(tmp_path / f"out{i}.safetensors")["output"] for i in (0, 1)]
     assert torch.equal(outputs[0], outputs[1]) and outputs[0].shape == (6, 3)
