@@ -24,7 +24,7 @@ from coordinator.services.metrics import Metrics
 from coordinator.services.pacing import HeartbeatPacing
 from coordinator.services.report import Reports
 from coordinator.services.retention import retention_loop
-from coordinator.services.runtime import REFEREE_NICE, Runtime
+from coordinator.services.runtime import REFEREE_NICE, REFEREE_START_S, Runtime
 from coordinator.services.scheduler import Scheduler
 from coordinator.services.serving.accounting import Accounting
 from coordinator.services.serving.batches import counted_key
@@ -53,6 +53,7 @@ def referee_limits(config: CoordinatorConfig) -> SandboxLimits:
         time_s=config.referee_time_s,
         threads=config.referee_threads,
         nice=REFEREE_NICE,
+        start_timeout_s=REFEREE_START_S,
     )
 
 
