@@ -189,6 +189,7 @@ class Executor:
         self._closed = False
         self._seq = 0
         self._torch = False  # a task (or start()) needed torch: every worker from then on has it
+        self._warming: asyncio.Future[None] | None = None  # warm_up's start in the background
 
     @property
     def pid(self) -> int | None:
@@ -201,6 +202,28 @@ class Executor:
         is not charged to the task's time limit)."""
         async with self._lock:
             await self._ensure_child(0, light=False)
+
+    def warm_up(self, kind: str) -> None:
+        """A task of `kind` is coming (its lease arrived; its blobs are on their way): start the
+        worker it needs now, in the background, so its start (torch's import, seconds) overlaps
+        the fetch instead of following it. Nothing when the right worker runs or a task does."""
+        light = kind in LIGHT_KINDS
+        child = self._child
+        if self._closed or self._running or self._lock.locked() or self._warming is not None:
+            return
+        if child is not None and child.alive and (light or not child.light):
+            return
+        self._warming = asyncio.ensure_future(self._warm(light))
+
+    async def _warm(self, light: bool) -> None:
+        try:
+            async with self._lock:
+                if not self._closed:
+                    await self._ensure_child(0, light=light)
+        except Exception as e:  # noqa: BLE001 - the task's own start tries again and reports it
+            log.info("warming a worker up failed (the task will start one): %s", e)
+        finally:
+            self._warming = None
 
     async def run(self, request: TaskRequest) -> TaskOutcome:
         """Run one task under its limits. Never raises for anything the child does."""

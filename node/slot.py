@@ -177,6 +177,7 @@ class Slot:
         if first is None:
             return None
         held = Held(first, time.monotonic())
+        self.ex.warm_up(first.kind)  # the worker starts while the blobs come
         if prefetch:
             held.blobs = asyncio.create_task(a.fetcher.task_blobs(first))
             since = time.monotonic() if asked is None else asked

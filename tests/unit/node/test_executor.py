@@ -245,3 +245,31 @@ def test_a_noop_task_starts_a_worker_without_torch_that_a_torch_task_replaces(
         assert ex.pid == full  # a worker with torch runs noop tasks too
     finally:
         loop.run_until_complete(ex.close())
+
+
+def test_a_lease_warms_the_worker_up_while_its_blobs_come(
+    loop: asyncio.AbstractEventLoop, models: dict[str, Path], tmp_path: Path
+) -> None:
+    """warm_up (called when a lease arrives) starts the worker the task will need in the
+    background; the task then runs on it rather than waiting for a start of its own."""
+    ex = Executor()
+    try:
+
+        async def warmed(kind: str) -> int | None:
+            ex.warm_up(kind)
+            deadline = time.monotonic() + 120
+            while ex.pid is None or ex._warming is not None:
+                assert time.monotonic() < deadline, "the worker did not start"
+                await asyncio.sleep(0.05)
+            return ex.pid
+
+        light = loop.run_until_complete(warmed("noop"))
+        assert light is not None and not loads_torch(light)
+        full = loop.run_until_complete(warmed("inference"))  # replaces the light one
+        assert full is not None and full != light and loads_torch(full)
+        ex.warm_up("inference")  # the right worker runs: nothing to do
+        assert ex._warming is None and ex.pid == full
+        outcome = loop.run_until_complete(ex.run(_infer(models, "tiny", tmp_path / "out", time=60)))
+        assert outcome.ok and ex.pid == full, outcome
+    finally:
+        loop.run_until_complete(ex.close())
