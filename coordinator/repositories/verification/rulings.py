@@ -128,7 +128,8 @@ def ahead(conn: Connection, check_id: str) -> Ahead | None:
     if task is None:
         return None
     rows = records.confirm_rows(conn, chk)
-    return Ahead(check_id, str(task.model_sha), str(task.input_sha), json.loads(task.settings), rows)
+    # as pending() reads them, so a run ahead's key is the ruling's (services/verification/ahead.py)
+    return Ahead(check_id, task.model_sha, task.input_sha, json.loads(task.settings), rows)
 
 
 def _input_sha(conn: Connection, task_id: str) -> str:
