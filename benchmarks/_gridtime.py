@@ -24,6 +24,7 @@ TIMING = re.compile(
 )
 RULING = re.compile(r"ruled on check [0-9a-f]+ in (?P<s>[\d.]+)s \((?P<rows>\d+) rows(?:, (?P<how>[a-z-]+))?")
 REGISTERED = re.compile(r"registered with \S+ as (?P<address>0x[0-9a-fA-F]{40})")
+AHEAD = re.compile(r"ran check [0-9a-f]+ ahead in (?P<s>[\d.]+)s \((?P<rows>\d+) rows")
 PROBE = re.compile(r"row-independence probe of [0-9a-f]+ took (?P<s>[\d.]+)s")
 
 
@@ -109,12 +110,15 @@ def breakdown(grid: LocalGrid, job_id: str, wall_s: float, nodes: list[str]) -> 
     log = (grid.root / "coordinator.log").read_text(errors="replace")
     rulings = [(float(m["s"]), int(m["rows"]), m["how"] or "") for m in RULING.finditer(log)]
     probes = [float(m["s"]) for m in PROBE.finditer(log)]
+    # the referee's re-runs made while their checks ran (a ruling then only compares rows)
+    ahead = [float(m["s"]) for m in AHEAD.finditer(log)]
     return {
         "nodes": per_node,
         **facts,
         "referee_rulings": len(rulings),
         "referee_scored": sum(how == "scored" for _, _, how in rulings),  # confirmed without a re-run
-        "referee_s": round(sum(t for t, _, _ in rulings), 2),
+        "referee_ahead": sum(how == "ahead" for _, _, how in rulings),  # re-run before the ruling was asked for
+        "referee_s": round(sum(t for t, _, _ in rulings) + sum(ahead), 2),
         "referee_rows": sum(r for _, r, _ in rulings),
         "intake_probe_s": round(sum(probes), 2),
     }

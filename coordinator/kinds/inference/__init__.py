@@ -18,6 +18,7 @@ from coordinator.kinds.inference.effects import OpenCheck, SettleCheck
 from coordinator.kinds.inference.vetting import vet_inference
 from coordinator.repositories.jobs import NewJob, NewTask
 from coordinator.repositories.tasks import TaskRecord
+from coordinator.repositories.verification.checks import CheckPlan
 from coordinator.services.blobs import stored
 from coordinator.services.kind import Effect
 from coordinator.services.verification.decoys import carve
@@ -72,10 +73,14 @@ class InferenceKind(BaseKind):
         """Rungs 2-4 of the ladder: open a spot-check of this result, or settle the check it answers."""
         check, verdict = await self.verification.examine(task, node, output)
         if check is not None:
-            return OpenCheck(check, self._wake)
+            return OpenCheck(check, lambda: self._opened(check))
         if verdict is not None:
             return SettleCheck(verdict, self._wake)
         return None
+
+    def _opened(self, check: CheckPlan) -> None:
+        self.hub.work_available()  # for its drawn checker
+        self.verification.check_opened(check)  # the referee may re-run it meanwhile
 
     def _wake(self) -> None:
         self.hub.work_available()  # a check (or tiebreak) was opened for its drawn checker

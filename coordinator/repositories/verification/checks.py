@@ -43,6 +43,8 @@ class CheckPlan:
     input: BlobRef  # the gathered rows
     rows: tuple[int, ...]
     canary: CheckPlan | None = None  # the canary to open if this check verifies (canaries.py)
+    # its ruling is certain (an untrusted subject): the referee may re-run it ahead (services/verification/ahead.py)
+    ahead: bool = False
 
 
 @dataclass(frozen=True)
@@ -138,7 +140,7 @@ def apply_verdict(
     if verdict.agrees_subject and not earlier and _needs_confirmation(conn, chk, checker):
         # two nodes agreeing is proof only if both are trusted: the referee re-runs the check's
         # rows (as many as the job's detection target asked of the check itself)
-        request_ruling(conn, chk, now_ms, _confirm_rows(conn, chk))
+        request_ruling(conn, chk, now_ms, confirm_rows(conn, chk))
     elif verdict.agrees_subject:
         settle(conn, chk, "verified", now_ms, event)
         bump(conn, [checker], valid=True, job_id=chk.job_id)
@@ -200,7 +202,7 @@ def _needs_confirmation(conn: Connection, chk: Any, checker: str) -> bool:
     return min(streaks) < trust_after
 
 
-def _confirm_rows(conn: Connection, chk: Any) -> int:
+def confirm_rows(conn: Connection, chk: Any) -> int:
     """Rows the referee re-runs to confirm an agreement: what the job's policy asks of one
     spot-check of the subject's task (detection_rows: all of a spot-check's rows), never more
     than the check has (under replicate, a spot-check's share of the whole shard)."""

@@ -105,6 +105,33 @@ def pending(conn: Connection, limit: int = 20) -> list[RulingInfo]:
     ]
 
 
+@dataclass(frozen=True)
+class Ahead:
+    """A re-run the referee can make before its ruling is asked for: the first `rows` rows of an
+    open check's input through the job's model, as a confirmation of that check would run them."""
+
+    check_id: str
+    model_sha: str
+    input_sha: str
+    settings: dict[str, Any]
+    rows: int
+
+
+def ahead(conn: Connection, check_id: str) -> Ahead | None:
+    """What confirming this check will re-run, while it is still open (waiting for its checker);
+    None once it is answered or settled, and for a canary (whose agreement needs no confirmation)."""
+    chk = records.get_check(conn, check_id)
+    if chk is None or chk.state != "open" or chk.kind == "canary":
+        return None
+    t = s.tasks.c
+    task = conn.execute(select(t.model_sha, t.input_sha, t.settings).where(t.task_id == check_id)).first()
+    if task is None:
+        return None
+    rows = records.confirm_rows(conn, chk)
+    # as pending() reads them, so a run ahead's key is the ruling's (services/verification/ahead.py)
+    return Ahead(check_id, task.model_sha, task.input_sha, json.loads(task.settings), rows)
+
+
 def _input_sha(conn: Connection, task_id: str) -> str:
     return str(conn.execute(select(s.tasks.c.input_sha).where(s.tasks.c.task_id == task_id)).scalar() or "")
 

@@ -87,6 +87,11 @@ class VerificationRepository:
         with self.engine.connect() as conn:
             return rulings.pending(conn)
 
+    def ahead(self, check_id: str) -> rulings.Ahead | None:
+        """What confirming this open check will re-run (rulings.ahead)."""
+        with self.engine.connect() as conn:
+            return rulings.ahead(conn, check_id)
+
     def apply_ruling(self, check_id: str, ruling: rulings.Ruling, now_ms: int) -> tuple[str, bool] | None:
         """Carry out the referee's ruling: (job id, job complete) if it settled an open chain."""
         with self.engine.begin() as conn:

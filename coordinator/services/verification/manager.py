@@ -23,10 +23,11 @@ from coordinator.db import schema as s
 from coordinator.repositories.store import Store
 from coordinator.repositories.tasks import TaskRecord
 from coordinator.repositories.verification.checks import CheckPlan, Verdict
-from coordinator.repositories.verification.rulings import Ruling, RulingInfo
+from coordinator.repositories.verification.rulings import Ahead, Ruling, RulingInfo
 from coordinator.repositories.verification.store import CheckInfo
 from coordinator.services.runtime import Runtime
 from coordinator.services.sandboxed import reexecute_rows
+from coordinator.services.verification.ahead import AheadRuns, run_key
 from coordinator.services.verification.compare import load_rows, rows_match
 from coordinator.services.verification.policy import VerificationPolicy
 from coordinator.services.verification.referee import blames, judge, soundness
@@ -73,6 +74,8 @@ class Verification:
         self._replays: dict[str, Replay] = {}  # task kind (settings["task_kind"]) → how the referee re-runs it
         self._scores: dict[str, Score] = {}  # task kind → how the referee checks a claim without re-running it
         self.rulings = 0
+        # confirmations re-run while their checks run on checkers, not after (ahead.py)
+        self.ahead = AheadRuns(Path(blobs.tmp_dir))
 
     async def policy(self, job_id: str, tasks_total: int = 0) -> tuple[VerificationPolicy | None, int]:
         """(policy or None, required stake in wei) of a job; policies never change, so cached."""
@@ -113,7 +116,9 @@ class Verification:
                 order = order[1:] + order[:1]
             shuffled = await self._work(self._gather, task.input, order)
             canary = CheckPlan(self._fresh_id("canary", task), shuffled, tuple(order))
-        return CheckPlan(self._fresh_id("check", task), ref, rows, canary), None
+        # an untrusted subject's check always ends in a ruling: its re-run can be made ahead
+        ahead = streak < policy.spec.trust_after
+        return CheckPlan(self._fresh_id("check", task), ref, rows, canary, ahead), None
 
     def _fresh_id(self, what: str, task: TaskRecord) -> str:
         """A task id no node can tell from an ordinary task's (those are random too)."""
@@ -155,6 +160,12 @@ class Verification:
         if score is not None:
             self._scores[task_kind] = score
 
+    def check_opened(self, plan: CheckPlan) -> None:
+        """A check was committed: queue its referee's re-run ahead if its ruling is certain."""
+        if plan.ahead:
+            self.ahead.queue(plan.check_task_id)
+        self.dispute_raised()
+
     def dispute_raised(self) -> None:
         """A check result came in that may have opened a dispute: look for rulings to make now."""
         self._disputes.set()
@@ -174,6 +185,8 @@ class Verification:
                 # Runtime.db) it would hold up the calls the event loop is answering
                 for info in await self.rt.db_bulk(self.store.verification.pending_rulings):
                     await self._rule(info, settled)
+                if await self._run_ahead():
+                    self._disputes.set()  # rulings first, then the next check to run ahead
             except Exception:  # a DB hiccup must not end the loop
                 log.exception("ruling on disputed checks failed; will retry")
 
@@ -229,7 +242,10 @@ class Verification:
                 if not blames(ruling, info):
                     ref = self.blobs.put_file(scored)
                     return Ruling(ref.sha256, ruling.subject_right, ruling.right_checkers), "scored"
-            self._run_model(info, source, out)
+            # the same re-run, made while the check ran on its checker (ahead.py), or made now
+            ran_ahead = self.ahead.take(run_key(info.model_sha, info.input_sha, len(rows), info.settings), out)
+            if not ran_ahead:
+                self._run_model(info, source, out)
             mine = load_rows(out)
             if not mine:
                 raise RuntimeError("the referee's own output could not be read")
@@ -240,7 +256,7 @@ class Verification:
                 if reason:
                     return Ruling("", False, (), reason), "re-run"
             ref = self.blobs.put_file(out)
-        return Ruling(ref.sha256, ruling.subject_right, ruling.right_checkers), "re-run"
+        return Ruling(ref.sha256, ruling.subject_right, ruling.right_checkers), "ahead" if ran_ahead else "re-run"
 
     def _score(self, info: RulingInfo, rows: list[int], source: Path, tmp: Path) -> Path | None:
         """The scored output of the subject's claim on `rows` (the check input `source`), when its
@@ -262,10 +278,44 @@ class Verification:
         """The job's model over `source`, in a sandboxed child under the referee's limits. A
         child over its limits raises SandboxFailure: _rule records that the referee could not
         run (fail_ruling), which blames no one."""
-        model = self.blobs.path_for(info.model_sha)
+        self._run(info.model_sha, info.settings, source, out)
+
+    def _run(self, model_sha: str, settings: dict[str, Any], source: Path, out: Path) -> None:
+        model = self.blobs.path_for(model_sha)
         with self._torch:
-            replay = self._replays.get(str(info.settings.get("task_kind", "")), self._replay_inference)
-            replay(model, source, out, info.settings)
+            replay = self._replays.get(str(settings.get("task_kind", "")), self._replay_inference)
+            replay(model, source, out, settings)
+
+    async def _run_ahead(self) -> bool:
+        """Re-run one queued check's confirmation rows before its ruling is asked for (ahead.py);
+        whether one was run (more may be queued). A check already answered or settled, or one a
+        ruling confirms by scoring (not by re-running), is skipped."""
+        while (check_id := self.ahead.next_check()) is not None:
+            job = await self.rt.db_bulk(self.store.verification.ahead, check_id)
+            if job is None or str(job.settings.get("task_kind", "")) in self._scores:
+                continue
+            key = run_key(job.model_sha, job.input_sha, job.rows, job.settings)
+            if key in self.ahead:
+                continue
+            started = time.monotonic()
+            try:
+                await self._work(self._make_ahead, job, key)
+            except Exception as e:  # noqa: BLE001 - a run ahead is a head start only: its ruling re-runs
+                log.info("could not run check %s ahead (its ruling will re-run it): %s", check_id[:12], e)
+                return True
+            log.info(  # benchmarks.scaling counts this time as the referee's
+                "ran check %s ahead in %.3fs (%d rows)", check_id[:12], time.monotonic() - started, job.rows
+            )
+            return True
+        return False
+
+    def _make_ahead(self, job: Ahead, key: str) -> None:
+        """The first job.rows rows of the check's input through the model, as _reexecute runs them."""
+        with tempfile.TemporaryDirectory(prefix="referee-", dir=self.blobs.tmp_dir) as tmp:
+            source, out = Path(tmp) / "in.safetensors", Path(tmp) / "out.safetensors"
+            tensorfile.gather_rows(self.blobs.path_for(job.input_sha), list(range(job.rows)), source)
+            self._run(job.model_sha, job.settings, source, out)
+            self.ahead.put(key, out)
 
     def _replay_inference(self, model: Path, source: Path, out: Path, settings: dict[str, Any]) -> None:
         batch = int(settings.get("batch_size") or 0)

@@ -23,6 +23,7 @@ from coordinator.repositories.verification import checks as records
 from coordinator.repositories.verification.checks import CheckPlan, Verdict
 from coordinator.repositories.verification.rulings import Ruling
 from coordinator.services.acceptance import ResultAcceptance, ResultItem
+from coordinator.services.verification.ahead import run_key
 from tensorgrid.spec import VerificationSpec, task_id_for
 from tensorgrid.spec.verification import detection_rows
 from tensorgrid.types import BlobRef, Capabilities, JobState, Receipt
@@ -221,6 +222,30 @@ def test_the_referee_confirms_every_row_of_a_budget_sized_check(state: Store) ->
     submit_check(state, checker, check_id, agrees=True, rows=m)
     (pending,) = state.verification.pending_rulings()
     assert pending.rows_limit == m
+
+
+def test_an_open_check_says_what_its_confirmation_will_re_run(state: Store) -> None:
+    # The referee re-runs an untrusted subject's check while the checker runs it
+    # (services/verification/ahead.py): what rulings.ahead says must be the ruling's re-run.
+    check_id = checked_result(state, rows=400, sampled=tuple(range(0, 400, 40)))
+    ahead = state.verification.ahead(check_id)
+    assert ahead is not None and (ahead.input_sha, ahead.rows) == (INPUT, 10)
+    checker = assignee(state, check_id)
+    assert checker is not None
+    submit_check(state, checker, check_id, agrees=True, rows=10)
+    assert state.verification.ahead(check_id) is None  # answered: no longer run ahead
+    (pending,) = state.verification.pending_rulings()
+    ran = run_key(ahead.model_sha, ahead.input_sha, ahead.rows, ahead.settings)
+    assert ran == run_key(pending.model_sha, pending.input_sha, pending.rows_limit, pending.settings)
+
+
+def test_a_canary_is_not_run_ahead(state: Store) -> None:
+    check_id = checked_result(state)
+    canary_id = "d1" * 32
+    with state.engine.begin() as conn:
+        subject = records._subject_row(conn, records.get_check(conn, check_id))
+        records.open_check(conn, subject, CheckPlan(canary_id, BlobRef(INPUT, 0), (0,)), NOW, kind="canary")
+    assert state.verification.ahead(canary_id) is None and state.verification.ahead(check_id) is not None
 
 
 def trust(state: Store, nodes: tuple[str, ...], reward: int = 1000) -> None:
