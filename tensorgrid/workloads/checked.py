@@ -45,7 +45,8 @@ class CheckedProgram:
             and not hasattr(module, "_guards_fn")
         )
         if self._memo:
-            module.validate_inputs = False  # the hook returns at once; __call__ checks instead
+            # the hook returns at once; __call__ checks instead
+            module.validate_inputs = False  # type: ignore[assignment]
 
     def __call__(self, *args: torch.Tensor) -> Any:
         if self._memo:
