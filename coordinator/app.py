@@ -29,7 +29,6 @@ from coordinator.services.scheduler import Scheduler
 from coordinator.services.serving.accounting import Accounting
 from coordinator.services.serving.batches import counted_key
 from coordinator.services.serving.checks import Checks
-from coordinator.services.serving.links import RECEIPT_DELAY_S
 from coordinator.services.serving.router import Router
 from coordinator.services.serving.service import Serving
 from coordinator.services.verification.manager import Verification
@@ -119,12 +118,7 @@ class Coordinator:
             lambda *a: self.router.rerun(*a), lambda batch, why: self.router.on_caught(batch, why),
         )  # fmt: skip
         self.router = Router(
-            self.domain,
-            accounting,
-            checks,
-            metrics=self.metrics.serving,
-            counted_key=counted_key(verification_secret),
-            receipt_delay_s=RECEIPT_DELAY_S,
+            self.domain, accounting, checks, metrics=self.metrics.serving, counted_key=counted_key(verification_secret)
         )
         self.metrics.watch_serving(self.router)
         self.serving = Serving(rt, store, self.router, self.ledger.result_withheld if self.chain is not None else None)

@@ -75,8 +75,6 @@ class ServingApi:
         try:
             async for msg in coalesced(link.outbox, ("requests", "counted"), _request_bytes):
                 yield msg
-                if msg.requests:  # their answers take a node's round trip: time to check receipts
-                    self.router.check_receipts()
         finally:
             reader.cancel()
             self.router.disconnect(link)
@@ -90,8 +88,6 @@ class ServingApi:
         except Exception:
             log.exception("the Serve stream of node %s failed", link.node)
         finally:
-            if not link.closed:
-                self.router.check_receipts()  # what the node receipted before it left is paid
             link.close()
 
     # ---- submitter ------------------------------------------------------------------------------

@@ -1,19 +1,9 @@
 """The node side of the router: open Serve streams, what goes down them and what comes up.
 
 Replies resolve the calls waiting on them; receipts are checked (batches.py) before a batch
-is paid; replica states make replicas ready or drop them.
-
-A receipt (~0.3 ms of hashing and ecrecover) is checked when the loop is waiting on nodes, not
-while it answers callers: it rides with a node's next replies, and checking it right after
-them put it between the answer and the caller's next request (about 0.2 ms more at p50 from
-the answer's write to the caller, measured at 1 client). So receipts are held until a request
-has gone down a stream (the answer takes a node's round trip: the loop has time), and at most
-`receipt_delay_s` (RECEIPT_DELAY_S in the coordinator; 0: checked as soon as the callers
-answered with them have run). A stream that ends has its held receipts checked first.
-
-A node that breaks the protocol (receipts for replicas it does not hold, unexpected messages)
-is counted and, past MAX_VIOLATIONS, its stream is closed; a reply to a request it was never
-sent closes it at once.
+is paid; replica states make replicas ready or drop them. A node that breaks the protocol
+(receipts for replicas it does not hold, unexpected messages) is counted and, past
+MAX_VIOLATIONS, its stream is closed; a reply to a request it was never sent closes it at once.
 """
 
 from __future__ import annotations
@@ -38,7 +28,6 @@ MAX_VIOLATIONS = 16
 MAX_NODE_REPLICAS = 64  # replicas one node may hold, whatever it asks
 MAX_WARM = 64  # warm endpoints read from a node's hello
 MAX_COUNTED = 4096  # counted batches read from a node's hello
-RECEIPT_DELAY_S = 0.02  # a receipt waits at most this long for a request to go down a stream
 
 
 def wall_ms_now() -> int:
@@ -52,17 +41,9 @@ class Links:
     accounting: Accounting
 
     def __init__(
-        self,
-        domain: Domain,
-        clock: Callable[[], float],
-        wall_ms: Callable[[], int],
-        counted_key: bytes = b"",
-        receipt_delay_s: float = 0.0,
+        self, domain: Domain, clock: Callable[[], float], wall_ms: Callable[[], int], counted_key: bytes = b""
     ) -> None:
         self.domain = domain
-        self.receipt_delay_s = receipt_delay_s
-        self._held: list[tuple[NodeLink, Sequence[serving_pb2.BatchReceipt]]] = []  # receipts not checked yet
-        self._held_timer: asyncio.TimerHandle | None = None
         self.counted_key = counted_key  # BatchCounted tags (batches.counted_key); empty: none taken
         self.clock = clock
         self.wall_ms = wall_ms
@@ -128,8 +109,6 @@ class Links:
 
     def disconnect(self, link: NodeLink) -> None:
         """The stream ended: its replicas are gone, their calls fail over, others take their place."""
-        if not link.closed:
-            self.check_receipts()  # what the node receipted before it left is paid
         link.close()
         if self.links.get(link.node) is link:
             del self.links[link.node]
@@ -152,25 +131,10 @@ class Links:
                 return
             self._on_reply(link, reply)
         if up.receipts:
-            # Never before the callers just answered have run (they were woken first); with
-            # no delay, still before the stream's next message (loop callbacks run in order).
-            loop = asyncio.get_running_loop()
-            if self.receipt_delay_s <= 0:
-                loop.call_soon(self._on_receipts, link, up.receipts)
-                return
-            self._held.append((link, up.receipts))
-            if self._held_timer is None:
-                self._held_timer = loop.call_later(self.receipt_delay_s, self.check_receipts)
-
-    def check_receipts(self) -> None:
-        """Check the receipts held so far (the Serve handler calls it once a request went down a
-        stream; a timer, receipt_delay_s after the first was held)."""
-        if self._held_timer is not None:
-            self._held_timer.cancel()
-            self._held_timer = None
-        held, self._held = self._held, []
-        for link, receipts in held:
-            self._on_receipts(link, receipts)
+            # Checked after the callers just answered have run (they were woken first), so
+            # a receipt's ~0.2 ms of hashing and ecrecover never sits between an answer and
+            # its caller. Still before the stream's next message: loop callbacks run in order.
+            asyncio.get_running_loop().call_soon(self._on_receipts, link, up.receipts)
 
     def _on_receipts(self, link: NodeLink, receipts: Sequence[serving_pb2.BatchReceipt]) -> None:
         for receipt in receipts:

@@ -57,14 +57,12 @@ class Router(Links):
         wall_ms: Callable[[], int] = wall_ms_now,
         metrics: RequestSink | None = None,
         counted_key: bytes = b"",
-        receipt_delay_s: float = 0.0,
     ) -> None:
         """domain: the EIP-712 domain receipts are signed under; clock: monotonic seconds
         (scaling, expiries); wall_ms: the unix clock deadlines are sent in; metrics: where
         every endpoint's request outcomes are also counted (services.metrics); counted_key:
-        the key of BatchCounted tags (batches.counted_key; empty: none sent, none taken);
-        receipt_delay_s: how long a receipt may be held for a quiet moment (links.py; 0: none)."""
-        super().__init__(domain, clock, wall_ms, counted_key, receipt_delay_s)
+        the key of BatchCounted tags (batches.counted_key; empty: none sent, none taken)."""
+        super().__init__(domain, clock, wall_ms, counted_key)
         self.accounting: Accounting = accounting if accounting is not None else NoAccounting()
         self.checks: Checks = checks if checks is not None else NoChecks()
         self.metrics = metrics
