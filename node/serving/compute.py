@@ -22,6 +22,7 @@ import torch
 from tensorgrid.errors import InvalidTensorFile, SpecError
 from tensorgrid.serving import tensors_from_bytes, tensors_to_bytes
 from tensorgrid.workloads import inference
+from tensorgrid.workloads.checked import CheckedProgram
 from tensorgrid.workloads.generation import DecodeSettings, check_prompts, decode, prompt_seed
 
 __all__ = ["Failure", "Served"]
@@ -55,6 +56,8 @@ class Served:
             self.decode = DecodeSettings.from_dict(settings["generation"])
         # inference.load_program is the warm-program LRU in the worker (node.worker.prepare).
         self.module = inference.load_program(model_path, self.device)
+        # a micro-batch's forward pass checks its input shapes once per signature, not per call
+        self.program = CheckedProgram(self.module)
 
     # ---- inference ------------------------------------------------------------------------------
     def run_batch(self, payloads: list[bytes]) -> list[Result]:
@@ -96,9 +99,13 @@ class Served:
 
     def _forward(self, batch: list[list[torch.Tensor]]) -> list[bytes]:
         rows = [inputs[0].shape[0] for inputs in batch]
-        joined = [torch.cat(column).to(self.device) for column in zip(*batch, strict=True)]
+        # a lone request's tensors go in as they are (torch.cat would copy them)
+        joined = [
+            (column[0] if len(column) == 1 else torch.cat(column)).to(self.device)
+            for column in zip(*batch, strict=True)
+        ]
         with torch.no_grad():
-            named = inference.forward_rows(self.module, joined)
+            named = inference.forward_rows(self.program, joined)
         parts = {key: value.to("cpu").split(rows) for key, value in named.items()}
         return [tensors_to_bytes({key: pieces[j] for key, pieces in parts.items()}) for j in range(len(rows))]
 

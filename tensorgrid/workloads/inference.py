@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -97,13 +97,13 @@ def run_inference(
     return InferenceStats(rows=rows, seconds=seconds)
 
 
-def forward_rows(module: torch.nn.Module, batch: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+def forward_rows(module: Callable[..., object], batch: list[torch.Tensor]) -> dict[str, torch.Tensor]:
     """One forward pass over a batch of rows (call under no_grad): its outputs named as the
     output file names them, each checked to hold one row per input row."""
     return _named_outputs(_forward(module, batch), batch[0].shape[0])
 
 
-def _forward(module: torch.nn.Module, batch: list[torch.Tensor]) -> object:
+def _forward(module: Callable[..., object], batch: list[torch.Tensor]) -> object:
     try:
         return module(*batch)
     except torch.OutOfMemoryError as exc:

@@ -1,0 +1,94 @@
+"""Serving, two versions of the code in one sitting: the baseline server, a grid running the
+code under --base and a grid running this checkout, given short turns in rotation.
+
+On a shared machine the load moves more between two runs of `benchmarks.serving` than a
+change moves the figures; turns of a second or two, the three sides in rotation (reversed
+every other round), put the same minutes of load on each. Make the other version's tree with
+e.g. `git archive main | tar -x -C /tmp/main-tree`; its processes run with PYTHONPATH set to it.
+
+    python -m benchmarks.serving_ab --base /tmp/main-tree [--levels 1,64] [--rounds 10] [--turn 1.5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from benchmarks._common import emit
+from benchmarks.serving import build_model, closed_loop, start_baseline, start_grid, summary
+from tensorgrid.spec import EndpointSpec
+
+SIDES = ("baseline", "base", "head")
+
+
+def measure(base: Path, levels: list[int], rounds: int, turn_s: float, check_rate: float) -> dict[str, Any]:
+    result: dict[str, Any] = {"benchmark": "serving_ab", "levels": levels, "rounds": rounds, "turn_s": turn_s}
+    with tempfile.TemporaryDirectory(prefix="tg-bench-serving-ab-") as tmp:
+        root = Path(tmp)
+        model_path, data = build_model(root)
+        baseline, port = start_baseline(root, model_path)
+        grids = []
+        try:
+            mine = os.environ.get("PYTHONPATH", "")
+            for name, path in (("head", mine), ("base", str(base))):
+                (root / name).mkdir()
+                os.environ["PYTHONPATH"] = path  # what the grid's processes import
+                try:
+                    grids.append((name, *start_grid(root / name, model_path, check_rate)))
+                finally:
+                    os.environ["PYTHONPATH"] = mine
+            none: tuple[tuple[str, str], ...] = ()
+            sides = {"baseline": (f"127.0.0.1:{port}", none, "")}
+            for name, grid, client, endpoint in grids:
+                sides[name] = (grid.target, client.session_metadata(), endpoint)
+            for c in levels:
+                seen: dict[str, tuple[list[float], list[str]]] = {side: ([], []) for side in SIDES}
+                for r in range(rounds):
+                    for side in SIDES if r % 2 == 0 else SIDES[::-1]:
+                        target, metadata, endpoint = sides[side]
+                        lat, err = asyncio.run(closed_loop(target, metadata, endpoint, data, c, turn_s))
+                        seen[side][0].extend(lat)
+                        seen[side][1].extend(err)
+                _level(result, c, {side: summary(*seen[side], turn_s * rounds) for side in SIDES})
+        finally:
+            baseline.terminate()
+            baseline.wait(10)
+            for _, grid, client, _ in grids:
+                client.close()
+                grid.stop()
+    return result
+
+
+def _level(result: dict[str, Any], c: int, summaries: dict[str, dict[str, Any]]) -> None:
+    b = summaries["baseline"]
+    for side, s in summaries.items():
+        result[f"{side}_{c}"] = s
+        if side != "baseline":
+            result[f"{side}_added_p50_ms_{c}"] = round(s["p50_ms"] - b["p50_ms"], 3)
+            result[f"{side}_p99_ratio_{c}"] = round(s["p99_ms"] / b["p99_ms"], 3)
+            result[f"{side}_throughput_ratio_{c}"] = round(s["per_s"] / b["per_s"], 3)
+        print(f"{side}, {c} clients: {s}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--base", type=Path, required=True, help="a tree of the other version (e.g. from git archive)")
+    p.add_argument("--levels", default="1,64", help="client concurrency levels")
+    p.add_argument("--rounds", type=int, default=10, help="turns each side takes at each level")
+    p.add_argument("--turn", type=float, default=1.5, help="seconds of one turn")
+    p.add_argument("--check-rate", type=float, default=EndpointSpec.check_rate, help="both endpoints' check rate")
+    ns = p.parse_args(argv)
+    if not (ns.base / "coordinator").is_dir():
+        p.error(f"{ns.base} holds no coordinator package: pass a tree of the project")
+    levels = [int(c) for c in ns.levels.split(",")]
+    emit(measure(ns.base.resolve(), levels, ns.rounds, ns.turn, ns.check_rate))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
