@@ -7,6 +7,8 @@ every other round), put the same minutes of load on each. Make the other version
 e.g. `git archive main | tar -x -C /tmp/main-tree`; its processes run with PYTHONPATH set to it.
 
     python -m benchmarks.serving_ab --base /tmp/main-tree [--levels 1,64] [--rounds 10] [--turn 1.5]
+
+Without --base both grids run this checkout: an A/A run, the noise between two grids of one code.
 """
 
 from __future__ import annotations
@@ -77,7 +79,14 @@ def _level(result: dict[str, Any], c: int, summaries: dict[str, dict[str, Any]])
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--base", type=Path, required=True, help="a tree of the other version (e.g. from git archive)")
+    here = Path(__file__).resolve().parent.parent
+    p.add_argument(
+        "--base",
+        type=Path,
+        default=here,
+        help="a tree of the other version (e.g. from git archive); default: this checkout, an A/A run that "
+        "shows how far two grids of the same code differ in one sitting (the noise a change must beat)",
+    )
     p.add_argument("--levels", default="1,64", help="client concurrency levels")
     p.add_argument("--rounds", type=int, default=10, help="turns each side takes at each level")
     p.add_argument("--turn", type=float, default=1.5, help="seconds of one turn")
