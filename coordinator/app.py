@@ -154,7 +154,7 @@ class Coordinator:
         """Start background loops and finish what a previous run left half done."""
         rt = self.runtime
         rt.spawn(self.scheduler.reap_loop(self.config.reap_interval_ms / 1000, self.aggregation.schedule))
-        rt.spawn(self.verification.run_referee(self._after_ruling))
+        rt.spawn(self.verification.run_referee(self._after_ruling, warm=self.config.referee_start == "boot"))
         c = self.config
         rt.spawn(
             retention_loop(rt, self.blobs, self.store.blob_access, c.blob_retention_ms, c.retention_interval_ms / 1000)

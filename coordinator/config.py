@@ -131,6 +131,10 @@ class CoordinatorConfig:
     # the machine with the coordinator; several threads on busy cores wait for each other (measured on 2
     # loaded cores: 2 rows of a 22M-parameter encoder in 1.8 s on 2 threads, 0.3 s on 1)
     referee_threads: int = 1
+    # "boot": the referee's child starts with the coordinator, warm for the first job's intake
+    # probe (seconds of torch's import off a job's path); "first-use": with the first request
+    # that needs it (a grid that never runs a stranger's graph never starts one: tests, dev grids)
+    referee_start: str = "boot"
 
     @property
     def db_url(self) -> str:

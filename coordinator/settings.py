@@ -232,6 +232,14 @@ REFEREE_THREADS = Setting(
     type=int,
     help="torch threads of that sandboxed child; 0: torch's default (one per core)",
 )
+REFEREE_START = Setting(
+    "--referee-start",
+    _COORDINATOR + "REFEREE_START",
+    CoordinatorConfig.referee_start,
+    choices=("boot", "first-use"),
+    help="when that sandboxed child starts: with the coordinator (warm for the first job) or with the "
+    "first request that needs it (a grid that never runs a model never starts it)",
+)
 CONFIG = config.config_setting(_COORDINATOR + "CONFIG", "tensorgrid-coordinator")
 READY_FILE = Setting(
     "--ready-file",
@@ -286,6 +294,7 @@ SETTINGS = (
     REFEREE_TIME_S,
     REFEREE_MEMORY_MIB,
     REFEREE_THREADS,
+    REFEREE_START,
     READY_FILE,
     VERBOSE,
     LOG_FORMAT,
@@ -331,6 +340,7 @@ def config_from(ns: argparse.Namespace) -> CoordinatorConfig:
         referee_time_s=ns.referee_time_s,
         referee_memory_bytes=int(ns.referee_memory_mib * MiB),
         referee_threads=ns.referee_threads,
+        referee_start=ns.referee_start,
         timing=LeaseTiming(ttl_ms=ns.lease_ttl_ms, per_node=ns.max_node_leases),
         limits=Limits(max_shard_bytes=int(ns.max_shard_mib * MiB), max_blob_bytes=int(ns.max_blob_mib * MiB)),
         peers=peer_limits(ns),

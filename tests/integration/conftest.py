@@ -21,7 +21,8 @@ from tests.conftest import shared_dir
 from tests.datasets import save_digits
 
 pytestmark = pytest.mark.integration
-FAST = ("--heartbeat-ms", "300", "--lease-ttl-ms", "1500", "--check-wait-ms", "2000")
+# Test grids start the referee with its first use: most never run a model (~3.6 CPU-s each).
+FAST = ("--heartbeat-ms", "300", "--lease-ttl-ms", "1500", "--check-wait-ms", "2000", "--referee-start", "first-use")
 
 
 @dataclass(frozen=True)

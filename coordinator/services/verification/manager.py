@@ -26,7 +26,7 @@ from coordinator.repositories.verification.checks import CheckPlan, Verdict
 from coordinator.repositories.verification.rulings import Ahead, Ruling, RulingInfo
 from coordinator.repositories.verification.store import CheckInfo
 from coordinator.services.runtime import Runtime
-from coordinator.services.sandboxed import reexecute_rows
+from coordinator.services.sandboxed import SandboxFailure, reexecute_rows, referee
 from coordinator.services.verification.ahead import AheadRuns, run_key
 from coordinator.services.verification.compare import load_rows, rows_match
 from coordinator.services.verification.policy import VerificationPolicy
@@ -170,10 +170,16 @@ class Verification:
         """A check result came in that may have opened a dispute: look for rulings to make now."""
         self._disputes.set()
 
-    async def run_referee(self, settled: Settled) -> None:
-        """Rule on disputed checks as they come (and those a previous run left pending). The
-        referee's child starts with the first ruling (or an earlier request): most grids never
-        need it, and a first ruling waiting for its start (seconds) holds nothing up."""
+    async def run_referee(self, settled: Settled, warm: bool = True) -> None:
+        """Rule on disputed checks as they come (and those a previous run left pending).
+        warm: start the referee's child now, so the first job's intake probe does not wait for
+        its start (seconds); else it starts with the first request made of it (intake's probe,
+        a ruling, a serving check), and a grid that never needs it never starts one."""
+        if warm:
+            try:
+                await self._work(referee(self.rt, self.blobs).warm)
+            except SandboxFailure as e:
+                log.warning("the referee's sandbox did not start (it is retried with the first request): %s", e)
         while True:
             try:
                 await asyncio.wait_for(self._disputes.wait(), REFEREE_IDLE_S)

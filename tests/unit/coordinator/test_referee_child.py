@@ -25,7 +25,11 @@ from tests.procs import REFEREE_ENTRY, running
 def test_the_referee_starts_with_intakes_probe_keeps_its_program_warm_and_stops_with_the_coordinator(
     tmp_path: Path,
 ) -> None:
-    app = Coordinator(CoordinatorConfig(data_dir=tmp_path / "coord", database_url=f"sqlite:///{tmp_path / 'c.db'}"))
+    app = Coordinator(
+        CoordinatorConfig(
+            data_dir=tmp_path / "coord", database_url=f"sqlite:///{tmp_path / 'c.db'}", referee_start="first-use"
+        )
+    )
     export_program(torch.nn.Sequential(torch.nn.Linear(4, 3)).eval(), (torch.rand(2, 4),), tmp_path / "model.pt2")
     save_tensors({"x": torch.rand(6, 4)}, tmp_path / "rows.safetensors")
     model = app.blobs.path_for(app.blobs.put_file(tmp_path / "model.pt2").sha256)  # the child reads the store only
