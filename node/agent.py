@@ -121,8 +121,11 @@ class Agent:
             if self.pending.any():  # results an earlier run could not hand in: first, while their leases live
                 await self._register_with_retry()
                 await self.handin.hand_in_kept()
-            # The task workers start with the first task (not charged to its time limit): a node
-            # whose tasks need no torch (noop, or none: endpoints only) never imports it.
+            if self.config.worker_start == "boot":
+                # Warm the task workers (torch's import) before the first lease, not during it.
+                await asyncio.gather(*(ex.start() for ex in self.executors))
+            # Else they start with the first task (not charged to its time limit; a lease warms
+            # its worker up while its blobs come): a node whose tasks need no torch never imports it.
             if not self._registered.is_set():
                 await self._register_with_retry()
             heartbeat = asyncio.create_task(self._heartbeat_loop())

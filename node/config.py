@@ -22,6 +22,9 @@ class AgentConfig:
     rpc_timeout_s: float = 30.0
     tls: ClientTls = ClientTls()
     domain: Domain | None = None  # the deployments file's EIP-712 domain: sign under no other
+    # "boot": task workers start (torch's import) before the node registers, warm for its first
+    # lease; "first-task": with the first task, and without torch for noop tasks (test grids)
+    worker_start: str = "boot"
 
 
 KEYSTORE = Setting(
@@ -68,6 +71,14 @@ SERVE_REPLICAS = Setting(
     type=int,
     help="endpoint replicas to hold at once for real-time serving (each a warm worker); 0: serve no endpoints",
 )
+WORKER_START = Setting(
+    "--worker-start",
+    "TENSORGRID_NODE_WORKER_START",
+    AgentConfig.worker_start,
+    choices=("boot", "first-task"),
+    help="when task workers start: before registering (warm for the first lease) or with the first task "
+    "(a node that runs only noop tasks never imports torch)",
+)
 MEMORY_GIB = Setting(
     "--memory-gib", "TENSORGRID_NODE_MEMORY_GIB", None, type=float, help="memory to offer; none: what is free"
 )
@@ -112,6 +123,7 @@ RUN = (
     SLOTS,
     THREADS,
     SERVE_REPLICAS,
+    WORKER_START,
     MEMORY_GIB,
     CACHE_GIB,
     *CHAIN,

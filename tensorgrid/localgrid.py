@@ -82,6 +82,7 @@ class LocalGrid:
 
     root: Path
     coordinator_args: list[str] = field(default_factory=list)
+    node_args: list[str] = field(default_factory=list)  # given to every node start_node starts
     procs: list[Proc] = field(default_factory=list)
     port: int = 0
     # TLS: the coordinator serves these files and nodes verify against their CA; None: plain text
@@ -261,6 +262,7 @@ class LocalGrid:
             "--data-dir",
             str(self.root / name),
             *(self.tls.client_args if self.tls is not None else ()),
+            *self.node_args,
             *extra,
         ]
         return self._spawn(name, args, {"TENSORGRID_KEY_PASSWORD": PASSWORD, **(env or {})}, prefix)

@@ -21,6 +21,8 @@ from tests.conftest import shared_dir
 from tests.datasets import save_digits
 
 pytestmark = pytest.mark.integration
+# Test grids' nodes start their task workers with the first task (noop-only nodes never import torch).
+LAZY_NODE = ("--worker-start", "first-task")
 # Test grids start the referee with its first use: most never run a model (~3.6 CPU-s each).
 FAST = ("--heartbeat-ms", "300", "--lease-ttl-ms", "1500", "--check-wait-ms", "2000", "--referee-start", "first-use")
 
@@ -145,7 +147,7 @@ def _grids(root: Path, stopper: Stopper) -> Iterator[Callable[..., LocalGrid]]:
         """tls: the grid serves TLS with a fresh local CA (grid.ca_cert) and its nodes verify it."""
         grid_root = root / f"grid{len(grids)}"
         files = make_local_ca(grid_root / "tls") if tls else None
-        grid = LocalGrid(grid_root, coordinator_args=[*FAST, *coordinator_args], tls=files)
+        grid = LocalGrid(grid_root, coordinator_args=[*FAST, *coordinator_args], node_args=[*LAZY_NODE], tls=files)
         grids.append(grid)
         return grid
 
