@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from node.executor import Executor
 from tensorgrid.workloads.model import export_program
 from tensorgrid.workloads.tensorfile import save_tensors
 
@@ -19,6 +20,15 @@ def loop() -> Iterator[asyncio.AbstractEventLoop]:
     event_loop = asyncio.new_event_loop()
     yield event_loop
     event_loop.close()
+
+
+@pytest.fixture(scope="module")
+def executor(loop: asyncio.AbstractEventLoop) -> Iterator[Executor]:
+    """A started executor (its worker warm), shared by a module's tests."""
+    ex = Executor()
+    loop.run_until_complete(ex.start())
+    yield ex
+    loop.run_until_complete(ex.close())
 
 
 class _Tiny(torch.nn.Module):

@@ -8,7 +8,6 @@ import signal
 import sys
 import time
 import types
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,14 +20,6 @@ from tensorgrid.workloads.inference import run_inference
 from tests.procs import loads_torch
 
 HOSTILE = [sys.executable, "-m", "tests.unit.node.hostile_worker"]
-
-
-@pytest.fixture(scope="module")
-def executor(loop: asyncio.AbstractEventLoop) -> Iterator[Executor]:
-    ex = Executor()
-    loop.run_until_complete(ex.start())
-    yield ex
-    loop.run_until_complete(ex.close())
 
 
 def _infer(models: dict[str, Path], name: str, out: Path, **limits: float) -> TaskRequest:

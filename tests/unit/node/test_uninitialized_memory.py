@@ -5,10 +5,8 @@ fill such memory (NaN), so what a program leaves behind never reaches the next s
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -29,14 +27,6 @@ class _Peeks(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.new_empty(x.shape)
-
-
-@pytest.fixture(scope="module")
-def executor(loop: asyncio.AbstractEventLoop) -> Iterator[Executor]:
-    ex = Executor()
-    loop.run_until_complete(ex.start())
-    yield ex
-    loop.run_until_complete(ex.close())
 
 
 def _request(model: Path, inputs: Path, out: Path) -> TaskRequest:
