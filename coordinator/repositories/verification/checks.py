@@ -31,6 +31,7 @@ from tensorgrid.types import BlobRef
 MAX_CHECKERS = 4  # a chain with this many mutually disagreeing checkers is inconclusive
 OPEN_STATES = OPEN_CHECK_STATES
 CHECK_KIND = s.CHECK_KIND
+CANARY = "canary"  # a check's kind: its subject's whole shard, reshuffled (not a spot-check)
 checks, job_policies, referee_rulings, reputation = s.checks, s.job_policies, s.referee_rulings, s.reputation
 EventFn = Callable[..., Any]
 
@@ -311,7 +312,7 @@ def _maybe_canary(conn: Connection, chk: Any, now_ms: int) -> None:
     if prepared is None:
         return
     canary_id, sha, size, rows = prepared
-    open_check(conn, _subject_row(conn, chk), CheckPlan(canary_id, BlobRef(sha, size), rows), now_ms, kind="canary")
+    open_check(conn, _subject_row(conn, chk), CheckPlan(canary_id, BlobRef(sha, size), rows), now_ms, kind=CANARY)
 
 
 def _root_kind(conn: Connection, root_id: str) -> str:

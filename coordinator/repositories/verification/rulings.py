@@ -121,7 +121,7 @@ def ahead(conn: Connection, check_id: str) -> Ahead | None:
     """What confirming this check will re-run, while it is still open (waiting for its checker);
     None once it is answered or settled, and for a canary (whose agreement needs no confirmation)."""
     chk = records.get_check(conn, check_id)
-    if chk is None or chk.state != "open" or chk.kind == "canary":
+    if chk is None or chk.state != "open" or chk.kind == records.CANARY:
         return None
     t = s.tasks.c
     task = conn.execute(select(t.model_sha, t.input_sha, t.settings).where(t.task_id == check_id)).first()
