@@ -87,6 +87,7 @@ class Coordinator:
         stake_of = self.chain.client.stake_of if self.chain is not None else None
         self.verification = Verification(rt, store, blobs, verification_secret, stake_of)
         self.kinds = build_kinds(KindContext(rt, store, blobs, self.verification))
+        store.tasks.reviewed = frozenset(t for k in self.kinds if k.reviews_claims for t in k.task_kinds)
         training = self.kinds.for_job(TrainingKind.name)
         assert isinstance(training, TrainingKind)
         self.rounds = training.rounds  # RevealCheckpoint is training's: the api hands reveals to its auditor

@@ -13,6 +13,7 @@ from coordinator.db.tables.access import blob_owners, dashboard_sessions, submit
 from coordinator.db.tables.core import (
     CHECK_KIND,
     CHECK_LEASED_AS,
+    OPEN_TASK_STATES,
     events,
     failure_claims,
     jobs,
@@ -82,6 +83,7 @@ __all__ = [
     "CHECK_KIND",
     "blob_owners",
     "CHECK_LEASED_AS",
+    "OPEN_TASK_STATES",
     "canary_plans",
     "dashboard_sessions",
     "SCHEMA_VERSION",

@@ -67,6 +67,7 @@ class BaseKind:
 
     assembles: bool = True
     checks_output: bool = False
+    reviews_claims: bool = False
 
     def vet(self, spec: Any, blobs: BlobStore) -> None:
         """Checks of a planned job that run its program (none by default)."""

@@ -13,8 +13,22 @@ the task only once a second, distinct node makes one too:
   unconfirmed claims it confirms; their reporters' refusals are taken back. From then on every
   claim on the task spends an attempt, as any failure does.
 
-Two colluding nodes can still confirm each other's lie; what stops them is stake and the
-verification of their other work, not this table.
+Two colluding nodes could confirm each other's lie. For tasks the referee can run (`reviewed`:
+inference and generation, whose shards it re-runs for rulings anyway), a second claim does not
+confirm: it sends the task to review (state "disputed", leased to nobody) and counts against
+its reporter like a first claim. The referee then runs the task's whole input as a node would
+(services.verification.reviews) and `settle_review` carries out its verdict:
+
+- the run failed (the program raised, or the referee could not finish it within its limits):
+  the claims are confirmed as above (verdict "failed").
+- the run was clean: the input is valid, so the claims were false (verdict "clean"). The task
+  is pending again with no attempt spent and the claimants keep their refusals; any later claim
+  on it is unconfirmed, whoever makes it. What a claim is about (the input files, the settings)
+  reads the same on every device: a program that fails on one device class reports an
+  execution error, not a claim.
+
+Tasks the referee cannot run (training rounds) keep the second-claim rule; there, stake and the
+verification of the colluders' other work are what stop them.
 """
 
 from __future__ import annotations
@@ -27,27 +41,69 @@ from coordinator.db import schema as s
 from coordinator.repositories.nodes import node_failed
 
 claims = s.failure_claims
+CLEAN, FAILED = "clean", "failed"  # verdicts of a review
+DISPUTED = s.OPEN_TASK_STATES[2]  # the state of a task whose claims the referee is about to review
 
 
 @dataclass(frozen=True)
 class Claim:
     confirmed: bool  # another node made a claim on this task too
     spends: int  # attempts of the task it spends now
+    review: bool = False  # the task goes to review: the referee runs it before anyone is believed
 
 
-def claim(conn: Connection, task_id: str, node: str, kind: str, now_ms: int) -> Claim:
-    """Record `node`'s workload-error claim on the task; say whether it counts, and how much."""
-    rows = conn.execute(select(claims.c.node, claims.c.confirmed).where(claims.c.task_id == task_id)).all()
+def claim(conn: Connection, task_id: str, node: str, kind: str, now_ms: int, *, reviewed: bool = False) -> Claim:
+    """Record `node`'s workload-error claim on the task; say whether it counts, and how much.
+    reviewed: the referee can run this task, so a second claim sends it to review."""
+    rows = conn.execute(
+        select(claims.c.node, claims.c.confirmed, claims.c.verdict).where(claims.c.task_id == task_id)
+    ).all()
     mine = any(r.node == node for r in rows)
     others = [r for r in rows if r.node != node]
     if not mine:
         conn.execute(insert(claims).values(task_id=task_id, node=node, kind=kind, claimed_ms=now_ms, confirmed=False))
-    if not others:
+    disproved = any(r.verdict == CLEAN for r in rows)
+    review = reviewed and bool(others) and not disproved and not any(r.confirmed for r in others)
+    if not others or disproved or review:
         if not mine:  # counted once per task, so a retry of an honest claim costs nothing more
-            node_failed(conn, node, now_ms, rejection=True)
-            conn.execute(update(s.reputation).where(s.reputation.c.address == node).values(consecutive_valid=0))
-        return Claim(confirmed=False, spends=0)
-    unconfirmed = sorted({r.node for r in others if not r.confirmed})
+            _refuse(conn, node, now_ms)
+        return Claim(confirmed=False, spends=0, review=review)
+    earlier = _confirm(conn, task_id, but=node)
+    if not earlier and not mine:
+        conn.execute(update(claims).where(claims.c.task_id == task_id, claims.c.node == node).values(confirmed=True))
+    return Claim(confirmed=True, spends=1 + earlier)
+
+
+def settle_review(conn: Connection, task_id: str, clean: bool) -> int:
+    """Record the referee's verdict on the task's claims; the attempts the claims spend now
+    (0 when the run was clean: they were false, and their reporters keep their refusals)."""
+    spends = 0 if clean else _confirm(conn, task_id, but="")
+    conn.execute(update(claims).where(claims.c.task_id == task_id).values(verdict=CLEAN if clean else FAILED))
+    return spends
+
+
+def claimants(conn: Connection, task_id: str) -> list[str]:
+    rows = conn.execute(select(claims.c.node).where(claims.c.task_id == task_id).order_by(claims.c.node)).all()
+    return [str(r.node) for r in rows]
+
+
+def kind_of(conn: Connection, task_id: str) -> str:
+    """What the task's claims say (the first one's kind: invalid_input or unsafe_input)."""
+    c = claims.c
+    first = conn.execute(select(c.kind).where(c.task_id == task_id).order_by(c.claimed_ms, c.node).limit(1)).scalar()
+    return str(first or "invalid_input")
+
+
+def _refuse(conn: Connection, node: str, now_ms: int) -> None:
+    node_failed(conn, node, now_ms, rejection=True)
+    conn.execute(update(s.reputation).where(s.reputation.c.address == node).values(consecutive_valid=0))
+
+
+def _confirm(conn: Connection, task_id: str, but: str) -> int:
+    """Confirm the task's claims if any is unconfirmed, and take back the refusals of those
+    reporters (except `but`, whose claim is being made now); how many that were."""
+    rows = conn.execute(select(claims.c.node, claims.c.confirmed).where(claims.c.task_id == task_id)).all()
+    unconfirmed = sorted({r.node for r in rows if not r.confirmed and r.node != but})
     if unconfirmed:
         conn.execute(update(claims).where(claims.c.task_id == task_id).values(confirmed=True))
         n = s.nodes.c
@@ -56,6 +112,4 @@ def claim(conn: Connection, task_id: str, node: str, kind: str, now_ms: int) -> 
             .where(n.address.in_(unconfirmed))
             .values(rejections=case((n.rejections > 0, n.rejections - 1), else_=0))
         )
-    elif not mine:
-        conn.execute(update(claims).where(claims.c.task_id == task_id, claims.c.node == node).values(confirmed=True))
-    return Claim(confirmed=True, spends=1 + len(unconfirmed))
+    return len(unconfirmed)

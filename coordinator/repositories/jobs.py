@@ -121,7 +121,7 @@ class JobRepository:
             # arriving meanwhile, four times over on a busy job (benchmarks.fleet).
             conn.execute(
                 select(s.tasks.c.task_id)
-                .where(s.tasks.c.job_id == job_id, s.tasks.c.state.in_(["pending", "leased"]))
+                .where(s.tasks.c.job_id == job_id, s.tasks.c.state.in_(s.OPEN_TASK_STATES))
                 .order_by(s.tasks.c.task_id)
                 .with_for_update()
             ).all()
@@ -232,7 +232,7 @@ def end_job(
     conn.execute(update(s.jobs).where(s.jobs.c.job_id == job_id).values(**values))
     conn.execute(
         update(s.tasks)
-        .where(and_(s.tasks.c.job_id == job_id, s.tasks.c.state.in_(["pending", "leased"])))
+        .where(and_(s.tasks.c.job_id == job_id, s.tasks.c.state.in_(s.OPEN_TASK_STATES)))
         .values(state="cancelled", node=None, deadline_ms=None)
     )
     append_event(conn, job_id, state.value, now_ms, message=error)

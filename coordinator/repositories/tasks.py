@@ -40,11 +40,26 @@ class TaskRecord:
     rows: int
 
 
+@dataclass(frozen=True)
+class Disputed:
+    """A task whose input two nodes claimed invalid or unsafe, for the referee to run."""
+
+    task_id: str
+    job_id: str
+    kind: str
+    model_sha: str
+    input_sha: str
+    settings: str  # JSON, as leased
+
+
 class TaskRepository:
     """Tasks over one engine; each method is its own transaction."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        # Task kinds whose claims the referee reviews (repositories.claims); set by the
+        # composition root from the job kinds that can run their tasks there.
+        self.reviewed: frozenset[str] = frozenset()
         # Jobs this process has seen started in the database, so leasing skips the queued →
         # running update for them: each job costs one no-op UPDATE after its start, then is cached.
         self._started_jobs: set[str] = set()
@@ -212,6 +227,37 @@ class TaskRepository:
                 self._fail(conn, row, TaskError(ErrorKind.TIMEOUT, "lease expired without a result"), now_ms)
         return len(rows)
 
+    def disputed(self) -> list[Disputed]:
+        """Tasks of open jobs waiting for the referee to review their claims (oldest first)."""
+        t, j = s.tasks.c, s.jobs.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(t.task_id, t.job_id, t.kind, t.model_sha, t.input_sha, t.settings)
+                .join(s.jobs, j.job_id == t.job_id)
+                .where(t.state == claims.DISPUTED, j.state.in_(("queued", "running")))
+                .order_by(t.last_failed_ms, t.task_id)
+            ).all()
+        return [Disputed(r.task_id, r.job_id, r.kind, r.model_sha or "", r.input_sha, r.settings or "{}") for r in rows]
+
+    def settle_review(self, task_id: str, clean: bool, reason: str, now_ms: int) -> str | None:
+        """Carry out the referee's verdict on a disputed task's claims (repositories.claims):
+        pending again, or its job failed when the confirmed claims spent its last attempt.
+        The task's job id, or None when the task was no longer disputed (its job ended)."""
+        with self.engine.begin() as conn:
+            row = conn.execute(select(s.tasks).where(s.tasks.c.task_id == task_id).with_for_update()).first()
+            if row is None or row.state != claims.DISPUTED:
+                return None
+            lock_in_order(conn, claims.claimants(conn, task_id), [row.job_id])
+            spent = claims.settle_review(conn, task_id, clean)
+            if clean:
+                message = f"claims disproved: the referee ran the task cleanly ({reason})"
+            else:
+                message = f"claims confirmed: the referee's run failed too ({reason})"
+            kind = claims.kind_of(conn, task_id)
+            node = row.last_failed_node
+            self._reissue_or_end(conn, row, row.failures + spent, (kind, message), now_ms, counted=not clean, node=node)
+            return str(row.job_id)
+
     def _fail(
         self,
         conn: Connection,
@@ -225,16 +271,52 @@ class TaskRepository:
         released = error.kind == ErrorKind.RELEASED
         node = row.node
         # A node's word that the input is bad counts against the task only once another node's confirms it.
-        unconfirmed = False
-        spent = 0 if released or forged else 1
+        said = claims.Claim(confirmed=True, spends=0 if released or forged else 1)
         if error.kind in WORKLOAD_ERRORS and not rejection and node:
-            said = claims.claim(conn, row.task_id, node, error.kind.value, now_ms)
-            unconfirmed, spent = not said.confirmed, said.spends
-        failures = row.failures + spent
+            said = claims.claim(conn, row.task_id, node, error.kind.value, now_ms, reviewed=row.kind in self.reviewed)
         if not released and (rejection or error.kind not in WORKLOAD_ERRORS):
             node_failed(conn, node, now_ms, rejection=rejection)
+        if said.review:  # a second claim: nobody is believed until the referee has run the task
+            conn.execute(
+                update(s.tasks)
+                .where(s.tasks.c.task_id == row.task_id)
+                .values(state=claims.DISPUTED, node=None, deadline_ms=None, last_failed_node=node)
+                .values(last_failed_ms=now_ms)
+            )
+            what = f"{error.kind.value} claimed by a second node (the referee runs the task): {error.message}"
+            append_event(conn, row.job_id, claims.DISPUTED, now_ms, task_index=row.idx, node=node, message=what[:2000])
+            return True
+        return self._reissue_or_end(
+            conn,
+            row,
+            row.failures + said.spends,
+            (error.kind.value, error.message),
+            now_ms,
+            counted=not released and said.confirmed,
+            node=None if released else node,
+            event="released" if released else "reissued",
+            unconfirmed=not said.confirmed,
+        )
+
+    def _reissue_or_end(
+        self,
+        conn: Connection,
+        row: Any,
+        failures: int,
+        error: tuple[str, str],
+        now_ms: int,
+        *,
+        counted: bool,
+        node: str | None,
+        event: str = "reissued",
+        unconfirmed: bool = False,
+    ) -> bool:
+        """The task pending again with `failures` spent (`counted`: as one of its job's task
+        failures), or its job failed once they reach its attempts; error: (kind, message) of
+        the last failure. Whether it was reissued."""
+        kind, text = error
         if failures >= row.max_attempts:
-            message = f"task {row.idx} failed {failures} times; last error ({error.kind.value}): {error.message}"
+            message = f"task {row.idx} failed {failures} times; last error ({kind}): {text}"
             conn.execute(
                 update(s.jobs).where(s.jobs.c.job_id == row.job_id).values(task_failures=s.jobs.c.task_failures + 1)
             )
@@ -248,23 +330,16 @@ class TaskRepository:
                 node=None,
                 deadline_ms=None,
                 failures=failures,
-                last_failed_node=None if released else node,
+                last_failed_node=node,
                 last_failed_ms=now_ms,
             )
         )
-        if not released and not unconfirmed:
+        if counted:
             conn.execute(
                 update(s.jobs).where(s.jobs.c.job_id == row.job_id).values(task_failures=s.jobs.c.task_failures + 1)
             )
-        append_event(
-            conn,
-            row.job_id,
-            "released" if released else "reissued",
-            now_ms,
-            task_index=row.idx,
-            node=node or "",
-            message=f"{'unconfirmed ' if unconfirmed else ''}{error.kind.value}: {error.message}"[:2000],
-        )
+        what = f"{'unconfirmed ' if unconfirmed else ''}{kind}: {text}"
+        append_event(conn, row.job_id, event, now_ms, task_index=row.idx, node=node or "", message=what[:2000])
         return True
 
 

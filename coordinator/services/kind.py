@@ -51,6 +51,7 @@ class Kind(Protocol):
     task_kinds: tuple[str, ...]  # kinds of the tasks its jobs have in the tasks table
     assembles: bool  # False: the kind finishes its jobs itself (training's last round)
     checks_output: bool  # False: outputs are taken as they are (check_output is not called: no thread hop)
+    reviews_claims: bool  # the referee can run its tasks, so it reviews claims that their input is bad
 
     def plan(
         self, spec: Any, spec_json: bytes, submitter: str, sh: str, job_id: str, blobs: BlobStore, limits: Limits

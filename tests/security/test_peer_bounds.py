@@ -8,9 +8,11 @@ import asyncio
 import hashlib
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import grpc
 import pytest
+import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tensorgrid import serde
@@ -19,8 +21,12 @@ from tensorgrid.crypto import Signer
 from tensorgrid.localgrid import LocalGrid
 from tensorgrid.nodeclient import NodeClient
 from tensorgrid.rpc import RETRY_AFTER_METADATA_KEY
+from tensorgrid.spec import VerificationSpec
 from tensorgrid.types import BlobRef, Capabilities, ErrorKind, JobState, TaskError
 from tensorgrid.v1 import common_pb2, node_pb2
+from tensorgrid.workloads.model import export_program
+from tensorgrid.workloads.tensorfile import save_tensors
+from tests.integration.adversaries import Pool, SimNode
 from tests.integration.conftest import make_grid, make_module_grid, stopper  # noqa: F401  (fixtures)
 
 SUBMITTER = Signer.generate()  # one submitter for the module: a job is visible to its submitter only
@@ -258,6 +264,50 @@ def test_a_node_claiming_invalid_input_on_every_task_cannot_fail_a_job(grid: Loc
     assert record[liar].backoff_until_ms > 0  # type: ignore[attr-defined]
     assert record[honest].rejections == 0 and record[honest].completed == tasks  # type: ignore[attr-defined]
     assert sum("unconfirmed invalid_input" in e.message for e in events) == tasks
+
+
+@SHARED
+@pytest.mark.timeout(400)  # the referee's child starts with its first use (torch imports) on a loaded machine
+def test_two_colluding_nodes_claiming_a_valid_input_is_bad_are_disproved_by_the_referee(
+    grid: LocalGrid, tmp_path: Path
+) -> None:
+    model, inputs = tmp_path / "linear.pt2", tmp_path / "rows.safetensors"
+    export_program(torch.nn.Linear(8, 4).eval(), (torch.randn(4, 8),), model)
+    save_tensors({"x": torch.rand(8, 8)}, inputs)
+    with Client(grid.target, SUBMITTER) as client:
+        job_id = client.submit_inference(
+            model, inputs, shard_rows=8, batch_size=4, device="cpu", max_attempts=2,  # two believed claims fail it
+            verification=VerificationSpec(mode="none"),
+        ).job_id  # fmt: skip
+    lie = TaskError(ErrorKind.INVALID_INPUT, "input tensor 'x' is not a tensor file (a lie)")
+
+    async def scenario() -> tuple[str, str, str]:
+        first, second = await registered(grid), await registered(grid)
+        for liar in (first, second):
+            (lease,), _ = await liar.lease(1, wait_ms=5000)
+            assert await liar.report(lease.task_id, lease.attempt, lie) is True  # reissued, not failed
+        honest = SimNode(grid.target, "honest", Pool(), tmp_path)  # leases it once the referee put it back
+        stop = asyncio.Event()
+        run = asyncio.create_task(honest.run(stop))
+        try:
+            with Client(grid.target, SUBMITTER) as client:
+                job = await asyncio.to_thread(client.wait, job_id)
+        finally:
+            stop.set()
+            await run
+            for n in (first, second):
+                await n.close()
+        assert job.state == JobState.SUCCEEDED, job.error
+        return first.signer.address, second.signer.address, honest.signer.address
+
+    first, second, honest = asyncio.run(scenario())
+    with Client(grid.target, SUBMITTER) as client:
+        events = list(client.watch(job_id))
+    assert [e.kind for e in events].count("disputed") == 1
+    assert any(e.kind == "reissued" and "claims disproved" in e.message for e in events), events
+    record = records(grid)
+    assert record[first].rejections == 1 and record[second].rejections == 1  # type: ignore[attr-defined]
+    assert record[honest].completed == 1  # type: ignore[attr-defined]
 
 
 @SHARED

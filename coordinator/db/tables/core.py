@@ -19,6 +19,9 @@ from coordinator.db.metadata import metadata
 
 CHECK_KIND = "spotcheck"  # the tasks-table kind of every check task
 CHECK_LEASED_AS = "inference"  # what a node is told a check task is: it looks like any inference task
+# Task states of a task not finished yet: waiting for a node, held by one, or its input disputed
+# and waiting for the referee's run (repositories.claims). Ending a job cancels tasks in these.
+OPEN_TASK_STATES = ("pending", "leased", "disputed")
 
 nodes = Table(
     "nodes",
@@ -119,6 +122,9 @@ failure_claims = Table(
     Column("kind", String(16), nullable=False),
     Column("claimed_ms", BigInteger, nullable=False),
     Column("confirmed", Boolean, nullable=False, default=False),
+    # the referee's run of the task the claims are about (repositories.claims): NULL none yet,
+    # "clean" it ran (the claims were false), "failed" it failed too (the claims confirmed)
+    Column("verdict", String(16), nullable=True),
 )
 
 receipts = Table(

@@ -47,6 +47,7 @@ MAX_PROMPT_BYTES = 256 << 20  # the prompt file is read whole at intake to valid
 class GenerationKind(BaseKind):
     name: str = NAME
     checks_output: bool = True
+    reviews_claims: bool = True  # the referee runs its decoding loop (rulings), so it can run a disputed task
     task_kinds: tuple[str, ...] = (NAME,)  # its check tasks are the verification ladder's (see inference)
 
     def __init__(self, verification: Verification, hub: EventHub) -> None:

@@ -36,6 +36,7 @@ from tensorgrid.workloads.model import check_program
 class InferenceKind(BaseKind):
     name: str = "inference"
     checks_output: bool = True
+    reviews_claims: bool = True  # the referee re-runs its shards (rulings), so it can run a disputed one
     task_kinds: tuple[str, ...] = ("inference", CHECK_KIND)  # a check task re-runs rows of an inference task
 
     def __init__(self, verification: Verification, hub: EventHub) -> None:

@@ -106,7 +106,7 @@ def _cancel_job(conn: Connection, job_id: str, reason: str, now_ms: int) -> None
     )
     conn.execute(
         update(s.tasks)
-        .where((s.tasks.c.job_id == job_id) & s.tasks.c.state.in_(["pending", "leased"]))
+        .where((s.tasks.c.job_id == job_id) & s.tasks.c.state.in_(s.OPEN_TASK_STATES))
         .values(state="cancelled", node=None, deadline_ms=None)
     )
     append_event(conn, job_id, cancelled, now_ms, message=reason)

@@ -263,7 +263,7 @@ def settle(
     conn.execute(
         update(s.tasks)
         .where(s.tasks.c.task_id.in_(select(checks.c.check_id).where(checks.c.root_id == chk.root_id)))
-        .where(s.tasks.c.state.in_(["pending", "leased"]))
+        .where(s.tasks.c.state.in_(s.OPEN_TASK_STATES))
         .values(state="cancelled", node=None, deadline_ms=None)
     )
     if outcome != "verified":

@@ -31,6 +31,7 @@ from coordinator.services.verification.ahead import AheadRuns, run_key
 from coordinator.services.verification.compare import load_rows, rows_match
 from coordinator.services.verification.policy import VerificationPolicy
 from coordinator.services.verification.referee import blames, judge, soundness
+from coordinator.services.verification.reviews import Reviews
 from tensorgrid.blobs import BlobStore
 from tensorgrid.spec import VerificationSpec
 from tensorgrid.types import BlobRef
@@ -76,6 +77,8 @@ class Verification:
         self.rulings = 0
         # confirmations re-run while their checks run on checkers, not after (ahead.py)
         self.ahead = AheadRuns(Path(blobs.tmp_dir))
+        # two nodes' claims that a task's input is bad, checked by running the task (reviews.py)
+        self.reviews = Reviews(rt, store, blobs, self._run)
 
     async def policy(self, job_id: str, tasks_total: int = 0) -> tuple[VerificationPolicy | None, int]:
         """(policy or None, required stake in wei) of a job; policies never change, so cached."""
@@ -191,6 +194,7 @@ class Verification:
                 # Runtime.db) it would hold up the calls the event loop is answering
                 for info in await self.rt.db_bulk(self.store.verification.pending_rulings):
                     await self._rule(info, settled)
+                await self.reviews.review_pending(settled)
                 if await self._run_ahead():
                     self._disputes.set()  # rulings first, then the next check to run ahead
             except Exception:  # a DB hiccup must not end the loop

@@ -1,0 +1,78 @@
+"""The referee's review of disputed claims: two nodes said a task's input is invalid or unsafe
+(repositories.claims), so the referee runs the task's whole input as a node would, in its
+sandboxed child, before either is believed.
+
+A clean run proves the claims false: the task is pending again with no attempt spent. A run
+that fails, for any reason (the program raised, the child hit its limits, the input is gone),
+cannot prove them false, so they are confirmed as before reviews existed: a review can only
+ever spare a task, never blame a node that a claim alone would not have blamed.
+
+Who could abuse it: two colluding nodes (their lie no longer fails the job: each keeps a
+refusal and its streak reset); a submitter whose input fails only late in a shard (it costs
+the referee one run of that shard per task, the same run a ruling makes, under the referee's
+limits, one at a time).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from coordinator.repositories.store import Store
+from coordinator.repositories.tasks import Disputed
+from coordinator.services.runtime import Runtime
+from tensorgrid.blobs import BlobStore
+from tensorgrid.sandbox import SandboxFailure
+
+log = logging.getLogger("tensorgrid.coordinator.verification")
+# (model sha, task settings, input file, output file): the task's program over its input in the
+# referee's child, as a ruling re-runs it (Verification._run)
+Run = Callable[[str, dict[str, Any], Path, Path], None]
+Settled = Callable[[str, bool], None]  # (job id, job complete)
+
+
+class Reviews:
+    def __init__(self, rt: Runtime, store: Store, blobs: BlobStore, run: Run) -> None:
+        self.rt = rt
+        self.store = store
+        self.blobs = blobs
+        self._run = run
+        self.reviewed = 0
+
+    async def review_pending(self, settled: Settled) -> None:
+        """Review every disputed task of an open job, oldest first (those a restart left too)."""
+        tasks = self.store.tasks
+        for task in await self.rt.db_bulk(tasks.disputed):
+            started = time.monotonic()
+            clean, reason = await self.rt.work(self._verdict, task)
+            job_id = await self.rt.db(tasks.settle_review, task.task_id, clean, reason, self.rt.now_ms())
+            self.reviewed += 1
+            log.info(
+                "reviewed the claims on task %s in %.3fs: %s (%s)",
+                task.task_id[:12],
+                time.monotonic() - started,
+                "disproved" if clean else "confirmed",
+                reason,
+            )
+            if job_id:
+                settled(job_id, False)
+
+    def _verdict(self, task: Disputed) -> tuple[bool, str]:
+        """(the run was clean, what happened)."""
+        source = self.blobs.path_for(task.input_sha)
+        if not task.model_sha or not source.exists():
+            return False, "the referee cannot run it: its model or input is not in the blob store"
+        try:
+            settings = json.loads(task.settings)
+            with tempfile.TemporaryDirectory(prefix="review-", dir=self.blobs.tmp_dir) as tmp:
+                self._run(task.model_sha, settings, source, Path(tmp) / "out.safetensors")
+        except SandboxFailure as e:
+            return False, f"{e.kind}: {e}"[:500]
+        except Exception as e:  # noqa: BLE001 - a run that did not end cleanly never disproves a claim
+            return False, f"the referee could not run it: {type(e).__name__}: {e}"[:500]
+        return True, "its program ran over the whole input"
