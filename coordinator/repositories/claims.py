@@ -15,7 +15,7 @@ the task only once a second, distinct node makes one too:
 
 Two colluding nodes could confirm each other's lie. For tasks the referee can run (`reviewed`:
 inference and generation, whose shards it re-runs for rulings anyway), a second claim does not
-confirm: it sends the task to review (state "disputed", leased to nobody) and counts against
+confirm: it sends the task to review (state "contested", leased to nobody) and counts against
 its reporter like a first claim. The referee then runs the task's whole input as a node would
 (services.verification.reviews) and `settle_review` carries out its verdict:
 
@@ -42,7 +42,7 @@ from coordinator.repositories.nodes import node_failed
 
 claims = s.failure_claims
 CLEAN, FAILED = "clean", "failed"  # verdicts of a review
-DISPUTED = s.OPEN_TASK_STATES[2]  # the state of a task whose claims the referee is about to review
+CONTESTED = s.OPEN_TASK_STATES[2]  # the state of a task whose claims the referee is about to review
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ class TaskRecord:
 
 
 @dataclass(frozen=True)
-class Disputed:
+class Contested:
     """A task whose input two nodes claimed invalid or unsafe, for the referee to run."""
 
     task_id: str
@@ -227,25 +227,25 @@ class TaskRepository:
                 self._fail(conn, row, TaskError(ErrorKind.TIMEOUT, "lease expired without a result"), now_ms)
         return len(rows)
 
-    def disputed(self) -> list[Disputed]:
+    def contested(self) -> list[Contested]:
         """Tasks of open jobs waiting for the referee to review their claims (oldest first)."""
         t, j = s.tasks.c, s.jobs.c
         with self.engine.connect() as conn:
             rows = conn.execute(
                 select(t.task_id, t.job_id, t.kind, t.model_sha, t.input_sha, t.settings)
                 .join(s.jobs, j.job_id == t.job_id)
-                .where(t.state == claims.DISPUTED, j.state.in_(("queued", "running")))
+                .where(t.state == claims.CONTESTED, j.state.in_(("queued", "running")))
                 .order_by(t.last_failed_ms, t.task_id)
             ).all()
-        return [Disputed(r.task_id, r.job_id, r.kind, r.model_sha or "", r.input_sha, r.settings or "{}") for r in rows]
+        return [Contested(r.task_id, r.job_id, r.kind, r.model_sha or "", r.input_sha, r.settings) for r in rows]
 
     def settle_review(self, task_id: str, clean: bool, reason: str, now_ms: int) -> str | None:
-        """Carry out the referee's verdict on a disputed task's claims (repositories.claims):
+        """Carry out the referee's verdict on a contested task's claims (repositories.claims):
         pending again, or its job failed when the confirmed claims spent its last attempt.
-        The task's job id, or None when the task was no longer disputed (its job ended)."""
+        The task's job id, or None when the task was no longer contested (its job ended)."""
         with self.engine.begin() as conn:
             row = conn.execute(select(s.tasks).where(s.tasks.c.task_id == task_id).with_for_update()).first()
-            if row is None or row.state != claims.DISPUTED:
+            if row is None or row.state != claims.CONTESTED:
                 return None
             lock_in_order(conn, claims.claimants(conn, task_id), [row.job_id])
             spent = claims.settle_review(conn, task_id, clean)
@@ -280,11 +280,11 @@ class TaskRepository:
             conn.execute(
                 update(s.tasks)
                 .where(s.tasks.c.task_id == row.task_id)
-                .values(state=claims.DISPUTED, node=None, deadline_ms=None, last_failed_node=node)
+                .values(state=claims.CONTESTED, node=None, deadline_ms=None, last_failed_node=node)
                 .values(last_failed_ms=now_ms)
             )
             what = f"{error.kind.value} claimed by a second node (the referee runs the task): {error.message}"
-            append_event(conn, row.job_id, claims.DISPUTED, now_ms, task_index=row.idx, node=node, message=what[:2000])
+            append_event(conn, row.job_id, claims.CONTESTED, now_ms, task_index=row.idx, node=node, message=what[:2000])
             return True
         return self._reissue_or_end(
             conn,

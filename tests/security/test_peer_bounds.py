@@ -303,7 +303,7 @@ def test_two_colluding_nodes_claiming_a_valid_input_is_bad_are_disproved_by_the_
     first, second, honest = asyncio.run(scenario())
     with Client(grid.target, SUBMITTER) as client:
         events = list(client.watch(job_id))
-    assert [e.kind for e in events].count("disputed") == 1
+    assert [e.kind for e in events].count("contested") == 1
     assert any(e.kind == "reissued" and "claims disproved" in e.message for e in events), events
     record = records(grid)
     assert record[first].rejections == 1 and record[second].rejections == 1  # type: ignore[attr-defined]

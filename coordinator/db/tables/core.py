@@ -19,9 +19,9 @@ from coordinator.db.metadata import metadata
 
 CHECK_KIND = "spotcheck"  # the tasks-table kind of every check task
 CHECK_LEASED_AS = "inference"  # what a node is told a check task is: it looks like any inference task
-# Task states of a task not finished yet: waiting for a node, held by one, or its input disputed
+# Task states of a task not finished yet: waiting for a node, held by one, or its input contested
 # and waiting for the referee's run (repositories.claims). Ending a job cancels tasks in these.
-OPEN_TASK_STATES = ("pending", "leased", "disputed")
+OPEN_TASK_STATES = ("pending", "leased", "contested")
 
 nodes = Table(
     "nodes",

@@ -1,4 +1,4 @@
-"""The referee's review of disputed claims: two nodes said a task's input is invalid or unsafe
+"""The referee's review of contested claims: two nodes said a task's input is invalid or unsafe
 (repositories.claims), so the referee runs the task's whole input as a node would, in its
 sandboxed child, before either is believed.
 
@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from coordinator.repositories.store import Store
-from coordinator.repositories.tasks import Disputed
+from coordinator.repositories.tasks import Contested
 from coordinator.services.runtime import Runtime
 from tensorgrid.blobs import BlobStore
 from tensorgrid.sandbox import SandboxFailure
@@ -45,9 +45,9 @@ class Reviews:
         self.reviewed = 0
 
     async def review_pending(self, settled: Settled) -> None:
-        """Review every disputed task of an open job, oldest first (those a restart left too)."""
+        """Review every contested task of an open job, oldest first (those a restart left too)."""
         tasks = self.store.tasks
-        for task in await self.rt.db_bulk(tasks.disputed):
+        for task in await self.rt.db_bulk(tasks.contested):
             started = time.monotonic()
             clean, reason = await self.rt.work(self._verdict, task)
             job_id = await self.rt.db(tasks.settle_review, task.task_id, clean, reason, self.rt.now_ms())
@@ -62,7 +62,7 @@ class Reviews:
             if job_id:
                 settled(job_id, False)
 
-    def _verdict(self, task: Disputed) -> tuple[bool, str]:
+    def _verdict(self, task: Contested) -> tuple[bool, str]:
         """(the run was clean, what happened)."""
         source = self.blobs.path_for(task.input_sha)
         if not task.model_sha or not source.exists():

@@ -55,7 +55,7 @@ def make_job(state: Store, max_attempts: int, model: BlobRef | None = None, task
     state.jobs.create_job(job, [NewTask(0, task_id_for(JOB, 0), task_input or BlobRef("ee" * 32, 0), 4)], now_ms=1)
 
 
-def disputed(state: Store) -> Store:
+def contested(state: Store) -> Store:
     """Two nodes have claimed the job's one task."""
     add_nodes(state, (A, CPU), (B, CPU), (C, CPU))
     assert claim(state, A, AVOID) is True
@@ -71,28 +71,28 @@ def rejections(state: Store, node: str) -> int:
 
 def test_a_second_claim_sends_the_task_to_review_and_no_node_can_lease_it(state: Store) -> None:
     make_job(state, max_attempts=1)  # one attempt: a believed claim would fail the job
-    disputed(state)
-    assert state.tasks.get_task(TASK).state == "disputed"
+    contested(state)
+    assert state.tasks.get_task(TASK).state == "contested"
     assert state.tasks.lease_tasks(C, 1, 3 * AVOID, TIMING)[0] == []
-    assert [d.task_id for d in state.tasks.disputed()] == [TASK]
+    assert [d.task_id for d in state.tasks.contested()] == [TASK]
     assert rejections(state, A) == rejections(state, B) == 1  # neither is believed yet
     assert state.jobs.get_job(JOB).state != JobState.FAILED
-    events = [e for e in state.jobs.events_after(JOB, 0) if e.kind == "disputed"]
+    events = [e for e in state.jobs.events_after(JOB, 0) if e.kind == "contested"]
     assert len(events) == 1 and "the referee runs the task" in events[0].message
 
 
 def test_a_clean_run_disproves_the_claims_spends_nothing_and_later_claims_stay_unconfirmed(state: Store) -> None:
     make_job(state, max_attempts=1)
-    disputed(state)
+    contested(state)
     assert state.tasks.settle_review(TASK, True, "ran", 3 * AVOID) == JOB
     task = state.tasks.get_task(TASK)
     assert task.state == "pending"
     assert rejections(state, A) == rejections(state, B) == 1  # proven false: the refusals stay
-    assert state.tasks.disputed() == []
+    assert state.tasks.contested() == []
     assert state.tasks.settle_review(TASK, False, "again", 3 * AVOID) is None  # ruled once
     # a third claimant is not believed either, and the task is not reviewed again
     assert claim(state, C, 4 * AVOID) is True
-    assert state.tasks.get_task(TASK).state == "pending" and state.tasks.disputed() == []
+    assert state.tasks.get_task(TASK).state == "pending" and state.tasks.contested() == []
     assert rejections(state, C) == 1
     assert state.jobs.get_job(JOB).state != JobState.FAILED
     messages = [e.message for e in state.jobs.events_after(JOB, 0) if e.kind == "reissued"]
@@ -101,7 +101,7 @@ def test_a_clean_run_disproves_the_claims_spends_nothing_and_later_claims_stay_u
 
 def test_a_failed_run_confirms_the_claims_as_before(state: Store) -> None:
     make_job(state, max_attempts=3)
-    disputed(state)
+    contested(state)
     assert state.tasks.settle_review(TASK, False, "error: ValueError: bad", 3 * AVOID) == JOB
     assert rejections(state, A) == rejections(state, B) == 0  # believed: the refusals are taken back
     assert state.tasks.get_task(TASK).state == "pending"  # two of three attempts spent
@@ -112,19 +112,19 @@ def test_a_failed_run_confirms_the_claims_as_before(state: Store) -> None:
 
 def test_a_failed_run_on_the_last_attempts_fails_the_job_with_the_referees_reason(state: Store) -> None:
     make_job(state, max_attempts=2)
-    disputed(state)
+    contested(state)
     state.tasks.settle_review(TASK, False, "error: ValueError: 3 dims", 3 * AVOID)
     job = state.jobs.get_job(JOB)
     assert job.state == JobState.FAILED
     assert "failed 2 times" in job.error and "claims confirmed" in job.error and "3 dims" in job.error
 
 
-def test_a_cancelled_jobs_disputed_task_is_cancelled_and_never_reviewed(state: Store) -> None:
+def test_a_cancelled_jobs_contested_task_is_cancelled_and_never_reviewed(state: Store) -> None:
     make_job(state, max_attempts=1)
-    disputed(state)
+    contested(state)
     state.jobs.cancel_job(JOB, SUBMITTER, 3 * AVOID)
     assert state.tasks.get_task(TASK).state == "cancelled"
-    assert state.tasks.disputed() == []
+    assert state.tasks.contested() == []
     assert state.tasks.settle_review(TASK, True, "late", 4 * AVOID) is None
 
 
@@ -173,7 +173,7 @@ def stored_job(state: Store, blobs: BlobStore, max_attempts: int) -> None:
 
 def test_the_referee_running_the_task_cleanly_puts_it_back_and_wakes_the_grid(state: Store, blobs: BlobStore) -> None:
     stored_job(state, blobs, max_attempts=1)
-    disputed(state)
+    contested(state)
     runs: list[tuple[str, dict[str, Any], bytes]] = []
 
     def run(model_sha: str, settings: dict[str, Any], source: Path, out: Path) -> None:
@@ -198,7 +198,7 @@ def test_a_run_that_does_not_end_cleanly_confirms_the_claims(
     state: Store, blobs: BlobStore, failure: Exception
 ) -> None:
     stored_job(state, blobs, max_attempts=2)
-    disputed(state)
+    contested(state)
 
     def run(model_sha: str, settings: dict[str, Any], source: Path, out: Path) -> None:
         raise failure
@@ -210,7 +210,7 @@ def test_a_run_that_does_not_end_cleanly_confirms_the_claims(
 
 def test_a_task_whose_input_is_gone_is_confirmed_without_a_run(state: Store, blobs: BlobStore) -> None:
     make_job(state, max_attempts=2, model=blobs.put_bytes(b"a program"))  # its input blob was never stored
-    disputed(state)
+    contested(state)
     assert review(state, blobs, lambda *a: pytest.fail("nothing to run")) == [(JOB, False)]
     assert "not in the blob store" in state.jobs.get_job(JOB).error
 
@@ -220,6 +220,6 @@ def test_unsafe_input_claims_are_reviewed_too(state: Store) -> None:
     add_nodes(state, (A, CPU), (B, CPU))
     unsafe = TaskError(ErrorKind.UNSAFE_INPUT, "a pickle inside the input")
     assert claim(state, A, AVOID, unsafe) is True and claim(state, B, 2 * AVOID, BAD) is True
-    assert state.tasks.get_task(TASK).state == "disputed"
+    assert state.tasks.get_task(TASK).state == "contested"
     state.tasks.settle_review(TASK, False, "error: UnsafeFileError", 3 * AVOID)
     assert "(unsafe_input)" in state.jobs.get_job(JOB).error  # what the first claim said
