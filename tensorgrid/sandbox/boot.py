@@ -26,6 +26,7 @@ from tensorgrid.sandbox.policy import STATUS_FILE
 # Address space a program may map beyond its memory budget: allocator arenas, thread stacks
 # and lazily mapped libraries are address space, not memory, and must not trip the cap.
 ADDRESS_SPACE_HEADROOM = 512 * 1024**2
+CUBLAS_WORKSPACE = ":4096:8"  # what torch asks for deterministic cuBLAS (its docs: ":4096:8" or ":16:8")
 
 
 def _isolate(config: dict[str, Any]) -> dict[str, str]:
@@ -75,10 +76,13 @@ def _fill_uninitialized_memory(status: dict[str, str]) -> None:
     submitter's data. In torch's deterministic mode that memory is filled (NaN, the integer
     maximum) when allocated; warn_only keeps an operator without a deterministic kernel
     running (it warns). Outputs of the other operators are unchanged (checked bit for bit on
-    tests/architectures.py's matrix). Entries that run programs import torch in prepare()."""
+    tests/architectures.py's matrix). Entries that run programs import torch in prepare().
+    On CUDA, deterministic cuBLAS needs a fixed workspace, read when CUDA starts (later, with
+    the first task): without it every matrix product would warn."""
     torch = sys.modules.get("torch")
     if torch is None:
         return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.utils.deterministic.fill_uninitialized_memory = True
     status["uninitialized_memory"] = "filled"

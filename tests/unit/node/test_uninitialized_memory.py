@@ -5,6 +5,10 @@ fill such memory (NaN), so what a program leaves behind never reaches the next s
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -61,3 +65,20 @@ def test_a_program_never_reads_what_an_earlier_task_left_in_the_warm_worker(
     for peeked in outputs[1::2]:
         assert peeked.shape == (4096, 64)
         assert bool(peeked.isnan().all()), f"{int((peeked == MARK).sum())} values of an earlier task"
+
+
+def test_a_sandboxed_child_that_runs_programs_is_deterministic_with_cublas_workspace_fixed() -> None:
+    """Deterministic mode on CUDA needs CUBLAS_WORKSPACE_CONFIG before CUDA starts (with a task):
+    the boot sets it wherever it turns deterministic mode on (no GPU here: the setting is checked)."""
+    probe = (
+        "import json, os, torch\n"
+        "from tensorgrid.sandbox import boot\n"
+        "status = {}\n"
+        "boot._fill_uninitialized_memory(status)\n"
+        "print(json.dumps([os.environ.get('CUBLAS_WORKSPACE_CONFIG'), torch.are_deterministic_algorithms_enabled(),"
+        " torch.is_deterministic_algorithms_warn_only_enabled(), status]))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "CUBLAS_WORKSPACE_CONFIG"}
+    argv = [sys.executable, "-c", probe]
+    out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, check=True)
+    assert json.loads(out.stdout.splitlines()[-1]) == [":4096:8", True, True, {"uninitialized_memory": "filled"}]
