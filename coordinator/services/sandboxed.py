@@ -5,9 +5,10 @@ row-independence probe, generation replay and scoring, training intake's trial l
 the end-of-round evaluation all run a submitter's program on files a stranger sent. None runs
 in the coordinator's process, which holds its signing key and its secrets: each runs in a
 child started by tensorgrid.sandbox with the coordinator's referee limits (wall time per
-request, hard memory cap), a scrubbed environment, no network, and read access to the blob
-store only (where the OS allows). The child is kept warm between requests (torch starts once) and replaced after
-any limit or crash. Requests and answers are JSON; tensors stay in safetensors files.
+request, hard memory cap), a scrubbed environment, no network, and read access to the files
+of the request at hand only (lent to it for the call; where the OS allows): not the other
+blobs of the store. The child is kept warm between requests (torch starts once) and replaced
+after any limit or crash. Requests and answers are JSON; tensors stay in safetensors files.
 
 A child that hits a limit raises SandboxFailure (`over_limit`): callers treat that as
 "could not check", never as the node's fault.
@@ -46,17 +47,18 @@ OUTPUT = "out.safetensors"
 
 
 def referee(rt: Runtime, blobs: BlobStore) -> WarmSandbox:
-    """The coordinator's one warm sandboxed child: it may read the blob store (strangers'
-    data only: the key and the database live elsewhere) and nothing else of the machine.
-    Its process starts with the first request (intake's probe, a ruling, a serving check)."""
+    """The coordinator's one warm sandboxed child: it reads the files each request names, lent
+    to it for that request (WarmSandbox's `lend`), and nothing else of the machine: not the
+    key, not the database, not the blobs of other jobs and submitters. Its process starts
+    with the first request (intake's probe, a ruling, a serving check)."""
 
     def make() -> WarmSandbox:
-        isolation = Isolation().with_paths(readable=[blobs.root])
         # Its scratch lives beside the store's tmp/ (same filesystem, so outputs move in
-        # atomically), not inside it: tmp/ holds only uploads and work in progress.
+        # atomically and inputs are lent as hard links), not inside it: tmp/ holds only
+        # uploads and work in progress.
         scratch = blobs.root / "sandbox"
         scratch.mkdir(exist_ok=True)
-        return WarmSandbox(ENTRY, rt.sandbox, isolation=isolation, scratch_root=scratch)
+        return WarmSandbox(ENTRY, rt.sandbox, isolation=Isolation(), scratch_root=scratch, lend=True)
 
     return rt.referee_child(make)
 
@@ -79,7 +81,7 @@ def reexecute_rows(
         "batch_size": int(batch_size),
         "input_names": list(input_names) if input_names else None,
     }
-    referee(rt, blobs).call(request, outputs={OUTPUT: out})
+    referee(rt, blobs).call(request, outputs={OUTPUT: out}, inputs=(model, source))
 
 
 def regenerate_rows(
@@ -88,7 +90,7 @@ def regenerate_rows(
     """The decoding loop (tensorgrid.workloads.generation) of `model` over the prompts of
     `source` with the job's decode settings, on CPU in the sandboxed child; write `out`."""
     request = {"op": "generate", "model": str(model), "source": str(source), "decode": dict(decode)}
-    referee(rt, blobs).call(request, outputs={OUTPUT: out})
+    referee(rt, blobs).call(request, outputs={OUTPUT: out}, inputs=(model, source))
 
 
 def score_claim(
@@ -98,7 +100,7 @@ def score_claim(
     the prompts of `source`, with the job's decode settings, on CPU in the sandboxed child; write
     the scored rows to `out`. Per prompt: whether the decoding loop would give the claim."""
     request = {"op": "score", "model": str(model), "source": str(source), "claim": str(claim), "decode": dict(decode)}
-    answer = referee(rt, blobs).call(request, outputs={OUTPUT: out})
+    answer = referee(rt, blobs).call(request, outputs={OUTPUT: out}, inputs=(model, source, claim))
     return [bool(x) for x in answer["consistent"]]
 
 
@@ -116,7 +118,7 @@ def probe_rows(
     }
     # The probe has its own time box (DEADLINE_S, checked between its runs); its wall limit is
     # that plus room for loading the program, whatever the operator set for the referee.
-    answer = referee(rt, blobs).call(request, time_s=PROBE_TIME_S)
+    answer = referee(rt, blobs).call(request, time_s=PROBE_TIME_S, inputs=(model, source))
     return Determinism(
         independent=bool(answer["independent"]),
         reason=str(answer.get("reason", "")),
@@ -138,7 +140,8 @@ def replay_audit(rt: Runtime, blobs: BlobStore, case: AuditCase) -> Finding:
         "segment": int(case.segment),
         "revealed": {str(step): str(path) for step, path in case.revealed.items()},
     }
-    answer = referee(rt, blobs).call(request)
+    files = (case.program, case.shard, case.weights, case.result, *case.revealed.values())
+    answer = referee(rt, blobs).call(request, inputs=files)
     return Finding(
         passed=bool(answer["passed"]),
         reason=str(answer.get("reason", "")),
@@ -170,7 +173,8 @@ def vet_training(
         "write_weights": out is not None and weights is None,
     }
     outputs = {OUTPUT: out} if out is not None and weights is None else None
-    answer = referee(rt, blobs).call(request, outputs=outputs, time_s=PROBE_TIME_S)
+    files = [p for p in (program, weights, eval_program) if p is not None]
+    answer = referee(rt, blobs).call(request, outputs=outputs, time_s=PROBE_TIME_S, inputs=files)
     return frozenset(str(name) for name in answer["parameters"])
 
 
@@ -186,5 +190,5 @@ def evaluate_weights(
         "heldout": str(heldout),
         "loss": loss,
     }
-    answer = referee(rt, blobs).call(request)
+    answer = referee(rt, blobs).call(request, inputs=(program, weights, heldout))
     return {key: None if answer.get(key) is None else float(answer[key]) for key in ("loss", "accuracy")}

@@ -16,6 +16,7 @@ returns a JSON-able dict for each request.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -26,7 +27,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -82,7 +83,13 @@ class WarmSandbox:
     """One sandboxed child kept for many requests (its interpreter and torch start once), one
     request at a time. A child that goes over a limit, dies or answers garbage is killed, and
     the next call starts a fresh one. Its isolation is fixed when it starts: give it the
-    directories every request reads from (e.g. a blob store), never one holding a key."""
+    directories every request reads from, never one holding a key.
+
+    lend: the child reads no directory of the caller's; each call names the files its request
+    reads (`inputs`), which are lent to it for that call only: hard links (copies across file
+    systems) in a directory it may read and not write, its request's paths rewritten to them.
+    A child serving many strangers in turn (the coordinator's referee) so reads only the files
+    of the request at hand, not every blob of every other submitter."""
 
     def __init__(
         self,
@@ -91,10 +98,12 @@ class WarmSandbox:
         *,
         isolation: Isolation | None = None,
         scratch_root: os.PathLike[str] | str | None = None,
+        lend: bool = False,
     ) -> None:
         self.entry, self.limits = entry, limits
         self.isolation = isolation or Isolation()
         self.scratch_root = scratch_root
+        self.lend = lend
         self._lock = threading.Lock()
         self._child: _Channel | None = None
         self._starting: _Channel | None = None  # a child not yet greeted: close() kills it too
@@ -104,16 +113,19 @@ class WarmSandbox:
         request: Mapping[str, Any],
         outputs: Mapping[str, os.PathLike[str] | str] | None = None,
         time_s: float | None = None,
+        inputs: Iterable[os.PathLike[str] | str] = (),
     ) -> dict[str, Any]:
         """Send one request; its answer, or SandboxFailure. Output files move out of the scratch.
-        time_s: this request's wall-time limit (default: the sandbox's)."""
+        time_s: this request's wall-time limit (default: the sandbox's). inputs: with `lend`,
+        the files the request names, lent for this call (see the class)."""
         with self._lock:
             child = self._child if self._child is not None and self._child.alive else None
             if child is None:
                 self._close_child()
                 child = self._child = self._start()
             try:
-                reply = child.exchange(request, self.limits.time_s if time_s is None else time_s)
+                with child.lent(inputs) as lent:
+                    reply = child.exchange(_rewrite(request, lent), self.limits.time_s if time_s is None else time_s)
                 for name, dest in (outputs or {}).items():
                     shutil.move(child.scratch.path / name, dest)
                 return reply
@@ -132,7 +144,7 @@ class WarmSandbox:
     def _start(self) -> _Channel:
         """A new child, once it greets (under the lock). Until then close() can kill it: a
         coordinator stopped while its referee imports torch does not wait for the import."""
-        channel = self._starting = _Channel.spawn(self.entry, self.limits, self.isolation, self.scratch_root)
+        channel = self._starting = _Channel.spawn(self.entry, self.limits, self.isolation, self.scratch_root, self.lend)
         try:
             channel.greet(self.limits.start_timeout_s)
         finally:
@@ -155,8 +167,8 @@ class WarmSandbox:
 class _Channel:
     """A started child: its pipes, its greeting, a bounded tail of its stderr."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], scratch: Scratch) -> None:
-        self.proc, self.scratch = proc, scratch
+    def __init__(self, proc: subprocess.Popen[bytes], scratch: Scratch, lending: Scratch | None = None) -> None:
+        self.proc, self.scratch, self.lending = proc, scratch, lending
         self.lines: queue.Queue[bytes] = queue.Queue()
         self.tail = bytearray()
         assert proc.stdout is not None and proc.stderr is not None
@@ -165,9 +177,14 @@ class _Channel:
         self.drain.start()
 
     @classmethod
-    def spawn(cls, entry: str, limits: SandboxLimits, iso: Isolation, root: os.PathLike[str] | str | None) -> _Channel:
+    def spawn(
+        cls, entry: str, limits: SandboxLimits, iso: Isolation, root: os.PathLike[str] | str | None, lend: bool = False
+    ) -> _Channel:
         """The child started, not yet greeted (greet() waits for that)."""
         scratch = Scratch(root)
+        lending = Scratch(root, prefix="lent-") if lend else None
+        if lending is not None:
+            iso = iso.with_paths(readable=[lending.path])
         try:
             proc = subprocess.Popen(
                 child_argv(entry, limits, iso, scratch.path),
@@ -181,8 +198,37 @@ class _Channel:
             )
         except OSError:
             scratch.close()
+            if lending is not None:
+                lending.close()
             raise
-        return cls(proc, scratch)
+        return cls(proc, scratch, lending)
+
+    @contextlib.contextmanager
+    def lent(self, inputs: Iterable[os.PathLike[str] | str]) -> Iterator[dict[str, str]]:
+        """Lend `inputs` to the child for one request: {caller's path: the child's}; taken back after."""
+        lent: dict[str, str] = {}
+        if self.lending is None:  # a child that reads its directories itself
+            yield lent
+            return
+        into = self.lending.path
+        try:
+            for source in dict.fromkeys(str(p) for p in inputs):
+                # the file's own name (a blob's is its hash): the same blob lent again has the
+                # same path, so the child's caches keyed by path (loaded programs) still hit
+                name = Path(source).name
+                dest = into / (name if name not in {Path(d).name for d in lent.values()} else f"{len(lent)}-{name}")
+                try:
+                    os.link(source, dest)
+                except OSError as e:
+                    if e.errno != errno.EXDEV:
+                        raise
+                    shutil.copyfile(source, dest)
+                lent[source] = str(dest)
+            yield lent
+        finally:
+            for link in lent.values():
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(link)
 
     def greet(self, timeout_s: float) -> None:
         """Wait for the child's greeting; SandboxFailure (and the child killed) without one."""
@@ -224,6 +270,21 @@ class _Channel:
     def close(self) -> None:
         _kill(self.proc)
         self.scratch.close()
+        if self.lending is not None:
+            self.lending.close()
+
+
+def _rewrite(value: Any, lent: Mapping[str, str]) -> Any:
+    """`value` (a request) with every string that is a lent path replaced by where it was lent."""
+    if not lent:
+        return value
+    if isinstance(value, str):
+        return lent.get(value, value)
+    if isinstance(value, Mapping):
+        return {k: _rewrite(v, lent) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_rewrite(v, lent) for v in value]
+    return value
 
 
 def _read_lines(stream: IO[bytes], out: queue.Queue[bytes]) -> None:

@@ -2,6 +2,7 @@
 program would run, and it reports what it could see and do. Each request names one act:
 
   env     - the environment it was given        read    - the bytes of request["path"]
+  append  - append request["text"] to request["path"]
   connect - open a TCP connection to 127.0.0.1:request["port"]
   alloc   - allocate request["bytes"] (touching every page)
   sleep   - sleep request["seconds"]            write   - write request["text"] to out.txt
@@ -29,6 +30,10 @@ def _act(request: dict[str, Any], scratch: Path) -> dict[str, Any]:
         return {"env": dict(os.environ), "cwd": os.getcwd(), "scratch": str(scratch)}
     if act == "read":
         return {"data": Path(request["path"]).read_text()}
+    if act == "append":
+        with open(request["path"], "a") as f:
+            f.write(str(request["text"]))
+        return {"appended": True}
     if act == "connect":
         with socket.create_connection(("127.0.0.1", int(request["port"])), timeout=2.0):
             return {"connected": True}

@@ -100,6 +100,31 @@ def test_child_reads_only_the_paths_it_was_given(tmp_path: Path) -> None:
         _run({"act": "read", "path": f"/proc/{os.getppid()}/environ"}, isolation=iso)  # not even its parent's
 
 
+@pytest.mark.skipif(landlock_abi() < 1, reason="this kernel has no Landlock: file confinement is documented as missing")
+def test_a_lending_child_reads_the_files_of_the_request_at_hand_and_no_other(tmp_path: Path) -> None:
+    """The coordinator's referee runs one stranger's program after another: each request's
+    files are lent to it for that request, so it never reads another submitter's blobs."""
+    store = tmp_path / "blobs"
+    store.mkdir()
+    mine, theirs = store / "aa", store / "bb"
+    mine.write_text("this job's rows")
+    theirs.write_text("another submitter's rows")
+    child = WarmSandbox(PAYLOAD, LIMITS, scratch_root=store / "sandbox", lend=True)
+    try:
+        # the request names the store's path; the child reads it where it was lent
+        assert child.call({"act": "read", "path": str(mine)}, inputs=[mine]) == {"data": "this job's rows"}
+        for other in (theirs, mine):  # another blob, and this one once its request is over
+            with pytest.raises(SandboxFailure, match="PermissionError"):
+                child.call({"act": "read", "path": str(other)})
+        with pytest.raises(SandboxFailure, match="PermissionError"):  # lent for reading only
+            child.call({"act": "append", "path": str(mine), "text": "forged"}, inputs=[mine])
+        assert mine.read_text() == "this job's rows"
+        assert list((store / "sandbox").glob("lent-*/*")) == []  # every loan taken back
+    finally:
+        child.close()
+    assert list((store / "sandbox").glob("lent-*")) == []
+
+
 def test_child_cannot_open_a_socket_to_a_local_listener() -> None:
     status = _run({"act": "status"})
     if status.get("network") != "isolated":  # printed by pytest -rs: the reason the kernel gave

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,16 +31,18 @@ class CountedSandbox(WarmSandbox):
         request: Mapping[str, Any],
         outputs: Mapping[str, os.PathLike[str] | str] | None = None,
         time_s: float | None = None,
+        inputs: Iterable[os.PathLike[str] | str] = (),
     ) -> dict[str, Any]:
         self.calls += 1
-        return super().call(request, outputs, time_s)
+        return super().call(request, outputs, time_s, inputs)
 
 
 @dataclass
 class SharedReferee:
-    """The referee (made as the coordinator makes it, reading everything under root) and a blob
-    store under root; a child a test killed or poisoned is replaced on the next call, as
-    WarmSandbox does for the coordinator."""
+    """The referee (made as the coordinator makes it: its scratch under root, where the
+    requests' files are lent to it from the blob stores under root) and a blob store under
+    root; a child a test killed or poisoned is replaced on the next call, as WarmSandbox does
+    for the coordinator."""
 
     root: Path
     blobs: BlobStore
@@ -54,8 +56,8 @@ class SharedReferee:
 
     def coordinator(self, db_url: str, tmp_path: Path) -> Coordinator:
         """A coordinator on its own database and data dir (one a test: a restart passes the same
-        tmp_path), under root so the module's referee, which it gets, reads its blobs (give the
-        module coordinator_limits())."""
+        tmp_path), under root so the module's referee, which it gets, is lent its blobs as hard
+        links (give the module coordinator_limits())."""
         data_dir = self.root / "coordinators" / tmp_path.name
         app = Coordinator(CoordinatorConfig(data_dir=data_dir, database_url=db_url))
         assert app.runtime.sandbox == self.sandbox.limits  # the child it would have started

@@ -32,7 +32,7 @@ def test_the_referee_starts_with_intakes_probe_keeps_its_program_warm_and_stops_
     )
     export_program(torch.nn.Sequential(torch.nn.Linear(4, 3)).eval(), (torch.rand(2, 4),), tmp_path / "model.pt2")
     save_tensors({"x": torch.rand(6, 4)}, tmp_path / "rows.safetensors")
-    model = app.blobs.path_for(app.blobs.put_file(tmp_path / "model.pt2").sha256)  # the child reads the store only
+    model = app.blobs.path_for(app.blobs.put_file(tmp_path / "model.pt2").sha256)  # lent to the child from the store
     rows = app.blobs.path_for(app.blobs.put_file(tmp_path / "rows.safetensors").sha256)
     rt = app.runtime
     infer = {"op": "infer", "model": str(model), "source": str(rows), "batch_size": 3, "input_names": None}
@@ -47,7 +47,9 @@ def test_the_referee_starts_with_intakes_probe_keeps_its_program_warm_and_stops_
         referee = rt.referee
         assert referee is not None and referee.limits == rt.sandbox  # the coordinator's limits (nice too)
         answers = [
-            await asyncio.to_thread(referee.call, infer, {"out.safetensors": tmp_path / f"out{i}.safetensors"})
+            await asyncio.to_thread(
+                referee.call, infer, {"out.safetensors": tmp_path / f"out{i}.safetensors"}, None, (model, rows)
+            )
             for i in (0, 1)
         ]
         await app.stop()
