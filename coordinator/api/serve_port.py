@@ -138,9 +138,11 @@ class ServePort:
                 await _end(writer, e.code, e.details)
                 return
             broken: list[wire.WireError] = []
-            async for msg in self.api.stream(link, _messages(reader, broken)):
-                writer.write(wire.frame(wire.MESSAGE, msg.SerializeToString()))
-                await writer.drain()
+            # closed at once if a write fails (the node vanished): its replicas' calls fail over now
+            async with contextlib.aclosing(self.api.stream(link, _messages(reader, broken))) as down:
+                async for msg in down:
+                    writer.write(wire.frame(wire.MESSAGE, msg.SerializeToString()))
+                    await writer.drain()
             if broken:  # the node broke the framing (an oversize frame among them): say so
                 await _end(writer, grpc.StatusCode.INVALID_ARGUMENT, str(broken[0]))
             else:

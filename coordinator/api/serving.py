@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import NoReturn
 
 import grpc
@@ -91,7 +91,7 @@ class ServingApi:
 
     async def stream(
         self, link: NodeLink, up: AsyncIterator[serving_pb2.ServeUp]
-    ) -> AsyncIterator[serving_pb2.ServeDown]:
+    ) -> AsyncGenerator[serving_pb2.ServeDown, None]:
         """What goes down `link` while `up` (the rest of the node's messages) is read."""
         reader = asyncio.create_task(self._read(link, up))
         try:
