@@ -71,10 +71,15 @@ class ServePort:
 
     async def start(self, host: str, port: int) -> int:
         if self.context is None:
-            self._server = await asyncio.start_server(self._connection, host, port)
+            self._server = await asyncio.start_server(self._connection, host, port, limit=wire.READ_BUFFER)
         else:
             self._server = await asyncio.start_server(
-                self._connection, host, port, ssl=self.context, ssl_handshake_timeout=self.settings.hello_timeout_s
+                self._connection,
+                host,
+                port,
+                limit=wire.READ_BUFFER,
+                ssl=self.context,
+                ssl_handshake_timeout=self.settings.hello_timeout_s,
             )
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port

@@ -39,6 +39,7 @@ __all__ = [
     "MAX_FRAME_BYTES",
     "MAX_TOKEN_BYTES",
     "MESSAGE",
+    "READ_BUFFER",
     "STATUS",
     "FramedServeCall",
     "WireError",
@@ -57,6 +58,7 @@ MESSAGE, STATUS = 0, 1
 MAX_FRAME_BYTES = MAX_MESSAGE_BYTES  # the gRPC stream's message limit, the same here
 MAX_TOKEN_BYTES = 256
 CONNECT_TIMEOUT_S = 5.0
+READ_BUFFER = 1 << 20  # asyncio's read buffer (its default of 64 KiB pauses the socket often on big frames)
 KEEPALIVE_S = 30  # an idle connection is probed after this long (as gRPC's keepalive pings)
 _HEAD = struct.Struct(">BI")
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
@@ -187,7 +189,11 @@ class FramedServeCall:
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(
-                    self.host, self.port, ssl=self.tls, server_hostname=self.host if self.tls is not None else None
+                    self.host,
+                    self.port,
+                    ssl=self.tls,
+                    server_hostname=self.host if self.tls is not None else None,
+                    limit=READ_BUFFER,
                 ),
                 CONNECT_TIMEOUT_S,
             )

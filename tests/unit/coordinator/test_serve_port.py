@@ -287,3 +287,22 @@ def test_the_nodes_client_gets_grpc_errors_and_falls_back_to_grpc_when_the_port_
         assert len(unreachable) == 1 and isinstance(unreachable[0], OSError)
 
     asyncio.run(scenario())
+
+
+def test_a_frame_of_megabytes_under_the_limit_passes_whole() -> None:
+    async def scenario() -> None:
+        api = _Api()
+        port = await _port(api)
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port.port)
+            big = serving_pb2.ServeUp(
+                replies=[serving_pb2.ServeReply(request_id=1, done=True, output=b"\1" * (5 << 20))]
+            )
+            writer.write(wire.greeting(TOKEN) + _hello() + wire.frame(wire.MESSAGE, big.SerializeToString()))
+            kind, _ = await asyncio.wait_for(wire.read_frame(reader), 10)  # type: ignore[misc]
+            assert kind == wire.MESSAGE and api.links[0].up[1] == big
+            writer.close()
+        finally:
+            port.close()
+
+    asyncio.run(scenario())
