@@ -53,21 +53,28 @@ def scrape(port: int) -> dict[str, float]:
     return out
 
 
-def lease_buckets(port: int) -> dict[float, float]:
-    """The coordinator's own LeaseTasks latency histogram (time in the handler, as it measures
-    it): calls so far at or under each bucket's bound, in seconds."""
-    out: dict[float, float] = {}
+def histograms(port: int) -> dict[str, dict[float, float]]:
+    """The coordinator's own histograms of LeaseTasks latency (time in the handler, as it
+    measures it) and of its event loop's lag ("lease", "loop"): calls or probes so far at or
+    under each bucket's bound, in seconds."""
+    out: dict[str, dict[float, float]] = {"lease": {}, "loop": {}}
     for line in _metrics(port).splitlines():
         name, _, value = line.rpartition(" ")
         if name.startswith("tensorgrid_rpc_seconds_bucket{") and 'method="LeaseTasks"' in name:
-            bound = name.split('le="', 1)[1].split('"', 1)[0]
-            out[float(bound)] = float(value)
+            which = "lease"
+        elif name.startswith("tensorgrid_event_loop_lag_seconds_bucket{"):
+            which = "loop"
+        else:
+            continue
+        out[which][float(name.split('le="', 1)[1].split('"', 1)[0])] = float(value)
     return out
 
 
 def bucket_summary(before: list[dict[float, float]], after: list[dict[float, float]], goal_s: float) -> dict[str, Any]:
-    """Over all replicas, the calls between two lease_buckets scrapes: how many, the share that
-    took at most goal_s, and the bucket bounds the median and the 99th percentile fall under."""
+    """Over all replicas, what one histogram counted between two scrapes (histograms()): how many,
+    the share at most goal_s, and the bucket bounds the median and the 99th percentile fall under."""
+    if not after[0]:  # a coordinator without that histogram
+        return {"calls": 0, "share_within_goal": None, "p50_under_ms": None, "p99_under_ms": None}
     bounds = sorted(after[0])
     counts = {b: sum(a.get(b, 0.0) - f.get(b, 0.0) for a, f in zip(after, before, strict=True)) for b in bounds}
     total = counts[bounds[-1]] if bounds else 0.0

@@ -12,7 +12,8 @@ five minutes on two cores; 5,000 takes about four minutes alone), on a fresh Pos
 - lease latency: p50/p99 of LeaseTasks calls that find queued no-op tasks, while the nodes
   hold each task a random time so that the fleet leases --lease-rate tasks/s. As the nodes
   see it (lease), and as the coordinator's own histogram has it (lease_server_side: the share
-  within the goal's 50 ms, the bucket bounds p50 and p99 fall under); beside them the cores
+  within the goal's 50 ms, the bucket bounds p50 and p99 fall under; coordinator_loop_lag: its
+  event loop's lateness, which a call waits before its handler starts); beside them the cores
   the coordinator, the simulated nodes and PostgreSQL used (lease_phase_cores) and how late
   the nodes' event loop ran (nodes_loop_lag_ms, part of every latency they measure): the
   simulated nodes share the two cores, which a real fleet does not;
@@ -55,7 +56,7 @@ from benchmarks._pg import (
     bucket_summary,
     free_port,
     fresh_database,
-    lease_buckets,
+    histograms,
     rates,
     scrape,
 )
@@ -171,11 +172,15 @@ def latency_phase(
     # before the job (woken by it, their wait inside their time) have ended by then.
     time.sleep(1.0)
     pids = [g.procs[0].popen.pid for g in grids]
-    buckets0, cpu0, start = [lease_buckets(port) for port in ports], phase_cpu(pids, fleets, db), time.monotonic()
+    hist0, cpu0, start = [histograms(port) for port in ports], phase_cpu(pids, fleets, db), time.monotonic()
     with py_spy(ns.profile and str(Path(ns.profile) / db), pids, fleets, ns.latency_s - 1.0):
         time.sleep(ns.latency_s - 1.0)
     cpu1, wall = phase_cpu(pids, fleets, db), time.monotonic() - start
-    server = bucket_summary(buckets0, [lease_buckets(port) for port in ports], GOAL_S)
+    hist1 = [histograms(port) for port in ports]
+    server = {
+        "lease": bucket_summary([h["lease"] for h in hist0], [h["lease"] for h in hist1], GOAL_S),
+        "loop_lag": bucket_summary([h["loop"] for h in hist0], [h["loop"] for h in hist1], GOAL_S),
+    }
     reports = ask_all(fleets, "report")
     # Cores each side used over the phase: the simulated nodes share the machine's two cores
     # with the coordinator and PostgreSQL, unlike a real fleet.
@@ -294,7 +299,8 @@ def measure_grid(root: Path, ns: argparse.Namespace, nodes: int, replicas: int) 
                 "rss_bytes_per_node": round(per_node),
                 "idle_db": {**idle, "commits_per_node_s": round(idle["commits_per_s"] / nodes, 4)},
                 "lease": percentiles(lease_ms),
-                "lease_server_side": side["server_side"],
+                "lease_server_side": side["server_side"]["lease"],
+                "coordinator_loop_lag": side["server_side"]["loop_lag"],
                 "lease_phase_cores": side["cores"],
                 "nodes_loop_lag_ms": worst_lag(reports),
                 "lease_errors": merge_errors(reports),
