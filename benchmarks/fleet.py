@@ -71,10 +71,11 @@ GOAL_S = 0.05  # lease p99 goal (a bound of the coordinator's latency histogram)
 class FleetProcess:
     """A `python -m benchmarks._fleet` child: commands on its stdin, JSON answers on its stdout."""
 
-    def __init__(self, *args: str) -> None:
-        self.popen = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks._fleet", *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        )
+    def __init__(self, *args: str, nice: int = 0) -> None:
+        command = [sys.executable, "-m", "benchmarks._fleet", *args]
+        if nice:
+            command = ["nice", "-n", str(nice), *command]
+        self.popen = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
     def send(self, command: str) -> None:
         assert self.popen.stdin is not None
@@ -99,8 +100,8 @@ class FleetProcess:
 
 
 @contextmanager
-def fleet_process(*args: str) -> Iterator[FleetProcess]:
-    proc = FleetProcess(*args)
+def fleet_process(*args: str, nice: int = 0) -> Iterator[FleetProcess]:
+    proc = FleetProcess(*args, nice=nice)
     try:
         yield proc
     finally:
@@ -135,14 +136,14 @@ def start_replicas(
     return grids, ports
 
 
-def connect(stack: ExitStack, grids: list[LocalGrid], nodes: int, lease_rate: float) -> list[FleetProcess]:
+def connect(stack: ExitStack, grids: list[LocalGrid], nodes: int, lease_rate: float, nice: int) -> list[FleetProcess]:
     """One fleet process per replica, the nodes split evenly; returns once every node registered."""
     share, task_s = -(-nodes // len(grids)), max(0.05, nodes / lease_rate)
     fleets = []
     for r, grid in enumerate(grids):
         count = min(share, nodes - r * share)
         args = ("--target", grid.target, "--first", str(r * share), "--count", str(count), "--task-s", str(task_s))
-        fleets.append(stack.enter_context(fleet_process(*args)))
+        fleets.append(stack.enter_context(fleet_process(*args, nice=nice)))
     registered = 0
     for f in fleets:
         ready = f.answer()
@@ -285,7 +286,7 @@ def measure_grid(root: Path, ns: argparse.Namespace, nodes: int, replicas: int) 
         pids = [g.procs[0].popen.pid for g in grids]
         time.sleep(1.0)
         before = rss(pids)
-        fleets = connect(stack, grids, nodes, ns.lease_rate)
+        fleets = connect(stack, grids, nodes, ns.lease_rate, ns.nodes_nice)
         time.sleep(2.0)
         per_node = (rss(pids) - before) / nodes
         c0 = [scrape(port) for port in metrics]
@@ -341,6 +342,13 @@ def parse() -> argparse.Namespace:
     )
     p.add_argument("--coordinator-arg", action="append", default=[], help="an extra coordinator flag (repeatable)")
     p.add_argument("--no-baseline", action="store_true", help="skip the raw echo baseline")
+    p.add_argument(
+        "--nodes-nice",
+        type=int,
+        default=0,
+        help="CPU priority of the simulated nodes' processes (e.g. 10: the coordinator and PostgreSQL first, "
+        "as if the nodes ran elsewhere; their own lag then grows)",
+    )
     p.add_argument("--profile", default="", help="a folder: py-spy records each latency phase there (raw stacks)")
     return p.parse_args()
 
