@@ -2,8 +2,9 @@
 
 The nodes (benchmarks._fleet) are lightweight clients of the real node API, one gRPC channel
 and TCP connection each, doing the daemon's calls with their own keys: register with a
-signed challenge, heartbeat, long-poll LeaseTasks, hand in signed results. They live in one
-client process per coordinator. At each size (--sizes: 100 and 1,000 by default, which fit the
+signed challenge, heartbeat, long-poll LeaseTasks, hand in signed results. They are split over
+--node-processes client processes (2 by default, at least one per coordinator), the same number
+for one replica as for two. At each size (--sizes: 100 and 1,000 by default, which fit the
 five minutes on two cores; 5,000 takes about four minutes alone), on a fresh PostgreSQL database:
 
 - memory: the coordinator's RSS before and after the nodes connect, per node;
@@ -136,14 +137,19 @@ def start_replicas(
     return grids, ports
 
 
-def connect(stack: ExitStack, grids: list[LocalGrid], nodes: int, lease_rate: float, nice: int) -> list[FleetProcess]:
-    """One fleet process per replica, the nodes split evenly; returns once every node registered."""
-    share, task_s = -(-nodes // len(grids)), max(0.05, nodes / lease_rate)
+def connect(stack: ExitStack, grids: list[LocalGrid], nodes: int, ns: argparse.Namespace) -> list[FleetProcess]:
+    """The nodes split evenly over max(replicas, --node-processes) fleet processes, process i
+    connecting to replica i mod replicas; returns once every node registered. One replica and
+    two get the same number of client processes: the simulated nodes' own capacity (one event
+    loop per process) is then the same on both sides of the replica ratio."""
+    procs = max(len(grids), ns.node_processes)
+    share, task_s = -(-nodes // procs), max(0.05, nodes / ns.lease_rate)
     fleets = []
-    for r, grid in enumerate(grids):
-        count = min(share, nodes - r * share)
-        args = ("--target", grid.target, "--first", str(r * share), "--count", str(count), "--task-s", str(task_s))
-        fleets.append(stack.enter_context(fleet_process(*args, nice=nice)))
+    for i in range(procs):
+        count = min(share, nodes - i * share)
+        target = grids[i % len(grids)].target
+        args = ("--target", target, "--first", str(i * share), "--count", str(count), "--task-s", str(task_s))
+        fleets.append(stack.enter_context(fleet_process(*args, nice=ns.nodes_nice)))
     registered = 0
     for f in fleets:
         ready = f.answer()
@@ -286,7 +292,7 @@ def measure_grid(root: Path, ns: argparse.Namespace, nodes: int, replicas: int) 
         pids = [g.procs[0].popen.pid for g in grids]
         time.sleep(1.0)
         before = rss(pids)
-        fleets = connect(stack, grids, nodes, ns.lease_rate, ns.nodes_nice)
+        fleets = connect(stack, grids, nodes, ns)
         time.sleep(2.0)
         per_node = (rss(pids) - before) / nodes
         c0 = [scrape(port) for port in metrics]
@@ -342,6 +348,12 @@ def parse() -> argparse.Namespace:
     )
     p.add_argument("--coordinator-arg", action="append", default=[], help="an extra coordinator flag (repeatable)")
     p.add_argument("--no-baseline", action="store_true", help="skip the raw echo baseline")
+    p.add_argument(
+        "--node-processes",
+        type=int,
+        default=2,
+        help="processes the simulated nodes are split over (at least one per replica)",
+    )
     p.add_argument(
         "--nodes-nice",
         type=int,
