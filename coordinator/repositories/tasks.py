@@ -24,6 +24,11 @@ Heartbeat = tuple[str, list[tuple[str, int]], bool]  # (node address, its active
 # Failures that say the workload itself is bad, not the node: no backoff for the node once a
 # second node confirms them; until then they count against their reporter (repositories.claims).
 WORKLOAD_ERRORS = (ErrorKind.INVALID_INPUT, ErrorKind.UNSAFE_INPUT)
+# Expired leases one reaping transaction reissues. It locks their nodes' and jobs' rows until it
+# commits, six statements a lease later: 500 at a time held them for up to 8 s on a coordinator
+# short of CPU (benchmarks.fleet at 5,000 nodes, pg_stat_activity), every result and heartbeat of
+# those nodes waiting behind it. The reaper runs batches until one comes back short.
+REAP_BATCH = 100
 
 
 @dataclass(frozen=True)
@@ -199,13 +204,13 @@ class TaskRepository:
             return sum(self._fail(conn, row, error, now_ms) for row in rows)
 
     def reap_expired(self, now_ms: int) -> int:
-        """Reissue leases whose holder went silent past the deadline."""
+        """Reissue up to REAP_BATCH leases whose holder went silent past the deadline; returns how many."""
         with self.engine.begin() as conn:
             rows = conn.execute(
                 select(s.tasks)
                 .where(s.tasks.c.state == "leased", s.tasks.c.deadline_ms < now_ms)
                 .order_by(s.tasks.c.node, s.tasks.c.task_id)  # its nodes' rows locked in address order
-                .limit(500)
+                .limit(REAP_BATCH)
                 .with_for_update(skip_locked=True)
             ).all()
             # Every node and job row this batch will change, before the first change: one row

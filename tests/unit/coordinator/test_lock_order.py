@@ -11,11 +11,12 @@ import threading
 import time
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from coordinator.app import Coordinator
 from coordinator.config import CoordinatorConfig
 from coordinator.db import schema as s
+from coordinator.repositories.tasks import REAP_BATCH
 from tensorgrid.crypto import Signer
 from tensorgrid.spec import NoopSpec, canonical_json, job_id_for, spec_hash
 from tests.unit.coordinator.test_storage import CPU
@@ -114,3 +115,35 @@ def test_a_heartbeat_batch_does_not_wait_on_a_node_row_another_transaction_holds
         release.set()
         thread.join(10)
         asyncio.run(app.stop())
+
+
+def test_the_reaper_reissues_every_expired_lease_in_short_transactions(db_url: str, tmp_path: Path) -> None:
+    """A pass reissues all expired leases, at most REAP_BATCH per transaction (each holds its
+    nodes' and jobs' rows until it commits: 500 at once held them for seconds at 5,000 nodes)."""
+    app = Coordinator(CoordinatorConfig(data_dir=tmp_path / "coord", database_url=db_url))
+    store = app.store
+    node = Signer.generate().address
+    store.nodes.register_node(node, CPU, "0" * 64, 0, 10**9, "n")
+    raw = canonical_json(NoopSpec(tasks=REAP_BATCH * 2 + 5))
+    job, tasks = app.intake.plan(raw, SUBMITTER, spec_hash(raw), job_id_for(SUBMITTER, spec_hash(raw)))
+    store.jobs.create_job(job, tasks, app.runtime.now_ms())
+    with store.engine.begin() as conn:  # every task leased to the node, its lease long expired
+        conn.execute(update(s.tasks).values(state="leased", node=node, attempt=1, leased_ms=0, deadline_ms=1))
+    batches: list[int] = []
+    real = store.tasks.reap_expired
+
+    def counted(now_ms: int) -> int:
+        batches.append(real(now_ms))
+        return batches[-1]
+
+    store.tasks.reap_expired = counted  # type: ignore[method-assign]
+
+    async def scenario() -> int:
+        try:
+            return await app.scheduler.reap_expired()
+        finally:
+            await app.stop()
+
+    assert asyncio.run(scenario()) == REAP_BATCH * 2 + 5
+    assert batches == [REAP_BATCH, REAP_BATCH, 5]
+    assert store.tasks.count_pending(10**6) == REAP_BATCH * 2 + 5
