@@ -44,6 +44,7 @@ from tensorgrid.types import BlobRef, Capabilities, Lease
 CPU = Capabilities(device_kind="cpu", memory_bytes=8 << 30, cpu_cores=2)
 EMPTY = BlobRef(hashlib.sha256(b"").hexdigest(), 0)
 LEASE_WAIT_MS = 5_000  # node.agent.LEASE_WAIT_MS
+LAG_TICK_S = 0.01  # the loop-lag probe's sleep
 REGISTER_AT_ONCE = 128  # below the coordinator's concurrent calls per IP address without a session
 
 
@@ -71,6 +72,7 @@ class Tally:
     rejected: int = 0
     last_done: float = 0.0
     errors: dict[str, int] = field(default_factory=dict)
+    lag_ms: list[float] = field(default_factory=list)  # how late this process's event loop ran (Fleet.watch_lag)
 
     def counts(self, job_id: str) -> bool:
         return self.job in ("*", job_id)
@@ -85,7 +87,17 @@ class Tally:
             "rejected": self.rejected,
             "last_done": self.last_done,
             "errors": self.errors,
+            "loop_lag_ms": lag_summary(self.lag_ms),
         }
+
+
+def lag_summary(lags: list[float]) -> dict[str, float | None]:
+    """p50, p99 and the worst of the loop's lateness (ms)."""
+    if not lags:
+        return {"p50": None, "p99": None, "max": None}
+    ordered = sorted(lags)
+    p50, p99 = (ordered[min(len(ordered) - 1, int(q * len(ordered)))] for q in (0.5, 0.99))
+    return {"p50": round(p50, 2), "p99": round(p99, 2), "max": round(ordered[-1], 2)}
 
 
 class Fleet:
@@ -125,6 +137,15 @@ class Fleet:
 
         self.clients = list(await asyncio.gather(*(one(i) for i in self.indexes)))
         return len(self.clients)
+
+    async def watch_lag(self) -> None:
+        """How late this process's event loop wakes a sleeper: a lease answer that arrived in
+        time waits as long before its node sees it, so the simulated nodes' own CPU shortage
+        is part of the lease latency they measure (reported beside it)."""
+        while True:
+            before = time.perf_counter()
+            await asyncio.sleep(LAG_TICK_S)
+            self.tally.lag_ms.append(1000 * (time.perf_counter() - before - LAG_TICK_S))
 
     def _start(self, c: NodeClient) -> None:
         self._tasks.append(asyncio.create_task(self._heartbeats(c)))
@@ -250,6 +271,7 @@ async def serve_parent(fleet: Fleet) -> None:
     """Register, then obey the parent's commands: mode M | mark JOB SINCE | report | stop."""
     started = time.monotonic()
     registered = await fleet.register()
+    lag = asyncio.create_task(fleet.watch_lag())
     print(json.dumps({"ready": registered, "register_s": round(time.monotonic() - started, 2)}), flush=True)
     while True:
         line = (await asyncio.to_thread(sys.stdin.readline)).split()
@@ -261,6 +283,7 @@ async def serve_parent(fleet: Fleet) -> None:
             fleet.tally = Tally(job=line[1], since=float(line[2]))
         elif line[0] == "report":
             print(json.dumps(fleet.tally.report()), flush=True)
+    lag.cancel()
     await fleet.stop()
 
 

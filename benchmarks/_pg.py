@@ -7,6 +7,7 @@ import socket
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import psutil
 import psycopg
@@ -33,9 +34,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _metrics(port: int) -> str:
+    return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
+
+
 def scrape(port: int) -> dict[str, float]:
     """The coordinator's metrics at 127.0.0.1:port: database commits, and Heartbeat and LeaseTasks calls."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
+    text = _metrics(port)
     out = {"commits": 0.0, "heartbeats": 0.0, "leases": 0.0}
     for line in text.splitlines():
         name, _, value = line.rpartition(" ")
@@ -46,6 +51,43 @@ def scrape(port: int) -> dict[str, float]:
         elif name.startswith("tensorgrid_rpcs_total{") and 'method="LeaseTasks"' in name:
             out["leases"] += float(value)
     return out
+
+
+def histograms(port: int) -> dict[str, dict[float, float]]:
+    """The coordinator's own histograms of LeaseTasks latency (time in the handler, as it
+    measures it) and of its event loop's lag ("lease", "loop"): calls or probes so far at or
+    under each bucket's bound, in seconds."""
+    out: dict[str, dict[float, float]] = {"lease": {}, "loop": {}}
+    for line in _metrics(port).splitlines():
+        name, _, value = line.rpartition(" ")
+        if name.startswith("tensorgrid_rpc_seconds_bucket{") and 'method="LeaseTasks"' in name:
+            which = "lease"
+        elif name.startswith("tensorgrid_event_loop_lag_seconds_bucket{"):
+            which = "loop"
+        else:
+            continue
+        out[which][float(name.split('le="', 1)[1].split('"', 1)[0])] = float(value)
+    return out
+
+
+def bucket_summary(before: list[dict[float, float]], after: list[dict[float, float]], goal_s: float) -> dict[str, Any]:
+    """Over all replicas, what one histogram counted between two scrapes (histograms()): how many,
+    the share at most goal_s, and the bucket bounds the median and the 99th percentile fall under."""
+    if not after[0]:  # a coordinator without that histogram
+        return {"calls": 0, "share_within_goal": None, "p50_under_ms": None, "p99_under_ms": None}
+    bounds = sorted(after[0])
+    counts = {b: sum(a.get(b, 0.0) - f.get(b, 0.0) for a, f in zip(after, before, strict=True)) for b in bounds}
+    total = counts[bounds[-1]] if bounds else 0.0
+
+    def under_ms(q: float) -> float | None:  # the last bound (+Inf) holds every call
+        return 1000 * next(b for b in bounds if counts[b] >= q * total) if total else None
+
+    return {
+        "calls": int(total),
+        "share_within_goal": round(counts.get(goal_s, 0.0) / total, 4) if total else None,
+        "p50_under_ms": under_ms(0.5),
+        "p99_under_ms": under_ms(0.99),
+    }
 
 
 def rates(before: list[dict[str, float]], after: list[dict[str, float]], seconds: float) -> dict[str, float]:

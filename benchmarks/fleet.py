@@ -2,15 +2,22 @@
 
 The nodes (benchmarks._fleet) are lightweight clients of the real node API, one gRPC channel
 and TCP connection each, doing the daemon's calls with their own keys: register with a
-signed challenge, heartbeat, long-poll LeaseTasks, hand in signed results. They live in one
-client process per coordinator. At each size (--sizes: 100 and 1,000 by default, which fit the
+signed challenge, heartbeat, long-poll LeaseTasks, hand in signed results. They are split over
+--node-processes client processes (2 by default, at least one per coordinator), the same number
+for one replica as for two. At each size (--sizes: 100 and 1,000 by default, which fit the
 five minutes on two cores; 5,000 takes about four minutes alone), on a fresh PostgreSQL database:
 
 - memory: the coordinator's RSS before and after the nodes connect, per node;
 - heartbeat load: the database's commits and rows updated per second while every node is
   connected and idle (heartbeating and long-polling an empty queue), per node;
 - lease latency: p50/p99 of LeaseTasks calls that find queued no-op tasks, while the nodes
-  hold each task a random time so that the fleet leases --lease-rate tasks/s;
+  hold each task a random time so that the fleet leases --lease-rate tasks/s. As the nodes
+  see it (lease), and as the coordinator's own histogram has it (lease_server_side: the share
+  within the goal's 50 ms, the bucket bounds p50 and p99 fall under; coordinator_loop_lag: its
+  event loop's lateness, which a call waits before its handler starts); beside them the cores
+  the coordinator, the simulated nodes and PostgreSQL used (lease_phase_cores) and how late
+  the nodes' event loop ran (nodes_loop_lag_ms, part of every latency they measure): the
+  simulated nodes share the two cores, which a real fleet does not;
 - throughput: no-op tasks/s with every node taking tasks back to back (piggybacked leasing).
 
 Baseline, in the same run: the same number of channels to a raw grpc.aio echo server
@@ -22,6 +29,7 @@ Goals: 5,000 nodes on one coordinator with lease p99 ≤ 50 ms, two replicas ≥
 
     python -m benchmarks.fleet [--sizes 100,1000] [--replica-nodes 1000] [--database-url URL]
     python -m benchmarks.fleet --sizes 5000 --replica-nodes 5000 --no-baseline   # the goal's size
+    ... --profile DIR   # py-spy (if installed) records each process during each latency phase
 """
 
 from __future__ import annotations
@@ -43,21 +51,32 @@ from typing import Any
 import psutil
 
 from benchmarks._common import baseline_server, cpu_seconds, emit
-from benchmarks._pg import DEFAULT_ADMIN_URL, backend_cpu_s, free_port, fresh_database, rates, scrape
+from benchmarks._pg import (
+    DEFAULT_ADMIN_URL,
+    backend_cpu_s,
+    bucket_summary,
+    free_port,
+    fresh_database,
+    histograms,
+    rates,
+    scrape,
+)
 from tensorgrid.client import Client
 from tensorgrid.crypto import Signer
 from tensorgrid.localgrid import LocalGrid
 
 LEASE_WAIT_S = 5.0  # benchmarks._fleet.LEASE_WAIT_MS
+GOAL_S = 0.05  # lease p99 goal (a bound of the coordinator's latency histogram)
 
 
 class FleetProcess:
     """A `python -m benchmarks._fleet` child: commands on its stdin, JSON answers on its stdout."""
 
-    def __init__(self, *args: str) -> None:
-        self.popen = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks._fleet", *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        )
+    def __init__(self, *args: str, nice: int = 0) -> None:
+        command = [sys.executable, "-m", "benchmarks._fleet", *args]
+        if nice:
+            command = ["nice", "-n", str(nice), *command]
+        self.popen = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
     def send(self, command: str) -> None:
         assert self.popen.stdin is not None
@@ -82,8 +101,8 @@ class FleetProcess:
 
 
 @contextmanager
-def fleet_process(*args: str) -> Iterator[FleetProcess]:
-    proc = FleetProcess(*args)
+def fleet_process(*args: str, nice: int = 0) -> Iterator[FleetProcess]:
+    proc = FleetProcess(*args, nice=nice)
     try:
         yield proc
     finally:
@@ -118,14 +137,19 @@ def start_replicas(
     return grids, ports
 
 
-def connect(stack: ExitStack, grids: list[LocalGrid], nodes: int, lease_rate: float) -> list[FleetProcess]:
-    """One fleet process per replica, the nodes split evenly; returns once every node registered."""
-    share, task_s = -(-nodes // len(grids)), max(0.05, nodes / lease_rate)
+def connect(stack: ExitStack, grids: list[LocalGrid], nodes: int, ns: argparse.Namespace) -> list[FleetProcess]:
+    """The nodes split evenly over max(replicas, --node-processes) fleet processes, process i
+    connecting to replica i mod replicas; returns once every node registered. One replica and
+    two get the same number of client processes: the simulated nodes' own capacity (one event
+    loop per process) is then the same on both sides of the replica ratio."""
+    procs = max(len(grids), ns.node_processes)
+    share, task_s = -(-nodes // procs), max(0.05, nodes / ns.lease_rate)
     fleets = []
-    for r, grid in enumerate(grids):
-        count = min(share, nodes - r * share)
-        args = ("--target", grid.target, "--first", str(r * share), "--count", str(count), "--task-s", str(task_s))
-        fleets.append(stack.enter_context(fleet_process(*args)))
+    for i in range(procs):
+        count = min(share, nodes - i * share)
+        target = grids[i % len(grids)].target
+        args = ("--target", target, "--first", str(i * share), "--count", str(count), "--task-s", str(task_s))
+        fleets.append(stack.enter_context(fleet_process(*args, nice=ns.nodes_nice)))
     registered = 0
     for f in fleets:
         ready = f.answer()
@@ -141,16 +165,75 @@ def ask_all(fleets: list[FleetProcess], command: str) -> list[dict[str, Any]]:
     return [f.answer() for f in fleets] if command == "report" else []
 
 
-def latency_phase(grids: list[LocalGrid], fleets: list[FleetProcess], ns: argparse.Namespace, sdk: Client) -> Any:
+def latency_phase(
+    grids: list[LocalGrid], fleets: list[FleetProcess], ns: argparse.Namespace, sdk: Client, db: str, ports: list[int]
+) -> Any:
     """Nodes in hold mode lease one task at a time with LeaseTasks, at --lease-rate over the fleet,
-    from a queue that never runs dry during the phase; returns the job and the latencies."""
+    from a queue that never runs dry during the phase; returns the job, the latencies the nodes
+    saw, their reports, and the coordinator's side of the phase (server_side)."""
     ask_all(fleets, "mode hold")
     time.sleep(LEASE_WAIT_S + 1)  # the long polls under way end; each node now waits, then asks
     job = sdk.submit_noop(int(ns.lease_rate * ns.latency_s * 1.5) + 10)
     ask_all(fleets, f"mark {job.job_id} {time.time()}")
-    time.sleep(ns.latency_s)
+    # The coordinator's own histogram from a second on: long polls begun on the empty queue
+    # before the job (woken by it, their wait inside their time) have ended by then.
+    time.sleep(1.0)
+    pids = [g.procs[0].popen.pid for g in grids]
+    hist0, cpu0, start = [histograms(port) for port in ports], phase_cpu(pids, fleets, db), time.monotonic()
+    with py_spy(ns.profile and str(Path(ns.profile) / db), pids, fleets, ns.latency_s - 1.0):
+        time.sleep(ns.latency_s - 1.0)
+    cpu1, wall = phase_cpu(pids, fleets, db), time.monotonic() - start
+    hist1 = [histograms(port) for port in ports]
+    server = {
+        "lease": bucket_summary([h["lease"] for h in hist0], [h["lease"] for h in hist1], GOAL_S),
+        "loop_lag": bucket_summary([h["loop"] for h in hist0], [h["loop"] for h in hist1], GOAL_S),
+    }
     reports = ask_all(fleets, "report")
-    return job.job_id, [x for r in reports for x in r["lease_ms"]], reports
+    # Cores each side used over the phase: the simulated nodes share the machine's two cores
+    # with the coordinator and PostgreSQL, unlike a real fleet.
+    cores = {k: round((cpu1[k] - cpu0[k]) / wall, 2) for k in cpu0}
+    return job.job_id, [x for r in reports for x in r["lease_ms"]], reports, {"server_side": server, "cores": cores}
+
+
+def phase_cpu(pids: list[int], fleets: list[FleetProcess], db: str) -> dict[str, float]:
+    """CPU seconds so far of the coordinators, the simulated nodes' processes and the database's backends."""
+    return {
+        "coordinator": sum(cpu_seconds(p) or 0.0 for p in pids),
+        "nodes": sum(cpu_seconds(f.popen.pid) or 0.0 for f in fleets),
+        "postgres": backend_cpu_s(db),
+    }
+
+
+@contextmanager
+def py_spy(folder: str, pids: list[int], fleets: list[FleetProcess], seconds: float) -> Iterator[None]:
+    """--profile: py-spy records the coordinators and the simulated nodes for `seconds` (collapsed
+    stacks in folder/*.txt: count the frames with grep, or feed them to a flame graph tool)."""
+    if not folder:
+        yield
+        return
+    exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    targets = [(f"coordinator{i}", p) for i, p in enumerate(pids)] + [
+        (f"nodes{i}", f.popen.pid) for i, f in enumerate(fleets)
+    ]
+    spies = [
+        subprocess.Popen(
+            [exe, "record", "--format", "raw", "--rate", "50", "--nonblocking", "--pid", str(pid)]
+            + ["--duration", str(max(1, int(seconds))), "--output", str(Path(folder) / f"{name}.txt")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for name, pid in targets
+    ]
+    try:
+        yield
+    finally:
+        for spy in spies:
+            try:
+                spy.wait(30)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+                spy.wait()
 
 
 def throughput_phase(
@@ -188,6 +271,11 @@ def throughput_phase(
     }
 
 
+def worst_lag(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """The simulated nodes' event-loop lag (of the most lagging process): added to every latency they measure."""
+    return max((r["loop_lag_ms"] for r in reports), key=lambda lag: lag["p99"] or 0.0)
+
+
 def merge_errors(reports: list[dict[str, Any]]) -> dict[str, int]:
     out: dict[str, int] = {}
     for r in reports:
@@ -204,7 +292,7 @@ def measure_grid(root: Path, ns: argparse.Namespace, nodes: int, replicas: int) 
         pids = [g.procs[0].popen.pid for g in grids]
         time.sleep(1.0)
         before = rss(pids)
-        fleets = connect(stack, grids, nodes, ns.lease_rate)
+        fleets = connect(stack, grids, nodes, ns)
         time.sleep(2.0)
         per_node = (rss(pids) - before) / nodes
         c0 = [scrape(port) for port in metrics]
@@ -212,12 +300,16 @@ def measure_grid(root: Path, ns: argparse.Namespace, nodes: int, replicas: int) 
         idle = rates(c0, [scrape(port) for port in metrics], ns.idle_s)
         print(f"  {per_node:,.0f} bytes per node; idle database: {json.dumps(idle)}", flush=True)
         with grids[0].client(Signer.generate()) as sdk:
-            left, lease_ms, reports = latency_phase(grids, fleets, ns, sdk)
+            left, lease_ms, reports, side = latency_phase(grids, fleets, ns, sdk, name, metrics)
             out: dict[str, Any] = {
                 "nodes_registered": nodes,
                 "rss_bytes_per_node": round(per_node),
                 "idle_db": {**idle, "commits_per_node_s": round(idle["commits_per_s"] / nodes, 4)},
                 "lease": percentiles(lease_ms),
+                "lease_server_side": side["server_side"]["lease"],
+                "coordinator_loop_lag": side["server_side"]["loop_lag"],
+                "lease_phase_cores": side["cores"],
+                "nodes_loop_lag_ms": worst_lag(reports),
                 "lease_errors": merge_errors(reports),
                 **throughput_phase(grids, fleets, ns, name, sdk, left),
             }
@@ -256,6 +348,20 @@ def parse() -> argparse.Namespace:
     )
     p.add_argument("--coordinator-arg", action="append", default=[], help="an extra coordinator flag (repeatable)")
     p.add_argument("--no-baseline", action="store_true", help="skip the raw echo baseline")
+    p.add_argument(
+        "--node-processes",
+        type=int,
+        default=2,
+        help="processes the simulated nodes are split over (at least one per replica)",
+    )
+    p.add_argument(
+        "--nodes-nice",
+        type=int,
+        default=0,
+        help="CPU priority of the simulated nodes' processes (e.g. 10: the coordinator and PostgreSQL first, "
+        "as if the nodes ran elsewhere; their own lag then grows)",
+    )
+    p.add_argument("--profile", default="", help="a folder: py-spy records each latency phase there (raw stacks)")
     return p.parse_args()
 
 

@@ -111,7 +111,13 @@ class Raw:
 def _executemany(conn: Connection, sql: str, params: list[Any]) -> None:
     cursor = conn.connection.cursor()
     try:
-        cursor.executemany(sql, params)
+        if len(params) == 1:
+            # A lease's grant, a result's receipt: most calls carry one row. psycopg runs
+            # executemany in pipeline mode, which for one row cost 2-3 times an execute (0.26
+            # against 0.08-0.12 ms per statement on loopback).
+            cursor.execute(sql, params[0])
+        else:
+            cursor.executemany(sql, params)
     finally:
         cursor.close()
 

@@ -24,6 +24,11 @@ Heartbeat = tuple[str, list[tuple[str, int]], bool]  # (node address, its active
 # Failures that say the workload itself is bad, not the node: no backoff for the node once a
 # second node confirms them; until then they count against their reporter (repositories.claims).
 WORKLOAD_ERRORS = (ErrorKind.INVALID_INPUT, ErrorKind.UNSAFE_INPUT)
+# Expired leases one reaping transaction reissues. It locks their nodes' and jobs' rows until it
+# commits, six statements a lease later: 500 at a time held them for up to 8 s on a coordinator
+# short of CPU (benchmarks.fleet at 5,000 nodes, pg_stat_activity), every result and heartbeat of
+# those nodes waiting behind it. The reaper runs batches until one comes back short.
+REAP_BATCH = 100
 
 
 @dataclass(frozen=True)
@@ -130,16 +135,20 @@ class TaskRepository:
                     if res.rowcount == 0:
                         revoked[i].append((task_id, attempt))
             # The nodes' rows locked in address order (see lock_in_order): batches in two orders
-            # deadlocked at 5,000 nodes, the reaper failing every time.
-            lock_in_order(conn, flags, ())
-            for draining in (False, True):
-                addresses = [a for a, d in flags.items() if d == draining]
+            # deadlocked at 5,000 nodes, the reaper failing every time. A node starting to drain
+            # must be recorded: its rows are waited for. A beat that only says "alive" skips a
+            # row another transaction holds (a result of that node being accepted, the reaper):
+            # a batch of hundreds of beats waiting on one such row, holding the rows it had
+            # already locked, stalled those nodes' results behind it, and with them the database
+            # threads, in convoys of seconds at 5,000 nodes (benchmarks.fleet). A node so
+            # skipped is seen at its next beat (ACTIVE_MS spans three idle intervals).
+            draining = sorted(a for a, d in flags.items() if d)
+            lock_in_order(conn, draining, ())
+            alive = lock_free(conn, [a for a, d in flags.items() if not d])
+            for flag, addresses in ((False, alive), (True, draining)):
                 if addresses:
-                    conn.execute(
-                        update(s.nodes)
-                        .where(s.nodes.c.address.in_(addresses))
-                        .values(last_seen_ms=now_ms, draining=draining)
-                    )
+                    beat = update(s.nodes).where(s.nodes.c.address.in_(addresses))
+                    conn.execute(beat.values(last_seen_ms=now_ms, draining=flag))
         return revoked
 
     def any_pending(self) -> bool:
@@ -210,13 +219,13 @@ class TaskRepository:
             return sum(self._fail(conn, row, error, now_ms) for row in rows)
 
     def reap_expired(self, now_ms: int) -> int:
-        """Reissue leases whose holder went silent past the deadline."""
+        """Reissue up to REAP_BATCH leases whose holder went silent past the deadline; returns how many."""
         with self.engine.begin() as conn:
             rows = conn.execute(
                 select(s.tasks)
                 .where(s.tasks.c.state == "leased", s.tasks.c.deadline_ms < now_ms)
                 .order_by(s.tasks.c.node, s.tasks.c.task_id)  # its nodes' rows locked in address order
-                .limit(500)
+                .limit(REAP_BATCH)
                 .with_for_update(skip_locked=True)
             ).all()
             # Every node and job row this batch will change, before the first change: one row
@@ -356,6 +365,18 @@ def lock_in_order(conn: Connection, nodes: Iterable[str], jobs: Iterable[str]) -
         if wanted:
             order = key.collate("C") if postgres else key
             conn.execute(select(key).where(key.in_(wanted)).order_by(order).with_for_update()).all()
+
+
+def lock_free(conn: Connection, nodes: Iterable[str]) -> list[str]:
+    """Lock those of the nodes' rows no other transaction holds, in key order, waiting for none;
+    returns their addresses (all of them on SQLite, which locks the whole database)."""
+    wanted = sorted(nodes)
+    if not wanted:
+        return []
+    key = s.nodes.c.address
+    order = key.collate("C") if conn.dialect.name == "postgresql" else key
+    stmt = select(key).where(key.in_(wanted)).order_by(order).with_for_update(skip_locked=True)
+    return [row.address for row in conn.execute(stmt)]
 
 
 def _least(a: int, b: Any) -> Any:

@@ -3,6 +3,7 @@
 Two kinds:
 - counted as things happen, in memory: each RPC's count by method and status code and its
   latency (a histogram: LeaseTasks and SubmitSmallResult are the lease and result latencies),
+  how late the event loop runs (a histogram: what a call waits before its handler starts),
   and blob bytes in and out by path (gRPC or the bulk port); endpoint requests by outcome
   (answered, failed, refused) and the latency of the answered ones (ServingMetrics, fed by
   every endpoint's stats: one counter increment and one histogram observation per request);
@@ -23,6 +24,7 @@ It has no authentication: bind it to loopback or a private address (the default 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -40,6 +42,7 @@ if TYPE_CHECKING:
     from coordinator.services.serving.router import Router
 
 log = logging.getLogger("tensorgrid.coordinator")
+LOOP_PROBE_S = 0.05
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0)
 
 
@@ -52,6 +55,14 @@ class Metrics:
         self.rpcs = Counter("tensorgrid_rpcs", "gRPC calls handled", ("method", "code"), registry=r)
         self.rpc_seconds = Histogram(
             "tensorgrid_rpc_seconds", "time to handle a gRPC call", ("method",), buckets=LATENCY_BUCKETS, registry=r
+        )
+        # How late the event loop wakes a sleeper: the wait a call's handler has before it starts
+        # (the RPC histogram begins in the handler), when the loop is short of CPU.
+        self.loop_lag = Histogram(
+            "tensorgrid_event_loop_lag_seconds",
+            f"how late the event loop ran a {LOOP_PROBE_S * 1000:.0f} ms timer",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.blob_bytes = Counter(
             "tensorgrid_blob_bytes", "blob bytes moved", ("direction", "path"), registry=r
@@ -70,6 +81,14 @@ class Metrics:
             self._rpc_children[(method, code)] = children
         children[0].inc()
         children[1].observe(seconds)
+
+    async def watch_loop(self) -> None:
+        """Time the event loop's lateness for ever (a timer every LOOP_PROBE_S)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(LOOP_PROBE_S)
+            self.loop_lag.observe(max(0.0, loop.time() - before - LOOP_PROBE_S))
 
     def moved(self, direction: str, path: str, n: int) -> None:
         """Count n blob bytes moved: direction "in" or "out", path "grpc" or "bulk"."""

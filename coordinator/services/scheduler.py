@@ -15,7 +15,7 @@ from coordinator.config import LeaseTiming
 from coordinator.errors import Rejected
 from coordinator.repositories.leasing import Barred
 from coordinator.repositories.store import Store
-from coordinator.repositories.tasks import Heartbeat, TaskRecord
+from coordinator.repositories.tasks import REAP_BATCH, Heartbeat, TaskRecord
 from coordinator.services.pacing import HeartbeatPacing
 from coordinator.services.runtime import Runtime
 from tensorgrid.types import Lease, TaskError
@@ -239,12 +239,21 @@ class Scheduler:
         self.rt.hub.notify(task.job_id)
         return task, reissued
 
+    async def reap_expired(self) -> int:
+        """Reissue every lease expired by now, REAP_BATCH per transaction; returns how many."""
+        now, reissued = self.rt.now_ms(), 0
+        while True:
+            n = await self.rt.db_bulk(self.store.tasks.reap_expired, now)
+            reissued += n
+            if n < REAP_BATCH:
+                return reissued
+
     async def reap_loop(self, interval_s: float, on_complete: Callable[[str], None]) -> None:
         """Reissue expired leases, redraw checkers of stale checks, hand unplaceable checks on."""
         while True:
             await asyncio.sleep(interval_s)
             try:
-                reissued = await self.rt.db_bulk(self.store.tasks.reap_expired, self.rt.now_ms())
+                reissued = await self.reap_expired()
             except Exception:  # a DB hiccup must not end the loop
                 log.exception("reaping expired leases failed")
                 continue

@@ -94,6 +94,7 @@ def test_metrics_count_calls_bytes_tasks_and_nodes_and_name_no_one(
     assert get_job.get((("code", "NOT_FOUND"), ("method", "GetJob"))) == 1, get_job
     leased = m[("tensorgrid_rpc_seconds_count", (("method", "LeaseTasks"),))]
     assert leased >= 1 and m[("tensorgrid_rpc_seconds_sum", (("method", "LeaseTasks"),))] > 0
+    assert m[("tensorgrid_event_loop_lag_seconds_count", ())] >= 1  # the loop's 50 ms probe ran
     # counts only: no job id, blob hash or address appears anywhere
     for secret in (job.job_id, refs[0].sha256, refs[1].sha256, node_key.address, client.signer.address):
         assert secret.lower() not in text.lower()

@@ -6,15 +6,17 @@ which a result batch held while it waited for job X: PostgreSQL ended one of the
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from coordinator.app import Coordinator
 from coordinator.config import CoordinatorConfig
 from coordinator.db import schema as s
+from coordinator.repositories.tasks import REAP_BATCH
 from tensorgrid.crypto import Signer
 from tensorgrid.spec import NoopSpec, canonical_json, job_id_for, spec_hash
 from tests.unit.coordinator.test_storage import CPU
@@ -66,3 +68,82 @@ def test_the_reaper_and_a_result_batch_never_deadlock(migrated_pg_url: str, tmp_
     assert not errors, errors  # before: psycopg's DeadlockDetected in one of them
     assert reaped == [2]
     assert {store.jobs.get_job(j).task_failures for j in jobs} == {1}
+
+
+def test_a_heartbeat_batch_does_not_wait_on_a_node_row_another_transaction_holds(
+    migrated_pg_url: str, tmp_path: Path
+) -> None:
+    """Beats that only say "alive" skip a node's row a result or the reaper holds; a beat that
+    starts a drain still waits for it (it must be recorded). Before, the whole batch waited,
+    holding the rows it had locked: convoys of seconds at 5,000 nodes."""
+    app = Coordinator(CoordinatorConfig(data_dir=tmp_path / "coord", database_url=migrated_pg_url))
+    store, timing = app.store, app.scheduler.timing
+    busy, free = sorted(Signer.generate().address for _ in range(2))
+    for i, node in enumerate((busy, free)):
+        store.nodes.register_node(node, CPU, f"{i:064x}", 0, 10**9, f"n{i}")
+    locked, release = threading.Event(), threading.Event()
+
+    def holder() -> None:  # a result batch holding the busy node's row a while
+        with store.engine.begin() as conn:
+            conn.execute(select(s.nodes.c.address).where(s.nodes.c.address == busy).with_for_update()).all()
+            locked.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    try:
+        assert locked.wait(10)
+        started = time.monotonic()
+        store.tasks.heartbeat_many([(busy, [], False), (free, [], False)], 1_000, timing)
+        assert time.monotonic() - started < 2.0  # it waited for nothing
+        seen = {n.address: n.last_seen_ms for n in store.nodes.list_nodes()}
+        assert seen[free] == 1_000 and seen[busy] == 0  # the busy node is seen at its next beat
+        drained: list[bool] = []
+
+        def drain() -> None:
+            store.tasks.heartbeat_many([(busy, [], True)], 2_000, timing)
+            drained.append(True)
+
+        beat = threading.Thread(target=drain)
+        beat.start()
+        time.sleep(0.5)
+        assert not drained  # a drain waits for the row
+        release.set()
+        beat.join(10)
+        assert drained and store.nodes.get_node(busy).draining  # type: ignore[union-attr]
+    finally:
+        release.set()
+        thread.join(10)
+        asyncio.run(app.stop())
+
+
+def test_the_reaper_reissues_every_expired_lease_in_short_transactions(db_url: str, tmp_path: Path) -> None:
+    """A pass reissues all expired leases, at most REAP_BATCH per transaction (each holds its
+    nodes' and jobs' rows until it commits: 500 at once held them for seconds at 5,000 nodes)."""
+    app = Coordinator(CoordinatorConfig(data_dir=tmp_path / "coord", database_url=db_url))
+    store = app.store
+    node = Signer.generate().address
+    store.nodes.register_node(node, CPU, "0" * 64, 0, 10**9, "n")
+    raw = canonical_json(NoopSpec(tasks=REAP_BATCH * 2 + 5))
+    job, tasks = app.intake.plan(raw, SUBMITTER, spec_hash(raw), job_id_for(SUBMITTER, spec_hash(raw)))
+    store.jobs.create_job(job, tasks, app.runtime.now_ms())
+    with store.engine.begin() as conn:  # every task leased to the node, its lease long expired
+        conn.execute(update(s.tasks).values(state="leased", node=node, attempt=1, leased_ms=0, deadline_ms=1))
+    batches: list[int] = []
+    real = store.tasks.reap_expired
+
+    def counted(now_ms: int) -> int:
+        batches.append(real(now_ms))
+        return batches[-1]
+
+    store.tasks.reap_expired = counted  # type: ignore[method-assign]
+
+    async def scenario() -> int:
+        try:
+            return await app.scheduler.reap_expired()
+        finally:
+            await app.stop()
+
+    assert asyncio.run(scenario()) == REAP_BATCH * 2 + 5
+    assert batches == [REAP_BATCH, REAP_BATCH, 5]
+    assert store.tasks.count_pending(10**6) == REAP_BATCH * 2 + 5
