@@ -18,8 +18,10 @@ from pathlib import Path
 log = logging.getLogger("tensorgrid.sandbox")
 
 # The only variables a child sees from its parent: where programs are, the locale, which
-# GPUs and how many threads. Never TENSORGRID_* (the keystore password, daemon settings),
-# never HOME (its dotfiles), never credentials of any other tool.
+# GPUs, how many threads and how idle threads wait (OMP_WAIT_POLICY=PASSIVE: they sleep rather
+# than spin, which on busy cores burns CPU the other processes need; the test suite sets it).
+# Never TENSORGRID_* (the keystore password, daemon settings), never HOME (its dotfiles),
+# never credentials of any other tool.
 ENV_ALLOWLIST = (
     "PATH",
     "LANG",
@@ -29,6 +31,7 @@ ENV_ALLOWLIST = (
     "CUDA_VISIBLE_DEVICES",
     "CUDA_DEVICE_ORDER",
     "OMP_NUM_THREADS",
+    "OMP_WAIT_POLICY",
     "MKL_NUM_THREADS",
     "OPENBLAS_NUM_THREADS",
 )
