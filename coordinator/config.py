@@ -91,19 +91,6 @@ class BulkSettings:
 
 
 @dataclass(frozen=True)
-class ServeSettings:
-    """The serve port (api.serve_port): nodes' Serve streams as frames over TCP, beside gRPC."""
-
-    listen: str = ""  # host:port; empty: --listen's host on any free port; "off": Serve over gRPC only
-    hello_timeout_s: float = 10.0  # a connection must finish TLS, its greeting and ServeHello within this
-    pending_per_ip: int = 16  # connections of one address not yet authenticated
-
-    @property
-    def enabled(self) -> bool:
-        return self.listen != "off"
-
-
-@dataclass(frozen=True)
 class CoordinatorConfig:
     listen: str = "127.0.0.1:7070"
     data_dir: Path = Path("var/coordinator")
@@ -136,7 +123,6 @@ class CoordinatorConfig:
     referee_time_s: float = 600.0  # wall time of one sandboxed re-execution or replay
     referee_memory_bytes: int = 4 * GiB  # its hard memory cap
     bulk: BulkSettings = field(default_factory=BulkSettings)
-    serve: ServeSettings = field(default_factory=ServeSettings)
     metrics_listen: str = ""  # host:port of the Prometheus endpoint; empty: none
     dashboard_listen: str = ""  # host:port of the read-only web dashboard (api.dashboard); empty: none
     health_interval_ms: int = 5_000  # how often health checks that the database answers

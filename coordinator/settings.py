@@ -9,7 +9,7 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-from coordinator.config import BulkSettings, CoordinatorConfig, LeaseTiming, Limits, Quotas, ServeSettings
+from coordinator.config import BulkSettings, CoordinatorConfig, LeaseTiming, Limits, Quotas
 from coordinator.settings_peers import PEER_SETTINGS, SESSION_SETTINGS, peer_limits, session_ttls
 from tensorgrid import config
 from tensorgrid.config import Setting
@@ -195,14 +195,6 @@ BULK_IDLE_S = Setting(
     type=float,
     help="a bulk transfer whose bytes stop for this long is dropped",
 )
-SERVE_LISTEN = Setting(
-    "--serve-listen",
-    _COORDINATOR + "SERVE_LISTEN",
-    ServeSettings.listen,
-    help="host:port of the serve port, where nodes' Serve streams run as frames over TCP beside gRPC "
-    "(TLS with --tls-cert); empty: --listen's host, any free port; off: none (Serve over gRPC only)",
-    metavar="HOST:PORT|off",
-)
 METRICS_LISTEN = Setting(
     "--metrics-listen",
     _COORDINATOR + "METRICS_LISTEN",
@@ -278,7 +270,6 @@ SETTINGS = (
     BULK_LISTEN,
     BULK_HELLO_S,
     BULK_IDLE_S,
-    SERVE_LISTEN,
     TLS_CERT,
     TLS_KEY,
     INSECURE,
@@ -358,5 +349,4 @@ def config_from(ns: argparse.Namespace) -> CoordinatorConfig:
         health_interval_ms=ns.health_interval_ms,
         drain_s=ns.drain_s,
         bulk=BulkSettings(listen=ns.bulk_listen, hello_timeout_s=ns.bulk_hello_s, idle_timeout_s=ns.bulk_idle_s),
-        serve=ServeSettings(listen=ns.serve_listen),
     )

@@ -63,12 +63,7 @@ class Agent:
         self.caps = caps
         self.cache = cache
         self.client = NodeClient(
-            config.coordinator,
-            signer,
-            config.rpc_timeout_s,
-            tls=config.tls,
-            expected_domain=config.domain,
-            serve_port=config.serve_over == "port",
+            config.coordinator, signer, config.rpc_timeout_s, tls=config.tls, expected_domain=config.domain
         )
         self.executors = [self._executor(config, caps, cache) for _ in range(max(1, config.slots))]
         self.draining = asyncio.Event()

@@ -19,7 +19,6 @@ class AgentConfig:
     device: str = "auto"
     threads: int = 0  # 0: torch's default
     serve_replicas: int = 1  # endpoint replicas held at once (node.serving); 0: serve none
-    serve_over: str = "port"  # "port": the coordinator's serve port when it names one; "grpc": NodeService.Serve
     rpc_timeout_s: float = 30.0
     tls: ClientTls = ClientTls()
     domain: Domain | None = None  # the deployments file's EIP-712 domain: sign under no other
@@ -71,14 +70,6 @@ SERVE_REPLICAS = Setting(
     AgentConfig.serve_replicas,
     type=int,
     help="endpoint replicas to hold at once for real-time serving (each a warm worker); 0: serve no endpoints",
-)
-SERVE_OVER = Setting(
-    "--serve-over",
-    "TENSORGRID_NODE_SERVE_OVER",
-    AgentConfig.serve_over,
-    choices=("port", "grpc"),
-    help="how the Serve stream runs: on the coordinator's serve port (frames over TCP, TLS as gRPC; "
-    "gRPC when the port cannot be reached) or always as a gRPC stream",
 )
 WORKER_START = Setting(
     "--worker-start",
@@ -132,7 +123,6 @@ RUN = (
     SLOTS,
     THREADS,
     SERVE_REPLICAS,
-    SERVE_OVER,
     WORKER_START,
     MEMORY_GIB,
     CACHE_GIB,

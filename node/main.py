@@ -150,7 +150,6 @@ async def run_agent(ns: argparse.Namespace, signer: Signer) -> None:
         device=caps.device_kind,
         threads=ns.threads,
         serve_replicas=max(0, ns.serve_replicas),
-        serve_over=ns.serve_over,
         worker_start=ns.worker_start,
         tls=client_tls(ns),
         domain=deployment_domain(ns),

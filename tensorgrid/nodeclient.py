@@ -9,9 +9,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
-import logging
-import ssl
-import time
 from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,13 +20,9 @@ from tensorgrid.blobs import CHUNK_BYTES, file_sha256
 from tensorgrid.crypto import Signer, registration_message, require_domain, sign_message, sign_receipt
 from tensorgrid.failover import Targets, unavailable
 from tensorgrid.rpc import SESSION_METADATA_KEY, SMALL_RESULT_BYTES
-from tensorgrid.serving.wire import FramedServeCall
-from tensorgrid.tls import ClientTls, host_of, open_channel
+from tensorgrid.tls import ClientTls, open_channel
 from tensorgrid.types import BlobRef, Capabilities, Domain, Lease, Receipt, TaskError
 from tensorgrid.v1 import common_pb2, node_pb2, node_pb2_grpc, serving_pb2
-
-log = logging.getLogger("tensorgrid.node")
-PORT_RETRY_S = 60.0  # a serve port that could not be reached is tried again after this long
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,13 +55,10 @@ class NodeClient:
         tls: ClientTls | None = None,
         expected_domain: Domain | None = None,
         own_connection: bool = False,
-        serve_port: bool = True,
     ) -> None:
         """tls: how the channel is secured (tensorgrid.tls); expected_domain: the EIP-712 domain of
         the node's deployment file, if it has one: registration refuses to sign under any other;
-        own_connection: a TCP connection not shared with other clients in this process (simulated fleets);
-        serve_port: open the Serve stream on the coordinator's serve port when it names one
-        (tensorgrid.serving.wire), else always as NodeService.Serve."""
+        own_connection: a TCP connection not shared with other clients in this process (simulated fleets)."""
         self.signer = signer
         self.timeout = timeout
         self.expected_domain = expected_domain
@@ -81,9 +71,6 @@ class NodeClient:
         self.domain: Domain | None = None
         self.heartbeat_s = 5.0  # while holding leases: the coordinator's Register interval
         self.idle_heartbeat_s = 5.0  # while holding none: what its last heartbeat answer said
-        self.use_serve_port = serve_port
-        self.serve_ports: dict[str, int] = {}  # each replica's serve port, as its answers named it
-        self._port_failed: dict[str, float] = {}  # when a replica's serve port could not be reached
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
@@ -143,7 +130,6 @@ class NodeClient:
             require_domain(self.expected_domain, session_domain)
         self.token = resp.session_token
         self.domain = session_domain
-        self.serve_ports[self.targets.current] = resp.serve_port
         self.heartbeat_s = self.idle_heartbeat_s = max(0.2, resp.heartbeat_interval_ms / 1000)
 
     async def lease(self, max_tasks: int = 1, wait_ms: int = 0) -> tuple[list[Lease], int]:
@@ -165,7 +151,6 @@ class NodeClient:
             metadata=self.metadata,
             timeout=self.timeout,
         )
-        self.serve_ports[self.targets.current] = resp.serve_port
         if resp.heartbeat_interval_ms:  # 0: a coordinator that does not pace idle nodes
             self.idle_heartbeat_s = max(self.heartbeat_s, resp.heartbeat_interval_ms / 1000)
         return [(k.task_id, k.attempt) for k in resp.revoked]
@@ -194,31 +179,8 @@ class NodeClient:
     def serve(self, up: AsyncIterator[serving_pb2.ServeUp]) -> Any:
         """Open the Serve stream (real-time serving, docs/SERVING.md): `up` is what the node sends
         (ServeHello first); iterate the returned call for the coordinator's ServeDown messages.
-        No deadline: the stream lives as long as the session.
-
-        On the coordinator's serve port when it named one and it was reachable lately (else, or
-        when it cannot be reached, as NodeService.Serve): the same messages and errors."""
-        target = self.targets.current
-        port = self.serve_ports.get(target, 0)
-        failed = self._port_failed.get(target)
-        if not self.use_serve_port or not port or (failed is not None and time.monotonic() - failed < PORT_RETRY_S):
-            return self.stub.Serve(up, metadata=self.metadata)
-        context = None if (self.tls or ClientTls()).plain_text(target) else self._ssl_context()
-
-        def unreachable(e: BaseException) -> None:
-            self._port_failed[target] = time.monotonic()
-            log.warning("serve port %s:%d unreachable (%s): the Serve stream goes over gRPC for %.0f s",
-                        host_of(target), port, e, PORT_RETRY_S)  # fmt: skip
-
-        def fallback(messages: AsyncIterator[serving_pb2.ServeUp]) -> Any:
-            return self.stub.Serve(messages, metadata=self.metadata)
-
-        return FramedServeCall(host_of(target), port, self.token, up, context, fallback, unreachable)
-
-    def _ssl_context(self) -> ssl.SSLContext:
-        """Verifies the serve port's certificate as the gRPC channel does (--ca-cert, else the system's roots)."""
-        ca = None if self.tls is None else self.tls.ca_cert
-        return ssl.create_default_context(cafile=str(ca) if ca is not None else None)
+        No deadline: the stream lives as long as the session."""
+        return self.stub.Serve(up, metadata=self.metadata)
 
     def sign_batch(self, receipt: Receipt) -> Receipt:
         """Sign a serving micro-batch's receipt (tensorgrid.serving.batch_receipt) under the session's domain."""

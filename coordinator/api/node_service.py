@@ -31,7 +31,6 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
         self.app = app
         self.sessions = sessions
         self.serving = ServingApi(app)
-        self.serve_port = 0  # the serve port (api.serve_port) nodes are told of; 0: none
 
     @unary
     async def GetChallenge(
@@ -79,7 +78,6 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             session_token=token,
             heartbeat_interval_ms=app.config.heartbeat_interval_ms,
             domain=serde.domain_to_pb(app.domain),
-            serve_port=self.serve_port,
         )
 
     @unary
@@ -99,7 +97,6 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             revoked=[node_pb2.LeaseKey(task_id=t, attempt=a) for t, a in revoked],
             server_time_ms=now_ms(),
             heartbeat_interval_ms=self.app.scheduler.pacing.beat(node, bool(active) or request.draining),
-            serve_port=self.serve_port,
         )
 
     @unary

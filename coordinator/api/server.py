@@ -17,7 +17,6 @@ from coordinator.api.health import Health
 from coordinator.api.limits import LimitsInterceptor
 from coordinator.api.node_service import NodeServicer
 from coordinator.api.reflection import enable_reflection
-from coordinator.api.serve_port import open_serve_port
 from coordinator.api.submit_service import SubmitterServicer
 from tensorgrid.rpc import server_options
 from tensorgrid.v1 import node_pb2, node_pb2_grpc, submit_pb2, submit_pb2_grpc
@@ -87,17 +86,13 @@ async def build_server(
     shared = sessions if sessions is not None else make_sessions(app)
     nodes, submitters, dashboards, limiter = shared.nodes, shared.submitters, shared.dashboards, shared.limiter
     # Sessions first: the limits then count a node's calls against its address (api.limits).
-    limits_interceptor = LimitsInterceptor(app.config.peers, app.metrics.observe_rpc)
-    interceptors = [SessionInterceptor(nodes, submitters, limiter), limits_interceptor]
+    interceptors = [
+        SessionInterceptor(nodes, submitters, limiter),
+        LimitsInterceptor(app.config.peers, app.metrics.observe_rpc),
+    ]
     server = grpc.aio.server(interceptors=interceptors, options=server_options())
     target = GenericOnly(server)
-    node_servicer = NodeServicer(app, nodes)
-    # the serve port shares the session check and the peer limits with gRPC; it closes with the runtime
-    serve_port = await open_serve_port(app.config, node_servicer.serving, nodes, limiter, limits_interceptor.limiter)
-    if serve_port is not None:
-        node_servicer.serve_port = serve_port.port
-        app.runtime.spawn(serve_port.run())
-    node_pb2_grpc.add_NodeServiceServicer_to_server(node_servicer, target)
+    node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(app, nodes), target)
     submit_pb2_grpc.add_SubmitterServiceServicer_to_server(SubmitterServicer(app, submitters, dashboards, bulk), target)
     caches = (("node", nodes), ("submitter", submitters), ("dashboard", dashboards))
     app.runtime.spawn(_purge_sessions(app, caches, limits.purge_interval_ms / 1000))

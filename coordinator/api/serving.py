@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncIterator
 from typing import NoReturn
 
 import grpc
@@ -25,7 +25,6 @@ from tensorgrid.crypto import cancel_message, recover_message_signer
 from tensorgrid.errors import SignatureError
 from tensorgrid.rpc import RETRY_AFTER_METADATA_KEY
 from tensorgrid.serving.coalesce import coalesced
-from tensorgrid.serving.wire import WireError
 from tensorgrid.spec import EndpointSpec, parse_spec
 from tensorgrid.types import JobInfo, JobState
 from tensorgrid.v1 import serving_pb2
@@ -44,14 +43,6 @@ async def refuse(context: grpc.aio.ServicerContext, e: Exception) -> NoReturn:
     await abort(context, e)
 
 
-class StreamRefused(Exception):
-    """A Serve stream refused before it is attached, with the status either transport ends it with."""
-
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        super().__init__(details)
-        self.code, self.details = code, details
-
-
 def _request_bytes(down: serving_pb2.ServeDown) -> int:
     return sum(len(r.input) for r in down.requests)
 
@@ -65,34 +56,21 @@ class ServingApi:
     async def serve(
         self, request_iterator: AsyncIterator[serving_pb2.ServeUp], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[serving_pb2.ServeDown]:
-        """NodeService.Serve (the serve port, api.serve_port, carries the same stream over TCP)."""
+        node = current_node.get()
         up = aiter(request_iterator)
-        try:
-            link = await self.attach(current_node.get(), await anext(up, None))
-        except StreamRefused as e:
-            await context.abort(e.code, e.details)
-            return
-        async for msg in self.stream(link, up):
-            yield msg
-
-    async def attach(self, node: str, first: serving_pb2.ServeUp | None, via: str = "gRPC") -> NodeLink:
-        """The link of an authenticated node whose stream opened with `first` (its ServeHello)."""
+        first = await anext(up, None)
         if first is None or first.WhichOneof("msg") != "hello":
-            raise StreamRefused(grpc.StatusCode.FAILED_PRECONDITION, "a Serve stream starts with ServeHello")
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "a Serve stream starts with ServeHello")
+            return
         info = await self.app.runtime.db(self.app.store.nodes.get_node, node)
         if info is None:
-            raise StreamRefused(grpc.StatusCode.UNAUTHENTICATED, "unknown node: register again")
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown node: register again")
+            return
         hello = first.hello
         link = self.router.connect(
             node, info.device_kind, info.memory_bytes, hello.max_replicas, hello.warm_endpoints, hello.counted
         )
-        log.info("node %s serves up to %d replicas (its Serve stream over %s)", node, link.max_replicas, via)
-        return link
-
-    async def stream(
-        self, link: NodeLink, up: AsyncIterator[serving_pb2.ServeUp]
-    ) -> AsyncGenerator[serving_pb2.ServeDown, None]:
-        """What goes down `link` while `up` (the rest of the node's messages) is read."""
+        log.info("node %s serves up to %d replicas", node, link.max_replicas)
         reader = asyncio.create_task(self._read(link, up))
         try:
             async for msg in coalesced(link.outbox, ("requests", "counted"), _request_bytes):
@@ -107,8 +85,6 @@ class ServingApi:
                 self.router.on_up(link, msg)
         except (asyncio.CancelledError, grpc.aio.AioRpcError, grpc.aio.AbortError):
             pass
-        except WireError as e:  # the serve port's framing broken (an oversize frame among them)
-            log.warning("the Serve stream of node %s broke: %s", link.node, e)
         except Exception:
             log.exception("the Serve stream of node %s failed", link.node)
         finally:

@@ -26,7 +26,7 @@ from tensorgrid.v1 import common_pb2 as tensorgrid_dot_v1_dot_common__pb2
 from tensorgrid.v1 import serving_pb2 as tensorgrid_dot_v1_dot_serving__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18tensorgrid/v1/node.proto\x12\rtensorgrid.v1\x1a\x1atensorgrid/v1/common.proto\x1a\x1btensorgrid/v1/serving.proto\"#\n\x10\x43hallengeRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\"X\n\tChallenge\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12\x15\n\rexpires_at_ms\x18\x02 \x01(\x03\x12%\n\x06\x64omain\x18\x03 \x01(\x0b\x32\x15.tensorgrid.v1.Domain\"U\n\x06\x44omain\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x10\n\x08\x63hain_id\x18\x03 \x01(\x04\x12\x1a\n\x12verifying_contract\x18\x04 \x01(\t\"\x9d\x01\n\x0c\x43\x61pabilities\x12\x13\n\x0b\x64\x65vice_kind\x18\x01 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x04\x12\x11\n\tcpu_cores\x18\x03 \x01(\r\x12 \n\x04gpus\x18\x04 \x03(\x0b\x32\x12.tensorgrid.v1.Gpu\x12\x16\n\x0emax_concurrent\x18\x05 \x01(\r\x12\x15\n\rtorch_version\x18\x06 \x01(\t\")\n\x03Gpu\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x04\"\x88\x01\n\x0fRegisterRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\x12\x31\n\x0c\x63\x61pabilities\x18\x04 \x01(\x0b\x32\x1b.tensorgrid.v1.Capabilities\x12\x0f\n\x07version\x18\x05 \x01(\t\"\x83\x01\n\x10RegisterResponse\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12\x1d\n\x15heartbeat_interval_ms\x18\x02 \x01(\r\x12%\n\x06\x64omain\x18\x03 \x01(\x0b\x32\x15.tensorgrid.v1.Domain\x12\x12\n\nserve_port\x18\x04 \x01(\r\",\n\x08LeaseKey\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\"M\n\x10HeartbeatRequest\x12\'\n\x06\x61\x63tive\x18\x01 \x03(\x0b\x32\x17.tensorgrid.v1.LeaseKey\x12\x10\n\x08\x64raining\x18\x02 \x01(\x08\"\x88\x01\n\x11HeartbeatResponse\x12(\n\x07revoked\x18\x01 \x03(\x0b\x32\x17.tensorgrid.v1.LeaseKey\x12\x16\n\x0eserver_time_ms\x18\x02 \x01(\x03\x12\x1d\n\x15heartbeat_interval_ms\x18\x03 \x01(\x03\x12\x12\n\nserve_port\x18\x04 \x01(\r\"2\n\x0cLeaseRequest\x12\x11\n\tmax_tasks\x18\x01 \x01(\r\x12\x0f\n\x07wait_ms\x18\x02 \x01(\r\"\xf4\x01\n\x05Lease\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x04 \x01(\x03\x12\x0c\n\x04kind\x18\x05 \x01(\t\x12%\n\x05model\x18\x06 \x01(\x0b\x32\x16.tensorgrid.v1.BlobRef\x12%\n\x05input\x18\x07 \x01(\x0b\x32\x16.tensorgrid.v1.BlobRef\x12\x15\n\rsettings_json\x18\x08 \x01(\x0c\x12\x1a\n\x12memory_limit_bytes\x18\t \x01(\x04\x12\x15\n\rtime_limit_ms\x18\n \x01(\r\"M\n\rLeaseResponse\x12$\n\x06leases\x18\x01 \x03(\x0b\x32\x14.tensorgrid.v1.Lease\x12\x16\n\x0eretry_after_ms\x18\x02 \x01(\r\"`\n\x0cResultHeader\x12\'\n\x07receipt\x18\x01 \x01(\x0b\x32\x16.tensorgrid.v1.Receipt\x12\x13\n\x0boutput_size\x18\x02 \x01(\x04\x12\x12\n\nwant_tasks\x18\x03 \x01(\r\"T\n\x0bResultChunk\x12-\n\x06header\x18\x01 \x01(\x0b\x32\x1b.tensorgrid.v1.ResultHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"J\n\x0bSmallResult\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x1b.tensorgrid.v1.ResultHeader\x12\x0e\n\x06output\x18\x02 \x01(\x0c\"\x8c\x01\n\x14SubmitResultResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x14\n\x0creveal_steps\x18\x03 \x03(\r\x12$\n\x06leases\x18\x04 \x03(\x0b\x32\x14.tensorgrid.v1.Lease\x12\x16\n\x0eretry_after_ms\x18\x05 \x01(\r\"\\\n\x0cRevealHeader\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0c\n\x04step\x18\x03 \x01(\r\x12\x0c\n\x04size\x18\x04 \x01(\x04\x12\x0e\n\x06sha256\x18\x05 \x01(\t\"T\n\x0bRevealChunk\x12-\n\x06header\x18\x01 \x01(\x0b\x32\x1b.tensorgrid.v1.RevealHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"2\n\x0eRevealResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"Z\n\rFailureReport\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\'\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x18.tensorgrid.v1.TaskError\"\x1e\n\nFailureAck\x12\x10\n\x08reissued\x18\x01 \x01(\x08\x32\x8b\x06\n\x0bNodeService\x12I\n\x0cGetChallenge\x12\x1f.tensorgrid.v1.ChallengeRequest\x1a\x18.tensorgrid.v1.Challenge\x12K\n\x08Register\x12\x1e.tensorgrid.v1.RegisterRequest\x1a\x1f.tensorgrid.v1.RegisterResponse\x12N\n\tHeartbeat\x12\x1f.tensorgrid.v1.HeartbeatRequest\x1a .tensorgrid.v1.HeartbeatResponse\x12G\n\nLeaseTasks\x12\x1b.tensorgrid.v1.LeaseRequest\x1a\x1c.tensorgrid.v1.LeaseResponse\x12H\n\tFetchBlob\x12\x1f.tensorgrid.v1.FetchBlobRequest\x1a\x18.tensorgrid.v1.BlobChunk0\x01\x12Q\n\x0cSubmitResult\x12\x1a.tensorgrid.v1.ResultChunk\x1a#.tensorgrid.v1.SubmitResultResponse(\x01\x12T\n\x11SubmitSmallResult\x12\x1a.tensorgrid.v1.SmallResult\x1a#.tensorgrid.v1.SubmitResultResponse\x12H\n\rReportFailure\x12\x1c.tensorgrid.v1.FailureReport\x1a\x19.tensorgrid.v1.FailureAck\x12O\n\x10RevealCheckpoint\x12\x1a.tensorgrid.v1.RevealChunk\x1a\x1d.tensorgrid.v1.RevealResponse(\x01\x12=\n\x05Serve\x12\x16.tensorgrid.v1.ServeUp\x1a\x18.tensorgrid.v1.ServeDown(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18tensorgrid/v1/node.proto\x12\rtensorgrid.v1\x1a\x1atensorgrid/v1/common.proto\x1a\x1btensorgrid/v1/serving.proto\"#\n\x10\x43hallengeRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\"X\n\tChallenge\x12\r\n\x05nonce\x18\x01 \x01(\x0c\x12\x15\n\rexpires_at_ms\x18\x02 \x01(\x03\x12%\n\x06\x64omain\x18\x03 \x01(\x0b\x32\x15.tensorgrid.v1.Domain\"U\n\x06\x44omain\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x10\n\x08\x63hain_id\x18\x03 \x01(\x04\x12\x1a\n\x12verifying_contract\x18\x04 \x01(\t\"\x9d\x01\n\x0c\x43\x61pabilities\x12\x13\n\x0b\x64\x65vice_kind\x18\x01 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x04\x12\x11\n\tcpu_cores\x18\x03 \x01(\r\x12 \n\x04gpus\x18\x04 \x03(\x0b\x32\x12.tensorgrid.v1.Gpu\x12\x16\n\x0emax_concurrent\x18\x05 \x01(\r\x12\x15\n\rtorch_version\x18\x06 \x01(\t\")\n\x03Gpu\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x04\"\x88\x01\n\x0fRegisterRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\r\n\x05nonce\x18\x02 \x01(\x0c\x12\x11\n\tsignature\x18\x03 \x01(\x0c\x12\x31\n\x0c\x63\x61pabilities\x18\x04 \x01(\x0b\x32\x1b.tensorgrid.v1.Capabilities\x12\x0f\n\x07version\x18\x05 \x01(\t\"o\n\x10RegisterResponse\x12\x15\n\rsession_token\x18\x01 \x01(\t\x12\x1d\n\x15heartbeat_interval_ms\x18\x02 \x01(\r\x12%\n\x06\x64omain\x18\x03 \x01(\x0b\x32\x15.tensorgrid.v1.Domain\",\n\x08LeaseKey\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\"M\n\x10HeartbeatRequest\x12\'\n\x06\x61\x63tive\x18\x01 \x03(\x0b\x32\x17.tensorgrid.v1.LeaseKey\x12\x10\n\x08\x64raining\x18\x02 \x01(\x08\"t\n\x11HeartbeatResponse\x12(\n\x07revoked\x18\x01 \x03(\x0b\x32\x17.tensorgrid.v1.LeaseKey\x12\x16\n\x0eserver_time_ms\x18\x02 \x01(\x03\x12\x1d\n\x15heartbeat_interval_ms\x18\x03 \x01(\x03\"2\n\x0cLeaseRequest\x12\x11\n\tmax_tasks\x18\x01 \x01(\r\x12\x0f\n\x07wait_ms\x18\x02 \x01(\r\"\xf4\x01\n\x05Lease\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x04 \x01(\x03\x12\x0c\n\x04kind\x18\x05 \x01(\t\x12%\n\x05model\x18\x06 \x01(\x0b\x32\x16.tensorgrid.v1.BlobRef\x12%\n\x05input\x18\x07 \x01(\x0b\x32\x16.tensorgrid.v1.BlobRef\x12\x15\n\rsettings_json\x18\x08 \x01(\x0c\x12\x1a\n\x12memory_limit_bytes\x18\t \x01(\x04\x12\x15\n\rtime_limit_ms\x18\n \x01(\r\"M\n\rLeaseResponse\x12$\n\x06leases\x18\x01 \x03(\x0b\x32\x14.tensorgrid.v1.Lease\x12\x16\n\x0eretry_after_ms\x18\x02 \x01(\r\"`\n\x0cResultHeader\x12\'\n\x07receipt\x18\x01 \x01(\x0b\x32\x16.tensorgrid.v1.Receipt\x12\x13\n\x0boutput_size\x18\x02 \x01(\x04\x12\x12\n\nwant_tasks\x18\x03 \x01(\r\"T\n\x0bResultChunk\x12-\n\x06header\x18\x01 \x01(\x0b\x32\x1b.tensorgrid.v1.ResultHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"J\n\x0bSmallResult\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x1b.tensorgrid.v1.ResultHeader\x12\x0e\n\x06output\x18\x02 \x01(\x0c\"\x8c\x01\n\x14SubmitResultResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x14\n\x0creveal_steps\x18\x03 \x03(\r\x12$\n\x06leases\x18\x04 \x03(\x0b\x32\x14.tensorgrid.v1.Lease\x12\x16\n\x0eretry_after_ms\x18\x05 \x01(\r\"\\\n\x0cRevealHeader\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\x0c\n\x04step\x18\x03 \x01(\r\x12\x0c\n\x04size\x18\x04 \x01(\x04\x12\x0e\n\x06sha256\x18\x05 \x01(\t\"T\n\x0bRevealChunk\x12-\n\x06header\x18\x01 \x01(\x0b\x32\x1b.tensorgrid.v1.RevealHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"2\n\x0eRevealResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"Z\n\rFailureReport\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x02 \x01(\r\x12\'\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x18.tensorgrid.v1.TaskError\"\x1e\n\nFailureAck\x12\x10\n\x08reissued\x18\x01 \x01(\x08\x32\x8b\x06\n\x0bNodeService\x12I\n\x0cGetChallenge\x12\x1f.tensorgrid.v1.ChallengeRequest\x1a\x18.tensorgrid.v1.Challenge\x12K\n\x08Register\x12\x1e.tensorgrid.v1.RegisterRequest\x1a\x1f.tensorgrid.v1.RegisterResponse\x12N\n\tHeartbeat\x12\x1f.tensorgrid.v1.HeartbeatRequest\x1a .tensorgrid.v1.HeartbeatResponse\x12G\n\nLeaseTasks\x12\x1b.tensorgrid.v1.LeaseRequest\x1a\x1c.tensorgrid.v1.LeaseResponse\x12H\n\tFetchBlob\x12\x1f.tensorgrid.v1.FetchBlobRequest\x1a\x18.tensorgrid.v1.BlobChunk0\x01\x12Q\n\x0cSubmitResult\x12\x1a.tensorgrid.v1.ResultChunk\x1a#.tensorgrid.v1.SubmitResultResponse(\x01\x12T\n\x11SubmitSmallResult\x12\x1a.tensorgrid.v1.SmallResult\x1a#.tensorgrid.v1.SubmitResultResponse\x12H\n\rReportFailure\x12\x1c.tensorgrid.v1.FailureReport\x1a\x19.tensorgrid.v1.FailureAck\x12O\n\x10RevealCheckpoint\x12\x1a.tensorgrid.v1.RevealChunk\x1a\x1d.tensorgrid.v1.RevealResponse(\x01\x12=\n\x05Serve\x12\x16.tensorgrid.v1.ServeUp\x1a\x18.tensorgrid.v1.ServeDown(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,38 +45,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GPU']._serialized_end=515
   _globals['_REGISTERREQUEST']._serialized_start=518
   _globals['_REGISTERREQUEST']._serialized_end=654
-  _globals['_REGISTERRESPONSE']._serialized_start=657
-  _globals['_REGISTERRESPONSE']._serialized_end=788
-  _globals['_LEASEKEY']._serialized_start=790
-  _globals['_LEASEKEY']._serialized_end=834
-  _globals['_HEARTBEATREQUEST']._serialized_start=836
-  _globals['_HEARTBEATREQUEST']._serialized_end=913
-  _globals['_HEARTBEATRESPONSE']._serialized_start=916
-  _globals['_HEARTBEATRESPONSE']._serialized_end=1052
-  _globals['_LEASEREQUEST']._serialized_start=1054
-  _globals['_LEASEREQUEST']._serialized_end=1104
-  _globals['_LEASE']._serialized_start=1107
-  _globals['_LEASE']._serialized_end=1351
-  _globals['_LEASERESPONSE']._serialized_start=1353
-  _globals['_LEASERESPONSE']._serialized_end=1430
-  _globals['_RESULTHEADER']._serialized_start=1432
-  _globals['_RESULTHEADER']._serialized_end=1528
-  _globals['_RESULTCHUNK']._serialized_start=1530
-  _globals['_RESULTCHUNK']._serialized_end=1614
-  _globals['_SMALLRESULT']._serialized_start=1616
-  _globals['_SMALLRESULT']._serialized_end=1690
-  _globals['_SUBMITRESULTRESPONSE']._serialized_start=1693
-  _globals['_SUBMITRESULTRESPONSE']._serialized_end=1833
-  _globals['_REVEALHEADER']._serialized_start=1835
-  _globals['_REVEALHEADER']._serialized_end=1927
-  _globals['_REVEALCHUNK']._serialized_start=1929
-  _globals['_REVEALCHUNK']._serialized_end=2013
-  _globals['_REVEALRESPONSE']._serialized_start=2015
-  _globals['_REVEALRESPONSE']._serialized_end=2065
-  _globals['_FAILUREREPORT']._serialized_start=2067
-  _globals['_FAILUREREPORT']._serialized_end=2157
-  _globals['_FAILUREACK']._serialized_start=2159
-  _globals['_FAILUREACK']._serialized_end=2189
-  _globals['_NODESERVICE']._serialized_start=2192
-  _globals['_NODESERVICE']._serialized_end=2971
+  _globals['_REGISTERRESPONSE']._serialized_start=656
+  _globals['_REGISTERRESPONSE']._serialized_end=767
+  _globals['_LEASEKEY']._serialized_start=769
+  _globals['_LEASEKEY']._serialized_end=813
+  _globals['_HEARTBEATREQUEST']._serialized_start=815
+  _globals['_HEARTBEATREQUEST']._serialized_end=892
+  _globals['_HEARTBEATRESPONSE']._serialized_start=894
+  _globals['_HEARTBEATRESPONSE']._serialized_end=1010
+  _globals['_LEASEREQUEST']._serialized_start=1012
+  _globals['_LEASEREQUEST']._serialized_end=1062
+  _globals['_LEASE']._serialized_start=1065
+  _globals['_LEASE']._serialized_end=1309
+  _globals['_LEASERESPONSE']._serialized_start=1311
+  _globals['_LEASERESPONSE']._serialized_end=1388
+  _globals['_RESULTHEADER']._serialized_start=1390
+  _globals['_RESULTHEADER']._serialized_end=1486
+  _globals['_RESULTCHUNK']._serialized_start=1488
+  _globals['_RESULTCHUNK']._serialized_end=1572
+  _globals['_SMALLRESULT']._serialized_start=1574
+  _globals['_SMALLRESULT']._serialized_end=1648
+  _globals['_SUBMITRESULTRESPONSE']._serialized_start=1651
+  _globals['_SUBMITRESULTRESPONSE']._serialized_end=1791
+  _globals['_REVEALHEADER']._serialized_start=1793
+  _globals['_REVEALHEADER']._serialized_end=1885
+  _globals['_REVEALCHUNK']._serialized_start=1887
+  _globals['_REVEALCHUNK']._serialized_end=1971
+  _globals['_REVEALRESPONSE']._serialized_start=1973
+  _globals['_REVEALRESPONSE']._serialized_end=2023
+  _globals['_FAILUREREPORT']._serialized_start=2025
+  _globals['_FAILUREREPORT']._serialized_end=2115
+  _globals['_FAILUREACK']._serialized_start=2117
+  _globals['_FAILUREACK']._serialized_end=2147
+  _globals['_NODESERVICE']._serialized_start=2150
+  _globals['_NODESERVICE']._serialized_end=2929
 # @@protoc_insertion_point(module_scope)

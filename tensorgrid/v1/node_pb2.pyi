@@ -75,16 +75,14 @@ class RegisterRequest(_message.Message):
     def __init__(self, address: _Optional[str] = ..., nonce: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., version: _Optional[str] = ...) -> None: ...
 
 class RegisterResponse(_message.Message):
-    __slots__ = ("session_token", "heartbeat_interval_ms", "domain", "serve_port")
+    __slots__ = ("session_token", "heartbeat_interval_ms", "domain")
     SESSION_TOKEN_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     DOMAIN_FIELD_NUMBER: _ClassVar[int]
-    SERVE_PORT_FIELD_NUMBER: _ClassVar[int]
     session_token: str
     heartbeat_interval_ms: int
     domain: Domain
-    serve_port: int
-    def __init__(self, session_token: _Optional[str] = ..., heartbeat_interval_ms: _Optional[int] = ..., domain: _Optional[_Union[Domain, _Mapping]] = ..., serve_port: _Optional[int] = ...) -> None: ...
+    def __init__(self, session_token: _Optional[str] = ..., heartbeat_interval_ms: _Optional[int] = ..., domain: _Optional[_Union[Domain, _Mapping]] = ...) -> None: ...
 
 class LeaseKey(_message.Message):
     __slots__ = ("task_id", "attempt")
@@ -103,16 +101,14 @@ class HeartbeatRequest(_message.Message):
     def __init__(self, active: _Optional[_Iterable[_Union[LeaseKey, _Mapping]]] = ..., draining: _Optional[bool] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("revoked", "server_time_ms", "heartbeat_interval_ms", "serve_port")
+    __slots__ = ("revoked", "server_time_ms", "heartbeat_interval_ms")
     REVOKED_FIELD_NUMBER: _ClassVar[int]
     SERVER_TIME_MS_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
-    SERVE_PORT_FIELD_NUMBER: _ClassVar[int]
     revoked: _containers.RepeatedCompositeFieldContainer[LeaseKey]
     server_time_ms: int
     heartbeat_interval_ms: int
-    serve_port: int
-    def __init__(self, revoked: _Optional[_Iterable[_Union[LeaseKey, _Mapping]]] = ..., server_time_ms: _Optional[int] = ..., heartbeat_interval_ms: _Optional[int] = ..., serve_port: _Optional[int] = ...) -> None: ...
+    def __init__(self, revoked: _Optional[_Iterable[_Union[LeaseKey, _Mapping]]] = ..., server_time_ms: _Optional[int] = ..., heartbeat_interval_ms: _Optional[int] = ...) -> None: ...
 
 class LeaseRequest(_message.Message):
     __slots__ = ("max_tasks", "wait_ms")

@@ -1,10 +1,8 @@
-"""Abuse of endpoints over real gRPC and the serve port: strangers, forged or mismatched
-receipts, oversize requests and frames, and replies to requests a node was never sent."""
+"""Abuse of endpoints over real gRPC: strangers, forged or mismatched receipts, oversize
+requests, and replies to requests a node was never sent."""
 
 from __future__ import annotations
 
-import asyncio
-import struct
 from collections.abc import Callable
 
 import grpc
@@ -13,11 +11,10 @@ import torch
 
 from tensorgrid.crypto import Signer, cancel_message, sign_message
 from tensorgrid.localgrid import LocalGrid
-from tensorgrid.nodeclient import NodeClient
-from tensorgrid.serving import tensors_to_bytes, wire
+from tensorgrid.serving import tensors_to_bytes
 from tensorgrid.v1 import serving_pb2
 from tests.integration.conftest import Assets
-from tests.integration.serving_peer import CPU, ServePeer, wait_for
+from tests.integration.serving_peer import ServePeer, wait_for
 from tests.integration.test_serving_peer import create_endpoint, infer, ready, rows, status
 
 pytestmark = pytest.mark.integration
@@ -107,58 +104,3 @@ def test_replies_to_requests_never_sent_are_refused_and_the_stream_closed(
         wait_for(phantom.ended.is_set, what="the coordinator closing the phantom's stream")
         assert sum(r.served for r in status(c, endpoint).replicas) == 0
     phantom.stop()
-
-
-def test_the_serve_port_takes_a_stream_only_with_a_nodes_session_and_refuses_oversize_frames(
-    make_grid: Callable[..., LocalGrid],
-) -> None:
-    """The serve port (api.serve_port) on a real coordinator: a made-up or another service's
-    token is refused, a registered node's stream is its own, an oversize frame ends it."""
-    grid = make_grid()
-    grid.start_coordinator()
-    host = "127.0.0.1"
-
-    async def scenario() -> None:
-        node = NodeClient(grid.target, Signer.generate())
-        try:
-            await node.register(CPU)
-            port = node.serve_ports[node.target]
-            assert port > 0
-
-            async def opened(token: str, *frames: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-                reader, writer = await asyncio.open_connection(host, port)
-                writer.write(wire.greeting(token) + b"".join(frames))
-                await writer.drain()
-                return reader, writer
-
-            async def status(reader: asyncio.StreamReader) -> grpc.StatusCode:
-                while True:
-                    got = await asyncio.wait_for(wire.read_frame(reader), 10)
-                    assert got is not None, "closed without a status"
-                    if got[0] == wire.STATUS:
-                        return wire.parse_status(got[1])[0]
-
-            hello = wire.frame(
-                wire.MESSAGE,
-                serving_pb2.ServeUp(hello=serving_pb2.ServeHello(max_replicas=1)).SerializeToString(),
-            )
-            with grid.client() as submitter:  # a submitter's session is no node's
-                for token in ("made-up", submitter.session_metadata()[0][1]):
-                    reader, writer = await opened(token, hello)
-                    assert await status(reader) == grpc.StatusCode.UNAUTHENTICATED
-                    writer.close()
-            # the node's own token opens its stream (it stays open: nothing to end it)
-            reader, writer = await opened(node.token, hello)
-            with pytest.raises(asyncio.TimeoutError):
-                await asyncio.wait_for(wire.read_frame(reader), 0.5)
-            # a frame claiming more than gRPC's message limit ends it unread
-            writer.write(struct.pack(">BI", wire.MESSAGE, wire.MAX_FRAME_BYTES + 1))
-            await writer.drain()
-            assert await status(reader) == grpc.StatusCode.INVALID_ARGUMENT
-            assert await asyncio.wait_for(reader.read(), 10) == b""
-            writer.close()
-        finally:
-            await node.close()
-
-    asyncio.run(scenario())
-    assert "frame of 8388609 bytes exceeds" in grid.coordinator().log_tail(200)

@@ -1,17 +1,14 @@
-"""TLS over real processes: a TLS grid runs a job (its nodes' Serve streams on the TLS serve
-port); a wrong CA, plain text to TLS, plain text off loopback and a swapped EIP-712 domain are
-each refused with a clear error."""
+"""TLS over real processes: a TLS grid runs a job; a wrong CA, plain text to TLS, plain text
+off loopback and a swapped EIP-712 domain are each refused with a clear error."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
-import ssl
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -21,11 +18,6 @@ from tensorgrid.client import Client, CoordinatorError
 from tensorgrid.crypto import Signer
 from tensorgrid.localca import make_local_ca
 from tensorgrid.localgrid import LocalGrid
-from tensorgrid.nodeclient import NodeClient
-from tensorgrid.serving import wire
-from tensorgrid.tls import ClientTls
-from tensorgrid.types import Capabilities
-from tensorgrid.v1 import serving_pb2
 from tests.integration.conftest import Assets, node_args
 from tests.integration.test_inference import run_job
 
@@ -68,62 +60,6 @@ def test_a_tls_grid_runs_a_job_end_to_end(grid: LocalGrid, digits: Assets, tmp_p
     run_job(grid, digits, tmp_path)
     with grid.client() as client:
         assert len(client.nodes()) == 2  # both nodes came in over TLS (a refused node never counts)
-    log = grid.procs[0].log_path.read_text()
-    assert "serve port 127.0.0.1:" in log and "(TLS)" in log
-    assert log.count("(its Serve stream over the serve port)") >= 2  # their Serve streams: TLS frames
-
-
-@SHARED
-@pytest.mark.timeout(600)
-def test_the_serve_port_speaks_tls_and_a_wrong_ca_falls_back_to_grpc(grid: LocalGrid, tmp_path: Path) -> None:
-    stranger_ca = make_local_ca(tmp_path / "stranger").ca_cert
-
-    async def scenario() -> None:
-        node = NodeClient(grid.target, Signer.generate(), tls=ClientTls(ca_cert=grid.ca_cert))
-        try:
-            await node.register(Capabilities(device_kind="cpu", memory_bytes=1 << 30, cpu_cores=1))
-            port = node.serve_ports[node.target]
-            assert port > 0
-
-            async def ups() -> AsyncIterator[serving_pb2.ServeUp]:
-                yield serving_pb2.ServeUp(hello=serving_pb2.ServeHello(max_replicas=0))
-                await asyncio.sleep(3600)
-
-            def fallback(up: object) -> object:
-                raise AssertionError("the port was reachable")
-
-            failed: list[BaseException] = []
-            right = ssl.create_default_context(cafile=str(grid.ca_cert))
-            call = wire.FramedServeCall("127.0.0.1", port, node.token, ups(), right, fallback, failed.append)
-            with pytest.raises(asyncio.TimeoutError):  # opened over TLS, and held open
-                await asyncio.wait_for(anext(aiter(call)), 1.0)
-            call.cancel()
-            assert failed == []
-
-            class Grpc:
-                def __aiter__(self) -> AsyncIterator[serving_pb2.ServeDown]:
-                    async def none() -> AsyncIterator[serving_pb2.ServeDown]:
-                        return
-                        yield
-
-                    return none()
-
-                def cancel(self) -> None:
-                    pass
-
-            wrong = ssl.create_default_context(cafile=str(stranger_ca))
-            call = wire.FramedServeCall("127.0.0.1", port, node.token, ups(), wrong, lambda up: Grpc(), failed.append)
-            assert [m async for m in call] == [] and call.transport == "grpc"
-            assert len(failed) == 1 and isinstance(failed[0], ssl.SSLError)
-            # plain text to the TLS port: the greeting is never read as one
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.write(wire.greeting(node.token) + b"\0" * 64)
-            assert await asyncio.wait_for(reader.read(), 15) == b""
-            writer.close()
-        finally:
-            await node.close()
-
-    asyncio.run(scenario())
 
 
 @SHARED
