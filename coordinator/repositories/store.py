@@ -14,6 +14,7 @@ from coordinator.db.engine import is_sqlite, make_engine, meta_value, normalize_
 from coordinator.repositories.blobs import BlobAccessRepository
 from coordinator.repositories.jobs import JobRepository
 from coordinator.repositories.nodes import NodeRepository
+from coordinator.repositories.reviews import ReviewRepository
 from coordinator.repositories.sessions import SessionRepository
 from coordinator.repositories.tasks import TaskRepository
 from coordinator.repositories.verification.store import (
@@ -33,6 +34,7 @@ class Store:
         self.engine: Engine = make_engine(self.url)
         self.jobs = JobRepository(self.engine)
         self.tasks = TaskRepository(self.engine)
+        self.reviews = ReviewRepository(self.engine)
         self.nodes = NodeRepository(self.engine)
         self.verification = VerificationRepository(self.engine)
         self.sessions = SessionRepository(self.engine)

@@ -45,18 +45,6 @@ class TaskRecord:
     rows: int
 
 
-@dataclass(frozen=True)
-class Contested:
-    """A task whose input two nodes claimed invalid or unsafe, for the referee to run."""
-
-    task_id: str
-    job_id: str
-    kind: str
-    model_sha: str
-    input_sha: str
-    settings: str  # JSON, as leased
-
-
 class TaskRepository:
     """Tasks over one engine; each method is its own transaction."""
 
@@ -236,37 +224,6 @@ class TaskRepository:
                 self._fail(conn, row, TaskError(ErrorKind.TIMEOUT, "lease expired without a result"), now_ms)
         return len(rows)
 
-    def contested(self) -> list[Contested]:
-        """Tasks of open jobs waiting for the referee to review their claims (oldest first)."""
-        t, j = s.tasks.c, s.jobs.c
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(t.task_id, t.job_id, t.kind, t.model_sha, t.input_sha, t.settings)
-                .join(s.jobs, j.job_id == t.job_id)
-                .where(t.state == claims.CONTESTED, j.state.in_(("queued", "running")))
-                .order_by(t.last_failed_ms, t.task_id)
-            ).all()
-        return [Contested(r.task_id, r.job_id, r.kind, r.model_sha or "", r.input_sha, r.settings) for r in rows]
-
-    def settle_review(self, task_id: str, clean: bool, reason: str, now_ms: int) -> str | None:
-        """Carry out the referee's verdict on a contested task's claims (repositories.claims):
-        pending again, or its job failed when the confirmed claims spent its last attempt.
-        The task's job id, or None when the task was no longer contested (its job ended)."""
-        with self.engine.begin() as conn:
-            row = conn.execute(select(s.tasks).where(s.tasks.c.task_id == task_id).with_for_update()).first()
-            if row is None or row.state != claims.CONTESTED:
-                return None
-            lock_in_order(conn, claims.claimants(conn, task_id), [row.job_id])
-            spent = claims.settle_review(conn, task_id, clean)
-            if clean:
-                message = f"claims disproved: the referee ran the task cleanly ({reason})"
-            else:
-                message = f"claims confirmed: the referee's run failed too ({reason})"
-            kind = claims.kind_of(conn, task_id)
-            node = row.last_failed_node
-            self._reissue_or_end(conn, row, row.failures + spent, (kind, message), now_ms, counted=not clean, node=node)
-            return str(row.job_id)
-
     def _fail(
         self,
         conn: Connection,
@@ -295,7 +252,7 @@ class TaskRepository:
             what = f"{error.kind.value} claimed by a second node (the referee runs the task): {error.message}"
             append_event(conn, row.job_id, claims.CONTESTED, now_ms, task_index=row.idx, node=node, message=what[:2000])
             return True
-        return self._reissue_or_end(
+        return reissue_or_end(
             conn,
             row,
             row.failures + said.spends,
@@ -307,49 +264,49 @@ class TaskRepository:
             unconfirmed=not said.confirmed,
         )
 
-    def _reissue_or_end(
-        self,
-        conn: Connection,
-        row: Any,
-        failures: int,
-        error: tuple[str, str],
-        now_ms: int,
-        *,
-        counted: bool,
-        node: str | None,
-        event: str = "reissued",
-        unconfirmed: bool = False,
-    ) -> bool:
-        """The task pending again with `failures` spent (`counted`: as one of its job's task
-        failures), or its job failed once they reach its attempts; error: (kind, message) of
-        the last failure. Whether it was reissued."""
-        kind, text = error
-        if failures >= row.max_attempts:
-            message = f"task {row.idx} failed {failures} times; last error ({kind}): {text}"
-            conn.execute(
-                update(s.jobs).where(s.jobs.c.job_id == row.job_id).values(task_failures=s.jobs.c.task_failures + 1)
-            )
-            end_job(conn, row.job_id, JobState.FAILED, now_ms, error=message)
-            return False
+
+def reissue_or_end(
+    conn: Connection,
+    row: Any,
+    failures: int,
+    error: tuple[str, str],
+    now_ms: int,
+    *,
+    counted: bool,
+    node: str | None,
+    event: str = "reissued",
+    unconfirmed: bool = False,
+) -> bool:
+    """The task pending again with `failures` spent (`counted`: as one of its job's task
+    failures), or its job failed once they reach its attempts; error: (kind, message) of
+    the last failure. Whether it was reissued."""
+    kind, text = error
+    if failures >= row.max_attempts:
+        message = f"task {row.idx} failed {failures} times; last error ({kind}): {text}"
         conn.execute(
-            update(s.tasks)
-            .where(s.tasks.c.task_id == row.task_id)
-            .values(
-                state="pending",
-                node=None,
-                deadline_ms=None,
-                failures=failures,
-                last_failed_node=node,
-                last_failed_ms=now_ms,
-            )
+            update(s.jobs).where(s.jobs.c.job_id == row.job_id).values(task_failures=s.jobs.c.task_failures + 1)
         )
-        if counted:
-            conn.execute(
-                update(s.jobs).where(s.jobs.c.job_id == row.job_id).values(task_failures=s.jobs.c.task_failures + 1)
-            )
-        what = f"{'unconfirmed ' if unconfirmed else ''}{kind}: {text}"
-        append_event(conn, row.job_id, event, now_ms, task_index=row.idx, node=node or "", message=what[:2000])
-        return True
+        end_job(conn, row.job_id, JobState.FAILED, now_ms, error=message)
+        return False
+    conn.execute(
+        update(s.tasks)
+        .where(s.tasks.c.task_id == row.task_id)
+        .values(
+            state="pending",
+            node=None,
+            deadline_ms=None,
+            failures=failures,
+            last_failed_node=node,
+            last_failed_ms=now_ms,
+        )
+    )
+    if counted:
+        conn.execute(
+            update(s.jobs).where(s.jobs.c.job_id == row.job_id).values(task_failures=s.jobs.c.task_failures + 1)
+        )
+    what = f"{'unconfirmed ' if unconfirmed else ''}{kind}: {text}"
+    append_event(conn, row.job_id, event, now_ms, task_index=row.idx, node=node or "", message=what[:2000])
+    return True
 
 
 def lock_in_order(conn: Connection, nodes: Iterable[str], jobs: Iterable[str]) -> None:

@@ -54,6 +54,7 @@ REPOSITORY_ORDER = (
     "claims",
     "leasing",
     "tasks",
+    "reviews",
     "results",
     "verification",
     "training",

@@ -23,8 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from coordinator.repositories.reviews import Contested
 from coordinator.repositories.store import Store
-from coordinator.repositories.tasks import Contested
 from coordinator.services.runtime import Runtime
 from tensorgrid.blobs import BlobStore
 from tensorgrid.sandbox import SandboxFailure
@@ -46,11 +46,11 @@ class Reviews:
 
     async def review_pending(self, settled: Settled) -> None:
         """Review every contested task of an open job, oldest first (those a restart left too)."""
-        tasks = self.store.tasks
-        for task in await self.rt.db_bulk(tasks.contested):
+        reviews = self.store.reviews
+        for task in await self.rt.db_bulk(reviews.contested):
             started = time.monotonic()
             clean, reason = await self.rt.work(self._verdict, task)
-            job_id = await self.rt.db(tasks.settle_review, task.task_id, clean, reason, self.rt.now_ms())
+            job_id = await self.rt.db(reviews.settle_review, task.task_id, clean, reason, self.rt.now_ms())
             self.reviewed += 1
             log.info(
                 "reviewed the claims on task %s in %.3fs: %s (%s)",

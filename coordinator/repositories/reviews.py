@@ -1,0 +1,61 @@
+"""Contested tasks: two nodes claimed a task's input invalid or unsafe, and the referee runs
+the task before either is believed (repositories.claims says when; services.verification.reviews
+runs it). These are the review's two transactions: what waits for it, and carrying out its verdict."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, select
+
+from coordinator.db import schema as s
+from coordinator.repositories import claims
+from coordinator.repositories.tasks import lock_in_order, reissue_or_end
+
+
+@dataclass(frozen=True)
+class Contested:
+    """A task whose input two nodes claimed invalid or unsafe, for the referee to run."""
+
+    task_id: str
+    job_id: str
+    kind: str
+    model_sha: str
+    input_sha: str
+    settings: str  # JSON, as leased
+
+
+class ReviewRepository:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def contested(self) -> list[Contested]:
+        """Tasks of open jobs waiting for the referee to review their claims (oldest first)."""
+        t, j = s.tasks.c, s.jobs.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(t.task_id, t.job_id, t.kind, t.model_sha, t.input_sha, t.settings)
+                .join(s.jobs, j.job_id == t.job_id)
+                .where(t.state == claims.CONTESTED, j.state.in_(("queued", "running")))
+                .order_by(t.last_failed_ms, t.task_id)
+            ).all()
+        return [Contested(r.task_id, r.job_id, r.kind, r.model_sha or "", r.input_sha, r.settings) for r in rows]
+
+    def settle_review(self, task_id: str, clean: bool, reason: str, now_ms: int) -> str | None:
+        """Carry out the referee's verdict on a contested task's claims: pending again, or its
+        job failed when the confirmed claims spent its last attempt. The task's job id, or None
+        when the task was no longer contested (its job ended, another replica ruled first)."""
+        with self.engine.begin() as conn:
+            row = conn.execute(select(s.tasks).where(s.tasks.c.task_id == task_id).with_for_update()).first()
+            if row is None or row.state != claims.CONTESTED:
+                return None
+            lock_in_order(conn, claims.claimants(conn, task_id), [row.job_id])
+            spent = claims.settle_review(conn, task_id, clean)
+            if clean:
+                message = f"claims disproved: the referee ran the task cleanly ({reason})"
+            else:
+                message = f"claims confirmed: the referee's run failed too ({reason})"
+            error = (claims.kind_of(conn, task_id), message)
+            node = row.last_failed_node
+            reissue_or_end(conn, row, row.failures + spent, error, now_ms, counted=not clean, node=node)
+            return str(row.job_id)
