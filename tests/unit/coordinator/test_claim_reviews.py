@@ -9,20 +9,18 @@ runs it in the coordinator's sandboxed child)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from coordinator.repositories.jobs import NewJob, NewTask
 from coordinator.repositories.store import Store
 from coordinator.services.verification.reviews import Reviews
 from tensorgrid.blobs import BlobStore
 from tensorgrid.sandbox import SandboxFailure
-from tensorgrid.spec import task_id_for
 from tensorgrid.types import BlobRef, ErrorKind, JobState, TaskError
+from tests.unit.coordinator import test_storage as storage
 from tests.unit.coordinator.test_claims import AVOID, BAD, TASK, claim
 from tests.unit.coordinator.test_storage import CPU, JOB, SUBMITTER, TIMING, add_nodes
 
@@ -38,21 +36,10 @@ def state(db_url: str):  # type: ignore[no-untyped-def]
 
 
 def make_job(state: Store, max_attempts: int, model: BlobRef | None = None, task_input: BlobRef | None = None) -> None:
-    job = NewJob(
-        job_id=JOB,
-        submitter=SUBMITTER,
-        kind="noop",
-        spec_json=b"{}",
-        spec_hash="cd" * 32,
-        device="any",
-        min_memory_bytes=0,
-        model=model,
-        settings_json=json.dumps({"batch_size": 2}),
-        memory_limit_bytes=1 << 30,
-        time_limit_ms=5000,
-        max_attempts=max_attempts,
+    """The job's one task, whose settings a review hands the referee as they were leased."""
+    storage.make_job(
+        state, 1, max_attempts=max_attempts, model=model, task_input=task_input, settings_json='{"batch_size": 2}'
     )
-    state.jobs.create_job(job, [NewTask(0, task_id_for(JOB, 0), task_input or BlobRef("ee" * 32, 0), 4)], now_ms=1)
 
 
 def contested(state: Store) -> Store:

@@ -37,7 +37,16 @@ def add_nodes(state: Store, *nodes: tuple[str, Capabilities]) -> None:
 
 
 def make_job(
-    state: Store, n: int = 3, device: str = "any", job_id: str = JOB, max_attempts: int = 3, min_memory: int = 0
+    state: Store,
+    n: int = 3,
+    device: str = "any",
+    job_id: str = JOB,
+    max_attempts: int = 3,
+    min_memory: int = 0,
+    *,
+    model: BlobRef | None = None,
+    task_input: BlobRef | None = None,
+    settings_json: str = "{}",
 ) -> None:
     job = NewJob(
         job_id=job_id,
@@ -47,13 +56,13 @@ def make_job(
         spec_hash="cd" * 32,
         device=device,
         min_memory_bytes=min_memory,
-        model=None,
-        settings_json="{}",
+        model=model,
+        settings_json=settings_json,
         memory_limit_bytes=1 << 30,
         time_limit_ms=5000,
         max_attempts=max_attempts,
     )
-    tasks = [NewTask(i, task_id_for(job_id, i), BlobRef("ee" * 32, 0), 1) for i in range(n)]
+    tasks = [NewTask(i, task_id_for(job_id, i), task_input or BlobRef("ee" * 32, 0), 1) for i in range(n)]
     state.jobs.create_job(job, tasks, now_ms=1)
 
 
