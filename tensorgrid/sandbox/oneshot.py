@@ -107,6 +107,7 @@ class WarmSandbox:
         self._lock = threading.Lock()
         self._child: _Channel | None = None
         self._starting: _Channel | None = None  # a child not yet greeted: close() kills it too
+        self._closed = False  # set by close(): no child starts after it
 
     def call(
         self,
@@ -122,7 +123,7 @@ class WarmSandbox:
             child = self._child if self._child is not None and self._child.alive else None
             if child is None:
                 self._close_child()
-                child = self._child = self._start()
+                child = self._start()
             try:
                 with child.lent(inputs) as lent:
                     reply = child.exchange(_rewrite(request, lent), self.limits.time_s if time_s is None else time_s)
@@ -139,17 +140,31 @@ class WarmSandbox:
         with self._lock:
             if self._child is None or not self._child.alive:
                 self._close_child()
-                self._child = self._start()
+                self._start()
 
     def _start(self) -> _Channel:
-        """A new child, once it greets (under the lock). Until then close() can kill it: a
-        coordinator stopped while its referee imports torch does not wait for the import."""
+        """A new child, once it greets (under the lock), kept as the current one. Until then
+        close() can kill it: a coordinator stopped while its referee imports torch does not wait
+        for the import. close() takes no lock, so each step here looks at `_closed` after making
+        itself visible to close(): whichever of the two runs second kills the child."""
+        self._refuse_if_closed()
         channel = self._starting = _Channel.spawn(self.entry, self.limits, self.isolation, self.scratch_root, self.lend)
         try:
+            self._refuse_if_closed()
             channel.greet(self.limits.start_timeout_s)
+            self._child = channel
+        except BaseException:
+            channel.close()
+            raise
         finally:
             self._starting = None
+        self._refuse_if_closed()
         return channel
+
+    def _refuse_if_closed(self) -> None:
+        if self._closed:
+            self._close_child()
+            raise SandboxFailure(CRASHED, "the sandbox is closed: it starts no child")
 
     def _close_child(self) -> None:
         child, self._child = self._child, None
@@ -157,7 +172,9 @@ class WarmSandbox:
             child.close()
 
     def close(self) -> None:
-        """Kill the child (if any, even one still starting) and delete its scratch directory."""
+        """Kill the child (if any, even one still starting) and delete its scratch directory.
+        Calls after it fail (SandboxFailure) and start nothing."""
+        self._closed = True
         starting = self._starting
         if starting is not None:
             _kill(starting.proc)  # its start then fails (SandboxFailure) and cleans up after itself

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import socket
 import threading
@@ -33,6 +34,7 @@ from tensorgrid.workloads.model import export_program
 from tensorgrid.workloads.tensorfile import save_tensors
 from tests.integration.adversaries import Pool, SimNode
 from tests.integration.conftest import BATCH, Assets, node_args
+from tests.procs import running
 
 PAYLOAD = "tests.security.sandbox_payload"
 LIMITS = SandboxLimits(memory_bytes=256 << 20, time_s=30.0)
@@ -183,6 +185,32 @@ def test_closing_a_warm_sandbox_kills_a_child_still_starting(tmp_path: Path) -> 
     assert len(errors) == 1 and isinstance(errors[0], SandboxFailure), errors
     assert "failed to start" in str(errors[0]) and "SIGKILL" in str(errors[0])
     assert child._child is None and not list(tmp_path.iterdir())  # nothing kept, its scratch deleted
+
+
+def _warm_quietly(child: WarmSandbox) -> None:
+    with contextlib.suppress(SandboxFailure):  # closed under it: the failure the close causes
+        child.warm()
+
+
+def test_a_closed_warm_sandbox_starts_no_child_whenever_the_close_lands(tmp_path: Path) -> None:
+    # The coordinator's stop closes its referee while a thread may be about to warm it or to
+    # start a fresh child for a call: no child may outlive the close, whichever step it lands on.
+    closed_first = WarmSandbox(PAYLOAD, LIMITS, scratch_root=tmp_path / "first")
+    closed_first.close()
+    for start in (closed_first.warm, lambda: closed_first.call({"act": "status"})):
+        with pytest.raises(SandboxFailure, match="closed"):
+            start()
+    assert running(os.getpid(), PAYLOAD) == []
+    for delay in (0.0, 0.002, 0.01, 0.05, 0.2):
+        child = WarmSandbox(PAYLOAD, LIMITS, scratch_root=tmp_path / f"at-{delay}")
+        warming = threading.Thread(target=_warm_quietly, args=(child,), daemon=True)
+        warming.start()
+        time.sleep(delay)
+        child.close()
+        warming.join(30)
+        assert not warming.is_alive()
+        assert running(os.getpid(), PAYLOAD) == [], f"a child outlived a close {delay}s after the warm began"
+        assert child._child is None
 
 
 def test_outputs_leave_the_scratch_directory_only_when_named(tmp_path: Path) -> None:
