@@ -42,7 +42,15 @@ class Reviews:
         self.store = store
         self.blobs = blobs
         self._run = run
+        # task kind → how the referee runs its tasks when not as a ruling re-runs rows, and what a clean run did
+        self._runs: dict[str, tuple[Run, str]] = {}
         self.reviewed = 0
+
+    def add_run(self, task_kind: str, run: Run, ran: str) -> None:
+        """How the referee runs contested tasks of `task_kind` (training: the whole task, as a
+        node's worker runs it), rather than as a ruling re-runs rows; `ran` says what a clean
+        run did (the verdict's reason)."""
+        self._runs[task_kind] = (run, ran)
 
     async def review_pending(self, settled: Settled) -> None:
         """Review every contested task of an open job, oldest first (those a restart left too)."""
@@ -67,12 +75,13 @@ class Reviews:
         source = self.blobs.path_for(task.input_sha)
         if not task.model_sha or not source.exists():
             return False, "the referee cannot run it: its model or input is not in the blob store"
+        run, ran = self._runs.get(task.kind, (self._run, "its program ran over the whole input"))
         try:
             settings = json.loads(task.settings)
             with tempfile.TemporaryDirectory(prefix="review-", dir=self.blobs.tmp_dir) as tmp:
-                self._run(task.model_sha, settings, source, Path(tmp) / "out.safetensors")
+                run(task.model_sha, settings, source, Path(tmp) / "out.safetensors")
         except SandboxFailure as e:
             return False, f"{e.kind}: {e}"[:500]
         except Exception as e:  # noqa: BLE001 - a run that did not end cleanly never disproves a claim
             return False, f"the referee could not run it: {type(e).__name__}: {e}"[:500]
-        return True, "its program ran over the whole input"
+        return True, ran
