@@ -1,6 +1,7 @@
 """The referee's review of contested claims: two nodes said a task's input is invalid or unsafe
-(repositories.claims), so the referee runs the task's whole input as a node would, in its
-sandboxed child, before either is believed.
+(repositories.claims), so the referee runs the task as a node would, in its sandboxed child,
+before either is believed: an inference or generation task's whole input as a ruling re-runs
+rows, a training task's inner steps as a node's worker runs them (the kind's run: add_run).
 
 A clean run proves the claims false: the task is pending again with no attempt spent. A run
 that fails, for any reason (the program raised, the child hit its limits, the input is gone),
@@ -8,9 +9,11 @@ cannot prove them false, so they are confirmed as before reviews existed: a revi
 ever spare a task, never blame a node that a claim alone would not have blamed.
 
 Who could abuse it: two colluding nodes (their lie no longer fails the job: each keeps a
-refusal and its streak reset); a submitter whose input fails only late in a shard (it costs
-the referee one run of that shard per task, the same run a ruling makes, under the referee's
-limits, one at a time).
+refusal and its streak reset; a task is reviewed once, later claims on it are refusals); a
+submitter whose input fails only late in a shard (it costs the referee one run of that shard per
+task, the same run a ruling makes, under the referee's limits, one at a time). A review takes
+at most the referee's time limit; a training task it cannot finish within it (long, on the
+coordinator's CPU) is confirmed as before.
 """
 
 from __future__ import annotations
