@@ -36,6 +36,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import IO, Any
 
 from tensorgrid.errors import ExecutionError, InvalidTensorFile, SpecError, TensorGridError, UnsafeFileError
@@ -120,6 +121,8 @@ def _run_training(request: dict[str, Any]) -> tuple[int, float, str]:
     node signs into its receipt as the commitment. The coordinator's referee runs the same
     function (tensorgrid.training.task) when two nodes claim a task cannot be run.
     """
+    import tempfile
+
     from tensorgrid.training.task import run_task
 
     started = time.perf_counter()
@@ -127,11 +130,14 @@ def _run_training(request: dict[str, Any]) -> tuple[int, float, str]:
     weights = (settings.get("paths") or {}).get("weights")
     if request.get("model_path") is None or not weights:
         raise SpecError("a training task needs its train program and the round's global weights")
+    program, shard, out = request["model_path"], request["input_path"], Path(request["output_path"])
     device = request.get("device") or "auto"
-    result = run_task(
-        request["model_path"], weights, request["input_path"], settings, request["output_path"],
-        device=device, checkpoint_dir=request.get("checkpoint_dir") or None,  # the agent keeps them for reveals
-    )  # fmt: skip
+    keep = request.get("checkpoint_dir")
+    if keep:  # the agent keeps them until the coordinator says which ones to reveal
+        result = run_task(program, weights, shard, settings, out, device=device, checkpoint_dir=keep)
+    else:
+        with tempfile.TemporaryDirectory(prefix="ckpt-", dir=out.parent) as scratch:
+            result = run_task(program, weights, shard, settings, out, device=device, checkpoint_dir=scratch)
     return result.rows, time.perf_counter() - started, result.final_commitment
 
 

@@ -9,7 +9,6 @@ about the very run a node makes, so both call this one function.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -45,13 +44,10 @@ def run_task(
     checkpoint_dir: str | os.PathLike[str] | None = None,
 ) -> InnerResult:
     """The task's inner steps from the round's weights on its shard; writes the compressed
-    pseudo-gradient to `out`. With checkpoint_dir its checkpoints are kept there (for reveals),
-    else in a temporary directory beside `out`, deleted at once."""
+    pseudo-gradient to `out`. With checkpoint_dir the model part of each checkpoint is saved
+    there (a node keeps them for reveals); without, none is written (the referee's review needs
+    the run, not steps / checkpoint_every copies of a stranger's model on the coordinator's disk)."""
     inner = leased_settings(settings, file_sha256(Path(shard)).sha256, device)
-    if checkpoint_dir is not None:
-        result = run_inner(program, weights, shard, inner, checkpoint_dir=checkpoint_dir)
-    else:
-        with tempfile.TemporaryDirectory(prefix="ckpt-", dir=Path(out).parent) as scratch:
-            result = run_inner(program, weights, shard, inner, checkpoint_dir=scratch)
+    result = run_inner(program, weights, shard, inner, checkpoint_dir=checkpoint_dir)
     write_result(result, out, inner.compression)
     return result
