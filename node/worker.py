@@ -118,36 +118,26 @@ def _run_training(request: dict[str, Any]) -> tuple[int, float, str]:
     """One round of one worker: inner steps from the global weights on this node's shard.
 
     Writes the compressed pseudo-gradient; returns its final checkpoint-chain hash, which the
-    node signs into its receipt as the commitment.
+    node signs into its receipt as the commitment. The coordinator's referee runs the same
+    function (tensorgrid.training.task) when two nodes claim a task cannot be run.
     """
     import tempfile
 
-    from tensorgrid.blobs import file_sha256
-    from tensorgrid.training.inner import InnerSettings, run_inner, write_result
+    from tensorgrid.training.task import run_task
 
     started = time.perf_counter()
     settings = request.get("settings") or {}
     weights = (settings.get("paths") or {}).get("weights")
     if request.get("model_path") is None or not weights:
         raise SpecError("a training task needs its train program and the round's global weights")
-    # One settings object serves a whole round; this worker's seed is keyed by its shard's hash.
-    shard = file_sha256(Path(request["input_path"])).sha256
-    seeds = settings.get("seeds") or {}
-    if shard not in seeds:
-        raise SpecError("the task's settings have no seed for its shard")
-    compression = str(settings.get("compression", "int8"))  # the last checkpoint digest commits it too
-    inner = InnerSettings.from_dict(
-        {**settings.get("inner", {}), "seed": seeds[shard], "device": request.get("device") or "auto",
-         "compression": compression}
-    )  # fmt: skip
-    output = Path(request["output_path"])
+    program, shard, out = request["model_path"], request["input_path"], Path(request["output_path"])
+    device = request.get("device") or "auto"
     keep = request.get("checkpoint_dir")
     if keep:  # the agent keeps them until the coordinator says which ones to reveal
-        result = run_inner(request["model_path"], weights, request["input_path"], inner, checkpoint_dir=keep)
+        result = run_task(program, weights, shard, settings, out, device=device, checkpoint_dir=keep)
     else:
-        with tempfile.TemporaryDirectory(prefix="ckpt-", dir=output.parent) as scratch:
-            result = run_inner(request["model_path"], weights, request["input_path"], inner, checkpoint_dir=scratch)
-    write_result(result, output, compression)
+        with tempfile.TemporaryDirectory(prefix="ckpt-", dir=out.parent) as scratch:
+            result = run_task(program, weights, shard, settings, out, device=device, checkpoint_dir=scratch)
     return result.rows, time.perf_counter() - started, result.final_commitment
 
 

@@ -34,7 +34,7 @@ def build_kinds(ctx: KindContext) -> Registry:
             NoopKind(),
             InferenceKind(ctx.verification, ctx.rt.hub),
             GenerationKind(ctx.verification, ctx.rt.hub),
-            TrainingKind(ctx.rt, ctx.store, ctx.blobs),
+            TrainingKind(ctx.rt, ctx.store, ctx.blobs, ctx.verification),
             EndpointKind(),
         ]
     )

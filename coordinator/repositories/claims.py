@@ -14,10 +14,11 @@ the task only once a second, distinct node makes one too:
   claim on the task spends an attempt, as any failure does.
 
 Two colluding nodes could confirm each other's lie. For tasks the referee can run (`reviewed`:
-inference and generation, whose shards it re-runs for rulings anyway), a second claim does not
-confirm: it sends the task to review (state "contested", leased to nobody) and counts against
-its reporter like a first claim. The referee then runs the task's whole input as a node would
-(services.verification.reviews) and `settle_review` carries out its verdict:
+inference and generation, whose shards it re-runs for rulings anyway, and training, whose whole
+task it runs as a node's worker does), a second claim does not confirm: it sends the task to
+review (state "contested", leased to nobody) and counts against its reporter like a first claim.
+The referee then runs the task as a node would (services.verification.reviews) and
+`settle_review` carries out its verdict:
 
 - the run failed (the program raised, or the referee could not finish it within its limits):
   the claims are confirmed as above (verdict "failed").
@@ -27,8 +28,8 @@ its reporter like a first claim. The referee then runs the task's whole input as
   reads the same on every device: a program that fails on one device class reports an
   execution error, not a claim.
 
-Tasks the referee cannot run (training rounds) keep the second-claim rule; there, stake and the
-verification of the colluders' other work are what stop them.
+Tasks of kinds that do not review claims (noop) keep the second-claim rule. A training round that
+closes while one of its tasks is contested cancels it: its review is never run.
 """
 
 from __future__ import annotations

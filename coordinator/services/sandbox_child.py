@@ -21,6 +21,7 @@ from tensorgrid.sandbox import serve_once
 from tensorgrid.training.inner import InnerSettings
 from tensorgrid.training.objective import load_weights, open_program
 from tensorgrid.training.outer import evaluate
+from tensorgrid.training.task import run_task
 from tensorgrid.workloads import tensorfile
 from tensorgrid.workloads.determinism import probe
 from tensorgrid.workloads.generation import DecodeSettings, run_generation
@@ -89,6 +90,13 @@ def _replay(request: dict[str, Any], scratch: Path) -> dict[str, Any]:
     return dataclasses.asdict(check_reveal(case))
 
 
+def _train(request: dict[str, Any], scratch: Path) -> dict[str, Any]:
+    """A training task as a node's worker runs it (a review of claims that it cannot be run)."""
+    program, weights, shard = request["program"], request["weights"], request["shard"]
+    result = run_task(program, weights, shard, request["settings"], scratch / OUTPUT, device="cpu")
+    return {"rows": result.rows, "steps": result.steps}
+
+
 def _vet_training(request: dict[str, Any], scratch: Path) -> dict[str, Any]:
     cpu = torch.device("cpu")
     module = open_program(request["program"], cpu)
@@ -111,6 +119,7 @@ def _evaluate(request: dict[str, Any], scratch: Path) -> dict[str, Any]:
 _OPS = {
     "infer": _infer,
     "replay": _replay,
+    "train": _train,
     "probe": _probe,
     "generate": _generate,
     "score": _score,

@@ -1,14 +1,15 @@
 """The coordinator's stranger-graph work, run in a sandboxed child (tensorgrid.sandbox).
 
-The referee's re-execution of disputed rows, a training audit's replay, intake's
-row-independence probe, generation replay and scoring, training intake's trial load of the programs and
-the end-of-round evaluation all run a submitter's program on files a stranger sent. None runs
-in the coordinator's process, which holds its signing key and its secrets: each runs in a
-child started by tensorgrid.sandbox with the coordinator's referee limits (wall time per
-request, hard memory cap), a scrubbed environment, no network, and read access to the files
-of the request at hand only (lent to it for the call; where the OS allows): not the other
-blobs of the store. The child is kept warm between requests (torch starts once) and replaced
-after any limit or crash. Requests and answers are JSON; tensors stay in safetensors files.
+The referee's re-execution of disputed rows, a training audit's replay, a training task run to
+review claims that it cannot be, intake's row-independence probe, generation replay and
+scoring, training intake's trial load of the programs and the end-of-round evaluation all run a
+submitter's program on files a stranger sent. None runs in the coordinator's process, which
+holds its signing key and its secrets: each runs in a child started by tensorgrid.sandbox with
+the coordinator's referee limits (wall time per request, hard memory cap), a scrubbed
+environment, no network, and read access to the files of the request at hand only (lent to it
+for the call; where the OS allows): not the other blobs of the store. The child is kept warm
+between requests (torch starts once) and replaced after any limit or crash. Requests and
+answers are JSON; tensors stay in safetensors files.
 
 A child that hits a limit raises SandboxFailure (`over_limit`): callers treat that as
 "could not check", never as the node's fault.
@@ -38,6 +39,7 @@ __all__ = [
     "regenerate_rows",
     "replay_audit",
     "score_claim",
+    "train_task",
     "vet_training",
 ]
 
@@ -148,6 +150,22 @@ def replay_audit(rt: Runtime, blobs: BlobStore, case: AuditCase) -> Finding:
         evidence=str(answer.get("evidence", "")),
         replay_seconds=float(answer.get("replay_seconds", 0.0)),
     )
+
+
+def train_task(
+    rt: Runtime, blobs: BlobStore, program: Path, weights: Path, shard: Path, settings: dict[str, Any], out: Path
+) -> None:
+    """A training task run as a node's worker runs it (tensorgrid.training.task: `settings` as
+    leased, the round's global `weights`, the task's `shard`), on CPU in the sandboxed child
+    under the referee's limits; write its pseudo-gradient to `out`."""
+    request = {
+        "op": "train",
+        "program": str(program),
+        "weights": str(weights),
+        "shard": str(shard),
+        "settings": dict(settings),
+    }
+    referee(rt, blobs).call(request, outputs={OUTPUT: out}, inputs=(program, weights, shard))
 
 
 def vet_training(

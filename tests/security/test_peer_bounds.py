@@ -26,8 +26,10 @@ from tensorgrid.types import BlobRef, Capabilities, ErrorKind, JobState, TaskErr
 from tensorgrid.v1 import common_pb2, node_pb2
 from tensorgrid.workloads.model import export_program
 from tensorgrid.workloads.tensorfile import save_tensors
+from tests.datasets import save_digits
 from tests.integration.adversaries import Pool, SimNode
 from tests.integration.conftest import make_grid, make_module_grid, stopper  # noqa: F401  (fixtures)
+from tests.integration.train_adversaries import SimTrainer
 
 SUBMITTER = Signer.generate()  # one submitter for the module: a job is visible to its submitter only
 
@@ -305,6 +307,54 @@ def test_two_colluding_nodes_claiming_a_valid_input_is_bad_are_disproved_by_the_
         events = list(client.watch(job_id))
     assert [e.kind for e in events].count("contested") == 1
     assert any(e.kind == "reissued" and "claims disproved" in e.message for e in events), events
+    record = records(grid)
+    assert record[first].rejections == 1 and record[second].rejections == 1  # type: ignore[attr-defined]
+    assert record[honest].completed == 1  # type: ignore[attr-defined]
+
+
+@SHARED
+@pytest.mark.timeout(400)  # as above: the referee's child, and a training run in it, on a loaded machine
+def test_two_colluding_nodes_claiming_a_valid_training_task_is_bad_are_disproved_and_training_finishes(
+    grid: LocalGrid, tmp_path: Path
+) -> None:
+    train, dataset = tmp_path / "train.pt2", tmp_path / "digits.safetensors"
+    save_digits(dataset)
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(64, 16), torch.nn.ReLU(), torch.nn.Linear(16, 10))
+    export_program(mlp.train(), (torch.randn(4, 64),), train)
+    with Client(grid.target, SUBMITTER) as client:
+        job_id = client.submit_training(
+            train, dataset, rounds=1, workers_per_round=1, inner_steps=4, batch_size=8, device="cpu",
+            max_attempts=2, verification=VerificationSpec(mode="none"),  # two believed claims fail it
+        ).job_id  # fmt: skip
+    lie = TaskError(ErrorKind.INVALID_INPUT, "the shard is not a tensor file (a lie)")
+
+    async def scenario() -> tuple[str, str, str]:
+        first, second = await registered(grid), await registered(grid)
+        for liar in (first, second):
+            (lease,), _ = await liar.lease(1, wait_ms=5000)
+            assert lease.kind == "training"
+            assert await liar.report(lease.task_id, lease.attempt, lie) is True  # reissued, not failed
+        honest = SimTrainer(grid.target, "honest", tmp_path, asyncio.Lock())  # trains it once put back
+        stop = asyncio.Event()
+        run = asyncio.create_task(honest.run(stop))
+        try:
+            with Client(grid.target, SUBMITTER) as client:
+                job = await asyncio.to_thread(client.wait, job_id)
+        finally:
+            stop.set()
+            await run
+            for n in (first, second):
+                await n.close()
+        assert job.state == JobState.SUCCEEDED, job.error
+        return first.signer.address, second.signer.address, honest.signer.address
+
+    first, second, honest = asyncio.run(scenario())
+    with Client(grid.target, SUBMITTER) as client:
+        events = list(client.watch(job_id))
+    assert [e.kind for e in events].count("contested") == 1
+    assert any(e.kind == "reissued" and "claims disproved" in e.message for e in events), events
+    assert [e.kind for e in events].count("round") == 1
     record = records(grid)
     assert record[first].rejections == 1 and record[second].rejections == 1  # type: ignore[attr-defined]
     assert record[honest].completed == 1  # type: ignore[attr-defined]

@@ -1,5 +1,6 @@
 """A training job's programs run only in the coordinator's sandboxed child, never in its own
-process (which holds its signing key): intake's trial load and the end-of-round evaluation.
+process (which holds its signing key): intake's trial load, the end-of-round evaluation and the
+referee's run of a task two nodes claimed cannot be run (a review, under the referee's limits).
 
 A real coordinator (SQLite) with its real warm sandbox; nodes are simulated in-process with
 the real worker code, as in tests/unit/coordinator/test_rounds.py."""
@@ -7,6 +8,7 @@ the real worker code, as in tests/unit/coordinator/test_rounds.py."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,10 +21,10 @@ from coordinator.config import CoordinatorConfig
 from coordinator.repositories.training.rounds import round_view
 from tensorgrid.errors import SpecError
 from tensorgrid.spec import TrainingSpec
-from tensorgrid.types import JobState
+from tensorgrid.types import ErrorKind, JobState, TaskError
 from tensorgrid.workloads.model import export_program
 from tests.datasets import save_digits
-from tests.unit.coordinator.test_rounds import new_manager, round_events, run_round, submit
+from tests.unit.coordinator.test_rounds import NODES, new_manager, now_ms, round_events, run_round, submit
 
 
 class _Net(torch.nn.Module):
@@ -55,6 +57,7 @@ def programs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     export_program(_Net().train(), example, root / "train.pt2")
     export_program(_Net().eval(), example, root / "eval.pt2")
     export_program(_Net(spin=100).eval(), example, root / "slow-eval.pt2")
+    export_program(_Net(spin=100).train(), example, root / "slow-train.pt2")
     export_program(_Net(hidden=16).eval(), example, root / "misfit-eval.pt2")
     return {"dataset": root / "digits.safetensors", **{p.stem: p for p in root.glob("*.pt2")}}
 
@@ -155,3 +158,29 @@ def test_an_evaluation_over_the_referee_limit_leaves_the_round_without_metrics_a
         assert "held-out evaluation failed (timeout)" in event["eval_error"], event
     job = app.store.jobs.get_job(job_id)
     assert job.state == JobState.SUCCEEDED, job.error
+
+
+def test_a_review_over_the_referee_limit_confirms_the_claims_and_bounds_the_wait(
+    impatient: Coordinator, programs: dict[str, Path], tripwire: Any
+) -> None:
+    """Two nodes claim a task whose every inner step is far past the referee's one second: the
+    referee cannot finish it, which never disproves a claim, so they are confirmed as before
+    reviews existed; the review took about the referee's limit, not the task's."""
+    app = impatient
+    files = {"train": programs["slow-train"], "dataset": programs["dataset"]}
+    job_id, _ = submit(app, files, rounds=1, workers_per_round=1, inner_steps=8, max_attempts=3)
+    lie = TaskError(ErrorKind.INVALID_INPUT, "the shard is not a tensor file")
+    for node in NODES[:2]:
+        (lease,), _ = app.store.tasks.lease_tasks(node, 1, now_ms(), app.config.timing)
+        app.store.tasks.fail_task(node, lease.task_id, lease.attempt, lie, now_ms())
+    assert app.store.tasks.get_task(lease.task_id).state == "contested"
+    tripwire.arm()  # the task runs in the referee's child, not here
+    started = time.monotonic()
+    asyncio.run(app.verification.reviews.review_pending(lambda job, done: None))
+    took = time.monotonic() - started
+    tripwire.disarm()
+    assert app.store.tasks.get_task(lease.task_id).state == "pending"  # two of three attempts spent
+    [confirmed] = [e.message for e in app.store.jobs.events_after(job_id, 0) if "claims confirmed" in e.message]
+    assert "timeout" in confirmed, confirmed
+    assert took < 60, took  # the child's start and one second's run, whatever the task would take
+    assert app.store.jobs.get_job(job_id).state == JobState.RUNNING

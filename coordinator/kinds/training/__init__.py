@@ -1,6 +1,7 @@
 """Training jobs (DiLoCo rounds): planned into round-0 shards, each result a pseudo-gradient
 checked for shape and commitment, audited by checkpoint reveal and replay, and aggregated
-round by round by the round manager, whose last round writes the job's result (the weights)."""
+round by round by the round manager, whose last round writes the job's result (the weights).
+Two nodes' claims that a task cannot be run are reviewed by the referee running it (review.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from coordinator.kinds.base import BaseKind
 from coordinator.kinds.training.check import check_train_output
 from coordinator.kinds.training.effects import OpenAudit
 from coordinator.kinds.training.plan import plan_training
+from coordinator.kinds.training.review import RAN, review_training
 from coordinator.repositories.jobs import NewJob, NewTask
 from coordinator.repositories.store import Store
 from coordinator.repositories.tasks import TaskRecord
@@ -22,6 +24,7 @@ from coordinator.repositories.training.rounds import TASK_KIND
 from coordinator.services.kind import Effect
 from coordinator.services.runtime import Runtime
 from coordinator.services.training.rounds import RoundManager
+from coordinator.services.verification.manager import Verification
 from coordinator.services.verification.policy import DEFAULT
 from tensorgrid.blobs import BlobStore
 from tensorgrid.errors import SpecError
@@ -32,15 +35,17 @@ from tensorgrid.types import BlobRef, JobInfo, Receipt
 class TrainingKind(BaseKind):
     name: str = TASK_KIND
     checks_output: bool = True
+    reviews_claims: bool = True  # the referee runs a contested task whole, as a node would (review.py)
     task_kinds: tuple[str, ...] = (TASK_KIND,)
     assembles: bool = False  # the round manager finishes the job when its last round closes
 
-    def __init__(self, rt: Runtime, store: Store, blobs: BlobStore) -> None:
+    def __init__(self, rt: Runtime, store: Store, blobs: BlobStore, verification: Verification) -> None:
         self.rt = rt
         self.engine = store.engine
         self.blobs = blobs
         secret = bytes.fromhex(store.meta_value("training_audit_secret", secrets.token_hex(32)))
         self.rounds = RoundManager(rt, store, blobs, secret)
+        verification.add_review(TASK_KIND, review_training(rt, blobs), RAN)
 
     def plan(
         self, spec: Any, spec_json: bytes, submitter: str, sh: str, job_id: str, blobs: BlobStore, limits: Limits

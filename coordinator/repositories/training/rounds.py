@@ -182,7 +182,8 @@ def close_round(engine: Engine, view: RoundView, closed: ClosedRound, now_ms: in
             )
         )
         # Late results for this round are not wanted: their tasks end here, so the api
-        # refuses them (a cancelled task has no lease) and heartbeats revoke them.
+        # refuses them (a cancelled task has no lease) and heartbeats revoke them. A task the
+        # referee was about to review (contested) ends too: its review is never run.
         cancelled = conn.execute(
             update(s.tasks)
             .where(
@@ -190,7 +191,7 @@ def close_round(engine: Engine, view: RoundView, closed: ClosedRound, now_ms: in
                     s.tasks.c.job_id == job_id,
                     s.tasks.c.idx >= r * w,
                     s.tasks.c.idx < (r + 1) * w,
-                    s.tasks.c.state.in_(["pending", "leased"]),
+                    s.tasks.c.state.in_(s.OPEN_TASK_STATES),
                 )
             )
             .values(state="cancelled", node=None, deadline_ms=None)

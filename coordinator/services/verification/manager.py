@@ -163,6 +163,17 @@ class Verification:
         if score is not None:
             self._scores[task_kind] = score
 
+    def add_review(self, task_kind: str, replay: Replay, ran: str) -> None:
+        """How the referee runs a contested task of `task_kind` whose shards rulings never re-run
+        (training: the whole task, as a node's worker runs it), one referee request at a time as
+        any; `ran` says what a clean run did."""
+
+        def run(model_sha: str, settings: dict[str, Any], source: Path, out: Path) -> None:
+            with self._torch:
+                replay(self.blobs.path_for(model_sha), source, out, settings)
+
+        self.reviews.add_run(task_kind, run, ran)
+
     def check_opened(self, plan: CheckPlan) -> None:
         """A check was committed: queue its referee's re-run ahead if its ruling is certain."""
         if plan.ahead:

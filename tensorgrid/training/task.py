@@ -1,0 +1,53 @@
+"""One training task run from what its lease says: the round's settings, the train program, the
+round's global weights and the task's shard in, the sealed pseudo-gradient out.
+
+A node's worker runs it (node.worker), and so does the coordinator's referee, in its sandboxed
+child, when two nodes claim a task's input cannot be run (a review): the referee's verdict is
+about the very run a node makes, so both call this one function.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from tensorgrid.blobs import file_sha256
+from tensorgrid.errors import SpecError
+from tensorgrid.training.inner import InnerResult, InnerSettings, run_inner, write_result
+
+__all__ = ["leased_settings", "run_task"]
+
+
+def leased_settings(settings: Mapping[str, Any], shard_sha: str, device: str) -> InnerSettings:
+    """The inner settings of the task whose shard hashes to `shard_sha`: one settings object
+    serves a whole round, and each worker's seed is keyed by its shard's hash."""
+    seeds = settings.get("seeds") or {}
+    if not isinstance(seeds, Mapping) or shard_sha not in seeds:
+        raise SpecError("the task's settings have no seed for its shard")
+    compression = str(settings.get("compression", "int8"))  # the last checkpoint digest commits it too
+    inner = settings.get("inner") or {}
+    if not isinstance(inner, Mapping):
+        raise SpecError("the task's inner settings are not an object")
+    return InnerSettings.from_dict({**inner, "seed": seeds[shard_sha], "device": device, "compression": compression})
+
+
+def run_task(
+    program: str | os.PathLike[str],
+    weights: str | os.PathLike[str],
+    shard: str | os.PathLike[str],
+    settings: Mapping[str, Any],
+    out: str | os.PathLike[str],
+    *,
+    device: str,
+    checkpoint_dir: str | os.PathLike[str] | None = None,
+) -> InnerResult:
+    """The task's inner steps from the round's weights on its shard; writes the compressed
+    pseudo-gradient to `out`. With checkpoint_dir the model part of each checkpoint is saved
+    there (a node keeps them for reveals); without, none is written (the referee's review needs
+    the run, not steps / checkpoint_every copies of a stranger's model on the coordinator's disk)."""
+    inner = leased_settings(settings, file_sha256(Path(shard)).sha256, device)
+    result = run_inner(program, weights, shard, inner, checkpoint_dir=checkpoint_dir)
+    write_result(result, out, inner.compression)
+    return result

@@ -1,0 +1,130 @@
+"""Claims on training tasks reviewed by the referee (coordinator/kinds/training/review.py), on
+SQLite and PostgreSQL: two nodes saying a round's task cannot be run send it to review; the
+referee runs the whole task in its sandboxed child as a node's worker would (the program, the
+round's weights, the shard and settings as leased). A run that completes disproves the claims
+and the round trains on; one that fails confirms them as before. A round that closes while one
+of its tasks waits for review cancels it, so it is never reviewed.
+
+Nodes are simulated in-process with the real worker code (tests/unit/coordinator/test_rounds.py);
+the referee is the module's shared sandboxed child."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import torch
+from sqlalchemy import update
+
+from coordinator.app import Coordinator
+from coordinator.db import schema as s
+from coordinator.repositories.training.rounds import round_history
+from tensorgrid.types import ErrorKind, JobState, TaskError
+from tensorgrid.workloads.tensorfile import save_tensors
+from tests.unit.coordinator import test_rounds
+from tests.unit.coordinator.conftest import SharedReferee
+from tests.unit.coordinator.test_rounds import NODES, deliver, new_manager, now_ms, submit, work
+
+# test_rounds' fixtures: its program and data, and a coordinator on each database with the module's referee
+files, referee_limits, coordinator = test_rounds.files, test_rounds.referee_limits, test_rounds.coordinator
+LIE = TaskError(ErrorKind.INVALID_INPUT, "the shard is not a tensor file (a lie)")
+
+
+def claim(app: Coordinator, node: str) -> str:
+    """`node` leases a training task and says its input is bad; the task's id."""
+    (lease,), _ = app.store.tasks.lease_tasks(node, 1, now_ms(), app.config.timing)
+    assert lease.kind == "training"
+    app.store.tasks.fail_task(node, lease.task_id, lease.attempt, LIE, now_ms())
+    return lease.task_id
+
+
+def review(app: Coordinator) -> list[str]:
+    """The referee reviews every contested task; the jobs its verdicts settled."""
+    settled: list[str] = []
+    asyncio.run(app.verification.reviews.review_pending(lambda job, done: settled.append(job)))
+    return settled
+
+
+def events(app: Coordinator, job_id: str, kind: str) -> list[str]:
+    return [e.message for e in app.store.jobs.events_after(job_id, 0) if e.kind == kind]
+
+
+def test_two_claims_on_a_valid_training_task_are_disproved_by_the_referee_running_it(
+    coordinator: Coordinator, files: dict[str, Path], tmp_path: Path, shared_referee: SharedReferee
+) -> None:
+    app = coordinator
+    job_id, _ = submit(app, files, rounds=1, workers_per_round=1, max_attempts=2)  # two believed claims fail it
+    task = claim(app, NODES[0])
+    assert claim(app, NODES[1]) == task
+    assert app.store.tasks.get_task(task).state == "contested"
+    assert app.store.jobs.get_job(job_id).state != JobState.FAILED
+    calls = shared_referee.sandbox.calls
+    assert review(app) == [job_id]
+    assert shared_referee.sandbox.calls == calls + 1  # one run, in the sandboxed child
+    with app.store.engine.connect() as conn:
+        row = conn.execute(s.tasks.select().where(s.tasks.c.task_id == task)).one()
+    assert row.state == "pending" and row.failures == 0  # no attempt spent
+    [disproved] = [m for m in events(app, job_id, "reissued") if "claims disproved" in m]
+    assert "inner steps ran from the round's weights" in disproved
+    got = work(app, NODES[2], tmp_path)  # an honest node trains it
+    assert got is not None
+    deliver(app, NODES[2], *got)
+    assert asyncio.run(new_manager(app).advance(job_id)) == "finished"
+    assert app.store.jobs.get_job(job_id).state == JobState.SUCCEEDED
+    assert [app.store.nodes.get_node(n).rejections for n in NODES[:2]] == [1, 1]  # type: ignore[union-attr]
+
+
+def test_a_training_task_whose_weights_do_not_fit_its_program_is_confirmed(
+    coordinator: Coordinator, files: dict[str, Path], tmp_path: Path
+) -> None:
+    app = coordinator
+    job_id, _ = submit(app, files, rounds=1, workers_per_round=1, max_attempts=2)
+    # The round's weights as its settings name them, shaped for another program: the claims are true.
+    misfit = tmp_path / "misfit.safetensors"
+    save_tensors({"0.weight": torch.zeros(3, 3)}, misfit)
+    ref = app.blobs.put_file(misfit)
+    with app.store.engine.begin() as conn:
+        settings = json.loads(conn.execute(s.tasks.select().where(s.tasks.c.job_id == job_id)).one().settings)
+        settings["blobs"]["weights"] = {"sha256": ref.sha256, "size": ref.size}
+        conn.execute(update(s.tasks).where(s.tasks.c.job_id == job_id).values(settings=json.dumps(settings)))
+    claim(app, NODES[0])
+    claim(app, NODES[1])
+    assert review(app) == [job_id]
+    job = app.store.jobs.get_job(job_id)
+    assert job.state == JobState.FAILED and "claims confirmed" in job.error, job.error
+
+
+def test_a_round_that_closes_cancels_its_contested_task_which_is_never_reviewed(
+    coordinator: Coordinator, files: dict[str, Path], tmp_path: Path, shared_referee: SharedReferee
+) -> None:
+    app = coordinator
+    job_id, spec = submit(app, files, workers_per_round=2, quorum=0.5, inner_steps=2)
+    assert spec.quorum_workers == 1
+    honest = work(app, NODES[0], tmp_path)  # leases and trains the first task
+    assert honest is not None
+    task = claim(app, NODES[1])  # the other task, claimed twice
+    assert claim(app, NODES[2]) == task
+    assert app.store.tasks.get_task(task).state == "contested"
+    deliver(app, NODES[0], *honest)
+    assert asyncio.run(new_manager(app).advance(job_id)) == "closed"  # quorum: the round does not wait
+    assert app.store.tasks.get_task(task).state == "cancelled"
+    assert app.store.reviews.contested() == []
+    calls = shared_referee.sandbox.calls
+    assert review(app) == [] and shared_referee.sandbox.calls == calls
+    assert app.store.reviews.settle_review(task, True, "late", now_ms()) is None  # a review already under way
+    assert round_history(app.store.engine, job_id)[0]["workers"] == 1
+    job = app.store.jobs.get_job(job_id)
+    assert job.state == JobState.RUNNING and (job.tasks_done, job.tasks_total) == (1, 1 + 2)
+
+
+def test_unsafe_input_claims_on_training_tasks_are_reviewed_too(
+    coordinator: Coordinator, files: dict[str, Path]
+) -> None:
+    app = coordinator
+    submit(app, files, rounds=1, workers_per_round=1, max_attempts=2)
+    (lease,), _ = app.store.tasks.lease_tasks(NODES[0], 1, now_ms(), app.config.timing)
+    unsafe = TaskError(ErrorKind.UNSAFE_INPUT, "a pickle inside the shard")
+    app.store.tasks.fail_task(NODES[0], lease.task_id, lease.attempt, unsafe, now_ms())
+    claim(app, NODES[1])
+    assert app.store.tasks.get_task(lease.task_id).state == "contested"

@@ -1,0 +1,66 @@
+"""A training task run from what its lease says (tensorgrid.training.task): what a node's worker
+runs, and the coordinator's referee when it reviews claims that a task cannot be run."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from tensorgrid.blobs import file_sha256
+from tensorgrid.errors import SpecError
+from tensorgrid.training import inner
+from tensorgrid.training.inner import checkpoint_name, run_inner
+from tensorgrid.training.task import run_task
+from tests.unit.training import test_inner
+from tests.unit.training.conftest import Digits
+from tests.unit.training.test_inner import SETTINGS
+
+shards = test_inner.files  # the fixture: (round weights, a shard of digits)
+
+
+def leased(shard: Path, seed: int = 5) -> dict[str, Any]:
+    """Round settings as the coordinator leases them: one seed per shard of the round."""
+    return {
+        "inner": SETTINGS.to_dict(),
+        "seeds": {file_sha256(shard).sha256: seed, "00" * 32: 9},
+        "compression": "fp16",
+    }
+
+
+def test_a_task_runs_with_its_shards_seed_and_the_rounds_compression_writing_no_checkpoints(
+    digits: Digits, shards: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    weights, shard = shards
+    written: list[str] = []
+    save = inner.save_tensors
+
+    def saving(tensors: dict[str, torch.Tensor], path: Path) -> None:
+        written.append(path.name)
+        save(tensors, path)
+
+    monkeypatch.setattr(inner, "save_tensors", saving)
+    out = tmp_path / "result.safetensors"
+    result = run_task(digits.train_program, weights, shard, leased(shard), out, device="cpu")
+    expected = run_inner(digits.train_program, weights, shard, replace(SETTINGS, seed=5, compression="fp16"))
+    assert result.final_commitment == expected.final_commitment
+    assert written == []  # no checkpoint on the referee's disk
+    kept = tmp_path / "kept"
+    run_task(digits.train_program, weights, shard, leased(shard), out, device="cpu", checkpoint_dir=kept)
+    assert written == [checkpoint_name(0), checkpoint_name(3), checkpoint_name(6)]  # a node keeps them for reveals
+    assert all((kept / name).exists() for name in written)
+
+
+@pytest.mark.parametrize("settings", [{"seeds": {}}, {"seeds": [1]}, {"inner": [1]}])
+def test_settings_without_the_shards_seed_are_invalid_input(
+    digits: Digits,
+    shards: tuple[Path, Path],
+    tmp_path: Path,
+    settings: dict[str, Any],
+) -> None:
+    weights, shard = shards
+    with pytest.raises(SpecError):
+        run_task(digits.train_program, weights, shard, {**leased(shard), **settings}, tmp_path / "o", device="cpu")
