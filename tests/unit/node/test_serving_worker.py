@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from node.executor import _Child
+from node.child import WorkerChild
 from node.serving.frames import FrameError, encode, read_frame
 from node.serving.process import ReplicaLoad, ServingProcess
 from node.serving.replica import SIGN_IDLE_S, Replica, ReplicaContext
@@ -115,17 +115,17 @@ def test_the_memory_peak_is_reset_once_per_child_and_a_batch_over_the_limit_stil
     """VmHWM is reset after a child's load, not before every batch: a batch over the limit
     kills its child, so a live child's peak passes the limit exactly when its running batch does."""
     resets: list[int] = []
-    real_reset = _Child.reset_peak
-    monkeypatch.setattr(_Child, "reset_peak", lambda child: (resets.append(child.pid), real_reset(child))[1])
+    real_reset = WorkerChild.reset_peak
+    monkeypatch.setattr(WorkerChild, "reset_peak", lambda child: (resets.append(child.pid), real_reset(child))[1])
     for seed in range(3):
         assert isinstance(loop.run_until_complete(tiny.run_batch([_x(1, seed=seed)]))[0], bytes)
     first = tiny.pid
     assert len(resets) <= 1 and set(resets) <= {first}  # at most once: the fixture's child may be fresh
-    monkeypatch.setattr(_Child, "peak_rss", lambda child: TINY_MEMORY_LIMIT + 1)
+    monkeypatch.setattr(WorkerChild, "peak_rss", lambda child: TINY_MEMORY_LIMIT + 1)
     (answer,) = loop.run_until_complete(tiny.run_batch([_x(1)]))
     assert isinstance(answer, TaskError) and answer.kind is ErrorKind.OUT_OF_MEMORY
     monkeypatch.undo()
-    monkeypatch.setattr(_Child, "reset_peak", lambda child: (resets.append(child.pid), real_reset(child))[1])
+    monkeypatch.setattr(WorkerChild, "reset_peak", lambda child: (resets.append(child.pid), real_reset(child))[1])
     resets.clear()
     for seed in range(2):
         assert isinstance(loop.run_until_complete(tiny.run_batch([_x(1, seed=seed)]))[0], bytes)
