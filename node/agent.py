@@ -95,8 +95,9 @@ class Agent:
 
     def _serve_loop(self) -> ServeLoop:
         """Real-time serving (node.serving): replicas fetch through this agent's blob cache and
-        sign their batch receipts with its key; their workers get the cache to read, no more."""
-        isolation = Isolation().with_paths(readable=[self.cache.root])
+        sign their batch receipts with its key; their workers read their program's file while they
+        load it (lent for the load, node.lending), nothing else of this machine."""
+        isolation = Isolation()
 
         def context(send: Callable[..., None]) -> ReplicaContext:
             return ReplicaContext(
@@ -108,6 +109,7 @@ class Agent:
                 isolation=isolation,
                 scratch_root=self.config.work_dir / "sandbox",
                 memory_cap_bytes=int(self.caps.memory_bytes or 0),
+                lend=True,
             )
 
         replicas = self.config.serve_replicas

@@ -118,23 +118,37 @@ class ServingProcess(Executor):
             child = await self._ensure_child(0)
         except _WorkerStartError as exc:
             raise _LimitHit(TaskError(ErrorKind.CRASHED, str(exc))) from None
-        load = self.load
-        request = {
-            "op": "load",
-            "model_path": load.model_path,
-            "serves": load.serves,
-            "settings": load.settings,
-            "device": load.device,
-            "threads": load.threads,
-            "memory_limit_bytes": load.memory_limit_bytes,
-        }
-        header, _ = await self._send_and_wait(child, request, [], self._reply, self._start_timeout_s)
+        header = await self._load(child, self.load)
         if header.get("ok") is not True:
             error = _task_error(header)
             await self._drop(f"the program did not load: {error.message}")
             raise _LimitHit(error)
         self._loaded = child
         return child
+
+    async def _load(self, child: WorkerChild, load: ReplicaLoad) -> dict[str, Any]:
+        """Have the child load the program: with lend (the daemon's replicas), its file is lent
+        for the load alone, so a serving child reads nothing of the node's once it serves."""
+        desk = child.desk
+        try:
+            lent = await asyncio.to_thread(desk.lend, [load.model_path], []) if desk is not None else ({}, {})
+        except OSError as e:
+            raise _LimitHit(TaskError(ErrorKind.BLOB_UNAVAILABLE, f"the program could not be lent: {e}")) from None
+        request = {
+            "op": "load",
+            "model_path": lent[0].get(load.model_path, load.model_path),
+            "serves": load.serves,
+            "settings": load.settings,
+            "device": load.device,
+            "threads": load.threads,
+            "memory_limit_bytes": load.memory_limit_bytes,
+        }
+        try:
+            header, _ = await self._send_and_wait(child, request, [], self._reply, self._start_timeout_s)
+        finally:
+            if desk is not None:
+                await asyncio.to_thread(desk.take_back, *lent, False)
+        return header
 
     async def _exchange(
         self, request: dict[str, Any], payloads: list[bytes], answer: Callable[[WorkerChild], Coroutine[Any, Any, T]]

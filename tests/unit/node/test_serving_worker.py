@@ -18,6 +18,7 @@ from node.serving.process import ReplicaLoad, ServingProcess
 from node.serving.replica import SIGN_IDLE_S, Replica, ReplicaContext
 from tensorgrid import serde
 from tensorgrid.crypto import Signer, sign_receipt, verify_receipt
+from tensorgrid.sandbox import Isolation
 from tensorgrid.serving import batch_receipt, tensors_from_bytes, tensors_to_bytes
 from tensorgrid.types import BlobRef, Domain, ErrorKind, TaskError
 from tensorgrid.v1 import common_pb2, serving_pb2
@@ -325,3 +326,20 @@ def test_a_broken_streams_replica_stays_warm_for_the_next_stream_of_its_endpoint
         assert not serve._parked and all(p.pid is None for p in parked)
 
     loop.run_until_complete(asyncio.wait_for(scenario(), 120))
+
+
+def test_a_lending_replica_reads_its_program_only_while_it_loads(
+    loop: asyncio.AbstractEventLoop, models: dict[str, Path], tmp_path: Path
+) -> None:
+    """The daemon's replicas (lend=True, no directory of the node's in their isolation): the
+    program's file is lent for the load alone; the loaded child answers without it."""
+    load = ReplicaLoad(str(models["tiny"]), "inference", {"input_names": ["x"]}, device="cpu", threads=1)
+    proc = ServingProcess(load, lend=True, isolation=Isolation(), scratch_root=tmp_path)
+    try:
+        assert loop.run_until_complete(proc.ready()) is None
+        assert len(list(tmp_path.glob("lent-*"))) == 1 and list(tmp_path.glob("lent-*/*")) == []  # taken back
+        [answer] = loop.run_until_complete(proc.run_batch([_x(2)]))
+        assert isinstance(answer, bytes) and tensors_from_bytes(answer)["output"].shape == (2, 3), answer
+    finally:
+        loop.run_until_complete(proc.close())
+    assert list(tmp_path.iterdir()) == []
