@@ -102,7 +102,7 @@ class Executor:
 
         memory_cap_bytes: the hard memory cap of every worker (what this slot offers; 0: none).
         isolation: what the worker keeps of the machine; default: no network, files unconfined
-        (the daemon passes its blob cache and work directory and confines the rest).
+        (the daemon confines them all, and lends each task its files: lend).
         scratch_root: where workers' scratch directories are made (default: the system's temp).
         entry: the module the sandbox boots (node.serving's worker reuses this spawn machinery).
         lend: the worker reads and writes no directory of the node's (give it none in isolation):

@@ -273,9 +273,12 @@ def test_a_lending_worker_keeps_its_programs_warm(
 ) -> None:
     """lend=True (the daemon's task workers): each task's program is lent under its own name,
     hard-linked, so the program a warm worker loaded for one task is found again for the next
-    (same path, same file) and not loaded twice; the outputs land where the request wants them."""
+    (same path, same file) and not loaded twice; the outputs land where the request wants them.
+    The light worker (noop) is lent its task's files the same way."""
     ex = Executor(lend=True, isolation=Isolation(), scratch_root=tmp_path / "sandbox")
     try:
+        _assert_noop_works(loop, ex, tmp_path)
+        assert ex.pid is not None and not loads_torch(ex.pid)
         first = loop.run_until_complete(ex.run(_infer(models, "tiny", tmp_path / "out1", time=60)))
         pid = ex.pid
         second = loop.run_until_complete(ex.run(_infer(models, "tiny", tmp_path / "out2", time=60)))
