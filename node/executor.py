@@ -276,9 +276,13 @@ class Executor:
         """The task with its files lent to the worker for its run only, and its outputs moved
         where the request wants them once it succeeded (node.lending); taken back however it
         ends (a failure, a limit, a kill: a killed child's desk is deleted with it)."""
+        reads = _reads(request)
         writes = [request.output_path, *([request.checkpoint_dir] if request.checkpoint_dir else [])]
-        try:
-            lent, outs = await asyncio.to_thread(desk.lend, _reads(request), writes)
+        try:  # links are made on the loop (a thread's round trip costs more than they do), copies off it
+            if desk.links(reads):
+                lent, outs = desk.lend(reads, writes)
+            else:
+                lent, outs = await asyncio.to_thread(desk.lend, reads, writes)
         except OSError as e:
             return TaskOutcome.failed(ErrorKind.BLOB_UNAVAILABLE, f"the task's files could not be lent to it: {e}")
         outcome = TaskOutcome.failed(ErrorKind.RELEASED, "the task was cancelled")
@@ -293,7 +297,10 @@ class Executor:
             )
             outcome = await self._supervise(child, at_desk)
         finally:
-            await asyncio.to_thread(desk.take_back, lent, outs, outcome.ok)
+            if request.checkpoint_dir:  # a training task's checkpoints: deleted off the loop
+                await asyncio.to_thread(desk.take_back, lent, outs, outcome.ok)
+            else:  # unlinks and a rename
+                desk.take_back(lent, outs, outcome.ok)
         return outcome
 
     async def _supervise(self, child: WorkerChild, request: TaskRequest) -> TaskOutcome:

@@ -32,6 +32,7 @@ class TaskDesk:
         self.loans = Loans(root)
         try:
             self.out = Scratch(root, prefix="out-")
+            self._dev = os.stat(self.loans.path).st_dev
         except BaseException:
             self.loans.close()
             raise
@@ -40,17 +41,25 @@ class TaskDesk:
         """`iso` and these two directories: the only files of the node the worker reaches."""
         return iso.with_paths(readable=[self.loans.path], writable=[self.out.path])
 
+    def links(self, reads: Iterable[str]) -> bool:
+        """Whether lending `reads` only links (tens of µs: fine on the event loop), no file being
+        on another file system than lent-* (a copy, which can take long: lend off the loop)."""
+        try:
+            return all(os.stat(p).st_dev == self._dev for p in reads)
+        except OSError:
+            return True  # lend() raises at once
+
     def lend(self, reads: Iterable[str], writes: Iterable[str]) -> tuple[dict[str, str], dict[str, str]]:
         """Lend `reads` for one task and give each of `writes` (files or directories the task
-        makes) a place in out-*: ({node's path: the worker's}, same for writes). Blocking (a
-        copy across file systems can be long): run it off the event loop."""
+        makes) a place in out-*: ({node's path: the worker's}, same for writes)."""
         lent = self.loans.lend(reads)
         outs = {w: str(self.out.path / Path(w).name) for w in writes}
         return lent, outs
 
     def take_back(self, lent: Mapping[str, str], outs: Mapping[str, str], keep: bool) -> None:
         """After the task: move its outputs to the node's paths when `keep` (it succeeded), unlink
-        what was lent and empty out-*, so the next task finds nothing of this one. Blocking."""
+        what was lent and empty out-*, so the next task finds nothing of this one (a failed
+        training task's checkpoints there can take a while to delete)."""
         try:
             for mine, theirs in outs.items() if keep else ():
                 if os.path.lexists(theirs):
