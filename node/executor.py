@@ -197,6 +197,8 @@ class Executor:
         async with self._lock:
             child, self._child = self._child, None
             if child is None or not child.alive:
+                if child is not None:  # it died on its own: its directories are still there
+                    child.close_dirs()
                 return
             assert child.proc.stdin is not None
             child.proc.stdin.close()

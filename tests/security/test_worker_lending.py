@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -73,6 +75,11 @@ def test_a_nodes_worker_reads_the_files_of_the_task_at_hand_and_no_other(tmp_pat
         assert late.error is not None and late.error.kind is ErrorKind.TIMEOUT, late
         assert list(sandbox.iterdir()) == []  # the killed worker's directories are gone with it
         assert mine.read_text() == "this job's rows" and theirs.exists()  # the cache's files stay
+
+        assert run(mine).ok and ex.pid is not None  # a fresh worker, then killed from outside
+        os.kill(ex.pid, signal.SIGKILL)
+        assert ex._child is not None and loop.run_until_complete(ex._child.proc.wait()) == -signal.SIGKILL
     finally:
         loop.run_until_complete(ex.close())
         loop.close()
+    assert list(sandbox.iterdir()) == []  # closing the executor deletes a dead worker's directories
