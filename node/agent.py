@@ -65,7 +65,7 @@ class Agent:
         self.client = NodeClient(
             config.coordinator, signer, config.rpc_timeout_s, tls=config.tls, expected_domain=config.domain
         )
-        self.executors = [self._executor(config, caps, cache) for _ in range(max(1, config.slots))]
+        self.executors = [self._executor(config, caps) for _ in range(max(1, config.slots))]
         self.draining = asyncio.Event()
         self.completed = 0
         self._registered = asyncio.Event()
@@ -80,21 +80,24 @@ class Agent:
         self.serving = self._serve_loop() if config.serve_replicas > 0 else None
 
     @staticmethod
-    def _executor(config: AgentConfig, caps: Capabilities, cache: BlobCache) -> Executor:
-        """A sandboxed worker slot: the memory it offers as a hard cap, reads of the blob cache,
-        writes in the work directory, nothing else of this machine (where the OS allows)."""
+    def _executor(config: AgentConfig, caps: Capabilities) -> Executor:
+        """A sandboxed worker slot: the memory it offers as a hard cap; of this machine (where the
+        OS allows) only the files of the task at hand, lent for that task (node.lending): neither
+        the blob cache (other jobs' blobs) nor the work directory (other tasks' results)."""
         slots = max(1, config.slots)
         return Executor(
             memory_cap_bytes=int(caps.memory_bytes or 0) // slots,
             device=config.device,
-            isolation=Isolation().with_paths(readable=[cache.root], writable=[config.work_dir]),
+            isolation=Isolation(),
             scratch_root=config.work_dir / "sandbox",
+            lend=True,
         )
 
     def _serve_loop(self) -> ServeLoop:
         """Real-time serving (node.serving): replicas fetch through this agent's blob cache and
-        sign their batch receipts with its key; their workers get the cache to read, no more."""
-        isolation = Isolation().with_paths(readable=[self.cache.root])
+        sign their batch receipts with its key; their workers read their program's file while they
+        load it (lent for the load, node.lending), nothing else of this machine."""
+        isolation = Isolation()
 
         def context(send: Callable[..., None]) -> ReplicaContext:
             return ReplicaContext(
@@ -106,6 +109,7 @@ class Agent:
                 isolation=isolation,
                 scratch_root=self.config.work_dir / "sandbox",
                 memory_cap_bytes=int(self.caps.memory_bytes or 0),
+                lend=True,
             )
 
         replicas = self.config.serve_replicas

@@ -3,11 +3,11 @@
 The daemon never runs a workload in its own process: a hostile or broken model can only
 take down the child, which is killed (its whole process group) and replaced on the next
 task. The child starts through tensorgrid.sandbox: a scrubbed environment (no password, no
-daemon settings), its own scratch directory, no network, no files beyond the blob cache and
-the work directory where the OS allows, and a hard address-space cap at the memory this
-slot offers (CUDA: a per-process memory fraction instead). Within that, each task's own
-limit is enforced by polling the child's peak RSS, with a per-task RLIMIT_AS soft cap on CPU
-as a backstop (see node.worker).
+daemon settings), its own scratch directory, no network, no files of the node's but those
+of the task at hand where the OS allows (lend=True: node.lending), and a hard address-space
+cap at the memory this slot offers (CUDA: a per-process memory fraction instead). Within
+that, each task's own limit is enforced by polling the child's peak RSS, with a per-task
+RLIMIT_AS soft cap on CPU as a backstop (see node.worker).
 """
 
 from __future__ import annotations
@@ -16,16 +16,16 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import signal
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import psutil
-
+from node.child import WorkerChild
+from node.lending import TaskDesk
 from tensorgrid.sandbox import Isolation, SandboxLimits, Scratch, child_argv, scrubbed_env
+from tensorgrid.sandbox.lending import rewrite
 from tensorgrid.sandbox.policy import report_status
 from tensorgrid.types import ErrorKind, TaskError
 
@@ -80,74 +80,6 @@ class _WorkerStartError(Exception):
     pass
 
 
-class _Child:
-    """One worker process: its pipes, a bounded tail of its stderr, and how to kill it."""
-
-    def __init__(
-        self, proc: asyncio.subprocess.Process, tail_bytes: int, scratch: Scratch, light: bool = False
-    ) -> None:
-        self.proc = proc
-        self.scratch = scratch  # deleted once the child is gone
-        self.light = light  # node.light_worker: no torch, LIGHT_KINDS only
-        self._tail = bytearray()
-        self._tail_bytes = tail_bytes
-        # stderr must be drained continuously or a chatty child blocks on a full pipe.
-        self._drain = asyncio.create_task(self._drain_stderr())
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    @property
-    def alive(self) -> bool:
-        return self.proc.returncode is None
-
-    async def _drain_stderr(self) -> None:
-        assert self.proc.stderr is not None
-        while chunk := await self.proc.stderr.read(4096):
-            self._tail += chunk
-            del self._tail[: max(0, len(self._tail) - self._tail_bytes)]
-
-    async def stderr_tail(self) -> str:
-        """The last bytes the child wrote to stderr, once it has closed it (bounded wait)."""
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._drain), 1.0)
-        return self._tail.decode("utf-8", "replace").strip()
-
-    def kill(self) -> None:
-        """SIGKILL the child's whole process group (it leads its own session)."""
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError):
-            self.proc.kill()
-
-    async def kill_and_wait(self) -> None:
-        self.kill()
-        await self.proc.wait()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(asyncio.shield(self._drain), 1.0)
-        self.scratch.close()
-
-    def peak_rss(self) -> int:
-        """Peak resident memory since the last reset (VmHWM), or current RSS off Linux."""
-        try:  # raw bytes, one read: a third of the time of a text file read line by line
-            with open(f"/proc/{self.pid}/status", "rb", buffering=0) as f:
-                status = f.read(16384)
-            at = status.index(b"VmHWM:") + 6
-            return int(status[at : status.index(b"kB", at)]) * 1024
-        except (OSError, ValueError):
-            pass
-        try:
-            return int(psutil.Process(self.pid).memory_info().rss)
-        except psutil.Error:
-            return 0
-
-    def reset_peak(self) -> None:
-        """Restart VmHWM from the current RSS so one task's peak is not charged to the next."""
-        with contextlib.suppress(OSError), open(f"/proc/{self.pid}/clear_refs", "w") as f:
-            f.write("5")
-
-
 class Executor:
     """Runs one task at a time in a warm child process; every failure becomes a TaskOutcome."""
 
@@ -163,18 +95,23 @@ class Executor:
         isolation: Isolation | None = None,
         scratch_root: Path | None = None,
         entry: str = WORKER_ENTRY,
+        lend: bool = False,
     ) -> None:
         """worker_argv replaces the sandboxed `node.worker` (tests use it to run hostile workers;
         they still get the scrubbed environment and a scratch directory).
 
         memory_cap_bytes: the hard memory cap of every worker (what this slot offers; 0: none).
         isolation: what the worker keeps of the machine; default: no network, files unconfined
-        (the daemon passes its blob cache and work directory and confines the rest).
+        (the daemon confines them all, and lends each task its files: lend).
         scratch_root: where workers' scratch directories are made (default: the system's temp).
         entry: the module the sandbox boots (node.serving's worker reuses this spawn machinery).
+        lend: the worker reads and writes no directory of the node's (give it none in isolation):
+        each task's files are lent to it for that task only, and its outputs moved out after
+        (node.lending). The daemon's task workers run so.
         """
         self._argv = list(worker_argv) if worker_argv else None
         self._entry = entry
+        self._lend = lend
         self._memory_cap = memory_cap_bytes
         self._device = device
         self._isolation = isolation or Isolation(confine_files=False)
@@ -182,7 +119,7 @@ class Executor:
         self._start_timeout_s = start_timeout_s
         self._poll_interval_s = poll_interval_s
         self._tail_bytes = stderr_tail_bytes
-        self._child: _Child | None = None
+        self._child: WorkerChild | None = None
         self._lock = asyncio.Lock()
         self._cancelled = asyncio.Event()
         self._running = False
@@ -234,6 +171,8 @@ class Executor:
             self._running = True
             try:
                 child = await self._ensure_child(request.memory_limit_bytes, light=request.kind in LIGHT_KINDS)
+                if child.desk is not None:
+                    return await self._supervise_lent(child, child.desk, request)
                 return await self._supervise(child, request)
             except _WorkerStartError as exc:
                 return TaskOutcome.failed(ErrorKind.CRASHED, str(exc))
@@ -258,6 +197,8 @@ class Executor:
         async with self._lock:
             child, self._child = self._child, None
             if child is None or not child.alive:
+                if child is not None:  # it died on its own: its directories are still there
+                    child.close_dirs()
                 return
             assert child.proc.stdin is not None
             child.proc.stdin.close()
@@ -267,7 +208,7 @@ class Executor:
                 log.debug("worker %d did not exit within %.1fs of EOF; killing it", child.pid, timeout_s)
             await child.kill_and_wait()
 
-    async def _ensure_child(self, memory_limit: int, *, light: bool = False) -> _Child:
+    async def _ensure_child(self, memory_limit: int, *, light: bool = False) -> WorkerChild:
         """The live worker for a task, started if none runs. light: the task needs no torch, so
         a new worker may be node.light_worker, until a task needed torch (no flip-flopping:
         each switch costs torch's import); a light one is replaced for a task that needs torch."""
@@ -284,14 +225,16 @@ class Executor:
                 await child.kill_and_wait()
         if child is None or not child.alive:
             if child is not None:
-                child.scratch.close()
+                child.close_dirs()
             # A hostile test worker (argv) or another entry (node.serving's) is never swapped.
             light = not self._torch and self._argv is None and self._entry == WORKER_ENTRY
             self._child = child = await self._spawn(light)
         return child
 
-    async def _spawn(self, light: bool = False) -> _Child:
+    async def _spawn(self, light: bool = False) -> WorkerChild:
         scratch = Scratch(self._scratch_root, prefix="worker-")
+        desk = TaskDesk(self._scratch_root) if self._lend else None
+        isolation = desk.isolation(self._isolation) if desk is not None else self._isolation
         cuda = self._device == "cuda"
         limits = SandboxLimits(
             memory_bytes=self._memory_cap,
@@ -299,7 +242,7 @@ class Executor:
             cuda_memory_bytes=self._memory_cap if cuda else 0,
             start_timeout_s=self._start_timeout_s,
         )
-        argv = self._argv or child_argv(LIGHT_ENTRY if light else self._entry, limits, self._isolation, scratch.path)
+        argv = self._argv or child_argv(LIGHT_ENTRY if light else self._entry, limits, isolation, scratch.path)
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
@@ -313,8 +256,10 @@ class Executor:
             )
         except OSError:
             scratch.close()
+            if desk is not None:
+                desk.close()
             raise
-        child = _Child(proc, self._tail_bytes, scratch, light)
+        child = WorkerChild(proc, self._tail_bytes, scratch, light, desk)
         assert proc.stdout is not None
         try:
             line = await asyncio.wait_for(proc.stdout.readline(), self._start_timeout_s)
@@ -329,7 +274,38 @@ class Executor:
         log.debug("worker %d ready", proc.pid)
         return child
 
-    async def _supervise(self, child: _Child, request: TaskRequest) -> TaskOutcome:
+    async def _supervise_lent(self, child: WorkerChild, desk: TaskDesk, request: TaskRequest) -> TaskOutcome:
+        """The task with its files lent to the worker for its run only, and its outputs moved
+        where the request wants them once it succeeded (node.lending); taken back however it
+        ends (a failure, a limit, a kill: a killed child's desk is deleted with it)."""
+        reads = _reads(request)
+        writes = [request.output_path, *([request.checkpoint_dir] if request.checkpoint_dir else [])]
+        try:  # links are made on the loop (a thread's round trip costs more than they do), copies off it
+            if desk.links(reads):
+                lent, outs = desk.lend(reads, writes)
+            else:
+                lent, outs = await asyncio.to_thread(desk.lend, reads, writes)
+        except OSError as e:
+            return TaskOutcome.failed(ErrorKind.BLOB_UNAVAILABLE, f"the task's files could not be lent to it: {e}")
+        outcome = TaskOutcome.failed(ErrorKind.RELEASED, "the task was cancelled")
+        try:
+            at_desk = replace(
+                request,
+                model_path=lent[request.model_path] if request.model_path is not None else None,
+                input_path=lent[request.input_path],
+                output_path=outs[request.output_path],
+                settings=rewrite(dict(request.settings), lent),
+                checkpoint_dir=outs[request.checkpoint_dir] if request.checkpoint_dir else None,
+            )
+            outcome = await self._supervise(child, at_desk)
+        finally:
+            if request.checkpoint_dir:  # a training task's checkpoints: deleted off the loop
+                await asyncio.to_thread(desk.take_back, lent, outs, outcome.ok)
+            else:  # unlinks and a rename
+                desk.take_back(lent, outs, outcome.ok)
+        return outcome
+
+    async def _supervise(self, child: WorkerChild, request: TaskRequest) -> TaskOutcome:
         self._seq += 1
         task_id = str(self._seq)
         if not await self._send(child, task_id, request):
@@ -359,7 +335,7 @@ class Executor:
             return await self._crashed(child, "the worker wrote an overlong response line", kill=True)
         return await self._parse_reply(child, task_id, line, request.memory_limit_bytes)
 
-    async def _send(self, child: _Child, task_id: str, request: TaskRequest) -> bool:
+    async def _send(self, child: WorkerChild, task_id: str, request: TaskRequest) -> bool:
         message: dict[str, Any] = {
             "id": task_id,
             "kind": request.kind,
@@ -381,7 +357,7 @@ class Executor:
             return False
         return True
 
-    async def _parse_reply(self, child: _Child, task_id: str, line: bytes, limit: int) -> TaskOutcome:
+    async def _parse_reply(self, child: WorkerChild, task_id: str, line: bytes, limit: int) -> TaskOutcome:
         if not line:
             return await self._crashed(child, "the worker died during the task")
         try:
@@ -408,7 +384,7 @@ class Executor:
             return _over_memory(peak, limit)
         return outcome
 
-    async def _crashed(self, child: _Child, what: str, *, kill: bool = False) -> TaskOutcome:
+    async def _crashed(self, child: WorkerChild, what: str, *, kill: bool = False) -> TaskOutcome:
         if kill:
             await child.kill_and_wait()
         else:
@@ -427,7 +403,7 @@ class Executor:
         tail = await child.stderr_tail()
         return TaskOutcome.failed(ErrorKind.CRASHED, f"{what}{status}; stderr tail: {tail or '(empty)'}")
 
-    async def _watch_memory(self, child: _Child, limit: int) -> int:
+    async def _watch_memory(self, child: WorkerChild, limit: int) -> int:
         """Return the child's peak RSS once it exceeds limit; wait forever without a limit."""
         if limit <= 0:
             await asyncio.Event().wait()
@@ -436,6 +412,14 @@ class Executor:
             if peak > limit:
                 return peak
             await asyncio.sleep(self._poll_interval_s)
+
+
+def _reads(request: TaskRequest) -> list[str]:
+    """Every file a task of any kind reads (node.worker's protocol): its program, its input
+    and the further blobs its settings name under "paths" (a training round's weights)."""
+    paths = request.settings.get("paths")
+    named = [str(p) for p in paths.values()] if isinstance(paths, Mapping) else []
+    return [*([request.model_path] if request.model_path is not None else []), request.input_path, *named]
 
 
 def _over_memory(peak: int, limit: int) -> TaskOutcome:

@@ -8,8 +8,11 @@ Request:  {"id", "kind": "inference"|"generation"|"noop"|"training", "model_path
            "settings": {...}, "device": "auto"|"cpu"|"cuda", "threads": int,
            "memory_limit_bytes": int (optional, 0 = none)}
            A training task's settings also name local files under "paths" (the agent fetched
-           the blobs listed under "blobs"), e.g. {"weights": "/cache/…"}; with "checkpoint_dir"
-           its checkpoints are kept there (else in a temp dir, deleted at once).
+           the blobs listed under "blobs"), e.g. {"weights": "…/lent-…/<sha256>"}; with
+           "checkpoint_dir" its checkpoints are kept there (else in a temp dir, deleted at once).
+           The daemon's executor lends the worker these files for the task alone and has it
+           write its output and checkpoints in a directory of its own (node.lending): the paths
+           it sends are those, never the blob cache's or the work directory's.
 Response: {"id", "ok": true, "rows": n, "seconds": s, "load_seconds": s, "cpu_seconds": s,
            "commitment": hex (training only)}
            (cpu_seconds: the worker's CPU time for the task, its program's load left out)

@@ -16,7 +16,8 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from node.executor import Executor, _Child, _WorkerStartError
+from node.child import WorkerChild
+from node.executor import Executor, _WorkerStartError
 from node.serving.frames import Frame, FrameError, encode, read_frame_async
 from tensorgrid.types import ErrorKind, TaskError
 
@@ -54,10 +55,10 @@ class ServingProcess(Executor):
         """executor: node.executor.Executor's keywords (isolation, scratch_root, memory_cap_bytes …)."""
         super().__init__(entry=SERVING_ENTRY, device=load.device, **executor)
         self.load = load
-        self._loaded: _Child | None = None  # the child that holds the program
+        self._loaded: WorkerChild | None = None  # the child that holds the program
         self._watcher: asyncio.Future[None] | None = None
         self._over = 0  # the peak RSS for which the watcher killed the running batch's child
-        self._peak_from: _Child | None = None  # the child whose VmHWM was reset after its load
+        self._peak_from: WorkerChild | None = None  # the child whose VmHWM was reset after its load
 
     async def ready(self) -> TaskError | None:
         """Start the child and load the program now: None when it is ready, else why not."""
@@ -86,7 +87,7 @@ class ServingProcess(Executor):
     async def generate(self, prompt: bytes, seed: int, on_tokens: Callable[[list[int]], Awaitable[None]]) -> Answer:
         """Decode one prompt; on_tokens is awaited with each step's new tokens; the output or why not."""
 
-        async def frames(child: _Child) -> Frame:
+        async def frames(child: WorkerChild) -> Frame:
             while True:
                 header, payloads = await self._reply(child)
                 if header.get("op") != "tokens":
@@ -108,7 +109,7 @@ class ServingProcess(Executor):
         return outputs[0]
 
     # ---- the child ------------------------------------------------------------------------------
-    async def _ready_child(self) -> _Child:
+    async def _ready_child(self) -> WorkerChild:
         """The child holding the program, started and loaded if need be (outside any time limit)."""
         child = self._child
         if child is not None and child.alive and child is self._loaded:
@@ -117,17 +118,7 @@ class ServingProcess(Executor):
             child = await self._ensure_child(0)
         except _WorkerStartError as exc:
             raise _LimitHit(TaskError(ErrorKind.CRASHED, str(exc))) from None
-        load = self.load
-        request = {
-            "op": "load",
-            "model_path": load.model_path,
-            "serves": load.serves,
-            "settings": load.settings,
-            "device": load.device,
-            "threads": load.threads,
-            "memory_limit_bytes": load.memory_limit_bytes,
-        }
-        header, _ = await self._send_and_wait(child, request, [], self._reply, self._start_timeout_s)
+        header = await self._load(child, self.load)
         if header.get("ok") is not True:
             error = _task_error(header)
             await self._drop(f"the program did not load: {error.message}")
@@ -135,8 +126,32 @@ class ServingProcess(Executor):
         self._loaded = child
         return child
 
+    async def _load(self, child: WorkerChild, load: ReplicaLoad) -> dict[str, Any]:
+        """Have the child load the program: with lend (the daemon's replicas), its file is lent
+        for the load alone, so a serving child reads nothing of the node's once it serves."""
+        desk = child.desk
+        try:
+            lent = await asyncio.to_thread(desk.lend, [load.model_path], []) if desk is not None else ({}, {})
+        except OSError as e:
+            raise _LimitHit(TaskError(ErrorKind.BLOB_UNAVAILABLE, f"the program could not be lent: {e}")) from None
+        request = {
+            "op": "load",
+            "model_path": lent[0].get(load.model_path, load.model_path),
+            "serves": load.serves,
+            "settings": load.settings,
+            "device": load.device,
+            "threads": load.threads,
+            "memory_limit_bytes": load.memory_limit_bytes,
+        }
+        try:
+            header, _ = await self._send_and_wait(child, request, [], self._reply, self._start_timeout_s)
+        finally:
+            if desk is not None:
+                await asyncio.to_thread(desk.take_back, *lent, False)
+        return header
+
     async def _exchange(
-        self, request: dict[str, Any], payloads: list[bytes], answer: Callable[[_Child], Coroutine[Any, Any, T]]
+        self, request: dict[str, Any], payloads: list[bytes], answer: Callable[[WorkerChild], Coroutine[Any, Any, T]]
     ) -> T:
         async with self._lock:
             if self._closed:
@@ -157,10 +172,10 @@ class ServingProcess(Executor):
 
     async def _send_and_wait(
         self,
-        child: _Child,
+        child: WorkerChild,
         request: dict[str, Any],
         payloads: list[bytes],
-        answer: Callable[[_Child], Coroutine[Any, Any, T]],
+        answer: Callable[[WorkerChild], Coroutine[Any, Any, T]],
         time_limit_s: float,
     ) -> T:
         """Send one frame and await its answer under the time and memory limits.
@@ -209,14 +224,14 @@ class ServingProcess(Executor):
             self._watcher.cancel()
         await super().close(timeout_s)
 
-    async def _reply(self, child: _Child) -> Frame:
+    async def _reply(self, child: WorkerChild) -> Frame:
         assert child.proc.stdout is not None
         frame = await read_frame_async(child.proc.stdout)
         if frame is None:
             raise FrameError("the serving worker closed its pipe")
         return frame
 
-    async def _crash(self, child: _Child, what: str) -> TaskError:
+    async def _crash(self, child: WorkerChild, what: str) -> TaskError:
         outcome = await self._crashed(child, what, kill=True)
         self._loaded = None
         assert outcome.error is not None

@@ -16,7 +16,6 @@ returns a JSON-able dict for each request.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import logging
 import os
@@ -27,11 +26,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
 from tensorgrid.errors import TensorGridError
+from tensorgrid.sandbox.lending import Loans, rewrite
 from tensorgrid.sandbox.policy import Isolation, SandboxLimits, Scratch, child_argv, report_status, scrubbed_env
 
 log = logging.getLogger("tensorgrid.sandbox")
@@ -126,7 +126,7 @@ class WarmSandbox:
                 child = self._start()
             try:
                 with child.lent(inputs) as lent:
-                    reply = child.exchange(_rewrite(request, lent), self.limits.time_s if time_s is None else time_s)
+                    reply = child.exchange(rewrite(request, lent), self.limits.time_s if time_s is None else time_s)
                 for name, dest in (outputs or {}).items():
                     shutil.move(child.scratch.path / name, dest)
                 return reply
@@ -184,8 +184,8 @@ class WarmSandbox:
 class _Channel:
     """A started child: its pipes, its greeting, a bounded tail of its stderr."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], scratch: Scratch, lending: Scratch | None = None) -> None:
-        self.proc, self.scratch, self.lending = proc, scratch, lending
+    def __init__(self, proc: subprocess.Popen[bytes], scratch: Scratch, loans: Loans | None = None) -> None:
+        self.proc, self.scratch, self.loans = proc, scratch, loans
         self.lines: queue.Queue[bytes] = queue.Queue()
         self.tail = bytearray()
         assert proc.stdout is not None and proc.stderr is not None
@@ -199,9 +199,9 @@ class _Channel:
     ) -> _Channel:
         """The child started, not yet greeted (greet() waits for that)."""
         scratch = Scratch(root)
-        lending = Scratch(root, prefix="lent-") if lend else None
-        if lending is not None:
-            iso = iso.with_paths(readable=[lending.path])
+        loans = Loans(root) if lend else None
+        if loans is not None:
+            iso = iso.with_paths(readable=[loans.path])
         try:
             proc = subprocess.Popen(
                 child_argv(entry, limits, iso, scratch.path),
@@ -215,37 +215,14 @@ class _Channel:
             )
         except OSError:
             scratch.close()
-            if lending is not None:
-                lending.close()
+            if loans is not None:
+                loans.close()
             raise
-        return cls(proc, scratch, lending)
+        return cls(proc, scratch, loans)
 
-    @contextlib.contextmanager
-    def lent(self, inputs: Iterable[os.PathLike[str] | str]) -> Iterator[dict[str, str]]:
+    def lent(self, inputs: Iterable[os.PathLike[str] | str]) -> contextlib.AbstractContextManager[dict[str, str]]:
         """Lend `inputs` to the child for one request: {caller's path: the child's}; taken back after."""
-        lent: dict[str, str] = {}
-        if self.lending is None:  # a child that reads its directories itself
-            yield lent
-            return
-        into = self.lending.path
-        try:
-            for source in dict.fromkeys(str(p) for p in inputs):
-                # the file's own name (a blob's is its hash): the same blob lent again has the
-                # same path, so the child's caches keyed by path (loaded programs) still hit
-                name = Path(source).name
-                dest = into / (name if name not in {Path(d).name for d in lent.values()} else f"{len(lent)}-{name}")
-                try:
-                    os.link(source, dest)
-                except OSError as e:
-                    if e.errno != errno.EXDEV:
-                        raise
-                    shutil.copyfile(source, dest)
-                lent[source] = str(dest)
-            yield lent
-        finally:
-            for link in lent.values():
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(link)
+        return self.loans.lent(inputs) if self.loans is not None else contextlib.nullcontext({})
 
     def greet(self, timeout_s: float) -> None:
         """Wait for the child's greeting; SandboxFailure (and the child killed) without one."""
@@ -287,21 +264,8 @@ class _Channel:
     def close(self) -> None:
         _kill(self.proc)
         self.scratch.close()
-        if self.lending is not None:
-            self.lending.close()
-
-
-def _rewrite(value: Any, lent: Mapping[str, str]) -> Any:
-    """`value` (a request) with every string that is a lent path replaced by where it was lent."""
-    if not lent:
-        return value
-    if isinstance(value, str):
-        return lent.get(value, value)
-    if isinstance(value, Mapping):
-        return {k: _rewrite(v, lent) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_rewrite(v, lent) for v in value]
-    return value
+        if self.loans is not None:
+            self.loans.close()
 
 
 def _read_lines(stream: IO[bytes], out: queue.Queue[bytes]) -> None:

@@ -14,7 +14,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from node.executor import Executor, TaskOutcome, TaskRequest, _Child
+from node.child import WorkerChild
+from node.executor import Executor, TaskOutcome, TaskRequest
+from tensorgrid.sandbox import Isolation
 from tensorgrid.types import ErrorKind
 from tensorgrid.workloads.inference import run_inference
 from tests.procs import loads_torch
@@ -211,7 +213,7 @@ def test_worker_that_never_starts_is_crashed(loop: asyncio.AbstractEventLoop, tm
 
 
 def test_a_child_peak_memory_is_its_vmhwm() -> None:
-    child = _Child.__new__(_Child)  # peak_rss reads /proc by pid alone: this process stands in
+    child = WorkerChild.__new__(WorkerChild)  # peak_rss reads /proc by pid alone: this process stands in
     child.proc = types.SimpleNamespace(pid=os.getpid())  # type: ignore[assignment]
     want = int(Path("/proc/self/status").read_text().split("VmHWM:")[1].split()[0]) * 1024
     assert want > 0 and abs(child.peak_rss() - want) <= 1 << 20  # the peak may grow in between
@@ -262,5 +264,27 @@ def test_a_lease_warms_the_worker_up_while_its_blobs_come(
         assert ex._warming is None and ex.pid == full
         outcome = loop.run_until_complete(ex.run(_infer(models, "tiny", tmp_path / "out", time=60)))
         assert outcome.ok and ex.pid == full, outcome
+    finally:
+        loop.run_until_complete(ex.close())
+
+
+def test_a_lending_worker_keeps_its_programs_warm(
+    loop: asyncio.AbstractEventLoop, models: dict[str, Path], tmp_path: Path
+) -> None:
+    """lend=True (the daemon's task workers): each task's program is lent under its own name,
+    hard-linked, so the program a warm worker loaded for one task is found again for the next
+    (same path, same file) and not loaded twice; the outputs land where the request wants them.
+    The light worker (noop) is lent its task's files the same way."""
+    ex = Executor(lend=True, isolation=Isolation(), scratch_root=tmp_path / "sandbox")
+    try:
+        _assert_noop_works(loop, ex, tmp_path)
+        assert ex.pid is not None and not loads_torch(ex.pid)
+        first = loop.run_until_complete(ex.run(_infer(models, "tiny", tmp_path / "out1", time=60)))
+        pid = ex.pid
+        second = loop.run_until_complete(ex.run(_infer(models, "tiny", tmp_path / "out2", time=60)))
+        assert first.ok and second.ok and first.rows == second.rows == 10, (first, second)
+        assert first.load_seconds > 0 and second.load_seconds == 0.0 and ex.pid == pid
+        assert torch.equal(load_file(tmp_path / "out1")["output"], load_file(tmp_path / "out2")["output"])
+        assert not [*(tmp_path / "sandbox").glob("lent-*/*"), *(tmp_path / "sandbox").glob("out-*/*")]
     finally:
         loop.run_until_complete(ex.close())

@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from node.executor import _Child
+from node.child import WorkerChild
 from node.serving.frames import FrameError, encode, read_frame
 from node.serving.process import ReplicaLoad, ServingProcess
 from node.serving.replica import SIGN_IDLE_S, Replica, ReplicaContext
 from tensorgrid import serde
 from tensorgrid.crypto import Signer, sign_receipt, verify_receipt
+from tensorgrid.sandbox import Isolation
 from tensorgrid.serving import batch_receipt, tensors_from_bytes, tensors_to_bytes
 from tensorgrid.types import BlobRef, Domain, ErrorKind, TaskError
 from tensorgrid.v1 import common_pb2, serving_pb2
@@ -115,17 +116,17 @@ def test_the_memory_peak_is_reset_once_per_child_and_a_batch_over_the_limit_stil
     """VmHWM is reset after a child's load, not before every batch: a batch over the limit
     kills its child, so a live child's peak passes the limit exactly when its running batch does."""
     resets: list[int] = []
-    real_reset = _Child.reset_peak
-    monkeypatch.setattr(_Child, "reset_peak", lambda child: (resets.append(child.pid), real_reset(child))[1])
+    real_reset = WorkerChild.reset_peak
+    monkeypatch.setattr(WorkerChild, "reset_peak", lambda child: (resets.append(child.pid), real_reset(child))[1])
     for seed in range(3):
         assert isinstance(loop.run_until_complete(tiny.run_batch([_x(1, seed=seed)]))[0], bytes)
     first = tiny.pid
     assert len(resets) <= 1 and set(resets) <= {first}  # at most once: the fixture's child may be fresh
-    monkeypatch.setattr(_Child, "peak_rss", lambda child: TINY_MEMORY_LIMIT + 1)
+    monkeypatch.setattr(WorkerChild, "peak_rss", lambda child: TINY_MEMORY_LIMIT + 1)
     (answer,) = loop.run_until_complete(tiny.run_batch([_x(1)]))
     assert isinstance(answer, TaskError) and answer.kind is ErrorKind.OUT_OF_MEMORY
     monkeypatch.undo()
-    monkeypatch.setattr(_Child, "reset_peak", lambda child: (resets.append(child.pid), real_reset(child))[1])
+    monkeypatch.setattr(WorkerChild, "reset_peak", lambda child: (resets.append(child.pid), real_reset(child))[1])
     resets.clear()
     for seed in range(2):
         assert isinstance(loop.run_until_complete(tiny.run_batch([_x(1, seed=seed)]))[0], bytes)
@@ -325,3 +326,20 @@ def test_a_broken_streams_replica_stays_warm_for_the_next_stream_of_its_endpoint
         assert not serve._parked and all(p.pid is None for p in parked)
 
     loop.run_until_complete(asyncio.wait_for(scenario(), 120))
+
+
+def test_a_lending_replica_reads_its_program_only_while_it_loads(
+    loop: asyncio.AbstractEventLoop, models: dict[str, Path], tmp_path: Path
+) -> None:
+    """The daemon's replicas (lend=True, no directory of the node's in their isolation): the
+    program's file is lent for the load alone; the loaded child answers without it."""
+    load = ReplicaLoad(str(models["tiny"]), "inference", {"input_names": ["x"]}, device="cpu", threads=1)
+    proc = ServingProcess(load, lend=True, isolation=Isolation(), scratch_root=tmp_path)
+    try:
+        assert loop.run_until_complete(proc.ready()) is None
+        assert len(list(tmp_path.glob("lent-*"))) == 1 and list(tmp_path.glob("lent-*/*")) == []  # taken back
+        [answer] = loop.run_until_complete(proc.run_batch([_x(2)]))
+        assert isinstance(answer, bytes) and tensors_from_bytes(answer)["output"].shape == (2, 3), answer
+    finally:
+        loop.run_until_complete(proc.close())
+    assert list(tmp_path.iterdir()) == []
