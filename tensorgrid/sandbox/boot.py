@@ -5,9 +5,9 @@ lower its CPU priority if asked (SandboxLimits.nice), leave the network (while s
 single-threaded, as unshare(CLONE_NEWUSER) requires), confine the file system, cap core
 dumps and descriptors, import the entry module and run its optional `prepare()` (the trusted
 imports: interpreter and torch), have torch fill the memory programs allocate unwritten and
-flush subnormal floats to zero, cap the address space at what is mapped then plus the memory limit (soft = hard), cap CUDA
-memory, write what could be isolated to the scratch directory's status file, and call the
-entry's `main()`.
+flush subnormal floats to zero, cap the address space at what is mapped then plus the memory
+limit (soft = hard), cap CUDA memory, write what could be isolated to the scratch directory's
+status file, and call the entry's `main()`.
 """
 
 from __future__ import annotations
@@ -89,13 +89,14 @@ def _fill_uninitialized_memory(status: dict[str, str]) -> None:
 
 
 def _flush_subnormals(status: dict[str, str]) -> None:
-    """Subnormal floats (float32 below 1.18e-38) read and computed as zero on CPU (x86's FTZ and
-    DAZ, which torch.set_flush_denormal sets). Arithmetic on subnormals is up to 200x slower
-    there (a float32 matrix product, 1 thread): weights or inputs full of them would slow a node's task and
-    the referee's re-run of it past its time limit, settling it "could not check". A node and
-    the referee both flush, so they compute the same; a local run that keeps subnormals differs
-    from the grid's by less than the smallest normal float (1.2e-38 in float32, 2.2e-308 in
-    float64) per value. Threads torch starts later inherit the setting; CUDA is unaffected."""
+    """Subnormal floats (float32 below 1.18e-38) read and computed as zero on CPU (x86's FTZ
+    and DAZ, which torch.set_flush_denormal sets). Arithmetic on subnormals is up to 200x
+    slower there (a float32 matrix product, 1 thread): weights or rows full of them would slow
+    a node's task, and the referee's re-run of it past its time limit ("could not check"). A
+    node and the referee both flush, so they compute the same; a local run that keeps
+    subnormals differs from the grid's by less than the smallest normal float per value
+    (1.2e-38 in float32, 2.2e-308 in float64). Threads torch starts later inherit the
+    setting (the tests run the worker on 2); CUDA is unaffected."""
     torch = sys.modules.get("torch")
     if torch is None:
         return
