@@ -5,6 +5,7 @@ attacker where it can be, and the coordinator keeps serving honest nodes while i
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import time
 from collections.abc import AsyncIterator, Callable
@@ -22,12 +23,12 @@ from tensorgrid.localgrid import LocalGrid
 from tensorgrid.nodeclient import NodeClient
 from tensorgrid.rpc import RETRY_AFTER_METADATA_KEY
 from tensorgrid.spec import VerificationSpec
-from tensorgrid.types import BlobRef, Capabilities, ErrorKind, JobState, TaskError
+from tensorgrid.types import BlobRef, Capabilities, ErrorKind, JobEvent, JobState, TaskError
 from tensorgrid.v1 import common_pb2, node_pb2
 from tensorgrid.workloads.model import export_program
 from tensorgrid.workloads.tensorfile import save_tensors
 from tests.datasets import save_digits
-from tests.integration.adversaries import Pool, SimNode
+from tests.integration.adversaries import Pool, SimClient, SimNode
 from tests.integration.conftest import make_grid, make_module_grid, stopper  # noqa: F401  (fixtures)
 from tests.integration.train_adversaries import SimTrainer
 
@@ -282,13 +283,24 @@ def test_two_colluding_nodes_claiming_a_valid_input_is_bad_are_disproved_by_the_
             verification=VerificationSpec(mode="none"),
         ).job_id  # fmt: skip
     lie = TaskError(ErrorKind.INVALID_INPUT, "input tensor 'x' is not a tensor file (a lie)")
+    honest = functools.partial(SimNode, grid.target, "honest", Pool(), tmp_path)
+    _lied_about_twice_then_disproved(grid, job_id, lie, "inference", honest)
+
+
+def _lied_about_twice_then_disproved(
+    grid: LocalGrid, job_id: str, lie: TaskError, kind: str, make_honest: Callable[[], SimClient]
+) -> list[JobEvent]:
+    """Two colluding nodes each lease the job's one task and report `lie`; the referee runs it,
+    puts it back, an honest node (made by make_honest) does it and the job succeeds. The job's
+    events, once the liars were counted as rejecting it and the honest node as completing it."""
 
     async def scenario() -> tuple[str, str, str]:
         first, second = await registered(grid), await registered(grid)
         for liar in (first, second):
             (lease,), _ = await liar.lease(1, wait_ms=5000)
+            assert lease.kind == kind
             assert await liar.report(lease.task_id, lease.attempt, lie) is True  # reissued, not failed
-        honest = SimNode(grid.target, "honest", Pool(), tmp_path)  # leases it once the referee put it back
+        honest = make_honest()  # leases it once the referee put it back
         stop = asyncio.Event()
         run = asyncio.create_task(honest.run(stop))
         try:
@@ -310,6 +322,7 @@ def test_two_colluding_nodes_claiming_a_valid_input_is_bad_are_disproved_by_the_
     record = records(grid)
     assert record[first].rejections == 1 and record[second].rejections == 1  # type: ignore[attr-defined]
     assert record[honest].completed == 1  # type: ignore[attr-defined]
+    return events
 
 
 @SHARED
@@ -328,36 +341,9 @@ def test_two_colluding_nodes_claiming_a_valid_training_task_is_bad_are_disproved
             max_attempts=2, verification=VerificationSpec(mode="none"),  # two believed claims fail it
         ).job_id  # fmt: skip
     lie = TaskError(ErrorKind.INVALID_INPUT, "the shard is not a tensor file (a lie)")
-
-    async def scenario() -> tuple[str, str, str]:
-        first, second = await registered(grid), await registered(grid)
-        for liar in (first, second):
-            (lease,), _ = await liar.lease(1, wait_ms=5000)
-            assert lease.kind == "training"
-            assert await liar.report(lease.task_id, lease.attempt, lie) is True  # reissued, not failed
-        honest = SimTrainer(grid.target, "honest", tmp_path, asyncio.Lock())  # trains it once put back
-        stop = asyncio.Event()
-        run = asyncio.create_task(honest.run(stop))
-        try:
-            with Client(grid.target, SUBMITTER) as client:
-                job = await asyncio.to_thread(client.wait, job_id)
-        finally:
-            stop.set()
-            await run
-            for n in (first, second):
-                await n.close()
-        assert job.state == JobState.SUCCEEDED, job.error
-        return first.signer.address, second.signer.address, honest.signer.address
-
-    first, second, honest = asyncio.run(scenario())
-    with Client(grid.target, SUBMITTER) as client:
-        events = list(client.watch(job_id))
-    assert [e.kind for e in events].count("contested") == 1
-    assert any(e.kind == "reissued" and "claims disproved" in e.message for e in events), events
+    honest = functools.partial(SimTrainer, grid.target, "honest", tmp_path, asyncio.Lock())
+    events = _lied_about_twice_then_disproved(grid, job_id, lie, "training", honest)
     assert [e.kind for e in events].count("round") == 1
-    record = records(grid)
-    assert record[first].rejections == 1 and record[second].rejections == 1  # type: ignore[attr-defined]
-    assert record[honest].completed == 1  # type: ignore[attr-defined]
 
 
 @SHARED
