@@ -28,8 +28,12 @@ from tensorgrid.spec import EndpointSpec
 SIDES = ("baseline", "base", "head")
 
 
-def measure(base: Path, levels: list[int], rounds: int, turn_s: float, check_rate: float) -> dict[str, Any]:
+def measure(
+    base: Path, levels: list[int], rounds: int, turn_s: float, check_rate: float, base_check_rate: float
+) -> dict[str, Any]:
     result: dict[str, Any] = {"benchmark": "serving_ab", "levels": levels, "rounds": rounds, "turn_s": turn_s}
+    rates = {"head": check_rate, "base": base_check_rate}
+    result["check_rates"] = rates
     with tempfile.TemporaryDirectory(prefix="tg-bench-serving-ab-") as tmp:
         root = Path(tmp)
         model_path, data = build_model(root)
@@ -41,7 +45,7 @@ def measure(base: Path, levels: list[int], rounds: int, turn_s: float, check_rat
                 (root / name).mkdir()
                 os.environ["PYTHONPATH"] = path  # what the grid's processes import
                 try:
-                    grids.append((name, *start_grid(root / name, model_path, check_rate)))
+                    grids.append((name, *start_grid(root / name, model_path, rates[name])))
                 finally:
                     os.environ["PYTHONPATH"] = mine
             none: tuple[tuple[str, str], ...] = ()
@@ -91,11 +95,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=10, help="turns each side takes at each level")
     p.add_argument("--turn", type=float, default=1.5, help="seconds of one turn")
     p.add_argument("--check-rate", type=float, default=EndpointSpec.check_rate, help="both endpoints' check rate")
+    p.add_argument(
+        "--base-check-rate",
+        type=float,
+        help="the base grid's endpoint's check rate, when it differs (e.g. 0: what the checks cost, in one sitting)",
+    )
     ns = p.parse_args(argv)
     if not (ns.base / "coordinator").is_dir():
         p.error(f"{ns.base} holds no coordinator package: pass a tree of the project")
     levels = [int(c) for c in ns.levels.split(",")]
-    emit(measure(ns.base.resolve(), levels, ns.rounds, ns.turn, ns.check_rate))
+    base_rate = ns.check_rate if ns.base_check_rate is None else ns.base_check_rate
+    emit(measure(ns.base.resolve(), levels, ns.rounds, ns.turn, ns.check_rate, base_rate))
     return 0
 
 

@@ -76,6 +76,27 @@ def test_child_runs_at_the_lower_cpu_priority_its_limits_give() -> None:
     assert _run({"act": "nice"}, lowered)["nice"] == min(19, ours + 5)
 
 
+def _autogroups() -> bool:
+    try:
+        return Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _autogroups(), reason="this kernel does not group tasks by session")
+def test_child_lowers_its_sessions_autogroup_too() -> None:
+    # A child leads its own session; with autogroups the kernel shares the CPU between
+    # sessions first, so os.nice alone would leave the referee an equal share beside the
+    # coordinator answering calls. Its group's nice is lowered with it (ours is untouched).
+    ours = Path("/proc/self/autogroup").read_text()
+    assert _run({"act": "autogroup"})["autogroup"].split()[-1] == "0"  # type: ignore[union-attr]
+    lowered = SandboxLimits(memory_bytes=256 << 20, time_s=30.0, nice=5)
+    seen = str(_run({"act": "autogroup"}, lowered)["autogroup"])
+    assert seen.split()[-2:] == ["nice", "5"], seen
+    assert seen.split()[0] != ours.split()[0]  # its own group, not ours
+    assert Path("/proc/self/autogroup").read_text() == ours
+
+
 def test_child_inherits_no_file_descriptors(tmp_path: Path) -> None:
     held = os.open(tmp_path / "open-in-parent", os.O_CREAT | os.O_RDWR)
     os.set_inheritable(held, True)  # even one marked inheritable stays behind

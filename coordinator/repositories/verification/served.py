@@ -33,16 +33,16 @@ def record_verified(conn: Connection, nodes: list[str], endpoint_id: str) -> Non
     bump(conn, nodes, valid=True, job_id=endpoint_id)
 
 
-def needs_referee(conn: Connection, endpoint_id: str, subject: str, checker: str) -> bool:
-    """Whether two replicas' agreement needs the referee's confirmation: unless BOTH nodes
-    are trusted for this endpoint (trust.streak_for_job, with the job's trust_after: an
-    endpoint has no policy row, so the default), one operator holding both replicas, or a
-    trusted node vouching for a new one, could agree on a wrong answer."""
+def untrusted(conn: Connection, endpoint_id: str, nodes: list[str]) -> list[str]:
+    """Those of `nodes` not trusted for the endpoint. Two replicas' agreement needs the
+    referee's confirmation unless BOTH nodes are trusted (trust.streak_for_job, with the job's
+    trust_after: an endpoint has no policy row, so the default): one operator holding both
+    replicas, or a trusted node vouching for a new one, could agree on a wrong answer."""
     raw = conn.execute(select(s.job_policies.c.policy).where(s.job_policies.c.job_id == endpoint_id)).scalar()
     trust_after = int(json.loads(raw).get("trust_after", DEFAULT_TRUST_AFTER)) if raw else DEFAULT_TRUST_AFTER
     if trust_after <= 0:
-        return False
-    return min(streak_for_job(conn, node, endpoint_id, trust_after) for node in (subject, checker)) < trust_after
+        return []
+    return [node for node in nodes if streak_for_job(conn, node, endpoint_id, trust_after) < trust_after]
 
 
 DEFAULT_TRUST_AFTER = VerificationSpec().trust_after

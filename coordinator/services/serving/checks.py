@@ -11,7 +11,7 @@ recurse. A drawn request is checked in the background (at most `concurrency` at 
 most `max_waiting` queued; beyond that a draw is dropped and counted, never blocking the router):
 1. `rerun` sends its input to a ready replica on another node. The same answer (the batch
    checks' tolerances, CUDA's when either side ran on CUDA) verifies both nodes only when
-   both are trusted for the endpoint (served.needs_referee: the batch checks' rule); else
+   both are trusted for the endpoint (served.untrusted: the batch checks' rule); else
    the referee confirms the agreement, so one operator's two replicas cannot agree on a lie.
 2. Otherwise (no other replica, a different answer, or an agreement to confirm) the referee
    runs the request itself (sandboxed, on CPU). Whoever's answer differs from the referee's
@@ -36,9 +36,11 @@ and the referee's child runs at a lower CPU priority (runtime.REFEREE_NICE).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import logging
+import time
 from dataclasses import dataclass, replace
 
 from coordinator.repositories.store import Store
@@ -54,6 +56,9 @@ from tensorgrid.types import Receipt
 log = logging.getLogger("tensorgrid.coordinator.serving")
 CONCURRENCY = 2
 MAX_WAITING = 256
+VERIFIED_FLUSH_S = 1.0  # verified verdicts are written together this often
+FACTS_TTL_S = 10.0  # a node's device kind and an untrusted verdict are looked up again after this
+MAX_REMEMBERED = 4096  # past this many remembered facts, the expired ones are dropped
 RECEIPT_WAIT_S = 10.0  # the router resolves a rerun's receipt sooner (links.RECEIPT_WAIT_S + 1)
 
 
@@ -94,6 +99,9 @@ class Checks:
         self._max_waiting = max_waiting
         self._waiting = 0
         self._counts: dict[str, _Counts] = {}
+        self._verified: list[tuple[list[str], str]] = []  # verdicts not written yet (flush)
+        self._kinds: dict[str, tuple[str, float]] = {}  # node: (device kind, known until)
+        self._untrusted: dict[tuple[str, str], float] = {}  # (endpoint, node): known untrusted until
         # grid-wide totals, plain ints (the metrics read them at scrape time)
         self.verified = 0  # checks that verified the node that answered
         self.caught = 0  # nodes caught: answering nodes and checking replicas
@@ -121,6 +129,32 @@ class Checks:
         c = self._counts.get(endpoint_id, _Counts())
         return c.checked, c.caught
 
+    async def run(self, stop: asyncio.Event) -> None:
+        """Write the verified verdicts every VERIFIED_FLUSH_S until `stop` is set, then once more."""
+        try:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), VERIFIED_FLUSH_S)
+                await self.flush()
+        finally:
+            await asyncio.shield(self.flush())
+
+    async def flush(self) -> None:
+        """Write the verified verdicts decided since the last flush, in one transaction.
+
+        One transaction a second instead of one a check: a transaction is ~1.5 ms of the
+        coordinator's CPU, and the calls answered meanwhile waited for it (docs/SERVING.md).
+        A verdict extends a streak, which only ever delays trust: a catch writes the verdicts
+        before it first, so the order of a node's verdicts is kept."""
+        if not self._verified:
+            return
+        pending, self._verified = self._verified, []
+        try:
+            await self.rt.db_bulk(self._record_verified, pending)
+        except Exception:  # kept for the next flush (a retried bump only delays trust)
+            log.exception("writing %d verified checks failed; will retry", len(pending))
+            self._verified[:0] = pending
+
     def draw(self, endpoint_id: str, replica_id: str, request_id: int) -> float:
         """A number in [0, 1) only the secret's holder can compute: checked when below the rate."""
         message = f"serve-check:{endpoint_id}:{replica_id}:{request_id}".encode()
@@ -144,11 +178,11 @@ class Checks:
         other = await self._rerun(batch, request)
         other_class = "cpu"
         if other is not None:
-            other_kind = await self.rt.db_bulk(self._device_kind, other.node)
+            other_kind, untrusted = await self._facts(batch.endpoint_id, batch.node, other.node)
             other_class = _device_class(batch.device_kind, other_kind)
             theirs = referee.parse(other.output)
             agreed = theirs is not None and referee.answers_match(theirs, request.output, other_class)
-            if agreed and not await self.rt.db_bulk(self._needs_referee, batch.endpoint_id, batch.node, other.node):
+            if agreed and not untrusted:  # both trusted: their agreement verifies them
                 await self._verdict(batch, [batch.node, other.node])
                 return
         try:
@@ -207,8 +241,8 @@ class Checks:
         counts.checked += 1
         if batch.node in right:
             self.verified += 1
-        if right:
-            await self.rt.db_bulk(self._record_verified, right, batch.endpoint_id)
+        if right:  # written with the others of the last VERIFIED_FLUSH_S (flush)
+            self._verified.append((right, batch.endpoint_id))
 
     async def _caught(self, batch: ServedBatch, index: int, truth: referee.Tensors, reason: str) -> None:
         self._count(batch.endpoint_id).caught += 1
@@ -219,6 +253,7 @@ class Checks:
         if self.on_caught is not None:
             self.on_caught(batch, reason)
         correct = referee.corrected_digest(batch.requests, index, truth)
+        await self.flush()  # a node's earlier verified answers come before its catch (it resets the streak)
         await self.rt.db_bulk(self._record_caught, batch.node, batch.endpoint_id, batch.receipt, correct, reason)
 
     async def _caught_checker(
@@ -236,6 +271,7 @@ class Checks:
             if self.on_caught is not None:  # the router reads the endpoint and the node
                 request = replace(batch.requests[0], request_id=other.request_id, output=other.output, rerun=True)
                 self.on_caught(ServedBatch(batch.endpoint_id, "", other.node, "", -1, _NO_RECEIPT, (request,)), reason)
+            await self.flush()
             await self.rt.db_bulk(self._record_caught, other.node, batch.endpoint_id, None, "", reason)
             return
         at = theirs.index_of(other.request_id)
@@ -248,18 +284,37 @@ class Checks:
     def _count(self, endpoint_id: str) -> _Counts:
         return self._counts.setdefault(endpoint_id, _Counts())
 
+    async def _facts(self, endpoint_id: str, subject: str, checker: str) -> tuple[str, bool]:
+        """The checking node's device kind, and whether either node is untrusted for the
+        endpoint (their agreement then needs the referee: served.untrusted). Both are
+        remembered for FACTS_TTL_S, an untrusted verdict only: trust grows by verified checks
+        alone, so until the next look the referee confirms agreements it might have skipped
+        (more work, never a wrong verdict), while a trusted node is looked up every time (it
+        may have been caught since). One transaction when they must be read, none when known:
+        a check's transactions are CPU the coordinator's calls wait for (docs/SERVING.md)."""
+        now = time.monotonic()
+        kind, kind_until = self._kinds.get(checker, ("", 0.0))
+        known_untrusted = any(self._untrusted.get((endpoint_id, n), 0.0) > now for n in (subject, checker))
+        if kind_until > now and known_untrusted:
+            return kind, True
+        kind, untrusted = await self.rt.db_bulk(self._read_facts, endpoint_id, subject, checker)
+        if len(self._untrusted) > MAX_REMEMBERED or len(self._kinds) > MAX_REMEMBERED:
+            self._untrusted = {k: t for k, t in self._untrusted.items() if t > now}
+            self._kinds = {k: v for k, v in self._kinds.items() if v[1] > now}
+        self._kinds[checker] = (kind, now + FACTS_TTL_S)
+        for node in untrusted:
+            self._untrusted[(endpoint_id, node)] = now + FACTS_TTL_S
+        return kind, bool(untrusted)
+
     # ---- database (each its own transaction) --------------------------------------------------
-    def _device_kind(self, node: str) -> str:
+    def _read_facts(self, endpoint_id: str, subject: str, checker: str) -> tuple[str, list[str]]:
         with self.store.engine.connect() as conn:
-            return served.device_kind(conn, node)
+            return served.device_kind(conn, checker), served.untrusted(conn, endpoint_id, [subject, checker])
 
-    def _record_verified(self, nodes: list[str], endpoint_id: str) -> None:
+    def _record_verified(self, verdicts: list[tuple[list[str], str]]) -> None:
         with self.store.engine.begin() as conn:
-            served.record_verified(conn, nodes, endpoint_id)
-
-    def _needs_referee(self, endpoint_id: str, subject: str, checker: str) -> bool:
-        with self.store.engine.connect() as conn:
-            return served.needs_referee(conn, endpoint_id, subject, checker)
+            for nodes, endpoint_id in verdicts:
+                served.record_verified(conn, nodes, endpoint_id)
 
     def _record_caught(self, node: str, endpoint_id: str, receipt: Receipt | None, correct: str, reason: str) -> bool:
         with self.store.engine.begin() as conn:

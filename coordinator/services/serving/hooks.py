@@ -106,6 +106,9 @@ class Checks(Protocol):
     def counts(self, endpoint_id: str) -> tuple[int, int]:
         """(requests checked, requests caught) of the endpoint."""
 
+    async def run(self, stop: asyncio.Event) -> None:
+        """Write the checks' verdicts periodically until stop is set, then once more."""
+
 
 class NoAccounting:
     """Accounting for a grid without prices: nothing is paid, nothing is capped."""
@@ -141,3 +144,6 @@ class NoChecks:
 
     def counts(self, endpoint_id: str) -> tuple[int, int]:
         return (0, 0)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await stop.wait()

@@ -216,4 +216,6 @@ class Serving:
 
     async def run(self, stop: asyncio.Event) -> None:
         """The router's scaling loop, the accounting's flushes and the replicas' sync, until stop is set."""
-        await asyncio.gather(self.router.run(stop), self.router.accounting.run(stop), self._sync_loop(stop))
+        await asyncio.gather(
+            self.router.run(stop), self.router.accounting.run(stop), self.router.checks.run(stop), self._sync_loop(stop)
+        )

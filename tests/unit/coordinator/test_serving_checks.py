@@ -19,6 +19,7 @@ from coordinator.db import schema as s
 from coordinator.repositories.ledger import slashing
 from coordinator.repositories.store import Store
 from coordinator.services.runtime import Runtime
+from coordinator.services.serving import checks as checks_module
 from coordinator.services.serving.accounting import Accounting
 from coordinator.services.serving.checks import Checks
 from coordinator.services.serving.hooks import Reran, ServedBatch, ServedRequest
@@ -147,6 +148,7 @@ class Grid:
             if self.checks._waiting == 0:
                 break
             await asyncio.sleep(0.05)
+        await self.checks.flush()  # verified verdicts are written once a second (Checks.run)
         for _ in range(20):  # a voided credit is taken back in the background
             await asyncio.sleep(0.01)
 
@@ -308,7 +310,7 @@ def test_a_check_never_runs_its_transactions_on_the_event_loop(grid: Grid) -> No
     # every check's reads and writes. A check is on no caller's path: the database thread runs them.
     x = torch.rand(2, 4)
     threads: dict[str, int] = {}
-    for name in ("_device_kind", "_needs_referee", "_record_verified", "_record_caught"):
+    for name in ("_read_facts", "_record_verified", "_record_caught"):
         real = getattr(grid.checks, name)
 
         def recorded(*args: object, _name: str = name, _real: Any = real) -> object:
@@ -325,5 +327,80 @@ def test_a_check_never_runs_its_transactions_on_the_event_loop(grid: Grid) -> No
 
     loop_thread = asyncio.run(scenario())
     assert grid.checks.counts(EP) == (2, 1)
-    assert set(threads) == {"_device_kind", "_needs_referee", "_record_verified", "_record_caught"}
+    assert set(threads) == {"_read_facts", "_record_verified", "_record_caught"}
     assert loop_thread not in threads.values()
+
+
+def _count_reads(grid: Grid) -> list[tuple[str, str, str]]:
+    reads: list[tuple[str, str, str]] = []
+    real = grid.checks._read_facts
+
+    def counted(endpoint_id: str, subject: str, checker: str) -> tuple[str, list[str]]:
+        reads.append((endpoint_id, subject, checker))
+        return real(endpoint_id, subject, checker)
+
+    grid.checks._read_facts = counted  # type: ignore[method-assign]
+    return reads
+
+
+def test_an_untrusted_pair_is_looked_up_once(grid: Grid) -> None:
+    # A check's transactions take CPU the coordinator's calls wait for: an untrusted verdict is
+    # remembered (trust grows only by verified checks: the referee merely confirms a little longer).
+    x = torch.rand(2, 4)
+    reads = _count_reads(grid)
+    grid.rerun_answer = grid.answer(x)
+
+    async def scenario() -> None:
+        for n in (1, 2, 3):
+            await grid.serve(grid.batch(n, x, grid.answer(x)))
+
+    asyncio.run(scenario())
+    assert reads == [(EP, NODE, CHECKER)]
+    assert grid.checks.counts(EP) == (3, 0) and grid.refereed >= 3  # each agreement confirmed
+
+
+def test_a_trusted_pair_is_looked_up_every_time(grid: Grid) -> None:
+    # Never remembered: a trusted node may have been caught since, and its agreement would
+    # then verify it without the referee.
+    x = torch.rand(2, 4)
+    reads = _count_reads(grid)
+    grid.trust(NODE, CHECKER)
+    grid.rerun_answer = grid.answer(x)
+
+    async def scenario() -> None:
+        for n in (1, 2):
+            await grid.serve(grid.batch(n, x, grid.answer(x)))
+
+    asyncio.run(scenario())
+    assert len(reads) == 2 and grid.refereed == 0 and grid.checks.counts(EP) == (2, 0)
+
+
+def test_verified_verdicts_are_written_together_and_when_the_checks_stop(
+    grid: Grid, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One transaction a second, not one a check: each is CPU the calls answered meanwhile wait for.
+    monkeypatch.setattr(checks_module, "VERIFIED_FLUSH_S", 3600.0)  # only the stop writes here
+    x = torch.rand(2, 4)
+    writes: list[int] = []
+    real = grid.checks._record_verified
+
+    def counted(verdicts: list[tuple[list[str], str]]) -> None:
+        writes.append(len(verdicts))
+        real(verdicts)
+
+    grid.checks._record_verified = counted  # type: ignore[method-assign]
+    grid.rerun_answer = None  # the referee alone: it verifies the node
+
+    async def scenario() -> None:
+        stop = asyncio.Event()
+        writer = asyncio.create_task(grid.checks.run(stop))
+        for n in (1, 2, 3):
+            grid.checks.after_batch(grid.batch(n, x, grid.answer(x)), grid.spec)
+        while grid.checks._waiting:
+            await asyncio.sleep(0.05)
+        assert writes == [] and grid.reputation(NODE) == (0, 0)  # decided, not written yet
+        stop.set()
+        await writer
+
+    asyncio.run(scenario())
+    assert writes == [3] and grid.reputation(NODE) == (3, 0)
