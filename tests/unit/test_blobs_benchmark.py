@@ -14,8 +14,8 @@ def test_a_paired_ratio_is_the_median_of_each_repeats_own_ratio() -> None:
 
 
 def test_a_slow_moment_moves_the_best_of_ratio_but_not_the_paired_one() -> None:
-    kinds = ("up", "raw_up", "copy_up", "down", "raw_down", "copy_down")
-    kinds += ("tls_up", "raw_tls_up", "tls_down", "raw_tls_down", "grpc_up", "grpc_down")
+    kinds = ["up", "raw_up", "copy_up", "down", "raw_down", "copy_down"]
+    kinds += ["tls_up", "raw_tls_up", "tls_down", "raw_tls_down", "grpc_up", "grpc_down"]
     times = {k: [2.0, 2.0, 2.0] for k in kinds}
     times["raw_down"] = [2.0, 1.0, 2.0]  # raw alone caught a quick moment once
     r = report(1, MIB, times, {k: [1.0] for k in ("up", "down", "tls_up", "tls_down", "grpc_up", "grpc_down")})
