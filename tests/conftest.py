@@ -7,6 +7,7 @@ import contextlib
 import os
 import secrets
 import shutil
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -120,6 +121,25 @@ def shared_dir(factory: pytest.TempPathFactory, name: str, build: Callable[[Path
             build(path)
             done.touch()
     return path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_sandboxed_child_outlives_its_module() -> Iterator[None]:
+    """A coordinator's referee child started in this process (an in-process Coordinator or
+    Runtime) must be gone once the module that started it is done: one left running is CPU and
+    memory for the rest of the run, and tests that count this process's children (which
+    children a coordinator starts, and when) would see it. Killed here, and the module fails."""
+    from tests.procs import REFEREE_ENTRY, running  # imports the coordinator: only when asked
+
+    before = set(running(os.getpid(), REFEREE_ENTRY))
+    yield
+    left = set(running(os.getpid(), REFEREE_ENTRY)) - before
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError, ChildProcessError):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    if left:
+        pytest.fail(f"{len(left)} referee child(ren) outlived the module that started them: stop its runtime")
 
 
 @pytest.hookimpl(trylast=True)

@@ -8,6 +8,7 @@ program amplifies its products so that kept subnormals would show in its loss.""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import torch
@@ -67,5 +68,6 @@ def test_weights_a_lone_node_made_subnormal_are_computed_as_zeros_by_the_referee
         files = (tmp_path / "eval.pt2", tmp_path / "subnormal.safetensors", tmp_path / "heldout.safetensors")
         referee = sandboxed.evaluate_weights(rt, blobs, *files, "mse")
     finally:
+        asyncio.run(rt.stop())  # the referee's child
         rt.shutdown()
     assert referee["loss"] == as_zeros["loss"] == float((labels**2).mean())

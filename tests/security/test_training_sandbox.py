@@ -67,6 +67,7 @@ def _coordinator(tmp_path: Path, **config: Any) -> Iterator[Coordinator]:
         CoordinatorConfig(data_dir=tmp_path / "coord", database_url=f"sqlite:///{tmp_path / 's.db'}", **config)
     )
     yield app
+    asyncio.run(app.runtime.stop())  # its referee's child too (shutdown alone leaves it to the next test)
     app.runtime.shutdown()
     app.store.close()
 
