@@ -296,9 +296,9 @@ def settle(
         return
     # A canary that proves its (already verified and paid) subject wrong still takes the wrong
     # rows out of the job: the job waits for its canaries, so the task can be redone. Not
-    # without limit: a task disputed MAX_DISPUTE_ROUNDS times fails its job with the reason.
-    rounds = ending.disputed_rounds(conn, chk.subject_task)
-    if rounds >= ending.MAX_DISPUTE_ROUNDS:
+    # without limit: a task disputed too often fails its job with the reason (ending.py's bounds).
+    rounds = ending.disputes_end_the_task(conn, chk.subject_task)
+    if rounds is not None:
         ending.fail_job(
             conn, chk.job_id, f"task {_idx(conn, chk)}: {rounds} results were disputed and taken back ({why})", now_ms
         )

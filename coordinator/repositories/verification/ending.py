@@ -12,25 +12,37 @@ from coordinator.repositories.jobs import OPEN_CHECK_STATES, end_job
 from coordinator.repositories.ledger import credits as ledger
 from tensorgrid.types import JobState
 
-MAX_DISPUTE_ROUNDS = 6  # a task whose results were taken back this often fails its job
+# A task whose results were taken back this often fails its job. Counted over results with the
+# same output: honest nodes all giving one output the referee rejects point at the program or the
+# referee, while as many cheaters caught with outputs of their own (sybils leasing the task in turn)
+# must not end a submitter's job. Distinct outputs end it only past MAX_DISPUTES_ANY_OUTPUT.
+MAX_DISPUTE_ROUNDS = 6
+MAX_DISPUTES_ANY_OUTPUT = 4 * MAX_DISPUTE_ROUNDS
 checks = s.checks
 
 
-def disputed_rounds(conn: Connection, task_id: str) -> int:
-    """How many times results of this task were taken back after a check (caught or inconclusive)."""
+def disputes_end_the_task(conn: Connection, task_id: str) -> int | None:
+    """How many of this task's results taken back after a check (caught or inconclusive) end its
+    job: the most with one output once MAX_DISPUTE_ROUNDS, or all of them once
+    MAX_DISPUTES_ANY_OUTPUT; None while the task may be redone."""
     c = checks.c
-    return int(
+    by_output = list(
         conn.execute(
             select(func.count())
-            .select_from(checks)
             .where(
                 c.subject_task == task_id,
                 c.check_id == c.root_id,
                 c.state == "done",
                 c.outcome.in_(("caught", "inconclusive")),
             )
-        ).scalar_one()
+            .group_by(c.subject_output)
+        ).scalars()
     )
+    if max(by_output, default=0) >= MAX_DISPUTE_ROUNDS:
+        return max(by_output)
+    if sum(by_output) >= MAX_DISPUTES_ANY_OUTPUT:
+        return sum(by_output)
+    return None
 
 
 def fail_job(conn: Connection, job_id: str, why: str, now_ms: int) -> None:

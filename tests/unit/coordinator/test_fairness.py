@@ -69,29 +69,49 @@ def test_an_unverifiable_program_ends_the_dispute_without_blame(state: Store) ->
         assert conn.execute(select(func.count()).select_from(s.slashes)).scalar_one() == 0
 
 
+def _dispute(state: Store, round_: int, output: str) -> None:
+    """One result of the job's task, `output`, taken back: its checker disagreed and the referee
+    sided with the checker. Two nodes take turns, and may take the task again at once."""
+    from coordinator.kinds.inference.effects import OpenCheck
+    from coordinator.repositories.verification.checks import CheckPlan
+    from coordinator.services.acceptance import ResultAcceptance, ResultItem
+    from tensorgrid.types import BlobRef
+    from tests.unit.coordinator.test_checkers import receipt
+
+    node = SUBJECT if round_ % 2 == 0 else "0x" + "bb" * 20
+    (lease,), _ = state.tasks.lease_tasks(node, 1, NOW, TIMING)
+    plan = CheckPlan(f"{round_ + 1:02x}" * 32, BlobRef("ee" * 32, 0), (0,))
+    item = ResultItem(node, receipt(lease.task_id, lease.attempt), BlobRef(output, 3), 1, OpenCheck(plan))
+    ResultAcceptance(state.engine).accept_results([item], NOW)
+    checker = assignee(state, plan.check_task_id)
+    assert checker is not None
+    submit_check(state, checker, plan.check_task_id, agrees=False)
+    state.verification.apply_ruling(plan.check_task_id, Ruling(REF_OUT, False, (checker,)), NOW + 3)
+    with state.engine.begin() as conn:
+        conn.execute(s.tasks.update().values(last_failed_node=None))
+
+
 def test_a_task_disputed_without_end_fails_its_job(state: Store) -> None:
+    # honest nodes all giving the output the referee rejects: the program or the referee is at fault
+    from tests.unit.coordinator.test_checkers import OUT
+
     make_job(state, n=1, max_attempts=100)
     for round_ in range(ending.MAX_DISPUTE_ROUNDS):
         assert state.jobs.get_job(JOB).state != JobState.FAILED
-        (lease,), _ = state.tasks.lease_tasks(SUBJECT if round_ % 2 == 0 else "0x" + "bb" * 20, 1, NOW, TIMING)
-        from coordinator.kinds.inference.effects import OpenCheck
-        from coordinator.repositories.verification.checks import CheckPlan
-        from coordinator.services.acceptance import ResultAcceptance, ResultItem
-        from tensorgrid.types import BlobRef
-        from tests.unit.coordinator.test_checkers import OUT, receipt
-
-        node = SUBJECT if round_ % 2 == 0 else "0x" + "bb" * 20
-        plan = CheckPlan(f"{round_ + 1:02x}" * 32, BlobRef("ee" * 32, 0), (0,))
-        item = ResultItem(node, receipt(lease.task_id, lease.attempt), BlobRef(OUT, 3), 1, OpenCheck(plan))
-        ResultAcceptance(state.engine).accept_results([item], NOW)
-        checker = assignee(state, plan.check_task_id)
-        assert checker is not None
-        submit_check(state, checker, plan.check_task_id, agrees=False)
-        state.verification.apply_ruling(plan.check_task_id, Ruling(REF_OUT, False, (checker,)), NOW + 3)
-        with state.engine.begin() as conn:  # let the same nodes take the task again at once
-            conn.execute(s.tasks.update().values(last_failed_node=None))
+        _dispute(state, round_, OUT)
     job = state.jobs.get_job(JOB)
     assert job.state == JobState.FAILED and f"{ending.MAX_DISPUTE_ROUNDS} results were disputed" in job.error
+
+
+def test_cheaters_caught_in_turn_on_one_task_do_not_end_its_job_soon(state: Store) -> None:
+    # sybils leasing the task one after another, each caught with an output of its own: that
+    # many catches fail no submitter's job; only MAX_DISPUTES_ANY_OUTPUT of them end it
+    make_job(state, n=1, max_attempts=100)
+    for round_ in range(ending.MAX_DISPUTES_ANY_OUTPUT):
+        assert state.jobs.get_job(JOB).state != JobState.FAILED, f"failed after {round_} catches"
+        _dispute(state, round_, f"{round_ + 1:02x}" * 32)
+    job = state.jobs.get_job(JOB)
+    assert job.state == JobState.FAILED and f"{ending.MAX_DISPUTES_ANY_OUTPUT} results were disputed" in job.error
 
 
 def test_a_confirmation_that_could_not_run_verifies_nothing(state: Store) -> None:
