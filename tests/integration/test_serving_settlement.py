@@ -89,10 +89,13 @@ def _checked_settles(client: Client, endpoint: str) -> int:
         time.sleep(1.0)
         return first if first and first == client.endpoints.get(endpoint).checked else None
 
-    return wait_for(stable, timeout=30)  # type: ignore[no-any-return]
+    # The referee confirms each check of these untrusted nodes at nice 10: on a machine busy with
+    # other work it gets little CPU (a clean-clone run at load 8 decided no check within 30 s),
+    # so the wait is generous; a grid that checks nothing still fails.
+    return wait_for(stable, timeout=120)  # type: ignore[no-any-return]
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(420)
 def test_endpoint_requests_are_paid_once_from_the_escrow_and_a_delete_refunds_the_rest(
     devnet: ChainGrid, digits: Assets
 ) -> None:
