@@ -60,11 +60,18 @@ def job_records(db: Path, job_id: str) -> tuple[dict[str, str], dict[str, Any]]:
                 s.referee_rulings.c.job_id == job_id, s.referee_rulings.c.rows_limit == 0
             )
         ).all()
+        c = s.checks.c
+        unchecked = conn.execute(  # settled with no node's answer: an untrusted subject's, the referee's alone
+            select(c.check_id).where(c.job_id == job_id, c.checker.is_(None), c.check_id == c.root_id)
+        ).all()
     engine.dispose()
     kinds = {x.task_id[:12]: ("check" if x.kind == s.CHECK_KIND else "shard") for x in rows}
     facts = {
         "check_rows": sum(x.rows for x in rows if x.kind == s.CHECK_KIND),
         "checks_left_to_referee": len(alone),  # no node took them (or a dispute): the referee ran them whole
+        "checks_no_node_ran": len(unchecked),  # the referee's alone (untrusted subjects) or left to it
+        # from the job's creation (after intake's probe) to its first lease
+        "first_lease_s": min((_since(x.leased_ms, created) for x in shards), default=None),
         "tail_s": round((ended - max(x.received_ms for x in shards)) / 1000, 2) if shards else None,
         # per shard: [index, node (breakdown names it), leased at, result in at] (s from the job's creation)
         "shards": [[x.idx, x.node[:10], _since(x.leased_ms, created), _since(x.received_ms, created)] for x in shards],

@@ -16,7 +16,8 @@ and the coordinator's referee confirmations. Those compete for the same 2 cores 
 nodes' tasks, so they have to be small.
 
 The grid's time runs from submit (upload included) to the result downloaded. The nodes are
-started and registered beforehand, as volunteers' daemons would be; the grid is fresh (no
+started and registered beforehand, as volunteers' daemons would be, and the coordinator's
+referee child has started (it boots with the coordinator, once); the grid is fresh (no
 node has any trust yet, so every result is checked). The in-process run is a fresh
 interpreter with torch imported (as a node's warm worker is): both load the program.
 
@@ -41,7 +42,7 @@ import torch
 from torch import nn
 
 from benchmarks._common import emit
-from benchmarks._gridtime import breakdown, start_gate
+from benchmarks._gridtime import GridCpu, breakdown, start_gate
 from tensorgrid.localgrid import LocalGrid
 from tensorgrid.workloads.tensorfile import load_tensors, save_tensors
 
@@ -164,7 +165,16 @@ def run_grid(root: Path, model: Path, inputs: Path, shard_rows: int, batch: int)
         for name in nodes:
             grid.start_node(name, "--device", "cpu", "--threads", "1")
         grid.wait_for_nodes(len(nodes))
+        cpu = GridCpu(grid)
+        # The coordinator's referee child imports torch as the coordinator boots (at nice 10, beside
+        # the nodes' own starts): a coordinator boots once, not per job, so the job waits for that
+        # to end, as benchmarks.generation does. On a busy machine it was still starting when the
+        # job came, and intake's probe waited for it (57 s and 76 s at load 7-9).
+        settled = time.monotonic()
+        cpu.settle()
+        settled = time.monotonic() - settled
         with grid.client(Signer.generate()) as client:
+            cpu.start()
             start = time.monotonic()
             job = client.submit_inference(
                 model,
@@ -180,12 +190,17 @@ def run_grid(root: Path, model: Path, inputs: Path, shard_rows: int, batch: int)
             assert final.state.value == "succeeded", final.error
             client.result(job.job_id, root / "grid_out.safetensors")
             wall = time.monotonic() - start
+            spent = cpu.seconds()
         report = breakdown(grid, job.job_id, done - submitted, nodes)
         report.update(
             submit_s=round(submitted - start, 2),
+            # upload, planning, signing: submit less intake's probe
+            intake_other_s=round(submitted - start - report["intake_probe_s"], 2),
             run_s=round(done - submitted, 2),
             download_s=round(start + wall - done, 2),
             tasks=final.tasks_total,
+            cpu_s=spent,  # CPU seconds by role: coordinator, referee (probe, rulings), daemons, workers, client
+            referee_start_wait_s=round(settled, 2),  # before the job (1 s at least: settle's look)
         )
     return {"grid_s": wall, "breakdown": report}
 

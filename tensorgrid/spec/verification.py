@@ -10,19 +10,21 @@ from tensorgrid.errors import SpecError
 from tensorgrid.spec.checks import build, check_int, check_number, require_object
 
 VERIFY_MODES = ("spotcheck", "replicate", "none")
-# Verification's share of a job's compute under "spotcheck": a check of m rows of a new
-# node's result runs on its checker and again on the coordinator's referee (two untrusted
-# nodes' agreement proves nothing), so m is capped at CHECK_BUDGET / CHECK_RUNS of the
-# task's rows, never below one row. (Generation: the referee scores a check's prompts in one
-# forward pass, ~0.1x a decode, and its half of the budget holds its one program load per job
-# and the dearer small batch a check decodes in: docs/GENERATION.md has the figures.)
+# Verification's share of a job's compute under "spotcheck": a check of m rows may run on a
+# checker and again on the coordinator's referee (two nodes' agreement proves nothing unless
+# both are trusted), so m is capped at CHECK_BUDGET / CHECK_RUNS of the task's rows, never
+# below one row. (A new node's inference check runs once, on the referee alone: half that.)
+# (Generation: the referee scores a check's prompts in one forward pass, ~0.1x a decode, and
+# its half of the budget holds its one program load per job and the dearer small batch a
+# check decodes in: docs/GENERATION.md has the figures.)
 CHECK_BUDGET = 0.05
 CHECK_RUNS = 2
 # Decoys per shard when a policy does not say (`decoys` left out): none. They are the submitter's
-# to ask for (`decoys` 1: D = T, so an m-row task is a check with probability 2/3 for a new node
-# and 1/6 for a trusted one; policy.py has the figures): they double a job's checks, and each
-# check is mostly a forward call's fixed cost, so at D = T benchmarks.verification measured 11.8%
-# extra compute on a quiet machine, past the 5% budget that the rows-only count keeps.
+# to ask for (`decoys` 1: D = T, so an m-row task is a check with probability 1/6 for a trusted
+# node's result, and never for a new node's inference result, which the referee checks alone;
+# policy.py has the figures): they double a job's checks, and each check is mostly a forward
+# call's fixed cost, so at D = T benchmarks.verification measured 11.8% extra compute on a
+# quiet machine, past the 5% budget that the rows-only count keeps.
 DEFAULT_DECOYS = 0.0
 MAX_DECOYS = 4.0
 

@@ -72,7 +72,8 @@ class InferenceKind(BaseKind):
 
     async def examine(self, task: TaskRecord, node: str, output: BlobRef) -> Effect | None:
         """Rungs 2-4 of the ladder: open a spot-check of this result, or settle the check it answers."""
-        check, verdict = await self.verification.examine(task, node, output)
+        # an untrusted node's result is re-run by the referee alone (no node runs its check)
+        check, verdict = await self.verification.examine(task, node, output, referee_alone=True)
         if check is not None:
             return OpenCheck(check, lambda: self._opened(check))
         if verdict is not None:

@@ -46,6 +46,9 @@ class CheckPlan:
     canary: CheckPlan | None = None  # the canary to open if this check verifies (canaries.py)
     # its ruling is certain (an untrusted subject): the referee may re-run it ahead (services/verification/ahead.py)
     ahead: bool = False
+    # the referee re-runs its rows itself and no node does (open_check): an untrusted subject's
+    # check, whose checker's word would need the referee's confirmation of the same rows anyway
+    direct: bool = False
 
 
 @dataclass(frozen=True)
@@ -59,17 +62,55 @@ class Verdict:
 def open_check(
     conn: Connection, subject: Any, plan: CheckPlan, now_ms: int, *, kind: str = "spotcheck", root: str = ""
 ) -> None:
-    """Insert the check task (a copy of the subject task's settings) and its check row."""
-    t = s.tasks
+    """Insert the check task (a copy of the subject task's settings) and its check row.
+
+    A direct plan (an untrusted subject's spot-check) goes to the referee, not to a node: its
+    task is never leased and its ruling is asked for at once, on all its rows (rows_limit = its
+    row count, which marks a check the referee runs alone: rulings.fail hands it to a node if
+    the referee cannot run it). Every ruling on an untrusted subject re-ran these same rows
+    anyway (the confirmation of a checker's agreement, or the ruling on its disagreement), so
+    a checker's run added no detection, only its cost on a node.
+    """
+    direct = plan.direct and not root and kind == "spotcheck"
     exclude = {subject.node}
     if root:
         exclude |= {r.checker for r in conn.execute(select(checks.c.checker).where(checks.c.root_id == root))}
+    _insert_check_task(conn, subject, plan, "cancelled" if direct else "pending")
+    conn.execute(
+        insert(checks).values(
+            check_id=plan.check_task_id,
+            root_id=root or plan.check_task_id,
+            job_id=subject.job_id,
+            kind=kind,
+            subject_task=subject.task_id,
+            subject_attempt=subject.attempt,
+            subject_node=subject.node,
+            subject_output=subject.output_sha,
+            rows=json.dumps(list(plan.rows)),
+            state="disputed" if direct else "open",
+            outcome="",
+            created_ms=now_ms,
+        )
+    )
+    if plan.canary is not None:
+        c = plan.canary
+        canaries.save(conn, plan.check_task_id, c.check_task_id, c.input.sha256, c.input.size, list(c.rows))
+    assign.bar(conn, plan.check_task_id, sorted(exclude))
+    if direct:
+        request_ruling(conn, get_check(conn, plan.check_task_id), now_ms, len(plan.rows))
+    else:
+        assign.assign_checker(conn, plan.check_task_id, now_ms)
+
+
+def _insert_check_task(conn: Connection, subject: Any, plan: CheckPlan, state: str) -> None:
+    """The check's task: a copy of the subject task's settings over the check's rows."""
+    t = s.tasks
     conn.execute(
         insert(t).values(
             task_id=plan.check_task_id,
             job_id=subject.job_id,
             idx=subject.idx,
-            state="pending",
+            state=state,
             # queued in its job's turn, where the subject was: not leased before other work
             job_created_ms=_created_ms(conn, subject.job_id),
             kind=CHECK_KIND,
@@ -88,27 +129,6 @@ def open_check(
             failures=0,
         )
     )
-    conn.execute(
-        insert(checks).values(
-            check_id=plan.check_task_id,
-            root_id=root or plan.check_task_id,
-            job_id=subject.job_id,
-            kind=kind,
-            subject_task=subject.task_id,
-            subject_attempt=subject.attempt,
-            subject_node=subject.node,
-            subject_output=subject.output_sha,
-            rows=json.dumps(list(plan.rows)),
-            state="open",
-            outcome="",
-            created_ms=now_ms,
-        )
-    )
-    if plan.canary is not None:
-        c = plan.canary
-        canaries.save(conn, plan.check_task_id, c.check_task_id, c.input.sha256, c.input.size, list(c.rows))
-    assign.bar(conn, plan.check_task_id, sorted(exclude))
-    assign.assign_checker(conn, plan.check_task_id, now_ms)
 
 
 def get_check(conn: Connection, check_id: str) -> Any:
@@ -139,6 +159,12 @@ def apply_verdict(
         .values(checker=checker, checker_output=output.sha256, state="disputed")
     )
     if verdict.agrees_subject and not earlier and _needs_confirmation(conn, chk, checker):
+        if ruling_failed(conn, chk.root_id):
+            # a check the referee was to run alone and could not (hand_to_nodes): it cannot
+            # confirm this agreement either, which then verifies nothing (as rulings.fail)
+            settle(conn, chk, "unverified", now_ms, event)
+            fees.pay_checkers(conn, chk.root_id, [checker], now_ms)
+            return
         # two nodes agreeing is proof only if both are trusted: the referee re-runs the check's
         # rows (as many as the job's detection target asked of the check itself)
         request_ruling(conn, chk, now_ms, confirm_rows(conn, chk))
@@ -154,7 +180,7 @@ def apply_verdict(
         # A quorum against the subject, but no re-execution by the referee: its result is
         # redone elsewhere and it is checked as a newcomer again, never caught nor slashed.
         settle(conn, chk, "inconclusive", now_ms, event, "output rows disagree with two other nodes")
-    elif not earlier and not _ruling_failed(conn, chk.root_id):
+    elif not earlier and not ruling_failed(conn, chk.root_id):
         request_ruling(conn, chk, now_ms, 0)
         event(conn, chk.job_id, "disputed", now_ms, node=chk.subject_node, message=f"checker {checker} disagrees")
     else:
@@ -219,7 +245,7 @@ def _created_ms(conn: Connection, job_id: str) -> int:
     return int(conn.execute(select(s.jobs.c.created_ms).where(s.jobs.c.job_id == job_id)).scalar_one())
 
 
-def _ruling_failed(conn: Connection, root_id: str) -> bool:
+def ruling_failed(conn: Connection, root_id: str) -> bool:
     state = conn.execute(select(referee_rulings.c.state).where(referee_rulings.c.check_id == root_id)).scalar()
     return state == "failed"
 
@@ -341,46 +367,6 @@ def _reissue(conn: Connection, chk: Any, now_ms: int) -> None:
     )
     if res.rowcount:
         conn.execute(update(s.jobs).where(s.jobs.c.job_id == chk.job_id).values(tasks_done=s.jobs.c.tasks_done - 1))
-
-
-def expire_unplaced(conn: Connection, now_ms: int, wait_ms: int, event: EventFn) -> set[str]:
-    """Checks with no node to draw for wait_ms (a grid too small to check): the coordinator
-    re-runs the rows itself. Only if it cannot (its ruling failed) does one pass unverified.
-
-    A check whose assignee is merely slow is not expired: assign.reassign_stale draws again,
-    and once it has barred every node that could take it, the check lands here too.
-    """
-    t, a = s.tasks, assign.check_assignments
-    rows = conn.execute(
-        select(checks)
-        .join(t, t.c.task_id == checks.c.check_id)
-        .outerjoin(a, a.c.task_id == checks.c.check_id)
-        .where(
-            checks.c.state == "open",
-            checks.c.created_ms < now_ms - wait_ms,
-            t.c.state == "pending",  # never leased, or leased and let lie by every node it could go to
-            a.c.node.is_(None),
-        )
-        .limit(200)
-    ).all()
-    settled: set[str] = set()
-    for chk in rows:
-        if _ruling_failed(conn, chk.root_id) or _has_ruling(conn, chk.root_id):
-            settle(conn, chk, "inconclusive" if chain_outputs(conn, chk.root_id) else "unverified", now_ms, event)
-            settled.add(chk.job_id)
-            continue
-        conn.execute(update(checks).where(checks.c.check_id == chk.check_id).values(state="disputed"))
-        conn.execute(
-            update(t).where(t.c.task_id == chk.check_id).values(state="cancelled", node=None, deadline_ms=None)
-        )
-        request_ruling(conn, chk, now_ms, 0)
-    return settled
-
-
-def _has_ruling(conn: Connection, root_id: str) -> bool:
-    return (
-        conn.execute(select(referee_rulings.c.state).where(referee_rulings.c.check_id == root_id)).first() is not None
-    )
 
 
 def save_policy(conn: Connection, job_id: str, policy_json: str, required_stake_wei: int) -> None:

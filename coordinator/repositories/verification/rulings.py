@@ -31,7 +31,7 @@ from sqlalchemy import Connection, select, update
 from coordinator.db import schema as s
 from coordinator.repositories.ledger.slashing import queue_slash
 from coordinator.repositories.verification import checks as records
-from coordinator.repositories.verification import ending, fees
+from coordinator.repositories.verification import ending, fees, unplaced
 
 EventFn = records.EventFn
 referee_rulings = s.referee_rulings
@@ -194,7 +194,9 @@ def fail(conn: Connection, check_id: str, error: str, now_ms: int, event: EventF
     if not done.rowcount or chk is None or chk.state == "done":
         return None
     checkers = [node for node, _ in records.chain_outputs(conn, check_id)]
-    if limit:  # an agreement the referee could not confirm: paid (checker too), but no trust for anyone
+    if limit and not checkers:  # a check the referee was to run alone: a node runs it instead
+        unplaced.hand_to_nodes(conn, chk, now_ms)
+    elif limit:  # an agreement the referee could not confirm: paid (checker too), but no trust for anyone
         records.settle(conn, chk, "unverified", now_ms, event)
         fees.pay_checkers(conn, check_id, checkers, now_ms)
     elif not checkers:  # nobody else could check it and neither can we: the old last resort

@@ -12,7 +12,7 @@ from sqlalchemy import Engine, func, select
 from coordinator.db import schema as s
 from coordinator.db.events import append_event
 from coordinator.repositories.jobs import job_complete
-from coordinator.repositories.verification import assign, rulings
+from coordinator.repositories.verification import assign, rulings, unplaced
 from coordinator.repositories.verification import checks as records
 from coordinator.repositories.verification.trust import streak_for_job
 from tensorgrid.types import NodeStatus
@@ -74,7 +74,7 @@ class VerificationRepository:
     def expire_checks(self, now_ms: int, wait_ms: int) -> list[str]:
         """Settle checks nobody could take as unverified; returns jobs that are now complete."""
         with self.engine.begin() as conn:
-            jobs = records.expire_unplaced(conn, now_ms, wait_ms, append_event)
+            jobs = unplaced.expire_unplaced(conn, now_ms, wait_ms, append_event)
             return [j for j in sorted(jobs) if job_complete(conn, j)]
 
     def reassign_checks(self, now_ms: int, patience_ms: int = 0) -> int:

@@ -95,8 +95,12 @@ class Verification:
         self._policies[job_id] = out
         return out
 
-    async def examine(self, task: TaskRecord, node: str, output: BlobRef) -> tuple[CheckPlan | None, Verdict | None]:
-        """For an inference result that passed the integrity rung: a check to open, or a verdict."""
+    async def examine(
+        self, task: TaskRecord, node: str, output: BlobRef, *, referee_alone: bool = False
+    ) -> tuple[CheckPlan | None, Verdict | None]:
+        """For an inference result that passed the integrity rung: a check to open, or a verdict.
+        referee_alone: an untrusted subject's spot-check goes to the referee, not to a node
+        (CheckPlan.direct; the task kind says whether its referee re-runs checks as nodes do)."""
         info = await self._db(self.store.verification.check_info, task.task_id, node)
         if info is not None:
             return None, await self._work(self._verdict, info, self.blobs.path_for(output.sha256), node)
@@ -119,9 +123,11 @@ class Verification:
                 order = order[1:] + order[:1]
             shuffled = await self._work(self._gather, task.input, order)
             canary = CheckPlan(self._fresh_id("canary", task), shuffled, tuple(order))
-        # an untrusted subject's check always ends in a ruling: its re-run can be made ahead
+        # an untrusted subject's check always ends in a ruling on these rows: the referee makes
+        # it alone (direct) or, where a node still runs the check, its re-run can be made ahead
         ahead = streak < policy.spec.trust_after
-        return CheckPlan(self._fresh_id("check", task), ref, rows, canary, ahead), None
+        direct = ahead and referee_alone and policy.spec.mode == "spotcheck"
+        return CheckPlan(self._fresh_id("check", task), ref, rows, canary, ahead and not direct, direct), None
 
     def _fresh_id(self, what: str, task: TaskRecord) -> str:
         """A task id no node can tell from an ordinary task's (those are random too)."""

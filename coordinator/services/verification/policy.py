@@ -26,6 +26,17 @@ What the stake formula assumes, and what holds it up:
   sampler replayed: tensorgrid/workloads/scoring.py), which fails on the first changed token
   as a decode would; only a confirmation that does not score is decoded, and only a decode
   blames anyone.
+- An untrusted subject's inference check is the referee's alone (CheckPlan.direct): the
+  referee re-runs its m rows at once and no node runs it. Detection is as before, row for row:
+  the rows are the same m, drawn from the coordinator's secret after the result is in; a lone
+  liar was caught before when its honest checker's m rows hit a corrupted one (then the
+  referee's ruling on those rows), a colluding pair when the referee's confirmation of those
+  m rows did, so both escape one check with probability (1-f)^m, now as then, and a job's
+  T checks with (1-f)^(mT) (benchmarks.scaling's job: T = 4, m = 15 (the budget's cap),
+  1 - 0.99^60 = 45% per job, as before). Blame still needs the referee's soundness runs.
+  The check's compute halves (one run, not the checker's and the referee's); m stays as
+  CHECK_RUNS = 2 sizes it, which still holds for a trusted subject's check by an untrusted
+  checker. A check the referee cannot run (a CUDA-only program) goes to a drawn node as before.
 - Trust, which lowers the rate to the floor, is worth at least the job: it needs verified
   results on paid jobs of >= 3 other submitters adding up to trust_after x this job's reward
   per task (repositories/verification/trust.py). Before, a Sybil earned it on its own free
@@ -52,8 +63,9 @@ repositories/ledger/decoys.py). Figures for the shape of benchmarks.verification
   rows, no row computed twice, tasks still in row order; at random places, from the T - 1 shards
   that are always full, each keeping more than m rows). D = ceil(decoys x T), `decoys` a policy
   field in [0, 4], none unless the submitter asks (see Cost for why). At 1 (D = T) an m-row
-  task is a check with probability C / (C + D) for C = r(T + D) checks at check rate r: 2/3 for
-  new nodes (r = 1), 1/6 for trusted ones (r = 0.1). Decoys are checked like any task (a decoy's
+  task is a check with probability C / (C + D) for C = r(T + D) checks at check rate r: 1/6 for
+  trusted ones (r = 0.1); for new nodes (r = 1) it was 2/3, and is now 0 for inference (their
+  checks are the referee's alone, no task). Decoys are checked like any task (a decoy's
   check re-runs all its m rows, else its rows could be changed unseen), but their checks do not
   count toward the detection target: the design's first idea (m sized for T + D tasks: 10 rows,
   not 20) fails against a cheater that leaves its decoys alone (it sees they are as small as
