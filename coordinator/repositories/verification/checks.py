@@ -32,6 +32,7 @@ MAX_CHECKERS = 4  # a chain with this many mutually disagreeing checkers is inco
 OPEN_STATES = OPEN_CHECK_STATES
 CHECK_KIND = s.CHECK_KIND
 CANARY = "canary"  # a check's kind: its subject's whole shard, reshuffled (not a spot-check)
+SPOTCHECK = "spotcheck"  # a check's kind: m sampled rows of its subject's shard
 checks, job_policies, referee_rulings, reputation = s.checks, s.job_policies, s.referee_rulings, s.reputation
 EventFn = Callable[..., Any]
 
@@ -60,7 +61,7 @@ class Verdict:
 
 
 def open_check(
-    conn: Connection, subject: Any, plan: CheckPlan, now_ms: int, *, kind: str = "spotcheck", root: str = ""
+    conn: Connection, subject: Any, plan: CheckPlan, now_ms: int, *, kind: str = SPOTCHECK, root: str = ""
 ) -> None:
     """Insert the check task (a copy of the subject task's settings) and its check row.
 
@@ -71,7 +72,7 @@ def open_check(
     anyway (the confirmation of a checker's agreement, or the ruling on its disagreement), so
     a checker's run added no detection, only its cost on a node.
     """
-    direct = plan.direct and not root and kind == "spotcheck"
+    direct = plan.direct and not root and kind == SPOTCHECK
     exclude = {subject.node}
     if root:
         exclude |= {r.checker for r in conn.execute(select(checks.c.checker).where(checks.c.root_id == root))}
