@@ -72,7 +72,7 @@ def open_check(
     anyway (the confirmation of a checker's agreement, or the ruling on its disagreement), so
     a checker's run added no detection, only its cost on a node.
     """
-    direct = plan.direct and not root and kind == SPOTCHECK
+    direct = plan.direct  # only Verification.examine makes one: tiebreaks and canaries never are
     exclude = {subject.node}
     if root:
         exclude |= {r.checker for r in conn.execute(select(checks.c.checker).where(checks.c.root_id == root))}

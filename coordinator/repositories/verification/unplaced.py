@@ -16,7 +16,6 @@ from coordinator.repositories.verification.checks import (
     checks,
     referee_rulings,
     request_ruling,
-    ruling_failed,
     settle,
 )
 
@@ -53,7 +52,7 @@ def expire_unplaced(conn: Connection, now_ms: int, wait_ms: int, event: EventFn)
     ).all()
     settled: set[str] = set()
     for chk in rows:
-        if ruling_failed(conn, chk.root_id) or _has_ruling(conn, chk.root_id):
+        if _has_ruling(conn, chk.root_id):  # the referee was asked already (done, failed or waiting)
             settle(conn, chk, "inconclusive" if chain_outputs(conn, chk.root_id) else "unverified", now_ms, event)
             settled.add(chk.job_id)
             continue
