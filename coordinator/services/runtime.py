@@ -22,9 +22,10 @@ from tensorgrid.sandbox.oneshot import CRASHED
 # The referee's CPU priority below the coordinator's: its re-runs (sampled serving checks,
 # disputes, replays) wait a little when the CPU is short, live serving calls do not.
 REFEREE_NICE = 10
-# How long the referee's start (interpreter and torch's import, at REFEREE_NICE) may take. It
-# starts with the first request that needs it, often while the grid is busy: the time a start
-# at coordinator start and its retry at the first request used to have between them.
+# How long the referee's start (interpreter and torch's import, at the coordinator's priority:
+# it lowers its own only afterwards) may take. It starts with the first request that needs it,
+# often while the grid is busy: the time a start at coordinator start and its retry at the
+# first request used to have between them.
 REFEREE_START_S = 240.0
 # A stranger's graph the coordinator runs (referee, training replay) gets this much by default.
 REFEREE_LIMITS = SandboxLimits(memory_bytes=4 << 30, time_s=600.0, nice=REFEREE_NICE, start_timeout_s=REFEREE_START_S)

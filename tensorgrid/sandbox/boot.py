@@ -1,13 +1,13 @@
 """`python -m tensorgrid.sandbox.boot CONFIG`: confine this process, then run an entry point.
 
 CONFIG is the JSON the parent built (tensorgrid.sandbox.policy.child_argv). In order:
-lower its CPU priority if asked (SandboxLimits.nice), leave the network (while still
-single-threaded, as unshare(CLONE_NEWUSER) requires), confine the file system, cap core
-dumps and descriptors, import the entry module and run its optional `prepare()` (the trusted
-imports: interpreter and torch), have torch fill the memory programs allocate unwritten and
-flush subnormal floats to zero, cap the address space at what is mapped then plus the memory
-limit (soft = hard), cap CUDA memory, write what could be isolated to the scratch directory's
-status file, and call the entry's `main()`.
+leave the network (while still single-threaded, as unshare(CLONE_NEWUSER) requires), confine
+the file system, cap core dumps and descriptors, import the entry module and run its optional
+`prepare()` (the trusted imports: interpreter and torch), lower its CPU priority if asked
+(SandboxLimits.nice: every thread's and its session's), have torch fill the memory programs
+allocate unwritten and flush subnormal floats to zero, cap the address space at what is mapped
+then plus the memory limit (soft = hard), cap CUDA memory, write what could be isolated to the
+scratch directory's status file, and call the entry's `main()`.
 """
 
 from __future__ import annotations
@@ -107,11 +107,26 @@ def _flush_subnormals(status: dict[str, str]) -> None:
 
 
 def _lower_priority(nice: int) -> None:
-    """Run at a lower CPU priority than the parent (SandboxLimits.nice), before the entry's imports."""
-    if nice > 0:
+    """Run at a lower CPU priority than the parent (SandboxLimits.nice): after the entry's
+    trusted imports, before the program it runs. At the lowered priority, torch's import (about
+    2 CPU-seconds) took the referee 57-76 s to start on a machine at load 8, and requests waited
+    for it; its re-runs are what may wait, not its start. A thread's nice is its own on Linux and
+    threads inherit it when started, so every thread there is now is lowered (torch may have
+    started some), and those started later inherit it from the main thread."""
+    if nice <= 0:
+        return
+    for tid in _threads():
         with contextlib.suppress(OSError):
-            os.nice(nice)
-        _lower_autogroup(nice)
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    _lower_autogroup(nice)
+
+
+def _threads() -> list[int]:
+    """This process's thread ids (its main thread's alone where /proc cannot be listed)."""
+    try:
+        return sorted(int(tid) for tid in os.listdir(f"/proc/{os.getpid()}/task"))
+    except OSError:
+        return [os.getpid()]
 
 
 def _lower_autogroup(nice: int) -> None:
@@ -140,13 +155,13 @@ def main(argv: list[str] | None = None) -> None:
     if len(args) != 1:
         sys.exit("usage: python -m tensorgrid.sandbox.boot CONFIG-JSON (started by tensorgrid.sandbox)")
     config = json.loads(args[0])
-    _lower_priority(int(config["limits"].get("nice") or 0))
     status = _isolate(config)
     confine.set_fixed_limits(int(config["limits"].get("open_files") or 0))
     entry = importlib.import_module(config["entry"])
     prepare = getattr(entry, "prepare", None)
     if prepare is not None:
         prepare()
+    _lower_priority(int(config["limits"].get("nice") or 0))
     _fill_uninitialized_memory(status)
     _flush_subnormals(status)
     _set_threads(int(config["limits"].get("threads") or 0))

@@ -76,6 +76,19 @@ def test_child_runs_at_the_lower_cpu_priority_its_limits_give() -> None:
     assert _run({"act": "nice"}, lowered)["nice"] == min(19, ours + 5)
 
 
+def test_child_imports_at_the_parents_priority_and_runs_the_program_at_its_own() -> None:
+    # The trusted start (interpreter, torch's import) is not what may wait: lowered before it,
+    # the referee took a minute to start on a loaded machine. Every thread is lowered before the
+    # program runs, those the imports started too (a thread's nice is its own on Linux).
+    ours = os.nice(0)
+    lowered = SandboxLimits(memory_bytes=256 << 20, time_s=30.0, nice=5)
+    seen = run_once("tests.security.prepare_payload", {}, lowered)
+    assert seen["prepare_nice"] == ours
+    nices = seen["thread_nices"]
+    assert isinstance(nices, list) and len(nices) >= 2, seen  # the main thread and prepare's
+    assert set(nices) == {min(19, ours + 5)}, seen
+
+
 def _autogroups() -> bool:
     try:
         return Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip() == "1"
