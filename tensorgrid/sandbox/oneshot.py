@@ -148,11 +148,14 @@ class WarmSandbox:
         for the import. close() takes no lock, so each step here looks at `_closed` after making
         itself visible to close(): whichever of the two runs second kills the child."""
         self._refuse_if_closed()
+        began = time.monotonic()
         channel = self._starting = _Channel.spawn(self.entry, self.limits, self.isolation, self.scratch_root, self.lend)
         try:
             self._refuse_if_closed()
             channel.greet(self.limits.start_timeout_s)
             self._child = channel
+            # an operator reading a slow first request (a referee's ruling, a round's close) sees why
+            log.info("sandboxed %s (pid %d) started in %.1f s", self.entry, channel.proc.pid, time.monotonic() - began)
         except BaseException:
             channel.close()
             raise
