@@ -30,3 +30,16 @@ def test_a_process_is_its_pid_and_its_start_time(tmp_path: Path) -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_processes_just_started_are_found(tmp_path: Path) -> None:
+    # Right after Popen returns, a child may still read an empty command line (the kernel lets
+    # the parent go on before the new program's arguments are set up): `devnet down` must not
+    # miss a coordinator restarted a moment ago. Each child is looked for at once.
+    for i in range(20):
+        child = _sleeper(str(tmp_path / f"grid{i}" / "x"))
+        try:
+            assert processes.naming(tmp_path / f"grid{i}") == [processes.identify(child.pid)]
+        finally:
+            child.kill()
+            child.wait()
