@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 
-from coordinator.services.sandboxed import OUTPUT
 from coordinator.services.training.cases import AuditCase
 from coordinator.services.training.replay import check_reveal
 from tensorgrid.sandbox import serve_once
+from tensorgrid.sandbox.policy import OUTPUT_FILE as OUTPUT
 from tensorgrid.training.inner import InnerSettings
 from tensorgrid.training.objective import load_weights, open_program
 from tensorgrid.training.outer import evaluate

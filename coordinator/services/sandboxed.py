@@ -27,6 +27,7 @@ from coordinator.services.runtime import Runtime
 from coordinator.services.training.cases import AuditCase, Finding
 from tensorgrid.blobs import BlobStore
 from tensorgrid.sandbox import Isolation, SandboxFailure, WarmSandbox
+from tensorgrid.sandbox.policy import OUTPUT_FILE
 from tensorgrid.workloads.rowcontract import DEADLINE_S, Determinism
 
 __all__ = [
@@ -45,7 +46,7 @@ __all__ = [
 
 ENTRY = "coordinator.services.sandbox_child"
 PROBE_TIME_S = 2 * DEADLINE_S
-OUTPUT = "out.safetensors"
+OUTPUT = OUTPUT_FILE
 
 
 def referee(rt: Runtime, blobs: BlobStore) -> WarmSandbox:

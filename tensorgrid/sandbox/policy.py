@@ -36,6 +36,8 @@ ENV_ALLOWLIST = (
     "OPENBLAS_NUM_THREADS",
 )
 STATUS_FILE = ".sandbox-status.json"
+# The file a request that answers with tensors writes, in the child's scratch (the parent moves it out).
+OUTPUT_FILE = "out.safetensors"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
 DEFAULT_OPEN_FILES = 1024
 _warned: set[str] = set()

@@ -38,3 +38,15 @@ def test_the_node_daemon_on_cpu_and_the_cli_never_import_torch() -> None:
         _loaded("import tensorgrid.cli, tensorgrid.client; from tensorgrid.workloads.tensorfile import read_header")
         == ""
     )
+
+
+def test_the_sandboxed_children_load_nothing_of_the_daemons_state() -> None:
+    # The referee and the node's workers run strangers' programs: they hold no database layer,
+    # no RPC stack and no chain client (nothing to misuse, and their start, which every grid
+    # pays, stays torch's alone: sqlalchemy was 0.18 s of the referee's).
+    code = (
+        "import sys, coordinator.services.sandbox_child, node.worker, node.serving.worker;"
+        "print(','.join(sorted({m.split('.')[0] for m in sys.modules} & {'sqlalchemy', 'grpc', 'web3', 'psycopg'})))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert loaded == "", f"a sandboxed child's entry imports {loaded}"
