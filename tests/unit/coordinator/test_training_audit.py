@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -668,6 +669,58 @@ def test_a_repeat_of_an_accepted_result_is_refused_when_nothing_is_owed(
             await _hand_in(app, node, forged)
 
     asyncio.run(scenario())
+
+
+def test_a_round_held_open_by_its_audits_says_which_results_wait_for_what(
+    coordinator: Coordinator,
+    files: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """What an operator (or the next engineer) sees of a round whose audits wait for reveals:
+    a warning naming the results and the checkpoints missing, once it has been held slow_s."""
+    app = coordinator
+    draw(app, monkeypatch, 0)
+    job_id, _ = submit(app, files)
+    app.rounds.slow_s = 0.0
+
+    async def scenario() -> None:
+        for node in NODES[:2]:
+            assert await deliver(app, compute(app, node, tmp_path)) is not None
+        assert await app.rounds.advance(job_id) == "auditing"
+
+    asyncio.run(scenario())
+    (held,) = [r.getMessage() for r in caplog.records if "held open" in r.getMessage()]
+    assert f"job {job_id[:12]} round 1 held open" in held
+    assert held.count("checkpoints [2] not revealed") == 2 and NODES[0] in held and NODES[1] in held
+
+
+def test_a_slow_advance_is_logged_with_the_step_it_waits_on(
+    coordinator: Coordinator, files: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One advance waits for the whole round manager (one loop for every job): past slow_s it
+    is logged with the step it is at, here torch_lock held by an audit's replay."""
+    app = coordinator
+    job_id, _ = submit(app, files, verification=VerificationSpec(mode="none"))
+
+    async def scenario() -> None:
+        for node in NODES[:2]:
+            assert await deliver(app, compute(app, node, tmp_path)) is None
+        async with app.rounds.torch_lock:  # an audit's replay holds it
+            advancing = asyncio.ensure_future(app.rounds.advance(job_id))
+            for _ in range(200):
+                await asyncio.sleep(0.05)
+                if app.rounds._advancing is not None and "torch_lock" in app.rounds._advancing.step:
+                    break
+            app.rounds.check_slow(time.monotonic())  # not slow yet: nothing logged
+            app.rounds.check_slow(time.monotonic() + app.rounds.slow_s + 1)
+        assert await advancing == "closed"
+        app.rounds.check_slow(time.monotonic() + 10 * app.rounds.slow_s)  # none under way: nothing
+
+    asyncio.run(scenario())
+    (slow,) = [r.getMessage() for r in caplog.records if "slow" in r.getMessage()]
+    assert f"job {job_id[:12]} has been advanced for" in slow and "waiting for torch_lock" in slow
 
 
 async def _nothing() -> AsyncIterator[bytes]:
