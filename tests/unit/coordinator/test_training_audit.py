@@ -709,10 +709,12 @@ def test_a_slow_advance_is_logged_with_the_step_it_waits_on(
             assert await deliver(app, compute(app, node, tmp_path)) is None
         async with app.rounds.torch_lock:  # an audit's replay holds it
             advancing = asyncio.ensure_future(app.rounds.advance(job_id))
-            for _ in range(200):
+            for _ in range(2400):  # reading the round and its audits first: seconds on a loaded machine
                 await asyncio.sleep(0.05)
                 if app.rounds._advancing is not None and "torch_lock" in app.rounds._advancing.step:
                     break
+            else:
+                raise AssertionError("the advance never reached torch_lock")
             app.rounds.check_slow(time.monotonic())  # not slow yet: nothing logged
             app.rounds.check_slow(time.monotonic() + app.rounds.slow_s + 1)
         assert await advancing == "closed"
