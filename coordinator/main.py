@@ -18,7 +18,7 @@ from coordinator.db import migrate
 from coordinator.settings import CONFIG, DATABASE, ENV_PREFIX, SETTINGS, config_from
 from tensorgrid import config, config_show, exitcodes, tls
 from tensorgrid.errors import TensorGridError
-from tensorgrid.logs import setup_logging
+from tensorgrid.logs import dump_stacks_on_signal, setup_logging
 
 log = logging.getLogger("tensorgrid.coordinator")
 PROGRAM = "tensorgrid-coordinator"
@@ -98,6 +98,7 @@ def unknown_variables() -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     ns = parse_args(argv)
     setup_logging(ns.verbose, "tensorgrid.coordinator", ns.log_format)
+    dump_stacks_on_signal()  # kill -USR1: every thread's stack into the log (README, Logs)
     for name in unknown_variables():
         log.warning("$%s is set but is no setting of %s (misspelt?): ignored", name, PROGRAM)
     try:

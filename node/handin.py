@@ -26,6 +26,7 @@ log = logging.getLogger("tensorgrid.node")
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
 BUSY_RETRIES = 8  # calls refused as RESOURCE_EXHAUSTED (the coordinator at its limits) are retried this often
 RESULT_KEEP_S = 3600.0  # a finished result is resubmitted this long while the coordinator is unreachable
+REVEAL_KEEP_S = 600.0  # a checkpoint an audit asked for is sent again this long while no coordinator takes it
 
 
 def checkpoint_file(step: int) -> str:
@@ -117,30 +118,39 @@ class HandIn:
                 await asyncio.to_thread(pending.drop, kept)
 
     async def reveal(self, lease: Lease, ckpt: Path, steps: list[int]) -> None:
-        """Upload the checkpoints an audit asked for; a refused or missing one is logged, not retried."""
+        """Upload the checkpoints an audit asked for; a refused or missing one is logged, not retried.
+        One the coordinator does not answer for is retried for REVEAL_KEEP_S: its audit holds the
+        round open until it comes or the round's deadline passes (a replica dying, one busy)."""
         a = self.agent
+        revealed = []
         for step in steps:
             path = ckpt / checkpoint_file(step)
             if not path.is_file():
                 log.warning("task %s: the audit asks for step %d, which this node has no checkpoint of",
                             lease.task_id[:12], step)  # fmt: skip
                 continue
-            for attempt in range(3):
+            give_up, failures = time.monotonic() + REVEAL_KEEP_S, 0
+            while True:
                 try:
                     ok, reason = await a.client.reveal(lease.task_id, lease.attempt, step, path)
                 except grpc.aio.AioRpcError as e:
                     await a._on_rpc_error(e, "reveal")
-                    if e.code() not in (*RETRYABLE, grpc.StatusCode.UNAUTHENTICATED) or attempt == 2:
+                    failures += 1
+                    if e.code() not in (*RETRYABLE, grpc.StatusCode.UNAUTHENTICATED) or time.monotonic() > give_up:
+                        log.warning("task %s: checkpoint %d not revealed: %s", lease.task_id[:12], step, e.details())
                         break
-                    await asyncio.sleep(backoff(attempt + 1, 0.5))
+                    busy = e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                    await asyncio.sleep(retry_after_s(e, failures) if busy else backoff(failures, 0.25, cap=2.0))
                     continue
                 if a.metrics is not None:
                     a.metrics.audits.inc()
                     a.metrics.uploaded(path.stat().st_size)
-                if not ok:
+                if ok:
+                    revealed.append(step)
+                else:
                     log.warning("task %s: checkpoint %d refused: %s", lease.task_id[:12], step, reason)
                 break
-        log.info("task %s/%d: revealed checkpoints %s for its audit", lease.task_id[:12], lease.attempt, steps)
+        log.info("task %s/%d: revealed checkpoints %s for its audit", lease.task_id[:12], lease.attempt, revealed)
 
     async def report(self, task_id: str, attempt: int, error: TaskError, timeout: float | None = None) -> None:
         """Tell the coordinator a lease ends without a result (failed, or given back)."""

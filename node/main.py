@@ -16,7 +16,7 @@ from node.config import CHAIN, CONFIG, COORDINATOR, GLOBAL, PASSWORD_ENV, RUN, S
 from tensorgrid import config, config_show, exitcodes
 from tensorgrid.crypto import Signer, load_keystore, save_keystore
 from tensorgrid.errors import KeystoreError, TensorGridError
-from tensorgrid.logs import setup_logging
+from tensorgrid.logs import dump_stacks_on_signal, setup_logging
 from tensorgrid.sandbox.confine import forbid_inspection
 from tensorgrid.tls import ClientTls
 from tensorgrid.types import Domain
@@ -204,6 +204,7 @@ def unknown_variables() -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     ns = parse_args(argv)
     setup_logging(ns.verbose, "tensorgrid.node", ns.log_format)
+    dump_stacks_on_signal()  # kill -USR1: every thread's stack into the log (README, Logs)
     for name in unknown_variables():
         log.warning("$%s is set but is no setting of %s (misspelt?): ignored", name, PROGRAM)
     forbid_inspection()  # a job's worker must not read this process's key or environment

@@ -11,8 +11,10 @@ repr(): a log call never raises for what it carries.
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import logging
+import signal
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -85,3 +87,10 @@ def setup_logging(
     root.setLevel(logging.DEBUG if verbose else (logging.INFO if level is None else level))
     root.propagate = False
     return logging.getLogger(name)
+
+
+def dump_stacks_on_signal(signum: int = signal.SIGUSR1) -> None:
+    """`kill -USR1 PID` writes every thread's Python stack to stderr (the daemon's log), the
+    process going on: what a daemon that seems stuck waits on, where no debugger or py-spy may
+    attach (a node forbids inspection, a container lacks ptrace). A daemon's entry point calls it."""
+    faulthandler.register(signum, all_threads=True)

@@ -82,6 +82,9 @@ class BaseKind:
     async def examine(self, task: TaskRecord, node: str, output: BlobRef) -> Effect | None:
         return None
 
+    async def still_wanted(self, task: TaskRecord, node: str, output_sha: str) -> tuple[int, ...]:
+        return ()
+
     def assemble(self, outputs: list[BlobRef], blobs: BlobStore) -> BlobRef:
         """A manifest of the outputs' hashes, in task order."""
         return blobs.put_bytes(json.dumps([o.sha256 for o in outputs]).encode())

@@ -31,10 +31,10 @@ from coordinator.repositories import results
 from coordinator.repositories.jobs import job_complete
 from coordinator.repositories.leasing import MAX_PER_CALL
 from coordinator.repositories.ledger import credits
-from coordinator.repositories.tasks import TaskRepository
+from coordinator.repositories.tasks import TaskRecord, TaskRepository
 from coordinator.services.aggregation import Aggregation
-from coordinator.services.blobs import MemoryBudget, collect, receive_into
-from coordinator.services.kind import Effect, KindLookup
+from coordinator.services.blobs import MemoryBudget, collect, drain, receive_into
+from coordinator.services.kind import Effect, Kind, KindLookup
 from coordinator.services.runtime import Runtime
 from coordinator.services.scheduler import LeaseOutcome, Scheduler
 from coordinator.services.verifier import Verifier
@@ -212,18 +212,28 @@ class Acceptance:
             if want:
                 await self.scheduler.before_lease(node)
             task = await self.scheduler.task_record(receipt.task_id)
+            kind = self.kinds.for_task(task.kind)
+            if owed := await self._still_owed(task, kind, node, receipt):
+                if not isinstance(data, bytes):
+                    await drain(data, size)  # stored when it was accepted
+                return self._answer_again(task, node, owed)
             self.verifier.check_receipt(task, node, receipt)
             if size > self.limits.max_output_bytes:
                 raise Rejected(f"output of {size} bytes is over the limit of {self.limits.max_output_bytes}")
             output = await self._receive_output(receipt, size, data)
-            kind = self.kinds.for_task(task.kind)
             rows = None
             if kind.checks_output:
                 rows = await self.rt.work(kind.check_output, task, receipt, self.blobs.path_for(output.sha256))
             effect = await kind.examine(task, node, output)
-            job_id, complete, leases = await self.results.submit(
-                ResultItem(node, receipt, output, rows, effect, max(0, min(want, MAX_WANT)))
-            )
+            try:
+                job_id, complete, leases = await self.results.submit(
+                    ResultItem(node, receipt, output, rows, effect, max(0, min(want, MAX_WANT)))
+                )
+            except Rejected:  # an earlier attempt of this result, its caller gone, may have committed first
+                done = await self.rt.db(self.tasks.get_task, receipt.task_id)
+                if not (owed := await self._still_owed(done, kind, node, receipt)):
+                    raise
+                return self._answer_again(done, node, owed)
         except (Rejected, BlobError, NotFound) as e:
             await self._reject(node, receipt, str(e), forged=isinstance(e, Forged | HashMismatch))
             raise
@@ -234,6 +244,31 @@ class Acceptance:
         if complete:
             self.aggregation.schedule(job_id)
         return Accepted(job_id, complete, effect.reveal_steps if effect is not None else (), leases)
+
+    async def _still_owed(self, task: TaskRecord, kind: Kind, node: str, receipt: Receipt) -> tuple[int, ...]:
+        """What the answer to this node's result asked of it that it still owes, when the task is
+        already done by this very result: its first answer was lost (the replica that committed
+        it died before answering, or the node's deadline ran out while the group commit went
+        through: it commits for a caller already gone) and the node hands the result in again.
+        A training audit's checkpoints are such a debt: a node reveals only what an answer names,
+        and refused like any result of an ended lease, the audit waited for them until its
+        round's deadline (15 minutes by default), holding the round open. (): refused as before.
+
+        Nothing changes by answering again: the task is done, credited or not as before. The
+        caller is the session's node and the output must be the one accepted, so the signature
+        is not checked again."""
+        if task.state != "done" or task.node != node or task.attempt != receipt.attempt:
+            return ()
+        if receipt.job_id != task.job_id or receipt.input_hash != task.input.sha256:
+            return ()
+        return await kind.still_wanted(task, node, receipt.output_hash)
+
+    def _answer_again(self, task: TaskRecord, node: str, owed: tuple[int, ...]) -> Accepted:
+        log.info(
+            "task %s/%d: %s handed its accepted result in again (its answer was lost): asked again for %s",
+            task.task_id[:12], task.attempt, node, list(owed),
+        )  # fmt: skip
+        return Accepted(task.job_id, False, owed)
 
     async def _receive_output(self, receipt: Receipt, size: int, data: Output) -> BlobRef:
         expected = BlobRef(receipt.output_hash, size)

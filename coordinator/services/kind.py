@@ -71,6 +71,12 @@ class Kind(Protocol):
     async def examine(self, task: TaskRecord, node: str, output: BlobRef) -> Effect | None:
         """What accepting this result will do; None: only the generic part, and it is paid now."""
 
+    async def still_wanted(self, task: TaskRecord, node: str, output_sha: str) -> tuple[int, ...]:
+        """`node` hands in again the result (`output_sha`) it already delivered for `task`: its
+        answer was lost (the replica that committed it died, or the node's deadline ran out as the
+        commit went through). What that answer asked of the node that it still owes (a training
+        audit's checkpoint steps), to be answered again; (): nothing, the repeat is refused."""
+
     def assemble(self, outputs: list[BlobRef], blobs: BlobStore) -> BlobRef:
         """The job's one result from its tasks' outputs, in task order (blocking)."""
 

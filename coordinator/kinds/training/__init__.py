@@ -78,6 +78,11 @@ class TrainingKind(BaseKind):
             return None
         return OpenAudit(plan, None if plan.steps else audits.starter(task.task_id, task.attempt))
 
+    async def still_wanted(self, task: TaskRecord, node: str, output_sha: str) -> tuple[int, ...]:
+        """The checkpoints the result's audit still waits for: the node reveals only what an
+        answer names, so without them again the audit would hold its round open to the deadline."""
+        return await self.rounds.audits.unrevealed(task.task_id, task.attempt, node, output_sha)
+
     def after_accept(self, job_ids: Iterable[str]) -> None:
         """A round may close now; the first call starts the round manager's loop."""
         self.rounds.poke(job_ids)

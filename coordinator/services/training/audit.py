@@ -131,6 +131,16 @@ class Auditor:
         if audit.complete:
             rt.spawn(self._audit_and_poke(audit))
 
+    async def unrevealed(self, task_id: str, attempt: int, node: str, output_sha: str) -> tuple[int, ...]:
+        """The steps the open audit of `node`'s accepted result (`output_sha`) still waits for; ()
+        when there is no such audit, it is over, or its deadline passed."""
+        audit = await self.rt.db(db.get_audit, self.engine, task_id, attempt)
+        if audit is None or audit.node != node or audit.output_sha != output_sha or audit.state != PENDING:
+            return ()
+        if self.rt.now_ms() > audit.deadline_ms:
+            return ()
+        return tuple(step for step in audit.steps if step not in audit.revealed)
+
     def starter(self, task_id: str, attempt: int) -> Callable[[], None]:
         """What starts the audit of a result that waits on no reveal, once its accept committed
         (its round may close before the round manager's next pass; a reveal would start it)."""

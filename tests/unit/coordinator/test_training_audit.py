@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import random
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,6 +24,7 @@ from coordinator.errors import NotFound, Rejected
 from coordinator.kinds.training.check import check_train_output
 from coordinator.kinds.training.effects import OpenAudit
 from coordinator.repositories.ledger.credits import set_job_price
+from coordinator.repositories.tasks import TaskRecord
 from coordinator.repositories.training import audits as audit_store
 from coordinator.repositories.training.audits import AuditPlan
 from coordinator.repositories.training.rounds import round_history
@@ -31,6 +33,7 @@ from coordinator.services.acceptance import ResultAcceptance, ResultItem
 from coordinator.services.intake import plan_job
 from coordinator.services.runtime import Runtime
 from coordinator.services.training.replay import AuditCase, check_reveal, reveal_plan
+from tensorgrid.crypto import Signer, sign_receipt
 from tensorgrid.errors import TensorGridError
 from tensorgrid.sandbox import SandboxLimits
 from tensorgrid.spec import TrainingSpec, VerificationSpec, canonical_json, job_id_for, spec_hash
@@ -583,6 +586,143 @@ def test_reveals_are_refused_unless_asked_for(
     asyncio.run(scenario())
     audit = audit_store.get_audit(app.store.engine, d.lease.task_id, d.lease.attempt)
     assert audit is not None and audit.revealed == {} and audit.state == "pending"
+
+
+def _signed(app: Coordinator, signer: Signer, d: Done) -> Receipt:
+    output = hashlib.sha256(d.out.read_bytes()).hexdigest()
+    receipt = Receipt(d.lease.job_id, d.lease.task_id, d.lease.attempt, d.lease.input.sha256, output, d.commitment)
+    return sign_receipt(signer, app.domain, receipt)
+
+
+async def _hand_in(app: Coordinator, signer: Signer, d: Done) -> tuple[int, ...]:
+    """SubmitSmallResult as the servicer calls it; the reveal steps of its answer."""
+    data = d.out.read_bytes()
+    return (await app.acceptance.submit(signer.address, _signed(app, signer, d), len(data), data)).reveal_steps
+
+
+@pytest.mark.parametrize("read", ["after", "before"])
+def test_a_node_whose_answer_was_lost_is_asked_again_for_its_audits_checkpoints(
+    coordinator: Coordinator, files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, read: str
+) -> None:
+    """An audited result was committed but its answer, naming the checkpoints to reveal, never
+    reached the node: the replica that committed it was killed, or the node's deadline ran out
+    while the group commit went through (it commits for a caller already gone: a coordinator
+    whose work threads waited minutes on its referee's start). The node hands the result in
+    again, and is told again what to reveal: refused instead ("the lease is over"), it revealed
+    nothing and the audit held the round open until its deadline, 15 minutes by default (the
+    flaky hang of test_replicas). read: the repeat's task record was read after the first
+    commit, or before it (a repeat running alongside the attempt whose caller went)."""
+    app = coordinator
+    draw(app, monkeypatch, 0)  # replay steps 0 → 2: reveal checkpoint 2
+    job_id, _ = submit(app, files)
+    signers = [Signer.generate() for _ in range(2)]
+    for i, signer in enumerate(signers):
+        app.store.nodes.register_node(signer.address, CPU, f"{i + 10:056x}{job_id[:8]}", 0, 10**12, f"n-{i}")
+
+    original, stale = app.scheduler.task_record, {}
+
+    async def task_record(task_id: str) -> TaskRecord:
+        return stale.pop(task_id) if task_id in stale else await original(task_id)
+
+    monkeypatch.setattr(app.scheduler, "task_record", task_record)
+
+    async def scenario() -> Done:
+        done = [compute(app, signer.address, tmp_path) for signer in signers]
+        leased = app.store.tasks.get_task(done[0].lease.task_id)
+        assert [await _hand_in(app, signer, d) for signer, d in zip(signers, done, strict=True)] == [(2,), (2,)]
+        if read == "before":  # the repeat got the task as leased, before the first attempt committed
+            stale[leased.task_id] = leased
+        assert await _hand_in(app, signers[0], done[0]) == (2,)  # the answer again, nothing else
+        assert await app.rounds.advance(job_id) == "auditing"
+        for d in done:
+            await reveal(app, d, 2)
+            assert (await settled(app, d)).state == "passed"
+        assert await app.rounds.advance(job_id) == "closed"  # not held until the deadline
+        with pytest.raises(Rejected, match="lease is over"):  # nothing owed any more: refused as before
+            await _hand_in(app, signers[0], done[0])
+        return done[0]
+
+    first = asyncio.run(scenario())
+    assert credited(app, first.lease.task_id) == [signers[0].address]  # paid once
+    assert app.store.nodes.get_node(signers[0].address).rejections == 0  # type: ignore[union-attr]
+
+
+def test_a_repeat_of_an_accepted_result_is_refused_when_nothing_is_owed(
+    coordinator: Coordinator, files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the node whose result it was, with that very output, is answered again."""
+    app = coordinator
+    draw(app, monkeypatch, 0)
+    job_id, _ = submit(app, files)
+    node, other = Signer.generate(), Signer.generate()
+    for i, signer in enumerate((node, other)):
+        app.store.nodes.register_node(signer.address, CPU, f"{i + 20:056x}{job_id[:8]}", 0, 10**12, f"m-{i}")
+
+    async def scenario() -> None:
+        d = compute(app, node.address, tmp_path)
+        assert await _hand_in(app, node, d) == (2,)
+        with pytest.raises(Rejected, match="does not hold"):  # another node's copy
+            await _hand_in(app, other, replace(d, node=other.address))
+        forged = replace(d, out=tmp_path / "other.out")
+        forged.out.write_bytes(d.out.read_bytes()[:-1] + b"\0")
+        with pytest.raises(Rejected, match="lease is over"):  # other bytes under the same lease
+            await _hand_in(app, node, forged)
+
+    asyncio.run(scenario())
+
+
+def test_a_round_held_open_by_its_audits_says_which_results_wait_for_what(
+    coordinator: Coordinator,
+    files: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """What an operator (or the next engineer) sees of a round whose audits wait for reveals:
+    a warning naming the results and the checkpoints missing, once it has been held slow_s."""
+    app = coordinator
+    draw(app, monkeypatch, 0)
+    job_id, _ = submit(app, files)
+    app.rounds.slow_s = 0.0
+
+    async def scenario() -> None:
+        for node in NODES[:2]:
+            assert await deliver(app, compute(app, node, tmp_path)) is not None
+        assert await app.rounds.advance(job_id) == "auditing"
+
+    asyncio.run(scenario())
+    (held,) = [r.getMessage() for r in caplog.records if "held open" in r.getMessage()]
+    assert f"job {job_id[:12]} round 1 held open" in held
+    assert held.count("checkpoints [2] not revealed") == 2 and NODES[0] in held and NODES[1] in held
+
+
+def test_a_slow_advance_is_logged_with_the_step_it_waits_on(
+    coordinator: Coordinator, files: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One advance waits for the whole round manager (one loop for every job): past slow_s it
+    is logged with the step it is at, here torch_lock held by an audit's replay."""
+    app = coordinator
+    job_id, _ = submit(app, files, verification=VerificationSpec(mode="none"))
+
+    async def scenario() -> None:
+        for node in NODES[:2]:
+            assert await deliver(app, compute(app, node, tmp_path)) is None
+        async with app.rounds.torch_lock:  # an audit's replay holds it
+            advancing = asyncio.ensure_future(app.rounds.advance(job_id))
+            for _ in range(2400):  # reading the round and its audits first: seconds on a loaded machine
+                await asyncio.sleep(0.05)
+                if app.rounds._advancing is not None and "torch_lock" in app.rounds._advancing.step:
+                    break
+            else:
+                raise AssertionError("the advance never reached torch_lock")
+            app.rounds.check_slow(time.monotonic())  # not slow yet: nothing logged
+            app.rounds.check_slow(time.monotonic() + app.rounds.slow_s + 1)
+        assert await advancing == "closed"
+        app.rounds.check_slow(time.monotonic() + 10 * app.rounds.slow_s)  # none under way: nothing
+
+    asyncio.run(scenario())
+    (slow,) = [r.getMessage() for r in caplog.records if "slow" in r.getMessage()]
+    assert f"job {job_id[:12]} has been advanced for" in slow and "waiting for torch_lock" in slow
 
 
 async def _nothing() -> AsyncIterator[bytes]:

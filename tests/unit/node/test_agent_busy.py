@@ -7,6 +7,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import grpc
 import pytest
@@ -14,6 +15,7 @@ import pytest
 from node.agent import BUSY_RETRIES, Agent
 from node.cache import BlobCache
 from node.config import AgentConfig
+from node.handin import checkpoint_file
 from tensorgrid.crypto import Signer
 from tensorgrid.rpc import RETRY_AFTER_METADATA_KEY
 from tensorgrid.types import BlobRef, Capabilities, ErrorKind, TaskError
@@ -101,3 +103,52 @@ def test_other_errors_are_not_retried(tmp_path: Path) -> None:
     with pytest.raises(grpc.aio.AioRpcError):
         asyncio.run(_read(tmp_path, denied))
     assert denied.calls["fetch"] == 1
+
+
+class _Revealing:
+    """A coordinator that does not answer `unanswered` reveals (a replica dying, the next one
+    busy), then takes them."""
+
+    def __init__(self, unanswered: list[grpc.StatusCode]) -> None:
+        self.unanswered = unanswered
+        self.taken: list[int] = []
+        self.calls = 0
+        self.target = "127.0.0.1:1"
+
+    async def reveal(self, task_id: str, attempt: int, step: int, data: Path) -> tuple[bool, str]:
+        self.calls += 1
+        if self.unanswered:
+            raise refused(self.unanswered.pop(0), hint_ms=1)
+        self.taken.append(step)
+        return True, ""
+
+    async def close(self) -> None:
+        pass
+
+
+def test_a_reveal_no_coordinator_answered_is_sent_again_until_one_takes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint its audit waits for: lost, the audit holds its round open until the round's
+    deadline (15 minutes by default). It used to be tried three times in about 1.5 s."""
+    monkeypatch.setattr("node.handin.backoff", lambda failures, base, cap=0.0: 0.001)
+    codes = grpc.StatusCode
+    coordinator = _Revealing([codes.UNAVAILABLE, codes.UNAVAILABLE, codes.RESOURCE_EXHAUSTED, codes.UNAVAILABLE])
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / checkpoint_file(5)).write_bytes(b"weights")
+    lease = SimpleNamespace(task_id="t" * 64, attempt=1)
+
+    async def scenario() -> None:
+        a = agent(tmp_path, coordinator)  # type: ignore[arg-type]
+        await a.handin.reveal(lease, tmp_path / "ckpt", [5])  # type: ignore[arg-type]
+
+    asyncio.run(scenario())
+    assert coordinator.taken == [5] and coordinator.calls == 5
+
+    refusing = _Revealing([codes.INVALID_ARGUMENT])  # a refusal is not retried
+
+    async def refused_once() -> None:
+        await agent(tmp_path, refusing).handin.reveal(lease, tmp_path / "ckpt", [5])  # type: ignore[arg-type]
+
+    asyncio.run(refused_once())
+    assert refusing.calls == 1 and refusing.taken == []

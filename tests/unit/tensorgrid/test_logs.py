@@ -5,8 +5,12 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 
@@ -124,3 +128,23 @@ def test_each_program_has_its_own_log_format_setting() -> None:
     assert config.LOG_FORMAT in cli.SETTINGS and node_config.LOG_FORMAT in node_config.GLOBAL
     for setting in (config.LOG_FORMAT, coordinator_settings.LOG_FORMAT, node_config.LOG_FORMAT):
         assert setting.default == "text" and tuple(setting.choices or ()) == ("text", "json")
+
+
+@pytest.mark.parametrize("entry", ["coordinator.main", "node.main"])
+def test_sigusr1_writes_every_threads_stack_into_a_daemons_log(entry: str) -> None:
+    """`kill -USR1` on a daemon that seems stuck: its threads' stacks go to stderr (its log)
+    and it goes on (README, Logs). Its entry point arms this, whatever the command."""
+    script = (
+        "import os, signal, threading\n"
+        f"from {entry} import main\n"
+        "main(['config', 'show'])\n"
+        "threading.Thread(target=threading.Event().wait, args=(30,), name='waiter', daemon=True).start()\n"
+        "os.kill(os.getpid(), signal.SIGUSR1)\n"
+        "print('still running')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith("still running")
+    assert "Current thread" in done.stderr and done.stderr.count("Thread 0x") >= 1  # the waiter's too
+    assert "in wait" in done.stderr
