@@ -215,7 +215,7 @@ class Acceptance:
             kind = self.kinds.for_task(task.kind)
             if owed := await self._still_owed(task, kind, node, receipt):
                 if not isinstance(data, bytes):
-                    await drain(data, size)  # stored when it was accepted
+                    await drain(data, min(size, self.limits.max_output_bytes))  # stored when it was accepted
                 return self._answer_again(task, node, owed)
             self.verifier.check_receipt(task, node, receipt)
             if size > self.limits.max_output_bytes:
