@@ -52,11 +52,10 @@ from node.executor import Executor, TaskOutcome, TaskRequest
 from node.fetching import BlobFetcher, TaskBlobs
 from node.handin import HandIn
 from node.host import Host
-from tensorgrid.rpc import retry_after_s
+from tensorgrid.rpc import LEASE_WAIT_MS, retry_after_s
 from tensorgrid.types import ErrorKind, Lease, TaskError
 
 log = logging.getLogger("tensorgrid.node")
-LEASE_WAIT_MS = 5_000
 CHECKPOINTS = "checkpoints"
 AHEAD_MAX_SHARE = 0.1  # lease ahead only when a run takes at most this share of a task's time limit
 AHEAD_LEAD_S = 1.0  # lease ahead this long (plus the last fetch's time) before the running task should end
