@@ -94,6 +94,7 @@ class Scheduler:
             if not await self._known_idle(signal):
                 left = min(left, BUSY_RELOOK_S)
             woken = await hub.wait_for_work(left, signal)
+            await self.before_lease(node)  # its stake as every call reads it (cached a minute)
             signal = hub.work_signal()
             leases, retry = await self._lease_once(node, max_tasks or 1, signal)
             if woken and not leases and retry == IDLE_RETRY_MS:
