@@ -195,7 +195,8 @@ class Fleet:
         await asyncio.wait({call, changed}, return_when=asyncio.FIRST_COMPLETED)
         changed.cancel()
         if not call.done():
-            call.cancel()
+            call.cancel()  # gRPC ends it with an AioRpcError (CANCELLED): taken here, not logged as never retrieved
+            call.add_done_callback(lambda done: done.cancelled() or done.exception())
             return None
         try:
             leases, retry_ms = call.result()

@@ -225,7 +225,8 @@ class Slot:
         await asyncio.wait({call, drained}, return_when=asyncio.FIRST_COMPLETED)
         drained.cancel()
         if not call.done():  # draining: stop waiting for work
-            call.cancel()
+            call.cancel()  # gRPC ends it with an AioRpcError (CANCELLED): taken here, not logged as never retrieved
+            call.add_done_callback(lambda done: done.cancelled() or done.exception())
             return None
         try:
             leases, retry_ms = call.result()
