@@ -37,13 +37,12 @@ import grpc
 from benchmarks._raw import ECHO_METHOD
 from tensorgrid.crypto import Signer
 from tensorgrid.nodeclient import NodeClient
-from tensorgrid.rpc import retry_after_s
+from tensorgrid.rpc import LEASE_WAIT_MS, retry_after_s
 from tensorgrid.tls import open_channel
 from tensorgrid.types import BlobRef, Capabilities, Lease
 
 CPU = Capabilities(device_kind="cpu", memory_bytes=8 << 30, cpu_cores=2)
 EMPTY = BlobRef(hashlib.sha256(b"").hexdigest(), 0)
-LEASE_WAIT_MS = 5_000  # node.agent.LEASE_WAIT_MS
 LAG_TICK_S = 0.01  # the loop-lag probe's sleep
 REGISTER_AT_ONCE = 128  # below the coordinator's concurrent calls per IP address without a session
 
@@ -103,10 +102,11 @@ def lag_summary(lags: list[float]) -> dict[str, float | None]:
 class Fleet:
     """The simulated nodes of this process and the mode they run in."""
 
-    def __init__(self, target: str, first: int, count: int, task_s: float) -> None:
+    def __init__(self, target: str, first: int, count: int, task_s: float, lease_wait_ms: int = LEASE_WAIT_MS) -> None:
         self.target = target
         self.indexes = range(first, first + count)
         self.task_s = task_s
+        self.lease_wait_ms = lease_wait_ms
         self.mode = "idle"  # long-polls an empty queue, as "noop" does
         self.mode_changed = asyncio.Event()
         self.tally = Tally()
@@ -187,10 +187,19 @@ class Fleet:
             pass
 
     async def _lease(self, c: NodeClient) -> Lease | None:
-        """One LeaseTasks long poll, as node.agent._lease_one does."""
+        """One LeaseTasks long poll, as node.slot's _lease_one does; a change of mode ends it, as
+        draining ends the daemon's (so hold mode begins at once, not when the polls time out)."""
         started = time.time()
+        call = asyncio.ensure_future(c.lease(1, wait_ms=self.lease_wait_ms))
+        changed = asyncio.ensure_future(self.mode_changed.wait())
+        await asyncio.wait({call, changed}, return_when=asyncio.FIRST_COMPLETED)
+        changed.cancel()
+        if not call.done():
+            call.cancel()  # gRPC ends it with an AioRpcError (CANCELLED): taken here, not logged as never retrieved
+            call.add_done_callback(lambda done: done.cancelled() or done.exception())
+            return None
         try:
-            leases, retry_ms = await c.lease(1, wait_ms=LEASE_WAIT_MS)
+            leases, retry_ms = call.result()
         except grpc.aio.AioRpcError as e:
             self.tally.error(e)
             busy = e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -294,12 +303,13 @@ def main() -> None:
     p.add_argument("--count", type=int, required=True)
     p.add_argument("--task-s", type=float, default=20.0, help="mean run time of a held task")
     p.add_argument("--echo", type=float, default=0.0, help="baseline: call the echo server for this many seconds")
+    p.add_argument("--lease-wait-ms", type=int, default=LEASE_WAIT_MS, help="the long poll's wait (the daemon's)")
     ns = p.parse_args()
     raise_fd_limit()
     if ns.echo:
         print(json.dumps(asyncio.run(echo_fleet(ns.target, ns.count, ns.task_s, ns.echo))), flush=True)
     else:
-        asyncio.run(serve_parent(Fleet(ns.target, ns.first, ns.count, ns.task_s)))
+        asyncio.run(serve_parent(Fleet(ns.target, ns.first, ns.count, ns.task_s, ns.lease_wait_ms)))
 
 
 if __name__ == "__main__":

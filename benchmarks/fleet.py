@@ -8,8 +8,12 @@ for one replica as for two. At each size (--sizes: 100 and 1,000 by default, whi
 five minutes on two cores; 5,000 takes about four minutes alone), on a fresh PostgreSQL database:
 
 - memory: the coordinator's RSS before and after the nodes connect, per node;
-- heartbeat load: the database's commits and rows updated per second while every node is
-  connected and idle (heartbeating and long-polling an empty queue), per node;
+- idle cost: while every node is connected and idle (heartbeating and long-polling an empty
+  queue), per second: the database's commits, Heartbeat and LeaseTasks calls as the
+  coordinator counts them, and the cores the coordinator, PostgreSQL and the simulated nodes
+  use (idle_cores). Over two long polls of every node by default (2 × (wait + the 0.5 s retry
+  hint)): the nodes registered together, so their polls end together, and a window a whole
+  number of polls long counts each node's calls whole;
 - lease latency: p50/p99 of LeaseTasks calls that find queued no-op tasks, while the nodes
   hold each task a random time so that the fleet leases --lease-rate tasks/s. As the nodes
   see it (lease), and as the coordinator's own histogram has it (lease_server_side: the share
@@ -64,8 +68,9 @@ from benchmarks._pg import (
 from tensorgrid.client import Client
 from tensorgrid.crypto import Signer
 from tensorgrid.localgrid import LocalGrid
+from tensorgrid.rpc import LEASE_WAIT_MS
 
-LEASE_WAIT_S = 5.0  # benchmarks._fleet.LEASE_WAIT_MS
+IDLE_RETRY_S = 0.5  # what an empty long poll's answer asks a node to wait (the scheduler's IDLE_RETRY_MS)
 GOAL_S = 0.05  # lease p99 goal (a bound of the coordinator's latency histogram)
 
 
@@ -149,6 +154,7 @@ def connect(stack: ExitStack, grids: list[LocalGrid], nodes: int, ns: argparse.N
         count = min(share, nodes - i * share)
         target = grids[i % len(grids)].target
         args = ("--target", target, "--first", str(i * share), "--count", str(count), "--task-s", str(task_s))
+        args += ("--lease-wait-ms", str(ns.lease_wait_ms))
         fleets.append(stack.enter_context(fleet_process(*args, nice=ns.nodes_nice)))
     registered = 0
     for f in fleets:
@@ -172,7 +178,7 @@ def latency_phase(
     from a queue that never runs dry during the phase; returns the job, the latencies the nodes
     saw, their reports, and the coordinator's side of the phase (server_side)."""
     ask_all(fleets, "mode hold")
-    time.sleep(LEASE_WAIT_S + 1)  # the long polls under way end; each node now waits, then asks
+    time.sleep(1.0)  # the long polls under way end (a change of mode ends them); each node now waits, then asks
     job = sdk.submit_noop(int(ns.lease_rate * ns.latency_s * 1.5) + 10)
     ask_all(fleets, f"mark {job.job_id} {time.time()}")
     # The coordinator's own histogram from a second on: long polls begun on the empty queue
@@ -295,16 +301,22 @@ def measure_grid(root: Path, ns: argparse.Namespace, nodes: int, replicas: int) 
         fleets = connect(stack, grids, nodes, ns)
         time.sleep(2.0)
         per_node = (rss(pids) - before) / nodes
-        c0 = [scrape(port) for port in metrics]
-        time.sleep(ns.idle_s)
-        idle = rates(c0, [scrape(port) for port in metrics], ns.idle_s)
-        print(f"  {per_node:,.0f} bytes per node; idle database: {json.dumps(idle)}", flush=True)
+        window = ns.idle_s or 2 * (ns.lease_wait_ms / 1000 + IDLE_RETRY_S)
+        c0, cpu0 = [scrape(port) for port in metrics], phase_cpu(pids, fleets, name)
+        time.sleep(window)
+        idle = rates(c0, [scrape(port) for port in metrics], window)
+        cpu1 = phase_cpu(pids, fleets, name)
+        idle_cores = {k: round((cpu1[k] - cpu0[k]) / window, 3) for k in cpu0}
+        print(f"  {per_node:,.0f} bytes per node; idle: {json.dumps(idle)}, cores {idle_cores}", flush=True)
         with grids[0].client(Signer.generate()) as sdk:
             left, lease_ms, reports, side = latency_phase(grids, fleets, ns, sdk, name, metrics)
             out: dict[str, Any] = {
                 "nodes_registered": nodes,
                 "rss_bytes_per_node": round(per_node),
                 "idle_db": {**idle, "commits_per_node_s": round(idle["commits_per_s"] / nodes, 4)},
+                "idle_cores": idle_cores,
+                "idle_window_s": round(window, 1),
+                "lease_wait_ms": ns.lease_wait_ms,
                 "lease": percentiles(lease_ms),
                 "lease_server_side": side["server_side"]["lease"],
                 "coordinator_loop_lag": side["server_side"]["loop_lag"],
@@ -340,7 +352,12 @@ def parse() -> argparse.Namespace:
     p.add_argument("--tasks", type=int, default=1500, help="no-op tasks of each throughput measurement")
     p.add_argument("--lease-rate", type=float, default=100.0, help="leases/s the fleet asks for in the latency phase")
     p.add_argument("--latency-s", type=float, default=8.0, help="length of the latency phase")
-    p.add_argument("--idle-s", type=float, default=5.0, help="length of the idle (heartbeat load) phase")
+    p.add_argument(
+        "--idle-s", type=float, default=0.0, help="length of the idle phase (0: two long polls of every node)"
+    )
+    p.add_argument(
+        "--lease-wait-ms", type=int, default=LEASE_WAIT_MS, help="how long the simulated nodes' long polls ask to wait"
+    )
     p.add_argument(
         "--database-url",
         default=os.environ.get("TENSORGRID_TEST_PG", DEFAULT_ADMIN_URL),

@@ -32,7 +32,7 @@ from node.host import Cancel
 from node.pending import PendingResults
 from node.serving.replica import ReplicaContext
 from node.serving.stream import ServeLoop
-from node.slot import CHECKPOINTS, LEASE_WAIT_MS, Slot
+from node.slot import CHECKPOINTS, Slot
 from tensorgrid.crypto import Signer
 from tensorgrid.errors import TensorGridError
 from tensorgrid.nodeclient import NodeClient
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from node.metrics import NodeMetrics  # only with --metrics-listen: prometheus_client loads then
 
 log = logging.getLogger("tensorgrid.node")
-__all__ = ["BUSY_RETRIES", "CHECKPOINTS", "LEASE_WAIT_MS", "RESULT_KEEP_S", "RETRYABLE", "Agent", "checkpoint_file"]
+__all__ = ["BUSY_RETRIES", "CHECKPOINTS", "RESULT_KEEP_S", "RETRYABLE", "Agent", "checkpoint_file"]
 
 
 class Agent:

@@ -52,11 +52,10 @@ from node.executor import Executor, TaskOutcome, TaskRequest
 from node.fetching import BlobFetcher, TaskBlobs
 from node.handin import HandIn
 from node.host import Host
-from tensorgrid.rpc import retry_after_s
+from tensorgrid.rpc import LEASE_WAIT_MS, retry_after_s
 from tensorgrid.types import ErrorKind, Lease, TaskError
 
 log = logging.getLogger("tensorgrid.node")
-LEASE_WAIT_MS = 5_000
 CHECKPOINTS = "checkpoints"
 AHEAD_MAX_SHARE = 0.1  # lease ahead only when a run takes at most this share of a task's time limit
 AHEAD_LEAD_S = 1.0  # lease ahead this long (plus the last fetch's time) before the running task should end
@@ -226,7 +225,8 @@ class Slot:
         await asyncio.wait({call, drained}, return_when=asyncio.FIRST_COMPLETED)
         drained.cancel()
         if not call.done():  # draining: stop waiting for work
-            call.cancel()
+            call.cancel()  # gRPC ends it with an AioRpcError (CANCELLED): taken here, not logged as never retrieved
+            call.add_done_callback(lambda done: done.cancelled() or done.exception())
             return None
         try:
             leases, retry_ms = call.result()

@@ -59,6 +59,19 @@ def retry_after_s(error: object, failures: int, base_s: float = 0.5, cap_s: floa
 
 RECONNECT_MAX_MS = 2_000
 
+# Idle nodes long-poll LeaseTasks: a node asks to be held LEASE_WAIT_MS, the coordinator holds
+# a call at most MAX_LEASE_WAIT_MS. Work reaches a waiting node at once whatever the wait (the
+# coordinator wakes its waiters, and finds another replica's work within a second), so the
+# wait sets the idle cost: each idle node asks about once per wait (plus the 0.5 s retry hint),
+# ~1,000 LeaseTasks a second for 5,000 idle nodes at 5 s, ~200 at 25 s. Why not longer: a proxy
+# in front of the coordinator must let one call last the wait (GCP's load balancer ends one at
+# 30 s by default, nginx's grpc_read_timeout at 60 s; Envoy's 15 s route timeout must be
+# raised). The call's deadline is the client's timeout on top of the wait. A coordinator that
+# dies closes its sockets and fails the poll at once; one that vanishes without a word (host
+# down, partition) is found by the keepalive below (a ping every 30 s, 10 s to answer).
+LEASE_WAIT_MS = 25_000
+MAX_LEASE_WAIT_MS = 30_000
+
 
 def channel_options() -> Sequence[tuple[str, int]]:
     """Options for every channel and server: message limits, keepalive for NAT, and reconnects.

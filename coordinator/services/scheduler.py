@@ -18,14 +18,16 @@ from coordinator.repositories.store import Store
 from coordinator.repositories.tasks import REAP_BATCH, Heartbeat, TaskRecord
 from coordinator.services.pacing import HeartbeatPacing
 from coordinator.services.runtime import Runtime
+from tensorgrid.rpc import MAX_LEASE_WAIT_MS
 from tensorgrid.types import Lease, TaskError
 
 log = logging.getLogger("tensorgrid.coordinator")
 LEASE_BOOK_SIZE = 200_000
-MAX_LEASE_WAIT_MS = 10_000
 HEARTBEAT_GATHER_S = 0.05
 IDLE_RETRY_MS = 500  # what leasing answers when there is simply no work
 IDLE_MEMO_S = 1.0  # how long "no task is pending anywhere" is believed without a wake-up
+# While tasks wait that a long-polling node may not take, it looks again this often (see lease)
+BUSY_RELOOK_S = 5.0
 LeaseOutcome = tuple[list[Lease], int] | Rejected  # (leases, retry_after_ms), or why the node may not lease
 
 
@@ -84,8 +86,15 @@ class Scheduler:
             if left <= 0:
                 break
             # Until work is announced here, or the idle watcher finds another replica's, or the
-            # wait ends (then one more look, as always).
+            # wait ends (then one more look, as always). The whole wait only while the queue is
+            # known empty: a task may otherwise become this node's with no announcement (its
+            # stake grew, its failed task's AVOID_FAILED_NODE_MS ran out, another replica
+            # queued work the watcher, idle only on an empty queue, never counts), so it looks
+            # again every BUSY_RELOOK_S, as every long poll did when the wait was 5 s.
+            if not await self._known_idle(signal):
+                left = min(left, BUSY_RELOOK_S)
             woken = await hub.wait_for_work(left, signal)
+            await self.before_lease(node)  # its stake as every call reads it (cached a minute)
             signal = hub.work_signal()
             leases, retry = await self._lease_once(node, max_tasks or 1, signal)
             if woken and not leases and retry == IDLE_RETRY_MS:
@@ -106,13 +115,24 @@ class Scheduler:
         another replica queued (replicas have no wake-ups between them). Each waiter looking
         again on its own every IDLE_MEMO_S cost 5,000 wake-ups a second, and a burst of
         database queries each time the memo lapsed, at 5,000 idle nodes."""
-        idle = self._idle
-        if idle is not None and idle[0] == signal and time.monotonic() - idle[1] < IDLE_MEMO_S:
+        if self._memo_holds(signal):
             return [], IDLE_RETRY_MS
         leases, retry = await self.leases.submit((node, max_tasks))
         if not leases and retry == IDLE_RETRY_MS and self._idle_check is None:
             self._idle_check = asyncio.ensure_future(self._check_idle(signal))
         return leases, retry
+
+    def _memo_holds(self, signal: int) -> bool:
+        """Whether no task is pending anywhere, as far as this process knows since `signal`."""
+        idle = self._idle
+        return idle is not None and idle[0] == signal and time.monotonic() - idle[1] < IDLE_MEMO_S
+
+    async def _known_idle(self, signal: int) -> bool:
+        """_memo_holds, once the shared look at the queue under way (if any) has answered."""
+        check = self._idle_check
+        if check is not None:
+            await asyncio.shield(check)
+        return self._memo_holds(signal)
 
     async def _relay(self) -> None:
         """This long poll was woken for work it may not take (a CUDA task woke a CPU node, a

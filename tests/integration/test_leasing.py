@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections.abc import Callable
 
 import grpc
@@ -15,7 +16,7 @@ from tensorgrid.client import Client
 from tensorgrid.crypto import Signer
 from tensorgrid.localgrid import LocalGrid
 from tensorgrid.nodeclient import NodeClient
-from tensorgrid.rpc import SMALL_RESULT_BYTES
+from tensorgrid.rpc import LEASE_WAIT_MS, SMALL_RESULT_BYTES
 from tensorgrid.types import BlobRef, Capabilities, JobState
 from tensorgrid.v1 import node_pb2
 from tests.procs import REFEREE_ENTRY, running
@@ -128,3 +129,46 @@ def test_small_results_go_unary_and_large_ones_stream_both_with_leases(grid: Loc
     with Client(grid.target, submitter) as client:
         assert client.job(job_id).tasks_done == 2
         client.cancel(job_id)  # its refused task stays open otherwise
+
+
+def test_an_idle_long_poll_outlasts_the_old_wait_wakes_for_work_and_fails_at_once_with_its_coordinator(
+    make_grid: Callable[..., LocalGrid],
+) -> None:
+    """An idle node's LeaseTasks is held past the 5 s polls used to last, a job submitted meanwhile
+    reaches it at once, and a coordinator killed during a poll fails it at once (its sockets
+    close), not when the 25 s wait or the call's deadline would have ended it."""
+    grid = make_grid()
+    coordinator = grid.start_coordinator()
+    submitter = Signer.generate()
+
+    def submit() -> str:
+        with Client(grid.target, submitter) as client:
+            return client.submit_noop(1).job_id
+
+    async def scenario() -> tuple[bool, str, str, float, float, grpc.StatusCode]:
+        node = NodeClient(grid.target, Signer.generate())
+        await node.register(CPU)
+        poll = asyncio.ensure_future(node.lease(1, wait_ms=LEASE_WAIT_MS))
+        await asyncio.sleep(6.0)
+        held = not poll.done()
+        started = time.monotonic()
+        job_id = await asyncio.to_thread(submit)
+        (lease,), _ = await poll
+        woke = time.monotonic() - started
+        poll = asyncio.ensure_future(node.lease(1, wait_ms=LEASE_WAIT_MS))  # the queue is empty again
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(grid.kill_proc, coordinator)
+        killed = time.monotonic()
+        try:
+            await poll
+            raise AssertionError("the poll outlived its coordinator")
+        except grpc.aio.AioRpcError as e:
+            code = e.code()
+        failed = time.monotonic() - killed
+        await node.close()
+        return held, job_id, lease.job_id, woke, failed, code
+
+    held, job_id, leased, woke, failed, code = asyncio.run(scenario())
+    assert held and leased == job_id
+    assert woke < 5.0, woke  # the submission's round trips, not the rest of the wait
+    assert failed < 2.0 and code == grpc.StatusCode.UNAVAILABLE, (failed, code)

@@ -10,10 +10,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from coordinator.app import Coordinator
 from coordinator.config import CoordinatorConfig
 from coordinator.events import EventHub
+from coordinator.services import scheduler as scheduler_module
 from tensorgrid.crypto import Signer
+from tensorgrid.rpc import LEASE_WAIT_MS, MAX_LEASE_WAIT_MS
 from tensorgrid.spec import NoopSpec, canonical_json, job_id_for, spec_hash
 from tests.unit.coordinator.test_storage import CPU, GPU
 
@@ -93,6 +97,85 @@ async def _shared_check_done(app: Coordinator) -> None:
     deadline = time.monotonic() + 5.0
     while app.scheduler._idle_check is not None and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
+
+
+def _waits_of(app: Coordinator) -> list[float]:
+    """The timeouts the app's long polls wait for work with, from now on."""
+    hub, waits = app.runtime.hub, []
+    real = hub.wait_for_work
+
+    async def recorded(timeout_s: float, signal: int | None = None) -> bool:
+        waits.append(timeout_s)
+        return await real(timeout_s, signal)
+
+    hub.wait_for_work = recorded  # type: ignore[method-assign]
+    return waits
+
+
+def test_an_idle_long_poll_waits_the_whole_wait_and_new_work_wakes_it_at_once(db_url: str, tmp_path: Path) -> None:
+    """On an empty queue a node's long poll sleeps the LEASE_WAIT_MS it asks for (25 s: idle
+    nodes cost a fifth of the LeaseTasks they did at 5 s), capped at MAX_LEASE_WAIT_MS; a job
+    queued meanwhile is leased at once, not at the end of the wait."""
+    app = Coordinator(CoordinatorConfig(data_dir=tmp_path / "coord", database_url=db_url))
+    node = Signer.generate()
+    app.store.nodes.register_node(node.address, CPU, "0" * 64, app.runtime.now_ms(), 10**9, "n")
+    waits = _waits_of(app)
+
+    async def scenario() -> tuple[int, float, list[float]]:
+        poll = asyncio.create_task(app.scheduler.lease(node.address, 1, LEASE_WAIT_MS))
+        greedy = asyncio.create_task(app.scheduler.lease(node.address, 1, 10 * MAX_LEASE_WAIT_MS))
+        await asyncio.sleep(0.5)
+        assert not poll.done() and not greedy.done()
+        greedy.cancel()
+        asked = list(waits)
+        raw = canonical_json(NoopSpec(tasks=1))
+        job, tasks = app.intake.plan(raw, SUBMITTER, spec_hash(raw), job_id_for(SUBMITTER, spec_hash(raw)))
+        started = time.monotonic()
+        app.store.jobs.create_job(job, tasks, app.runtime.now_ms())
+        app.runtime.hub.work_available(len(tasks))
+        leases, _ = await poll
+        woke = time.monotonic() - started
+        await app.stop()
+        return len(leases), woke, asked
+
+    granted, woke, asked = asyncio.run(scenario())
+    assert granted == 1 and woke < 1.0, woke
+    assert LEASE_WAIT_MS == 25_000 and MAX_LEASE_WAIT_MS == 30_000
+    # the whole wait at once (less the lease query and the shared look at the queue), and the cap
+    assert sorted(asked) == pytest.approx([LEASE_WAIT_MS / 1000, MAX_LEASE_WAIT_MS / 1000], abs=0.5), asked
+
+
+def test_a_long_poll_beside_tasks_it_may_not_take_looks_again_every_few_seconds(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a CUDA task waits, a CPU node's long poll does not sleep its whole wait: the idle
+    watcher only runs on an empty queue, so work another replica queues (no wake-up here) is
+    found when the poll looks again, every BUSY_RELOOK_S (shortened here) as when every wait was
+    5 s, not 25 s later. So is work the node becomes eligible for (stake, a failed task's avoid window)."""
+    monkeypatch.setattr(scheduler_module, "BUSY_RELOOK_S", 0.5)
+    app = Coordinator(CoordinatorConfig(data_dir=tmp_path / "coord", database_url=db_url))
+    node = Signer.generate()
+    app.store.nodes.register_node(node.address, CPU, "0" * 64, app.runtime.now_ms(), 10**9, "n")
+
+    def queue(spec: NoopSpec) -> None:  # as another replica does: no wake-up in this process
+        raw = canonical_json(spec)
+        job, tasks = app.intake.plan(raw, SUBMITTER, spec_hash(raw), job_id_for(SUBMITTER, spec_hash(raw)))
+        app.store.jobs.create_job(job, tasks, app.runtime.now_ms())
+
+    queue(NoopSpec(tasks=1, device="cuda"))
+
+    async def scenario() -> tuple[int, float]:
+        poll = asyncio.create_task(app.scheduler.lease(node.address, 1, LEASE_WAIT_MS))
+        await asyncio.sleep(0.3)
+        started = time.monotonic()
+        queue(NoopSpec(tasks=1))
+        leases, _ = await poll
+        found = time.monotonic() - started
+        await app.stop()
+        return len(leases), found
+
+    granted, found = asyncio.run(scenario())
+    assert granted == 1 and found < 3.0, found  # not the 25 s the node asked to wait
 
 
 def test_work_for_n_tasks_wakes_n_waiters_the_longest_waiting_first() -> None:

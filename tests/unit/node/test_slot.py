@@ -21,6 +21,7 @@ from node.executor import TaskOutcome, TaskRequest
 from node.slot import Slot
 from tensorgrid.crypto import Signer
 from tensorgrid.nodeclient import Submitted
+from tensorgrid.rpc import LEASE_WAIT_MS, MAX_LEASE_WAIT_MS
 from tensorgrid.types import BlobRef, Capabilities, Lease, Receipt, TaskError
 
 RUN_S = 0.05
@@ -262,3 +263,35 @@ def test_a_jobs_last_task_goes_to_the_node_free_first(tmp_path: Path, monkeypatc
 
     first, second = asyncio.run(scenario())
     assert sorted(first.started) == ["0", "2"] and sorted(second.started) == ["1", "3"], (first.started, second.started)
+
+
+class IdleGrid(Grid):
+    """No work: LeaseTasks holds each call for the wait it asks, as the coordinator's long poll does."""
+
+    def __init__(self) -> None:
+        super().__init__(0)
+        self.waits: list[int] = []
+
+    async def lease(self, max_tasks: int = 1, wait_ms: int = 0) -> tuple[list[Lease], int]:
+        self.waits.append(wait_ms)
+        await asyncio.sleep(wait_ms / 1000)
+        return [], 500
+
+
+def test_an_idle_slot_long_polls_the_shared_wait_and_draining_ends_the_poll_at_once(tmp_path: Path) -> None:
+    """An idle slot asks LeaseTasks to hold it LEASE_WAIT_MS (25 s), the wait the coordinator's
+    cap allows; a drain does not wait for that poll to end."""
+    grid = IdleGrid()
+
+    async def scenario() -> float:
+        a, worker = make(tmp_path, grid)
+        run = asyncio.create_task(Slot(a, worker).run())  # type: ignore[arg-type]
+        await asyncio.sleep(0.2)
+        started = time.monotonic()
+        a.drain()
+        await asyncio.wait_for(run, 5)
+        return time.monotonic() - started
+
+    drained_in = asyncio.run(scenario())
+    assert grid.waits == [LEASE_WAIT_MS] and LEASE_WAIT_MS <= MAX_LEASE_WAIT_MS
+    assert drained_in < 1.0, drained_in
