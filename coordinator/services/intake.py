@@ -128,7 +128,7 @@ class Intake:
         await self.access.check_spec_blobs(submitter, spec_blobs(spec))
         with self._validation_slot(submitter):
             _, tasks = await rt.work(self.plan, spec_json, submitter, sh, job_id)
-            await rt.work(self.vet, spec_json)
+            await rt.refereed(self.vet, spec_json)
         return Validated(job_id, len(tasks), self.kinds.for_job(spec.kind).paid_tasks(spec, len(tasks)), False)
 
     @contextmanager
@@ -163,7 +163,7 @@ class Intake:
                 self.chain.check_escrow, job_id, sh, submitter, spec.reward_per_task_wei, spec.reward_per_task_wei
             )
         job, tasks = await rt.work(self.plan, spec_json, submitter, sh, job_id)
-        await rt.work(self.vet, spec_json)  # refused here, before any node runs the program
+        await rt.refereed(self.vet, spec_json)  # refused here, before any node runs the program
         if self.chain is not None:
             paid = self.kinds.for_job(spec.kind).paid_tasks(spec, len(tasks))
             budget = await rt.work(

@@ -81,6 +81,8 @@ class Runtime:
         # SQLite has one writer: one DB thread avoids lock contention. PostgreSQL takes a pool.
         self._db_pool = ThreadPoolExecutor(db_threads, thread_name_prefix="db")
         self._work_pool = ThreadPoolExecutor(work_threads, thread_name_prefix="work")
+        # Work that asks the referee waits for it on a thread of its own, in turn (see refereed).
+        self._referee_pool = ThreadPoolExecutor(1, thread_name_prefix="referee")
         self.inline_db = inline_db
         self.sandbox = sandbox
         self.referee: WarmSandbox | None = None  # the warm child services.sandboxed runs graphs in
@@ -109,6 +111,15 @@ class Runtime:
     async def work(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run blob-heavy work (splitting, checking, concatenating) off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self._work_pool, functools.partial(fn, *args, **kwargs))
+
+    async def refereed(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run work that asks the referee (a re-run, replay, review, probe or evaluation in its
+        sandboxed child) on the referee's own thread, one after another in the order asked. The
+        referee answers one request at a time, for up to --referee-time-s each, and its start
+        imports torch: on the work threads, two such calls waiting for it held every thread, and
+        results' checks (check_output) queued behind them for minutes, past the nodes' deadlines."""
+        call = functools.partial(fn, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self._referee_pool, call)
 
     def referee_child(self, make: Callable[[], WarmSandbox]) -> WarmSandbox:
         """The referee, made by `make` when first asked for (services.sandboxed.referee); its
@@ -142,3 +153,4 @@ class Runtime:
         """Wait for the pools' running calls to end."""
         self._db_pool.shutdown(wait=True)
         self._work_pool.shutdown(wait=True)
+        self._referee_pool.shutdown(wait=True)

@@ -186,7 +186,7 @@ class Checks:
                 await self._verdict(batch, [batch.node, other.node])
                 return
         try:
-            truth = await self.rt.work(referee.run_request, self.rt, self.blobs, spec, request)
+            truth = await self.rt.refereed(referee.run_request, self.rt, self.blobs, spec, request)
         except Exception as e:  # noqa: BLE001 - the referee could not run: no verdict, nobody blamed
             self.unverified += 1
             log.warning("the referee could not re-run request %s of endpoint %s: %s", request.request_id,
@@ -195,7 +195,7 @@ class Checks:
         subject_right = referee.answers_match(truth, request.output, _device_class(batch.device_kind))
         other_right = other is None or referee.answers_match(truth, other.output, other_class)
         if not (subject_right and other_right):
-            why = await self.rt.work(self._unsound, spec, batch, index, truth)
+            why = await self.rt.refereed(self._unsound, spec, batch, index, truth)
             if why:
                 self.unverified += 1
                 log.warning("endpoint %s: no one blamed for request %s: %s", batch.endpoint_id[:12],
@@ -275,7 +275,7 @@ class Checks:
             await self.rt.db_bulk(self._record_caught, other.node, batch.endpoint_id, None, "", reason)
             return
         at = theirs.index_of(other.request_id)
-        why = await self.rt.work(self._row_dependent, spec, theirs, at, truth)
+        why = await self.rt.refereed(self._row_dependent, spec, theirs, at, truth)
         if why:  # its batch-mates may explain its answer: it is not blamed
             log.warning("endpoint %s: checker %s not blamed: %s", batch.endpoint_id[:12], other.node, why)
             return

@@ -199,7 +199,7 @@ class Auditor:
         """The replay's finding; None when the sandboxed child went over its limits or died
         (the program's cost is the submitter's choice, not the node's fault)."""
         try:
-            return await self.rt.work(replay_audit, self.rt, self.blobs, case)
+            return await self.rt.refereed(replay_audit, self.rt, self.blobs, case)
         except SandboxFailure as e:
             if e.raised:
                 raise

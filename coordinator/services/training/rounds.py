@@ -3,7 +3,7 @@
 One loop per coordinator process. It wakes when the api reports accepted results for a job
 (poke) and at least once a second (deadlines, other replicas' results, a restart), looks at
 each open training job's current round and, when the round may close (quorum reached, or
-its deadline passed with at least one result), runs the outer step on a work thread and
+its deadline passed with at least one result), runs the outer step on the referee's thread and
 commits the close in one transaction. The database is the only source of truth, so a
 restarted coordinator simply carries on from the last closed round.
 
@@ -156,7 +156,7 @@ class RoundManager:
             files = self._files.get(job_id)
             if files is None:
                 self._at("loading the job's programs (referee) and files")
-                parameters = await rt.work(planner.program_parameters, rt, spec, blobs)
+                parameters = await rt.refereed(planner.program_parameters, rt, spec, blobs)
                 files = self._files[job_id] = await rt.work(planner.job_files, spec, blobs, parameters)
             self._at("checking the results (work threads)")
             results = await rt.work(planner.valid_results, view, blobs)
@@ -164,8 +164,8 @@ class RoundManager:
                 message = f"round {view.round}: none of its {have} results is a valid pseudo-gradient"
                 return await self._fail(job_id, message)
             try:
-                self._at("aggregating and evaluating (work threads, referee)")
-                closed = await rt.work(planner.close, rt, view, results, files, blobs)
+                self._at("aggregating and evaluating (the referee's thread and child)")
+                closed = await rt.refereed(planner.close, rt, view, results, files, blobs)
             except TensorGridError as e:
                 return await self._fail(job_id, f"round {view.round} could not be aggregated: {e}")
         try:

@@ -197,7 +197,7 @@ class Verification:
         a ruling, a serving check), and a grid that never needs it never starts one."""
         if warm:
             try:
-                await self._work(referee(self.rt, self.blobs).warm)
+                await self.rt.refereed(referee(self.rt, self.blobs).warm)
             except SandboxFailure as e:
                 log.warning("the referee's sandbox did not start (it is retried with the first request): %s", e)
         while True:
@@ -221,7 +221,7 @@ class Verification:
         now = self.rt.now_ms()
         started = time.monotonic()
         try:
-            ruling, how = await self._work(self._reexecute, info)
+            ruling, how = await self.rt.refereed(self._reexecute, info)
         except Exception as e:  # noqa: BLE001 - any failure to run means "cannot referee", never a verdict
             log.warning("cannot referee check %s: %s", info.check_id[:12], e)
             job_id = await self._db(self.store.verification.fail_ruling, info.check_id, f"{type(e).__name__}: {e}", now)
@@ -326,7 +326,7 @@ class Verification:
                 continue
             started = time.monotonic()
             try:
-                await self._work(self._make_ahead, job, key)
+                await self.rt.refereed(self._make_ahead, job, key)
             except Exception as e:  # noqa: BLE001 - a run ahead is a head start only: its ruling re-runs
                 log.info("could not run check %s ahead (its ruling will re-run it): %s", check_id[:12], e)
                 return True

@@ -60,7 +60,7 @@ class Reviews:
         reviews = self.store.reviews
         for task in await self.rt.db_bulk(reviews.contested):
             started = time.monotonic()
-            clean, reason = await self.rt.work(self._verdict, task)
+            clean, reason = await self.rt.refereed(self._verdict, task)
             job_id = await self.rt.db(reviews.settle_review, task.task_id, clean, reason, self.rt.now_ms())
             self.reviewed += 1
             log.info(

@@ -135,7 +135,7 @@ class _Runtime:
     async def db(self, fn: Any, *args: Any) -> Any:
         return fn(*args)
 
-    db_bulk = work = db
+    db_bulk = work = refereed = db
 
     def now_ms(self) -> int:
         return int(time.time() * 1000)

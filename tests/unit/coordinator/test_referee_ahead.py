@@ -77,6 +77,8 @@ class _Runtime:
     async def work(self, fn: Any, *args: Any) -> Any:
         return fn(*args)
 
+    refereed = work
+
 
 class _Store:
     """store.verification.ahead answers from `open` (check id → Ahead)."""
