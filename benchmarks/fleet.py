@@ -153,8 +153,8 @@ def connect(stack: ExitStack, grids: list[LocalGrid], nodes: int, ns: argparse.N
     for i in range(procs):
         count = min(share, nodes - i * share)
         target = grids[i % len(grids)].target
-        args = ("--target", target, "--first", str(i * share), "--count", str(count), "--task-s", str(task_s))
-        args += ("--lease-wait-ms", str(ns.lease_wait_ms))
+        args = ["--target", target, "--first", str(i * share), "--count", str(count), "--task-s", str(task_s)]
+        args += ["--lease-wait-ms", str(ns.lease_wait_ms)]
         fleets.append(stack.enter_context(fleet_process(*args, nice=ns.nodes_nice)))
     registered = 0
     for f in fleets:
