@@ -307,6 +307,10 @@ def config_from(ns: argparse.Namespace) -> CoordinatorConfig:
         raise TensorGridError("--lease-ttl-ms must be at least twice --heartbeat-ms, or live nodes lose leases")
     if ns.max_node_leases < 1:
         raise TensorGridError(f"--max-node-leases must be at least 1 (a node holds two per slot): {ns.max_node_leases}")
+    if not ns.referee_time_s > 0 or not ns.referee_memory_mib > 0:  # 0 would leave a stranger's run unbounded
+        raise TensorGridError(
+            f"--referee-time-s and --referee-memory-mib must be above 0: {ns.referee_time_s}, {ns.referee_memory_mib}"
+        )
     operator = ""
     if ns.operator_address:
         try:

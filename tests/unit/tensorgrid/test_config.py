@@ -111,6 +111,14 @@ def test_the_per_node_lease_cap_is_a_setting_of_at_least_one() -> None:
         coordinator_main.config_from(coordinator_main.parse_args(["run", "--max-node-leases", "0"], env={}))
 
 
+@pytest.mark.parametrize("flag", ["--referee-time-s", "--referee-memory-mib"])
+@pytest.mark.parametrize("value", ["0", "-5", "nan"])
+def test_the_referees_limits_must_bound_it(flag: str, value: str) -> None:
+    # The sandbox reads 0 as "no limit": a stranger's graph could then hold the referee for ever.
+    with pytest.raises(TensorGridError, match="must be above 0"):
+        coordinator_main.config_from(coordinator_main.parse_args(["run", flag, value], env={}))
+
+
 @pytest.mark.parametrize(
     ("parser", "settings"),
     [
