@@ -182,17 +182,19 @@ def test_killing_the_replica_the_nodes_use_loses_nothing(
         with Client(cg.grid.targets, signer, chain=chain, ca_cert=cg.grid.ca_cert) as client:
             endpoint, row = _open_endpoint(client, digits)  # a small program: a quick start
             training = _submit_training(client, digits_training)
+            rounds = client.watch_rounds(training)
+            next(rounds)  # round 0 closed: the next one is open, its tasks leased or being trained
+            # Submitted only now, and 60 tasks, so the kill below finds it under way: 20 tasks
+            # submitted with the training job once all ran while round 0 closed.
             job = client.submit_inference(
                 slow_digits.model,
                 slow_digits.inputs,
-                shard_rows=600,
+                shard_rows=200,
                 batch_size=BATCH,
                 device="cpu",
                 reward_per_task_wei=REWARD,
             )
             assert client.target == cg.grid.target  # sticky to the first replica while it answers
-            rounds = client.watch_rounds(training)
-            next(rounds)  # round 0 closed: the next one is open, its tasks leased or being trained
             wait_for(lambda: client.job(job.job_id).tasks_done >= 3, 180, "the inference job to be under way")
             for _ in range(LAST):  # answered, receipted, most likely not yet written by the first replica:
                 client.endpoints.infer_bytes(endpoint, row, timeout_s=30)  # its node hands them to the other
