@@ -67,7 +67,7 @@ class RoundManager:
         self.torch_lock = asyncio.Lock()  # torch.export loading is not thread-safe: one job at a time
         self.slow_s = SLOW_S
         self._advancing: _Advancing | None = None
-        self._held: dict[tuple[str, int], tuple[int, int]] = {}  # (job, round) → (held since, last logged) ms
+        self._held: dict[str, tuple[int, int, int]] = {}  # job → (round, held since, last logged or 0) ms
         self.audits = Auditor(rt, repos, blobs, audit_secret, self.torch_lock, self.poke)
 
     def poke(self, job_ids: Iterable[str]) -> None:
@@ -194,18 +194,19 @@ class RoundManager:
     def _forget(self, job_id: str) -> None:
         """The job's round closed for good (it finished or failed): drop what was kept for it."""
         self._files.pop(job_id, None)
-        self._held = {k: v for k, v in self._held.items() if k[0] != job_id}
+        self._held.pop(job_id, None)
 
     async def _held_open(self, view: RoundView, now: int) -> None:
         """Log a round its audits have held open for slow_s (and each slow_s more): which results,
         waiting for what. A checkpoint never revealed holds it until the round's deadline."""
-        key = (view.job_id, view.round)
-        self._held = {k: v for k, v in self._held.items() if k[0] != view.job_id or k == key}
-        since, logged = self._held.setdefault(key, (now, now))
+        held = self._held.get(view.job_id)
+        if held is None or held[0] != view.round:  # a round held open for the first time
+            held = self._held[view.job_id] = (view.round, now, 0)
+        _, since, logged = held
         slow_ms = int(self.slow_s * 1000)
-        if now - since < slow_ms or now - logged < slow_ms and logged != since:
+        if now - max(since, logged) < slow_ms:
             return
-        self._held[key] = (since, now)
+        self._held[view.job_id] = (view.round, since, now)
         waiting = []
         for a in await self.rt.db(audit_store.round_audits, self.engine, view.job_id, view.round):
             if a.state == audit_store.PENDING:
