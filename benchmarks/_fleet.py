@@ -37,7 +37,7 @@ import grpc
 from benchmarks._raw import ECHO_METHOD
 from tensorgrid.crypto import Signer
 from tensorgrid.nodeclient import NodeClient
-from tensorgrid.rpc import LEASE_WAIT_MS, retry_after_s
+from tensorgrid.rpc import LEASE_WAIT_MS, retry_after_s, unless_set
 from tensorgrid.tls import open_channel
 from tensorgrid.types import BlobRef, Capabilities, Lease
 
@@ -190,13 +190,8 @@ class Fleet:
         """One LeaseTasks long poll, as node.slot's _lease_one does; a change of mode ends it, as
         draining ends the daemon's (so hold mode begins at once, not when the polls time out)."""
         started = time.time()
-        call = asyncio.ensure_future(c.lease(1, wait_ms=self.lease_wait_ms))
-        changed = asyncio.ensure_future(self.mode_changed.wait())
-        await asyncio.wait({call, changed}, return_when=asyncio.FIRST_COMPLETED)
-        changed.cancel()
-        if not call.done():
-            call.cancel()  # gRPC ends it with an AioRpcError (CANCELLED): taken here, not logged as never retrieved
-            call.add_done_callback(lambda done: done.cancelled() or done.exception())
+        call = await unless_set(c.lease(1, wait_ms=self.lease_wait_ms), self.mode_changed)
+        if call is None:
             return None
         try:
             leases, retry_ms = call.result()

@@ -52,7 +52,7 @@ from node.executor import Executor, TaskOutcome, TaskRequest
 from node.fetching import BlobFetcher, TaskBlobs
 from node.handin import HandIn
 from node.host import Host
-from tensorgrid.rpc import LEASE_WAIT_MS, retry_after_s
+from tensorgrid.rpc import LEASE_WAIT_MS, retry_after_s, unless_set
 from tensorgrid.types import ErrorKind, Lease, TaskError
 
 log = logging.getLogger("tensorgrid.node")
@@ -220,13 +220,8 @@ class Slot:
         """One lease, long-polling the coordinator; None when there was none (after any wait it asked for)."""
         a = self.agent
         await a._registered.wait()
-        call = asyncio.ensure_future(a.client.lease(1, wait_ms=LEASE_WAIT_MS))
-        drained = asyncio.ensure_future(a.draining.wait())
-        await asyncio.wait({call, drained}, return_when=asyncio.FIRST_COMPLETED)
-        drained.cancel()
-        if not call.done():  # draining: stop waiting for work
-            call.cancel()  # gRPC ends it with an AioRpcError (CANCELLED): taken here, not logged as never retrieved
-            call.add_done_callback(lambda done: done.cancelled() or done.exception())
+        call = await unless_set(a.client.lease(1, wait_ms=LEASE_WAIT_MS), a.draining)
+        if call is None:  # draining: stop waiting for work
             return None
         try:
             leases, retry_ms = call.result()

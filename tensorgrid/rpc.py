@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Coroutine, Sequence
+from typing import Any, TypeVar
 
 from tensorgrid.retry import backoff
 
+T = TypeVar("T")
 SESSION_METADATA_KEY = "x-tensorgrid-session"
 # Blobs travel in 1 MiB chunks; control messages are small. 8 MiB leaves headroom for
 # a chunk plus framing and keeps a hostile sender from making us buffer much more.
@@ -98,3 +101,18 @@ def server_options() -> Sequence[tuple[str, int]]:
         ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ("grpc.so_reuseport", 0),
     ]
+
+
+async def unless_set(call: Coroutine[Any, Any, T], stop: asyncio.Event) -> asyncio.Future[T] | None:
+    """Run `call` (a long poll) until it ends or `stop` is set (a drain): the ended call, its
+    result or error to take, or None when `stop` came first. The call is then cancelled, and
+    the error gRPC ends it with (CANCELLED) is taken here, never logged as never retrieved."""
+    task = asyncio.ensure_future(call)
+    stopped = asyncio.ensure_future(stop.wait())
+    await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if task.done():
+        return task
+    task.cancel()
+    task.add_done_callback(lambda done: done.cancelled() or done.exception())
+    return None
