@@ -45,6 +45,10 @@ if TYPE_CHECKING:
     from node.metrics import NodeMetrics  # only with --metrics-listen: prometheus_client loads then
 
 log = logging.getLogger("tensorgrid.node")
+# Heartbeats sent and not yet answered (each ends at the RPC timeout, 30 s): at the default 5 s
+# interval the timeout binds first; at a test grid's 0.3 s, 16 beats span 4.8 s of answers
+# queued behind a fetch. Well inside the coordinator's calls per node (--max-node-calls, 64).
+MAX_BEATS_IN_FLIGHT = 16
 __all__ = ["BUSY_RETRIES", "CHECKPOINTS", "RESULT_KEEP_S", "RETRYABLE", "Agent", "checkpoint_file"]
 
 
@@ -69,6 +73,8 @@ class Agent:
         self.draining = asyncio.Event()
         self.completed = 0
         self._registered = asyncio.Event()
+        self._registering = asyncio.Lock()
+        self._beat_failed = -1  # the replica generation a heartbeat last failed under
         # Leases held (running, held ahead, or their result on its way): task_id → (attempt, how
         # to stop it if the coordinator revokes it). Heartbeats keep each of them alive.
         self._active: dict[str, tuple[int, Cancel]] = {}
@@ -187,34 +193,56 @@ class Agent:
 
     async def _heartbeat_loop(self) -> None:
         """Beats at the interval the coordinator gives: its Register interval while this node holds
-        leases or drains, the longer idle one its heartbeat answers give while it holds none."""
+        leases or drains, the longer idle one its heartbeat answers give while it holds none.
+
+        A beat goes out when it is due whether or not the one before has been answered (at most
+        MAX_BEATS_IN_FLIGHT at once): on a slow link the answers come back behind whatever the
+        coordinator is sending down the same connection (a program being fetched), seconds on a
+        full queue, while the beats themselves travel up an idle direction. Waiting for each
+        answer let the leases lapse during every large fetch (each lapse a failure charged to
+        the task and the node)."""
         last = time.monotonic()
-        while True:
-            await asyncio.sleep(self.client.heartbeat_s)
-            holding = bool(self._active) or self.draining.is_set()
-            if self.client.heartbeat_due(time.monotonic() - last, holding):
-                await self._heartbeat_once()
-                last = time.monotonic()
+        beats: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                await asyncio.sleep(self.client.heartbeat_s)
+                holding = bool(self._active) or self.draining.is_set()
+                if len(beats) < MAX_BEATS_IN_FLIGHT and self.client.heartbeat_due(time.monotonic() - last, holding):
+                    beat = asyncio.create_task(self._heartbeat_once())
+                    beats.add(beat)
+                    beat.add_done_callback(beats.discard)
+                    last = time.monotonic()
+        finally:
+            for beat in beats:
+                beat.cancel()
 
     async def _heartbeat_once(self) -> None:
         active = [(t, a) for t, (a, _) in self._active.items()]
+        generation = self.client.targets.generation
         try:
             revoked = await self.client.heartbeat(active, self.draining.is_set())
         except grpc.aio.AioRpcError as e:
+            if e.code() in RETRYABLE and generation == self._beat_failed:
+                return  # beats in flight together fail together: one of them says so
+            self._beat_failed = generation
             await self._on_rpc_error(e, "heartbeat")
             return
         for task_id, attempt in revoked:
             entry = self._active.get(task_id)
-            if entry is not None and entry[0] == attempt:
+            if entry is not None and entry[0] == attempt and (task_id, attempt) not in self._revoked:
                 log.warning("lease on task %s was revoked; stopping it", task_id[:12])
                 self._revoked.add((task_id, attempt))
                 await entry[1]()
 
     async def _on_rpc_error(self, e: grpc.aio.AioRpcError, what: str) -> None:
         if e.code() == grpc.StatusCode.UNAUTHENTICATED:
-            log.info("session unknown to the coordinator (%s); registering again", what)
-            self._registered.clear()
-            await self._register_with_retry()
+            token = self.client.token
+            async with self._registering:  # calls refused together register once
+                if self.client.token != token and self._registered.is_set():
+                    return
+                log.info("session unknown to the coordinator (%s); registering again", what)
+                self._registered.clear()
+                await self._register_with_retry()
         elif e.code() in RETRYABLE:
             where = self.client.target
             log.warning("%s failed: coordinator unavailable (%s); next try: %s", what, e.code().name, where)
