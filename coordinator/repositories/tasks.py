@@ -122,6 +122,7 @@ class TaskRepository:
                     )
                     if res.rowcount == 0:
                         revoked[i].append((task_id, attempt))
+            _keep_finished(conn, beats, revoked)
             # The nodes' rows locked in address order (see lock_in_order): batches in two orders
             # deadlocked at 5,000 nodes, the reaper failing every time. A node starting to drain
             # must be recorded: its rows are waited for. A beat that only says "alive" skips a
@@ -373,3 +374,23 @@ def _record(r: Any) -> TaskRecord:
         input=BlobRef(r.input_sha, r.input_size),
         rows=r.rows,
     )
+
+
+def _keep_finished(conn: Connection, beats: list[Heartbeat], revoked: list[list[tuple[str, int]]]) -> None:
+    """Take out of `revoked` the leases whose task this very node finished at this very attempt:
+    a beat sent while its result was on the way reaches the coordinator after the result's
+    commit. That lease ended, but was not taken back: a node told "revoked" stops handing in
+    that result again, and an answer it lost (a replica died after the commit) is then never
+    repeated, nor the checkpoints an audit asks for revealed."""
+    missed = {task_id for lost in revoked for task_id, _ in lost}
+    if not missed:
+        return
+    t = s.tasks
+    done = {
+        (row.task_id, row.attempt, row.node)
+        for row in conn.execute(
+            select(t.c.task_id, t.c.attempt, t.c.node).where(t.c.task_id.in_(sorted(missed)), t.c.state == "done")
+        )
+    }
+    for i, (address, _, _) in enumerate(beats):
+        revoked[i] = [(task_id, attempt) for task_id, attempt in revoked[i] if (task_id, attempt, address) not in done]

@@ -171,6 +171,21 @@ def test_heartbeats_of_many_nodes_in_one_transaction(state: Store) -> None:
     assert state.tasks.reap_expired(1500) == 0  # A's beat extended its lease to 1900
 
 
+def test_a_beat_that_arrives_after_its_nodes_result_does_not_revoke_that_lease(state: Store) -> None:
+    """The beat was sent while the result was on its way: the lease ended in that node's own
+    result, so it is not said to be revoked (the node would stop repeating a lost answer). The
+    same task's lease is revoked for any other node or attempt."""
+    add_nodes(state, (A, CPU), (B, CPU))
+    make_job(state, n=1)
+    (lease,), _ = state.tasks.lease_tasks(A, 1, 0, TIMING)
+    ResultAcceptance(state.engine).accept_result(A, receipt(lease.task_id, 1), BlobRef("ff" * 32, 3), None, 20)
+    done = (lease.task_id, 1)
+    revoked = state.tasks.heartbeat_many(
+        [(A, [done], False), (B, [done], False), (A, [(lease.task_id, 2)], False)], 30, TIMING
+    )
+    assert revoked == [[], [done], [(lease.task_id, 2)]]
+
+
 def test_failure_backoff_and_max_attempts_fail_the_job(state: Store) -> None:
     add_nodes(state, (A, CPU))
     make_job(state, n=2, max_attempts=2)
