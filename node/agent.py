@@ -227,6 +227,7 @@ class Agent:
             self._beat_failed = generation
             await self._on_rpc_error(e, "heartbeat")
             return
+        self._beat_failed = -1  # the next failure is news again
         for task_id, attempt in revoked:
             entry = self._active.get(task_id)
             if entry is not None and entry[0] == attempt and (task_id, attempt) not in self._revoked:
