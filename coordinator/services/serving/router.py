@@ -263,7 +263,10 @@ class Router(Links):
             replica = self.pick(ep, exclude_node)
         except (ServingError, Conflict):
             return None
-        call = self.send(replica, data, seed, self.wall_ms() + ep.spec.request_timeout_ms, streaming=False, ride=True)
+        # it rides with a request only where one micro-batch runs both: never ahead of a
+        # request it would hold up (a generation, a replica that runs one request at a time)
+        ride = ep.spec.serves == "inference" and ep.spec.max_batch > 1
+        call = self.send(replica, data, seed, self.wall_ms() + ep.spec.request_timeout_ms, streaming=False, ride=ride)
         # registered before the reply is awaited: the receipt may follow the reply at once
         key = (replica.replica_id, call.request_id)
         receipted: asyncio.Future[ServedBatch | None] = asyncio.get_running_loop().create_future()

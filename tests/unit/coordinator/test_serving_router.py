@@ -447,6 +447,25 @@ def test_a_checks_rerun_rides_down_with_the_next_request_and_in_its_micro_batch(
     run(scenario)
 
 
+def test_a_rerun_is_sent_at_once_where_it_could_not_share_a_micro_batch() -> None:
+    """With max_batch 1 (and generation, one prompt per micro-batch) a request sent with a rerun
+    would wait for it to run first: the rerun goes alone, at once."""
+
+    async def scenario() -> None:
+        r = router()
+        subject, checker = SimNode(r, answer=False), SimNode(r, answer=False)
+        subject.connect(), checker.connect()
+        r.add_endpoint(EP, ALICE, spec(min_replicas=2, max_batch=1), 0)
+        await settle()
+        rerun = asyncio.create_task(r.rerun(EP, payload(7), 0, subject.signer.address))
+        await settle()
+        assert [len(d) for d in checker.downs] == [1]
+        rerun.cancel()
+        await asyncio.gather(rerun, return_exceptions=True)
+
+    run(scenario)
+
+
 def test_a_held_rerun_goes_alone_when_no_request_comes_and_fails_over_with_its_replica() -> None:
     async def scenario() -> None:
         r = router()
