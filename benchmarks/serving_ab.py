@@ -4,7 +4,8 @@ code under --base and a grid running this checkout, given short turns in rotatio
 On a shared machine the load moves more between two runs of `benchmarks.serving` than a
 change moves the figures; turns of a second or two, the three sides in rotation (reversed
 every other round), put the same minutes of load on each. Make the other version's tree with
-e.g. `git archive main | tar -x -C /tmp/main-tree`; its processes run with PYTHONPATH set to it.
+e.g. `git archive main | tar -x -C /tmp/main-tree`; each grid's processes run from their tree
+(working directory and PYTHONPATH: running_from).
 
     python -m benchmarks.serving_ab --base /tmp/main-tree [--levels 1,64] [--rounds 10] [--turn 1.5]
 
@@ -15,9 +16,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +29,26 @@ from benchmarks.serving import build_model, closed_loop, start_baseline, start_g
 from tensorgrid.spec import EndpointSpec
 
 SIDES = ("baseline", "base", "head")
+HERE = Path(__file__).resolve().parent.parent  # this checkout
+
+
+@contextlib.contextmanager
+def running_from(tree: Path) -> Iterator[None]:
+    """Processes started inside run `tree`'s code: it is their PYTHONPATH and their working
+    directory, which `python -m` puts on sys.path before PYTHONPATH (with PYTHONPATH alone,
+    a grid's coordinator and agents imported the caller's directory: run from this checkout,
+    the base grid ran this checkout's code, all but its sandboxed workers)."""
+    path, cwd = os.environ.get("PYTHONPATH"), os.getcwd()
+    os.environ["PYTHONPATH"] = str(tree)
+    os.chdir(tree)
+    try:
+        yield
+    finally:
+        os.chdir(cwd)
+        if path is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = path
 
 
 def measure(
@@ -40,14 +63,10 @@ def measure(
         baseline, port = start_baseline(root, model_path)
         grids = []
         try:
-            mine = os.environ.get("PYTHONPATH", "")
-            for name, path in (("head", mine), ("base", str(base))):
+            for name, tree in (("head", HERE), ("base", base)):
                 (root / name).mkdir()
-                os.environ["PYTHONPATH"] = path  # what the grid's processes import
-                try:
+                with running_from(tree):
                     grids.append((name, *start_grid(root / name, model_path, rates[name])))
-                finally:
-                    os.environ["PYTHONPATH"] = mine
             none: tuple[tuple[str, str], ...] = ()
             sides = {"baseline": (f"127.0.0.1:{port}", none, "")}
             for name, grid, client, endpoint in grids:
@@ -83,11 +102,10 @@ def _level(result: dict[str, Any], c: int, summaries: dict[str, dict[str, Any]])
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    here = Path(__file__).resolve().parent.parent
     p.add_argument(
         "--base",
         type=Path,
-        default=here,
+        default=HERE,
         help="a tree of the other version (e.g. from git archive); default: this checkout, an A/A run that "
         "shows how far two grids of the same code differ in one sitting (the noise a change must beat)",
     )

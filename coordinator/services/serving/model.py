@@ -100,6 +100,10 @@ class Replica:
     served: int = 0  # requests paid (receipt verified)
     errors: int = 0
     missed: int = 0  # deadlines missed in a row
+    # checks' reruns held to ride down with this replica's next request (links.send): in
+    # `calls` already (so every way a call fails covers them), not yet on the stream
+    riders: list[serving_pb2.ServeRequest] = field(default_factory=list)
+    rider_timer: asyncio.TimerHandle | None = None  # sends the riders alone if no request comes
 
     @property
     def node(self) -> str:
@@ -108,6 +112,11 @@ class Replica:
     @property
     def in_flight(self) -> int:
         return len(self.calls)
+
+    @property
+    def busy(self) -> int:
+        """Calls on their way to the node or in it: in flight, less the riders still held."""
+        return len(self.calls) - len(self.riders)
 
 
 @dataclass

@@ -125,17 +125,20 @@ class Router(Links):
             raise
 
     def pick(self, ep: Endpoint, exclude_node: str = "") -> Replica:
-        """The ready replica with the fewest calls in flight under max_queue; else raise."""
+        """The ready replica with the fewest calls in flight under max_queue; else raise. Of
+        equally busy ones, one holding a check's rerun (links.send ride), which goes down with
+        the call: one message and one micro-batch for both."""
         best: Replica | None = None
+        best_n = 0
         cap = ep.spec.max_queue
         ready = False
         for r in ep.replicas.values():
             if r.state != READY or r.link.node == exclude_node:
                 continue
             ready = True
-            n = len(r.calls)
-            if n < cap and (best is None or n < len(best.calls)):
-                best = r
+            n = r.busy
+            if n < cap and (best is None or n < best_n or (n == best_n and r.riders and not best.riders)):
+                best, best_n = r, n
         if best is not None:
             return best
         if ep.state != "running":
@@ -260,7 +263,10 @@ class Router(Links):
             replica = self.pick(ep, exclude_node)
         except (ServingError, Conflict):
             return None
-        call = self.send(replica, data, seed, self.wall_ms() + ep.spec.request_timeout_ms, streaming=False)
+        # it rides with a request only where one micro-batch runs both: never ahead of a
+        # request it would hold up (a generation, a replica that runs one request at a time)
+        ride = ep.spec.serves == "inference" and ep.spec.max_batch > 1
+        call = self.send(replica, data, seed, self.wall_ms() + ep.spec.request_timeout_ms, streaming=False, ride=ride)
         # registered before the reply is awaited: the receipt may follow the reply at once
         key = (replica.replica_id, call.request_id)
         receipted: asyncio.Future[ServedBatch | None] = asyncio.get_running_loop().create_future()

@@ -70,6 +70,7 @@ class SimNode:
     receipt_tamper: str = ""  # "", "digest", "signature", "skip"
     link: NodeLink | None = None
     requests: list[serving_pb2.ServeRequest] = field(default_factory=list)
+    downs: list[list[int]] = field(default_factory=list)  # the request ids of each message that held any
     assigned: list[str] = field(default_factory=list)
     released: list[str] = field(default_factory=list)
     endpoint_of: dict[str, str] = field(default_factory=dict)
@@ -106,6 +107,8 @@ class SimNode:
                     self.up(state=serving_pb2.ReplicaState(replica_id=msg.assign.replica_id, ready=True))
             elif which == "release":
                 self.released.append(msg.release.replica_id)
+            if msg.requests:
+                self.downs.append([r.request_id for r in msg.requests])
             for request in msg.requests:
                 self.requests.append(request)
                 if self.answer:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from coordinator.errors import Conflict
-from coordinator.services.serving import placement
+from coordinator.services.serving import links, placement
 from coordinator.services.serving.errors import DeadlineExceeded, Saturated, Unavailable
 from coordinator.services.serving.hooks import ServedBatch
 from coordinator.services.serving.model import DRAINING, READY, Endpoint, NodeLink
@@ -410,6 +410,87 @@ def test_a_rerun_hands_back_its_receipted_batch_marked_unpaid_and_not_to_be_draw
         await r.infer(ep, payload(8))  # an ordinary request on the same replica: paid and drawn
         await settle()
         assert [b.answered for b in paid.batches] == [0, 1] and not drawn.batches[1].requests[0].rerun
+
+    run(scenario)
+
+
+def test_a_checks_rerun_rides_down_with_the_next_request_and_in_its_micro_batch() -> None:
+    """A rerun sent alone woke the checking node and its worker once more while the next
+    request was in flight (at 1 client, most of the slowest 1%): it is held for the checking
+    replica's next request, which the router sends there when the replicas are equally busy."""
+
+    async def scenario() -> None:
+        r = router()
+        subject, checker = SimNode(r, answer=False), SimNode(r, answer=False)
+        subject.connect(), checker.connect()
+        ep = r.add_endpoint(EP, ALICE, spec(min_replicas=2), 0)
+        await settle()
+        rerun = asyncio.create_task(r.rerun(EP, payload(7), 0, subject.signer.address))
+        await settle()
+        assert checker.downs == [] and subject.downs == []  # held, not sent alone
+        call = asyncio.create_task(r.infer(ep, payload(8)))
+        await settle()
+        assert subject.downs == []  # the idle checker holding a rerun took the request
+        (down,) = checker.downs
+        assert sorted(down) == sorted(q.request_id for q in checker.requests) and len(down) == 2
+        assert {q.input for q in checker.requests} == {payload(7), payload(8)}
+        for q in checker.requests:  # one micro-batch answers both
+            checker.up(replies=[serving_pb2.ServeReply(request_id=q.request_id, output=b"o", done=True, batch=1)])
+        checker.send_receipt(checker.assigned[0], 1, down, [q.input for q in checker.requests], [b"o"] * 2)
+        reran = await rerun
+        assert reran is not None and reran.node == checker.signer.address
+        assert (await call)[1] == checker.signer.address
+        batch = await asyncio.wait_for(reran.receipted, 1)
+        assert batch is not None and sorted(q.rerun for q in batch.requests) == [False, True]
+        assert batch.answered == 1  # the request is paid, its riding rerun is not
+
+    run(scenario)
+
+
+def test_a_rerun_is_sent_at_once_where_it_could_not_share_a_micro_batch() -> None:
+    """With max_batch 1 (and generation, one prompt per micro-batch) a request sent with a rerun
+    would wait for it to run first: the rerun goes alone, at once."""
+
+    async def scenario() -> None:
+        r = router()
+        subject, checker = SimNode(r, answer=False), SimNode(r, answer=False)
+        subject.connect(), checker.connect()
+        r.add_endpoint(EP, ALICE, spec(min_replicas=2, max_batch=1), 0)
+        await settle()
+        rerun = asyncio.create_task(r.rerun(EP, payload(7), 0, subject.signer.address))
+        await settle()
+        assert [len(d) for d in checker.downs] == [1]
+        rerun.cancel()
+        await asyncio.gather(rerun, return_exceptions=True)
+
+    run(scenario)
+
+
+def test_a_held_rerun_goes_alone_when_no_request_comes_and_fails_over_with_its_replica() -> None:
+    async def scenario() -> None:
+        r = router()
+        subject, checker = SimNode(r), SimNode(r)
+        subject.connect(), checker.connect()
+        r.add_endpoint(EP, ALICE, spec(min_replicas=2), 0)
+        await settle()
+        rerun = asyncio.create_task(r.rerun(EP, payload(7), 0, subject.signer.address))
+        await settle()
+        assert checker.downs == []
+        reran = await asyncio.wait_for(rerun, links.RIDE_WAIT_S + 1)
+        assert reran is not None and [len(d) for d in checker.downs] == [1]
+
+        r = router()  # a held rerun whose replica goes fails, never hangs
+        subject, stalled = SimNode(r), SimNode(r, answer=False)
+        subject.connect(), stalled.connect()
+        r.add_endpoint(EP, ALICE, spec(min_replicas=2), 0)
+        await settle()
+        held = asyncio.create_task(r.rerun(EP, payload(9), 0, subject.signer.address))
+        await settle()
+        (replica,) = [x for x in r.endpoints[EP].replicas.values() if x.node == stalled.signer.address]
+        assert len(replica.riders) == 1 and replica.busy == 0
+        stalled.disconnect()
+        assert await asyncio.wait_for(held, 1) is None
+        assert stalled.downs == [] and not replica.riders
 
     run(scenario)
 
