@@ -12,8 +12,9 @@ came out of it on one phase, and stayed there, and the next such moment gathered
 1,000 within one second every six, and leases under way then waited 100-400 ms (their
 transactions and the event loop behind heartbeat batches of 200): most of the lease p99.
 A node also starts at a random phase, and draws a new one when told a much longer idle interval
-(its first paced answer): nodes that registered together (a coordinator's restart) spread over
-the whole interval instead of beating together.
+(its first paced answer), between the old interval and the new: nodes that registered together
+(a coordinator's restart) spread over the whole interval instead of beating together, at the cost
+of a beat sooner than the new interval needs (a sixth of an interval each time it grows by half).
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ class HeartbeatClock:
 
     def _idle_due(self) -> float:
         idle = self.intervals.idle_heartbeat_s
-        if idle > REPHASE_GROWTH * self.phased_in:
-            self.phased_in, self.fraction = idle, self.rng.random()
+        if idle > REPHASE_GROWTH * self.phased_in:  # no sooner than the old interval had it
+            self.phased_in, self.fraction = idle, self.rng.uniform(self.phased_in / idle, 1.0)
         self.phased_in = min(self.phased_in, idle)  # a shorter one keeps the phase; growing again redraws it
         return self.beat_at + self.fraction * idle
 
