@@ -36,6 +36,7 @@ import grpc
 
 from benchmarks._raw import ECHO_METHOD
 from tensorgrid.crypto import Signer
+from tensorgrid.heartbeats import HeartbeatClock
 from tensorgrid.nodeclient import NodeClient
 from tensorgrid.rpc import LEASE_WAIT_MS, retry_after_s, unless_set
 from tensorgrid.tls import open_channel
@@ -72,6 +73,7 @@ class Tally:
     last_done: float = 0.0
     errors: dict[str, int] = field(default_factory=dict)
     lag_ms: list[float] = field(default_factory=list)  # how late this process's event loop ran (Fleet.watch_lag)
+    beats: dict[int, int] = field(default_factory=dict)  # heartbeats sent in each second (wall clock, whole seconds)
 
     def counts(self, job_id: str) -> bool:
         return self.job in ("*", job_id)
@@ -87,6 +89,7 @@ class Tally:
             "last_done": self.last_done,
             "errors": self.errors,
             "loop_lag_ms": lag_summary(self.lag_ms),
+            "beats": self.beats,
         }
 
 
@@ -165,13 +168,14 @@ class Fleet:
     async def _heartbeats(self, c: NodeClient) -> None:
         """As node.agent's loop: the Register interval while holding a lease, the idle one the
         coordinator's answers give while holding none."""
-        last = time.monotonic()
+        clock = HeartbeatClock(c, time.monotonic())
         while True:
-            await asyncio.sleep(c.heartbeat_s)
+            await asyncio.sleep(clock.sleep_s(time.monotonic()))
             lease = self.held.get(c.signer.address)
-            if not c.heartbeat_due(time.monotonic() - last, lease is not None):
+            if not clock.due(time.monotonic(), lease is not None):
                 continue
-            last = time.monotonic()
+            second = int(time.time())
+            self.tally.beats[second] = self.tally.beats.get(second, 0) + 1
             try:
                 await c.heartbeat([(lease.task_id, lease.attempt)] if lease else [])
             except grpc.aio.AioRpcError as e:

@@ -55,15 +55,17 @@ def scrape(port: int) -> dict[str, float]:
 
 def histograms(port: int) -> dict[str, dict[float, float]]:
     """The coordinator's own histograms of LeaseTasks latency (time in the handler, as it
-    measures it) and of its event loop's lag ("lease", "loop"): calls or probes so far at or
-    under each bucket's bound, in seconds."""
-    out: dict[str, dict[float, float]] = {"lease": {}, "loop": {}}
+    measures it), of its event loop's lag and of its full garbage collections' pauses ("lease",
+    "loop", "gc2"): calls, probes or collections so far at or under each bucket's bound, in seconds."""
+    out: dict[str, dict[float, float]] = {"lease": {}, "loop": {}, "gc2": {}}
     for line in _metrics(port).splitlines():
         name, _, value = line.rpartition(" ")
         if name.startswith("tensorgrid_rpc_seconds_bucket{") and 'method="LeaseTasks"' in name:
             which = "lease"
         elif name.startswith("tensorgrid_event_loop_lag_seconds_bucket{"):
             which = "loop"
+        elif name.startswith("tensorgrid_gc_pause_seconds_bucket{") and 'generation="2"' in name:
+            which = "gc2"
         else:
             continue
         out[which][float(name.split('le="', 1)[1].split('"', 1)[0])] = float(value)

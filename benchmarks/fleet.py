@@ -11,9 +11,10 @@ five minutes on two cores; 5,000 takes about four minutes alone), on a fresh Pos
 - idle cost: while every node is connected and idle (heartbeating and long-polling an empty
   queue), per second: the database's commits, Heartbeat and LeaseTasks calls as the
   coordinator counts them, and the cores the coordinator, PostgreSQL and the simulated nodes
-  use (idle_cores). Over two long polls of every node by default (2 × (wait + the 0.5 s retry
-  hint)): the nodes registered together, so their polls end together, and a window a whole
-  number of polls long counts each node's calls whole;
+  use (idle_cores), and the coordinator's full garbage collections (idle_full_gc: how many, the
+  bucket bounds of their pauses). Over two long polls of every node by default (2 × (wait + the
+  0.5 s retry hint)): the nodes registered together, so their polls end together, and a window a
+  whole number of polls long counts each node's calls whole;
 - lease latency: p50/p99 of LeaseTasks calls that find queued no-op tasks, while the nodes
   hold each task a random time so that the fleet leases --lease-rate tasks/s. As the nodes
   see it (lease), and as the coordinator's own histogram has it (lease_server_side: the share
@@ -21,7 +22,9 @@ five minutes on two cores; 5,000 takes about four minutes alone), on a fresh Pos
   event loop's lateness, which a call waits before its handler starts); beside them the cores
   the coordinator, the simulated nodes and PostgreSQL used (lease_phase_cores) and how late
   the nodes' event loop ran (nodes_loop_lag_ms, part of every latency they measure): the
-  simulated nodes share the two cores, which a real fleet does not;
+  simulated nodes share the two cores, which a real fleet does not; the heartbeats the nodes sent
+  a second, on average and in the busiest second (lease_phase_heartbeats_per_s: bunched
+  heartbeats held up the leases of their second), and the coordinator's full collections;
 - throughput: no-op tasks/s with every node taking tasks back to back (piggybacked leasing).
 
 Baseline, in the same run: the same number of channels to a raw grpc.aio echo server
@@ -193,12 +196,27 @@ def latency_phase(
     server = {
         "lease": bucket_summary([h["lease"] for h in hist0], [h["lease"] for h in hist1], GOAL_S),
         "loop_lag": bucket_summary([h["loop"] for h in hist0], [h["loop"] for h in hist1], GOAL_S),
+        "full_gc": bucket_summary([h["gc2"] for h in hist0], [h["gc2"] for h in hist1], GOAL_S),
     }
     reports = ask_all(fleets, "report")
+    beats = heartbeat_rate(reports, start, start + wall)
     # Cores each side used over the phase: the simulated nodes share the machine's two cores
     # with the coordinator and PostgreSQL, unlike a real fleet.
     cores = {k: round((cpu1[k] - cpu0[k]) / wall, 2) for k in cpu0}
-    return job.job_id, [x for r in reports for x in r["lease_ms"]], reports, {"server_side": server, "cores": cores}
+    side = {"server_side": server, "cores": cores, "heartbeats_per_s": beats}
+    return job.job_id, [x for r in reports for x in r["lease_ms"]], reports, side
+
+
+def heartbeat_rate(reports: list[dict[str, Any]], since: float, until: float) -> dict[str, float | None]:
+    """The simulated nodes' heartbeats per second over the whole seconds between two monotonic
+    times: the mean, and the busiest second (heartbeats bunched in a few seconds held the leases
+    of those seconds up: tensorgrid.heartbeats)."""
+    offset = time.time() - time.monotonic()
+    first, last = int(since + offset) + 1, int(until + offset)
+    counts = [sum(int(r["beats"].get(str(s), 0)) for r in reports) for s in range(first, last)]
+    if not counts:
+        return {"mean": None, "max": None}
+    return {"mean": round(sum(counts) / len(counts), 1), "max": max(counts)}
 
 
 def phase_cpu(pids: list[int], fleets: list[FleetProcess], db: str) -> dict[str, float]:
@@ -303,8 +321,10 @@ def measure_grid(root: Path, ns: argparse.Namespace, nodes: int, replicas: int) 
         per_node = (rss(pids) - before) / nodes
         window = ns.idle_s or 2 * (ns.lease_wait_ms / 1000 + IDLE_RETRY_S)
         c0, cpu0 = [scrape(port) for port in metrics], phase_cpu(pids, fleets, name)
+        gc0 = [histograms(port)["gc2"] for port in metrics]
         time.sleep(window)
         idle = rates(c0, [scrape(port) for port in metrics], window)
+        idle_gc = bucket_summary(gc0, [histograms(port)["gc2"] for port in metrics], GOAL_S)
         cpu1 = phase_cpu(pids, fleets, name)
         idle_cores = {k: round((cpu1[k] - cpu0[k]) / window, 3) for k in cpu0}
         print(f"  {per_node:,.0f} bytes per node; idle: {json.dumps(idle)}, cores {idle_cores}", flush=True)
@@ -316,12 +336,15 @@ def measure_grid(root: Path, ns: argparse.Namespace, nodes: int, replicas: int) 
                 "idle_db": {**idle, "commits_per_node_s": round(idle["commits_per_s"] / nodes, 4)},
                 "idle_cores": idle_cores,
                 "idle_window_s": round(window, 1),
+                "idle_full_gc": idle_gc,
                 "lease_wait_ms": ns.lease_wait_ms,
                 "lease": percentiles(lease_ms),
                 "lease_server_side": side["server_side"]["lease"],
                 "coordinator_loop_lag": side["server_side"]["loop_lag"],
+                "lease_phase_full_gc": side["server_side"]["full_gc"],
                 "lease_phase_cores": side["cores"],
                 "nodes_loop_lag_ms": worst_lag(reports),
+                "lease_phase_heartbeats_per_s": side["heartbeats_per_s"],
                 "lease_errors": merge_errors(reports),
                 **throughput_phase(grids, fleets, ns, name, sdk, left),
             }

@@ -41,15 +41,21 @@ class GroupCommitter(Generic[I, O]):
         delay_s: float = FLUSH_DELAY_S,
         gather_max_s: float = GATHER_MAX_S,
         orphaned: Callable[[I, O], None] | None = None,
+        drain: bool = True,
     ) -> None:
         """delay_s: how long a flush waits for more requests to join it (more: fewer, bigger
         transactions, each caller answered that much later). While some joined during the last
         wait, it waits delay_s again, up to gather_max_s in all (counted in waits, not on the
         clock: on a busy loop a wait runs long, and that is when batches should grow).
         orphaned(request, outcome): told of a change that committed after its caller had gone
-        (cancelled: a node's long poll ended), so what was granted to nobody can be undone."""
+        (cancelled: a node's long poll ended), so what was granted to nobody can be undone.
+        drain: requests that arrive while a batch runs go in the next batch as soon as it ends
+        (a busy coordinator's callers wait for nothing more); False: they wait delay_s in the next
+        flush, as every request does (heartbeats: nobody waits on their answer, and a steady
+        stream of them drained at once made a transaction every few milliseconds, not every delay_s)."""
         self._run = run
         self._orphaned = orphaned
+        self._drain = drain
         self._delay_s = delay_s
         self._extra_waits = max(0, round(gather_max_s / delay_s) - 1) if delay_s > 0 else 0
         self._queue: list[tuple[I, asyncio.Future[O]]] = []
@@ -75,8 +81,14 @@ class GroupCommitter(Generic[I, O]):
             seen, waits = len(self._queue), waits - 1
             await asyncio.sleep(self._delay_s)
         self._scheduled = False
-        while self._queue:
-            batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+        taken: list[tuple[I, asyncio.Future[O]]] = []
+        if not self._drain:  # what arrives from now on schedules the next flush
+            taken, self._queue = self._queue, []
+        while self._queue if self._drain else taken:
+            if self._drain:
+                batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+            else:
+                batch, taken = taken[:MAX_BATCH], taken[MAX_BATCH:]
             try:
                 outcomes = await self._run([request for request, _ in batch])
             except Exception as e:  # the transaction failed as a whole: every caller learns why

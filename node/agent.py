@@ -35,6 +35,7 @@ from node.serving.stream import ServeLoop
 from node.slot import CHECKPOINTS, Slot
 from tensorgrid.crypto import Signer
 from tensorgrid.errors import TensorGridError
+from tensorgrid.heartbeats import HeartbeatClock
 from tensorgrid.nodeclient import NodeClient
 from tensorgrid.retry import backoff
 from tensorgrid.sandbox import Isolation
@@ -193,7 +194,8 @@ class Agent:
 
     async def _heartbeat_loop(self) -> None:
         """Beats at the interval the coordinator gives: its Register interval while this node holds
-        leases or drains, the longer idle one its heartbeat answers give while it holds none.
+        leases or drains, the longer idle one its heartbeat answers give while it holds none, each
+        counted from when the last was due, at this node's own phase (tensorgrid.heartbeats).
 
         A beat goes out when it is due whether or not the one before has been answered (at most
         MAX_BEATS_IN_FLIGHT at once): on a slow link the answers come back behind whatever the
@@ -201,17 +203,17 @@ class Agent:
         full queue, while the beats themselves travel up an idle direction. Waiting for each
         answer let the leases lapse during every large fetch (each lapse a failure charged to
         the task and the node)."""
-        last = time.monotonic()
+        clock = HeartbeatClock(self.client, time.monotonic())  # its own phase (tensorgrid.heartbeats)
         beats: set[asyncio.Task[None]] = set()
         try:
             while True:
-                await asyncio.sleep(self.client.heartbeat_s)
+                room = len(beats) < MAX_BEATS_IN_FLIGHT  # none: not a beat's time to spin on
+                await asyncio.sleep(clock.sleep_s(time.monotonic()) if room else self.client.heartbeat_s)
                 holding = bool(self._active) or self.draining.is_set()
-                if len(beats) < MAX_BEATS_IN_FLIGHT and self.client.heartbeat_due(time.monotonic() - last, holding):
+                if len(beats) < MAX_BEATS_IN_FLIGHT and clock.due(time.monotonic(), holding):
                     beat = asyncio.create_task(self._heartbeat_once())
                     beats.add(beat)
                     beat.add_done_callback(beats.discard)
-                    last = time.monotonic()
         finally:
             for beat in beats:
                 beat.cancel()

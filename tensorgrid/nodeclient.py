@@ -155,12 +155,6 @@ class NodeClient:
             self.idle_heartbeat_s = max(self.heartbeat_s, resp.heartbeat_interval_ms / 1000)
         return [(k.task_id, k.attempt) for k in resp.revoked]
 
-    def heartbeat_due(self, since_s: float, holding: bool) -> bool:
-        """Whether a heartbeat is due `since_s` after the last: every heartbeat_s while the node
-        holds leases (they live the lease TTL past a beat), every idle_heartbeat_s while it holds
-        none. Checked every heartbeat_s, so a lease taken mid-way is beaten for within heartbeat_s."""
-        return since_s >= (self.heartbeat_s if holding else self.idle_heartbeat_s) - 0.05
-
     def fetch(self, ref: BlobRef, offset: int = 0) -> AsyncIterator[bytes]:
         async def chunks() -> AsyncIterator[bytes]:
             generation = self.targets.generation

@@ -4,6 +4,7 @@ Two kinds:
 - counted as things happen, in memory: each RPC's count by method and status code and its
   latency (a histogram: LeaseTasks and SubmitSmallResult are the lease and result latencies),
   how late the event loop runs (a histogram: what a call waits before its handler starts),
+  how long garbage collections stop the process (a histogram by generation),
   and blob bytes in and out by path (gRPC or the bulk port); endpoint requests by outcome
   (answered, failed, refused) and the latency of the answered ones (ServingMetrics, fed by
   every endpoint's stats: one counter increment and one histogram observation per request);
@@ -25,7 +26,9 @@ It has no authentication: bind it to loopback or a private address (the default 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -64,6 +67,15 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        # A full collection stops every thread for as long as it walks the heap it has not been
+        # told to skip (gc.freeze): with thousands of nodes connected, hundreds of milliseconds.
+        self.gc_pause = Histogram(
+            "tensorgrid_gc_pause_seconds",
+            "how long a garbage collection stopped the process, by generation (2: a full one)",
+            ("generation",),
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.blob_bytes = Counter(
             "tensorgrid_blob_bytes", "blob bytes moved", ("direction", "path"), registry=r
         )  # direction: in|out, path: grpc|bulk
@@ -89,6 +101,24 @@ class Metrics:
             before = loop.time()
             await asyncio.sleep(LOOP_PROBE_S)
             self.loop_lag.observe(max(0.0, loop.time() - before - LOOP_PROBE_S))
+
+    async def watch_gc(self) -> None:
+        """Time every garbage collection (a gc callback) until this task is cancelled."""
+        children = [self.gc_pause.labels(str(generation)) for generation in range(3)]
+        started = 0.0
+
+        def timed(phase: str, info: dict[str, Any]) -> None:
+            nonlocal started  # collections never overlap: one at a time, under the GIL
+            if phase == "start":
+                started = time.perf_counter()
+            else:
+                children[min(2, int(info["generation"]))].observe(time.perf_counter() - started)
+
+        gc.callbacks.append(timed)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            gc.callbacks.remove(timed)
 
     def moved(self, direction: str, path: str, n: int) -> None:
         """Count n blob bytes moved: direction "in" or "out", path "grpc" or "bulk"."""

@@ -72,6 +72,7 @@ class Scheduler:
         self.heartbeats: GroupCommitter[Heartbeat, list[tuple[str, int]]] = GroupCommitter(
             lambda beats: rt.db_bulk(store.tasks.heartbeat_many, beats, rt.now_ms(), timing),
             delay_s=HEARTBEAT_GATHER_S,
+            drain=False,  # steady heartbeats (tensorgrid.heartbeats) still make one batch per 50 ms
         )
 
     async def lease(self, node: str, max_tasks: int, wait_ms: int) -> tuple[list[Lease], int]:

@@ -78,3 +78,27 @@ def test_a_flush_waits_longer_while_requests_keep_joining(gather_max_s: float, b
 
     asyncio.run(scenario())
     assert calls == batches
+
+
+def test_without_drain_a_steady_stream_makes_one_batch_per_delay() -> None:
+    # Heartbeats: a request every 5 ms for 0.5 s, each batch's transaction 10 ms. Drained, the
+    # requests that came during a batch ran right after it (a batch every ~10 ms); without drain
+    # they wait the 50 ms in the next flush, so about ten batches in all.
+    calls: list[list[int]] = []
+
+    async def run(batch: list[int]) -> list[int]:
+        calls.append(batch)
+        await asyncio.sleep(0.01)
+        return batch
+
+    async def scenario() -> None:
+        committer: GroupCommitter[int, int] = GroupCommitter(run, delay_s=0.05, drain=False)
+        submitted = []
+        for i in range(100):
+            submitted.append(asyncio.ensure_future(committer.submit(i)))
+            await asyncio.sleep(0.005)
+        assert await asyncio.gather(*submitted) == list(range(100))
+
+    asyncio.run(scenario())
+    assert sorted(r for batch in calls for r in batch) == list(range(100))
+    assert len(calls) <= 100 * 0.005 / 0.05 + 2, [len(b) for b in calls]

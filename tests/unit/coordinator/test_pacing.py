@@ -11,6 +11,7 @@ from coordinator.config import CoordinatorConfig
 from coordinator.services import pacing
 from coordinator.services.pacing import HeartbeatPacing
 from tensorgrid.crypto import Signer
+from tensorgrid.heartbeats import HeartbeatClock
 from tensorgrid.nodeclient import NodeClient
 
 
@@ -48,17 +49,19 @@ def test_a_node_beats_at_the_register_interval_while_holding_leases_else_at_the_
     async def due() -> list[bool]:
         c = NodeClient("127.0.0.1:1", Signer.generate())
         c.heartbeat_s, c.idle_heartbeat_s = 5.0, 20.0  # as after Register, then a paced heartbeat answer
+        clock = HeartbeatClock(c, 0.0)
+        clock.fraction, clock.phased_in = 1.0, 20.0  # its last beat at 0 s, on the paced interval
         out = [
-            c.heartbeat_due(5.0, holding=True),
-            c.heartbeat_due(5.0, holding=False),
-            c.heartbeat_due(15.0, holding=False),
-            c.heartbeat_due(20.0, holding=False),
-            c.heartbeat_due(10.0, holding=True),  # a lease taken mid idle wait: beaten for at the next check
+            clock.due(5.0, holding=False),
+            clock.due(15.0, holding=False),
+            clock.due(20.0, holding=False),  # beats (its phase: 20 s)
+            clock.due(25.0, holding=True),  # holding a lease: beats 5 s after the last
+            clock.due(35.0, holding=True),  # a lease taken mid idle wait: beaten for at the next check
         ]
         await c.close()
         return out
 
-    assert asyncio.run(due()) == [True, False, False, True, True]
+    assert asyncio.run(due()) == [False, False, True, True, True]
 
 
 def test_the_lease_ttl_stays_well_above_every_interval_a_holding_node_is_given() -> None:
