@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from benchmarks._common import emit
-from benchmarks._gridtime import GridCpu, breakdown, start_gate
+from benchmarks._gridtime import GridCpu, breakdown, start_gate, timeline
 from tensorgrid.localgrid import LocalGrid
 from tensorgrid.workloads.tensorfile import load_tensors, save_tensors
 
@@ -175,7 +175,7 @@ def run_grid(root: Path, model: Path, inputs: Path, shard_rows: int, batch: int)
         settled = time.monotonic() - settled
         with grid.client(Signer.generate()) as client:
             cpu.start()
-            start = time.monotonic()
+            start, start_ms = time.monotonic(), int(time.time() * 1000)
             job = client.submit_inference(
                 model,
                 inputs,
@@ -192,6 +192,9 @@ def run_grid(root: Path, model: Path, inputs: Path, shard_rows: int, batch: int)
             wall = time.monotonic() - start
             spent = cpu.seconds()
         report = breakdown(grid, job.job_id, done - submitted, nodes)
+        # submit → job created (upload, planning, intake's probe) → first lease and program loaded
+        # per node → each shard's result → each check's ruling → the job's end → result downloaded
+        report["timeline"] = {**timeline(grid, job.job_id, start_ms, nodes), "downloaded": round(wall, 2)}
         report.update(
             submit_s=round(submitted - start, 2),
             # upload, planning, signing: submit less intake's probe
