@@ -123,9 +123,10 @@ def local_seconds(model: Path, inputs: Path, out: Path, batch: int, runs: int = 
     return min(times[1:]) if len(times) > 1 else times[0]
 
 
-def two_at_once(model: Path, inputs: Path, root: Path, batch: int) -> float:
+def two_at_once(model: Path, inputs: Path, root: Path, batch: int) -> tuple[float, list[float]]:
     """Wall seconds of two bare in-process runs started together, each on half the rows: what
-    this machine gives two one-thread processes right now (the grid's floor, with no grid)."""
+    this machine gives two one-thread processes right now (the grid's floor, with no grid); and
+    each one's seconds beside its forward passes (its program load, as a node's first task's)."""
     tensors = load_tensors(inputs)
     half = next(iter(tensors.values())).shape[0] // 2
     go = root / "go"
@@ -139,8 +140,8 @@ def two_at_once(model: Path, inputs: Path, root: Path, batch: int) -> float:
     while not all((root / f"half{i}_out.safetensors.ready").exists() for i in (0, 1)):
         time.sleep(0.05)  # both through their imports
     go.touch()
-    outs = [proc.communicate()[0] for proc in procs]
-    return max(_times(out)[0][0] for out in outs)
+    outs = [_times(proc.communicate()[0])[0] for proc in procs]
+    return max(wall for wall, _ in outs), [round(wall - forward, 2) for wall, forward in outs]
 
 
 def calibrate_rows(model: Path, root: Path, seconds: float, batch: int, shards: int) -> tuple[int, float]:
@@ -234,7 +235,7 @@ def main() -> None:
         grid = run_grid(root, model, inputs, rows // ns.shards, ns.batch)
         print(f"grid {grid['grid_s']:.1f}s: {grid['breakdown']}", flush=True)
         local_s, local_forward_s = local_seconds(model, inputs, root / "local_out.safetensors", ns.batch)
-        pair_s = two_at_once(model, inputs, root, ns.batch)
+        pair_s, pair_loads = two_at_once(model, inputs, root, ns.batch)
         same = torch.allclose(
             load_tensors(root / "grid_out.safetensors")["output"],
             load_tensors(root / "local_out.safetensors")["output"],
@@ -273,6 +274,10 @@ def main() -> None:
             # two bare one-thread processes on half the rows each, at once: this machine's floor
             "two_processes_s": round(pair_s, 2),
             "two_processes_ratio": round(pair_s / local_s, 3),
+            # each bare process's time beside its forward passes (program load), against the
+            # in-process run's and the nodes' load_s: what loading costs two at once here now
+            "two_processes_load_s": pair_loads,
+            "local_load_s": round(local_s - local_forward_s, 2),
             "node_compute_slowdown": round(slowdown, 3),  # node s/row over in-process s/row
             "grid_overhead_s": round(overhead_s, 2),  # grid time beyond the busiest node's forward passes
             # checks on nodes, the referee's rulings and intake's probe, over the shards' compute
