@@ -13,7 +13,6 @@ import random
 import tempfile
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,12 +23,13 @@ from coordinator.db import schema as s
 from coordinator.repositories.store import Store
 from coordinator.repositories.tasks import TaskRecord
 from coordinator.repositories.verification.checks import CheckPlan, Verdict
-from coordinator.repositories.verification.rulings import Ahead, LeasedShard, Ruling, RulingInfo
+from coordinator.repositories.verification.rulings import Ahead, Ruling, RulingInfo
 from coordinator.repositories.verification.store import CheckInfo
 from coordinator.services.runtime import Runtime
 from coordinator.services.sandboxed import SandboxFailure, reexecute_rows, referee
 from coordinator.services.verification.ahead import AheadRuns, run_key
 from coordinator.services.verification.compare import load_rows, rows_match
+from coordinator.services.verification.foresee import Foresight
 from coordinator.services.verification.policy import VerificationPolicy
 from coordinator.services.verification.referee import blames, judge, soundness
 from coordinator.services.verification.reviews import Reviews
@@ -47,9 +47,6 @@ Replay = Callable[[Path, Path, Path, dict[str, Any]], None]
 # claim is what a re-run would give, found without re-running in full (generation: scoring)
 Score = Callable[[Path, Path, Path, Path, dict[str, Any]], list[bool]]
 REFEREE_IDLE_S = 1.0
-# Leases whose spot-check the referee may re-run before the result comes (foresee): the newest
-# kept, the older dropped (their rulings re-run as before).
-FORESEEN = 16
 
 
 class Verification:
@@ -81,9 +78,19 @@ class Verification:
         self.rulings = 0
         # confirmations re-run while their checks run on checkers, not after (ahead.py)
         self.ahead = AheadRuns(Path(blobs.tmp_dir))
-        # an untrusted node's leased shards, (job, task, attempt, node): the rows its result's
-        # check will have the referee re-run, re-run while the node computes (foresee)
-        self._foreseen: deque[tuple[str, str, int, str]] = deque(maxlen=FORESEEN)
+        # an untrusted node's leased shards: the rows its result's check will have the referee
+        # re-run, re-run while the node computes (foresee.py)
+        self.foresight = Foresight(
+            rt,
+            store,
+            blobs,
+            self.ahead,
+            policies=self.policy,
+            known=self._policies.get,
+            draw=lambda policy, streak, task, attempt, rows: self._draw(policy, streak, self._rng(task, attempt), rows),
+            run=self._run,
+            scored=self._scores,
+        )
         # two nodes' claims that a task's input is bad, checked by running the task (reviews.py)
         self.reviews = Reviews(rt, store, blobs, self._run)
 
@@ -138,7 +145,7 @@ class Verification:
     def _draw(policy: VerificationPolicy, streak: int, rng: random.Random, task_rows: int) -> tuple[int, ...] | None:
         """Whether a result of task_rows rows by a node with this streak is checked (the first
         draw of the task's rng) and which of its rows (the next): None when it is not. examine
-        and foresee draw the same: foresee's re-run is the ruling's."""
+        and foresee.py draw the same: a run ahead of the result is the ruling's."""
         rate = policy.check_rate(streak)
         if rng.random() >= rate:
             return None
@@ -204,20 +211,9 @@ class Verification:
 
     def leased(self, leases: list[Lease], node: str) -> None:
         """Leases the scheduler granted `node` (Scheduler.granted, after their commit): an
-        inference shard's result by an untrusted node is spot-checked by the referee alone, on
-        rows examine draws from the task's secret seed, so the referee can re-run those rows
-        while the node computes (foresee) and the ruling, when the result comes, only compares.
-        Queued here (no database read on the lease path); foresee decides."""
-        queued = False
-        for x in leases:
-            if x.kind != "inference":
-                continue
-            cached = self._policies.get(x.job_id)
-            if cached is not None and not _alone(cached[0]):
-                continue
-            self._foreseen.append((x.job_id, x.task_id, x.attempt, node))
-            queued = True
-        if queued:
+        untrusted node's inference shards have their checks' rows re-run while it computes
+        (foresee.py), so the rulings on their results only compare."""
+        if self.foresight.leased(leases, node):
             self._disputes.set()
 
     def dispute_raised(self) -> None:
@@ -246,7 +242,7 @@ class Verification:
                 for info in await self.rt.db_bulk(self.store.verification.pending_rulings):
                     await self._rule(info, settled)
                 await self.reviews.review_pending(settled)
-                if await self._foresee() or await self._run_ahead():
+                if await self.foresight.next() or await self._run_ahead():
                     self._disputes.set()  # rulings first, then the next check to run ahead
             except Exception:  # a DB hiccup must not end the loop
                 log.exception("ruling on disputed checks failed; will retry")
@@ -370,59 +366,6 @@ class Verification:
             return True
         return False
 
-    async def _foresee(self) -> bool:
-        """Re-run the rows the referee will rule on when a queued lease's result comes (leased):
-        the oldest lease still held by its node (no result in yet, not given back or reissued),
-        of a job whose policy has an untrusted node's check ruled by the referee alone, whose
-        node is untrusted for the job, and whose draw checks it (_draw, as examine will); whether
-        one was run (more may be queued). Rulings come first (run_referee asks between runs).
-
-        Who could abuse it: a node leasing shards and giving them back makes the referee re-run
-        a check's rows per lease. Only leases still held are run, one at a time, after every
-        ruling waiting, FORESEEN at most queued (the newest), at the referee's low priority; a
-        run the ruling does not take (other rows: the node's trust changed) leaves the ruling
-        to re-run as before. Nothing is sent to the node: it learns no row of its sample."""
-        while self._foreseen:
-            job_id, task_id, attempt, node = self._foreseen.popleft()
-            policy, _ = await self.policy(job_id)
-            if policy is None or not _alone(policy):
-                continue
-            shard = await self.rt.db_bulk(self.store.verification.leased_shard, task_id, attempt, node)
-            if shard is None or str(shard.settings.get("task_kind", "")) in self._scores:
-                continue
-            streak = await self.rt.db_bulk(self.store.verification.streak, node, job_id, policy.spec.trust_after)
-            if streak >= policy.spec.trust_after:
-                continue  # a trusted node's check, when drawn, goes to a node: its ruling is not certain
-            rows = self._draw(policy, streak, self._rng(task_id, attempt), shard.rows)
-            if rows is None:
-                continue
-            started = time.monotonic()
-            try:
-                await self.rt.refereed(self._make_foreseen, shard, rows)
-            except Exception as e:  # noqa: BLE001 - a head start only: its ruling re-runs
-                log.info("could not run the check of task %s ahead (its ruling will): %s", task_id[:12], e)
-                return True
-            log.info(  # benchmarks.scaling counts this time as the referee's
-                "ran check of task %s ahead in %.3fs (%d rows)", task_id[:12], time.monotonic() - started, len(rows)
-            )
-            return True
-        return False
-
-    def _make_foreseen(self, shard: LeasedShard, rows: tuple[int, ...]) -> None:
-        """The shard's `rows` gathered as examine gathers a check's input (the same bytes, so
-        the same hash) and run through the model, kept as the ruling's re-run (its key). The
-        check input is not stored: examine stores it if the result is checked."""
-        with tempfile.TemporaryDirectory(prefix="referee-", dir=self.blobs.tmp_dir) as tmp:
-            source, out = Path(tmp) / "in.safetensors", Path(tmp) / "out.safetensors"
-            tensorfile.gather_rows(self.blobs.path_for(shard.input_sha), list(rows), source)
-            with source.open("rb") as f:
-                input_sha = hashlib.file_digest(f, "sha256").hexdigest()
-            key = run_key(shard.model_sha, input_sha, len(rows), shard.settings)
-            if key in self.ahead:
-                return
-            self._run(shard.model_sha, shard.settings, source, out)
-            self.ahead.put(key, out)
-
     def _make_ahead(self, job: Ahead, key: str) -> None:
         """The first job.rows rows of the check's input through the model, as _reexecute runs them."""
         with tempfile.TemporaryDirectory(prefix="referee-", dir=self.blobs.tmp_dir) as tmp:
@@ -477,8 +420,3 @@ class Verification:
             self._required_until = now + 1.0
         stake = self._stakes.get(node, (0, 0.0))[0]
         return {job_id for job_id, required in self._required.items() if stake < required}
-
-
-def _alone(policy: VerificationPolicy | None) -> bool:
-    """Whether the policy has an untrusted node's results spot-checked (by the referee alone)."""
-    return policy is not None and policy.enabled and policy.spec.mode == "spotcheck"

@@ -19,7 +19,8 @@ from coordinator.repositories.tasks import TaskRecord
 from coordinator.repositories.verification.checks import CheckPlan
 from coordinator.repositories.verification.rulings import Ahead, LeasedShard, RulingInfo
 from coordinator.services.verification.ahead import AheadRuns, run_key
-from coordinator.services.verification.manager import FORESEEN, Verification
+from coordinator.services.verification.foresee import FORESEEN
+from coordinator.services.verification.manager import Verification
 from coordinator.services.verification.policy import VerificationPolicy
 from tensorgrid.blobs import BlobStore
 from tensorgrid.spec import VerificationSpec
@@ -172,7 +173,7 @@ def test_outputs_are_kept_up_to_a_bound_and_keys_tell_re_runs_apart(tmp_path: Pa
     assert not runs.take(keys[2], tmp_path / "again")
 
 
-# ---- foresee: a leased shard's check re-run before its result (Verification.leased) ----------
+# ---- foresee.py: a leased shard's check re-run before its result (Verification.leased) -------
 
 JOB, TASK = "j" * 64, "t" * 64
 
@@ -238,8 +239,8 @@ def examine(v: Verification, referee: Referee, lease: Lease) -> CheckPlan:
 def test_a_leased_shards_check_is_re_run_before_its_result_and_its_ruling_only_compares(referee: Referee) -> None:
     v, _, lease = foreseeing(referee)
     v.leased([lease], SUBJECT)
-    assert asyncio.run(v._foresee()) is True and referee.replays == 1
-    assert asyncio.run(v._foresee()) is False  # nothing more queued
+    assert asyncio.run(v.foresight.next()) is True and referee.replays == 1
+    assert asyncio.run(v.foresight.next()) is False  # nothing more queued
     plan = examine(v, referee, lease)  # the result comes: the same rows are drawn
     ruling, how = v._reexecute(ruling_on(v, referee, plan))
     assert how == "ahead" and referee.replays == 1 and ruling.subject_right
@@ -248,7 +249,7 @@ def test_a_leased_shards_check_is_re_run_before_its_result_and_its_ruling_only_c
 def test_a_wrong_result_is_still_caught_with_the_rows_re_run_before_it(referee: Referee, tmp_path: Path) -> None:
     v, _, lease = foreseeing(referee)
     v.leased([lease], SUBJECT)
-    asyncio.run(v._foresee())
+    asyncio.run(v.foresight.next())
     plan = examine(v, referee, lease)
     lie = load_tensors(referee.blobs.path_for(referee.subject))["output"].clone()
     lie[plan.rows[0]] += 1
@@ -262,14 +263,14 @@ def test_a_lease_given_back_a_trusted_node_and_an_unchecked_job_are_not_re_run(r
     v, store, lease = foreseeing(referee)
     v.leased([lease, Lease(JOB, "u" * 64, 1, 0, "inference", lease.model, lease.input)], SUBJECT)  # "u": not held
     del store.held[(TASK, 1, SUBJECT)]  # given back (or its result came, or it was reissued)
-    assert asyncio.run(v._foresee()) is False and referee.replays == 0
+    assert asyncio.run(v.foresight.next()) is False and referee.replays == 0
     v, store, lease = foreseeing(referee)
     store.streaks[SUBJECT] = VerificationSpec().trust_after  # trusted: its check, if drawn, goes to a node
     v.leased([lease], SUBJECT)
-    assert asyncio.run(v._foresee()) is False and referee.replays == 0
+    assert asyncio.run(v.foresight.next()) is False and referee.replays == 0
     v, store, lease = foreseeing(referee, VerificationSpec(mode="none"))
     v.leased([lease], SUBJECT)  # the policy is cached: not even queued
-    assert not v._foreseen and asyncio.run(v._foresee()) is False and referee.replays == 0
+    assert not v.foresight.queue and asyncio.run(v.foresight.next()) is False and referee.replays == 0
 
 
 def test_leases_queued_for_foresee_are_bounded_newest_kept(referee: Referee) -> None:
@@ -277,4 +278,4 @@ def test_leases_queued_for_foresee_are_bounded_newest_kept(referee: Referee) -> 
     many = [Lease(JOB, f"{i:064x}", 1, 0, "inference", lease.model, lease.input) for i in range(FORESEEN + 5)]
     v.leased(many, SUBJECT)
     v.leased([Lease(JOB, "c" * 64, 1, 0, "spotcheck", lease.model, lease.input)], SUBJECT)  # a check: not a shard
-    assert len(v._foreseen) == FORESEEN and v._foreseen[-1][1] == many[-1].task_id
+    assert len(v.foresight.queue) == FORESEEN and v.foresight.queue[-1][1] == many[-1].task_id
