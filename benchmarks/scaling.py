@@ -23,7 +23,10 @@ interpreter with torch imported (as a node's warm worker is): both load the prog
 
 Where grid time went comes from the nodes' per-task timing lines (fetch, program load,
 compute, submit; each task classed as a shard or a check from the coordinator's database),
-the coordinator's referee timing lines, and the job's events.
+the coordinator's referee timing lines, and the job's events; its timeline (seconds from
+submit: job created after intake's probe, each node's first lease, program loaded and results,
+each check's ruling begun and its length, the job's end, the result downloaded) shows where.
+Keep a run's logs and database with --keep DIR.
 
     python -m benchmarks.scaling [--seconds 60 | --rows N] [--shards 4] [--batch 16] [--keep DIR]
 """
