@@ -24,7 +24,8 @@ TIMING = re.compile(
 )
 RULING = re.compile(r"ruled on check [0-9a-f]+ in (?P<s>[\d.]+)s \((?P<rows>\d+) rows(?:, (?P<how>[a-z-]+))?")
 REGISTERED = re.compile(r"registered with \S+ as (?P<address>0x[0-9a-fA-F]{40})")
-AHEAD = re.compile(r"ran check [0-9a-f]+ ahead in (?P<s>[\d.]+)s \((?P<rows>\d+) rows")
+# a check's confirmation re-run ahead, or a leased shard's check re-run before its result
+AHEAD = re.compile(r"ran check (?:of task )?[0-9a-f]+ ahead in (?P<s>[\d.]+)s \((?P<rows>\d+) rows")
 PROBE = re.compile(r"row-independence probe of [0-9a-f]+ took (?P<s>[\d.]+)s")
 
 
@@ -188,3 +189,68 @@ class GridCpu:
         for pid, (role, cpu) in self._read().items():
             spent[role] += cpu - self._before.get(pid, 0.0)
         return {role: round(x, 2) for role, x in spent.items()}
+
+
+RULED = re.compile(r"ruled on check (?P<id>[0-9a-f]+) in (?P<s>[\d.]+)s")
+
+
+def timeline(grid: LocalGrid, job_id: str, start_ms: int, nodes: list[str]) -> dict[str, Any]:
+    """The job's milestones in seconds from the submit call (`start_ms`, wall clock): the job's
+    creation (upload, planning and intake's probe done), per node its first lease, its program
+    loaded (the lease, then its first task's fetch and load), and each of its shards' results in;
+    per check its subject's result in, when its ruling began and how long it took (the referee's
+    queue and its run); the last result, and the job's end. From the coordinator's database (ms)
+    and the nodes' and referee's timing lines."""
+    t, r, j, c = s.tasks, s.receipts, s.jobs, s.checks
+    engine = create_engine(f"sqlite:///{grid.root / 'coordinator' / 'coordinator.db'}")
+    with engine.connect() as conn:
+        created, ended = conn.execute(select(j.c.created_ms, j.c.updated_ms).where(j.c.job_id == job_id)).one()
+        shards = conn.execute(
+            select(t.c.task_id, t.c.idx, t.c.node, t.c.leased_ms, r.c.received_ms)
+            .join(r, (t.c.task_id == r.c.task_id) & (t.c.attempt == r.c.attempt))
+            .where(t.c.job_id == job_id, t.c.kind != s.CHECK_KIND)
+            .order_by(r.c.received_ms)
+        ).all()
+        checks = conn.execute(select(c.c.check_id, c.c.subject_task).where(c.c.job_id == job_id)).all()
+        ruled = {  # a ruling's event carries the time its ruling began
+            (e.task_index, e.kind): e.time_ms
+            for e in conn.execute(
+                select(s.events.c.task_index, s.events.c.kind, s.events.c.time_ms).where(s.events.c.job_id == job_id)
+            )
+        }
+    engine.dispose()
+
+    def at(ms: int | None) -> float | None:
+        return None if ms is None else round((ms - start_ms) / 1000, 2)
+
+    timings: dict[str, tuple[float, float]] = {}  # task id prefix → (fetch, load)
+    names: dict[str, str] = {}
+    for name in nodes:
+        text = (grid.root / f"{name}.log").read_text(errors="replace")
+        names.update((m["address"].lower()[:10], name) for m in REGISTERED.finditer(text))
+        timings.update((m["id"], (float(m["fetch"]), float(m["load"]))) for m in TIMING.finditer(text))
+    per_node: dict[str, dict[str, Any]] = {}
+    for x in shards:
+        node = per_node.setdefault(names.get(str(x.node).lower()[:10], str(x.node)[:10]), {"results": []})
+        if "first_lease" not in node:
+            fetch, load = timings.get(x.task_id[:12], (0.0, 0.0))
+            node["first_lease"] = at(x.leased_ms)
+            node["loaded"] = round((x.leased_ms - start_ms) / 1000 + fetch + load, 2)
+        node["results"].append([x.idx, at(x.received_ms)])
+    took = {m["id"]: float(m["s"]) for m in RULED.finditer((grid.root / "coordinator.log").read_text(errors="replace"))}
+    by_task = {x.task_id: x for x in shards}
+    rulings = []
+    for chk in checks:
+        subject = by_task.get(chk.subject_task)
+        if subject is None:
+            continue
+        began = ruled.get((subject.idx, "verified"), ruled.get((subject.idx, "caught")))
+        rulings.append([subject.idx, at(subject.received_ms), at(began), took.get(chk.check_id[:12])])
+    rulings.sort(key=lambda x: x[1] or 0.0)
+    return {
+        "job_created": at(created),
+        "nodes": per_node,
+        "last_result": at(max((x.received_ms for x in shards), default=None)),
+        "rulings": rulings,  # [shard, its result in, ruling began, ruling took (s)]
+        "job_done": at(ended),
+    }

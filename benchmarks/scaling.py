@@ -23,7 +23,10 @@ interpreter with torch imported (as a node's warm worker is): both load the prog
 
 Where grid time went comes from the nodes' per-task timing lines (fetch, program load,
 compute, submit; each task classed as a shard or a check from the coordinator's database),
-the coordinator's referee timing lines, and the job's events.
+the coordinator's referee timing lines, and the job's events; its timeline (seconds from
+submit: job created after intake's probe, each node's first lease, program loaded and results,
+each check's ruling begun and its length, the job's end, the result downloaded) shows where.
+Keep a run's logs and database with --keep DIR.
 
     python -m benchmarks.scaling [--seconds 60 | --rows N] [--shards 4] [--batch 16] [--keep DIR]
 """
@@ -42,7 +45,7 @@ import torch
 from torch import nn
 
 from benchmarks._common import emit
-from benchmarks._gridtime import GridCpu, breakdown, start_gate
+from benchmarks._gridtime import GridCpu, breakdown, start_gate, timeline
 from tensorgrid.localgrid import LocalGrid
 from tensorgrid.workloads.tensorfile import load_tensors, save_tensors
 
@@ -123,9 +126,10 @@ def local_seconds(model: Path, inputs: Path, out: Path, batch: int, runs: int = 
     return min(times[1:]) if len(times) > 1 else times[0]
 
 
-def two_at_once(model: Path, inputs: Path, root: Path, batch: int) -> float:
+def two_at_once(model: Path, inputs: Path, root: Path, batch: int) -> tuple[float, list[float]]:
     """Wall seconds of two bare in-process runs started together, each on half the rows: what
-    this machine gives two one-thread processes right now (the grid's floor, with no grid)."""
+    this machine gives two one-thread processes right now (the grid's floor, with no grid); and
+    each one's seconds beside its forward passes (its program load, as a node's first task's)."""
     tensors = load_tensors(inputs)
     half = next(iter(tensors.values())).shape[0] // 2
     go = root / "go"
@@ -139,8 +143,8 @@ def two_at_once(model: Path, inputs: Path, root: Path, batch: int) -> float:
     while not all((root / f"half{i}_out.safetensors.ready").exists() for i in (0, 1)):
         time.sleep(0.05)  # both through their imports
     go.touch()
-    outs = [proc.communicate()[0] for proc in procs]
-    return max(_times(out)[0][0] for out in outs)
+    outs = [_times(proc.communicate()[0])[0] for proc in procs]
+    return max(wall for wall, _ in outs), [round(wall - forward, 2) for wall, forward in outs]
 
 
 def calibrate_rows(model: Path, root: Path, seconds: float, batch: int, shards: int) -> tuple[int, float]:
@@ -175,7 +179,7 @@ def run_grid(root: Path, model: Path, inputs: Path, shard_rows: int, batch: int)
         settled = time.monotonic() - settled
         with grid.client(Signer.generate()) as client:
             cpu.start()
-            start = time.monotonic()
+            start, start_ms = time.monotonic(), int(time.time() * 1000)
             job = client.submit_inference(
                 model,
                 inputs,
@@ -192,6 +196,9 @@ def run_grid(root: Path, model: Path, inputs: Path, shard_rows: int, batch: int)
             wall = time.monotonic() - start
             spent = cpu.seconds()
         report = breakdown(grid, job.job_id, done - submitted, nodes)
+        # submit → job created (upload, planning, intake's probe) → first lease and program loaded
+        # per node → each shard's result → each check's ruling → the job's end → result downloaded
+        report["timeline"] = {**timeline(grid, job.job_id, start_ms, nodes), "downloaded": round(wall, 2)}
         report.update(
             submit_s=round(submitted - start, 2),
             # upload, planning, signing: submit less intake's probe
@@ -231,7 +238,7 @@ def main() -> None:
         grid = run_grid(root, model, inputs, rows // ns.shards, ns.batch)
         print(f"grid {grid['grid_s']:.1f}s: {grid['breakdown']}", flush=True)
         local_s, local_forward_s = local_seconds(model, inputs, root / "local_out.safetensors", ns.batch)
-        pair_s = two_at_once(model, inputs, root, ns.batch)
+        pair_s, pair_loads = two_at_once(model, inputs, root, ns.batch)
         same = torch.allclose(
             load_tensors(root / "grid_out.safetensors")["output"],
             load_tensors(root / "local_out.safetensors")["output"],
@@ -270,6 +277,10 @@ def main() -> None:
             # two bare one-thread processes on half the rows each, at once: this machine's floor
             "two_processes_s": round(pair_s, 2),
             "two_processes_ratio": round(pair_s / local_s, 3),
+            # each bare process's time beside its forward passes (program load), against the
+            # in-process run's and the nodes' load_s: what loading costs two at once here now
+            "two_processes_load_s": pair_loads,
+            "local_load_s": round(local_s - local_forward_s, 2),
             "node_compute_slowdown": round(slowdown, 3),  # node s/row over in-process s/row
             "grid_overhead_s": round(overhead_s, 2),  # grid time beyond the busiest node's forward passes
             # checks on nodes, the referee's rulings and intake's probe, over the shards' compute

@@ -97,6 +97,7 @@ class Coordinator:
             config.timing,
             barred=self.verification.barred_jobs if self.chain is not None else None,
             before_lease=self.verification.refresh_stake,
+            on_granted=self.verification.leased,
             check_wait_ms=config.check_wait_ms,
             pacing=HeartbeatPacing(
                 config.heartbeat_interval_ms, config.idle_heartbeats_per_s, config.idle_heartbeat_max_ms

@@ -44,8 +44,12 @@ class Scheduler:
         before_lease: Callable[[str], Awaitable[None]] | None = None,
         check_wait_ms: int = 30_000,
         pacing: HeartbeatPacing | None = None,
+        on_granted: Callable[[list[Lease], str], None] | None = None,
     ) -> None:
+        """on_granted(leases, node): told of leases granted, after their commit (the referee
+        re-runs the rows it will rule on meanwhile: Verification.leased); it must not block."""
         self.rt = rt
+        self._on_granted = on_granted
         # How often nodes should heartbeat (the interval is told with each heartbeat's answer)
         self.pacing = pacing if pacing is not None else HeartbeatPacing(5_000, 0, 5_000)
         self.store = store
@@ -218,6 +222,8 @@ class Scheduler:
     def granted(self, leases: list[Lease], node: str) -> None:
         """Leases the node was granted and told of (after their transaction committed)."""
         self.remember(leases, node)
+        if leases and self._on_granted is not None:
+            self._on_granted(leases, node)
         for job_id in {lease.job_id for lease in leases}:
             self.rt.hub.notify(job_id)
 

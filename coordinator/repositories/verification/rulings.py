@@ -132,6 +132,34 @@ def ahead(conn: Connection, check_id: str) -> Ahead | None:
     return Ahead(check_id, task.model_sha, task.input_sha, json.loads(task.settings), rows)
 
 
+@dataclass(frozen=True)
+class LeasedShard:
+    """A job's task (not a check) leased and not yet answered: what re-running rows of its input
+    as the referee would rule on them needs (services/verification/manager.py: foresee)."""
+
+    model_sha: str
+    input_sha: str
+    rows: int
+    settings: dict[str, Any]
+
+
+def leased_shard(conn: Connection, task_id: str, attempt: int, node: str) -> LeasedShard | None:
+    """The task as LeasedShard while `node` still holds its lease `attempt` (no result in, not
+    given back, not expired and reissued); else None. Its settings are read as pending() reads
+    a check task's (a copy of its subject's), so a re-run's key is its ruling's."""
+    t = s.tasks.c
+    row = conn.execute(
+        select(t.model_sha, t.input_sha, t.rows, t.settings, t.state, t.attempt, t.node, t.kind).where(
+            t.task_id == task_id
+        )
+    ).first()
+    if row is None or row.state != "leased" or row.attempt != attempt or row.node != node:
+        return None
+    if row.kind == s.CHECK_KIND or not row.model_sha:
+        return None
+    return LeasedShard(row.model_sha, row.input_sha, int(row.rows), json.loads(row.settings))
+
+
 def _input_sha(conn: Connection, task_id: str) -> str:
     return str(conn.execute(select(s.tasks.c.input_sha).where(s.tasks.c.task_id == task_id)).scalar() or "")
 

@@ -83,6 +83,10 @@ class VerificationRepository:
         with self.engine.begin() as conn:
             return assign.reassign_stale(conn, now_ms, patience_ms=patience_ms)
 
+    def leased_shard(self, task_id: str, attempt: int, node: str) -> rulings.LeasedShard | None:
+        with self.engine.connect() as conn:
+            return rulings.leased_shard(conn, task_id, attempt, node)
+
     def pending_rulings(self) -> list[rulings.RulingInfo]:
         with self.engine.connect() as conn:
             return rulings.pending(conn)

@@ -29,12 +29,13 @@ from coordinator.services.runtime import Runtime
 from coordinator.services.sandboxed import SandboxFailure, reexecute_rows, referee
 from coordinator.services.verification.ahead import AheadRuns, run_key
 from coordinator.services.verification.compare import load_rows, rows_match
+from coordinator.services.verification.foresee import Foresight
 from coordinator.services.verification.policy import VerificationPolicy
 from coordinator.services.verification.referee import blames, judge, soundness
 from coordinator.services.verification.reviews import Reviews
 from tensorgrid.blobs import BlobStore
 from tensorgrid.spec import VerificationSpec
-from tensorgrid.types import BlobRef
+from tensorgrid.types import BlobRef, Lease
 from tensorgrid.workloads import tensorfile
 
 log = logging.getLogger("tensorgrid.coordinator.verification")
@@ -77,6 +78,19 @@ class Verification:
         self.rulings = 0
         # confirmations re-run while their checks run on checkers, not after (ahead.py)
         self.ahead = AheadRuns(Path(blobs.tmp_dir))
+        # an untrusted node's leased shards: the rows its result's check will have the referee
+        # re-run, re-run while the node computes (foresee.py)
+        self.foresight = Foresight(
+            rt,
+            store,
+            blobs,
+            self.ahead,
+            policies=self.policy,
+            known=self._policies.get,
+            draw=lambda policy, streak, task, attempt, rows: self._draw(policy, streak, self._rng(task, attempt), rows),
+            run=self._run,
+            scored=self._scores,
+        )
         # two nodes' claims that a task's input is bad, checked by running the task (reviews.py)
         self.reviews = Reviews(rt, store, blobs, self._run)
 
@@ -110,11 +124,9 @@ class Verification:
         # trust is per job: earned on paid jobs of other submitters (repositories/verification/trust.py)
         streak = await self._db(self.store.verification.streak, node, task.job_id, policy.spec.trust_after)
         rng = self._rng(task.task_id, task.attempt)
-        rate = policy.check_rate(streak)
-        if rng.random() >= rate:
+        rows = self._draw(policy, streak, rng, task.rows)
+        if rows is None:
             return None, None  # a trusted node's lucky draw: accepted (and paid) unchecked
-        m = policy.sample_rows(rate, task.rows)
-        rows = tuple(sorted(rng.sample(range(task.rows), m)))
         ref = await self._work(self._gather, task.input, list(rows))
         canary = None
         if task.rows > 1 and rng.random() < policy.spec.canary_rate:
@@ -128,6 +140,17 @@ class Verification:
         ahead = streak < policy.spec.trust_after
         direct = ahead and referee_alone and policy.spec.mode == "spotcheck"
         return CheckPlan(self._fresh_id("check", task), ref, rows, canary, ahead and not direct, direct), None
+
+    @staticmethod
+    def _draw(policy: VerificationPolicy, streak: int, rng: random.Random, task_rows: int) -> tuple[int, ...] | None:
+        """Whether a result of task_rows rows by a node with this streak is checked (the first
+        draw of the task's rng) and which of its rows (the next): None when it is not. examine
+        and foresee.py draw the same: a run ahead of the result is the ruling's."""
+        rate = policy.check_rate(streak)
+        if rng.random() >= rate:
+            return None
+        m = policy.sample_rows(rate, task_rows)
+        return tuple(sorted(rng.sample(range(task_rows), m)))
 
     def _fresh_id(self, what: str, task: TaskRecord) -> str:
         """A task id no node can tell from an ordinary task's (those are random too)."""
@@ -186,6 +209,13 @@ class Verification:
             self.ahead.queue(plan.check_task_id)
         self.dispute_raised()
 
+    def leased(self, leases: list[Lease], node: str) -> None:
+        """Leases the scheduler granted `node` (Scheduler.granted, after their commit): an
+        untrusted node's inference shards have their checks' rows re-run while it computes
+        (foresee.py), so the rulings on their results only compare."""
+        if self.foresight.leased(leases, node):
+            self._disputes.set()
+
     def dispute_raised(self) -> None:
         """A check result came in that may have opened a dispute: look for rulings to make now."""
         self._disputes.set()
@@ -212,7 +242,7 @@ class Verification:
                 for info in await self.rt.db_bulk(self.store.verification.pending_rulings):
                     await self._rule(info, settled)
                 await self.reviews.review_pending(settled)
-                if await self._run_ahead():
+                if await self.foresight.next() or await self._run_ahead():
                     self._disputes.set()  # rulings first, then the next check to run ahead
             except Exception:  # a DB hiccup must not end the loop
                 log.exception("ruling on disputed checks failed; will retry")

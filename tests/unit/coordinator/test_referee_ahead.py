@@ -15,10 +15,16 @@ from typing import Any
 import pytest
 import torch
 
-from coordinator.repositories.verification.rulings import Ahead, RulingInfo
+from coordinator.repositories.tasks import TaskRecord
+from coordinator.repositories.verification.checks import CheckPlan
+from coordinator.repositories.verification.rulings import Ahead, LeasedShard, RulingInfo
 from coordinator.services.verification.ahead import AheadRuns, run_key
+from coordinator.services.verification.foresee import FORESEEN
 from coordinator.services.verification.manager import Verification
+from coordinator.services.verification.policy import VerificationPolicy
 from tensorgrid.blobs import BlobStore
+from tensorgrid.spec import VerificationSpec
+from tensorgrid.types import BlobRef, Lease
 from tensorgrid.workloads.tensorfile import gather_rows, load_tensors, save_tensors
 
 ROWS = [5, 1, 9]  # the check's sample of the subject's shard
@@ -165,3 +171,111 @@ def test_outputs_are_kept_up_to_a_bound_and_keys_tell_re_runs_apart(tmp_path: Pa
     assert keys[0] not in runs and keys[1] in runs and keys[2] in runs  # the oldest was dropped
     assert runs.take(keys[2], tmp_path / "taken") and (tmp_path / "taken").read_bytes() == b"x2"
     assert not runs.take(keys[2], tmp_path / "again")
+
+
+# ---- foresee.py: a leased shard's check re-run before its result (Verification.leased) -------
+
+JOB, TASK = "j" * 64, "t" * 64
+
+
+class _Leases(_Store):
+    """store.verification.leased_shard answers from `held` ((task, attempt, node) → LeasedShard)
+    and streak from `streaks`; store.verification.check_info finds no check answered."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: dict[tuple[str, int, str], LeasedShard] = {}
+        self.streaks: dict[str, int] = {}
+
+    def leased_shard(self, task_id: str, attempt: int, node: str) -> LeasedShard | None:
+        return self.held.get((task_id, attempt, node))
+
+    def streak(self, node: str, job_id: str, trust_after: int) -> int:
+        return self.streaks.get(node, 0)
+
+    def check_info(self, task_id: str, node: str) -> None:
+        return None
+
+
+class _DbRuntime(_Runtime):
+    db = _Runtime.db_bulk  # type: ignore[assignment]
+
+
+def foreseeing(referee: Referee, spec: VerificationSpec | None = None) -> tuple[Verification, _Leases, Lease]:
+    """The referee's Verification over a store where SUBJECT holds the lease of the shard (12 rows)."""
+    store = _Leases()
+    v = Verification(_DbRuntime(), store, referee.blobs, b"secret", None)  # type: ignore[arg-type]
+    v.add_replay("inference", referee._replay)
+    v._policies[JOB] = (VerificationPolicy(spec or VerificationSpec(), 4, 0), 0)
+    store.held[(TASK, 1, SUBJECT)] = LeasedShard(referee.model, referee.shard, 12, SETTINGS)
+    model, shard = BlobRef(referee.model, 1), referee.blobs.ref(referee.shard)
+    return v, store, Lease(JOB, TASK, 1, 0, "inference", model, shard)
+
+
+def ruling_on(v: Verification, referee: Referee, plan: CheckPlan) -> RulingInfo:
+    """The ruling pending() reads for a direct check opened from `plan`."""
+    return RulingInfo(
+        check_id=plan.check_task_id,
+        job_id=JOB,
+        model_sha=referee.model,
+        input_sha=plan.input.sha256,
+        settings=SETTINGS,
+        subject_output=referee.subject,
+        rows=list(plan.rows),
+        checkers=[],
+        rows_limit=len(plan.rows),
+        shard_sha=referee.shard,
+        subject_node=SUBJECT,
+    )
+
+
+def examine(v: Verification, referee: Referee, lease: Lease) -> CheckPlan:
+    task = TaskRecord(TASK, JOB, 0, "leased", "inference", 1, SUBJECT, None, lease.input, 12)
+    plan, verdict = asyncio.run(v.examine(task, SUBJECT, BlobRef(referee.subject, 1), referee_alone=True))
+    assert plan is not None and plan.direct and verdict is None
+    return plan
+
+
+def test_a_leased_shards_check_is_re_run_before_its_result_and_its_ruling_only_compares(referee: Referee) -> None:
+    v, _, lease = foreseeing(referee)
+    v.leased([lease], SUBJECT)
+    assert asyncio.run(v.foresight.next()) is True and referee.replays == 1
+    assert asyncio.run(v.foresight.next()) is False  # nothing more queued
+    plan = examine(v, referee, lease)  # the result comes: the same rows are drawn
+    ruling, how = v._reexecute(ruling_on(v, referee, plan))
+    assert how == "ahead" and referee.replays == 1 and ruling.subject_right
+
+
+def test_a_wrong_result_is_still_caught_with_the_rows_re_run_before_it(referee: Referee, tmp_path: Path) -> None:
+    v, _, lease = foreseeing(referee)
+    v.leased([lease], SUBJECT)
+    asyncio.run(v.foresight.next())
+    plan = examine(v, referee, lease)
+    lie = load_tensors(referee.blobs.path_for(referee.subject))["output"].clone()
+    lie[plan.rows[0]] += 1
+    info = ruling_on(v, referee, plan)
+    info = RulingInfo(**{**info.__dict__, "subject_output": referee.output(lie, tmp_path, "lie.safetensors")})
+    ruling, how = v._reexecute(info)
+    assert how == "ahead" and not ruling.subject_right and not ruling.reason
+
+
+def test_a_lease_given_back_a_trusted_node_and_an_unchecked_job_are_not_re_run(referee: Referee) -> None:
+    v, store, lease = foreseeing(referee)
+    v.leased([lease, Lease(JOB, "u" * 64, 1, 0, "inference", lease.model, lease.input)], SUBJECT)  # "u": not held
+    del store.held[(TASK, 1, SUBJECT)]  # given back (or its result came, or it was reissued)
+    assert asyncio.run(v.foresight.next()) is False and referee.replays == 0
+    v, store, lease = foreseeing(referee)
+    store.streaks[SUBJECT] = VerificationSpec().trust_after  # trusted: its check, if drawn, goes to a node
+    v.leased([lease], SUBJECT)
+    assert asyncio.run(v.foresight.next()) is False and referee.replays == 0
+    v, store, lease = foreseeing(referee, VerificationSpec(mode="none"))
+    v.leased([lease], SUBJECT)  # the policy is cached: not even queued
+    assert not v.foresight.queue and asyncio.run(v.foresight.next()) is False and referee.replays == 0
+
+
+def test_leases_queued_for_foresee_are_bounded_newest_kept(referee: Referee) -> None:
+    v, _, lease = foreseeing(referee)
+    many = [Lease(JOB, f"{i:064x}", 1, 0, "inference", lease.model, lease.input) for i in range(FORESEEN + 5)]
+    v.leased(many, SUBJECT)
+    v.leased([Lease(JOB, "c" * 64, 1, 0, "spotcheck", lease.model, lease.input)], SUBJECT)  # a check: not a shard
+    assert len(v.foresight.queue) == FORESEEN and v.foresight.queue[-1][1] == many[-1].task_id

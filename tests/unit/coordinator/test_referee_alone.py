@@ -176,3 +176,48 @@ def test_the_referee_alone_catches_a_wrong_subject_and_verifies_a_right_one(refe
     wrong = referee.output(full, tmp_path, "wrong.safetensors")
     ruling, how = referee.verification._reexecute(alone(wrong))
     assert not ruling.subject_right and not ruling.reason and how == "re-run"  # sound: blamed
+
+
+def test_a_leased_shard_is_read_for_foresee_only_while_its_node_holds_that_lease(state: Store) -> None:
+    """Verification.leased's re-run ahead reads the shard through leased_shard: never for a lease
+    given back, reissued or answered (a node leasing and dropping shards gets no referee work
+    per lease), and with the settings a ruling on its check reads (the re-run's key)."""
+    import dataclasses
+
+    from coordinator.repositories.jobs import NewTask
+
+    model = BlobRef("ab" * 32, 10)
+    job = dataclasses.replace(_job(), model=model, settings_json=json.dumps(SETTINGS))
+    state.jobs.create_job(job, [NewTask(0, task_id_for(JOB, 0), BlobRef(INPUT, 0), 400)], now_ms=1)
+    (lease,), _ = state.tasks.lease_tasks(SUBJECT, 1, NOW, TIMING)
+    shard = state.verification.leased_shard(lease.task_id, lease.attempt, SUBJECT)
+    assert shard is not None and (shard.model_sha, shard.input_sha, shard.rows) == (model.sha256, INPUT, 400)
+    assert state.verification.leased_shard(lease.task_id, lease.attempt + 1, SUBJECT) is None  # another attempt
+    assert state.verification.leased_shard(lease.task_id, lease.attempt, B) is None  # another node
+    plan = CheckPlan("c1" * 32, BlobRef(INPUT, 0), (0, 40), direct=True)
+    ResultAcceptance(state.engine).accept_results(
+        [ResultItem(SUBJECT, receipt(lease.task_id, 1), BlobRef(OUT, 3), 400, OpenCheck(plan))], NOW
+    )
+    assert state.verification.leased_shard(lease.task_id, lease.attempt, SUBJECT) is None  # answered
+    (pending,) = state.verification.pending_rulings()
+    assert pending.settings == shard.settings and pending.model_sha == shard.model_sha
+
+
+def _job() -> Any:
+    from coordinator.repositories.jobs import NewJob
+
+    return NewJob(
+        job_id=JOB,
+        submitter="0x" + "11" * 20,
+        kind="inference",
+        spec_json=b"{}",
+        spec_hash="cd" * 32,
+        device="any",
+        min_memory_bytes=0,
+        model=None,
+        settings_json="{}",
+        memory_limit_bytes=1 << 30,
+        time_limit_ms=5000,
+        max_attempts=3,
+        verification_json='{"mode": "spotcheck", "trust_after": 10}',
+    )
