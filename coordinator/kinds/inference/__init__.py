@@ -42,6 +42,7 @@ class InferenceKind(BaseKind):
     def __init__(self, verification: Verification, hub: EventHub) -> None:
         self.verification = verification
         self.hub = hub
+        verification.foresight.add(self.name)  # its untrusted results are the referee's alone (examine)
 
     def plan(
         self, spec: Any, spec_json: bytes, submitter: str, sh: str, job_id: str, blobs: BlobStore, limits: Limits

@@ -74,7 +74,8 @@ class Foresight:
         scored: Container[str],
     ) -> None:
         """known(job id): the job's policy if already read (no database); scored: task kinds whose
-        rulings score a claim rather than re-run it (nothing to run ahead)."""
+        rulings score a claim rather than re-run it (nothing to run ahead). Only leases of the kinds
+        given to `add` are foreseen: job kinds whose untrusted results the referee checks alone."""
         self.rt = rt
         self.store = store
         self.blobs = blobs
@@ -85,13 +86,18 @@ class Foresight:
         self._run = run
         self._scored = scored
         self.queue: deque[tuple[str, str, int, str]] = deque(maxlen=FORESEEN)  # (job, task, attempt, node)
+        self.kinds: set[str] = set()  # lease kinds foreseen (add)
+
+    def add(self, lease_kind: str) -> None:
+        """Foresee leases of this kind."""
+        self.kinds.add(lease_kind)
 
     def leased(self, leases: list[Lease], node: str) -> bool:
         """Queue `node`'s inference leases (no database read on the lease path); whether any was."""
         queued = False
         for x in leases:
             known = self._known(x.job_id)
-            if x.kind != "inference" or (known is not None and not alone(known[0])):
+            if x.kind not in self.kinds or (known is not None and not alone(known[0])):
                 continue
             self.queue.append((x.job_id, x.task_id, x.attempt, node))
             queued = True

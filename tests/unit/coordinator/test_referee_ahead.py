@@ -206,6 +206,7 @@ def foreseeing(referee: Referee, spec: VerificationSpec | None = None) -> tuple[
     store = _Leases()
     v = Verification(_DbRuntime(), store, referee.blobs, b"secret", None)  # type: ignore[arg-type]
     v.add_replay("inference", referee._replay)
+    v.foresight.add("inference")  # as the inference kind does (coordinator/kinds/inference)
     v._policies[JOB] = (VerificationPolicy(spec or VerificationSpec(), 4, 0), 0)
     store.held[(TASK, 1, SUBJECT)] = LeasedShard(referee.model, referee.shard, 12, SETTINGS)
     model, shard = BlobRef(referee.model, 1), referee.blobs.ref(referee.shard)
