@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import signal
@@ -11,12 +12,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 
 from tensorgrid.client import Client
 from tensorgrid.crypto import Signer
-from tensorgrid.localgrid import COORDINATOR, LocalGrid
+from tensorgrid.localgrid import COORDINATOR, LocalGrid, Proc
 from tensorgrid.spec import VerificationSpec
 from tensorgrid.types import JobInfo, JobState
 from tensorgrid.workloads.tensorfile import load_tensors
@@ -150,7 +152,9 @@ def _submit_slow(client: Client, slow_digits: Assets) -> JobInfo:
 
 
 def _two_nodes_under_way(grid: LocalGrid, slow_digits: Assets) -> tuple[Signer, JobInfo]:
-    """Two nodes working through a 12-task job, two tasks of it done: its submitter and the job."""
+    """Two nodes working through a 12-task job, two tasks of it done and a node's worker
+    computing the next (so a coordinator killed now finds a task in a node's hands, not between
+    a result and the next input's fetch): its submitter and the job."""
     for i in range(2):
         grid.start_node(f"node{i}", *node_args())
     grid.wait_for_nodes(2, timeout=300)  # both at work when the coordinator dies
@@ -160,7 +164,31 @@ def _two_nodes_under_way(grid: LocalGrid, slow_digits: Assets) -> tuple[Signer, 
         for ev in client.watch(job.job_id):
             if ev.kind == "completed" and ev.tasks_done >= 2:
                 break
+        _until_a_worker_computes([p for p in grid.procs if p.name.startswith("node")])
     return submitter, job
+
+
+def _until_a_worker_computes(nodes: list[Proc], timeout: float = 60) -> None:
+    """Until a node's task worker has used 50 ms of CPU within 100 ms: a task is being computed
+    (its program is warm after the node's first task, so that is the compute, not a load)."""
+
+    def worker_seconds(node: Proc) -> float:
+        total = 0.0
+        with contextlib.suppress(psutil.Error):
+            for child in psutil.Process(node.popen.pid).children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    total += sum(child.cpu_times()[:2])
+        return total
+
+    deadline = time.monotonic() + timeout
+    before = [worker_seconds(n) for n in nodes]
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = [worker_seconds(n) for n in nodes]
+        if any(b - a >= 0.05 for a, b in zip(before, now, strict=True)):
+            return
+        before = now
+    raise AssertionError(f"no node's worker computed within {timeout} s")
 
 
 def _wait_for_kept_results(grid: LocalGrid, timeout: float = 60) -> list[tuple[str, str]]:
