@@ -81,14 +81,12 @@ class GroupCommitter(Generic[I, O]):
             seen, waits = len(self._queue), waits - 1
             await asyncio.sleep(self._delay_s)
         self._scheduled = False
-        taken: list[tuple[I, asyncio.Future[O]]] = []
-        if not self._drain:  # what arrives from now on schedules the next flush
-            taken, self._queue = self._queue, []
-        while self._queue if self._drain else taken:
-            if self._drain:
-                batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
-            else:
-                batch, taken = taken[:MAX_BATCH], taken[MAX_BATCH:]
+        queue = self._queue  # draining: the queue itself, so what arrives meanwhile is run too
+        if not self._drain:  # else what arrives from now on waits for the next flush
+            self._queue = []
+        while queue:
+            batch = queue[:MAX_BATCH]
+            del queue[:MAX_BATCH]
             try:
                 outcomes = await self._run([request for request, _ in batch])
             except Exception as e:  # the transaction failed as a whole: every caller learns why

@@ -93,7 +93,7 @@ class Foresight:
         self.kinds.add(lease_kind)
 
     def leased(self, leases: list[Lease], node: str) -> bool:
-        """Queue `node`'s inference leases (no database read on the lease path); whether any was."""
+        """Queue `node`'s leases of the kinds added (no database read on the lease path); whether any was."""
         queued = False
         for x in leases:
             known = self._known(x.job_id)
