@@ -19,7 +19,7 @@ from tensorgrid import serde
 from tensorgrid.blobs import CHUNK_BYTES, file_sha256
 from tensorgrid.crypto import Signer, registration_message, require_domain, sign_message, sign_receipt
 from tensorgrid.failover import Targets, unavailable
-from tensorgrid.rpc import SESSION_METADATA_KEY, SMALL_RESULT_BYTES
+from tensorgrid.rpc import SESSION_METADATA_KEY, SMALL_RESULT_BYTES, send_admitted
 from tensorgrid.tls import ClientTls, open_channel
 from tensorgrid.types import BlobRef, Capabilities, Domain, Lease, Receipt, TaskError
 from tensorgrid.v1 import common_pb2, node_pb2, node_pb2_grpc, serving_pb2
@@ -102,6 +102,16 @@ class NodeClient:
         generation = self.targets.generation
         try:
             return await getattr(self.stub, name)(request, **kwargs)
+        except grpc.aio.AioRpcError as e:
+            self.failed(e, generation)
+            raise
+
+    async def _send(self, name: str, messages: AsyncIterator[Any], **kwargs: Any) -> Any:
+        """The client stream stub.<name> on the current replica, its messages sent once the
+        coordinator admits the call (tensorgrid.rpc.send_admitted), moving on as _call does."""
+        generation = self.targets.generation
+        try:
+            return await send_admitted(getattr(self.stub, name)(**kwargs), messages)
         except grpc.aio.AioRpcError as e:
             self.failed(e, generation)
             raise
@@ -225,7 +235,7 @@ class NodeClient:
             )
         else:
             chunks = _stream(node_pb2.ResultChunk, node_pb2.ResultChunk(header=header), data)
-            resp = await self._call("SubmitResult", chunks, metadata=self.metadata, timeout=max(self.timeout, 600))
+            resp = await self._send("SubmitResult", chunks, metadata=self.metadata, timeout=max(self.timeout, 600))
         return Submitted(
             accepted=resp.accepted,
             reason=resp.reason,
@@ -244,7 +254,7 @@ class NodeClient:
             ref = await asyncio.to_thread(file_sha256, data)
         header = node_pb2.RevealHeader(task_id=task_id, attempt=attempt, step=step, size=ref.size, sha256=ref.sha256)
         chunks = _stream(node_pb2.RevealChunk, node_pb2.RevealChunk(header=header), data)
-        resp = await self._call("RevealCheckpoint", chunks, metadata=self.metadata, timeout=max(self.timeout, 600))
+        resp = await self._send("RevealCheckpoint", chunks, metadata=self.metadata, timeout=max(self.timeout, 600))
         return resp.accepted, resp.reason
 
     async def report(self, task_id: str, attempt: int, error: TaskError, timeout: float | None = None) -> bool:

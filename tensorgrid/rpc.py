@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Sequence
+from collections.abc import AsyncIterable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 from tensorgrid.retry import backoff
@@ -18,6 +18,12 @@ MAX_MESSAGE_BYTES = 8 << 20
 SMALL_RESULT_BYTES = 64 * 1024
 # Retry hint (milliseconds) a server sends, in trailing metadata, with RESOURCE_EXHAUSTED.
 RETRY_AFTER_METADATA_KEY = "x-tensorgrid-retry-after-ms"
+# The coordinator's go-ahead for a client stream (initial metadata, sent once the call is past
+# authentication and admission): see send_admitted.
+GO_AHEAD_METADATA_KEY = "x-tensorgrid-go-ahead"
+# How long a client stream waits for that go-ahead before it sends anyway (a coordinator from
+# before the go-ahead never sends one; normally it, or the refusal, comes within a round trip).
+GO_AHEAD_WAIT_S = 10.0
 
 # The largest request message each method takes (the server refuses bigger ones with
 # RESOURCE_EXHAUSTED before parsing them). MAX_MESSAGE_BYTES stays the transport's ceiling;
@@ -116,3 +122,31 @@ async def unless_set(call: Coroutine[Any, Any, T], stop: asyncio.Event) -> async
     task.cancel()
     task.add_done_callback(lambda done: done.cancelled() or done.exception())
     return None
+
+
+async def send_admitted(call: Any, messages: AsyncIterable[Any], wait_s: float = GO_AHEAD_WAIT_S) -> Any:
+    """Send `messages` into a client-streaming grpc.aio `call` (made without a request iterator)
+    once the server has admitted it, and return its answer (or raise its AioRpcError).
+
+    grpc.aio reports a status that comes while the client is still writing as INTERNAL ("Internal
+    error from Core", grpc/grpc#36066): a call refused at its start, for a stale session
+    (UNAUTHENTICATED: register again) or a limit (RESOURCE_EXHAUSTED: retry), read as a refusal
+    for good about half the time, and a node then dropped the finished result it was handing in.
+    The coordinator sends its go-ahead (GO_AHEAD_METADATA_KEY) once a call is admitted; until
+    then nothing is written, so a refusal arrives with its own code. A server that answers before
+    the stream ends (it refused the content) may still read as INTERNAL: that is a refusal too."""
+    metadata = asyncio.ensure_future(call.initial_metadata())
+    await asyncio.wait({metadata}, timeout=wait_s)
+    if metadata.done():
+        go = any(key == GO_AHEAD_METADATA_KEY for key, _ in metadata.result() or ())
+    else:  # a server without a go-ahead: send as before
+        metadata.add_done_callback(lambda done: done.cancelled() or done.exception())
+        go = True
+    if go:
+        try:
+            async for message in messages:
+                await call.write(message)
+            await call.done_writing()
+        except asyncio.InvalidStateError:  # answered already: its status is the call's own
+            pass
+    return await call

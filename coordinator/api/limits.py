@@ -26,7 +26,7 @@ import grpc
 
 from coordinator.api.auth import current_node
 from coordinator.config import PeerLimits
-from tensorgrid.rpc import RETRY_AFTER_METADATA_KEY, request_limit
+from tensorgrid.rpc import GO_AHEAD_METADATA_KEY, RETRY_AFTER_METADATA_KEY, request_limit
 
 log = logging.getLogger("tensorgrid.coordinator")
 Observe = Callable[[str, str, float], None]  # (method, status code name, seconds)
@@ -224,6 +224,8 @@ class _Bounded:
                 started = time.perf_counter()
                 peer = await owner.admit(context, True)
                 try:
+                    # admitted: the client may start sending (tensorgrid.rpc.send_admitted)
+                    await context.send_initial_metadata(((GO_AHEAD_METADATA_KEY, "1"),))
                     return await _result(inner_su(self.requests(request_iterator, context), context))
                 finally:
                     owner.finish(peer, True, method, context, started)
