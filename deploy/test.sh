@@ -4,6 +4,8 @@
 # Tests run on TENSORGRID_TEST_WORKERS pytest-xdist workers (default 3: the integration tests
 # mostly wait on their processes, so more workers than cores pay; at 3 on 2 cores the suite kept
 # the CPU about 60% busy, but 4 and 5 are not yet proven: see the notes); 0 runs them in this process.
+# 4 measured again on the shared 2-core machine: 1193 s against 949-955 s at 3, the CPU 100% busy
+# whenever sampled (other work took 0.5-0.7 cores), so there a fourth worker only adds contention.
 # Extra arguments go to pytest; an explicit -n/--numprocesses, -p no:xdist or --pdb wins.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"

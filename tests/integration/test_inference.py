@@ -169,8 +169,11 @@ def _two_nodes_under_way(grid: LocalGrid, slow_digits: Assets) -> tuple[Signer, 
 
 
 def _until_a_worker_computes(nodes: list[Proc], timeout: float = 60) -> None:
-    """Until a node's task worker has used 50 ms of CPU within 100 ms: a task is being computed
-    (its program is warm after the node's first task, so that is the compute, not a load)."""
+    """Until a node's task worker has used 50 ms of CPU within the last 0.5 s: a task is being
+    computed (its program is warm after the node's first task, so that is the compute, not a load;
+    an idle worker uses none). Sampled every 0.1 s over a 0.5 s window, not 50 ms within one
+    0.1 s sample: on two cores under a load of 5 a computing worker gets ~40 ms per 0.1 s, and a
+    whole job went by unseen (failed in a loaded suite run)."""
 
     def worker_seconds(node: Proc) -> float:
         total = 0.0
@@ -181,13 +184,12 @@ def _until_a_worker_computes(nodes: list[Proc], timeout: float = 60) -> None:
         return total
 
     deadline = time.monotonic() + timeout
-    before = [worker_seconds(n) for n in nodes]
+    window = [[worker_seconds(n) for n in nodes]]
     while time.monotonic() < deadline:
         time.sleep(0.1)
-        now = [worker_seconds(n) for n in nodes]
-        if any(b - a >= 0.05 for a, b in zip(before, now, strict=True)):
+        window = [*window[-4:], [worker_seconds(n) for n in nodes]]
+        if any(now - then >= 0.05 for then, now in zip(window[0], window[-1], strict=True)):
             return
-        before = now
     raise AssertionError(f"no node's worker computed within {timeout} s")
 
 

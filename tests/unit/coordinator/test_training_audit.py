@@ -711,7 +711,9 @@ def test_a_slow_advance_is_logged_with_the_step_it_waits_on(
             advancing = asyncio.ensure_future(app.rounds.advance(job_id))
             for _ in range(2400):  # reading the round and its audits first: seconds on a loaded machine
                 await asyncio.sleep(0.05)
-                if app.rounds._advancing is not None and "torch_lock" in app.rounds._advancing.step:
+                # the step that waits for the lock; the one before it names torch_lock too, and on a
+                # loaded machine a poll saw that one (a 4-worker suite run failed so)
+                if app.rounds._advancing is not None and "waiting for torch_lock" in app.rounds._advancing.step:
                     break
             else:
                 raise AssertionError("the advance never reached torch_lock")
