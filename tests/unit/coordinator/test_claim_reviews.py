@@ -18,7 +18,7 @@ import pytest
 from coordinator.repositories.store import Store
 from coordinator.services.verification.reviews import Reviews
 from tensorgrid.blobs import BlobStore
-from tensorgrid.sandbox import SandboxFailure
+from tensorgrid.sandbox import SandboxFailure, SandboxLimits
 from tensorgrid.types import BlobRef, ErrorKind, JobState, TaskError
 from tests.unit.coordinator import test_storage as storage
 from tests.unit.coordinator.test_claims import AVOID, BAD, TASK, claim
@@ -132,6 +132,10 @@ def test_tasks_the_referee_cannot_run_keep_the_second_claim_rule(db_url: str) ->
 
 
 class _Runtime:
+    def __init__(self, time_s: float = 600.0) -> None:
+        self.sandbox = SandboxLimits(time_s=time_s)
+        self.stopping = False
+
     async def db(self, fn: Any, *args: Any) -> Any:
         return fn(*args)
 
