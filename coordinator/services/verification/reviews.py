@@ -132,9 +132,9 @@ class Reviews:
             with tempfile.TemporaryDirectory(prefix="review-", dir=self.blobs.tmp_dir) as tmp:
                 run(task.model_sha, settings, source, Path(tmp) / "out.safetensors")
         except SandboxFailure as e:
-            return False, f"{e.kind}: {e}"[:500]
+            return None if self.rt.stopping else (False, f"{e.kind}: {e}"[:500])
         except Exception as e:  # noqa: BLE001 - a run that did not end cleanly never disproves a claim
-            return False, f"the referee could not run it: {type(e).__name__}: {e}"[:500]
+            return None if self.rt.stopping else (False, f"the referee could not run it: {type(e).__name__}: {e}"[:500])
         return True, ran
 
     def _part(self, task: Contested, source: Path) -> Verdict:

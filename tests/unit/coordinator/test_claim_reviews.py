@@ -199,6 +199,21 @@ def test_a_run_that_does_not_end_cleanly_confirms_the_claims(
     assert job.state == JobState.FAILED and "claims confirmed" in job.error and str(failure)[:20] in job.error
 
 
+def test_a_run_cut_short_by_the_coordinator_stopping_is_no_verdict(state: Store, blobs: BlobStore) -> None:
+    stored_job(state, blobs, max_attempts=2)
+    contested(state)
+    rt = _Runtime()
+    rt.stopping = True
+
+    def run(model_sha: str, settings: dict[str, Any], source: Path, out: Path) -> None:
+        raise SandboxFailure("crashed", "the coordinator is stopping: its referee is closed")
+
+    reviews = Reviews(rt, state, blobs, run)  # type: ignore[arg-type]
+    assert asyncio.run(reviews.review_next(lambda job, done: pytest.fail("settled"))) is True
+    assert state.tasks.get_task(TASK).state == "contested"  # reviewed after the restart
+    assert rejections(state, A) == rejections(state, B) == 1 and state.jobs.get_job(JOB).state != JobState.FAILED
+
+
 def test_a_task_whose_input_is_gone_is_confirmed_without_a_run(state: Store, blobs: BlobStore) -> None:
     make_job(state, max_attempts=2, model=blobs.put_bytes(b"a program"))  # its input blob was never stored
     contested(state)
