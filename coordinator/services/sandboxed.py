@@ -179,9 +179,10 @@ def train_task_part(
     """One part of a training task run as a node's worker runs it (tensorgrid.training.task:
     `settings` as leased, the round's global `weights`, the task's `shard`), on CPU in the
     sandboxed child, within one referee request: from
-    `state` (the file the part before wrote; None: the start), inner steps for PART_SHARE of
-    --referee-time-s (read between steps: the rest is for loading and saving); write the state
-    reached, or the pseudo-gradient once done, to `out`."""
+    `state` (the file the part before wrote; None: the start), inner steps until PART_SHARE of
+    --referee-time-s has passed since the child took the request (loading included; read between
+    steps: the rest is for the last step and the save); write the state reached, or the
+    pseudo-gradient once done, to `out`."""
     request = {
         "op": "train_for",
         "program": str(program),

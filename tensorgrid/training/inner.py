@@ -229,15 +229,16 @@ def run_inner_for(
     shard_path: str | os.PathLike[str],
     settings: InnerSettings,
     *,
-    seconds: float,
+    until: float,
     state: dict[str, torch.Tensor] | None = None,
     digests: dict[int, bytes] | None = None,
     losses: list[float] | None = None,
 ) -> Partial:
-    """run_inner in parts: from `state` (a Partial's, with its digests and losses; None: step 0), step until
-    `seconds` have passed (read between steps, so at least one step) or the last step is done.
-    Steps are functions of the step alone (their rows, lr and RNG), so the parts of a run make
-    the run run_inner makes; the referee reviews a long task so, one request at a time."""
+    """run_inner in parts: from `state` (a Partial's, with its digests and losses; None: step 0),
+    step until time.monotonic() reaches `until` (read between steps, so at least one step) or the
+    last step is done. Steps are functions of the step alone (their rows, lr and RNG), so the
+    parts of a run make the run run_inner makes; the referee reviews a long task so, one
+    request at a time."""
     run = _Run(train_program_path, shard_path, settings)
     global_weights = load_tensors(weights_path)
     load_weights(run.module, global_weights)
@@ -246,12 +247,12 @@ def run_inner_for(
         run.restore(state)
     marks = checkpoint_steps(settings.steps, settings.checkpoint_every)
     reached, trace = dict(digests or {}), list(losses or [])
-    deadline, stepped = time.monotonic() + seconds, False
+    stepped = False
     with torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else []):
         while True:
             if run.step in marks and run.step not in reached:
                 reached[run.step] = checkpoint_digest(run.state())
-            if run.step >= settings.steps or (stepped and time.monotonic() >= deadline):
+            if run.step >= settings.steps or (stepped and time.monotonic() >= until):
                 break
             trace.append(run.train_step())
             stepped = True

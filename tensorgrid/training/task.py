@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -70,16 +71,18 @@ def run_task_for(
     device: str,
     state: str | os.PathLike[str] | None = None,
 ) -> tuple[int, int, bool]:
-    """One part of run_task: from the state file a previous part wrote (None: the start), about
-    `seconds` of inner steps (at least one). Writes to `out` the state reached, or the sealed
+    """One part of run_task: from the state file a previous part wrote (None: the start), inner
+    steps until `seconds` after the call (loading included: only the last step and the save run
+    past it; at least one step). Writes to `out` the state reached, or the sealed
     pseudo-gradient once the last step is done; (step reached, the task's steps, done)."""
+    until = time.monotonic() + seconds
     inner = leased_settings(settings, file_sha256(Path(shard)).sha256, device)
     saved, digests, losses = None, {}, []
     if state is not None:
         kept = read_header(state).metadata
         marks, losses = json.loads(kept.get(_DIGESTS, "{}")), [float(x) for x in json.loads(kept.get(_LOSSES, "[]"))]
         saved, digests = load_tensors(state), {int(k): bytes.fromhex(v) for k, v in marks.items()}
-    part = run_inner_for(program, weights, shard, inner, seconds=seconds, state=saved, digests=digests, losses=losses)
+    part = run_inner_for(program, weights, shard, inner, until=until, state=saved, digests=digests, losses=losses)
     if part.result is not None:
         write_result(part.result, out, inner.compression)
     else:

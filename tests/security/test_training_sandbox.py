@@ -9,6 +9,7 @@ parts of one referee request each: a task longer than one is still run whole."""
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from coordinator.app import Coordinator
 from coordinator.config import CoordinatorConfig
 from coordinator.db import schema as s
 from coordinator.repositories.training.rounds import round_view
+from coordinator.services.runtime import REFEREE_START_S
 from coordinator.services.sandboxed import referee
 from tensorgrid.errors import SpecError
 from tensorgrid.spec import TrainingSpec
@@ -29,13 +31,11 @@ from tensorgrid.workloads.model import export_program
 from tests.datasets import save_digits
 from tests.unit.coordinator.test_rounds import (
     NODES,
-    deliver,
     new_manager,
     now_ms,
     round_events,
     run_round,
     submit,
-    work,
 )
 
 
@@ -99,8 +99,9 @@ def impatient(tmp_path: Path) -> Iterator[Coordinator]:
 
 @pytest.fixture
 def short_requests(tmp_path: Path) -> Iterator[Coordinator]:
-    """A coordinator whose referee gives a request two seconds."""
-    yield from _coordinator(tmp_path, referee_time_s=2.0)
+    """A coordinator whose referee gives a request ten seconds: room for a fresh child's first
+    program load (seconds on this loaded machine) besides the steps."""
+    yield from _coordinator(tmp_path, referee_time_s=10.0)
 
 
 @pytest.fixture
@@ -181,6 +182,26 @@ def test_an_evaluation_over_the_referee_limit_leaves_the_round_without_metrics_a
     assert job.state == JobState.SUCCEEDED, job.error
 
 
+def _steps_for(seconds: float) -> int:
+    """Inner steps of the steady program (one thread, as the referee's child) that take about
+    `seconds` on this machine at its present load."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        net = _Net(spin=10).train()
+        optimizer = torch.optim.AdamW(net.parameters())
+        x, y = torch.randn(8, 64), torch.randint(0, 10, (8,))
+        started = time.monotonic()
+        for _ in range(4):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(net(x), y).backward()
+            optimizer.step()
+        step_s = (time.monotonic() - started) / 4
+    finally:
+        torch.set_num_threads(old)
+    return max(8, min(1000, math.ceil(seconds / step_s)))
+
+
 def _contest(app: Coordinator, node_pair: tuple[str, str]) -> str:
     """Both nodes lease the job's one task in turn and lie that its shard is bad; its id."""
     lie = TaskError(ErrorKind.INVALID_INPUT, "the shard is not a tensor file")
@@ -192,28 +213,35 @@ def _contest(app: Coordinator, node_pair: tuple[str, str]) -> str:
 
 
 def test_two_colluding_claims_on_a_task_longer_than_a_referee_request_no_longer_fail_it(
-    short_requests: Coordinator, programs: dict[str, Path], tripwire: Any, tmp_path: Path
+    short_requests: Coordinator, programs: dict[str, Path], tripwire: Any
 ) -> None:
     """Abuse: two nodes lie that a valid training task's shard is bad, on a task whose inner
     steps take the referee's CPU several of its requests (on main the one request timed out and
     the claims were confirmed, failing the job: max_attempts=2). The referee runs it in parts,
     one request each, the state kept between them: every request ends within the referee's
-    limit (the wait of anything queued behind it stays bounded), the whole run completes, the
-    claims are disproved, and an honest node trains the task."""
+    limit (the wait of anything queued behind it stays bounded), the whole run completes, and the
+    claims are disproved: the task is pending with no attempt spent (an honest node then trains a
+    disproved task: tests/unit/coordinator/test_training_reviews.py)."""
     app = short_requests
     files = {"train": programs["steady-train"], "dataset": programs["dataset"]}
-    job_id, _ = submit(app, files, rounds=1, workers_per_round=1, inner_steps=24, max_attempts=2)
+    steps = _steps_for(2 * app.config.referee_time_s)  # about two requests' worth on this machine, now
+    job_id, _ = submit(
+        app, files, rounds=1, workers_per_round=1, inner_steps=steps, max_attempts=2, task_time_limit_s=60
+    )  # a review budget of 240 s
     task = _contest(app, (NODES[0], NODES[1]))
     asyncio.run(app.runtime.refereed(referee(app.runtime, app.blobs).warm))  # its start is not a request
     tripwire.arm()  # the task runs in the referee's child, not here
-    waits: list[float] = []
+    waits: list[tuple[float, bool]] = []  # each request's wait, and whether its child was warm
 
     async def review() -> None:
-        reviews = app.verification.reviews
+        reviews, warm = app.verification.reviews, True
         while True:
+            before = reviews.progress.cost(task)
             started = time.monotonic()
             more = await reviews.review_next(lambda job, done: None)
-            waits.append(time.monotonic() - started)
+            waits.append((time.monotonic() - started, warm))
+            after = reviews.progress.cost(task)
+            warm = not (more and after.parts > before.parts and after.step == before.step)  # timed out: a new child
             if not more:
                 return
             if app.store.tasks.get_task(task).state == "contested":  # between parts: nobody blamed yet
@@ -223,18 +251,18 @@ def test_two_colluding_claims_on_a_task_longer_than_a_referee_request_no_longer_
     asyncio.run(review())
     tripwire.disarm()
     assert len(waits) >= 3, waits  # two parts at least, then the empty look: longer than one request
-    assert max(waits) < app.config.referee_time_s + 2.0, waits  # each a request at most (and its bookkeeping)
+    # each a request at most (and its bookkeeping); after a part that timed out (a loaded machine),
+    # the next request, whoever makes it, waits for a new child's start as well
+    limit = app.config.referee_time_s + 2.0
+    assert all(wait < limit + (0 if warm else REFEREE_START_S) for wait, warm in waits), waits
+    assert app.verification.reviews.reviewed == 1
     with app.store.engine.connect() as conn:
         row = conn.execute(s.tasks.select().where(s.tasks.c.task_id == task)).one()
     assert row.state == "pending" and row.failures == 0, row  # no attempt spent
     [disproved] = [e.message for e in app.store.jobs.events_after(job_id, 0) if "claims disproved" in e.message]
     assert "inner steps ran" in disproved
     assert not any((app.blobs.root / "reviews").iterdir())  # its parts' state is gone with the review
-    got = work(app, NODES[2], tmp_path)  # an honest node trains it
-    assert got is not None
-    deliver(app, NODES[2], *got)
-    assert asyncio.run(new_manager(app).advance(job_id)) == "finished"
-    assert app.store.jobs.get_job(job_id).state == JobState.SUCCEEDED
+    assert app.store.jobs.get_job(job_id).state == JobState.RUNNING
 
 
 def test_a_review_past_its_budget_confirms_the_claims_with_each_request_bounded(

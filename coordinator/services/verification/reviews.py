@@ -159,6 +159,13 @@ class Reviews:
             # a step past the request's limit (a loaded machine?): charged, tried again until the budget is spent
             spent = cost.spent_s + time.monotonic() - started
             self.progress.charge(task.task_id, Cost(spent, cost.parts + 1, cost.step, cost.steps))
+            log.warning(
+                "a part of task %s's review timed out at step %d (%.0fs spent): %s",
+                task.task_id[:12],
+                cost.step,
+                spent,
+                e,
+            )
             return None
         except Exception as e:  # noqa: BLE001 - a run that did not end cleanly never disproves a claim
             if self.rt.stopping:
@@ -169,4 +176,7 @@ class Reviews:
         self.progress.advance(task.task_id)
         spent = cost.spent_s + time.monotonic() - started
         self.progress.charge(task.task_id, Cost(spent, cost.parts + 1, part.step, part.steps))
+        log.debug(
+            "task %s's review reached step %d of %d (%.1fs spent)", task.task_id[:12], part.step, part.steps, spent
+        )
         return None

@@ -11,7 +11,6 @@ real parts, in the referee's child: tests/security/test_training_sandbox.py)."""
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ import pytest
 from coordinator.db import schema
 from coordinator.repositories.store import Store
 from coordinator.services.sandboxed import Part
+from coordinator.services.verification import reviews as reviews_module
 from coordinator.services.verification.reviews import Reviews
 from tensorgrid.blobs import BlobStore
 from tensorgrid.sandbox import SandboxFailure
@@ -46,18 +46,39 @@ def blobs(tmp_path: Path) -> BlobStore:
     return BlobStore(tmp_path / "blobs", 1 << 20)
 
 
-class Steps:
-    """A task of STEPS steps run one step a part; `fail` maps a part's number to what it raises."""
+class Clock:
+    """The reviews' clock (their referee time), moved by the parts alone."""
 
-    def __init__(self, fail: dict[int, Exception] | None = None, sleep_s: float = 0.0) -> None:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    c = Clock()
+    monkeypatch.setattr(reviews_module, "time", c)
+    return c
+
+
+class Steps:
+    """A task of STEPS steps run one step a part; `fail` maps a part's number to what it raises.
+    With a clock, each part takes `part_s` of it."""
+
+    def __init__(
+        self, fail: dict[int, Exception] | None = None, clock: Clock | None = None, part_s: float = 1.0
+    ) -> None:
         self.fail = fail or {}
-        self.sleep_s = sleep_s
+        self.clock, self.part_s = clock, part_s
         self.parts: list[int] = []  # the step each part started from
 
     def __call__(self, model: str, settings: dict[str, Any], source: Path, state: Path | None, out: Path) -> Part:
         start = int(state.read_text()) if state is not None else 0
         self.parts.append(start)
-        time.sleep(self.sleep_s)
+        if self.clock is not None:
+            self.clock.now += self.part_s
         if len(self.parts) in self.fail:
             raise self.fail[len(self.parts)]
         out.write_text(str(start + 1))
@@ -161,20 +182,20 @@ def test_a_part_that_truly_fails_confirms_the_claims(state: Store, blobs: BlobSt
 
 
 def test_a_review_that_spends_its_budget_confirms_the_claims_and_the_budget_follows_the_task(
-    state: Store, blobs: BlobStore
+    state: Store, blobs: BlobStore, clock: Clock
 ) -> None:
-    # the budget: factor × the task's time limit (here 4 × 0.02 s), at least one request (0.01 s)
-    stored_job(state, blobs, time_limit_ms=20)
-    steps = Steps(sleep_s=0.03)
-    r = reviews(state, blobs, steps, _Runtime(time_s=0.01))
-    assert r.budget_s(state.reviews.contested()[0]) == pytest.approx(0.08)
+    # the budget: factor × the task's time limit (here 4 × 2 s), at least one request (1 s)
+    stored_job(state, blobs, time_limit_ms=2000)
+    steps = Steps(clock=clock, part_s=3.0)
+    r = reviews(state, blobs, steps, _Runtime(time_s=1.0))
+    assert r.budget_s(state.reviews.contested()[0]) == 8.0
     asyncio.run(r.review_pending(lambda job, done: None))
-    assert 3 <= len(steps.parts) < STEPS  # 0.03 s a part: the third spends the 0.08 s
+    assert len(steps.parts) == 3 < STEPS  # 3 s a part: the third spends the 8 s
     job = state.jobs.get_job(JOB)
     assert job.state == JobState.FAILED and "over its review budget" in job.error
 
 
-def test_reviews_take_turns_least_spent_first(state: Store, blobs: BlobStore) -> None:
+def test_reviews_take_turns_least_spent_first(state: Store, blobs: BlobStore, clock: Clock) -> None:
     """Two contested tasks: neither waits for the other's whole review."""
     model, task_input = blobs.put_bytes(b"a program"), blobs.put_bytes(b"a shard")
     storage.make_job(state, 2, max_attempts=2, model=model, task_input=task_input, settings_json="{}")
@@ -186,8 +207,9 @@ def test_reviews_take_turns_least_spent_first(state: Store, blobs: BlobStore) ->
             for lease in state.tasks.lease_tasks(node, 1, t * AVOID, TIMING)[0]:
                 state.tasks.fail_task(node, lease.task_id, lease.attempt, BAD, t * AVOID + 1)
     assert len(state.reviews.contested()) == 2
-    steps = Steps(sleep_s=0.002)
+    steps = Steps(clock=clock)
     r = reviews(state, blobs, steps)
     for _ in range(4):
         turn(r)
     assert [r.progress.cost(c.task_id).parts for c in state.reviews.contested()] == [2, 2]
+    assert steps.parts == [0, 0, 1, 1]  # one part each in turn
