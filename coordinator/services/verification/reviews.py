@@ -104,7 +104,7 @@ class Reviews:
         started = time.monotonic()
         verdict = await self.rt.refereed(self._verdict, task)
         if verdict is None:
-            return True
+            return not self.rt.stopping  # a stopping coordinator's referee answers nothing more
         clean, reason = verdict
         job_id = await self.rt.db(self.store.reviews.settle_review, task.task_id, clean, reason, self.rt.now_ms())
         self.progress.drop(task.task_id)

@@ -209,7 +209,7 @@ def test_a_run_cut_short_by_the_coordinator_stopping_is_no_verdict(state: Store,
         raise SandboxFailure("crashed", "the coordinator is stopping: its referee is closed")
 
     reviews = Reviews(rt, state, blobs, run)  # type: ignore[arg-type]
-    assert asyncio.run(reviews.review_next(lambda job, done: pytest.fail("settled"))) is True
+    assert asyncio.run(reviews.review_next(lambda job, done: pytest.fail("settled"))) is False  # and no more asked
     assert state.tasks.get_task(TASK).state == "contested"  # reviewed after the restart
     assert rejections(state, A) == rejections(state, B) == 1 and state.jobs.get_job(JOB).state != JobState.FAILED
 
