@@ -20,8 +20,9 @@ review (state "contested", leased to nobody) and counts against its reporter lik
 The referee then runs the task as a node would (services.verification.reviews) and
 `settle_review` carries out its verdict:
 
-- the run failed (the program raised, or the referee could not finish it within its limits):
-  the claims are confirmed as above (verdict "failed").
+- the run failed (the program raised, or hit the referee's limits; a training task, run in
+  parts, only when a part truly fails or the parts spent the task's review budget): the claims
+  are confirmed as above (verdict "failed").
 - the run was clean: the input is valid, so the claims were false (verdict "clean"). The task
   is pending again with no attempt spent and the claimants keep their refusals; any later claim
   on it is unconfirmed, whoever makes it. What a claim is about (the input files, the settings)

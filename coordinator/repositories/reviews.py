@@ -23,6 +23,7 @@ class Contested:
     model_sha: str
     input_sha: str
     settings: str  # JSON, as leased
+    time_limit_ms: int  # what a node may take for it (a review's budget is a multiple of it)
 
 
 class ReviewRepository:
@@ -34,12 +35,15 @@ class ReviewRepository:
         t, j = s.tasks.c, s.jobs.c
         with self.engine.connect() as conn:
             rows = conn.execute(
-                select(t.task_id, t.job_id, t.kind, t.model_sha, t.input_sha, t.settings)
+                select(t.task_id, t.job_id, t.kind, t.model_sha, t.input_sha, t.settings, t.time_limit_ms)
                 .join(s.jobs, j.job_id == t.job_id)
                 .where(t.state == claims.CONTESTED, j.state.in_(("queued", "running")))
                 .order_by(t.last_failed_ms, t.task_id)
             ).all()
-        return [Contested(r.task_id, r.job_id, r.kind, r.model_sha or "", r.input_sha, r.settings) for r in rows]
+        return [
+            Contested(r.task_id, r.job_id, r.kind, r.model_sha or "", r.input_sha, r.settings, r.time_limit_ms)
+            for r in rows
+        ]
 
     def settle_review(self, task_id: str, clean: bool, reason: str, now_ms: int) -> str | None:
         """Carry out the referee's verdict on a contested task's claims: pending again, or its

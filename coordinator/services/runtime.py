@@ -133,6 +133,11 @@ class Runtime:
                 self.referee = make()
             return self.referee
 
+    @property
+    def stopping(self) -> bool:
+        """stop() was called: a referee request failing now was cut short, not judged."""
+        return self._stopped
+
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run a background task until it ends or the runtime stops."""
         task = asyncio.create_task(coro)

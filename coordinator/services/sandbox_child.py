@@ -21,7 +21,7 @@ from tensorgrid.sandbox.policy import OUTPUT_FILE as OUTPUT
 from tensorgrid.training.inner import InnerSettings
 from tensorgrid.training.objective import load_weights, open_program
 from tensorgrid.training.outer import evaluate
-from tensorgrid.training.task import run_task
+from tensorgrid.training.task import run_task_for
 from tensorgrid.workloads import tensorfile
 from tensorgrid.workloads.determinism import probe
 from tensorgrid.workloads.generation import DecodeSettings, run_generation
@@ -90,11 +90,20 @@ def _replay(request: dict[str, Any], scratch: Path) -> dict[str, Any]:
     return dataclasses.asdict(check_reveal(case))
 
 
-def _train(request: dict[str, Any], scratch: Path) -> dict[str, Any]:
-    """A training task as a node's worker runs it (a review of claims that it cannot be run)."""
-    program, weights, shard = request["program"], request["weights"], request["shard"]
-    result = run_task(program, weights, shard, request["settings"], scratch / OUTPUT, device="cpu")
-    return {"rows": result.rows, "steps": result.steps}
+def _train_for(request: dict[str, Any], scratch: Path) -> dict[str, Any]:
+    """One part of a training task (a review of a task longer than one request): from the state
+    file of the part before, about request["seconds"] of its inner steps."""
+    step, steps, done = run_task_for(
+        request["program"],
+        request["weights"],
+        request["shard"],
+        request["settings"],
+        scratch / OUTPUT,
+        seconds=float(request["seconds"]),
+        device="cpu",
+        state=request.get("state") or None,
+    )
+    return {"step": step, "steps": steps, "done": done}
 
 
 def _vet_training(request: dict[str, Any], scratch: Path) -> dict[str, Any]:
@@ -119,7 +128,7 @@ def _evaluate(request: dict[str, Any], scratch: Path) -> dict[str, Any]:
 _OPS = {
     "infer": _infer,
     "replay": _replay,
-    "train": _train,
+    "train_for": _train_for,
     "probe": _probe,
     "generate": _generate,
     "score": _score,

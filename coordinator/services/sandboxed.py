@@ -20,6 +20,7 @@ imports no torch. The child's side is coordinator.services.sandbox_child (ENTRY)
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from tensorgrid.workloads.rowcontract import DEADLINE_S, Determinism
 
 __all__ = [
     "ENTRY",
+    "Part",
     "SandboxFailure",
     "evaluate_weights",
     "probe_rows",
@@ -40,11 +42,13 @@ __all__ = [
     "regenerate_rows",
     "replay_audit",
     "score_claim",
-    "train_task",
+    "train_task_part",
     "vet_training",
 ]
 
 ENTRY = "coordinator.services.sandbox_child"
+# the share of a referee request a reviewed training task's part steps for (train_task_part)
+PART_SHARE = 0.5
 PROBE_TIME_S = 2 * DEADLINE_S
 OUTPUT = OUTPUT_FILE
 
@@ -153,20 +157,44 @@ def replay_audit(rt: Runtime, blobs: BlobStore, case: AuditCase) -> Finding:
     )
 
 
-def train_task(
-    rt: Runtime, blobs: BlobStore, program: Path, weights: Path, shard: Path, settings: dict[str, Any], out: Path
-) -> None:
-    """A training task run as a node's worker runs it (tensorgrid.training.task: `settings` as
-    leased, the round's global `weights`, the task's `shard`), on CPU in the sandboxed child
-    under the referee's limits; write its pseudo-gradient to `out`."""
+@dataclass(frozen=True)
+class Part:
+    """Where a part of a reviewed training task stopped (train_task_part)."""
+
+    step: int  # the inner steps done so far
+    steps: int  # the task's
+    done: bool  # the whole task ran: `out` holds its pseudo-gradient, not a state
+
+
+def train_task_part(
+    rt: Runtime,
+    blobs: BlobStore,
+    program: Path,
+    weights: Path,
+    shard: Path,
+    settings: dict[str, Any],
+    state: Path | None,
+    out: Path,
+) -> Part:
+    """One part of a training task run as a node's worker runs it (tensorgrid.training.task:
+    `settings` as leased, the round's global `weights`, the task's `shard`), on CPU in the
+    sandboxed child, within one referee request: from
+    `state` (the file the part before wrote; None: the start), inner steps until PART_SHARE of
+    --referee-time-s has passed since the child took the request (loading included; read between
+    steps: the rest is for the last step and the save); write the state reached, or the
+    pseudo-gradient once done, to `out`."""
     request = {
-        "op": "train",
+        "op": "train_for",
         "program": str(program),
         "weights": str(weights),
         "shard": str(shard),
         "settings": dict(settings),
+        "state": str(state) if state is not None else None,
+        "seconds": rt.sandbox.time_s * PART_SHARE if rt.sandbox.time_s > 0 else 60.0,
     }
-    referee(rt, blobs).call(request, outputs={OUTPUT: out}, inputs=(program, weights, shard))
+    files = [p for p in (program, weights, shard, state) if p is not None]
+    answer = referee(rt, blobs).call(request, outputs={OUTPUT: out}, inputs=files)
+    return Part(step=int(answer["step"]), steps=int(answer["steps"]), done=bool(answer["done"]))
 
 
 def vet_training(

@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import asdict, dataclass, field
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
+from torch import Tensor
 
 from tensorgrid.errors import ExecutionError
-from tensorgrid.spec import COMPRESSIONS, LOSSES, TrainingSpec
 from tensorgrid.training.commitments import (
     MODEL_PREFIX,
     OPTIMIZER_PREFIX,
@@ -34,7 +34,7 @@ from tensorgrid.training.commitments import (
 from tensorgrid.training.compression import PseudoGradient, read_result, seal, write_result
 from tensorgrid.training.data import derive_seed
 from tensorgrid.training.objective import Batches, compute_loss, forward, load_batches, load_weights, open_program
-from tensorgrid.training.schedule import scheduled_lr
+from tensorgrid.training.settings import InnerSettings
 from tensorgrid.types import ErrorKind
 from tensorgrid.workloads.inference import pick_device
 from tensorgrid.workloads.tensorfile import load_tensors, read_header, save_tensors
@@ -44,6 +44,7 @@ __all__ = [
     "STEP_KEY",
     "InnerResult",
     "InnerSettings",
+    "Partial",
     "ReplayResult",
     "Replayer",
     "checkpoint_name",
@@ -51,112 +52,12 @@ __all__ = [
     "read_result",
     "replay_segment",
     "run_inner",
+    "run_inner_for",
     "write_result",
 ]
 
 InnerResult = PseudoGradient
 _MODEL, _EXP_AVG, _EXP_AVG_SQ, _STEP = MODEL_PREFIX, OPTIMIZER_PREFIX + ".", OPTIMIZER_PREFIX + "_sq.", STEP_KEY
-
-
-# settings a task may leave out (their defaults)
-_OPTIONAL = frozenset({"device", "warmup_steps", "compression", "final_lr", "schedule_start", "schedule_steps"})
-
-
-@dataclass(frozen=True)
-class InnerSettings:
-    """Everything a training task needs besides its three files; travels as Task.settings."""
-
-    loss: str
-    lr: float
-    betas: tuple[float, float]
-    weight_decay: float
-    eps: float
-    steps: int
-    batch_size: int
-    seed: int
-    checkpoint_every: int
-    device: str = "cpu"
-    warmup_steps: int = 0  # step s trains at lr·min(1, (s+1)/warmup_steps)
-    compression: str = "int8"  # of the pseudo-gradient, which the last checkpoint digest commits
-    # With final_lr, lr decays along a cosine over the job's schedule_steps inner steps (rounds × H),
-    # to final_lr; this task's step s is the job's step schedule_start + s (round × H + s).
-    final_lr: float | None = None
-    schedule_start: int = 0
-    schedule_steps: int = 0
-
-    @classmethod
-    def for_task(cls, spec: TrainingSpec, round: int, worker: int, device: str = "cpu") -> InnerSettings:
-        """Settings of worker `worker` in round `round`; its seed is derived, never chosen by a node."""
-        opt = spec.inner_optimizer
-        return cls(
-            loss=spec.loss,
-            lr=opt.lr,
-            betas=opt.betas,
-            weight_decay=opt.weight_decay,
-            eps=opt.eps,
-            steps=spec.inner_steps,
-            batch_size=spec.batch_size,
-            seed=derive_seed(spec.seed, "task", round, worker),
-            checkpoint_every=spec.checkpoint_every,
-            device=device,
-            warmup_steps=spec.inner_warmup_steps or 0,
-            compression=spec.compression,
-            final_lr=spec.inner_final_lr,
-            schedule_start=round * spec.inner_steps if spec.inner_final_lr is not None else 0,
-            schedule_steps=spec.rounds * spec.inner_steps if spec.inner_final_lr is not None else 0,
-        )
-
-    def lr_at(self, step: int) -> float:
-        """The learning rate of this task's step `step` (schedule.scheduled_lr)."""
-        return scheduled_lr(
-            self.lr,
-            step,
-            warmup_steps=self.warmup_steps,
-            final_lr=self.final_lr,
-            position=self.schedule_start + step,
-            total=self.schedule_steps,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["betas"] = list(self.betas)
-        if self.final_lr is None:  # no decay: the settings of jobs from before the schedule existed
-            for name in ("final_lr", "schedule_start", "schedule_steps"):
-                del d[name]
-        return d
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> InnerSettings:
-        """Strict inverse of to_dict (settings arrive over the wire)."""
-        fields = set(cls.__dataclass_fields__)
-        if not isinstance(data, dict) or not set(data) <= fields or not (fields - _OPTIONAL) <= set(data):
-            raise ExecutionError(ErrorKind.INVALID_INPUT, f"training settings need exactly {sorted(fields)}")
-        try:
-            s = cls(**{**data, "betas": tuple(float(b) for b in data["betas"])})
-        except (TypeError, ValueError) as exc:
-            raise ExecutionError(ErrorKind.INVALID_INPUT, f"bad training settings: {exc}") from None
-        s.check()
-        return s
-
-    def check(self) -> None:
-        ints = (
-            self.steps, self.batch_size, self.checkpoint_every, self.seed, self.warmup_steps,
-            self.schedule_start, self.schedule_steps,
-        )  # fmt: skip
-        floats = [self.lr, self.weight_decay, self.eps, *self.betas]
-        if self.final_lr is not None:
-            floats.append(self.final_lr)
-        ok = (
-            self.loss in LOSSES
-            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in ints)
-            and min(self.steps, self.batch_size, self.checkpoint_every) >= 1
-            and all(isinstance(v, int | float) and math.isfinite(v) for v in floats)
-            and len(self.betas) == 2
-            and self.compression in COMPRESSIONS
-            and (self.final_lr is None or (0 <= self.final_lr <= self.lr and self.schedule_steps >= 1))
-        )
-        if not ok:
-            raise ExecutionError(ErrorKind.INVALID_INPUT, f"invalid training settings {self}")
 
 
 @dataclass(frozen=True)
@@ -289,18 +190,76 @@ def run_inner(
     if ckpt is not None:
         ckpt.mkdir(parents=True, exist_ok=True)
     losses, digests = run.run_until(settings.steps, ckpt)
-    local = run.module.state_dict()
+    return _sealed(run, start, global_weights, losses, digests)
+
+
+def _sealed(
+    run: _Run, start: dict[str, Tensor], weights: dict[str, Tensor], losses: list[float], digests: list[bytes]
+) -> InnerResult:
+    """The finished run's result: global − local, its commitments, sealed for its compression."""
+    s, local = run.settings, run.module.state_dict()
     pseudo = {n: (start[n] - local[n].detach()).float().cpu() for n in start if start[n].is_floating_point()}
     result = PseudoGradient(
         tensors=pseudo,
         rows=run.data.rows,
-        steps=settings.steps,
+        steps=s.steps,
         losses=losses,
-        checkpoint_steps=checkpoint_steps(settings.steps, settings.checkpoint_every),
+        checkpoint_steps=checkpoint_steps(s.steps, s.checkpoint_every),
         commitments=chain(digests),
         checkpoint_digests=[d.hex() for d in digests],
     )
-    return seal(result, global_weights, settings.compression)
+    return seal(result, weights, s.compression)
+
+
+@dataclass(frozen=True)
+class Partial:
+    """Where a resumable run (run_inner_for) stopped: the full training state at `step`, the
+    checkpoint digests reached so far, and the sealed result once the last step is done."""
+
+    step: int
+    state: dict[str, torch.Tensor]
+    digests: dict[int, bytes]
+    losses: list[float]  # of every step so far
+    result: InnerResult | None
+
+
+def run_inner_for(
+    train_program_path: str | os.PathLike[str],
+    weights_path: str | os.PathLike[str],
+    shard_path: str | os.PathLike[str],
+    settings: InnerSettings,
+    *,
+    until: float,
+    state: dict[str, torch.Tensor] | None = None,
+    digests: dict[int, bytes] | None = None,
+    losses: list[float] | None = None,
+) -> Partial:
+    """run_inner in parts: from `state` (a Partial's, with its digests and losses; None: step 0),
+    step until time.monotonic() reaches `until` (read between steps, so at least one step) or the
+    last step is done. Steps are functions of the step alone (their rows, lr and RNG), so the
+    parts of a run make the run run_inner makes; the referee reviews a long task so, one
+    request at a time."""
+    run = _Run(train_program_path, shard_path, settings)
+    global_weights = load_tensors(weights_path)
+    load_weights(run.module, global_weights)
+    start = {n: t.detach().clone() for n, t in run.module.state_dict().items()}
+    if state is not None:
+        run.restore(state)
+    marks = checkpoint_steps(settings.steps, settings.checkpoint_every)
+    reached, trace = dict(digests or {}), list(losses or [])
+    stepped = False
+    with torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else []):
+        while True:
+            if run.step in marks and run.step not in reached:
+                reached[run.step] = checkpoint_digest(run.state())
+            if run.step >= settings.steps or (stepped and time.monotonic() >= until):
+                break
+            trace.append(run.train_step())
+            stepped = True
+    if run.step < settings.steps:
+        return Partial(run.step, run.state(), reached, trace, None)
+    result = _sealed(run, start, global_weights, trace, [reached[m] for m in marks])
+    return Partial(run.step, {}, reached, trace, result)
 
 
 class Replayer:

@@ -3,21 +3,28 @@ round's global weights and the task's shard in, the sealed pseudo-gradient out.
 
 A node's worker runs it (node.worker), and so does the coordinator's referee, in its sandboxed
 child, when two nodes claim a task's input cannot be run (a review): the referee's verdict is
-about the very run a node makes, so both call this one function.
+about the very run a node makes, so both call this code. The referee runs it in parts
+(run_task_for), each within one of its requests, keeping the training state between them in a
+file: a task longer than one request is reviewed whole all the same.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from tensorgrid.blobs import file_sha256
 from tensorgrid.errors import SpecError
-from tensorgrid.training.inner import InnerResult, InnerSettings, run_inner, write_result
+from tensorgrid.training.inner import InnerResult, InnerSettings, run_inner, run_inner_for, write_result
+from tensorgrid.workloads.tensorfile import load_tensors, read_header, save_tensors
 
-__all__ = ["leased_settings", "run_task"]
+__all__ = ["leased_settings", "run_task", "run_task_for"]
+# a part's state file: the checkpoint digests reached ({step: hex}) and the losses of the steps so far
+_DIGESTS, _LOSSES = "review_digests", "review_losses"
 
 
 def leased_settings(settings: Mapping[str, Any], shard_sha: str, device: str) -> InnerSettings:
@@ -51,3 +58,34 @@ def run_task(
     result = run_inner(program, weights, shard, inner, checkpoint_dir=checkpoint_dir)
     write_result(result, out, inner.compression)
     return result
+
+
+def run_task_for(
+    program: str | os.PathLike[str],
+    weights: str | os.PathLike[str],
+    shard: str | os.PathLike[str],
+    settings: Mapping[str, Any],
+    out: str | os.PathLike[str],
+    *,
+    seconds: float,
+    device: str,
+    state: str | os.PathLike[str] | None = None,
+) -> tuple[int, int, bool]:
+    """One part of run_task: from the state file a previous part wrote (None: the start), inner
+    steps until `seconds` after the call (loading included: only the last step and the save run
+    past it; at least one step). Writes to `out` the state reached, or the sealed
+    pseudo-gradient once the last step is done; (step reached, the task's steps, done)."""
+    until = time.monotonic() + seconds
+    inner = leased_settings(settings, file_sha256(Path(shard)).sha256, device)
+    saved, digests, losses = None, {}, []
+    if state is not None:
+        kept = read_header(state).metadata
+        marks, losses = json.loads(kept.get(_DIGESTS, "{}")), [float(x) for x in json.loads(kept.get(_LOSSES, "[]"))]
+        saved, digests = load_tensors(state), {int(k): bytes.fromhex(v) for k, v in marks.items()}
+    part = run_inner_for(program, weights, shard, inner, until=until, state=saved, digests=digests, losses=losses)
+    if part.result is not None:
+        write_result(part.result, out, inner.compression)
+    else:
+        meta = {_DIGESTS: {str(k): v.hex() for k, v in part.digests.items()}, _LOSSES: part.losses}
+        save_tensors(part.state, out, metadata={k: json.dumps(v, separators=(",", ":")) for k, v in meta.items()})
+    return part.step, inner.steps, part.result is not None

@@ -3,11 +3,13 @@ process (which holds its signing key): intake's trial load, the end-of-round eva
 referee's run of a task two nodes claimed cannot be run (a review, under the referee's limits).
 
 A real coordinator (SQLite) with its real warm sandbox; nodes are simulated in-process with
-the real worker code, as in tests/unit/coordinator/test_rounds.py."""
+the real worker code, as in tests/unit/coordinator/test_rounds.py. A review runs the task in
+parts of one referee request each: a task longer than one is still run whole."""
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,20 +20,31 @@ import torch
 
 from coordinator.app import Coordinator
 from coordinator.config import CoordinatorConfig
+from coordinator.db import schema as s
 from coordinator.repositories.training.rounds import round_view
+from coordinator.services.runtime import REFEREE_START_S
+from coordinator.services.sandboxed import referee
 from tensorgrid.errors import SpecError
 from tensorgrid.spec import TrainingSpec
 from tensorgrid.types import ErrorKind, JobState, TaskError
 from tensorgrid.workloads.model import export_program
 from tests.datasets import save_digits
-from tests.unit.coordinator.test_rounds import NODES, new_manager, now_ms, round_events, run_round, submit
+from tests.unit.coordinator.test_rounds import (
+    NODES,
+    new_manager,
+    now_ms,
+    round_events,
+    run_round,
+    submit,
+)
 
 
 class _Net(torch.nn.Module):
     """The digits classifier; `spin` adds parameter-free work (a slow but valid eval program
     with the very weights of the train program). Each spin is a (rows × 4096) @ (4096 × 4096)
     product: 100 of them over the held-out rows are over a teraflop, far past a one-second
-    limit on any CPU (60 spins of a 1024-wide product once finished inside it)."""
+    limit on any CPU (60 spins of a 1024-wide product once finished inside it); 10 over a batch
+    of 8 rows take a few tenths of a second (23 ms a spin on this machine, loaded)."""
 
     def __init__(self, spin: int = 0, hidden: int = 32) -> None:
         super().__init__()
@@ -58,6 +71,7 @@ def programs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     export_program(_Net().eval(), example, root / "eval.pt2")
     export_program(_Net(spin=100).eval(), example, root / "slow-eval.pt2")
     export_program(_Net(spin=100).train(), example, root / "slow-train.pt2")
+    export_program(_Net(spin=10).train(), example, root / "steady-train.pt2")  # tenths of a second a step
     export_program(_Net(hidden=16).eval(), example, root / "misfit-eval.pt2")
     return {"dataset": root / "digits.safetensors", **{p.stem: p for p in root.glob("*.pt2")}}
 
@@ -81,6 +95,13 @@ def coordinator(tmp_path: Path) -> Iterator[Coordinator]:
 def impatient(tmp_path: Path) -> Iterator[Coordinator]:
     """A coordinator whose referee gives a request one second."""
     yield from _coordinator(tmp_path, referee_time_s=1.0)
+
+
+@pytest.fixture
+def short_requests(tmp_path: Path) -> Iterator[Coordinator]:
+    """A coordinator whose referee gives a request ten seconds: room for a fresh child's first
+    program load (seconds on this loaded machine) besides the steps."""
+    yield from _coordinator(tmp_path, referee_time_s=10.0)
 
 
 @pytest.fixture
@@ -161,27 +182,108 @@ def test_an_evaluation_over_the_referee_limit_leaves_the_round_without_metrics_a
     assert job.state == JobState.SUCCEEDED, job.error
 
 
-def test_a_review_over_the_referee_limit_confirms_the_claims_and_bounds_the_wait(
-    impatient: Coordinator, programs: dict[str, Path], tripwire: Any
-) -> None:
-    """Two nodes claim a task whose every inner step is far past the referee's one second: the
-    referee cannot finish it, which never disproves a claim, so they are confirmed as before
-    reviews existed; the review took about the referee's limit, not the task's."""
-    app = impatient
-    files = {"train": programs["slow-train"], "dataset": programs["dataset"]}
-    job_id, _ = submit(app, files, rounds=1, workers_per_round=1, inner_steps=8, max_attempts=3)
+def _steps_for(seconds: float) -> int:
+    """Inner steps of the steady program (one thread, as the referee's child) that take about
+    `seconds` on this machine at its present load."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        net = _Net(spin=10).train()
+        optimizer = torch.optim.AdamW(net.parameters())
+        x, y = torch.randn(8, 64), torch.randint(0, 10, (8,))
+        started = time.monotonic()
+        for _ in range(4):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(net(x), y).backward()
+            optimizer.step()
+        step_s = (time.monotonic() - started) / 4
+    finally:
+        torch.set_num_threads(old)
+    return max(8, min(1000, math.ceil(seconds / step_s)))
+
+
+def _contest(app: Coordinator, node_pair: tuple[str, str]) -> str:
+    """Both nodes lease the job's one task in turn and lie that its shard is bad; its id."""
     lie = TaskError(ErrorKind.INVALID_INPUT, "the shard is not a tensor file")
-    for node in NODES[:2]:
+    for node in node_pair:
         (lease,), _ = app.store.tasks.lease_tasks(node, 1, now_ms(), app.config.timing)
         app.store.tasks.fail_task(node, lease.task_id, lease.attempt, lie, now_ms())
     assert app.store.tasks.get_task(lease.task_id).state == "contested"
+    return lease.task_id
+
+
+def test_two_colluding_claims_on_a_task_longer_than_a_referee_request_no_longer_fail_it(
+    short_requests: Coordinator, programs: dict[str, Path], tripwire: Any
+) -> None:
+    """Abuse: two nodes lie that a valid training task's shard is bad, on a task whose inner
+    steps take the referee's CPU several of its requests (on main the one request timed out and
+    the claims were confirmed, failing the job: max_attempts=2). The referee runs it in parts,
+    one request each, the state kept between them: every request ends within the referee's
+    limit (the wait of anything queued behind it stays bounded), the whole run completes, and the
+    claims are disproved: the task is pending with no attempt spent (an honest node then trains a
+    disproved task: tests/unit/coordinator/test_training_reviews.py)."""
+    app = short_requests
+    files = {"train": programs["steady-train"], "dataset": programs["dataset"]}
+    steps = _steps_for(2 * app.config.referee_time_s)  # about two requests' worth on this machine, now
+    job_id, _ = submit(
+        app, files, rounds=1, workers_per_round=1, inner_steps=steps, max_attempts=2, task_time_limit_s=60
+    )  # a review budget of 240 s
+    task = _contest(app, (NODES[0], NODES[1]))
+    asyncio.run(app.runtime.refereed(referee(app.runtime, app.blobs).warm))  # its start is not a request
     tripwire.arm()  # the task runs in the referee's child, not here
+    waits: list[tuple[float, bool]] = []  # each request's wait, and whether its child was warm
+
+    async def review() -> None:
+        reviews, warm = app.verification.reviews, True
+        while True:
+            before = reviews.progress.cost(task)
+            started = time.monotonic()
+            more = await reviews.review_next(lambda job, done: None)
+            waits.append((time.monotonic() - started, warm))
+            after = reviews.progress.cost(task)
+            warm = not (more and after.parts > before.parts and after.step == before.step)  # timed out: a new child
+            if not more:
+                return
+            if app.store.tasks.get_task(task).state == "contested":  # between parts: nobody blamed yet
+                assert app.store.jobs.get_job(job_id).state == JobState.RUNNING
+                assert app.store.nodes.get_node(NODES[0]).rejections == 1  # type: ignore[union-attr]
+
+    asyncio.run(review())
+    tripwire.disarm()
+    assert len(waits) >= 3, waits  # two parts at least, then the empty look: longer than one request
+    # each a request at most (and its bookkeeping); after a part that timed out (a loaded machine),
+    # the next request, whoever makes it, waits for a new child's start as well
+    limit = app.config.referee_time_s + 2.0
+    assert all(wait < limit + (0 if warm else REFEREE_START_S) for wait, warm in waits), waits
+    assert app.verification.reviews.reviewed == 1
+    with app.store.engine.connect() as conn:
+        row = conn.execute(s.tasks.select().where(s.tasks.c.task_id == task)).one()
+    assert row.state == "pending" and row.failures == 0, row  # no attempt spent
+    [disproved] = [e.message for e in app.store.jobs.events_after(job_id, 0) if "claims disproved" in e.message]
+    assert "inner steps ran" in disproved
+    assert not any((app.blobs.root / "reviews").iterdir())  # its parts' state is gone with the review
+    assert app.store.jobs.get_job(job_id).state == JobState.RUNNING
+
+
+def test_a_review_past_its_budget_confirms_the_claims_with_each_request_bounded(
+    impatient: Coordinator, programs: dict[str, Path], tripwire: Any
+) -> None:
+    """Two nodes claim a task whose every inner step is far past the referee's one second: each
+    part times out, is charged and tried again until the task's review budget (here one request:
+    the budget factor is 0) is spent; then the claims are confirmed as before reviews existed.
+    Each request took about the referee's limit, not the task's time."""
+    app = impatient
+    app.verification.reviews.budget_factor = 0.0  # the budget: one request, whatever the task's time limit
+    files = {"train": programs["slow-train"], "dataset": programs["dataset"]}
+    job_id, _ = submit(app, files, rounds=1, workers_per_round=1, inner_steps=8, max_attempts=3)
+    task = _contest(app, (NODES[0], NODES[1]))
+    tripwire.arm()
     started = time.monotonic()
     asyncio.run(app.verification.reviews.review_pending(lambda job, done: None))
     took = time.monotonic() - started
     tripwire.disarm()
-    assert app.store.tasks.get_task(lease.task_id).state == "pending"  # two of three attempts spent
+    assert app.store.tasks.get_task(task).state == "pending"  # two of three attempts spent
     [confirmed] = [e.message for e in app.store.jobs.events_after(job_id, 0) if "claims confirmed" in e.message]
-    assert "timeout" in confirmed, confirmed
-    assert took < 60, took  # the child's start and one second's run, whatever the task would take
+    assert "over its review budget" in confirmed, confirmed
+    assert took < 90, took  # the child's starts and a second's run per request, whatever the task would take
     assert app.store.jobs.get_job(job_id).state == JobState.RUNNING

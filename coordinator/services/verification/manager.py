@@ -26,7 +26,7 @@ from coordinator.repositories.verification.checks import CheckPlan, Verdict
 from coordinator.repositories.verification.rulings import Ahead, Ruling, RulingInfo
 from coordinator.repositories.verification.store import CheckInfo
 from coordinator.services.runtime import Runtime
-from coordinator.services.sandboxed import SandboxFailure, reexecute_rows, referee
+from coordinator.services.sandboxed import Part, SandboxFailure, reexecute_rows, referee
 from coordinator.services.verification.ahead import AheadRuns, run_key
 from coordinator.services.verification.compare import load_rows, rows_match
 from coordinator.services.verification.foresee import Foresight
@@ -43,6 +43,8 @@ STAKE_CACHE_S = 60.0
 Settled = Callable[[str, bool], None]  # (job id, job complete): a ruling changed the job
 # (model path, check input, output path, task settings): re-run a check's rows in the sandboxed child
 Replay = Callable[[Path, Path, Path, dict[str, Any]], None]
+# (program, input, settings, state the part before reached or None, out): one part of a reviewed task
+PartReplay = Callable[[Path, Path, dict[str, Any], Path | None, Path], Part]
 # (model path, check input, claimed output rows, output path, task settings): per row, whether the
 # claim is what a re-run would give, found without re-running in full (generation: scoring)
 Score = Callable[[Path, Path, Path, Path, dict[str, Any]], list[bool]]
@@ -192,16 +194,16 @@ class Verification:
         if score is not None:
             self._scores[task_kind] = score
 
-    def add_review(self, task_kind: str, replay: Replay, ran: str) -> None:
+    def add_review(self, task_kind: str, part: PartReplay, ran: str) -> None:
         """How the referee runs a contested task of `task_kind` whose shards rulings never re-run
-        (training: the whole task, as a node's worker runs it), one referee request at a time as
-        any; `ran` says what a clean run did."""
+        (training: the whole task, as a node's worker runs it), in parts of one referee request
+        each (reviews.py); `ran` says what a clean run did."""
 
-        def run(model_sha: str, settings: dict[str, Any], source: Path, out: Path) -> None:
+        def run(model_sha: str, settings: dict[str, Any], source: Path, state: Path | None, out: Path) -> Part:
             with self._torch:
-                replay(self.blobs.path_for(model_sha), source, out, settings)
+                return part(self.blobs.path_for(model_sha), source, settings, state, out)
 
-        self.reviews.add_run(task_kind, run, ran)
+        self.reviews.add_parts(task_kind, run, ran)
 
     def check_opened(self, plan: CheckPlan) -> None:
         """A check was committed: queue its referee's re-run ahead if its ruling is certain."""
@@ -241,8 +243,9 @@ class Verification:
                 # Runtime.db) it would hold up the calls the event loop is answering
                 for info in await self.rt.db_bulk(self.store.verification.pending_rulings):
                     await self._rule(info, settled)
-                await self.reviews.review_pending(settled)
-                if await self.foresight.next() or await self._run_ahead():
+                # one request of one review a turn: a long review holds the rulings up by one request
+                reviewing = await self.reviews.review_next(settled)
+                if await self.foresight.next() or await self._run_ahead() or reviewing:
                     self._disputes.set()  # rulings first, then the next check to run ahead
             except Exception:  # a DB hiccup must not end the loop
                 log.exception("ruling on disputed checks failed; will retry")

@@ -18,7 +18,7 @@ import pytest
 from coordinator.repositories.store import Store
 from coordinator.services.verification.reviews import Reviews
 from tensorgrid.blobs import BlobStore
-from tensorgrid.sandbox import SandboxFailure
+from tensorgrid.sandbox import SandboxFailure, SandboxLimits
 from tensorgrid.types import BlobRef, ErrorKind, JobState, TaskError
 from tests.unit.coordinator import test_storage as storage
 from tests.unit.coordinator.test_claims import AVOID, BAD, TASK, claim
@@ -132,6 +132,10 @@ def test_tasks_the_referee_cannot_run_keep_the_second_claim_rule(db_url: str) ->
 
 
 class _Runtime:
+    def __init__(self, time_s: float = 600.0) -> None:
+        self.sandbox = SandboxLimits(time_s=time_s)
+        self.stopping = False
+
     async def db(self, fn: Any, *args: Any) -> Any:
         return fn(*args)
 
@@ -193,6 +197,21 @@ def test_a_run_that_does_not_end_cleanly_confirms_the_claims(
     assert review(state, blobs, run) == [(JOB, False)]
     job = state.jobs.get_job(JOB)
     assert job.state == JobState.FAILED and "claims confirmed" in job.error and str(failure)[:20] in job.error
+
+
+def test_a_run_cut_short_by_the_coordinator_stopping_is_no_verdict(state: Store, blobs: BlobStore) -> None:
+    stored_job(state, blobs, max_attempts=2)
+    contested(state)
+    rt = _Runtime()
+    rt.stopping = True
+
+    def run(model_sha: str, settings: dict[str, Any], source: Path, out: Path) -> None:
+        raise SandboxFailure("crashed", "the coordinator is stopping: its referee is closed")
+
+    reviews = Reviews(rt, state, blobs, run)  # type: ignore[arg-type]
+    assert asyncio.run(reviews.review_next(lambda job, done: pytest.fail("settled"))) is False  # and no more asked
+    assert state.tasks.get_task(TASK).state == "contested"  # reviewed after the restart
+    assert rejections(state, A) == rejections(state, B) == 1 and state.jobs.get_job(JOB).state != JobState.FAILED
 
 
 def test_a_task_whose_input_is_gone_is_confirmed_without_a_run(state: Store, blobs: BlobStore) -> None:

@@ -13,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
+import pytest
 import torch
 from sqlalchemy import update
 
@@ -128,3 +130,41 @@ def test_unsafe_input_claims_on_training_tasks_are_reviewed_too(
     app.store.tasks.fail_task(NODES[0], lease.task_id, lease.attempt, unsafe, now_ms())
     claim(app, NODES[1])
     assert app.store.tasks.get_task(lease.task_id).state == "contested"
+
+
+def test_the_referee_loop_makes_one_review_request_a_turn_after_the_rulings_waiting(
+    coordinator: Coordinator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A long review does not hold rulings up: each turn of the referee's loop rules on every
+    check waiting, then makes one request of one review (a part), then turns again at once."""
+    manager, order = coordinator.verification, []
+    waiting = iter([["ruling 1"], ["ruling 2"], ["ruling 3"]])
+    monkeypatch.setattr(manager.store.verification, "pending_rulings", lambda: next(waiting, []))
+    parts = iter(range(3))
+
+    async def rule(info: str, settled: Any) -> None:
+        order.append(info)
+
+    async def review_next(settled: Any) -> bool:
+        part = next(parts, None)
+        if part is not None:
+            order.append(f"part {part}")
+        return part is not None
+
+    async def nothing() -> bool:
+        return False
+
+    monkeypatch.setattr(manager, "_rule", rule)
+    monkeypatch.setattr(manager.reviews, "review_next", review_next)
+    monkeypatch.setattr(manager.foresight, "next", nothing)
+    monkeypatch.setattr(manager, "_run_ahead", nothing)
+
+    async def scenario() -> None:
+        manager.dispute_raised()
+        loop = asyncio.create_task(manager.run_referee(lambda job, done: None, warm=False))
+        await asyncio.sleep(0.5)  # well under the loop's idle wait: the turns came at once
+        loop.cancel()
+        await asyncio.gather(loop, return_exceptions=True)
+
+    asyncio.run(scenario())
+    assert order == ["ruling 1", "part 0", "ruling 2", "part 1", "ruling 3", "part 2"]

@@ -13,8 +13,8 @@ import torch
 from tensorgrid.blobs import file_sha256
 from tensorgrid.errors import SpecError
 from tensorgrid.training import inner
-from tensorgrid.training.inner import checkpoint_name, run_inner
-from tensorgrid.training.task import run_task
+from tensorgrid.training.inner import checkpoint_name, read_result, run_inner
+from tensorgrid.training.task import run_task, run_task_for
 from tests.unit.training import test_inner
 from tests.unit.training.conftest import Digits
 from tests.unit.training.test_inner import SETTINGS
@@ -52,6 +52,34 @@ def test_a_task_runs_with_its_shards_seed_and_the_rounds_compression_writing_no_
     run_task(digits.train_program, weights, shard, leased(shard), out, device="cpu", checkpoint_dir=kept)
     assert written == [checkpoint_name(0), checkpoint_name(3), checkpoint_name(6)]  # a node keeps them for reveals
     assert all((kept / name).exists() for name in written)
+
+
+def test_a_task_run_in_parts_from_saved_states_is_the_run_a_node_makes(
+    digits: Digits, shards: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The referee's review of a long task: one step a part (seconds=0), each part from the
+    state file the part before wrote, in a fresh process's stead (nothing kept in memory)."""
+    weights, shard = shards
+    whole = tmp_path / "whole.safetensors"
+    run_task(digits.train_program, weights, shard, leased(shard), whole, device="cpu")
+    state: Path | None = None
+    reached = []
+    for part in range(SETTINGS.steps):
+        out = tmp_path / f"part-{part}.safetensors"
+        step, steps, done = run_task_for(
+            digits.train_program, weights, shard, leased(shard), out, seconds=0, device="cpu", state=state
+        )
+        reached.append(step)
+        assert steps == SETTINGS.steps and done == (step == steps)
+        state = out
+    assert reached == list(range(1, SETTINGS.steps + 1))  # at least one step a part, never more at 0 s
+    got, expected = read_result(state), read_result(whole)
+    assert got.final_commitment == expected.final_commitment  # every checkpoint digest, and the upload
+    assert got.losses == expected.losses and got.tensors.keys() == expected.tensors.keys()
+    assert all(torch.equal(got.tensors[k], expected.tensors[k]) for k in expected.tensors)
+    # a part long enough for the whole task finishes it in one
+    step, _, done = run_task_for(digits.train_program, weights, shard, leased(shard), whole, seconds=60, device="cpu")
+    assert (step, done) == (SETTINGS.steps, True) and read_result(whole).final_commitment == expected.final_commitment
 
 
 @pytest.mark.parametrize("settings", [{"seeds": {}}, {"seeds": [1]}, {"inner": [1]}])
