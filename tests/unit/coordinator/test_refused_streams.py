@@ -3,9 +3,10 @@
 grpc.aio turns a status that arrives while the client is still writing into INTERNAL ("Internal
 error from Core", grpc/grpc#36066): 0–3 in 100 of the 8 MiB results handed in here with a stale
 session came back INTERNAL (12–80% against a server that refuses before any handler runs), which
-the node takes for a refusal for good: it dropped the finished result (node.handin). The coordinator now sends a go-ahead once a client
-stream is admitted, and the node writes nothing before it (tensorgrid.rpc.send_admitted). Against
-the coordinator's real gRPC server, many times over each: the refusal's code is the one it sent."""
+the node takes for a refusal for good: it dropped the finished result (node.handin). The
+coordinator now sends a go-ahead once a client stream is admitted, and the node writes nothing
+before it (tensorgrid.rpc.send_admitted). Against the coordinator's real gRPC server, many times
+over each: the refusal's code is the one it sent."""
 
 from __future__ import annotations
 
