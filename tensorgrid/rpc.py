@@ -130,23 +130,26 @@ async def send_admitted(call: Any, messages: AsyncIterable[Any], wait_s: float =
 
     grpc.aio reports a status that comes while the client is still writing as INTERNAL ("Internal
     error from Core", grpc/grpc#36066): a call refused at its start, for a stale session
-    (UNAUTHENTICATED: register again) or a limit (RESOURCE_EXHAUSTED: retry), read as a refusal
-    for good about half the time, and a node then dropped the finished result it was handing in.
-    The coordinator sends its go-ahead (GO_AHEAD_METADATA_KEY) once a call is admitted; until
-    then nothing is written, so a refusal arrives with its own code. A server that answers before
-    the stream ends (it refused the content) may still read as INTERNAL: that is a refusal too."""
+    (UNAUTHENTICATED: register again) or a limit (RESOURCE_EXHAUSTED: retry), could read as a
+    refusal for good (a few in a hundred of a node's 8 MiB results; most refusals of a bare
+    server), and a node then dropped the finished result it was handing in. The coordinator sends
+    its go-ahead (GO_AHEAD_METADATA_KEY) once a call is admitted; until then nothing is written,
+    so a refusal arrives with its own code. A server that answers before the stream ends (it
+    refused the content) may still read as INTERNAL: that is a refusal too. A server that sends no
+    go-ahead (one from before it) gets the messages after wait_s. Cancelled, the call ends too."""
     metadata = asyncio.ensure_future(call.initial_metadata())
-    await asyncio.wait({metadata}, timeout=wait_s)
-    if metadata.done():
-        go = any(key == GO_AHEAD_METADATA_KEY for key, _ in metadata.result() or ())
-    else:  # a server without a go-ahead: send as before
-        metadata.add_done_callback(lambda done: done.cancelled() or done.exception())
-        go = True
-    if go:
-        try:
-            async for message in messages:
-                await call.write(message)
-            await call.done_writing()
-        except asyncio.InvalidStateError:  # answered already: its status is the call's own
-            pass
-    return await call
+    metadata.add_done_callback(lambda done: done.cancelled() or done.exception())
+    try:
+        await asyncio.wait({metadata}, timeout=wait_s)
+        go = not metadata.done() or any(key == GO_AHEAD_METADATA_KEY for key, _ in metadata.result() or ())
+        if go:
+            try:
+                async for message in messages:
+                    await call.write(message)
+                await call.done_writing()
+            except asyncio.InvalidStateError:  # answered already: its status is the call's own
+                pass
+        return await call
+    except asyncio.CancelledError:
+        call.cancel()
+        raise
