@@ -1,7 +1,7 @@
 """The referee's review of contested claims: two nodes said a task's input is invalid or unsafe
 (repositories.claims), so the referee runs the task as a node would, in its sandboxed child,
 before either is believed: an inference or generation task's whole input as a ruling re-runs
-rows, a training task's inner steps as a node's worker runs them (the kind's run: add_run).
+rows, a training task's inner steps as a node's worker runs them (the kind's parts: add_parts).
 
 A clean run proves the claims false: the task is pending again with no attempt spent. A run
 that fails, for any reason (the program raised, the child hit its limits, the input is gone),
@@ -65,22 +65,16 @@ class Reviews:
         self.rt = rt
         self.store = store
         self.blobs = blobs
-        self._run = run
-        # task kind → how the referee runs its tasks when not as a ruling re-runs rows, and what a clean run did
-        self._runs: dict[str, tuple[Run, str]] = {}
+        self._run = run  # a task's whole input, as a ruling re-runs rows (inference, generation)
         self._parts: dict[str, tuple[RunPart, str]] = {}  # task kind → its tasks run in parts
         self.progress = ReviewParts(blobs.root / "reviews")
         self.budget_factor = BUDGET_FACTOR
         self.reviewed = 0
 
-    def add_run(self, task_kind: str, run: Run, ran: str) -> None:
-        """How the referee runs contested tasks of `task_kind` whole in one request, rather than
-        as a ruling re-runs rows; `ran` says what a clean run did (the verdict's reason)."""
-        self._runs[task_kind] = (run, ran)
-
     def add_parts(self, task_kind: str, part: RunPart, ran: str) -> None:
         """How the referee runs contested tasks of `task_kind` in parts, one request each
-        (training: the inner steps as a node's worker runs them); `ran` as add_run's."""
+        (training: the inner steps as a node's worker runs them); `ran` says what a clean run
+        did (the verdict's reason)."""
         self._parts[task_kind] = (part, ran)
 
     def budget_s(self, task: Contested) -> float:
@@ -126,16 +120,15 @@ class Reviews:
             return False, "the referee cannot run it: its model or input is not in the blob store"
         if task.kind in self._parts:
             return self._part(task, source)
-        run, ran = self._runs.get(task.kind, (self._run, "its program ran over the whole input"))
         try:
             settings = json.loads(task.settings)
             with tempfile.TemporaryDirectory(prefix="review-", dir=self.blobs.tmp_dir) as tmp:
-                run(task.model_sha, settings, source, Path(tmp) / "out.safetensors")
+                self._run(task.model_sha, settings, source, Path(tmp) / "out.safetensors")
         except SandboxFailure as e:
             return None if self.rt.stopping else (False, f"{e.kind}: {e}"[:500])
         except Exception as e:  # noqa: BLE001 - a run that did not end cleanly never disproves a claim
             return None if self.rt.stopping else (False, f"the referee could not run it: {type(e).__name__}: {e}"[:500])
-        return True, ran
+        return True, "its program ran over the whole input"
 
     def _part(self, task: Contested, source: Path) -> Verdict:
         """The task's next part; a verdict once it ran whole, truly failed, or spent its budget."""
