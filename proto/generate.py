@@ -1,7 +1,7 @@
 """Regenerate tensorgrid/v1/*_pb2*.py from proto/ (run from anywhere).
 
-    python proto/generate.py            # write into the source tree
-    python proto/generate.py --out DIR  # write elsewhere (the drift test uses this)
+python proto/generate.py            # write into the source tree
+python proto/generate.py --out DIR  # write elsewhere (the drift test uses this)
 """
 
 from __future__ import annotations
