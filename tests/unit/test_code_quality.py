@@ -1,4 +1,4 @@
-"""The code stays lint-clean and type-clean (generated code excluded by pyproject.toml)."""
+"""The code stays lint-clean, formatted and type-clean (generated code excluded by pyproject.toml)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,12 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_ruff_is_clean() -> None:
     result = run("ruff", "check", ".")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ruff_format_is_clean() -> None:
+    """Every Python file and every Python example in the docs is as `ruff format` writes it."""
+    result = run("ruff", "format", "--check", "--output-format", "concise", ".")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
