@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -99,19 +99,19 @@ class NodeClient:
 
     async def _call(self, name: str, request: Any, **kwargs: Any) -> Any:
         """stub.<name>(request) on the current replica, moving on when it is unavailable."""
-        generation = self.targets.generation
-        try:
-            return await getattr(self.stub, name)(request, **kwargs)
-        except grpc.aio.AioRpcError as e:
-            self.failed(e, generation)
-            raise
+        return await self._on_replica(lambda stub: getattr(stub, name)(request, **kwargs))
 
     async def _send(self, name: str, messages: AsyncIterator[Any], **kwargs: Any) -> Any:
         """The client stream stub.<name> on the current replica, its messages sent once the
         coordinator admits the call (tensorgrid.rpc.send_admitted), moving on as _call does."""
+        return await self._on_replica(lambda stub: send_admitted(getattr(stub, name)(**kwargs), messages))
+
+    async def _on_replica(self, call: Callable[[Any], Awaitable[Any]]) -> Any:
+        """call(stub) on the current replica; a failure that says the replica is gone moves the
+        client to the next one (self.failed) before it is raised."""
         generation = self.targets.generation
         try:
-            return await send_admitted(getattr(self.stub, name)(**kwargs), messages)
+            return await call(self.stub)
         except grpc.aio.AioRpcError as e:
             self.failed(e, generation)
             raise
