@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from coordinator.db import schema as s
-from coordinator.repositories.jobs import NewJob, NewTask
+from coordinator.repositories.jobs import NewTask
 from coordinator.repositories.ledger import outbox as ob
 from coordinator.repositories.ledger import slashing
 from coordinator.repositories.ledger.listener import LedgerListener
@@ -23,6 +23,7 @@ from tensorgrid.crypto import Signer, sign_receipt
 from tensorgrid.types import BlobRef, Receipt
 from tests.chain.conftest import ETH, MAX_SLASH_BPS, SLASH_DELAY, Chain, new_id
 from tests.chain.helpers import Crash, CrashAfterBroadcast, CrashBeforeBroadcast, open_job
+from tests.jobs import new_job
 
 REWARD = ETH // 100
 STAKE = ETH // 2  # the job's policy stake: what a caught node forfeits
@@ -49,19 +50,10 @@ def escrowed_job(chain: Chain, state: Store, tasks: int = 4) -> str:
     job_id = new_id()
     open_job(chain.submitter, job_id, REWARD * tasks, reward=REWARD)
     Ledger(state.engine).set_job_price(job_id, REWARD, REWARD * tasks)
-    job = NewJob(
-        job_id=job_id,
+    job = new_job(
+        job_id,
         submitter=chain.submitter.address,
-        kind="noop",
-        spec_json=b"{}",
         spec_hash="ab" * 32,
-        device="any",
-        min_memory_bytes=0,
-        model=None,
-        settings_json="{}",
-        memory_limit_bytes=1 << 30,
-        time_limit_ms=5000,
-        max_attempts=3,
         verification_json=json.dumps({"mode": "spotcheck"}),
         required_stake_wei=STAKE,
     )

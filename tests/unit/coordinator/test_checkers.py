@@ -15,7 +15,7 @@ from sqlalchemy import select, update
 from coordinator.config import LeaseTiming
 from coordinator.db.schema import check_exclusions, checks, reputation, trust_earnings
 from coordinator.kinds.inference.effects import OpenCheck, SettleCheck
-from coordinator.repositories.jobs import NewJob, NewTask
+from coordinator.repositories.jobs import NewTask
 from coordinator.repositories.ledger.credits import set_job_price
 from coordinator.repositories.store import Store
 from coordinator.repositories.verification import assign
@@ -27,6 +27,7 @@ from coordinator.services.verification.ahead import run_key
 from tensorgrid.spec import VerificationSpec, task_id_for
 from tensorgrid.spec.verification import detection_rows
 from tensorgrid.types import BlobRef, Capabilities, JobState, Receipt
+from tests.jobs import new_job
 
 CPU = Capabilities(device_kind="cpu", memory_bytes=8 << 30, cpu_cores=2)
 TIMING = LeaseTiming(ttl_ms=60_000, grace_ms=500)
@@ -48,21 +49,7 @@ def state(db_url: str):  # type: ignore[no-untyped-def]
 def make_job(
     state: Store, job_id: str = JOB, n: int = 1, max_attempts: int = 3, created: int = 1, rows: int = 1
 ) -> None:
-    job = NewJob(
-        job_id=job_id,
-        submitter="0x" + "11" * 20,
-        kind="noop",
-        spec_json=b"{}",
-        spec_hash="cd" * 32,
-        device="any",
-        min_memory_bytes=0,
-        model=None,
-        settings_json="{}",
-        memory_limit_bytes=1 << 30,
-        time_limit_ms=5000,
-        max_attempts=max_attempts,
-        verification_json='{"mode": "spotcheck", "trust_after": 10}',
-    )
+    job = new_job(job_id, max_attempts=max_attempts, verification_json='{"mode": "spotcheck", "trust_after": 10}')
     state.jobs.create_job(
         job, [NewTask(i, task_id_for(job_id, i), BlobRef(INPUT, 0), rows) for i in range(n)], now_ms=created
     )

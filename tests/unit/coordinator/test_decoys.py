@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from coordinator.db import schema as s
-from coordinator.repositories.jobs import NewJob, NewTask
+from coordinator.repositories.jobs import NewTask
 from coordinator.repositories.ledger import credits, decoys
 from coordinator.repositories.store import Store
 from coordinator.repositories.verification import fees
@@ -24,6 +24,7 @@ from tensorgrid.errors import SpecError
 from tensorgrid.spec import InferenceSpec, VerificationSpec, canonical_json, parse_spec, task_id_for
 from tensorgrid.spec.verification import decoy_plan, detection_rows, fee_tasks, shards_of
 from tensorgrid.types import BlobRef
+from tests.jobs import new_job
 from tests.unit.coordinator.test_checkers import INPUT, NOW, OUT, SUBJECT, TIMING, receipt, state
 from tests.unit.coordinator.test_checkers import JOB as CHECKED_JOB
 from tests.unit.coordinator.test_verification_fee import disputed
@@ -148,11 +149,7 @@ def test_a_checker_cannot_tell_a_check_by_its_size() -> None:
 
 def _job(st: Store, shards: int, decoy_rows: int, n_decoys: int, shard_rows: int, budget_rewards: int) -> list[str]:
     """A priced job of `shards` shards and `n_decoys` decoys; the decoys' task ids."""
-    job = NewJob(
-        job_id=JOB, submitter="0x" + "11" * 20, kind="noop", spec_json=b"{}", spec_hash="cd" * 32, device="any",
-        min_memory_bytes=0, model=None, settings_json="{}", memory_limit_bytes=1 << 30, time_limit_ms=5000,
-        max_attempts=3, reward_per_task_wei=REWARD,
-    )  # fmt: skip
+    job = new_job(JOB, reward_per_task_wei=REWARD)
     tasks = [NewTask(i, f"{i:064x}", BlobRef(INPUT, 0), shard_rows - decoy_rows) for i in range(shards)]
     tasks += [
         NewTask(shards + i, f"{shards + i:064x}", BlobRef(INPUT, 0), decoy_rows, decoy_unit_rows=shard_rows)

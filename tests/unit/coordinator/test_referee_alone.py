@@ -204,20 +204,6 @@ def test_a_leased_shard_is_read_for_foresee_only_while_its_node_holds_that_lease
 
 
 def _job() -> Any:
-    from coordinator.repositories.jobs import NewJob
+    from tests.jobs import new_job
 
-    return NewJob(
-        job_id=JOB,
-        submitter="0x" + "11" * 20,
-        kind="inference",
-        spec_json=b"{}",
-        spec_hash="cd" * 32,
-        device="any",
-        min_memory_bytes=0,
-        model=None,
-        settings_json="{}",
-        memory_limit_bytes=1 << 30,
-        time_limit_ms=5000,
-        max_attempts=3,
-        verification_json='{"mode": "spotcheck", "trust_after": 10}',
-    )
+    return new_job(JOB, kind="inference", verification_json='{"mode": "spotcheck", "trust_after": 10}')

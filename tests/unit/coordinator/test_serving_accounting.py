@@ -12,7 +12,6 @@ import pytest
 from sqlalchemy import select
 
 from coordinator.db import schema as s
-from coordinator.repositories.jobs import NewJob
 from coordinator.repositories.ledger import credits as ledger_credits
 from coordinator.repositories.ledger import epochs, escrow
 from coordinator.repositories.store import Store
@@ -21,6 +20,7 @@ from coordinator.services.serving.accounting import Accounting
 from coordinator.services.serving.hooks import ServedBatch, ServedRequest
 from tensorgrid.crypto import normalize_address
 from tensorgrid.serving import batch_receipt
+from tests.jobs import new_job
 
 N1, N2 = (normalize_address("0x" + d * 20) for d in ("a1", "b2"))
 SUBMITTER = normalize_address("0x" + "5b" * 20)
@@ -42,18 +42,12 @@ def runtime() -> Runtime:
 
 def add_endpoint(state: Store, job_id: str = EP, price: int = PRICE, max_requests: int = 10) -> None:
     spec = {"kind": "endpoint", "model": {"sha256": "ab" * 32, "size": 1}, "max_requests": max_requests}
-    job = NewJob(
-        job_id=job_id,
+    job = new_job(
+        job_id,
         submitter=SUBMITTER,
         kind="endpoint",
         spec_json=json.dumps(spec).encode(),
         spec_hash="ee" * 32,
-        device="any",
-        min_memory_bytes=0,
-        model=None,
-        settings_json="{}",
-        memory_limit_bytes=1 << 30,
-        time_limit_ms=5000,
         max_attempts=1,
         reward_per_task_wei=price,
     )

@@ -11,7 +11,7 @@ from sqlalchemy import func, insert, select
 from coordinator.db import schema as s
 from coordinator.kinds.noop import NoopKind
 from coordinator.kinds.registry import Registry
-from coordinator.repositories.jobs import NewJob, NewTask
+from coordinator.repositories.jobs import NewTask
 from coordinator.repositories.ledger import outbox as ob
 from coordinator.repositories.ledger import slashing
 from coordinator.repositories.ledger.listener import LedgerListener
@@ -23,6 +23,7 @@ from tensorgrid.chain import ContractReverted
 from tensorgrid.crypto import normalize_address
 from tensorgrid.spec import task_id_for
 from tensorgrid.types import BlobRef, Capabilities
+from tests.jobs import new_job
 
 NODE = normalize_address("0x" + "a1" * 20)
 OTHER = normalize_address("0x" + "b2" * 20)
@@ -44,22 +45,7 @@ def state(db_url: str) -> Iterator[Store]:
 
 def add_job(state: Store, job_id: str = JOB, stake: int = 0, tasks: int = 2) -> None:
     policy = json.dumps({"mode": "spotcheck"}) if stake else ""
-    job = NewJob(
-        job_id=job_id,
-        submitter=SUBMITTER,
-        kind="noop",
-        spec_json=b"{}",
-        spec_hash="ee" * 32,
-        device="any",
-        min_memory_bytes=0,
-        model=None,
-        settings_json="{}",
-        memory_limit_bytes=1 << 30,
-        time_limit_ms=5000,
-        max_attempts=3,
-        verification_json=policy,
-        required_stake_wei=stake,
-    )
+    job = new_job(job_id, submitter=SUBMITTER, spec_hash="ee" * 32, verification_json=policy, required_stake_wei=stake)
     state.jobs.create_job(job, [NewTask(i, task_id_for(job_id, i), BlobRef("ee" * 32, 0), 1) for i in range(tasks)], 1)
 
 

@@ -7,13 +7,14 @@ import pytest
 from coordinator.config import LeaseTiming
 from coordinator.db import kept
 from coordinator.errors import NotFound, PermissionDenied, Rejected
-from coordinator.repositories.jobs import NewJob, NewTask
+from coordinator.repositories.jobs import NewTask
 from coordinator.repositories.leasing import HOLDING_RETRY_MS
 from coordinator.repositories.nodes import backoff_ms
 from coordinator.repositories.store import Store
 from coordinator.services.acceptance import ResultAcceptance, ResultItem
 from tensorgrid.spec import task_id_for
 from tensorgrid.types import BlobRef, Capabilities, ErrorKind, JobState, Receipt, TaskError
+from tests.jobs import new_job
 
 CPU = Capabilities(device_kind="cpu", memory_bytes=8 << 30, cpu_cores=2)
 GPU = Capabilities(device_kind="cuda", memory_bytes=16 << 30, cpu_cores=8)
@@ -48,18 +49,13 @@ def make_job(
     task_input: BlobRef | None = None,
     settings_json: str = "{}",
 ) -> None:
-    job = NewJob(
-        job_id=job_id,
+    job = new_job(
+        job_id,
         submitter=SUBMITTER,
-        kind="noop",
-        spec_json=b"{}",
-        spec_hash="cd" * 32,
         device=device,
         min_memory_bytes=min_memory,
         model=model,
         settings_json=settings_json,
-        memory_limit_bytes=1 << 30,
-        time_limit_ms=5000,
         max_attempts=max_attempts,
     )
     tasks = [NewTask(i, task_id_for(job_id, i), task_input or BlobRef("ee" * 32, 0), 1) for i in range(n)]
