@@ -7,7 +7,11 @@ model and two optimizer moments:
 
     reviews/<task id>.safetensors   the training state the last part reached (written by the
                                     child; only ever read back by the child, never here)
-    reviews/<task id>.json          {"spent_s", "parts", "step", "steps"}: written here, read here
+    reviews/<task id>.json          {"spent_s", "parts", "step", "steps", "size"}: written here,
+                                    read here
+
+A task reviewed in parts of rows (inference, generation) has no state file: its cost's step is
+the rows run so far, and its size the rows of the next part.
 
 A restart finds both and the review goes on from the last part's state. A crash between a part's
 state moving in and its cost being written loses that part's cost (at most one request of
@@ -21,8 +25,11 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
+
+from tensorgrid.workloads import tensorfile
 
 _STATE, _COST, _NEXT = ".safetensors", ".json", ".next.safetensors"
 
@@ -35,6 +42,63 @@ class Cost:
     parts: int = 0
     step: int = 0
     steps: int = 0
+    size: int = 0  # a review in parts of rows: the next part's rows (0: the whole input at once)
+
+
+@dataclass(frozen=True)
+class RowPart:
+    """The rows of a review's next request, for a kind whose rows are independent (inference,
+    generation: intake's probe checked it, so the rows run in parts are the task run whole). The
+    first request runs the whole input when the task's time limit fits in a part's share of a
+    request; otherwise parts are sized by that limit, then by the rows a second the parts before
+    ran, a quarter after a part that timed out, and always whole batches of the job's batch size
+    (each batch one a node ran)."""
+
+    first: int
+    size: int  # 0: the whole input in one request
+    rows: int  # the input's rows (0: not read: a whole run reads no header)
+    unit: int  # the job's batch size (1: none)
+
+    @property
+    def whole(self) -> bool:
+        return self.size == 0
+
+    @property
+    def end(self) -> int:
+        return self.first + self.size
+
+    @classmethod
+    def next(cls, cost: Cost, settings: dict[str, Any], source: Path, share_s: float, limit_s: float) -> RowPart:
+        """The part after `cost`; share_s: the time a part aims at (0: requests have no limit)."""
+        unit = max(1, int(settings.get("batch_size") or 0))
+        if cost.parts == 0 and (share_s <= 0 or limit_s <= share_s):
+            return cls(0, 0, 0, unit)
+        rows = tensorfile.batch_rows(tensorfile.read_header(source))
+        if cost.size:
+            return cls(cost.step, min(cost.size, rows - cost.step), rows, unit)
+        fraction = 0.25 if cost.parts else share_s / limit_s  # after the whole input timed out: a quarter
+        return cls(0, _aligned(rows * fraction, unit, rows), rows, unit)
+
+    def after_timeout(self, retry: Cost) -> Cost:
+        """Where a timeout of this part leaves the review (`retry`: its count and time): the same
+        rows next, a quarter as many at a time."""
+        if self.whole:
+            return retry
+        quarter = _aligned(self.size / 4, self.unit, self.rows - self.first)
+        return replace(retry, step=self.first, steps=self.rows, size=quarter)
+
+    def after_clean(self, cost: Cost, spent_s: float, took_s: float, share_s: float) -> Cost:
+        """Where this part, run cleanly in took_s, leaves the review: the next part as many rows
+        as fit in share_s at its pace, at most four times this one."""
+        grow = 4.0 * self.size
+        if share_s > 0 and took_s > 0:
+            grow = min(grow, self.size / took_s * share_s)
+        return Cost(spent_s, cost.parts + 1, self.end, self.rows, _aligned(grow, self.unit, self.rows - self.end))
+
+
+def _aligned(rows: float, unit: int, most: int) -> int:
+    """rows rounded down to whole batches of `unit`, at least one batch, at most `most`."""
+    return min(most, max(unit, int(rows) // unit * unit))
 
 
 class ReviewParts:
@@ -59,7 +123,8 @@ class ReviewParts:
         path = self.root / (_checked(task_id) + _COST)
         try:
             data = json.loads(path.read_text())
-            return Cost(float(data["spent_s"]), int(data["parts"]), int(data["step"]), int(data["steps"]))
+            size = int(data.get("size", 0))  # a review a coordinator before rows in parts left has none
+            return Cost(float(data["spent_s"]), int(data["parts"]), int(data["step"]), int(data["steps"]), size)
         except (OSError, ValueError, KeyError, TypeError):
             return Cost()
 

@@ -1,20 +1,22 @@
 """The referee's review of contested claims: two nodes said a task's input is invalid or unsafe
 (repositories.claims), so the referee runs the task as a node would, in its sandboxed child,
-before either is believed: an inference or generation task's whole input as a ruling re-runs
-rows, a training task's inner steps as a node's worker runs them (the kind's parts: add_parts).
+before either is believed: an inference or generation task's rows as a ruling re-runs rows, a
+training task's inner steps as a node's worker runs them (the kind's parts: add_parts).
 
 A clean run proves the claims false: the task is pending again with no attempt spent. A run
-that fails, for any reason (the program raised, the child hit its limits, the input is gone),
-cannot prove them false, so they are confirmed as before reviews existed: a review can only
-ever spare a task, never blame a node that a claim alone would not have blamed.
+that fails (the program raised, the child hit its memory limit, the input is gone) cannot prove
+them false, so they are confirmed as before reviews existed: a review can only ever spare a
+task, never blame a node that a claim alone would not have blamed.
 
-A kind may run its tasks in parts (add_parts: training): each part is one referee request that
-steps for part of --referee-time-s from the state the part before left (review_parts.py), so a
-task longer than one request is still run whole, and a part that hits the time limit (one step
-longer than the request) is charged and tried again. Such a review ends: clean, when the last
-part finishes; confirmed, when a part truly fails (the program raised, the memory limit, the
-inputs gone) or when the parts have cost the task's referee budget (`budget_s`: BUDGET_FACTOR ×
-the task's own time limit, which the submitter set for a node's run of it, at least one request).
+Every review runs in parts of one referee request each, so a task longer than one request is
+still run whole, and a part over the request's time limit is charged and tried again (a smaller
+one, for rows). A training task's part steps for part of --referee-time-s from the state the part
+before left (review_parts.py); an inference or generation task's part is a run of some of its
+rows (review_parts.RowPart: the whole input at once when the task's time limit fits in a part,
+else whole batches sized by the pace of the parts before). The review ends: clean, when the last
+part finishes; confirmed, when a part truly fails or when the parts have cost the task's referee
+budget (`budget_s`: BUDGET_FACTOR × the task's own time limit, which the submitter set for a
+node's run of it, at least one request).
 
 Who could abuse it: two colluding nodes (their lie no longer fails the job: each keeps a
 refusal and its streak reset; a task is reviewed once, later claims on it are refusals); a
@@ -34,17 +36,19 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from coordinator.repositories.reviews import Contested
 from coordinator.repositories.store import Store
 from coordinator.services.runtime import Runtime
-from coordinator.services.sandboxed import Part
-from coordinator.services.verification.review_parts import Cost, ReviewParts
+from coordinator.services.sandboxed import PART_SHARE, Part
+from coordinator.services.verification.review_parts import Cost, ReviewParts, RowPart
 from tensorgrid.blobs import BlobStore
 from tensorgrid.sandbox import SandboxFailure
 from tensorgrid.sandbox.oneshot import TIMEOUT
+from tensorgrid.workloads import tensorfile
 
 log = logging.getLogger("tensorgrid.coordinator.verification")
 # (model sha, task settings, input file, output file): the task's program over its input in the
@@ -118,44 +122,36 @@ class Reviews:
         source = self.blobs.path_for(task.input_sha)
         if not task.model_sha or not source.exists():
             return False, "the referee cannot run it: its model or input is not in the blob store"
-        if task.kind in self._parts:
-            return self._part(task, source)
-        try:
-            settings = json.loads(task.settings)
-            with tempfile.TemporaryDirectory(prefix="review-", dir=self.blobs.tmp_dir) as tmp:
-                self._run(task.model_sha, settings, source, Path(tmp) / "out.safetensors")
-        except SandboxFailure as e:
-            return None if self.rt.stopping else (False, f"{e.kind}: {e}"[:500])
-        except Exception as e:  # noqa: BLE001 - a run that did not end cleanly never disproves a claim
-            return None if self.rt.stopping else (False, f"the referee could not run it: {type(e).__name__}: {e}"[:500])
-        return True, "its program ran over the whole input"
-
-    def _part(self, task: Contested, source: Path) -> Verdict:
-        """The task's next part; a verdict once it ran whole, truly failed, or spent its budget."""
-        run, ran = self._parts[task.kind]
         cost, budget = self.progress.cost(task.task_id), self.budget_s(task)
         if cost.spent_s >= budget:
+            unit = "step" if task.kind in self._parts else "row"
             return False, (
                 f"over its review budget: {cost.parts} parts took {cost.spent_s:.0f}s of the referee's "
-                f"{budget:.0f}s and reached step {cost.step} of {cost.steps}"
+                f"{budget:.0f}s and reached {unit} {cost.step} of {cost.steps}"
             )
         started = time.monotonic()
+        retry = replace(cost, parts=cost.parts + 1)  # where a part over the time limit leaves it
         try:
             settings = json.loads(task.settings)
-            state, out = self.progress.state(task.task_id), self.progress.next_state(task.task_id)
-            part = run(task.model_sha, settings, source, state, out)
+            if task.kind in self._parts:
+                return self._part(task, source, settings, cost, started)
+            part = RowPart.next(cost, settings, source, self._share_s(), task.time_limit_ms / 1000)
+            retry = part.after_timeout(retry)
+            return self._rows(task, source, settings, cost, part, started)
         except SandboxFailure as e:
             if self.rt.stopping:
                 return None  # cut short by the coordinator stopping: no verdict, nothing charged
             if e.kind != TIMEOUT:
                 return False, f"{e.kind}: {e}"[:500]
-            # a step past the request's limit (a loaded machine?): charged, tried again until the budget is spent
+            # past the request's limit (a loaded machine, a part too long): charged, tried again
+            # (rows: a smaller part) until the budget is spent
             spent = cost.spent_s + time.monotonic() - started
-            self.progress.charge(task.task_id, Cost(spent, cost.parts + 1, cost.step, cost.steps))
+            self.progress.charge(task.task_id, replace(retry, spent_s=spent))
             log.warning(
-                "a part of task %s's review timed out at step %d (%.0fs spent): %s",
+                "a part of task %s's review timed out at %d of %d (%.0fs spent): %s",
                 task.task_id[:12],
                 cost.step,
+                cost.steps,
                 spent,
                 e,
             )
@@ -164,6 +160,16 @@ class Reviews:
             if self.rt.stopping:
                 return None
             return False, f"the referee could not run it: {type(e).__name__}: {e}"[:500]
+
+    def _share_s(self) -> float:
+        """The referee time a part of rows aims at: PART_SHARE of a request (0: no limit)."""
+        return PART_SHARE * self.rt.sandbox.time_s if self.rt.sandbox.time_s > 0 else 0.0
+
+    def _part(self, task: Contested, source: Path, settings: dict[str, Any], cost: Cost, started: float) -> Verdict:
+        """The task's next part of inner steps; a verdict once it ran whole."""
+        run, ran = self._parts[task.kind]
+        state, out = self.progress.state(task.task_id), self.progress.next_state(task.task_id)
+        part = run(task.model_sha, settings, source, state, out)
         if part.done:
             return True, ran
         self.progress.advance(task.task_id)
@@ -172,4 +178,23 @@ class Reviews:
         log.debug(
             "task %s's review reached step %d of %d (%.1fs spent)", task.task_id[:12], part.step, part.steps, spent
         )
+        return None
+
+    def _rows(
+        self, task: Contested, source: Path, settings: dict[str, Any], cost: Cost, part: RowPart, started: float
+    ) -> Verdict:
+        """The task's next part of rows (all of them on the first request if the task's time
+        limit fits in one); a verdict once every row ran."""
+        with tempfile.TemporaryDirectory(prefix="review-", dir=self.blobs.tmp_dir) as tmp:
+            rows_in = source
+            if not part.whole:
+                rows_in = Path(tmp) / "part.safetensors"
+                tensorfile.gather_rows(source, list(range(part.first, part.end)), rows_in)
+            self._run(task.model_sha, settings, rows_in, Path(tmp) / "out.safetensors")
+        if part.whole or part.end >= part.rows:
+            return True, "its program ran over the whole input" + (f" ({cost.parts + 1} parts)" if cost.parts else "")
+        took = time.monotonic() - started
+        spent = cost.spent_s + took
+        self.progress.charge(task.task_id, part.after_clean(cost, spent, took, self._share_s()))
+        log.debug("task %s's review ran rows to %d of %d (%.1fs spent)", task.task_id[:12], part.end, part.rows, spent)
         return None
