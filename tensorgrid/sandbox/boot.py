@@ -8,6 +8,9 @@ the file system, cap core dumps and descriptors, import the entry module and run
 allocate unwritten and flush subnormal floats to zero, cap the address space at what is mapped
 then plus the memory limit (soft = hard), cap CUDA memory, write what could be isolated to the
 scratch directory's status file, and call the entry's `main()`.
+
+That sequence is run(config): a child a zygote forked (tensorgrid.sandbox.zygote) goes through
+the same function, its imports already made (so its import and prepare() are near free).
 """
 
 from __future__ import annotations
