@@ -214,3 +214,22 @@ def test_the_zygote_reports_each_childs_end(zygote: tuple[Path, int], tmp_path: 
         assert child.wait(30) == 0 and child.usage["maxrss_kb"] > 0
     with pytest.raises(ZygoteRefused):
         request_child(str(path), _config("os", tmp_path), {})
+
+
+def test_off_execs_every_child_and_asks_no_zygote(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv(launch.ZYGOTE_ENV, "off")
+    launch.reset()
+    before = dict(launch.started)
+    try:
+        with caplog.at_level("WARNING", logger="tensorgrid.sandbox"):
+            for _ in range(2):
+                assert run_once(PAYLOAD, {"act": "env"}, LIMITS)["scratch"]
+        assert launch.started["forked"] == before["forked"]
+        assert launch.started["execd"] == before["execd"] + 2
+        assert launch.own_zygote() is None  # none started
+        assert not [r for r in caplog.records if "zygote" in r.getMessage()]  # none asked, none missed
+    finally:
+        monkeypatch.undo()
+        launch.reset()
