@@ -233,3 +233,19 @@ def test_off_execs_every_child_and_asks_no_zygote(
     finally:
         monkeypatch.undo()
         launch.reset()
+
+
+def test_devnet_up_starts_one_shared_zygote_for_its_processes(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from tensorgrid import devnet, processes
+
+    monkeypatch.delenv(launch.ZYGOTE_ENV, raising=False)
+    pid = devnet._start_zygote(tmp_path)
+    try:
+        assert pid and os.environ[launch.ZYGOTE_ENV] == str(tmp_path / "zygote" / "sock")  # what its grid inherits
+        assert launch.wait_ready(os.environ[launch.ZYGOTE_ENV], 120)
+        assert pid in {p.pid for p in processes.naming(tmp_path)}  # `devnet down` finds and stops it
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        monkeypatch.undo()
+    monkeypatch.setenv(launch.ZYGOTE_ENV, "off")  # an operator's setting wins: none started
+    assert devnet._start_zygote(tmp_path) == 0
