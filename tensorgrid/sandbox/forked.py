@@ -24,6 +24,13 @@ from typing import IO, Any
 
 UNKNOWN_EXIT = 255
 CONNECT_TIMEOUT_S = 10.0
+_live: set[int] = set()  # pids of this process's zygote children not yet ended
+
+
+def live_children() -> list[int]:
+    """This process's children forked by a zygote and not yet ended (they are the zygote's
+    children, not ours: psutil's children() misses them; node.metrics counts them)."""
+    return sorted(_live)
 
 
 class ZygoteUnavailable(OSError):
@@ -80,6 +87,7 @@ class _Forked:
     def __init__(self, conn: socket.socket, pid: int) -> None:
         self.pid = pid
         self.pidfd = os.pidfd_open(pid)  # before the zygote may reap it: it waits for "opened"
+        _live.add(pid)
         self.conn = conn
         self.returncode: int | None = None
         self.usage: dict[str, float] = {}
@@ -118,6 +126,7 @@ class _Forked:
 
     def _finish(self, code: int) -> None:
         self.returncode = code
+        _live.discard(self.pid)
         with contextlib.suppress(OSError):
             os.close(self.pidfd)
         self.pidfd = -1
