@@ -12,8 +12,12 @@ import psutil
 
 from node.lending import TaskDesk
 from tensorgrid.sandbox import Scratch
+from tensorgrid.sandbox.forked import AsyncForkedChild
 
-__all__ = ["WorkerChild"]
+__all__ = ["ChildProcess", "WorkerChild"]
+
+# exec'd (asyncio's), or forked by a zygote (tensorgrid.sandbox.launch): the same interface here
+ChildProcess = asyncio.subprocess.Process | AsyncForkedChild
 
 
 class WorkerChild:
@@ -21,7 +25,7 @@ class WorkerChild:
 
     def __init__(
         self,
-        proc: asyncio.subprocess.Process,
+        proc: ChildProcess,
         tail_bytes: int,
         scratch: Scratch,
         light: bool = False,
@@ -58,6 +62,9 @@ class WorkerChild:
 
     def kill(self) -> None:
         """SIGKILL the child's whole process group (it leads its own session)."""
+        if isinstance(self.proc, AsyncForkedChild):
+            self.proc.kill()  # through its pidfd: never a recycled pid
+            return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError):

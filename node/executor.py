@@ -22,11 +22,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from node.child import WorkerChild
+from node.child import ChildProcess, WorkerChild
 from node.lending import TaskDesk
-from tensorgrid.sandbox import Isolation, SandboxLimits, Scratch, child_argv, scrubbed_env
+from tensorgrid.sandbox import Isolation, SandboxLimits, Scratch, launch, scrubbed_env
 from tensorgrid.sandbox.lending import rewrite
-from tensorgrid.sandbox.policy import report_status
+from tensorgrid.sandbox.policy import child_config, report_status
 from tensorgrid.types import ErrorKind, TaskError
 
 __all__ = ["Executor", "TaskOutcome", "TaskRequest"]
@@ -242,18 +242,22 @@ class Executor:
             cuda_memory_bytes=self._memory_cap if cuda else 0,
             start_timeout_s=self._start_timeout_s,
         )
-        argv = self._argv or child_argv(LIGHT_ENTRY if light else self._entry, limits, isolation, scratch.path)
+        env = scrubbed_env(scratch.path)
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                start_new_session=True,
-                close_fds=True,
-                cwd=scratch.path,
-                env=scrubbed_env(scratch.path),
-            )
+            if self._argv is not None:  # a test's hostile worker: exec'd as given
+                proc: ChildProcess = await asyncio.create_subprocess_exec(
+                    *self._argv,
+                    stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE,
+                    start_new_session=True,
+                    close_fds=True,
+                    cwd=scratch.path,
+                    env=env,
+                )
+            else:  # forked by a zygote where one serves, else exec'd (tensorgrid.sandbox.launch)
+                config = child_config(LIGHT_ENTRY if light else self._entry, limits, isolation, scratch.path)
+                proc = await launch.async_popen(config, env)
         except OSError:
             scratch.close()
             if desk is not None:

@@ -13,7 +13,8 @@ Counted as things happen, in memory (one increment each, nothing on a task's pat
   revealed checkpoints); endpoint requests served by outcome (answered, failed).
 
 Read at each scrape: this daemon's CPU seconds, its live task and serving workers' (its
-children; a gauge, since a replaced worker takes its seconds with it), their resident memory
+children, or forked for it by a zygote; a gauge, since a replaced worker takes its seconds with
+it), their resident memory
 with the daemon's, the machine's CPU use in percent since the previous scrape,
 and on a CUDA node each GPU's utilisation and memory through NVML (pynvml) when it is
 installed; without it, only the daemon's own torch.cuda allocated/reserved bytes (its
@@ -47,6 +48,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from tensorgrid.sandbox import launch
+from tensorgrid.sandbox.forked import live_children
 from tensorgrid.scrape import ScrapeEndpoint
 from tensorgrid.types import ErrorKind
 
@@ -193,9 +196,18 @@ class MachineCollector(Collector):
         psutil.cpu_percent(None)  # the first call only starts the interval
 
     def _processes(self) -> list[psutil.Process]:
+        """The daemon and its workers: its children, and those a zygote forked for it (not its
+        children); a zygote is no worker (its own start, torch's import, is not a task's)."""
+        found = {self._me.pid: self._me}
         with contextlib.suppress(psutil.Error):
-            return [self._me, *self._me.children(recursive=True)]
-        return [self._me]
+            found.update((p.pid, p) for p in self._me.children(recursive=True))
+        for pid in live_children():
+            with contextlib.suppress(psutil.Error):
+                found.setdefault(pid, psutil.Process(pid))
+        own = launch.own_zygote()
+        if own is not None:
+            found.pop(own.pid, None)
+        return list(found.values())
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         own, workers, rss = 0.0, 0.0, 0

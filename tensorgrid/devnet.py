@@ -13,6 +13,7 @@ last one is the submitter.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from tensorgrid.crypto import Signer, load_or_create_key_file, write_key_file
 from tensorgrid.errors import TensorGridError
 from tensorgrid.localca import make_local_ca
 from tensorgrid.localgrid import LocalGrid, free_port  # noqa: F401 -- free_port: also this module's
+from tensorgrid.sandbox import launch
 
 ETH = 10**18
 STATE_FILE = "devnet.json"
@@ -134,9 +136,10 @@ def up(root: Path, nodes: int, epoch_s: float) -> int:
         raise TensorGridError(f"a devnet is already up in {root}: `tensorgrid devnet down` first")
     # A new chain needs a new coordinator database (epochs and nonces belong to one chain):
     # what a previous devnet left behind goes, logs included.
-    for leftover in ("grid", "anvil", "tls"):
+    for leftover in ("grid", "anvil", "tls", "zygote"):
         shutil.rmtree(root / leftover, ignore_errors=True)
     started = time.monotonic()
+    zygote = _start_zygote(root)
     cg = start_chain_grid(root, nodes, epoch_s=epoch_s, challenge_window_s=5, detached=True, tls=True)
     assert cg.grid.ca_cert is not None
     submitter_key = root / "submitter.key"
@@ -149,7 +152,7 @@ def up(root: Path, nodes: int, epoch_s: float) -> int:
         "submitter_key": str(submitter_key.resolve()),
         "ca_cert": str(cg.grid.ca_cert.resolve()),
         "node_addresses": [Signer.from_hex(k).address for k in cg.node_keys],
-        "procs": [p.to_dict() for p in started_procs(cg)],
+        "procs": [p.to_dict() for p in started_procs(cg, zygote)],
         "logs": str(cg.grid.root.resolve()),
     }
     (root / STATE_FILE).write_text(json.dumps(info, indent=2))
@@ -205,8 +208,21 @@ def down(root: Path, timeout: float = 15.0) -> int:
     return 0
 
 
-def started_procs(cg: ChainGrid) -> list[processes.ProcessId]:
-    pids = [cg.anvil.process.pid, *(p.popen.pid for p in cg.grid.procs)]
+def _start_zygote(root: Path) -> int:
+    """One zygote (tensorgrid.sandbox.zygote) for the devnet's coordinator and nodes: exported to
+    the processes started after it, which fork their sandboxed children from it (an operator's
+    TENSORGRID_SANDBOX_ZYGOTE, `off` included, wins). Its pid; 0 when none was started."""
+    if os.environ.get(launch.ZYGOTE_ENV):
+        return 0
+    path = root / "zygote" / "sock"
+    log = (root / "zygote.log").open("ab")
+    proc = launch.start_zygote(path, stderr=log)  # detached; `down` stops it (its command line names root)
+    os.environ[launch.ZYGOTE_ENV] = str(path)
+    return proc.pid
+
+
+def started_procs(cg: ChainGrid, zygote: int = 0) -> list[processes.ProcessId]:
+    pids = [cg.anvil.process.pid, *(p.popen.pid for p in cg.grid.procs), *([zygote] if zygote else [])]
     return [p for p in map(processes.identify, pids) if p is not None]
 
 

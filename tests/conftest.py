@@ -22,6 +22,74 @@ PG_ADMIN_URL = os.environ.get("TENSORGRID_TEST_PG", "postgresql://postgres@127.0
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
+# Sandboxed entries the tests run besides the grid's own: the session's zygote forks them too.
+TEST_ENTRIES = (
+    "tests.security.sandbox_payload",
+    "tests.security.torch_payload",
+    "tests.security.prepare_payload",
+    "tests.security.slow_start_payload",
+    "tests.security.prying_worker",
+)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def sandbox_zygote() -> Iterator[str]:
+    """One zygote (tensorgrid.sandbox.zygote) for this test process (each xdist worker its own),
+    started before any grid: its socket is exported, so every coordinator, node and executor the
+    tests start forks its sandboxed children from it rather than importing torch in each. Not
+    waited for: children are exec'd until it is warm. TENSORGRID_SANDBOX_ZYGOTE set by the caller
+    wins (`off`: the whole suite execs every child)."""
+    import tempfile
+
+    from tensorgrid.sandbox import launch
+
+    launch.allow_in_own_zygote(TEST_ENTRIES)  # where a test asks for a process's own zygote
+    given = os.environ.get(launch.ZYGOTE_ENV)
+    if given:
+        yield given
+        return
+    where = Path(tempfile.mkdtemp(prefix="tg-zygote-"))
+    path = where / "sock"
+    proc = launch.start_zygote(path, allow=TEST_ENTRIES, owner=os.getpid())
+    os.environ[launch.ZYGOTE_ENV] = str(path)
+    launch.reset()
+    try:
+        yield str(path)
+    finally:
+        os.environ.pop(launch.ZYGOTE_ENV, None)
+        launch.reset()
+        proc.kill()
+        proc.wait()
+        shutil.rmtree(where, ignore_errors=True)
+
+
+@pytest.fixture(params=["exec", "zygote"])
+def sandbox_start(
+    request: pytest.FixtureRequest, sandbox_zygote: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """Run the test once with every sandboxed child exec'd and once with each forked by the
+    session's zygote; fails if a child started the other way (a silent fallback)."""
+    from tensorgrid.sandbox import launch
+
+    if request.param == "zygote":
+        if sandbox_zygote.lower() in launch.OFF:
+            pytest.skip("TENSORGRID_SANDBOX_ZYGOTE is off for this run")
+        assert launch.wait_ready(sandbox_zygote, 120), "the session's zygote never answered"
+        monkeypatch.setenv(launch.ZYGOTE_ENV, sandbox_zygote)
+    else:
+        monkeypatch.setenv(launch.ZYGOTE_ENV, "off")
+    launch.reset()
+    before = dict(launch.started)
+    yield str(request.param)
+    forked, execd = (launch.started[k] - before[k] for k in ("forked", "execd"))
+    monkeypatch.undo()
+    launch.reset()
+    if request.param == "zygote":
+        assert forked > 0 and execd == 0, f"children forked {forked}, exec'd {execd}: not all by the zygote"
+    else:
+        assert forked == 0, f"{forked} children forked with the zygote off"
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> str:
     """The admin URL of the PostgreSQL server; fails loudly if it is not there."""

@@ -12,25 +12,34 @@ __all__ = ["REFEREE_ENTRY", "children", "loads_torch", "running"]
 
 def children(pid: int) -> dict[int, list[str]]:
     """The command lines of `pid`'s live children, by process id (a child that leads its own
-    session, as sandboxed children do, is still its parent's)."""
+    session, as sandboxed children do, is still its parent's). A sandboxed child a zygote forked
+    for `pid` counts as its child: its command line (tensorgrid.sandbox.zygote_child.retitle)
+    ends with for=PID."""
     found: dict[int, list[str]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             stat = (entry / "stat").read_text()
-            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
+            # a forked child's command line is padded with NULs (tensorgrid.sandbox.zygote_child)
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").rstrip("\0").split("\0")
         except OSError:  # gone meanwhile
             continue
         state, ppid = stat.rsplit(")", 1)[1].split()[:2]  # the name in (…) may hold spaces
-        if int(ppid) == pid and state != "Z" and argv:
+        forked = argv[:1] == ["tensorgrid.sandbox.boot"] and argv[-1:] == [f"for={pid}"]
+        if (int(ppid) == pid or forked) and state != "Z" and argv != [""]:
             found[int(entry.name)] = argv
     return found
 
 
 def running(pid: int, module: str) -> list[int]:
-    """`pid`'s live children whose command line names `module` (e.g. REFEREE_ENTRY)."""
-    return [child for child, argv in children(pid).items() if any(module in arg for arg in argv)]
+    """`pid`'s live children whose command line names `module` (e.g. REFEREE_ENTRY); not a zygote
+    (tests/conftest.py's names the test entries it may fork)."""
+    return [
+        child
+        for child, argv in children(pid).items()
+        if any(module in arg for arg in argv) and "tensorgrid.sandbox.zygote" not in argv
+    ]
 
 
 def loads_torch(pid: int) -> bool:

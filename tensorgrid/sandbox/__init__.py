@@ -7,7 +7,9 @@ inherited file descriptors beyond stdin/stdout/stderr; the child (`boot`) leaves
 network (a new network namespace), optionally the file system outside the paths it was
 given (Landlock), caps its address space (RLIMIT_AS soft = hard, so it cannot lift it),
 core dumps and open files, and only then runs the entry point. The parent enforces the
-wall-time limit and kills the child's process group.
+wall-time limit and kills the child's process group. Where a zygote serves
+(tensorgrid.sandbox.launch), the child is forked from it instead of exec'd, torch already
+imported, and goes through the same confinement (boot.run).
 
 What the child cannot do, and where the OS keeps that from being enforced, is written in
 README.md ("What a job can and cannot do on your machine").

@@ -8,6 +8,9 @@ the file system, cap core dumps and descriptors, import the entry module and run
 allocate unwritten and flush subnormal floats to zero, cap the address space at what is mapped
 then plus the memory limit (soft = hard), cap CUDA memory, write what could be isolated to the
 scratch directory's status file, and call the entry's `main()`.
+
+That sequence is run(config): a child a zygote forked (tensorgrid.sandbox.zygote) goes through
+the same function, its imports already made (so its import and prepare() are near free).
 """
 
 from __future__ import annotations
@@ -150,11 +153,11 @@ def _lower_autogroup(nice: int) -> None:
             return
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        sys.exit("usage: python -m tensorgrid.sandbox.boot CONFIG-JSON (started by tensorgrid.sandbox)")
-    config = json.loads(args[0])
+def run(config: dict[str, Any]) -> None:
+    """Confine this process as `config` says, then run its entry: the one sequence both an
+    exec'd child (main) and a zygote's forked child (tensorgrid.sandbox.zygote) go through. In a
+    fork the entry's imports are already done (the zygote made them), so its import and
+    prepare() cost next to nothing; prepare() still runs here, in the child."""
     status = _isolate(config)
     confine.set_fixed_limits(int(config["limits"].get("open_files") or 0))
     entry = importlib.import_module(config["entry"])
@@ -170,6 +173,13 @@ def main(argv: list[str] | None = None) -> None:
     os.chdir(scratch)
     (scratch / STATUS_FILE).write_text(json.dumps(status))
     entry.main()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        sys.exit("usage: python -m tensorgrid.sandbox.boot CONFIG-JSON (started by tensorgrid.sandbox)")
+    run(json.loads(args[0]))
 
 
 if __name__ == "__main__":

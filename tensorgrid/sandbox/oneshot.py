@@ -31,13 +31,16 @@ from pathlib import Path
 from typing import IO, Any
 
 from tensorgrid.errors import TensorGridError
+from tensorgrid.sandbox import launch
+from tensorgrid.sandbox.forked import ForkedChild
 from tensorgrid.sandbox.lending import Loans, rewrite
-from tensorgrid.sandbox.policy import Isolation, SandboxLimits, Scratch, child_argv, report_status, scrubbed_env
+from tensorgrid.sandbox.policy import Isolation, SandboxLimits, Scratch, child_config, report_status, scrubbed_env
 
 log = logging.getLogger("tensorgrid.sandbox")
 TIMEOUT, OUT_OF_MEMORY, CRASHED, ERROR = "timeout", "out_of_memory", "crashed", "error"
 STDERR_TAIL_BYTES = 4096
 MAX_LINE_BYTES = 1 << 20
+Child = subprocess.Popen[bytes] | ForkedChild  # exec'd, or forked by a zygote (tensorgrid.sandbox.launch)
 _OOM_MARKERS = ("can't allocate memory", "out of memory", "cannot allocate memory")
 
 
@@ -187,7 +190,7 @@ class WarmSandbox:
 class _Channel:
     """A started child: its pipes, its greeting, a bounded tail of its stderr."""
 
-    def __init__(self, proc: subprocess.Popen[bytes], scratch: Scratch, loans: Loans | None = None) -> None:
+    def __init__(self, proc: Child, scratch: Scratch, loans: Loans | None = None) -> None:
         self.proc, self.scratch, self.loans = proc, scratch, loans
         self.lines: queue.Queue[bytes] = queue.Queue()
         self.tail = bytearray()
@@ -206,16 +209,7 @@ class _Channel:
         if loans is not None:
             iso = iso.with_paths(readable=[loans.path])
         try:
-            proc = subprocess.Popen(
-                child_argv(entry, limits, iso, scratch.path),
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                cwd=scratch.path,
-                env=scrubbed_env(scratch.path),
-                close_fds=True,
-                start_new_session=True,
-            )
+            proc = launch.popen(child_config(entry, limits, iso, scratch.path), scrubbed_env(scratch.path))
         except OSError:
             scratch.close()
             if loans is not None:
@@ -300,7 +294,7 @@ def _json(line: bytes) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _died(proc: subprocess.Popen[bytes], drain: threading.Thread, tail: bytearray, what: str) -> SandboxFailure:
+def _died(proc: Child, drain: threading.Thread, tail: bytearray, what: str) -> SandboxFailure:
     _kill(proc)
     drain.join(1.0)
     code = proc.returncode
@@ -315,13 +309,10 @@ def _died(proc: subprocess.Popen[bytes], drain: threading.Thread, tail: bytearra
     return SandboxFailure(kind, f"{what}{status}; stderr tail: {text[-1000:] or '(empty)'}")
 
 
-def _kill(proc: subprocess.Popen[bytes]) -> None:
+def _kill(proc: Child) -> None:
     """SIGKILL the child's process group (it leads its own session), then reap it."""
     if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError):
-            proc.kill()
+        launch.kill_group(proc)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(5.0)
 

@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger("tensorgrid.sandbox")
 
@@ -134,19 +135,25 @@ def scrubbed_env(
     return env
 
 
-def child_argv(
-    entry: str, limits: SandboxLimits, isolation: Isolation, scratch: Path, python: str | None = None
-) -> list[str]:
-    """`python -m tensorgrid.sandbox.boot` with its settings (plain JSON: no secrets travel here)."""
+def child_config(entry: str, limits: SandboxLimits, isolation: Isolation, scratch: Path) -> dict[str, Any]:
+    """What tensorgrid.sandbox.boot runs: the entry and its settings (plain JSON: no secrets
+    travel here). The same for an exec'd child (child_argv) and a zygote's fork (launch)."""
     if not all(part.isidentifier() for part in entry.split(".")):
         raise ValueError(f"{entry!r} is not a module name")
-    config = {
+    return {
         "entry": entry,
         "limits": asdict(limits),
         "isolation": asdict(isolation),
         "scratch": str(scratch),
         "runtime": _runtime_paths(),
     }
+
+
+def child_argv(
+    entry: str, limits: SandboxLimits, isolation: Isolation, scratch: Path, python: str | None = None
+) -> list[str]:
+    """`python -m tensorgrid.sandbox.boot` with its settings (child_config)."""
+    config = child_config(entry, limits, isolation, scratch)
     return [python or sys.executable, "-m", "tensorgrid.sandbox.boot", json.dumps(config)]
 
 
@@ -183,4 +190,13 @@ def report_status(scratch: Path) -> dict[str, str]:
     return {k: str(v) for k, v in status.items()}
 
 
-__all__ = ["ENV_ALLOWLIST", "Isolation", "SandboxLimits", "Scratch", "child_argv", "report_status", "scrubbed_env"]
+__all__ = [
+    "ENV_ALLOWLIST",
+    "Isolation",
+    "SandboxLimits",
+    "Scratch",
+    "child_argv",
+    "child_config",
+    "report_status",
+    "scrubbed_env",
+]

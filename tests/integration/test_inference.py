@@ -23,6 +23,7 @@ from tensorgrid.spec import VerificationSpec
 from tensorgrid.types import JobInfo, JobState
 from tensorgrid.workloads.tensorfile import load_tensors
 from tests.integration.conftest import BATCH, PAIR, Assets, node_args
+from tests.procs import children
 
 pytestmark = pytest.mark.integration
 SHARED = PAIR  # the tests that each check only their own job share pair_grid
@@ -178,9 +179,9 @@ def _until_a_worker_computes(nodes: list[Proc], timeout: float = 60) -> None:
     def worker_seconds(node: Proc) -> float:
         total = 0.0
         with contextlib.suppress(psutil.Error):
-            for child in psutil.Process(node.popen.pid).children(recursive=True):
+            for pid in children(node.popen.pid):  # its workers, exec'd or forked by a zygote
                 with contextlib.suppress(psutil.Error):
-                    total += sum(child.cpu_times()[:2])
+                    total += sum(psutil.Process(pid).cpu_times()[:2])
         return total
 
     deadline = time.monotonic() + timeout

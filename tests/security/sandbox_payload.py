@@ -8,6 +8,10 @@ program would run, and it reports what it could see and do. Each request names o
   sleep   - sleep request["seconds"]            write   - write request["text"] to out.txt
   rlimit  - try to lift its own address-space limit
   fds     - the file descriptors it holds       status  - what the sandbox could isolate
+  remember - keep request["value"] in this process; answer what an earlier request kept
+  ask_zygote - ask the zygote at request["path"] for a child (from a grandchild whose parent
+            died first, with request["orphan"]): the zygote's answer
+  kill    - send SIGKILL to request["pid"]
 """
 
 from __future__ import annotations
@@ -23,9 +27,43 @@ from typing import Any
 from tensorgrid.sandbox import serve_once
 from tensorgrid.sandbox.policy import STATUS_FILE
 
+_kept: dict[str, Any] = {}
+
+
+def _ask_zygote(path: str, orphan: bool) -> str:
+    """The zygote's answer to a request for a sibling with no confinement at all."""
+    from tensorgrid.sandbox.forked import ZygoteRefused, ZygoteUnavailable, request_child
+
+    config = {"entry": "tests.security.sandbox_payload", "scratch": "/tmp", "runtime": [], "limits": {}}
+    config["isolation"] = {"network": "shared", "confine_files": False, "readable": [], "writable": []}
+    if not orphan:
+        try:
+            conn, pid, fds = request_child(path, config, {})
+        except (ZygoteRefused, ZygoteUnavailable) as e:
+            return f"refused: {e}"
+        return f"forked {pid}"
+    r, w = os.pipe()
+    if os.fork() == 0:  # the middle process exits at once: its child is an orphan
+        if os.fork() == 0:
+            time.sleep(0.2)
+            os.write(w, _ask_zygote(path, False).encode())
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        return f.read().decode()
+
 
 def _act(request: dict[str, Any], scratch: Path) -> dict[str, Any]:
     act = request.get("act")
+    if act == "remember":
+        earlier = _kept.get("value")
+        _kept["value"] = request["value"]
+        return {"earlier": earlier}
+    if act == "ask_zygote":
+        return {"answer": _ask_zygote(str(request["path"]), bool(request.get("orphan")))}
+    if act == "kill":
+        os.kill(int(request["pid"]), 9)
+        return {"killed": True}
     if act == "env":
         return {"env": dict(os.environ), "cwd": os.getcwd(), "scratch": str(scratch)}
     if act == "read":

@@ -1,7 +1,8 @@
 """The sandbox every stranger's graph runs in: what a child can and cannot reach.
 
 The primitive is driven with a test-only entry point (tests.security.sandbox_payload); the
-node's worker and the coordinator's referee are driven through real processes."""
+node's worker and the coordinator's referee are driven through real processes. The isolation
+tests run twice (the sandbox_start fixture): with the child exec'd, and forked by a zygote."""
 
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ def _run(request: dict[str, object], limits: SandboxLimits = LIMITS, **kw: objec
     return run_once(PAYLOAD, request, limits, **kw)  # type: ignore[arg-type]
 
 
+@pytest.mark.usefixtures("sandbox_start")  # exec'd and forked by the zygote
 def test_child_gets_a_scrubbed_environment_and_its_own_scratch(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv(PASSWORD_ENV, "hunter2")
     monkeypatch.setenv("TENSORGRID_NODE_KEYSTORE", "/somewhere/node-key.json")
@@ -58,6 +60,7 @@ def test_child_gets_a_scrubbed_environment_and_its_own_scratch(monkeypatch: pyte
     assert scratch.parent == tmp_path.resolve() and not scratch.exists()  # deleted afterwards
 
 
+@pytest.mark.usefixtures("sandbox_start")  # exec'd and forked by the zygote
 def test_child_runs_torch_on_the_threads_its_limits_give() -> None:
     # The coordinator's referee runs on one thread by default: on busy cores, several torch
     # threads wait for each other (benchmarks.scaling).
@@ -67,6 +70,7 @@ def test_child_runs_torch_on_the_threads_its_limits_give() -> None:
         assert seen["threads"] == threads
 
 
+@pytest.mark.usefixtures("sandbox_start")  # exec'd and forked by the zygote
 def test_child_runs_at_the_lower_cpu_priority_its_limits_give() -> None:
     # The coordinator's referee yields the CPU to the calls the coordinator is answering.
     assert REFEREE_LIMITS.nice == REFEREE_NICE > 0
@@ -76,6 +80,7 @@ def test_child_runs_at_the_lower_cpu_priority_its_limits_give() -> None:
     assert _run({"act": "nice"}, lowered)["nice"] == min(19, ours + 5)
 
 
+@pytest.mark.usefixtures("sandbox_start")  # exec'd and forked by the zygote
 def test_child_imports_at_the_parents_priority_and_runs_the_program_at_its_own() -> None:
     # The trusted start (interpreter, torch's import) is not what may wait: lowered before it,
     # the referee took a minute to start on a loaded machine. Every thread is lowered before the
@@ -96,6 +101,7 @@ def _autogroups() -> bool:
         return False
 
 
+@pytest.mark.usefixtures("sandbox_start")  # exec'd and forked by the zygote
 @pytest.mark.skipif(not _autogroups(), reason="this kernel does not group tasks by session")
 def test_child_lowers_its_sessions_autogroup_too() -> None:
     # A child leads its own session; with autogroups the kernel shares the CPU between
@@ -113,6 +119,7 @@ def test_child_lowers_its_sessions_autogroup_too() -> None:
     assert Path("/proc/self/autogroup").read_text() == ours
 
 
+@pytest.mark.usefixtures("sandbox_start")  # exec'd and forked by the zygote
 def test_child_inherits_no_file_descriptors(tmp_path: Path) -> None:
     held = os.open(tmp_path / "open-in-parent", os.O_CREAT | os.O_RDWR)
     os.set_inheritable(held, True)  # even one marked inheritable stays behind
@@ -123,6 +130,7 @@ def test_child_inherits_no_file_descriptors(tmp_path: Path) -> None:
     assert isinstance(fds, list) and set(fds) <= {0, 1, 2, 3, 4}, fds  # stdio, the protocol pipe, listdir's own
 
 
+@pytest.mark.usefixtures("sandbox_start")  # exec'd and forked by the zygote
 @pytest.mark.skipif(landlock_abi() < 1, reason="this kernel has no Landlock: file confinement is documented as missing")
 def test_child_reads_only_the_paths_it_was_given(tmp_path: Path) -> None:
     secret = tmp_path / "node-key.json"
@@ -139,6 +147,7 @@ def test_child_reads_only_the_paths_it_was_given(tmp_path: Path) -> None:
         _run({"act": "read", "path": f"/proc/{os.getppid()}/environ"}, isolation=iso)  # not even its parent's
 
 
+@pytest.mark.usefixtures("sandbox_start")  # exec'd and forked by the zygote
 @pytest.mark.skipif(landlock_abi() < 1, reason="this kernel has no Landlock: file confinement is documented as missing")
 def test_a_lending_child_reads_the_files_of_the_request_at_hand_and_no_other(tmp_path: Path) -> None:
     """The coordinator's referee runs one stranger's program after another: each request's
@@ -164,6 +173,7 @@ def test_a_lending_child_reads_the_files_of_the_request_at_hand_and_no_other(tmp
     assert list((store / "sandbox").glob("lent-*")) == []
 
 
+@pytest.mark.usefixtures("sandbox_start")  # exec'd and forked by the zygote
 def test_child_cannot_open_a_socket_to_a_local_listener() -> None:
     status = _run({"act": "status"})
     if status.get("network") != "isolated":  # printed by pytest -rs: the reason the kernel gave
@@ -177,6 +187,7 @@ def test_child_cannot_open_a_socket_to_a_local_listener() -> None:
     assert refused.value.kind == "error" and "unreachable" in str(refused.value).lower()
 
 
+@pytest.mark.usefixtures("sandbox_start")  # exec'd and forked by the zygote
 def test_child_is_stopped_at_its_memory_limit_and_cannot_lift_it() -> None:
     limits = SandboxLimits(memory_bytes=64 << 20, time_s=30.0)
     with pytest.raises(SandboxFailure) as over:
@@ -188,6 +199,7 @@ def test_child_is_stopped_at_its_memory_limit_and_cannot_lift_it() -> None:
     assert lifted["lifted"] is False and int(str(lifted["hard"])) < 8 << 30
 
 
+@pytest.mark.usefixtures("sandbox_start")  # exec'd and forked by the zygote
 def test_child_is_killed_at_its_time_limit() -> None:
     started = time.monotonic()
     with pytest.raises(SandboxFailure) as late:
@@ -197,6 +209,7 @@ def test_child_is_killed_at_its_time_limit() -> None:
     assert time.monotonic() - started < 60
 
 
+@pytest.mark.usefixtures("sandbox_start")  # exec'd and forked by the zygote
 def test_closing_a_warm_sandbox_kills_a_child_still_starting(tmp_path: Path) -> None:
     # The coordinator warms its referee at start and closes it at stop: a stop must not wait
     # for the child's start-up (torch's import), which took seconds more per stop on a loaded machine.
@@ -250,6 +263,7 @@ def test_a_closed_warm_sandbox_starts_no_child_whenever_the_close_lands(tmp_path
         assert child._child is None
 
 
+@pytest.mark.usefixtures("sandbox_start")  # exec'd and forked by the zygote
 def test_outputs_leave_the_scratch_directory_only_when_named(tmp_path: Path) -> None:
     dest = tmp_path / "result.txt"
     assert _run({"act": "write", "text": "rows"}, outputs={"out.txt": dest}) == {"written": True}

@@ -29,6 +29,7 @@ def _daemons_executor(work: Path) -> Executor:
     return ex
 
 
+@pytest.mark.usefixtures("sandbox_start")  # exec'd and forked by the zygote
 @pytest.mark.skipif(landlock_abi() < 1, reason="this kernel has no Landlock: file confinement is documented as missing")
 def test_a_nodes_worker_reads_the_files_of_the_task_at_hand_and_no_other(tmp_path: Path) -> None:
     cache, work = tmp_path / "cache", tmp_path / "work"

@@ -15,6 +15,8 @@ SHOW = "import os; print(sorted(k for k in os.environ if k.startswith('TENSORGRI
 def test_exported_settings_do_not_leak_into_local_processes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for var in ("TENSORGRID_CHAIN_RPC", "TENSORGRID_COORDINATOR", "TENSORGRID_NODE_SLOTS", "TENSORGRID_HOME"):
         monkeypatch.setenv(var, "x")
+    # the suite's zygote socket (tests/conftest.py): a host's setting, which its processes do inherit
+    monkeypatch.delenv("TENSORGRID_SANDBOX_ZYGOTE", raising=False)
     with LocalGrid(tmp_path) as grid:
         proc = grid._spawn("show", [sys.executable, "-c", SHOW], env={"TENSORGRID_NODE_THREADS": "1"})
         proc.popen.wait(30)
