@@ -16,6 +16,7 @@ from coordinator.api.bulk import open_bulk_port
 from coordinator.api.server import Sessions, build_server, make_sessions
 from coordinator.app import Coordinator
 from coordinator.config import CoordinatorConfig
+from coordinator.services.collector import keep_old_objects_frozen
 from tensorgrid.sandbox.confine import forbid_inspection
 
 if TYPE_CHECKING:
@@ -55,8 +56,10 @@ async def serve(
     dashboard = await start_dashboard(app, sessions) if config.dashboard_listen else None
     await app.start()
     # What start-up made lives as long as the process: out of the collector's sight, a full
-    # collection stops the loop for about a millisecond instead of a hundred or more.
+    # collection stops the loop for about a millisecond instead of a hundred or more. What the
+    # nodes' calls keep alive later is frozen as it ages, and swept now and then (services.collector).
     gc.freeze()
+    collector = asyncio.create_task(keep_old_objects_frozen())
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     host = config.listen.rsplit(":", 1)[0]
     log.info(
@@ -76,6 +79,7 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    collector.cancel()
     log.info("shutting down")
     await checks.drain()
     await asyncio.sleep(config.drain_s)

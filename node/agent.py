@@ -129,7 +129,9 @@ class Agent:
         # Checkpoints of a previous run: their results can no longer be revealed.
         shutil.rmtree(self.config.work_dir / CHECKPOINTS, ignore_errors=True)
         try:
-            if self.pending.any():  # results an earlier run could not hand in: first, while their leases live
+            # Results an earlier run could not hand in: first, while their leases live, and before
+            # the first heartbeat, which gives the earlier run's other leases back (repositories.heartbeats).
+            if self.pending.any():
                 await self._register_with_retry()
                 await self.handin.hand_in_kept()
             if self.config.worker_start == "boot":

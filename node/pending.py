@@ -2,9 +2,11 @@
 
 A result is kept here, with its signed receipt, from the moment it is finished until the
 coordinator answers for it. A daemon that dies in between (or whose coordinator is down when it
-stops) hands the result in when it starts again: the coordinator keeps a lease for its TTL after
-the last heartbeat, so a quick restart loses no work. A result the coordinator no longer wants
-(its lease ended) is answered with a rejection and dropped.
+stops) hands the result in when it starts again, before its first heartbeat: the coordinator
+keeps a lease for its TTL after the last heartbeat, so a quick restart loses no work, and
+reissues the leases the new run's first heartbeat does not list (repositories.heartbeats), so a
+kept result must be in before it. A result the coordinator no longer wants (its lease ended) is
+answered with a rejection and dropped.
 
 Training results are not kept: their audit may ask for checkpoints, which a new daemon no longer
 has, and an unanswered audit counts against the node.

@@ -39,6 +39,8 @@ CHALLENGE_TTL_MS = 120_000
 RETRY_AFTER_KEY = "retry-after-ms"
 current_node: contextvars.ContextVar[str] = contextvars.ContextVar("current_node")
 current_submitter: contextvars.ContextVar[str] = contextvars.ContextVar("current_submitter")
+# the sha256 of the session token the call came with (a node's heartbeat tells which session it is)
+current_session: contextvars.ContextVar[str] = contextvars.ContextVar("current_session")
 
 _NODE = "/tensorgrid.v1.NodeService/"
 _SUBMITTER = "/tensorgrid.v1.SubmitterService/"
@@ -118,6 +120,7 @@ class SessionInterceptor(grpc.aio.ServerInterceptor):
                 limiter.failed(peer_host(context.peer()))
                 await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"no valid session: {hint}")
             var.set(address)  # type: ignore[arg-type]
+            current_session.set(token_hash(token) if isinstance(token, str) else "")
 
         return _wrap(handler, bind, None)
 

@@ -8,7 +8,14 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from coordinator.api.auth import SessionCache, check_challenge, current_node, make_challenge, token_hash
+from coordinator.api.auth import (
+    SessionCache,
+    check_challenge,
+    current_node,
+    current_session,
+    make_challenge,
+    token_hash,
+)
 from coordinator.api.blobs import stream_blob
 from coordinator.api.grid import Grid
 from coordinator.api.serving import ServingApi
@@ -92,7 +99,7 @@ class NodeServicer(node_pb2_grpc.NodeServiceServicer):
             )
         active = [(k.task_id, k.attempt) for k in request.active]
         node = current_node.get()
-        revoked = await self.app.scheduler.heartbeat(node, active, request.draining)
+        revoked = await self.app.scheduler.heartbeat(node, active, request.draining, current_session.get(""))
         return node_pb2.HeartbeatResponse(
             revoked=[node_pb2.LeaseKey(task_id=t, attempt=a) for t, a in revoked],
             server_time_ms=now_ms(),

@@ -59,7 +59,8 @@ class NodeRepository:
                     conn.execute(update(s.nodes).where(s.nodes.c.address == address).values(**values))
                 else:
                     conn.execute(insert(s.nodes).values(address=address, registered_ms=now_ms, **values))
-                return add_session(conn, s.sessions, token_hash, address, now_ms + session_ms, max_sessions)
+                expires = now_ms + session_ms
+                return add_session(conn, s.sessions, token_hash, address, expires, max_sessions, started_ms=now_ms)
         except IntegrityError:
             raise Rejected("this registration challenge was already used: ask for a new one") from None
 

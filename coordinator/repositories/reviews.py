@@ -10,7 +10,8 @@ from sqlalchemy import Engine, select
 
 from coordinator.db import schema as s
 from coordinator.repositories import claims
-from coordinator.repositories.tasks import lock_in_order, reissue_or_end
+from coordinator.repositories.locks import lock_in_order
+from coordinator.repositories.tasks import reissue_or_end
 
 
 @dataclass(frozen=True)

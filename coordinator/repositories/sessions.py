@@ -1,7 +1,8 @@
 """Session rows of nodes (core.sessions), submitters (access.submitter_sessions) and submitters'
 read-only dashboard links (access.dashboard_sessions).
 
-The tables have the same three columns: token hash, address, expiry. Every session of one table
+The tables have the same three columns: token hash, address, expiry (nodes' sessions also
+record when they opened: repositories.heartbeats). Every session of one table
 lives equally long, so an address's oldest sessions are the ones expiring first, and each table
 caps an address's sessions on its own (a dashboard link never pushes out an SDK session).
 """
@@ -29,10 +30,20 @@ def burn_nonce(conn: Connection, nonce: str, expires_ms: int) -> None:
 
 
 def add_session(
-    conn: Connection, table: Table, token_hash: str, address: str, expires_ms: int, max_per_address: int
+    conn: Connection,
+    table: Table,
+    token_hash: str,
+    address: str,
+    expires_ms: int,
+    max_per_address: int,
+    started_ms: int | None = None,
 ) -> list[str]:
-    """Insert a session and drop the address's oldest beyond max_per_address; returns the dropped hashes."""
-    conn.execute(insert(table).values(token_hash=token_hash, address=address, expires_ms=expires_ms))
+    """Insert a session and drop the address's oldest beyond max_per_address; returns the dropped
+    hashes. started_ms: when it opened, for the tables that record it (nodes' sessions)."""
+    values = dict(token_hash=token_hash, address=address, expires_ms=expires_ms)
+    if started_ms is not None:
+        values["started_ms"] = started_ms
+    conn.execute(insert(table).values(**values))
     rows = conn.execute(
         select(table.c.token_hash)
         .where(table.c.address == address)

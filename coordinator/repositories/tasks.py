@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, case, func, select, update
+from sqlalchemy import Connection, Engine, func, select, update
 
 from coordinator.config import LeaseTiming
 from coordinator.db import kept
@@ -14,12 +13,12 @@ from coordinator.db import schema as s
 from coordinator.db.events import append_event
 from coordinator.errors import Forged, NotFound, Rejected
 from coordinator.repositories import claims, leasing
+from coordinator.repositories.heartbeats import BeatAnswer, Heartbeat, heartbeat_in
 from coordinator.repositories.jobs import end_job
 from coordinator.repositories.leasing import Barred
+from coordinator.repositories.locks import lock_in_order
 from coordinator.repositories.nodes import node_failed
 from tensorgrid.types import BlobRef, ErrorKind, JobState, Lease, Receipt, TaskError
-
-Heartbeat = tuple[str, list[tuple[str, int]], bool]  # (node address, its active leases, draining)
 
 # Failures that say the workload itself is bad, not the node: no backoff for the node once a
 # second node confirms them; until then they count against their reporter (repositories.claims).
@@ -90,55 +89,23 @@ class TaskRepository:
         return outcome
 
     def heartbeat(
-        self, address: str, active: list[tuple[str, int]], draining: bool, now_ms: int, timing: LeaseTiming
+        self,
+        address: str,
+        active: list[tuple[str, int]],
+        draining: bool,
+        now_ms: int,
+        timing: LeaseTiming,
+        session: str = "",
     ) -> list[tuple[str, int]]:
-        """Keep the node's live leases alive; returns the leases it no longer holds (revoked)."""
-        return self.heartbeat_many([(address, active, draining)], now_ms, timing)[0]
+        """Keep the node's live leases alive; returns the leases it no longer holds (revoked).
+        session: the hash of the session token it came with ("": none, nothing left behind is released)."""
+        return self.heartbeat_many([(address, active, draining, session)], now_ms, timing)[0][0]
 
-    def heartbeat_many(self, beats: list[Heartbeat], now_ms: int, timing: LeaseTiming) -> list[list[tuple[str, int]]]:
-        """Many nodes' heartbeats in one transaction: one statement marks the nodes seen (two when
-        some are draining), one more per lease a heartbeat lists. Per heartbeat, what it revoked.
-
-        With thousands of nodes each heartbeating every few seconds, a transaction per
-        heartbeat was most of an idle coordinator's database work (benchmarks.fleet)."""
-        revoked: list[list[tuple[str, int]]] = [[] for _ in beats]
-        # A node's draining flag is the one its last heartbeat in the batch says.
-        flags = {address: draining for address, _, draining in beats}
+    def heartbeat_many(self, beats: list[Heartbeat], now_ms: int, timing: LeaseTiming) -> list[BeatAnswer]:
+        """Many nodes' heartbeats in one transaction (repositories.heartbeats); per heartbeat, the
+        leases it no longer holds and the jobs of leases it left behind that were reissued."""
         with kept.begin(self.engine) as conn:
-            # Leases first, then nodes: the order results and the reaper lock them in (the
-            # other order deadlocked with both at 5,000 nodes).
-            cap = s.tasks.c.leased_ms + s.tasks.c.time_limit_ms + timing.grace_ms  # never past compute limit + grace
-            for i, (address, active, _) in enumerate(beats):
-                for task_id, attempt in active:
-                    res = conn.execute(
-                        update(s.tasks)
-                        .where(
-                            s.tasks.c.task_id == task_id,
-                            s.tasks.c.attempt == attempt,
-                            s.tasks.c.node == address,
-                            s.tasks.c.state == "leased",
-                        )
-                        .values(deadline_ms=_least(now_ms + timing.ttl_ms, cap))
-                    )
-                    if res.rowcount == 0:
-                        revoked[i].append((task_id, attempt))
-            _keep_finished(conn, beats, revoked)
-            # The nodes' rows locked in address order (see lock_in_order): batches in two orders
-            # deadlocked at 5,000 nodes, the reaper failing every time. A node starting to drain
-            # must be recorded: its rows are waited for. A beat that only says "alive" skips a
-            # row another transaction holds (a result of that node being accepted, the reaper):
-            # a batch of hundreds of beats waiting on one such row, holding the rows it had
-            # already locked, stalled those nodes' results behind it, and with them the database
-            # threads, in convoys of seconds at 5,000 nodes (benchmarks.fleet). A node so
-            # skipped is seen at its next beat (ACTIVE_MS spans three idle intervals).
-            draining = sorted(a for a, d in flags.items() if d)
-            lock_in_order(conn, draining, ())
-            alive = lock_free(conn, [a for a, d in flags.items() if not d])
-            for flag, addresses in ((False, alive), (True, draining)):
-                if addresses:
-                    beat = update(s.nodes).where(s.nodes.c.address.in_(addresses))
-                    conn.execute(beat.values(last_seen_ms=now_ms, draining=flag))
-        return revoked
+            return heartbeat_in(conn, beats, now_ms, timing, self._fail)
 
     def any_pending(self) -> bool:
         """Whether a task of any job waits for some node (the long polls' shared idle check)."""
@@ -310,37 +277,6 @@ def reissue_or_end(
     return True
 
 
-def lock_in_order(conn: Connection, nodes: Iterable[str], jobs: Iterable[str]) -> None:
-    """Lock nodes' rows, then jobs' rows, each in key order: the order a batch of results takes
-    them in (services/acceptance: its nodes' counters, then its jobs' progress). A transaction
-    that changes several of both locks them here first, so no two wait on each other in a
-    circle. Key order is bytewise, as Python sorts the batches' keys, whatever collation the
-    database has (addresses are mixed-case). SQLite locks the whole database per write
-    transaction and ignores this."""
-    postgres = conn.dialect.name == "postgresql"
-    for key, keys in ((s.nodes.c.address, nodes), (s.jobs.c.job_id, jobs)):
-        wanted = sorted(keys)
-        if wanted:
-            order = key.collate("C") if postgres else key
-            conn.execute(select(key).where(key.in_(wanted)).order_by(order).with_for_update()).all()
-
-
-def lock_free(conn: Connection, nodes: Iterable[str]) -> list[str]:
-    """Lock those of the nodes' rows no other transaction holds, in key order, waiting for none;
-    returns their addresses (all of them on SQLite, which locks the whole database)."""
-    wanted = sorted(nodes)
-    if not wanted:
-        return []
-    key = s.nodes.c.address
-    order = key.collate("C") if conn.dialect.name == "postgresql" else key
-    stmt = select(key).where(key.in_(wanted)).order_by(order).with_for_update(skip_locked=True)
-    return [row.address for row in conn.execute(stmt)]
-
-
-def _least(a: int, b: Any) -> Any:
-    return case((b < a, b), else_=a)
-
-
 def check_holder(row: Any, address: str, attempt: int, now_ms: int, *, allow_expired: bool = False) -> None:
     if row is None:
         raise NotFound("no such task")
@@ -374,23 +310,3 @@ def _record(r: Any) -> TaskRecord:
         input=BlobRef(r.input_sha, r.input_size),
         rows=r.rows,
     )
-
-
-def _keep_finished(conn: Connection, beats: list[Heartbeat], revoked: list[list[tuple[str, int]]]) -> None:
-    """Take out of `revoked` the leases whose task this very node finished at this very attempt:
-    a beat sent while its result was on the way reaches the coordinator after the result's
-    commit. That lease ended, but was not taken back: a node told "revoked" stops handing in
-    that result again, and an answer it lost (a replica died after the commit) is then never
-    repeated, nor the checkpoints an audit asks for revealed."""
-    missed = {task_id for lost in revoked for task_id, _ in lost}
-    if not missed:
-        return
-    t = s.tasks
-    done = {
-        (row.task_id, row.attempt, row.node)
-        for row in conn.execute(
-            select(t.c.task_id, t.c.attempt, t.c.node).where(t.c.task_id.in_(sorted(missed)), t.c.state == "done")
-        )
-    }
-    for i, (address, _, _) in enumerate(beats):
-        revoked[i] = [(task_id, attempt) for task_id, attempt in revoked[i] if (task_id, attempt, address) not in done]

@@ -13,9 +13,10 @@ from sqlalchemy import Connection
 from coordinator.commits import GroupCommitter
 from coordinator.config import LeaseTiming
 from coordinator.errors import Rejected
+from coordinator.repositories.heartbeats import BeatAnswer, Heartbeat
 from coordinator.repositories.leasing import Barred
 from coordinator.repositories.store import Store
-from coordinator.repositories.tasks import REAP_BATCH, Heartbeat, TaskRecord
+from coordinator.repositories.tasks import REAP_BATCH, TaskRecord
 from coordinator.services.pacing import HeartbeatPacing
 from coordinator.services.runtime import Runtime
 from tensorgrid.rpc import MAX_LEASE_WAIT_MS
@@ -73,7 +74,7 @@ class Scheduler:
         # for HEARTBEAT_GATHER_S, so thousands of nodes cost tens of transactions a second, not thousands.
         # For the same reason they run on the database thread (db_bulk), never inline on the event
         # loop (SQLite's Runtime.db): a serving call there would wait the transaction out (~1 ms).
-        self.heartbeats: GroupCommitter[Heartbeat, list[tuple[str, int]]] = GroupCommitter(
+        self.heartbeats: GroupCommitter[Heartbeat, BeatAnswer] = GroupCommitter(
             lambda beats: rt.db_bulk(store.tasks.heartbeat_many, beats, rt.now_ms(), timing),
             delay_s=HEARTBEAT_GATHER_S,
             drain=False,  # steady heartbeats (tensorgrid.heartbeats) still make one batch per 50 ms
@@ -252,9 +253,19 @@ class Scheduler:
         record = self.lease_book.get(task_id)
         return record if record is not None else await self.rt.db(self.store.tasks.get_task, task_id)
 
-    async def heartbeat(self, node: str, active: list[tuple[str, int]], draining: bool) -> list[tuple[str, int]]:
-        """Keep the node's live leases alive; returns those it no longer holds."""
-        return await self.heartbeats.submit((node, active, draining))  # group-committed
+    async def heartbeat(
+        self, node: str, active: list[tuple[str, int]], draining: bool, session: str = ""
+    ) -> list[tuple[str, int]]:
+        """Keep the node's live leases alive; returns those it no longer holds. session: the hash
+        of the token it came with: leases its previous run left behind are reissued
+        (repositories.heartbeats)."""
+        revoked, reissued = await self.heartbeats.submit((node, active, draining, session))  # group-committed
+        if reissued:
+            log.info("node %s restarted: reissued %d lease(s) its previous run held", node, len(reissued))
+            for job_id in set(reissued):
+                self.rt.hub.notify(job_id)
+            self.rt.hub.work_available(len(reissued))
+        return revoked
 
     async def fail(self, node: str, task_id: str, attempt: int, error: TaskError) -> tuple[TaskRecord, bool]:
         """A node could not finish a task: reissue it (True) or fail its job (False)."""

@@ -46,6 +46,10 @@ sessions = Table(
     Column("token_hash", String(64), primary_key=True),
     Column("address", String(42), ForeignKey("nodes.address"), nullable=False),
     Column("expires_ms", BigInteger, nullable=False),
+    # when the session opened (a node's register): leases the node was granted before it and its
+    # heartbeats in this session do not list were left behind by a restart (repositories.heartbeats).
+    # NULL for sessions opened before revision 0006: nothing is released for them.
+    Column("started_ms", BigInteger, nullable=True),
 )
 
 used_nonces = Table(

@@ -94,14 +94,14 @@ def test_a_heartbeat_batch_does_not_wait_on_a_node_row_another_transaction_holds
     try:
         assert locked.wait(10)
         started = time.monotonic()
-        store.tasks.heartbeat_many([(busy, [], False), (free, [], False)], 1_000, timing)
+        store.tasks.heartbeat_many([(busy, [], False, ""), (free, [], False, "")], 1_000, timing)
         assert time.monotonic() - started < 2.0  # it waited for nothing
         seen = {n.address: n.last_seen_ms for n in store.nodes.list_nodes()}
         assert seen[free] == 1_000 and seen[busy] == 0  # the busy node is seen at its next beat
         drained: list[bool] = []
 
         def drain() -> None:
-            store.tasks.heartbeat_many([(busy, [], True)], 2_000, timing)
+            store.tasks.heartbeat_many([(busy, [], True, "")], 2_000, timing)
             drained.append(True)
 
         beat = threading.Thread(target=drain)

@@ -159,7 +159,8 @@ def test_heartbeats_of_many_nodes_in_one_transaction(state: Store) -> None:
     make_job(state, n=1)
     (lease,), _ = state.tasks.lease_tasks(A, 1, 0, TIMING)
     held, stolen = (lease.task_id, 1), (lease.task_id, 1)
-    revoked = state.tasks.heartbeat_many([(A, [held], False), (B, [stolen], True), (A, [], False)], 900, TIMING)
+    beats = [(A, [held], False, ""), (B, [stolen], True, ""), (A, [], False, "")]
+    revoked = [r for r, _ in state.tasks.heartbeat_many(beats, 900, TIMING)]
     assert revoked == [[], [stolen], []]  # B never held A's lease
     a, b = state.nodes.get_node(A), state.nodes.get_node(B)
     assert a is not None and b is not None
@@ -176,9 +177,8 @@ def test_a_beat_that_arrives_after_its_nodes_result_does_not_revoke_that_lease(s
     (lease,), _ = state.tasks.lease_tasks(A, 1, 0, TIMING)
     ResultAcceptance(state.engine).accept_result(A, receipt(lease.task_id, 1), BlobRef("ff" * 32, 3), None, 20)
     done = (lease.task_id, 1)
-    revoked = state.tasks.heartbeat_many(
-        [(A, [done], False), (B, [done], False), (A, [(lease.task_id, 2)], False)], 30, TIMING
-    )
+    beats = [(A, [done], False, ""), (B, [done], False, ""), (A, [(lease.task_id, 2)], False, "")]
+    revoked = [r for r, _ in state.tasks.heartbeat_many(beats, 30, TIMING)]
     assert revoked == [[], [done], [(lease.task_id, 2)]]
 
 
