@@ -9,7 +9,6 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 
 from coordinator.db import migrate, schema
-from coordinator.db.writer import WriterTurns
 from tensorgrid.errors import TensorGridError
 
 
@@ -36,9 +35,7 @@ def make_engine(url: str, prepare: bool = True) -> Engine:
     engine = create_engine(url, **kwargs)
     if u.get_backend_name() == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
-        turns = WriterTurns()
-        turns.install(engine)
-        event.listen(engine, "begin", lambda conn: _sqlite_begin(conn, turns))
+        event.listen(engine, "begin", _sqlite_begin)
     if prepare:
         upgrade(engine)
     return engine
@@ -64,19 +61,12 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     dbapi_conn.isolation_level = None
 
 
-def _sqlite_begin(conn: Any, turns: WriterTurns) -> None:
+def _sqlite_begin(conn: Any) -> None:
     # IMMEDIATE takes the write lock up front, so a SELECT … then UPDATE (leasing) cannot
     # interleave with another writer: SQLite's stand-in for SELECT … FOR UPDATE.
     # Straight on the driver: exec_driver_sql's statement machinery cost more than the BEGIN
     # itself, on every transaction (the statement returns nothing, so nothing is lost).
-    # The process's own connections take turns first (db/writer.py: no busy handler's sleeps).
-    dbapi_connection = conn.connection.dbapi_connection
-    turns.take(dbapi_connection)
-    try:
-        dbapi_connection.execute("BEGIN IMMEDIATE").close()
-    except BaseException:
-        turns.give_back(dbapi_connection)
-        raise
+    conn.connection.dbapi_connection.execute("BEGIN IMMEDIATE").close()
 
 
 def _check_version(engine: Engine) -> None:
