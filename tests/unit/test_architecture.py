@@ -47,12 +47,14 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
 # Inside the repositories layer, domains build on each other in this order (never back): a
 # caught node's slash is the ledger's, a job's completion waits on its checks, and so on.
 REPOSITORY_ORDER = (
+    "locks",
     "ledger",
     "jobs",
     "sessions",
     "nodes",
     "claims",
     "leasing",
+    "heartbeats",
     "tasks",
     "reviews",
     "results",
