@@ -3,7 +3,9 @@ else exec'd (`python -m tensorgrid.sandbox.boot`). Both confine it the same way 
 
 TENSORGRID_SANDBOX_ZYGOTE (read when a child first starts) says which zygote:
   unset or "auto": this process's own, started (by exec, in the background) when its first
-      child starts, restarted if it dies; children are exec'd until it is ready;
+      child starts, restarted if it dies; a child that starts while it warms up waits for it
+      (up to OWN_WARM_WAIT_S: its imports take what the child's own would, so the child is no
+      later, and torch is imported once, not twice at once), and is exec'd if it dies or is late;
   a path: the shared zygote listening there (`tensorgrid devnet up` and the test suite start
       one for every process on the host); children are exec'd while it does not answer;
   "off" (or "exec", "0"): every child by exec.
@@ -22,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +35,7 @@ log = logging.getLogger("tensorgrid.sandbox")
 ZYGOTE_ENV = "TENSORGRID_SANDBOX_ZYGOTE"
 OFF = frozenset({"off", "exec", "0", "no", "false"})
 MAX_OWN_STARTS = 3  # an own zygote that keeps dying is given up on (children are exec'd)
+OWN_WARM_WAIT_S = 60.0  # a child waits this long at most for its process's own zygote to warm up
 
 
 def boot_argv(config: dict[str, Any]) -> list[str]:
@@ -72,6 +76,7 @@ class _Choice:
         self._own: subprocess.Popen[bytes] | None = None
         self._own_dir: str | None = None
         self._starts = 0
+        self._born = 0.0  # when the own zygote last started (monotonic)
         self._warned = False
         self.allow: tuple[str, ...] = ()  # further entries an own zygote forks (tests' entries)
 
@@ -109,9 +114,23 @@ class _Choice:
         self._path = Path(self._own_dir) / "sock"
         try:
             self._own = start_zygote(self._path, allow=self.allow, owner=os.getpid())
+            self._born = time.monotonic()
         except OSError as e:
             self._own, self._path = None, None
             self.warn_once(str(e))
+
+    def await_own(self) -> bool:
+        """Wait for this process's own zygote while it warms up (not past OWN_WARM_WAIT_S from
+        its start); whether it answers. False at once in any other mode, or once it died."""
+        with self._lock:
+            own, path, born = self._own, self._path, self._born
+        if self._mode != "own" or own is None or path is None:
+            return False
+        while own.poll() is None and time.monotonic() < born + OWN_WARM_WAIT_S:
+            if wait_ready(str(path), 0.0):
+                return True
+            time.sleep(0.05)
+        return False
 
     def warn_once(self, why: str) -> None:
         if not self._warned:
@@ -151,7 +170,6 @@ def allow_in_own_zygote(entries: tuple[str, ...]) -> None:
 def wait_ready(path: str, timeout_s: float) -> bool:
     """Whether a zygote answers at `path` within timeout_s (it binds its socket once warm)."""
     import socket
-    import time
 
     deadline = time.monotonic() + timeout_s
     while True:
@@ -170,11 +188,16 @@ def _ask(config: dict[str, Any], env: dict[str, str]) -> tuple[Any, int, list[in
     if path is None:
         return None
     try:
-        return request_child(path, config, env)
+        try:
+            return request_child(path, config, env)
+        except ZygoteUnavailable:
+            if not _choice.await_own():  # own: still warming up? then this child waits for it
+                raise
+            return request_child(path, config, env)
     except ZygoteUnavailable as e:
         if _choice._mode == "shared":
             _choice.warn_once(str(e))
-        return None  # own: still starting, or died (the next child restarts it)
+        return None  # own: died, or late (the next child restarts it)
     except ZygoteRefused as e:
         log.debug("the zygote refused %s: %s", config.get("entry"), e)
         return None

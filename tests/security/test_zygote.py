@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import stat
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -178,28 +179,46 @@ def _state(pid: int) -> str:
         return "gone"
 
 
-def test_a_daemons_own_zygote_is_started_lazily_and_restarted_when_killed(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_daemons_own_zygote_is_started_lazily_waited_for_and_restarted_when_killed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first child starts the process's own zygote and waits for it to warm up (forked, not
+    exec'd beside it: torch imported once); a killed zygote loses no task (the child is exec'd)
+    and is started again for the next child, which waits for it in turn."""
     monkeypatch.setenv(launch.ZYGOTE_ENV, "auto")
     launch.reset()
     launch.allow_in_own_zygote(TEST_ENTRIES)
     try:
         before = dict(launch.started)
-        assert run_once(PAYLOAD, {"act": "env"}, LIMITS)  # its zygote starts: this child is exec'd
+        assert run_once(PAYLOAD, {"act": "env"}, LIMITS)  # its zygote starts, and this child waits for it
         own = launch.own_zygote()
-        assert own is not None and launch.started["execd"] == before["execd"] + 1
-        assert launch.wait_ready(str(launch._choice._path), 120)
-        assert run_once(PAYLOAD, {"act": "env"}, LIMITS)
-        assert launch.started["forked"] == before["forked"] + 1
+        assert own is not None and own.poll() is None
+        assert (launch.started["forked"], launch.started["execd"]) == (before["forked"] + 1, before["execd"])
         own.kill()  # by its pid
         own.wait()
-        assert run_once(PAYLOAD, {"act": "env"}, LIMITS)  # no task lost: exec'd, a new zygote starts
+        assert run_once(PAYLOAD, {"act": "env"}, LIMITS)  # no task lost: a new zygote starts, waited for
         again = launch.own_zygote()
         assert again is not None and again.pid != own.pid
-        assert launch.wait_ready(str(launch._choice._path), 120)
-        assert run_once(PAYLOAD, {"act": "env"}, LIMITS)
-        assert launch.started["forked"] == before["forked"] + 2
+        assert (launch.started["forked"], launch.started["execd"]) == (before["forked"] + 2, before["execd"])
     finally:
         launch.allow_in_own_zygote(())
+        monkeypatch.undo()
+        launch.reset()
+
+
+def test_a_child_is_execd_when_its_own_zygote_dies_while_warming(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An own zygote that dies before it answers keeps no child waiting for it: the child is
+    exec'd as soon as the zygote is seen gone (not after OWN_WARM_WAIT_S)."""
+    monkeypatch.setenv(launch.ZYGOTE_ENV, "auto")
+    monkeypatch.setattr(launch, "start_zygote", lambda *a, **k: subprocess.Popen(["/bin/false"]))
+    launch.reset()
+    try:
+        before = dict(launch.started)
+        started = time.monotonic()
+        assert run_once(PAYLOAD, {"act": "env"}, LIMITS)
+        assert time.monotonic() - started < launch.OWN_WARM_WAIT_S / 2
+        assert (launch.started["forked"], launch.started["execd"]) == (before["forked"], before["execd"] + 1)
+    finally:
         monkeypatch.undo()
         launch.reset()
 
