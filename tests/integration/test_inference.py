@@ -81,7 +81,7 @@ def test_node_killed_mid_task_is_reissued(
     grid.start_coordinator()
     victim = grid.start_node("victim", *node_args())
     with Client(grid.target, Signer.generate()) as client:
-        job = _submit_slow(client, slow_digits)
+        job = submit_slow(client, slow_digits)
         for ev in client.watch(job.job_id):
             if ev.kind == "running":  # the victim holds a lease now
                 break
@@ -139,7 +139,7 @@ def test_a_node_killed_holding_a_finished_result_hands_it_in_when_it_starts_agai
     assert list((grid.root / name / "work" / "pending").iterdir()) == []
 
 
-def _submit_slow(client: Client, slow_digits: Assets) -> JobInfo:
+def submit_slow(client: Client, slow_digits: Assets) -> JobInfo:
     """The 12-shard slow job these lifecycle tests run, without decoys: 12 slow shards are enough
     to be under way when a process dies, whatever the default policy."""
     return client.submit_inference(
@@ -161,7 +161,7 @@ def _two_nodes_under_way(grid: LocalGrid, slow_digits: Assets) -> tuple[Signer, 
     grid.wait_for_nodes(2, timeout=300)  # both at work when the coordinator dies
     submitter = Signer.generate()
     with Client(grid.target, submitter) as client:
-        job = _submit_slow(client, slow_digits)
+        job = submit_slow(client, slow_digits)
         for ev in client.watch(job.job_id):
             if ev.kind == "completed" and ev.tasks_done >= 2:
                 break
@@ -217,7 +217,7 @@ def test_sigterm_drains_and_second_sigterm_stops(
     grid.start_coordinator()
     node = grid.start_node("node", *node_args())
     with Client(grid.target, Signer.generate()) as client:
-        job = _submit_slow(client, slow_digits)
+        job = submit_slow(client, slow_digits)
         for ev in client.watch(job.job_id):
             if ev.kind == "running":
                 break

@@ -13,10 +13,9 @@ import pytest
 
 from tensorgrid.crypto import Signer
 from tensorgrid.localgrid import LocalGrid
-from tensorgrid.spec import VerificationSpec
 from tensorgrid.types import JobState
-from tests.integration.conftest import BATCH, Assets, node_args
-from tests.integration.test_inference import assert_matches_local
+from tests.integration.conftest import Assets, node_args
+from tests.integration.test_inference import assert_matches_local, submit_slow
 
 pytestmark = pytest.mark.integration
 TTL_S = 60  # what the leases would wait for without the release: far beyond the restart
@@ -36,14 +35,7 @@ def test_a_restarted_nodes_leases_are_reissued_at_its_first_heartbeat_not_after_
     grid.start_coordinator()
     victim = grid.start_node("victim", *node_args())
     with grid.client(Signer.generate()) as client:
-        job = client.submit_inference(
-            slow_digits.model,
-            slow_digits.inputs,
-            shard_rows=1000,
-            batch_size=BATCH,
-            device="cpu",
-            verification=VerificationSpec(decoys=0),
-        )
+        job = submit_slow(client, slow_digits)
         seq = 0
         for ev in client.watch(job.job_id):
             seq = ev.seq

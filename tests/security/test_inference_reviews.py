@@ -21,13 +21,13 @@ from coordinator import app as coordinator_app
 from coordinator.app import Coordinator
 from coordinator.config import CoordinatorConfig
 from coordinator.repositories.jobs import NewTask
-from coordinator.services.runtime import REFEREE_START_S
 from coordinator.services.sandboxed import referee
 from tensorgrid.spec import task_id_for
 from tensorgrid.types import ErrorKind, JobState, TaskError
 from tensorgrid.workloads.model import export_program
 from tensorgrid.workloads.tensorfile import save_tensors
 from tests.jobs import new_job
+from tests.security.review_requests import each_within, review_requests
 from tests.unit.coordinator.test_storage import CPU, add_nodes
 
 JOB = "ab" * 32
@@ -124,31 +124,18 @@ def test_two_colluding_claims_on_an_inference_task_longer_than_a_referee_request
     rows = _rows_for(2 * REFEREE_TIME_S)
     _contested_job(app, tmp_path, rows)
     asyncio.run(app.runtime.refereed(referee(app.runtime, app.blobs).warm))  # its start is not a request
-    reviews = app.verification.reviews
-    waits: list[tuple[float, bool]] = []  # each request's wait, and whether its child was warm
-    seen: list[tuple[int, int]] = []  # (row reached, next part's rows) after each request
 
-    async def review() -> None:
-        warm = True
-        while True:
-            before = reviews.progress.cost(TASK)
-            started = time.monotonic()
-            more = await reviews.review_next(lambda job, done: None)
-            waits.append((time.monotonic() - started, warm))
-            after = reviews.progress.cost(TASK)
-            seen.append((after.step, after.size))
-            warm = not (more and after.parts > before.parts and after.step == before.step)  # timed out: a new child
-            if not more:
-                return
-            if app.store.tasks.get_task(TASK).state == "contested":  # between parts: nobody blamed yet
-                assert app.store.jobs.get_job(JOB).state == JobState.RUNNING
+    def between() -> None:
+        if app.store.tasks.get_task(TASK).state == "contested":  # between parts: nobody blamed yet
+            assert app.store.jobs.get_job(JOB).state == JobState.RUNNING
 
-    asyncio.run(review())
-    assert len(waits) >= 3, (rows, waits)  # two parts at least, then the empty look
-    limit = REFEREE_TIME_S + 2.0
-    assert all(wait < limit + (0 if warm else REFEREE_START_S) for wait, warm in waits), waits
-    reached = [step for step, _ in seen if step]
-    assert reached == sorted(reached) and all(step % BATCH == 0 for step in reached), seen  # whole batches, in order
+    requests = review_requests(app.verification.reviews, TASK, between)
+    assert len(requests) >= 3, (rows, requests)  # two parts at least, then the empty look
+    assert each_within(requests, REFEREE_TIME_S + 2.0), requests
+    reached = [r.after.step for r in requests if r.after.step]
+    assert reached == sorted(reached) and all(step % BATCH == 0 for step in reached), (
+        requests
+    )  # whole batches, in order
     task = app.store.tasks.get_task(TASK)
     assert task.state == "pending", task  # no attempt spent: the job goes on
     assert app.store.jobs.get_job(JOB).state == JobState.RUNNING

@@ -22,13 +22,13 @@ from coordinator.app import Coordinator
 from coordinator.config import CoordinatorConfig
 from coordinator.db import schema as s
 from coordinator.repositories.training.rounds import round_view
-from coordinator.services.runtime import REFEREE_START_S
 from coordinator.services.sandboxed import referee
 from tensorgrid.errors import SpecError
 from tensorgrid.spec import TrainingSpec
 from tensorgrid.types import ErrorKind, JobState, TaskError
 from tensorgrid.workloads.model import export_program
 from tests.datasets import save_digits
+from tests.security.review_requests import each_within, review_requests
 from tests.unit.coordinator.test_rounds import (
     NODES,
     new_manager,
@@ -239,30 +239,17 @@ def test_two_colluding_claims_on_a_task_longer_than_a_referee_request_no_longer_
     task = _contest(app, (NODES[0], NODES[1]))
     asyncio.run(app.runtime.refereed(referee(app.runtime, app.blobs).warm))  # its start is not a request
     tripwire.arm()  # the task runs in the referee's child, not here
-    waits: list[tuple[float, bool]] = []  # each request's wait, and whether its child was warm
 
-    async def review() -> None:
-        reviews, warm = app.verification.reviews, True
-        while True:
-            before = reviews.progress.cost(task)
-            started = time.monotonic()
-            more = await reviews.review_next(lambda job, done: None)
-            waits.append((time.monotonic() - started, warm))
-            after = reviews.progress.cost(task)
-            warm = not (more and after.parts > before.parts and after.step == before.step)  # timed out: a new child
-            if not more:
-                return
-            if app.store.tasks.get_task(task).state == "contested":  # between parts: nobody blamed yet
-                assert app.store.jobs.get_job(job_id).state == JobState.RUNNING
-                assert app.store.nodes.get_node(NODES[0]).rejections == 1  # type: ignore[union-attr]
+    def between() -> None:
+        if app.store.tasks.get_task(task).state == "contested":  # between parts: nobody blamed yet
+            assert app.store.jobs.get_job(job_id).state == JobState.RUNNING
+            assert app.store.nodes.get_node(NODES[0]).rejections == 1  # type: ignore[union-attr]
 
-    asyncio.run(review())
+    requests = review_requests(app.verification.reviews, task, between)
     tripwire.disarm()
-    assert len(waits) >= 3, waits  # two parts at least, then the empty look: longer than one request
-    # each a request at most (and its bookkeeping); after a part that timed out (a loaded machine),
-    # the next request, whoever makes it, waits for a new child's start as well
-    limit = app.config.referee_time_s + 2.0
-    assert all(wait < limit + (0 if warm else REFEREE_START_S) for wait, warm in waits), waits
+    assert len(requests) >= 3, requests  # two parts at least, then the empty look: longer than one request
+    # each a request at most (and its bookkeeping)
+    assert each_within(requests, app.config.referee_time_s + 2.0), requests
     assert app.verification.reviews.reviewed == 1
     with app.store.engine.connect() as conn:
         row = conn.execute(s.tasks.select().where(s.tasks.c.task_id == task)).one()
