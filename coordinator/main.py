@@ -111,7 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         # the server stack (gRPC, the job kinds, torch) loads only to serve: `config` and `db` start in a
         # blink, and so does a refusal of the listen addresses or certificates
         from coordinator.daemon import serve
+        from tensorgrid.sandbox import launch
 
+        launch.configure(ns.sandbox_zygote)  # how the referee's child starts
         asyncio.run(serve(settings, creds, ns.ready_file))
     except TensorGridError as e:
         log.error("%s", e)

@@ -124,6 +124,7 @@ RUN = (
     THREADS,
     SERVE_REPLICAS,
     WORKER_START,
+    config.SANDBOX_ZYGOTE,
     MEMORY_GIB,
     CACHE_GIB,
     *CHAIN,

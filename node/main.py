@@ -140,6 +140,9 @@ async def run_agent(ns: argparse.Namespace, signer: Signer) -> None:
     from node.agent import Agent
     from node.cache import BlobCache
     from node.hardware import detect
+    from tensorgrid.sandbox import launch
+
+    launch.configure(ns.sandbox_zygote)  # how task workers and serving replicas start
 
     memory = int(ns.memory_gib * (1 << 30)) if ns.memory_gib else None
     caps = detect(ns.device, memory)

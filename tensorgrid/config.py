@@ -331,6 +331,28 @@ LOG_FORMAT = Setting(
 )
 
 
+def zygote(raw: str) -> str:
+    """--sandbox-zygote's value: auto, off (or exec, 0, no, false) or a socket's absolute path."""
+    value = raw.strip()
+    if value.lower() in ("auto", "off", "exec", "0", "no", "false"):
+        return value.lower()
+    if not Path(value).is_absolute():
+        raise ValueError(f"neither auto, off nor an absolute socket path: {raw!r}")
+    return value
+
+
+SANDBOX_ZYGOTE = Setting(
+    "--sandbox-zygote",
+    "TENSORGRID_SANDBOX_ZYGOTE",
+    "auto",
+    type=zygote,
+    help="how sandboxed children start: auto (forked from this daemon's own zygote, which imports torch "
+    "once), the socket of a zygote the host's daemons share (`tensorgrid devnet up` starts one), or off "
+    "(each child an interpreter of its own, importing torch itself)",
+    metavar="auto|off|PATH",
+)
+
+
 def version() -> str:
     """The installed TensorGrid's version (pyproject.toml's, as pip recorded it)."""
     from importlib.metadata import PackageNotFoundError

@@ -1,7 +1,8 @@
 """Start a sandboxed child: forked by a zygote (tensorgrid.sandbox.zygote) where one serves,
 else exec'd (`python -m tensorgrid.sandbox.boot`). Both confine it the same way (boot.run).
 
-TENSORGRID_SANDBOX_ZYGOTE (read when a child first starts) says which zygote:
+TENSORGRID_SANDBOX_ZYGOTE (read when a child first starts), or a daemon's --sandbox-zygote (the
+same setting: tensorgrid.config.SANDBOX_ZYGOTE; `configure`), says which zygote:
   unset or "auto": this process's own, started (by exec, in the background) when its first
       child starts, restarted if it dies; a child that starts while it warms up waits for it
       (up to OWN_WARM_WAIT_S: its imports take what the child's own would, so the child is no
@@ -77,6 +78,7 @@ class _Choice:
         self._own_dir: str | None = None
         self._starts = 0
         self._born = 0.0  # when the own zygote last started (monotonic)
+        self._setting: str | None = None  # a daemon's --sandbox-zygote (None: the environment decides)
         self._warned = False
         self.allow: tuple[str, ...] = ()  # further entries an own zygote forks (tests' entries)
 
@@ -91,8 +93,13 @@ class _Choice:
                 self._keep_own()
             return str(self._path) if self._path is not None else None
 
+    def configure(self, value: str | None) -> None:
+        """Decide by `value` (a daemon's --sandbox-zygote) rather than the environment."""
+        self.reset()
+        self._setting = value
+
     def _decide(self) -> None:
-        value = os.environ.get(ZYGOTE_ENV, "").strip()
+        value = (self._setting if self._setting is not None else os.environ.get(ZYGOTE_ENV, "")).strip()
         if value.lower() in OFF:
             self._mode = "off"
         elif value and value.lower() != "auto":
@@ -155,6 +162,12 @@ started = {"forked": 0, "execd": 0}  # children this process started, by how (te
 def reset() -> None:
     """Read TENSORGRID_SANDBOX_ZYGOTE again at the next child (stopping this process's own zygote)."""
     _choice.reset()
+
+
+def configure(value: str | None) -> None:
+    """How this process's children start from now on: a daemon's --sandbox-zygote (auto, off, or
+    a shared zygote's socket), in place of TENSORGRID_SANDBOX_ZYGOTE (None: that variable again)."""
+    _choice.configure(value)
 
 
 def own_zygote() -> subprocess.Popen[bytes] | None:

@@ -268,3 +268,18 @@ def test_devnet_up_starts_one_shared_zygote_for_its_processes(monkeypatch: pytes
         monkeypatch.undo()
     monkeypatch.setenv(launch.ZYGOTE_ENV, "off")  # an operator's setting wins: none started
     assert devnet._start_zygote(tmp_path) == 0
+
+
+def test_a_daemons_setting_decides_over_the_environment(sandbox_zygote: str) -> None:
+    """launch.configure (a daemon's --sandbox-zygote) wins over TENSORGRID_SANDBOX_ZYGOTE: off
+    execs the child though the environment names the suite's zygote, ready to fork it."""
+    if sandbox_zygote.lower() in launch.OFF:
+        pytest.skip("TENSORGRID_SANDBOX_ZYGOTE is off for this run")
+    assert launch.wait_ready(sandbox_zygote, 120), "the session's zygote never answered"
+    try:
+        launch.configure("off")
+        before = dict(launch.started)
+        assert run_once(PAYLOAD, {"act": "env"}, LIMITS)
+        assert (launch.started["forked"], launch.started["execd"]) == (before["forked"], before["execd"] + 1)
+    finally:
+        launch.configure(None)

@@ -164,3 +164,17 @@ def test_no_environment_variable_is_read_at_import() -> None:
     files = [*(ROOT / "tensorgrid").rglob("*.py"), *(ROOT / "node").rglob("*.py"), ROOT / "coordinator" / "main.py"]
     found = {str(f.relative_to(ROOT)): lines for f in files if (lines := _env_reads_at_import(f))}
     assert found == {}
+
+
+def test_the_sandbox_zygote_setting_is_shared_by_both_daemons(capsys: pytest.CaptureFixture[str]) -> None:
+    """--sandbox-zygote / $TENSORGRID_SANDBOX_ZYGOTE: auto by default, off (or its aliases) or an
+    absolute socket path; anything else is a usage error naming the variable."""
+    run = ["run", "--coordinator", "c:1"]
+    assert node_main.parse_args(run, env={}).sandbox_zygote == "auto"
+    assert coordinator_main.parse_args(["run"], env={}).sandbox_zygote == "auto"
+    env = {"TENSORGRID_SANDBOX_ZYGOTE": "/run/tg/sock"}
+    assert node_main.parse_args(run, env=env).sandbox_zygote == "/run/tg/sock"
+    assert coordinator_main.parse_args(["run", "--sandbox-zygote", "EXEC"], env=env).sandbox_zygote == "exec"
+    with pytest.raises(SystemExit) as exit_:
+        node_main.parse_args(run, env={"TENSORGRID_SANDBOX_ZYGOTE": "relative/sock"})
+    assert exit_.value.code == 2 and "$TENSORGRID_SANDBOX_ZYGOTE='relative/sock'" in capsys.readouterr().err
