@@ -19,6 +19,7 @@ import select
 import signal
 import socket
 import subprocess
+import threading
 import time
 from typing import IO, Any
 
@@ -82,9 +83,12 @@ def request_child(path: str, config: dict[str, Any], env: dict[str, str]) -> tup
 
 
 class _Forked:
-    """What both flavours share: the pid, its pidfd, the exit report, kills."""
+    """What both flavours share: the pid, its pidfd, the exit report, kills. Threads may share
+    one (a warm sandbox closed while another thread starts it): the lock keeps one from using the
+    pidfd or the connection while another closes them."""
 
     def __init__(self, conn: socket.socket, pid: int) -> None:
+        self._lock = threading.RLock()
         self.pid = pid
         self.pidfd = os.pidfd_open(pid)  # before the zygote may reap it: it waits for "opened"
         _live.add(pid)
@@ -100,6 +104,10 @@ class _Forked:
     def _collect(self) -> bool:
         """Read the zygote's report if it came; once the zygote is gone (it hung up without
         one), the child's end as its pidfd shows it. True once the child has ended."""
+        with self._lock:
+            return self._collect_locked()
+
+    def _collect_locked(self) -> bool:
         if self.returncode is not None:
             return True
         if not self.orphaned:
@@ -133,20 +141,23 @@ class _Forked:
         self.conn.close()
 
     def _alive(self) -> bool:
-        return self.pidfd >= 0 and not select.select([self.pidfd], [], [], 0)[0]
+        with self._lock:
+            return self.pidfd >= 0 and not select.select([self.pidfd], [], [], 0)[0]
 
     def send_signal(self, sig: int) -> None:
-        if self._alive():
-            with contextlib.suppress(ProcessLookupError, OSError):
-                signal.pidfd_send_signal(self.pidfd, sig)
+        with self._lock:
+            if self._alive():
+                with contextlib.suppress(ProcessLookupError, OSError):
+                    signal.pidfd_send_signal(self.pidfd, sig)
 
     def kill(self) -> None:
         """SIGKILL the child's process group (it leads its own session) and the child itself."""
-        if self._alive():
-            self._killed = True
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.pid, signal.SIGKILL)
-            self.send_signal(signal.SIGKILL)
+        with self._lock:
+            if self._alive():
+                self._killed = True
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(self.pid, signal.SIGKILL)
+                self.send_signal(signal.SIGKILL)
 
     def terminate(self) -> None:
         self.send_signal(signal.SIGTERM)
@@ -171,7 +182,11 @@ class ForkedChild(_Forked):
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise subprocess.TimeoutExpired("(zygote child)", timeout or 0.0)
-            select.select([self.pidfd if self.orphaned else self.conn], [], [], left)
+            with self._lock:
+                watched = self.pidfd if self.orphaned else self.conn.fileno()
+            # another thread may end the child (and close what is watched) meanwhile: look again
+            with contextlib.suppress(ValueError, OSError):
+                select.select([watched], [], [], left)
         assert self.returncode is not None
         return self.returncode
 
