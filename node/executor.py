@@ -245,16 +245,7 @@ class Executor:
         env = scrubbed_env(scratch.path)
         try:
             if self._argv is not None:  # a test's hostile worker: exec'd as given
-                proc: ChildProcess = await asyncio.create_subprocess_exec(
-                    *self._argv,
-                    stdin=asyncio.subprocess.PIPE,
-                    stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.PIPE,
-                    start_new_session=True,
-                    close_fds=True,
-                    cwd=scratch.path,
-                    env=env,
-                )
+                proc: ChildProcess = await launch.async_exec(self._argv, scratch.path, env)
             else:  # forked by a zygote where one serves, else exec'd (tensorgrid.sandbox.launch)
                 config = child_config(LIGHT_ENTRY if light else self._entry, limits, isolation, scratch.path)
                 proc = await launch.async_popen(config, env)

@@ -61,12 +61,12 @@ def request_child(path: str, config: dict[str, Any], env: dict[str, str]) -> tup
         try:
             socket.send_fds(conn, [json.dumps({"config": config, "env": env}).encode()], theirs)
         except OSError as e:  # it hung up: a refusal of who we are may be waiting to be read
-            early = _json(_recv_quietly(conn))
+            early = json_object(_recv_quietly(conn))
             if "error" in early:
                 raise ZygoteRefused(str(early["error"])[:500]) from None
             raise ZygoteUnavailable(e.errno or 0, f"zygote at {path}: {e}") from None
         reply = _recv_quietly(conn)
-        answer = _json(reply)
+        answer = json_object(reply)
         if "pid" not in answer:
             if reply:
                 raise ZygoteRefused(str(answer.get("error", answer))[:500])
@@ -117,7 +117,7 @@ class _Forked:
                 return False
             except OSError:
                 data = b""
-            report = _json(data) if data else {}
+            report = json_object(data) if data else {}
             if "exit" in report:
                 code = report.pop("exit")
                 self.usage = report
@@ -247,7 +247,8 @@ def _recv_quietly(conn: socket.socket) -> bytes:
         return b""
 
 
-def _json(data: bytes) -> dict[str, Any]:
+def json_object(data: bytes) -> dict[str, Any]:
+    """A JSON object sent by a child or the zygote; {} for anything else (never raises)."""
     try:
         value = json.loads(data)
     except ValueError:

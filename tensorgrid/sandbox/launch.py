@@ -251,14 +251,20 @@ async def async_popen(config: dict[str, Any], env: dict[str, str]) -> AsyncForke
         except ProcessLookupError:
             _discard(asked)
     started["execd"] += 1
+    return await async_exec(boot_argv(config), config["scratch"], env)
+
+
+async def async_exec(argv: list[str], cwd: str | Path, env: dict[str, str]) -> asyncio.subprocess.Process:
+    """`argv` exec'd with pipes on its stdin, stdout and stderr, `cwd` as its directory, in a
+    session of its own and with no other descriptor of ours."""
     return await asyncio.create_subprocess_exec(
-        *boot_argv(config),
+        *argv,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         start_new_session=True,
         close_fds=True,
-        cwd=config["scratch"],
+        cwd=cwd,
         env=env,
     )
 

@@ -32,7 +32,7 @@ from typing import IO, Any
 
 from tensorgrid.errors import TensorGridError
 from tensorgrid.sandbox import launch
-from tensorgrid.sandbox.forked import ForkedChild
+from tensorgrid.sandbox.forked import ForkedChild, json_object
 from tensorgrid.sandbox.lending import Loans, rewrite
 from tensorgrid.sandbox.policy import Isolation, SandboxLimits, Scratch, child_config, report_status, scrubbed_env
 
@@ -224,7 +224,7 @@ class _Channel:
     def greet(self, timeout_s: float) -> None:
         """Wait for the child's greeting; SandboxFailure (and the child killed) without one."""
         hello = _next_line(self.lines, timeout_s)
-        if hello is None or _json(hello).get("ready") is not True:
+        if hello is None or json_object(hello).get("ready") is not True:
             failure = self.died("the sandboxed child failed to start" + (" in time" if hello is None else ""))
             self.close()
             raise failure
@@ -248,7 +248,7 @@ class _Channel:
             raise SandboxFailure(TIMEOUT, f"the sandboxed run exceeded its time limit of {time_s:g}s and was killed")
         if not line:
             raise self.died(f"the sandboxed child died after {time.monotonic() - started:.1f}s")
-        reply = _json(line)
+        reply = json_object(line)
         if reply.get("ok") is True and isinstance(reply.get("result"), dict):
             return dict(reply["result"])
         if reply.get("kind") not in (OUT_OF_MEMORY, ERROR):
@@ -284,14 +284,6 @@ def _next_line(lines: queue.Queue[bytes], timeout: float | None) -> bytes | None
         return lines.get(timeout=timeout)
     except queue.Empty:
         return None
-
-
-def _json(line: bytes) -> dict[str, Any]:
-    try:
-        value = json.loads(line)
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def _died(proc: Child, drain: threading.Thread, tail: bytearray, what: str) -> SandboxFailure:
