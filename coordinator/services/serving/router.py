@@ -10,7 +10,6 @@ goes down waits in each NodeLink's outbox for the stream handler (api/serving.py
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import logging
 import secrets
@@ -32,6 +31,7 @@ from coordinator.services.serving.model import (
     Replica,
     ReplicaGone,
 )
+from coordinator.services.serving.rerun_waits import RerunWaits
 from coordinator.services.serving.stats import EndpointStats, RequestSink
 from tensorgrid import serde
 from tensorgrid.serving import check_tensor_bytes
@@ -69,8 +69,7 @@ class Router(Links):
         self.endpoints: dict[str, Endpoint] = {}
         self.receipted = 0  # batches whose receipt verified (refused ones: Links.mismatches)
         self.replica_counts: dict[str, int] = {}  # replicas by state, as of the last tick (metrics)
-        # reruns waiting for their batch's receipt: (replica id, request id) → its batch, or None
-        self._reruns: dict[tuple[str, int], asyncio.Future[ServedBatch | None]] = {}
+        self.reruns = RerunWaits()  # checks' reruns waiting for their batch's receipt
 
     # ---- endpoints ----------------------------------------------------------------------------
     def add_endpoint(self, job_id: str, submitter: str, spec: EndpointSpec, created_ms: int) -> Endpoint:
@@ -267,10 +266,8 @@ class Router(Links):
         # request it would hold up (a generation, a replica that runs one request at a time)
         ride = ep.spec.serves == "inference" and ep.spec.max_batch > 1
         call = self.send(replica, data, seed, self.wall_ms() + ep.spec.request_timeout_ms, streaming=False, ride=ride)
-        # registered before the reply is awaited: the receipt may follow the reply at once
         key = (replica.replica_id, call.request_id)
-        receipted: asyncio.Future[ServedBatch | None] = asyncio.get_running_loop().create_future()
-        self._reruns[key] = receipted
+        receipted = self.reruns.add(key)
         try:
             reply = await call.done
         except (ReplicaGone, DeadlineExceeded):
@@ -278,38 +275,16 @@ class Router(Links):
         finally:
             self.forget(call)
         if reply is None or reply.HasField("error"):
-            self._rerun_unreceipted(key)
+            self.reruns.unreceipted(key)
             return None
-        asyncio.get_running_loop().call_later(RECEIPT_WAIT_S + 1.0, self._rerun_unreceipted, key)
+        asyncio.get_running_loop().call_later(RECEIPT_WAIT_S + 1.0, self.reruns.unreceipted, key)
         return Reran(replica.node, bytes(reply.output), call.request_id, receipted)
 
     def refused(self, replica: Replica, request_ids: list[int]) -> None:
         """A check waiting on one of these requests' receipt learns now that none will count."""
-        if self._reruns:
+        if self.reruns:
             for rid in request_ids:
-                self._rerun_unreceipted((replica.replica_id, rid))
-
-    def _rerun_unreceipted(self, key: tuple[str, int]) -> None:
-        """No verified receipt came for the rerun (refused, or overdue): nothing to slash with."""
-        waiter = self._reruns.pop(key, None)
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def _mark_reruns(self, batch: ServedBatch) -> ServedBatch:
-        """The batch with its reruns marked (unpaid, never drawn); their waiters get it."""
-        keys = [(batch.replica_id, r.request_id) for r in batch.requests]
-        if not any(k in self._reruns for k in keys):
-            return batch
-        requests = tuple(
-            dataclasses.replace(r, rerun=True) if k in self._reruns else r
-            for r, k in zip(batch.requests, keys, strict=True)
-        )
-        marked = dataclasses.replace(batch, requests=requests)
-        for k in keys:
-            waiter = self._reruns.pop(k, None)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(marked)
-        return marked
+                self.reruns.unreceipted((replica.replica_id, rid))
 
     def on_caught(self, batch: ServedBatch, reason: str) -> None:
         """Checks' OnCaught: the node is barred from the endpoint and its replicas released."""
@@ -417,8 +392,8 @@ class Router(Links):
         """A receipt verified: pay the batch and let the checks draw from it (a check's
         rerun in it is marked first: neither paid nor drawn)."""
         self.receipted += 1
-        if self._reruns:  # a dict's truth test: the hot path pays nothing more
-            batch = self._mark_reruns(batch)
+        if self.reruns:
+            batch = self.reruns.mark(batch)
         replica.served += batch.answered
         try:
             # owed and pending: the node keeps word of it, in case this replica dies before writing it

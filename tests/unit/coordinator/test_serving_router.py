@@ -406,7 +406,7 @@ def test_a_rerun_hands_back_its_receipted_batch_marked_unpaid_and_not_to_be_draw
         (request,) = theirs.requests
         assert request.rerun and request.request_id == reran.request_id and request.output == reran.output
         assert theirs.answered == 0 and drawn.batches == [theirs] and paid.batches == [theirs]
-        assert theirs.receipt.signature and not r._reruns
+        assert theirs.receipt.signature and not r.reruns
         await r.infer(ep, payload(8))  # an ordinary request on the same replica: paid and drawn
         await settle()
         assert [b.answered for b in paid.batches] == [0, 1] and not drawn.batches[1].requests[0].rerun
@@ -507,7 +507,7 @@ def test_a_rerun_whose_receipt_is_refused_hands_back_none() -> None:
         reran = await r.rerun(EP, payload(7), 0, subject.signer.address)
         assert reran is not None and reran.receipted is not None
         assert await asyncio.wait_for(reran.receipted, 1) is None
-        assert r.mismatches == 1 and not r._reruns
+        assert r.mismatches == 1 and not r.reruns
 
     run(scenario)
 
@@ -531,7 +531,7 @@ def test_a_checks_rerun_is_receipted_but_not_billed() -> None:
         billed = {(bt.node, bt.answered) for bt in paid.batches}
         assert billed == {(node, 1), (rerun.node, 0)}  # both receipted; the rerun's batch pays nothing
         assert sum(x.served for x in ep.replicas.values()) == 1
-        assert not r._reruns  # nothing left to remember
+        assert not r.reruns  # nothing left to remember
 
     run(scenario)
 
