@@ -20,37 +20,38 @@ review (state "contested", leased to nobody) and counts against its reporter lik
 The referee then runs the task as a node would (services.verification.reviews) and
 `settle_review` carries out its verdict:
 
-- the run failed (the program raised, or hit the referee's limits; a training task, run in
-  parts, only when a part truly fails or the parts spent the task's review budget): the claims
-  are confirmed as above (verdict "failed").
+- the run failed (the program raised, hit the referee's memory limit, or its input is gone;
+  a run in parts, when a part truly fails: a part over the time limit is tried again): the
+  claims are confirmed as above (verdict "failed").
 - the run was clean: the input is valid, so the claims were false (verdict "clean"). The task
   is pending again with no attempt spent and the claimants keep their refusals; any later claim
   on it is unconfirmed, whoever makes it. What a claim is about (the input files, the settings)
   reads the same on every device: a program that fails on one device class reports an
   execution error, not a claim.
-
 - the referee could not decide (verdict "undecided": the parts spent the task's review budget,
   or one batch or inner step, the smallest part there is, is longer than a referee request: the
   coordinator's CPU is too slow for the job, not the input proven bad). That proves nothing either
   way, so it neither confirms nor disproves: the task is pending again with no attempt spent,
-  the claimants keep their refusals, and more distinct nodes settle it (`tasks.undecided_ms` set):
-  it is never leased again to a node that claimed it (repositories.leasing), so a result that
+  the claimants keep their refusals, and more distinct nodes settle it (`tasks.undecided_ms` set).
+  It is never leased again to a node that claimed it (repositories.leasing), so a result that
   passes verification as usual comes from a node that never claimed, and proves the claims false
-  (the task is done; nothing else to record); a claim by a further node counts against its
+  (the task is done; nothing else to record). A claim by a further node counts against its
   reporter until QUORUM further distinct nodes have claimed, and then confirms every claim on the
   task, as a failed run would have (their refusals taken back, their attempts spent). Bounded: at
   most 2 + QUORUM nodes ever claim the task before it fails or is run; other failures spend its
-  attempts as always.
+  attempts as always. Why this shape: a run the referee cannot finish is the one case where only
+  nodes can run the task, so the nodes decide, but not the two that already disagree with the
+  input; barring them costs nothing (they said they will not run it), and counting distinct nodes
+  rather than claims means a colluder gains nothing by claiming again.
 
-Who could abuse the undecided path: colluders adding Sybils (two claimants, then QUORUM more
-registered identities leased the task before any honest node is: with stake required, each costs
-a stake and a refusal; without it, the grid's other defences against Sybils apply, and the
-submitter's job is failed only as before reviews existed, by 2 + QUORUM nodes instead of 2); a
-submitter whose input truly fails only late in a task (or a task sized so the referee cannot run
-it): it costs up to QUORUM more node runs and one review budget of the referee, then the job fails
-as it would have, with every claimant's refusal taken back. A loaded coordinator whose parts time
-out may call a review undecided that a quieter one would have finished: that only sends the task
-to more nodes, it never blames anyone.
+Who could abuse the undecided path: colluders adding Sybils. To fail the job they need QUORUM
+more registered identities, each leased the task before any honest node takes it, each a refusal
+(and a stake, where the grid requires one): 2 + QUORUM identities instead of 2, racing honest
+nodes for one lease each. A submitter whose input truly fails only late in a task (or who sizes a
+task so the referee cannot run it) costs up to QUORUM more node runs and one review budget of the
+referee before the job fails as it would have, every claimant's refusal taken back. A loaded
+coordinator whose parts time out may call undecided a review a quieter one would have finished:
+that only sends the task to more nodes, it never blames anyone.
 
 Tasks of kinds that do not review claims (noop) keep the second-claim rule. A training round that
 closes while one of its tasks is contested cancels it: its review is never run.

@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from tensorgrid.client import Client
-from tensorgrid.localgrid import LocalGrid
 from tensorgrid.spec import VerificationSpec
 from tensorgrid.types import ErrorKind, JobState, TaskError
 from tensorgrid.workloads.model import export_program

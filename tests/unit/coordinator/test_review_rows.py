@@ -90,7 +90,8 @@ def waiting(state: Store) -> bool:
 def verdict(state: Store) -> str:
     """What the review's verdict said (an event of the job's)."""
     events = state.jobs.events_after(JOB, 0)
-    [said] = [e.message for e in events if any(f"claims {v}" in e.message for v in ("disproved", "confirmed", "undecided"))]
+    verdicts = ("claims disproved", "claims confirmed", "claims undecided")
+    [said] = [e.message for e in events if any(v in e.message for v in verdicts)]
     return said
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+
 import pytest
 from sqlalchemy import select
 
