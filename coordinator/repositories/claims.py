@@ -20,14 +20,38 @@ review (state "contested", leased to nobody) and counts against its reporter lik
 The referee then runs the task as a node would (services.verification.reviews) and
 `settle_review` carries out its verdict:
 
-- the run failed (the program raised, or hit the referee's limits; a training task, run in
-  parts, only when a part truly fails or the parts spent the task's review budget): the claims
-  are confirmed as above (verdict "failed").
+- the run failed (the program raised, hit the referee's memory limit, or its input is gone;
+  a run in parts, when a part truly fails: a part over the time limit is tried again): the
+  claims are confirmed as above (verdict "failed").
 - the run was clean: the input is valid, so the claims were false (verdict "clean"). The task
   is pending again with no attempt spent and the claimants keep their refusals; any later claim
   on it is unconfirmed, whoever makes it. What a claim is about (the input files, the settings)
   reads the same on every device: a program that fails on one device class reports an
   execution error, not a claim.
+- the referee could not decide (verdict "undecided": the parts spent the task's review budget,
+  or one batch or inner step, the smallest part there is, is longer than a referee request: the
+  coordinator's CPU is too slow for the job, not the input proven bad). That proves nothing either
+  way, so it neither confirms nor disproves: the task is pending again with no attempt spent,
+  the claimants keep their refusals, and more distinct nodes settle it (`tasks.undecided_ms` set).
+  It is never leased again to a node that claimed it (repositories.leasing), so a result that
+  passes verification as usual comes from a node that never claimed, and proves the claims false
+  (the task is done; nothing else to record). A claim by a further node counts against its
+  reporter until QUORUM further distinct nodes have claimed, and then confirms every claim on the
+  task, as a failed run would have (their refusals taken back, their attempts spent). Bounded: at
+  most 2 + QUORUM nodes ever claim the task before it fails or is run; other failures spend its
+  attempts as always. Why this shape: a run the referee cannot finish is the one case where only
+  nodes can run the task, so the nodes decide, but not the two that already disagree with the
+  input; barring them costs nothing (they said they will not run it), and counting distinct nodes
+  rather than claims means a colluder gains nothing by claiming again.
+
+Who could abuse the undecided path: colluders adding Sybils. To fail the job they need QUORUM
+more registered identities, each leased the task before any honest node takes it, each a refusal
+(and a stake, where the grid requires one): 2 + QUORUM identities instead of 2, racing honest
+nodes for one lease each. A submitter whose input truly fails only late in a task (or who sizes a
+task so the referee cannot run it) costs up to QUORUM more node runs and one review budget of the
+referee before the job fails as it would have, every claimant's refusal taken back. A loaded
+coordinator whose parts time out may call undecided a review a quieter one would have finished:
+that only sends the task to more nodes, it never blames anyone.
 
 Tasks of kinds that do not review claims (noop) keep the second-claim rule. A training round that
 closes while one of its tasks is contested cancels it: its review is never run.
@@ -43,8 +67,11 @@ from coordinator.db import schema as s
 from coordinator.repositories.nodes import node_failed
 
 claims = s.failure_claims
-CLEAN, FAILED = "clean", "failed"  # verdicts of a review
+CLEAN, FAILED, UNDECIDED = "clean", "failed", "undecided"  # verdicts of a review
+VERDICTS = (CLEAN, FAILED, UNDECIDED)
 CONTESTED = s.OPEN_TASK_STATES[2]  # the state of a task whose claims the referee is about to review
+# further distinct nodes whose claims confirm a task's claims after an undecided review (see above)
+QUORUM = 2
 
 
 @dataclass(frozen=True)
@@ -52,6 +79,7 @@ class Claim:
     confirmed: bool  # another node made a claim on this task too
     spends: int  # attempts of the task it spends now
     review: bool = False  # the task goes to review: the referee runs it before anyone is believed
+    note: str = ""  # why it counts as it does, when that is not the plain rule (for the job's events)
 
 
 def claim(conn: Connection, task_id: str, node: str, kind: str, now_ms: int, *, reviewed: bool = False) -> Claim:
@@ -65,7 +93,19 @@ def claim(conn: Connection, task_id: str, node: str, kind: str, now_ms: int, *, 
     if not mine:
         conn.execute(insert(claims).values(task_id=task_id, node=node, kind=kind, claimed_ms=now_ms, confirmed=False))
     disproved = any(r.verdict == CLEAN for r in rows)
-    review = reviewed and bool(others) and not disproved and not any(r.confirmed for r in others)
+    undecided = any(r.verdict == UNDECIDED for r in rows)
+    believed = any(r.confirmed for r in others)
+    note = ""
+    if undecided and not disproved and not believed:
+        # settled by more distinct nodes: the claims made since the review (this one included)
+        reviewed_by = {r.node for r in rows if r.verdict == UNDECIDED}  # never leased it again
+        since = ({r.node for r in rows if r.verdict is None} | {node}) - reviewed_by
+        if len(since) < QUORUM:
+            if not mine:
+                _refuse(conn, node, now_ms)
+            return Claim(confirmed=False, spends=0, note=f"{len(since)} of {QUORUM} since an undecided review")
+        note = f"confirmed by {len(since)} more nodes after the referee could not decide"
+    review = reviewed and bool(others) and not disproved and not undecided and not believed
     if not others or disproved or review:
         if not mine:  # counted once per task, so a retry of an honest claim costs nothing more
             _refuse(conn, node, now_ms)
@@ -73,14 +113,17 @@ def claim(conn: Connection, task_id: str, node: str, kind: str, now_ms: int, *, 
     earlier = _confirm(conn, task_id, but=node)
     if not earlier and not mine:
         conn.execute(update(claims).where(claims.c.task_id == task_id, claims.c.node == node).values(confirmed=True))
-    return Claim(confirmed=True, spends=1 + earlier)
+    return Claim(confirmed=True, spends=1 + earlier, note=note)
 
 
-def settle_review(conn: Connection, task_id: str, clean: bool) -> int:
-    """Record the referee's verdict on the task's claims; the attempts the claims spend now
-    (0 when the run was clean: they were false, and their reporters keep their refusals)."""
-    spends = 0 if clean else _confirm(conn, task_id, but="")
-    conn.execute(update(claims).where(claims.c.task_id == task_id).values(verdict=CLEAN if clean else FAILED))
+def settle_review(conn: Connection, task_id: str, verdict: str) -> int:
+    """Record the referee's verdict on the task's claims (CLEAN, FAILED or UNDECIDED); the
+    attempts the claims spend now: only a failed run spends any (a clean one proved them false,
+    an undecided one proved nothing, and their reporters keep their refusals either way)."""
+    if verdict not in VERDICTS:
+        raise ValueError(f"not a verdict: {verdict!r}")
+    spends = _confirm(conn, task_id, but="") if verdict == FAILED else 0
+    conn.execute(update(claims).where(claims.c.task_id == task_id).values(verdict=verdict))
     return spends
 
 

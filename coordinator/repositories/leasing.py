@@ -55,6 +55,16 @@ _PENDING_WHERE = (
         _t.c.last_failed_ms < bindparam("b_avoid_before"),
     ),
     leasable_by_node(),  # a check goes only to the checker the coordinator drew
+    # a task whose review the referee could not decide never goes back to a node that claimed it
+    # (repositories.claims); the probe runs only for such tasks
+    or_(
+        _t.c.undecided_ms.is_(None),
+        ~exists(
+            select(s.failure_claims.c.task_id).where(
+                s.failure_claims.c.task_id == _t.c.task_id, s.failure_claims.c.node == bindparam("b_node")
+            )
+        ),
+    ),
 )
 
 

@@ -1,12 +1,13 @@
 """Contested tasks: two nodes claimed a task's input invalid or unsafe, and the referee runs
 the task before either is believed (repositories.claims says when; services.verification.reviews
-runs it). These are the review's two transactions: what waits for it, and carrying out its verdict."""
+runs it). These are the review's two transactions: what waits for it, and carrying out its verdict
+(clean, failed, or undecided: the referee could not finish the run)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, update
 
 from coordinator.db import schema as s
 from coordinator.repositories import claims
@@ -46,21 +47,32 @@ class ReviewRepository:
             for r in rows
         ]
 
-    def settle_review(self, task_id: str, clean: bool, reason: str, now_ms: int) -> str | None:
-        """Carry out the referee's verdict on a contested task's claims: pending again, or its
-        job failed when the confirmed claims spent its last attempt. The task's job id, or None
-        when the task was no longer contested (its job ended, another replica ruled first)."""
+    def settle_review(self, task_id: str, verdict: str, reason: str, now_ms: int) -> str | None:
+        """Carry out the referee's verdict (claims.CLEAN, FAILED or UNDECIDED) on a contested
+        task's claims: pending again, or its job failed when the confirmed claims spent its last
+        attempt. Undecided, the task is pending with nothing spent and marked (tasks.undecided_ms)
+        for more distinct nodes to settle (repositories.claims). The task's job id, or None when
+        the task was no longer contested (its job ended, another replica ruled first)."""
         with self.engine.begin() as conn:
             row = conn.execute(select(s.tasks).where(s.tasks.c.task_id == task_id).with_for_update()).first()
             if row is None or row.state != claims.CONTESTED:
                 return None
             lock_in_order(conn, claims.claimants(conn, task_id), [row.job_id])
-            spent = claims.settle_review(conn, task_id, clean)
-            if clean:
+            spent = claims.settle_review(conn, task_id, verdict)
+            event = "reissued"
+            if verdict == claims.CLEAN:
                 message = f"claims disproved: the referee ran the task cleanly ({reason})"
-            else:
+            elif verdict == claims.FAILED:
                 message = f"claims confirmed: the referee's run failed too ({reason})"
+            else:
+                event = claims.UNDECIDED
+                message = (
+                    f"claims undecided: the referee could not finish the task ({reason}); it goes to other "
+                    f"nodes, never to its claimants, and {claims.QUORUM} more claims would confirm them"
+                )
+                conn.execute(update(s.tasks).where(s.tasks.c.task_id == task_id).values(undecided_ms=now_ms))
             error = (claims.kind_of(conn, task_id), message)
             node = row.last_failed_node
-            reissue_or_end(conn, row, row.failures + spent, error, now_ms, counted=not clean, node=node)
+            counted = verdict == claims.FAILED
+            reissue_or_end(conn, row, row.failures + spent, error, now_ms, counted=counted, node=node, event=event)
             return str(row.job_id)

@@ -220,11 +220,12 @@ class TaskRepository:
             what = f"{error.kind.value} claimed by a second node (the referee runs the task): {error.message}"
             append_event(conn, row.job_id, claims.CONTESTED, now_ms, task_index=row.idx, node=node, message=what[:2000])
             return True
+        message = f"{error.message} ({said.note})" if said.note else error.message
         return reissue_or_end(
             conn,
             row,
             row.failures + said.spends,
-            (error.kind.value, error.message),
+            (error.kind.value, message),
             now_ms,
             counted=not released and said.confirmed,
             node=None if released else node,

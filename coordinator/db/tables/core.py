@@ -109,6 +109,9 @@ tasks = Table(
     Column("last_failed_ms", BigInteger),
     Column("output_sha", String(64)),
     Column("output_size", BigInteger),
+    # when the referee could not decide the review of the task's claims (repositories.claims):
+    # from then on its claimants may not lease it and more distinct nodes settle it; NULL: never
+    Column("undecided_ms", BigInteger),
     Index("ix_tasks_pending", "state", "job_created_ms", "idx"),
     Index("ix_tasks_job", "job_id", "idx"),
     # the leases a node holds, counted at every lease against its cap. Not a partial index (state =

@@ -7,7 +7,7 @@ model and two optimizer moments:
 
     reviews/<task id>.safetensors   the training state the last part reached (written by the
                                     child; only ever read back by the child, never here)
-    reviews/<task id>.json          {"spent_s", "parts", "step", "steps", "size"}: written here,
+    reviews/<task id>.json          {"spent_s", "parts", "step", "steps", "size", "stalls"}: written here,
                                     read here
 
 A task reviewed in parts of rows (inference, generation) has no state file: its cost's step is
@@ -43,6 +43,7 @@ class Cost:
     step: int = 0
     steps: int = 0
     size: int = 0  # a review in parts of rows: the next part's rows (0: the whole input at once)
+    stalls: int = 0  # parts of the smallest size (one batch, one step) that timed out in a row
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,11 @@ class RowPart:
     @property
     def whole(self) -> bool:
         return self.size == 0
+
+    @property
+    def smallest(self) -> bool:
+        """One batch: no part of the review can be smaller."""
+        return not self.whole and self.size <= self.unit
 
     @property
     def end(self) -> int:
@@ -124,7 +130,8 @@ class ReviewParts:
         try:
             data = json.loads(path.read_text())
             size = int(data.get("size", 0))  # a review a coordinator before rows in parts left has none
-            return Cost(float(data["spent_s"]), int(data["parts"]), int(data["step"]), int(data["steps"]), size)
+            stalls = int(data.get("stalls", 0))  # nor one before undecided reviews
+            return Cost(float(data["spent_s"]), int(data["parts"]), int(data["step"]), int(data["steps"]), size, stalls)
         except (OSError, ValueError, KeyError, TypeError):
             return Cost()
 

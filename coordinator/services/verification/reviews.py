@@ -6,7 +6,9 @@ training task's inner steps as a node's worker runs them (the kind's parts: add_
 A clean run proves the claims false: the task is pending again with no attempt spent. A run
 that fails (the program raised, the child hit its memory limit, the input is gone) cannot prove
 them false, so they are confirmed as before reviews existed: a review can only ever spare a
-task, never blame a node that a claim alone would not have blamed.
+task, never blame a node that a claim alone would not have blamed. A run the referee cannot
+finish proves nothing either way (its CPU may be far slower than the nodes the job was sized
+for): the review is undecided, and more distinct nodes settle the claims (repositories.claims).
 
 Every review runs in parts of one referee request each, so a task longer than one request is
 still run whole, and a part over the request's time limit is charged and tried again (a smaller
@@ -14,14 +16,18 @@ one, for rows). A training task's part steps for part of --referee-time-s from t
 before left (review_parts.py); an inference or generation task's part is a run of some of its
 rows (review_parts.RowPart: the whole input at once when the task's time limit fits in a part,
 else whole batches sized by the pace of the parts before). The review ends: clean, when the last
-part finishes; confirmed, when a part truly fails or when the parts have cost the task's referee
-budget (`budget_s`: BUDGET_FACTOR × the task's own time limit, which the submitter set for a
-node's run of it, at least one request).
+part finishes; confirmed, when a part truly fails; undecided, when the parts have cost the task's
+referee budget (`budget_s`: BUDGET_FACTOR × the task's own time limit, which the submitter set for
+a node's run of it, at least one request), or when STALLS parts of the smallest size (one batch of
+rows, one inner step) timed out in a row: the task cannot be split small enough for a request.
+Before undecided reviews existed both confirmed the claims, so two colluding nodes could fail any
+job too heavy for the coordinator's CPU just by claiming.
 
 Who could abuse it: two colluding nodes (their lie no longer fails the job: each keeps a
 refusal and its streak reset; a task is reviewed once, later claims on it are refusals); a
 submitter whose input fails only late in a shard (it costs the referee one run of that shard per
-task, up to the task's budget, one request at a time). The referee makes one request of one
+task, up to the task's budget, one request at a time; a task it cannot finish then goes to more
+nodes: repositories.claims says who could abuse that). The referee makes one request of one
 review per turn of its loop (manager.run_referee), after every ruling waiting, and turns go to
 the review that has cost least so far: a review holds other rulings up by at most one request,
 and many reviews share the referee rather than queue behind the longest. A restart loses at
@@ -40,6 +46,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from coordinator.repositories.claims import CLEAN, FAILED, UNDECIDED
 from coordinator.repositories.reviews import Contested
 from coordinator.repositories.store import Store
 from coordinator.services.runtime import Runtime
@@ -58,10 +65,14 @@ Run = Callable[[str, dict[str, Any], Path, Path], None]
 # one part of the task in the referee's child (sandboxed.train_task_part)
 RunPart = Callable[[str, dict[str, Any], Path, Path | None, Path], Part]
 Settled = Callable[[str, bool], None]  # (job id, job complete)
-Verdict = tuple[bool, str] | None  # (the run was clean, what happened); None: not yet
+Verdict = tuple[str, str] | None  # (claims.CLEAN, FAILED or UNDECIDED, what happened); None: not yet
 # a review run in parts may cost the referee this many times the task's own time limit: its CPU
 # may be slower than the nodes the job is for (a digits task: 1.0–1.1× a node worker's time)
 BUDGET_FACTOR = 4.0
+# parts of the smallest size (one batch of rows, a training part's one step) that time out in a row
+# before the review is undecided: the referee cannot split the task small enough for a request
+# (one timeout may be a loaded machine; a second, a step too long for the referee's CPU)
+STALLS = 2
 
 
 class Reviews:
@@ -103,15 +114,15 @@ class Reviews:
         verdict = await self.rt.refereed(self._verdict, task)
         if verdict is None:
             return not self.rt.stopping  # a stopping coordinator's referee answers nothing more
-        clean, reason = verdict
-        job_id = await self.rt.db(self.store.reviews.settle_review, task.task_id, clean, reason, self.rt.now_ms())
+        outcome, reason = verdict
+        job_id = await self.rt.db(self.store.reviews.settle_review, task.task_id, outcome, reason, self.rt.now_ms())
         self.progress.drop(task.task_id)
         self.reviewed += 1
         log.info(
             "reviewed the claims on task %s in %.3fs: %s (%s)",
             task.task_id[:12],
             time.monotonic() - started,
-            "disproved" if clean else "confirmed",
+            {CLEAN: "disproved", FAILED: "confirmed"}.get(outcome, "undecided: for more nodes to settle"),
             reason,
         )
         if job_id:
@@ -121,32 +132,39 @@ class Reviews:
     def _verdict(self, task: Contested) -> Verdict:
         source = self.blobs.path_for(task.input_sha)
         if not task.model_sha or not source.exists():
-            return False, "the referee cannot run it: its model or input is not in the blob store"
+            return FAILED, "the referee cannot run it: its model or input is not in the blob store"
         cost, budget = self.progress.cost(task.task_id), self.budget_s(task)
+        unit = "step" if task.kind in self._parts else "row"
+        if cost.stalls >= STALLS:
+            return UNDECIDED, (
+                f"one {'inner step' if unit == 'step' else 'batch'} is longer than a referee request: "
+                f"{cost.stalls} parts of the smallest size timed out at {unit} {cost.step} of {cost.steps}"
+            )
         if cost.spent_s >= budget:
-            unit = "step" if task.kind in self._parts else "row"
-            return False, (
+            return UNDECIDED, (
                 f"over its review budget: {cost.parts} parts took {cost.spent_s:.0f}s of the referee's "
                 f"{budget:.0f}s and reached {unit} {cost.step} of {cost.steps}"
             )
         started = time.monotonic()
         retry = replace(cost, parts=cost.parts + 1)  # where a part over the time limit leaves it
+        smallest = task.kind in self._parts  # a training part stops after its first step past its share
         try:
             settings = json.loads(task.settings)
-            if task.kind in self._parts:
+            if smallest:
                 return self._part(task, source, settings, cost, started)
             part = RowPart.next(cost, settings, source, self._share_s(), task.time_limit_ms / 1000)
-            retry = part.after_timeout(retry)
+            retry, smallest = part.after_timeout(retry), part.smallest
             return self._rows(task, source, settings, cost, part, started)
         except SandboxFailure as e:
             if self.rt.stopping:
                 return None  # cut short by the coordinator stopping: no verdict, nothing charged
             if e.kind != TIMEOUT:
-                return False, f"{e.kind}: {e}"[:500]
+                return FAILED, f"{e.kind}: {e}"[:500]
             # past the request's limit (a loaded machine, a part too long): charged, tried again
-            # (rows: a smaller part) until the budget is spent
+            # (rows: a smaller part) until the budget is spent or the smallest part stalls
             spent = cost.spent_s + time.monotonic() - started
-            self.progress.charge(task.task_id, replace(retry, spent_s=spent))
+            stalls = cost.stalls + 1 if smallest else 0
+            self.progress.charge(task.task_id, replace(retry, spent_s=spent, stalls=stalls))
             log.warning(
                 "a part of task %s's review timed out at %d of %d (%.0fs spent): %s",
                 task.task_id[:12],
@@ -159,7 +177,7 @@ class Reviews:
         except Exception as e:  # noqa: BLE001 - a run that did not end cleanly never disproves a claim
             if self.rt.stopping:
                 return None
-            return False, f"the referee could not run it: {type(e).__name__}: {e}"[:500]
+            return FAILED, f"the referee could not run it: {type(e).__name__}: {e}"[:500]
 
     def _share_s(self) -> float:
         """The referee time a part of rows aims at: PART_SHARE of a request (0: no limit)."""
@@ -171,7 +189,7 @@ class Reviews:
         state, out = self.progress.state(task.task_id), self.progress.next_state(task.task_id)
         part = run(task.model_sha, settings, source, state, out)
         if part.done:
-            return True, ran
+            return CLEAN, ran
         self.progress.advance(task.task_id)
         spent = cost.spent_s + time.monotonic() - started
         self.progress.charge(task.task_id, Cost(spent, cost.parts + 1, part.step, part.steps))
@@ -192,7 +210,7 @@ class Reviews:
                 tensorfile.gather_rows(source, list(range(part.first, part.end)), rows_in)
             self._run(task.model_sha, settings, rows_in, Path(tmp) / "out.safetensors")
         if part.whole or part.end >= part.rows:
-            return True, "its program ran over the whole input" + (f" ({cost.parts + 1} parts)" if cost.parts else "")
+            return CLEAN, "its program ran over the whole input" + (f" ({cost.parts + 1} parts)" if cost.parts else "")
         took = time.monotonic() - started
         spent = cost.spent_s + took
         self.progress.charge(task.task_id, part.after_clean(cost, spent, took, self._share_s()))

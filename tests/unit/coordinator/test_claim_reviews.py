@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from coordinator.repositories.claims import CLEAN, FAILED
 from coordinator.repositories.store import Store
 from coordinator.services.verification.reviews import Reviews
 from tensorgrid.blobs import BlobStore
@@ -71,12 +72,12 @@ def test_a_second_claim_sends_the_task_to_review_and_no_node_can_lease_it(state:
 def test_a_clean_run_disproves_the_claims_spends_nothing_and_later_claims_stay_unconfirmed(state: Store) -> None:
     make_job(state, max_attempts=1)
     contested(state)
-    assert state.reviews.settle_review(TASK, True, "ran", 3 * AVOID) == JOB
+    assert state.reviews.settle_review(TASK, CLEAN, "ran", 3 * AVOID) == JOB
     task = state.tasks.get_task(TASK)
     assert task.state == "pending"
     assert rejections(state, A) == rejections(state, B) == 1  # proven false: the refusals stay
     assert state.reviews.contested() == []
-    assert state.reviews.settle_review(TASK, False, "again", 3 * AVOID) is None  # ruled once
+    assert state.reviews.settle_review(TASK, FAILED, "again", 3 * AVOID) is None  # ruled once
     # a third claimant is not believed either, and the task is not reviewed again
     assert claim(state, C, 4 * AVOID) is True
     assert state.tasks.get_task(TASK).state == "pending" and state.reviews.contested() == []
@@ -89,7 +90,7 @@ def test_a_clean_run_disproves_the_claims_spends_nothing_and_later_claims_stay_u
 def test_a_failed_run_confirms_the_claims_as_before(state: Store) -> None:
     make_job(state, max_attempts=3)
     contested(state)
-    assert state.reviews.settle_review(TASK, False, "error: ValueError: bad", 3 * AVOID) == JOB
+    assert state.reviews.settle_review(TASK, FAILED, "error: ValueError: bad", 3 * AVOID) == JOB
     assert rejections(state, A) == rejections(state, B) == 0  # believed: the refusals are taken back
     assert state.tasks.get_task(TASK).state == "pending"  # two of three attempts spent
     assert claim(state, C, 4 * AVOID) is False  # confirmed claims: the next one spends the last attempt
@@ -100,7 +101,7 @@ def test_a_failed_run_confirms_the_claims_as_before(state: Store) -> None:
 def test_a_failed_run_on_the_last_attempts_fails_the_job_with_the_referees_reason(state: Store) -> None:
     make_job(state, max_attempts=2)
     contested(state)
-    state.reviews.settle_review(TASK, False, "error: ValueError: 3 dims", 3 * AVOID)
+    state.reviews.settle_review(TASK, FAILED, "error: ValueError: 3 dims", 3 * AVOID)
     job = state.jobs.get_job(JOB)
     assert job.state == JobState.FAILED
     assert "failed 2 times" in job.error and "claims confirmed" in job.error and "3 dims" in job.error
@@ -112,7 +113,7 @@ def test_a_cancelled_jobs_contested_task_is_cancelled_and_never_reviewed(state: 
     state.jobs.cancel_job(JOB, SUBMITTER, 3 * AVOID)
     assert state.tasks.get_task(TASK).state == "cancelled"
     assert state.reviews.contested() == []
-    assert state.reviews.settle_review(TASK, True, "late", 4 * AVOID) is None
+    assert state.reviews.settle_review(TASK, CLEAN, "late", 4 * AVOID) is None
 
 
 def test_tasks_the_referee_cannot_run_keep_the_second_claim_rule(db_url: str) -> None:
@@ -226,5 +227,5 @@ def test_unsafe_input_claims_are_reviewed_too(state: Store) -> None:
     unsafe = TaskError(ErrorKind.UNSAFE_INPUT, "a pickle inside the input")
     assert claim(state, A, AVOID, unsafe) is True and claim(state, B, 2 * AVOID, BAD) is True
     assert state.tasks.get_task(TASK).state == "contested"
-    state.reviews.settle_review(TASK, False, "error: UnsafeFileError", 3 * AVOID)
+    state.reviews.settle_review(TASK, FAILED, "error: UnsafeFileError", 3 * AVOID)
     assert "(unsafe_input)" in state.jobs.get_job(JOB).error  # what the first claim said

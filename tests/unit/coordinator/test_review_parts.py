@@ -1,8 +1,9 @@
 """Reviews run in parts (services/verification/reviews.py, review_parts.py), on SQLite and
 PostgreSQL: a contested task of a kind the referee runs in parts (training) gets one referee
 request per turn, from the state the part before left in a file. Only a whole run disproves the
-claims; only a run that truly fails (raised, memory) or has cost the task's budget confirms
-them; a part over the request's time limit is charged and tried again; a restart or a stop
+claims; only a run that truly fails (raised, memory) confirms them; a run that has cost the
+task's budget, or whose one-step parts time out twice in a row, is undecided (more nodes settle
+it: test_undecided_reviews.py); a part over the request's time limit is charged and tried again; a restart or a stop
 mid-review loses at most the part under way and blames no one.
 
 The parts run in process here: a counter in the state file stands for the training state (the
@@ -181,7 +182,7 @@ def test_a_part_that_truly_fails_confirms_the_claims(state: Store, blobs: BlobSt
     assert list(r.progress.root.iterdir()) == []
 
 
-def test_a_review_that_spends_its_budget_confirms_the_claims_and_the_budget_follows_the_task(
+def test_a_review_that_spends_its_budget_is_undecided_and_the_budget_follows_the_task(
     state: Store, blobs: BlobStore, clock: Clock
 ) -> None:
     # the budget: factor × the task's time limit (here 4 × 2 s), at least one request (1 s)
@@ -191,8 +192,27 @@ def test_a_review_that_spends_its_budget_confirms_the_claims_and_the_budget_foll
     assert r.budget_s(state.reviews.contested()[0]) == 8.0
     asyncio.run(r.review_pending(lambda job, done: None))
     assert len(steps.parts) == 3 < STEPS  # 3 s a part: the third spends the 8 s
-    job = state.jobs.get_job(JOB)
-    assert job.state == JobState.FAILED and "over its review budget" in job.error
+    task = state.tasks.get_task(TASK)
+    assert task.state == "pending" and state.jobs.get_job(JOB).state == JobState.RUNNING  # nothing spent
+    [said] = [e.message for e in state.jobs.events_after(JOB, 0) if e.kind == "undecided"]
+    assert "over its review budget: 3 parts took 9s of the referee's 8s and reached step 3 of 5" in said
+    assert rejections(state, A) == rejections(state, B) == 1  # not believed, not cleared
+
+
+def test_an_inner_step_longer_than_a_request_twice_in_a_row_is_undecided(state: Store, blobs: BlobStore) -> None:
+    stored_job(state, blobs)
+    timeout = SandboxFailure("timeout", "over the referee's time limit")
+    steps = Steps(fail={2: timeout, 3: timeout})  # one timeout may be a loaded machine; two in a row are not
+    r = reviews(state, blobs, steps)
+    turn(r)
+    turn(r)
+    assert waiting(state) and r.progress.cost(TASK).stalls == 1
+    turn(r)
+    assert r.progress.cost(TASK).stalls == 2
+    assert turn(r) == [JOB] and steps.parts == [0, 1, 1]  # decided without a fourth run
+    [said] = [e.message for e in state.jobs.events_after(JOB, 0) if e.kind == "undecided"]
+    assert "one inner step is longer than a referee request: 2 parts of the smallest size timed out" in said
+    assert state.tasks.get_task(TASK).state == "pending" and state.jobs.get_job(JOB).state == JobState.RUNNING
 
 
 def test_reviews_take_turns_least_spent_first(state: Store, blobs: BlobStore, clock: Clock) -> None:

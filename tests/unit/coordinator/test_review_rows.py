@@ -3,8 +3,8 @@ SQLite and PostgreSQL: a contested task of a kind whose rows are independent (in
 generation) runs whole in one referee request when its time limit fits in a part, else in parts
 of whole batches, sized by the task's time limit first and then by the pace of the parts before,
 a quarter as large after a part that timed out; every row runs once, in order; the review goes on
-after a restart from the row it reached; a part that raises confirms the claims, and so does a
-review that has spent its budget.
+after a restart from the row it reached; a part that raises confirms the claims; a review that
+has spent its budget, or whose one-batch parts time out twice in a row, is undecided.
 
 The referee's runs are in process here, each taking a clock's time by its rows (the real
 referee's child: tests/security/test_inference_reviews.py)."""
@@ -90,7 +90,8 @@ def waiting(state: Store) -> bool:
 def verdict(state: Store) -> str:
     """What the review's verdict said (an event of the job's)."""
     events = state.jobs.events_after(JOB, 0)
-    [said] = [e.message for e in events if "claims disproved" in e.message or "claims confirmed" in e.message]
+    verdicts = ("claims disproved", "claims confirmed", "claims undecided")
+    [said] = [e.message for e in events if any(v in e.message for v in verdicts)]
     return said
 
 
@@ -164,7 +165,7 @@ def test_a_part_that_raises_confirms_the_claims(state: Store, blobs: BlobStore, 
     assert not any((blobs.root / "reviews").iterdir())
 
 
-def test_a_review_that_spends_its_budget_confirms_the_claims_with_the_row_it_reached(
+def test_a_review_that_spends_its_budget_is_undecided_with_the_row_it_reached(
     state: Store, blobs: BlobStore, clock: Clock, tmp_path: Path
 ) -> None:
     contested_rows(state, blobs, tmp_path, time_limit_ms=5_000)  # a budget of max(10 s, 4 × 5 s): 20 s
@@ -175,6 +176,21 @@ def test_a_review_that_spends_its_budget_confirms_the_claims_with_the_row_it_rea
         turns += 1
     assert turns == 3  # the whole, then a quarter: both timed out and spent the budget
     assert "over its review budget: 2 parts took 20s of the referee's 20s and reached row 0 of 96" in verdict(state)
+    assert state.jobs.get_job(JOB).state == JobState.RUNNING  # undecided: nothing spent, nobody believed
+    assert rejections(state, A) == rejections(state, B) == 1
+
+
+def test_a_single_batch_longer_than_a_request_is_undecided_before_the_budget(
+    state: Store, blobs: BlobStore, clock: Clock, tmp_path: Path
+) -> None:
+    contested_rows(state, blobs, tmp_path)  # a budget of 240 s
+    r = reviews(state, blobs, Rows(clock, row_s=3.0))  # a batch of 4 rows: 12 s, past a request
+    while state.tasks.get_task(TASK).state == "contested":
+        turn(r)
+    assert r.progress.cost(TASK) == Cost()  # dropped with the review
+    said = verdict(state)
+    assert "one batch is longer than a referee request: 2 parts of the smallest size timed out at row 0" in said
+    assert state.jobs.get_job(JOB).state == JobState.RUNNING
 
 
 def test_a_cost_written_before_row_parts_reads_as_no_size(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from sqlalchemy import update
 
 from coordinator.app import Coordinator
 from coordinator.db import schema as s
+from coordinator.repositories.claims import CLEAN
 from coordinator.repositories.training.rounds import round_history
 from tensorgrid.types import ErrorKind, JobState, TaskError
 from tensorgrid.workloads.tensorfile import save_tensors
@@ -114,7 +115,7 @@ def test_a_round_that_closes_cancels_its_contested_task_which_is_never_reviewed(
     assert app.store.reviews.contested() == []
     calls = shared_referee.sandbox.calls
     assert review(app) == [] and shared_referee.sandbox.calls == calls
-    assert app.store.reviews.settle_review(task, True, "late", now_ms()) is None  # a review already under way
+    assert app.store.reviews.settle_review(task, CLEAN, "late", now_ms()) is None  # a review already under way
     assert round_history(app.store.engine, job_id)[0]["workers"] == 1
     job = app.store.jobs.get_job(job_id)
     assert job.state == JobState.RUNNING and (job.tasks_done, job.tasks_total) == (1, 1 + 2)
