@@ -5,7 +5,7 @@ drawn when the result's check verified, so a canary drawn on a job's last shard 
 wait one more shard's compute after its last result (benchmarks.scaling: 14 s of a 35 s run),
 while a node that finished first sat idle.
 
-Now the draw (Verification.canary_order: from the coordinator's secret, the task id and the
+Now the draw (EarlyCanaries.order: from the coordinator's secret, the task id and the
 attempt, the same probability canary_rate per checked result) is made when the shard is leased,
 and where the result's check is certain (the node is untrusted for the job: checked at rate 1)
 the canary's task is leased at once to a drawn node that is not the lease's, so an idle node
@@ -26,7 +26,10 @@ knows by content, as before (a canary never held against that).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
+import random
 from collections.abc import Awaitable, Callable
 
 from coordinator.repositories.store import Store
@@ -39,9 +42,13 @@ from tensorgrid.types import BlobRef, Lease
 
 log = logging.getLogger("tensorgrid.coordinator.verification")
 Policies = Callable[[str], Awaitable[tuple[VerificationPolicy | None, int]]]
-# (policy, task id, attempt, task rows): the canary's row order, None if no canary is drawn
-Order = Callable[[VerificationPolicy, str, int, int], tuple[int, ...] | None]
 Settled = Callable[[str, bool], None]
+
+
+def fresh_id(secret: bytes, what: str, task_id: str, attempt: int) -> str:
+    """A check's or canary's task id for a task's lease: no node can tell it from an ordinary
+    task's (those are random too); the coordinator derives it again from the lease."""
+    return hmac.new(secret, f"{what}:{task_id}:{attempt}".encode(), hashlib.sha256).hexdigest()
 
 
 class EarlyCanaries:
@@ -54,24 +61,39 @@ class EarlyCanaries:
         store: Store,
         blobs: BlobStore,
         *,
+        secret: bytes,
         policies: Policies,
-        order: Order,
-        canary_id: Callable[[str, int], str],
         gather: Callable[[BlobRef, list[int]], BlobRef],
         verdict: Callable[[CheckInfo, str, str], Verdict],
     ) -> None:
         self.rt = rt
         self.store = store
         self.blobs = blobs
+        self._secret = secret  # the draw is unpredictable to nodes
         self._policies = policies
-        self._order = order
-        self._canary_id = canary_id
         self._gather = gather
         self._verdict = verdict
         self.kinds: set[str] = set()  # lease kinds whose canaries may be leased early (add)
 
     def add(self, lease_kind: str) -> None:
         self.kinds.add(lease_kind)
+
+    def order(self, policy: VerificationPolicy, task_id: str, attempt: int, task_rows: int) -> tuple[int, ...] | None:
+        """Whether a checked result of this lease gets a canary (canary_rate), and its input's row
+        order (the shard's rows shuffled); None: no canary. From the coordinator's secret, the task
+        id and the attempt, so the lease (here) and Verification.examine draw the same canary."""
+        if task_rows <= 1:
+            return None
+        rng = random.Random(hmac.new(self._secret, f"canary:{task_id}:{attempt}".encode(), hashlib.sha256).digest())
+        if rng.random() >= policy.spec.canary_rate:
+            return None
+        order = rng.sample(range(task_rows), task_rows)
+        if order == sorted(order):  # a shuffle that left the rows in place: the same hash
+            order = order[1:] + order[:1]
+        return tuple(order)
+
+    def canary_id(self, task_id: str, attempt: int) -> str:
+        return fresh_id(self._secret, "canary", task_id, attempt)
 
     def leased(self, leases: list[Lease], node: str) -> None:
         """`node`'s new leases (after their commit): their canaries, if drawn, are leased in the background."""
@@ -92,14 +114,14 @@ class EarlyCanaries:
         policy, _ = await self._policies(x.job_id)
         if policy is None or not policy.enabled:
             return
-        order = self._order(policy, x.task_id, x.attempt, x.rows)
+        order = self.order(policy, x.task_id, x.attempt, x.rows)
         if order is None:
             return
         streak = await self.rt.db(self.store.verification.streak, node, x.job_id, policy.spec.trust_after)
         if policy.check_rate(streak) < 1.0:
             return  # the result may go unchecked: its canary is prepared with its check, as before
         shuffled = await self.rt.work(self._gather, x.input, list(order))
-        plan = CheckPlan(self._canary_id(x.task_id, x.attempt), shuffled, order)
+        plan = CheckPlan(self.canary_id(x.task_id, x.attempt), shuffled, order)
         if await self.rt.db(
             self.store.verification.lease_canary_early, x.task_id, x.attempt, node, plan, self.rt.now_ms()
         ):
@@ -109,8 +131,8 @@ class EarlyCanaries:
     async def unchecked(self, job_id: str, task_id: str, attempt: int, policy: VerificationPolicy, rows: int) -> None:
         """The result of lease `attempt` goes unchecked (a node trusted meanwhile): a canary
         leased early for it is void."""
-        if self._order(policy, task_id, attempt, rows) is not None:
-            canary_id = self._canary_id(task_id, attempt)
+        if self.order(policy, task_id, attempt, rows) is not None:
+            canary_id = self.canary_id(task_id, attempt)
             await self.rt.db(self.store.verification.void_canaries, job_id, task_id, attempt, canary_id)
 
     async def compare_parked(self, settled: Settled) -> bool:

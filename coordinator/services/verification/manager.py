@@ -28,7 +28,7 @@ from coordinator.repositories.verification.store import CheckInfo
 from coordinator.services.runtime import Runtime
 from coordinator.services.sandboxed import Part, SandboxFailure, reexecute_rows, referee
 from coordinator.services.verification.ahead import AheadRuns, run_key
-from coordinator.services.verification.canaries import EarlyCanaries
+from coordinator.services.verification.canaries import EarlyCanaries, fresh_id
 from coordinator.services.verification.compare import load_rows, rows_match
 from coordinator.services.verification.foresee import Foresight
 from coordinator.services.verification.policy import VerificationPolicy
@@ -101,9 +101,8 @@ class Verification:
             rt,
             store,
             blobs,
+            secret=secret,
             policies=self.policy,
-            order=self.canary_order,
-            canary_id=lambda task_id, attempt: self._fresh_id("canary", task_id, attempt),
             gather=self._gather,
             verdict=lambda info, output, checker: self._verdict(info, self.blobs.path_for(output), checker),
         )
@@ -146,10 +145,10 @@ class Verification:
             return None, None
         ref = await self._work(self._gather, task.input, list(rows))
         canary = None
-        if (order := self.canary_order(policy, task.task_id, task.attempt, task.rows)) is not None:
+        if (order := self.canaries.order(policy, task.task_id, task.attempt, task.rows)) is not None:
             # the canary leased early with the shard, if it was, is this one (same id, input, rows)
             shuffled = await self._work(self._gather, task.input, list(order))
-            canary = CheckPlan(self._fresh_id("canary", task.task_id, task.attempt), shuffled, order)
+            canary = CheckPlan(self.canaries.canary_id(task.task_id, task.attempt), shuffled, order)
         # an untrusted subject's check always ends in a ruling on these rows: the referee makes
         # it alone (direct) or, where a node still runs the check, its re-run can be made ahead
         ahead = streak < policy.spec.trust_after
@@ -168,26 +167,9 @@ class Verification:
         m = policy.sample_rows(rate, task_rows)
         return tuple(sorted(rng.sample(range(task_rows), m)))
 
-    def canary_order(
-        self, policy: VerificationPolicy, task_id: str, attempt: int, task_rows: int
-    ) -> tuple[int, ...] | None:
-        """Whether a checked result of this lease gets a canary (canary_rate), and its input's row
-        order (the shard's rows shuffled); None: no canary. From the coordinator's secret, the task
-        id and the attempt, so the lease (canaries.py) and examine draw the same canary."""
-        if task_rows <= 1:
-            return None
-        seed = hmac.new(self._secret, f"canary:{task_id}:{attempt}".encode(), hashlib.sha256).digest()
-        rng = random.Random(seed)
-        if rng.random() >= policy.spec.canary_rate:
-            return None
-        order = rng.sample(range(task_rows), task_rows)
-        if order == sorted(order):  # a shuffle that left the rows in place: the same hash
-            order = order[1:] + order[:1]
-        return tuple(order)
-
     def _fresh_id(self, what: str, task_id: str, attempt: int) -> str:
         """A task id no node can tell from an ordinary task's (those are random too)."""
-        return hmac.new(self._secret, f"{what}:{task_id}:{attempt}".encode(), hashlib.sha256).hexdigest()
+        return fresh_id(self._secret, what, task_id, attempt)
 
     def _rng(self, task_id: str, attempt: int) -> random.Random:
         seed = hmac.new(self._secret, f"sample:{task_id}:{attempt}".encode(), hashlib.sha256).digest()

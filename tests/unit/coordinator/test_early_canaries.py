@@ -184,3 +184,22 @@ def test_an_early_canary_is_void_when_its_result_is_not_verified_or_its_lease_la
     with state.engine.connect() as conn:
         assert conn.execute(select(s.checks).where(s.checks.c.check_id == new_canary)).first() is None
         assert conn.execute(select(s.tasks.c.state).where(s.tasks.c.task_id == new_canary)).scalar() == "cancelled"
+
+
+def test_a_busy_assignee_keeps_an_early_canary_past_the_check_wait(state: Store, tmp_path: Path) -> None:
+    """The canary's drawn node is busy with its own shards for as long as they take: it keeps the
+    canary (nothing waits for it yet), where a check of a result is taken from it after check_wait."""
+    grid = Grid(state, tmp_path)
+    other = "cd" * 32
+    state.jobs.create_job(new_job(other), [NewTask(0, task_id_for(other, 0), BlobRef("ee" * 32, 0), 1)], now_ms=0)
+    grid.leased(grid.last, SUBJECT)
+    with state.engine.connect() as conn:
+        (canary_id,) = conn.execute(select(s.checks.c.check_id).where(s.checks.c.state == "ahead")).scalars()
+    (busy,), _ = state.tasks.lease_tasks(IDLE, 1, NOW + 1, TIMING)  # IDLE takes the other job's shard first
+    assert busy.task_id == task_id_for(other, 0)
+    wait_ms = 30_000
+    state.verification.reassign_checks(NOW + wait_ms + 10_000, patience_ms=wait_ms)  # within IDLE's lease
+    with state.engine.connect() as conn:
+        held = conn.execute(select(s.check_assignments.c.node).where(s.check_assignments.c.task_id == canary_id))
+        barred = conn.execute(select(s.check_exclusions.c.node).where(s.check_exclusions.c.task_id == canary_id))
+        assert held.scalar() == IDLE and {r.node for r in barred} == {SUBJECT}
