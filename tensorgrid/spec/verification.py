@@ -42,7 +42,8 @@ class VerificationSpec:
     than `trust_after` consecutive valid results are always checked; trusted ones with
     probability 1/consecutive_valid, never below `check_floor` (their lower detection is what
     the job's required stake pays for). A fraction `canary_rate` of verified shards is
-    re-leased whole as known-answer canaries.
+    re-leased whole as known-answer canaries (drawn when the shard is leased; an untrusted
+    node's shard's canary runs on another node meanwhile and counts once the shard verifies).
 
     decoys: ordinary tasks of exactly a check's m rows carved out of the shards, `decoys` of
     them per shard (D = ceil(decoys x T), in [0, 4], as far as the compute budget pays for their

@@ -43,6 +43,7 @@ class InferenceKind(BaseKind):
         self.verification = verification
         self.hub = hub
         verification.foresight.add(self.name)  # its untrusted results are the referee's alone (examine)
+        verification.canaries.add(self.name)  # an untrusted node's shard's canary is leased with it
 
     def plan(
         self, spec: Any, spec_json: bytes, submitter: str, sh: str, job_id: str, blobs: BlobStore, limits: Limits

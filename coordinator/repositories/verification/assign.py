@@ -23,6 +23,7 @@ from sqlalchemy import Connection, delete, insert, or_, select, update
 
 from coordinator.db import schema as s
 from coordinator.db.sql import insert_ignore
+from coordinator.repositories.verification.canaries import AHEAD
 
 ACTIVE_MS = 60_000  # a node seen within this long is a candidate checker
 ASSIGN_MS = 5_000  # an assignee has this long to lease its check (a dead one costs this much)
@@ -75,7 +76,7 @@ def reassign_stale(conn: Connection, now_ms: int, limit: int = 200, patience_ms:
     """
     t, a = s.tasks, check_assignments
     rows = conn.execute(
-        select(t.c.task_id, a.c.node, s.checks.c.created_ms)
+        select(t.c.task_id, a.c.node, s.checks.c.created_ms, s.checks.c.state)
         .outerjoin(a, a.c.task_id == t.c.task_id)
         .join(s.checks, s.checks.c.check_id == t.c.task_id)
         .where(t.c.kind == CHECK_KIND, t.c.state == "pending", or_(a.c.node.is_(None), a.c.until_ms < now_ms))
@@ -84,7 +85,10 @@ def reassign_stale(conn: Connection, now_ms: int, limit: int = 200, patience_ms:
     assigned = 0
     for row in rows:
         if row.node is not None:
-            if now_ms < row.created_ms + patience_ms and _busy(conn, row.node, now_ms):
+            # a canary leased early waits for a busy assignee however long its own shard takes:
+            # it is no check of a result yet, and nothing waits for it (canaries.py)
+            young = row.state == AHEAD or now_ms < row.created_ms + patience_ms
+            if young and _busy(conn, row.node, now_ms):
                 conn.execute(update(a).where(a.c.task_id == row.task_id).values(until_ms=now_ms + ASSIGN_MS))
                 continue
             bar(conn, row.task_id, [row.node])

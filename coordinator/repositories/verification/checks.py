@@ -58,10 +58,23 @@ class Verdict:
 
     agrees_subject: bool
     agrees_checkers: tuple[str, ...]  # earlier checkers (addresses) whose output this one matches
+    # the output of a canary leased early, sent before its subject's result was verified: kept,
+    # and compared once the canary is armed (canaries.py)
+    parked: bool = False
+
+
+PARKED = Verdict(False, (), parked=True)
 
 
 def open_check(
-    conn: Connection, subject: Any, plan: CheckPlan, now_ms: int, *, kind: str = SPOTCHECK, root: str = ""
+    conn: Connection,
+    subject: Any,
+    plan: CheckPlan,
+    now_ms: int,
+    *,
+    kind: str = SPOTCHECK,
+    root: str = "",
+    ahead: bool = False,
 ) -> None:
     """Insert the check task (a copy of the subject task's settings) and its check row.
 
@@ -71,6 +84,9 @@ def open_check(
     the referee cannot run it). Every ruling on an untrusted subject re-ran these same rows
     anyway (the confirmation of a checker's agreement, or the ruling on its disagreement), so
     a checker's run added no detection, only its cost on a node.
+
+    ahead: a canary leased early (canaries.py), before its subject's result (subject.output_sha
+    is ""): its task is leased and its checker drawn now, its check row waits in AHEAD.
     """
     direct = plan.direct  # only Verification.examine makes one: tiebreaks and canaries never are
     exclude = {subject.node}
@@ -88,7 +104,7 @@ def open_check(
             subject_node=subject.node,
             subject_output=subject.output_sha,
             rows=json.dumps(list(plan.rows)),
-            state="disputed" if direct else "open",
+            state=canaries.AHEAD if ahead else "disputed" if direct else "open",
             outcome="",
             created_ms=now_ms,
         )
@@ -151,9 +167,15 @@ def apply_verdict(
 ) -> None:
     """Record a check task's result and settle its chain if it can be settled."""
     chk = get_check(conn, check_id)
-    if chk is None or chk.state != "open":
+    if chk is None or chk.state not in ("open", canaries.AHEAD):
         return
-    earlier = chain_outputs(conn, chk.root_id)
+    if chk.state == canaries.AHEAD or verdict.parked:  # compared once armed (Verification.canaries)
+        conn.execute(
+            update(checks).where(checks.c.check_id == check_id).values(checker=checker, checker_output=output.sha256)
+        )
+        return
+    # a parked canary's own output is no earlier checker's: a canary is its chain's first check
+    earlier = [] if chk.checker_output else chain_outputs(conn, chk.root_id)
     conn.execute(
         update(checks)
         .where(checks.c.check_id == check_id)
@@ -339,7 +361,23 @@ def _maybe_canary(conn: Connection, chk: Any, now_ms: int) -> None:
     if prepared is None:
         return
     canary_id, sha, size, rows = prepared
+    if canaries.arm(conn, canary_id, chk.subject_output, now_ms):
+        return  # leased early (the same canary): it opens now, its task maybe done already
     open_check(conn, _subject_row(conn, chk), CheckPlan(canary_id, BlobRef(sha, size), rows), now_ms, kind=CANARY)
+
+
+def lease_canary_early(conn: Connection, task_id: str, attempt: int, node: str, plan: CheckPlan, now_ms: int) -> bool:
+    """The canary of `node`'s lease `attempt` of the shard, leased now to a drawn node other
+    than `node` (canaries.py); False (nothing written) when the lease has ended (a result in:
+    the canary follows the check as before) or the canary exists already."""
+    row = conn.execute(select(s.tasks).where(s.tasks.c.task_id == task_id)).first()
+    if row is None or row.state != "leased" or row.attempt != attempt or row.node != node:
+        return False
+    if get_check(conn, plan.check_task_id) is not None:
+        return False
+    subject = _Row({**row._mapping, "output_sha": ""})
+    open_check(conn, subject, plan, now_ms, kind=CANARY, ahead=True)
+    return True
 
 
 def _root_kind(conn: Connection, root_id: str) -> str:

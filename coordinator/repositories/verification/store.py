@@ -7,15 +7,15 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Connection, Engine, func, select
 
 from coordinator.db import schema as s
 from coordinator.db.events import append_event
 from coordinator.repositories.jobs import job_complete
-from coordinator.repositories.verification import assign, rulings, unplaced
+from coordinator.repositories.verification import assign, canaries, rulings, unplaced
 from coordinator.repositories.verification import checks as records
 from coordinator.repositories.verification.trust import streak_for_job
-from tensorgrid.types import NodeStatus
+from tensorgrid.types import BlobRef, NodeStatus
 
 
 @dataclass(frozen=True)
@@ -50,16 +50,48 @@ class VerificationRepository:
         return (json.loads(row.policy), int(row.required_stake_wei)) if row else None
 
     def check_info(self, task_id: str, checker: str = "") -> CheckInfo | None:
+        """A check task's comparison; subject_output "" for a canary leased early and not yet
+        armed (its output is parked: canaries.py)."""
         with self.engine.connect() as conn:
             chk = records.get_check(conn, task_id)
             if chk is None:
                 return None
-            earlier = records.chain_outputs(conn, chk.root_id)
-            nodes = [chk.subject_node, checker, *(node for node, _ in earlier)]
-            n = s.nodes.c
-            kinds = conn.execute(select(n.address, n.device_kind).where(n.address.in_(nodes))).all()
-        cuda = tuple(sorted(r.address for r in kinds if str(r.device_kind).startswith("cuda")))
-        return CheckInfo(chk.check_id, chk.subject_output, json.loads(chk.rows), earlier, cuda, chk.subject_node)
+            return _check_info(conn, chk, checker, records.chain_outputs(conn, chk.root_id))
+
+    def parked_canaries(self, limit: int = 20) -> list[tuple[CheckInfo, str, str]]:
+        """(comparison, checker, its output) of armed canaries whose output came before they were armed."""
+        c = records.checks.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(records.checks)
+                .where(c.kind == records.CANARY, c.state == "open", c.checker_output.is_not(None))
+                .limit(limit)
+            ).all()
+            return [(_check_info(conn, chk, chk.checker, []), chk.checker, chk.checker_output) for chk in rows]
+
+    def settle_parked(
+        self, check_id: str, checker: str, output: str, verdict: records.Verdict, now_ms: int
+    ) -> tuple[str, bool] | None:
+        """Apply an armed canary's verdict on its parked output: (job id, job complete), or None if
+        it was settled meanwhile."""
+        with self.engine.begin() as conn:
+            chk = records.get_check(conn, check_id)
+            if chk is None or chk.state != "open" or chk.checker_output != output:
+                return None
+            records.apply_verdict(conn, check_id, checker, BlobRef(output, 0), verdict, now_ms, append_event)
+            return chk.job_id, job_complete(conn, chk.job_id)
+
+    def lease_canary_early(self, task_id: str, attempt: int, node: str, plan: records.CheckPlan, now_ms: int) -> bool:
+        with self.engine.begin() as conn:
+            return records.lease_canary_early(conn, task_id, attempt, node, plan, now_ms)
+
+    def void_canaries(self, job_id: str, task_id: str, attempt: int, canary_id: str = "") -> None:
+        """Canaries leased early for the shard's leases before `attempt`, and canary_id (a result
+        that was not checked: its canary has nothing to follow)."""
+        with self.engine.begin() as conn:
+            canaries.void_earlier(conn, job_id, task_id, attempt)
+            if canary_id:
+                canaries.void(conn, [canary_id])
 
     def streak(self, address: str, job_id: str, trust_after: int) -> int:
         """The node's streak as the job's policy sees it: 0 unless trusted for this job (trust.py)."""
@@ -112,7 +144,7 @@ class VerificationRepository:
         with self.engine.connect() as conn:
             rows = conn.execute(
                 select(c.c.kind, c.c.state, c.c.outcome, func.count())
-                .where(c.c.job_id == job_id)
+                .where(c.c.job_id == job_id, c.c.state != canaries.AHEAD)  # not yet a check of a result
                 .group_by(c.c.kind, c.c.state, c.c.outcome)
             ).all()
         out: dict[str, int] = {}
@@ -120,6 +152,14 @@ class VerificationRepository:
             key = f"{kind}:{outcome or state}"
             out[key] = out.get(key, 0) + int(n)
         return out
+
+
+def _check_info(conn: Connection, chk: Any, checker: str, earlier: list[tuple[str, str]]) -> CheckInfo:
+    nodes = [chk.subject_node, checker, *(node for node, _ in earlier)]
+    n = s.nodes.c
+    kinds = conn.execute(select(n.address, n.device_kind).where(n.address.in_(nodes))).all()
+    cuda = tuple(sorted(r.address for r in kinds if str(r.device_kind).startswith("cuda")))
+    return CheckInfo(chk.check_id, chk.subject_output, json.loads(chk.rows), earlier, cuda, chk.subject_node)
 
 
 def with_reputation(status: NodeStatus, rep: Reputation) -> NodeStatus:

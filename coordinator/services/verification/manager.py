@@ -22,12 +22,13 @@ from sqlalchemy import Connection, select
 from coordinator.db import schema as s
 from coordinator.repositories.store import Store
 from coordinator.repositories.tasks import TaskRecord
-from coordinator.repositories.verification.checks import CheckPlan, Verdict
+from coordinator.repositories.verification.checks import PARKED, CheckPlan, Verdict
 from coordinator.repositories.verification.rulings import Ahead, Ruling, RulingInfo
 from coordinator.repositories.verification.store import CheckInfo
 from coordinator.services.runtime import Runtime
 from coordinator.services.sandboxed import Part, SandboxFailure, reexecute_rows, referee
 from coordinator.services.verification.ahead import AheadRuns, run_key
+from coordinator.services.verification.canaries import EarlyCanaries, fresh_id
 from coordinator.services.verification.compare import load_rows, rows_match
 from coordinator.services.verification.foresee import Foresight
 from coordinator.services.verification.policy import VerificationPolicy
@@ -95,6 +96,16 @@ class Verification:
         )
         # two nodes' claims that a task's input is bad, checked by running the task (reviews.py)
         self.reviews = Reviews(rt, store, blobs, self._run)
+        # an untrusted node's shard's canary, leased with the shard, not after its result (canaries.py)
+        self.canaries = EarlyCanaries(
+            rt,
+            store,
+            blobs,
+            secret=secret,
+            policies=self.policy,
+            gather=self._gather,
+            verdict=lambda info, output, checker: self._verdict(info, self.blobs.path_for(output), checker),
+        )
 
     async def policy(self, job_id: str, tasks_total: int = 0) -> tuple[VerificationPolicy | None, int]:
         """(policy or None, required stake in wei) of a job; policies never change, so cached."""
@@ -118,6 +129,8 @@ class Verification:
         referee_alone: an untrusted subject's spot-check goes to the referee, not to a node
         (CheckPlan.direct; the task kind says whether its referee re-runs checks as nodes do)."""
         info = await self._db(self.store.verification.check_info, task.task_id, node)
+        if info is not None and not info.subject_output:
+            return None, PARKED  # a canary leased early, its subject's result not yet verified
         if info is not None:
             return None, await self._work(self._verdict, info, self.blobs.path_for(output.sha256), node)
         policy, _ = await self.policy(task.job_id)
@@ -127,21 +140,21 @@ class Verification:
         streak = await self._db(self.store.verification.streak, node, task.job_id, policy.spec.trust_after)
         rng = self._rng(task.task_id, task.attempt)
         rows = self._draw(policy, streak, rng, task.rows)
-        if rows is None:
-            return None, None  # a trusted node's lucky draw: accepted (and paid) unchecked
+        if rows is None:  # a trusted node's lucky draw: accepted (and paid) unchecked
+            await self.canaries.unchecked(task.job_id, task.task_id, task.attempt, policy, task.rows)
+            return None, None
         ref = await self._work(self._gather, task.input, list(rows))
         canary = None
-        if task.rows > 1 and rng.random() < policy.spec.canary_rate:
-            order = rng.sample(range(task.rows), task.rows)
-            if order == sorted(order):  # a shuffle that left the rows in place: the same hash
-                order = order[1:] + order[:1]
-            shuffled = await self._work(self._gather, task.input, order)
-            canary = CheckPlan(self._fresh_id("canary", task), shuffled, tuple(order))
+        if (order := self.canaries.order(policy, task.task_id, task.attempt, task.rows)) is not None:
+            # the canary leased early with the shard, if it was, is this one (same id, input, rows)
+            shuffled = await self._work(self._gather, task.input, list(order))
+            canary = CheckPlan(self.canaries.canary_id(task.task_id, task.attempt), shuffled, order)
         # an untrusted subject's check always ends in a ruling on these rows: the referee makes
         # it alone (direct) or, where a node still runs the check, its re-run can be made ahead
         ahead = streak < policy.spec.trust_after
         direct = ahead and referee_alone and policy.spec.mode == "spotcheck"
-        return CheckPlan(self._fresh_id("check", task), ref, rows, canary, ahead and not direct, direct), None
+        check_id = self._fresh_id("check", task.task_id, task.attempt)
+        return CheckPlan(check_id, ref, rows, canary, ahead and not direct, direct), None
 
     @staticmethod
     def _draw(policy: VerificationPolicy, streak: int, rng: random.Random, task_rows: int) -> tuple[int, ...] | None:
@@ -154,9 +167,9 @@ class Verification:
         m = policy.sample_rows(rate, task_rows)
         return tuple(sorted(rng.sample(range(task_rows), m)))
 
-    def _fresh_id(self, what: str, task: TaskRecord) -> str:
+    def _fresh_id(self, what: str, task_id: str, attempt: int) -> str:
         """A task id no node can tell from an ordinary task's (those are random too)."""
-        return hmac.new(self._secret, f"{what}:{task.task_id}:{task.attempt}".encode(), hashlib.sha256).hexdigest()
+        return fresh_id(self._secret, what, task_id, attempt)
 
     def _rng(self, task_id: str, attempt: int) -> random.Random:
         seed = hmac.new(self._secret, f"sample:{task_id}:{attempt}".encode(), hashlib.sha256).digest()
@@ -217,6 +230,7 @@ class Verification:
         (foresee.py), so the rulings on their results only compare."""
         if self.foresight.leased(leases, node):
             self._disputes.set()
+        self.canaries.leased(leases, node)
 
     def dispute_raised(self) -> None:
         """A check result came in that may have opened a dispute: look for rulings to make now."""
@@ -243,6 +257,8 @@ class Verification:
                 # Runtime.db) it would hold up the calls the event loop is answering
                 for info in await self.rt.db_bulk(self.store.verification.pending_rulings):
                     await self._rule(info, settled)
+                if await self.canaries.compare_parked(settled):  # armed by those rulings, or by checks
+                    self._disputes.set()  # a canary that disagrees waits for a ruling
                 # one request of one review a turn: a long review holds the rulings up by one request
                 reviewing = await self.reviews.review_next(settled)
                 if await self.foresight.next() or await self._run_ahead() or reviewing:

@@ -44,7 +44,11 @@ What the stake formula assumes, and what holds it up:
 - Honest nodes lose nothing to a wrong p: the referee blames only when its re-execution
   reproduces and the rows are independent, so slashing is only ever of a proven liar.
 - Checks and canaries are like tasks: random ids, queued in their job's turn, a canary's input
-  reshuffled, and (decoys, below) a check's size is an ordinary task's size too. Recognising a
+  reshuffled, and (decoys, below) a check's size is an ordinary task's size too. An untrusted
+  node's shard's canary is leased with the shard, to another node (canaries.py): the draw is
+  the one examine made after the result (the same secret, task id and attempt, the same
+  canary_rate per checked result), it counts only once the result's check verifies, and the
+  node whose shard it is never sees it, so it learns nothing earlier than before. Recognising a
   check would help only a checker, never the node being checked: a checker that lies against
   an honest subject is caught by the referee; one that agrees with a trusted ring-mate's lie
   (both trusted, drawn as its checker, and told the lie) recognises the check by its rows'
