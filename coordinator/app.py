@@ -91,12 +91,13 @@ class Coordinator:
         training = self.kinds.for_job(TrainingKind.name)
         assert isinstance(training, TrainingKind)
         self.rounds = training.rounds  # RevealCheckpoint is training's: the api hands reveals to its auditor
+        stakes = self.verification.stakes  # None without a chain: nobody is barred
         self.scheduler: Scheduler = Scheduler(
             rt,
             store,
             config.timing,
-            barred=self.verification.barred_jobs if self.chain is not None else None,
-            before_lease=self.verification.refresh_stake,
+            barred=stakes.barred_jobs if stakes is not None else None,
+            before_lease=stakes.refresh if stakes is not None else None,
             on_granted=self.verification.leased,
             check_wait_ms=config.check_wait_ms,
             pacing=HeartbeatPacing(

@@ -35,7 +35,8 @@ async def start_dashboard(app: Coordinator, sessions: Sessions) -> Dashboard:
     from coordinator.services.dashboard import DashboardData
 
     c = app.config
-    stake_of = app.verification.known_stake if app.chain is not None else None
+    stakes = app.verification.stakes
+    stake_of = stakes.known if stakes is not None else None
     data = DashboardData(app.store, app.reports, stake_of)
     views = Views(app.runtime, app.access, data, sessions.dashboards, sessions.limiter)
     return await open_dashboard(c.dashboard_listen, views, tls_cert=c.tls_cert, tls_key=c.tls_key, insecure=c.insecure)

@@ -17,9 +17,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, select
-
-from coordinator.db import schema as s
 from coordinator.repositories.store import Store
 from coordinator.repositories.tasks import TaskRecord
 from coordinator.repositories.verification.checks import PARKED, CheckPlan, Verdict
@@ -34,13 +31,13 @@ from coordinator.services.verification.foresee import Foresight
 from coordinator.services.verification.policy import VerificationPolicy
 from coordinator.services.verification.referee import blames, judge, soundness
 from coordinator.services.verification.reviews import Reviews
+from coordinator.services.verification.stakes import StakeGate
 from tensorgrid.blobs import BlobStore
 from tensorgrid.spec import VerificationSpec
 from tensorgrid.types import BlobRef, Lease
 from tensorgrid.workloads import tensorfile
 
 log = logging.getLogger("tensorgrid.coordinator.verification")
-STAKE_CACHE_S = 60.0
 Settled = Callable[[str, bool], None]  # (job id, job complete): a ruling changed the job
 # (model path, check input, output path, task settings): re-run a check's rows in the sandboxed child
 Replay = Callable[[Path, Path, Path, dict[str, Any]], None]
@@ -69,11 +66,9 @@ class Verification:
         self._secret = secret  # row samples and check decisions are unpredictable to nodes
         self._db = rt.db
         self._work = rt.work
-        self._stake_of = stake_of
+        # under-staked nodes kept away from jobs they could cheat on (stakes.py); None: no chain
+        self.stakes = StakeGate(stake_of, rt.work) if stake_of is not None else None
         self._policies: dict[str, tuple[VerificationPolicy | None, int]] = {}
-        self._stakes: dict[str, tuple[int, float]] = {}
-        self._required: dict[str, int] = {}  # open job id → stake its nodes need (wei), when > 0
-        self._required_until = 0.0
         self._disputes = asyncio.Event()
         self._torch = threading.Lock()  # one referee child at a time: its memory cap is the coordinator's budget
         self._replays: dict[str, Replay] = {}  # task kind (settings["task_kind"]) → how the referee re-runs it
@@ -397,45 +392,3 @@ class Verification:
         batch = int(settings.get("batch_size") or 0)
         names = settings.get("input_names") or None  # the job's argument order, as the nodes ran it
         reexecute_rows(self.rt, self.blobs, model, source, out, batch, names)
-
-    # -- economic security: stake gating ------------------------------------------------------
-
-    async def refresh_stake(self, node: str) -> None:
-        """Read the node's on-chain stake into the cache (at most once a minute per node)."""
-        if self._stake_of is None:
-            return
-        cached = self._stakes.get(node)
-        if cached is not None and cached[1] > time.monotonic():
-            return
-        try:
-            stake = int(await self._work(self._stake_of, node))
-        except Exception:  # a chain hiccup must not stop leasing: keep the last known stake
-            log.warning("could not read the stake of %s", node, exc_info=True)
-            stake = cached[0] if cached else 0
-        self._stakes[node] = (stake, time.monotonic() + STAKE_CACHE_S)
-
-    def known_stake(self, node: str) -> int | None:
-        """The node's stake as last read from the chain (when it last leased); None: never read."""
-        cached = self._stakes.get(node)
-        return None if cached is None else cached[0]
-
-    def barred_jobs(self, conn: Connection, node: str) -> set[str]:
-        """Open jobs whose required stake the node's cached stake does not cover.
-
-        Runs inside the leasing transaction (on its connection: SQLite has one writer). The
-        open jobs' requirements are re-read at most once a second.
-        """
-        if self._stake_of is None:
-            return set()
-        now = time.monotonic()
-        if now >= self._required_until:
-            p, j = s.job_policies.c, s.jobs.c
-            rows = conn.execute(
-                select(p.job_id, p.required_stake_wei)
-                .join(s.jobs, j.job_id == p.job_id)
-                .where(j.state.in_(("queued", "running")))
-            ).all()
-            self._required = {r.job_id: int(r.required_stake_wei or 0) for r in rows if int(r.required_stake_wei or 0)}
-            self._required_until = now + 1.0
-        stake = self._stakes.get(node, (0, 0.0))[0]
-        return {job_id for job_id, required in self._required.items() if stake < required}
