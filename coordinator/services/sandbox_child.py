@@ -51,6 +51,31 @@ def _infer(request: dict[str, Any], scratch: Path) -> dict[str, Any]:
     return {"rows": stats.rows, "seconds": stats.seconds, "load_seconds": _programs.load_seconds - loaded}
 
 
+def _infer_each(request: dict[str, Any], scratch: Path) -> dict[str, Any]:
+    """Several requests in one call, each run alone as "infer" runs it (all its rows, one
+    forward pass): one request's answer never depends on another's rows, and one that fails
+    fails alone ("errors", None where it ran). The answers go into one file, request i's
+    tensors named "i/<name>"."""
+    module = _programs(Path(request["model"]), torch.device("cpu"))
+    names = request.get("input_names") or None
+    answers: dict[str, torch.Tensor] = {}
+    errors: list[str | None] = []
+    for i, source in enumerate(request["sources"]):
+        part = scratch / f"each-{i}.safetensors"
+        try:
+            run_inference(request["model"], source, part, input_names=names, batch_size=0, device="cpu", module=module)
+            tensors = tensorfile.load_tensors(part)
+        except Exception as e:  # noqa: BLE001 - a failure inside a stranger's graph is this request's alone
+            errors.append(f"{type(e).__name__}: {e}")
+            continue
+        finally:
+            part.unlink(missing_ok=True)
+        answers.update({f"{i}/{name}": tensor for name, tensor in tensors.items()})
+        errors.append(None)
+    tensorfile.save_tensors(answers, scratch / OUTPUT)
+    return {"errors": errors}
+
+
 def _generate(request: dict[str, Any], scratch: Path) -> dict[str, Any]:
     settings = DecodeSettings.from_dict(request["decode"])
     module = _programs(Path(request["model"]), torch.device("cpu"))
@@ -127,6 +152,7 @@ def _evaluate(request: dict[str, Any], scratch: Path) -> dict[str, Any]:
 
 _OPS = {
     "infer": _infer,
+    "infer_each": _infer_each,
     "replay": _replay,
     "train_for": _train_for,
     "probe": _probe,

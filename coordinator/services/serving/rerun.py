@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from coordinator.services.runtime import Runtime
-from coordinator.services.sandboxed import reexecute_rows, regenerate_rows
+from coordinator.services.sandboxed import reexecute_each, reexecute_rows, regenerate_rows
 from coordinator.services.serving.hooks import ServedRequest
 from coordinator.services.verification.compare import Rows, rows_match
 from tensorgrid.blobs import BlobStore
@@ -54,6 +54,32 @@ def run_request(rt: Runtime, blobs: BlobStore, spec: EndpointSpec, request: Serv
             source.write_bytes(request.input)
             reexecute_rows(rt, blobs, model, source, out, 0, list(spec.input_names) or None)
         return load_arrays(out)
+
+
+def run_requests(
+    rt: Runtime, blobs: BlobStore, spec: EndpointSpec, requests: Sequence[ServedRequest]
+) -> list[Tensors | str]:
+    """run_request of each of an inference endpoint's `requests`, in one call to the sandboxed
+    child (each request still runs alone there: its answer is run_request's). Per request its
+    answer, or why it could not run; a limit or a crash of the child raises for all."""
+    assert spec.serves == "inference", "generation requests are re-run one at a time (run_request)"
+    with tempfile.TemporaryDirectory(prefix="serve-check-", dir=blobs.tmp_dir) as tmp:
+        sources = [Path(tmp) / f"in-{i}.safetensors" for i in range(len(requests))]
+        for source, request in zip(sources, requests, strict=True):
+            source.write_bytes(request.input)
+        out = Path(tmp) / "out.safetensors"
+        names = list(spec.input_names) or None
+        errors = reexecute_each(rt, blobs, blobs.path_for(spec.model.sha256), sources, out, names)
+        if len(errors) != len(requests):
+            raise TensorGridError(f"the referee answered {len(errors)} of {len(requests)} requests")
+        answers: list[Tensors | str] = [e if e is not None else {} for e in errors]
+        for key, value in load_arrays(out).items():
+            index, _, name = key.partition("/")
+            answer = answers[int(index)]  # a name the child did not write this way: the call failed
+            if isinstance(answer, str):
+                raise TensorGridError(f"the referee answered request {index}, which it said failed")
+            answer[name] = value
+        return answers
 
 
 def run_in_batch(
