@@ -23,7 +23,7 @@ from tensorgrid.sandbox.oneshot import CRASHED
 from tensorgrid.serving import arrays_to_bytes, batch_receipt, tensors_to_bytes
 from tensorgrid.workloads.model import export_program
 from tests.unit.coordinator.conftest import SharedReferee
-from tests.unit.coordinator.test_serving_accounting import EP, PRICE, credit_rows
+from tests.unit.coordinator.test_serving_accounting import EP, credit_rows
 from tests.unit.coordinator.test_serving_checks import DOMAIN, NODE, REASON, SIGNER, Endpoint, Grid
 
 OTHERS = [Signer.generate() for _ in range(2)]  # two more answering nodes, each its own replica
