@@ -25,7 +25,7 @@ from tensorgrid.training.task import run_task_for
 from tensorgrid.workloads import tensorfile
 from tensorgrid.workloads.determinism import probe
 from tensorgrid.workloads.generation import DecodeSettings, run_generation
-from tensorgrid.workloads.inference import run_inference
+from tensorgrid.workloads.inference import infer_tensors, run_inference
 from tensorgrid.workloads.model import load_program
 from tensorgrid.workloads.programs import ProgramCache, warm_imports
 from tensorgrid.workloads.scoring import score_generation
@@ -49,6 +49,31 @@ def _infer(request: dict[str, Any], scratch: Path) -> dict[str, Any]:
         module=_programs(Path(request["model"]), torch.device("cpu")),
     )
     return {"rows": stats.rows, "seconds": stats.seconds, "load_seconds": _programs.load_seconds - loaded}
+
+
+def _infer_each(request: dict[str, Any], scratch: Path) -> dict[str, Any]:
+    """Several requests in one call, each run alone as "infer" runs it (all its rows in one
+    forward pass): request i's tensors are those of `source` named "i/<name>", its answer's
+    are named so in the output. One request's answer never depends on another's rows, and
+    one that fails fails alone ("errors": None where it ran)."""
+    module = _programs(Path(request["model"]), torch.device("cpu"))
+    names = request.get("input_names") or None
+    requests: list[dict[str, torch.Tensor]] = [{} for _ in range(int(request["count"]))]
+    for key, tensor in tensorfile.load_tensors(Path(request["source"])).items():
+        index, _, name = key.partition("/")
+        requests[int(index)][name] = tensor
+    answers: dict[str, torch.Tensor] = {}
+    errors: list[str | None] = []
+    for i, tensors in enumerate(requests):
+        try:
+            outputs = infer_tensors(module, tensors, input_names=names)
+        except Exception as e:  # noqa: BLE001 - a failure inside a stranger's graph is this request's alone
+            errors.append(f"{type(e).__name__}: {e}")
+            continue
+        answers.update({f"{i}/{name}": tensor for name, tensor in outputs.items()})
+        errors.append(None)
+    tensorfile.save_tensors(answers, scratch / OUTPUT)
+    return {"errors": errors}
 
 
 def _generate(request: dict[str, Any], scratch: Path) -> dict[str, Any]:
@@ -127,6 +152,7 @@ def _evaluate(request: dict[str, Any], scratch: Path) -> dict[str, Any]:
 
 _OPS = {
     "infer": _infer,
+    "infer_each": _infer_each,
     "replay": _replay,
     "train_for": _train_for,
     "probe": _probe,

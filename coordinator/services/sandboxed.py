@@ -37,6 +37,7 @@ __all__ = [
     "SandboxFailure",
     "evaluate_weights",
     "probe_rows",
+    "reexecute_each",
     "reexecute_rows",
     "referee",
     "regenerate_rows",
@@ -89,6 +90,30 @@ def reexecute_rows(
         "input_names": list(input_names) if input_names else None,
     }
     referee(rt, blobs).call(request, outputs={OUTPUT: out}, inputs=(model, source))
+
+
+def reexecute_each(
+    rt: Runtime,
+    blobs: BlobStore,
+    model: Path,
+    source: Path,
+    count: int,
+    out: Path,
+    input_names: list[str] | None = None,
+) -> list[str | None]:
+    """reexecute_rows(batch_size=0) of each of `count` requests in one call to the sandboxed
+    child, each run alone: request i's tensors are those of `source` named "i/<name>", its
+    outputs are named so in `out`. Per request: None, or why it failed (a failure of one is
+    its own; a limit or a crash fails the call)."""
+    request = {
+        "op": "infer_each",
+        "model": str(model),
+        "source": str(source),
+        "count": int(count),
+        "input_names": list(input_names) if input_names else None,
+    }
+    answer = referee(rt, blobs).call(request, outputs={OUTPUT: out}, inputs=(model, source))
+    return [None if e is None else str(e) for e in answer["errors"]]
 
 
 def regenerate_rows(

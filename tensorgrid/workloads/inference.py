@@ -17,9 +17,9 @@ import torch
 from tensorgrid.errors import ExecutionError, InvalidTensorFile, TensorGridError
 from tensorgrid.types import ErrorKind
 from tensorgrid.workloads.model import load_program
-from tensorgrid.workloads.tensorfile import batch_rows, load_tensors, read_header, save_tensors
+from tensorgrid.workloads.tensorfile import batch_rows, load_tensors, read_header, save_tensors, shared_rows
 
-__all__ = ["InferenceStats", "forward_rows", "pick_device", "run_inference"]
+__all__ = ["InferenceStats", "forward_rows", "infer_tensors", "pick_device", "run_inference"]
 
 
 @dataclass(frozen=True)
@@ -80,10 +80,32 @@ def run_inference(
     if module is None:
         module = load_program(model_path, target)
     tensors = load_tensors(input_path)
-    inputs = [tensors[name] for name in names]
-    step = rows if batch_size == 0 else batch_size
-    pieces: dict[str, list[torch.Tensor]] = {}
     started = time.perf_counter()
+    outputs = _run_rows(
+        module, [tensors[name] for name in names], rows, rows if batch_size == 0 else batch_size, target
+    )
+    seconds = time.perf_counter() - started
+    save_tensors(outputs, output_path)
+    return InferenceStats(rows=rows, seconds=seconds)
+
+
+def infer_tensors(
+    module: Callable[..., object], tensors: Mapping[str, torch.Tensor], *, input_names: list[str] | None = None
+) -> dict[str, torch.Tensor]:
+    """run_inference with batch_size 0 (all rows in one forward pass) on CPU, over tensors
+    already loaded: the same checks of names and rows, the same outputs, no files."""
+    names = sorted(tensors) if input_names is None else list(input_names)
+    rows = shared_rows({name: tuple(t.shape) for name, t in tensors.items()}, names)
+    if rows == 0:
+        raise InvalidTensorFile("the input file has no rows to run")
+    return _run_rows(module, [tensors[name] for name in names], rows, rows, torch.device("cpu"))
+
+
+def _run_rows(
+    module: Callable[..., object], inputs: list[torch.Tensor], rows: int, step: int, target: torch.device
+) -> dict[str, torch.Tensor]:
+    """The forward passes over `rows` rows of `inputs`, `step` at a time, in row order; outputs joined."""
+    pieces: dict[str, list[torch.Tensor]] = {}
     with torch.no_grad():
         for start in range(0, rows, step):
             batch = [t[start : start + step].to(target) for t in inputs]
@@ -92,9 +114,7 @@ def run_inference(
                 raise ExecutionError(ErrorKind.EXECUTION, "the model's output names changed between batches")
             for key, value in named.items():
                 pieces.setdefault(key, []).append(value.to("cpu"))
-    seconds = time.perf_counter() - started
-    save_tensors({key: torch.cat(parts, dim=0) for key, parts in pieces.items()}, output_path)
-    return InferenceStats(rows=rows, seconds=seconds)
+    return {key: torch.cat(parts, dim=0) for key, parts in pieces.items()}
 
 
 def forward_rows(module: Callable[..., object], batch: list[torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -11,7 +11,7 @@ import json
 import math
 import os
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -34,6 +34,7 @@ __all__ = [
     "load_tensors",
     "read_header",
     "save_tensors",
+    "shared_rows",
     "split",
     "write_shard",
 ]
@@ -199,17 +200,22 @@ def _check_layout(tensors: dict[str, TensorInfo], data_start: int, file_size: in
 
 def batch_rows(header: Header, names: list[str] | None = None) -> int:
     """The shared dim-0 size of the named tensors (all tensors when names is None)."""
-    chosen = sorted(header.tensors) if names is None else names
+    return shared_rows({name: tuple(info.shape) for name, info in header.tensors.items()}, names)
+
+
+def shared_rows(shapes: Mapping[str, Sequence[int]], names: list[str] | None = None) -> int:
+    """batch_rows of tensors known by their shapes (tensors already loaded, for instance)."""
+    chosen = sorted(shapes) if names is None else names
     if not chosen:
         raise InvalidTensorFile("the tensor file holds no tensors")
     sizes: dict[int, str] = {}
     for name in chosen:
-        info = header.tensors.get(name)
-        if info is None:
-            raise InvalidTensorFile(f"tensor {name!r} is not in the file (has {sorted(header.tensors)})")
-        if not info.shape:
+        shape = shapes.get(name)
+        if shape is None:
+            raise InvalidTensorFile(f"tensor {name!r} is not in the file (has {sorted(shapes)})")
+        if not shape:
             raise InvalidTensorFile(f"tensor {name!r} is a scalar; batch tensors need a dim 0")
-        sizes.setdefault(info.shape[0], name)
+        sizes.setdefault(shape[0], name)
     if len(sizes) > 1:
         detail = ", ".join(f"{n!r} has {rows}" for rows, n in sizes.items())
         raise InvalidTensorFile(f"tensors disagree on the number of rows (dim 0): {detail}")

@@ -7,18 +7,20 @@ can neither predict nor influence which of its answers are checked, and the same
 always drawn the same way.
 
 A request that is itself a check's rerun (ServedRequest.rerun) is never drawn: checks do not
-recurse. A drawn request is checked in the background (at most `concurrency` at a time, at
-most `max_waiting` queued; beyond that a draw is dropped and counted, never blocking the router):
+recurse. A drawn request is checked in the background (at most `concurrency` reruns at a time,
+at most `max_waiting` checks under way; beyond that a draw is dropped and counted, never
+blocking the router):
 1. `rerun` sends its input to a ready replica on another node. The same answer (the batch
    checks' tolerances, CUDA's when either side ran on CUDA) verifies both nodes only when
    both are trusted for the endpoint (served.untrusted: the batch checks' rule); else
    the referee confirms the agreement, so one operator's two replicas cannot agree on a lie.
 2. Otherwise (no other replica, a different answer, or an agreement to confirm) the referee
-   runs the request itself (sandboxed, on CPU). Whoever's answer differs from the referee's
-   is wrong, both possibly. Before blaming, the referee's run must be sound: the same answer
-   twice (no randomness), and, for inference, the same rows when the request runs with its
-   batch-mates as the replica ran it (rows independent of their batch). Otherwise nobody is
-   blamed.
+   runs the request itself (sandboxed, on CPU; with the other checks of the last few hundred
+   ms in one call to its child, each request still run alone: referee_batches). Whoever's
+   answer differs from the referee's is wrong, both possibly. Before blaming, the referee's
+   run must be sound: the same answer twice (no randomness), and, for inference, the same
+   rows when the request runs with its batch-mates as the replica ran it (rows independent
+   of their batch). Otherwise nobody is blamed.
 3. The node proven wrong: caught (reputation, a "caught" event), its batch voided by
    accounting, the router's `on_caught` (release, bar), and on a chain a slash queued with
    the batch's signed receipt as evidence. A wrong checking replica likewise, with the
@@ -48,6 +50,7 @@ from coordinator.repositories.verification import served
 from coordinator.services.runtime import Runtime
 from coordinator.services.serving import rerun as referee
 from coordinator.services.serving.hooks import Accounting, OnCaught, Reran, Rerun, ServedBatch, ServedRequest
+from coordinator.services.serving.referee_batches import RefereeBatches
 from coordinator.services.verification.compare import rows_match
 from tensorgrid.blobs import BlobStore
 from tensorgrid.spec import EndpointSpec
@@ -95,6 +98,7 @@ class Checks:
         self.accounting = accounting
         self.rerun = rerun
         self.on_caught = on_caught
+        self.batches = RefereeBatches(rt, blobs)  # the referee's answers, several per call to its child
         self._slots = asyncio.Semaphore(concurrency)
         self._max_waiting = max_waiting
         self._waiting = 0
@@ -164,8 +168,7 @@ class Checks:
     # ---- one check ----------------------------------------------------------------------------
     async def _check(self, batch: ServedBatch, index: int, spec: EndpointSpec) -> None:
         try:
-            async with self._slots:
-                await self._run(batch, index, spec)
+            await self._run(batch, index, spec)
         except Exception:  # a check that breaks decides nothing; the router goes on
             self.unverified += 1
             log.exception("check of request %s on endpoint %s failed", batch.requests[index].request_id,
@@ -175,18 +178,19 @@ class Checks:
 
     async def _run(self, batch: ServedBatch, index: int, spec: EndpointSpec) -> None:
         request = batch.requests[index]
-        other = await self._rerun(batch, request)
-        other_class = "cpu"
-        if other is not None:
-            other_kind, untrusted = await self._facts(batch.endpoint_id, batch.node, other.node)
-            other_class = _device_class(batch.device_kind, other_kind)
-            theirs = referee.parse(other.output)
-            agreed = theirs is not None and referee.answers_match(theirs, request.output, other_class)
-            if agreed and not untrusted:  # both trusted: their agreement verifies them
-                await self._verdict(batch, [batch.node, other.node])
-                return
+        async with self._slots:  # not held while the referee's batch gathers (referee_batches)
+            other = await self._rerun(batch, request)
+            other_class = "cpu"
+            if other is not None:
+                other_kind, untrusted = await self._facts(batch.endpoint_id, batch.node, other.node)
+                other_class = _device_class(batch.device_kind, other_kind)
+                theirs = referee.parse(other.output)
+                agreed = theirs is not None and referee.answers_match(theirs, request.output, other_class)
+                if agreed and not untrusted:  # both trusted: their agreement verifies them
+                    await self._verdict(batch, [batch.node, other.node])
+                    return
         try:
-            truth = await self.rt.refereed(referee.run_request, self.rt, self.blobs, spec, request)
+            truth = await self.batches.answer(spec, request)
         except Exception as e:  # noqa: BLE001 - the referee could not run: no verdict, nobody blamed
             self.unverified += 1
             log.warning("the referee could not re-run request %s of endpoint %s: %s", request.request_id,

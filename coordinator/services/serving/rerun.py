@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from coordinator.services.runtime import Runtime
-from coordinator.services.sandboxed import reexecute_rows, regenerate_rows
+from coordinator.services.sandboxed import reexecute_each, reexecute_rows, regenerate_rows
 from coordinator.services.serving.hooks import ServedRequest
 from coordinator.services.verification.compare import Rows, rows_match
 from tensorgrid.blobs import BlobStore
@@ -54,6 +54,44 @@ def run_request(rt: Runtime, blobs: BlobStore, spec: EndpointSpec, request: Serv
             source.write_bytes(request.input)
             reexecute_rows(rt, blobs, model, source, out, 0, list(spec.input_names) or None)
         return load_arrays(out)
+
+
+def run_requests(
+    rt: Runtime, blobs: BlobStore, spec: EndpointSpec, requests: Sequence[ServedRequest]
+) -> list[Tensors | str]:
+    """run_request of each of an inference endpoint's `requests`, in one call to the sandboxed
+    child (each request still runs alone there, all its rows in one forward pass: its answer is
+    run_request's). Per request its answer, or why it could not run; a limit or a crash of the
+    child raises for all."""
+    assert spec.serves == "inference", "generation requests are re-run one at a time (run_request)"
+    answers: list[Tensors | str] = [{} for _ in requests]
+    joined: Tensors = {}
+    for i, request in enumerate(requests):
+        try:
+            tensors = arrays_from_bytes(request.input)
+        except (TensorGridError, ValueError) as e:  # as the child's read of a lone request's file
+            answers[i] = f"{type(e).__name__}: {e}"
+            continue
+        joined.update({f"{i}/{name}": value for name, value in tensors.items()})
+    if not joined:
+        return answers
+    with tempfile.TemporaryDirectory(prefix="serve-check-", dir=blobs.tmp_dir) as tmp:
+        source, out = Path(tmp) / "in.safetensors", Path(tmp) / "out.safetensors"
+        save_arrays(joined, source)
+        model = blobs.path_for(spec.model.sha256)
+        errors = reexecute_each(rt, blobs, model, source, len(requests), out, list(spec.input_names) or None)
+        if len(errors) != len(requests):
+            raise TensorGridError(f"the referee answered {len(errors)} of {len(requests)} requests")
+        for i, error in enumerate(errors):
+            if error is not None and not isinstance(answers[i], str):
+                answers[i] = error
+        for key, value in load_arrays(out).items():
+            index, _, name = key.partition("/")
+            answer = answers[int(index)]
+            if isinstance(answer, str):
+                raise TensorGridError(f"the referee answered request {index}, which it said failed")
+            answer[name] = value
+    return answers
 
 
 def run_in_batch(
