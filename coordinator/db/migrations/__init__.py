@@ -14,6 +14,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-HEAD = "0006"
+HEAD = "0007"
 BASELINE = "0001"
 SCRIPTS = Path(__file__).resolve().parent
