@@ -12,9 +12,11 @@ five minutes on two cores; 5,000 takes about four minutes alone), on a fresh Pos
   queue), per second: the database's commits, Heartbeat and LeaseTasks calls as the
   coordinator counts them, and the cores the coordinator, PostgreSQL and the simulated nodes
   use (idle_cores), and the coordinator's full garbage collections (idle_full_gc: how many, the
-  bucket bounds of their pauses). Over two long polls of every node by default (2 × (wait + the
-  0.5 s retry hint)): the nodes registered together, so their polls end together, and a window a
-  whole number of polls long counts each node's calls whole;
+  bucket bounds of their pauses; idle_gc_sweeps: each sweep the coordinators logged, its pause
+  and the objects it walked: one per 600 s unless --gc-sweep-s is shorter than the window).
+  Over two long polls of every node by default (2 × (wait + the 0.5 s retry hint)): the nodes
+  registered together, so their polls end together, and a window a whole number of polls long
+  counts each node's calls whole;
 - lease latency: p50/p99 of LeaseTasks calls that find queued no-op tasks, while the nodes
   hold each task a random time so that the fleet leases --lease-rate tasks/s. As the nodes
   see it (lease), and as the coordinator's own histogram has it (lease_server_side: the share
@@ -64,6 +66,7 @@ from benchmarks._pg import (
     bucket_summary,
     free_port,
     fresh_database,
+    gc_sweeps,
     histograms,
     rates,
     scrape,
@@ -322,6 +325,7 @@ def measure_grid(root: Path, ns: argparse.Namespace, nodes: int, replicas: int) 
         window = ns.idle_s or 2 * (ns.lease_wait_ms / 1000 + IDLE_RETRY_S)
         c0, cpu0 = [scrape(port) for port in metrics], phase_cpu(pids, fleets, name)
         gc0 = [histograms(port)["gc2"] for port in metrics]
+        logs = [(g.procs[0].log_path, g.procs[0].log_path.stat().st_size) for g in grids]
         time.sleep(window)
         idle = rates(c0, [scrape(port) for port in metrics], window)
         idle_gc = bucket_summary(gc0, [histograms(port)["gc2"] for port in metrics], GOAL_S)
@@ -337,6 +341,7 @@ def measure_grid(root: Path, ns: argparse.Namespace, nodes: int, replicas: int) 
                 "idle_cores": idle_cores,
                 "idle_window_s": round(window, 1),
                 "idle_full_gc": idle_gc,
+                "idle_gc_sweeps": [s for log, size in logs for s in gc_sweeps(log, size)],
                 "lease_wait_ms": ns.lease_wait_ms,
                 "lease": percentiles(lease_ms),
                 "lease_server_side": side["server_side"]["lease"],
@@ -387,6 +392,12 @@ def parse() -> argparse.Namespace:
         help="a PostgreSQL server where this may create and drop databases (fleet_<pid>_…)",
     )
     p.add_argument("--coordinator-arg", action="append", default=[], help="an extra coordinator flag (repeatable)")
+    p.add_argument(
+        "--gc-sweep-s",
+        type=float,
+        default=0.0,
+        help="the coordinators' --gc-sweep-s (0: their 600 s): e.g. 20 times sweeps in the idle phase (idle_gc_sweeps)",
+    )
     p.add_argument("--no-baseline", action="store_true", help="skip the raw echo baseline")
     p.add_argument(
         "--node-processes",
@@ -407,6 +418,8 @@ def parse() -> argparse.Namespace:
 
 def main() -> None:
     ns = parse()
+    if ns.gc_sweep_s:
+        ns.coordinator_arg += ["--gc-sweep-s", str(ns.gc_sweep_s)]
     sizes = [int(x) for x in ns.sizes.split(",") if x]
     started = time.monotonic()
     sized: dict[str, Any] = {}
