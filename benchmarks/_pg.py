@@ -1,12 +1,15 @@
 """Database load for benchmarks: a fresh PostgreSQL database per run, the coordinator's own
-count of its commits (pg_stat_database hears of them seconds late), the backends' CPU."""
+count of its commits (pg_stat_database hears of them seconds late), the backends' CPU; and the
+garbage collector sweeps a coordinator logged (services.collector)."""
 
 from __future__ import annotations
 
+import re
 import socket
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -117,3 +120,17 @@ def backend_cpu_s(name: str) -> float:
                 continue
             total += t.user + t.system
     return total
+
+
+_SWEEP = re.compile(
+    rb"garbage collector sweep: (\d+) unreachable objects of the last \d+ s, (\d+) ms, (\d+) objects frozen"
+)
+
+
+def gc_sweeps(log: Path, offset: int) -> list[dict[str, int]]:
+    """The sweeps (services.collector) a coordinator's log records past byte `offset`: each one's
+    pause, the unreachable objects it found and the objects it walked (frozen after it)."""
+    with open(log, "rb") as f:
+        f.seek(offset)
+        text = f.read()
+    return [dict(ms=int(ms), found=int(found), objects=int(n)) for found, ms, n in _SWEEP.findall(text)]

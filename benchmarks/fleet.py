@@ -12,9 +12,11 @@ five minutes on two cores; 5,000 takes about four minutes alone), on a fresh Pos
   queue), per second: the database's commits, Heartbeat and LeaseTasks calls as the
   coordinator counts them, and the cores the coordinator, PostgreSQL and the simulated nodes
   use (idle_cores), and the coordinator's full garbage collections (idle_full_gc: how many, the
-  bucket bounds of their pauses). Over two long polls of every node by default (2 × (wait + the
-  0.5 s retry hint)): the nodes registered together, so their polls end together, and a window a
-  whole number of polls long counts each node's calls whole;
+  bucket bounds of their pauses; idle_gc_sweeps: each sweep the coordinators logged, its pause
+  and the objects it walked: one per 600 s unless --gc-sweep-s is shorter than the window).
+  Over two long polls of every node by default (2 × (wait + the 0.5 s retry hint)): the nodes
+  registered together, so their polls end together, and a window a whole number of polls long
+  counts each node's calls whole;
 - lease latency: p50/p99 of LeaseTasks calls that find queued no-op tasks, while the nodes
   hold each task a random time so that the fleet leases --lease-rate tasks/s. As the nodes
   see it (lease), and as the coordinator's own histogram has it (lease_server_side: the share
@@ -36,6 +38,7 @@ Goals: 5,000 nodes on one coordinator with lease p99 ≤ 50 ms, two replicas ≥
 
     python -m benchmarks.fleet [--sizes 100,1000] [--replica-nodes 1000] [--database-url URL]
     python -m benchmarks.fleet --sizes 5000 --replica-nodes 5000 --no-baseline   # the goal's size
+    ... --sizes 5000 --replica-nodes 0, then --sizes "" --replica-nodes 5000 --replicas-only   # each < 5 min
     ... --profile DIR   # py-spy (if installed) records each process during each latency phase
 """
 
@@ -64,6 +67,7 @@ from benchmarks._pg import (
     bucket_summary,
     free_port,
     fresh_database,
+    gc_sweeps,
     histograms,
     rates,
     scrape,
@@ -322,6 +326,7 @@ def measure_grid(root: Path, ns: argparse.Namespace, nodes: int, replicas: int) 
         window = ns.idle_s or 2 * (ns.lease_wait_ms / 1000 + IDLE_RETRY_S)
         c0, cpu0 = [scrape(port) for port in metrics], phase_cpu(pids, fleets, name)
         gc0 = [histograms(port)["gc2"] for port in metrics]
+        logs = [(g.procs[0].log_path, g.procs[0].log_path.stat().st_size) for g in grids]
         time.sleep(window)
         idle = rates(c0, [scrape(port) for port in metrics], window)
         idle_gc = bucket_summary(gc0, [histograms(port)["gc2"] for port in metrics], GOAL_S)
@@ -337,6 +342,7 @@ def measure_grid(root: Path, ns: argparse.Namespace, nodes: int, replicas: int) 
                 "idle_cores": idle_cores,
                 "idle_window_s": round(window, 1),
                 "idle_full_gc": idle_gc,
+                "idle_gc_sweeps": [s for log, size in logs for s in gc_sweeps(log, size)],
                 "lease_wait_ms": ns.lease_wait_ms,
                 "lease": percentiles(lease_ms),
                 "lease_server_side": side["server_side"]["lease"],
@@ -387,7 +393,19 @@ def parse() -> argparse.Namespace:
         help="a PostgreSQL server where this may create and drop databases (fleet_<pid>_…)",
     )
     p.add_argument("--coordinator-arg", action="append", default=[], help="an extra coordinator flag (repeatable)")
+    p.add_argument(
+        "--gc-sweep-s",
+        type=float,
+        default=0.0,
+        help="the coordinators' --gc-sweep-s (0: their 600 s): e.g. 20 times sweeps in the idle phase (idle_gc_sweeps)",
+    )
     p.add_argument("--no-baseline", action="store_true", help="skip the raw echo baseline")
+    p.add_argument(
+        "--replicas-only",
+        action="store_true",
+        help="no one-replica run for the ratio unless --sizes has --replica-nodes (5,000 nodes twice "
+        "take over five minutes: measure one replica in a run of its own, --sizes N --replica-nodes 0)",
+    )
     p.add_argument(
         "--node-processes",
         type=int,
@@ -407,6 +425,8 @@ def parse() -> argparse.Namespace:
 
 def main() -> None:
     ns = parse()
+    if ns.gc_sweep_s:
+        ns.coordinator_arg += ["--gc-sweep-s", str(ns.gc_sweep_s)]
     sizes = [int(x) for x in ns.sizes.split(",") if x]
     started = time.monotonic()
     sized: dict[str, Any] = {}
@@ -430,10 +450,13 @@ def main() -> None:
             "goal_replica_ratio": 1.3,
         }
         if ns.replica_nodes:
-            one = sized.get(str(ns.replica_nodes)) or measure_grid(root, ns, ns.replica_nodes, 1)
+            one = sized.get(str(ns.replica_nodes))
+            if one is None and not ns.replicas_only:
+                one = measure_grid(root, ns, ns.replica_nodes, 1)
             two = measure_grid(root, ns, ns.replica_nodes, 2)
             result["two_replicas"] = two
-            result["replica_ratio"] = round(two["tasks_per_s"] / one["tasks_per_s"], 3)
+            if one is not None:
+                result["replica_ratio"] = round(two["tasks_per_s"] / one["tasks_per_s"], 3)
     result["wall_s"] = round(time.monotonic() - started, 1)
     emit(result)
 

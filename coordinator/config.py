@@ -100,7 +100,7 @@ class CoordinatorConfig:
     domain_version: str = "1"
     verifying_contract: str = ""  # default: the coordinator's own address (until contracts land)
     heartbeat_interval_ms: int = 5_000  # nodes holding leases; idle ones: services.pacing
-    idle_heartbeats_per_s: float = 250.0  # idle nodes' heartbeats a second this process aims at
+    idle_heartbeats_per_s: float = 250.0  # idle nodes' heartbeats a second the whole grid aims at
     idle_heartbeat_max_ms: int = 20_000  # the longest idle interval (a third of a checker's ACTIVE_MS)
     session_ttl_ms: int = 24 * 3600 * 1000
     dashboard_session_ttl_ms: int = 8 * 3600 * 1000  # a `tensorgrid dashboard` link's read-only session
@@ -126,6 +126,7 @@ class CoordinatorConfig:
     metrics_listen: str = ""  # host:port of the Prometheus endpoint; empty: none
     dashboard_listen: str = ""  # host:port of the read-only web dashboard (api.dashboard); empty: none
     health_interval_ms: int = 5_000  # how often health checks that the database answers
+    gc_sweep_s: float = 600.0  # how often a full collection walks the frozen objects too (services.collector)
     drain_s: float = 1.0  # NOT_SERVING this long before a shutdown stops taking calls
     # the referee child's torch threads: its work is small by design (a check's rows) and shares
     # the machine with the coordinator; several threads on busy cores wait for each other (measured on 2

@@ -60,7 +60,7 @@ async def serve(
     # collection stops the loop for about a millisecond instead of a hundred or more. What the
     # nodes' calls keep alive later is frozen as it ages, and swept now and then (services.collector).
     gc.freeze()
-    collector = asyncio.create_task(keep_old_objects_frozen())
+    collector = asyncio.create_task(keep_old_objects_frozen(sweep_s=config.gc_sweep_s))
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     host = config.listen.rsplit(":", 1)[0]
     log.info(

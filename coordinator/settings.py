@@ -58,6 +58,22 @@ HEARTBEAT_MS = Setting(
     type=int,
     help="how often nodes holding leases should heartbeat (idle ones: less often as more connect, up to 20 s)",
 )
+IDLE_HEARTBEATS_PER_S = Setting(
+    "--idle-heartbeats-per-s",
+    _COORDINATOR + "IDLE_HEARTBEATS_PER_S",
+    CoordinatorConfig.idle_heartbeats_per_s,
+    type=float,
+    help="idle nodes' heartbeats a second the whole grid aims at (every replica together): an idle node's "
+    "interval is the nodes alive at any replica over this, within --heartbeat-ms and 20 s (0: --heartbeat-ms)",
+)
+GC_SWEEP_S = Setting(
+    "--gc-sweep-s",
+    _COORDINATOR + "GC_SWEEP_S",
+    CoordinatorConfig.gc_sweep_s,
+    type=float,
+    help="how often one full garbage collection looks at every object, frozen ones too (each one stops "
+    "the coordinator: at 5,000 idle nodes see the README's fleet row)",
+)
 LEASE_TTL_MS = Setting(
     "--lease-ttl-ms",
     _COORDINATOR + "LEASE_TTL_MS",
@@ -264,6 +280,7 @@ SETTINGS = (
     LISTEN,
     HEALTH_INTERVAL_MS,
     DRAIN_S,
+    GC_SWEEP_S,
     METRICS_LISTEN,
     DASHBOARD_LISTEN,
     *SESSION_SETTINGS,
@@ -277,6 +294,7 @@ SETTINGS = (
     DATABASE_URL,
     CHAIN_ID,
     HEARTBEAT_MS,
+    IDLE_HEARTBEATS_PER_S,
     LEASE_TTL_MS,
     NODE_LEASES,
     MAX_SHARD_MIB,
@@ -306,6 +324,11 @@ def config_from(ns: argparse.Namespace) -> CoordinatorConfig:
     """The configuration the parsed settings describe; TensorGridError when they disagree."""
     if ns.lease_ttl_ms < 2 * ns.heartbeat_ms:
         raise TensorGridError("--lease-ttl-ms must be at least twice --heartbeat-ms, or live nodes lose leases")
+    if ns.idle_heartbeats_per_s < 0 or not ns.gc_sweep_s > 0:
+        raise TensorGridError(
+            f"--idle-heartbeats-per-s must be at least 0 and --gc-sweep-s above 0: "
+            f"{ns.idle_heartbeats_per_s}, {ns.gc_sweep_s}"
+        )
     if ns.max_node_leases < 1:
         raise TensorGridError(f"--max-node-leases must be at least 1 (a node holds two per slot): {ns.max_node_leases}")
     if not ns.referee_time_s > 0 or not ns.referee_memory_mib > 0:  # 0 would leave a stranger's run unbounded
@@ -338,6 +361,8 @@ def config_from(ns: argparse.Namespace) -> CoordinatorConfig:
         deployment=ns.deployment,
         epoch_interval_ms=int(ns.epoch_seconds * 1000),
         heartbeat_interval_ms=ns.heartbeat_ms,
+        idle_heartbeats_per_s=ns.idle_heartbeats_per_s,
+        gc_sweep_s=ns.gc_sweep_s,
         check_wait_ms=ns.check_wait_ms,
         tls_cert=ns.tls_cert,
         tls_key=ns.tls_key,

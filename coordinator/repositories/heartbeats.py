@@ -8,7 +8,8 @@ leases of that node granted before the session opened (sessions.started_ms) that
 heartbeat does not list. Only those: a lease granted in this session may be missing from a
 heartbeat sent before the grant reached the node (one in flight while a long poll is
 answered), and must live. The daemon hands in the results an earlier run kept on disk
-before its first heartbeat (node.agent), so such a result meets its lease still held.
+before its first heartbeat (node.agent), so such a result meets its lease still held; one that
+comes after the release is still taken while no other node's result is in (tasks.lost_lease).
 
 It counts as an expiry does: a failure of the node (and its backoff) and one of the task's
 attempts; a node cannot shed leases it would rather not finish more cheaply by registering

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from coordinator.db import schema as s
@@ -73,6 +73,11 @@ class NodeRepository:
     def session(self, token_hash: str) -> tuple[str, int] | None:
         """(address, expires_ms) of a session token, expired or not; None if unknown."""
         return lookup(self.engine, s.sessions, token_hash)
+
+    def count_alive(self, since_ms: int) -> int:
+        """Nodes seen (a heartbeat, a registration, a result) at any replica since since_ms."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).where(s.nodes.c.last_seen_ms >= since_ms)).scalar_one())
 
     def get_node(self, address: str) -> NodeStatus | None:
         with self.engine.connect() as conn:

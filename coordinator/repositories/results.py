@@ -17,7 +17,7 @@ from sqlalchemy import Connection, bindparam, select, update
 from coordinator.db import schema as s
 from coordinator.db.rawsql import Raw, RawInsert
 from coordinator.errors import Rejected
-from coordinator.repositories.tasks import check_holder, check_matches
+from coordinator.repositories.tasks import check_holder, check_matches, lost_lease
 from tensorgrid.types import BlobRef, JobState, Receipt
 
 _t = s.tasks
@@ -98,10 +98,53 @@ def claim(conn: Connection, node: str, receipt: Receipt, output: BlobRef, rows: 
     row = stmt.first(conn, params)
     if row is None:
         current = conn.execute(select(_t).where(_t.c.task_id == r.task_id)).first()
+        if current is not None and lost_lease(current, node, r.attempt):
+            check_matches(current, r, rows)
+            if late := _claim_lost_lease(conn, current, node, r, output, now_ms):
+                return late
         check_holder(current, node, r.attempt, now_ms)
         check_matches(current, r, rows)
         raise Rejected("the result does not match its task")
     return Claimed(node, receipt, output, str(row.job_id), int(row.idx))
+
+
+def _claim_lost_lease(
+    conn: Connection, current: Any, node: str, r: Receipt, output: BlobRef, now_ms: int
+) -> Claimed | None:
+    """The result of a lease `node` lost before handing it in (tasks.lost_lease), accepted as that
+    lease's: the task done at the receipt's attempt. A lease another node took since ends here
+    (its heartbeat hears it revoked, its result is refused without counting against it:
+    tasks.reject_task_result); its work is lost, as it would be to a quicker holder. Never an
+    attempt whose result was accepted once (its receipt is on record: one caught and taken back),
+    nor a task anyone's result is in for. None if the task moved on meanwhile."""
+    if conn.execute(
+        select(s.receipts.c.task_id).where(s.receipts.c.task_id == r.task_id, s.receipts.c.attempt == r.attempt)
+    ).first():
+        return None
+    displaced = current.node if current.state == "leased" else None
+    row = conn.execute(
+        update(_t)
+        .where(
+            _t.c.task_id == r.task_id,
+            _t.c.state == current.state,
+            _t.c.attempt == current.attempt,
+            _t.c.last_failed_node == node,
+            _t.c.lost_attempt == r.attempt,
+        )
+        .values(
+            **_ACCEPT_VALUES,
+            node=node,
+            attempt=r.attempt,
+            last_failed_node=displaced if displaced else node,
+            last_failed_ms=now_ms if displaced else current.last_failed_ms,
+            lost_attempt=None,
+        )
+        .returning(_t.c.job_id, _t.c.idx),
+        dict(b_out=output.sha256, b_size=output.size),
+    ).first()
+    if row is None:
+        return None
+    return Claimed(node, r, output, str(row.job_id), int(row.idx))
 
 
 def record_receipts(conn: Connection, accepted: list[Claimed], now_ms: int) -> None:

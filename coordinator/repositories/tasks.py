@@ -42,6 +42,26 @@ class TaskRecord:
     deadline_ms: int | None
     input: BlobRef
     rows: int
+    last_failed_node: str | None = None  # whose lease of it last ended without a result
+    lost_attempt: int | None = None  # the attempt of that lease, if it expired or was left behind (lost_lease)
+
+
+def lost_lease(task: Any, node: str, attempt: int) -> bool:
+    """Whether a result of `node` for `attempt` comes after that lease ended, before anyone's
+    result: its lease was the last to end without a result, and it ended by itself (it expired,
+    or a restart left it behind: repositories.heartbeats), not by a refusal of its result nor by
+    its node's own report; and the task is pending at that attempt, or leased to another node
+    at the next one, with nothing handed in since. The result of a node restarted with its work
+    kept on disk, or cut off from the coordinator past its lease, is then taken as its lease's
+    would have been (results.claim) rather than the work thrown away. `task`: a TaskRecord or a
+    tasks row. A result of that attempt accepted once and taken back (caught by a check: pending
+    again at its attempt, away from its node) has its receipt on record, which results.claim
+    looks for."""
+    if task.last_failed_node != node or task.lost_attempt != attempt:
+        return False
+    return (task.state == "pending" and task.attempt == attempt) or (
+        task.state == "leased" and task.attempt == attempt + 1
+    )
 
 
 class TaskRepository:
@@ -105,7 +125,7 @@ class TaskRepository:
         """Many nodes' heartbeats in one transaction (repositories.heartbeats); per heartbeat, the
         leases it no longer holds and the jobs of leases it left behind that were reissued."""
         with kept.begin(self.engine) as conn:
-            return heartbeat_in(conn, beats, now_ms, timing, self._fail)
+            return heartbeat_in(conn, beats, now_ms, timing, lambda c, row, e, at: self._fail(c, row, e, at, lost=True))
 
     def any_pending(self) -> bool:
         """Whether a task of any job waits for some node (the long polls' shared idle check)."""
@@ -145,6 +165,15 @@ class TaskRepository:
             row = conn.execute(select(s.tasks).where(s.tasks.c.task_id == task_id).with_for_update()).first()
             if row is not None and row.state == "cancelled" and row.node == address:
                 return  # late for a closed round or a cancelled job: refused, not held against the node
+            if (
+                row is not None
+                and row.state == "done"
+                and row.last_failed_node == address
+                and row.attempt + 1 == attempt
+            ):
+                # Its lease ended when the node that held the attempt before handed that one's
+                # result in late (results.claim): refused, not held against it.
+                return
             if row is not None and row.state == "done" and row.node == address and row.attempt == attempt:
                 # Its own accepted result again: the answer was lost (a replica or the coordinator
                 # died after committing it) and the node handed its kept copy in. Refused, not held
@@ -189,7 +218,7 @@ class TaskRepository:
             # while that batch waited on job X (a deadlock at 5,000 nodes on PostgreSQL).
             lock_in_order(conn, {r.node for r in rows if r.node}, {r.job_id for r in rows})
             for row in rows:
-                self._fail(conn, row, TaskError(ErrorKind.TIMEOUT, "lease expired without a result"), now_ms)
+                self._fail(conn, row, TaskError(ErrorKind.TIMEOUT, "lease expired without a result"), now_ms, lost=True)
         return len(rows)
 
     def _fail(
@@ -201,7 +230,10 @@ class TaskRepository:
         *,
         rejection: bool = False,
         forged: bool = False,
+        lost: bool = False,
     ) -> bool:
+        """lost: the lease ended by itself (expired, or left behind by a restart), not by its
+        node's word or a refusal: its node may still hand the result in (lost_lease)."""
         released = error.kind == ErrorKind.RELEASED
         node = row.node
         # A node's word that the input is bad counts against the task only once another node's confirms it.
@@ -231,6 +263,7 @@ class TaskRepository:
             node=None if released else node,
             event="released" if released else "reissued",
             unconfirmed=not said.confirmed,
+            lost_attempt=row.attempt if lost else None,
         )
 
 
@@ -245,6 +278,7 @@ def reissue_or_end(
     node: str | None,
     event: str = "reissued",
     unconfirmed: bool = False,
+    lost_attempt: int | None = None,
 ) -> bool:
     """The task pending again with `failures` spent (`counted`: as one of its job's task
     failures), or its job failed once they reach its attempts; error: (kind, message) of
@@ -267,6 +301,7 @@ def reissue_or_end(
             failures=failures,
             last_failed_node=node,
             last_failed_ms=now_ms,
+            lost_attempt=lost_attempt,
         )
     )
     if counted:
@@ -310,4 +345,6 @@ def _record(r: Any) -> TaskRecord:
         deadline_ms=r.deadline_ms,
         input=BlobRef(r.input_sha, r.input_size),
         rows=r.rows,
+        last_failed_node=r.last_failed_node,
+        lost_attempt=r.lost_attempt,
     )

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy import Connection, Engine
 
@@ -31,7 +31,7 @@ from coordinator.repositories import results
 from coordinator.repositories.jobs import job_complete
 from coordinator.repositories.leasing import MAX_PER_CALL
 from coordinator.repositories.ledger import credits
-from coordinator.repositories.tasks import TaskRecord, TaskRepository
+from coordinator.repositories.tasks import TaskRecord, TaskRepository, lost_lease
 from coordinator.services.aggregation import Aggregation
 from coordinator.services.blobs import MemoryBudget, collect, drain, receive_into
 from coordinator.services.kind import Effect, Kind, KindLookup
@@ -211,13 +211,15 @@ class Acceptance:
         try:
             if want:
                 await self.scheduler.before_lease(node)
-            task = await self.scheduler.task_record(receipt.task_id)
+            task = await self.scheduler.task_record(receipt.task_id, node)
             kind = self.kinds.for_task(task.kind)
             if owed := await self._still_owed(task, kind, node, receipt):
                 if not isinstance(data, bytes):
                     await drain(data, min(size, self.limits.max_output_bytes))  # stored when it was accepted
                 return self._answer_again(task, node, owed)
             self.verifier.check_receipt(task, node, receipt)
+            if lost_lease(task, node, receipt.attempt):  # examined as the lease it came from
+                task = replace(task, state="leased", node=node, attempt=receipt.attempt)
             if size > self.limits.max_output_bytes:
                 raise Rejected(f"output of {size} bytes is over the limit of {self.limits.max_output_bytes}")
             output = await self._receive_output(receipt, size, data)

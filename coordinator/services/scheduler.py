@@ -249,9 +249,13 @@ class Scheduler:
     def forget(self, task_id: str) -> None:
         self.lease_book.pop(task_id, None)
 
-    async def task_record(self, task_id: str) -> TaskRecord:
+    async def task_record(self, task_id: str, node: str = "") -> TaskRecord:
+        """The task as this process leased it, else (or when `node` is given and not its holder
+        here: a lease it lost may be one it still hands a result in for, tasks.lost_lease) as read."""
         record = self.lease_book.get(task_id)
-        return record if record is not None else await self.rt.db(self.store.tasks.get_task, task_id)
+        if record is not None and (not node or record.node == node):
+            return record
+        return await self.rt.db(self.store.tasks.get_task, task_id)
 
     async def heartbeat(
         self, node: str, active: list[tuple[str, int]], draining: bool, session: str = ""

@@ -9,7 +9,7 @@ output hash; the job's kind then checks the output's shape (Kind.check_output). 
 from __future__ import annotations
 
 from coordinator.errors import Forged
-from coordinator.repositories.tasks import TaskRecord
+from coordinator.repositories.tasks import TaskRecord, lost_lease
 from tensorgrid.crypto import verify_receipt
 from tensorgrid.errors import TensorGridError
 from tensorgrid.types import Domain, Receipt
@@ -23,10 +23,11 @@ class Verifier:
         """Cheap checks before the output bytes are received. Raises Rejected."""
         if receipt.job_id != task.job_id:
             raise Forged("receipt names another job than the task's")
-        if task.node != node or task.attempt != receipt.attempt:
-            raise Forged("this node does not hold that lease")
-        if task.state != "leased":
-            raise Forged(f"the lease is over (task is {task.state})")
+        if not lost_lease(task, node, receipt.attempt):  # a lease lost before its result: results.claim
+            if task.node != node or task.attempt != receipt.attempt:
+                raise Forged("this node does not hold that lease")
+            if task.state != "leased":
+                raise Forged(f"the lease is over (task is {task.state})")
         if receipt.input_hash != task.input.sha256:
             raise Forged("receipt's input hash is not the task's input")
         try:

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_twenty_simulated_nodes_register_and_finish_their_tasks(pg_server: str) -> None:
     args = [
         *("--sizes", "20", "--replica-nodes", "0", "--tasks", "100"),
-        *("--lease-rate", "20", "--latency-s", "2", "--idle-s", "1", "--no-baseline"),
+        *("--lease-rate", "20", "--latency-s", "2", "--idle-s", "3", "--gc-sweep-s", "1", "--no-baseline"),
         *("--database-url", pg_server),
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -32,4 +32,5 @@ def test_twenty_simulated_nodes_register_and_finish_their_tasks(pg_server: str) 
     assert size["tasks_done"] >= 100  # the throughput job's tasks, and what the latency phase left
     assert size["tasks_per_s"] > 0 and size["lease"]["samples"] > 0
     assert size["rss_bytes_per_node"] > 0
+    assert size["idle_gc_sweeps"] and all(s["objects"] > 0 for s in size["idle_gc_sweeps"])  # --gc-sweep-s 1
     assert size["errors"] == {} and size["lease_errors"] == {}

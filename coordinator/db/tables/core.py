@@ -107,6 +107,9 @@ tasks = Table(
     Column("deadline_ms", BigInteger),
     Column("last_failed_node", String(42)),
     Column("last_failed_ms", BigInteger),
+    # the attempt of that lease when it expired or a restart left it behind (NULL: it ended otherwise,
+    # or before revision 0007): its node's result for it is still taken (repositories.tasks.lost_lease)
+    Column("lost_attempt", Integer),
     Column("output_sha", String(64)),
     Column("output_size", BigInteger),
     # when the referee could not decide the review of the task's claims (repositories.claims):

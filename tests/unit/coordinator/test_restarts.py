@@ -11,7 +11,7 @@ from sqlalchemy import update
 
 from coordinator.config import LeaseTiming
 from coordinator.db import schema as s
-from coordinator.errors import Forged
+from coordinator.errors import Forged, Rejected
 from coordinator.repositories.store import Store
 from coordinator.services.acceptance import ResultAcceptance
 from tensorgrid.spec import task_id_for
@@ -113,23 +113,79 @@ def test_a_lease_another_session_keeps_alive_is_not_taken_past_one_ttl(state: St
     assert all(state.tasks.get_task(x.task_id).state == "leased" for x in leases)
 
 
-def test_a_kept_result_handed_in_before_the_first_beat_is_accepted_and_one_after_is_refused(
+def test_a_kept_result_is_accepted_before_the_first_beat_and_after_it_while_nobody_else_handed_one_in(
     state: Store,
 ) -> None:
     """The daemon hands in what its previous run kept before its heartbeats start (node.agent):
-    that result meets its lease held and is accepted. A result that came after the release
-    would be refused as of a lease that ended, like one after an expiry: nothing is credited,
-    and the task, reissued, is done once."""
+    that result meets its lease held. One that comes after the release, the task pending still at
+    its attempt, is accepted as its lease's would have been (tasks.lost_lease), credited once."""
     finished, running = setup(state)
     restart(state, 100)
     acceptance = ResultAcceptance(state.engine)
     assert acceptance.accept_result(A, receipt(finished.task_id, 1), OUTPUT, None, 150) == (JOB, False)
     assert beat(state, [], 200) == [JOB]  # only the lease whose task was still running
-    assert state.tasks.get_task(finished.task_id).state == "done"
-    with pytest.raises(Forged, match="does not hold that lease"):
-        acceptance.accept_result(A, receipt(running.task_id, 1), OUTPUT, None, 250)
     assert state.tasks.get_task(running.task_id).state == "pending"
-    (again,), _ = state.tasks.lease_tasks(B, 1, 300, TIMING)
-    assert (again.task_id, again.attempt) == (running.task_id, 2)
-    assert acceptance.accept_result(B, receipt(running.task_id, 2), OUTPUT, None, 350) == (JOB, True)
+    assert acceptance.accept_result(A, receipt(running.task_id, 1), OUTPUT, None, 250) == (JOB, True)
+    task = state.tasks.get_task(running.task_id)
+    assert (task.state, task.node, task.attempt) == ("done", A, 1)
+    assert state.nodes.get_node(A).completed == 2  # type: ignore[union-attr]
+    with pytest.raises(Rejected):  # not twice
+        acceptance.accept_result(A, receipt(running.task_id, 1), OUTPUT, None, 260)
+    assert state.tasks.lease_tasks(B, 1, 300, TIMING)[0] == []
+
+
+def _released_and_leased_to_b(state: Store) -> tuple[ResultAcceptance, Lease]:
+    """A's second lease, left behind by its restart, leased again to B (attempt 2)."""
+    _, running = setup(state)
+    restart(state, 100)
+    assert beat(state, [], 200) == [JOB, JOB]
+    again = [x for x in state.tasks.lease_tasks(B, 2, 300, TIMING)[0] if x.task_id == running.task_id]
+    assert [x.attempt for x in again] == [2]
+    return ResultAcceptance(state.engine), again[0]
+
+
+def test_a_late_result_of_a_task_leased_again_and_not_yet_handed_in_is_accepted_and_the_new_lease_ends_unblamed(
+    state: Store,
+) -> None:
+    acceptance, b_lease = _released_and_leased_to_b(state)
+    assert acceptance.accept_result(A, receipt(b_lease.task_id, 1), OUTPUT, None, 400) == (JOB, False)
+    task = state.tasks.get_task(b_lease.task_id)
+    assert (task.state, task.node, task.attempt) == ("done", A, 1)
+    ((revoked, _),) = state.tasks.heartbeat_many([(B, [(b_lease.task_id, 2)], False, "")], 450, TIMING)
+    assert revoked == [(b_lease.task_id, 2)]  # B hears its lease is over and stops
+    with pytest.raises(Forged):  # B's result is refused, not held against B, nothing paid twice
+        acceptance.accept_result(B, receipt(b_lease.task_id, 2), OUTPUT, None, 500)
+    state.tasks.reject_task_result(B, b_lease.task_id, 2, "the lease is over", 500, forged=True)
+    b = state.nodes.get_node(B)
+    assert b is not None and b.failures == 0 and b.completed == 0
     assert state.nodes.get_node(A).completed == 1  # type: ignore[union-attr]
+
+
+def test_a_late_result_never_overrides_another_nodes_accepted_one_nor_a_result_taken_back(state: Store) -> None:
+    acceptance, b_lease = _released_and_leased_to_b(state)
+    assert acceptance.accept_result(B, receipt(b_lease.task_id, 2), OUTPUT, None, 400) == (JOB, False)
+    with pytest.raises(Forged, match="does not hold that lease"):  # B's result is in: A's old one is too late
+        acceptance.accept_result(A, receipt(b_lease.task_id, 1), OUTPUT, None, 450)
+    assert state.tasks.get_task(b_lease.task_id).node == B
+    with pytest.raises(Rejected):  # nor another attempt than the one A held, nor B's word for A's
+        acceptance.accept_result(A, receipt(_all(state)[0], 2), OUTPUT, None, 450)
+    with pytest.raises(Rejected):
+        acceptance.accept_result(B, receipt(_all(state)[0], 1), OUTPUT, None, 450)
+    # a lease that ended by a refusal of its node's result is not reopened by another result
+    first = state.tasks.get_task(_all(state)[0])
+    assert (first.state, first.node, first.attempt) == ("leased", B, 2)  # B took both
+    state.tasks.reject_task_result(B, first.task_id, 2, "bad bytes", 470)
+    with pytest.raises(Rejected):
+        acceptance.accept_result(B, receipt(first.task_id, 2), OUTPUT, None, 480)
+    assert state.tasks.get_task(first.task_id).state == "pending"
+    # B's accepted result caught by a check: pending again at its attempt, away from B. B's
+    # result for that attempt is on record: B may not hand another one in for it.
+    with state.engine.begin() as conn:
+        conn.execute(
+            update(s.tasks)
+            .where(s.tasks.c.task_id == b_lease.task_id)
+            .values(state="pending", node=None, output_sha=None, output_size=None, last_failed_node=B)
+        )
+    with pytest.raises(Rejected):
+        acceptance.accept_result(B, receipt(b_lease.task_id, 2), BlobRef("aa" * 32, 3), None, 500)
+    assert state.tasks.get_task(b_lease.task_id).state == "pending"

@@ -134,10 +134,12 @@ def test_expired_lease_is_reissued_to_another_node(state: Store) -> None:
     (lease,), _ = state.tasks.lease_tasks(A, 1, 10, TIMING)
     assert state.tasks.reap_expired(10 + TIMING.ttl_ms - 1) == 0
     assert state.tasks.reap_expired(10 + TIMING.ttl_ms + 1) == 1
-    with pytest.raises(Rejected):
-        ResultAcceptance(state.engine).accept_result(A, receipt(lease.task_id, 1), BlobRef("ff" * 32, 3), None, 2000)
     (again,), _ = state.tasks.lease_tasks(B, 1, 2000, TIMING)
     assert again.task_id == lease.task_id and again.attempt == 2
+    acceptance = ResultAcceptance(state.engine)
+    acceptance.accept_result(B, receipt(lease.task_id, 2), BlobRef("ff" * 32, 3), None, 2100)
+    with pytest.raises(Rejected):  # after B's result: too late (before it, taken: test_restarts)
+        acceptance.accept_result(A, receipt(lease.task_id, 1), BlobRef("ff" * 32, 3), None, 2200)
     node_a = state.nodes.get_node(A)
     assert node_a is not None and node_a.failures == 1 and node_a.backoff_until_ms > 1000
 

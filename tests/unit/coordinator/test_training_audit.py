@@ -621,8 +621,8 @@ def test_a_node_whose_answer_was_lost_is_asked_again_for_its_audits_checkpoints(
 
     original, stale = app.scheduler.task_record, {}
 
-    async def task_record(task_id: str) -> TaskRecord:
-        return stale.pop(task_id) if task_id in stale else await original(task_id)
+    async def task_record(task_id: str, node: str = "") -> TaskRecord:
+        return stale.pop(task_id) if task_id in stale else await original(task_id, node)
 
     monkeypatch.setattr(app.scheduler, "task_record", task_record)
 
