@@ -287,34 +287,42 @@ def test_two_colluding_nodes_claiming_a_valid_input_is_bad_are_disproved_by_the_
     _lied_about_twice_then_disproved(grid, job_id, lie, "inference", honest)
 
 
+async def lied_about_twice(
+    grid: LocalGrid, job_id: str, lie: TaskError, make_honest: Callable[[], SimClient], kind: str = ""
+) -> tuple[list[str], str, str]:
+    """Two colluding nodes each lease the job's one task (of `kind`, when given) and report
+    `lie`; then an honest node (made by make_honest) runs until the job ends, which must be in
+    success. The liars' addresses, the honest node's, and the task's id."""
+    liars = [await registered(grid), await registered(grid)]
+    task_ids = set()
+    for liar in liars:
+        (lease,), _ = await liar.lease(1, wait_ms=5000)
+        assert not kind or lease.kind == kind
+        assert await liar.report(lease.task_id, lease.attempt, lie) is True  # reissued or contested, not failed
+        task_ids.add(lease.task_id)
+    honest = make_honest()  # leases it once the referee put it back
+    stop = asyncio.Event()
+    run = asyncio.create_task(honest.run(stop))
+    try:
+        with Client(grid.target, SUBMITTER) as client:
+            job = await asyncio.to_thread(client.wait, job_id)
+    finally:
+        stop.set()
+        await run
+        for liar in liars:
+            await liar.close()
+    assert job.state == JobState.SUCCEEDED, job.error
+    [task_id] = task_ids
+    return [liar.signer.address for liar in liars], honest.signer.address, task_id
+
+
 def _lied_about_twice_then_disproved(
     grid: LocalGrid, job_id: str, lie: TaskError, kind: str, make_honest: Callable[[], SimClient]
 ) -> list[JobEvent]:
     """Two colluding nodes each lease the job's one task and report `lie`; the referee runs it,
     puts it back, an honest node (made by make_honest) does it and the job succeeds. The job's
     events, once the liars were counted as rejecting it and the honest node as completing it."""
-
-    async def scenario() -> tuple[str, str, str]:
-        first, second = await registered(grid), await registered(grid)
-        for liar in (first, second):
-            (lease,), _ = await liar.lease(1, wait_ms=5000)
-            assert lease.kind == kind
-            assert await liar.report(lease.task_id, lease.attempt, lie) is True  # reissued, not failed
-        honest = make_honest()  # leases it once the referee put it back
-        stop = asyncio.Event()
-        run = asyncio.create_task(honest.run(stop))
-        try:
-            with Client(grid.target, SUBMITTER) as client:
-                job = await asyncio.to_thread(client.wait, job_id)
-        finally:
-            stop.set()
-            await run
-            for n in (first, second):
-                await n.close()
-        assert job.state == JobState.SUCCEEDED, job.error
-        return first.signer.address, second.signer.address, honest.signer.address
-
-    first, second, honest = asyncio.run(scenario())
+    (first, second), honest, _ = asyncio.run(lied_about_twice(grid, job_id, lie, make_honest, kind))
     with Client(grid.target, SUBMITTER) as client:
         events = list(client.watch(job_id))
     assert [e.kind for e in events].count("contested") == 1

@@ -15,13 +15,13 @@ import torch
 
 from tensorgrid.client import Client
 from tensorgrid.spec import VerificationSpec
-from tensorgrid.types import ErrorKind, JobState, TaskError
+from tensorgrid.types import ErrorKind, TaskError
 from tensorgrid.workloads.model import export_program
 from tensorgrid.workloads.tensorfile import save_tensors
 from tests.integration.adversaries import Pool, SimNode
 from tests.integration.conftest import make_grid, stopper  # noqa: F401  (fixtures)
 from tests.security.test_inference_reviews import _Spinning
-from tests.security.test_peer_bounds import START_S, SUBMITTER, Grids, records, registered
+from tests.security.test_peer_bounds import START_S, SUBMITTER, Grids, lied_about_twice, records
 
 pytestmark = pytest.mark.integration
 REFEREE_TIME_S = 1.0
@@ -68,27 +68,9 @@ def test_two_colluding_claims_on_a_task_the_referee_cannot_run_no_longer_fail_th
         ).job_id  # fmt: skip
     lie = TaskError(ErrorKind.INVALID_INPUT, "input tensor 'x' is not a tensor file (a lie)")
 
-    async def scenario() -> tuple[list[str], str]:
-        liars = [await registered(grid), await registered(grid)]
-        for liar in liars:
-            (lease,), _ = await liar.lease(1, wait_ms=5000)
-            assert await liar.report(lease.task_id, lease.attempt, lie) is True  # reissued or contested
-        honest = SimNode(grid.target, "honest", Pool(), tmp_path)  # leases it once the review put it back
-        stop = asyncio.Event()
-        run = asyncio.create_task(honest.run(stop))
-        try:
-            with Client(grid.target, SUBMITTER) as client:
-                job = await asyncio.to_thread(client.wait, job_id)
-        finally:
-            stop.set()
-            await run
-            for liar in liars:
-                await liar.close()
-        assert job.state == JobState.SUCCEEDED, job.error
-        assert {lease.task_id for lease in honest.leases} == {lease.task_id}
-        return [liar.signer.address for liar in liars], honest.address
-
-    liars, honest = asyncio.run(scenario())
+    honest_node = SimNode(grid.target, "honest", Pool(), tmp_path)
+    liars, honest, task_id = asyncio.run(lied_about_twice(grid, job_id, lie, lambda: honest_node))
+    assert {lease.task_id for lease in honest_node.leases} == {task_id}  # never leased to a claimant again
     with Client(grid.target, SUBMITTER) as client:
         events = list(client.watch(job_id))
     kinds = [e.kind for e in events]
