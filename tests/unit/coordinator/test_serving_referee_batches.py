@@ -21,26 +21,24 @@ from tensorgrid.crypto import Signer, sign_receipt
 from tensorgrid.sandbox import SandboxFailure
 from tensorgrid.sandbox.oneshot import CRASHED
 from tensorgrid.serving import arrays_to_bytes, batch_receipt, tensors_to_bytes
-from tensorgrid.workloads.model import export_program
 from tests.unit.coordinator.conftest import SharedReferee
 from tests.unit.coordinator.test_serving_accounting import EP, credit_rows
-from tests.unit.coordinator.test_serving_checks import DOMAIN, NODE, REASON, SIGNER, Endpoint, Grid
+from tests.unit.coordinator.test_serving_checks import (  # noqa: F401  (the endpoint fixture)
+    DOMAIN,
+    NODE,
+    REASON,
+    SIGNER,
+    Endpoint,
+    Grid,
+    endpoint,
+)
 
 OTHERS = [Signer.generate() for _ in range(2)]  # two more answering nodes, each its own replica
 REPLICAS = ["0a" * 32, "0b" * 32, "0c" * 32]
 
 
-@pytest.fixture(scope="module")
-def endpoint(shared_referee: SharedReferee, tmp_path_factory: pytest.TempPathFactory) -> Endpoint:
-    torch.manual_seed(1)
-    module = torch.nn.Sequential(torch.nn.Linear(4, 3)).eval()
-    path = tmp_path_factory.mktemp("endpoint") / "model.pt2"
-    export_program(module, (torch.rand(2, 4),), path)
-    return Endpoint(module, shared_referee.blobs.put_file(path))
-
-
 @pytest.fixture
-def grid(tmp_path: Path, shared_referee: SharedReferee, endpoint: Endpoint) -> Iterator[Grid]:
+def grid(tmp_path: Path, shared_referee: SharedReferee, endpoint: Endpoint) -> Iterator[Grid]:  # noqa: F811
     g = Grid(tmp_path, shared_referee, endpoint)
     g.checks.batches.window_s = 3600.0  # a batch runs when full: the three checks below, together
     g.checks.batches.most = 3
@@ -132,7 +130,7 @@ def test_a_request_the_program_fails_on_decides_nothing_and_spares_its_batch_mat
     assert grid.checks.batches.calls == 1 and grid.refereed == 1
 
 
-def test_a_batch_answers_what_each_request_alone_would(grid: Grid, endpoint: Endpoint) -> None:
+def test_a_batch_answers_what_each_request_alone_would(grid: Grid, endpoint: Endpoint) -> None:  # noqa: F811
     # Each request runs alone inside the call (all its rows, one forward pass), as
     # rerun.run_request runs it: the batch changes how many calls, never an answer.
     xs = [torch.rand(2, 4), torch.rand(1, 4), torch.rand(3, 4)]
