@@ -9,6 +9,7 @@ blobs; the canary is forced by the policy (canary_rate 1), the referee's ruling 
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,8 +37,15 @@ from tests.unit.coordinator.test_checkers import CPU, TIMING
 SUBJECT, IDLE = "0x" + "aa" * 20, "0x" + "bb" * 20
 JOB = "ab" * 32
 ROWS, SHARDS = 6, 3
-NOW = Runtime.now_ms()  # the service stamps its writes with the clock: the nodes are seen now
 POLICY = '{"mode": "spotcheck", "trust_after": 10, "canary_rate": 1.0}'
+NOW = 0  # each test's start (_now): the service stamps its writes with the clock, and a checker
+# must have been seen within ACTIVE_MS of it; a clock read at import, minutes before a test runs
+# in a full suite, made every node look gone and no canary had a checker
+
+
+@pytest.fixture(autouse=True)
+def _now(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys.modules[__name__], "NOW", Runtime.now_ms())
 
 
 @pytest.fixture
