@@ -2,8 +2,12 @@
 reveal training checkpoints an audit asks for, report failures, and deliver what an earlier
 run of the daemon kept.
 
-A result is worth resubmitting only while its lease may live: one the coordinator revoked, or
-one with no coordinator for RESULT_KEEP_S, is dropped.
+A finished result is resubmitted until the coordinator answers for it (accepted, rejected, or
+refused as not worth retrying), or for RESULT_KEEP_S with no coordinator. One whose lease a
+heartbeat said was revoked is still handed in: a lease that expired, or that a restart left
+behind, still takes its node's result while nobody else's is in (coordinator: tasks.lost_lease),
+and the coordinator, not the node, knows whether that is so. It only ever sends this node's own
+signed receipt again; the coordinator refuses what it may not take (never paid twice).
 """
 
 from __future__ import annotations
@@ -64,12 +68,14 @@ class HandIn:
 
     async def hand_in(self, receipt: Receipt, out: Path, size: int, want: int = 0) -> Submitted | None:
         """Submit a signed result until the coordinator answers; None if it is dropped unanswered:
-        refused as malformed, its lease revoked, or no coordinator for RESULT_KEEP_S."""
+        refused as malformed (any code not worth retrying), or no coordinator for RESULT_KEEP_S.
+        A lease revoked meanwhile does not end it: the coordinator decides whether the result
+        still counts (a lease lost by expiry or a restart), and answers either way."""
         a = self.agent
         name = f"{receipt.task_id[:12]}/{receipt.attempt}"
         key = (receipt.task_id, receipt.attempt)
         give_up = time.monotonic() + RESULT_KEEP_S
-        failures = 0
+        failures, told = 0, False  # told: the log says the lease was revoked
         while True:
             try:
                 answer = await a.client.submit_and_lease(receipt, size, out, want)
@@ -83,15 +89,17 @@ class HandIn:
                     log.warning("task %s: result refused, dropped: %s", name, e.details())
                     self.count("dropped")
                     return None
-                # A finished result is worth keeping while its lease may still be alive: a
-                # coordinator that restarts keeps the lease for its TTL after our last heartbeat.
-                if key in a._revoked or time.monotonic() > give_up:
-                    why = "its lease ended" if key in a._revoked else f"no coordinator for {RESULT_KEEP_S:.0f} s"
-                    log.warning("task %s: result dropped, %s", name, why)
+                # Kept even once a heartbeat says the lease was revoked (a coordinator back after
+                # the lease expired): its result may still count, and only the coordinator knows.
+                if time.monotonic() > give_up:
+                    log.warning("task %s: result dropped, no coordinator for %.0f s", name, RESULT_KEEP_S)
                     self.count("dropped")
                     return None
                 if failures == 1:
-                    log.warning("task %s: result kept, resubmitting until it is taken", name)
+                    log.warning("task %s: result kept, resubmitting until it is answered", name)
+                if key in a._revoked and not told:
+                    told = True
+                    log.warning("task %s: its lease was revoked; handing the result in anyway", name)
                 busy = e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
                 await asyncio.sleep(retry_after_s(e, failures) if busy else backoff(failures, 0.25, cap=2.0))
         self.count("accepted" if answer.accepted else "rejected")
