@@ -72,7 +72,7 @@ GC_SWEEP_S = Setting(
     CoordinatorConfig.gc_sweep_s,
     type=float,
     help="how often one full garbage collection looks at every object, frozen ones too (each one stops "
-    "the coordinator: at 5,000 idle nodes see the README's fleet row)",
+    "the coordinator: at 5,000 idle nodes see docs/BENCHMARKS.md, fleet)",
 )
 LEASE_TTL_MS = Setting(
     "--lease-ttl-ms",
