@@ -158,8 +158,9 @@ class Coordinator:
         rt = self.runtime
         rt.spawn(self.scheduler.reap_loop(self.config.reap_interval_ms / 1000, self.aggregation.schedule))
         rt.spawn(self.metrics.watch_loop())
-        nodes = self.store.nodes
-        rt.spawn(self.scheduler.pacing.follow(lambda horizon_ms: rt.db(nodes.count_alive, rt.now_ms() - horizon_ms)))
+        alive = self.store.nodes.count_alive
+        # a scan of the nodes table every few seconds: on the DB thread, never inline on the loop
+        rt.spawn(self.scheduler.pacing.follow(lambda horizon_ms: rt.db_bulk(alive, rt.now_ms() - horizon_ms)))
         rt.spawn(self.metrics.watch_gc())
         rt.spawn(self.verification.run_referee(self._after_ruling, warm=self.config.referee_start == "boot"))
         c = self.config
