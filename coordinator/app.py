@@ -61,7 +61,7 @@ class Coordinator:
     def __init__(self, config: CoordinatorConfig) -> None:
         self.config = config
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        self.store = store = Store(config.db_url)
+        self.store = store = Store(config.db_url, config.reviews)
         self.blobs = blobs = BlobStore(config.blob_dir, config.limits.max_blob_bytes)
         key_path = key_file(config.data_dir, os.environ)
         self.identity, _ = load_or_create_key_file(key_path)
@@ -85,7 +85,7 @@ class Coordinator:
         self.challenge_secret = bytes.fromhex(store.meta_value("challenge_secret", secrets.token_hex(32)))
         verification_secret = bytes.fromhex(store.meta_value("verification_secret", secrets.token_hex(32)))
         stake_of = self.chain.client.stake_of if self.chain is not None else None
-        self.verification = Verification(rt, store, blobs, verification_secret, stake_of)
+        self.verification = Verification(rt, store, blobs, verification_secret, stake_of, config.reviews)
         self.kinds = build_kinds(KindContext(rt, store, blobs, self.verification))
         store.tasks.reviewed = frozenset(t for k in self.kinds if k.reviews_claims for t in k.task_kinds)
         training = self.kinds.for_job(TrainingKind.name)

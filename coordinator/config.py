@@ -91,6 +91,22 @@ class BulkSettings:
 
 
 @dataclass(frozen=True)
+class ReviewSettings:
+    """When the referee's review of contested claims is undecided, and what settles the claims then
+    (services.verification.reviews, repositories.claims; bounds: coordinator.settings_reviews)."""
+
+    # a review run in parts may cost the referee this many times the task's own time limit: its CPU
+    # may be slower than the nodes the job is for (a digits task: 1.0–1.1× a node worker's time)
+    budget_factor: float = 4.0
+    # parts of the smallest size (one batch of rows, a training part's one step) that time out in a
+    # row before the review is undecided: the referee cannot split the task small enough for a
+    # request (one timeout may be a loaded machine; a second, a step too long for the referee's CPU)
+    stalls: int = 2
+    # further distinct nodes whose claims confirm a task's claims after an undecided review
+    quorum: int = 2
+
+
+@dataclass(frozen=True)
 class CoordinatorConfig:
     listen: str = "127.0.0.1:7070"
     data_dir: Path = Path("var/coordinator")
@@ -122,6 +138,7 @@ class CoordinatorConfig:
     peers: PeerLimits = field(default_factory=PeerLimits)
     referee_time_s: float = 600.0  # wall time of one sandboxed re-execution or replay
     referee_memory_bytes: int = 4 * GiB  # its hard memory cap
+    reviews: ReviewSettings = field(default_factory=ReviewSettings)
     bulk: BulkSettings = field(default_factory=BulkSettings)
     metrics_listen: str = ""  # host:port of the Prometheus endpoint; empty: none
     dashboard_listen: str = ""  # host:port of the read-only web dashboard (api.dashboard); empty: none

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from coordinator.config import BulkSettings, CoordinatorConfig, LeaseTiming, Limits, Quotas
 from coordinator.settings_peers import PEER_SETTINGS, SESSION_SETTINGS, peer_limits, session_ttls
+from coordinator.settings_reviews import REVIEW_SETTINGS, review_settings
 from tensorgrid import config
 from tensorgrid.config import Setting
 from tensorgrid.crypto import normalize_address
@@ -313,6 +314,7 @@ SETTINGS = (
     REFEREE_MEMORY_MIB,
     REFEREE_THREADS,
     REFEREE_START,
+    *REVIEW_SETTINGS,
     config.SANDBOX_ZYGOTE,
     READY_FILE,
     VERBOSE,
@@ -371,6 +373,7 @@ def config_from(ns: argparse.Namespace) -> CoordinatorConfig:
         referee_memory_bytes=int(ns.referee_memory_mib * MiB),
         referee_threads=ns.referee_threads,
         referee_start=ns.referee_start,
+        reviews=review_settings(ns),
         timing=LeaseTiming(ttl_ms=ns.lease_ttl_ms, per_node=ns.max_node_leases),
         limits=Limits(max_shard_bytes=int(ns.max_shard_mib * MiB), max_blob_bytes=int(ns.max_blob_mib * MiB)),
         peers=peer_limits(ns),

@@ -29,20 +29,29 @@ The referee then runs the task as a node would (services.verification.reviews) a
   reads the same on every device: a program that fails on one device class reports an
   execution error, not a claim.
 - the referee could not decide (verdict "undecided": the parts spent the task's review budget,
-  or one batch or inner step, the smallest part there is, is longer than a referee request: the
+  --review-budget-factor × its time limit, or one batch or inner step, the smallest part there
+  is, timed out --review-stalls times in a row, longer than a referee request: the
   coordinator's CPU is too slow for the job, not the input proven bad). That proves nothing either
   way, so it neither confirms nor disproves: the task is pending again with no attempt spent,
   the claimants keep their refusals, and more distinct nodes settle it (`tasks.undecided_ms` set).
   It is never leased again to a node that claimed it (repositories.leasing), so a result that
-  passes verification as usual comes from a node that never claimed, and proves the claims false
-  (the task is done; nothing else to record). A claim by a further node counts against its
-  reporter until QUORUM further distinct nodes have claimed, and then confirms every claim on the
-  task, as a failed run would have (their refusals taken back, their attempts spent). Bounded: at
-  most 2 + QUORUM nodes ever claim the task before it fails or is run; other failures spend its
-  attempts as always. Why this shape: a run the referee cannot finish is the one case where only
-  nodes can run the task, so the nodes decide, but not the two that already disagree with the
-  input; barring them costs nothing (they said they will not run it), and counting distinct nodes
-  rather than claims means a colluder gains nothing by claiming again.
+  passes verification as usual comes from a node that never claimed, and proves the claims false:
+  the task is done, and the accepting transaction records a "disproved" job event naming how many
+  claimants there were (`disproved`). Nothing more counts against them: each already holds a
+  refusal (backoff, streak reset), what a false claim costs when the referee disproves it, and
+  the evidence now is one stranger's result, itself checked only as any result is (a cheat caught
+  later is taken back, the task reissued to yet another non-claimant). An honest claimant whose
+  device truly failed on the input and a colluder look the same here; one refusal each is what
+  the lie cost a colluder (it failed nothing), and a harsher count would let a single wrong result
+  punish honest claimants. A claim by a further node counts against its reporter until QUORUM
+  (--undecided-quorum, 2 by default: config.ReviewSettings) further distinct nodes have claimed,
+  and then confirms every claim on the task, as a failed run would have (their refusals taken
+  back, their attempts spent). Bounded: at most 2 + QUORUM nodes ever claim the task before it
+  fails or is run; other failures spend its attempts as always. Why this shape: a run the referee
+  cannot finish is the one case where only nodes can run the task, so the nodes decide, but not
+  the two that already disagree with the input; barring them costs nothing (they said they will
+  not run it), and counting distinct nodes rather than claims means a colluder gains nothing by
+  claiming again.
 
 Who could abuse the undecided path: colluders adding Sybils. To fail the job they need QUORUM
 more registered identities, each leased the task before any honest node takes it, each a refusal
@@ -64,14 +73,14 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, case, insert, select, update
 
 from coordinator.db import schema as s
+from coordinator.db.events import append_event
 from coordinator.repositories.nodes import node_failed
 
 claims = s.failure_claims
 CLEAN, FAILED, UNDECIDED = "clean", "failed", "undecided"  # verdicts of a review
+DISPROVED = "disproved"  # the job event of a result that finishes a task whose review was undecided
 VERDICTS = (CLEAN, FAILED, UNDECIDED)
 CONTESTED = s.OPEN_TASK_STATES[2]  # the state of a task whose claims the referee is about to review
-# further distinct nodes whose claims confirm a task's claims after an undecided review (see above)
-QUORUM = 2
 
 
 @dataclass(frozen=True)
@@ -82,9 +91,12 @@ class Claim:
     note: str = ""  # why it counts as it does, when that is not the plain rule (for the job's events)
 
 
-def claim(conn: Connection, task_id: str, node: str, kind: str, now_ms: int, *, reviewed: bool = False) -> Claim:
+def claim(
+    conn: Connection, task_id: str, node: str, kind: str, now_ms: int, *, quorum: int, reviewed: bool = False
+) -> Claim:
     """Record `node`'s workload-error claim on the task; say whether it counts, and how much.
-    reviewed: the referee can run this task, so a second claim sends it to review."""
+    quorum: QUORUM, further distinct nodes whose claims confirm after an undecided review
+    (--undecided-quorum); reviewed: the referee can run this task, so a second claim sends it to review."""
     rows = conn.execute(
         select(claims.c.node, claims.c.confirmed, claims.c.verdict).where(claims.c.task_id == task_id)
     ).all()
@@ -100,10 +112,10 @@ def claim(conn: Connection, task_id: str, node: str, kind: str, now_ms: int, *, 
         # settled by more distinct nodes: the claims made since the review (this one included)
         reviewed_by = {r.node for r in rows if r.verdict == UNDECIDED}  # never leased it again
         since = ({r.node for r in rows if r.verdict is None} | {node}) - reviewed_by
-        if len(since) < QUORUM:
+        if len(since) < quorum:
             if not mine:
                 _refuse(conn, node, now_ms)
-            return Claim(confirmed=False, spends=0, note=f"{len(since)} of {QUORUM} since an undecided review")
+            return Claim(confirmed=False, spends=0, note=f"{len(since)} of {quorum} since an undecided review")
         note = f"confirmed by {len(since)} more nodes after the referee could not decide"
     review = reviewed and bool(others) and not disproved and not undecided and not believed
     if not others or disproved or review:
@@ -125,6 +137,20 @@ def settle_review(conn: Connection, task_id: str, verdict: str) -> int:
     spends = _confirm(conn, task_id, but="") if verdict == FAILED else 0
     conn.execute(update(claims).where(claims.c.task_id == task_id).values(verdict=verdict))
     return spends
+
+
+def disproved(conn: Connection, job_id: str, task_id: str, task_index: int, node: str, now_ms: int) -> None:
+    """A result from `node` was accepted for a task whose review was undecided: record, as a job
+    event, that it disproves the claims. Nothing more counts against the claimants (see above)."""
+    everyone = claimants(conn, task_id)
+    n = len([c for c in everyone if c != node])
+    whose = "one claimant's own" if node in everyone else "a non-claimant's"  # barred from it: not seen
+    claimed = f"{n} claimant's claim" if n == 1 else f"{n} claimants' claims"
+    message = (
+        f"{claimed} disproved by {whose} result: accepted (and checked as any result is) after the referee "
+        f"could not decide; each claimant keeps the refusal it already holds, nothing more"
+    )
+    append_event(conn, job_id, DISPROVED, now_ms, task_index=task_index, node=node, message=message)
 
 
 def claimants(conn: Connection, task_id: str) -> list[str]:

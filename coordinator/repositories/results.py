@@ -34,12 +34,10 @@ _ACCEPT_WHERE = (
 _ACCEPT_VALUES: dict[str, Any] = dict(
     state="done", output_sha=bindparam("b_out"), output_size=bindparam("b_size"), deadline_ms=None
 )
-_ACCEPT_ANY_ROWS = update(_t).where(_ACCEPT_WHERE).values(**_ACCEPT_VALUES).returning(_t.c.job_id, _t.c.idx)
+_RETURNED = (_t.c.job_id, _t.c.idx, _t.c.undecided_ms)
+_ACCEPT_ANY_ROWS = update(_t).where(_ACCEPT_WHERE).values(**_ACCEPT_VALUES).returning(*_RETURNED)
 _ACCEPT_ROWS = (
-    update(_t)
-    .where(_ACCEPT_WHERE & (_t.c.rows == bindparam("b_rows")))
-    .values(**_ACCEPT_VALUES)
-    .returning(_t.c.job_id, _t.c.idx)
+    update(_t).where(_ACCEPT_WHERE & (_t.c.rows == bindparam("b_rows"))).values(**_ACCEPT_VALUES).returning(*_RETURNED)
 )
 _NODE_DONE = (
     update(s.nodes)
@@ -77,6 +75,9 @@ class Claimed:
     output: BlobRef
     job_id: str
     index: int
+    # the referee could not decide the claims on this task (tasks.undecided_ms): this result, from a
+    # node that never claimed it, disproves them (claims.disproved)
+    undecided: bool = False
 
 
 def claim(conn: Connection, node: str, receipt: Receipt, output: BlobRef, rows: int | None, now_ms: int) -> Claimed:
@@ -105,7 +106,7 @@ def claim(conn: Connection, node: str, receipt: Receipt, output: BlobRef, rows: 
         check_holder(current, node, r.attempt, now_ms)
         check_matches(current, r, rows)
         raise Rejected("the result does not match its task")
-    return Claimed(node, receipt, output, str(row.job_id), int(row.idx))
+    return Claimed(node, receipt, output, str(row.job_id), int(row.idx), row.undecided_ms is not None)
 
 
 def _claim_lost_lease(
@@ -139,12 +140,12 @@ def _claim_lost_lease(
             last_failed_ms=now_ms if displaced else current.last_failed_ms,
             lost_attempt=None,
         )
-        .returning(_t.c.job_id, _t.c.idx),
+        .returning(*_RETURNED),
         dict(b_out=output.sha256, b_size=output.size),
     ).first()
     if row is None:
         return None
-    return Claimed(node, r, output, str(row.job_id), int(row.idx))
+    return Claimed(node, r, output, str(row.job_id), int(row.idx), row.undecided_ms is not None)
 
 
 def record_receipts(conn: Connection, accepted: list[Claimed], now_ms: int) -> None:

@@ -29,8 +29,9 @@ class Contested:
 
 
 class ReviewRepository:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, quorum: int) -> None:
         self.engine = engine
+        self.quorum = quorum  # what the undecided event says more claims take (claims.claim's)
 
     def contested(self) -> list[Contested]:
         """Tasks of open jobs waiting for the referee to review their claims (oldest first)."""
@@ -68,7 +69,7 @@ class ReviewRepository:
                 event = claims.UNDECIDED
                 message = (
                     f"claims undecided: the referee could not finish the task ({reason}); it goes to other "
-                    f"nodes, never to its claimants, and {claims.QUORUM} more claims would confirm them"
+                    f"nodes, never to its claimants, and {self.quorum} more claims would confirm them"
                 )
                 conn.execute(update(s.tasks).where(s.tasks.c.task_id == task_id).values(undecided_ms=now_ms))
             error = (claims.kind_of(conn, task_id), message)

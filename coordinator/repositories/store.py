@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from sqlalchemy import Engine, text
 
+from coordinator.config import ReviewSettings
 from coordinator.db import kept
 from coordinator.db.engine import is_sqlite, make_engine, meta_value, normalize_url
 from coordinator.repositories.blobs import BlobAccessRepository
@@ -29,12 +30,14 @@ from tensorgrid.types import NodeStatus
 class Store:
     """Every repository on one engine. Methods are synchronous: the runtime runs them off the loop."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, reviews: ReviewSettings | None = None) -> None:
+        """reviews: the coordinator's --review-* and --undecided-quorum settings (default: their defaults)."""
         self.url = normalize_url(url)
         self.engine: Engine = make_engine(self.url)
+        quorum = (reviews or ReviewSettings()).quorum
         self.jobs = JobRepository(self.engine)
-        self.tasks = TaskRepository(self.engine)
-        self.reviews = ReviewRepository(self.engine)
+        self.tasks = TaskRepository(self.engine, quorum)
+        self.reviews = ReviewRepository(self.engine, quorum)
         self.nodes = NodeRepository(self.engine)
         self.verification = VerificationRepository(self.engine)
         self.sessions = SessionRepository(self.engine)

@@ -67,8 +67,9 @@ def lost_lease(task: Any, node: str, attempt: int) -> bool:
 class TaskRepository:
     """Tasks over one engine; each method is its own transaction."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, quorum: int) -> None:
         self.engine = engine
+        self.quorum = quorum  # further distinct claims that confirm after an undecided review (claims.claim)
         # Task kinds whose claims the referee reviews (repositories.claims); set by the
         # composition root from the job kinds that can run their tasks there.
         self.reviewed: frozenset[str] = frozenset()
@@ -239,7 +240,8 @@ class TaskRepository:
         # A node's word that the input is bad counts against the task only once another node's confirms it.
         said = claims.Claim(confirmed=True, spends=0 if released or forged else 1)
         if error.kind in WORKLOAD_ERRORS and not rejection and node:
-            said = claims.claim(conn, row.task_id, node, error.kind.value, now_ms, reviewed=row.kind in self.reviewed)
+            reviewed, kind = row.kind in self.reviewed, error.kind.value
+            said = claims.claim(conn, row.task_id, node, kind, now_ms, quorum=self.quorum, reviewed=reviewed)
         if not released and (rejection or error.kind not in WORKLOAD_ERRORS):
             node_failed(conn, node, now_ms, rejection=rejection)
         if said.review:  # a second claim: nobody is believed until the referee has run the task

@@ -28,6 +28,7 @@ from coordinator.config import Limits
 from coordinator.db import kept
 from coordinator.errors import Forged, NotFound, Rejected
 from coordinator.repositories import results
+from coordinator.repositories.claims import disproved
 from coordinator.repositories.jobs import job_complete
 from coordinator.repositories.leasing import MAX_PER_CALL
 from coordinator.repositories.ledger import credits
@@ -130,6 +131,9 @@ class ResultAcceptance:
         unfinished = results.record_progress(
             conn, [c for i, c in accepted if i.effect is None or i.effect.counts_progress], now_ms
         )
+        for c in claims:
+            if c.undecided:  # the referee could not decide this task's claims: this result disproves them
+                disproved(conn, c.job_id, c.receipt.task_id, c.index, c.node, now_ms)
         # A job is complete once every task is done and every check of its results is settled
         # (a job the progress update shows has tasks left needs no query).
         touched = {c.job_id for c in claims} - unfinished

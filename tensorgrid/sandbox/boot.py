@@ -82,7 +82,7 @@ def _fill_uninitialized_memory(status: dict[str, str]) -> None:
     submitter's data. In torch's deterministic mode that memory is filled (NaN, the integer
     maximum) when allocated; warn_only keeps an operator without a deterministic kernel
     running (it warns). Outputs of the other operators are unchanged (checked bit for bit on
-    tests/architectures.py's matrix). Entries that run programs import torch in prepare().
+    tensorgrid/testing/architectures.py's matrix). Entries that run programs import torch in prepare().
     On CUDA, deterministic cuBLAS needs a fixed workspace, read when CUDA starts (later, with
     the first task): without it every matrix product would warn."""
     torch = sys.modules.get("torch")

@@ -14,9 +14,11 @@ the factor is derived from what CUDA changes: cuDNN convolutions run in TF32 by 
 on typical outputs), matmuls do not unless allow_tf32 is set, and reductions use other
 summation orders (~1e-6 relative). 10x puts float32 at rtol 1e-2 / atol 1e-3, above TF32's
 error and still far below a corrupted row (the adversary tests add >= 0.5 or random noise).
-To calibrate on a GPU: run one program on CPU and CUDA over the same rows at several batch
-sizes (as the CPU figure above was measured) and set the factor to 10x the worst ratio
-max|a-b| / (atol + rtol*|b|) found, keeping the CPU table.
+To calibrate on a GPU: `python -m tensorgrid.tools.calibrate_tolerance` runs the architecture
+matrix on CPU and CUDA over the same rows at several batch sizes (as the CPU figure above was
+measured) and reports the worst ratio max|a-b| / (atol + rtol*|b|) per architecture; set the
+factor to 10x the worst ratio found (its "factor_with_margin"), keeping the CPU table
+(docs/MODELS.md, "Calibrating the CUDA factor").
 """
 
 from __future__ import annotations

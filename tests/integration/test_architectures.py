@@ -13,9 +13,9 @@ from coordinator.services.verification.compare import tolerance
 from tensorgrid.client import Client
 from tensorgrid.crypto import Signer
 from tensorgrid.localgrid import LocalGrid
+from tensorgrid.testing.architectures import ARCHITECTURES
 from tensorgrid.types import JobState
 from tensorgrid.workloads.tensorfile import load_tensors, save_tensors
-from tests.architectures import ARCHITECTURES
 from tests.conftest import shared_dir
 from tests.integration.conftest import PAIR
 

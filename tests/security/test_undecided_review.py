@@ -78,6 +78,9 @@ def test_two_colluding_claims_on_a_task_the_referee_cannot_run_no_longer_fail_th
     [said] = [e.message for e in events if e.kind == "undecided"]
     assert "claims undecided: the referee could not finish the task" in said, said
     assert not any("claims confirmed" in e.message for e in events), events
+    [disproved] = [e for e in events if e.kind == "disproved"]  # the honest node's result, said on the job
+    assert kinds.index("disproved") > kinds.index("undecided")
+    assert disproved.message.startswith("2 claimants' claims disproved by a non-claimant's result"), disproved
     record = records(grid)
     assert [record[n].rejections for n in liars] == [1, 1]  # type: ignore[attr-defined]
     assert record[honest].completed == 1  # type: ignore[attr-defined]

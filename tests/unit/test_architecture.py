@@ -39,6 +39,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "coordinator.console",
             "coordinator.settings",
             "coordinator.settings_peers",
+            "coordinator.settings_reviews",
             "coordinator.daemon",
         ),
     ),

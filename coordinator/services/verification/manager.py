@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from coordinator.config import ReviewSettings
 from coordinator.repositories.store import Store
 from coordinator.repositories.tasks import TaskRecord
 from coordinator.repositories.verification.checks import PARKED, CheckPlan, Verdict
@@ -59,6 +60,7 @@ class Verification:
         blobs: BlobStore,
         secret: bytes,
         stake_of: Callable[[str], int] | None,
+        reviews: ReviewSettings | None = None,
     ) -> None:
         self.rt = rt
         self.store = store
@@ -90,7 +92,7 @@ class Verification:
             scored=self._scores,
         )
         # two nodes' claims that a task's input is bad, checked by running the task (reviews.py)
-        self.reviews = Reviews(rt, store, blobs, self._run)
+        self.reviews = Reviews(rt, store, blobs, self._run, reviews)
         # an untrusted node's shard's canary, leased with the shard, not after its result (canaries.py)
         self.canaries = EarlyCanaries(
             rt,

@@ -17,9 +17,10 @@ before left (review_parts.py); an inference or generation task's part is a run o
 rows (review_parts.RowPart: the whole input at once when the task's time limit fits in a part,
 else whole batches sized by the pace of the parts before). The review ends: clean, when the last
 part finishes; confirmed, when a part truly fails; undecided, when the parts have cost the task's
-referee budget (`budget_s`: BUDGET_FACTOR × the task's own time limit, which the submitter set for
-a node's run of it, at least one request), or when STALLS parts of the smallest size (one batch of
-rows, one inner step) timed out in a row: the task cannot be split small enough for a request.
+referee budget (`budget_s`: --review-budget-factor, 4 by default, × the task's own time limit,
+which the submitter set for a node's run of it, at least one request), or when --review-stalls
+(2) parts of the smallest size (one batch of rows, one inner step) timed out in a row: the task
+cannot be split small enough for a request (config.ReviewSettings says why those defaults).
 Before undecided reviews existed both confirmed the claims, so two colluding nodes could fail any
 job too heavy for the coordinator's CPU just by claiming.
 
@@ -46,6 +47,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from coordinator.config import ReviewSettings
 from coordinator.repositories.claims import CLEAN, FAILED, UNDECIDED
 from coordinator.repositories.reviews import Contested
 from coordinator.repositories.store import Store
@@ -66,24 +68,22 @@ Run = Callable[[str, dict[str, Any], Path, Path], None]
 RunPart = Callable[[str, dict[str, Any], Path, Path | None, Path], Part]
 Settled = Callable[[str, bool], None]  # (job id, job complete)
 Verdict = tuple[str, str] | None  # (claims.CLEAN, FAILED or UNDECIDED, what happened); None: not yet
-# a review run in parts may cost the referee this many times the task's own time limit: its CPU
-# may be slower than the nodes the job is for (a digits task: 1.0–1.1× a node worker's time)
-BUDGET_FACTOR = 4.0
-# parts of the smallest size (one batch of rows, a training part's one step) that time out in a row
-# before the review is undecided: the referee cannot split the task small enough for a request
-# (one timeout may be a loaded machine; a second, a step too long for the referee's CPU)
-STALLS = 2
 
 
 class Reviews:
-    def __init__(self, rt: Runtime, store: Store, blobs: BlobStore, run: Run) -> None:
+    def __init__(
+        self, rt: Runtime, store: Store, blobs: BlobStore, run: Run, settings: ReviewSettings | None = None
+    ) -> None:
+        """settings: --review-budget-factor and --review-stalls (default: their defaults)."""
+        settings = settings or ReviewSettings()
         self.rt = rt
         self.store = store
         self.blobs = blobs
         self._run = run  # a task's whole input, as a ruling re-runs rows (inference, generation)
         self._parts: dict[str, tuple[RunPart, str]] = {}  # task kind → its tasks run in parts
         self.progress = ReviewParts(blobs.root / "reviews")
-        self.budget_factor = BUDGET_FACTOR
+        self.budget_factor = settings.budget_factor
+        self.stalls = settings.stalls  # smallest parts timed out in a row that make a review undecided
         self.reviewed = 0
 
     def add_parts(self, task_kind: str, part: RunPart, ran: str) -> None:
@@ -135,7 +135,7 @@ class Reviews:
             return FAILED, "the referee cannot run it: its model or input is not in the blob store"
         cost, budget = self.progress.cost(task.task_id), self.budget_s(task)
         unit = "step" if task.kind in self._parts else "row"
-        if cost.stalls >= STALLS:
+        if cost.stalls >= self.stalls:
             return UNDECIDED, (
                 f"one {'inner step' if unit == 'step' else 'batch'} is longer than a referee request: "
                 f"{cost.stalls} parts of the smallest size timed out at {unit} {cost.step} of {cost.steps}"

@@ -1,8 +1,9 @@
 """Reviews the referee could not decide (repositories.claims, services/verification/reviews.py),
 on SQLite and PostgreSQL: a review whose parts spend the task's budget is undecided, not a
 confirmation. The task is pending again with no attempt spent and never leased again to a node
-that claimed it; a result from another node that passes verification finishes it; QUORUM further
-distinct claims confirm every claim on it; a restart of the coordinator keeps all of that.
+that claimed it; a result from another node that passes verification finishes it (a "disproved"
+event says so); --undecided-quorum further distinct claims confirm every claim on it; a restart of
+the coordinator keeps all of that.
 
 The referee's parts run in process here, each taking a clock's time (the real referee's child:
 tests/security/test_undecided_review.py)."""
@@ -67,7 +68,7 @@ def test_a_spent_budget_is_undecided_spends_nothing_and_bars_the_claimants(
 
 def test_further_distinct_claims_confirm_at_the_quorum(state: Store, blobs: BlobStore, clock: Clock) -> None:
     undecided(state, blobs, clock, max_attempts=3)
-    assert claims.QUORUM == 2
+    assert state.tasks.quorum == 2  # --undecided-quorum's default
     assert claim(state, C, LATER) is True  # one more claim: not yet believed, a refusal
     assert state.tasks.get_task(TASK).state == "pending" and rejections(state, C) == 1
     assert leases(state, C, 2 * LATER) == []  # a claimant now: barred too
@@ -100,8 +101,9 @@ def test_the_same_further_node_claiming_again_does_not_reach_the_quorum(
     undecided(state, blobs, clock, max_attempts=1)
     assert claim(state, C, LATER) is True
     with state.engine.begin() as conn:  # C gets the task again (as if the bar did not hold): no second vote
-        assert claims.claim(conn, TASK, C, "invalid_input", 2 * LATER).confirmed is False
-        assert claims.claim(conn, TASK, A, "invalid_input", 2 * LATER).confirmed is False  # nor a reviewed one's
+        assert claims.claim(conn, TASK, C, "invalid_input", 2 * LATER, quorum=2).confirmed is False
+        again = claims.claim(conn, TASK, A, "invalid_input", 2 * LATER, quorum=2)
+        assert again.confirmed is False  # nor a reviewed one's
     assert state.jobs.get_job(JOB).state == JobState.RUNNING and rejections(state, C) == 1
 
 
@@ -116,6 +118,22 @@ def test_a_result_from_a_node_that_never_claimed_finishes_the_task(
     job = state.jobs.get_job(JOB)
     assert job.tasks_done == 1 and job.state != JobState.FAILED
     assert [rejections(state, n) for n in (A, B, C)] == [1, 1, 1]  # the claims were false: refusals stay
+    [event] = [e for e in state.jobs.events_after(JOB, 0) if e.kind == claims.DISPROVED]  # said, once
+    assert (event.node, event.task_index) == (D, 0)
+    assert event.message.startswith("3 claimants' claims disproved by a non-claimant's result: accepted")
+    assert "each claimant keeps the refusal it already holds, nothing more" in event.message
+
+
+def test_a_result_for_a_task_never_undecided_records_no_disproval(state: Store, blobs: BlobStore) -> None:
+    parts.stored_job(state, blobs)  # contested, not yet reviewed
+    with state.engine.begin() as conn:  # as if the referee had run it cleanly and a node took it up
+        claims.settle_review(conn, TASK, claims.CLEAN)
+        conn.execute(s.tasks.update().where(s.tasks.c.task_id == TASK).values(state="pending"))
+    (lease,), _ = state.tasks.lease_tasks(C, 1, LATER, TIMING)
+    signed = replace(receipt(lease.task_id, lease.attempt), input_hash=lease.input.sha256)
+    ResultAcceptance(state.engine).accept_result(C, signed, BlobRef("ff" * 32, 1), None, LATER + 1)
+    assert state.jobs.get_job(JOB).tasks_done == 1
+    assert [e for e in state.jobs.events_after(JOB, 0) if e.kind == claims.DISPROVED] == []
 
 
 def test_a_restart_keeps_the_bar_and_the_claims_counted_so_far(

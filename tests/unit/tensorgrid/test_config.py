@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from coordinator import main as coordinator_main
-from coordinator.config import CoordinatorConfig, LeaseTiming, Limits
+from coordinator.config import CoordinatorConfig, LeaseTiming, Limits, ReviewSettings
 from node import main as node_main
 from tensorgrid import cli, config
 from tensorgrid.config import Setting
@@ -116,6 +116,35 @@ def test_the_per_node_lease_cap_is_a_setting_of_at_least_one() -> None:
 def test_the_referees_limits_must_bound_it(flag: str, value: str) -> None:
     # The sandbox reads 0 as "no limit": a stranger's graph could then hold the referee for ever.
     with pytest.raises(TensorGridError, match="must be above 0"):
+        coordinator_main.config_from(coordinator_main.parse_args(["run", flag, value], env={}))
+
+
+def test_the_review_settings_come_from_flags_and_variables() -> None:
+    env = {"TENSORGRID_COORDINATOR_REVIEW_STALLS": "3", "TENSORGRID_COORDINATOR_UNDECIDED_QUORUM": "5"}
+    argv = ["run", "--review-budget-factor", "2.5", "--undecided-quorum", "4"]
+    c = coordinator_main.config_from(coordinator_main.parse_args(argv, env=env))
+    assert c.reviews == ReviewSettings(budget_factor=2.5, stalls=3, quorum=4)
+    assert CoordinatorConfig().reviews == ReviewSettings(budget_factor=4.0, stalls=2, quorum=2)  # unchanged
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "bounds"),
+    [
+        ("--review-budget-factor", "0", "between 1 and 100"),
+        ("--review-budget-factor", "-4", "between 1 and 100"),
+        ("--review-budget-factor", "0.5", "between 1 and 100"),  # less than a node's own time limit
+        ("--review-budget-factor", "nan", "between 1 and 100"),
+        ("--review-budget-factor", "1e6", "between 1 and 100"),
+        ("--review-stalls", "0", "between 1 and 10"),
+        ("--review-stalls", "-1", "between 1 and 10"),
+        ("--review-stalls", "1000", "between 1 and 10"),
+        ("--undecided-quorum", "0", "between 1 and 10"),
+        ("--undecided-quorum", "-2", "between 1 and 10"),
+        ("--undecided-quorum", "500", "between 1 and 10"),
+    ],
+)
+def test_the_review_settings_are_bounded(flag: str, value: str, bounds: str) -> None:
+    with pytest.raises(TensorGridError, match=f"{flag} must lie {bounds}, got"):
         coordinator_main.config_from(coordinator_main.parse_args(["run", flag, value], env={}))
 
 

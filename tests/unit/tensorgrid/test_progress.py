@@ -60,3 +60,27 @@ def test_a_healthy_watch_returns_the_final_state() -> None:
     calls = []
     assert progress.watch_job(_FinishingClient(), "ab" * 32, health=lambda: calls.append(1)) == "final"
     assert progress.watch_job(_FinishingClient(), "ab" * 32) == "final"
+
+
+def test_a_watch_shows_claims_disproved_by_another_nodes_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    notes: list[str] = []
+    real = progress.Progress
+
+    class Recording(real):  # type: ignore[misc, valid-type]
+        def update(self, task: Any, **fields: Any) -> None:
+            notes.append(fields.get("note", ""))
+            super().update(task, **fields)
+
+    disproved = {"kind": "disproved", "tasks_total": 2, "tasks_done": 1, "task_index": 1}
+    message = "3 claimants' claims disproved by a non-claimant's result: accepted (and checked as any result is)"
+
+    class Client:
+        def watch(self, job_id: str) -> Iterator[Any]:
+            yield type("Ev", (), {**disproved, "message": message})
+
+        def job(self, job_id: str) -> str:
+            return "final"
+
+    monkeypatch.setattr(progress, "Progress", Recording)
+    progress.watch_job(Client(), "ab" * 32)
+    assert notes[0].startswith("task 1 disproved: 3 claimants' claims disproved by a non-claimant's result")

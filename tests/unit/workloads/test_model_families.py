@@ -1,5 +1,5 @@
-"""Every mainstream architecture of tests/architectures.py, exported as its authors would, passes
-intake vetting as an inference program and loads back to the same outputs."""
+"""Every mainstream architecture of tensorgrid/testing/architectures.py, exported as its authors
+would, passes intake vetting as an inference program and loads back to the same outputs."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tensorgrid.testing.architectures import ARCHITECTURES
 from tensorgrid.workloads.model import check_program, load_program
-from tests.architectures import ARCHITECTURES
 
 
 @pytest.mark.parametrize("name", sorted(ARCHITECTURES))

@@ -1,7 +1,8 @@
 """Small models of mainstream architecture families, built from torch.nn (no downloads).
 
-Shared by the unit tests that vet each export and the integration test that runs each one
-on a real grid. Each model is tiny, seeded and in eval mode; its inputs are named in the
+Shared by the unit tests that vet each export, the integration test that runs each one on a
+real grid, and the CUDA tolerance calibration (tensorgrid.tools.calibrate_tolerance), which runs
+them on an operator's GPU. Each model is tiny, seeded and in eval mode; its inputs are named in the
 order its forward takes them (the job's input_names).
 """
 
@@ -105,6 +106,7 @@ def _cnn() -> nn.Module:
     with torch.no_grad():  # running statistics as after training, so eval-mode BatchNorm does something
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
+                assert m.running_mean is not None and m.running_var is not None  # track_running_stats
                 m.running_mean.uniform_(-0.5, 0.5)
                 m.running_var.uniform_(0.5, 2.0)
     return model

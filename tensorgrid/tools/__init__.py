@@ -1,0 +1,1 @@
+"""Operators' tools: `python -m tensorgrid.tools.<name>`."""
