@@ -74,6 +74,7 @@ from sqlalchemy import Connection, case, insert, select, update
 
 from coordinator.db import schema as s
 from coordinator.db.events import append_event
+from coordinator.repositories.ledger import claim_pay
 from coordinator.repositories.nodes import node_failed
 
 claims = s.failure_claims
@@ -89,6 +90,7 @@ class Claim:
     spends: int  # attempts of the task it spends now
     review: bool = False  # the task goes to review: the referee runs it before anyone is believed
     note: str = ""  # why it counts as it does, when that is not the plain rule (for the job's events)
+    paid: bool = False  # believed because the referee's run failed: drawn for pay (ledger.claim_pay)
 
 
 def claim(
@@ -125,7 +127,10 @@ def claim(
     earlier = _confirm(conn, task_id, but=node)
     if not earlier and not mine:
         conn.execute(update(claims).where(claims.c.task_id == task_id, claims.c.node == node).values(confirmed=True))
-    return Claim(confirmed=True, spends=1 + earlier, note=note)
+    proof = claim_pay.referee_failed(conn, task_id)
+    if proof is not None:  # believed because the referee's run failed: paid for its work as those claimants are
+        claim_pay.entitle(conn, task_id, [node], *proof, now_ms)
+    return Claim(confirmed=True, spends=1 + earlier, note=note, paid=proof is not None)
 
 
 def settle_review(conn: Connection, task_id: str, verdict: str) -> int:
