@@ -62,6 +62,18 @@ referee before the job fails as it would have, every claimant's refusal taken ba
 coordinator whose parts time out may call undecided a review a quieter one would have finished:
 that only sends the task to more nodes, it never blames anyone.
 
+Paid for a proven failure (repositories.ledger.claim_pay): a node that runs a task whose input
+truly fails did the work the submitter's bad input took, and would otherwise do it for nothing,
+as often as a hostile submitter likes (a program that raises on the last batch of every shard).
+So the claims a failed run of the referee confirmed, and any later claim on that task (believed
+because of that run), are paid: each wins one reward with probability (rows before the failing
+batch, or inner steps, that the referee's run did ÷ the task's), drawn once and remembered, from
+the job's escrow once the job has ended (while it runs, its escrow is owed to its other tasks and
+its fee). A claim confirmed with no run that proves it (at the QUORUM after an undecided review,
+or by the second-claim rule below) earns nothing: colluders would be paid for a lie. A node can
+still claim a failure it found without running the rows before it (an input whose late row is
+visibly bad): it is paid what an honest run would be, which the submitter's bad input owes anyway.
+
 Tasks of kinds that do not review claims (noop) keep the second-claim rule. A training round that
 closes while one of its tasks is contested cancels it: its review is never run.
 """

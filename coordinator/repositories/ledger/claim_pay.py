@@ -15,16 +15,18 @@ leased). Never a claim confirmed without a run: the second-claim rule of kinds t
 not review, or QUORUM more nodes after an undecided review (no proof: colluders would be paid for
 their lie). A claim the referee's clean run disproved earns nothing, and keeps its refusal.
 
-From what: the job's escrow, through the ledger's credits (credits.credit_results: node
-earnings, epochs, the Merkle root and postRoot, which charges a job whole rewards up to the
-tasks its escrow funded). A win is paid once there is room for it beyond everything the job may
-still owe others: a reward for each of its open tasks (pending, leased, contested, its checks
-included) and for each result waiting for its check, and, while it runs, what its verification
-fee has not paid yet. A job that fails (the usual end of a task whose input fails) leaves its
-unrun tasks' rewards, so the wins not paid at the verdict are paid when it ends (ledger.escrow,
-ledger.job_finished), before its last charge; a win with no room even then is not paid (logged),
-so nothing is ever credited beyond the escrow. The credit's key is (claim_credit_id(task, node),
-0): however often the payers run (a restart, two replicas), a win is credited once.
+From what, and when: the job's escrow, through the ledger's credits (credits.credit_results:
+node earnings, epochs, the Merkle root, and postRoot, which charges a job whole rewards up to
+the tasks its escrow funded). While the job runs every reward of its escrow is owed to the tasks
+it has yet to run and to its verification fee (which takes every reward beyond its shards:
+fee_tasks), so a win waits for the job to end, which a task whose input fails usually makes it do
+(its attempts spent: often in the verdict's own transaction). An ended job pays its claimants'
+wins from what it did not spend, at once when nothing else may still be credited (a result
+waiting for its check or audit holds its reward back), else just before its last charge
+(ledger.escrow.release_ended_jobs, ledger.job_finished); a win with no room even then is not
+paid (logged), so nothing is ever credited beyond the escrow. The credit's key is
+(claim_credit_id(task, node), 0): however often the payers run (a restart, two replicas), a win
+is credited once.
 """
 
 from __future__ import annotations
@@ -39,13 +41,13 @@ from sqlalchemy import Connection, func, select, update
 from coordinator.db import schema as s
 from coordinator.db.events import append_event
 from coordinator.repositories.ledger import credits as ledger
-from coordinator.repositories.ledger import decoys
 
 log = logging.getLogger("tensorgrid.coordinator.ledger")
 
 Draw = Callable[[int], int]  # randbelow(n): a uniform int in [0, n)
 EVENT = "claims_paid"  # the job event that says what a failed task's claimants won and were paid
 _OPEN_CHECKS = ("open", "disputed")  # repositories.jobs.OPEN_CHECK_STATES (the ledger sits below jobs)
+_RUNNING = ("queued", "running")
 
 
 def claim_credit_id(task_id: str, node: str) -> str:
@@ -100,10 +102,14 @@ def referee_failed(conn: Connection, task_id: str) -> tuple[int, int] | None:
     return None if row is None else (int(row.work_done), int(row.work_total))
 
 
-def pay(conn: Connection, job_id: str, now_ms: int) -> int:
-    """Credit the job's claims that won their draw and are not paid yet, as far as its escrow has
-    room beyond what it may still owe others (see the module's docstring). In the caller's
-    transaction, after whatever ended the job or the task; the rewards credited."""
+def pay(conn: Connection, job_id: str, now_ms: int, *, final: bool = False) -> int:
+    """Credit the job's claims that won their draw and are not paid yet, once it has ended, as far
+    as its escrow has room beyond what it may still owe others (see the module's docstring); final:
+    its last charge is being made (nothing else can be credited after it). In the caller's
+    transaction, after whatever ended the job; the rewards credited."""
+    state = conn.execute(select(s.jobs.c.state).where(s.jobs.c.job_id == job_id)).scalar()
+    if state is None or state in _RUNNING:
+        return 0  # its escrow is owed to the tasks it has yet to run (the fee takes every reward beyond)
     c, t = s.failure_claims.c, s.tasks.c
     winners = conn.execute(
         select(c.task_id, c.node, t.idx)
@@ -123,9 +129,9 @@ def pay(conn: Connection, job_id: str, now_ms: int) -> int:
     if price is None or int(price.reward_per_task_wei) <= 0 or price.void_reason:
         return 0
     reward = int(price.reward_per_task_wei)
-    room = (int(price.budget_wei) - int(price.credited_wei)) // reward - _owed(conn, job_id)
+    room = (int(price.budget_wei) - int(price.credited_wei)) // reward - (0 if final else _owed(conn, job_id))
     if room < len(unpaid):
-        log.info("job %s: %d of its claimants' wins wait for room in its escrow", job_id, len(unpaid) - max(room, 0))
+        log.warning("job %s: no room in its escrow for %d of its claimants' wins", job_id, len(unpaid) - max(room, 0))
     now = unpaid[: max(room, 0)]
     credited = ledger.credit_results(
         conn, [(str(w.node), job_id, claim_credit_id(w.task_id, w.node), 0) for w in now], now_ms
@@ -151,18 +157,11 @@ def unpaid_wins(conn: Connection, job_id: str) -> int:
 
 
 def _owed(conn: Connection, job_id: str) -> int:
-    """Rewards the job may still owe others: one per open task (its checks included) and per
-    result waiting for its check, and, while it runs, its verification fee not paid yet."""
-    t, k = s.tasks.c, s.checks.c
-    open_tasks = conn.execute(
-        select(func.count()).where(t.job_id == job_id, t.state.in_(s.OPEN_TASK_STATES))
-    ).scalar_one()
+    """Rewards an ended job may still credit others: a result waiting for its check, a training
+    result waiting for its audit."""
+    k, a = s.checks.c, s.training_audits.c
     waiting = conn.execute(
         select(func.count()).where(k.job_id == job_id, k.state.in_(_OPEN_CHECKS), k.check_id == k.root_id)
     ).scalar_one()
-    state = conn.execute(select(s.jobs.c.state).where(s.jobs.c.job_id == job_id)).scalar()
-    fee = 0
-    if state in ("queued", "running"):
-        funded, _ = decoys.fee_funded(conn, job_id)
-        fee = max(0, funded - decoys.fee_won(conn, job_id))
-    return int(open_tasks) + int(waiting) + fee
+    audits = conn.execute(select(func.count()).where(a.job_id == job_id, a.state == "pending")).scalar_one()
+    return int(waiting) + int(audits)

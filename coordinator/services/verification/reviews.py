@@ -24,6 +24,14 @@ cannot be split small enough for a request (config.ReviewSettings says why those
 Before undecided reviews existed both confirmed the claims, so two colluding nodes could fail any
 job too heavy for the coordinator's CPU just by claiming.
 
+A confirmed review also says how far the run got, because its claimants are paid for that share
+of the task (repositories.ledger.claim_pay): a training task's inner steps its parts ran before
+the one that failed; for rows, the rows before the failing batch. A part of rows longer than one
+batch that raises confirms the claims but is not yet the verdict: the review halves it (a
+bisection, review_parts.RowPart.after_failure: about log2(rows / batch) requests, together at
+most those rows once more, within the same budget) until one batch is left; a part over the time
+limit or a spent budget ends the search with the rows found so far (fewer, never more).
+
 Who could abuse it: two colluding nodes (their lie no longer fails the job: each keeps a
 refusal and its streak reset; a task is reviewed once, later claims on it are refusals); a
 submitter whose input fails only late in a shard (it costs the referee one run of that shard per
