@@ -25,6 +25,7 @@ from coordinator.repositories.ledger.statements import node_earnings
 from coordinator.repositories.store import Store
 from tensorgrid.blobs import BlobStore
 from tensorgrid.crypto import normalize_address
+from tensorgrid.sandbox import SandboxFailure
 from tensorgrid.types import JobState
 from tests.unit.coordinator import test_review_parts as parts
 from tests.unit.coordinator.test_claim_reviews import A, B, C, contested
@@ -225,3 +226,14 @@ def test_a_review_in_parts_that_raises_pays_for_the_rows_before_the_failing_batc
     review(state, blobs, Rows(clock, fail_at=50))
     assert work(state) == {(48, ROWS, True)}
     assert paid(state) == {normalize_address(A): REWARD, normalize_address(B): REWARD}
+
+
+def test_a_training_review_that_fails_pays_for_the_inner_steps_its_parts_ran(
+    state: Store, blobs: BlobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(claim_pay.secrets, "randbelow", lambda n: n - 1)  # both lose: the job's pay is not tested
+    parts.stored_job(state, blobs)
+    r = parts.reviews(state, blobs, parts.Steps(fail={3: SandboxFailure("error", "ValueError: a bad step")}))
+    while state.tasks.get_task(TASK).state == "contested":
+        turn(r)
+    assert work(state) == {(2, parts.STEPS, False)}  # the parts before the one that raised: two inner steps
