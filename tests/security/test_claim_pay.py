@@ -23,6 +23,7 @@ from tensorgrid.crypto import Signer
 from tensorgrid.devnet import ETH, ChainGrid, start_chain_grid
 from tensorgrid.errors import ExecutionError
 from tensorgrid.nodeclient import NodeClient
+from tensorgrid.report import format_eth, verification_line
 from tensorgrid.types import Capabilities, ErrorKind, JobState, TaskError
 from tensorgrid.workloads.inference import run_inference
 from tensorgrid.workloads.model import export_program
@@ -105,3 +106,6 @@ def test_honest_claimants_of_a_task_failing_on_its_last_batch_are_paid_from_the_
             earned = client.earnings(address)
             assert earned.cumulative_wei == (REWARD if address in winners else 0), (address, drawn)
         assert REWARD * len(winners) <= budget  # from the escrow: at most what it holds
+        report = client.job(job_id).verification  # what `tensorgrid job status` prints
+        assert report is not None and (report.claims_drawn, report.claims_paid_wei) == (2, REWARD * len(winners))
+        assert f"2 proven failure claims paid {format_eth(REWARD * len(winners))}" in verification_line(report)

@@ -156,6 +156,20 @@ def unpaid_wins(conn: Connection, job_id: str) -> int:
     return len(rows) - int(paid)
 
 
+def claims_pay(conn: Connection, job_id: str) -> tuple[int, int]:
+    """(claims of the job drawn for their pay, wei they were credited), for its report."""
+    c, t = s.failure_claims.c, s.tasks.c
+    rows = conn.execute(
+        select(c.task_id, c.node).join(s.tasks, t.task_id == c.task_id).where(t.job_id == job_id, c.won.is_not(None))
+    ).all()
+    if not rows:
+        return 0, 0
+    keys = sorted(claim_credit_id(r.task_id, r.node) for r in rows)
+    cr = s.credits.c
+    paid = conn.execute(select(cr.amount_wei).where(cr.task_id.in_(keys), cr.attempt == 0, ~cr.void)).scalars()
+    return len(rows), sum(int(a) for a in paid)
+
+
 def _owed(conn: Connection, job_id: str) -> int:
     """Rewards an ended job may still credit others: a result waiting for its check, a training
     result waiting for its audit."""

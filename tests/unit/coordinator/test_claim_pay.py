@@ -89,6 +89,8 @@ def test_the_claimants_of_a_failed_run_win_by_the_share_of_work_and_are_credited
     said = events(state)
     assert "failed after 90 of its 96 units of work" in said[0] and f"{A} won one reward" in said[0]
     assert f"{B} won nothing" in said[0] and f"claimant {A} of task 0 paid one reward" in said[1]
+    with state.engine.connect() as conn:  # the job's verification report (`tensorgrid job status`)
+        assert claim_pay.claims_pay(conn, JOB) == (2, REWARD)
 
 
 @pytest.mark.parametrize("u", [0, 44, 45, 95])
