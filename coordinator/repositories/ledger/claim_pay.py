@@ -83,9 +83,10 @@ def entitle(
         task = conn.execute(select(s.tasks.c.job_id, s.tasks.c.idx).where(s.tasks.c.task_id == task_id)).first()
         if task is not None:
             said = ", ".join(f"{node} {'won one reward' if won else 'won nothing'}" for node, won in drawn)
+            odds = f"so each wins one reward with probability {done}/{work}" if work else "so there is nothing to pay"
             message = (
                 f"claimants of task {task.idx} paid for the failure: the referee's run failed after {done} of its "
-                f"{work} units of work, so each wins one reward with probability {done}/{work}: {said}"
+                f"{work} units of work, {odds}: {said}"
             )
             append_event(conn, task.job_id, EVENT, now_ms, task_index=task.idx, message=message[:2000])
     return drawn
