@@ -2,10 +2,12 @@
 real devnet (anvil, the contracts, a coordinator and its sandboxed referee). The job's program
 looks its input's ids up in a table, and the last row of its one shard holds an id past the
 table: every run of the task raises on its last batch. Two staked nodes run it, see it fail and
-claim its input invalid; the referee runs it too, its run fails on the same batch, which
-confirms the claims (the job fails: two attempts) and finds how far the run got (bisection) —
-and each claimant wins one reward with probability (rows before the failing batch ÷ the task's
-rows), credited from the job's escrow (repositories/ledger/claim_pay.py)."""
+claim its input invalid (simulated nodes: the node daemon reports a program's raise as an
+execution error of its own, never reviewed: THREAT_MODEL.md, "Still open"); the referee runs it
+too, its run fails on the same batch, which confirms the claims (the job fails: two attempts)
+and finds how far the run got (bisection) — and each claimant wins one reward with probability
+(rows before the failing batch ÷ the task's rows), credited from the job's escrow
+(repositories/ledger/claim_pay.py)."""
 
 from __future__ import annotations
 
@@ -56,8 +58,8 @@ def devnet(tmp_path: Path, stopper: Stopper) -> Iterator[ChainGrid]:  # noqa: F8
 
 
 async def _run_and_claim(cg: ChainGrid, key: str, model: Path, inputs: Path, tmp: Path) -> str:
-    """A staked node leases the task, runs it as a node's worker would, and, as the program raises
-    on the input's last row, reports the input invalid. Its address."""
+    """A staked node leases the task, runs it through the node's inference path, and, as the
+    program raises on the input's last row, reports the input invalid. Its address."""
     ChainClient.connect(cg.anvil.rpc_url, cg.deployment, key).register(ETH)
     node = NodeClient(cg.grid.target, Signer.from_hex(key))
     try:
