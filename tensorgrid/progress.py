@@ -58,7 +58,7 @@ def watch_job(client: Any, job_id: str, health: Callable[[], None] | None = None
         bar = progress.add_task(f"job {job_id[:12]}", total=None, note="")
         for ev in _events(client, job_id, health):
             note = ev.kind if ev.kind != "completed" else ""
-            if ev.kind in ("reissued", "released", "contested", "undecided", "disproved"):
+            if ev.kind in ("reissued", "released", "contested", "undecided", "disproved", "claims_paid"):
                 note = f"task {ev.task_index} {ev.kind}: {ev.message[:60]}"
             progress.update(bar, total=ev.tasks_total or None, completed=ev.tasks_done, note=note)
     return client.job(job_id)  # type: ignore[no-any-return]

@@ -33,7 +33,7 @@ def verification_line(v: JobVerification) -> str:
     """One human line, e.g. "verification: spotcheck, 12 checks (11 verified, 1 caught),
     detection ≥ 99.0%, stake required 0.0012 ETH"; a training job's replays of its results read
     "verification: spotcheck, 5 audits (4 passed, 1 failed)"."""
-    if v.mode == "none" and not v.checks:
+    if v.mode == "none" and not v.checks and not v.claims_drawn:
         return "verification: none (signature, lease holder and output hash only)"
     outcomes: dict[str, int] = {}
     for key, n in v.checks.items():
@@ -56,6 +56,9 @@ def verification_line(v: JobVerification) -> str:
             f"{v.decoys} decoy{'s' if v.decoys != 1 else ''} ({v.decoys_drawn} drawn) "
             f"paid {format_eth(v.decoy_paid_wei)}"
         )
+    if v.claims_drawn:
+        n = v.claims_drawn
+        parts.append(f"{n} proven failure claim{'s' if n != 1 else ''} paid {format_eth(v.claims_paid_wei)}")
     if v.slashes:
         parts.append(f"{v.slashes} slash{'es' if v.slashes != 1 else ''} took {format_eth(v.slashed_wei)}")
     return "verification: " + ", ".join(parts)

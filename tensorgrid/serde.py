@@ -197,6 +197,8 @@ def verification_to_pb(v: t.JobVerification) -> submit_pb2.JobVerification:
         decoys=v.decoys,
         decoys_drawn=v.decoys_drawn,
         decoy_paid_wei=str(v.decoy_paid_wei),
+        claims_drawn=v.claims_drawn,
+        claims_paid_wei=str(v.claims_paid_wei),
     )
 
 
@@ -213,6 +215,8 @@ def verification_from_pb(m: submit_pb2.JobVerification) -> t.JobVerification:
         decoys=m.decoys,
         decoys_drawn=m.decoys_drawn,
         decoy_paid_wei=int(m.decoy_paid_wei or 0),
+        claims_drawn=m.claims_drawn,
+        claims_paid_wei=int(m.claims_paid_wei or 0),
     )
 
 

@@ -118,6 +118,8 @@ class JobVerification:
     decoys: int = 0  # tasks of a check's m rows carved out of the shards (tasks_total counts them)
     decoys_drawn: int = 0  # decoys whose pay by rows has been drawn
     decoy_paid_wei: int = 0  # what the decoys won (part of fee_paid_wei)
+    claims_drawn: int = 0  # failure claims a failed run of the referee proved, drawn for their pay by work
+    claims_paid_wei: int = 0  # what those claimants were credited (from the escrow, not the fee)
 
     def count(self, outcome: str) -> int:
         """Checks of any kind that ended in `outcome` (verified, caught, unverified, open, …)."""

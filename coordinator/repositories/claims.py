@@ -62,6 +62,18 @@ referee before the job fails as it would have, every claimant's refusal taken ba
 coordinator whose parts time out may call undecided a review a quieter one would have finished:
 that only sends the task to more nodes, it never blames anyone.
 
+Paid for a proven failure (repositories.ledger.claim_pay): a node that runs a task whose input
+truly fails did the work the submitter's bad input took, and would otherwise do it for nothing,
+as often as a hostile submitter likes (a program that raises on the last batch of every shard).
+So the claims a failed run of the referee confirmed, and any later claim on that task (believed
+because of that run), are paid: each wins one reward with probability (rows before the failing
+batch, or inner steps, that the referee's run did ÷ the task's), drawn once and remembered, from
+the job's escrow once the job has ended (while it runs, its escrow is owed to its other tasks and
+its fee). A claim confirmed with no run that proves it (at the QUORUM after an undecided review,
+or by the second-claim rule below) earns nothing: colluders would be paid for a lie. A node can
+still claim a failure it found without running the rows before it (an input whose late row is
+visibly bad): it is paid what an honest run would be, which the submitter's bad input owes anyway.
+
 Tasks of kinds that do not review claims (noop) keep the second-claim rule. A training round that
 closes while one of its tasks is contested cancels it: its review is never run.
 """
@@ -74,6 +86,7 @@ from sqlalchemy import Connection, case, insert, select, update
 
 from coordinator.db import schema as s
 from coordinator.db.events import append_event
+from coordinator.repositories.ledger import claim_pay
 from coordinator.repositories.nodes import node_failed
 
 claims = s.failure_claims
@@ -89,6 +102,7 @@ class Claim:
     spends: int  # attempts of the task it spends now
     review: bool = False  # the task goes to review: the referee runs it before anyone is believed
     note: str = ""  # why it counts as it does, when that is not the plain rule (for the job's events)
+    paid: bool = False  # believed because the referee's run failed: drawn for pay (ledger.claim_pay)
 
 
 def claim(
@@ -125,7 +139,10 @@ def claim(
     earlier = _confirm(conn, task_id, but=node)
     if not earlier and not mine:
         conn.execute(update(claims).where(claims.c.task_id == task_id, claims.c.node == node).values(confirmed=True))
-    return Claim(confirmed=True, spends=1 + earlier, note=note)
+    proof = claim_pay.referee_failed(conn, task_id)
+    if proof is not None:  # believed because the referee's run failed: paid for its work as those claimants are
+        claim_pay.entitle(conn, task_id, [node], *proof, now_ms)
+    return Claim(confirmed=True, spends=1 + earlier, note=note, paid=proof is not None)
 
 
 def settle_review(conn: Connection, task_id: str, verdict: str) -> int:

@@ -11,6 +11,7 @@ from sqlalchemy import Engine, select, update
 
 from coordinator.db import schema as s
 from coordinator.repositories import claims
+from coordinator.repositories.ledger import claim_pay
 from coordinator.repositories.locks import lock_in_order
 from coordinator.repositories.tasks import reissue_or_end
 
@@ -48,12 +49,18 @@ class ReviewRepository:
             for r in rows
         ]
 
-    def settle_review(self, task_id: str, verdict: str, reason: str, now_ms: int) -> str | None:
+    def settle_review(
+        self, task_id: str, verdict: str, reason: str, now_ms: int, work: tuple[int, int] = (0, 0),
+        draw: claim_pay.Draw | None = None,
+    ) -> str | None:  # fmt: skip
         """Carry out the referee's verdict (claims.CLEAN, FAILED or UNDECIDED) on a contested
         task's claims: pending again, or its job failed when the confirmed claims spent its last
         attempt. Undecided, the task is pending with nothing spent and marked (tasks.undecided_ms)
-        for more distinct nodes to settle (repositories.claims). The task's job id, or None when
-        the task was no longer contested (its job ended, another replica ruled first)."""
+        for more distinct nodes to settle (repositories.claims). Failed, its claimants are paid
+        for the work the failure took: `work` is (done, of the task's), how far the referee's run
+        got before it failed (repositories.ledger.claim_pay; draw: its draws, for tests). The
+        task's job id, or None when the task was no longer contested (its job ended, another
+        replica ruled first)."""
         with self.engine.begin() as conn:
             row = conn.execute(select(s.tasks).where(s.tasks.c.task_id == task_id).with_for_update()).first()
             if row is None or row.state != claims.CONTESTED:
@@ -76,4 +83,7 @@ class ReviewRepository:
             node = row.last_failed_node
             counted = verdict == claims.FAILED
             reissue_or_end(conn, row, row.failures + spent, error, now_ms, counted=counted, node=node, event=event)
+            if verdict == claims.FAILED:
+                claim_pay.entitle(conn, task_id, claims.claimants(conn, task_id), *work, now_ms, draw=draw)
+                claim_pay.pay(conn, row.job_id, now_ms)
             return str(row.job_id)

@@ -16,6 +16,7 @@ from coordinator.repositories import claims, leasing
 from coordinator.repositories.heartbeats import BeatAnswer, Heartbeat, heartbeat_in
 from coordinator.repositories.jobs import end_job
 from coordinator.repositories.leasing import Barred
+from coordinator.repositories.ledger import claim_pay
 from coordinator.repositories.locks import lock_in_order
 from coordinator.repositories.nodes import node_failed
 from tensorgrid.types import BlobRef, ErrorKind, JobState, Lease, Receipt, TaskError
@@ -255,7 +256,7 @@ class TaskRepository:
             append_event(conn, row.job_id, claims.CONTESTED, now_ms, task_index=row.idx, node=node, message=what[:2000])
             return True
         message = f"{error.message} ({said.note})" if said.note else error.message
-        return reissue_or_end(
+        reissued = reissue_or_end(
             conn,
             row,
             row.failures + said.spends,
@@ -267,6 +268,9 @@ class TaskRepository:
             unconfirmed=not said.confirmed,
             lost_attempt=row.attempt if lost else None,
         )
+        if said.paid:  # a claim believed because the referee's run failed: paid as that run's claimants
+            claim_pay.pay(conn, row.job_id, now_ms)
+        return reissued
 
 
 def reissue_or_end(

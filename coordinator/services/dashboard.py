@@ -58,6 +58,8 @@ def _verification(v: JobVerification | None) -> dict[str, Any] | None:
         "decoys": v.decoys,
         "decoys_drawn": v.decoys_drawn,
         "decoy_paid_wei": _wei(v.decoy_paid_wei),
+        "claims_drawn": v.claims_drawn,
+        "claims_paid_wei": _wei(v.claims_paid_wei),
     }
 
 

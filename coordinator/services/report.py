@@ -1,13 +1,14 @@
 """A job's verification report: its policy, how its checks ended, the odds of catching a cheat,
-the stake its nodes need, the slashes it caused, what its checkers were paid, and its decoys
-(how many, and what their pay by rows came to). The odds are
+the stake its nodes need, the slashes it caused, what its checkers were paid, its decoys
+(how many, and what their pay by rows came to), and what the claimants of its failed tasks were
+paid. The odds are
 the job kind's to compute."""
 
 from __future__ import annotations
 
 import dataclasses
 
-from coordinator.repositories.ledger import decoys, escrow, slashing
+from coordinator.repositories.ledger import claim_pay, decoys, escrow, slashing
 from coordinator.repositories.store import Store
 from coordinator.repositories.verification import fees
 from coordinator.services.kind import KindLookup
@@ -28,6 +29,7 @@ class Reports:
             slashes, slashed_wei = slashing.job_slashes(conn, job.job_id)
             fee_budget_wei, fee_paid_wei = fees.fee_budget(conn, job.job_id)
             n_decoys, drawn, decoy_paid_wei = decoys.decoy_pay(conn, job.job_id)
+            claims_drawn, claims_paid_wei = claim_pay.claims_pay(conn, job.job_id)
             withheld = job.result is not None and escrow.result_withheld(conn, job.job_id)
         if withheld:  # no free work: the result is released once its payment is secured on chain
             job = dataclasses.replace(job, result=None)
@@ -42,6 +44,6 @@ class Reports:
             detection = self.kinds.for_job(job.kind).detection(shards, spec)
         report = JobVerification(
             mode, checks, detection, stake, slashes, slashed_wei, fee_budget_wei, fee_paid_wei,
-            n_decoys, drawn, decoy_paid_wei,
+            n_decoys, drawn, decoy_paid_wei, claims_drawn, claims_paid_wei,
         )  # fmt: skip
         return dataclasses.replace(job, verification=report)

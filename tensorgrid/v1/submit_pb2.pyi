@@ -151,7 +151,7 @@ class Job(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., submitter: _Optional[str] = ..., kind: _Optional[str] = ..., state: _Optional[_Union[JobState, str]] = ..., spec_json: _Optional[bytes] = ..., spec_hash: _Optional[str] = ..., created_ms: _Optional[int] = ..., updated_ms: _Optional[int] = ..., tasks_total: _Optional[int] = ..., tasks_done: _Optional[int] = ..., task_failures: _Optional[int] = ..., result: _Optional[_Union[_common_pb2.BlobRef, _Mapping]] = ..., error: _Optional[str] = ..., verification: _Optional[_Union[JobVerification, _Mapping]] = ...) -> None: ...
 
 class JobVerification(_message.Message):
-    __slots__ = ("mode", "checks", "detection", "required_stake_wei", "slashes", "slashed_wei", "fee_budget_wei", "fee_paid_wei", "decoys", "decoys_drawn", "decoy_paid_wei")
+    __slots__ = ("mode", "checks", "detection", "required_stake_wei", "slashes", "slashed_wei", "fee_budget_wei", "fee_paid_wei", "decoys", "decoys_drawn", "decoy_paid_wei", "claims_drawn", "claims_paid_wei")
     class ChecksEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -170,6 +170,8 @@ class JobVerification(_message.Message):
     DECOYS_FIELD_NUMBER: _ClassVar[int]
     DECOYS_DRAWN_FIELD_NUMBER: _ClassVar[int]
     DECOY_PAID_WEI_FIELD_NUMBER: _ClassVar[int]
+    CLAIMS_DRAWN_FIELD_NUMBER: _ClassVar[int]
+    CLAIMS_PAID_WEI_FIELD_NUMBER: _ClassVar[int]
     mode: str
     checks: _containers.ScalarMap[str, int]
     detection: float
@@ -181,7 +183,9 @@ class JobVerification(_message.Message):
     decoys: int
     decoys_drawn: int
     decoy_paid_wei: str
-    def __init__(self, mode: _Optional[str] = ..., checks: _Optional[_Mapping[str, int]] = ..., detection: _Optional[float] = ..., required_stake_wei: _Optional[str] = ..., slashes: _Optional[int] = ..., slashed_wei: _Optional[str] = ..., fee_budget_wei: _Optional[str] = ..., fee_paid_wei: _Optional[str] = ..., decoys: _Optional[int] = ..., decoys_drawn: _Optional[int] = ..., decoy_paid_wei: _Optional[str] = ...) -> None: ...
+    claims_drawn: int
+    claims_paid_wei: str
+    def __init__(self, mode: _Optional[str] = ..., checks: _Optional[_Mapping[str, int]] = ..., detection: _Optional[float] = ..., required_stake_wei: _Optional[str] = ..., slashes: _Optional[int] = ..., slashed_wei: _Optional[str] = ..., fee_budget_wei: _Optional[str] = ..., fee_paid_wei: _Optional[str] = ..., decoys: _Optional[int] = ..., decoys_drawn: _Optional[int] = ..., decoy_paid_wei: _Optional[str] = ..., claims_drawn: _Optional[int] = ..., claims_paid_wei: _Optional[str] = ...) -> None: ...
 
 class GetJobRequest(_message.Message):
     __slots__ = ("job_id",)

@@ -14,6 +14,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-HEAD = "0008"
+HEAD = "0009"
 BASELINE = "0001"
 SCRIPTS = Path(__file__).resolve().parent

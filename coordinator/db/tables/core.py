@@ -135,6 +135,13 @@ failure_claims = Table(
     # the referee's run of the task the claims are about (repositories.claims): NULL none yet,
     # "clean" it ran (the claims were false), "failed" it failed too (the claims confirmed)
     Column("verdict", String(16), nullable=True),
+    # a claim the referee's failed run confirmed is paid for the work the failure took
+    # (repositories.ledger.claim_pay): how far that run got (rows or inner steps before the
+    # failure, of the task's), and the draw of its one reward with probability done / work
+    # (NULL: not drawn, the claim earns nothing)
+    Column("work_done", Integer, nullable=True),
+    Column("work_total", Integer, nullable=True),
+    Column("won", Boolean, nullable=True),
 )
 
 receipts = Table(

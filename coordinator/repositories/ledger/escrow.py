@@ -9,8 +9,9 @@ what its nodes did not earn.
      until that lock is confirmed. If the lock fails (the submitter closed the escrow on chain
      first) the job ends, its uncharged credits are void, and its result is never released.
   3. release_ended_jobs(…) on the settlement timer: a locked job that ended without a result
-     (cancelled through the coordinator, or failed) has its last credits charged in an epoch,
-     then `release_job` closes its escrow and refunds the rest. Succeeded jobs go through
+     (cancelled through the coordinator, or failed) has its last credits charged in an epoch
+     (first, its claimants' wins: ledger.claim_pay), then
+     `release_job` closes its escrow and refunds the rest. Succeeded jobs go through
      ledger.job_finished (record_result) instead.
 """
 
@@ -22,7 +23,7 @@ from sqlalchemy import Connection, select, update
 
 from coordinator.db import schema as s
 from coordinator.db.events import append_event
-from coordinator.repositories.ledger import epochs
+from coordinator.repositories.ledger import claim_pay, epochs
 from coordinator.repositories.ledger import outbox as ob
 from coordinator.repositories.ledger.credits import RELEASE_ACTION, void_job
 from tensorgrid.chain.errors import ContractReverted
@@ -79,6 +80,7 @@ def release_ended_jobs(conn: Connection, now_ms: int) -> int:
     ids = [row.job_id for row in rows]
     conn.execute(select(p.c.job_id).where(p.c.job_id.in_(ids)).order_by(p.c.job_id).with_for_update()).all()
     for row in rows:
+        claim_pay.pay(conn, row.job_id, now_ms, final=True)  # its claimants' wins (ledger.claim_pay)
         if epochs.has_uncharged(conn, row.job_id):
             epochs.post_epoch(conn, now_ms)
         ob.enqueue(conn, f"{RELEASE}:{row.job_id}", RELEASE, {"job_id": row.job_id}, now_ms)

@@ -16,7 +16,7 @@ from typing import Any, TypedDict
 from sqlalchemy import Connection, func, select
 
 from coordinator.db import schema as s
-from coordinator.repositories.ledger import epochs
+from coordinator.repositories.ledger import claim_pay, epochs
 from coordinator.repositories.ledger import outbox as ob
 from tensorgrid.chain.merkle import EarningsTree
 from tensorgrid.crypto import normalize_address
@@ -52,6 +52,9 @@ def job_finished(conn: Connection, job_id: str, result_hash: str, now_ms: int) -
     """
     if conn.execute(select(s.job_prices.c.job_id).where(s.job_prices.c.job_id == job_id)).first() is None:
         return False
+    claim_pay.pay(
+        conn, job_id, now_ms, final=True
+    )  # claimants' wins it had no room for while it ran (ledger.claim_pay)
     if epochs.has_uncharged(conn, job_id):
         epochs.post_epoch(conn, now_ms)  # if epochs are halted, the unwind re-queues us after the re-post
     ob.enqueue(conn, f"record_result:{job_id}", "record_result", {"job_id": job_id, "result_hash": result_hash}, now_ms)

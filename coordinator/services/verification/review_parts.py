@@ -44,6 +44,10 @@ class Cost:
     steps: int = 0
     size: int = 0  # a review in parts of rows: the next part's rows (0: the whole input at once)
     stalls: int = 0  # parts of the smallest size (one batch, one step) that timed out in a row
+    # a part of rows raised: the review is confirmed whatever comes next, and its parts look for
+    # the failing batch (how far the run got, for the claimants' pay): it lies in [step, fail_end)
+    failed: str = ""  # what the part that raised said ("": none did)
+    fail_end: int = 0
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,10 @@ class RowPart:
         if cost.parts == 0 and (share_s <= 0 or limit_s <= share_s):
             return cls(0, 0, 0, unit)
         rows = tensorfile.batch_rows(tensorfile.read_header(source))
+        if cost.failed:  # looking for the failing batch: the first half of where it lies
+            return cls(
+                cost.step, _aligned((cost.fail_end - cost.step) / 2, unit, cost.fail_end - cost.step), rows, unit
+            )
         if cost.size:
             return cls(cost.step, min(cost.size, rows - cost.step), rows, unit)
         fraction = 0.25 if cost.parts else share_s / limit_s  # after the whole input timed out: a quarter
@@ -93,9 +101,23 @@ class RowPart:
         quarter = _aligned(self.size / 4, self.unit, self.rows - self.first)
         return replace(retry, step=self.first, steps=self.rows, size=quarter)
 
+    def after_failure(self, cost: Cost, spent_s: float, failed: str, rows: int) -> Cost:
+        """Where this part raising leaves the review (`rows`: the input's): the failing batch
+        lies in its rows, so the next parts halve them (a bisection: about log2(rows / batch)
+        parts, together at most those rows once more) until one batch is left (located)."""
+        end = rows if self.whole else self.end
+        return replace(cost, spent_s=spent_s, parts=cost.parts + 1, step=self.first, steps=rows, size=0,
+                       stalls=0, failed=cost.failed or failed, fail_end=end)  # fmt: skip
+
+    def located(self, cost: Cost) -> bool:
+        """A bisection for the failing batch is down to one batch: it starts at cost.step."""
+        return bool(cost.failed) and cost.fail_end - cost.step <= self.unit
+
     def after_clean(self, cost: Cost, spent_s: float, took_s: float, share_s: float) -> Cost:
         """Where this part, run cleanly in took_s, leaves the review: the next part as many rows
         as fit in share_s at its pace, at most four times this one."""
+        if cost.failed:  # bisecting: the failing batch lies in the rest of where it was looked for
+            return replace(cost, spent_s=spent_s, parts=cost.parts + 1, step=self.end, steps=self.rows, stalls=0)
         grow = 4.0 * self.size
         if share_s > 0 and took_s > 0:
             grow = min(grow, self.size / took_s * share_s)
@@ -131,7 +153,11 @@ class ReviewParts:
             data = json.loads(path.read_text())
             size = int(data.get("size", 0))  # a review a coordinator before rows in parts left has none
             stalls = int(data.get("stalls", 0))  # nor one before undecided reviews
-            return Cost(float(data["spent_s"]), int(data["parts"]), int(data["step"]), int(data["steps"]), size, stalls)
+            failed, fail_end = str(data.get("failed", "")), int(data.get("fail_end", 0))  # nor before claim pay
+            return Cost(
+                float(data["spent_s"]), int(data["parts"]), int(data["step"]), int(data["steps"]), size, stalls,
+                failed, fail_end,
+            )  # fmt: skip
         except (OSError, ValueError, KeyError, TypeError):
             return Cost()
 

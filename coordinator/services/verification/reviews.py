@@ -24,6 +24,14 @@ cannot be split small enough for a request (config.ReviewSettings says why those
 Before undecided reviews existed both confirmed the claims, so two colluding nodes could fail any
 job too heavy for the coordinator's CPU just by claiming.
 
+A confirmed review also says how far the run got, because its claimants are paid for that share
+of the task (repositories.ledger.claim_pay): a training task's inner steps its parts ran before
+the one that failed; for rows, the rows before the failing batch. A part of rows longer than one
+batch that raises confirms the claims but is not yet the verdict: the review halves it (a
+bisection, review_parts.RowPart.after_failure: about log2(rows / batch) requests, together at
+most those rows once more, within the same budget) until one batch is left; a part over the time
+limit or a spent budget ends the search with the rows found so far (fewer, never more).
+
 Who could abuse it: two colluding nodes (their lie no longer fails the job: each keeps a
 refusal and its streak reset; a task is reviewed once, later claims on it are refusals); a
 submitter whose input fails only late in a shard (it costs the referee one run of that shard per
@@ -45,7 +53,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from coordinator.config import ReviewSettings
 from coordinator.repositories.claims import CLEAN, FAILED, UNDECIDED
@@ -67,7 +75,19 @@ Run = Callable[[str, dict[str, Any], Path, Path], None]
 # one part of the task in the referee's child (sandboxed.train_task_part)
 RunPart = Callable[[str, dict[str, Any], Path, Path | None, Path], Part]
 Settled = Callable[[str, bool], None]  # (job id, job complete)
-Verdict = tuple[str, str] | None  # (claims.CLEAN, FAILED or UNDECIDED, what happened); None: not yet
+
+
+class Ruling(NamedTuple):
+    """A review's verdict: claims.CLEAN, FAILED or UNDECIDED, and what happened."""
+
+    outcome: str
+    reason: str
+    # FAILED: how far the run got before it failed, of the task's work (rows before the failing
+    # batch, or inner steps, of the task's): what its claimants are paid for (ledger.claim_pay)
+    work: tuple[int, int] = (0, 0)
+
+
+Verdict = Ruling | None  # None: not yet
 
 
 class Reviews:
@@ -114,8 +134,9 @@ class Reviews:
         verdict = await self.rt.refereed(self._verdict, task)
         if verdict is None:
             return not self.rt.stopping  # a stopping coordinator's referee answers nothing more
-        outcome, reason = verdict
-        job_id = await self.rt.db(self.store.reviews.settle_review, task.task_id, outcome, reason, self.rt.now_ms())
+        outcome, reason, work = verdict
+        settle = self.store.reviews.settle_review
+        job_id = await self.rt.db(settle, task.task_id, outcome, reason, self.rt.now_ms(), work)
         self.progress.drop(task.task_id)
         self.reviewed += 1
         log.info(
@@ -132,34 +153,48 @@ class Reviews:
     def _verdict(self, task: Contested) -> Verdict:
         source = self.blobs.path_for(task.input_sha)
         if not task.model_sha or not source.exists():
-            return FAILED, "the referee cannot run it: its model or input is not in the blob store"
+            return Ruling(FAILED, "the referee cannot run it: its model or input is not in the blob store")
         cost, budget = self.progress.cost(task.task_id), self.budget_s(task)
         unit = "step" if task.kind in self._parts else "row"
+        if cost.failed and (cost.stalls or cost.spent_s >= budget):  # stop looking for the failing batch
+            return self._failed(task, source, {}, cost, cost.failed)
         if cost.stalls >= self.stalls:
-            return UNDECIDED, (
+            return Ruling(UNDECIDED, (
                 f"one {'inner step' if unit == 'step' else 'batch'} is longer than a referee request: "
                 f"{cost.stalls} parts of the smallest size timed out at {unit} {cost.step} of {cost.steps}"
-            )
+            ))  # fmt: skip
         if cost.spent_s >= budget:
-            return UNDECIDED, (
+            return Ruling(UNDECIDED, (
                 f"over its review budget: {cost.parts} parts took {cost.spent_s:.0f}s of the referee's "
                 f"{budget:.0f}s and reached {unit} {cost.step} of {cost.steps}"
-            )
+            ))  # fmt: skip
         started = time.monotonic()
         retry = replace(cost, parts=cost.parts + 1)  # where a part over the time limit leaves it
         smallest = task.kind in self._parts  # a training part stops after its first step past its share
+        settings: dict[str, Any] = {}
+        part: RowPart | None = None
         try:
             settings = json.loads(task.settings)
             if smallest:
                 return self._part(task, source, settings, cost, started)
             part = RowPart.next(cost, settings, source, self._share_s(), task.time_limit_ms / 1000)
+            if part.located(cost):  # the failing batch starts at cost.step: every row before it ran
+                return self._failed(task, source, settings, cost, cost.failed)
             retry, smallest = part.after_timeout(retry), part.smallest
             return self._rows(task, source, settings, cost, part, started)
         except SandboxFailure as e:
             if self.rt.stopping:
                 return None  # cut short by the coordinator stopping: no verdict, nothing charged
             if e.kind != TIMEOUT:
-                return FAILED, f"{e.kind}: {e}"[:500]
+                said = f"{e.kind}: {e}"[:500]
+                rows = self._rows_of(source) if part is not None and e.raised and not part.smallest else 0
+                if part is not None and rows > part.unit:  # confirmed: now where it failed
+                    spent = cost.spent_s + time.monotonic() - started
+                    self.progress.charge(task.task_id, part.after_failure(cost, spent, said, rows))
+                    return None
+                return self._failed(task, source, settings, cost, said)
+            if cost.failed:  # looking for the failing batch: a part too long ends the search
+                return self._failed(task, source, settings, cost, cost.failed)
             # past the request's limit (a loaded machine, a part too long): charged, tried again
             # (rows: a smaller part) until the budget is spent or the smallest part stalls
             spent = cost.spent_s + time.monotonic() - started
@@ -177,7 +212,26 @@ class Reviews:
         except Exception as e:  # noqa: BLE001 - a run that did not end cleanly never disproves a claim
             if self.rt.stopping:
                 return None
-            return FAILED, f"the referee could not run it: {type(e).__name__}: {e}"[:500]
+            said = f"the referee could not run it: {type(e).__name__}: {e}"[:500]
+            return self._failed(task, source, settings, cost, said)
+
+    def _failed(self, task: Contested, source: Path, settings: dict[str, Any], cost: Cost, said: str) -> Ruling:
+        """The claims are confirmed: `said`, and how far the run got (what the claimants are paid
+        for): the rows or inner steps the parts ran cleanly before the failure, of the task's."""
+        total = cost.steps
+        if not total and task.kind in self._parts:
+            total = int((settings.get("inner") or {}).get("steps") or 0)
+        elif not total:
+            total = self._rows_of(source)
+        return Ruling(FAILED, said, (min(cost.step, total), total))
+
+    @staticmethod
+    def _rows_of(source: Path) -> int:
+        """The rows of a task's input; 0 when the referee cannot read it (the run got nowhere)."""
+        try:
+            return tensorfile.batch_rows(tensorfile.read_header(source))
+        except Exception:  # noqa: BLE001 - a stranger's file: anything it raises means unreadable
+            return 0
 
     def _share_s(self) -> float:
         """The referee time a part of rows aims at: PART_SHARE of a request (0: no limit)."""
@@ -189,7 +243,7 @@ class Reviews:
         state, out = self.progress.state(task.task_id), self.progress.next_state(task.task_id)
         part = run(task.model_sha, settings, source, state, out)
         if part.done:
-            return CLEAN, ran
+            return Ruling(CLEAN, ran)
         self.progress.advance(task.task_id)
         spent = cost.spent_s + time.monotonic() - started
         self.progress.charge(task.task_id, Cost(spent, cost.parts + 1, part.step, part.steps))
@@ -209,8 +263,9 @@ class Reviews:
                 rows_in = Path(tmp) / "part.safetensors"
                 tensorfile.gather_rows(source, list(range(part.first, part.end)), rows_in)
             self._run(task.model_sha, settings, rows_in, Path(tmp) / "out.safetensors")
-        if part.whole or part.end >= part.rows:
-            return CLEAN, "its program ran over the whole input" + (f" ({cost.parts + 1} parts)" if cost.parts else "")
+        if not cost.failed and (part.whole or part.end >= part.rows):
+            ran = "its program ran over the whole input" + (f" ({cost.parts + 1} parts)" if cost.parts else "")
+            return Ruling(CLEAN, ran)
         took = time.monotonic() - started
         spent = cost.spent_s + took
         self.progress.charge(task.task_id, part.after_clean(cost, spent, took, self._share_s()))

@@ -42,6 +42,8 @@ def test_job_with_a_verification_report_round_trips() -> None:
         decoys=24,
         decoys_drawn=20,
         decoy_paid_wei=10**15,
+        claims_drawn=2,
+        claims_paid_wei=HUGE - 11,
     )
     wire = serde.job_to_pb(_job(report)).SerializeToString()
     back = serde.job_from_pb(submit_pb2.Job.FromString(wire))
@@ -91,6 +93,8 @@ def test_verification_line() -> None:
         "verification: spotcheck, 0 checks, checkers paid 0.001 ETH of a 0.003 ETH fee, "
         "24 decoys (24 drawn) paid 0.001 ETH"
     )
+    claims = JobVerification("none", claims_drawn=2, claims_paid_wei=10**15)
+    assert verification_line(claims) == "verification: none, 0 checks, 2 proven failure claims paid 0.001 ETH"
     assert verification_line(JobVerification("none")) == (
         "verification: none (signature, lease holder and output hash only)"
     )
