@@ -81,6 +81,7 @@ closes while one of its tasks is contested cancels it: its review is never run.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Connection, case, insert, select, update
 
@@ -88,12 +89,14 @@ from coordinator.db import schema as s
 from coordinator.db.events import append_event
 from coordinator.repositories.ledger import claim_pay
 from coordinator.repositories.nodes import node_failed
+from tensorgrid.types import ErrorKind, TaskError
 
 claims = s.failure_claims
 CLEAN, FAILED, UNDECIDED = "clean", "failed", "undecided"  # verdicts of a review
 DISPROVED = "disproved"  # the job event of a result that finishes a task whose review was undecided
 VERDICTS = (CLEAN, FAILED, UNDECIDED)
 CONTESTED = s.OPEN_TASK_STATES[2]  # the state of a task whose claims the referee is about to review
+REFEREE_DEVICE = "cpu"  # the device class the referee runs tasks on (services/sandbox_child.py)
 
 
 @dataclass(frozen=True)
@@ -145,6 +148,23 @@ def claim(
     return Claim(confirmed=True, spends=1 + earlier, note=note, paid=proof is not None)
 
 
+def as_claimed(conn: Connection, row: Any, error: TaskError) -> TaskError:
+    """What a node's report of its run of a task (a tasks row) counts as: a program error is a
+    workload claim only from a run on the device class the referee runs (REFEREE_DEVICE), the
+    task's own device, else its node's; from another (a CUDA node) it is that node's execution
+    error, as before program errors were claims, since the referee's clean CPU run would refuse
+    an honest node whose device truly failed."""
+    if error.kind != ErrorKind.PROGRAM_ERROR or not row.node:
+        return error
+    device = str(row.device)
+    if device not in ("cpu", "cuda"):  # "any": the node runs it on its own device
+        device = str(conn.execute(select(s.nodes.c.device_kind).where(s.nodes.c.address == row.node)).scalar())
+    if device == REFEREE_DEVICE:
+        return error
+    said = f"{error.message} (a program error on {device}: the referee runs on {REFEREE_DEVICE}, so the node's failure)"
+    return TaskError(ErrorKind.EXECUTION, said)
+
+
 def settle_review(conn: Connection, task_id: str, verdict: str) -> int:
     """Record the referee's verdict on the task's claims (CLEAN, FAILED or UNDECIDED); the
     attempts the claims spend now: only a failed run spends any (a clean one proved them false,
@@ -189,7 +209,8 @@ def _refuse(conn: Connection, node: str, now_ms: int) -> None:
 
 def _confirm(conn: Connection, task_id: str, but: str) -> int:
     """Confirm the task's claims if any is unconfirmed, and take back the refusals of those
-    reporters (except `but`, whose claim is being made now); how many that were."""
+    reporters (except `but`, whose claim is being made now): the rejection, and the failure it
+    counted (what backs a node off: nodes.node_failed); how many that were."""
     rows = conn.execute(select(claims.c.node, claims.c.confirmed).where(claims.c.task_id == task_id)).all()
     unconfirmed = sorted({r.node for r in rows if not r.confirmed and r.node != but})
     if unconfirmed:
@@ -198,6 +219,10 @@ def _confirm(conn: Connection, task_id: str, but: str) -> int:
         conn.execute(
             update(s.nodes)
             .where(n.address.in_(unconfirmed))
-            .values(rejections=case((n.rejections > 0, n.rejections - 1), else_=0))
+            .values(
+                rejections=case((n.rejections > 0, n.rejections - 1), else_=0),
+                failures=case((n.failures > 0, n.failures - 1), else_=0),
+                consecutive_failures=case((n.consecutive_failures > 0, n.consecutive_failures - 1), else_=0),
+            )
         )
     return len(unconfirmed)
