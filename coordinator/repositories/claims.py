@@ -1,4 +1,5 @@
-"""Failure claims: a node saying a task's input is invalid or unsafe (a workload error).
+"""Failure claims: a node saying a task's input is invalid or unsafe, or that the submitter's
+program raised while it ran the task on CPU (a workload error: WORKLOAD_ERRORS of repositories.tasks).
 
 Such a failure blames the workload, not the node, and spends one of the task's attempts, so
 one node that lies about every task could fail every job. A claim therefore counts against
@@ -10,7 +11,8 @@ the task only once a second, distinct node makes one too:
   (its results are checked as a newcomer's again). The same node claiming the same task again
   changes nothing.
 - confirmed (a second node claims it): the claim spends an attempt, and so do the earlier
-  unconfirmed claims it confirms; their reporters' refusals are taken back. From then on every
+  unconfirmed claims it confirms; their reporters' refusals are taken back (the rejection and
+  the failure it counted; the backoff already served and the streak reset stay). From then on every
   claim on the task spends an attempt, as any failure does.
 
 Two colluding nodes could confirm each other's lie. For tasks the referee can run (`reviewed`:
@@ -22,12 +24,15 @@ The referee then runs the task as a node would (services.verification.reviews) a
 
 - the run failed (the program raised, hit the referee's memory limit, or its input is gone;
   a run in parts, when a part truly fails: a part over the time limit is tried again): the
-  claims are confirmed as above (verdict "failed").
+  claims are confirmed as above (verdict "failed"). When the program (or its input) raised on
+  the referee too, the failure is the input's own, met by any node that runs it: the task ends at
+  once and its job fails, naming the task and the referee's error, instead of going to the nodes
+  its attempts have left (each of them a run, and a claim paid, for nothing new). A run over the
+  referee's memory limit, a crash or a missing blob is the referee's own trouble as much as the
+  input's (a node with more memory may run it): confirmed, the task goes on to its attempts.
 - the run was clean: the input is valid, so the claims were false (verdict "clean"). The task
   is pending again with no attempt spent and the claimants keep their refusals; any later claim
-  on it is unconfirmed, whoever makes it. What a claim is about (the input files, the settings)
-  reads the same on every device: a program that fails on one device class reports an
-  execution error, not a claim.
+  on it is unconfirmed, whoever makes it.
 - the referee could not decide (verdict "undecided": the parts spent the task's review budget,
   --review-budget-factor × its time limit, or one batch or inner step, the smallest part there
   is, timed out --review-stalls times in a row, longer than a referee request: the
@@ -73,6 +78,21 @@ its fee). A claim confirmed with no run that proves it (at the QUORUM after an u
 or by the second-claim rule below) earns nothing: colluders would be paid for a lie. A node can
 still claim a failure it found without running the rows before it (an input whose late row is
 visibly bad): it is paid what an honest run would be, which the submitter's bad input owes anyway.
+
+A program error (ErrorKind.PROGRAM_ERROR: the submitter's graph raised, its outputs had the wrong
+shape, training diverged; node/worker.py reports anything else that fails on the node's side, its
+own I/O, as an execution error) is a claim only from a run on the device class the referee runs,
+CPU (as_claimed: the task's device, else its node's). What an invalid-input claim is about (the
+files, the settings) reads the same on every device, but a program can fail on one device class
+alone: from a CUDA run, the referee's clean CPU run would disprove an honest node whose GPU truly
+failed, so there it stays the node's execution error (its failure, an attempt spent), as every
+program error was before. A CUDA referee (or CUDA reviewers) would let CUDA runs claim too. A
+node from before PROGRAM_ERROR reports the program's raise as its own execution error, as it
+always did: it keeps working, unpaid for such tasks. Without this, a hostile submitter could have
+every honest node that takes its task run it almost to the end for free and be backed off, up to
+max_attempts nodes a task. Who could abuse it: a node lying that a good program raised pays what
+an invalid-input lie costs (the same claim, the same refusal); a submitter whose program raises
+now pays for the runs it wasted (claim_pay) and its job ends at the referee's verdict.
 
 Tasks of kinds that do not review claims (noop) keep the second-claim rule. A training round that
 closes while one of its tasks is contested cancels it: its review is never run.
@@ -196,7 +216,7 @@ def claimants(conn: Connection, task_id: str) -> list[str]:
 
 
 def kind_of(conn: Connection, task_id: str) -> str:
-    """What the task's claims say (the first one's kind: invalid_input or unsafe_input)."""
+    """What the task's claims say (the first one's kind: invalid_input, unsafe_input or program_error)."""
     c = claims.c
     first = conn.execute(select(c.kind).where(c.task_id == task_id).order_by(c.claimed_ms, c.node).limit(1)).scalar()
     return str(first or "invalid_input")
