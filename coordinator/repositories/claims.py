@@ -29,7 +29,8 @@ The referee then runs the task as a node would (services.verification.reviews) a
   once and its job fails, naming the task and the referee's error, instead of going to the nodes
   its attempts have left (each of them a run, and a claim paid, for nothing new). A run over the
   referee's memory limit, a crash or a missing blob is the referee's own trouble as much as the
-  input's (a node with more memory may run it): confirmed, the task goes on to its attempts.
+  input's (a node with more memory may run it), and a training task's job goes on without it
+  (its round closes on its quorum: reviews.goes_on): confirmed, the task goes on to its attempts.
 - the run was clean: the input is valid, so the claims were false (verdict "clean"). The task
   is pending again with no attempt spent and the claimants keep their refusals; any later claim
   on it is unconfirmed, whoever makes it.

@@ -33,6 +33,10 @@ class ReviewRepository:
     def __init__(self, engine: Engine, quorum: int) -> None:
         self.engine = engine
         self.quorum = quorum  # what the undecided event says more claims take (claims.claim's)
+        # Task kinds whose job can finish without every task (training: a round closes on its
+        # quorum), set by the composition root: a task of theirs that raised on the referee too
+        # goes on to its attempts, as before, rather than failing its whole job.
+        self.goes_on: frozenset[str] = frozenset()
 
     def contested(self) -> list[Contested]:
         """Tasks of open jobs waiting for the referee to review their claims (oldest first)."""
@@ -61,7 +65,8 @@ class ReviewRepository:
         got before it failed (repositories.ledger.claim_pay; draw: its draws, for tests); final:
         the program raised on the referee too, a failure of the task's input itself that any node
         would meet, so the task ends at once and its job fails, rather than going to the nodes its
-        attempts have left (each of them paid too, now). The task's job id, or None when the task
+        attempts have left (each of them paid too, now), unless its job goes on without it
+        (goes_on). The task's job id, or None when the task
         was no longer contested (its job ended, another replica ruled first)."""
         with self.engine.begin() as conn:
             row = conn.execute(select(s.tasks).where(s.tasks.c.task_id == task_id).with_for_update()).first()
@@ -84,7 +89,7 @@ class ReviewRepository:
             error = (claims.kind_of(conn, task_id), message)
             node = row.last_failed_node
             counted = verdict == claims.FAILED
-            if counted and final:
+            if counted and final and row.kind not in self.goes_on:
                 n = len(claims.claimants(conn, task_id))
                 kind = claims.kind_of(conn, task_id)
                 why = (

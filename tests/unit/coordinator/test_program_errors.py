@@ -153,3 +153,18 @@ def test_a_referee_run_over_its_memory_limit_confirms_but_the_task_goes_on(
     turn(reviews(state, blobs, over))  # type: ignore[arg-type]
     assert state.tasks.get_task(TASK).state == "pending" and task_failures(state) == 2  # confirmed: spent
     assert state.jobs.get_job(JOB).state != JobState.FAILED  # its last attempt for another node
+
+
+def test_a_task_whose_job_goes_on_without_it_keeps_its_attempts_after_a_raising_review(
+    state: Store, blobs: BlobStore, clock: Clock, tmp_path: Path
+) -> None:
+    """Training's tasks (a round closes on its quorum): the verdict fails no whole job."""
+    state.reviews.goes_on = frozenset({parts.KIND})
+    job_of_rows(state, blobs, tmp_path, (A, CPU), (B, CPU))
+    claim(state, A, AVOID, RAISED)
+    claim(state, B, 2 * AVOID, RAISED)
+    r = reviews(state, blobs, Rows(clock, fail_at=0))
+    while state.tasks.get_task(TASK).state == "contested":
+        turn(r)
+    assert state.tasks.get_task(TASK).state == "pending" and task_failures(state) == 2
+    assert state.jobs.get_job(JOB).state == JobState.RUNNING
