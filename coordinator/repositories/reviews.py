@@ -66,8 +66,8 @@ class ReviewRepository:
         the program raised on the referee too, a failure of the task's input itself that any node
         would meet, so the task ends at once and its job fails, rather than going to the nodes its
         attempts have left (each of them paid too, now), unless its job goes on without it
-        (goes_on). The task's job id, or None when the task
-        was no longer contested (its job ended, another replica ruled first)."""
+        (goes_on). The task's job id, or None when the task was no longer contested (its job
+        ended, another replica ruled first)."""
         with self.engine.begin() as conn:
             row = conn.execute(select(s.tasks).where(s.tasks.c.task_id == task_id).with_for_update()).first()
             if row is None or row.state != claims.CONTESTED:
