@@ -169,6 +169,8 @@ def classify(exc: BaseException) -> ErrorKind:
     if isinstance(exc, TensorGridError | KeyError | TypeError | ValueError | FileNotFoundError):
         # A TensorGridError outside the ones above is a bad request (e.g. unknown device).
         return ErrorKind.INVALID_INPUT
+    # The program's own raise arrives above as ExecutionError(PROGRAM_ERROR) (the workloads wrap
+    # every call into its graph); anything else failed on the node's side: its own error.
     return ErrorKind.EXECUTION
 
 

@@ -17,6 +17,7 @@ _ERROR_KINDS = {
     t.ErrorKind.BLOB_UNAVAILABLE: common_pb2.ERROR_KIND_BLOB_UNAVAILABLE,
     t.ErrorKind.CRASHED: common_pb2.ERROR_KIND_CRASHED,
     t.ErrorKind.RELEASED: common_pb2.ERROR_KIND_RELEASED,
+    t.ErrorKind.PROGRAM_ERROR: common_pb2.ERROR_KIND_PROGRAM_ERROR,
 }
 _ERROR_KINDS_BACK = {v: k for k, v in _ERROR_KINDS.items()}
 

@@ -18,6 +18,9 @@ class ErrorKind(enum.StrEnum):
     BLOB_UNAVAILABLE = "blob_unavailable"
     CRASHED = "crashed"
     RELEASED = "released"
+    # the submitter's program raised while it ran (a node's own faults stay EXECUTION, CRASHED,
+    # OUT_OF_MEMORY, TIMEOUT): a workload claim where the referee runs the same device class
+    PROGRAM_ERROR = "program_error"
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Failure claims: a node saying a task's input is invalid or unsafe (a workload error).
+"""Failure claims: a node saying a task's input is invalid or unsafe, or that the submitter's
+program raised while it ran the task on CPU (a workload error: WORKLOAD_ERRORS of repositories.tasks).
 
 Such a failure blames the workload, not the node, and spends one of the task's attempts, so
 one node that lies about every task could fail every job. A claim therefore counts against
@@ -10,7 +11,8 @@ the task only once a second, distinct node makes one too:
   (its results are checked as a newcomer's again). The same node claiming the same task again
   changes nothing.
 - confirmed (a second node claims it): the claim spends an attempt, and so do the earlier
-  unconfirmed claims it confirms; their reporters' refusals are taken back. From then on every
+  unconfirmed claims it confirms; their reporters' refusals are taken back (the rejection and
+  the failure it counted; the backoff already served and the streak reset stay). From then on every
   claim on the task spends an attempt, as any failure does.
 
 Two colluding nodes could confirm each other's lie. For tasks the referee can run (`reviewed`:
@@ -22,12 +24,16 @@ The referee then runs the task as a node would (services.verification.reviews) a
 
 - the run failed (the program raised, hit the referee's memory limit, or its input is gone;
   a run in parts, when a part truly fails: a part over the time limit is tried again): the
-  claims are confirmed as above (verdict "failed").
+  claims are confirmed as above (verdict "failed"). When the program (or its input) raised on
+  the referee too, the failure is the input's own, met by any node that runs it: the task ends at
+  once and its job fails, naming the task and the referee's error, instead of going to the nodes
+  its attempts have left (each of them a run, and a claim paid, for nothing new). A run over the
+  referee's memory limit, a crash or a missing blob is the referee's own trouble as much as the
+  input's (a node with more memory may run it), and a training task's job goes on without it
+  (its round closes on its quorum: reviews.goes_on): confirmed, the task goes on to its attempts.
 - the run was clean: the input is valid, so the claims were false (verdict "clean"). The task
   is pending again with no attempt spent and the claimants keep their refusals; any later claim
-  on it is unconfirmed, whoever makes it. What a claim is about (the input files, the settings)
-  reads the same on every device: a program that fails on one device class reports an
-  execution error, not a claim.
+  on it is unconfirmed, whoever makes it.
 - the referee could not decide (verdict "undecided": the parts spent the task's review budget,
   --review-budget-factor × its time limit, or one batch or inner step, the smallest part there
   is, timed out --review-stalls times in a row, longer than a referee request: the
@@ -74,6 +80,21 @@ or by the second-claim rule below) earns nothing: colluders would be paid for a 
 still claim a failure it found without running the rows before it (an input whose late row is
 visibly bad): it is paid what an honest run would be, which the submitter's bad input owes anyway.
 
+A program error (ErrorKind.PROGRAM_ERROR: the submitter's graph raised, its outputs had the wrong
+shape, training diverged; node/worker.py reports anything else that fails on the node's side, its
+own I/O, as an execution error) is a claim only from a run on the device class the referee runs,
+CPU (as_claimed: the task's device, else its node's). What an invalid-input claim is about (the
+files, the settings) reads the same on every device, but a program can fail on one device class
+alone: from a CUDA run, the referee's clean CPU run would disprove an honest node whose GPU truly
+failed, so there it stays the node's execution error (its failure, an attempt spent), as every
+program error was before. A CUDA referee (or CUDA reviewers) would let CUDA runs claim too. A
+node from before PROGRAM_ERROR reports the program's raise as its own execution error, as it
+always did: it keeps working, unpaid for such tasks. Without this, a hostile submitter could have
+every honest node that takes its task run it almost to the end for free and be backed off, up to
+max_attempts nodes a task. Who could abuse it: a node lying that a good program raised pays what
+an invalid-input lie costs (the same claim, the same refusal); a submitter whose program raises
+now pays for the runs it wasted (claim_pay) and its job ends at the referee's verdict.
+
 Tasks of kinds that do not review claims (noop) keep the second-claim rule. A training round that
 closes while one of its tasks is contested cancels it: its review is never run.
 """
@@ -81,6 +102,7 @@ closes while one of its tasks is contested cancels it: its review is never run.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import Connection, case, insert, select, update
 
@@ -88,12 +110,14 @@ from coordinator.db import schema as s
 from coordinator.db.events import append_event
 from coordinator.repositories.ledger import claim_pay
 from coordinator.repositories.nodes import node_failed
+from tensorgrid.types import ErrorKind, TaskError
 
 claims = s.failure_claims
 CLEAN, FAILED, UNDECIDED = "clean", "failed", "undecided"  # verdicts of a review
 DISPROVED = "disproved"  # the job event of a result that finishes a task whose review was undecided
 VERDICTS = (CLEAN, FAILED, UNDECIDED)
 CONTESTED = s.OPEN_TASK_STATES[2]  # the state of a task whose claims the referee is about to review
+REFEREE_DEVICE = "cpu"  # the device class the referee runs tasks on (services/sandbox_child.py)
 
 
 @dataclass(frozen=True)
@@ -145,6 +169,23 @@ def claim(
     return Claim(confirmed=True, spends=1 + earlier, note=note, paid=proof is not None)
 
 
+def as_claimed(conn: Connection, row: Any, error: TaskError) -> TaskError:
+    """What a node's report of its run of a task (a tasks row) counts as: a program error is a
+    workload claim only from a run on the device class the referee runs (REFEREE_DEVICE), the
+    task's own device, else its node's; from another (a CUDA node) it is that node's execution
+    error, as before program errors were claims, since the referee's clean CPU run would refuse
+    an honest node whose device truly failed."""
+    if error.kind != ErrorKind.PROGRAM_ERROR or not row.node:
+        return error
+    device = str(row.device)
+    if device not in ("cpu", "cuda"):  # "any": the node runs it on its own device
+        device = str(conn.execute(select(s.nodes.c.device_kind).where(s.nodes.c.address == row.node)).scalar())
+    if device == REFEREE_DEVICE:
+        return error
+    said = f"{error.message} (a program error on {device}: the referee runs on {REFEREE_DEVICE}, so the node's failure)"
+    return TaskError(ErrorKind.EXECUTION, said)
+
+
 def settle_review(conn: Connection, task_id: str, verdict: str) -> int:
     """Record the referee's verdict on the task's claims (CLEAN, FAILED or UNDECIDED); the
     attempts the claims spend now: only a failed run spends any (a clean one proved them false,
@@ -176,7 +217,7 @@ def claimants(conn: Connection, task_id: str) -> list[str]:
 
 
 def kind_of(conn: Connection, task_id: str) -> str:
-    """What the task's claims say (the first one's kind: invalid_input or unsafe_input)."""
+    """What the task's claims say (the first one's kind: invalid_input, unsafe_input or program_error)."""
     c = claims.c
     first = conn.execute(select(c.kind).where(c.task_id == task_id).order_by(c.claimed_ms, c.node).limit(1)).scalar()
     return str(first or "invalid_input")
@@ -189,7 +230,8 @@ def _refuse(conn: Connection, node: str, now_ms: int) -> None:
 
 def _confirm(conn: Connection, task_id: str, but: str) -> int:
     """Confirm the task's claims if any is unconfirmed, and take back the refusals of those
-    reporters (except `but`, whose claim is being made now); how many that were."""
+    reporters (except `but`, whose claim is being made now): the rejection, and the failure it
+    counted (what backs a node off: nodes.node_failed); how many that were."""
     rows = conn.execute(select(claims.c.node, claims.c.confirmed).where(claims.c.task_id == task_id)).all()
     unconfirmed = sorted({r.node for r in rows if not r.confirmed and r.node != but})
     if unconfirmed:
@@ -198,6 +240,10 @@ def _confirm(conn: Connection, task_id: str, but: str) -> int:
         conn.execute(
             update(s.nodes)
             .where(n.address.in_(unconfirmed))
-            .values(rejections=case((n.rejections > 0, n.rejections - 1), else_=0))
+            .values(
+                rejections=case((n.rejections > 0, n.rejections - 1), else_=0),
+                failures=case((n.failures > 0, n.failures - 1), else_=0),
+                consecutive_failures=case((n.consecutive_failures > 0, n.consecutive_failures - 1), else_=0),
+            )
         )
     return len(unconfirmed)

@@ -13,7 +13,7 @@ from coordinator.db import schema as s
 from coordinator.repositories import claims
 from coordinator.repositories.ledger import claim_pay
 from coordinator.repositories.locks import lock_in_order
-from coordinator.repositories.tasks import reissue_or_end
+from coordinator.repositories.tasks import fail_job, reissue_or_end
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,10 @@ class ReviewRepository:
     def __init__(self, engine: Engine, quorum: int) -> None:
         self.engine = engine
         self.quorum = quorum  # what the undecided event says more claims take (claims.claim's)
+        # Task kinds whose job can finish without every task (training: a round closes on its
+        # quorum), set by the composition root: a task of theirs that raised on the referee too
+        # goes on to its attempts, as before, rather than failing its whole job.
+        self.goes_on: frozenset[str] = frozenset()
 
     def contested(self) -> list[Contested]:
         """Tasks of open jobs waiting for the referee to review their claims (oldest first)."""
@@ -51,16 +55,19 @@ class ReviewRepository:
 
     def settle_review(
         self, task_id: str, verdict: str, reason: str, now_ms: int, work: tuple[int, int] = (0, 0),
-        draw: claim_pay.Draw | None = None,
+        draw: claim_pay.Draw | None = None, *, final: bool = False,
     ) -> str | None:  # fmt: skip
         """Carry out the referee's verdict (claims.CLEAN, FAILED or UNDECIDED) on a contested
         task's claims: pending again, or its job failed when the confirmed claims spent its last
         attempt. Undecided, the task is pending with nothing spent and marked (tasks.undecided_ms)
         for more distinct nodes to settle (repositories.claims). Failed, its claimants are paid
         for the work the failure took: `work` is (done, of the task's), how far the referee's run
-        got before it failed (repositories.ledger.claim_pay; draw: its draws, for tests). The
-        task's job id, or None when the task was no longer contested (its job ended, another
-        replica ruled first)."""
+        got before it failed (repositories.ledger.claim_pay; draw: its draws, for tests); final:
+        the program raised on the referee too, a failure of the task's input itself that any node
+        would meet, so the task ends at once and its job fails, rather than going to the nodes its
+        attempts have left (each of them paid too, now), unless its job goes on without it
+        (goes_on). The task's job id, or None when the task was no longer contested (its job
+        ended, another replica ruled first)."""
         with self.engine.begin() as conn:
             row = conn.execute(select(s.tasks).where(s.tasks.c.task_id == task_id).with_for_update()).first()
             if row is None or row.state != claims.CONTESTED:
@@ -82,7 +89,16 @@ class ReviewRepository:
             error = (claims.kind_of(conn, task_id), message)
             node = row.last_failed_node
             counted = verdict == claims.FAILED
-            reissue_or_end(conn, row, row.failures + spent, error, now_ms, counted=counted, node=node, event=event)
+            if counted and final and row.kind not in self.goes_on:
+                n = len(claims.claimants(conn, task_id))
+                kind = claims.kind_of(conn, task_id)
+                why = (
+                    f"task {row.idx} failed for good: claims confirmed, the referee's run of it failed as its {n} "
+                    f"claimants' did, so no more nodes run it ({kind}: {reason})"
+                )
+                fail_job(conn, row, why[:2000], now_ms)
+            else:
+                reissue_or_end(conn, row, row.failures + spent, error, now_ms, counted=counted, node=node, event=event)
             if verdict == claims.FAILED:
                 claim_pay.entitle(conn, task_id, claims.claimants(conn, task_id), *work, now_ms, draw=draw)
                 claim_pay.pay(conn, row.job_id, now_ms)

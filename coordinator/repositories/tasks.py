@@ -23,7 +23,8 @@ from tensorgrid.types import BlobRef, ErrorKind, JobState, Lease, Receipt, TaskE
 
 # Failures that say the workload itself is bad, not the node: no backoff for the node once a
 # second node confirms them; until then they count against their reporter (repositories.claims).
-WORKLOAD_ERRORS = (ErrorKind.INVALID_INPUT, ErrorKind.UNSAFE_INPUT)
+# A program error is one only from a run on the referee's device class (claims.as_claimed).
+WORKLOAD_ERRORS = (ErrorKind.INVALID_INPUT, ErrorKind.UNSAFE_INPUT, ErrorKind.PROGRAM_ERROR)
 # Expired leases one reaping transaction reissues. It locks their nodes' and jobs' rows until it
 # commits, six statements a lease later: 500 at a time held them for up to 8 s on a coordinator
 # short of CPU (benchmarks.fleet at 5,000 nodes, pg_stat_activity), every result and heartbeat of
@@ -238,6 +239,7 @@ class TaskRepository:
         node's word or a refusal: its node may still hand the result in (lost_lease)."""
         released = error.kind == ErrorKind.RELEASED
         node = row.node
+        error = claims.as_claimed(conn, row, error)
         # A node's word that the input is bad counts against the task only once another node's confirms it.
         said = claims.Claim(confirmed=True, spends=0 if released or forged else 1)
         if error.kind in WORKLOAD_ERRORS and not rejection and node:
@@ -291,11 +293,7 @@ def reissue_or_end(
     the last failure. Whether it was reissued."""
     kind, text = error
     if failures >= row.max_attempts:
-        message = f"task {row.idx} failed {failures} times; last error ({kind}): {text}"
-        conn.execute(
-            update(s.jobs).where(s.jobs.c.job_id == row.job_id).values(task_failures=s.jobs.c.task_failures + 1)
-        )
-        end_job(conn, row.job_id, JobState.FAILED, now_ms, error=message)
+        fail_job(conn, row, f"task {row.idx} failed {failures} times; last error ({kind}): {text}", now_ms)
         return False
     conn.execute(
         update(s.tasks)
@@ -317,6 +315,12 @@ def reissue_or_end(
     what = f"{'unconfirmed ' if unconfirmed else ''}{kind}: {text}"
     append_event(conn, row.job_id, event, now_ms, task_index=row.idx, node=node or "", message=what[:2000])
     return True
+
+
+def fail_job(conn: Connection, row: Any, message: str, now_ms: int) -> None:
+    """The task (a tasks row) failed for good: its job fails, saying `message`."""
+    conn.execute(update(s.jobs).where(s.jobs.c.job_id == row.job_id).values(task_failures=s.jobs.c.task_failures + 1))
+    end_job(conn, row.job_id, JobState.FAILED, now_ms, error=message)
 
 
 def check_holder(row: Any, address: str, attempt: int, now_ms: int, *, allow_expired: bool = False) -> None:

@@ -72,14 +72,14 @@ def compress(tensors: dict[str, torch.Tensor], compression: str) -> dict[str, to
             raise ExecutionError(ErrorKind.INVALID_INPUT, f"tensor name {name!r} is reserved")
         x = value.detach().to("cpu", torch.float32)
         if not bool(torch.isfinite(x).all()):
-            raise ExecutionError(ErrorKind.EXECUTION, f"pseudo-gradient {name!r} is not finite: training diverged")
+            raise ExecutionError(ErrorKind.PROGRAM_ERROR, f"pseudo-gradient {name!r} is not finite: training diverged")
         amax = float(x.abs().max()) if x.numel() else 0.0
         if compression == "none":
             out[name] = x
         elif compression == "fp16":
             if amax > _FP16_MAX:
                 raise ExecutionError(
-                    ErrorKind.EXECUTION,
+                    ErrorKind.PROGRAM_ERROR,
                     f"pseudo-gradient {name!r} reaches {amax:.3g}, beyond fp16's range: use int8 or none",
                 )
             out[name] = x.to(torch.float16)

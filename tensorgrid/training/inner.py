@@ -129,7 +129,7 @@ class _Run:
         loss = compute_loss(forward(self.module, inputs), targets, s.loss)
         value = float(loss.detach())
         if not math.isfinite(value):
-            raise ExecutionError(ErrorKind.EXECUTION, f"training diverged: loss is {value} at step {self.step}")
+            raise ExecutionError(ErrorKind.PROGRAM_ERROR, f"training diverged: loss is {value} at step {self.step}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.grad_peaks is not None:  # a verifier's replay: which elements ever had a gradient

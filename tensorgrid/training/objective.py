@@ -86,7 +86,7 @@ def forward(module: torch.nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     except torch.OutOfMemoryError as exc:
         raise ExecutionError(ErrorKind.OUT_OF_MEMORY, f"out of memory running the model: {exc}") from exc
     except Exception as exc:  # a stranger's graph failing is a task failure, not ours
-        raise ExecutionError(ErrorKind.EXECUTION, f"the model failed: {type(exc).__name__}: {exc}") from exc
+        raise ExecutionError(ErrorKind.PROGRAM_ERROR, f"the model failed: {type(exc).__name__}: {exc}") from exc
     if not isinstance(output, torch.Tensor):
         raise ExecutionError(
             ErrorKind.INVALID_INPUT, f"a training program must return one tensor, got {type(output).__name__}"

@@ -16,6 +16,7 @@ class ErrorKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_KIND_BLOB_UNAVAILABLE: _ClassVar[ErrorKind]
     ERROR_KIND_CRASHED: _ClassVar[ErrorKind]
     ERROR_KIND_RELEASED: _ClassVar[ErrorKind]
+    ERROR_KIND_PROGRAM_ERROR: _ClassVar[ErrorKind]
 ERROR_KIND_UNSPECIFIED: ErrorKind
 ERROR_KIND_INVALID_INPUT: ErrorKind
 ERROR_KIND_UNSAFE_INPUT: ErrorKind
@@ -25,6 +26,7 @@ ERROR_KIND_EXECUTION: ErrorKind
 ERROR_KIND_BLOB_UNAVAILABLE: ErrorKind
 ERROR_KIND_CRASHED: ErrorKind
 ERROR_KIND_RELEASED: ErrorKind
+ERROR_KIND_PROGRAM_ERROR: ErrorKind
 
 class BlobRef(_message.Message):
     __slots__ = ("sha256", "size")

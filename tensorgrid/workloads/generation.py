@@ -113,13 +113,13 @@ def forward_logits(module: torch.nn.Module, tokens: torch.Tensor, vocab_size: in
     except torch.OutOfMemoryError as exc:
         raise ExecutionError(ErrorKind.OUT_OF_MEMORY, f"out of memory running the decoder: {exc}") from exc
     except Exception as exc:  # any failure inside a stranger's graph is a task failure, not ours
-        raise ExecutionError(ErrorKind.EXECUTION, f"the decoder failed: {type(exc).__name__}: {exc}") from exc
+        raise ExecutionError(ErrorKind.PROGRAM_ERROR, f"the decoder failed: {type(exc).__name__}: {exc}") from exc
     if isinstance(logits, list | tuple) and len(logits) == 1:
         logits = logits[0]
     want = [*tokens.shape, vocab_size]
     if not isinstance(logits, torch.Tensor) or list(logits.shape) != want:
         got = list(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
-        raise ExecutionError(ErrorKind.EXECUTION, f"the decoder returned {got}; expected logits {want}")
+        raise ExecutionError(ErrorKind.PROGRAM_ERROR, f"the decoder returned {got}; expected logits {want}")
     return logits
 
 

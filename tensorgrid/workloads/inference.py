@@ -111,7 +111,7 @@ def _run_rows(
             batch = [t[start : start + step].to(target) for t in inputs]
             named = forward_rows(module, batch)
             if pieces and set(named) != set(pieces):
-                raise ExecutionError(ErrorKind.EXECUTION, "the model's output names changed between batches")
+                raise ExecutionError(ErrorKind.PROGRAM_ERROR, "the model's output names changed between batches")
             for key, value in named.items():
                 pieces.setdefault(key, []).append(value.to("cpu"))
     return {key: torch.cat(parts, dim=0) for key, parts in pieces.items()}
@@ -129,7 +129,7 @@ def _forward(module: Callable[..., object], batch: list[torch.Tensor]) -> object
     except torch.OutOfMemoryError as exc:
         raise ExecutionError(ErrorKind.OUT_OF_MEMORY, f"out of memory running the model: {exc}") from exc
     except Exception as exc:  # any failure inside a stranger's graph is a task failure, not ours
-        raise ExecutionError(ErrorKind.EXECUTION, f"the model failed: {type(exc).__name__}: {exc}") from exc
+        raise ExecutionError(ErrorKind.PROGRAM_ERROR, f"the model failed: {type(exc).__name__}: {exc}") from exc
 
 
 def _named_outputs(outputs: object, rows: int) -> dict[str, torch.Tensor]:
@@ -141,13 +141,13 @@ def _named_outputs(outputs: object, rows: int) -> dict[str, torch.Tensor]:
     elif isinstance(outputs, Mapping):
         named = {str(key): value for key, value in outputs.items()}
     else:
-        raise ExecutionError(ErrorKind.EXECUTION, f"the model returned {type(outputs).__name__}; expected tensors")
+        raise ExecutionError(ErrorKind.PROGRAM_ERROR, f"the model returned {type(outputs).__name__}; expected tensors")
     for key, value in named.items():
         if not isinstance(value, torch.Tensor):
-            raise ExecutionError(ErrorKind.EXECUTION, f"model output {key!r} is not a tensor")
+            raise ExecutionError(ErrorKind.PROGRAM_ERROR, f"model output {key!r} is not a tensor")
         if value.ndim == 0 or value.shape[0] != rows:
             raise ExecutionError(
-                ErrorKind.EXECUTION,
+                ErrorKind.PROGRAM_ERROR,
                 f"model output {key!r} has shape {list(value.shape)}; it needs one row per input row "
                 f"({rows}) to be split and reassembled",
             )

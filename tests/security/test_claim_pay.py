@@ -2,9 +2,9 @@
 real devnet (anvil, the contracts, a coordinator and its sandboxed referee). The job's program
 looks its input's ids up in a table, and the last row of its one shard holds an id past the
 table: every run of the task raises on its last batch. Two staked nodes run it, see it fail and
-claim its input invalid (simulated nodes: the node daemon reports a program's raise as an
-execution error of its own, never reviewed: THREAT_MODEL.md, "Still open"); the referee runs it
-too, its run fails on the same batch, which confirms the claims (the job fails: two attempts)
+claim its input invalid (simulated nodes making invalid-input claims; real node daemons report
+the raise as the program's error: tests/security/test_program_errors.py); the referee runs it
+too, its run fails on the same batch, which confirms the claims (the job fails at the verdict)
 and finds how far the run got (bisection) — and each claimant wins one reward with probability
 (rows before the failing batch ÷ the task's rows), credited from the job's escrow
 (repositories/ledger/claim_pay.py)."""

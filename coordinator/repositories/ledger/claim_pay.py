@@ -19,8 +19,9 @@ From what, and when: the job's escrow, through the ledger's credits (credits.cre
 node earnings, epochs, the Merkle root, and postRoot, which charges a job whole rewards up to
 the tasks its escrow funded). While the job runs every reward of its escrow is owed to the tasks
 it has yet to run and to its verification fee (which takes every reward beyond its shards:
-fee_tasks), so a win waits for the job to end, which a task whose input fails usually makes it do
-(its attempts spent: often in the verdict's own transaction). An ended job pays its claimants'
+fee_tasks), so a win waits for the job to end, which a task whose input fails makes it do: in the
+verdict's own transaction when the program raised on the referee too (the task ends at once,
+repositories.reviews), else once its attempts are spent. An ended job pays its claimants'
 wins from what it did not spend, at once when nothing else may still be credited (a result
 waiting for its check or audit holds its reward back), else just before its last charge
 (ledger.escrow.release_ended_jobs, ledger.job_finished); a win with no room even then is not

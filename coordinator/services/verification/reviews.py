@@ -6,7 +6,10 @@ training task's inner steps as a node's worker runs them (the kind's parts: add_
 A clean run proves the claims false: the task is pending again with no attempt spent. A run
 that fails (the program raised, the child hit its memory limit, the input is gone) cannot prove
 them false, so they are confirmed as before reviews existed: a review can only ever spare a
-task, never blame a node that a claim alone would not have blamed. A run the referee cannot
+task, never blame a node that a claim alone would not have blamed. A run in which the program
+(or its input) raised ends the task at once (Ruling.final: any node would meet that failure),
+and its job with it unless the job goes on without the task (training: repositories.reviews);
+the referee's own limits, a crash or a missing blob leave the task its attempts. A run the referee cannot
 finish proves nothing either way (its CPU may be far slower than the nodes the job was sized
 for): the review is undecided, and more distinct nodes settle the claims (repositories.claims).
 
@@ -46,6 +49,7 @@ not a verdict).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import tempfile
@@ -85,6 +89,9 @@ class Ruling(NamedTuple):
     # FAILED: how far the run got before it failed, of the task's work (rows before the failing
     # batch, or inner steps, of the task's): what its claimants are paid for (ledger.claim_pay)
     work: tuple[int, int] = (0, 0)
+    # FAILED: the program (or its input) raised, not a limit of the referee's child, a crash or a
+    # missing blob: the input itself fails, on any node, so the task ends at once (settle_review)
+    final: bool = False
 
 
 Verdict = Ruling | None  # None: not yet
@@ -134,8 +141,8 @@ class Reviews:
         verdict = await self.rt.refereed(self._verdict, task)
         if verdict is None:
             return not self.rt.stopping  # a stopping coordinator's referee answers nothing more
-        outcome, reason, work = verdict
-        settle = self.store.reviews.settle_review
+        outcome, reason, work, final = verdict
+        settle = functools.partial(self.store.reviews.settle_review, final=final)
         job_id = await self.rt.db(settle, task.task_id, outcome, reason, self.rt.now_ms(), work)
         self.progress.drop(task.task_id)
         self.reviewed += 1
@@ -157,7 +164,7 @@ class Reviews:
         cost, budget = self.progress.cost(task.task_id), self.budget_s(task)
         unit = "step" if task.kind in self._parts else "row"
         if cost.failed and (cost.stalls or cost.spent_s >= budget):  # stop looking for the failing batch
-            return self._failed(task, source, {}, cost, cost.failed)
+            return self._failed(task, source, {}, cost, cost.failed, raised=True)
         if cost.stalls >= self.stalls:
             return Ruling(UNDECIDED, (
                 f"one {'inner step' if unit == 'step' else 'batch'} is longer than a referee request: "
@@ -179,7 +186,7 @@ class Reviews:
                 return self._part(task, source, settings, cost, started)
             part = RowPart.next(cost, settings, source, self._share_s(), task.time_limit_ms / 1000)
             if part.located(cost):  # the failing batch starts at cost.step: every row before it ran
-                return self._failed(task, source, settings, cost, cost.failed)
+                return self._failed(task, source, settings, cost, cost.failed, raised=True)
             retry, smallest = part.after_timeout(retry), part.smallest
             return self._rows(task, source, settings, cost, part, started)
         except SandboxFailure as e:
@@ -192,9 +199,9 @@ class Reviews:
                     spent = cost.spent_s + time.monotonic() - started
                     self.progress.charge(task.task_id, part.after_failure(cost, spent, said, rows))
                     return None
-                return self._failed(task, source, settings, cost, said)
+                return self._failed(task, source, settings, cost, said, raised=e.raised or bool(cost.failed))
             if cost.failed:  # looking for the failing batch: a part too long ends the search
-                return self._failed(task, source, settings, cost, cost.failed)
+                return self._failed(task, source, settings, cost, cost.failed, raised=True)
             # past the request's limit (a loaded machine, a part too long): charged, tried again
             # (rows: a smaller part) until the budget is spent or the smallest part stalls
             spent = cost.spent_s + time.monotonic() - started
@@ -215,15 +222,18 @@ class Reviews:
             said = f"the referee could not run it: {type(e).__name__}: {e}"[:500]
             return self._failed(task, source, settings, cost, said)
 
-    def _failed(self, task: Contested, source: Path, settings: dict[str, Any], cost: Cost, said: str) -> Ruling:
+    def _failed(
+        self, task: Contested, source: Path, settings: dict[str, Any], cost: Cost, said: str, *, raised: bool = False
+    ) -> Ruling:
         """The claims are confirmed: `said`, and how far the run got (what the claimants are paid
-        for): the rows or inner steps the parts ran cleanly before the failure, of the task's."""
+        for): the rows or inner steps the parts ran cleanly before the failure, of the task's;
+        raised: a part of the run raised (cost.failed is only ever set by one), which ends the task."""
         total = cost.steps
         if not total and task.kind in self._parts:
             total = int((settings.get("inner") or {}).get("steps") or 0)
         elif not total:
             total = self._rows_of(source)
-        return Ruling(FAILED, said, (min(cost.step, total), total))
+        return Ruling(FAILED, said, (min(cost.step, total), total), final=raised)
 
     @staticmethod
     def _rows_of(source: Path) -> int:

@@ -89,7 +89,7 @@ def test_hostile_requests_fail_alone(loop: asyncio.AbstractEventLoop, tiny: Serv
     assert kinds[1] in (ErrorKind.INVALID_INPUT, ErrorKind.UNSAFE_INPUT)
     assert kinds[2] == ErrorKind.UNSAFE_INPUT
     assert kinds[3] == ErrorKind.INVALID_INPUT
-    assert kinds[4] in (ErrorKind.EXECUTION, ErrorKind.INVALID_INPUT)
+    assert kinds[4] in (ErrorKind.PROGRAM_ERROR, ErrorKind.INVALID_INPUT)
     assert kinds[5] == "ok"
     assert loop.run_until_complete(tiny.run_batch([good])) == [answers[5]]  # its neighbours changed nothing
 

@@ -114,6 +114,7 @@ def _chained(outer: Exception, inner: BaseException) -> Exception:
         (InvalidTensorFile("short"), ErrorKind.INVALID_INPUT),
         (SpecError("bad"), ErrorKind.INVALID_INPUT),
         (ExecutionError(ErrorKind.EXECUTION, "boom"), ErrorKind.EXECUTION),
+        (ExecutionError(ErrorKind.PROGRAM_ERROR, "the model failed"), ErrorKind.PROGRAM_ERROR),
         (MemoryError(), ErrorKind.OUT_OF_MEMORY),
         (torch.OutOfMemoryError("CUDA out of memory"), ErrorKind.OUT_OF_MEMORY),
         (
@@ -128,3 +129,49 @@ def _chained(outer: Exception, inner: BaseException) -> Exception:
 )
 def test_classify(exc: BaseException, kind: ErrorKind) -> None:
     assert classify(exc) is kind
+
+
+class _LastRowLookup(torch.nn.Module):
+    """Looks its rows' ids up in a table of 8: an id past it raises IndexError in the graph."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.table = torch.nn.Embedding(8, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.table(ids).sum(dim=1)
+
+
+def test_a_program_that_raises_is_a_program_error_and_a_fault_of_the_node_is_not(tmp_path: Path) -> None:
+    """The submitter's program raising on its last batch (an id past its embedding table) is
+    reported as the program's error, a claim the referee can review; the worker failing on its
+    own side (here the output cannot be written where the node asked) stays an execution error.
+    On main both were execution errors, the node's failure."""
+    model = tmp_path / "lookup.pt2"
+    export_program(_LastRowLookup().eval(), (torch.zeros(2, 2, dtype=torch.long),), model)
+    ids = torch.randint(0, 8, (6, 2))
+    ids[-1, 0] = 12  # the last row's id is past the table
+    save_tensors({"ids": ids}, tmp_path / "ids.safetensors")
+    good = tmp_path / "good.safetensors"
+    save_tensors({"ids": ids[:4]}, good)
+    blocked = tmp_path / "a-file"
+    blocked.write_bytes(b"")
+
+    def request(name: str, rows: Path, out: Path) -> dict[str, Any]:
+        return {
+            "id": name, "kind": "inference", "model_path": str(model), "input_path": str(rows),
+            "output_path": str(out), "settings": {"batch_size": 2}, "device": "cpu", "threads": 1,
+        }  # fmt: skip
+
+    replies, _ = run_worker(
+        [
+            request("late", tmp_path / "ids.safetensors", tmp_path / "o.safetensors"),
+            request("node", good, blocked / "o.safetensors"),  # its output's directory is a file
+        ],
+        timeout=120,
+    )
+    late, node = replies[1:]
+    assert late["ok"] is False and late["error_kind"] == "program_error", late
+    assert "IndexError" in late["message"], late
+    assert node["ok"] is False and node["error_kind"] != "program_error", node

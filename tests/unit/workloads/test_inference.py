@@ -125,4 +125,4 @@ def test_bad_inputs_give_clear_errors(mlp: tuple, tmp_path: Path) -> None:
     save_tensors({"x": torch.randn(4, 65)}, tmp_path / "wide.safetensors")
     with pytest.raises(ExecutionError) as info:
         run_inference(model_path, tmp_path / "wide.safetensors", tmp_path / "o", device="cpu")
-    assert info.value.kind == "execution"
+    assert info.value.kind == "program_error"  # the program's own error: a claim from a CPU node
