@@ -1,7 +1,8 @@
 """InferStream end to end: a real coordinator process, serving peers over real gRPC (Serve), a
 submitter's requests multiplexed on one stream. Answers, refusals (with their retry hints) and
 failover as Infer gives them, per request; the stream's bounds (requests in flight, ids in
-flight, its session); the SDK sends on it and falls back to Infer when it breaks."""
+flight, its session); the SDK (blocking and asyncio) sends on it and falls back to Infer when
+it breaks or the coordinator has none."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 
 from tensorgrid.aio import AsyncEndpoints
 from tensorgrid.client import Client
+from tensorgrid.infer_stream import BlockingInferStream
 from tensorgrid.localgrid import LocalGrid
 from tensorgrid.rpc import INFER_STREAM_IN_FLIGHT
 from tensorgrid.tls import open_channel
@@ -178,7 +180,9 @@ def test_a_stream_does_not_outlive_its_session_and_the_sdk_falls_back_to_infer(
                 assert (await s.read()).code == 0
                 answer = await endpoints.infer_bytes(endpoint, rows(2))  # on the SDK's stream
                 assert answer.output == rows(2) and endpoints._stream._call is not None
-                for _ in range(32):  # the stream's session is pushed out
+                blocking = await asyncio.to_thread(c.endpoints.infer_bytes, endpoint, rows(12))  # the Client's
+                assert blocking.output == rows(12) and c.infer_stream._call is not None
+                for _ in range(32):  # the streams' session is pushed out
                     await asyncio.to_thread(c.open_session)
                 c.session.forget()  # the SDK's too: it opens a new one when it next needs one
                 await s.send(2, endpoint, rows(3))
@@ -187,6 +191,10 @@ def test_a_stream_does_not_outlive_its_session_and_the_sdk_falls_back_to_infer(
                 assert answer.output == rows(4)
                 answer = await endpoints.infer_bytes(endpoint, rows(5))  # a new stream, a new session
                 assert answer.output == rows(5) and endpoints._stream._call is not None
+                for i in (14, 15):  # the same for the blocking Client: Infer, then a new stream
+                    blocking = await asyncio.to_thread(c.endpoints.infer_bytes, endpoint, rows(i))
+                    assert blocking.output == rows(i)
+                assert c.infer_stream._call is not None
             finally:
                 await s.close()
                 await endpoints.close()
@@ -230,6 +238,10 @@ def test_the_sdk_uses_infer_where_the_coordinator_has_no_infer_stream() -> None:
                 answer = await endpoints.infer_bytes("ab" * 32, rows(i))
                 assert answer.output == rows(i) and answer.node == "old"
             assert endpoints._stream.unsupported
+            blocking = BlockingInferStream(client.stub, lambda: ())  # the blocking Client's, alike
+            req = serving_pb2.InferRequest(endpoint_id="ab" * 32, input=rows(0))
+            assert await asyncio.to_thread(blocking.infer, req, 10) is None and blocking.unsupported
+            assert await asyncio.to_thread(blocking.infer, req, 10) is None
         finally:
             await endpoints.close()
             client.close()
