@@ -17,6 +17,7 @@ same CoordinatorError codes and retry hints). A request the stream cannot carry 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 import time
@@ -31,6 +32,7 @@ from tensorgrid.rpc import INFER_STREAM_IN_FLIGHT
 from tensorgrid.session import CoordinatorError, Metadata
 from tensorgrid.v1 import serving_pb2
 
+CLOSE_S = 1.0  # how long closing waits for the answers in flight
 REOPEN_S = 1.0  # after a stream broke, unary calls for this long before a new stream is tried
 _CODES = {code.value[0]: code for code in grpc.StatusCode}
 
@@ -102,7 +104,16 @@ class InferStream:
                     answer.set_result(None)
 
     async def close(self) -> None:
+        """End the stream as a caller done with it: its answers in flight are awaited (CLOSE_S at
+        most), then it ends; a stream cancelled instead leaves gRPC an event for a loop that
+        asyncio.run may have closed by then."""
         call, reader = self._call, self._reader
+        if call is not None and reader is not None:
+            with contextlib.suppress(grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
+                async with self._write:
+                    await call.done_writing()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(reader), CLOSE_S)
         self._call = None
         if call is not None:
             call.cancel()
