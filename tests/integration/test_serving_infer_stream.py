@@ -17,7 +17,7 @@ from tensorgrid.aio import AsyncEndpoints
 from tensorgrid.client import Client
 from tensorgrid.infer_stream import BlockingInferStream
 from tensorgrid.localgrid import LocalGrid
-from tensorgrid.rpc import INFER_STREAM_IN_FLIGHT
+from tensorgrid.rpc import INFER_STREAM_IN_FLIGHT, MAX_MESSAGE_BYTES
 from tensorgrid.tls import open_channel
 from tensorgrid.v1 import serving_pb2, submit_pb2_grpc
 from tests.integration.conftest import Assets
@@ -158,6 +158,35 @@ def test_a_request_id_already_in_flight_ends_the_stream(make_grid: Callable[...,
 
         asyncio.run(scenario())
     peer.stop()
+
+
+def test_a_message_over_the_transports_ceiling_ends_the_stream(make_grid: Callable[..., LocalGrid]) -> None:
+    """A sender whose channel allows bigger messages than the coordinator takes: refused before
+    it is parsed (RESOURCE_EXHAUSTED), as for Infer."""
+    grid = _grid(make_grid)
+    with grid.client() as c:
+        options = [("grpc.max_send_message_length", 2 * MAX_MESSAGE_BYTES)]
+        metadata = c.session_metadata()
+
+        async def scenario() -> grpc.StatusCode:
+            if c.tls.plain_text(c.target):
+                channel = grpc.aio.insecure_channel(c.target, options=options)
+            else:
+                channel = grpc.aio.secure_channel(c.target, c.tls.credentials(), options=options)
+            call = submit_pb2_grpc.SubmitterServiceStub(channel).InferStream(metadata=metadata)
+            try:
+                big = serving_pb2.InferRequest(
+                    request_id=1, endpoint_id="ab" * 32, input=b"x" * (MAX_MESSAGE_BYTES + 1)
+                )
+                with pytest.raises(grpc.aio.AioRpcError) as ended:
+                    await asyncio.wait_for(call.write(big), 30)
+                    await asyncio.wait_for(call.read(), 30)
+                return ended.value.code()  # type: ignore[no-any-return]
+            finally:
+                call.cancel()
+                await channel.close()
+
+        assert asyncio.run(scenario()) == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 def test_a_stream_does_not_outlive_its_session_and_the_sdk_falls_back_to_infer(
