@@ -90,8 +90,9 @@ class InferStreams:
         try:
             while (msg := await out.get()) is not None:
                 if isinstance(msg, _End):
-                    await context.abort(msg.code, msg.message)
-                yield msg  # type: ignore[misc]
+                    await context.abort(msg.code, msg.message)  # raises
+                    return
+                yield msg
         finally:
             reader.cancel()
             for task in list(pending.values()):
@@ -116,6 +117,9 @@ class InferStreams:
             out.put_nowait(None)
         except (grpc.aio.AioRpcError, grpc.aio.AbortError):
             out.put_nowait(None)
+        except Exception:  # the handler must not wait for a reader that is gone
+            log.exception("an InferStream failed")
+            out.put_nowait(_End(grpc.StatusCode.INTERNAL, "internal error in the coordinator; see its log"))
 
     async def _take(
         self,
