@@ -10,10 +10,12 @@ Then the same load (8 clients) runs while one replica's node is SIGKILLed mid-ru
 errors seen by clients (goal 0) and the p99 around the failover.
 
 Both sides get the same request bytes over the same RPC message types (InferRequest →
-InferResponse); the baseline runs each request's forward pass in its event loop as it
-comes, the grid routes it coordinator → node agent → sandboxed worker and back. Both run
-from the start; at each level they take turns (--rounds each, seconds/rounds a turn), so a
-shift in the machine's load between them (it is shared) lands on both sides alike.
+InferResponse): the grid's clients on one open InferStream as the SDK sends them, the
+baseline's as unary Infer calls (--grid-infer, --baseline-infer change either). The baseline
+runs each request's forward pass in its event loop as it comes, the grid routes it
+coordinator → node agent → sandboxed worker and back. Both run from the start; at each
+level they take turns (--rounds each, seconds/rounds a turn), so a shift in the machine's
+load between them (it is shared) lands on both sides alike.
 
     python -m benchmarks.serving [--seconds 6] [--levels 1,8,64] [--rounds 2]
 """
@@ -35,8 +37,10 @@ import torch
 from benchmarks._common import emit
 from tensorgrid.client import Client
 from tensorgrid.crypto import Signer
+from tensorgrid.infer_stream import InferStream
 from tensorgrid.localgrid import LocalGrid
 from tensorgrid.serving.tensors import tensors_to_bytes
+from tensorgrid.session import CoordinatorError
 from tensorgrid.spec import EndpointSpec
 from tensorgrid.tls import ClientTls, open_channel
 from tensorgrid.v1 import serving_pb2, submit_pb2_grpc
@@ -79,14 +83,21 @@ async def _baseline_server(model_path: Path, port_file: Path) -> None:
         out = out[0] if isinstance(out, list | tuple) else out
         return serving_pb2.InferResponse(output=tensors_to_bytes({"output": out}), node="baseline", attempts=1)
 
+    async def infer_stream(requests: Any, context: Any) -> Any:  # one by one, as its event loop runs Infer
+        async for request in requests:
+            answer = await infer(request, context)
+            answer.request_id = request.request_id
+            yield answer
+
+    kw = dict(
+        request_deserializer=serving_pb2.InferRequest.FromString,
+        response_serializer=serving_pb2.InferResponse.SerializeToString,
+    )
     handler = grpc.method_handlers_generic_handler(
         "tensorgrid.v1.SubmitterService",
         {
-            "Infer": grpc.unary_unary_rpc_method_handler(
-                infer,
-                request_deserializer=serving_pb2.InferRequest.FromString,
-                response_serializer=serving_pb2.InferResponse.SerializeToString,
-            )
+            "Infer": grpc.unary_unary_rpc_method_handler(infer, **kw),
+            "InferStream": grpc.stream_stream_rpc_method_handler(infer_stream, **kw),
         },
     )
     server = grpc.aio.server()
@@ -128,9 +139,12 @@ async def closed_loop(
     seconds: float,
     tls: ClientTls | None = None,
     during: Any = None,
+    stream: bool = False,
 ) -> tuple[list[float], list[str]]:
     """`clients` callers, each sending its next request when the last is answered, for
-    `seconds` after a short warm-up; returns the latencies (ms) and the errors seen."""
+    `seconds` after a short warm-up; returns the latencies (ms) and the errors seen.
+    stream: the requests go on one open InferStream as the SDK sends them
+    (tensorgrid.infer_stream: a unary Infer when the stream cannot take one); else unary Infer."""
     channel = open_channel(target, tls or ClientTls(), aio=True)
     stub = submit_pb2_grpc.SubmitterServiceStub(channel)
     req = serving_pb2.InferRequest(endpoint_id=endpoint, input=data, timeout_ms=10_000)
@@ -139,13 +153,23 @@ async def closed_loop(
     warm_until = time.monotonic() + min(1.0, seconds / 4)
     stop_at = warm_until + seconds
 
+    async def session() -> tuple[tuple[str, str], ...]:
+        return metadata
+
+    streamed = InferStream(stub, session) if stream else None
+
+    async def call() -> None:
+        if streamed is None or await streamed.infer(req, 10) is None:
+            await stub.Infer(req, metadata=metadata, timeout=10)
+
     async def caller() -> None:
         while (now := time.monotonic()) < stop_at:
             started = time.perf_counter()
             try:
-                await stub.Infer(req, metadata=metadata, timeout=10)
-            except grpc.aio.AioRpcError as e:
-                errors.append(f"{e.code().name}: {e.details()}")
+                await call()
+            except (grpc.aio.AioRpcError, CoordinatorError) as e:
+                code = e.code if isinstance(e, CoordinatorError) else e.code()
+                errors.append(f"{code.name}: {e if isinstance(e, CoordinatorError) else e.details()}")
                 await asyncio.sleep(0.01)
                 continue
             if now >= warm_until:
@@ -154,6 +178,8 @@ async def closed_loop(
     if during is not None:
         asyncio.get_running_loop().call_later(seconds / 3 + (warm_until - time.monotonic()), during)
     await asyncio.gather(*(caller() for _ in range(clients)))
+    if streamed is not None:
+        await streamed.close()
     await channel.close()
     return latencies, errors
 
@@ -190,13 +216,21 @@ def start_grid(root: Path, model_path: Path, check_rate: float) -> tuple[LocalGr
     return grid, client, endpoint
 
 
-def measure(levels: list[int], seconds: float, check_rate: float, rounds: int = ROUNDS) -> dict[str, Any]:
+def measure(
+    levels: list[int],
+    seconds: float,
+    check_rate: float,
+    rounds: int = ROUNDS,
+    streams: tuple[bool, bool] = (False, True),
+) -> dict[str, Any]:
+    """streams: whether the baseline's and the grid's clients send on an InferStream (else unary Infer)."""
     result: dict[str, Any] = {
         "benchmark": "serving",
         "levels": levels,
         "seconds_per_level": seconds,
         "rounds": rounds,
         "check_rate": check_rate,
+        "infer": {side: "stream" if on else "unary" for side, on in zip(("baseline", "grid"), streams, strict=True)},
     }
     with tempfile.TemporaryDirectory(prefix="tg-bench-serving-") as tmp:
         root = Path(tmp)
@@ -210,12 +244,17 @@ def measure(levels: list[int], seconds: float, check_rate: float, rounds: int = 
         try:
             md = client.session_metadata()
             none: tuple[tuple[str, str], ...] = ()
-            sides = {"baseline": (f"127.0.0.1:{port}", none, ""), "grid": (grid.target, md, endpoint)}
+            sides = {
+                "baseline": (f"127.0.0.1:{port}", none, "", streams[0]),
+                "grid": (grid.target, md, endpoint, streams[1]),
+            }
             for c in levels:
                 seen: dict[str, tuple[list[float], list[str]]] = {side: ([], []) for side in sides}
                 for _ in range(rounds):  # the two sides take turns: a change of load hits both alike
-                    for side, (target, metadata, ep) in sides.items():
-                        lat, err = asyncio.run(closed_loop(target, metadata, ep, data, c, seconds / rounds))
+                    for side, (target, metadata, ep, stream) in sides.items():
+                        lat, err = asyncio.run(
+                            closed_loop(target, metadata, ep, data, c, seconds / rounds, stream=stream)
+                        )
                         seen[side][0].extend(lat)
                         seen[side][1].extend(err)
                 for side in sides:
@@ -224,7 +263,16 @@ def measure(levels: list[int], seconds: float, check_rate: float, rounds: int = 
             _stop(baseline)
             victim = next(p for p in grid.procs if p.name == "node1")
             failover = asyncio.run(
-                closed_loop(grid.target, md, endpoint, data, 8, seconds * 1.5, during=lambda: grid.kill_proc(victim))
+                closed_loop(
+                    grid.target,
+                    md,
+                    endpoint,
+                    data,
+                    8,
+                    seconds * 1.5,
+                    during=lambda: grid.kill_proc(victim),
+                    stream=streams[1],
+                )
             )
             result["failover_8"] = summary(*failover, seconds * 1.5)
             print(f"grid, 8 clients, node1 killed: {result['failover_8']}", file=sys.stderr)
@@ -268,6 +316,19 @@ def main(argv: list[str] | None = None) -> int:
         help="share of answers the coordinator checks again (default: the endpoint default, "
         f"{EndpointSpec.check_rate}); 0 measures routing alone",
     )
+    p.add_argument(
+        "--grid-infer",
+        choices=("stream", "unary"),
+        default="stream",
+        help="how the grid's clients send: on one InferStream, as the SDK does (default), or unary Infer calls",
+    )
+    p.add_argument(
+        "--baseline-infer",
+        choices=("unary", "stream"),
+        default="unary",
+        help="how the baseline's clients send: unary Infer calls to a plain grpc.aio server (default), or on "
+        "one stream to it (the same transport as the grid's clients)",
+    )
     p.add_argument("--baseline-server", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--port-file", type=Path, help=argparse.SUPPRESS)
     ns = p.parse_args(argv)
@@ -276,7 +337,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if ns.rounds < 1:
         p.error("--rounds must be at least 1")
-    emit(measure([int(c) for c in ns.levels.split(",")], ns.seconds, ns.check_rate, ns.rounds))
+    streams = (ns.baseline_infer == "stream", ns.grid_infer == "stream")
+    emit(measure([int(c) for c in ns.levels.split(",")], ns.seconds, ns.check_rate, ns.rounds, streams))
     return 0
 
 

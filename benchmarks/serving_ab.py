@@ -9,6 +9,9 @@ e.g. `git archive main | tar -x -C /tmp/main-tree`; each grid's processes run fr
 
     python -m benchmarks.serving_ab --base /tmp/main-tree [--levels 1,64] [--rounds 10] [--turn 1.5]
 
+This checkout's grid is called on an InferStream as the SDK does (--head-infer), the base's and
+the baseline's with unary Infer (--base-infer; --baseline-stream adds the baseline on a stream).
+
 Without --base both grids run this checkout: an A/A run, the noise between two grids of one code.
 """
 
@@ -52,11 +55,22 @@ def running_from(tree: Path) -> Iterator[None]:
 
 
 def measure(
-    base: Path, levels: list[int], rounds: int, turn_s: float, check_rate: float, base_check_rate: float
+    base: Path,
+    levels: list[int],
+    rounds: int,
+    turn_s: float,
+    check_rate: float,
+    base_check_rate: float,
+    streams: dict[str, bool] | None = None,
 ) -> dict[str, Any]:
+    """streams: which sides' clients send on an InferStream (tensorgrid.infer_stream), else unary
+    Infer; a side "baseline_stream" in it adds a fourth side, the baseline server over a stream."""
+    streams = streams if streams is not None else {}
     result: dict[str, Any] = {"benchmark": "serving_ab", "levels": levels, "rounds": rounds, "turn_s": turn_s}
     rates = {"head": check_rate, "base": base_check_rate}
     result["check_rates"] = rates
+    sides_run = SIDES + (("baseline_stream",) if "baseline_stream" in streams else ())
+    result["infer"] = {side: "stream" if streams.get(side) else "unary" for side in sides_run}
     with tempfile.TemporaryDirectory(prefix="tg-bench-serving-ab-") as tmp:
         root = Path(tmp)
         model_path, data = build_model(root)
@@ -68,18 +82,19 @@ def measure(
                 with running_from(tree):
                     grids.append((name, *start_grid(root / name, model_path, rates[name])))
             none: tuple[tuple[str, str], ...] = ()
-            sides = {"baseline": (f"127.0.0.1:{port}", none, "")}
+            sides = {"baseline": (f"127.0.0.1:{port}", none, ""), "baseline_stream": (f"127.0.0.1:{port}", none, "")}
             for name, grid, client, endpoint in grids:
                 sides[name] = (grid.target, client.session_metadata(), endpoint)
             for c in levels:
-                seen: dict[str, tuple[list[float], list[str]]] = {side: ([], []) for side in SIDES}
+                seen: dict[str, tuple[list[float], list[str]]] = {side: ([], []) for side in sides_run}
                 for r in range(rounds):
-                    for side in SIDES if r % 2 == 0 else SIDES[::-1]:
+                    for side in sides_run if r % 2 == 0 else sides_run[::-1]:
                         target, metadata, endpoint = sides[side]
-                        lat, err = asyncio.run(closed_loop(target, metadata, endpoint, data, c, turn_s))
+                        run = closed_loop(target, metadata, endpoint, data, c, turn_s, stream=streams.get(side, False))
+                        lat, err = asyncio.run(run)
                         seen[side][0].extend(lat)
                         seen[side][1].extend(err)
-                _level(result, c, {side: summary(*seen[side], turn_s * rounds) for side in SIDES})
+                _level(result, c, {side: summary(*seen[side], turn_s * rounds) for side in sides_run})
         finally:
             baseline.terminate()
             baseline.wait(10)
@@ -118,12 +133,32 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         help="the base grid's endpoint's check rate, when it differs (e.g. 0: what the checks cost, in one sitting)",
     )
+    p.add_argument(
+        "--head-infer",
+        choices=("stream", "unary"),
+        default="stream",
+        help="how this checkout's grid is called: on one InferStream, as the SDK does (default), or unary Infer",
+    )
+    p.add_argument(
+        "--base-infer",
+        choices=("unary", "stream"),
+        default="unary",
+        help="how the base grid is called (stream only if its code has InferStream; default unary)",
+    )
+    p.add_argument(
+        "--baseline-stream",
+        action="store_true",
+        help="a fourth side: the baseline server called on one stream (the grid's clients' transport)",
+    )
     ns = p.parse_args(argv)
     if not (ns.base / "coordinator").is_dir():
         p.error(f"{ns.base} holds no coordinator package: pass a tree of the project")
     levels = [int(c) for c in ns.levels.split(",")]
     base_rate = ns.check_rate if ns.base_check_rate is None else ns.base_check_rate
-    emit(measure(ns.base.resolve(), levels, ns.rounds, ns.turn, ns.check_rate, base_rate))
+    streams = {"head": ns.head_infer == "stream", "base": ns.base_infer == "stream"}
+    if ns.baseline_stream:
+        streams["baseline_stream"] = True
+    emit(measure(ns.base.resolve(), levels, ns.rounds, ns.turn, ns.check_rate, base_rate, streams))
     return 0
 
 

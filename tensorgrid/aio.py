@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from tensorgrid.endpoints import DEFAULT_TIMEOUT_S, Answer, as_bytes, prompt_bytes, retry_delay
+from tensorgrid.infer_stream import InferStream
 from tensorgrid.session import CoordinatorError, Metadata, unauthenticated, wrap
 from tensorgrid.tls import open_channel
 from tensorgrid.v1 import serving_pb2, submit_pb2_grpc
@@ -38,8 +39,10 @@ class AsyncEndpoints:
         self._session = client.session
         self._channel = open_channel(client.target, client.tls, aio=True)
         self._stub = submit_pb2_grpc.SubmitterServiceStub(self._channel)
+        self._stream = InferStream(self._stub, self._metadata)
 
     async def close(self) -> None:
+        await self._stream.close()
         await self._channel.close()
 
     async def __aenter__(self) -> AsyncEndpoints:
@@ -70,15 +73,18 @@ class AsyncEndpoints:
     async def infer_bytes(
         self, endpoint_id: str, data: bytes, *, timeout_s: float | None = None, seed: int = 0, retry: bool = True
     ) -> Answer:
-        """Send one request (safetensors bytes); retried after the coordinator's hint when the
-        endpoint is full or warming, until the call's deadline."""
+        """Send one request (safetensors bytes) on the open InferStream (a unary Infer when it
+        cannot take it); retried after the coordinator's hint when the endpoint is full or
+        warming, until the call's deadline."""
         timeout = timeout_s or DEFAULT_TIMEOUT_S
         deadline = time.monotonic() + timeout
         req = serving_pb2.InferRequest(endpoint_id=endpoint_id, input=data, timeout_ms=int(timeout * 1000), seed=seed)
         failures = 0
         while True:
             try:
-                resp = await self._unary(self._stub.Infer, req, deadline - time.monotonic())
+                resp = await self._stream.infer(req, deadline - time.monotonic())
+                if resp is None:  # the stream could not carry it (tensorgrid.infer_stream)
+                    resp = await self._unary(self._stub.Infer, req, deadline - time.monotonic())
                 return Answer(resp.output, resp.node, resp.attempts)
             except CoordinatorError as e:
                 failures += 1

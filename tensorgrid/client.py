@@ -24,6 +24,7 @@ from tensorgrid.crypto import Signer, cancel_message, sign_message, submit_messa
 from tensorgrid.endpoints import Endpoints
 from tensorgrid.errors import TensorGridError
 from tensorgrid.failover import FailoverChannel
+from tensorgrid.infer_stream import BlockingInferStream
 from tensorgrid.retry import backoff
 from tensorgrid.session import (  # noqa: F401 -- the SDK's errors, importable from here
     CoordinatorError,
@@ -98,6 +99,8 @@ class Client:
         self._stub = self.stub = submit_pb2_grpc.SubmitterServiceStub(self._channel)
         self.session = Session(self._stub, self.signer, timeout)
         self.transfer = Transfer(self._stub, self.session, lambda: self.target, self.tls, bulk, timeout)
+        # endpoint calls go on one open stream, opened by the first (tensorgrid.infer_stream)
+        self.infer_stream = BlockingInferStream(self._stub, self.session.metadata)
 
     @property
     def target(self) -> str:
@@ -105,6 +108,7 @@ class Client:
         return self._channel.targets.current
 
     def close(self) -> None:
+        self.infer_stream.close()
         self._channel.close()
 
     def __enter__(self) -> Client:

@@ -33,6 +33,7 @@ from tensorgrid.v1 import serving_pb2
 if TYPE_CHECKING:
     import torch
 
+    from tensorgrid.infer_stream import BlockingInferStream
     from tensorgrid.session import Session
     from tensorgrid.v1.submit_pb2_grpc import SubmitterServiceStub
 
@@ -89,6 +90,7 @@ class Host(Protocol):
     stub: SubmitterServiceStub
     session: Session
     signer: Signer
+    infer_stream: BlockingInferStream
 
     def upload(self, path: str | os.PathLike[str]) -> BlobRef: ...
 
@@ -162,7 +164,8 @@ class Endpoints:
     def infer_bytes(
         self, endpoint_id: str, data: bytes, *, timeout_s: float | None = None, seed: int = 0, retry: bool = True
     ) -> Answer:
-        """Send one request (safetensors bytes) and return its answer."""
+        """Send one request (safetensors bytes) and return its answer: on the Client's open
+        InferStream, or as a unary Infer when the stream cannot take it (tensorgrid.infer_stream)."""
         timeout = timeout_s or DEFAULT_TIMEOUT_S
         deadline = time.monotonic() + timeout
         req = serving_pb2.InferRequest(endpoint_id=endpoint_id, input=data, timeout_ms=int(timeout * 1000), seed=seed)
@@ -170,7 +173,9 @@ class Endpoints:
         failures = 0
         while True:
             try:
-                resp = session.unary(self._stub.Infer, req, timeout=deadline - time.monotonic())
+                resp = self._client.infer_stream.infer(req, deadline - time.monotonic())
+                if resp is None:
+                    resp = session.unary(self._stub.Infer, req, timeout=deadline - time.monotonic())
                 return Answer(resp.output, resp.node, resp.attempts)
             except CoordinatorError as e:
                 failures += 1

@@ -44,8 +44,14 @@ REQUEST_LIMITS: dict[str, int] = {
     # requests further); the transport's ceiling bounds them all
     _NODE + "Serve": MAX_MESSAGE_BYTES,
     _SUBMIT + "Infer": MAX_MESSAGE_BYTES,
+    _SUBMIT + "InferStream": MAX_MESSAGE_BYTES,
     _SUBMIT + "Generate": MAX_MESSAGE_BYTES,
 }
+
+
+# Requests one InferStream carries at once: one more is refused (RESOURCE_EXHAUSTED) unrun; the
+# SDK sends a call beyond it as a unary Infer instead.
+INFER_STREAM_IN_FLIGHT = 64
 
 
 def request_limit(method: str) -> int:

@@ -16,6 +16,8 @@ import grpc
 
 from coordinator.api.auth import RETRY_AFTER_KEY, current_node, current_submitter
 from coordinator.api.grid import Grid
+from coordinator.api.infer_stream import InferStreams
+from coordinator.api.sessions import SessionCache
 from coordinator.api.status import abort
 from coordinator.errors import NotFound, PermissionDenied
 from coordinator.kinds.endpoint import NAME as ENDPOINT
@@ -48,9 +50,12 @@ def _request_bytes(down: serving_pb2.ServeDown) -> int:
 
 
 class ServingApi:
-    def __init__(self, app: Grid) -> None:
+    def __init__(self, app: Grid, sessions: SessionCache | None = None) -> None:
+        """sessions: the submitters' session cache, which an InferStream checks per request
+        (None: the node service's, which serves no InferStream)."""
         self.app = app
         self.router = app.serving.router
+        self.streams = InferStreams(self._endpoint, self.router, sessions) if sessions is not None else None
 
     # ---- node -----------------------------------------------------------------------------------
     async def serve(
@@ -110,6 +115,12 @@ class ServingApi:
         except Exception as e:
             await refuse(context, e)
         return serving_pb2.InferResponse(output=output, node=node, attempts=attempts)
+
+    def infer_stream(
+        self, requests: AsyncIterator[serving_pb2.InferRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[serving_pb2.InferResponse]:
+        assert self.streams is not None, "InferStream is a SubmitterService call"
+        return self.streams.serve(requests, context)
 
     async def generate(
         self, request: serving_pb2.InferRequest, context: grpc.aio.ServicerContext

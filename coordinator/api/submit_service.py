@@ -61,7 +61,7 @@ class SubmitterServicer(submit_pb2_grpc.SubmitterServiceServicer):
         self.db_bulk = app.runtime.db_bulk
         self.jobs = app.store.jobs
         self.report = app.reports.with_verification
-        self.serving = ServingApi(app)
+        self.serving = ServingApi(app, sessions)
 
     @unary
     async def GetChallenge(
@@ -308,6 +308,11 @@ class SubmitterServicer(submit_pb2_grpc.SubmitterServiceServicer):
         self, request: serving_pb2.InferRequest, context: grpc.aio.ServicerContext
     ) -> serving_pb2.InferResponse:
         return await self.serving.infer(request, context)
+
+    def InferStream(
+        self, request_iterator: AsyncIterator[serving_pb2.InferRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[serving_pb2.InferResponse]:
+        return self.serving.infer_stream(request_iterator, context)
 
     def Generate(
         self, request: serving_pb2.InferRequest, context: grpc.aio.ServicerContext

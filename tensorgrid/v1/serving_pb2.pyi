@@ -144,26 +144,36 @@ class BatchReceipt(_message.Message):
     def __init__(self, replica_id: _Optional[str] = ..., batch: _Optional[int] = ..., request_ids: _Optional[_Iterable[int]] = ..., receipt: _Optional[_Union[_common_pb2.Receipt, _Mapping]] = ...) -> None: ...
 
 class InferRequest(_message.Message):
-    __slots__ = ("endpoint_id", "input", "timeout_ms", "seed")
+    __slots__ = ("endpoint_id", "input", "timeout_ms", "seed", "request_id")
     ENDPOINT_ID_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     endpoint_id: str
     input: bytes
     timeout_ms: int
     seed: int
-    def __init__(self, endpoint_id: _Optional[str] = ..., input: _Optional[bytes] = ..., timeout_ms: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
+    request_id: int
+    def __init__(self, endpoint_id: _Optional[str] = ..., input: _Optional[bytes] = ..., timeout_ms: _Optional[int] = ..., seed: _Optional[int] = ..., request_id: _Optional[int] = ...) -> None: ...
 
 class InferResponse(_message.Message):
-    __slots__ = ("output", "node", "attempts")
+    __slots__ = ("output", "node", "attempts", "request_id", "code", "error", "retry_after_ms")
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    RETRY_AFTER_MS_FIELD_NUMBER: _ClassVar[int]
     output: bytes
     node: str
     attempts: int
-    def __init__(self, output: _Optional[bytes] = ..., node: _Optional[str] = ..., attempts: _Optional[int] = ...) -> None: ...
+    request_id: int
+    code: int
+    error: str
+    retry_after_ms: int
+    def __init__(self, output: _Optional[bytes] = ..., node: _Optional[str] = ..., attempts: _Optional[int] = ..., request_id: _Optional[int] = ..., code: _Optional[int] = ..., error: _Optional[str] = ..., retry_after_ms: _Optional[int] = ...) -> None: ...
 
 class GenerateChunk(_message.Message):
     __slots__ = ("tokens", "done", "output", "node")

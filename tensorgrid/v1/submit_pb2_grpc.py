@@ -120,6 +120,11 @@ class SubmitterServiceStub:
                 request_serializer=tensorgrid_dot_v1_dot_serving__pb2.InferRequest.SerializeToString,
                 response_deserializer=tensorgrid_dot_v1_dot_serving__pb2.InferResponse.FromString,
                 _registered_method=True)
+        self.InferStream = channel.stream_stream(
+                '/tensorgrid.v1.SubmitterService/InferStream',
+                request_serializer=tensorgrid_dot_v1_dot_serving__pb2.InferRequest.SerializeToString,
+                response_deserializer=tensorgrid_dot_v1_dot_serving__pb2.InferResponse.FromString,
+                _registered_method=True)
         self.Generate = channel.unary_stream(
                 '/tensorgrid.v1.SubmitterService/Generate',
                 request_serializer=tensorgrid_dot_v1_dot_serving__pb2.InferRequest.SerializeToString,
@@ -263,6 +268,15 @@ class SubmitterServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def InferStream(self, request_iterator, context):
+        """Many Infer requests on one open stream (docs/SERVING.md "InferStream"): each names a
+        request_id, its answer or refusal comes back under that id, in any order. The same session,
+        refusals and deadlines as Infer, per request; at most INFER_STREAM_IN_FLIGHT in flight.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Generate(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -367,6 +381,11 @@ def add_SubmitterServiceServicer_to_server(servicer, server):
             ),
             'Infer': grpc.unary_unary_rpc_method_handler(
                     servicer.Infer,
+                    request_deserializer=tensorgrid_dot_v1_dot_serving__pb2.InferRequest.FromString,
+                    response_serializer=tensorgrid_dot_v1_dot_serving__pb2.InferResponse.SerializeToString,
+            ),
+            'InferStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.InferStream,
                     request_deserializer=tensorgrid_dot_v1_dot_serving__pb2.InferRequest.FromString,
                     response_serializer=tensorgrid_dot_v1_dot_serving__pb2.InferResponse.SerializeToString,
             ),
@@ -825,6 +844,33 @@ class SubmitterService:
             request,
             target,
             '/tensorgrid.v1.SubmitterService/Infer',
+            tensorgrid_dot_v1_dot_serving__pb2.InferRequest.SerializeToString,
+            tensorgrid_dot_v1_dot_serving__pb2.InferResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InferStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/tensorgrid.v1.SubmitterService/InferStream',
             tensorgrid_dot_v1_dot_serving__pb2.InferRequest.SerializeToString,
             tensorgrid_dot_v1_dot_serving__pb2.InferResponse.FromString,
             options,
