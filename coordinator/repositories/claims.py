@@ -127,6 +127,7 @@ class Claim:
     review: bool = False  # the task goes to review: the referee runs it before anyone is believed
     note: str = ""  # why it counts as it does, when that is not the plain rule (for the job's events)
     paid: bool = False  # believed because the referee's run failed: drawn for pay (ledger.claim_pay)
+    own: bool = False  # a repeated claim no review can settle: the node's own failure (an execution error's cost)
 
 
 def claim(
@@ -144,7 +145,8 @@ def claim(
         conn.execute(insert(claims).values(task_id=task_id, node=node, kind=kind, claimed_ms=now_ms, confirmed=False))
     disproved = any(r.verdict == CLEAN for r in rows)
     undecided = any(r.verdict == UNDECIDED for r in rows)
-    believed = any(r.confirmed for r in others)
+    # believed: another node's claim confirmed it, or the referee's failed run confirmed this node's own
+    believed = any(r.confirmed and (r.node != node or r.verdict == FAILED) for r in rows)
     note = ""
     if undecided and not disproved and not believed:
         # settled by more distinct nodes: the claims made since the review (this one included)
@@ -155,7 +157,12 @@ def claim(
                 _refuse(conn, node, now_ms)
             return Claim(confirmed=False, spends=0, note=f"{len(since)} of {quorum} since an undecided review")
         note = f"confirmed by {len(since)} more nodes after the referee could not decide"
-    review = reviewed and bool(others) and not disproved and not undecided and not believed
+    # a second claim, by another node or by the same one leased the task again, goes to review (once)
+    review = reviewed and (bool(others) or mine) and not disproved and not undecided and not believed
+    if mine and not review and (not others or disproved):
+        # nothing can settle it but the node itself: its refusal again is its own failure (see above)
+        why = "disproved by the referee's run" if disproved else "claimed before by this node alone"
+        return Claim(confirmed=True, spends=1, note=f"{why}: the node's own failure", own=True)
     if not others or disproved or review:
         if not mine:  # counted once per task, so a retry of an honest claim costs nothing more
             _refuse(conn, node, now_ms)
