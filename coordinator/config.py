@@ -16,11 +16,14 @@ GiB = 1 << 30
 class LeaseTiming:
     """How leases are granted. ttl: how long a lease lives without a heartbeat; grace: slack
     beyond the compute limit; per_node: the most leases one node holds at once (the node agent
-    holds two per slot: the task it runs and one ahead), so a node cannot hoard a job's tasks."""
+    holds two per slot: the task it runs and one ahead), so a node cannot hoard a job's tasks.
+    avoid_failed_ms: after a node fails (or claims) a task, other nodes get the first chance at it
+    for this long (repositories.leasing)."""
 
     ttl_ms: int = 15_000
     grace_ms: int = 30_000
     per_node: int = 64
+    avoid_failed_ms: int = 30_000
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,13 @@ NODE_LEASES = Setting(
     help="leases one node may hold at once; beyond it a node is granted none until it hands results in "
     "(the node daemon holds two per slot)",
 )
+AVOID_FAILED_MS = Setting(
+    "--avoid-failed-node-ms",
+    _COORDINATOR + "AVOID_FAILED_NODE_MS",
+    LeaseTiming.avoid_failed_ms,
+    type=int,
+    help="after a node fails or refuses a task, other nodes get the first chance at it for this long",
+)
 MAX_SHARD_MIB = Setting(
     "--max-shard-mib",
     _COORDINATOR + "MAX_SHARD_MIB",
@@ -298,6 +305,7 @@ SETTINGS = (
     IDLE_HEARTBEATS_PER_S,
     LEASE_TTL_MS,
     NODE_LEASES,
+    AVOID_FAILED_MS,
     MAX_SHARD_MIB,
     MAX_BLOB_MIB,
     config.CHAIN_RPC,
@@ -331,6 +339,8 @@ def config_from(ns: argparse.Namespace) -> CoordinatorConfig:
             f"--idle-heartbeats-per-s must be at least 0 and --gc-sweep-s above 0: "
             f"{ns.idle_heartbeats_per_s}, {ns.gc_sweep_s}"
         )
+    if ns.avoid_failed_node_ms < 0:
+        raise TensorGridError(f"--avoid-failed-node-ms must be at least 0: {ns.avoid_failed_node_ms}")
     if ns.max_node_leases < 1:
         raise TensorGridError(f"--max-node-leases must be at least 1 (a node holds two per slot): {ns.max_node_leases}")
     if not ns.referee_time_s > 0 or not ns.referee_memory_mib > 0:  # 0 would leave a stranger's run unbounded
@@ -374,7 +384,9 @@ def config_from(ns: argparse.Namespace) -> CoordinatorConfig:
         referee_threads=ns.referee_threads,
         referee_start=ns.referee_start,
         reviews=review_settings(ns),
-        timing=LeaseTiming(ttl_ms=ns.lease_ttl_ms, per_node=ns.max_node_leases),
+        timing=LeaseTiming(
+            ttl_ms=ns.lease_ttl_ms, per_node=ns.max_node_leases, avoid_failed_ms=ns.avoid_failed_node_ms
+        ),
         limits=Limits(max_shard_bytes=int(ns.max_shard_mib * MiB), max_blob_bytes=int(ns.max_blob_mib * MiB)),
         peers=peer_limits(ns),
         metrics_listen=ns.metrics_listen,

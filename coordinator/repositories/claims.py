@@ -9,7 +9,7 @@ the task only once a second, distinct node makes one too:
   and spends no attempt; the claim counts against its reporter instead, once per task: a
   refusal (`nodes.rejections`) with a failure's backoff, and its verification streak reset
   (its results are checked as a newcomer's again). The same node claiming the same task again
-  changes nothing.
+  (leased it again after its claim) is a second claim too: see "One node claiming again" below.
 - confirmed (a second node claims it): the claim spends an attempt, and so do the earlier
   unconfirmed claims it confirms; their reporters' refusals are taken back (the rejection and
   the failure it counted; the backoff already served and the streak reset stay). From then on every
@@ -33,7 +33,8 @@ The referee then runs the task as a node would (services.verification.reviews) a
   (its round closes on its quorum: reviews.goes_on): confirmed, the task goes on to its attempts.
 - the run was clean: the input is valid, so the claims were false (verdict "clean"). The task
   is pending again with no attempt spent and the claimants keep their refusals; any later claim
-  on it is unconfirmed, whoever makes it.
+  on it is unconfirmed, whoever makes it, and the task is never reviewed again; a node's claim on
+  it after its own earlier one is that node's own failure (below).
 - the referee could not decide (verdict "undecided": the parts spent the task's review budget,
   --review-budget-factor × its time limit, or one batch or inner step, the smallest part there
   is, timed out --review-stalls times in a row, longer than a referee request: the
@@ -97,6 +98,33 @@ now pays for the runs it wasted (claim_pay) and its job ends at the referee's ve
 
 Tasks of kinds that do not review claims (noop) keep the second-claim rule. A training round that
 closes while one of its tasks is contested cancels it: its review is never run.
+
+One node claiming again. Counting distinct nodes left a grid with ONE eligible node looping: a
+task whose input truly fails (or whose program raises late) went back to that node after every
+avoid window (--avoid-failed-node-ms, 30 s) and its backoff, to be run and refused again, unpaid,
+until the job's deadline; the job never failed. So a node's claim on a task it claimed before (it
+was leased the task again, so at least the avoid window later, other nodes having had the first
+chance at it) counts too, bounded by what can settle it:
+- a reviewed kind, no verdict yet: the task goes to review, as a second node's claim sends it
+  (no second refusal: one per task). The verdict settles it as for two claimants: raised, the
+  job fails at once and the node is paid by its draw; clean, the claim is disproved; undecided,
+  the node is barred from the task and other nodes settle it; a failed run that does not end the
+  task (the referee's own limit) confirms the node's claim, and its later claims are believed
+  (each spends an attempt, as a second node's would).
+- nothing left to review it (a kind the referee does not review, or the referee's clean run
+  disproved it): the node's own failure, as an execution error (one attempt spent, a failure and
+  its backoff, no refusal), so the task's attempts bound it. Never another review: a task is
+  reviewed at most once whoever claims it, so no claimant can loop the referee.
+Who could abuse it: a single lying identity can now send a reviewed task to review alone. It pays
+one refusal (kept when the review disproves it: a rejection, a failure's backoff, its streak
+reset) where two colluders pay one each, but it must be leased the same task twice, at least the
+avoid window and its backoff apart, and on a busy grid another node usually takes the task in
+that window (the window is theirs), so it mostly cannot. Two colluding identities could always
+send a task to review, and either way the referee spends at most one review budget per task. A node
+refusing a task the referee ran cleanly, or a noop task, again spends its attempts as failing it
+(an execution error, a lease left to expire) always could: no new power, and each one costs it a
+failure. An honest node whose run fails the same way twice (a truly bad input on a one-node grid)
+gets its job settled: the referee's failed run ends it and pays the node; on noop its attempts do.
 """
 
 from __future__ import annotations
@@ -127,6 +155,7 @@ class Claim:
     review: bool = False  # the task goes to review: the referee runs it before anyone is believed
     note: str = ""  # why it counts as it does, when that is not the plain rule (for the job's events)
     paid: bool = False  # believed because the referee's run failed: drawn for pay (ledger.claim_pay)
+    own: bool = False  # a repeated claim no review can settle: the node's own failure (an execution error's cost)
 
 
 def claim(
@@ -144,7 +173,8 @@ def claim(
         conn.execute(insert(claims).values(task_id=task_id, node=node, kind=kind, claimed_ms=now_ms, confirmed=False))
     disproved = any(r.verdict == CLEAN for r in rows)
     undecided = any(r.verdict == UNDECIDED for r in rows)
-    believed = any(r.confirmed for r in others)
+    # believed: another node's claim confirmed it, or the referee's failed run confirmed this node's own
+    believed = any(r.confirmed and (r.node != node or r.verdict == FAILED) for r in rows)
     note = ""
     if undecided and not disproved and not believed:
         # settled by more distinct nodes: the claims made since the review (this one included)
@@ -155,7 +185,12 @@ def claim(
                 _refuse(conn, node, now_ms)
             return Claim(confirmed=False, spends=0, note=f"{len(since)} of {quorum} since an undecided review")
         note = f"confirmed by {len(since)} more nodes after the referee could not decide"
-    review = reviewed and bool(others) and not disproved and not undecided and not believed
+    # a second claim, by another node or by the same one leased the task again, goes to review (once)
+    review = reviewed and (bool(others) or mine) and not disproved and not undecided and not believed
+    if mine and not review and (not others or disproved):
+        # nothing can settle it but the node itself: its refusal again is its own failure (see above)
+        why = "disproved by the referee's run" if disproved else "claimed before by this node alone"
+        return Claim(confirmed=True, spends=1, note=f"{why}: the node's own failure", own=True)
     if not others or disproved or review:
         if not mine:  # counted once per task, so a retry of an honest claim costs nothing more
             _refuse(conn, node, now_ms)

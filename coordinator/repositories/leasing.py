@@ -25,8 +25,9 @@ from coordinator.errors import Rejected
 from coordinator.repositories.ledger.escrow import lock_job
 from tensorgrid.types import BlobRef, JobState, Lease
 
-# After a node fails a task, other nodes get the first chance at it for this long.
-AVOID_FAILED_NODE_MS = 30_000
+# After a node fails a task, other nodes get the first chance at it for this long (the default
+# of LeaseTiming.avoid_failed_ms, --avoid-failed-node-ms).
+AVOID_FAILED_NODE_MS = LeaseTiming.avoid_failed_ms
 MAX_PER_CALL = 256  # leases one LeaseTasks call (or one result's next leases) may grant
 # What a node holding LeaseTiming.per_node leases is told: ask again after this long (it holds
 # that many tasks to work on meanwhile).
@@ -184,7 +185,7 @@ def lease(
         "b_not_device": "" if node.device_kind == "cuda" else "cuda",
         "b_memory": node.memory_bytes,
         "b_node": address,
-        "b_avoid_before": now_ms - AVOID_FAILED_NODE_MS,
+        "b_avoid_before": now_ms - timing.avoid_failed_ms,
         "b_limit": max(1, min(max_tasks, MAX_PER_CALL, room)),
     }
     if skip:  # an expanding IN list: not on the raw path

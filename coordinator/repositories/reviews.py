@@ -92,9 +92,10 @@ class ReviewRepository:
             if counted and final and row.kind not in self.goes_on:
                 n = len(claims.claimants(conn, task_id))
                 kind = claims.kind_of(conn, task_id)
+                whose = "its claimant's" if n == 1 else f"its {n} claimants'"  # one: a node that claimed twice
                 why = (
-                    f"task {row.idx} failed for good: claims confirmed, the referee's run of it failed as its {n} "
-                    f"claimants' did, so no more nodes run it ({kind}: {reason})"
+                    f"task {row.idx} failed for good: claims confirmed, the referee's run of it failed as {whose} "
+                    f"did, so no more nodes run it ({kind}: {reason})"
                 )
                 fail_job(conn, row, why[:2000], now_ms)
             else:

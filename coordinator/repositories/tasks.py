@@ -245,16 +245,18 @@ class TaskRepository:
         if error.kind in WORKLOAD_ERRORS and not rejection and node:
             reviewed, kind = row.kind in self.reviewed, error.kind.value
             said = claims.claim(conn, row.task_id, node, kind, now_ms, quorum=self.quorum, reviewed=reviewed)
-        if not released and (rejection or error.kind not in WORKLOAD_ERRORS):
+        if not released and (rejection or error.kind not in WORKLOAD_ERRORS or said.own):
             node_failed(conn, node, now_ms, rejection=rejection)
         if said.review:  # a second claim: nobody is believed until the referee has run the task
+            again = claims.claimants(conn, row.task_id) == [node]  # its own second claim: nobody else claimed
             conn.execute(
                 update(s.tasks)
                 .where(s.tasks.c.task_id == row.task_id)
                 .values(state=claims.CONTESTED, node=None, deadline_ms=None, last_failed_node=node)
                 .values(last_failed_ms=now_ms)
             )
-            what = f"{error.kind.value} claimed by a second node (the referee runs the task): {error.message}"
+            by = "again by the same node, leased it after its first claim" if again else "by a second node"
+            what = f"{error.kind.value} claimed {by} (the referee runs the task): {error.message}"
             append_event(conn, row.job_id, claims.CONTESTED, now_ms, task_index=row.idx, node=node, message=what[:2000])
             return True
         message = f"{error.message} ({said.note})" if said.note else error.message

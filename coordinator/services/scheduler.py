@@ -94,7 +94,7 @@ class Scheduler:
             # Until work is announced here, or the idle watcher finds another replica's, or the
             # wait ends (then one more look, as always). The whole wait only while the queue is
             # known empty: a task may otherwise become this node's with no announcement (its
-            # stake grew, its failed task's AVOID_FAILED_NODE_MS ran out, another replica
+            # stake grew, its failed task's --avoid-failed-node-ms ran out, another replica
             # queued work the watcher, idle only on an empty queue, never counts), so it looks
             # again every BUSY_RELOOK_S, as every long poll did when the wait was 5 s.
             if not await self._known_idle(signal):

@@ -7,14 +7,19 @@ workload claim (repositories.claims); the second sends the task to the referee, 
 on the same batch: the task ends at once (no third node runs it), the job fails naming the task
 and the referee's error, each claimant drew one reward with probability (rows before the failing
 batch ÷ the task's) and was paid what it won from the escrow, and neither is held a failure.
+On a grid with ONE node, that node's second claim (it is leased the task again once the avoid
+window, --avoid-failed-node-ms, has passed) sends the task to the referee just the same.
 
 On main the node daemon reported the raise as its own execution error: each run spent one of
 the task's attempts as that node's failure (counted, backed off), nothing was reviewed or paid,
-and the job failed once its attempts were spent, on whichever nodes took it."""
+and the job failed once its attempts were spent, on whichever nodes took it. Before one node's
+second claim was reviewed, a lone node's claims never counted: the task went back to it after
+every avoid window, without end."""
 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +30,7 @@ from tensorgrid.chain.client import ChainClient, JobStatus
 from tensorgrid.client import Client
 from tensorgrid.crypto import Signer
 from tensorgrid.devnet import ChainGrid, start_chain_grid
-from tensorgrid.types import JobState
+from tensorgrid.types import JobEvent, JobState
 from tensorgrid.workloads.model import export_program
 from tensorgrid.workloads.tensorfile import save_tensors
 from tests.integration.conftest import FAST, Stopper, stopper, wait_for  # noqa: F401  (fixtures)
@@ -34,40 +39,66 @@ from tests.security.test_claim_pay import _Lookup
 pytestmark = pytest.mark.integration
 REWARD = 10**15
 ROWS, BATCH, IDS = 256, 2, 16  # the run fails after 254 of 256 rows
+AVOID_MS = 1_000  # --avoid-failed-node-ms of the one-node grid
 
 
-@pytest.fixture
-def devnet(tmp_path: Path, stopper: Stopper) -> Iterator[ChainGrid]:  # noqa: F811
-    cg = start_chain_grid(tmp_path / "devnet", 2, epoch_s=1.0, challenge_window_s=1, coordinator_args=FAST)
+def start_devnet(tmp_path: Path, stopper: Stopper, nodes: int, *args: str) -> Iterator[ChainGrid]:  # noqa: F811
+    cg = start_chain_grid(
+        tmp_path / "devnet", nodes, epoch_s=1.0, challenge_window_s=1, coordinator_args=(*FAST, *args)
+    )
     try:
         yield cg
     finally:
         stopper.stop(cg)
 
 
-@pytest.mark.timeout(400)  # anvil, the contracts, the coordinator, two nodes and the referee's child start
-def test_honest_nodes_running_a_program_that_raises_on_its_last_batch_are_paid_and_not_blamed(
-    devnet: ChainGrid, tmp_path: Path
-) -> None:
+@pytest.fixture
+def devnet(tmp_path: Path, stopper: Stopper) -> Iterator[ChainGrid]:  # noqa: F811
+    yield from start_devnet(tmp_path, stopper, 2)
+
+
+@pytest.fixture
+def one_node(tmp_path: Path, stopper: Stopper) -> Iterator[ChainGrid]:  # noqa: F811
+    # its one node gets the task back a second after its claim, not 30 s (its backoff is shorter)
+    yield from start_devnet(tmp_path, stopper, 1, "--avoid-failed-node-ms", str(AVOID_MS))
+
+
+def submit_failing(devnet: ChainGrid, tmp_path: Path, client: Client) -> str:
+    """The job whose one shard's program raises IndexError on its last batch: its id."""
     model, inputs = tmp_path / "lookup.pt2", tmp_path / "ids.safetensors"
     export_program(_Lookup().eval(), (torch.zeros(BATCH, 3, dtype=torch.long),), model)
     ids = torch.randint(0, IDS, (ROWS, 3))
     ids[-1, 0] = IDS + 5  # the last row's id is past the table
     save_tensors({"ids": ids}, inputs)
-    nodes = [Signer.from_hex(key).address for key in devnet.node_keys]
+    return client.submit_inference(
+        model, inputs, shard_rows=ROWS, batch_size=BATCH, device="cpu", max_attempts=3, reward_per_task_wei=REWARD
+    ).job_id
+
+
+def client_of(devnet: ChainGrid) -> Client:
     signer = Signer.from_hex(devnet.submitter_key)
     chain = ChainClient.connect(devnet.anvil.rpc_url, devnet.deployment, signer.private_key)
-    with Client(devnet.grid.target, signer, chain=chain) as client:
-        job_id = client.submit_inference(
-            model, inputs, shard_rows=ROWS, batch_size=BATCH, device="cpu", max_attempts=3,
-            reward_per_task_wei=REWARD,
-        ).job_id  # fmt: skip
+    return Client(devnet.grid.target, signer, chain=chain)
+
+
+def failed_at_the_verdict(client: Client, job_id: str) -> list[JobEvent]:
+    """The job failed with the referee's error; its events."""
+    final = client.wait(job_id)
+    assert final.state == JobState.FAILED, final
+    assert final.error.startswith("task 0 failed for good: claims confirmed"), final.error
+    assert "program_error" in final.error and "IndexError" in final.error, final.error  # the referee's error
+    return list(client.watch(job_id))
+
+
+@pytest.mark.timeout(400)  # anvil, the contracts, the coordinator, two nodes and the referee's child start
+def test_honest_nodes_running_a_program_that_raises_on_its_last_batch_are_paid_and_not_blamed(
+    devnet: ChainGrid, tmp_path: Path
+) -> None:
+    nodes = [Signer.from_hex(key).address for key in devnet.node_keys]
+    with client_of(devnet) as client:
+        job_id = submit_failing(devnet, tmp_path, client)
         budget = client.escrow(job_id).budget
-        final = client.wait(job_id)
-        assert final.state == JobState.FAILED, final
-        assert final.error.startswith("task 0 failed for good: claims confirmed"), final.error
-        assert "program_error" in final.error and "IndexError" in final.error, final.error  # the referee's error
-        events = list(client.watch(job_id))
+        events = failed_at_the_verdict(client, job_id)
         failures = [e for e in events if e.kind in ("reissued", "contested")]
         assert [e.kind for e in failures] == ["reissued", "contested"], failures  # two claims: no third run
         assert failures[0].message.startswith("unconfirmed program_error"), failures
@@ -86,3 +117,27 @@ def test_honest_nodes_running_a_program_that_raises_on_its_last_batch_are_paid_a
         for address in nodes:  # the refusal each claim cost is taken back: neither is held a failure
             record = held[address.lower()]
             assert (record.failures, record.rejections) == (0, 0), record
+
+
+@pytest.mark.timeout(400)  # anvil, the contracts, the coordinator, one node and the referee's child start
+def test_a_lone_node_running_a_program_that_raises_is_reviewed_after_its_second_claim_and_the_job_fails(
+    one_node: ChainGrid, tmp_path: Path
+) -> None:
+    """Before: its one node's claims never counted, the task leased back to it after every avoid
+    window, run and refused each time, unpaid, until the job's deadline."""
+    [address] = [Signer.from_hex(key).address for key in one_node.node_keys]
+    with client_of(one_node) as client:
+        job_id = submit_failing(one_node, tmp_path, client)
+        started = time.monotonic()
+        events = failed_at_the_verdict(client, job_id)
+        assert time.monotonic() - started < 300  # bounded: two runs and one review, not the deadline
+        failures = [e for e in events if e.kind in ("reissued", "contested")]
+        assert [e.kind for e in failures] == ["reissued", "contested"], failures  # two claims, then the referee
+        assert {e.node.lower() for e in failures} == {address.lower()}, failures
+        assert failures[1].message.startswith("program_error claimed again by the same node"), failures
+        [drawn] = [e.message for e in events if e.kind == "claims_paid" and "units of work" in e.message]
+        assert f"failed after {ROWS - BATCH} of its {ROWS} units of work" in drawn, drawn
+        [said] = re.findall(f"{address} won (one reward|nothing)", drawn, re.IGNORECASE)
+        assert client.earnings(address).cumulative_wei == (REWARD if said == "one reward" else 0), drawn
+        record = {n.address.lower(): n for n in client.nodes()}[address.lower()]
+        assert (record.failures, record.rejections) == (0, 0), record  # its refusal taken back

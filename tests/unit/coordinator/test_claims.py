@@ -1,5 +1,6 @@
 """Failure claims on SQLite and PostgreSQL: one node's word that an input is bad does not fail a
-task; a second node's does, and the first reporter's refusal is taken back."""
+task; a second node's does, and the first reporter's refusal is taken back; the same node's word
+again is its own failure on a kind the referee does not review (test_repeat_claims: the others)."""
 
 from __future__ import annotations
 
@@ -31,17 +32,25 @@ def claim(state: Store, node: str, t: int, error: TaskError = BAD) -> bool:
     return state.tasks.fail_task(node, lease.task_id, lease.attempt, error, t + 1)
 
 
-def test_one_node_claiming_every_time_never_fails_the_task_and_pays_for_it(state: Store) -> None:
+def test_one_node_claiming_every_time_fails_the_task_only_as_its_own_failures_would(state: Store) -> None:
+    """noop, a kind the referee does not review: the first claim spends nothing and costs its
+    reporter a refusal; the same node claiming again, once leased the task again, is its own failure
+    (an attempt and a failure, as an execution error), so the task's attempts bound it. (Before: it
+    never failed the task, leased back to the same node after every avoid window, without end.)"""
     add_nodes(state, (A, CPU), (B, CPU))
     make_job(state, n=1, max_attempts=2)
-    for i in range(1, 5):  # far more claims than the task has attempts
-        assert claim(state, A, i * AVOID) is True
-        assert state.tasks.get_task(TASK).state == "pending"
+    assert claim(state, A, AVOID) is True
+    assert state.tasks.get_task(TASK).state == "pending" and state.jobs.get_job(JOB).task_failures == 0
+    assert claim(state, A, 2 * AVOID) is True  # its own failure: one attempt of two
+    assert state.jobs.get_job(JOB).task_failures == 1
+    assert claim(state, A, 3 * AVOID) is False
+    job = state.jobs.get_job(JOB)
+    assert job.state == JobState.FAILED and "failed 2 times" in job.error, job.error
     node = state.nodes.get_node(A)
-    assert node is not None and node.rejections == 1  # once per task, however often it repeats
-    assert state.jobs.get_job(JOB).state != JobState.FAILED
-    events = [e for e in state.jobs.events_after(JOB, 0) if e.kind == "reissued"]
-    assert events and all(e.message.startswith("unconfirmed invalid_input") for e in events)
+    assert node is not None and node.rejections == 1 and node.failures == 3  # one refusal, two own failures
+    events = [e.message for e in state.jobs.events_after(JOB, 0) if e.kind == "reissued"]
+    assert events[0].startswith("unconfirmed invalid_input")
+    assert events[1] == f"invalid_input: {BAD.message} (claimed before by this node alone: the node's own failure)"
 
 
 def test_a_second_node_confirms_and_the_attempts_are_spent_as_before(state: Store) -> None:
