@@ -234,8 +234,8 @@ def test_status_lists_the_events_that_failed_the_job(make_grid: Callable[..., Lo
     with Client(grid.target, signer) as client:
         job = client.submit_noop(1, max_attempts=4)
 
-    async def fail_on_four_nodes() -> None:
-        for n in range(4):
+    async def fail_on_nodes(first: int, last: int) -> None:
+        for n in range(first, last):
             node = NodeClient(grid.target, Signer.generate())
             await node.register(CPU)
             leases: list[Any] = []
@@ -246,7 +246,10 @@ def test_status_lists_the_events_that_failed_the_job(make_grid: Callable[..., Lo
             assert leases, f"attempt {n + 1} was never leased"
             await node.report(leases[0].task_id, leases[0].attempt, TaskError(ErrorKind.EXECUTION, f"boom {n + 1}"))
 
-    asyncio.run(fail_on_four_nodes())
+    asyncio.run(fail_on_nodes(0, 2))
+    live = cli(grid, key, "job", "status", job.job_id)  # a live job: what its stream brings in ~2 s
+    assert "state    running" in live and live.count("task 0 reissued: execution: boom") == 2, live
+    asyncio.run(fail_on_nodes(2, 4))
     with Client(grid.target, signer) as client:
         assert client.wait(job.job_id).state == JobState.FAILED
 
