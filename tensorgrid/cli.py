@@ -19,7 +19,7 @@ from tensorgrid.completion import SHELLS, script
 from tensorgrid.config import Setting, given, under_home
 from tensorgrid.errors import TensorGridError
 from tensorgrid.logs import setup_logging
-from tensorgrid.report import format_eth, print_job
+from tensorgrid.report import format_eth, notable_events, print_events, print_job
 from tensorgrid.spec import (
     DEVICES,
     VERIFY_MODES,
@@ -80,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     st = job.add_parser("status", parents=[common], help="a job's state, result and verification report")
     st.add_argument("job_id", help="the job's id, or its first 8 or more characters (as `job list` shows them)")
     st.add_argument("--json", action="store_true", help="print the job as one JSON object")
+    st.add_argument(
+        "--events",
+        type=int,
+        default=10,
+        metavar="N",
+        help="list the job's last N notable events (failures, reissues, claims, caught results; 0: none)",
+    )
     r = job.add_parser("result", parents=[common], help="download a finished job's result")
     r.add_argument("job_id")
     r.add_argument("-o", "--output", type=Path, required=True)
@@ -126,8 +133,8 @@ def _client(ns: argparse.Namespace) -> Any:
     return Client(ns.coordinator, signer, chain=chain, ca_cert=ns.ca_cert, insecure=ns.insecure, bulk=ns.bulk)
 
 
-def job_json(job: Any) -> str:
-    """A JobInfo (or NodeStatus) as one line of JSON (enums by value, bytes as hex)."""
+def job_json(job: Any, **extra: Any) -> str:
+    """A JobInfo (or NodeStatus) as one line of JSON (enums by value, bytes as hex), with extra keys."""
     import dataclasses
     import enum
     import json
@@ -139,7 +146,7 @@ def job_json(job: Any) -> str:
             return value.hex()
         raise TypeError(f"{type(value).__name__} is not JSON")
 
-    return json.dumps(dataclasses.asdict(job), default=plain, sort_keys=True)
+    return json.dumps({**dataclasses.asdict(job), **extra}, default=plain, sort_keys=True)
 
 
 def cmd_submit(ns: argparse.Namespace) -> int:
@@ -170,15 +177,21 @@ def cmd_watch(ns: argparse.Namespace) -> int:
 
 
 def cmd_status(ns: argparse.Namespace) -> int:
+    import dataclasses
+
+    if ns.events < 0:
+        raise TensorGridError("--events must be 0 or more")
     with _client(ns) as client:
         try:
             job = client.job(job_id_of(client, ns.job_id))
+            shown, left_out = notable_events(client.events_now(job.job_id), ns.events) if ns.events else ([], 0)
         except TensorGridError as e:
             raise not_yours(ns, client, ns.job_id, e) from None
     if ns.json:
-        print(job_json(job))
+        print(job_json(job, events=[dataclasses.asdict(ev) for ev in shown], events_left_out=left_out))
     else:
         print_job(job)
+        print_events(job.job_id, shown, left_out)
     return exitcodes.OK
 
 

@@ -461,10 +461,11 @@ class Client:
         """Metrics of every closed round of a training job so far (waits at most ~2 s)."""
         import json
 
-        return [json.loads(e.message) for e in self._events_now(job_id, 0) if e.kind == "round"]
+        return [json.loads(e.message) for e in self.events_now(job_id) if e.kind == "round"]
 
-    def _events_now(self, job_id: str, after_seq: int) -> Iterator[JobEvent]:
-        """Events already recorded, without waiting for new ones (stops at the first pause)."""
+    def events_now(self, job_id: str, after_seq: int = 0) -> Iterator[JobEvent]:
+        """A job's events already recorded, from after_seq on, without waiting for new ones: a
+        finished job's all; a live job's those its stream brings within ~2 s."""
         job = self.job(job_id)
         if job.state.finished:
             yield from self.watch(job_id, after_seq)

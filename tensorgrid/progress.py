@@ -19,6 +19,7 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
+from tensorgrid.report import event_note
 from tensorgrid.types import JobInfo
 
 _console = Console(stderr=True)
@@ -57,9 +58,7 @@ def watch_job(client: Any, job_id: str, health: Callable[[], None] | None = None
     with Progress(*columns, console=_console) as progress:
         bar = progress.add_task(f"job {job_id[:12]}", total=None, note="")
         for ev in _events(client, job_id, health):
-            note = ev.kind if ev.kind != "completed" else ""
-            if ev.kind in ("reissued", "released", "contested", "undecided", "disproved", "claims_paid"):
-                note = f"task {ev.task_index} {ev.kind}: {ev.message[:60]}"
+            note = event_note(ev)
             progress.update(bar, total=ev.tasks_total or None, completed=ev.tasks_done, note=note)
     return client.job(job_id)  # type: ignore[no-any-return]
 

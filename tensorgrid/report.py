@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Iterable
 from typing import Any
 
-from tensorgrid.types import JobInfo, JobVerification
+from tensorgrid.types import JobEvent, JobInfo, JobVerification
 
 _OUTCOME_ORDER = ("verified", "passed", "caught", "failed", "unverified", "expired", "open", "pending", "disputed")
 
@@ -21,6 +23,61 @@ def print_job(job: JobInfo) -> None:
         print(f"  error    {job.error}")
     if job.verification is not None:
         print(f"  {verification_line(job.verification)}")
+
+
+# The events that say why a job is slow or failed, as `job status` lists them. Left out: those
+# every job has one of per task or per check (completed, verified, unverified, unverifiable),
+# which would bury these in a job of 10,000 tasks, and the milestones the state line and
+# progress already say (submitted, running, succeeded, round). `job watch` shows them all.
+NOTABLE_EVENTS = frozenset(
+    {
+        "reissued",  # a task failed on a node (or its lease expired) and goes to another
+        "released",  # a draining node gave its lease back
+        "contested",  # a second failure claim: the referee runs the task
+        "undecided",  # the referee could not decide the claims
+        "disproved",  # a non-claimant's result disproved the claims
+        "claims_paid",  # what a failed task's claimants were paid
+        "disputed",  # a checker disagrees with a result
+        "caught",  # a result (or a check) proven wrong
+        "slashed",  # a caught node's stake taken
+        "failed",  # the job's failure reason
+        "cancelled",
+    }
+)
+_TASK_EVENTS = ("reissued", "released", "contested", "undecided", "disproved", "claims_paid")  # about one task
+
+
+def event_note(ev: JobEvent, width: int = 60) -> str:
+    """An event as `job watch` shows it beside its bar and `job status` lists it: "task 3
+    contested: <why>", "caught: <why>", "failed: <why>"; the message cut to width characters."""
+    if ev.kind == "completed":
+        return ""
+    head = f"task {ev.task_index} {ev.kind}" if ev.kind in _TASK_EVENTS else ev.kind
+    if not ev.message:
+        return head
+    message = ev.message if len(ev.message) <= width else ev.message[: width - 1] + "…"
+    return f"{head}: {message}"
+
+
+def notable_events(events: Iterable[JobEvent], last: int) -> tuple[list[JobEvent], int]:
+    """The last `last` notable events (oldest first) and how many earlier notable ones are left out."""
+    notable = [ev for ev in events if ev.kind in NOTABLE_EVENTS]
+    shown = notable[len(notable) - last :] if last > 0 else []
+    return shown, len(notable) - len(shown)
+
+
+def print_events(job_id: str, shown: list[JobEvent], left_out: int) -> None:
+    """`job status`'s events: one line each after the job's report, with a time of day (local)."""
+    if not shown and not left_out:
+        return
+    print("  events")
+    if left_out:
+        events = f"{left_out} earlier event{'s' if left_out != 1 else ''}"
+        print(f"    ({events} left out: `tensorgrid job watch {job_id}` shows all)")
+    for ev in shown:
+        when = time.strftime("%m-%d %H:%M:%S", time.localtime(ev.time_ms / 1000))
+        node = f" [node {ev.node[:10]}…]" if ev.node else ""
+        print(f"    {when}  {event_note(ev, 200)}{node}")
 
 
 def format_eth(wei: int) -> str:

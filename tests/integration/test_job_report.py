@@ -3,13 +3,14 @@ slashes that reached the chain, through gRPC, the SDK and the `tensorgrid` CLI."
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 from sqlalchemy import select
@@ -23,14 +24,16 @@ from tensorgrid.client import Client
 from tensorgrid.crypto import Signer, sign_receipt, write_key_file
 from tensorgrid.devnet import ChainGrid, start_chain_grid
 from tensorgrid.localgrid import LocalGrid
+from tensorgrid.nodeclient import NodeClient
 from tensorgrid.report import format_eth
 from tensorgrid.spec import VerificationSpec
-from tensorgrid.types import JobState, Receipt
+from tensorgrid.types import Capabilities, ErrorKind, JobState, Receipt, TaskError
 from tests.integration.conftest import BATCH, FAST, PAIR, Assets, Stopper, node_args
 
 pytestmark = pytest.mark.integration
 ONE_NODE = pytest.mark.xdist_group("job_report_one_node")  # share one module grid per worker (see make_module_grid)
 REWARD = 10**12
+CPU = Capabilities(device_kind="cpu", memory_bytes=8 << 30, cpu_cores=2)
 T = TypeVar("T")
 
 
@@ -218,3 +221,57 @@ def test_a_slash_reaches_the_chain_and_the_report(devnet: ChainGrid, tmp_path: P
         assert client.earnings(node).slashed_wei == taken
         client.cancel(job.job_id)
         assert "slashed" in [e.kind for e in client.watch(job.job_id)]
+
+
+def test_status_lists_the_events_that_failed_the_job(make_grid: Callable[..., LocalGrid], tmp_path: Path) -> None:
+    """`job status` says why a job failed: its last notable events (here each node's failure of
+    its one task and the job's end), how many earlier ones it left out, none with --events 0."""
+    grid = make_grid()
+    grid.start_coordinator()  # no node of its own: the bare nodes below take the task
+    signer = Signer.generate()
+    key = tmp_path / "submitter.key"
+    write_key_file(key, signer)
+    with Client(grid.target, signer) as client:
+        job = client.submit_noop(1, max_attempts=4)
+
+    async def fail_on_nodes(first: int, last: int) -> None:
+        for n in range(first, last):
+            node = NodeClient(grid.target, Signer.generate())
+            await node.register(CPU)
+            leases: list[Any] = []
+            for _ in range(100):  # a reissued task may wait a moment to be leased again
+                leases, _ = await node.lease(1, wait_ms=200)
+                if leases:
+                    break
+            assert leases, f"attempt {n + 1} was never leased"
+            await node.report(leases[0].task_id, leases[0].attempt, TaskError(ErrorKind.EXECUTION, f"boom {n + 1}"))
+
+    asyncio.run(fail_on_nodes(0, 2))
+    live = cli(grid, key, "job", "status", job.job_id)  # a live job: what its stream brings in ~2 s
+    assert "state    running" in live and live.count("task 0 reissued: execution: boom") == 2, live
+    asyncio.run(fail_on_nodes(2, 4))
+    with Client(grid.target, signer) as client:
+        assert client.wait(job.job_id).state == JobState.FAILED
+
+    status = cli(grid, key, "job", "status", job.job_id)
+    lines = status.splitlines()
+    events = lines[lines.index("  events") + 1 :]
+    assert [line.split("  ", 1)[1].split(":")[0] for line in (e.strip() for e in events)] == [
+        "task 0 reissued",
+        "task 0 reissued",
+        "task 0 reissued",
+        "failed",
+    ], status
+    assert "boom 1" in events[0] and "failed 4 times" in events[3] and "left out" not in status
+    assert not any("submitted" in e or "running" in e for e in events)  # milestones, not notable
+
+    last_two = cli(grid, key, "job", "status", job.job_id, "--events", "2").splitlines()
+    shown = last_two[last_two.index("  events") + 1 :]
+    assert shown[0] == f"    (2 earlier events left out: `tensorgrid job watch {job.job_id}` shows all)"
+    assert "boom 3" in shown[1] and "failed 4 times" in shown[2] and len(shown) == 3
+
+    none = cli(grid, key, "job", "status", job.job_id, "--events", "0")
+    assert "events" not in none and "reissued" not in none and "state    failed" in none
+    record = json.loads(cli(grid, key, "job", "status", job.job_id, "--json", "--events", "3"))
+    assert [e["kind"] for e in record["events"]] == ["reissued", "reissued", "failed"]
+    assert record["events_left_out"] == 1 and record["state"] == "failed"
