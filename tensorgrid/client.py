@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from tensorgrid import serde
+from tensorgrid.backlog import backlog
 from tensorgrid.crypto import Signer, cancel_message, sign_message, submit_message
 from tensorgrid.endpoints import Endpoints
 from tensorgrid.errors import TensorGridError
@@ -458,23 +459,23 @@ class Client:
                 raise TensorGridError(f"training job {job_id} {event.kind}: {event.message}")
 
     def round_metrics(self, job_id: str) -> list[dict[str, Any]]:
-        """Metrics of every closed round of a training job so far (waits at most ~2 s)."""
+        """Metrics of every closed round of a training job so far (a live job: until its stream is quiet)."""
         import json
 
         return [json.loads(e.message) for e in self.events_now(job_id) if e.kind == "round"]
 
     def events_now(self, job_id: str, after_seq: int = 0) -> Iterator[JobEvent]:
         """A job's events already recorded, from after_seq on, without waiting for new ones: a
-        finished job's all; a live job's those its stream brings within ~2 s."""
+        finished job's all; a live job's until its stream is quiet for 0.5 s (2 s at most)."""
         job = self.job(job_id)
         if job.state.finished:
             yield from self.watch(job_id, after_seq)
             return
-        # A live job's stream would block: read what is there with a short deadline.
+        # A live job's stream follows it after its record: read until it goes quiet.
         req = submit_pb2.WatchJobRequest(job_id=job_id, after_seq=after_seq)
         call = self._stub.WatchJob(req, metadata=self.session_metadata(), timeout=2.0)
         try:
-            for msg in call:
+            for msg in backlog(call, 0.5):
                 yield serde.event_from_pb(msg)
         except grpc.RpcError as e:
             if e.code() != grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]
