@@ -1,5 +1,5 @@
 """A program that starts what the tests start (a local grid's coordinator and node, anvil) with
-the tests' own helpers, prints their process ids and those of their children as one JSON line,
+the tests' own helpers, prints their process ids and those of their children (and anvil's directory) as one JSON line,
 then waits to be killed: tests/integration/test_orphans.py kills it and looks for survivors.
 
     python -m tests.integration.grid_starter ROOT
@@ -38,7 +38,8 @@ def main(root: Path) -> None:
         "node children": sorted(children(node.popen.pid)),
         "anvil": [anvil.process.pid],
     }
-    print(json.dumps(found), flush=True)
+    # anvil's temporary directory is its starter's to remove (at exit): a killed one leaves it
+    print(json.dumps({"pids": found, "anvil_dir": str(anvil.workdir)}), flush=True)
     while True:
         time.sleep(60)
 

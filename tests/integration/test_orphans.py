@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -43,22 +44,23 @@ def starter(root: Path) -> Iterator[subprocess.Popen[str]]:
         proc.wait()
 
 
-def started(proc: subprocess.Popen[str], root: Path) -> dict[str, list[ProcessId]]:
+def started(proc: subprocess.Popen[str], root: Path) -> tuple[dict[str, list[ProcessId]], Path]:
     """The process ids the starter printed, each with its start time (a pid reused meanwhile is
-    never taken for ours)."""
+    never taken for ours), and anvil's directory."""
     assert proc.stdout is not None
     ready, _, _ = select.select([proc.stdout], [], [], START_S)
     line = proc.stdout.readline() if ready else ""
     assert line, f"the starter printed nothing in {START_S} s:\n{(root / 'starter.log').read_text()[-3000:]}"
-    pids = json.loads(line)
-    return {what: [p for pid in pids[what] if (p := identify(pid)) is not None] for what in pids}
+    said = json.loads(line)
+    ours = {what: [p for pid in pids if (p := identify(pid)) is not None] for what, pids in said["pids"].items()}
+    return ours, Path(said["anvil_dir"])
 
 
 def test_what_a_killed_test_started_ends_by_itself(tmp_path: Path, sandbox_zygote: str) -> None:
     if sandbox_zygote.lower() not in launch.OFF:
         assert launch.wait_ready(sandbox_zygote, 120), "the session's zygote never answered"
     with starter(tmp_path) as proc:
-        ours = started(proc, tmp_path)
+        ours, anvil_dir = started(proc, tmp_path)
         assert ours["coordinator"] and ours["referee"] and ours["node"] and ours["anvil"], ours
         try:
             proc.send_signal(signal.SIGKILL)
@@ -76,6 +78,7 @@ def test_what_a_killed_test_started_ends_by_itself(tmp_path: Path, sandbox_zygot
                 if alive(p):
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(p.pid, signal.SIGKILL)
+            shutil.rmtree(anvil_dir, ignore_errors=True)  # its starter, killed, could not
 
 
 # A daemon's own zygote (--sandbox-zygote auto), as any process of ours starts it.
