@@ -36,7 +36,7 @@ def main(root: Path) -> None:
         "referee": referees,
         "node": [node.popen.pid],
         "node children": sorted(children(node.popen.pid)),
-        "anvil": [anvil.process.pid],
+        "anvil": [anvil.process.pid, *children(anvil.process.pid)],  # its launcher, and anvil
     }
     # anvil's temporary directory is its starter's to remove (at exit): a killed one leaves it
     print(json.dumps({"pids": found, "anvil_dir": str(anvil.workdir)}), flush=True)

@@ -73,12 +73,13 @@ def test_what_a_killed_test_started_ends_by_itself(tmp_path: Path, sandbox_zygot
                     break
                 time.sleep(0.2)
             assert not any(left.values()), f"still running {GONE_S} s after the test run was killed: {left}"
+            assert not anvil_dir.exists(), f"anvil's {anvil_dir} left behind"
         finally:
             for p in (p for ps in ours.values() for p in ps):
                 if alive(p):
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(p.pid, signal.SIGKILL)
-            shutil.rmtree(anvil_dir, ignore_errors=True)  # its starter, killed, could not
+            shutil.rmtree(anvil_dir, ignore_errors=True)  # should the test fail
 
 
 # A daemon's own zygote (--sandbox-zygote auto), as any process of ours starts it.
