@@ -16,7 +16,7 @@ from coordinator.config import CoordinatorConfig
 from coordinator.db import engine as db
 from coordinator.db import migrate
 from coordinator.settings import CONFIG, DATABASE, ENV_PREFIX, SETTINGS, config_from
-from tensorgrid import config, config_show, exitcodes, tls
+from tensorgrid import config, config_show, exitcodes, owner, tls
 from tensorgrid.errors import TensorGridError
 from tensorgrid.logs import dump_stacks_on_signal, setup_logging
 
@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_config(ns)
         if ns.command == "db":
             return cmd_db(ns)
+        owner.watch(ns.owner)  # before anything slow: an owner gone meanwhile still ends us
         settings = config_from(ns)
         creds = credentials(settings)
         # the server stack (gRPC, the job kinds, torch) loads only to serve: `config` and `db` start in a

@@ -324,6 +324,7 @@ SETTINGS = (
     REFEREE_START,
     *REVIEW_SETTINGS,
     config.SANDBOX_ZYGOTE,
+    config.OWNER,
     READY_FILE,
     VERBOSE,
     LOG_FORMAT,

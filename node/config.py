@@ -125,6 +125,7 @@ RUN = (
     SERVE_REPLICAS,
     WORKER_START,
     config.SANDBOX_ZYGOTE,
+    config.OWNER,
     MEMORY_GIB,
     CACHE_GIB,
     *CHAIN,

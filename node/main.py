@@ -13,7 +13,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from node.config import CHAIN, CONFIG, COORDINATOR, GLOBAL, PASSWORD_ENV, RUN, SETTINGS, TLS, AgentConfig
-from tensorgrid import config, config_show, exitcodes
+from tensorgrid import config, config_show, exitcodes, owner
 from tensorgrid.crypto import Signer, load_keystore, save_keystore
 from tensorgrid.errors import KeystoreError, TensorGridError
 from tensorgrid.logs import dump_stacks_on_signal, setup_logging
@@ -216,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_config(ns)
         if ns.command == "init":
             return cmd_init(ns)
+        if ns.command == "run":
+            owner.watch(ns.owner)  # before the key and the stake: an owner gone meanwhile still ends us
         signer = load_keystore(ns.keystore, read_password(ns))
         if ns.command == "address":
             print(signer.address)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tensorgrid.errors import TensorGridError
+from tensorgrid.owner import pid as owner_pid
 
 Env = Mapping[str, str]
 HOME_ENV = "TENSORGRID_HOME"
@@ -350,6 +351,18 @@ SANDBOX_ZYGOTE = Setting(
     "once), the socket of a zygote the host's daemons share (`tensorgrid devnet up` starts one), or off "
     "(each child an interpreter of its own, importing torch itself)",
     metavar="auto|off|PATH",
+)
+
+
+OWNER = Setting(
+    "--owner",
+    "TENSORGRID_OWNER",
+    0,
+    type=owner_pid,
+    help="end when process PID does (SIGTERM, then SIGKILL if still running 10 s later): for a daemon "
+    "started by and for one program (tests, the demo); never for one meant to outlive who started it. "
+    "0: none",
+    metavar="PID",
 )
 
 

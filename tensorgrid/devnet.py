@@ -105,7 +105,7 @@ def start_chain_grid(
     )
     try:
         keys = anvil.keys
-        grid = LocalGrid(root / "grid", tls=make_local_ca(root / "tls") if tls else None)
+        grid = LocalGrid(root / "grid", tls=make_local_ca(root / "tls") if tls else None, detached=detached)
         deployment, deployment_path = deploy_devnet(
             anvil,
             root,

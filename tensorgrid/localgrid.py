@@ -34,6 +34,7 @@ _SETTING_VARS = (
     "TENSORGRID_DATABASE_URL",
     "TENSORGRID_CA_CERT",
     "TENSORGRID_INSECURE",
+    "TENSORGRID_OWNER",
 )
 
 
@@ -78,7 +79,9 @@ def _terminate(procs: list[Proc], timeout: float) -> None:
 
 @dataclass
 class LocalGrid:
-    """Processes started by this object, stopped by stop() (SIGTERM, then SIGKILL)."""
+    """Processes started by this object, stopped by stop() (SIGTERM, then SIGKILL). Unless
+    `detached`, its coordinators and nodes also end when the process that started them does
+    (`--owner`, tensorgrid.owner), however it ended: a killed test run leaves none behind."""
 
     root: Path
     coordinator_args: list[str] = field(default_factory=list)
@@ -89,6 +92,7 @@ class LocalGrid:
     tls: TlsFiles | None = None
     # where the coordinator listens and clients dial (a multi-host test: its namespace's address)
     host: str = "127.0.0.1"
+    detached: bool = False  # its processes outlive this one (a devnet's `up`): stopped by pid
 
     replica_targets: list[str] = field(default_factory=list)  # HOST:PORT of coordinators start_replica started
 
@@ -125,6 +129,9 @@ class LocalGrid:
         self.procs.append(proc)
         return proc
 
+    def _owner_args(self) -> tuple[str, ...]:
+        return () if self.detached else ("--owner", str(os.getpid()))
+
     def start_coordinator(
         self,
         *extra: str,
@@ -151,6 +158,7 @@ class LocalGrid:
             str(ready),
             "--drain-s",  # a local grid has no load balancer to tell
             "0",
+            *self._owner_args(),
             *(self.tls.coordinator_args if self.tls is not None else ()),
             *self.coordinator_args,
             *extra,
@@ -261,6 +269,7 @@ class LocalGrid:
             coordinator or self.targets,
             "--data-dir",
             str(self.root / name),
+            *self._owner_args(),
             *(self.tls.client_args if self.tls is not None else ()),
             *self.node_args,
             *extra,

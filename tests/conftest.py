@@ -50,7 +50,7 @@ def sandbox_zygote() -> Iterator[str]:
         return
     where = Path(tempfile.mkdtemp(prefix="tg-zygote-"))
     path = where / "sock"
-    proc = launch.start_zygote(path, allow=TEST_ENTRIES, owner=os.getpid())
+    proc = launch.start_zygote(path, allow=TEST_ENTRIES, owner=os.getpid(), own_dir=True)  # a killed run too
     os.environ[launch.ZYGOTE_ENV] = str(path)
     launch.reset()
     try:

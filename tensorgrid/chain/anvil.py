@@ -29,15 +29,29 @@ _LISTENING_RE = re.compile(r"Listening on 127\.0\.0\.1:(\d+)")
 _PR_SET_PDEATHSIG = 1
 
 
-# Started through this one-line launcher on Linux: it asks the kernel to SIGTERM it when the
-# starting process dies (so a crashed test run or benchmark never leaves anvil behind), then
-# becomes anvil. A preexec_fn would do the same in the forked child, but running Python there
-# runs gRPC's fork handlers too, which abort the child when the parent has live gRPC channels.
-_LAUNCH = (
-    "import ctypes, os, signal, sys; "
-    f"ctypes.CDLL(None).prctl({_PR_SET_PDEATHSIG}, signal.SIGTERM); "
-    "os.execv(sys.argv[1], sys.argv[1:])"
-)
+# Started through this small launcher on Linux: it asks the kernel to SIGTERM it when the
+# starting process dies (so a crashed test run or benchmark never leaves anvil behind), starts
+# anvil as its child (SIGKILLed by the kernel should the launcher end first), passes SIGTERM on,
+# and once anvil has ended removes anvil's temporary directory (argv[1]): a killed starter's
+# atexit never runs, and would leave it. A preexec_fn would ask the kernel in the forked child,
+# but running Python there runs gRPC's fork handlers too, which abort the child when the parent
+# has live gRPC channels; the launcher has none.
+_LAUNCH = f"""
+import ctypes, os, shutil, signal, sys
+prctl = ctypes.CDLL(None).prctl
+prctl({_PR_SET_PDEATHSIG}, signal.SIGTERM)
+launcher = os.getpid()
+pid = os.fork()
+if pid == 0:
+    prctl({_PR_SET_PDEATHSIG}, signal.SIGKILL)
+    if os.getppid() != launcher:  # it ended before we asked
+        os._exit(1)
+    os.execv(sys.argv[2], sys.argv[2:])
+signal.signal(signal.SIGTERM, lambda *_: os.kill(pid, signal.SIGTERM))
+status = os.waitpid(pid, 0)[1]
+shutil.rmtree(sys.argv[1], ignore_errors=True)
+sys.exit(os.waitstatus_to_exitcode(status) % 256)
+"""
 
 
 def anvil_binary() -> Path:
@@ -136,7 +150,7 @@ def start_anvil(
         *extra_args,
     ]  # fmt: skip
     if sys.platform == "linux" and detached_in is None:
-        args = [sys.executable, "-S", "-c", _LAUNCH, *args]
+        args = [sys.executable, "-S", "-c", _LAUNCH, str(workdir), *args]
     # anvil logs every request to stdout: a file, not a pipe nobody drains.
     with open(log_path, "wb") as log:
         process = subprocess.Popen(

@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -44,15 +45,18 @@ def boot_argv(config: dict[str, Any]) -> list[str]:
 
 
 def start_zygote(
-    path: Path, allow: tuple[str, ...] = (), stderr: Any = None, owner: int = 0
+    path: Path, allow: tuple[str, ...] = (), stderr: Any = None, owner: int = 0, own_dir: bool = False
 ) -> subprocess.Popen[bytes]:
     """Exec a zygote listening at `path`: a new session, no descriptor of ours, and only the
-    allowlisted environment (it holds no secret; its children are given their own)."""
+    allowlisted environment (it holds no secret; its children are given their own). own_dir:
+    `path`'s directory was made for it (a temporary one), and goes when it ends."""
     env = {k: os.environ[k] for k in ENV_ALLOWLIST if k in os.environ}
     env.update(PYTHONPATH=str(PROJECT_ROOT), PYTHONNOUSERSITE="1", PYTHONDONTWRITEBYTECODE="1")
     argv = [sys.executable, "-m", "tensorgrid.sandbox.zygote", "--socket", str(path)]
     if owner:
         argv += ["--owner", str(owner)]
+    if own_dir:
+        argv.append("--remove-dir")
     for entry in allow:
         argv += ["--allow", entry]
     return subprocess.Popen(
@@ -116,11 +120,11 @@ class _Choice:
             self.warn_once(f"its zygote died {self._starts} times")
             return
         self._starts += 1
-        if self._own_dir is None:
+        if self._own_dir is None or not os.path.isdir(self._own_dir):  # a zygote that ended removed it
             self._own_dir = tempfile.mkdtemp(prefix="tg-zygote-")
         self._path = Path(self._own_dir) / "sock"
         try:
-            self._own = start_zygote(self._path, allow=self.allow, owner=os.getpid())
+            self._own = start_zygote(self._path, allow=self.allow, owner=os.getpid(), own_dir=True)
             self._born = time.monotonic()
         except OSError as e:
             self._own, self._path = None, None
@@ -148,11 +152,14 @@ class _Choice:
         """Forget the decision (tests change the setting); stop this process's own zygote."""
         with self._lock:
             own, self._own = self._own, None
+            own_dir, self._own_dir = self._own_dir, None
             self._mode, self._path, self._starts, self._warned = None, None, 0, False
         if own is not None and own.poll() is None:
-            own.kill()
+            own.kill()  # no time to remove its directory itself: done here
             with contextlib.suppress(subprocess.TimeoutExpired):
                 own.wait(5.0)
+        if own_dir is not None:
+            shutil.rmtree(own_dir, ignore_errors=True)
 
 
 _choice = _Choice()

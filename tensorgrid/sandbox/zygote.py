@@ -361,6 +361,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--socket", required=True, type=Path, help="where to listen (its directory is made 0700)")
     parser.add_argument("--owner", type=int, default=0, help="exit when this process does")
     parser.add_argument("--allow", action="append", default=[], help="a further entry module to run (tests)")
+    parser.add_argument(
+        "--remove-dir", action="store_true", help="the socket's directory is this zygote's: removed when it ends"
+    )
     ns = parser.parse_args(argv)
     allowed = ENTRIES | frozenset(ns.allow)
     if not all(all(p.isidentifier() for p in e.split(".")) for e in allowed):
@@ -379,6 +382,9 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         with contextlib.suppress(OSError):
             ns.socket.absolute().unlink()
+        if ns.remove_dir:  # a temporary directory made for it: not left behind, even if its owner was killed
+            with contextlib.suppress(OSError):
+                ns.socket.absolute().parent.rmdir()
 
 
 if __name__ == "__main__":

@@ -190,7 +190,11 @@ class Daemons:
         log = self.work / f"{name}.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen(
-                [str(a) for a in args], cwd=self.work, env=clean_env(**env), stdout=out, stderr=subprocess.STDOUT
+                [str(a) for a in args],
+                cwd=self.work,
+                env=clean_env(TENSORGRID_OWNER=str(os.getpid()), **env),  # a killed run leaves none running
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
         self.procs.append((proc, log))
         return proc

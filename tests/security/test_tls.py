@@ -4,6 +4,7 @@ off loopback and a swapped EIP-712 domain are each refused with a clear error.""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -89,7 +90,7 @@ def _coordinator(tmp_path: Path, *args: str, wait_s: float = 60) -> tuple[subpro
     ready = tmp_path / "port"
     proc = subprocess.Popen(
         [sys.executable, "-m", "coordinator.main", "run", "--data-dir", str(tmp_path / "c"), "--ready-file", str(ready)]
-        + list(args),
+        + ["--owner", str(os.getpid()), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import stat
@@ -34,7 +35,7 @@ def zygote(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyP
 
     where = Path(tempfile.mkdtemp(prefix="tg-zy-"))
     path = where / "z" / "sock"
-    proc = launch.start_zygote(path, allow=TEST_ENTRIES, owner=os.getpid())
+    proc = launch.start_zygote(path, allow=TEST_ENTRIES, owner=os.getpid(), own_dir=True)
     assert launch.wait_ready(str(path), 120), "the zygote never answered"
     monkeypatch.setenv(launch.ZYGOTE_ENV, str(path))
     launch.reset()
@@ -43,6 +44,7 @@ def zygote(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyP
     launch.reset()
     proc.kill()
     proc.wait()
+    shutil.rmtree(where, ignore_errors=True)
 
 
 def _config(entry: str, scratch: Path) -> dict[str, object]:
