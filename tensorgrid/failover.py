@@ -104,6 +104,10 @@ class FailoverChannel(grpc.Channel):
         """Note a call's error; True when it moved the channel to another replica."""
         return unavailable(e) and self.targets.move_on(generation)
 
+    def moved_since(self, e: BaseException, generation: int) -> bool:
+        """Whether a call that failed unavailable went over a replica the channel has left since."""
+        return unavailable(e) and self.targets.generation != generation
+
     def unary_unary(self, method: str, *args: Any, **kwargs: Any) -> Any:
         return _Method(self, "unary_unary", method, args, kwargs, replay=True)
 
@@ -169,7 +173,10 @@ class _Method:
             try:
                 result = getattr(multi, attr)(*args, **kwargs) if attr else multi(*args, **kwargs)
             except grpc.RpcError as e:
-                if not self._owner.failed(e, generation) or attempt == tries - 1:
+                # Sent again when this failure moved the channel, or another call's failure (a stream
+                # broken by the same replica's death) moved it while this one was under way.
+                moved = self._owner.failed(e, generation) or self._owner.moved_since(e, generation)
+                if not moved or attempt == tries - 1:
                     raise
                 continue
             if self._shape in ("unary_stream", "stream_stream"):

@@ -55,6 +55,30 @@ def test_a_unary_call_goes_on_to_the_replica_that_answers_and_stays(live: str) -
         assert channel.targets.current == live  # sticky
 
 
+def test_a_unary_call_under_way_when_another_call_moved_the_channel_is_sent_again(live: str) -> None:
+    """A replica dies: a stream over it (the SDK's InferStream) fails first and moves the channel,
+    then a unary call sent over the dead replica before that fails too. It is sent again over the
+    replica now current, not raised (before: raised, its failure moving nothing)."""
+    dead = f"127.0.0.1:{free_port()}"
+
+    class Raced(FailoverChannel):
+        stale: tuple[grpc.Channel, int] | None = None
+
+        def channel(self) -> tuple[grpc.Channel, int]:
+            if self.stale is not None:  # the call started before the move: the dead replica's channel
+                stale, self.stale = self.stale, None
+                return stale
+            return super().channel()
+
+    with Raced(f"{dead},{live}") as channel:
+        channel.stale = channel.channel()  # current: dead, generation 0
+        assert channel.targets.move_on(0) and channel.targets.current == live  # the stream's failure
+        stub = health_pb2_grpc.HealthStub(channel)
+        answer = stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert answer.status == health_pb2.HealthCheckResponse.SERVING
+        assert channel.targets.current == live  # moved once, by the stream
+
+
 def test_a_stream_that_fails_moves_the_channel_and_raises(live: str) -> None:
     dead = f"127.0.0.1:{free_port()}"
     with FailoverChannel(f"{dead},{live}") as channel:
