@@ -20,6 +20,8 @@ import signal
 import threading
 import time
 
+from tensorgrid.processes import exists
+
 log = logging.getLogger("tensorgrid.owner")
 STOP_GRACE_S = 10.0  # SIGTERM to SIGKILL: a node's drain of its task, a coordinator's shutdown
 POLL_S = 1.0  # where there is no pidfd (not Linux): how often the owner is looked for
@@ -51,7 +53,7 @@ def watch(owner: int, grace_s: float = STOP_GRACE_S) -> threading.Thread | None:
 
 def _stop_after(owner: int, fd: int | None, grace_s: float) -> None:
     if fd is None:
-        while _exists(owner):
+        while exists(owner):
             time.sleep(POLL_S)
     elif fd >= 0:
         select.select([fd], [], [])
@@ -60,13 +62,3 @@ def _stop_after(owner: int, fd: int | None, grace_s: float) -> None:
     time.sleep(grace_s)
     log.error("still running %.0f s after our owner ended: killed", grace_s)
     os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -39,7 +39,7 @@ def start_time(pid: int) -> int | None:
         stat = (PROC / str(pid) / "stat").read_text()
     except OSError:
         if not PROC.is_dir():  # no /proc: fall back to the pid alone
-            return 0 if _exists(pid) else None
+            return 0 if exists(pid) else None
         return None
     fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "; comm may hold spaces
     if fields[0] == "Z":
@@ -122,7 +122,8 @@ def _signal(p: ProcessId, sig: int) -> None:
         pass
 
 
-def _exists(pid: int) -> bool:
+def exists(pid: int) -> bool:
+    """Whether a process with this id runs (one of another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
