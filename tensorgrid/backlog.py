@@ -1,8 +1,9 @@
 """What a server-streaming call has already queued, without waiting for what comes later.
 
-WatchJob replays a job's recorded events at once and then follows it live: a reader that wants
-only the record (`job status`, a training job's round metrics) stops once the stream has been
-quiet for a moment, instead of waiting out a fixed deadline on every call.
+WatchJob replays a job's recorded events at once and then follows it live unless asked for the
+record only (`recorded_only`): a reader that wants only the record (`job status`, a training
+job's round metrics) asks for that and, should the coordinator predate the field, stops once the
+stream has been quiet for a moment, instead of waiting out a fixed deadline on every call.
 """
 
 from __future__ import annotations

@@ -62,6 +62,10 @@ if TYPE_CHECKING:
     from tensorgrid.chain.client import ChainClient
 
 SUBMIT_RETRY_S = 30.0
+# A live job's record (events_now): the longest wait for it, and the quiet that ends it on a
+# coordinator that follows the job instead of ending the stream after its record.
+RECORD_TIMEOUT_S = 30.0
+RECORD_QUIET_S = 2.0
 
 
 class Client:
@@ -465,17 +469,18 @@ class Client:
         return [json.loads(e.message) for e in self.events_now(job_id) if e.kind == "round"]
 
     def events_now(self, job_id: str, after_seq: int = 0) -> Iterator[JobEvent]:
-        """A job's events already recorded, from after_seq on, without waiting for new ones: a
-        finished job's all; a live job's until its stream is quiet for 0.5 s (2 s at most)."""
+        """A job's events already recorded, from after_seq on, without waiting for new ones. A
+        live job's stream ends once the coordinator has sent its record (`recorded_only`); one from
+        before that flag follows the job instead, so the record is also cut where the stream has
+        been quiet for RECORD_QUIET_S."""
         job = self.job(job_id)
         if job.state.finished:
             yield from self.watch(job_id, after_seq)
             return
-        # A live job's stream follows it after its record: read until it goes quiet.
-        req = submit_pb2.WatchJobRequest(job_id=job_id, after_seq=after_seq)
-        call = self._stub.WatchJob(req, metadata=self.session_metadata(), timeout=2.0)
+        req = submit_pb2.WatchJobRequest(job_id=job_id, after_seq=after_seq, recorded_only=True)
+        call = self._stub.WatchJob(req, metadata=self.session_metadata(), timeout=RECORD_TIMEOUT_S)
         try:
-            for msg in backlog(call, 0.5):
+            for msg in backlog(call, RECORD_QUIET_S):
                 yield serde.event_from_pb(msg)
         except grpc.RpcError as e:
             if e.code() != grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]

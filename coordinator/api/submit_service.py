@@ -43,6 +43,7 @@ from tensorgrid.v1 import common_pb2, serving_pb2, submit_pb2, submit_pb2_grpc
 
 log = logging.getLogger("tensorgrid.coordinator")
 WATCH_POLL_S = 1.0
+WATCH_PAGE = 500  # events read from the database at a time
 
 
 class SubmitterServicer(submit_pb2_grpc.SubmitterServiceServicer):
@@ -237,11 +238,13 @@ class SubmitterServicer(submit_pb2_grpc.SubmitterServiceServicer):
         with hub.subscribe(request.job_id) as wake:
             while True:
                 wake.clear()
-                events = await db(jobs.events_after, request.job_id, seq)
+                events = await db(jobs.events_after, request.job_id, seq, WATCH_PAGE)
                 for ev in events:
                     seq = ev.seq
                     yield serde.event_to_pb(ev)
                 if events and events[-1].state.finished:
+                    return
+                if request.recorded_only and len(events) < WATCH_PAGE:  # the record is sent: end
                     return
                 if not events:
                     try:

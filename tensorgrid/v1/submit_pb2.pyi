@@ -218,12 +218,14 @@ class CancelJobRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class WatchJobRequest(_message.Message):
-    __slots__ = ("job_id", "after_seq")
+    __slots__ = ("job_id", "after_seq", "recorded_only")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    RECORDED_ONLY_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     after_seq: int
-    def __init__(self, job_id: _Optional[str] = ..., after_seq: _Optional[int] = ...) -> None: ...
+    recorded_only: bool
+    def __init__(self, job_id: _Optional[str] = ..., after_seq: _Optional[int] = ..., recorded_only: _Optional[bool] = ...) -> None: ...
 
 class JobEvent(_message.Message):
     __slots__ = ("seq", "job_id", "kind", "time_ms", "task_index", "node", "message", "tasks_done", "tasks_total", "state")

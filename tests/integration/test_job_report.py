@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+import grpc
 import pytest
 from sqlalchemy import select
 
@@ -28,6 +29,7 @@ from tensorgrid.nodeclient import NodeClient
 from tensorgrid.report import format_eth
 from tensorgrid.spec import VerificationSpec
 from tensorgrid.types import Capabilities, ErrorKind, JobState, Receipt, TaskError
+from tensorgrid.v1 import submit_pb2, submit_pb2_grpc
 from tests.integration.conftest import BATCH, FAST, PAIR, Assets, Stopper, node_args
 
 pytestmark = pytest.mark.integration
@@ -247,8 +249,14 @@ def test_status_lists_the_events_that_failed_the_job(make_grid: Callable[..., Lo
             await node.report(leases[0].task_id, leases[0].attempt, TaskError(ErrorKind.EXECUTION, f"boom {n + 1}"))
 
     asyncio.run(fail_on_nodes(0, 2))
-    live = cli(grid, key, "job", "status", job.job_id)  # a live job: what its stream brings in ~2 s
+    live = cli(grid, key, "job", "status", job.job_id)  # a live job: its record so far
     assert "state    running" in live and live.count("task 0 reissued: execution: boom") == 2, live
+    with Client(grid.target, signer) as client:  # the live job's record only: its stream ends by itself
+        request = submit_pb2.WatchJobRequest(job_id=job.job_id, recorded_only=True)
+        stub = submit_pb2_grpc.SubmitterServiceStub(grpc.insecure_channel(grid.target))
+        call = stub.WatchJob(request, metadata=client.session_metadata(), timeout=20)
+        kinds = [event.kind for event in call]  # DEADLINE_EXCEEDED had it followed the job
+    assert kinds.count("reissued") == 2 and kinds[0] == "submitted", kinds
     asyncio.run(fail_on_nodes(2, 4))
     with Client(grid.target, signer) as client:
         assert client.wait(job.job_id).state == JobState.FAILED
