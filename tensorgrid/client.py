@@ -21,6 +21,7 @@ import grpc
 
 from tensorgrid import serde
 from tensorgrid.backlog import backlog
+from tensorgrid.client_training import TrainingCalls
 from tensorgrid.crypto import Signer, cancel_message, sign_message, submit_message
 from tensorgrid.endpoints import Endpoints
 from tensorgrid.errors import TensorGridError
@@ -42,12 +43,10 @@ from tensorgrid.spec import (
     InferenceSpec,
     JobSpec,
     NoopSpec,
-    TrainingSpec,
     canonical_json,
     job_id_for,
     spec_hash,
     validate,
-    validate_training,
 )
 from tensorgrid.spec.verification import fee_tasks
 from tensorgrid.tls import ClientTls
@@ -68,7 +67,7 @@ RECORD_TIMEOUT_S = 30.0
 RECORD_QUIET_S = 2.0
 
 
-class Client:
+class Client(TrainingCalls):
     """A connection to one coordinator (or to several replicas of one: `a:7070,b:7070`), acting
     for one submitter key."""
 
@@ -412,62 +411,6 @@ class Client:
             )
         return self.download(job.result, dest, progress)
 
-    # ---- training ------------------------------------------------------------------------------
-    def submit_training(
-        self,
-        train_program: str | os.PathLike[str],
-        dataset: str | os.PathLike[str],
-        *,
-        eval_program: str | os.PathLike[str] | None = None,
-        initial_weights: str | os.PathLike[str] | None = None,
-        progress: Progress | None = None,
-        **settings: Any,
-    ) -> JobInfo:
-        """Upload a train-mode program, a dataset (features + labels, or tokens) and optionally an
-        eval-mode program and starting weights, then submit a DiLoCo training job.
-
-        settings are TrainingSpec fields (rounds, inner_steps, workers_per_round, batch_size,
-        compression, quorum, inner_optimizer=AdamW(...), outer_optimizer=NesterovSGD(...), ...).
-        On a chain-settled coordinator pass reward_per_task_wei: once the coordinator has
-        validated the spec, the escrow is funded with reward × rounds × workers_per_round
-        (one paid pseudo-gradient per worker per round), then the job is submitted.
-        docs/TRAINING.md says what the program, the dataset and each setting must be.
-        """
-        blank = BlobRef("0" * 64, 0)
-        draft = TrainingSpec(
-            train_program=blank,
-            dataset=blank,
-            eval_program=blank if eval_program is not None else None,
-            initial_weights=blank if initial_weights is not None else None,
-            **settings,
-        )
-        validate_training(draft, read_header(dataset))  # bad settings and data fail before any upload
-        refs = {
-            "train_program": self.upload(train_program, progress),
-            "dataset": self.upload(dataset, progress),
-            "eval_program": self.upload(eval_program, progress) if eval_program is not None else None,
-            "initial_weights": self.upload(initial_weights, progress) if initial_weights is not None else None,
-        }
-        return self.submit(TrainingSpec(**refs, **settings), tasks=draft.paid_tasks)  # type: ignore[arg-type]
-
-    def watch_rounds(self, job_id: str, after_seq: int = 0) -> Iterator[dict[str, Any]]:
-        """Per-round metrics of a training job as rounds close, until the job ends:
-        {"round", "rounds", "loss", "accuracy", "train_loss", "workers", "rows", "bytes_up", "weights"}
-        (the last also has "final", "train_program" and "eval_program"). Raises if the job fails."""
-        import json
-
-        for event in self.watch(job_id, after_seq):
-            if event.kind == "round":
-                yield json.loads(event.message)
-            elif event.state.finished and event.kind in ("failed", "cancelled"):
-                raise TensorGridError(f"training job {job_id} {event.kind}: {event.message}")
-
-    def round_metrics(self, job_id: str) -> list[dict[str, Any]]:
-        """Metrics of every closed round of a training job so far (a live job: until its stream is quiet)."""
-        import json
-
-        return [json.loads(e.message) for e in self.events_now(job_id) if e.kind == "round"]
-
     def events_now(self, job_id: str, after_seq: int = 0) -> Iterator[JobEvent]:
         """A job's events already recorded, from after_seq on, without waiting for new ones. A
         live job's stream ends once the coordinator has sent its record (`recorded_only`); one from
@@ -485,19 +428,3 @@ class Client:
         except grpc.RpcError as e:
             if e.code() != grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]
                 raise wrap(e) from None
-
-    def training_result(
-        self,
-        job_id: str,
-        weights_dest: str | os.PathLike[str],
-        program_dest: str | os.PathLike[str] | None = None,
-        progress: Progress | None = None,
-    ) -> tuple[Path, Path | None]:
-        """Download a finished training job's final weights (safetensors) and, with program_dest,
-        its program (the eval-mode one when the job has it, else the train-mode one)."""
-        weights = self.result(job_id, weights_dest, progress)
-        if program_dest is None:
-            return weights, None
-        spec = TrainingSpec.parse(self.job(job_id).spec_json)
-        program = self.download(spec.eval_program or spec.train_program, program_dest, progress)
-        return weights, program
