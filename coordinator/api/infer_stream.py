@@ -21,7 +21,12 @@ Who could abuse it:
 - an oversize message: refused by api.limits before it is parsed (the stream ends), as for
   Infer; an endpoint's max_request_bytes is the router's check, as for Infer;
 - a request id already in flight on the stream: the stream ends with INVALID_ARGUMENT (two
-  answers under one id could not be told apart); its requests in flight are dropped.
+  answers under one id could not be told apart); its requests in flight are dropped;
+- a caller writing requests and never reading the answers: an answer counts as in flight until
+  it is queued to be sent, and at most INFER_STREAM_IN_FLIGHT answers (refusals included) wait
+  to be sent; with the queue full the stream stops reading the caller's requests, and gRPC's flow
+  control stops its writes. Unbounded, the answers (up to 8 MiB each) and refusals would pile up
+  in the coordinator's memory for as long as the caller wrote.
 """
 
 from __future__ import annotations
@@ -84,7 +89,7 @@ class InferStreams:
         self, requests: AsyncIterator[serving_pb2.InferRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[serving_pb2.InferResponse]:
         token = dict(context.invocation_metadata() or ()).get(SESSION_METADATA_KEY, "")
-        out: asyncio.Queue[serving_pb2.InferResponse | _End | None] = asyncio.Queue()
+        out: asyncio.Queue[serving_pb2.InferResponse | _End | None] = asyncio.Queue(self.in_flight)
         pending: dict[int, asyncio.Task[None]] = {}
         reader = asyncio.create_task(self._read(requests, str(token), out, pending))
         try:
@@ -110,16 +115,16 @@ class InferStreams:
             async for request in requests:
                 end = await self._take(request, token, me, out, pending)
                 if end is not None:
-                    out.put_nowait(end)
+                    await out.put(end)
                     return
             while pending:  # the caller is done writing: answer what is in flight, then end
                 await asyncio.wait(list(pending.values()))
-            out.put_nowait(None)
+            await out.put(None)
         except (grpc.aio.AioRpcError, grpc.aio.AbortError):
-            out.put_nowait(None)
+            await out.put(None)
         except Exception:  # the handler must not wait for a reader that is gone
             log.exception("an InferStream failed")
-            out.put_nowait(_End(grpc.StatusCode.INTERNAL, "internal error in the coordinator; see its log"))
+            await out.put(_End(grpc.StatusCode.INTERNAL, "internal error in the coordinator; see its log"))
 
     async def _take(
         self,
@@ -137,7 +142,7 @@ class InferStreams:
             return _End(grpc.StatusCode.INVALID_ARGUMENT, f"request id {rid} is already in flight on this stream")
         if len(pending) >= self.in_flight:
             message = f"this stream has {len(pending)} requests in flight (limit {self.in_flight})"
-            out.put_nowait(
+            await out.put(  # a full queue waits here: no more of the caller's requests are read
                 serving_pb2.InferResponse(
                     request_id=rid,
                     code=grpc.StatusCode.RESOURCE_EXHAUSTED.value[0],
@@ -157,11 +162,12 @@ class InferStreams:
     ) -> None:
         rid = request.request_id
         try:
-            ep = await self.endpoint(request.endpoint_id)
-            output, node, attempts = await self.router.infer(ep, request.input, request.timeout_ms, request.seed)
-            answer = serving_pb2.InferResponse(request_id=rid, output=output, node=node, attempts=attempts)
-        except Exception as e:
-            answer = refusal(rid, e)
+            try:
+                ep = await self.endpoint(request.endpoint_id)
+                output, node, attempts = await self.router.infer(ep, request.input, request.timeout_ms, request.seed)
+                answer = serving_pb2.InferResponse(request_id=rid, output=output, node=node, attempts=attempts)
+            except Exception as e:
+                answer = refusal(rid, e)
+            await out.put(answer)  # in flight until queued to be sent
         finally:
             pending.pop(rid, None)
-        out.put_nowait(answer)
