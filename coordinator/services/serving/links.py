@@ -256,6 +256,11 @@ class Links:
                 self._late(link, rid, reply)
             return
         if call.chunks is not None:
+            call.tokens += len(reply.tokens)
+            allowed = call.replica.endpoint.spec.max_new_tokens
+            if call.tokens > allowed:  # no honest decoder goes past it: a flood, kept out of memory
+                self.violation(link, f"{call.tokens} tokens streamed for request {rid} (at most {allowed})", fatal=True)
+                return
             call.chunks.put_nowait(reply)
         if not reply.done:
             return

@@ -35,6 +35,7 @@ class Call:
     chunks: asyncio.Queue[serving_pb2.ServeReply | None] | None = None
     started: float = field(default_factory=time.perf_counter)
     timer: asyncio.TimerHandle | None = None  # fails the call at its deadline
+    tokens: int = 0  # generation: the tokens its replica streamed so far
 
 
 @dataclass

@@ -568,3 +568,35 @@ def test_a_late_answer_keeps_its_batch_receipt_valid_and_only_it_goes_unpaid() -
         assert batch.answered == 1 and [x.ok for x in batch.requests] == [False, True]
 
     run(scenario)
+
+
+def test_a_replica_streaming_more_tokens_than_asked_is_cut_off() -> None:
+    """A generation replica may stream at most the endpoint's max_new_tokens for a request: a
+    node streaming more (a flood the caller would be sent, kept in the coordinator's memory
+    meanwhile) breaks the protocol, its stream is closed and the tokens past the bound never
+    reach the caller."""
+
+    async def scenario() -> None:
+        r = router()
+        node = SimNode(r, answer=False)
+        link = node.connect()
+        ep = r.add_endpoint(EP, ALICE, spec(serves="generation", vocab_size=16, max_new_tokens=4), 0)
+        await settle()
+        got: list[int] = []
+
+        async def caller() -> None:
+            async for tokens, _, _, _ in r.generate(ep, payload(), timeout_ms=300):
+                got.extend(tokens)
+
+        task = asyncio.create_task(caller())
+        await settle()
+        rid = node.requests[0].request_id
+        for _ in range(3):
+            node.up(replies=[serving_pb2.ServeReply(request_id=rid, tokens=[1, 2, 3], done=False, batch=1)])
+            await settle()
+        assert link.violations == 1 and link.closed and node.signer.address not in r.links
+        assert got == [1, 2, 3]  # the first chunk; the second would have passed the bound
+        with pytest.raises(DeadlineExceeded):
+            await task
+
+    run(scenario)
