@@ -110,7 +110,8 @@ class AsyncEndpoints:
     async def generate(
         self, endpoint_id: str, prompt: Sequence[int], *, seed: int = 0, timeout_s: float | None = None
     ) -> AsyncIterator[list[int]]:
-        """New tokens after `prompt`, as the replica decodes them (same seed, same tokens)."""
+        """New tokens after `prompt`, as the replica decodes them (same seed, same tokens); raises
+        (ABORTED) when its final answer does not hold the tokens streamed: discard them, call again."""
         timeout = timeout_s or DEFAULT_TIMEOUT_S * 6
         req = serving_pb2.InferRequest(
             endpoint_id=endpoint_id, input=prompt_bytes(prompt), timeout_ms=int(timeout * 1000), seed=seed

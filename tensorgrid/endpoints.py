@@ -202,7 +202,8 @@ class Endpoints:
         self, endpoint_id: str, prompt: Sequence[int], *, seed: int = 0, timeout_s: float | None = None
     ) -> Iterator[builtins.list[int]]:
         """Decode after `prompt` on a generation endpoint, yielding new tokens as the replica makes
-        them. The same seed gives the same tokens."""
+        them. The same seed gives the same tokens. Raises CoordinatorError (ABORTED) when the
+        replica's final answer does not hold the tokens streamed: discard those and call again."""
         timeout = timeout_s or DEFAULT_TIMEOUT_S * 6
         req = serving_pb2.InferRequest(
             endpoint_id=endpoint_id, input=prompt_bytes(prompt), timeout_ms=int(timeout * 1000), seed=seed

@@ -31,3 +31,10 @@ class RequestFailed(ServingError):
     """The model failed on this request (the replica said why)."""
 
     code = "INVALID_ARGUMENT"
+
+
+class StreamMismatch(ServingError):
+    """A generation replica streamed tokens its final answer does not hold: what the caller was
+    sent cannot be trusted (discard it and call again)."""
+
+    code = "ABORTED"

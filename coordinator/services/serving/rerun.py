@@ -35,6 +35,31 @@ def parse(data: bytes) -> Tensors | None:
         return None
 
 
+def answered_tokens(output: bytes) -> list[int] | None:
+    """The tokens a one-prompt generation answer holds (tokens[0, :lengths[0]]), None when the
+    answer is not such a file."""
+    tensors = parse(output)
+    if tensors is None or "tokens" not in tensors or "lengths" not in tensors:
+        return None
+    if tensors["tokens"].is_float or tensors["lengths"].is_float:
+        return None
+    tokens, lengths = tensors["tokens"].data, tensors["lengths"].data
+    if tokens.ndim != 2 or tokens.shape[0] != 1 or lengths.shape != (1,) or not 0 <= int(lengths[0]) <= tokens.shape[1]:
+        return None
+    return [int(t) for t in tokens[0, : int(lengths[0])]]
+
+
+def stream_fault(output: bytes, streamed: list[int], given: list[int]) -> str | None:
+    """Whose fault it is that a generation answer does not hold the tokens its caller was sent:
+    "replica" when it does not hold those its own replica streamed (no receipt covers a stream:
+    the replica lied to the caller), "gone" when only a replica tried before it streamed other
+    tokens (it is gone: no one to blame), None when the answer holds what was sent."""
+    answered = answered_tokens(output)
+    if answered != streamed:
+        return "replica"
+    return None if answered == given else "gone"
+
+
 def answers_match(reference: Tensors, candidate: bytes, device_class: str) -> bool:
     """The batch checks' comparison (compare.rows_match): ints and tokens exact, floats within
     the tolerance of the device class ("cuda" when either side ran on CUDA)."""

@@ -19,7 +19,14 @@ from collections.abc import AsyncIterator, Callable
 from coordinator.errors import Conflict, NotFound
 from coordinator.services.serving import placement
 from coordinator.services.serving.batches import counted
-from coordinator.services.serving.errors import DeadlineExceeded, RequestFailed, Saturated, ServingError, Unavailable
+from coordinator.services.serving.errors import (
+    DeadlineExceeded,
+    RequestFailed,
+    Saturated,
+    ServingError,
+    StreamMismatch,
+    Unavailable,
+)
 from coordinator.services.serving.hooks import Accounting, Checks, NoAccounting, NoChecks, Reran, ServedBatch
 from coordinator.services.serving.links import RECEIPT_WAIT_S, Links, wall_ms_now
 from coordinator.services.serving.model import (
@@ -31,6 +38,7 @@ from coordinator.services.serving.model import (
     Replica,
     ReplicaGone,
 )
+from coordinator.services.serving.rerun import stream_fault
 from coordinator.services.serving.rerun_waits import RerunWaits
 from coordinator.services.serving.stats import EndpointStats, RequestSink
 from tensorgrid import serde
@@ -198,12 +206,13 @@ class Router(Links):
         self._admit(ep, data)
         deadline = self.wall_ms() + (timeout_ms or ep.spec.request_timeout_ms)
         started = time.perf_counter()
-        sent, attempts = 0, 0
+        given: list[int] = []  # what the caller was sent, from every replica tried
+        attempts = 0
         while True:
             replica = await self._next_replica(ep, deadline, attempts)
             attempts += 1
             call = self.send(replica, data, seed, deadline, streaming=True)
-            produced = 0
+            streamed: list[int] = []  # what this replica streamed
             try:
                 while True:
                     reply = await call.chunks.get()  # type: ignore[union-attr]
@@ -214,9 +223,11 @@ class Router(Links):
                         ep.stats.failed()
                         raise RequestFailed(f"the model failed on this request: {reply.error.message}")
                     tokens = list(reply.tokens)
-                    new = tokens[max(0, sent - produced) :]
-                    produced += len(tokens)
-                    sent += len(new)
+                    new = tokens[max(0, len(given) - len(streamed)) :]
+                    streamed += tokens
+                    given += new
+                    if reply.done:
+                        self._check_stream(ep, replica, bytes(reply.output), streamed, given)
                     if new or reply.done:
                         yield new, reply.done, bytes(reply.output) if reply.done else b"", replica.node
                     if reply.done:
@@ -226,6 +237,19 @@ class Router(Links):
                 continue
             finally:
                 self.forget(call)
+
+    def _check_stream(
+        self, ep: Endpoint, replica: Replica, output: bytes, streamed: list[int], given: list[int]
+    ) -> None:
+        """A generation answer must hold the tokens streamed (rerun.stream_fault): else the request
+        fails, and a replica that streamed what its own answer does not hold broke the protocol."""
+        fault = stream_fault(output, streamed, given)
+        if fault is None:
+            return
+        ep.stats.failed()
+        if fault == "replica":
+            self.violation(replica.link, "streamed tokens its answer does not hold", fatal=True)
+        raise StreamMismatch("the tokens streamed differ from the replica's final answer: discard them and call again")
 
     async def _next_replica(self, ep: Endpoint, deadline: int, attempts: int) -> Replica:
         """The replica to try next: refused at once on the first attempt; on a failover the call

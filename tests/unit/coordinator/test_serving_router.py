@@ -11,7 +11,7 @@ import torch
 
 from coordinator.errors import Conflict
 from coordinator.services.serving import links, placement
-from coordinator.services.serving.errors import DeadlineExceeded, Saturated, Unavailable
+from coordinator.services.serving.errors import DeadlineExceeded, Saturated, StreamMismatch, Unavailable
 from coordinator.services.serving.hooks import ServedBatch
 from coordinator.services.serving.model import DRAINING, READY, Endpoint, NodeLink
 from coordinator.services.serving.router import Router
@@ -598,5 +598,89 @@ def test_a_replica_streaming_more_tokens_than_asked_is_cut_off() -> None:
         assert got == [1, 2, 3]  # the first chunk; the second would have passed the bound
         with pytest.raises(DeadlineExceeded):
             await task
+
+    run(scenario)
+
+
+def _answer(tokens: list[int], width: int = 4) -> bytes:
+    ids = torch.zeros((1, width), dtype=torch.int64)
+    ids[0, : len(tokens)] = torch.tensor(tokens, dtype=torch.int64)
+    lengths = torch.tensor([len(tokens)], dtype=torch.int64)
+    return tensors_to_bytes({"tokens": ids, "logprobs": torch.zeros((1, width)), "lengths": lengths})
+
+
+def _stream(node: SimNode, rid: int, chunks: list[list[int]], answer: list[int]) -> None:
+    for tokens in chunks:
+        node.up(replies=[serving_pb2.ServeReply(request_id=rid, tokens=tokens, done=False, batch=1)])
+    node.up(replies=[serving_pb2.ServeReply(request_id=rid, output=_answer(answer), done=True, batch=1)])
+
+
+async def _generate(r: Router, ep: Endpoint, got: list[int]) -> bytes:
+    output = b""
+    async for tokens, done, out, _ in r.generate(ep, payload(), timeout_ms=2000):
+        got.extend(tokens)
+        output = out if done else output
+    return output
+
+
+def _generation_endpoint(r: Router, **kw: Any) -> Endpoint:
+    return r.add_endpoint(EP, ALICE, spec(serves="generation", vocab_size=16, max_new_tokens=4, **kw), 0)
+
+
+@pytest.mark.parametrize("answer", [[1, 2, 3], [1, 2, 7], [1, 2]])
+def test_streamed_tokens_must_be_those_of_the_answer(answer: list[int]) -> None:
+    """What a generation replica streams to the caller is covered by no receipt; its final
+    answer is (and is what checks re-run). An answer that does not hold exactly the streamed
+    tokens fails the request (ABORTED: discard what was streamed) and closes the replica's stream."""
+
+    async def scenario() -> None:
+        r = router()
+        node = SimNode(r, answer=False)
+        link = node.connect()
+        ep = _generation_endpoint(r)
+        await settle()
+        got: list[int] = []
+        task = asyncio.create_task(_generate(r, ep, got))
+        await settle()
+        _stream(node, node.requests[0].request_id, [[1, 2], [3]], answer)
+        if answer == [1, 2, 3]:
+            assert await task == _answer(answer) and got == answer and not link.closed
+            return
+        with pytest.raises(StreamMismatch, match="discard them"):
+            await task
+        assert link.violations == 1 and link.closed
+
+    run(scenario)
+
+
+def test_after_a_failover_an_answer_unlike_what_the_gone_replica_streamed_fails_the_request() -> None:
+    """The caller got the first replica's tokens, then it died; the second replica's answer (it
+    streamed consistently with it) differs from what the first sent: the request fails, and the
+    second replica, which did nothing wrong, keeps its stream."""
+
+    async def scenario() -> None:
+        r = router()
+        first, second = SimNode(r, answer=False), SimNode(r, answer=False)
+        first.connect(), second.connect()
+        ep = _generation_endpoint(r, min_replicas=2, max_replicas=2)
+        await settle()
+        got: list[int] = []
+        task = asyncio.create_task(_generate(r, ep, got))
+        await settle()
+        liar, honest = (first, second) if first.requests else (second, first)
+        rid = liar.requests[0].request_id
+        liar.up(replies=[serving_pb2.ServeReply(request_id=rid, tokens=[9, 9], done=False, batch=1)])
+        await settle()
+        assert got == [9, 9]
+        liar.disconnect()
+        for _ in range(50):
+            await asyncio.sleep(0.01)
+            if honest.requests:
+                break
+        _stream(honest, honest.requests[0].request_id, [[1, 2], [3]], [1, 2, 3])
+        with pytest.raises(StreamMismatch):
+            await task
+        assert got == [9, 9, 3]  # the honest replica's first two tokens were skipped as sent already
+        assert honest.link is not None and honest.link.violations == 0 and not honest.link.closed
 
     run(scenario)
