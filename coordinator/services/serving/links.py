@@ -238,10 +238,16 @@ class Links:
         replica.link.send(serving_pb2.ServeDown(cancel=serving_pb2.ServeCancel(request_id=call.request_id)))
         self._fail(call, DeadlineExceeded(f"no answer within the request's deadline (node {replica.node})"))
         replica.endpoint.stats.failed()
+        self.strike(replica, "missed deadlines")
+
+    def strike(self, replica: Replica, what: str) -> None:
+        """A request the replica failed by its own fault (a missed deadline, its own error, an
+        error another node's answer disproved): MISSED_DEADLINES in a row, with no answer
+        between, release it and keep its node off the endpoint for a while (placement)."""
         replica.errors += 1
         replica.missed += 1
         if replica.missed >= MISSED_DEADLINES and replica.endpoint.replicas.get(replica.replica_id) is replica:
-            self.release(replica, f"missed {replica.missed} deadlines in a row")
+            self.release(replica, f"{what}: {replica.missed} requests in a row")
             replica.endpoint.failed_at[replica.node] = self.clock()
             self.fill(replica.endpoint)
 
@@ -269,8 +275,9 @@ class Links:
         replica.calls.pop(rid, None)
         if call.timer is not None:
             call.timer.cancel()
-        replica.missed = 0
         ok = not reply.HasField("error")
+        if ok:
+            replica.missed = 0
         replica.answered[rid] = Answered(call.input, bytes(reply.output), ok, call.seed, reply.batch, self.clock())
         if not call.done.done():
             call.done.set_result(reply)

@@ -44,12 +44,15 @@ from coordinator.services.serving.stats import EndpointStats, RequestSink
 from tensorgrid import serde
 from tensorgrid.serving import check_tensor_bytes
 from tensorgrid.spec import EndpointSpec
-from tensorgrid.types import Domain
+from tensorgrid.types import Domain, ErrorKind
 from tensorgrid.v1 import serving_pb2
 
 log = logging.getLogger("tensorgrid.coordinator.serving")
 FAILOVER_POLL_S = 0.02  # a call between replicas looks for a ready one this often
 MIN_RETRY_MS = 5  # a call with less time left than this is not sent again
+MAX_TRIES = 3  # replicas one request is run on at most after errors (broken streams aside)
+# errors that blame the request, not the replica (another node's replica is asked once)
+REQUEST_ERRORS = frozenset({ErrorKind.INVALID_INPUT, ErrorKind.UNSAFE_INPUT, ErrorKind.PROGRAM_ERROR})
 
 
 class Router(Links):
@@ -177,13 +180,21 @@ class Router(Links):
         return int(min(1000.0, max(5.0, p50)))
 
     async def infer(self, ep: Endpoint, data: bytes, timeout_ms: int = 0, seed: int = 0) -> tuple[bytes, str, int]:
-        """The output of one request, the node that answered and the replicas tried."""
+        """The output of one request, the node that answered and the replicas tried.
+
+        A replica's error of its own (released, crashed, over its limits, its deadline) sends the
+        request to another replica, as a broken stream does, and is a strike against it. An error
+        blaming the request (invalid input, the program raised) is asked of one more node's
+        replica when there is one ready: a lying or broken replica cannot fail the endpoint's
+        callers, and a strike is counted against it when the other answers. MAX_TRIES bounds the
+        runs one request can cost."""
         self._admit(ep, data)
         deadline = self.wall_ms() + (timeout_ms or ep.spec.request_timeout_ms)
         started = time.perf_counter()
-        attempts = 0
+        attempts, avoid = 0, ""
+        doubted: Replica | None = None  # the replica whose error another node's is asked about
         while True:
-            replica = await self._next_replica(ep, deadline, attempts)
+            replica = await self._next_replica(ep, deadline, attempts, avoid)
             attempts += 1
             call = self.send(replica, data, seed, deadline, streaming=False)
             try:
@@ -192,11 +203,26 @@ class Router(Links):
                 continue  # another replica, if the deadline allows (_next_replica decides)
             finally:
                 self.forget(call)
-            if reply.HasField("error"):
-                ep.stats.failed()
-                raise RequestFailed(f"the model failed on this request: {reply.error.message}")
-            ep.stats.answered((time.perf_counter() - started) * 1000)
-            return bytes(reply.output), replica.node, attempts
+            if not reply.HasField("error"):
+                if doubted is not None:
+                    self.strike(doubted, "failed requests another node answered")
+                ep.stats.answered((time.perf_counter() - started) * 1000)
+                return bytes(reply.output), replica.node, attempts
+            error = serde.error_from_pb(reply.error)
+            avoid = replica.node
+            if error.kind not in REQUEST_ERRORS:
+                self.strike(replica, f"its own errors ({error.kind.value})")
+                if attempts < MAX_TRIES:
+                    continue
+            elif doubted is None and attempts < MAX_TRIES and self._ready_elsewhere(ep, replica.node):
+                doubted = replica
+                continue
+            ep.stats.failed()
+            raise RequestFailed(f"the model failed on this request: {error.message}")
+
+    @staticmethod
+    def _ready_elsewhere(ep: Endpoint, node: str) -> bool:
+        return any(r.state == READY and r.link.node != node for r in ep.replicas.values())
 
     async def generate(
         self, ep: Endpoint, data: bytes, timeout_ms: int = 0, seed: int = 0
@@ -207,9 +233,9 @@ class Router(Links):
         deadline = self.wall_ms() + (timeout_ms or ep.spec.request_timeout_ms)
         started = time.perf_counter()
         given: list[int] = []  # what the caller was sent, from every replica tried
-        attempts = 0
+        attempts, avoid = 0, ""
         while True:
-            replica = await self._next_replica(ep, deadline, attempts)
+            replica = await self._next_replica(ep, deadline, attempts, avoid)
             attempts += 1
             call = self.send(replica, data, seed, deadline, streaming=True)
             streamed: list[int] = []  # what this replica streamed
@@ -220,8 +246,14 @@ class Router(Links):
                         await call.done  # raises why the stream ended (ReplicaGone, a deadline)
                         continue
                     if reply.HasField("error"):
+                        error = serde.error_from_pb(reply.error)
+                        if error.kind not in REQUEST_ERRORS:  # its own trouble: another replica, as infer
+                            self.strike(replica, f"its own errors ({error.kind.value})")
+                            if attempts < MAX_TRIES:
+                                avoid = replica.node
+                                raise ReplicaGone(error.message)
                         ep.stats.failed()
-                        raise RequestFailed(f"the model failed on this request: {reply.error.message}")
+                        raise RequestFailed(f"the model failed on this request: {error.message}")
                     tokens = list(reply.tokens)
                     new = tokens[max(0, len(given) - len(streamed)) :]
                     streamed += tokens
@@ -251,9 +283,10 @@ class Router(Links):
             self.violation(replica.link, "streamed tokens its answer does not hold", fatal=True)
         raise StreamMismatch("the tokens streamed differ from the replica's final answer: discard them and call again")
 
-    async def _next_replica(self, ep: Endpoint, deadline: int, attempts: int) -> Replica:
+    async def _next_replica(self, ep: Endpoint, deadline: int, attempts: int, avoid: str = "") -> Replica:
         """The replica to try next: refused at once on the first attempt; on a failover the call
-        waits for a replica (placement replaces the lost one) while its deadline allows."""
+        waits for a replica (placement replaces the lost one) while its deadline allows, on
+        another node than `avoid` (the one that just failed it) when one is ready."""
         if attempts == 0:
             try:
                 return self.pick(ep)
@@ -264,7 +297,7 @@ class Router(Links):
         try:
             while self.wall_ms() < deadline - MIN_RETRY_MS:
                 try:
-                    return self.pick(ep)
+                    return self.pick(ep, avoid if avoid and self._ready_elsewhere(ep, avoid) else "")
                 except (Saturated, Unavailable):
                     await asyncio.sleep(FAILOVER_POLL_S)
         finally:

@@ -14,7 +14,7 @@ from tensorgrid import serde
 from tensorgrid.crypto import Signer, sign_receipt
 from tensorgrid.serving import batch_receipt
 from tensorgrid.spec import EndpointSpec
-from tensorgrid.types import BlobRef, Domain
+from tensorgrid.types import BlobRef, Domain, ErrorKind, TaskError
 from tensorgrid.v1 import serving_pb2
 
 DOMAIN = Domain("TensorGrid", "1", 31337, "0x" + "11" * 20)
@@ -68,6 +68,7 @@ class SimNode:
     answer: bool = True  # answer requests
     delay_s: float = 0.0
     receipt_tamper: str = ""  # "", "digest", "signature", "skip"
+    fail: str = ""  # an ErrorKind value: answer every request with that error instead
     link: NodeLink | None = None
     requests: list[serving_pb2.ServeRequest] = field(default_factory=list)
     downs: list[list[int]] = field(default_factory=list)  # the request ids of each message that held any
@@ -121,6 +122,11 @@ class SimNode:
     async def _answer(self, req: serving_pb2.ServeRequest) -> None:
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
+        if self.fail:
+            error = serving_pb2.ServeReply(request_id=req.request_id, done=True, batch=0)
+            error.error.CopyFrom(serde.error_to_pb(TaskError(ErrorKind(self.fail), f"{self.fail} (simulated)")))
+            self.up(replies=[error])
+            return
         output = b"out:" + req.input[-8:]
         self.batch += 1
         batch = self.batch

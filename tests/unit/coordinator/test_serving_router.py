@@ -11,13 +11,15 @@ import torch
 
 from coordinator.errors import Conflict
 from coordinator.services.serving import links, placement
-from coordinator.services.serving.errors import DeadlineExceeded, Saturated, StreamMismatch, Unavailable
+from coordinator.services.serving.errors import DeadlineExceeded, RequestFailed, Saturated, StreamMismatch, Unavailable
 from coordinator.services.serving.hooks import ServedBatch
 from coordinator.services.serving.model import DRAINING, READY, Endpoint, NodeLink
 from coordinator.services.serving.router import Router
+from tensorgrid import serde
 from tensorgrid.errors import InvalidTensorFile
 from tensorgrid.serving import tensors_to_bytes
 from tensorgrid.spec import EndpointSpec
+from tensorgrid.types import ErrorKind, TaskError
 from tensorgrid.v1 import serving_pb2
 from tests.unit.coordinator.serving_sim import DOMAIN, Recorder, SimNode, spec
 
@@ -682,5 +684,106 @@ def test_after_a_failover_an_answer_unlike_what_the_gone_replica_streamed_fails_
             await task
         assert got == [9, 9, 3]  # the honest replica's first two tokens were skipped as sent already
         assert honest.link is not None and honest.link.violations == 0 and not honest.link.closed
+
+    run(scenario)
+
+
+async def _two_replicas(liar_fails: str, other_fails: str = "") -> tuple[Router, Endpoint, SimNode, SimNode]:
+    r = router()
+    liar, other = SimNode(r, fail=liar_fails), SimNode(r, fail=other_fails)
+    liar.connect(), other.connect()
+    ep = r.add_endpoint(EP, ALICE, spec(min_replicas=2, max_replicas=2), 0)
+    await settle()
+    assert len(ep.ready()) == 2
+    return r, ep, liar, other
+
+
+def _replica_of(ep: Endpoint, node: SimNode) -> Any:
+    return next((x for x in ep.replicas.values() if x.node == node.signer.address), None)
+
+
+@pytest.mark.parametrize("kind", ["released", "crashed", "execution", "out_of_memory"])
+def test_a_replicas_own_error_sends_the_request_to_another_replica(kind: str) -> None:
+    """A replica failing a request by its own fault (released as its node drains, its worker
+    crashed, over its limits) is not the caller's error: the request goes to another replica,
+    as for a broken stream, and the failing replica is struck (released after 3 in a row)."""
+
+    async def scenario() -> None:
+        r, ep, bad, good = await _two_replicas(kind)
+        for i in range(12):  # two at a time: one on each replica
+            for output, node, _ in await asyncio.gather(r.infer(ep, payload(i)), r.infer(ep, payload(i + 100))):
+                assert node == good.signer.address and output.startswith(b"out:")
+            if _replica_of(ep, bad) is None:
+                break
+        assert len(bad.requests) == 3 and _replica_of(ep, bad) is None  # struck out: released
+        assert bad.signer.address in ep.failed_at  # and kept off the endpoint for a while
+
+    run(scenario)
+
+
+def test_an_error_blaming_the_request_is_asked_of_another_node_once() -> None:
+    """A replica saying every request is invalid (lying, or broken) cannot fail the endpoint's
+    callers while another node's replica answers: each request it fails is asked of the other
+    once; the liar is struck and released after 3 in a row."""
+
+    async def scenario() -> None:
+        r, ep, liar, honest = await _two_replicas("invalid_input")
+        for i in range(12):  # two at a time: one on each replica
+            for output, node, _ in await asyncio.gather(r.infer(ep, payload(i)), r.infer(ep, payload(i + 100))):
+                assert node == honest.signer.address and output.startswith(b"out:")
+            if _replica_of(ep, liar) is None:
+                break
+        assert len(liar.requests) == 3 and _replica_of(ep, liar) is None
+
+    run(scenario)
+
+
+def test_a_request_both_nodes_refuse_fails_after_two_runs_and_blames_no_replica() -> None:
+    async def scenario() -> None:
+        r, ep, a, b = await _two_replicas("invalid_input", "program_error")
+        for i in range(4):
+            for failed in await asyncio.gather(
+                r.infer(ep, payload(i)), r.infer(ep, payload(i + 100)), return_exceptions=True
+            ):
+                assert isinstance(failed, RequestFailed) and "simulated" in str(failed)
+        assert len(a.requests) == len(b.requests) == 8  # each request: one run, one second opinion
+        assert all(x.missed == 0 for x in ep.replicas.values()) and len(ep.ready()) == 2
+
+    run(scenario)
+
+
+def test_a_request_every_replica_fails_by_its_own_fault_is_tried_at_most_max_tries() -> None:
+    async def scenario() -> None:
+        r, ep, a, b = await _two_replicas("crashed", "crashed")
+        with pytest.raises(RequestFailed, match="simulated"):
+            await r.infer(ep, payload())
+        assert len(a.requests) + len(b.requests) == 3
+
+    run(scenario)
+
+
+def test_a_generation_replicas_own_error_fails_over_without_repeating_tokens() -> None:
+    async def scenario() -> None:
+        r = router()
+        first, second = SimNode(r, answer=False), SimNode(r, answer=False)
+        first.connect(), second.connect()
+        ep = _generation_endpoint(r, min_replicas=2, max_replicas=2)
+        await settle()
+        got: list[int] = []
+        task = asyncio.create_task(_generate(r, ep, got))
+        await settle()
+        crashed, other = (first, second) if first.requests else (second, first)
+        rid = crashed.requests[0].request_id
+        crashed.up(replies=[serving_pb2.ServeReply(request_id=rid, tokens=[1, 2], done=False, batch=1)])
+        failed = serving_pb2.ServeReply(request_id=rid, done=True, batch=1)
+        failed.error.CopyFrom(serde.error_to_pb(TaskError(ErrorKind.CRASHED, "its worker died")))
+        crashed.up(replies=[failed])
+        for _ in range(50):
+            await asyncio.sleep(0.01)
+            if other.requests:
+                break
+        _stream(other, other.requests[0].request_id, [[1, 2], [3]], [1, 2, 3])
+        assert await task == _answer([1, 2, 3]) and got == [1, 2, 3]
+        assert _replica_of(ep, crashed).missed == 1  # a strike
 
     run(scenario)
