@@ -1,5 +1,5 @@
 """Real-time endpoints end to end: SDK → coordinator → node daemons holding warm replicas, and
-back. Answers equal the local model's; a replica's node killed mid-load costs callers nothing
+back. Answers equal the local model's; a replica's node killed or stopped mid-load costs callers nothing
 and a node joining takes its place;
 a generation endpoint streams the tokens a local decoding run gives; a deleted endpoint answers
 no more; the CLI drives the same path."""
@@ -18,6 +18,7 @@ import grpc
 import pytest
 import torch
 
+from tensorgrid.client import Client
 from tensorgrid.crypto import Signer
 from tensorgrid.localgrid import LocalGrid
 from tensorgrid.serving.tensors import tensors_to_bytes
@@ -65,6 +66,38 @@ def _local(model: Path, x: torch.Tensor) -> torch.Tensor:
     return out[0] if isinstance(out, list | tuple) else out
 
 
+def _under_load(client: Client, endpoint: str, x: torch.Tensor, action: Callable[[], object]) -> int:
+    """Four closed-loop callers; `action` runs 1.5 s in; they go on 3 s more. Any error a caller
+    sees fails the test; answers must have kept coming after the action. Returns the answers."""
+    errors: list[BaseException] = []
+    answered = [0]
+    stop = threading.Event()
+
+    def caller(offset: int) -> None:
+        data = tensors_to_bytes({"pixels": x[offset : offset + 2]})
+        while not stop.is_set():
+            try:
+                client.endpoints.infer_bytes(endpoint, data, timeout_s=10)
+                answered[0] += 1
+            except BaseException as exc:  # any error a caller sees fails the test
+                errors.append(exc)
+                return
+
+    callers = [threading.Thread(target=caller, args=(i,)) for i in range(4)]
+    for t in callers:
+        t.start()
+    time.sleep(1.5)
+    before = answered[0]
+    action()
+    time.sleep(3)
+    stop.set()
+    for t in callers:
+        t.join(30)
+    assert not errors, errors[:3]
+    assert before > 0 and answered[0] > before  # answers kept coming after the action
+    return answered[0]
+
+
 def test_an_endpoint_answers_like_the_local_model_and_a_dying_replica_costs_callers_nothing(
     make_grid: Callable[..., LocalGrid], digits: Assets
 ) -> None:
@@ -80,35 +113,11 @@ def test_an_endpoint_answers_like_the_local_model_and_a_dying_replica_costs_call
             (name,) = out
             torch.testing.assert_close(out[name], _local(digits.model, x[:rows]), rtol=1e-5, atol=1e-5)
 
-        errors: list[BaseException] = []
-        answered = [0]
-        stop = threading.Event()
-
-        def caller(offset: int) -> None:
-            data = tensors_to_bytes({"pixels": x[offset : offset + 2]})
-            while not stop.is_set():
-                try:
-                    client.endpoints.infer_bytes(endpoint, data, timeout_s=10)
-                    answered[0] += 1
-                except BaseException as exc:  # any error a caller sees fails the test
-                    errors.append(exc)
-                    return
-
-        callers = [threading.Thread(target=caller, args=(i,)) for i in range(4)]
-        for t in callers:
-            t.start()
-        time.sleep(1.5)
-        before = answered[0]
-        grid.kill_proc(next(p for p in grid.procs if p.name == "node1"))
-        time.sleep(3)
-        stop.set()
-        for t in callers:
-            t.join(30)
-        assert not errors, errors[:3]
-        assert before > 0 and answered[0] > before  # answers kept coming after the kill
+        node1 = next(p for p in grid.procs if p.name == "node1")
+        answered = _under_load(client, endpoint, x, lambda: grid.kill_proc(node1))
 
         status = client.endpoints.get(endpoint)
-        assert status.requests >= answered[0] and status.p50_ms > 0 and status.state == "running"
+        assert status.requests >= answered and status.p50_ms > 0 and status.state == "running"
         assert status.ready == 1  # the survivor; there is no third node to take node1's place
         # sampled answers were run again (the first check waits for the referee's start); honest nodes agree
         status = wait_for(lambda: (s := client.endpoints.get(endpoint)).checked > 0 and s, 120, "a checked answer")
@@ -117,6 +126,10 @@ def test_an_endpoint_answers_like_the_local_model_and_a_dying_replica_costs_call
         grid.start_node("node2", *node_args(), *SERVE)  # a node joining takes the lost replica's place
         status = client.endpoints.wait_ready(endpoint, 2, timeout_s=180)
         assert len({r.node for r in status.replicas if r.state == "ready"}) == 2
+        # a node stopping as its operator stops it: its replica released, its requests in flight
+        # answered "released", which sends them to the other replica, never to the callers
+        node2 = next(p for p in grid.procs if p.name == "node2")
+        _under_load(client, endpoint, x, lambda: grid.stop_proc(node2))
 
         deleted = client.endpoints.delete(endpoint)
         assert deleted.state == "deleted"
