@@ -146,6 +146,8 @@ DISPROVED = "disproved"  # the job event of a result that finishes a task whose 
 VERDICTS = (CLEAN, FAILED, UNDECIDED)
 CONTESTED = s.OPEN_TASK_STATES[2]  # the state of a task whose claims the referee is about to review
 REFEREE_DEVICE = "cpu"  # the device class the referee runs tasks on (services/sandbox_child.py)
+# a node's report that the program ran past the task's limit: a claim where the referee can judge it
+LIMIT_ERRORS = (ErrorKind.TIMEOUT,)
 
 
 @dataclass(frozen=True)
@@ -212,13 +214,29 @@ def as_claimed(conn: Connection, row: Any, error: TaskError) -> TaskError:
     an honest node whose device truly failed."""
     if error.kind != ErrorKind.PROGRAM_ERROR or not row.node:
         return error
-    device = str(row.device)
-    if device not in ("cpu", "cuda"):  # "any": the node runs it on its own device
-        device = str(conn.execute(select(s.nodes.c.device_kind).where(s.nodes.c.address == row.node)).scalar())
+    device = _device(conn, row)
     if device == REFEREE_DEVICE:
         return error
     said = f"{error.message} (a program error on {device}: the referee runs on {REFEREE_DEVICE}, so the node's failure)"
     return TaskError(ErrorKind.EXECUTION, said)
+
+
+def over_limit(conn: Connection, row: Any, error: TaskError, *, reviewed: bool) -> bool:
+    """Whether a node's own report (never a lease the coordinator saw expire) that its run of a task
+    (a tasks row) hit the task's time limit is a claim that the program exceeds it (the module's
+    "Over its time limit"): only for a kind the referee reviews, from a run on its device class;
+    anything else stays the node's own failure, as every timeout was before."""
+    if error.kind not in LIMIT_ERRORS or not reviewed or not row.node:
+        return False
+    return _device(conn, row) == REFEREE_DEVICE
+
+
+def _device(conn: Connection, row: Any) -> str:
+    """The device class a task ran on: its own, else ("any") its node's."""
+    device = str(row.device)
+    if device not in ("cpu", "cuda"):  # "any": the node runs it on its own device
+        device = str(conn.execute(select(s.nodes.c.device_kind).where(s.nodes.c.address == row.node)).scalar())
+    return device
 
 
 def settle_review(conn: Connection, task_id: str, verdict: str) -> int:
