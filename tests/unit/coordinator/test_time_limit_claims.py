@@ -37,14 +37,16 @@ ROW_S = 0.1  # the referee's time a row: the whole task (ROWS rows) takes 9.6 s 
 SLOW = TaskError(ErrorKind.TIMEOUT, "the task exceeded its time limit of 4s")
 
 
-def limited(state: Store, blobs: BlobStore, tmp_path: Path, limit_s: float, *nodes: object, device: str = "any") -> None:
+def limited(
+    state: Store, blobs: BlobStore, tmp_path: Path, limit_s: float, *nodes: object, device: str = "any"
+) -> None:
     """The job's one task of ROWS rows with a time limit of limit_s, on CPU nodes A, B and C."""
     job_of_rows(state, blobs, tmp_path, *(nodes or ((A, CPU), (B, CPU), (C, CPU))), device=device)  # type: ignore[arg-type]
     with state.engine.begin() as conn:
         conn.execute(schema.tasks.update().values(time_limit_ms=int(limit_s * 1000)))
 
 
-def reviewed(state: Store, blobs: BlobStore, clock: Clock, row_s: float = ROW_S) -> Rows:
+def reviewed(state: Store, blobs: BlobStore, clock: Clock, row_s: float = ROW_S, budget_factor: float = 4.0) -> Rows:
     """Both claims made; the referee's review run to its verdict."""
     assert claim(state, A, AVOID, SLOW) is True
     assert state.tasks.get_task(TASK).state == "pending" and task_failures(state) == 0  # a claim: no attempt
@@ -52,6 +54,7 @@ def reviewed(state: Store, blobs: BlobStore, clock: Clock, row_s: float = ROW_S)
     assert state.tasks.get_task(TASK).state == "contested"
     run = Rows(clock, row_s=row_s)
     r = reviews(state, blobs, run)
+    r.budget_factor = budget_factor
     while state.tasks.get_task(TASK).state == "contested":
         turn(r)
     return run
@@ -158,3 +161,15 @@ def test_one_lying_node_claiming_again_is_refused_by_the_referee(
         turn(r)
     assert state.tasks.get_task(TASK).state == "pending" and node(state, A) == (1, 1, 1)
     assert paid(state) == {} and state.jobs.get_job(JOB).state != JobState.FAILED
+
+
+def test_one_batch_longer_than_a_request_longer_than_the_limit_is_confirmed_not_undecided(
+    state: Store, blobs: BlobStore, clock: Clock, tmp_path: Path
+) -> None:
+    """A batch of 4 rows takes 12 s, over the referee's 10 s request, itself over 1.25 × 6 s: the
+    task exceeds its limit whatever the rest does (an invalid-input claim would be undecided). The
+    budget is raised: the parts that find the batch too long (80, 20, 4, 4 rows) cost 40 s."""
+    limited(state, blobs, tmp_path, 6.0)
+    reviewed(state, blobs, clock, row_s=3.0, budget_factor=10.0)
+    job = state.jobs.get_job(JOB)
+    assert job.state == JobState.FAILED and "needs more than its time limit of 6s" in job.error, job
