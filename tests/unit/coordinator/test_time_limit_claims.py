@@ -28,7 +28,7 @@ from tests.unit.coordinator.test_claims import AVOID, TASK, claim
 from tests.unit.coordinator.test_program_errors import A, B, job_of_rows, node, task_failures
 from tests.unit.coordinator.test_review_parts import Clock, turn
 from tests.unit.coordinator.test_review_rows import ROWS, Rows, reviews
-from tests.unit.coordinator.test_storage import CPU, GPU, JOB, TIMING, add_nodes
+from tests.unit.coordinator.test_storage import CPU, GPU, JOB, TIMING
 
 state, blobs, clock = parts.state, parts.blobs, parts.clock  # the fixtures: a store on each database
 
