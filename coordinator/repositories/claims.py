@@ -124,8 +124,10 @@ measured whole (every row a node's run would reach), so it cannot hide. What is 
 is measured on a machine that may be loaded (a loaded referee errs toward confirming: run it
 unloaded), and a part's overhead (its rows gathered, its program loaded) counts in it; a hostile
 program whose first part runs whole costs the referee at most one request (--referee-time-s), as
-any review. A memory-limit failure (OUT_OF_MEMORY) stays the node's own: the referee measures no
-peak memory of its runs yet.
+any review. Intake refuses the grossest cases first (kinds/inference/vetting.too_slow: a lower bound
+from its probe). A memory-limit failure (OUT_OF_MEMORY) stays the node's own: the referee measures
+no peak memory of its runs yet (its warm child holds torch and other jobs' programs, runs parts of
+rows, and has a hard cap of its own, so its peak is no measure of the task's).
 
 Tasks of kinds that do not review claims (noop) keep the second-claim rule. A training round that
 closes while one of its tasks is contested cancels it: its review is never run.
