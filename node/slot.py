@@ -42,7 +42,7 @@ import logging
 import random
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -58,6 +58,7 @@ from tensorgrid.types import ErrorKind, Lease, TaskError
 log = logging.getLogger("tensorgrid.node")
 CHECKPOINTS = "checkpoints"
 AHEAD_MAX_SHARE = 0.1  # lease ahead only when a run takes at most this share of a task's time limit
+SHORTENED_SHARE = 0.1  # a timeout whose limit waiting ahead took more of is the node's own (_shortened)
 AHEAD_LEAD_S = 1.0  # lease ahead this long (plus the last fetch's time) before the running task should end
 
 
@@ -350,8 +351,20 @@ class Slot:
             time_limit_s=max(0.001, limit_s - waited) if limit_s > 0 else 0.0,
             checkpoint_dir=str(ckpt) if ckpt is not None else None,
         )
-        outcome = await self.ex.run(request)
+        outcome = _shortened(await self.ex.run(request), limit_s, waited)
         return outcome, Timing(fetched - started, max(0.0, time.monotonic() - fetched))
+
+
+def _shortened(outcome: TaskOutcome, limit_s: float, waited: float) -> TaskOutcome:
+    """A timeout of a run whose time limit this node shortened by more than SHORTENED_SHARE (its
+    lease waited ahead) is the node's own failure, an execution error, not a claim that the program
+    is too slow for the task's limit (coordinator repositories.claims: the referee measures the
+    whole limit, and would refuse the claim of a run it did not get)."""
+    error = outcome.error
+    if error is None or error.kind != ErrorKind.TIMEOUT or limit_s <= 0 or waited <= SHORTENED_SHARE * limit_s:
+        return outcome
+    said = f"{error.message} (the lease waited {waited:.1f}s ahead of its {limit_s:g}s: the node's own timeout)"
+    return replace(outcome, error=TaskError(ErrorKind.EXECUTION, said))
 
 
 def _released(kept: Lease | None) -> TaskError:

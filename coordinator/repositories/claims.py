@@ -1,5 +1,6 @@
-"""Failure claims: a node saying a task's input is invalid or unsafe, or that the submitter's
-program raised while it ran the task on CPU (a workload error: WORKLOAD_ERRORS of repositories.tasks).
+"""Failure claims: a node saying a task's input is invalid or unsafe, that the submitter's program
+raised while it ran the task on CPU (a workload error: WORKLOAD_ERRORS of repositories.tasks), or
+that it ran past the task's time limit there ("Over its time limit" below).
 
 Such a failure blames the workload, not the node, and spends one of the task's attempts, so
 one node that lies about every task could fail every job. A claim therefore counts against
@@ -96,6 +97,38 @@ max_attempts nodes a task. Who could abuse it: a node lying that a good program 
 an invalid-input lie costs (the same claim, the same refusal); a submitter whose program raises
 now pays for the runs it wasted (claim_pay) and its job ends at the referee's verdict.
 
+Over its time limit. A task's time limit (task_time_limit_s) is for the grid's reference CPU, the
+referee's: a node's run that hits it on CPU (ErrorKind.TIMEOUT, its own report: never a lease the
+coordinator saw expire) is a claim that the submitter's program is too slow for it (LIMIT_ERRORS,
+over_limit), for a kind the referee reviews; from a CUDA run, a kind it does not review, or an
+expired lease it is the node's own failure, as every timeout was before, and a node daemon reports
+a run whose limit it shortened by waiting ahead as its own execution error (node/slot.py). The
+claim is counted, reviewed and paid as a program error's, but the review asks another question:
+does the task exceed its limit on the referee? The referee runs it (in parts, as always) and adds
+up its clean parts' wall time (services.verification.reviews._timed; ReviewSettings):
+- past over_limit (1.25) × the limit, the moment its parts pass that, or when one smallest part
+  timed out twice on a request longer than that: confirmed, final. The job fails naming the limit
+  (a training task goes on to its attempts); each claimant wins one reward with probability
+  (units the limit's time reaches at the referee's pace ÷ the task's): what its run did.
+- a whole run within within_limit (0.5) × the limit: disproved; its claimants keep their refusals.
+- in between: undecided (the edge of the limit, where a loaded referee, a slower reference or
+  a node's honest jitter decide): other nodes settle it as above, nobody paid.
+Who could abuse it. A slow node (its CPU over twice the reference's time) pays a refusal per
+task, as a node failing a task always paid; within twice, it is undecided and blames no one more.
+A lying node or two colluders cannot fail a job the reference runs within 1.25× its limit, nor
+get paid for one it runs within it; in between they cost the referee one review and the task
+QUORUM more nodes, as any undecided claim does. A submitter sizing tasks at the edge gets them
+run by nodes that can (each claimant keeps a refusal until QUORUM more confirm); past 1.25× its
+job fails after two runs and one review and pays for them. A program slow only on some rows is
+measured whole (every row a node's run would reach), so it cannot hide. What is left: wall time
+is measured on a machine that may be loaded (a loaded referee errs toward confirming: run it
+unloaded), and a part's overhead (its rows gathered, its program loaded) counts in it; a hostile
+program whose first part runs whole costs the referee at most one request (--referee-time-s), as
+any review. Intake refuses the grossest cases first (kinds/inference/vetting.too_slow: a lower bound
+from its probe). A memory-limit failure (OUT_OF_MEMORY) stays the node's own: the referee measures
+no peak memory of its runs yet (its warm child holds torch and other jobs' programs, runs parts of
+rows, and has a hard cap of its own, so its peak is no measure of the task's).
+
 Tasks of kinds that do not review claims (noop) keep the second-claim rule. A training round that
 closes while one of its tasks is contested cancels it: its review is never run.
 
@@ -146,6 +179,8 @@ DISPROVED = "disproved"  # the job event of a result that finishes a task whose 
 VERDICTS = (CLEAN, FAILED, UNDECIDED)
 CONTESTED = s.OPEN_TASK_STATES[2]  # the state of a task whose claims the referee is about to review
 REFEREE_DEVICE = "cpu"  # the device class the referee runs tasks on (services/sandbox_child.py)
+# a node's report that the program ran past the task's limit: a claim where the referee can judge it
+LIMIT_ERRORS = (ErrorKind.TIMEOUT,)
 
 
 @dataclass(frozen=True)
@@ -212,13 +247,29 @@ def as_claimed(conn: Connection, row: Any, error: TaskError) -> TaskError:
     an honest node whose device truly failed."""
     if error.kind != ErrorKind.PROGRAM_ERROR or not row.node:
         return error
-    device = str(row.device)
-    if device not in ("cpu", "cuda"):  # "any": the node runs it on its own device
-        device = str(conn.execute(select(s.nodes.c.device_kind).where(s.nodes.c.address == row.node)).scalar())
+    device = _device(conn, row)
     if device == REFEREE_DEVICE:
         return error
     said = f"{error.message} (a program error on {device}: the referee runs on {REFEREE_DEVICE}, so the node's failure)"
     return TaskError(ErrorKind.EXECUTION, said)
+
+
+def over_limit(conn: Connection, row: Any, error: TaskError, *, reviewed: bool) -> bool:
+    """Whether a node's own report (never a lease the coordinator saw expire) that its run of a task
+    (a tasks row) hit the task's time limit is a claim that the program exceeds it (the module's
+    "Over its time limit"): only for a kind the referee reviews, from a run on its device class;
+    anything else stays the node's own failure, as every timeout was before."""
+    if error.kind not in LIMIT_ERRORS or not reviewed or not row.node:
+        return False
+    return _device(conn, row) == REFEREE_DEVICE
+
+
+def _device(conn: Connection, row: Any) -> str:
+    """The device class a task ran on: its own, else ("any") its node's."""
+    device = str(row.device)
+    if device not in ("cpu", "cuda"):  # "any": the node runs it on its own device
+        device = str(conn.execute(select(s.nodes.c.device_kind).where(s.nodes.c.address == row.node)).scalar())
+    return device
 
 
 def settle_review(conn: Connection, task_id: str, verdict: str) -> int:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, exists, select, update
 
 from coordinator.db import schema as s
 from coordinator.repositories import claims
@@ -27,6 +27,9 @@ class Contested:
     input_sha: str
     settings: str  # JSON, as leased
     time_limit_ms: int  # what a node may take for it (a review's budget is a multiple of it)
+    # a claim on it says the program ran past that limit (claims.LIMIT_ERRORS): the review measures
+    # the referee's run against it (services.verification.reviews)
+    limit: bool = False
 
 
 class ReviewRepository:
@@ -40,16 +43,20 @@ class ReviewRepository:
 
     def contested(self) -> list[Contested]:
         """Tasks of open jobs waiting for the referee to review their claims (oldest first)."""
-        t, j = s.tasks.c, s.jobs.c
+        t, j, c = s.tasks.c, s.jobs.c, s.failure_claims.c
+        limits = [k.value for k in claims.LIMIT_ERRORS]
+        limit = exists().where(c.task_id == t.task_id, c.kind.in_(limits)).label("limit")
         with self.engine.connect() as conn:
             rows = conn.execute(
-                select(t.task_id, t.job_id, t.kind, t.model_sha, t.input_sha, t.settings, t.time_limit_ms)
+                select(t.task_id, t.job_id, t.kind, t.model_sha, t.input_sha, t.settings, t.time_limit_ms, limit)
                 .join(s.jobs, j.job_id == t.job_id)
                 .where(t.state == claims.CONTESTED, j.state.in_(("queued", "running")))
                 .order_by(t.last_failed_ms, t.task_id)
             ).all()
         return [
-            Contested(r.task_id, r.job_id, r.kind, r.model_sha or "", r.input_sha, r.settings, r.time_limit_ms)
+            Contested(
+                r.task_id, r.job_id, r.kind, r.model_sha or "", r.input_sha, r.settings, r.time_limit_ms, bool(r.limit)
+            )
             for r in rows
         ]
 

@@ -23,7 +23,8 @@ from tensorgrid.types import BlobRef, ErrorKind, JobState, Lease, Receipt, TaskE
 
 # Failures that say the workload itself is bad, not the node: no backoff for the node once a
 # second node confirms them; until then they count against their reporter (repositories.claims).
-# A program error is one only from a run on the referee's device class (claims.as_claimed).
+# A program error is one only from a run on the referee's device class (claims.as_claimed); so is
+# a node's timeout on a task the referee reviews (claims.over_limit: the program past its time limit).
 WORKLOAD_ERRORS = (ErrorKind.INVALID_INPUT, ErrorKind.UNSAFE_INPUT, ErrorKind.PROGRAM_ERROR)
 # Expired leases one reaping transaction reissues. It locks their nodes' and jobs' rows until it
 # commits, six statements a lease later: 500 at a time held them for up to 8 s on a coordinator
@@ -240,12 +241,15 @@ class TaskRepository:
         released = error.kind == ErrorKind.RELEASED
         node = row.node
         error = claims.as_claimed(conn, row, error)
+        reviewed = row.kind in self.reviewed
+        # its node's own word that the program ran past the task's time limit (never a lease seen to expire)
+        claimed = error.kind in WORKLOAD_ERRORS or (not lost and claims.over_limit(conn, row, error, reviewed=reviewed))
         # A node's word that the input is bad counts against the task only once another node's confirms it.
         said = claims.Claim(confirmed=True, spends=0 if released or forged else 1)
-        if error.kind in WORKLOAD_ERRORS and not rejection and node:
-            reviewed, kind = row.kind in self.reviewed, error.kind.value
+        if claimed and not rejection and node:
+            kind = error.kind.value
             said = claims.claim(conn, row.task_id, node, kind, now_ms, quorum=self.quorum, reviewed=reviewed)
-        if not released and (rejection or error.kind not in WORKLOAD_ERRORS or said.own):
+        if not released and (rejection or not claimed or said.own):
             node_failed(conn, node, now_ms, rejection=rejection)
         if said.review:  # a second claim: nobody is believed until the referee has run the task
             again = claims.claimants(conn, row.task_id) == [node]  # its own second claim: nobody else claimed

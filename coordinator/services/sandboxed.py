@@ -156,6 +156,7 @@ def probe_rows(
         reason=str(answer.get("reason", "")),
         rows=int(answer.get("rows", 0)),
         finished=bool(answer.get("finished", True)),
+        batch_s=float(answer.get("batch_s", 0.0)),
     )
 
 

@@ -11,6 +11,7 @@ import logging
 import os
 import time
 
+from coordinator.config import ReviewSettings
 from coordinator.services.blobs import stored
 from coordinator.services.runtime import Runtime
 from coordinator.services.sandboxed import probe_rows
@@ -61,3 +62,28 @@ def vet_inference(spec: InferenceSpec, rt: Runtime, blobs: BlobStore) -> None:
         raise SpecError(f"refused: the program is not verifiable. {verdict.reason}")
     if not verdict.finished:
         log.warning("row-independence probe of %s stopped early (%d rows)", spec.model.sha256[:12], verdict.rows)
+    slow = too_slow(spec, verdict, tensorfile.batch_rows(tensorfile.read_header(stored(blobs, spec.inputs, "inputs"))))
+    if slow:
+        raise SpecError(slow)
+
+
+def too_slow(spec: InferenceSpec, verdict: Determinism, total: int) -> str:
+    """Why a task of the job cannot run within its time limit on the referee's CPU, the grid's
+    reference (repositories.claims, "Over its time limit"), by the probe's timing ("": it may).
+    A lower bound, so no job is refused on a guess: the probe's batch (verdict.rows rows) is no
+    larger than the job's batches, so each whole batch of a shard takes at least its fastest run.
+    Past the margin a review would confirm (ReviewSettings.over_limit) every node's run of such a
+    task would time out and fail the job after two runs and a review: better refused now."""
+    if spec.device == "cuda":
+        return ""  # a GPU's pace is not the referee's: a CUDA run's timeout is its node's own, never a claim
+    shard = min(spec.shard_rows, total)
+    batches = max(1, shard // spec.batch_size) if spec.batch_size else 1
+    least = batches * verdict.batch_s
+    if verdict.rows < 1 or least <= ReviewSettings.over_limit * spec.task_time_limit_s:
+        return ""
+    size = f"{batches} batches of {spec.batch_size} rows" if spec.batch_size else f"one batch of {shard} rows"
+    return (
+        f"refused: a task of this job would take at least {least:.0f}s on the coordinator's CPU, over its "
+        f"task_time_limit_s of {spec.task_time_limit_s}s ({size}, each at least the {verdict.batch_s:.3f}s the "
+        f"probe's batch of {verdict.rows} rows took): raise task_time_limit_s or make shard_rows smaller"
+    )

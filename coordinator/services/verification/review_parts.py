@@ -7,8 +7,8 @@ model and two optimizer moments:
 
     reviews/<task id>.safetensors   the training state the last part reached (written by the
                                     child; only ever read back by the child, never here)
-    reviews/<task id>.json          {"spent_s", "parts", "step", "steps", "size", "stalls"}: written here,
-                                    read here
+    reviews/<task id>.json          {"spent_s", "parts", "step", "steps", "size", "stalls", "ran_s", ...}:
+                                    written here, read here
 
 A task reviewed in parts of rows (inference, generation) has no state file: its cost's step is
 the rows run so far, and its size the rows of the next part.
@@ -48,6 +48,7 @@ class Cost:
     # the failing batch (how far the run got, for the claimants' pay): it lies in [step, fail_end)
     failed: str = ""  # what the part that raised said ("": none did)
     fail_end: int = 0
+    ran_s: float = 0.0  # the wall time of the parts that ran cleanly: the task's run time on the referee
 
 
 @dataclass(frozen=True)
@@ -154,9 +155,10 @@ class ReviewParts:
             size = int(data.get("size", 0))  # a review a coordinator before rows in parts left has none
             stalls = int(data.get("stalls", 0))  # nor one before undecided reviews
             failed, fail_end = str(data.get("failed", "")), int(data.get("fail_end", 0))  # nor before claim pay
+            ran_s = float(data.get("ran_s", 0.0))  # nor before time-limit claims
             return Cost(
                 float(data["spent_s"]), int(data["parts"]), int(data["step"]), int(data["steps"]), size, stalls,
-                failed, fail_end,
+                failed, fail_end, ran_s,
             )  # fmt: skip
         except (OSError, ValueError, KeyError, TypeError):
             return Cost()

@@ -111,6 +111,7 @@ class Reviews:
         self.progress = ReviewParts(blobs.root / "reviews")
         self.budget_factor = settings.budget_factor
         self.stalls = settings.stalls  # smallest parts timed out in a row that make a review undecided
+        self.over, self.within = settings.over_limit, settings.within_limit  # claims of a time limit (_timed)
         self.reviewed = 0
 
     def add_parts(self, task_kind: str, part: RunPart, ran: str) -> None:
@@ -166,6 +167,10 @@ class Reviews:
         if cost.failed and (cost.stalls or cost.spent_s >= budget):  # stop looking for the failing batch
             return self._failed(task, source, {}, cost, cost.failed, raised=True)
         if cost.stalls >= self.stalls:
+            # a time-limit claim: those rows alone took more than a request, after the rows that ran
+            past = self._timed(task, cost.ran_s + self.rt.sandbox.time_s, cost.step, cost.steps) if task.limit else None
+            if past is not None:
+                return past
             return Ruling(UNDECIDED, (
                 f"one {'inner step' if unit == 'step' else 'batch'} is longer than a referee request: "
                 f"{cost.stalls} parts of the smallest size timed out at {unit} {cost.step} of {cost.steps}"
@@ -235,6 +240,31 @@ class Reviews:
             total = self._rows_of(source)
         return Ruling(FAILED, said, (min(cost.step, total), total), final=raised)
 
+    def _timed(self, task: Contested, ran_s: float, done: int, total: int, *, finished: bool = False) -> Verdict:
+        """A claim that the program runs past the task's time limit, against the referee's run of it:
+        its clean parts took ran_s and reached `done` of the task's `total` units (rows, inner steps);
+        finished: that was all of them. Past `over` × the limit: confirmed, and the task fails for good
+        (final), its claimants paid for what the limit's time reaches at the referee's pace; a whole run
+        within `within` × it: disproved; in between: undecided; None: not yet (more parts to run)."""
+        limit_s = task.time_limit_ms / 1000
+        unit = "inner steps" if task.kind in self._parts else "rows"
+        if limit_s > 0 and ran_s > self.over * limit_s:
+            reached = min(total, int(done * limit_s / ran_s + 1e-6))  # a node's run within the limit, at this pace
+            said = (
+                f"its program needs more than its time limit of {limit_s:g}s on the referee's CPU: {done} of its "
+                f"{total} {unit} took {ran_s:.1f}s, over {self.over:g}× the limit"
+            )
+            return Ruling(FAILED, said, (reached, total), final=True)
+        if not finished:
+            return None
+        if limit_s <= 0 or ran_s <= self.within * limit_s:
+            said = f"its program ran over the whole input in {ran_s:.1f}s, within {self.within:g}× its time limit"
+            return Ruling(CLEAN, f"{said} of {limit_s:g}s")
+        return Ruling(UNDECIDED, (
+            f"its program ran over the whole input in {ran_s:.1f}s on the referee's CPU, too near its time limit "
+            f"of {limit_s:g}s to tell (between {self.within:g}× and {self.over:g}× it)"
+        ))  # fmt: skip
+
     @staticmethod
     def _rows_of(source: Path) -> int:
         """The rows of a task's input; 0 when the referee cannot read it (the run got nowhere)."""
@@ -252,11 +282,16 @@ class Reviews:
         run, ran = self._parts[task.kind]
         state, out = self.progress.state(task.task_id), self.progress.next_state(task.task_id)
         part = run(task.model_sha, settings, source, state, out)
-        if part.done:
+        took = time.monotonic() - started
+        if task.limit:
+            timed = self._timed(task, cost.ran_s + took, part.step, part.steps, finished=part.done)
+            if timed is not None:
+                return timed
+        elif part.done:
             return Ruling(CLEAN, ran)
         self.progress.advance(task.task_id)
-        spent = cost.spent_s + time.monotonic() - started
-        self.progress.charge(task.task_id, Cost(spent, cost.parts + 1, part.step, part.steps))
+        spent = cost.spent_s + took
+        self.progress.charge(task.task_id, Cost(spent, cost.parts + 1, part.step, part.steps, ran_s=cost.ran_s + took))
         log.debug(
             "task %s's review reached step %d of %d (%.1fs spent)", task.task_id[:12], part.step, part.steps, spent
         )
@@ -273,11 +308,18 @@ class Reviews:
                 rows_in = Path(tmp) / "part.safetensors"
                 tensorfile.gather_rows(source, list(range(part.first, part.end)), rows_in)
             self._run(task.model_sha, settings, rows_in, Path(tmp) / "out.safetensors")
-        if not cost.failed and (part.whole or part.end >= part.rows):
+        took = time.monotonic() - started
+        finished = part.whole or part.end >= part.rows
+        if not cost.failed and task.limit:
+            total = self._rows_of(source) if part.whole else part.rows
+            timed = self._timed(task, cost.ran_s + took, total if finished else part.end, total, finished=finished)
+            if timed is not None:
+                return timed
+        elif not cost.failed and finished:
             ran = "its program ran over the whole input" + (f" ({cost.parts + 1} parts)" if cost.parts else "")
             return Ruling(CLEAN, ran)
-        took = time.monotonic() - started
         spent = cost.spent_s + took
-        self.progress.charge(task.task_id, part.after_clean(cost, spent, took, self._share_s()))
+        after = part.after_clean(cost, spent, took, self._share_s())
+        self.progress.charge(task.task_id, replace(after, ran_s=cost.ran_s + took))
         log.debug("task %s's review ran rows to %d of %d (%.1fs spent)", task.task_id[:12], part.end, part.rows, spent)
         return None

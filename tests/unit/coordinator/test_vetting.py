@@ -66,3 +66,34 @@ def test_a_program_that_cannot_run_a_row_alone_is_refused_with_what_was_run(
     spec = InferenceSpec(model=blobs.put_file(model), inputs=blobs.put_file(inputs), nonce="n", batch_size=4)
     with pytest.raises(SpecError, match="failed on sample rows"):
         vet_inference(spec, rt, blobs)
+
+
+class Slow(torch.nn.Module):
+    """Honestly slow: a 512-wide matmul 200 times a batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = torch.nn.Linear(6, 512)
+        self.weight = torch.nn.Parameter(torch.randn(512, 512) / 512**0.5, requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.lin(x)
+        for _ in range(200):
+            y = torch.tanh(y @ self.weight)
+        return y
+
+
+def test_a_job_whose_tasks_cannot_fit_their_time_limit_is_refused_at_intake(
+    tmp_path: Path, rt: Runtime, blobs: BlobStore
+) -> None:
+    """Before: accepted, and every node that took a task ran it to its limit (a claim each, now:
+    repositories.claims, "Over its time limit"). The probe's batch (2 rows here) is no larger than
+    the job's, so 150 batches of 2 rows take at least 150 of its runs: far past a 1 s limit."""
+    with pytest.raises(SpecError, match=r"at least \d+s on the coordinator's CPU, over its task_time_limit_s of 1s"):
+        vet_inference(_spec(tmp_path, blobs, Slow(), shard_rows=300, batch_size=2, task_time_limit_s=1), rt, blobs)
+    # the same program in one batch a shard, or for CUDA nodes, is not refused: no lower bound says so
+    vet_inference(_spec(tmp_path, blobs, Slow(), shard_rows=300, batch_size=0, task_time_limit_s=1), rt, blobs)
+    vet_inference(
+        _spec(tmp_path, blobs, Slow(), shard_rows=300, batch_size=2, task_time_limit_s=1, device="cuda"), rt, blobs
+    )

@@ -295,3 +295,17 @@ def test_an_idle_slot_long_polls_the_shared_wait_and_draining_ends_the_poll_at_o
     drained_in = asyncio.run(scenario())
     assert grid.waits == [LEASE_WAIT_MS] and LEASE_WAIT_MS <= MAX_LEASE_WAIT_MS
     assert drained_in < 1.0, drained_in
+
+
+def test_a_timeout_whose_limit_waiting_ahead_shortened_is_the_nodes_own_failure() -> None:
+    """Not a claim that the program is too slow (the referee measures the task's whole limit): a
+    run whose lease waited ahead more than a tenth of its limit reports an execution error."""
+    from tensorgrid.types import ErrorKind
+
+    timeout = TaskOutcome.failed(ErrorKind.TIMEOUT, "the task exceeded its time limit of 6s")
+    own = slot_module._shortened(timeout, 10.0, 4.0)
+    assert own.error is not None and own.error.kind == ErrorKind.EXECUTION
+    assert "waited 4.0s ahead of its 10s" in own.error.message
+    assert slot_module._shortened(timeout, 10.0, 0.5) == timeout  # the program's: a claim the referee judges
+    crashed = TaskOutcome.failed(ErrorKind.CRASHED, "the worker died")
+    assert slot_module._shortened(crashed, 10.0, 4.0) == crashed
