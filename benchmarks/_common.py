@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from tensorgrid.processes import cpu_seconds  # noqa: F401 -- the benchmarks import it from here
+
 
 @contextmanager
 def baseline_server(root: Path, mode: str, path: Path | None = None, *extra: str) -> Iterator[tuple[int, int]]:
@@ -39,15 +41,6 @@ def baseline_process(root: Path, mode: str, path: Path | None = None, *extra: st
     """baseline_server, yielding its port only."""
     with baseline_server(root, mode, path, *extra) as (port, _):
         yield port
-
-
-def cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of a process so far (Linux /proc); None where unavailable."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def child_pids() -> list[int]:

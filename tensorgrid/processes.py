@@ -33,6 +33,15 @@ class ProcessId:
         return cls(int(d["pid"]), int(d.get("start", 0)))
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process so far, all its threads (Linux /proc); None where unavailable."""
+    try:
+        fields = (PROC / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def start_time(pid: int) -> int | None:
     """The start time of pid, or None if there is no such process (or it is a zombie)."""
     try:

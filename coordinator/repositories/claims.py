@@ -105,14 +105,18 @@ expired lease it is the node's own failure, as every timeout was before, and a n
 a run whose limit it shortened by waiting ahead as its own execution error (node/slot.py). The
 claim is counted, reviewed and paid as a program error's, but the review asks another question:
 does the task exceed its limit on the referee? The referee runs it (in parts, as always) and adds
-up its clean parts' wall time (services.verification.reviews._timed; ReviewSettings):
-- past over_limit (1.25) × the limit, the moment its parts pass that, or when one smallest part
-  timed out twice on a request longer than that: confirmed, final. The job fails naming the limit
+up what its clean parts would take on its CPU with nothing else on it, at least (their child's CPU
+time over the threads it may use at once) and at most (that CPU time, and their wall time):
+services.verification.reviews._timed and _bounds; ReviewSettings. Not their wall time alone: the
+referee runs niced, so load on the coordinator's machine (which a colluder can add with calls of
+its own) would stretch a run and confirm claims on a job the reference runs within its limit.
+- at least over_limit (1.25) × the limit, the moment its parts pass that, or when one smallest part
+  timed out twice and took that long: confirmed, final. The job fails naming the limit
   (a training task goes on to its attempts); each claimant wins one reward with probability
   (units the limit's time reaches at the referee's pace ÷ the task's): what its run did.
-- a whole run within within_limit (0.5) × the limit: disproved; its claimants keep their refusals.
-- in between: undecided (the edge of the limit, where a loaded referee, a slower reference or
-  a node's honest jitter decide): other nodes settle it as above, nobody paid.
+- a whole run of at most within_limit (0.5) × the limit: disproved; its claimants keep their refusals.
+- in between: undecided (the edge of the limit, where a slower reference, a node's honest
+  jitter or a run that could have been parallel or not decide): other nodes settle it, nobody paid.
 Who could abuse it. A slow node (its CPU over twice the reference's time) pays a refusal per
 task, as a node failing a task always paid; within twice, it is undecided and blames no one more.
 A lying node or two colluders cannot fail a job the reference runs within 1.25× its limit, nor
@@ -120,9 +124,10 @@ get paid for one it runs within it; in between they cost the referee one review 
 QUORUM more nodes, as any undecided claim does. A submitter sizing tasks at the edge gets them
 run by nodes that can (each claimant keeps a refusal until QUORUM more confirm); past 1.25× its
 job fails after two runs and one review and pays for them. A program slow only on some rows is
-measured whole (every row a node's run would reach), so it cannot hide. What is left: wall time
-is measured on a machine that may be loaded (a loaded referee errs toward confirming: run it
-unloaded), and a part's overhead (its rows gathered, its program loaded) counts in it; a hostile
+measured whole (every row a node's run would reach), so it cannot hide. What is left: a part's
+overhead in its child (its program loaded) counts in it, and a program that runs on one thread is
+credited with the referee's every core in the lower bound (it confirms later, never wrongly); where
+its child's CPU time cannot be read (not Linux) the wall time is both bounds; a hostile
 program whose first part runs whole costs the referee at most one request (--referee-time-s), as
 any review. Intake refuses the grossest cases first (kinds/inference/vetting.too_slow: a lower bound
 from its probe). A memory-limit failure (OUT_OF_MEMORY) stays the node's own: the referee measures

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from tensorgrid.errors import TensorGridError
+from tensorgrid.processes import cpu_seconds
 from tensorgrid.sandbox import launch
 from tensorgrid.sandbox.forked import ForkedChild, json_object
 from tensorgrid.sandbox.lending import Loans, rewrite
@@ -108,6 +109,7 @@ class WarmSandbox:
         self.scratch_root = scratch_root
         self.lend = lend
         self._lock = threading.Lock()
+        self._used = threading.local()  # the CPU time of the calling thread's last call (last_cpu_s)
         self._child: _Channel | None = None
         self._starting: _Channel | None = None  # a child not yet greeted: close() kills it too
         self._closed = False  # set by close(): no child starts after it
@@ -127,9 +129,13 @@ class WarmSandbox:
             if child is None:
                 self._close_child()
                 child = self._start()
+            self._used.cpu_s = None
             try:
                 with child.lent(inputs) as lent:
-                    reply = child.exchange(rewrite(request, lent), self.limits.time_s if time_s is None else time_s)
+                    try:
+                        reply = child.exchange(rewrite(request, lent), self.limits.time_s if time_s is None else time_s)
+                    finally:
+                        self._used.cpu_s = child.used_cpu_s
                 for name, dest in (outputs or {}).items():
                     shutil.move(child.scratch.path / name, dest)
                 return reply
@@ -137,6 +143,24 @@ class WarmSandbox:
                 if e.kind != ERROR:  # over a limit, crashed or garbled: this child is done
                     self._close_child()
                 raise
+
+    def last_cpu_s(self) -> float | None:
+        """The CPU time (user + system, all its threads) the child spent on this thread's last
+        call, answered or over its time limit; None where it cannot be read. Unlike the call's wall
+        time it does not grow while the child waits for a core (the referee runs niced, behind
+        everything else on a busy machine): what a run costs, not when it was let run."""
+        return getattr(self._used, "cpu_s", None)
+
+    @property
+    def threads(self) -> int:
+        """The most threads the child's runs can use at once (its torch threads, at most the
+        cores this process may run on): CPU time ÷ this is a lower bound of a run's wall time."""
+        if self.limits.threads:
+            return self.limits.threads
+        try:
+            return len(os.sched_getaffinity(0))
+        except AttributeError:  # not Linux
+            return os.cpu_count() or 1
 
     def warm(self) -> None:
         """Start the child now, so the first request does not pay for its start-up."""
@@ -192,6 +216,7 @@ class _Channel:
 
     def __init__(self, proc: Child, scratch: Scratch, loans: Loans | None = None) -> None:
         self.proc, self.scratch, self.loans = proc, scratch, loans
+        self.used_cpu_s: float | None = None  # the CPU time of the last exchange
         self.lines: queue.Queue[bytes] = queue.Queue()
         self.tail = bytearray()
         assert proc.stdout is not None and proc.stderr is not None
@@ -241,8 +266,10 @@ class _Channel:
             self.proc.stdin.flush()
         except (BrokenPipeError, ConnectionResetError):
             raise self.died("the sandboxed child was gone before the request was sent") from None
-        started = time.monotonic()
+        started, cpu_before = time.monotonic(), cpu_seconds(self.proc.pid)
         line = _next_line(self.lines, time_s if time_s > 0 else None)
+        cpu_after = cpu_seconds(self.proc.pid)  # before any kill: a reaped child has no /proc entry
+        self.used_cpu_s = None if cpu_before is None or cpu_after is None else max(0.0, cpu_after - cpu_before)
         if line is None and self.proc.poll() is None:
             _kill(self.proc)
             raise SandboxFailure(TIMEOUT, f"the sandboxed run exceeded its time limit of {time_s:g}s and was killed")

@@ -32,4 +32,4 @@ class Determinism:
     reason: str  # why not, in words a submitter can act on ("" when independent)
     rows: int  # rows in the probed batch
     finished: bool = True
-    batch_s: float = 0.0  # the fastest whole run of the probed batch (0: none ran): intake's time estimate
+    batch_s: float = 0.0  # at least what a whole run of the probed batch takes (0: none ran): intake's estimate

@@ -6,6 +6,7 @@ program would run, and it reports what it could see and do. Each request names o
   connect - open a TCP connection to 127.0.0.1:request["port"]
   alloc   - allocate request["bytes"] (touching every page)
   sleep   - sleep request["seconds"]            write   - write request["text"] to out.txt
+  spin    - keep a core busy for request["seconds"]
   rlimit  - try to lift its own address-space limit
   fds     - the file descriptors it holds       status  - what the sandbox could isolate
   remember - keep request["value"] in this process; answer what an earlier request kept
@@ -81,6 +82,11 @@ def _act(request: dict[str, Any], scratch: Path) -> dict[str, Any]:
     if act == "sleep":
         time.sleep(float(request["seconds"]))
         return {"slept": True}
+    if act == "spin":
+        until = time.process_time() + float(request["seconds"])
+        while time.process_time() < until:
+            pass
+        return {"spun": True}
     if act == "write":
         (scratch / "out.txt").write_text(str(request["text"]))
         return {"written": True}

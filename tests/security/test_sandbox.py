@@ -210,6 +210,32 @@ def test_child_is_killed_at_its_time_limit() -> None:
 
 
 @pytest.mark.usefixtures("sandbox_start")  # exec'd and forked by the zygote
+def test_a_warm_sandbox_tells_the_cpu_time_of_each_call_not_its_wall_time(tmp_path: Path) -> None:
+    """What the referee's reviews judge a program's speed by (Reviews._bounds): the CPU its child
+    spent on the call, which waiting (for a core, here for a timer) does not add to; read before
+    the kill of a call over its time limit too. Each thread of the caller reads its own call's."""
+    child = WarmSandbox(PAYLOAD, LIMITS, scratch_root=tmp_path)
+    try:
+        child.call({"act": "sleep", "seconds": 0.4})
+        slept = child.last_cpu_s()
+        assert slept is not None and slept < 0.2, slept
+        child.call({"act": "spin", "seconds": 0.4})
+        spun = child.last_cpu_s()
+        assert spun is not None and spun >= 0.35, spun
+        with pytest.raises(SandboxFailure, match="time limit"):
+            child.call({"act": "spin", "seconds": 30}, time_s=0.6)
+        over = child.last_cpu_s()
+        assert over is not None and over >= 0.3, over
+        other: list[float | None] = []
+        thread = threading.Thread(target=lambda: other.append(child.last_cpu_s()))
+        thread.start()
+        thread.join()
+        assert other == [None]  # that thread made no call
+        assert child.threads >= 1
+    finally:
+        child.close()
+
+
 def test_closing_a_warm_sandbox_kills_a_child_still_starting(tmp_path: Path) -> None:
     # The coordinator warms its referee at start and closes it at stop: a stop must not wait
     # for the child's start-up (torch's import), which took seconds more per stop on a loaded machine.

@@ -285,3 +285,15 @@ def test_a_daemons_setting_decides_over_the_environment(sandbox_zygote: str) -> 
         assert (launch.started["forked"], launch.started["execd"]) == (before["forked"], before["execd"] + 1)
     finally:
         launch.configure(None)
+
+
+def test_a_forked_childs_cpu_time_is_read_as_an_execd_ones(zygote: tuple[Path, int]) -> None:
+    """WarmSandbox.last_cpu_s of a child the zygote forked: its own CPU time on the call (the
+    referee's reviews judge a program's speed by it), not a stranger's process nor nothing."""
+    warm = WarmSandbox(PAYLOAD, LIMITS)
+    try:
+        warm.call({"act": "spin", "seconds": 0.4})
+        spun = warm.last_cpu_s()
+        assert spun is not None and 0.35 <= spun < 5, spun
+    finally:
+        warm.close()

@@ -71,7 +71,9 @@ def too_slow(spec: InferenceSpec, verdict: Determinism, total: int) -> str:
     """Why a task of the job cannot run within its time limit on the referee's CPU, the grid's
     reference (repositories.claims, "Over its time limit"), by the probe's timing ("": it may).
     A lower bound, so no job is refused on a guess: the probe's batch (verdict.rows rows) is no
-    larger than the job's batches, so each whole batch of a shard takes at least its fastest run.
+    larger than the job's batches, so each whole batch of a shard takes at least its fastest run,
+    counted as its CPU time over the threads it could use (tensorgrid.workloads.determinism: a wall
+    time would grow with the load on the coordinator, and refuse a sound job on a busy day).
     Past the margin a review would confirm (ReviewSettings.over_limit) every node's run of such a
     task would time out and fail the job after two runs and a review: better refused now."""
     if spec.device == "cuda":

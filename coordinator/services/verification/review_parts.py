@@ -7,7 +7,7 @@ model and two optimizer moments:
 
     reviews/<task id>.safetensors   the training state the last part reached (written by the
                                     child; only ever read back by the child, never here)
-    reviews/<task id>.json          {"spent_s", "parts", "step", "steps", "size", "stalls", "ran_s", ...}:
+    reviews/<task id>.json          {"spent_s", "parts", "step", "steps", "size", "stalls", "low_s", ...}:
                                     written here, read here
 
 A task reviewed in parts of rows (inference, generation) has no state file: its cost's step is
@@ -48,7 +48,12 @@ class Cost:
     # the failing batch (how far the run got, for the claimants' pay): it lies in [step, fail_end)
     failed: str = ""  # what the part that raised said ("": none did)
     fail_end: int = 0
-    ran_s: float = 0.0  # the wall time of the parts that ran cleanly: the task's run time on the referee
+    # what the parts that ran cleanly would take on the referee's CPU with no other work on it, at
+    # least and at most (Reviews._bounds: their CPU time, not their wall time, which a loaded
+    # machine stretches), and at least what the last smallest part that timed out took
+    low_s: float = 0.0
+    high_s: float = 0.0
+    stall_low_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -155,10 +160,10 @@ class ReviewParts:
             size = int(data.get("size", 0))  # a review a coordinator before rows in parts left has none
             stalls = int(data.get("stalls", 0))  # nor one before undecided reviews
             failed, fail_end = str(data.get("failed", "")), int(data.get("fail_end", 0))  # nor before claim pay
-            ran_s = float(data.get("ran_s", 0.0))  # nor before time-limit claims
+            timed = [float(data.get(k, 0.0)) for k in ("low_s", "high_s", "stall_low_s")]  # nor before time claims
             return Cost(
                 float(data["spent_s"]), int(data["parts"]), int(data["step"]), int(data["steps"]), size, stalls,
-                failed, fail_end, ran_s,
+                failed, fail_end, *timed,
             )  # fmt: skip
         except (OSError, ValueError, KeyError, TypeError):
             return Cost()

@@ -52,6 +52,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import tempfile
 import time
 from collections.abc import Callable
@@ -168,7 +169,8 @@ class Reviews:
             return self._failed(task, source, {}, cost, cost.failed, raised=True)
         if cost.stalls >= self.stalls:
             # a time-limit claim: those rows alone took more than a request, after the rows that ran
-            past = self._timed(task, cost.ran_s + self.rt.sandbox.time_s, cost.step, cost.steps) if task.limit else None
+            low = cost.low_s + cost.stall_low_s
+            past = self._timed(task, low, math.inf, cost.step, cost.steps) if task.limit else None
             if past is not None:
                 return past
             return Ruling(UNDECIDED, (
@@ -209,9 +211,12 @@ class Reviews:
                 return self._failed(task, source, settings, cost, cost.failed, raised=True)
             # past the request's limit (a loaded machine, a part too long): charged, tried again
             # (rows: a smaller part) until the budget is spent or the smallest part stalls
-            spent = cost.spent_s + time.monotonic() - started
+            took = time.monotonic() - started
             stalls = cost.stalls + 1 if smallest else 0
-            self.progress.charge(task.task_id, replace(retry, spent_s=spent, stalls=stalls))
+            stalled = self._bounds(took)[0] if smallest else 0.0  # at least what the part took
+            charged = replace(retry, spent_s=cost.spent_s + took, stalls=stalls, stall_low_s=stalled)
+            self.progress.charge(task.task_id, charged)
+            spent = charged.spent_s
             log.warning(
                 "a part of task %s's review timed out at %d of %d (%.0fs spent): %s",
                 task.task_id[:12],
@@ -240,30 +245,48 @@ class Reviews:
             total = self._rows_of(source)
         return Ruling(FAILED, said, (min(cost.step, total), total), final=raised)
 
-    def _timed(self, task: Contested, ran_s: float, done: int, total: int, *, finished: bool = False) -> Verdict:
+    def _timed(
+        self, task: Contested, low_s: float, high_s: float, done: int, total: int, *, finished: bool = False
+    ) -> Verdict:
         """A claim that the program runs past the task's time limit, against the referee's run of it:
-        its clean parts took ran_s and reached `done` of the task's `total` units (rows, inner steps);
-        finished: that was all of them. Past `over` × the limit: confirmed, and the task fails for good
-        (final), its claimants paid for what the limit's time reaches at the referee's pace; a whole run
-        within `within` × it: disproved; in between: undecided; None: not yet (more parts to run)."""
+        its clean parts reached `done` of the task's `total` units (rows, inner steps) and would take
+        at least low_s and at most high_s on the referee's CPU (_bounds); finished: that was all of
+        them. At least `over` × the limit: confirmed, and the task fails for good (final), its
+        claimants paid for what the limit's time reaches at that pace; a whole run of at most
+        `within` × it: disproved; in between: undecided; None: not yet (more parts to run). Each
+        verdict on the bound that cannot be wrong for it: a machine busy with other work stretches
+        neither, so it can neither confirm a claim (fail a job) nor disprove one (blame a node)."""
         limit_s = task.time_limit_ms / 1000
         unit = "inner steps" if task.kind in self._parts else "rows"
-        if limit_s > 0 and ran_s > self.over * limit_s:
-            reached = min(total, int(done * limit_s / ran_s + 1e-6))  # a node's run within the limit, at this pace
+        if limit_s > 0 and low_s > self.over * limit_s:
+            reached = min(total, int(done * limit_s / low_s + 1e-6))  # a node's run within the limit, at this pace
             said = (
                 f"its program needs more than its time limit of {limit_s:g}s on the referee's CPU: {done} of its "
-                f"{total} {unit} took {ran_s:.1f}s, over {self.over:g}× the limit"
+                f"{total} {unit} took at least {low_s:.1f}s of it, over {self.over:g}× the limit"
             )
             return Ruling(FAILED, said, (reached, total), final=True)
         if not finished:
             return None
-        if limit_s <= 0 or ran_s <= self.within * limit_s:
-            said = f"its program ran over the whole input in {ran_s:.1f}s, within {self.within:g}× its time limit"
-            return Ruling(CLEAN, f"{said} of {limit_s:g}s")
+        if limit_s <= 0 or high_s <= self.within * limit_s:
+            said = f"its program ran over the whole input in at most {high_s:.1f}s, within {self.within:g}×"
+            return Ruling(CLEAN, f"{said} its time limit of {limit_s:g}s")
         return Ruling(UNDECIDED, (
-            f"its program ran over the whole input in {ran_s:.1f}s on the referee's CPU, too near its time limit "
-            f"of {limit_s:g}s to tell (between {self.within:g}× and {self.over:g}× it)"
+            f"its program ran over the whole input in {low_s:.1f}-{high_s:.1f}s of the referee's CPU, too near its "
+            f"time limit of {limit_s:g}s to tell (between {self.within:g}× and {self.over:g}× it)"
         ))  # fmt: skip
+
+    def _bounds(self, wall_s: float) -> tuple[float, float]:
+        """What the referee's last run, which took wall_s, would take on its CPU with nothing else on
+        it: at least its CPU time over the threads it can use at once, at most its CPU time (it runs
+        on one thread at the least) and at most wall_s. The referee runs niced, behind everything
+        else on a busy machine, so its wall time alone would let load (a colluder's calls, a busy
+        database) confirm a claim on a job the reference runs within its limit. Where the CPU time
+        cannot be read: wall_s both ways."""
+        referee = getattr(self.rt, "referee", None)
+        cpu = referee.last_cpu_s() if referee is not None else None
+        if referee is None or cpu is None:
+            return wall_s, wall_s
+        return min(wall_s, cpu / max(1, referee.threads)), min(wall_s, cpu)
 
     @staticmethod
     def _rows_of(source: Path) -> int:
@@ -283,15 +306,17 @@ class Reviews:
         state, out = self.progress.state(task.task_id), self.progress.next_state(task.task_id)
         part = run(task.model_sha, settings, source, state, out)
         took = time.monotonic() - started
+        low, high = self._bounds(took)
+        low, high = cost.low_s + low, cost.high_s + high
         if task.limit:
-            timed = self._timed(task, cost.ran_s + took, part.step, part.steps, finished=part.done)
+            timed = self._timed(task, low, high, part.step, part.steps, finished=part.done)
             if timed is not None:
                 return timed
         elif part.done:
             return Ruling(CLEAN, ran)
         self.progress.advance(task.task_id)
         spent = cost.spent_s + took
-        self.progress.charge(task.task_id, Cost(spent, cost.parts + 1, part.step, part.steps, ran_s=cost.ran_s + took))
+        self.progress.charge(task.task_id, Cost(spent, cost.parts + 1, part.step, part.steps, low_s=low, high_s=high))
         log.debug(
             "task %s's review reached step %d of %d (%.1fs spent)", task.task_id[:12], part.step, part.steps, spent
         )
@@ -309,10 +334,12 @@ class Reviews:
                 tensorfile.gather_rows(source, list(range(part.first, part.end)), rows_in)
             self._run(task.model_sha, settings, rows_in, Path(tmp) / "out.safetensors")
         took = time.monotonic() - started
+        low, high = self._bounds(took)
+        low, high = cost.low_s + low, cost.high_s + high
         finished = part.whole or part.end >= part.rows
         if not cost.failed and task.limit:
             total = self._rows_of(source) if part.whole else part.rows
-            timed = self._timed(task, cost.ran_s + took, total if finished else part.end, total, finished=finished)
+            timed = self._timed(task, low, high, total if finished else part.end, total, finished=finished)
             if timed is not None:
                 return timed
         elif not cost.failed and finished:
@@ -320,6 +347,6 @@ class Reviews:
             return Ruling(CLEAN, ran)
         spent = cost.spent_s + took
         after = part.after_clean(cost, spent, took, self._share_s())
-        self.progress.charge(task.task_id, replace(after, ran_s=cost.ran_s + took))
+        self.progress.charge(task.task_id, replace(after, low_s=low, high_s=high))
         log.debug("task %s's review ran rows to %d of %d (%.1fs spent)", task.task_id[:12], part.end, part.rows, spent)
         return None

@@ -178,3 +178,61 @@ def test_one_batch_longer_than_a_request_longer_than_the_limit_is_confirmed_not_
     reviewed(state, blobs, clock, row_s=3.0, budget_factor=10.0)
     job = state.jobs.get_job(JOB)
     assert job.state == JobState.FAILED and "needs more than its time limit of 6s" in job.error, job
+
+
+class Referee:
+    """The referee's child as Reviews._bounds reads it: the CPU time of its last run, here
+    `cpu_per_s` of each second of the run's wall time (1/5: a niced child on a busy machine that
+    got a fifth of a core; 2.0: two threads busy the whole run), and the threads it may use."""
+
+    def __init__(self, clock: Clock, cpu_per_s: float, threads: int) -> None:
+        self.clock, self.cpu_per_s, self.threads = clock, cpu_per_s, threads
+        self.before = clock.now
+
+    def last_cpu_s(self) -> float:
+        took, self.before = self.clock.now - self.before, self.clock.now
+        return took * self.cpu_per_s
+
+
+def reviewed_on(state: Store, blobs: BlobStore, clock: Clock, cpu_per_s: float, threads: int) -> None:
+    assert claim(state, A, AVOID, SLOW) is True and claim(state, B, 2 * AVOID, SLOW) is True
+    r = reviews(state, blobs, Rows(clock, row_s=ROW_S))
+    r.rt.referee = Referee(clock, cpu_per_s, threads)  # type: ignore[attr-defined]
+    while state.tasks.get_task(TASK).state == "contested":
+        turn(r)
+
+
+def test_a_busy_machine_stretching_the_referees_run_confirms_nothing(
+    state: Store, blobs: BlobStore, clock: Clock, tmp_path: Path
+) -> None:
+    """The run takes 9.6 s of wall time, over 1.25 × a 4 s limit, but its child had a fifth of a
+    core (the referee runs niced: load on the coordinator's machine, which a colluder can add,
+    stretches it): 1.9 s of CPU, which one thread does within half the limit. Judged on wall time
+    the colluders' claims were confirmed and the job failed; its CPU time disproves them."""
+    limited(state, blobs, tmp_path, 4.0)
+    reviewed_on(state, blobs, clock, cpu_per_s=0.2, threads=2)
+    assert state.jobs.get_job(JOB).state != JobState.FAILED and paid(state) == {}
+    assert node(state, A) == node(state, B) == (1, 1, 1)  # each keeps its refusal
+    said = [e.message for e in state.jobs.events_after(JOB, 0) if "claims disproved" in e.message]
+    assert said and "in at most 1.9s, within 0.5×" in said[0], said
+
+
+def test_a_run_busy_on_all_its_threads_confirms_on_its_lower_bound(
+    state: Store, blobs: BlobStore, clock: Clock, tmp_path: Path
+) -> None:
+    """19.2 s of CPU on 2 threads: at least 9.6 s of the referee's time, over 1.25 × 4 s."""
+    limited(state, blobs, tmp_path, 4.0)
+    reviewed_on(state, blobs, clock, cpu_per_s=2.0, threads=2)
+    job = state.jobs.get_job(JOB)
+    assert job.state == JobState.FAILED and "took at least 9.6s of it" in job.error, job.error
+
+
+def test_a_run_that_could_have_been_parallel_or_not_is_undecided(
+    state: Store, blobs: BlobStore, clock: Clock, tmp_path: Path
+) -> None:
+    """9.6 s of CPU on a child that may use 4 threads: between 2.4 s (4 at once) and 9.6 s (one):
+    neither bound decides against a 4 s limit, so other nodes settle it."""
+    limited(state, blobs, tmp_path, 4.0)
+    reviewed_on(state, blobs, clock, cpu_per_s=1.0, threads=4)
+    assert state.jobs.get_job(JOB).state != JobState.FAILED
+    assert any(e.kind == "undecided" for e in state.jobs.events_after(JOB, 0))

@@ -40,10 +40,10 @@ def blobs(shared_referee: SharedReferee) -> BlobStore:
     return shared_referee.blobs
 
 
-def _spec(tmp: Path, blobs: BlobStore, module: torch.nn.Module, **kw: object) -> InferenceSpec:
+def _spec(tmp: Path, blobs: BlobStore, module: torch.nn.Module, rows: int = 300, **kw: object) -> InferenceSpec:
     model, inputs = tmp / "m.pt2", tmp / "x.safetensors"
     export_program(module.eval(), (torch.randn(4, 6),), model)
-    save_tensors({"x": torch.randn(300, 6)}, inputs)
+    save_tensors({"x": torch.randn(rows, 6)}, inputs)
     return InferenceSpec(model=blobs.put_file(model), inputs=blobs.put_file(inputs), nonce="n", **kw)  # type: ignore[arg-type]
 
 
@@ -69,17 +69,18 @@ def test_a_program_that_cannot_run_a_row_alone_is_refused_with_what_was_run(
 
 
 class Slow(torch.nn.Module):
-    """Honestly slow: a 512-wide matmul 200 times a batch."""
+    """Honestly slow: a `width`-wide matmul `loops` times a batch."""
 
-    def __init__(self) -> None:
+    def __init__(self, loops: int = 200, width: int = 512) -> None:
         super().__init__()
         torch.manual_seed(0)
-        self.lin = torch.nn.Linear(6, 512)
-        self.weight = torch.nn.Parameter(torch.randn(512, 512) / 512**0.5, requires_grad=False)
+        self.loops = loops
+        self.lin = torch.nn.Linear(6, width)
+        self.weight = torch.nn.Parameter(torch.randn(width, width) / width**0.5, requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.lin(x)
-        for _ in range(200):
+        for _ in range(self.loops):
             y = torch.tanh(y @ self.weight)
         return y
 
@@ -89,9 +90,12 @@ def test_a_job_whose_tasks_cannot_fit_their_time_limit_is_refused_at_intake(
 ) -> None:
     """Before: accepted, and every node that took a task ran it to its limit (a claim each, now:
     repositories.claims, "Over its time limit"). The probe's batch (2 rows here) is no larger than
-    the job's, so 150 batches of 2 rows take at least 150 of its runs: far past a 1 s limit."""
+    the job's, so 600 batches of 2 rows take at least 600 of its runs, each at least its CPU time
+    over the threads it may use (~18 ms of CPU a run here: 5.5 s with 2 threads), past a 1 s limit."""
+    program = Slow(loops=25, width=1024)
+    slow = _spec(tmp_path, blobs, program, rows=1200, shard_rows=1200, batch_size=2, task_time_limit_s=1)
     with pytest.raises(SpecError, match=r"at least \d+s on the coordinator's CPU, over its task_time_limit_s of 1s"):
-        vet_inference(_spec(tmp_path, blobs, Slow(), shard_rows=300, batch_size=2, task_time_limit_s=1), rt, blobs)
+        vet_inference(slow, rt, blobs)
     # the same program in one batch a shard, or for CUDA nodes, is not refused: no lower bound says so
     vet_inference(_spec(tmp_path, blobs, Slow(), shard_rows=300, batch_size=0, task_time_limit_s=1), rt, blobs)
     vet_inference(
