@@ -22,7 +22,7 @@ from tensorgrid.localgrid import COORDINATOR, LocalGrid, Proc
 from tensorgrid.spec import VerificationSpec
 from tensorgrid.types import JobInfo, JobState
 from tensorgrid.workloads.tensorfile import load_tensors
-from tests.integration.conftest import BATCH, PAIR, Assets, node_args
+from tests.integration.conftest import BATCH, PAIR, Assets, node_args, wait_for
 from tests.procs import children
 
 pytestmark = pytest.mark.integration
@@ -231,10 +231,23 @@ def test_sigterm_drains_and_second_sigterm_stops(
         for ev in client.watch(job.job_id, after_seq=0):
             if ev.kind == "completed" and ev.node.lower() != "" and ev.tasks_done > done:
                 break
+        # a second SIGTERM stops a drain: node2 is given one long task (every shard at once) so
+        # it is surely mid-task when both come (with the 12 short ones, the task it held could
+        # end between the two signals and it would exit 0, drained)
+        client.cancel(job.job_id)
+        whole = client.submit_inference(
+            slow_digits.model, slow_digits.inputs, shard_rows=12_000, batch_size=BATCH, device="cpu",
+            verification=VerificationSpec(decoys=0),
+        )  # fmt: skip
+        for ev in client.watch(whole.job_id):
+            if ev.kind == "running":
+                break
+        time.sleep(0.3)  # its input fetched, its worker computing
         second.popen.send_signal(signal.SIGTERM)
-        time.sleep(0.2)
+        wait_for(lambda: "draining" in second.log_tail(80), 30, "node2 draining")
         second.popen.send_signal(signal.SIGTERM)
         assert second.popen.wait(10) == 130
+        assert client.job(whole.job_id).tasks_done == 0  # stopped, not drained
 
 
 @SHARED
