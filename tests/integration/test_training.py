@@ -76,7 +76,12 @@ def baseline_accuracy(d: Digits, spec: TrainingSpec, tmp: Path) -> float:
 @SHARED
 def test_digits_on_four_nodes_matches_the_baseline(grid: LocalGrid, digits_training: Digits, tmp_path: Path) -> None:
     d = digits_training
-    settings: dict[str, Any] = dict(quorum=1.0, device="cpu", seed=0)  # every worker, every round: the reference
+    # Every worker, every round: the reference. Eight rounds, not the default fifteen: the
+    # defaults' accuracy is tests/unit/training/test_end_to_end.py's (the same protocol in one
+    # process); here the real grid must match the baseline, and after eight rounds it lands as
+    # close to it as after fifteen (0.9694 against 0.9777; 0.9749 against 0.9833), where each of
+    # the seven rounds more cost the grid four audits and an evaluation.
+    settings: dict[str, Any] = dict(quorum=1.0, device="cpu", seed=0, rounds=8)
     with Client(grid.target, Signer.generate()) as client:
         job = client.submit_training(d.train, d.dataset, eval_program=d.eval, **settings)
         metrics = list(client.watch_rounds(job.job_id))

@@ -7,6 +7,7 @@ repository's side (own table, cap, expiry, replicas) is in test_sessions.py and 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -101,6 +102,11 @@ async def code_of(
         request = silent() if refused else iter([request_type()])
     call = shape(path, **codec)(request, metadata=((SESSION_METADATA_KEY, token),), timeout=10)
     try:
+        if method.server_streaming:  # read its answers: left unread, InferStream's one answer (an
+            # error for the empty request) kept its status from coming until the deadline, 10 s
+            with contextlib.suppress(grpc.aio.AioRpcError):  # a refusal: call.code() says which
+                async for _ in call:
+                    pass
         return await call.code()  # type: ignore[no-any-return]
     finally:
         ended.set()
