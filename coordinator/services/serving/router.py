@@ -70,6 +70,7 @@ class Router(Links):
         self.receipted = 0  # batches whose receipt verified (refused ones: Links.mismatches)
         self.replica_counts: dict[str, int] = {}  # replicas by state, as of the last tick (metrics)
         self.reruns = RerunWaits()  # checks' reruns waiting for their batch's receipt
+        self.data_port = 0  # the data port offered to inference replicas (datalink.py); 0: none
 
     # ---- endpoints ----------------------------------------------------------------------------
     def add_endpoint(self, job_id: str, submitter: str, spec: EndpointSpec, created_ms: int) -> Endpoint:
@@ -314,6 +315,10 @@ class Router(Links):
         replica = Replica(secrets.token_hex(32), ep, link, assigned_at=self.clock())
         ep.replicas[replica.replica_id] = link.replicas[replica.replica_id] = replica
         spec = ep.spec
+        # a generation streams its tokens through the agent: only inference goes direct
+        direct = self.data_port if spec.serves == "inference" else 0
+        if direct:
+            replica.data_token = secrets.token_bytes(32)
         link.send(
             serving_pb2.ServeDown(
                 assign=serving_pb2.ReplicaAssign(
@@ -326,6 +331,8 @@ class Router(Links):
                     max_delay_us=spec.max_delay_us,
                     memory_limit_bytes=spec.task_memory_limit_bytes,
                     time_limit_ms=spec.task_time_limit_s * 1000,
+                    data_port=direct,
+                    data_token=replica.data_token,
                 )
             )
         )
