@@ -36,8 +36,14 @@ def _error_reply(request_id: int, batch: int, error: TaskError) -> serving_pb2.S
     return serving_pb2.ServeReply(request_id=request_id, done=True, batch=batch, error=serde.error_to_pb(error))
 
 
-def serve_link(served: Any, compute: threading.Lock, link: socket.socket, control: socket.socket) -> None:
-    """Answer the link's requests until it closes (then the pipe alone serves)."""
+def serve_link(
+    served: Any, compute: threading.Lock, link: socket.socket, control: socket.socket, threads: int
+) -> None:
+    """Answer the link's requests until it closes (then the pipe alone serves); threads: torch's
+    intra-op threads, as the worker's main thread has them."""
+    import torch
+
+    torch.set_num_threads(threads)
     stream = link.makefile("rb", buffering=1 << 16)
     seq = 0
     try:

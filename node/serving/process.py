@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -126,8 +127,10 @@ class ServingProcess(Executor):
                 return False
             path = child.scratch.path / DATA_SOCKET
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            scratch = os.open(child.scratch.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
             try:
-                listener.bind(str(path))
+                # a scratch path may pass AF_UNIX's 108 bytes: bound through the directory's fd
+                listener.bind(f"/proc/self/fd/{scratch}/{DATA_SOCKET}")
                 listener.listen(1)
                 listener.setblocking(False)
 
@@ -146,6 +149,7 @@ class ServingProcess(Executor):
                 return False
             finally:
                 listener.close()
+                os.close(scratch)
                 with contextlib.suppress(OSError):
                     path.unlink()
             control, self._control = self._control, None

@@ -139,7 +139,13 @@ def _take_link(path: str) -> dict[str, Any]:
     link = socket.socket(fileno=fds[0])
     link.settimeout(None)
     control.settimeout(None)
-    threading.Thread(target=serve_link, args=(_served, _compute, link, control), daemon=True).start()
+    import torch
+
+    # torch's thread count is per thread (OpenMP's): the link's thread takes the loaded one's,
+    # else it runs with one per core and its spinning workers take the cores the request needs
+    threads = torch.get_num_threads()
+    args = (_served, _compute, link, control, threads)
+    threading.Thread(target=serve_link, args=args, daemon=True).start()
     return {"ok": True}
 
 
