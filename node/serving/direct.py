@@ -12,6 +12,7 @@ the pipe's batches.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import threading
@@ -21,7 +22,7 @@ from typing import Any
 from node.serving.frames import encode
 from tensorgrid import serde
 from tensorgrid.serving import batch_digest
-from tensorgrid.serving.datalink import DIRECT_BATCH_BASE, DataLinkError, encode_frame, read_frame
+from tensorgrid.serving.datalink import DIRECT_BATCH_BASE, DataLinkError, encode_frame
 from tensorgrid.types import ErrorKind, TaskError
 from tensorgrid.v1 import serving_pb2
 
@@ -36,40 +37,76 @@ def _error_reply(request_id: int, batch: int, error: TaskError) -> serving_pb2.S
     return serving_pb2.ServeReply(request_id=request_id, done=True, batch=batch, error=serde.error_to_pb(error))
 
 
+class _Frames:
+    """The link's frames: block for the first, then take every one already there."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = bytearray()
+
+    def _complete(self) -> list[bytes]:
+        frames = []
+        while len(self.buf) >= 4:
+            n = int.from_bytes(self.buf[:4], "big")
+            if n > MAX_DOWN_BYTES:
+                raise DataLinkError(f"a frame of {n} bytes exceeds {MAX_DOWN_BYTES}")
+            if len(self.buf) < 4 + n:
+                break
+            frames.append(bytes(self.buf[4 : 4 + n]))
+            del self.buf[: 4 + n]
+        return frames
+
+    def next(self) -> list[bytes] | None:
+        """At least one frame, with all that queued behind it; None at the link's end."""
+        while True:
+            frames = self._complete()
+            if frames:
+                with contextlib.suppress(BlockingIOError):
+                    while more := self.sock.recv(1 << 20, socket.MSG_DONTWAIT):
+                        self.buf += more
+                return frames + self._complete()
+            chunk = self.sock.recv(1 << 20)
+            if not chunk:
+                if self.buf:
+                    raise DataLinkError("the data link closed inside a frame")
+                return None
+            self.buf += chunk
+
+
 def serve_link(
-    served: Any, compute: threading.Lock, link: socket.socket, control: socket.socket, threads: int
+    served: Any, compute: threading.Lock, link: socket.socket, control: socket.socket, threads: int, max_batch: int
 ) -> None:
-    """Answer the link's requests until it closes (then the pipe alone serves); threads: torch's
-    intra-op threads, as the worker's main thread has them."""
+    """Answer the link's requests until it closes (then the pipe alone serves). Requests that
+    queued while a micro-batch ran form the next one, up to max_batch, as the agent's batcher
+    does; threads: torch's intra-op threads, as the worker's main thread has them."""
     import torch
 
     torch.set_num_threads(threads)
-    stream = link.makefile("rb", buffering=1 << 16)
+    frames = _Frames(link)
     seq = 0
     try:
-        while (frame := read_frame(stream, MAX_DOWN_BYTES)) is not None:  # type: ignore[arg-type]
-            down = serving_pb2.ServeDown.FromString(frame)
+        while (got := frames.next()) is not None:
+            requests = [r for frame in got for r in serving_pb2.ServeDown.FromString(frame).requests]
             now_ms = time.time() * 1000 - CLOCK_ALLOWANCE_MS
-            expired = [r for r in down.requests if r.deadline_ms and r.deadline_ms < now_ms]
-            live = [r for r in down.requests if not (r.deadline_ms and r.deadline_ms < now_ms)]
+            expired = [r for r in requests if r.deadline_ms and r.deadline_ms < now_ms]
+            live = [r for r in requests if not (r.deadline_ms and r.deadline_ms < now_ms)]
             late = TaskError(ErrorKind.TIMEOUT, "past its deadline before it ran")
             replies = [_error_reply(r.request_id, 0, late) for r in expired]  # in no micro-batch
             if not live:
                 link.sendall(encode_frame(serving_pb2.ServeUp(replies=replies).SerializeToString()))
-                continue
-            seq += 1
-            batch = DIRECT_BATCH_BASE + seq
-            outputs = _run(served, compute, live, batch, replies)
-            link.sendall(encode_frame(serving_pb2.ServeUp(replies=replies).SerializeToString()))
-            # after the answer: the agent's wake-up and its signing are off the request's path
-            ids = [r.request_id for r in live]
-            inputs = [r.input for r in live]
-            digests = {"batch": batch, "ids": ids, "in": batch_digest(inputs), "out": batch_digest(outputs)}
-            control.sendall(encode(digests))
+            for at in range(0, len(live), max_batch):
+                seq += 1
+                batch, part = DIRECT_BATCH_BASE + seq, live[at : at + max_batch]
+                outputs = _run(served, compute, part, batch, replies)
+                link.sendall(encode_frame(serving_pb2.ServeUp(replies=replies).SerializeToString()))
+                replies = []
+                # after the answer: the agent's wake-up and its signing are off the request's path
+                ids, inputs = [r.request_id for r in part], [r.input for r in part]
+                digests = {"batch": batch, "ids": ids, "in": batch_digest(inputs), "out": batch_digest(outputs)}
+                control.sendall(encode(digests))
     except (DataLinkError, OSError, ValueError) as e:
         log.warning("the data link ended: %s", e)
     finally:
-        stream.close()
         link.close()
         control.close()
 

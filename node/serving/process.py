@@ -115,7 +115,9 @@ class ServingProcess(Executor):
             return TaskError(ErrorKind.CRASHED, "the serving worker sent a malformed answer")
         return outputs[0]
 
-    async def attach_data(self, sock: socket.socket, on_batch: Callable[[dict[str, Any]], None]) -> bool:
+    async def attach_data(
+        self, sock: socket.socket, on_batch: Callable[[dict[str, Any]], None], max_batch: int
+    ) -> bool:
         """Hand the loaded child a data link (tensorgrid.serving.datalink), connected and
         authenticated by the agent: the child reaches no network of its own, so the socket
         goes in through a Unix socket in its scratch directory (SCM_RIGHTS). on_batch gets each
@@ -142,7 +144,11 @@ class ServingProcess(Executor):
                     return await self._reply(child)
 
                 header, _ = await self._send_and_wait(
-                    child, {"op": "data_link", "path": DATA_SOCKET}, [], hand_over, DATA_HANDOVER_S
+                    child,
+                    {"op": "data_link", "path": DATA_SOCKET, "max_batch": max_batch},
+                    [],
+                    hand_over,
+                    DATA_HANDOVER_S,
                 )
             except (_LimitHit, OSError) as e:
                 log.warning("the serving worker did not take its data link: %s", e)

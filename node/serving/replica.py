@@ -223,7 +223,9 @@ class Replica:
             log.warning("replica %s: no data link (%s); requests keep to the Serve stream", self.replica_id[:12], e)
             return
         try:
-            if self.process is not None and await self.process.attach_data(sock, self._direct_batch):
+            if self.process is not None and await self.process.attach_data(
+                sock, self._direct_batch, self.batcher.policy.max_batch
+            ):
                 log.info("replica %s: requests come down its data link", self.replica_id[:12])
         finally:
             sock.close()  # the child holds its own copy (or the link closes and its calls fail over)
