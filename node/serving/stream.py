@@ -245,7 +245,8 @@ class ServeLoop:
             self.send(serving_pb2.ServeUp(state=state))
             return
         ctx = self._context(self.send)
-        ctx.data_host = host_of(self.client.target)  # where its data port is, if offered one
+        if assign.data_port:  # offered the coordinator's data port: it is on the host we dial
+            ctx.data_host = host_of(self.client.target)
         replica = Replica(assign, ctx)
         self.replicas[assign.replica_id] = replica
         parked = self._parked.pop(replica.warm_key, None)
