@@ -50,6 +50,7 @@ WIDTH = 256
 INFER = "/tensorgrid.v1.SubmitterService/Infer"
 GRID_ARGS = ("--lease-ttl-ms", "5000", "--heartbeat-ms", "500")
 ROUNDS = 2  # turns each side takes at each level
+DATA_PORT_ARGS = ("--serve-data-listen", "127.0.0.1:0")
 
 
 def build_model(root: Path) -> tuple[Path, bytes]:
@@ -202,9 +203,12 @@ def summary(latencies: list[float], errors: list[str], seconds: float) -> dict[s
 
 
 # ---- the run ------------------------------------------------------------------------------------
-def start_grid(root: Path, model_path: Path, check_rate: float) -> tuple[LocalGrid, Client, str]:
+def start_grid(
+    root: Path, model_path: Path, check_rate: float, data_port: bool = False
+) -> tuple[LocalGrid, Client, str]:
+    """data_port: the coordinator opens its serving data port (workers answer it directly)."""
     grid = LocalGrid(root / "grid")
-    grid.start_coordinator(*GRID_ARGS)
+    grid.start_coordinator(*GRID_ARGS, *(DATA_PORT_ARGS if data_port else ()))
     for i in range(2):
         grid.start_node(f"node{i}", "--device", "cpu", "--threads", "1", "--serve-replicas", "1")
     grid.wait_for_nodes(2, timeout=120)
@@ -222,8 +226,10 @@ def measure(
     check_rate: float,
     rounds: int = ROUNDS,
     streams: tuple[bool, bool] = (False, True),
+    data_port: bool = True,
 ) -> dict[str, Any]:
-    """streams: whether the baseline's and the grid's clients send on an InferStream (else unary Infer)."""
+    """streams: whether the baseline's and the grid's clients send on an InferStream (else unary Infer);
+    data_port: whether the grid's coordinator opens its serving data port."""
     result: dict[str, Any] = {
         "benchmark": "serving",
         "levels": levels,
@@ -231,13 +237,14 @@ def measure(
         "rounds": rounds,
         "check_rate": check_rate,
         "infer": {side: "stream" if on else "unary" for side, on in zip(("baseline", "grid"), streams, strict=True)},
+        "data_port": data_port,
     }
     with tempfile.TemporaryDirectory(prefix="tg-bench-serving-") as tmp:
         root = Path(tmp)
         model_path, data = build_model(root)
         baseline, port = start_baseline(root, model_path)
         try:
-            grid, client, endpoint = start_grid(root, model_path, check_rate)
+            grid, client, endpoint = start_grid(root, model_path, check_rate, data_port)
         except BaseException:
             _stop(baseline)
             raise
@@ -329,6 +336,12 @@ def main(argv: list[str] | None = None) -> int:
         help="how the baseline's clients send: unary Infer calls to a plain grpc.aio server (default), or on "
         "one stream to it (the same transport as the grid's clients)",
     )
+    p.add_argument(
+        "--no-data-port",
+        action="store_true",
+        help="the grid's coordinator opens no serving data port (requests go through the node agents' "
+        "Serve streams, as before it existed)",
+    )
     p.add_argument("--baseline-server", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--port-file", type=Path, help=argparse.SUPPRESS)
     ns = p.parse_args(argv)
@@ -338,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     if ns.rounds < 1:
         p.error("--rounds must be at least 1")
     streams = (ns.baseline_infer == "stream", ns.grid_infer == "stream")
-    emit(measure([int(c) for c in ns.levels.split(",")], ns.seconds, ns.check_rate, ns.rounds, streams))
+    levels = [int(c) for c in ns.levels.split(",")]
+    emit(measure(levels, ns.seconds, ns.check_rate, ns.rounds, streams, not ns.no_data_port))
     return 0
 
 

@@ -62,6 +62,7 @@ def measure(
     check_rate: float,
     base_check_rate: float,
     streams: dict[str, bool] | None = None,
+    data_ports: dict[str, bool] | None = None,
 ) -> dict[str, Any]:
     """streams: which sides' clients send on an InferStream (tensorgrid.infer_stream), else unary
     Infer; a side "baseline_stream" in it adds a fourth side, the baseline server over a stream."""
@@ -69,6 +70,8 @@ def measure(
     result: dict[str, Any] = {"benchmark": "serving_ab", "levels": levels, "rounds": rounds, "turn_s": turn_s}
     rates = {"head": check_rate, "base": base_check_rate}
     result["check_rates"] = rates
+    data_ports = data_ports if data_ports is not None else {}
+    result["data_ports"] = data_ports
     sides_run = SIDES + (("baseline_stream",) if "baseline_stream" in streams else ())
     result["infer"] = {side: "stream" if streams.get(side) else "unary" for side in sides_run}
     with tempfile.TemporaryDirectory(prefix="tg-bench-serving-ab-") as tmp:
@@ -80,7 +83,7 @@ def measure(
             for name, tree in (("head", HERE), ("base", base)):
                 (root / name).mkdir()
                 with running_from(tree):
-                    grids.append((name, *start_grid(root / name, model_path, rates[name])))
+                    grids.append((name, *start_grid(root / name, model_path, rates[name], data_ports.get(name, False))))
             none: tuple[tuple[str, str], ...] = ()
             sides = {"baseline": (f"127.0.0.1:{port}", none, ""), "baseline_stream": (f"127.0.0.1:{port}", none, "")}
             for name, grid, client, endpoint in grids:
@@ -146,6 +149,18 @@ def main(argv: list[str] | None = None) -> int:
         help="how the base grid is called (stream only if its code has InferStream; default unary)",
     )
     p.add_argument(
+        "--head-data-port",
+        choices=("on", "off"),
+        default="on",
+        help="whether this checkout's coordinator opens its serving data port (default on)",
+    )
+    p.add_argument(
+        "--base-data-port",
+        choices=("off", "on"),
+        default="off",
+        help="whether the base grid's coordinator opens one (on only if its code has --serve-data-listen)",
+    )
+    p.add_argument(
         "--baseline-stream",
         action="store_true",
         help="a fourth side: the baseline server called on one stream (the grid's clients' transport)",
@@ -158,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     streams = {"head": ns.head_infer == "stream", "base": ns.base_infer == "stream"}
     if ns.baseline_stream:
         streams["baseline_stream"] = True
-    emit(measure(ns.base.resolve(), levels, ns.rounds, ns.turn, ns.check_rate, base_rate, streams))
+    data_ports = {"head": ns.head_data_port == "on", "base": ns.base_data_port == "on"}
+    emit(measure(ns.base.resolve(), levels, ns.rounds, ns.turn, ns.check_rate, base_rate, streams, data_ports))
     return 0
 
 

@@ -150,6 +150,10 @@ class CoordinatorConfig:
     reviews: ReviewSettings = field(default_factory=ReviewSettings)
     bulk: BulkSettings = field(default_factory=BulkSettings)
     metrics_listen: str = ""  # host:port of the Prometheus endpoint; empty: none
+    # host:port of the serving data port (services.serving.datalink); empty: none. Plain TCP:
+    # never opened where gRPC is served over TLS (replicas then use their Serve streams).
+    serve_data_listen: str = ""
+    serve_data_max_frame_bytes: int = 64 << 20  # a frame a worker sends up its data link, at most
     dashboard_listen: str = ""  # host:port of the read-only web dashboard (api.dashboard); empty: none
     health_interval_ms: int = 5_000  # how often health checks that the database answers
     gc_sweep_s: float = 600.0  # how often a full collection walks the frozen objects too (services.collector)

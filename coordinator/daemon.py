@@ -17,6 +17,7 @@ from coordinator.api.server import Sessions, build_server, make_sessions
 from coordinator.app import Coordinator
 from coordinator.config import CoordinatorConfig
 from coordinator.services.collector import keep_old_objects_frozen
+from coordinator.services.serving.datalink import DataPort
 from tensorgrid.sandbox.confine import forbid_inspection
 
 if TYPE_CHECKING:
@@ -42,6 +43,22 @@ async def start_dashboard(app: Coordinator, sessions: Sessions) -> Dashboard:
     return await open_dashboard(c.dashboard_listen, views, tls_cert=c.tls_cert, tls_key=c.tls_key, insecure=c.insecure)
 
 
+async def open_data_port(app: Coordinator, config: CoordinatorConfig, *, tls: bool) -> DataPort | None:
+    """The serving data port (--serve-data-listen), offered to inference replicas from now on.
+    Never beside TLS: the link is plain TCP, and a worker cannot hold a TLS session the agent
+    opened, so with TLS replicas keep to their (TLS) Serve streams."""
+    if not config.serve_data_listen:
+        return None
+    if tls:
+        log.warning("--serve-data-listen is ignored: gRPC is served over TLS and the data link is plain TCP")
+        return None
+    port = DataPort(app.router, max_frame_bytes=config.serve_data_max_frame_bytes)
+    host, _, number = config.serve_data_listen.rpartition(":")
+    app.router.data_port = await port.start(host or "127.0.0.1", int(number or 0))
+    log.info("serving data port on %s:%d", host, app.router.data_port)
+    return port
+
+
 async def serve(
     config: CoordinatorConfig, creds: grpc.ServerCredentials | None, ready_file: Path | None = None
 ) -> None:
@@ -54,6 +71,7 @@ async def serve(
     await server.start()
     if config.metrics_listen:
         app.metrics.serve(config.metrics_listen)
+    data_port = await open_data_port(app, config, tls=creds is not None)
     dashboard = await start_dashboard(app, sessions) if config.dashboard_listen else None
     await app.start()
     # What start-up made lives as long as the process: out of the collector's sight, a full
@@ -89,5 +107,7 @@ async def serve(
     await server.stop(grace=3)
     if bulk is not None:
         bulk.stop()
+    if data_port is not None:
+        data_port.close()
     app.metrics.stop()
     await app.stop()

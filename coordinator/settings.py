@@ -227,6 +227,24 @@ METRICS_LISTEN = Setting(
     "HTTP, no authentication: keep it on loopback or a private network); empty: none",
     metavar="HOST:PORT",
 )
+SERVE_DATA_LISTEN = Setting(
+    "--serve-data-listen",
+    _COORDINATOR + "SERVE_DATA_LISTEN",
+    CoordinatorConfig.serve_data_listen,
+    help="host:port of the serving data port (port 0: any free port): a node may open one plain TCP "
+    "connection per inference replica there, proven with a per-replica token, and its warm worker "
+    "answers requests on it directly (docs/SERVING.md); plain text, so it stays off when gRPC is "
+    "served with --tls-cert (replicas use their Serve streams); empty: none",
+    metavar="HOST:PORT",
+)
+SERVE_DATA_MAX_FRAME_MIB = Setting(
+    "--serve-data-max-frame-mib",
+    _COORDINATOR + "SERVE_DATA_MAX_FRAME_MIB",
+    CoordinatorConfig.serve_data_max_frame_bytes / MiB,
+    type=float,
+    help="largest frame a worker may send up its data link (a micro-batch's replies); a larger one "
+    "closes the link and its requests fail over",
+)
 DASHBOARD_LISTEN = Setting(
     "--dashboard-listen",
     _COORDINATOR + "DASHBOARD_LISTEN",
@@ -290,6 +308,8 @@ SETTINGS = (
     DRAIN_S,
     GC_SWEEP_S,
     METRICS_LISTEN,
+    SERVE_DATA_LISTEN,
+    SERVE_DATA_MAX_FRAME_MIB,
     DASHBOARD_LISTEN,
     *SESSION_SETTINGS,
     BULK_LISTEN,
@@ -391,6 +411,8 @@ def config_from(ns: argparse.Namespace) -> CoordinatorConfig:
         limits=Limits(max_shard_bytes=int(ns.max_shard_mib * MiB), max_blob_bytes=int(ns.max_blob_mib * MiB)),
         peers=peer_limits(ns),
         metrics_listen=ns.metrics_listen,
+        serve_data_listen=ns.serve_data_listen,
+        serve_data_max_frame_bytes=int(ns.serve_data_max_frame_mib * MiB),
         dashboard_listen=ns.dashboard_listen,
         health_interval_ms=ns.health_interval_ms,
         drain_s=ns.drain_s,

@@ -11,7 +11,10 @@ OUT_OF_MEMORY, CRASHED), and the next batch starts a fresh child and loads the p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import socket
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -25,6 +28,8 @@ __all__ = ["ReplicaLoad", "ServingProcess", "SERVING_ENTRY"]
 
 log = logging.getLogger("tensorgrid.node.serving")
 SERVING_ENTRY = "node.serving.worker"
+DATA_SOCKET = "data-link.sock"  # in the child's scratch directory, for the hand-over alone
+DATA_HANDOVER_S = 5.0
 T = TypeVar("T")
 Answer = bytes | TaskError
 
@@ -59,6 +64,8 @@ class ServingProcess(Executor):
         self._watcher: asyncio.Future[None] | None = None
         self._over = 0  # the peak RSS for which the watcher killed the running batch's child
         self._peak_from: WorkerChild | None = None  # the child whose VmHWM was reset after its load
+        self._control: socket.socket | None = None  # a data link's control socket, being handed over
+        self._links: set[asyncio.Future[None]] = set()  # readers of the children's data link controls
 
     async def ready(self) -> TaskError | None:
         """Start the child and load the program now: None when it is ready, else why not."""
@@ -107,6 +114,72 @@ class ServingProcess(Executor):
             await self._drop("the serving worker answered a prompt without its output")
             return TaskError(ErrorKind.CRASHED, "the serving worker sent a malformed answer")
         return outputs[0]
+
+    async def attach_data(
+        self, sock: socket.socket, on_batch: Callable[[dict[str, Any]], None], max_batch: int
+    ) -> bool:
+        """Hand the loaded child a data link (tensorgrid.serving.datalink), connected and
+        authenticated by the agent: the child reaches no network of its own, so the socket
+        goes in through a Unix socket in its scratch directory (SCM_RIGHTS). on_batch gets each
+        micro-batch the child answers on it ({"batch", "ids", "in", "out"}: its digests) for
+        the agent to sign. False if the child would not take it (the Serve stream serves on)."""
+        async with self._lock:
+            child = self._child
+            if self._closed or child is None or not child.alive or child is not self._loaded:
+                return False
+            path = child.scratch.path / DATA_SOCKET
+            listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+            scratch = os.open(child.scratch.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                # a scratch path may pass AF_UNIX's 108 bytes: bound through the directory's fd
+                listener.bind(f"/proc/self/fd/{scratch}/{DATA_SOCKET}")
+                listener.listen(1)
+                listener.setblocking(False)
+
+                async def hand_over(child: WorkerChild) -> Frame:
+                    loop = asyncio.get_running_loop()
+                    conn, _ = await loop.sock_accept(listener)
+                    socket.send_fds(conn, [b"L"], [sock.fileno()])
+                    self._control = conn
+                    return await self._reply(child)
+
+                header, _ = await self._send_and_wait(
+                    child,
+                    {"op": "data_link", "path": DATA_SOCKET, "max_batch": max_batch},
+                    [],
+                    hand_over,
+                    DATA_HANDOVER_S,
+                )
+            except (_LimitHit, OSError) as e:
+                log.warning("the serving worker did not take its data link: %s", e)
+                return False
+            finally:
+                listener.close()
+                os.close(scratch)
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            control, self._control = self._control, None
+            if header.get("ok") is not True or control is None:
+                log.warning("the serving worker refused its data link: %s", header.get("message", header))
+                if control is not None:
+                    control.close()
+                return False
+            self._links.add(asyncio.ensure_future(self._read_control(control, on_batch)))
+            limit = self.load.memory_limit_bytes
+            if limit > 0 and self._watcher is None:
+                self._watcher = asyncio.ensure_future(self._watch(limit))
+            return True
+
+    async def _read_control(self, conn: socket.socket, on_batch: Callable[[dict[str, Any]], None]) -> None:
+        """What the child tells the agent of the batches it answered on its data link."""
+        reader, writer = await asyncio.open_unix_connection(sock=conn)
+        try:
+            while (frame := await read_frame_async(reader)) is not None:
+                on_batch(frame[0])
+        except (FrameError, ConnectionError) as e:
+            log.info("a serving worker's data link control ended: %s", e)
+        finally:
+            writer.close()
 
     # ---- the child ------------------------------------------------------------------------------
     async def _ready_child(self) -> WorkerChild:
@@ -214,7 +287,8 @@ class ServingProcess(Executor):
         while not self._closed:
             await asyncio.sleep(self._poll_interval_s)
             child = self._child
-            if self._running and child is not None and child.alive and (peak := child.peak_rss()) > limit:
+            busy = self._running or self._links  # a data link's batches run without the agent
+            if busy and child is not None and child.alive and (peak := child.peak_rss()) > limit:
                 self._over = peak
                 child.kill()
 
@@ -222,6 +296,8 @@ class ServingProcess(Executor):
         """Stop the child now (a running batch fails), and the memory watcher."""
         if self._watcher is not None:
             self._watcher.cancel()
+        for reader in self._links:
+            reader.cancel()
         await super().close(timeout_s)
 
     async def _reply(self, child: WorkerChild) -> Frame:

@@ -25,7 +25,8 @@ from pathlib import Path
 from node.serving.batcher import Batcher, Pending, Policy
 from node.serving.process import ReplicaLoad, ServingProcess
 from tensorgrid import serde
-from tensorgrid.serving import batch_receipt
+from tensorgrid.serving import batch_receipt, digest_receipt
+from tensorgrid.serving.datalink import DIRECT_BATCH_BASE, open_link
 from tensorgrid.types import BlobRef, ErrorKind, Receipt, TaskError
 from tensorgrid.v1 import serving_pb2
 
@@ -53,6 +54,7 @@ class ReplicaContext:
         self.fetch, self.sign, self.send = fetch, sign, send
         self.device, self.threads = device, threads
         self.executor = executor
+        self.data_host = ""  # the coordinator's host, for a replica offered its data port
 
 
 def reply(request_id: int, batch: int, *, output: bytes = b"", error: TaskError | None = None) -> serving_pb2.ServeUp:
@@ -78,8 +80,10 @@ class Replica:
         self.process: ServingProcess | None = None
         self._loop: asyncio.Task[None] | None = None
         self._closed = False  # released: a start still under way spawns nothing more
-        # answered micro-batches whose receipts are not signed yet (sign_receipts)
-        self._unsigned: list[tuple[int, list[Pending], list[bytes]]] = []
+        # answered micro-batches whose receipts are not signed yet (sign_receipts): sequence,
+        # request ids, and how to make the unsigned receipt (hashing is off the answer's path)
+        self._unsigned: list[tuple[int, list[int], Callable[[], Receipt]]] = []
+        self._link: asyncio.Task[None] | None = None  # opening the data link (node.serving.datalink)
         self._sign_timer: asyncio.TimerHandle | None = None
         self.warm: ServingProcess | None = None  # a broken stream's child of this endpoint, to adopt
 
@@ -107,6 +111,8 @@ class Replica:
         else:
             log.info("replica %s of endpoint %s ready", self.replica_id[:12], self.assign.endpoint_id[:12])
             self._loop = asyncio.create_task(self.batcher.run())
+            if self.assign.data_port and self.assign.data_token and self.ctx.data_host:
+                self._link = asyncio.create_task(self._open_link())
         self.ctx.send(serving_pb2.ServeUp(state=state))
         return error is None
 
@@ -147,6 +153,8 @@ class Replica:
         child back instead, still loaded, if it is idle (the stream broke: another coordinator
         replica may place this endpoint here again, node.serving.stream)."""
         self._closed = True
+        if self._link is not None:
+            self._link.cancel()
         self.sign_receipts()  # what was answered is owed its receipt
         idle = self._loop is not None and not self.batcher.running  # ready, and no batch in the child
         error = TaskError(ErrorKind.RELEASED, reason)
@@ -194,9 +202,50 @@ class Replica:
                     self.ctx.send(reply(p.request_id, seq, error=answer))
                     outputs.append(b"")
         self.batcher.running = []  # answered: a release from here on owes them nothing
-        self._unsigned.append((seq, batch, outputs))
+        ids = [p.request_id for p in batch]
+        a = self.assign
+        inputs = [p.payload for p in batch]
+        self._answered(seq, ids, lambda: batch_receipt(a.endpoint_id, self.replica_id, seq, ids, inputs, outputs))
+
+    def _answered(self, seq: int, ids: list[int], unsigned: Callable[[], Receipt]) -> None:
+        self._unsigned.append((seq, ids, unsigned))
         if self._sign_timer is None:
             self._sign_timer = asyncio.get_running_loop().call_later(SIGN_IDLE_S, self.sign_receipts)
+
+    # ---- the data link ------------------------------------------------------------------------
+    async def _open_link(self) -> None:
+        """Connect to the coordinator's data port for this replica and hand the connection to
+        the warm child; on any failure the Serve stream goes on carrying the requests."""
+        a = self.assign
+        try:
+            sock = await asyncio.to_thread(open_link, self.ctx.data_host, a.data_port, self.replica_id, a.data_token)
+        except OSError as e:
+            log.warning("replica %s: no data link (%s); requests keep to the Serve stream", self.replica_id[:12], e)
+            return
+        try:
+            if self.process is not None and await self.process.attach_data(
+                sock, self._direct_batch, self.batcher.policy.max_batch
+            ):
+                log.info("replica %s: requests come down its data link", self.replica_id[:12])
+        finally:
+            sock.close()  # the child holds its own copy (or the link closes and its calls fail over)
+
+    def _direct_batch(self, header: dict[str, object]) -> None:
+        """A micro-batch the child answered on its data link: its receipt, from its digests."""
+        seq, ids, din, dout = header.get("batch"), header.get("ids"), header.get("in"), header.get("out")
+        if not (
+            isinstance(seq, int)
+            and seq > DIRECT_BATCH_BASE
+            and isinstance(ids, list)
+            and ids
+            and all(isinstance(i, int) and i > 0 for i in ids)
+            and isinstance(din, str)
+            and isinstance(dout, str)
+        ):
+            log.warning("replica %s: its worker reported a malformed batch; not receipted", self.replica_id[:12])
+            return
+        a = self.assign
+        self._answered(seq, ids, lambda: digest_receipt(a.endpoint_id, self.replica_id, seq, ids, din, dout))
 
     def sign_receipts(self) -> None:
         """Sign the receipts of the micro-batches answered since the last call and queue them up
@@ -207,13 +256,9 @@ class Replica:
             self._sign_timer.cancel()
             self._sign_timer = None
         answered, self._unsigned = self._unsigned, []
-        for seq, batch, outputs in answered:
-            ids = [p.request_id for p in batch]
+        for seq, ids, unsigned in answered:
             try:
-                unsigned = batch_receipt(
-                    self.assign.endpoint_id, self.replica_id, seq, ids, [p.payload for p in batch], outputs
-                )
-                signed = self.ctx.sign(unsigned)
+                signed = self.ctx.sign(unsigned())
             except Exception:  # that batch goes unpaid; the replica serves on
                 log.exception("could not sign the receipt of batch %d of replica %s", seq, self.replica_id[:12])
                 continue

@@ -35,6 +35,7 @@ from tensorgrid import serde
 from tensorgrid.nodeclient import NodeClient
 from tensorgrid.retry import backoff
 from tensorgrid.serving.coalesce import coalesced
+from tensorgrid.tls import host_of
 from tensorgrid.types import ErrorKind, TaskError
 from tensorgrid.v1 import serving_pb2
 
@@ -243,7 +244,10 @@ class ServeLoop:
             state = serving_pb2.ReplicaState(replica_id=assign.replica_id, ready=False, error=serde.error_to_pb(error))
             self.send(serving_pb2.ServeUp(state=state))
             return
-        replica = Replica(assign, self._context(self.send))
+        ctx = self._context(self.send)
+        if assign.data_port:  # offered the coordinator's data port: it is on the host we dial
+            ctx.data_host = host_of(self.client.target)
+        replica = Replica(assign, ctx)
         self.replicas[assign.replica_id] = replica
         parked = self._parked.pop(replica.warm_key, None)
         if parked is not None:

@@ -12,6 +12,10 @@ frames (node.serving.frames) until EOF on stdin:
     ← {"ok": true, "results": [null | {"error_kind", "message"}, …], "sizes"} + one output per
       request (b"" for a failed one)
 
+    → {"op": "data_link", "path", "max_batch"}: a Unix socket in the scratch directory that hands over the
+      replica's data link (node.serving.direct serves it on a thread)
+    ← {"ok": true} | {"ok": false, "error_kind", "message"}
+
     → {"op": "generate", "seed", "sizes"} + the prompt (safetensors bytes)
     ← {"op": "tokens", "tokens": [..]} per decoding step, then
       {"ok": true, "sizes"} + the output | {"ok": false, "error_kind", "message"}
@@ -25,7 +29,9 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import socket
 import sys
+import threading
 import time
 from typing import IO, Any
 
@@ -37,6 +43,7 @@ from tensorgrid.sandbox.oneshot import protocol_fd
 log = logging.getLogger("tensorgrid.node.serving.worker")
 
 _served: Any = None  # node.serving.compute.Served, once loaded
+_compute = threading.Lock()  # the pipe's batches and the data link's run one at a time
 
 
 def _error(exc: BaseException) -> dict[str, Any]:
@@ -65,7 +72,8 @@ def _load(header: dict[str, Any]) -> dict[str, Any]:
 def _run_batch(payloads: list[bytes], out: IO[bytes]) -> None:
     from node.serving.compute import Failure
 
-    results = _served.run_batch(payloads)
+    with _compute:
+        results = _served.run_batch(payloads)
     errors = [_error(r.error) if isinstance(r, Failure) else None for r in results]
     outputs = [b"" if isinstance(r, Failure) else r for r in results]
     _write(out, {"ok": True, "results": errors}, outputs)
@@ -97,6 +105,8 @@ def handle(header: dict[str, Any], payloads: list[bytes], out: IO[bytes]) -> Non
             raise RuntimeError("no program is loaded (send load first)")
         elif op == "run_batch":
             _run_batch(payloads, out)
+        elif op == "data_link":
+            _write(out, _take_link(str(header.get("path") or ""), int(header.get("max_batch") or 1)))
         elif op == "generate":
             _generate(header, payloads, out)
         else:
@@ -110,6 +120,33 @@ def serve(stdin: IO[bytes], out: IO[bytes]) -> None:
     """Answer frames until EOF."""
     while (frame := read_frame(stdin)) is not None:
         handle(*frame, out)
+
+
+def _take_link(path: str, max_batch: int) -> dict[str, Any]:
+    """Take the data link the agent connected and authenticated (node.serving.process.attach_data):
+    connect to its Unix socket in our scratch directory, receive the TCP socket, serve it on a
+    thread (node.serving.direct) while the pipe keeps working."""
+    from node.serving.direct import serve_link
+
+    if _served is None or _served.serves != "inference":
+        raise ValueError("a data link serves a loaded inference program only")
+    control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    control.settimeout(5.0)
+    control.connect(path)
+    _, fds, _, _ = socket.recv_fds(control, 1, 1)
+    if len(fds) != 1:
+        raise ValueError("no socket came with the data link")
+    link = socket.socket(fileno=fds[0])
+    link.settimeout(None)
+    control.settimeout(None)
+    import torch
+
+    # torch's thread count is per thread (OpenMP's): the link's thread takes the loaded one's,
+    # else it runs with one per core and its spinning workers take the cores the request needs
+    threads = torch.get_num_threads()
+    args = (_served, _compute, link, control, threads, max(1, max_batch))
+    threading.Thread(target=serve_link, args=args, daemon=True).start()
+    return {"ok": True}
 
 
 def prepare() -> None:

@@ -4,7 +4,13 @@ receipts: what a replica signs per micro-batch (the batch digests and the receip
 tensors: a request's or an answer's tensors as safetensors bytes, checked like any stranger's file.
 """
 
-from tensorgrid.serving.receipts import batch_digest, batch_receipt, batch_task_id, request_ids_digest
+from tensorgrid.serving.receipts import (
+    batch_digest,
+    batch_receipt,
+    batch_task_id,
+    digest_receipt,
+    request_ids_digest,
+)
 from tensorgrid.serving.tensors import (
     arrays_from_bytes,
     arrays_to_bytes,
@@ -20,6 +26,7 @@ __all__ = [
     "batch_receipt",
     "batch_task_id",
     "check_tensor_bytes",
+    "digest_receipt",
     "request_ids_digest",
     "tensors_from_bytes",
     "tensors_to_bytes",

@@ -57,11 +57,18 @@ def batch_receipt(
     """The unsigned receipt of one micro-batch (sign it with tensorgrid.crypto.sign_receipt)."""
     if not len(request_ids) == len(inputs) == len(outputs):
         raise ValueError("a batch receipt needs one input and one output per request")
+    return digest_receipt(endpoint_id, replica_id, batch, request_ids, batch_digest(inputs), batch_digest(outputs))
+
+
+def digest_receipt(
+    endpoint_id: str, replica_id: str, batch: int, request_ids: Sequence[int], input_hash: str, output_hash: str
+) -> Receipt:
+    """batch_receipt from the batch's digests (a worker on the data link reports them)."""
     return Receipt(
         job_id=endpoint_id,
         task_id=batch_task_id(replica_id, batch),
         attempt=0,
-        input_hash=batch_digest(inputs),
-        output_hash=batch_digest(outputs),
+        input_hash=input_hash,
+        output_hash=output_hash,
         commitment=request_ids_digest(request_ids),
     )

@@ -34,7 +34,7 @@ class BatchCounted(_message.Message):
     def __init__(self, endpoint_id: _Optional[str] = ..., task_id: _Optional[str] = ..., answered: _Optional[int] = ..., tag: _Optional[bytes] = ...) -> None: ...
 
 class ReplicaAssign(_message.Message):
-    __slots__ = ("endpoint_id", "replica_id", "serves", "model", "settings_json", "max_batch", "max_delay_us", "memory_limit_bytes", "time_limit_ms")
+    __slots__ = ("endpoint_id", "replica_id", "serves", "model", "settings_json", "max_batch", "max_delay_us", "memory_limit_bytes", "time_limit_ms", "data_port", "data_token")
     ENDPOINT_ID_FIELD_NUMBER: _ClassVar[int]
     REPLICA_ID_FIELD_NUMBER: _ClassVar[int]
     SERVES_FIELD_NUMBER: _ClassVar[int]
@@ -44,6 +44,8 @@ class ReplicaAssign(_message.Message):
     MAX_DELAY_US_FIELD_NUMBER: _ClassVar[int]
     MEMORY_LIMIT_BYTES_FIELD_NUMBER: _ClassVar[int]
     TIME_LIMIT_MS_FIELD_NUMBER: _ClassVar[int]
+    DATA_PORT_FIELD_NUMBER: _ClassVar[int]
+    DATA_TOKEN_FIELD_NUMBER: _ClassVar[int]
     endpoint_id: str
     replica_id: str
     serves: str
@@ -53,7 +55,9 @@ class ReplicaAssign(_message.Message):
     max_delay_us: int
     memory_limit_bytes: int
     time_limit_ms: int
-    def __init__(self, endpoint_id: _Optional[str] = ..., replica_id: _Optional[str] = ..., serves: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.BlobRef, _Mapping]] = ..., settings_json: _Optional[bytes] = ..., max_batch: _Optional[int] = ..., max_delay_us: _Optional[int] = ..., memory_limit_bytes: _Optional[int] = ..., time_limit_ms: _Optional[int] = ...) -> None: ...
+    data_port: int
+    data_token: bytes
+    def __init__(self, endpoint_id: _Optional[str] = ..., replica_id: _Optional[str] = ..., serves: _Optional[str] = ..., model: _Optional[_Union[_common_pb2.BlobRef, _Mapping]] = ..., settings_json: _Optional[bytes] = ..., max_batch: _Optional[int] = ..., max_delay_us: _Optional[int] = ..., memory_limit_bytes: _Optional[int] = ..., time_limit_ms: _Optional[int] = ..., data_port: _Optional[int] = ..., data_token: _Optional[bytes] = ...) -> None: ...
 
 class ReplicaRelease(_message.Message):
     __slots__ = ("replica_id", "reason")

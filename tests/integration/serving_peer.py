@@ -35,6 +35,7 @@ class ServePeer:
         self._loop = asyncio.new_event_loop()
         self._call: Any = None
         self._endpoint_of: dict[str, str] = {}
+        self.assigns: dict[str, serving_pb2.ReplicaAssign] = {}  # by replica id (data port, token)
         self._batch = 0
         self._thread = threading.Thread(target=self._loop.run_until_complete, args=(self._main(),), daemon=True)
         self._started = threading.Event()
@@ -81,6 +82,7 @@ class ServePeer:
         if which == "assign":
             rid = down.assign.replica_id
             self._endpoint_of[rid] = down.assign.endpoint_id
+            self.assigns[rid] = down.assign
             await call.write(serving_pb2.ServeUp(state=serving_pb2.ReplicaState(replica_id=rid, ready=True)))
             self.ready_replicas.append(rid)
         for request in down.requests:

@@ -148,11 +148,15 @@ class Links:
             # its caller. Still before the stream's next message: loop callbacks run in order.
             asyncio.get_running_loop().call_soon(self._on_receipts, link, up.receipts)
 
-    def _on_receipts(self, link: NodeLink, receipts: Sequence[serving_pb2.BatchReceipt]) -> None:
-        for receipt in receipts:
-            if link.closed:
-                return
-            self._on_receipt(link, receipt)
+    def _on_receipts(self, link: NodeLink, receipts: Sequence[serving_pb2.BatchReceipt], at: int = 0) -> None:
+        """One receipt per pass of the event loop: the receipts of a replica on its data link come
+        up together every 50 ms or so (dozens at 1 client), and checked in one go they would hold
+        the calls answered meanwhile for milliseconds."""
+        if link.closed or at >= len(receipts):
+            return
+        self._on_receipt(link, receipts[at])
+        if at + 1 < len(receipts):
+            asyncio.get_running_loop().call_soon(self._on_receipts, link, receipts, at + 1)
 
     def violation(self, link: NodeLink, what: str, fatal: bool = False) -> None:
         """Count a protocol violation; past MAX_VIOLATIONS (or a fatal one) the stream is closed."""
@@ -187,8 +191,41 @@ class Links:
         if replica.riders:
             requests = self._take_riders(replica)
             requests.insert(_RANDOM.randrange(len(requests) + 1), request)  # no place marks a rerun
-        link.send(serving_pb2.ServeDown(requests=requests))
+        self._down(replica, serving_pb2.ServeDown(requests=requests))
         return call
+
+    @staticmethod
+    def _down(replica: Replica, msg: serving_pb2.ServeDown) -> None:
+        """Requests go down the replica's data link while it is up, else its node's Serve stream."""
+        if replica.data is not None:
+            replica.data.send(msg)
+        else:
+            replica.link.send(msg)
+
+    def data_lost(self, replica: Replica) -> None:
+        """The replica's data link closed: what was sent on it (it may be lost with it) fails
+        over, to another replica or to this one's Serve stream (the router's loop decides)."""
+        replica.data = None
+        gone = ReplicaGone(f"the data link of replica {replica.replica_id[:12]} on {replica.node} closed")
+        held = {r.request_id for r in replica.riders}
+        for call in [c for c in replica.calls.values() if c.request_id not in held]:
+            self._fail(call, gone)
+
+    def on_data_reply(self, replica: Replica, reply: serving_pb2.ServeReply) -> bool:
+        """A reply that came up a replica's data link; False if it answers a request that link's
+        replica was never sent (a worker answering for another replica, or a forgery)."""
+        link = replica.link
+        call = link.calls.get(reply.request_id)
+        if call is not None and call.replica is not replica:
+            return False
+        if call is None:
+            gone = link.gone.get(reply.request_id)
+            if reply.request_id >= link.next_request_id or reply.request_id == 0:
+                return False
+            if gone is not None and gone[0].replica is not replica:
+                return False
+        self._on_reply(link, reply)
+        return True
 
     # A check's rerun sent alone wakes the checking node, its worker and the coordinator's
     # stream once more, on cores the request in flight needs (at 1 client it was most of the
@@ -207,7 +244,7 @@ class Links:
         replica.rider_timer = None
         riders = self._take_riders(replica)
         if riders:
-            replica.link.send(serving_pb2.ServeDown(requests=riders))
+            self._down(replica, serving_pb2.ServeDown(requests=riders))
 
     def forget(self, call: Call) -> None:
         """The caller is done with `call`; still unanswered (the caller gave up): cancel it."""
@@ -334,6 +371,9 @@ class Links:
     def drop(self, replica: Replica) -> None:
         """Forget the replica (its receipts are still taken a while); its calls fail over."""
         replica.endpoint.replicas.pop(replica.replica_id, None)
+        if replica.data is not None:
+            data, replica.data = replica.data, None
+            data.close()
         link = replica.link
         if link.replicas.pop(replica.replica_id, None) is not None and not link.closed:
             link.retired[replica.replica_id] = replica

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from coordinator.services.serving.stats import EndpointStats
 from tensorgrid.spec import EndpointSpec
@@ -89,6 +90,14 @@ class NodeLink:
         return self.max_replicas - len(self.replicas)
 
 
+class DataPath(Protocol):
+    """A replica's authenticated data link to its worker (services.serving.datalink)."""
+
+    def send(self, msg: serving_pb2.ServeDown) -> None: ...
+
+    def close(self) -> None: ...
+
+
 @dataclass
 class Replica:
     replica_id: str
@@ -105,6 +114,8 @@ class Replica:
     # `calls` already (so every way a call fails covers them), not yet on the stream
     riders: list[serving_pb2.ServeRequest] = field(default_factory=list)
     rider_timer: asyncio.TimerHandle | None = None  # sends the riders alone if no request comes
+    data_token: bytes = b""  # proves the node's data link for this replica (ReplicaAssign.data_token)
+    data: DataPath | None = None  # the data link its requests go down while it is up (datalink.py)
 
     @property
     def node(self) -> str:
