@@ -153,6 +153,26 @@ def test_an_oversize_frame_closes_the_link(port_grid: tuple[LocalGrid, int, Any]
 
 
 @SHARED
+def test_a_malformed_frame_closes_the_link_and_nothing_else(
+    port_grid: tuple[LocalGrid, int, Any], peer_replica: Any
+) -> None:
+    """Bytes that are no ServeUp (a hostile worker's): the link is closed as for any breach, said
+    in one line of the coordinator's log, no traceback, and the port serves the next link."""
+    grid = port_grid[0]
+    _, assign = peer_replica()
+    link = open_link("127.0.0.1", port_grid[1], assign.replica_id, assign.data_token)
+    with link:
+        link.sendall((16).to_bytes(4, "big") + b"\xff" * 16)
+        assert _closed(link, 5.0)
+    coordinator = next(p for p in grid.procs if p.name == "coordinator")
+    wait_for(lambda: f"the data link of replica {assign.replica_id[:12]}" in coordinator.log_tail(200), 10, "the log")
+    assert "Traceback" not in coordinator.log_tail(200)
+    _, again = peer_replica()
+    with open_link("127.0.0.1", port_grid[1], again.replica_id, again.data_token) as other:
+        assert not _closed(other, 0.5)
+
+
+@SHARED
 def test_a_reply_on_another_replicas_link_closes_that_link(
     port_grid: tuple[LocalGrid, int, Any], peer_replica: Any
 ) -> None:

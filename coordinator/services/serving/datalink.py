@@ -31,6 +31,8 @@ import logging
 import secrets
 import socket
 
+from google.protobuf.message import DecodeError
+
 from coordinator.services.serving.links import Links
 from coordinator.services.serving.model import Replica
 from tensorgrid.serving.datalink import (
@@ -120,7 +122,7 @@ class DataPort:
         log.info("replica %s on %s: requests go down its data link", replica.replica_id[:12], replica.node)
         try:
             await self._read(conn, reader)
-        except (DataLinkError, OSError, ValueError) as e:
+        except (DataLinkError, DecodeError, OSError, ValueError) as e:  # a worker's bytes: anything malformed
             log.warning("the data link of replica %s on %s closed: %s", replica.replica_id[:12], replica.node, e)
         finally:
             conn.close()
