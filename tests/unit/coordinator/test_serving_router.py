@@ -655,21 +655,27 @@ def test_streamed_tokens_must_be_those_of_the_answer(answer: list[int]) -> None:
     run(scenario)
 
 
+async def _generating_on_two() -> tuple[Router, Endpoint, list[int], asyncio.Task[bytes], tuple[SimNode, SimNode]]:
+    """A generation endpoint on two silent nodes, one request under way: (router, endpoint, the
+    tokens its caller got, the caller's task, (the node it was sent to, the other))."""
+    r = router()
+    first, second = SimNode(r, answer=False), SimNode(r, answer=False)
+    first.connect(), second.connect()
+    ep = _generation_endpoint(r, min_replicas=2, max_replicas=2)
+    await settle()
+    got: list[int] = []
+    task = asyncio.create_task(_generate(r, ep, got))
+    await settle()
+    return r, ep, got, task, ((first, second) if first.requests else (second, first))
+
+
 def test_after_a_failover_an_answer_unlike_what_the_gone_replica_streamed_fails_the_request() -> None:
     """The caller got the first replica's tokens, then it died; the second replica's answer (it
     streamed consistently with it) differs from what the first sent: the request fails, and the
     second replica, which did nothing wrong, keeps its stream."""
 
     async def scenario() -> None:
-        r = router()
-        first, second = SimNode(r, answer=False), SimNode(r, answer=False)
-        first.connect(), second.connect()
-        ep = _generation_endpoint(r, min_replicas=2, max_replicas=2)
-        await settle()
-        got: list[int] = []
-        task = asyncio.create_task(_generate(r, ep, got))
-        await settle()
-        liar, honest = (first, second) if first.requests else (second, first)
+        r, ep, got, task, (liar, honest) = await _generating_on_two()
         rid = liar.requests[0].request_id
         liar.up(replies=[serving_pb2.ServeReply(request_id=rid, tokens=[9, 9], done=False, batch=1)])
         await settle()
@@ -764,15 +770,7 @@ def test_a_request_every_replica_fails_by_its_own_fault_is_tried_at_most_max_tri
 
 def test_a_generation_replicas_own_error_fails_over_without_repeating_tokens() -> None:
     async def scenario() -> None:
-        r = router()
-        first, second = SimNode(r, answer=False), SimNode(r, answer=False)
-        first.connect(), second.connect()
-        ep = _generation_endpoint(r, min_replicas=2, max_replicas=2)
-        await settle()
-        got: list[int] = []
-        task = asyncio.create_task(_generate(r, ep, got))
-        await settle()
-        crashed, other = (first, second) if first.requests else (second, first)
+        r, ep, got, task, (crashed, other) = await _generating_on_two()
         rid = crashed.requests[0].request_id
         crashed.up(replies=[serving_pb2.ServeReply(request_id=rid, tokens=[1, 2], done=False, batch=1)])
         failed = serving_pb2.ServeReply(request_id=rid, done=True, batch=1)
