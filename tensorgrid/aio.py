@@ -14,6 +14,7 @@ Refusals and retries follow tensorgrid.endpoints.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -78,7 +79,9 @@ class AsyncEndpoints:
         warming, until the call's deadline."""
         timeout = timeout_s or DEFAULT_TIMEOUT_S
         deadline = time.monotonic() + timeout
-        req = serving_pb2.InferRequest(endpoint_id=endpoint_id, input=data, timeout_ms=int(timeout * 1000), seed=seed)
+        req = serving_pb2.InferRequest(
+            endpoint_id=endpoint_id, input=data, timeout_ms=int(timeout * 1000), seed=seed, request_key=os.urandom(16)
+        )  # sent again after a broken stream or a refusal, it is answered once, not run twice
         failures = 0
         while True:
             try:

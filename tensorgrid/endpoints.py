@@ -168,7 +168,9 @@ class Endpoints:
         InferStream, or as a unary Infer when the stream cannot take it (tensorgrid.infer_stream)."""
         timeout = timeout_s or DEFAULT_TIMEOUT_S
         deadline = time.monotonic() + timeout
-        req = serving_pb2.InferRequest(endpoint_id=endpoint_id, input=data, timeout_ms=int(timeout * 1000), seed=seed)
+        req = serving_pb2.InferRequest(
+            endpoint_id=endpoint_id, input=data, timeout_ms=int(timeout * 1000), seed=seed, request_key=os.urandom(16)
+        )  # the key: sent again after a broken stream or a refusal, it is answered once, not run twice
         session = self._client.session
         failures = 0
         while True:

@@ -11,7 +11,8 @@ same CoordinatorError codes and retry hints). A request the stream cannot carry 
   session expired): the requests in flight on it are handed back too, and a new stream is
   opened for the next request (after REOPEN_S unless it was the session: the unary call renews
   it). A request answered on a stream that broke before its answer arrived is sent again, as
-  a unary Infer refused UNAVAILABLE is retried.
+  a unary Infer refused UNAVAILABLE is retried: under its request_key (set by the caller,
+  tensorgrid.endpoints), so the coordinator answers it once, not runs nor charges it twice.
 """
 
 from __future__ import annotations

@@ -57,6 +57,18 @@ class _End:
         self.code, self.message = code, message
 
 
+async def infer_once(router: Router, ep: Endpoint, request: serving_pb2.InferRequest) -> tuple[bytes, str, int]:
+    """The router's answer to an Infer request (unary or on a stream), run once per request key
+    (services.serving.once: a request sent again after a broken stream is not run nor billed twice)."""
+    return await router.once.run(
+        current_submitter.get(),
+        ep.job_id,
+        request.request_key,
+        request.input,
+        lambda: router.infer(ep, request.input, request.timeout_ms, request.seed),
+    )
+
+
 def refusal(request_id: int, e: Exception) -> serving_pb2.InferResponse:
     """The answer under request_id for a request Infer would have refused with e."""
     if isinstance(e, ServingError):
@@ -164,7 +176,7 @@ class InferStreams:
         try:
             try:
                 ep = await self.endpoint(request.endpoint_id)
-                output, node, attempts = await self.router.infer(ep, request.input, request.timeout_ms, request.seed)
+                output, node, attempts = await infer_once(self.router, ep, request)
                 answer = serving_pb2.InferResponse(request_id=rid, output=output, node=node, attempts=attempts)
             except Exception as e:
                 answer = refusal(rid, e)

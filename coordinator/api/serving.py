@@ -16,7 +16,7 @@ import grpc
 
 from coordinator.api.auth import RETRY_AFTER_KEY, current_node, current_submitter
 from coordinator.api.grid import Grid
-from coordinator.api.infer_stream import InferStreams
+from coordinator.api.infer_stream import InferStreams, infer_once
 from coordinator.api.sessions import SessionCache
 from coordinator.api.status import abort
 from coordinator.errors import NotFound, PermissionDenied
@@ -111,7 +111,7 @@ class ServingApi:
     ) -> serving_pb2.InferResponse:
         try:
             ep = await self._endpoint(request.endpoint_id)
-            output, node, attempts = await self.router.infer(ep, request.input, request.timeout_ms, request.seed)
+            output, node, attempts = await infer_once(self.router, ep, request)
         except Exception as e:
             await refuse(context, e)
         return serving_pb2.InferResponse(output=output, node=node, attempts=attempts)

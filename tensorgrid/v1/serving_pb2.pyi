@@ -148,18 +148,20 @@ class BatchReceipt(_message.Message):
     def __init__(self, replica_id: _Optional[str] = ..., batch: _Optional[int] = ..., request_ids: _Optional[_Iterable[int]] = ..., receipt: _Optional[_Union[_common_pb2.Receipt, _Mapping]] = ...) -> None: ...
 
 class InferRequest(_message.Message):
-    __slots__ = ("endpoint_id", "input", "timeout_ms", "seed", "request_id")
+    __slots__ = ("endpoint_id", "input", "timeout_ms", "seed", "request_id", "request_key")
     ENDPOINT_ID_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_KEY_FIELD_NUMBER: _ClassVar[int]
     endpoint_id: str
     input: bytes
     timeout_ms: int
     seed: int
     request_id: int
-    def __init__(self, endpoint_id: _Optional[str] = ..., input: _Optional[bytes] = ..., timeout_ms: _Optional[int] = ..., seed: _Optional[int] = ..., request_id: _Optional[int] = ...) -> None: ...
+    request_key: bytes
+    def __init__(self, endpoint_id: _Optional[str] = ..., input: _Optional[bytes] = ..., timeout_ms: _Optional[int] = ..., seed: _Optional[int] = ..., request_id: _Optional[int] = ..., request_key: _Optional[bytes] = ...) -> None: ...
 
 class InferResponse(_message.Message):
     __slots__ = ("output", "node", "attempts", "request_id", "code", "error", "retry_after_ms")

@@ -33,6 +33,7 @@ from coordinator.services.serving.model import (
     Replica,
     ReplicaGone,
 )
+from coordinator.services.serving.once import Once
 from coordinator.services.serving.rerun_waits import RerunWaits
 from coordinator.services.serving.stats import EndpointStats, RequestSink
 from tensorgrid import serde
@@ -70,6 +71,7 @@ class Router(Calls):
         self.replica_counts: dict[str, int] = {}  # replicas by state, as of the last tick (metrics)
         self.reruns = RerunWaits()  # checks' reruns waiting for their batch's receipt
         self.data_port = 0  # the data port offered to inference replicas (datalink.py); 0: none
+        self.once = Once()  # keyed requests' answers, for their repeats (once.py)
 
     # ---- endpoints ----------------------------------------------------------------------------
     def add_endpoint(self, job_id: str, submitter: str, spec: EndpointSpec, created_ms: int) -> Endpoint:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
 from typing import Any
 
 from coordinator.api.auth import current_submitter
 from coordinator.api.infer_stream import InferStreams
+from coordinator.services.serving.once import Once
 from tensorgrid.v1 import serving_pb2
 
 ME = "0x" + "ab" * 20
@@ -28,6 +30,7 @@ class Sessions:
 class Router:
     def __init__(self) -> None:
         self.calls = 0
+        self.once = Once()  # the requests here carry no key: each runs
 
     async def infer(self, ep: Any, data: bytes, timeout_ms: int, seed: int) -> tuple[bytes, str, int]:
         self.calls += 1
@@ -56,7 +59,7 @@ class Context:
 
 
 async def endpoint(endpoint_id: str) -> Any:
-    return object()
+    return SimpleNamespace(job_id=endpoint_id)
 
 
 async def _settle() -> None:
