@@ -25,25 +25,31 @@ from tests.security.test_peer_bounds import START_S, SUBMITTER, Grids, lied_abou
 
 pytestmark = pytest.mark.integration
 REFEREE_TIME_S = 1.0
-MAX_ROWS = 2048
+MAX_ROWS = 8192
 
 
 def _batch_for(seconds: float) -> int:
-    """Rows of one batch the program takes about `seconds` of one thread's CPU over, here (at least
-    8: the task's one batch). By wall time, a loaded machine made rows look slow: too few of them,
-    and the referee, less loaded later, ran the batch within a request (a clean verdict)."""
+    """Rows of one batch the program takes at least `seconds` of one thread's CPU over, here:
+    timed at the size itself, grown until it does (a product with a 4096×4096 matrix costs far
+    less a row in a large batch than in a small one, so a rate measured on 16 rows sized the
+    batch too small, and the referee ran it within a request: a clean verdict). CPU time, not
+    wall: a loaded machine makes a batch look slower than the referee will find it."""
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        net, x = _Spinning().eval(), torch.rand(16, 8)
+        net, rows = _Spinning().eval(), 16
         with torch.no_grad():
-            net(x)
-            started = time.thread_time()  # its CPU, not the wall: a loaded machine made it look slow
-            net(x)
-        row_s = (time.thread_time() - started) / 16
+            net(torch.rand(rows, 8))
+            while rows < MAX_ROWS:
+                started = time.thread_time()
+                net(torch.rand(rows, 8))
+                took = time.thread_time() - started
+                if took >= seconds:
+                    break
+                rows = min(MAX_ROWS, int(rows * min(8.0, max(1.25, 1.2 * seconds / max(took, 1e-6)))))
     finally:
         torch.set_num_threads(old)
-    return max(8, min(MAX_ROWS, int(seconds / row_s)))
+    return rows
 
 
 @pytest.mark.timeout(300)  # the coordinator and its referee's child start (torch imports) on a loaded machine
@@ -56,7 +62,7 @@ def test_two_colluding_claims_on_a_task_the_referee_cannot_run_no_longer_fail_th
     is) timed out until the review budget (4 × the task's 1 s limit) was spent, the claims were
     confirmed and the job failed (max_attempts=2). Now two timeouts of a one-batch part make the
     review undecided: nothing spent, and an honest node that never claimed finishes the job."""
-    grid = make_grid("--referee-time-s", str(REFEREE_TIME_S))
+    grid = make_grid("--referee-time-s", str(REFEREE_TIME_S), "--referee-threads", "1")  # as the batch is sized
     grid.start_coordinator(timeout=START_S)
     rows = _batch_for(3 * REFEREE_TIME_S)
     model, inputs = tmp_path / "spinning.pt2", tmp_path / "rows.safetensors"
