@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tensorgrid.processes import cpu_seconds  # noqa: F401 -- the benchmarks import it from here
+from tensorgrid.processes import cpu_seconds
 
 
 @contextmanager

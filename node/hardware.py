@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
 from importlib.metadata import version
 
 import psutil
 
 from tensorgrid.errors import TensorGridError
+from tensorgrid.processes import cpu_cores
 from tensorgrid.types import Capabilities, Gpu
 
 __all__ = ["HardwareError", "detect"]
@@ -20,14 +20,6 @@ DEVICES = ("auto", "cpu", "cuda")
 
 class HardwareError(TensorGridError):
     """The operator asked for hardware this machine does not have."""
-
-
-def cpu_cores() -> int:
-    """Cores this process may run on (honors taskset/cgroup affinity where the OS reports it)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return psutil.cpu_count(logical=True) or 1
 
 
 def detect(device: str = "auto", memory_limit_bytes: int | None = None) -> Capabilities:

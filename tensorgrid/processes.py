@@ -33,6 +33,14 @@ class ProcessId:
         return cls(int(d["pid"]), int(d.get("start", 0)))
 
 
+def cpu_cores() -> int:
+    """Cores this process may run on (honors taskset/cgroup affinity where the OS reports it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def cpu_seconds(pid: int) -> float | None:
     """User + system CPU time of a process so far, all its threads (Linux /proc); None where unavailable."""
     try:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from tensorgrid.errors import TensorGridError
-from tensorgrid.processes import cpu_seconds
+from tensorgrid.processes import cpu_cores, cpu_seconds
 from tensorgrid.sandbox import launch
 from tensorgrid.sandbox.forked import ForkedChild, json_object
 from tensorgrid.sandbox.lending import Loans, rewrite
@@ -155,12 +155,7 @@ class WarmSandbox:
     def threads(self) -> int:
         """The most threads the child's runs can use at once (its torch threads, at most the
         cores this process may run on): CPU time ÷ this is a lower bound of a run's wall time."""
-        if self.limits.threads:
-            return self.limits.threads
-        try:
-            return len(os.sched_getaffinity(0))
-        except AttributeError:  # not Linux
-            return os.cpu_count() or 1
+        return self.limits.threads or cpu_cores()
 
     def warm(self) -> None:
         """Start the child now, so the first request does not pay for its start-up."""
