@@ -180,9 +180,13 @@ def test_lazy_and_scaling_trainers_are_caught_and_unpaid(
     assert metrics[-1]["accuracy"] >= honest_acc - 0.05
     paid, audits = _credits(grid, job_id), _audits(grid, job_id)
     cheaters = {a.address.lower() for a in adversaries}
+    # An audit replaying a result's last segment asks for no reveal (the pseudo-gradient is its
+    # check), 1 in 4 with 4 segments: one cheater's 3 results all drew it in a CI run. Nine
+    # results all drawing it is 4^-9; the reveal path itself is the unit tests'.
+    assert sum(adv.revealed for adv in adversaries) >= 1, adversaries
     for adv in adversaries:
         a = adv.address.lower()
-        assert adv.submitted >= 1 and adv.revealed >= 1, f"{adv.behaviour} never got or revealed a task"
+        assert adv.submitted >= 1, f"{adv.behaviour} never got a task"
         assert record[a].caught >= 1, f"{adv.behaviour} was not caught"
         assert audits[a] and set(audits[a]) == {"failed"}, (adv.behaviour, audits[a])
         assert paid.get(a, 0) == 0, f"{adv.behaviour} was paid for cheating"
