@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from coordinator.services.kind import Effect
 from tensorgrid.blobs import BlobStore
 from tensorgrid.spec import VerificationSpec
 from tensorgrid.types import BlobRef, JobInfo, Receipt
+from tensorgrid.workloads import tensorfile
 
 
 class PaidLater:
@@ -28,6 +30,16 @@ class PaidLater:
 
     def committed(self) -> None:
         return None
+
+
+def concat_outputs(outputs: list[BlobRef], blobs: BlobStore) -> BlobRef:
+    """One tensor file of the outputs' rows in the given order (streamed), stored as a blob."""
+    tmp = blobs.temp_path("result-")
+    try:
+        tensorfile.concat([blobs.path_for(o.sha256) for o in outputs], tmp)
+        return blobs.put_file(tmp)
+    finally:
+        os.unlink(tmp)
 
 
 def new_job(

@@ -19,7 +19,7 @@ from typing import Any
 from coordinator.config import Limits
 from coordinator.errors import Rejected
 from coordinator.events import EventHub
-from coordinator.kinds.base import BaseKind
+from coordinator.kinds.base import BaseKind, concat_outputs
 from coordinator.kinds.generation.replay import replay_generation, score_generation
 from coordinator.kinds.inference.checked import checked_job
 from coordinator.kinds.inference.effects import OpenCheck, SettleCheck
@@ -103,12 +103,7 @@ class GenerationKind(BaseKind):
 
     def assemble(self, outputs: list[BlobRef], blobs: BlobStore) -> BlobRef:
         """Concatenate the output shards in prompt order, streaming."""
-        tmp = blobs.temp_path("result-")
-        try:
-            tensorfile.concat([blobs.path_for(o.sha256) for o in outputs], tmp)
-            return blobs.put_file(tmp)
-        finally:
-            os.unlink(tmp)
+        return concat_outputs(outputs, blobs)
 
     def detection(self, job: JobInfo, policy: VerificationSpec) -> float:
         try:

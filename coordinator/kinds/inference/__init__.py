@@ -12,7 +12,7 @@ from coordinator.config import Limits
 from coordinator.db.schema import CHECK_KIND
 from coordinator.errors import Rejected
 from coordinator.events import EventHub
-from coordinator.kinds.base import BaseKind
+from coordinator.kinds.base import BaseKind, concat_outputs
 from coordinator.kinds.inference.checked import checked_job
 from coordinator.kinds.inference.effects import OpenCheck, SettleCheck
 from coordinator.kinds.inference.vetting import vet_inference
@@ -92,12 +92,7 @@ class InferenceKind(BaseKind):
 
     def assemble(self, outputs: list[BlobRef], blobs: BlobStore) -> BlobRef:
         """Concatenate the output shards in task order, streaming."""
-        tmp = blobs.temp_path("result-")
-        try:
-            tensorfile.concat([blobs.path_for(o.sha256) for o in outputs], tmp)
-            return blobs.put_file(tmp)
-        finally:
-            os.unlink(tmp)
+        return concat_outputs(outputs, blobs)
 
     def detection(self, job: JobInfo, policy: VerificationSpec) -> float:
         """The policy's worst-case per-job detection (a node trusted enough to be checked at the floor rate)."""
