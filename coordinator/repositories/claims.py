@@ -186,6 +186,9 @@ CONTESTED = s.OPEN_TASK_STATES[2]  # the state of a task whose claims the refere
 REFEREE_DEVICE = "cpu"  # the device class the referee runs tasks on (services/sandbox_child.py)
 # a node's report that the program ran past the task's limit: a claim where the referee can judge it
 LIMIT_ERRORS = (ErrorKind.TIMEOUT,)
+# a node's report that the program held more than the task's memory limit: a claim where the
+# referee can measure it ("Over its memory limit")
+MEMORY_ERRORS = (ErrorKind.OUT_OF_MEMORY,)
 
 
 @dataclass(frozen=True)
@@ -259,14 +262,22 @@ def as_claimed(conn: Connection, row: Any, error: TaskError) -> TaskError:
     return TaskError(ErrorKind.EXECUTION, said)
 
 
-def over_limit(conn: Connection, row: Any, error: TaskError, *, reviewed: bool) -> bool:
+def over_limit(conn: Connection, row: Any, error: TaskError, *, reviewed: bool, measured: bool = False) -> bool:
     """Whether a node's own report (never a lease the coordinator saw expire) that its run of a task
-    (a tasks row) hit the task's time limit is a claim that the program exceeds it (the module's
-    "Over its time limit"): only for a kind the referee reviews, from a run on its device class;
-    anything else stays the node's own failure, as every timeout was before."""
-    if error.kind not in LIMIT_ERRORS or not reviewed or not row.node:
+    (a tasks row) hit the task's time limit, or its memory limit, is a claim that the program
+    exceeds it (the module's "Over its time limit", "Over its memory limit"): a timeout only for a
+    kind the referee reviews, out of memory only for a kind whose memory it measures (`measured`),
+    either from a run on its device class; anything else stays the node's own failure, as every
+    timeout and every out-of-memory was before."""
+    if not row.node:
         return False
-    return _device(conn, row) == REFEREE_DEVICE
+    if error.kind in LIMIT_ERRORS:
+        judged = reviewed
+    elif error.kind in MEMORY_ERRORS:
+        judged = reviewed and measured and int(row.memory_limit_bytes or 0) > 0
+    else:
+        return False
+    return judged and _device(conn, row) == REFEREE_DEVICE
 
 
 def _device(conn: Connection, row: Any) -> str:
