@@ -118,10 +118,13 @@ def measure_rows(
     }
     scratch = blobs.root / "sandbox"
     scratch.mkdir(exist_ok=True)
-    return run_measured(
-        ENTRY, request, rt.sandbox, stop_at_bytes=stop_at_bytes, mark_at_bytes=mark_at_bytes,
-        isolation=Isolation(), scratch_root=scratch, inputs=(model, source),
-    )  # fmt: skip
+    box = WarmSandbox(ENTRY, rt.sandbox, isolation=Isolation(), scratch_root=scratch, lend=True)
+    try:
+        with rt.other_child(box):  # a coordinator stopping kills it as it kills the referee's
+            stops = {"stop_at_bytes": stop_at_bytes, "mark_at_bytes": mark_at_bytes}
+            return run_measured(box, request, inputs=(model, source), **stops)
+    finally:
+        box.close()
 
 
 def reexecute_each(

@@ -22,7 +22,6 @@ from typing import Any
 
 from tensorgrid.processes import peak_rss, reset_peak
 from tensorgrid.sandbox.oneshot import CRASHED, SandboxFailure, WarmSandbox
-from tensorgrid.sandbox.policy import Isolation, SandboxLimits
 
 POLL_S = 0.02  # a node's executor polls every 0.1 s; the referee is stricter with its own memory
 
@@ -46,45 +45,39 @@ class Measured:
 
 
 def run_measured(
-    entry: str,
+    box: WarmSandbox,
     request: Mapping[str, Any],
-    limits: SandboxLimits,
     *,
     stop_at_bytes: int,
     mark_at_bytes: int = 0,
-    isolation: Isolation | None = None,
-    scratch_root: os.PathLike[str] | str | None = None,
     inputs: Iterable[os.PathLike[str] | str] = (),
     poll_s: float = POLL_S,
 ) -> Measured:
-    """`request` to a fresh child of `entry` (lending it `inputs`), its peak resident memory
-    measured from its greeting on; the child is killed once that passes stop_at_bytes (0: never);
-    crossed_s says when it first passed mark_at_bytes (0: not asked). Never raises a
-    SandboxFailure: it is in the result."""
-    box = WarmSandbox(entry, limits, isolation=isolation, scratch_root=scratch_root, lend=True)
+    """`request` to `box`'s child, started for it (a box made for this one request, `lend` set,
+    closed by the caller), lending it `inputs`: its peak resident memory measured from its
+    greeting on; the child is killed once that passes stop_at_bytes (0: never); crossed_s says
+    when it first passed mark_at_bytes (0: not asked). Never raises a SandboxFailure: it is in
+    the result."""
     try:
-        try:
-            box.warm()
-        except SandboxFailure as e:
-            return Measured(0, False, 0.0, None, failure=e)
-        pid = box.pid
-        if pid is None:
-            return Measured(0, False, 0.0, None, failure=SandboxFailure(CRASHED, "the child was gone after greeting"))
-        reset_peak(pid)  # a node's worker is reset before each task: start-up does not count
-        watch = _Watch(box, pid, stop_at_bytes, mark_at_bytes, poll_s)
-        started = watch.started = time.monotonic()
-        answer, failure = None, None
-        watch.start()
-        try:
-            answer = box.call(request, inputs=inputs)
-        except SandboxFailure as e:
-            failure = e
-        finally:
-            watch.stop()
-        wall = time.monotonic() - started
-        return Measured(watch.peak, watch.stopped, wall, box.last_cpu_s(), answer, failure, watch.crossed_s)
+        box.warm()
+    except SandboxFailure as e:
+        return Measured(0, False, 0.0, None, failure=e)
+    pid = box.pid
+    if pid is None:
+        return Measured(0, False, 0.0, None, failure=SandboxFailure(CRASHED, "the child was gone after greeting"))
+    reset_peak(pid)  # a node's worker is reset before each task: start-up does not count
+    watch = _Watch(box, pid, stop_at_bytes, mark_at_bytes, poll_s)
+    started = watch.started = time.monotonic()
+    answer, failure = None, None
+    watch.start()
+    try:
+        answer = box.call(request, inputs=inputs)
+    except SandboxFailure as e:
+        failure = e
     finally:
-        box.close()
+        watch.stop()
+    wall = time.monotonic() - started
+    return Measured(watch.peak, watch.stopped, wall, box.last_cpu_s(), answer, failure, watch.crossed_s)
 
 
 class _Watch:
