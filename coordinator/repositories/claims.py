@@ -135,16 +135,17 @@ from its probe).
 
 Over its memory limit. A node's own report from a CPU run of an inference task that the program
 held more than the task's memory limit (ErrorKind.OUT_OF_MEMORY, MEMORY_ERRORS, over_limit with
-`measured`: the kinds whose memory the referee measures) is a claim too, counted, reviewed and paid
-as a time claim, the review asking: does the task's run hold more than its limit? What a node
-compares with the limit is the peak RSS (VmHWM) of its whole worker process, torch loaded, reset
-before the task, polled while it runs and read after (node.executor), behind an address-space
-backstop at the limit + ADDRESS_SPACE_HEADROOM (node.worker); a worker that held other jobs'
-programs when it met the limit runs the task once more in a fresh one before its node reports. The
-referee's warm child is no measure of that (it holds other jobs' programs, runs parts of rows, and
-has a cap of its own), so the review is one run of the whole task at the job's batch size in a
-fresh child of its own, measured the same way and killed the moment it passes over_limit × the
-limit (services.verification.memory, tensorgrid.sandbox.measured):
+`measured`: the kinds whose memory the referee measures), from a node that offers at least that
+limit (a node offering less met its own cap, not the task's limit: its own failure), is a claim
+too, counted, reviewed and paid as a time claim, the review asking: does the task's run hold more
+than its limit? What a node compares with the limit is the peak RSS (VmHWM) of its whole worker
+process, torch loaded, reset before the task, polled while it runs and read after (node.executor),
+behind an address-space backstop at the limit + ADDRESS_SPACE_HEADROOM (node.worker); a worker that
+held other jobs' programs when it met the limit runs the task once more in a fresh one before its
+node reports. The referee's warm child is no measure of that (it holds other jobs' programs, runs
+parts of rows, and has a cap of its own), so the review is one run of the whole task at the job's
+batch size in a fresh child of its own, measured the same way and killed the moment it passes
+over_limit × the limit (services.verification.memory, tensorgrid.sandbox.measured):
 - a peak over over_limit (1.25) × the limit: confirmed, final, the job fails naming the memory
   limit; each claimant draws for (the referee's time until its run held more than the limit, at
   least, ÷ the task's time limit) of the task: what its run did before it met the limit, at most.
@@ -164,7 +165,10 @@ allocating to exhaust the referee costs one fresh child, killed at 1.25× the li
 20 ms polls it can reach at most the referee's hard cap, which protects the coordinator as for any
 referee run; a MemoryError there is read as over the limit only under the margin above). What is
 left: generation and training tasks' memory is not measured (their reports stay the node's own);
-intake does not refuse a program whose probe is already over its memory limit.
+intake does not refuse a program whose probe is already over its memory limit; under the defaults
+(a task limit of 4 GiB, the referee's cap --referee-memory-mib of 4 GiB) a program that runs out of
+the referee's cap is undecided, so more nodes settle it: an operator who wants the referee to settle
+such claims gives it at least 1.25× the largest limit its jobs set.
 
 Tasks of kinds that do not review claims (noop) keep the second-claim rule. A training round that
 closes while one of its tasks is contested cancels it: its review is never run.
@@ -298,18 +302,24 @@ def over_limit(conn: Connection, row: Any, error: TaskError, *, reviewed: bool, 
     """Whether a node's own report (never a lease the coordinator saw expire) that its run of a task
     (a tasks row) hit the task's time limit, or its memory limit, is a claim that the program
     exceeds it (the module's "Over its time limit", "Over its memory limit"): a timeout only for a
-    kind the referee reviews, out of memory only for a kind whose memory it measures (`measured`),
-    either from a run on its device class; anything else stays the node's own failure, as every
-    timeout and every out-of-memory was before."""
+    kind the referee reviews, out of memory only for a kind whose memory it measures (`measured`) and
+    from a node that offers at least the task's limit, either from a run on its device class;
+    anything else stays the node's own failure, as every timeout and every out-of-memory was before."""
     if not row.node:
         return False
     if error.kind in LIMIT_ERRORS:
         judged = reviewed
-    elif error.kind in MEMORY_ERRORS:
-        judged = reviewed and measured and int(row.memory_limit_bytes or 0) > 0
+    elif error.kind in MEMORY_ERRORS:  # a node offering less met its own cap, not the task's limit
+        limit = int(row.memory_limit_bytes or 0)
+        judged = reviewed and measured and limit > 0 and _offered(conn, row.node) >= limit
     else:
         return False
     return judged and _device(conn, row) == REFEREE_DEVICE
+
+
+def _offered(conn: Connection, node: str) -> int:
+    """The memory a node offers (its registered capabilities)."""
+    return int(conn.execute(select(s.nodes.c.memory_bytes).where(s.nodes.c.address == node)).scalar() or 0)
 
 
 def _device(conn: Connection, row: Any) -> str:

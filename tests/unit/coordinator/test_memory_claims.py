@@ -12,6 +12,7 @@ polled for its VmHWM, and real node daemons: tests/security/test_memory_limits.p
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +163,15 @@ def test_out_of_memory_on_a_kind_the_referee_does_not_measure_is_the_nodes_own(
 ) -> None:
     limited(state, blobs, tmp_path)
     state.tasks.measured = frozenset()
+    assert claim(state, A, AVOID, OOM) is True
+    assert task_failures(state) == 1 and node(state, A) == (1, 0, 1)
+
+
+def test_out_of_memory_on_a_node_offering_less_than_the_limit_is_the_nodes_own(
+    state: Store, blobs: BlobStore, tmp_path: Path
+) -> None:
+    """It met its own cap (256 MiB), not the task's limit (512 MiB)."""
+    limited(state, blobs, tmp_path, (A, replace(CPU, memory_bytes=256 * MiB)))
     assert claim(state, A, AVOID, OOM) is True
     assert task_failures(state) == 1 and node(state, A) == (1, 0, 1)
 
