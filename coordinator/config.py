@@ -112,7 +112,7 @@ class ReviewSettings:
     # whole run took at most within_limit × it, undecided in between (the referee's CPU, the task's
     # reference, and a loaded machine's noise: too near to tell). The same margins judge a claim that
     # it needs more than its memory limit, against the peak of the referee's measured run
-    # (services.verification.memory: a fresh child's baseline is within ~12 MiB of a node worker's)
+    # (services.verification.memory: a fresh child's baseline is within tens of MiB of a node worker's)
     over_limit: float = 1.25
     within_limit: float = 0.5
 

@@ -154,8 +154,8 @@ over_limit × the limit (services.verification.memory, tensorgrid.sandbox.measur
 - a whole clean run within within_limit (0.5) × it: disproved; its claimants keep their refusals.
 - in between, a crash the referee did not cause, its request's time limit, no /proc: undecided.
 Who could abuse it. A lying node or two colluders cannot fail a job whose fresh run stays within
-1.25× its limit (the referee's child imports ~12 MiB more than a node's worker, which holds ~310 MiB
-with torch: well inside that margin for any limit a worker can meet), nor be paid for one; within
+1.25× its limit (a fresh referee child's baseline and a worker's, ~310 MiB with torch, differ by tens
+of MiB: well inside that margin for any limit a worker can meet), nor be paid for one; within
 half of it they keep their refusals; between, they cost one review and QUORUM more nodes. A node
 whose warm worker held other programs is not blamed for them: it ran the task fresh before it
 reported. A submitter sizing at the edge gets its tasks run by nodes that can; past 1.25× its job
