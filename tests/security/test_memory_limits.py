@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,9 +31,11 @@ from coordinator.app import Coordinator
 from coordinator.config import CoordinatorConfig
 from coordinator.db import schema
 from coordinator.repositories.jobs import NewTask
+from coordinator.services.sandboxed import measure_rows
 from tensorgrid.chain.client import JobStatus
 from tensorgrid.crypto import Signer
 from tensorgrid.devnet import ChainGrid
+from tensorgrid.sandbox.measured import Measured
 from tensorgrid.spec import task_id_for
 from tensorgrid.types import ErrorKind, JobState, TaskError
 from tensorgrid.workloads.model import export_program
@@ -142,3 +145,37 @@ def test_two_nodes_lying_that_a_small_program_ran_out_of_memory_are_refused(app:
     [disproved] = [e.message for e in app.store.jobs.events_after(JOB, 0) if "claims disproved" in e.message]
     assert "within 0.5× its memory limit of 1024 MiB" in disproved, disproved
     assert node(app.store, A) == node(app.store, B) == (1, 1, 1)  # each keeps its refusal
+
+
+class _Endless(torch.nn.Module):
+    """About 6 TFLOP in a few graph nodes (minutes of a core), holding ~0.6 GiB: a measured run
+    that outlasts the test, under the limit it is measured against."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        big = x.repeat(4, 4)  # 8000 × 4096
+        for _ in range(6):
+            big = torch.tanh(big @ big.T @ big / 2**20)
+        return big[: x.shape[0], :1].contiguous()
+
+
+@pytest.mark.timeout(300)
+def test_a_coordinator_stopping_kills_a_memory_reviews_child(app: Coordinator, tmp_path: Path) -> None:
+    """Before: the measured run's child was no child of the runtime's, so stop() left it running
+    and the referee's thread (and the coordinator's shutdown) waited for its whole request."""
+    model, inputs = tmp_path / "endless.pt2", tmp_path / "x.safetensors"
+    export_program(_Endless().eval(), (torch.zeros(4, WIDTH),), model)
+    save_tensors({"x": torch.randn(ROWS, WIDTH)}, inputs)
+    rt = app.runtime
+    done: list[object] = []
+
+    def measure() -> None:
+        done.append(measure_rows(rt, app.blobs, model, inputs, 0, None, LIMIT, LIMIT))
+
+    worker = threading.Thread(target=measure)
+    worker.start()
+    wait_for(lambda: any(box.pid for box in list(rt._others)), 240, "the measured run's child")
+    asyncio.run(rt.stop())
+    worker.join()
+    [measured] = done
+    assert isinstance(measured, Measured) and measured.answer is None, measured  # cut short, not answered
+    assert measured.failure is not None and measured.failure.kind == "crashed", measured
