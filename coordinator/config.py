@@ -110,7 +110,9 @@ class ReviewSettings:
     # a claim that the program runs past its task's time limit (repositories.claims, "Over its time
     # limit"): confirmed once the referee's run has taken over_limit × that limit, disproved when the
     # whole run took at most within_limit × it, undecided in between (the referee's CPU, the task's
-    # reference, and a loaded machine's noise: too near to tell)
+    # reference, and a loaded machine's noise: too near to tell). The same margins judge a claim that
+    # it needs more than its memory limit, against the peak of the referee's measured run
+    # (services.verification.memory: a fresh child's baseline is within tens of MiB of a node worker's)
     over_limit: float = 1.25
     within_limit: float = 0.5
 

@@ -170,14 +170,26 @@ class Executor:
             self._cancelled.clear()
             self._running = True
             try:
-                child = await self._ensure_child(request.memory_limit_bytes, light=request.kind in LIGHT_KINDS)
-                if child.desk is not None:
-                    return await self._supervise_lent(child, child.desk, request)
-                return await self._supervise(child, request)
+                warm = self._child is not None and self._child.alive
+                outcome = await self._attempt(request)
+                if warm and outcome.error is not None and outcome.error.kind == ErrorKind.OUT_OF_MEMORY:
+                    # Its worker held other tasks' programs: a fresh one holds only torch, as the
+                    # referee's measure of a memory claim does (coordinator: services.verification.memory).
+                    log.info("the task ran out of memory in a warm worker; running it again in a fresh one")
+                    if self._child is not None:
+                        await self._child.kill_and_wait()
+                    outcome = await self._attempt(request)
+                return outcome
             except _WorkerStartError as exc:
                 return TaskOutcome.failed(ErrorKind.CRASHED, str(exc))
             finally:
                 self._running = False
+
+    async def _attempt(self, request: TaskRequest) -> TaskOutcome:
+        child = await self._ensure_child(request.memory_limit_bytes, light=request.kind in LIGHT_KINDS)
+        if child.desk is not None:
+            return await self._supervise_lent(child, child.desk, request)
+        return await self._supervise(child, request)
 
     async def cancel(self) -> None:
         """Kill the running task's child now; its run() returns RELEASED. No-op when idle.

@@ -50,6 +50,30 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def peak_rss(pid: int) -> int | None:
+    """Peak resident memory of a process since its start or its last reset_peak (VmHWM, in
+    bytes): the quantity a node compares with a task's memory limit (node.executor); None where
+    unavailable (not Linux, no such process)."""
+    try:  # raw bytes, one read
+        with open(PROC / str(pid) / "status", "rb", buffering=0) as f:
+            status = f.read(16384)
+        at = status.index(b"VmHWM:") + 6
+        return int(status[at : status.index(b"kB", at)]) * 1024
+    except (OSError, ValueError):
+        return None
+
+
+def reset_peak(pid: int) -> bool:
+    """Restart a process's VmHWM from its current RSS (Linux: "5" to /proc/<pid>/clear_refs);
+    whether it could."""
+    try:
+        with open(PROC / str(pid) / "clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return True
+
+
 def start_time(pid: int) -> int | None:
     """The start time of pid, or None if there is no such process (or it is a zombie)."""
     try:

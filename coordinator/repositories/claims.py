@@ -1,6 +1,7 @@
 """Failure claims: a node saying a task's input is invalid or unsafe, that the submitter's program
 raised while it ran the task on CPU (a workload error: WORKLOAD_ERRORS of repositories.tasks), or
-that it ran past the task's time limit there ("Over its time limit" below).
+that it ran past the task's time limit there ("Over its time limit" below) or its memory limit
+("Over its memory limit").
 
 Such a failure blames the workload, not the node, and spends one of the task's attempts, so
 one node that lies about every task could fail every job. A claim therefore counts against
@@ -130,9 +131,44 @@ credited with the referee's every core in the lower bound (it confirms later, ne
 its child's CPU time cannot be read (not Linux) the wall time is both bounds; a hostile
 program whose first part runs whole costs the referee at most one request (--referee-time-s), as
 any review. Intake refuses the grossest cases first (kinds/inference/vetting.too_slow: a lower bound
-from its probe). A memory-limit failure (OUT_OF_MEMORY) stays the node's own: the referee measures
-no peak memory of its runs yet (its warm child holds torch and other jobs' programs, runs parts of
-rows, and has a hard cap of its own, so its peak is no measure of the task's).
+from its probe).
+
+Over its memory limit. A node's own report from a CPU run of an inference task that the program
+held more than the task's memory limit (ErrorKind.OUT_OF_MEMORY, MEMORY_ERRORS, over_limit with
+`measured`: the kinds whose memory the referee measures), from a node that offers at least that
+limit (a node offering less met its own cap, not the task's limit: its own failure), is a claim
+too, counted, reviewed and paid as a time claim, the review asking: does the task's run hold more
+than its limit? What a node compares with the limit is the peak RSS (VmHWM) of its whole worker
+process, torch loaded, reset before the task, polled while it runs and read after (node.executor),
+behind an address-space backstop at the limit + ADDRESS_SPACE_HEADROOM (node.worker); a worker that
+held other jobs' programs when it met the limit runs the task once more in a fresh one before its
+node reports. The referee's warm child is no measure of that (it holds other jobs' programs, runs
+parts of rows, and has a cap of its own), so the review is one run of the whole task at the job's
+batch size in a fresh child of its own, measured the same way and killed the moment it passes
+over_limit × the limit (services.verification.memory, tensorgrid.sandbox.measured):
+- a peak over over_limit (1.25) × the limit: confirmed, final, the job fails naming the memory
+  limit; each claimant draws for (the referee's time until its run held more than the limit, at
+  least, ÷ the task's time limit) of the task: what its run did before it met the limit, at most.
+  Out of the referee's own address space: confirmed so only when that cap is at least 1.25× the
+  limit (the program grew past what a node's backstop allows for the limit by that margin).
+- a whole clean run within within_limit (0.5) × it: disproved; its claimants keep their refusals.
+- in between, a crash the referee did not cause, its request's time limit, no /proc: undecided.
+Who could abuse it. A lying node or two colluders cannot fail a job whose fresh run stays within
+1.25× its limit (a fresh referee child's baseline and a worker's, ~310 MiB with torch, differ by tens
+of MiB: well inside that margin for any limit a worker can meet), nor be paid for one; within
+half of it they keep their refusals; between, they cost one review and QUORUM more nodes. A node
+whose warm worker held other programs is not blamed for them: it ran the task fresh before it
+reported. A submitter sizing at the edge gets its tasks run by nodes that can; past 1.25× its job
+fails after two runs and one review and pays for them. A program whose memory depends on its rows
+or its batch is measured over every row at the job's batch size, as a node runs it. A program
+allocating to exhaust the referee costs one fresh child, killed at 1.25× the limit (between two
+20 ms polls it can reach at most the referee's hard cap, which protects the coordinator as for any
+referee run; a MemoryError there is read as over the limit only under the margin above). What is
+left: generation and training tasks' memory is not measured (their reports stay the node's own);
+intake does not refuse a program whose probe is already over its memory limit; under the defaults
+(a task limit of 4 GiB, the referee's cap --referee-memory-mib of 4 GiB) a program that runs out of
+the referee's cap is undecided, so more nodes settle it: an operator who wants the referee to settle
+such claims gives it at least 1.25× the largest limit its jobs set.
 
 Tasks of kinds that do not review claims (noop) keep the second-claim rule. A training round that
 closes while one of its tasks is contested cancels it: its review is never run.
@@ -186,6 +222,9 @@ CONTESTED = s.OPEN_TASK_STATES[2]  # the state of a task whose claims the refere
 REFEREE_DEVICE = "cpu"  # the device class the referee runs tasks on (services/sandbox_child.py)
 # a node's report that the program ran past the task's limit: a claim where the referee can judge it
 LIMIT_ERRORS = (ErrorKind.TIMEOUT,)
+# a node's report that the program held more than the task's memory limit: a claim where the
+# referee can measure it ("Over its memory limit")
+MEMORY_ERRORS = (ErrorKind.OUT_OF_MEMORY,)
 
 
 @dataclass(frozen=True)
@@ -259,14 +298,28 @@ def as_claimed(conn: Connection, row: Any, error: TaskError) -> TaskError:
     return TaskError(ErrorKind.EXECUTION, said)
 
 
-def over_limit(conn: Connection, row: Any, error: TaskError, *, reviewed: bool) -> bool:
+def over_limit(conn: Connection, row: Any, error: TaskError, *, reviewed: bool, measured: bool = False) -> bool:
     """Whether a node's own report (never a lease the coordinator saw expire) that its run of a task
-    (a tasks row) hit the task's time limit is a claim that the program exceeds it (the module's
-    "Over its time limit"): only for a kind the referee reviews, from a run on its device class;
-    anything else stays the node's own failure, as every timeout was before."""
-    if error.kind not in LIMIT_ERRORS or not reviewed or not row.node:
+    (a tasks row) hit the task's time limit, or its memory limit, is a claim that the program
+    exceeds it (the module's "Over its time limit", "Over its memory limit"): a timeout only for a
+    kind the referee reviews, out of memory only for a kind whose memory it measures (`measured`) and
+    from a node that offers at least the task's limit, either from a run on its device class;
+    anything else stays the node's own failure, as every timeout and every out-of-memory was before."""
+    if not row.node:
         return False
-    return _device(conn, row) == REFEREE_DEVICE
+    if error.kind in LIMIT_ERRORS:
+        judged = reviewed
+    elif error.kind in MEMORY_ERRORS:  # a node offering less met its own cap, not the task's limit
+        limit = int(row.memory_limit_bytes or 0)
+        judged = reviewed and measured and limit > 0 and _offered(conn, row.node) >= limit
+    else:
+        return False
+    return judged and _device(conn, row) == REFEREE_DEVICE
+
+
+def _offered(conn: Connection, node: str) -> int:
+    """The memory a node offers (its registered capabilities)."""
+    return int(conn.execute(select(s.nodes.c.memory_bytes).where(s.nodes.c.address == node)).scalar() or 0)
 
 
 def _device(conn: Connection, row: Any) -> str:

@@ -30,6 +30,10 @@ class Contested:
     # a claim on it says the program ran past that limit (claims.LIMIT_ERRORS): the review measures
     # the referee's run against it (services.verification.reviews)
     limit: bool = False
+    # a claim on it says the program needed more than the task's memory limit (claims.MEMORY_ERRORS):
+    # the referee measures its run's peak against memory_limit_bytes (services.verification.memory)
+    memory: bool = False
+    memory_limit_bytes: int = 0
 
 
 class ReviewRepository:
@@ -46,17 +50,29 @@ class ReviewRepository:
         t, j, c = s.tasks.c, s.jobs.c, s.failure_claims.c
         limits = [k.value for k in claims.LIMIT_ERRORS]
         limit = exists().where(c.task_id == t.task_id, c.kind.in_(limits)).label("limit")
+        memories = [k.value for k in claims.MEMORY_ERRORS]
+        memory = exists().where(c.task_id == t.task_id, c.kind.in_(memories)).label("memory")
         with self.engine.connect() as conn:
             rows = conn.execute(
                 select(t.task_id, t.job_id, t.kind, t.model_sha, t.input_sha, t.settings, t.time_limit_ms, limit)
+                .add_columns(memory, t.memory_limit_bytes)
                 .join(s.jobs, j.job_id == t.job_id)
                 .where(t.state == claims.CONTESTED, j.state.in_(("queued", "running")))
                 .order_by(t.last_failed_ms, t.task_id)
             ).all()
         return [
             Contested(
-                r.task_id, r.job_id, r.kind, r.model_sha or "", r.input_sha, r.settings, r.time_limit_ms, bool(r.limit)
-            )
+                r.task_id,
+                r.job_id,
+                r.kind,
+                r.model_sha or "",
+                r.input_sha,
+                r.settings,
+                r.time_limit_ms,
+                bool(r.limit),
+                bool(r.memory),
+                int(r.memory_limit_bytes or 0),
+            )  # fmt: skip
             for r in rows
         ]
 

@@ -24,7 +24,8 @@ from tensorgrid.types import BlobRef, ErrorKind, JobState, Lease, Receipt, TaskE
 # Failures that say the workload itself is bad, not the node: no backoff for the node once a
 # second node confirms them; until then they count against their reporter (repositories.claims).
 # A program error is one only from a run on the referee's device class (claims.as_claimed); so is
-# a node's timeout on a task the referee reviews (claims.over_limit: the program past its time limit).
+# a node's timeout on a task the referee reviews, and its out-of-memory report on one whose memory
+# it measures (claims.over_limit: the program past its time or memory limit).
 WORKLOAD_ERRORS = (ErrorKind.INVALID_INPUT, ErrorKind.UNSAFE_INPUT, ErrorKind.PROGRAM_ERROR)
 # Expired leases one reaping transaction reissues. It locks their nodes' and jobs' rows until it
 # commits, six statements a lease later: 500 at a time held them for up to 8 s on a coordinator
@@ -76,6 +77,9 @@ class TaskRepository:
         # Task kinds whose claims the referee reviews (repositories.claims); set by the
         # composition root from the job kinds that can run their tasks there.
         self.reviewed: frozenset[str] = frozenset()
+        # Of those, the task kinds whose memory the referee measures (services.verification.memory):
+        # a node's out-of-memory report on one is a claim (claims.over_limit); set there too.
+        self.measured: frozenset[str] = frozenset()
         # Jobs this process has seen started in the database, so leasing skips the queued →
         # running update for them: each job costs one no-op UPDATE after its start, then is cached.
         self._started_jobs: set[str] = set()
@@ -242,8 +246,10 @@ class TaskRepository:
         node = row.node
         error = claims.as_claimed(conn, row, error)
         reviewed = row.kind in self.reviewed
-        # its node's own word that the program ran past the task's time limit (never a lease seen to expire)
-        claimed = error.kind in WORKLOAD_ERRORS or (not lost and claims.over_limit(conn, row, error, reviewed=reviewed))
+        # its node's own word that the program ran past the task's time or memory limit (never a lease seen to expire)
+        measured = row.kind in self.measured
+        over = not lost and claims.over_limit(conn, row, error, reviewed=reviewed, measured=measured)
+        claimed = error.kind in WORKLOAD_ERRORS or over
         # A node's word that the input is bad counts against the task only once another node's confirms it.
         said = claims.Claim(confirmed=True, spends=0 if released or forged else 1)
         if claimed and not rejection and node:

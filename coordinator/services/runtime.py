@@ -4,12 +4,13 @@ the event hub, and a place to keep background tasks. Not the coordinator: servic
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -86,6 +87,7 @@ class Runtime:
         self.inline_db = inline_db
         self.sandbox = sandbox
         self.referee: WarmSandbox | None = None  # the warm child services.sandboxed runs graphs in
+        self._others: set[WarmSandbox] = set()  # children of one request each (other_child)
         self._referee_lock = threading.Lock()
         self._stopped = False
         self.hub = hub if hub is not None else EventHub()
@@ -133,6 +135,21 @@ class Runtime:
                 self.referee = make()
             return self.referee
 
+    @contextlib.contextmanager
+    def other_child(self, box: WarmSandbox) -> Iterator[WarmSandbox]:
+        """A sandboxed child besides the referee (a memory review's fresh one: services.sandboxed
+        .measure_rows), closed by stop() as the referee is, so a stop never waits for its request;
+        SandboxFailure once the runtime stopped."""
+        with self._referee_lock:
+            if self._stopped:
+                raise SandboxFailure(CRASHED, "the coordinator is stopping: it starts no child")
+            self._others.add(box)
+        try:
+            yield box
+        finally:
+            with self._referee_lock:
+                self._others.discard(box)
+
     @property
     def stopping(self) -> bool:
         """stop() was called: a referee request failing now was cut short, not judged."""
@@ -147,9 +164,10 @@ class Runtime:
     async def stop(self) -> None:
         with self._referee_lock:
             self._stopped = True
-            referee = self.referee
-        if referee is not None:
-            referee.close()  # a graph still running there is abandoned, not waited for (nor one starting)
+            referee, others = self.referee, list(self._others)
+        for child in [referee, *others]:
+            if child is not None:
+                child.close()  # a graph still running there is abandoned, not waited for (nor one starting)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

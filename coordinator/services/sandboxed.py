@@ -28,6 +28,7 @@ from coordinator.services.runtime import Runtime
 from coordinator.services.training.cases import AuditCase, Finding
 from tensorgrid.blobs import BlobStore
 from tensorgrid.sandbox import Isolation, SandboxFailure, WarmSandbox
+from tensorgrid.sandbox.measured import Measured, run_measured
 from tensorgrid.sandbox.policy import OUTPUT_FILE
 from tensorgrid.workloads.rowcontract import DEADLINE_S, Determinism
 
@@ -36,6 +37,7 @@ __all__ = [
     "Part",
     "SandboxFailure",
     "evaluate_weights",
+    "measure_rows",
     "probe_rows",
     "reexecute_each",
     "reexecute_rows",
@@ -90,6 +92,39 @@ def reexecute_rows(
         "input_names": list(input_names) if input_names else None,
     }
     referee(rt, blobs).call(request, outputs={OUTPUT: out}, inputs=(model, source))
+
+
+def measure_rows(
+    rt: Runtime,
+    blobs: BlobStore,
+    model: Path,
+    source: Path,
+    batch_size: int,
+    input_names: list[str] | None,
+    stop_at_bytes: int,
+    mark_at_bytes: int = 0,
+) -> Measured:
+    """reexecute_rows's run of every row of `source` at the job's batch size, in a fresh child
+    of its own (not the warm referee: it holds other jobs' programs), its peak resident memory
+    measured as a node measures its worker's (tensorgrid.sandbox.measured); the child is killed
+    once that passes stop_at_bytes (and when it first passed mark_at_bytes is noted). Its output
+    is not kept."""
+    request = {
+        "op": "infer",
+        "model": str(model),
+        "source": str(source),
+        "batch_size": int(batch_size),
+        "input_names": list(input_names) if input_names else None,
+    }
+    scratch = blobs.root / "sandbox"
+    scratch.mkdir(exist_ok=True)
+    box = WarmSandbox(ENTRY, rt.sandbox, isolation=Isolation(), scratch_root=scratch, lend=True)
+    try:
+        with rt.other_child(box):  # a coordinator stopping kills it as it kills the referee's
+            stops = {"stop_at_bytes": stop_at_bytes, "mark_at_bytes": mark_at_bytes}
+            return run_measured(box, request, inputs=(model, source), **stops)
+    finally:
+        box.close()
 
 
 def reexecute_each(

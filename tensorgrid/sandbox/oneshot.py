@@ -152,6 +152,19 @@ class WarmSandbox:
         return getattr(self._used, "cpu_s", None)
 
     @property
+    def pid(self) -> int | None:
+        """The current child's pid, once greeted and while alive (tensorgrid.sandbox.measured)."""
+        child = self._child
+        return child.proc.pid if child is not None and child.alive else None
+
+    def kill_child(self) -> None:
+        """SIGKILL the current child's process group from any thread: a call under way fails
+        (CRASHED) and the next call starts a fresh child."""
+        child = self._child
+        if child is not None and child.alive:
+            launch.kill_group(child.proc)
+
+    @property
     def threads(self) -> int:
         """The most threads the child's runs can use at once (its torch threads, at most the
         cores this process may run on): CPU time ÷ this is a lower bound of a run's wall time."""

@@ -44,6 +44,8 @@ class InferenceKind(BaseKind):
         self.hub = hub
         verification.foresight.add(self.name)  # its untrusted results are the referee's alone (examine)
         verification.canaries.add(self.name)  # an untrusted node's shard's canary is leased with it
+        for task_kind in self.task_kinds:  # a node's out-of-memory report on one is a claim (repositories.claims)
+            verification.reviews.add_measure(task_kind, verification.measure_rows)
 
     def plan(
         self, spec: Any, spec_json: bytes, submitter: str, sh: str, job_id: str, blobs: BlobStore, limits: Limits

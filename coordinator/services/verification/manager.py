@@ -24,7 +24,7 @@ from coordinator.repositories.verification.checks import PARKED, CheckPlan, Verd
 from coordinator.repositories.verification.rulings import Ahead, Ruling, RulingInfo
 from coordinator.repositories.verification.store import CheckInfo
 from coordinator.services.runtime import Runtime
-from coordinator.services.sandboxed import Part, SandboxFailure, reexecute_rows, referee
+from coordinator.services.sandboxed import Part, SandboxFailure, measure_rows, reexecute_rows, referee
 from coordinator.services.verification.ahead import AheadRuns, run_key
 from coordinator.services.verification.canaries import EarlyCanaries, fresh_id
 from coordinator.services.verification.compare import load_rows, rows_match
@@ -34,6 +34,7 @@ from coordinator.services.verification.referee import blames, judge, soundness
 from coordinator.services.verification.reviews import Reviews
 from coordinator.services.verification.stakes import StakeGate
 from tensorgrid.blobs import BlobStore
+from tensorgrid.sandbox.measured import Measured
 from tensorgrid.spec import VerificationSpec
 from tensorgrid.types import BlobRef, Lease
 from tensorgrid.workloads import tensorfile
@@ -214,6 +215,13 @@ class Verification:
                 return part(self.blobs.path_for(model_sha), source, settings, state, out)
 
         self.reviews.add_parts(task_kind, run, ran)
+
+    def measure_rows(self, model_sha: str, settings: dict[str, Any], source: Path, stop: int, mark: int) -> Measured:
+        """A row task's run at its batch size, its peak memory measured for a memory claim
+        (memory.py, sandboxed.measure_rows): one referee child runs at a time."""
+        names, batch = settings.get("input_names") or None, int(settings.get("batch_size") or 0)
+        with self._torch:
+            return measure_rows(self.rt, self.blobs, self.blobs.path_for(model_sha), source, batch, names, stop, mark)
 
     def check_opened(self, plan: CheckPlan) -> None:
         """A check was committed: queue its referee's re-run ahead if its ruling is certain."""

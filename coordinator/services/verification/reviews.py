@@ -66,8 +66,10 @@ from coordinator.repositories.reviews import Contested
 from coordinator.repositories.store import Store
 from coordinator.services.runtime import Runtime
 from coordinator.services.sandboxed import PART_SHARE, Part
+from coordinator.services.verification.memory import Measure, memory_verdict
 from coordinator.services.verification.review_parts import Cost, ReviewParts, RowPart
 from tensorgrid.blobs import BlobStore
+from tensorgrid.processes import cpu_cores
 from tensorgrid.sandbox import SandboxFailure
 from tensorgrid.sandbox.oneshot import TIMEOUT
 from tensorgrid.workloads import tensorfile
@@ -109,6 +111,7 @@ class Reviews:
         self.blobs = blobs
         self._run = run  # a task's whole input, as a ruling re-runs rows (inference, generation)
         self._parts: dict[str, tuple[RunPart, str]] = {}  # task kind → its tasks run in parts
+        self.measures: dict[str, Measure] = {}  # task kind → its run measured for memory claims (add_measure)
         self.progress = ReviewParts(blobs.root / "reviews")
         self.budget_factor = settings.budget_factor
         self.stalls = settings.stalls  # smallest parts timed out in a row that make a review undecided
@@ -120,6 +123,12 @@ class Reviews:
         (training: the inner steps as a node's worker runs them); `ran` says what a clean run
         did (the verdict's reason)."""
         self._parts[task_kind] = (part, ran)
+
+    def add_measure(self, task_kind: str, measure: Measure) -> None:
+        """How the referee measures the peak memory of a contested task of `task_kind` whose claims
+        say it needs more than its memory limit (memory.py); a kind without one keeps a node's
+        out-of-memory report its own failure (repositories.claims)."""
+        self.measures[task_kind] = measure
 
     def budget_s(self, task: Contested) -> float:
         """The referee time a review in parts may cost: budget_factor × the task's time limit
@@ -163,6 +172,8 @@ class Reviews:
         source = self.blobs.path_for(task.input_sha)
         if not task.model_sha or not source.exists():
             return Ruling(FAILED, "the referee cannot run it: its model or input is not in the blob store")
+        if task.memory and task.kind in self.measures:
+            return self._memory(task, source)
         cost, budget = self.progress.cost(task.task_id), self.budget_s(task)
         unit = "step" if task.kind in self._parts else "row"
         if cost.failed and (cost.stalls or cost.spent_s >= budget):  # stop looking for the failing batch
@@ -231,6 +242,29 @@ class Reviews:
                 return None
             said = f"the referee could not run it: {type(e).__name__}: {e}"[:500]
             return self._failed(task, source, settings, cost, said)
+
+    def _memory(self, task: Contested, source: Path) -> Verdict:
+        """A claim that the program needs more than the task's memory limit: one measured run of
+        the whole task in a fresh child (memory.py), stopped once it holds `over` × the limit."""
+        limit = task.memory_limit_bytes
+        try:
+            settings = json.loads(task.settings)
+            measured = self.measures[task.kind](task.model_sha, settings, source, int(self.over * limit), limit)
+        except Exception as e:  # noqa: BLE001 - a run that could not be measured decides nothing
+            if self.rt.stopping:
+                return None
+            return Ruling(UNDECIDED, f"the referee could not measure its run: {type(e).__name__}: {e}"[:500])
+        if self.rt.stopping and measured.failure is not None:
+            return None  # cut short by the coordinator stopping: no verdict
+        outcome, reason, work, final = memory_verdict(
+            measured, limit, over=self.over, within=self.within, cap=self.rt.sandbox.memory_bytes,
+            rows=self._rows_of(source), time_limit_s=task.time_limit_ms / 1000, threads=self._threads(),
+        )  # fmt: skip
+        return Ruling(outcome, reason, work, final)
+
+    def _threads(self) -> int:
+        """The threads a fresh child of the referee's limits may use at once (WarmSandbox.threads)."""
+        return self.rt.sandbox.threads or cpu_cores()
 
     def _failed(
         self, task: Contested, source: Path, settings: dict[str, Any], cost: Cost, said: str, *, raised: bool = False
