@@ -133,13 +133,25 @@ def test_a_replayed_hello_is_refused_and_a_replica_has_one_link(
     with pytest.raises(ConnectionError):
         open_link("127.0.0.1", port, assign.replica_id, assign.data_token).close()
     sock.close()
-    time.sleep(0.5)  # the coordinator sees it closed: the replica has no link now
+    # a fresh hello is accepted once the coordinator has seen the first link close (a fixed
+    # 0.5 s pause for that was a race on a loaded machine): until then it is a second link
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            open_link("127.0.0.1", port, assign.replica_id, assign.data_token).close()
+            break
+        except ConnectionError:
+            assert time.monotonic() < deadline, "the replica's first link was never seen closed"
+            time.sleep(0.1)
+    coordinator = next(p for p in port_grid[0].procs if p.name == "coordinator")
+    unverified = f"a data link hello for replica {assign.replica_id[:12]} did not verify"
     again, _ = _greeting(port)
     with again:  # the recorded hello, on a fresh connection (a fresh nonce)
         again.sendall(recorded)
         again.settimeout(5)
         assert again.recv(1) != ACCEPTED
-    open_link("127.0.0.1", port, assign.replica_id, assign.data_token).close()  # a fresh one is accepted
+    # refused as a replay (its MAC is over the old nonce), whether or not a link was open then
+    wait_for(lambda: unverified in coordinator.log_tail(200), 10, "the replay's refusal in the log")
 
 
 @SHARED
