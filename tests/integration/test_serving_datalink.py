@@ -7,6 +7,7 @@ oversize frame, a reply on another replica's link."""
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
@@ -75,9 +76,12 @@ def _reply(sock: socket.socket, request_id: int, output: bytes) -> None:
 
 @pytest.fixture(scope="module")
 def port_grid(make_module_grid: Callable[..., LocalGrid]) -> Iterator[tuple[LocalGrid, int, Any]]:
-    port = _free_port()
-    grid = make_module_grid("--serve-data-listen", f"127.0.0.1:{port}", "--serve-data-max-frame-mib", "1")
-    grid.start_coordinator()
+    # port 0 and the port the coordinator says it took: a port found free, closed and named to
+    # the coordinator could be taken by another process's listener before the coordinator binds it
+    grid = make_module_grid("--serve-data-listen", "127.0.0.1:0", "--serve-data-max-frame-mib", "1")
+    coordinator = grid.start_coordinator()
+    said = wait_for(lambda: re.search(r"serving data port on 127\.0\.0\.1:(\d+)", coordinator.log_tail(100)), 30)
+    port = int(said.group(1))
     with grid.client(Signer.generate()) as c:
         yield grid, port, c
 
