@@ -7,6 +7,7 @@ oversize frame, a reply on another replica's link."""
 
 from __future__ import annotations
 
+import re
 import socket
 import threading
 import time
@@ -75,9 +76,12 @@ def _reply(sock: socket.socket, request_id: int, output: bytes) -> None:
 
 @pytest.fixture(scope="module")
 def port_grid(make_module_grid: Callable[..., LocalGrid]) -> Iterator[tuple[LocalGrid, int, Any]]:
-    port = _free_port()
-    grid = make_module_grid("--serve-data-listen", f"127.0.0.1:{port}", "--serve-data-max-frame-mib", "1")
-    grid.start_coordinator()
+    # port 0 and the port the coordinator says it took: a port found free, closed and named to
+    # the coordinator could be taken by another process's listener before the coordinator binds it
+    grid = make_module_grid("--serve-data-listen", "127.0.0.1:0", "--serve-data-max-frame-mib", "1")
+    coordinator = grid.start_coordinator()
+    said = wait_for(lambda: re.search(r"serving data port on 127\.0\.0\.1:(\d+)", coordinator.log_tail(100)), 30)
+    port = int(said.group(1))
     with grid.client(Signer.generate()) as c:
         yield grid, port, c
 
@@ -133,13 +137,25 @@ def test_a_replayed_hello_is_refused_and_a_replica_has_one_link(
     with pytest.raises(ConnectionError):
         open_link("127.0.0.1", port, assign.replica_id, assign.data_token).close()
     sock.close()
-    time.sleep(0.5)  # the coordinator sees it closed: the replica has no link now
+    # a fresh hello is accepted once the coordinator has seen the first link close (a fixed
+    # 0.5 s pause for that was a race on a loaded machine): until then it is a second link
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            open_link("127.0.0.1", port, assign.replica_id, assign.data_token).close()
+            break
+        except ConnectionError:
+            assert time.monotonic() < deadline, "the replica's first link was never seen closed"
+            time.sleep(0.1)
+    coordinator = next(p for p in port_grid[0].procs if p.name == "coordinator")
+    unverified = f"a data link hello for replica {assign.replica_id[:12]} did not verify"
     again, _ = _greeting(port)
     with again:  # the recorded hello, on a fresh connection (a fresh nonce)
         again.sendall(recorded)
         again.settimeout(5)
         assert again.recv(1) != ACCEPTED
-    open_link("127.0.0.1", port, assign.replica_id, assign.data_token).close()  # a fresh one is accepted
+    # refused as a replay (its MAC is over the old nonce), whether or not a link was open then
+    wait_for(lambda: unverified in coordinator.log_tail(200), 10, "the replay's refusal in the log")
 
 
 @SHARED

@@ -197,10 +197,29 @@ def test_a_stream_flood_from_one_node_is_refused_while_others_are_served(make_gr
         call = node.stub.FetchBlob(common_pb2.FetchBlobRequest(sha256=EMPTY.sha256), metadata=node.metadata)
         return b"".join([chunk.data async for chunk in call])
 
+    async def served(node: NodeClient) -> bool:
+        """Whether a (short) stream of `node` is served now; False when refused for its streams."""
+        try:
+            return await fetch(node) == b""
+        except grpc.aio.AioRpcError as e:
+            if e.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise
+            return False
+
+    async def until(served_now: bool, node: NodeClient, what: str) -> None:
+        """Until `node`'s streams are served (or refused): the coordinator counts streams as it
+        handles their start and their end, which a loaded machine can take seconds to reach (a
+        fixed pause of 1 s, then 0.5 s, was a race). A short fetch overlaps no other stream, so
+        while the flood's streams are open a fetch served means they are not all counted yet."""
+        deadline = time.monotonic() + 60
+        while await served(node) != served_now:
+            assert time.monotonic() < deadline, what
+            await asyncio.sleep(0.1)
+
     async def scenario() -> None:
         flooder, other = await registered(grid), await registered(grid)
         held = [flooder.stub.SubmitResult(idle(), metadata=flooder.metadata) for _ in range(limit)]
-        await asyncio.sleep(1.0)  # let them all open
+        await until(False, flooder, "the flood's streams were never all open")
         for _ in range(3):  # past the limit: every further stream is refused, with a hint
             with pytest.raises(grpc.aio.AioRpcError) as e:
                 await fetch(flooder)
@@ -228,8 +247,7 @@ def test_a_stream_flood_from_one_node_is_refused_while_others_are_served(make_gr
         for call in (*held, *watches):
             call.cancel()
         await channel.close()
-        await asyncio.sleep(0.5)
-        assert await fetch(flooder) == b""  # streams released: served again
+        await until(True, flooder, "the flood's streams were never released")  # served again
         ok, reason = await flooder.submit(flooder.sign(lease, EMPTY), 0, b"")
         assert ok, reason
         for n in (flooder, other):

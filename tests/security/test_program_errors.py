@@ -30,6 +30,7 @@ from tensorgrid.chain.client import ChainClient, JobStatus
 from tensorgrid.client import Client
 from tensorgrid.crypto import Signer
 from tensorgrid.devnet import ChainGrid, start_chain_grid
+from tensorgrid.spec import VerificationSpec
 from tensorgrid.types import JobEvent, JobState
 from tensorgrid.workloads.model import export_program
 from tensorgrid.workloads.tensorfile import save_tensors
@@ -64,14 +65,26 @@ def one_node(tmp_path: Path, stopper: Stopper) -> Iterator[ChainGrid]:  # noqa: 
 
 
 def submit_failing(devnet: ChainGrid, tmp_path: Path, client: Client) -> str:
-    """The job whose one shard's program raises IndexError on its last batch: its id."""
+    """The job whose one shard's program raises IndexError on its last batch: its id.
+
+    Without canaries: a canary of the shard (drawn at canary_rate, 0.5% by default, for each of
+    its leases to a new node, and leased at once to the other node) runs the same program and
+    fails as well, adding its own failures to the events, records and claims these tests count
+    exactly (about 1 run in 100 with two leases)."""
     model, inputs = tmp_path / "lookup.pt2", tmp_path / "ids.safetensors"
     export_program(_Lookup().eval(), (torch.zeros(BATCH, 3, dtype=torch.long),), model)
     ids = torch.randint(0, IDS, (ROWS, 3))
     ids[-1, 0] = IDS + 5  # the last row's id is past the table
     save_tensors({"ids": ids}, inputs)
     return client.submit_inference(
-        model, inputs, shard_rows=ROWS, batch_size=BATCH, device="cpu", max_attempts=3, reward_per_task_wei=REWARD
+        model,
+        inputs,
+        shard_rows=ROWS,
+        batch_size=BATCH,
+        device="cpu",
+        max_attempts=3,
+        reward_per_task_wei=REWARD,
+        verification=VerificationSpec(canary_rate=0.0),
     ).job_id
 
 

@@ -369,9 +369,12 @@ def _maybe_canary(conn: Connection, chk: Any, now_ms: int) -> None:
 def lease_canary_early(conn: Connection, task_id: str, attempt: int, node: str, plan: CheckPlan, now_ms: int) -> bool:
     """The canary of `node`'s lease `attempt` of the shard, leased now to a drawn node other
     than `node` (canaries.py); False (nothing written) when the lease has ended (a result in:
-    the canary follows the check as before) or the canary exists already."""
+    the canary follows the check as before), the canary exists already, or the lease is a
+    check's: checks do not recurse (a canary of a canary stayed ahead, its node's answer refused)."""
     row = conn.execute(select(s.tasks).where(s.tasks.c.task_id == task_id)).first()
     if row is None or row.state != "leased" or row.attempt != attempt or row.node != node:
+        return False
+    if get_check(conn, task_id) is not None:
         return False
     if get_check(conn, plan.check_task_id) is not None:
         return False

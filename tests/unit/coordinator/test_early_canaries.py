@@ -154,6 +154,23 @@ def test_a_canary_drawn_on_the_last_shard_runs_on_the_idle_node_before_the_last_
     assert state.verification.job_checks(JOB) == {"spotcheck:verified": 3, "canary:verified": 3}
 
 
+def test_the_lease_of_a_check_draws_no_canary_of_its_own(state: Store, tmp_path: Path) -> None:
+    """Checks do not recurse: a canary's lease (any check's) is no shard's, and draws no canary.
+    A canary of a canary was drawn at canary_rate and leased at once; its chain is never settled
+    (it stays ahead), and when the canary it followed ended, the node running it had its answer
+    refused (a rejection and a backoff for an honest node: seen in a run drawing every canary)."""
+    grid = Grid(state, tmp_path)
+    grid.leased(grid.last, SUBJECT)
+    (canary,), _ = state.tasks.lease_tasks(IDLE, 1, NOW + 1, TIMING)
+    assert not _is_shard(canary)
+    grid.leased(canary, IDLE)  # Scheduler.granted's call for every lease, checks' too
+    with state.engine.connect() as conn:
+        c = s.checks
+        of_checks = conn.execute(select(c.c.check_id).where(c.c.subject_task.in_(select(c.c.check_id)))).all()
+    assert of_checks == []
+    assert state.tasks.lease_tasks(SUBJECT, 1, NOW + 1, TIMING)[0] == []  # nothing leased to SUBJECT for it
+
+
 def test_an_early_canary_still_catches_a_wrong_shard(state: Store, tmp_path: Path) -> None:
     grid = Grid(state, tmp_path)
     grid.leased(grid.last, SUBJECT)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from coordinator.app import Coordinator
 from coordinator.db import schema as s
 from coordinator.repositories.claims import CLEAN
 from coordinator.repositories.training.rounds import round_history
+from coordinator.services.verification import manager as verification_manager
 from tensorgrid.types import ErrorKind, JobState, TaskError
 from tensorgrid.workloads.tensorfile import save_tensors
 from tests.unit.coordinator import test_rounds
@@ -139,7 +141,13 @@ def test_the_referee_loop_makes_one_review_request_a_turn_after_the_rulings_wait
     coordinator: Coordinator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A long review does not hold rulings up: each turn of the referee's loop rules on every
-    check waiting, then makes one request of one review (a part), then turns again at once."""
+    check waiting, then makes one request of one review (a part), then turns again at once.
+
+    "At once" is shown with the loop's idle wait made an hour: a turn that waited for it would
+    never come within the test. (The test used to give the turns 0.5 s against the real 1 s wait;
+    on PostgreSQL each turn reads the parked canaries on the database thread, and at load ~15 the
+    three turns took up to 0.52 s: the one unexplained failure of this test.)"""
+    monkeypatch.setattr(verification_manager, "REFEREE_IDLE_S", 3600.0)
     manager, order = coordinator.verification, []
     waiting = iter([["ruling 1"], ["ruling 2"], ["ruling 3"]])
     monkeypatch.setattr(manager.store.verification, "pending_rulings", lambda: next(waiting, []))
@@ -165,7 +173,9 @@ def test_the_referee_loop_makes_one_review_request_a_turn_after_the_rulings_wait
     async def scenario() -> None:
         manager.dispute_raised()
         loop = asyncio.create_task(manager.run_referee(lambda job, done: None, warm=False))
-        await asyncio.sleep(0.5)  # well under the loop's idle wait: the turns came at once
+        deadline = time.monotonic() + 120  # a bound for a stalled loop only: idle, a turn takes an hour
+        while len(order) < 6 and time.monotonic() < deadline and not loop.done():
+            await asyncio.sleep(0.05)
         loop.cancel()
         await asyncio.gather(loop, return_exceptions=True)
 
