@@ -19,6 +19,7 @@ from coordinator.config import CoordinatorConfig
 from coordinator.services.collector import keep_old_objects_frozen
 from coordinator.services.serving.datalink import DataPort
 from tensorgrid.sandbox.confine import forbid_inspection
+from tensorgrid.serving import trace
 
 if TYPE_CHECKING:
     from coordinator.api.dashboard import Dashboard
@@ -78,6 +79,7 @@ async def serve(
     # collection stops the loop for about a millisecond instead of a hundred or more. What the
     # nodes' calls keep alive later is frozen as it ages, and swept now and then (services.collector).
     gc.freeze()
+    trace.start("coordinator")
     collector = asyncio.create_task(keep_old_objects_frozen(sweep_s=config.gc_sweep_s))
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     host = config.listen.rsplit(":", 1)[0]

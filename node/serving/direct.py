@@ -74,11 +74,19 @@ class _Frames:
 
 
 def serve_link(
-    served: Any, compute: threading.Lock, link: socket.socket, control: socket.socket, threads: int, max_batch: int
+    served: Any,
+    compute: threading.Lock,
+    link: socket.socket,
+    control: socket.socket,
+    threads: int,
+    max_batch: int,
+    stamps: bool = False,
 ) -> None:
     """Answer the link's requests until it closes (then the pipe alone serves). Requests that
     queued while a micro-batch ran form the next one, up to max_batch, as the agent's batcher
-    does; threads: torch's intra-op threads, as the worker's main thread has them."""
+    does; threads: torch's intra-op threads, as the worker's main thread has them. stamps: each
+    batch's digests also carry its perf_counter_ns stamps (read, run, ran, sent) for the agent's
+    trace (tensorgrid.serving.trace)."""
     import torch
 
     torch.set_num_threads(threads)
@@ -86,6 +94,7 @@ def serve_link(
     seq = 0
     try:
         while (got := frames.next()) is not None:
+            read_ns = time.perf_counter_ns()
             requests = [r for frame in got for r in serving_pb2.ServeDown.FromString(frame).requests]
             now_ms = time.time() * 1000 - CLOCK_ALLOWANCE_MS
             expired = [r for r in requests if r.deadline_ms and r.deadline_ms < now_ms]
@@ -97,12 +106,18 @@ def serve_link(
             for at in range(0, len(live), max_batch):
                 seq += 1
                 batch, part = DIRECT_BATCH_BASE + seq, live[at : at + max_batch]
+                run_ns = time.perf_counter_ns()
                 outputs = _run(served, compute, part, batch, replies)
+                ran_ns = time.perf_counter_ns()
                 link.sendall(encode_frame(serving_pb2.ServeUp(replies=replies).SerializeToString()))
                 replies = []
                 # after the answer: the agent's wake-up and its signing are off the request's path
                 ids, inputs = [r.request_id for r in part], [r.input for r in part]
-                digests = {"batch": batch, "ids": ids, "in": batch_digest(inputs), "out": batch_digest(outputs)}
+                digests: dict[str, Any] = {
+                    "batch": batch, "ids": ids, "in": batch_digest(inputs), "out": batch_digest(outputs)
+                }  # fmt: skip
+                if stamps:
+                    digests["t"] = [read_ns, run_ns, ran_ns, time.perf_counter_ns()]
                 control.sendall(encode(digests))
     except (DataLinkError, OSError, ValueError) as e:
         log.warning("the data link ended: %s", e)

@@ -106,7 +106,8 @@ def handle(header: dict[str, Any], payloads: list[bytes], out: IO[bytes]) -> Non
         elif op == "run_batch":
             _run_batch(payloads, out)
         elif op == "data_link":
-            _write(out, _take_link(str(header.get("path") or ""), int(header.get("max_batch") or 1)))
+            stamps = header.get("trace") is True
+            _write(out, _take_link(str(header.get("path") or ""), int(header.get("max_batch") or 1), stamps))
         elif op == "generate":
             _generate(header, payloads, out)
         else:
@@ -122,7 +123,7 @@ def serve(stdin: IO[bytes], out: IO[bytes]) -> None:
         handle(*frame, out)
 
 
-def _take_link(path: str, max_batch: int) -> dict[str, Any]:
+def _take_link(path: str, max_batch: int, stamps: bool = False) -> dict[str, Any]:
     """Take the data link the agent connected and authenticated (node.serving.process.attach_data):
     connect to its Unix socket in our scratch directory, receive the TCP socket, serve it on a
     thread (node.serving.direct) while the pipe keeps working."""
@@ -144,7 +145,7 @@ def _take_link(path: str, max_batch: int) -> dict[str, Any]:
     # torch's thread count is per thread (OpenMP's): the link's thread takes the loaded one's,
     # else it runs with one per core and its spinning workers take the cores the request needs
     threads = torch.get_num_threads()
-    args = (_served, _compute, link, control, threads, max(1, max_batch))
+    args = (_served, _compute, link, control, threads, max(1, max_batch), stamps)
     threading.Thread(target=serve_link, args=args, daemon=True).start()
     return {"ok": True}
 
