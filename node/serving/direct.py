@@ -4,8 +4,9 @@ tensorgrid.serving.datalink has the wire format. The agent connected and authent
 link, then handed it to this child (node.serving.worker's "data_link" op). Here, on a thread
 of its own: read a ServeDown of requests, drop those past their deadline, run the rest as one
 micro-batch (the lock keeps it apart from the pipe's batches), write the ServeUp of replies,
-then tell the agent the batch's digests over the control socket, after the answer: the agent
-signs the receipt (it holds the key, this child never does) and sends it up its Serve stream.
+then tell the agent the batch's digests over the control socket, after the answer and together
+with the other batches' of the last DIGESTS_EVERY_S: the agent signs each batch's receipt (it
+holds the key, this child never does) and sends them up its Serve stream.
 The coordinator pays a batch only when those digests match what it sent and received, as for
 the pipe's batches.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import select
 import socket
 import threading
 import time
@@ -31,6 +33,7 @@ __all__ = ["serve_link"]
 log = logging.getLogger("tensorgrid.node.serving.worker")
 MAX_DOWN_BYTES = 1 << 30  # a frame of requests (the coordinator bounds each by max_request_bytes)
 CLOCK_ALLOWANCE_MS = 50  # as node.serving.batcher
+DIGESTS_EVERY_S = 0.02  # a batch's digests reach the agent at most this long after its answer (_Digests)
 
 
 def _error_reply(request_id: int, batch: int, error: TaskError) -> serving_pb2.ServeReply:
@@ -43,6 +46,8 @@ class _Frames:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.buf = bytearray()
+        self.poll = select.poll()  # the socket stays blocking: a timeout would make the drain below wait
+        self.poll.register(sock, select.POLLIN)
 
     def _complete(self) -> list[bytes]:
         frames = []
@@ -56,8 +61,9 @@ class _Frames:
             del self.buf[: 4 + n]
         return frames
 
-    def next(self) -> list[bytes] | None:
-        """At least one frame, with all that queued behind it; None at the link's end."""
+    def next(self, timeout: float | None = None) -> list[bytes] | None:
+        """At least one frame, with all that queued behind it; None at the link's end; [] if
+        none came within `timeout` seconds (None: wait for one)."""
         while True:
             frames = self._complete()
             if frames:
@@ -65,12 +71,40 @@ class _Frames:
                     while more := self.sock.recv(1 << 20, socket.MSG_DONTWAIT):
                         self.buf += more
                 return frames + self._complete()
+            if timeout is not None and (timeout <= 0 or not self.poll.poll(timeout * 1000)):
+                return []
             chunk = self.sock.recv(1 << 20)
             if not chunk:
                 if self.buf:
                     raise DataLinkError("the data link closed inside a frame")
                 return None
             self.buf += chunk
+
+
+class _Digests:
+    """The digests of the batches answered and not yet told to the agent. Told together, at
+    most DIGESTS_EVERY_S after the first: one control message per batch woke the agent (its
+    read, its header's parse, its timer) about as often as requests came, each time just as
+    the reply it followed needed a core to reach the coordinator."""
+
+    def __init__(self, control: socket.socket) -> None:
+        self.control = control
+        self.pending: list[bytes] = []
+        self.since = 0.0
+
+    def add(self, digests: dict[str, Any]) -> None:
+        if not self.pending:
+            self.since = time.monotonic()
+        self.pending.append(encode(digests))
+
+    def wait(self) -> float | None:
+        """How long the link's read may wait before these are due (None: nothing pending)."""
+        return max(0.0, self.since + DIGESTS_EVERY_S - time.monotonic()) if self.pending else None
+
+    def flush(self) -> None:
+        if self.pending:
+            data, self.pending = b"".join(self.pending), []
+            self.control.sendall(data)
 
 
 def serve_link(
@@ -90,10 +124,13 @@ def serve_link(
     import torch
 
     torch.set_num_threads(threads)
-    frames = _Frames(link)
+    frames, told = _Frames(link), _Digests(control)
     seq = 0
     try:
-        while (got := frames.next()) is not None:
+        while (got := frames.next(told.wait())) is not None:
+            if not got:  # the link went quiet with digests pending
+                told.flush()
+                continue
             read_ns = time.perf_counter_ns()
             requests = [r for frame in got for r in serving_pb2.ServeDown.FromString(frame).requests]
             now_ms = time.time() * 1000 - CLOCK_ALLOWANCE_MS
@@ -118,10 +155,14 @@ def serve_link(
                 }  # fmt: skip
                 if stamps:
                     digests["t"] = [read_ns, run_ns, ran_ns, time.perf_counter_ns()]
-                control.sendall(encode(digests))
+                told.add(digests)
+            if told.wait() == 0.0:
+                told.flush()
     except (DataLinkError, OSError, ValueError) as e:
         log.warning("the data link ended: %s", e)
     finally:
+        with contextlib.suppress(OSError):
+            told.flush()  # what was answered is owed its receipt
         link.close()
         control.close()
 
