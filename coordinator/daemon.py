@@ -18,6 +18,7 @@ from coordinator.app import Coordinator
 from coordinator.config import CoordinatorConfig
 from coordinator.services.collector import keep_old_objects_frozen
 from coordinator.services.serving.datalink import DataPort
+from tensorgrid import sched
 from tensorgrid.sandbox.confine import forbid_inspection
 from tensorgrid.serving import trace
 
@@ -80,6 +81,7 @@ async def serve(
     # nodes' calls keep alive later is frozen as it ages, and swept now and then (services.collector).
     gc.freeze()
     trace.start("coordinator")
+    sched.short_slice()  # this thread runs the event loop, which every call waits on (tensorgrid.sched)
     collector = asyncio.create_task(keep_old_objects_frozen(sweep_s=config.gc_sweep_s))
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     host = config.listen.rsplit(":", 1)[0]

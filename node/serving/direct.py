@@ -22,7 +22,7 @@ import time
 from typing import Any
 
 from node.serving.frames import encode
-from tensorgrid import serde
+from tensorgrid import sched, serde
 from tensorgrid.serving import batch_digest
 from tensorgrid.serving.datalink import DIRECT_BATCH_BASE, DataLinkError, encode_frame
 from tensorgrid.types import ErrorKind, TaskError
@@ -124,6 +124,7 @@ def serve_link(
     import torch
 
     torch.set_num_threads(threads)
+    sched.short_slice()  # a request waits on this thread's every wake-up (tensorgrid.sched)
     frames, told = _Frames(link), _Digests(control)
     seq = 0
     try:

@@ -38,6 +38,7 @@ from typing import IO, Any
 from node.serving.frames import encode, read_frame
 from node.worker import MAX_MESSAGE_CHARS, _set_address_space, _volunteer_for_oom_killer, classify
 from node.worker import prepare as prepare_worker
+from tensorgrid import sched
 from tensorgrid.sandbox.oneshot import protocol_fd
 
 log = logging.getLogger("tensorgrid.node.serving.worker")
@@ -163,6 +164,7 @@ def main() -> None:
     out = os.fdopen(protocol_fd(), "wb")  # binary frames; fd 1 now points at stderr
     prepare()
     gc.freeze()  # torch's import-time objects: a full collection would otherwise pause a request
+    sched.short_slice()  # the pipe's batches run on this thread (tensorgrid.sched)
     out.write(b'{"ready": true, "pid": %d}\n' % os.getpid())
     out.flush()
     serve(sys.stdin.buffer, out)
