@@ -69,8 +69,10 @@ async def serve(
     app = Coordinator(config)
     bulk = open_bulk_port(config, app.blobs, app.access.record_upload, app.metrics.moved)
     sessions = make_sessions(app)
+    sched.short_slice(inherited=True)  # gRPC's threads, made with the server, carry every call too
     server, port, checks = await build_server(app, config.listen, creds, bulk, sessions)
     await server.start()
+    sched.short_slice()  # what this thread starts from here on (work threads, the referee) takes the default
     if config.metrics_listen:
         app.metrics.serve(config.metrics_listen)
     data_port = await open_data_port(app, config, tls=creds is not None)
@@ -81,7 +83,6 @@ async def serve(
     # nodes' calls keep alive later is frozen as it ages, and swept now and then (services.collector).
     gc.freeze()
     trace.start("coordinator")
-    sched.short_slice()  # this thread runs the event loop, which every call waits on (tensorgrid.sched)
     collector = asyncio.create_task(keep_old_objects_frozen(sweep_s=config.gc_sweep_s))
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     host = config.listen.rsplit(":", 1)[0]

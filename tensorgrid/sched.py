@@ -13,6 +13,8 @@ no privilege is needed and a thread cannot take more than before with it.
 
 Only the calling thread gets it; threads and processes it starts afterwards get the default
 (SCHED_FLAG_RESET_ON_FORK): the database threads, the referee and its children keep theirs.
+The coordinator lets the threads gRPC makes with its server inherit it (a call's message
+passes through them before the event loop sees it), then takes that back.
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ _RESET_ON_FORK = 0x01
 _ATTR = "IIQiIQQQII"  # struct sched_attr (size, policy, flags, nice, priority, runtime, …, util_min/max)
 
 
-def short_slice(slice_us: int = REQUEST_SLICE_US) -> bool:
+def short_slice(slice_us: int = REQUEST_SLICE_US, *, inherited: bool = False) -> bool:
     """Give the calling thread a scheduler slice of slice_us (its nice kept); True if the
-    kernel took it, False where it has no such setting (other systems, older kernels)."""
+    kernel took it, False where it has no such setting (other systems, older kernels).
+    inherited: the threads it starts from now on take it too (until it is called again without)."""
     number = _SYS_SCHED_SETATTR.get(platform.machine())
     if number is None or not hasattr(os, "getpriority"):
         return False
@@ -43,5 +46,6 @@ def short_slice(slice_us: int = REQUEST_SLICE_US) -> bool:
     except OSError:
         return False
     size = struct.calcsize(_ATTR)
-    attr = struct.pack(_ATTR, size, _SCHED_OTHER, _RESET_ON_FORK, nice, 0, slice_us * 1000, 0, 0, 0, 0)
+    flags = 0 if inherited else _RESET_ON_FORK
+    attr = struct.pack(_ATTR, size, _SCHED_OTHER, flags, nice, 0, slice_us * 1000, 0, 0, 0, 0)
     return int(libc.syscall(number, 0, ctypes.c_char_p(attr), 0)) == 0
