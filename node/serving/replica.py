@@ -250,9 +250,10 @@ class Replica:
         self._answered(seq, ids, lambda: digest_receipt(a.endpoint_id, self.replica_id, seq, ids, din, dout))
         stamps = header.get("t")
         if trace.enabled() and isinstance(stamps, list) and len(stamps) == len(WORKER_HOPS):
-            for i in ids:
+            for i in ids:  # the worker's own word, written to the trace only
                 for hop, t in zip(WORKER_HOPS, stamps, strict=True):
-                    trace.stamp(hop, f"{self.replica_id[:8]}:{i}", int(t))
+                    if isinstance(t, int):
+                        trace.stamp(hop, f"{self.replica_id[:8]}:{i}", t)
             trace.stamp("a.digests", len(ids))
 
     def sign_receipts(self) -> None:
