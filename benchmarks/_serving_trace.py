@@ -23,15 +23,31 @@ referee run): the share of the slowest 1% a kind overlapped against its share of
 from __future__ import annotations
 
 import bisect
+import contextlib
+import os
 import statistics
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["HOPS", "analyse"]
+from tensorgrid.serving import trace
+
+__all__ = ["HOPS", "analyse", "stamping"]
 
 HOPS = ("client", "router", "link down", "worker in", "forward", "link up", "caller", "answer", "to client")
 _PATH = ("c.in", "c.down", "w.read", "w.run", "w.ran", "c.up", "c.woken", "c.out")
+
+
+@contextlib.contextmanager
+def stamping(directory: Path | None) -> Iterator[None]:
+    """The grid's processes started inside stamp their hops into directory (tensorgrid.serving.trace)."""
+    if directory is not None:
+        os.environ[trace.ENV] = str(directory)  # the grid's processes inherit it
+    try:
+        yield
+    finally:
+        os.environ.pop(trace.ENV, None)
 
 
 def _read(directory: Path) -> tuple[dict[str, dict[str, int]], dict[str, list[tuple[int, str]]], dict[str, Any]]:

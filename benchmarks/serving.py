@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -41,12 +40,11 @@ import grpc
 import torch
 
 from benchmarks._common import emit
-from benchmarks._serving_trace import analyse
+from benchmarks._serving_trace import analyse, stamping
 from tensorgrid.client import Client
 from tensorgrid.crypto import Signer
 from tensorgrid.infer_stream import InferStream
 from tensorgrid.localgrid import LocalGrid
-from tensorgrid.serving import trace
 from tensorgrid.serving.tensors import tensors_to_bytes
 from tensorgrid.session import CoordinatorError
 from tensorgrid.spec import EndpointSpec
@@ -260,15 +258,12 @@ def measure(
         baseline, port = start_baseline(root, model_path)
         stamps: list[tuple[int, int]] = []
         stamped = Path(traced) if traced else root / "trace"
-        if traced is not None:
-            os.environ[trace.ENV] = str(stamped)  # the grid's processes inherit it
         try:
-            grid, client, endpoint = start_grid(root, model_path, check_rate, data_port)
+            with stamping(stamped if traced is not None else None):
+                grid, client, endpoint = start_grid(root, model_path, check_rate, data_port)
         except BaseException:
             _stop(baseline)
             raise
-        finally:
-            os.environ.pop(trace.ENV, None)
         try:
             md = client.session_metadata()
             none: tuple[tuple[str, str], ...] = ()
@@ -276,19 +271,7 @@ def measure(
                 "baseline": (f"127.0.0.1:{port}", none, "", streams[0]),
                 "grid": (grid.target, md, endpoint, streams[1]),
             }
-            for c in levels:
-                seen: dict[str, tuple[list[float], list[str]]] = {side: ([], []) for side in sides}
-                for _ in range(rounds):  # the two sides take turns: a change of load hits both alike
-                    for side, (target, metadata, ep, stream) in sides.items():
-                        kept = stamps if traced is not None and side == "grid" and c == 1 else None
-                        lat, err = asyncio.run(
-                            closed_loop(target, metadata, ep, data, c, seconds / rounds, stream=stream, stamps=kept)
-                        )
-                        seen[side][0].extend(lat)
-                        seen[side][1].extend(err)
-                for side in sides:
-                    result[f"{side}_{c}"] = summary(*seen[side], seconds)
-                    print(f"{side}, {c} clients: {result[f'{side}_{c}']}", file=sys.stderr)
+            _levels(result, sides, levels, data, seconds, rounds, stamps if traced is not None else None)
             _stop(baseline)
             victim = next(p for p in grid.procs if p.name == "node1")
             failover = asyncio.run(
@@ -315,6 +298,31 @@ def measure(
             if traced:
                 (stamped / "client.json").write_text(json.dumps(stamps))
     return _ratios(result, levels)
+
+
+def _levels(
+    result: dict[str, Any],
+    sides: dict[str, tuple[str, tuple[tuple[str, str], ...], str, bool]],
+    levels: list[int],
+    data: bytes,
+    seconds: float,
+    rounds: int,
+    stamps: list[tuple[int, int]] | None,
+) -> None:
+    """Each side's summary at each level into result; stamps: the grid's 1-client requests' times (--trace)."""
+    for c in levels:
+        seen: dict[str, tuple[list[float], list[str]]] = {side: ([], []) for side in sides}
+        for _ in range(rounds):  # the two sides take turns: a change of load hits both alike
+            for side, (target, metadata, ep, stream) in sides.items():
+                kept = stamps if side == "grid" and c == 1 else None
+                lat, err = asyncio.run(
+                    closed_loop(target, metadata, ep, data, c, seconds / rounds, stream=stream, stamps=kept)
+                )
+                seen[side][0].extend(lat)
+                seen[side][1].extend(err)
+        for side in sides:
+            result[f"{side}_{c}"] = summary(*seen[side], seconds)
+            print(f"{side}, {c} clients: {result[f'{side}_{c}']}", file=sys.stderr)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -374,8 +382,7 @@ def main(argv: list[str] | None = None) -> int:
         const="",
         default=None,
         metavar="DIR",
-        help="stamp the grid's 1-client requests at each hop and add where the median and the slowest 1%% went "
-        "(the stamps are kept in DIR if given)",
+        help="stamp the grid's 1-client requests' hops; add where the median and the slowest 1%% went (DIR: keep them)",
     )
     p.add_argument("--baseline-server", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--port-file", type=Path, help=argparse.SUPPRESS)
