@@ -296,6 +296,7 @@ def measure(
         if traced is not None:
             result["trace"] = analyse(stamped, stamps)
             if traced:
+                stamped.mkdir(parents=True, exist_ok=True)
                 (stamped / "client.json").write_text(json.dumps(stamps))
     return _ratios(result, levels)
 
