@@ -17,13 +17,18 @@ coordinator → node agent → sandboxed worker and back. Both run from the star
 level they take turns (--rounds each, seconds/rounds a turn), so a shift in the machine's
 load between them (it is shared) lands on both sides alike.
 
-    python -m benchmarks.serving [--seconds 6] [--levels 1,8,64] [--rounds 2]
+--trace stamps each 1-client request's hops in the grid's processes (tensorgrid.serving.trace)
+and adds to the JSON where the median and the slowest 1% spent their time
+(benchmarks/_serving_trace.py says what each hop is).
+
+    python -m benchmarks.serving [--seconds 6] [--levels 1,8,64] [--rounds 2] [--trace]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import subprocess
 import sys
 import tempfile
@@ -35,6 +40,7 @@ import grpc
 import torch
 
 from benchmarks._common import emit
+from benchmarks._serving_trace import analyse, stamping
 from tensorgrid.client import Client
 from tensorgrid.crypto import Signer
 from tensorgrid.infer_stream import InferStream
@@ -141,11 +147,13 @@ async def closed_loop(
     tls: ClientTls | None = None,
     during: Any = None,
     stream: bool = False,
+    stamps: list[tuple[int, int]] | None = None,
 ) -> tuple[list[float], list[str]]:
     """`clients` callers, each sending its next request when the last is answered, for
     `seconds` after a short warm-up; returns the latencies (ms) and the errors seen.
     stream: the requests go on one open InferStream as the SDK sends them
-    (tensorgrid.infer_stream: a unary Infer when the stream cannot take one); else unary Infer."""
+    (tensorgrid.infer_stream: a unary Infer when the stream cannot take one); else unary Infer.
+    stamps: each measured request's (sent, answered) perf_counter_ns are appended to it."""
     channel = open_channel(target, tls or ClientTls(), aio=True)
     stub = submit_pb2_grpc.SubmitterServiceStub(channel)
     req = serving_pb2.InferRequest(endpoint_id=endpoint, input=data, timeout_ms=10_000)
@@ -165,7 +173,7 @@ async def closed_loop(
 
     async def caller() -> None:
         while (now := time.monotonic()) < stop_at:
-            started = time.perf_counter()
+            started_ns = time.perf_counter_ns()
             try:
                 await call()
             except (grpc.aio.AioRpcError, CoordinatorError) as e:
@@ -174,7 +182,10 @@ async def closed_loop(
                 await asyncio.sleep(0.01)
                 continue
             if now >= warm_until:
-                latencies.append((time.perf_counter() - started) * 1000)
+                ended_ns = time.perf_counter_ns()
+                latencies.append((ended_ns - started_ns) / 1e6)
+                if stamps is not None:
+                    stamps.append((started_ns, ended_ns))
 
     if during is not None:
         asyncio.get_running_loop().call_later(seconds / 3 + (warm_until - time.monotonic()), during)
@@ -227,9 +238,11 @@ def measure(
     rounds: int = ROUNDS,
     streams: tuple[bool, bool] = (False, True),
     data_port: bool = True,
+    traced: str | None = None,
 ) -> dict[str, Any]:
     """streams: whether the baseline's and the grid's clients send on an InferStream (else unary Infer);
-    data_port: whether the grid's coordinator opens its serving data port."""
+    data_port: whether the grid's coordinator opens its serving data port; traced: --trace's directory
+    to keep the stamps in ("": a temporary one; None: no trace)."""
     result: dict[str, Any] = {
         "benchmark": "serving",
         "levels": levels,
@@ -243,8 +256,11 @@ def measure(
         root = Path(tmp)
         model_path, data = build_model(root)
         baseline, port = start_baseline(root, model_path)
+        stamps: list[tuple[int, int]] = []
+        stamped = Path(traced) if traced else root / "trace"
         try:
-            grid, client, endpoint = start_grid(root, model_path, check_rate, data_port)
+            with stamping(stamped if traced is not None else None):
+                grid, client, endpoint = start_grid(root, model_path, check_rate, data_port)
         except BaseException:
             _stop(baseline)
             raise
@@ -255,18 +271,7 @@ def measure(
                 "baseline": (f"127.0.0.1:{port}", none, "", streams[0]),
                 "grid": (grid.target, md, endpoint, streams[1]),
             }
-            for c in levels:
-                seen: dict[str, tuple[list[float], list[str]]] = {side: ([], []) for side in sides}
-                for _ in range(rounds):  # the two sides take turns: a change of load hits both alike
-                    for side, (target, metadata, ep, stream) in sides.items():
-                        lat, err = asyncio.run(
-                            closed_loop(target, metadata, ep, data, c, seconds / rounds, stream=stream)
-                        )
-                        seen[side][0].extend(lat)
-                        seen[side][1].extend(err)
-                for side in sides:
-                    result[f"{side}_{c}"] = summary(*seen[side], seconds)
-                    print(f"{side}, {c} clients: {result[f'{side}_{c}']}", file=sys.stderr)
+            _levels(result, sides, levels, data, seconds, rounds, stamps if traced is not None else None)
             _stop(baseline)
             victim = next(p for p in grid.procs if p.name == "node1")
             failover = asyncio.run(
@@ -287,8 +292,38 @@ def measure(
         finally:
             _stop(baseline)
             client.close()
-            grid.stop()
+            grid.stop()  # the processes write out their stamps as they exit
+        if traced is not None:
+            result["trace"] = analyse(stamped, stamps)
+            if traced:
+                stamped.mkdir(parents=True, exist_ok=True)
+                (stamped / "client.json").write_text(json.dumps(stamps))
     return _ratios(result, levels)
+
+
+def _levels(
+    result: dict[str, Any],
+    sides: dict[str, tuple[str, tuple[tuple[str, str], ...], str, bool]],
+    levels: list[int],
+    data: bytes,
+    seconds: float,
+    rounds: int,
+    stamps: list[tuple[int, int]] | None,
+) -> None:
+    """Each side's summary at each level into result; stamps: the grid's 1-client requests' times (--trace)."""
+    for c in levels:
+        seen: dict[str, tuple[list[float], list[str]]] = {side: ([], []) for side in sides}
+        for _ in range(rounds):  # the two sides take turns: a change of load hits both alike
+            for side, (target, metadata, ep, stream) in sides.items():
+                kept = stamps if side == "grid" and c == 1 else None
+                lat, err = asyncio.run(
+                    closed_loop(target, metadata, ep, data, c, seconds / rounds, stream=stream, stamps=kept)
+                )
+                seen[side][0].extend(lat)
+                seen[side][1].extend(err)
+        for side in sides:
+            result[f"{side}_{c}"] = summary(*seen[side], seconds)
+            print(f"{side}, {c} clients: {result[f'{side}_{c}']}", file=sys.stderr)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -342,6 +377,14 @@ def main(argv: list[str] | None = None) -> int:
         help="the grid's coordinator opens no serving data port (requests go through the node agents' "
         "Serve streams, as before it existed)",
     )
+    p.add_argument(
+        "--trace",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="DIR",
+        help="stamp the grid's 1-client requests' hops; add where the median and the slowest 1%% went (DIR: keep them)",
+    )
     p.add_argument("--baseline-server", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--port-file", type=Path, help=argparse.SUPPRESS)
     ns = p.parse_args(argv)
@@ -352,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--rounds must be at least 1")
     streams = (ns.baseline_infer == "stream", ns.grid_infer == "stream")
     levels = [int(c) for c in ns.levels.split(",")]
-    emit(measure(levels, ns.seconds, ns.check_rate, ns.rounds, streams, not ns.no_data_port))
+    emit(measure(levels, ns.seconds, ns.check_rate, ns.rounds, streams, not ns.no_data_port, ns.trace))
     return 0
 
 

@@ -18,7 +18,9 @@ from coordinator.app import Coordinator
 from coordinator.config import CoordinatorConfig
 from coordinator.services.collector import keep_old_objects_frozen
 from coordinator.services.serving.datalink import DataPort
+from tensorgrid import sched
 from tensorgrid.sandbox.confine import forbid_inspection
+from tensorgrid.serving import trace
 
 if TYPE_CHECKING:
     from coordinator.api.dashboard import Dashboard
@@ -67,8 +69,10 @@ async def serve(
     app = Coordinator(config)
     bulk = open_bulk_port(config, app.blobs, app.access.record_upload, app.metrics.moved)
     sessions = make_sessions(app)
+    sched.short_slice(inherited=True)  # gRPC's threads, made with the server, carry every call too
     server, port, checks = await build_server(app, config.listen, creds, bulk, sessions)
     await server.start()
+    sched.short_slice()  # what this thread starts from here on (work threads, the referee) takes the default
     if config.metrics_listen:
         app.metrics.serve(config.metrics_listen)
     data_port = await open_data_port(app, config, tls=creds is not None)
@@ -78,6 +82,7 @@ async def serve(
     # collection stops the loop for about a millisecond instead of a hundred or more. What the
     # nodes' calls keep alive later is frozen as it ages, and swept now and then (services.collector).
     gc.freeze()
+    trace.start("coordinator")
     collector = asyncio.create_task(keep_old_objects_frozen(sweep_s=config.gc_sweep_s))
     sys.setswitchinterval(SWITCH_INTERVAL_S)
     host = config.listen.rsplit(":", 1)[0]

@@ -18,6 +18,7 @@ from tensorgrid.crypto import Signer, load_keystore, save_keystore
 from tensorgrid.errors import KeystoreError, TensorGridError
 from tensorgrid.logs import dump_stacks_on_signal, setup_logging
 from tensorgrid.sandbox.confine import forbid_inspection
+from tensorgrid.serving import trace
 from tensorgrid.tls import ClientTls
 from tensorgrid.types import Domain
 
@@ -175,6 +176,7 @@ async def run_agent(ns: argparse.Namespace, signer: Signer) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
     gc.freeze()  # start-up's objects live as long as the daemon: keep full collections short
+    trace.start("agent")
     try:
         await agent.run()
     finally:

@@ -44,6 +44,7 @@ from coordinator.services.serving.errors import ServingError
 from coordinator.services.serving.model import Endpoint
 from coordinator.services.serving.router import Router
 from tensorgrid.rpc import INFER_STREAM_IN_FLIGHT, SESSION_METADATA_KEY
+from tensorgrid.serving import trace
 from tensorgrid.v1 import serving_pb2
 
 log = logging.getLogger("tensorgrid.coordinator.serving")
@@ -173,6 +174,7 @@ class InferStreams:
         pending: dict[int, asyncio.Task[None]],
     ) -> None:
         rid = request.request_id
+        trace.stamp("c.in", rid)
         try:
             try:
                 ep = await self.endpoint(request.endpoint_id)
@@ -181,5 +183,6 @@ class InferStreams:
             except Exception as e:
                 answer = refusal(rid, e)
             await out.put(answer)  # in flight until queued to be sent
+            trace.stamp("c.out", rid)
         finally:
             pending.pop(rid, None)

@@ -19,6 +19,7 @@ from sqlalchemy.exc import DBAPIError
 from coordinator.events import EventHub
 from tensorgrid.sandbox import SandboxFailure, SandboxLimits, WarmSandbox
 from tensorgrid.sandbox.oneshot import CRASHED
+from tensorgrid.serving import trace
 
 # The referee's CPU priority below the coordinator's: its re-runs (sampled serving checks,
 # disputes, replays) wait a little when the CPU is short, live serving calls do not.
@@ -46,6 +47,21 @@ def retryable(e: BaseException) -> bool:
     on the driver's cursor, whose errors SQLAlchemy never sees)."""
     driver_error = e.orig if isinstance(e, DBAPIError) else e
     return getattr(driver_error, "sqlstate", None) in RETRYABLE_SQLSTATES
+
+
+def _spanned(hop: str, call: Callable[[], T]) -> Callable[[], T]:
+    """call, stamped as a span when serving's trace is on (tensorgrid.serving.trace)."""
+    if not trace.enabled():
+        return call
+
+    def spanned() -> T:
+        started = time.perf_counter_ns()
+        try:
+            return call()
+        finally:
+            trace.span(hop, "", started)
+
+    return spanned
 
 
 def with_retries(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -102,17 +118,18 @@ class Runtime:
         under a millisecond, and handing it to a thread costs more than that (measured: inline
         doubles task dispatch). On PostgreSQL it runs on the DB thread pool, off the loop."""
         if self.inline_db:
-            return fn(*args, **kwargs)
+            return _spanned("c.db", functools.partial(fn, *args, **kwargs))()
         return await self.db_bulk(fn, *args, **kwargs)
 
     async def db_bulk(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a repository method that may take long (big inserts, scans) on the DB thread(s)."""
         call = functools.partial(with_retries, fn, *args, **kwargs)
-        return await asyncio.get_running_loop().run_in_executor(self._db_pool, call)
+        return await asyncio.get_running_loop().run_in_executor(self._db_pool, _spanned("c.db", call))
 
     async def work(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run blob-heavy work (splitting, checking, concatenating) off the event loop."""
-        return await asyncio.get_running_loop().run_in_executor(self._work_pool, functools.partial(fn, *args, **kwargs))
+        call = _spanned("c.work", functools.partial(fn, *args, **kwargs))
+        return await asyncio.get_running_loop().run_in_executor(self._work_pool, call)
 
     async def refereed(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run work that asks the referee (a re-run, replay, review, probe or evaluation in its
@@ -121,7 +138,7 @@ class Runtime:
         imports torch: on the work threads, two such calls waiting for it held every thread, and
         results' checks (check_output) queued behind them for minutes, past the nodes' deadlines."""
         call = functools.partial(fn, *args, **kwargs)
-        return await asyncio.get_running_loop().run_in_executor(self._referee_pool, call)
+        return await asyncio.get_running_loop().run_in_executor(self._referee_pool, _spanned("c.ref", call))
 
     def referee_child(self, make: Callable[[], WarmSandbox]) -> WarmSandbox:
         """The referee, made by `make` when first asked for (services.sandboxed.referee); its

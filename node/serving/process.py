@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from node.child import WorkerChild
 from node.executor import Executor, _WorkerStartError
 from node.serving.frames import Frame, FrameError, encode, read_frame_async
+from tensorgrid.serving import trace
 from tensorgrid.types import ErrorKind, TaskError
 
 __all__ = ["ReplicaLoad", "ServingProcess", "SERVING_ENTRY"]
@@ -145,7 +146,7 @@ class ServingProcess(Executor):
 
                 header, _ = await self._send_and_wait(
                     child,
-                    {"op": "data_link", "path": DATA_SOCKET, "max_batch": max_batch},
+                    {"op": "data_link", "path": DATA_SOCKET, "max_batch": max_batch, "trace": trace.enabled()},
                     [],
                     hand_over,
                     DATA_HANDOVER_S,

@@ -19,13 +19,14 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from node.serving.batcher import Batcher, Pending, Policy
 from node.serving.process import ReplicaLoad, ServingProcess
 from tensorgrid import serde
-from tensorgrid.serving import batch_receipt, digest_receipt
+from tensorgrid.serving import batch_receipt, digest_receipt, trace
 from tensorgrid.serving.datalink import DIRECT_BATCH_BASE, open_link
 from tensorgrid.types import BlobRef, ErrorKind, Receipt, TaskError
 from tensorgrid.v1 import serving_pb2
@@ -33,6 +34,7 @@ from tensorgrid.v1 import serving_pb2
 __all__ = ["Replica", "ReplicaContext"]
 
 log = logging.getLogger("tensorgrid.node.serving")
+WORKER_HOPS = ("w.read", "w.run", "w.ran", "w.sent")  # the stamps of a data link batch (direct.py)
 SIGN_IDLE_S = 0.005  # an answered batch's receipt is signed this long after at the latest
 
 Send = Callable[[serving_pb2.ServeUp], None]
@@ -246,6 +248,13 @@ class Replica:
             return
         a = self.assign
         self._answered(seq, ids, lambda: digest_receipt(a.endpoint_id, self.replica_id, seq, ids, din, dout))
+        stamps = header.get("t")
+        if trace.enabled() and isinstance(stamps, list) and len(stamps) == len(WORKER_HOPS):
+            for i in ids:  # the worker's own word, written to the trace only
+                for hop, t in zip(WORKER_HOPS, stamps, strict=True):
+                    if isinstance(t, int):
+                        trace.stamp(hop, f"{self.replica_id[:8]}:{i}", t)
+            trace.stamp("a.digests", len(ids))
 
     def sign_receipts(self) -> None:
         """Sign the receipts of the micro-batches answered since the last call and queue them up
@@ -256,6 +265,7 @@ class Replica:
             self._sign_timer.cancel()
             self._sign_timer = None
         answered, self._unsigned = self._unsigned, []
+        started = time.perf_counter_ns()
         for seq, ids, unsigned in answered:
             try:
                 signed = self.ctx.sign(unsigned())
@@ -266,6 +276,8 @@ class Replica:
                 replica_id=self.replica_id, batch=seq, request_ids=ids, receipt=serde.receipt_to_pb(signed)
             )
             self.ctx.send(serving_pb2.ServeUp(receipts=[receipt]))
+        if answered:
+            trace.span("a.sign", len(answered), started)
 
     async def _generate(self, p: Pending, seq: int) -> bytes:
         assert self.process is not None

@@ -38,6 +38,7 @@ from typing import IO, Any
 from node.serving.frames import encode, read_frame
 from node.worker import MAX_MESSAGE_CHARS, _set_address_space, _volunteer_for_oom_killer, classify
 from node.worker import prepare as prepare_worker
+from tensorgrid import sched
 from tensorgrid.sandbox.oneshot import protocol_fd
 
 log = logging.getLogger("tensorgrid.node.serving.worker")
@@ -106,7 +107,8 @@ def handle(header: dict[str, Any], payloads: list[bytes], out: IO[bytes]) -> Non
         elif op == "run_batch":
             _run_batch(payloads, out)
         elif op == "data_link":
-            _write(out, _take_link(str(header.get("path") or ""), int(header.get("max_batch") or 1)))
+            stamps = header.get("trace") is True
+            _write(out, _take_link(str(header.get("path") or ""), int(header.get("max_batch") or 1), stamps))
         elif op == "generate":
             _generate(header, payloads, out)
         else:
@@ -122,7 +124,7 @@ def serve(stdin: IO[bytes], out: IO[bytes]) -> None:
         handle(*frame, out)
 
 
-def _take_link(path: str, max_batch: int) -> dict[str, Any]:
+def _take_link(path: str, max_batch: int, stamps: bool = False) -> dict[str, Any]:
     """Take the data link the agent connected and authenticated (node.serving.process.attach_data):
     connect to its Unix socket in our scratch directory, receive the TCP socket, serve it on a
     thread (node.serving.direct) while the pipe keeps working."""
@@ -144,7 +146,7 @@ def _take_link(path: str, max_batch: int) -> dict[str, Any]:
     # torch's thread count is per thread (OpenMP's): the link's thread takes the loaded one's,
     # else it runs with one per core and its spinning workers take the cores the request needs
     threads = torch.get_num_threads()
-    args = (_served, _compute, link, control, threads, max(1, max_batch))
+    args = (_served, _compute, link, control, threads, max(1, max_batch), stamps)
     threading.Thread(target=serve_link, args=args, daemon=True).start()
     return {"ok": True}
 
@@ -162,6 +164,7 @@ def main() -> None:
     out = os.fdopen(protocol_fd(), "wb")  # binary frames; fd 1 now points at stderr
     prepare()
     gc.freeze()  # torch's import-time objects: a full collection would otherwise pause a request
+    sched.short_slice()  # the pipe's batches run on this thread (tensorgrid.sched)
     out.write(b'{"ready": true, "pid": %d}\n' % os.getpid())
     out.flush()
     serve(sys.stdin.buffer, out)

@@ -27,7 +27,7 @@ from coordinator.services.serving.links import Links
 from coordinator.services.serving.model import READY, Endpoint, Replica, ReplicaGone
 from coordinator.services.serving.rerun import stream_fault
 from tensorgrid import serde
-from tensorgrid.serving import check_tensor_bytes
+from tensorgrid.serving import check_tensor_bytes, trace
 from tensorgrid.types import ErrorKind
 
 FAILOVER_POLL_S = 0.02  # a call between replicas looks for a ready one this often
@@ -129,6 +129,7 @@ class Calls(Links):
             call = self.send(replica, data, seed, deadline, streaming=False)
             try:
                 reply = await call.done
+                trace.stamp("c.woken", f"{replica.replica_id[:8]}:{call.request_id}")
             except ReplicaGone:
                 continue  # another replica, if the deadline allows (_next_replica decides)
             finally:

@@ -53,6 +53,7 @@ from coordinator.services.serving.hooks import Accounting, OnCaught, Reran, Reru
 from coordinator.services.serving.referee_batches import RefereeBatches
 from coordinator.services.verification.compare import rows_match
 from tensorgrid.blobs import BlobStore
+from tensorgrid.serving import trace
 from tensorgrid.spec import EndpointSpec
 from tensorgrid.types import Receipt
 
@@ -167,6 +168,7 @@ class Checks:
 
     # ---- one check ----------------------------------------------------------------------------
     async def _check(self, batch: ServedBatch, index: int, spec: EndpointSpec) -> None:
+        started = time.perf_counter_ns()
         try:
             await self._run(batch, index, spec)
         except Exception:  # a check that breaks decides nothing; the router goes on
@@ -175,11 +177,14 @@ class Checks:
                           batch.endpoint_id[:12])  # fmt: skip
         finally:
             self._waiting -= 1
+            trace.span("c.check", batch.node[:8], started)
 
     async def _run(self, batch: ServedBatch, index: int, spec: EndpointSpec) -> None:
         request = batch.requests[index]
         async with self._slots:  # not held while the referee's batch gathers (referee_batches)
+            started = time.perf_counter_ns()
             other = await self._rerun(batch, request)
+            trace.span("c.rerun", request.request_id, started)
             other_class = "cpu"
             if other is not None:
                 other_kind, untrusted = await self._facts(batch.endpoint_id, batch.node, other.node)
@@ -189,8 +194,10 @@ class Checks:
                 if agreed and not untrusted:  # both trusted: their agreement verifies them
                     await self._verdict(batch, [batch.node, other.node])
                     return
+        started = time.perf_counter_ns()
         try:
             truth = await self.batches.answer(spec, request)
+            trace.span("c.referee", request.request_id, started)
         except Exception as e:  # noqa: BLE001 - the referee could not run: no verdict, nobody blamed
             self.unverified += 1
             log.warning("the referee could not re-run request %s of endpoint %s: %s", request.request_id,

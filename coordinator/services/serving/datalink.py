@@ -35,6 +35,7 @@ from google.protobuf.message import DecodeError
 
 from coordinator.services.serving.links import Links
 from coordinator.services.serving.model import Replica
+from tensorgrid.serving import trace
 from tensorgrid.serving.datalink import (
     ACCEPTED,
     HELLO_BYTES,
@@ -63,6 +64,9 @@ class DataConn:
 
     def send(self, msg: serving_pb2.ServeDown) -> None:
         if not self.closed:
+            if trace.enabled():
+                for r in msg.requests:
+                    trace.stamp("c.down", f"{r.replica_id[:8]}:{r.request_id}")
             self.writer.write(encode_frame(msg.SerializeToString()))
 
     def close(self) -> None:
@@ -161,6 +165,7 @@ class DataPort:
             if up.WhichOneof("msg") is not None or up.receipts:
                 raise DataLinkError("only replies come up a data link")
             for reply in up.replies:
+                trace.stamp("c.up", f"{replica.replica_id[:8]}:{reply.request_id}")
                 if conn.closed:
                     return
                 if not self.links.on_data_reply(replica, reply):

@@ -18,6 +18,7 @@ from coordinator.services.serving.batches import BatchMismatch, counted_by_us, s
 from coordinator.services.serving.errors import DeadlineExceeded
 from coordinator.services.serving.hooks import Accounting, ServedBatch
 from coordinator.services.serving.model import ASSIGNED, READY, Answered, Call, Endpoint, NodeLink, Replica, ReplicaGone
+from tensorgrid.serving import trace
 from tensorgrid.types import Domain
 from tensorgrid.v1 import serving_pb2
 
@@ -154,7 +155,9 @@ class Links:
         the calls answered meanwhile for milliseconds."""
         if link.closed or at >= len(receipts):
             return
+        started = time.perf_counter_ns()
         self._on_receipt(link, receipts[at])
+        trace.span("c.rcpt", len(receipts), started)
         if at + 1 < len(receipts):
             asyncio.get_running_loop().call_soon(self._on_receipts, link, receipts, at + 1)
 
