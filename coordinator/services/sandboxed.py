@@ -84,14 +84,19 @@ def reexecute_rows(
 ) -> None:
     """Run `model` over every row of `source` on CPU in the sandboxed child; write `out`.
     input_names: the job's argument order, as the nodes ran it (None: the file's order)."""
-    request = {
+    request = _infer_request(model, source, batch_size, input_names)
+    referee(rt, blobs).call(request, outputs={OUTPUT: out}, inputs=(model, source))
+
+
+def _infer_request(model: Path, source: Path, batch_size: int, input_names: list[str] | None) -> dict[str, Any]:
+    """The child's request to run `model` over every row of `source` (tensorgrid.sandbox's "infer")."""
+    return {
         "op": "infer",
         "model": str(model),
         "source": str(source),
         "batch_size": int(batch_size),
         "input_names": list(input_names) if input_names else None,
     }
-    referee(rt, blobs).call(request, outputs={OUTPUT: out}, inputs=(model, source))
 
 
 def measure_rows(
@@ -109,13 +114,7 @@ def measure_rows(
     measured as a node measures its worker's (tensorgrid.sandbox.measured); the child is killed
     once that passes stop_at_bytes (and when it first passed mark_at_bytes is noted). Its output
     is not kept."""
-    request = {
-        "op": "infer",
-        "model": str(model),
-        "source": str(source),
-        "batch_size": int(batch_size),
-        "input_names": list(input_names) if input_names else None,
-    }
+    request = _infer_request(model, source, batch_size, input_names)
     scratch = blobs.root / "sandbox"
     scratch.mkdir(exist_ok=True)
     box = WarmSandbox(ENTRY, rt.sandbox, isolation=Isolation(), scratch_root=scratch, lend=True)
