@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import threading
 import time
 from collections.abc import Iterator
@@ -32,7 +31,6 @@ from coordinator.config import CoordinatorConfig
 from coordinator.db import schema
 from coordinator.repositories.jobs import NewTask
 from coordinator.services.sandboxed import measure_rows
-from tensorgrid.chain.client import JobStatus
 from tensorgrid.crypto import Signer
 from tensorgrid.devnet import ChainGrid
 from tensorgrid.sandbox.measured import Measured
@@ -42,7 +40,7 @@ from tensorgrid.workloads.model import export_program
 from tensorgrid.workloads.tensorfile import save_tensors
 from tests.integration.conftest import Stopper, stopper, wait_for  # noqa: F401  (fixtures)
 from tests.jobs import new_job
-from tests.security.test_program_errors import client_of, start_devnet
+from tests.security.test_program_errors import client_of, paid_their_draws, start_devnet
 from tests.unit.coordinator.test_program_errors import node
 from tests.unit.coordinator.test_storage import CPU, add_nodes
 
@@ -97,18 +95,7 @@ def test_honest_nodes_running_a_program_over_its_memory_limit_are_paid_and_not_b
         assert {e.node.lower() for e in failures} == {n.lower() for n in nodes}, failures  # both real nodes
         [drawn] = [e.message for e in events if e.kind == "claims_paid" and "units of work" in e.message]
         assert f"of its {ROWS} units of work" in drawn, drawn
-        winners = set()
-        for address in nodes:  # each drew once: paid exactly what its draw says
-            [said] = re.findall(f"{address} won (one reward|nothing)", drawn, re.IGNORECASE)
-            if said == "one reward":
-                winners.add(address)
-            assert client.earnings(address).cumulative_wei == (REWARD if said == "one reward" else 0), drawn
-        escrow = wait_for(lambda: (e := client.escrow(job_id)).status == JobStatus.CANCELLED and e, 120, "release")
-        assert escrow.charged == REWARD * len(winners)  # the wins, from the escrow, the rest refunded
-        held = {n.address.lower(): n for n in client.nodes()}
-        for address in nodes:  # unblamed: the refusal each claim cost is taken back
-            record = held[address.lower()]
-            assert (record.failures, record.rejections) == (0, 0), record
+        paid_their_draws(client, job_id, nodes, drawn, REWARD)
 
 
 A, B = "0x" + "a1" * 20, "0x" + "b2" * 20

@@ -94,6 +94,25 @@ def client_of(devnet: ChainGrid) -> Client:
     return Client(devnet.grid.target, signer, chain=chain)
 
 
+def paid_their_draws(client: Client, job_id: str, nodes: list[str], drawn: str, reward: int) -> int:
+    """Each claimant drew once and earned exactly what its draw says, the escrow was charged the
+    wins and nothing more, and neither claimant is held a failure or a rejection (the refusal each
+    claim cost is taken back). Returns what the escrow was charged."""
+    winners = set()
+    for address in nodes:
+        [said] = re.findall(f"{address} won (one reward|nothing)", drawn, re.IGNORECASE)
+        if said == "one reward":
+            winners.add(address)
+        assert client.earnings(address).cumulative_wei == (reward if said == "one reward" else 0), drawn
+    escrow = wait_for(lambda: (e := client.escrow(job_id)).status == JobStatus.CANCELLED and e, 120, "release")
+    assert escrow.charged == reward * len(winners)  # the wins, from the escrow, the rest refunded
+    held = {n.address.lower(): n for n in client.nodes()}
+    for address in nodes:
+        record = held[address.lower()]
+        assert (record.failures, record.rejections) == (0, 0), record
+    return int(escrow.charged)
+
+
 def failed_at_the_verdict(client: Client, job_id: str) -> list[JobEvent]:
     """The job failed with the referee's error; its events."""
     final = client.wait(job_id)
@@ -118,18 +137,7 @@ def test_honest_nodes_running_a_program_that_raises_on_its_last_batch_are_paid_a
         assert {e.node.lower() for e in failures} == {n.lower() for n in nodes}, failures  # both real nodes
         [drawn] = [e.message for e in events if e.kind == "claims_paid" and "units of work" in e.message]
         assert f"failed after {ROWS - BATCH} of its {ROWS} units of work" in drawn, drawn  # the last batch
-        winners = set()
-        for address in nodes:  # each drew once: paid exactly what its draw says
-            [said] = re.findall(f"{address} won (one reward|nothing)", drawn, re.IGNORECASE)
-            if said == "one reward":
-                winners.add(address)
-            assert client.earnings(address).cumulative_wei == (REWARD if said == "one reward" else 0), drawn
-        escrow = wait_for(lambda: (e := client.escrow(job_id)).status == JobStatus.CANCELLED and e, 120, "release")
-        assert escrow.charged == REWARD * len(winners) <= budget  # the wins, from the escrow, the rest refunded
-        held = {n.address.lower(): n for n in client.nodes()}
-        for address in nodes:  # the refusal each claim cost is taken back: neither is held a failure
-            record = held[address.lower()]
-            assert (record.failures, record.rejections) == (0, 0), record
+        assert paid_their_draws(client, job_id, nodes, drawn, REWARD) <= budget
 
 
 @pytest.mark.timeout(400)  # anvil, the contracts, the coordinator, one node and the referee's child start

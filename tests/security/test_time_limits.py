@@ -24,7 +24,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from tensorgrid.chain.client import JobStatus
 from tensorgrid.crypto import Signer
 from tensorgrid.devnet import ChainGrid
 from tensorgrid.spec import VerificationSpec
@@ -32,7 +31,7 @@ from tensorgrid.types import JobState
 from tensorgrid.workloads.model import export_program
 from tensorgrid.workloads.tensorfile import save_tensors
 from tests.integration.conftest import Stopper, stopper, wait_for  # noqa: F401  (fixtures)
-from tests.security.test_program_errors import client_of, start_devnet
+from tests.security.test_program_errors import client_of, paid_their_draws, start_devnet
 
 pytestmark = pytest.mark.integration
 REWARD = 10**15
@@ -90,15 +89,4 @@ def test_honest_nodes_running_a_program_too_slow_for_its_limit_are_paid_and_not_
         [drawn] = [e.message for e in events if e.kind == "claims_paid" and "units of work" in e.message]
         done = int(re.findall(r"failed after (\d+) of its", drawn)[0])
         assert 0 < done < ROWS and f"of its {ROWS} units of work" in drawn, drawn  # what the limit's time reaches
-        winners = set()
-        for address in nodes:  # each drew once: paid exactly what its draw says
-            [said] = re.findall(f"{address} won (one reward|nothing)", drawn, re.IGNORECASE)
-            if said == "one reward":
-                winners.add(address)
-            assert client.earnings(address).cumulative_wei == (REWARD if said == "one reward" else 0), drawn
-        escrow = wait_for(lambda: (e := client.escrow(job_id)).status == JobStatus.CANCELLED and e, 120, "release")
-        assert escrow.charged == REWARD * len(winners)  # the wins, from the escrow, the rest refunded
-        held = {n.address.lower(): n for n in client.nodes()}
-        for address in nodes:  # unblamed: the refusal each claim cost is taken back
-            record = held[address.lower()]
-            assert (record.failures, record.rejections) == (0, 0), record
+        paid_their_draws(client, job_id, nodes, drawn, REWARD)
