@@ -7,6 +7,7 @@ says what to change, before any node sees it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Iterator
@@ -163,7 +164,11 @@ class Intake:
                 self.chain.check_escrow, job_id, sh, submitter, spec.reward_per_task_wei, spec.reward_per_task_wei
             )
         job, tasks = await rt.work(self.plan, spec_json, submitter, sh, job_id)
-        await rt.refereed(self.vet, spec_json)  # refused here, before any node runs the program
+        # refused here, before any node runs the program; a vet that starts a child of its own
+        # holds a validation slot, as ValidateJob does: one per submitter, max_validations in all
+        measured = self.kinds.for_job(spec.kind).vet_is_measured(spec)
+        with self._validation_slot(submitter) if measured else contextlib.nullcontext():
+            await rt.refereed(self.vet, spec_json)
         if self.chain is not None:
             paid = self.kinds.for_job(spec.kind).paid_tasks(spec, len(tasks))
             budget = await rt.work(
