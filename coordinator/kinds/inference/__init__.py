@@ -15,6 +15,7 @@ from coordinator.events import EventHub
 from coordinator.kinds.base import BaseKind, concat_outputs
 from coordinator.kinds.inference.checked import checked_job
 from coordinator.kinds.inference.effects import OpenCheck, SettleCheck
+from coordinator.kinds.inference.measure import measure_inference
 from coordinator.kinds.inference.vetting import measures_memory, vet_inference
 from coordinator.repositories.jobs import NewJob, NewTask
 from coordinator.repositories.tasks import TaskRecord
@@ -44,8 +45,8 @@ class InferenceKind(BaseKind):
         self.hub = hub
         verification.foresight.add(self.name)  # its untrusted results are the referee's alone (examine)
         verification.canaries.add(self.name)  # an untrusted node's shard's canary is leased with it
-        for task_kind in self.task_kinds:  # a node's out-of-memory report on one is a claim (repositories.claims)
-            verification.reviews.add_measure(task_kind, verification.measure_rows)
+        # a node's out-of-memory report on one of its tasks (or a check task) is a claim (repositories.claims)
+        verification.add_measure(self.name, measure_inference(verification.rt, verification.blobs), self.task_kinds)
 
     def plan(
         self, spec: Any, spec_json: bytes, submitter: str, sh: str, job_id: str, blobs: BlobStore, limits: Limits
