@@ -92,6 +92,9 @@ def can_measure() -> bool:
 def _measured_probe(
     spec: InferenceSpec, rt: Runtime, blobs: BlobStore, model: Path, rows_in: Path, rows: int
 ) -> Determinism:
+    """The probe of `rows_in` (the first `rows` rows) in a fresh measured child, stopped past the
+    margin; its verdict, or SpecError naming the limit and the peak (over_memory), or the child's
+    SandboxFailure as the warm child's probe raises it."""
     limit = spec.task_memory_limit_bytes
     stop = int(ReviewSettings.over_limit * limit)
     m = measure_probe(rt, blobs, model, rows_in, list(spec.input_names), spec.batch_size, stop)
