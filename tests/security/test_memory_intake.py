@@ -42,7 +42,9 @@ def test_a_program_over_its_memory_limit_is_refused_at_submission_naming_limit_a
             client.submit_inference(hoarder, inputs, **settings)
         said = str(refused.value)
         assert "refused: the program needs more than its task_memory_limit_bytes of 512 MiB" in said, said
-        assert int(said.split("held at least ")[1].split(" MiB")[0]) > 1.25 * 512, said  # the peak, named
+        assert int(said.split("held at least ")[1].split(" MiB")[0]) >= 1.25 * 512, (
+            said
+        )  # the peak, named (stopped just past it)
         assert client.jobs() == []  # nothing stored
         small = tmp_path / "small.pt2"
         export_program(Small().eval(), (torch.zeros(4, WIDTH),), small)

@@ -124,10 +124,9 @@ def over_memory(spec: InferenceSpec, m: Measured, rows: int, *, cap: int) -> str
     fix = "raise task_memory_limit_bytes (and run on nodes that offer it) or make the program need less"
     probe = f"intake's probe of {rows} rows (the first of its first shard, at its batch size)"
     if m.stopped or m.peak_bytes > over * limit:
+        how = "run in a fresh process on the coordinator's CPU and measured as a node's worker is"
         held = f"held at least {m.peak_bytes / MiB:.0f} MiB, over {over:g}× the limit"
-        return (
-            f"{said}: {probe} {held} in a fresh process on the coordinator's CPU, as a node's worker is measured: {fix}"
-        )
+        return f"{said}: {probe}, {how}, {held}: {fix}"
     if m.failure is not None and m.failure.kind == OUT_OF_MEMORY and cap >= over * limit:
         held = f"ran out of the coordinator's cap of {cap / MiB:.0f} MiB, over {over:g}× the limit"
         return f"{said}: {probe} {held}: {fix}"

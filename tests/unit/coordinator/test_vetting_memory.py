@@ -77,7 +77,7 @@ def test_a_program_over_its_memory_limit_at_the_probe_is_refused_at_intake_and_a
     said = str(refused.value)
     assert said.startswith("refused: the program needs more than its task_memory_limit_bytes of 512 MiB"), said
     held = int(said.split("held at least ")[1].split(" MiB")[0])
-    assert held > 1.25 * 512, said  # the measured peak, named
+    assert held >= 1.25 * 512, said  # the measured peak, named (the run is stopped just past it)
     vet_inference(_spec(tmp_path, blobs, Small(), shard_rows=100, task_memory_limit_bytes=LIMIT), rt, blobs)
     # and one whose memory grows with its batch, small on the probe's rows: the claims' review measures
     # the whole task at the job's batch size (tests/security/test_memory_limits.py runs such a job)
