@@ -41,7 +41,7 @@ from tensorgrid.blobs import BlobStore
 from tensorgrid.errors import SpecError
 from tensorgrid.processes import peak_rss
 from tensorgrid.sandbox.measured import Measured
-from tensorgrid.sandbox.oneshot import OUT_OF_MEMORY
+from tensorgrid.sandbox.oneshot import OUT_OF_MEMORY, SandboxFailure
 from tensorgrid.spec import InferenceSpec
 from tensorgrid.workloads import tensorfile
 from tensorgrid.workloads.rowcontract import MAX_BATCH, Determinism, budget_batch
@@ -133,6 +133,17 @@ def over_memory(spec: InferenceSpec, m: Measured, rows: int, *, cap: int) -> str
     return ""
 
 
+def out_of_cap(spec: InferenceSpec, cap: int, e: SandboxFailure) -> str:
+    """Why a job whose probe ran out of the referee's memory cap is refused (with a limit at or over
+    the cap the probe is not measured, measures_memory: the cap is what it met)."""
+    limit = spec.task_memory_limit_bytes
+    return (
+        f"refused: the program ran out of the coordinator's memory cap of {cap / MiB:.0f} MiB on intake's "
+        f"probe of the first rows of its first shard (its task_memory_limit_bytes is {limit / MiB:.0f} MiB): "
+        f"make the program need less ({e})"
+    )
+
+
 def vet_inference(spec: InferenceSpec, rt: Runtime, blobs: BlobStore) -> None:
     """Refuse (SpecError) a program whose rows are not independent; a program that cannot run
     on this coordinator's CPU is refused too, unless the job asks for CUDA (then the referee,
@@ -146,6 +157,8 @@ def vet_inference(spec: InferenceSpec, rt: Runtime, blobs: BlobStore) -> None:
         if spec.device == "cuda":
             log.warning("could not probe a CUDA program's row independence on this coordinator: %s", e)
             return
+        if isinstance(e, SandboxFailure) and e.kind == OUT_OF_MEMORY and rt.sandbox.memory_bytes > 0:
+            raise SpecError(out_of_cap(spec, rt.sandbox.memory_bytes, e)) from None
         raise SpecError(
             "the program failed on sample rows of the input (run as the shard's first batch, reversed, and "
             f"on a few rows alone; every batch size must work): {type(e).__name__}: {e}"

@@ -8,6 +8,8 @@ and their review measure the whole task (tests/security/test_memory_limits.py)."
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -104,3 +106,20 @@ def test_without_proc_the_probe_runs_in_the_warm_child_as_before(
     calls = shared_referee.sandbox.calls
     vet_inference(_spec(tmp_path, blobs, Hoarder(), shard_rows=100, task_memory_limit_bytes=LIMIT), rt, blobs)
     assert shared_referee.sandbox.calls == calls + 1  # unmeasured: accepted, left to the nodes' claims
+
+
+@pytest.mark.timeout(300)
+def test_a_probe_out_of_the_referees_cap_is_refused_naming_cap_and_limit(
+    tmp_path: Path, blobs: BlobStore, shared_referee: SharedReferee
+) -> None:
+    """A limit at or over the cap (the default: 4 GiB each) is not measured: the cap guards it. A
+    program that needs more than the cap is refused saying so (before: "failed on sample rows")."""
+    rt = Runtime(inline_db=True, db_threads=1, sandbox=replace(shared_referee.sandbox.limits, memory_bytes=LIMIT))
+    try:  # a warm child of its own under a 512 MiB cap; the limit, 512 MiB, is not below it
+        with pytest.raises(SpecError) as refused:
+            vet_inference(_spec(tmp_path, blobs, Hoarder(), shard_rows=100, task_memory_limit_bytes=LIMIT), rt, blobs)
+    finally:
+        asyncio.run(rt.stop())
+    said = str(refused.value)
+    assert said.startswith("refused: the program ran out of the coordinator's memory cap of 512 MiB"), said
+    assert "its task_memory_limit_bytes is 512 MiB" in said, said
