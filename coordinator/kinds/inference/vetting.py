@@ -8,8 +8,10 @@ The probe runs the submitter's graph in the coordinator's sandboxed child
 
 Memory at intake. The referee's warm child holds other jobs' programs and has a cap of its own,
 so it cannot tell one program's memory. When the job's task_memory_limit_bytes is below that cap
-(--referee-memory-mib; a limit at or over it is guarded by the cap itself: a probe over the limit
-runs out of the cap and is refused as a failed run) and its tasks may run on CPU, the probe runs
+(--referee-memory-mib; a limit at or over it is guarded by the cap itself: a probe holding more than
+1.25× such a limit maps more than the cap allows past its start-up, whenever a quarter of the cap
+exceeds a child's ~300 MiB baseline, so it runs out of the cap and is refused naming cap and limit:
+out_of_cap) and its tasks may run on CPU, the probe runs
 instead in a fresh child of its own whose peak resident memory is measured as a memory review
 measures a task's (services.sandboxed.measure_probe, tensorgrid.sandbox.measured: VmHWM with torch
 loaded, reset after the greeting, as a node's worker is measured), killed once it holds the

@@ -89,8 +89,8 @@ def test_a_program_over_its_memory_limit_at_the_probe_is_refused_at_intake_and_a
 
 
 def test_only_a_limit_below_the_referees_cap_on_cpu_is_measured(tmp_path: Path, rt: Runtime, blobs: BlobStore) -> None:
-    """At or over the cap (the default: both 4 GiB) the cap guards it: a probe over the limit runs out
-    of it and is refused as a failed run, at no extra child; a CUDA job's memory is the GPU's."""
+    """At or over the cap (the default: both 4 GiB) the cap guards it: a probe over 1.25× the limit runs
+    out of it and is refused naming both, at no extra child; a CUDA job's memory is the GPU's."""
     cap = rt.sandbox.memory_bytes
     assert cap == 4 << 30
     spec = _spec(tmp_path, blobs, Small())
