@@ -32,7 +32,8 @@ class Limits:
     max_shard_bytes: int = 512 * MiB
     max_output_bytes: int = 4 * GiB
     max_tasks_per_job: int = 100_000
-    max_validations: int = 2  # ValidateJob dry runs planning at once, over all submitters (one each)
+    # ValidateJob dry runs, and SubmitJob vets in a fresh measured child, at once over all submitters (one each)
+    max_validations: int = 2
 
 
 @dataclass(frozen=True)

@@ -84,6 +84,9 @@ class BaseKind:
     def vet(self, spec: Any, blobs: BlobStore) -> None:
         """Checks of a planned job that run its program (none by default)."""
 
+    def vet_is_measured(self, spec: Any) -> bool:
+        return False
+
     def paid_tasks(self, spec: Any, planned: int) -> int:
         """One paid result per planned task."""
         return planned

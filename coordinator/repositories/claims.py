@@ -133,19 +133,21 @@ program whose first part runs whole costs the referee at most one request (--ref
 any review. Intake refuses the grossest cases first (kinds/inference/vetting.too_slow: a lower bound
 from its probe).
 
-Over its memory limit. A node's own report from a CPU run of an inference task that the program
-held more than the task's memory limit (ErrorKind.OUT_OF_MEMORY, MEMORY_ERRORS, over_limit with
-`measured`: the kinds whose memory the referee measures), from a node that offers at least that
-limit (a node offering less met its own cap, not the task's limit: its own failure), is a claim
-too, counted, reviewed and paid as a time claim, the review asking: does the task's run hold more
-than its limit? What a node compares with the limit is the peak RSS (VmHWM) of its whole worker
-process, torch loaded, reset before the task, polled while it runs and read after (node.executor),
-behind an address-space backstop at the limit + ADDRESS_SPACE_HEADROOM (node.worker); a worker that
-held other jobs' programs when it met the limit runs the task once more in a fresh one before its
-node reports. The referee's warm child is no measure of that (it holds other jobs' programs, runs
-parts of rows, and has a cap of its own), so the review is one run of the whole task at the job's
-batch size in a fresh child of its own, measured the same way and killed the moment it passes
-over_limit × the limit (services.verification.memory, tensorgrid.sandbox.measured):
+Over its memory limit. A node's own report from a CPU run of an inference or generation task (or
+of a check task of one) that the program held more than the task's memory limit
+(ErrorKind.OUT_OF_MEMORY, MEMORY_ERRORS, over_limit with `measured`: the kinds whose memory the
+referee measures), from a node that offers at least that limit (a node offering less met its own
+cap, not the task's limit: its own failure), is a claim too, counted, reviewed and paid as a time
+claim, the review asking: does the task's run hold more than its limit? What a node compares with
+the limit is the peak RSS (VmHWM) of its whole worker process, torch loaded, reset before the task,
+polled while it runs and read after (node.executor), behind an address-space backstop at the limit
++ ADDRESS_SPACE_HEADROOM (node.worker); a worker that held other jobs' programs when it met the
+limit runs the task once more in a fresh one before its node reports. The referee's warm child is
+no measure of that (it holds other jobs' programs, runs parts of rows, and has a cap of its own),
+so the review is one run of the whole task (inference: its rows at the job's batch size;
+generation: the decoding loop over its prompts; a check task: as its job's tasks run, chosen by
+its settings' task kind) in a fresh child of its own, measured the same way and killed the moment it
+passes over_limit × the limit (services.verification.memory, tensorgrid.sandbox.measured):
 - a peak over over_limit (1.25) × the limit: confirmed, final, the job fails naming the memory
   limit; each claimant draws for (the referee's time until its run held more than the limit, at
   least, ÷ the task's time limit) of the task: what its run did before it met the limit, at most.
@@ -164,11 +166,13 @@ or its batch is measured over every row at the job's batch size, as a node runs 
 allocating to exhaust the referee costs one fresh child, killed at 1.25× the limit (between two
 20 ms polls it can reach at most the referee's hard cap, which protects the coordinator as for any
 referee run; a MemoryError there is read as over the limit only under the margin above). What is
-left: generation and training tasks' memory is not measured (their reports stay the node's own);
-intake does not refuse a program whose probe is already over its memory limit; under the defaults
-(a task limit of 4 GiB, the referee's cap --referee-memory-mib of 4 GiB) a program that runs out of
-the referee's cap is undecided, so more nodes settle it: an operator who wants the referee to settle
-such claims gives it at least 1.25× the largest limit its jobs set.
+left: training tasks' memory is not measured (their reports stay the node's own); intake refuses an
+inference program whose probe already holds more than 1.25× its limit (kinds.inference.vetting,
+"Memory at intake"), but a program small on the probe's rows and large on a shard's passes it and is
+settled here; under the defaults (a task limit of 4 GiB, the referee's cap --referee-memory-mib of
+4 GiB) a program that runs out of the referee's cap is undecided, so more nodes settle it: an
+operator who wants the referee to settle such claims gives it at least 1.25× the largest limit its
+jobs set.
 
 Tasks of kinds that do not review claims (noop) keep the second-claim rule. A training round that
 closes while one of its tasks is contested cancels it: its review is never run.

@@ -7,12 +7,13 @@ says what to change, before any node sees it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from coordinator.config import Limits
 from coordinator.errors import Conflict, NotFound, PermissionDenied, QuotaExceeded
@@ -144,6 +145,14 @@ class Intake:
         finally:
             self._validating.discard(submitter)
 
+    def _vet_slot(self, submitter: str, spec: Any) -> contextlib.AbstractContextManager[None]:
+        """What submit's vet holds: a validation slot, as ValidateJob's does (one per submitter,
+        max_validations in all), when the vet starts a child of its own (a measured probe:
+        Kind.vet_is_measured), so many submissions cannot queue many children; else nothing."""
+        if self.kinds.for_job(spec.kind).vet_is_measured(spec):
+            return self._validation_slot(submitter)
+        return contextlib.nullcontext()
+
     async def submit(self, spec_json: bytes, submitter_claimed: str, signature: bytes) -> JobInfo:
         rt = self.rt
         submitter, sh, job_id = authenticate(spec_json, submitter_claimed, signature)
@@ -163,7 +172,8 @@ class Intake:
                 self.chain.check_escrow, job_id, sh, submitter, spec.reward_per_task_wei, spec.reward_per_task_wei
             )
         job, tasks = await rt.work(self.plan, spec_json, submitter, sh, job_id)
-        await rt.refereed(self.vet, spec_json)  # refused here, before any node runs the program
+        with self._vet_slot(submitter, spec):
+            await rt.refereed(self.vet, spec_json)  # refused here, before any node runs the program
         if self.chain is not None:
             paid = self.kinds.for_job(spec.kind).paid_tasks(spec, len(tasks))
             budget = await rt.work(

@@ -36,7 +36,10 @@ __all__ = [
     "ENTRY",
     "Part",
     "SandboxFailure",
+    "determinism_of",
     "evaluate_weights",
+    "measure_generation",
+    "measure_probe",
     "measure_rows",
     "probe_rows",
     "reexecute_each",
@@ -115,13 +118,57 @@ def measure_rows(
     once that passes stop_at_bytes (and when it first passed mark_at_bytes is noted). Its output
     is not kept."""
     request = _infer_request(model, source, batch_size, input_names)
+    return _measured(rt, blobs, request, (model, source), stop_at_bytes, mark_at_bytes)
+
+
+def measure_generation(
+    rt: Runtime,
+    blobs: BlobStore,
+    model: Path,
+    source: Path,
+    decode: dict[str, Any],
+    stop_at_bytes: int,
+    mark_at_bytes: int = 0,
+) -> Measured:
+    """regenerate_rows's decoding loop over every prompt of `source`, measured as measure_rows
+    measures rows: a fresh child of its own, killed once it holds stop_at_bytes. Its output is not kept."""
+    request = _generate_request(model, source, decode)
+    return _measured(rt, blobs, request, (model, source), stop_at_bytes, mark_at_bytes)
+
+
+def measure_probe(
+    rt: Runtime,
+    blobs: BlobStore,
+    model: Path,
+    source: Path,
+    input_names: list[str],
+    batch_size: int,
+    stop_at_bytes: int,
+) -> Measured:
+    """probe_rows in a fresh child of its own, its peak memory measured (intake: a program already
+    over its memory limit on the probe's rows is refused); the child is killed once it holds
+    stop_at_bytes. The answer, when it gave one, is the probe's (determinism_of reads it)."""
+    request = _probe_request(model, source, input_names, batch_size)
+    return _measured(rt, blobs, request, (model, source), stop_at_bytes, 0, time_s=PROBE_TIME_S)
+
+
+def _measured(
+    rt: Runtime,
+    blobs: BlobStore,
+    request: dict[str, Any],
+    inputs: tuple[Path, ...],
+    stop_at_bytes: int,
+    mark_at_bytes: int,
+    time_s: float | None = None,
+) -> Measured:
+    """`request` in a fresh sandboxed child of the referee's limits, measured (run_measured)."""
     scratch = blobs.root / "sandbox"
     scratch.mkdir(exist_ok=True)
     box = WarmSandbox(ENTRY, rt.sandbox, isolation=Isolation(), scratch_root=scratch, lend=True)
     try:
         with rt.other_child(box):  # a coordinator stopping kills it as it kills the referee's
             stops = {"stop_at_bytes": stop_at_bytes, "mark_at_bytes": mark_at_bytes}
-            return run_measured(box, request, inputs=(model, source), **stops)
+            return run_measured(box, request, inputs=inputs, time_s=time_s, **stops)
     finally:
         box.close()
 
@@ -155,8 +202,12 @@ def regenerate_rows(
 ) -> None:
     """The decoding loop (tensorgrid.workloads.generation) of `model` over the prompts of
     `source` with the job's decode settings, on CPU in the sandboxed child; write `out`."""
-    request = {"op": "generate", "model": str(model), "source": str(source), "decode": dict(decode)}
-    referee(rt, blobs).call(request, outputs={OUTPUT: out}, inputs=(model, source))
+    referee(rt, blobs).call(_generate_request(model, source, decode), outputs={OUTPUT: out}, inputs=(model, source))
+
+
+def _generate_request(model: Path, source: Path, decode: dict[str, Any]) -> dict[str, Any]:
+    """The child's request to run the decoding loop of `model` over the prompts of `source`."""
+    return {"op": "generate", "model": str(model), "source": str(source), "decode": dict(decode)}
 
 
 def score_claim(
@@ -175,16 +226,24 @@ def probe_rows(
 ) -> Determinism:
     """The row-independence probe (tensorgrid.workloads.determinism) of `model` over the rows
     of `source`, in the sandboxed child; its verdict."""
-    request = {
+    # The probe has its own time box (DEADLINE_S, checked between its runs); its wall limit is
+    # that plus room for loading the program, whatever the operator set for the referee.
+    request = _probe_request(model, source, input_names, batch_size)
+    return determinism_of(referee(rt, blobs).call(request, time_s=PROBE_TIME_S, inputs=(model, source)))
+
+
+def _probe_request(model: Path, source: Path, input_names: list[str], batch_size: int) -> dict[str, Any]:
+    return {
         "op": "probe",
         "model": str(model),
         "source": str(source),
         "input_names": list(input_names),
         "batch_size": int(batch_size),
     }
-    # The probe has its own time box (DEADLINE_S, checked between its runs); its wall limit is
-    # that plus room for loading the program, whatever the operator set for the referee.
-    answer = referee(rt, blobs).call(request, time_s=PROBE_TIME_S, inputs=(model, source))
+
+
+def determinism_of(answer: dict[str, Any]) -> Determinism:
+    """The probe's verdict from the child's answer to a probe request."""
     return Determinism(
         independent=bool(answer["independent"]),
         reason=str(answer.get("reason", "")),

@@ -52,11 +52,13 @@ def run_measured(
     mark_at_bytes: int = 0,
     inputs: Iterable[os.PathLike[str] | str] = (),
     poll_s: float = POLL_S,
+    time_s: float | None = None,
 ) -> Measured:
     """`request` to `box`'s child, started for it (a box made for this one request, `lend` set,
     closed by the caller), lending it `inputs`: its peak resident memory measured from its
     greeting on; the child is killed once that passes stop_at_bytes (0: never); crossed_s says
-    when it first passed mark_at_bytes (0: not asked). Never raises a SandboxFailure: it is in
+    when it first passed mark_at_bytes (0: not asked); time_s: the request's wall-time limit
+    (default: the box's). Never raises a SandboxFailure: it is in
     the result."""
     try:
         box.warm()
@@ -71,7 +73,7 @@ def run_measured(
     answer, failure = None, None
     watch.start()
     try:
-        answer = box.call(request, inputs=inputs)
+        answer = box.call(request, time_s=time_s, inputs=inputs)
     except SandboxFailure as e:
         failure = e
     finally:

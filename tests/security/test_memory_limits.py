@@ -9,7 +9,9 @@ Each node's run meets the limit and reports OUT_OF_MEMORY, a claim (repositories
 memory limit"); the second sends the task to the referee, whose run passes 1.25× the limit: the job
 fails naming the memory limit after two node runs and one review, each node drew once and was paid
 what it won, and neither is held a failure. On main each report was its node's own failure: an
-attempt spent, a failure and its backoff, nothing paid, until max_attempts nodes had run it.
+attempt spent, a failure and its backoff, nothing paid, until max_attempts nodes had run it. Its
+memory grows with its rows, so intake's measured probe (4 rows here) holds little and accepts it
+(coordinator.kinds.inference.vetting, "Memory at intake"): the claims settle what the probe cannot.
 
 Small: an in-process coordinator with its real referee; two nodes lie OUT_OF_MEMORY on a program
 that holds little: the referee's measured run stays within half the limit and refuses them."""

@@ -20,7 +20,7 @@ from coordinator.config import Limits
 from coordinator.errors import Rejected
 from coordinator.events import EventHub
 from coordinator.kinds.base import BaseKind, concat_outputs
-from coordinator.kinds.generation.replay import replay_generation, score_generation
+from coordinator.kinds.generation.replay import measure_decoding, replay_generation, score_generation
 from coordinator.kinds.inference.checked import checked_job
 from coordinator.kinds.inference.effects import OpenCheck, SettleCheck
 from coordinator.repositories.jobs import NewJob, NewTask
@@ -55,6 +55,10 @@ class GenerationKind(BaseKind):
         self.hub = hub
         rt, blobs = verification.rt, verification.blobs
         verification.add_replay(NAME, replay_generation(rt, blobs), score=score_generation(rt, blobs))
+        # a CPU node's out-of-memory report on one of its tasks is a claim the referee measures
+        # (repositories.claims, "Over its memory limit"); its check tasks are measured as inference's
+        # register them (CHECK_KIND), by their settings' task kind: this decoding loop
+        verification.add_measure(NAME, measure_decoding(rt, blobs), self.task_kinds)
 
     def plan(
         self, spec: Any, spec_json: bytes, submitter: str, sh: str, job_id: str, blobs: BlobStore, limits: Limits

@@ -1,7 +1,9 @@
 """The referee's work on a generation check, in the coordinator's sandboxed child
 (services.sandboxed), never in its own process: scoring a claimed output (one teacher-forced
 forward pass, tensorgrid.workloads.scoring) and, when that does not settle it, the decoding loop
-over the check's prompts."""
+over the check's prompts. And its measured run of a generation task, for a claim that its program
+needs more than the task's memory limit (services.verification.memory): the decoding loop over
+every prompt of the task in a fresh child of its own, as a node's worker runs it."""
 
 from __future__ import annotations
 
@@ -9,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from coordinator.services.runtime import Runtime
-from coordinator.services.sandboxed import regenerate_rows, score_claim
-from coordinator.services.verification.manager import Replay, Score
+from coordinator.services.sandboxed import measure_generation, regenerate_rows, score_claim
+from coordinator.services.verification.runs import MeasureRun, Replay, Score
 from tensorgrid.blobs import BlobStore
+from tensorgrid.sandbox.measured import Measured
 
 
 def replay_generation(rt: Runtime, blobs: BlobStore) -> Replay:
@@ -31,3 +34,13 @@ def score_generation(rt: Runtime, blobs: BlobStore) -> Score:
         return score_claim(rt, blobs, model, source, claim, out, settings["generation"])
 
     return score
+
+
+def measure_decoding(rt: Runtime, blobs: BlobStore) -> MeasureRun:
+    """A MeasureRun of a generation task (or a check of one): the decoding loop over its prompts
+    with the job's settings, on CPU in a fresh child, its peak memory measured."""
+
+    def measure(model: Path, source: Path, settings: dict[str, Any], stop: int, mark: int) -> Measured:
+        return measure_generation(rt, blobs, model, source, settings["generation"], stop, mark)
+
+    return measure

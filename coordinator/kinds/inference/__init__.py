@@ -15,7 +15,8 @@ from coordinator.events import EventHub
 from coordinator.kinds.base import BaseKind, concat_outputs
 from coordinator.kinds.inference.checked import checked_job
 from coordinator.kinds.inference.effects import OpenCheck, SettleCheck
-from coordinator.kinds.inference.vetting import vet_inference
+from coordinator.kinds.inference.measure import measure_inference
+from coordinator.kinds.inference.vetting import measures_memory, vet_inference
 from coordinator.repositories.jobs import NewJob, NewTask
 from coordinator.repositories.tasks import TaskRecord
 from coordinator.repositories.verification.checks import CheckPlan
@@ -44,8 +45,8 @@ class InferenceKind(BaseKind):
         self.hub = hub
         verification.foresight.add(self.name)  # its untrusted results are the referee's alone (examine)
         verification.canaries.add(self.name)  # an untrusted node's shard's canary is leased with it
-        for task_kind in self.task_kinds:  # a node's out-of-memory report on one is a claim (repositories.claims)
-            verification.reviews.add_measure(task_kind, verification.measure_rows)
+        # a node's out-of-memory report on one of its tasks (or a check task) is a claim (repositories.claims)
+        verification.add_measure(self.name, measure_inference(verification.rt, verification.blobs), self.task_kinds)
 
     def plan(
         self, spec: Any, spec_json: bytes, submitter: str, sh: str, job_id: str, blobs: BlobStore, limits: Limits
@@ -63,9 +64,14 @@ class InferenceKind(BaseKind):
         return shards + fee_tasks(spec.verification, shards, spec.shard_rows)
 
     def vet(self, spec: Any, blobs: BlobStore) -> None:
-        """The determinism contract (vetting.py): refuse a program whose rows are not independent."""
-        if isinstance(spec, InferenceSpec) and (spec.verification or VerificationSpec()).mode != "none":
+        """The determinism contract (vetting.py): refuse a program whose rows are not independent,
+        or that already needs more than its time or memory limit on the probe's rows."""
+        if _vetted(spec):
             vet_inference(spec, self.verification.rt, blobs)
+
+    def vet_is_measured(self, spec: Any) -> bool:
+        """The probe runs in a fresh measured child (vetting.measures_memory)."""
+        return _vetted(spec) and measures_memory(spec, self.verification.rt)
 
     def check_output(self, task: TaskRecord, receipt: Receipt, path: Path) -> int | None:
         """The output's row count (it must be the task's). Raises Rejected."""
@@ -105,6 +111,11 @@ class InferenceKind(BaseKind):
         if not isinstance(spec, InferenceSpec):
             return 0.0
         return VerificationPolicy(policy, job.tasks_total, spec.shard_rows, spec.reward_per_task_wei).worst_detection
+
+
+def _vetted(spec: Any) -> bool:
+    """Whether intake probes the job's program (a job verified by re-running its rows)."""
+    return isinstance(spec, InferenceSpec) and (spec.verification or VerificationSpec()).mode != "none"
 
 
 def _plan_shards(spec: InferenceSpec, job_id: str, blobs: BlobStore, limits: Limits) -> tuple[list[NewTask], int]:

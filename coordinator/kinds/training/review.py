@@ -14,7 +14,7 @@ from typing import Any
 
 from coordinator.services.runtime import Runtime
 from coordinator.services.sandboxed import Part, train_task_part
-from coordinator.services.verification.manager import PartReplay
+from coordinator.services.verification.runs import PartReplay
 from tensorgrid.blobs import BlobStore
 
 RAN = "its inner steps ran from the round's weights over its shard"

@@ -11,9 +11,8 @@ import logging
 import os
 import random
 import tempfile
-import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ from coordinator.repositories.verification.checks import PARKED, CheckPlan, Verd
 from coordinator.repositories.verification.rulings import Ahead, Ruling, RulingInfo
 from coordinator.repositories.verification.store import CheckInfo
 from coordinator.services.runtime import Runtime
-from coordinator.services.sandboxed import Part, SandboxFailure, measure_rows, reexecute_rows, referee
+from coordinator.services.sandboxed import Part, SandboxFailure, referee
 from coordinator.services.verification.ahead import AheadRuns, run_key
 from coordinator.services.verification.canaries import EarlyCanaries, fresh_id
 from coordinator.services.verification.compare import load_rows, rows_match
@@ -32,22 +31,15 @@ from coordinator.services.verification.foresee import Foresight
 from coordinator.services.verification.policy import VerificationPolicy
 from coordinator.services.verification.referee import blames, judge, soundness
 from coordinator.services.verification.reviews import Reviews
+from coordinator.services.verification.runs import KindRuns, MeasureRun, PartReplay, Replay, Score
 from coordinator.services.verification.stakes import StakeGate
 from tensorgrid.blobs import BlobStore
-from tensorgrid.sandbox.measured import Measured
 from tensorgrid.spec import VerificationSpec
 from tensorgrid.types import BlobRef, Lease
 from tensorgrid.workloads import tensorfile
 
 log = logging.getLogger("tensorgrid.coordinator.verification")
 Settled = Callable[[str, bool], None]  # (job id, job complete): a ruling changed the job
-# (model path, check input, output path, task settings): re-run a check's rows in the sandboxed child
-Replay = Callable[[Path, Path, Path, dict[str, Any]], None]
-# (program, input, settings, state the part before reached or None, out): one part of a reviewed task
-PartReplay = Callable[[Path, Path, dict[str, Any], Path | None, Path], Part]
-# (model path, check input, claimed output rows, output path, task settings): per row, whether the
-# claim is what a re-run would give, found without re-running in full (generation: scoring)
-Score = Callable[[Path, Path, Path, Path, dict[str, Any]], list[bool]]
 REFEREE_IDLE_S = 1.0
 
 
@@ -73,9 +65,9 @@ class Verification:
         self.stakes = StakeGate(stake_of, rt.work) if stake_of is not None else None
         self._policies: dict[str, tuple[VerificationPolicy | None, int]] = {}
         self._disputes = asyncio.Event()
-        self._torch = threading.Lock()  # one referee child at a time: its memory cap is the coordinator's budget
-        self._replays: dict[str, Replay] = {}  # task kind (settings["task_kind"]) → how the referee re-runs it
-        self._scores: dict[str, Score] = {}  # task kind → how the referee checks a claim without re-running it
+        self.runs = KindRuns(rt, blobs)  # how the referee runs, scores and measures each task kind
+        self._torch = self.runs.lock  # one referee child at a time
+        self._replays, self._scores, self._run = self.runs.replays, self.runs.scores, self.runs.run
         self.rulings = 0
         # confirmations re-run while their checks run on checkers, not after (ahead.py)
         self.ahead = AheadRuns(Path(blobs.tmp_dir))
@@ -216,12 +208,15 @@ class Verification:
 
         self.reviews.add_parts(task_kind, run, ran)
 
-    def measure_rows(self, model_sha: str, settings: dict[str, Any], source: Path, stop: int, mark: int) -> Measured:
-        """A row task's run at its batch size, its peak memory measured for a memory claim
-        (memory.py, sandboxed.measure_rows): one referee child runs at a time."""
-        names, batch = settings.get("input_names") or None, int(settings.get("batch_size") or 0)
-        with self._torch:
-            return measure_rows(self.rt, self.blobs, self.blobs.path_for(model_sha), source, batch, names, stop, mark)
+    def add_measure(self, runs: str, measure: MeasureRun, task_kinds: Iterable[str]) -> None:
+        """How the referee measures the peak memory of a run of a task whose settings name `runs`
+        as their task kind (none named: inference), for a claim that its program needs more than the
+        task's memory limit (memory.py); a node's out-of-memory report on a task of `task_kinds` is
+        then such a claim (repositories.claims). A check task runs as its job's tasks do, so its
+        measure is chosen by its settings, as its replay is (_run); one referee child at a time."""
+        self.runs.measures[runs] = measure
+        for task_kind in task_kinds:
+            self.reviews.add_measure(task_kind, self.runs.measure)
 
     def check_opened(self, plan: CheckPlan) -> None:
         """A check was committed: queue its referee's re-run ahead if its ruling is certain."""
@@ -361,12 +356,6 @@ class Verification:
         run (fail_ruling), which blames no one."""
         self._run(info.model_sha, info.settings, source, out)
 
-    def _run(self, model_sha: str, settings: dict[str, Any], source: Path, out: Path) -> None:
-        model = self.blobs.path_for(model_sha)
-        with self._torch:
-            replay = self._replays.get(str(settings.get("task_kind", "")), self._replay_inference)
-            replay(model, source, out, settings)
-
     async def _run_ahead(self) -> bool:
         """Re-run one queued check's confirmation rows before its ruling is asked for (ahead.py);
         whether one was run (more may be queued). A check already answered or settled, or one a
@@ -397,8 +386,3 @@ class Verification:
             tensorfile.gather_rows(self.blobs.path_for(job.input_sha), list(range(job.rows)), source)
             self._run(job.model_sha, job.settings, source, out)
             self.ahead.put(key, out)
-
-    def _replay_inference(self, model: Path, source: Path, out: Path, settings: dict[str, Any]) -> None:
-        batch = int(settings.get("batch_size") or 0)
-        names = settings.get("input_names") or None  # the job's argument order, as the nodes ran it
-        reexecute_rows(self.rt, self.blobs, model, source, out, batch, names)

@@ -11,9 +11,12 @@ turns an allocation past it into a clean MemoryError, also reported as out of me
 The referee measures the same quantity the same way (tensorgrid.sandbox.measured): the task's
 rows at its batch size, in a fresh child of its own (not its warm child, which holds other jobs'
 programs), its VmHWM reset once it greeted, polled while it runs and read after it answered. It
-runs the same code (tensorgrid.workloads.inference.run_inference); the two baselines differ by a
-few tens of MiB (measured here: a fresh child ran a small program at a peak of 285 MiB; a worker
-holds ~310 MiB with torch imported), far inside the margins below for any limit a worker can meet.
+runs the same code (tensorgrid.workloads.inference.run_inference; a generation task's decoding
+loop, tensorgrid.workloads.generation.run_generation: kinds.generation.replay.measure_decoding; a
+check task as its job's tasks run, by its settings' task kind: verification.runs.KindRuns.measure);
+the two baselines differ by a few tens of MiB (measured here: a fresh child ran a small program at a
+peak of 285 MiB; a worker holds ~310 MiB with torch imported), far inside the margins below for any
+limit a worker can meet.
 
 - Peak over `over` (1.25) × the limit (the child is killed the moment it passes that, so the
   referee holds no more): confirmed, final, the job fails naming the memory limit. The claimants

@@ -126,8 +126,8 @@ class Reviews:
 
     def add_measure(self, task_kind: str, measure: Measure) -> None:
         """How the referee measures the peak memory of a contested task of `task_kind` whose claims
-        say it needs more than its memory limit (memory.py); a kind without one keeps a node's
-        out-of-memory report its own failure (repositories.claims)."""
+        say it needs more than its memory limit (memory.py; Verification.add_measure registers it);
+        a kind without one keeps a node's out-of-memory report its own failure (repositories.claims)."""
         self.measures[task_kind] = measure
 
     def budget_s(self, task: Contested) -> float:

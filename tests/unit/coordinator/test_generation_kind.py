@@ -30,7 +30,7 @@ V = 50
 
 
 class Replays:
-    """The part of Verification a kind registers with: its replays (never run here)."""
+    """The part of Verification a kind registers with: its replays and its measures (never run here)."""
 
     rt: Any = None
     blobs: Any = None
@@ -38,11 +38,15 @@ class Replays:
     def __init__(self) -> None:
         self.kinds: list[str] = []
         self.scores: list[str] = []
+        self.measured: list[str] = []  # task kinds whose memory claims it measures
 
     def add_replay(self, kind: str, replay: Any, score: Any = None) -> None:
         self.kinds.append(kind)
         if score is not None:
             self.scores.append(kind)
+
+    def add_measure(self, runs: str, measure: Any, task_kinds: tuple[str, ...]) -> None:
+        self.measured.extend(task_kinds)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +65,8 @@ def plan(tmp_path: Path, decoder: Path, prompts: dict[str, torch.Tensor], **sett
     blobs = BlobStore(tmp_path / "blobs")
     replays = Replays()
     kind = GenerationKind(replays, None)  # type: ignore[arg-type]
-    assert replays.kinds == replays.scores == ["generation"]  # the referee learns to replay and score them
+    # the referee learns to replay and score them, and to measure their memory
+    assert replays.kinds == replays.scores == replays.measured == ["generation"]
     spec = GenerationSpec(
         model=blobs.put_file(decoder), prompts=put(blobs, prompts, tmp_path), vocab_size=V, **settings
     )

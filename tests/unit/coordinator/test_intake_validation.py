@@ -33,3 +33,37 @@ def test_a_failed_validation_frees_its_slot() -> None:
         raise ValueError("the plan refused the spec")
     with gate._validation_slot("0xb"):
         pass
+
+
+class _Kinds:
+    """A kind whose vet is measured for specs that say so (Kind.vet_is_measured)."""
+
+    def for_job(self, kind: str) -> _Kinds:
+        return self
+
+    def vet_is_measured(self, spec: _Spec) -> bool:
+        return spec.measured
+
+
+class _Spec:
+    kind = "inference"
+
+    def __init__(self, measured: bool) -> None:
+        self.measured = measured
+
+
+def test_a_submission_whose_vet_is_measured_holds_a_validation_slot() -> None:
+    """A measured probe starts a child of its own: SubmitJob's vet of one holds the submitter's slot
+    as ValidateJob does, so many submissions queue at most max_validations children, one each."""
+    gate = intake(2)
+    gate.kinds = _Kinds()  # type: ignore[assignment]
+    with gate._vet_slot("0xa", _Spec(measured=True)):
+        with pytest.raises(QuotaExceeded, match="one per submitter"), gate._vet_slot("0xa", _Spec(measured=True)):
+            pass
+        with gate._vet_slot("0xa", _Spec(measured=False)):  # the warm referee's probe: no slot, as before
+            pass
+        with gate._validation_slot("0xb"):
+            with pytest.raises(QuotaExceeded, match="at most 2"), gate._vet_slot("0xc", _Spec(measured=True)):
+                pass
+    with gate._vet_slot("0xa", _Spec(measured=True)):  # freed
+        pass
