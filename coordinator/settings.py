@@ -9,7 +9,23 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-from coordinator.config import BulkSettings, CoordinatorConfig, LeaseTiming, Limits, Quotas
+from coordinator.config import CoordinatorConfig, LeaseTiming, Limits, Quotas
+from coordinator.settings_network import (
+    BULK_HELLO_S,
+    BULK_IDLE_S,
+    BULK_LISTEN,
+    DASHBOARD_LISTEN,
+    DRAIN_S,
+    HEALTH_INTERVAL_MS,
+    INSECURE,
+    LISTEN,
+    METRICS_LISTEN,
+    SERVE_DATA_LISTEN,
+    SERVE_DATA_MAX_FRAME_MIB,
+    TLS_CERT,
+    TLS_KEY,
+    bulk_settings,
+)
 from coordinator.settings_peers import PEER_SETTINGS, SESSION_SETTINGS, peer_limits, session_ttls
 from coordinator.settings_reviews import REVIEW_SETTINGS, review_settings
 from tensorgrid import config
@@ -21,14 +37,7 @@ MiB = 1 << 20
 GiB = 1 << 30
 ENV_PREFIX = _COORDINATOR = "TENSORGRID_COORDINATOR_"
 # Each default is CoordinatorConfig's own (or its Limits' and LeaseTiming's), shown in the units of the flag.
-LISTEN = Setting(
-    "--listen",
-    _COORDINATOR + "LISTEN",
-    CoordinatorConfig.listen,
-    help="host:port to serve gRPC on (port 0: any free port); without --tls-cert only a loopback "
-    "address, unless --insecure",
-    metavar="HOST:PORT",
-)
+# Where and how the coordinator serves: coordinator.settings_network.
 DATA_DIR = Setting(
     "--data-dir",
     _COORDINATOR + "DATA_DIR",
@@ -125,29 +134,6 @@ CHECK_WAIT_MS = Setting(
     type=int,
     help="a spot-check no other node takes within this long passes as 'unverified' (grids of one node)",
 )
-TLS_CERT = Setting(
-    "--tls-cert",
-    _COORDINATOR + "TLS_CERT",
-    CoordinatorConfig.tls_cert,
-    type=Path,
-    help="PEM certificate (chain) to serve gRPC over TLS with, from your own CA or a public one",
-    metavar="FILE",
-)
-TLS_KEY = Setting(
-    "--tls-key",
-    _COORDINATOR + "TLS_KEY",
-    CoordinatorConfig.tls_key,
-    type=Path,
-    help="the certificate's unencrypted PEM private key",
-    metavar="FILE",
-)
-INSECURE = Setting(
-    "--insecure",
-    _COORDINATOR + "INSECURE",
-    CoordinatorConfig.insecure,
-    type=config.switch,
-    help="serve plain text on a non-loopback address (without TLS a coordinator listens only on loopback)",
-)
 OPERATOR_ADDRESS = Setting(
     "--operator-address",
     _COORDINATOR + "OPERATOR_ADDRESS",
@@ -196,76 +182,6 @@ REFEREE_MEMORY_MIB = Setting(
     CoordinatorConfig.referee_memory_bytes / MiB,
     type=float,
     help="hard memory cap of that sandboxed child",
-)
-BULK_LISTEN = Setting(
-    "--bulk-listen",
-    _COORDINATOR + "BULK_LISTEN",
-    BulkSettings.listen,
-    help="host:port of the bulk port, where large blobs move outside gRPC after a ticket from it "
-    "(TLS with --tls-cert); empty: --listen's host, any free port; off: none (blobs go over gRPC)",
-    metavar="HOST:PORT|off",
-)
-BULK_HELLO_S = Setting(
-    "--bulk-hello-s",
-    _COORDINATOR + "BULK_HELLO_S",
-    BulkSettings.hello_timeout_s,
-    type=float,
-    help="a bulk connection must show its ticket within this long",
-)
-BULK_IDLE_S = Setting(
-    "--bulk-idle-s",
-    _COORDINATOR + "BULK_IDLE_S",
-    BulkSettings.idle_timeout_s,
-    type=float,
-    help="a bulk transfer whose bytes stop for this long is dropped",
-)
-METRICS_LISTEN = Setting(
-    "--metrics-listen",
-    _COORDINATOR + "METRICS_LISTEN",
-    CoordinatorConfig.metrics_listen,
-    help="host:port to serve Prometheus metrics on (/metrics: counts only, no job or address; plain "
-    "HTTP, no authentication: keep it on loopback or a private network); empty: none",
-    metavar="HOST:PORT",
-)
-SERVE_DATA_LISTEN = Setting(
-    "--serve-data-listen",
-    _COORDINATOR + "SERVE_DATA_LISTEN",
-    CoordinatorConfig.serve_data_listen,
-    help="host:port of the serving data port (port 0: any free port): a node may open one plain TCP "
-    "connection per inference replica there, proven with a per-replica token, and its warm worker "
-    "answers requests on it directly (docs/SERVING.md); plain text, so it stays off when gRPC is "
-    "served with --tls-cert (replicas use their Serve streams); empty: none",
-    metavar="HOST:PORT",
-)
-SERVE_DATA_MAX_FRAME_MIB = Setting(
-    "--serve-data-max-frame-mib",
-    _COORDINATOR + "SERVE_DATA_MAX_FRAME_MIB",
-    CoordinatorConfig.serve_data_max_frame_bytes / MiB,
-    type=float,
-    help="largest frame a worker may send up its data link (a micro-batch's replies); a larger one "
-    "closes the link and its requests fail over",
-)
-DASHBOARD_LISTEN = Setting(
-    "--dashboard-listen",
-    _COORDINATOR + "DASHBOARD_LISTEN",
-    CoordinatorConfig.dashboard_listen,
-    help="host:port to serve the read-only web dashboard on (each submitter sees its own jobs, with a "
-    "link from `tensorgrid dashboard`; HTTPS with --tls-cert, else loopback only unless --insecure); empty: none",
-    metavar="HOST:PORT",
-)
-HEALTH_INTERVAL_MS = Setting(
-    "--health-interval-ms",
-    _COORDINATOR + "HEALTH_INTERVAL_MS",
-    CoordinatorConfig.health_interval_ms,
-    type=int,
-    help="how often gRPC health checks the database (NOT_SERVING while it does not answer)",
-)
-DRAIN_S = Setting(
-    "--drain-s",
-    _COORDINATOR + "DRAIN_S",
-    CoordinatorConfig.drain_s,
-    type=float,
-    help="on SIGTERM, health says NOT_SERVING this long before the coordinator stops taking calls",
 )
 REFEREE_THREADS = Setting(
     "--referee-threads",
@@ -416,5 +332,5 @@ def config_from(ns: argparse.Namespace) -> CoordinatorConfig:
         dashboard_listen=ns.dashboard_listen,
         health_interval_ms=ns.health_interval_ms,
         drain_s=ns.drain_s,
-        bulk=BulkSettings(listen=ns.bulk_listen, hello_timeout_s=ns.bulk_hello_s, idle_timeout_s=ns.bulk_idle_s),
+        bulk=bulk_settings(ns),
     )

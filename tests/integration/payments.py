@@ -1,5 +1,6 @@
 """Checks that work was paid exactly once: the credits in the coordinator's ledger, each escrow's
-charge and refund on chain, and the nodes' claims (the replica tests, on loopback and across hosts)."""
+charge and refund on chain, and the nodes' claims (the replica tests, on loopback and across hosts;
+the chaos and settlement tests)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,13 @@ def credits(db_url: str, job_id: str | None = None) -> tuple[dict[str, int], int
 def earned(client: Client, node_keys: Sequence[str]) -> list[int]:
     """What each node has earned so far (credited, posted on chain or not)."""
     return [client.earnings(Signer.from_hex(key).address).cumulative_wei for key in node_keys]
+
+
+def posted(client: Client, node_keys: Sequence[str]) -> None:
+    """Wait until every wei these nodes earned is in a root confirmed on chain (none pending): a
+    claim made once the chain's clock is past that root's challenge window covers all of it."""
+    for address in [Signer.from_hex(key).address for key in node_keys]:
+        wait_for(lambda a=address: client.earnings(a).pending_wei == 0, 180, "the nodes' earnings on chain")
 
 
 def settled_once(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from tensorgrid.spec import InferenceSpec, VerificationSpec
 from tensorgrid.types import Capabilities, JobState
 from tensorgrid.v1 import submit_pb2
 from tests.integration.conftest import BATCH, FAST, Assets, Stopper, wait_for
+from tests.integration.payments import posted
 from tests.integration.test_inference import assert_matches_local
 
 pytestmark = pytest.mark.integration
@@ -98,8 +98,8 @@ def test_funded_job_is_charged_recorded_refunded_and_claimed(devnet: ChainGrid, 
         # budget went in, the unspent part came back: the submitter paid the charge plus gas only
         spent = before - client.chain.balance()
         assert escrow.charged <= spent < escrow.charged + 10**16
-        time.sleep(devnet.deployment.challenge_window + 1)
-        devnet.anvil.rpc("evm_mine")  # anvil mines only on demand: a fresh block carries the new time
+        posted(client, devnet.node_keys)  # all in a root on chain, then the chain's clock past its window
+        devnet.anvil.advance_time(devnet.deployment.challenge_window + 1)
         paid = 0
         for key in devnet.node_keys:
             node = ChainClient.connect(devnet.anvil.rpc_url, devnet.deployment, key)
@@ -160,8 +160,8 @@ def test_cancel_after_result_still_pays_the_nodes(devnet: ChainGrid, digits: Ass
         assert escrow.charged == REWARD * (6 + 6) and escrow.locked  # 6 tasks, 6 checks
         spent = before - client.chain.balance()
         assert REWARD * 12 <= spent < REWARD * 12 + 10**16  # the unspent part (none here) and gas only
-        time.sleep(devnet.deployment.challenge_window + 1)
-        devnet.anvil.rpc("evm_mine")
+        posted(client, devnet.node_keys)  # all in a root on chain, then the chain's clock past its window
+        devnet.anvil.advance_time(devnet.deployment.challenge_window + 1)
         paid = 0
         for key in devnet.node_keys:
             node = ChainClient.connect(devnet.anvil.rpc_url, devnet.deployment, key)

@@ -38,6 +38,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "coordinator.main",
             "coordinator.console",
             "coordinator.settings",
+            "coordinator.settings_network",
             "coordinator.settings_peers",
             "coordinator.settings_reviews",
             "coordinator.daemon",

@@ -1,7 +1,8 @@
 """Verification in the accept transaction: open checks, apply verdicts, settle who was right.
 
 A check compares a checker's output rows with the subject's; the coordinator chose the
-checker (assign.py). Agreement verifies the subject (its credit is written only now). A
+checker (assign.py). Agreement verifies the subject (its credit is written only now), once
+the referee has confirmed it when the two nodes are not both trusted (confirmation.py). A
 disagreement is never settled by one checker's word: the coordinator re-executes the rows
 itself and rules (rulings.py), so a lying checker cannot get an honest node punished, nor a
 liar pass by luck; whoever the referee proves wrong is caught and, on a chain, slashed with
@@ -23,9 +24,8 @@ from coordinator.db import schema as s
 from coordinator.repositories.jobs import OPEN_CHECK_STATES
 from coordinator.repositories.ledger import credits as ledger
 from coordinator.repositories.verification import assign, canaries, ending, fees
-from coordinator.repositories.verification.trust import bump, reset_streak, streak_for_job
-from tensorgrid.spec import VerificationSpec
-from tensorgrid.spec.verification import detection_rows
+from coordinator.repositories.verification.confirmation import confirm_rows, needs_confirmation, root_kind
+from coordinator.repositories.verification.trust import bump, reset_streak
 from tensorgrid.types import BlobRef
 
 MAX_CHECKERS = 4  # a chain with this many mutually disagreeing checkers is inconclusive
@@ -181,7 +181,7 @@ def apply_verdict(
         .where(checks.c.check_id == check_id)
         .values(checker=checker, checker_output=output.sha256, state="disputed")
     )
-    if verdict.agrees_subject and not earlier and _needs_confirmation(conn, chk, checker):
+    if verdict.agrees_subject and not earlier and needs_confirmation(conn, chk, checker):
         if ruling_failed(conn, chk.root_id):
             # a check the referee was to run alone and could not (hand_to_nodes): it cannot
             # confirm this agreement either, which then verifies nothing (as rulings.fail)
@@ -233,35 +233,6 @@ def request_ruling(conn: Connection, chk: Any, now_ms: int, rows_limit: int) -> 
             created_ms=now_ms,
         )
     )
-
-
-def _needs_confirmation(conn: Connection, chk: Any, checker: str) -> bool:
-    """Whether the agreement of subject and checker needs the referee's confirmation.
-
-    It does unless BOTH are trusted for this job (trust.streak_for_job): a Sybil pair, or a
-    trusted node vouching for a new one, could agree on a lie. A canary's subject was
-    verified already, so a canary never needs it.
-    """
-    if _root_kind(conn, chk.root_id) == "canary":
-        return False
-    raw = conn.execute(select(job_policies.c.policy).where(job_policies.c.job_id == chk.job_id)).scalar()
-    trust_after = int(json.loads(raw).get("trust_after", 10)) if raw else 10
-    if trust_after <= 0:
-        return False
-    streaks = (streak_for_job(conn, node, chk.job_id, trust_after) for node in (chk.subject_node, checker))
-    return min(streaks) < trust_after
-
-
-def confirm_rows(conn: Connection, chk: Any) -> int:
-    """Rows the referee re-runs to confirm an agreement: what the job's policy asks of one
-    spot-check of the subject's task (detection_rows: all of a spot-check's rows), never more
-    than the check has (under replicate, a spot-check's share of the whole shard)."""
-    raw = conn.execute(select(job_policies.c.policy).where(job_policies.c.job_id == chk.job_id)).scalar()
-    tasks = conn.execute(select(s.jobs.c.tasks_total).where(s.jobs.c.job_id == chk.job_id)).scalar()
-    subject_rows = conn.execute(select(s.tasks.c.rows).where(s.tasks.c.task_id == chk.subject_task)).scalar()
-    rows = len(json.loads(chk.rows))
-    spec = VerificationSpec(**{**json.loads(raw or "{}"), "mode": "spotcheck"})
-    return max(1, min(rows, detection_rows(spec, int(tasks or 1), int(subject_rows or rows))))
 
 
 def _created_ms(conn: Connection, job_id: str) -> int:
@@ -318,7 +289,7 @@ def settle(
     if outcome != "verified":
         canaries.drop(conn, chk.root_id)
     subject = (chk.subject_node, chk.job_id, chk.subject_task, chk.subject_attempt)
-    canary = _root_kind(conn, chk.root_id) == "canary"  # its subject was verified and paid already
+    canary = root_kind(conn, chk.root_id) == "canary"  # its subject was verified and paid already
     if outcome in ("verified", "unverified", "unverifiable"):  # unverifiable: nobody blamed, paid
         if not canary:
             ledger.credit_results(conn, [subject], now_ms)
@@ -381,10 +352,6 @@ def lease_canary_early(conn: Connection, task_id: str, attempt: int, node: str, 
     subject = _Row({**row._mapping, "output_sha": ""})
     open_check(conn, subject, plan, now_ms, kind=CANARY, ahead=True)
     return True
-
-
-def _root_kind(conn: Connection, root_id: str) -> str:
-    return str(conn.execute(select(checks.c.kind).where(checks.c.check_id == root_id)).scalar_one())
 
 
 def _idx(conn: Connection, chk: Any) -> int:

@@ -31,7 +31,7 @@ from sqlalchemy import Connection, select, update
 from coordinator.db import schema as s
 from coordinator.repositories.ledger.slashing import queue_slash
 from coordinator.repositories.verification import checks as records
-from coordinator.repositories.verification import ending, fees, unplaced
+from coordinator.repositories.verification import confirmation, ending, fees, unplaced
 
 EventFn = records.EventFn
 referee_rulings = s.referee_rulings
@@ -127,7 +127,7 @@ def ahead(conn: Connection, check_id: str) -> Ahead | None:
     task = conn.execute(select(t.model_sha, t.input_sha, t.settings).where(t.task_id == check_id)).first()
     if task is None:
         return None
-    rows = records.confirm_rows(conn, chk)
+    rows = confirmation.confirm_rows(conn, chk)
     # as pending() reads them, so a run ahead's key is the ruling's (services/verification/ahead.py)
     return Ahead(check_id, task.model_sha, task.input_sha, json.loads(task.settings), rows)
 

@@ -3,7 +3,7 @@
 The same consequences as a batch check (checks.settle, rulings.apply): a verified answer
 extends the node's streak (trust.bump, on the endpoint's job id); two replicas agreeing is
 proof only when both nodes are trusted for the endpoint (`needs_referee`, the batch checks'
-rule of checks._needs_confirmation), otherwise the referee confirms; a node the referee proved
+rule of confirmation.needs_confirmation), otherwise the referee confirms; a node the referee proved
 wrong is caught (its streak reset, its caught and rejection counters up, a "caught" event on
 the endpoint) and, when the endpoint is escrowed on chain, a slash is queued with the
 batch's signed receipt as evidence (ledger.slashing.queue_slash, beneficiary the submitter).
