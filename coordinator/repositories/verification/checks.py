@@ -33,7 +33,7 @@ OPEN_STATES = OPEN_CHECK_STATES
 CHECK_KIND = s.CHECK_KIND
 CANARY = "canary"  # a check's kind: its subject's whole shard, reshuffled (not a spot-check)
 SPOTCHECK = "spotcheck"  # a check's kind: m sampled rows of its subject's shard
-checks, job_policies, referee_rulings, reputation = s.checks, s.job_policies, s.referee_rulings, s.reputation
+checks, referee_rulings, reputation = s.checks, s.referee_rulings, s.reputation
 EventFn = Callable[..., Any]
 
 
@@ -376,7 +376,3 @@ def _reissue(conn: Connection, chk: Any, now_ms: int) -> None:
     )
     if res.rowcount:
         conn.execute(update(s.jobs).where(s.jobs.c.job_id == chk.job_id).values(tasks_done=s.jobs.c.tasks_done - 1))
-
-
-def save_policy(conn: Connection, job_id: str, policy_json: str, required_stake_wei: int) -> None:
-    conn.execute(insert(job_policies).values(job_id=job_id, policy=policy_json, required_stake_wei=required_stake_wei))
