@@ -79,18 +79,26 @@ def build_model(root: Path) -> tuple[Path, bytes]:
 
 # ---- the baseline: the same program behind one grpc.aio server ----------------------------------
 async def _baseline_server(model_path: Path, port_file: Path) -> None:
-    from tensorgrid.serving.tensors import tensors_from_bytes
+    """A plain server: safetensors' own load and save, around the strict header check every
+    side of the grid makes on a stranger's bytes (done afresh for each request)."""
+    from safetensors.torch import load, save
+
     from tensorgrid.workloads.inference import load_program, pick_device
+    from tensorgrid.workloads.tensorfile import header_of_bytes
 
     torch.set_num_threads(1)
     module = load_program(model_path, pick_device("cpu"))
 
     async def infer(request: serving_pb2.InferRequest, context: Any) -> serving_pb2.InferResponse:
-        tensors = tensors_from_bytes(request.input, 1 << 20)
+        if len(request.input) > 1 << 20:
+            raise ValueError("over 1 MiB")
+        header_of_bytes(request.input)
+        tensors = load(request.input)
         with torch.no_grad():
             out = module(*tensors.values())
         out = out[0] if isinstance(out, list | tuple) else out
-        return serving_pb2.InferResponse(output=tensors_to_bytes({"output": out}), node="baseline", attempts=1)
+        output = save({"output": out.detach().to("cpu").contiguous()})
+        return serving_pb2.InferResponse(output=output, node="baseline", attempts=1)
 
     async def infer_stream(requests: Any, context: Any) -> Any:  # one by one, as its event loop runs Infer
         async for request in requests:
