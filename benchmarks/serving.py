@@ -6,6 +6,8 @@ concurrent clients the JSON reports p50 and p99 latency and throughput of both, 
   - added_p50_ms_1: the endpoint's p50 minus the baseline's at 1 client (goal ≤ 2 ms),
   - p99_ratio_C: endpoint p99 / baseline p99 (goal ≤ 2 at every C),
   - throughput_ratio_64: endpoint / baseline requests per second at 64 clients (goal ≥ 0.8).
+Each side's figures at each level carry cpu_us_per_request: the CPU each of its processes
+spent per request during its turns (benchmarks/_serving_cpu.py), the client's included.
 Then the same load (8 clients) runs while one replica's node is SIGKILLed mid-run:
 errors seen by clients (goal 0) and the p99 around the failover.
 
@@ -40,20 +42,20 @@ import grpc
 import torch
 
 from benchmarks._common import emit
+from benchmarks._serving_cpu import Meter
+from benchmarks._serving_load import closed_loop, summary
 from benchmarks._serving_trace import analyse, stamping
 from tensorgrid.client import Client
 from tensorgrid.crypto import Signer
-from tensorgrid.infer_stream import InferStream
 from tensorgrid.localgrid import LocalGrid
 from tensorgrid.serving.tensors import tensors_to_bytes
-from tensorgrid.session import CoordinatorError
 from tensorgrid.spec import EndpointSpec
-from tensorgrid.tls import ClientTls, open_channel
-from tensorgrid.v1 import serving_pb2, submit_pb2_grpc
+from tensorgrid.v1 import serving_pb2
 from tensorgrid.workloads.model import export_program
 
 WIDTH = 256
 INFER = "/tensorgrid.v1.SubmitterService/Infer"
+CPU_ROLES = {"baseline": ("baseline", "client"), "grid": ("coordinator", "agent", "worker", "referee", "client")}
 GRID_ARGS = ("--lease-ttl-ms", "5000", "--heartbeat-ms", "500")
 ROUNDS = 2  # turns each side takes at each level
 DATA_PORT_ARGS = ("--serve-data-listen", "127.0.0.1:0")
@@ -77,18 +79,26 @@ def build_model(root: Path) -> tuple[Path, bytes]:
 
 # ---- the baseline: the same program behind one grpc.aio server ----------------------------------
 async def _baseline_server(model_path: Path, port_file: Path) -> None:
-    from tensorgrid.serving.tensors import tensors_from_bytes
+    """A plain server: safetensors' own load and save, around the strict header check every
+    side of the grid makes on a stranger's bytes (done afresh for each request)."""
+    from safetensors.torch import load, save
+
     from tensorgrid.workloads.inference import load_program, pick_device
+    from tensorgrid.workloads.tensorfile import header_of_bytes
 
     torch.set_num_threads(1)
     module = load_program(model_path, pick_device("cpu"))
 
     async def infer(request: serving_pb2.InferRequest, context: Any) -> serving_pb2.InferResponse:
-        tensors = tensors_from_bytes(request.input, 1 << 20)
+        if len(request.input) > 1 << 20:
+            raise ValueError("over 1 MiB")
+        header_of_bytes(request.input)
+        tensors = load(request.input)
         with torch.no_grad():
             out = module(*tensors.values())
         out = out[0] if isinstance(out, list | tuple) else out
-        return serving_pb2.InferResponse(output=tensors_to_bytes({"output": out}), node="baseline", attempts=1)
+        output = save({"output": out.detach().to("cpu").contiguous()})
+        return serving_pb2.InferResponse(output=output, node="baseline", attempts=1)
 
     async def infer_stream(requests: Any, context: Any) -> Any:  # one by one, as its event loop runs Infer
         async for request in requests:
@@ -134,83 +144,6 @@ def start_baseline(root: Path, model_path: Path) -> tuple[subprocess.Popen[bytes
             raise RuntimeError("the baseline server did not start")
         time.sleep(0.05)
     return proc, int(port_file.read_text())
-
-
-# ---- closed-loop load ---------------------------------------------------------------------------
-async def closed_loop(
-    target: str,
-    metadata: tuple[tuple[str, str], ...],
-    endpoint: str,
-    data: bytes,
-    clients: int,
-    seconds: float,
-    tls: ClientTls | None = None,
-    during: Any = None,
-    stream: bool = False,
-    stamps: list[tuple[int, int]] | None = None,
-) -> tuple[list[float], list[str]]:
-    """`clients` callers, each sending its next request when the last is answered, for
-    `seconds` after a short warm-up; returns the latencies (ms) and the errors seen.
-    stream: the requests go on one open InferStream as the SDK sends them
-    (tensorgrid.infer_stream: a unary Infer when the stream cannot take one); else unary Infer.
-    stamps: each measured request's (sent, answered) perf_counter_ns are appended to it."""
-    channel = open_channel(target, tls or ClientTls(), aio=True)
-    stub = submit_pb2_grpc.SubmitterServiceStub(channel)
-    req = serving_pb2.InferRequest(endpoint_id=endpoint, input=data, timeout_ms=10_000)
-    latencies: list[float] = []
-    errors: list[str] = []
-    warm_until = time.monotonic() + min(1.0, seconds / 4)
-    stop_at = warm_until + seconds
-
-    async def session() -> tuple[tuple[str, str], ...]:
-        return metadata
-
-    streamed = InferStream(stub, session) if stream else None
-
-    async def call() -> None:
-        if streamed is None or await streamed.infer(req, 10) is None:
-            await stub.Infer(req, metadata=metadata, timeout=10)
-
-    async def caller() -> None:
-        while (now := time.monotonic()) < stop_at:
-            started_ns = time.perf_counter_ns()
-            try:
-                await call()
-            except (grpc.aio.AioRpcError, CoordinatorError) as e:
-                code = e.code if isinstance(e, CoordinatorError) else e.code()
-                errors.append(f"{code.name}: {e if isinstance(e, CoordinatorError) else e.details()}")
-                await asyncio.sleep(0.01)
-                continue
-            if now >= warm_until:
-                ended_ns = time.perf_counter_ns()
-                latencies.append((ended_ns - started_ns) / 1e6)
-                if stamps is not None:
-                    stamps.append((started_ns, ended_ns))
-
-    if during is not None:
-        asyncio.get_running_loop().call_later(seconds / 3 + (warm_until - time.monotonic()), during)
-    await asyncio.gather(*(caller() for _ in range(clients)))
-    if streamed is not None:
-        await streamed.close()
-    await channel.close()
-    return latencies, errors
-
-
-def summary(latencies: list[float], errors: list[str], seconds: float) -> dict[str, Any]:
-    """p50, p99 (ms) and requests per second of `seconds` of closed-loop load."""
-    latencies = sorted(latencies)
-
-    def pct(p: float) -> float:
-        return round(latencies[min(len(latencies) - 1, int(p * len(latencies)))], 3) if latencies else float("nan")
-
-    return {
-        "requests": len(latencies),
-        "per_s": round(len(latencies) / seconds, 1),
-        "p50_ms": pct(0.50),
-        "p99_ms": pct(0.99),
-        "errors": len(errors),
-        "first_errors": errors[:3],
-    }
 
 
 # ---- the run ------------------------------------------------------------------------------------
@@ -313,16 +246,20 @@ def _levels(
     """Each side's summary at each level into result; stamps: the grid's 1-client requests' times (--trace)."""
     for c in levels:
         seen: dict[str, tuple[list[float], list[str]]] = {side: ([], []) for side in sides}
+        meters = {side: Meter() for side in sides}
         for _ in range(rounds):  # the two sides take turns: a change of load hits both alike
             for side, (target, metadata, ep, stream) in sides.items():
                 kept = stamps if side == "grid" and c == 1 else None
+                meters[side].start()
                 lat, err = asyncio.run(
                     closed_loop(target, metadata, ep, data, c, seconds / rounds, stream=stream, stamps=kept)
                 )
+                meters[side].stop(len(lat) + len(err))
                 seen[side][0].extend(lat)
                 seen[side][1].extend(err)
         for side in sides:
             result[f"{side}_{c}"] = summary(*seen[side], seconds)
+            result[f"{side}_{c}"]["cpu_us_per_request"] = meters[side].per_request_us(CPU_ROLES[side])
             print(f"{side}, {c} clients: {result[f'{side}_{c}']}", file=sys.stderr)
 
 
