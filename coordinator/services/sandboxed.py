@@ -129,11 +129,13 @@ def measure_generation(
     decode: dict[str, Any],
     stop_at_bytes: int,
     mark_at_bytes: int = 0,
+    time_s: float | None = None,
 ) -> Measured:
     """regenerate_rows's decoding loop over every prompt of `source`, measured as measure_rows
-    measures rows: a fresh child of its own, killed once it holds stop_at_bytes. Its output is not kept."""
+    measures rows: a fresh child of its own, killed once it holds stop_at_bytes. Its output is not
+    kept. time_s: its wall-time limit (default: the referee's; intake's gives it PROBE_TIME_S)."""
     request = _generate_request(model, source, decode)
-    return _measured(rt, blobs, request, (model, source), stop_at_bytes, mark_at_bytes)
+    return _measured(rt, blobs, request, (model, source), stop_at_bytes, mark_at_bytes, time_s)
 
 
 def measure_probe(
