@@ -167,9 +167,10 @@ allocating to exhaust the referee costs one fresh child, killed at 1.25× the li
 20 ms polls it can reach at most the referee's hard cap, which protects the coordinator as for any
 referee run; a MemoryError there is read as over the limit only under the margin above). What is
 left: training tasks' memory is not measured (their reports stay the node's own); intake refuses an
-inference program whose probe already holds more than 1.25× its limit (kinds.inference.vetting,
-"Memory at intake"), but a program small on the probe's rows and large on a shard's passes it and is
-settled here; under the defaults (a task limit of 4 GiB, the referee's cap --referee-memory-mib of
+inference, generation or training program whose part of a task run there (the probe's rows, the
+first prompts' first tokens, the first inner step) already holds more than 1.25× its limit
+(kinds.memory, "Memory at intake"), but a program small there and large on a whole task passes it
+and is settled here; under the defaults (a task limit of 4 GiB, the referee's cap --referee-memory-mib of
 4 GiB) a program that runs out of the referee's cap is undecided, so more nodes settle it: an
 operator who wants the referee to settle such claims gives it at least 1.25× the largest limit its
 jobs set.

@@ -146,9 +146,10 @@ class Intake:
             self._validating.discard(submitter)
 
     def _vet_slot(self, submitter: str, spec: Any) -> contextlib.AbstractContextManager[None]:
-        """What submit's vet holds: a validation slot, as ValidateJob's does (one per submitter,
-        max_validations in all), when the vet starts a child of its own (a measured probe:
-        Kind.vet_is_measured), so many submissions cannot queue many children; else nothing."""
+        """What submit's plan and vet hold: a validation slot, as ValidateJob's do (one per submitter,
+        max_validations in all), when either starts a child of its own (a measured probe, or a
+        training job's measured first step: Kind.vet_is_measured), so many submissions cannot queue
+        many children; else nothing."""
         if self.kinds.for_job(spec.kind).vet_is_measured(spec):
             return self._validation_slot(submitter)
         return contextlib.nullcontext()
@@ -171,8 +172,8 @@ class Intake:
             await rt.work(
                 self.chain.check_escrow, job_id, sh, submitter, spec.reward_per_task_wei, spec.reward_per_task_wei
             )
-        job, tasks = await rt.work(self.plan, spec_json, submitter, sh, job_id)
         with self._vet_slot(submitter, spec):
+            job, tasks = await rt.work(self.plan, spec_json, submitter, sh, job_id)
             await rt.refereed(self.vet, spec_json)  # refused here, before any node runs the program
         if self.chain is not None:
             paid = self.kinds.for_job(spec.kind).paid_tasks(spec, len(tasks))

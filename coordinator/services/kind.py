@@ -62,8 +62,8 @@ class Kind(Protocol):
         """After plan: checks that run the job's program on sample rows (blocking). Raises SpecError."""
 
     def vet_is_measured(self, spec: Any) -> bool:
-        """Whether vet runs the program in a fresh child of its own, measured (not only in the
-        referee's warm one): intake holds one of its validation slots for the submitter meanwhile."""
+        """Whether plan or vet runs the program in a fresh child of its own, measured (not only in
+        the referee's warm one): intake holds one of its validation slots for the submitter over both."""
 
     def paid_tasks(self, spec: Any, planned: int) -> int:
         """Results the job may pay for at most, given the `planned` tasks: its escrow is reward × this."""

@@ -21,7 +21,7 @@ from tensorgrid.sandbox.policy import OUTPUT_FILE as OUTPUT
 from tensorgrid.training.inner import InnerSettings
 from tensorgrid.training.objective import load_weights, open_program
 from tensorgrid.training.outer import evaluate
-from tensorgrid.training.task import run_task_for
+from tensorgrid.training.task import run_first_step, run_task_for
 from tensorgrid.workloads import tensorfile
 from tensorgrid.workloads.determinism import probe
 from tensorgrid.workloads.generation import DecodeSettings, run_generation
@@ -131,6 +131,12 @@ def _train_for(request: dict[str, Any], scratch: Path) -> dict[str, Any]:
     return {"step": step, "steps": steps, "done": done}
 
 
+def _train_step(request: dict[str, Any], scratch: Path) -> dict[str, Any]:
+    """Intake's measured run of a training job: its first task's first inner step."""
+    run_first_step(request["program"], request["weights"], request["shard"], request["settings"], device="cpu")
+    return {}
+
+
 def _vet_training(request: dict[str, Any], scratch: Path) -> dict[str, Any]:
     cpu = torch.device("cpu")
     module = open_program(request["program"], cpu)
@@ -155,6 +161,7 @@ _OPS = {
     "infer_each": _infer_each,
     "replay": _replay,
     "train_for": _train_for,
+    "train_step": _train_step,
     "probe": _probe,
     "generate": _generate,
     "score": _score,

@@ -41,6 +41,7 @@ __all__ = [
     "measure_generation",
     "measure_probe",
     "measure_rows",
+    "measure_train_step",
     "probe_rows",
     "reexecute_each",
     "reexecute_rows",
@@ -129,11 +130,13 @@ def measure_generation(
     decode: dict[str, Any],
     stop_at_bytes: int,
     mark_at_bytes: int = 0,
+    time_s: float | None = None,
 ) -> Measured:
     """regenerate_rows's decoding loop over every prompt of `source`, measured as measure_rows
-    measures rows: a fresh child of its own, killed once it holds stop_at_bytes. Its output is not kept."""
+    measures rows: a fresh child of its own, killed once it holds stop_at_bytes. Its output is not
+    kept. time_s: its wall-time limit (default: the referee's; intake's gives it PROBE_TIME_S)."""
     request = _generate_request(model, source, decode)
-    return _measured(rt, blobs, request, (model, source), stop_at_bytes, mark_at_bytes)
+    return _measured(rt, blobs, request, (model, source), stop_at_bytes, mark_at_bytes, time_s)
 
 
 def measure_probe(
@@ -150,6 +153,29 @@ def measure_probe(
     stop_at_bytes. The answer, when it gave one, is the probe's (determinism_of reads it)."""
     request = _probe_request(model, source, input_names, batch_size)
     return _measured(rt, blobs, request, (model, source), stop_at_bytes, 0, time_s=PROBE_TIME_S)
+
+
+def measure_train_step(
+    rt: Runtime,
+    blobs: BlobStore,
+    program: Path,
+    weights: Path,
+    shard: Path,
+    settings: dict[str, Any],
+    stop_at_bytes: int,
+) -> Measured:
+    """A training task's first inner step (tensorgrid.training.task.run_first_step: `settings` as
+    leased, the round's `weights`, the task's `shard`) in a fresh child of its own, its peak memory
+    measured (intake: a program already over its memory limit there is refused); the child is
+    killed once it holds stop_at_bytes. It has the probe's time box."""
+    request = {
+        "op": "train_step",
+        "program": str(program),
+        "weights": str(weights),
+        "shard": str(shard),
+        "settings": dict(settings),
+    }
+    return _measured(rt, blobs, request, (program, weights, shard), stop_at_bytes, 0, time_s=PROBE_TIME_S)
 
 
 def _measured(

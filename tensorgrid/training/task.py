@@ -22,7 +22,7 @@ from tensorgrid.errors import SpecError
 from tensorgrid.training.inner import InnerResult, InnerSettings, run_inner, run_inner_for, write_result
 from tensorgrid.workloads.tensorfile import load_tensors, read_header, save_tensors
 
-__all__ = ["leased_settings", "run_task", "run_task_for"]
+__all__ = ["leased_settings", "run_first_step", "run_task", "run_task_for"]
 # a part's state file: the checkpoint digests reached ({step: hex}) and the losses of the steps so far
 _DIGESTS, _LOSSES = "review_digests", "review_losses"
 
@@ -89,3 +89,19 @@ def run_task_for(
         meta = {_DIGESTS: {str(k): v.hex() for k, v in part.digests.items()}, _LOSSES: part.losses}
         save_tensors(part.state, out, metadata={k: json.dumps(v, separators=(",", ":")) for k, v in meta.items()})
     return part.step, inner.steps, part.result is not None
+
+
+def run_first_step(
+    program: str | os.PathLike[str],
+    weights: str | os.PathLike[str],
+    shard: str | os.PathLike[str],
+    settings: Mapping[str, Any],
+    *,
+    device: str,
+) -> None:
+    """The task's first inner step as run_task takes it (the leased `settings`, the round's
+    `weights`, the task's `shard`), nothing written: what a task holds at its first step (the
+    weights, their gradients and optimizer moments, one batch's activations) is what the
+    coordinator's intake measures of a training job (coordinator.kinds.training.vetting)."""
+    inner = leased_settings(settings, file_sha256(Path(shard)).sha256, device)
+    run_inner_for(program, weights, shard, inner, until=0.0)  # `until` is past: one step

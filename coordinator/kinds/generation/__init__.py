@@ -21,6 +21,7 @@ from coordinator.errors import Rejected
 from coordinator.events import EventHub
 from coordinator.kinds.base import BaseKind, concat_outputs
 from coordinator.kinds.generation.replay import measure_decoding, replay_generation, score_generation
+from coordinator.kinds.generation.vetting import probes_memory, vet_generation
 from coordinator.kinds.inference.checked import checked_job
 from coordinator.kinds.inference.effects import OpenCheck, SettleCheck
 from coordinator.repositories.jobs import NewJob, NewTask
@@ -73,6 +74,15 @@ class GenerationKind(BaseKind):
         }
         job = checked_job(spec, spec_json, submitter, sh, job_id, settings, _policy(spec, len(tasks)), tasks, m)
         return job, tasks
+
+    def vet(self, spec: Any, blobs: BlobStore) -> None:
+        """Memory at intake (vetting.py): refuse a program that already needs more than its task's
+        memory limit on the job's first prompts, or cannot decode them on CPU at all."""
+        vet_generation(spec, self.verification.rt, blobs)
+
+    def vet_is_measured(self, spec: Any) -> bool:
+        """The first prompts are decoded in a fresh measured child (vetting.probes_memory)."""
+        return probes_memory(spec, self.verification.rt)
 
     def paid_tasks(self, spec: Any, planned: int) -> int:
         """Each shard once, plus the verification fee that pays its checkers and decoys (fee_tasks);

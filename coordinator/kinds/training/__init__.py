@@ -16,6 +16,7 @@ from coordinator.kinds.training.check import check_train_output
 from coordinator.kinds.training.effects import OpenAudit
 from coordinator.kinds.training.plan import plan_training
 from coordinator.kinds.training.review import RAN, review_training
+from coordinator.kinds.training.vetting import probes_memory
 from coordinator.repositories.jobs import NewJob, NewTask
 from coordinator.repositories.store import Store
 from coordinator.repositories.tasks import TaskRecord
@@ -51,6 +52,10 @@ class TrainingKind(BaseKind):
         self, spec: Any, spec_json: bytes, submitter: str, sh: str, job_id: str, blobs: BlobStore, limits: Limits
     ) -> tuple[NewJob, list[NewTask]]:
         return plan_training(spec, spec_json, submitter, sh, job_id, self.rt, blobs, limits)
+
+    def vet_is_measured(self, spec: Any) -> bool:
+        """Plan runs the first inner step in a fresh measured child (vetting.probes_memory)."""
+        return probes_memory(spec, self.rt)
 
     def paid_tasks(self, spec: Any, planned: int) -> int:
         """Every round's pseudo-gradients, not just round 0's planned tasks."""

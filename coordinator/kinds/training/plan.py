@@ -1,4 +1,5 @@
-"""Planning a training job: vet its programs and dataset, write the round-0 weights and shards.
+"""Planning a training job: vet its programs and dataset, write the round-0 weights and shards,
+and (when its limit is below the referee's cap) measure the memory of its first inner step.
 
 The programs are read statically here (check_program: the archive and its graph, never
 deserialized); loading them, checking the starting weights fit and writing the program's own
@@ -10,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from coordinator.config import Limits
+from coordinator.kinds.training.vetting import vet_first_step
 from coordinator.repositories.jobs import NewJob, NewTask
 from coordinator.services.blobs import stored
 from coordinator.services.runtime import Runtime
@@ -50,6 +52,9 @@ def plan_training(
     parameters, weights_ref = _trial_load(spec, rt, blobs, train, eval_program)
     files = job_files(spec, blobs, parameters)
     shards = write_shards(files, 0, blobs, limits)
+    settings = round_settings(spec, 0, weights_ref, shards)
+    first = blobs.path_for(shards[0].input.sha256)  # memory at intake (vetting.py)
+    vet_first_step(spec, rt, blobs, train, blobs.path_for(weights_ref.sha256), first, settings)
     job = NewJob(
         job_id=job_id,
         submitter=submitter,
@@ -59,7 +64,7 @@ def plan_training(
         device=spec.device,
         min_memory_bytes=spec.min_memory_bytes,
         model=spec.train_program,
-        settings_json=round_settings(spec, 0, weights_ref, shards),
+        settings_json=settings,
         memory_limit_bytes=spec.task_memory_limit_bytes,
         time_limit_ms=spec.task_time_limit_s * 1000,
         max_attempts=spec.max_attempts,
