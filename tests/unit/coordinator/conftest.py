@@ -85,3 +85,16 @@ def shared_referee(tmp_path_factory: pytest.TempPathFactory, referee_limits: San
     assert isinstance(sandbox, CountedSandbox)
     yield SharedReferee(root, BlobStore(root / "blobs"), sandbox)
     sandbox.close()
+
+
+@pytest.fixture
+def rt(shared_referee: SharedReferee) -> Runtime:
+    """A runtime whose sandboxed child is the module's shared referee (intake's probes run there,
+    never in this process). A module with a runtime of its own defines its own `rt`."""
+    return shared_referee.runtime()
+
+
+@pytest.fixture
+def blobs(shared_referee: SharedReferee) -> BlobStore:
+    """The store the shared referee may read (a module with a store of its own defines `blobs`)."""
+    return shared_referee.blobs

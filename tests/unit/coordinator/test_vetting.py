@@ -28,18 +28,6 @@ class Head(torch.nn.Module):
         return y - y.mean(0) if self.centre else y
 
 
-@pytest.fixture
-def rt(shared_referee: SharedReferee) -> Runtime:
-    """A runtime whose sandboxed child (the probe runs there, never in this process) is the module's."""
-    return shared_referee.runtime()
-
-
-@pytest.fixture
-def blobs(shared_referee: SharedReferee) -> BlobStore:
-    """The store the referee may read."""
-    return shared_referee.blobs
-
-
 def _spec(tmp: Path, blobs: BlobStore, module: torch.nn.Module, rows: int = 300, **kw: object) -> InferenceSpec:
     model, inputs = tmp / "m.pt2", tmp / "x.safetensors"
     export_program(module.eval(), (torch.randn(4, 6),), model)

@@ -51,16 +51,6 @@ class PerRow(torch.nn.Module):
         return torch.cat([x] * 1024, dim=1).sum(dim=1, keepdim=True)
 
 
-@pytest.fixture
-def rt(shared_referee: SharedReferee) -> Runtime:
-    return shared_referee.runtime()
-
-
-@pytest.fixture
-def blobs(shared_referee: SharedReferee) -> BlobStore:
-    return shared_referee.blobs
-
-
 def _spec(tmp: Path, blobs: BlobStore, module: torch.nn.Module, rows: int = 400, **kw: object) -> InferenceSpec:
     model, inputs = tmp / f"{type(module).__name__}.pt2", tmp / "x.safetensors"
     export_program(module.eval(), (torch.randn(4, WIDTH),), model)

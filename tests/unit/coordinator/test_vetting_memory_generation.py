@@ -31,16 +31,6 @@ from tests.unit.coordinator.test_vetting_memory import LIMIT, MiB
 PROMPTS = 40
 
 
-@pytest.fixture
-def rt(shared_referee: SharedReferee) -> Runtime:
-    return shared_referee.runtime()
-
-
-@pytest.fixture
-def blobs(shared_referee: SharedReferee) -> BlobStore:
-    return shared_referee.blobs
-
-
 def gen_spec(tmp: Path, blobs: BlobStore, module: torch.nn.Module, **kw: object) -> GenerationSpec:
     """A generation job of PROMPTS prompts of 8 tokens (the first four padded from 3) for `module`."""
     model, prompts = tmp / f"{type(module).__name__}.pt2", tmp / "p.safetensors"

@@ -23,7 +23,6 @@ from tensorgrid.errors import SpecError
 from tensorgrid.spec import TrainingSpec, canonical_json, spec_hash
 from tensorgrid.workloads.model import export_program
 from tests.datasets import save_digits
-from tests.unit.coordinator.conftest import SharedReferee
 from tests.unit.coordinator.test_vetting_memory import LIMIT, MiB
 
 
@@ -37,16 +36,6 @@ class Hoarding(torch.nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         big = x[:1].expand(2**22, 64).contiguous()  # 2**22 × 64 × 4 B
         return self.inner(x) + big.sum() * 0
-
-
-@pytest.fixture
-def rt(shared_referee: SharedReferee) -> Runtime:
-    return shared_referee.runtime()
-
-
-@pytest.fixture
-def blobs(shared_referee: SharedReferee) -> BlobStore:
-    return shared_referee.blobs
 
 
 def plan(tmp: Path, blobs: BlobStore, rt: Runtime, module: torch.nn.Module, **kw: object) -> TrainingSpec:
