@@ -106,19 +106,31 @@ class Once:
             self._bytes -= entry.size
 
     def _expire(self) -> None:
-        """Answers older than keep_s out (oldest first; those in flight are passed over)."""
+        """Answers older than keep_s out (oldest first; those in flight are passed over). Runs
+        with every keyed request: it reads only the entries it drops and those in flight ahead
+        of the first kept one, not the whole table (up to max_entries)."""
         now = self.clock()
-        for name, entry in list(self._entries.items()):
+        gone = []
+        for name, entry in self._entries.items():
             if entry.done_at is None:
                 continue
             if now - entry.done_at < self.keep_s:
-                return
+                break
+            gone.append(name)
+        for name in gone:
             self._drop(name)
 
     def _trim(self) -> None:
         """Oldest answered entries out until the bounds hold (those in flight stay: bounded by calls)."""
-        for name in list(self._entries):
-            if len(self._entries) <= self.max_entries and self._bytes <= self.max_bytes:
-                return
-            if self._entries[name].done_at is not None:
-                self._drop(name)
+        if len(self._entries) <= self.max_entries and self._bytes <= self.max_bytes:
+            return  # the usual case: nothing to read
+        over_n, over_b = len(self._entries) - self.max_entries, self._bytes - self.max_bytes
+        gone = []
+        for name, entry in self._entries.items():
+            if over_n <= 0 and over_b <= 0:
+                break
+            if entry.done_at is not None:
+                gone.append(name)
+                over_n, over_b = over_n - 1, over_b - entry.size
+        for name in gone:
+            self._drop(name)
