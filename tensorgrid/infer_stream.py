@@ -60,18 +60,20 @@ class InferStream:
         call = self._call if self._call is not None else await self._open()
         self._next_id += 1
         rid = self._next_id
-        answer: asyncio.Future[serving_pb2.InferResponse | None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[serving_pb2.InferResponse | None] = loop.create_future()
         self._pending[rid] = answer
+        # the deadline answers the future itself: no wait_for's second future, callbacks, task
+        timer = loop.call_later(max(0.0, timeout), _past_deadline, answer)
         try:
             async with self._write:  # the id is set where no other request's write can come between
                 request.request_id = rid
                 await call.write(request)
-            reply = await asyncio.wait_for(answer, timeout)
-        except TimeoutError:
-            raise CoordinatorError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
+            reply = await answer
         except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
             return None  # the stream broke under the write: the reader hands back the rest
         finally:
+            timer.cancel()
             self._pending.pop(rid, None)
         return _answer(reply)
 
@@ -197,6 +199,15 @@ class BlockingInferStream:
             requests.put(None)
         if call is not None:
             call.cancel()
+
+
+# what a request past its deadline is answered: _answer raises it as a unary call's DEADLINE_EXCEEDED
+_DEADLINE = serving_pb2.InferResponse(code=grpc.StatusCode.DEADLINE_EXCEEDED.value[0], error="Deadline Exceeded")
+
+
+def _past_deadline(answer: asyncio.Future[serving_pb2.InferResponse | None]) -> None:
+    if not answer.done():
+        answer.set_result(_DEADLINE)
 
 
 def _answer(reply: serving_pb2.InferResponse | None) -> serving_pb2.InferResponse | None:

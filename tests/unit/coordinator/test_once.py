@@ -116,3 +116,48 @@ def test_answers_are_kept_a_minute_and_within_bounds() -> None:
         assert replica.runs == 7
 
     _run(scenario)
+
+
+def test_expiry_and_the_bounds_pass_over_requests_in_flight_and_drop_only_what_they_must() -> None:
+    """_expire and _trim read the table from its oldest end and stop early (they run with every
+    keyed request): what they drop is still every expired answer behind a request in flight,
+    and the oldest answers until both bounds hold, never one in flight."""
+
+    async def scenario() -> None:
+        now, gate = [0.0], asyncio.Event()
+        once, replica = Once(keep_s=60.0, max_entries=4, clock=lambda: now[0]), Replica()
+        slow_runs = [0]
+
+        async def slow() -> Answer:
+            slow_runs[0] += 1
+            await gate.wait()
+            return b"slow", "node", 1
+
+        in_flight = asyncio.create_task(once.run(ALICE, EP, b"slow", b"x", slow))
+        await asyncio.sleep(0)
+        await once.run(ALICE, EP, b"a", b"x", replica.infer(b"x"))  # answered at 0
+        now[0] = 30.0
+        await once.run(ALICE, EP, b"b", b"x", replica.infer(b"x"))  # answered at 30
+        now[0] = 61.0  # a expired (behind the one in flight), b not
+        await once.run(ALICE, EP, b"c", b"x", replica.infer(b"x"))
+        await once.run(ALICE, EP, b"b", b"x", replica.infer(b"x"))
+        assert replica.runs == 3  # b kept
+        await once.run(ALICE, EP, b"a", b"x", replica.infer(b"x"))
+        assert replica.runs == 4  # a was gone: it ran again (slow, b, c, a: within 4)
+        await once.run(ALICE, EP, b"d", b"x", replica.infer(b"x"))  # 5 entries: b, the oldest answered, goes
+        await once.run(ALICE, EP, b"b", b"x", replica.infer(b"x"))
+        assert replica.runs == 6  # (and c goes for it: slow, in flight, stays)
+        repeat = asyncio.create_task(once.run(ALICE, EP, b"slow", b"x", slow))
+        gate.set()
+        assert await in_flight == await repeat == (b"slow", "node", 1) and slow_runs[0] == 1
+
+        small = Once(max_bytes=100)  # bytes: as many of the oldest go as the newest needs
+        for key in (b"1", b"2", b"3", b"4"):
+            await small.run(ALICE, EP, key, b"x" * 10, replica.infer(b"x" * 10))  # 10 + 17 bytes each
+        await small.run(ALICE, EP, b"big", b"y" * 40, replica.infer(b"y" * 40))  # 40 + 47
+        runs = replica.runs
+        await small.run(ALICE, EP, b"big", b"y" * 40, replica.infer(b"y" * 40))
+        await small.run(ALICE, EP, b"4", b"x" * 10, replica.infer(b"x" * 10))
+        assert replica.runs == runs + 1  # big kept, 4 gone too (27 + 87 > 100)
+
+    _run(scenario)
