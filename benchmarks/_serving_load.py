@@ -4,6 +4,7 @@ next request when the last is answered, and what they saw, summed up."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from typing import Any
 
@@ -36,7 +37,12 @@ async def closed_loop(
     stamps: each measured request's (sent, answered) perf_counter_ns are appended to it."""
     channel = open_channel(target, tls or ClientTls(), aio=True)
     stub = submit_pb2_grpc.SubmitterServiceStub(channel)
-    req = serving_pb2.InferRequest(endpoint_id=endpoint, input=data, timeout_ms=10_000)
+
+    # Each request carries a fresh request_key, as the SDK's do (tensorgrid.endpoints, aio): the
+    # coordinator keeps keyed answers for repeats, and that is the path callers take.
+    def request() -> serving_pb2.InferRequest:
+        return serving_pb2.InferRequest(endpoint_id=endpoint, input=data, timeout_ms=10_000, request_key=os.urandom(16))
+
     latencies: list[float] = []
     errors: list[str] = []
     warm_until = time.monotonic() + min(1.0, seconds / 4)
@@ -48,6 +54,7 @@ async def closed_loop(
     streamed = InferStream(stub, session) if stream else None
 
     async def call() -> None:
+        req = request()
         if streamed is None or await streamed.infer(req, 10) is None:
             await stub.Infer(req, metadata=metadata, timeout=10)
 
