@@ -1,6 +1,6 @@
 """Memory at intake, shared by the kinds whose intake runs the job's program (inference's probe,
-generation's first decoding): a program that already needs more than its task's memory limit
-there is refused before any node runs it.
+generation's first decoding, training's first inner step: kinds/training/vetting.py): a program
+that already needs more than its task's memory limit there is refused before any node runs it.
 
 The referee's warm child holds other jobs' programs and has a cap of its own, so it cannot tell
 one program's memory. When the job's task_memory_limit_bytes is below that cap
@@ -18,8 +18,11 @@ confirm it. Below it the job goes on; a program small at intake's run and large 
 left to the nodes' claims and their review (repositories.claims, "Over its memory limit").
 
 Cost: one fresh child per such submission (a zygote's fork where one serves, else an interpreter
-and torch), run on the referee's one thread like every probe (one at a time), and each submitter
-holds one of intake's validation slots while it runs (services.intake, Kind.vet_is_measured).
+and torch). Inference's and generation's run on the referee's one thread like every probe (one at
+a time); training's first step runs in plan, on a work thread. Either way each submitter holds one
+of intake's validation slots while it runs (services.intake, Kind.vet_is_measured): at most
+--max-validations (2) such children besides the referee's, each stopped at 1.25× a limit below
+the referee's cap.
 Where no /proc can be read, nothing is measured (logged once).
 """
 
