@@ -22,11 +22,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from node.child import ChildProcess, WorkerChild
+from node.child import WorkerChild
 from node.lending import TaskDesk
-from tensorgrid.sandbox import Isolation, SandboxLimits, Scratch, launch, scrubbed_env
+from node.spawn import WorkerStartError, spawn_worker
+from tensorgrid.sandbox import Isolation
 from tensorgrid.sandbox.lending import rewrite
-from tensorgrid.sandbox.policy import child_config, report_status
 from tensorgrid.types import ErrorKind, TaskError
 
 __all__ = ["Executor", "TaskOutcome", "TaskRequest"]
@@ -74,10 +74,6 @@ class TaskOutcome:
     @classmethod
     def failed(cls, kind: ErrorKind, message: str) -> TaskOutcome:
         return cls(ok=False, error=TaskError(kind, message))
-
-
-class _WorkerStartError(Exception):
-    pass
 
 
 class Executor:
@@ -180,7 +176,7 @@ class Executor:
                         await self._child.kill_and_wait()
                     outcome = await self._attempt(request)
                 return outcome
-            except _WorkerStartError as exc:
+            except WorkerStartError as exc:
                 return TaskOutcome.failed(ErrorKind.CRASHED, str(exc))
             finally:
                 self._running = False
@@ -244,42 +240,18 @@ class Executor:
         return child
 
     async def _spawn(self, light: bool = False) -> WorkerChild:
-        scratch = Scratch(self._scratch_root, prefix="worker-")
-        desk = TaskDesk(self._scratch_root) if self._lend else None
-        isolation = desk.isolation(self._isolation) if desk is not None else self._isolation
-        cuda = self._device == "cuda"
-        limits = SandboxLimits(
-            memory_bytes=self._memory_cap,
+        return await spawn_worker(
+            LIGHT_ENTRY if light else self._entry,
+            argv=self._argv,
+            light=light,
+            lend=self._lend,
+            isolation=self._isolation,
+            scratch_root=self._scratch_root,
+            memory_cap=self._memory_cap,
             device=self._device,
-            cuda_memory_bytes=self._memory_cap if cuda else 0,
             start_timeout_s=self._start_timeout_s,
+            tail_bytes=self._tail_bytes,
         )
-        env = scrubbed_env(scratch.path)
-        try:
-            if self._argv is not None:  # a test's hostile worker: exec'd as given
-                proc: ChildProcess = await launch.async_exec(self._argv, scratch.path, env)
-            else:  # forked by a zygote where one serves, else exec'd (tensorgrid.sandbox.launch)
-                config = child_config(LIGHT_ENTRY if light else self._entry, limits, isolation, scratch.path)
-                proc = await launch.async_popen(config, env)
-        except OSError:
-            scratch.close()
-            if desk is not None:
-                desk.close()
-            raise
-        child = WorkerChild(proc, self._tail_bytes, scratch, light, desk)
-        assert proc.stdout is not None
-        try:
-            line = await asyncio.wait_for(proc.stdout.readline(), self._start_timeout_s)
-            hello = json.loads(line)
-            if not isinstance(hello, dict) or hello.get("ready") is not True:
-                raise ValueError(f"unexpected greeting {line[:200]!r}")
-        except (TimeoutError, ValueError) as exc:
-            await child.kill_and_wait()
-            tail = await child.stderr_tail()
-            raise _WorkerStartError(f"the worker failed to start ({exc or 'timed out'}); stderr: {tail}") from None
-        report_status(scratch.path)  # warns once where the OS keeps the worker from being isolated
-        log.debug("worker %d ready", proc.pid)
-        return child
 
     async def _supervise_lent(self, child: WorkerChild, desk: TaskDesk, request: TaskRequest) -> TaskOutcome:
         """The task with its files lent to the worker for its run only, and its outputs moved

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from tensorgrid import serde
-from tensorgrid.backlog import backlog
 from tensorgrid.client_training import TrainingCalls
+from tensorgrid.client_watching import WatchCalls
 from tensorgrid.crypto import Signer, cancel_message, sign_message, submit_message
 from tensorgrid.endpoints import Endpoints
 from tensorgrid.errors import TensorGridError
@@ -51,7 +51,7 @@ from tensorgrid.spec import (
 from tensorgrid.spec.verification import fee_tasks
 from tensorgrid.tls import ClientTls
 from tensorgrid.transfer import Progress, Transfer
-from tensorgrid.types import BlobRef, Earnings, JobEvent, JobInfo, JobState, NodeStatus
+from tensorgrid.types import BlobRef, Earnings, JobInfo, NodeStatus
 from tensorgrid.v1 import submit_pb2, submit_pb2_grpc
 from tensorgrid.workloads.tensorfile import batch_rows, read_header
 
@@ -61,13 +61,9 @@ if TYPE_CHECKING:
     from tensorgrid.chain.client import ChainClient
 
 SUBMIT_RETRY_S = 30.0
-# A live job's record (events_now): the longest wait for it, and the quiet that ends it on a
-# coordinator that follows the job instead of ending the stream after its record.
-RECORD_TIMEOUT_S = 30.0
-RECORD_QUIET_S = 2.0
 
 
-class Client(TrainingCalls):
+class Client(TrainingCalls, WatchCalls):
     """A connection to one coordinator (or to several replicas of one: `a:7070,b:7070`), acting
     for one submitter key."""
 
@@ -353,78 +349,3 @@ class Client(TrainingCalls):
             except ContractReverted as e:  # locked meanwhile: the coordinator releases it instead
                 if e.error != "LockedUntilDeadline":
                     raise
-
-    def watch(self, job_id: str, after_seq: int = 0) -> Iterator[JobEvent]:
-        """Events of a job from after_seq on, live, until it ends; reconnects if the stream drops."""
-        seq = after_seq
-        retries = 0
-        renewed = False
-        while True:
-            try:
-                req = submit_pb2.WatchJobRequest(job_id=job_id, after_seq=seq)
-                for msg in self._stub.WatchJob(req, metadata=self.session_metadata()):
-                    retries, renewed = 0, False
-                    event = serde.event_from_pb(msg)
-                    seq = event.seq
-                    yield event
-                return
-            except grpc.RpcError as e:
-                if unauthenticated(e) and not renewed:  # the session ended: open another, once
-                    self.session.forget()
-                    renewed = True
-                    continue
-                if e.code() != grpc.StatusCode.UNAVAILABLE or retries >= 30:  # type: ignore[attr-defined]
-                    raise wrap(e) from None
-                retries += 1
-                time.sleep(backoff(retries, 0.4, cap=2.0))
-
-    def wait(self, job_id: str) -> JobInfo:
-        """Block until the job ends; returns its final state."""
-        for _ in self.watch(job_id):
-            pass
-        return self.job(job_id)
-
-    def result(
-        self,
-        job_id: str,
-        dest: str | os.PathLike[str],
-        progress: Progress | None = None,
-        *,
-        release_wait_s: float = 60.0,
-    ) -> Path:
-        """Download a finished job's result blob to dest.
-
-        A priced job's result is released once its escrow lock is confirmed on chain: a job that
-        succeeded before that is polled for up to release_wait_s (0: fail at once)."""
-        job = self.job(job_id)
-        deadline = time.monotonic() + release_wait_s
-        while job.result is None and job.state == JobState.SUCCEEDED and time.monotonic() < deadline:
-            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
-            job = self.job(job_id)
-        if job.result is None and job.state == JobState.SUCCEEDED:
-            raise TensorGridError(
-                f"job {job_id} succeeded; its result is released once its escrow is locked on chain: try again shortly"
-            )
-        if job.result is None:
-            raise TensorGridError(
-                f"job {job_id} has no result (it is {job.state.value}{': ' + job.error if job.error else ''})"
-            )
-        return self.download(job.result, dest, progress)
-
-    def events_now(self, job_id: str, after_seq: int = 0) -> Iterator[JobEvent]:
-        """A job's events already recorded, from after_seq on, without waiting for new ones. A
-        live job's stream ends once the coordinator has sent its record (`recorded_only`); one from
-        before that flag follows the job instead, so the record is also cut where the stream has
-        been quiet for RECORD_QUIET_S."""
-        job = self.job(job_id)
-        if job.state.finished:
-            yield from self.watch(job_id, after_seq)
-            return
-        req = submit_pb2.WatchJobRequest(job_id=job_id, after_seq=after_seq, recorded_only=True)
-        call = self._stub.WatchJob(req, metadata=self.session_metadata(), timeout=RECORD_TIMEOUT_S)
-        try:
-            for msg in backlog(call, RECORD_QUIET_S):
-                yield serde.event_from_pb(msg)
-        except grpc.RpcError as e:
-            if e.code() != grpc.StatusCode.DEADLINE_EXCEEDED:  # type: ignore[attr-defined]
-                raise wrap(e) from None

@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from node.child import WorkerChild
-from node.executor import Executor, _WorkerStartError
+from node.executor import Executor
 from node.serving.frames import Frame, FrameError, encode, read_frame_async
+from node.spawn import WorkerStartError
 from tensorgrid.serving import trace
 from tensorgrid.types import ErrorKind, TaskError
 
@@ -190,7 +191,7 @@ class ServingProcess(Executor):
             return child
         try:
             child = await self._ensure_child(0)
-        except _WorkerStartError as exc:
+        except WorkerStartError as exc:
             raise _LimitHit(TaskError(ErrorKind.CRASHED, str(exc))) from None
         header = await self._load(child, self.load)
         if header.get("ok") is not True:

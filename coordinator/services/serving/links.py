@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Callable, Sequence
 
+from coordinator.services.serving import riders
 from coordinator.services.serving.batches import BatchMismatch, counted_by_us, settle_batch
 from coordinator.services.serving.errors import DeadlineExceeded
 from coordinator.services.serving.hooks import Accounting, ServedBatch
@@ -32,19 +32,8 @@ MAX_WARM = 64  # warm endpoints read from a node's hello
 MAX_COUNTED = 4096  # counted batches read from a node's hello
 
 
-RIDE_WAIT_S = 0.05  # a check's rerun waits at most this long for a request to ride down with
-_RANDOM = random.Random()  # where a rerun sits among the requests it rides with (no secret)
-
-
 def wall_ms_now() -> int:
     return int(time.time() * 1000)
-
-
-def _unhold(call: Call) -> None:
-    """A held rerun whose call ends (failed, expired, given up) never goes down."""
-    riders = call.replica.riders
-    if riders:
-        call.replica.riders = [r for r in riders if r.request_id != call.request_id]
 
 
 class Links:
@@ -174,7 +163,7 @@ class Links:
         self, replica: Replica, data: bytes, seed: int, deadline_ms: int, *, streaming: bool, ride: bool = False
     ) -> Call:
         """Send one request to the replica's node. ride (a check's rerun): hold it to go down
-        in one message with the replica's next request, RIDE_WAIT_S at the latest (_ride)."""
+        in one message with the replica's next request, RIDE_WAIT_S at the latest (riders.py)."""
         link = replica.link
         rid = link.next_request_id
         link.next_request_id += 1
@@ -186,24 +175,10 @@ class Links:
             replica_id=replica.replica_id, request_id=rid, input=data, deadline_ms=deadline_ms, seed=seed
         )
         if ride:
-            replica.riders.append(request)
-            if replica.rider_timer is None:
-                replica.rider_timer = loop.call_later(RIDE_WAIT_S, self._send_riders, replica)
-            return call
-        requests = [request]
-        if replica.riders:
-            requests = self._take_riders(replica)
-            requests.insert(_RANDOM.randrange(len(requests) + 1), request)  # no place marks a rerun
-        self._down(replica, serving_pb2.ServeDown(requests=requests))
-        return call
-
-    @staticmethod
-    def _down(replica: Replica, msg: serving_pb2.ServeDown) -> None:
-        """Requests go down the replica's data link while it is up, else its node's Serve stream."""
-        if replica.data is not None:
-            replica.data.send(msg)
+            riders.hold(replica, request, loop)
         else:
-            replica.link.send(msg)
+            riders.down(replica, serving_pb2.ServeDown(requests=riders.with_riders(replica, request)))
+        return call
 
     def data_lost(self, replica: Replica) -> None:
         """The replica's data link closed: what was sent on it (it may be lost with it) fails
@@ -230,28 +205,9 @@ class Links:
         self._on_reply(link, reply)
         return True
 
-    # A check's rerun sent alone wakes the checking node, its worker and the coordinator's
-    # stream once more, on cores the request in flight needs (at 1 client it was most of the
-    # slowest 1% of requests: docs/SERVING.md). Riding with a request, it is one more row of a
-    # micro-batch that runs anyway. Its node sees an ordinary message of several requests.
-    def _take_riders(self, replica: Replica) -> list[serving_pb2.ServeRequest]:
-        """The replica's held reruns still wanted, in order; none held from now on."""
-        if replica.rider_timer is not None:
-            replica.rider_timer.cancel()
-            replica.rider_timer = None
-        riders, replica.riders = replica.riders, []
-        return [r for r in riders if r.request_id in replica.calls]
-
-    def _send_riders(self, replica: Replica) -> None:
-        """No request went to the replica within RIDE_WAIT_S: its held reruns go alone."""
-        replica.rider_timer = None
-        riders = self._take_riders(replica)
-        if riders:
-            self._down(replica, serving_pb2.ServeDown(requests=riders))
-
     def forget(self, call: Call) -> None:
         """The caller is done with `call`; still unanswered (the caller gave up): cancel it."""
-        _unhold(call)
+        riders.unhold(call)
         if call.replica.link.calls.pop(call.request_id, None) is not None:
             call.replica.calls.pop(call.request_id, None)
             call.replica.link.gone[call.request_id] = (call, self.clock())
@@ -260,7 +216,7 @@ class Links:
             call.timer.cancel()
 
     def _fail(self, call: Call, exc: Exception) -> None:
-        _unhold(call)
+        riders.unhold(call)
         if call.replica.link.calls.pop(call.request_id, None) is not None:
             call.replica.link.gone[call.request_id] = (call, self.clock())
         call.replica.calls.pop(call.request_id, None)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from coordinator.errors import Conflict
-from coordinator.services.serving import links, placement
+from coordinator.services.serving import placement, riders
 from coordinator.services.serving.errors import DeadlineExceeded, RequestFailed, Saturated, StreamMismatch, Unavailable
 from coordinator.services.serving.hooks import ServedBatch
 from coordinator.services.serving.model import DRAINING, READY, Endpoint, NodeLink
@@ -478,7 +478,7 @@ def test_a_held_rerun_goes_alone_when_no_request_comes_and_fails_over_with_its_r
         rerun = asyncio.create_task(r.rerun(EP, payload(7), 0, subject.signer.address))
         await settle()
         assert checker.downs == []
-        reran = await asyncio.wait_for(rerun, links.RIDE_WAIT_S + 1)
+        reran = await asyncio.wait_for(rerun, riders.RIDE_WAIT_S + 1)
         assert reran is not None and [len(d) for d in checker.downs] == [1]
 
         r = router()  # a held rerun whose replica goes fails, never hangs
