@@ -104,3 +104,17 @@ def out_of_cap(limit: int, cap: int, what: str, e: SandboxFailure) -> str:
         f"refused: the program ran out of the coordinator's memory cap of {cap / MiB:.0f} MiB on {what} "
         f"(its task_memory_limit_bytes is {limit / MiB:.0f} MiB): make the program need less ({e})"
     )
+
+
+def refuse_failure(m: Measured, limit: int, cap: int, what: str, *, program: str, does: str) -> None:
+    """SpecError for intake's measured run (`what`) that failed (nothing when it did not): out of the
+    referee's cap (out_of_cap), else the `program` ("program", "train program") failed to run where
+    it must `does` ("decode", "train") as a CPU node would."""
+    if m.failure is None:
+        return
+    if m.failure.kind == OUT_OF_MEMORY and cap > 0:
+        raise SpecError(out_of_cap(limit, cap, what, m.failure))
+    raise SpecError(
+        f"refused: the {program} failed to run on {what}, in a sandboxed process on the coordinator's "
+        f"CPU (it must {does} on CPU unless the job asks for CUDA): {m.failure}"
+    )

@@ -17,14 +17,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from coordinator.kinds.memory import can_measure, measured_run, measures_memory, out_of_cap
+from coordinator.kinds.memory import can_measure, measured_run, measures_memory, refuse_failure
 from coordinator.services.blobs import stored
 from coordinator.services.runtime import Runtime
 from coordinator.services.sandboxed import PROBE_TIME_S, measure_generation
 from tensorgrid.blobs import BlobStore
-from tensorgrid.errors import SpecError
 from tensorgrid.sandbox.measured import Measured
-from tensorgrid.sandbox.oneshot import OUT_OF_MEMORY
 from tensorgrid.spec import GenerationSpec
 from tensorgrid.workloads import tensorfile
 from tensorgrid.workloads.arrays import array_of, load_arrays, save_arrays
@@ -63,14 +61,7 @@ def vet_generation(spec: GenerationSpec, rt: Runtime, blobs: BlobStore) -> None:
         m = measured_run(limit, cap, what, run)
     finally:
         os.unlink(tmp)
-    if m.failure is None:
-        return
-    if m.failure.kind == OUT_OF_MEMORY and cap > 0:
-        raise SpecError(out_of_cap(limit, cap, what, m.failure))
-    raise SpecError(
-        f"refused: the program failed to run on {what}, in a sandboxed process on the coordinator's CPU "
-        f"(it must decode on CPU unless the job asks for CUDA): {m.failure}"
-    )
+    refuse_failure(m, limit, cap, what, program="program", does="decode")
 
 
 def _first_batch(spec: GenerationSpec, prompts: Path, count: int, out: Path) -> int:

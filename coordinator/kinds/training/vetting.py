@@ -17,13 +17,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from coordinator.kinds.memory import can_measure, measured_run, measures_memory, out_of_cap
+from coordinator.kinds.memory import can_measure, measured_run, measures_memory, refuse_failure
 from coordinator.services.runtime import Runtime
 from coordinator.services.sandboxed import measure_train_step
 from tensorgrid.blobs import BlobStore
-from tensorgrid.errors import SpecError
 from tensorgrid.sandbox.measured import Measured
-from tensorgrid.sandbox.oneshot import OUT_OF_MEMORY
 from tensorgrid.spec import TrainingSpec
 
 
@@ -47,11 +45,4 @@ def vet_first_step(
         return measure_train_step(rt, blobs, program, weights, shard, json.loads(settings), stop)
 
     m = measured_run(limit, cap, what, run)
-    if m.failure is None:
-        return
-    if m.failure.kind == OUT_OF_MEMORY and cap > 0:
-        raise SpecError(out_of_cap(limit, cap, what, m.failure))
-    raise SpecError(
-        f"refused: the train program failed to run on {what}, in a sandboxed process on the coordinator's "
-        f"CPU (it must train on CPU unless the job asks for CUDA): {m.failure}"
-    )
+    refuse_failure(m, limit, cap, what, program="train program", does="train")
