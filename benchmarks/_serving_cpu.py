@@ -15,9 +15,10 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 
+from tensorgrid.processes import parent_and_cpu
+
 __all__ = ["Meter", "roles_cpu"]
 
-_TICK_S = 1 / os.sysconf("SC_CLK_TCK")
 # first match wins: a sandboxed child's command line names its entry point
 _ROLES = (
     ("node.serving.worker", "worker"),
@@ -28,17 +29,6 @@ _ROLES = (
     ("zygote", "zygote"),
     ("sandbox.boot", "sandboxed"),  # a node's idle batch worker
 )
-
-
-def _stat(pid: int) -> tuple[int, float] | None:
-    """(parent pid, user + system CPU seconds) of a live process, else None."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    fields = stat[stat.rfind(")") + 2 :].split()
-    return int(fields[1]), (int(fields[11]) + int(fields[12])) * _TICK_S
 
 
 def _role(pid: int) -> str:
@@ -58,7 +48,7 @@ def roles_cpu(root: int | None = None) -> dict[int, tuple[str, float]]:
     cpu: dict[int, float] = {}
     for name in os.listdir("/proc"):
         if name.isdigit():
-            got = _stat(int(name))
+            got = parent_and_cpu(int(name))
             if got is not None:
                 parents[int(name)], cpu[int(name)] = got
     children: dict[int, list[int]] = defaultdict(list)

@@ -43,11 +43,17 @@ def cpu_cores() -> int:
 
 def cpu_seconds(pid: int) -> float | None:
     """User + system CPU time of a process so far, all its threads (Linux /proc); None where unavailable."""
+    got = parent_and_cpu(pid)
+    return None if got is None else got[1]
+
+
+def parent_and_cpu(pid: int) -> tuple[int, float] | None:
+    """(parent pid, cpu_seconds) of a process, from one read of its /proc stat; None where unavailable."""
     try:
         fields = (PROC / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def peak_rss(pid: int) -> int | None:
