@@ -117,14 +117,19 @@ def test_cancelled_download_keeps_its_partial(tmp_path: Path) -> None:
     data = os.urandom(10_000)
     dest = tmp_path / "blob"
 
-    async def slow(offset: int) -> AsyncIterator[bytes]:
-        for start in range(offset, len(data), 1000):
-            yield data[start : start + 1000]
-            await asyncio.sleep(0.01 if start < 3000 else 60)
-
     async def cancel_midway() -> None:
+        stalled = asyncio.Event()  # the download took 4 chunks and waits for the fifth
+
+        async def slow(offset: int) -> AsyncIterator[bytes]:
+            for start in range(offset, len(data), 1000):
+                yield data[start : start + 1000]
+                if start >= 3000:
+                    stalled.set()
+                    await asyncio.sleep(60)
+                await asyncio.sleep(0.01)
+
         task = asyncio.ensure_future(download_async(_ref(data), dest, slow))
-        await asyncio.sleep(0.3)
+        await asyncio.wait_for(stalled.wait(), 30)  # not a fixed sleep: a loaded machine may be slower
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
