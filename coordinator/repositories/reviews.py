@@ -34,6 +34,7 @@ class Contested:
     # the referee measures its run's peak against memory_limit_bytes (services.verification.memory)
     memory: bool = False
     memory_limit_bytes: int = 0
+    submitter: str = ""  # whose job it is: the referee shares its turns among submitters (verification.turns)
 
 
 class ReviewRepository:
@@ -55,7 +56,7 @@ class ReviewRepository:
         with self.engine.connect() as conn:
             rows = conn.execute(
                 select(t.task_id, t.job_id, t.kind, t.model_sha, t.input_sha, t.settings, t.time_limit_ms, limit)
-                .add_columns(memory, t.memory_limit_bytes)
+                .add_columns(memory, t.memory_limit_bytes, j.submitter)
                 .join(s.jobs, j.job_id == t.job_id)
                 .where(t.state == claims.CONTESTED, j.state.in_(("queued", "running")))
                 .order_by(t.last_failed_ms, t.task_id)
@@ -72,6 +73,7 @@ class ReviewRepository:
                 bool(r.limit),
                 bool(r.memory),
                 int(r.memory_limit_bytes or 0),
+                str(r.submitter),
             )  # fmt: skip
             for r in rows
         ]

@@ -41,8 +41,9 @@ submitter whose input fails only late in a shard (it costs the referee one run o
 task, up to the task's budget, one request at a time; a task it cannot finish then goes to more
 nodes: repositories.claims says who could abuse that). The referee makes one request of one
 review per turn of its loop (manager.run_referee), after every ruling waiting, and turns go to
-the review that has cost least so far: a review holds other rulings up by at most one request,
-and many reviews share the referee rather than queue behind the longest. A restart loses at
+the submitter whose reviews under way have cost least, then to its cheapest review (turns.py): a
+review holds other rulings up by at most one request, and many reviews, or one submitter's many,
+share the referee rather than queue behind the longest. A restart loses at
 most the part under way (and blames no one: a part cut short by the coordinator stopping is
 not a verdict).
 """
@@ -68,6 +69,7 @@ from coordinator.services.runtime import Runtime
 from coordinator.services.sandboxed import PART_SHARE, Part
 from coordinator.services.verification.memory import Measure, memory_verdict
 from coordinator.services.verification.review_parts import Cost, ReviewParts, RowPart
+from coordinator.services.verification.turns import fair_turn
 from tensorgrid.blobs import BlobStore
 from tensorgrid.processes import cpu_cores
 from tensorgrid.sandbox import SandboxFailure
@@ -141,13 +143,13 @@ class Reviews:
             pass
 
     async def review_next(self, settled: Settled) -> bool:
-        """Make one referee request for the contested task whose review has cost least so far
-        (oldest first among equals): its whole run, or its next part. Whether there was one."""
+        """Make one referee request for the contested task whose turn it is (fair_turn): its whole
+        run, or its next part. Whether there was one."""
         tasks = await self.rt.db_bulk(self.store.reviews.contested)
         self.progress.sweep({t.task_id for t in tasks})
         if not tasks:
             return False
-        task = min(tasks, key=lambda t: self.progress.cost(t.task_id).spent_s)
+        task = fair_turn(tasks, lambda task_id: self.progress.cost(task_id).spent_s)
         started = time.monotonic()
         verdict = await self.rt.refereed(self._verdict, task)
         if verdict is None:
