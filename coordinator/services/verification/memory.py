@@ -44,7 +44,7 @@ from tensorgrid.sandbox.measured import Measured
 from tensorgrid.sandbox.oneshot import ERROR, OUT_OF_MEMORY
 
 # (model sha, task settings, input file, the peak at which to stop the run, the peak whose passing
-# is timed): its measured run (services.sandboxed.measure_rows)
+# is timed): its measured run (services.measured.measure_rows)
 Measure = Callable[[str, dict[str, Any], Path, int, int], Measured]
 MiB = 2**20
 

@@ -27,7 +27,7 @@ PartReplay = Callable[[Path, Path, dict[str, Any], Path | None, Path], Part]
 # claim is what a re-run would give, found without re-running in full (generation: scoring)
 Score = Callable[[Path, Path, Path, Path, dict[str, Any]], list[bool]]
 # (model path, task input, task settings, stop at bytes, mark at bytes): a task's run in a fresh
-# child, its peak memory measured (memory.py: the kind's sandboxed.measure_* call)
+# child, its peak memory measured (memory.py: the kind's services.measured.measure_* call)
 MeasureRun = Callable[[Path, Path, dict[str, Any], int, int], Measured]
 INFERENCE = "inference"  # the task kind of a task whose settings name none
 
