@@ -3,8 +3,9 @@ its own (not the warm referee, which holds other jobs' programs), its peak resid
 as a node measures its worker's (tensorgrid.sandbox.measured) and the child killed once that passes
 a given mark. Intake's memory probes (kinds.*.vetting: the probe's rows, the first prompts, a
 training job's first inner step) and the referee's review of a claim that a task's program needs
-more than its memory limit (services.verification.memory: a task's rows, its decoding loop) run
-here; the requests are those of services.sandboxed, which runs the same work in the warm referee.
+more than its memory limit (services.verification.memory: a task's rows, its decoding loop; a
+training task's inner steps in parts, services.verification.memory_parts) run here; the requests
+are those of services.sandboxed, which runs the same work in the warm referee.
 """
 
 from __future__ import annotations
@@ -13,12 +14,20 @@ from pathlib import Path
 from typing import Any
 
 from coordinator.services.runtime import Runtime
-from coordinator.services.sandboxed import ENTRY, PROBE_TIME_S, generate_request, infer_request, probe_request
+from coordinator.services.sandboxed import (
+    ENTRY,
+    OUTPUT,
+    PROBE_TIME_S,
+    generate_request,
+    infer_request,
+    probe_request,
+    train_for_request,
+)
 from tensorgrid.blobs import BlobStore
 from tensorgrid.sandbox import Isolation, WarmSandbox
 from tensorgrid.sandbox.measured import Measured, run_measured
 
-__all__ = ["measure_generation", "measure_probe", "measure_rows", "measure_train_step"]
+__all__ = ["measure_generation", "measure_probe", "measure_rows", "measure_train_part", "measure_train_step"]
 
 
 def measure_rows(
@@ -96,6 +105,30 @@ def measure_train_step(
     return _measured(rt, blobs, request, (program, weights, shard), stop_at_bytes, 0, time_s=PROBE_TIME_S)
 
 
+def measure_train_part(
+    rt: Runtime,
+    blobs: BlobStore,
+    program: Path,
+    weights: Path,
+    shard: Path,
+    settings: dict[str, Any],
+    state: Path | None,
+    out: Path,
+    most_steps: int,
+    stop_at_bytes: int,
+    mark_at_bytes: int = 0,
+) -> Measured:
+    """One part of a training task as sandboxed.train_task_part runs it in the warm referee (from
+    `state`, None: the round's `weights`; the state reached, or the pseudo-gradient once done,
+    written to `out`), at most `most_steps` inner steps, in a fresh child of its own, its peak
+    memory measured (the referee's review of a training task's out-of-memory claims:
+    services.verification.memory_parts); the child is killed once it holds stop_at_bytes. Where
+    the part stopped is sandboxed.part_of(answer), when it answered."""
+    request = {**train_for_request(rt, program, weights, shard, settings, state), "most_steps": int(most_steps)}
+    files = tuple(p for p in (program, weights, shard, state) if p is not None)
+    return _measured(rt, blobs, request, files, stop_at_bytes, mark_at_bytes, outputs={OUTPUT: out})
+
+
 def _measured(
     rt: Runtime,
     blobs: BlobStore,
@@ -104,14 +137,16 @@ def _measured(
     stop_at_bytes: int,
     mark_at_bytes: int,
     time_s: float | None = None,
+    outputs: dict[str, Path] | None = None,
 ) -> Measured:
-    """`request` in a fresh sandboxed child of the referee's limits, measured (run_measured)."""
+    """`request` in a fresh sandboxed child of the referee's limits, measured (run_measured);
+    outputs: the files its answer writes (WarmSandbox.call's)."""
     scratch = blobs.root / "sandbox"
     scratch.mkdir(exist_ok=True)
     box = WarmSandbox(ENTRY, rt.sandbox, isolation=Isolation(), scratch_root=scratch, lend=True)
     try:
         with rt.other_child(box):  # a coordinator stopping kills it as it kills the referee's
             stops = {"stop_at_bytes": stop_at_bytes, "mark_at_bytes": mark_at_bytes}
-            return run_measured(box, request, inputs=inputs, time_s=time_s, **stops)
+            return run_measured(box, request, inputs=inputs, time_s=time_s, outputs=outputs, **stops)
     finally:
         box.close()

@@ -37,6 +37,7 @@ __all__ = [
     "Part",
     "SandboxFailure",
     "determinism_of",
+    "part_of",
     "generate_request",
     "infer_request",
     "probe_request",
@@ -48,6 +49,7 @@ __all__ = [
     "regenerate_rows",
     "replay_audit",
     "score_claim",
+    "train_for_request",
     "train_task_part",
     "vet_training",
 ]
@@ -231,7 +233,17 @@ def train_task_part(
     --referee-time-s has passed since the child took the request (loading included; read between
     steps: the rest is for the last step and the save); write the state reached, or the
     pseudo-gradient once done, to `out`."""
-    request = {
+    request = train_for_request(rt, program, weights, shard, settings, state)
+    files = [p for p in (program, weights, shard, state) if p is not None]
+    answer = referee(rt, blobs).call(request, outputs={OUTPUT: out}, inputs=files)
+    return part_of(answer)
+
+
+def train_for_request(
+    rt: Runtime, program: Path, weights: Path, shard: Path, settings: dict[str, Any], state: Path | None
+) -> dict[str, Any]:
+    """The child's request for one part of a training task (train_task_part's)."""
+    return {
         "op": "train_for",
         "program": str(program),
         "weights": str(weights),
@@ -240,8 +252,10 @@ def train_task_part(
         "state": str(state) if state is not None else None,
         "seconds": rt.sandbox.time_s * PART_SHARE if rt.sandbox.time_s > 0 else 60.0,
     }
-    files = [p for p in (program, weights, shard, state) if p is not None]
-    answer = referee(rt, blobs).call(request, outputs={OUTPUT: out}, inputs=files)
+
+
+def part_of(answer: dict[str, Any]) -> Part:
+    """Where a part stopped, from the child's answer to a train_for request."""
     return Part(step=int(answer["step"]), steps=int(answer["steps"]), done=bool(answer["done"]))
 
 

@@ -67,6 +67,7 @@ from coordinator.repositories.store import Store
 from coordinator.services.runtime import Runtime
 from coordinator.services.sandboxed import PART_SHARE, Part
 from coordinator.services.verification.memory import Measure, memory_verdict
+from coordinator.services.verification.memory_parts import MeasuredPart, review_part
 from coordinator.services.verification.review_parts import Cost, ReviewParts, RowPart
 from tensorgrid.blobs import BlobStore
 from tensorgrid.processes import cpu_cores
@@ -112,6 +113,7 @@ class Reviews:
         self._run = run  # a task's whole input, as a ruling re-runs rows (inference, generation)
         self._parts: dict[str, tuple[RunPart, str]] = {}  # task kind → its tasks run in parts
         self.measures: dict[str, Measure] = {}  # task kind → its run measured for memory claims (add_measure)
+        self.measured_parts: dict[str, MeasuredPart] = {}  # task kind → the same in parts (memory_parts.py)
         self.progress = ReviewParts(blobs.root / "reviews")
         self.budget_factor = settings.budget_factor
         self.stalls = settings.stalls  # smallest parts timed out in a row that make a review undecided
@@ -129,6 +131,10 @@ class Reviews:
         say it needs more than its memory limit (memory.py; Verification.add_measure registers it);
         a kind without one keeps a node's out-of-memory report its own failure (repositories.claims)."""
         self.measures[task_kind] = measure
+
+    def add_measured_parts(self, task_kind: str, part: MeasuredPart) -> None:
+        """add_measure for a kind whose run the referee measures in parts (training: memory_parts.py)."""
+        self.measured_parts[task_kind] = part
 
     def budget_s(self, task: Contested) -> float:
         """The referee time a review in parts may cost: budget_factor × the task's time limit
@@ -174,6 +180,8 @@ class Reviews:
             return Ruling(FAILED, "the referee cannot run it: its model or input is not in the blob store")
         if task.memory and task.kind in self.measures:
             return self._memory(task, source)
+        if task.memory and task.kind in self.measured_parts:
+            return self._memory_parts(task, source)
         cost, budget = self.progress.cost(task.task_id), self.budget_s(task)
         unit = "step" if task.kind in self._parts else "row"
         if cost.failed and (cost.stalls or cost.spent_s >= budget):  # stop looking for the failing batch
@@ -261,6 +269,20 @@ class Reviews:
             rows=self._rows_of(source), time_limit_s=task.time_limit_ms / 1000, threads=self._threads(),
         )  # fmt: skip
         return Ruling(outcome, reason, work, final)
+
+    def _memory_parts(self, task: Contested, source: Path) -> Verdict:
+        """The same claim on a task measured in parts (training), one part a turn (memory_parts.py)."""
+        run, limit, cap = self.measured_parts[task.kind], task.memory_limit_bytes, self.rt.sandbox.memory_bytes
+        try:
+            settings = json.loads(task.settings)
+            outcome = review_part(
+                run, self.progress, task.task_id, task.model_sha, settings, source, limit,
+                over=self.over, within=self.within, cap=cap, budget_s=self.budget_s(task),
+            )  # fmt: skip
+        except Exception as e:  # noqa: BLE001 - a run that could not be measured decides nothing
+            outcome = UNDECIDED, f"the referee could not measure its run: {type(e).__name__}: {e}"[:500], (0, 0), False
+        # cut short by the coordinator stopping: no verdict (the part the last one reached is kept)
+        return None if outcome is None or self.rt.stopping else Ruling(*outcome)
 
     def _threads(self) -> int:
         """The threads a fresh child of the referee's limits may use at once (WarmSandbox.threads)."""
