@@ -1,7 +1,8 @@
 """Training jobs (DiLoCo rounds): planned into round-0 shards, each result a pseudo-gradient
 checked for shape and commitment, audited by checkpoint reveal and replay, and aggregated
 round by round by the round manager, whose last round writes the job's result (the weights).
-Two nodes' claims that a task cannot be run are reviewed by the referee running it (review.py)."""
+Two nodes' claims that a task cannot be run are reviewed by the referee running it (review.py); claims
+that it needs more than its memory limit, by the referee measuring that run in parts (measure_training)."""
 
 from __future__ import annotations
 

@@ -8,7 +8,8 @@ that fails (the program raised, the child hit its memory limit, the input is gon
 them false, so they are confirmed as before reviews existed: a review can only ever spare a
 task, never blame a node that a claim alone would not have blamed. A run in which the program
 (or its input) raised ends the task at once (Ruling.final: any node would meet that failure),
-and its job with it unless the job goes on without the task (training: repositories.reviews);
+and its job with it unless the job goes on without the task (training: the task ends alone,
+repositories.reviews);
 the referee's own limits, a crash or a missing blob leave the task its attempts. A run the referee cannot
 finish proves nothing either way (its CPU may be far slower than the nodes the job was sized
 for): the review is undecided, and more distinct nodes settle the claims (repositories.claims).
