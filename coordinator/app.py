@@ -89,7 +89,8 @@ class Coordinator:
         self.kinds = build_kinds(KindContext(rt, store, blobs, self.verification))
         store.tasks.reviewed = frozenset(t for k in self.kinds if k.reviews_claims for t in k.task_kinds)
         # the task kinds whose memory the referee measures: a node's out-of-memory report on one is a claim
-        store.tasks.measured = frozenset(self.verification.reviews.measures)
+        reviews = self.verification.reviews
+        store.tasks.measured = frozenset(reviews.measures) | frozenset(reviews.measured_parts)
         store.reviews.goes_on = frozenset(t for k in self.kinds if not k.assembles for t in k.task_kinds)
         training = self.kinds.for_job(TrainingKind.name)
         assert isinstance(training, TrainingKind)

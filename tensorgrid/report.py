@@ -37,6 +37,7 @@ NOTABLE_EVENTS = frozenset(
         "undecided",  # the referee could not decide the claims
         "disproved",  # a non-claimant's result disproved the claims
         "claims_paid",  # what a failed task's claimants were paid
+        "ended",  # a training task failed for good: its round closes without it
         "disputed",  # a checker disagrees with a result
         "caught",  # a result (or a check) proven wrong
         "slashed",  # a caught node's stake taken
@@ -44,7 +45,7 @@ NOTABLE_EVENTS = frozenset(
         "cancelled",
     }
 )
-_TASK_EVENTS = ("reissued", "released", "contested", "undecided", "disproved", "claims_paid")  # about one task
+_TASK_EVENTS = ("reissued", "released", "contested", "undecided", "disproved", "claims_paid", "ended")  # about one task
 
 
 def event_note(ev: JobEvent, width: int = 60) -> str:

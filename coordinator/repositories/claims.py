@@ -29,10 +29,13 @@ The referee then runs the task as a node would (services.verification.reviews) a
   claims are confirmed as above (verdict "failed"). When the program (or its input) raised on
   the referee too, the failure is the input's own, met by any node that runs it: the task ends at
   once and its job fails, naming the task and the referee's error, instead of going to the nodes
-  its attempts have left (each of them a run, and a claim paid, for nothing new). A run over the
-  referee's memory limit, a crash or a missing blob is the referee's own trouble as much as the
-  input's (a node with more memory may run it), and a training task's job goes on without it
-  (its round closes on its quorum: reviews.goes_on): confirmed, the task goes on to its attempts.
+  its attempts have left (each of them a run, and a claim paid, for nothing new); a training task
+  ends alone (tasks.end_task, event "ended"), its job going on without it (its round closes on its
+  quorum: reviews.goes_on), as it does for any final verdict (past its time or memory limit too).
+  Before, it went on to its attempts: more nodes ran a task each would fail, and its last attempt
+  failed the whole job anyway. A run over the referee's memory limit, a crash or a missing blob is
+  the referee's own trouble as much as the input's (a node with more memory may run it): confirmed,
+  the task goes on to its attempts.
 - the run was clean: the input is valid, so the claims were false (verdict "clean"). The task
   is pending again with no attempt spent and the claimants keep their refusals; any later claim
   on it is unconfirmed, whoever makes it, and the task is never reviewed again; a node's claim on
@@ -113,7 +116,7 @@ referee runs niced, so load on the coordinator's machine (which a colluder can a
 its own) would stretch a run and confirm claims on a job the reference runs within its limit.
 - at least over_limit (1.25) × the limit, the moment its parts pass that, or when one smallest part
   timed out twice and took that long: confirmed, final. The job fails naming the limit
-  (a training task goes on to its attempts); each claimant wins one reward with probability
+  (a training task ends alone); each claimant wins one reward with probability
   (units the limit's time reaches at the referee's pace ÷ the task's): what its run did.
 - a whole run of at most within_limit (0.5) × the limit: disproved; its claimants keep their refusals.
 - in between: undecided (the edge of the limit, where a slower reference, a node's honest
@@ -133,8 +136,8 @@ program whose first part runs whole costs the referee at most one request (--ref
 any review. Intake refuses the grossest cases first (kinds/inference/vetting.too_slow: a lower bound
 from its probe).
 
-Over its memory limit. A node's own report from a CPU run of an inference or generation task (or
-of a check task of one) that the program held more than the task's memory limit
+Over its memory limit. A node's own report from a CPU run of an inference, generation or training
+task (or of a check task of one) that the program held more than the task's memory limit
 (ErrorKind.OUT_OF_MEMORY, MEMORY_ERRORS, over_limit with `measured`: the kinds whose memory the
 referee measures), from a node that offers at least that limit (a node offering less met its own
 cap, not the task's limit: its own failure), is a claim too, counted, reviewed and paid as a time
@@ -147,14 +150,23 @@ no measure of that (it holds other jobs' programs, runs parts of rows, and has a
 so the review is one run of the whole task (inference: its rows at the job's batch size;
 generation: the decoding loop over its prompts; a check task: as its job's tasks run, chosen by
 its settings' task kind) in a fresh child of its own, measured the same way and killed the moment it
-passes over_limit × the limit (services.verification.memory, tensorgrid.sandbox.measured):
+passes over_limit × the limit (services.verification.memory, tensorgrid.sandbox.measured); a
+training task's run from the round's weights is measured in parts, each such a child, of 1, 1, 2,
+4, ... inner steps (its memory peaks in its first steps; a part holds at most half a referee
+request), the training state carried between them as a review's replay carries it, the peak the
+highest over the parts (services.verification.memory_parts):
 - a peak over over_limit (1.25) × the limit: confirmed, final, the job fails naming the memory
-  limit; each claimant draws for (the referee's time until its run held more than the limit, at
-  least, ÷ the task's time limit) of the task: what its run did before it met the limit, at most.
+  limit (a training task ends alone, its round closing without it); each claimant draws for (the
+  referee's time until its run held more than the limit, at least, ÷ the task's time limit) of the
+  task: what its run did before it met the limit, at most; for training, (the inner steps the
+  parts before the one that passed the limit ran ÷ the task's): at least half what it did.
   Out of the referee's own address space: confirmed so only when that cap is at least 1.25× the
   limit (the program grew past what a node's backstop allows for the limit by that margin).
-- a whole clean run within within_limit (0.5) × it: disproved; its claimants keep their refusals.
-- in between, a crash the referee did not cause, its request's time limit, no /proc: undecided.
+- a whole clean run within within_limit (0.5) × it: disproved; its claimants keep their refusals
+  (training: only once every inner step ran, so a program small at first is never cleared early).
+- in between, a crash the referee did not cause, its request's time limit, no /proc, a training
+  review whose parts spent its budget (--review-budget-factor × the task's time limit) before
+  the last step: undecided.
 Who could abuse it. A lying node or two colluders cannot fail a job whose fresh run stays within
 1.25× its limit (a fresh referee child's baseline and a worker's, ~310 MiB with torch, differ by tens
 of MiB: well inside that margin for any limit a worker can meet), nor be paid for one; within
@@ -162,11 +174,16 @@ half of it they keep their refusals; between, they cost one review and QUORUM mo
 whose warm worker held other programs is not blamed for them: it ran the task fresh before it
 reported. A submitter sizing at the edge gets its tasks run by nodes that can; past 1.25× its job
 fails after two runs and one review and pays for them. A program whose memory depends on its rows
-or its batch is measured over every row at the job's batch size, as a node runs it. A program
+or its batch is measured over every row at the job's batch size, as a node runs it; a train program
+whose memory depends on its shard or grows with its steps, over every step of the task's shard, or
+undecided (more nodes settle it) when the review budget ends first. A program
 allocating to exhaust the referee costs one fresh child, killed at 1.25× the limit (between two
 20 ms polls it can reach at most the referee's hard cap, which protects the coordinator as for any
-referee run; a MemoryError there is read as over the limit only under the margin above). What is
-left: training tasks' memory is not measured (their reports stay the node's own); intake refuses an
+referee run; a MemoryError there is read as over the limit only under the margin above); a training
+review, one fresh child per part, at most its review budget. What is left: a training claimant's pay
+counts steps by parts (the steps before the part that passed the limit: at least half a node's),
+and a training task longer than its review budget is undecided however its first parts went, so a
+program that grows late in a long task costs QUORUM more node runs, unpaid; intake refuses an
 inference, generation or training program whose part of a task run there (the probe's rows, the
 first prompts' first tokens, the first inner step) already holds more than 1.25× its limit
 (kinds.memory, "Memory at intake"), but a program small there and large on a whole task passes it

@@ -13,7 +13,7 @@ from coordinator.db import schema as s
 from coordinator.repositories import claims
 from coordinator.repositories.ledger import claim_pay
 from coordinator.repositories.locks import lock_in_order
-from coordinator.repositories.tasks import fail_job, reissue_or_end
+from coordinator.repositories.tasks import end_task, fail_job, reissue_or_end
 
 
 @dataclass(frozen=True)
@@ -42,8 +42,9 @@ class ReviewRepository:
         self.engine = engine
         self.quorum = quorum  # what the undecided event says more claims take (claims.claim's)
         # Task kinds whose job can finish without every task (training: a round closes on its
-        # quorum), set by the composition root: a task of theirs that raised on the referee too
-        # goes on to its attempts, as before, rather than failing its whole job.
+        # quorum), set by the composition root: a task of theirs that failed for good on the referee
+        # too (raised, past its time or memory limit: a final verdict) ends alone (tasks.end_task),
+        # rather than failing its whole job or going to more nodes that would fail it too.
         self.goes_on: frozenset[str] = frozenset()
 
     def contested(self) -> list[Contested]:
@@ -90,9 +91,9 @@ class ReviewRepository:
         got before it failed (repositories.ledger.claim_pay; draw: its draws, for tests); final:
         the program raised on the referee too, a failure of the task's input itself that any node
         would meet, so the task ends at once and its job fails, rather than going to the nodes its
-        attempts have left (each of them paid too, now), unless its job goes on without it
-        (goes_on). The task's job id, or None when the task was no longer contested (its job
-        ended, another replica ruled first)."""
+        attempts have left (each of them paid too, now); a job that goes on without it (goes_on)
+        does, the task alone ended (tasks.end_task). The task's job id, or None when the task was no
+        longer contested (its job ended, another replica ruled first)."""
         with self.engine.begin() as conn:
             row = conn.execute(select(s.tasks).where(s.tasks.c.task_id == task_id).with_for_update()).first()
             if row is None or row.state != claims.CONTESTED:
@@ -114,7 +115,7 @@ class ReviewRepository:
             error = (claims.kind_of(conn, task_id), message)
             node = row.last_failed_node
             counted = verdict == claims.FAILED
-            if counted and final and row.kind not in self.goes_on:
+            if counted and final:
                 n = len(claims.claimants(conn, task_id))
                 kind = claims.kind_of(conn, task_id)
                 whose = "its claimant's" if n == 1 else f"its {n} claimants'"  # one: a node that claimed twice
@@ -122,7 +123,12 @@ class ReviewRepository:
                     f"task {row.idx} failed for good: claims confirmed, the referee's run of it failed as {whose} "
                     f"did, so no more nodes run it ({kind}: {reason})"
                 )
-                fail_job(conn, row, why[:2000], now_ms)
+                if row.kind in self.goes_on:  # its round closes without it (training)
+                    end_task(
+                        conn, row, row.failures + spent, f"{why} (its job goes on without it)"[:2000], now_ms, node
+                    )
+                else:
+                    fail_job(conn, row, why[:2000], now_ms)
             else:
                 reissue_or_end(conn, row, row.failures + spent, error, now_ms, counted=counted, node=node, event=event)
             if verdict == claims.FAILED:

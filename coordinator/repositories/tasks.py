@@ -32,6 +32,7 @@ WORKLOAD_ERRORS = (ErrorKind.INVALID_INPUT, ErrorKind.UNSAFE_INPUT, ErrorKind.PR
 # short of CPU (benchmarks.fleet at 5,000 nodes, pg_stat_activity), every result and heartbeat of
 # those nodes waiting behind it. The reaper runs batches until one comes back short.
 REAP_BATCH = 100
+ENDED = "ended"  # the job event of a task that failed for good in a job that goes on without it (end_task)
 
 
 @dataclass(frozen=True)
@@ -327,6 +328,20 @@ def reissue_or_end(
     what = f"{'unconfirmed ' if unconfirmed else ''}{kind}: {text}"
     append_event(conn, row.job_id, event, now_ms, task_index=row.idx, node=node or "", message=what[:2000])
     return True
+
+
+def end_task(conn: Connection, row: Any, failures: int, message: str, now_ms: int, node: str | None) -> None:
+    """The task (a tasks row) failed for good in a job that goes on without it (training: its round
+    closes on its quorum, or at its deadline on the results it has): it ends ("failed", counted as
+    one of its job's task failures), never leased again, and its job runs on."""
+    conn.execute(
+        update(s.tasks)
+        .where(s.tasks.c.task_id == row.task_id)
+        .values(state="failed", node=None, deadline_ms=None, failures=failures, last_failed_node=node)
+        .values(last_failed_ms=now_ms)
+    )
+    more = {"task_failures": s.jobs.c.task_failures + 1}
+    append_event(conn, row.job_id, ENDED, now_ms, job_values=more, task_index=row.idx, node=node or "", message=message)
 
 
 def fail_job(conn: Connection, row: Any, message: str, now_ms: int) -> None:

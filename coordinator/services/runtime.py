@@ -154,7 +154,7 @@ class Runtime:
 
     @contextlib.contextmanager
     def other_child(self, box: WarmSandbox) -> Iterator[WarmSandbox]:
-        """A sandboxed child besides the referee (a memory review's fresh one: services.sandboxed
+        """A sandboxed child besides the referee (a memory review's fresh one: services.measured
         .measure_rows), closed by stop() as the referee is, so a stop never waits for its request;
         SandboxFailure once the runtime stopped."""
         with self._referee_lock:

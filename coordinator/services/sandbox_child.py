@@ -117,7 +117,8 @@ def _replay(request: dict[str, Any], scratch: Path) -> dict[str, Any]:
 
 def _train_for(request: dict[str, Any], scratch: Path) -> dict[str, Any]:
     """One part of a training task (a review of a task longer than one request): from the state
-    file of the part before, about request["seconds"] of its inner steps."""
+    file of the part before, about request["seconds"] of its inner steps, at most
+    request["most_steps"] of them when it names any (a measured part: services.measured)."""
     step, steps, done = run_task_for(
         request["program"],
         request["weights"],
@@ -127,6 +128,7 @@ def _train_for(request: dict[str, Any], scratch: Path) -> dict[str, Any]:
         seconds=float(request["seconds"]),
         device="cpu",
         state=request.get("state") or None,
+        most_steps=int(request.get("most_steps") or 0),
     )
     return {"step": step, "steps": steps, "done": done}
 

@@ -14,8 +14,9 @@ answers are JSON; tensors stay in safetensors files.
 A child that hits a limit raises SandboxFailure (`over_limit`): callers treat that as
 "could not check", never as the node's fault.
 
-This module is the coordinator's side: it builds the requests and reads the answers, and
-imports no torch. The child's side is coordinator.services.sandbox_child (ENTRY).
+The same work measured for memory, each request in a fresh child of its own, is
+services.measured. This module is the coordinator's side: it builds the requests and reads the
+answers, and imports no torch. The child's side is coordinator.services.sandbox_child (ENTRY).
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from coordinator.services.runtime import Runtime
 from coordinator.services.training.cases import AuditCase, Finding
 from tensorgrid.blobs import BlobStore
 from tensorgrid.sandbox import Isolation, SandboxFailure, WarmSandbox
-from tensorgrid.sandbox.measured import Measured, run_measured
 from tensorgrid.sandbox.policy import OUTPUT_FILE
 from tensorgrid.workloads.rowcontract import DEADLINE_S, Determinism
 
@@ -37,11 +37,11 @@ __all__ = [
     "Part",
     "SandboxFailure",
     "determinism_of",
+    "part_of",
+    "generate_request",
+    "infer_request",
+    "probe_request",
     "evaluate_weights",
-    "measure_generation",
-    "measure_probe",
-    "measure_rows",
-    "measure_train_step",
     "probe_rows",
     "reexecute_each",
     "reexecute_rows",
@@ -49,6 +49,7 @@ __all__ = [
     "regenerate_rows",
     "replay_audit",
     "score_claim",
+    "train_for_request",
     "train_task_part",
     "vet_training",
 ]
@@ -88,11 +89,11 @@ def reexecute_rows(
 ) -> None:
     """Run `model` over every row of `source` on CPU in the sandboxed child; write `out`.
     input_names: the job's argument order, as the nodes ran it (None: the file's order)."""
-    request = _infer_request(model, source, batch_size, input_names)
+    request = infer_request(model, source, batch_size, input_names)
     referee(rt, blobs).call(request, outputs={OUTPUT: out}, inputs=(model, source))
 
 
-def _infer_request(model: Path, source: Path, batch_size: int, input_names: list[str] | None) -> dict[str, Any]:
+def infer_request(model: Path, source: Path, batch_size: int, input_names: list[str] | None) -> dict[str, Any]:
     """The child's request to run `model` over every row of `source` (tensorgrid.sandbox's "infer")."""
     return {
         "op": "infer",
@@ -101,102 +102,6 @@ def _infer_request(model: Path, source: Path, batch_size: int, input_names: list
         "batch_size": int(batch_size),
         "input_names": list(input_names) if input_names else None,
     }
-
-
-def measure_rows(
-    rt: Runtime,
-    blobs: BlobStore,
-    model: Path,
-    source: Path,
-    batch_size: int,
-    input_names: list[str] | None,
-    stop_at_bytes: int,
-    mark_at_bytes: int = 0,
-) -> Measured:
-    """reexecute_rows's run of every row of `source` at the job's batch size, in a fresh child
-    of its own (not the warm referee: it holds other jobs' programs), its peak resident memory
-    measured as a node measures its worker's (tensorgrid.sandbox.measured); the child is killed
-    once that passes stop_at_bytes (and when it first passed mark_at_bytes is noted). Its output
-    is not kept."""
-    request = _infer_request(model, source, batch_size, input_names)
-    return _measured(rt, blobs, request, (model, source), stop_at_bytes, mark_at_bytes)
-
-
-def measure_generation(
-    rt: Runtime,
-    blobs: BlobStore,
-    model: Path,
-    source: Path,
-    decode: dict[str, Any],
-    stop_at_bytes: int,
-    mark_at_bytes: int = 0,
-    time_s: float | None = None,
-) -> Measured:
-    """regenerate_rows's decoding loop over every prompt of `source`, measured as measure_rows
-    measures rows: a fresh child of its own, killed once it holds stop_at_bytes. Its output is not
-    kept. time_s: its wall-time limit (default: the referee's; intake's gives it PROBE_TIME_S)."""
-    request = _generate_request(model, source, decode)
-    return _measured(rt, blobs, request, (model, source), stop_at_bytes, mark_at_bytes, time_s)
-
-
-def measure_probe(
-    rt: Runtime,
-    blobs: BlobStore,
-    model: Path,
-    source: Path,
-    input_names: list[str],
-    batch_size: int,
-    stop_at_bytes: int,
-) -> Measured:
-    """probe_rows in a fresh child of its own, its peak memory measured (intake: a program already
-    over its memory limit on the probe's rows is refused); the child is killed once it holds
-    stop_at_bytes. The answer, when it gave one, is the probe's (determinism_of reads it)."""
-    request = _probe_request(model, source, input_names, batch_size)
-    return _measured(rt, blobs, request, (model, source), stop_at_bytes, 0, time_s=PROBE_TIME_S)
-
-
-def measure_train_step(
-    rt: Runtime,
-    blobs: BlobStore,
-    program: Path,
-    weights: Path,
-    shard: Path,
-    settings: dict[str, Any],
-    stop_at_bytes: int,
-) -> Measured:
-    """A training task's first inner step (tensorgrid.training.task.run_first_step: `settings` as
-    leased, the round's `weights`, the task's `shard`) in a fresh child of its own, its peak memory
-    measured (intake: a program already over its memory limit there is refused); the child is
-    killed once it holds stop_at_bytes. It has the probe's time box."""
-    request = {
-        "op": "train_step",
-        "program": str(program),
-        "weights": str(weights),
-        "shard": str(shard),
-        "settings": dict(settings),
-    }
-    return _measured(rt, blobs, request, (program, weights, shard), stop_at_bytes, 0, time_s=PROBE_TIME_S)
-
-
-def _measured(
-    rt: Runtime,
-    blobs: BlobStore,
-    request: dict[str, Any],
-    inputs: tuple[Path, ...],
-    stop_at_bytes: int,
-    mark_at_bytes: int,
-    time_s: float | None = None,
-) -> Measured:
-    """`request` in a fresh sandboxed child of the referee's limits, measured (run_measured)."""
-    scratch = blobs.root / "sandbox"
-    scratch.mkdir(exist_ok=True)
-    box = WarmSandbox(ENTRY, rt.sandbox, isolation=Isolation(), scratch_root=scratch, lend=True)
-    try:
-        with rt.other_child(box):  # a coordinator stopping kills it as it kills the referee's
-            stops = {"stop_at_bytes": stop_at_bytes, "mark_at_bytes": mark_at_bytes}
-            return run_measured(box, request, inputs=inputs, time_s=time_s, **stops)
-    finally:
-        box.close()
 
 
 def reexecute_each(
@@ -228,10 +133,10 @@ def regenerate_rows(
 ) -> None:
     """The decoding loop (tensorgrid.workloads.generation) of `model` over the prompts of
     `source` with the job's decode settings, on CPU in the sandboxed child; write `out`."""
-    referee(rt, blobs).call(_generate_request(model, source, decode), outputs={OUTPUT: out}, inputs=(model, source))
+    referee(rt, blobs).call(generate_request(model, source, decode), outputs={OUTPUT: out}, inputs=(model, source))
 
 
-def _generate_request(model: Path, source: Path, decode: dict[str, Any]) -> dict[str, Any]:
+def generate_request(model: Path, source: Path, decode: dict[str, Any]) -> dict[str, Any]:
     """The child's request to run the decoding loop of `model` over the prompts of `source`."""
     return {"op": "generate", "model": str(model), "source": str(source), "decode": dict(decode)}
 
@@ -254,11 +159,11 @@ def probe_rows(
     of `source`, in the sandboxed child; its verdict."""
     # The probe has its own time box (DEADLINE_S, checked between its runs); its wall limit is
     # that plus room for loading the program, whatever the operator set for the referee.
-    request = _probe_request(model, source, input_names, batch_size)
+    request = probe_request(model, source, input_names, batch_size)
     return determinism_of(referee(rt, blobs).call(request, time_s=PROBE_TIME_S, inputs=(model, source)))
 
 
-def _probe_request(model: Path, source: Path, input_names: list[str], batch_size: int) -> dict[str, Any]:
+def probe_request(model: Path, source: Path, input_names: list[str], batch_size: int) -> dict[str, Any]:
     return {
         "op": "probe",
         "model": str(model),
@@ -328,7 +233,17 @@ def train_task_part(
     --referee-time-s has passed since the child took the request (loading included; read between
     steps: the rest is for the last step and the save); write the state reached, or the
     pseudo-gradient once done, to `out`."""
-    request = {
+    request = train_for_request(rt, program, weights, shard, settings, state)
+    files = [p for p in (program, weights, shard, state) if p is not None]
+    answer = referee(rt, blobs).call(request, outputs={OUTPUT: out}, inputs=files)
+    return part_of(answer)
+
+
+def train_for_request(
+    rt: Runtime, program: Path, weights: Path, shard: Path, settings: dict[str, Any], state: Path | None
+) -> dict[str, Any]:
+    """The child's request for one part of a training task (train_task_part's)."""
+    return {
         "op": "train_for",
         "program": str(program),
         "weights": str(weights),
@@ -337,8 +252,10 @@ def train_task_part(
         "state": str(state) if state is not None else None,
         "seconds": rt.sandbox.time_s * PART_SHARE if rt.sandbox.time_s > 0 else 60.0,
     }
-    files = [p for p in (program, weights, shard, state) if p is not None]
-    answer = referee(rt, blobs).call(request, outputs={OUTPUT: out}, inputs=files)
+
+
+def part_of(answer: dict[str, Any]) -> Part:
+    """Where a part stopped, from the child's answer to a train_for request."""
     return Part(step=int(answer["step"]), steps=int(answer["steps"]), done=bool(answer["done"]))
 
 

@@ -53,13 +53,14 @@ def run_measured(
     inputs: Iterable[os.PathLike[str] | str] = (),
     poll_s: float = POLL_S,
     time_s: float | None = None,
+    outputs: Mapping[str, os.PathLike[str] | str] | None = None,
 ) -> Measured:
     """`request` to `box`'s child, started for it (a box made for this one request, `lend` set,
     closed by the caller), lending it `inputs`: its peak resident memory measured from its
     greeting on; the child is killed once that passes stop_at_bytes (0: never); crossed_s says
     when it first passed mark_at_bytes (0: not asked); time_s: the request's wall-time limit
-    (default: the box's). Never raises a SandboxFailure: it is in
-    the result."""
+    (default: the box's); outputs: the files its answer writes, as WarmSandbox.call's. Never
+    raises a SandboxFailure: it is in the result."""
     try:
         box.warm()
     except SandboxFailure as e:
@@ -73,7 +74,7 @@ def run_measured(
     answer, failure = None, None
     watch.start()
     try:
-        answer = box.call(request, time_s=time_s, inputs=inputs)
+        answer = box.call(request, outputs=outputs, time_s=time_s, inputs=inputs)
     except SandboxFailure as e:
         failure = e
     finally:

@@ -233,29 +233,36 @@ def run_inner_for(
     state: dict[str, torch.Tensor] | None = None,
     digests: dict[int, bytes] | None = None,
     losses: list[float] | None = None,
+    most_steps: int = 0,
+    keep_state: bool = True,
 ) -> Partial:
     """run_inner in parts: from `state` (a Partial's, with its digests and losses; None: step 0),
-    step until time.monotonic() reaches `until` (read between steps, so at least one step) or the
-    last step is done. Steps are functions of the step alone (their rows, lr and RNG), so the
-    parts of a run make the run run_inner makes; the referee reviews a long task so, one
-    request at a time."""
+    step until time.monotonic() reaches `until` (read between steps, so at least one step), it
+    has stepped `most_steps` times (0: no such bound) or the last step is done. Steps are
+    functions of the step alone (their rows, lr and RNG), so the parts of a run make the run
+    run_inner makes; the referee reviews a long task so, one request at a time. keep_state False:
+    the caller holds `state` no more, so it is cleared once restored (its tensors freed: the
+    referee's measured parts hold what a node's run holds, services.verification.memory_parts)."""
     run = _Run(train_program_path, shard_path, settings)
     global_weights = load_tensors(weights_path)
     load_weights(run.module, global_weights)
     start = {n: t.detach().clone() for n, t in run.module.state_dict().items()}
     if state is not None:
         run.restore(state)
+        if not keep_state:
+            state.clear()
     marks = checkpoint_steps(settings.steps, settings.checkpoint_every)
     reached, trace = dict(digests or {}), list(losses or [])
-    stepped = False
+    stepped, first = 0, run.step
     with torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else []):
         while True:
             if run.step in marks and run.step not in reached:
                 reached[run.step] = checkpoint_digest(run.state())
-            if run.step >= settings.steps or (stepped and time.monotonic() >= until):
+            enough = 0 < most_steps <= run.step - first
+            if run.step >= settings.steps or (stepped and (time.monotonic() >= until or enough)):
                 break
             trace.append(run.train_step())
-            stepped = True
+            stepped += 1
     if run.step < settings.steps:
         return Partial(run.step, run.state(), reached, trace, None)
     result = _sealed(run, start, global_weights, trace, [reached[m] for m in marks])

@@ -70,19 +70,28 @@ def run_task_for(
     seconds: float,
     device: str,
     state: str | os.PathLike[str] | None = None,
+    most_steps: int = 0,
 ) -> tuple[int, int, bool]:
     """One part of run_task: from the state file a previous part wrote (None: the start), inner
     steps until `seconds` after the call (loading included: only the last step and the save run
-    past it; at least one step). Writes to `out` the state reached, or the sealed
-    pseudo-gradient once the last step is done; (step reached, the task's steps, done)."""
+    past it; at least one step), and at most `most_steps` of them (0: no such bound). Writes to
+    `out` the state reached, or the sealed pseudo-gradient once the last step is done; (step
+    reached, the task's steps, done). The state read is dropped once restored (run_inner_for), so
+    a part holds what a node's run holds at its step, not a second copy of the state besides."""
     until = time.monotonic() + seconds
     inner = leased_settings(settings, file_sha256(Path(shard)).sha256, device)
-    saved, digests, losses = None, {}, []
+    digests: dict[int, bytes] = {}
+    losses: list[float] = []
     if state is not None:
         kept = read_header(state).metadata
         marks, losses = json.loads(kept.get(_DIGESTS, "{}")), [float(x) for x in json.loads(kept.get(_LOSSES, "[]"))]
-        saved, digests = load_tensors(state), {int(k): bytes.fromhex(v) for k, v in marks.items()}
-    part = run_inner_for(program, weights, shard, inner, until=until, state=saved, digests=digests, losses=losses)
+        digests = {int(k): bytes.fromhex(v) for k, v in marks.items()}
+    saved = load_tensors(state) if state is not None else None
+    part = run_inner_for(
+        program, weights, shard, inner, until=until, state=saved, digests=digests, losses=losses, most_steps=most_steps,
+        keep_state=False,
+    )  # fmt: skip
+    del saved
     if part.result is not None:
         write_result(part.result, out, inner.compression)
     else:

@@ -32,7 +32,7 @@ from coordinator.app import Coordinator
 from coordinator.config import CoordinatorConfig
 from coordinator.db import schema
 from coordinator.repositories.jobs import NewTask
-from coordinator.services.sandboxed import measure_rows
+from coordinator.services.measured import measure_rows
 from tensorgrid.crypto import Signer
 from tensorgrid.devnet import ChainGrid
 from tensorgrid.sandbox.measured import Measured

@@ -10,8 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from coordinator.services.measured import measure_generation
 from coordinator.services.runtime import Runtime
-from coordinator.services.sandboxed import measure_generation, regenerate_rows, score_claim
+from coordinator.services.sandboxed import regenerate_rows, score_claim
 from coordinator.services.verification.runs import MeasureRun, Replay, Score
 from tensorgrid.blobs import BlobStore
 from tensorgrid.sandbox.measured import Measured

@@ -19,8 +19,9 @@ from pathlib import Path
 
 from coordinator.kinds.memory import can_measure, measured_run, measures_memory, refuse_failure
 from coordinator.services.blobs import stored
+from coordinator.services.measured import measure_generation
 from coordinator.services.runtime import Runtime
-from coordinator.services.sandboxed import PROBE_TIME_S, measure_generation
+from coordinator.services.sandboxed import PROBE_TIME_S
 from tensorgrid.blobs import BlobStore
 from tensorgrid.sandbox.measured import Measured
 from tensorgrid.spec import GenerationSpec

@@ -1,14 +1,14 @@
 """The referee's measured run of an inference task, for a claim that its program needs more than
 the task's memory limit (services.verification.memory): every row of its input at the job's batch
-size, in a fresh sandboxed child of its own (services.sandboxed.measure_rows)."""
+size, in a fresh sandboxed child of its own (services.measured.measure_rows)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+from coordinator.services.measured import measure_rows
 from coordinator.services.runtime import Runtime
-from coordinator.services.sandboxed import measure_rows
 from coordinator.services.verification.runs import MeasureRun
 from tensorgrid.blobs import BlobStore
 from tensorgrid.sandbox.measured import Measured

@@ -24,8 +24,9 @@ from pathlib import Path
 from coordinator.config import ReviewSettings
 from coordinator.kinds.memory import can_measure, measured_run, measures_memory, out_of_cap
 from coordinator.services.blobs import stored
+from coordinator.services.measured import measure_probe
 from coordinator.services.runtime import Runtime
-from coordinator.services.sandboxed import determinism_of, measure_probe, probe_rows
+from coordinator.services.sandboxed import determinism_of, probe_rows
 from tensorgrid.blobs import BlobStore
 from tensorgrid.errors import SpecError
 from tensorgrid.sandbox.measured import Measured

@@ -1,7 +1,8 @@
 """Training jobs (DiLoCo rounds): planned into round-0 shards, each result a pseudo-gradient
 checked for shape and commitment, audited by checkpoint reveal and replay, and aggregated
 round by round by the round manager, whose last round writes the job's result (the weights).
-Two nodes' claims that a task cannot be run are reviewed by the referee running it (review.py)."""
+Two nodes' claims that a task cannot be run are reviewed by the referee running it (review.py); claims
+that it needs more than its memory limit, by the referee measuring that run in parts (measure_training)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from coordinator.kinds.base import BaseKind
 from coordinator.kinds.training.check import check_train_output
 from coordinator.kinds.training.effects import OpenAudit
 from coordinator.kinds.training.plan import plan_training
-from coordinator.kinds.training.review import RAN, review_training
+from coordinator.kinds.training.review import RAN, measure_training, review_training
 from coordinator.kinds.training.vetting import probes_memory
 from coordinator.repositories.jobs import NewJob, NewTask
 from coordinator.repositories.store import Store
@@ -47,6 +48,9 @@ class TrainingKind(BaseKind):
         secret = bytes.fromhex(store.meta_value("training_audit_secret", secrets.token_hex(32)))
         self.rounds = RoundManager(rt, store, blobs, secret)
         verification.add_review(TASK_KIND, review_training(rt, blobs), RAN)
+        # a CPU node's out-of-memory report on one of its tasks is a claim the referee measures in parts
+        # (repositories.claims, "Over its memory limit"; services.verification.memory_parts)
+        verification.add_measure(TASK_KIND, measure_training(rt, blobs), self.task_kinds)
 
     def plan(
         self, spec: Any, spec_json: bytes, submitter: str, sh: str, job_id: str, blobs: BlobStore, limits: Limits

@@ -18,8 +18,8 @@ import json
 from pathlib import Path
 
 from coordinator.kinds.memory import can_measure, measured_run, measures_memory, refuse_failure
+from coordinator.services.measured import measure_train_step
 from coordinator.services.runtime import Runtime
-from coordinator.services.sandboxed import measure_train_step
 from tensorgrid.blobs import BlobStore
 from tensorgrid.sandbox.measured import Measured
 from tensorgrid.spec import TrainingSpec

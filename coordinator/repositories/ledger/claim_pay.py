@@ -21,7 +21,9 @@ the tasks its escrow funded). While the job runs every reward of its escrow is o
 it has yet to run and to its verification fee (which takes every reward beyond its shards:
 fee_tasks), so a win waits for the job to end, which a task whose input fails makes it do: in the
 verdict's own transaction when the program raised on the referee too (the task ends at once,
-repositories.reviews), else once its attempts are spent. An ended job pays its claimants'
+repositories.reviews), else once its attempts are spent; a training job goes on without a task the
+referee's run failed for good (it ends alone: tasks.end_task), so its claimants wait for its end
+(its last round, or its failure). An ended job pays its claimants'
 wins from what it did not spend, at once when nothing else may still be credited (a result
 waiting for its check or audit holds its reward back), else just before its last charge
 (ledger.escrow.release_ended_jobs, ledger.job_finished); a win with no room even then is not

@@ -47,6 +47,9 @@ class RoundView:
     weights: BlobRef
     momentum: BlobRef | None
     done: tuple[tuple[int, BlobRef], ...]  # (slot, output) of the round's accepted results
+    # the round's tasks still open (pending, leased, contested): none, and no more results can come
+    # (its other tasks failed for good: tasks.end_task)
+    open_tasks: int = -1
 
     @property
     def deadline_ms(self) -> int:
@@ -132,6 +135,9 @@ def round_view(engine: Engine, job_id: str) -> RoundView | None:
             )
             .order_by(s.tasks.c.idx)
         ).all()
+        in_round = (s.tasks.c.job_id == job_id, s.tasks.c.idx >= r * w, s.tasks.c.idx < (r + 1) * w)
+        still = s.tasks.c.state.in_(s.OPEN_TASK_STATES)
+        open_tasks = conn.execute(select(func.count()).select_from(s.tasks).where(*in_round, still)).scalar_one()
     return RoundView(
         job_id=job_id,
         spec=spec,
@@ -141,6 +147,7 @@ def round_view(engine: Engine, job_id: str) -> RoundView | None:
         weights=weights,
         momentum=momentum,
         done=tuple((int(d.idx) - r * w, BlobRef(d.output_sha, d.output_size)) for d in done),
+        open_tasks=int(open_tasks),
     )
 
 

@@ -3,9 +3,11 @@
 One loop per coordinator process. It wakes when the api reports accepted results for a job
 (poke) and at least once a second (deadlines, other replicas' results, a restart), looks at
 each open training job's current round and, when the round may close (quorum reached, or
-its deadline passed with at least one result), runs the outer step on the referee's thread and
-commits the close in one transaction. The database is the only source of truth, so a
-restarted coordinator simply carries on from the last closed round.
+its deadline passed with at least one result, or at least one result and every other task of the
+round failed for good: repositories.tasks.end_task; none and all failed: the job fails), runs
+the outer step on the referee's thread and commits the close in one transaction. The database
+is the only source of truth, so a restarted coordinator simply carries on from the last closed
+round.
 
 Audited results (services.training.audit) hold their round open until their audits
 settle or the round's deadline passes; only results that passed an audit or were not drawn
@@ -142,8 +144,11 @@ class RoundManager:
             await self._held_open(view, now)
             return "auditing"
         view = dataclasses.replace(view, done=tuple(d for d in view.done if usable(audits.get(d[0]))))
-        have = len(view.done)
-        if have < spec.quorum_workers and not (have and now >= view.deadline_ms):
+        have, ended = len(view.done), view.open_tasks == 0  # ended: no more results can come
+        if have < spec.quorum_workers and not (have and (now >= view.deadline_ms or ended)):
+            if have == 0 and ended:
+                message = f"round {view.round}: every one of its tasks failed for good (its events say why)"
+                return await self._fail(job_id, message)
             if have == 0 and now >= view.opened_ms + spec.max_attempts * spec.round_deadline_s * 1000:
                 message = (
                     f"round {view.round} got no result in {spec.max_attempts} × round_deadline_s "

@@ -5,6 +5,7 @@ services.sandboxed), and keep under-staked nodes away from jobs they could cheat
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import logging
@@ -31,7 +32,7 @@ from coordinator.services.verification.foresee import Foresight
 from coordinator.services.verification.policy import VerificationPolicy
 from coordinator.services.verification.referee import blames, judge, soundness
 from coordinator.services.verification.reviews import Reviews
-from coordinator.services.verification.runs import KindRuns, MeasureRun, PartReplay, Replay, Score
+from coordinator.services.verification.runs import InParts, KindRuns, MeasureRun, PartReplay, Replay, Score
 from coordinator.services.verification.stakes import StakeGate
 from tensorgrid.blobs import BlobStore
 from tensorgrid.spec import VerificationSpec
@@ -208,12 +209,18 @@ class Verification:
 
         self.reviews.add_parts(task_kind, run, ran)
 
-    def add_measure(self, runs: str, measure: MeasureRun, task_kinds: Iterable[str]) -> None:
+    def add_measure(self, runs: str, measure: MeasureRun | InParts, task_kinds: Iterable[str]) -> None:
         """How the referee measures the peak memory of a run of a task whose settings name `runs`
         as their task kind (none named: inference), for a claim that its program needs more than the
         task's memory limit (memory.py); a node's out-of-memory report on a task of `task_kinds` is
         then such a claim (repositories.claims). A check task runs as its job's tasks do, so its
-        measure is chosen by its settings, as its replay is (_run); one referee child at a time."""
+        measure is chosen by its settings, as its replay is (_run); one referee child at a time.
+        InParts (training): the run is measured in parts, its state carried between them (memory_parts.py)."""
+        if isinstance(measure, InParts):
+            part = functools.partial(self.runs.measure_part, part=measure.part)
+            for task_kind in task_kinds:
+                self.reviews.add_measured_parts(task_kind, part)
+            return
         self.runs.measures[runs] = measure
         for task_kind in task_kinds:
             self.reviews.add_measure(task_kind, self.runs.measure)

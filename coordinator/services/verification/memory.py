@@ -1,5 +1,6 @@
 """The referee's review of a claim that a task's program needs more memory than the task's limit
-(ErrorKind.OUT_OF_MEMORY from a CPU run: repositories.claims, "Over its memory limit").
+(ErrorKind.OUT_OF_MEMORY from a CPU run: repositories.claims, "Over its memory limit"): one measured
+run of the whole task here (inference, generation); a training task's in parts (memory_parts.py).
 
 What a node compares with the limit (node.executor): the peak resident memory (VmHWM) of its
 whole worker process, torch loaded, over the task's run at the job's batch size, reset before the
@@ -31,6 +32,14 @@ limit a worker can meet.
 - The program raised (not out of memory): confirmed, final, as any review's raise.
 - Anything else (a peak in between, a crash the referee did not cause, its request's time limit,
   no /proc to read): undecided, other nodes settle it.
+
+Training tasks are covered too, in parts: memory_parts.py measures a training task's inner steps from
+the round's weights in fresh children of 1, 1, 2, 4, ... steps, the state carried between them, with
+the same margins; it confirms as above (the task ends alone, its claimants paid by the inner steps
+reached before the part that passed the limit), disproves only once every step ran, and is undecided
+when its review budget ends first. What remains: a measure of one whole run for a kind whose task
+is longer than one referee request (inference, generation) is undecided past the request's time
+limit, not run in parts; a noop task's report stays its node's own.
 """
 
 from __future__ import annotations
@@ -44,7 +53,7 @@ from tensorgrid.sandbox.measured import Measured
 from tensorgrid.sandbox.oneshot import ERROR, OUT_OF_MEMORY
 
 # (model sha, task settings, input file, the peak at which to stop the run, the peak whose passing
-# is timed): its measured run (services.sandboxed.measure_rows)
+# is timed): its measured run (services.measured.measure_rows; a training task's parts: memory_parts.py)
 Measure = Callable[[str, dict[str, Any], Path, int, int], Measured]
 MiB = 2**20
 

@@ -54,6 +54,7 @@ class Cost:
     low_s: float = 0.0
     high_s: float = 0.0
     stall_low_s: float = 0.0
+    peak: int = 0  # a memory review in measured parts (memory_parts.py): the highest peak so far, bytes
 
 
 @dataclass(frozen=True)
@@ -160,10 +161,12 @@ class ReviewParts:
             size = int(data.get("size", 0))  # a review a coordinator before rows in parts left has none
             stalls = int(data.get("stalls", 0))  # nor one before undecided reviews
             failed, fail_end = str(data.get("failed", "")), int(data.get("fail_end", 0))  # nor before claim pay
-            timed = [float(data.get(k, 0.0)) for k in ("low_s", "high_s", "stall_low_s")]  # nor before time claims
+            low, high, stall_low = (
+                float(data.get(k, 0.0)) for k in ("low_s", "high_s", "stall_low_s")
+            )  # nor before time claims
             return Cost(
                 float(data["spent_s"]), int(data["parts"]), int(data["step"]), int(data["steps"]), size, stalls,
-                failed, fail_end, *timed,
+                failed, fail_end, low, high, stall_low, int(data.get("peak", 0)),  # nor before measured parts
             )  # fmt: skip
         except (OSError, ValueError, KeyError, TypeError):
             return Cost()

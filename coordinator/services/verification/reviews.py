@@ -8,7 +8,8 @@ that fails (the program raised, the child hit its memory limit, the input is gon
 them false, so they are confirmed as before reviews existed: a review can only ever spare a
 task, never blame a node that a claim alone would not have blamed. A run in which the program
 (or its input) raised ends the task at once (Ruling.final: any node would meet that failure),
-and its job with it unless the job goes on without the task (training: repositories.reviews);
+and its job with it unless the job goes on without the task (training: the task ends alone,
+repositories.reviews);
 the referee's own limits, a crash or a missing blob leave the task its attempts. A run the referee cannot
 finish proves nothing either way (its CPU may be far slower than the nodes the job was sized
 for): the review is undecided, and more distinct nodes settle the claims (repositories.claims).
@@ -68,6 +69,7 @@ from coordinator.repositories.store import Store
 from coordinator.services.runtime import Runtime
 from coordinator.services.sandboxed import PART_SHARE, Part
 from coordinator.services.verification.memory import Measure, memory_verdict
+from coordinator.services.verification.memory_parts import MeasuredPart, review_part
 from coordinator.services.verification.review_parts import Cost, ReviewParts, RowPart
 from coordinator.services.verification.turns import fair_turn
 from tensorgrid.blobs import BlobStore
@@ -114,6 +116,7 @@ class Reviews:
         self._run = run  # a task's whole input, as a ruling re-runs rows (inference, generation)
         self._parts: dict[str, tuple[RunPart, str]] = {}  # task kind → its tasks run in parts
         self.measures: dict[str, Measure] = {}  # task kind → its run measured for memory claims (add_measure)
+        self.measured_parts: dict[str, MeasuredPart] = {}  # task kind → the same in parts (memory_parts.py)
         self.progress = ReviewParts(blobs.root / "reviews")
         self.budget_factor = settings.budget_factor
         self.stalls = settings.stalls  # smallest parts timed out in a row that make a review undecided
@@ -131,6 +134,10 @@ class Reviews:
         say it needs more than its memory limit (memory.py; Verification.add_measure registers it);
         a kind without one keeps a node's out-of-memory report its own failure (repositories.claims)."""
         self.measures[task_kind] = measure
+
+    def add_measured_parts(self, task_kind: str, part: MeasuredPart) -> None:
+        """add_measure for a kind whose run the referee measures in parts (training: memory_parts.py)."""
+        self.measured_parts[task_kind] = part
 
     def budget_s(self, task: Contested) -> float:
         """The referee time a review in parts may cost: budget_factor × the task's time limit
@@ -176,6 +183,8 @@ class Reviews:
             return Ruling(FAILED, "the referee cannot run it: its model or input is not in the blob store")
         if task.memory and task.kind in self.measures:
             return self._memory(task, source)
+        if task.memory and task.kind in self.measured_parts:
+            return self._memory_parts(task, source)
         cost, budget = self.progress.cost(task.task_id), self.budget_s(task)
         unit = "step" if task.kind in self._parts else "row"
         if cost.failed and (cost.stalls or cost.spent_s >= budget):  # stop looking for the failing batch
@@ -263,6 +272,20 @@ class Reviews:
             rows=self._rows_of(source), time_limit_s=task.time_limit_ms / 1000, threads=self._threads(),
         )  # fmt: skip
         return Ruling(outcome, reason, work, final)
+
+    def _memory_parts(self, task: Contested, source: Path) -> Verdict:
+        """The same claim on a task measured in parts (training), one part a turn (memory_parts.py)."""
+        run, limit, cap = self.measured_parts[task.kind], task.memory_limit_bytes, self.rt.sandbox.memory_bytes
+        try:
+            settings = json.loads(task.settings)
+            outcome = review_part(
+                run, self.progress, task.task_id, task.model_sha, settings, source, limit,
+                over=self.over, within=self.within, cap=cap, budget_s=self.budget_s(task),
+            )  # fmt: skip
+        except Exception as e:  # noqa: BLE001 - a run that could not be measured decides nothing
+            outcome = UNDECIDED, f"the referee could not measure its run: {type(e).__name__}: {e}"[:500], (0, 0), False
+        # cut short by the coordinator stopping: no verdict (the part the last one reached is kept)
+        return None if outcome is None or self.rt.stopping else Ruling(*outcome)
 
     def _threads(self) -> int:
         """The threads a fresh child of the referee's limits may use at once (WarmSandbox.threads)."""

@@ -155,10 +155,12 @@ def test_a_referee_run_over_its_memory_limit_confirms_but_the_task_goes_on(
     assert state.jobs.get_job(JOB).state != JobState.FAILED  # its last attempt for another node
 
 
-def test_a_task_whose_job_goes_on_without_it_keeps_its_attempts_after_a_raising_review(
+def test_a_task_whose_job_goes_on_without_it_ends_alone_after_a_raising_review(
     state: Store, blobs: BlobStore, clock: Clock, tmp_path: Path
 ) -> None:
-    """Training's tasks (a round closes on its quorum): the verdict fails no whole job."""
+    """Training's tasks (a round closes on its quorum): the verdict fails no whole job, and the task
+    goes to no more nodes (each would fail it too, and be paid for it): it ends alone. Before, it
+    went on to its attempts, and its last one failed the whole job all the same."""
     state.reviews.goes_on = frozenset({parts.KIND})
     job_of_rows(state, blobs, tmp_path, (A, CPU), (B, CPU))
     claim(state, A, AVOID, RAISED)
@@ -166,5 +168,8 @@ def test_a_task_whose_job_goes_on_without_it_keeps_its_attempts_after_a_raising_
     r = reviews(state, blobs, Rows(clock, fail_at=0))
     while state.tasks.get_task(TASK).state == "contested":
         turn(r)
-    assert state.tasks.get_task(TASK).state == "pending" and task_failures(state) == 2
-    assert state.jobs.get_job(JOB).state == JobState.RUNNING
+    assert state.tasks.get_task(TASK).state == "failed" and task_failures(state) == 2
+    job = state.jobs.get_job(JOB)
+    assert job.state == JobState.RUNNING and job.task_failures == 1, job
+    [ended] = [e for e in state.jobs.events_after(JOB, 0) if e.kind == "ended"]
+    assert "failed for good" in ended.message and "its job goes on without it" in ended.message, ended

@@ -23,6 +23,7 @@ from sqlalchemy import update
 from coordinator.app import Coordinator
 from coordinator.db import schema as s
 from coordinator.repositories.claims import CLEAN
+from coordinator.repositories.tasks import end_task
 from coordinator.repositories.training.rounds import round_history
 from coordinator.services.verification import manager as verification_manager
 from tensorgrid.types import ErrorKind, JobState, TaskError
@@ -96,10 +97,13 @@ def test_a_training_task_whose_weights_do_not_fit_its_program_is_confirmed(
     claim(app, NODES[0])
     claim(app, NODES[1])
     assert review(app) == [job_id]
+    # the task ends alone (a round can close on its quorum without it); its round has no other
+    assert app.store.jobs.get_job(job_id).state == JobState.RUNNING
+    [ended] = events(app, job_id, "ended")
+    assert "claims confirmed" in ended and "failed for good" in ended, ended
+    assert asyncio.run(new_manager(app).advance(job_id)) == "failed"  # at once, not rounds' deadlines later
     job = app.store.jobs.get_job(job_id)
-    assert job.state == JobState.FAILED and "claims confirmed" in job.error, job.error
-    # by its attempts, not at the verdict: a round can close on its quorum without a task
-    assert "failed 2 times" in job.error, job.error
+    assert job.state == JobState.FAILED and "every one of its tasks failed for good" in job.error, job.error
 
 
 def test_a_round_that_closes_cancels_its_contested_task_which_is_never_reviewed(
@@ -181,3 +185,23 @@ def test_the_referee_loop_makes_one_review_request_a_turn_after_the_rulings_wait
 
     asyncio.run(scenario())
     assert order == ["ruling 1", "part 0", "ruling 2", "part 1", "ruling 3", "part 2"]
+
+
+def test_a_round_closes_without_a_task_that_failed_for_good_before_its_deadline(
+    coordinator: Coordinator, files: dict[str, Path], tmp_path: Path
+) -> None:
+    """A task the referee's run failed for good ends alone (tasks.end_task); its round, its other
+    task done, closes at once on what it has rather than waiting for its deadline for a result that
+    cannot come (before: it went on to its attempts, and the round waited or the job failed)."""
+    app = coordinator
+    job_id, spec = submit(app, files, rounds=2, workers_per_round=2, quorum=1.0, inner_steps=2)
+    assert spec.quorum_workers == 2
+    honest = work(app, NODES[0], tmp_path)
+    assert honest is not None
+    deliver(app, NODES[0], *honest)
+    with app.store.engine.begin() as conn:
+        row = conn.execute(s.tasks.select().where(s.tasks.c.job_id == job_id, s.tasks.c.state == "pending")).one()
+        end_task(conn, row, 2, "failed for good (a test)", now_ms(), NODES[1])
+    assert asyncio.run(new_manager(app).advance(job_id)) == "closed"
+    assert round_history(app.store.engine, job_id)[0]["workers"] == 1
+    assert app.store.jobs.get_job(job_id).state == JobState.RUNNING
