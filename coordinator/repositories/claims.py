@@ -211,20 +211,24 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, case, insert, select, update
+from sqlalchemy import Connection, case, insert, or_, select, update
 
 from coordinator.db import schema as s
 from coordinator.db.events import append_event
+from coordinator.repositories import claim_devices as devices
+from coordinator.repositories.claim_devices import REFEREE_DEVICE
 from coordinator.repositories.ledger import claim_pay
 from coordinator.repositories.nodes import node_failed
 from tensorgrid.types import ErrorKind, TaskError
 
 claims = s.failure_claims
 CLEAN, FAILED, UNDECIDED = "clean", "failed", "undecided"  # verdicts of a review
+# a claim's verdict when the referee's run was clean but cannot disprove it (a CUDA run's program
+# error or timeout: claim_devices): undecided for that claim, settled by other nodes
+OTHER_DEVICE = "other_device"
 DISPROVED = "disproved"  # the job event of a result that finishes a task whose review was undecided
 VERDICTS = (CLEAN, FAILED, UNDECIDED)
 CONTESTED = s.OPEN_TASK_STATES[2]  # the state of a task whose claims the referee is about to review
-REFEREE_DEVICE = "cpu"  # the device class the referee runs tasks on (services/sandbox_child.py)
 # a node's report that the program ran past the task's limit: a claim where the referee can judge it
 LIMIT_ERRORS = (ErrorKind.TIMEOUT,)
 # a node's report that the program held more than the task's memory limit: a claim where the
@@ -253,24 +257,29 @@ def claim(
     ).all()
     mine = any(r.node == node for r in rows)
     others = [r for r in rows if r.node != node]
-    if not mine:
-        conn.execute(insert(claims).values(task_id=task_id, node=node, kind=kind, claimed_ms=now_ms, confirmed=False))
-    disproved = any(r.verdict == CLEAN for r in rows)
-    undecided = any(r.verdict == UNDECIDED for r in rows)
+    ran_clean = any(r.verdict in (CLEAN, OTHER_DEVICE) for r in rows)  # the referee ran the task cleanly
+    # this claim is one that clean run disproves (any claim but a CUDA run's program error or timeout)
+    disproved = ran_clean and not devices.unprovable(kind, _claim_device(conn, task_id, node))
+    if not mine:  # one disproved at once is marked so: it never counts towards a quorum (below)
+        values = dict(task_id=task_id, node=node, kind=kind, claimed_ms=now_ms, confirmed=False)
+        conn.execute(insert(claims).values(**values, verdict=CLEAN if disproved else None))
+    undecided = (ran_clean and not disproved) or any(r.verdict in (UNDECIDED, OTHER_DEVICE) for r in rows)
     # believed: another node's claim confirmed it, or the referee's failed run confirmed this node's own
     believed = any(r.confirmed and (r.node != node or r.verdict == FAILED) for r in rows)
     note = ""
     if undecided and not disproved and not believed:
-        # settled by more distinct nodes: the claims made since the review (this one included)
-        reviewed_by = {r.node for r in rows if r.verdict == UNDECIDED}  # never leased it again
+        # settled by more distinct nodes: the claims made since the review that it did not disprove
+        # (this one included); a claimant the review judged never adds to them (never leased it again)
+        reviewed_by = {r.node for r in rows if r.verdict is not None}
         since = ({r.node for r in rows if r.verdict is None} | {node}) - reviewed_by
+        _undecided(conn, task_id, now_ms)  # after a clean review, the first claim it cannot disprove
         if len(since) < quorum:
             if not mine:
                 _refuse(conn, node, now_ms)
             return Claim(confirmed=False, spends=0, note=f"{len(since)} of {quorum} since an undecided review")
         note = f"confirmed by {len(since)} more nodes after the referee could not decide"
     # a second claim, by another node or by the same one leased the task again, goes to review (once)
-    review = reviewed and (bool(others) or mine) and not disproved and not undecided and not believed
+    review = reviewed and (bool(others) or mine) and not ran_clean and not undecided and not believed
     if mine and not review and (not others or disproved):
         # nothing can settle it but the node itself: its refusal again is its own failure (see above)
         why = "disproved by the referee's run" if disproved else "claimed before by this node alone"
@@ -288,51 +297,39 @@ def claim(
     return Claim(confirmed=True, spends=1 + earlier, note=note, paid=proof is not None)
 
 
-def as_claimed(conn: Connection, row: Any, error: TaskError) -> TaskError:
-    """What a node's report of its run of a task (a tasks row) counts as: a program error is a
-    workload claim only from a run on the device class the referee runs (REFEREE_DEVICE), the
-    task's own device, else its node's; from another (a CUDA node) it is that node's execution
-    error, as before program errors were claims, since the referee's clean CPU run would refuse
-    an honest node whose device truly failed."""
-    if error.kind != ErrorKind.PROGRAM_ERROR or not row.node:
-        return error
-    device = _device(conn, row)
-    if device == REFEREE_DEVICE:
-        return error
-    said = f"{error.message} (a program error on {device}: the referee runs on {REFEREE_DEVICE}, so the node's failure)"
-    return TaskError(ErrorKind.EXECUTION, said)
+def _claim_device(conn: Connection, task_id: str, node: str) -> str:
+    return devices.device_of(conn, devices.task_device(conn, task_id), node)
+
+
+def _undecided(conn: Connection, task_id: str, now_ms: int) -> None:
+    """Mark the task undecided (tasks.undecided_ms), if it is not yet: never leased to a claimant again."""
+    t = s.tasks.c
+    conn.execute(update(s.tasks).where(t.task_id == task_id, t.undecided_ms.is_(None)).values(undecided_ms=now_ms))
 
 
 def over_limit(conn: Connection, row: Any, error: TaskError, *, reviewed: bool, measured: bool = False) -> bool:
     """Whether a node's own report (never a lease the coordinator saw expire) that its run of a task
     (a tasks row) hit the task's time limit, or its memory limit, is a claim that the program
     exceeds it (the module's "Over its time limit", "Over its memory limit"): a timeout only for a
-    kind the referee reviews, out of memory only for a kind whose memory it measures (`measured`) and
-    from a node that offers at least the task's limit, either from a run on its device class;
-    anything else stays the node's own failure, as every timeout and every out-of-memory was before."""
+    kind the referee reviews, from a run on any device class (the limit is the reference CPU's:
+    claim_devices); out of memory only for a kind whose memory it measures (`measured`), from a
+    node that offers at least the task's limit, from a run on its device class (GPU memory is
+    nothing a CPU referee measures); anything else stays the node's own failure, as every timeout
+    and every out-of-memory was before."""
     if not row.node:
         return False
     if error.kind in LIMIT_ERRORS:
-        judged = reviewed
-    elif error.kind in MEMORY_ERRORS:  # a node offering less met its own cap, not the task's limit
-        limit = int(row.memory_limit_bytes or 0)
-        judged = reviewed and measured and limit > 0 and _offered(conn, row.node) >= limit
-    else:
+        return reviewed
+    if error.kind not in MEMORY_ERRORS:
         return False
-    return judged and _device(conn, row) == REFEREE_DEVICE
+    limit = int(row.memory_limit_bytes or 0)  # a node offering less met its own cap, not the task's limit
+    judged = reviewed and measured and limit > 0 and _offered(conn, row.node) >= limit
+    return judged and devices.device_of(conn, str(row.device), row.node) == REFEREE_DEVICE
 
 
 def _offered(conn: Connection, node: str) -> int:
     """The memory a node offers (its registered capabilities)."""
     return int(conn.execute(select(s.nodes.c.memory_bytes).where(s.nodes.c.address == node)).scalar() or 0)
-
-
-def _device(conn: Connection, row: Any) -> str:
-    """The device class a task ran on: its own, else ("any") its node's."""
-    device = str(row.device)
-    if device not in ("cpu", "cuda"):  # "any": the node runs it on its own device
-        device = str(conn.execute(select(s.nodes.c.device_kind).where(s.nodes.c.address == row.node)).scalar())
-    return device
 
 
 def settle_review(conn: Connection, task_id: str, verdict: str) -> int:
@@ -343,7 +340,19 @@ def settle_review(conn: Connection, task_id: str, verdict: str) -> int:
         raise ValueError(f"not a verdict: {verdict!r}")
     spends = _confirm(conn, task_id, but="") if verdict == FAILED else 0
     conn.execute(update(claims).where(claims.c.task_id == task_id).values(verdict=verdict))
+    if verdict == CLEAN:  # per claimant: a CUDA run's program error or timeout is undecided (claim_devices)
+        standing = devices.standing(conn, task_id)
+        if standing:
+            where = (claims.c.task_id == task_id, claims.c.node.in_(standing))
+            conn.execute(update(claims).where(*where).values(verdict=OTHER_DEVICE))
     return spends
+
+
+def unproven(conn: Connection, task_id: str) -> list[str]:
+    """The claimants the referee's clean run left undecided (OTHER_DEVICE), in address order."""
+    c = claims.c
+    where = (c.task_id == task_id, c.verdict == OTHER_DEVICE)
+    return [str(n) for n in conn.execute(select(c.node).where(*where).order_by(c.node)).scalars()]
 
 
 def disproved(conn: Connection, job_id: str, task_id: str, task_index: int, node: str, now_ms: int) -> None:
@@ -381,10 +390,11 @@ def _confirm(conn: Connection, task_id: str, but: str) -> int:
     """Confirm the task's claims if any is unconfirmed, and take back the refusals of those
     reporters (except `but`, whose claim is being made now): the rejection, and the failure it
     counted (what backs a node off: nodes.node_failed); how many that were."""
-    rows = conn.execute(select(claims.c.node, claims.c.confirmed).where(claims.c.task_id == task_id)).all()
+    standing = (claims.c.task_id == task_id, or_(claims.c.verdict.is_(None), claims.c.verdict != CLEAN))
+    rows = conn.execute(select(claims.c.node, claims.c.confirmed).where(*standing)).all()
     unconfirmed = sorted({r.node for r in rows if not r.confirmed and r.node != but})
-    if unconfirmed:
-        conn.execute(update(claims).where(claims.c.task_id == task_id).values(confirmed=True))
+    if unconfirmed:  # a claim the referee's clean run disproved is never confirmed: its refusal stays
+        conn.execute(update(claims).where(*standing).values(confirmed=True))
         n = s.nodes.c
         conn.execute(
             update(s.nodes)

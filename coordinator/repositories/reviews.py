@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, exists, select, update
+from sqlalchemy import Connection, Engine, exists, select, update
 
 from coordinator.db import schema as s
 from coordinator.repositories import claims
+from coordinator.repositories.claim_devices import REFEREE_DEVICE
 from coordinator.repositories.ledger import claim_pay
 from coordinator.repositories.locks import lock_in_order
 from coordinator.repositories.tasks import fail_job, reissue_or_end
@@ -97,17 +98,15 @@ class ReviewRepository:
                 return None
             lock_in_order(conn, claims.claimants(conn, task_id), [row.job_id])
             spent = claims.settle_review(conn, task_id, verdict)
+            unproven = claims.unproven(conn, task_id)  # a clean run cannot disprove these (claim_devices)
             event = "reissued"
-            if verdict == claims.CLEAN:
+            if verdict == claims.CLEAN and not unproven:
                 message = f"claims disproved: the referee ran the task cleanly ({reason})"
             elif verdict == claims.FAILED:
                 message = f"claims confirmed: the referee's run failed too ({reason})"
             else:
                 event = claims.UNDECIDED
-                message = (
-                    f"claims undecided: the referee could not finish the task ({reason}); it goes to other "
-                    f"nodes, never to its claimants, and {self.quorum} more claims would confirm them"
-                )
+                message = self._undecided(conn, task_id, reason, unproven)
                 conn.execute(update(s.tasks).where(s.tasks.c.task_id == task_id).values(undecided_ms=now_ms))
             error = (claims.kind_of(conn, task_id), message)
             node = row.last_failed_node
@@ -127,3 +126,17 @@ class ReviewRepository:
                 claim_pay.entitle(conn, task_id, claims.claimants(conn, task_id), *work, now_ms, draw=draw)
                 claim_pay.pay(conn, row.job_id, now_ms)
             return str(row.job_id)
+
+    def _undecided(self, conn: Connection, task_id: str, reason: str, unproven: list[str]) -> str:
+        """What an undecided verdict says: the referee could not finish the task, or (unproven) it ran
+        it cleanly on its device class, which disproves the other claims and not these."""
+        more = f"it goes to other nodes, never to its claimants, and {self.quorum} more claims would confirm them"
+        if not unproven:
+            return f"claims undecided: the referee could not finish the task ({reason}); {more}"
+        n, k = len(claims.claimants(conn, task_id)) - len(unproven), len(unproven)
+        disproved = f", disproved for the {n} other{'s' if n != 1 else ''}" if n else ""
+        return (
+            f"claims undecided for {k} claimant{'s' if k != 1 else ''} that ran it on another device class than "
+            f"the referee's ({REFEREE_DEVICE}){disproved}: the referee ran the task cleanly ({reason}), which "
+            f"disproves no program error or timeout met on another device; {more}"
+        )[:2000]

@@ -23,9 +23,9 @@ from tensorgrid.types import BlobRef, ErrorKind, JobState, Lease, Receipt, TaskE
 
 # Failures that say the workload itself is bad, not the node: no backoff for the node once a
 # second node confirms them; until then they count against their reporter (repositories.claims).
-# A program error is one only from a run on the referee's device class (claims.as_claimed); so is
-# a node's timeout on a task the referee reviews, and its out-of-memory report on one whose memory
-# it measures (claims.over_limit: the program past its time or memory limit).
+# A program error is one from a run on any device class (a CUDA run's: repositories.claim_devices);
+# so is a node's timeout on a task the referee reviews, and its out-of-memory report from a CPU run
+# of one whose memory it measures (claims.over_limit: the program past its time or memory limit).
 WORKLOAD_ERRORS = (ErrorKind.INVALID_INPUT, ErrorKind.UNSAFE_INPUT, ErrorKind.PROGRAM_ERROR)
 # Expired leases one reaping transaction reissues. It locks their nodes' and jobs' rows until it
 # commits, six statements a lease later: 500 at a time held them for up to 8 s on a coordinator
@@ -244,7 +244,6 @@ class TaskRepository:
         node's word or a refusal: its node may still hand the result in (lost_lease)."""
         released = error.kind == ErrorKind.RELEASED
         node = row.node
-        error = claims.as_claimed(conn, row, error)
         reviewed = row.kind in self.reviewed
         # its node's own word that the program ran past the task's time or memory limit (never a lease seen to expire)
         measured = row.kind in self.measured
