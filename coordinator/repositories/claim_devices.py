@@ -18,7 +18,7 @@ says and where the claimant ran:
   nodes settle the task through the undecided path (never leased to a claimant again, a
   non-claimant's verified result finishes it, QUORUM further distinct claims the clean run cannot
   disprove confirm them, unpaid).
-- its memory (OUT_OF_MEMORY): a CUDA node's report stays its own failure (claims.over_limit), as
+- its memory (OUT_OF_MEMORY): a CUDA node's report stays its own failure (limit_claims.over_limit), as
   does every CUDA out-of-memory error (torch's raised on the device is classified so by the node's
   worker, never a program error): GPU memory, what the CUDA node met, is no quantity a CPU
   referee can measure (the same program's host RSS is not its device memory, and allocators,

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, Engine, exists, select, update
 
 from coordinator.db import schema as s
-from coordinator.repositories import claims
+from coordinator.repositories import claims, limit_claims
 from coordinator.repositories.claim_devices import REFEREE_DEVICE
 from coordinator.repositories.ledger import claim_pay
 from coordinator.repositories.locks import lock_in_order
@@ -28,10 +28,10 @@ class Contested:
     input_sha: str
     settings: str  # JSON, as leased
     time_limit_ms: int  # what a node may take for it (a review's budget is a multiple of it)
-    # a claim on it says the program ran past that limit (claims.LIMIT_ERRORS): the review measures
+    # a claim on it says the program ran past that limit (limit_claims.LIMIT_ERRORS): the review measures
     # the referee's run against it (services.verification.reviews)
     limit: bool = False
-    # a claim on it says the program needed more than the task's memory limit (claims.MEMORY_ERRORS):
+    # a claim on it says the program needed more than the task's memory limit (limit_claims.MEMORY_ERRORS):
     # the referee measures its run's peak against memory_limit_bytes (services.verification.memory)
     memory: bool = False
     memory_limit_bytes: int = 0
@@ -49,9 +49,9 @@ class ReviewRepository:
     def contested(self) -> list[Contested]:
         """Tasks of open jobs waiting for the referee to review their claims (oldest first)."""
         t, j, c = s.tasks.c, s.jobs.c, s.failure_claims.c
-        limits = [k.value for k in claims.LIMIT_ERRORS]
+        limits = [k.value for k in limit_claims.LIMIT_ERRORS]
         limit = exists().where(c.task_id == t.task_id, c.kind.in_(limits)).label("limit")
-        memories = [k.value for k in claims.MEMORY_ERRORS]
+        memories = [k.value for k in limit_claims.MEMORY_ERRORS]
         memory = exists().where(c.task_id == t.task_id, c.kind.in_(memories)).label("memory")
         with self.engine.connect() as conn:
             rows = conn.execute(

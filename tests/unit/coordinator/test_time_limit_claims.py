@@ -1,6 +1,6 @@
 """A node's run of a task hitting the task's time limit (ErrorKind.TIMEOUT), on SQLite and
 PostgreSQL: from a CPU run of a kind the referee reviews it is a claim that the submitter's program
-is too slow for its limit (repositories.claims, "Over its time limit"), reviewed by measuring the
+is too slow for its limit (repositories.limit_claims, "Over its time limit"), reviewed by measuring the
 referee's run against that limit: past 1.25× it, confirmed (the job fails naming the limit, the
 claimants paid by a draw for what the limit's time reaches); a whole run within half of it,
 disproved (the claimants keep their refusals); in between, undecided (other nodes settle it). A
