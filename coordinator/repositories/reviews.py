@@ -84,7 +84,8 @@ class ReviewRepository:
         """Carry out the referee's verdict (claims.CLEAN, FAILED or UNDECIDED) on a contested
         task's claims: pending again, or its job failed when the confirmed claims spent its last
         attempt. Undecided, the task is pending with nothing spent and marked (tasks.undecided_ms)
-        for more distinct nodes to settle (repositories.claims). Failed, its claimants are paid
+        for more distinct nodes to settle (repositories.claims); so is a clean one when a claim is
+        one its clean run cannot disprove (a CUDA run's: repositories.claim_devices). Failed, its claimants are paid
         for the work the failure took: `work` is (done, of the task's), how far the referee's run
         got before it failed (repositories.ledger.claim_pay; draw: its draws, for tests); final:
         the program raised on the referee too, a failure of the task's input itself that any node
