@@ -7,7 +7,8 @@ says and where the claimant ran:
   run disproves such a claim from any device class, its failed run confirms it;
 - the submitter's program raised (PROGRAM_ERROR) or ran past the task's time limit (TIMEOUT): a
   failed run confirms it from any device class (the program fails, or is too slow for the
-  limit, on the grid's reference device too: any node would meet that), but a clean run
+  limit, on the grid's reference device too, which the job accepts: any CPU node would meet that),
+  but a clean run
   disproves it only from a run on CPU. A program can raise on one device class alone (an
   operator CUDA implements differently or not at all, a dtype or index check only CUDA makes,
   a submitter's program written to fail there), and its speed on a GPU against the reference CPU
@@ -25,8 +26,17 @@ says and where the claimant ran:
   workspaces and the CUDA context differ), so such a claim could be neither confirmed nor
   disproved, and a node offering a GPU answers for fitting the task's limit on it.
 
-Why the time limit can be judged for CUDA runs at all: task_time_limit_s is defined on the grid's
-reference CPU, the referee's, and a CUDA node is told the same limit, applied the same way (the
+A job that asks for CUDA (device "cuda") never promised to run on CPU: inference intake admits a
+CUDA program its CPU probe could not run (kinds.inference.vetting), other kinds' intake runs a part
+of a task only, and its time limit is sized for a GPU (intake's too_slow skips it). So on its tasks
+the referee's raise proves nothing either (an operator with no CPU kernel, a CUDA-only graph):
+undecided, not final, nobody paid (repositories.reviews); without that, two colluders could fail
+such a job and be paid, as invalid-input claims could before. And a timeout there stays the node's
+own failure (limit_claims.over_limit), as every CUDA timeout was before.
+
+Why the time limit can be judged for CUDA runs of other tasks: an "any" task's task_time_limit_s is
+the grid's reference CPU's, the referee's (CPU nodes run it too, and intake holds it to that CPU:
+kinds.inference.vetting.too_slow), and a CUDA node is told the same limit, applied the same way (the
 lease's time_limit_ms, the node's wall time from the task's start in its worker, less what the
 lease waited ahead, whose timeout is the node's own: node/slot.py, node/executor.py). A referee
 run at least 1.25× over it proves the program over its limit by the limit's own definition,
@@ -47,7 +57,8 @@ Who could abuse it. A node declaring CUDA and lying that a good program raised (
 claim is unconfirmed (a refusal) until a second claim sends the task to review; the referee's clean
 run leaves it undecided, so the lie costs the task one review (once per task, as every review) and
 up to QUORUM more nodes' runs, is never paid (only a failed referee run pays, ledger.claim_pay),
-and fails nothing alone: two colluding CUDA liars need QUORUM more identities, each leased the task
+and fails nothing alone (on a CUDA job not even where the referee's CPU cannot run the program:
+above): two colluding CUDA liars need QUORUM more identities, each leased the task
 before any honest node takes it, to confirm (2 + QUORUM identities, as a task the referee cannot
 finish always needed). Before, a CUDA liar's program error was its own execution error and so
 could fail a job only through the task's attempts, each its own failure: the new lever is that
@@ -57,7 +68,9 @@ colluders never can (the clean run disproves them). A submitter whose program ra
 run it cleanly) finish the task; nobody is blamed beyond the refusal each claimant already holds,
 and nobody is paid: the run proves nothing the submitter owes. A submitter whose program raises
 late on every device: the referee's run raises too, the job fails at the verdict, and every
-claimant, CPU or CUDA, is paid by its draw (ledger.claim_pay).
+claimant, CPU or CUDA, is paid by its draw (ledger.claim_pay); on a job that asks for CUDA, it is
+undecided instead, and QUORUM more claims fail the task, unpaid (what is left: a CUDA referee
+could pay them).
 """
 
 from __future__ import annotations

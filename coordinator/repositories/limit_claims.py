@@ -9,8 +9,10 @@ coordinator saw expire) is a claim that the submitter's program is too slow for 
 over_limit), for a kind the referee reviews; on a kind it does not review, or an expired lease, it
 is the node's own failure, as every timeout was before, and a node daemon reports a run whose limit
 it shortened by waiting ahead as its own execution error (node/slot.py). From a CUDA run it is a
-claim too, judged as a CPU run's but never disproved: a CUDA node is told the same limit, applied
-the same way, and the limit is the reference CPU's by definition, so the referee taking 1.25× it
+claim too, judged as a CPU run's but never disproved, unless its job asks for CUDA (device "cuda":
+a GPU-sized limit, which intake does not hold to the reference CPU, kinds.inference.vetting.too_slow;
+there it stays the node's own): a CUDA node is told the same limit, applied the same way, and an
+"any" task's limit is the reference CPU's (CPU nodes run it too), so the referee taking 1.25× it
 confirms (the program is over its limit, whatever ran it), but a fast clean CPU run says nothing
 of a GPU's speed on that program, so within 0.5× it is undecided for a CUDA claimant
 (repositories.claim_devices, "Why the time limit can be judged for CUDA runs at all"). The
@@ -113,15 +115,15 @@ def over_limit(conn: Connection, row: Any, error: TaskError, *, reviewed: bool, 
     """Whether a node's own report (never a lease the coordinator saw expire) that its run of a task
     (a tasks row) hit the task's time limit, or its memory limit, is a claim that the program
     exceeds it (the module's "Over its time limit", "Over its memory limit"): a timeout only for a
-    kind the referee reviews, from a run on any device class (the limit is the reference CPU's:
-    claim_devices); out of memory only for a kind whose memory it measures (`measured`), from a
-    node that offers at least the task's limit, from a run on its device class (GPU memory is
-    nothing a CPU referee measures); anything else stays the node's own failure, as every timeout
-    and every out-of-memory was before."""
+    kind the referee reviews, from a run on any device class, of a task whose job does not ask for
+    CUDA (then the limit is the reference CPU's: claim_devices); out of memory only for a kind whose
+    memory it measures (`measured`), from a node that offers at least the task's limit, from a run
+    on its device class (GPU memory is nothing a CPU referee measures); anything else stays the
+    node's own failure, as every timeout and every out-of-memory was before."""
     if not row.node:
         return False
-    if error.kind in LIMIT_ERRORS:
-        return reviewed
+    if error.kind in LIMIT_ERRORS:  # a job asking for CUDA sizes its limit for a GPU (intake: too_slow)
+        return reviewed and str(row.device) != "cuda"
     if error.kind not in MEMORY_ERRORS:
         return False
     limit = int(row.memory_limit_bytes or 0)  # a node offering less met its own cap, not the task's limit

@@ -37,6 +37,21 @@ class Contested:
     memory_limit_bytes: int = 0
 
 
+DEVICES = ("cpu", "cuda")  # a task's device when its job asks for one ("any": whatever its node runs)
+
+
+def _not_its_device(device: str, reason: str) -> str:
+    """Why the referee's raise proves nothing for a task whose job asks for another device (CUDA):
+    its program need not run on the referee's CPU at all (inference intake admits a CUDA program its
+    CPU probe could not run: kinds.inference.vetting; other kinds probe a part of a task only), so a
+    raise there may be the CPU's own (an operator with no CPU kernel), and confirming it would let
+    two colluders fail the job and be paid. Undecided: the task goes to nodes of its device."""
+    return (
+        f"its run raised on the referee's {REFEREE_DEVICE} ({reason}), but the job asks for {device}, where "
+        f"its program may run: that proves nothing"
+    )[:2000]
+
+
 class ReviewRepository:
     def __init__(self, engine: Engine, quorum: int) -> None:
         self.engine = engine
@@ -91,13 +106,16 @@ class ReviewRepository:
         the program raised on the referee too, a failure of the task's input itself that any node
         would meet, so the task ends at once and its job fails, rather than going to the nodes its
         attempts have left (each of them paid too, now), unless its job goes on without it
-        (goes_on). The task's job id, or None when the task was no longer contested (its job
-        ended, another replica ruled first)."""
+        (goes_on); but for a task whose job asks for another device than the referee's (CUDA),
+        such a raise is undecided (_not_its_device). The task's job id, or None when the task was
+        no longer contested (its job ended, another replica ruled first)."""
         with self.engine.begin() as conn:
             row = conn.execute(select(s.tasks).where(s.tasks.c.task_id == task_id).with_for_update()).first()
             if row is None or row.state != claims.CONTESTED:
                 return None
             lock_in_order(conn, claims.claimants(conn, task_id), [row.job_id])
+            if verdict == claims.FAILED and final and row.device != REFEREE_DEVICE and row.device in DEVICES:
+                verdict, reason, final = claims.UNDECIDED, _not_its_device(row.device, reason), False
             spent = claims.settle_review(conn, task_id, verdict)
             unproven = claims.unproven(conn, task_id)  # a clean run cannot disprove these (claim_devices)
             event = "reissued"

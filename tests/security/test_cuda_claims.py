@@ -7,7 +7,8 @@ word; the real node daemon refuses --device cuda without a GPU, node/hardware.py
 has none, so they are simulated nodes: NodeClient). Their run is the node's inference path on CPU,
 standing in for their GPU's: the raise is inside the submitter's graph either way.
 
-- A program raising on the last batch of its shard on every device: two staked CUDA nodes run it
+- A program raising on the last batch of its shard on every device (a job that runs anywhere: on
+  one that asks for CUDA the referee's CPU raise proves nothing): two staked CUDA nodes run it
   and report the program's error; the referee's run raises too, the job fails at the verdict and
   each claimant is paid by its draw from the escrow. On main each report was that node's own
   execution error: an attempt spent, never reviewed, never paid (the job failed "task 0 failed 2
@@ -89,7 +90,7 @@ def test_cuda_nodes_running_a_program_that_raises_on_every_device_are_paid_and_n
     chain = ChainClient.connect(devnet.anvil.rpc_url, devnet.deployment, signer.private_key)
     with Client(devnet.grid.target, signer, chain=chain) as client:
         job_id = client.submit_inference(
-            model, inputs, shard_rows=ROWS, batch_size=BATCH, device="cuda", max_attempts=2,
+            model, inputs, shard_rows=ROWS, batch_size=BATCH, device="any", max_attempts=2,
             reward_per_task_wei=REWARD, verification=VerificationSpec(canary_rate=0.0),
         ).job_id  # fmt: skip
         budget = client.escrow(job_id).budget

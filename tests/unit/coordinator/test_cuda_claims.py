@@ -226,3 +226,36 @@ def test_a_cuda_invalid_input_claim_is_disproved_by_a_clean_cpu_run(
     claim(state, G2, 2 * AVOID, RAISED)
     review(state, blobs, Rows(clock))
     assert verdicts(state) == {G1: claims.CLEAN, G2: claims.OTHER_DEVICE}
+
+
+def test_on_a_job_asking_for_cuda_the_referees_raise_is_undecided_and_pays_nobody(
+    state: Store, blobs: BlobStore, clock: Clock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its program need not run on CPU (intake admits a CUDA program its CPU probe could not run):
+    two colluders claiming a program error cannot fail it through a raise that may be the CPU's own,
+    nor be paid. (Before this branch: CUDA nodes' invalid-input claims did exactly that.)"""
+    monkeypatch.setattr(claim_pay.secrets, "randbelow", lambda n: 0)
+    job_of_rows(state, blobs, tmp_path, *NODES, device="cuda")
+    claim(state, G1, AVOID, RAISED)
+    claim(state, G2, 2 * AVOID, RAISED)
+    review(state, blobs, Rows(clock, fail_at=0))  # raises on the referee's CPU at once
+    assert state.jobs.get_job(JOB).state == JobState.RUNNING
+    assert state.tasks.get_task(TASK).state == "pending" and task_failures(state) == 0
+    [said] = events(state, claims.UNDECIDED)
+    assert "its run raised on the referee's cpu" in said and "the job asks for cuda" in said, said
+    assert paid(state) == {} and node(state, G1) == node(state, G2) == (1, 1, 1)
+    assert leases(state, G3, LATER) == [TASK]  # other CUDA nodes settle it
+
+
+@pytest.mark.parametrize("device", ["any", "cuda"])
+def test_a_cuda_timeout_is_a_claim_unless_its_job_asks_for_cuda(
+    state: Store, blobs: BlobStore, tmp_path: Path, device: str
+) -> None:
+    """An "any" task's limit is the reference CPU's (CPU nodes run it too); a CUDA job sizes its
+    limit for a GPU, which the referee's CPU cannot judge: its timeout stays the node's own."""
+    job_of_rows(state, blobs, tmp_path, *NODES, device=device)
+    assert claim(state, G1, AVOID, SLOW) is True
+    if device == "any":
+        assert task_failures(state) == 0 and node(state, G1) == (1, 1, 1)  # a claim's refusal
+    else:
+        assert task_failures(state) == 1 and node(state, G1) == (1, 0, 1)  # an attempt, a failure, no refusal
