@@ -120,8 +120,9 @@ was leased the task again, so at least the avoid window later, other nodes havin
 chance at it) counts too, bounded by what can settle it:
 - a reviewed kind, no verdict yet: the task goes to review, as a second node's claim sends it
   (no second refusal: one per task). The verdict settles it as for two claimants: raised, the
-  job fails at once and the node is paid by its draw; clean, the claim is disproved; undecided,
-  the node is barred from the task and other nodes settle it; a failed run that does not end the
+  job fails at once and the node is paid by its draw; clean, the claim is disproved (a CUDA
+  run's program error or timeout: undecided, as next); undecided, the node is barred from the
+  task and other nodes settle it; a failed run that does not end the
   task (the referee's own limit) confirms the node's claim, and its later claims are believed
   (each spends an attempt, as a second node's would).
 - nothing left to review it (a kind the referee does not review, or the referee's clean run
@@ -236,7 +237,8 @@ def _undecided(conn: Connection, task_id: str, now_ms: int) -> None:
 def settle_review(conn: Connection, task_id: str, verdict: str) -> int:
     """Record the referee's verdict on the task's claims (CLEAN, FAILED or UNDECIDED); the
     attempts the claims spend now: only a failed run spends any (a clean one proved them false,
-    an undecided one proved nothing, and their reporters keep their refusals either way)."""
+    an undecided one proved nothing, and their reporters keep their refusals either way). Clean, per
+    claimant: a claim such a run cannot disprove (claim_devices.standing) is OTHER_DEVICE instead."""
     if verdict not in VERDICTS:
         raise ValueError(f"not a verdict: {verdict!r}")
     spends = _confirm(conn, task_id, but="") if verdict == FAILED else 0
