@@ -8,8 +8,7 @@ says and where the claimant ran:
 - the submitter's program raised (PROGRAM_ERROR) or ran past the task's time limit (TIMEOUT): a
   failed run confirms it from any device class (the program fails, or is too slow for the
   limit, on the grid's reference device too, which the job accepts: any CPU node would meet that),
-  but a clean run
-  disproves it only from a run on CPU. A program can raise on one device class alone (an
+  but a clean run disproves it only from a run on CPU. A program can raise on one device class alone (an
   operator CUDA implements differently or not at all, a dtype or index check only CUDA makes,
   a submitter's program written to fail there), and its speed on a GPU against the reference CPU
   is the submitter's choice too (thousands of tiny kernels, each a launch and often a sync, the
@@ -46,7 +45,8 @@ the program is fast on CPU, not that a GPU runs it within the limit (above), so 
 the in-between one, is undecided for a CUDA claimant.
 
 Which device class a claim is from: the task's own device ("cpu" or "cuda"), else ("any") its
-claimant's as registered, read at the claim and at the verdict (a node runs an "any" task on its
+claimant's as registered, read when the claim is judged: at the verdict, or at the claim when the
+task's review is past (a node runs an "any" task on its
 own device: node/slot.py). A node's device_kind is its own word at registration (the coordinator
 checks only that it is "cpu" or "cuda"), so a liar can always declare CUDA; re-registering between
 its claim and the verdict gains it nothing more than declaring CUDA from the start (it already
@@ -69,8 +69,8 @@ run it cleanly) finish the task; nobody is blamed beyond the refusal each claima
 and nobody is paid: the run proves nothing the submitter owes. A submitter whose program raises
 late on every device: the referee's run raises too, the job fails at the verdict, and every
 claimant, CPU or CUDA, is paid by its draw (ledger.claim_pay); on a job that asks for CUDA, it is
-undecided instead, and QUORUM more claims fail the task, unpaid (what is left: a CUDA referee
-could pay them).
+undecided instead, and QUORUM more claims confirm them, spending the task's attempts, unpaid (what
+is left: a CUDA referee could pay them).
 """
 
 from __future__ import annotations
