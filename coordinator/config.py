@@ -108,7 +108,7 @@ class ReviewSettings:
     stalls: int = 2
     # further distinct nodes whose claims confirm a task's claims after an undecided review
     quorum: int = 2
-    # a claim that the program runs past its task's time limit (repositories.claims, "Over its time
+    # a claim that the program runs past its task's time limit (repositories.limit_claims, "Over its time
     # limit"): confirmed once the referee's run has taken over_limit × that limit, disproved when the
     # whole run took at most within_limit × it, undecided in between (the referee's CPU, the task's
     # reference, and a loaded machine's noise: too near to tell). The same margins judge a claim that

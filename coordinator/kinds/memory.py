@@ -15,7 +15,7 @@ greeting, as a node's worker is measured), killed once it holds the margin a rev
 the peak (over_memory): every CPU node's run of a task would meet the limit (the kind's intake run
 is a part of a task, at the task's batch size or smaller), and a review of their claims would
 confirm it. Below it the job goes on; a program small at intake's run and large on a whole task is
-left to the nodes' claims and their review (repositories.claims, "Over its memory limit").
+left to the nodes' claims and their review (repositories.limit_claims, "Over its memory limit").
 
 Cost: one fresh child per such submission (a zygote's fork where one serves, else an interpreter
 and torch). Inference's and generation's run on the referee's one thread like every probe (one at

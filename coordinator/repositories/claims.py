@@ -1,7 +1,6 @@
 """Failure claims: a node saying a task's input is invalid or unsafe, that the submitter's program
-raised while it ran the task on CPU (a workload error: WORKLOAD_ERRORS of repositories.tasks), or
-that it ran past the task's time limit there ("Over its time limit" below) or its memory limit
-("Over its memory limit").
+raised while it ran the task (a workload error: WORKLOAD_ERRORS of repositories.tasks), or that it
+ran past the task's time limit or its memory limit (repositories.limit_claims).
 
 Such a failure blames the workload, not the node, and spends one of the task's attempts, so
 one node that lies about every task could fail every job. A claim therefore counts against
@@ -39,7 +38,11 @@ The referee then runs the task as a node would (services.verification.reviews) a
 - the run was clean: the input is valid, so the claims were false (verdict "clean"). The task
   is pending again with no attempt spent and the claimants keep their refusals; any later claim
   on it is unconfirmed, whoever makes it, and the task is never reviewed again; a node's claim on
-  it after its own earlier one is that node's own failure (below).
+  it after its own earlier one is that node's own failure (below). Per claimant, though: a CUDA
+  run's program error or timeout is one a clean CPU run cannot disprove (verdict "other_device":
+  repositories.claim_devices), so for it the run is undecided (next), and so is such a claim
+  made later; a claim the run disproves, made later, is marked "clean" at once and counts for
+  nothing (never towards QUORUM, never confirmed by it).
 - the referee could not decide (verdict "undecided": the parts spent the task's review budget,
   --review-budget-factor × its time limit, or one batch or inner step, the smallest part there
   is, timed out --review-stalls times in a row, longer than a referee request: the
@@ -57,7 +60,7 @@ The referee then runs the task as a node would (services.verification.reviews) a
   the lie cost a colluder (it failed nothing), and a harsher count would let a single wrong result
   punish honest claimants. A claim by a further node counts against its reporter until QUORUM
   (--undecided-quorum, 2 by default: config.ReviewSettings) further distinct nodes have claimed,
-  and then confirms every claim on the task, as a failed run would have (their refusals taken
+  and then confirms every claim on the task not disproved, as a failed run would have (their refusals taken
   back, their attempts spent). Bounded: at most 2 + QUORUM nodes ever claim the task before it
   fails or is run; other failures spend its attempts as always. Why this shape: a run the referee
   cannot finish is the one case where only nodes can run the task, so the nodes decide, but not
@@ -88,109 +91,26 @@ visibly bad): it is paid what an honest run would be, which the submitter's bad 
 
 A program error (ErrorKind.PROGRAM_ERROR: the submitter's graph raised, its outputs had the wrong
 shape, training diverged; node/worker.py reports anything else that fails on the node's side, its
-own I/O, as an execution error) is a claim only from a run on the device class the referee runs,
-CPU (as_claimed: the task's device, else its node's). What an invalid-input claim is about (the
-files, the settings) reads the same on every device, but a program can fail on one device class
-alone: from a CUDA run, the referee's clean CPU run would disprove an honest node whose GPU truly
-failed, so there it stays the node's execution error (its failure, an attempt spent), as every
-program error was before. A CUDA referee (or CUDA reviewers) would let CUDA runs claim too. A
-node from before PROGRAM_ERROR reports the program's raise as its own execution error, as it
-always did: it keeps working, unpaid for such tasks. Without this, a hostile submitter could have
-every honest node that takes its task run it almost to the end for free and be backed off, up to
-max_attempts nodes a task. Who could abuse it: a node lying that a good program raised pays what
-an invalid-input lie costs (the same claim, the same refusal); a submitter whose program raises
-now pays for the runs it wasted (claim_pay) and its job ends at the referee's verdict.
+own I/O, as an execution error) is a claim, from a run on any device class. The referee runs on
+CPU: its failed run confirms a CUDA run's claim as a CPU run's, but its clean run disproves only a
+CPU run's, since a program can fail on one device class alone; for a CUDA claimant it is undecided
+(verdict OTHER_DEVICE, per claimant: settle_review), the task settled by other nodes as after an
+undecided review, and only claims that clean run cannot disprove count towards QUORUM
+(repositories.claim_devices says why, and who could abuse it). Before, a CUDA run's program error
+was the node's own execution error, so a program raising late, or only on CUDA, had honest CUDA
+nodes run it for nothing. A node from before PROGRAM_ERROR reports the program's raise as its own
+execution error, as it always did: it keeps working, unpaid for such tasks. Without claims, a
+hostile submitter could have every honest node that takes its task run it almost to the end for
+free and be backed off, up to max_attempts nodes a task. Who could abuse it: a node lying that a
+good program raised pays what an invalid-input lie costs (the same claim, the same refusal; from
+a CUDA run, one review and QUORUM more nodes, as an undecided claim); a submitter whose program
+raises now pays for the runs it wasted (claim_pay) and its job ends at the referee's verdict.
 
-Over its time limit. A task's time limit (task_time_limit_s) is for the grid's reference CPU, the
-referee's: a node's run that hits it on CPU (ErrorKind.TIMEOUT, its own report: never a lease the
-coordinator saw expire) is a claim that the submitter's program is too slow for it (LIMIT_ERRORS,
-over_limit), for a kind the referee reviews; from a CUDA run, a kind it does not review, or an
-expired lease it is the node's own failure, as every timeout was before, and a node daemon reports
-a run whose limit it shortened by waiting ahead as its own execution error (node/slot.py). The
-claim is counted, reviewed and paid as a program error's, but the review asks another question:
-does the task exceed its limit on the referee? The referee runs it (in parts, as always) and adds
-up what its clean parts would take on its CPU with nothing else on it, at least (their child's CPU
-time over the threads it may use at once) and at most (that CPU time, and their wall time):
-services.verification.reviews._timed and _bounds; ReviewSettings. Not their wall time alone: the
-referee runs niced, so load on the coordinator's machine (which a colluder can add with calls of
-its own) would stretch a run and confirm claims on a job the reference runs within its limit.
-- at least over_limit (1.25) × the limit, the moment its parts pass that, or when one smallest part
-  timed out twice and took that long: confirmed, final. The job fails naming the limit
-  (a training task ends alone); each claimant wins one reward with probability
-  (units the limit's time reaches at the referee's pace ÷ the task's): what its run did.
-- a whole run of at most within_limit (0.5) × the limit: disproved; its claimants keep their refusals.
-- in between: undecided (the edge of the limit, where a slower reference, a node's honest
-  jitter or a run that could have been parallel or not decide): other nodes settle it, nobody paid.
-Who could abuse it. A slow node (its CPU over twice the reference's time) pays a refusal per
-task, as a node failing a task always paid; within twice, it is undecided and blames no one more.
-A lying node or two colluders cannot fail a job the reference runs within 1.25× its limit, nor
-get paid for one it runs within it; in between they cost the referee one review and the task
-QUORUM more nodes, as any undecided claim does. A submitter sizing tasks at the edge gets them
-run by nodes that can (each claimant keeps a refusal until QUORUM more confirm); past 1.25× its
-job fails after two runs and one review and pays for them. A program slow only on some rows is
-measured whole (every row a node's run would reach), so it cannot hide. What is left: a part's
-overhead in its child (its program loaded) counts in it, and a program that runs on one thread is
-credited with the referee's every core in the lower bound (it confirms later, never wrongly); where
-its child's CPU time cannot be read (not Linux) the wall time is both bounds; a hostile
-program whose first part runs whole costs the referee at most one request (--referee-time-s), as
-any review. Intake refuses the grossest cases first (kinds/inference/vetting.too_slow: a lower bound
-from its probe).
-
-Over its memory limit. A node's own report from a CPU run of an inference, generation or training
-task (or of a check task of one) that the program held more than the task's memory limit
-(ErrorKind.OUT_OF_MEMORY, MEMORY_ERRORS, over_limit with `measured`: the kinds whose memory the
-referee measures), from a node that offers at least that limit (a node offering less met its own
-cap, not the task's limit: its own failure), is a claim too, counted, reviewed and paid as a time
-claim, the review asking: does the task's run hold more than its limit? What a node compares with
-the limit is the peak RSS (VmHWM) of its whole worker process, torch loaded, reset before the task,
-polled while it runs and read after (node.executor), behind an address-space backstop at the limit
-+ ADDRESS_SPACE_HEADROOM (node.worker); a worker that held other jobs' programs when it met the
-limit runs the task once more in a fresh one before its node reports. The referee's warm child is
-no measure of that (it holds other jobs' programs, runs parts of rows, and has a cap of its own),
-so the review is one run of the whole task (inference: its rows at the job's batch size;
-generation: the decoding loop over its prompts; a check task: as its job's tasks run, chosen by
-its settings' task kind) in a fresh child of its own, measured the same way and killed the moment it
-passes over_limit × the limit (services.verification.memory, tensorgrid.sandbox.measured); a
-training task's run from the round's weights is measured in parts, each such a child, of 1, 1, 2,
-4, ... inner steps (its memory peaks in its first steps; a part holds at most half a referee
-request), the training state carried between them as a review's replay carries it, the peak the
-highest over the parts (services.verification.memory_parts):
-- a peak over over_limit (1.25) × the limit: confirmed, final, the job fails naming the memory
-  limit (a training task ends alone, its round closing without it); each claimant draws for (the
-  referee's time until its run held more than the limit, at least, ÷ the task's time limit) of the
-  task: what its run did before it met the limit, at most; for training, (the inner steps the
-  parts before the one that passed the limit ran ÷ the task's): at least half what it did.
-  Out of the referee's own address space: confirmed so only when that cap is at least 1.25× the
-  limit (the program grew past what a node's backstop allows for the limit by that margin).
-- a whole clean run within within_limit (0.5) × it: disproved; its claimants keep their refusals
-  (training: only once every inner step ran, so a program small at first is never cleared early).
-- in between, a crash the referee did not cause, its request's time limit, no /proc, a training
-  review whose parts spent its budget (--review-budget-factor × the task's time limit) before
-  the last step: undecided.
-Who could abuse it. A lying node or two colluders cannot fail a job whose fresh run stays within
-1.25× its limit (a fresh referee child's baseline and a worker's, ~310 MiB with torch, differ by tens
-of MiB: well inside that margin for any limit a worker can meet), nor be paid for one; within
-half of it they keep their refusals; between, they cost one review and QUORUM more nodes. A node
-whose warm worker held other programs is not blamed for them: it ran the task fresh before it
-reported. A submitter sizing at the edge gets its tasks run by nodes that can; past 1.25× its job
-fails after two runs and one review and pays for them. A program whose memory depends on its rows
-or its batch is measured over every row at the job's batch size, as a node runs it; a train program
-whose memory depends on its shard or grows with its steps, over every step of the task's shard, or
-undecided (more nodes settle it) when the review budget ends first. A program
-allocating to exhaust the referee costs one fresh child, killed at 1.25× the limit (between two
-20 ms polls it can reach at most the referee's hard cap, which protects the coordinator as for any
-referee run; a MemoryError there is read as over the limit only under the margin above); a training
-review, one fresh child per part, at most its review budget. What is left: a training claimant's pay
-counts steps by parts (the steps before the part that passed the limit: at least half a node's),
-and a training task longer than its review budget is undecided however its first parts went, so a
-program that grows late in a long task costs QUORUM more node runs, unpaid; intake refuses an
-inference, generation or training program whose part of a task run there (the probe's rows, the
-first prompts' first tokens, the first inner step) already holds more than 1.25× its limit
-(kinds.memory, "Memory at intake"), but a program small there and large on a whole task passes it
-and is settled here; under the defaults (a task limit of 4 GiB, the referee's cap --referee-memory-mib of
-4 GiB) a program that runs out of the referee's cap is undecided, so more nodes settle it: an
-operator who wants the referee to settle such claims gives it at least 1.25× the largest limit its
-jobs set.
+Over its time limit, over its memory limit: a node's own report that its run of a task passed the
+task's time limit (ErrorKind.TIMEOUT) or its memory limit (OUT_OF_MEMORY) is a claim where the
+referee can judge it, counted as any claim here and reviewed by measuring the referee's run against
+that limit (repositories.limit_claims says which reports, how they are judged, and who could abuse
+them).
 
 Tasks of kinds that do not review claims (noop) keep the second-claim rule. A training round that
 closes while one of its tasks is contested cancels it: its review is never run.
@@ -203,8 +123,9 @@ was leased the task again, so at least the avoid window later, other nodes havin
 chance at it) counts too, bounded by what can settle it:
 - a reviewed kind, no verdict yet: the task goes to review, as a second node's claim sends it
   (no second refusal: one per task). The verdict settles it as for two claimants: raised, the
-  job fails at once and the node is paid by its draw; clean, the claim is disproved; undecided,
-  the node is barred from the task and other nodes settle it; a failed run that does not end the
+  job fails at once and the node is paid by its draw; clean, the claim is disproved (a CUDA
+  run's program error or timeout: undecided, as next); undecided, the node is barred from the
+  task and other nodes settle it; a failed run that does not end the
   task (the referee's own limit) confirms the node's claim, and its later claims are believed
   (each spends an attempt, as a second node's would).
 - nothing left to review it (a kind the referee does not review, or the referee's clean run
@@ -226,27 +147,23 @@ gets its job settled: the referee's failed run ends it and pays the node; on noo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-from sqlalchemy import Connection, case, insert, select, update
+from sqlalchemy import Connection, case, insert, or_, select, update
 
 from coordinator.db import schema as s
 from coordinator.db.events import append_event
+from coordinator.repositories import claim_devices as devices
 from coordinator.repositories.ledger import claim_pay
 from coordinator.repositories.nodes import node_failed
-from tensorgrid.types import ErrorKind, TaskError
 
 claims = s.failure_claims
 CLEAN, FAILED, UNDECIDED = "clean", "failed", "undecided"  # verdicts of a review
+# a claim's verdict when the referee's run was clean but cannot disprove it (a CUDA run's program
+# error or timeout: claim_devices): undecided for that claim, settled by other nodes
+OTHER_DEVICE = "other_device"
 DISPROVED = "disproved"  # the job event of a result that finishes a task whose review was undecided
 VERDICTS = (CLEAN, FAILED, UNDECIDED)
 CONTESTED = s.OPEN_TASK_STATES[2]  # the state of a task whose claims the referee is about to review
-REFEREE_DEVICE = "cpu"  # the device class the referee runs tasks on (services/sandbox_child.py)
-# a node's report that the program ran past the task's limit: a claim where the referee can judge it
-LIMIT_ERRORS = (ErrorKind.TIMEOUT,)
-# a node's report that the program held more than the task's memory limit: a claim where the
-# referee can measure it ("Over its memory limit")
-MEMORY_ERRORS = (ErrorKind.OUT_OF_MEMORY,)
 
 
 @dataclass(frozen=True)
@@ -270,24 +187,29 @@ def claim(
     ).all()
     mine = any(r.node == node for r in rows)
     others = [r for r in rows if r.node != node]
-    if not mine:
-        conn.execute(insert(claims).values(task_id=task_id, node=node, kind=kind, claimed_ms=now_ms, confirmed=False))
-    disproved = any(r.verdict == CLEAN for r in rows)
-    undecided = any(r.verdict == UNDECIDED for r in rows)
+    ran_clean = any(r.verdict in (CLEAN, OTHER_DEVICE) for r in rows)  # the referee ran the task cleanly
+    # this claim is one that clean run disproves (any claim but a CUDA run's program error or timeout)
+    disproved = ran_clean and not devices.unprovable(kind, _claim_device(conn, task_id, node))
+    if not mine:  # one disproved at once is marked so: it never counts towards a quorum (below)
+        values = dict(task_id=task_id, node=node, kind=kind, claimed_ms=now_ms, confirmed=False)
+        conn.execute(insert(claims).values(**values, verdict=CLEAN if disproved else None))
+    undecided = (ran_clean and not disproved) or any(r.verdict in (UNDECIDED, OTHER_DEVICE) for r in rows)
     # believed: another node's claim confirmed it, or the referee's failed run confirmed this node's own
     believed = any(r.confirmed and (r.node != node or r.verdict == FAILED) for r in rows)
     note = ""
     if undecided and not disproved and not believed:
-        # settled by more distinct nodes: the claims made since the review (this one included)
-        reviewed_by = {r.node for r in rows if r.verdict == UNDECIDED}  # never leased it again
+        # settled by more distinct nodes: the claims made since the review that it did not disprove
+        # (this one included); a claimant the review judged never adds to them (never leased it again)
+        reviewed_by = {r.node for r in rows if r.verdict is not None}
         since = ({r.node for r in rows if r.verdict is None} | {node}) - reviewed_by
+        _undecided(conn, task_id, now_ms)  # after a clean review, the first claim it cannot disprove
         if len(since) < quorum:
             if not mine:
                 _refuse(conn, node, now_ms)
             return Claim(confirmed=False, spends=0, note=f"{len(since)} of {quorum} since an undecided review")
         note = f"confirmed by {len(since)} more nodes after the referee could not decide"
     # a second claim, by another node or by the same one leased the task again, goes to review (once)
-    review = reviewed and (bool(others) or mine) and not disproved and not undecided and not believed
+    review = reviewed and (bool(others) or mine) and not ran_clean and not undecided and not believed
     if mine and not review and (not others or disproved):
         # nothing can settle it but the node itself: its refusal again is its own failure (see above)
         why = "disproved by the referee's run" if disproved else "claimed before by this node alone"
@@ -305,62 +227,38 @@ def claim(
     return Claim(confirmed=True, spends=1 + earlier, note=note, paid=proof is not None)
 
 
-def as_claimed(conn: Connection, row: Any, error: TaskError) -> TaskError:
-    """What a node's report of its run of a task (a tasks row) counts as: a program error is a
-    workload claim only from a run on the device class the referee runs (REFEREE_DEVICE), the
-    task's own device, else its node's; from another (a CUDA node) it is that node's execution
-    error, as before program errors were claims, since the referee's clean CPU run would refuse
-    an honest node whose device truly failed."""
-    if error.kind != ErrorKind.PROGRAM_ERROR or not row.node:
-        return error
-    device = _device(conn, row)
-    if device == REFEREE_DEVICE:
-        return error
-    said = f"{error.message} (a program error on {device}: the referee runs on {REFEREE_DEVICE}, so the node's failure)"
-    return TaskError(ErrorKind.EXECUTION, said)
+def _claim_device(conn: Connection, task_id: str, node: str) -> str:
+    return devices.device_of(conn, devices.task_device(conn, task_id), node)
 
 
-def over_limit(conn: Connection, row: Any, error: TaskError, *, reviewed: bool, measured: bool = False) -> bool:
-    """Whether a node's own report (never a lease the coordinator saw expire) that its run of a task
-    (a tasks row) hit the task's time limit, or its memory limit, is a claim that the program
-    exceeds it (the module's "Over its time limit", "Over its memory limit"): a timeout only for a
-    kind the referee reviews, out of memory only for a kind whose memory it measures (`measured`) and
-    from a node that offers at least the task's limit, either from a run on its device class;
-    anything else stays the node's own failure, as every timeout and every out-of-memory was before."""
-    if not row.node:
-        return False
-    if error.kind in LIMIT_ERRORS:
-        judged = reviewed
-    elif error.kind in MEMORY_ERRORS:  # a node offering less met its own cap, not the task's limit
-        limit = int(row.memory_limit_bytes or 0)
-        judged = reviewed and measured and limit > 0 and _offered(conn, row.node) >= limit
-    else:
-        return False
-    return judged and _device(conn, row) == REFEREE_DEVICE
-
-
-def _offered(conn: Connection, node: str) -> int:
-    """The memory a node offers (its registered capabilities)."""
-    return int(conn.execute(select(s.nodes.c.memory_bytes).where(s.nodes.c.address == node)).scalar() or 0)
-
-
-def _device(conn: Connection, row: Any) -> str:
-    """The device class a task ran on: its own, else ("any") its node's."""
-    device = str(row.device)
-    if device not in ("cpu", "cuda"):  # "any": the node runs it on its own device
-        device = str(conn.execute(select(s.nodes.c.device_kind).where(s.nodes.c.address == row.node)).scalar())
-    return device
+def _undecided(conn: Connection, task_id: str, now_ms: int) -> None:
+    """Mark the task undecided (tasks.undecided_ms), if it is not yet: never leased to a claimant again."""
+    t = s.tasks.c
+    conn.execute(update(s.tasks).where(t.task_id == task_id, t.undecided_ms.is_(None)).values(undecided_ms=now_ms))
 
 
 def settle_review(conn: Connection, task_id: str, verdict: str) -> int:
     """Record the referee's verdict on the task's claims (CLEAN, FAILED or UNDECIDED); the
     attempts the claims spend now: only a failed run spends any (a clean one proved them false,
-    an undecided one proved nothing, and their reporters keep their refusals either way)."""
+    an undecided one proved nothing, and their reporters keep their refusals either way). Clean, per
+    claimant: a claim such a run cannot disprove (claim_devices.standing) is OTHER_DEVICE instead."""
     if verdict not in VERDICTS:
         raise ValueError(f"not a verdict: {verdict!r}")
     spends = _confirm(conn, task_id, but="") if verdict == FAILED else 0
     conn.execute(update(claims).where(claims.c.task_id == task_id).values(verdict=verdict))
+    if verdict == CLEAN:  # per claimant: a CUDA run's program error or timeout is undecided (claim_devices)
+        standing = devices.standing(conn, task_id)
+        if standing:
+            where = (claims.c.task_id == task_id, claims.c.node.in_(standing))
+            conn.execute(update(claims).where(*where).values(verdict=OTHER_DEVICE))
     return spends
+
+
+def unproven(conn: Connection, task_id: str) -> list[str]:
+    """The claimants the referee's clean run left undecided (OTHER_DEVICE), in address order."""
+    c = claims.c
+    where = (c.task_id == task_id, c.verdict == OTHER_DEVICE)
+    return [str(n) for n in conn.execute(select(c.node).where(*where).order_by(c.node)).scalars()]
 
 
 def disproved(conn: Connection, job_id: str, task_id: str, task_index: int, node: str, now_ms: int) -> None:
@@ -398,10 +296,11 @@ def _confirm(conn: Connection, task_id: str, but: str) -> int:
     """Confirm the task's claims if any is unconfirmed, and take back the refusals of those
     reporters (except `but`, whose claim is being made now): the rejection, and the failure it
     counted (what backs a node off: nodes.node_failed); how many that were."""
-    rows = conn.execute(select(claims.c.node, claims.c.confirmed).where(claims.c.task_id == task_id)).all()
+    standing = (claims.c.task_id == task_id, or_(claims.c.verdict.is_(None), claims.c.verdict != CLEAN))
+    rows = conn.execute(select(claims.c.node, claims.c.confirmed).where(*standing)).all()
     unconfirmed = sorted({r.node for r in rows if not r.confirmed and r.node != but})
-    if unconfirmed:
-        conn.execute(update(claims).where(claims.c.task_id == task_id).values(confirmed=True))
+    if unconfirmed:  # a claim the referee's clean run disproved is never confirmed: its refusal stays
+        conn.execute(update(claims).where(*standing).values(confirmed=True))
         n = s.nodes.c
         conn.execute(
             update(s.nodes)

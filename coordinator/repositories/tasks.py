@@ -12,7 +12,7 @@ from coordinator.db import kept
 from coordinator.db import schema as s
 from coordinator.db.events import append_event
 from coordinator.errors import Forged, NotFound, Rejected
-from coordinator.repositories import claims, leasing
+from coordinator.repositories import claims, leasing, limit_claims
 from coordinator.repositories.heartbeats import BeatAnswer, Heartbeat, heartbeat_in
 from coordinator.repositories.jobs import end_job
 from coordinator.repositories.leasing import Barred
@@ -23,9 +23,9 @@ from tensorgrid.types import BlobRef, ErrorKind, JobState, Lease, Receipt, TaskE
 
 # Failures that say the workload itself is bad, not the node: no backoff for the node once a
 # second node confirms them; until then they count against their reporter (repositories.claims).
-# A program error is one only from a run on the referee's device class (claims.as_claimed); so is
-# a node's timeout on a task the referee reviews, and its out-of-memory report on one whose memory
-# it measures (claims.over_limit: the program past its time or memory limit).
+# A program error is one from a run on any device class (a CUDA run's: repositories.claim_devices);
+# so is a node's timeout on a task the referee reviews, and its out-of-memory report from a CPU run
+# of one whose memory it measures (limit_claims.over_limit: the program past its time or memory limit).
 WORKLOAD_ERRORS = (ErrorKind.INVALID_INPUT, ErrorKind.UNSAFE_INPUT, ErrorKind.PROGRAM_ERROR)
 # Expired leases one reaping transaction reissues. It locks their nodes' and jobs' rows until it
 # commits, six statements a lease later: 500 at a time held them for up to 8 s on a coordinator
@@ -79,7 +79,7 @@ class TaskRepository:
         # composition root from the job kinds that can run their tasks there.
         self.reviewed: frozenset[str] = frozenset()
         # Of those, the task kinds whose memory the referee measures (services.verification.memory):
-        # a node's out-of-memory report on one is a claim (claims.over_limit); set there too.
+        # a node's out-of-memory report on one is a claim (limit_claims.over_limit); set there too.
         self.measured: frozenset[str] = frozenset()
         # Jobs this process has seen started in the database, so leasing skips the queued →
         # running update for them: each job costs one no-op UPDATE after its start, then is cached.
@@ -245,11 +245,10 @@ class TaskRepository:
         node's word or a refusal: its node may still hand the result in (lost_lease)."""
         released = error.kind == ErrorKind.RELEASED
         node = row.node
-        error = claims.as_claimed(conn, row, error)
         reviewed = row.kind in self.reviewed
         # its node's own word that the program ran past the task's time or memory limit (never a lease seen to expire)
         measured = row.kind in self.measured
-        over = not lost and claims.over_limit(conn, row, error, reviewed=reviewed, measured=measured)
+        over = not lost and limit_claims.over_limit(conn, row, error, reviewed=reviewed, measured=measured)
         claimed = error.kind in WORKLOAD_ERRORS or over
         # A node's word that the input is bad counts against the task only once another node's confirms it.
         said = claims.Claim(confirmed=True, spends=0 if released or forged else 1)

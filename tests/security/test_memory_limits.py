@@ -5,7 +5,7 @@ its VmHWM, as a node's executor polls its worker's: services.verification.memory
 
 Hungry: a devnet (anvil, the contracts, a coordinator and its referee) and two REAL node daemons.
 The program copies its input HUNGRY_COPIES times (1.5 GiB for the shard) under a limit of 1 GiB.
-Each node's run meets the limit and reports OUT_OF_MEMORY, a claim (repositories.claims, "Over its
+Each node's run meets the limit and reports OUT_OF_MEMORY, a claim (repositories.limit_claims, "Over its
 memory limit"); the second sends the task to the referee, whose run passes 1.25× the limit: the job
 fails naming the memory limit after two node runs and one review, each node drew once and was paid
 what it won, and neither is held a failure. On main each report was its node's own failure: an

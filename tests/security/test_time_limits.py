@@ -4,7 +4,7 @@ sandboxed referee) and two REAL node daemons (CPU, one thread each). The job's p
 slow (SLOW_STEPS matmuls of 1024×1024): its one shard, one batch, takes several times its time
 limit of LIMIT_S on this machine. Intake's estimate passes it (its probe runs 256 of the 2000 rows:
 a lower bound within the limit). Each node's run hits the limit, and its timeout is a claim that
-the program is too slow (repositories.claims, "Over its time limit"); the second sends the task to
+the program is too slow (repositories.limit_claims, "Over its time limit"); the second sends the task to
 the referee, whose run takes at least 1.25× the limit (its CPU time over its threads, ~2× here):
 the job fails naming the time limit after two node runs and one review, each node drew one reward
 with probability (rows the limit's time reaches at the referee's pace ÷ the task's) and was paid

@@ -57,7 +57,7 @@ class GenerationKind(BaseKind):
         rt, blobs = verification.rt, verification.blobs
         verification.add_replay(NAME, replay_generation(rt, blobs), score=score_generation(rt, blobs))
         # a CPU node's out-of-memory report on one of its tasks is a claim the referee measures
-        # (repositories.claims, "Over its memory limit"); its check tasks are measured as inference's
+        # (repositories.limit_claims, "Over its memory limit"); its check tasks are measured as inference's
         # register them (CHECK_KIND), by their settings' task kind: this decoding loop
         verification.add_measure(NAME, measure_decoding(rt, blobs), self.task_kinds)
 

@@ -107,7 +107,7 @@ def vet_inference(spec: InferenceSpec, rt: Runtime, blobs: BlobStore) -> None:
 
 def too_slow(spec: InferenceSpec, verdict: Determinism, total: int) -> str:
     """Why a task of the job cannot run within its time limit on the referee's CPU, the grid's
-    reference (repositories.claims, "Over its time limit"), by the probe's timing ("": it may).
+    reference (repositories.limit_claims, "Over its time limit"), by the probe's timing ("": it may).
     A lower bound, so no job is refused on a guess: the probe's batch (verdict.rows rows) is no
     larger than the job's batches, so each whole batch of a shard takes at least its fastest run,
     counted as its CPU time over the threads it could use (tensorgrid.workloads.determinism: a wall

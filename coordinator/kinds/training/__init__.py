@@ -49,7 +49,7 @@ class TrainingKind(BaseKind):
         self.rounds = RoundManager(rt, store, blobs, secret)
         verification.add_review(TASK_KIND, review_training(rt, blobs), RAN)
         # a CPU node's out-of-memory report on one of its tasks is a claim the referee measures in parts
-        # (repositories.claims, "Over its memory limit"; services.verification.memory_parts)
+        # (repositories.limit_claims, "Over its memory limit"; services.verification.memory_parts)
         verification.add_measure(TASK_KIND, measure_training(rt, blobs), self.task_kinds)
 
     def plan(

@@ -1,6 +1,6 @@
 """The referee's review of a claim that a task's program needs more memory than the task's limit
-(ErrorKind.OUT_OF_MEMORY from a CPU run: repositories.claims, "Over its memory limit"): one measured
-run of the whole task here (inference, generation); a training task's in parts (memory_parts.py).
+(ErrorKind.OUT_OF_MEMORY from a CPU run: repositories.limit_claims, "Over its memory limit"): one
+measured run of the whole task here (inference, generation); a training task's in parts (memory_parts.py).
 
 What a node compares with the limit (node.executor): the peak resident memory (VmHWM) of its
 whole worker process, torch loaded, over the task's run at the job's batch size, reset before the

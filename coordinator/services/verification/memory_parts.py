@@ -1,5 +1,5 @@
 """The referee's review of a claim that a training task's program needs more than the task's memory
-limit (ErrorKind.OUT_OF_MEMORY from a CPU run: repositories.claims, "Over its memory limit"): the
+limit (ErrorKind.OUT_OF_MEMORY from a CPU run: repositories.limit_claims, "Over its memory limit"): the
 task's inner steps as a node's worker runs them (tensorgrid.training.task: the round's weights, the
 task's shard, its settings as leased), in measured parts (services.measured.measure_train_part),
 each a fresh child of its own whose peak resident memory is measured as memory.py says, the

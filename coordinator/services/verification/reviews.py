@@ -3,7 +3,9 @@
 before either is believed: an inference or generation task's rows as a ruling re-runs rows, a
 training task's inner steps as a node's worker runs them (the kind's parts: add_parts).
 
-A clean run proves the claims false: the task is pending again with no attempt spent. A run
+A clean run proves the claims false: the task is pending again with no attempt spent (but not
+a CUDA run's program error or timeout, which a CPU run cannot disprove: for such a claimant the
+verdict is undecided, repositories.claim_devices). A run
 that fails (the program raised, the child hit its memory limit, the input is gone) cannot prove
 them false, so they are confirmed as before reviews existed: a review can only ever spare a
 task, never blame a node that a claim alone would not have blamed. A run in which the program

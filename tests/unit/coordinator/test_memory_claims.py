@@ -1,6 +1,6 @@
 """A node's run of a task holding more than the task's memory limit (ErrorKind.OUT_OF_MEMORY), on
 SQLite and PostgreSQL: from a CPU run of a kind whose memory the referee measures it is a claim
-that the submitter's program needs more than its limit (repositories.claims, "Over its memory
+that the submitter's program needs more than its limit (repositories.limit_claims, "Over its memory
 limit"), reviewed by the peak of the referee's measured run (services.verification.memory): past
 1.25× the limit, confirmed (the job fails naming the memory limit, the claimants paid by a draw);
 within half of it, disproved (the claimants keep their refusals); in between, undecided. A CUDA

@@ -1,5 +1,5 @@
 """A CPU node's OUT_OF_MEMORY report on a generation task, on SQLite and PostgreSQL: a claim that the
-submitter's decoder needs more than the task's memory limit (repositories.claims, "Over its memory
+submitter's decoder needs more than the task's memory limit (repositories.limit_claims, "Over its memory
 limit"), reviewed by the referee's measured run of the decoding loop (kinds.generation.replay
 .measure_decoding): past 1.25× the limit, confirmed (the job fails naming the memory limit, the
 claimants paid by a draw); within half of it, disproved (the claimants keep their refusals). Before,

@@ -1,5 +1,5 @@
 """A CPU node's OUT_OF_MEMORY report on a training task, on SQLite and PostgreSQL: a claim that the
-submitter's train program needs more than the task's memory limit (repositories.claims, "Over its
+submitter's train program needs more than the task's memory limit (repositories.limit_claims, "Over its
 memory limit"), reviewed by the referee's measured run of the task in parts
 (services.verification.memory_parts, kinds.training.review.measure_training): the first part one
 inner step from the round's weights, each later one at most as many steps as ran before it, the

@@ -1,11 +1,12 @@
 """A node's run of a task hitting the task's time limit (ErrorKind.TIMEOUT), on SQLite and
 PostgreSQL: from a CPU run of a kind the referee reviews it is a claim that the submitter's program
-is too slow for its limit (repositories.claims, "Over its time limit"), reviewed by measuring the
+is too slow for its limit (repositories.limit_claims, "Over its time limit"), reviewed by measuring the
 referee's run against that limit: past 1.25× it, confirmed (the job fails naming the limit, the
 claimants paid by a draw for what the limit's time reaches); a whole run within half of it,
 disproved (the claimants keep their refusals); in between, undecided (other nodes settle it). A
-CUDA run's timeout, a lease that expired, and a kind the referee does not review stay the node's
-own failure, as every timeout was before.
+CUDA run's timeout is a claim too, confirmed as a CPU run's, never disproved (test_cuda_claims.py);
+a lease that expired and a kind the referee does not review stay the node's own failure, as every
+timeout was before.
 
 The referee's runs are in process here, each row taking a clock's time (ROW_S); the real referee
 and node daemons: tests/security/test_time_limits.py."""
@@ -28,7 +29,7 @@ from tests.unit.coordinator.test_claims import AVOID, TASK, claim
 from tests.unit.coordinator.test_program_errors import A, B, job_of_rows, node, task_failures
 from tests.unit.coordinator.test_review_parts import Clock, turn
 from tests.unit.coordinator.test_review_rows import ROWS, Rows, reviews
-from tests.unit.coordinator.test_storage import CPU, GPU, JOB, TIMING
+from tests.unit.coordinator.test_storage import CPU, JOB, TIMING
 
 state, blobs, clock = parts.state, parts.blobs, parts.clock  # the fixtures: a store on each database
 
@@ -124,16 +125,6 @@ def test_a_program_near_its_limit_is_undecided_and_settled_by_other_nodes(
     assert state.tasks.lease_tasks(A, 1, 3 * AVOID, TIMING)[0] == []  # never leased again to a claimant
     assert claim(state, C, 3 * AVOID, SLOW) is True  # a third node: one of the QUORUM (2) more
     assert paid(state) == {}  # no proof: nobody is paid
-
-
-@pytest.mark.parametrize("device", ["any", "cuda"])
-def test_a_timeout_on_cuda_stays_the_nodes_own_failure(
-    state: Store, blobs: BlobStore, tmp_path: Path, device: str
-) -> None:
-    """The referee runs on CPU: it cannot judge a GPU's speed."""
-    limited(state, blobs, tmp_path, 4.0, (A, GPU), device=device)
-    assert claim(state, A, AVOID, SLOW) is True
-    assert task_failures(state) == 1 and node(state, A) == (1, 0, 1)  # an attempt, a failure, no refusal
 
 
 def test_an_expired_lease_is_no_claim(state: Store, blobs: BlobStore, tmp_path: Path) -> None:

@@ -77,7 +77,7 @@ def test_a_job_whose_tasks_cannot_fit_their_time_limit_is_refused_at_intake(
     tmp_path: Path, rt: Runtime, blobs: BlobStore
 ) -> None:
     """Before: accepted, and every node that took a task ran it to its limit (a claim each, now:
-    repositories.claims, "Over its time limit"). The probe's batch (2 rows here) is no larger than
+    repositories.limit_claims, "Over its time limit"). The probe's batch (2 rows here) is no larger than
     the job's, so 600 batches of 2 rows take at least 600 of its runs, each at least its CPU time
     over the threads it may use (~18 ms of CPU a run here: 5.5 s with 2 threads), past a 1 s limit."""
     program = Slow(loops=25, width=1024)

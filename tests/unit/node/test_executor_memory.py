@@ -1,6 +1,6 @@
 """A task out of memory in a warm worker runs again in a fresh one before the node reports it:
 the worker's peak counts every program it holds from earlier tasks, and the referee judges a
-node's out-of-memory report (a claim: coordinator.repositories.claims, "Over its memory limit")
+node's out-of-memory report (a claim: coordinator.repositories.limit_claims, "Over its memory limit")
 by a fresh child's peak. Real workers, real exported programs."""
 
 from __future__ import annotations
