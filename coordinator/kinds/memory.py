@@ -23,6 +23,9 @@ a time); training's first step runs in plan, on a work thread. Either way each s
 of intake's validation slots while it runs (services.intake, Kind.vet_is_measured): at most
 --max-validations (2) such children besides the referee's, each stopped at 1.25× a limit below
 the referee's cap.
+A chain submission (ValidateJob, then SubmitJob of the same spec once its escrow is funded) makes
+that run once: SubmitJob takes the pass ValidateJob left (services.intake_passes: keyed by the
+submitter, the spec's hash and the coordinator's settings, for a few minutes, taken once).
 Where no /proc can be read, nothing is measured (logged once).
 """
 

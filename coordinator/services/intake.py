@@ -3,6 +3,9 @@
 Planning runs on a worker thread (it reads and writes blob files) and is the job kind's
 (`Kind.plan`). Everything a submitter can get wrong is caught here, with a message that
 says what to change, before any node sees it.
+
+A program whose intake run is measured in a fresh child (kinds/memory.py) is run once per chain
+submission: SubmitJob takes the pass its ValidateJob left (intake_passes.MeasuredPasses).
 """
 
 from __future__ import annotations
@@ -15,11 +18,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from coordinator.config import Limits
+from coordinator.config import Limits, ReviewSettings
 from coordinator.errors import Conflict, NotFound, PermissionDenied, QuotaExceeded
 from coordinator.repositories.jobs import NewJob, NewTask
 from coordinator.repositories.store import Store
 from coordinator.services.access import Access
+from coordinator.services.intake_passes import MeasuredPasses
 from coordinator.services.kind import KindLookup
 from coordinator.services.ledger import Ledger
 from coordinator.services.report import Reports
@@ -50,11 +54,20 @@ def authenticate(spec_json: bytes, submitter: str, signature: bytes) -> tuple[st
 
 
 def plan_job(
-    kinds: KindLookup, spec_json: bytes, submitter: str, sh: str, job_id: str, blobs: BlobStore, limits: Limits
+    kinds: KindLookup,
+    spec_json: bytes,
+    submitter: str,
+    sh: str,
+    job_id: str,
+    blobs: BlobStore,
+    limits: Limits,
+    *,
+    measure: bool = True,
 ) -> tuple[NewJob, list[NewTask]]:
-    """Validate the spec (tensorgrid.spec parses it) and let its kind split it into tasks."""
+    """Validate the spec (tensorgrid.spec parses it) and let its kind split it into tasks (measure:
+    Kind.plan)."""
     spec = parse_spec(spec_json)
-    return kinds.for_job(spec.kind).plan(spec, spec_json, submitter, sh, job_id, blobs, limits)
+    return kinds.for_job(spec.kind).plan(spec, spec_json, submitter, sh, job_id, blobs, limits, measure=measure)
 
 
 def spec_blobs(spec: object) -> list[BlobRef]:
@@ -99,10 +112,18 @@ class Intake:
         self.chain = chain
         self.access = access
         self._validating: set[str] = set()  # submitters whose validation runs now
+        self.passes = MeasuredPasses()  # ValidateJob's measured runs that passed, for the SubmitJob after
 
-    def plan(self, spec_json: bytes, submitter: str, sh: str, job_id: str) -> tuple[NewJob, list[NewTask]]:
+    def plan(
+        self, spec_json: bytes, submitter: str, sh: str, job_id: str, *, measure: bool = True
+    ) -> tuple[NewJob, list[NewTask]]:
         """plan_job with this coordinator's kinds, blobs and limits (blocking)."""
-        return plan_job(self.kinds, spec_json, submitter, sh, job_id, self.blobs, self.limits)
+        return plan_job(self.kinds, spec_json, submitter, sh, job_id, self.blobs, self.limits, measure=measure)
+
+    def measured_settings(self) -> str:
+        """This coordinator's settings that intake's measured runs are made under (intake_passes):
+        the referee's limits (its cap among them), intake's limits, the margin a run is stopped at."""
+        return repr((self.rt.sandbox, self.limits, ReviewSettings.over_limit))
 
     def vet(self, spec_json: bytes) -> None:
         """Run the kind's program checks (the determinism contract) on a planned spec (blocking)."""
@@ -130,6 +151,8 @@ class Intake:
         with self._validation_slot(submitter):
             _, tasks = await rt.work(self.plan, spec_json, submitter, sh, job_id)
             await rt.refereed(self.vet, spec_json)
+        if self.kinds.for_job(spec.kind).vet_is_measured(spec):  # passed: SubmitJob need not run it again
+            self.passes.add(submitter, sh, self.measured_settings())
         return Validated(job_id, len(tasks), self.kinds.for_job(spec.kind).paid_tasks(spec, len(tasks)), False)
 
     @contextmanager
@@ -172,9 +195,14 @@ class Intake:
             await rt.work(
                 self.chain.check_escrow, job_id, sh, submitter, spec.reward_per_task_wei, spec.reward_per_task_wei
             )
-        with self._vet_slot(submitter, spec):
-            job, tasks = await rt.work(self.plan, spec_json, submitter, sh, job_id)
-            await rt.refereed(self.vet, spec_json)  # refused here, before any node runs the program
+        if self.kinds.for_job(spec.kind).vet_is_measured(spec) and self.passes.take(
+            submitter, sh, self.measured_settings()
+        ):  # ValidateJob measured this very spec for this submitter moments ago and it passed
+            job, tasks = await rt.work(self.plan, spec_json, submitter, sh, job_id, measure=False)
+        else:
+            with self._vet_slot(submitter, spec):
+                job, tasks = await rt.work(self.plan, spec_json, submitter, sh, job_id)
+                await rt.refereed(self.vet, spec_json)  # refused here, before any node runs the program
         if self.chain is not None:
             paid = self.kinds.for_job(spec.kind).paid_tasks(spec, len(tasks))
             budget = await rt.work(

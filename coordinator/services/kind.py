@@ -54,9 +54,20 @@ class Kind(Protocol):
     reviews_claims: bool  # the referee can run its tasks, so it reviews claims that their input is bad
 
     def plan(
-        self, spec: Any, spec_json: bytes, submitter: str, sh: str, job_id: str, blobs: BlobStore, limits: Limits
+        self,
+        spec: Any,
+        spec_json: bytes,
+        submitter: str,
+        sh: str,
+        job_id: str,
+        blobs: BlobStore,
+        limits: Limits,
+        *,
+        measure: bool = True,
     ) -> tuple[NewJob, list[NewTask]]:
-        """Validate a parsed spec against the stored blobs and split it into tasks (blocking)."""
+        """Validate a parsed spec against the stored blobs and split it into tasks (blocking).
+        measure False: intake holds a pass of this very spec's measured run (services.intake_passes),
+        so a plan that makes one (training's first inner step) leaves it out."""
 
     def vet(self, spec: Any, blobs: BlobStore) -> None:
         """After plan: checks that run the job's program on sample rows (blocking). Raises SpecError."""

@@ -27,7 +27,16 @@ class EndpointKind(BaseKind):
     assembles: bool = False  # never complete: aggregation only tells it to look (after_accept)
 
     def plan(
-        self, spec: Any, spec_json: bytes, submitter: str, sh: str, job_id: str, blobs: BlobStore, limits: Limits
+        self,
+        spec: Any,
+        spec_json: bytes,
+        submitter: str,
+        sh: str,
+        job_id: str,
+        blobs: BlobStore,
+        limits: Limits,
+        *,
+        measure: bool = True,
     ) -> tuple[NewJob, list[NewTask]]:
         """The job row; no tasks. The model is vetted as inference and generation vet theirs."""
         assert isinstance(spec, EndpointSpec)

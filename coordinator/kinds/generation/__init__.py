@@ -62,7 +62,16 @@ class GenerationKind(BaseKind):
         verification.add_measure(NAME, measure_decoding(rt, blobs), self.task_kinds)
 
     def plan(
-        self, spec: Any, spec_json: bytes, submitter: str, sh: str, job_id: str, blobs: BlobStore, limits: Limits
+        self,
+        spec: Any,
+        spec_json: bytes,
+        submitter: str,
+        sh: str,
+        job_id: str,
+        blobs: BlobStore,
+        limits: Limits,
+        *,
+        measure: bool = True,
     ) -> tuple[NewJob, list[NewTask]]:
         tasks, m = _plan_shards(spec, job_id, blobs, limits)
         decode = spec.decode_settings()

@@ -49,7 +49,16 @@ class InferenceKind(BaseKind):
         verification.add_measure(self.name, measure_inference(verification.rt, verification.blobs), self.task_kinds)
 
     def plan(
-        self, spec: Any, spec_json: bytes, submitter: str, sh: str, job_id: str, blobs: BlobStore, limits: Limits
+        self,
+        spec: Any,
+        spec_json: bytes,
+        submitter: str,
+        sh: str,
+        job_id: str,
+        blobs: BlobStore,
+        limits: Limits,
+        *,
+        measure: bool = True,
     ) -> tuple[NewJob, list[NewTask]]:
         tasks, m = _plan_shards(spec, job_id, blobs, limits)
         settings = {"input_names": list(spec.input_names) or None, "batch_size": spec.batch_size, "device": spec.device}

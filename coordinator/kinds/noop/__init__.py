@@ -18,7 +18,16 @@ class NoopKind(BaseKind):
     task_kinds: tuple[str, ...] = ("noop",)
 
     def plan(
-        self, spec: Any, spec_json: bytes, submitter: str, sh: str, job_id: str, blobs: BlobStore, limits: Limits
+        self,
+        spec: Any,
+        spec_json: bytes,
+        submitter: str,
+        sh: str,
+        job_id: str,
+        blobs: BlobStore,
+        limits: Limits,
+        *,
+        measure: bool = True,
     ) -> tuple[NewJob, list[NewTask]]:
         if spec.tasks > limits.max_tasks_per_job:
             raise SpecError(f"{spec.tasks} tasks is over the limit of {limits.max_tasks_per_job}")

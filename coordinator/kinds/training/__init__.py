@@ -53,9 +53,18 @@ class TrainingKind(BaseKind):
         verification.add_measure(TASK_KIND, measure_training(rt, blobs), self.task_kinds)
 
     def plan(
-        self, spec: Any, spec_json: bytes, submitter: str, sh: str, job_id: str, blobs: BlobStore, limits: Limits
+        self,
+        spec: Any,
+        spec_json: bytes,
+        submitter: str,
+        sh: str,
+        job_id: str,
+        blobs: BlobStore,
+        limits: Limits,
+        *,
+        measure: bool = True,
     ) -> tuple[NewJob, list[NewTask]]:
-        return plan_training(spec, spec_json, submitter, sh, job_id, self.rt, blobs, limits)
+        return plan_training(spec, spec_json, submitter, sh, job_id, self.rt, blobs, limits, measure=measure)
 
     def vet_is_measured(self, spec: Any) -> bool:
         """Plan runs the first inner step in a fresh measured child (vetting.probes_memory)."""

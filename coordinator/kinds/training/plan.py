@@ -34,8 +34,11 @@ def plan_training(
     rt: Runtime,
     blobs: BlobStore,
     limits: Limits,
+    *,
+    measure: bool = True,
 ) -> tuple[NewJob, list[NewTask]]:
-    """Vet a training job against its blobs; write its round-0 weights and shards."""
+    """Vet a training job against its blobs; write its round-0 weights and shards; measure its first
+    inner step (vetting.py) unless `measure` is False (intake holds a pass of it: Kind.plan)."""
     train = stored(blobs, spec.train_program, "train_program")
     check_program(train, purpose="training")
     eval_program = None
@@ -53,8 +56,9 @@ def plan_training(
     files = job_files(spec, blobs, parameters)
     shards = write_shards(files, 0, blobs, limits)
     settings = round_settings(spec, 0, weights_ref, shards)
-    first = blobs.path_for(shards[0].input.sha256)  # memory at intake (vetting.py)
-    vet_first_step(spec, rt, blobs, train, blobs.path_for(weights_ref.sha256), first, settings)
+    if measure:
+        first = blobs.path_for(shards[0].input.sha256)  # memory at intake (vetting.py)
+        vet_first_step(spec, rt, blobs, train, blobs.path_for(weights_ref.sha256), first, settings)
     job = NewJob(
         job_id=job_id,
         submitter=submitter,
