@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tensorgrid.processes import cpu_seconds
 from tensorgrid.sandbox import SandboxLimits, WarmSandbox, launch
 from tensorgrid.sandbox.forked import ForkedChild
 
@@ -29,9 +30,11 @@ LIMITS = SandboxLimits(time_s=60.0)
 
 
 def _cpu(pid: int) -> float:
-    """utime + stime of process `pid` so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """utime + stime of process `pid` so far (tensorgrid.processes: Linux /proc)."""
+    spent = cpu_seconds(pid)
+    if spent is None:
+        raise SystemExit(f"cannot read the CPU time of process {pid}: this benchmark needs Linux /proc")
+    return spent
 
 
 def _children_cpu() -> float:
