@@ -5,18 +5,23 @@ stream once more, on cores the request in flight needs (at 1 client it was most 
 slowest 1% of requests: docs/SERVING.md). Riding with a request, it is one more row of a
 micro-batch that runs anyway. Its node sees an ordinary message of several requests, the
 rerun at a random place among them; none comes within RIDE_WAIT_S: the riders go alone.
+
+The place is drawn from the operating system's generator (secrets.SystemRandom), not a seeded
+Mersenne Twister: a node that told a rerun from a fresh request could answer checks honestly and
+the rest as it likes, and a Twister's state follows from its outputs (the places a node colluding
+with a client sees its own requests take, a few bits each), so its later places would too.
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
+import secrets
 
 from coordinator.services.serving.model import Call, Replica
 from tensorgrid.v1 import serving_pb2
 
 RIDE_WAIT_S = 0.05  # a check's rerun waits at most this long for a request to ride down with
-_RANDOM = random.Random()  # where a rerun sits among the requests it rides with (no secret)
+_RANDOM = secrets.SystemRandom()  # where a rerun sits among the requests it rides with (module doc)
 
 
 def down(replica: Replica, msg: serving_pb2.ServeDown) -> None:
