@@ -23,6 +23,7 @@ from node.child import WorkerChild
 from node.executor import Executor
 from node.serving.frames import Frame, FrameError, encode, read_frame_async
 from node.spawn import WorkerStartError
+from node.supervision import crashed
 from tensorgrid.serving import trace
 from tensorgrid.types import ErrorKind, TaskError
 
@@ -310,7 +311,7 @@ class ServingProcess(Executor):
         return frame
 
     async def _crash(self, child: WorkerChild, what: str) -> TaskError:
-        outcome = await self._crashed(child, what, kill=True)
+        outcome = await crashed(child, what, kill=True)
         self._loaded = None
         assert outcome.error is not None
         log.warning("serving worker: %s", outcome.error.message[:500])
