@@ -11,7 +11,7 @@ import asyncio
 import json
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,7 +19,6 @@ import torch
 
 from coordinator import app as coordinator_app
 from coordinator.app import Coordinator
-from coordinator.config import CoordinatorConfig
 from coordinator.repositories.jobs import NewTask
 from coordinator.services.sandboxed import referee
 from tensorgrid.spec import task_id_for
@@ -73,19 +72,12 @@ def _rows_for(seconds: float) -> int:
 
 
 @pytest.fixture
-def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Coordinator]:
+def app(make_coordinator: Callable[..., Coordinator], monkeypatch: pytest.MonkeyPatch) -> Coordinator:
     """A coordinator whose referee gives a request REFEREE_TIME_S, at the priority of this
     process (which times the program: at nice 10 on a loaded machine the child would run at a
     small fraction of that pace, and no part would fit)."""
     monkeypatch.setattr(coordinator_app, "REFEREE_NICE", 0)
-    config = CoordinatorConfig(
-        data_dir=tmp_path / "coord", database_url=f"sqlite:///{tmp_path / 's.db'}", referee_time_s=REFEREE_TIME_S
-    )
-    coordinator = Coordinator(config)
-    yield coordinator
-    asyncio.run(coordinator.runtime.stop())  # its referee's child too
-    coordinator.runtime.shutdown()
-    coordinator.store.close()
+    return make_coordinator(referee_time_s=REFEREE_TIME_S)
 
 
 def _contested_job(app: Coordinator, tmp_path: Path, rows: int) -> None:

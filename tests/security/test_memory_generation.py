@@ -15,14 +15,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
 from coordinator.app import Coordinator
-from coordinator.config import CoordinatorConfig
 from coordinator.db import schema
 from coordinator.repositories.jobs import NewTask
 from tensorgrid.spec import task_id_for
@@ -56,13 +55,8 @@ class Hungry(torch.nn.Module):
 
 
 @pytest.fixture
-def app(tmp_path: Path) -> Iterator[Coordinator]:
-    config = CoordinatorConfig(data_dir=tmp_path / "coord", database_url=f"sqlite:///{tmp_path / 's.db'}")
-    coordinator = Coordinator(config)
-    yield coordinator
-    asyncio.run(coordinator.runtime.stop())  # its referee's children too
-    coordinator.runtime.shutdown()
-    coordinator.store.close()
+def app(make_coordinator: Callable[..., Coordinator]) -> Coordinator:
+    return make_coordinator()  # default settings: the referee's cap (4 GiB) is over 1.25 × LIMIT
 
 
 def claimed(app: Coordinator, tmp_path: Path, module: TinyGPT | Hungry, *, as_check: bool = False) -> None:

@@ -22,14 +22,13 @@ import asyncio
 import json
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
 from coordinator.app import Coordinator
-from coordinator.config import CoordinatorConfig
 from coordinator.db import schema
 from coordinator.repositories.jobs import NewTask
 from coordinator.services.measured import measure_rows
@@ -106,13 +105,8 @@ TASK = task_id_for(JOB, 0)
 
 
 @pytest.fixture
-def app(tmp_path: Path) -> Iterator[Coordinator]:
-    config = CoordinatorConfig(data_dir=tmp_path / "coord", database_url=f"sqlite:///{tmp_path / 's.db'}")
-    coordinator = Coordinator(config)
-    yield coordinator
-    asyncio.run(coordinator.runtime.stop())  # its referee's children too
-    coordinator.runtime.shutdown()
-    coordinator.store.close()
+def app(make_coordinator: Callable[..., Coordinator]) -> Coordinator:
+    return make_coordinator()  # default settings: the referee's cap (4 GiB) is over 1.25 × LIMIT
 
 
 @pytest.mark.timeout(300)  # the referee's measuring child starts (torch imports) on a loaded machine
