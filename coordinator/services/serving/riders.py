@@ -10,6 +10,8 @@ The place is drawn from the operating system's generator (secrets.SystemRandom),
 Mersenne Twister: a node that told a rerun from a fresh request could answer checks honestly and
 the rest as it likes, and a Twister's state follows from its outputs (the places a node colluding
 with a client sees its own requests take, a few bits each), so its later places would too.
+Not closed here: request ids are issued as requests are sent (links.send), a rerun's when it is
+held, so the fresh request has the highest id in its message (THREAT_MODEL.md, "partial").
 """
 
 from __future__ import annotations
