@@ -10,8 +10,10 @@ The place is drawn from the operating system's generator (secrets.SystemRandom),
 Mersenne Twister: a node that told a rerun from a fresh request could answer checks honestly and
 the rest as it likes, and a Twister's state follows from its outputs (the places a node colluding
 with a client sees its own requests take, a few bits each), so its later places would too.
-Not closed here: request ids are issued as requests are sent (links.send), a rerun's when it is
-held, so the fresh request has the highest id in its message (THREAT_MODEL.md, "partial").
+Nor do the ids tell: a link issues them as requests are sent (links.send), a rerun's when it is
+held, so the fresh request's would be the highest in its message; the message's ids are given
+to its requests in place order instead (their calls re-keyed: nothing holds a rider's id but its
+call, the replica's and the link's `calls`, and checks' rerun waits, which follow the call).
 """
 
 from __future__ import annotations
@@ -47,7 +49,17 @@ def with_riders(replica: Replica, request: serving_pb2.ServeRequest) -> list[ser
         return [request]
     requests = take_riders(replica)
     requests.insert(_RANDOM.randrange(len(requests) + 1), request)
+    _ids_in_place_order(replica, requests)
     return requests
+
+
+def _ids_in_place_order(replica: Replica, requests: list[serving_pb2.ServeRequest]) -> None:
+    """Give the message's requests its ids in ascending place order, their calls re-keyed to them
+    (a permutation of the ids they hold: every request of it is a call of the replica's)."""
+    calls = [replica.calls[r.request_id] for r in requests]
+    for request, call, rid in zip(requests, calls, sorted(r.request_id for r in requests), strict=True):
+        request.request_id = call.request_id = rid
+        replica.calls[rid] = replica.link.calls[rid] = call
 
 
 def take_riders(replica: Replica) -> list[serving_pb2.ServeRequest]:

@@ -119,8 +119,7 @@ class Router(Calls):
         # request it would hold up (a generation, a replica that runs one request at a time)
         ride = ep.spec.serves == "inference" and ep.spec.max_batch > 1
         call = self.send(replica, data, seed, self.wall_ms() + ep.spec.request_timeout_ms, streaming=False, ride=ride)
-        key = (replica.replica_id, call.request_id)
-        receipted = self.reruns.add(key)
+        receipted = self.reruns.add(call)  # found by its ids as they are when its receipt comes
         try:
             reply = await call.done
         except (ReplicaGone, DeadlineExceeded):
@@ -128,16 +127,15 @@ class Router(Calls):
         finally:
             self.forget(call)
         if reply is None or reply.HasField("error"):
-            self.reruns.unreceipted(key)
+            self.reruns.unreceipted(call)
             return None
-        asyncio.get_running_loop().call_later(RECEIPT_WAIT_S + 1.0, self.reruns.unreceipted, key)
+        asyncio.get_running_loop().call_later(RECEIPT_WAIT_S + 1.0, self.reruns.unreceipted, call)
         return Reran(replica.node, bytes(reply.output), call.request_id, receipted)
 
     def refused(self, replica: Replica, request_ids: list[int]) -> None:
         """A check waiting on one of these requests' receipt learns now that none will count."""
         if self.reruns:
-            for rid in request_ids:
-                self.reruns.unreceipted((replica.replica_id, rid))
+            self.reruns.refused(replica.replica_id, request_ids)
 
     def on_caught(self, batch: ServedBatch, reason: str) -> None:
         """Checks' OnCaught: the node is barred from the endpoint and its replicas released."""
