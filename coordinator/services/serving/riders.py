@@ -10,10 +10,13 @@ The place is drawn from the operating system's generator (secrets.SystemRandom),
 Mersenne Twister: a node that told a rerun from a fresh request could answer checks honestly and
 the rest as it likes, and a Twister's state follows from its outputs (the places a node colluding
 with a client sees its own requests take, a few bits each), so its later places would too.
-Nor do the ids tell: a link issues them as requests are sent (links.send), a rerun's when it is
-held, so the fresh request's would be the highest in its message; the message's ids are given
-to its requests in place order instead (their calls re-keyed: nothing holds a rider's id but its
-call, the replica's and the link's `calls`, and checks' rerun waits, which follow the call).
+Nor do the ids or deadlines tell: a link issues ids as requests are sent (links.send), a rerun's
+when it is held, so the fresh request's would be the highest in its message, and its deadline the
+latest (made last, by as much as it was held). The message's ids go to its requests in place
+order instead (their calls re-keyed: nothing holds a rider's id but its call, the replica's and the
+link's `calls`, and checks' rerun waits, which follow the call), and each request names the
+message's latest deadline (the node drops none earlier than its own; the coordinator still ends
+each call at its own, links._expire).
 """
 
 from __future__ import annotations
@@ -49,16 +52,20 @@ def with_riders(replica: Replica, request: serving_pb2.ServeRequest) -> list[ser
         return [request]
     requests = take_riders(replica)
     requests.insert(_RANDOM.randrange(len(requests) + 1), request)
-    _ids_in_place_order(replica, requests)
+    _alike(replica, requests)
     return requests
 
 
-def _ids_in_place_order(replica: Replica, requests: list[serving_pb2.ServeRequest]) -> None:
+def _alike(replica: Replica, requests: list[serving_pb2.ServeRequest]) -> None:
     """Give the message's requests its ids in ascending place order, their calls re-keyed to them
-    (a permutation of the ids they hold: every request of it is a call of the replica's)."""
+    (a permutation of the ids they hold: every request of it is a call of the replica's), and one
+    deadline: the latest, or none where one has none (0)."""
     calls = [replica.calls[r.request_id] for r in requests]
+    deadlines = [r.deadline_ms for r in requests]
+    deadline = 0 if 0 in deadlines else max(deadlines)
     for request, call, rid in zip(requests, calls, sorted(r.request_id for r in requests), strict=True):
         request.request_id = call.request_id = rid
+        request.deadline_ms = deadline
         replica.calls[rid] = replica.link.calls[rid] = call
 
 

@@ -2,9 +2,9 @@
 (services/serving/riders.py): a node that told a rerun from a fresh request could answer checks
 honestly and the rest as it likes. On main the place came from a Mersenne Twister, whose state
 follows from its outputs (the places a node colluding with a client sees its requests take): a
-copy of that state, or a seed, predicted every later place. And the ids told it anyway: a link
-issues them as requests are sent, a rerun's when it is held, so the fresh request's was the
-highest in its message."""
+copy of that state, or a seed, predicted every later place. And the ids and deadlines told it
+anyway: a link issues ids as requests are sent, a rerun's when it is held, so the fresh request's
+was the highest in its message, and its deadline the latest."""
 
 from __future__ import annotations
 
@@ -23,12 +23,13 @@ FRESH = RIDERS + 1  # the fresh request is sent after the riders were held: its 
 
 def _message() -> tuple[Any, list[serving_pb2.ServeRequest]]:
     """A replica holding RIDERS reruns (ids 1…RIDERS) and the message its next request (FRESH) goes
-    down in; each call is named by its input, as the node never sees."""
+    down in; each call's input names it, to follow it through its re-keying."""
     calls = {i: SimpleNamespace(request_id=i, input=f"call {i}") for i in range(1, FRESH + 1)}
     link = SimpleNamespace(calls=dict(calls))
-    held = [serving_pb2.ServeRequest(request_id=i, input=f"call {i}".encode()) for i in range(1, FRESH)]
+    held = [serving_pb2.ServeRequest(request_id=i, input=f"call {i}".encode(), deadline_ms=1000 + i) for i in calls]
+    held.pop()  # the fresh request's call is not held
     replica: Any = SimpleNamespace(riders=held, rider_timer=None, calls=dict(calls), link=link)
-    fresh = serving_pb2.ServeRequest(request_id=FRESH, input=f"call {FRESH}".encode())
+    fresh = serving_pb2.ServeRequest(request_id=FRESH, input=f"call {FRESH}".encode(), deadline_ms=1000 + FRESH)
     return replica, riders.with_riders(replica, fresh)
 
 
@@ -55,11 +56,12 @@ def test_a_node_cannot_predict_where_a_rerun_rides() -> None:
         random.setstate(state)
 
 
-def test_the_ids_of_a_message_tell_no_rerun_and_each_call_keeps_its_request() -> None:
+def test_the_ids_and_deadlines_of_a_message_tell_no_rerun_and_each_call_keeps_its_request() -> None:
     fresh_ids = set()
     for _ in range(MESSAGES):
         replica, message = _message()
         assert [r.request_id for r in message] == list(range(1, FRESH + 1))  # ascending with place
+        assert {r.deadline_ms for r in message} == {1000 + FRESH}  # main: the fresh request's, the latest
         for r in message:  # a reply to an id answers the call whose request went down under it
             assert replica.calls[r.request_id].input.encode() == r.input
             assert replica.link.calls[r.request_id] is replica.calls[r.request_id]
