@@ -14,9 +14,10 @@ import pytest
 
 from coordinator.app import Coordinator
 from coordinator.config import CoordinatorConfig
-from tests.integration.conftest import digits, make_grid, make_module_grid, stopper
+from tensorgrid.devnet import ChainGrid, start_chain_grid
+from tests.integration.conftest import FAST, Stopper, digits, make_grid, make_module_grid, stopper
 
-__all__ = ["digits", "make_coordinator", "make_grid", "make_module_grid", "stopper"]
+__all__ = ["digits", "make_coordinator", "make_grid", "make_module_grid", "start_devnet", "stopper"]
 
 
 @pytest.fixture
@@ -38,3 +39,15 @@ def make_coordinator(tmp_path: Path) -> Iterator[Callable[..., Coordinator]]:
         asyncio.run(coordinator.runtime.stop())
         coordinator.runtime.shutdown()
         coordinator.store.close()
+
+
+def start_devnet(tmp_path: Path, stopper: Stopper, nodes: int, *args: str) -> Iterator[ChainGrid]:
+    """A devnet (anvil, the contracts, a coordinator with `args` and its referee, `nodes` node
+    daemons) for a fixture to yield; stopped after the test."""
+    cg = start_chain_grid(
+        tmp_path / "devnet", nodes, epoch_s=1.0, challenge_window_s=1, coordinator_args=(*FAST, *args)
+    )
+    try:
+        yield cg
+    finally:
+        stopper.stop(cg)

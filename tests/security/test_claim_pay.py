@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,7 +22,7 @@ import torch
 from tensorgrid.chain.client import ChainClient, JobStatus
 from tensorgrid.client import Client
 from tensorgrid.crypto import Signer
-from tensorgrid.devnet import ETH, ChainGrid, start_chain_grid
+from tensorgrid.devnet import ETH, ChainGrid
 from tensorgrid.errors import ExecutionError
 from tensorgrid.nodeclient import NodeClient
 from tensorgrid.report import format_eth, verification_line
@@ -30,7 +30,8 @@ from tensorgrid.types import Capabilities, ErrorKind, JobState, TaskError
 from tensorgrid.workloads.inference import run_inference
 from tensorgrid.workloads.model import export_program
 from tensorgrid.workloads.tensorfile import save_tensors
-from tests.integration.conftest import FAST, Stopper, stopper, wait_for  # noqa: F401  (fixtures)
+from tests.integration.conftest import Stopper, stopper, wait_for  # noqa: F401  (fixtures)
+from tests.security.conftest import start_devnet
 
 pytestmark = pytest.mark.integration
 REWARD = 10**15
@@ -50,25 +51,39 @@ class _Lookup(torch.nn.Module):
 
 @pytest.fixture
 def devnet(tmp_path: Path, stopper: Stopper) -> Iterator[ChainGrid]:  # noqa: F811
-    cg = start_chain_grid(tmp_path / "devnet", 0, epoch_s=1.0, challenge_window_s=1, coordinator_args=FAST)
-    try:
-        yield cg
-    finally:
-        stopper.stop(cg)
+    yield from start_devnet(tmp_path, stopper, 0)
 
 
-async def _run_and_claim(cg: ChainGrid, key: str, model: Path, inputs: Path, tmp: Path) -> str:
-    """A staked node leases the task, runs it through the node's inference path, and, as the
-    program raises on the input's last row, reports the input invalid. Its address."""
+def lookup_files(tmp: Path, rows: int) -> tuple[Path, Path]:
+    """The job's program (a table lookup) and its input of `rows` rows, the last of which holds an id
+    past the table: every run raises on its last batch."""
+    model, inputs = tmp / "lookup.pt2", tmp / "ids.safetensors"
+    export_program(_Lookup().eval(), (torch.zeros(BATCH, 3, dtype=torch.long),), model)
+    ids = torch.randint(0, IDS, (rows, 3))
+    ids[-1, 0] = IDS + 5  # the last row's id is past the table
+    save_tensors({"ids": ids}, inputs)
+    return model, inputs
+
+
+def invalid_input(failed: ExecutionError) -> TaskError:
+    return TaskError(ErrorKind.INVALID_INPUT, f"the program raised on the input: {failed}")
+
+
+async def run_and_claim(
+    cg: ChainGrid, key: str, files: tuple[Path, Path], tmp: Path,
+    caps: Capabilities = CPU, claim: Callable[[ExecutionError], TaskError] = invalid_input,
+) -> str:  # fmt: skip
+    """A staked node (of `caps`) leases the task, runs it through the node's inference path, and, as
+    the program raises on the input's last row, reports `claim` of that raise. Its address."""
     ChainClient.connect(cg.anvil.rpc_url, cg.deployment, key).register(ETH)
     node = NodeClient(cg.grid.target, Signer.from_hex(key))
+    model, inputs = files
     try:
-        await node.register(CPU)
+        await node.register(caps)
         (lease,), _ = await node.lease(1, wait_ms=30_000)
         with pytest.raises(ExecutionError) as failed:  # the submitter's files, the bytes the node fetched
             run_inference(model, inputs, tmp / f"{node.signer.address}.safetensors", batch_size=BATCH, device="cpu")
-        error = TaskError(ErrorKind.INVALID_INPUT, f"the program raised on the input: {failed.value}")
-        assert await node.report(lease.task_id, lease.attempt, error) is True  # reissued, or to the referee
+        assert await node.report(lease.task_id, lease.attempt, claim(failed.value)) is True  # reissued, or reviewed
         return node.signer.address
     finally:
         await node.close()
@@ -78,11 +93,7 @@ async def _run_and_claim(cg: ChainGrid, key: str, model: Path, inputs: Path, tmp
 def test_honest_claimants_of_a_task_failing_on_its_last_batch_are_paid_from_the_escrow(
     devnet: ChainGrid, tmp_path: Path
 ) -> None:
-    model, inputs = tmp_path / "lookup.pt2", tmp_path / "ids.safetensors"
-    export_program(_Lookup().eval(), (torch.zeros(BATCH, 3, dtype=torch.long),), model)
-    ids = torch.randint(0, IDS, (ROWS, 3))
-    ids[-1, 0] = IDS + 5  # the last row's id is past the table
-    save_tensors({"ids": ids}, inputs)
+    model, inputs = files = lookup_files(tmp_path, ROWS)
     signer = Signer.from_hex(devnet.submitter_key)
     chain = ChainClient.connect(devnet.anvil.rpc_url, devnet.deployment, signer.private_key)
     with Client(devnet.grid.target, signer, chain=chain) as client:
@@ -94,7 +105,7 @@ def test_honest_claimants_of_a_task_failing_on_its_last_batch_are_paid_from_the_
         keys = devnet.anvil.keys[2:4]  # accounts no devnet node uses
 
         async def both() -> list[str]:
-            return [await _run_and_claim(devnet, key, model, inputs, tmp_path) for key in keys]
+            return [await run_and_claim(devnet, key, files, tmp_path) for key in keys]
 
         claimants = asyncio.run(both())
         final = client.wait(job_id)

@@ -32,60 +32,41 @@ import torch
 from tensorgrid.chain.client import ChainClient, JobStatus
 from tensorgrid.client import Client
 from tensorgrid.crypto import Signer
-from tensorgrid.devnet import ETH, ChainGrid, start_chain_grid
+from tensorgrid.devnet import ChainGrid
 from tensorgrid.errors import ExecutionError
 from tensorgrid.nodeclient import NodeClient
 from tensorgrid.spec import VerificationSpec
 from tensorgrid.types import Capabilities, ErrorKind, JobState, TaskError
-from tensorgrid.workloads.inference import run_inference
 from tensorgrid.workloads.model import export_program
 from tensorgrid.workloads.tensorfile import save_tensors
 from tests.integration.adversaries import Pool, SimNode
 from tests.integration.conftest import FAST, Stopper, make_grid, stopper, wait_for  # noqa: F401  (fixtures)
-from tests.security.test_claim_pay import _Lookup
+from tests.security.conftest import start_devnet
+from tests.security.test_claim_pay import BATCH, lookup_files, run_and_claim
 from tests.security.test_peer_bounds import START_S, SUBMITTER, Grids, records
 
 pytestmark = pytest.mark.integration
 REWARD = 10**15
-ROWS, BATCH, IDS = 256, 2, 16  # the run fails after 254 of 256 rows: each claimant wins with p = 0.992
+ROWS = 256  # the run fails after 254 of 256 rows: each claimant wins with p = 0.992
 GPU = Capabilities(device_kind="cuda", memory_bytes=16 << 30, cpu_cores=2)
 
 
 @pytest.fixture
 def devnet(tmp_path: Path, stopper: Stopper) -> Iterator[ChainGrid]:  # noqa: F811
-    cg = start_chain_grid(tmp_path / "devnet", 0, epoch_s=1.0, challenge_window_s=1, coordinator_args=FAST)
-    try:
-        yield cg
-    finally:
-        stopper.stop(cg)
+    yield from start_devnet(tmp_path, stopper, 0)
 
 
-async def _run_on_cuda_and_claim(cg: ChainGrid, key: str, model: Path, inputs: Path, tmp: Path) -> str:
-    """A staked node declaring CUDA leases the task, runs it, and reports the program's raise. Its address."""
-    ChainClient.connect(cg.anvil.rpc_url, cg.deployment, key).register(ETH)
-    node = NodeClient(cg.grid.target, Signer.from_hex(key))
-    try:
-        await node.register(GPU)
-        (lease,), _ = await node.lease(1, wait_ms=30_000)
-        with pytest.raises(ExecutionError) as failed:  # the submitter's program raises inside its graph
-            run_inference(model, inputs, tmp / f"{node.signer.address}.safetensors", batch_size=BATCH, device="cpu")
-        assert failed.value.kind == ErrorKind.PROGRAM_ERROR.value
-        error = TaskError(ErrorKind.PROGRAM_ERROR, str(failed.value))
-        assert await node.report(lease.task_id, lease.attempt, error) is True  # reissued, or to the referee
-        return node.signer.address
-    finally:
-        await node.close()
+def program_error(failed: ExecutionError) -> TaskError:
+    """What a node declaring CUDA reports of the raise: the program's error."""
+    assert failed.kind == ErrorKind.PROGRAM_ERROR.value
+    return TaskError(ErrorKind.PROGRAM_ERROR, str(failed))
 
 
 @pytest.mark.timeout(400)  # anvil, the contracts, the coordinator and its referee's child on a loaded machine
 def test_cuda_nodes_running_a_program_that_raises_on_every_device_are_paid_and_not_blamed(
     devnet: ChainGrid, tmp_path: Path
 ) -> None:
-    model, inputs = tmp_path / "lookup.pt2", tmp_path / "ids.safetensors"
-    export_program(_Lookup().eval(), (torch.zeros(BATCH, 3, dtype=torch.long),), model)
-    ids = torch.randint(0, IDS, (ROWS, 3))
-    ids[-1, 0] = IDS + 5  # the last row's id is past the table
-    save_tensors({"ids": ids}, inputs)
+    model, inputs = files = lookup_files(tmp_path, ROWS)
     signer = Signer.from_hex(devnet.submitter_key)
     chain = ChainClient.connect(devnet.anvil.rpc_url, devnet.deployment, signer.private_key)
     with Client(devnet.grid.target, signer, chain=chain) as client:
@@ -97,7 +78,7 @@ def test_cuda_nodes_running_a_program_that_raises_on_every_device_are_paid_and_n
         keys = devnet.anvil.keys[2:4]  # accounts no devnet node uses
 
         async def both() -> list[str]:
-            return [await _run_on_cuda_and_claim(devnet, key, model, inputs, tmp_path) for key in keys]
+            return [await run_and_claim(devnet, key, files, tmp_path, GPU, program_error) for key in keys]
 
         claimants = asyncio.run(both())
         final = client.wait(job_id)

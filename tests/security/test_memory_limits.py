@@ -41,7 +41,8 @@ from tensorgrid.workloads.model import export_program
 from tensorgrid.workloads.tensorfile import save_tensors
 from tests.integration.conftest import Stopper, stopper, wait_for  # noqa: F401  (fixtures)
 from tests.jobs import new_job
-from tests.security.test_program_errors import client_of, paid_their_draws, start_devnet
+from tests.security.conftest import start_devnet
+from tests.security.test_program_errors import client_of, paid_their_draws
 from tests.unit.coordinator.test_program_errors import node
 from tests.unit.coordinator.test_storage import CPU, add_nodes
 

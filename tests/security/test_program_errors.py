@@ -29,28 +29,19 @@ import torch
 from tensorgrid.chain.client import ChainClient, JobStatus
 from tensorgrid.client import Client
 from tensorgrid.crypto import Signer
-from tensorgrid.devnet import ChainGrid, start_chain_grid
+from tensorgrid.devnet import ChainGrid
 from tensorgrid.spec import VerificationSpec
 from tensorgrid.types import JobEvent, JobState
 from tensorgrid.workloads.model import export_program
 from tensorgrid.workloads.tensorfile import save_tensors
-from tests.integration.conftest import FAST, Stopper, stopper, wait_for  # noqa: F401  (fixtures)
+from tests.integration.conftest import Stopper, stopper, wait_for  # noqa: F401  (fixtures)
+from tests.security.conftest import start_devnet
 from tests.security.test_claim_pay import _Lookup
 
 pytestmark = pytest.mark.integration
 REWARD = 10**15
 ROWS, BATCH, IDS = 256, 2, 16  # the run fails after 254 of 256 rows
 AVOID_MS = 1_000  # --avoid-failed-node-ms of the one-node grid
-
-
-def start_devnet(tmp_path: Path, stopper: Stopper, nodes: int, *args: str) -> Iterator[ChainGrid]:  # noqa: F811
-    cg = start_chain_grid(
-        tmp_path / "devnet", nodes, epoch_s=1.0, challenge_window_s=1, coordinator_args=(*FAST, *args)
-    )
-    try:
-        yield cg
-    finally:
-        stopper.stop(cg)
 
 
 @pytest.fixture

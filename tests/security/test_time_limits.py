@@ -31,7 +31,8 @@ from tensorgrid.types import JobState
 from tensorgrid.workloads.model import export_program
 from tensorgrid.workloads.tensorfile import save_tensors
 from tests.integration.conftest import Stopper, stopper, wait_for  # noqa: F401  (fixtures)
-from tests.security.test_program_errors import client_of, paid_their_draws, start_devnet
+from tests.security.conftest import start_devnet
+from tests.security.test_program_errors import client_of, paid_their_draws
 
 pytestmark = pytest.mark.integration
 REWARD = 10**15
