@@ -83,7 +83,7 @@ from tensorgrid.types import ErrorKind
 REFEREE_DEVICE = "cpu"  # the device class the referee runs tasks on (services/sandbox_child.py)
 # what a claim may say that a run on one device class can meet and the referee's clean run on its
 # own cannot disprove (the program raised, the program ran past its limit)
-DEVICE_BOUND = (ErrorKind.PROGRAM_ERROR.value, ErrorKind.TIMEOUT.value)
+DEVICE_BOUND = (ErrorKind.PROGRAM_ERROR.value, ErrorKind.TIMEOUT.value, ErrorKind.OUT_OF_MEMORY.value)
 
 
 def device_of(conn: Connection, task_device: str, node: str) -> str:

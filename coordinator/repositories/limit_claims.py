@@ -114,8 +114,6 @@ from typing import Any
 from sqlalchemy import Connection, select
 
 from coordinator.db import schema as s
-from coordinator.repositories import claim_devices as devices
-from coordinator.repositories.claim_devices import REFEREE_DEVICE
 from tensorgrid.types import ErrorKind, TaskError
 
 # a node's report that the program ran past the task's limit: a claim where the referee can judge it
@@ -142,7 +140,7 @@ def over_limit(conn: Connection, row: Any, error: TaskError, *, reviewed: bool, 
         return False
     limit = int(row.memory_limit_bytes or 0)  # a node offering less met its own cap, not the task's limit
     judged = reviewed and measured and limit > 0 and _offered(conn, row.node) >= limit
-    return judged and devices.device_of(conn, str(row.device), row.node) == REFEREE_DEVICE
+    return judged and str(row.device) != "cuda"  # a job asking for CUDA sizes its limit for a GPU
 
 
 def _offered(conn: Connection, node: str) -> int:
