@@ -6,7 +6,7 @@ referee run past 1.25× it shows the program over its limit by the job's own def
 naming the limit and every claimant, CPU or CUDA, is paid by its draw. A clean or in-between run is
 undecided for a CUDA claimant (a CUDA node compares its worker's host RSS, CUDA runtime included, with
 the limit, and its GPU fills at the slot's fraction: it may fail where a CPU node passes), settled by
-other nodes as any undecided claim. On a job asking for CUDA (a limit sized for a GPU) the report
+other nodes as any undecided claim (a training task's measured parts alike). On a job asking for CUDA (a limit sized for a GPU) the report
 stays the node's own failure.
 
 On main every CUDA out-of-memory report was the node's own failure (an attempt, a failure, never
@@ -29,6 +29,7 @@ from tensorgrid.crypto import normalize_address
 from tensorgrid.sandbox import SandboxLimits
 from tensorgrid.sandbox.measured import Measured
 from tensorgrid.types import JobState
+from tests.unit.coordinator import test_memory_claims_training as training
 from tests.unit.coordinator import test_review_parts as parts
 from tests.unit.coordinator.test_claim_pay import REWARD, paid
 from tests.unit.coordinator.test_claims import AVOID, TASK, claim
@@ -154,3 +155,27 @@ def test_a_cpu_and_a_cuda_claimant_are_judged_each_by_its_device_and_later_claim
     job = state.jobs.get_job(JOB)
     assert job.state == JobState.FAILED and "confirmed by 2 more nodes" in job.error, job.error
     assert node(state, P1)[1] == node(state, P2)[1] == 1 and paid(state) == {}
+
+
+@pytest.mark.parametrize("over", [True, False], ids=["over-at-step-3", "every-step-small"])
+def test_a_training_tasks_cuda_claimants_are_confirmed_by_its_measured_parts_never_disproved(
+    state: Store, blobs: BlobStore, clock: Clock, tmp_path: Path, over: bool
+) -> None:
+    """A training task's review in measured parts (memory_parts): past 1.25× the limit the task ends
+    alone, its CUDA claimants unblamed and drawn; every step within half of it leaves them undecided."""
+    run = training.Parts(10, lambda step: 900 * MiB if over and step >= 3 else 200 * MiB)
+    v = training.grid(state, blobs, tmp_path, run)
+    with state.engine.begin() as conn:  # A and B declare CUDA
+        conn.execute(s.nodes.update().where(s.nodes.c.address.in_((training.A, training.B))).values(device_kind="cuda"))
+    training.claimed_and_reviewed(state, v, clock)
+    if over:
+        assert state.tasks.get_task(TASK).state == "failed"  # ended alone, its job going on
+        assert verdicts(state) == {training.A: claims.FAILED, training.B: claims.FAILED}
+        assert node(state, training.A) == node(state, training.B) == (0, 0, 0)
+        [drawn] = training.events(state, claim_pay.EVENT)
+        assert "after 2 of its 10 units of work" in drawn, drawn
+    else:
+        assert verdicts(state) == {training.A: claims.OTHER_DEVICE, training.B: claims.OTHER_DEVICE}
+        assert state.tasks.get_task(TASK).state == "pending" and task_failures(state) == 0
+        assert node(state, training.A) == node(state, training.B) == (1, 1, 1)
+    assert state.jobs.get_job(JOB).state == JobState.RUNNING
