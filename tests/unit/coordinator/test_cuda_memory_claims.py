@@ -6,8 +6,8 @@ referee run past 1.25× it shows the program over its limit by the job's own def
 naming the limit and every claimant, CPU or CUDA, is paid by its draw. A clean or in-between run is
 undecided for a CUDA claimant (a CUDA node compares its worker's host RSS, CUDA runtime included, with
 the limit, and its GPU fills at the slot's fraction: it may fail where a CPU node passes), settled by
-other nodes as any undecided claim (a training task's measured parts alike). On a job asking for CUDA (a limit sized for a GPU) the report
-stays the node's own failure.
+other nodes as any undecided claim (a training task's measured parts alike). On a job asking for
+CUDA (a limit sized for a GPU) the report stays the node's own failure.
 
 On main every CUDA out-of-memory report was the node's own failure (an attempt, a failure, never
 reviewed, never paid), so a program over its limit on every device had honest CUDA nodes run it for
