@@ -18,12 +18,13 @@ says and where the claimant ran:
   nodes settle the task through the undecided path (never leased to a claimant again, a
   non-claimant's verified result finishes it, QUORUM further distinct claims the clean run cannot
   disprove confirm them, unpaid).
-- its memory (OUT_OF_MEMORY): a CUDA node's report stays its own failure (limit_claims.over_limit), as
-  does every CUDA out-of-memory error (torch's raised on the device is classified so by the node's
-  worker, never a program error): GPU memory, what the CUDA node met, is no quantity a CPU
-  referee can measure (the same program's host RSS is not its device memory, and allocators,
-  workspaces and the CUDA context differ), so such a claim could be neither confirmed nor
-  disproved, and a node offering a GPU answers for fitting the task's limit on it.
+- its memory (OUT_OF_MEMORY): what a CUDA node met (its worker's host RSS with the CUDA runtime in
+  it, a device full at its slot's share: limit_claims, "Over its memory limit, from a CUDA run") is
+  no quantity a CPU referee measures, so a clean or in-between measured run disproves nothing of it
+  (OTHER_DEVICE, or undecided for all); but on a job that runs anywhere the limit is the reference
+  CPU's, so a measured run past 1.25× it confirms it as a CPU run's (the program is over its limit
+  by the job's own definition, whatever the claimant met). On a job that asks for CUDA (a GPU-sized
+  limit) the report stays the node's own failure (limit_claims.over_limit).
 
 A job that asks for CUDA (device "cuda") never promised to run on CPU: inference intake admits a
 CUDA program its CPU probe could not run (kinds.inference.vetting), other kinds' intake runs a part
@@ -82,8 +83,8 @@ from tensorgrid.types import ErrorKind
 
 REFEREE_DEVICE = "cpu"  # the device class the referee runs tasks on (services/sandbox_child.py)
 # what a claim may say that a run on one device class can meet and the referee's clean run on its
-# own cannot disprove (the program raised, the program ran past its limit)
-DEVICE_BOUND = (ErrorKind.PROGRAM_ERROR.value, ErrorKind.TIMEOUT.value)
+# own cannot disprove (the program raised, ran past its time limit, held more than its memory limit)
+DEVICE_BOUND = (ErrorKind.PROGRAM_ERROR.value, ErrorKind.TIMEOUT.value, ErrorKind.OUT_OF_MEMORY.value)
 
 
 def device_of(conn: Connection, task_device: str, node: str) -> str:

@@ -39,7 +39,7 @@ The referee then runs the task as a node would (services.verification.reviews) a
   is pending again with no attempt spent and the claimants keep their refusals; any later claim
   on it is unconfirmed, whoever makes it, and the task is never reviewed again; a node's claim on
   it after its own earlier one is that node's own failure (below). Per claimant, though: a CUDA
-  run's program error or timeout is one a clean CPU run cannot disprove (verdict "other_device":
+  run's program error, timeout or out-of-memory is one a clean CPU run cannot disprove (verdict "other_device":
   repositories.claim_devices), so for it the run is undecided (next), and so is such a claim
   made later; a claim the run disproves, made later, is marked "clean" at once and counts for
   nothing (never towards QUORUM, never confirmed by it).
@@ -124,7 +124,7 @@ chance at it) counts too, bounded by what can settle it:
 - a reviewed kind, no verdict yet: the task goes to review, as a second node's claim sends it
   (no second refusal: one per task). The verdict settles it as for two claimants: raised, the
   job fails at once and the node is paid by its draw; clean, the claim is disproved (a CUDA
-  run's program error or timeout: undecided, as next); undecided, the node is barred from the
+  run's program error, timeout or out-of-memory: undecided, as next); undecided, the node is barred from the
   task and other nodes settle it; a failed run that does not end the
   task (the referee's own limit) confirms the node's claim, and its later claims are believed
   (each spends an attempt, as a second node's would).
@@ -159,7 +159,7 @@ from coordinator.repositories.nodes import node_failed
 claims = s.failure_claims
 CLEAN, FAILED, UNDECIDED = "clean", "failed", "undecided"  # verdicts of a review
 # a claim's verdict when the referee's run was clean but cannot disprove it (a CUDA run's program
-# error or timeout: claim_devices): undecided for that claim, settled by other nodes
+# error, timeout or out-of-memory: claim_devices): undecided for that claim, settled by other nodes
 OTHER_DEVICE = "other_device"
 DISPROVED = "disproved"  # the job event of a result that finishes a task whose review was undecided
 VERDICTS = (CLEAN, FAILED, UNDECIDED)
@@ -188,7 +188,7 @@ def claim(
     mine = any(r.node == node for r in rows)
     others = [r for r in rows if r.node != node]
     ran_clean = any(r.verdict in (CLEAN, OTHER_DEVICE) for r in rows)  # the referee ran the task cleanly
-    # this claim is one that clean run disproves (any claim but a CUDA run's program error or timeout)
+    # this claim is one that clean run disproves (any claim but a CUDA run's DEVICE_BOUND ones)
     disproved = ran_clean and not devices.unprovable(kind, _claim_device(conn, task_id, node))
     if not mine:  # one disproved at once is marked so: it never counts towards a quorum (below)
         values = dict(task_id=task_id, node=node, kind=kind, claimed_ms=now_ms, confirmed=False)
@@ -246,7 +246,7 @@ def settle_review(conn: Connection, task_id: str, verdict: str) -> int:
         raise ValueError(f"not a verdict: {verdict!r}")
     spends = _confirm(conn, task_id, but="") if verdict == FAILED else 0
     conn.execute(update(claims).where(claims.c.task_id == task_id).values(verdict=verdict))
-    if verdict == CLEAN:  # per claimant: a CUDA run's program error or timeout is undecided (claim_devices)
+    if verdict == CLEAN:  # per claimant: a CUDA run's DEVICE_BOUND claim is undecided (claim_devices)
         standing = devices.standing(conn, task_id)
         if standing:
             where = (claims.c.task_id == task_id, claims.c.node.in_(standing))

@@ -47,8 +47,8 @@ program whose first part runs whole costs the referee at most one request (--ref
 any review. Intake refuses the grossest cases first (kinds/inference/vetting.too_slow: a lower bound
 from its probe).
 
-Over its memory limit. A node's own report from a CPU run of an inference, generation or training
-task (or of a check task of one) that the program held more than the task's memory limit
+Over its memory limit. A node's own report from a CPU run (a CUDA run's: below) of an inference,
+generation or training task (or of a check task of one) that the program held more than the task's memory limit
 (ErrorKind.OUT_OF_MEMORY, MEMORY_ERRORS, over_limit with `measured`: the kinds whose memory the
 referee measures), from a node that offers at least that limit (a node offering less met its own
 cap, not the task's limit: its own failure), is a claim too, counted, reviewed and paid as a time
@@ -94,10 +94,7 @@ referee run; a MemoryError there is read as over the limit only under the margin
 review, one fresh child per part, at most its review budget. What is left: a training claimant's pay
 counts steps by parts (the steps before the part that passed the limit: at least half a node's),
 and a training task longer than its review budget is undecided however its first parts went, so a
-program that grows late in a long task costs QUORUM more node runs, unpaid. GPU memory is not
-measured: a CUDA run's out-of-memory report (and any CUDA out-of-memory error: node/worker.classify) stays the
-node's own failure, an attempt and a failure, since a CPU referee can neither confirm nor disprove
-what a device's memory held (repositories.claim_devices); intake refuses an
+program that grows late in a long task costs QUORUM more node runs, unpaid. Intake refuses an
 inference, generation or training program whose part of a task run there (the probe's rows, the
 first prompts' first tokens, the first inner step) already holds more than 1.25× its limit
 (kinds.memory, "Memory at intake"), but a program small there and large on a whole task passes it
@@ -105,6 +102,44 @@ and is settled here; under the defaults (a task limit of 4 GiB, the referee's ca
 4 GiB) a program that runs out of the referee's cap is undecided, so more nodes settle it: an
 operator who wants the referee to settle such claims gives it at least 1.25× the largest limit its
 jobs set.
+
+Over its memory limit, from a CUDA run. What a CUDA node compares with the limit is not what the
+referee measures: its executor polls the same VmHWM of its worker (node.executor), but that holds
+the CUDA runtime's host memory (driver, context, the kernel images torch loads: hundreds of MiB,
+by driver and version) and none of the program's device tensors, with no address-space backstop
+(node.worker skips it on CUDA); and the program's device allocations fail (torch's OutOfMemoryError,
+classified out of memory: node/worker.classify) at the slot's share of the GPU, not the task's
+limit (node/spawn.py: cuda_memory_bytes, a per-process fraction of what the slot offers), which the
+context's own device memory and other processes may fill first. So an honest CUDA node can fail a
+task at a limit a CPU node passes (a 1 GiB limit and a small program: a CPU worker's ~310 MiB, a
+CUDA worker's torch plus its runtime), and can pass one a CPU node fails (its activations on the
+device): no CPU run can disprove its report, nor confirm it as a measure of its run. What a CPU run
+can prove is the program against the limit's own definition, where the limit is the reference
+CPU's: a job whose tasks may run on any device (device "any") is held to it on CPU at intake
+(kinds.memory.measures_memory), its tasks leased to CPU nodes, whose workers fail it past the
+limit. So its CUDA run's report is a claim (over_limit), reviewed by the same measured run:
+- past over_limit (1.25) × the limit (or out of a referee cap at least that): confirmed as a CPU
+  run's, final, the job fails naming the limit; each claimant, CPU or CUDA, draws for the share a
+  run on the reference reached before the limit (a CUDA claimant's own run may have met its limit
+  sooner, or never: what it is paid is what a CPU node's run of the program does, which the
+  program's failure owes). The verdict rests on the referee's run alone against the CPU nodes'
+  measure, with the margin above for their baselines; what the CUDA node measured never enters it.
+- clean within within_limit (0.5), or in between: undecided for a CUDA claimant (per claimant,
+  claim_devices: a clean run's OTHER_DEVICE), settled by other nodes as any undecided claim.
+A job that asks for CUDA (device "cuda") sizes its limit for a GPU, and intake does not hold it to
+the CPU (kinds.memory.measures_memory skips it): a CPU run past 1.25× it proves nothing of the job's
+limit (CPU allocations differ: oneDNN workspaces, im2col buffers, the activations a GPU holds off
+the host), so its report stays the node's own failure, an attempt and a failure, as every CUDA
+out-of-memory report was before. Who could abuse it: nodes declaring CUDA (their own word) lying
+that a small program ran out of memory: one review per task, no pay, nothing failed alone; 2 +
+QUORUM identities confirm, unpaid, as for a program error (claim_devices); before, each lie was
+an own failure spending an attempt, so max_attempts lies (one node leased the task again after
+its avoid window among them) failed the job. A submitter whose program fits a GPU but not the
+reference CPU, on a job that runs anywhere: its job fails at the first review, as CPU claims
+would fail it, and pays for the runs. What is left: an honest CUDA node that meets a limit a CPU
+node passes (the runtime's host memory on a small limit, a GPU filled by others) is undecided, not
+paid, and holds the refusal its claim costs (before: a failure and an attempt); the node's measure
+itself (its host RSS counting the CUDA runtime) is unchanged.
 """
 
 from __future__ import annotations
@@ -114,8 +149,6 @@ from typing import Any
 from sqlalchemy import Connection, select
 
 from coordinator.db import schema as s
-from coordinator.repositories import claim_devices as devices
-from coordinator.repositories.claim_devices import REFEREE_DEVICE
 from tensorgrid.types import ErrorKind, TaskError
 
 # a node's report that the program ran past the task's limit: a claim where the referee can judge it
@@ -131,9 +164,10 @@ def over_limit(conn: Connection, row: Any, error: TaskError, *, reviewed: bool, 
     exceeds it (the module's "Over its time limit", "Over its memory limit"): a timeout only for a
     kind the referee reviews, from a run on any device class, of a task whose job does not ask for
     CUDA (then the limit is the reference CPU's: claim_devices); out of memory only for a kind whose
-    memory it measures (`measured`), from a node that offers at least the task's limit, from a run
-    on its device class (GPU memory is nothing a CPU referee measures); anything else stays the
-    node's own failure, as every timeout and every out-of-memory was before."""
+    memory it measures (`measured`), from a node that offers at least the task's limit, of a task
+    whose job does not ask for CUDA either, from a run on any device class ("Over its memory limit,
+    from a CUDA run"); anything else stays the node's own failure, as every timeout and every
+    out-of-memory was before."""
     if not row.node:
         return False
     if error.kind in LIMIT_ERRORS:  # a job asking for CUDA sizes its limit for a GPU (intake: too_slow)
@@ -142,7 +176,7 @@ def over_limit(conn: Connection, row: Any, error: TaskError, *, reviewed: bool, 
         return False
     limit = int(row.memory_limit_bytes or 0)  # a node offering less met its own cap, not the task's limit
     judged = reviewed and measured and limit > 0 and _offered(conn, row.node) >= limit
-    return judged and devices.device_of(conn, str(row.device), row.node) == REFEREE_DEVICE
+    return judged and str(row.device) != "cuda"  # a job asking for CUDA sizes its limit for a GPU
 
 
 def _offered(conn: Connection, node: str) -> int:

@@ -166,5 +166,5 @@ class ReviewRepository:
         return (
             f"claims undecided for {k} claimant{'s' if k != 1 else ''} that ran it on another device class than "
             f"the referee's ({REFEREE_DEVICE}){disproved}: the referee ran the task cleanly ({reason}), which "
-            f"disproves no program error or timeout met on another device; {more}"
+            f"disproves no program error, timeout or out-of-memory met on another device; {more}"
         )[:2000]

@@ -1,6 +1,8 @@
 """The referee's review of a claim that a task's program needs more memory than the task's limit
-(ErrorKind.OUT_OF_MEMORY from a CPU run: repositories.limit_claims, "Over its memory limit"): one
-measured run of the whole task here (inference, generation); a training task's in parts (memory_parts.py).
+(ErrorKind.OUT_OF_MEMORY from a CPU run, or from a CUDA run of a job that runs anywhere, whose
+verdict is the same but for a clean run: undecided for it, repositories.limit_claims, "Over its
+memory limit", "... from a CUDA run"): one measured run of the whole task here (inference,
+generation); a training task's in parts (memory_parts.py).
 
 What a node compares with the limit (node.executor): the peak resident memory (VmHWM) of its
 whole worker process, torch loaded, over the task's run at the job's batch size, reset before the

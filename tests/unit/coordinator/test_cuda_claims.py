@@ -4,8 +4,8 @@ run raising (or taking 1.25× the time limit) confirms it as a CPU claim: the jo
 verdict and every claimant, CPU or CUDA, is paid by its draw. Its clean run is undecided for a CUDA
 claimant, per claimant: on the same task a CPU claimant is disproved and a CUDA one left for other
 nodes to settle (never leased to a claimant again, QUORUM further CUDA claims confirm, unpaid; a
-CPU node's later claim is disproved at once and counts for nothing). A CUDA out-of-memory report
-stays the node's own failure (tests/unit/coordinator/test_memory_claims.py).
+CPU node's later claim is disproved at once and counts for nothing). A CUDA out-of-memory report is
+judged so too, unless its job asks for CUDA (tests/unit/coordinator/test_cuda_memory_claims.py).
 
 On main a CUDA run's program error and timeout were the node's own execution error: an attempt
 spent, a failure, never reviewed, never paid, so a program raising late (or only on CUDA) had

@@ -3,9 +3,9 @@ SQLite and PostgreSQL: from a CPU run of a kind whose memory the referee measure
 that the submitter's program needs more than its limit (repositories.limit_claims, "Over its memory
 limit"), reviewed by the peak of the referee's measured run (services.verification.memory): past
 1.25× the limit, confirmed (the job fails naming the memory limit, the claimants paid by a draw);
-within half of it, disproved (the claimants keep their refusals); in between, undecided. A CUDA
-run's report and a kind the referee does not measure stay the node's own failure, as every
-out-of-memory report was before.
+within half of it, disproved (the claimants keep their refusals); in between, undecided. A report
+on a job asking for CUDA and a kind the referee does not measure stay the node's own failure, as
+every out-of-memory report was before (a CUDA run's on other jobs: test_cuda_memory_claims.py).
 
 The referee's measured runs are given here (Measured); the real one, a fresh sandboxed child
 polled for its VmHWM, and real node daemons: tests/security/test_memory_limits.py."""
@@ -148,12 +148,12 @@ def test_running_out_of_the_referees_own_cap_confirms_only_past_the_margin(
         assert "ran out of the referee's memory cap of 4096 MiB" in job.error, job.error
 
 
-@pytest.mark.parametrize("device", ["any", "cuda"])
-def test_out_of_memory_on_cuda_stays_the_nodes_own_failure(
-    state: Store, blobs: BlobStore, tmp_path: Path, device: str
+def test_out_of_memory_on_a_job_asking_for_cuda_stays_the_nodes_own_failure(
+    state: Store, blobs: BlobStore, tmp_path: Path
 ) -> None:
-    """The referee measures a CPU run: a GPU's memory is another thing."""
-    limited(state, blobs, tmp_path, (A, GPU), device=device)
+    """Its limit is sized for a GPU, which a CPU run cannot judge (an "any" job's CUDA report is a
+    claim: tests/unit/coordinator/test_cuda_memory_claims.py)."""
+    limited(state, blobs, tmp_path, (A, GPU), device="cuda")
     assert claim(state, A, AVOID, OOM) is True
     assert task_failures(state) == 1 and node(state, A) == (1, 0, 1)  # an attempt, a failure, no refusal
 
