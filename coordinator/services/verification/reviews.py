@@ -62,7 +62,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from coordinator.config import ReviewSettings
 from coordinator.repositories.claims import CLEAN, FAILED, UNDECIDED
@@ -70,9 +70,10 @@ from coordinator.repositories.reviews import Contested
 from coordinator.repositories.store import Store
 from coordinator.services.runtime import Runtime
 from coordinator.services.sandboxed import PART_SHARE, Part
-from coordinator.services.verification.memory import Measure, memory_verdict
-from coordinator.services.verification.memory_parts import MeasuredPart, review_part
+from coordinator.services.verification.memory import Measure
+from coordinator.services.verification.memory_parts import MeasuredPart
 from coordinator.services.verification.review_parts import Cost, ReviewParts, RowPart
+from coordinator.services.verification.ruling import Ruling, Verdict, measured_parts, measured_whole
 from coordinator.services.verification.turns import fair_turn
 from tensorgrid.blobs import BlobStore
 from tensorgrid.processes import cpu_cores
@@ -88,22 +89,6 @@ Run = Callable[[str, dict[str, Any], Path, Path], None]
 # one part of the task in the referee's child (sandboxed.train_task_part)
 RunPart = Callable[[str, dict[str, Any], Path, Path | None, Path], Part]
 Settled = Callable[[str, bool], None]  # (job id, job complete)
-
-
-class Ruling(NamedTuple):
-    """A review's verdict: claims.CLEAN, FAILED or UNDECIDED, and what happened."""
-
-    outcome: str
-    reason: str
-    # FAILED: how far the run got before it failed, of the task's work (rows before the failing
-    # batch, or inner steps, of the task's): what its claimants are paid for (ledger.claim_pay)
-    work: tuple[int, int] = (0, 0)
-    # FAILED: the program (or its input) raised, not a limit of the referee's child, a crash or a
-    # missing blob: the input itself fails, on any node, so the task ends at once (settle_review)
-    final: bool = False
-
-
-Verdict = Ruling | None  # None: not yet
 
 
 class Reviews:
@@ -258,40 +243,14 @@ class Reviews:
 
     def _memory(self, task: Contested, source: Path) -> Verdict:
         """A claim that the program needs more than the task's memory limit: one measured run of
-        the whole task in a fresh child (memory.py), stopped once it holds `over` × the limit."""
-        limit = task.memory_limit_bytes
-        try:
-            settings = json.loads(task.settings)
-            measured = self.measures[task.kind](task.model_sha, settings, source, int(self.over * limit), limit)
-        except Exception as e:  # noqa: BLE001 - a run that could not be measured decides nothing
-            if self.rt.stopping:
-                return None
-            return Ruling(UNDECIDED, f"the referee could not measure its run: {type(e).__name__}: {e}"[:500])
-        if self.rt.stopping and measured.failure is not None:
-            return None  # cut short by the coordinator stopping: no verdict
-        outcome, reason, work, final = memory_verdict(
-            measured, limit, over=self.over, within=self.within, cap=self.rt.sandbox.memory_bytes,
-            rows=self._rows_of(source), time_limit_s=task.time_limit_ms / 1000, threads=self._threads(),
-        )  # fmt: skip
-        return Ruling(outcome, reason, work, final)
+        the whole task (ruling.measured_whole)."""
+        rows, threads = self._rows_of(source), self.rt.sandbox.threads or cpu_cores()
+        return measured_whole(self.rt, self.measures[task.kind], task, source, self.over, self.within, rows, threads)
 
     def _memory_parts(self, task: Contested, source: Path) -> Verdict:
-        """The same claim on a task measured in parts (training), one part a turn (memory_parts.py)."""
-        run, limit, cap = self.measured_parts[task.kind], task.memory_limit_bytes, self.rt.sandbox.memory_bytes
-        try:
-            settings = json.loads(task.settings)
-            outcome = review_part(
-                run, self.progress, task.task_id, task.model_sha, settings, source, limit,
-                over=self.over, within=self.within, cap=cap, budget_s=self.budget_s(task),
-            )  # fmt: skip
-        except Exception as e:  # noqa: BLE001 - a run that could not be measured decides nothing
-            outcome = UNDECIDED, f"the referee could not measure its run: {type(e).__name__}: {e}"[:500], (0, 0), False
-        # cut short by the coordinator stopping: no verdict (the part the last one reached is kept)
-        return None if outcome is None or self.rt.stopping else Ruling(*outcome)
-
-    def _threads(self) -> int:
-        """The threads a fresh child of the referee's limits may use at once (WarmSandbox.threads)."""
-        return self.rt.sandbox.threads or cpu_cores()
+        """The same claim on a task measured in parts (training), one part a turn (ruling.measured_parts)."""
+        run = self.measured_parts[task.kind]
+        return measured_parts(self.rt, run, self.progress, task, source, self.over, self.within, self.budget_s(task))
 
     def _failed(
         self, task: Contested, source: Path, settings: dict[str, Any], cost: Cost, said: str, *, raised: bool = False
