@@ -26,6 +26,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import IO, Any
 
 from tensorgrid.errors import TensorGridError
@@ -46,9 +47,12 @@ OOM_MARKERS = ("can't allocate memory", "out of memory", "cannot allocate memory
 class SandboxFailure(TensorGridError):
     """The sandboxed child did not answer: kind is timeout, out_of_memory, crashed or error."""
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: str, message: str, details: Mapping[str, Any] | None = None) -> None:
         super().__init__(message)
         self.kind = kind
+        # what the child added to its error answer (serve.Reported): the child's word, which a
+        # stranger's program running in it could forge; empty when it said nothing more
+        self.details: dict[str, Any] = dict(details or {})
 
     @property
     def over_limit(self) -> bool:
@@ -154,6 +158,13 @@ class WarmSandbox:
         """The current child's pid, once greeted and while alive (tensorgrid.sandbox.measured)."""
         child = self._child
         return child.proc.pid if child is not None and child.alive else None
+
+    @property
+    def scratch(self) -> Path | None:
+        """The current child's scratch directory (its cwd), once greeted and while alive: where it
+        writes what its parent may read while a request runs (tensorgrid.sandbox.measured)."""
+        child = self._child
+        return child.scratch.path if child is not None and child.alive else None
 
     def kill_child(self) -> None:
         """SIGKILL the current child's process group from any thread: a call under way fails
@@ -286,7 +297,9 @@ class _Channel:
             return dict(reply["result"])
         if reply.get("kind") not in (OUT_OF_MEMORY, ERROR):
             raise self.died("the sandboxed child sent a malformed answer")
-        raise SandboxFailure(str(reply["kind"]), str(reply.get("message"))[:2000])
+        details = reply.get("details")
+        said = details if isinstance(details, dict) else None
+        raise SandboxFailure(str(reply["kind"]), str(reply.get("message"))[:2000], said)
 
     def died(self, what: str) -> SandboxFailure:
         return _died(self.proc, self.drain, self.tail, what)

@@ -15,7 +15,18 @@ from typing import IO, Any
 
 from tensorgrid.sandbox.oneshot import ERROR, OOM_MARKERS, OUT_OF_MEMORY
 
-__all__ = ["is_oom", "protocol_fd", "protocol_stream", "serve_once"]
+__all__ = ["Reported", "is_oom", "protocol_fd", "protocol_stream", "serve_once"]
+
+
+class Reported(Exception):  # noqa: N818 - a failure reported with more, not a new kind of failure
+    """A handler's failure, `error`, with facts the handler adds to its answer (`details`, JSON):
+    reported as `error` is (its kind and message), the details besides. Only what the handler's
+    own code counted belongs there: a stranger's program runs in the same process, so the parent
+    bounds whatever it reads from them by what it knows itself."""
+
+    def __init__(self, error: Exception, details: dict[str, Any]) -> None:
+        super().__init__(f"{type(error).__name__}: {error}")
+        self.error, self.details = error, details
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -63,7 +74,12 @@ def serve_once(handler: Callable[[dict[str, Any], Path], dict[str, Any]]) -> Non
                 raise ValueError("a request must be a JSON object")
             reply: dict[str, Any] = {"ok": True, "result": handler(request, Path.cwd())}
         except Exception as exc:  # noqa: BLE001 - everything the program does is reported, nothing escapes
+            details: dict[str, Any] = {}
+            if isinstance(exc, Reported):
+                details, exc = exc.details, exc.error
             kind = OUT_OF_MEMORY if is_oom(exc) else ERROR
             reply = {"ok": False, "kind": kind, "message": f"{type(exc).__name__}: {exc}"[:2000]}
+            if details:
+                reply["details"] = details
         out.write(json.dumps(reply) + "\n")
         out.flush()
