@@ -34,7 +34,7 @@ from typing import Any
 
 from coordinator.repositories.claims import CLEAN, FAILED, UNDECIDED
 from coordinator.services.sandboxed import part_of
-from coordinator.services.verification.review_parts import Cost, ReviewParts
+from coordinator.services.verification.review_parts import Cost, ReviewParts, steps_done
 from tensorgrid.sandbox.measured import Measured
 from tensorgrid.sandbox.oneshot import ERROR, OUT_OF_MEMORY
 
@@ -72,10 +72,11 @@ def review_part(
             f"{cost.peak / MiB:.0f} MiB of {said} so far"
         ), (0, 0), False  # fmt: skip
     state, out = progress.state(task_id), progress.next_state(task_id)
-    m = run(model_sha, settings, source, state, out, max(1, cost.step), int(over * limit), limit)
-    peak, reached = max(cost.peak, m.peak_bytes), (cost.step, total)  # steps the parts before ran cleanly
+    most = max(1, cost.step)
+    m = run(model_sha, settings, source, state, out, most, int(over * limit), limit)
+    peak, reached = max(cost.peak, m.peak_bytes), (_done(m, cost.step, min(total, cost.step + most)), total)
     if m.stopped or m.peak_bytes > over * limit:
-        held = f"its run held at least {m.peak_bytes / MiB:.0f} MiB after inner step {cost.step}"
+        held = f"its run held at least {m.peak_bytes / MiB:.0f} MiB after inner step {reached[0]}"
         return FAILED, f"its program needs more than {said} on the referee's CPU: {held}, over {over:g}× it", (
             reached
         ), True  # fmt: skip
@@ -84,7 +85,7 @@ def review_part(
         return FAILED, f"{failure.kind}: {failure}"[:500], reached, True
     if failure is not None and failure.kind == OUT_OF_MEMORY and cap >= over * limit:
         why = f"its program ran out of the referee's memory cap of {cap / MiB:.0f} MiB, over {over:g}× {said}"
-        return FAILED, f"{why}, after inner step {cost.step}", reached, True
+        return FAILED, f"{why}, after inner step {reached[0]}", reached, True
     if failure is not None:
         why = f"a measured part ended without a measure ({failure.kind}: {str(failure)[:200]})"
         return UNDECIDED, f"{why} at inner step {cost.step} of {total}", (0, 0), False
@@ -102,3 +103,19 @@ def review_part(
     spent = cost.spent_s + m.wall_s
     progress.charge(task_id, Cost(spent, cost.parts + 1, part.step, part.steps, peak=peak))
     return None
+
+
+def _done(m: Measured, before: int, most: int) -> int:
+    """The inner steps a measured part that failed did before it failed, of those it was asked to
+    run (from `before` to `most`): the step its child said it raised at (the error answer's), else
+    the steps it wrote while its peak was still within the limit (Measured.progress); once past the
+    limit, never more than those, as a node's run stops there. Bounded (review_parts.steps_done)."""
+    raised = m.failure.details.get("step") if m.failure is not None else None
+    within = m.progress
+    if raised is None:
+        said: object = within
+    elif m.crossed_s is not None:  # it passed the limit before it raised: a node's run ends there
+        said = min(raised, within) if type(raised) is int and type(within) is int else before
+    else:
+        said = raised
+    return steps_done(said, before, most)

@@ -72,7 +72,7 @@ from coordinator.services.runtime import Runtime
 from coordinator.services.sandboxed import PART_SHARE, Part
 from coordinator.services.verification.memory import Measure
 from coordinator.services.verification.memory_parts import MeasuredPart
-from coordinator.services.verification.review_parts import Cost, ReviewParts, RowPart
+from coordinator.services.verification.review_parts import Cost, ReviewParts, RowPart, steps_done
 from coordinator.services.verification.ruling import Ruling, Verdict, measured_parts, measured_whole
 from coordinator.services.verification.turns import fair_turn
 from tensorgrid.blobs import BlobStore
@@ -215,7 +215,8 @@ class Reviews:
                     spent = cost.spent_s + time.monotonic() - started
                     self.progress.charge(task.task_id, part.after_failure(cost, spent, said, rows))
                     return None
-                return self._failed(task, source, settings, cost, said, raised=e.raised or bool(cost.failed))
+                raised, reported = e.raised or bool(cost.failed), e.details.get("step")
+                return self._failed(task, source, settings, cost, said, raised=raised, reported=reported)
             if cost.failed:  # looking for the failing batch: a part too long ends the search
                 return self._failed(task, source, settings, cost, cost.failed, raised=True)
             # past the request's limit (a loaded machine, a part too long): charged, tried again
@@ -253,17 +254,30 @@ class Reviews:
         return measured_parts(self.rt, run, self.progress, task, source, self.over, self.within, self.budget_s(task))
 
     def _failed(
-        self, task: Contested, source: Path, settings: dict[str, Any], cost: Cost, said: str, *, raised: bool = False
+        self,
+        task: Contested,
+        source: Path,
+        settings: dict[str, Any],
+        cost: Cost,
+        said: str,
+        *,
+        raised: bool = False,
+        reported: object = None,
     ) -> Ruling:
         """The claims are confirmed: `said`, and how far the run got (what the claimants are paid
-        for): the rows or inner steps the parts ran cleanly before the failure, of the task's;
-        raised: a part of the run raised (cost.failed is only ever set by one), which ends the task."""
+        for): the rows the parts ran cleanly before the failing batch, or the inner steps done
+        before the failing one (the parts before's, and those the failing part's child `reported`,
+        bounded by review_parts.steps_done), of the task's; raised: a part of the run raised
+        (cost.failed is only ever set by one), which ends the task."""
         total = cost.steps
         if not total and task.kind in self._parts:
             total = int((settings.get("inner") or {}).get("steps") or 0)
         elif not total:
             total = self._rows_of(source)
-        return Ruling(FAILED, said, (min(cost.step, total), total), final=raised)
+        done = min(cost.step, total)
+        if task.kind in self._parts:
+            done = steps_done(reported, done, total)
+        return Ruling(FAILED, said, (done, total), final=raised)
 
     def _timed(
         self, task: Contested, low_s: float, high_s: float, done: int, total: int, *, finished: bool = False
