@@ -16,8 +16,14 @@ step. The review's peak is the highest over its parts.
 - A part's peak over `over` (1.25) × the limit (its child killed the moment it passes that), the
   program raising, or running out of the referee's cap when that cap is at least `over` × the
   limit: confirmed, final (the task ends: repositories.reviews). Its claimants are paid by the
-  inner steps the referee's run reached before the part that passed the limit (of the task's):
-  what a node's run did before it met the limit, at least half of it given the parts' sizes.
+  inner steps the referee's run did before it passed the limit (of the task's): what a node's run
+  did before it met the limit. A part killed for its memory cannot answer, so its child writes the
+  steps it has done to a progress file as it goes, and the measuring poller keeps the highest it
+  read while the peak was still within the limit (Measured.progress; a part that raises says them
+  in its error answer). The submitter's program runs in that child and may write any count there:
+  it is bounded (_done, review_parts.steps_done) by the steps the parts before reached and by where
+  the part was asked to stop (a count forged up pays the claimants more of the submitter's own
+  escrow, at most the part's steps; one forged down pays them what the parts before proved).
 - Every inner step ran, in parts whose highest peak stayed within `within` (0.5) × the limit:
   disproved. Never before the last step: a program small at first and large later is not cleared
   by its first parts.

@@ -31,8 +31,13 @@ Before undecided reviews existed both confirmed the claims, so two colluding nod
 job too heavy for the coordinator's CPU just by claiming.
 
 A confirmed review also says how far the run got, because its claimants are paid for that share
-of the task (repositories.ledger.claim_pay): a training task's inner steps its parts ran before
-the one that failed; for rows, the rows before the failing batch. A part of rows longer than one
+of the task (repositories.ledger.claim_pay): a training task's inner steps done before the one
+that failed, those of its parts before and those the failing part's child counted (its error
+answer's "step": the runner tells the child after each step, sandbox_child._Steps), bounded by
+what the coordinator knows (review_parts.steps_done: at least the parts before's, at most the
+task's steps; the submitter's program runs in that child and could forge the count, but only up,
+which pays its claimants more of its own escrow, or down to what the parts before proved); for
+rows, the rows before the failing batch. A part of rows longer than one
 batch that raises confirms the claims but is not yet the verdict: the review halves it (a
 bisection, review_parts.RowPart.after_failure: about log2(rows / batch) requests, together at
 most those rows once more, within the same budget) until one batch is left; a part over the time
