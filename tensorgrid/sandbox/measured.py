@@ -14,6 +14,7 @@ the run holds past that is not the caller's to pay for, and that much already de
 from __future__ import annotations
 
 import os
+import stat
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -136,12 +137,22 @@ class _Watch:
 
 
 def _progress(scratch: Path | None) -> int | None:
-    """The count in the child's PROGRESS_FILE (a few ASCII digits), None when there is none."""
+    """The count in the child's PROGRESS_FILE (a few ASCII digits), None when there is none. The
+    child owns its scratch: the file may be anything a program made it (a FIFO, which a plain open
+    would wait on forever, holding this poller and its kill; a symlink), so only a regular file is
+    read, never followed, never waited on."""
     if scratch is None:
         return None
     try:
-        with open(scratch / PROGRESS_FILE, "rb") as f:
-            text = f.read(32)
+        fd = os.open(scratch / PROGRESS_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        text = os.read(fd, 32)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
     return int(text) if text.isdigit() else None

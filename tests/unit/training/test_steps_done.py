@@ -9,6 +9,8 @@ said: a task that fit one part paid its claimants nothing. The coordinator bound
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ import pytest
 
 from coordinator.services import sandbox_child
 from coordinator.services.sandboxed import ENTRY
-from tensorgrid.sandbox import SandboxFailure, SandboxLimits, WarmSandbox
+from tensorgrid.sandbox import SandboxFailure, SandboxLimits, WarmSandbox, measured
 from tensorgrid.sandbox.measured import run_measured
 from tensorgrid.sandbox.oneshot import ERROR
 from tensorgrid.sandbox.policy import PROGRESS_FILE
@@ -130,3 +132,26 @@ def test_the_steps_written_are_replaced_whole(digits: Digits, shards: tuple[Path
         sandbox_child._handle(request(digits, weights, bad, progress=True), tmp_path)
     assert failed.value.details == {"step": K} and "loss is nan" in str(failed.value.error)
     assert (tmp_path / PROGRESS_FILE).read_text() == str(K) and not list(tmp_path.glob("*.new"))
+
+
+@pytest.mark.parametrize("kind", ["fifo", "symlink", "huge", "text"])
+def test_a_progress_file_a_program_made_strange_is_no_count_and_never_holds_the_poller(
+    tmp_path: Path, kind: str
+) -> None:
+    """The child owns its scratch: a program may make the progress file a FIFO (a plain open waits
+    for a writer forever: the poller, and the kill it owes, would hang with it), a symlink to a
+    file of the coordinator's, or fill it. None is waited on; only digits in a regular file are a
+    count (at most 32 read: a huge one is the coordinator's to bound, review_parts.steps_done)."""
+    path, target = tmp_path / PROGRESS_FILE, tmp_path / "elsewhere"
+    target.write_text("5")
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "symlink":
+        path.symlink_to(target)
+    else:
+        path.write_text("7" * 10_000 if kind == "huge" else "seven")
+    read: list[int | None] = []
+    poller = threading.Thread(target=lambda: read.append(measured._progress(tmp_path)), daemon=True)
+    poller.start()
+    poller.join(10.0)
+    assert read == [int("7" * 32) if kind == "huge" else None], read
