@@ -44,7 +44,7 @@ from typing import IO, Any
 
 from tensorgrid.errors import ExecutionError, InvalidTensorFile, SpecError, TensorGridError, UnsafeFileError
 from tensorgrid.sandbox.boot import ADDRESS_SPACE_HEADROOM
-from tensorgrid.sandbox.oneshot import is_oom, protocol_stream
+from tensorgrid.sandbox.serve import is_oom, protocol_stream
 from tensorgrid.types import ErrorKind
 from tensorgrid.workloads.programs import ProgramCache, warm_imports
 

@@ -123,8 +123,10 @@ def measure_train_part(
     written to `out`), at most `most_steps` inner steps, in a fresh child of its own, its peak
     memory measured (the referee's review of a training task's out-of-memory claims:
     services.verification.memory_parts); the child is killed once it holds stop_at_bytes. Where
-    the part stopped is sandboxed.part_of(answer), when it answered."""
-    request = {**train_for_request(rt, program, weights, shard, settings, state), "most_steps": int(most_steps)}
+    the part stopped is sandboxed.part_of(answer), when it answered; the inner steps it did before
+    it passed mark_at_bytes, Measured.progress (the child writes them as it goes: sandbox_child)."""
+    asked = {"most_steps": int(most_steps), "progress": True}  # the steps done, for a part killed mid-way
+    request = {**train_for_request(rt, program, weights, shard, settings, state), **asked}
     files = tuple(p for p in (program, weights, shard, state) if p is not None)
     return _measured(rt, blobs, request, files, stop_at_bytes, mark_at_bytes, outputs={OUTPUT: out})
 

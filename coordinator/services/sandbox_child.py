@@ -9,6 +9,7 @@ JSON (coordinator.services.sandboxed builds them); tensors stay in safetensors f
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,8 @@ from coordinator.services.training.cases import AuditCase
 from coordinator.services.training.replay import check_reveal
 from tensorgrid.sandbox import serve_once
 from tensorgrid.sandbox.policy import OUTPUT_FILE as OUTPUT
+from tensorgrid.sandbox.policy import PROGRESS_FILE as PROGRESS
+from tensorgrid.sandbox.serve import Reported
 from tensorgrid.training.inner import InnerSettings
 from tensorgrid.training.objective import load_weights, open_program
 from tensorgrid.training.outer import evaluate
@@ -115,21 +118,50 @@ def _replay(request: dict[str, Any], scratch: Path) -> dict[str, Any]:
     return dataclasses.asdict(check_reveal(case))
 
 
+class _Steps:
+    """The inner steps a train_for part has done (run_task_for's on_step), counted here for its
+    error answer and, when `file` is given (a measured part), written there for the parent to read
+    while the part runs: a part killed for its memory cannot answer (tensorgrid.sandbox.measured).
+    The stranger's program runs in this process and could change either: the coordinator bounds
+    what it reads by what it asked of the part (services.verification.review_parts.steps_done)."""
+
+    def __init__(self, file: Path | None) -> None:
+        self.done: int | None = None  # None: the part failed before it stood at its first step
+        self.file = file
+
+    def __call__(self, step: int) -> None:
+        self.done = step
+        if self.file is not None:
+            new = self.file.with_name(self.file.name + ".new")
+            new.write_text(str(step))
+            os.replace(new, self.file)  # whole: the parent never reads half a count
+
+
 def _train_for(request: dict[str, Any], scratch: Path) -> dict[str, Any]:
     """One part of a training task (a review of a task longer than one request): from the state
     file of the part before, about request["seconds"] of its inner steps, at most
-    request["most_steps"] of them when it names any (a measured part: services.measured)."""
-    step, steps, done = run_task_for(
-        request["program"],
-        request["weights"],
-        request["shard"],
-        request["settings"],
-        scratch / OUTPUT,
-        seconds=float(request["seconds"]),
-        device="cpu",
-        state=request.get("state") or None,
-        most_steps=int(request.get("most_steps") or 0),
-    )
+    request["most_steps"] of them when it names any (a measured part: services.measured). A part
+    that fails says the inner steps it did before (the error answer's "step"), and with
+    request["progress"] writes them to PROGRESS as it goes (_Steps)."""
+    steps_done = _Steps(scratch / PROGRESS if request.get("progress") else None)
+    try:
+        step, steps, done = run_task_for(
+            request["program"],
+            request["weights"],
+            request["shard"],
+            request["settings"],
+            scratch / OUTPUT,
+            seconds=float(request["seconds"]),
+            device="cpu",
+            state=request.get("state") or None,
+            most_steps=int(request.get("most_steps") or 0),
+            on_step=steps_done,
+        )
+    except Exception as e:
+        counted = steps_done.done
+        if type(counted) is not int:  # never stood at a step (or a program changed the count)
+            raise
+        raise Reported(e, {"step": counted}) from e
     return {"step": step, "steps": steps, "done": done}
 
 

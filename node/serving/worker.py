@@ -39,7 +39,7 @@ from node.serving.frames import encode, read_frame
 from node.worker import MAX_MESSAGE_CHARS, _set_address_space, _volunteer_for_oom_killer, classify
 from node.worker import prepare as prepare_worker
 from tensorgrid import sched
-from tensorgrid.sandbox.oneshot import protocol_fd
+from tensorgrid.sandbox.serve import protocol_fd
 
 log = logging.getLogger("tensorgrid.node.serving.worker")
 

@@ -15,8 +15,9 @@ What the child cannot do, and where the OS keeps that from being enforced, is wr
 README.md ("What a job can and cannot do on your machine").
 """
 
-from tensorgrid.sandbox.oneshot import SandboxFailure, WarmSandbox, run_once, serve_once
+from tensorgrid.sandbox.oneshot import SandboxFailure, WarmSandbox, run_once
 from tensorgrid.sandbox.policy import Isolation, SandboxLimits, Scratch, child_argv, scrubbed_env
+from tensorgrid.sandbox.serve import serve_once
 
 __all__ = [
     "Isolation",

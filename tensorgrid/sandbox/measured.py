@@ -14,14 +14,17 @@ the run holds past that is not the caller's to pay for, and that much already de
 from __future__ import annotations
 
 import os
+import stat
 import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from tensorgrid.processes import peak_rss, reset_peak
 from tensorgrid.sandbox.oneshot import CRASHED, SandboxFailure, WarmSandbox
+from tensorgrid.sandbox.policy import PROGRESS_FILE
 
 POLL_S = 0.02  # a node's executor polls every 0.1 s; the referee is stricter with its own memory
 
@@ -37,6 +40,11 @@ class Measured:
     answer: dict[str, Any] | None = None  # the child's answer, when it gave one
     failure: SandboxFailure | None = None  # why it gave none (a kill for stop_at_bytes: CRASHED)
     crossed_s: float | None = None  # when (since the request) the peak first passed mark_at_bytes
+    # the count the child last wrote to PROGRESS_FILE (its scratch) while its peak was still within
+    # mark_at_bytes (stop_at_bytes without a mark), the highest read (None: none read): what a
+    # request killed for its memory did before it passed the mark. The child's word: a program
+    # running in it may write any count there, so the caller bounds it
+    progress: int | None = None
 
     @property
     def readable(self) -> bool:
@@ -80,7 +88,8 @@ def run_measured(
     finally:
         watch.stop()
     wall = time.monotonic() - started
-    return Measured(watch.peak, watch.stopped, wall, box.last_cpu_s(), answer, failure, watch.crossed_s)
+    cpu = box.last_cpu_s()
+    return Measured(watch.peak, watch.stopped, wall, cpu, answer, failure, watch.crossed_s, watch.progress)
 
 
 class _Watch:
@@ -91,6 +100,8 @@ class _Watch:
         self.started = time.monotonic()
         self.crossed_s: float | None = None
         self.peak = 0
+        self.progress: int | None = None  # Measured.progress
+        self._scratch = box.scratch  # the child's: where it writes PROGRESS_FILE
         self.stopped = False
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name="peak-watch", daemon=True)
@@ -105,11 +116,15 @@ class _Watch:
             self._read()
 
     def _read(self) -> None:
+        done = _progress(self._scratch)  # before the peak: a count read while the peak was within
         peak = peak_rss(self.pid)
         if peak is not None and not self.stopped:
             self.peak = max(self.peak, peak)
             if self.mark_at > 0 and self.crossed_s is None and peak > self.mark_at:
                 self.crossed_s = time.monotonic() - self.started
+            within = self.mark_at if self.mark_at > 0 else self.stop_at
+            if done is not None and (within <= 0 or peak <= within):
+                self.progress = done if self.progress is None else max(self.progress, done)  # never back
 
     def _run(self) -> None:
         while not self._done.is_set():
@@ -119,3 +134,25 @@ class _Watch:
                 self.box.kill_child()
                 return
             self._done.wait(self.poll_s)
+
+
+def _progress(scratch: Path | None) -> int | None:
+    """The count in the child's PROGRESS_FILE (a few ASCII digits), None when there is none. The
+    child owns its scratch: the file may be anything a program made it (a FIFO, which a plain open
+    would wait on forever, holding this poller and its kill; a symlink), so only a regular file is
+    read, never followed, never waited on."""
+    if scratch is None:
+        return None
+    try:
+        fd = os.open(scratch / PROGRESS_FILE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        text = os.read(fd, 32)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return int(text) if text.isdigit() else None

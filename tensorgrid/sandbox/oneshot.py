@@ -9,8 +9,8 @@ it after any limit or crash. Anything the
 child does wrong becomes a SandboxFailure naming what happened (timeout, out_of_memory,
 crashed, error); the parent never unpickles anything: JSON lines and files only.
 
-Child: the entry module's main() calls `serve_once(handler)`; handler(request, scratch)
-returns a JSON-able dict for each request.
+Child: the entry module's main() calls `serve_once(handler)` (tensorgrid.sandbox.serve);
+handler(request, scratch) returns a JSON-able dict for each request.
 """
 
 from __future__ import annotations
@@ -23,10 +23,9 @@ import queue
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
@@ -42,15 +41,18 @@ TIMEOUT, OUT_OF_MEMORY, CRASHED, ERROR = "timeout", "out_of_memory", "crashed", 
 STDERR_TAIL_BYTES = 4096
 MAX_LINE_BYTES = 1 << 20
 Child = subprocess.Popen[bytes] | ForkedChild  # exec'd, or forked by a zygote (tensorgrid.sandbox.launch)
-_OOM_MARKERS = ("can't allocate memory", "out of memory", "cannot allocate memory")
+OOM_MARKERS = ("can't allocate memory", "out of memory", "cannot allocate memory")
 
 
 class SandboxFailure(TensorGridError):
     """The sandboxed child did not answer: kind is timeout, out_of_memory, crashed or error."""
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: str, message: str, details: Mapping[str, Any] | None = None) -> None:
         super().__init__(message)
         self.kind = kind
+        # what the child added to its error answer (serve.Reported): the child's word, which a
+        # stranger's program running in it could forge; empty when it said nothing more
+        self.details: dict[str, Any] = dict(details or {})
 
     @property
     def over_limit(self) -> bool:
@@ -156,6 +158,13 @@ class WarmSandbox:
         """The current child's pid, once greeted and while alive (tensorgrid.sandbox.measured)."""
         child = self._child
         return child.proc.pid if child is not None and child.alive else None
+
+    @property
+    def scratch(self) -> Path | None:
+        """The current child's scratch directory (its cwd), once greeted and while alive: where it
+        writes what its parent may read while a request runs (tensorgrid.sandbox.measured)."""
+        child = self._child
+        return child.scratch.path if child is not None and child.alive else None
 
     def kill_child(self) -> None:
         """SIGKILL the current child's process group from any thread: a call under way fails
@@ -288,7 +297,9 @@ class _Channel:
             return dict(reply["result"])
         if reply.get("kind") not in (OUT_OF_MEMORY, ERROR):
             raise self.died("the sandboxed child sent a malformed answer")
-        raise SandboxFailure(str(reply["kind"]), str(reply.get("message"))[:2000])
+        details = reply.get("details")
+        said = details if isinstance(details, dict) else None
+        raise SandboxFailure(str(reply["kind"]), str(reply.get("message"))[:2000], said)
 
     def died(self, what: str) -> SandboxFailure:
         return _died(self.proc, self.drain, self.tail, what)
@@ -326,7 +337,7 @@ def _died(proc: Child, drain: threading.Thread, tail: bytearray, what: str) -> S
     drain.join(1.0)
     code = proc.returncode
     text = tail.decode("utf-8", "replace").strip()
-    kind = OUT_OF_MEMORY if any(m in text.lower() for m in _OOM_MARKERS) else CRASHED
+    kind = OUT_OF_MEMORY if any(m in text.lower() for m in OOM_MARKERS) else CRASHED
     status = ""
     if code is not None and code < 0:
         with contextlib.suppress(ValueError):
@@ -342,57 +353,3 @@ def _kill(proc: Child) -> None:
         launch.kill_group(proc)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(5.0)
-
-
-# -- the child's side -------------------------------------------------------------------------
-
-
-def is_oom(exc: BaseException) -> bool:
-    """True when exc, or anything in its cause chain, is an allocation failure."""
-    torch = sys.modules.get("torch")
-    oom_types: tuple[type[BaseException], ...] = (MemoryError,)
-    if torch is not None:
-        oom_types += (torch.OutOfMemoryError,)
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, oom_types):
-            return True
-        if isinstance(current, RuntimeError) and any(m in str(current).lower() for m in _OOM_MARKERS):
-            return True
-        current = current.__cause__ or current.__context__
-    return False
-
-
-def protocol_fd() -> int:
-    """Take fd 1 for the protocol and point fd 1 at stderr, so stray native output (torch,
-    BLAS, CUDA) cannot corrupt the answer; returns the protocol's own descriptor."""
-    proto_fd = os.dup(1)
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    return proto_fd
-
-
-def protocol_stream() -> IO[str]:
-    """protocol_fd() as a line-buffered text stream (JSON lines)."""
-    return os.fdopen(protocol_fd(), "w", buffering=1, encoding="utf-8")
-
-
-def serve_once(handler: Callable[[dict[str, Any], Path], dict[str, Any]]) -> None:
-    """Greet, then answer each JSON request line from stdin on the protocol stream until EOF
-    (run_once sends one; a WarmSandbox many)."""
-    out = protocol_stream()
-    out.write(json.dumps({"ready": True, "pid": os.getpid()}) + "\n")
-    out.flush()
-    for line in sys.stdin:
-        try:
-            request = json.loads(line)
-            if not isinstance(request, dict):
-                raise ValueError("a request must be a JSON object")
-            reply: dict[str, Any] = {"ok": True, "result": handler(request, Path.cwd())}
-        except Exception as exc:  # noqa: BLE001 - everything the program does is reported, nothing escapes
-            kind = OUT_OF_MEMORY if is_oom(exc) else ERROR
-            reply = {"ok": False, "kind": kind, "message": f"{type(exc).__name__}: {exc}"[:2000]}
-        out.write(json.dumps(reply) + "\n")
-        out.flush()

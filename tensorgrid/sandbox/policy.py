@@ -39,6 +39,9 @@ ENV_ALLOWLIST = (
 STATUS_FILE = ".sandbox-status.json"
 # The file a request that answers with tensors writes, in the child's scratch (the parent moves it out).
 OUTPUT_FILE = "out.safetensors"
+# The file a measured request may write its progress to, in the child's scratch (read while it runs:
+# tensorgrid.sandbox.measured): a count, in ASCII digits, replaced whole each time.
+PROGRESS_FILE = "progress"
 PROJECT_ROOT = Path(__file__).resolve().parent.parent.parent
 DEFAULT_OPEN_FILES = 1024
 _warned: set[str] = set()

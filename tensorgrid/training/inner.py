@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -235,6 +236,7 @@ def run_inner_for(
     losses: list[float] | None = None,
     most_steps: int = 0,
     keep_state: bool = True,
+    on_step: Callable[[int], None] | None = None,
 ) -> Partial:
     """run_inner in parts: from `state` (a Partial's, with its digests and losses; None: step 0),
     step until time.monotonic() reaches `until` (read between steps, so at least one step), it
@@ -242,7 +244,9 @@ def run_inner_for(
     functions of the step alone (their rows, lr and RNG), so the parts of a run make the run
     run_inner makes; the referee reviews a long task so, one request at a time. keep_state False:
     the caller holds `state` no more, so it is cleared once restored (its tensors freed: the
-    referee's measured parts hold what a node's run holds, services.verification.memory_parts)."""
+    referee's measured parts hold what a node's run holds, services.verification.memory_parts).
+    on_step: told the inner steps done, once the run stands at its first and after each step (a
+    step that raises is not done): how far a run that failed got (the referee's review)."""
     run = _Run(train_program_path, shard_path, settings)
     global_weights = load_tensors(weights_path)
     load_weights(run.module, global_weights)
@@ -254,6 +258,8 @@ def run_inner_for(
     marks = checkpoint_steps(settings.steps, settings.checkpoint_every)
     reached, trace = dict(digests or {}), list(losses or [])
     stepped, first = 0, run.step
+    if on_step is not None:
+        on_step(run.step)
     with torch.random.fork_rng(devices=[run.device] if run.device.type == "cuda" else []):
         while True:
             if run.step in marks and run.step not in reached:
@@ -263,6 +269,8 @@ def run_inner_for(
                 break
             trace.append(run.train_step())
             stepped += 1
+            if on_step is not None:
+                on_step(run.step)
     if run.step < settings.steps:
         return Partial(run.step, run.state(), reached, trace, None)
     result = _sealed(run, start, global_weights, trace, [reached[m] for m in marks])

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -71,13 +71,16 @@ def run_task_for(
     device: str,
     state: str | os.PathLike[str] | None = None,
     most_steps: int = 0,
+    on_step: Callable[[int], None] | None = None,
 ) -> tuple[int, int, bool]:
     """One part of run_task: from the state file a previous part wrote (None: the start), inner
     steps until `seconds` after the call (loading included: only the last step and the save run
     past it; at least one step), and at most `most_steps` of them (0: no such bound). Writes to
     `out` the state reached, or the sealed pseudo-gradient once the last step is done; (step
     reached, the task's steps, done). The state read is dropped once restored (run_inner_for), so
-    a part holds what a node's run holds at its step, not a second copy of the state besides."""
+    a part holds what a node's run holds at its step, not a second copy of the state besides.
+    on_step: told the inner steps done as the part goes (run_inner_for's): how far a part that
+    failed got."""
     until = time.monotonic() + seconds
     inner = leased_settings(settings, file_sha256(Path(shard)).sha256, device)
     digests: dict[int, bytes] = {}
@@ -89,7 +92,7 @@ def run_task_for(
     saved = load_tensors(state) if state is not None else None
     part = run_inner_for(
         program, weights, shard, inner, until=until, state=saved, digests=digests, losses=losses, most_steps=most_steps,
-        keep_state=False,
+        keep_state=False, on_step=on_step,
     )  # fmt: skip
     del saved
     if part.result is not None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from node import worker
-from tensorgrid.sandbox.oneshot import protocol_stream
+from tensorgrid.sandbox.serve import protocol_stream
 
 
 def _pry(request: dict[str, Any]) -> tuple[int, float]:

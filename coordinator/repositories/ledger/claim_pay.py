@@ -2,7 +2,9 @@
 the referee's own run confirmed is paid for the work the submitter's bad input took.
 
 How much: the referee's failed run knows how far it got before the failure (the rows, in whole
-batches, it ran cleanly; a training task's inner steps), out of the task's work. Each such claim
+batches, it ran cleanly; a training task's inner steps done before the one that raised or passed
+the memory limit, as the referee's child counted them, bounded by what the coordinator asked of
+it: services.verification.review_parts.steps_done), out of the task's work. Each such claim
 wins one whole reward with probability done / work, drawn once from the OS CSPRNG when the claim
 is confirmed and remembered (failure_claims.won), as decoys and checkers are paid by rows
 (repositories/ledger/decoys.py): the expected pay is the share of the task's work that ran, and

@@ -16,8 +16,14 @@ step. The review's peak is the highest over its parts.
 - A part's peak over `over` (1.25) × the limit (its child killed the moment it passes that), the
   program raising, or running out of the referee's cap when that cap is at least `over` × the
   limit: confirmed, final (the task ends: repositories.reviews). Its claimants are paid by the
-  inner steps the referee's run reached before the part that passed the limit (of the task's):
-  what a node's run did before it met the limit, at least half of it given the parts' sizes.
+  inner steps the referee's run did before it passed the limit (of the task's): what a node's run
+  did before it met the limit. A part killed for its memory cannot answer, so its child writes the
+  steps it has done to a progress file as it goes, and the measuring poller keeps the highest it
+  read while the peak was still within the limit (Measured.progress; a part that raises says them
+  in its error answer). The submitter's program runs in that child and may write any count there:
+  it is bounded (_done, review_parts.steps_done) by the steps the parts before reached and by where
+  the part was asked to stop (a count forged up pays the claimants more of the submitter's own
+  escrow, at most the part's steps; one forged down pays them what the parts before proved).
 - Every inner step ran, in parts whose highest peak stayed within `within` (0.5) × the limit:
   disproved. Never before the last step: a program small at first and large later is not cleared
   by its first parts.
@@ -34,7 +40,7 @@ from typing import Any
 
 from coordinator.repositories.claims import CLEAN, FAILED, UNDECIDED
 from coordinator.services.sandboxed import part_of
-from coordinator.services.verification.review_parts import Cost, ReviewParts
+from coordinator.services.verification.review_parts import Cost, ReviewParts, steps_done
 from tensorgrid.sandbox.measured import Measured
 from tensorgrid.sandbox.oneshot import ERROR, OUT_OF_MEMORY
 
@@ -72,10 +78,11 @@ def review_part(
             f"{cost.peak / MiB:.0f} MiB of {said} so far"
         ), (0, 0), False  # fmt: skip
     state, out = progress.state(task_id), progress.next_state(task_id)
-    m = run(model_sha, settings, source, state, out, max(1, cost.step), int(over * limit), limit)
-    peak, reached = max(cost.peak, m.peak_bytes), (cost.step, total)  # steps the parts before ran cleanly
+    most = max(1, cost.step)
+    m = run(model_sha, settings, source, state, out, most, int(over * limit), limit)
+    peak, reached = max(cost.peak, m.peak_bytes), (_done(m, cost.step, min(total, cost.step + most)), total)
     if m.stopped or m.peak_bytes > over * limit:
-        held = f"its run held at least {m.peak_bytes / MiB:.0f} MiB after inner step {cost.step}"
+        held = f"its run held at least {m.peak_bytes / MiB:.0f} MiB after inner step {reached[0]}"
         return FAILED, f"its program needs more than {said} on the referee's CPU: {held}, over {over:g}× it", (
             reached
         ), True  # fmt: skip
@@ -84,7 +91,7 @@ def review_part(
         return FAILED, f"{failure.kind}: {failure}"[:500], reached, True
     if failure is not None and failure.kind == OUT_OF_MEMORY and cap >= over * limit:
         why = f"its program ran out of the referee's memory cap of {cap / MiB:.0f} MiB, over {over:g}× {said}"
-        return FAILED, f"{why}, after inner step {cost.step}", reached, True
+        return FAILED, f"{why}, after inner step {reached[0]}", reached, True
     if failure is not None:
         why = f"a measured part ended without a measure ({failure.kind}: {str(failure)[:200]})"
         return UNDECIDED, f"{why} at inner step {cost.step} of {total}", (0, 0), False
@@ -102,3 +109,19 @@ def review_part(
     spent = cost.spent_s + m.wall_s
     progress.charge(task_id, Cost(spent, cost.parts + 1, part.step, part.steps, peak=peak))
     return None
+
+
+def _done(m: Measured, before: int, most: int) -> int:
+    """The inner steps a measured part that failed did before it failed, of those it was asked to
+    run (from `before` to `most`): the step its child said it raised at (the error answer's), else
+    the steps it wrote while its peak was still within the limit (Measured.progress); once past the
+    limit, never more than those, as a node's run stops there. Bounded (review_parts.steps_done)."""
+    raised = m.failure.details.get("step") if m.failure is not None else None
+    within = m.progress
+    if raised is None:
+        said: object = within
+    elif m.crossed_s is not None:  # it passed the limit before it raised: a node's run ends there
+        said = min(raised, within) if type(raised) is int and type(within) is int else before
+    else:
+        said = raised
+    return steps_done(said, before, most)

@@ -196,3 +196,18 @@ def _checked(task_id: str) -> str:
     if not task_id or not all(c in "0123456789abcdef" for c in task_id.lower()):
         raise ValueError(f"not a task id: {task_id!r}")
     return task_id
+
+
+def steps_done(reported: object, before: int, most: int) -> int:
+    """The inner steps a training part that failed did, for its claimants' pay (ledger.claim_pay):
+    what its child `reported` (the error answer's "step", a measured part's progress file), bounded
+    by what the coordinator knows itself: at least the steps the parts `before` it reached, at most
+    `most` (where the part was asked to stop: the task's steps, or before + a measured part's
+    most_steps). The count comes from the referee's own code, but the submitter's program runs in
+    the same child and could change it: a count above `most` is cut to it (a submitter can at most
+    pay the claimants of its own failure the part's whole share of its own escrow), one below
+    `before` or none at all is `before`, what the parts before proved, as before a part counted its
+    steps (a submitter can at most pay its claimants that little). Never a reason to pay less."""
+    if type(reported) is not int:  # not a count (none, or something a program put there): nothing more
+        return before
+    return max(before, min(reported, most))

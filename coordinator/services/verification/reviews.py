@@ -31,8 +31,13 @@ Before undecided reviews existed both confirmed the claims, so two colluding nod
 job too heavy for the coordinator's CPU just by claiming.
 
 A confirmed review also says how far the run got, because its claimants are paid for that share
-of the task (repositories.ledger.claim_pay): a training task's inner steps its parts ran before
-the one that failed; for rows, the rows before the failing batch. A part of rows longer than one
+of the task (repositories.ledger.claim_pay): a training task's inner steps done before the one
+that failed, those of its parts before and those the failing part's child counted (its error
+answer's "step": the runner tells the child after each step, sandbox_child._Steps), bounded by
+what the coordinator knows (review_parts.steps_done: at least the parts before's, at most the
+task's steps; the submitter's program runs in that child and could forge the count, but only up,
+which pays its claimants more of its own escrow, or down to what the parts before proved); for
+rows, the rows before the failing batch. A part of rows longer than one
 batch that raises confirms the claims but is not yet the verdict: the review halves it (a
 bisection, review_parts.RowPart.after_failure: about log2(rows / batch) requests, together at
 most those rows once more, within the same budget) until one batch is left; a part over the time
@@ -62,7 +67,7 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from coordinator.config import ReviewSettings
 from coordinator.repositories.claims import CLEAN, FAILED, UNDECIDED
@@ -70,9 +75,10 @@ from coordinator.repositories.reviews import Contested
 from coordinator.repositories.store import Store
 from coordinator.services.runtime import Runtime
 from coordinator.services.sandboxed import PART_SHARE, Part
-from coordinator.services.verification.memory import Measure, memory_verdict
-from coordinator.services.verification.memory_parts import MeasuredPart, review_part
-from coordinator.services.verification.review_parts import Cost, ReviewParts, RowPart
+from coordinator.services.verification.memory import Measure
+from coordinator.services.verification.memory_parts import MeasuredPart
+from coordinator.services.verification.review_parts import Cost, ReviewParts, RowPart, steps_done
+from coordinator.services.verification.ruling import Ruling, Verdict, measured_parts, measured_whole
 from coordinator.services.verification.turns import fair_turn
 from tensorgrid.blobs import BlobStore
 from tensorgrid.processes import cpu_cores
@@ -88,22 +94,6 @@ Run = Callable[[str, dict[str, Any], Path, Path], None]
 # one part of the task in the referee's child (sandboxed.train_task_part)
 RunPart = Callable[[str, dict[str, Any], Path, Path | None, Path], Part]
 Settled = Callable[[str, bool], None]  # (job id, job complete)
-
-
-class Ruling(NamedTuple):
-    """A review's verdict: claims.CLEAN, FAILED or UNDECIDED, and what happened."""
-
-    outcome: str
-    reason: str
-    # FAILED: how far the run got before it failed, of the task's work (rows before the failing
-    # batch, or inner steps, of the task's): what its claimants are paid for (ledger.claim_pay)
-    work: tuple[int, int] = (0, 0)
-    # FAILED: the program (or its input) raised, not a limit of the referee's child, a crash or a
-    # missing blob: the input itself fails, on any node, so the task ends at once (settle_review)
-    final: bool = False
-
-
-Verdict = Ruling | None  # None: not yet
 
 
 class Reviews:
@@ -230,7 +220,8 @@ class Reviews:
                     spent = cost.spent_s + time.monotonic() - started
                     self.progress.charge(task.task_id, part.after_failure(cost, spent, said, rows))
                     return None
-                return self._failed(task, source, settings, cost, said, raised=e.raised or bool(cost.failed))
+                raised, reported = e.raised or bool(cost.failed), e.details.get("step")
+                return self._failed(task, source, settings, cost, said, raised=raised, reported=reported)
             if cost.failed:  # looking for the failing batch: a part too long ends the search
                 return self._failed(task, source, settings, cost, cost.failed, raised=True)
             # past the request's limit (a loaded machine, a part too long): charged, tried again
@@ -258,53 +249,40 @@ class Reviews:
 
     def _memory(self, task: Contested, source: Path) -> Verdict:
         """A claim that the program needs more than the task's memory limit: one measured run of
-        the whole task in a fresh child (memory.py), stopped once it holds `over` × the limit."""
-        limit = task.memory_limit_bytes
-        try:
-            settings = json.loads(task.settings)
-            measured = self.measures[task.kind](task.model_sha, settings, source, int(self.over * limit), limit)
-        except Exception as e:  # noqa: BLE001 - a run that could not be measured decides nothing
-            if self.rt.stopping:
-                return None
-            return Ruling(UNDECIDED, f"the referee could not measure its run: {type(e).__name__}: {e}"[:500])
-        if self.rt.stopping and measured.failure is not None:
-            return None  # cut short by the coordinator stopping: no verdict
-        outcome, reason, work, final = memory_verdict(
-            measured, limit, over=self.over, within=self.within, cap=self.rt.sandbox.memory_bytes,
-            rows=self._rows_of(source), time_limit_s=task.time_limit_ms / 1000, threads=self._threads(),
-        )  # fmt: skip
-        return Ruling(outcome, reason, work, final)
+        the whole task (ruling.measured_whole)."""
+        rows, threads = self._rows_of(source), self.rt.sandbox.threads or cpu_cores()
+        return measured_whole(self.rt, self.measures[task.kind], task, source, self.over, self.within, rows, threads)
 
     def _memory_parts(self, task: Contested, source: Path) -> Verdict:
-        """The same claim on a task measured in parts (training), one part a turn (memory_parts.py)."""
-        run, limit, cap = self.measured_parts[task.kind], task.memory_limit_bytes, self.rt.sandbox.memory_bytes
-        try:
-            settings = json.loads(task.settings)
-            outcome = review_part(
-                run, self.progress, task.task_id, task.model_sha, settings, source, limit,
-                over=self.over, within=self.within, cap=cap, budget_s=self.budget_s(task),
-            )  # fmt: skip
-        except Exception as e:  # noqa: BLE001 - a run that could not be measured decides nothing
-            outcome = UNDECIDED, f"the referee could not measure its run: {type(e).__name__}: {e}"[:500], (0, 0), False
-        # cut short by the coordinator stopping: no verdict (the part the last one reached is kept)
-        return None if outcome is None or self.rt.stopping else Ruling(*outcome)
-
-    def _threads(self) -> int:
-        """The threads a fresh child of the referee's limits may use at once (WarmSandbox.threads)."""
-        return self.rt.sandbox.threads or cpu_cores()
+        """The same claim on a task measured in parts (training), one part a turn (ruling.measured_parts)."""
+        run = self.measured_parts[task.kind]
+        return measured_parts(self.rt, run, self.progress, task, source, self.over, self.within, self.budget_s(task))
 
     def _failed(
-        self, task: Contested, source: Path, settings: dict[str, Any], cost: Cost, said: str, *, raised: bool = False
+        self,
+        task: Contested,
+        source: Path,
+        settings: dict[str, Any],
+        cost: Cost,
+        said: str,
+        *,
+        raised: bool = False,
+        reported: object = None,
     ) -> Ruling:
         """The claims are confirmed: `said`, and how far the run got (what the claimants are paid
-        for): the rows or inner steps the parts ran cleanly before the failure, of the task's;
-        raised: a part of the run raised (cost.failed is only ever set by one), which ends the task."""
+        for): the rows the parts ran cleanly before the failing batch, or the inner steps done
+        before the failing one (the parts before's, and those the failing part's child `reported`,
+        bounded by review_parts.steps_done), of the task's; raised: a part of the run raised
+        (cost.failed is only ever set by one), which ends the task."""
         total = cost.steps
         if not total and task.kind in self._parts:
             total = int((settings.get("inner") or {}).get("steps") or 0)
         elif not total:
             total = self._rows_of(source)
-        return Ruling(FAILED, said, (min(cost.step, total), total), final=raised)
+        done = min(cost.step, total)
+        if task.kind in self._parts:
+            done = steps_done(reported, done, total)
+        return Ruling(FAILED, said, (done, total), final=raised)
 
     def _timed(
         self, task: Contested, low_s: float, high_s: float, done: int, total: int, *, finished: bool = False
