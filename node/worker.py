@@ -197,6 +197,7 @@ def _set_address_space(limit_bytes: int) -> None:
 def handle(request: dict[str, Any], handlers: Handlers = _HANDLERS) -> dict[str, Any]:
     """Run one request and build its response; never raises for a task's own failure."""
     task_id = str(request.get("id", ""))
+    limit = 0
     try:
         handler = handlers.get(request.get("kind", ""))
         if handler is None:
@@ -217,7 +218,10 @@ def handle(request: dict[str, Any], handlers: Handlers = _HANDLERS) -> dict[str,
         cpu_seconds = max(0.0, time.process_time() - cpu - load_cpu)
     except Exception as exc:  # a task's failure is reported, never fatal to the worker
         kind = classify(exc)
-        message = f"{type(exc).__name__}: {exc}"[:MAX_MESSAGE_CHARS]
+        message = f"{type(exc).__name__}: {exc}"
+        if kind == ErrorKind.OUT_OF_MEMORY and limit > 0:  # its submitter reads why: the task's limit, met
+            message = f"the task needs more than its memory limit of {limit / 2**20:.0f} MiB ({message})"
+        message = message[:MAX_MESSAGE_CHARS]
         log.info("task %s failed (%s): %s", task_id, kind.value, message)
         return {"id": task_id, "ok": False, "error_kind": kind.value, "message": message}
     response: dict[str, Any] = {

@@ -19,7 +19,7 @@ from tensorgrid.completion import SHELLS, script
 from tensorgrid.config import Setting, given, under_home
 from tensorgrid.errors import TensorGridError
 from tensorgrid.logs import setup_logging
-from tensorgrid.report import format_eth, notable_events, print_events, print_job
+from tensorgrid.report import ended_tasks, format_eth, notable_events, print_events, print_job
 from tensorgrid.spec import (
     DEVICES,
     VERIFY_MODES,
@@ -167,12 +167,13 @@ def cmd_submit(ns: argparse.Namespace) -> int:
 def cmd_watch(ns: argparse.Namespace) -> int:
     from tensorgrid.progress import watch_job
 
+    ended: set[int] = set()  # its tasks that ended without a result, as their events say
     with _client(ns) as client:
         try:
-            job = watch_job(client, job_id_of(client, ns.job_id))
+            job = watch_job(client, job_id_of(client, ns.job_id), ended=ended)
         except TensorGridError as e:
             raise not_yours(ns, client, ns.job_id, e) from None
-    print_job(job)
+    print_job(job, len(ended))
     return exitcodes.OK if job.state.value == "succeeded" else exitcodes.JOB_FAILED
 
 
@@ -184,13 +185,17 @@ def cmd_status(ns: argparse.Namespace) -> int:
     with _client(ns) as client:
         try:
             job = client.job(job_id_of(client, ns.job_id))
-            shown, left_out = notable_events(client.events_now(job.job_id), ns.events) if ns.events else ([], 0)
+            # an ended task counts as a failure too: none, no events to read for them
+            events = list(client.events_now(job.job_id)) if ns.events or job.task_failures else []
         except TensorGridError as e:
             raise not_yours(ns, client, ns.job_id, e) from None
+    shown, left_out = notable_events(events, ns.events) if ns.events else ([], 0)
+    ended = ended_tasks(events)
     if ns.json:
-        print(job_json(job, events=[dataclasses.asdict(ev) for ev in shown], events_left_out=left_out))
+        shown_json = [dataclasses.asdict(ev) for ev in shown]
+        print(job_json(job, events=shown_json, events_left_out=left_out, tasks_ended=ended))
     else:
-        print_job(job)
+        print_job(job, ended)
         print_events(job.job_id, shown, left_out)
     return exitcodes.OK
 

@@ -11,7 +11,7 @@ from typing import Any
 from tensorgrid import exitcodes
 from tensorgrid.config import given
 from tensorgrid.errors import TensorGridError
-from tensorgrid.report import print_job, round_line
+from tensorgrid.report import ended_tasks, print_job, round_line
 from tensorgrid.spec import (
     COMPRESSIONS,
     DEVICES,
@@ -153,7 +153,7 @@ def cmd_submit_training(ns: argparse.Namespace, client_for: Any) -> int:
         except TensorGridError as e:
             print(f"error: {e}", file=sys.stderr)
         final = client.job(job.job_id)
-        print_job(final)
+        print_job(final, ended_tasks(client.events_now(job.job_id)) if final.task_failures else 0)
         if final.state.value != "succeeded":
             return exitcodes.JOB_FAILED
         if ns.output:

@@ -41,8 +41,12 @@ def byte_progress(label: str) -> Iterator[Callable[[int, int], None]]:
         yield update
 
 
-def watch_job(client: Any, job_id: str, health: Callable[[], None] | None = None) -> JobInfo:
-    """Follow a job's events with a progress bar until it ends; returns its final state.
+def watch_job(
+    client: Any, job_id: str, health: Callable[[], None] | None = None, ended: set[int] | None = None
+) -> JobInfo:
+    """Follow a job's events with a progress bar until it ends; returns its final state. `ended`,
+    when given, gets the index of each task that ended without a result (its `ended` event: the
+    bar stops short of its total by them).
 
     health, when given, is called every HEALTH_INTERVAL_S while no event arrives and may raise
     (e.g. LocalGrid.check_running when a process it started died): a job no process works on
@@ -59,6 +63,8 @@ def watch_job(client: Any, job_id: str, health: Callable[[], None] | None = None
         bar = progress.add_task(f"job {job_id[:12]}", total=None, note="")
         for ev in _events(client, job_id, health):
             note = event_note(ev)
+            if ended is not None and ev.kind == "ended":
+                ended.add(ev.task_index)
             progress.update(bar, total=ev.tasks_total or None, completed=ev.tasks_done, note=note)
     return client.job(job_id)  # type: ignore[no-any-return]
 

@@ -12,17 +12,31 @@ from tensorgrid.types import JobEvent, JobInfo, JobVerification
 _OUTCOME_ORDER = ("verified", "passed", "caught", "failed", "unverified", "expired", "open", "pending", "disputed")
 
 
-def print_job(job: JobInfo) -> None:
-    print(
-        f"job {job.job_id}\n  state    {job.state.value}\n  kind     {job.kind}\n"
-        f"  tasks    {job.tasks_done}/{job.tasks_total} done, {job.task_failures} failed attempts"
-    )
+def print_job(job: JobInfo, ended: int = 0) -> None:
+    """ended: how many of its tasks failed for good while the job went on (ended_tasks)."""
+    print(f"job {job.job_id}\n  state    {job.state.value}\n  kind     {job.kind}\n  tasks    {tasks_line(job, ended)}")
     if job.result:
         print(f"  result   {job.result.sha256} ({job.result.size} bytes)")
     if job.error:
         print(f"  error    {job.error}")
     if job.verification is not None:
         print(f"  {verification_line(job.verification)}")
+
+
+def tasks_line(job: JobInfo, ended: int = 0) -> str:
+    """The tasks line, e.g. "9/10 done, 1 ended without a result (...), 3 failed attempts": a training
+    task that failed for good (repositories.tasks.end_task) still counts in tasks_total, so a job that
+    succeeded without it would read as one task short of done with nothing to say why."""
+    line = f"{job.tasks_done}/{job.tasks_total} done"
+    if ended:
+        them = "it" if ended == 1 else "them"
+        line += f", {ended} ended without a result (failed for good; the job went on without {them})"
+    return f"{line}, {job.task_failures} failed attempts"
+
+
+def ended_tasks(events: Iterable[JobEvent]) -> int:
+    """How many of a job's tasks ended without a result while it went on (their `ended` events)."""
+    return len({ev.task_index for ev in events if ev.kind == "ended"})
 
 
 # The events that say why a job is slow or failed, as `job status` lists them. Left out: those

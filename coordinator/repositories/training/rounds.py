@@ -223,6 +223,17 @@ def fail_training(engine: Engine, job_id: str, message: str, now_ms: int) -> Non
         end_job(conn, job_id, JobState.FAILED, now_ms, error=message)
 
 
+def last_ended(engine: Engine, job_id: str) -> str:
+    """Why the job's latest task to fail for good ended ("task 3 failed for good: <why>": its `ended`
+    event, repositories.tasks.end_task), or "" when none has."""
+    e = s.events
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(e.c.message).where(e.c.job_id == job_id, e.c.kind == "ended").order_by(e.c.seq.desc()).limit(1)
+        ).first()
+    return "" if row is None else str(row.message).removesuffix(" (its job goes on without it)")
+
+
 def round_history(engine: Engine, job_id: str) -> list[dict[str, Any]]:
     """Every closed round of a job, oldest first (tests, tools)."""
     with engine.connect() as conn:

@@ -147,7 +147,9 @@ class RoundManager:
         have, ended = len(view.done), view.open_tasks == 0  # ended: no more results can come
         if have < spec.quorum_workers and not (have and (now >= view.deadline_ms or ended)):
             if have == 0 and ended:
-                message = f"round {view.round}: every one of its tasks failed for good (its events say why)"
+                why = await rt.db(store.last_ended, self.engine, job_id)  # e.g. over its memory limit
+                why = why or "its events say why"
+                message = f"round {view.round}: every one of its tasks failed for good; the last: {why}"
                 return await self._fail(job_id, message)
             if have == 0 and now >= view.opened_ms + spec.max_attempts * spec.round_deadline_s * 1000:
                 message = (

@@ -104,6 +104,8 @@ def test_a_training_task_whose_weights_do_not_fit_its_program_is_confirmed(
     assert asyncio.run(new_manager(app).advance(job_id)) == "failed"  # at once, not rounds' deadlines later
     job = app.store.jobs.get_job(job_id)
     assert job.state == JobState.FAILED and "every one of its tasks failed for good" in job.error, job.error
+    why = ended.removesuffix(" (its job goes on without it)")
+    assert job.error.endswith(f"failed for good; the last: {why}"), job.error  # why, not "its events say why"
 
 
 def test_a_round_that_closes_cancels_its_contested_task_which_is_never_reviewed(

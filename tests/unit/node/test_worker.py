@@ -175,3 +175,19 @@ def test_a_program_that_raises_is_a_program_error_and_a_fault_of_the_node_is_not
     assert late["ok"] is False and late["error_kind"] == "program_error", late
     assert "IndexError" in late["message"], late
     assert node["ok"] is False and node["error_kind"] != "program_error", node
+
+
+def test_an_allocation_past_the_task_memory_limit_is_reported_naming_the_limit() -> None:
+    """The worker's address-space cap makes torch's allocation fail (OUT_OF_MEMORY, a claim the
+    coordinator reviews); its message names the limit the task met, not only the allocator's words."""
+    from node.worker import handle
+
+    def hungry(request: dict[str, Any]) -> tuple[int, float]:
+        raise MemoryError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 2147483648 bytes")
+
+    reply = handle({"id": "t", "kind": "x", "memory_limit_bytes": 1 << 30, "device": "cpu"}, {"x": hungry})
+    assert (reply["ok"], reply["error_kind"]) == (False, ErrorKind.OUT_OF_MEMORY.value), reply
+    assert reply["message"].startswith("the task needs more than its memory limit of 1024 MiB ("), reply
+    assert "can't allocate memory" in reply["message"], reply
+    unlimited = handle({"id": "u", "kind": "x", "device": "cpu"}, {"x": hungry})
+    assert unlimited["message"].startswith("MemoryError: "), unlimited  # no limit to name
