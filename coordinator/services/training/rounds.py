@@ -143,8 +143,10 @@ class RoundManager:
         if any(audits.get(slot) == "pending" for slot, _ in view.done) and now < view.deadline_ms:
             await self._held_open(view, now)
             return "auditing"
+        # ended: no more results can come (no task open, no result's audit still pending past the deadline)
+        ended = view.open_tasks == 0 and not any(audits.get(slot) == "pending" for slot, _ in view.done)
         view = dataclasses.replace(view, done=tuple(d for d in view.done if usable(audits.get(d[0]))))
-        have, ended = len(view.done), view.open_tasks == 0  # ended: no more results can come
+        have = len(view.done)
         if have < spec.quorum_workers and not (have and (now >= view.deadline_ms or ended)):
             if have == 0 and ended:
                 why = await rt.db(store.last_ended, self.engine, job_id)  # e.g. over its memory limit

@@ -105,9 +105,12 @@ def review_part(
             return CLEAN, f"its program ran every one of its {part.steps} inner steps ({parts}) {held}", (0, 0), False
         held = f"its run held {peak / MiB:.0f} MiB"
         return UNDECIDED, f"{held}, too near {said} to tell (between {within:g}× and {over:g}× it)", (0, 0), False
-    progress.advance(task_id)
+    # its cost (the peak) is kept before its state: a coordinator killed between the two goes on
+    # from the state before with the peak kept (its step counts from the part's answer again),
+    # never from this part's state with its peak lost (small parts after it would disprove the claims)
     spent = cost.spent_s + m.wall_s
     progress.charge(task_id, Cost(spent, cost.parts + 1, part.step, part.steps, peak=peak))
+    progress.advance(task_id)
     return None
 
 

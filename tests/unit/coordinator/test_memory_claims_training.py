@@ -28,6 +28,7 @@ from coordinator.repositories.ledger import claim_pay
 from coordinator.repositories.store import Store
 from coordinator.repositories.tasks import end_task
 from coordinator.services.verification.manager import Verification
+from coordinator.services.verification.review_parts import ReviewParts
 from coordinator.services.verification.runs import InParts
 from tensorgrid.blobs import BlobStore
 from tensorgrid.crypto import normalize_address
@@ -201,3 +202,35 @@ def test_end_task_leaves_the_job_running(state: Store, blobs: BlobStore, tmp_pat
         end_task(conn, row, 2, "gone", 5, A)
     assert state.tasks.get_task(TASK).state == "failed" and state.jobs.get_job(JOB).state == JobState.QUEUED
     assert state.tasks.lease_tasks(C, 1, 10, TIMING)[0] == []
+
+
+class _Died(BaseException):
+    """The coordinator's process killed at that very point (nothing after it runs, no except catches it)."""
+
+
+@pytest.mark.parametrize("at", ["charge", "advance"])
+def test_a_coordinator_dying_as_a_part_is_kept_forgets_no_peak(
+    state: Store, blobs: BlobStore, clock: Clock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, at: str
+) -> None:
+    """A part holding 0.8x the limit, then the coordinator killed as the review keeps it: the restarted
+    review must not lose that peak (it went on from the part's state with no peak recorded, then
+    disproved the claims on the small parts after it, the honest claimants refused)."""
+    run = Parts(3, lambda s: 400 * MiB if s == 0 else 200 * MiB)  # the first step between the margins
+    v = grid(state, blobs, tmp_path, run)
+    assert claim(state, A, AVOID, OOM) is True
+    assert claim(state, B, 2 * AVOID, OOM) is True
+    keep = getattr(ReviewParts, at)
+
+    def killed(*args: object) -> None:
+        raise _Died
+
+    monkeypatch.setattr(ReviewParts, at, killed)  # killed as it keeps the part's cost, or its state
+    with pytest.raises(_Died):
+        turn(v.reviews)
+    monkeypatch.setattr(ReviewParts, at, keep)  # restarted: its files as the kill left them
+    while state.tasks.get_task(TASK).state == "contested":
+        turn(v.reviews)
+    [said] = events(state, "undecided")
+    assert "too near its memory limit of 512 MiB to tell" in said and "its run held 400 MiB" in said, said
+    assert not any("claims disproved" in m for m in events(state, "reissued"))
+    assert node(state, A) == node(state, B) == (1, 1, 1)  # each keeps its refusal, nothing more

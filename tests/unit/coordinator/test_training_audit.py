@@ -41,7 +41,7 @@ from tensorgrid.training.commitments import checkpoint_steps
 from tensorgrid.training.compression import PseudoGradient
 from tensorgrid.training.inner import STEP_KEY, InnerSettings, checkpoint_name, write_result
 from tensorgrid.training.outer import initial_weights
-from tensorgrid.types import BlobRef, Capabilities, Lease, Receipt
+from tensorgrid.types import BlobRef, Capabilities, JobState, Lease, Receipt
 from tensorgrid.workloads.model import export_program
 from tensorgrid.workloads.tensorfile import load_tensors, save_tensors
 from tests.datasets import save_digits
@@ -417,6 +417,8 @@ def test_an_audited_result_is_paid_and_counted_only_once_it_passes(
         assert await app.rounds.advance(job_id) == "closed"
 
     asyncio.run(scenario())
+    states = [audit_store.get_audit(app.store.engine, *_key(app, job_id, i)) for i in (0, 1)]
+    assert [a.state for a in states if a is not None] == ["passed", "passed"], states
     assert round_history(app.store.engine, job_id)[0]["workers"] == 2
     assert app.store.verification.reputation(NODES[0]).verified == 1 and not events(app, job_id, "caught")
 
@@ -819,3 +821,44 @@ def test_an_honest_run_of_a_model_with_an_inert_parameter_passes_at_any_thread_c
             assert finding.passed, (j, finding.reason)
     finally:
         torch.set_num_threads(old)
+
+
+def test_a_round_whose_only_results_wait_on_replays_past_its_deadline_stays_open(
+    coordinator: Coordinator, files: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past its deadline a round's results whose audits are still replaying are left out of the
+    count, but they are not tasks that failed for good: with no task open and none usable yet, the
+    round waits for the replays (it failed the job as if every task had ended: a good job and its
+    honest nodes' pay lost to the referee being slow)."""
+    app = coordinator
+    draw(app, monkeypatch, 0)
+    job_id, _ = submit(app, files, round_deadline_s=30, task_time_limit_s=30)
+
+    async def scenario() -> None:
+        done = [compute(app, node, tmp_path) for node in NODES[:2]]
+        replay = app.rounds.audits.run
+
+        async def under_way(audit: audit_store.Audit) -> str:  # their replays under way elsewhere
+            return audit.state
+
+        monkeypatch.setattr(app.rounds.audits, "run", under_way)
+        for d in done:
+            plan = await deliver(app, d)
+            assert plan is not None
+            for step in plan.steps:
+                await reveal(app, d, step)
+        later = now_ms() + 31_000
+        monkeypatch.setattr(Runtime, "now_ms", staticmethod(lambda: later))
+        assert await app.rounds.advance(job_id) == "open"
+        assert app.store.jobs.get_job(job_id).state != JobState.FAILED
+        monkeypatch.setattr(app.rounds.audits, "run", replay)  # the replays go on: they pass
+        for _ in range(1200):  # the round closes once a replay has passed (bounded: a loaded machine)
+            outcome = await app.rounds.advance(job_id)
+            if outcome != "open":
+                break
+            await asyncio.sleep(0.05)
+        assert outcome == "closed", outcome
+
+    asyncio.run(scenario())
+    assert app.store.jobs.get_job(job_id).state == JobState.RUNNING
+    assert round_history(app.store.engine, job_id)[0]["workers"] >= 1
