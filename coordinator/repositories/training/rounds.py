@@ -18,6 +18,7 @@ from coordinator.db import schema as s
 from coordinator.db.events import append_event
 from coordinator.errors import Conflict, NotFound
 from coordinator.repositories.jobs import end_job
+from coordinator.repositories.tasks import ENDED
 from tensorgrid.spec import TrainingSpec, task_id_for
 from tensorgrid.types import BlobRef, JobState
 
@@ -229,7 +230,7 @@ def last_ended(engine: Engine, job_id: str) -> str:
     e = s.events
     with engine.connect() as conn:
         row = conn.execute(
-            select(e.c.message).where(e.c.job_id == job_id, e.c.kind == "ended").order_by(e.c.seq.desc()).limit(1)
+            select(e.c.message).where(e.c.job_id == job_id, e.c.kind == ENDED).order_by(e.c.seq.desc()).limit(1)
         ).first()
     return "" if row is None else str(row.message).removesuffix(" (its job goes on without it)")
 
