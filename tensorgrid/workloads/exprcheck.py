@@ -28,10 +28,14 @@ MAX_EXPONENT = 64
 MAX_VALUE_BITS = 4096
 SYMBOL_BITS = 64  # a symbol stands for a size or an unbacked int: int64
 
+# sympy's own names of the relations Eq, Ne, Lt, Le, Gt, Ge (the same classes: sympy.GreaterThan is
+# sympy.Ge): torch writes a data-dependent size's range as "GreaterThan(Symbol('u0', ...), Integer(0))".
+_RELATIONS = ("Equality", "Unequality", "StrictLessThan", "LessThan", "StrictGreaterThan", "GreaterThan")
 # Functions sympify may see: symbol constructors, torch's sympy functions, sympy relations.
 _FUNCTIONS = frozenset({
     "Symbol", "Integer", "Rational", "Float", "Add", "Mul", "Pow", "Max", "Min", "Abs",
     "Eq", "Ne", "Lt", "Le", "Gt", "Ge", "And", "Or", "Not", "Piecewise",
+    *_RELATIONS,
     "floor", "ceiling", "sqrt",
     "FloorDiv", "ModularIndexing", "Where", "PythonMod", "Mod", "CleanDiv", "CeilToInt",
     "FloorToInt", "CeilDiv", "LShift", "RShift", "PowByNatural", "FloatPow", "FloatTrueDiv",
@@ -44,7 +48,8 @@ _ASSUMPTIONS = frozenset({
 })  # fmt: skip
 # Their value is at most their largest argument (plus carries): max bits, not the sum.
 _ADDITIVE = frozenset({
-    "Add", "Max", "Min", "Abs", "Eq", "Ne", "Lt", "Le", "Gt", "Ge", "And", "Or", "Not", "Piecewise", "Where",
+    "Add", "Max", "Min", "Abs", "Eq", "Ne", "Lt", "Le", "Gt", "Ge", *_RELATIONS, "And", "Or", "Not", "Piecewise",
+    "Where",
     "floor", "ceiling", "sqrt", "CeilToInt", "FloorToInt", "TruncToFloat", "TruncToInt", "RoundToInt",
     "ToFloat", "Identity", "Integer", "Rational",
 })  # fmt: skip

@@ -10,11 +10,16 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
+import torch
 
 from tensorgrid.errors import UnsafeFileError
 from tensorgrid.workloads.exprcheck import check_expr
+from tensorgrid.workloads.inference import run_inference
+from tensorgrid.workloads.model import export_program
+from tensorgrid.workloads.tensorfile import load_tensors, save_tensors
 
 BOMBS = [
     "10**10**10",
@@ -37,6 +42,8 @@ BOMBS = [
     "Symbol('x' * 10)",
     "Integer(7)[0]",
     "s0 if s1 else s2",
+    "GreaterThan(Integer(10)**Integer(10)**Integer(10), Integer(0))",  # sympy's own name of Ge: bounded alike
+    "LessThan(Symbol('u0', integer=True), PowByNatural(Integer(9), Integer(9999999999)))",
 ]
 OK = [
     "Symbol('s23', positive=True, integer=True)",
@@ -48,6 +55,10 @@ OK = [
     "Rational(1, 2) * s0",
     "Float('0.5', 53) * s0",
     "s0*s1*s2*s3 >= 1",
+    # a data-dependent size's range, as torch writes it (sympy's names of Ge and Le)
+    "GreaterThan(Symbol('u0', integer=True), Integer(0))",
+    "LessThan(Symbol('u0', integer=True), Mul(Integer(8), Symbol('s77', positive=True, integer=True)))",
+    "And(StrictGreaterThan(s0, 1), StrictLessThan(s0, 9), Unequality(s1, 0), Equality(s2, 4))",
 ]
 
 
@@ -114,3 +125,22 @@ def test_what_torch_writes_is_accepted() -> None:
 def test_refusals_say_why(expr: str, reason: str) -> None:
     with pytest.raises(UnsafeFileError, match=reason):
         check_expr(expr, "m.json")
+
+
+class _Selects(torch.nn.Module):
+    """Rows whose first feature passes a threshold, counted: a size only the data decides (torch
+    records its range as GreaterThan/LessThan of an unbacked symbol); each output row its own."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        picked = torch.nonzero(x[:, 0] > 0.5)  # data-dependent number of rows
+        return x[:, :4] * 2 + picked.new_zeros(picked.shape[0]).sum()  # adds 0: rows stay independent
+
+
+def test_a_program_with_a_data_dependent_size_loads_and_runs(tmp_path: Path) -> None:
+    """Refused before ("calls 'LessThan', which is outside the allowed vocabulary")."""
+    model, inputs, out = tmp_path / "m.pt2", tmp_path / "x.safetensors", tmp_path / "y.safetensors"
+    export_program(_Selects().eval(), (torch.rand(4, 8),), model)
+    x = torch.rand(8, 8)
+    save_tensors({"x": x}, inputs)
+    run_inference(model, inputs, out, batch_size=4, device="cpu")
+    torch.testing.assert_close(load_tensors(out)["output"], x[:, :4] * 2)
